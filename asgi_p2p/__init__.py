@@ -1,0 +1,52 @@
+"""asgi-p2p: serve ASGI apps to peers over HTTP/3 on direct, mutually authenticated QUIC."""
+
+from .config import NetworkConfig
+from .endpoint import ConnectionStats, Endpoint, PeerConnection
+from .errors import (
+    AuthenticationFailed,
+    ConnectionClosed,
+    ConnectionFailed,
+    DiscoveryFailed,
+    InvalidConfiguration,
+    InvalidNodeId,
+    MessageTooLarge,
+    NetworkError,
+    NodeNotFound,
+    NoRoute,
+    P2PError,
+    ProtocolError,
+    SerializationError,
+    StreamReset,
+    Timeout,
+)
+from .identity import NodeAddr, NodeId, SecretKey
+from .messages import MSG_ALPN, MessageConnection, MessageListener
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MSG_ALPN",
+    "AuthenticationFailed",
+    "ConnectionClosed",
+    "ConnectionFailed",
+    "ConnectionStats",
+    "DiscoveryFailed",
+    "Endpoint",
+    "InvalidConfiguration",
+    "InvalidNodeId",
+    "MessageConnection",
+    "MessageListener",
+    "MessageTooLarge",
+    "NetworkConfig",
+    "NetworkError",
+    "NoRoute",
+    "NodeAddr",
+    "NodeId",
+    "P2PError",
+    "PeerConnection",
+    "ProtocolError",
+    "SecretKey",
+    "SerializationError",
+    "StreamReset",
+    "Timeout",
+]

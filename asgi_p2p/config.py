@@ -1,0 +1,92 @@
+"""Configuration: a dataclass with defaults, overridable from ``ASGI_P2P_*`` variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import InvalidConfiguration
+
+__all__ = ["NetworkConfig"]
+
+ENV_PREFIX = "ASGI_P2P_"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Limits and timeouts of an endpoint.
+
+    Every field can be set from the environment as ``ASGI_P2P_<FIELD NAME IN CAPITALS>``,
+    for example ``ASGI_P2P_MAX_MESSAGE_SIZE=65536``.
+    """
+
+    #: Largest raw message accepted or sent, in bytes.
+    max_message_size: int = 1024 * 1024
+    #: Seconds to wait for a QUIC handshake.
+    connect_timeout: float = 10.0
+    #: Seconds without any packet after which a connection is closed.
+    idle_timeout: float = 30.0
+    #: Seconds between keep-alive pings on an idle connection (0 = off).
+    keepalive_interval: float = 10.0
+    #: Most simultaneous QUIC connections per endpoint; more are refused.
+    max_connections: int = 1024
+    #: Unacknowledged bytes buffered per stream before ``send`` waits.
+    stream_send_buffer: int = 256 * 1024
+    #: Bytes a peer may send on a stream beyond what the application has read.
+    stream_receive_window: int = 256 * 1024
+    #: Bytes a peer may send on a connection beyond what the application has read.
+    connection_receive_window: int = 4 * 1024 * 1024
+    #: Most concurrent peer-opened bidirectional streams per connection.
+    max_streams: int = 128
+    #: Largest UDP payload QUIC builds (1200 is safe on any internet path).
+    max_datagram_size: int = 1200
+    #: Raw messages queued for a receiver that does not call ``recv``.
+    message_queue_size: int = 64
+    #: Connections waiting in a listener's ``accept`` queue.
+    accept_queue_size: int = 128
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and value < 0:
+                raise InvalidConfiguration(f"{f.name} must not be negative, got {value}")
+        if self.max_datagram_size < 1200:
+            raise InvalidConfiguration(f"max_datagram_size must be at least 1200 (QUIC minimum), got {self.max_datagram_size}")
+        for name in ("max_message_size", "stream_send_buffer", "stream_receive_window", "max_streams",
+                     "max_connections", "message_queue_size", "accept_queue_size", "connect_timeout",
+                     "idle_timeout"):
+            if getattr(self, name) == 0:
+                raise InvalidConfiguration(f"{name} must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> NetworkConfig:
+        """Defaults, then ``ASGI_P2P_*`` variables, then ``overrides``.
+
+        An invalid value raises :class:`InvalidConfiguration` naming the variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = ENV_PREFIX + f.name.upper()
+            raw = env.get(var)
+            if raw is None:
+                continue
+            typ = int if f.type in ("int", int) else float
+            try:
+                values[f.name] = typ(raw.strip().replace("_", ""))
+            except ValueError:
+                raise InvalidConfiguration(f"{var}={raw!r} is not a valid {typ.__name__}") from None
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except InvalidConfiguration as exc:
+            names = [ENV_PREFIX + k.upper() for k in values if k not in overrides and k in str(exc)]
+            if names:
+                raise InvalidConfiguration(f"{names[0]}: {exc}") from None
+            raise
+
+    def replace(self, **changes: Any) -> NetworkConfig:
+        return dataclasses.replace(self, **changes)

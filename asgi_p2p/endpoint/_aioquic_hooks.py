@@ -1,0 +1,175 @@
+"""Every use of aioquic's private API, in one place.
+
+aioquic is pinned exactly (see pyproject.toml) because of this module.  Each
+function here is covered by ``tests/test_aioquic_hooks.py``; when upgrading
+aioquic, run those tests first.
+
+Hooks:
+
+* :func:`install_identity_hooks` - mutual authentication inside the TLS
+  handshake: the server requests a client certificate (private flag
+  ``tls.Context._request_client_certificate``), refuses an empty one, and both
+  sides check the peer's Ed25519 key (``tls.Context._peer_certificate``) right
+  after CertificateVerify proved possession of it, aborting the handshake with
+  a TLS alert before any application data is exchanged.
+* :func:`handshake_confirmed` - ``QuicConnection._handshake_confirmed``: the
+  client knows the server accepted it (HANDSHAKE_DONE received).
+* :func:`unacked_bytes` - bytes held in a stream's send buffer
+  (``QuicStreamSender._buffer``), for send-side backpressure.
+* :func:`install_receive_credit` - replaces
+  ``QuicConnection._write_stream_limits`` so that a stream's flow-control
+  credit grows as the application *reads* (aioquic grows it as data *arrives*).
+* :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aioquic import tls
+from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+__all__ = [
+    "AlertAccessDenied",
+    "AlertBadCertificate",
+    "AlertCertificateRequired",
+    "handshake_confirmed",
+    "install_identity_hooks",
+    "install_receive_credit",
+    "peer_public_key",
+    "smoothed_rtt",
+    "unacked_bytes",
+]
+
+
+AlertBadCertificate = tls.AlertBadCertificate
+
+
+class AlertCertificateRequired(tls.Alert):
+    description = tls.AlertDescription.certificate_required
+
+
+class AlertAccessDenied(tls.Alert):
+    description = tls.AlertDescription.access_denied
+
+
+def _raw_ed25519(ctx: tls.Context) -> bytes:
+    cert = ctx._peer_certificate
+    if cert is None:
+        raise AlertCertificateRequired("peer sent no certificate; asgi-p2p nodes must present their node key")
+    key = cert.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise tls.AlertBadCertificate("peer certificate key is not Ed25519")
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def peer_public_key(quic: QuicConnection) -> bytes | None:
+    """The raw Ed25519 key of the peer's certificate, once the handshake checked it."""
+    tls_ctx = getattr(quic, "tls", None)
+    if tls_ctx is None or tls_ctx._peer_certificate is None:
+        return None
+    try:
+        return _raw_ed25519(tls_ctx)
+    except tls.Alert:
+        return None
+
+
+def install_identity_hooks(quic: QuicConnection, check_peer_key: Callable[[bytes], None]) -> None:
+    """Authenticate the peer's node key inside the TLS handshake.
+
+    ``check_peer_key(raw_key)`` runs right after the peer's CertificateVerify
+    signature was verified against the certificate's key; it raises a
+    :class:`aioquic.tls.Alert` to abort the handshake (the peer then sees a
+    CONNECTION_CLOSE with the alert as error code and the message as reason).
+    Must be called before the connection's TLS context exists (before
+    ``connect()`` for clients, before the first datagram for servers).
+    """
+    original_initialize = quic._initialize
+
+    def _initialize(peer_cid: bytes) -> None:
+        original_initialize(peer_cid)
+        ctx = quic.tls
+        if ctx._is_client:
+            orig_client_verify = ctx._client_handle_certificate_verify
+
+            def client_verify(input_buf: Any) -> None:
+                orig_client_verify(input_buf)  # checks the signature with the certificate's key
+                check_peer_key(_raw_ed25519(ctx))
+
+            ctx._client_handle_certificate_verify = client_verify  # type: ignore[method-assign]
+        else:
+            ctx._request_client_certificate = True
+            orig_server_cert = ctx._server_handle_certificate
+            orig_server_verify = ctx._server_handle_certificate_verify
+
+            def server_cert(input_buf: Any) -> None:
+                orig_server_cert(input_buf)
+                if ctx._peer_certificate is None:  # empty Certificate: aioquic would accept it
+                    raise AlertCertificateRequired(
+                        "client sent no certificate; asgi-p2p nodes must present their node key"
+                    )
+
+            def server_verify(input_buf: Any) -> None:
+                orig_server_verify(input_buf)
+                check_peer_key(_raw_ed25519(ctx))
+
+            ctx._server_handle_certificate = server_cert  # type: ignore[method-assign]
+            ctx._server_handle_certificate_verify = server_verify  # type: ignore[method-assign]
+
+    quic._initialize = _initialize  # type: ignore[method-assign]
+
+
+def handshake_confirmed(quic: QuicConnection) -> bool:
+    """True once the handshake is confirmed (client: HANDSHAKE_DONE received)."""
+    return bool(quic._handshake_confirmed)
+
+
+def unacked_bytes(quic: QuicConnection, stream_id: int) -> int:
+    """Bytes written to a stream and not yet acknowledged by the peer (0 if gone)."""
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    return len(stream.sender._buffer)
+
+
+def smoothed_rtt(quic: QuicConnection) -> float:
+    return float(quic._loss._rtt_smoothed)
+
+
+def install_receive_credit(quic: QuicConnection, credit_limit: Callable[[int], int | None]) -> None:
+    """Let the application decide each stream's receive credit.
+
+    ``credit_limit(stream_id)`` returns the highest offset the peer may send on
+    that stream (bytes the application has consumed + its window), or None to
+    keep aioquic's behaviour (double the credit as data arrives), which is
+    right for streams that a protocol library consumes itself (HTTP/3 control
+    and QPACK streams).  Credit never shrinks.
+    """
+
+    def _write_stream_limits(builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> None:
+        if stream.max_stream_data_local:
+            limit = credit_limit(stream.stream_id) if stream.stream_id is not None else None
+            if limit is None:
+                if stream.receiver.highest_offset * 2 > stream.max_stream_data_local:
+                    stream.max_stream_data_local *= 2
+            elif limit > stream.max_stream_data_local:
+                stream.max_stream_data_local = limit
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=quic._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+    quic._write_stream_limits = _write_stream_limits  # type: ignore[method-assign]

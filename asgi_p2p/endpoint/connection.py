@@ -1,0 +1,390 @@
+"""One QUIC connection to an authenticated peer, driven sans-I/O on the endpoint's socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.events import (
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StopSendingReceived,
+    StreamReset,
+)
+
+from ..config import NetworkConfig
+from ..errors import AuthenticationFailed, ConnectionClosed, ConnectionFailed, P2PError
+from ..errors import StreamReset as StreamResetError
+from ..identity import NodeId
+from ..net.base import Address
+from . import _aioquic_hooks as hooks
+from .base import ConnectionHandler
+
+if TYPE_CHECKING:
+    from .endpoint import Endpoint
+
+__all__ = ["PeerConnection"]
+
+log = logging.getLogger("asgi_p2p.endpoint")
+
+# TLS alerts travel as QUIC CRYPTO_ERROR (0x100 + alert).
+_CRYPTO_ERROR = 0x100
+_AUTH_ALERTS = {42, 43, 46, 48, 49, 51, 116}  # bad/unsupported/unknown cert, unknown CA, access denied, ...
+#: Application close code: the endpoint refused the connection (limits, shutdown).
+REFUSED = 0x2
+
+
+def close_error(event: ConnectionTerminated, *, during_handshake: bool) -> P2PError:
+    """The P2PError describing why a connection terminated (not closed by us)."""
+    reason = event.reason_phrase or "no reason given"
+    if _CRYPTO_ERROR <= event.error_code < _CRYPTO_ERROR + 0x100 and (event.error_code - _CRYPTO_ERROR) in _AUTH_ALERTS:
+        return AuthenticationFailed(f"authentication failed: {reason} (TLS alert {event.error_code - _CRYPTO_ERROR})")
+    if during_handshake:
+        return ConnectionFailed(f"handshake failed: {reason} (error code {event.error_code:#x})")
+    return ConnectionClosed(
+        f"connection closed by peer: {reason} (error code {event.error_code:#x})",
+        error_code=event.error_code,
+        reason=event.reason_phrase,
+    )
+
+
+class PeerConnection:
+    """A QUIC connection with a peer whose node id was proven in the handshake.
+
+    Protocols (raw messages, HTTP/3, relay) use :attr:`quic` directly for
+    sans-I/O calls, then :meth:`transmit`; :meth:`send_stream_data` adds the
+    backpressure aioquic lacks, and :meth:`consume` the read-paced receive
+    credit.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        quic: QuicConnection,
+        address: Address,
+        *,
+        is_client: bool,
+        expected_node_id: NodeId | None,
+        config: NetworkConfig,
+    ) -> None:
+        self.endpoint = endpoint
+        self.quic = quic
+        self.address = address
+        self.is_client = is_client
+        self.config = config
+        self.remote_node_id: NodeId | None = expected_node_id
+        self.alpn: str | None = None
+        self.handler: ConnectionHandler | None = None
+        self.loop = asyncio.get_running_loop()
+        self.established_at: float | None = None
+        self._ready: asyncio.Future[None] = self.loop.create_future()
+        self._closed: asyncio.Future[None] = self.loop.create_future()
+        self._close_error: P2PError | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._pending_events: list[QuicEvent] = []
+        # backpressure: futures waiting for a stream's send buffer to drain
+        self._send_waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._stopped: dict[int, int] = {}  # stream id -> STOP_SENDING / reset error code
+        # read-paced receive credit: stream id -> bytes consumed by the application
+        self._consumed: dict[int, int] = {}
+        hooks.install_receive_credit(quic, self._credit_limit)
+
+    # -- state -----------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        return self._ready.done() and self._close_error is None and not self._closed.done()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.done()
+
+    @property
+    def close_error(self) -> P2PError | None:
+        return self._close_error
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    async def wait_ready(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except TimeoutError:
+            self.close(REFUSED, "handshake timed out")
+            raise ConnectionFailed(
+                f"no QUIC handshake with {self._peer_label()} at {self.address[0]}:{self.address[1]} "
+                f"within {timeout:g}s; is the node running and reachable?"
+            ) from None
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    def _peer_label(self) -> str:
+        return self.remote_node_id.fmt_short() if self.remote_node_id else "peer"
+
+    # -- I/O -------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.quic.receive_datagram(data, addr, self.loop.time())
+        self._process_events()
+        self.transmit()
+
+    def transmit(self) -> None:
+        """Send what QUIC has to send and re-arm its timer."""
+        now = self.loop.time()
+        sock = self.endpoint._socket
+        for data, addr in self.quic.datagrams_to_send(now):
+            sock.sendto(data, addr)
+        timer_at = self.quic.get_timer()
+        if timer_at != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = timer_at
+            if timer_at is not None:
+                self._timer = self.loop.call_at(timer_at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.quic.handle_timer(self.loop.time())
+        self._process_events()
+        self.transmit()
+
+    def _on_keepalive(self) -> None:
+        self._keepalive = None
+        if self.closed:
+            return
+        self.quic.send_ping(0)
+        self.transmit()
+        self._schedule_keepalive()
+
+    def _schedule_keepalive(self) -> None:
+        interval = self.config.keepalive_interval
+        if interval > 0 and not self.closed:
+            self._keepalive = self.loop.call_later(interval, self._on_keepalive)
+
+    # -- events ----------------------------------------------------------
+
+    def _process_events(self) -> None:
+        quic = self.quic
+        while (event := quic.next_event()) is not None:
+            try:
+                self._handle_event(event)
+            except Exception:
+                log.exception("%s: error handling %s; closing connection", self._peer_label(), type(event).__name__)
+                self.close(0x1, "internal error")
+        if not self._ready.done() and self.is_client and hooks.handshake_confirmed(quic) and self.alpn is not None:
+            self._become_ready()
+        if self._send_waiters:
+            self._wake_senders()
+
+    def _handle_event(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self.alpn = event.alpn_protocol
+            if not self.is_client:
+                key = hooks.peer_public_key(self.quic)
+                assert key is not None  # the identity hook refused the handshake otherwise
+                self.remote_node_id = NodeId(key)
+                self._become_ready()
+            return
+        if isinstance(event, ConnectionIdIssued):
+            self.endpoint._register_cid(event.connection_id, self)
+            return
+        if isinstance(event, ConnectionIdRetired):
+            self.endpoint._unregister_cid(event.connection_id)
+            return
+        if isinstance(event, ConnectionTerminated):
+            self._terminated(event)
+            return
+        if isinstance(event, StopSendingReceived):
+            self._stopped.setdefault(event.stream_id, event.error_code)
+            self._wake_senders()
+        elif isinstance(event, StreamReset):
+            self._consumed.pop(event.stream_id, None)
+        if self.handler is not None:
+            self.handler.quic_event_received(event)
+        else:
+            self._pending_events.append(event)
+
+    def _become_ready(self) -> None:
+        self.established_at = self.loop.time()
+        try:
+            self.handler = self.endpoint._make_handler(self)
+        except Exception as exc:
+            log.warning("%s: refused: %s", self._peer_label(), exc)
+            self.close(REFUSED, str(exc))
+            return
+        if not self._ready.done():
+            self._ready.set_result(None)
+        self._schedule_keepalive()
+        pending, self._pending_events = self._pending_events, []
+        for ev in pending:
+            self.handler.quic_event_received(ev)
+
+    def _terminated(self, event: ConnectionTerminated) -> None:
+        if self._closed.done():
+            return
+        handshaking = not self._ready.done()
+        err = self._close_error or close_error(event, during_handshake=handshaking)
+        self._finish(err)
+
+    def _finish(self, err: P2PError) -> None:
+        if self._closed.done():
+            return
+        self._close_error = err
+        for handle in (self._timer, self._keepalive):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._keepalive = None
+        if not self._ready.done():
+            self._ready.set_exception(err)
+            self._ready.exception()  # mark retrieved; waiters get it via wait_ready
+        self._closed.set_result(None)
+        self._wake_senders()
+        self.endpoint._forget(self)
+        if self.handler is not None:
+            try:
+                self.handler.connection_lost(err)
+            except Exception:
+                log.exception("connection_lost handler failed")
+        log.debug("%s: closed: %s", self._peer_label(), err)
+
+    def close(self, error_code: int = 0, reason: str = "") -> None:
+        """Close now (pending stream data is dropped); see :meth:`aclose` for a graceful close."""
+        if self.closed or self.quic._state in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING,
+                                                QuicConnectionState.TERMINATED):
+            return
+        if self._close_error is None:
+            self._close_error = ConnectionClosed(
+                f"connection closed locally: {reason or 'closed'}", error_code=error_code, reason=reason
+            )
+        self.quic.close(error_code=error_code, reason_phrase=reason)
+        self.transmit()
+
+    def abort(self, err: P2PError) -> None:
+        """Forget the connection at once without telling the peer (endpoint shutdown)."""
+        self._finish(err)
+
+    # -- streams -------------------------------------------------------
+
+    def _credit_limit(self, stream_id: int) -> int | None:
+        consumed = self._consumed.get(stream_id)
+        if consumed is None:
+            return None
+        return consumed + self.config.stream_receive_window
+
+    def track_stream(self, stream_id: int) -> None:
+        """Pace this stream's receive credit by :meth:`consume` calls."""
+        self._consumed.setdefault(stream_id, 0)
+
+    def consume(self, stream_id: int, nbytes: int) -> None:
+        """The application read ``nbytes`` of a tracked stream: let the peer send more."""
+        consumed = self._consumed.get(stream_id)
+        if consumed is None:
+            return
+        consumed += nbytes
+        self._consumed[stream_id] = consumed
+        stream = self.quic._streams.get(stream_id)
+        if stream is not None and consumed + self.config.stream_receive_window - stream.max_stream_data_local >= (
+            self.config.stream_receive_window // 2
+        ):
+            self.transmit()  # announce the new credit now
+
+    def forget_stream(self, stream_id: int) -> None:
+        self._consumed.pop(stream_id, None)
+        self._stopped.pop(stream_id, None)
+
+    def _check_writable(self, stream_id: int) -> None:
+        if self._close_error is not None or self.closed:
+            raise self._close_error or ConnectionClosed()
+        code = self._stopped.get(stream_id)
+        if code is not None:
+            raise StreamResetError(stream_id, code)
+
+    async def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Write to a stream, waiting while more than ``stream_send_buffer`` bytes are unacknowledged.
+
+        Raises :class:`ConnectionClosed` if the connection goes away and
+        :class:`~asgi_p2p.errors.StreamReset` if the peer stops the stream.
+        """
+        limit = self.config.stream_send_buffer
+        view = memoryview(data)
+        while True:
+            self._check_writable(stream_id)
+            room = limit - hooks.unacked_bytes(self.quic, stream_id)
+            if room > 0 or not view:
+                chunk = view[:room] if room > 0 else view[:0]
+                view = view[len(chunk) :]
+                last = not view
+                if chunk or (last and end_stream):
+                    self.quic.send_stream_data(stream_id, bytes(chunk), end_stream and last)
+                    self.transmit()
+                if last:
+                    return
+            await self._wait_writable(stream_id)
+
+    async def drain(self, stream_id: int) -> None:
+        """Wait until everything written to the stream is acknowledged."""
+        while hooks.unacked_bytes(self.quic, stream_id) > 0:
+            self._check_writable(stream_id)
+            await self._wait_writable(stream_id)
+
+    async def _wait_writable(self, stream_id: int) -> None:
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._send_waiters.setdefault(stream_id, []).append(fut)
+        try:
+            await fut
+        finally:
+            waiters = self._send_waiters.get(stream_id)
+            if waiters is not None:
+                if fut in waiters:
+                    waiters.remove(fut)
+                if not waiters:
+                    del self._send_waiters[stream_id]
+
+    def _wake_senders(self) -> None:
+        limit = self.config.stream_send_buffer
+        dead = self.closed or self._close_error is not None
+        for stream_id, waiters in list(self._send_waiters.items()):
+            if dead or stream_id in self._stopped or hooks.unacked_bytes(self.quic, stream_id) < limit:
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        """Abort sending on a stream (RESET_STREAM) if it is still open."""
+        stream = self.quic._streams.get(stream_id)
+        if stream is None or stream.sender.is_finished or stream.sender.reset_pending:
+            return
+        try:
+            self.quic.reset_stream(stream_id, error_code)
+        except Exception:  # stream already gone
+            return
+        self.transmit()
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        """Ask the peer to stop sending on a stream (STOP_SENDING)."""
+        stream = self.quic._streams.get(stream_id)
+        if stream is None or stream.receiver.is_finished:
+            return
+        try:
+            self.quic.stop_stream(stream_id, error_code)
+        except Exception:
+            return
+        self.transmit()
+
+    @property
+    def smoothed_rtt(self) -> float:
+        return hooks.smoothed_rtt(self.quic)
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_connected else ("closed" if self.closed else "handshaking")
+        return f"<PeerConnection {self._peer_label()} {self.alpn} {state}>"

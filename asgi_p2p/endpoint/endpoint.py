@@ -1,0 +1,329 @@
+"""The endpoint: one datagram socket, many QUIC connections to authenticated peers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
+
+from ..config import NetworkConfig
+from ..errors import ConnectionClosed, InvalidConfiguration, NodeNotFound
+from ..identity import NodeAddr, NodeId, SecretKey
+from ..net.base import Address, DatagramNetwork, DatagramSocket
+from ..net.udp import UdpNetwork
+from . import _aioquic_hooks as hooks
+from .base import ConnectionHandler, HandlerFactory
+from .connection import REFUSED, PeerConnection
+from .tls import node_certificate
+
+if TYPE_CHECKING:
+    from ..messages import MessageConnection, MessageListener, MessageService
+
+__all__ = ["AllowPolicy", "Endpoint"]
+
+log = logging.getLogger("asgi_p2p.endpoint")
+
+#: Who may connect: None (anyone), a collection of node ids, or a callback.
+AllowPolicy = Iterable[NodeId] | Callable[[NodeId], bool] | None
+
+_SMALLEST_INITIAL = 1200
+_CID_LENGTH = 8
+
+
+class Endpoint:
+    """A node: one datagram socket carrying QUIC connections to peers named by node id.
+
+    Create with :meth:`bind`.  Protocols are chosen by ALPN: the raw message
+    protocol (:mod:`asgi_p2p.messages`) is always available; HTTP/3 and the
+    relay register themselves with :meth:`add_protocol`.
+    """
+
+    def __init__(
+        self,
+        secret_key: SecretKey,
+        config: NetworkConfig,
+        allow: AllowPolicy,
+    ) -> None:
+        self.secret_key = secret_key
+        self.config = config
+        self._certificate = node_certificate(secret_key)
+        self._allow: Callable[[NodeId], bool] | None
+        if allow is None:
+            self._allow = None
+        elif callable(allow):
+            self._allow = allow
+        else:
+            allowed = frozenset(allow)
+            self._allow = allowed.__contains__
+        self._socket: DatagramSocket
+        self._factories: dict[str, HandlerFactory] = {}
+        self._cids: dict[bytes, PeerConnection] = {}
+        self._connections: set[PeerConnection] = set()
+        self._pool: dict[tuple[NodeId, str], PeerConnection] = {}
+        self._closing = False
+        self._closed = False
+        self.dropped_datagrams = 0
+
+    @classmethod
+    async def bind(
+        cls,
+        secret_key: SecretKey | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        alpns: Iterable[str] | None = None,
+        allow: AllowPolicy = None,
+        config: NetworkConfig | None = None,
+        network: DatagramNetwork | None = None,
+    ) -> Endpoint:
+        """Bind a socket and start serving.
+
+        ``alpns`` limits which registered protocols peers may use (default:
+        all that get registered; the raw message protocol is always present).
+        ``allow`` decides which peers may connect, inside the handshake.
+        ``network`` is the datagram network (real UDP by default; a simulated
+        host in tests).
+        """
+        from ..messages import MSG_ALPN, MessageService
+
+        key = secret_key if secret_key is not None else SecretKey.generate()
+        ep = cls(key, config if config is not None else NetworkConfig.from_env(), allow)
+        ep._alpn_filter = frozenset(alpns) if alpns is not None else None
+        ep.messages = MessageService(ep)
+        ep.add_protocol(MSG_ALPN, ep.messages.handler_for)
+        net = network if network is not None else UdpNetwork()
+        ep._socket = await net.bind(host, port, ep._datagram_received)
+        log.info("endpoint %s bound to %s:%d", key.node_id.fmt_short(), *ep._socket.local_address)
+        return ep
+
+    _alpn_filter: frozenset[str] | None = None
+    messages: MessageService
+
+    # -- identity and addresses -----------------------------------------
+
+    @property
+    def node_id(self) -> NodeId:
+        return self.secret_key.node_id
+
+    @property
+    def local_node_id(self) -> NodeId:
+        return self.secret_key.node_id
+
+    @property
+    def local_address(self) -> Address:
+        return self._socket.local_address
+
+    def node_addr(self) -> NodeAddr:
+        """How peers reach this node (its id and socket addresses)."""
+        return NodeAddr(self.node_id, self._socket.local_addresses())
+
+    @property
+    def connections(self) -> list[PeerConnection]:
+        return [c for c in self._connections if c.is_connected]
+
+    # -- protocols --------------------------------------------------------
+
+    def add_protocol(self, alpn: str, factory: HandlerFactory) -> None:
+        """Serve (and allow dialing) ``alpn``; ``factory`` makes a handler per connection."""
+        if self._alpn_filter is not None and alpn not in self._alpn_filter and not alpn.startswith("asgi-p2p/msg"):
+            self._alpn_filter = self._alpn_filter | {alpn}
+        self._factories[alpn] = factory
+
+    def _make_handler(self, conn: PeerConnection) -> ConnectionHandler:
+        factory = self._factories.get(conn.alpn or "")
+        if factory is None:
+            raise ConnectionClosed(f"no protocol registered for ALPN {conn.alpn!r}")
+        return factory(conn)
+
+    def _server_alpns(self) -> list[str]:
+        return [a for a in self._factories if self._alpn_filter is None or a in self._alpn_filter]
+
+    def is_allowed(self, node_id: NodeId) -> bool:
+        return self._allow is None or bool(self._allow(node_id))
+
+    # -- QUIC configuration -----------------------------------------------
+
+    def _quic_config(self, *, is_client: bool, alpns: list[str], server_name: str | None) -> QuicConfiguration:
+        cfg = self.config
+        return QuicConfiguration(
+            is_client=is_client,
+            alpn_protocols=alpns,
+            certificate=self._certificate,
+            private_key=self.secret_key.private_key,
+            verify_mode=0,  # ssl.CERT_NONE: our hooks check the key; TLS still checks CertificateVerify
+            server_name=server_name,
+            idle_timeout=cfg.idle_timeout,
+            max_datagram_size=cfg.max_datagram_size,
+            max_stream_data=cfg.stream_receive_window,
+            max_data=cfg.connection_receive_window,
+            max_datagram_frame_size=65536,
+            connection_id_length=_CID_LENGTH,
+        )
+
+    # -- dialing ------------------------------------------------------------
+
+    async def connect_quic(self, addr: NodeAddr | NodeId, alpn: str) -> PeerConnection:
+        """A QUIC connection to the node speaking ``alpn``, reusing a live one.
+
+        Raises :class:`AuthenticationFailed` if whoever answers is not that node
+        (or refuses us), :class:`ConnectionFailed` if nobody answers.
+        """
+        if self._closing:
+            raise ConnectionClosed("endpoint is closed")
+        node_addr = addr if isinstance(addr, NodeAddr) else NodeAddr(addr)
+        node_id = node_addr.node_id
+        key = (node_id, alpn)
+        existing = self._pool.get(key)
+        if existing is not None and not existing.closed and existing._close_error is None:
+            await existing.wait_ready(self.config.connect_timeout)
+            return existing
+        if not node_addr.direct_addresses:
+            raise NodeNotFound(f"no address known for node {node_id}; pass a NodeAddr or ticket with addresses")
+        if node_id == self.node_id:
+            raise InvalidConfiguration("cannot connect to ourselves")
+        address = node_addr.direct_addresses[0]
+        quic = QuicConnection(configuration=self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id)))
+        conn = PeerConnection(
+            self, quic, address, is_client=True, expected_node_id=node_id, config=self.config
+        )
+
+        def check_server(raw: bytes) -> None:
+            if raw != node_id.to_bytes():
+                raise hooks.AlertBadCertificate(
+                    f"server at {address[0]}:{address[1]} is node {NodeId(raw)}, not {node_id}"
+                )
+
+        hooks.install_identity_hooks(quic, check_server)
+        quic.connect(address, now=conn.now())
+        self._register_cid(quic.host_cid, conn)
+        self._connections.add(conn)
+        self._pool[key] = conn
+        conn.transmit()
+        await conn.wait_ready(self.config.connect_timeout)
+        log.debug("connected to %s (%s) at %s", node_id.fmt_short(), alpn, address)
+        return conn
+
+    async def connect(self, addr: NodeAddr | NodeId) -> MessageConnection:
+        """Open a raw message connection to a node (see :mod:`asgi_p2p.messages`)."""
+        return await self.messages.connect(addr)
+
+    def listen(self) -> MessageListener:
+        """The listener of incoming raw message connections."""
+        return self.messages.listen()
+
+    # -- receiving --------------------------------------------------------
+
+    def _datagram_received(self, data: bytes, addr: Address) -> None:
+        if self._closed:
+            return
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=_CID_LENGTH)
+        except ValueError:
+            self.dropped_datagrams += 1
+            log.debug("dropped %d-byte datagram from %s: not QUIC", len(data), addr)
+            return
+        conn = self._cids.get(header.destination_cid)
+        if conn is not None:
+            try:
+                conn.datagram_received(data, addr)
+            except Exception:  # aioquic should not raise; never let one peer break the socket
+                self.dropped_datagrams += 1
+                log.exception("error processing datagram from %s", addr)
+            return
+        if header.packet_type == QuicPacketType.VERSION_NEGOTIATION or header.version is None:
+            self.dropped_datagrams += 1
+            return
+        quic_versions = self._quic_config(is_client=False, alpns=[], server_name=None).supported_versions
+        if header.version not in quic_versions:
+            self._socket.sendto(
+                encode_quic_version_negotiation(
+                    source_cid=header.destination_cid,
+                    destination_cid=header.source_cid,
+                    supported_versions=quic_versions,
+                ),
+                addr,
+            )
+            return
+        if header.packet_type != QuicPacketType.INITIAL or len(data) < _SMALLEST_INITIAL or self._closing:
+            self.dropped_datagrams += 1
+            return
+        self._accept(data, addr, header.destination_cid)
+
+    def _accept(self, data: bytes, addr: Address, original_dcid: bytes) -> None:
+        quic = QuicConnection(
+            configuration=self._quic_config(is_client=False, alpns=self._server_alpns(), server_name=None),
+            original_destination_connection_id=original_dcid,
+        )
+        conn = PeerConnection(self, quic, addr, is_client=False, expected_node_id=None, config=self.config)
+
+        def check_client(raw: bytes) -> None:
+            node_id = NodeId(raw)
+            if not self.is_allowed(node_id):
+                log.info("refused node %s from %s:%d: not allowed", node_id.fmt_short(), *addr)
+                raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
+
+        hooks.install_identity_hooks(quic, check_client)
+        self._register_cid(original_dcid, conn)
+        self._register_cid(quic.host_cid, conn)
+        self._connections.add(conn)
+        conn.datagram_received(data, addr)
+        if len(self._connections) > self.config.max_connections:
+            log.warning("refusing connection from %s:%d: %d connections open", *addr, len(self._connections) - 1)
+            conn.close(REFUSED, f"too many connections (max_connections={self.config.max_connections})")
+
+    # -- bookkeeping ----------------------------------------------------------
+
+    def _register_cid(self, cid: bytes, conn: PeerConnection) -> None:
+        self._cids[cid] = conn
+
+    def _unregister_cid(self, cid: bytes) -> None:
+        self._cids.pop(cid, None)
+
+    def _forget(self, conn: PeerConnection) -> None:
+        self._connections.discard(conn)
+        for cid in [c for c, v in self._cids.items() if v is conn]:
+            del self._cids[cid]
+        if conn.remote_node_id is not None and conn.alpn is not None:
+            key = (conn.remote_node_id, conn.alpn)
+            if self._pool.get(key) is conn:
+                del self._pool[key]
+        for key in [k for k, v in self._pool.items() if v is conn]:
+            del self._pool[key]
+
+    def _pool_add(self, conn: PeerConnection) -> None:
+        if conn.remote_node_id is not None and conn.alpn is not None:
+            self._pool.setdefault((conn.remote_node_id, conn.alpn), conn)
+
+    # -- shutdown ---------------------------------------------------------------
+
+    async def close(self, *, timeout: float = 2.0) -> None:
+        """Close every connection (CONNECTION_CLOSE to each peer), then the socket."""
+        if self._closed:
+            return
+        self._closing = True
+        conns = list(self._connections)
+        for conn in conns:
+            conn.close(0, "endpoint closing")
+        if conns:
+            await asyncio.wait([asyncio.ensure_future(c.wait_closed()) for c in conns], timeout=timeout)
+        for conn in list(self._connections):
+            conn.abort(ConnectionClosed("endpoint closed"))
+        self._closed = True
+        self._socket.close()
+        self.messages.close()
+
+    async def __aenter__(self) -> Endpoint:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.node_id.fmt_short()}>"
+

@@ -1,0 +1,35 @@
+"""The datagram network interface (real UDP and the simulator implement it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+#: An (IPv4/IPv6 host, port) pair.
+Address = tuple[str, int]
+
+#: Called once per received datagram with (payload, source address).
+DatagramReceiver = Callable[[bytes, Address], None]
+
+
+@runtime_checkable
+class DatagramSocket(Protocol):
+    """One bound datagram socket."""
+
+    @property
+    def local_address(self) -> Address: ...
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        """Queue one datagram; never blocks, may drop (it is UDP)."""
+
+    def local_addresses(self) -> list[Address]:
+        """Addresses at which peers may reach this socket (for tickets)."""
+
+    def close(self) -> None: ...
+
+
+class DatagramNetwork(Protocol):
+    """A factory of bound datagram sockets."""
+
+    async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> DatagramSocket:
+        """Bind a socket; ``receiver`` is called for each arriving datagram."""
