@@ -40,6 +40,7 @@ __all__ = [
     "NetworkConfig",
     "NetworkError",
     "NoRoute",
+    "NodeNotFound",
     "NodeAddr",
     "NodeId",
     "P2PError",

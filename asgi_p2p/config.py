@@ -54,10 +54,20 @@ class NetworkConfig:
             if isinstance(value, (int, float)) and value < 0:
                 raise InvalidConfiguration(f"{f.name} must not be negative, got {value}")
         if self.max_datagram_size < 1200:
-            raise InvalidConfiguration(f"max_datagram_size must be at least 1200 (QUIC minimum), got {self.max_datagram_size}")
-        for name in ("max_message_size", "stream_send_buffer", "stream_receive_window", "max_streams",
-                     "max_connections", "message_queue_size", "accept_queue_size", "connect_timeout",
-                     "idle_timeout"):
+            raise InvalidConfiguration(
+                f"max_datagram_size must be at least 1200 (QUIC minimum), got {self.max_datagram_size}"
+            )
+        for name in (
+            "max_message_size",
+            "stream_send_buffer",
+            "stream_receive_window",
+            "max_streams",
+            "max_connections",
+            "message_queue_size",
+            "accept_queue_size",
+            "connect_timeout",
+            "idle_timeout",
+        ):
             if getattr(self, name) == 0:
                 raise InvalidConfiguration(f"{name} must be positive")
 

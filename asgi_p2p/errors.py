@@ -103,3 +103,10 @@ class StreamReset(P2PError):
         self.stream_id = stream_id
         self.error_code = error_code
         super().__init__(f"stream {stream_id} reset by peer (error code {error_code:#x})")
+
+
+class InvalidTicket(P2PError, ValueError):
+    """A ticket (or ``TICKET_OR_NODE`` target) could not be parsed; the message says why."""
+
+
+__all__ += ["InvalidTicket"]

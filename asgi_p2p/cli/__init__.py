@@ -7,6 +7,7 @@ subcommands are ``keygen``, ``id``, ``get`` and ``relay``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,8 +64,8 @@ def _subcommands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], N
         "id": ("print the node id of a key file", _add_key_file, cmd_id),
     }
     try:
-        from . import serve
-    except ImportError:  # pragma: no cover - http layer not installed
+        serve = importlib.import_module("asgi_p2p.cli.serve")
+    except ImportError:  # pragma: no cover - http layer not built
         pass
     else:
         cmds.update(serve.subcommands())

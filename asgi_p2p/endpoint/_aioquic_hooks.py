@@ -154,8 +154,10 @@ def install_receive_credit(quic: QuicConnection, credit_limit: Callable[[int], i
     """
 
     def _write_stream_limits(builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> None:
+        stream_id = stream.stream_id
+        assert stream_id is not None  # only application streams get here
         if stream.max_stream_data_local:
-            limit = credit_limit(stream.stream_id) if stream.stream_id is not None else None
+            limit = credit_limit(stream_id)
             if limit is None:
                 if stream.receiver.highest_offset * 2 > stream.max_stream_data_local:
                     stream.max_stream_data_local *= 2
@@ -168,7 +170,7 @@ def install_receive_credit(quic: QuicConnection, credit_limit: Callable[[int], i
                 handler=quic._on_max_stream_data_delivery,
                 handler_args=(stream,),
             )
-            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream_id)
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 

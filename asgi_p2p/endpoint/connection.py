@@ -16,6 +16,7 @@ from aioquic.quic.events import (
     StopSendingReceived,
     StreamReset,
 )
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..config import NetworkConfig
 from ..errors import AuthenticationFailed, ConnectionClosed, ConnectionFailed, P2PError
@@ -259,14 +260,24 @@ class PeerConnection:
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
         """Close now (pending stream data is dropped); see :meth:`aclose` for a graceful close."""
-        if self.closed or self.quic._state in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING,
-                                                QuicConnectionState.TERMINATED):
+        if self.closed or self.quic._state in (
+            QuicConnectionState.CLOSING,
+            QuicConnectionState.DRAINING,
+            QuicConnectionState.TERMINATED,
+        ):
             return
         if self._close_error is None:
             self._close_error = ConnectionClosed(
                 f"connection closed locally: {reason or 'closed'}", error_code=error_code, reason=reason
             )
-        self.quic.close(error_code=error_code, reason_phrase=reason)
+        if self._ready.done():
+            self.quic.close(error_code=error_code, reason_phrase=reason)
+        else:
+            # Before the handshake an application close loses its reason (RFC 9000 10.2.3),
+            # so refuse with a transport CONNECTION_REFUSED that carries it.
+            self.quic.close(
+                error_code=QuicErrorCode.CONNECTION_REFUSED, frame_type=QuicFrameType.PADDING, reason_phrase=reason
+            )
         self.transmit()
 
     def abort(self, err: P2PError) -> None:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from aioquic.buffer import Buffer
+from aioquic._buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
@@ -189,9 +189,7 @@ class Endpoint:
             raise InvalidConfiguration("cannot connect to ourselves")
         address = node_addr.direct_addresses[0]
         quic = QuicConnection(configuration=self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id)))
-        conn = PeerConnection(
-            self, quic, address, is_client=True, expected_node_id=node_id, config=self.config
-        )
+        conn = PeerConnection(self, quic, address, is_client=True, expected_node_id=node_id, config=self.config)
 
         def check_server(raw: bytes) -> None:
             if raw != node_id.to_bytes():
@@ -326,4 +324,3 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.node_id.fmt_short()}>"
-

@@ -21,9 +21,9 @@ class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, receiver: DatagramReceiver) -> None:
         self._receiver = receiver
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         try:
-            self._receiver(data, (str(addr[0]), int(addr[1])))  # type: ignore[call-overload]
+            self._receiver(data, (str(addr[0]), int(addr[1])))
         except Exception:  # a receiver bug must not kill the socket
             log.exception("datagram receiver failed")
 

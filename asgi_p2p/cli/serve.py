@@ -1,0 +1,285 @@
+"""``asgi-p2p serve APP`` (or just ``asgi-p2p APP``): serve an ASGI app to peers over HTTP/3.
+
+The flags follow uvicorn's where they mean the same thing.  The HTTP layer is
+imported only when a command runs, so ``asgi-p2p keygen`` and ``id`` keep working
+even if it cannot be imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import NetworkConfig
+from ..errors import InvalidConfiguration, InvalidNodeId, P2PError
+from ..identity import NodeId, SecretKey, load_or_create_key
+from . import _common
+from ._common import LOG_LEVELS, configure_logging, describe_error, port_number, positive_float, positive_int
+
+__all__ = ["import_app", "read_allow_file", "subcommands"]
+
+log = logging.getLogger("asgi_p2p.cli")
+
+Command = Callable[[argparse.Namespace], int]
+Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None], Command]
+
+
+def subcommands() -> dict[str, Subcommand]:
+    """The commands this module adds to ``asgi-p2p`` (consumed by :func:`asgi_p2p.cli.main`)."""
+    from . import get
+
+    return {
+        "serve": ("serve an ASGI app to peers over HTTP/3 (also: `asgi-p2p APP`)", add_serve_args, run_serve),
+        "get": ("fetch a URL from a peer over HTTP/3, like curl", get.add_get_args, get.run_get),
+    }
+
+
+# -- arguments --------------------------------------------------------------------
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    from . import default_key_file
+
+    p.add_argument("app", metavar="APP", help="the ASGI app as module:attribute, e.g. main:app")
+    p.add_argument("--factory", action="store_true", help="APP is a function returning the app; call it")
+    p.add_argument("--app-dir", default=".", metavar="DIR", help="directory to import APP from (default: .)")
+    p.add_argument("--env-file", type=Path, metavar="PATH", help="read KEY=VALUE environment variables from PATH")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="PATH",
+        help=f"secret key file, created 0600 if missing (default: {default_key_file()})",
+    )
+    keys.add_argument("--ephemeral", action="store_true", help="use a new random identity instead of a key file")
+    p.add_argument("--host", default="127.0.0.1", help="address of the UDP socket (default: 127.0.0.1; "
+                   "use 0.0.0.0 or :: to serve other machines)")
+    p.add_argument("--port", type=port_number, default=0, help="UDP port (default: 0 = any free port)")
+    p.add_argument("--allow", action="append", default=[], metavar="NODE_ID",
+                   help="only this node may connect (repeatable; default: any node)")
+    p.add_argument("--allow-file", type=Path, metavar="PATH",
+                   help="file of node ids allowed to connect, one per line (# comments)")
+    p.add_argument("--root-path", default="", metavar="PATH", help="ASGI root_path, for apps mounted below a prefix")
+    p.add_argument("--lifespan", choices=["auto", "on", "off"], default="auto",
+                   help="run the app's lifespan startup/shutdown (default: auto)")
+    p.add_argument("--limit-concurrency", type=positive_int, metavar="N",
+                   help="answer 503 once N requests are in flight")
+    p.add_argument("--timeout-graceful-shutdown", type=positive_float, metavar="SECONDS",
+                   help="on shutdown, wait at most this long for in-flight requests")
+    p.add_argument("--max-body-size", type=positive_int, metavar="BYTES",
+                   help="refuse request bodies larger than this with 413")
+    p.add_argument("--max-datagram-size", type=positive_int, metavar="BYTES",
+                   help="largest UDP payload QUIC sends (default 1200; larger is faster where paths carry it)")
+    p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
+    p.add_argument("--ticket-file", type=Path, metavar="PATH", help="write the ticket to PATH once serving")
+
+
+# -- app loading --------------------------------------------------------------------
+
+
+def import_app(spec: str, *, factory: bool = False, app_dir: str = ".") -> Callable[..., Any]:
+    """Import ``module:attribute`` from ``app_dir`` (calling it if ``factory``)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise InvalidConfiguration(f'APP must be "module:attribute" (like main:app), got {spec!r}')
+    directory = str(Path(app_dir).resolve())
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise  # the app itself failed to import something: show the traceback
+        raise InvalidConfiguration(
+            f"could not import module {module_name!r} from {directory} (set --app-dir to where it lives)"
+        ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise InvalidConfiguration(f"module {module_name!r} has no attribute {attr!r}") from None
+    if factory:
+        if not callable(obj):
+            raise InvalidConfiguration(f"--factory: {spec} is not callable")
+        obj = obj()
+        if inspect.isawaitable(obj):
+            raise InvalidConfiguration(f"--factory: {spec} returned an awaitable; the factory must return the app")
+    if not callable(obj):
+        raise InvalidConfiguration(f"{spec} is not an ASGI app (it is a {type(obj).__name__})")
+    return obj  # type: ignore[no-any-return]
+
+
+def read_allow_file(path: Path) -> list[NodeId]:
+    """Node ids from a file: one per line, blank lines and ``#`` comments ignored."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidConfiguration(f"cannot read --allow-file {path}: {exc.strerror or exc}") from None
+    ids: list[NodeId] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        item = line.split("#", 1)[0].strip()
+        if not item:
+            continue
+        try:
+            ids.append(NodeId.parse(item))
+        except InvalidNodeId as exc:
+            raise InvalidConfiguration(f"{path}:{lineno}: {exc}") from None
+    return ids
+
+
+def _allow_list(args: argparse.Namespace) -> list[NodeId] | None:
+    if not args.allow and args.allow_file is None:
+        return None
+    ids: list[NodeId] = []
+    for text in args.allow:
+        try:
+            ids.append(NodeId.parse(text))
+        except InvalidNodeId as exc:
+            raise InvalidConfiguration(f"--allow: {exc}") from None
+    if args.allow_file is not None:
+        ids.extend(read_allow_file(args.allow_file))
+    if not ids:
+        raise InvalidConfiguration(f"--allow-file {args.allow_file} lists no node ids; nobody could connect")
+    return ids
+
+
+def _secret_key(args: argparse.Namespace) -> SecretKey:
+    from . import default_key_file
+
+    if args.ephemeral:
+        return SecretKey.generate()
+    path: Path = args.key_file or default_key_file()
+    existed = path.exists()
+    key = load_or_create_key(path)
+    if not existed:
+        log.info("created a new key file %s (mode 0600)", path)
+    return key
+
+
+def _write_ticket_file(path: Path, ticket: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(ticket + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # readers never see a half-written ticket
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    if args.env_file is not None:
+        _common.load_env_file(args.env_file)
+    overrides: dict[str, Any] = {}
+    if args.max_datagram_size is not None:
+        overrides["max_datagram_size"] = args.max_datagram_size
+    config = NetworkConfig.from_env(**overrides)
+    allow = _allow_list(args)
+    key = _secret_key(args)
+    try:
+        app = import_app(args.app, factory=args.factory, app_dir=args.app_dir)
+    except P2PError:
+        raise
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"asgi-p2p: error: could not load {args.app}: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    return asyncio.run(_serve(app, key, allow, config, args))
+
+
+async def _serve(
+    app: Callable[..., Any],
+    key: SecretKey,
+    allow: list[NodeId] | None,
+    config: NetworkConfig,
+    args: argparse.Namespace,
+) -> int:
+    from ..endpoint import Endpoint
+    from ..http import H3Server
+    from ..ticket import Ticket
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    force = asyncio.Event()
+
+    def on_signal(signame: str) -> None:
+        if stop.is_set():
+            log.warning("%s again: stopping without waiting for in-flight requests", signame)
+            force.set()
+        else:
+            log.info("%s: shutting down gracefully (send again to force)", signame)
+            stop.set()
+
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+            handled.append(sig)
+
+    endpoint = await Endpoint.bind(key, host=args.host, port=args.port, allow=allow, config=config)
+    try:
+        server_kwargs: dict[str, Any] = {
+            "root_path": args.root_path,
+            "lifespan": args.lifespan,
+            "limit_concurrency": args.limit_concurrency,
+            "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
+        }
+        if args.max_body_size is not None:
+            server_kwargs["max_body_size"] = args.max_body_size
+        server = H3Server(app, endpoint, **server_kwargs)
+        await server.startup()
+        ticket = Ticket.from_node_addr(endpoint.node_addr()).encode()
+        if args.ticket_file is not None:
+            _write_ticket_file(args.ticket_file, ticket)
+        _announce(args, endpoint.node_id, endpoint.local_address, ticket, allow)
+        await stop.wait()
+        shutdown = asyncio.ensure_future(server.shutdown())
+        forced = asyncio.ensure_future(force.wait())
+        await asyncio.wait([shutdown, forced], return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not shutdown.done():
+            shutdown.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await shutdown
+            print("asgi-p2p: error: shutdown forced; in-flight requests were cut off", file=sys.stderr)
+            return 1
+        shutdown.result()
+        log.info("stopped")
+        return 0
+    finally:
+        await endpoint.close()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+def _announce(
+    args: argparse.Namespace,
+    node_id: NodeId,
+    local: tuple[str, int],
+    ticket: str,
+    allow: list[NodeId] | None,
+) -> None:
+    host, port = local[0], local[1]
+    udp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    who = "any node" if allow is None else f"{len(allow)} allowed node(s)"
+    lines = [
+        f"asgi-p2p: serving {args.app} over HTTP/3 (udp {udp}, {who})",
+        f"  node id  {node_id}",
+        f"  ticket   {ticket}",
+        f"  try      asgi-p2p get {ticket}/",
+    ]
+    if host in ("127.0.0.1", "::1", "localhost"):
+        lines.append("  (bound to loopback: only this machine can connect; use --host 0.0.0.0 for others)")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,1052 @@
+"""The simulated network: hosts, links, NAT boxes, routing and faults.
+
+A :class:`Simulation` owns a :class:`~asgi_p2p.sim.loop.VirtualTimeLoop`, a seeded
+random generator, a :class:`~asgi_p2p.sim.trace.Trace`, a :class:`~asgi_p2p.sim.discovery.MockDNS`
+and a graph of nodes (:class:`Host` and :class:`NatBox`) joined by :class:`Link` s.
+
+Each :class:`Host` is a :class:`~asgi_p2p.net.DatagramNetwork`: ``await host.bind(...)``
+returns a :class:`SimSocket`, so the real endpoint runs on it unchanged.
+
+Addressing: the public internet is one *realm*; every NAT box opens a private realm
+behind it.  A packet is routed inside its current realm: to the node owning its
+destination IP if there is one, else to the realm's NAT box (the default gateway),
+which translates it into the outer realm.  Within a realm, packets follow the
+lowest-latency path of links (Dijkstra, ties broken by node creation order),
+hop by hop, each link applying its loss, queueing, latency, jitter, reordering
+and duplication in virtual time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import ipaddress
+import logging
+import os
+import random
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import NetworkError
+from ..net.base import Address, DatagramReceiver
+from . import determinism
+from .discovery import MockDNS
+from .errors import SimulationError
+from .loop import START_TIME, VirtualTimeLoop
+from .nat import NAT_PRESETS, NatConfig, NatTable
+from .trace import Trace, TraceEvent
+
+__all__ = [
+    "HEADER_OVERHEAD",
+    "Fault",
+    "Host",
+    "Link",
+    "NatBox",
+    "Node",
+    "SimSocket",
+    "Simulation",
+    "default_latency",
+    "default_loss",
+]
+
+log = logging.getLogger("asgi_p2p.sim")
+
+T = TypeVar("T")
+
+#: Bytes of IPv4 + UDP header counted on top of the payload by bandwidth limits.
+HEADER_OVERHEAD = 28
+
+_WILDCARDS = ("", "0.0.0.0", "::")
+_EPHEMERAL_FIRST = 49152
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def default_latency() -> float:
+    """``SIMULATOR_DEFAULT_LATENCY_MS`` (default 50) in seconds."""
+    return _env_float("SIMULATOR_DEFAULT_LATENCY_MS", 50.0) / 1000.0
+
+
+def default_loss() -> float:
+    """``SIMULATOR_DEFAULT_PACKET_LOSS`` (default 0.01) as a probability."""
+    return _env_float("SIMULATOR_DEFAULT_PACKET_LOSS", 0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+
+
+class Node:
+    """A vertex of the network graph (a host or a NAT box)."""
+
+    def __init__(self, sim: Simulation, name: str, index: int, realm: NatBox | None) -> None:
+        self.sim = sim
+        self.name = name
+        #: Creation order (deterministic tie-breaks).
+        self.index = index
+        #: The NAT box whose private network this node is in (None: the public internet).
+        self.realm = realm
+        self.up = True
+        #: Neighbours and the links to them, in creation order.
+        self.links: dict[Node, Link] = {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    def __lt__(self, other: Node) -> bool:
+        return self.index < other.index
+
+
+class SimSocket:
+    """A bound simulated UDP socket (implements :class:`~asgi_p2p.net.DatagramSocket`)."""
+
+    def __init__(self, host: Host, port: int, receiver: DatagramReceiver) -> None:
+        self.host = host
+        self.port = port
+        self.receiver = receiver
+        self.closed = False
+        self.sent = 0
+        self.received = 0
+
+    @property
+    def local_address(self) -> Address:
+        return (self.host.address, self.port)
+
+    def local_addresses(self) -> list[Address]:
+        """The host's own address (a private one behind a NAT: peers see the NAT's)."""
+        return [(self.host.address, self.port)]
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        """Queue one datagram into the simulated network (never blocks, may drop)."""
+        if self.closed:
+            return
+        self.sent += 1
+        self.host.sim._send(self, data if isinstance(data, bytes) else bytes(data), (str(addr[0]), int(addr[1])))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.host.sockets.get(self.port) is self:
+            del self.host.sockets[self.port]
+
+    def __repr__(self) -> str:
+        return f"<SimSocket {self.host.name} {self.host.address}:{self.port}{' closed' if self.closed else ''}>"
+
+
+class Host(Node):
+    """A machine with one address; a :class:`~asgi_p2p.net.DatagramNetwork` for its sockets."""
+
+    def __init__(self, sim: Simulation, name: str, index: int, realm: NatBox | None, address: str) -> None:
+        super().__init__(sim, name, index, realm)
+        self.address = address
+        self.sockets: dict[int, SimSocket] = {}
+        self._next_port = _EPHEMERAL_FIRST
+        #: Called (no arguments) when the host crashes.
+        self.on_crash: list[Callable[[], None]] = []
+        self.crashes = 0
+
+    @property
+    def nat(self) -> NatBox | None:
+        """The NAT box in front of this host, if any."""
+        return self.realm
+
+    @property
+    def public_address(self) -> str:
+        """The IP the public internet sees for this host (its outermost NAT's address)."""
+        node: Node = self
+        while node.realm is not None:
+            node = node.realm
+        return node.public_address if isinstance(node, NatBox) else self.address
+
+    async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> SimSocket:
+        """Bind a socket on this host (``host`` is a wildcard or this host's address)."""
+        if host not in _WILDCARDS and host != self.address:
+            raise NetworkError(f"cannot bind {host}:{port} on simulated host {self.name}: its address is {self.address}")
+        if not self.up:
+            raise NetworkError(f"cannot bind on simulated host {self.name}: it is down")
+        if port == 0:
+            port = self._ephemeral_port()
+        elif port in self.sockets:
+            raise NetworkError(f"cannot bind UDP {self.address}:{port} on {self.name}: address already in use")
+        sock = SimSocket(self, port, receiver)
+        self.sockets[port] = sock
+        log.debug("%s: bound %s:%d", self.name, self.address, port)
+        return sock
+
+    def _ephemeral_port(self) -> int:
+        for _ in range(65536):
+            port = self._next_port
+            self._next_port = _EPHEMERAL_FIRST if port >= 65535 else port + 1
+            if port not in self.sockets:
+                return port
+        raise NetworkError(f"no free UDP port on simulated host {self.name}")  # pragma: no cover
+
+    def crash(self) -> None:
+        """Shortcut for ``sim.crash(self)``."""
+        self.sim.crash(self)
+
+    def restart(self) -> None:
+        """Shortcut for ``sim.restart(self)``."""
+        self.sim.restart(self)
+
+
+class NatBox(Node):
+    """A NAT: one public address in its realm, a private realm behind it."""
+
+    def __init__(
+        self, sim: Simulation, name: str, index: int, realm: NatBox | None, config: NatConfig, public_address: str
+    ) -> None:
+        super().__init__(sim, name, index, realm)
+        self.config = config
+        self.public_address = public_address
+        self.table = NatTable(config, public_address, random.Random(f"{sim.seed}:nat:{name}"))
+        self._next_private = 2
+        self._subnet = 0
+
+    @property
+    def address(self) -> str:
+        """The public address (in the outer realm)."""
+        return self.public_address
+
+
+# ---------------------------------------------------------------------------------------------
+# Links
+
+
+class _Direction:
+    """Per-direction state of a link (queue, FIFO order, holds, counters)."""
+
+    __slots__ = ("busy_until", "delivered", "dropped", "held", "last_arrival", "sent")
+
+    def __init__(self) -> None:
+        self.busy_until = 0.0
+        self.last_arrival = 0.0
+        self.held: list[_Packet] | None = None
+        self.sent = 0
+        self.delivered = 0
+        self.dropped = 0
+
+
+class Link:
+    """A bidirectional link; all parameters may be changed at any time.
+
+    Attributes:
+        latency: one-way propagation delay in seconds.
+        jitter: extra delay drawn uniformly from ``[0, jitter]`` seconds (order kept).
+        loss: probability that a packet is lost.
+        bandwidth: bits per second (payload + :data:`HEADER_OVERHEAD`), None = unlimited.
+        queue_bytes: bytes the send queue holds before dropping (with a bandwidth).
+        duplicate: probability that a packet is delivered twice.
+        reorder: probability that a packet is delayed by up to ``reorder_delay`` extra
+            seconds, letting later packets overtake it.
+    """
+
+    def __init__(self, sim: Simulation, a: Node, b: Node, **params: Any) -> None:
+        self.sim = sim
+        self.a = a
+        self.b = b
+        self.up = True
+        self.latency = default_latency() if sim.default_latency is None else sim.default_latency
+        self.loss = default_loss() if sim.default_loss is None else sim.default_loss
+        self.jitter = 0.0
+        self.bandwidth: float | None = None
+        self.queue_bytes = 256 * 1024
+        self.duplicate = 0.0
+        self.reorder = 0.0
+        self.reorder_delay: float | None = None
+        self.rng = random.Random(f"{sim.seed}:link:{a.name}:{b.name}")
+        self._dirs: dict[Node, _Direction] = {a: _Direction(), b: _Direction()}
+        self.configure(**params)
+
+    _PARAMS = ("latency", "jitter", "loss", "bandwidth", "queue_bytes", "duplicate", "reorder", "reorder_delay")
+
+    def configure(self, **params: Any) -> Link:
+        """Change parameters (names as the attributes); returns self."""
+        for key, value in params.items():
+            if key not in self._PARAMS:
+                raise TypeError(f"unknown link parameter {key!r} (known: {', '.join(self._PARAMS)})")
+            if value is None and key not in ("bandwidth", "reorder_delay"):
+                continue
+            if key in ("loss", "duplicate", "reorder") and not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{key} must be a probability in [0, 1], got {value}")
+            if key in ("latency", "jitter") and float(value) < 0:
+                raise ValueError(f"{key} must not be negative, got {value}")
+            if key == "bandwidth" and value is not None and float(value) <= 0:
+                raise ValueError(f"bandwidth must be positive bits/s or None, got {value}")
+            setattr(self, key, value)
+        self.sim._topology_changed()
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.a.name}<->{self.b.name}"
+
+    def other(self, node: Node) -> Node:
+        return self.b if node is self.a else self.a
+
+    def direction(self, src: Node) -> _Direction:
+        """State of the direction leaving ``src``."""
+        return self._dirs[src]
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Counters per direction (``"a->b"`` / ``"b->a"``)."""
+        out: dict[str, dict[str, int]] = {}
+        for src, d in self._dirs.items():
+            dst = self.other(src)
+            out[f"{src.name}->{dst.name}"] = {"sent": d.sent, "delivered": d.delivered, "dropped": d.dropped}
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Link {self.name} latency={self.latency} loss={self.loss}{'' if self.up else ' down'}>"
+
+
+class _Packet:
+    __slots__ = ("data", "dst", "hop", "origin", "path", "realm", "src")
+
+    def __init__(self, data: bytes, src: Address, dst: Address, origin: Host, realm: NatBox | None) -> None:
+        self.data = data
+        self.src = src
+        self.dst = dst
+        self.origin = origin
+        self.realm = realm
+        self.path: list[Node] = []
+        self.hop = 0
+
+    def copy(self) -> _Packet:
+        p = _Packet(self.data, self.src, self.dst, self.origin, self.realm)
+        p.path = self.path
+        p.hop = self.hop
+        return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults given up front
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scheduled fault: at ``at`` virtual seconds, do ``action`` to ``a`` (and ``b``).
+
+    Actions: ``partition``, ``heal``, ``link_down``, ``link_up``, ``hold``, ``release``
+    (these take ``a`` and ``b``), ``host_down``, ``host_up``, ``crash``, ``restart``
+    (these take ``a``).  ``oneway`` applies to ``partition``/``heal``/``hold``/``release``.
+    """
+
+    at: float
+    action: str
+    a: str
+    b: str | None = None
+    oneway: bool = False
+
+    ACTIONS = ("partition", "heal", "link_down", "link_up", "hold", "release", "host_down", "host_up", "crash",
+               "restart")
+
+    def apply(self, sim: Simulation) -> None:
+        """Perform the fault now."""
+        act = self.action
+        if act in ("partition", "heal", "hold", "release"):
+            getattr(sim, act)(self.a, self._b(), oneway=self.oneway)
+        elif act in ("link_down", "link_up"):
+            getattr(sim, act)(self.a, self._b())
+        elif act in ("host_down", "host_up", "crash", "restart"):
+            getattr(sim, act)(self.a)
+        else:
+            raise ValueError(f"unknown fault action {act!r} (known: {', '.join(self.ACTIONS)})")
+
+    def _b(self) -> str:
+        if self.b is None:
+            raise ValueError(f"fault {self.action} needs two nodes")
+        return self.b
+
+
+NodeRef = Node | str
+NodeGroup = NodeRef | Iterable[NodeRef]
+
+
+# ---------------------------------------------------------------------------------------------
+# The simulation
+
+
+class Simulation:
+    """A deterministic simulated network running on a virtual-time loop.
+
+    Args:
+        seed: every random choice (loss, jitter, NAT ports, ...) derives from it.
+        latency: default link latency in seconds (default: ``SIMULATOR_DEFAULT_LATENCY_MS``).
+        loss: default link loss probability (default: ``SIMULATOR_DEFAULT_PACKET_LOSS``).
+        auto_link: link every new public node to every existing one with default
+            parameters (a full mesh); set False to wire the topology by hand.
+        keep_trace: keep trace events in memory (the hash is always computed).
+        time_limit: default virtual-seconds limit of :meth:`run` (None: no limit).
+        discovery_delay: mock DNS delay in seconds (default: ``SIMULATOR_DISCOVERY_DELAY_MS``).
+        livelock: ``"nudge"`` or ``"raise"`` (see :class:`~asgi_p2p.sim.loop.VirtualTimeLoop`).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        latency: float | None = None,
+        loss: float | None = None,
+        auto_link: bool = True,
+        keep_trace: bool = True,
+        time_limit: float | None = None,
+        discovery_delay: float | None = None,
+        livelock: str = "nudge",
+    ) -> None:
+        determinism.apply()
+        self.seed = seed
+        #: Randomness for tests and components that the simulation hands out.
+        self.rng = random.Random(seed)
+        self.default_latency = default_latency() if latency is None else latency
+        self.default_loss = default_loss() if loss is None else loss
+        self.auto_link = auto_link
+        self.time_limit = time_limit
+        self.loop = VirtualTimeLoop(START_TIME, livelock=livelock)
+        self.trace = Trace(keep=keep_trace)
+        self.dns = MockDNS(discovery_delay)
+        self._nodes: dict[str, Node] = {}
+        self._realms: dict[NatBox | None, dict[str, Node]] = {None: {}}
+        self._links: list[Link] = []
+        self._blocked: set[tuple[Node, Node]] = set()
+        self._spt: dict[Node, dict[Node, Node]] = {}
+        self._public_next = 1
+        self._nat_next = 1
+        self._closed = False
+        #: Packets handed to sockets / dropped (all reasons).
+        self.delivered = 0
+        self.dropped = 0
+        self.sent = 0
+
+    # -- time -----------------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """Virtual seconds since the simulation started."""
+        return self.loop.time() - START_TIME
+
+    def at(self, t: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
+        """Call ``callback(*args)`` at virtual time ``t`` (seconds since start)."""
+        return self.loop.call_at(START_TIME + t, callback, *args)
+
+    def after(self, delay: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle:
+        """Call ``callback(*args)`` ``delay`` virtual seconds from now."""
+        return self.loop.call_later(delay, callback, *args)
+
+    def schedule(self, faults: Iterable[Fault]) -> list[asyncio.TimerHandle]:
+        """Schedule faults given up front (times are seconds since start)."""
+        return [self.at(f.at, f.apply, self) for f in sorted(faults, key=lambda f: f.at)]
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, main: Coroutine[Any, Any, T], *, time_limit: float | None = None) -> T:
+        """Run ``main`` on the virtual-time loop until it finishes; return its result.
+
+        Raises :class:`~asgi_p2p.sim.SimulationDeadlock` if everything waits with no
+        timer pending, :class:`~asgi_p2p.sim.SimulationTimeLimit` past ``time_limit``
+        virtual seconds (default: the simulation's ``time_limit``).  Background tasks
+        started by ``main`` keep their state for the next :meth:`run`; :meth:`close`
+        cancels them.
+        """
+        if self._closed:
+            main.close()
+            raise SimulationError("the simulation is closed")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            main.close()
+            raise SimulationError(
+                "sim.run() cannot be called while another event loop runs in this thread "
+                "(an async test?): make the test a plain 'def' and call sim.run(main())"
+            )
+        loop = self.loop
+        limit = self.time_limit if time_limit is None else time_limit
+        task = loop.create_task(main, name="sim-main")
+        loop.main_task = task
+        loop.deadline = loop.time() + limit if limit else None
+        try:
+            return loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():
+                self._drain([task])
+            raise
+        finally:
+            loop.deadline = None
+            loop.main_task = None
+
+    def _drain(self, tasks: list[asyncio.Task[Any]], grace: float = 60.0) -> None:
+        """Cancel ``tasks`` and let them unwind (bounded by ``grace`` virtual seconds)."""
+        loop = self.loop
+        for task in tasks:
+            task.cancel()
+
+        async def wait() -> None:
+            await asyncio.wait(tasks)
+
+        loop.deadline = loop.time() + grace
+        try:
+            loop.run_until_complete(wait())
+        except Exception as exc:
+            log.warning("simulation: tasks did not finish after cancellation: %s", exc)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.debug("task %s ended with %r", task.get_name(), task.exception())
+
+    def close(self) -> None:
+        """Cancel remaining tasks, close every socket and the loop (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = self.loop
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            if pending:
+                self._drain(pending)
+            loop.deadline = loop.time() + 60.0
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        except Exception as exc:  # pragma: no cover - best effort
+            log.warning("simulation close: %s", exc)
+        finally:
+            for node in self._nodes.values():
+                if isinstance(node, Host):
+                    for sock in list(node.sockets.values()):
+                        sock.close()
+            loop.close()
+
+    def __enter__(self) -> Simulation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- building the topology --------------------------------------------------------------
+
+    def node(self, name: str, addr: str | None = None, **kwargs: Any) -> Node:
+        """The node called ``name``; if there is none, a new host (arguments as :meth:`host`)."""
+        existing = self._nodes.get(name)
+        if existing is not None and addr is None and not kwargs:
+            return existing
+        return self.host(name, addr, **kwargs)
+
+    def _ref(self, ref: NodeRef) -> Node:
+        if isinstance(ref, Node):
+            return ref
+        try:
+            return self._nodes[ref]
+        except KeyError:
+            raise KeyError(f"no simulated node named {ref!r}") from None
+
+    def _group(self, group: NodeGroup) -> list[Node]:
+        if isinstance(group, (Node, str)):
+            return [self._ref(group)]
+        return [self._ref(x) for x in group]
+
+    @property
+    def nodes(self) -> list[Node]:
+        """All nodes in creation order."""
+        return list(self._nodes.values())
+
+    @property
+    def hosts(self) -> list[Host]:
+        """All hosts in creation order."""
+        return [n for n in self._nodes.values() if isinstance(n, Host)]
+
+    @property
+    def links(self) -> list[Link]:
+        """All links in creation order."""
+        return list(self._links)
+
+    def _check_name(self, name: str) -> None:
+        if not name:
+            raise ValueError("node name must not be empty")
+        if name in self._nodes:
+            raise ValueError(f"a simulated node named {name!r} already exists")
+
+    def _claim_address(self, realm: NatBox | None, address: str | None) -> str:
+        table = self._realms[realm]
+        if address is not None:
+            ipaddress.ip_address(address)  # validates
+            if address in table:
+                where = "the internet" if realm is None else f"behind {realm.name}"
+                raise ValueError(f"address {address} is already used {where} (by {table[address].name})")
+            return address
+        if realm is None:
+            while True:
+                n = self._public_next
+                self._public_next += 1
+                candidate = f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+                if n & 255 not in (0, 255) and candidate not in table:
+                    return candidate
+        while True:
+            n = realm._next_private
+            realm._next_private += 1
+            candidate = f"192.168.{(n >> 8) & 255}.{n & 255}"
+            if n & 255 not in (0, 1, 255) and candidate not in table:
+                return candidate
+
+    def _resolve_nat(self, nat: NatBox | NatConfig | str, name: str) -> NatBox:
+        if isinstance(nat, NatBox):
+            return nat
+        return self.nat(f"{name}-nat", nat)
+
+    def host(
+        self,
+        name: str,
+        addr: str | None = None,
+        *,
+        nat: NatBox | NatConfig | str | None = None,
+        lan_latency: float = 0.0005,
+    ) -> Host:
+        """Add a host.
+
+        Args:
+            addr: its address (public, or private when behind a NAT); None: assigned.
+            nat: put it behind a NAT: an existing :class:`NatBox` (shared), or a
+                :class:`NatConfig` / preset name (``"full-cone"``, ``"restricted-cone"``,
+                ``"port-restricted-cone"``, ``"symmetric"``, ``"easy"``, ``"hard"``)
+                for a new box named ``<name>-nat``.
+            lan_latency: latency of the lossless link to its NAT box.
+        """
+        self._check_name(name)
+        box = None if nat is None or nat == "none" else self._resolve_nat(nat, name)
+        address = self._claim_address(box, addr)
+        h = Host(self, name, len(self._nodes), box, address)
+        self._add_node(h, address)
+        if box is not None:
+            self.link(h, box, latency=lan_latency, loss=0.0)
+        return h
+
+    def nat(
+        self,
+        name: str,
+        config: NatConfig | str = "port-restricted-cone",
+        *,
+        public_address: str | None = None,
+        behind: NatBox | None = None,
+        **overrides: Any,
+    ) -> NatBox:
+        """Add a NAT box (``behind`` another one for carrier-grade NAT).
+
+        ``config`` is a :class:`NatConfig` or a preset name; ``overrides`` replace
+        fields of it (e.g. ``hairpinning=True``, ``mapping_timeout=30``).
+        """
+        self._check_name(name)
+        if isinstance(config, str):
+            try:
+                config = NAT_PRESETS[config]
+            except KeyError:
+                raise ValueError(f"unknown NAT preset {config!r} (known: {', '.join(NAT_PRESETS)})") from None
+        if overrides:
+            from dataclasses import replace
+
+            config = replace(config, **overrides)
+        address = self._claim_address(behind, public_address or config.public_address)
+        box = NatBox(self, name, len(self._nodes), behind, config, address)
+        self._realms[box] = {}
+        self._add_node(box, address)
+        if behind is not None:
+            self.link(box, behind, latency=0.001, loss=0.0)
+        return box
+
+    def _add_node(self, node: Node, address: str) -> None:
+        self._nodes[node.name] = node
+        self._realms[node.realm][address] = node
+        if self.auto_link and node.realm is None:
+            for other in list(self._nodes.values()):
+                if other is not node and other.realm is None and other not in node.links:
+                    self.link(node, other)
+        self._topology_changed()
+        log.debug("added %r at %s", node, address)
+
+    def _wire_ends(self, a: Node, b: Node) -> tuple[Node, Node]:
+        """Climb NAT realms until both ends are in the same realm."""
+        chain_a: list[Node] = [a]
+        while chain_a[-1].realm is not None:
+            chain_a.append(chain_a[-1].realm)  # type: ignore[arg-type]
+        chain_b: list[Node] = [b]
+        while chain_b[-1].realm is not None:
+            chain_b.append(chain_b[-1].realm)  # type: ignore[arg-type]
+        for x in chain_a:
+            for y in chain_b:
+                if x.realm is y.realm and x is not y:
+                    return x, y
+        raise ValueError(f"cannot link {a.name} and {b.name}: no common network")
+
+    def link(self, a: NodeRef, b: NodeRef, **params: Any) -> Link:
+        """Create or reconfigure the link between ``a`` and ``b``.
+
+        A host behind a NAT is wired through its NAT box.  Parameters: ``latency``,
+        ``jitter`` (seconds), ``loss``, ``duplicate``, ``reorder`` (probabilities),
+        ``reorder_delay`` (seconds), ``bandwidth`` (bits/s), ``queue_bytes``.
+        """
+        na, nb = self._ref(a), self._ref(b)
+        if na is nb:
+            raise ValueError("cannot link a node to itself")
+        if na.realm is not nb.realm and not (nb is na.realm or na is nb.realm):
+            na, nb = self._wire_ends(na, nb)
+        existing = na.links.get(nb)
+        if existing is not None:
+            return existing.configure(**params)
+        lk = Link(self, na, nb, **params)
+        na.links[nb] = lk
+        nb.links[na] = lk
+        self._links.append(lk)
+        self._topology_changed()
+        return lk
+
+    def get_link(self, a: NodeRef, b: NodeRef) -> Link:
+        """The link between ``a`` and ``b`` (KeyError if none)."""
+        na, nb = self._ref(a), self._ref(b)
+        lk = na.links.get(nb)
+        if lk is None:
+            raise KeyError(f"no link between {na.name} and {nb.name}")
+        return lk
+
+    def unlink(self, a: NodeRef, b: NodeRef) -> None:
+        """Remove the link between ``a`` and ``b`` (packets on it are lost)."""
+        lk = self.get_link(a, b)
+        del lk.a.links[lk.b]
+        del lk.b.links[lk.a]
+        self._links.remove(lk)
+        lk.up = False
+        self._topology_changed()
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def _topology_changed(self) -> None:
+        self._spt.clear()
+
+    def _tree(self, src: Node) -> dict[Node, Node]:
+        """Shortest-path predecessor map from ``src`` over up links and up nodes."""
+        tree = self._spt.get(src)
+        if tree is not None:
+            return tree
+        prev: dict[Node, Node] = {}
+        dist: dict[Node, float] = {src: 0.0}
+        heap: list[tuple[float, int, Node]] = [(0.0, src.index, src)]
+        done: set[Node] = set()
+        while heap:
+            d, _, node = heapq.heappop(heap)
+            if node in done:
+                continue
+            done.add(node)
+            if node is not src and not node.up:
+                continue  # a down node is reachable but routes nothing
+            for nxt, lk in node.links.items():
+                if not lk.up or nxt in done:
+                    continue
+                nd = d + lk.latency + 1e-9
+                if nd < dist.get(nxt, float("inf")):
+                    dist[nxt] = nd
+                    prev[nxt] = node
+                    heapq.heappush(heap, (nd, nxt.index, nxt))
+        self._spt[src] = prev
+        return prev
+
+    def _path(self, src: Node, dst: Node) -> list[Node] | None:
+        if src is dst:
+            return [src]
+        prev = self._tree(src)
+        if dst not in prev:
+            return None
+        path = [dst]
+        node = dst
+        while node is not src:
+            node = prev[node]
+            path.append(node)
+        path.reverse()
+        return path
+
+    def find_path(self, a: NodeRef, b: NodeRef) -> list[str] | None:
+        """Names of the nodes on the current path from ``a`` to ``b``; None if there is
+        none (no links, links or nodes down, or a partition between them)."""
+        na, nb = self._ref(a), self._ref(b)
+        if (na, nb) in self._blocked or not na.up or not nb.up:
+            return None
+        path = self._path(na, nb)
+        return None if path is None else [n.name for n in path]
+
+    def path_latency(self, a: NodeRef, b: NodeRef) -> float | None:
+        """Sum of link latencies along :meth:`find_path` (None if no path)."""
+        names = self.find_path(a, b)
+        if names is None:
+            return None
+        nodes = [self._nodes[n] for n in names]
+        return sum(x.links[y].latency for x, y in zip(nodes, nodes[1:], strict=False))
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def partition(self, a: NodeGroup, b: NodeGroup, *, oneway: bool = False) -> None:
+        """No packet from group ``a`` reaches group ``b`` (nor back, unless ``oneway``)."""
+        for x in self._group(a):
+            for y in self._group(b):
+                self._blocked.add((x, y))
+                if not oneway:
+                    self._blocked.add((y, x))
+        log.debug("t=%.6f partition %s %s %s", self.now, a, "->" if oneway else "<->", b)
+
+    def heal(self, a: NodeGroup | None = None, b: NodeGroup | None = None, *, oneway: bool = False) -> None:
+        """Undo :meth:`partition` between ``a`` and ``b`` (every partition when both are None)."""
+        if a is None and b is None:
+            self._blocked.clear()
+            return
+        if a is None or b is None:
+            raise ValueError("heal() takes two groups, or none to heal everything")
+        for x in self._group(a):
+            for y in self._group(b):
+                self._blocked.discard((x, y))
+                if not oneway:
+                    self._blocked.discard((y, x))
+
+    def is_partitioned(self, a: NodeRef, b: NodeRef) -> bool:
+        """Whether packets from ``a`` to ``b`` are blocked by a partition."""
+        return (self._ref(a), self._ref(b)) in self._blocked
+
+    def hold(self, a: NodeRef, b: NodeRef, *, oneway: bool = False) -> None:
+        """Hold packets entering the link ``a``-``b`` until :meth:`release`."""
+        lk = self.get_link(a, b)
+        src = self._ref(a)
+        for node in (src,) if oneway else (lk.a, lk.b):
+            d = lk.direction(node)
+            if d.held is None:
+                d.held = []
+
+    def release(self, a: NodeRef, b: NodeRef, *, oneway: bool = False) -> None:
+        """Send the packets held on the link ``a``-``b`` now (in their original order)."""
+        lk = self.get_link(a, b)
+        src = self._ref(a)
+        for node in (src,) if oneway else (lk.a, lk.b):
+            d = lk.direction(node)
+            held, d.held = d.held, None
+            for pkt in held or ():
+                self._transmit(pkt)
+
+    def link_down(self, a: NodeRef, b: NodeRef) -> None:
+        """Take the link down: packets on it are dropped and routes avoid it."""
+        self.get_link(a, b).up = False
+        self._topology_changed()
+
+    def link_up(self, a: NodeRef, b: NodeRef) -> None:
+        """Bring the link back up."""
+        self.get_link(a, b).up = True
+        self._topology_changed()
+
+    def host_down(self, h: NodeRef) -> None:
+        """The node stops sending, receiving and forwarding (sockets stay bound)."""
+        self._ref(h).up = False
+        self._topology_changed()
+
+    def host_up(self, h: NodeRef) -> None:
+        """The node works again."""
+        self._ref(h).up = True
+        self._topology_changed()
+
+    def crash(self, h: NodeRef) -> None:
+        """The host goes down and loses its sockets; ``on_crash`` callbacks run."""
+        host = self._ref(h)
+        if not isinstance(host, Host):
+            raise TypeError(f"{host.name} is not a host")
+        host.crashes += 1
+        self._record("crash", (host.address, 0), (host.address, 0), 0, host.name)
+        for sock in list(host.sockets.values()):
+            sock.close()
+        self.host_down(host)
+        for cb in list(host.on_crash):
+            try:
+                cb()
+            except Exception:
+                log.exception("on_crash callback of %s failed", host.name)
+
+    def restart(self, h: NodeRef) -> None:
+        """Bring a crashed host back (no sockets: bind again)."""
+        host = self._ref(h)
+        self._record("restart", (getattr(host, "address", ""), 0), (getattr(host, "address", ""), 0), 0, host.name)
+        self.host_up(host)
+
+    # -- packets ------------------------------------------------------------------------------
+
+    def _record(self, kind: str, src: Address, dst: Address, length: int, where: str) -> None:
+        t = round((self.loop.time() - START_TIME) * 1e9)
+        self.trace.record(TraceEvent(t, kind, src, dst, length, where))
+
+    def _drop(self, pkt: _Packet, reason: str, where: str) -> None:
+        self.dropped += 1
+        self._record("drop:" + reason, pkt.src, pkt.dst, len(pkt.data), where)
+
+    def _send(self, sock: SimSocket, data: bytes, dst: Address) -> None:
+        host = sock.host
+        src = (host.address, sock.port)
+        self.sent += 1
+        self._record("send", src, dst, len(data), host.name)
+        pkt = _Packet(data, src, dst, host, host.realm)
+        if not host.up:
+            self._drop(pkt, "host-down", host.name)
+            return
+        self._route(pkt, host)
+
+    def _route(self, pkt: _Packet, at: Node) -> None:
+        """Send ``pkt`` from node ``at`` towards its destination in its realm."""
+        target = self._realms[pkt.realm].get(pkt.dst[0])
+        if target is None:
+            if isinstance(at, Host) and pkt.dst[0].startswith("127."):
+                target = at
+            elif pkt.realm is None:
+                self._drop(pkt, "no-route", at.name)
+                return
+            else:
+                target = pkt.realm  # the NAT box is the default gateway
+        if self._blocked and ((at, target) in self._blocked or (pkt.origin, target) in self._blocked):
+            self._drop(pkt, "partition", at.name)
+            return
+        if target is at:
+            pkt.path = [at]
+            pkt.hop = 0
+            self.loop.call_soon(self._arrive, pkt, at)
+            return
+        path = self._path(at, target)
+        if path is None:
+            self._drop(pkt, "no-path", at.name)
+            return
+        pkt.path = path
+        pkt.hop = 0
+        self._transmit(pkt)
+
+    def _transmit(self, pkt: _Packet) -> None:
+        """Put ``pkt`` on the link leaving ``pkt.path[pkt.hop]``."""
+        node = pkt.path[pkt.hop]
+        nxt = pkt.path[pkt.hop + 1]
+        lk = node.links.get(nxt)
+        if lk is None or not lk.up:
+            self._drop(pkt, "link-down", node.name)
+            return
+        d = lk.direction(node)
+        if d.held is not None:
+            d.held.append(pkt)
+            return
+        d.sent += 1
+        rng = lk.rng
+        if lk.loss and rng.random() < lk.loss:
+            d.dropped += 1
+            self._drop(pkt, "loss", lk.name)
+            return
+        now = self.loop.time()
+        depart = now
+        if lk.bandwidth:
+            rate = lk.bandwidth / 8.0
+            size = len(pkt.data) + HEADER_OVERHEAD
+            start = d.busy_until if d.busy_until > now else now
+            if (start - now) * rate + size > lk.queue_bytes:
+                d.dropped += 1
+                self._drop(pkt, "queue", lk.name)
+                return
+            d.busy_until = depart = start + size / rate
+        arrival = depart + lk.latency
+        if lk.jitter:
+            arrival += rng.uniform(0.0, lk.jitter)
+        if lk.reorder and rng.random() < lk.reorder:
+            extra = lk.reorder_delay if lk.reorder_delay is not None else max(lk.latency, 0.01)
+            arrival += rng.uniform(0.0, extra)
+        else:
+            if arrival < d.last_arrival:
+                arrival = d.last_arrival
+            d.last_arrival = arrival
+        self.loop.call_at(arrival, self._hop_arrival, pkt, lk, d)
+        if lk.duplicate and rng.random() < lk.duplicate:
+            self._record("dup", pkt.src, pkt.dst, len(pkt.data), lk.name)
+            extra = rng.uniform(0.0, max(lk.jitter, 0.001))
+            self.loop.call_at(arrival + extra, self._hop_arrival, pkt.copy(), lk, d)
+
+    def _hop_arrival(self, pkt: _Packet, lk: Link, d: _Direction) -> None:
+        if not lk.up:
+            d.dropped += 1
+            self._drop(pkt, "link-down", lk.name)
+            return
+        d.delivered += 1
+        pkt.hop += 1
+        node = pkt.path[pkt.hop]
+        if pkt.hop == len(pkt.path) - 1:
+            self._arrive(pkt, node)
+            return
+        if not node.up:
+            self._drop(pkt, "host-down", node.name)
+            return
+        self._transmit(pkt)
+
+    def _arrive(self, pkt: _Packet, node: Node) -> None:
+        """``pkt`` reached the node owning its destination (or its gateway)."""
+        if not node.up:
+            self._drop(pkt, "host-down", node.name)
+            return
+        if isinstance(node, NatBox):
+            if pkt.realm is node:
+                self._nat_outbound(pkt, node)
+            else:
+                self._nat_inbound(pkt, node)
+            return
+        assert isinstance(node, Host)
+        if self._blocked and (pkt.origin, node) in self._blocked:
+            self._drop(pkt, "partition", node.name)
+            return
+        sock = node.sockets.get(pkt.dst[1])
+        if sock is None:
+            self._drop(pkt, "no-socket", node.name)
+            return
+        self.delivered += 1
+        sock.received += 1
+        self._record("deliver", pkt.src, pkt.dst, len(pkt.data), node.name)
+        try:
+            sock.receiver(pkt.data, pkt.src)
+        except Exception:  # a receiver bug must not break the network
+            log.exception("receiver of %r failed", sock)
+
+    def _nat_outbound(self, pkt: _Packet, box: NatBox) -> None:
+        ext, created = box.table.outbound(pkt.src, pkt.dst, self.loop.time())
+        if created:
+            self._record("nat:map", pkt.src, ext, 0, box.name)
+        pkt.src = ext
+        pkt.realm = box.realm
+        if pkt.dst[0] == box.public_address:
+            if not box.config.hairpinning:
+                self._drop(pkt, "no-hairpin", box.name)
+                return
+            self._nat_inbound(pkt, box)
+            return
+        self._route(pkt, box)
+
+    def _nat_inbound(self, pkt: _Packet, box: NatBox) -> None:
+        internal, reason = box.table.inbound(pkt.dst[1], pkt.src, self.loop.time())
+        if internal is None:
+            self._drop(pkt, "nat-" + reason, box.name)
+            return
+        pkt.dst = internal
+        pkt.realm = box
+        self._route(pkt, box)
+
+    # -- statistics -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: packets sent/delivered/dropped (by reason), virtual time, loop figures."""
+        drops = {k[5:]: n for k, n in sorted(self.trace.counts.items()) if k.startswith("drop:")}
+        return {
+            "virtual_time": self.now,
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "drops": drops,
+            "duplicated": self.trace.counts["dup"],
+            "loop_iterations": self.loop.iterations,
+            "livelock_nudges": self.loop.livelock_nudges,
+            "trace_hash": self.trace.hash(),
+        }

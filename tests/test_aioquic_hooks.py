@@ -1,0 +1,172 @@
+"""Each hook into aioquic's private API, tested sans-I/O (two QuicConnections in memory).
+
+If one of these fails after an aioquic upgrade, the hook in
+asgi_p2p/endpoint/_aioquic_hooks.py must be rewritten before anything else.
+"""
+
+from __future__ import annotations
+
+import aioquic
+import pytest
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived
+from aioquic.quic.packet import pull_quic_header
+
+from asgi_p2p import SecretKey
+from asgi_p2p.endpoint import _aioquic_hooks as hooks
+from asgi_p2p.endpoint.tls import node_certificate
+
+CLIENT_ADDR = ("10.0.0.1", 1000)
+SERVER_ADDR = ("10.0.0.2", 2000)
+
+
+def test_aioquic_is_the_pinned_version() -> None:
+    assert aioquic.__version__ == "1.7.2"
+
+
+class Pair:
+    def __init__(self, client_key: SecretKey | None, server_key: SecretKey, *, window: int = 1 << 20) -> None:
+        def cfg(is_client: bool, key: SecretKey | None) -> QuicConfiguration:
+            return QuicConfiguration(
+                is_client=is_client,
+                alpn_protocols=["test"],
+                certificate=node_certificate(key) if key else None,
+                private_key=key.private_key if key else None,
+                verify_mode=0,
+                max_stream_data=window,
+            )
+
+        self.now = 0.0
+        self._server_cfg = cfg(False, server_key)
+        self.client = QuicConnection(configuration=cfg(True, client_key))
+        self.events: dict[str, list[QuicEvent]] = {"client": [], "server": []}
+        self.pending: list[bytes] = []
+
+    def start(self) -> QuicConnection:
+        """Client sends its Initial; returns the server connection (not yet initialised)."""
+        self.client.connect(SERVER_ADDR, now=self.now)
+        self.pending = [d for d, _ in self.client.datagrams_to_send(self.now)]
+        header = pull_quic_header(Buffer(data=self.pending[0]), host_cid_length=8)
+        self.server = QuicConnection(
+            configuration=self._server_cfg, original_destination_connection_id=header.destination_cid
+        )
+        return self.server
+
+    def pump(self, rounds: int = 10) -> None:
+        for data in self.pending:
+            self.server.receive_datagram(data, CLIENT_ADDR, self.now)
+        self.pending = []
+        for _ in range(rounds):
+            moved = False
+            self.now += 0.01
+            for data, _ in self.client.datagrams_to_send(self.now):
+                self.server.receive_datagram(data, CLIENT_ADDR, self.now)
+                moved = True
+            for data, _ in self.server.datagrams_to_send(self.now):
+                self.client.receive_datagram(data, SERVER_ADDR, self.now)
+                moved = True
+            for name, conn in (("client", self.client), ("server", self.server)):
+                while (ev := conn.next_event()) is not None:
+                    self.events[name].append(ev)
+            if not moved:
+                for conn in (self.client, self.server):
+                    t = conn.get_timer()
+                    if t is not None and t <= self.now + 1:
+                        self.now = max(self.now, t)
+                        conn.handle_timer(self.now)
+
+    def terminated(self, name: str) -> ConnectionTerminated | None:
+        for ev in self.events[name]:
+            if isinstance(ev, ConnectionTerminated):
+                return ev
+        return None
+
+
+def test_identity_hooks_give_both_sides_the_peer_key() -> None:
+    ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
+    p = Pair(ck, sk)
+    seen: dict[str, bytes] = {}
+    hooks.install_identity_hooks(p.client, lambda raw: seen.__setitem__("client", raw))
+    hooks.install_identity_hooks(p.start(), lambda raw: seen.__setitem__("server", raw))
+    p.pump()
+    assert seen == {"client": sk.node_id.to_bytes(), "server": ck.node_id.to_bytes()}
+    assert hooks.peer_public_key(p.client) == sk.node_id.to_bytes()
+    assert hooks.peer_public_key(p.server) == ck.node_id.to_bytes()
+    assert any(isinstance(e, HandshakeCompleted) for e in p.events["server"])
+    assert hooks.handshake_confirmed(p.client)
+    assert hooks.smoothed_rtt(p.client) > 0
+
+
+def test_client_check_aborts_inside_the_handshake() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("mallory"))
+
+    def expect_alice(raw: bytes) -> None:
+        raise hooks.AlertBadCertificate("not alice")
+
+    hooks.install_identity_hooks(p.client, expect_alice)
+    hooks.install_identity_hooks(p.start(), lambda raw: None)
+    stream_id = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(stream_id, b"secret queued before the handshake finished")
+    p.pump(30)
+    term = p.terminated("client")
+    assert term is not None and term.error_code == 0x100 + 42 and "not alice" in term.reason_phrase
+    # the server never completed the handshake and never saw application data
+    assert not any(isinstance(e, (HandshakeCompleted, StreamDataReceived)) for e in p.events["server"])
+
+
+def test_server_requests_and_requires_a_client_certificate() -> None:
+    p = Pair(None, SecretKey.from_seed("s"))
+    hooks.install_identity_hooks(p.start(), lambda raw: None)
+    p.pump(30)
+    assert not any(isinstance(e, HandshakeCompleted) for e in p.events["server"])
+    term = p.terminated("client")
+    assert term is not None and term.error_code == 0x100 + 116
+
+
+def test_server_check_can_refuse_a_node() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    hooks.install_identity_hooks(p.client, lambda raw: None)
+
+    def deny(raw: bytes) -> None:
+        raise hooks.AlertAccessDenied("go away")
+
+    hooks.install_identity_hooks(p.start(), deny)
+    p.pump(30)
+    assert not hooks.handshake_confirmed(p.client)
+    term = p.terminated("client")
+    assert term is not None and term.error_code == 0x100 + 49 and term.reason_phrase == "go away"
+
+
+def test_unacked_bytes_tracks_the_send_buffer() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    p.start()
+    p.pump()
+    sid = p.client.get_next_available_stream_id()
+    assert hooks.unacked_bytes(p.client, sid) == 0
+    p.client.send_stream_data(sid, b"x" * 5000)
+    assert hooks.unacked_bytes(p.client, sid) == 5000
+    p.pump(20)
+    assert hooks.unacked_bytes(p.client, sid) == 0
+
+
+@pytest.mark.parametrize("consume", [False, True])
+def test_receive_credit_grows_only_as_the_application_consumes(consume: bool) -> None:
+    window = 16 * 1024
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"), window=window)
+    consumed: dict[int, int] = {}
+    hooks.install_receive_credit(p.start(), lambda sid: consumed[sid] + window if sid in consumed else None)
+    p.pump()
+    sid = p.client.get_next_available_stream_id()
+    consumed[sid] = 0
+    p.client.send_stream_data(sid, b"y" * (10 * window))
+    p.pump(40)
+    received = sum(len(e.data) for e in p.events["server"] if isinstance(e, StreamDataReceived))
+    assert received == window  # stock aioquic would have let all 160 KiB through
+    if consume:
+        consumed[sid] = received
+        p.server.send_ping(1)  # any packet carries the new MAX_STREAM_DATA
+        p.pump(40)
+        received = sum(len(e.data) for e in p.events["server"] if isinstance(e, StreamDataReceived))
+        assert received == 2 * window
