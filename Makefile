@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check asgi_p2p tests apps examples benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/ruff format --check asgi_p2p
 
 typecheck: $(STAMP)

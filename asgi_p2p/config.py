@@ -43,8 +43,6 @@ class NetworkConfig:
     max_streams: int = 128
     #: Largest UDP payload QUIC builds (1200 is safe on any internet path).
     max_datagram_size: int = 1200
-    #: Raw messages queued for a receiver that does not call ``recv``.
-    message_queue_size: int = 64
     #: Connections waiting in a listener's ``accept`` queue.
     accept_queue_size: int = 128
 
@@ -63,7 +61,6 @@ class NetworkConfig:
             "stream_receive_window",
             "max_streams",
             "max_connections",
-            "message_queue_size",
             "accept_queue_size",
             "connect_timeout",
             "idle_timeout",

@@ -170,3 +170,15 @@ def test_receive_credit_grows_only_as_the_application_consumes(consume: bool) ->
         p.pump(40)
         received = sum(len(e.data) for e in p.events["server"] if isinstance(e, StreamDataReceived))
         assert received == 2 * window
+
+
+def test_peer_stream_limit_is_announced_and_enforced() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    server = p.start()
+    hooks.set_peer_stream_limit(server, 3)
+    p.pump()
+    for _ in range(5):
+        p.client.send_stream_data(p.client.get_next_available_stream_id(), b"x")
+    p.pump(20)
+    streams = {e.stream_id for e in p.events["server"] if isinstance(e, StreamDataReceived)}
+    assert len(streams) == 3  # the 4th and 5th wait until the server allows more

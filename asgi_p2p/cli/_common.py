@@ -128,8 +128,3 @@ def host_port(text: str) -> tuple[str, int]:
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host, port_number(rest)
-
-
-def env_default(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value else None

@@ -43,6 +43,7 @@ __all__ = [
     "handshake_confirmed",
     "install_identity_hooks",
     "install_receive_credit",
+    "set_peer_stream_limit",
     "peer_public_key",
     "smoothed_rtt",
     "unacked_bytes",
@@ -175,3 +176,14 @@ def install_receive_credit(quic: QuicConnection, credit_limit: Callable[[int], i
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
     quic._write_stream_limits = _write_stream_limits  # type: ignore[method-assign]
+
+
+def set_peer_stream_limit(quic: QuicConnection, max_bidi_streams: int) -> None:
+    """Limit how many bidirectional streams the peer may have open at once.
+
+    aioquic hard-codes 128 (``QuicConnection._local_max_streams_bidi``); it is
+    announced in the transport parameters, so call this before the handshake.
+    aioquic raises the limit by one for each peer stream that finishes.
+    """
+    limit = quic._local_max_streams_bidi
+    limit.value = limit.sent = max_bidi_streams

@@ -96,6 +96,7 @@ class PeerConnection:
         # read-paced receive credit: stream id -> bytes consumed by the application
         self._consumed: dict[int, int] = {}
         hooks.install_receive_credit(quic, self._credit_limit)
+        hooks.set_peer_stream_limit(quic, config.max_streams)
 
     # -- state -----------------------------------------------------------
 

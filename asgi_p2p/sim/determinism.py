@@ -60,7 +60,7 @@ def patch_aioquic_stream_hash() -> bool:
         return hash(sid if sid is not None else getattr(self, "_asgi_p2p_hash_key", 0))
 
     QuicStream.__init__ = __init__  # type: ignore[method-assign]
-    QuicStream.__hash__ = __hash__  # type: ignore[method-assign,assignment]
+    QuicStream.__hash__ = __hash__  # type: ignore[method-assign]
     setattr(QuicStream, _PATCH_MARK, True)
     log.debug("patched aioquic QuicStream.__hash__ (stream-id based)")
     return True
@@ -94,7 +94,7 @@ def patch_anyio_worker_threads() -> bool:
         await cls.checkpoint()
         return contextvars.copy_context().run(func, *args)
 
-    AsyncIOBackend.run_sync_in_worker_thread = classmethod(run_sync_in_worker_thread)  # type: ignore[method-assign,assignment,arg-type]
+    AsyncIOBackend.run_sync_in_worker_thread = classmethod(run_sync_in_worker_thread)  # type: ignore[method-assign,assignment]
     setattr(AsyncIOBackend, _PATCH_MARK, True)
     log.debug("patched anyio worker threads (inline on a virtual-time loop)")
     return True

@@ -32,7 +32,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, TypeVarTuple
 
 from .errors import RealIOForbidden, SimulationDeadlock, SimulationLivelock, SimulationTimeLimit
 
@@ -41,6 +41,7 @@ __all__ = ["START_TIME", "VirtualTimeLoop", "describe_tasks"]
 log = logging.getLogger("asgi_p2p.sim")
 
 T = TypeVar("T")
+_Ts = TypeVarTuple("_Ts")
 
 #: Virtual clock value at which every simulation starts.
 START_TIME = 1000.0
@@ -195,7 +196,7 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
 
     # -- threads: run inline with the clock frozen ---------------------------------------------
 
-    def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    def run_in_executor(self, executor: Any, func: Callable[[*_Ts], T], *args: *_Ts) -> asyncio.Future[T]:
         """Run ``func(*args)`` now, inline, and return a finished future.
 
         Real threads would finish at a wall-clock-dependent point of the virtual
@@ -302,10 +303,10 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
     async def sock_sendfile(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._refuse("sock_sendfile()")
 
-    def add_reader(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def add_reader(self, fd: Any, callback: Callable[[*_Ts], Any], *args: *_Ts) -> None:
         self._refuse("add_reader()")
 
-    def add_writer(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def add_writer(self, fd: Any, callback: Callable[[*_Ts], Any], *args: *_Ts) -> None:
         self._refuse("add_writer()")
 
     def remove_reader(self, fd: Any) -> bool:
@@ -314,7 +315,7 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
     def remove_writer(self, fd: Any) -> bool:
         return False
 
-    def add_signal_handler(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def add_signal_handler(self, sig: int, callback: Callable[[*_Ts], object], *args: *_Ts) -> None:
         self._refuse("add_signal_handler()")
 
     def remove_signal_handler(self, sig: int) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import ipaddress
+import itertools
 import logging
 import os
 import random
@@ -171,7 +172,9 @@ class Host(Node):
     async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> SimSocket:
         """Bind a socket on this host (``host`` is a wildcard or this host's address)."""
         if host not in _WILDCARDS and host != self.address:
-            raise NetworkError(f"cannot bind {host}:{port} on simulated host {self.name}: its address is {self.address}")
+            raise NetworkError(
+                f"cannot bind {host}:{port} on simulated host {self.name}: its address is {self.address}"
+            )
         if not self.up:
             raise NetworkError(f"cannot bind on simulated host {self.name}: it is down")
         if port == 0:
@@ -348,8 +351,18 @@ class Fault:
     b: str | None = None
     oneway: bool = False
 
-    ACTIONS = ("partition", "heal", "link_down", "link_up", "hold", "release", "host_down", "host_up", "crash",
-               "restart")
+    ACTIONS = (
+        "partition",
+        "heal",
+        "link_down",
+        "link_up",
+        "hold",
+        "release",
+        "host_down",
+        "host_up",
+        "crash",
+        "restart",
+    )
 
     def apply(self, sim: Simulation) -> None:
         """Perform the fault now."""
@@ -674,10 +687,10 @@ class Simulation:
         """Climb NAT realms until both ends are in the same realm."""
         chain_a: list[Node] = [a]
         while chain_a[-1].realm is not None:
-            chain_a.append(chain_a[-1].realm)  # type: ignore[arg-type]
+            chain_a.append(chain_a[-1].realm)
         chain_b: list[Node] = [b]
         while chain_b[-1].realm is not None:
-            chain_b.append(chain_b[-1].realm)  # type: ignore[arg-type]
+            chain_b.append(chain_b[-1].realm)
         for x in chain_a:
             for y in chain_b:
                 if x.realm is y.realm and x is not y:
@@ -784,7 +797,7 @@ class Simulation:
         if names is None:
             return None
         nodes = [self._nodes[n] for n in names]
-        return sum(x.links[y].latency for x, y in zip(nodes, nodes[1:], strict=False))
+        return sum(x.links[y].latency for x, y in itertools.pairwise(nodes))
 
     # -- faults -------------------------------------------------------------------------------
 
