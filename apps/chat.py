@@ -92,8 +92,9 @@ def _room(conn: HTTPConnection) -> ChatRoom:
 
 async def index(request: Request) -> JSONResponse:
     room = _room(request)
-    return JSONResponse({"app": "asgi-p2p chat", "you": peer_of(request), "here": room.peers(),
-                         "messages": list(room.history)})
+    return JSONResponse(
+        {"app": "asgi-p2p chat", "you": peer_of(request), "here": room.peers(), "messages": list(room.history)}
+    )
 
 
 async def get_messages(request: Request) -> JSONResponse:

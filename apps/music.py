@@ -20,6 +20,7 @@ does not exist fails the lifespan startup.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -289,8 +290,9 @@ async def track_info(request: Request) -> JSONResponse:
 
 async def track_audio(request: Request) -> Response:
     track = _track(request)
-    return FileResponse(track.path, media_type=track.content_type, filename=track.path.name,
-                        content_disposition_type="inline")
+    return FileResponse(
+        track.path, media_type=track.content_type, filename=track.path.name, content_disposition_type="inline"
+    )
 
 
 async def list_albums(request: Request) -> JSONResponse:
@@ -331,7 +333,8 @@ async def create_playlist(request: Request) -> JSONResponse:
         from urllib.parse import parse_qs
 
         form = parse_qs(body.decode("utf-8", "replace"))
-        name = (form.get("name") or [None])[0]
+        names = form.get("name")
+        name = names[0] if names else None
         tracks = [t for v in form.get("tracks", []) for t in v.split(",") if t]
     if not isinstance(name, str) or not name.strip():
         raise HTTPException(400, "a playlist needs a name")
@@ -355,26 +358,34 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+def _open_library_dir(configured: str | os.PathLike[str] | None) -> tuple[Path, Path | None]:
+    """The library directory, and the temporary one to delete at shutdown (if generated)."""
+    if configured is None:
+        tmp = Path(tempfile.mkdtemp(prefix="asgi-p2p-music-"))
+        generate_library(tmp)
+        log.info("generated a demo library in %s", tmp)
+        return tmp, tmp
+    root = Path(configured).expanduser()
+    if not root.is_dir():
+        raise RuntimeError(f"MUSIC_DIR {str(root)!r} is not a directory")
+    return root, None
+
+
 def create_app(music_dir: str | os.PathLike[str] | None = None) -> Starlette:
     """The music app; ``music_dir`` (else ``$MUSIC_DIR``, else a generated library) is read at startup."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         configured = music_dir if music_dir is not None else os.environ.get("MUSIC_DIR") or None
-        tmp: Path | None = None
-        if configured is None:
-            tmp = Path(tempfile.mkdtemp(prefix="asgi-p2p-music-"))
-            generate_library(tmp)
-            root = tmp
-            log.info("generated a demo library in %s", root)
-        else:
-            root = Path(configured).expanduser()
-            if not root.is_dir():
-                raise RuntimeError(f"MUSIC_DIR {str(root)!r} is not a directory")
-        app.state.library = Library(root)
+        root, tmp = await asyncio.to_thread(_open_library_dir, configured)
+        app.state.library = await asyncio.to_thread(Library, root)
         app.state.playlists = []
-        log.info("music library %s: %d tracks in %d albums", root, len(app.state.library.tracks),
-                 len(app.state.library.albums))
+        log.info(
+            "music library %s: %d tracks in %d albums",
+            root,
+            len(app.state.library.tracks),
+            len(app.state.library.albums),
+        )
         try:
             yield
         finally:

@@ -71,7 +71,7 @@ class MessageConnection:
 
     @property
     def is_connected(self) -> bool:
-        return self._conn.is_connected and not self._closing
+        return self._conn.is_connected and not self._closing and not self._eof and self._error is None
 
     @property
     def peer_connection(self) -> PeerConnection:
@@ -95,6 +95,8 @@ class MessageConnection:
             raise MessageTooLarge(len(data), self._max)
         if self._closing:
             raise ConnectionClosed("send on a closed connection")
+        if self._eof:
+            raise ConnectionClosed("peer closed the connection")
         async with self._send_lock:
             conn = self._conn
             if self._out_stream is None:

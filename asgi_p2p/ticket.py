@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -134,18 +135,23 @@ def _decode_address(r: _Reader) -> tuple[str, int]:
     return host, r.port()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Ticket:
     """How to reach a node: its id, an optional relay URL and direct addresses."""
 
     node_id: NodeId
-    relay_url: str | None = None
-    direct_addresses: tuple[tuple[str, int], ...] = ()
+    relay_url: str | None
+    direct_addresses: tuple[tuple[str, int], ...]
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "direct_addresses", tuple((str(h), int(p)) for h, p in self.direct_addresses))
-        if self.relay_url == "":
-            object.__setattr__(self, "relay_url", None)
+    def __init__(
+        self,
+        node_id: NodeId,
+        relay_url: str | None = None,
+        direct_addresses: Iterable[tuple[str, int]] = (),
+    ) -> None:
+        object.__setattr__(self, "node_id", node_id)
+        object.__setattr__(self, "relay_url", relay_url or None)
+        object.__setattr__(self, "direct_addresses", tuple((str(h), int(p)) for h, p in direct_addresses))
 
     # -- conversions ------------------------------------------------------------
 

@@ -83,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_args, _run) in cmds.items():
         add_args(sub.add_parser(name, help=help_text, description=help_text))
-    # `asgi-p2p module:app ...` is `asgi-p2p serve module:app ...`
-    if args_list and not args_list[0].startswith("-") and args_list[0] not in cmds and "serve" in cmds:
+    # `asgi-p2p [OPTIONS] module:app ...` is `asgi-p2p serve [OPTIONS] module:app ...` (as with uvicorn)
+    if args_list and args_list[0] not in cmds and args_list[0] not in ("-h", "--help") and "serve" in cmds:
         args_list.insert(0, "serve")
     args = parser.parse_args(args_list)
     if args.command is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import re
@@ -36,7 +37,8 @@ def configure_logging(level_name: str) -> None:
     logging.basicConfig(level=level, format="%(levelname)-8s %(name)s: %(message)s", force=True)
     logging.getLogger("asgi_p2p").setLevel(level)
     # aioquic logs every connection at INFO; keep it quiet unless debugging
-    logging.getLogger("quic").setLevel(max(level, logging.WARNING) if level > logging.DEBUG else level)
+    # aioquic logs each connection (and each refused handshake) itself; our own errors say it better
+    logging.getLogger("quic").setLevel(level if level <= logging.DEBUG else logging.ERROR)
 
 
 def parse_env_file(text: str, path: str = "<env>") -> dict[str, str]:
@@ -128,3 +130,11 @@ def host_port(text: str) -> tuple[str, int]:
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host, port_number(rest)
+
+
+def require_http() -> None:
+    """Import the HTTP layer now, turning a failure into a one-line error."""
+    try:
+        importlib.import_module("asgi_p2p.http")
+    except ImportError as exc:
+        raise P2PError(f"the HTTP layer (asgi_p2p.http) cannot be imported: {exc}") from None

@@ -2,8 +2,8 @@
 
 Exit status (as curl's where they overlap): 0 on any HTTP response (unless
 ``-f``), 22 for an HTTP status >= 400 with ``-f``, 7 when the peer cannot be
-reached or authenticated, 28 on timeout, 1 for anything else (bad arguments,
-unreadable files, protocol errors).
+reached or authenticated, 23 when stdout closes early, 28 on timeout, 1 for
+anything else (bad arguments, unreadable files, protocol errors).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -28,7 +29,7 @@ from ..errors import (
 )
 from ..identity import NodeAddr, NodeId, SecretKey
 from ..ticket import parse_target
-from ._common import LOG_LEVELS, configure_logging, describe_error, host_port, positive_float
+from ._common import LOG_LEVELS, configure_logging, describe_error, host_port, positive_float, require_http
 
 if TYPE_CHECKING:
     import httpx
@@ -42,28 +43,57 @@ log = logging.getLogger("asgi_p2p.cli")
 EXIT_ERROR = 1
 EXIT_CONNECT = 7
 EXIT_HTTP = 22
+EXIT_WRITE = 23
 EXIT_TIMEOUT = 28
 
 
 def add_get_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="TICKET_OR_NODE[/PATH]",
-                   help="a ticket (p2p1...) or node id, optionally followed by /path?query")
+    p.add_argument(
+        "target",
+        metavar="TICKET_OR_NODE[/PATH]",
+        help="a ticket (p2p1...) or node id, optionally followed by /path?query",
+    )
     p.add_argument("-X", "--request", dest="method", metavar="METHOD", help="HTTP method (default: GET, POST with -d)")
-    p.add_argument("-H", "--header", dest="headers", action="append", default=[], metavar="'NAME: VALUE'",
-                   help="add a request header (repeatable)")
-    p.add_argument("-d", "--data", action="append", default=[], metavar="DATA",
-                   help="request body; @FILE reads a file, @- reads stdin (repeated -d are joined with &)")
+    p.add_argument(
+        "-H",
+        "--header",
+        dest="headers",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="add a request header (repeatable)",
+    )
+    p.add_argument(
+        "-d",
+        "--data",
+        action="append",
+        default=[],
+        metavar="DATA",
+        help="request body; @FILE reads a file, @- reads stdin (repeated -d are joined with &)",
+    )
     p.add_argument("-i", "--include", action="store_true", help="print the status line and response headers")
     p.add_argument("-I", "--head", action="store_true", help="send HEAD and print the response headers")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the body to FILE (with a progress bar)")
     p.add_argument("-f", "--fail", action="store_true", help="exit 22 (and print no body) when the status is >= 400")
     p.add_argument("-s", "--silent", action="store_true", help="no progress bar or summary")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="connection details and request/response headers on stderr")
-    p.add_argument("--timeout", type=positive_float, default=30.0, metavar="SECONDS",
-                   help="give up after this long without progress (default: 30)")
-    p.add_argument("--addr", action="append", type=host_port, default=[], metavar="HOST:PORT",
-                   help="a direct address of the node (needed with a bare node id)")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="connection details and request/response headers on stderr"
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up after this long without progress (default: 30)",
+    )
+    p.add_argument(
+        "--addr",
+        action="append",
+        type=host_port,
+        default=[],
+        metavar="HOST:PORT",
+        help="a direct address of the node (needed with a bare node id)",
+    )
     p.add_argument("--bind", metavar="HOST", help="local address of the UDP socket (default: chosen from the peer's)")
     keys = p.add_mutually_exclusive_group()
     keys.add_argument("--key-file", type=Path, metavar="PATH", help="identify with this key (default: ephemeral)")
@@ -80,6 +110,7 @@ class _Fail(Exception):
 def run_get(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
+        require_http()
         return asyncio.run(_get(args))
     except _Fail as exc:
         _error(str(exc))
@@ -87,6 +118,9 @@ def run_get(args: argparse.Namespace) -> int:
     except P2PError as exc:
         _error(describe_error(exc))
         return _exit_code_for(exc)
+    except BrokenPipeError:  # `asgi-p2p get ... | head`: the reader has enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_WRITE
     except OSError as exc:
         _error(describe_error(exc))
         return EXIT_ERROR
@@ -199,11 +233,16 @@ async def _get(args: argparse.Namespace) -> int:
                 _v(f"> {name}: {value}")
             if body is not None:
                 _v(f"> ({len(body)} bytes of body)")
+
+        def failure(exc: httpx.HTTPError) -> _Fail:
+            text = _describe_http_error(exc, addr, args.timeout, ephemeral=args.key_file is None)
+            return _Fail(_exit_code_for(exc), text)
+
         start = asyncio.get_running_loop().time()
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise _Fail(_exit_code_for(exc), _describe_http_error(exc, addr, args.timeout)) from None
+            raise failure(exc) from None
         try:
             if verbose:
                 _verbose_connection(endpoint, addr.node_id, asyncio.get_running_loop().time() - start)
@@ -225,22 +264,26 @@ async def _get(args: argparse.Namespace) -> int:
             else:
                 await _copy(response, out)
         except httpx.HTTPError as exc:
-            raise _Fail(_exit_code_for(exc), _describe_http_error(exc, addr, args.timeout)) from None
+            raise failure(exc) from None
         finally:
             await response.aclose()
     return 0
 
 
-def _describe_http_error(exc: BaseException, addr: NodeAddr, timeout: float) -> str:
+def _describe_http_error(exc: BaseException, addr: NodeAddr, timeout: float, *, ephemeral: bool) -> str:
     import httpx
 
     text = describe_error(exc)
     where = ", ".join(_fmt_addr(a) for a in addr.direct_addresses)
     for cur in _chain(exc):
-        if isinstance(cur, AuthenticationFailed):
-            return f"{text} (is {where} really node {addr.node_id.fmt_short()}, and does it allow us?)"
+        if isinstance(cur, AuthenticationFailed):  # the text says who answered, or that we are not allowed
+            if ephemeral and "not allowed" in text:
+                text += "; this used a new random identity: pass --key-file with a key the node allows"
+            return text
     if isinstance(exc, httpx.TimeoutException) and "timeout" not in text.lower() and "timed out" not in text.lower():
-        return f"timed out after {timeout:g}s talking to node {addr.node_id.fmt_short()} at {where}: {text}"
+        text = f"timed out after {timeout:g}s: {text}"
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and addr.node_id.fmt_short() not in text:
+        text = f"{text} (node {addr.node_id.fmt_short()} at {where or 'no address'}; is it running and reachable?)"
     return text
 
 

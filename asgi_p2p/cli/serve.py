@@ -63,24 +63,47 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         help=f"secret key file, created 0600 if missing (default: {default_key_file()})",
     )
     keys.add_argument("--ephemeral", action="store_true", help="use a new random identity instead of a key file")
-    p.add_argument("--host", default="127.0.0.1", help="address of the UDP socket (default: 127.0.0.1; "
-                   "use 0.0.0.0 or :: to serve other machines)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address of the UDP socket (default: 127.0.0.1; use 0.0.0.0 or :: to serve other machines)",
+    )
     p.add_argument("--port", type=port_number, default=0, help="UDP port (default: 0 = any free port)")
-    p.add_argument("--allow", action="append", default=[], metavar="NODE_ID",
-                   help="only this node may connect (repeatable; default: any node)")
-    p.add_argument("--allow-file", type=Path, metavar="PATH",
-                   help="file of node ids allowed to connect, one per line (# comments)")
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="NODE_ID",
+        help="only this node may connect (repeatable; default: any node)",
+    )
+    p.add_argument(
+        "--allow-file", type=Path, metavar="PATH", help="file of node ids allowed to connect, one per line (# comments)"
+    )
     p.add_argument("--root-path", default="", metavar="PATH", help="ASGI root_path, for apps mounted below a prefix")
-    p.add_argument("--lifespan", choices=["auto", "on", "off"], default="auto",
-                   help="run the app's lifespan startup/shutdown (default: auto)")
-    p.add_argument("--limit-concurrency", type=positive_int, metavar="N",
-                   help="answer 503 once N requests are in flight")
-    p.add_argument("--timeout-graceful-shutdown", type=positive_float, metavar="SECONDS",
-                   help="on shutdown, wait at most this long for in-flight requests")
-    p.add_argument("--max-body-size", type=positive_int, metavar="BYTES",
-                   help="refuse request bodies larger than this with 413")
-    p.add_argument("--max-datagram-size", type=positive_int, metavar="BYTES",
-                   help="largest UDP payload QUIC sends (default 1200; larger is faster where paths carry it)")
+    p.add_argument(
+        "--lifespan",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="run the app's lifespan startup/shutdown (default: auto)",
+    )
+    p.add_argument(
+        "--limit-concurrency", type=positive_int, metavar="N", help="answer 503 once N requests are in flight"
+    )
+    p.add_argument(
+        "--timeout-graceful-shutdown",
+        type=positive_float,
+        metavar="SECONDS",
+        help="on shutdown, wait at most this long for in-flight requests",
+    )
+    p.add_argument(
+        "--max-body-size", type=positive_int, metavar="BYTES", help="refuse request bodies larger than this with 413"
+    )
+    p.add_argument(
+        "--max-datagram-size",
+        type=positive_int,
+        metavar="BYTES",
+        help="largest UDP payload QUIC sends (default 1200; larger is faster where paths carry it)",
+    )
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
     p.add_argument("--ticket-file", type=Path, metavar="PATH", help="write the ticket to PATH once serving")
 
@@ -180,6 +203,7 @@ def _write_ticket_file(path: Path, ticket: str) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
+    _common.require_http()
     if args.env_file is not None:
         _common.load_env_file(args.env_file)
     overrides: dict[str, Any] = {}
@@ -196,7 +220,24 @@ def run_serve(args: argparse.Namespace) -> int:
         traceback.print_exc()
         print(f"asgi-p2p: error: could not load {args.app}: {describe_error(exc)}", file=sys.stderr)
         return 1
-    return asyncio.run(_serve(app, key, allow, config, args))
+    try:
+        return asyncio.run(_serve(app, key, allow, config, args))
+    except P2PError as exc:
+        text = str(exc)
+        if "\n" in text:
+            log.debug("%s", text)  # the full story (e.g. the app's traceback) with --log-level debug
+        print(f"asgi-p2p: error: {summarize(text)}", file=sys.stderr)
+        return 1
+
+
+def summarize(text: str) -> str:
+    """One line for a possibly multi-line message: a traceback becomes its final ``Error: message`` line."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else "unknown error"
+    first = lines[0].replace("Traceback (most recent call last):", "").strip()
+    last = lines[-1]
+    return f"{first} {last}" if first and first != last else last
 
 
 async def _serve(
@@ -239,7 +280,17 @@ async def _serve(
         if args.max_body_size is not None:
             server_kwargs["max_body_size"] = args.max_body_size
         server = H3Server(app, endpoint, **server_kwargs)
-        await server.startup()
+        starting = asyncio.ensure_future(server.startup())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():  # a signal while the app's lifespan startup still runs
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+            print("asgi-p2p: error: interrupted during application startup", file=sys.stderr)
+            return 1
+        starting.result()
         ticket = Ticket.from_node_addr(endpoint.node_addr()).encode()
         if args.ticket_file is not None:
             _write_ticket_file(args.ticket_file, ticket)

@@ -93,8 +93,10 @@ class PeerConnection:
         # backpressure: futures waiting for a stream's send buffer to drain
         self._send_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._stopped: dict[int, int] = {}  # stream id -> STOP_SENDING / reset error code
-        # read-paced receive credit: stream id -> bytes consumed by the application
+        # read-paced receive credit: stream id -> bytes consumed by the application,
+        # and stream id -> the credit limit to announce (advanced in steps, see consume)
         self._consumed: dict[int, int] = {}
+        self._credit: dict[int, int] = {}
         hooks.install_receive_credit(quic, self._credit_limit)
         hooks.set_peer_stream_limit(quic, config.max_streams)
 
@@ -211,6 +213,7 @@ class PeerConnection:
             self._wake_senders()
         elif isinstance(event, StreamReset):
             self._consumed.pop(event.stream_id, None)
+            self._credit.pop(event.stream_id, None)
         if self.handler is not None:
             self.handler.quic_event_received(event)
         else:
@@ -288,30 +291,35 @@ class PeerConnection:
     # -- streams -------------------------------------------------------
 
     def _credit_limit(self, stream_id: int) -> int | None:
-        consumed = self._consumed.get(stream_id)
-        if consumed is None:
-            return None
-        return consumed + self.config.stream_receive_window
+        return self._credit.get(stream_id)
 
     def track_stream(self, stream_id: int) -> None:
         """Pace this stream's receive credit by :meth:`consume` calls."""
-        self._consumed.setdefault(stream_id, 0)
+        if stream_id not in self._consumed:
+            self._consumed[stream_id] = 0
+            self._credit[stream_id] = self.config.stream_receive_window
 
     def consume(self, stream_id: int, nbytes: int) -> None:
-        """The application read ``nbytes`` of a tracked stream: let the peer send more."""
+        """The application read ``nbytes`` of a tracked stream: let the peer send more.
+
+        The announced credit moves in steps of at least half the window: moving it
+        on every read would put a MAX_STREAM_DATA frame (ack-eliciting) into every
+        packet we send, doubling the packets both peers build and process.
+        """
         consumed = self._consumed.get(stream_id)
         if consumed is None:
             return
         consumed += nbytes
         self._consumed[stream_id] = consumed
-        stream = self.quic._streams.get(stream_id)
-        if stream is not None and consumed + self.config.stream_receive_window - stream.max_stream_data_local >= (
-            self.config.stream_receive_window // 2
-        ):
+        window = self.config.stream_receive_window
+        limit = consumed + window
+        if limit - self._credit[stream_id] >= window // 2:
+            self._credit[stream_id] = limit
             self.transmit()  # announce the new credit now
 
     def forget_stream(self, stream_id: int) -> None:
         self._consumed.pop(stream_id, None)
+        self._credit.pop(stream_id, None)
         self._stopped.pop(stream_id, None)
 
     def _check_writable(self, stream_id: int) -> None:

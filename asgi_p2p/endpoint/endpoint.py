@@ -64,7 +64,7 @@ class Endpoint:
         self._socket: DatagramSocket
         self._factories: dict[str, HandlerFactory] = {}
         self._cids: dict[bytes, PeerConnection] = {}
-        self._connections: set[PeerConnection] = set()
+        self._connections: dict[PeerConnection, None] = {}  # ordered: deterministic close order
         self._pool: dict[tuple[NodeId, str], PeerConnection] = {}
         self._closing = False
         self._closed = False
@@ -200,7 +200,7 @@ class Endpoint:
         hooks.install_identity_hooks(quic, check_server)
         quic.connect(address, now=conn.now())
         self._register_cid(quic.host_cid, conn)
-        self._connections.add(conn)
+        self._connections[conn] = None
         self._pool[key] = conn
         conn.transmit()
         await conn.wait_ready(self.config.connect_timeout)
@@ -269,7 +269,7 @@ class Endpoint:
         hooks.install_identity_hooks(quic, check_client)
         self._register_cid(original_dcid, conn)
         self._register_cid(quic.host_cid, conn)
-        self._connections.add(conn)
+        self._connections[conn] = None
         conn.datagram_received(data, addr)
         if len(self._connections) > self.config.max_connections:
             log.warning("refusing connection from %s:%d: %d connections open", *addr, len(self._connections) - 1)
@@ -284,7 +284,7 @@ class Endpoint:
         self._cids.pop(cid, None)
 
     def _forget(self, conn: PeerConnection) -> None:
-        self._connections.discard(conn)
+        self._connections.pop(conn, None)
         for cid in [c for c, v in self._cids.items() if v is conn]:
             del self._cids[cid]
         if conn.remote_node_id is not None and conn.alpn is not None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
-from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
+from aioquic._buffer import Buffer, BufferReadError
+from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import CONNECTION_SPECIFIC_HEADERS, FrameError, FrameType, H3Connection, encode_frame
 from aioquic.quic.connection import QuicConnection
 
 from ..endpoint.connection import PeerConnection
 
 __all__ = [
+    "H3",
     "H3_ALPN",
     "H3_INTERNAL_ERROR",
     "H3_NO_ERROR",
@@ -19,7 +21,6 @@ __all__ = [
     "H3_REQUEST_REJECTED",
     "ClientDisconnected",
     "Credit",
-    "H3",
     "Headers",
     "clean_header_fields",
     "data_frame_header",
@@ -110,9 +111,17 @@ class H3(H3Connection):
 
     def send_goaway(self, ident: int) -> None:
         """Tell the peer that requests on streams >= ``ident`` will not be processed."""
-        self._quic.send_stream_data(
-            self._local_control_stream_id, encode_frame(FrameType.GOAWAY, encode_uint_var(ident))
-        )
+        control = self._local_control_stream_id
+        assert control is not None
+        self._quic.send_stream_data(control, encode_frame(FrameType.GOAWAY, encode_uint_var(ident)))
+
+    def end_local(self, stream_id: int) -> None:
+        """Our sending side of ``stream_id`` was reset outside of this object: forget it when done."""
+        stream = self._stream.get(stream_id)
+        if stream is not None:
+            stream.sending_ended = True
+            if stream.is_ended():
+                self._stream.pop(stream_id, None)
 
     @property
     def is_done(self) -> bool:

@@ -44,7 +44,8 @@ class LifespanRunner:
         self._shutdown_done = loop.create_future()
         self._task = loop.create_task(self._run(), name="asgi-p2p lifespan")
         await self._queue.put({"type": "lifespan.startup"})
-        done, _ = await asyncio.wait({self._startup_done, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {self._startup_done, self._task}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if self._startup_done.done():
             msg = self._startup_done.result()
             if msg["type"] == "lifespan.startup.failed":
@@ -65,7 +66,8 @@ class LifespanRunner:
             return
         assert self._shutdown_done is not None
         await self._queue.put({"type": "lifespan.shutdown"})
-        await asyncio.wait({self._shutdown_done, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {self._shutdown_done, self._task}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if self._shutdown_done.done():
             msg = self._shutdown_done.result()
             if msg["type"] == "lifespan.shutdown.failed":
@@ -92,10 +94,8 @@ class LifespanRunner:
         except BaseException as exc:
             self._error = exc
             startup = self._startup_done
-            if startup is not None and startup.done() or self.mode == "on":
+            if (startup is not None and startup.done()) or self.mode == "on":
                 log.exception("exception in the lifespan protocol")
-        finally:
-            pass
 
     async def _receive(self) -> Message:
         return await self._queue.get()

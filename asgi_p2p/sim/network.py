@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import random
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -59,6 +60,7 @@ T = TypeVar("T")
 HEADER_OVERHEAD = 28
 
 _WILDCARDS = ("", "0.0.0.0", "::")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _EPHEMERAL_FIRST = 49152
 
 
@@ -171,6 +173,8 @@ class Host(Node):
 
     async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> SimSocket:
         """Bind a socket on this host (``host`` is a wildcard or this host's address)."""
+        if host in _LOOPBACK:
+            host = self.address  # a simulated host has one interface: loopback binds it
         if host not in _WILDCARDS and host != self.address:
             raise NetworkError(
                 f"cannot bind {host}:{port} on simulated host {self.name}: its address is {self.address}"
@@ -229,9 +233,12 @@ class NatBox(Node):
 class _Direction:
     """Per-direction state of a link (queue, FIFO order, holds, counters)."""
 
-    __slots__ = ("busy_until", "delivered", "dropped", "held", "last_arrival", "sent")
+    __slots__ = ("busy_until", "delivered", "dropped", "fifo", "held", "last_arrival", "sent")
 
     def __init__(self) -> None:
+        #: In-order packets in flight: timers with equal times may fire in any heap order,
+        #: so each FIFO timer pops the head instead of carrying its own packet.
+        self.fifo: deque[_Packet] = deque()
         self.busy_until = 0.0
         self.last_arrival = 0.0
         self.held: list[_Packet] | None = None
@@ -960,7 +967,7 @@ class Simulation:
             rate = lk.bandwidth / 8.0
             size = len(pkt.data) + HEADER_OVERHEAD
             start = d.busy_until if d.busy_until > now else now
-            if (start - now) * rate + size > lk.queue_bytes:
+            if (start - now) * rate + size > lk.queue_bytes + 1e-6:
                 d.dropped += 1
                 self._drop(pkt, "queue", lk.name)
                 return
@@ -971,15 +978,20 @@ class Simulation:
         if lk.reorder and rng.random() < lk.reorder:
             extra = lk.reorder_delay if lk.reorder_delay is not None else max(lk.latency, 0.01)
             arrival += rng.uniform(0.0, extra)
+            self.loop.call_at(arrival, self._hop_arrival, pkt, lk, d)
         else:
             if arrival < d.last_arrival:
                 arrival = d.last_arrival
             d.last_arrival = arrival
-        self.loop.call_at(arrival, self._hop_arrival, pkt, lk, d)
+            d.fifo.append(pkt)
+            self.loop.call_at(arrival, self._fifo_arrival, lk, d)
         if lk.duplicate and rng.random() < lk.duplicate:
             self._record("dup", pkt.src, pkt.dst, len(pkt.data), lk.name)
             extra = rng.uniform(0.0, max(lk.jitter, 0.001))
             self.loop.call_at(arrival + extra, self._hop_arrival, pkt.copy(), lk, d)
+
+    def _fifo_arrival(self, lk: Link, d: _Direction) -> None:
+        self._hop_arrival(d.fifo.popleft(), lk, d)
 
     def _hop_arrival(self, pkt: _Packet, lk: Link, d: _Direction) -> None:
         if not lk.up:

@@ -1,0 +1,598 @@
+"""HTTP/3 client: httpx transports that send requests to peers named by node id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Iterator
+from typing import Any, TypeVar
+
+import httpx
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
+
+from ..config import NetworkConfig
+from ..endpoint import _aioquic_hooks as hooks
+from ..endpoint.connection import PeerConnection
+from ..endpoint.endpoint import Endpoint
+from ..errors import ConnectionClosed, InvalidConfiguration, InvalidNodeId, P2PError
+from ..errors import StreamReset as StreamResetError
+from ..identity import NodeAddr, NodeId, SecretKey
+from ._common import (
+    H3,
+    H3_ALPN,
+    H3_NO_ERROR,
+    H3_REQUEST_CANCELLED,
+    H3_REQUEST_REJECTED,
+    Credit,
+    Headers,
+    clean_header_fields,
+    data_frame_header,
+)
+from ._dispatch import h3_protocol
+
+__all__ = ["ClientConnection", "ClientStream", "P2PTransport", "SyncP2PTransport", "connect_h3"]
+
+log = logging.getLogger("asgi_p2p.http")
+
+_SLICE = 256 * 1024
+T = TypeVar("T")
+
+
+class PeerGoingAway(P2PError):
+    """The peer sent GOAWAY: it accepts no new requests on this connection."""
+
+
+class ClientConnection:
+    """The client side of one HTTP/3 connection (a :class:`ConnectionHandler`)."""
+
+    def __init__(self, conn: PeerConnection) -> None:
+        self.conn = conn
+        self.loop = conn.loop
+        self.h3 = H3(conn.quic, on_goaway=self._on_goaway)
+        self.streams: dict[int, ClientStream] = {}
+        self.lost: P2PError | None = None
+        self.goaway_id: int | None = None
+        self.send_limit = conn.config.stream_send_buffer
+        self._tx_scheduled = False
+        self.schedule_transmit()
+
+    @property
+    def draining(self) -> bool:
+        return self.goaway_id is not None
+
+    def schedule_transmit(self) -> None:
+        if not self._tx_scheduled:
+            self._tx_scheduled = True
+            self.loop.call_soon(self._transmit)
+
+    def _transmit(self) -> None:
+        self._tx_scheduled = False
+        if self.lost is None:
+            self.conn.transmit()
+
+    def open_stream(self) -> ClientStream:
+        if self.lost is not None:
+            raise self.lost
+        if self.goaway_id is not None:
+            raise PeerGoingAway(f"peer {self.conn.remote_node_id} is shutting down (GOAWAY received)")
+        sid = self.conn.quic.get_next_available_stream_id()
+        stream = ClientStream(self, sid)
+        self.streams[sid] = stream
+        return stream
+
+    def _on_goaway(self, ident: int) -> None:
+        self.goaway_id = ident
+        for sid, stream in list(self.streams.items()):
+            if sid >= ident:
+                stream.on_error(PeerGoingAway("request refused: the peer is shutting down (GOAWAY)"))
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        stream: ClientStream | None = None
+        if isinstance(event, StreamDataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.credit.raw += len(event.data)
+        for h3_event in self.h3.handle_event(event):
+            self._h3_event(h3_event)
+        if isinstance(event, StreamReset):
+            s = self.streams.get(event.stream_id)
+            if s is not None:
+                s.on_reset(event.error_code)
+        elif isinstance(event, StopSendingReceived):
+            s = self.streams.get(event.stream_id)
+            if s is not None:
+                s.on_stop(event.error_code)
+        if stream is not None:
+            stream.credit.update()
+
+    def _h3_event(self, event: H3Event) -> None:
+        if not isinstance(event, HeadersReceived | DataReceived):
+            return
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        if isinstance(event, HeadersReceived):
+            stream.on_headers(event.headers, event.stream_ended)
+        elif isinstance(event, DataReceived):
+            stream.on_data(event.data, event.stream_ended)
+            stream.credit.update()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        err = exc if isinstance(exc, P2PError) else ConnectionClosed(f"connection lost: {exc}")
+        self.lost = err
+        for stream in list(self.streams.values()):
+            stream.on_error(err)
+
+
+class ClientStream:
+    """One request stream: send headers and body, read the response (sans task)."""
+
+    def __init__(self, cc: ClientConnection, sid: int) -> None:
+        self.cc = cc
+        self.sid = sid
+        self.credit = Credit(cc.conn, sid)
+        self.status: int | None = None
+        self.headers: Headers = []
+        self.interim: list[tuple[int, Headers]] = []
+        self.trailers: Headers = []
+        self.chunks: list[bytes] = []
+        self.ended = False
+        self.error: P2PError | None = None
+        self.sent_end = False
+        self.stopped = False
+        self.closed = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- events --------------------------------------------------------------
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def on_headers(self, headers: Headers, ended: bool) -> None:
+        status: int | None = None
+        for name, value in headers:
+            if name == b":status":
+                status = int(value)
+        if self.status is None:
+            if status is not None and 100 <= status < 200:
+                self.interim.append((status, [h for h in headers if not h[0].startswith(b":")]))
+                return
+            self.status = status or 0
+            self.headers = [h for h in headers if not h[0].startswith(b":")]
+        else:
+            self.trailers.extend(headers)
+        if ended:
+            self.ended = True
+        self._wake()
+
+    def on_data(self, data: bytes, ended: bool) -> None:
+        if data:
+            self.chunks.append(data)
+            self.credit.unread += len(data)
+        if ended:
+            self.ended = True
+        self._wake()
+
+    def on_reset(self, code: int) -> None:
+        self.credit.unread = 0
+        if not self.ended:
+            self.on_error(StreamResetError(self.sid, code))
+
+    def on_stop(self, code: int) -> None:
+        self.stopped = True
+        self.cc.h3.end_local(self.sid)
+        self._wake()
+
+    def on_error(self, err: P2PError) -> None:
+        if self.error is None:
+            self.error = err
+        self._wake()
+
+    async def _wait(self) -> None:
+        w = self._waiter = self.cc.loop.create_future()
+        try:
+            await w
+        finally:
+            self._waiter = None
+
+    # -- sending ----------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.cc.lost is not None:
+            raise self.cc.lost
+        if self.stopped:
+            raise StreamResetError(self.sid, H3_NO_ERROR)
+
+    def send_headers(self, headers: Headers, end: bool) -> None:
+        self._check()
+        self.cc.h3.send_headers(self.sid, headers, end)
+        if end:
+            self.sent_end = True
+        self.cc.schedule_transmit()
+
+    async def write(self, data: bytes, end: bool) -> None:
+        """Send body bytes; waits while more than ``stream_send_buffer`` bytes are unacknowledged."""
+        self._check()
+        cc = self.cc
+        sid = self.sid
+        try:
+            if len(data) + hooks.unacked_bytes(cc.conn.quic, sid) <= cc.send_limit:
+                if data or end:
+                    cc.h3.send_data(sid, data, end)
+                    cc.schedule_transmit()
+            else:
+                view = memoryview(data)
+                for off in range(0, len(view), _SLICE):
+                    part = view[off : off + _SLICE]
+                    await cc.conn.send_stream_data(sid, data_frame_header(len(part)) + part)
+                if end:
+                    cc.h3.send_data(sid, b"", True)
+                    cc.schedule_transmit()
+        except RuntimeError:  # aioquic: stream reset by STOP_SENDING
+            self._check()
+            raise StreamResetError(sid, H3_NO_ERROR) from None
+        if end:
+            self.sent_end = True
+
+    # -- receiving ------------------------------------------------------------------
+
+    async def wait_headers(self) -> int:
+        while self.status is None:
+            if self.error is not None:
+                raise self.error
+            if self.ended:
+                raise ConnectionClosed("peer ended the stream without a response")
+            await self._wait()
+        return self.status
+
+    async def read(self) -> bytes:
+        """The next body bytes (everything buffered), b"" at the end."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self.chunks:
+                chunks = self.chunks
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self.credit.read(len(data))
+                return data
+            if self.ended:
+                return b""
+            await self._wait()
+
+    # -- ending ---------------------------------------------------------------------
+
+    def cancel(self, code: int = H3_REQUEST_CANCELLED) -> None:
+        """Abandon the exchange: reset our side and ask the peer to stop."""
+        if self.closed:
+            return
+        cc = self.cc
+        if cc.lost is None:
+            if not self.sent_end and not self.stopped:
+                cc.conn.reset_stream(self.sid, code)
+                cc.h3.end_local(self.sid)
+            if not self.ended and self.error is None:
+                cc.conn.stop_stream(self.sid, code)
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.cc.streams.get(self.sid) is self:
+            del self.cc.streams[self.sid]
+        self.cc.conn.forget_stream(self.sid)
+
+    @property
+    def finished(self) -> bool:
+        return self.ended and (self.sent_end or self.stopped)
+
+
+async def connect_h3(endpoint: Endpoint, addr: NodeAddr | NodeId) -> ClientConnection:
+    """The HTTP/3 client connection to a peer (dialing or reusing the pooled one)."""
+    h3_protocol(endpoint)
+    for _ in range(2):
+        conn = await endpoint.connect_quic(addr, H3_ALPN)
+        handler = conn.handler
+        if not isinstance(handler, ClientConnection):
+            raise ConnectionClosed(f"connection to {conn.remote_node_id} is not an HTTP/3 client connection")
+        if handler.draining and not handler.streams:
+            conn.close(H3_NO_ERROR, "peer is going away")  # dial afresh: the peer may have restarted
+            continue
+        return handler
+    raise PeerGoingAway(f"peer {conn.remote_node_id} is shutting down (GOAWAY received)")
+
+
+# -- error mapping ---------------------------------------------------------------------
+
+
+def _h3_error_name(code: int) -> str:
+    from aioquic.h3.connection import ErrorCode
+
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return hex(code)
+
+
+def _map_error(exc: BaseException, request: httpx.Request, *, reading: bool) -> httpx.TransportError:
+    if isinstance(exc, PeerGoingAway):
+        return httpx.ConnectError(str(exc), request=request)
+    if isinstance(exc, StreamResetError):
+        if exc.error_code == H3_REQUEST_REJECTED:
+            return httpx.ConnectError("request refused by the peer (it is shutting down); retry", request=request)
+        return httpx.RemoteProtocolError(
+            f"peer reset the HTTP/3 stream ({_h3_error_name(exc.error_code)})", request=request
+        )
+    if isinstance(exc, ConnectionClosed):
+        cls = httpx.ReadError if reading else httpx.WriteError
+        return cls(f"connection to peer lost: {exc}", request=request)
+    if isinstance(exc, P2PError):
+        return httpx.ReadError(str(exc), request=request) if reading else httpx.WriteError(str(exc), request=request)
+    return httpx.TransportError(str(exc), request=request)
+
+
+@contextlib.asynccontextmanager
+async def _deadline(seconds: float | None, exc_type: type[httpx.TimeoutException], request: httpx.Request,
+                    what: str) -> AsyncIterator[None]:
+    if seconds is None:
+        yield
+        return
+    try:
+        async with asyncio.timeout(seconds) as cm:
+            yield
+    except TimeoutError:
+        if cm.expired():
+            raise exc_type(f"{what} timed out after {seconds:g}s", request=request) from None
+        raise
+
+
+# -- httpx transports ------------------------------------------------------------------------
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, stream: ClientStream, request: httpx.Request, read_timeout: float | None) -> None:
+        self._stream = stream
+        self._request = request
+        self._timeout = read_timeout
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        st = self._stream
+        try:
+            while True:
+                try:
+                    async with _deadline(self._timeout, httpx.ReadTimeout, self._request, "reading the response"):
+                        data = await st.read()
+                except P2PError as exc:
+                    raise _map_error(exc, self._request, reading=True) from exc
+                if not data:
+                    break
+                yield data
+        except BaseException:
+            st.cancel()
+            raise
+        if st.finished:
+            st.close()
+
+    async def aclose(self) -> None:
+        st = self._stream
+        if st.finished or st.error is not None:
+            st.close()
+        else:
+            st.cancel()
+
+
+class P2PTransport(httpx.AsyncBaseTransport):
+    """An httpx transport sending HTTP/3 requests to peers: ``https://<node-id>/path``.
+
+    One QUIC connection per peer (the endpoint's pool) carries all concurrent
+    requests.  The URL host is a node id; :meth:`add_addr` says where a node can
+    be reached (or pass a :class:`NodeAddr` via the ``addrs`` argument).
+    """
+
+    def __init__(self, endpoint: Endpoint, *, addrs: Iterable[NodeAddr] = ()) -> None:
+        self.endpoint = endpoint
+        self._addrs: dict[NodeId, NodeAddr] = {}
+        self._handlers: set[ClientConnection] = set()
+        self._closed = False
+        for addr in addrs:
+            self.add_addr(addr)
+        h3_protocol(endpoint)
+
+    def add_addr(self, node_addr: NodeAddr) -> None:
+        """Tell the transport where a node can be reached."""
+        self._addrs[node_addr.node_id] = node_addr
+
+    def _target(self, host: str, request: httpx.Request) -> NodeAddr | NodeId:
+        try:
+            node_id = NodeId.parse(host)
+        except (InvalidNodeId, ValueError) as exc:
+            raise httpx.ConnectError(f"URL host {host!r} is not a node id: {exc}", request=request) from None
+        return self._addrs.get(node_id, node_id)
+
+    async def _connection(self, request: httpx.Request, timeout: float | None) -> ClientConnection:
+        target = self._target(request.url.host, request)
+        try:
+            async with _deadline(timeout, httpx.ConnectTimeout, request, "connecting to the peer"):
+                cc = await connect_h3(self.endpoint, target)
+        except P2PError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        self._handlers.add(cc)
+        return cc
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("P2PTransport is closed")
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        cc = await self._connection(request, timeouts.get("connect"))
+        try:
+            st = cc.open_stream()
+        except P2PError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        try:
+            await self._send(st, request, timeouts.get("write"))
+            try:
+                async with _deadline(timeouts.get("read"), httpx.ReadTimeout, request, "waiting for the response"):
+                    status = await st.wait_headers()
+            except P2PError as exc:
+                raise _map_error(exc, request, reading=True) from exc
+        except BaseException:
+            st.cancel()
+            raise
+        return httpx.Response(
+            status,
+            headers=st.headers,
+            stream=_ResponseStream(st, request, timeouts.get("read")),
+            extensions={
+                "http_version": b"HTTP/3",
+                "p2p_stream_id": st.sid,
+                # 1xx responses received before the final one: [(status, headers)]
+                "interim": st.interim,
+                # response trailers, filled in once the body has been read
+                "trailers": st.trailers,
+            },
+        )
+
+    async def _send(self, st: ClientStream, request: httpx.Request, timeout: float | None) -> None:
+        url = request.url
+        target = url.raw_path or b"/"
+        authority = url.netloc or url.host.encode()
+        headers: Headers = [
+            (b":method", request.method.encode()),
+            (b":scheme", b"https"),
+            (b":authority", authority),
+            (b":path", target),
+        ]
+        headers.extend(clean_header_fields(request.headers.raw, log.warning))
+        stream = request.stream
+        try:
+            async with _deadline(timeout, httpx.WriteTimeout, request, "sending the request"):
+                if isinstance(stream, httpx.ByteStream):
+                    body = request.content
+                    st.send_headers(headers, not body)
+                    if body:
+                        await st.write(body, True)
+                    return
+                assert isinstance(stream, httpx.AsyncByteStream), "P2PTransport needs an async request body"
+                st.send_headers(headers, False)
+                pending = b""
+                async for chunk in stream:
+                    if not chunk:
+                        continue
+                    if pending:
+                        await st.write(pending, False)
+                    pending = bytes(chunk)
+                await st.write(pending, True)
+        except StreamResetError:
+            # the peer stopped reading the request (an early response such as 413): read the response
+            if st.error is not None and not isinstance(st.error, StreamResetError):
+                raise _map_error(st.error, request, reading=False) from None
+        except P2PError as exc:
+            raise _map_error(exc, request, reading=False) from exc
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._handlers.clear()
+
+
+class _SyncResponseStream(httpx.SyncByteStream):
+    def __init__(self, owner: SyncP2PTransport, stream: httpx.AsyncByteStream) -> None:
+        self._owner = owner
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        ait = self._stream.__aiter__()
+
+        async def step() -> bytes | None:
+            try:
+                return await ait.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        while True:
+            chunk = self._owner._run(step())
+            if chunk is None:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        self._owner._run(self._stream.aclose())
+
+
+class SyncP2PTransport(httpx.BaseTransport):
+    """A blocking httpx transport: runs an event loop in a background thread.
+
+    With no ``endpoint``, binds its own (``secret_key``, ``host``, ``config``)
+    inside that loop and closes it in :meth:`close`.  To share an endpoint that
+    already runs on a loop in another thread, pass both ``endpoint`` and ``loop``.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        secret_key: SecretKey | None = None,
+        host: str = "127.0.0.1",
+        config: NetworkConfig | None = None,
+        addrs: Iterable[NodeAddr] = (),
+    ) -> None:
+        self._thread: threading.Thread | None = None
+        self._owns_endpoint = endpoint is None
+        if endpoint is not None:
+            if loop is None:
+                raise InvalidConfiguration("SyncP2PTransport(endpoint) also needs the loop the endpoint runs on")
+            self._loop = loop
+        else:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, name="asgi-p2p-sync", daemon=True)
+            self._thread.start()
+
+        async def setup() -> tuple[Endpoint, P2PTransport]:
+            ep = endpoint if endpoint is not None else await Endpoint.bind(secret_key, host=host, config=config)
+            return ep, P2PTransport(ep, addrs=addrs)
+
+        self.endpoint, self._async = self._run(setup())
+
+    def _run(self, coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
+        async def wrap() -> T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(wrap(), self._loop).result()
+
+    @property
+    def node_id(self) -> NodeId:
+        return self.endpoint.node_id
+
+    def add_addr(self, node_addr: NodeAddr) -> None:
+        self._loop.call_soon_threadsafe(self._async.add_addr, node_addr)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        request.stream = httpx.ByteStream(body)
+        response = self._run(self._async.handle_async_request(request))
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers.raw,
+            stream=_SyncResponseStream(self, response.stream),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._async.aclose())
+        if self._owns_endpoint:
+            self._run(self.endpoint.close())
+        if self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()

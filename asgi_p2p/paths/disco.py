@@ -1,0 +1,764 @@
+"""Disco: authenticated hole-punching messages and a per-peer path prober (sans-I/O).
+
+Disco packets share the endpoint's UDP socket with QUIC.  Every packet starts
+with :data:`DISCO_MAGIC` (``00 50 32 50 44``, ``"\\x00P2PD"``).  Its first byte
+has both the 0x80 (long header) and the 0x40 (fixed bit) bits clear, and no
+QUIC packet of version 1 or 2 can look like that: a long header has 0x80 set,
+and a short header must have the fixed bit set (RFC 9000 §17.2, §17.3.1; a
+stateless reset is built to look like a short header, so it has 0x40 set too).
+Only a peer that negotiated RFC 9287 "greasing the QUIC bit" may clear 0x40;
+aioquic 1.7.2 neither offers it nor accepts such packets, and the endpoint must
+never enable it.  :func:`is_disco` is the one-byte-plus-magic check the socket
+demultiplexer uses.
+
+Wire format (all integers big-endian)::
+
+    magic     5   b"\\x00P2PD"
+    version   1   1
+    type      1   1 PING, 2 PONG, 3 CALL_ME_MAYBE
+    sender    32  the sender's NodeId (Ed25519 public key)
+    time      8   milliseconds on the shared clock when the packet was sealed
+    body      *   PING: tx_id (12)
+                  PONG: tx_id (12) + address (the source address the PING came from)
+                  CALL_ME_MAYBE: count (1) + count addresses
+    signature 64  Ed25519 by the sender over
+                  b"asgi-p2p disco v1\\x00" + receiver NodeId + every byte above
+
+An address is ``4`` + 4 bytes IPv4 + 2 bytes port, or ``6`` + 16 bytes IPv6 +
+2 bytes port (the same encoding the relay protocol and node records use).
+
+Why Ed25519 signatures and not an HMAC keyed by an X25519 shared secret: a
+node's only key is its Ed25519 identity key, so a signature can be checked
+against the NodeId we want to talk to with nothing else known, and no
+Ed25519-to-X25519 key conversion (not offered by ``cryptography``) or key cache
+is needed.  The cost is one signature (~50 µs) per packet sent and one
+verification (~100 µs) per packet received, at a rate of a few packets per
+second per peer.  The receiver's id is signed but not sent, so a packet meant
+for one node is worthless to every other; the context string keeps these
+signatures apart from node-record signatures made with the same key.
+
+Replays: a packet is accepted only if its time lies within ``max_clock_skew``
+of the receiver's shared clock and the digest of its signed content was not
+seen before (:class:`ReplayGuard`, bounded).  A PONG is accepted only for a
+``tx_id`` we sent, from the address we sent it to, once.
+
+Time: every method takes ``now`` in seconds from a monotonic clock (the running
+loop's ``loop.time()``).  Timestamps that cross the network need a clock both
+peers share, so the prober adds ``clock_offset`` to ``now`` (the endpoint passes
+``time.time() - loop.time()`` measured once; the simulator passes a constant).
+Nothing here reads a clock or the global random generator.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import heapq
+import ipaddress
+import logging
+import random
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+from ..errors import ProtocolError
+from ..identity import NodeId, SecretKey
+
+__all__ = [
+    "DISCO_MAGIC",
+    "DISCO_VERSION",
+    "MAX_CALL_ME_MAYBE_ADDRS",
+    "TX_ID_LEN",
+    "Address",
+    "CallMeMaybe",
+    "DiscoAuthError",
+    "DiscoMessage",
+    "DiscoPacket",
+    "PathChanged",
+    "PathInfo",
+    "PathProber",
+    "PathState",
+    "Ping",
+    "Pong",
+    "ProberConfig",
+    "ReplayGuard",
+    "Transmit",
+    "WireReader",
+    "decode_address",
+    "encode_address",
+    "is_disco",
+    "normalize_address",
+    "open_packet",
+    "peek_sender",
+    "seal",
+]
+
+logger = logging.getLogger("asgi_p2p.paths.disco")
+
+#: An (IP, port) pair; IPs are kept in ``ipaddress`` canonical text form.
+Address = tuple[str, int]
+
+#: First bytes of every disco packet; the first byte can never start a QUIC packet.
+DISCO_MAGIC = b"\x00P2PD"
+DISCO_VERSION = 1
+TX_ID_LEN = 12
+#: The most addresses one CALL_ME_MAYBE may carry.
+MAX_CALL_ME_MAYBE_ADDRS = 32
+
+_SIG_CONTEXT = b"asgi-p2p disco v1\x00"
+_SIG_LEN = 64
+_TYPE_PING = 1
+_TYPE_PONG = 2
+_TYPE_CALL_ME_MAYBE = 3
+_HEADER = struct.Struct("!5sBB32sQ")  # magic, version, type, sender, time_ms
+_MIN_LEN = _HEADER.size + _SIG_LEN
+_MAX_TIME_MS = 2**64 - 1
+
+
+# -- addresses and reading -------------------------------------------------------
+
+
+def normalize_address(addr: tuple[str, int]) -> Address:
+    """Canonical ``(ip, port)``: IP text as ``ipaddress`` prints it; raises ValueError."""
+    host, port = addr[0], addr[1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address (resolve host names before using them as paths)") from None
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError(f"port {port!r} is not an integer in 0..65535")
+    return (str(ip), port)
+
+
+def encode_address(out: bytearray, addr: tuple[str, int]) -> None:
+    """Append the binary form of an IP address and port to ``out``; raises ValueError."""
+    host, port = normalize_address(addr)
+    ip = ipaddress.ip_address(host)
+    out.append(4 if ip.version == 4 else 6)
+    out += ip.packed
+    out += port.to_bytes(2, "big")
+
+
+class WireReader:
+    """Strict cursor over a received message; every short read raises :class:`ProtocolError`."""
+
+    __slots__ = ("data", "pos", "what")
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data = bytes(data)
+        self.pos = 0
+        self.what = what
+
+    def error(self, message: str) -> ProtocolError:
+        return ProtocolError(f"malformed {self.what}: {message}")
+
+    def take(self, n: int, field_name: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise self.error(
+                f"truncated while reading {field_name} (needs {n} bytes at offset {self.pos}, "
+                f"{len(self.data)} bytes in total)"
+            )
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def u8(self, field_name: str) -> int:
+        return self.take(1, field_name)[0]
+
+    def u16(self, field_name: str) -> int:
+        return int.from_bytes(self.take(2, field_name), "big")
+
+    def u64(self, field_name: str) -> int:
+        return int.from_bytes(self.take(8, field_name), "big")
+
+    def node_id(self, field_name: str) -> NodeId:
+        return NodeId(self.take(32, field_name))
+
+    def rest(self) -> bytes:
+        chunk = self.data[self.pos :]
+        self.pos = len(self.data)
+        return chunk
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def utf8(self, n: int, field_name: str) -> str:
+        raw = self.take(n, field_name)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.error(f"{field_name} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+    def address(self, field_name: str) -> Address:
+        family = self.u8(f"{field_name} family")
+        if family == 4:
+            host = str(ipaddress.IPv4Address(self.take(4, f"{field_name} IPv4 address")))
+        elif family == 6:
+            host = str(ipaddress.IPv6Address(self.take(16, f"{field_name} IPv6 address")))
+        else:
+            raise self.error(f"{field_name} has unknown address family {family} (expected 4 or 6)")
+        return (host, self.u16(f"{field_name} port"))
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise self.error(f"{len(self.data) - self.pos} unexpected trailing bytes")
+
+
+def decode_address(data: bytes) -> Address:
+    """Parse exactly one binary address (see :func:`encode_address`)."""
+    reader = WireReader(data, "address")
+    addr = reader.address("address")
+    reader.end()
+    return addr
+
+
+# -- messages ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Are you there on this path?  ``tx_id`` is echoed by the PONG."""
+
+    tx_id: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.tx_id) != TX_ID_LEN:
+            raise ValueError(f"tx_id must be {TX_ID_LEN} bytes, got {len(self.tx_id)}")
+
+
+@dataclass(frozen=True)
+class Pong:
+    """Answer to a PING: its ``tx_id`` and the source address the PING arrived from."""
+
+    tx_id: bytes
+    observed: Address
+
+    def __post_init__(self) -> None:
+        if len(self.tx_id) != TX_ID_LEN:
+            raise ValueError(f"tx_id must be {TX_ID_LEN} bytes, got {len(self.tx_id)}")
+        object.__setattr__(self, "observed", normalize_address(self.observed))
+
+
+@dataclass(frozen=True)
+class CallMeMaybe:
+    """Sent through the relay: "here are my candidate addresses, ping me there now"."""
+
+    addrs: tuple[Address, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.addrs) > MAX_CALL_ME_MAYBE_ADDRS:
+            raise ValueError(
+                f"CALL_ME_MAYBE carries at most {MAX_CALL_ME_MAYBE_ADDRS} addresses, got {len(self.addrs)}"
+            )
+        object.__setattr__(self, "addrs", tuple(normalize_address(a) for a in self.addrs))
+
+
+DiscoMessage = Ping | Pong | CallMeMaybe
+
+
+@dataclass(frozen=True)
+class DiscoPacket:
+    """A verified disco packet."""
+
+    sender: NodeId
+    timestamp: float  #: seconds on the shared clock
+    message: DiscoMessage
+    digest: bytes  #: SHA-256 of the signed content, the replay-cache key
+
+
+class DiscoAuthError(ProtocolError):
+    """A disco packet is well formed but not authentic (wrong sender or bad signature)."""
+
+
+def is_disco(data: bytes) -> bool:
+    """True if ``data`` is a disco packet (and so certainly not a QUIC packet)."""
+    return data[:5] == DISCO_MAGIC
+
+
+def _encode_body(message: DiscoMessage) -> tuple[int, bytes]:
+    out = bytearray()
+    if isinstance(message, Ping):
+        out += message.tx_id
+        return _TYPE_PING, bytes(out)
+    if isinstance(message, Pong):
+        out += message.tx_id
+        encode_address(out, message.observed)
+        return _TYPE_PONG, bytes(out)
+    if isinstance(message, CallMeMaybe):
+        out.append(len(message.addrs))
+        for addr in message.addrs:
+            encode_address(out, addr)
+        return _TYPE_CALL_ME_MAYBE, bytes(out)
+    raise TypeError(f"not a disco message: {message!r}")
+
+
+def seal(message: DiscoMessage, sender: SecretKey, receiver: NodeId, timestamp: float) -> bytes:
+    """Encode and sign ``message`` from ``sender`` to ``receiver`` at ``timestamp`` (shared clock, s)."""
+    time_ms = round(timestamp * 1000)
+    if not 0 <= time_ms <= _MAX_TIME_MS:
+        raise ValueError(f"timestamp {timestamp!r} is outside the encodable range")
+    msg_type, body = _encode_body(message)
+    head = _HEADER.pack(DISCO_MAGIC, DISCO_VERSION, msg_type, sender.node_id.to_bytes(), time_ms) + body
+    return head + sender.sign(_SIG_CONTEXT + receiver.to_bytes() + head)
+
+
+def peek_sender(data: bytes) -> NodeId:
+    """The claimed (not yet verified) sender of a disco packet, to pick the peer's prober."""
+    if not is_disco(data):
+        raise ProtocolError("malformed disco packet: missing the disco magic prefix")
+    if len(data) < _MIN_LEN:
+        raise ProtocolError(f"malformed disco packet: {len(data)} bytes is shorter than the minimum {_MIN_LEN}")
+    return NodeId(data[7:39])
+
+
+def _parse_body(msg_type: int, body: bytes) -> DiscoMessage:
+    reader = WireReader(body, "disco packet")
+    message: DiscoMessage
+    if msg_type == _TYPE_PING:
+        message = Ping(reader.take(TX_ID_LEN, "PING tx_id"))
+    elif msg_type == _TYPE_PONG:
+        tx_id = reader.take(TX_ID_LEN, "PONG tx_id")
+        message = Pong(tx_id, reader.address("PONG observed address"))
+    elif msg_type == _TYPE_CALL_ME_MAYBE:
+        count = reader.u8("CALL_ME_MAYBE address count")
+        if count > MAX_CALL_ME_MAYBE_ADDRS:
+            raise reader.error(f"CALL_ME_MAYBE lists {count} addresses, more than the limit {MAX_CALL_ME_MAYBE_ADDRS}")
+        message = CallMeMaybe(tuple(reader.address(f"CALL_ME_MAYBE address {i}") for i in range(count)))
+    else:
+        raise reader.error(f"unknown message type {msg_type} (expected 1 PING, 2 PONG or 3 CALL_ME_MAYBE)")
+    reader.end()
+    return message
+
+
+def open_packet(data: bytes, receiver: NodeId, expected_sender: NodeId | None = None) -> DiscoPacket:
+    """Parse and authenticate a disco packet addressed to ``receiver``.
+
+    Raises :class:`ProtocolError` if it is malformed and :class:`DiscoAuthError`
+    if the sender is not ``expected_sender`` or the signature does not verify.
+    Freshness (time window, replays) is the caller's job: see :class:`ReplayGuard`.
+    """
+    data = bytes(data)
+    sender = peek_sender(data)
+    _magic, version, msg_type, _sender, time_ms = _HEADER.unpack_from(data)
+    if version != DISCO_VERSION:
+        raise ProtocolError(f"malformed disco packet: unsupported version {version} (this node speaks {DISCO_VERSION})")
+    head, signature = data[:-_SIG_LEN], data[-_SIG_LEN:]
+    message = _parse_body(msg_type, head[_HEADER.size :])
+    if expected_sender is not None and sender != expected_sender:
+        raise DiscoAuthError(f"disco packet claims sender {sender.fmt_short()}, expected {expected_sender.fmt_short()}")
+    signed = _SIG_CONTEXT + receiver.to_bytes() + head
+    if not sender.verify(signature, signed):
+        raise DiscoAuthError(f"disco packet from {sender.fmt_short()} has a bad signature")
+    return DiscoPacket(sender, time_ms / 1000, message, hashlib.sha256(signed).digest()[:16])
+
+
+# -- replay protection -------------------------------------------------------------
+
+
+class ReplayGuard:
+    """Bounded memory of recently accepted packets, with a time window.
+
+    A packet is fresh if its timestamp is within ``window`` seconds of the local
+    shared clock and its digest was not seen.  Digests are forgotten once their
+    timestamp leaves the window (the window check rejects them from then on).
+    When the cache is full the oldest entry is evicted and every packet not newer
+    than it is refused from then on, so a bounded cache never re-admits a replay.
+    """
+
+    def __init__(self, *, window: float = 120.0, capacity: int = 1024) -> None:
+        if window <= 0 or capacity <= 0:
+            raise ValueError("ReplayGuard window and capacity must be positive")
+        self.window = window
+        self.capacity = capacity
+        self._seen: set[bytes] = set()
+        self._heap: list[tuple[float, bytes]] = []
+        self._floor = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def check(self, digest: bytes, timestamp: float, now_shared: float) -> str | None:
+        """Record the packet and return None if fresh, else the reason it is refused."""
+        self._expire(now_shared)
+        if timestamp < now_shared - self.window:
+            return f"timestamp {now_shared - timestamp:.1f} s old, outside the {self.window:.0f} s window"
+        if timestamp > now_shared + self.window:
+            return f"timestamp {timestamp - now_shared:.1f} s in the future, outside the {self.window:.0f} s window"
+        if digest in self._seen:
+            return "replayed packet"
+        if timestamp <= self._floor:
+            return "packet older than the replay cache can vouch for (cache was full)"
+        while len(self._seen) >= self.capacity:
+            ts, old = heapq.heappop(self._heap)
+            self._seen.discard(old)
+            self._floor = max(self._floor, ts)
+            if timestamp <= self._floor:
+                return "packet older than the replay cache can vouch for (cache was full)"
+        self._seen.add(digest)
+        heapq.heappush(self._heap, (timestamp, digest))
+        return None
+
+    def _expire(self, now_shared: float) -> None:
+        horizon = now_shared - self.window
+        while self._heap and self._heap[0][0] < horizon:
+            _ts, old = heapq.heappop(self._heap)
+            self._seen.discard(old)
+
+
+# -- the path prober ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProberConfig:
+    """Timers and bounds of a :class:`PathProber` (seconds)."""
+
+    #: first retry delay of an unanswered probe; doubles per attempt up to ``probe_backoff_max``
+    probe_interval: float = 0.5
+    probe_backoff_max: float = 8.0
+    #: unanswered probes before a candidate counts as failed (until re-probed)
+    probe_attempts: int = 6
+    #: pings on a live path, to measure RTT and keep NAT mappings open
+    keepalive_interval: float = 5.0
+    #: a live path with no PONG for this long is dead
+    path_timeout: float = 15.0
+    #: a PING not answered within this long is forgotten
+    ping_timeout: float = 5.0
+    #: while on the relay, failed candidates are retried this often
+    reprobe_interval: float = 30.0
+    #: a better direct path must have RTT below ``switch_ratio`` x the current one
+    switch_ratio: float = 0.8
+    max_candidates: int = 16
+    max_outstanding: int = 64
+    max_queued: int = 64
+    #: accepted timestamp skew between the peers' shared clocks
+    max_clock_skew: float = 120.0
+    replay_capacity: int = 1024
+    max_events: int = 256
+
+
+class PathState(Enum):
+    PROBING = "probing"
+    LIVE = "live"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """Where a peer's packets go now: ``direct`` (with address and RTT) or ``relay``."""
+
+    kind: Literal["direct", "relay"]
+    addr: Address | None = None
+    rtt: float | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "relay":
+            return "relay"
+        assert self.addr is not None and self.rtt is not None
+        return f"direct {self.addr[0]}:{self.addr[1]} rtt={self.rtt * 1000:.1f}ms"
+
+
+RELAY = PathInfo("relay")
+
+
+@dataclass(frozen=True)
+class PathChanged:
+    """The chosen path of a peer changed."""
+
+    at: float
+    old: PathInfo
+    new: PathInfo
+    reason: str
+
+
+@dataclass(frozen=True)
+class Transmit:
+    """A datagram to send: to ``addr`` directly, or to the peer via the relay if ``addr`` is None."""
+
+    data: bytes
+    addr: Address | None
+
+
+@dataclass
+class _Path:
+    addr: Address
+    state: PathState = PathState.PROBING
+    srtt: float | None = None
+    last_pong: float | None = None
+    next_ping_at: float = 0.0
+    attempts: int = 0
+    failed_at: float | None = None
+    stats: dict[str, int] = field(default_factory=lambda: {"pings": 0, "pongs": 0})
+
+
+class PathProber:
+    """Per-peer path probing and selection; bytes in, datagrams and events out.
+
+    Drive it like aioquic: feed every disco packet from this peer to
+    :meth:`receive`, call :meth:`poll` after each input and when
+    :meth:`next_timer` is due, and send what it returns.  Read
+    :attr:`current_path` before sending each QUIC packet, and
+    :meth:`pop_events` for path changes.  The relay is the fallback path and is
+    always assumed available; this class never probes it.
+    """
+
+    def __init__(
+        self,
+        secret_key: SecretKey,
+        peer: NodeId,
+        rng: random.Random,
+        *,
+        config: ProberConfig | None = None,
+        clock_offset: float = 0.0,
+    ) -> None:
+        self.key = secret_key
+        self.peer = peer
+        self.rng = rng
+        self.config = config or ProberConfig()
+        self.clock_offset = clock_offset
+        self.replay = ReplayGuard(window=self.config.max_clock_skew, capacity=self.config.replay_capacity)
+        self._paths: dict[Address, _Path] = {}
+        self._outstanding: dict[bytes, tuple[Address, float]] = {}
+        self._queue: collections.deque[Transmit] = collections.deque()
+        self._events: collections.deque[PathChanged] = collections.deque(maxlen=self.config.max_events)
+        self._current: _Path | None = None
+        self._next_reprobe: float | None = None
+        #: our own address as the peer saw it in its latest PONG (like STUN)
+        self.reflexive_addr: Address | None = None
+        #: why packets were refused, by reason (for metrics and tests)
+        self.rejected: collections.Counter[str] = collections.Counter()
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def current_path(self) -> PathInfo:
+        """``direct`` with address and smoothed RTT, or ``relay``."""
+        path = self._current
+        if path is None:
+            return RELAY
+        assert path.srtt is not None
+        return PathInfo("direct", path.addr, path.srtt)
+
+    def paths(self) -> dict[Address, tuple[PathState, float | None]]:
+        """Every candidate with its state and smoothed RTT."""
+        return {addr: (p.state, p.srtt) for addr, p in self._paths.items()}
+
+    def pop_events(self) -> list[PathChanged]:
+        """Path changes since the last call, oldest first."""
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    # -- inputs -------------------------------------------------------------
+
+    def add_candidates(self, addrs: Iterable[tuple[str, int]], now: float) -> None:
+        """Learn addresses where the peer may be reachable (ticket, record, CALL_ME_MAYBE)."""
+        for addr in addrs:
+            self._add_candidate(normalize_address(addr), now)
+
+    def reprobe(self, now: float) -> None:
+        """Probe every non-live candidate again right away (new CALL_ME_MAYBE, network change)."""
+        for path in self._paths.values():
+            if path.state is not PathState.LIVE:
+                self._restart(path, now)
+
+    def call_me_maybe(self, own_addrs: Sequence[tuple[str, int]], now: float) -> Transmit:
+        """A CALL_ME_MAYBE listing ``own_addrs``, to send to the peer through the relay."""
+        addrs = tuple(normalize_address(a) for a in own_addrs[:MAX_CALL_ME_MAYBE_ADDRS])
+        return Transmit(self._seal(CallMeMaybe(addrs), now), None)
+
+    def receive(self, data: bytes, src: Address | None, now: float) -> None:
+        """Handle a disco packet from ``src`` (None: it came through the relay).
+
+        Malformed, forged, stale and replayed packets are dropped and counted in
+        :attr:`rejected`; they never change any state.
+        """
+        try:
+            packet = open_packet(data, self.key.node_id, self.peer)
+        except ProtocolError as exc:
+            self._reject(type(exc).__name__, str(exc))
+            return
+        message = packet.message
+        if src is not None:
+            try:
+                src = normalize_address(src)
+            except ValueError as exc:
+                self._reject("bad-source", str(exc))
+                return
+        elif not isinstance(message, CallMeMaybe):
+            self._reject("via-relay", f"{type(message).__name__} through the relay is not used")
+            return
+        pong_for: tuple[Address, float] | None = None
+        if isinstance(message, Pong):
+            # checked before the replay cache records it, so that a copy raced in from
+            # another address cannot burn the genuine PONG
+            pong_for = self._outstanding.get(message.tx_id)
+            if pong_for is None:
+                self._reject("unknown-tx", "PONG for a tx_id we did not send (or already answered)")
+                return
+            if pong_for[0] != src:
+                self._reject("wrong-source", f"PONG for a ping sent to {pong_for[0]} came from {src}")
+                return
+        reason = self.replay.check(packet.digest, packet.timestamp, now + self.clock_offset)
+        if reason is not None:
+            self._reject("replay" if reason == "replayed packet" else "stale", reason)
+            return
+        if isinstance(message, CallMeMaybe):
+            for addr in message.addrs:
+                self._add_candidate(addr, now)
+            self.reprobe(now)
+            return
+        assert src is not None
+        if isinstance(message, Ping):
+            self._enqueue(Transmit(self._seal(Pong(message.tx_id, src), now), src))
+            path = self._paths.get(src)
+            if path is None:
+                # an authenticated ping from a new address is a candidate: this is what wins
+                # when an early inbound packet made the peer's NAT pick a different port
+                self._add_candidate(src, now)
+            elif path.state is PathState.FAILED:
+                self._restart(path, now)
+        else:
+            assert pong_for is not None
+            self._handle_pong(message, pong_for, now)
+
+    def poll(self, now: float) -> list[Transmit]:
+        """Run timers due at ``now`` and return every datagram to send."""
+        self._expire(now)
+        cfg = self.config
+        if self._current is None and self._next_reprobe is not None and now >= self._next_reprobe:
+            self._next_reprobe = now + cfg.reprobe_interval
+            for path in self._paths.values():
+                if path.state is PathState.FAILED:
+                    self._restart(path, now)
+        for path in self._paths.values():
+            if path.state is PathState.FAILED or now < path.next_ping_at:
+                continue
+            if path.state is PathState.PROBING:
+                if path.attempts >= cfg.probe_attempts:
+                    path.state = PathState.FAILED
+                    path.failed_at = now
+                    continue
+                path.attempts += 1
+                path.next_ping_at = now + min(cfg.probe_interval * 2 ** (path.attempts - 1), cfg.probe_backoff_max)
+            else:
+                path.next_ping_at = now + cfg.keepalive_interval
+            self._send_ping(path, now)
+        out = list(self._queue)
+        self._queue.clear()
+        return out
+
+    def next_timer(self) -> float | None:
+        """When :meth:`poll` next has timer work, or None (call :meth:`poll` after every input too)."""
+        times: list[float] = []
+        for path in self._paths.values():
+            if path.state is PathState.FAILED:
+                continue
+            times.append(path.next_ping_at)
+            if path.state is PathState.LIVE and path.last_pong is not None:
+                times.append(path.last_pong + self.config.path_timeout)
+        if self._outstanding:
+            times.append(min(sent for _addr, sent in self._outstanding.values()) + self.config.ping_timeout)
+        if self._current is None and self._next_reprobe is not None:
+            if any(p.state is PathState.FAILED for p in self._paths.values()):
+                times.append(self._next_reprobe)
+        return min(times) if times else None
+
+    # -- internals ----------------------------------------------------------
+
+    def _seal(self, message: DiscoMessage, now: float) -> bytes:
+        return seal(message, self.key, self.peer, now + self.clock_offset)
+
+    def _reject(self, kind: str, reason: str) -> None:
+        self.rejected[kind] += 1
+        logger.debug("disco from %s dropped: %s", self.peer.fmt_short(), reason)
+
+    def _enqueue(self, transmit: Transmit) -> None:
+        if len(self._queue) < self.config.max_queued:
+            self._queue.append(transmit)
+
+    def _add_candidate(self, addr: Address, now: float) -> _Path | None:
+        path = self._paths.get(addr)
+        if path is not None:
+            return path
+        if len(self._paths) >= self.config.max_candidates:
+            # make room: forget a failed candidate first, then one still probing, never a live one
+            victims = [p for p in self._paths.values() if p.state is PathState.FAILED]
+            if not victims:
+                victims = [p for p in self._paths.values() if p.state is PathState.PROBING]
+            if not victims:
+                self._reject("too-many-candidates", f"candidate {addr} dropped: every slot holds a live path")
+                return None
+            victim = min(victims, key=lambda p: (p.failed_at or 0.0, p.attempts))
+            del self._paths[victim.addr]
+        path = _Path(addr, next_ping_at=now)
+        self._paths[addr] = path
+        if self._next_reprobe is None:
+            self._next_reprobe = now + self.config.reprobe_interval
+        return path
+
+    def _restart(self, path: _Path, now: float) -> None:
+        path.state = PathState.PROBING
+        path.attempts = 0
+        path.failed_at = None
+        path.next_ping_at = now
+
+    def _send_ping(self, path: _Path, now: float) -> None:
+        if len(self._outstanding) >= self.config.max_outstanding:
+            oldest = min(self._outstanding, key=lambda t: self._outstanding[t][1])
+            del self._outstanding[oldest]
+        tx_id = self.rng.randbytes(TX_ID_LEN)
+        self._outstanding[tx_id] = (path.addr, now)
+        path.stats["pings"] += 1
+        self._enqueue(Transmit(self._seal(Ping(tx_id), now), path.addr))
+
+    def _handle_pong(self, pong: Pong, sent: tuple[Address, float], now: float) -> None:
+        addr, sent_at = sent
+        del self._outstanding[pong.tx_id]
+        path = self._paths.get(addr)
+        if path is None:  # evicted meanwhile
+            return
+        sample = max(now - sent_at, 0.0)
+        path.srtt = sample if path.srtt is None else 0.875 * path.srtt + 0.125 * sample
+        path.last_pong = now
+        path.stats["pongs"] += 1
+        if path.state is not PathState.LIVE:
+            path.state = PathState.LIVE
+            path.attempts = 0
+            path.next_ping_at = now + self.config.keepalive_interval
+        self.reflexive_addr = pong.observed
+        self._choose(now, "direct path answered")
+
+    def _expire(self, now: float) -> None:
+        cfg = self.config
+        for tx_id in [t for t, (_a, sent) in self._outstanding.items() if now - sent >= cfg.ping_timeout]:
+            del self._outstanding[tx_id]
+        expired = False
+        for path in self._paths.values():
+            if path.state is PathState.LIVE and path.last_pong is not None and now - path.last_pong >= cfg.path_timeout:
+                path.state = PathState.FAILED
+                path.failed_at = now
+                expired = True
+        if expired:
+            self._choose(now, "path expired")
+
+    def _choose(self, now: float, reason: str) -> None:
+        live = [p for p in self._paths.values() if p.state is PathState.LIVE and p.srtt is not None]
+        best = min(live, key=lambda p: (p.srtt, p.addr), default=None)
+        current = self._current
+        if current is not None and current.state is PathState.LIVE and best is not None:
+            assert best.srtt is not None and current.srtt is not None
+            if best is current or best.srtt >= current.srtt * self.config.switch_ratio:
+                return  # hysteresis: keep the current path unless the new one is clearly better
+            reason = "lower RTT"
+        elif current is None and best is None:
+            return
+        old = self.current_path
+        self._current = best
+        new = self.current_path
+        if best is None:
+            self._next_reprobe = now + self.config.reprobe_interval
+        if old != new:
+            self._events.append(PathChanged(now, old, new, reason))
+            logger.debug("path to %s: %s -> %s (%s)", self.peer.fmt_short(), old, new, reason)

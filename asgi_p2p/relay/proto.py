@@ -1,0 +1,489 @@
+"""Relay wire frames and the relay server's routing state (sans-I/O).
+
+Relay clients hold a QUIC connection with ALPN :data:`RELAY_ALPN` to their
+relay; every frame below travels as one QUIC DATAGRAM frame payload.  The
+relay learns the client's NodeId from the mutual-TLS handshake, never from a
+frame, so a client cannot speak as another node.
+
+Frame layout (integers big-endian)::
+
+    version  1   RELAY_VERSION (1)
+    type     1
+    body     *
+
+    type 1 SEND           client -> relay  dst NodeId (32) + packet (1.. bytes, the rest)
+    type 2 RECV           relay -> client  src NodeId (32) + packet (1.. bytes, the rest)
+    type 3 OBSERVED_ADDR  relay -> client  address: 4 + IPv4 (4) + port (2) | 6 + IPv6 (16) + port (2)
+    type 4 SIGNAL         both ways        peer NodeId (32) + payload (1.. bytes, the rest);
+                                           peer = destination from a client, source from the relay
+    type 5 ERROR          relay -> client  code (1) + has_node (1: 0 or 1) + [NodeId (32)]
+                                           + message length (2) + UTF-8 message (the rest, <= 1024)
+
+SEND and RECV have the same size, so a packet fits the destination when
+``len(packet) + FORWARD_OVERHEAD <= max_datagram_size``.  Parsing is strict:
+unknown versions and types, truncation, trailing bytes, empty packets, a
+``has_node`` other than 0/1 and invalid UTF-8 all raise
+:class:`~asgi_p2p.errors.ProtocolError` saying what was wrong, and every frame
+that parses re-encodes to the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from ..errors import P2PError, ProtocolError
+from ..identity import NodeId
+from ..paths.disco import Address, WireReader, encode_address, normalize_address
+
+__all__ = [
+    "FORWARD_OVERHEAD",
+    "RELAY_ALPN",
+    "RELAY_VERSION",
+    "Action",
+    "Error",
+    "ErrorCode",
+    "Frame",
+    "ObservedAddr",
+    "Recv",
+    "RelayFull",
+    "RelayLimits",
+    "RelayRouter",
+    "RelayStats",
+    "Send",
+    "Signal",
+    "TokenBucket",
+    "parse_frame",
+]
+
+logger = logging.getLogger("asgi_p2p.relay")
+
+RELAY_ALPN = "asgi-p2p/relay/1"
+RELAY_VERSION = 1
+#: Bytes a SEND or RECV frame adds to the packet it carries.
+FORWARD_OVERHEAD = 2 + 32
+MAX_ERROR_MESSAGE = 1024
+
+_SEND = 1
+_RECV = 2
+_OBSERVED_ADDR = 3
+_SIGNAL = 4
+_ERROR = 5
+_NAMES = {_SEND: "SEND", _RECV: "RECV", _OBSERVED_ADDR: "OBSERVED_ADDR", _SIGNAL: "SIGNAL", _ERROR: "ERROR"}
+
+
+class ErrorCode(IntEnum):
+    """Why the relay refused something (the ERROR frame's ``code``)."""
+
+    RATE_LIMITED = 1  #: the client exceeded its packet or byte rate; the packet was dropped
+    UNKNOWN_DESTINATION = 2  #: the destination node is not connected to this relay
+    TOO_LARGE = 3  #: the frame would not fit the destination's QUIC datagram size
+    SERVER_FULL = 4  #: the relay's client table is full; try another relay
+    PROTOCOL = 5  #: the client broke the protocol; the relay closes the connection
+
+
+def _check_packet(packet: bytes, what: str) -> bytes:
+    if not isinstance(packet, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes, got {type(packet).__name__}")
+    if len(packet) == 0:
+        raise ValueError(f"{what} must not be empty")
+    return bytes(packet)
+
+
+@dataclass(frozen=True)
+class Send:
+    """Client -> relay: forward ``packet`` to the client ``dst``."""
+
+    dst: NodeId
+    packet: bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packet", _check_packet(self.packet, "SEND packet"))
+
+    def encode(self) -> bytes:
+        return bytes((RELAY_VERSION, _SEND)) + self.dst.to_bytes() + self.packet
+
+
+@dataclass(frozen=True)
+class Recv:
+    """Relay -> client: ``packet`` sent by ``src``."""
+
+    src: NodeId
+    packet: bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packet", _check_packet(self.packet, "RECV packet"))
+
+    def encode(self) -> bytes:
+        return bytes((RELAY_VERSION, _RECV)) + self.src.to_bytes() + self.packet
+
+
+@dataclass(frozen=True)
+class ObservedAddr:
+    """Relay -> client: the public address the relay sees the client's packets come from."""
+
+    ip: str
+    port: int
+
+    def __post_init__(self) -> None:
+        ip, port = normalize_address((self.ip, self.port))
+        object.__setattr__(self, "ip", ip)
+        object.__setattr__(self, "port", port)
+
+    @property
+    def addr(self) -> Address:
+        return (self.ip, self.port)
+
+    def encode(self) -> bytes:
+        out = bytearray((RELAY_VERSION, _OBSERVED_ADDR))
+        encode_address(out, (self.ip, self.port))
+        return bytes(out)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """An opaque hole-punching message (e.g. a disco CALL_ME_MAYBE) to or from ``peer``."""
+
+    peer: NodeId
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "payload", _check_packet(self.payload, "SIGNAL payload"))
+
+    def encode(self) -> bytes:
+        return bytes((RELAY_VERSION, _SIGNAL)) + self.peer.to_bytes() + self.payload
+
+
+@dataclass(frozen=True)
+class Error:
+    """Relay -> client: something was refused; ``node`` names the destination concerned, if any."""
+
+    code: int
+    message: str
+    node: NodeId | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.code <= 255:
+            raise ValueError(f"error code must be 0..255, got {self.code}")
+        if len(self.message.encode("utf-8")) > MAX_ERROR_MESSAGE:
+            raise ValueError(f"error message longer than {MAX_ERROR_MESSAGE} bytes")
+
+    def encode(self) -> bytes:
+        out = bytearray((RELAY_VERSION, _ERROR, self.code))
+        if self.node is None:
+            out.append(0)
+        else:
+            out.append(1)
+            out += self.node.to_bytes()
+        msg = self.message.encode("utf-8")
+        out += len(msg).to_bytes(2, "big")
+        out += msg
+        return bytes(out)
+
+    @property
+    def error_code(self) -> ErrorCode | None:
+        """The code as an :class:`ErrorCode`, or None if this node does not know it."""
+        try:
+            return ErrorCode(self.code)
+        except ValueError:
+            return None
+
+
+Frame = Send | Recv | ObservedAddr | Signal | Error
+
+
+def parse_frame(data: bytes) -> Frame:
+    """Parse one relay frame; raises :class:`ProtocolError` for anything malformed."""
+    reader = WireReader(data, "relay frame")
+    version = reader.u8("version")
+    if version != RELAY_VERSION:
+        raise reader.error(f"unsupported version {version} (this node speaks {RELAY_VERSION})")
+    kind = reader.u8("frame type")
+    frame: Frame
+    if kind in (_SEND, _RECV, _SIGNAL):
+        name = _NAMES[kind]
+        node = reader.node_id(f"{name} node id")
+        payload = reader.rest()
+        if not payload:
+            raise reader.error(f"{name} carries an empty {'payload' if kind == _SIGNAL else 'packet'}")
+        frame = (
+            Send(node, payload) if kind == _SEND else Recv(node, payload) if kind == _RECV else Signal(node, payload)
+        )
+    elif kind == _OBSERVED_ADDR:
+        ip, port = reader.address("OBSERVED_ADDR address")
+        frame = ObservedAddr(ip, port)
+    elif kind == _ERROR:
+        code = reader.u8("ERROR code")
+        has_node = reader.u8("ERROR has_node flag")
+        if has_node not in (0, 1):
+            raise reader.error(f"ERROR has_node flag is {has_node}, expected 0 or 1")
+        about = reader.node_id("ERROR node id") if has_node else None
+        length = reader.u16("ERROR message length")
+        if length > MAX_ERROR_MESSAGE:
+            raise reader.error(f"ERROR message of {length} bytes exceeds the limit {MAX_ERROR_MESSAGE}")
+        frame = Error(code, reader.utf8(length, "ERROR message"), about)
+    else:
+        raise reader.error(f"unknown frame type {kind} (expected 1 SEND .. 5 ERROR)")
+    reader.end()
+    return frame
+
+
+# -- server-side routing -----------------------------------------------------------
+
+
+class TokenBucket:
+    """A token bucket refilled at ``rate`` per second up to ``burst``; time comes from the caller."""
+
+    __slots__ = ("_last", "burst", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("token bucket rate and burst must be positive")
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self._last = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._last:  # a clock that stepped back never refills nor drains
+            self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
+            self._last = now
+
+    def peek(self, amount: float, now: float) -> bool:
+        """True if ``amount`` tokens are available at ``now`` (takes none)."""
+        self._refill(now)
+        return self.tokens >= amount
+
+    def take(self, amount: float, now: float) -> bool:
+        """Take ``amount`` tokens if available at ``now``."""
+        self._refill(now)
+        if self.tokens >= amount:
+            self.tokens -= amount
+            return True
+        return False
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    """Limits a relay enforces (per client unless stated)."""
+
+    max_clients: int = 10_000  #: the whole client table
+    packets_per_second: float = 2_000.0
+    packet_burst: float = 4_000.0
+    bytes_per_second: float = 4_000_000.0  #: forwarded payload bytes (SEND packets, SIGNAL payloads)
+    byte_burst: float = 8_000_000.0
+    errors_per_second: float = 10.0  #: ERROR frames the relay sends back to one client
+    error_burst: float = 20.0
+    max_datagram_size: int = 1200  #: default QUIC datagram payload limit of a destination
+
+    def __post_init__(self) -> None:
+        if self.max_clients <= 0:
+            raise ValueError("RelayLimits.max_clients must be positive")
+        if self.max_datagram_size <= FORWARD_OVERHEAD:
+            raise ValueError(f"RelayLimits.max_datagram_size must exceed {FORWARD_OVERHEAD}")
+        if self.byte_burst < self.max_datagram_size:
+            raise ValueError("RelayLimits.byte_burst must be at least max_datagram_size")
+
+
+@dataclass
+class RelayStats:
+    """Counters of a :class:`RelayRouter` (for metrics)."""
+
+    forwarded_packets: int = 0
+    forwarded_bytes: int = 0
+    signals: int = 0
+    dropped_rate_limited: int = 0
+    dropped_unknown_destination: int = 0
+    dropped_too_large: int = 0
+    errors_sent: int = 0
+    errors_suppressed: int = 0
+    refused_full: int = 0
+
+
+@dataclass
+class _Client:
+    conn: Hashable
+    max_datagram_size: int
+    packets: TokenBucket
+    bytes: TokenBucket
+    errors: TokenBucket
+    observed: Address | None = None
+    counters: dict[str, int] = field(default_factory=lambda: {"sent": 0, "received": 0})
+
+
+class RelayFull(P2PError):
+    """The relay's client table is full; :attr:`frame` is the ERROR to send before closing."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"relay is full ({limit} clients); connect to another relay or raise --limit-clients")
+        self.frame = Error(ErrorCode.SERVER_FULL, str(self)).encode()
+
+
+#: What a router asks its caller to do: send ``frame`` (one DATAGRAM) to the client ``node``.
+Action = tuple[NodeId, bytes]
+
+
+class RelayRouter:
+    """The relay server's client table and forwarding decisions.
+
+    The caller authenticates each client (the NodeId comes from the QUIC
+    handshake), calls :meth:`register` when its connection is up and
+    :meth:`unregister` when it closes, and passes every received DATAGRAM to
+    :meth:`handle_datagram`.  Each call returns the datagrams to send as
+    ``(destination NodeId, frame bytes)``; every frame fits its destination's
+    ``max_datagram_size``, which the caller must keep current (aioquic's
+    ``send_datagram_frame`` checks nothing, and an oversized datagram blocks
+    its queue for good).
+    """
+
+    def __init__(self, limits: RelayLimits | None = None) -> None:
+        self.limits = limits or RelayLimits()
+        self.stats = RelayStats()
+        self._clients: dict[NodeId, _Client] = {}
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._clients
+
+    def register(
+        self,
+        node: NodeId,
+        now: float,
+        *,
+        conn: Hashable = None,
+        observed_addr: tuple[str, int] | None = None,
+        max_datagram_size: int | None = None,
+    ) -> list[Action]:
+        """Add an authenticated client; a newer connection of the same node replaces the old one.
+
+        ``conn`` identifies the connection (so that :meth:`unregister` of a
+        replaced connection does not remove its successor).  Returns the
+        OBSERVED_ADDR frame for the client if ``observed_addr`` is given.
+        Raises :class:`RelayFull` when the table is full.
+        """
+        limits = self.limits
+        if node not in self._clients and len(self._clients) >= limits.max_clients:
+            self.stats.refused_full += 1
+            raise RelayFull(limits.max_clients)
+        size = limits.max_datagram_size if max_datagram_size is None else max_datagram_size
+        self._clients[node] = _Client(
+            conn=conn,
+            max_datagram_size=size,
+            packets=TokenBucket(limits.packets_per_second, limits.packet_burst, now),
+            bytes=TokenBucket(limits.bytes_per_second, limits.byte_burst, now),
+            errors=TokenBucket(limits.errors_per_second, limits.error_burst, now),
+        )
+        logger.debug("relay client %s registered (%d clients)", node.fmt_short(), len(self._clients))
+        if observed_addr is None:
+            return []
+        return self.update_observed_addr(node, observed_addr)
+
+    def unregister(self, node: NodeId, conn: Hashable = None) -> bool:
+        """Remove a client (only if its connection is ``conn``, when given); True if removed."""
+        client = self._clients.get(node)
+        if client is None or (conn is not None and client.conn != conn):
+            return False
+        del self._clients[node]
+        return True
+
+    def update_observed_addr(self, node: NodeId, addr: tuple[str, int]) -> list[Action]:
+        """Record the client's public address; returns an OBSERVED_ADDR frame if it changed."""
+        client = self._client(node)
+        normalized = normalize_address(addr)
+        if client.observed == normalized:
+            return []
+        client.observed = normalized
+        return [(node, ObservedAddr(*normalized).encode())]
+
+    def set_max_datagram_size(self, node: NodeId, size: int) -> None:
+        """Update the largest DATAGRAM payload the client's connection accepts."""
+        self._client(node).max_datagram_size = size
+
+    def observed_addr(self, node: NodeId) -> Address | None:
+        return self._client(node).observed
+
+    def handle_datagram(self, src: NodeId, data: bytes, now: float) -> list[Action]:
+        """Process one DATAGRAM from the registered client ``src``.
+
+        Raises :class:`ProtocolError` if the frame is malformed or is one only a
+        relay may send; the caller then closes the client's connection.
+        """
+        client = self._client(src)
+        frame = parse_frame(data)
+        if isinstance(frame, Send):
+            return self._forward(src, client, frame.dst, Recv(src, frame.packet).encode(), len(frame.packet), now)
+        if isinstance(frame, Signal):
+            return self._forward(src, client, frame.peer, Signal(src, frame.payload).encode(), len(frame.payload), now)
+        raise ProtocolError(
+            f"relay client {src.fmt_short()} sent a {type(frame).__name__.upper()} frame, which only a relay may send"
+        )
+
+    def _client(self, node: NodeId) -> _Client:
+        client = self._clients.get(node)
+        if client is None:
+            raise KeyError(f"node {node.fmt_short()} is not registered with this relay")
+        return client
+
+    def _forward(self, src: NodeId, client: _Client, dst: NodeId, frame: bytes, size: int, now: float) -> list[Action]:
+        client.counters["sent"] += 1
+        if not (client.packets.peek(1, now) and client.bytes.peek(size, now)):
+            self.stats.dropped_rate_limited += 1
+            return self._error(
+                src,
+                client,
+                now,
+                ErrorCode.RATE_LIMITED,
+                f"rate limit exceeded ({self.limits.packets_per_second:g} packets/s, "
+                f"{self.limits.bytes_per_second:g} bytes/s); packet to {dst.fmt_short()} dropped",
+                dst,
+            )
+        client.packets.take(1, now)
+        client.bytes.take(size, now)
+        target = self._clients.get(dst)
+        if target is None:
+            self.stats.dropped_unknown_destination += 1
+            return self._error(
+                src,
+                client,
+                now,
+                ErrorCode.UNKNOWN_DESTINATION,
+                f"node {dst.fmt_short()} is not connected to this relay",
+                dst,
+            )
+        if len(frame) > target.max_datagram_size:
+            self.stats.dropped_too_large += 1
+            return self._error(
+                src,
+                client,
+                now,
+                ErrorCode.TOO_LARGE,
+                f"{size}-byte packet does not fit node {dst.fmt_short()}'s datagram size "
+                f"{target.max_datagram_size} (at most {target.max_datagram_size - FORWARD_OVERHEAD} bytes)",
+                dst,
+            )
+        target.counters["received"] += 1
+        if frame[1] == _SIGNAL:
+            self.stats.signals += 1
+        else:
+            self.stats.forwarded_packets += 1
+            self.stats.forwarded_bytes += size
+        return [(dst, frame)]
+
+    def _error(
+        self, src: NodeId, client: _Client, now: float, code: ErrorCode, message: str, node: NodeId
+    ) -> list[Action]:
+        if not client.errors.take(1, now):
+            self.stats.errors_suppressed += 1
+            return []
+        frame = Error(code, message, node).encode()
+        if len(frame) > client.max_datagram_size:
+            frame = Error(code, message[: max(client.max_datagram_size - 40, 0)], node).encode()
+            if len(frame) > client.max_datagram_size:
+                self.stats.errors_suppressed += 1
+                return []
+        self.stats.errors_sent += 1
+        return [(src, frame)]

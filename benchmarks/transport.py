@@ -1,0 +1,640 @@
+"""Transport benchmark (issue 2): asgi-p2p raw messages vs a bare aioquic client/server.
+
+One run prints one markdown table.  For each ``max_datagram_size`` it measures,
+for asgi-p2p (``Endpoint`` + ``MessageConnection``) and for bare aioquic
+(``aioquic.asyncio.serve``/``connect``, one bidirectional stream, 4-byte
+length framing) doing the same work:
+
+* handshake incl. mutual Ed25519 authentication: median wall ms of N connects,
+  client CPU ms per connect (median, ``time.process_time``) and server CPU ms
+  per connection (server process CPU over the whole phase / N, incl. close);
+* 64-byte message round trip: median µs of N;
+* bulk: one connection, 100 MiB one way in 64 KiB messages, timed until the
+  receiver confirms it has everything (MB/s, 1 MB = 10^6 bytes).
+
+Server and client run in separate processes (real UDP on 127.0.0.1), so each
+gets a core.  Both sides use the same certificates (``node_certificate``),
+``verify_mode=CERT_NONE``, the same ``max_datagram_size`` and 4 MiB kernel
+socket buffers; the bare aioquic server requests a client certificate (the
+private flag asgi-p2p uses), so both do mutual TLS.
+
+Usage::
+
+    .venv/bin/python benchmarks/transport.py              # full run
+    .venv/bin/python benchmarks/transport.py --repeat 3   # medians of 3 runs
+    .venv/bin/python benchmarks/transport.py --quick      # smoke run
+    unshare -n .venv/bin/python benchmarks/transport.py --iroh   # + PyPI iroh column
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import platform
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aioquic.asyncio import QuicConnectionProtocol, connect, serve
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import QuicEvent, StreamDataReceived
+
+from asgi_p2p import Endpoint, NetworkConfig, NodeAddr, NodeId, SecretKey
+from asgi_p2p.endpoint.tls import node_certificate
+
+HOST = "127.0.0.1"
+SOCKET_BUFFER = 4 * 1024 * 1024  # what asgi_p2p.net.udp sets; the bare sockets get the same
+HEADER = struct.Struct("!I")
+ALPN_BARE = "bench/1"
+
+# First byte of every benchmark message says what the server does with it.
+ECHO = 0x01  # send it back
+SINK = 0x02  # count its bytes
+REPORT = 0x03  # reply with the 8-byte count of sunk bytes, reset the count
+
+RTT_SIZE = 64
+BULK_MESSAGE = 65535  # one frame per message in both implementations
+MIB = 1024 * 1024
+
+IMPLS = ("asgi-p2p", "aioquic", "iroh")
+
+
+# -- shared helpers ------------------------------------------------------------
+
+
+def _set_buffers(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
+def _split_frames(buf: bytearray) -> list[bytes]:
+    """Remove and return every complete 4-byte-length-framed message at the start of ``buf``."""
+    out: list[bytes] = []
+    pos = 0
+    n = len(buf)
+    while n - pos >= 4:
+        (size,) = HEADER.unpack_from(buf, pos)
+        end = pos + 4 + size
+        if end > n:
+            break
+        out.append(bytes(buf[pos + 4 : end]))
+        pos = end
+    if pos:
+        del buf[:pos]
+    return out
+
+
+class _Sink:
+    """Server-side message handling, the same for every implementation."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def handle(self, msg: bytes) -> bytes | None:
+        kind = msg[0] if msg else 0
+        if kind == ECHO:
+            return msg
+        if kind == SINK:
+            self.count += len(msg)
+            return None
+        if kind == REPORT:
+            reply = struct.pack("!Q", self.count)
+            self.count = 0
+            return reply
+        return None
+
+
+# -- bare aioquic ------------------------------------------------------------------
+
+
+def _bare_config(is_client: bool, key: SecretKey, mds: int) -> QuicConfiguration:
+    return QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN_BARE],
+        certificate=node_certificate(key),
+        private_key=key.private_key,
+        verify_mode=0,  # ssl.CERT_NONE
+        max_datagram_size=mds,
+    )
+
+
+class BareServerProtocol(QuicConnectionProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        quic = self._quic
+        original = quic._initialize
+
+        def _initialize(peer_cid: bytes) -> None:
+            original(peer_cid)
+            quic.tls._request_client_certificate = True  # mutual TLS, as asgi-p2p does
+
+        quic._initialize = _initialize  # type: ignore[method-assign]
+        self._bufs: dict[int, bytearray] = {}
+        self._sink = _Sink()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            buf = self._bufs.setdefault(event.stream_id, bytearray())
+            buf += event.data
+            sent = False
+            for msg in _split_frames(buf):
+                reply = self._sink.handle(msg)
+                if reply is not None:
+                    self._quic.send_stream_data(event.stream_id, HEADER.pack(len(reply)) + reply)
+                    sent = True
+            if sent:
+                self.transmit()
+
+
+class BareClientProtocol(QuicConnectionProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.confirmed: asyncio.Future[None] = self._loop.create_future()
+        self._stream_id: int | None = None
+        self._buf = bytearray()
+        self._queue: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        super().datagram_received(data, addr)
+        if not self.confirmed.done() and self._quic._handshake_confirmed:
+            self.confirmed.set_result(None)
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            self._buf += event.data
+            self._queue.extend(_split_frames(self._buf))
+            if self._queue and self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+
+    def write(self, msg: bytes) -> None:
+        if self._stream_id is None:
+            self._stream_id = self._quic.get_next_available_stream_id()
+        self._quic.send_stream_data(self._stream_id, HEADER.pack(len(msg)) + msg)
+
+    async def send(self, msg: bytes) -> None:
+        self.write(msg)
+        self.transmit()
+
+    async def recv(self) -> bytes:
+        while not self._queue:
+            self._waiter = self._loop.create_future()
+            await self._waiter
+        return self._queue.popleft()
+
+
+# -- servers (each in its own process) -------------------------------------------------
+
+
+def _control_thread(ctl: Connection, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Answer the client process: "cpu" -> this process's CPU seconds, "stop" -> shut down."""
+    while True:
+        try:
+            cmd = ctl.recv()
+        except EOFError:
+            cmd = "stop"
+        if cmd == "cpu":
+            ctl.send(time.process_time())
+        elif cmd == "stop":
+            loop.call_soon_threadsafe(stop.set)
+            return
+
+
+async def _serve_asgi_p2p(mds: int, ctl: Connection) -> None:
+    config = NetworkConfig.from_env(max_datagram_size=mds)
+    ep = await Endpoint.bind(SecretKey.from_seed("bench-server"), host=HOST, config=config)
+    sink = _Sink()
+
+    async def handle(mc: Any) -> None:
+        async for msg in mc:
+            reply = sink.handle(msg)
+            if reply is not None:
+                await mc.send(reply)
+
+    async def accept_loop() -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        listener = ep.listen()
+        while True:
+            mc = await listener.accept()
+            task = asyncio.create_task(handle(mc))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    stop = asyncio.Event()
+    threading.Thread(target=_control_thread, args=(ctl, asyncio.get_running_loop(), stop), daemon=True).start()
+    acceptor = asyncio.create_task(accept_loop())
+    ctl.send({"port": ep.local_address[1], "node_id": str(ep.node_id)})
+    await stop.wait()
+    acceptor.cancel()
+    await ep.close()
+
+
+async def _serve_aioquic(mds: int, ctl: Connection) -> None:
+    server = await serve(
+        HOST,
+        0,
+        configuration=_bare_config(False, SecretKey.from_seed("bench-server"), mds),
+        create_protocol=BareServerProtocol,
+    )
+    sock = server._transport.get_extra_info("socket")
+    _set_buffers(sock)
+    stop = asyncio.Event()
+    threading.Thread(target=_control_thread, args=(ctl, asyncio.get_running_loop(), stop), daemon=True).start()
+    ctl.send({"port": sock.getsockname()[1]})
+    await stop.wait()
+    server.close()
+
+
+async def _serve_iroh(mds: int, ctl: Connection) -> None:
+    iroh_server = _IrohBench()
+    info = await iroh_server.start_server()
+    stop = asyncio.Event()
+    threading.Thread(target=_control_thread, args=(ctl, asyncio.get_running_loop(), stop), daemon=True).start()
+    ctl.send(info)
+    await stop.wait()
+    await iroh_server.shutdown()
+
+
+def _server_main(impl: str, mds: int, ctl: Connection) -> None:
+    serve_fn = {"asgi-p2p": _serve_asgi_p2p, "aioquic": _serve_aioquic, "iroh": _serve_iroh}[impl]
+    asyncio.run(serve_fn(mds, ctl))
+
+
+class ServerProcess:
+    """A benchmark server in its own process; :meth:`cpu` reads its CPU time."""
+
+    def __init__(self, impl: str, mds: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._ctl, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_server_main, args=(impl, mds, child), daemon=True)
+        self._proc.start()
+        child.close()
+        if not self._ctl.poll(30):
+            self._proc.kill()
+            raise RuntimeError(f"{impl} server did not start")
+        self.info: dict[str, Any] = self._ctl.recv()
+
+    def cpu(self) -> float:
+        self._ctl.send("cpu")
+        return float(self._ctl.recv())
+
+    def stop(self) -> None:
+        try:
+            self._ctl.send("stop")
+        except OSError:
+            pass
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+
+# -- clients ------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    handshake_ms: float = float("nan")
+    handshake_confirmed_ms: float = float("nan")
+    client_cpu_ms: float = float("nan")
+    server_cpu_ms: float = float("nan")
+    rtt_us: float = float("nan")
+    bulk_mbps: float = float("nan")
+    bulk_cpu_ms_per_mib: float = float("nan")  # client + server CPU per MiB moved
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Params:
+    handshakes: int
+    rtts: int
+    bulk_bytes: int
+
+
+def _bulk_messages(total: int) -> tuple[bytes, int]:
+    msg = bytes([SINK]) + os.urandom(BULK_MESSAGE - 1)
+    return msg, -(-total // BULK_MESSAGE)
+
+
+def _bulk_result(res: Result, got: int, count: int, elapsed: float, cpu_s: float) -> None:
+    if got != count * BULK_MESSAGE:
+        raise RuntimeError(f"receiver confirmed {got} bytes, expected {count * BULK_MESSAGE}")
+    res.bulk_mbps = got / elapsed / 1e6
+    res.bulk_cpu_ms_per_mib = cpu_s * 1e3 / (got / MIB)
+
+
+async def _measure_rtts(
+    n: int, send: Callable[[bytes], Awaitable[None]], recv: Callable[[], Awaitable[bytes]]
+) -> float:
+    msg = bytes([ECHO]) + os.urandom(RTT_SIZE - 1)
+    for _ in range(min(50, n)):  # warm-up
+        await send(msg)
+        await recv()
+    samples = []
+    clock = time.perf_counter
+    for _ in range(n):
+        t0 = clock()
+        await send(msg)
+        reply = await recv()
+        samples.append(clock() - t0)
+        assert len(reply) == RTT_SIZE
+    return statistics.median(samples) * 1e6
+
+
+async def _handshakes(
+    n: int, server: ServerProcess, connect_once: Callable[[], Awaitable[tuple[float, float]]], res: Result
+) -> None:
+    await connect_once()  # warm-up (imports, caches)
+    walls, cpus = [], []
+    cpu0 = server.cpu()
+    for _ in range(n):
+        wall, cpu = await connect_once()
+        walls.append(wall)
+        cpus.append(cpu)
+    res.server_cpu_ms = (server.cpu() - cpu0) / n * 1e3
+    res.handshake_ms = statistics.median(walls) * 1e3
+    res.client_cpu_ms = statistics.median(cpus) * 1e3
+
+
+async def run_asgi_p2p(server: ServerProcess, mds: int, p: Params) -> Result:
+    res = Result()
+    config = NetworkConfig.from_env(max_datagram_size=mds)
+    client = await Endpoint.bind(SecretKey.from_seed("bench-client"), host=HOST, config=config)
+    addr = NodeAddr(NodeId.parse(server.info["node_id"]), [(HOST, server.info["port"])])
+    clock, cpu = time.perf_counter, time.process_time
+    try:
+
+        async def connect_once() -> tuple[float, float]:
+            c0, t0 = cpu(), clock()
+            mc = await client.connect(addr)
+            t1, c1 = clock(), cpu()
+            await mc.close()
+            return t1 - t0, c1 - c0
+
+        await _handshakes(p.handshakes, server, connect_once, res)
+        res.handshake_confirmed_ms = res.handshake_ms  # connect() returns once HANDSHAKE_DONE arrived
+
+        mc = await client.connect(addr)
+        res.rtt_us = await _measure_rtts(p.rtts, mc.send, mc.recv)
+
+        msg, count = _bulk_messages(p.bulk_bytes)
+        s0, c0, t0 = server.cpu(), cpu(), clock()
+        for _ in range(count):
+            await mc.send(msg)
+        await mc.send(bytes([REPORT]))
+        (got,) = struct.unpack("!Q", await mc.recv())
+        elapsed, c1, s1 = clock() - t0, cpu(), server.cpu()
+        _bulk_result(res, got, count, elapsed, (c1 - c0) + (s1 - s0))
+        await mc.close()
+    finally:
+        await client.close()
+    return res
+
+
+async def run_aioquic(server: ServerProcess, mds: int, p: Params) -> Result:
+    res = Result()
+    config = _bare_config(True, SecretKey.from_seed("bench-client"), mds)
+    port = server.info["port"]
+    clock, cpu = time.perf_counter, time.process_time
+    confirmed: list[float] = []
+
+    async def connect_once() -> tuple[float, float]:
+        c0, t0 = cpu(), clock()
+        async with connect(HOST, port, configuration=config, create_protocol=BareClientProtocol) as proto:
+            t1, c1 = clock(), cpu()
+            assert isinstance(proto, BareClientProtocol)
+            await proto.confirmed
+            confirmed.append(clock() - t0)
+        return t1 - t0, c1 - c0
+
+    await _handshakes(p.handshakes, server, connect_once, res)
+    res.handshake_confirmed_ms = statistics.median(confirmed[1:]) * 1e3
+
+    async with connect(HOST, port, configuration=config, create_protocol=BareClientProtocol) as proto:
+        assert isinstance(proto, BareClientProtocol)
+        _set_buffers(proto._transport.get_extra_info("socket"))
+        res.rtt_us = await _measure_rtts(p.rtts, proto.send, proto.recv)
+
+        msg, count = _bulk_messages(p.bulk_bytes)
+        s0, c0, t0 = server.cpu(), cpu(), clock()
+        for _ in range(count):
+            proto.write(msg)  # aioquic buffers without limit; write it all, then let acks clock it out
+        await proto.send(bytes([REPORT]))
+        (got,) = struct.unpack("!Q", await proto.recv())
+        elapsed, c1, s1 = clock() - t0, cpu(), server.cpu()
+        _bulk_result(res, got, count, elapsed, (c1 - c0) + (s1 - s0))
+    return res
+
+
+# -- optional: PyPI iroh ------------------------------------------------------------------------
+
+
+def iroh_refusal() -> str | None:
+    """Why the iroh column cannot run here (None if it can)."""
+    try:
+        import iroh  # noqa: F401
+    except ImportError:
+        return "the PyPI `iroh` package is not installed in this environment"
+    try:
+        if os.readlink("/proc/self/ns/net") == os.readlink("/proc/1/ns/net"):
+            return (
+                "not in a separate network namespace: iroh's port mapper sends UPnP/SSDP multicast on any "
+                "machine with a default route; run under `unshare -n` (the script brings `lo` up)"
+            )
+    except OSError:
+        pass
+    try:
+        routes = Path("/proc/net/route").read_text().splitlines()[1:]
+    except OSError:
+        routes = []
+    if any(line.split()[1] == "00000000" for line in routes if len(line.split()) > 1):
+        return "this network namespace has a default route; run under `unshare -n`"
+    return None
+
+
+class _IrohBench:  # pragma: no cover - needs the optional iroh package and a private netns
+    """Placeholder kept so the server table has an entry; see ``--iroh``."""
+
+    async def start_server(self) -> dict[str, Any]:
+        raise RuntimeError("iroh benchmark not implemented in this version")
+
+    async def shutdown(self) -> None:
+        return None
+
+
+async def run_iroh(server: ServerProcess, mds: int, p: Params) -> Result:  # pragma: no cover
+    raise RuntimeError("iroh benchmark not implemented in this version")
+
+
+# -- driver --------------------------------------------------------------------------------------
+
+
+RUNNERS: dict[str, Callable[[ServerProcess, int, Params], Awaitable[Result]]] = {
+    "asgi-p2p": run_asgi_p2p,
+    "aioquic": run_aioquic,
+    "iroh": run_iroh,
+}
+
+
+def run_one(impl: str, mds: int, p: Params) -> Result:
+    server = ServerProcess(impl, mds)
+    try:
+        return asyncio.run(RUNNERS[impl](server, mds, p))
+    finally:
+        server.stop()
+
+
+def _median(values: list[float]) -> float:
+    vals = [v for v in values if v == v]  # drop NaN
+    return statistics.median(vals) if vals else float("nan")
+
+
+def _fmt(v: float, digits: int) -> str:
+    return "n/a" if v != v else f"{v:,.{digits}f}"
+
+
+def render_table(results: dict[tuple[str, int], list[Result]], impls: list[str], sizes: list[int], p: Params) -> str:
+    def med(impl: str, mds: int, attr: str) -> float:
+        return _median([getattr(r, attr) for r in results.get((impl, mds), [])])
+
+    has_iroh = "iroh" in impls
+    head = ["metric", "max_datagram_size", "asgi-p2p", "aioquic", "asgi-p2p / aioquic", "target"]
+    if has_iroh:
+        head.insert(4, "iroh")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(metric: str, mds: int, attr: str, digits: int, target: str = "", *, check: str = "") -> None:
+        a, b = med("asgi-p2p", mds, attr), med("aioquic", mds, attr)
+        ratio = a / b if a == a and b == b and b else float("nan")
+        verdict = ""
+        if check and ratio == ratio:
+            limit = float(check[2:])
+            ok = ratio <= limit if check.startswith("<=") else ratio >= limit
+            verdict = " met" if ok else " **missed**"
+        cells = [metric, str(mds), _fmt(a, digits), _fmt(b, digits), f"{_fmt(ratio, 2)}x", target + verdict]
+        if has_iroh:
+            cells.insert(4, _fmt(med("iroh", mds, attr), digits))
+        lines.append("| " + " | ".join(cells) + " |")
+
+    for mds in sizes:
+        row(
+            f"handshake incl. mutual auth, wall ms (median of {p.handshakes})",
+            mds,
+            "handshake_ms",
+            2,
+            "≤ 1.2x",
+            check="<=1.2",
+        )
+        row(
+            "handshake, wall ms until client has HANDSHAKE_DONE (when asgi-p2p's connect returns)",
+            mds,
+            "handshake_confirmed_ms",
+            2,
+        )
+        row("handshake, client CPU ms per connect (median)", mds, "client_cpu_ms", 2)
+        row("handshake, server CPU ms per connection (incl. close)", mds, "server_cpu_ms", 2)
+        row(f"64 B message round trip, µs (median of {p.rtts})", mds, "rtt_us", 0)
+        row(
+            f"bulk {p.bulk_bytes / MIB:g} MiB one way, one connection, MB/s",
+            mds,
+            "bulk_mbps",
+            1,
+            "≥ 0.9x",
+            check=">=0.9",
+        )
+        row("bulk, CPU ms per MiB (client + server)", mds, "bulk_cpu_ms_per_mib", 2)
+    return "\n".join(lines)
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import aioquic
+
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python {platform.python_version()}, "
+        f"aioquic {aioquic.__version__}, real UDP on 127.0.0.1 loopback, server and client in separate processes"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 10 handshakes, 200 round trips, 10 MiB bulk")
+    ap.add_argument("--handshakes", type=int, help="connects per measurement (default 50; --quick 10)")
+    ap.add_argument("--rtts", type=int, help="64 B round trips per measurement (default 1000; --quick 200)")
+    ap.add_argument("--bulk-mib", type=float, help="bulk transfer size in MiB (default 100; --quick 10)")
+    ap.add_argument(
+        "--datagram-sizes", default="1200,16000", help="comma-separated max_datagram_size values (default 1200,16000)"
+    )
+    ap.add_argument("--repeat", type=int, default=1, help="run everything N times, report medians across runs")
+    ap.add_argument("--only", choices=["asgi-p2p", "aioquic"], help="measure one implementation only")
+    ap.add_argument(
+        "--iroh", action="store_true", help="add a PyPI iroh column (only if importable and under `unshare -n`)"
+    )
+    args = ap.parse_args(argv)
+
+    p = Params(
+        handshakes=args.handshakes or (10 if args.quick else 50),
+        rtts=args.rtts or (200 if args.quick else 1000),
+        bulk_bytes=int((args.bulk_mib or (10 if args.quick else 100)) * MIB),
+    )
+    sizes = [int(s) for s in args.datagram_sizes.split(",") if s.strip()]
+    impls = ["asgi-p2p", "aioquic"] if args.only is None else [args.only]
+    if args.iroh:
+        why = iroh_refusal()
+        if why is not None:
+            print(f"--iroh refused: {why}", file=sys.stderr)
+            return 2
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
+        impls.append("iroh")
+
+    results: dict[tuple[str, int], list[Result]] = {}
+    for rep in range(args.repeat):
+        for mds in sizes:
+            order = impls if rep % 2 == 0 else list(reversed(impls))
+            for impl in order:
+                t0 = time.perf_counter()
+                r = run_one(impl, mds, p)
+                results.setdefault((impl, mds), []).append(r)
+                print(
+                    f"# run {rep + 1}/{args.repeat} {impl} mds={mds}: handshake {r.handshake_ms:.2f} ms "
+                    f"(confirmed {r.handshake_confirmed_ms:.2f}), cpu {r.client_cpu_ms:.2f}+{r.server_cpu_ms:.2f} ms, "
+                    f"rtt {r.rtt_us:.0f} µs, bulk {r.bulk_mbps:.1f} MB/s ({r.bulk_cpu_ms_per_mib:.2f} CPU ms/MiB) "
+                    f"[{time.perf_counter() - t0:.1f} s]",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    print(f"Machine: {machine_description()}")
+    print(f"Runs: {args.repeat} (each cell is the median across runs)\n")
+    print(render_table(results, impls, sizes, p))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

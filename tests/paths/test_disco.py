@@ -1,0 +1,442 @@
+"""Disco hole-punching messages and the per-peer PathProber, without sockets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asgi_p2p.errors import ProtocolError
+from asgi_p2p.identity import NodeId, SecretKey
+from asgi_p2p.paths.disco import (
+    DISCO_MAGIC,
+    MAX_CALL_ME_MAYBE_ADDRS,
+    Address,
+    CallMeMaybe,
+    DiscoAuthError,
+    DiscoMessage,
+    PathInfo,
+    PathProber,
+    PathState,
+    Ping,
+    Pong,
+    ProberConfig,
+    ReplayGuard,
+    Transmit,
+    decode_address,
+    encode_address,
+    is_disco,
+    open_packet,
+    peek_sender,
+    seal,
+)
+
+ALICE = SecretKey.from_seed("disco-alice")
+BOB = SecretKey.from_seed("disco-bob")
+MALLORY = SecretKey.from_seed("disco-mallory")
+T0 = 1_700_000_000.0  # shared clock at the start of each test
+TX = bytes(range(12))
+
+ips = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
+addresses = st.tuples(ips, st.integers(0, 65535))
+messages: st.SearchStrategy[DiscoMessage] = st.one_of(
+    st.binary(min_size=12, max_size=12).map(Ping),
+    st.builds(Pong, st.binary(min_size=12, max_size=12), addresses),
+    st.lists(addresses, max_size=MAX_CALL_ME_MAYBE_ADDRS).map(lambda a: CallMeMaybe(tuple(a))),
+)
+
+
+# -- codec ---------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(messages, st.floats(0, 4e9))
+def test_seal_open_round_trip(message: DiscoMessage, ts: float) -> None:
+    data = seal(message, ALICE, BOB.node_id, ts)
+    assert is_disco(data)
+    assert peek_sender(data) == ALICE.node_id
+    packet = open_packet(data, BOB.node_id, ALICE.node_id)
+    assert packet.message == message
+    assert packet.sender == ALICE.node_id
+    assert abs(packet.timestamp - ts) <= 0.0005
+
+
+def test_magic_can_never_be_quic() -> None:
+    first = DISCO_MAGIC[0]
+    assert first & 0x80 == 0  # not a long header
+    assert first & 0x40 == 0  # fixed bit clear: not a valid short header (nor a stateless reset)
+    data = seal(Ping(TX), ALICE, BOB.node_id, T0)
+    assert data[0] & 0xC0 == 0
+
+
+def test_aioquic_drops_a_disco_packet_as_not_quic() -> None:
+    from aioquic._buffer import Buffer
+    from aioquic.quic.packet import pull_quic_header
+
+    data = seal(Ping(TX), ALICE, BOB.node_id, T0)
+    with pytest.raises(ValueError):
+        pull_quic_header(Buffer(data=data), host_cid_length=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_open_raises_only_protocol_error(data: bytes) -> None:
+    for blob in (data, DISCO_MAGIC + data, DISCO_MAGIC + b"\x01\x01" + data):
+        try:
+            open_packet(blob, BOB.node_id)
+        except ProtocolError:
+            pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages, st.data())
+def test_any_bit_flip_is_refused(message: DiscoMessage, data: st.DataObject) -> None:
+    packet = bytearray(seal(message, ALICE, BOB.node_id, T0))
+    i = data.draw(st.integers(0, len(packet) - 1))
+    packet[i] ^= 1 << data.draw(st.integers(0, 7))
+    with pytest.raises(ProtocolError):
+        open_packet(bytes(packet), BOB.node_id, ALICE.node_id)
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages, st.data())
+def test_truncation_and_extension_are_refused(message: DiscoMessage, data: st.DataObject) -> None:
+    packet = seal(message, ALICE, BOB.node_id, T0)
+    cut = data.draw(st.integers(0, len(packet) - 1))
+    with pytest.raises(ProtocolError):
+        open_packet(packet[:cut], BOB.node_id, ALICE.node_id)
+    with pytest.raises(ProtocolError):
+        open_packet(packet + data.draw(st.binary(min_size=1, max_size=8)), BOB.node_id, ALICE.node_id)
+
+
+def test_authentication_failures() -> None:
+    data = seal(Ping(TX), ALICE, BOB.node_id, T0)
+    with pytest.raises(DiscoAuthError, match="expected"):
+        open_packet(data, BOB.node_id, MALLORY.node_id)  # not the peer we expect
+    with pytest.raises(DiscoAuthError, match="bad signature"):
+        open_packet(data, MALLORY.node_id, ALICE.node_id)  # addressed to someone else
+    forged = data[:7] + ALICE.node_id.to_bytes() + seal(Ping(TX), MALLORY, BOB.node_id, T0)[39:]
+    with pytest.raises(DiscoAuthError, match="bad signature"):
+        open_packet(forged, BOB.node_id, ALICE.node_id)  # Mallory signs but claims to be Alice
+
+
+def test_malformed_messages_are_clear() -> None:
+    with pytest.raises(ProtocolError, match="magic"):
+        peek_sender(b"\xc0" + bytes(200))
+    with pytest.raises(ProtocolError, match="shorter than the minimum"):
+        open_packet(DISCO_MAGIC + b"\x01", BOB.node_id)
+    good = seal(Ping(TX), ALICE, BOB.node_id, T0)
+    with pytest.raises(ProtocolError, match="unsupported version 9"):
+        open_packet(good[:5] + b"\x09" + good[6:], BOB.node_id)
+    with pytest.raises(ProtocolError, match="unknown message type 7"):
+        open_packet(good[:6] + b"\x07" + good[7:], BOB.node_id)
+    cmm = bytearray(seal(CallMeMaybe((("1.2.3.4", 5),)), ALICE, BOB.node_id, T0))
+    cmm[48] = 5  # address family (the header is 47 bytes, then the count)
+    with pytest.raises(ProtocolError, match="unknown address family 5"):
+        open_packet(bytes(cmm), BOB.node_id)
+    cmm[48], cmm[47] = 4, 200  # address count
+    with pytest.raises(ProtocolError, match="more than the limit"):
+        open_packet(bytes(cmm), BOB.node_id)
+
+
+def test_message_validation() -> None:
+    with pytest.raises(ValueError, match="12 bytes"):
+        Ping(b"short")
+    with pytest.raises(ValueError, match="not an IP address"):
+        Pong(TX, ("example.com", 1))
+    with pytest.raises(ValueError, match="at most"):
+        CallMeMaybe(tuple(("10.0.0.1", p) for p in range(MAX_CALL_ME_MAYBE_ADDRS + 1)))
+    with pytest.raises(ValueError, match="port"):
+        CallMeMaybe((("10.0.0.1", 70000),))
+    assert Pong(TX, ("::FFFF:1.2.3.4", 1)).observed == ("::ffff:102:304", 1)
+
+
+@given(addresses)
+def test_address_codec(addr: Address) -> None:
+    out = bytearray()
+    encode_address(out, addr)
+    assert decode_address(bytes(out)) == addr
+
+
+# -- replay guard -----------------------------------------------------------------------
+
+
+def test_replay_guard_window_and_cache() -> None:
+    guard = ReplayGuard(window=10, capacity=3)
+    assert guard.check(b"a", 100, 100) is None
+    assert guard.check(b"a", 100, 101) == "replayed packet"
+    assert "old" in (guard.check(b"b", 80, 100) or "")
+    assert "future" in (guard.check(b"b", 120, 100) or "")
+    assert guard.check(b"b", 101, 101) is None
+    assert guard.check(b"c", 102, 102) is None
+    assert guard.check(b"d", 103, 103) is None  # evicts a (t=100): packets at t<=100 are refused now
+    assert len(guard) == 3
+    assert "cache was full" in (guard.check(b"e", 100, 103) or "")
+    assert guard.check(b"a", 100, 103) is not None
+    assert guard.check(b"b", 101, 104) == "replayed packet"
+    assert guard.check(b"f", 200, 200) is None  # everything older expired
+    assert len(guard) == 1
+
+
+# -- PathProber ---------------------------------------------------------------------------
+
+A_ADDR: Address = ("198.51.100.1", 4000)  # where Bob's packets reach Alice
+B_ADDR: Address = ("203.0.113.2", 5000)  # where Alice's packets reach Bob
+B_OTHER: Address = ("203.0.113.2", 5001)
+
+
+def make(key: SecretKey = ALICE, peer: SecretKey = BOB, **cfg: float) -> PathProber:
+    return PathProber(key, peer.node_id, random.Random(1), config=ProberConfig(**cfg), clock_offset=T0)  # type: ignore[arg-type]
+
+
+def answer(transmits: list[Transmit], responder: PathProber, src: Address, now: float) -> list[Transmit]:
+    """Deliver every transmit to ``responder`` as if from ``src``; return what it sends back."""
+    for t in transmits:
+        responder.receive(t.data, src, now)
+    return responder.poll(now)
+
+
+def pongs(transmits: list[Transmit]) -> list[Transmit]:
+    return [t for t in transmits if isinstance(open_packet(t.data, ALICE.node_id).message, Pong)]
+
+
+def establish(alice: PathProber, bob: PathProber, addr: Address, now: float, rtt: float) -> None:
+    """Alice pings ``addr`` (reaching Bob); Bob's pong arrives ``rtt`` later."""
+    out = [t for t in alice.poll(now) if t.addr == addr]
+    assert out
+    replies = pongs(answer(out, bob, A_ADDR, now))
+    for t in replies:
+        alice.receive(t.data, addr, now + rtt)
+
+
+def test_starts_on_relay_and_pings_candidates() -> None:
+    alice = make()
+    assert alice.current_path == PathInfo("relay") and str(alice.current_path) == "relay"
+    assert alice.next_timer() is None
+    alice.add_candidates([B_ADDR, B_OTHER], now=0.0)
+    out = alice.poll(0.0)
+    assert sorted(t.addr for t in out if t.addr) == [B_ADDR, B_OTHER]
+    assert all(isinstance(open_packet(t.data, BOB.node_id, ALICE.node_id).message, Ping) for t in out)
+    assert alice.poll(0.1) == []  # nothing due until the retry
+    assert alice.next_timer() == pytest.approx(0.5)
+
+
+def test_pong_makes_path_live_with_rtt() -> None:
+    alice, bob = make(), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    establish(alice, bob, B_ADDR, 0.0, rtt=0.03)
+    path = alice.current_path
+    assert path.kind == "direct" and path.addr == B_ADDR and path.rtt == pytest.approx(0.03)
+    assert "direct 203.0.113.2:5000" in str(path)
+    assert alice.reflexive_addr == A_ADDR  # Bob told Alice how he sees her
+    (event,) = alice.pop_events()
+    assert event.old.kind == "relay" and event.new.kind == "direct" and event.at == 0.03
+    assert alice.pop_events() == []
+    assert alice.paths()[B_ADDR][0] is PathState.LIVE
+
+
+def test_forged_ping_and_pong_are_ignored() -> None:
+    alice = make()
+    alice.add_candidates([B_ADDR], 0.0)
+    (ping,) = alice.poll(0.0)
+    tx = open_packet(ping.data, BOB.node_id).message
+    assert isinstance(tx, Ping)
+    # Mallory answers the real tx_id and claims to be Bob; then claims Bob pings from her address
+    alice.receive(seal(Pong(tx.tx_id, A_ADDR), MALLORY, ALICE.node_id, T0), B_ADDR, 0.01)
+    forged = bytearray(seal(Ping(TX), MALLORY, ALICE.node_id, T0))
+    forged[7:39] = BOB.node_id.to_bytes()
+    alice.receive(bytes(forged), ("192.0.2.66", 1), 0.01)
+    alice.receive(b"\x00P2PD garbage", ("192.0.2.66", 1), 0.01)
+    assert alice.current_path.kind == "relay"
+    assert ("192.0.2.66", 1) not in alice.paths()
+    assert alice.poll(0.02) == []  # no pong sent to the forger
+    assert alice.rejected["DiscoAuthError"] == 2 and alice.rejected["ProtocolError"] == 1
+
+
+def test_replayed_packets_are_ignored() -> None:
+    alice, bob = make(), make(BOB, ALICE)
+    ping = seal(Ping(TX), BOB, ALICE.node_id, T0)
+    alice.receive(ping, B_ADDR, 0.0)
+    assert [t.addr for t in alice.poll(0.0)] == [B_ADDR, B_ADDR]  # a pong, and a ping of the new candidate
+    alice.receive(ping, ("192.0.2.66", 9), 1.0)  # replayed from another address
+    assert ("192.0.2.66", 9) not in alice.paths()
+    assert alice.rejected["replay"] == 1
+    # a replayed PONG does not confirm a path twice, nor a path it was not sent to
+    alice.add_candidates([B_OTHER], 2.0)
+    out = [t for t in alice.poll(2.0) if t.addr == B_OTHER]
+    replies = pongs(answer(out, bob, A_ADDR, 2.0))
+    alice.receive(replies[0].data, ("192.0.2.66", 9), 2.01)  # wrong source
+    assert alice.rejected["wrong-source"] == 1
+    alice.receive(replies[0].data, B_OTHER, 2.02)
+    assert alice.current_path.addr == B_OTHER
+    alice.receive(replies[0].data, B_OTHER, 2.03)
+    assert alice.rejected["unknown-tx"] == 1  # answered already
+
+
+def test_stale_and_future_timestamps_are_ignored() -> None:
+    alice = make(max_clock_skew=30)
+    alice.receive(seal(Ping(TX), BOB, ALICE.node_id, T0 - 31), B_ADDR, 0.0)
+    alice.receive(seal(Ping(bytes(12)), BOB, ALICE.node_id, T0 + 31), B_ADDR, 0.0)
+    assert alice.rejected["stale"] == 2 and alice.paths() == {}
+    alice.receive(seal(Ping(TX), BOB, ALICE.node_id, T0 - 29), B_ADDR, 0.0)
+    assert B_ADDR in alice.paths()
+
+
+def test_ping_from_unknown_address_becomes_candidate() -> None:
+    alice, bob = make(), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)  # the port Bob's NAT was expected to use
+    bob.add_candidates([A_ADDR], 0.0)
+    bob_ping = [t for t in bob.poll(0.0) if t.addr == A_ADDR]
+    # Bob's NAT mapped him to B_OTHER instead: his ping arrives from there
+    for t in bob_ping:
+        alice.receive(t.data, B_OTHER, 0.01)
+    assert alice.paths()[B_OTHER][0] is PathState.PROBING
+    out = alice.poll(0.01)
+    pong = [t for t in out if t.addr == B_OTHER and isinstance(open_packet(t.data, BOB.node_id).message, Pong)]
+    assert pong and open_packet(pong[0].data, BOB.node_id).message.observed == B_OTHER  # type: ignore[union-attr]
+    new_ping = [t for t in out if t.addr == B_OTHER and isinstance(open_packet(t.data, BOB.node_id).message, Ping)]
+    assert new_ping  # Alice probes the new address herself
+    for t in pongs(answer(new_ping, bob, A_ADDR, 0.01)):
+        alice.receive(t.data, B_OTHER, 0.05)
+    path = alice.current_path
+    assert path.kind == "direct" and path.addr == B_OTHER and path.rtt == pytest.approx(0.04)
+
+
+def test_ping_through_relay_is_not_used_but_call_me_maybe_is() -> None:
+    alice, bob = make(), make(BOB, ALICE)
+    alice.receive(seal(Ping(TX), BOB, ALICE.node_id, T0), None, 0.0)
+    assert alice.rejected["via-relay"] == 1 and alice.poll(0.0) == []
+    cmm = bob.call_me_maybe([B_ADDR, B_OTHER], 0.0)
+    assert cmm.addr is None
+    alice.receive(cmm.data, None, 0.0)
+    assert sorted(t.addr for t in alice.poll(0.0) if t.addr) == [B_ADDR, B_OTHER]
+
+
+def test_best_rtt_wins_with_hysteresis() -> None:
+    alice, bob = make(), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR, B_OTHER], 0.0)
+    out = alice.poll(0.0)
+    by_addr = {t.addr: t for t in out}
+    for addr, rtt in ((B_ADDR, 0.050), (B_OTHER, 0.045)):
+        for t in pongs(answer([by_addr[addr]], bob, A_ADDR, 0.0)):
+            alice.receive(t.data, addr, rtt)
+    assert alice.current_path.addr == B_ADDR  # 45 ms is not clearly better than 50 ms
+    assert len(alice.pop_events()) == 1
+    # keepalives: B_OTHER now answers in 10 ms; B_ADDR still in 50 ms
+    now = 5.1
+    for _ in range(3):
+        by_addr = {t.addr: t for t in alice.poll(now)}
+        assert set(by_addr) == {B_ADDR, B_OTHER}
+        for addr, rtt in ((B_ADDR, 0.050), (B_OTHER, 0.010)):
+            for t in pongs(answer([by_addr[addr]], bob, A_ADDR, now)):
+                alice.receive(t.data, addr, now + rtt)
+        now += 5.0
+    assert alice.current_path.addr == B_OTHER
+    (event,) = alice.pop_events()
+    assert event.reason == "lower RTT" and event.old.addr == B_ADDR and event.new.addr == B_OTHER
+
+
+def test_expiry_falls_back_to_relay_then_reprobe_recovers() -> None:
+    alice, bob = make(path_timeout=15, reprobe_interval=30), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    establish(alice, bob, B_ADDR, 0.0, rtt=0.02)
+    assert alice.current_path.kind == "direct"
+    alice.pop_events()
+    # the direct path dies: keepalive pings go unanswered
+    now = 0.02
+    while alice.current_path.kind == "direct":
+        timer = alice.next_timer()
+        assert timer is not None and timer > now
+        now = timer
+        assert all(t.addr == B_ADDR for t in alice.poll(now))
+    assert now == pytest.approx(15.02)
+    (event,) = alice.pop_events()
+    assert event.new == PathInfo("relay") and event.reason == "path expired"
+    assert alice.paths()[B_ADDR][0] is PathState.FAILED
+    assert alice.poll(now + 1) == []
+    # periodic re-probe while on the relay
+    timer = alice.next_timer()
+    assert timer == pytest.approx(now + 30)
+    out = alice.poll(timer)
+    assert [t.addr for t in out] == [B_ADDR]
+    for t in pongs(answer(out, bob, A_ADDR, timer)):
+        alice.receive(t.data, B_ADDR, timer + 0.02)
+    assert alice.current_path.kind == "direct"
+    assert [e.new.kind for e in alice.pop_events()] == ["direct"]
+
+
+def test_failing_candidate_backs_off_then_gives_up_until_reprobe() -> None:
+    alice = make(probe_interval=0.5, probe_backoff_max=2.0, probe_attempts=4)
+    alice.add_candidates([B_ADDR], 0.0)
+    sent_at = []
+    now = 0.0
+    for _ in range(10):
+        if alice.poll(now):
+            sent_at.append(now)
+        timer = alice.next_timer()
+        if timer is None or timer > 20:
+            break
+        now = timer
+    assert sent_at == [0.0, 0.5, 1.5, 3.5]
+    assert alice.paths()[B_ADDR][0] is PathState.FAILED
+    alice.reprobe(now)
+    assert [t.addr for t in alice.poll(now)] == [B_ADDR]
+
+
+def test_fallback_to_another_live_path() -> None:
+    alice, bob = make(), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    establish(alice, bob, B_ADDR, 0.0, rtt=0.01)
+    alice.add_candidates([B_OTHER], 1.0)
+    establish(alice, bob, B_OTHER, 1.0, rtt=0.05)
+    assert alice.current_path.addr == B_ADDR
+    now = 1.05
+    for _ in range(6):  # only B_OTHER keeps answering
+        now += 5.0
+        out = [t for t in alice.poll(now) if t.addr == B_OTHER]
+        for t in pongs(answer(out, bob, A_ADDR, now)):
+            alice.receive(t.data, B_OTHER, now + 0.05)
+    assert alice.current_path.addr == B_OTHER
+    assert [e.new.kind for e in alice.pop_events()] == ["direct", "direct"]
+
+
+def test_candidate_table_is_bounded_and_keeps_live_paths() -> None:
+    alice, bob = make(max_candidates=2), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    establish(alice, bob, B_ADDR, 0.0, rtt=0.01)
+    alice.add_candidates([(f"192.0.2.{i}", 1) for i in range(10)], 1.0)
+    assert len(alice.paths()) == 2 and B_ADDR in alice.paths()
+    assert alice.current_path.addr == B_ADDR
+    with pytest.raises(ValueError, match="not an IP address"):
+        alice.add_candidates([("bob.example", 1)], 1.0)
+
+
+def test_simultaneous_open_both_sides_go_direct() -> None:
+    """Both sides probe at once, as after a CALL_ME_MAYBE; a tiny two-node network in virtual time."""
+    alice, bob = make(), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    bob.receive(alice.call_me_maybe([A_ADDR], 0.0).data, None, 0.0)
+    now = 0.0
+    for _ in range(20):
+        for sender, receiver, src in ((alice, bob, A_ADDR), (bob, alice, B_ADDR)):
+            for t in sender.poll(now):
+                if t.addr is not None:
+                    receiver.receive(t.data, src, now + 0.01)
+        now += 0.01
+    assert alice.current_path.addr == B_ADDR and bob.current_path.addr == A_ADDR
+    assert alice.current_path.rtt == pytest.approx(0.02, abs=0.011)
+
+
+def test_deterministic_given_seed() -> None:
+    def run() -> list[bytes]:
+        alice = PathProber(ALICE, BOB.node_id, random.Random(7), clock_offset=T0)
+        alice.add_candidates([B_ADDR, B_OTHER], 0.0)
+        return [t.data for t in alice.poll(0.0) + alice.poll(0.5)]
+
+    assert run() == run()
+
+
+def test_node_ids_in_messages() -> None:
+    assert isinstance(peek_sender(seal(Ping(TX), ALICE, BOB.node_id, T0)), NodeId)
