@@ -320,6 +320,7 @@ class Result:
     rtt_us: float = float("nan")
     bulk_mbps: float = float("nan")
     bulk_cpu_ms_per_mib: float = float("nan")  # client + server CPU per MiB moved
+    bulk_drops: float = float("nan")  # datagrams the kernel dropped at the receiver's socket (buffer full)
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -333,6 +334,21 @@ class Params:
 def _bulk_messages(total: int) -> tuple[bytes, int]:
     msg = bytes([SINK]) + os.urandom(BULK_MESSAGE - 1)
     return msg, -(-total // BULK_MESSAGE)
+
+
+def udp_drops(port: int) -> int:
+    """Datagrams the kernel dropped at the UDP socket bound to ``port`` (receive buffer full)."""
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 12 and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                total += int(cols[-1])
+    return total
 
 
 def _bulk_result(res: Result, got: int, count: int, elapsed: float, cpu_s: float) -> None:
@@ -397,13 +413,14 @@ async def run_asgi_p2p(server: ServerProcess, mds: int, p: Params) -> Result:
         res.rtt_us = await _measure_rtts(p.rtts, mc.send, mc.recv)
 
         msg, count = _bulk_messages(p.bulk_bytes)
-        s0, c0, t0 = server.cpu(), cpu(), clock()
+        d0, s0, c0, t0 = udp_drops(server.info["port"]), server.cpu(), cpu(), clock()
         for _ in range(count):
             await mc.send(msg)
         await mc.send(bytes([REPORT]))
         (got,) = struct.unpack("!Q", await mc.recv())
         elapsed, c1, s1 = clock() - t0, cpu(), server.cpu()
         _bulk_result(res, got, count, elapsed, (c1 - c0) + (s1 - s0))
+        res.bulk_drops = udp_drops(server.info["port"]) - d0
         await mc.close()
     finally:
         await client.close()
@@ -435,13 +452,14 @@ async def run_aioquic(server: ServerProcess, mds: int, p: Params) -> Result:
         res.rtt_us = await _measure_rtts(p.rtts, proto.send, proto.recv)
 
         msg, count = _bulk_messages(p.bulk_bytes)
-        s0, c0, t0 = server.cpu(), cpu(), clock()
+        d0, s0, c0, t0 = udp_drops(port), server.cpu(), cpu(), clock()
         for _ in range(count):
             proto.write(msg)  # aioquic buffers without limit; write it all, then let acks clock it out
         await proto.send(bytes([REPORT]))
         (got,) = struct.unpack("!Q", await proto.recv())
         elapsed, c1, s1 = clock() - t0, cpu(), server.cpu()
         _bulk_result(res, got, count, elapsed, (c1 - c0) + (s1 - s0))
+        res.bulk_drops = udp_drops(port) - d0
     return res
 
 
@@ -562,6 +580,7 @@ def render_table(results: dict[tuple[str, int], list[Result]], impls: list[str],
             check=">=0.9",
         )
         row("bulk, CPU ms per MiB (client + server)", mds, "bulk_cpu_ms_per_mib", 2)
+        row("bulk, datagrams dropped by the receiver's kernel socket buffer", mds, "bulk_drops", 0)
     return "\n".join(lines)
 
 
@@ -624,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"# run {rep + 1}/{args.repeat} {impl} mds={mds}: handshake {r.handshake_ms:.2f} ms "
                     f"(confirmed {r.handshake_confirmed_ms:.2f}), cpu {r.client_cpu_ms:.2f}+{r.server_cpu_ms:.2f} ms, "
-                    f"rtt {r.rtt_us:.0f} µs, bulk {r.bulk_mbps:.1f} MB/s ({r.bulk_cpu_ms_per_mib:.2f} CPU ms/MiB) "
+                    f"rtt {r.rtt_us:.0f} µs, bulk {r.bulk_mbps:.1f} MB/s ({r.bulk_cpu_ms_per_mib:.2f} CPU ms/MiB, "
+                    f"{r.bulk_drops:.0f} dropped) "
                     f"[{time.perf_counter() - t0:.1f} s]",
                     file=sys.stderr,
                     flush=True,

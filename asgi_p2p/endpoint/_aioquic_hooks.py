@@ -43,8 +43,8 @@ __all__ = [
     "handshake_confirmed",
     "install_identity_hooks",
     "install_receive_credit",
-    "set_peer_stream_limit",
     "peer_public_key",
+    "set_peer_stream_limit",
     "smoothed_rtt",
     "unacked_bytes",
 ]

@@ -7,7 +7,16 @@ from collections.abc import Callable, Iterable
 
 from aioquic._buffer import Buffer, BufferReadError
 from aioquic.buffer import encode_uint_var
-from aioquic.h3.connection import CONNECTION_SPECIFIC_HEADERS, FrameError, FrameType, H3Connection, encode_frame
+from aioquic.h3.connection import (
+    CONNECTION_SPECIFIC_HEADERS,
+    FrameError,
+    FrameType,
+    H3Connection,
+    H3Stream,
+    StreamType,
+    encode_frame,
+)
+from aioquic.h3.events import H3Event
 from aioquic.quic.connection import QuicConnection
 
 from ..endpoint.connection import PeerConnection
@@ -88,17 +97,54 @@ def clean_header_fields(
 
 
 class H3(H3Connection):
-    """aioquic's H3Connection plus GOAWAY (aioquic ignores received GOAWAY frames and sends none)."""
+    """aioquic's H3Connection plus GOAWAY (aioquic skips received GOAWAY frames and sends none)."""
 
     def __init__(self, quic: QuicConnection, on_goaway: Callable[[int], None] | None = None) -> None:
         self.goaway_id: int | None = None
         self._on_goaway = on_goaway
+        self._ctrl_buf = bytearray()
+        self._ctrl_skip = 0
+        self._ctrl_typed = False
         super().__init__(quic, enable_webtransport=False)
 
-    def _handle_control_frame(self, frame_type: int, frame_data: bytes) -> None:
-        if frame_type == FrameType.GOAWAY:
+    def _receive_stream_data_uni(self, stream: H3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
+        events = super()._receive_stream_data_uni(stream, data, stream_ended)
+        if stream.stream_type == StreamType.CONTROL and data:
+            self._watch_control(data)
+        return events
+
+    def _watch_control(self, data: bytes) -> None:
+        """Follow the peer's control stream to find GOAWAY frames (payloads of others are skipped)."""
+        buf = self._ctrl_buf
+        buf += data
+        while buf:
+            if self._ctrl_skip:
+                n = min(self._ctrl_skip, len(buf))
+                del buf[:n]
+                self._ctrl_skip -= n
+                continue
+            reader = Buffer(data=bytes(buf[:16]))
             try:
-                ident = Buffer(data=frame_data).pull_uint_var()
+                if not self._ctrl_typed:
+                    reader.pull_uint_var()
+                    self._ctrl_typed = True
+                    del buf[: reader.tell()]
+                    continue
+                frame_type = reader.pull_uint_var()
+                frame_len = reader.pull_uint_var()
+            except BufferReadError:
+                return
+            head = reader.tell()
+            if frame_type != FrameType.GOAWAY:
+                del buf[:head]
+                self._ctrl_skip = frame_len
+                continue
+            if len(buf) < head + frame_len:
+                return
+            payload = bytes(buf[head : head + frame_len])
+            del buf[: head + frame_len]
+            try:
+                ident = Buffer(data=payload).pull_uint_var()
             except BufferReadError:
                 raise FrameError("Could not parse GOAWAY frame") from None
             if self.goaway_id is not None and ident > self.goaway_id:
@@ -106,8 +152,6 @@ class H3(H3Connection):
             self.goaway_id = ident
             if self._on_goaway is not None:
                 self._on_goaway(ident)
-            return
-        super()._handle_control_frame(frame_type, frame_data)
 
     def send_goaway(self, ident: int) -> None:
         """Tell the peer that requests on streams >= ``ident`` will not be processed."""

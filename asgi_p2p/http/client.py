@@ -482,14 +482,10 @@ class P2PTransport(httpx.AsyncBaseTransport):
                     return
                 assert isinstance(stream, httpx.AsyncByteStream), "P2PTransport needs an async request body"
                 st.send_headers(headers, False)
-                pending = b""
                 async for chunk in stream:
-                    if not chunk:
-                        continue
-                    if pending:
-                        await st.write(pending, False)
-                    pending = bytes(chunk)
-                await st.write(pending, True)
+                    if chunk:
+                        await st.write(bytes(chunk), False)
+                await st.write(b"", True)
         except StreamResetError:
             # the peer stopped reading the request (an early response such as 413): read the response
             if st.error is not None and not isinstance(st.error, StreamResetError):

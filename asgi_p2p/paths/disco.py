@@ -32,7 +32,7 @@ node's only key is its Ed25519 identity key, so a signature can be checked
 against the NodeId we want to talk to with nothing else known, and no
 Ed25519-to-X25519 key conversion (not offered by ``cryptography``) or key cache
 is needed.  The cost is one signature (~50 µs) per packet sent and one
-verification (~100 µs) per packet received, at a rate of a few packets per
+verification (~150 µs) per packet received, at a rate of a few packets per
 second per peer.  The receiver's id is signed but not sent, so a packet meant
 for one node is worthless to every other; the context string keeps these
 signatures apart from node-record signatures made with the same key.

@@ -464,8 +464,19 @@ class Simulation:
         return self.loop.call_later(delay, callback, *args)
 
     def schedule(self, faults: Iterable[Fault]) -> list[asyncio.TimerHandle]:
-        """Schedule faults given up front (times are seconds since start)."""
-        return [self.at(f.at, f.apply, self) for f in sorted(faults, key=lambda f: f.at)]
+        """Schedule faults given up front (times are seconds since start).
+
+        Faults at the same instant apply in the order given (asyncio's timer heap
+        does not keep insertion order for equal times, so they share one timer).
+        """
+        handles = []
+        for at, group in itertools.groupby(sorted(faults, key=lambda f: f.at), key=lambda f: f.at):
+            handles.append(self.at(at, self._apply_faults, list(group)))
+        return handles
+
+    def _apply_faults(self, faults: list[Fault]) -> None:
+        for fault in faults:
+            fault.apply(self)
 
     # -- running --------------------------------------------------------------------------
 

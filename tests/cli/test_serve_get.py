@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -284,6 +285,24 @@ def test_lifespan_failure_message_from_raw_app(start_server: Starter) -> None:
     errors = [line for line in server.stderr.splitlines() if line.startswith("asgi-p2p: error:")]
     assert len(errors) == 1, server.stderr
     assert "refuses to start" in errors[0]
+
+
+def test_signal_during_hanging_startup_exits(start_server: Starter) -> None:
+    server = start_server("--app-dir", APPDIR, "sample_app:app", "--ephemeral", env={"HANG_STARTUP": "1"}, ready=False)
+    time.sleep(1.5)
+    assert server.proc.poll() is None
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 1
+    assert "interrupted during application startup" in server.stderr
+
+
+def test_port_in_use_is_a_one_line_error(cli: Cli) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        r = cli.run("apps.music:app", "--ephemeral", "--port", str(port), timeout=30)
+    assert r.returncode == 1
+    assert str(port) in one_line_error(r.stderr)
 
 
 def test_lifespan_off_skips_startup(cli: Cli, start_server: Starter) -> None:

@@ -183,7 +183,9 @@ def _routes(state: AppState) -> list[BaseRoute]:
 
     async def wait_disconnect(request: Request) -> Response:
         state.events.append("waiting")
-        while not await request.is_disconnected():
+        for _ in range(2000):
+            if await request.is_disconnected():
+                break
             await asyncio.sleep(0.005)
         state.disconnected.set()
         return PlainTextResponse("never seen")

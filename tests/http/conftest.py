@@ -133,3 +133,12 @@ class RssSampler:
     @property
     def growth(self) -> int:
         return self.peak - self.baseline
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds (fails the test after ``timeout`` seconds)."""
+    for _ in range(int(timeout / 0.005)):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"condition not met within {timeout}s")

@@ -378,7 +378,7 @@ async def test_200_concurrent_requests_one_slow(served: Served, app_kind: str) -
         pytest.skip("one framework is enough")
     await served.client.get("/ping")  # connect
     loop = asyncio.get_running_loop()
-    slow = asyncio.create_task(served.client.get("/slow?delay=3"))
+    slow = asyncio.create_task(served.client.get("/slow?delay=1.5"))
     started = loop.time()
     responses = await asyncio.gather(*(served.client.get(f"/path/{i}") for i in range(200)))
     fast_done = loop.time() - started

@@ -1,7 +1,7 @@
 """A raw ASGI app for the CLI tests, imported with ``--app-dir`` (it is not on sys.path otherwise).
 
 It echoes what it saw as JSON; ``/slow`` answers after ``SLOW_SECONDS`` (default 1);
-``FAIL_STARTUP=1`` fails the lifespan startup.
+``FAIL_STARTUP=1`` fails the lifespan startup, ``HANG_STARTUP=1`` never finishes it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
+                if os.environ.get("HANG_STARTUP"):
+                    await asyncio.sleep(3600)
                 if os.environ.get("FAIL_STARTUP"):
                     await send({"type": "lifespan.startup.failed", "message": "sample app refuses to start"})
                     return

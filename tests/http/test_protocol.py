@@ -1,0 +1,427 @@
+"""HTTP/3 protocol behaviour with raw ASGI apps: trailers, 1xx, limits, lifespan, shutdown, errors,
+and the regressions of hypercorn 0.18 listed in FACTS.md."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from asgi_p2p import Endpoint, NetworkConfig
+from asgi_p2p.http import H3Server, LifespanFailed, P2PTransport, SyncP2PTransport
+from asgi_p2p.http.types import Message, Receive, Scope, Send
+
+from .conftest import EndpointPair, Serve, wait_until
+
+
+async def _drain_body(receive: Receive) -> bytes:
+    body = bytearray()
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return bytes(body)
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            return bytes(body)
+
+
+def _simple(status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await _drain_body(receive)
+        await send({"type": "http.response.start", "status": status, "headers": headers or []})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+async def test_trailers(serve: Serve) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert "http.response.trailers" in scope["extensions"]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"trailer", b"x-checksum")],
+                    "trailers": True})
+        await send({"type": "http.response.body", "body": b"part1", "more_body": True})
+        await send({"type": "http.response.body", "body": b"part2", "more_body": False})
+        await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc")], "more_trailers": False})
+
+    served = await serve(app, lifespan="off")
+    r = await asyncio.wait_for(served.client.get("/"), 5)  # hypercorn: trailers hang
+    assert r.content == b"part1part2"
+    assert r.extensions["trailers"] == [(b"x-checksum", b"abc")]
+
+
+async def test_early_hints_then_final(serve: Serve) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.early_hint", "links": [b"</style.css>; rel=preload; as=style"]})
+        await send({"type": "http.response.informational", "status": 100, "headers": []})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"final"})
+
+    served = await serve(app, lifespan="off")
+    r = await served.client.get("/")
+    assert r.status_code == 200 and r.text == "final"
+    interim = r.extensions["interim"]
+    assert interim[0] == (103, [(b"link", b"</style.css>; rel=preload; as=style")])
+    assert interim[1][0] == 100
+
+
+async def test_head_204_304_with_content_length_keep_connection(serve: Serve) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        status = int(scope["path"].strip("/") or 200)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-length", b"11"), (b"etag", b'"x"')]})
+        await send({"type": "http.response.body", "body": b"hello world"})
+
+    served = await serve(app, lifespan="off")
+    r = await served.client.head("/")
+    assert r.status_code == 200 and r.content == b"" and r.headers["etag"] == '"x"'
+    assert (await served.client.get("/304")).status_code == 304
+    assert (await served.client.get("/204")).status_code == 204
+    r = await served.client.get("/")
+    assert r.text == "hello world" and r.headers["content-length"] == "11"
+    assert len([c for c in served.pair.client.connections if c.alpn == "h3"]) == 1
+
+
+async def test_hop_by_hop_and_invalid_headers_are_dropped(serve: Serve) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 500, "headers": [
+            (b"Connection", b"close"), (b"keep-alive", b"5"), (b"transfer-encoding", b"chunked"),
+            (b"X-Upper", b" padded "), (b"x-bad", b"a\r\nb"), (b"bad name", b"v"), (b"upgrade", b"h2c"),
+        ]})
+        await send({"type": "http.response.body", "body": b"err"})
+
+    served = await serve(app, lifespan="off")
+    r = await served.client.get("/")
+    assert r.status_code == 500
+    assert "connection" not in r.headers and "keep-alive" not in r.headers
+    assert "transfer-encoding" not in r.headers and "upgrade" not in r.headers
+    assert r.headers["x-upper"] == "padded"
+    assert "x-bad" not in r.headers
+    assert (await served.client.get("/")).text == "err"
+
+
+async def test_content_length_mismatch_resets_only_that_stream(serve: Serve, caplog: Any) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/short":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+            await send({"type": "http.response.body", "body": b"12345"})
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    served = await serve(app, lifespan="off")
+    with caplog.at_level(logging.CRITICAL, "asgi_p2p.http"), pytest.raises(httpx.RemoteProtocolError):
+        await served.client.get("/short")
+    assert (await served.client.get("/ok")).text == "ok"
+
+
+async def test_app_returning_without_response(serve: Serve, caplog: Any) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/started":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+
+    served = await serve(app, lifespan="off")
+    with caplog.at_level(logging.CRITICAL, "asgi_p2p.http"):
+        assert (await served.client.get("/nothing")).status_code == 500
+        with pytest.raises(httpx.RemoteProtocolError):
+            await served.client.get("/started")
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+async def test_header_size_limit_431(serve: Serve) -> None:
+    served = await serve(_simple(200, b"ok"), lifespan="off", max_header_size=4096)
+    r = await served.client.get("/", headers={"x-big": "a" * 5000})
+    assert r.status_code == 431
+    assert (await served.client.get("/")).text == "ok"
+
+
+async def test_body_size_limit_413(serve: Serve) -> None:
+    served = await serve(_simple(200, b"ok"), lifespan="off", max_body_size=100_000)
+    r = await served.client.post("/", content=b"x" * 200_000)  # content-length known: refused at once
+    assert r.status_code == 413
+
+    async def stream() -> Any:
+        for _ in range(50):
+            yield b"y" * 10_000
+
+    r = await served.client.post("/", content=stream())  # no content-length: refused while streaming
+    assert r.status_code == 413
+    assert (await served.client.post("/", content=b"z" * 1000)).text == "ok"
+
+
+async def test_limit_concurrency_503(serve: Serve) -> None:
+    release = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/hold":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    served = await serve(app, lifespan="off", limit_concurrency=2)
+    held = [asyncio.create_task(served.client.get("/hold")) for _ in range(2)]
+    await wait_until(lambda: served.server.active_requests >= 2)
+    r = await served.client.get("/")
+    assert r.status_code == 503
+    release.set()
+    assert [(await t).text for t in held] == ["ok", "ok"]
+    assert (await served.client.get("/")).text == "ok"
+
+
+# -- lifespan ------------------------------------------------------------------------------------
+
+
+async def test_lifespan_startup_failure(endpoint_pair: EndpointPair) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "lifespan"
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
+
+    server = H3Server(app, endpoint_pair.server)
+    with pytest.raises(LifespanFailed, match="database unreachable"):
+        await server.startup()
+
+    async def raising(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("no lifespan here")
+
+    with pytest.raises(LifespanFailed):
+        await H3Server(raising, endpoint_pair.server, lifespan="on").startup()
+    # auto: an app that does not speak lifespan is served anyway
+    auto = H3Server(raising, endpoint_pair.server, lifespan="auto")
+    await auto.startup()
+    await auto.shutdown()
+
+
+async def test_lifespan_off_never_calls_lifespan(serve: Serve) -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    served = await serve(app, lifespan="off")
+    assert (await served.client.get("/")).text == "ok"
+    assert seen == ["http"]
+
+
+# -- graceful shutdown -------------------------------------------------------------------------
+
+
+async def test_graceful_shutdown_goaway(serve: Serve) -> None:
+    started = asyncio.Event()
+    finished: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            finished.append("lifespan-shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/slow":
+            started.set()
+            await asyncio.sleep(0.3)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+        finished.append(scope["path"])
+
+    served = await serve(app, timeout_graceful_shutdown=5)
+    assert (await served.client.get("/warm")).text == "/warm"
+    slow = asyncio.create_task(served.client.get("/slow"))
+    await started.wait()
+    shutdown = asyncio.create_task(served.server.shutdown())
+    # the client learns of the GOAWAY and new requests are refused promptly
+    cc = next(c.handler for c in served.pair.client.connections if c.alpn == "h3")
+    for _ in range(200):
+        if getattr(cc, "goaway_id", None) is not None:
+            break
+        await asyncio.sleep(0.005)
+    assert getattr(cc, "goaway_id", None) is not None
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(httpx.ConnectError):
+        await served.client.get("/new")
+    assert loop.time() - t0 < 1.0
+    # the in-flight request completes
+    assert (await slow).text == "/slow"
+    await shutdown
+    assert finished == ["/warm", "/slow", "lifespan-shutdown"]
+    # and the node refuses new HTTP/3 connections
+    with pytest.raises(httpx.ConnectError):
+        await served.client.get("/after")
+
+
+async def test_shutdown_timeout_cancels_stuck_requests(serve: Serve) -> None:
+    cancelled = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    served = await serve(app, lifespan="off", timeout_graceful_shutdown=0.2)
+    req = asyncio.create_task(served.client.get("/"))
+    await wait_until(lambda: served.server.active_requests > 0)
+    await served.server.shutdown()
+    assert cancelled.is_set()
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        await req
+
+
+# -- client errors --------------------------------------------------------------------------------
+
+
+async def test_peer_without_http_server_is_refused(endpoint_pair: EndpointPair) -> None:
+    transport = P2PTransport(endpoint_pair.client)
+    transport.add_addr(endpoint_pair.server.node_addr())
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"https://{endpoint_pair.server.node_id}/")
+
+
+async def test_unknown_node_and_bad_host(endpoint_pair: EndpointPair) -> None:
+    async with httpx.AsyncClient(transport=P2PTransport(endpoint_pair.client)) as client:
+        with pytest.raises(httpx.ConnectError, match="no address"):
+            await client.get(f"https://{endpoint_pair.server.node_id}/")
+        with pytest.raises(httpx.ConnectError, match="not a node id"):
+            await client.get("https://example.com/")
+
+
+async def test_connect_timeout_to_silent_node(endpoint_pair: EndpointPair) -> None:
+    silent = await Endpoint.bind(host="127.0.0.1", config=NetworkConfig(connect_timeout=5))
+    addr = silent.node_addr()
+    await silent.close()
+    transport = P2PTransport(endpoint_pair.client, addrs=[addr])
+    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5, connect=0.3)) as client:
+        with pytest.raises(httpx.ConnectTimeout):
+            await client.get(f"https://{addr.node_id}/")
+
+
+async def test_connection_loss_mid_response_raises_read_error(serve: Serve) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        await asyncio.sleep(30)
+
+    served = await serve(app, lifespan="off", timeout_graceful_shutdown=0.1)
+    async with served.client.stream("GET", "/") as r:
+        it = r.aiter_bytes()
+        assert await it.__anext__() == b"x"
+        for conn in served.pair.server.connections:
+            conn.close(0x100, "gone")
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+            await asyncio.wait_for(it.__anext__(), 5)
+
+
+# -- hypercorn regressions ---------------------------------------------------------------------------
+
+
+async def test_cancelled_requests_do_not_stop_the_listener(serve: Serve) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/hang":
+            await asyncio.sleep(10)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    served = await serve(app, lifespan="off", timeout_graceful_shutdown=0.1)
+    for _ in range(5):
+        task = asyncio.create_task(served.client.get("/hang"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert (await served.client.get("/")).text == "ok"
+    other = await served.new_client()
+    assert (await other.get("/")).text == "ok"
+    await other.aclose()
+
+
+async def test_slow_upload_reader_does_not_delay_other_connections(serve: Serve) -> None:
+    release = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/upload":
+            await release.wait()  # reads nothing until released: the uploader must be paced
+            body = await _drain_body(receive)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": str(len(body)).encode()})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"pong"})
+
+    served = await serve(app, lifespan="off")
+    size = 8 * 1024 * 1024
+    upload = asyncio.create_task(served.client.post("/upload", content=b"u" * size))
+    other = await served.new_client()
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.2)
+    t0 = loop.time()
+    for _ in range(20):
+        assert (await other.get("/ping")).text == "pong"
+    elapsed = loop.time() - t0
+    assert not upload.done()
+    release.set()
+    assert (await upload).text == str(size)
+    assert elapsed < 2.0, f"20 requests on another connection took {elapsed:.2f}s while an upload was stalled"
+    await other.aclose()
+
+
+async def test_sync_transport(serve: Serve) -> None:
+    served = await serve(_simple(200, b"sync ok", [(b"x-a", b"1")]), lifespan="off")
+    addr = served.pair.server.node_addr()
+
+    def blocking() -> tuple[int, str, str]:
+        transport = SyncP2PTransport(addrs=[addr])
+        try:
+            with httpx.Client(transport=transport) as client:
+                r = client.post(f"https://{addr.node_id}/", content=b"abc")
+                with client.stream("GET", f"https://{addr.node_id}/") as s:
+                    streamed = b"".join(s.iter_bytes()).decode()
+                return r.status_code, r.text, streamed
+        finally:
+            transport.close()
+
+    assert await asyncio.to_thread(blocking) == (200, "sync ok", "sync ok")
+
+
+async def test_request_body_cancel_mid_upload_gives_disconnect(serve: Serve) -> None:
+    got: list[Message] = []
+    done = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            got.append({"type": msg["type"], "n": len(msg.get("body", b""))})
+            if msg["type"] == "http.disconnect":
+                done.set()
+                return
+
+    served = await serve(app, lifespan="off")
+    first_chunk = asyncio.Event()
+
+    async def body() -> Any:
+        yield b"a" * 1000
+        first_chunk.set()
+        await asyncio.sleep(30)
+        yield b"b"
+
+    task = asyncio.create_task(served.client.post("/", content=body()))
+    await first_chunk.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.wait_for(done.wait(), 5)
+    assert got[-1]["type"] == "http.disconnect"
+    assert got[0] == {"type": "http.request", "n": 1000}
