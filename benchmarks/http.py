@@ -105,7 +105,7 @@ def _self_signed(directory: Path) -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -269,7 +269,7 @@ class AioquicH3Transport(httpx.AsyncBaseTransport):
             proto.h3.send_data(sid, body, end_stream=True)
         proto.transmit()
         await fut
-        return httpx.Response(resp["status"], headers=resp["headers"], content=b"".join(resp["body"]),
+        return httpx.Response(resp["status"], headers=resp["headers"], stream=httpx.ByteStream(b"".join(resp["body"])),
                               extensions={"http_version": b"HTTP/3"})
 
     async def aclose(self) -> None:
@@ -388,9 +388,10 @@ async def bench_uvicorn(app_dir: str, args: argparse.Namespace) -> Row:
 
 
 def table(rows: list[Row], args: argparse.Namespace) -> str:
+    mib, conc = args.big_mib, args.concurrency
     head = (
-        f"| server | seq req/s | seq p50 / p99 ms | seq server CPU ms/req | {args.concurrency}-conc req/s "
-        f"| conc p50 / p99 ms | conc server CPU ms/req | {args.big_mib} MiB GET MB/s | {args.big_mib} MiB server CPU ms |"
+        f"| server | seq req/s | seq p50 / p99 ms | seq server CPU ms/req | {conc}-conc req/s "
+        f"| conc p50 / p99 ms | conc server CPU ms/req | {mib} MiB GET MB/s | {mib} MiB server CPU ms |"
     )
     lines = [head, "|" + " --- |" * 9]
     for r in rows:
@@ -404,7 +405,8 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as app_dir:
-        Path(app_dir, "bench_app.py").write_text(APP_SOURCE)
+        with open(os.path.join(app_dir, "bench_app.py"), "w") as f:
+            f.write(APP_SOURCE)
         steps: list[tuple[str, Callable[[], Awaitable[Row]]]] = [
             ("asgi-p2p 1200", lambda: bench_p2p(app_dir, 1200, args)),
             (f"asgi-p2p {args.large_datagram}", lambda: bench_p2p(app_dir, args.large_datagram, args)),
