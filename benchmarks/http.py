@@ -76,7 +76,7 @@ def serve_p2p(app_dir: str, max_datagram_size: int) -> None:
     from asgi_p2p.http import H3Server
 
     async def main() -> None:
-        config = NetworkConfig(max_datagram_size=max_datagram_size, keepalive_interval=0)
+        config = NetworkConfig.from_env(max_datagram_size=max_datagram_size, keepalive_interval=0)
         endpoint = await Endpoint.bind(host="127.0.0.1", config=config)
         server = H3Server(app, endpoint)
         await server.startup()
@@ -131,7 +131,7 @@ class ServerProc:
     info: dict[str, Any]
 
     def cpu(self) -> float:
-        import psutil
+        import psutil  # type: ignore[import-untyped]
 
         p = psutil.Process(self.proc.pid)
         total = sum(p.cpu_times()[:2])
@@ -199,7 +199,7 @@ def start_uvicorn(app_dir: str) -> ServerProc:
 # -- an httpx transport over plain aioquic HTTP/3 (for hypercorn) -----------------------------------
 
 import httpx
-from aioquic.asyncio import connect as quic_connect
+from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
@@ -353,7 +353,7 @@ async def bench_p2p(app_dir: str, mds: int, args: argparse.Namespace) -> Row:
     server = start_p2p(app_dir, mds)
     try:
         endpoint = await Endpoint.bind(host="127.0.0.1",
-                                       config=NetworkConfig(max_datagram_size=mds, keepalive_interval=0))
+                                       config=NetworkConfig.from_env(max_datagram_size=mds, keepalive_interval=0))
         node_id = NodeId.parse(server.info["node_id"])
         transport = P2PTransport(endpoint, addrs=[NodeAddr(node_id, [server.info["addr"]])])
         async with httpx.AsyncClient(transport=transport, timeout=60) as client:
@@ -405,8 +405,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as app_dir:
-        with open(os.path.join(app_dir, "bench_app.py"), "w") as f:
-            f.write(APP_SOURCE)
+        await asyncio.to_thread(Path(app_dir, "bench_app.py").write_text, APP_SOURCE)
         steps: list[tuple[str, Callable[[], Awaitable[Row]]]] = [
             ("asgi-p2p 1200", lambda: bench_p2p(app_dir, 1200, args)),
             (f"asgi-p2p {args.large_datagram}", lambda: bench_p2p(app_dir, args.large_datagram, args)),

@@ -23,7 +23,7 @@ Usage::
     .venv/bin/python benchmarks/transport.py              # full run
     .venv/bin/python benchmarks/transport.py --repeat 3   # medians of 3 runs
     .venv/bin/python benchmarks/transport.py --quick      # smoke run
-    unshare -n .venv/bin/python benchmarks/transport.py --iroh   # + PyPI iroh column
+    unshare -n .venv/bin/python benchmarks/transport.py --iroh   # PyPI iroh column: not implemented yet
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import platform
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -69,8 +68,6 @@ REPORT = 0x03  # reply with the 8-byte count of sunk bytes, reset the count
 RTT_SIZE = 64
 BULK_MESSAGE = 65535  # one frame per message in both implementations
 MIB = 1024 * 1024
-
-IMPLS = ("asgi-p2p", "aioquic", "iroh")
 
 
 # -- shared helpers ------------------------------------------------------------
@@ -264,18 +261,8 @@ async def _serve_aioquic(mds: int, ctl: Connection) -> None:
     server.close()
 
 
-async def _serve_iroh(mds: int, ctl: Connection) -> None:
-    iroh_server = _IrohBench()
-    info = await iroh_server.start_server()
-    stop = asyncio.Event()
-    threading.Thread(target=_control_thread, args=(ctl, asyncio.get_running_loop(), stop), daemon=True).start()
-    ctl.send(info)
-    await stop.wait()
-    await iroh_server.shutdown()
-
-
 def _server_main(impl: str, mds: int, ctl: Connection) -> None:
-    serve_fn = {"asgi-p2p": _serve_asgi_p2p, "aioquic": _serve_aioquic, "iroh": _serve_iroh}[impl]
+    serve_fn = {"asgi-p2p": _serve_asgi_p2p, "aioquic": _serve_aioquic}[impl]
     asyncio.run(serve_fn(mds, ctl))
 
 
@@ -486,21 +473,7 @@ def iroh_refusal() -> str | None:
         routes = []
     if any(line.split()[1] == "00000000" for line in routes if len(line.split()) > 1):
         return "this network namespace has a default route; run under `unshare -n`"
-    return None
-
-
-class _IrohBench:  # pragma: no cover - needs the optional iroh package and a private netns
-    """Placeholder kept so the server table has an entry; see ``--iroh``."""
-
-    async def start_server(self) -> dict[str, Any]:
-        raise RuntimeError("iroh benchmark not implemented in this version")
-
-    async def shutdown(self) -> None:
-        return None
-
-
-async def run_iroh(server: ServerProcess, mds: int, p: Params) -> Result:  # pragma: no cover
-    raise RuntimeError("iroh benchmark not implemented in this version")
+    return "the iroh column is not implemented yet (the check above is what it will require)"
 
 
 # -- driver --------------------------------------------------------------------------------------
@@ -509,7 +482,6 @@ async def run_iroh(server: ServerProcess, mds: int, p: Params) -> Result:  # pra
 RUNNERS: dict[str, Callable[[ServerProcess, int, Params], Awaitable[Result]]] = {
     "asgi-p2p": run_asgi_p2p,
     "aioquic": run_aioquic,
-    "iroh": run_iroh,
 }
 
 
@@ -548,7 +520,8 @@ def render_table(results: dict[tuple[str, int], list[Result]], impls: list[str],
             limit = float(check[2:])
             ok = ratio <= limit if check.startswith("<=") else ratio >= limit
             verdict = " met" if ok else " **missed**"
-        cells = [metric, str(mds), _fmt(a, digits), _fmt(b, digits), f"{_fmt(ratio, 2)}x", target + verdict]
+        ratio_text = "n/a" if ratio != ratio else f"{ratio:.2f}x"
+        cells = [metric, str(mds), _fmt(a, digits), _fmt(b, digits), ratio_text, target + verdict]
         if has_iroh:
             cells.insert(4, _fmt(med("iroh", mds, attr), digits))
         lines.append("| " + " | ".join(cells) + " |")
@@ -613,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="run everything N times, report medians across runs")
     ap.add_argument("--only", choices=["asgi-p2p", "aioquic"], help="measure one implementation only")
     ap.add_argument(
-        "--iroh", action="store_true", help="add a PyPI iroh column (only if importable and under `unshare -n`)"
+        "--iroh",
+        action="store_true",
+        help="PyPI iroh column (needs iroh importable and `unshare -n`; not implemented yet: exits 2 saying why)",
     )
     args = ap.parse_args(argv)
 
@@ -629,8 +604,6 @@ def main(argv: list[str] | None = None) -> int:
         if why is not None:
             print(f"--iroh refused: {why}", file=sys.stderr)
             return 2
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
-        impls.append("iroh")
 
     results: dict[tuple[str, int], list[Result]] = {}
     for rep in range(args.repeat):

@@ -240,7 +240,13 @@ class ServerConnection:
                     self._respond_now(sid, item.credit, 431, "Request Header Fields Too Large", ended=False)
                     return
         for h3_event in self.h3.handle_event(event):
-            self._h3_event(h3_event)
+            try:
+                self._h3_event(h3_event)
+            except Exception:  # one broken stream must not take the connection down
+                failed: int | None = getattr(h3_event, "stream_id", None)
+                log.exception("internal error on stream %s; resetting it", failed)
+                if failed is not None:
+                    self._fail_stream(failed)
         if isinstance(event, StreamReset | StopSendingReceived):
             item = self.streams.get(event.stream_id)
             if isinstance(item, _Pending):
@@ -279,6 +285,16 @@ class ServerConnection:
         self.streams = {k: v for k, v in self.streams.items() if not isinstance(v, _Pending)}
 
     # -- requests -------------------------------------------------------------
+
+    def _fail_stream(self, sid: int) -> None:
+        item = self.streams.pop(sid, None)
+        if isinstance(item, _Exchange):
+            item._abort(H3_INTERNAL_ERROR)
+        else:
+            self.conn.reset_stream(sid, H3_INTERNAL_ERROR)
+            self.conn.stop_stream(sid, H3_INTERNAL_ERROR)
+            self.h3.end_local(sid)
+        self.conn.forget_stream(sid)
 
     def _reject(self, sid: int) -> None:
         """Refuse a request that arrived after our GOAWAY (safe for the client to retry)."""

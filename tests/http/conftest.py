@@ -105,7 +105,7 @@ class RssSampler:
     """Peak resident memory growth of this process (server and client both live here)."""
 
     def __init__(self) -> None:
-        import psutil
+        import psutil  # type: ignore[import-untyped]
 
         self._proc = psutil.Process()
         self.baseline = 0

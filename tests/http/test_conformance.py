@@ -35,6 +35,12 @@ async def served(serve: Serve, app_kind: str, state: AppState) -> Served:
     return await serve(make_app(app_kind, state))
 
 
+@pytest.fixture
+async def starlette_served(serve: Serve, state: AppState) -> Served:
+    """For the heavy tests, where one framework is enough."""
+    return await serve(make_app("starlette", state))
+
+
 # -- scope, headers, paths ------------------------------------------------------------------
 
 
@@ -133,9 +139,8 @@ async def test_form_and_multipart(served: Served) -> None:
     assert body["files"]["cover"][:2] == ["art.png", 4]
 
 
-async def test_large_streamed_upload_constant_memory(served: Served, app_kind: str) -> None:
-    if app_kind != "starlette":
-        pytest.skip("one framework is enough for the 20 MB upload")
+async def test_large_streamed_upload_constant_memory(starlette_served: Served) -> None:
+    served = starlette_served
     size = 20 * 1024 * 1024
     piece = os.urandom(64 * 1024)
     expected = hashlib.sha256()
@@ -179,9 +184,8 @@ async def test_server_sent_events(served: Served, state: AppState) -> None:
     assert rest == ["data: 2", "data: 3", "data: 4"]
 
 
-async def test_large_response_bounded_memory(served: Served, app_kind: str) -> None:
-    if app_kind != "starlette":
-        pytest.skip("one framework is enough for the large response")
+async def test_large_response_bounded_memory(starlette_served: Served) -> None:
+    served = starlette_served
     size = 20 * 1024 * 1024
     h = hashlib.sha256()
     got = 0
@@ -373,9 +377,8 @@ async def test_websocket_disconnect_on_peer_loss(served: Served, state: AppState
 # -- concurrency --------------------------------------------------------------------------------
 
 
-async def test_200_concurrent_requests_one_slow(served: Served, app_kind: str) -> None:
-    if app_kind != "starlette":
-        pytest.skip("one framework is enough")
+async def test_200_concurrent_requests_one_slow(starlette_served: Served) -> None:
+    served = starlette_served
     await served.client.get("/ping")  # connect
     loop = asyncio.get_running_loop()
     slow = asyncio.create_task(served.client.get("/slow?delay=1.5"))

@@ -425,3 +425,46 @@ async def test_request_body_cancel_mid_upload_gives_disconnect(serve: Serve) -> 
     await asyncio.wait_for(done.wait(), 5)
     assert got[-1]["type"] == "http.disconnect"
     assert got[0] == {"type": "http.request", "n": 1000}
+
+
+async def test_plain_connect_is_refused_with_501(serve: Serve) -> None:
+    served = await serve(_simple(200, b"ok"), lifespan="off")
+    r = await served.client.request("CONNECT", "/")
+    assert r.status_code == 501
+    assert (await served.client.get("/")).text == "ok"
+
+
+async def test_no_per_request_state_left_behind(serve: Serve) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/boom":
+            raise RuntimeError("x")
+        if scope["path"] == "/partial":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            raise RuntimeError("y")
+        await _drain_body(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    served = await serve(app, lifespan="off")
+    logging.getLogger("asgi_p2p.http").setLevel(logging.CRITICAL)
+    try:
+        for i in range(100):
+            path = ("/", "/boom", "/partial", "/post")[i % 4]
+            if path == "/post":
+                await served.client.post(path, content=b"b" * 5000)
+            elif path == "/partial":
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await served.client.get(path)
+            else:
+                await served.client.get(path)
+    finally:
+        logging.getLogger("asgi_p2p.http").setLevel(logging.NOTSET)
+    await asyncio.sleep(0.1)
+    sconn = next(iter(served.server._connections))
+    cconn = next(c for c in served.pair.client.connections if c.alpn == "h3")
+    assert sconn.streams == {}
+    assert cconn.handler is not None and cconn.handler.streams == {}  # type: ignore[attr-defined]
+    assert len(sconn.h3._stream) <= 4  # control and QPACK streams only
+    assert len(cconn.handler.h3._stream) <= 4  # type: ignore[attr-defined]
+    assert sconn.conn._consumed == {} and cconn._consumed == {}
