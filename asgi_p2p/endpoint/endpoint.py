@@ -220,6 +220,16 @@ class Endpoint:
     def _datagram_received(self, data: bytes, addr: Address) -> None:
         if self._closed:
             return
+        # Fast path: a short-header (1-RTT) packet names our connection id right after byte 0.
+        if len(data) > _CID_LENGTH and not data[0] & 0x80:
+            short = self._cids.get(data[1 : 1 + _CID_LENGTH])
+            if short is not None:
+                try:
+                    short.datagram_received(data, addr)
+                except Exception:
+                    self.dropped_datagrams += 1
+                    log.exception("error processing datagram from %s", addr)
+                return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=_CID_LENGTH)
         except ValueError:
