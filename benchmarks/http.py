@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-APP_SOURCE = '''
+APP_SOURCE = """
 SMALL = b"hello, world\\n"
 CHUNK = b"x" * (1024 * 1024)
 
@@ -60,7 +60,7 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": [
         (b"content-type", b"text/plain"), (b"content-length", str(len(SMALL)).encode())]})
     await send({"type": "http.response.body", "body": SMALL})
-'''
+"""
 
 
 # -- server side (subprocess) -----------------------------------------------------------------
@@ -175,10 +175,24 @@ def start_hypercorn(app_dir: str) -> ServerProc:
     certfile, keyfile = _self_signed(Path(app_dir))
     tcp, udp = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "bench_app:app", "--bind", f"127.0.0.1:{tcp}",
-         "--quic-bind", f"127.0.0.1:{udp}", "--certfile", certfile, "--keyfile", keyfile,
-         "--log-level", "warning"],
-        cwd=app_dir, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "bench_app:app",
+            "--bind",
+            f"127.0.0.1:{tcp}",
+            "--quic-bind",
+            f"127.0.0.1:{udp}",
+            "--certfile",
+            certfile,
+            "--keyfile",
+            keyfile,
+            "--log-level",
+            "warning",
+        ],
+        cwd=app_dir,
+        text=True,
     )
     _wait_tcp(tcp)
     time.sleep(0.3)
@@ -188,9 +202,23 @@ def start_hypercorn(app_dir: str) -> ServerProc:
 def start_uvicorn(app_dir: str) -> ServerProc:
     port = _free_port(socket.SOCK_STREAM)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bench_app:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--no-access-log", "--http", "h11"],
-        cwd=app_dir, text=True,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--http",
+            "h11",
+        ],
+        cwd=app_dir,
+        text=True,
     )
     _wait_tcp(port)
     return ServerProc(proc, {"port": port})
@@ -244,8 +272,13 @@ class AioquicH3Transport(httpx.AsyncBaseTransport):
     async def _connection(self) -> _H3Client:
         async with self._lock:
             if self._proto is None:
-                config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=ssl.CERT_NONE,
-                                           max_datagram_size=self._mds, server_name="localhost")
+                config = QuicConfiguration(
+                    is_client=True,
+                    alpn_protocols=H3_ALPN,
+                    verify_mode=ssl.CERT_NONE,
+                    max_datagram_size=self._mds,
+                    server_name="localhost",
+                )
                 proto = await self._stack.enter_async_context(
                     quic_connect(self._host, self._port, configuration=config, create_protocol=_H3Client)
                 )
@@ -257,10 +290,17 @@ class AioquicH3Transport(httpx.AsyncBaseTransport):
         proto = await self._connection()
         body = await request.aread()
         sid = proto._quic.get_next_available_stream_id()
-        headers = [(b":method", request.method.encode()), (b":scheme", b"https"),
-                   (b":authority", request.url.netloc), (b":path", request.url.raw_path)]
-        headers += [(k.lower(), v) for k, v in request.headers.raw
-                    if k.lower() not in (b"host", b"connection", b"keep-alive", b"transfer-encoding")]
+        headers = [
+            (b":method", request.method.encode()),
+            (b":scheme", b"https"),
+            (b":authority", request.url.netloc),
+            (b":path", request.url.raw_path),
+        ]
+        headers += [
+            (k.lower(), v)
+            for k, v in request.headers.raw
+            if k.lower() not in (b"host", b"connection", b"keep-alive", b"transfer-encoding")
+        ]
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         resp: dict[str, Any] = {"body": []}
         proto.pending[sid] = (fut, resp)
@@ -269,8 +309,12 @@ class AioquicH3Transport(httpx.AsyncBaseTransport):
             proto.h3.send_data(sid, body, end_stream=True)
         proto.transmit()
         await fut
-        return httpx.Response(resp["status"], headers=resp["headers"], stream=httpx.ByteStream(b"".join(resp["body"])),
-                              extensions={"http_version": b"HTTP/3"})
+        return httpx.Response(
+            resp["status"],
+            headers=resp["headers"],
+            stream=httpx.ByteStream(b"".join(resp["body"])),
+            extensions={"http_version": b"HTTP/3"},
+        )
 
     async def aclose(self) -> None:
         await self._stack.aclose()
@@ -299,8 +343,9 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def measure(name: str, server: ServerProc, client: httpx.AsyncClient, base: str, n: int, conc: int,
-                  big_mib: int) -> Row:
+async def measure(
+    name: str, server: ServerProc, client: httpx.AsyncClient, base: str, n: int, conc: int, big_mib: int
+) -> Row:
     small = f"{base}/small"
     for _ in range(50):  # warm up (connection, code paths)
         assert (await client.get(small)).status_code == 200
@@ -352,13 +397,21 @@ async def bench_p2p(app_dir: str, mds: int, args: argparse.Namespace) -> Row:
 
     server = start_p2p(app_dir, mds)
     try:
-        endpoint = await Endpoint.bind(host="127.0.0.1",
-                                       config=NetworkConfig.from_env(max_datagram_size=mds, keepalive_interval=0))
+        endpoint = await Endpoint.bind(
+            host="127.0.0.1", config=NetworkConfig.from_env(max_datagram_size=mds, keepalive_interval=0)
+        )
         node_id = NodeId.parse(server.info["node_id"])
         transport = P2PTransport(endpoint, addrs=[NodeAddr(node_id, [server.info["addr"]])])
         async with httpx.AsyncClient(transport=transport, timeout=60) as client:
-            row = await measure(f"asgi-p2p h3 (datagram {mds})", server, client, f"https://{node_id}",
-                                args.requests, args.concurrency, args.big_mib)
+            row = await measure(
+                f"asgi-p2p h3 (datagram {mds})",
+                server,
+                client,
+                f"https://{node_id}",
+                args.requests,
+                args.concurrency,
+                args.big_mib,
+            )
         await endpoint.close()
         return row
     finally:
@@ -370,8 +423,15 @@ async def bench_hypercorn(app_dir: str, args: argparse.Namespace) -> Row:
     try:
         transport = AioquicH3Transport("127.0.0.1", server.info["port"])
         async with httpx.AsyncClient(transport=transport, timeout=60) as client:
-            return await measure("hypercorn h3 (datagram 1200)", server, client, "https://localhost",
-                                 args.requests, args.concurrency, args.big_mib)
+            return await measure(
+                "hypercorn h3 (datagram 1200)",
+                server,
+                client,
+                "https://localhost",
+                args.requests,
+                args.concurrency,
+                args.big_mib,
+            )
     finally:
         server.stop()
 
@@ -381,8 +441,15 @@ async def bench_uvicorn(app_dir: str, args: argparse.Namespace) -> Row:
     try:
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-            return await measure("uvicorn h11 HTTP/1.1", server, client, f"http://127.0.0.1:{server.info['port']}",
-                                 args.requests, args.concurrency, args.big_mib)
+            return await measure(
+                "uvicorn h11 HTTP/1.1",
+                server,
+                client,
+                f"http://127.0.0.1:{server.info['port']}",
+                args.requests,
+                args.concurrency,
+                args.big_mib,
+            )
     finally:
         server.stop()
 
@@ -443,4 +510,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -340,8 +340,9 @@ def _map_error(exc: BaseException, request: httpx.Request, *, reading: bool) -> 
 
 
 @contextlib.asynccontextmanager
-async def _deadline(seconds: float | None, exc_type: type[httpx.TimeoutException], request: httpx.Request,
-                    what: str) -> AsyncIterator[None]:
+async def _deadline(
+    seconds: float | None, exc_type: type[httpx.TimeoutException], request: httpx.Request, what: str
+) -> AsyncIterator[None]:
     if seconds is None:
         yield
         return

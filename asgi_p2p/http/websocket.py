@@ -257,9 +257,9 @@ def websocket_connect(
 ) -> _Connect:
     """Open a WebSocket to ``node`` at ``path`` (an async context manager)::
 
-        async with websocket_connect(endpoint, node_addr, "/ws", subprotocols=["chat"]) as wsock:
-            await wsock.send("hi")
-            print(await wsock.receive())
+    async with websocket_connect(endpoint, node_addr, "/ws", subprotocols=["chat"]) as wsock:
+        await wsock.send("hi")
+        print(await wsock.receive())
     """
     target: NodeAddr | NodeId = NodeId.parse(node) if isinstance(node, str) else node
     return _Connect(endpoint, target, path, subprotocols, headers, timeout)

@@ -1,6 +1,5 @@
 """The Starlette and FastAPI apps of the conformance suite (unmodified framework code)."""
 
-
 import asyncio
 import contextlib
 import contextvars

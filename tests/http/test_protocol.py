@@ -42,8 +42,9 @@ def _simple(status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None 
 async def test_trailers(serve: Serve) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         assert "http.response.trailers" in scope["extensions"]
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"trailer", b"x-checksum")],
-                    "trailers": True})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"trailer", b"x-checksum")], "trailers": True}
+        )
         await send({"type": "http.response.body", "body": b"part1", "more_body": True})
         await send({"type": "http.response.body", "body": b"part2", "more_body": False})
         await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc")], "more_trailers": False})
@@ -72,8 +73,13 @@ async def test_early_hints_then_final(serve: Serve) -> None:
 async def test_head_204_304_with_content_length_keep_connection(serve: Serve) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         status = int(scope["path"].strip("/") or 200)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-length", b"11"), (b"etag", b'"x"')]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-length", b"11"), (b"etag", b'"x"')],
+            }
+        )
         await send({"type": "http.response.body", "body": b"hello world"})
 
     served = await serve(app, lifespan="off")
@@ -88,10 +94,21 @@ async def test_head_204_304_with_content_length_keep_connection(serve: Serve) ->
 
 async def test_hop_by_hop_and_invalid_headers_are_dropped(serve: Serve) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 500, "headers": [
-            (b"Connection", b"close"), (b"keep-alive", b"5"), (b"transfer-encoding", b"chunked"),
-            (b"X-Upper", b" padded "), (b"x-bad", b"a\r\nb"), (b"bad name", b"v"), (b"upgrade", b"h2c"),
-        ]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"Connection", b"close"),
+                    (b"keep-alive", b"5"),
+                    (b"transfer-encoding", b"chunked"),
+                    (b"X-Upper", b" padded "),
+                    (b"x-bad", b"a\r\nb"),
+                    (b"bad name", b"v"),
+                    (b"upgrade", b"h2c"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": b"err"})
 
     served = await serve(app, lifespan="off")

@@ -40,6 +40,7 @@ def run(seed: int, loss: float, messages: int = 40) -> tuple[str, int]:
 
             servers = [asyncio.create_task(serve(ep)) for ep in eps]
             got = 0
+
             # bob and carol each talk to alice; carol also talks to bob
             async def client(src: Endpoint, dst: Endpoint) -> int:
                 conn = await src.connect(dst.node_addr())

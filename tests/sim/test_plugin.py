@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-TEST_FILE = '''
+TEST_FILE = """
 import asyncio
 import pytest
 
@@ -26,15 +26,30 @@ def test_marker(sim):
         await asyncio.sleep(10)
     with pytest.raises(TimeoutError):
         sim.run(main())
-'''
+"""
 
 
 def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_plugin_example.py").write_text(TEST_FILE)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", str(tmp_path / "test_plugin_example.py"),
-         "-o", "addopts=", "--rootdir", str(tmp_path), *args],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-v",
+            str(tmp_path / "test_plugin_example.py"),
+            "-o",
+            "addopts=",
+            "--rootdir",
+            str(tmp_path),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
 
 
