@@ -19,8 +19,35 @@ import pytest
 from asgi_p2p import Endpoint, NetworkConfig
 from asgi_p2p.http import H3Server, P2PTransport
 from asgi_p2p.http.types import ASGIApp
+from asgi_p2p.sim import Simulation
 
-NETWORKS = ["udp"]
+#: "sim" runs the same tests on the simulated network, in virtual time, at 5% loss.
+NETWORKS = ["udp", "sim"]
+SIM_LOSS = 0.05
+
+
+class _SimLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """pytest-asyncio asks this policy for the test's loop: a simulation's virtual-time loop."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        sim = Simulation(seed=1, latency=0.005, loss=SIM_LOSS, keep_trace=False)  # hash only: bounded memory
+        sim.loop.simulation = sim  # type: ignore[attr-defined]
+        return sim.loop
+
+
+@pytest.fixture(params=NETWORKS)
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Each HTTP test runs twice: on a real loop with UDP on loopback, and on the simulator."""
+    if request.param == "sim":
+        return _SimLoopPolicy()
+    return asyncio.DefaultEventLoopPolicy()
+
+
+def _current_simulation() -> Simulation | None:
+    return getattr(asyncio.get_running_loop(), "simulation", None)
+
+
+_host_counter = iter(range(1, 1_000_000))
 
 
 @dataclass
@@ -32,20 +59,28 @@ class EndpointPair:
 
     async def new_endpoint(self) -> Endpoint:
         """Another node on the same network (a second client, say)."""
-        ep = await Endpoint.bind(host="127.0.0.1", config=_config())
+        ep = await _bind()
         self.extra.append(ep)
         return ep
+
+
+async def _bind() -> Endpoint:
+    sim = _current_simulation()
+    if sim is None:
+        return await Endpoint.bind(host="127.0.0.1", config=_config())
+    host = sim.host(f"h{next(_host_counter)}")
+    return await Endpoint.bind(host="0.0.0.0", port=4433, config=_config(), network=host)
 
 
 def _config(**overrides: Any) -> NetworkConfig:
     return NetworkConfig(keepalive_interval=0, **overrides)
 
 
-@pytest.fixture(params=NETWORKS)
-async def endpoint_pair(request: pytest.FixtureRequest) -> AsyncIterator[EndpointPair]:
-    server = await Endpoint.bind(host="127.0.0.1", config=_config())
-    client = await Endpoint.bind(host="127.0.0.1", config=_config())
-    pair = EndpointPair(server, client, request.param)
+@pytest.fixture
+async def endpoint_pair() -> AsyncIterator[EndpointPair]:
+    server = await _bind()
+    client = await _bind()
+    pair = EndpointPair(server, client, "sim" if _current_simulation() else "udp")
     yield pair
     for ep in (client, *pair.extra, server):
         await ep.close(timeout=0.5)
@@ -142,3 +177,21 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "real_network: the test needs a real event loop (not the simulator's virtual-time loop)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``real_network`` run on UDP only; they are not collected for the simulator."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_sim = callspec is not None and callspec.params.get("event_loop_policy") == "sim"
+        (drop if on_sim and item.get_closest_marker("real_network") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -318,7 +318,7 @@ async def test_unknown_node_and_bad_host(endpoint_pair: EndpointPair) -> None:
 
 
 async def test_connect_timeout_to_silent_node(endpoint_pair: EndpointPair) -> None:
-    silent = await Endpoint.bind(host="127.0.0.1", config=NetworkConfig(connect_timeout=5))
+    silent = await endpoint_pair.new_endpoint()
     addr = silent.node_addr()
     await silent.close()
     transport = P2PTransport(endpoint_pair.client, addrs=[addr])
@@ -396,6 +396,7 @@ async def test_slow_upload_reader_does_not_delay_other_connections(serve: Serve)
     await other.aclose()
 
 
+@pytest.mark.real_network  # SyncP2PTransport runs its own real event loop in a thread
 async def test_sync_transport(serve: Serve) -> None:
     served = await serve(_simple(200, b"sync ok", [(b"x-a", b"1")]), lifespan="off")
     addr = served.pair.server.node_addr()
