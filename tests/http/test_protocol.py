@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from asgi_p2p import Endpoint, NetworkConfig
 from asgi_p2p.http import H3Server, LifespanFailed, P2PTransport, SyncP2PTransport
 from asgi_p2p.http.types import Message, Receive, Scope, Send
 
