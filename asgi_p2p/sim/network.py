@@ -470,8 +470,11 @@ class Simulation:
         does not keep insertion order for equal times, so they share one timer).
         """
         handles = []
-        for at, group in itertools.groupby(sorted(faults, key=lambda f: f.at), key=lambda f: f.at):
-            handles.append(self.at(at, self._apply_faults, list(group)))
+        # Group by the loop time they land on: times that differ by less than the clock's
+        # resolution (1000.0 + 8.0 == 1000.0 + 8.000000000000002) are the same instant.
+        ordered = sorted(faults, key=lambda f: START_TIME + f.at)
+        for when, group in itertools.groupby(ordered, key=lambda f: START_TIME + f.at):
+            handles.append(self.loop.call_at(when, self._apply_faults, list(group)))
         return handles
 
     def _apply_faults(self, faults: list[Fault]) -> None:
