@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy tests/test_protocols.py  # static conformance to the Protocol classes
 
 pytest: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
