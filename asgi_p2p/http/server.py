@@ -8,6 +8,7 @@ request is the application's own.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 from typing import Any
@@ -443,7 +444,7 @@ class ServerConnection:
         self._unflushed.clear()
 
 
-class _Exchange:
+class _Exchange(abc.ABC):
     """State shared by HTTP and WebSocket exchanges on one request stream."""
 
     kind = "http"
@@ -475,8 +476,9 @@ class _Exchange:
 
     # -- peer events ------------------------------------------------------------
 
+    @abc.abstractmethod
     def on_data(self, data: bytes, ended: bool) -> None:
-        raise NotImplementedError
+        """Request body bytes (or WebSocket frames) from the peer."""
 
     def on_reset(self, code: int) -> None:
         """The peer reset its sending side: the request is cancelled."""
@@ -559,8 +561,9 @@ class _Exchange:
             self.sc.conn.stop_stream(self.sid, H3_NO_ERROR)
         self._wake()
 
+    @abc.abstractmethod
     async def run(self) -> None:
-        raise NotImplementedError
+        """Run the ASGI application for this stream."""
 
 
 class _HTTPExchange(_Exchange):

@@ -158,8 +158,6 @@ def start_server(cli: Cli, tmp_path: Path) -> Iterator[Starter]:
 @pytest.fixture(scope="module")
 def music(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, ServerProcess, str]]:
     """One music server (ephemeral key) shared by the read-only tests of a module."""
-    if not http_available():
-        pytest.skip("asgi_p2p.http is not importable")
     home = tmp_path_factory.mktemp("music-home")
     cli = Cli(home)
     server = ServerProcess(cli, home / "server", ("serve", "apps.music:app", "--ephemeral"), None)
