@@ -212,7 +212,7 @@ class MessageConnection:
     def _data_received(self, event: StreamDataReceived) -> None:
         conn = self._conn
         if self._in_stream is None:
-            if event.stream_id % 4 not in (2, 3) or conn.quic._stream_can_send(event.stream_id):
+            if event.stream_id % 4 != (3 if conn.is_client else 2):  # not a peer-opened unidirectional stream
                 conn.stop_stream(event.stream_id, REFUSED)
                 return
             self._in_stream = event.stream_id

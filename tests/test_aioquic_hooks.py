@@ -182,3 +182,18 @@ def test_peer_stream_limit_is_announced_and_enforced() -> None:
     p.pump(20)
     streams = {e.stream_id for e in p.events["server"] if isinstance(e, StreamDataReceived)}
     assert len(streams) == 3  # the 4th and 5th wait until the server allows more
+
+
+def test_get_stream_and_is_closing() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    p.start()
+    p.pump()
+    sid = p.client.get_next_available_stream_id()
+    assert hooks.get_stream(p.client, sid) is None
+    p.client.send_stream_data(sid, b"x")
+    stream = hooks.get_stream(p.client, sid)
+    assert stream is not None and stream.stream_id == sid
+    assert not hooks.is_closing(p.client)
+    p.client.close()
+    p.client.datagrams_to_send(p.now)  # the CONNECTION_CLOSE goes out: now closing
+    assert hooks.is_closing(p.client)

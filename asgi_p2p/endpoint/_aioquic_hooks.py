@@ -20,6 +20,7 @@ Hooks:
   ``QuicConnection._write_stream_limits`` so that a stream's flow-control
   credit grows as the application *reads* (aioquic grows it as data *arrives*).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
+* :func:`get_stream`, :func:`is_closing` - ``QuicConnection._streams`` and ``._state``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aioquic import tls
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicConnectionState
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
@@ -40,9 +41,11 @@ __all__ = [
     "AlertAccessDenied",
     "AlertBadCertificate",
     "AlertCertificateRequired",
+    "get_stream",
     "handshake_confirmed",
     "install_identity_hooks",
     "install_receive_credit",
+    "is_closing",
     "peer_public_key",
     "set_peer_stream_limit",
     "smoothed_rtt",
@@ -187,3 +190,13 @@ def set_peer_stream_limit(quic: QuicConnection, max_bidi_streams: int) -> None:
     """
     limit = quic._local_max_streams_bidi
     limit.value = limit.sent = max_bidi_streams
+
+
+def get_stream(quic: QuicConnection, stream_id: int) -> QuicStream | None:
+    """The live stream object (``QuicConnection._streams``), or None once discarded."""
+    return quic._streams.get(stream_id)
+
+
+def is_closing(quic: QuicConnection) -> bool:
+    """True once the connection is closing, draining or terminated (``QuicConnection._state``)."""
+    return quic._state in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING, QuicConnectionState.TERMINATED)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import (
     ConnectionIdIssued,
     ConnectionIdRetired,
@@ -264,11 +264,7 @@ class PeerConnection:
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
         """Close now (pending stream data is dropped); see :meth:`aclose` for a graceful close."""
-        if self.closed or self.quic._state in (
-            QuicConnectionState.CLOSING,
-            QuicConnectionState.DRAINING,
-            QuicConnectionState.TERMINATED,
-        ):
+        if self.closed or hooks.is_closing(self.quic):
             return
         if self._close_error is None:
             self._close_error = ConnectionClosed(
@@ -381,7 +377,7 @@ class PeerConnection:
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         """Abort sending on a stream (RESET_STREAM) if it is still open."""
-        stream = self.quic._streams.get(stream_id)
+        stream = hooks.get_stream(self.quic, stream_id)
         if stream is None or stream.sender.is_finished or stream.sender.reset_pending:
             return
         try:
@@ -392,7 +388,7 @@ class PeerConnection:
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
         """Ask the peer to stop sending on a stream (STOP_SENDING)."""
-        stream = self.quic._streams.get(stream_id)
+        stream = hooks.get_stream(self.quic, stream_id)
         if stream is None or stream.receiver.is_finished:
             return
         try:
