@@ -1,0 +1,63 @@
+"""The seam between the endpoint's paths layer and a relay client.
+
+The paths layer (in :mod:`asgi_p2p.endpoint`) sends a peer's packets either
+directly over the endpoint's socket or through a relay.  It talks to the relay
+only through :class:`RelayLink`, and a relay client reports what arrives
+through :class:`RelaySink`, which the endpoint implements.  Neither side
+imports the other's module.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..identity import NodeId
+from .disco import Address
+
+__all__ = ["RelayLink", "RelaySink"]
+
+
+class RelayLink(Protocol):
+    """What the paths layer needs from a connected relay client."""
+
+    @property
+    def relay_url(self) -> str:
+        """The relay's URL, as it goes into tickets and node records."""
+
+    @property
+    def connected(self) -> bool:
+        """True while the relay connection is up (packets can be sent)."""
+
+    @property
+    def max_packet_size(self) -> int:
+        """Largest packet :meth:`send_packet` accepts now (0 while disconnected)."""
+
+    @property
+    def observed_address(self) -> Address | None:
+        """Our public address as the relay sees it (the NAT mapping of our socket)."""
+
+    def send_packet(self, dest: NodeId, packet: bytes) -> bool:
+        """Forward one packet (QUIC or disco) to ``dest``; False if it was not sent.
+
+        Never blocks and never raises for a full queue, a disconnected relay or a
+        packet that is too large: like UDP, the packet is dropped and counted.
+        """
+
+    def send_signal(self, dest: NodeId, payload: bytes) -> bool:
+        """Send a hole-punching signal (a sealed disco packet) to ``dest``."""
+
+
+class RelaySink(Protocol):
+    """What a relay client calls on the endpoint that owns it."""
+
+    def relay_packet_received(self, src: NodeId, packet: bytes) -> None:
+        """A packet ``src`` sent us through the relay (QUIC or disco)."""
+
+    def relay_signal_received(self, src: NodeId, payload: bytes) -> None:
+        """A hole-punching signal ``src`` sent us through the relay."""
+
+    def relay_state_changed(self, link: RelayLink) -> None:
+        """The relay connected, disconnected, or reported a new observed address."""
+
+    def relay_error(self, dest: NodeId | None, message: str) -> None:
+        """The relay refused something (rate limit, unknown destination, too large)."""
