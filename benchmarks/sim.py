@@ -5,20 +5,37 @@ Workloads (default latency 50 ms, 1% loss, full mesh):
 * ``udp``: every node sends a 200-byte datagram to a random other node every
   100 ms of virtual time; the receiver answers it.
 * ``quic``: every node keeps a QUIC connection (the real asgi_p2p Endpoint) to two
-  others and sends a 200-byte message on each every second; the peer echoes it.
+  others and sends a 200-byte message on each every ``--quic-intervals`` seconds;
+  the peer echoes it.
 
-Usage: python benchmarks/sim.py [--seconds 60] [--nodes 2,10,100]
+Baseline, measured in the same run: ``bare aioquic`` drives pairs of aioquic
+``QuicConnection`` objects with the same message pattern and 50 ms one-way delay
+from a minimal heap scheduler (no asyncio, no simulator, no endpoint, no loss).
+Its packets per wall second is the floor cost of QUIC itself in this Python; the
+ratio of the simulator's QUIC packet rate to it is what the simulator and the
+endpoint add.  Simulated seconds per wall second is that packet capacity divided by
+the offered packet rate, so the table sweeps the message interval.
+
+Usage: python benchmarks/sim.py [--seconds 60] [--nodes 2,10,100] [--quic-intervals 1,5,10]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import random
 import time
 from dataclasses import dataclass
 
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import StreamDataReceived
+from aioquic.quic.packet import pull_quic_header
+
 from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, SecretKey
+from asgi_p2p.endpoint.tls import node_certificate
 from asgi_p2p.sim import Simulation
 
 
@@ -79,8 +96,9 @@ def bench_udp(n: int, seconds: float, seed: int = 1, interval: float = 0.1) -> R
     return result
 
 
-def bench_quic(n: int, seconds: float, seed: int = 1) -> Result:
+def bench_quic(n: int, seconds: float, seed: int = 1, interval: float = 1.0) -> Result:
     sim = Simulation(seed=seed, keep_trace=False)
+    marks: dict[str, tuple[float, float, int]] = {}
     hosts = [sim.host(f"n{i}") for i in range(n)]
 
     async def main() -> None:
@@ -102,28 +120,135 @@ def bench_quic(n: int, seconds: float, seed: int = 1) -> Result:
 
         servers = [asyncio.create_task(serve(ep)) for ep in eps]
 
-        async def talk(i: int, k: int) -> None:
-            conn = await eps[i].connect(eps[(i + k) % n].node_addr())
+        peers = [1, 2] if n > 2 else [1]
+        conns = await asyncio.gather(*(eps[i].connect(eps[(i + k) % n].node_addr()) for i in range(n) for k in peers))
+        # Handshakes are excluded, as in the bare aioquic baseline.
+        marks["start"] = (time.perf_counter(), sim.now, sim.delivered)
+        rng = random.Random(seed)
+
+        async def talk(conn: MessageConnection) -> None:
             loop = asyncio.get_running_loop()
+            await asyncio.sleep(rng.random() * interval)
             end = loop.time() + seconds
             while loop.time() < end:
                 await conn.send(b"m" * 200)
                 await conn.recv()
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(interval)
 
-        peers = [1, 2] if n > 2 else [1]
-        await asyncio.gather(*(talk(i, k) for i in range(n) for k in peers))
+        await asyncio.gather(*(talk(c) for c in conns))
+        marks["end"] = (time.perf_counter(), sim.now, sim.delivered)
         for t in servers:
             t.cancel()
         for ep in eps:
             await ep.close(timeout=0.5)
 
-    wall = time.perf_counter()
     sim.run(main(), time_limit=seconds + 600)
-    wall = time.perf_counter() - wall
-    result = Result("quic, 1 msg / s / connection", n, sim.now, wall, sim.delivered)
+    (w0, v0, d0), (w1, v1, d1) = marks["start"], marks["end"]
+    result = Result(f"quic (real Endpoint), 1 msg / {interval:g} s / connection", n, v1 - v0, w1 - w0, d1 - d0)
     sim.close()
     return result
+
+
+def bench_bare_aioquic(pairs: int, seconds: float, interval: float = 1.0, latency: float = 0.05) -> Result:
+    """``pairs`` aioquic client/server pairs, 200-byte message + echo every ``interval``.
+
+    A heap of (time, seq, action) drives delivery after ``latency`` and each
+    connection's timer; handshakes are excluded from the timing.
+    """
+    key = SecretKey.from_seed("bare-server")
+    cert = node_certificate(key)
+    heap: list[tuple[float, int, int, object]] = []
+    seq = 0
+    now = 0.0
+    delivered = 0
+
+    def push(at: float, kind: int, payload: object) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(heap, (at, seq, kind, payload))
+
+    conns: list[tuple[QuicConnection, QuicConnection]] = []
+    peer: dict[int, QuicConnection] = {}
+    timers: dict[int, float | None] = {}
+
+    def flush(c: QuicConnection) -> None:
+        for data, _addr in c.datagrams_to_send(now=now):
+            push(now + latency, 0, (peer[id(c)], data))
+        t = c.get_timer()
+        if t is not None and t != timers.get(id(c)):
+            timers[id(c)] = t
+            push(t, 1, c)
+
+    def drain(c: QuicConnection) -> None:
+        while (ev := c.next_event()) is not None:
+            if isinstance(ev, StreamDataReceived) and not c._is_client and ev.data:
+                c.send_stream_data(ev.stream_id, ev.data)
+
+    for _ in range(pairs):
+        client = QuicConnection(
+            configuration=QuicConfiguration(is_client=True, alpn_protocols=["bench"], verify_mode=0)
+        )
+        client.connect(("10.0.0.2", 4433), now=now)
+        first = client.datagrams_to_send(now=now)
+        header = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=8)
+        server = QuicConnection(
+            configuration=QuicConfiguration(
+                is_client=False, alpn_protocols=["bench"], certificate=cert, private_key=key.private_key
+            ),
+            original_destination_connection_id=header.destination_cid,
+        )
+        peer[id(client)] = server
+        peer[id(server)] = client
+        conns.append((client, server))
+        for data, _addr in first:
+            push(now + latency, 0, (server, data))
+        flush(client)
+
+    def run_until(end: float) -> None:
+        nonlocal now, delivered
+        while heap and heap[0][0] <= end:
+            at, _, kind, payload = heapq.heappop(heap)
+            now = max(now, at)
+            if kind == 0:
+                dst, data = payload  # type: ignore[misc]
+                delivered += 1
+                src = ("10.0.0.2", 4433) if dst._is_client else ("10.0.0.1", 5000)
+                dst.receive_datagram(data, src, now=now)
+                drain(dst)
+                flush(dst)
+            elif kind == 1:
+                c = payload
+                assert isinstance(c, QuicConnection)
+                if timers.get(id(c)) == at:
+                    timers[id(c)] = None
+                    c.handle_timer(now=now)
+                    drain(c)
+                    flush(c)
+            else:
+                c = payload
+                assert isinstance(c, QuicConnection)
+                sid = c.get_next_available_stream_id() if not hasattr(c, "_bench_sid") else c._bench_sid  # type: ignore[attr-defined]
+                c._bench_sid = sid  # type: ignore[attr-defined]
+                c.send_stream_data(sid, b"m" * 200)
+                flush(c)
+                push(now + interval, 2, c)
+        now = max(now, end)
+
+    run_until(5.0)  # handshakes
+    start_virtual, start_delivered = now, delivered
+    rng = random.Random(1)
+    for client, _server in conns:
+        push(now + rng.random() * interval, 2, client)
+    wall = time.perf_counter()
+    run_until(now + seconds)
+    wall = time.perf_counter() - wall
+    return Result(
+        f"bare aioquic (no simulator), 1 msg / {interval:g} s / connection",
+        pairs,
+        now - start_virtual,
+        wall,
+        delivered - start_delivered,
+    )
 
 
 def main() -> None:
@@ -132,6 +257,7 @@ def main() -> None:
     parser.add_argument("--nodes", default="2,10,100", help="comma-separated node counts")
     parser.add_argument("--workloads", default="udp,quic", help="udp,quic")
     parser.add_argument("--udp-intervals", default="0.1,1", help="seconds between a node's UDP messages")
+    parser.add_argument("--quic-intervals", default="1,5,10", help="seconds between messages on a QUIC connection")
     args = parser.parse_args()
     sizes = [int(x) for x in args.nodes.split(",")]
     workloads = args.workloads.split(",")
@@ -142,13 +268,25 @@ def main() -> None:
         if workload == "udp":
             runs += [("udp", float(x)) for x in args.udp_intervals.split(",")]
         else:
-            runs.append((workload, 1.0))
+            runs += [(workload, float(x)) for x in args.quic_intervals.split(",")]
     for workload, interval in runs:
         for n in sizes:
             if workload == "udp":
                 r = bench_udp(n, args.seconds, interval=interval)
             else:
-                r = bench_quic(n, args.seconds)
+                # The same number of connections (2 per node) without the simulator first.
+                base = bench_bare_aioquic(n * (2 if n > 2 else 1), args.seconds, interval=interval)
+                print(
+                    f"| {base.workload} | {base.nodes} pairs | {base.virtual:.1f} | {base.wall:.3f} | "
+                    f"{base.speedup:,.0f}x | {base.delivered:,} | {base.packets_per_s:,.0f} |",
+                    flush=True,
+                )
+                r = bench_quic(n, args.seconds, interval=interval)
+                print(
+                    f"| simulator QUIC packets/s vs bare aioquic | {n} | | | | | "
+                    f"{r.packets_per_s / base.packets_per_s:.2f}x |",
+                    flush=True,
+                )
             print(
                 f"| {r.workload} | {r.nodes} | {r.virtual:.1f} | {r.wall:.3f} | {r.speedup:,.0f}x | "
                 f"{r.delivered:,} | {r.packets_per_s:,.0f} |",

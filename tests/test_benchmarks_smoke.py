@@ -44,3 +44,37 @@ def test_iroh_column_refused_outside_a_private_network_namespace() -> None:
         return
     assert proc.returncode == 2
     assert "--iroh refused:" in proc.stderr
+
+
+def test_sim_benchmark_prints_simulator_and_bare_aioquic_rows() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "sim.py"),
+            "--nodes",
+            "3",
+            "--seconds",
+            "5",
+            "--udp-intervals",
+            "1",
+            "--quic-intervals",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert "udp, 1 msg / 1 s / node" in rows
+    assert "quic (real Endpoint), 1 msg / 1 s / connection" in rows
+    assert "bare aioquic (no simulator), 1 msg / 1 s / connection" in rows
+    # Every message is echoed, so both QUIC runs deliver packets; the ratio row is filled in.
+    for name in (
+        "quic (real Endpoint), 1 msg / 1 s / connection",
+        "bare aioquic (no simulator), 1 msg / 1 s / connection",
+    ):
+        delivered = int(rows[name].split("|")[6].strip().replace(",", ""))
+        assert delivered >= 2 * 3 * 5, rows[name]
+    assert rows["simulator QUIC packets/s vs bare aioquic"].split("|")[7].strip().endswith("x")
