@@ -289,6 +289,13 @@ class Directory:
         node = self._by_name.get(name)
         return None if node is None else self.resolve(node, now)
 
+    def remove(self, node: NodeId) -> bool:
+        """Forget the record of ``node`` (its own request); returns whether there was one."""
+        if node not in self._by_node:
+            return False
+        self._remove(node)
+        return True
+
     def expire(self, now: float) -> int:
         """Drop every expired record; returns how many."""
         dead = [node for node, signed in self._by_node.items() if signed.record.expires_at <= now]

@@ -1,4 +1,13 @@
-"""A DNS-like discovery service inside the simulation (names to node ids and addresses)."""
+"""A DNS-like discovery service inside the simulation (names to node ids and addresses).
+
+:class:`MockDNS` implements :class:`asgi_p2p.discovery.Discovery`, so it plugs
+into a :class:`~asgi_p2p.discovery.ChainedDiscovery` like the directory or mDNS:
+``resolve(node_id)`` and ``resolve_name(name)`` answer a
+:class:`~asgi_p2p.identity.NodeAddr` after the lookup delay, ``publish`` registers
+a node (under its name, or its node id text).  One MockDNS is shared by the whole
+simulation; :meth:`MockDNS.client` gives a node its own view whose
+``unpublish`` removes only what that view published.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +15,13 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from ..errors import DiscoveryFailed
+from ..identity import NodeAddr, NodeId
 from ..net.base import Address
 
-__all__ = ["MockDNS", "PeerRecord", "discovery_delay_from_env"]
+__all__ = ["MockDNS", "MockDNSClient", "PeerRecord", "discovery_delay_from_env"]
 
 log = logging.getLogger("asgi_p2p.sim")
 
@@ -75,9 +85,49 @@ class MockDNS:
             raise DiscoveryFailed(f"name {name!r} is not registered in the simulated DNS")
         return record
 
-    async def resolve(self, name: str) -> Any:
-        """Resolve ``name`` to its node id."""
-        return (await self.discover(name)).node_id
+    label = "sim-dns"
+
+    @overload
+    async def resolve(self, key: NodeId) -> NodeAddr: ...
+    @overload
+    async def resolve(self, key: str) -> Any: ...
+    async def resolve(self, key: NodeId | str) -> Any:
+        """A :class:`NodeId` resolves to its :class:`NodeAddr` (the Discovery interface).
+
+        A name (str) resolves to the registered node id, as before; prefer
+        :meth:`resolve_name`, which gives a NodeAddr.
+        """
+        if isinstance(key, NodeId):
+            return await self._resolve_node(key)
+        return (await self.discover(key)).node_id
+
+    async def _resolve_node(self, node_id: NodeId) -> NodeAddr:
+        await asyncio.sleep(self.delay)
+        self.lookups += 1
+        for record in self._records.values():
+            if record.node_id == node_id:
+                return NodeAddr(node_id, record.addresses)
+        raise DiscoveryFailed(f"node {node_id.fmt_short()} is not registered in the simulated DNS")
+
+    async def resolve_name(self, name: str) -> NodeAddr:
+        """Resolve ``name`` to a :class:`NodeAddr`; raises :class:`DiscoveryFailed`."""
+        record = await self.discover(name)
+        if not isinstance(record.node_id, NodeId):
+            raise DiscoveryFailed(f"name {name!r} is registered with {record.node_id!r}, not a NodeId")
+        return NodeAddr(record.node_id, record.addresses)
+
+    async def publish(self, addr: NodeAddr, name: str | None = None) -> None:
+        """Register ``addr`` under ``name`` (or its node id text) after the lookup delay."""
+        await asyncio.sleep(self.delay)
+        self.register_peer(name or str(addr.node_id), addr.node_id, addr.direct_addresses)
+
+    async def unpublish(self) -> None:
+        """The shared MockDNS cannot tell whose records to remove: use :meth:`client` per node."""
+        return None
+
+    def client(self) -> MockDNSClient:
+        """A per-node view: its :meth:`MockDNSClient.unpublish` removes what it published."""
+        return MockDNSClient(self)
 
     async def connect_by_name(self, endpoint: Any, name: str, **kwargs: Any) -> Any:
         """Discover ``name`` and connect ``endpoint`` to it.
@@ -89,3 +139,30 @@ class MockDNS:
         if record.addresses:
             return await endpoint.connect(record.node_id, addresses=list(record.addresses), **kwargs)
         return await endpoint.connect(record.node_id, **kwargs)
+
+
+class MockDNSClient:
+    """One node's view of a :class:`MockDNS` (the Discovery interface with a working ``unpublish``)."""
+
+    label = "sim-dns"
+
+    def __init__(self, dns: MockDNS) -> None:
+        self.dns = dns
+        self._names: list[str] = []
+
+    async def resolve(self, node_id: NodeId) -> NodeAddr:
+        return await self.dns.resolve(node_id)
+
+    async def resolve_name(self, name: str) -> NodeAddr:
+        return await self.dns.resolve_name(name)
+
+    async def publish(self, addr: NodeAddr, name: str | None = None) -> None:
+        await self.dns.publish(addr, name)
+        key = (name or str(addr.node_id)).lower()
+        if key not in self._names:
+            self._names.append(key)
+
+    async def unpublish(self) -> None:
+        for key in self._names:
+            self.dns.unregister(key)
+        self._names.clear()

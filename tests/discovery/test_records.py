@@ -187,3 +187,14 @@ def test_expiry_and_bounded_capacity() -> None:
     assert len(d) == 2 and d.resolve(keys[0].node_id, NOW + 11) is None
     assert d.expire(NOW + 1000) == 1
     assert [r.record.node_id for r in d.records(NOW + 1000)] == [keys[2].node_id]
+
+
+def test_remove_frees_the_node_and_its_name() -> None:
+    d = Directory()
+    d.publish(NodeRecord(ALICE.node_id, 1, NOW + 60, name="shop").sign(ALICE), NOW)
+    assert d.remove(ALICE.node_id) is True
+    assert d.remove(ALICE.node_id) is False
+    assert d.resolve(ALICE.node_id, NOW) is None and d.resolve_name("shop", NOW) is None
+    d.publish(NodeRecord(BOB.node_id, 1, NOW + 60, name="shop").sign(BOB), NOW)
+    found = d.resolve_name("shop", NOW)
+    assert found is not None and found.record.node_id == BOB.node_id
