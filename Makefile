@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 sysdeps:
-	@if [ "$$(id -u)" = 0 ] && ! command -v nft >/dev/null 2>&1; then \
+	@if [ "$$(id -u)" = 0 ] && ! { command -v nft && command -v ip && command -v tc; } >/dev/null 2>&1; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2 >/dev/null) \
 		|| echo "warning: could not install nftables"; fi
 

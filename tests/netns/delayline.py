@@ -1,0 +1,130 @@
+"""Userspace delay line: bridges Ethernet frames between two interfaces, each held back by a fixed delay.
+
+Run inside a namespace that owns both interfaces (the kernel here has no ``netem``)::
+
+    python delayline.py IF_A IF_B DELAY_MS [JITTER_MS] [SEED]
+
+Every frame that arrives on one interface is sent out of the other ``DELAY_MS`` (+ a uniform
+``0..JITTER_MS`` drawn from a generator seeded with ``SEED``) milliseconds later. Jitter may reorder
+frames, as on a real path. At most ``MAX_QUEUED`` frames wait; more are dropped and counted. Prints
+``ready`` once both sockets are bound, and a final ``stats`` line on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_OUTGOING = 4
+MAX_QUEUED = 20000
+MAX_FRAME = 65536
+
+
+def l4_checksum_fixed(frame: bytes) -> bytes:
+    """Recompute an IPv4 UDP/TCP checksum: veth leaves it unfinished (checksum offload), and a raw
+    socket sends the frame as is, so the receiver would drop it."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return frame
+    ihl = (frame[14] & 0x0F) * 4
+    proto = frame[23]
+    total = int.from_bytes(frame[16:18], "big")
+    if proto not in (6, 17) or int.from_bytes(frame[20:22], "big") & 0x3FFF:  # not UDP/TCP, or a fragment
+        return frame
+    start, end = 14 + ihl, 14 + total
+    off = start + (6 if proto == 17 else 16)
+    if end > len(frame) or off + 2 > end:
+        return frame
+    if proto == 17 and frame[off : off + 2] == b"\x00\x00":  # UDP without checksum
+        return frame
+    buf = bytearray(frame)
+    buf[off : off + 2] = b"\x00\x00"
+    pseudo = frame[26:34] + bytes([0, proto]) + (end - start).to_bytes(2, "big")
+    data = pseudo + bytes(buf[start:end])
+    if len(data) % 2:
+        data += b"\x00"
+    total_sum = sum(memoryview(data).cast("H"))
+    while total_sum >> 16:
+        total_sum = (total_sum & 0xFFFF) + (total_sum >> 16)
+    csum = ~total_sum & 0xFFFF
+    if csum == 0 and proto == 17:
+        csum = 0xFFFF
+    buf[off : off + 2] = struct.pack("=H", csum)
+    return bytes(buf)
+
+
+def open_interface(name: str) -> socket.socket:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.bind((name, 0))
+    mreq = struct.pack("iHH8s", socket.if_nametoindex(name), PACKET_MR_PROMISC, 0, b"")
+    sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    sock.setblocking(False)
+    return sock
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    if_a, if_b, delay_ms = argv[0], argv[1], float(argv[2])
+    jitter_ms = float(argv[3]) if len(argv) > 3 else 0.0
+    rng = random.Random(int(argv[4]) if len(argv) > 4 else 0)
+    a, b = open_interface(if_a), open_interface(if_b)
+    peer = {a: b, b: a}
+    sel = selectors.DefaultSelector()
+    sel.register(a, selectors.EVENT_READ)
+    sel.register(b, selectors.EVENT_READ)
+    queue: list[tuple[float, int, socket.socket, bytes]] = []
+    seq = forwarded = dropped = 0
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    print("ready", flush=True)
+    while not stop:
+        now = time.monotonic()
+        while queue and queue[0][0] <= now:
+            _, _, out, frame = heapq.heappop(queue)
+            try:
+                out.send(frame)
+                forwarded += 1
+            except OSError:  # e.g. a GSO super-frame larger than the MTU: lost, like on a wire
+                dropped += 1
+        timeout = max(0.0, queue[0][0] - now) if queue else 1.0
+        for key, _ in sel.select(timeout):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            while True:
+                try:
+                    frame, addr = sock.recvfrom(MAX_FRAME)
+                except BlockingIOError:
+                    break
+                if addr[2] == PACKET_OUTGOING:  # our own transmissions, seen again
+                    continue
+                if len(queue) >= MAX_QUEUED:
+                    dropped += 1
+                    continue
+                delay = delay_ms + (rng.uniform(0.0, jitter_ms) if jitter_ms else 0.0)
+                seq += 1
+                due = time.monotonic() + delay / 1000.0
+                heapq.heappush(queue, (due, seq, peer[sock], l4_checksum_fixed(frame)))
+    print(f"stats forwarded={forwarded} dropped={dropped}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,251 @@
+"""The real-NAT rig behaves like the internet it models, proved with plain UDP processes.
+
+Every process runs as its own PID inside a namespace (``ip netns exec``): a reflector on the relay host
+reports the address:port it sees (like STUN); hosts behind the routers send from fixed local ports.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.netns import rig as rig_module
+from tests.netns.rig import Home, Impair, Rig, RigError, expect_line, list_namespaces
+
+PORTS = ("3478", "3479", "3480")
+
+
+def start_reflector(rig: Rig) -> list[str]:
+    """A reflector on the relay host on three ports; returns their ip:port strings."""
+    proc = rig.udptool(rig.relay, "reflect", *PORTS)
+    expect_line(proc, "^ready$")
+    return [f"{rig.relay.ip}:{p}" for p in PORTS]
+
+
+def result(proc: subprocess.Popen[Any], timeout: float = 15.0) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(expect_line(proc, r"^\{", timeout).string)
+    return out
+
+
+def observed(rig: Rig, home: Home, port: int, targets: list[str]) -> dict[str, str]:
+    """What each target sees as the source of packets from ``home``'s host sent from local ``port``."""
+    out = result(rig.udptool(home.host, "mapping", str(port), *targets))
+    assert out["local"] == port
+    seen: dict[str, str] = out["seen"]
+    return seen
+
+
+def send_line(proc: subprocess.Popen[Any], line: str) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+
+
+def punch(
+    rig: Rig,
+    a: Home,
+    b: Home,
+    *,
+    reflector: str | None = None,
+    port: int = 41000,
+    modes: tuple[str, str] = ("-", "-"),
+    secs: float = 5.0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Simultaneous hole punch: each side learns its public ip:port from the reflector, then both send
+    probes to the other's public ip:port for up to ``secs`` (less once both heard each other).
+    Modes: "adapt" answers wherever probes come from; "ttl" first opens its own router with probes
+    that expire in the core, and both go on once both did."""
+    reflector = reflector or start_reflector(rig)[0]
+    procs = [
+        rig.udptool(h.host, "punch", str(port), reflector, str(secs), mode)
+        for h, mode in zip((a, b), modes, strict=True)
+    ]
+    mapped = [expect_line(p, r"^mapped (\S+)$").group(1) for p in procs]
+    for proc, peer in zip(procs, reversed(mapped), strict=True):
+        send_line(proc, peer)
+    if "ttl" in modes:
+        for proc, mode in zip(procs, modes, strict=True):
+            if mode == "ttl":
+                expect_line(proc, "^primed$")
+        for proc, mode in zip(procs, modes, strict=True):
+            if mode == "ttl":
+                send_line(proc, "go")
+    ra, rb = (result(p) for p in procs)
+    return ra, rb
+
+
+def test_public_host_is_seen_at_its_own_address(netns_rig: Rig) -> None:
+    targets = start_reflector(netns_rig)
+    home = netns_rig.home("pub", nat="none")
+    assert home.host.ip == home.host.public_ip
+    assert set(observed(netns_rig, home, 40000, targets[:2]).values()) == {f"{home.host.ip}:40000"}
+
+
+@pytest.mark.parametrize("nat", ["eim", "eim-nofilter", "eim-fullcone"])
+def test_eim_router_keeps_one_mapping_for_every_destination(netns_rig: Rig, nat: str) -> None:
+    targets = start_reflector(netns_rig)
+    home = netns_rig.home("a", nat=nat)
+    assert home.router is not None and home.host.public_ip == home.router.ip != home.host.ip
+    seen = observed(netns_rig, home, 40000, targets[:2])
+    # endpoint-independent mapping, and masquerade keeps the source port when it is free
+    assert set(seen.values()) == {f"{home.router.ip}:40000"}, seen
+
+
+def test_symmetric_router_maps_each_destination_to_another_port(netns_rig: Rig) -> None:
+    targets = start_reflector(netns_rig)
+    home = netns_rig.home("a", nat="symmetric")
+    seen = observed(netns_rig, home, 40000, targets)
+    ips = {s.rpartition(":")[0] for s in seen.values()}
+    ports = {s.rpartition(":")[2] for s in seen.values()}
+    assert ips == {home.host.public_ip}
+    # random ports: three destinations all on one port would happen by chance about once in 4e9 runs
+    assert len(ports) >= 2, seen
+
+
+@pytest.mark.parametrize(
+    ("nat_a", "nat_b", "same_lan"),
+    [
+        ("eim", "eim", False),
+        ("eim", "eim", True),  # both homes on 10.9.0.0/24 with the same host address
+        ("eim-fullcone", "eim-fullcone", False),
+        ("eim", "eim-fullcone", False),
+        ("none", "eim", False),
+    ],
+)
+def test_hole_punch_succeeds_between_eim_homes(netns_rig: Rig, nat_a: str, nat_b: str, same_lan: bool) -> None:
+    lan = "10.9.0.0/24" if same_lan else None
+    a = netns_rig.home("a", nat=nat_a, lan_subnet=lan)
+    b = netns_rig.home("b", nat=nat_b, lan_subnet=lan)
+    ra, rb = punch(netns_rig, a, b)
+    assert ra["heard"] and rb["heard"], (ra, rb)
+    # from the peer's public address (two routers that both forward unsolicited packets may race in
+    # conntrack when both sides' first packets cross, and one flow then gets another public port)
+    assert {s.rpartition(":")[0] for s in ra["from"]} == {b.host.public_ip}, ra
+    assert {s.rpartition(":")[0] for s in rb["from"]} == {a.host.public_ip}, rb
+    if "eim-fullcone" not in (nat_a, nat_b):
+        assert ra["from"] == [f"{b.host.public_ip}:41000"], ra
+        assert rb["from"] == [f"{a.host.public_ip}:41000"], rb
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"), [("eim", "symmetric"), ("symmetric", "symmetric")])
+def test_hole_punch_fails_with_a_symmetric_home(netns_rig: Rig, nat_a: str, nat_b: str) -> None:
+    a = netns_rig.home("a", nat=nat_a)
+    b = netns_rig.home("b", nat=nat_b)
+    ra, rb = punch(netns_rig, a, b, secs=1.5)
+    assert not (ra["heard"] and rb["heard"]), (ra, rb)
+
+
+def test_full_cone_home_hears_a_symmetric_peer_and_can_answer_it(netns_rig: Rig) -> None:
+    a = netns_rig.home("a", nat="eim-fullcone")
+    b = netns_rig.home("b", nat="symmetric")
+    # naive punching: b's probes reach a (no inbound filter, but from a port a did not expect); a's
+    # probes go to b's mapping towards the reflector, which b's router does not open to a
+    reflector = start_reflector(netns_rig)[0]
+    ra, rb = punch(netns_rig, a, b, reflector=reflector, secs=2.0)
+    assert ra["heard"] and not rb["heard"], (ra, rb)
+    assert ra["from"][0].rpartition(":")[0] == b.host.public_ip
+    # a puncher that answers where probes come from gets through both ways
+    ra, rb = punch(netns_rig, a, b, reflector=reflector, port=41001, modes=("adapt", "-"))
+    assert ra["heard"] and rb["heard"], (ra, rb)
+
+
+def test_unfiltered_router_remaps_after_an_early_inbound_packet(netns_rig: Rig) -> None:
+    """The trap of FACTS.md: a peer's packet that reaches a router with no inbound filter before the
+    host's first packet to that peer leaves conntrack state, and the router then maps the host's flow
+    to that peer to another public port."""
+    reflector = start_reflector(netns_rig)[0]
+    peer = netns_rig.home("p", nat="none")
+    home = netns_rig.home("b", nat="eim-nofilter")
+    hb = netns_rig.udptool(home.host, "punch", "41000", reflector, "5", "-")
+    mapped = expect_line(hb, r"^mapped (\S+)$").group(1)
+    assert mapped == f"{home.host.public_ip}:41000"
+    hp = netns_rig.udptool(peer.host, "trap", "42000")
+    expect_line(hp, "^ready$")
+    assert hp.stdin is not None and hb.stdin is not None
+    hp.stdin.write(mapped + "\n")
+    hp.stdin.flush()
+    expect_line(hp, "^refused$")  # the router's own stack answered: port unreachable
+    hb.stdin.write(f"{peer.host.ip}:42000\n")
+    hb.stdin.flush()
+    source = expect_line(hp, r"^from (\S+)$").group(1)
+    ip, _, port = source.rpartition(":")
+    assert ip == home.host.public_ip and port != "41000", source
+
+
+def test_probes_that_expire_in_the_core_avoid_the_unfiltered_router_trap(netns_rig: Rig) -> None:
+    """The core is a router (TTL 2 from a home host ends there), so a puncher can open its own router's
+    mapping without its packet reaching the peer's router; then both directions go through."""
+    a = netns_rig.home("a", nat="eim-nofilter")
+    b = netns_rig.home("b", nat="eim-nofilter")
+    reflector = start_reflector(netns_rig)[0]
+    for port in (41000, 41001, 41002):
+        ra, rb = punch(netns_rig, a, b, reflector=reflector, port=port, modes=("ttl", "ttl"))
+        assert ra["from"] == [f"{b.host.public_ip}:{port}"], ra
+        assert rb["from"] == [f"{a.host.public_ip}:{port}"], rb
+
+
+def test_loss_rule_drops_about_the_configured_fraction(netns_rig: Rig) -> None:
+    target = start_reflector(netns_rig)[0]
+    lossy = netns_rig.home("a", nat="eim", wan=Impair(loss_pct=20))
+    clean = netns_rig.home("b", nat="eim")
+    out = result(netns_rig.udptool(lossy.host, "blast", "40000", target, "500", "lossy"))
+    assert 300 <= out["received"] <= 475, out  # 20% configured: 100 expected, sd 9
+    out = result(netns_rig.udptool(clean.host, "blast", "40000", target, "500", "clean"))
+    assert out["received"] >= 450, out  # only the rule drops packets
+
+
+def test_delay_line_adds_the_configured_delay(make_rig: Any) -> None:
+    rig: Rig = make_rig(relay_link=Impair(delay_ms=20))
+    target = start_reflector(rig)[0]
+    home = rig.home("a", nat="eim", wan=Impair(delay_ms=30), lan=Impair(delay_ms=5, jitter_ms=5))
+    rtts = result(rig.udptool(home.host, "rtt", "40000", target, "5"))["rtts_ms"]
+    assert min(rtts) >= 2 * (20 + 30 + 5), rtts  # one-way delays, both directions, three links
+
+
+def test_rate_limit_caps_throughput(netns_rig: Rig) -> None:
+    target = start_reflector(netns_rig)[0]
+    home = netns_rig.home("a", nat="eim", wan=Impair(rate_kbit=1000))
+    out = result(netns_rig.udptool(home.host, "blast", "40000", target, "300", "rate", "1000"))
+    # what tbf can let through: the rate over the sending time, its 32 kbit burst and 400 ms of queue
+    limit_bits = 1000e3 * (out["elapsed"] + 0.4 + 0.1) + 32e3
+    assert 0 < out["received"] * 1028 * 8 <= limit_bits, out
+
+
+def test_teardown_kills_processes_and_removes_namespaces_even_halfway(
+    make_rig: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig: Rig = make_rig(public_subnet="203.0.113.0/29")  # room for the relay and one router
+    proc = rig.udptool(rig.relay, "reflect", "3478")
+    expect_line(proc, "^ready$")
+    rig.home("a", nat="eim")
+    with pytest.raises(RigError, match="full"):  # fails after creating the router's namespace
+        rig.home("b", nat="eim")
+    names = list(rig.namespaces)
+    assert any(n.endswith("-br") for n in names)
+    rig.close()
+    assert proc.poll() is not None
+    assert not set(names) & set(list_namespaces())
+    # the constructor fails after starting a process in a namespace of its own: all gone too
+    monkeypatch.setattr(rig_module, "DELAYLINE", rig_module.HERE / "no-such-delayline.py")
+    with pytest.raises(RigError, match="exited"):
+        Rig(relay_link=Impair(delay_ms=1), tag="half")
+    assert not [n for n in list_namespaces() if "-half-" in n]
+
+
+def test_helpers_run_inside_isolated_namespaces(netns_rig: Rig, tmp_path: Path) -> None:
+    links = netns_rig.run(netns_rig.relay, ["ip", "-o", "link", "show"])
+    assert links.returncode == 0
+    assert [line.split(":")[1].strip().split("@")[0] for line in links.stdout.splitlines()] == ["lo", "eth0"]
+    addrs = netns_rig.run(netns_rig.relay, ["ip", "-o", "-4", "addr", "show", "dev", "eth0"]).stdout
+    assert f" {netns_rig.relay.ip}/30 " in addrs
+    # the core router knows only the rig's own networks: anything else is a dead end, not the host's
+    assert netns_rig.run(netns_rig.pub, ["ip", "route", "get", "192.0.2.1"]).returncode != 0
+    with pytest.raises(RigError, match="timed out"):
+        netns_rig.run(netns_rig.relay, ["sleep", "30"], timeout=0.2)
+    target = tmp_path / "out.txt"
+    proc = netns_rig.python(netns_rig.relay, "-c", f"open({str(target)!r}, 'w').write('hello\\n')")
+    assert netns_rig.wait_file(target, proc) == "hello"
