@@ -1,4 +1,13 @@
-"""Real UDP sockets through asyncio's datagram transports."""
+"""Real UDP sockets on the running asyncio loop.
+
+asyncio's datagram transport reads one datagram per readiness callback, so every
+packet costs a full trip through the event loop.  Where the loop supports
+``add_reader`` (every selector loop: Linux, macOS, uvloop), :class:`UdpSocket`
+instead reads every queued datagram, up to :data:`READ_BATCH`, per readiness
+callback; work the receiver schedules with ``call_soon`` (such as QUIC transmits)
+then runs once per batch instead of once per packet.  Loops without
+``add_reader`` (Windows' proactor loop) use the datagram transport.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +18,16 @@ import socket
 from ..errors import NetworkError
 from .base import Address, DatagramReceiver
 
-__all__ = ["UdpNetwork", "UdpSocket"]
+__all__ = ["READ_BATCH", "UdpNetwork", "UdpSocket"]
 
 log = logging.getLogger("asgi_p2p.net")
 
 #: Kernel socket buffers; bulk QUIC on loopback drops packets with the defaults.
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: Most datagrams read per readiness callback (bounds one callback's work).
+READ_BATCH = 64
+#: Receive buffer size: the largest UDP payload.
+_MAX_UDP = 65535
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -35,10 +48,24 @@ class _Protocol(asyncio.DatagramProtocol):
 class UdpSocket:
     """A bound UDP socket (implements :class:`~asgi_p2p.net.DatagramSocket`)."""
 
-    def __init__(self, transport: asyncio.DatagramTransport) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        receiver: DatagramReceiver,
+        transport: asyncio.DatagramTransport | None = None,
+    ) -> None:
+        self._sock = sock
+        self._loop = loop
+        self._receiver = receiver
         self._transport = transport
-        sockname = transport.get_extra_info("sockname")
+        self._closed = False
+        #: Datagrams the kernel refused to queue (send buffer full, unreachable, ...).
+        self.send_errors = 0
+        sockname = sock.getsockname()
         self._local: Address = (str(sockname[0]), int(sockname[1]))
+        if transport is None:
+            loop.add_reader(sock.fileno(), self._read_ready)
 
     @property
     def local_address(self) -> Address:
@@ -50,16 +77,45 @@ class UdpSocket:
             return _interface_addresses(port, ipv6=host == "::")
         return [self._local]
 
+    def _read_ready(self) -> None:
+        recv = self._sock.recvfrom
+        receiver = self._receiver
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = recv(_MAX_UDP)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors surface here; UDP carries on
+                log.debug("udp error: %s", exc)
+                continue
+            try:
+                receiver(data, (str(addr[0]), int(addr[1])))
+            except Exception:  # a receiver bug must not kill the socket
+                log.exception("datagram receiver failed")
+            if self._closed:
+                return
+
     def sendto(self, data: bytes, addr: Address) -> None:
-        if self._transport.is_closing():
+        if self._closed:
             return
         try:
-            self._transport.sendto(data, addr)
-        except OSError as exc:  # unreachable network, etc.: UDP may drop
+            if self._transport is not None:
+                self._transport.sendto(data, addr)
+            else:
+                self._sock.sendto(data, addr)
+        except OSError as exc:  # buffer full, unreachable network, ...: UDP may drop
+            self.send_errors += 1
             log.debug("sendto %s failed: %s", addr, exc)
 
     def close(self) -> None:
-        self._transport.close()
+        if self._closed:
+            return
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()
+        else:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
 
 
 def _interface_addresses(port: int, ipv6: bool) -> list[Address]:
@@ -108,5 +164,9 @@ class UdpNetwork:
         except OSError as exc:
             sock.close()
             raise NetworkError(f"cannot bind UDP {host}:{port}: {exc.strerror or exc}") from exc
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(receiver), sock=sock)
-        return UdpSocket(transport)
+        sock.setblocking(False)
+        try:
+            return UdpSocket(sock, loop, receiver)
+        except NotImplementedError:  # no add_reader (proactor loop): one datagram per callback
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(receiver), sock=sock)
+            return UdpSocket(sock, loop, receiver, transport)

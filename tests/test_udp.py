@@ -1,0 +1,137 @@
+"""The real UDP socket: batched reads, receiver errors, close."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from asgi_p2p.net.udp import READ_BATCH, UdpNetwork
+
+
+class _Waiter:
+    """Wakes the test when ``predicate`` holds, checked after every datagram."""
+
+    def __init__(self, predicate: Callable[[], bool]) -> None:
+        self.predicate = predicate
+        self.event = asyncio.Event()
+
+    def check(self) -> None:
+        if self.predicate():
+            self.event.set()
+
+    async def wait(self, timeout: float = 5.0) -> None:
+        await asyncio.wait_for(self.event.wait(), timeout)
+
+
+async def _sender() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+async def test_queued_datagrams_are_read_in_one_batch_before_scheduled_work_runs() -> None:
+    loop = asyncio.get_running_loop()
+    got: list[bytes] = []
+    seen_before_flush: list[int] = []
+    n = 20
+    waiter = _Waiter(lambda: len(got) >= n)
+
+    def receiver(data: bytes, addr: tuple[str, int]) -> None:
+        if not got:
+            # What the endpoint does: schedule the transmit for after the batch.
+            loop.call_soon(lambda: seen_before_flush.append(len(got)))
+        got.append(data)
+        waiter.check()
+
+    sock = await UdpNetwork().bind("127.0.0.1", 0, receiver)
+    tx = await _sender()
+    try:
+        for i in range(n):  # all queued in the kernel before the loop looks at the socket
+            tx.sendto(i.to_bytes(2, "big"), sock.local_address)
+        await waiter.wait()
+        assert [int.from_bytes(d, "big") for d in got] == list(range(n))
+        assert seen_before_flush == [n]
+    finally:
+        tx.close()
+        sock.close()
+
+
+async def test_a_batch_is_bounded() -> None:
+    loop = asyncio.get_running_loop()
+    got: list[int] = []
+    marks: list[int] = []
+    n = READ_BATCH * 2 + 5
+    waiter = _Waiter(lambda: len(got) >= n)
+
+    def receiver(data: bytes, addr: tuple[str, int]) -> None:
+        if len(got) % READ_BATCH == 0:
+            loop.call_soon(lambda: marks.append(len(got)))
+        got.append(len(data))
+        waiter.check()
+
+    sock = await UdpNetwork().bind("127.0.0.1", 0, receiver)
+    tx = await _sender()
+    try:
+        for _ in range(n):
+            tx.sendto(b"x", sock.local_address)
+        await waiter.wait()
+        assert marks[0] == READ_BATCH  # the first callback stopped after READ_BATCH datagrams
+    finally:
+        tx.close()
+        sock.close()
+
+
+async def test_receiver_exception_does_not_stop_the_socket(caplog: pytest.LogCaptureFixture) -> None:
+    got: list[bytes] = []
+    waiter = _Waiter(lambda: bool(got))
+
+    def receiver(data: bytes, addr: tuple[str, int]) -> None:
+        if data == b"boom":
+            raise RuntimeError("receiver bug")
+        got.append(data)
+        waiter.check()
+
+    sock = await UdpNetwork().bind("127.0.0.1", 0, receiver)
+    tx = await _sender()
+    try:
+        tx.sendto(b"boom", sock.local_address)
+        tx.sendto(b"ok", sock.local_address)
+        await waiter.wait()
+        assert got == [b"ok"]
+        assert "datagram receiver failed" in caplog.text
+    finally:
+        tx.close()
+        sock.close()
+
+
+async def test_send_receive_and_close_is_idempotent() -> None:
+    got: list[tuple[bytes, tuple[str, int]]] = []
+    waiter = _Waiter(lambda: bool(got))
+
+    def receiver(data: bytes, addr: tuple[str, int]) -> None:
+        got.append((data, addr))
+        waiter.check()
+
+    a = await UdpNetwork().bind("127.0.0.1", 0, receiver)
+    b = await UdpNetwork().bind("127.0.0.1", 0, lambda d, addr: None)
+    b.sendto(b"hello", a.local_address)
+    await waiter.wait()
+    assert got == [(b"hello", b.local_address)]
+    b.close()
+    b.close()
+    b.sendto(b"after close", a.local_address)  # ignored, no error
+    a.close()
+
+
+async def test_bind_error_is_a_network_error() -> None:
+    from asgi_p2p.errors import NetworkError
+
+    a = await UdpNetwork().bind("127.0.0.1", 0, lambda d, addr: None)
+    try:
+        with pytest.raises(NetworkError, match=r"cannot bind UDP 127\.0\.0\.1"):
+            await UdpNetwork().bind("127.0.0.1", a.local_address[1], lambda d, addr: None)
+    finally:
+        a.close()
