@@ -41,8 +41,13 @@ class NetworkConfig:
     connection_receive_window: int = 4 * 1024 * 1024
     #: Most concurrent peer-opened bidirectional streams per connection.
     max_streams: int = 128
-    #: Largest UDP payload QUIC builds (1200 is safe on any internet path).
+    #: UDP payload size QUIC starts with and falls back to; every path must carry it
+    #: (1200 is safe on any internet path).
     max_datagram_size: int = 1200
+    #: Largest UDP payload the paths layer probes for on a direct path (RFC 8899); a
+    #: connection grows its datagrams to the largest probed size the path carries.
+    #: 0, or a value not above ``max_datagram_size``, turns probing off.
+    max_probe_datagram_size: int = 16384
     #: Connections waiting in a listener's ``accept`` queue.
     accept_queue_size: int = 128
 
@@ -55,6 +60,13 @@ class NetworkConfig:
             raise InvalidConfiguration(
                 f"max_datagram_size must be at least 1200 (QUIC minimum), got {self.max_datagram_size}"
             )
+        if self.max_probe_datagram_size > 65507:
+            raise InvalidConfiguration(
+                f"max_probe_datagram_size must be at most 65507 (largest UDP payload), "
+                f"got {self.max_probe_datagram_size}"
+            )
+        if self.max_datagram_size > 65507:
+            raise InvalidConfiguration(f"max_datagram_size must be at most 65507, got {self.max_datagram_size}")
         for name in (
             "max_message_size",
             "stream_send_buffer",
@@ -94,6 +106,11 @@ class NetworkConfig:
             if names:
                 raise InvalidConfiguration(f"{names[0]}: {exc}") from None
             raise
+
+    @property
+    def datagram_size_ceiling(self) -> int:
+        """The largest datagram size a connection may grow to (probing ceiling or the base size)."""
+        return max(self.max_datagram_size, self.max_probe_datagram_size)
 
     def replace(self, **changes: Any) -> NetworkConfig:
         return dataclasses.replace(self, **changes)

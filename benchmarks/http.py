@@ -6,7 +6,11 @@ Every server runs the same raw ASGI app as a subprocess on 127.0.0.1; the
 client (httpx) runs in this process.  Server CPU comes from psutil.  Needs the
 ``bench`` extra (hypercorn, uvicorn).  Rows:
 
-* asgi-p2p, max_datagram_size 1200 (any internet path) and a large one (loopback)
+* asgi-p2p with 1200-byte datagrams (safe on any internet path), and asgi-p2p as
+  configured by default, which probes the path and grows its datagrams on paths
+  that carry larger ones (loopback); the label shows the datagram size the client's
+  connection actually used (read from the connection), not an assumed one.  On a
+  checkout without path probing the second row configures ``--large-datagram``.
 * hypercorn 0.18 ``--quic-bind`` with httpx over an aioquic HTTP/3 transport defined here
 * uvicorn (h11) HTTP/1.1 with httpx's own transport
 """
@@ -66,17 +70,37 @@ async def app(scope, receive, send):
 # -- server side (subprocess) -----------------------------------------------------------------
 
 
-def serve_p2p(app_dir: str, max_datagram_size: int) -> None:
+def _p2p_config(max_datagram_size: int, probe: int) -> Any:
+    """NetworkConfig for a benchmark row: ``probe`` > 0 probes the path up to that size, 0 turns probing off."""
+    import dataclasses
+
+    from asgi_p2p import NetworkConfig
+
+    extra: dict[str, int] = {}
+    if any(f.name == "max_probe_datagram_size" for f in dataclasses.fields(NetworkConfig)):
+        extra["max_probe_datagram_size"] = probe
+    return NetworkConfig.from_env(max_datagram_size=max_datagram_size, keepalive_interval=0, **extra)
+
+
+def _probing_supported() -> bool:
+    import dataclasses
+
+    from asgi_p2p import NetworkConfig
+
+    return any(f.name == "max_probe_datagram_size" for f in dataclasses.fields(NetworkConfig))
+
+
+def serve_p2p(app_dir: str, max_datagram_size: int, probe: int) -> None:
     sys.path.insert(0, app_dir)
     import signal
 
     from bench_app import app  # type: ignore[import-not-found]
 
-    from asgi_p2p import Endpoint, NetworkConfig
+    from asgi_p2p import Endpoint
     from asgi_p2p.http import H3Server
 
     async def main() -> None:
-        config = NetworkConfig.from_env(max_datagram_size=max_datagram_size, keepalive_interval=0)
+        config = _p2p_config(max_datagram_size, probe)
         endpoint = await Endpoint.bind(host="127.0.0.1", config=config)
         server = H3Server(app, endpoint)
         await server.startup()
@@ -157,9 +181,18 @@ def _wait_tcp(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"server did not open port {port}")
 
 
-def start_p2p(app_dir: str, mds: int) -> ServerProc:
+def start_p2p(app_dir: str, mds: int, probe: int) -> ServerProc:
     proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve-p2p", app_dir, "--max-datagram-size", str(mds)],
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--serve-p2p",
+            app_dir,
+            "--max-datagram-size",
+            str(mds),
+            "--probe-datagram-size",
+            str(probe),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -344,11 +377,19 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def measure(
-    name: str, server: ServerProc, client: httpx.AsyncClient, base: str, n: int, conc: int, big_mib: int
+    name: str,
+    server: ServerProc,
+    client: httpx.AsyncClient,
+    base: str,
+    n: int,
+    conc: int,
+    big_mib: int,
+    on_phase: Callable[[], None] = lambda: None,
 ) -> Row:
     small = f"{base}/small"
     for _ in range(50):  # warm up (connection, code paths)
         assert (await client.get(small)).status_code == 200
+    on_phase()
 
     lat: list[float] = []
     cpu0, t0 = server.cpu(), time.perf_counter()
@@ -359,6 +400,7 @@ async def measure(
         assert r.status_code == 200
     seq_wall, seq_cpu = time.perf_counter() - t0, server.cpu() - cpu0
     seq = (n / seq_wall, _pct(lat, 0.5) * 1e3, _pct(lat, 0.99) * 1e3, seq_cpu / n * 1e3)
+    on_phase()
 
     clat: list[float] = []
     per_worker = n // conc
@@ -375,6 +417,7 @@ async def measure(
     conc_wall, conc_cpu = time.perf_counter() - t0, server.cpu() - cpu0
     done = per_worker * conc
     cc = (done / conc_wall, _pct(clat, 0.5) * 1e3, _pct(clat, 0.99) * 1e3, conc_cpu / done * 1e3)
+    on_phase()
 
     rates: list[float] = []
     cpus: list[float] = []
@@ -388,31 +431,41 @@ async def measure(
         assert got == big_mib * 1024 * 1024, got
         rates.append(got / wall / 1e6)
         cpus.append(server.cpu() - cpu0)
+        on_phase()
     return Row(name, *seq, *cc, statistics.median(rates), statistics.median(cpus) * 1e3)
 
 
-async def bench_p2p(app_dir: str, mds: int, args: argparse.Namespace) -> Row:
-    from asgi_p2p import Endpoint, NetworkConfig, NodeAddr, NodeId
+async def bench_p2p(app_dir: str, mds: int, probe: int, args: argparse.Namespace) -> Row:
+    from asgi_p2p import Endpoint, NodeAddr, NodeId
     from asgi_p2p.http import P2PTransport
 
-    server = start_p2p(app_dir, mds)
+    server = start_p2p(app_dir, mds, probe)
     try:
-        endpoint = await Endpoint.bind(
-            host="127.0.0.1", config=NetworkConfig.from_env(max_datagram_size=mds, keepalive_interval=0)
-        )
+        endpoint = await Endpoint.bind(host="127.0.0.1", config=_p2p_config(mds, probe))
         node_id = NodeId.parse(server.info["node_id"])
         transport = P2PTransport(endpoint, addrs=[NodeAddr(node_id, [server.info["addr"]])])
+        seen: set[int] = set()
+
+        def datagram_size() -> None:
+            # the size the connection builds now (PeerConnection.datagram_size where it exists)
+            for conn in endpoint.connections:
+                if conn.remote_node_id == node_id:
+                    seen.add(int(getattr(conn, "datagram_size", mds)))
+
         async with httpx.AsyncClient(transport=transport, timeout=60) as client:
             row = await measure(
-                f"asgi-p2p h3 (datagram {mds})",
+                "asgi-p2p h3",
                 server,
                 client,
                 f"https://{node_id}",
                 args.requests,
                 args.concurrency,
                 args.big_mib,
+                on_phase=datagram_size,
             )
         await endpoint.close()
+        sizes = "/".join(str(n) for n in sorted(seen)) or str(mds)
+        row.name = f"asgi-p2p h3 (datagram {sizes}{', probed' if probe > mds else ''})"
         return row
     finally:
         server.stop()
@@ -473,9 +526,13 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as app_dir:
         await asyncio.to_thread(Path(app_dir, "bench_app.py").write_text, APP_SOURCE)
+        if _probing_supported():
+            large = ("asgi-p2p probed", lambda: bench_p2p(app_dir, 1200, args.large_datagram, args))
+        else:
+            large = (f"asgi-p2p {args.large_datagram}", lambda: bench_p2p(app_dir, args.large_datagram, 0, args))
         steps: list[tuple[str, Callable[[], Awaitable[Row]]]] = [
-            ("asgi-p2p 1200", lambda: bench_p2p(app_dir, 1200, args)),
-            (f"asgi-p2p {args.large_datagram}", lambda: bench_p2p(app_dir, args.large_datagram, args)),
+            ("asgi-p2p 1200", lambda: bench_p2p(app_dir, 1200, 0, args)),
+            large,
         ]
         if not args.only_p2p:
             steps += [
@@ -497,13 +554,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--big-mib", type=int, default=10)
-    parser.add_argument("--large-datagram", type=int, default=16000)
+    parser.add_argument(
+        "--large-datagram",
+        type=int,
+        default=16384,
+        help="datagram size the second asgi-p2p row probes up to (or configures, without path probing)",
+    )
     parser.add_argument("--only-p2p", action="store_true")
     parser.add_argument("--serve-p2p", metavar="APP_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--max-datagram-size", type=int, default=1200, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-datagram-size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_p2p:
-        serve_p2p(args.serve_p2p, args.max_datagram_size)
+        serve_p2p(args.serve_p2p, args.max_datagram_size, args.probe_datagram_size)
         return
     asyncio.run(run(args))
 

@@ -197,3 +197,104 @@ def test_get_stream_and_is_closing() -> None:
     p.client.close()
     p.client.datagrams_to_send(p.now)  # the CONNECTION_CLOSE goes out: now closing
     assert hooks.is_closing(p.client)
+
+
+def test_max_datagram_size_can_grow_and_shrink_on_a_live_connection() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"), window=4 << 20)
+    p.start()
+    p.pump()
+    assert hooks.max_datagram_size(p.client) == 1200
+    hooks.set_max_datagram_size(p.client, 9000)
+    assert hooks.max_datagram_size(p.client) == 9000
+    assert p.client._loss.congestion_window >= 10 * 9000  # slow start: the initial window of the new size
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"z" * 200_000, end_stream=True)
+    sizes = [len(d) for d, _ in p.client.datagrams_to_send(p.now)]
+    assert max(sizes) > 8000 and all(s <= 9000 for s in sizes)
+    p.pending = []
+    for _ in range(40):  # deliver nothing of that flight: it is lost; then shrink
+        p.now += 0.05
+        t = p.client.get_timer()
+        if t is not None and t <= p.now:
+            p.client.handle_timer(p.now)
+        p.client.datagrams_to_send(p.now)
+        if hooks.pto_count(p.client) >= 2:
+            break
+    assert hooks.pto_count(p.client) >= 2  # black hole: consecutive probe timeouts
+    hooks.set_max_datagram_size(p.client, 1200)
+    got = 0
+    for _ in range(400):
+        p.now += 0.01
+        t = p.client.get_timer()
+        if t is not None and t <= p.now:
+            p.client.handle_timer(p.now)
+        for data, _ in p.client.datagrams_to_send(p.now):
+            assert len(data) <= 1200  # retransmissions are rebuilt at the new size
+            p.server.receive_datagram(data, CLIENT_ADDR, p.now)
+        for data, _ in p.server.datagrams_to_send(p.now):
+            p.client.receive_datagram(data, SERVER_ADDR, p.now)
+        while (ev := p.server.next_event()) is not None:
+            if isinstance(ev, StreamDataReceived):
+                got += len(ev.data)
+        if got == 200_000:
+            break
+    assert got == 200_000
+    assert hooks.pto_count(p.client) == 0  # acknowledgements reset it
+    with pytest.raises(ValueError, match="1200"):
+        hooks.set_max_datagram_size(p.client, 1000)
+
+
+def _datagram_pair(*, server_frame_limit: int = 65536, max_datagram_size: int = 1200) -> Pair:
+    """A handshaken Pair whose connections enabled DATAGRAM frames."""
+    p = Pair(SecretKey.from_seed("dg-client"), SecretKey.from_seed("dg-server"))
+    p.client._configuration.max_datagram_frame_size = 65536
+    p.client._configuration.max_datagram_size = max_datagram_size
+    p.client._max_datagram_size = max_datagram_size
+    p._server_cfg.max_datagram_frame_size = server_frame_limit
+    p.start()
+    p.pump()
+    assert p.client._handshake_confirmed
+    return p
+
+
+def _datagrams_received(p: Pair) -> list[bytes]:
+    from aioquic.quic.events import DatagramFrameReceived
+
+    p.pump()
+    return [ev.data for ev in p.events["server"] if isinstance(ev, DatagramFrameReceived)]
+
+
+@pytest.mark.parametrize("size", [1200, 1452, 9000])
+def test_max_datagram_frame_payload_fits_one_packet_and_one_more_byte_blocks(size: int) -> None:
+    p = _datagram_pair(max_datagram_size=size)
+    limit = hooks.max_datagram_frame_payload(p.client)
+    assert size - 40 < limit < size - 20  # header, connection id, tag, frame header
+    p.client.send_datagram_frame(b"a" * limit)
+    assert _datagrams_received(p) == [b"a" * limit]
+    assert hooks.pending_datagram_frames(p.client) == 0
+    # what the hook protects against: one byte more never leaves and blocks the queue
+    p.client.send_datagram_frame(b"b" * (limit + 1))
+    p.client.send_datagram_frame(b"c")
+    assert _datagrams_received(p) == [b"a" * limit]
+    assert hooks.pending_datagram_frames(p.client) == 2
+
+
+def test_max_datagram_frame_payload_respects_the_peer_limit() -> None:
+    p = _datagram_pair(server_frame_limit=100)
+    limit = hooks.max_datagram_frame_payload(p.client)
+    assert limit == 97  # frame type (1) + length (2 bytes from 64 on) + 97 = 100
+    p.client.send_datagram_frame(b"x" * limit)
+    assert _datagrams_received(p) == [b"x" * limit]
+    assert p.terminated("server") is None
+    p.client.send_datagram_frame(b"x" * (limit + 1))  # the peer closes the connection for this
+    p.pump()
+    assert p.terminated("server") is not None
+
+
+def test_max_datagram_frame_payload_is_zero_without_peer_support() -> None:
+    p = Pair(SecretKey.from_seed("dg-client"), SecretKey.from_seed("dg-server"))
+    p.client._configuration.max_datagram_frame_size = 65536
+    assert hooks.max_datagram_frame_payload(p.client) == 0  # before the handshake
+    p.start()
+    p.pump()
+    assert hooks.max_datagram_frame_payload(p.client) == 0  # the server did not enable datagrams

@@ -78,3 +78,28 @@ def test_sim_benchmark_prints_simulator_and_bare_aioquic_rows() -> None:
         delivered = int(rows[name].split("|")[6].strip().replace(",", ""))
         assert delivered >= 2 * 3 * 5, rows[name]
     assert rows["simulator QUIC packets/s vs bare aioquic"].split("|")[7].strip().endswith("x")
+
+
+def test_paths_benchmark_quick_run_prints_both_environments() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "paths.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "| metric | simulator (virtual time) | real UDP loopback (3 processes) | target |" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    for metric in (
+        "time to first byte via the relay, ms (connect + 64 B echo)",
+        "time until the path is direct, ms (from the connect call)",
+        "RTT direct, ms (median of 10)",
+        "RTT relayed, ms (median of 10)",
+        "bulk relayed, MB/s",
+    ):
+        assert metric in rows, f"missing row {metric!r}:\n{out}"
+        cells = [c.strip() for c in rows[metric].strip().strip("|").split("|")]
+        assert cells[1] != "n/a" and cells[2] != "n/a", rows[metric]
+    assert "met" in rows["bulk relayed / direct"] and "Machine:" in out

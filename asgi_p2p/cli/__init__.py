@@ -69,6 +69,9 @@ def _subcommands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], N
         pass
     else:
         cmds.update(serve.subcommands())
+    from . import relay  # the relay needs no HTTP layer
+
+    cmds.update(relay.subcommands())
     return cmds
 
 

@@ -8,16 +8,29 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidConfiguration, P2PError
 
+if TYPE_CHECKING:
+    from ..identity import NodeAddr
+    from ..paths.disco import PathInfo
+
 __all__ = [
     "LOG_LEVELS",
+    "RELAY_URL_ENV",
+    "add_discovery_args",
     "configure_logging",
     "describe_error",
+    "directory_addr",
+    "fmt_path",
     "load_env_file",
     "parse_env_file",
+    "relay_url_option",
 ]
+
+#: the home relay when ``--relay`` is not given (``serve`` and ``get``)
+RELAY_URL_ENV = "ASGI_P2P_RELAY_URL"
 
 LOG_LEVELS = {
     "critical": logging.CRITICAL,
@@ -138,3 +151,97 @@ def require_http() -> None:
         importlib.import_module("asgi_p2p.http")
     except ImportError as exc:
         raise P2PError(f"the HTTP layer (asgi_p2p.http) cannot be imported: {exc}") from None
+
+
+# -- NAT traversal and discovery options (serve and get) --------------------------------
+
+
+def add_relay_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, help_text: str) -> None:
+    p.add_argument("--relay", metavar="URL", help=f"{help_text} (default: ${RELAY_URL_ENV} if set)")
+
+
+def add_discovery_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, serving: bool) -> None:
+    """``--mdns``, ``--mdns-interface`` and ``--directory`` (shared by ``serve`` and ``get``)."""
+    if serving:
+        mdns_help = "announce this node on the LAN with mDNS (off by default: everyone on the LAN sees it)"
+        directory_help = (
+            "the directory that --publish publishes our signed record to: its ticket, or a relay URL "
+            "(relays serve one; default: the --relay)"
+        )
+    else:
+        mdns_help = "also look the node (or name) up on the LAN with mDNS"
+        directory_help = "look a node id or name up in this directory: its ticket, or a relay URL (relays serve one)"
+    p.add_argument("--mdns", action="store_true", help=mdns_help)
+    p.add_argument(
+        "--mdns-interface",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="use mDNS only on the interface with this address (repeatable; default: all)",
+    )
+    p.add_argument("--directory", metavar="TICKET_OR_RELAY_URL", help=directory_help)
+
+
+def relay_url_option(value: str | None) -> str | None:
+    """The relay URL from ``--relay`` or ``$ASGI_P2P_RELAY_URL`` (normalized), or None.
+
+    Raises :class:`InvalidConfiguration` with a one-line message if it does not parse.
+    """
+    source = "--relay"
+    text = value
+    if text is None:
+        text = os.environ.get(RELAY_URL_ENV, "").strip() or None
+        source = f"${RELAY_URL_ENV}"
+    if text is None:
+        return None
+    from ..relay.url import RelayUrl
+
+    try:
+        return str(RelayUrl.parse(text.strip()))
+    except InvalidConfiguration as exc:
+        raise InvalidConfiguration(f"{source}: {exc}") from None
+
+
+def directory_addr(text: str) -> NodeAddr:
+    """The directory node from ``--directory``: a ticket, or a relay URL (relays serve a directory too)."""
+    from ..errors import InvalidTicket
+    from ..relay.url import RELAY_URL_SCHEME, RelayUrl
+    from ..ticket import Ticket
+
+    text = text.strip()
+    if text.lower().startswith(f"{RELAY_URL_SCHEME}://"):
+        try:
+            return RelayUrl.parse(text).node_addr()
+        except InvalidConfiguration as exc:
+            raise InvalidConfiguration(f"--directory: {exc}") from None
+    try:
+        addr = Ticket.parse(text).to_node_addr()
+    except InvalidTicket as exc:
+        raise InvalidConfiguration(f"--directory: {exc} (expected a ticket or a relay URL)") from None
+    if not addr.direct_addresses and addr.relay_url is None:
+        raise InvalidConfiguration("--directory: the ticket has no address or relay to reach the directory at")
+    return addr
+
+
+def mdns_interfaces(items: list[str]) -> list[str] | None:
+    """``--mdns-interface`` values checked as IP addresses (None: every interface)."""
+    import ipaddress
+
+    for item in items:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise InvalidConfiguration(f"--mdns-interface: {item!r} is not an IP address") from None
+    return list(items) or None
+
+
+def fmt_addr(a: tuple[str, int]) -> str:
+    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+
+
+def fmt_path(path: PathInfo, relay_url: str | None) -> str:
+    """``direct 203.0.113.6:40000 rtt 21.3 ms`` or ``relay p2p-relay://...``."""
+    if path.kind == "direct" and path.addr is not None:
+        rtt = f" rtt {path.rtt * 1000:.1f} ms" if path.rtt is not None else ""
+        return f"direct {fmt_addr(path.addr)}{rtt}"
+    return f"relay {relay_url}" if relay_url else "relay"

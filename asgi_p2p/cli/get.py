@@ -1,7 +1,8 @@
 """``asgi-p2p get TICKET_OR_NODE[/path]``: curl for peers.
 
 Exit status (as curl's where they overlap): 0 on any HTTP response (unless
-``-f``), 22 for an HTTP status >= 400 with ``-f``, 7 when the peer cannot be
+``-f``), 22 for an HTTP status >= 400 with ``-f``, 6 when a node id or name
+cannot be resolved (``--directory``, ``--mdns``), 7 when the peer cannot be
 reached or authenticated, 23 when stdout closes early, 28 on timeout, 1 for
 anything else (bad arguments, unreadable files, protocol errors).
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
 import sys
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -22,25 +25,43 @@ from ..config import NetworkConfig
 from ..errors import (
     AuthenticationFailed,
     ConnectionFailed,
+    DiscoveryFailed,
+    InvalidTicket,
     NodeNotFound,
     NoRoute,
     P2PError,
     Timeout,
 )
 from ..identity import NodeAddr, NodeId, SecretKey
+from ..paths.disco import PathInfo
 from ..ticket import parse_target
-from ._common import LOG_LEVELS, configure_logging, describe_error, host_port, positive_float, require_http
+from ._common import (
+    LOG_LEVELS,
+    add_discovery_args,
+    add_relay_arg,
+    configure_logging,
+    describe_error,
+    directory_addr,
+    fmt_path,
+    host_port,
+    mdns_interfaces,
+    positive_float,
+    relay_url_option,
+    require_http,
+)
 
 if TYPE_CHECKING:
     import httpx
 
     from ..endpoint import Endpoint
+    from ..endpoint.connection import PeerConnection
 
 __all__ = ["add_get_args", "run_get"]
 
 log = logging.getLogger("asgi_p2p.cli")
 
 EXIT_ERROR = 1
+EXIT_RESOLVE = 6
 EXIT_CONNECT = 7
 EXIT_HTTP = 22
 EXIT_WRITE = 23
@@ -99,6 +120,20 @@ def add_get_args(p: argparse.ArgumentParser) -> None:
     keys.add_argument("--key-file", type=Path, metavar="PATH", help="identify with this key (default: ephemeral)")
     keys.add_argument("--ephemeral", action="store_true", help="use a new random identity (the default)")
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="warning", help="log level (default: warning)")
+    nat = p.add_argument_group("NAT traversal and discovery")
+    add_relay_arg(
+        nat,
+        "our relay (p2p-relay://NODE_ID@HOST:PORT), for a node we cannot reach directly; "
+        "by default the relay the ticket (or directory record) names",
+    )
+    add_discovery_args(nat, serving=False)
+    nat.add_argument(
+        "--wait-direct",
+        type=positive_float,
+        metavar="SECONDS",
+        help="after connecting through a relay, wait up to SECONDS for a direct (hole-punched) path before "
+        "sending the request, so that the transfer goes direct; sent over the relay if none appears",
+    )
 
 
 class _Fail(Exception):
@@ -145,18 +180,31 @@ def _exit_code_for(exc: BaseException) -> int:
     return EXIT_ERROR
 
 
-def _bind_host(addr: NodeAddr) -> str:
-    """A local address from which the node's first direct address is reachable."""
-    if not addr.direct_addresses:
+def _bind_host(addr: NodeAddr, *, lan: bool = False) -> str:
+    """A local address from which the node (and its relay) can be reached.
+
+    Loopback only when everything we will talk to is on loopback; otherwise the
+    wildcard of the family of the first address.
+    """
+    hosts = [h for h, _ in addr.direct_addresses]
+    if addr.relay_url is not None:
+        from ..relay.url import RelayUrl
+
+        with contextlib.suppress(P2PError):
+            hosts.append(RelayUrl.parse(addr.relay_url).host.strip("[]"))
+    if not hosts or lan:
         return "0.0.0.0"
-    host = addr.direct_addresses[0][0]
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return "localhost" if host == "localhost" else "0.0.0.0"
-    if ip.version == 6:
-        return "::1" if ip.is_loopback else "::"
-    return "127.0.0.1" if ip.is_loopback else "0.0.0.0"
+    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for host in hosts:
+        try:
+            ips.append(ipaddress.ip_address(host.split("%", 1)[0]))
+        except ValueError:
+            if host != "localhost":
+                return "0.0.0.0"
+            ips.append(ipaddress.ip_address("127.0.0.1"))
+    if ips[0].version == 6:
+        return "::1" if all(ip.is_loopback for ip in ips) else "::"
+    return "127.0.0.1" if all(ip.is_loopback for ip in ips) else "0.0.0.0"
 
 
 def _parse_headers(raw: list[str]) -> list[tuple[str, str]]:
@@ -187,65 +235,207 @@ def _read_data(items: list[str]) -> bytes | None:
 
 
 async def _get(args: argparse.Namespace) -> int:
-    import httpx
-
-    from ..endpoint import Endpoint
-    from ..http import P2PTransport
-
-    target = parse_target(args.target)
-    addr = target.addr
+    relay_opt = relay_url_option(args.relay)
+    if args.mdns_interface and not args.mdns:
+        raise _Fail(EXIT_ERROR, "--mdns-interface needs --mdns")
+    mdns_ifaces = mdns_interfaces(args.mdns_interface)
+    directory = directory_addr(args.directory) if args.directory is not None else None
+    can_discover = directory is not None or args.mdns
+    addr, name, path = _parse_target_or_name(args.target, can_discover)
     if args.addr:
+        if addr is None:
+            raise _Fail(EXIT_ERROR, "--addr needs a node id or ticket, not a name")
         addr = NodeAddr(addr.node_id, [*args.addr, *addr.direct_addresses], addr.relay_url)
-    if not addr.direct_addresses and addr.relay_url is None:
+    discover = name is not None or (addr is not None and not addr.direct_addresses and addr.relay_url is None)
+    if discover and not can_discover:
+        assert addr is not None
         raise NodeNotFound(
-            f"no address known for node {addr.node_id}; use its ticket (p2p1..., printed by `asgi-p2p serve`) "
-            "or add --addr HOST:PORT"
+            f"no address known for node {addr.node_id}; use its ticket (p2p1..., printed by `asgi-p2p serve`), "
+            "add --addr HOST:PORT, or look it up with --directory TICKET or --mdns"
         )
     headers = _parse_headers(args.headers)
     body = _read_data(args.data)
-    method = (args.method or ("HEAD" if args.head else "POST" if body is not None else "GET")).upper()
-    if body is not None and not any(n.lower() == "content-type" for n, _ in headers):
-        headers.append(("content-type", "application/x-www-form-urlencoded"))  # as curl does
     key = SecretKey.load(args.key_file) if args.key_file is not None else SecretKey.generate()
     base = NetworkConfig.from_env()
     config = base.replace(connect_timeout=min(base.connect_timeout, args.timeout))
-    verbose = args.verbose
-    url = f"https://{addr.node_id}{target.path}"
-
-    if verbose:
+    if args.verbose:
         kind = f"key {args.key_file}" if args.key_file else "ephemeral key"
         _v(f"* local node {key.node_id} ({kind})")
-        where = ", ".join(_fmt_addr(a) for a in addr.direct_addresses) or "(none)"
-        relay = f", relay {addr.relay_url}" if addr.relay_url else ""
-        _v(f"* peer node {addr.node_id} at {where}{relay}")
+
+    async def bind(near: NodeAddr, relay: str | None) -> Endpoint:
+        from ..endpoint import Endpoint
+
+        host = args.bind or _bind_host(NodeAddr(near.node_id, near.direct_addresses, relay), lan=args.mdns)
+        return await Endpoint.bind(key, host=host, port=0, config=config, relay_url=relay)
+
+    endpoint: Endpoint | None = None
+    try:
+        if discover:
+            assert directory is not None or args.mdns
+            near = directory if directory is not None else NodeAddr(key.node_id)
+            endpoint = await bind(near, relay_opt)
+            addr = await _discover(endpoint, addr, name, directory, mdns_ifaces, args)
+            # bind again, where the node (and the relay its record names) can be reached from
+            await endpoint.close()
+            endpoint = None
+        assert addr is not None
+        if endpoint is None:
+            endpoint = await bind(addr, relay_opt or addr.relay_url)
+        if args.verbose:
+            where = ", ".join(_fmt_addr(a) for a in addr.direct_addresses) or "(none)"
+            relay = f", relay {addr.relay_url}" if addr.relay_url else ""
+            _v(f"* peer node {addr.node_id} at {where}{relay}")
+            if endpoint.relay is not None:
+                _v(f"* our relay {endpoint.relay.relay_url}")
+        return await _fetch(endpoint, addr, path, headers, body, args)
+    finally:
+        if endpoint is not None:
+            await endpoint.close()
+
+
+def _parse_target_or_name(text: str, can_discover: bool) -> tuple[NodeAddr | None, str | None, str]:
+    """``(addr, None, path)`` for a ticket or node id, ``(None, name, path)`` for a name."""
+    from ..discovery.records import check_name
+
+    try:
+        target = parse_target(text)
+    except InvalidTicket as original:
+        s = text.strip()
+        for scheme in ("https://", "http://", "p2p://"):
+            if s.lower().startswith(scheme):
+                s = s[len(scheme) :]
+                break
+        cut = min((i for i in (s.find("/"), s.find("?")) if i >= 0), default=len(s))
+        head, path = s[:cut], s[cut:]
+        try:
+            if head.lower().startswith("p2p1"):
+                raise ValueError("a damaged ticket, not a name")
+            check_name(head)
+        except ValueError:
+            raise original from None  # not a name either: the ticket / node id error explains it
+        if not can_discover:
+            raise InvalidTicket(
+                f"{head!r} is not a ticket or node id; to look it up as a name, add --directory TICKET or --mdns"
+            ) from None
+        return None, head, path if path.startswith("/") else "/" + path
+    return target.addr, None, target.path
+
+
+async def _discover(
+    endpoint: Endpoint,
+    addr: NodeAddr | None,
+    name: str | None,
+    directory: NodeAddr | None,
+    mdns_ifaces: list[str] | None,
+    args: argparse.Namespace,
+) -> NodeAddr:
+    """Resolve a node id or name: what we were given (static), then the directory, then mDNS."""
+    from ..discovery import ChainedDiscovery, DirectoryClient, Discovery, MdnsDiscovery, StaticDiscovery
+
+    sources: list[Discovery] = []
+    if addr is not None:
+        sources.append(StaticDiscovery([addr]))
+    client: DirectoryClient | None = None
+    mdns: MdnsDiscovery | None = None
+    loop = asyncio.get_running_loop()
+    if directory is not None:
+        offset = time.time() - loop.time()  # records carry wall-clock expiry times
+        client = DirectoryClient(endpoint, directory, clock_offset=offset, timeout=min(args.timeout, 10.0))
+        sources.append(client)
+    if args.mdns:
+        mdns = MdnsDiscovery(interfaces=mdns_ifaces, timeout=min(args.timeout, 3.0))
+        sources.append(mdns)
+    chain = ChainedDiscovery(sources, timeout=args.timeout)
+    what = f"name {name!r}" if name is not None else f"node {addr.node_id.fmt_short() if addr else '?'}"
+    start = loop.time()
+    try:
+        if name is not None:
+            found = await chain.resolve_name(name)
+        else:
+            assert addr is not None
+            found = await chain.resolve(addr.node_id)
+    except DiscoveryFailed as exc:
+        raise _Fail(EXIT_RESOLVE, describe_error(exc)) from None
+    finally:
+        if client is not None:
+            await client.close()
+        if mdns is not None:
+            await mdns.close()
+    if args.verbose:
+        where = ", ".join(_fmt_addr(a) for a in found.direct_addresses) or "no direct address"
+        relay = f", relay {found.relay_url}" if found.relay_url else ""
+        _v(f"* resolved {what} to node {found.node_id} ({where}{relay}) in {(loop.time() - start) * 1000:.0f} ms")
+    return found
+
+
+async def _fetch(
+    endpoint: Endpoint,
+    addr: NodeAddr,
+    path: str,
+    headers: list[tuple[str, str]],
+    body: bytes | None,
+    args: argparse.Namespace,
+) -> int:
+    import httpx
+
+    from ..http import P2PTransport
+    from ..http.client import connect_h3
+
+    method = (args.method or ("HEAD" if args.head else "POST" if body is not None else "GET")).upper()
+    if body is not None and not any(n.lower() == "content-type" for n, _ in headers):
+        headers.append(("content-type", "application/x-www-form-urlencoded"))  # as curl does
+    verbose = args.verbose
+    url = f"https://{addr.node_id}{path}"
+    loop = asyncio.get_running_loop()
 
     async with AsyncExitStack() as stack:
-        endpoint = await Endpoint.bind(key, host=args.bind or _bind_host(addr), port=0, config=config)
-        stack.push_async_callback(endpoint.close)
         transport = P2PTransport(endpoint)
         transport.add_addr(addr)
         client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(args.timeout))
         await stack.enter_async_context(client)
         request = client.build_request(method, url, headers=headers, content=body)
-        if verbose:
-            _v(f"> {method} {target.path} HTTP/3")
-            for name, value in request.headers.multi_items():
-                _v(f"> {name}: {value}")
-            if body is not None:
-                _v(f"> ({len(body)} bytes of body)")
 
         def failure(exc: httpx.HTTPError) -> _Fail:
             text = _describe_http_error(exc, addr, args.timeout, ephemeral=args.key_file is None)
             return _Fail(_exit_code_for(exc), text)
 
-        start = asyncio.get_running_loop().time()
+        start = loop.time()
+        # connect first (the request reuses the connection), so that -v sees the path from the start
+        try:
+            async with asyncio.timeout(args.timeout):
+                await connect_h3(endpoint, addr)
+        except (P2PError, TimeoutError) as exc:
+            err: httpx.HTTPError
+            if isinstance(exc, TimeoutError):
+                err = httpx.ConnectTimeout(str(exc) or "connecting to the peer timed out", request=request)
+            else:
+                err = httpx.ConnectError(str(exc), request=request)
+            err.__cause__ = exc
+            raise failure(err) from None
+        conn = _h3_connection(endpoint, addr.node_id)
+        watcher = _PathWatcher(endpoint, conn, start, verbose=verbose)
+        stack.callback(watcher.stop)
+        if verbose:
+            _verbose_connection(endpoint, conn, addr.node_id, loop.time() - start)
+            watcher.show()
+        watcher.start()
+        if args.wait_direct is not None:
+            await watcher.wait_direct(args.wait_direct)
+        if verbose:
+            _v(f"> {method} {path} HTTP/3")
+            for name, value in request.headers.multi_items():
+                _v(f"> {name}: {value}")
+            if body is not None:
+                _v(f"> ({len(body)} bytes of body)")
+
+        sent = loop.time()
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise failure(exc) from None
         try:
             if verbose:
-                _verbose_connection(endpoint, addr.node_id, asyncio.get_running_loop().time() - start)
+                _v(f"* response headers after {(loop.time() - sent) * 1000:.1f} ms")
                 _v(f"< HTTP/3 {response.status_code} {response.reason_phrase}")
                 for name, value in response.headers.multi_items():
                     _v(f"< {name}: {value}")
@@ -267,7 +457,99 @@ async def _get(args: argparse.Namespace) -> int:
             raise failure(exc) from None
         finally:
             await response.aclose()
+        if verbose:
+            _v(f"* done after {(loop.time() - start):.2f} s; path at the end: {watcher.describe()}")
     return 0
+
+
+def _h3_connection(endpoint: Endpoint, node_id: NodeId) -> PeerConnection | None:
+    from ..http import H3_ALPN
+
+    for conn in endpoint.connections:
+        if conn.remote_node_id == node_id and conn.alpn == H3_ALPN:
+            return conn
+    return None
+
+
+class _PathWatcher:
+    """Follows the path of the connection to the peer: prints changes (-v), waits for a direct one."""
+
+    def __init__(self, endpoint: Endpoint, conn: PeerConnection | None, start: float, *, verbose: bool) -> None:
+        self.endpoint = endpoint
+        self.conn = conn
+        self.start_time = start
+        self.verbose = verbose
+        self.direct = asyncio.Event()
+        self._shown: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._check()
+
+    def is_direct(self) -> bool:
+        """True once a direct path is confirmed (a probe to it was answered), not merely tried."""
+        conn = self.conn
+        if conn is None or conn.remote_node_id is None:
+            return False
+        peer = self.endpoint.peer_paths(conn.remote_node_id)
+        if peer is None:  # no paths layer state: the connection's own address is all there is
+            return conn.path.kind == "direct" and self.endpoint.relay is None
+        return peer.path.kind == "direct" and conn.path.kind == "direct"
+
+    def describe(self) -> str:
+        conn = self.conn
+        if conn is None:
+            return "unknown (connection closed)"
+        relay = self.endpoint.relay
+        relay_url = relay.relay_url if relay is not None else None
+        path = conn.path
+        if path.kind == "direct" and not self.is_direct() and relay is not None and relay.connected:
+            # packets go both ways until a probe answers: the relay is what carries them
+            assert path.addr is not None
+            return f"{fmt_path(PathInfo('relay'), relay_url)} (trying direct {_fmt_addr(path.addr)})"
+        return fmt_path(path, relay_url)
+
+    def _key(self) -> str:
+        text = self.describe()
+        return text.split(" rtt ", 1)[0]  # RTT updates alone are not path changes
+
+    def _check(self) -> None:
+        if self.is_direct():
+            self.direct.set()
+
+    def show(self, reason: str | None = None) -> None:
+        self._shown = self._key()
+        if not self.verbose:
+            return
+        if reason is None:
+            _v(f"* path: {self.describe()}")
+        else:
+            elapsed = asyncio.get_running_loop().time() - self.start_time
+            _v(f"* path: {self.describe()} (after {elapsed:.2f} s: {reason})")
+
+    def start(self) -> None:
+        if self.conn is not None:
+            self._task = asyncio.ensure_future(self._watch(self.conn))
+
+    async def _watch(self, conn: PeerConnection) -> None:
+        async for event in conn.path_events():
+            self._check()
+            if self._key() != self._shown:
+                self.show(event.reason)
+
+    async def wait_direct(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a confirmed direct path (then go on either way)."""
+        if self.direct.is_set():
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self.direct.wait()
+        except TimeoutError:
+            if self.verbose:
+                _v(f"* no direct path within {timeout:g} s; sending over {self.describe()}")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 def _describe_http_error(exc: BaseException, addr: NodeAddr, timeout: float, *, ephemeral: bool) -> str:
@@ -304,17 +586,19 @@ def _v(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _verbose_connection(endpoint: Endpoint, node_id: NodeId, elapsed: float) -> None:
-    for conn in endpoint.connections:
-        if conn.remote_node_id == node_id:
-            _v(
-                f"* connected to node {node_id} at {_fmt_addr(conn.address)}: ALPN {conn.alpn}, "
-                f"rtt {conn.smoothed_rtt * 1000:.2f} ms, identity proven by mutual TLS (Ed25519)"
-            )
-            break
+def _verbose_connection(endpoint: Endpoint, conn: PeerConnection | None, node_id: NodeId, elapsed: float) -> None:
+    if conn is not None:
+        relay = endpoint.relay
+        ways = [_fmt_addr(conn.direct_address)] if conn.direct_address is not None else []
+        if relay is not None:
+            ways.append(f"relay {relay.relay_url}")
+        _v(
+            f"* connected to node {node_id} (dialled {' and '.join(ways)}): ALPN {conn.alpn}, "
+            f"rtt {conn.smoothed_rtt * 1000:.2f} ms, identity proven by mutual TLS (Ed25519)"
+        )
     else:
         _v(f"* connected to node {node_id}")
-    _v(f"* response headers after {elapsed * 1000:.1f} ms")
+    _v(f"* connected after {elapsed * 1000:.1f} ms")
 
 
 async def _copy(response: httpx.Response, out: IO[bytes]) -> None:

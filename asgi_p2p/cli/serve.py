@@ -16,16 +16,20 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import NetworkConfig
 from ..errors import InvalidConfiguration, InvalidNodeId, P2PError
-from ..identity import NodeId, SecretKey, load_or_create_key
+from ..identity import NodeAddr, NodeId, SecretKey, load_or_create_key
 from . import _common
 from ._common import LOG_LEVELS, configure_logging, describe_error, port_number, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from ..endpoint import Endpoint
 
 __all__ = ["import_app", "read_allow_file", "subcommands"]
 
@@ -106,6 +110,19 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
     p.add_argument("--ticket-file", type=Path, metavar="PATH", help="write the ticket to PATH once serving")
+    nat = p.add_argument_group("NAT traversal and discovery (nothing is published anywhere unless asked)")
+    _common.add_relay_arg(
+        nat,
+        "home relay (p2p-relay://NODE_ID@HOST:PORT): peers that cannot reach us directly go through it, "
+        "hole punching is signalled through it; the ticket then carries it and the address it sees us at",
+    )
+    _common.add_discovery_args(nat, serving=True)
+    nat.add_argument(
+        "--publish",
+        action="store_true",
+        help="publish our signed record (addresses, relay, --name) to --directory (default: the --relay's directory)",
+    )
+    nat.add_argument("--name", metavar="NAME", help="a name for this node in --directory and mDNS (e.g. music.home)")
 
 
 # -- app loading --------------------------------------------------------------------
@@ -191,6 +208,29 @@ def _secret_key(args: argparse.Namespace) -> SecretKey:
     return key
 
 
+def _check_discovery_args(args: argparse.Namespace) -> None:
+    """Validate --relay, --mdns*, --directory, --publish and --name (sets args.relay_url, ...)."""
+    args.relay_url = _common.relay_url_option(args.relay)
+    if args.mdns_interface and not args.mdns:
+        raise InvalidConfiguration("--mdns-interface needs --mdns")
+    args.mdns_ifaces = _common.mdns_interfaces(args.mdns_interface)
+    if args.directory is not None and not args.publish:
+        raise InvalidConfiguration("--directory: add --publish to publish this node's record there")
+    directory = args.directory if args.directory is not None else args.relay_url if args.publish else None
+    if args.publish and directory is None:
+        raise InvalidConfiguration("--publish needs a directory: --directory TICKET_OR_RELAY_URL, or --relay URL")
+    args.directory_addr = _common.directory_addr(directory) if directory is not None else None
+    if args.name is not None:
+        if not (args.publish or args.mdns):
+            raise InvalidConfiguration("--name is published with --publish or --mdns; add one of them")
+        from ..discovery.records import check_name
+
+        try:
+            check_name(args.name)
+        except ValueError as exc:
+            raise InvalidConfiguration(f"--name: {exc}") from None
+
+
 def _write_ticket_file(path: Path, ticket: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -211,6 +251,7 @@ def run_serve(args: argparse.Namespace) -> int:
         overrides["max_datagram_size"] = args.max_datagram_size
     config = NetworkConfig.from_env(**overrides)
     allow = _allow_list(args)
+    _check_discovery_args(args)
     key = _secret_key(args)
     try:
         app = import_app(args.app, factory=args.factory, app_dir=args.app_dir)
@@ -269,7 +310,10 @@ async def _serve(
             loop.add_signal_handler(sig, on_signal, sig.name)
             handled.append(sig)
 
-    endpoint = await Endpoint.bind(key, host=args.host, port=args.port, allow=allow, config=config)
+    endpoint = await Endpoint.bind(
+        key, host=args.host, port=args.port, allow=allow, config=config, relay_url=args.relay_url
+    )
+    published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)
     try:
         server_kwargs: dict[str, Any] = {
             "root_path": args.root_path,
@@ -291,10 +335,14 @@ async def _serve(
             print("asgi-p2p: error: interrupted during application startup", file=sys.stderr)
             return 1
         starting.result()
-        ticket = Ticket.from_node_addr(endpoint.node_addr()).encode()
+        if endpoint.relay is not None:
+            await _wait_relay(endpoint, config.connect_timeout, stop)
+        node_addr = endpoint.node_addr()
+        ticket = Ticket.from_node_addr(node_addr).encode()
+        await _publish(endpoint, node_addr, args, published)
         if args.ticket_file is not None:
             _write_ticket_file(args.ticket_file, ticket)
-        _announce(args, endpoint.node_id, endpoint.local_address, ticket, allow)
+        _announce(args, endpoint, ticket, allow)
         await stop.wait()
         shutdown = asyncio.ensure_future(server.shutdown())
         forced = asyncio.ensure_future(force.wait())
@@ -310,27 +358,105 @@ async def _serve(
         log.info("stopped")
         return 0
     finally:
+        for source in reversed(published):
+            await _unpublish(source)
         await endpoint.close()
         for sig in handled:
             loop.remove_signal_handler(sig)
 
 
-def _announce(
-    args: argparse.Namespace,
-    node_id: NodeId,
-    local: tuple[str, int],
-    ticket: str,
-    allow: list[NodeId] | None,
-) -> None:
-    host, port = local[0], local[1]
+async def _wait_relay(endpoint: Endpoint, timeout: float, stop: asyncio.Event) -> None:
+    """Wait (at most ``timeout``) for the relay, so that the ticket carries the address it sees us at.
+
+    A relay that does not answer is not fatal: the relay client keeps trying in the
+    background, and the ticket still names the relay.  A signal ends the wait early.
+    """
+    relay = endpoint.relay
+    assert relay is not None
+    waiting = asyncio.ensure_future(relay.wait_connected(timeout))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not waiting.done():
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await waiting
+        return
+    exc = waiting.exception()
+    if exc is not None:
+        log.warning(
+            "relay %s is not connected yet (%s); serving anyway, still trying to reach it",
+            relay.relay_url,
+            describe_error(exc),
+        )
+
+
+async def _publish(endpoint: Endpoint, node_addr: NodeAddr, args: argparse.Namespace, published: list[Any]) -> None:
+    """``--publish`` to ``--directory`` and ``--mdns``: announce our record where asked (nowhere by default)."""
+    if args.directory_addr is not None:
+        from ..discovery import DirectoryClient
+
+        # records carry wall-clock expiry times (the shared clock of every directory)
+        offset = time.time() - asyncio.get_running_loop().time()
+        directory = DirectoryClient(endpoint, args.directory_addr, clock_offset=offset)
+        try:
+            await directory.publish(node_addr, args.name)
+        except P2PError as exc:
+            await directory.close()
+            raise P2PError(f"--publish: {describe_error(exc)}") from None
+        published.append(directory)
+        log.info("published our record to directory %s", args.directory_addr.node_id.fmt_short())
+    if args.mdns:
+        from ..discovery import MdnsDiscovery
+
+        print(
+            "asgi-p2p: warning: --mdns announces this node (its id, addresses"
+            f"{' and name' if args.name else ''}) to every device on the LAN",
+            file=sys.stderr,
+            flush=True,
+        )
+        mdns = MdnsDiscovery(interfaces=args.mdns_ifaces)
+        try:
+            await mdns.publish(node_addr, args.name)
+        except (P2PError, ValueError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await mdns.close()
+            raise P2PError(f"--mdns: {describe_error(exc)}") from None
+        published.append(mdns)
+
+
+async def _unpublish(source: Any) -> None:
+    """Withdraw a record at shutdown (best effort: it expires by itself anyway)."""
+    try:
+        async with asyncio.timeout(2.0):
+            await source.unpublish()
+    except (P2PError, TimeoutError, OSError) as exc:
+        log.info("could not withdraw our record from %s: %s", getattr(source, "label", source), describe_error(exc))
+    finally:
+        with contextlib.suppress(Exception):
+            await source.close()
+
+
+def _announce(args: argparse.Namespace, endpoint: Endpoint, ticket: str, allow: list[NodeId] | None) -> None:
+    host, port = endpoint.local_address[0], endpoint.local_address[1]
     udp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     who = "any node" if allow is None else f"{len(allow)} allowed node(s)"
     lines = [
         f"asgi-p2p: serving {args.app} over HTTP/3 (udp {udp}, {who})",
-        f"  node id  {node_id}",
+        f"  node id  {endpoint.node_id}",
         f"  ticket   {ticket}",
         f"  try      asgi-p2p get {ticket}/",
     ]
+    relay = endpoint.relay
+    if relay is not None:
+        seen = relay.observed_address
+        where = f" (sees us at {_common.fmt_addr(seen)})" if seen is not None else " (not connected yet)"
+        lines.append(f"  relay    {relay.relay_url}{where}")
+    if args.directory_addr is not None:
+        named = f" as {args.name!r}" if args.name else ""
+        lines.append(f"  published to directory {args.directory_addr.node_id}{named}")
+    if args.mdns:
+        lines.append(f"  mdns     announced on {', '.join(args.mdns_ifaces or ['every interface'])}")
     if host in ("127.0.0.1", "::1", "localhost"):
         lines.append("  (bound to loopback: only this machine can connect; use --host 0.0.0.0 for others)")
     print("\n".join(lines), flush=True)

@@ -21,6 +21,17 @@ Hooks:
   credit grows as the application *reads* (aioquic grows it as data *arrives*).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
 * :func:`get_stream`, :func:`is_closing` - ``QuicConnection._streams`` and ``._state``.
+* :func:`set_max_datagram_size` / :func:`max_datagram_size` - change the UDP
+  payload size a live connection builds (``QuicConnection._max_datagram_size``,
+  read by every ``QuicPacketBuilder``) and the state derived from it: the
+  congestion controller's and pacer's ``_max_datagram_size`` (window growth,
+  minimum window, pacing burst) and, when growing before any loss, the initial
+  congestion window.  aioquic has no API for this (it never changes the size
+  after ``__init__``), and it neither sends nor honours the peer's
+  ``max_udp_payload_size`` transport parameter (it only checks it is >= 1200),
+  so a receiver accepts any datagram size: the paths layer probes each path.
+* :func:`pto_count` - ``QuicPacketRecovery._pto_count``: consecutive probe
+  timeouts without an acknowledgement (black-hole detection).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aioquic import tls
+from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicConnectionState
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
@@ -46,7 +58,10 @@ __all__ = [
     "install_identity_hooks",
     "install_receive_credit",
     "is_closing",
+    "max_datagram_size",
     "peer_public_key",
+    "pto_count",
+    "set_max_datagram_size",
     "set_peer_stream_limit",
     "smoothed_rtt",
     "unacked_bytes",
@@ -200,3 +215,91 @@ def get_stream(quic: QuicConnection, stream_id: int) -> QuicStream | None:
 def is_closing(quic: QuicConnection) -> bool:
     """True once the connection is closing, draining or terminated (``QuicConnection._state``)."""
     return quic._state in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING, QuicConnectionState.TERMINATED)
+
+
+#: QUIC's smallest allowed datagram size (RFC 9000 section 14).
+SMALLEST_DATAGRAM_SIZE = 1200
+
+
+def max_datagram_size(quic: QuicConnection) -> int:
+    """The UDP payload size the connection builds now (``QuicConnection._max_datagram_size``)."""
+    return int(quic._max_datagram_size)
+
+
+def set_max_datagram_size(quic: QuicConnection, size: int) -> None:
+    """Build datagrams of up to ``size`` bytes from now on (and adapt congestion control).
+
+    Packets already sent keep their size; lost data is retransmitted in new
+    packets of the new size (aioquic retransmits frames, not packets).  The
+    congestion window is kept in bytes; when the size grows, a connection that
+    never lost a packet (still in slow start) gets at least the initial window
+    of the new size, and every connection at least the minimum window.
+    """
+    if not SMALLEST_DATAGRAM_SIZE <= size <= 65527:
+        raise ValueError(f"datagram size must be in {SMALLEST_DATAGRAM_SIZE}..65527, got {size}")
+    old = quic._max_datagram_size
+    if size == old:
+        return
+    quic._max_datagram_size = size
+    loss = quic._loss
+    loss._pacer._max_datagram_size = size
+    cc = loss._cc
+    if hasattr(cc, "_max_datagram_size"):  # reno and cubic keep a copy
+        cc._max_datagram_size = size
+    if hasattr(cc, "additive_increase_factor"):  # cubic
+        cc.additive_increase_factor = size
+    if size > old:
+        floor = (K_INITIAL_WINDOW if cc.ssthresh is None else K_MINIMUM_WINDOW) * size
+        if cc.congestion_window < floor:
+            cc.congestion_window = floor
+
+
+def pto_count(quic: QuicConnection) -> int:
+    """Probe timeouts in a row without an acknowledgement (``QuicPacketRecovery._pto_count``)."""
+    return int(quic._loss._pto_count)
+
+
+# -- QUIC DATAGRAM frames (RFC 9221), used by the relay ------------------------------
+
+#: A 1-RTT packet's fixed header bytes besides the destination connection id: the first
+#: byte and aioquic's 2-byte packet number (``packet_builder.PACKET_NUMBER_SEND_SIZE``).
+_SHORT_HEADER_FIXED = 3
+#: The AEAD tag of every QUIC packet (AES-GCM and ChaCha20-Poly1305 alike).
+_AEAD_TAG_SIZE = 16
+
+
+def _varint_size(value: int) -> int:
+    return 1 if value < 0x40 else 2 if value < 0x4000 else 4 if value < 0x40000000 else 8
+
+
+def max_datagram_frame_payload(quic: QuicConnection) -> int:
+    """Largest payload :meth:`QuicConnection.send_datagram_frame` can carry now (0: none).
+
+    aioquic checks nothing when queueing a DATAGRAM frame: one that exceeds the
+    peer's ``max_datagram_frame_size`` transport parameter (private
+    ``QuicConnection._remote_max_datagram_frame_size``) makes the peer close
+    the connection, and one that does not fit an otherwise empty 1-RTT packet
+    of the connection's current datagram size (``_max_datagram_size``, minus
+    the header with the peer's connection id ``_peer_cid`` and the AEAD tag)
+    stays first in ``_datagrams_pending`` forever, blocking every later one.
+    Returns 0 before the handshake or when the peer did not enable datagrams.
+    The value changes when the connection's datagram size does: check it
+    before every send.
+    """
+    remote = quic._remote_max_datagram_frame_size
+    if not remote:
+        return 0
+    room = int(quic._max_datagram_size) - _SHORT_HEADER_FIXED - len(quic._peer_cid.cid) - _AEAD_TAG_SIZE
+    limit = min(room, int(remote))  # both bound the whole frame: type (1) + length + payload
+    payload = limit - 1 - _varint_size(limit)
+    while payload > 0 and 1 + _varint_size(payload) + payload > limit:
+        payload -= 1
+    return max(payload, 0)
+
+
+def pending_datagram_frames(quic: QuicConnection) -> int:
+    """DATAGRAM frames queued and not yet sent (``QuicConnection._datagrams_pending``).
+
+    The queue is unbounded in aioquic; callers bound it by checking this first.
+    """
+    return len(quic._datagrams_pending)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import (
@@ -23,6 +26,7 @@ from ..errors import AuthenticationFailed, ConnectionClosed, ConnectionFailed, P
 from ..errors import StreamReset as StreamResetError
 from ..identity import NodeId
 from ..net.base import Address
+from ..paths.disco import PathInfo
 from . import _aioquic_hooks as hooks
 from .base import ConnectionHandler
 
@@ -38,6 +42,13 @@ _CRYPTO_ERROR = 0x100
 _AUTH_ALERTS = {42, 43, 46, 48, 49, 51, 116}  # bad/unsupported/unknown cert, unknown CA, access denied, ...
 #: Application close code: the endpoint refused the connection (limits, shutdown).
 REFUSED = 0x2
+#: ALPNs of relay connections (asgi_p2p.relay.proto.RELAY_ALPN); not imported: layers import downward
+_RELAY_ALPN_PREFIX = "asgi-p2p/relay"
+#: datagrams a connection sends before its path's datagram size is probed: short
+#: exchanges (a few requests) never pay for size probes, bulk transfers do at once
+_BULK_DATAGRAMS = 24
+#: probe timeouts in a row, while sending datagrams above the base size, that mean a black hole
+_BLACK_HOLE_PTOS = 2
 
 
 def close_error(event: ConnectionTerminated, *, during_handshake: bool) -> P2PError:
@@ -52,6 +63,19 @@ def close_error(event: ConnectionTerminated, *, during_handshake: bool) -> P2PEr
         error_code=event.error_code,
         reason=event.reason_phrase,
     )
+
+
+RELAY_PATH = PathInfo("relay")
+
+
+@dataclass(frozen=True)
+class PathEvent:
+    """A connection's path or datagram size changed (see :meth:`PeerConnection.path_events`)."""
+
+    at: float  #: loop time
+    path: PathInfo  #: the path now
+    datagram_size: int  #: the UDP payload size QUIC builds now
+    reason: str
 
 
 class PeerConnection:
@@ -72,10 +96,29 @@ class PeerConnection:
         is_client: bool,
         expected_node_id: NodeId | None,
         config: NetworkConfig,
+        direct_address: Address | Literal[False] | None = False,
+        relay_peer: NodeId | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.quic = quic
+        #: The peer's address as QUIC sees it: fixed for the connection's life, so that
+        #: aioquic never sees a new address (no migration, no path validation).  A real
+        #: address for a direct dial or accept; a virtual one when the peer came via the relay.
         self.address = address
+        #: The real address the connection was dialed to or accepted from (None via the relay).
+        self.direct_address: Address | None = address if direct_address is False else direct_address
+        #: For a connection accepted through the relay: the node the relay says sent it.
+        self.relay_peer = relay_peer
+        # where transmit() sends: a direct address and/or a node through the relay
+        # (kept current by the paths layer, see PeerPaths.update_routes)
+        self._route: tuple[Address | None, NodeId | None] = (self.direct_address, relay_peer)
+        self._path_queues: list[collections.deque[PathEvent]] = []
+        # datagrams left before this connection counts as sending bulk data (which
+        # starts the search for larger datagram sizes on its path)
+        self._quiet_datagrams = _BULK_DATAGRAMS
+        self._path_waiter: asyncio.Future[None] | None = None
+        #: Called with each :class:`PathEvent` (path or datagram size change) of this connection.
+        self.on_path_change: list[Callable[[PathEvent], None]] = []
         self.is_client = is_client
         self.config = config
         self.remote_node_id: NodeId | None = expected_node_id
@@ -135,17 +178,58 @@ class PeerConnection:
 
     # -- I/O -------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        self.quic.receive_datagram(data, addr, self.loop.time())
+    def datagram_received(self, data: bytes, addr: Address | None) -> None:
+        """A datagram for this connection from ``addr`` (None: through the relay).
+
+        QUIC always sees :attr:`address`: the paths layer, not QUIC, decides which
+        of the peer's paths are valid (disco probes), so packets from any of them count.
+        """
+        if addr is not None and addr != self._route[0] and addr != self.direct_address and self._ready.done():
+            # the peer sends from an address we do not send to (NAT rebinding, a new
+            # interface): let the paths layer probe it now rather than after a timeout
+            self.endpoint._new_source(self, addr)
+        self.quic.receive_datagram(data, self.address, self.loop.time())
         self._process_events()
-        self.transmit()
+        self.schedule_transmit()
+
+    # set while a deferred transmit() is queued on the loop
+    _tx_scheduled = False
+
+    def schedule_transmit(self) -> None:
+        """Call :meth:`transmit` once the callbacks already queued on the loop have run.
+
+        What one loop iteration produces then leaves in one pass over the QUIC state: a
+        request and the response its handler writes in its first step (which runs before
+        this) cost one transmit, not two, and a burst of received datagrams is answered
+        once instead of once per datagram.
+        """
+        if not self._tx_scheduled:
+            self._tx_scheduled = True
+            self.loop.call_soon(self._scheduled_transmit)
+
+    def _scheduled_transmit(self) -> None:
+        self._tx_scheduled = False
+        if not self.closed:
+            self.transmit()
 
     def transmit(self) -> None:
         """Send what QUIC has to send and re-arm its timer."""
         now = self.loop.time()
-        sock = self.endpoint._socket
-        for data, addr in self.quic.datagrams_to_send(now):
-            sock.sendto(data, addr)
+        datagrams = self.quic.datagrams_to_send(now)
+        if datagrams:
+            if self._quiet_datagrams > 0:
+                self._quiet_datagrams -= len(datagrams)
+                if self._quiet_datagrams <= 0:
+                    self.endpoint._bulk_started(self)
+            direct, relayed = self._route
+            if direct is not None:
+                sendto = self.endpoint._socket.sendto
+                for data, _addr in datagrams:
+                    sendto(data, direct)
+            if relayed is not None:
+                self.endpoint._relay_send(relayed, datagrams)
+            elif direct is None:
+                self.endpoint.unroutable_datagrams += len(datagrams)
         timer_at = self.quic.get_timer()
         if timer_at != self._timer_at:
             if self._timer is not None:
@@ -158,9 +242,104 @@ class PeerConnection:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.quic.handle_timer(self.loop.time())
+        quic = self.quic
+        quic.handle_timer(self.loop.time())
         self._process_events()
+        if hooks.pto_count(quic) >= _BLACK_HOLE_PTOS:
+            # nothing acknowledged across repeated probe timeouts: the path may be dead
+            # (the paths layer pings it now and falls back if it does not answer), or
+            # drop large datagrams (a black hole, RFC 8899 section 4.4: the probes about
+            # to go out are built small)
+            self.endpoint._path_timeouts(self)
         self.transmit()
+
+    # -- paths -------------------------------------------------------------
+
+    @property
+    def is_relay_connection(self) -> bool:
+        """True for a connection to a relay (its packets never go through a relay)."""
+        if self.alpn is not None:
+            alpns = [self.alpn]
+        elif self.is_client:
+            alpns = list(self.quic.configuration.alpn_protocols or [])
+        else:
+            alpns = []
+        return any(a.startswith(_RELAY_ALPN_PREFIX) for a in alpns)
+
+    @property
+    def path(self) -> PathInfo:
+        """Where this connection's packets go now: ``direct`` (address, RTT) or ``relay``."""
+        direct = self._route[0]
+        if direct is not None:
+            peer = self.endpoint.peer_paths(self.remote_node_id) if self.remote_node_id is not None else None
+            current = peer.prober.current_path if peer is not None else None
+            if current is not None and current.addr == direct:
+                return current
+            return PathInfo("direct", direct, hooks.smoothed_rtt(self.quic))
+        return RELAY_PATH
+
+    def path_events(self, maxlen: int = 64) -> AsyncIterator[PathEvent]:
+        """Path and datagram size changes from now on, until the connection closes.
+
+        Bounded: if the consumer falls more than ``maxlen`` events behind, the oldest are dropped.
+        """
+        queue: collections.deque[PathEvent] = collections.deque(maxlen=maxlen)
+        self._path_queues.append(queue)
+        return self._iter_path_events(queue)
+
+    async def _iter_path_events(self, queue: collections.deque[PathEvent]) -> AsyncIterator[PathEvent]:
+        try:
+            while True:
+                while queue:
+                    yield queue.popleft()
+                if self.closed:
+                    return
+                if self._path_waiter is None or self._path_waiter.done():
+                    self._path_waiter = self.loop.create_future()
+                await asyncio.wait([self._path_waiter, self._closed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if queue in self._path_queues:
+                self._path_queues.remove(queue)
+
+    def _path_event(self, reason: str, level: int = logging.INFO) -> None:
+        event = PathEvent(self.loop.time(), self.path, self.datagram_size, reason)
+        log.log(level, "%s: %s, datagram size %d (%s)", self._peer_label(), event.path, event.datagram_size, reason)
+        for queue in self._path_queues:
+            queue.append(event)
+        if self._path_waiter is not None and not self._path_waiter.done():
+            self._path_waiter.set_result(None)
+        for callback in list(self.on_path_change):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("on_path_change callback failed")
+
+    def _set_route(self, route: tuple[Address | None, NodeId | None], reason: str) -> None:
+        if route == self._route:
+            return
+        old = self._route
+        self._route = route
+        if self.closed:
+            return
+        self._path_event(reason)
+        if old[0] is not None and route[0] != old[0] and self._ready.done():
+            # packets in flight on the old path are probably lost: a PING makes the peer
+            # acknowledge on the new path now, so loss recovery does not wait out its backoff
+            self.quic.send_ping(0)
+            self.transmit()
+
+    @property
+    def datagram_size(self) -> int:
+        """The UDP payload size this connection builds now (grows as its path is probed)."""
+        return hooks.max_datagram_size(self.quic)
+
+    def set_datagram_size(self, size: int) -> None:
+        """Build datagrams of ``size`` bytes from now on (never below ``config.max_datagram_size``)."""
+        size = max(size, self.config.max_datagram_size)
+        if self.closed or size == hooks.max_datagram_size(self.quic):
+            return
+        hooks.set_max_datagram_size(self.quic, size)
+        self._path_event("datagram size", logging.DEBUG)
 
     def _on_keepalive(self) -> None:
         self._keepalive = None
@@ -221,6 +400,7 @@ class PeerConnection:
 
     def _become_ready(self) -> None:
         self.established_at = self.loop.time()
+        self.endpoint._connection_ready(self)
         try:
             self.handler = self.endpoint._make_handler(self)
         except Exception as exc:

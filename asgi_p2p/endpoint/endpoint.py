@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import random
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -13,13 +16,16 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
 from ..config import NetworkConfig
-from ..errors import ConnectionClosed, InvalidConfiguration, NodeNotFound
+from ..errors import ConnectionClosed, InvalidConfiguration, NodeNotFound, P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
 from ..net.base import Address, DatagramNetwork, DatagramSocket
 from ..net.udp import UdpNetwork
+from ..paths.disco import is_disco, peek_sender
+from ..paths.link import ManagedRelayLink, RelayFactory, RelayLink
 from . import _aioquic_hooks as hooks
 from .base import ConnectionHandler, HandlerFactory
 from .connection import REFUSED, PeerConnection
+from .peers import PeerPaths
 from .tls import node_certificate
 
 if TYPE_CHECKING:
@@ -69,6 +75,18 @@ class Endpoint:
         self._closing = False
         self._closed = False
         self.dropped_datagrams = 0
+        #: the paths layer: one PeerPaths per peer we have or are dialing a connection with
+        self._peers: dict[NodeId, PeerPaths] = {}
+        self._rng: random.Random = random.SystemRandom()
+        self._clock_offset = 0.0
+        #: disco packets dropped because no connection with their sender exists (or malformed)
+        self.dropped_disco = 0
+        #: QUIC datagrams with nowhere to go (no live direct path and no relay)
+        self.unroutable_datagrams = 0
+        #: errors the relay reported (rate limits, unknown destinations, ...)
+        self.relay_errors = 0
+        #: the relay client (see ``bind(relay_url=...)``), None without a relay
+        self.relay: ManagedRelayLink | None = None
 
     @classmethod
     async def bind(
@@ -81,6 +99,9 @@ class Endpoint:
         allow: AllowPolicy = None,
         config: NetworkConfig | None = None,
         network: DatagramNetwork | None = None,
+        rng: random.Random | None = None,
+        relay_url: str | None = None,
+        relay_factory: RelayFactory | None = None,
     ) -> Endpoint:
         """Bind a socket and start serving.
 
@@ -88,17 +109,32 @@ class Endpoint:
         all that get registered; the raw message protocol is always present).
         ``allow`` decides which peers may connect, inside the handshake.
         ``network`` is the datagram network (real UDP by default; a simulated
-        host in tests).
+        host in tests).  ``rng`` draws path-probe ids (default: the system's
+        random source; tests pass a seeded ``random.Random``).
+
+        ``relay_url`` makes the endpoint keep a connection to that relay (in the
+        background, reconnecting as needed): peers it cannot reach directly are
+        reached through it, and hole punching is signalled through it.
+        ``relay_factory`` builds the relay client (default:
+        :class:`asgi_p2p.relay.client.RelayClient`; tests pass fakes).
         """
         from ..messages import MSG_ALPN, MessageService
 
         key = secret_key if secret_key is not None else SecretKey.generate()
         ep = cls(key, config if config is not None else NetworkConfig.from_env(), allow)
         ep._alpn_filter = frozenset(alpns) if alpns is not None else None
+        if rng is not None:
+            ep._rng = rng
+        # disco timestamps need a clock peers share: wall-clock time, measured once here
+        ep._clock_offset = time.time() - asyncio.get_running_loop().time()
         ep.messages = MessageService(ep)
         ep.add_protocol(MSG_ALPN, ep.messages.handler_for)
         net = network if network is not None else UdpNetwork()
         ep._socket = await net.bind(host, port, ep._datagram_received)
+        if relay_url is not None:
+            factory = relay_factory if relay_factory is not None else _default_relay_factory()
+            ep.relay = factory(ep, relay_url, ep, rng=random.Random(ep._rng.getrandbits(64)))
+            ep.relay.start()
         log.info("endpoint %s bound to %s:%d", key.node_id.fmt_short(), *ep._socket.local_address)
         return ep
 
@@ -120,8 +156,19 @@ class Endpoint:
         return self._socket.local_address
 
     def node_addr(self) -> NodeAddr:
-        """How peers reach this node (its id and socket addresses)."""
-        return NodeAddr(self.node_id, self._socket.local_addresses())
+        """How peers reach this node: its id, socket addresses, the address the relay
+        sees it at (its NAT's public mapping) and its relay URL."""
+        relay = self.relay
+        return NodeAddr(self.node_id, self.own_candidates(), relay.relay_url if relay is not None else None)
+
+    def own_candidates(self) -> list[Address]:
+        """Addresses where peers may reach this node directly (local and relay-observed)."""
+        addrs = [a for a in self._socket.local_addresses() if a[1] != 0 and a[0] not in ("0.0.0.0", "::", "")]
+        relay = self.relay
+        observed = relay.observed_address if relay is not None else None
+        if observed is not None and observed not in addrs:
+            addrs.append(observed)
+        return addrs
 
     @property
     def connections(self) -> list[PeerConnection]:
@@ -183,13 +230,26 @@ class Endpoint:
         if existing is not None and not existing.closed and existing._close_error is None:
             await existing.wait_ready(self.config.connect_timeout)
             return existing
-        if not node_addr.direct_addresses:
-            raise NodeNotFound(f"no address known for node {node_id}; pass a NodeAddr or ticket with addresses")
         if node_id == self.node_id:
             raise InvalidConfiguration("cannot connect to ourselves")
-        address = node_addr.direct_addresses[0]
+        relay = self.relay
+        relay_usable = relay is not None and node_addr.relay_url in (None, relay.relay_url)
+        if not node_addr.direct_addresses and not relay_usable:
+            if node_addr.relay_url is not None:
+                raise NodeNotFound(
+                    f"node {node_id} is only reachable through relay {node_addr.relay_url}, and this endpoint "
+                    f"{'uses relay ' + relay.relay_url if relay is not None else 'has no relay'}; "
+                    "bind with that relay_url or pass direct addresses"
+                )
+            raise NodeNotFound(f"no address known for node {node_id}; pass a NodeAddr or ticket with addresses")
+        if not node_addr.direct_addresses and relay is not None and not relay.connected:
+            await relay.wait_connected(self.config.connect_timeout)
+        direct = node_addr.direct_addresses[0] if node_addr.direct_addresses else None
+        address = direct if direct is not None else virtual_address(node_id)
         quic = QuicConnection(configuration=self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id)))
-        conn = PeerConnection(self, quic, address, is_client=True, expected_node_id=node_id, config=self.config)
+        conn = PeerConnection(
+            self, quic, address, is_client=True, expected_node_id=node_id, config=self.config, direct_address=direct
+        )
 
         def check_server(raw: bytes) -> None:
             if raw != node_id.to_bytes():
@@ -202,9 +262,13 @@ class Endpoint:
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
         self._pool[key] = conn
+        peer = self._peer_paths(node_id)  # accept the peer's disco packets from now on
+        peer.add_candidates(list(node_addr.direct_addresses))
+        peer.dialing(conn)
+        peer.service()
         conn.transmit()
         await conn.wait_ready(self.config.connect_timeout)
-        log.debug("connected to %s (%s) at %s", node_id.fmt_short(), alpn, address)
+        log.debug("connected to %s (%s) via %s", node_id.fmt_short(), alpn, conn.path)
         return conn
 
     async def connect(self, addr: NodeAddr | NodeId) -> MessageConnection:
@@ -220,6 +284,9 @@ class Endpoint:
     def _datagram_received(self, data: bytes, addr: Address) -> None:
         if self._closed:
             return
+        if data[:1] == b"\x00" and is_disco(data):  # never QUIC: see asgi_p2p.paths.disco
+            self._disco_received(data, addr)
+            return
         # Fast path: a short-header (1-RTT) packet names our connection id right after byte 0.
         if len(data) > _CID_LENGTH and not data[0] & 0x80:
             short = self._cids.get(data[1 : 1 + _CID_LENGTH])
@@ -230,11 +297,15 @@ class Endpoint:
                     self.dropped_datagrams += 1
                     log.exception("error processing datagram from %s", addr)
                 return
+        self._quic_received(data, addr, None)
+
+    def _quic_received(self, data: bytes, addr: Address | None, relay_src: NodeId | None) -> None:
+        """A QUIC packet from ``addr``, or (``addr`` None) from ``relay_src`` through the relay."""
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=_CID_LENGTH)
         except ValueError:
             self.dropped_datagrams += 1
-            log.debug("dropped %d-byte datagram from %s: not QUIC", len(data), addr)
+            log.debug("dropped %d-byte datagram from %s: not QUIC", len(data), addr or "the relay")
             return
         conn = self._cids.get(header.destination_cid)
         if conn is not None:
@@ -249,6 +320,9 @@ class Endpoint:
             return
         quic_versions = self._quic_config(is_client=False, alpns=[], server_name=None).supported_versions
         if header.version not in quic_versions:
+            if addr is None:
+                self.dropped_datagrams += 1
+                return
             self._socket.sendto(
                 encode_quic_version_negotiation(
                     source_cid=header.destination_cid,
@@ -261,17 +335,129 @@ class Endpoint:
         if header.packet_type != QuicPacketType.INITIAL or len(data) < _SMALLEST_INITIAL or self._closing:
             self.dropped_datagrams += 1
             return
-        self._accept(data, addr, header.destination_cid)
+        if addr is not None:
+            self._accept(data, addr, header.destination_cid)
+        elif relay_src is not None:
+            self._accept(data, virtual_address(relay_src), header.destination_cid, relay_src=relay_src)
 
-    def _accept(self, data: bytes, addr: Address, original_dcid: bytes) -> None:
+    # -- the relay (RelaySink) ------------------------------------------------
+
+    def relay_packet_received(self, src: NodeId, packet: bytes) -> None:
+        """A packet ``src`` sent us through the relay: disco or QUIC, as if it came from ``src``."""
+        if self._closed or not packet:
+            return
+        if packet[:1] == b"\x00" and is_disco(packet):
+            self._disco_received(packet, None)
+            return
+        self._quic_received(packet, None, src)
+
+    def relay_signal_received(self, src: NodeId, payload: bytes) -> None:
+        """A hole-punching signal (a sealed disco packet, e.g. CALL_ME_MAYBE) from ``src``."""
+        if self._closed:
+            return
+        if not is_disco(payload):
+            self.dropped_disco += 1
+            return
+        self._disco_received(payload, None, expected_sender=src)
+
+    def relay_state_changed(self, link: RelayLink) -> None:
+        """The relay (dis)connected or sees us at a new address: re-route, re-signal."""
+        if self._closed:
+            return
+        log.info(
+            "relay %s %s%s",
+            link.relay_url,
+            "connected" if link.connected else "disconnected",
+            f", sees us at {link.observed_address[0]}:{link.observed_address[1]}" if link.observed_address else "",
+        )
+        for peer in list(self._peers.values()):
+            if link.connected:
+                peer.send_call_me_maybe()
+            peer.update_routes()
+
+    def relay_error(self, dest: NodeId | None, message: str) -> None:
+        self.relay_errors += 1
+        log.info("relay refused a packet%s: %s", f" to {dest.fmt_short()}" if dest is not None else "", message)
+
+    def _relay_send(self, dest: NodeId, datagrams: list[tuple[bytes, Address]]) -> None:
+        relay = self.relay
+        if relay is None:
+            self.unroutable_datagrams += len(datagrams)
+            return
+        for data, _addr in datagrams:
+            relay.send_packet(dest, data)
+
+    def _disco_received(self, data: bytes, addr: Address | None, expected_sender: NodeId | None = None) -> None:
+        try:
+            sender = peek_sender(data)
+        except P2PError:
+            self.dropped_disco += 1
+            return
+        peer = self._peers.get(sender)
+        if peer is None or (expected_sender is not None and sender != expected_sender):
+            # only peers we have or are dialing connections with
+            self.dropped_disco += 1
+            log.debug("dropped disco packet from %s (%s): no connection", sender.fmt_short(), addr)
+            return
+        peer.disco_received(data, addr)
+
+    # -- the paths layer ----------------------------------------------------
+
+    def _peer_paths(self, node_id: NodeId) -> PeerPaths:
+        peer = self._peers.get(node_id)
+        if peer is None:
+            peer = PeerPaths(self, node_id, self._rng, clock_offset=self._clock_offset)
+            self._peers[node_id] = peer
+        return peer
+
+    def _connection_ready(self, conn: PeerConnection) -> None:
+        """``conn`` completed its handshake: its peer's paths layer starts probing."""
+        if conn.remote_node_id is None or self._closing:
+            return
+        self._peer_paths(conn.remote_node_id).add_connection(conn)
+
+    def _path_timeouts(self, conn: PeerConnection) -> None:
+        """``conn`` had repeated probe timeouts: suspect its path, fall back to the base size."""
+        peer = self._peers.get(conn.remote_node_id) if conn.remote_node_id is not None else None
+        if peer is not None:
+            peer.timeouts(conn)
+        else:
+            conn.set_datagram_size(self.config.max_datagram_size)
+
+    def _bulk_started(self, conn: PeerConnection) -> None:
+        peer = self._peers.get(conn.remote_node_id) if conn.remote_node_id is not None else None
+        if peer is not None:
+            peer.bulk_started()
+
+    def _new_source(self, conn: PeerConnection, addr: Address) -> None:
+        peer = self._peers.get(conn.remote_node_id) if conn.remote_node_id is not None else None
+        if peer is not None:
+            peer.new_source(addr)
+
+    def peer_paths(self, node_id: NodeId) -> PeerPaths | None:
+        """The paths layer's state for a peer (None without a connection to it)."""
+        return self._peers.get(node_id)
+
+    def _accept(self, data: bytes, addr: Address, original_dcid: bytes, relay_src: NodeId | None = None) -> None:
         quic = QuicConnection(
             configuration=self._quic_config(is_client=False, alpns=self._server_alpns(), server_name=None),
             original_destination_connection_id=original_dcid,
         )
-        conn = PeerConnection(self, quic, addr, is_client=False, expected_node_id=None, config=self.config)
+        conn = PeerConnection(
+            self,
+            quic,
+            addr,
+            is_client=False,
+            expected_node_id=None,
+            config=self.config,
+            direct_address=None if relay_src is not None else addr,
+            relay_peer=relay_src,
+        )
 
         def check_client(raw: bytes) -> None:
             node_id = NodeId(raw)
+            if relay_src is not None and node_id != relay_src:
+                raise hooks.AlertAccessDenied(f"the relay says it forwards node {relay_src}, TLS says {node_id}")
             if not self.is_allowed(node_id):
                 log.info("refused node %s from %s:%d: not allowed", node_id.fmt_short(), *addr)
                 raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
@@ -280,7 +466,7 @@ class Endpoint:
         self._register_cid(original_dcid, conn)
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
-        conn.datagram_received(data, addr)
+        conn.datagram_received(data, addr if relay_src is None else None)
         if len(self._connections) > self.config.max_connections:
             log.warning("refusing connection from %s:%d: %d connections open", *addr, len(self._connections) - 1)
             conn.close(REFUSED, f"too many connections (max_connections={self.config.max_connections})")
@@ -303,6 +489,13 @@ class Endpoint:
                 del self._pool[key]
         for key in [k for k, v in self._pool.items() if v is conn]:
             del self._pool[key]
+        node = conn.remote_node_id
+        peer = self._peers.get(node) if node is not None else None
+        if peer is not None:
+            peer.remove_connection(conn)
+            if node is not None and not any(c.remote_node_id == node for c in self._connections):
+                peer.close()
+                del self._peers[node]
 
     def _pool_add(self, conn: PeerConnection) -> None:
         if conn.remote_node_id is not None and conn.alpn is not None:
@@ -315,6 +508,9 @@ class Endpoint:
         if self._closed:
             return
         self._closing = True
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            await relay.close()
         conns = list(self._connections)
         for conn in conns:
             conn.close(0, "endpoint closing")
@@ -323,6 +519,9 @@ class Endpoint:
         for conn in list(self._connections):
             conn.abort(ConnectionClosed("endpoint closed"))
         self._closed = True
+        for peer in self._peers.values():
+            peer.close()
+        self._peers.clear()
         self._socket.close()
         self.messages.close()
 
@@ -334,3 +533,20 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.node_id.fmt_short()}>"
+
+
+def virtual_address(node_id: NodeId) -> Address:
+    """The address QUIC sees for a peer reached through the relay (never sent to).
+
+    An IPv6 unique local address made of the node id, port 0: stable per peer,
+    needs no table, and cannot be mistaken for a path (port 0 is never probed).
+    """
+    return (str(ipaddress.IPv6Address(b"\xfd" + node_id.to_bytes()[:15])), 0)
+
+
+def _default_relay_factory() -> RelayFactory:
+    # The ONE place the endpoint reaches up into the relay layer, lazily: importing
+    # asgi_p2p.endpoint never imports asgi_p2p.relay (layers import downward only).
+    from ..relay.client import RelayClient
+
+    return RelayClient

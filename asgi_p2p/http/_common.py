@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
+import pylsqpack
 from aioquic._buffer import Buffer, BufferReadError
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import (
@@ -13,6 +14,8 @@ from aioquic.h3.connection import (
     FrameType,
     H3Connection,
     H3Stream,
+    QpackDecompressionFailed,
+    Setting,
     StreamType,
     encode_frame,
 )
@@ -96,16 +99,82 @@ def clean_header_fields(
     return out
 
 
-class H3(H3Connection):
-    """aioquic's H3Connection plus GOAWAY (aioquic skips received GOAWAY frames and sends none)."""
+class _StaticTableEncoder:
+    """A QPACK encoder that never uses the dynamic table, whatever the peer allows."""
 
-    def __init__(self, quic: QuicConnection, on_goaway: Callable[[int], None] | None = None) -> None:
+    __slots__ = ("_encoder",)
+
+    def __init__(self) -> None:
+        self._encoder = pylsqpack.Encoder()
+
+    def apply_settings(self, max_table_capacity: int, blocked_streams: int) -> bytes:
+        return self._encoder.apply_settings(max_table_capacity=0, blocked_streams=0)
+
+    def encode(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+        return self._encoder.encode(stream_id, headers)
+
+    def feed_decoder(self, data: bytes) -> None:
+        self._encoder.feed_decoder(data)
+
+
+class H3(H3Connection):
+    """aioquic's H3Connection plus GOAWAY (aioquic skips received GOAWAY frames and sends none).
+
+    With ``qpack_dynamic_table=False`` neither side's QPACK dynamic table is used: we
+    advertise a zero table capacity and encode with the static table and literals
+    only.  Field sections then need no QPACK Section Acknowledgments, so a small
+    request/response exchange is one packet each way instead of two (the decoder
+    stream's acknowledgments otherwise travel in packets of their own).
+    """
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        on_goaway: Callable[[int], None] | None = None,
+        *,
+        qpack_dynamic_table: bool = True,
+    ) -> None:
         self.goaway_id: int | None = None
         self._on_goaway = on_goaway
         self._ctrl_buf = bytearray()
         self._ctrl_skip = 0
         self._ctrl_typed = False
+        self._qpack_dynamic = qpack_dynamic_table
         super().__init__(quic, enable_webtransport=False)
+        if not qpack_dynamic_table:
+            self._decoder = pylsqpack.Decoder(0, 0)
+            self._encoder = _StaticTableEncoder()  # type: ignore[assignment]
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings = super()._get_local_settings()
+        if not self._qpack_dynamic:
+            settings[Setting.QPACK_MAX_TABLE_CAPACITY] = 0
+            settings[Setting.QPACK_BLOCKED_STREAMS] = 0
+        return settings
+
+    # Without the dynamic table the QPACK encoder and decoder streams stay empty: skip
+    # the two empty stream writes aioquic makes per field section.
+
+    def _encode_headers(self, stream_id: int, headers: Headers) -> bytes:
+        if self._qpack_dynamic:
+            return super()._encode_headers(stream_id, headers)
+        encoder, frame_data = self._encoder.encode(stream_id, headers)
+        if encoder and self._local_encoder_stream_id is not None:  # never without a dynamic table
+            self._encoder_bytes_sent += len(encoder)
+            self._quic.send_stream_data(self._local_encoder_stream_id, encoder)
+        return frame_data
+
+    def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> Headers:
+        if self._qpack_dynamic or frame_data is None:
+            return super()._decode_headers(stream_id, frame_data)
+        try:
+            decoder, headers = self._decoder.feed_header(stream_id, frame_data)
+        except pylsqpack.DecompressionFailed as exc:
+            raise QpackDecompressionFailed() from exc
+        if decoder and self._local_decoder_stream_id is not None:  # never with a zero-capacity table
+            self._decoder_bytes_sent += len(decoder)
+            self._quic.send_stream_data(self._local_decoder_stream_id, decoder)
+        return headers
 
     def _receive_stream_data_uni(self, stream: H3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
         events = super()._receive_stream_data_uni(stream, data, stream_ended)

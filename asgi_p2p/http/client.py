@@ -56,7 +56,9 @@ class ClientConnection:
         self.lost: P2PError | None = None
         self.goaway_id: int | None = None
         self.send_limit = conn.config.stream_send_buffer
-        self._tx_scheduled = False
+        #: buffered response bytes that wake a waiting reader at once (see ClientStream.on_data);
+        #: well below the stream window, so the peer keeps sending while the reader catches up
+        self.wake_bytes = max(conn.config.stream_receive_window // 4, 1)
         self.schedule_transmit()
 
     @property
@@ -64,14 +66,9 @@ class ClientConnection:
         return self.goaway_id is not None
 
     def schedule_transmit(self) -> None:
-        if not self._tx_scheduled:
-            self._tx_scheduled = True
-            self.loop.call_soon(self._transmit)
-
-    def _transmit(self) -> None:
-        self._tx_scheduled = False
+        # one deferred transmit per connection, shared with the endpoint's receive path
         if self.lost is None:
-            self.conn.transmit()
+            self.conn.schedule_transmit()
 
     def open_stream(self) -> ClientStream:
         if self.lost is not None:
@@ -90,11 +87,15 @@ class ClientConnection:
                 stream.on_error(PeerGoingAway("request refused: the peer is shutting down (GOAWAY)"))
 
     def quic_event_received(self, event: QuicEvent) -> None:
-        stream: ClientStream | None = None
-        if isinstance(event, StreamDataReceived):
+        if type(event) is StreamDataReceived:  # the hot path: one call per received stream frame
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.credit.raw += len(event.data)
+            for h3_event in self.h3.handle_event(event):
+                self._h3_event(h3_event)
+            if stream is not None:
+                stream.credit.update()
+            return
         for h3_event in self.h3.handle_event(event):
             self._h3_event(h3_event)
         if isinstance(event, StreamReset):
@@ -105,8 +106,6 @@ class ClientConnection:
             s = self.streams.get(event.stream_id)
             if s is not None:
                 s.on_stop(event.error_code)
-        if stream is not None:
-            stream.credit.update()
 
     def _h3_event(self, event: H3Event) -> None:
         if not isinstance(event, HeadersReceived | DataReceived):
@@ -118,7 +117,6 @@ class ClientConnection:
             stream.on_headers(event.headers, event.stream_ended)
         elif isinstance(event, DataReceived):
             stream.on_data(event.data, event.stream_ended)
-            stream.credit.update()
 
     def connection_lost(self, exc: Exception | None) -> None:
         err = exc if isinstance(exc, P2PError) else ConnectionClosed(f"connection lost: {exc}")
@@ -128,7 +126,16 @@ class ClientConnection:
 
 
 class ClientStream:
-    """One request stream: send headers and body, read the response (sans task)."""
+    """One request stream: send headers and body, read the response (sans task).
+
+    Response bytes are kept as the received chunks and joined once per :meth:`read`.
+    A reader waiting for body bytes is not woken once per packet: it is woken when
+    ``wake_bytes`` are buffered, when the response ends, or when a whole event-loop
+    iteration passed without more data for this stream (the socket had nothing
+    queued for it).  A receiver that keeps up is woken per packet, two loop
+    iterations later than the packet; one that falls behind reads batches, which
+    keeps its per-packet cost down (the httpx chain runs once per batch).
+    """
 
     def __init__(self, cc: ClientConnection, sid: int) -> None:
         self.cc = cc
@@ -139,12 +146,15 @@ class ClientStream:
         self.interim: list[tuple[int, Headers]] = []
         self.trailers: Headers = []
         self.chunks: list[bytes] = []
+        self.buffered = 0
         self.ended = False
         self.error: P2PError | None = None
         self.sent_end = False
         self.stopped = False
         self.closed = False
         self._waiter: asyncio.Future[None] | None = None
+        self._arrivals = 0  # data events so far (the deferred wake compares counts)
+        self._settling = False  # a deferred wake is queued on the loop
 
     # -- events --------------------------------------------------------------
 
@@ -173,10 +183,33 @@ class ClientStream:
     def on_data(self, data: bytes, ended: bool) -> None:
         if data:
             self.chunks.append(data)
+            self.buffered += len(data)
             self.credit.unread += len(data)
+            self._arrivals += 1
         if ended:
             self.ended = True
-        self._wake()
+            self._wake()
+        elif self._waiter is not None:
+            if self.buffered >= self.cc.wake_bytes:
+                self._wake()
+            elif not self._settling:
+                self._settling = True
+                self.cc.loop.call_soon(self._settle, -1)
+
+    def _settle(self, seen: int) -> None:
+        """Wake the reader once an iteration of the loop brought no more data for this stream.
+
+        A callback queued in one iteration runs at the start of the next one, before
+        that iteration's received datagrams are handled; so it compares the data count
+        with the one it saw last time, and the first look only records it.
+        """
+        if self._waiter is None:
+            self._settling = False
+        elif seen != self._arrivals:
+            self.cc.loop.call_soon(self._settle, self._arrivals)
+        else:
+            self._settling = False
+            self._wake()
 
     def on_reset(self, code: int) -> None:
         self.credit.unread = 0
@@ -252,20 +285,29 @@ class ClientStream:
             await self._wait()
         return self.status
 
+    def read_nowait(self) -> bytes | None:
+        """Everything buffered (joined once), b"" at the end, None when nothing is buffered yet.
+
+        Reading gives the bytes' flow-control credit back to the peer.
+        """
+        if self.error is not None:
+            raise self.error
+        chunks = self.chunks
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self.buffered = 0
+            self.credit.read(len(data))
+            return data
+        if self.ended:
+            return b""
+        return None
+
     async def read(self) -> bytes:
         """The next body bytes (everything buffered), b"" at the end."""
-        while True:
-            if self.error is not None:
-                raise self.error
-            if self.chunks:
-                chunks = self.chunks
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self.credit.read(len(data))
-                return data
-            if self.ended:
-                return b""
+        while (data := self.read_nowait()) is None:
             await self._wait()
+        return data
 
     # -- ending ---------------------------------------------------------------------
 
@@ -369,8 +411,10 @@ class _ResponseStream(httpx.AsyncByteStream):
         try:
             while True:
                 try:
-                    async with _deadline(self._timeout, httpx.ReadTimeout, self._request, "reading the response"):
-                        data = await st.read()
+                    data = st.read_nowait()
+                    if data is None:  # only a wait needs a deadline
+                        async with _deadline(self._timeout, httpx.ReadTimeout, self._request, "reading the response"):
+                            data = await st.read()
                 except P2PError as exc:
                     raise _map_error(exc, self._request, reading=True) from exc
                 if not data:

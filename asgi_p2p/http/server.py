@@ -99,6 +99,7 @@ class H3Server:
         self.max_body_size = max_body_size
         self.timeout_graceful_shutdown = timeout_graceful_shutdown
         self.lifespan = LifespanRunner(app, lifespan)
+        self._server_addr = (str(endpoint.node_id), 443)
         self._connections: set[ServerConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -145,7 +146,7 @@ class H3Server:
             sc.shutdown_websockets()
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout_graceful_shutdown is None else loop.time() + self.timeout_graceful_shutdown
-        while self._tasks:
+        while self._prune_tasks():
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 break
@@ -156,6 +157,7 @@ class H3Server:
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=1.0)
+            self._prune_tasks()
         conns = list(self._connections)
         if conns:
             await asyncio.wait([loop.create_task(sc.flush()) for sc in conns], timeout=_FLUSH_TIMEOUT)
@@ -165,6 +167,14 @@ class H3Server:
             await self.lifespan.shutdown()
         self._closed = True
         log.info("HTTP/3 server on node %s stopped", self.endpoint.node_id.fmt_short())
+
+    def _prune_tasks(self) -> bool:
+        """Forget request tasks that ended without running (cancelled before their first step,
+        so their ``finally`` never removed them); True while requests are running."""
+        done = [t for t in self._tasks if t.done()]
+        if done:
+            self._tasks.difference_update(done)
+        return bool(self._tasks)
 
     async def __aenter__(self) -> H3Server:
         await self.startup()
@@ -195,15 +205,17 @@ class ServerConnection:
         self.server = server
         self.conn = conn
         self.loop = conn.loop
-        self.h3 = H3(conn.quic)
+        self.h3 = H3(conn.quic, qpack_dynamic_table=False)
         assert conn.remote_node_id is not None
         self.peer = conn.remote_node_id
         self.peer_text = str(self.peer)
         self.streams: dict[int, _Pending | _Exchange] = {}
         self.next_request_id = 0
+        # request stream ids below next_request_id whose first bytes have not arrived yet:
+        # streams open in id order, but under loss their first packets arrive in any order
+        self._unseen: set[int] = set()
         self.goaway_id: int | None = None
         self.lost = False
-        self._tx_scheduled = False
         self._unflushed: set[int] = set()
         self.send_limit = conn.config.stream_send_buffer
         server._connections.add(self)
@@ -212,14 +224,9 @@ class ServerConnection:
     # -- transmit coalescing --------------------------------------------------
 
     def schedule_transmit(self) -> None:
-        if not self._tx_scheduled:
-            self._tx_scheduled = True
-            self.loop.call_soon(self._transmit)
-
-    def _transmit(self) -> None:
-        self._tx_scheduled = False
+        # one deferred transmit per connection, shared with the datagram receive path
         if not self.lost:
-            self.conn.transmit()
+            self.conn.schedule_transmit()
 
     # -- events -------------------------------------------------------------
 
@@ -228,8 +235,7 @@ class ServerConnection:
         if isinstance(event, StreamDataReceived) and event.stream_id % 4 == 0:
             sid = event.stream_id
             item = self.streams.get(sid)
-            if item is None and sid >= self.next_request_id:
-                self.next_request_id = sid + 4
+            if item is None and self._first_data(sid):
                 if self.goaway_id is not None and sid >= self.goaway_id:
                     self._reject(sid)
                 else:
@@ -249,6 +255,7 @@ class ServerConnection:
                 if failed is not None:
                     self._fail_stream(failed)
         if isinstance(event, StreamReset | StopSendingReceived):
+            self._unseen.discard(event.stream_id)
             item = self.streams.get(event.stream_id)
             if isinstance(item, _Pending):
                 self.streams.pop(event.stream_id, None)
@@ -260,6 +267,22 @@ class ServerConnection:
                     item.on_stop(event.error_code)
         if touched is not None:
             touched.credit.update()
+
+    def _first_data(self, sid: int) -> bool:
+        """True when ``sid`` is a request stream we have not seen before.
+
+        A lower stream id may show up after a higher one (its first packet was lost
+        and retransmitted), so ids skipped over are remembered until their data
+        arrives or they are reset; aioquic's stream limit bounds how many there are.
+        """
+        if sid >= self.next_request_id:
+            self._unseen.update(range(self.next_request_id, sid, 4))
+            self.next_request_id = sid + 4
+            return True
+        if sid in self._unseen:
+            self._unseen.discard(sid)
+            return True
+        return False
 
     def _h3_event(self, event: H3Event) -> None:
         if not isinstance(event, HeadersReceived | DataReceived):
@@ -380,7 +403,7 @@ class ServerConnection:
             "root_path": server.root_path,
             "headers": headers,
             "client": (self.peer_text, 0),
-            "server": (str(server.endpoint.node_id), 443),
+            "server": server._server_addr,
             "extensions": {
                 "p2p": {"peer_id": self.peer_text, "peer": self.peer, "stream_id": sid},
             },
@@ -404,10 +427,14 @@ class ServerConnection:
         server.requests_total += 1
         task = self.loop.create_task(exchange.run())
         exchange.task = task
+        # finished() removes the task from server._tasks as its last step: a done callback
+        # would cost every request one more event loop iteration (and epoll call)
         server._tasks.add(task)
-        task.add_done_callback(server._tasks.discard)
 
     def finished(self, exchange: _Exchange) -> None:
+        """The exchange's application task is ending (called from its ``finally``)."""
+        if exchange.task is not None:
+            self.server._tasks.discard(exchange.task)
         sid = exchange.sid
         if self.streams.get(sid) is exchange:
             del self.streams[sid]

@@ -18,11 +18,18 @@ Wire format (all integers big-endian)::
     type      1   1 PING, 2 PONG, 3 CALL_ME_MAYBE
     sender    32  the sender's NodeId (Ed25519 public key)
     time      8   milliseconds on the shared clock when the packet was sealed
-    body      *   PING: tx_id (12)
+    body      *   PING: tx_id (12) + padding (zero or more 0x00 bytes)
                   PONG: tx_id (12) + address (the source address the PING came from)
+                        + size (2: the length of the PING datagram as received)
                   CALL_ME_MAYBE: count (1) + count addresses
     signature 64  Ed25519 by the sender over
                   b"asgi-p2p disco v1\\x00" + receiver NodeId + every byte above
+
+A PING padded to N bytes probes whether the path carries N-byte datagrams
+(datagram packetization layer PMTU discovery, RFC 8899): its PONG stays small
+and echoes N, so each side learns the size its own sending direction carries.
+Padding bytes must be zero, and a padded PING is at most
+:data:`MAX_DISCO_DATAGRAM` bytes.
 
 An address is ``4`` + 4 bytes IPv4 + 2 bytes port, or ``6`` + 16 bytes IPv6 +
 2 bytes port (the same encoding the relay protocol and node records use).
@@ -70,6 +77,9 @@ __all__ = [
     "DISCO_MAGIC",
     "DISCO_VERSION",
     "MAX_CALL_ME_MAYBE_ADDRS",
+    "MAX_DISCO_DATAGRAM",
+    "PING_SIZE",
+    "SIZE_STEPS",
     "TX_ID_LEN",
     "Address",
     "CallMeMaybe",
@@ -109,11 +119,15 @@ MAX_CALL_ME_MAYBE_ADDRS = 32
 
 _SIG_CONTEXT = b"asgi-p2p disco v1\x00"
 _SIG_LEN = 64
+#: The largest UDP payload (IPv4: 65535 - 20 - 8); a padded PING never exceeds it.
+MAX_DISCO_DATAGRAM = 65507
 _TYPE_PING = 1
 _TYPE_PONG = 2
 _TYPE_CALL_ME_MAYBE = 3
 _HEADER = struct.Struct("!5sBB32sQ")  # magic, version, type, sender, time_ms
 _MIN_LEN = _HEADER.size + _SIG_LEN
+#: Length of an unpadded PING datagram.
+PING_SIZE = _MIN_LEN + TX_ID_LEN
 _MAX_TIME_MS = 2**64 - 1
 
 
@@ -219,25 +233,42 @@ def decode_address(data: bytes) -> Address:
 
 @dataclass(frozen=True)
 class Ping:
-    """Are you there on this path?  ``tx_id`` is echoed by the PONG."""
+    """Are you there on this path?  ``tx_id`` is echoed by the PONG.
+
+    ``padding`` zero bytes make the datagram ``PING_SIZE + padding`` bytes long:
+    a size probe (see :meth:`padded_to`).
+    """
 
     tx_id: bytes
+    padding: int = 0
 
     def __post_init__(self) -> None:
         if len(self.tx_id) != TX_ID_LEN:
             raise ValueError(f"tx_id must be {TX_ID_LEN} bytes, got {len(self.tx_id)}")
+        if not 0 <= self.padding <= MAX_DISCO_DATAGRAM - PING_SIZE:
+            raise ValueError(f"PING padding must be in 0..{MAX_DISCO_DATAGRAM - PING_SIZE}, got {self.padding}")
+
+    @classmethod
+    def padded_to(cls, tx_id: bytes, size: int) -> Ping:
+        """A PING whose sealed datagram is exactly ``size`` bytes (``PING_SIZE``..``MAX_DISCO_DATAGRAM``)."""
+        if not PING_SIZE <= size <= MAX_DISCO_DATAGRAM:
+            raise ValueError(f"a PING datagram is {PING_SIZE}..{MAX_DISCO_DATAGRAM} bytes, not {size}")
+        return cls(tx_id, size - PING_SIZE)
 
 
 @dataclass(frozen=True)
 class Pong:
-    """Answer to a PING: its ``tx_id`` and the source address the PING arrived from."""
+    """Answer to a PING: its ``tx_id``, the source address and the datagram size it arrived with."""
 
     tx_id: bytes
     observed: Address
+    size: int = 0
 
     def __post_init__(self) -> None:
         if len(self.tx_id) != TX_ID_LEN:
             raise ValueError(f"tx_id must be {TX_ID_LEN} bytes, got {len(self.tx_id)}")
+        if not 0 <= self.size <= 0xFFFF:
+            raise ValueError(f"PONG size must be in 0..65535, got {self.size}")
         object.__setattr__(self, "observed", normalize_address(self.observed))
 
 
@@ -281,10 +312,12 @@ def _encode_body(message: DiscoMessage) -> tuple[int, bytes]:
     out = bytearray()
     if isinstance(message, Ping):
         out += message.tx_id
+        out += bytes(message.padding)
         return _TYPE_PING, bytes(out)
     if isinstance(message, Pong):
         out += message.tx_id
         encode_address(out, message.observed)
+        out += message.size.to_bytes(2, "big")
         return _TYPE_PONG, bytes(out)
     if isinstance(message, CallMeMaybe):
         out.append(len(message.addrs))
@@ -317,10 +350,17 @@ def _parse_body(msg_type: int, body: bytes) -> DiscoMessage:
     reader = WireReader(body, "disco packet")
     message: DiscoMessage
     if msg_type == _TYPE_PING:
-        message = Ping(reader.take(TX_ID_LEN, "PING tx_id"))
+        tx_id = reader.take(TX_ID_LEN, "PING tx_id")
+        padding = reader.rest()
+        if padding.count(0) != len(padding):
+            raise reader.error("PING padding must be zero bytes")
+        if len(padding) > MAX_DISCO_DATAGRAM - PING_SIZE:
+            raise reader.error(f"PING is longer than {MAX_DISCO_DATAGRAM} bytes")
+        message = Ping(tx_id, len(padding))
     elif msg_type == _TYPE_PONG:
         tx_id = reader.take(TX_ID_LEN, "PONG tx_id")
-        message = Pong(tx_id, reader.address("PONG observed address"))
+        observed = reader.address("PONG observed address")
+        message = Pong(tx_id, observed, reader.u16("PONG size"))
     elif msg_type == _TYPE_CALL_ME_MAYBE:
         count = reader.u8("CALL_ME_MAYBE address count")
         if count > MAX_CALL_ME_MAYBE_ADDRS:
@@ -436,6 +476,42 @@ class ProberConfig:
     max_clock_skew: float = 120.0
     replay_capacity: int = 1024
     max_events: int = 256
+    #: datagram size every path is assumed to carry (QUIC's minimum)
+    base_datagram_size: int = 1200
+    #: largest datagram size probed for on a live path; equal to the base: no size probing
+    max_datagram_size: int = 1200
+    #: a size probe not answered within max(this, 3 x the path's RTT) is lost
+    size_probe_timeout: float = 0.25
+    #: lost probes of one size before the path counts as not carrying that size
+    size_probe_attempts: int = 3
+    #: after a size search ended below ``max_datagram_size``, search upwards again this often
+    size_research_interval: float = 120.0
+    #: a suspected path (see :meth:`PathProber.suspect`) is pinged at once and after a third
+    #: and two thirds of this, and fails unless a PONG arrives within
+    #: max(this, 3 x its RTT); it is pinged at once and again halfway
+    suspect_timeout: float = 1.0
+    #: after a suspected path failed, failed candidates are re-probed this soon (not
+    #: ``reprobe_interval``): a false alarm on a lossy path costs seconds on the relay
+    suspect_reprobe: float = 5.0
+    #: True: live paths are size-probed only after :meth:`PathProber.request_size_search`
+    #: (when there is bulk data to send), so short exchanges never pay for probes
+    size_search_on_demand: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1200 <= self.base_datagram_size <= MAX_DISCO_DATAGRAM:
+            raise ValueError(f"base_datagram_size must be in 1200..{MAX_DISCO_DATAGRAM}, got {self.base_datagram_size}")
+        if not self.base_datagram_size <= self.max_datagram_size <= MAX_DISCO_DATAGRAM:
+            raise ValueError(
+                f"max_datagram_size must be in base_datagram_size..{MAX_DISCO_DATAGRAM}, got {self.max_datagram_size}"
+            )
+        if self.size_probe_attempts < 1:
+            raise ValueError("size_probe_attempts must be at least 1")
+
+
+#: Datagram sizes a size search tries, smallest first, below the configured ceiling (which is
+#: tried last): 1452 fits any 1500-byte Ethernet path (IPv6 + UDP headers), 8952 a 9000-byte
+#: jumbo-frame LAN, 16384 and up loopback.
+SIZE_STEPS = (1452, 4096, 8952, 16384, 32768, MAX_DISCO_DATAGRAM)
 
 
 class PathState(Enum):
@@ -490,6 +566,19 @@ class _Path:
     attempts: int = 0
     failed_at: float | None = None
     stats: dict[str, int] = field(default_factory=lambda: {"pings": 0, "pongs": 0})
+    # datagram size search (RFC 8899): confirmed size, smallest size known not to pass,
+    # the outstanding probe, and when the search next acts (None: idle)
+    size: int = 1200
+    size_limit: int = MAX_DISCO_DATAGRAM + 1
+    size_tx: bytes | None = None
+    size_probing: int = 0
+    size_attempts: int = 0
+    size_next_at: float | None = None
+    size_searched: bool = False
+    # set by suspect(): the path fails at this time unless a PONG arrives first; the
+    # suspicion's later pings go out at these times
+    suspect_until: float | None = None
+    suspect_pings: tuple[float, ...] = ()
 
 
 class PathProber:
@@ -520,12 +609,14 @@ class PathProber:
         self.replay = ReplayGuard(window=self.config.max_clock_skew, capacity=self.config.replay_capacity)
         self._paths: dict[Address, _Path] = {}
         self._outstanding: dict[bytes, tuple[Address, float]] = {}
+        self._size_probes: dict[bytes, tuple[Address, int, float]] = {}  # tx_id -> (addr, size, sent)
         self._queue: collections.deque[Transmit] = collections.deque()
         self._events: collections.deque[PathChanged] = collections.deque(maxlen=self.config.max_events)
         self._current: _Path | None = None
         self._next_reprobe: float | None = None
         #: our own address as the peer saw it in its latest PONG (like STUN)
         self.reflexive_addr: Address | None = None
+        self._size_wanted = not self.config.size_search_on_demand
         #: why packets were refused, by reason (for metrics and tests)
         self.rejected: collections.Counter[str] = collections.Counter()
 
@@ -543,6 +634,89 @@ class PathProber:
     def paths(self) -> dict[Address, tuple[PathState, float | None]]:
         """Every candidate with its state and smoothed RTT."""
         return {addr: (p.state, p.srtt) for addr, p in self._paths.items()}
+
+    def path_state(self, addr: tuple[str, int]) -> PathState | None:
+        """The state of the candidate ``addr`` (None if it is not a candidate)."""
+        try:
+            path = self._paths.get(normalize_address(addr))
+        except ValueError:
+            return None
+        return None if path is None else path.state
+
+    def datagram_size(self, addr: tuple[str, int] | None = None) -> int:
+        """Largest datagram confirmed on the direct path to ``addr`` (default: the current path).
+
+        The base size for an unknown path, a path that is not live, or the relay.
+        """
+        base = self.config.base_datagram_size
+        if addr is None:
+            path = self._current
+        else:
+            try:
+                path = self._paths.get(normalize_address(addr))
+            except ValueError:
+                return base
+        if path is None or path.state is not PathState.LIVE:
+            return base
+        return path.size
+
+    def suspect(self, addr: tuple[str, int], now: float) -> bool:
+        """The transport above saw repeated timeouts on ``addr``: check it now.
+
+        The path is pinged at once (and twice more); unless a PONG arrives
+        within max(``suspect_timeout``, 3 x RTT) it fails, and the prober falls
+        back to another live path or the relay, instead of waiting out
+        ``path_timeout``.  Returns False if ``addr`` is not a live path or is
+        already suspected.
+        """
+        try:
+            path = self._paths.get(normalize_address(addr))
+        except ValueError:
+            return False
+        if path is None or path.state is not PathState.LIVE or path.suspect_until is not None:
+            return False
+        timeout = max(self.config.suspect_timeout, 3 * (path.srtt or 0.0))
+        path.suspect_until = now + timeout
+        path.suspect_pings = (now + timeout / 3, now + 2 * timeout / 3)
+        path.next_ping_at = now
+        logger.debug(
+            "path %s to %s suspected; failing it at %.3f unless it answers", addr, self.peer.fmt_short(), now + timeout
+        )
+        return True
+
+    def request_size_search(self, now: float) -> bool:
+        """Start size searches on live paths (with ``size_search_on_demand``); False if already on."""
+        if self._size_wanted:
+            return False
+        self._size_wanted = True
+        for path in self._paths.values():
+            if path.state is PathState.LIVE:
+                self._start_size_search(path, now)
+        return True
+
+    def size_black_hole(self, addr: tuple[str, int], now: float) -> bool:
+        """Packets larger than the base size stopped arriving on ``addr``: fall back, search again.
+
+        Returns True if the path's size was lowered (False if it already was the base).
+        """
+        path = self._paths.get(normalize_address(addr))
+        base = self.config.base_datagram_size
+        if path is None or path.size <= base:
+            return False
+        logger.info(
+            "path %s to %s stopped carrying %d-byte datagrams; back to %d",
+            path.addr,
+            self.peer.fmt_short(),
+            path.size,
+            base,
+        )
+        self._stop_size_probe(path)
+        path.size_limit = path.size
+        path.size = base
+        path.size_attempts = 0
+        path.size_searched = False
+        path.size_next_at = now if path.state is PathState.LIVE else None
+        return True
 
     def pop_events(self) -> list[PathChanged]:
         """Path changes since the last call, oldest first."""
@@ -590,15 +764,22 @@ class PathProber:
             self._reject("via-relay", f"{type(message).__name__} through the relay is not used")
             return
         pong_for: tuple[Address, float] | None = None
+        size_for: tuple[Address, int, float] | None = None
         if isinstance(message, Pong):
             # checked before the replay cache records it, so that a copy raced in from
             # another address cannot burn the genuine PONG
             pong_for = self._outstanding.get(message.tx_id)
             if pong_for is None:
-                self._reject("unknown-tx", "PONG for a tx_id we did not send (or already answered)")
+                size_for = self._size_probes.get(message.tx_id)
+                if size_for is None:
+                    self._reject("unknown-tx", "PONG for a tx_id we did not send (or already answered)")
+                    return
+            sent_to = pong_for[0] if pong_for is not None else size_for[0] if size_for is not None else None
+            if sent_to != src:
+                self._reject("wrong-source", f"PONG for a ping sent to {sent_to} came from {src}")
                 return
-            if pong_for[0] != src:
-                self._reject("wrong-source", f"PONG for a ping sent to {pong_for[0]} came from {src}")
+            if size_for is not None and message.size != size_for[1]:
+                self._reject("size-mismatch", f"PONG echoes size {message.size}, the probe was {size_for[1]} bytes")
                 return
         reason = self.replay.check(packet.digest, packet.timestamp, now + self.clock_offset)
         if reason is not None:
@@ -611,7 +792,7 @@ class PathProber:
             return
         assert src is not None
         if isinstance(message, Ping):
-            self._enqueue(Transmit(self._seal(Pong(message.tx_id, src), now), src))
+            self._enqueue(Transmit(self._seal(Pong(message.tx_id, src, len(data)), now), src))
             path = self._paths.get(src)
             if path is None:
                 # an authenticated ping from a new address is a candidate: this is what wins
@@ -619,6 +800,8 @@ class PathProber:
                 self._add_candidate(src, now)
             elif path.state is PathState.FAILED:
                 self._restart(path, now)
+        elif size_for is not None:
+            self._handle_size_pong(message, size_for, now)
         else:
             assert pong_for is not None
             self._handle_pong(message, pong_for, now)
@@ -642,9 +825,15 @@ class PathProber:
                     continue
                 path.attempts += 1
                 path.next_ping_at = now + min(cfg.probe_interval * 2 ** (path.attempts - 1), cfg.probe_backoff_max)
+            elif path.suspect_until is not None and any(t > now for t in path.suspect_pings):
+                path.next_ping_at = min(t for t in path.suspect_pings if t > now)
             else:
                 path.next_ping_at = now + cfg.keepalive_interval
             self._send_ping(path, now)
+        if cfg.max_datagram_size > cfg.base_datagram_size:
+            for path in self._paths.values():
+                if path.state is PathState.LIVE:
+                    self._size_step(path, now)
         out = list(self._queue)
         self._queue.clear()
         return out
@@ -658,6 +847,10 @@ class PathProber:
             times.append(path.next_ping_at)
             if path.state is PathState.LIVE and path.last_pong is not None:
                 times.append(path.last_pong + self.config.path_timeout)
+            if path.state is PathState.LIVE and path.size_next_at is not None:
+                times.append(path.size_next_at)
+            if path.state is PathState.LIVE and path.suspect_until is not None:
+                times.append(path.suspect_until)
         if self._outstanding:
             times.append(min(sent for _addr, sent in self._outstanding.values()) + self.config.ping_timeout)
         if self._current is None and self._next_reprobe is not None:
@@ -691,8 +884,9 @@ class PathProber:
                 self._reject("too-many-candidates", f"candidate {addr} dropped: every slot holds a live path")
                 return None
             victim = min(victims, key=lambda p: (p.failed_at or 0.0, p.attempts))
+            self._stop_size_probe(victim)
             del self._paths[victim.addr]
-        path = _Path(addr, next_ping_at=now)
+        path = _Path(addr, next_ping_at=now, size=self.config.base_datagram_size)
         self._paths[addr] = path
         if self._next_reprobe is None:
             self._next_reprobe = now + self.config.reprobe_interval
@@ -723,10 +917,14 @@ class PathProber:
         path.srtt = sample if path.srtt is None else 0.875 * path.srtt + 0.125 * sample
         path.last_pong = now
         path.stats["pongs"] += 1
+        if path.suspect_until is not None:
+            path.suspect_until = None
+            path.next_ping_at = now + self.config.keepalive_interval
         if path.state is not PathState.LIVE:
             path.state = PathState.LIVE
             path.attempts = 0
             path.next_ping_at = now + self.config.keepalive_interval
+            self._start_size_search(path, now)
         self.reflexive_addr = pong.observed
         self._choose(now, "direct path answered")
 
@@ -734,14 +932,26 @@ class PathProber:
         cfg = self.config
         for tx_id in [t for t, (_a, sent) in self._outstanding.items() if now - sent >= cfg.ping_timeout]:
             del self._outstanding[tx_id]
-        expired = False
+        expired = suspected = False
         for path in self._paths.values():
-            if path.state is PathState.LIVE and path.last_pong is not None and now - path.last_pong >= cfg.path_timeout:
-                path.state = PathState.FAILED
-                path.failed_at = now
-                expired = True
+            if path.state is not PathState.LIVE:
+                continue
+            timed_out = path.last_pong is not None and now - path.last_pong >= cfg.path_timeout
+            if path.suspect_until is not None and now >= path.suspect_until:
+                suspected = True
+            elif not timed_out:
+                continue
+            path.suspect_until = None
+            path.state = PathState.FAILED
+            path.failed_at = now
+            self._stop_size_probe(path)
+            path.size = cfg.base_datagram_size
+            path.size_next_at = None
+            expired = True
         if expired:
             self._choose(now, "path expired")
+        if suspected and self._next_reprobe is not None:
+            self._next_reprobe = min(self._next_reprobe, now + cfg.suspect_reprobe)
 
     def _choose(self, now: float, reason: str) -> None:
         live = [p for p in self._paths.values() if p.state is PathState.LIVE and p.srtt is not None]
@@ -762,3 +972,73 @@ class PathProber:
         if old != new:
             self._events.append(PathChanged(now, old, new, reason))
             logger.debug("path to %s: %s -> %s (%s)", self.peer.fmt_short(), old, new, reason)
+
+    # -- datagram size search (RFC 8899, "DPLPMTUD-lite") ----------------------
+
+    def _start_size_search(self, path: _Path, now: float) -> None:
+        self._stop_size_probe(path)
+        path.size = self.config.base_datagram_size
+        path.size_limit = self.config.max_datagram_size + 1
+        path.size_attempts = 0
+        path.size_searched = False
+        probing = self._size_wanted and self.config.max_datagram_size > self.config.base_datagram_size
+        path.size_next_at = now if probing else None
+
+    def _stop_size_probe(self, path: _Path) -> None:
+        if path.size_tx is not None:
+            self._size_probes.pop(path.size_tx, None)
+            path.size_tx = None
+
+    def _next_size(self, path: _Path) -> int | None:
+        ceiling = self.config.max_datagram_size
+        for size in (*(s for s in SIZE_STEPS if s < ceiling), ceiling):
+            if path.size < size < path.size_limit:
+                return size
+        return None
+
+    def _size_step(self, path: _Path, now: float) -> None:
+        """Send the next size probe, or handle a lost one, when the path's search is due."""
+        cfg = self.config
+        if path.size_next_at is None or now < path.size_next_at:
+            return
+        if path.size_tx is not None:  # the probe was lost
+            self._stop_size_probe(path)
+            if path.size_attempts >= cfg.size_probe_attempts:
+                logger.debug("path %s to %s: %d-byte probes lost", path.addr, self.peer.fmt_short(), path.size_probing)
+                path.size_limit = path.size_probing
+                path.size_attempts = 0
+        elif path.size_searched:  # time to search upwards again
+            path.size_limit = cfg.max_datagram_size + 1
+            path.size_searched = False
+        size = self._next_size(path)
+        if size is None:
+            path.size_searched = True
+            path.size_attempts = 0
+            path.size_next_at = now + cfg.size_research_interval if path.size < cfg.max_datagram_size else None
+            return
+        if size != path.size_probing:
+            path.size_attempts = 0
+        path.size_attempts += 1
+        path.size_probing = size
+        tx_id = self.rng.randbytes(TX_ID_LEN)
+        path.size_tx = tx_id
+        self._size_probes[tx_id] = (path.addr, size, now)
+        path.size_next_at = now + max(cfg.size_probe_timeout, 3 * (path.srtt or 0.0))
+        self._enqueue(Transmit(self._seal(Ping.padded_to(tx_id, size), now), path.addr))
+
+    def _handle_size_pong(self, pong: Pong, sent: tuple[Address, int, float], now: float) -> None:
+        addr, size, _sent_at = sent
+        del self._size_probes[pong.tx_id]
+        path = self._paths.get(addr)
+        if path is None or path.size_tx != pong.tx_id:
+            return  # a probe of an earlier search
+        path.size_tx = None
+        path.last_pong = now
+        if path.suspect_until is not None:  # a big probe answered: the path works
+            path.suspect_until = None
+            path.next_ping_at = now + self.config.keepalive_interval
+        if size > path.size:
+            path.size = size
+            logger.debug("path %s to %s carries %d-byte datagrams", addr, self.peer.fmt_short(), size)
+        path.size_attempts = 0
+        path.size_next_at = now  # probe the next size right away

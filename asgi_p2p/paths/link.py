@@ -9,12 +9,13 @@ imports the other's module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from ..identity import NodeId
 from .disco import Address
 
-__all__ = ["RelayLink", "RelaySink"]
+__all__ = ["ManagedRelayLink", "RelayFactory", "RelayLink", "RelaySink"]
 
 
 class RelayLink(Protocol):
@@ -61,3 +62,21 @@ class RelaySink(Protocol):
 
     def relay_error(self, dest: NodeId | None, message: str) -> None:
         """The relay refused something (rate limit, unknown destination, too large)."""
+
+
+class ManagedRelayLink(RelayLink, Protocol):
+    """A relay client the endpoint owns: started at bind, closed with the endpoint."""
+
+    def start(self) -> None:
+        """Start connecting in the background (returns at once); reconnects by itself."""
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the relay connection is up; raises :class:`~asgi_p2p.errors.Timeout` if not in time."""
+
+    async def close(self) -> None:
+        """Disconnect for good."""
+
+
+#: Makes the relay client of an endpoint: ``factory(endpoint, relay_url, sink, rng=rng)``
+#: (the signature of :class:`asgi_p2p.relay.client.RelayClient`).
+RelayFactory = Callable[..., ManagedRelayLink]

@@ -71,6 +71,7 @@ _RECV = 2
 _OBSERVED_ADDR = 3
 _SIGNAL = 4
 _ERROR = 5
+_RECV_PREFIX = bytes((RELAY_VERSION, _RECV))
 _NAMES = {_SEND: "SEND", _RECV: "RECV", _OBSERVED_ADDR: "OBSERVED_ADDR", _SIGNAL: "SIGNAL", _ERROR: "ERROR"}
 
 
@@ -413,6 +414,12 @@ class RelayRouter:
         relay may send; the caller then closes the client's connection.
         """
         client = self._client(src)
+        if len(data) > FORWARD_OVERHEAD and data[0] == RELAY_VERSION and data[1] == _SEND:
+            # the per-packet path: SEND -> RECV with one copy of the packet and no frame objects
+            # (the same checks as parse_frame: a 32-byte node id and a non-empty packet)
+            dst = NodeId(data[2:FORWARD_OVERHEAD])
+            recv = b"".join((_RECV_PREFIX, src.to_bytes(), memoryview(data)[FORWARD_OVERHEAD:]))
+            return self._forward(src, client, dst, recv, len(data) - FORWARD_OVERHEAD, now)
         frame = parse_frame(data)
         if isinstance(frame, Send):
             return self._forward(src, client, frame.dst, Recv(src, frame.packet).encode(), len(frame.packet), now)

@@ -50,6 +50,7 @@ __all__ = [
     "Simulation",
     "default_latency",
     "default_loss",
+    "default_mtu",
 ]
 
 log = logging.getLogger("asgi_p2p.sim")
@@ -58,6 +59,11 @@ T = TypeVar("T")
 
 #: Bytes of IPv4 + UDP header counted on top of the payload by bandwidth limits.
 HEADER_OVERHEAD = 28
+#: Default link MTU (IP packet size) unless ``Simulation(mtu=...)`` or ``SIMULATOR_DEFAULT_MTU``
+#: say otherwise: Ethernet's 1500, as on most home and internet paths.  It carries a relayed
+#: 1200-byte QUIC packet inside the relay connection's own (which the smallest QUIC MTU,
+#: 1228, cannot); tests of datagram size probing give links other ``mtu`` values.
+DEFAULT_MTU = 1500
 
 _WILDCARDS = ("", "0.0.0.0", "::")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -77,6 +83,11 @@ def _env_float(name: str, default: float) -> float:
 def default_latency() -> float:
     """``SIMULATOR_DEFAULT_LATENCY_MS`` (default 50) in seconds."""
     return _env_float("SIMULATOR_DEFAULT_LATENCY_MS", 50.0) / 1000.0
+
+
+def default_mtu() -> int:
+    """``SIMULATOR_DEFAULT_MTU`` (default :data:`DEFAULT_MTU`) in bytes."""
+    return int(_env_float("SIMULATOR_DEFAULT_MTU", DEFAULT_MTU))
 
 
 def default_loss() -> float:
@@ -259,6 +270,10 @@ class Link:
         duplicate: probability that a packet is delivered twice.
         reorder: probability that a packet is delayed by up to ``reorder_delay`` extra
             seconds, letting later packets overtake it.
+        mtu: the largest IP packet the link carries (a datagram's payload plus
+            :data:`HEADER_OVERHEAD`); larger ones are dropped and traced as ``drop:mtu``
+            (like a router dropping a don't-fragment packet).  Default :data:`DEFAULT_MTU`
+            (1500, as on Ethernet; 1228 carries only the 1200-byte datagrams QUIC needs).
     """
 
     def __init__(self, sim: Simulation, a: Node, b: Node, **params: Any) -> None:
@@ -274,11 +289,22 @@ class Link:
         self.duplicate = 0.0
         self.reorder = 0.0
         self.reorder_delay: float | None = None
+        self.mtu = sim.default_mtu
         self.rng = random.Random(f"{sim.seed}:link:{a.name}:{b.name}")
         self._dirs: dict[Node, _Direction] = {a: _Direction(), b: _Direction()}
         self.configure(**params)
 
-    _PARAMS = ("latency", "jitter", "loss", "bandwidth", "queue_bytes", "duplicate", "reorder", "reorder_delay")
+    _PARAMS = (
+        "latency",
+        "jitter",
+        "loss",
+        "bandwidth",
+        "queue_bytes",
+        "duplicate",
+        "reorder",
+        "reorder_delay",
+        "mtu",
+    )
 
     def configure(self, **params: Any) -> Link:
         """Change parameters (names as the attributes); returns self."""
@@ -291,6 +317,8 @@ class Link:
                 raise ValueError(f"{key} must be a probability in [0, 1], got {value}")
             if key in ("latency", "jitter") and float(value) < 0:
                 raise ValueError(f"{key} must not be negative, got {value}")
+            if key == "mtu" and (not isinstance(value, int) or value < 68):
+                raise ValueError(f"mtu must be an integer of at least 68 (the IPv4 minimum), got {value!r}")
             if key == "bandwidth" and value is not None and float(value) <= 0:
                 raise ValueError(f"bandwidth must be positive bits/s or None, got {value}")
             setattr(self, key, value)
@@ -404,6 +432,8 @@ class Simulation:
         seed: every random choice (loss, jitter, NAT ports, ...) derives from it.
         latency: default link latency in seconds (default: ``SIMULATOR_DEFAULT_LATENCY_MS``).
         loss: default link loss probability (default: ``SIMULATOR_DEFAULT_PACKET_LOSS``).
+        mtu: default link MTU in bytes (default: ``SIMULATOR_DEFAULT_MTU``, else
+            :data:`DEFAULT_MTU`, 1500 as on Ethernet; 1228 is the smallest QUIC allows).
         auto_link: link every new public node to every existing one with default
             parameters (a full mesh); set False to wire the topology by hand.
         keep_trace: keep trace events in memory (the hash is always computed).
@@ -423,6 +453,7 @@ class Simulation:
         time_limit: float | None = None,
         discovery_delay: float | None = None,
         livelock: str = "nudge",
+        mtu: int | None = None,
     ) -> None:
         determinism.apply()
         self.seed = seed
@@ -430,6 +461,7 @@ class Simulation:
         self.rng = random.Random(seed)
         self.default_latency = default_latency() if latency is None else latency
         self.default_loss = default_loss() if loss is None else loss
+        self.default_mtu = default_mtu() if mtu is None else mtu
         self.auto_link = auto_link
         self.time_limit = time_limit
         self.loop = VirtualTimeLoop(START_TIME, livelock=livelock)
@@ -966,6 +998,10 @@ class Simulation:
             self._drop(pkt, "link-down", node.name)
             return
         d = lk.direction(node)
+        if len(pkt.data) + HEADER_OVERHEAD > lk.mtu:
+            d.dropped += 1
+            self._drop(pkt, "mtu", lk.name)
+            return
         if d.held is not None:
             d.held.append(pkt)
             return

@@ -21,7 +21,7 @@ import pytest
 
 from .network import Simulation
 
-__all__ = ["DEFAULT_SEED", "DEFAULT_TIME_LIMIT"]
+__all__ = ["DEFAULT_SEED", "DEFAULT_TIME_LIMIT", "record_seed"]
 
 DEFAULT_SEED = 1
 DEFAULT_TIME_LIMIT = 600.0
@@ -75,12 +75,21 @@ def sim(request: pytest.FixtureRequest) -> Generator[Simulation, None, None]:
     time_limit = kwargs.pop("time_limit", None)
     if time_limit is None:
         time_limit = float(request.config.getoption("--sim-time-limit"))
-    request.node.stash[_SEED_KEY] = int(seed)
+    record_seed(request.node, int(seed))
     simulation = Simulation(seed=int(seed), time_limit=time_limit, **kwargs)
     try:
         yield simulation
     finally:
         simulation.close()
+
+
+def record_seed(item: pytest.Item, seed: int) -> None:
+    """Name ``seed`` in ``item``'s failure report, with a replay command.
+
+    The ``sim`` fixture does this itself; call it from fixtures that build their own
+    :class:`~asgi_p2p.sim.Simulation` seeded from ``--sim-seed``.
+    """
+    item.stash[_SEED_KEY] = int(seed)
 
 
 def replay_command(item: pytest.Item, seed: int) -> str:

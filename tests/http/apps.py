@@ -40,6 +40,7 @@ class AppState:
     ws_closed: asyncio.Event = field(default_factory=asyncio.Event)
     events: list[str] = field(default_factory=list)
     lifespan: list[str] = field(default_factory=list)
+    #: largest body piece the upload endpoint got at once: what the server had buffered for it
     upload_peak_buffered: int = 0
 
 
@@ -107,6 +108,7 @@ def _routes(state: AppState) -> list[BaseRoute]:
         async for chunk in request.stream():
             h.update(chunk)
             size += len(chunk)
+            state.upload_peak_buffered = max(state.upload_peak_buffered, len(chunk))
         return JSONResponse({"size": size, "sha256": h.hexdigest()})
 
     async def form(request: Request) -> Response:

@@ -1,15 +1,18 @@
 """Fixtures of the HTTP/3 suite.
 
-Every test gets its endpoints from :func:`endpoint_pair`, parametrized by
-network: today the real UDP loopback; the simulator (``asgi_p2p.sim``) plugs
-in as another parameter without touching the tests.
+Every async test runs once per network, through pytest-asyncio's loop factories
+(:func:`pytest_asyncio_loop_factories`): ``[udp]`` on a real loop with UDP on
+loopback, ``[sim]`` on the simulator's virtual-time loop at 5% loss.  The
+fixtures (:func:`endpoint_pair`) look at the running loop to bind endpoints on
+the right network, so tests never name the network themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,27 +23,41 @@ from asgi_p2p import Endpoint, NetworkConfig
 from asgi_p2p.http import H3Server, P2PTransport
 from asgi_p2p.http.types import ASGIApp
 from asgi_p2p.sim import Simulation
+from asgi_p2p.sim.pytest_plugin import record_seed
 
-#: "sim" runs the same tests on the simulated network, in virtual time, at 5% loss.
-NETWORKS = ["udp", "sim"]
+#: The simulated network ("sim"): one link between any two nodes, 5 ms latency, 5% loss,
+#: and an Ethernet MTU (1472-byte datagrams at most), like a path across the internet.
 SIM_LOSS = 0.05
+SIM_LATENCY = 0.005
+SIM_MTU = 1500
 
 
-class _SimLoopPolicy(asyncio.DefaultEventLoopPolicy):
-    """pytest-asyncio asks this policy for the test's loop: a simulation's virtual-time loop."""
-
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        sim = Simulation(seed=1, latency=0.005, loss=SIM_LOSS, keep_trace=False)  # hash only: bounded memory
-        sim.loop.simulation = sim  # type: ignore[attr-defined]
-        return sim.loop
+def _sim_loop(seed: int) -> asyncio.AbstractEventLoop:
+    """A fresh simulation's virtual-time loop (the test's fixtures find the simulation on it)."""
+    sim = Simulation(seed=seed, latency=SIM_LATENCY, loss=SIM_LOSS, keep_trace=False)  # hash only: bounded memory
+    sim.loop.simulation = sim  # type: ignore[attr-defined]
+    return sim.loop
 
 
-@pytest.fixture(params=NETWORKS)
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Each HTTP test runs twice: on a real loop with UDP on loopback, and on the simulator."""
-    if request.param == "sim":
-        return _SimLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Each HTTP test runs twice: on a real loop with UDP on loopback (``[udp]``), and on the
+    simulator (``[sim]``, seeded by ``--sim-seed``, default 1).
+
+    Tests marked ``real_network`` get the real loop only (the marker states why at each use);
+    tests marked ``sim_only`` the simulator only (they need to shape the network).
+    """
+    seed = config.getoption("--sim-seed", default=None)
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "udp": asyncio.new_event_loop,
+        "sim": functools.partial(_sim_loop, 1 if seed is None else int(seed)),
+    }
+    if item.get_closest_marker("real_network") is not None:
+        del factories["sim"]
+    elif item.get_closest_marker("sim_only") is not None:
+        del factories["udp"]
+    return factories
 
 
 def _current_simulation() -> Simulation | None:
@@ -56,20 +73,42 @@ class EndpointPair:
     client: Endpoint
     network: str
     extra: list[Endpoint] = field(default_factory=list)
+    #: simulated host name of each endpoint (by ``id``), on the simulator
+    hosts: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def simulation(self) -> Simulation:
+        """The running simulation (only on the simulator)."""
+        sim = _current_simulation()
+        assert sim is not None, "not running on the simulator"
+        return sim
+
+    def host(self, endpoint: Endpoint) -> str:
+        """The simulated host ``endpoint`` is bound on (only on the simulator)."""
+        return self.hosts[id(endpoint)]
 
     async def new_endpoint(self) -> Endpoint:
         """Another node on the same network (a second client, say)."""
-        ep = await _bind()
+        ep = await self._bind()
         self.extra.append(ep)
         return ep
 
+    async def _bind(self) -> Endpoint:
+        ep, host = await _bind()
+        if host is not None:
+            self.hosts[id(ep)] = host
+        return ep
 
-async def _bind() -> Endpoint:
+
+async def _bind() -> tuple[Endpoint, str | None]:
     sim = _current_simulation()
     if sim is None:
-        return await Endpoint.bind(host="127.0.0.1", config=_config())
+        return await Endpoint.bind(host="127.0.0.1", config=_config()), None
     host = sim.host(f"h{next(_host_counter)}")
-    return await Endpoint.bind(host="0.0.0.0", port=4433, config=_config(), network=host)
+    for link in host.links.values():  # auto-linked to every node already there
+        link.configure(mtu=SIM_MTU)
+    ep = await Endpoint.bind(host="0.0.0.0", port=4433, config=_config(), network=host)
+    return ep, host.name
 
 
 def _config(**overrides: Any) -> NetworkConfig:
@@ -78,9 +117,12 @@ def _config(**overrides: Any) -> NetworkConfig:
 
 @pytest.fixture
 async def endpoint_pair() -> AsyncIterator[EndpointPair]:
-    server = await _bind()
-    client = await _bind()
+    server, server_host = await _bind()
+    client, client_host = await _bind()
     pair = EndpointPair(server, client, "sim" if _current_simulation() else "udp")
+    for ep, host in ((server, server_host), (client, client_host)):
+        if host is not None:
+            pair.hosts[id(ep)] = host
     yield pair
     for ep in (client, *pair.extra, server):
         await ep.close(timeout=0.5)
@@ -129,6 +171,14 @@ async def serve(endpoint_pair: EndpointPair) -> AsyncIterator[Serve]:
     for served in started:
         await served.client.aclose()
         await served.server.shutdown()
+
+
+@pytest.fixture(autouse=True)
+async def _sim_seed_in_report(request: pytest.FixtureRequest) -> None:
+    """A failing ``[sim]`` test's report names the seed and how to replay it."""
+    sim = _current_simulation()
+    if sim is not None:
+        record_seed(request.node, sim.seed)
 
 
 @pytest.fixture(autouse=True)
@@ -181,17 +231,11 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "real_network: the test needs a real event loop (not the simulator's virtual-time loop)"
+        "markers",
+        "real_network(reason): the test needs a real event loop, not the simulator's virtual-time loop; "
+        "it runs on UDP only",
     )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``real_network`` run on UDP only; they are not collected for the simulator."""
-    keep, drop = [], []
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        on_sim = callspec is not None and callspec.params.get("event_loop_policy") == "sim"
-        (drop if on_sim and item.get_closest_marker("real_network") else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    config.addinivalue_line(
+        "markers",
+        "sim_only(reason): the test shapes the simulated network (loss, partitions); it runs on the simulator only",
+    )

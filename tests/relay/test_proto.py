@@ -277,3 +277,20 @@ def test_limits_validate() -> None:
         RelayLimits(max_datagram_size=10)
     with pytest.raises(ValueError, match="max_clients"):
         RelayLimits(max_clients=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=80))
+def test_forwarding_a_send_frame_equals_parsing_and_re_encoding_it(tail: bytes) -> None:
+    """The router's per-packet path (no frame objects) accepts and produces exactly what parse_frame does."""
+    data = b"\x01\x01" + B.to_bytes() + tail
+    r = router()
+    try:
+        expected = Recv(A, parse_frame(data).packet).encode()  # type: ignore[union-attr]
+    except ProtocolError:
+        with pytest.raises(ProtocolError, match="empty packet"):
+            r.handle_datagram(A, data, 0.0)
+        return
+    ((node, frame),) = r.handle_datagram(A, data, 0.0)
+    assert node == B and frame == expected and isinstance(frame, bytes)
+    assert r.stats.forwarded_bytes == len(tail)

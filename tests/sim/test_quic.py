@@ -61,7 +61,7 @@ def test_thousand_messages_intact_and_in_order_at_10_percent_loss(sim: Simulatio
     got = sim.run(main())
     assert got == sent
     stats = sim.stats()
-    assert stats["drops"]["loss"] > 50 and stats["duplicated"] > 50
+    assert stats["drops"]["loss"] > 30 and stats["duplicated"] > 30  # ~10% of the packets each
 
 
 def test_quic_trace_identical_across_processes_at_30_percent_loss() -> None:

@@ -1,0 +1,245 @@
+"""``asgi-p2p relay``: run a relay for nodes that cannot reach each other directly.
+
+The relay is a node like any other: it has a key (``--key-file``, created 0600
+if missing, or ``--ephemeral``), and its URL ``p2p-relay://NODE_ID@HOST:PORT``
+names that key, so clients refuse anyone else answering at the address.  It
+forwards end-to-end-encrypted packets between its clients by NodeId and never
+sees what they carry.  The same UDP port serves the node-record directory
+(ALPN ``asgi-p2p/directory/1``) unless ``--no-directory``.  SIGINT or SIGTERM
+closes every client connection and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidConfiguration, P2PError
+from ..identity import SecretKey, load_or_create_key
+from ._common import LOG_LEVELS, configure_logging, port_number, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from ..config import NetworkConfig
+    from ..relay.proto import RelayLimits
+
+__all__ = ["add_relay_args", "run_relay", "subcommands"]
+
+log = logging.getLogger("asgi_p2p.cli")
+
+Command = Callable[[argparse.Namespace], int]
+Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None], Command]
+
+
+def subcommands() -> dict[str, Subcommand]:
+    """The commands this module adds to ``asgi-p2p`` (consumed by :func:`asgi_p2p.cli.main`)."""
+    return {
+        "relay": ("run a relay for nodes that cannot reach each other directly", add_relay_args, run_relay),
+    }
+
+
+def add_relay_args(p: argparse.ArgumentParser) -> None:
+    from ..discovery.records import Directory
+    from ..relay.proto import RelayLimits
+    from ..relay.server import RELAY_DATAGRAM_SIZE
+    from . import default_key_file
+
+    defaults = RelayLimits()
+    dir_defaults = Directory()
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="PATH",
+        help=f"secret key file, created 0600 if missing (default: {default_key_file()}); "
+        "the relay URL names this key, so keep it to keep the URL",
+    )
+    keys.add_argument("--ephemeral", action="store_true", help="use a new random identity (a new URL every run)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address of the UDP socket (default: 127.0.0.1; use 0.0.0.0 or :: to serve other machines)",
+    )
+    p.add_argument("--port", type=port_number, default=0, help="UDP port (default: 0 = any free port)")
+    p.add_argument(
+        "--public-host",
+        metavar="HOST",
+        help="host to put in the printed URL (default: --host; set it when binding 0.0.0.0 or behind a NAT)",
+    )
+    p.add_argument(
+        "--limit-clients",
+        type=positive_int,
+        default=defaults.max_clients,
+        metavar="N",
+        help=f"most connected clients; more are refused with a 'relay full' error (default: {defaults.max_clients})",
+    )
+    p.add_argument(
+        "--limit-packets-per-second",
+        type=positive_float,
+        default=defaults.packets_per_second,
+        metavar="N",
+        help=f"packets each client may send per second (default: {defaults.packets_per_second:g}; burst 2x)",
+    )
+    p.add_argument(
+        "--limit-bytes-per-second",
+        type=positive_float,
+        default=defaults.bytes_per_second,
+        metavar="N",
+        help=f"bytes each client may send per second (default: {defaults.bytes_per_second:g}; burst 2x)",
+    )
+    p.add_argument(
+        "--max-datagram-size",
+        type=positive_int,
+        metavar="BYTES",
+        help=f"UDP payload size the relay builds from the start (default: {RELAY_DATAGRAM_SIZE}, one full "
+        "1200-byte QUIC packet plus relay and QUIC overhead; every client<->relay path must carry it)",
+    )
+    directory = p.add_argument_group("node-record directory (ALPN asgi-p2p/directory/1, on the same port)")
+    directory.add_argument(
+        "--no-directory",
+        action="store_true",
+        help="do not serve the directory (directory connections are refused)",
+    )
+    directory.add_argument(
+        "--directory-capacity",
+        type=positive_int,
+        default=dir_defaults.capacity,
+        metavar="N",
+        help=f"most node records kept; new nodes are refused when full (default: {dir_defaults.capacity})",
+    )
+    directory.add_argument(
+        "--directory-max-ttl",
+        type=positive_float,
+        default=dir_defaults.max_ttl,
+        metavar="SECONDS",
+        help=f"longest lifetime a published record may have (default: {dir_defaults.max_ttl:g})",
+    )
+    p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
+    p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
+
+
+def _secret_key(args: argparse.Namespace) -> SecretKey:
+    from . import default_key_file
+
+    if args.ephemeral:
+        return SecretKey.generate()
+    path: Path = args.key_file or default_key_file()
+    existed = path.exists()
+    key = load_or_create_key(path)
+    if not existed:
+        log.info("created a new key file %s (mode 0600)", path)
+    return key
+
+
+def _write_url_file(path: Path, url: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(url + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # readers never see a half-written URL
+
+
+def run_relay(args: argparse.Namespace) -> int:
+    from ..relay.proto import RelayLimits
+    from ..relay.server import relay_config
+
+    configure_logging(args.log_level)
+    try:
+        limits = RelayLimits(
+            max_clients=args.limit_clients,
+            packets_per_second=args.limit_packets_per_second,
+            packet_burst=2 * args.limit_packets_per_second,
+            bytes_per_second=args.limit_bytes_per_second,
+            byte_burst=max(2 * args.limit_bytes_per_second, 65536.0),
+        )
+    except ValueError as exc:
+        raise InvalidConfiguration(f"relay limits: {exc}") from None
+    overrides: dict[str, Any] = {}
+    if args.max_datagram_size is not None:
+        overrides["max_datagram_size"] = args.max_datagram_size
+    config = relay_config(args.limit_clients, **overrides)
+    key = _secret_key(args)
+    try:
+        return asyncio.run(_relay(key, limits, config, args))
+    except P2PError as exc:
+        print(f"asgi-p2p: error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, args: argparse.Namespace) -> int:
+    from ..discovery.records import Directory
+    from ..relay.server import RelayServer
+    from ..relay.url import RelayUrl
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signame: str) -> None:
+        log.info("%s: shutting down", signame)
+        stop.set()
+
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+            handled.append(sig)
+    directory: Directory | bool = False
+    if not args.no_directory:
+        try:
+            directory = Directory(capacity=args.directory_capacity, max_ttl=args.directory_max_ttl)
+        except ValueError as exc:
+            raise InvalidConfiguration(f"directory: {exc}") from None
+    # records expire on the Unix clock; the library reads only loop.time(), so measure the offset once
+    clock_offset = time.time() - loop.time()
+    server = await RelayServer.bind(
+        key,
+        host=args.host,
+        port=args.port,
+        limits=limits,
+        config=config,
+        directory=directory,
+        clock_offset=clock_offset,
+    )
+    try:
+        url = server.url
+        if args.public_host:
+            url = RelayUrl(url.node_id, args.public_host, url.port)
+        text = str(url)
+        if args.url_file is not None:
+            _write_url_file(args.url_file, text)
+        lines = [
+            f"asgi-p2p: relay serving (udp {url.host}:{url.port}, up to {limits.max_clients} clients)",
+            f"  node id  {server.node_id}",
+        ]
+        if server.directory is not None:
+            d = server.directory.directory
+            lines.append(f"  directory serving node records (up to {d.capacity}, ttl at most {d.max_ttl:g} s)")
+        else:
+            lines.append("  directory off (--no-directory)")
+        lines.append(f"  url      {text}")
+        if server.endpoint.local_address[0] in ("127.0.0.1", "::1"):
+            lines.append("  (bound to loopback: only this machine can connect; use --host 0.0.0.0 for others)")
+        elif server.endpoint.local_address[0] in ("0.0.0.0", "::") and not args.public_host:
+            lines.append("  (bound to a wildcard: pass --public-host with the address clients should use)")
+        print("\n".join(lines), flush=True)
+        await stop.wait()
+        stats = server.router_stats
+        log.info(
+            "relay stopping: %d clients, %d packets (%d bytes) and %d signals forwarded",
+            len(server.clients),
+            stats.forwarded_packets,
+            stats.forwarded_bytes,
+            stats.signals,
+        )
+        return 0
+    finally:
+        await server.close()
+        for sig in handled:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,230 @@
+"""The endpoint's paths layer for one peer: its disco prober, its paths, its connections.
+
+Every peer we have (or are dialing) a connection with gets one :class:`PeerPaths`,
+keyed by node id: disco packets from that node go to its
+:class:`~asgi_p2p.paths.disco.PathProber`, whose timers run on the endpoint's
+loop.  The prober probes the peer's direct addresses, measures RTT and how
+large a datagram each path carries (padded PINGs, RFC 8899).
+
+Each connection to the peer keeps one address for QUIC (see
+``PeerConnection.address``); underneath, :meth:`PeerPaths.update_routes` decides
+where its packets go:
+
+* the prober's current direct path, once a probe was answered;
+* else the address the connection was dialed to or accepted from, while that
+  address is not known to be dead, *and* the relay if one is connected (both:
+  the first packets get through whichever way works);
+* else the relay; with neither, packets are counted and dropped.
+
+A connection builds datagrams of the size its direct path carries, and of the
+base size (``NetworkConfig.max_datagram_size``) whenever any of its packets
+may go through the relay, whose DATAGRAM frames carry them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from ..identity import NodeId
+from ..paths.disco import PathChanged, PathInfo, PathProber, PathState, ProberConfig
+
+if TYPE_CHECKING:
+    from .connection import PeerConnection
+    from .endpoint import Endpoint
+
+__all__ = ["PeerPaths"]
+
+log = logging.getLogger("asgi_p2p.paths")
+
+
+class PeerPaths:
+    """The paths of one peer and the connections that use them (driven by the endpoint)."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        node_id: NodeId,
+        rng: random.Random,
+        *,
+        clock_offset: float,
+    ) -> None:
+        cfg = endpoint.config
+        self.endpoint = endpoint
+        self.node_id = node_id
+        self.loop = asyncio.get_running_loop()
+        self.prober = PathProber(
+            endpoint.secret_key,
+            node_id,
+            rng,
+            config=ProberConfig(
+                base_datagram_size=cfg.max_datagram_size,
+                max_datagram_size=cfg.datagram_size_ceiling,
+                size_search_on_demand=True,
+            ),
+            clock_offset=clock_offset,
+        )
+        self.connections: dict[PeerConnection, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closed = False
+
+    @property
+    def path(self) -> PathInfo:
+        return self.prober.current_path
+
+    # -- inputs ------------------------------------------------------------
+
+    def add_connection(self, conn: PeerConnection) -> None:
+        """A connection to this peer is established: probe its address."""
+        self.connections[conn] = None
+        now = self.loop.time()
+        if conn.direct_address is not None:
+            self.add_candidates([conn.direct_address])
+        # the peer may have pinged before it knew us (its pings were dropped): ping now
+        self.prober.reprobe(now)
+        if conn.is_relay_connection:
+            # relayed packets ride inside this connection's DATAGRAM frames: it needs
+            # room for a full QUIC packet plus its own overhead, so grow it right away
+            self.prober.request_size_search(now)
+        self.send_call_me_maybe()
+        self.service()
+
+    def add_candidates(self, addrs: list[tuple[str, int]]) -> None:
+        for addr in addrs:
+            try:
+                self.prober.add_candidates([addr], self.loop.time())
+            except ValueError:  # not an IP address
+                log.debug("%s: address %s cannot be probed", self.node_id.fmt_short(), addr)
+
+    def bulk_started(self) -> None:
+        """A connection to this peer has sent a burst of packets: find larger datagram sizes."""
+        if self.prober.request_size_search(self.loop.time()):
+            self.service()
+
+    def new_source(self, addr: tuple[str, int]) -> None:
+        """QUIC packets of this peer arrived from ``addr``, which we do not send to: probe it."""
+        if self.prober.path_state(addr) is None:
+            self.add_candidates([addr])
+            self.service()
+
+    def send_call_me_maybe(self) -> bool:
+        """Tell the peer, through the relay, where to ping us (if a relay is connected)."""
+        relay = self.endpoint.relay
+        if relay is None or not relay.connected or not any(c.established_at is not None for c in self.connections):
+            return False  # before the handshake the peer would drop it (it does not know us yet)
+        if any(c.is_relay_connection for c in self.connections):
+            return False  # the relay itself
+        own = self.endpoint.own_candidates()
+        if not own:
+            return False
+        transmit = self.prober.call_me_maybe(own, self.loop.time())
+        return relay.send_signal(self.node_id, transmit.data)
+
+    def remove_connection(self, conn: PeerConnection) -> None:
+        self.connections.pop(conn, None)
+
+    def disco_received(self, data: bytes, addr: tuple[str, int] | None) -> None:
+        self.prober.receive(data, addr, self.loop.time())
+        self.service()
+
+    def timeouts(self, conn: PeerConnection) -> None:
+        """``conn`` saw repeated probe timeouts: check its path; drop large datagrams."""
+        direct = conn._route[0]
+        now = self.loop.time()
+        relay = self.endpoint.relay
+        if direct is not None and relay is not None and relay.connected and not conn.is_relay_connection:
+            # only worth checking when there is somewhere else to go: without a relay,
+            # failing the path would change nothing but stop its size search
+            self.prober.suspect(direct, now)
+        if conn.datagram_size <= self.endpoint.config.max_datagram_size:
+            self.service()
+            return
+        if direct is not None and self.prober.size_black_hole(direct, now):
+            log.info(
+                "%s: large datagrams lost on %s:%d; back to %d bytes",
+                self.node_id.fmt_short(),
+                *direct,
+                self.endpoint.config.max_datagram_size,
+            )
+        conn.set_datagram_size(self.endpoint.config.max_datagram_size)
+        self.service()
+
+    # -- driving the prober ------------------------------------------------
+
+    def service(self) -> None:
+        """Send what the prober has to send, apply path changes and sizes, re-arm the timer."""
+        if self._closed:
+            return
+        now = self.loop.time()
+        sock = self.endpoint._socket
+        for transmit in self.prober.poll(now):
+            if transmit.addr is not None:
+                sock.sendto(transmit.data, transmit.addr)
+            else:
+                relay = self.endpoint.relay
+                if relay is not None:
+                    relay.send_signal(self.node_id, transmit.data)
+        for event in self.prober.pop_events():
+            self._path_changed(event)
+        self.update_routes()
+        timer_at = self.prober.next_timer()
+        if timer_at != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = timer_at
+            if timer_at is not None:
+                self._timer = self.loop.call_at(timer_at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.service()
+
+    def _path_changed(self, event: PathChanged) -> None:
+        log.info("path to %s: %s -> %s (%s)", self.node_id.fmt_short(), event.old, event.new, event.reason)
+
+    def route_for(self, conn: PeerConnection) -> tuple[tuple[str, int] | None, NodeId | None]:
+        """Where ``conn``'s packets go now: a direct address and/or this peer via the relay."""
+        relay = self.endpoint.relay
+        relay_ok = relay is not None and relay.connected and not conn.is_relay_connection
+        via_relay = self.node_id if relay_ok else None
+        current = self.prober.current_path
+        if current.kind == "direct":
+            return current.addr, None
+        fallback = conn.direct_address
+        if fallback is None:
+            return None, via_relay
+        state = self.prober.path_state(fallback)
+        if state is PathState.FAILED and via_relay is not None:
+            return None, via_relay
+        return fallback, via_relay
+
+    def update_routes(self) -> None:
+        """Re-decide every connection's route and datagram size (after any change)."""
+        base = self.endpoint.config.max_datagram_size
+        for conn in list(self.connections):
+            route = self.route_for(conn)
+            direct, relayed = route
+            size = self.prober.datagram_size(direct) if direct is not None and relayed is None else base
+            if size < conn.datagram_size:
+                conn.set_datagram_size(size)  # shrink before sending anything on the new route
+                conn._set_route(route, "path changed")
+            else:
+                conn._set_route(route, "path changed")
+                conn.set_datagram_size(size)
+
+    def dialing(self, conn: PeerConnection) -> None:
+        """``conn`` is being dialed: route its handshake."""
+        self.connections[conn] = None
+        conn._route = self.route_for(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.connections.clear()

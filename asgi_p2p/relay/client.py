@@ -1,0 +1,587 @@
+"""The relay client: one QUIC connection from an endpoint to its home relay.
+
+:class:`RelayClient` implements :class:`~asgi_p2p.paths.link.RelayLink` for the
+paths layer and reports what arrives to a :class:`~asgi_p2p.paths.link.RelaySink`
+(the endpoint).  It connects with ``endpoint.connect_quic`` on the endpoint's
+own socket (so the relay reflects the NAT mapping the endpoint's peers see),
+checks the relay's NodeId inside the handshake (an impostor at the relay's
+address is refused), keeps the connection and the NAT mapping alive with
+QUIC PINGs, declares the relay dead when PINGs go unanswered, and reconnects
+with capped exponential backoff and jitter from the ``rng`` it is handed.
+
+Sending never blocks and never raises for a disconnected relay, a packet that
+does not fit, or a full queue: like UDP, the packet is dropped, counted in
+:attr:`RelayClient.stats`, and ``False`` is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import socket
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aioquic.quic.events import DatagramFrameReceived, PingAcknowledged, QuicEvent
+
+from ..endpoint import _aioquic_hooks as hooks
+from ..endpoint.connection import PeerConnection
+from ..errors import AuthenticationFailed, ConnectionClosed, P2PError, ProtocolError, Timeout
+from ..identity import NodeAddr, NodeId
+from ..paths.link import RelaySink
+from .proto import (
+    _RECV,
+    _SEND,
+    FORWARD_OVERHEAD,
+    RELAY_ALPN,
+    RELAY_VERSION,
+    Error,
+    ErrorCode,
+    ObservedAddr,
+    Recv,
+    Signal,
+    parse_frame,
+)
+from .url import RelayUrl
+
+if TYPE_CHECKING:
+    from ..endpoint.endpoint import Endpoint
+
+__all__ = ["RelayClient", "RelayClientStats", "Resolver"]
+
+log = logging.getLogger("asgi_p2p.relay")
+
+_SEND_PREFIX = bytes((RELAY_VERSION, _SEND))
+
+#: Resolves a relay URL's host name to addresses: ``await resolver(host, port)``.
+Resolver = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
+
+_ERROR_NAMES = {
+    ErrorCode.RATE_LIMITED: "rate limited",
+    ErrorCode.UNKNOWN_DESTINATION: "unknown destination",
+    ErrorCode.TOO_LARGE: "too large",
+    ErrorCode.SERVER_FULL: "relay full",
+    ErrorCode.PROTOCOL: "protocol violation",
+}
+
+
+@dataclass
+class RelayClientStats:
+    """Counters of a :class:`RelayClient`."""
+
+    connects: int = 0
+    disconnects: int = 0
+    connect_failures: int = 0
+    #: Handshakes where the node at the relay's address was not the relay (or refused us).
+    auth_failures: int = 0
+    keepalive_timeouts: int = 0
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    signals_sent: int = 0
+    packets_received: int = 0
+    bytes_received: int = 0
+    signals_received: int = 0
+    dropped_disconnected: int = 0
+    dropped_too_large: int = 0
+    dropped_queue_full: int = 0
+    dropped_invalid: int = 0
+    errors_received: int = 0
+    malformed_frames: int = 0
+
+
+# Relay clients by endpoint, then by relay NodeId: one ALPN factory per endpoint dispatches
+# each dialed relay connection to the client that dialed it.
+_clients: weakref.WeakKeyDictionary[Endpoint, dict[NodeId, RelayClient]] = weakref.WeakKeyDictionary()
+
+
+def _register(client: RelayClient) -> None:
+    endpoint = client.endpoint
+    table = _clients.get(endpoint)
+    if table is None:
+        table = _clients[endpoint] = {}
+
+        def factory(conn: PeerConnection) -> _RelayConnection:
+            node = conn.remote_node_id
+            owner = _clients.get(endpoint, {}).get(node) if conn.is_client and node is not None else None
+            if owner is None:
+                raise ConnectionClosed(f"node {endpoint.node_id.fmt_short()} is not a relay")
+            return owner._connection_made(conn)
+
+        endpoint.add_protocol(RELAY_ALPN, factory)
+    other = table.get(client.url.node_id)
+    if other is not None and other is not client:
+        raise P2PError(f"endpoint {endpoint.node_id.fmt_short()} already has a client for relay {client.url}")
+    table[client.url.node_id] = client
+
+
+def _unregister(client: RelayClient) -> None:
+    table = _clients.get(client.endpoint)
+    if table is not None and table.get(client.url.node_id) is client:
+        del table[client.url.node_id]
+
+
+class _RelayConnection:
+    """The handler of one relay connection (client side)."""
+
+    def __init__(self, client: RelayClient, conn: PeerConnection) -> None:
+        self.client = client
+        self.conn = conn
+        self.last_alive = conn.now()
+        self.lost = asyncio.Event()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, DatagramFrameReceived):
+            self.last_alive = self.conn.now()
+            self.client._frame_received(self, event.data)
+        elif isinstance(event, PingAcknowledged):
+            self.last_alive = self.conn.now()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
+        self.client._connection_lost(self, exc)
+
+
+class RelayClient:
+    """A relay connection that stays up: implements :class:`~asgi_p2p.paths.link.RelayLink`.
+
+    Args:
+        endpoint: the endpoint whose socket the relay connection uses.
+        relay_url: the relay (:class:`RelayUrl` or its text).
+        sink: told about packets, signals, errors and state changes.
+        rng: randomness for the reconnect jitter (a fresh ``random.Random()`` if None).
+        keepalive_interval: seconds between PINGs to the relay (keeps NAT mappings
+            and the registration alive; well below typical 30 s UDP NAT timeouts).
+        keepalive_timeout: seconds without any answer after which the relay is
+            considered gone and the client reconnects.
+        reconnect_min, reconnect_max: backoff bounds in seconds; the delay doubles
+            after each failed attempt, with jitter in its upper half.
+        max_pending_datagrams: DATAGRAM frames that may wait in the connection's
+            queue (congestion); beyond it packets are dropped.
+        full_size_wait: after the handshake, seconds to wait for the relay
+            connection to carry full-size packets (the endpoint's base datagram
+            size plus 64 bytes of relay overhead; the paths layer probes for it at
+            once) before reporting it connected; 0 does not wait.  Without the
+            wait, the first relayed handshake packet is dropped as too large and
+            the dial waits out a QUIC probe timeout.
+        resolver: resolves a host name in the URL (default: the loop's getaddrinfo).
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        relay_url: RelayUrl | str,
+        sink: RelaySink,
+        *,
+        rng: random.Random | None = None,
+        keepalive_interval: float = 5.0,
+        keepalive_timeout: float = 15.0,
+        reconnect_min: float = 0.5,
+        reconnect_max: float = 30.0,
+        max_pending_datagrams: int = 256,
+        full_size_wait: float = 1.0,
+        resolver: Resolver | None = None,
+    ) -> None:
+        if keepalive_interval <= 0 or keepalive_timeout <= keepalive_interval:
+            raise ValueError("need 0 < keepalive_interval < keepalive_timeout")
+        if reconnect_min <= 0 or reconnect_max < reconnect_min:
+            raise ValueError("need 0 < reconnect_min <= reconnect_max")
+        if max_pending_datagrams <= 0:
+            raise ValueError("max_pending_datagrams must be positive")
+        self.endpoint = endpoint
+        self.url = relay_url if isinstance(relay_url, RelayUrl) else RelayUrl.parse(relay_url)
+        if self.url.node_id == endpoint.node_id:
+            raise P2PError(f"relay URL {self.url} names this node itself")
+        self.sink = sink
+        self.rng = rng if rng is not None else random.Random()
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.max_pending_datagrams = max_pending_datagrams
+        if full_size_wait < 0:
+            raise ValueError("full_size_wait must not be negative")
+        self.full_size_wait = full_size_wait
+        self.resolver = resolver
+        self.stats = RelayClientStats()
+        #: The last ERROR frame the relay sent (for diagnostics).
+        self.last_error: Error | None = None
+        #: Why the last connection attempt failed, if it did.
+        self.last_failure: P2PError | None = None
+        self._conn: _RelayConnection | None = None
+        self._live = False
+        self._observed: tuple[str, int] | None = None
+        self._connected = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._ping_uid = 0
+
+    # -- RelayLink -------------------------------------------------------------
+
+    @property
+    def relay_url(self) -> str:
+        return str(self.url)
+
+    @property
+    def connected(self) -> bool:
+        return self._live and self._conn is not None and self._conn.conn.is_connected
+
+    @property
+    def max_packet_size(self) -> int:
+        if not self.connected:
+            return 0
+        assert self._conn is not None
+        return max(0, hooks.max_datagram_frame_payload(self._conn.conn.quic) - FORWARD_OVERHEAD)
+
+    @property
+    def observed_address(self) -> tuple[str, int] | None:
+        return self._observed
+
+    @property
+    def connection(self) -> PeerConnection | None:
+        """The relay connection while connected (its ``path_events()`` show its datagram size grow)."""
+        return self._conn.conn if self.connected and self._conn is not None else None
+
+    async def wait_packet_size(self, size: int, timeout: float | None = None) -> None:
+        """Wait until packets of ``size`` bytes fit the relay connection (:attr:`max_packet_size`).
+
+        The relay connection starts at the endpoint's base datagram size, which
+        cannot carry a full 1200-byte QUIC packet plus the relay's overhead; the
+        paths layer grows it by probing.  Raises :class:`Timeout` if not in time.
+        """
+
+        async def wait() -> None:
+            while self.max_packet_size < size:
+                conn = self.connection
+                if conn is None:
+                    await self.wait_connected()
+                    continue
+                events = conn.path_events()
+                if self.max_packet_size >= size:
+                    return
+                async for _ in events:
+                    if self.max_packet_size >= size or not self.connected:
+                        break
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise Timeout(
+                f"relay {self.url}: packets of {size} bytes do not fit within {timeout:g}s "
+                f"(now {self.max_packet_size}); does the path to the relay carry {size + 64}-byte datagrams?"
+            ) from None
+
+    def send_packet(self, dest: NodeId, packet: bytes) -> bool:
+        if not self._sendable(packet):
+            return False
+        # the per-packet path: the frame is Send(dest, packet).encode() with one copy of the packet
+        if self._send_frame(b"".join((_SEND_PREFIX, dest.to_bytes(), packet))):
+            self.stats.packets_sent += 1
+            self.stats.bytes_sent += len(packet)
+            return True
+        return False
+
+    def send_signal(self, dest: NodeId, payload: bytes) -> bool:
+        if not self._sendable(payload):
+            return False
+        if self._send_frame(Signal(dest, payload).encode()):
+            self.stats.signals_sent += 1
+            return True
+        return False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting in the background (returns at once; idempotent)."""
+        if self._task is not None:
+            return
+        if self._closing.is_set():
+            raise ConnectionClosed("relay client is closed")
+        _register(self)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"relay client {self.url}")
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the relay connection is up; raises :class:`Timeout` (saying why) if not in time."""
+        if self.connected:
+            return
+        if self._closing.is_set():
+            raise ConnectionClosed("relay client is closed")
+        if self._task is None:
+            raise ConnectionClosed("relay client not started; call start() first")
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            why = f": {self.last_failure}" if self.last_failure is not None else ""
+            raise Timeout(f"relay {self.url} not connected within {timeout:g}s{why}") from None
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the relay connection."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        current = self._conn
+        if current is not None:
+            current.conn.close(0, "relay client closed")
+            self._set_disconnected(current, "closed")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        _unregister(self)
+
+    async def __aenter__(self) -> RelayClient:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the connect / keepalive / reconnect loop ------------------------------------
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Seconds to wait before reconnect ``attempt`` (0-based): doubling, capped, jittered."""
+        base = min(self.reconnect_max, self.reconnect_min * 2.0 ** min(attempt, 62))
+        return base / 2 + self.rng.uniform(0.0, base / 2)
+
+    async def _run(self) -> None:
+        attempt = 0
+        loop = asyncio.get_running_loop()
+        while not self._closing.is_set():
+            started = loop.time()
+            current = await self._connect()
+            if current is not None:
+                await self._serve(current)
+                if loop.time() - started >= self.keepalive_timeout:
+                    attempt = 0  # it was up for a while: start the backoff afresh
+            if self._closing.is_set():
+                return
+            delay = self.backoff_delay(attempt)
+            attempt += 1
+            log.info("relay %s: reconnecting in %.2fs (attempt %d)", self.url, delay, attempt)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
+
+    async def _addresses(self) -> list[tuple[str, int]]:
+        url = self.url
+        if url.is_ip:
+            return [url.address]
+        if self.resolver is not None:
+            return list(await self.resolver(url.host, url.port))
+        infos = await asyncio.get_running_loop().getaddrinfo(url.host, url.port, type=socket.SOCK_DGRAM)
+        out: list[tuple[str, int]] = []
+        for family, _, _, _, sockaddr in infos:
+            if family in (socket.AF_INET, socket.AF_INET6):
+                out.append((str(ipaddress.ip_address(sockaddr[0])), int(sockaddr[1])))
+        return out
+
+    async def _connect(self) -> _RelayConnection | None:
+        url = self.url
+        try:
+            addrs = await self._addresses()
+            if not addrs:
+                raise P2PError(f"relay host {url.host!r} resolved to no address")
+            conn = await self.endpoint.connect_quic(NodeAddr(url.node_id, addrs[:1]), RELAY_ALPN)
+        except AuthenticationFailed as exc:
+            self.stats.auth_failures += 1
+            self.last_failure = exc
+            log.error("relay %s: refused: %s (is the node id in the relay URL right?)", url, exc)
+            return None
+        except (P2PError, OSError) as exc:
+            self.stats.connect_failures += 1
+            self.last_failure = exc if isinstance(exc, P2PError) else P2PError(str(exc))
+            log.warning("relay %s: cannot connect: %s", url, exc)
+            return None
+        handler = conn.handler
+        if self._closing.is_set():
+            conn.close(0, "relay client closed")
+            return None
+        if not isinstance(handler, _RelayConnection) or handler.client is not self or not conn.is_connected:
+            self.stats.connect_failures += 1
+            log.warning("relay %s: connection closed during setup", url)
+            return None
+        try:
+            await self._wait_full_size(conn)
+        except asyncio.CancelledError:  # close() while waiting: leave no relay connection behind
+            conn.close(0, "relay client closed")
+            raise
+        if self._closing.is_set() or not conn.is_connected or handler.lost.is_set():
+            conn.close(0, "relay client closed")
+            return None
+        self._conn = handler
+        self._live = True
+        self.last_failure = None
+        self.stats.connects += 1
+        self._connected.set()
+        log.info("relay %s: connected (max packet %d bytes)", url, self.max_packet_size)
+        self._notify_state()
+        return handler
+
+    async def _wait_full_size(self, conn: PeerConnection) -> None:
+        """Wait (up to :attr:`full_size_wait`) until a full-size packet fits the relay connection."""
+        wanted = self.endpoint.config.max_datagram_size
+
+        def fits() -> bool:
+            return hooks.max_datagram_frame_payload(conn.quic) - FORWARD_OVERHEAD >= wanted
+
+        if fits() or self.full_size_wait <= 0:
+            return
+        events = conn.path_events()
+
+        async def grown() -> None:
+            async for _ in events:
+                if fits():
+                    return
+
+        try:
+            await asyncio.wait_for(grown(), self.full_size_wait)
+        except TimeoutError:
+            pass
+        if not fits() and conn.is_connected:
+            log.warning(
+                "relay %s: the path to the relay carries %d-byte datagrams; relaying %d-byte packets needs %d "
+                "(packets that do not fit are dropped)",
+                self.url,
+                conn.datagram_size,
+                wanted,
+                wanted + FORWARD_OVERHEAD + (conn.datagram_size - hooks.max_datagram_frame_payload(conn.quic)),
+            )
+
+    async def _serve(self, current: _RelayConnection) -> None:
+        """Keep the connection alive until it is lost (or the relay stops answering)."""
+        conn = current.conn
+        while not current.lost.is_set() and not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(current.lost.wait(), self.keepalive_interval)
+            if current.lost.is_set() or self._closing.is_set():
+                break
+            silent = conn.now() - current.last_alive
+            if silent >= self.keepalive_timeout:
+                self.stats.keepalive_timeouts += 1
+                log.warning("relay %s: no answer for %.1fs; reconnecting", self.url, silent)
+                conn.close(0, "relay stopped answering keepalives")
+                self._set_disconnected(current, f"no answer for {silent:.1f}s")
+                return
+            self._ping_uid += 1
+            conn.quic.send_ping(self._ping_uid)
+            conn.transmit()
+
+    # -- called by the connection handler ------------------------------------------
+
+    def _connection_made(self, conn: PeerConnection) -> _RelayConnection:
+        if self._closing.is_set():  # a handshake that finished after close(): refuse it
+            raise ConnectionClosed("relay client closed")
+        return _RelayConnection(self, conn)
+
+    def _connection_lost(self, current: _RelayConnection, exc: Exception | None) -> None:
+        self._set_disconnected(current, str(exc) if exc is not None else "closed")
+
+    def _set_disconnected(self, current: _RelayConnection, why: str) -> None:
+        current.lost.set()
+        if self._conn is not current:
+            return
+        self._conn = None
+        self._live = False
+        self._connected.clear()
+        self.stats.disconnects += 1
+        if self._closing.is_set():
+            log.info("relay %s: disconnected (%s)", self.url, why)
+        else:
+            log.warning("relay %s: disconnected: %s", self.url, why)
+        self._notify_state()
+
+    def _frame_received(self, current: _RelayConnection, data: bytes) -> None:
+        if len(data) > FORWARD_OVERHEAD and data[0] == RELAY_VERSION and data[1] == _RECV:
+            # the per-packet path: what parse_frame gives for a RECV, without building the frame
+            src = NodeId(data[2:FORWARD_OVERHEAD])
+            packet = data[FORWARD_OVERHEAD:]
+            self.stats.packets_received += 1
+            self.stats.bytes_received += len(packet)
+            try:
+                self.sink.relay_packet_received(src, packet)
+            except Exception:
+                log.exception("relay %s: the sink failed handling a Recv frame", self.url)
+            return
+        try:
+            frame = parse_frame(data)
+        except ProtocolError as exc:
+            self.stats.malformed_frames += 1
+            log.warning("relay %s sent a malformed frame (dropped): %s", self.url, exc)
+            return
+        sink = self.sink
+        try:
+            if isinstance(frame, Recv):
+                self.stats.packets_received += 1
+                self.stats.bytes_received += len(frame.packet)
+                sink.relay_packet_received(frame.src, frame.packet)
+            elif isinstance(frame, Signal):
+                self.stats.signals_received += 1
+                sink.relay_signal_received(frame.peer, frame.payload)
+            elif isinstance(frame, ObservedAddr):
+                if frame.addr != self._observed:
+                    self._observed = frame.addr
+                    log.info("relay %s sees us at %s:%d", self.url, *frame.addr)
+                    if self._conn is current:
+                        self._notify_state()
+            elif isinstance(frame, Error):
+                self._error_received(frame)
+            else:
+                self.stats.malformed_frames += 1
+                log.warning(
+                    "relay %s sent a %s frame, which only clients send (dropped)", self.url, type(frame).__name__
+                )
+        except Exception:
+            log.exception("relay %s: the sink failed handling a %s frame", self.url, type(frame).__name__)
+
+    def _error_received(self, frame: Error) -> None:
+        self.stats.errors_received += 1
+        self.last_error = frame
+        code = frame.error_code
+        name = _ERROR_NAMES.get(code, f"error {frame.code}") if code is not None else f"error {frame.code}"
+        message = f"{name}: {frame.message}"
+        about = f" (about node {frame.node.fmt_short()})" if frame.node is not None else ""
+        if code in (ErrorCode.PROTOCOL, ErrorCode.SERVER_FULL):
+            log.error("relay %s: %s%s", self.url, message, about)
+        else:
+            log.warning("relay %s: %s%s", self.url, message, about)
+        self.sink.relay_error(frame.node, message)
+
+    def _notify_state(self) -> None:
+        try:
+            self.sink.relay_state_changed(self)
+        except Exception:
+            log.exception("relay %s: relay_state_changed failed", self.url)
+
+    # -- sending ---------------------------------------------------------------
+
+    def _sendable(self, data: bytes) -> bool:
+        if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+            self.stats.dropped_invalid += 1
+            return False
+        if not self.connected:
+            self.stats.dropped_disconnected += 1
+            return False
+        return True
+
+    def _send_frame(self, frame: bytes) -> bool:
+        current = self._conn
+        assert current is not None  # checked by _sendable
+        quic = current.conn.quic
+        if len(frame) > hooks.max_datagram_frame_payload(quic):
+            self.stats.dropped_too_large += 1
+            return False
+        if hooks.pending_datagram_frames(quic) >= self.max_pending_datagrams:
+            self.stats.dropped_queue_full += 1
+            return False
+        quic.send_datagram_frame(frame)
+        # deferred to the end of this loop iteration: the packets one transmit of a relayed
+        # connection produces share the relay connection's (larger, probed) packets
+        current.conn.schedule_transmit()
+        return True
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "disconnected"
+        return f"<RelayClient {self.url} {state}>"
