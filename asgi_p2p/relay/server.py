@@ -163,7 +163,7 @@ class _ClientHandler:
 
 
 class RelayServer:
-    """Serve the relay protocol on ``endpoint`` (which should serve nothing else).
+    """Serve the relay protocol on ``endpoint`` (which should serve nothing else but the directory).
 
     Use :meth:`bind` to create the endpoint too.  ``limits`` bound the client
     table and each client's packet, byte and error rates;

@@ -23,18 +23,6 @@ from .rig import RecordingSink, RelayTunnel, Rig
 BIG = NetworkConfig(max_datagram_size=1452)
 
 
-@pytest.fixture(autouse=True)
-def _ethernet_mtu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Simulated links carry 1500-byte IP packets: the relay needs 1264-byte datagrams.
-
-    Needed only while the simulator's default MTU is below that (1228 today); a no-op once it is 1500.
-    """
-    from asgi_p2p.sim.network import HEADER_OVERHEAD, default_mtu
-
-    if default_mtu() < RELAY_DATAGRAM_SIZE + HEADER_OVERHEAD:
-        monkeypatch.setenv("SIMULATOR_DEFAULT_MTU", "1500")
-
-
 def run(net: Harness, scenario, *, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
     async def main(h: Harness) -> None:
         rig = Rig(h)

@@ -8,18 +8,10 @@ from asgi_p2p import SecretKey
 from asgi_p2p.discovery.directory import DirectoryClient, DirectoryError
 from asgi_p2p.discovery.records import Directory
 from asgi_p2p.identity import NodeAddr
-from asgi_p2p.relay.server import RELAY_DATAGRAM_SIZE, RelayServer
-from asgi_p2p.sim.network import HEADER_OVERHEAD, default_mtu
+from asgi_p2p.relay.server import RelayServer
 from tests.harness import Harness
 
 from .rig import Rig
-
-
-@pytest.fixture(autouse=True)
-def _ethernet_mtu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The relay builds 1264-byte datagrams (see test_relay.py)."""
-    if default_mtu() < RELAY_DATAGRAM_SIZE + HEADER_OVERHEAD:
-        monkeypatch.setenv("SIMULATOR_DEFAULT_MTU", "1500")
 
 
 def _directory_of(relay: RelayServer) -> NodeAddr:
