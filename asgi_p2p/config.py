@@ -50,6 +50,12 @@ class NetworkConfig:
     max_probe_datagram_size: int = 16384
     #: Connections waiting in a listener's ``accept`` queue.
     accept_queue_size: int = 128
+    #: IP TTL of hole-punching openers (0: off): while a relay is connected, the first
+    #: packets to a peer's unconfirmed direct address go out with this TTL, which opens our
+    #: own NAT's mapping but dies before the peer's router (2: one home router, then the
+    #: ISP's first router drops it), so an unfiltered Linux router on the peer's side never
+    #: sees our packets before its own host's (the conntrack port-remapping trap).
+    punch_ttl: int = 2
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -67,6 +73,8 @@ class NetworkConfig:
             )
         if self.max_datagram_size > 65507:
             raise InvalidConfiguration(f"max_datagram_size must be at most 65507, got {self.max_datagram_size}")
+        if self.punch_ttl > 255:
+            raise InvalidConfiguration(f"punch_ttl must be in 0..255, got {self.punch_ttl}")
         for name in (
             "max_message_size",
             "stream_send_buffer",

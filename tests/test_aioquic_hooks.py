@@ -298,3 +298,38 @@ def test_max_datagram_frame_payload_is_zero_without_peer_support() -> None:
     p.start()
     p.pump()
     assert hooks.max_datagram_frame_payload(p.client) == 0  # the server did not enable datagrams
+
+
+@pytest.mark.parametrize("hook", [True, False])
+def test_ack_with_next_packet_puts_the_ack_into_the_response(hook: bool) -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    p.start()
+    p.pump()
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"request", end_stream=True)
+    p.now += 1.0
+    (request,) = [d for d, _ in p.client.datagrams_to_send(p.now)]
+    p.server.receive_datagram(request, CLIENT_ADDR, p.now)  # the server's ACK is now pending
+    if hook:
+        hooks.ack_with_next_packet(p.server, p.now)
+    p.server.send_stream_data(sid, b"response", end_stream=True)  # built at the same now
+    (response,) = [d for d, _ in p.server.datagrams_to_send(p.now)]
+    p.client.receive_datagram(response, SERVER_ADDR, p.now)
+    later = [d for d, _ in p.server.datagrams_to_send(p.now + 0.002)]
+    if hook:
+        # the response acknowledged the request: the client holds nothing unacknowledged,
+        # and no ACK-only packet follows
+        assert hooks.unacked_bytes(p.client, sid) == 0
+        assert later == []
+    else:  # aioquic alone: the response leaves without the ACK, which follows on its own
+        assert hooks.unacked_bytes(p.client, sid) > 0
+        assert len(later) == 1
+
+
+def test_ack_with_next_packet_changes_nothing_without_a_pending_ack() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    p.start()
+    p.pump(20)
+    assert p.server.datagrams_to_send(p.now + 1) == []
+    hooks.ack_with_next_packet(p.server, p.now + 1)
+    assert p.server.datagrams_to_send(p.now + 1) == []

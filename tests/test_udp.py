@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -135,3 +136,34 @@ async def test_bind_error_is_a_network_error() -> None:
             await UdpNetwork().bind("127.0.0.1", a.local_address[1], lambda d, addr: None)
     finally:
         a.close()
+
+
+async def test_sendto_ttl_sets_the_ttl_of_that_datagram_only() -> None:
+    """Hole-punching openers (NetworkConfig.punch_ttl) leave with a low TTL; the rest do not (Linux)."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_RECVTTL", 12), 1)
+    rx.settimeout(5)
+    sock = await UdpNetwork().bind("127.0.0.1", 0, lambda data, addr: None)
+    try:
+        sock.sendto_ttl(b"opener", rx.getsockname(), 2)
+        sock.sendto(b"normal", rx.getsockname())
+        ttls = []
+        for _ in range(2):
+            data, ancdata, _flags, _addr = rx.recvmsg(100, socket.CMSG_SPACE(4))
+            (ttl,) = [int.from_bytes(d[:4], sys.byteorder) for lvl, typ, d in ancdata if typ == socket.IP_TTL]
+            ttls.append((data, ttl))
+        assert ttls[0] == (b"opener", 2)
+        assert ttls[1][0] == b"normal" and ttls[1][1] == 64
+    finally:
+        rx.close()
+        sock.close()
+
+
+async def test_sockets_never_fragment() -> None:
+    """Size probes must not be fragmented: every datagram carries the don't-fragment bit (Linux)."""
+    sock = await UdpNetwork().bind("127.0.0.1", 0, lambda data, addr: None)
+    try:
+        assert sock._sock.getsockopt(socket.IPPROTO_IP, getattr(socket, "IP_MTU_DISCOVER", 10)) == 2  # PMTUDISC_DO
+    finally:
+        sock.close()

@@ -342,6 +342,11 @@ async def _serve(
         await _publish(endpoint, node_addr, args, published)
         if args.ticket_file is not None:
             _write_ticket_file(args.ticket_file, ticket)
+            ticket_file = args.ticket_file
+            # keep it current: the relay (re)connects or sees us at a new public address
+            endpoint.on_node_addr_change(
+                lambda addr: _write_ticket_file(ticket_file, Ticket.from_node_addr(addr).encode())
+            )
         _announce(args, endpoint, ticket, allow)
         await stop.wait()
         shutdown = asyncio.ensure_future(server.shutdown())

@@ -32,6 +32,9 @@ Hooks:
   so a receiver accepts any datagram size: the paths layer probes each path.
 * :func:`pto_count` - ``QuicPacketRecovery._pto_count``: consecutive probe
   timeouts without an acknowledgement (black-hole detection).
+* :func:`ack_with_next_packet` - ``QuicConnection._spaces[ONE_RTT].ack_at``:
+  acknowledge in the next packet built (a response written within aioquic's
+  ack delay carries the ACK, instead of an ACK-only packet following it).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ __all__ = [
     "AlertAccessDenied",
     "AlertBadCertificate",
     "AlertCertificateRequired",
+    "ack_with_next_packet",
     "get_stream",
     "handshake_confirmed",
     "install_identity_hooks",
@@ -226,8 +230,16 @@ def max_datagram_size(quic: QuicConnection) -> int:
     return int(quic._max_datagram_size)
 
 
-def set_max_datagram_size(quic: QuicConnection, size: int) -> None:
+#: the smallest size :func:`set_max_datagram_size` accepts with ``below_minimum`` (after the
+#: handshake: only datagrams carrying Initial packets must be 1200 bytes, RFC 9000 14.1)
+SMALLEST_1RTT_DATAGRAM_SIZE = 1000
+
+
+def set_max_datagram_size(quic: QuicConnection, size: int, *, below_minimum: bool = False) -> None:
     """Build datagrams of up to ``size`` bytes from now on (and adapt congestion control).
+
+    ``below_minimum`` allows sizes down to :data:`SMALLEST_1RTT_DATAGRAM_SIZE`
+    (for a connection past its handshake whose relay path carries less than 1200).
 
     Packets already sent keep their size; lost data is retransmitted in new
     packets of the new size (aioquic retransmits frames, not packets).  The
@@ -235,8 +247,9 @@ def set_max_datagram_size(quic: QuicConnection, size: int) -> None:
     never lost a packet (still in slow start) gets at least the initial window
     of the new size, and every connection at least the minimum window.
     """
-    if not SMALLEST_DATAGRAM_SIZE <= size <= 65527:
-        raise ValueError(f"datagram size must be in {SMALLEST_DATAGRAM_SIZE}..65527, got {size}")
+    smallest = SMALLEST_1RTT_DATAGRAM_SIZE if below_minimum else SMALLEST_DATAGRAM_SIZE
+    if not smallest <= size <= 65527:
+        raise ValueError(f"datagram size must be in {smallest}..65527, got {size}")
     old = quic._max_datagram_size
     if size == old:
         return
@@ -252,6 +265,21 @@ def set_max_datagram_size(quic: QuicConnection, size: int) -> None:
         floor = (K_INITIAL_WINDOW if cc.ssthresh is None else K_MINIMUM_WINDOW) * size
         if cc.congestion_window < floor:
             cc.congestion_window = floor
+
+
+def ack_with_next_packet(quic: QuicConnection, now: float) -> None:
+    """Make a pending 1-RTT ACK go out in the next packet built at ``now``.
+
+    aioquic delays an ACK by its ack delay (1 ms: ``QuicPacketSpace.ack_at``) and
+    builds it only into packets sent at or after that time.  A response built
+    within the delay then leaves without the ACK, and an ACK-only packet follows
+    1 ms later: two packets to build, send, receive and process instead of one.
+    Called just before building packets, it moves ``ack_at`` to ``now`` so the
+    ACK rides in them (RFC 9000 13.2.1 allows acknowledging sooner, never later).
+    """
+    space = quic._spaces.get(tls.Epoch.ONE_RTT)
+    if space is not None and space.ack_at is not None and space.ack_at > now:
+        space.ack_at = now
 
 
 def pto_count(quic: QuicConnection) -> int:

@@ -333,12 +333,17 @@ class PeerConnection:
         """The UDP payload size this connection builds now (grows as its path is probed)."""
         return hooks.max_datagram_size(self.quic)
 
-    def set_datagram_size(self, size: int) -> None:
-        """Build datagrams of ``size`` bytes from now on (never below ``config.max_datagram_size``)."""
-        size = max(size, self.config.max_datagram_size)
+    def set_datagram_size(self, size: int, *, below_base: bool = False) -> None:
+        """Build datagrams of ``size`` bytes from now on.
+
+        Never below ``config.max_datagram_size`` unless ``below_base`` (after the
+        handshake, for a relay path that carries less: only Initial datagrams must
+        be 1200 bytes).
+        """
+        size = max(size, self.config.max_datagram_size if not below_base else hooks.SMALLEST_1RTT_DATAGRAM_SIZE)
         if self.closed or size == hooks.max_datagram_size(self.quic):
             return
-        hooks.set_max_datagram_size(self.quic, size)
+        hooks.set_max_datagram_size(self.quic, size, below_minimum=size < hooks.SMALLEST_DATAGRAM_SIZE)
         self._path_event("datagram size", logging.DEBUG)
 
     def _on_keepalive(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ from ..paths.disco import is_disco, peek_sender
 from ..paths.link import ManagedRelayLink, RelayFactory, RelayLink
 from . import _aioquic_hooks as hooks
 from .base import ConnectionHandler, HandlerFactory
-from .connection import REFUSED, PeerConnection
+from .connection import _RELAY_ALPN_PREFIX, REFUSED, PeerConnection
 from .peers import PeerPaths
 from .tls import node_certificate
 
@@ -39,6 +40,10 @@ log = logging.getLogger("asgi_p2p.endpoint")
 AllowPolicy = Iterable[NodeId] | Callable[[NodeId], bool] | None
 
 _SMALLEST_INITIAL = 1200
+#: seconds a dial with direct addresses waits for the endpoint's relay to connect
+_RELAY_WAIT = 3.0
+#: the size a relay's TOO_LARGE error says fits (see asgi_p2p.relay.proto)
+_AT_MOST = re.compile(r"\(at most (\d+) bytes\)")
 _CID_LENGTH = 8
 
 
@@ -87,6 +92,8 @@ class Endpoint:
         self.relay_errors = 0
         #: the relay client (see ``bind(relay_url=...)``), None without a relay
         self.relay: ManagedRelayLink | None = None
+        self._addr_callbacks: list[Callable[[NodeAddr], None]] = []
+        self._last_node_addr: NodeAddr | None = None
 
     @classmethod
     async def bind(
@@ -162,13 +169,59 @@ class Endpoint:
         return NodeAddr(self.node_id, self.own_candidates(), relay.relay_url if relay is not None else None)
 
     def own_candidates(self) -> list[Address]:
-        """Addresses where peers may reach this node directly (local and relay-observed)."""
-        addrs = [a for a in self._socket.local_addresses() if a[1] != 0 and a[0] not in ("0.0.0.0", "::", "")]
+        """Addresses where peers may reach this node directly: the public one first.
+
+        The public address is the one the relay sees us at (our NAT's mapping), or,
+        until its OBSERVED_ADDR frame arrives (relay frames are unreliable), the one
+        in the relay's answers to our path probes.  Socket addresses (LAN) follow.
+        """
+        local = [a for a in self._socket.local_addresses() if a[1] != 0 and a[0] not in ("0.0.0.0", "::", "")]
+        observed = self._public_address()
+        if observed is None:
+            return local
+        return [observed, *(a for a in local if a != observed)]
+
+    def _own_socket_addresses(self) -> set[Address]:
+        return {self._socket.local_address, *self._socket.local_addresses()}
+
+    def _public_address(self) -> Address | None:
         relay = self.relay
-        observed = relay.observed_address if relay is not None else None
-        if observed is not None and observed not in addrs:
-            addrs.append(observed)
-        return addrs
+        if relay is None:
+            return None
+        if relay.observed_address is not None:
+            return relay.observed_address
+        for peer in self._peers.values():
+            if peer.prober.reflexive_addr is not None and any(c.is_relay_connection for c in peer.connections):
+                return peer.prober.reflexive_addr
+        return None
+
+    def on_node_addr_change(self, callback: Callable[[NodeAddr], None]) -> Callable[[], None]:
+        """Call ``callback(self.node_addr())`` whenever our addresses or relay state change.
+
+        (The relay connected or disconnected, or sees us at a new public address.)
+        Use it to keep a ticket current.  Returns a function that removes the callback.
+        """
+        self._addr_callbacks.append(callback)
+
+        def remove() -> None:
+            if callback in self._addr_callbacks:
+                self._addr_callbacks.remove(callback)
+
+        return remove
+
+    def _own_addresses_changed(self) -> None:
+        """Our candidates or relay state changed: re-signal every peer, tell the callbacks."""
+        addr = self.node_addr()
+        if addr == self._last_node_addr:
+            return
+        self._last_node_addr = addr
+        for peer in list(self._peers.values()):
+            peer.send_call_me_maybe()
+        for callback in list(self._addr_callbacks):
+            try:
+                callback(addr)
+            except Exception:
+                log.exception("on_node_addr_change callback failed")
 
     @property
     def connections(self) -> list[PeerConnection]:
@@ -244,7 +297,18 @@ class Endpoint:
             raise NodeNotFound(f"no address known for node {node_id}; pass a NodeAddr or ticket with addresses")
         if not node_addr.direct_addresses and relay is not None and not relay.connected:
             await relay.wait_connected(self.config.connect_timeout)
-        direct = node_addr.direct_addresses[0] if node_addr.direct_addresses else None
+        elif relay_usable and relay is not None and not relay.connected and not alpn.startswith(_RELAY_ALPN_PREFIX):
+            # dial through the relay (see PeerPaths.route_for) once it is up; if it does
+            # not come up in time, dial the direct addresses alone
+            try:
+                await relay.wait_connected(min(self.config.connect_timeout / 2, _RELAY_WAIT))
+            except P2PError as exc:
+                log.info("dialing %s without the relay (%s)", node_id.fmt_short(), exc)
+                self._peer_paths(node_id).not_on_relay = True
+        # an address of our own (two homes on the same private subnet) would reach us, not them
+        own = self._own_socket_addresses()
+        theirs = [a for a in node_addr.direct_addresses if a not in own]
+        direct = theirs[0] if theirs else None
         address = direct if direct is not None else virtual_address(node_id)
         quic = QuicConnection(configuration=self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id)))
         conn = PeerConnection(
@@ -263,7 +327,7 @@ class Endpoint:
         self._connections[conn] = None
         self._pool[key] = conn
         peer = self._peer_paths(node_id)  # accept the peer's disco packets from now on
-        peer.add_candidates(list(node_addr.direct_addresses))
+        peer.add_candidates(theirs)
         peer.dialing(conn)
         peer.service()
         conn.transmit()
@@ -362,7 +426,7 @@ class Endpoint:
 
     def relay_state_changed(self, link: RelayLink) -> None:
         """The relay (dis)connected or sees us at a new address: re-route, re-signal."""
-        if self._closed:
+        if self._closed or self._closing:
             return
         log.info(
             "relay %s %s%s",
@@ -371,13 +435,36 @@ class Endpoint:
             f", sees us at {link.observed_address[0]}:{link.observed_address[1]}" if link.observed_address else "",
         )
         for peer in list(self._peers.values()):
-            if link.connected:
-                peer.send_call_me_maybe()
+            peer.relay_fit = None  # a new relay connection (or none): sizes are learnt afresh
             peer.update_routes()
+        self._last_node_addr = None  # connected or not: re-signal peers, tell the callbacks
+        self._own_addresses_changed()
 
     def relay_error(self, dest: NodeId | None, message: str) -> None:
         self.relay_errors += 1
         log.info("relay refused a packet%s: %s", f" to {dest.fmt_short()}" if dest is not None else "", message)
+        peer = self._peers.get(dest) if dest is not None else None
+        if peer is not None and message.startswith("unknown destination"):
+            peer.relay_unknown_destination()
+        if peer is None or not message.startswith("too large"):
+            return
+        # "too large: N-byte packet does not fit node X's datagram size M (at most K bytes)":
+        # the destination's relay connection carries less than our packets; send smaller ones
+        m = _AT_MOST.search(message)
+        if m is not None:
+            peer.relay_too_large(int(m.group(1)))
+
+    def _send_direct(self, data: bytes, addr: Address, ttl: int | None = None) -> None:
+        """Send one datagram on the socket, with IP TTL ``ttl`` if given (hole-punching openers).
+
+        Sockets without per-send TTL (the simulator's) send it with their default TTL.
+        """
+        if ttl is not None:
+            send_ttl = getattr(self._socket, "sendto_ttl", None)
+            if send_ttl is not None:
+                send_ttl(data, addr, ttl)
+                return
+        self._socket.sendto(data, addr)
 
     def _relay_send(self, dest: NodeId, datagrams: list[tuple[bytes, Address]]) -> None:
         relay = self.relay

@@ -39,6 +39,14 @@ __all__ = ["PeerPaths"]
 
 log = logging.getLogger("asgi_p2p.paths")
 
+#: an unconfirmed direct address still gets copies of a connection's packets (next to
+#: the relay) until it has been probed this long without an answer
+_FALLBACK_GRACE = 3.0
+#: upper bound of the delay between a punching opener and the first full-TTL ping
+_MAX_PUNCH_DELAY = 1.0
+#: a relay's TOO_LARGE never shrinks a connection's datagrams below this
+_MIN_RELAYED_SIZE = 1000
+
 
 class PeerPaths:
     """The paths of one peer and the connections that use them (driven by the endpoint)."""
@@ -63,13 +71,26 @@ class PeerPaths:
                 base_datagram_size=cfg.max_datagram_size,
                 max_datagram_size=cfg.datagram_size_ceiling,
                 size_search_on_demand=True,
+                punch_ttl=cfg.punch_ttl,
             ),
             clock_offset=clock_offset,
         )
+        # addresses of our own socket never become candidates (a peer on another LAN with
+        # the same private subnet lists "our" address: probing it would ping ourselves)
+        self.prober.ignore.update(endpoint._own_socket_addresses())
         self.connections: dict[PeerConnection, None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
+        # why the routes are being re-decided (the prober's reason for its latest change)
+        self._reason = "path changed"
+        self._reflexive: tuple[str, int] | None = None
+        #: the relay said this peer is not connected to it: no CALL_ME_MAYBE will come, so
+        #: direct packets go out at full TTL at once
+        self.not_on_relay = False
+        #: the largest packet the relay forwards to this peer, when it refused a larger one
+        #: (the peer's own relay connection is smaller than ours); None: not limited
+        self.relay_fit: int | None = None
 
     @property
     def path(self) -> PathInfo:
@@ -159,16 +180,26 @@ class PeerPaths:
         if self._closed:
             return
         now = self.loop.time()
-        sock = self.endpoint._socket
-        for transmit in self.prober.poll(now):
+        relay = self.endpoint.relay
+        prober = self.prober
+        prober.punching = self._punching()
+        # the peer opens its side when our CALL_ME_MAYBE reaches it through the relay: give
+        # that about one relayed round trip before full-TTL pings can reach its router
+        rtts = [c.smoothed_rtt for c in self.connections if c.established_at is not None]
+        prober.punch_delay = min(max([prober.config.punch_delay, *rtts]), _MAX_PUNCH_DELAY)
+        for transmit in prober.poll(now):
             if transmit.addr is not None:
-                sock.sendto(transmit.data, transmit.addr)
+                self.endpoint._send_direct(transmit.data, transmit.addr, transmit.ttl)
             else:
                 relay = self.endpoint.relay
                 if relay is not None:
                     relay.send_signal(self.node_id, transmit.data)
         for event in self.prober.pop_events():
             self._path_changed(event)
+        if prober.reflexive_addr != self._reflexive and any(c.is_relay_connection for c in self.connections):
+            # the relay's answers show our public address (before, or without, OBSERVED_ADDR)
+            self._reflexive = prober.reflexive_addr
+            self.endpoint._own_addresses_changed()
         self.update_routes()
         timer_at = self.prober.next_timer()
         if timer_at != self._timer_at:
@@ -186,6 +217,7 @@ class PeerPaths:
 
     def _path_changed(self, event: PathChanged) -> None:
         log.info("path to %s: %s -> %s (%s)", self.node_id.fmt_short(), event.old, event.new, event.reason)
+        self._reason = event.reason
 
     def route_for(self, conn: PeerConnection) -> tuple[tuple[str, int] | None, NodeId | None]:
         """Where ``conn``'s packets go now: a direct address and/or this peer via the relay."""
@@ -198,29 +230,81 @@ class PeerPaths:
         fallback = conn.direct_address
         if fallback is None:
             return None, via_relay
-        state = self.prober.path_state(fallback)
-        if state is PathState.FAILED and via_relay is not None:
+        if via_relay is not None and conn.is_client and self.prober.punching:
+            # a dialed address is unconfirmed: it may be another node on our own LAN
+            # (homes share private subnets), whose answer would fail the handshake, or
+            # a NAT that a first full-TTL packet would make remap the peer's flow (the
+            # conntrack trap).  The relay carries the connection until a signed probe
+            # confirms the address.
             return None, via_relay
+        if via_relay is not None:
+            state = self.prober.path_state(fallback)
+            unanswered = self.prober.unanswered_for(fallback, self.loop.time())
+            if state is PathState.FAILED or (unanswered is not None and unanswered >= _FALLBACK_GRACE):
+                # probed and silent (a symmetric NAT's dialed port, a stale address): stop
+                # duplicating every packet to it; the prober keeps trying and switches back
+                return None, via_relay
         return fallback, via_relay
 
     def update_routes(self) -> None:
         """Re-decide every connection's route and datagram size (after any change)."""
         base = self.endpoint.config.max_datagram_size
+        reason = self._reason
         for conn in list(self.connections):
             route = self.route_for(conn)
             direct, relayed = route
             size = self.prober.datagram_size(direct) if direct is not None and relayed is None else base
+            if relayed is not None and self.relay_fit is not None and conn.established_at is not None:
+                # 1-RTT packets may be smaller than 1200 bytes (only Initials may not), so a
+                # relay path that carries less still carries this connection
+                size = min(size, self.relay_fit)
+            why = reason
+            if why == "path changed" and direct is None and conn._route[0] is not None and relayed is not None:
+                why = "direct address not answering"
+            below_base = size < base
             if size < conn.datagram_size:
-                conn.set_datagram_size(size)  # shrink before sending anything on the new route
-                conn._set_route(route, "path changed")
+                conn.set_datagram_size(size, below_base=below_base)  # shrink before sending on the new route
+                conn._set_route(route, why)
             else:
-                conn._set_route(route, "path changed")
-                conn.set_datagram_size(size)
+                conn._set_route(route, why)
+                conn.set_datagram_size(size, below_base=below_base)
+        self._reason = "path changed"
+
+    def relay_too_large(self, fits: int) -> None:
+        """The relay refused a packet to this peer as too large; ``fits`` bytes would pass."""
+        fits = max(fits, _MIN_RELAYED_SIZE)
+        if self.relay_fit is not None and self.relay_fit <= fits:
+            return
+        log.info("%s: the relay forwards at most %d-byte packets to it; shrinking", self.node_id.fmt_short(), fits)
+        self.relay_fit = fits
+        self._reason = "relay: packets too large for the peer"
+        self.update_routes()
 
     def dialing(self, conn: PeerConnection) -> None:
         """``conn`` is being dialed: route its handshake."""
         self.connections[conn] = None
+        self.prober.punching = self._punching()
         conn._route = self.route_for(conn)
+
+    def _punching(self) -> bool:
+        """Punch carefully (openers, coordination) whenever a relay is configured.
+
+        Connected or not yet: a dial that starts before our relay connected must not
+        reach the peer's router first either.
+        """
+        if self.endpoint.relay is None or self.not_on_relay:
+            return False
+        return not any(c.is_relay_connection for c in self.connections)
+
+    def relay_unknown_destination(self) -> None:
+        """The relay does not know this peer: no signal will come; stop waiting for one."""
+        if self.not_on_relay:
+            return
+        log.info("%s: not on our relay; direct packets at full TTL", self.node_id.fmt_short())
+        self.not_on_relay = True
+        self.prober.punching = False
+        self.prober.reprobe(self.loop.time())
+        self.service()
 
     def close(self) -> None:
         self._closed = True

@@ -66,6 +66,7 @@ class ClientConnection:
         return self.goaway_id is not None
 
     def schedule_transmit(self) -> None:
+        hooks.ack_with_next_packet(self.conn.quic, self.conn.loop.time())  # a pending ACK rides along
         # one deferred transmit per connection, shared with the endpoint's receive path
         if self.lost is None:
             self.conn.schedule_transmit()

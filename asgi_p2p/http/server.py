@@ -224,6 +224,7 @@ class ServerConnection:
     # -- transmit coalescing --------------------------------------------------
 
     def schedule_transmit(self) -> None:
+        hooks.ack_with_next_packet(self.conn.quic, self.conn.loop.time())  # a pending ACK rides along
         # one deferred transmit per connection, shared with the datagram receive path
         if not self.lost:
             self.conn.schedule_transmit()

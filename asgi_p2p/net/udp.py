@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 
 from ..errors import NetworkError
 from .base import Address, DatagramReceiver
 
-__all__ = ["READ_BATCH", "UdpNetwork", "UdpSocket"]
+__all__ = ["READ_BATCH", "UdpNetwork", "UdpSocket", "set_dont_fragment"]
 
 log = logging.getLogger("asgi_p2p.net")
 
@@ -28,6 +29,36 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 READ_BATCH = 64
 #: Receive buffer size: the largest UDP payload.
 _MAX_UDP = 65535
+# Linux <linux/in.h>, <linux/in6.h> (Python does not export all of them)
+_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+_IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+_IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+_IPV6_PMTUDISC_DO = getattr(socket, "IPV6_PMTUDISC_DO", 2)
+
+
+def set_dont_fragment(sock: socket.socket) -> bool:
+    """Linux: send every datagram with the don't-fragment bit (IP_PMTUDISC_DO); False elsewhere.
+
+    Datagram size probes (RFC 8899) must never be fragmented: a fragmented probe
+    that arrives says nothing about what the path carries in one packet.  A
+    datagram larger than the route's known MTU then fails in ``sendto``
+    (EMSGSIZE, counted in ``send_errors``), like a probe lost on the path.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    ok = False
+    if sock.family == socket.AF_INET6:
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_DO)
+            ok = True
+        except OSError:  # pragma: no cover - kernel without it
+            pass
+    try:  # IPv4 sockets, and IPv4-mapped traffic of a dual-stack IPv6 socket
+        sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+        ok = True
+    except OSError:
+        pass
+    return ok
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -64,6 +95,11 @@ class UdpSocket:
         self.send_errors = 0
         sockname = sock.getsockname()
         self._local: Address = (str(sockname[0]), int(sockname[1]))
+        self._v6 = sock.family == socket.AF_INET6
+        try:
+            self._default_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
+        except OSError:  # pragma: no cover
+            self._default_ttl = 64
         if transport is None:
             loop.add_reader(sock.fileno(), self._read_ready)
 
@@ -106,6 +142,35 @@ class UdpSocket:
         except OSError as exc:  # buffer full, unreachable network, ...: UDP may drop
             self.send_errors += 1
             log.debug("sendto %s failed: %s", addr, exc)
+
+    def sendto_ttl(self, data: bytes, addr: Address, ttl: int) -> None:
+        """Send one datagram with IP TTL (IPv6 hop limit) ``ttl``, then restore the default.
+
+        For hole-punching openers (``NetworkConfig.punch_ttl``): the socket option is
+        set around this one ``sendto`` (the loop is single-threaded, so no other send
+        sees it).  Without ``add_reader`` (the transport path sends asynchronously)
+        the datagram goes out with the default TTL.
+        """
+        if self._closed:
+            return
+        if self._transport is not None or not 1 <= ttl <= 255:
+            self.sendto(data, addr)
+            return
+        sock = self._sock
+        level, opt = (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS) if self._v6 else (socket.IPPROTO_IP, socket.IP_TTL)
+        try:
+            sock.setsockopt(level, opt, ttl)
+        except OSError as exc:  # pragma: no cover - cannot happen for 1..255
+            log.debug("cannot set TTL %d: %s", ttl, exc)
+            self.sendto(data, addr)
+            return
+        try:
+            sock.sendto(data, addr)
+        except OSError as exc:
+            self.send_errors += 1
+            log.debug("sendto %s failed: %s", addr, exc)
+        finally:
+            sock.setsockopt(level, opt, -1 if self._v6 else self._default_ttl)
 
     def close(self) -> None:
         if self._closed:
@@ -160,6 +225,7 @@ class UdpNetwork:
                     sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
                 except OSError:  # pragma: no cover - kernel limit
                     pass
+            set_dont_fragment(sock)
             sock.bind((host, port))
         except OSError as exc:
             sock.close()

@@ -496,6 +496,19 @@ class ProberConfig:
     #: True: live paths are size-probed only after :meth:`PathProber.request_size_search`
     #: (when there is bulk data to send), so short exchanges never pay for probes
     size_search_on_demand: bool = False
+    #: CALL_ME_MAYBE signals per round (the first included): relay DATAGRAM frames are
+    #: unreliable, so the signal is repeated on the probe schedule until a direct path is live
+    call_me_maybe_attempts: int = 6
+    #: IP TTL of the first PING to a new candidate while punching through a relay (0: off).  It
+    #: opens our own NAT's mapping towards the peer but dies before the peer's router, so it
+    #: cannot leave conntrack state there that would make the peer's NAT remap our flow.
+    punch_ttl: int = 0
+    #: full-TTL PINGs to a candidate start this long after its low-TTL opener (at least; the
+    #: prober's ``punch_delay`` attribute may be raised to the relayed RTT)
+    punch_delay: float = 0.1
+    #: while punching, full-TTL PINGs to a candidate wait for the peer's CALL_ME_MAYBE (which
+    #: says the peer is opening its side too) at most this long after the candidate was added
+    punch_hold: float = 3.0
 
     def __post_init__(self) -> None:
         if not 1200 <= self.base_datagram_size <= MAX_DISCO_DATAGRAM:
@@ -506,6 +519,10 @@ class ProberConfig:
             )
         if self.size_probe_attempts < 1:
             raise ValueError("size_probe_attempts must be at least 1")
+        if self.call_me_maybe_attempts < 1:
+            raise ValueError("call_me_maybe_attempts must be at least 1")
+        if not 0 <= self.punch_ttl <= 255:
+            raise ValueError(f"punch_ttl must be in 0..255, got {self.punch_ttl}")
 
 
 #: Datagram sizes a size search tries, smallest first, below the configured ceiling (which is
@@ -550,10 +567,15 @@ class PathChanged:
 
 @dataclass(frozen=True)
 class Transmit:
-    """A datagram to send: to ``addr`` directly, or to the peer via the relay if ``addr`` is None."""
+    """A datagram to send: to ``addr`` directly, or to the peer via the relay if ``addr`` is None.
+
+    ``ttl``: send with this IP TTL (hop limit) instead of the socket's default (a
+    hole-punching opener, see ``ProberConfig.punch_ttl``).
+    """
 
     data: bytes
     addr: Address | None
+    ttl: int | None = None
 
 
 @dataclass
@@ -579,6 +601,11 @@ class _Path:
     # suspicion's later pings go out at these times
     suspect_until: float | None = None
     suspect_pings: tuple[float, ...] = ()
+    # hole punching (punch_ttl): when the candidate was added, when its low-TTL opener went
+    # out (None: not yet in this probe round), when the first PING since its last PONG went out
+    created_at: float = 0.0
+    opened_at: float | None = None
+    unanswered_since: float | None = None
 
 
 class PathProber:
@@ -614,9 +641,24 @@ class PathProber:
         self._events: collections.deque[PathChanged] = collections.deque(maxlen=self.config.max_events)
         self._current: _Path | None = None
         self._next_reprobe: float | None = None
+        #: addresses never taken as candidates (the owner's own socket addresses)
+        self.ignore: set[Address] = set()
         #: our own address as the peer saw it in its latest PONG (like STUN)
         self.reflexive_addr: Address | None = None
         self._size_wanted = not self.config.size_search_on_demand
+        # our latest CALL_ME_MAYBE addresses, how many times it went out this round, when next
+        self._cmm_addrs: tuple[Address, ...] | None = None
+        self._cmm_sent = 0
+        self._cmm_next_at: float | None = None
+        #: when the peer's latest CALL_ME_MAYBE arrived (None: never)
+        self.peer_call_me_maybe_at: float | None = None
+        #: True while the peer can signal us through a relay: new candidates then get a
+        #: low-TTL opener first, and full-TTL pings wait for the peer's CALL_ME_MAYBE
+        #: (``punch_hold``).  Set by the owner (the endpoint: while its relay is connected).
+        self.punching = False
+        #: delay between a candidate's opener and its first full-TTL PING (the owner may
+        #: raise it to about the relayed RTT, so that the peer's opener went out first)
+        self.punch_delay = self.config.punch_delay
         #: why packets were refused, by reason (for metrics and tests)
         self.rejected: collections.Counter[str] = collections.Counter()
 
@@ -697,6 +739,10 @@ class PathProber:
     def size_black_hole(self, addr: tuple[str, int], now: float) -> bool:
         """Packets larger than the base size stopped arriving on ``addr``: fall back, search again.
 
+        The search restarts at once from the base size and probes every size again
+        (the one that failed included), so a false alarm costs a few probe round
+        trips and a real black hole ends the search below the size it swallows.
+
         Returns True if the path's size was lowered (False if it already was the base).
         """
         path = self._paths.get(normalize_address(addr))
@@ -711,7 +757,12 @@ class PathProber:
             base,
         )
         self._stop_size_probe(path)
-        path.size_limit = path.size
+        # search again from the base, the failed size included: the caller's evidence
+        # (repeated QUIC probe timeouts) is as likely plain loss as a shrunken path, and
+        # forbidding the size would keep a path that still carries it small for
+        # size_research_interval (a relay connection would then carry no full-size QUIC
+        # packet); a real black hole loses the probes, which sets the limit
+        path.size_limit = self.config.max_datagram_size + 1
         path.size = base
         path.size_attempts = 0
         path.size_searched = False
@@ -740,6 +791,10 @@ class PathProber:
     def call_me_maybe(self, own_addrs: Sequence[tuple[str, int]], now: float) -> Transmit:
         """A CALL_ME_MAYBE listing ``own_addrs``, to send to the peer through the relay."""
         addrs = tuple(normalize_address(a) for a in own_addrs[:MAX_CALL_ME_MAYBE_ADDRS])
+        # repeated by poll() on the probe schedule until a direct path is live (it may be lost)
+        self._cmm_addrs = addrs
+        self._cmm_sent = 1
+        self._cmm_next_at = now + self.config.probe_interval
         return Transmit(self._seal(CallMeMaybe(addrs), now), None)
 
     def receive(self, data: bytes, src: Address | None, now: float) -> None:
@@ -786,6 +841,7 @@ class PathProber:
             self._reject("replay" if reason == "replayed packet" else "stale", reason)
             return
         if isinstance(message, CallMeMaybe):
+            self.peer_call_me_maybe_at = now
             for addr in message.addrs:
                 self._add_candidate(addr, now)
             self.reprobe(now)
@@ -797,9 +853,12 @@ class PathProber:
             if path is None:
                 # an authenticated ping from a new address is a candidate: this is what wins
                 # when an early inbound packet made the peer's NAT pick a different port
-                self._add_candidate(src, now)
+                path = self._add_candidate(src, now)
+                if path is not None:
+                    path.opened_at = now  # it reached us: our NAT passes it, no opener needed
             elif path.state is PathState.FAILED:
                 self._restart(path, now)
+                path.opened_at = now
         elif size_for is not None:
             self._handle_size_pong(message, size_for, now)
         else:
@@ -815,9 +874,26 @@ class PathProber:
             for path in self._paths.values():
                 if path.state is PathState.FAILED:
                     self._restart(path, now)
+            if self._cmm_addrs is not None:  # the peer must punch again too
+                self._cmm_sent = 0
+                self._cmm_next_at = now
+        if self._cmm_next_at is not None and now >= self._cmm_next_at:
+            self._call_me_maybe_again(now)
         for path in self._paths.values():
             if path.state is PathState.FAILED or now < path.next_ping_at:
                 continue
+            if path.state is PathState.PROBING and self.punching and cfg.punch_ttl:
+                if path.opened_at is None:
+                    # open our own NAT's mapping first, with a packet that dies on the way
+                    path.opened_at = now
+                    path.next_ping_at = now + self.punch_delay
+                    if self.peer_call_me_maybe_at is None:  # and not before the peer opens its side
+                        path.next_ping_at = max(path.next_ping_at, path.created_at + cfg.punch_hold)
+                    self._send_ping(path, now, ttl=cfg.punch_ttl)
+                    continue
+                if self.peer_call_me_maybe_at is None and now < path.created_at + cfg.punch_hold:
+                    path.next_ping_at = path.created_at + cfg.punch_hold  # the peer has not opened yet
+                    continue
             if path.state is PathState.PROBING:
                 if path.attempts >= cfg.probe_attempts:
                     path.state = PathState.FAILED
@@ -856,7 +932,19 @@ class PathProber:
         if self._current is None and self._next_reprobe is not None:
             if any(p.state is PathState.FAILED for p in self._paths.values()):
                 times.append(self._next_reprobe)
+        if self._cmm_next_at is not None:
+            times.append(self._cmm_next_at)
         return min(times) if times else None
+
+    def unanswered_for(self, addr: tuple[str, int], now: float) -> float | None:
+        """Seconds since the first PING to ``addr`` that no PONG followed (None: none pending)."""
+        try:
+            path = self._paths.get(normalize_address(addr))
+        except ValueError:
+            return None
+        if path is None or path.unanswered_since is None:
+            return None
+        return now - path.unanswered_since
 
     # -- internals ----------------------------------------------------------
 
@@ -867,6 +955,15 @@ class PathProber:
         self.rejected[kind] += 1
         logger.debug("disco from %s dropped: %s", self.peer.fmt_short(), reason)
 
+    def _call_me_maybe_again(self, now: float) -> None:
+        cfg = self.config
+        if self._cmm_addrs is None or self._current is not None or self._cmm_sent >= cfg.call_me_maybe_attempts:
+            self._cmm_next_at = None  # a direct path is live, or the round is over
+            return
+        self._cmm_sent += 1
+        self._cmm_next_at = now + min(cfg.probe_interval * 2 ** (self._cmm_sent - 1), cfg.probe_backoff_max)
+        self._enqueue(Transmit(self._seal(CallMeMaybe(self._cmm_addrs), now), None))
+
     def _enqueue(self, transmit: Transmit) -> None:
         if len(self._queue) < self.config.max_queued:
             self._queue.append(transmit)
@@ -875,6 +972,8 @@ class PathProber:
         path = self._paths.get(addr)
         if path is not None:
             return path
+        if addr in self.ignore:
+            return None
         if len(self._paths) >= self.config.max_candidates:
             # make room: forget a failed candidate first, then one still probing, never a live one
             victims = [p for p in self._paths.values() if p.state is PathState.FAILED]
@@ -886,7 +985,7 @@ class PathProber:
             victim = min(victims, key=lambda p: (p.failed_at or 0.0, p.attempts))
             self._stop_size_probe(victim)
             del self._paths[victim.addr]
-        path = _Path(addr, next_ping_at=now, size=self.config.base_datagram_size)
+        path = _Path(addr, next_ping_at=now, size=self.config.base_datagram_size, created_at=now)
         self._paths[addr] = path
         if self._next_reprobe is None:
             self._next_reprobe = now + self.config.reprobe_interval
@@ -897,15 +996,18 @@ class PathProber:
         path.attempts = 0
         path.failed_at = None
         path.next_ping_at = now
+        path.opened_at = None  # a new punching round: open our NAT again first
 
-    def _send_ping(self, path: _Path, now: float) -> None:
+    def _send_ping(self, path: _Path, now: float, ttl: int | None = None) -> None:
         if len(self._outstanding) >= self.config.max_outstanding:
             oldest = min(self._outstanding, key=lambda t: self._outstanding[t][1])
             del self._outstanding[oldest]
         tx_id = self.rng.randbytes(TX_ID_LEN)
         self._outstanding[tx_id] = (path.addr, now)
         path.stats["pings"] += 1
-        self._enqueue(Transmit(self._seal(Ping(tx_id), now), path.addr))
+        if path.unanswered_since is None:
+            path.unanswered_since = now
+        self._enqueue(Transmit(self._seal(Ping(tx_id), now), path.addr, ttl))
 
     def _handle_pong(self, pong: Pong, sent: tuple[Address, float], now: float) -> None:
         addr, sent_at = sent
@@ -916,6 +1018,7 @@ class PathProber:
         sample = max(now - sent_at, 0.0)
         path.srtt = sample if path.srtt is None else 0.875 * path.srtt + 0.125 * sample
         path.last_pong = now
+        path.unanswered_since = None
         path.stats["pongs"] += 1
         if path.suspect_until is not None:
             path.suspect_until = None
@@ -1034,6 +1137,7 @@ class PathProber:
             return  # a probe of an earlier search
         path.size_tx = None
         path.last_pong = now
+        path.unanswered_since = None
         if path.suspect_until is not None:  # a big probe answered: the path works
             path.suspect_until = None
             path.next_ping_at = now + self.config.keepalive_interval

@@ -440,3 +440,91 @@ def test_deterministic_given_seed() -> None:
 
 def test_node_ids_in_messages() -> None:
     assert isinstance(peek_sender(seal(Ping(TX), ALICE, BOB.node_id, T0)), NodeId)
+
+
+# -- hole punching: lost signals, openers --------------------------------------------------
+
+
+def _cmms(out: list[Transmit]) -> list[Transmit]:
+    return [t for t in out if t.addr is None and isinstance(open_packet(t.data, BOB.node_id).message, CallMeMaybe)]
+
+
+def test_call_me_maybe_is_repeated_until_a_direct_path_is_live() -> None:
+    """Relay signals are unreliable: a lost CALL_ME_MAYBE must not leave the peer unpunched."""
+    alice, bob = make(), make(BOB, ALICE)
+    first = alice.call_me_maybe([A_ADDR], 0.0)
+    assert first.addr is None
+    sent = [0.0]
+    now = 0.0
+    while (t := alice.next_timer()) is not None and t < 100:
+        now = t
+        sent += [now for _ in _cmms(alice.poll(now))]
+    # the first signal and 5 more on the probe schedule (0.5 s doubling), then it stops
+    assert sent == pytest.approx([0.0, 0.5, 1.5, 3.5, 7.5, 15.5])
+    # every copy is a fresh packet the peer accepts (not a replay)
+    bob.add_candidates([], 0.0)
+    # a direct path ends the repetition at once
+    alice2 = make()
+    alice2.call_me_maybe([A_ADDR], 0.0)
+    alice2.add_candidates([B_ADDR], 0.0)
+    establish(alice2, bob, B_ADDR, 0.0, rtt=0.03)
+    assert _cmms(alice2.poll(0.6)) == []
+
+
+def test_a_lost_call_me_maybe_is_made_up_for_by_the_next_one() -> None:
+    alice, bob = make(), make(BOB, ALICE)
+    alice.call_me_maybe([A_ADDR], 0.0)  # lost on the relay
+    (again,) = _cmms(alice.poll(0.5))
+    bob.receive(again.data, None, 0.55)
+    out = bob.poll(0.55)
+    assert [t.addr for t in out if t.addr is not None] == [A_ADDR]  # bob punches now
+    assert bob.peer_call_me_maybe_at == 0.55
+
+
+def test_punching_opens_with_a_low_ttl_ping_and_waits_for_the_peer() -> None:
+    """The conntrack trap: full-TTL pings must not reach the peer's router before the peer opened."""
+    alice = make(punch_ttl=2, punch_delay=0.1, punch_hold=3.0)
+    alice.punching = True
+    alice.add_candidates([B_ADDR], 0.0)
+    (opener,) = alice.poll(0.0)
+    assert opener.addr == B_ADDR and opener.ttl == 2
+    # no CALL_ME_MAYBE from bob yet: full-TTL pings wait (up to punch_hold)
+    assert alice.next_timer() == pytest.approx(3.0)
+    assert alice.poll(1.0) == []
+    # bob's CALL_ME_MAYBE says he is opening his side: open again, then full TTL after the delay
+    alice.receive(seal(CallMeMaybe((B_ADDR,)), BOB, ALICE.node_id, T0 + 1.0), None, 1.0)
+    (opener2,) = alice.poll(1.0)
+    assert opener2.ttl == 2
+    assert alice.poll(1.05) == []
+    (full,) = alice.poll(1.1)
+    assert full.addr == B_ADDR and full.ttl is None
+
+
+def test_punching_without_a_call_me_maybe_goes_full_ttl_after_the_hold() -> None:
+    alice = make(punch_ttl=2, punch_hold=3.0)
+    alice.punching = True
+    alice.add_candidates([B_ADDR], 0.0)
+    assert [t.ttl for t in alice.poll(0.0)] == [2]
+    assert [t.ttl for t in alice.poll(3.0)] == [None]
+
+
+def test_no_openers_when_not_punching_or_when_the_peer_reached_us() -> None:
+    alice = make(punch_ttl=2)
+    alice.add_candidates([B_ADDR], 0.0)
+    assert [t.ttl for t in alice.poll(0.0)] == [None]  # no relay: nobody to coordinate with
+    alice = make(punch_ttl=2)
+    alice.punching = True
+    alice.receive(seal(Ping(TX), BOB, ALICE.node_id, T0), B_OTHER, 0.0)  # bob's ping got through our NAT
+    out = alice.poll(0.0)
+    assert {(t.addr, t.ttl) for t in out} == {(B_OTHER, None)}  # the pong and a full-TTL ping
+
+
+def test_unanswered_for_measures_silence_since_the_first_unanswered_ping() -> None:
+    alice, bob = make(), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    assert alice.unanswered_for(B_ADDR, 0.0) is None
+    alice.poll(0.0)
+    alice.poll(0.5)
+    assert alice.unanswered_for(B_ADDR, 2.0) == pytest.approx(2.0)
+    establish(alice, bob, B_ADDR, 2.0, rtt=0.01)
+    assert alice.unanswered_for(B_ADDR, 3.0) is None

@@ -34,6 +34,8 @@ class FakeRelayHub:
         self.packets = 0
         self.signals: list[tuple[NodeId, NodeId, bytes]] = []
         self.up = True
+        #: the public address every link reports (OBSERVED_ADDR)
+        self.observed: Address | None = None
 
     def factory(self, endpoint: Endpoint, relay_url: str, sink: RelaySink, *, rng: random.Random) -> FakeRelayLink:
         return FakeRelayLink(self, endpoint, relay_url, sink)
@@ -73,7 +75,7 @@ class FakeRelayLink:
 
     @property
     def observed_address(self) -> Address | None:
-        return None
+        return self.hub.observed
 
     def send_packet(self, dest: NodeId, packet: bytes) -> bool:
         return self.connected and self.hub.deliver(self.endpoint.node_id, dest, packet, signal=False)
@@ -160,7 +162,7 @@ def test_relay_only_address_works_at_once_then_goes_direct(sim: Simulation) -> N
         events = await _until(qb, "direct", timeout=5)
         assert any(e.path.kind == "direct" for e in events) or qb.path.kind == "direct"
         assert qb.path.addr == ea.local_address and qb.path.rtt is not None
-        assert _quic(ea).path.kind == "direct"
+        await _until(_quic(ea), "direct", timeout=1)  # alice's own probes answered too
         assert any(dst == ea.node_id for _src, dst, _p in hub.signals)  # CALL_ME_MAYBE to alice
         relayed = hub.packets
         await asyncio.sleep(1)  # sizes grow on the direct path (mtu 1500: 1452)
@@ -291,5 +293,76 @@ def test_path_events_are_bounded_and_callbacks_see_every_change(sim: Simulation)
         got = [e async for e in slow]  # ends when the connection closes
         assert got == seen[-2:]
         await ea.close()
+
+    sim.run(main())
+
+
+def test_node_addr_change_callbacks_follow_the_relay(sim: Simulation) -> None:
+    a, _b = _topology(sim)
+    hub = FakeRelayHub()
+
+    async def main() -> None:
+        ea = await _bind("alice", a, hub)
+        seen: list[NodeAddr] = []
+        remove = ea.on_node_addr_change(seen.append)
+        await asyncio.sleep(0.01)  # the fake relay reports "connected" on the next loop turn
+        assert seen and seen[-1] == ea.node_addr() and seen[-1].relay_url == URL
+        count = len(seen)
+        assert ea.relay is not None
+        hub.up = False
+        ea.relay_state_changed(ea.relay)  # the relay went away: the callback hears it
+        assert len(seen) == count + 1
+        remove()
+        hub.up = True
+        ea.relay_state_changed(ea.relay)
+        assert len(seen) == count + 1  # removed
+        await ea.close()
+
+    sim.run(main())
+
+
+def test_public_address_comes_before_lan_addresses(sim: Simulation) -> None:
+    a, _b = _topology(sim)
+    hub = FakeRelayHub()
+
+    async def main() -> None:
+        ea = await _bind("alice", a, hub)
+        hub.observed = ("198.51.100.7", 40000)
+        # the public address first: a dialer tries it first; the LAN address after it
+        assert ea.own_candidates() == [hub.observed, (a.address, 4433)]
+        assert ea.node_addr().direct_addresses[0] == hub.observed
+        await ea.close()
+
+    sim.run(main())
+
+
+def test_relay_too_large_shrinks_the_relayed_connection(sim: Simulation) -> None:
+    """The peer's relay connection carries less than ours: the relay says so, we send smaller packets."""
+    a, b = _topology(sim)
+    hub = FakeRelayHub()
+
+    async def main() -> None:
+        ea, eb = await _bind("alice", a, hub), await _bind("bob", b, hub)
+        sim.partition(a, b)  # no direct path: the connection stays on the relay
+        conn = await eb.connect(NodeAddr(ea.node_id, relay_url=URL))
+        inc = await ea.listen().accept()
+        qb = _quic(eb)
+        assert qb.path.kind == "relay" and qb.datagram_size == 1200
+        refusal = "too large: 1200-byte packet does not fit node x's datagram size 1170 (at most 1136 bytes)"
+        eb.relay_error(ea.node_id, refusal)  # what RelayClient reports for ERROR TOO_LARGE
+        assert qb.datagram_size == 1136
+        sizes: list[int] = []
+        original = hub.deliver
+
+        def deliver(src: NodeId, dest: NodeId, data: bytes, signal: bool) -> bool:
+            if src == eb.node_id and not signal:
+                sizes.append(len(data))
+            return original(src, dest, data, signal)
+
+        hub.deliver = deliver  # type: ignore[method-assign]
+        await _echo(conn, inc, b"y" * 50_000)  # still carries everything, in smaller packets
+        assert sizes and max(sizes) <= 1136
+        await ea.close()
+        await eb.close()
 
     sim.run(main())
