@@ -9,6 +9,7 @@ with each endpoint on its own simulated host.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,16 +19,18 @@ from asgi_p2p import Endpoint, NetworkConfig, SecretKey
 T = TypeVar("T")
 
 
-class Harness:
+class Harness(abc.ABC):
     name = "abstract"
     #: True when a "slow" wait (e.g. to prove something did NOT happen) costs no wall time.
     virtual_time = False
 
+    @abc.abstractmethod
     def run(self, scenario: Callable[[Harness], Awaitable[T]], *, timeout: float = 60.0) -> T:
-        raise NotImplementedError
+        """Run ``scenario(self)`` to completion on this harness's loop."""
 
+    @abc.abstractmethod
     async def endpoint(self, name: str, **kwargs: Any) -> Endpoint:
-        raise NotImplementedError
+        """A bound endpoint named ``name`` on this harness's network."""
 
 
 class UdpHarness(Harness):

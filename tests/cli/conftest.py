@@ -20,17 +20,6 @@ APPDIR = Path(__file__).resolve().parent / "appdir"
 START_TIMEOUT = 30.0
 
 
-def http_available() -> bool:
-    try:
-        from asgi_p2p.http import H3Server, P2PTransport  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_http = pytest.mark.skipif(not http_available(), reason="asgi_p2p.http is not importable")
-
-
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ASGI_P2P_", "MUSIC_DIR", "XDG_"))}
     env.update(

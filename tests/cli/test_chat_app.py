@@ -10,9 +10,7 @@ from asgi_p2p import Endpoint, SecretKey
 from asgi_p2p.http import WebSocketSession, websocket_connect
 from asgi_p2p.ticket import Ticket
 
-from .conftest import Cli, Starter, needs_http
-
-pytestmark = needs_http
+from .conftest import Cli, Starter
 
 
 async def next_of(ws: WebSocketSession, kind: str) -> dict[str, Any]:

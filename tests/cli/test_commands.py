@@ -10,7 +10,7 @@ import pytest
 
 from asgi_p2p.identity import NodeId
 
-from .conftest import Cli, http_available, one_line_error
+from .conftest import Cli, one_line_error
 
 COMMANDS = ["keygen", "id", "serve", "get"]
 
@@ -19,7 +19,7 @@ def test_top_level_help_lists_commands(cli: Cli) -> None:
     r = cli.run("--help")
     assert r.returncode == 0, r.stderr
     out = r.stdout.decode()
-    for name in ["keygen", "id"] + (["serve", "get"] if http_available() else []):
+    for name in ["keygen", "id", "serve", "get", "relay"]:
         assert name in out
 
 

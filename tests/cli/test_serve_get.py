@@ -17,9 +17,7 @@ import pytest
 from asgi_p2p.identity import NodeId, SecretKey
 from asgi_p2p.ticket import Ticket
 
-from .conftest import APPDIR, REPO, Cli, ServerProcess, Starter, free_udp_port, needs_http, one_line_error
-
-pytestmark = needs_http
+from .conftest import APPDIR, REPO, Cli, ServerProcess, Starter, free_udp_port, one_line_error
 
 MusicServer = tuple[Cli, ServerProcess, str]
 
