@@ -167,3 +167,33 @@ async def test_sockets_never_fragment() -> None:
         assert sock._sock.getsockopt(socket.IPPROTO_IP, getattr(socket, "IP_MTU_DISCOVER", 10)) == 2  # PMTUDISC_DO
     finally:
         sock.close()
+
+
+async def test_real_network_clock_offset_turns_loop_time_into_unix_time() -> None:
+    import time
+
+    offset = UdpNetwork().wall_clock_offset()
+    shared = asyncio.get_running_loop().time() + offset
+    assert abs(shared - time.time()) < 5.0
+
+
+def test_simulated_hosts_share_one_fixed_wall_clock() -> None:
+    from asgi_p2p import Endpoint, SecretKey
+    from asgi_p2p.sim import Simulation
+    from asgi_p2p.sim.loop import START_TIME
+    from asgi_p2p.sim.network import WALL_CLOCK_AT_START
+
+    sim = Simulation(seed=1)
+    with sim:
+        a, b = sim.host("a"), sim.host("b")
+        assert a.wall_clock_offset() == b.wall_clock_offset() == WALL_CLOCK_AT_START - START_TIME
+
+        async def main() -> float:
+            ep = await Endpoint.bind(SecretKey.from_seed("a"), host="0.0.0.0", port=1, network=a)
+            try:
+                # the endpoint's signed-probe clock comes from the network, not the system clock
+                return ep._clock_offset
+            finally:
+                await ep.close()
+
+        assert sim.run(main()) == WALL_CLOCK_AT_START - START_TIME

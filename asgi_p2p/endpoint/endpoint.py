@@ -7,7 +7,6 @@ import ipaddress
 import logging
 import random
 import re
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -132,11 +131,12 @@ class Endpoint:
         ep._alpn_filter = frozenset(alpns) if alpns is not None else None
         if rng is not None:
             ep._rng = rng
-        # disco timestamps need a clock peers share: wall-clock time, measured once here
-        ep._clock_offset = time.time() - asyncio.get_running_loop().time()
         ep.messages = MessageService(ep)
         ep.add_protocol(MSG_ALPN, ep.messages.handler_for)
         net = network if network is not None else UdpNetwork()
+        # disco timestamps need a clock peers share (Unix time); the network supplies
+        # its offset from loop.time(): the system clock once, or the simulator's constant
+        ep._clock_offset = net.wall_clock_offset()
         ep._socket = await net.bind(host, port, ep._datagram_received)
         if relay_url is not None:
             factory = relay_factory if relay_factory is not None else _default_relay_factory()

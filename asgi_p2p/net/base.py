@@ -33,3 +33,11 @@ class DatagramNetwork(Protocol):
 
     async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> DatagramSocket:
         """Bind a socket; ``receiver`` is called for each arriving datagram."""
+
+    def wall_clock_offset(self) -> float:
+        """Seconds to add to the running loop's ``time()`` to get Unix time.
+
+        Signed path probes carry a clock peers share.  A real network reads the
+        system clock (once per endpoint); the simulator returns a constant, so the
+        library itself never reads the wall clock.
+        """

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 import sys
+import time
 
 from ..errors import NetworkError
 from .base import Address, DatagramReceiver
@@ -214,6 +215,9 @@ def _ipv4_of(ifname: str) -> str | None:
 
 class UdpNetwork:
     """The real network: :meth:`bind` opens a UDP socket on the running loop."""
+
+    def wall_clock_offset(self) -> float:
+        return time.time() - asyncio.get_running_loop().time()
 
     async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> UdpSocket:
         loop = asyncio.get_running_loop()

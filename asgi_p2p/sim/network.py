@@ -64,6 +64,8 @@ HEADER_OVERHEAD = 28
 #: 1200-byte QUIC packet inside the relay connection's own (which the smallest QUIC MTU,
 #: 1228, cannot); tests of datagram size probing give links other ``mtu`` values.
 DEFAULT_MTU = 1500
+#: The Unix time a simulation starts at (2026-01-01T00:00:00Z), for the clock peers share.
+WALL_CLOCK_AT_START = 1_767_225_600.0
 
 _WILDCARDS = ("", "0.0.0.0", "::")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -181,6 +183,10 @@ class Host(Node):
         while node.realm is not None:
             node = node.realm
         return node.public_address if isinstance(node, NatBox) else self.address
+
+    def wall_clock_offset(self) -> float:
+        """Every simulated host shares one fixed wall clock (see :data:`WALL_CLOCK_AT_START`)."""
+        return WALL_CLOCK_AT_START - START_TIME
 
     async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> SimSocket:
         """Bind a socket on this host (``host`` is a wildcard or this host's address)."""

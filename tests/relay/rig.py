@@ -160,6 +160,9 @@ class RelayTunnel(RecordingSink):
         self.receiver: DatagramReceiver | None = None
         self.peers: dict[Address, NodeId] = {}
 
+    def wall_clock_offset(self) -> float:
+        return 0.0  # every tunnelled endpoint runs in this process, on one loop
+
     async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> TunnelSocket:
         self.receiver = receiver
         return TunnelSocket(self)
