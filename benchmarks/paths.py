@@ -29,12 +29,19 @@ Environments:
   defaults, except per-client rate limits raised so they do not cap the bulk
   run), a server process and this client process.  Relays cost CPU: on a
   2-core machine the three processes share two cores.
+* ``sim-bw``: the ``sim`` hosts with a lossless 20 ms core and each home's access
+  link (host <-> its NAT) at 6 Mbit/s, 10 ms: direct and relayed paths share
+  that bottleneck, as on real home connections.
+* ``netns`` (root only; otherwise skipped with a message): the real Linux NAT
+  rig of tests/netns: the relay CLI on the rig's relay host, the server and the
+  client processes in two homes behind ``eim`` routers with 10 ms one-way on
+  each WAN link; torn down at the end.
 
 Usage::
 
-    .venv/bin/python benchmarks/paths.py                  # both environments
+    .venv/bin/python benchmarks/paths.py                  # all environments (netns needs root)
     .venv/bin/python benchmarks/paths.py --env udp --bulk-mib 64 --pings 500
-    .venv/bin/python benchmarks/paths.py --quick          # smoke run
+    .venv/bin/python benchmarks/paths.py --quick          # smoke run (sim, sim-bw, udp)
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import random
@@ -53,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -294,19 +302,44 @@ async def measure(
 # -- the simulator --------------------------------------------------------------------
 
 
+#: Access-link rate of the bandwidth-limited simulator topology (``sim-bw``), bits/s.
+SIM_ACCESS_RATE = 6e6
+#: Its access links' send queue: 100 ms at that rate (a modest home-router buffer).
+SIM_ACCESS_QUEUE = int(SIM_ACCESS_RATE / 8 * 0.1)
+
+
 def run_sim(args: argparse.Namespace) -> Result:
+    """Lossy core: public links 20 ms, 2% loss, 0-5 ms jitter; NAT LAN links 0.5 ms, lossless, unlimited."""
+    return _run_sim(args, bandwidth=None)
+
+
+def run_sim_bw(args: argparse.Namespace) -> Result:
+    """Bandwidth-limited access: each home's link to its NAT 6 Mbit/s, 10 ms; lossless 20 ms core.
+
+    Both the direct and the relayed path cross both homes' access links (the relay sits in the
+    core), so they share the same bottleneck, as on real home connections.
+    """
+    return _run_sim(args, bandwidth=SIM_ACCESS_RATE)
+
+
+def _run_sim(args: argparse.Namespace, *, bandwidth: float | None) -> Result:
     from asgi_p2p.relay.proto import RelayLimits
     from asgi_p2p.relay.server import RelayServer
     from asgi_p2p.sim import Simulation
 
-    sim = Simulation(seed=args.seed, latency=0.020, loss=0.02, mtu=1500, keep_trace=False)
+    loss = 0.02 if bandwidth is None else 0.0
+    sim = Simulation(seed=args.seed, latency=0.020, loss=loss, mtu=1500, keep_trace=False)
     with sim:
         relay_host = sim.host("relay")
-        client_host = sim.host("client", nat="port-restricted-cone")
-        server_host = sim.host("server", nat="port-restricted-cone")
+        lan_latency = 0.0005 if bandwidth is None else 0.010
+        client_host = sim.host("client", nat="port-restricted-cone", lan_latency=lan_latency)
+        server_host = sim.host("server", nat="port-restricted-cone", lan_latency=lan_latency)
         for link in sim.links:
-            if link.loss > 0:  # the public links (NAT LAN links are lossless)
+            if bandwidth is None and link.loss > 0:  # the public links (NAT LAN links are lossless)
                 link.configure(jitter=0.005)
+        if bandwidth is not None:
+            for host in (client_host, server_host):
+                sim.link(host, f"{host.name}-nat", bandwidth=bandwidth, queue_bytes=SIM_ACCESS_QUEUE)
 
         async def main() -> Result:
             limits = RelayLimits(packets_per_second=1e6, packet_burst=2e6, bytes_per_second=1e9, byte_burst=2e9)
@@ -339,11 +372,11 @@ def run_sim(args: argparse.Namespace) -> Result:
 # -- real UDP: three processes ---------------------------------------------------------------
 
 
-def server_process(relay_url: str) -> None:
+def server_process(relay_url: str, host: str) -> None:
     """``--serve-udp URL``: the server endpoints; prints ``kind node_id`` lines, then serves until killed."""
 
     async def main() -> None:
-        eps = {k: await bind(k, "server", relay_url) for k in KINDS}
+        eps = {k: await bind(k, "server", relay_url, host=host) for k in KINDS}
         for ep in eps.values():
             assert ep.relay is not None
             await ep.relay.wait_connected(30)
@@ -435,6 +468,85 @@ def run_udp(args: argparse.Namespace) -> Result:
                         proc.wait()
 
 
+def client_process(args: argparse.Namespace) -> None:
+    """``--client-udp URL``: the client endpoints of the netns environment; prints the Result as JSON."""
+    ids = {k: NodeId.parse(v) for k, v in json.loads(args.server_ids).items()}
+
+    async def main() -> Result:
+        clients = {k: await bind(k, "client", args.client_udp, host=args.bind_host) for k in KINDS}
+        try:
+            cpu0 = time.process_time()
+            res = await measure(
+                clients, ids, args.client_udp, pings=args.pings, bulk_bytes=int(args.bulk_mib * MIB), direct_timeout=10
+            )
+            res.notes.append(f"client process CPU {time.process_time() - cpu0:.1f} s")
+            return res
+        finally:
+            for ep in clients.values():
+                await ep.close(timeout=0.5)
+
+    print(json.dumps(asdict(asyncio.run(main()))), flush=True)
+
+
+# -- the real Linux NAT rig (tests/netns): relay + two homes behind eim routers ---------------
+
+#: One-way delay of each home's access link (router WAN <-> core) in the netns environment.
+NETNS_ACCESS_DELAY_MS = 10.0
+
+
+def netns_unavailable() -> str | None:
+    """Why the netns environment cannot run here (not root, no ip/nft/tc), or None."""
+    from tests.netns.rig import missing_requirements
+
+    return missing_requirements()
+
+
+def run_netns(args: argparse.Namespace) -> Result:
+    """Relay on the rig's public relay host; server in home "a", client in home "b", both behind
+    ``eim`` routers (endpoint-independent mapping, address-and-port-dependent filtering) whose WAN
+    links get ``NETNS_ACCESS_DELAY_MS`` one-way delay (userspace delay lines); the relay's link is
+    unimpaired.  Every process runs in its namespace; all are killed and the namespaces deleted at
+    the end, also on failure."""
+    from tests.netns.rig import Impair, Rig
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(logdir=Path(tmp))
+        try:
+            access = Impair(delay_ms=NETNS_ACCESS_DELAY_MS)
+            home_a = rig.home("a", nat="eim", wan=access)
+            home_b = rig.home("b", nat="eim", wan=access)
+            url_file = Path(tmp) / "relay.url"
+            relay_argv = _relay_cmd(url_file, args.profile_relay)[1:]
+            relay_argv += ["--host", "0.0.0.0", "--public-host", rig.relay.ip, "--port", "3340"]
+            relay = rig.python(rig.relay, *relay_argv, env=env)
+            url = rig.wait_file(url_file, relay)
+            server = rig.python(home_a.host, __file__, "--serve-udp", url, "--bind-host", "0.0.0.0", env=env)
+            assert server.stdout is not None
+            ids: dict[str, str] = {}
+            for line in server.stdout:
+                if line.strip() == "ready":
+                    break
+                kind, text = line.split()
+                ids[kind] = text
+            else:
+                raise RuntimeError(f"server exited before it was ready: {rig.log(server)}")
+            argv = [__file__, "--client-udp", url, "--server-ids", json.dumps(ids), "--bind-host", "0.0.0.0"]
+            argv += ["--pings", str(args.pings), "--bulk-mib", str(args.bulk_mib)]
+            timeout = 120 + 60 * args.bulk_mib
+            got = rig.run(home_b.host, [sys.executable, *argv], env=env, timeout=timeout)
+            if got.returncode != 0:
+                raise RuntimeError(f"netns client failed ({got.returncode}): {got.stderr}\nserver: {rig.log(server)}")
+            data = json.loads(got.stdout.strip().splitlines()[-1])
+            res = Result(**data)
+            res.notes.append(
+                f"eim x eim, {NETNS_ACCESS_DELAY_MS:g} ms one-way on each home's WAN link, relay link unimpaired"
+            )
+            return res
+        finally:
+            rig.close()
+
+
 # -- the table ------------------------------------------------------------------------
 
 
@@ -444,7 +556,12 @@ def _f(x: float | None, digits: int = 1) -> str:
 
 def table(results: dict[str, Result], args: argparse.Namespace) -> str:
     envs = list(results)
-    head = {"sim": "simulator (virtual time)", "udp": "real UDP loopback (3 processes)"}
+    head = {
+        "sim": "simulator (virtual time)",
+        "sim-bw": f"simulator, {SIM_ACCESS_RATE / 1e6:g} Mbit/s access links (virtual time)",
+        "udp": "real UDP loopback (3 processes)",
+        "netns": "Linux NAT rig (netns, eim x eim)",
+    }
     out = [
         "| metric | " + " | ".join(head[e] for e in envs) + " | target |",
         "|---|" + "---|" * len(envs) + "---|",
@@ -473,7 +590,7 @@ def table(results: dict[str, Result], args: argparse.Namespace) -> str:
         else:
             cells.append(f"{rl - d:+.2f} ms vs hop {hop:.2f}: {'met' if rl <= d + hop else 'not met'}")
     row("relayed RTT - direct RTT", cells, "≤ one relay hop")
-    bulk = {"sim": args.sim_bulk_mib, "udp": args.bulk_mib}
+    bulk = {"sim": args.sim_bulk_mib, "sim-bw": args.sim_bulk_mib, "udp": args.bulk_mib, "netns": args.bulk_mib}
     row(
         "bulk direct, MB/s (default config: datagram size probed)",
         [f"{_f(r[e].bulk_mbs.get('direct'), 2)} ({bulk[e]:g} MiB)" for e in envs],
@@ -506,27 +623,49 @@ def table(results: dict[str, Result], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+ALL_ENVS = ("sim", "sim-bw", "udp", "netns")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    p.add_argument("--env", default="sim,udp", help="environments, comma separated: sim, udp (default: both)")
+    p.add_argument(
+        "--env",
+        help="environments, comma separated: sim, sim-bw, udp, netns (default: all; with --quick all but netns);"
+        " netns needs root and is left out of the table, with a message, without it",
+    )
     p.add_argument("--pings", type=int, default=200, help="echoes per RTT median (default 200)")
-    p.add_argument("--bulk-mib", type=float, default=32, help="MiB per bulk run on real UDP (default 32)")
+    p.add_argument("--bulk-mib", type=float, default=32, help="MiB per bulk run on real UDP and netns (default 32)")
     p.add_argument("--sim-bulk-mib", type=float, default=4, help="MiB per bulk run in the simulator (default 4)")
     p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 pings, 0.25 MiB")
     p.add_argument("--profile-relay", metavar="PATH", help="run the UDP relay process under cProfile, stats to PATH")
     p.add_argument("--serve-udp", metavar="RELAY_URL", help=argparse.SUPPRESS)
+    p.add_argument("--client-udp", metavar="RELAY_URL", help=argparse.SUPPRESS)
+    p.add_argument("--server-ids", help=argparse.SUPPRESS)
+    p.add_argument("--bind-host", default="127.0.0.1", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_udp:
-        server_process(args.serve_udp)
+        server_process(args.serve_udp, args.bind_host)
+        return 0
+    if args.client_udp:
+        client_process(args)
         return 0
     if args.quick:
         args.pings, args.bulk_mib, args.sim_bulk_mib = 10, 0.25, 0.25
-    runners: dict[str, Callable[[argparse.Namespace], Result]] = {"sim": run_sim, "udp": run_udp}
-    envs = [e.strip() for e in args.env.split(",") if e.strip()]
+    runners: dict[str, Callable[[argparse.Namespace], Result]] = {
+        "sim": run_sim,
+        "sim-bw": run_sim_bw,
+        "udp": run_udp,
+        "netns": run_netns,
+    }
+    default = [e for e in ALL_ENVS if not (args.quick and e == "netns")]
+    envs = [e.strip() for e in args.env.split(",") if e.strip()] if args.env else default
     for e in envs:
         if e not in runners:
-            p.error(f"unknown environment {e!r} (known: sim, udp)")
+            p.error(f"unknown environment {e!r} (known: {', '.join(ALL_ENVS)})")
+    if "netns" in envs and (why := netns_unavailable()):
+        print(f"netns environment skipped: {why}", flush=True)
+        envs.remove("netns")
     results: dict[str, Result] = {}
     for e in envs:
         t0 = time.perf_counter()
