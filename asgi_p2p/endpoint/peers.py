@@ -44,8 +44,6 @@ log = logging.getLogger("asgi_p2p.paths")
 _FALLBACK_GRACE = 3.0
 #: upper bound of the delay between a punching opener and the first full-TTL ping
 _MAX_PUNCH_DELAY = 1.0
-#: keepalive interval of live direct paths when the endpoint has no relay (one day)
-_NO_RELAY_KEEPALIVE = 86_400.0
 #: a relay's TOO_LARGE never shrinks a connection's datagrams below this
 _MIN_RELAYED_SIZE = 1000
 
@@ -65,10 +63,6 @@ class PeerPaths:
         self.endpoint = endpoint
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
-        # Without a relay there is nothing to fall back to, so signed keepalive pings of a
-        # live path buy nothing: QUIC's own keepalive holds the NAT mapping and its idle
-        # timeout detects a dead peer.  (They doubled the packets of idle simulations.)
-        keepalive = ProberConfig.keepalive_interval if endpoint.relay is not None else _NO_RELAY_KEEPALIVE
         self.prober = PathProber(
             endpoint.secret_key,
             node_id,
@@ -78,8 +72,6 @@ class PeerPaths:
                 max_datagram_size=cfg.datagram_size_ceiling,
                 size_search_on_demand=True,
                 punch_ttl=cfg.punch_ttl,
-                keepalive_interval=keepalive,
-                path_timeout=3 * keepalive,
             ),
             clock_offset=clock_offset,
         )
