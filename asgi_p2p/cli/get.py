@@ -339,7 +339,7 @@ async def _discover(
     mdns: MdnsDiscovery | None = None
     loop = asyncio.get_running_loop()
     if directory is not None:
-        offset = time.time() - loop.time()  # records carry wall-clock expiry times
+        offset = time.time() - loop.time()  # records carry wall-clock expiry times  # wall-clock ok (CLI edge)
         client = DirectoryClient(endpoint, directory, clock_offset=offset, timeout=min(args.timeout, 10.0))
         sources.append(client)
     if args.mdns:

@@ -197,7 +197,7 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
         except ValueError as exc:
             raise InvalidConfiguration(f"directory: {exc}") from None
     # records expire on the Unix clock; the library reads only loop.time(), so measure the offset once
-    clock_offset = time.time() - loop.time()
+    clock_offset = time.time() - loop.time()  # wall-clock ok (CLI edge)
     server = await RelayServer.bind(
         key,
         host=args.host,

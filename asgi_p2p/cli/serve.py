@@ -402,7 +402,7 @@ async def _publish(endpoint: Endpoint, node_addr: NodeAddr, args: argparse.Names
         from ..discovery import DirectoryClient
 
         # records carry wall-clock expiry times (the shared clock of every directory)
-        offset = time.time() - asyncio.get_running_loop().time()
+        offset = time.time() - asyncio.get_running_loop().time()  # wall-clock ok (CLI edge)
         directory = DirectoryClient(endpoint, args.directory_addr, clock_offset=offset)
         try:
             await directory.publish(node_addr, args.name)

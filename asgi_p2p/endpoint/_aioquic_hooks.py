@@ -43,6 +43,10 @@ from collections.abc import Callable
 from typing import Any
 
 from aioquic import tls
+
+# aioquic's packet buffer lives in a private module (``aioquic.buffer`` re-exports it
+# without declaring it); every import of it goes through here.
+from aioquic._buffer import Buffer, BufferReadError
 from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicConnectionState
 from aioquic.quic.packet import QuicFrameType
@@ -56,6 +60,8 @@ __all__ = [
     "AlertAccessDenied",
     "AlertBadCertificate",
     "AlertCertificateRequired",
+    "Buffer",
+    "BufferReadError",
     "ack_with_next_packet",
     "get_stream",
     "handshake_confirmed",

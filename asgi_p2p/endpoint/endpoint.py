@@ -10,7 +10,6 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from aioquic._buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
@@ -366,7 +365,7 @@ class Endpoint:
     def _quic_received(self, data: bytes, addr: Address | None, relay_src: NodeId | None) -> None:
         """A QUIC packet from ``addr``, or (``addr`` None) from ``relay_src`` through the relay."""
         try:
-            header = pull_quic_header(Buffer(data=data), host_cid_length=_CID_LENGTH)
+            header = pull_quic_header(hooks.Buffer(data=data), host_cid_length=_CID_LENGTH)
         except ValueError:
             self.dropped_datagrams += 1
             log.debug("dropped %d-byte datagram from %s: not QUIC", len(data), addr or "the relay")

@@ -6,7 +6,6 @@ import re
 from collections.abc import Callable, Iterable
 
 import pylsqpack
-from aioquic._buffer import Buffer, BufferReadError
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import (
     CONNECTION_SPECIFIC_HEADERS,
@@ -22,6 +21,7 @@ from aioquic.h3.connection import (
 from aioquic.h3.events import H3Event
 from aioquic.quic.connection import QuicConnection
 
+from ..endpoint._aioquic_hooks import Buffer, BufferReadError
 from ..endpoint.connection import PeerConnection
 
 __all__ = [
