@@ -333,3 +333,23 @@ def test_ack_with_next_packet_changes_nothing_without_a_pending_ack() -> None:
     assert p.server.datagrams_to_send(p.now + 1) == []
     hooks.ack_with_next_packet(p.server, p.now + 1)
     assert p.server.datagrams_to_send(p.now + 1) == []
+
+
+def test_largest_received_1rtt_grows_only_with_new_authenticated_packets() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    assert hooks.largest_received_1rtt(p.client) == -1  # before any key exists
+    p.start()
+    p.pump(20)
+    before = hooks.largest_received_1rtt(p.server)
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"hello")
+    p.now += 1.0
+    (packet,) = [d for d, _ in p.client.datagrams_to_send(p.now)]
+    forged = packet[:-1] + bytes([packet[-1] ^ 1])  # fails authentication
+    p.server.receive_datagram(forged, CLIENT_ADDR, p.now)
+    assert hooks.largest_received_1rtt(p.server) == before
+    p.server.receive_datagram(packet, CLIENT_ADDR, p.now)
+    after = hooks.largest_received_1rtt(p.server)
+    assert after > before
+    p.server.receive_datagram(packet, CLIENT_ADDR, p.now)  # a replay
+    assert hooks.largest_received_1rtt(p.server) == after

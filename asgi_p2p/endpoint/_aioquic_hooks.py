@@ -168,6 +168,16 @@ def unacked_bytes(quic: QuicConnection, stream_id: int) -> int:
     return len(stream.sender._buffer)
 
 
+def largest_received_1rtt(quic: QuicConnection) -> int:
+    """Highest 1-RTT packet number received and authenticated so far (-1: none yet).
+
+    It grows only when a packet decrypted with the connection's 1-RTT keys was
+    processed: proof that the peer (not a replay, not a forger) sent something.
+    """
+    space = quic._spaces.get(tls.Epoch.ONE_RTT)
+    return -1 if space is None else int(space.largest_received_packet)
+
+
 def smoothed_rtt(quic: QuicConnection) -> float:
     return float(quic._loss._rtt_smoothed)
 
