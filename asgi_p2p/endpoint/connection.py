@@ -47,6 +47,11 @@ _RELAY_ALPN_PREFIX = "asgi-p2p/relay"
 #: datagrams a connection sends before its path's datagram size is probed: short
 #: exchanges (a few requests) never pay for size probes, bulk transfers do at once
 _BULK_DATAGRAMS = 24
+#: a pause in sending longer than this ends a burst (the bulk count starts again)
+_BURST_GAP = 0.5
+#: the acceptor of a connection sends keepalives only after this many keepalive
+#: intervals without traffic, so that of an idle pair only the dialer pings
+_ACCEPTOR_KEEPALIVE_FACTOR = 1.5
 #: probe timeouts in a row, while sending datagrams above the base size, that mean a black hole
 _BLACK_HOLE_PTOS = 2
 
@@ -132,6 +137,12 @@ class PeerConnection:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        # the highest authenticated 1-RTT packet number received, when it last grew, and
+        # when the paths layer last heard that this connection's direct route works
+        self._largest_received = -1
+        self._heard_at = 0.0
+        self._sent_at = 0.0
+        self._alive_reported = -1.0
         self._pending_events: list[QuicEvent] = []
         # backpressure: futures waiting for a stream's send buffer to drain
         self._send_waiters: dict[int, list[asyncio.Future[None]]] = {}
@@ -188,7 +199,18 @@ class PeerConnection:
             # the peer sends from an address we do not send to (NAT rebinding, a new
             # interface): let the paths layer probe it now rather than after a timeout
             self.endpoint._new_source(self, addr)
-        self.quic.receive_datagram(data, self.address, self.loop.time())
+        now = self.loop.time()
+        quic = self.quic
+        quic.receive_datagram(data, self.address, now)
+        received = hooks.largest_received_1rtt(quic)
+        if received > self._largest_received:
+            # an authenticated, new packet: the peer is alive (keepalive waits), and on a
+            # direct route it tells the paths layer the path works (at most once a second)
+            self._largest_received = received
+            self._heard_at = now
+            if addr is not None and addr == self._route[0] and now >= self._alive_reported + 1.0:
+                self._alive_reported = now
+                self.endpoint._transport_alive(self, addr)
         self._process_events()
         self.schedule_transmit()
 
@@ -217,6 +239,9 @@ class PeerConnection:
         now = self.loop.time()
         datagrams = self.quic.datagrams_to_send(now)
         if datagrams:
+            if now - self._sent_at > _BURST_GAP and self._quiet_datagrams > 0:
+                self._quiet_datagrams = _BULK_DATAGRAMS  # a new burst: messages now and then are not bulk
+            self._sent_at = now
             if self._quiet_datagrams > 0:
                 self._quiet_datagrams -= len(datagrams)
                 if self._quiet_datagrams <= 0:
@@ -230,20 +255,38 @@ class PeerConnection:
                 self.endpoint._relay_send(relayed, datagrams)
             elif direct is None:
                 self.endpoint.unroutable_datagrams += len(datagrams)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """Make sure a loop timer fires no later than QUIC's timer.
+
+        QUIC's timer moves on almost every packet, mostly later (the idle deadline, the
+        loss timer); a loop timer that would fire early is kept and re-armed when it
+        fires (``_on_timer``), so only a timer moving earlier costs a new one.
+        """
         timer_at = self.quic.get_timer()
-        if timer_at != self._timer_at:
+        if timer_at is None:
+            return  # a pending timer finds nothing due and stops
+        current = self._timer_at
+        if current is None or timer_at < current:
             if self._timer is not None:
                 self._timer.cancel()
-                self._timer = None
             self._timer_at = timer_at
-            if timer_at is not None:
-                self._timer = self.loop.call_at(timer_at, self._on_timer)
+            self._timer = self.loop.call_at(timer_at, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
         quic = self.quic
-        quic.handle_timer(self.loop.time())
+        now = self.loop.time()
+        due = quic.get_timer()
+        if due is None:
+            return
+        if due > now:  # QUIC's timer moved later since this one was armed
+            self._timer_at = due
+            self._timer = self.loop.call_at(due, self._on_timer)
+            return
+        quic.handle_timer(now)
         self._process_events()
         if hooks.pto_count(quic) >= _BLACK_HOLE_PTOS:
             # nothing acknowledged across repeated probe timeouts: the path may be dead
@@ -347,8 +390,27 @@ class PeerConnection:
         self._path_event("datagram size", logging.DEBUG)
 
     def _on_keepalive(self) -> None:
+        """PING only after ``keepalive_interval`` without traffic either way.
+
+        A PING is just an ack-eliciting packet.  An authenticated packet from the peer
+        means both directions worked lately (the peer sent something we acknowledge, or
+        acknowledged something we sent); a packet we sent is either ack-eliciting itself
+        (its ACK, or loss recovery, does what a PING would) or an ACK of something we just
+        heard.  So a connection that carries traffic sends no keepalives.  Of an idle
+        pair only the dialer pings: the acceptor waits ``_ACCEPTOR_KEEPALIVE_FACTOR``
+        intervals, and hears the dialer's PING first (with equal intervals both sides
+        would ping: each one's timer starts when it heard the other's last packet).
+        """
         self._keepalive = None
         if self.closed:
+            return
+        interval = self.config.keepalive_interval
+        if not self.is_client:
+            interval *= _ACCEPTOR_KEEPALIVE_FACTOR
+        due = max(self._heard_at, self._sent_at) + interval
+        now = self.loop.time()
+        if now < due:
+            self._keepalive = self.loop.call_at(due, self._on_keepalive)
             return
         self.quic.send_ping(0)
         self.transmit()
@@ -434,6 +496,7 @@ class PeerConnection:
             if handle is not None:
                 handle.cancel()
         self._timer = self._keepalive = None
+        self._timer_at = None
         if not self._ready.done():
             self._ready.set_exception(err)
             self._ready.exception()  # mark retrieved; waiters get it via wait_ready
@@ -527,7 +590,11 @@ class PeerConnection:
                 last = not view
                 if chunk or (last and end_stream):
                     self.quic.send_stream_data(stream_id, bytes(chunk), end_stream and last)
-                    self.transmit()
+                    # leaves with whatever else this loop pass writes (an answer written
+                    # right after a message arrived shares the receive path's transmit),
+                    # carrying the ACK that is pending then
+                    hooks.ack_with_next_packet(self.quic, self.loop.time())
+                    self.schedule_transmit()
                 if last:
                     return
             await self._wait_writable(stream_id)

@@ -520,6 +520,11 @@ class Endpoint:
         if peer is not None:
             peer.new_source(addr)
 
+    def _transport_alive(self, conn: PeerConnection, addr: Address) -> None:
+        peer = self._peers.get(conn.remote_node_id) if conn.remote_node_id is not None else None
+        if peer is not None:
+            peer.transport_alive(addr)
+
     def peer_paths(self, node_id: NodeId) -> PeerPaths | None:
         """The paths layer's state for a peer (None without a connection to it)."""
         return self._peers.get(node_id)

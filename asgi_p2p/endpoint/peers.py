@@ -46,6 +46,14 @@ _FALLBACK_GRACE = 3.0
 _MAX_PUNCH_DELAY = 1.0
 #: a relay's TOO_LARGE never shrinks a connection's datagrams below this
 _MIN_RELAYED_SIZE = 1000
+#: the prober's defaults for keepalive and liveness (see ProberConfig)
+_DISCO_KEEPALIVE = ProberConfig.keepalive_interval
+_PATH_TIMEOUT = ProberConfig.path_timeout
+#: the disco keepalive resumes this many QUIC keepalive intervals after the latest
+#: authenticated QUIC packet from the peer on its current path
+_TRANSPORT_QUIET_FACTOR = 1.5
+#: stands in for QUIC's keepalive interval when it is off (0)
+_IDLE_QUIC_KEEPALIVE = 10.0
 
 
 class PeerPaths:
@@ -60,6 +68,9 @@ class PeerPaths:
         clock_offset: float,
     ) -> None:
         cfg = endpoint.config
+        # a disco keepalive goes out only when QUIC heard nothing from the peer for longer
+        # than QUIC's own keepalive interval (plus a margin for its round trip)
+        quiet = _TRANSPORT_QUIET_FACTOR * (cfg.keepalive_interval or _IDLE_QUIC_KEEPALIVE)
         self.endpoint = endpoint
         self.node_id = node_id
         self.loop = asyncio.get_running_loop()
@@ -72,6 +83,11 @@ class PeerPaths:
                 max_datagram_size=cfg.datagram_size_ceiling,
                 size_search_on_demand=True,
                 punch_ttl=cfg.punch_ttl,
+                # QUIC traffic on the current path (at least its keepalives) stands in for the
+                # signed disco keepalive: an idle pair of nodes exchanges one QUIC PING and its
+                # ACK per keepalive interval instead of that plus a PING/PONG pair each way
+                transport_quiet=quiet,
+                path_timeout=max(_PATH_TIMEOUT, quiet + 2 * _DISCO_KEEPALIVE),
             ),
             clock_offset=clock_offset,
         )
@@ -143,6 +159,10 @@ class PeerPaths:
             return False
         transmit = self.prober.call_me_maybe(own, self.loop.time())
         return relay.send_signal(self.node_id, transmit.data)
+
+    def transport_alive(self, addr: tuple[str, int]) -> None:
+        """An authenticated QUIC packet of this peer arrived from ``addr`` (a route of ours)."""
+        self.prober.transport_alive(addr, self.loop.time())
 
     def remove_connection(self, conn: PeerConnection) -> None:
         self.connections.pop(conn, None)

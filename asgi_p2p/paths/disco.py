@@ -463,6 +463,10 @@ class ProberConfig:
     keepalive_interval: float = 5.0
     #: a live path with no PONG for this long is dead
     path_timeout: float = 15.0
+    #: >0: authenticated transport packets from the peer on the current path (see
+    #: :meth:`PathProber.transport_alive`) stand in for keepalive PONGs, and the next
+    #: keepalive PING waits until this long after the latest of them (0: they do not count)
+    transport_quiet: float = 0.0
     #: a PING not answered within this long is forgotten
     ping_timeout: float = 5.0
     #: while on the relay, failed candidates are retried this often
@@ -523,6 +527,13 @@ class ProberConfig:
             raise ValueError("call_me_maybe_attempts must be at least 1")
         if not 0 <= self.punch_ttl <= 255:
             raise ValueError(f"punch_ttl must be in 0..255, got {self.punch_ttl}")
+        if self.transport_quiet < 0:
+            raise ValueError(f"transport_quiet must not be negative, got {self.transport_quiet}")
+        if self.transport_quiet and self.path_timeout < self.transport_quiet + self.keepalive_interval:
+            raise ValueError(
+                "path_timeout must leave room for a keepalive PING after transport_quiet: "
+                f"{self.path_timeout} < {self.transport_quiet} + {self.keepalive_interval}"
+            )
 
 
 #: Datagram sizes a size search tries, smallest first, below the configured ceiling (which is
@@ -768,6 +779,25 @@ class PathProber:
         path.size_searched = False
         path.size_next_at = now if path.state is PathState.LIVE else None
         return True
+
+    def transport_alive(self, addr: Address, now: float) -> None:
+        """An authenticated transport packet from the peer arrived from ``addr`` (normalized).
+
+        With ``transport_quiet``, it counts on the current path like a keepalive PONG:
+        the path stays live and the next keepalive PING waits until ``transport_quiet``
+        after it, so a connection that carries traffic (or QUIC's own keepalives) costs
+        no signed probes.  A QUIC packet proves the sender holds the session keys, as a
+        signed PONG would; replays do not count (the caller reports only packets that
+        advanced QUIC's largest received packet number).  A suspected path still needs a
+        real PONG: the transport may hear the peer while the peer cannot hear us.
+        """
+        quiet = self.config.transport_quiet
+        path = self._current
+        if quiet <= 0 or path is None or path.addr != addr or path.suspect_until is not None:
+            return
+        path.last_pong = now
+        if path.next_ping_at < now + quiet:
+            path.next_ping_at = now + quiet
 
     def pop_events(self) -> list[PathChanged]:
         """Path changes since the last call, oldest first."""

@@ -528,3 +528,83 @@ def test_unanswered_for_measures_silence_since_the_first_unanswered_ping() -> No
     assert alice.unanswered_for(B_ADDR, 2.0) == pytest.approx(2.0)
     establish(alice, bob, B_ADDR, 2.0, rtt=0.01)
     assert alice.unanswered_for(B_ADDR, 3.0) is None
+
+
+# -- transport traffic standing in for keepalives ---------------------------------------
+
+
+def _run_until(prober: PathProber, end: float, now: float, traffic_every: float | None = None) -> list[Transmit]:
+    """Drive ``prober``'s timers from ``now`` to ``end``; with ``traffic_every``, report
+    authenticated transport packets on its current path at that period.  Returns every transmit."""
+    out: list[Transmit] = []
+    next_traffic = now if traffic_every else None
+    while True:
+        timer = prober.next_timer()
+        step = min(t for t in (timer, next_traffic, end) if t is not None)
+        if step >= end:
+            return out
+        now = step
+        if next_traffic is not None and now >= next_traffic:
+            current = prober.current_path
+            if current.addr is not None:
+                prober.transport_alive(current.addr, now)
+            next_traffic = now + (traffic_every or 0.0)
+        out += prober.poll(now)
+
+
+def test_transport_traffic_stands_in_for_keepalive_pings() -> None:
+    alice, bob = make(transport_quiet=15, path_timeout=25), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    establish(alice, bob, B_ADDR, 0.0, rtt=0.02)
+    alice.pop_events()
+    # QUIC packets every 10 s for 10 minutes: no ping goes out, and the path stays live
+    # although no PONG arrives (it would expire after path_timeout without the traffic)
+    sent = _run_until(alice, 600.0, 0.02, traffic_every=10.0)
+    assert sent == []
+    assert alice.current_path.kind == "direct" and alice.pop_events() == []
+    # the last packet came at 590.02: pings resume transport_quiet later, and the path
+    # expires path_timeout after that packet
+    assert alice.next_timer() == pytest.approx(590.02 + 15)
+    sent = _run_until(alice, 700.0, 600.0)
+    assert [t.addr for t in sent][:1] == [B_ADDR]
+    assert alice.current_path.kind == "relay"
+    (event,) = alice.pop_events()
+    assert event.reason == "path expired" and event.at == pytest.approx(590.02 + 25)
+
+
+def test_transport_traffic_does_not_count_off_the_current_path_or_when_off() -> None:
+    alice, bob = make(transport_quiet=15, path_timeout=25), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    establish(alice, bob, B_ADDR, 0.0, rtt=0.02)
+    for t in range(1, 40):
+        alice.transport_alive(B_OTHER, float(t))  # not the current path: ignored
+    alice.poll(40.0)
+    assert alice.current_path.kind == "relay"
+    # without transport_quiet (the default) the traffic changes nothing: keepalive every 5 s
+    plain, bob2 = make(), make(BOB, ALICE)
+    plain.add_candidates([B_ADDR], 0.0)
+    establish(plain, bob2, B_ADDR, 0.0, rtt=0.02)
+    sent = _run_until(plain, 12.0, 0.02, traffic_every=1.0)
+    assert [t.addr for t in sent] == [B_ADDR, B_ADDR]
+
+
+def test_a_suspected_path_needs_a_real_pong() -> None:
+    alice, bob = make(transport_quiet=15, path_timeout=25), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    establish(alice, bob, B_ADDR, 0.0, rtt=0.02)
+    alice.pop_events()
+    assert alice.suspect(B_ADDR, 1.0)
+    # the peer's packets still arrive (it may not hear us): they do not clear the suspicion
+    sent = _run_until(alice, 3.0, 1.0, traffic_every=0.1)
+    assert sent and all(t.addr == B_ADDR for t in sent)
+    assert alice.current_path.kind == "relay"
+    (event,) = alice.pop_events()
+    assert event.reason == "path expired"
+
+
+def test_transport_quiet_must_leave_room_for_a_ping() -> None:
+    with pytest.raises(ValueError, match="path_timeout"):
+        ProberConfig(transport_quiet=15)  # default path_timeout 15 s
+    with pytest.raises(ValueError, match="negative"):
+        ProberConfig(transport_quiet=-1)
+    assert ProberConfig(transport_quiet=15, path_timeout=20).transport_quiet == 15
