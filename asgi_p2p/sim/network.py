@@ -37,7 +37,7 @@ from .discovery import MockDNS
 from .errors import SimulationError
 from .loop import START_TIME, VirtualTimeLoop
 from .nat import NAT_PRESETS, NatConfig, NatTable
-from .trace import Trace, TraceEvent
+from .trace import Trace
 
 __all__ = [
     "HEADER_OVERHEAD",
@@ -951,7 +951,7 @@ class Simulation:
 
     def _record(self, kind: str, src: Address, dst: Address, length: int, where: str) -> None:
         t = round((self.loop.time() - START_TIME) * 1e9)
-        self.trace.record(TraceEvent(t, kind, src, dst, length, where))
+        self.trace.record_fields(t, kind, src, dst, length, where)
 
     def _drop(self, pkt: _Packet, reason: str, where: str) -> None:
         self.dropped += 1

@@ -73,6 +73,15 @@ class Trace:
         if self.keep:
             self._events.append(event)
 
+    def record_fields(self, time_ns: int, kind: str, src: Address, dst: Address, length: int, where: str) -> None:
+        """Add one event given as fields (what :meth:`record` does, without building the
+        event when it is not kept: the simulator records two per packet)."""
+        if self.keep:
+            self.record(TraceEvent(time_ns, kind, src, dst, length, where))
+            return
+        self._sha.update(f"{time_ns} {kind} {src[0]}:{src[1]} {dst[0]}:{dst[1]} {length}\n".encode())
+        self.counts[kind] += 1
+
     def hash(self) -> str:
         """Hex SHA-256 over every event so far (identical for identical runs)."""
         return self._sha.hexdigest()

@@ -11,8 +11,8 @@ import sys
 from asgi_p2p.sim import Simulation
 
 
-def run(seed: int, loss: float) -> str:
-    with Simulation(seed=seed, loss=loss) as sim:
+def run(seed: int, loss: float, keep_trace: bool = True) -> str:
+    with Simulation(seed=seed, loss=loss, keep_trace=keep_trace) as sim:
         kinds = ["none", "full-cone", "port-restricted-cone", "symmetric", "none", "restricted-cone"]
         hosts = [sim.host(f"h{i}", nat=k) for i, k in enumerate(kinds)]
         for lk in sim.links:

@@ -42,6 +42,8 @@ def test_same_seed_same_trace_in_process() -> None:
 
     assert run(5, 0.3) == run(5, 0.3)
     assert run(5, 0.3) != run(6, 0.3)
+    # keeping the events or only hashing them gives the same hash
+    assert run(5, 0.3, keep_trace=False) == run(5, 0.3)
 
 
 def test_quic_stream_hash_is_by_stream_id() -> None:
