@@ -29,7 +29,9 @@ class NetworkConfig:
     connect_timeout: float = 10.0
     #: Seconds without any packet after which a connection is closed.
     idle_timeout: float = 30.0
-    #: Seconds between keep-alive pings on an idle connection (0 = off).
+    #: Seconds without a packet either way after which a connection sends a keep-alive
+    #: PING (the acceptor waits 1.5 times this, so of an idle pair only the dialer pings;
+    #: 0 = off).
     keepalive_interval: float = 10.0
     #: Most simultaneous QUIC connections per endpoint; more are refused.
     max_connections: int = 1024
