@@ -6,9 +6,13 @@ asgi_p2p/endpoint/_aioquic_hooks.py must be rewritten before anything else.
 
 from __future__ import annotations
 
+from typing import Any
+
 import aioquic
 import pytest
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer, encode_uint_var
+from aioquic.h3.connection import ErrorCode, FrameError, FrameType, Setting, StreamType, encode_frame
+from aioquic.h3.events import H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived
@@ -353,3 +357,120 @@ def test_largest_received_1rtt_grows_only_with_new_authenticated_packets() -> No
     assert after > before
     p.server.receive_datagram(packet, CLIENT_ADDR, p.now)  # a replay
     assert hooks.largest_received_1rtt(p.server) == after
+
+
+# -- HTTP/3: HookedH3Connection -------------------------------------------------------
+
+
+class H3Pair:
+    """A handshaken Pair with a HookedH3Connection on each side; pump() feeds them the QUIC events."""
+
+    def __init__(self, *, server_static_qpack: bool = False, on_control_data: Any = None) -> None:
+        self.p = Pair(SecretKey.from_seed("h3-c"), SecretKey.from_seed("h3-s"))
+        self.p.start()
+        self.p.pump()
+        self.client = hooks.HookedH3Connection(self.p.client, on_control_data=on_control_data)
+        self.server = hooks.HookedH3Connection(self.p.server, static_qpack=server_static_qpack)
+        self._seen = {"client": 0, "server": 0}
+        #: (stream id, data) of every STREAM chunk the client received
+        self.client_raw: list[tuple[int, bytes]] = []
+        self.h3_events: dict[str, list[H3Event]] = {"client": [], "server": []}
+        self.pump()
+
+    def pump(self) -> None:
+        self.p.pump()
+        for name, h3 in (("client", self.client), ("server", self.server)):
+            new = self.p.events[name][self._seen[name] :]
+            self._seen[name] = len(self.p.events[name])
+            for ev in new:
+                if name == "client" and isinstance(ev, StreamDataReceived):
+                    self.client_raw.append((ev.stream_id, ev.data))
+                self.h3_events[name].extend(h3.handle_event(ev))
+
+    def exchange(self, response: list[tuple[bytes, bytes]]) -> int:
+        sid = self.p.client.get_next_available_stream_id()
+        request = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"peer"), (b":path", b"/")]
+        self.client.send_headers(sid, request, end_stream=True)
+        self.pump()
+        self.server.send_headers(sid, response, end_stream=True)
+        self.pump()
+        return sid
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_h3_static_qpack_announces_no_table_and_encodes_without_one(static: bool) -> None:
+    h = H3Pair(server_static_qpack=static)
+    response = [(b":status", b"200"), (b"x-custom-field", b"a value long enough to be worth indexing")]
+    sids = [h.exchange(response) for _ in range(3)]
+    got = [ev.headers for ev in h.h3_events["client"] if isinstance(ev, HeadersReceived)]
+    assert got == [response] * 3  # the static-table encoding decodes
+    settings = h.client.received_settings
+    assert settings is not None
+    # HEADERS frames: type 0x01, length (one byte here), then the field section prefix,
+    # whose Required Insert Count is 0 when the block refers to no dynamic table entry
+    prefixes = [data[2:4] for sid, data in h.client_raw if sid in sids]
+    server_qpack_streams = [data for sid, data in h.client_raw if sid % 4 == 3 and not data.startswith(b"\x00")]
+    if static:
+        assert settings[Setting.QPACK_MAX_TABLE_CAPACITY] == 0
+        assert settings[Setting.QPACK_BLOCKED_STREAMS] == 0
+        assert prefixes == [b"\x00\x00"] * 3
+        # the QPACK encoder and decoder streams carry their stream type (0x02, 0x03) only
+        assert sorted(server_qpack_streams) == [b"\x02", b"\x03"]
+    else:  # aioquic alone indexes the repeated field: later blocks refer to the dynamic table
+        assert settings[Setting.QPACK_MAX_TABLE_CAPACITY] == 4096
+        assert prefixes[0] == b"\x00\x00" and prefixes[1] != b"\x00\x00"
+        assert len(b"".join(server_qpack_streams)) > 2
+
+
+def test_h3_static_qpack_decoder_refuses_the_dynamic_table() -> None:
+    h = H3Pair(server_static_qpack=True)
+    sid = h.p.client.get_next_available_stream_id()
+    # a field section whose prefix claims Required Insert Count 1: no table to refer to
+    h.p.client.send_stream_data(sid, encode_frame(FrameType.HEADERS, b"\x02\x00\x80"), end_stream=True)
+    h.pump()
+    h.pump()  # the CONNECTION_CLOSE the server's H3 decided on
+    term = h.p.terminated("client")
+    assert term is not None and term.error_code == ErrorCode.QPACK_DECOMPRESSION_FAILED
+    assert h.server.is_done
+
+
+def test_h3_control_data_shows_goaway_that_aioquic_skips() -> None:
+    chunks: list[bytes] = []
+    h = H3Pair(on_control_data=chunks.append)
+    assert chunks and chunks[0][0] == StreamType.CONTROL  # from the stream type on: SETTINGS follows
+    h.server.send_goaway(8)
+    h.pump()
+    goaway = encode_frame(FrameType.GOAWAY, encode_uint_var(8))
+    assert b"".join(chunks).endswith(goaway)
+    assert h.h3_events["client"] == []  # aioquic itself reports nothing
+    assert not h.client.is_done
+
+
+def test_h3_error_raised_by_on_control_data_closes_the_connection() -> None:
+    def refuse(data: bytes) -> None:
+        if FrameType.GOAWAY.to_bytes(1, "big") in data:
+            raise FrameError("bad GOAWAY")
+
+    h = H3Pair(on_control_data=refuse)
+    h.server.send_goaway(4)
+    h.pump()
+    assert h.client.is_done
+    term = h.p.terminated("server")
+    assert term is not None and term.error_code == ErrorCode.H3_FRAME_ERROR and term.reason_phrase == "bad GOAWAY"
+
+
+def test_h3_end_local_forgets_a_stream_reset_outside_h3() -> None:
+    h = H3Pair()
+    held = h.client.stream_count  # control and QPACK streams
+    sid = h.p.client.get_next_available_stream_id()
+    request = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"peer"), (b":path", b"/")]
+    h.client.send_headers(sid, request)  # request body still to come
+    h.pump()
+    h.server.send_headers(sid, [(b":status", b"200")], end_stream=True)
+    h.pump()
+    assert h.client.stream_count == held + 1  # received all, still sending
+    h.p.client.reset_stream(sid, ErrorCode.H3_REQUEST_CANCELLED)
+    h.client.end_local(sid)
+    assert h.client.stream_count == held
+    h.client.end_local(sid)  # unknown streams are ignored
+    assert h.client.stream_count == held

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import platformdirs
 
 from ..errors import P2PError
 from ..identity import SecretKey, load_or_create_key
+from ._common import Subcommand
 
 __all__ = ["default_key_file", "main"]
 
@@ -51,15 +52,12 @@ def cmd_id(args: argparse.Namespace) -> int:
     return 0
 
 
-Command = Callable[[argparse.Namespace], int]
-
-
-def _subcommands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Command]]:
+def _subcommands() -> dict[str, Subcommand]:
     def keygen_args(p: argparse.ArgumentParser) -> None:
         _add_key_file(p)
         p.add_argument("--force", action="store_true", help="overwrite an existing key file")
 
-    cmds: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Command]] = {
+    cmds: dict[str, Subcommand] = {
         "keygen": ("create a new secret key file (mode 0600) and print its node id", keygen_args, cmd_keygen),
         "id": ("print the node id of a key file", _add_key_file, cmd_id),
     }

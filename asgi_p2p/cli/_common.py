@@ -1,25 +1,32 @@
-"""Helpers shared by the ``serve`` and ``get`` commands (no HTTP imports here)."""
+"""Helpers shared by the ``serve``, ``get`` and ``relay`` commands (no HTTP imports here)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import re
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidConfiguration, P2PError
 
 if TYPE_CHECKING:
-    from ..identity import NodeAddr
+    from ..identity import NodeAddr, SecretKey
     from ..paths.disco import PathInfo
 
 __all__ = [
     "LOG_LEVELS",
     "RELAY_URL_ENV",
+    "Command",
+    "Subcommand",
     "add_discovery_args",
+    "add_node_args",
     "configure_logging",
     "describe_error",
     "directory_addr",
@@ -27,7 +34,15 @@ __all__ = [
     "load_env_file",
     "parse_env_file",
     "relay_url_option",
+    "secret_key",
+    "signal_handlers",
+    "write_atomically",
 ]
+
+#: runs a parsed command line; returns the exit status
+Command = Callable[[argparse.Namespace], int]
+#: (help text, function adding the arguments, command) of one ``asgi-p2p`` subcommand
+Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None], Command]
 
 #: the home relay when ``--relay`` is not given (``serve`` and ``get``)
 RELAY_URL_ENV = "ASGI_P2P_RELAY_URL"
@@ -40,6 +55,8 @@ LOG_LEVELS = {
     "debug": logging.DEBUG,
     "trace": 5,
 }
+
+log = logging.getLogger("asgi_p2p.cli")
 
 _ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 
@@ -143,6 +160,71 @@ def host_port(text: str) -> tuple[str, int]:
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host, port_number(rest)
+
+
+# -- commands that run a node (serve and relay) -------------------------------------------
+
+
+def add_node_args(p: argparse.ArgumentParser, *, key_file_note: str = "", ephemeral_help: str) -> None:
+    """``--key-file`` or ``--ephemeral`` (the node's identity), ``--host`` and ``--port``."""
+    from . import default_key_file
+
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="PATH",
+        help=f"secret key file, created 0600 if missing (default: {default_key_file()}){key_file_note}",
+    )
+    keys.add_argument("--ephemeral", action="store_true", help=ephemeral_help)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address of the UDP socket (default: 127.0.0.1; use 0.0.0.0 or :: to serve other machines)",
+    )
+    p.add_argument("--port", type=port_number, default=0, help="UDP port (default: 0 = any free port)")
+
+
+def secret_key(args: argparse.Namespace) -> SecretKey:
+    """The node's key from ``--ephemeral`` or ``--key-file`` (default file created if missing)."""
+    from ..identity import SecretKey, load_or_create_key
+    from . import default_key_file
+
+    if args.ephemeral:
+        return SecretKey.generate()
+    path: Path = args.key_file or default_key_file()
+    existed = path.exists()
+    key = load_or_create_key(path)
+    if not existed:
+        log.info("created a new key file %s (mode 0600)", path)
+    return key
+
+
+def write_atomically(path: Path, line: str) -> None:
+    """Write ``line`` (and a newline) to ``path``: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(line + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def signal_handlers(on_signal: Callable[[str], None]) -> Iterator[None]:
+    """Call ``on_signal(name)`` on SIGINT and SIGTERM in the running loop, while in the block.
+
+    Where the loop cannot handle signals (not the main thread, Windows) nothing is installed.
+    """
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+            handled.append(sig)
+    try:
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
 
 
 def require_http() -> None:

@@ -13,33 +13,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidConfiguration, P2PError
-from ..identity import SecretKey, load_or_create_key
-from ._common import LOG_LEVELS, configure_logging, port_number, positive_float, positive_int
+from . import _common
+from ._common import LOG_LEVELS, configure_logging, positive_float, positive_int
 
 if TYPE_CHECKING:
     from ..config import NetworkConfig
+    from ..identity import SecretKey
     from ..relay.proto import RelayLimits
 
 __all__ = ["add_relay_args", "run_relay", "subcommands"]
 
 log = logging.getLogger("asgi_p2p.cli")
 
-Command = Callable[[argparse.Namespace], int]
-Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None], Command]
 
-
-def subcommands() -> dict[str, Subcommand]:
+def subcommands() -> dict[str, _common.Subcommand]:
     """The commands this module adds to ``asgi-p2p`` (consumed by :func:`asgi_p2p.cli.main`)."""
     return {
         "relay": ("run a relay for nodes that cannot reach each other directly", add_relay_args, run_relay),
@@ -50,25 +44,14 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
     from ..discovery.records import Directory
     from ..relay.proto import RelayLimits
     from ..relay.server import RELAY_DATAGRAM_SIZE
-    from . import default_key_file
 
     defaults = RelayLimits()
     dir_defaults = Directory()
-    keys = p.add_mutually_exclusive_group()
-    keys.add_argument(
-        "--key-file",
-        type=Path,
-        metavar="PATH",
-        help=f"secret key file, created 0600 if missing (default: {default_key_file()}); "
-        "the relay URL names this key, so keep it to keep the URL",
+    _common.add_node_args(
+        p,
+        key_file_note="; the relay URL names this key, so keep it to keep the URL",
+        ephemeral_help="use a new random identity (a new URL every run)",
     )
-    keys.add_argument("--ephemeral", action="store_true", help="use a new random identity (a new URL every run)")
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address of the UDP socket (default: 127.0.0.1; use 0.0.0.0 or :: to serve other machines)",
-    )
-    p.add_argument("--port", type=port_number, default=0, help="UDP port (default: 0 = any free port)")
     p.add_argument(
         "--public-host",
         metavar="HOST",
@@ -126,26 +109,6 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
 
 
-def _secret_key(args: argparse.Namespace) -> SecretKey:
-    from . import default_key_file
-
-    if args.ephemeral:
-        return SecretKey.generate()
-    path: Path = args.key_file or default_key_file()
-    existed = path.exists()
-    key = load_or_create_key(path)
-    if not existed:
-        log.info("created a new key file %s (mode 0600)", path)
-    return key
-
-
-def _write_url_file(path: Path, url: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(url + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # readers never see a half-written URL
-
-
 def run_relay(args: argparse.Namespace) -> int:
     from ..relay.proto import RelayLimits
     from ..relay.server import relay_config
@@ -165,7 +128,7 @@ def run_relay(args: argparse.Namespace) -> int:
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size
     config = relay_config(args.limit_clients, **overrides)
-    key = _secret_key(args)
+    key = _common.secret_key(args)
     try:
         return asyncio.run(_relay(key, limits, config, args))
     except P2PError as exc:
@@ -178,68 +141,61 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
     from ..relay.server import RelayServer
     from ..relay.url import RelayUrl
 
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
     def on_signal(signame: str) -> None:
         log.info("%s: shutting down", signame)
         stop.set()
 
-    handled: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal, sig.name)
-            handled.append(sig)
-    directory: Directory | bool = False
-    if not args.no_directory:
-        try:
-            directory = Directory(capacity=args.directory_capacity, max_ttl=args.directory_max_ttl)
-        except ValueError as exc:
-            raise InvalidConfiguration(f"directory: {exc}") from None
-    # records expire on the Unix clock; the library reads only loop.time(), so measure the offset once
-    clock_offset = time.time() - loop.time()  # wall-clock ok (CLI edge)
-    server = await RelayServer.bind(
-        key,
-        host=args.host,
-        port=args.port,
-        limits=limits,
-        config=config,
-        directory=directory,
-        clock_offset=clock_offset,
-    )
-    try:
-        url = server.url
-        if args.public_host:
-            url = RelayUrl(url.node_id, args.public_host, url.port)
-        text = str(url)
-        if args.url_file is not None:
-            _write_url_file(args.url_file, text)
-        lines = [
-            f"asgi-p2p: relay serving (udp {url.host}:{url.port}, up to {limits.max_clients} clients)",
-            f"  node id  {server.node_id}",
-        ]
-        if server.directory is not None:
-            d = server.directory.directory
-            lines.append(f"  directory serving node records (up to {d.capacity}, ttl at most {d.max_ttl:g} s)")
-        else:
-            lines.append("  directory off (--no-directory)")
-        lines.append(f"  url      {text}")
-        if server.endpoint.local_address[0] in ("127.0.0.1", "::1"):
-            lines.append("  (bound to loopback: only this machine can connect; use --host 0.0.0.0 for others)")
-        elif server.endpoint.local_address[0] in ("0.0.0.0", "::") and not args.public_host:
-            lines.append("  (bound to a wildcard: pass --public-host with the address clients should use)")
-        print("\n".join(lines), flush=True)
-        await stop.wait()
-        stats = server.router_stats
-        log.info(
-            "relay stopping: %d clients, %d packets (%d bytes) and %d signals forwarded",
-            len(server.clients),
-            stats.forwarded_packets,
-            stats.forwarded_bytes,
-            stats.signals,
+    with _common.signal_handlers(on_signal):
+        directory: Directory | bool = False
+        if not args.no_directory:
+            try:
+                directory = Directory(capacity=args.directory_capacity, max_ttl=args.directory_max_ttl)
+            except ValueError as exc:
+                raise InvalidConfiguration(f"directory: {exc}") from None
+        # records expire on the Unix clock; the library reads only loop.time(), so measure the offset once
+        clock_offset = time.time() - asyncio.get_running_loop().time()  # wall-clock ok (CLI edge)
+        server = await RelayServer.bind(
+            key,
+            host=args.host,
+            port=args.port,
+            limits=limits,
+            config=config,
+            directory=directory,
+            clock_offset=clock_offset,
         )
-        return 0
-    finally:
-        await server.close()
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+        try:
+            url = server.url
+            if args.public_host:
+                url = RelayUrl(url.node_id, args.public_host, url.port)
+            text = str(url)
+            if args.url_file is not None:
+                _common.write_atomically(args.url_file, text)
+            lines = [
+                f"asgi-p2p: relay serving (udp {url.host}:{url.port}, up to {limits.max_clients} clients)",
+                f"  node id  {server.node_id}",
+            ]
+            if server.directory is not None:
+                d = server.directory.directory
+                lines.append(f"  directory serving node records (up to {d.capacity}, ttl at most {d.max_ttl:g} s)")
+            else:
+                lines.append("  directory off (--no-directory)")
+            lines.append(f"  url      {text}")
+            if server.endpoint.local_address[0] in ("127.0.0.1", "::1"):
+                lines.append("  (bound to loopback: only this machine can connect; use --host 0.0.0.0 for others)")
+            elif server.endpoint.local_address[0] in ("0.0.0.0", "::") and not args.public_host:
+                lines.append("  (bound to a wildcard: pass --public-host with the address clients should use)")
+            print("\n".join(lines), flush=True)
+            await stop.wait()
+            stats = server.router_stats
+            log.info(
+                "relay stopping: %d clients, %d packets (%d bytes) and %d signals forwarded",
+                len(server.clients),
+                stats.forwarded_packets,
+                stats.forwarded_bytes,
+                stats.signals,
+            )
+            return 0
+        finally:
+            await server.close()

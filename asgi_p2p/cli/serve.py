@@ -13,8 +13,6 @@ import contextlib
 import importlib
 import inspect
 import logging
-import os
-import signal
 import sys
 import time
 import traceback
@@ -24,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import NetworkConfig
 from ..errors import InvalidConfiguration, InvalidNodeId, P2PError
-from ..identity import NodeAddr, NodeId, SecretKey, load_or_create_key
+from ..identity import NodeAddr, NodeId, SecretKey
 from . import _common
-from ._common import LOG_LEVELS, configure_logging, describe_error, port_number, positive_float, positive_int
+from ._common import LOG_LEVELS, configure_logging, describe_error, positive_float, positive_int
 
 if TYPE_CHECKING:
     from ..endpoint import Endpoint
@@ -35,11 +33,8 @@ __all__ = ["import_app", "read_allow_file", "subcommands"]
 
 log = logging.getLogger("asgi_p2p.cli")
 
-Command = Callable[[argparse.Namespace], int]
-Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None], Command]
 
-
-def subcommands() -> dict[str, Subcommand]:
+def subcommands() -> dict[str, _common.Subcommand]:
     """The commands this module adds to ``asgi-p2p`` (consumed by :func:`asgi_p2p.cli.main`)."""
     from . import get
 
@@ -53,26 +48,11 @@ def subcommands() -> dict[str, Subcommand]:
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    from . import default_key_file
-
     p.add_argument("app", metavar="APP", help="the ASGI app as module:attribute, e.g. main:app")
     p.add_argument("--factory", action="store_true", help="APP is a function returning the app; call it")
     p.add_argument("--app-dir", default=".", metavar="DIR", help="directory to import APP from (default: .)")
     p.add_argument("--env-file", type=Path, metavar="PATH", help="read KEY=VALUE environment variables from PATH")
-    keys = p.add_mutually_exclusive_group()
-    keys.add_argument(
-        "--key-file",
-        type=Path,
-        metavar="PATH",
-        help=f"secret key file, created 0600 if missing (default: {default_key_file()})",
-    )
-    keys.add_argument("--ephemeral", action="store_true", help="use a new random identity instead of a key file")
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address of the UDP socket (default: 127.0.0.1; use 0.0.0.0 or :: to serve other machines)",
-    )
-    p.add_argument("--port", type=port_number, default=0, help="UDP port (default: 0 = any free port)")
+    _common.add_node_args(p, ephemeral_help="use a new random identity instead of a key file")
     p.add_argument(
         "--allow",
         action="append",
@@ -195,19 +175,6 @@ def _allow_list(args: argparse.Namespace) -> list[NodeId] | None:
     return ids
 
 
-def _secret_key(args: argparse.Namespace) -> SecretKey:
-    from . import default_key_file
-
-    if args.ephemeral:
-        return SecretKey.generate()
-    path: Path = args.key_file or default_key_file()
-    existed = path.exists()
-    key = load_or_create_key(path)
-    if not existed:
-        log.info("created a new key file %s (mode 0600)", path)
-    return key
-
-
 def _check_discovery_args(args: argparse.Namespace) -> None:
     """Validate --relay, --mdns*, --directory, --publish and --name (sets args.relay_url, ...)."""
     args.relay_url = _common.relay_url_option(args.relay)
@@ -231,13 +198,6 @@ def _check_discovery_args(args: argparse.Namespace) -> None:
             raise InvalidConfiguration(f"--name: {exc}") from None
 
 
-def _write_ticket_file(path: Path, ticket: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(ticket + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # readers never see a half-written ticket
-
-
 # -- running ----------------------------------------------------------------------------
 
 
@@ -252,7 +212,7 @@ def run_serve(args: argparse.Namespace) -> int:
     config = NetworkConfig.from_env(**overrides)
     allow = _allow_list(args)
     _check_discovery_args(args)
-    key = _secret_key(args)
+    key = _common.secret_key(args)
     try:
         app = import_app(args.app, factory=args.factory, app_dir=args.app_dir)
     except P2PError:
@@ -292,7 +252,6 @@ async def _serve(
     from ..http import H3Server
     from ..ticket import Ticket
 
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     force = asyncio.Event()
 
@@ -304,70 +263,63 @@ async def _serve(
             log.info("%s: shutting down gracefully (send again to force)", signame)
             stop.set()
 
-    handled: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal, sig.name)
-            handled.append(sig)
-
-    endpoint = await Endpoint.bind(
-        key, host=args.host, port=args.port, allow=allow, config=config, relay_url=args.relay_url
-    )
-    published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)
-    try:
-        server_kwargs: dict[str, Any] = {
-            "root_path": args.root_path,
-            "lifespan": args.lifespan,
-            "limit_concurrency": args.limit_concurrency,
-            "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
-        }
-        if args.max_body_size is not None:
-            server_kwargs["max_body_size"] = args.max_body_size
-        server = H3Server(app, endpoint, **server_kwargs)
-        starting = asyncio.ensure_future(server.startup())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not starting.done():  # a signal while the app's lifespan startup still runs
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await starting
-            print("asgi-p2p: error: interrupted during application startup", file=sys.stderr)
-            return 1
-        starting.result()
-        if endpoint.relay is not None:
-            await _wait_relay(endpoint, config.connect_timeout, stop)
-        node_addr = endpoint.node_addr()
-        ticket = Ticket.from_node_addr(node_addr).encode()
-        await _publish(endpoint, node_addr, args, published)
-        if args.ticket_file is not None:
-            _write_ticket_file(args.ticket_file, ticket)
-            ticket_file = args.ticket_file
-            # keep it current: the relay (re)connects or sees us at a new public address
-            endpoint.on_node_addr_change(
-                lambda addr: _write_ticket_file(ticket_file, Ticket.from_node_addr(addr).encode())
-            )
-        _announce(args, endpoint, ticket, allow)
-        await stop.wait()
-        shutdown = asyncio.ensure_future(server.shutdown())
-        forced = asyncio.ensure_future(force.wait())
-        await asyncio.wait([shutdown, forced], return_when=asyncio.FIRST_COMPLETED)
-        forced.cancel()
-        if not shutdown.done():
-            shutdown.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await shutdown
-            print("asgi-p2p: error: shutdown forced; in-flight requests were cut off", file=sys.stderr)
-            return 1
-        shutdown.result()
-        log.info("stopped")
-        return 0
-    finally:
-        for source in reversed(published):
-            await _unpublish(source)
-        await endpoint.close()
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+    with _common.signal_handlers(on_signal):
+        endpoint = await Endpoint.bind(
+            key, host=args.host, port=args.port, allow=allow, config=config, relay_url=args.relay_url
+        )
+        published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)
+        try:
+            server_kwargs: dict[str, Any] = {
+                "root_path": args.root_path,
+                "lifespan": args.lifespan,
+                "limit_concurrency": args.limit_concurrency,
+                "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
+            }
+            if args.max_body_size is not None:
+                server_kwargs["max_body_size"] = args.max_body_size
+            server = H3Server(app, endpoint, **server_kwargs)
+            starting = asyncio.ensure_future(server.startup())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not starting.done():  # a signal while the app's lifespan startup still runs
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await starting
+                print("asgi-p2p: error: interrupted during application startup", file=sys.stderr)
+                return 1
+            starting.result()
+            if endpoint.relay is not None:
+                await _wait_relay(endpoint, config.connect_timeout, stop)
+            node_addr = endpoint.node_addr()
+            ticket = Ticket.from_node_addr(node_addr).encode()
+            await _publish(endpoint, node_addr, args, published)
+            if args.ticket_file is not None:
+                _common.write_atomically(args.ticket_file, ticket)
+                ticket_file = args.ticket_file
+                # keep it current: the relay (re)connects or sees us at a new public address
+                endpoint.on_node_addr_change(
+                    lambda addr: _common.write_atomically(ticket_file, Ticket.from_node_addr(addr).encode())
+                )
+            _announce(args, endpoint, ticket, allow)
+            await stop.wait()
+            shutdown = asyncio.ensure_future(server.shutdown())
+            forced = asyncio.ensure_future(force.wait())
+            await asyncio.wait([shutdown, forced], return_when=asyncio.FIRST_COMPLETED)
+            forced.cancel()
+            if not shutdown.done():
+                shutdown.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await shutdown
+                print("asgi-p2p: error: shutdown forced; in-flight requests were cut off", file=sys.stderr)
+                return 1
+            shutdown.result()
+            log.info("stopped")
+            return 0
+        finally:
+            for source in reversed(published):
+                await _unpublish(source)
+            await endpoint.close()
 
 
 async def _wait_relay(endpoint: Endpoint, timeout: float, stop: asyncio.Event) -> None:

@@ -42,11 +42,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pylsqpack
 from aioquic import tls
 
 # aioquic's packet buffer lives in a private module (``aioquic.buffer`` re-exports it
 # without declaring it); every import of it goes through here.
 from aioquic._buffer import Buffer, BufferReadError
+from aioquic.buffer import encode_uint_var
+from aioquic.h3.connection import (
+    FrameType,
+    H3Connection,
+    H3Stream,
+    QpackDecompressionFailed,
+    Setting,
+    StreamType,
+    encode_frame,
+)
+from aioquic.h3.events import H3Event
 from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicConnectionState
 from aioquic.quic.packet import QuicFrameType
@@ -347,3 +359,119 @@ def pending_datagram_frames(quic: QuicConnection) -> int:
     The queue is unbounded in aioquic; callers bound it by checking this first.
     """
     return len(quic._datagrams_pending)
+
+
+# -- HTTP/3 (aioquic.h3), used by asgi_p2p.http ---------------------------------------
+
+
+class _StaticTableEncoder:
+    """A QPACK encoder that never uses the dynamic table, whatever the peer allows."""
+
+    __slots__ = ("_encoder",)
+
+    def __init__(self) -> None:
+        self._encoder = pylsqpack.Encoder()
+
+    def apply_settings(self, max_table_capacity: int, blocked_streams: int) -> bytes:
+        return self._encoder.apply_settings(max_table_capacity=0, blocked_streams=0)
+
+    def encode(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+        return self._encoder.encode(stream_id, headers)
+
+    def feed_decoder(self, data: bytes) -> None:
+        self._encoder.feed_decoder(data)
+
+
+class HookedH3Connection(H3Connection):
+    """aioquic's :class:`~aioquic.h3.connection.H3Connection` with what HTTP/3 here needs
+    and aioquic has no API for.
+
+    * ``static_qpack=True``: neither side's QPACK dynamic table is used.  The local
+      SETTINGS announce ``QPACK_MAX_TABLE_CAPACITY`` and ``QPACK_BLOCKED_STREAMS`` 0
+      (overrides ``_get_local_settings``), the decoder gets a zero-capacity table
+      (``_decoder``) and the encoder ignores the peer's capacity (``_encoder``), so
+      field sections use the static table and literals only.  The QPACK encoder and
+      decoder streams then stay empty, and the two empty stream writes aioquic makes
+      per field section are skipped (overrides ``_encode_headers`` and
+      ``_decode_headers``).
+    * ``on_control_data(data)``: called with every chunk of the peer's control stream,
+      from its first byte (the stream type) on, after aioquic processed it (overrides
+      ``_receive_stream_data_uni``).  aioquic 1.7.2 skips received GOAWAY frames; the
+      callback can find them.  An :class:`~aioquic.h3.exceptions.H3Error` it raises
+      closes the connection like one aioquic raises.
+    * :meth:`send_goaway` (aioquic sends none), :meth:`end_local` and :attr:`is_done`
+      (``_local_control_stream_id``, ``_stream``, ``_is_done``).
+    """
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        *,
+        static_qpack: bool = False,
+        on_control_data: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self._hooked_static_qpack = static_qpack
+        self._hooked_on_control_data = on_control_data
+        super().__init__(quic, enable_webtransport=False)  # sends the SETTINGS: the flag must be set
+        if static_qpack:
+            self._decoder = pylsqpack.Decoder(0, 0)
+            self._encoder = _StaticTableEncoder()  # type: ignore[assignment]
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings = super()._get_local_settings()
+        if self._hooked_static_qpack:
+            settings[Setting.QPACK_MAX_TABLE_CAPACITY] = 0
+            settings[Setting.QPACK_BLOCKED_STREAMS] = 0
+        return settings
+
+    def _encode_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        if not self._hooked_static_qpack:
+            return super()._encode_headers(stream_id, headers)
+        encoder, frame_data = self._encoder.encode(stream_id, headers)
+        if encoder and self._local_encoder_stream_id is not None:  # never without a dynamic table
+            self._encoder_bytes_sent += len(encoder)
+            self._quic.send_stream_data(self._local_encoder_stream_id, encoder)
+        return frame_data
+
+    def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> list[tuple[bytes, bytes]]:
+        if not self._hooked_static_qpack or frame_data is None:
+            return super()._decode_headers(stream_id, frame_data)
+        try:
+            decoder, headers = self._decoder.feed_header(stream_id, frame_data)
+        except pylsqpack.DecompressionFailed as exc:
+            raise QpackDecompressionFailed() from exc
+        if decoder and self._local_decoder_stream_id is not None:  # never with a zero-capacity table
+            self._decoder_bytes_sent += len(decoder)
+            self._quic.send_stream_data(self._local_decoder_stream_id, decoder)
+        return headers
+
+    def _receive_stream_data_uni(self, stream: H3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
+        events = super()._receive_stream_data_uni(stream, data, stream_ended)
+        if stream.stream_type == StreamType.CONTROL and data and self._hooked_on_control_data is not None:
+            self._hooked_on_control_data(data)
+        return events
+
+    def send_goaway(self, ident: int) -> None:
+        """Send a GOAWAY frame on our control stream: requests on streams >= ``ident`` will
+        not be processed (the server's meaning; a client's ``ident`` is a push id)."""
+        control = self._local_control_stream_id
+        assert control is not None
+        self._quic.send_stream_data(control, encode_frame(FrameType.GOAWAY, encode_uint_var(ident)))
+
+    def end_local(self, stream_id: int) -> None:
+        """Our sending side of ``stream_id`` was reset outside of this object: forget it when done."""
+        stream = self._stream.get(stream_id)
+        if stream is not None:
+            stream.sending_ended = True
+            if stream.is_ended():
+                self._stream.pop(stream_id, None)
+
+    @property
+    def is_done(self) -> bool:
+        """True once aioquic closed the connection for an HTTP/3 protocol error."""
+        return bool(self._is_done)
+
+    @property
+    def stream_count(self) -> int:
+        """HTTP/3 stream states held (``_stream``), control and QPACK streams included."""
+        return len(self._stream)

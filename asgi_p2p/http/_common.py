@@ -1,27 +1,16 @@
-"""Pieces shared by the HTTP/3 server and client: the H3 connection, headers, credit accounting."""
+"""Pieces shared by the HTTP/3 server and client: the H3 connection, headers, body sending, credit accounting."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
-import pylsqpack
 from aioquic.buffer import encode_uint_var
-from aioquic.h3.connection import (
-    CONNECTION_SPECIFIC_HEADERS,
-    FrameError,
-    FrameType,
-    H3Connection,
-    H3Stream,
-    QpackDecompressionFailed,
-    Setting,
-    StreamType,
-    encode_frame,
-)
-from aioquic.h3.events import H3Event
+from aioquic.h3.connection import CONNECTION_SPECIFIC_HEADERS, FrameError, FrameType
 from aioquic.quic.connection import QuicConnection
 
-from ..endpoint._aioquic_hooks import Buffer, BufferReadError
+from ..endpoint._aioquic_hooks import Buffer, BufferReadError, HookedH3Connection, unacked_bytes
 from ..endpoint.connection import PeerConnection
 
 __all__ = [
@@ -33,9 +22,11 @@ __all__ = [
     "H3_REQUEST_REJECTED",
     "ClientDisconnected",
     "Credit",
+    "GoawayWatcher",
     "Headers",
     "clean_header_fields",
     "data_frame_header",
+    "send_body",
 ]
 
 #: The ALPN of HTTP/3.
@@ -99,25 +90,62 @@ def clean_header_fields(
     return out
 
 
-class _StaticTableEncoder:
-    """A QPACK encoder that never uses the dynamic table, whatever the peer allows."""
+class GoawayWatcher:
+    """Follows the peer's HTTP/3 control stream, from its first byte (the stream type), to
+    find GOAWAY frames; the payloads of other frames are skipped, not buffered."""
 
-    __slots__ = ("_encoder",)
+    __slots__ = ("_buf", "_on_goaway", "_skip", "_typed", "goaway_id")
 
-    def __init__(self) -> None:
-        self._encoder = pylsqpack.Encoder()
+    def __init__(self, on_goaway: Callable[[int], None] | None = None) -> None:
+        #: the identifier of the last GOAWAY received (None: none yet)
+        self.goaway_id: int | None = None
+        self._on_goaway = on_goaway
+        self._buf = bytearray()
+        self._skip = 0
+        self._typed = False
 
-    def apply_settings(self, max_table_capacity: int, blocked_streams: int) -> bytes:
-        return self._encoder.apply_settings(max_table_capacity=0, blocked_streams=0)
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the control stream; raises FrameError for a bad GOAWAY."""
+        buf = self._buf
+        buf += data
+        while buf:
+            if self._skip:
+                n = min(self._skip, len(buf))
+                del buf[:n]
+                self._skip -= n
+                continue
+            reader = Buffer(data=bytes(buf[:16]))
+            try:
+                if not self._typed:
+                    reader.pull_uint_var()
+                    self._typed = True
+                    del buf[: reader.tell()]
+                    continue
+                frame_type = reader.pull_uint_var()
+                frame_len = reader.pull_uint_var()
+            except BufferReadError:
+                return
+            head = reader.tell()
+            if frame_type != FrameType.GOAWAY:
+                del buf[:head]
+                self._skip = frame_len
+                continue
+            if len(buf) < head + frame_len:
+                return
+            payload = bytes(buf[head : head + frame_len])
+            del buf[: head + frame_len]
+            try:
+                ident = Buffer(data=payload).pull_uint_var()
+            except BufferReadError:
+                raise FrameError("Could not parse GOAWAY frame") from None
+            if self.goaway_id is not None and ident > self.goaway_id:
+                raise FrameError("GOAWAY identifier increased")
+            self.goaway_id = ident
+            if self._on_goaway is not None:
+                self._on_goaway(ident)
 
-    def encode(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
-        return self._encoder.encode(stream_id, headers)
 
-    def feed_decoder(self, data: bytes) -> None:
-        self._encoder.feed_decoder(data)
-
-
-class H3(H3Connection):
+class H3(HookedH3Connection):
     """aioquic's H3Connection plus GOAWAY (aioquic skips received GOAWAY frames and sends none).
 
     With ``qpack_dynamic_table=False`` neither side's QPACK dynamic table is used: we
@@ -134,111 +162,55 @@ class H3(H3Connection):
         *,
         qpack_dynamic_table: bool = True,
     ) -> None:
-        self.goaway_id: int | None = None
-        self._on_goaway = on_goaway
-        self._ctrl_buf = bytearray()
-        self._ctrl_skip = 0
-        self._ctrl_typed = False
-        self._qpack_dynamic = qpack_dynamic_table
-        super().__init__(quic, enable_webtransport=False)
-        if not qpack_dynamic_table:
-            self._decoder = pylsqpack.Decoder(0, 0)
-            self._encoder = _StaticTableEncoder()  # type: ignore[assignment]
-
-    def _get_local_settings(self) -> dict[int, int]:
-        settings = super()._get_local_settings()
-        if not self._qpack_dynamic:
-            settings[Setting.QPACK_MAX_TABLE_CAPACITY] = 0
-            settings[Setting.QPACK_BLOCKED_STREAMS] = 0
-        return settings
-
-    # Without the dynamic table the QPACK encoder and decoder streams stay empty: skip
-    # the two empty stream writes aioquic makes per field section.
-
-    def _encode_headers(self, stream_id: int, headers: Headers) -> bytes:
-        if self._qpack_dynamic:
-            return super()._encode_headers(stream_id, headers)
-        encoder, frame_data = self._encoder.encode(stream_id, headers)
-        if encoder and self._local_encoder_stream_id is not None:  # never without a dynamic table
-            self._encoder_bytes_sent += len(encoder)
-            self._quic.send_stream_data(self._local_encoder_stream_id, encoder)
-        return frame_data
-
-    def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> Headers:
-        if self._qpack_dynamic or frame_data is None:
-            return super()._decode_headers(stream_id, frame_data)
-        try:
-            decoder, headers = self._decoder.feed_header(stream_id, frame_data)
-        except pylsqpack.DecompressionFailed as exc:
-            raise QpackDecompressionFailed() from exc
-        if decoder and self._local_decoder_stream_id is not None:  # never with a zero-capacity table
-            self._decoder_bytes_sent += len(decoder)
-            self._quic.send_stream_data(self._local_decoder_stream_id, decoder)
-        return headers
-
-    def _receive_stream_data_uni(self, stream: H3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
-        events = super()._receive_stream_data_uni(stream, data, stream_ended)
-        if stream.stream_type == StreamType.CONTROL and data:
-            self._watch_control(data)
-        return events
-
-    def _watch_control(self, data: bytes) -> None:
-        """Follow the peer's control stream to find GOAWAY frames (payloads of others are skipped)."""
-        buf = self._ctrl_buf
-        buf += data
-        while buf:
-            if self._ctrl_skip:
-                n = min(self._ctrl_skip, len(buf))
-                del buf[:n]
-                self._ctrl_skip -= n
-                continue
-            reader = Buffer(data=bytes(buf[:16]))
-            try:
-                if not self._ctrl_typed:
-                    reader.pull_uint_var()
-                    self._ctrl_typed = True
-                    del buf[: reader.tell()]
-                    continue
-                frame_type = reader.pull_uint_var()
-                frame_len = reader.pull_uint_var()
-            except BufferReadError:
-                return
-            head = reader.tell()
-            if frame_type != FrameType.GOAWAY:
-                del buf[:head]
-                self._ctrl_skip = frame_len
-                continue
-            if len(buf) < head + frame_len:
-                return
-            payload = bytes(buf[head : head + frame_len])
-            del buf[: head + frame_len]
-            try:
-                ident = Buffer(data=payload).pull_uint_var()
-            except BufferReadError:
-                raise FrameError("Could not parse GOAWAY frame") from None
-            if self.goaway_id is not None and ident > self.goaway_id:
-                raise FrameError("GOAWAY identifier increased")
-            self.goaway_id = ident
-            if self._on_goaway is not None:
-                self._on_goaway(ident)
-
-    def send_goaway(self, ident: int) -> None:
-        """Tell the peer that requests on streams >= ``ident`` will not be processed."""
-        control = self._local_control_stream_id
-        assert control is not None
-        self._quic.send_stream_data(control, encode_frame(FrameType.GOAWAY, encode_uint_var(ident)))
-
-    def end_local(self, stream_id: int) -> None:
-        """Our sending side of ``stream_id`` was reset outside of this object: forget it when done."""
-        stream = self._stream.get(stream_id)
-        if stream is not None:
-            stream.sending_ended = True
-            if stream.is_ended():
-                self._stream.pop(stream_id, None)
+        self.goaway = GoawayWatcher(on_goaway)
+        super().__init__(quic, static_qpack=not qpack_dynamic_table, on_control_data=self.goaway.feed)
 
     @property
-    def is_done(self) -> bool:
-        return bool(self._is_done)
+    def goaway_id(self) -> int | None:
+        """The identifier of the last GOAWAY the peer sent (None: none yet)."""
+        return self.goaway.goaway_id
+
+
+class BodySender(Protocol):
+    """What :func:`send_body` needs of a connection handler (client or server)."""
+
+    @property
+    def conn(self) -> PeerConnection: ...
+
+    @property
+    def h3(self) -> H3: ...
+
+    @property
+    def send_limit(self) -> int:
+        """Unacknowledged bytes a stream may hold before writers wait."""
+
+    def schedule_transmit(self) -> None: ...
+
+
+#: With the send buffer full, body bytes go to QUIC in slices of this size, each waiting for room.
+BODY_SLICE = 256 * 1024
+
+
+async def send_body(handler: BodySender, sid: int, data: bytes, end: bool) -> None:
+    """Send ``data`` in DATA frames on stream ``sid`` (and end the stream if ``end``).
+
+    Data that fits under ``handler.send_limit`` unacknowledged bytes goes to aioquic at
+    once; more goes in slices, each waiting while the stream's send buffer is full.
+    Raises what aioquic (RuntimeError) and PeerConnection.send_stream_data raise when the
+    stream or the connection is gone.
+    """
+    if len(data) + unacked_bytes(handler.conn.quic, sid) <= handler.send_limit:
+        if data or end:
+            handler.h3.send_data(sid, data, end)
+            handler.schedule_transmit()
+        return
+    view = memoryview(data)
+    for off in range(0, len(view), BODY_SLICE):
+        part = view[off : off + BODY_SLICE]
+        await handler.conn.send_stream_data(sid, data_frame_header(len(part)) + part)
+    if end:
+        handler.h3.send_data(sid, b"", True)
+        handler.schedule_transmit()
 
 
 class Credit:

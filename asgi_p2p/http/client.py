@@ -29,7 +29,7 @@ from ._common import (
     Credit,
     Headers,
     clean_header_fields,
-    data_frame_header,
+    send_body,
 )
 from ._dispatch import h3_protocol
 
@@ -37,7 +37,6 @@ __all__ = ["ClientConnection", "ClientStream", "P2PTransport", "SyncP2PTransport
 
 log = logging.getLogger("asgi_p2p.http")
 
-_SLICE = 256 * 1024
 T = TypeVar("T")
 
 
@@ -254,24 +253,11 @@ class ClientStream:
     async def write(self, data: bytes, end: bool) -> None:
         """Send body bytes; waits while more than ``stream_send_buffer`` bytes are unacknowledged."""
         self._check()
-        cc = self.cc
-        sid = self.sid
         try:
-            if len(data) + hooks.unacked_bytes(cc.conn.quic, sid) <= cc.send_limit:
-                if data or end:
-                    cc.h3.send_data(sid, data, end)
-                    cc.schedule_transmit()
-            else:
-                view = memoryview(data)
-                for off in range(0, len(view), _SLICE):
-                    part = view[off : off + _SLICE]
-                    await cc.conn.send_stream_data(sid, data_frame_header(len(part)) + part)
-                if end:
-                    cc.h3.send_data(sid, b"", True)
-                    cc.schedule_transmit()
+            await send_body(self.cc, self.sid, data, end)
         except RuntimeError:  # aioquic: stream reset by STOP_SENDING
             self._check()
-            raise StreamResetError(sid, H3_NO_ERROR) from None
+            raise StreamResetError(self.sid, H3_NO_ERROR) from None
         if end:
             self.sent_end = True
 

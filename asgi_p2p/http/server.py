@@ -34,7 +34,7 @@ from ._common import (
     Credit,
     Headers,
     clean_header_fields,
-    data_frame_header,
+    send_body,
 )
 from ._dispatch import h3_protocol
 from .lifespan import LifespanMode, LifespanRunner
@@ -47,7 +47,6 @@ access_log = logging.getLogger("asgi_p2p.http.access")
 
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _NO_BODY_STATUS = frozenset({204, 304})
-_SLICE = 256 * 1024
 #: Bytes of a header section in flight before its HEADERS frame completes, beyond max_header_size.
 _HEADER_SLACK = 16 * 1024
 _FLUSH_TIMEOUT = 2.0
@@ -554,24 +553,11 @@ class _Exchange(abc.ABC):
     async def _write(self, data: bytes, end: bool) -> None:
         """Send ``data`` in DATA frames, waiting while the stream's send buffer is full."""
         self._check()
-        sc = self.sc
-        sid = self.sid
         try:
-            if len(data) + hooks.unacked_bytes(sc.conn.quic, sid) <= sc.send_limit:
-                if data or end:
-                    sc.h3.send_data(sid, data, end)
-                    sc.schedule_transmit()
-                return
-            view = memoryview(data)
-            for off in range(0, len(view), _SLICE):
-                part = view[off : off + _SLICE]
-                await sc.conn.send_stream_data(sid, data_frame_header(len(part)) + part)
-            if end:
-                sc.h3.send_data(sid, b"", True)
-                sc.schedule_transmit()
+            await send_body(self.sc, self.sid, data, end)
         except (StreamResetError, ConnectionClosed, RuntimeError) as exc:
             self.disconnected = True
-            raise ClientDisconnected(f"peer {sc.peer.fmt_short()} went away (stream {sid}): {exc}") from None
+            raise ClientDisconnected(f"peer {self.sc.peer.fmt_short()} went away (stream {self.sid}): {exc}") from None
 
     def _send_headers(self, headers: Headers, end: bool) -> None:
         self._check()
@@ -582,6 +568,16 @@ class _Exchange(abc.ABC):
             raise ClientDisconnected(str(exc)) from None
         self.sc.schedule_transmit()
 
+    def _send_plain(self, status: int, text: str) -> None:
+        """Send a whole plain-text response (the stream may be gone already)."""
+        headers, body = _plain(status, text)
+        try:
+            self.sc.h3.send_headers(self.sid, headers)
+            self.sc.h3.send_data(self.sid, body, True)
+        except RuntimeError:
+            pass
+        self.sc.schedule_transmit()
+
     def _completed(self) -> None:
         self.complete = True
         if not self.request_ended and not self.sc.lost:
@@ -589,9 +585,47 @@ class _Exchange(abc.ABC):
             self.sc.conn.stop_stream(self.sid, H3_NO_ERROR)
         self._wake()
 
+    # -- the application task -----------------------------------------------------------------
+
+    #: how log lines name the exchange's stream ("<label>stream 4") and application
+    label = ""
+
     @abc.abstractmethod
+    async def receive(self) -> Message:
+        """The ASGI ``receive`` callable."""
+
+    @abc.abstractmethod
+    async def send(self, message: Message) -> None:
+        """The ASGI ``send`` callable."""
+
+    @abc.abstractmethod
+    def _app_failed(self) -> None:
+        """The application raised: answer with an error if the response allows it."""
+
+    @abc.abstractmethod
+    def _app_returned_early(self) -> None:
+        """The application returned without completing its side of the stream."""
+
     async def run(self) -> None:
         """Run the ASGI application for this stream."""
+        server = self.sc.server
+        try:
+            await server.app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            self._abort(H3_REQUEST_CANCELLED)
+            raise
+        except Exception as exc:
+            if self.disconnected and isinstance(exc, OSError):
+                log.debug("%sstream %d: peer went away: %s", self.label, self.sid, exc)
+            else:
+                server.app_errors += 1
+                log.error("Exception in ASGI %sapplication (stream %d)", self.label, self.sid, exc_info=exc)
+            self._app_failed()
+        else:
+            if not self.complete and not self.disconnected:
+                self._app_returned_early()
+        finally:
+            self.sc.finished(self)
 
 
 class _HTTPExchange(_Exchange):
@@ -637,16 +671,10 @@ class _HTTPExchange(_Exchange):
         self.chunks.clear()
         self.credit.unread = 0
         if not self.headers_sent:
-            headers, body = _plain(413, "Content Too Large")
             self.headers_sent = True
-            try:
-                self.sc.h3.send_headers(self.sid, headers)
-                self.sc.h3.send_data(self.sid, body, True)
-            except RuntimeError:
-                pass
+            self._send_plain(413, "Content Too Large")
             self.complete = True
             self.sc.conn.stop_stream(self.sid, H3_NO_ERROR)
-            self.sc.schedule_transmit()
         else:
             self._abort(H3_REQUEST_CANCELLED)
         self.disconnected = True
@@ -767,46 +795,28 @@ class _HTTPExchange(_Exchange):
 
     # -- the application task -----------------------------------------------------------------
 
-    def _error_response(self) -> None:
+    def _app_failed(self) -> None:
         if self.complete or self.disconnected or self.sc.lost:
             return
         if self.headers_sent:
             self._abort(H3_INTERNAL_ERROR)
             return
-        headers, body = _plain(500, "Internal Server Error")
         self.headers_sent = True
         self.status = 500
-        try:
-            self.sc.h3.send_headers(self.sid, headers)
-            self.sc.h3.send_data(self.sid, body, True)
-        except RuntimeError:
-            pass
-        self.sc.schedule_transmit()
+        self._send_plain(500, "Internal Server Error")
         self._completed()
 
-    async def run(self) -> None:
-        server = self.sc.server
-        try:
-            await server.app(self.scope, self.receive, self.send)
-        except asyncio.CancelledError:
-            self._abort(H3_REQUEST_CANCELLED)
-            raise
-        except Exception as exc:
-            if self.disconnected and isinstance(exc, OSError):
-                log.debug("stream %d: peer went away: %s", self.sid, exc)
-            else:
-                server.app_errors += 1
-                log.error("Exception in ASGI application (stream %d)", self.sid, exc_info=exc)
-            self._error_response()
+    def _app_returned_early(self) -> None:
+        if self.started:
+            log.error("ASGI application returned without completing the response (stream %d)", self.sid)
         else:
-            if not self.complete and not self.disconnected:
-                if self.started:
-                    log.error("ASGI application returned without completing the response (stream %d)", self.sid)
-                else:
-                    log.error("ASGI application returned without starting a response (stream %d)", self.sid)
-                self._error_response()
+            log.error("ASGI application returned without starting a response (stream %d)", self.sid)
+        self._app_failed()
+
+    async def run(self) -> None:
+        try:
+            await super().run()
         finally:
-            self.sc.finished(self)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     '%s - "%s %s HTTP/3" %s',
@@ -819,6 +829,7 @@ class _HTTPExchange(_Exchange):
 
 class _WebSocketExchange(_Exchange):
     kind = "websocket"
+    label = "websocket "
 
     def __init__(self, sc: ServerConnection, sid: int, credit: Credit, scope: dict[str, Any]) -> None:
         super().__init__(sc, sid, credit, scope)
@@ -985,42 +996,19 @@ class _WebSocketExchange(_Exchange):
         else:
             raise RuntimeError(f"ASGI: unexpected message type {kind!r} on a websocket scope")
 
-    async def run(self) -> None:
-        server = self.sc.server
-        try:
-            await server.app(self.scope, self.receive, self.send)
-        except asyncio.CancelledError:
-            self._abort(H3_REQUEST_CANCELLED)
-            raise
-        except Exception as exc:
-            if self.disconnected and isinstance(exc, OSError):
-                log.debug("websocket stream %d: peer went away: %s", self.sid, exc)
-            else:
-                server.app_errors += 1
-                log.error("Exception in ASGI websocket application (stream %d)", self.sid, exc_info=exc)
-            self._finish_after_error()
+    def _app_returned_early(self) -> None:
+        if self.accepted:
+            self._send_close(1000, "")
         else:
-            if not self.complete and not self.disconnected:
-                if self.accepted:
-                    self._send_close(1000, "")
-                else:
-                    self._finish_after_error(status=403)
-        finally:
-            self.sc.finished(self)
+            self._app_failed(status=403)
 
-    def _finish_after_error(self, status: int = 500) -> None:
+    def _app_failed(self, status: int = 500) -> None:
         if self.complete or self.disconnected or self.sc.lost:
             return
         if self.accepted:
             self._send_close(1011, "internal error")
         elif not self.denial_started:
-            headers, body = _plain(status, "Internal Server Error" if status == 500 else "Forbidden")
-            try:
-                self.sc.h3.send_headers(self.sid, headers)
-                self.sc.h3.send_data(self.sid, body, True)
-            except RuntimeError:
-                pass
-            self.sc.schedule_transmit()
+            self._send_plain(status, "Internal Server Error" if status == 500 else "Forbidden")
             self._completed_ws()
         else:
             self._abort(H3_INTERNAL_ERROR)

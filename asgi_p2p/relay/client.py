@@ -34,6 +34,7 @@ from ..endpoint.connection import PeerConnection
 from ..errors import AuthenticationFailed, ConnectionClosed, P2PError, ProtocolError, Timeout
 from ..identity import NodeAddr, NodeId
 from ..paths.link import RelaySink
+from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
 from .proto import (
     _RECV,
     _SEND,
@@ -182,7 +183,7 @@ class RelayClient:
         keepalive_timeout: float = 15.0,
         reconnect_min: float = 0.5,
         reconnect_max: float = 30.0,
-        max_pending_datagrams: int = 256,
+        max_pending_datagrams: int = DEFAULT_MAX_PENDING_DATAGRAMS,
         full_size_wait: float = 1.0,
         resolver: Resolver | None = None,
     ) -> None:
@@ -569,14 +570,8 @@ class RelayClient:
     def _send_frame(self, frame: bytes) -> bool:
         current = self._conn
         assert current is not None  # checked by _sendable
-        quic = current.conn.quic
-        if len(frame) > hooks.max_datagram_frame_payload(quic):
-            self.stats.dropped_too_large += 1
+        if not queue_datagram_frame(current.conn.quic, frame, self.max_pending_datagrams, self.stats):
             return False
-        if hooks.pending_datagram_frames(quic) >= self.max_pending_datagrams:
-            self.stats.dropped_queue_full += 1
-            return False
-        quic.send_datagram_frame(frame)
         # deferred to the end of this loop iteration: the packets one transmit of a relayed
         # connection produces share the relay connection's (larger, probed) packets
         current.conn.schedule_transmit()

@@ -48,6 +48,7 @@ from ..endpoint import _aioquic_hooks as hooks
 from ..endpoint.connection import PeerConnection
 from ..errors import ProtocolError
 from ..identity import NodeId, SecretKey
+from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
 from .proto import (
     FORWARD_OVERHEAD,
     RELAY_ALPN,
@@ -80,8 +81,6 @@ log = logging.getLogger("asgi_p2p.relay")
 RELAY_PROTOCOL_ERROR = 0x105
 #: Application close code: the relay's client table is full.
 RELAY_SERVER_FULL = 0x104
-#: DATAGRAM frames queued on one client connection beyond which the relay drops.
-DEFAULT_MAX_PENDING_DATAGRAMS = 256
 #: Bytes a relay connection's 1-RTT packet adds around one DATAGRAM frame: first byte (1),
 #: destination connection id (8, what endpoints issue), packet number (2), AEAD tag (16),
 #: DATAGRAM frame type (1) and length (2).
@@ -423,14 +422,8 @@ class RelayServer:
             conn.schedule_transmit()
 
     def _queue_frame(self, conn: PeerConnection, frame: bytes) -> bool:
-        quic = conn.quic
-        if len(frame) > hooks.max_datagram_frame_payload(quic):
-            self.stats.dropped_too_large += 1
+        if not queue_datagram_frame(conn.quic, frame, self.max_pending_datagrams, self.stats):
             return False
-        if hooks.pending_datagram_frames(quic) >= self.max_pending_datagrams:
-            self.stats.dropped_queue_full += 1
-            return False
-        quic.send_datagram_frame(frame)
         self.stats.datagrams_sent += 1
         return True
 

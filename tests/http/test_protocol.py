@@ -538,8 +538,8 @@ async def test_no_per_request_state_left_behind(serve: Serve) -> None:
     cconn = next(c for c in served.pair.client.connections if c.alpn == "h3")
     assert sconn.streams == {}
     assert cconn.handler is not None and cconn.handler.streams == {}  # type: ignore[attr-defined]
-    assert len(sconn.h3._stream) <= 4  # control and QPACK streams only
-    assert len(cconn.handler.h3._stream) <= 4  # type: ignore[attr-defined]
+    assert sconn.h3.stream_count <= 4  # control and QPACK streams only
+    assert cconn.handler.h3.stream_count <= 4  # type: ignore[attr-defined]
     assert sconn.conn._consumed == {} and cconn._consumed == {}
 
 

@@ -60,6 +60,10 @@ async def _start(home: Path, *args: str) -> tuple[asyncio.subprocess.Process, li
     return proc, lines
 
 
+def _printed_url(lines: list[str]) -> RelayUrl:
+    return RelayUrl.parse(next(line.split()[-1] for line in lines if line.startswith("  url ")))
+
+
 async def _stop(proc: asyncio.subprocess.Process) -> tuple[int, str]:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -129,7 +133,7 @@ def test_relay_command_keeps_its_identity_in_a_0600_key_file(tmp_path: Path) -> 
         proc, lines = await _start(tmp_path, "--key-file", str(key_file))
         code, err = await _stop(proc)
         assert code == 0, err
-        return RelayUrl.parse(next(line.split()[-1] for line in lines if line.startswith("  url ")))
+        return _printed_url(lines)
 
     first = asyncio.run(one_run())
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -137,34 +141,12 @@ def test_relay_command_keeps_its_identity_in_a_0600_key_file(tmp_path: Path) -> 
     assert asyncio.run(one_run()).node_id == first.node_id
 
 
-def test_relay_command_rejects_bad_limits(tmp_path: Path) -> None:
-    async def main() -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asgi_p2p",
-            "relay",
-            "--ephemeral",
-            "--limit-clients",
-            "0",
-            cwd=REPO,
-            env=_env(tmp_path),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-        return proc.returncode or 0, err.decode()
-
-    code, err = asyncio.run(main())
-    assert code == 2 and "--limit-clients" in err and "must be positive" in err
-
-
 def test_relay_command_with_no_directory_refuses_directory_connections(tmp_path: Path) -> None:
     async def main() -> None:
         proc, lines = await _start(tmp_path, "--ephemeral", "--no-directory")
         try:
             assert "  directory off (--no-directory)" in lines
-            url = RelayUrl.parse(next(line.split()[-1] for line in lines if line.startswith("  url ")))
+            url = _printed_url(lines)
             a = await Endpoint.bind(SecretKey.from_seed("cli-nodir"))
             try:
                 client = DirectoryClient(a, NodeAddr(url.node_id, [url.address]), timeout=10, refresh=False)
@@ -189,7 +171,8 @@ def test_relay_command_with_no_directory_refuses_directory_connections(tmp_path:
     asyncio.run(main())
 
 
-def test_relay_command_rejects_a_bad_directory_capacity(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--limit-clients", "--directory-capacity"])
+def test_relay_command_rejects_a_bad_limit(tmp_path: Path, flag: str) -> None:
     async def main() -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -197,7 +180,7 @@ def test_relay_command_rejects_a_bad_directory_capacity(tmp_path: Path) -> None:
             "asgi_p2p",
             "relay",
             "--ephemeral",
-            "--directory-capacity",
+            flag,
             "0",
             cwd=REPO,
             env=_env(tmp_path),
@@ -208,4 +191,4 @@ def test_relay_command_rejects_a_bad_directory_capacity(tmp_path: Path) -> None:
         return proc.returncode or 0, err.decode()
 
     code, err = asyncio.run(main())
-    assert code == 2 and "--directory-capacity" in err and "must be positive" in err
+    assert code == 2 and flag in err and "must be positive" in err
