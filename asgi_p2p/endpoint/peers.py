@@ -233,6 +233,12 @@ class PeerPaths:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        due = self.prober.next_timer()
+        if due is not None and due > self.loop.time():
+            # the prober's timer moved later (QUIC traffic postponed a keepalive): wait
+            self._timer_at = due
+            self._timer = self.loop.call_at(due, self._on_timer)
+            return
         self.service()
 
     def _path_changed(self, event: PathChanged) -> None:
