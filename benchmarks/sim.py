@@ -17,7 +17,7 @@ endpoint sends fewer packets per message: answers carry the pending ACK, and kee
 go out only on idle connections).  Simulated seconds per wall second is packet capacity
 divided by the offered packet rate, so the table sweeps the message interval.
 
-Usage: python benchmarks/sim.py [--seconds 60] [--nodes 2,10,100] [--quic-intervals 1,5,10]
+Usage: python benchmarks/sim.py [--seconds 300] [--nodes 2,10,100] [--quic-intervals 1,5,10]
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def bench_bare_aioquic(pairs: int, seconds: float, interval: float = 1.0, latenc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0, help="virtual seconds per run")
+    parser.add_argument("--seconds", type=float, default=300.0, help="virtual seconds per run (after the handshakes)")
     parser.add_argument("--nodes", default="2,10,100", help="comma-separated node counts")
     parser.add_argument("--workloads", default="udp,quic", help="udp,quic")
     parser.add_argument("--udp-intervals", default="0.1,1", help="seconds between a node's UDP messages")
