@@ -156,6 +156,7 @@ class Rig:
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     homes: dict[str, Home] = field(default_factory=dict)
+    _lan_hosts: dict[str, int] = field(default_factory=dict)  # extra hosts per home LAN (lan_host)
     logdir: Path | None = None  # where spawned processes' stderr goes; default: a temp dir removed by close()
 
     def __post_init__(self) -> None:
@@ -305,6 +306,39 @@ class Rig:
         home = Home(name, nat, Host(f"{name}h", h_ns, host_ip, wan_ip), Host(f"{name}r", r_ns, wan_ip, wan_ip), lan_ip)
         self.homes[name] = home
         return home
+
+    def lan_host(self, home: str, name: str) -> Host:
+        """Another machine on ``home``'s LAN (a phone next to the server), behind the same router.
+
+        The router's LAN side becomes a bridge (``br0``, holding the router's LAN address) with the
+        first host's link and this one's as ports, so LAN broadcast and multicast (mDNS) reach every
+        host of the home and stop at the router. Addresses: .3, .4, ... of the home's LAN subnet.
+        """
+        h = self.homes[home]
+        if h.router is None or h.lan_ip is None:
+            raise ValueError(f"home {home!r} has no router (nat='none'): it has no LAN")
+        if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", name):
+            raise ValueError(f"host name must match [a-z][a-z0-9]{{0,7}}, got {name!r}")
+        r_ns = h.router.ns
+        net = ipaddress.ip_interface(f"{h.lan_ip}/24").network
+        extra = self._lan_hosts.get(home, 0)
+        self._lan_hosts[home] = extra + 1
+        ip = str(net.network_address + 3 + extra)
+        port = f"lan{extra + 2}"
+        if extra == 0:  # first extra host: turn the router's LAN side into a bridge
+            self._ip(
+                r_ns,
+                "link add br0 type bridge mcast_snooping 0",
+                f"addr del {h.lan_ip}/{net.prefixlen} dev lan",
+                "link set lan master br0",
+                f"addr add {h.lan_ip}/{net.prefixlen} dev br0",
+                "link set br0 up",
+            )
+        ns = self._add_ns(f"{home}l{name}")
+        self._link(ns, "eth0", r_ns, port, None)
+        self._ip(r_ns, f"link set {port} master br0", f"link set {port} up")
+        self._ip(ns, f"addr add {ip}/{net.prefixlen} dev eth0", "link set eth0 up", f"route add default via {h.lan_ip}")
+        return Host(name, ns, ip, h.router.ip)
 
     # -- processes -----------------------------------------------------------------------------
 

@@ -189,3 +189,38 @@ def test_mdns_on_the_lan(make_rig: Callable[..., Rig], tmp_path: Path) -> None:
     nobody = rig.run(a.host, [sys.executable, "-m", "asgi_p2p", "get", *lan, "nobody.lan/"], env=env)
     assert nobody.returncode == 6, nobody.stderr
     assert "mdns" in nobody.stderr, nobody.stderr
+
+
+def test_mdns_finds_the_server_from_another_machine_on_the_lan(make_rig: Callable[..., Rig], tmp_path: Path) -> None:
+    """The music-server case: `serve --mdns` on the home server, `get --mdns` on a phone on the same
+    LAN (another namespace on the router's bridge) finds it by name and talks to it directly over
+    the LAN; a host in another home, behind its own router, does not hear the announcement."""
+    rig = make_rig()
+    a = rig.home("a", nat="eim")
+    phone = rig.lan_host("a", "phone")
+    b = rig.home("b", nat="eim")
+    (tmp_path / "home").mkdir()
+    env = cli_env(tmp_path / "home")
+    ticket_file = tmp_path / "ticket"
+    server = rig.python(
+        a.host,
+        *("-m", "asgi_p2p", "apps.music:app", "--ephemeral", "--host", a.host.ip),
+        *("--mdns", "--mdns-interface", a.host.ip, "--name", "music.lan", "--ticket-file", str(ticket_file)),
+        env=env,
+    )
+    rig.wait_file(ticket_file, server, timeout=60)
+    got = rig.run(
+        phone,
+        [sys.executable, "-m", "asgi_p2p", "get", "-v", "--mdns", "--mdns-interface", phone.ip, "music.lan/tracks"],
+        env=env,
+    )
+    logs = f"get stderr:\n{got.stderr}\nserver log:\n{rig.log(server)}"
+    print(logs)
+    assert got.returncode == 0, logs
+    assert len(json.loads(got.stdout)) == 4, logs
+    assert "* resolved name 'music.lan'" in got.stderr and f"{a.host.ip}:" in got.stderr, logs
+    assert f"path at the end: direct {a.host.ip}:" in got.stderr, logs  # over the LAN, not via the WAN
+    away_cmd = [sys.executable, "-m", "asgi_p2p", "get", "--mdns", "--mdns-interface", b.host.ip, "music.lan/"]
+    away = rig.run(b.host, away_cmd, env=env)
+    assert away.returncode == 6, away.stderr  # not resolvable from another home
+    assert "mdns" in away.stderr, away.stderr

@@ -249,3 +249,18 @@ def test_helpers_run_inside_isolated_namespaces(netns_rig: Rig, tmp_path: Path) 
     target = tmp_path / "out.txt"
     proc = netns_rig.python(netns_rig.relay, "-c", f"open({str(target)!r}, 'w').write('hello\\n')")
     assert netns_rig.wait_file(target, proc) == "hello"
+
+
+def test_a_second_machine_on_a_home_lan_shares_the_router(netns_rig: Rig) -> None:
+    targets = start_reflector(netns_rig)
+    home = netns_rig.home("a", nat="eim")
+    phone = netns_rig.lan_host("a", "phone")
+    assert phone.ip == "10.1.0.3" and phone.public_ip == home.host.public_ip
+    # out through the same NAT: seen at the router's public address
+    out = result(netns_rig.udptool(phone, "mapping", "41000", *targets[:1]))
+    assert set(out["seen"].values()) == {f"{home.host.public_ip}:41000"}
+    # and the two machines reach each other directly on the LAN (no NAT between them)
+    reflector = netns_rig.udptool(home.host, "reflect", "42000")
+    expect_line(reflector, "^ready$")
+    out = result(netns_rig.udptool(phone, "mapping", "41001", f"{home.host.ip}:42000"))
+    assert out["seen"] == {f"{home.host.ip}:42000": f"{phone.ip}:41001"}
