@@ -421,6 +421,13 @@ class Rig:
         """``spawn`` this venv's Python: e.g. ``rig.python(h, "-m", "asgi_p2p", "relay")``."""
         return self.spawn(where, [sys.executable, *args], **kw)
 
+    def serve(
+        self, where: str | Host, ticket_file: Path, *args: str, env: dict[str, str]
+    ) -> tuple[subprocess.Popen[Any], str]:
+        """Start ``asgi-p2p <args> --ticket-file F`` (``serve`` or an app) and wait for its ticket."""
+        proc = self.python(where, "-m", "asgi_p2p", *args, "--ticket-file", str(ticket_file), env=env)
+        return proc, self.wait_file(ticket_file, proc, timeout=60)
+
     def udptool(self, where: str | Host, *args: str) -> subprocess.Popen[Any]:
         return self.python(where, str(UDPTOOL), *args)
 

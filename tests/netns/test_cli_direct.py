@@ -24,14 +24,8 @@ def test_get_from_behind_nat_reaches_a_public_node(make_rig: Callable[..., Rig],
     client = rig.home("c", nat=nat, wan=Impair(delay_ms=10, loss_pct=2))
     (tmp_path / "home").mkdir()
     env = cli_env(tmp_path / "home")
-    ticket_file = tmp_path / "ticket"
-    proc = rig.python(
-        server.host,
-        *("-m", "asgi_p2p", "apps.music:app", "--ephemeral", "--host", "0.0.0.0", "--port", "4433"),
-        *("--ticket-file", str(ticket_file)),
-        env=env,
-    )
-    ticket = rig.wait_file(ticket_file, proc, timeout=60)
+    args = ("apps.music:app", "--ephemeral", "--host", "0.0.0.0", "--port", "4433")
+    proc, ticket = rig.serve(server.host, tmp_path / "ticket", *args, env=env)
     got = rig.run(client.host, [sys.executable, "-m", "asgi_p2p", "get", "-v", f"{ticket}/"], env=env, timeout=60)
     assert got.returncode == 0, f"{got.stderr}\nserver log:\n{rig.log(proc)}"
     body = json.loads(got.stdout)

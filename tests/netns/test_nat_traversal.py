@@ -170,15 +170,9 @@ def test_mdns_on_the_lan(make_rig: Callable[..., Rig], tmp_path: Path) -> None:
     a = rig.home("a", nat="eim")
     (tmp_path / "home").mkdir()
     env = cli_env(tmp_path / "home")
-    ticket_file = tmp_path / "ticket"
     lan = ("--mdns", "--mdns-interface", a.host.ip)
-    server = rig.python(
-        a.host,
-        *("-m", "asgi_p2p", "apps.music:app", "--ephemeral", "--host", a.host.ip, *lan, "--name", "music.lan"),
-        *("--ticket-file", str(ticket_file)),
-        env=env,
-    )
-    rig.wait_file(ticket_file, server, timeout=60)
+    args = ("apps.music:app", "--ephemeral", "--host", a.host.ip, *lan, "--name", "music.lan")
+    server, _ = rig.serve(a.host, tmp_path / "ticket", *args, env=env)
     assert "announces this node" in rig.log(server)  # the warning
     got = rig.run(a.host, [sys.executable, "-m", "asgi_p2p", "get", "-v", *lan, "music.lan/tracks"], env=env)
     logs = f"get stderr:\n{got.stderr}\nserver log:\n{rig.log(server)}"
@@ -201,14 +195,8 @@ def test_mdns_finds_the_server_from_another_machine_on_the_lan(make_rig: Callabl
     b = rig.home("b", nat="eim")
     (tmp_path / "home").mkdir()
     env = cli_env(tmp_path / "home")
-    ticket_file = tmp_path / "ticket"
-    server = rig.python(
-        a.host,
-        *("-m", "asgi_p2p", "apps.music:app", "--ephemeral", "--host", a.host.ip),
-        *("--mdns", "--mdns-interface", a.host.ip, "--name", "music.lan", "--ticket-file", str(ticket_file)),
-        env=env,
-    )
-    rig.wait_file(ticket_file, server, timeout=60)
+    args = ("apps.music:app", "--ephemeral", "--host", a.host.ip, "--mdns", "--mdns-interface", a.host.ip)
+    server, _ = rig.serve(a.host, tmp_path / "ticket", *args, "--name", "music.lan", env=env)
     got = rig.run(
         phone,
         [sys.executable, "-m", "asgi_p2p", "get", "-v", "--mdns", "--mdns-interface", phone.ip, "music.lan/tracks"],

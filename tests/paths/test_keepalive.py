@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from dataclasses import dataclass
 
-from asgi_p2p import Endpoint, NetworkConfig, SecretKey
+from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, SecretKey
 from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.paths.disco import is_disco
 from asgi_p2p.sim import Simulation
@@ -47,73 +48,84 @@ def _count_pings(conn: PeerConnection, counter: Counter[str], key: str) -> None:
     conn.quic.send_ping = ping  # type: ignore[method-assign]
 
 
-def test_an_idle_connection_costs_one_ping_and_ack_per_keepalive_interval(sim: Simulation) -> None:
-    config = NetworkConfig(keepalive_interval=10, idle_timeout=30)
+CONFIG = NetworkConfig(keepalive_interval=10, idle_timeout=30)
 
+
+@dataclass
+class Counted:
+    """A connected pair after its start-up, with what it sends from now on counted."""
+
+    ea: Endpoint
+    eb: Endpoint
+    conn: MessageConnection  # bob -> alice
+    inc: MessageConnection  # alice's side
+    qa: PeerConnection
+    qb: PeerConnection
+    sent: Counter[str]  # "disco": signed probes sent
+    pings: Counter[str]  # QUIC PINGs by sender
+    packets_before: int
+
+    def packets(self, sim: Simulation) -> int:
+        return sim.trace.count("send") - self.packets_before
+
+
+async def _connected(sim: Simulation) -> Counted:
+    ea, eb, sent = await _pair(sim, CONFIG)
+    conn = await eb.connect(ea.node_addr())
+    inc = await ea.listen().accept()
+    await conn.send(b"hello")
+    assert await inc.recv() == b"hello"
+    # the path's first probes, and a keepalive or two until QUIC traffic stands in for them
+    await asyncio.sleep(20)
+    (qa,), (qb,) = ea.connections, eb.connections
+    pings: Counter[str] = Counter()
+    _count_pings(qa, pings, "alice")
+    _count_pings(qb, pings, "bob")
+    sent.clear()
+    return Counted(ea, eb, conn, inc, qa, qb, sent, pings, sim.trace.count("send"))
+
+
+def test_an_idle_connection_costs_one_ping_and_ack_per_keepalive_interval(sim: Simulation) -> None:
     async def main() -> None:
-        ea, eb, sent = await _pair(sim, config)
-        conn = await eb.connect(ea.node_addr())
-        inc = await ea.listen().accept()
-        await conn.send(b"hello")
-        assert await inc.recv() == b"hello"
-        # the path's first probes, and a keepalive or two until QUIC traffic stands in for them
-        await asyncio.sleep(20)
-        (qa,), (qb,) = ea.connections, eb.connections
-        pings: Counter[str] = Counter()
-        _count_pings(qa, pings, "alice")
-        _count_pings(qb, pings, "bob")
-        sent.clear()
-        packets = sim.trace.count("send")
+        c = await _connected(sim)
         await asyncio.sleep(300)  # ten idle timeouts
-        assert qa.is_connected and qb.is_connected  # kept alive
-        assert qb.path.kind == "direct" and qa.path.kind == "direct"
+        assert c.qa.is_connected and c.qb.is_connected  # kept alive
+        assert c.qb.path.kind == "direct" and c.qa.path.kind == "direct"
         # one PING per interval in all (not one per side); each answered by one ACK
-        assert 28 <= pings["alice"] + pings["bob"] <= 31, pings
-        assert sent["disco"] == 0  # QUIC's keepalives stand in for signed probes
-        assert sim.trace.count("send") - packets <= 2 * 31
-        await conn.send(b"still there")
-        assert await inc.recv() == b"still there"
-        await eb.close()
-        await ea.close()
+        assert 28 <= c.pings["alice"] + c.pings["bob"] <= 31, c.pings
+        assert c.sent["disco"] == 0  # QUIC's keepalives stand in for signed probes
+        assert c.packets(sim) <= 2 * 31
+        await c.conn.send(b"still there")
+        assert await c.inc.recv() == b"still there"
+        await c.eb.close()
+        await c.ea.close()
 
     sim.run(main(), time_limit=400)
 
 
 def test_a_connection_carrying_messages_sends_no_keepalives(sim: Simulation) -> None:
-    config = NetworkConfig(keepalive_interval=10, idle_timeout=30)
-
     async def main() -> None:
-        ea, eb, sent = await _pair(sim, config)
-        conn = await eb.connect(ea.node_addr())
-        inc = await ea.listen().accept()
-        await asyncio.sleep(20)
-        (qa,), (qb,) = ea.connections, eb.connections
-        pings: Counter[str] = Counter()
-        _count_pings(qa, pings, "alice")
-        _count_pings(qb, pings, "bob")
-        sent.clear()
-        packets = sim.trace.count("send")
+        c = await _connected(sim)
         for i in range(40):  # one exchange every 7 s for 280 s
-            await conn.send(b"ping %d" % i)
-            await inc.send(await inc.recv())
-            assert await conn.recv() == b"ping %d" % i
+            await c.conn.send(b"ping %d" % i)
+            await c.inc.send(await c.inc.recv())
+            assert await c.conn.recv() == b"ping %d" % i
             await asyncio.sleep(7)
-        assert pings == Counter() and sent["disco"] == 0
+        assert c.pings == Counter() and c.sent["disco"] == 0
         # message, answer carrying the ACK, ACK of the answer
-        assert sim.trace.count("send") - packets <= 3 * 40
-        assert qb.path.kind == "direct"
-        await eb.close()
-        await ea.close()
+        assert c.packets(sim) <= 3 * 40
+        assert c.qb.path.kind == "direct"
+        await c.eb.close()
+        await c.ea.close()
 
     sim.run(main(), time_limit=400)
 
 
 def test_a_silent_peer_is_still_noticed(sim: Simulation) -> None:
     """The keepalive's job is intact: a peer that vanishes is detected by the idle timeout."""
-    config = NetworkConfig(keepalive_interval=10, idle_timeout=30)
 
     async def main() -> None:
-        ea, eb, _sent = await _pair(sim, config)
+        ea, eb, _sent = await _pair(sim, CONFIG)
         await eb.connect(ea.node_addr())
         await ea.listen().accept()
         await asyncio.sleep(20)
