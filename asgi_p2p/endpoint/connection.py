@@ -28,6 +28,7 @@ from ..identity import NodeId
 from ..net.base import Address
 from ..paths.disco import PathInfo
 from . import _aioquic_hooks as hooks
+from ._deadline import DeadlineTimer
 from .base import ConnectionHandler
 
 if TYPE_CHECKING:
@@ -134,8 +135,7 @@ class PeerConnection:
         self._ready: asyncio.Future[None] = self.loop.create_future()
         self._closed: asyncio.Future[None] = self.loop.create_future()
         self._close_error: P2PError | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self.loop, quic.get_timer, self._on_timer)
         self._keepalive: asyncio.TimerHandle | None = None
         # the highest authenticated 1-RTT packet number received, when it last grew, and
         # when the paths layer last heard that this connection's direct route works
@@ -198,7 +198,9 @@ class PeerConnection:
         if addr is not None and addr != self._route[0] and addr != self.direct_address and self._ready.done():
             # the peer sends from an address we do not send to (NAT rebinding, a new
             # interface): let the paths layer probe it now rather than after a timeout
-            self.endpoint._new_source(self, addr)
+            peer = self.endpoint._paths_of(self)
+            if peer is not None:
+                peer.new_source(addr)
         now = self.loop.time()
         quic = self.quic
         quic.receive_datagram(data, self.address, now)
@@ -210,7 +212,9 @@ class PeerConnection:
             self._heard_at = now
             if addr is not None and addr == self._route[0] and now >= self._alive_reported + 1.0:
                 self._alive_reported = now
-                self.endpoint._transport_alive(self, addr)
+                peer = self.endpoint._paths_of(self)
+                if peer is not None:
+                    peer.transport_alive(addr)
         self._process_events()
         self.schedule_transmit()
 
@@ -245,7 +249,9 @@ class PeerConnection:
             if self._quiet_datagrams > 0:
                 self._quiet_datagrams -= len(datagrams)
                 if self._quiet_datagrams <= 0:
-                    self.endpoint._bulk_started(self)
+                    peer = self.endpoint._paths_of(self)
+                    if peer is not None:
+                        peer.bulk_started()
             direct, relayed = self._route
             if direct is not None:
                 sendto = self.endpoint._socket.sendto
@@ -255,37 +261,12 @@ class PeerConnection:
                 self.endpoint._relay_send(relayed, datagrams)
             elif direct is None:
                 self.endpoint.unroutable_datagrams += len(datagrams)
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        """Make sure a loop timer fires no later than QUIC's timer.
-
-        QUIC's timer moves on almost every packet, mostly later (the idle deadline, the
-        loss timer); a loop timer that would fire early is kept and re-armed when it
-        fires (``_on_timer``), so only a timer moving earlier costs a new one.
-        """
-        timer_at = self.quic.get_timer()
-        if timer_at is None:
-            return  # a pending timer finds nothing due and stops
-        current = self._timer_at
-        if current is None or timer_at < current:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = timer_at
-            self._timer = self.loop.call_at(timer_at, self._on_timer)
+        self._timer.update()
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
+        """QUIC's timer is due (see :class:`DeadlineTimer`)."""
         quic = self.quic
         now = self.loop.time()
-        due = quic.get_timer()
-        if due is None:
-            return
-        if due > now:  # QUIC's timer moved later since this one was armed
-            self._timer_at = due
-            self._timer = self.loop.call_at(due, self._on_timer)
-            return
         quic.handle_timer(now)
         self._process_events()
         if hooks.pto_count(quic) >= _BLACK_HOLE_PTOS:
@@ -492,11 +473,10 @@ class PeerConnection:
         if self._closed.done():
             return
         self._close_error = err
-        for handle in (self._timer, self._keepalive):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._keepalive = None
-        self._timer_at = None
+        self._timer.cancel()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        self._keepalive = None
         if not self._ready.done():
             self._ready.set_exception(err)
             self._ready.exception()  # mark retrieved; waiters get it via wait_ready

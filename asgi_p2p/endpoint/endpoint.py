@@ -502,28 +502,17 @@ class Endpoint:
             return
         self._peer_paths(conn.remote_node_id).add_connection(conn)
 
+    def _paths_of(self, conn: PeerConnection) -> PeerPaths | None:
+        """The paths layer of ``conn``'s peer (None before the handshake names it)."""
+        return self._peers.get(conn.remote_node_id) if conn.remote_node_id is not None else None
+
     def _path_timeouts(self, conn: PeerConnection) -> None:
         """``conn`` had repeated probe timeouts: suspect its path, fall back to the base size."""
-        peer = self._peers.get(conn.remote_node_id) if conn.remote_node_id is not None else None
+        peer = self._paths_of(conn)
         if peer is not None:
             peer.timeouts(conn)
         else:
             conn.set_datagram_size(self.config.max_datagram_size)
-
-    def _bulk_started(self, conn: PeerConnection) -> None:
-        peer = self._peers.get(conn.remote_node_id) if conn.remote_node_id is not None else None
-        if peer is not None:
-            peer.bulk_started()
-
-    def _new_source(self, conn: PeerConnection, addr: Address) -> None:
-        peer = self._peers.get(conn.remote_node_id) if conn.remote_node_id is not None else None
-        if peer is not None:
-            peer.new_source(addr)
-
-    def _transport_alive(self, conn: PeerConnection, addr: Address) -> None:
-        peer = self._peers.get(conn.remote_node_id) if conn.remote_node_id is not None else None
-        if peer is not None:
-            peer.transport_alive(addr)
 
     def peer_paths(self, node_id: NodeId) -> PeerPaths | None:
         """The paths layer's state for a peer (None without a connection to it)."""

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from ..identity import NodeId
 from ..paths.disco import PathChanged, PathInfo, PathProber, PathState, ProberConfig
+from ._deadline import DeadlineTimer
 
 if TYPE_CHECKING:
     from .connection import PeerConnection
@@ -95,8 +96,7 @@ class PeerPaths:
         # the same private subnet lists "our" address: probing it would ping ourselves)
         self.prober.ignore.update(endpoint._own_socket_addresses())
         self.connections: dict[PeerConnection, None] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self.loop, self.prober.next_timer, self.service)
         self._closed = False
         # why the routes are being re-decided (the prober's reason for its latest change)
         self._reason = "path changed"
@@ -221,25 +221,7 @@ class PeerPaths:
             self._reflexive = prober.reflexive_addr
             self.endpoint._own_addresses_changed()
         self.update_routes()
-        timer_at = self.prober.next_timer()
-        if timer_at != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._timer_at = timer_at
-            if timer_at is not None:
-                self._timer = self.loop.call_at(timer_at, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        due = self.prober.next_timer()
-        if due is not None and due > self.loop.time():
-            # the prober's timer moved later (QUIC traffic postponed a keepalive): wait
-            self._timer_at = due
-            self._timer = self.loop.call_at(due, self._on_timer)
-            return
-        self.service()
+        self._timer.update()
 
     def _path_changed(self, event: PathChanged) -> None:
         log.info("path to %s: %s -> %s (%s)", self.node_id.fmt_short(), event.old, event.new, event.reason)
@@ -334,7 +316,5 @@ class PeerPaths:
 
     def close(self) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.connections.clear()

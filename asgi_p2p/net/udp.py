@@ -217,9 +217,8 @@ class UdpNetwork:
     """The real network: :meth:`bind` opens a UDP socket on the running loop."""
 
     def wall_clock_offset(self) -> float:
-        return (
-            time.time() - asyncio.get_running_loop().time()
-        )  # wall-clock ok: the real network is the clock peers share
+        now = asyncio.get_running_loop().time()
+        return time.time() - now  # wall-clock ok: the real network is the clock peers share
 
     async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> UdpSocket:
         loop = asyncio.get_running_loop()
