@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asgi_p2p import MSG_ALPN, Endpoint, NetworkConfig, SecretKey
-from asgi_p2p.endpoint import _aioquic_hooks as hooks
+from asgi_p2p import aioquic_compat as hooks
 from tests.harness import Harness
 
 

@@ -21,13 +21,13 @@ from aioquic.quic.events import (
 )
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
+from .. import aioquic_compat as hooks
 from ..config import NetworkConfig
 from ..errors import AuthenticationFailed, ConnectionClosed, ConnectionFailed, P2PError
 from ..errors import StreamReset as StreamResetError
 from ..identity import NodeId
 from ..net.base import Address
 from ..paths.disco import PathInfo
-from . import _aioquic_hooks as hooks
 from ._deadline import DeadlineTimer
 from .base import ConnectionHandler
 

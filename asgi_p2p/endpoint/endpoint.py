@@ -14,6 +14,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
+from .. import aioquic_compat as hooks
 from ..config import NetworkConfig
 from ..errors import ConnectionClosed, InvalidConfiguration, NodeNotFound, P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
@@ -21,7 +22,6 @@ from ..net.base import Address, DatagramNetwork, DatagramSocket
 from ..net.udp import UdpNetwork
 from ..paths.disco import is_disco, peek_sender
 from ..paths.link import ManagedRelayLink, RelayFactory, RelayLink
-from . import _aioquic_hooks as hooks
 from .base import ConnectionHandler, HandlerFactory
 from .connection import _RELAY_ALPN_PREFIX, REFUSED, PeerConnection
 from .peers import PeerPaths

@@ -10,7 +10,7 @@ from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import CONNECTION_SPECIFIC_HEADERS, FrameError, FrameType
 from aioquic.quic.connection import QuicConnection
 
-from ..endpoint._aioquic_hooks import Buffer, BufferReadError, HookedH3Connection, unacked_bytes
+from ..aioquic_compat import Buffer, BufferReadError, HookedH3Connection, unacked_bytes
 from ..endpoint.connection import PeerConnection
 
 __all__ = [

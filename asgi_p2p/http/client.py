@@ -13,8 +13,8 @@ import httpx
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
 
+from .. import aioquic_compat as hooks
 from ..config import NetworkConfig
-from ..endpoint import _aioquic_hooks as hooks
 from ..endpoint.connection import PeerConnection
 from ..endpoint.endpoint import Endpoint
 from ..errors import ConnectionClosed, InvalidConfiguration, InvalidNodeId, P2PError

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
 
-from ..endpoint import _aioquic_hooks as hooks
+from .. import aioquic_compat as hooks
 from ..endpoint.connection import PeerConnection
 from ..endpoint.endpoint import Endpoint
 from ..errors import ConnectionClosed, InvalidConfiguration

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from aioquic.quic.connection import QuicConnection
 
-from ..endpoint import _aioquic_hooks as hooks
+from .. import aioquic_compat as hooks
 
 __all__ = ["DEFAULT_MAX_PENDING_DATAGRAMS", "DropCounters", "queue_datagram_frame"]
 

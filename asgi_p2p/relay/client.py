@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from aioquic.quic.events import DatagramFrameReceived, PingAcknowledged, QuicEvent
 
-from ..endpoint import _aioquic_hooks as hooks
+from .. import aioquic_compat as hooks
 from ..endpoint.connection import PeerConnection
 from ..errors import AuthenticationFailed, ConnectionClosed, P2PError, ProtocolError, Timeout
 from ..identity import NodeAddr, NodeId

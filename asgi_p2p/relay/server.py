@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Any
 
 from aioquic.quic.events import DatagramFrameReceived, QuicEvent, StreamDataReceived
 
+from .. import aioquic_compat as hooks
 from ..config import NetworkConfig
 from ..discovery.directory import DIRECTORY_ALPN, DirectoryServer
 from ..discovery.records import Directory
-from ..endpoint import _aioquic_hooks as hooks
 from ..endpoint.connection import PeerConnection
 from ..errors import ProtocolError
 from ..identity import NodeId, SecretKey

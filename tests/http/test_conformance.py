@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from asgi_p2p.endpoint import _aioquic_hooks as hooks
+from asgi_p2p import aioquic_compat as hooks
 from asgi_p2p.http import WebSocketDisconnect, WebSocketRejected, websocket_connect
 
 from .apps import AppState, make_app

@@ -1,7 +1,7 @@
-"""Every use of aioquic's private API, in one place.
+"""The aioquic compatibility layer: every use of aioquic's private API, in one place.
 
 aioquic is pinned exactly (see pyproject.toml) because of this module.  Each
-function here is covered by ``tests/test_aioquic_hooks.py``; when upgrading
+function here is covered by ``tests/test_aioquic_compat.py``; when upgrading
 aioquic, run those tests first.
 
 Hooks:

@@ -1,7 +1,7 @@
 """Each hook into aioquic's private API, tested sans-I/O (two QuicConnections in memory).
 
 If one of these fails after an aioquic upgrade, the hook in
-asgi_p2p/endpoint/_aioquic_hooks.py must be rewritten before anything else.
+asgi_p2p/aioquic_compat.py must be rewritten before anything else.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEv
 from aioquic.quic.packet import pull_quic_header
 
 from asgi_p2p import SecretKey
-from asgi_p2p.endpoint import _aioquic_hooks as hooks
+from asgi_p2p import aioquic_compat as hooks
 from asgi_p2p.endpoint.tls import node_certificate
 
 CLIENT_ADDR = ("10.0.0.1", 1000)
