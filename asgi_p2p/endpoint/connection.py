@@ -7,7 +7,6 @@ import collections
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import (
@@ -27,14 +26,12 @@ from ..errors import AuthenticationFailed, ConnectionClosed, ConnectionFailed, P
 from ..errors import StreamReset as StreamResetError
 from ..identity import NodeId
 from ..net.base import Address
+from ..net.timer import DeadlineTimer
 from ..paths.disco import PathInfo
-from ._deadline import DeadlineTimer
+from ..paths.route import Route, RouteOwner, RouteTarget
 from .base import ConnectionHandler
 
-if TYPE_CHECKING:
-    from .endpoint import Endpoint
-
-__all__ = ["PeerConnection"]
+__all__ = ["REFUSED", "ConnectionCallbacks", "PathEvent", "PeerConnection", "close_error"]
 
 log = logging.getLogger("asgi_p2p.endpoint")
 
@@ -43,8 +40,6 @@ _CRYPTO_ERROR = 0x100
 _AUTH_ALERTS = {42, 43, 46, 48, 49, 51, 116}  # bad/unsupported/unknown cert, unknown CA, access denied, ...
 #: Application close code: the endpoint refused the connection (limits, shutdown).
 REFUSED = 0x2
-#: ALPNs of relay connections (asgi_p2p.relay.proto.RELAY_ALPN); not imported: layers import downward
-_RELAY_ALPN_PREFIX = "asgi-p2p/relay"
 #: datagrams a connection sends before its path's datagram size is probed: short
 #: exchanges (a few requests) never pay for size probes, bulk transfers do at once
 _BULK_DATAGRAMS = 24
@@ -71,9 +66,6 @@ def close_error(event: ConnectionTerminated, *, during_handshake: bool) -> P2PEr
     )
 
 
-RELAY_PATH = PathInfo("relay")
-
-
 @dataclass(frozen=True)
 class PathEvent:
     """A connection's path or datagram size changed (see :meth:`PeerConnection.path_events`)."""
@@ -82,6 +74,21 @@ class PathEvent:
     path: PathInfo  #: the path now
     datagram_size: int  #: the UDP payload size QUIC builds now
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionCallbacks:
+    """How a connection tells its owner (the endpoint) about itself, handed over at construction."""
+
+    #: QUIC issued a connection id for this connection: route packets naming it here.
+    cid_issued: Callable[[bytes, PeerConnection], None]
+    #: QUIC retired a connection id.
+    cid_retired: Callable[[bytes], None]
+    #: The handshake completed (client: confirmed): the owner returns the protocol
+    #: handler for the negotiated ALPN, or raises to refuse the connection.
+    ready: Callable[[PeerConnection], ConnectionHandler]
+    #: The connection is gone (closed, refused, timed out or aborted).
+    closed: Callable[[PeerConnection], None]
 
 
 class PeerConnection:
@@ -95,29 +102,21 @@ class PeerConnection:
 
     def __init__(
         self,
-        endpoint: Endpoint,
         quic: QuicConnection,
         address: Address,
         *,
         is_client: bool,
         expected_node_id: NodeId | None,
         config: NetworkConfig,
-        direct_address: Address | Literal[False] | None = False,
-        relay_peer: NodeId | None = None,
+        callbacks: ConnectionCallbacks,
+        route: Callable[[RouteOwner], Route],
     ) -> None:
-        self.endpoint = endpoint
         self.quic = quic
         #: The peer's address as QUIC sees it: fixed for the connection's life, so that
         #: aioquic never sees a new address (no migration, no path validation).  A real
         #: address for a direct dial or accept; a virtual one when the peer came via the relay.
         self.address = address
-        #: The real address the connection was dialed to or accepted from (None via the relay).
-        self.direct_address: Address | None = address if direct_address is False else direct_address
-        #: For a connection accepted through the relay: the node the relay says sent it.
-        self.relay_peer = relay_peer
-        # where transmit() sends: a direct address and/or a node through the relay
-        # (kept current by the paths layer, see PeerPaths.update_routes)
-        self._route: tuple[Address | None, NodeId | None] = (self.direct_address, relay_peer)
+        self._callbacks = callbacks
         self._path_queues: list[collections.deque[PathEvent]] = []
         # datagrams left before this connection counts as sending bulk data (which
         # starts the search for larger datagram sizes on its path)
@@ -142,7 +141,6 @@ class PeerConnection:
         self._largest_received = -1
         self._heard_at = 0.0
         self._sent_at = 0.0
-        self._alive_reported = -1.0
         self._pending_events: list[QuicEvent] = []
         # backpressure: futures waiting for a stream's send buffer to drain
         self._send_waiters: dict[int, list[asyncio.Future[None]]] = {}
@@ -153,6 +151,18 @@ class PeerConnection:
         self._credit: dict[int, int] = {}
         hooks.install_receive_credit(quic, self._credit_limit)
         hooks.set_peer_stream_limit(quic, config.max_streams)
+        #: Where this connection's datagrams go (the paths layer keeps it current).
+        self.route: Route = route(self)
+
+    @property
+    def direct_address(self) -> Address | None:
+        """The real address the connection was dialed to or accepted from (None via the relay)."""
+        return self.route.direct_address
+
+    @property
+    def relay_peer(self) -> NodeId | None:
+        """For a connection accepted through the relay: the node the relay says sent it."""
+        return self.route.relay_peer
 
     # -- state -----------------------------------------------------------
 
@@ -195,12 +205,11 @@ class PeerConnection:
         QUIC always sees :attr:`address`: the paths layer, not QUIC, decides which
         of the peer's paths are valid (disco probes), so packets from any of them count.
         """
-        if addr is not None and addr != self._route[0] and addr != self.direct_address and self._ready.done():
+        route = self.route
+        if addr is not None and addr != route.direct and addr != route.direct_address and self._ready.done():
             # the peer sends from an address we do not send to (NAT rebinding, a new
             # interface): let the paths layer probe it now rather than after a timeout
-            peer = self.endpoint._paths_of(self)
-            if peer is not None:
-                peer.new_source(addr)
+            route.received_from(addr)
         now = self.loop.time()
         quic = self.quic
         quic.receive_datagram(data, self.address, now)
@@ -210,11 +219,8 @@ class PeerConnection:
             # direct route it tells the paths layer the path works (at most once a second)
             self._largest_received = received
             self._heard_at = now
-            if addr is not None and addr == self._route[0] and now >= self._alive_reported + 1.0:
-                self._alive_reported = now
-                peer = self.endpoint._paths_of(self)
-                if peer is not None:
-                    peer.transport_alive(addr)
+            if addr is not None:
+                route.authenticated(addr, now)
         self._process_events()
         self.schedule_transmit()
 
@@ -249,18 +255,8 @@ class PeerConnection:
             if self._quiet_datagrams > 0:
                 self._quiet_datagrams -= len(datagrams)
                 if self._quiet_datagrams <= 0:
-                    peer = self.endpoint._paths_of(self)
-                    if peer is not None:
-                        peer.bulk_started()
-            direct, relayed = self._route
-            if direct is not None:
-                sendto = self.endpoint._socket.sendto
-                for data, _addr in datagrams:
-                    sendto(data, direct)
-            if relayed is not None:
-                self.endpoint._relay_send(relayed, datagrams)
-            elif direct is None:
-                self.endpoint.unroutable_datagrams += len(datagrams)
+                    self.route.bulk_started()
+            self.route.send(datagrams)
         self._timer.update()
 
     def _on_timer(self) -> None:
@@ -274,33 +270,23 @@ class PeerConnection:
             # (the paths layer pings it now and falls back if it does not answer), or
             # drop large datagrams (a black hole, RFC 8899 section 4.4: the probes about
             # to go out are built small)
-            self.endpoint._path_timeouts(self)
+            self.route.timeouts()
         self.transmit()
 
     # -- paths -------------------------------------------------------------
 
     @property
     def is_relay_connection(self) -> bool:
-        """True for a connection to a relay (its packets never go through a relay)."""
-        if self.alpn is not None:
-            alpns = [self.alpn]
-        elif self.is_client:
-            alpns = list(self.quic.configuration.alpn_protocols or [])
-        else:
-            alpns = []
-        return any(a.startswith(_RELAY_ALPN_PREFIX) for a in alpns)
+        """True for a connection to a relay (its packets never go through a relay).
+
+        The relay protocols register as such (``Endpoint.add_protocol(..., relay=True)``).
+        """
+        return self.route.is_relay
 
     @property
     def path(self) -> PathInfo:
         """Where this connection's packets go now: ``direct`` (address, RTT) or ``relay``."""
-        direct = self._route[0]
-        if direct is not None:
-            peer = self.endpoint.peer_paths(self.remote_node_id) if self.remote_node_id is not None else None
-            current = peer.prober.current_path if peer is not None else None
-            if current is not None and current.addr == direct:
-                return current
-            return PathInfo("direct", direct, hooks.smoothed_rtt(self.quic))
-        return RELAY_PATH
+        return self.route.path
 
     def path_events(self, maxlen: int = 64) -> AsyncIterator[PathEvent]:
         """Path and datagram size changes from now on, until the connection closes.
@@ -338,15 +324,12 @@ class PeerConnection:
             except Exception:
                 log.exception("on_path_change callback failed")
 
-    def _set_route(self, route: tuple[Address | None, NodeId | None], reason: str) -> None:
-        if route == self._route:
-            return
-        old = self._route
-        self._route = route
+    def route_changed(self, old: RouteTarget, reason: str) -> None:
+        """The paths layer moved this connection's packets off ``old`` (:class:`RouteOwner`)."""
         if self.closed:
             return
         self._path_event(reason)
-        if old[0] is not None and route[0] != old[0] and self._ready.done():
+        if old[0] is not None and self.route.direct != old[0] and self._ready.done():
             # packets in flight on the old path are probably lost: a PING makes the peer
             # acknowledge on the new path now, so loss recovery does not wait out its backoff
             self.quic.send_ping(0)
@@ -427,10 +410,10 @@ class PeerConnection:
                 self._become_ready()
             return
         if isinstance(event, ConnectionIdIssued):
-            self.endpoint._register_cid(event.connection_id, self)
+            self._callbacks.cid_issued(event.connection_id, self)
             return
         if isinstance(event, ConnectionIdRetired):
-            self.endpoint._unregister_cid(event.connection_id)
+            self._callbacks.cid_retired(event.connection_id)
             return
         if isinstance(event, ConnectionTerminated):
             self._terminated(event)
@@ -448,9 +431,8 @@ class PeerConnection:
 
     def _become_ready(self) -> None:
         self.established_at = self.loop.time()
-        self.endpoint._connection_ready(self)
         try:
-            self.handler = self.endpoint._make_handler(self)
+            self.handler = self._callbacks.ready(self)
         except Exception as exc:
             log.warning("%s: refused: %s", self._peer_label(), exc)
             self.close(REFUSED, str(exc))
@@ -482,7 +464,8 @@ class PeerConnection:
             self._ready.exception()  # mark retrieved; waiters get it via wait_ready
         self._closed.set_result(None)
         self._wake_senders()
-        self.endpoint._forget(self)
+        self.route.detach()
+        self._callbacks.closed(self)
         if self.handler is not None:
             try:
                 self.handler.connection_lost(err)

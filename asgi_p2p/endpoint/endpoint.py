@@ -1,14 +1,12 @@
-"""The endpoint: one datagram socket, many QUIC connections to authenticated peers."""
+"""The endpoint: QUIC connections to authenticated peers over the paths layer's one socket."""
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import random
-import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Self
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -18,17 +16,15 @@ from .. import aioquic_compat as hooks
 from ..config import NetworkConfig
 from ..errors import ConnectionClosed, InvalidConfiguration, NodeNotFound, P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
-from ..net.base import Address, DatagramNetwork, DatagramSocket
+from ..net.base import Address, DatagramNetwork
 from ..net.udp import UdpNetwork
-from ..paths.disco import is_disco, peek_sender
-from ..paths.link import ManagedRelayLink, RelayFactory, RelayLink
+from ..paths.link import ManagedRelayLink
+from ..paths.peer import PeerPaths
+from ..paths.route import Route, RouteOwner
+from ..paths.router import Router, virtual_address
 from .base import ConnectionHandler, HandlerFactory
-from .connection import _RELAY_ALPN_PREFIX, REFUSED, PeerConnection
-from .peers import PeerPaths
+from .connection import REFUSED, ConnectionCallbacks, PeerConnection
 from .tls import node_certificate
-
-if TYPE_CHECKING:
-    from ..messages import MessageConnection, MessageListener, MessageService
 
 __all__ = ["AllowPolicy", "Endpoint"]
 
@@ -40,17 +36,18 @@ AllowPolicy = Iterable[NodeId] | Callable[[NodeId], bool] | None
 _SMALLEST_INITIAL = 1200
 #: seconds a dial with direct addresses waits for the endpoint's relay to connect
 _RELAY_WAIT = 3.0
-#: the size a relay's TOO_LARGE error says fits (see asgi_p2p.relay.proto)
-_AT_MOST = re.compile(r"\(at most (\d+) bytes\)")
 _CID_LENGTH = 8
 
 
 class Endpoint:
-    """A node: one datagram socket carrying QUIC connections to peers named by node id.
+    """A node's QUIC core: connections to peers named by node id, on one datagram socket.
 
-    Create with :meth:`bind`.  Protocols are chosen by ALPN: the raw message
-    protocol (:mod:`asgi_p2p.messages`) is always available; HTTP/3 and the
-    relay register themselves with :meth:`add_protocol`.
+    Create with :meth:`bind`.  Protocols are chosen by ALPN and registered with
+    :meth:`add_protocol` (the raw message API, HTTP/3, the relay, the directory).
+    The socket, the relay link and every peer's paths belong to the paths layer,
+    :attr:`router`; a relay client is wired in with :meth:`use_relay`.  To get a
+    node with the message API and a relay in one call, use
+    :meth:`asgi_p2p.node.Node.bind`.
     """
 
     def __init__(
@@ -58,6 +55,7 @@ class Endpoint:
         secret_key: SecretKey,
         config: NetworkConfig,
         allow: AllowPolicy,
+        rng: random.Random | None = None,
     ) -> None:
         self.secret_key = secret_key
         self.config = config
@@ -70,28 +68,27 @@ class Endpoint:
         else:
             allowed = frozenset(allow)
             self._allow = allowed.__contains__
-        self._socket: DatagramSocket
         self._factories: dict[str, HandlerFactory] = {}
+        self._relay_alpns: set[str] = set()
+        self._alpn_filter: frozenset[str] | None = None
         self._cids: dict[bytes, PeerConnection] = {}
         self._connections: dict[PeerConnection, None] = {}  # ordered: deterministic close order
         self._pool: dict[tuple[NodeId, str], PeerConnection] = {}
         self._closing = False
         self._closed = False
         self.dropped_datagrams = 0
-        #: the paths layer: one PeerPaths per peer we have or are dialing a connection with
-        self._peers: dict[NodeId, PeerPaths] = {}
-        self._rng: random.Random = random.SystemRandom()
-        self._clock_offset = 0.0
-        #: disco packets dropped because no connection with their sender exists (or malformed)
-        self.dropped_disco = 0
-        #: QUIC datagrams with nowhere to go (no live direct path and no relay)
-        self.unroutable_datagrams = 0
-        #: errors the relay reported (rate limits, unknown destinations, ...)
-        self.relay_errors = 0
-        #: the relay client (see ``bind(relay_url=...)``), None without a relay
-        self.relay: ManagedRelayLink | None = None
-        self._addr_callbacks: list[Callable[[NodeAddr], None]] = []
-        self._last_node_addr: NodeAddr | None = None
+        self._rng: random.Random = rng if rng is not None else random.SystemRandom()
+        #: The paths layer: the socket, the relay link, every peer's paths.
+        self.router = Router(
+            secret_key, config, self._rng, deliver=self._datagram_received, deliver_relayed=self._relayed_received
+        )
+        self._callbacks = ConnectionCallbacks(
+            cid_issued=self._register_cid,
+            cid_retired=self._unregister_cid,
+            ready=self._connection_ready,
+            closed=self._forget,
+        )
+        self._relay: ManagedRelayLink | None = None
 
     @classmethod
     async def bind(
@@ -105,47 +102,45 @@ class Endpoint:
         config: NetworkConfig | None = None,
         network: DatagramNetwork | None = None,
         rng: random.Random | None = None,
-        relay_url: str | None = None,
-        relay_factory: RelayFactory | None = None,
-    ) -> Endpoint:
+    ) -> Self:
         """Bind a socket and start serving.
 
-        ``alpns`` limits which registered protocols peers may use (default:
-        all that get registered; the raw message protocol is always present).
-        ``allow`` decides which peers may connect, inside the handshake.
-        ``network`` is the datagram network (real UDP by default; a simulated
-        host in tests).  ``rng`` draws path-probe ids (default: the system's
-        random source; tests pass a seeded ``random.Random``).
-
-        ``relay_url`` makes the endpoint keep a connection to that relay (in the
-        background, reconnecting as needed): peers it cannot reach directly are
-        reached through it, and hole punching is signalled through it.
-        ``relay_factory`` builds the relay client (default:
-        :class:`asgi_p2p.relay.client.RelayClient`; tests pass fakes).
+        ``alpns`` limits which registered protocols peers may use (default: all
+        that get registered).  ``allow`` decides which peers may connect, inside
+        the handshake.  ``network`` is the datagram network (real UDP by default;
+        a simulated host in tests).  ``rng`` draws path-probe ids (default: the
+        system's random source; tests pass a seeded ``random.Random``).
         """
-        from ..messages import MSG_ALPN, MessageService
-
         key = secret_key if secret_key is not None else SecretKey.generate()
-        ep = cls(key, config if config is not None else NetworkConfig.from_env(), allow)
+        ep = cls(key, config if config is not None else NetworkConfig.from_env(), allow, rng)
         ep._alpn_filter = frozenset(alpns) if alpns is not None else None
-        if rng is not None:
-            ep._rng = rng
-        ep.messages = MessageService(ep)
-        ep.add_protocol(MSG_ALPN, ep.messages.handler_for)
-        net = network if network is not None else UdpNetwork()
-        # disco timestamps need a clock peers share (Unix time); the network supplies
-        # its offset from loop.time(): the system clock once, or the simulator's constant
-        ep._clock_offset = net.wall_clock_offset()
-        ep._socket = await net.bind(host, port, ep._datagram_received)
-        if relay_url is not None:
-            factory = relay_factory if relay_factory is not None else _default_relay_factory()
-            ep.relay = factory(ep, relay_url, ep, rng=random.Random(ep._rng.getrandbits(64)))
-            ep.relay.start()
-        log.info("endpoint %s bound to %s:%d", key.node_id.fmt_short(), *ep._socket.local_address)
+        await ep.router.bind(network if network is not None else UdpNetwork(), host, port)
+        log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
         return ep
 
-    _alpn_filter: frozenset[str] | None = None
-    messages: MessageService
+    @property
+    def rng(self) -> random.Random:
+        """The random source the endpoint draws behavioural randomness from (seeded in tests)."""
+        return self._rng
+
+    # -- the relay ------------------------------------------------------------
+
+    def use_relay(self, link: ManagedRelayLink) -> None:
+        """Reach peers through ``link`` (a relay client built on this endpoint) and start it.
+
+        The endpoint owns it from now on: it closes it on :meth:`close`.  The link
+        reports to :attr:`router` (its :class:`~asgi_p2p.paths.link.RelaySink`).
+        """
+        if self._relay is not None:
+            raise InvalidConfiguration(f"endpoint {self.node_id} already uses relay {self._relay.relay_url}")
+        self._relay = link
+        self.router.use_relay(link)
+        link.start()
+
+    @property
+    def relay(self) -> ManagedRelayLink | None:
+        """The relay client (see :meth:`use_relay`), None without a relay."""
+        return self._relay
 
     # -- identity and addresses -----------------------------------------
 
@@ -159,40 +154,16 @@ class Endpoint:
 
     @property
     def local_address(self) -> Address:
-        return self._socket.local_address
+        return self.router.socket.local_address
 
     def node_addr(self) -> NodeAddr:
         """How peers reach this node: its id, socket addresses, the address the relay
         sees it at (its NAT's public mapping) and its relay URL."""
-        relay = self.relay
-        return NodeAddr(self.node_id, self.own_candidates(), relay.relay_url if relay is not None else None)
+        return self.router.node_addr()
 
     def own_candidates(self) -> list[Address]:
-        """Addresses where peers may reach this node directly: the public one first.
-
-        The public address is the one the relay sees us at (our NAT's mapping), or,
-        until its OBSERVED_ADDR frame arrives (relay frames are unreliable), the one
-        in the relay's answers to our path probes.  Socket addresses (LAN) follow.
-        """
-        local = [a for a in self._socket.local_addresses() if a[1] != 0 and a[0] not in ("0.0.0.0", "::", "")]
-        observed = self._public_address()
-        if observed is None:
-            return local
-        return [observed, *(a for a in local if a != observed)]
-
-    def _own_socket_addresses(self) -> set[Address]:
-        return {self._socket.local_address, *self._socket.local_addresses()}
-
-    def _public_address(self) -> Address | None:
-        relay = self.relay
-        if relay is None:
-            return None
-        if relay.observed_address is not None:
-            return relay.observed_address
-        for peer in self._peers.values():
-            if peer.prober.reflexive_addr is not None and any(c.is_relay_connection for c in peer.connections):
-                return peer.prober.reflexive_addr
-        return None
+        """Addresses where peers may reach this node directly: the public one first."""
+        return self.router.own_candidates()
 
     def on_node_addr_change(self, callback: Callable[[NodeAddr], None]) -> Callable[[], None]:
         """Call ``callback(self.node_addr())`` whenever our addresses or relay state change.
@@ -200,27 +171,26 @@ class Endpoint:
         (The relay connected or disconnected, or sees us at a new public address.)
         Use it to keep a ticket current.  Returns a function that removes the callback.
         """
-        self._addr_callbacks.append(callback)
+        return self.router.on_node_addr_change(callback)
 
-        def remove() -> None:
-            if callback in self._addr_callbacks:
-                self._addr_callbacks.remove(callback)
+    def peer_paths(self, node_id: NodeId) -> PeerPaths | None:
+        """The paths layer's state for a peer (None without a connection to it)."""
+        return self.router.peer_paths(node_id)
 
-        return remove
+    @property
+    def dropped_disco(self) -> int:
+        """Disco packets dropped because no connection with their sender exists (or malformed)."""
+        return self.router.dropped_disco
 
-    def _own_addresses_changed(self) -> None:
-        """Our candidates or relay state changed: re-signal every peer, tell the callbacks."""
-        addr = self.node_addr()
-        if addr == self._last_node_addr:
-            return
-        self._last_node_addr = addr
-        for peer in list(self._peers.values()):
-            peer.send_call_me_maybe()
-        for callback in list(self._addr_callbacks):
-            try:
-                callback(addr)
-            except Exception:
-                log.exception("on_node_addr_change callback failed")
+    @property
+    def unroutable_datagrams(self) -> int:
+        """QUIC datagrams with nowhere to go (no live direct path and no relay)."""
+        return self.router.unroutable_datagrams
+
+    @property
+    def relay_errors(self) -> int:
+        """Refusals the relay reported (rate limits, unknown destinations, ...)."""
+        return self.router.relay_errors
 
     @property
     def connections(self) -> list[PeerConnection]:
@@ -228,13 +198,24 @@ class Endpoint:
 
     # -- protocols --------------------------------------------------------
 
-    def add_protocol(self, alpn: str, factory: HandlerFactory) -> None:
-        """Serve (and allow dialing) ``alpn``; ``factory`` makes a handler per connection."""
+    def add_protocol(self, alpn: str, factory: HandlerFactory, *, relay: bool = False) -> None:
+        """Serve (and allow dialing) ``alpn``; ``factory`` makes a handler per connection.
+
+        ``relay=True`` marks the protocol's connections as relay connections: they carry
+        other connections' packets, so theirs never go through a relay themselves.
+        """
         if self._alpn_filter is not None and alpn not in self._alpn_filter and not alpn.startswith("asgi-p2p/msg"):
             self._alpn_filter = self._alpn_filter | {alpn}
         self._factories[alpn] = factory
+        if relay:
+            self._relay_alpns.add(alpn)
+        else:
+            self._relay_alpns.discard(alpn)
 
-    def _make_handler(self, conn: PeerConnection) -> ConnectionHandler:
+    def _connection_ready(self, conn: PeerConnection) -> ConnectionHandler:
+        """``conn`` completed its handshake: its peer's paths start probing; make its handler."""
+        if conn.remote_node_id is not None and not self._closing:
+            conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
         factory = self._factories.get(conn.alpn or "")
         if factory is None:
             raise ConnectionClosed(f"no protocol registered for ALPN {conn.alpn!r}")
@@ -279,12 +260,13 @@ class Endpoint:
         node_id = node_addr.node_id
         key = (node_id, alpn)
         existing = self._pool.get(key)
-        if existing is not None and not existing.closed and existing._close_error is None:
+        if existing is not None and not existing.closed and existing.close_error is None:
             await existing.wait_ready(self.config.connect_timeout)
             return existing
         if node_id == self.node_id:
             raise InvalidConfiguration("cannot connect to ourselves")
-        relay = self.relay
+        is_relay = alpn in self._relay_alpns
+        relay = self._relay
         relay_usable = relay is not None and node_addr.relay_url in (None, relay.relay_url)
         if not node_addr.direct_addresses and not relay_usable:
             if node_addr.relay_url is not None:
@@ -296,22 +278,33 @@ class Endpoint:
             raise NodeNotFound(f"no address known for node {node_id}; pass a NodeAddr or ticket with addresses")
         if not node_addr.direct_addresses and relay is not None and not relay.connected:
             await relay.wait_connected(self.config.connect_timeout)
-        elif relay_usable and relay is not None and not relay.connected and not alpn.startswith(_RELAY_ALPN_PREFIX):
-            # dial through the relay (see PeerPaths.route_for) once it is up; if it does
+        elif relay_usable and relay is not None and not relay.connected and not is_relay:
+            # dial through the relay (see asgi_p2p.paths.select) once it is up; if it does
             # not come up in time, dial the direct addresses alone
             try:
                 await relay.wait_connected(min(self.config.connect_timeout / 2, _RELAY_WAIT))
             except P2PError as exc:
-                log.info("dialing %s without the relay (%s)", node_id.fmt_short(), exc)
-                self._peer_paths(node_id).not_on_relay = True
+                log.info("dialing %s without the relay (%s)", node_id, exc)
+                self.router.dial_without_relay(node_id)
         # an address of our own (two homes on the same private subnet) would reach us, not them
-        own = self._own_socket_addresses()
+        own = self.router.own_socket_addresses()
         theirs = [a for a in node_addr.direct_addresses if a not in own]
         direct = theirs[0] if theirs else None
         address = direct if direct is not None else virtual_address(node_id)
         quic = QuicConnection(configuration=self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id)))
+
+        def route(owner: RouteOwner) -> Route:
+            # from now on the peer's disco packets are accepted
+            return self.router.dial_route(node_id, owner, direct=direct, candidates=theirs, is_relay=is_relay)
+
         conn = PeerConnection(
-            self, quic, address, is_client=True, expected_node_id=node_id, config=self.config, direct_address=direct
+            quic,
+            address,
+            is_client=True,
+            expected_node_id=node_id,
+            config=self.config,
+            callbacks=self._callbacks,
+            route=route,
         )
 
         def check_server(raw: bytes) -> None:
@@ -325,30 +318,17 @@ class Endpoint:
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
         self._pool[key] = conn
-        peer = self._peer_paths(node_id)  # accept the peer's disco packets from now on
-        peer.add_candidates(theirs)
-        peer.dialing(conn)
-        peer.service()
+        conn.route.start()
         conn.transmit()
         await conn.wait_ready(self.config.connect_timeout)
-        log.debug("connected to %s (%s) via %s", node_id.fmt_short(), alpn, conn.path)
+        log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
         return conn
 
-    async def connect(self, addr: NodeAddr | NodeId) -> MessageConnection:
-        """Open a raw message connection to a node (see :mod:`asgi_p2p.messages`)."""
-        return await self.messages.connect(addr)
-
-    def listen(self) -> MessageListener:
-        """The listener of incoming raw message connections."""
-        return self.messages.listen()
-
-    # -- receiving --------------------------------------------------------
+    # -- receiving (from the paths layer) ------------------------------------
 
     def _datagram_received(self, data: bytes, addr: Address) -> None:
+        """A QUIC packet the router received on the socket from ``addr``."""
         if self._closed:
-            return
-        if data[:1] == b"\x00" and is_disco(data):  # never QUIC: see asgi_p2p.paths.disco
-            self._disco_received(data, addr)
             return
         # Fast path: a short-header (1-RTT) packet names our connection id right after byte 0.
         if len(data) > _CID_LENGTH and not data[0] & 0x80:
@@ -361,6 +341,12 @@ class Endpoint:
                     log.exception("error processing datagram from %s", addr)
                 return
         self._quic_received(data, addr, None)
+
+    def _relayed_received(self, data: bytes, src: NodeId) -> None:
+        """A QUIC packet the relay forwarded from ``src``."""
+        if self._closed:
+            return
+        self._quic_received(data, None, src)
 
     def _quic_received(self, data: bytes, addr: Address | None, relay_src: NodeId | None) -> None:
         """A QUIC packet from ``addr``, or (``addr`` None) from ``relay_src`` through the relay."""
@@ -386,7 +372,7 @@ class Endpoint:
             if addr is None:
                 self.dropped_datagrams += 1
                 return
-            self._socket.sendto(
+            self.router.sendto(
                 encode_quic_version_negotiation(
                     source_cid=header.destination_cid,
                     destination_cid=header.source_cid,
@@ -403,135 +389,24 @@ class Endpoint:
         elif relay_src is not None:
             self._accept(data, virtual_address(relay_src), header.destination_cid, relay_src=relay_src)
 
-    # -- the relay (RelaySink) ------------------------------------------------
-
-    def relay_packet_received(self, src: NodeId, packet: bytes) -> None:
-        """A packet ``src`` sent us through the relay: disco or QUIC, as if it came from ``src``."""
-        if self._closed or not packet:
-            return
-        if packet[:1] == b"\x00" and is_disco(packet):
-            self._disco_received(packet, None)
-            return
-        self._quic_received(packet, None, src)
-
-    def relay_signal_received(self, src: NodeId, payload: bytes) -> None:
-        """A hole-punching signal (a sealed disco packet, e.g. CALL_ME_MAYBE) from ``src``."""
-        if self._closed:
-            return
-        if not is_disco(payload):
-            self.dropped_disco += 1
-            return
-        self._disco_received(payload, None, expected_sender=src)
-
-    def relay_state_changed(self, link: RelayLink) -> None:
-        """The relay (dis)connected or sees us at a new address: re-route, re-signal."""
-        if self._closed or self._closing:
-            return
-        log.info(
-            "relay %s %s%s",
-            link.relay_url,
-            "connected" if link.connected else "disconnected",
-            f", sees us at {link.observed_address[0]}:{link.observed_address[1]}" if link.observed_address else "",
-        )
-        for peer in list(self._peers.values()):
-            peer.relay_fit = None  # a new relay connection (or none): sizes are learnt afresh
-            peer.update_routes()
-        self._last_node_addr = None  # connected or not: re-signal peers, tell the callbacks
-        self._own_addresses_changed()
-
-    def relay_error(self, dest: NodeId | None, message: str) -> None:
-        self.relay_errors += 1
-        log.info("relay refused a packet%s: %s", f" to {dest.fmt_short()}" if dest is not None else "", message)
-        peer = self._peers.get(dest) if dest is not None else None
-        if peer is not None and message.startswith("unknown destination"):
-            peer.relay_unknown_destination()
-        if peer is None or not message.startswith("too large"):
-            return
-        # "too large: N-byte packet does not fit node X's datagram size M (at most K bytes)":
-        # the destination's relay connection carries less than our packets; send smaller ones
-        m = _AT_MOST.search(message)
-        if m is not None:
-            peer.relay_too_large(int(m.group(1)))
-
-    def _send_direct(self, data: bytes, addr: Address, ttl: int | None = None) -> None:
-        """Send one datagram on the socket, with IP TTL ``ttl`` if given (hole-punching openers).
-
-        Sockets without per-send TTL (the simulator's) send it with their default TTL.
-        """
-        if ttl is not None:
-            send_ttl = getattr(self._socket, "sendto_ttl", None)
-            if send_ttl is not None:
-                send_ttl(data, addr, ttl)
-                return
-        self._socket.sendto(data, addr)
-
-    def _relay_send(self, dest: NodeId, datagrams: list[tuple[bytes, Address]]) -> None:
-        relay = self.relay
-        if relay is None:
-            self.unroutable_datagrams += len(datagrams)
-            return
-        for data, _addr in datagrams:
-            relay.send_packet(dest, data)
-
-    def _disco_received(self, data: bytes, addr: Address | None, expected_sender: NodeId | None = None) -> None:
-        try:
-            sender = peek_sender(data)
-        except P2PError:
-            self.dropped_disco += 1
-            return
-        peer = self._peers.get(sender)
-        if peer is None or (expected_sender is not None and sender != expected_sender):
-            # only peers we have or are dialing connections with
-            self.dropped_disco += 1
-            log.debug("dropped disco packet from %s (%s): no connection", sender.fmt_short(), addr)
-            return
-        peer.disco_received(data, addr)
-
-    # -- the paths layer ----------------------------------------------------
-
-    def _peer_paths(self, node_id: NodeId) -> PeerPaths:
-        peer = self._peers.get(node_id)
-        if peer is None:
-            peer = PeerPaths(self, node_id, self._rng, clock_offset=self._clock_offset)
-            self._peers[node_id] = peer
-        return peer
-
-    def _connection_ready(self, conn: PeerConnection) -> None:
-        """``conn`` completed its handshake: its peer's paths layer starts probing."""
-        if conn.remote_node_id is None or self._closing:
-            return
-        self._peer_paths(conn.remote_node_id).add_connection(conn)
-
-    def _paths_of(self, conn: PeerConnection) -> PeerPaths | None:
-        """The paths layer of ``conn``'s peer (None before the handshake names it)."""
-        return self._peers.get(conn.remote_node_id) if conn.remote_node_id is not None else None
-
-    def _path_timeouts(self, conn: PeerConnection) -> None:
-        """``conn`` had repeated probe timeouts: suspect its path, fall back to the base size."""
-        peer = self._paths_of(conn)
-        if peer is not None:
-            peer.timeouts(conn)
-        else:
-            conn.set_datagram_size(self.config.max_datagram_size)
-
-    def peer_paths(self, node_id: NodeId) -> PeerPaths | None:
-        """The paths layer's state for a peer (None without a connection to it)."""
-        return self._peers.get(node_id)
-
     def _accept(self, data: bytes, addr: Address, original_dcid: bytes, relay_src: NodeId | None = None) -> None:
         quic = QuicConnection(
             configuration=self._quic_config(is_client=False, alpns=self._server_alpns(), server_name=None),
             original_destination_connection_id=original_dcid,
         )
+        direct = None if relay_src is not None else addr
+
+        def route(owner: RouteOwner) -> Route:
+            return self.router.accept_route(owner, direct, relay_src)
+
         conn = PeerConnection(
-            self,
             quic,
             addr,
             is_client=False,
             expected_node_id=None,
             config=self.config,
-            direct_address=None if relay_src is not None else addr,
-            relay_peer=relay_src,
+            callbacks=self._callbacks,
+            route=route,
         )
 
         def check_client(raw: bytes) -> None:
@@ -539,7 +414,7 @@ class Endpoint:
             if relay_src is not None and node_id != relay_src:
                 raise hooks.AlertAccessDenied(f"the relay says it forwards node {relay_src}, TLS says {node_id}")
             if not self.is_allowed(node_id):
-                log.info("refused node %s from %s:%d: not allowed", node_id.fmt_short(), *addr)
+                log.info("refused node %s from %s:%d: not allowed", node_id, *addr)
                 raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
 
         hooks.install_identity_hooks(quic, check_client)
@@ -551,7 +426,7 @@ class Endpoint:
             log.warning("refusing connection from %s:%d: %d connections open", *addr, len(self._connections) - 1)
             conn.close(REFUSED, f"too many connections (max_connections={self.config.max_connections})")
 
-    # -- bookkeeping ----------------------------------------------------------
+    # -- bookkeeping (the connections' callbacks) --------------------------------
 
     def _register_cid(self, cid: bytes, conn: PeerConnection) -> None:
         self._cids[cid] = conn
@@ -569,17 +444,6 @@ class Endpoint:
                 del self._pool[key]
         for key in [k for k, v in self._pool.items() if v is conn]:
             del self._pool[key]
-        node = conn.remote_node_id
-        peer = self._peers.get(node) if node is not None else None
-        if peer is not None:
-            peer.remove_connection(conn)
-            if node is not None and not any(c.remote_node_id == node for c in self._connections):
-                peer.close()
-                del self._peers[node]
-
-    def _pool_add(self, conn: PeerConnection) -> None:
-        if conn.remote_node_id is not None and conn.alpn is not None:
-            self._pool.setdefault((conn.remote_node_id, conn.alpn), conn)
 
     # -- shutdown ---------------------------------------------------------------
 
@@ -588,7 +452,8 @@ class Endpoint:
         if self._closed:
             return
         self._closing = True
-        relay, self.relay = self.relay, None
+        self.router.stop_routing()
+        relay, self._relay = self._relay, None
         if relay is not None:
             await relay.close()
         conns = list(self._connections)
@@ -599,34 +464,13 @@ class Endpoint:
         for conn in list(self._connections):
             conn.abort(ConnectionClosed("endpoint closed"))
         self._closed = True
-        for peer in self._peers.values():
-            peer.close()
-        self._peers.clear()
-        self._socket.close()
-        self.messages.close()
+        self.router.close()
 
-    async def __aenter__(self) -> Endpoint:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"<Endpoint {self.node_id.fmt_short()}>"
-
-
-def virtual_address(node_id: NodeId) -> Address:
-    """The address QUIC sees for a peer reached through the relay (never sent to).
-
-    An IPv6 unique local address made of the node id, port 0: stable per peer,
-    needs no table, and cannot be mistaken for a path (port 0 is never probed).
-    """
-    return (str(ipaddress.IPv6Address(b"\xfd" + node_id.to_bytes()[:15])), 0)
-
-
-def _default_relay_factory() -> RelayFactory:
-    # The ONE place the endpoint reaches up into the relay layer, lazily: importing
-    # asgi_p2p.endpoint never imports asgi_p2p.relay (layers import downward only).
-    from ..relay.client import RelayClient
-
-    return RelayClient
+        return f"<Endpoint {self.node_id}>"

@@ -1,21 +1,45 @@
-"""The seam between the endpoint's paths layer and a relay client.
+"""The seam between the paths layer and a relay client.
 
-The paths layer (in :mod:`asgi_p2p.endpoint`) sends a peer's packets either
-directly over the endpoint's socket or through a relay.  It talks to the relay
-only through :class:`RelayLink`, and a relay client reports what arrives
-through :class:`RelaySink`, which the endpoint implements.  Neither side
-imports the other's module.
+The paths layer (:class:`~asgi_p2p.paths.router.Router`) sends a peer's packets
+either directly over the endpoint's socket or through a relay.  It talks to the
+relay only through :class:`RelayLink`, and a relay client reports what arrives
+through :class:`RelaySink`, which the router implements.  The paths layer defines
+both; the relay client (a higher layer) implements one and calls the other, and
+whoever assembles the node wires them together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 from ..identity import NodeId
-from .disco import Address
+from ..net.base import Address
 
-__all__ = ["ManagedRelayLink", "RelayFactory", "RelayLink", "RelaySink"]
+__all__ = ["ManagedRelayLink", "RefusalReason", "RelayFactory", "RelayLink", "RelayRefusal", "RelaySink"]
+
+
+class RefusalReason(Enum):
+    """Why the relay refused a packet."""
+
+    RATE_LIMITED = "rate limited"  #: we exceeded our packet or byte rate
+    UNKNOWN_DESTINATION = "unknown destination"  #: the destination is not connected to the relay
+    TOO_LARGE = "too large"  #: the packet does not fit the destination's relay connection
+    SERVER_FULL = "relay full"  #: the relay's client table is full
+    PROTOCOL = "protocol violation"  #: we broke the relay protocol
+    OTHER = "other"  #: a reason this node does not know
+
+
+@dataclass(frozen=True)
+class RelayRefusal:
+    """A refusal the relay reported: the reason, its text for logs, and for ``TOO_LARGE`` the size that fits."""
+
+    reason: RefusalReason
+    message: str
+    #: For TOO_LARGE: the largest packet the relay forwards to that destination, in bytes.
+    fits: int | None = None
 
 
 class RelayLink(Protocol):
@@ -60,8 +84,8 @@ class RelaySink(Protocol):
     def relay_state_changed(self, link: RelayLink) -> None:
         """The relay connected, disconnected, or reported a new observed address."""
 
-    def relay_error(self, dest: NodeId | None, message: str) -> None:
-        """The relay refused something (rate limit, unknown destination, too large)."""
+    def relay_refused(self, dest: NodeId | None, refusal: RelayRefusal) -> None:
+        """The relay refused a packet (to ``dest``, when it names one)."""
 
 
 class ManagedRelayLink(RelayLink, Protocol):

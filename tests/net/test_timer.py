@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from asgi_p2p.endpoint._deadline import DeadlineTimer
+from asgi_p2p.net.timer import DeadlineTimer
 from asgi_p2p.sim.loop import START_TIME, VirtualTimeLoop
 
 

@@ -1,0 +1,359 @@
+"""The paths layer of one endpoint: its socket, its relay link, its peers' paths.
+
+iroh's ``socket/`` is the model.  The :class:`Router` owns the endpoint's one
+datagram socket and its relay link (a :class:`~asgi_p2p.paths.link.RelayLink`
+the caller wires in).  What arrives goes up in one of two ways:
+
+* disco packets (path probes, hole-punching signals) stay here: each goes to the
+  :class:`~asgi_p2p.paths.peer.PeerPaths` of the node that signed it;
+* QUIC packets go to the endpoint, through the two callbacks it handed the router
+  (``deliver`` for a packet from an address, ``deliver_relayed`` for one the relay
+  forwarded from a node).
+
+What leaves goes down through a :class:`~asgi_p2p.paths.route.Route` per QUIC
+connection, which puts each datagram on the connection's current transport: the
+socket towards a direct address, the relay towards a node id, or both while a
+path is being confirmed.  QUIC itself sees one stable address per peer: the
+address it dialed or accepted from, or :func:`virtual_address` for a peer that
+came through the relay.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+from collections.abc import Callable
+
+from ..config import NetworkConfig
+from ..errors import P2PError
+from ..identity import NodeAddr, NodeId, SecretKey
+from ..net.base import Address, DatagramNetwork, DatagramSocket
+from .disco import is_disco, peek_sender
+from .link import RelayLink, RelayRefusal, RefusalReason
+from .peer import PeerPaths
+from .route import Route, RouteOwner
+
+__all__ = ["Router", "virtual_address"]
+
+log = logging.getLogger("asgi_p2p.paths")
+
+#: Called with a QUIC packet that arrived on the socket from an address.
+Deliver = Callable[[bytes, Address], None]
+#: Called with a QUIC packet the relay forwarded from a node.
+DeliverRelayed = Callable[[bytes, NodeId], None]
+
+
+def virtual_address(node_id: NodeId) -> Address:
+    """The address QUIC sees for a peer reached through the relay (never sent to).
+
+    An IPv6 unique local address made of the node id, port 0: stable per peer,
+    needs no table, and cannot be mistaken for a path (port 0 is never probed).
+    """
+    return (str(ipaddress.IPv6Address(b"\xfd" + node_id.to_bytes()[:15])), 0)
+
+
+class Router:
+    """One endpoint's socket, relay link and per-peer paths (see the module docstring).
+
+    Implements :class:`~asgi_p2p.paths.link.RelaySink` for the relay client, and the
+    hosts that :class:`~asgi_p2p.paths.route.Route` and :class:`~asgi_p2p.paths.peer.PeerPaths`
+    need.  Counters: :attr:`dropped_disco`, :attr:`unroutable_datagrams`, :attr:`relay_errors`.
+    """
+
+    def __init__(
+        self,
+        secret_key: SecretKey,
+        config: NetworkConfig,
+        rng: random.Random,
+        *,
+        deliver: Deliver,
+        deliver_relayed: DeliverRelayed,
+    ) -> None:
+        self._secret_key = secret_key
+        self._config = config
+        self._rng = rng
+        self._deliver = deliver
+        self._deliver_relayed = deliver_relayed
+        self._socket: DatagramSocket | None = None
+        #: Send one datagram on the socket (bound by :meth:`bind`).
+        self.sendto: Callable[[bytes, Address], None] = _not_bound
+        self._clock_offset = 0.0
+        self._relay: RelayLink | None = None
+        self._peers: dict[NodeId, PeerPaths] = {}
+        self._closing = False
+        self._addr_callbacks: list[Callable[[NodeAddr], None]] = []
+        self._last_node_addr: NodeAddr | None = None
+        #: disco packets dropped because no connection with their sender exists (or malformed)
+        self.dropped_disco = 0
+        #: QUIC datagrams with nowhere to go (no live direct path and no relay)
+        self.unroutable_datagrams = 0
+        #: refusals the relay reported (rate limits, unknown destinations, ...)
+        self.relay_errors = 0
+
+    async def bind(self, network: DatagramNetwork, host: str, port: int) -> None:
+        """Bind the socket; datagrams arrive at :meth:`datagram_received` from now on."""
+        # disco timestamps need a clock peers share (Unix time); the network supplies
+        # its offset from loop.time(): the system clock once, or the simulator's constant
+        self._clock_offset = network.wall_clock_offset()
+        sock = await network.bind(host, port, self.datagram_received)
+        self._socket = sock
+        self.sendto = sock.sendto
+
+    # -- what the hosts of routes and peers read ----------------------------
+
+    @property
+    def config(self) -> NetworkConfig:
+        return self._config
+
+    @property
+    def secret_key(self) -> SecretKey:
+        return self._secret_key
+
+    @property
+    def node_id(self) -> NodeId:
+        return self._secret_key.node_id
+
+    @property
+    def socket(self) -> DatagramSocket:
+        if self._socket is None:
+            raise P2PError("the paths layer has no socket yet (bind it first)")
+        return self._socket
+
+    @property
+    def relay(self) -> RelayLink | None:
+        """The relay link, if one is wired in (connected or not)."""
+        return self._relay
+
+    def use_relay(self, link: RelayLink | None) -> None:
+        """Send through ``link`` from now on (None: no relay)."""
+        self._relay = link
+
+    # -- addresses ------------------------------------------------------------
+
+    def own_socket_addresses(self) -> set[Address]:
+        sock = self.socket
+        return {sock.local_address, *sock.local_addresses()}
+
+    def own_candidates(self) -> list[Address]:
+        """Addresses where peers may reach this node directly: the public one first.
+
+        The public address is the one the relay sees us at (our NAT's mapping), or,
+        until its OBSERVED_ADDR frame arrives (relay frames are unreliable), the one
+        in the relay's answers to our path probes.  Socket addresses (LAN) follow.
+        """
+        local = [a for a in self.socket.local_addresses() if a[1] != 0 and a[0] not in ("0.0.0.0", "::", "")]
+        observed = self._public_address()
+        if observed is None:
+            return local
+        return [observed, *(a for a in local if a != observed)]
+
+    def _public_address(self) -> Address | None:
+        relay = self._relay
+        if relay is None:
+            return None
+        if relay.observed_address is not None:
+            return relay.observed_address
+        for peer in self._peers.values():
+            if peer.prober.reflexive_addr is not None and peer.is_relay:
+                return peer.prober.reflexive_addr
+        return None
+
+    def node_addr(self) -> NodeAddr:
+        """How peers reach this node: its id, direct candidates and relay URL."""
+        relay = self._relay
+        return NodeAddr(self.node_id, self.own_candidates(), relay.relay_url if relay is not None else None)
+
+    def on_node_addr_change(self, callback: Callable[[NodeAddr], None]) -> Callable[[], None]:
+        """Call ``callback(node_addr)`` whenever our addresses or relay state change; returns a remover."""
+        self._addr_callbacks.append(callback)
+
+        def remove() -> None:
+            if callback in self._addr_callbacks:
+                self._addr_callbacks.remove(callback)
+
+        return remove
+
+    def own_addresses_changed(self) -> None:
+        """Our candidates or relay state may have changed: re-signal every peer, tell the callbacks."""
+        addr = self.node_addr()
+        if addr == self._last_node_addr:
+            return
+        self._last_node_addr = addr
+        for peer in list(self._peers.values()):
+            peer.send_call_me_maybe()
+        for callback in list(self._addr_callbacks):
+            try:
+                callback(addr)
+            except Exception:
+                log.exception("on_node_addr_change callback failed")
+
+    # -- receiving --------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """A datagram from the socket: disco stays here, QUIC goes to the endpoint."""
+        if data[:1] == b"\x00" and is_disco(data):  # never QUIC: see asgi_p2p.paths.disco
+            self._disco_received(data, addr)
+            return
+        self._deliver(data, addr)
+
+    def _disco_received(self, data: bytes, addr: Address | None, expected_sender: NodeId | None = None) -> None:
+        try:
+            sender = peek_sender(data)
+        except P2PError:
+            self.dropped_disco += 1
+            return
+        peer = self._peers.get(sender)
+        if peer is None or (expected_sender is not None and sender != expected_sender):
+            # only peers we have or are dialing connections with
+            self.dropped_disco += 1
+            log.debug("dropped disco packet from %s (%s): no connection", sender, addr)
+            return
+        peer.disco_received(data, addr)
+
+    # -- the relay (RelaySink) ----------------------------------------------------
+
+    def relay_packet_received(self, src: NodeId, packet: bytes) -> None:
+        """A packet ``src`` sent us through the relay: disco or QUIC, as if it came from ``src``."""
+        if self._closing or not packet:
+            return
+        if packet[:1] == b"\x00" and is_disco(packet):
+            self._disco_received(packet, None)
+            return
+        self._deliver_relayed(packet, src)
+
+    def relay_signal_received(self, src: NodeId, payload: bytes) -> None:
+        """A hole-punching signal (a sealed disco packet, e.g. CALL_ME_MAYBE) from ``src``."""
+        if self._closing:
+            return
+        if not is_disco(payload):
+            self.dropped_disco += 1
+            return
+        self._disco_received(payload, None, expected_sender=src)
+
+    def relay_state_changed(self, link: RelayLink) -> None:
+        """The relay (dis)connected or sees us at a new address: re-route, re-signal."""
+        if self._closing:
+            return
+        log.info(
+            "relay %s %s%s",
+            link.relay_url,
+            "connected" if link.connected else "disconnected",
+            f", sees us at {link.observed_address[0]}:{link.observed_address[1]}" if link.observed_address else "",
+        )
+        for peer in list(self._peers.values()):
+            peer.relay_fit = None  # a new relay connection (or none): sizes are learnt afresh
+            peer.update_routes()
+        self._last_node_addr = None  # connected or not: re-signal peers, tell the callbacks
+        self.own_addresses_changed()
+
+    def relay_refused(self, dest: NodeId | None, refusal: RelayRefusal) -> None:
+        """The relay refused a packet (to ``dest``): adapt that peer's paths."""
+        self.relay_errors += 1
+        log.info("relay refused a packet%s: %s", f" to {dest}" if dest is not None else "", refusal.message)
+        peer = self._peers.get(dest) if dest is not None else None
+        if peer is None:
+            return
+        if refusal.reason is RefusalReason.UNKNOWN_DESTINATION:
+            peer.relay_unknown_destination()
+        elif refusal.reason is RefusalReason.TOO_LARGE and refusal.fits is not None:
+            # the destination's relay connection carries less than our packets: send smaller ones
+            peer.relay_too_large(refusal.fits)
+
+    # -- sending ----------------------------------------------------------------
+
+    def send_direct(self, data: bytes, addr: Address, ttl: int | None = None) -> None:
+        """Send one datagram on the socket, with IP TTL ``ttl`` if given (hole-punching openers).
+
+        Sockets without per-send TTL (the simulator's) send it with their default TTL.
+        """
+        if ttl is not None:
+            send_ttl = getattr(self._socket, "sendto_ttl", None)
+            if send_ttl is not None:
+                send_ttl(data, addr, ttl)
+                return
+        self.sendto(data, addr)
+
+    def relay_send(self, dest: NodeId, datagrams: list[tuple[bytes, Address]]) -> None:
+        relay = self._relay
+        if relay is None:
+            self.unroutable_datagrams += len(datagrams)
+            return
+        for data, _addr in datagrams:
+            relay.send_packet(dest, data)
+
+    def count_unroutable(self, n: int) -> None:
+        self.unroutable_datagrams += n
+
+    # -- routes and peers ---------------------------------------------------------
+
+    def dial_route(
+        self, node_id: NodeId, owner: RouteOwner, *, direct: Address | None, candidates: list[Address], is_relay: bool
+    ) -> Route:
+        """The route of a connection we dial to ``node_id`` (first packets to ``direct`` and/or the relay).
+
+        From now on the peer's disco packets are accepted; its ``candidates`` are probed
+        once the connection calls :meth:`Route.start`.
+        """
+        route = Route(self, owner, direct_address=direct, relay_peer=None, is_relay=is_relay)
+        peer = self._peer(node_id)
+        peer.add_candidates(candidates)
+        peer.dialing(route)
+        return route
+
+    def accept_route(self, owner: RouteOwner, addr: Address | None, relay_src: NodeId | None) -> Route:
+        """The route of a connection accepted from ``addr``, or from ``relay_src`` through the relay."""
+        return Route(self, owner, direct_address=addr, relay_peer=relay_src, is_relay=False)
+
+    def _peer(self, node_id: NodeId) -> PeerPaths:
+        peer = self._peers.get(node_id)
+        if peer is None:
+            peer = PeerPaths(self, node_id, self._rng, clock_offset=self._clock_offset)
+            self._peers[node_id] = peer
+        return peer
+
+    def dial_without_relay(self, node_id: NodeId) -> None:
+        """A dial to ``node_id`` goes ahead without the relay (it did not connect in time).
+
+        No CALL_ME_MAYBE will come through it, so direct packets go out at full TTL at once.
+        """
+        self._peer(node_id).not_on_relay = True
+
+    def peer_paths(self, node_id: NodeId) -> PeerPaths | None:
+        """The paths of a peer (None without a connection to it)."""
+        return self._peers.get(node_id)
+
+    def connection_ready(self, node_id: NodeId, route: Route) -> None:
+        """``route``'s connection completed its handshake with ``node_id``: its peer starts probing."""
+        if self._closing:
+            return
+        self._peer(node_id).add_connection(route)
+
+    def connection_gone(self, route: Route) -> None:
+        """``route``'s connection closed: its peer's paths go with its last connection."""
+        if route.peer is None:
+            return
+        peer = self._peers.get(route.peer.node_id)
+        if peer is None or peer is not route.peer:
+            return
+        peer.remove_connection(route)
+        if not peer.routes:
+            peer.close()
+            del self._peers[peer.node_id]
+
+    def close(self) -> None:
+        """Stop every peer's timers and close the socket."""
+        self._closing = True
+        for peer in self._peers.values():
+            peer.close()
+        self._peers.clear()
+        if self._socket is not None:
+            self._socket.close()
+
+    def stop_routing(self) -> None:
+        """The endpoint is shutting down: ignore relay traffic and state changes from now on."""
+        self._closing = True
+
+
+def _not_bound(data: bytes, addr: Address) -> None:
+    raise P2PError("the paths layer has no socket yet (bind it first)")
