@@ -27,7 +27,7 @@ from ..errors import AuthenticationFailed, ConnectionClosed, ConnectionFailed, P
 from ..errors import StreamReset as StreamResetError
 from ..identity import NodeId
 from ..net.base import Address
-from ..paths.disco import PathInfo
+from ..paths.prober import PathInfo
 from ._deadline import DeadlineTimer
 from .base import ConnectionHandler
 

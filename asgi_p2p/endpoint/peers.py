@@ -29,7 +29,7 @@ import random
 from typing import TYPE_CHECKING
 
 from ..identity import NodeId
-from ..paths.disco import PathChanged, PathInfo, PathProber, PathState, ProberConfig
+from ..paths.prober import PathChanged, PathInfo, PathProber, PathState, ProberConfig
 from ._deadline import DeadlineTimer
 
 if TYPE_CHECKING:

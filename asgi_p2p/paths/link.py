@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..identity import NodeId
-from .disco import Address
+from ..net.base import Address
 
 __all__ = ["ManagedRelayLink", "RelayFactory", "RelayLink", "RelaySink"]
 
