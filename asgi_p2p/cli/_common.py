@@ -18,7 +18,7 @@ from ..errors import InvalidConfiguration, P2PError
 
 if TYPE_CHECKING:
     from ..identity import NodeAddr, SecretKey
-    from ..paths.disco import PathInfo
+    from ..paths.prober import PathInfo
 
 __all__ = [
     "LOG_LEVELS",

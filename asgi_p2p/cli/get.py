@@ -33,7 +33,7 @@ from ..errors import (
     Timeout,
 )
 from ..identity import NodeAddr, NodeId, SecretKey
-from ..paths.disco import PathInfo
+from ..paths.prober import PathInfo
 from ..ticket import parse_target
 from ._common import (
     LOG_LEVELS,

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from ..errors import P2PError, ProtocolError
 from ..identity import NodeId, SecretKey
-from ..paths.disco import Address, WireReader, encode_address, normalize_address
+from ..net.addr import WireReader, encode_address, normalize_address
+from ..net.base import Address
 
 __all__ = [
     "MAX_ADDRS",

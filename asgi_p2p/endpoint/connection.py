@@ -27,7 +27,7 @@ from ..errors import StreamReset as StreamResetError
 from ..identity import NodeId
 from ..net.base import Address
 from ..net.timer import DeadlineTimer
-from ..paths.disco import PathInfo
+from ..paths.prober import PathInfo
 from ..paths.route import Route, RouteOwner, RouteTarget
 from .base import ConnectionHandler
 

@@ -2,6 +2,8 @@
 
 :class:`UdpNetwork` is real UDP; :mod:`asgi_p2p.sim` provides a simulated
 network implementing the same :class:`DatagramNetwork` protocol.
+:mod:`asgi_p2p.net.addr` is the binary address codec every wire format above
+shares (disco messages, relay frames, node records).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every peer we have (or are dialing) a connection with gets one :class:`PeerPaths`,
 keyed by node id: disco packets from that node go to its
-:class:`~asgi_p2p.paths.disco.PathProber`, whose timers run on the endpoint's
+:class:`~asgi_p2p.paths.prober.PathProber`, whose timers run on the endpoint's
 loop.  The prober probes the peer's direct addresses, measures RTT and how
 large a datagram each path carries (padded PINGs, RFC 8899).
 
@@ -28,7 +28,7 @@ from ..config import NetworkConfig
 from ..identity import NodeId, SecretKey
 from ..net.base import Address
 from ..net.timer import DeadlineTimer
-from .disco import PathChanged, PathInfo, PathProber, PathState, ProberConfig
+from .prober import PathChanged, PathInfo, PathProber, PathState, ProberConfig
 from .link import RelayLink
 from .route import Route
 from .select import select_datagram_size, select_route

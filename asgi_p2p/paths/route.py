@@ -15,7 +15,7 @@ from typing import Protocol
 from ..config import NetworkConfig
 from ..identity import NodeId
 from ..net.base import Address
-from .disco import RELAY, PathInfo
+from .prober import RELAY, PathInfo
 
 __all__ = ["Route", "RouteHost", "RouteOwner", "RoutePeer", "RouteTarget"]
 

@@ -36,7 +36,8 @@ from enum import IntEnum
 
 from ..errors import P2PError, ProtocolError
 from ..identity import NodeId
-from ..paths.disco import Address, WireReader, encode_address, normalize_address
+from ..net.addr import WireReader, encode_address, normalize_address
+from ..net.base import Address
 
 __all__ = [
     "FORWARD_OVERHEAD",

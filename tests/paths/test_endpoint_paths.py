@@ -18,7 +18,8 @@ from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, NodeAddr, Secre
 from asgi_p2p.endpoint.connection import PathEvent, PeerConnection
 from asgi_p2p.errors import NodeNotFound, Timeout
 from asgi_p2p.identity import NodeId
-from asgi_p2p.paths.disco import Address, CallMeMaybe, seal
+from asgi_p2p.net.base import Address
+from asgi_p2p.paths.disco import CallMeMaybe, seal
 from asgi_p2p.paths.link import RelaySink
 from asgi_p2p.sim import Host, Simulation
 

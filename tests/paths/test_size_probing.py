@@ -8,18 +8,9 @@ import pytest
 
 from asgi_p2p.errors import ProtocolError
 from asgi_p2p.identity import SecretKey
-from asgi_p2p.paths.disco import (
-    MAX_DISCO_DATAGRAM,
-    PING_SIZE,
-    Address,
-    PathProber,
-    Ping,
-    Pong,
-    ProberConfig,
-    Transmit,
-    open_packet,
-    seal,
-)
+from asgi_p2p.net.base import Address
+from asgi_p2p.paths.disco import MAX_DISCO_DATAGRAM, PING_SIZE, Ping, Pong, open_packet, seal
+from asgi_p2p.paths.prober import PathProber, ProberConfig, Transmit
 
 ALICE = SecretKey.from_seed("size-alice")
 BOB = SecretKey.from_seed("size-bob")
