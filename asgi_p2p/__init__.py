@@ -1,7 +1,7 @@
 """asgi-p2p: serve ASGI apps to peers over HTTP/3 on direct, mutually authenticated QUIC."""
 
 from .config import NetworkConfig
-from .endpoint import ConnectionStats, Endpoint, PeerConnection
+from .endpoint import Endpoint, PeerConnection
 from .errors import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -20,7 +20,8 @@ from .errors import (
     Timeout,
 )
 from .identity import NodeAddr, NodeId, SecretKey
-from .messages import MSG_ALPN, MessageConnection, MessageListener
+from .messages import MSG_ALPN, ConnectionStats, MessageConnection, MessageListener
+from .node import Node
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "NetworkConfig",
     "NetworkError",
     "NoRoute",
+    "Node",
     "NodeAddr",
     "NodeId",
     "NodeNotFound",

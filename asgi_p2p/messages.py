@@ -19,19 +19,16 @@ import logging
 import struct
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from aioquic.quic.events import QuicEvent, StreamDataReceived, StreamReset
 
-from .endpoint.base import ConnectionStats
 from .endpoint.connection import REFUSED, PeerConnection
+from .endpoint.endpoint import Endpoint
 from .errors import ConnectionClosed, MessageTooLarge, P2PError, ProtocolError, Timeout
 from .identity import NodeAddr, NodeId
 
-if TYPE_CHECKING:
-    from .endpoint.endpoint import Endpoint
-
-__all__ = ["MSG_ALPN", "MessageConnection", "MessageListener", "MessageService"]
+__all__ = ["MSG_ALPN", "ConnectionStats", "MessageConnection", "MessageListener", "MessageService"]
 
 log = logging.getLogger("asgi_p2p.messages")
 
@@ -40,6 +37,20 @@ _HEADER = struct.Struct("!I")
 #: Application error code: the peer sent a message larger than our max_message_size.
 MESSAGE_TOO_LARGE = 0x10
 _GRACEFUL_CLOSE_TIMEOUT = 5.0
+
+
+@dataclass
+class ConnectionStats:
+    """Counters of a message connection."""
+
+    messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    #: Seconds since the connection was established (loop time).
+    duration: float = 0.0
+    #: Smoothed round-trip time in seconds, as QUIC measures it.
+    smoothed_rtt: float = 0.0
 
 
 class MessageConnection:
@@ -149,7 +160,7 @@ class MessageConnection:
             return
         self._closing = True
         conn = self._conn
-        if not conn.closed and conn._close_error is None:
+        if not conn.closed and conn.close_error is None:
             try:
                 async with asyncio.timeout(_GRACEFUL_CLOSE_TIMEOUT):
                     async with self._send_lock:
@@ -206,8 +217,8 @@ class MessageConnection:
 
     def _check_open(self) -> None:
         conn = self._conn
-        if conn.closed or conn._close_error is not None:
-            raise conn._close_error or ConnectionClosed()
+        if conn.closed or conn.close_error is not None:
+            raise conn.close_error or ConnectionClosed()
 
     def _data_received(self, event: StreamDataReceived) -> None:
         conn = self._conn
@@ -308,12 +319,13 @@ class MessageListener:
 
 
 class MessageService:
-    """Per-endpoint glue between the endpoint and message connections."""
+    """The raw message protocol on one endpoint: registers ALPN ``asgi-p2p/msg/1`` with it."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
         self._listener = MessageListener(endpoint.config.accept_queue_size)
         self._by_conn: dict[PeerConnection, MessageConnection] = {}
+        endpoint.add_protocol(MSG_ALPN, self.handler_for)
 
     def handler_for(self, conn: PeerConnection) -> MessageConnection:
         mc = MessageConnection(conn)

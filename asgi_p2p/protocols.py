@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from .endpoint.base import ConnectionStats
 from .identity import NodeAddr, NodeId
+from .messages import ConnectionStats
 
 __all__ = ["P2PConnection", "P2PListener", "P2PSystem"]
 

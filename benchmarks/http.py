@@ -96,12 +96,12 @@ def serve_p2p(app_dir: str, max_datagram_size: int, probe: int) -> None:
 
     from bench_app import app  # type: ignore[import-not-found]
 
-    from asgi_p2p import Endpoint
+    from asgi_p2p import Node
     from asgi_p2p.http import H3Server
 
     async def main() -> None:
         config = _p2p_config(max_datagram_size, probe)
-        endpoint = await Endpoint.bind(host="127.0.0.1", config=config)
+        endpoint = await Node.bind(host="127.0.0.1", config=config)
         server = H3Server(app, endpoint)
         await server.startup()
         host, port = endpoint.local_address
@@ -436,12 +436,12 @@ async def measure(
 
 
 async def bench_p2p(app_dir: str, mds: int, probe: int, args: argparse.Namespace) -> Row:
-    from asgi_p2p import Endpoint, NodeAddr, NodeId
+    from asgi_p2p import Node, NodeAddr, NodeId
     from asgi_p2p.http import P2PTransport
 
     server = start_p2p(app_dir, mds, probe)
     try:
-        endpoint = await Endpoint.bind(host="127.0.0.1", config=_p2p_config(mds, probe))
+        endpoint = await Node.bind(host="127.0.0.1", config=_p2p_config(mds, probe))
         node_id = NodeId.parse(server.info["node_id"])
         transport = P2PTransport(endpoint, addrs=[NodeAddr(node_id, [server.info["addr"]])])
         seen: set[int] = set()

@@ -68,9 +68,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from asgi_p2p import Endpoint, NetworkConfig, NodeAddr, SecretKey  # noqa: E402
-from asgi_p2p.endpoint.connection import PeerConnection  # noqa: E402
 from asgi_p2p.endpoint.peers import PeerPaths  # noqa: E402
+
+from asgi_p2p import Endpoint, NetworkConfig, Node, NodeAddr, SecretKey  # noqa: E402
+from asgi_p2p.endpoint.connection import PeerConnection  # noqa: E402
 from asgi_p2p.identity import NodeId  # noqa: E402
 from asgi_p2p.messages import MessageConnection  # noqa: E402
 from asgi_p2p.relay.server import RELAY_DATAGRAM_SIZE  # noqa: E402
@@ -120,7 +121,7 @@ def config_for(kind: str) -> NetworkConfig:
 
 
 async def bind(kind: str, name: str, relay_url: str, **kwargs: Any) -> Endpoint:
-    ep = await Endpoint.bind(
+    ep = await Node.bind(
         SecretKey.from_seed(f"paths-bench-{name}-{kind}"),
         config=config_for(kind),
         rng=random.Random(f"{name}-{kind}"),

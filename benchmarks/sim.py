@@ -35,7 +35,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import pull_quic_header
 
-from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, SecretKey
+from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, Node, SecretKey
 from asgi_p2p.endpoint.tls import node_certificate
 from asgi_p2p.sim import Simulation
 
@@ -105,7 +105,7 @@ def bench_quic(n: int, seconds: float, seed: int = 1, interval: float = 1.0) -> 
     async def main() -> None:
         config = NetworkConfig(connect_timeout=30.0)
         eps = [
-            await Endpoint.bind(SecretKey.from_seed(f"n{i}"), host="0.0.0.0", port=4433, config=config, network=h)
+            await Node.bind(SecretKey.from_seed(f"n{i}"), host="0.0.0.0", port=4433, config=config, network=h)
             for i, h in enumerate(hosts)
         ]
 

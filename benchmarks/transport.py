@@ -52,7 +52,7 @@ from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
-from asgi_p2p import Endpoint, NetworkConfig, NodeAddr, NodeId, SecretKey
+from asgi_p2p import NetworkConfig, Node, NodeAddr, NodeId, SecretKey
 from asgi_p2p.endpoint.tls import node_certificate
 
 HOST = "127.0.0.1"
@@ -218,7 +218,7 @@ def _control_thread(ctl: Connection, loop: asyncio.AbstractEventLoop, stop: asyn
 
 async def _serve_asgi_p2p(mds: int, ctl: Connection) -> None:
     config = NetworkConfig.from_env(max_datagram_size=mds)
-    ep = await Endpoint.bind(SecretKey.from_seed("bench-server"), host=HOST, config=config)
+    ep = await Node.bind(SecretKey.from_seed("bench-server"), host=HOST, config=config)
     sink = _Sink()
 
     async def handle(mc: Any) -> None:
@@ -381,7 +381,7 @@ async def _handshakes(
 async def run_asgi_p2p(server: ServerProcess, mds: int, p: Params) -> Result:
     res = Result()
     config = NetworkConfig.from_env(max_datagram_size=mds)
-    client = await Endpoint.bind(SecretKey.from_seed("bench-client"), host=HOST, config=config)
+    client = await Node.bind(SecretKey.from_seed("bench-client"), host=HOST, config=config)
     addr = NodeAddr(NodeId.parse(server.info["node_id"]), [(HOST, server.info["port"])])
     clock, cpu = time.perf_counter, time.process_time
     try:

@@ -19,7 +19,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `apps` lives next to `examples`
 
 from apps.music import create_app
-from asgi_p2p import Endpoint, NodeId, SecretKey
+from asgi_p2p import Node, NodeId, SecretKey
 from asgi_p2p.http import H3Server, P2PTransport
 from asgi_p2p.ticket import Ticket
 
@@ -40,7 +40,7 @@ async def main() -> None:
     started = time.perf_counter()
 
     step("node A: serve the music app (apps.music) over HTTP/3")
-    server_ep = await Endpoint.bind(SecretKey.from_seed("demo-music-server"), host="127.0.0.1")
+    server_ep = await Node.bind(SecretKey.from_seed("demo-music-server"), host="127.0.0.1")
     server = H3Server(create_app(), server_ep)
     await server.startup()  # runs the app's lifespan: it generates a few WAV tracks and covers
     ticket = Ticket.from_node_addr(server_ep.node_addr())
@@ -50,7 +50,7 @@ async def main() -> None:
     print("   (a ticket = node id + addresses, checksummed; `asgi-p2p get <ticket>/tracks` does what follows)")
 
     step("node B: a second node with its own key dials node A by its ticket")
-    client_ep = await Endpoint.bind(SecretKey.from_seed("demo-music-client"), host="127.0.0.1")
+    client_ep = await Node.bind(SecretKey.from_seed("demo-music-client"), host="127.0.0.1")
     addr = Ticket.parse(str(ticket)).to_node_addr()
     transport = P2PTransport(client_ep)
     transport.add_addr(addr)

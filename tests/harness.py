@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from asgi_p2p import Endpoint, NetworkConfig, SecretKey
+from asgi_p2p import Endpoint, NetworkConfig, Node, SecretKey
 
 T = TypeVar("T")
 
@@ -52,6 +52,6 @@ class UdpHarness(Harness):
 
     async def endpoint(self, name: str, **kwargs: Any) -> Endpoint:
         config = kwargs.pop("config", None) or NetworkConfig()
-        ep = await Endpoint.bind(SecretKey.from_seed(name), host="127.0.0.1", port=0, config=config, **kwargs)
+        ep = await Node.bind(SecretKey.from_seed(name), host="127.0.0.1", port=0, config=config, **kwargs)
         self._endpoints.append(ep)
         return ep

@@ -15,7 +15,7 @@ from aioquic.quic.events import ConnectionTerminated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asgi_p2p import MSG_ALPN, Endpoint, NetworkConfig, SecretKey
+from asgi_p2p import MSG_ALPN, NetworkConfig, Node, SecretKey
 from asgi_p2p import aioquic_compat as hooks
 from tests.harness import Harness
 
@@ -203,9 +203,9 @@ def test_max_connections_refuses_extra_peers_clearly(udp: Harness) -> None:
 async def test_bind_failure_is_a_network_error() -> None:
     from asgi_p2p import NetworkError
 
-    ep = await Endpoint.bind(SecretKey.from_seed("a"))
+    ep = await Node.bind(SecretKey.from_seed("a"))
     try:
         with pytest.raises(NetworkError, match="cannot bind"):
-            await Endpoint.bind(SecretKey.from_seed("b"), port=ep.local_address[1])
+            await Node.bind(SecretKey.from_seed("b"), port=ep.local_address[1])
     finally:
         await ep.close()

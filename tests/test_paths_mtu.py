@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, SecretKey
+from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, Node, SecretKey
 from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.paths.disco import Pong, seal
 from asgi_p2p.sim import Host, Simulation
@@ -20,7 +20,7 @@ from asgi_p2p.sim.network import HEADER_OVERHEAD
 
 
 async def _bind(name: str, host: Host, config: NetworkConfig | None = None) -> Endpoint:
-    return await Endpoint.bind(
+    return await Node.bind(
         SecretKey.from_seed(name),
         host="0.0.0.0",
         port=4433,
@@ -187,8 +187,8 @@ async def _grown(conn: PeerConnection) -> None:
 
 def test_datagram_size_grows_on_real_udp_loopback() -> None:
     async def main() -> tuple[int, int]:
-        ea = await Endpoint.bind(SecretKey.from_seed("alice"), config=NetworkConfig())
-        eb = await Endpoint.bind(SecretKey.from_seed("bob"), config=NetworkConfig())
+        ea = await Node.bind(SecretKey.from_seed("alice"), config=NetworkConfig())
+        eb = await Node.bind(SecretKey.from_seed("bob"), config=NetworkConfig())
         try:
             conn = await eb.connect(ea.node_addr())
             await conn.send(b"x" * 100_000)

@@ -178,7 +178,7 @@ async def test_real_network_clock_offset_turns_loop_time_into_unix_time() -> Non
 
 
 def test_simulated_hosts_share_one_fixed_wall_clock() -> None:
-    from asgi_p2p import Endpoint, SecretKey
+    from asgi_p2p import Node, SecretKey
     from asgi_p2p.sim import Simulation
     from asgi_p2p.sim.loop import START_TIME
     from asgi_p2p.sim.network import WALL_CLOCK_AT_START
@@ -189,10 +189,10 @@ def test_simulated_hosts_share_one_fixed_wall_clock() -> None:
         assert a.wall_clock_offset() == b.wall_clock_offset() == WALL_CLOCK_AT_START - START_TIME
 
         async def main() -> float:
-            ep = await Endpoint.bind(SecretKey.from_seed("a"), host="0.0.0.0", port=1, network=a)
+            ep = await Node.bind(SecretKey.from_seed("a"), host="0.0.0.0", port=1, network=a)
             try:
                 # the endpoint's signed-probe clock comes from the network, not the system clock
-                return ep._clock_offset
+                return ep.router.clock_offset
             finally:
                 await ep.close()
 

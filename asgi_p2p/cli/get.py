@@ -263,10 +263,10 @@ async def _get(args: argparse.Namespace) -> int:
         _v(f"* local node {key.node_id} ({kind})")
 
     async def bind(near: NodeAddr, relay: str | None) -> Endpoint:
-        from ..endpoint import Endpoint
+        from ..node import Node
 
         host = args.bind or _bind_host(NodeAddr(near.node_id, near.direct_addresses, relay), lan=args.mdns)
-        return await Endpoint.bind(key, host=host, port=0, config=config, relay_url=relay)
+        return await Node.bind(key, host=host, port=0, config=config, relay_url=relay)
 
     endpoint: Endpoint | None = None
     try:

@@ -248,8 +248,8 @@ async def _serve(
     config: NetworkConfig,
     args: argparse.Namespace,
 ) -> int:
-    from ..endpoint import Endpoint
     from ..http import H3Server
+    from ..node import Node
     from ..ticket import Ticket
 
     stop = asyncio.Event()
@@ -264,7 +264,7 @@ async def _serve(
             stop.set()
 
     with _common.signal_handlers(on_signal):
-        endpoint = await Endpoint.bind(
+        endpoint = await Node.bind(
             key, host=args.host, port=args.port, allow=allow, config=config, relay_url=args.relay_url
         )
         published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)

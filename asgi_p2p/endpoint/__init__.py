@@ -1,7 +1,7 @@
-"""QUIC endpoint with mutual Ed25519 authentication on one owned datagram socket."""
+"""QUIC endpoint with mutual Ed25519 authentication over the paths layer's one socket."""
 
-from .base import ConnectionHandler, ConnectionStats, HandlerFactory
-from .connection import PeerConnection
+from .base import ConnectionHandler
+from .connection import HandlerFactory, PeerConnection
 from .endpoint import AllowPolicy, Endpoint
 
-__all__ = ["AllowPolicy", "ConnectionHandler", "ConnectionStats", "Endpoint", "HandlerFactory", "PeerConnection"]
+__all__ = ["AllowPolicy", "ConnectionHandler", "Endpoint", "HandlerFactory", "PeerConnection"]

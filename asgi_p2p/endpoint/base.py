@@ -1,7 +1,8 @@
 """Interfaces between the endpoint and the protocols that run on its connections.
 
 An ALPN protocol (raw messages, HTTP/3, relay) registers a factory with
-:meth:`Endpoint.add_protocol`.  For every QUIC connection negotiated with that
+:meth:`Endpoint.add_protocol` (a ``HandlerFactory``, see
+:mod:`asgi_p2p.endpoint.connection`).  For every QUIC connection negotiated with that
 ALPN, on the dialing and on the accepting side, the endpoint calls the factory
 with the :class:`PeerConnection` and feeds the returned
 :class:`ConnectionHandler` every QUIC event of the connection.
@@ -9,16 +10,11 @@ with the :class:`PeerConnection` and feeds the returned
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from aioquic.quic.events import QuicEvent
 
-if TYPE_CHECKING:
-    from .connection import PeerConnection
-
-__all__ = ["ConnectionHandler", "ConnectionStats", "HandlerFactory"]
+__all__ = ["ConnectionHandler"]
 
 
 class ConnectionHandler(Protocol):
@@ -27,20 +23,3 @@ class ConnectionHandler(Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Called once when the connection is gone (``exc`` says why)."""
-
-
-HandlerFactory = Callable[["PeerConnection"], ConnectionHandler]
-
-
-@dataclass
-class ConnectionStats:
-    """Counters of a message connection."""
-
-    messages_sent: int = 0
-    messages_received: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    #: Seconds since the connection was established (loop time).
-    duration: float = 0.0
-    #: Smoothed round-trip time in seconds, as QUIC measures it.
-    smoothed_rtt: float = 0.0

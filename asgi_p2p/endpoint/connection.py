@@ -31,7 +31,7 @@ from ..paths.prober import PathInfo
 from ..paths.route import Route, RouteOwner, RouteTarget
 from .base import ConnectionHandler
 
-__all__ = ["REFUSED", "ConnectionCallbacks", "PathEvent", "PeerConnection", "close_error"]
+__all__ = ["REFUSED", "ConnectionCallbacks", "HandlerFactory", "PathEvent", "PeerConnection", "close_error"]
 
 log = logging.getLogger("asgi_p2p.endpoint")
 
@@ -619,3 +619,8 @@ class PeerConnection:
     def __repr__(self) -> str:
         state = "open" if self.is_connected else ("closed" if self.closed else "handshaking")
         return f"<PeerConnection {self._peer_label()} {self.alpn} {state}>"
+
+
+#: Makes the handler of a protocol for each connection negotiated with its ALPN
+#: (see :meth:`asgi_p2p.endpoint.Endpoint.add_protocol`).
+HandlerFactory = Callable[[PeerConnection], ConnectionHandler]

@@ -22,8 +22,8 @@ from ..paths.link import ManagedRelayLink
 from ..paths.peer import PeerPaths
 from ..paths.route import Route, RouteOwner
 from ..paths.router import Router, virtual_address
-from .base import ConnectionHandler, HandlerFactory
-from .connection import REFUSED, ConnectionCallbacks, PeerConnection
+from .base import ConnectionHandler
+from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection
 from .tls import node_certificate
 
 __all__ = ["AllowPolicy", "Endpoint"]

@@ -10,7 +10,6 @@ whoever assembles the node wires them together.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -18,7 +17,7 @@ from typing import Protocol
 from ..identity import NodeId
 from ..net.base import Address
 
-__all__ = ["ManagedRelayLink", "RefusalReason", "RelayFactory", "RelayLink", "RelayRefusal", "RelaySink"]
+__all__ = ["ManagedRelayLink", "RefusalReason", "RelayLink", "RelayRefusal", "RelaySink"]
 
 
 class RefusalReason(Enum):
@@ -89,7 +88,7 @@ class RelaySink(Protocol):
 
 
 class ManagedRelayLink(RelayLink, Protocol):
-    """A relay client the endpoint owns: started at bind, closed with the endpoint."""
+    """A relay client an endpoint owns (``Endpoint.use_relay``): started there, closed with the endpoint."""
 
     def start(self) -> None:
         """Start connecting in the background (returns at once); reconnects by itself."""
@@ -99,8 +98,3 @@ class ManagedRelayLink(RelayLink, Protocol):
 
     async def close(self) -> None:
         """Disconnect for good."""
-
-
-#: Makes the relay client of an endpoint: ``factory(endpoint, relay_url, sink, rng=rng)``
-#: (the signature of :class:`asgi_p2p.relay.client.RelayClient`).
-RelayFactory = Callable[..., ManagedRelayLink]

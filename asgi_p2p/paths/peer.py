@@ -28,8 +28,8 @@ from ..config import NetworkConfig
 from ..identity import NodeId, SecretKey
 from ..net.base import Address
 from ..net.timer import DeadlineTimer
-from .prober import PathChanged, PathInfo, PathProber, PathState, ProberConfig
 from .link import RelayLink
+from .prober import PathChanged, PathInfo, PathProber, PathState, ProberConfig
 from .route import Route
 from .select import select_datagram_size, select_route
 

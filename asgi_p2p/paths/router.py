@@ -30,7 +30,7 @@ from ..errors import P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
 from ..net.base import Address, DatagramNetwork, DatagramSocket
 from .disco import is_disco, peek_sender
-from .link import RelayLink, RelayRefusal, RefusalReason
+from .link import RefusalReason, RelayLink, RelayRefusal
 from .peer import PeerPaths
 from .route import Route, RouteOwner
 
@@ -113,6 +113,11 @@ class Router:
     @property
     def node_id(self) -> NodeId:
         return self._secret_key.node_id
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds to add to ``loop.time()`` for the Unix time signed probes carry (from the network)."""
+        return self._clock_offset
 
     @property
     def socket(self) -> DatagramSocket:

@@ -113,7 +113,7 @@ def _register(client: RelayClient) -> None:
                 raise ConnectionClosed(f"node {endpoint.node_id.fmt_short()} is not a relay")
             return owner._connection_made(conn)
 
-        endpoint.add_protocol(RELAY_ALPN, factory)
+        endpoint.add_protocol(RELAY_ALPN, factory, relay=True)
     other = table.get(client.url.node_id)
     if other is not None and other is not client:
         raise P2PError(f"endpoint {endpoint.node_id.fmt_short()} already has a client for relay {client.url}")

@@ -192,7 +192,7 @@ class RelayServer:
         self.max_pending_datagrams = max_pending_datagrams
         self._handlers: dict[NodeId, _ClientHandler] = {}
         self._closed = False
-        endpoint.add_protocol(RELAY_ALPN, self._handler_for)
+        endpoint.add_protocol(RELAY_ALPN, self._handler_for, relay=True)
         #: The node-record directory served on the same endpoint (None: not served).
         self.directory = directory
         if directory is not None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .network import Simulation
 
 if TYPE_CHECKING:
-    from ..endpoint import Endpoint
+    from ..node import Node
 
 __all__ = ["SimHarness"]
 
@@ -51,7 +51,7 @@ class SimHarness:
         self.loss = loss
         self.configure = configure
         self._sim: Simulation | None = None
-        self._endpoints: list[Endpoint] = []
+        self._endpoints: list[Node] = []
 
     @property
     def sim(self) -> Simulation:
@@ -82,11 +82,11 @@ class SimHarness:
             self._sim = None
             sim.close()
 
-    async def endpoint(self, name: str, **kwargs: Any) -> Endpoint:
-        """An endpoint with key ``SecretKey.from_seed(name)`` on a new simulated host."""
+    async def endpoint(self, name: str, **kwargs: Any) -> Node:
+        """A node with key ``SecretKey.from_seed(name)`` on a new simulated host."""
         from ..config import NetworkConfig
-        from ..endpoint import Endpoint
         from ..identity import SecretKey
+        from ..node import Node
 
         sim = self.sim
         host_name = name
@@ -96,7 +96,7 @@ class SimHarness:
             host_name = f"{name}-{n}"
         host = sim.host(host_name, nat=kwargs.pop("nat", None))
         config = kwargs.pop("config", None) or NetworkConfig()
-        ep = await Endpoint.bind(
+        ep = await Node.bind(
             SecretKey.from_seed(name), host="0.0.0.0", port=kwargs.pop("port", 0), config=config, network=host, **kwargs
         )
         self._endpoints.append(ep)

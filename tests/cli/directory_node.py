@@ -12,13 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+from asgi_p2p import Node
 from asgi_p2p.discovery import DirectoryServer
-from asgi_p2p.endpoint import Endpoint
 from asgi_p2p.ticket import Ticket
 
 
 async def main(ticket_file: Path) -> None:
-    endpoint = await Endpoint.bind(host="127.0.0.1", port=0)
+    endpoint = await Node.bind(host="127.0.0.1", port=0)
     DirectoryServer(clock_offset=time.time() - asyncio.get_running_loop().time()).attach(endpoint)
     tmp = ticket_file.with_name(f".{ticket_file.name}.tmp")
     tmp.write_text(Ticket.from_node_addr(endpoint.node_addr()).encode() + "\n")

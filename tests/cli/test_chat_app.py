@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from asgi_p2p import Endpoint, SecretKey
+from asgi_p2p import Node, SecretKey
 from asgi_p2p.http import WebSocketSession, websocket_connect
 from asgi_p2p.ticket import Ticket
 
@@ -25,8 +25,8 @@ async def test_chat_broadcasts_with_proven_node_ids(cli: Cli, start_server: Star
     server = start_server("apps.chat:app", "--ephemeral")
     addr = Ticket.parse(server.wait_ready()).to_node_addr()
     alice_key, bob_key = SecretKey.generate(), SecretKey.generate()
-    alice = await Endpoint.bind(alice_key)
-    bob = await Endpoint.bind(bob_key)
+    alice = await Node.bind(alice_key)
+    bob = await Node.bind(bob_key)
     try:
         async with websocket_connect(alice, addr, "/ws") as a:
             assert (await next_of(a, "join"))["from"] == str(alice_key.node_id)

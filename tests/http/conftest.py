@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from asgi_p2p import Endpoint, NetworkConfig
+from asgi_p2p import Endpoint, NetworkConfig, Node
 from asgi_p2p.http import H3Server, P2PTransport
 from asgi_p2p.http.types import ASGIApp
 from asgi_p2p.sim import Simulation
@@ -103,11 +103,11 @@ class EndpointPair:
 async def _bind() -> tuple[Endpoint, str | None]:
     sim = _current_simulation()
     if sim is None:
-        return await Endpoint.bind(host="127.0.0.1", config=_config()), None
+        return await Node.bind(host="127.0.0.1", config=_config()), None
     host = sim.host(f"h{next(_host_counter)}")
     for link in host.links.values():  # auto-linked to every node already there
         link.configure(mtu=SIM_MTU)
-    ep = await Endpoint.bind(host="0.0.0.0", port=4433, config=_config(), network=host)
+    ep = await Node.bind(host="0.0.0.0", port=4433, config=_config(), network=host)
     return ep, host.name
 
 

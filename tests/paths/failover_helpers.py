@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from asgi_p2p import Endpoint, NetworkConfig, NodeAddr, SecretKey
+from asgi_p2p import Endpoint, NetworkConfig, Node, NodeAddr, SecretKey
 from asgi_p2p.endpoint.connection import PathEvent, PeerConnection
 from asgi_p2p.http import H3Server, P2PTransport
 from asgi_p2p.relay.client import RelayClient
@@ -61,7 +61,7 @@ class World:
 
     async def node(self, name: str, config: NetworkConfig | None = None) -> Endpoint:
         """Bind ``name``'s endpoint with the relay and wait until the relay client is connected."""
-        ep = await Endpoint.bind(
+        ep = await Node.bind(
             SecretKey.from_seed(name),
             host="0.0.0.0",
             port=NODE_PORT,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, NodeAddr, SecretKey
+from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, Node, NodeAddr, SecretKey
 from asgi_p2p.endpoint.connection import PathEvent, PeerConnection
 from asgi_p2p.errors import NodeNotFound, Timeout
 from asgi_p2p.identity import NodeId
@@ -99,7 +99,7 @@ class FakeRelayLink:
 
 
 async def _bind(name: str, host: Host, hub: FakeRelayHub, **kwargs: Any) -> Endpoint:
-    return await Endpoint.bind(
+    return await Node.bind(
         SecretKey.from_seed(name),
         host="0.0.0.0",
         port=4433,
@@ -232,16 +232,16 @@ def test_forged_and_replayed_signals_are_ignored(sim: Simulation) -> None:
         captured = [p for src, dst, p in hub.signals if src == eb.node_id and dst == ea.node_id]
         assert captured
         for payload in captured:
-            ea.relay_signal_received(eb.node_id, payload)
+            ea.router.relay_signal_received(eb.node_id, payload)
         # a CALL_ME_MAYBE "from bob" naming Mallory's address, signed by Mallory
         forged = bytearray(seal(CallMeMaybe((("10.66.66.66", 666),)), mallory, ea.node_id, 1e9))
         forged[7:39] = eb.node_id.to_bytes()
-        ea.relay_signal_received(eb.node_id, bytes(forged))
+        ea.router.relay_signal_received(eb.node_id, bytes(forged))
         # a genuine-looking signal from a node without a connection, and one whose relay
         # source does not match its sender
-        ea.relay_signal_received(mallory.node_id, seal(CallMeMaybe(()), mallory, ea.node_id, 1e9))
+        ea.router.relay_signal_received(mallory.node_id, seal(CallMeMaybe(()), mallory, ea.node_id, 1e9))
         dropped = ea.dropped_disco
-        ea.relay_signal_received(mallory.node_id, captured[0])
+        ea.router.relay_signal_received(mallory.node_id, captured[0])
         assert ea.dropped_disco == dropped + 1
         await asyncio.sleep(2)
         after = peer.prober.rejected
@@ -260,7 +260,7 @@ def test_relay_only_address_needs_a_common_relay(sim: Simulation) -> None:
     a, _b = _topology(sim)
 
     async def main() -> None:
-        ea = await Endpoint.bind(SecretKey.from_seed("alice"), network=a, port=4433, rng=random.Random(1))
+        ea = await Node.bind(SecretKey.from_seed("alice"), network=a, port=4433, rng=random.Random(1))
         other = SecretKey.from_seed("bob").node_id
         with pytest.raises(NodeNotFound, match="only reachable through relay"):
             await ea.connect(NodeAddr(other, relay_url=URL))
@@ -311,11 +311,11 @@ def test_node_addr_change_callbacks_follow_the_relay(sim: Simulation) -> None:
         count = len(seen)
         assert ea.relay is not None
         hub.up = False
-        ea.relay_state_changed(ea.relay)  # the relay went away: the callback hears it
+        ea.router.relay_state_changed(ea.relay)  # the relay went away: the callback hears it
         assert len(seen) == count + 1
         remove()
         hub.up = True
-        ea.relay_state_changed(ea.relay)
+        ea.router.relay_state_changed(ea.relay)
         assert len(seen) == count + 1  # removed
         await ea.close()
 

@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, SecretKey
+from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, Node, SecretKey
 from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.paths.disco import is_disco
 from asgi_p2p.sim import Simulation
@@ -24,16 +24,16 @@ async def _pair(sim: Simulation, config: NetworkConfig) -> tuple[Endpoint, Endpo
     eps = []
     sent: Counter[str] = Counter()
     for name, host in (("alice", a), ("bob", b)):
-        ep = await Endpoint.bind(
+        ep = await Node.bind(
             SecretKey.from_seed(name), host="0.0.0.0", port=4433, config=config, network=host, rng=random.Random(name)
         )
-        real = ep._send_direct
+        real = ep.router.send_direct
 
         def count(data: bytes, addr: tuple[str, int], ttl: int | None = None, real=real) -> None:  # type: ignore[no-untyped-def]
             sent["disco"] += is_disco(data)
             real(data, addr, ttl)
 
-        ep._send_direct = count  # type: ignore[method-assign]
+        ep.router.send_direct = count  # type: ignore[method-assign]
         eps.append(ep)
     return eps[0], eps[1], sent
 

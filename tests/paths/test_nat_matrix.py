@@ -27,7 +27,7 @@ import os
 import random
 import statistics
 
-from asgi_p2p import Endpoint, NetworkConfig, NodeAddr, SecretKey
+from asgi_p2p import Endpoint, NetworkConfig, Node, NodeAddr, SecretKey
 from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.relay.server import RelayServer
 from asgi_p2p.sim import Host, Simulation
@@ -88,7 +88,7 @@ def run_seed(seed: int) -> list[float | None]:
             loop = asyncio.get_running_loop()
 
             async def bind(name: str, host: Host) -> Endpoint:
-                return await Endpoint.bind(
+                return await Node.bind(
                     SecretKey.from_seed(name),
                     host="0.0.0.0",
                     port=4433,

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import random
 
-from asgi_p2p import Endpoint, NetworkConfig, NodeAddr, SecretKey
+from asgi_p2p import Endpoint, NetworkConfig, Node, NodeAddr, SecretKey
 from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.relay.server import RelayServer
 from asgi_p2p.sim import Host, Simulation
 
 
 async def _bind(name: str, host: Host, relay_url: str) -> Endpoint:
-    return await Endpoint.bind(
+    return await Node.bind(
         SecretKey.from_seed(name),
         host="0.0.0.0",
         port=4433,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from asgi_p2p import Endpoint, NodeAddr, SecretKey
+from asgi_p2p import Node, NodeAddr, SecretKey
 from asgi_p2p.discovery.directory import DirectoryClient, DirectoryError
 from asgi_p2p.relay.client import RelayClient
 from asgi_p2p.relay.url import RelayUrl
@@ -85,8 +85,8 @@ def test_relay_command_prints_its_url_serves_clients_and_stops_on_sigterm(tmp_pa
             url = RelayUrl.parse(url_file.read_text().strip())
             assert str(url) == printed and url.host == "127.0.0.1" and url.port > 0
             assert any(str(url.node_id) in line for line in lines if line.startswith("  node id "))
-            a = await Endpoint.bind(SecretKey.from_seed("cli-a"))
-            b = await Endpoint.bind(SecretKey.from_seed("cli-b"))
+            a = await Node.bind(SecretKey.from_seed("cli-a"))
+            b = await Node.bind(SecretKey.from_seed("cli-b"))
             sa, sb = RecordingSink(), RecordingSink()
             ca, cb = RelayClient(a, str(url), sa), RelayClient(b, str(url), sb)
             try:
@@ -147,7 +147,7 @@ def test_relay_command_with_no_directory_refuses_directory_connections(tmp_path:
         try:
             assert "  directory off (--no-directory)" in lines
             url = _printed_url(lines)
-            a = await Endpoint.bind(SecretKey.from_seed("cli-nodir"))
+            a = await Node.bind(SecretKey.from_seed("cli-nodir"))
             try:
                 client = DirectoryClient(a, NodeAddr(url.node_id, [url.address]), timeout=10, refresh=False)
                 with pytest.raises(DirectoryError, match="unreachable"):

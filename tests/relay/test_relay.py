@@ -8,7 +8,7 @@ import random
 import pytest
 from aioquic.quic.events import QuicEvent
 
-from asgi_p2p import Endpoint, NetworkConfig, SecretKey
+from asgi_p2p import NetworkConfig, Node, SecretKey
 from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.errors import AuthenticationFailed, ConnectionClosed, Timeout
 from asgi_p2p.identity import NodeAddr
@@ -269,7 +269,7 @@ def test_relay_crash_is_detected_by_keepalives_and_the_client_comes_back() -> No
 
 def test_backoff_doubles_with_jitter_and_is_capped() -> None:
     async def main() -> None:
-        ep = await Endpoint.bind(SecretKey.from_seed("bk"))
+        ep = await Node.bind(SecretKey.from_seed("bk"))
         try:
             url = RelayUrl(SecretKey.from_seed("r").node_id, "127.0.0.1", 9)
             c1 = RelayClient(ep, url, RecordingSink(), rng=random.Random(1), reconnect_min=0.5, reconnect_max=8.0)
@@ -416,8 +416,8 @@ def test_the_relay_forwards_real_quic_and_never_sees_plaintext(net: Harness) -> 
         await ca.wait_connected(10)
         await cb.wait_connected(10)
         assert ca.max_packet_size >= 1200  # an inner QUIC packet fits the relay connection
-        inner_a = await Endpoint.bind(SecretKey.from_seed("inner-a"), host="::", network=ta)
-        inner_b = await Endpoint.bind(SecretKey.from_seed("inner-b"), host="::", network=tb)
+        inner_a = await Node.bind(SecretKey.from_seed("inner-a"), host="::", network=ta)
+        inner_b = await Node.bind(SecretKey.from_seed("inner-b"), host="::", network=tb)
         try:
             conn = await inner_a.connect(NodeAddr(inner_b.node_id, [vb]))
             await conn.send(secret)
@@ -440,7 +440,7 @@ def test_the_relay_forwards_real_quic_and_never_sees_plaintext(net: Harness) -> 
 
 def test_client_refuses_bad_arguments() -> None:
     async def main() -> None:
-        ep = await Endpoint.bind(SecretKey.from_seed("args"))
+        ep = await Node.bind(SecretKey.from_seed("args"))
         try:
             with pytest.raises(ValueError, match="keepalive"):
                 RelayClient(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from asgi_p2p import Endpoint, NetworkConfig, SecretKey
+from asgi_p2p import Endpoint, NetworkConfig, Node, SecretKey
 from asgi_p2p.sim import Simulation
 
 
@@ -24,7 +24,7 @@ def run(seed: int, loss: float, messages: int = 40) -> tuple[str, int]:
 
         async def main() -> int:
             eps = [
-                await Endpoint.bind(SecretKey.from_seed(n), host="0.0.0.0", port=4433, config=config, network=h)
+                await Node.bind(SecretKey.from_seed(n), host="0.0.0.0", port=4433, config=config, network=h)
                 for n, h in zip(names, hosts, strict=True)
             ]
 

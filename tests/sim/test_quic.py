@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from asgi_p2p import ConnectionFailed, Endpoint, MessageConnection, NetworkConfig, P2PError, SecretKey
+from asgi_p2p import ConnectionFailed, Endpoint, MessageConnection, NetworkConfig, Node, P2PError, SecretKey
 from asgi_p2p.sim import Host, Simulation
 
 HERE = Path(__file__).parent
 
 
 async def _bind(name: str, host: Host, config: NetworkConfig | None = None) -> Endpoint:
-    return await Endpoint.bind(
+    return await Node.bind(
         SecretKey.from_seed(name), host="0.0.0.0", port=4433, config=config or NetworkConfig(), network=host
     )
 
