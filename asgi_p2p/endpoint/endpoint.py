@@ -6,7 +6,6 @@ import asyncio
 import ipaddress
 import logging
 import random
-import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,7 @@ from ..identity import NodeAddr, NodeId, SecretKey
 from ..net.base import Address, DatagramNetwork, DatagramSocket
 from ..net.udp import UdpNetwork
 from ..paths.disco import is_disco, peek_sender
-from ..paths.link import ManagedRelayLink, RelayFactory, RelayLink
+from ..paths.link import ManagedRelayLink, RefusalReason, RelayFactory, RelayLink, RelayRefusal
 from .base import ConnectionHandler, HandlerFactory
 from .connection import _RELAY_ALPN_PREFIX, REFUSED, PeerConnection
 from .peers import PeerPaths
@@ -40,8 +39,6 @@ AllowPolicy = Iterable[NodeId] | Callable[[NodeId], bool] | None
 _SMALLEST_INITIAL = 1200
 #: seconds a dial with direct addresses waits for the endpoint's relay to connect
 _RELAY_WAIT = 3.0
-#: the size a relay's TOO_LARGE error says fits (see asgi_p2p.relay.proto)
-_AT_MOST = re.compile(r"\(at most (\d+) bytes\)")
 _CID_LENGTH = 8
 
 
@@ -439,19 +436,17 @@ class Endpoint:
         self._last_node_addr = None  # connected or not: re-signal peers, tell the callbacks
         self._own_addresses_changed()
 
-    def relay_error(self, dest: NodeId | None, message: str) -> None:
+    def relay_refused(self, dest: NodeId | None, refusal: RelayRefusal) -> None:
         self.relay_errors += 1
-        log.info("relay refused a packet%s: %s", f" to {dest.fmt_short()}" if dest is not None else "", message)
+        log.info("relay refused a packet%s: %s", f" to {dest.fmt_short()}" if dest is not None else "", refusal)
         peer = self._peers.get(dest) if dest is not None else None
-        if peer is not None and message.startswith("unknown destination"):
-            peer.relay_unknown_destination()
-        if peer is None or not message.startswith("too large"):
+        if peer is None:
             return
-        # "too large: N-byte packet does not fit node X's datagram size M (at most K bytes)":
-        # the destination's relay connection carries less than our packets; send smaller ones
-        m = _AT_MOST.search(message)
-        if m is not None:
-            peer.relay_too_large(int(m.group(1)))
+        if refusal.reason is RefusalReason.UNKNOWN_DESTINATION:
+            peer.relay_unknown_destination()
+        elif refusal.reason is RefusalReason.TOO_LARGE and refusal.fits is not None:
+            # the destination's relay connection carries less than our packets; send smaller ones
+            peer.relay_too_large(refusal.fits)
 
     def _send_direct(self, data: bytes, addr: Address, ttl: int | None = None) -> None:
         """Send one datagram on the socket, with IP TTL ``ttl`` if given (hole-punching openers).

@@ -10,12 +10,42 @@ imports the other's module.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 from ..identity import NodeId
 from .disco import Address
 
-__all__ = ["ManagedRelayLink", "RelayFactory", "RelayLink", "RelaySink"]
+__all__ = ["ManagedRelayLink", "RefusalReason", "RelayFactory", "RelayLink", "RelayRefusal", "RelaySink"]
+
+
+class RefusalReason(Enum):
+    """Why a relay refused something; the value is how logs name it."""
+
+    RATE_LIMITED = "rate limited"  #: we exceeded our packet or byte rate; the packet was dropped
+    UNKNOWN_DESTINATION = "unknown destination"  #: the destination is not connected to the relay
+    TOO_LARGE = "too large"  #: the packet does not fit the destination's relay connection
+    SERVER_FULL = "relay full"  #: the relay has no room for us; try another relay
+    PROTOCOL = "protocol violation"  #: the relay says we broke its protocol
+    OTHER = "other"  #: a reason this node does not know (a newer relay)
+
+
+@dataclass(frozen=True)
+class RelayRefusal:
+    """What a relay refused and why.
+
+    ``message`` is the relay's own words, for logs only: act on ``reason`` and
+    ``fits``.  ``fits`` comes with TOO_LARGE when the relay says it: the largest
+    packet, in bytes, the relay would forward to that destination.
+    """
+
+    reason: RefusalReason
+    message: str
+    fits: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.message}"
 
 
 class RelayLink(Protocol):
@@ -60,8 +90,8 @@ class RelaySink(Protocol):
     def relay_state_changed(self, link: RelayLink) -> None:
         """The relay connected, disconnected, or reported a new observed address."""
 
-    def relay_error(self, dest: NodeId | None, message: str) -> None:
-        """The relay refused something (rate limit, unknown destination, too large)."""
+    def relay_refused(self, dest: NodeId | None, refusal: RelayRefusal) -> None:
+        """The relay refused something (a packet or signal to ``dest``, or us when ``dest`` is None)."""
 
 
 class ManagedRelayLink(RelayLink, Protocol):

@@ -19,7 +19,7 @@ from asgi_p2p.endpoint.connection import PathEvent, PeerConnection
 from asgi_p2p.errors import NodeNotFound, Timeout
 from asgi_p2p.identity import NodeId
 from asgi_p2p.paths.disco import Address, CallMeMaybe, seal
-from asgi_p2p.paths.link import RelaySink
+from asgi_p2p.paths.link import RefusalReason, RelayRefusal, RelaySink
 from asgi_p2p.sim import Host, Simulation
 
 URL = "fake-relay://hub"
@@ -348,8 +348,8 @@ def test_relay_too_large_shrinks_the_relayed_connection(sim: Simulation) -> None
         inc = await ea.listen().accept()
         qb = _quic(eb)
         assert qb.path.kind == "relay" and qb.datagram_size == 1200
-        refusal = "too large: 1200-byte packet does not fit node x's datagram size 1170 (at most 1136 bytes)"
-        eb.relay_error(ea.node_id, refusal)  # what RelayClient reports for ERROR TOO_LARGE
+        message = "1200-byte packet does not fit node x's datagram size 1170 (at most 1136 bytes)"
+        eb.relay_refused(ea.node_id, RelayRefusal(RefusalReason.TOO_LARGE, message, fits=1136))  # ERROR TOO_LARGE
         assert qb.datagram_size == 1136
         sizes: list[int] = []
         original = hub.deliver
