@@ -366,3 +366,33 @@ def test_relay_too_large_shrinks_the_relayed_connection(sim: Simulation) -> None
         await eb.close()
 
     sim.run(main())
+
+
+def test_relay_refusals_act_by_reason_only(sim: Simulation) -> None:
+    """What the endpoint does with a relay's refusal depends on its reason and fits, never on its words."""
+    a, b = _topology(sim)
+    hub = FakeRelayHub()
+
+    async def main() -> None:
+        ea, eb = await _bind("alice", a, hub), await _bind("bob", b, hub)
+        sim.partition(a, b)  # the connection stays on the relay
+        conn = await eb.connect(NodeAddr(ea.node_id, relay_url=URL))
+        inc = await ea.listen().accept()
+        qb = _quic(eb)
+        peer = eb.peer_paths(ea.node_id)
+        assert peer is not None and qb.path.kind == "relay" and qb.datagram_size == 1200
+        at_most = "(at most 1000 bytes)"  # words that once meant something to the endpoint
+        eb.relay_refused(ea.node_id, RelayRefusal(RefusalReason.TOO_LARGE, at_most))  # no size: nothing to learn
+        eb.relay_refused(ea.node_id, RelayRefusal(RefusalReason.RATE_LIMITED, "too large " + at_most))
+        eb.relay_refused(ea.node_id, RelayRefusal(RefusalReason.OTHER, "unknown destination"))
+        eb.relay_refused(None, RelayRefusal(RefusalReason.SERVER_FULL, "relay is full"))
+        eb.relay_refused(SecretKey.from_seed("stranger").node_id, RelayRefusal(RefusalReason.TOO_LARGE, "", 1000))
+        assert qb.datagram_size == 1200 and peer.relay_fit is None and not peer.not_on_relay
+        eb.relay_refused(ea.node_id, RelayRefusal(RefusalReason.UNKNOWN_DESTINATION, "not connected"))
+        assert peer.not_on_relay  # no signal will come through the relay: stop waiting for one
+        assert eb.relay_errors == 6
+        await _echo(conn, inc, b"still fine")
+        await ea.close()
+        await eb.close()
+
+    sim.run(main())
