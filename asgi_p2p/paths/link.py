@@ -21,24 +21,31 @@ __all__ = ["ManagedRelayLink", "RefusalReason", "RelayLink", "RelayRefusal", "Re
 
 
 class RefusalReason(Enum):
-    """Why the relay refused a packet."""
+    """Why a relay refused something; the value is how logs name it."""
 
-    RATE_LIMITED = "rate limited"  #: we exceeded our packet or byte rate
+    RATE_LIMITED = "rate limited"  #: we exceeded our packet or byte rate; the packet was dropped
     UNKNOWN_DESTINATION = "unknown destination"  #: the destination is not connected to the relay
     TOO_LARGE = "too large"  #: the packet does not fit the destination's relay connection
-    SERVER_FULL = "relay full"  #: the relay's client table is full
-    PROTOCOL = "protocol violation"  #: we broke the relay protocol
-    OTHER = "other"  #: a reason this node does not know
+    SERVER_FULL = "relay full"  #: the relay has no room for us; try another relay
+    PROTOCOL = "protocol violation"  #: the relay says we broke its protocol
+    OTHER = "other"  #: a reason this node does not know (a newer relay)
 
 
 @dataclass(frozen=True)
 class RelayRefusal:
-    """A refusal the relay reported: the reason, its text for logs, and for ``TOO_LARGE`` the size that fits."""
+    """What a relay refused and why.
+
+    ``message`` is the relay's own words, for logs only: act on ``reason`` and
+    ``fits``.  ``fits`` comes with TOO_LARGE when the relay says it: the largest
+    packet, in bytes, the relay would forward to that destination.
+    """
 
     reason: RefusalReason
     message: str
-    #: For TOO_LARGE: the largest packet the relay forwards to that destination, in bytes.
     fits: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.message}"
 
 
 class RelayLink(Protocol):
@@ -84,7 +91,7 @@ class RelaySink(Protocol):
         """The relay connected, disconnected, or reported a new observed address."""
 
     def relay_refused(self, dest: NodeId | None, refusal: RelayRefusal) -> None:
-        """The relay refused a packet (to ``dest``, when it names one)."""
+        """The relay refused something (a packet or signal to ``dest``, or us when ``dest`` is None)."""
 
 
 class ManagedRelayLink(RelayLink, Protocol):

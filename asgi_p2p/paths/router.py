@@ -255,7 +255,7 @@ class Router:
     def relay_refused(self, dest: NodeId | None, refusal: RelayRefusal) -> None:
         """The relay refused a packet (to ``dest``): adapt that peer's paths."""
         self.relay_errors += 1
-        log.info("relay refused a packet%s: %s", f" to {dest}" if dest is not None else "", refusal.message)
+        log.info("relay refused a packet%s: %s", f" to {dest}" if dest is not None else "", refusal)
         peer = self._peers.get(dest) if dest is not None else None
         if peer is None:
             return

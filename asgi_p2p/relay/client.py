@@ -33,7 +33,7 @@ from .. import aioquic_compat as hooks
 from ..endpoint.connection import PeerConnection
 from ..errors import AuthenticationFailed, ConnectionClosed, P2PError, ProtocolError, Timeout
 from ..identity import NodeAddr, NodeId
-from ..paths.link import RelaySink
+from ..paths.link import RefusalReason, RelayRefusal, RelaySink
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
 from .proto import (
     _RECV,
@@ -62,12 +62,12 @@ _SEND_PREFIX = bytes((RELAY_VERSION, _SEND))
 #: Resolves a relay URL's host name to addresses: ``await resolver(host, port)``.
 Resolver = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
 
-_ERROR_NAMES = {
-    ErrorCode.RATE_LIMITED: "rate limited",
-    ErrorCode.UNKNOWN_DESTINATION: "unknown destination",
-    ErrorCode.TOO_LARGE: "too large",
-    ErrorCode.SERVER_FULL: "relay full",
-    ErrorCode.PROTOCOL: "protocol violation",
+_REASONS = {
+    ErrorCode.RATE_LIMITED: RefusalReason.RATE_LIMITED,
+    ErrorCode.UNKNOWN_DESTINATION: RefusalReason.UNKNOWN_DESTINATION,
+    ErrorCode.TOO_LARGE: RefusalReason.TOO_LARGE,
+    ErrorCode.SERVER_FULL: RefusalReason.SERVER_FULL,
+    ErrorCode.PROTOCOL: RefusalReason.PROTOCOL,
 }
 
 
@@ -541,14 +541,15 @@ class RelayClient:
         self.stats.errors_received += 1
         self.last_error = frame
         code = frame.error_code
-        name = _ERROR_NAMES.get(code, f"error {frame.code}") if code is not None else f"error {frame.code}"
-        message = f"{name}: {frame.message}"
+        reason = _REASONS.get(code, RefusalReason.OTHER) if code is not None else RefusalReason.OTHER
+        refusal = RelayRefusal(reason, frame.message, frame.fits)  # the codec allows fits on TOO_LARGE only
+        name = f"error {frame.code}" if reason is RefusalReason.OTHER else reason.value
         about = f" (about node {frame.node.fmt_short()})" if frame.node is not None else ""
         if code in (ErrorCode.PROTOCOL, ErrorCode.SERVER_FULL):
-            log.error("relay %s: %s%s", self.url, message, about)
+            log.error("relay %s: %s: %s%s", self.url, name, frame.message, about)
         else:
-            log.warning("relay %s: %s%s", self.url, message, about)
-        self.sink.relay_error(frame.node, message)
+            log.warning("relay %s: %s: %s%s", self.url, name, frame.message, about)
+        self.sink.relay_refused(frame.node, refusal)
 
     def _notify_state(self) -> None:
         try:

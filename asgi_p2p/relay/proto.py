@@ -16,15 +16,21 @@ Frame layout (integers big-endian)::
     type 3 OBSERVED_ADDR  relay -> client  address: 4 + IPv4 (4) + port (2) | 6 + IPv6 (16) + port (2)
     type 4 SIGNAL         both ways        peer NodeId (32) + payload (1.. bytes, the rest);
                                            peer = destination from a client, source from the relay
-    type 5 ERROR          relay -> client  code (1) + has_node (1: 0 or 1) + [NodeId (32)]
+    type 5 ERROR          relay -> client  code (1) + flags (1) + [NodeId (32)] + [fits (4)]
                                            + message length (2) + UTF-8 message (the rest, <= 1024)
+
+ERROR ``flags``: bit 0 (0x01) a NodeId follows (the destination concerned), bit 1
+(0x02) a ``fits`` u32 follows: for TOO_LARGE only, the largest packet the relay
+would forward to that destination.  Other bits must be 0; frames without
+``fits`` have the same bytes as before it existed (flags 0 or 1).  The message
+is for people (logs); what a client acts on is the code, node and ``fits``.
 
 SEND and RECV have the same size, so a packet fits the destination when
 ``len(packet) + FORWARD_OVERHEAD <= max_datagram_size``.  Parsing is strict:
-unknown versions and types, truncation, trailing bytes, empty packets, a
-``has_node`` other than 0/1 and invalid UTF-8 all raise
-:class:`~asgi_p2p.errors.ProtocolError` saying what was wrong, and every frame
-that parses re-encodes to the same bytes.
+unknown versions and types, truncation, trailing bytes, empty packets, unknown
+ERROR flags, a ``fits`` with a code other than TOO_LARGE and invalid UTF-8 all
+raise :class:`~asgi_p2p.errors.ProtocolError` saying what was wrong, and every
+frame that parses re-encodes to the same bytes.
 """
 
 from __future__ import annotations
@@ -66,6 +72,10 @@ RELAY_VERSION = 1
 #: Bytes a SEND or RECV frame adds to the packet it carries.
 FORWARD_OVERHEAD = 2 + 32
 MAX_ERROR_MESSAGE = 1024
+#: ERROR flags: a NodeId follows; a ``fits`` u32 follows
+_ERROR_HAS_NODE = 0x01
+_ERROR_HAS_FITS = 0x02
+_MAX_FITS = 0xFFFF_FFFF
 
 _SEND = 1
 _RECV = 2
@@ -160,25 +170,35 @@ class Signal:
 
 @dataclass(frozen=True)
 class Error:
-    """Relay -> client: something was refused; ``node`` names the destination concerned, if any."""
+    """Relay -> client: something was refused; ``node`` names the destination concerned, if any.
+
+    ``fits`` (TOO_LARGE only, optional): the largest packet the relay would
+    forward to ``node``, in bytes.
+    """
 
     code: int
     message: str
     node: NodeId | None = None
+    fits: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.code <= 255:
             raise ValueError(f"error code must be 0..255, got {self.code}")
         if len(self.message.encode("utf-8")) > MAX_ERROR_MESSAGE:
             raise ValueError(f"error message longer than {MAX_ERROR_MESSAGE} bytes")
+        if self.fits is not None:
+            if self.code != ErrorCode.TOO_LARGE:
+                raise ValueError(f"only a TOO_LARGE error carries fits, not code {self.code}")
+            if not 0 <= self.fits <= _MAX_FITS:
+                raise ValueError(f"fits must be 0..{_MAX_FITS}, got {self.fits}")
 
     def encode(self) -> bytes:
-        out = bytearray((RELAY_VERSION, _ERROR, self.code))
-        if self.node is None:
-            out.append(0)
-        else:
-            out.append(1)
+        flags = (0 if self.node is None else _ERROR_HAS_NODE) | (0 if self.fits is None else _ERROR_HAS_FITS)
+        out = bytearray((RELAY_VERSION, _ERROR, self.code, flags))
+        if self.node is not None:
             out += self.node.to_bytes()
+        if self.fits is not None:
+            out += self.fits.to_bytes(4, "big")
         msg = self.message.encode("utf-8")
         out += len(msg).to_bytes(2, "big")
         out += msg
@@ -218,14 +238,17 @@ def parse_frame(data: bytes) -> Frame:
         frame = ObservedAddr(ip, port)
     elif kind == _ERROR:
         code = reader.u8("ERROR code")
-        has_node = reader.u8("ERROR has_node flag")
-        if has_node not in (0, 1):
-            raise reader.error(f"ERROR has_node flag is {has_node}, expected 0 or 1")
-        about = reader.node_id("ERROR node id") if has_node else None
+        flags = reader.u8("ERROR flags")
+        if flags & ~(_ERROR_HAS_NODE | _ERROR_HAS_FITS):
+            raise reader.error(f"ERROR flags {flags:#04x} set unknown bits (0x01 node and 0x02 fits are defined)")
+        if flags & _ERROR_HAS_FITS and code != ErrorCode.TOO_LARGE:
+            raise reader.error(f"ERROR code {code} carries fits, which only TOO_LARGE ({ErrorCode.TOO_LARGE}) does")
+        about = reader.node_id("ERROR node id") if flags & _ERROR_HAS_NODE else None
+        fits = int.from_bytes(reader.take(4, "ERROR fits"), "big") if flags & _ERROR_HAS_FITS else None
         length = reader.u16("ERROR message length")
         if length > MAX_ERROR_MESSAGE:
             raise reader.error(f"ERROR message of {length} bytes exceeds the limit {MAX_ERROR_MESSAGE}")
-        frame = Error(code, reader.utf8(length, "ERROR message"), about)
+        frame = Error(code, reader.utf8(length, "ERROR message"), about, fits)
     else:
         raise reader.error(f"unknown frame type {kind} (expected 1 SEND .. 5 ERROR)")
     reader.end()
@@ -464,14 +487,16 @@ class RelayRouter:
             )
         if len(frame) > target.max_datagram_size:
             self.stats.dropped_too_large += 1
+            fits = max(target.max_datagram_size - FORWARD_OVERHEAD, 0)
             return self._error(
                 src,
                 client,
                 now,
                 ErrorCode.TOO_LARGE,
                 f"{size}-byte packet does not fit node {dst.fmt_short()}'s datagram size "
-                f"{target.max_datagram_size} (at most {target.max_datagram_size - FORWARD_OVERHEAD} bytes)",
+                f"{target.max_datagram_size} (at most {fits} bytes)",
                 dst,
+                fits=fits,
             )
         target.counters["received"] += 1
         if frame[1] == _SIGNAL:
@@ -482,14 +507,23 @@ class RelayRouter:
         return [(dst, frame)]
 
     def _error(
-        self, src: NodeId, client: _Client, now: float, code: ErrorCode, message: str, node: NodeId
+        self,
+        src: NodeId,
+        client: _Client,
+        now: float,
+        code: ErrorCode,
+        message: str,
+        node: NodeId,
+        *,
+        fits: int | None = None,
     ) -> list[Action]:
         if not client.errors.take(1, now):
             self.stats.errors_suppressed += 1
             return []
-        frame = Error(code, message, node).encode()
+        frame = Error(code, message, node, fits).encode()
         if len(frame) > client.max_datagram_size:
-            frame = Error(code, message[: max(client.max_datagram_size - 40, 0)], node).encode()
+            room = client.max_datagram_size - (len(frame) - len(message.encode("utf-8")))
+            frame = Error(code, message[: max(room, 0)], node, fits).encode()
             if len(frame) > client.max_datagram_size:
                 self.stats.errors_suppressed += 1
                 return []

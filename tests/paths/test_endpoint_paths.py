@@ -20,7 +20,7 @@ from asgi_p2p.errors import NodeNotFound, Timeout
 from asgi_p2p.identity import NodeId
 from asgi_p2p.net.base import Address
 from asgi_p2p.paths.disco import CallMeMaybe, seal
-from asgi_p2p.paths.link import RelaySink
+from asgi_p2p.paths.link import RefusalReason, RelayRefusal, RelaySink
 from asgi_p2p.sim import Host, Simulation
 
 URL = "fake-relay://hub"
@@ -349,8 +349,10 @@ def test_relay_too_large_shrinks_the_relayed_connection(sim: Simulation) -> None
         inc = await ea.listen().accept()
         qb = _quic(eb)
         assert qb.path.kind == "relay" and qb.datagram_size == 1200
-        refusal = "too large: 1200-byte packet does not fit node x's datagram size 1170 (at most 1136 bytes)"
-        eb.relay_error(ea.node_id, refusal)  # what RelayClient reports for ERROR TOO_LARGE
+        message = "1200-byte packet does not fit node x's datagram size 1170 (at most 1136 bytes)"
+        eb.router.relay_refused(
+            ea.node_id, RelayRefusal(RefusalReason.TOO_LARGE, message, fits=1136)
+        )  # ERROR TOO_LARGE
         assert qb.datagram_size == 1136
         sizes: list[int] = []
         original = hub.deliver
@@ -363,6 +365,38 @@ def test_relay_too_large_shrinks_the_relayed_connection(sim: Simulation) -> None
         hub.deliver = deliver  # type: ignore[method-assign]
         await _echo(conn, inc, b"y" * 50_000)  # still carries everything, in smaller packets
         assert sizes and max(sizes) <= 1136
+        await ea.close()
+        await eb.close()
+
+    sim.run(main())
+
+
+def test_relay_refusals_act_by_reason_only(sim: Simulation) -> None:
+    """What the endpoint does with a relay's refusal depends on its reason and fits, never on its words."""
+    a, b = _topology(sim)
+    hub = FakeRelayHub()
+
+    async def main() -> None:
+        ea, eb = await _bind("alice", a, hub), await _bind("bob", b, hub)
+        sim.partition(a, b)  # the connection stays on the relay
+        conn = await eb.connect(NodeAddr(ea.node_id, relay_url=URL))
+        inc = await ea.listen().accept()
+        qb = _quic(eb)
+        peer = eb.peer_paths(ea.node_id)
+        assert peer is not None and qb.path.kind == "relay" and qb.datagram_size == 1200
+        at_most = "(at most 1000 bytes)"  # words that once meant something to the endpoint
+        eb.router.relay_refused(ea.node_id, RelayRefusal(RefusalReason.TOO_LARGE, at_most))  # no size: nothing to learn
+        eb.router.relay_refused(ea.node_id, RelayRefusal(RefusalReason.RATE_LIMITED, "too large " + at_most))
+        eb.router.relay_refused(ea.node_id, RelayRefusal(RefusalReason.OTHER, "unknown destination"))
+        eb.router.relay_refused(None, RelayRefusal(RefusalReason.SERVER_FULL, "relay is full"))
+        eb.router.relay_refused(
+            SecretKey.from_seed("stranger").node_id, RelayRefusal(RefusalReason.TOO_LARGE, "", 1000)
+        )
+        assert qb.datagram_size == 1200 and peer.relay_fit is None and not peer.not_on_relay
+        eb.router.relay_refused(ea.node_id, RelayRefusal(RefusalReason.UNKNOWN_DESTINATION, "not connected"))
+        assert peer.not_on_relay  # no signal will come through the relay: stop waiting for one
+        assert eb.relay_errors == 6
+        await _echo(conn, inc, b"still fine")
         await ea.close()
         await eb.close()
 

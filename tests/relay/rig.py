@@ -9,7 +9,7 @@ from typing import Any
 from asgi_p2p import Endpoint, NetworkConfig, SecretKey
 from asgi_p2p.identity import NodeId
 from asgi_p2p.net.base import Address, DatagramReceiver
-from asgi_p2p.paths.link import RelayLink
+from asgi_p2p.paths.link import RelayLink, RelayRefusal
 from asgi_p2p.relay.client import RelayClient
 from asgi_p2p.relay.proto import RelayLimits
 from asgi_p2p.relay.server import RelayServer
@@ -24,7 +24,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.packets: list[tuple[NodeId, bytes]] = []
         self.signals: list[tuple[NodeId, bytes]] = []
-        self.errors: list[tuple[NodeId | None, str]] = []
+        self.refusals: list[tuple[NodeId | None, RelayRefusal]] = []
         self.states: list[tuple[bool, Address | None]] = []
         self._changed = asyncio.Event()
 
@@ -43,8 +43,8 @@ class RecordingSink:
         self.states.append((link.connected, link.observed_address))
         self._poke()
 
-    def relay_error(self, dest: NodeId | None, message: str) -> None:
-        self.errors.append((dest, message))
+    def relay_refused(self, dest: NodeId | None, refusal: RelayRefusal) -> None:
+        self.refusals.append((dest, refusal))
         self._poke()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -64,7 +64,7 @@ class RecordingSink:
     def __repr__(self) -> str:
         return (
             f"<RecordingSink packets={len(self.packets)} signals={len(self.signals)} "
-            f"errors={self.errors[-3:]} states={self.states[-3:]}>"
+            f"refusals={self.refusals[-3:]} states={self.states[-3:]}>"
         )
 
 

@@ -34,6 +34,13 @@ frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(ObservedAddr, ips, st.integers(0, 65535)),
     st.builds(Signal, node_ids, packets),
     st.builds(Error, st.integers(0, 255), st.text(max_size=200), st.one_of(st.none(), node_ids)),
+    st.builds(
+        Error,
+        st.just(ErrorCode.TOO_LARGE),
+        st.text(max_size=200),
+        st.one_of(st.none(), node_ids),
+        st.integers(0, 0xFFFF_FFFF),
+    ),
 )
 
 A = SecretKey.from_seed("relay-a").node_id
@@ -59,7 +66,7 @@ def test_round_trip(frame: Frame) -> None:
 @given(st.binary(max_size=80))
 def test_fuzz_parse_is_strict_and_canonical(data: bytes) -> None:
     """Arbitrary bytes either raise ProtocolError or parse to a frame that re-encodes identically."""
-    for blob in (data, b"\x01" + data, b"\x01\x05" + data):
+    for blob in (data, b"\x01" + data, b"\x01\x05" + data, b"\x01\x05\x03" + data):
         try:
             frame = parse_frame(blob)
         except ProtocolError as exc:
@@ -83,6 +90,7 @@ def test_truncation_is_refused(frame: Frame, data: st.DataObject) -> None:
     st.one_of(
         st.builds(ObservedAddr, ips, st.integers(0, 65535)),
         st.builds(Error, st.integers(0, 255), st.text(max_size=200)),
+        st.builds(Error, st.just(ErrorCode.TOO_LARGE), st.text(max_size=200), st.none(), st.integers(0, 0xFFFF_FFFF)),
     )
 )
 def test_trailing_bytes_are_refused(frame: Frame) -> None:
@@ -102,7 +110,12 @@ def test_trailing_bytes_are_refused(frame: Frame) -> None:
         (b"\x01\x04" + bytes(32), "SIGNAL carries an empty payload"),
         (b"\x01\x03\x05" + bytes(6), "unknown address family 5"),
         (b"\x01\x03\x04\x01\x02\x03\x04\x00", "truncated while reading OBSERVED_ADDR address port"),
-        (b"\x01\x05\x01\x02\x00\x00", "has_node flag is 2"),
+        (b"\x01\x05\x01\x04\x00\x00", r"ERROR flags 0x04 set unknown bits"),
+        (b"\x01\x05\x03\x80\x00\x00", r"ERROR flags 0x80 set unknown bits"),
+        (b"\x01\x05\x01\x02" + bytes(6), r"ERROR code 1 carries fits, which only TOO_LARGE \(3\) does"),
+        (b"\x01\x05\x03\x02\x00\x00\x04", "truncated while reading ERROR fits"),
+        (b"\x01\x05\x03\x03" + bytes(32) + b"\x00\x00", "truncated while reading ERROR fits"),
+        (b"\x01\x05\x03\x02\x00\x00\x04\x70\x00", "truncated while reading ERROR message length"),
         (b"\x01\x05\x01\x00\x00\x05abc", "truncated while reading ERROR message"),
         (b"\x01\x05\x01\x00\x00\x02\xff\xfe", "ERROR message is not valid UTF-8"),
         (b"\x01\x05\x01\x00\x04\x01" + bytes(1025), "exceeds the limit 1024"),
@@ -125,6 +138,12 @@ def test_frame_constructors_validate() -> None:
     assert ObservedAddr("2001:DB8::1", 443).addr == ("2001:db8::1", 443)
     assert Error(ErrorCode.TOO_LARGE, "x").error_code is ErrorCode.TOO_LARGE
     assert Error(200, "x").error_code is None
+    with pytest.raises(ValueError, match="only a TOO_LARGE error carries fits"):
+        Error(ErrorCode.RATE_LIMITED, "x", fits=10)
+    with pytest.raises(ValueError, match="fits must be"):
+        Error(ErrorCode.TOO_LARGE, "x", fits=-1)
+    with pytest.raises(ValueError, match="fits must be"):
+        Error(ErrorCode.TOO_LARGE, "x", fits=1 << 32)
     assert len(Send(A, b"xyz").encode()) == 3 + FORWARD_OVERHEAD == len(Recv(A, b"xyz").encode())
 
 
@@ -185,11 +204,33 @@ def test_too_large_for_destination() -> None:
     assert send(r, A, B, bytes(100 - FORWARD_OVERHEAD))[0][0] == B  # exactly fits
     ((node, frame),) = send(r, A, B, bytes(100 - FORWARD_OVERHEAD + 1))
     assert node == A and isinstance(frame, Error) and frame.code == ErrorCode.TOO_LARGE
-    assert "at most 66 bytes" in frame.message
+    assert frame.node == B and frame.fits == 66  # the size that fits, as a number
+    assert "at most 66 bytes" in frame.message  # and in words, for logs
     assert r.stats.dropped_too_large == 1
     r.register(C, 0.0, max_datagram_size=50)
     ((_, frame),) = send(r, A, C, bytes(20))
-    assert isinstance(frame, Error) and frame.code == ErrorCode.TOO_LARGE
+    assert isinstance(frame, Error) and frame.code == ErrorCode.TOO_LARGE and frame.fits == 50 - FORWARD_OVERHEAD
+    ((_, data),) = r.handle_datagram(A, Signal(C, bytes(17)).encode(), 0.0)  # a SIGNAL too: the same fits
+    assert parse_frame(data) == Error(ErrorCode.TOO_LARGE, frame.message.replace("20-byte", "17-byte"), C, 16)
+
+
+def test_only_too_large_errors_carry_fits() -> None:
+    r = router(packets_per_second=1, packet_burst=1)
+    ((_, unknown),) = send(r, A, C, b"x")
+    send(r, A, B, b"x")
+    ((_, limited),) = send(r, A, B, b"x")
+    assert isinstance(unknown, Error) and unknown.code == ErrorCode.UNKNOWN_DESTINATION and unknown.fits is None
+    assert isinstance(limited, Error) and limited.code == ErrorCode.RATE_LIMITED and limited.fits is None
+
+
+def test_error_wire_layout() -> None:
+    """Frames without fits keep their old bytes; fits is a u32 after the node id (flag 0x02)."""
+    assert Error(ErrorCode.UNKNOWN_DESTINATION, "m").encode() == b"\x01\x05\x02\x00\x00\x01m"
+    assert Error(ErrorCode.UNKNOWN_DESTINATION, "m", B).encode() == b"\x01\x05\x02\x01" + B.to_bytes() + b"\x00\x01m"
+    assert Error(ErrorCode.TOO_LARGE, "m", None, 1136).encode() == b"\x01\x05\x03\x02\x00\x00\x04\x70\x00\x01m"
+    data = b"\x01\x05\x03\x03" + B.to_bytes() + (1136).to_bytes(4, "big") + b"\x00\x01m"
+    assert Error(ErrorCode.TOO_LARGE, "m", B, 1136).encode() == data
+    assert parse_frame(data) == Error(ErrorCode.TOO_LARGE, "m", B, 1136)
 
 
 def test_error_frames_fit_the_sender() -> None:
@@ -198,6 +239,11 @@ def test_error_frames_fit_the_sender() -> None:
     actions = r.handle_datagram(A, Send(C, b"x").encode(), 0.0)
     assert all(len(frame) <= 60 for _, frame in actions)
     assert isinstance(parse_frame(actions[0][1]), Error)
+    # a TOO_LARGE refusal (4 bytes longer) is shortened to fit too, and keeps its fits
+    r.register(B, 0.0, max_datagram_size=40)
+    ((node, frame),) = r.handle_datagram(A, Send(B, b"x" * 7).encode(), 0.0)
+    error = parse_frame(frame)
+    assert node == A and len(frame) == 60 and isinstance(error, Error) and error.fits == 6
 
 
 def test_packet_rate_limit_and_refill() -> None:

@@ -12,6 +12,7 @@ from asgi_p2p import NetworkConfig, Node, SecretKey
 from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.errors import AuthenticationFailed, ConnectionClosed, Timeout
 from asgi_p2p.identity import NodeAddr
+from asgi_p2p.paths.link import RefusalReason
 from asgi_p2p.relay.client import RelayClient
 from asgi_p2p.relay.proto import FORWARD_OVERHEAD, RELAY_ALPN, RelayLimits
 from asgi_p2p.relay.server import RELAY_DATAGRAM_SIZE, RELAY_PACKET_OVERHEAD, relay_config
@@ -51,7 +52,7 @@ def test_two_clients_exchange_packets_and_signals(net: Harness) -> None:
         assert sb.packets == [(a.node_id, b"quic packet from a")]
         assert sb.signals == [(a.node_id, b"call me maybe")]
         assert sa.packets == [(b.node_id, b"quic packet from b")]
-        assert sa.errors == [] and sb.errors == []
+        assert sa.refusals == [] and sb.refusals == []
         # a full-size QUIC packet fits once the paths layer has grown the relay connection
         await ca.wait_packet_size(1200, 10)
         assert ca.send_packet(b.node_id, b"x" * 1200)
@@ -139,10 +140,11 @@ def test_unknown_destination_is_reported_to_the_sink(net: Harness) -> None:
         await ca.wait_connected(10)
         nobody = SecretKey.from_seed("nobody").node_id
         assert ca.send_packet(nobody, b"hello?")  # sent: only the relay knows nobody is there
-        await sa.wait_for(lambda: bool(sa.errors))
-        dest, message = sa.errors[0]
+        await sa.wait_for(lambda: bool(sa.refusals))
+        dest, refusal = sa.refusals[0]
         assert dest == nobody
-        assert message.startswith("unknown destination:") and "not connected to this relay" in message
+        assert refusal.reason is RefusalReason.UNKNOWN_DESTINATION and refusal.fits is None
+        assert "not connected to this relay" in refusal.message
         assert ca.last_error is not None and ca.stats.errors_received == 1
         assert relay.router_stats.dropped_unknown_destination == 1
 
@@ -160,16 +162,16 @@ def test_rate_limit_sends_error_and_other_clients_are_unaffected(net: Harness) -
             await client.wait_connected(10)
         for i in range(60):
             assert ca.send_packet(b.node_id, b"flood %d" % i)
-        await sa.wait_for(lambda: any(m.startswith("rate limited:") for _, m in sa.errors))
-        assert all(dest == b.node_id for dest, _ in sa.errors)
-        assert len(sa.errors) < 10  # error frames are themselves rate limited (~50 packets were dropped)
+        await sa.wait_for(lambda: any(r.reason is RefusalReason.RATE_LIMITED for _, r in sa.refusals))
+        assert all(dest == b.node_id and r.reason is RefusalReason.RATE_LIMITED for dest, r in sa.refusals)
+        assert len(sa.refusals) < 10  # error frames are themselves rate limited (~50 packets were dropped)
         for i in range(5):
             assert cc.send_packet(b.node_id, b"polite %d" % i)
         await sb.wait_for(lambda: sum(1 for src, _ in sb.packets if src == c.node_id) == 5)
         from_a = [p for src, p in sb.packets if src == a.node_id]
         assert 10 <= len(from_a) < 60
         assert relay.router_stats.dropped_rate_limited >= 60 - len(from_a) - 5
-        assert sc.errors == [] and cc.connected and ca.connected
+        assert sc.refusals == [] and cc.connected and ca.connected
 
     run(net, scenario)
 
@@ -200,18 +202,31 @@ def test_packet_too_large_for_the_destination_gets_an_error(net: Harness) -> Non
     async def scenario(rig: Rig) -> None:
         # the relay builds 1264-byte datagrams and does not probe: it can deliver 1200-byte packets
         relay = await rig.relay(config=relay_config(100, max_probe_datagram_size=0))
-        _a, ca, sa = await rig.client("a", relay, config=BIG)  # a's relay connection carries more
+        a, ca, sa = await rig.client("a", relay, config=BIG)  # a's relay connection carries more
         b, cb, sb = await rig.client("b", relay)
         await ca.wait_connected(10)
         await cb.wait_connected(10)
         assert ca.max_packet_size >= 1300
         assert ca.send_packet(b.node_id, b"y" * 1300)
-        await sa.wait_for(lambda: bool(sa.errors))
-        dest, message = sa.errors[0]
-        assert dest == b.node_id and message.startswith("too large:")
+        await sa.wait_for(lambda: bool(sa.refusals))
+        dest, refusal = sa.refusals[0]
+        assert dest == b.node_id and refusal.reason is RefusalReason.TOO_LARGE
+        # the size that fits b's relay connection, as a number (and in the relay's words, for logs)
+        fits = refusal.fits
+        assert fits is not None and 1200 <= fits < 1300
+        assert f"at most {fits} bytes" in refusal.message and str(refusal).startswith("too large: ")
         assert ca.send_packet(b.node_id, b"y" * 1000)  # fits every connection here
         await sb.wait_for(lambda: len(sb.packets) == 1)
         assert relay.router_stats.dropped_too_large == 1
+        # exactly that size passes; one byte more is refused again with the same number
+        assert ca.send_packet(b.node_id, b"z" * fits)
+        await sb.wait_for(lambda: len(sb.packets) == 2)
+        assert sb.packets[-1] == (a.node_id, b"z" * fits)
+        assert ca.send_packet(b.node_id, b"z" * (fits + 1))
+        await sa.wait_for(lambda: len(sa.refusals) == 2)
+        dest, again = sa.refusals[1]
+        assert dest == b.node_id and again.reason is RefusalReason.TOO_LARGE and again.fits == fits
+        assert relay.router_stats.dropped_too_large == 2 and len(sb.packets) == 2
 
     run(net, scenario)
 
@@ -371,8 +386,9 @@ def test_relay_full_refuses_new_clients_with_an_error(net: Harness) -> None:
         a, ca, _sa = await rig.client("a", relay)
         await ca.wait_connected(10)
         _b, cb, sb = await rig.client("b", relay, reconnect_min=5.0, reconnect_max=10.0)
-        await sb.wait_for(lambda: any(m.startswith("relay full:") for _, m in sb.errors))
-        assert sb.errors[0][0] is None and "limit-clients" in sb.errors[0][1]
+        await sb.wait_for(lambda: any(r.reason is RefusalReason.SERVER_FULL for _, r in sb.refusals))
+        dest, refusal = sb.refusals[0]
+        assert dest is None and refusal.reason is RefusalReason.SERVER_FULL and "limit-clients" in refusal.message
         await sb.wait_for(lambda: cb.stats.disconnects == 1)
         assert relay.stats.refused_full == 1
         assert relay.clients == [a.node_id]
