@@ -39,6 +39,7 @@ Hooks:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -475,3 +476,33 @@ class HookedH3Connection(H3Connection):
     def stream_count(self) -> int:
         """HTTP/3 stream states held (``_stream``), control and QPACK streams included."""
         return len(self._stream)
+
+
+_stream_hash_counter = itertools.count(1)
+
+
+def patch_stream_hash() -> bool:
+    """Give ``aioquic.quic.stream.QuicStream`` a stream-id based ``__hash__`` (idempotent).
+
+    aioquic keeps streams in sets iterated in memory-address order, so two runs of one
+    simulation diverge under loss unless a stream hashes by its id (crypto streams, whose
+    id is None, by a process-local creation number).  Used by the simulator
+    (:mod:`asgi_p2p.sim.determinism`).  Returns True if this call applied the patch,
+    False if it was already in place.
+    """
+    if getattr(QuicStream, "_asgi_p2p_sim_patched", False):
+        return False
+    original_init: Callable[..., None] = QuicStream.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self._asgi_p2p_hash_key = -next(_stream_hash_counter)
+
+    def __hash__(self: Any) -> int:
+        sid = self.stream_id
+        return hash(sid if sid is not None else getattr(self, "_asgi_p2p_hash_key", 0))
+
+    QuicStream.__init__ = __init__  # type: ignore[method-assign]
+    QuicStream.__hash__ = __hash__  # type: ignore[method-assign]
+    QuicStream._asgi_p2p_sim_patched = True  # type: ignore[attr-defined]
+    return True

@@ -12,18 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import platformdirs
-
 from ..errors import P2PError
 from ..identity import SecretKey, load_or_create_key
-from ._common import Subcommand
+from ._common import Subcommand, default_key_file
 
 __all__ = ["default_key_file", "main"]
-
-
-def default_key_file() -> Path:
-    """The stable key of this user (created 0600 on first use)."""
-    return Path(platformdirs.user_config_dir("asgi-p2p")) / "node.key"
 
 
 def _add_key_file(p: argparse.ArgumentParser) -> None:

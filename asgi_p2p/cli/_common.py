@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import platformdirs
+
 from ..errors import InvalidConfiguration, P2PError
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ __all__ = [
     "add_discovery_args",
     "add_node_args",
     "configure_logging",
+    "default_key_file",
     "describe_error",
     "directory_addr",
     "fmt_path",
@@ -38,6 +41,12 @@ __all__ = [
     "signal_handlers",
     "write_atomically",
 ]
+
+
+def default_key_file() -> Path:
+    """The stable key of this user (created 0600 on first use)."""
+    return Path(platformdirs.user_config_dir("asgi-p2p")) / "node.key"
+
 
 #: runs a parsed command line; returns the exit status
 Command = Callable[[argparse.Namespace], int]
@@ -167,8 +176,6 @@ def host_port(text: str) -> tuple[str, int]:
 
 def add_node_args(p: argparse.ArgumentParser, *, key_file_note: str = "", ephemeral_help: str) -> None:
     """``--key-file`` or ``--ephemeral`` (the node's identity), ``--host`` and ``--port``."""
-    from . import default_key_file
-
     keys = p.add_mutually_exclusive_group()
     keys.add_argument(
         "--key-file",
@@ -188,7 +195,6 @@ def add_node_args(p: argparse.ArgumentParser, *, key_file_note: str = "", epheme
 def secret_key(args: argparse.Namespace) -> SecretKey:
     """The node's key from ``--ephemeral`` or ``--key-file`` (default file created if missing)."""
     from ..identity import SecretKey, load_or_create_key
-    from . import default_key_file
 
     if args.ephemeral:
         return SecretKey.generate()

@@ -36,9 +36,9 @@ from ..identity import NodeAddr, NodeId
 from ..paths.link import RefusalReason, RelayRefusal, RelaySink
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
 from .proto import (
-    _RECV,
-    _SEND,
     FORWARD_OVERHEAD,
+    FRAME_RECV,
+    FRAME_SEND,
     RELAY_ALPN,
     RELAY_VERSION,
     Error,
@@ -57,7 +57,7 @@ __all__ = ["RelayClient", "RelayClientStats", "Resolver"]
 
 log = logging.getLogger("asgi_p2p.relay")
 
-_SEND_PREFIX = bytes((RELAY_VERSION, _SEND))
+_SEND_PREFIX = bytes((RELAY_VERSION, FRAME_SEND))
 
 #: Resolves a relay URL's host name to addresses: ``await resolver(host, port)``.
 Resolver = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
@@ -495,7 +495,7 @@ class RelayClient:
         self._notify_state()
 
     def _frame_received(self, current: _RelayConnection, data: bytes) -> None:
-        if len(data) > FORWARD_OVERHEAD and data[0] == RELAY_VERSION and data[1] == _RECV:
+        if len(data) > FORWARD_OVERHEAD and data[0] == RELAY_VERSION and data[1] == FRAME_RECV:
             # the per-packet path: what parse_frame gives for a RECV, without building the frame
             src = NodeId(data[2:FORWARD_OVERHEAD])
             packet = data[FORWARD_OVERHEAD:]

@@ -77,13 +77,13 @@ _ERROR_HAS_NODE = 0x01
 _ERROR_HAS_FITS = 0x02
 _MAX_FITS = 0xFFFF_FFFF
 
-_SEND = 1
-_RECV = 2
+FRAME_SEND = 1
+FRAME_RECV = 2
 _OBSERVED_ADDR = 3
 _SIGNAL = 4
 _ERROR = 5
-_RECV_PREFIX = bytes((RELAY_VERSION, _RECV))
-_NAMES = {_SEND: "SEND", _RECV: "RECV", _OBSERVED_ADDR: "OBSERVED_ADDR", _SIGNAL: "SIGNAL", _ERROR: "ERROR"}
+_RECV_PREFIX = bytes((RELAY_VERSION, FRAME_RECV))
+_NAMES = {FRAME_SEND: "SEND", FRAME_RECV: "RECV", _OBSERVED_ADDR: "OBSERVED_ADDR", _SIGNAL: "SIGNAL", _ERROR: "ERROR"}
 
 
 class ErrorCode(IntEnum):
@@ -115,7 +115,7 @@ class Send:
         object.__setattr__(self, "packet", _check_packet(self.packet, "SEND packet"))
 
     def encode(self) -> bytes:
-        return bytes((RELAY_VERSION, _SEND)) + self.dst.to_bytes() + self.packet
+        return bytes((RELAY_VERSION, FRAME_SEND)) + self.dst.to_bytes() + self.packet
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class Recv:
         object.__setattr__(self, "packet", _check_packet(self.packet, "RECV packet"))
 
     def encode(self) -> bytes:
-        return bytes((RELAY_VERSION, _RECV)) + self.src.to_bytes() + self.packet
+        return bytes((RELAY_VERSION, FRAME_RECV)) + self.src.to_bytes() + self.packet
 
 
 @dataclass(frozen=True)
@@ -224,14 +224,18 @@ def parse_frame(data: bytes) -> Frame:
         raise reader.error(f"unsupported version {version} (this node speaks {RELAY_VERSION})")
     kind = reader.u8("frame type")
     frame: Frame
-    if kind in (_SEND, _RECV, _SIGNAL):
+    if kind in (FRAME_SEND, FRAME_RECV, _SIGNAL):
         name = _NAMES[kind]
         node = reader.node_id(f"{name} node id")
         payload = reader.rest()
         if not payload:
             raise reader.error(f"{name} carries an empty {'payload' if kind == _SIGNAL else 'packet'}")
         frame = (
-            Send(node, payload) if kind == _SEND else Recv(node, payload) if kind == _RECV else Signal(node, payload)
+            Send(node, payload)
+            if kind == FRAME_SEND
+            else Recv(node, payload)
+            if kind == FRAME_RECV
+            else Signal(node, payload)
         )
     elif kind == _OBSERVED_ADDR:
         ip, port = reader.address("OBSERVED_ADDR address")
@@ -438,7 +442,7 @@ class RelayRouter:
         relay may send; the caller then closes the client's connection.
         """
         client = self._client(src)
-        if len(data) > FORWARD_OVERHEAD and data[0] == RELAY_VERSION and data[1] == _SEND:
+        if len(data) > FORWARD_OVERHEAD and data[0] == RELAY_VERSION and data[1] == FRAME_SEND:
             # the per-packet path: SEND -> RECV with one copy of the packet and no frame objects
             # (the same checks as parse_frame: a 32-byte node id and a non-empty packet)
             dst = NodeId(data[2:FORWARD_OVERHEAD])

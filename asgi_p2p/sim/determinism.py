@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -34,35 +33,17 @@ __all__ = ["apply", "patch_aioquic_stream_hash", "patch_anyio_worker_threads"]
 log = logging.getLogger("asgi_p2p.sim")
 
 _PATCH_MARK = "_asgi_p2p_sim_patched"
-_crypto_counter = itertools.count(1)
 
 
 def patch_aioquic_stream_hash() -> bool:
-    """Give ``aioquic.quic.stream.QuicStream`` a stream-id based ``__hash__``.
+    """Give aioquic's streams a stream-id based ``__hash__`` (see :func:`asgi_p2p.aioquic_compat.patch_stream_hash`).
 
-    Returns True if the patch is (now) in place, False if aioquic is missing.
+    Returns True once the patch is in place.
     """
-    try:
-        from aioquic.quic.stream import QuicStream
-    except ImportError:  # pragma: no cover - aioquic is a dependency
-        return False
-    if getattr(QuicStream, _PATCH_MARK, False):
-        return True
-    original_init: Callable[..., None] = QuicStream.__init__
+    from ..aioquic_compat import patch_stream_hash
 
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        # Crypto streams (stream_id None): a stable, process-local creation number.
-        self._asgi_p2p_hash_key = -next(_crypto_counter)
-
-    def __hash__(self: Any) -> int:
-        sid = self.stream_id
-        return hash(sid if sid is not None else getattr(self, "_asgi_p2p_hash_key", 0))
-
-    QuicStream.__init__ = __init__  # type: ignore[method-assign]
-    QuicStream.__hash__ = __hash__  # type: ignore[method-assign]
-    setattr(QuicStream, _PATCH_MARK, True)
-    log.debug("patched aioquic QuicStream.__hash__ (stream-id based)")
+    if patch_stream_hash():
+        log.debug("patched aioquic QuicStream.__hash__ (stream-id based)")
     return True
 
 
