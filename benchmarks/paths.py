@@ -68,12 +68,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from asgi_p2p.endpoint.peers import PeerPaths  # noqa: E402
-
 from asgi_p2p import Endpoint, NetworkConfig, Node, NodeAddr, SecretKey  # noqa: E402
 from asgi_p2p.endpoint.connection import PeerConnection  # noqa: E402
 from asgi_p2p.identity import NodeId  # noqa: E402
 from asgi_p2p.messages import MessageConnection  # noqa: E402
+from asgi_p2p.paths.peer import PeerPaths  # noqa: E402
+from asgi_p2p.paths.route import Route  # noqa: E402
 from asgi_p2p.relay.server import RELAY_DATAGRAM_SIZE  # noqa: E402
 
 ECHO = 0x01
@@ -91,16 +91,16 @@ KINDS = ("direct", "relay", "small")
 
 def force_relay(ep: Endpoint) -> None:
     """Make ``ep``'s paths layer route every peer connection through the relay (benchmark only)."""
-    original = ep._peer_paths
+    original = ep.router.peer_for
 
     def peer_paths(node_id: NodeId) -> PeerPaths:
         peer = original(node_id)
         if not getattr(peer, "_bench_relay_only", False):
             default_route = peer.route_for
 
-            def route_for(conn: PeerConnection) -> tuple[tuple[str, int] | None, NodeId | None]:
-                if conn.is_relay_connection:
-                    return default_route(conn)
+            def route_for(route: Route) -> tuple[tuple[str, int] | None, NodeId | None]:
+                if route.is_relay:
+                    return default_route(route)
                 relay = ep.relay
                 return (None, peer.node_id if relay is not None and relay.connected else None)
 
@@ -108,7 +108,7 @@ def force_relay(ep: Endpoint) -> None:
             peer._bench_relay_only = True  # type: ignore[attr-defined]
         return peer
 
-    ep._peer_paths = peer_paths  # type: ignore[method-assign]
+    ep.router.peer_for = peer_paths  # type: ignore[method-assign]
 
 
 def config_for(kind: str) -> NetworkConfig:

@@ -219,7 +219,7 @@ class PeerConnection:
             # direct route it tells the paths layer the path works (at most once a second)
             self._largest_received = received
             self._heard_at = now
-            if addr is not None:
+            if addr is not None and addr == route.direct:
                 route.authenticated(addr, now)
         self._process_events()
         self.schedule_transmit()

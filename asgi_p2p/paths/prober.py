@@ -40,6 +40,7 @@ from .disco import (
     open_packet,
     seal,
 )
+from .select import best_direct
 
 __all__ = [
     "SIZE_STEPS",
@@ -691,15 +692,19 @@ class PathProber:
             self._next_reprobe = min(self._next_reprobe, now + cfg.suspect_reprobe)
 
     def _choose(self, now: float, reason: str) -> None:
-        live = [p for p in self._paths.values() if p.state is PathState.LIVE and p.srtt is not None]
-        best = min(live, key=lambda p: (p.srtt, p.addr), default=None)
+        """Pick the current direct path (see :func:`asgi_p2p.paths.select.best_direct`)."""
+        live = [(p.addr, p.srtt) for p in self._paths.values() if p.state is PathState.LIVE and p.srtt is not None]
         current = self._current
-        if current is not None and current.state is PathState.LIVE and best is not None:
-            assert best.srtt is not None and current.srtt is not None
-            if best is current or best.srtt >= current.srtt * self.config.switch_ratio:
-                return  # hysteresis: keep the current path unless the new one is clearly better
+        keep = None
+        if current is not None and current.state is PathState.LIVE and current.srtt is not None:
+            keep = (current.addr, current.srtt)
+        addr, better = best_direct(live, keep, self.config.switch_ratio)
+        if keep is not None and addr == keep[0]:
+            return  # hysteresis: keep the current path unless the new one is clearly better
+        if better:
             reason = "lower RTT"
-        elif current is None and best is None:
+        best = self._paths[addr] if addr is not None else None
+        if current is None and best is None:
             return
         old = self.current_path
         self._current = best

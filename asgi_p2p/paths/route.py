@@ -160,7 +160,7 @@ class Route:
             self.peer.new_source(addr)
 
     def authenticated(self, addr: Address, now: float) -> None:
-        """A new authenticated QUIC packet arrived from ``addr`` (the direct route works)."""
+        """A new authenticated QUIC packet arrived from ``addr``, our direct route: the path works."""
         if addr == self.direct and now >= self._alive_reported + _ALIVE_REPORT_INTERVAL and self.peer is not None:
             self._alive_reported = now
             self.peer.transport_alive(addr)

@@ -301,7 +301,7 @@ class Router:
         once the connection calls :meth:`Route.start`.
         """
         route = Route(self, owner, direct_address=direct, relay_peer=None, is_relay=is_relay)
-        peer = self._peer(node_id)
+        peer = self.peer_for(node_id)
         peer.add_candidates(candidates)
         peer.dialing(route)
         return route
@@ -310,7 +310,8 @@ class Router:
         """The route of a connection accepted from ``addr``, or from ``relay_src`` through the relay."""
         return Route(self, owner, direct_address=addr, relay_peer=relay_src, is_relay=False)
 
-    def _peer(self, node_id: NodeId) -> PeerPaths:
+    def peer_for(self, node_id: NodeId) -> PeerPaths:
+        """The paths of a peer, created when first needed (a dial, a handshake)."""
         peer = self._peers.get(node_id)
         if peer is None:
             peer = PeerPaths(self, node_id, self._rng, clock_offset=self._clock_offset)
@@ -322,7 +323,7 @@ class Router:
 
         No CALL_ME_MAYBE will come through it, so direct packets go out at full TTL at once.
         """
-        self._peer(node_id).not_on_relay = True
+        self.peer_for(node_id).not_on_relay = True
 
     def peer_paths(self, node_id: NodeId) -> PeerPaths | None:
         """The paths of a peer (None without a connection to it)."""
@@ -332,7 +333,7 @@ class Router:
         """``route``'s connection completed its handshake with ``node_id``: its peer starts probing."""
         if self._closing:
             return
-        self._peer(node_id).add_connection(route)
+        self.peer_for(node_id).add_connection(route)
 
     def connection_gone(self, route: Route) -> None:
         """``route``'s connection closed: its peer's paths go with its last connection."""

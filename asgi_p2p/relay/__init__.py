@@ -1,10 +1,28 @@
 """The relay: forwards end-to-end-encrypted datagrams between nodes by NodeId.
 
-* :mod:`asgi_p2p.relay.proto` - the sans-I/O wire frames and the server's routing state;
+* :mod:`asgi_p2p.relay.proto` - the sans-I/O wire frames (ERROR carries a code, the
+  node concerned and, for TOO_LARGE, the size that fits) and the server's routing
+  state, :class:`~asgi_p2p.relay.proto.RelayRouter`;
 * :mod:`asgi_p2p.relay.url` - relay URLs (``p2p-relay://NODE_ID@HOST:PORT``);
-* :mod:`asgi_p2p.relay.server` - :class:`~asgi_p2p.relay.server.RelayServer`, the relay on an endpoint;
-* :mod:`asgi_p2p.relay.client` - :class:`~asgi_p2p.relay.client.RelayClient`, an endpoint's link to its relay.
+* :mod:`asgi_p2p.relay._datagrams` - queueing frames as QUIC DATAGRAM frames
+  (private to this package; used by the server and the client);
+* :mod:`asgi_p2p.relay.server` - :class:`~asgi_p2p.relay.server.RelayServer`, the
+  relay on an endpoint (imports proto, url, _datagrams, the endpoint's
+  ``PeerConnection`` and :mod:`asgi_p2p.discovery` for the directory it hosts);
+* :mod:`asgi_p2p.relay.client` - :class:`~asgi_p2p.relay.client.RelayClient`, a
+  node's link to its relay (imports proto, url, _datagrams, the endpoint's
+  ``PeerConnection`` and :mod:`asgi_p2p.paths.link`: it implements
+  ``RelayLink`` / ``ManagedRelayLink`` and reports to a ``RelaySink``, mapping
+  ERROR codes to typed ``RelayRefusal`` values).
 
-See ``docs/nat-traversal.md``.  The submodules are imported on demand (the
-server and client import the endpoint; the endpoint never imports them).
+Both sides register the relay ALPN with ``add_protocol(..., relay=True)``, which
+marks relay connections for the paths layer.  The server and client import the
+endpoint (``Endpoint`` itself only for type checking, and in
+``RelayServer.bind``); the endpoint and the paths layer never import this
+package.  Above it, :mod:`asgi_p2p.node` imports the client (``Node.bind(...,
+relay_url=...)`` wires it into ``Endpoint.use_relay``, with the endpoint's
+``router`` as the sink) and the CLI imports the server, proto and url.  This
+package's ``__init__`` imports no submodule: they are imported on demand.
+
+See ``docs/nat-traversal.md``.
 """
