@@ -9,8 +9,9 @@ changes (:class:`PathChanged`) come out.
 
 Time: every method takes ``now`` in seconds from a monotonic clock (the running
 loop's ``loop.time()``).  Timestamps that cross the network need a clock both
-peers share, so the prober adds ``clock_offset`` to ``now`` (the endpoint passes
-``time.time() - loop.time()`` measured once; the simulator passes a constant).
+peers share, so the prober adds ``clock_offset`` to ``now`` (the router passes its
+network's ``wall_clock_offset()``: the system clock read once on a real network, a
+constant in the simulator).
 Nothing here reads a clock or the global random generator.
 """
 
