@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote
 
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
@@ -38,6 +39,7 @@ from ._common import (
 )
 from ._dispatch import h3_protocol
 from .lifespan import LifespanMode, LifespanRunner
+from .request import HEADERS_TOO_LARGE, PeerInfo, Rejection, RequestSettings, parse_request
 from .types import ASGIApp, Message
 
 __all__ = ["H3Server"]
@@ -45,20 +47,19 @@ __all__ = ["H3Server"]
 log = logging.getLogger("asgi_p2p.http")
 access_log = logging.getLogger("asgi_p2p.http.access")
 
-_ASGI = {"version": "3.0", "spec_version": "2.4"}
 _NO_BODY_STATUS = frozenset({204, 304})
 #: Bytes of a header section in flight before its HEADERS frame completes, beyond max_header_size.
 _HEADER_SLACK = 16 * 1024
 _FLUSH_TIMEOUT = 2.0
 
 
-def _plain(status: int, text: str, extra: Headers | None = None) -> tuple[Headers, bytes]:
+def _plain(status: int, text: str, extra: Iterable[tuple[bytes, bytes]] = ()) -> tuple[Headers, bytes]:
     body = text.encode()
     headers: Headers = [
         (b":status", str(status).encode()),
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode()),
-        *(extra or ()),
+        *extra,
     ]
     return headers, body
 
@@ -92,13 +93,16 @@ class H3Server:
             raise InvalidConfiguration(f"max_body_size must not be negative, got {max_body_size}")
         self.app = app
         self.endpoint = endpoint
-        self.root_path = root_path.rstrip("/")
+        #: what requests are parsed with (root_path, max_header_size and max_body_size below read and replace it)
+        self.request_settings = RequestSettings(
+            server=(str(endpoint.node_id), 443),
+            root_path=root_path.rstrip("/"),
+            max_header_size=max_header_size,
+            max_body_size=max_body_size,
+        )
         self.limit_concurrency = limit_concurrency
-        self.max_header_size = max_header_size
-        self.max_body_size = max_body_size
         self.timeout_graceful_shutdown = timeout_graceful_shutdown
         self.lifespan = LifespanRunner(app, lifespan)
-        self._server_addr = (str(endpoint.node_id), 443)
         self._connections: set[ServerConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -108,6 +112,30 @@ class H3Server:
         self.requests_total = 0
         self.requests_rejected = 0
         self.app_errors = 0
+
+    @property
+    def root_path(self) -> str:
+        return self.request_settings.root_path
+
+    @root_path.setter
+    def root_path(self, value: str) -> None:
+        self.request_settings = dataclasses.replace(self.request_settings, root_path=value)
+
+    @property
+    def max_header_size(self) -> int:
+        return self.request_settings.max_header_size
+
+    @max_header_size.setter
+    def max_header_size(self, value: int) -> None:
+        self.request_settings = dataclasses.replace(self.request_settings, max_header_size=value)
+
+    @property
+    def max_body_size(self) -> int | None:
+        return self.request_settings.max_body_size
+
+    @max_body_size.setter
+    def max_body_size(self, value: int | None) -> None:
+        self.request_settings = dataclasses.replace(self.request_settings, max_body_size=value)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -207,7 +235,7 @@ class ServerConnection:
         self.h3 = H3(conn.quic, qpack_dynamic_table=False)
         assert conn.remote_node_id is not None
         self.peer = conn.remote_node_id
-        self.peer_text = str(self.peer)
+        self.peer_info = PeerInfo(self.peer)
         self.streams: dict[int, _Pending | _Exchange] = {}
         self.next_request_id = 0
         # request stream ids below next_request_id whose first bytes have not arrived yet:
@@ -244,7 +272,7 @@ class ServerConnection:
                 item.credit.raw += len(event.data)
                 touched = item
                 if isinstance(item, _Pending) and item.credit.raw > self.server.max_header_size + _HEADER_SLACK:
-                    self._respond_now(sid, item.credit, 431, "Request Header Fields Too Large", ended=False)
+                    self._respond_now(sid, item.credit, HEADERS_TOO_LARGE, ended=False)
                     return
         for h3_event in self.h3.handle_event(event):
             try:
@@ -326,12 +354,11 @@ class ServerConnection:
         self.conn.stop_stream(sid, H3_REQUEST_REJECTED)
         self.h3.end_local(sid)
 
-    def _respond_now(
-        self, sid: int, credit: Credit, status: int, text: str, *, ended: bool, extra: Headers | None = None
-    ) -> None:
+    def _respond_now(self, sid: int, credit: Credit, rejection: Rejection, *, ended: bool) -> None:
         """Answer without running the app (limits, bad requests), then stop reading the request."""
         self.server.requests_rejected += 1
-        headers, body = _plain(status, text, extra)
+        status = rejection.status
+        headers, body = _plain(status, rejection.reason, rejection.headers)
         try:
             self.h3.send_headers(sid, headers)
             self.h3.send_data(sid, body, True)
@@ -346,83 +373,23 @@ class ServerConnection:
 
     def _start(self, sid: int, credit: Credit, fields: Headers, ended: bool) -> None:
         server = self.server
-        method = scheme = authority = path = protocol = b""
-        headers: Headers = []
-        size = 0
-        for name, value in fields:
-            size += len(name) + len(value)
-            if name.startswith(b":"):
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                elif name == b":scheme":
-                    scheme = value
-                elif name == b":protocol":
-                    protocol = value
-            else:
-                headers.append((name, value))
-        if size > server.max_header_size:
-            self._respond_now(sid, credit, 431, "Request Header Fields Too Large", ended=ended)
+        limit = server.limit_concurrency
+        parsed = parse_request(
+            fields,
+            stream_id=sid,
+            peer=self.peer_info,
+            settings=server.request_settings,
+            state=server.lifespan.state,
+            at_capacity=limit is not None and len(server._tasks) >= limit,
+        )
+        if isinstance(parsed, Rejection):
+            self._respond_now(sid, credit, parsed, ended=ended)
             return
-        if authority:
-            headers.insert(0, (b"host", authority))
-        is_ws = False
-        if method == b"CONNECT":
-            if protocol.lower() != b"websocket":
-                self._respond_now(sid, credit, 501, "CONNECT is not supported", ended=ended)
-                return
-            is_ws = True
-        if server.limit_concurrency is not None and len(server._tasks) >= server.limit_concurrency:
-            self._respond_now(sid, credit, 503, "Service Unavailable", ended=ended, extra=[(b"retry-after", b"1")])
-            return
-        content_length: int | None = None
-        if not is_ws:
-            for name, value in headers:
-                if name == b"content-length":
-                    try:
-                        content_length = int(value)
-                    except ValueError:
-                        content_length = None
-            limit = server.max_body_size
-            if limit is not None and content_length is not None and content_length > limit:
-                self._respond_now(sid, credit, 413, "Content Too Large", ended=ended)
-                return
-        raw_path, _, query = path.partition(b"?")
-        text_path = unquote(raw_path.decode("latin-1"), encoding="utf-8", errors="surrogateescape")
-        scope: dict[str, Any] = {
-            "type": "websocket" if is_ws else "http",
-            "asgi": _ASGI,
-            "http_version": "3",
-            "scheme": ("wss" if is_ws else "https") if scheme in (b"https", b"") else scheme.decode("latin-1"),
-            "path": server.root_path + text_path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": server.root_path,
-            "headers": headers,
-            "client": (self.peer_text, 0),
-            "server": server._server_addr,
-            "extensions": {
-                "p2p": {"peer_id": self.peer_text, "peer": self.peer, "stream_id": sid},
-            },
-            "state": dict(server.lifespan.state),
-        }
         exchange: _Exchange
-        if is_ws:
-            subprotocols: list[str] = []
-            for name, value in headers:
-                if name == b"sec-websocket-protocol":
-                    subprotocols.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
-            scope["subprotocols"] = subprotocols
-            scope["extensions"]["websocket.http.response"] = {}
-            exchange = _WebSocketExchange(self, sid, credit, scope)
+        if parsed["type"] == "websocket":
+            exchange = _WebSocketExchange(self, sid, credit, parsed)
         else:
-            scope["method"] = method.decode("latin-1")
-            scope["extensions"]["http.response.trailers"] = {}
-            scope["extensions"]["http.response.early_hint"] = {}
-            exchange = _HTTPExchange(self, sid, credit, scope, ended)
+            exchange = _HTTPExchange(self, sid, credit, parsed, ended)
         self.streams[sid] = exchange
         server.requests_total += 1
         task = self.loop.create_task(exchange.run())
