@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import enum
 import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -30,7 +31,7 @@ from ._common import (
 )
 from .types import ASGIApp, Message
 
-__all__ = ["Exchange", "ExchangeHost", "ExchangeServer", "HTTPExchange", "plain_response"]
+__all__ = ["Exchange", "ExchangeHost", "ExchangeServer", "HTTPExchange", "ResponseState", "plain_response"]
 
 log = logging.getLogger("asgi_p2p.http")
 access_log = logging.getLogger("asgi_p2p.http.access")
@@ -95,10 +96,22 @@ class Exchange(abc.ABC):
         self.credit = credit
         self.scope = scope
         self.task: asyncio.Task[None] | None = None
+        #: the peer went away: reset or stopped the stream, or the connection is lost
         self.disconnected = False
+        #: the request side is over (the peer's FIN, or its reset)
         self.request_ended = False
-        self.complete = False  # our sending side is finished (FIN or reset)
         self._waiter: asyncio.Future[None] | None = None
+
+    # -- our sending side ----------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def complete(self) -> bool:
+        """Our sending side of the stream is finished (FIN sent, or reset)."""
+
+    @abc.abstractmethod
+    def end_sending(self) -> None:
+        """Record that our sending side is finished (no-op when it already is)."""
 
     # -- waking the app's receive() -------------------------------------------
 
@@ -132,7 +145,7 @@ class Exchange(abc.ABC):
     def on_stop(self, code: int) -> None:
         """The peer does not want our response any more (aioquic already reset our side)."""
         if not self.complete:
-            self.complete = True
+            self.end_sending()
             self.sc.h3.end_local(self.sid)
             if not self.request_ended:
                 self.sc.conn.stop_stream(self.sid, H3_REQUEST_CANCELLED)
@@ -141,7 +154,7 @@ class Exchange(abc.ABC):
 
     def on_lost(self) -> None:
         self.disconnected = True
-        self.complete = True
+        self.end_sending()
         self.wake_receiver()
 
     # -- sending ------------------------------------------------------------------
@@ -154,7 +167,7 @@ class Exchange(abc.ABC):
         """Reset our side of the stream (and stop reading the request)."""
         if self.complete:
             return
-        self.complete = True
+        self.end_sending()
         conn = self.sc.conn
         if not self.sc.lost:
             conn.reset_stream(self.sid, code)
@@ -234,8 +247,31 @@ class Exchange(abc.ABC):
             self.sc.finished(self)
 
 
+class ResponseState(enum.Enum):
+    """Our sending side of an HTTP exchange.
+
+    ``REQUEST -> RESPONSE_STARTED`` (headers sent) ``-> RESPONSE_DONE`` (FIN, or reset part-way);
+    ``REQUEST -> CLOSED`` (reset, or the connection lost, before any response).  A response the
+    server makes itself (413, 500) is sent whole: ``REQUEST -> RESPONSE_DONE``.
+    """
+
+    #: no response sent yet (the app's ``http.response.start``, if any, is held until its first body)
+    REQUEST = "request"
+    #: response headers sent: body and trailers under way
+    RESPONSE_STARTED = "response started"
+    #: our side finished after the response headers (FIN, or reset part-way)
+    RESPONSE_DONE = "response done"
+    #: our side finished with no response sent (reset, or the connection is lost)
+    CLOSED = "closed"
+
+
 class HTTPExchange(Exchange):
-    """An ``http`` scope: the request body in, the response (with trailers, 1xx) out."""
+    """An ``http`` scope: the request body in, the response (with trailers, 1xx) out.
+
+    The response side is a :class:`ResponseState`; ``started`` (the app's
+    ``http.response.start`` arrived) is kept apart from it, because the server can
+    answer without it (413, 500) and a reset can end the stream before or after it.
+    """
 
     def __init__(self, sc: ExchangeHost, sid: int, credit: Credit, scope: dict[str, Any], request_ended: bool) -> None:
         super().__init__(sc, sid, credit, scope)
@@ -245,8 +281,8 @@ class HTTPExchange(Exchange):
         self.received = 0
         self.is_head = scope["method"] == "HEAD"
         # response
-        self.started = False
-        self.headers_sent = False
+        self.state = ResponseState.REQUEST
+        self.started = False  # the app's http.response.start arrived
         self.status = 0
         self.headers: Headers = []
         self.no_body = False
@@ -254,6 +290,21 @@ class HTTPExchange(Exchange):
         self.sent = 0
         self.trailers = False
         self.trailer_fields: Headers = []
+
+    @property
+    def complete(self) -> bool:
+        return self.state is ResponseState.RESPONSE_DONE or self.state is ResponseState.CLOSED
+
+    @property
+    def headers_sent(self) -> bool:
+        """Response headers went out (the app's, or a 413/500 of the server's)."""
+        return self.state is ResponseState.RESPONSE_STARTED or self.state is ResponseState.RESPONSE_DONE
+
+    def end_sending(self) -> None:
+        if self.state is ResponseState.REQUEST:
+            self.state = ResponseState.CLOSED
+        elif self.state is ResponseState.RESPONSE_STARTED:
+            self.state = ResponseState.RESPONSE_DONE
 
     # -- request body --------------------------------------------------------------
 
@@ -276,10 +327,9 @@ class HTTPExchange(Exchange):
         log.info("request body on stream %d exceeds max_body_size=%s", self.sid, self.sc.server.max_body_size)
         self.chunks.clear()
         self.credit.unread = 0
-        if not self.headers_sent:
-            self.headers_sent = True
+        if not self.headers_sent:  # REQUEST (or CLOSED: reset by an overlong response body)
             self.send_plain(413, "Content Too Large")
-            self.complete = True
+            self.state = ResponseState.RESPONSE_DONE
             self.sc.conn.stop_stream(self.sid, H3_NO_ERROR)
         else:
             self.abort(H3_REQUEST_CANCELLED)
@@ -387,8 +437,8 @@ class HTTPExchange(Exchange):
         if not more and self.expected is not None and not self.no_body and self.sent != self.expected:
             self.abort(H3_INTERNAL_ERROR)
             raise RuntimeError(f"ASGI: response body shorter ({self.sent}) than content-length {self.expected}")
-        if not self.headers_sent:
-            self.headers_sent = True
+        if self.state is ResponseState.REQUEST:
+            self.state = ResponseState.RESPONSE_STARTED
             if end and not body:
                 self.send_headers(self.headers, True)
                 self._completed()
@@ -400,7 +450,7 @@ class HTTPExchange(Exchange):
             self._completed()
 
     def _completed(self) -> None:
-        self.complete = True
+        self.end_sending()
         if not self.request_ended and not self.sc.lost:
             # the response is complete: we need no more of the request (RFC 9114 section 4.1.2)
             self.sc.conn.stop_stream(self.sid, H3_NO_ERROR)
@@ -414,7 +464,7 @@ class HTTPExchange(Exchange):
         if self.headers_sent:
             self.abort(H3_INTERNAL_ERROR)
             return
-        self.headers_sent = True
+        self.state = ResponseState.RESPONSE_STARTED
         self.status = 500
         self.send_plain(500, "Internal Server Error")
         self._completed()
