@@ -33,7 +33,15 @@ from ._common import (
 )
 from ._dispatch import h3_protocol
 
-__all__ = ["ClientConnection", "ClientStream", "P2PTransport", "SyncP2PTransport", "connect_h3"]
+__all__ = [
+    "ClientConnection",
+    "ClientStream",
+    "P2PTransport",
+    "PeerGoingAway",
+    "SyncP2PTransport",
+    "connect_h3",
+    "register_client",
+]
 
 log = logging.getLogger("asgi_p2p.http")
 
@@ -324,9 +332,14 @@ class ClientStream:
         return self.ended and (self.sent_end or self.stopped)
 
 
+def register_client(endpoint: Endpoint) -> None:
+    """Register ``h3`` on the endpoint (once) with :class:`ClientConnection` as the handler of dialed connections."""
+    h3_protocol(endpoint).client_factory = ClientConnection
+
+
 async def connect_h3(endpoint: Endpoint, addr: NodeAddr | NodeId) -> ClientConnection:
     """The HTTP/3 client connection to a peer (dialing or reusing the pooled one)."""
-    h3_protocol(endpoint)
+    register_client(endpoint)
     for _ in range(2):
         conn = await endpoint.connect_quic(addr, H3_ALPN)
         handler = conn.handler
@@ -436,7 +449,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
         self._closed = False
         for addr in addrs:
             self.add_addr(addr)
-        h3_protocol(endpoint)
+        register_client(endpoint)
 
     def add_addr(self, node_addr: NodeAddr) -> None:
         """Tell the transport where a node can be reached."""
