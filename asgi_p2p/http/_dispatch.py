@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import weakref
 
-from ..endpoint.base import ConnectionHandler, HandlerFactory
-from ..endpoint.connection import PeerConnection
+from ..endpoint.base import ConnectionHandler
+from ..endpoint.connection import HandlerFactory, PeerConnection
 from ..endpoint.endpoint import Endpoint
 from ..errors import ConnectionClosed
 from ._common import H3_ALPN
