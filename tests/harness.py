@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from asgi_p2p import Endpoint, NetworkConfig, Node, SecretKey
+from asgi_p2p import NetworkConfig, Node, SecretKey
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ class Harness(abc.ABC):
         """Run ``scenario(self)`` to completion on this harness's loop."""
 
     @abc.abstractmethod
-    async def endpoint(self, name: str, **kwargs: Any) -> Endpoint:
+    async def endpoint(self, name: str, **kwargs: Any) -> Node:
         """A bound endpoint named ``name`` on this harness's network."""
 
 
@@ -37,7 +37,7 @@ class UdpHarness(Harness):
     name = "udp"
 
     def __init__(self) -> None:
-        self._endpoints: list[Endpoint] = []
+        self._endpoints: list[Node] = []
 
     def run(self, scenario: Callable[[Harness], Awaitable[T]], *, timeout: float = 60.0) -> T:
         async def main() -> T:
@@ -50,7 +50,7 @@ class UdpHarness(Harness):
 
         return asyncio.run(main())
 
-    async def endpoint(self, name: str, **kwargs: Any) -> Endpoint:
+    async def endpoint(self, name: str, **kwargs: Any) -> Node:
         config = kwargs.pop("config", None) or NetworkConfig()
         ep = await Node.bind(SecretKey.from_seed(name), host="127.0.0.1", port=0, config=config, **kwargs)
         self._endpoints.append(ep)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from asgi_p2p import Endpoint, MessageConnection, MessageListener
+from asgi_p2p import MessageConnection, MessageListener, Node
 from asgi_p2p.protocols import P2PConnection, P2PListener, P2PSystem
 from tests.harness import Harness
 
 
-def _static_checks(ep: Endpoint, conn: MessageConnection, listener: MessageListener) -> None:
+def _static_checks(ep: Node, conn: MessageConnection, listener: MessageListener) -> None:
     # mypy --strict checks these assignments: a signature drift fails the type check
     system: P2PSystem = ep
     connection: P2PConnection = conn
@@ -15,7 +15,7 @@ def _static_checks(ep: Endpoint, conn: MessageConnection, listener: MessageListe
     del system, connection, incoming
 
 
-def test_endpoint_and_connections_implement_the_protocols(net: Harness) -> None:
+def test_nodes_and_connections_implement_the_protocols(net: Harness) -> None:
     async def scenario(net: Harness) -> None:
         a = await net.endpoint("alice")
         b = await net.endpoint("bob")
