@@ -11,10 +11,10 @@ is read from the block itself:
   against a local HTTP/3 server serving :class:`TracksApp`, and must send it a request;
 * any other block runs as is: with top-level ``await`` in a fresh event loop, else directly.
 
-Nodes and relays a block leaves open are closed after it, simulations too.  A block that
-cannot run (placeholders) is listed in :data:`COMPILE_ONLY` with the reason and the names it
-leaves undefined: it is compiled, its imports run, and the attributes and call signatures it
-takes from the imported names are checked.
+Nodes and relays a block leaves open are closed after it (even when it fails), simulations
+too.  A block that cannot run (placeholders) is listed in :data:`COMPILE_ONLY` with the
+reason and the names it leaves undefined: it is compiled, its imports run, and the
+attributes and call signatures it takes from the imported names are checked.
 """
 
 from __future__ import annotations
@@ -64,8 +64,7 @@ COMPILE_ONLY: dict[str, CompileOnly] = {
     "docs/http.md[1]": CompileOnly(
         reason="an API tour: placeholders (app, secret_key, client_node, node_addr, node_id), `...` bodies, "
         "a blocking client and a WebSocket peer it does not set up",
-        # httpx: the block uses it without importing it
-        undefined=frozenset({"app", "secret_key", "client_node", "node_addr", "node_id", "httpx"}),
+        undefined=frozenset({"app", "secret_key", "client_node", "node_addr", "node_id"}),
     ),
 }
 
@@ -206,14 +205,32 @@ def served_inputs(ticket: Ticket) -> dict[str, Any]:
 # -- running a block ---------------------------------------------------------------------
 
 
-async def close_left_open(namespace: dict[str, Any]) -> None:
-    """Close the nodes and relays the block left in its namespace, newest first."""
+def track_endpoints(monkeypatch: pytest.MonkeyPatch) -> list[Endpoint]:
+    """Every endpoint (node, relay server's endpoint, ...) created from now on, in order."""
+    created: list[Endpoint] = []
+    init = Endpoint.__init__
+
+    def tracking_init(self: Endpoint, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(Endpoint, "__init__", tracking_init)
+    return created
+
+
+async def close_left_open(namespace: dict[str, Any], endpoints: list[Endpoint]) -> None:
+    """Close the relays left in the namespace, then every endpoint the block created, newest first.
+
+    ``close`` is idempotent: closing what the block closed itself does nothing.
+    """
     for value in reversed(list(namespace.values())):
-        if isinstance(value, Endpoint | RelayServer):
+        if isinstance(value, RelayServer):
             await value.close()
+    for endpoint in reversed(endpoints):
+        await endpoint.close()
 
 
-async def run_async(block: Block, tree: ast.Module, code: Any) -> None:
+async def run_async(block: Block, tree: ast.Module, code: Any, created: list[Endpoint]) -> None:
     """Run ``code`` in a fresh namespace; serve the inputs it takes (see :func:`inputs_of`)."""
     entry = entry_point(tree)
     inputs = inputs_of(tree)
@@ -222,12 +239,13 @@ async def run_async(block: Block, tree: ast.Module, code: Any) -> None:
     async with asyncio.timeout(RUN_TIMEOUT), AsyncExitStack() as stack:
         values = served_inputs(await stack.enter_async_context(serve(app))) if inputs else {}
         namespace.update({name: values[name] for name in inputs & undefined_names(tree)})
+        first = len(created)  # the endpoints before are the server's: serve() closes it after the block's
         try:
             await evaluate(eval(code, namespace))
             if entry is not None:
                 await evaluate(namespace[entry.name](**{p: values[p] for p in parameters(entry)}))
         finally:
-            await close_left_open(namespace)
+            await close_left_open(namespace, created[first:])
     if inputs:
         assert app.paths, f"{block.id} never sent a request to the server its {sorted(inputs)} point at"
     response = namespace.get("r")
@@ -324,7 +342,7 @@ def check_compiles(block: Block, spec: CompileOnly) -> None:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_snippet(block: Block, tmp_path: Path) -> None:
+def test_snippet(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = COMPILE_ONLY.get(block.id)
     if spec is not None:
         check_compiles(block, spec)
@@ -340,7 +358,7 @@ def test_snippet(block: Block, tmp_path: Path) -> None:
     )
     code = compile(tree, block.filename, "exec", flags=TOP_LEVEL_AWAIT)
     if inputs_of(tree) or entry_point(tree) is not None or code.co_flags & inspect.CO_COROUTINE:
-        asyncio.run(run_async(block, tree, code))
+        asyncio.run(run_async(block, tree, code, track_endpoints(monkeypatch)))
     else:
         run_sync(code)
 
