@@ -161,9 +161,10 @@ class Route:
 
     def authenticated(self, addr: Address, now: float) -> None:
         """A new authenticated QUIC packet arrived from ``addr``, our direct route: the path works."""
-        if addr == self.direct and now >= self._alive_reported + _ALIVE_REPORT_INTERVAL and self.peer is not None:
-            self._alive_reported = now
-            self.peer.transport_alive(addr)
+        if addr == self.direct and now >= self._alive_reported + _ALIVE_REPORT_INTERVAL:
+            self._alive_reported = now  # also before the handshake names the peer: one report a second
+            if self.peer is not None:
+                self.peer.transport_alive(addr)
 
     def bulk_started(self) -> None:
         """The connection sent a burst of packets: find larger datagram sizes on its path."""
