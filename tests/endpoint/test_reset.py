@@ -180,3 +180,94 @@ def test_a_reset_ends_the_connection_only_with_the_right_token_from_the_peer(sim
         await server.close(timeout=0.1)
 
     sim.run(main())
+
+
+def test_a_reset_travels_back_through_the_relay() -> None:
+    """Behind symmetric NATs the two nodes only ever talk through the relay: the restarted
+    node's reset goes back through the relay to the node the relay says sent the packet."""
+    from asgi_p2p import NodeAddr
+    from asgi_p2p.relay.server import RelayServer
+
+    sim = Simulation(seed=5, mtu=1500, latency=0.02, loss=0.0)
+    with sim:
+        relay_host = sim.host("relay")
+        a = sim.host("alice", nat="symmetric")
+        b = sim.host("bob", nat="symmetric")
+
+        async def bind(name: str, host: Host, url: str) -> Node:
+            node = await Node.bind(
+                SecretKey.from_seed(name),
+                host="0.0.0.0",
+                port=4433,
+                config=NetworkConfig(keepalive_interval=0),
+                network=host,
+                rng=random.Random(name),
+                relay_url=url,
+            )
+            assert node.relay is not None
+            await node.relay.wait_connected(10)
+            return node
+
+        async def main() -> None:
+            relay = await RelayServer.bind(SecretKey.from_seed("relay"), host="0.0.0.0", port=3478, network=relay_host)
+            url = str(relay.url)
+            alice, bob = await bind("alice", a, url), await bind("bob", b, url)
+            conn = await bob.connect(NodeAddr(alice.node_id, relay_url=url))
+            await conn.send(b"hello")
+            assert await (await alice.listen().accept()).recv() == b"hello"
+            peer = conn.peer_connection
+            assert peer.path.kind == "relay"
+            sim.crash(a)
+            sim.restart(a)
+            alice2 = await bind("alice", a, url)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            sending = asyncio.ensure_future(conn.send(b"still there?"))
+            await asyncio.wait_for(peer.wait_closed(), 5)
+            # bob -> relay -> alice, then the reset alice -> relay -> bob: two round trips of 40 ms
+            assert peer.closed and loop.time() - t0 <= 0.2
+            assert isinstance(peer.close_error, ConnectionReset)
+            assert bob.stateless_resets_received == 1 and alice2.stateless_resets_sent >= 1
+            with pytest.raises(ConnectionReset):
+                await sending
+                await conn.send(b"more")
+            # a new connection through the relay works at once
+            conn2 = await bob.connect(NodeAddr(alice.node_id, relay_url=url))
+            await conn2.send(b"again")
+            assert await (await alice2.listen().accept()).recv() == b"again"
+            for node in (bob, alice2, alice):
+                await node.close(timeout=0.1)
+            await relay.close()
+
+        sim.run(main())
+
+
+@pytest.mark.parametrize("idle_first", [True, False])
+def test_error_text_for_a_peer_that_never_answers(sim: Simulation, idle_first: bool) -> None:
+    a, b = sim.host("client"), sim.host("void")
+    sim.link(a, b, latency=LATENCY, loss=0.0)
+
+    async def main() -> None:
+        from asgi_p2p import ConnectionFailed, NodeAddr
+
+        # QUIC's idle timer (at least 3 probe timeouts) or the dial's connect_timeout, whichever ends first
+        config = NetworkConfig(
+            keepalive_interval=0, idle_timeout=2.0 if idle_first else 30.0, connect_timeout=30.0 if idle_first else 2.0
+        )
+        client = await Node.bind(host="0.0.0.0", config=config, network=a)
+        nobody = SecretKey.from_seed("nobody").node_id
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(ConnectionFailed) as info:
+            await client.connect(NodeAddr(nobody, [(b.address, 4433)]))
+        message = str(info.value)
+        if idle_first:
+            assert message.startswith(f"no answer from node {nobody} at {b.address}:4433 within ")
+            assert message.endswith("s (handshake timed out); is the node running and reachable?")
+            assert loop.time() - t0 < 10
+        else:
+            assert message.startswith("no QUIC handshake with ") and "within 2s" in message
+            assert loop.time() - t0 == pytest.approx(2.0, abs=0.01)
+        await client.close()
+
+    sim.run(main())
