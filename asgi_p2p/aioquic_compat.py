@@ -38,7 +38,9 @@ Hooks:
 * :func:`install_reset_tokens` - stateless reset tokens (RFC 9000 10.3) of the
   connection ids a connection issues (``QuicConnection._host_cids``, filled by
   ``_replenish_connection_ids``) come from a function of the connection id
-  instead of ``os.urandom(16)``, so a restarted node can compute them again.
+  instead of ``os.urandom(16)``, so a restarted node can compute them again; and
+  each new connection id is reported before it is announced, so the endpoint
+  routes it (and never resets it) before the peer can use it.
 * :func:`peer_reset_token` - the token of the connection id we send to now
   (``QuicConnection._peer_cid``): aioquic 1.7.2 stores the peer's tokens but never
   checks a received datagram against them (it drops a stateless reset as a packet
@@ -326,7 +328,9 @@ def ack_with_next_packet(quic: QuicConnection, now: float) -> None:
         space.ack_at = now
 
 
-def install_reset_tokens(quic: QuicConnection, token_for: Callable[[bytes], bytes]) -> None:
+def install_reset_tokens(
+    quic: QuicConnection, token_for: Callable[[bytes], bytes], issued: Callable[[bytes], None] | None = None
+) -> None:
     """Make ``token_for(cid)`` the stateless reset token of every connection id ``quic`` issues.
 
     aioquic draws each token with ``os.urandom(16)``: a node that restarts cannot
@@ -337,17 +341,27 @@ def install_reset_tokens(quic: QuicConnection, token_for: Callable[[bytes], byte
     NEW_CONNECTION_ID frames) gets its token before it is announced.  Must be
     called before the handshake (for a server: before its first datagram).
     ``token_for`` must return 16 bytes.
+
+    ``issued(cid)`` is called once for each new connection id as soon as it exists, before
+    any NEW_CONNECTION_ID frame announces it (aioquic's ``ConnectionIdIssued`` event
+    comes only once the frame is built): whoever routes packets by connection id knows
+    it before the peer can use it, and never answers such a packet with a reset.
     """
     first = quic._host_cids[0]
     if not quic._is_client:
         first.stateless_reset_token = _checked_token(token_for(first.cid))
     original = quic._replenish_connection_ids
+    done = 0  # the highest sequence number handled (they only grow)
 
     def _replenish_connection_ids() -> None:
+        nonlocal done
         original()
         for cid in quic._host_cids:
-            if cid.sequence_number and not cid.was_sent:  # not yet announced: ours to set
+            if cid.sequence_number > done:  # new, so not yet announced: ours to set
                 cid.stateless_reset_token = _checked_token(token_for(cid.cid))
+                if issued is not None:
+                    issued(cid.cid)
+        done = max((cid.sequence_number for cid in quic._host_cids), default=done)
 
     quic._replenish_connection_ids = _replenish_connection_ids  # type: ignore[method-assign]
 

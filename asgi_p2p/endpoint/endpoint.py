@@ -329,7 +329,7 @@ class Endpoint:
                 )
 
         hooks.install_identity_hooks(quic, check_server)
-        hooks.install_reset_tokens(quic, self._reset_tokens.token)
+        hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
         quic.connect(address, now=conn.now())
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
@@ -438,7 +438,7 @@ class Endpoint:
                 raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
 
         hooks.install_identity_hooks(quic, check_client)
-        hooks.install_reset_tokens(quic, self._reset_tokens.token)
+        hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
         self._register_cid(original_dcid, conn)
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
