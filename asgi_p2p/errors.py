@@ -10,6 +10,8 @@ __all__ = [
     "AuthenticationFailed",
     "ConnectionClosed",
     "ConnectionFailed",
+    "ConnectionReset",
+    "ConnectionTimedOut",
     "DiscoveryFailed",
     "InvalidConfiguration",
     "InvalidNodeId",
@@ -61,6 +63,22 @@ class ConnectionClosed(P2PError):
         self.error_code = error_code
         self.reason = reason
         super().__init__(message)
+
+
+class ConnectionReset(ConnectionClosed):
+    """The peer no longer knows the connection: it restarted or lost the connection's state.
+
+    It answered with a stateless reset (RFC 9000 section 10.3) carrying the token
+    it had announced for the connection, so the reset is genuine.  A new
+    connection to the same node works.
+    """
+
+
+class ConnectionTimedOut(ConnectionClosed):
+    """Nothing was heard from the peer for the idle timeout: this side gave up on the connection.
+
+    The peer may be down, unreachable, or back at another address.
+    """
 
 
 class NoRoute(P2PError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ from ..paths.route import Route, RouteOwner
 from ..paths.router import Router, virtual_address
 from .base import ConnectionHandler
 from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection
+from .reset import MIN_RESET_SIZE, MIN_TRIGGER_SIZE, RESET_TOKEN_SIZE, ResetLimiter, ResetTokens, build_stateless_reset
 from .tls import node_certificate
 
 __all__ = ["AllowPolicy", "Endpoint"]
@@ -77,7 +79,19 @@ class Endpoint:
         self._closing = False
         self._closed = False
         self.dropped_datagrams = 0
+        #: stateless resets sent (answers to packets for connections we do not know) and
+        #: resets not sent because a rate limit held them back
+        self.stateless_resets_sent = 0
+        self.stateless_resets_limited = 0
+        #: genuine stateless resets received (each ended one of our connections)
+        self.stateless_resets_received = 0
         self._rng: random.Random = rng if rng is not None else random.SystemRandom()
+        self._reset_tokens = ResetTokens(secret_key)
+        self._reset_limiter = ResetLimiter()
+        # the peers' reset tokens of our connections, keyed by a keyed hash of the token so
+        # that looking up a received datagram's last 16 bytes leaks nothing about the tokens
+        # through timing (RFC 9000 10.3.1)
+        self._peer_resets: dict[bytes, PeerConnection] = {}
         #: The paths layer: the socket, the relay link, every peer's paths.
         self.router = Router(
             secret_key, config, self._rng, deliver=self._datagram_received, deliver_relayed=self._relayed_received
@@ -87,6 +101,7 @@ class Endpoint:
             cid_retired=self._unregister_cid,
             ready=self._connection_ready,
             closed=self._forget,
+            reset_token=self._peer_reset_token_changed,
         )
         self._relay: ManagedRelayLink | None = None
 
@@ -314,6 +329,7 @@ class Endpoint:
                 )
 
         hooks.install_identity_hooks(quic, check_server)
+        hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
         quic.connect(address, now=conn.now())
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
@@ -363,6 +379,10 @@ class Endpoint:
             except Exception:  # aioquic should not raise; never let one peer break the socket
                 self.dropped_datagrams += 1
                 log.exception("error processing datagram from %s", addr)
+            return
+        if header.packet_type == QuicPacketType.ONE_RTT:  # a short header naming no connection of ours
+            self.dropped_datagrams += 1
+            self._unknown_short_header(data, header.destination_cid, addr, relay_src)
             return
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION or header.version is None:
             self.dropped_datagrams += 1
@@ -418,6 +438,7 @@ class Endpoint:
                 raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
 
         hooks.install_identity_hooks(quic, check_client)
+        hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
         self._register_cid(original_dcid, conn)
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
@@ -425,6 +446,60 @@ class Endpoint:
         if len(self._connections) > self.config.max_connections:
             log.warning("refusing connection from %s:%d: %d connections open", *addr, len(self._connections) - 1)
             conn.close(REFUSED, f"too many connections (max_connections={self.config.max_connections})")
+
+    # -- stateless reset (RFC 9000 10.3) ---------------------------------------------
+
+    def _unknown_short_header(self, data: bytes, dcid: bytes, addr: Address | None, relay_src: NodeId | None) -> None:
+        """A short-header datagram for a connection id we do not know.
+
+        Either a stateless reset from a peer that forgot one of our connections (its
+        last 16 bytes are the token the peer announced), or a packet of a connection
+        we forgot (a previous life of this node, or one closed long ago): we answer
+        that with a stateless reset, so the peer learns at once that it is gone.
+        """
+        if len(data) >= MIN_RESET_SIZE:
+            conn = self._peer_resets.get(self._reset_tokens.index(data[-RESET_TOKEN_SIZE:]))
+            if (
+                conn is not None
+                and conn.reset_token is not None
+                and hmac.compare_digest(conn.reset_token, data[-RESET_TOKEN_SIZE:])
+                and self._reset_source_matches(conn, addr, relay_src)
+            ):
+                self.stateless_resets_received += 1
+                conn.stateless_reset()
+                return
+        # Answer with a reset: only to what could be a genuine packet (a stateless reset of
+        # ours, or one of minimum size, gets none: resets answering resets shrink and stop,
+        # RFC 9000 10.3.3), and within the rate limits.
+        if len(data) < MIN_TRIGGER_SIZE or self._closing:
+            return
+        if not self._reset_limiter.allow(addr if addr is not None else relay_src, asyncio.get_running_loop().time()):
+            self.stateless_resets_limited += 1
+            return
+        reset = build_stateless_reset(self._reset_tokens.token(dcid), len(data), self._rng)
+        self.stateless_resets_sent += 1
+        if addr is not None:
+            log.debug("stateless reset (%d bytes) to %s:%d for an unknown connection id", len(reset), *addr)
+            self.router.sendto(reset, addr)
+        elif relay_src is not None:
+            # through the relay, back to the node the relay says sent the packet
+            log.debug("stateless reset (%d bytes) to node %s through the relay", len(reset), relay_src)
+            self.router.relay_send(relay_src, [(reset, virtual_address(relay_src))])
+
+    @staticmethod
+    def _reset_source_matches(conn: PeerConnection, addr: Address | None, relay_src: NodeId | None) -> bool:
+        """A reset counts only from where the peer's packets come: one of its addresses, or the relay for it."""
+        if addr is None:
+            return relay_src is not None and relay_src == conn.remote_node_id
+        return addr == conn.address or addr == conn.route.direct or addr == conn.direct_address
+
+    def _peer_reset_token_changed(self, conn: PeerConnection, old: bytes | None, new: bytes | None) -> None:
+        if old is not None:
+            key = self._reset_tokens.index(old)
+            if self._peer_resets.get(key) is conn:
+                del self._peer_resets[key]
+        if new is not None and not conn.closed:
+            self._peer_resets[self._reset_tokens.index(new)] = conn
 
     # -- bookkeeping (the connections' callbacks) --------------------------------
 
@@ -436,6 +511,8 @@ class Endpoint:
 
     def _forget(self, conn: PeerConnection) -> None:
         self._connections.pop(conn, None)
+        if conn.reset_token is not None:
+            self._peer_reset_token_changed(conn, conn.reset_token, None)
         for cid in [c for c, v in self._cids.items() if v is conn]:
             del self._cids[cid]
         if conn.remote_node_id is not None and conn.alpn is not None:
