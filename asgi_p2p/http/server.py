@@ -30,7 +30,14 @@ from ._common import H3, H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_REJECTED, Cr
 from ._dispatch import h3_protocol
 from .exchange import Exchange, HTTPExchange, plain_response
 from .lifespan import LifespanMode, LifespanRunner
-from .request import HEADERS_TOO_LARGE, PeerInfo, Rejection, RequestSettings, parse_request
+from .request import (
+    HEADERS_TOO_LARGE,
+    PeerInfo,
+    Rejection,
+    RequestSettings,
+    mark_invalid_content_length,
+    parse_request,
+)
 from .types import ASGIApp
 from .ws_exchange import WebSocketExchange
 
@@ -211,7 +218,7 @@ class ServerConnection:
         self.server = server
         self.conn = conn
         self.loop = conn.loop
-        self.h3 = H3(conn.quic, qpack_dynamic_table=False)
+        self.h3 = H3(conn.quic, qpack_dynamic_table=False, on_field_section=mark_invalid_content_length)
         assert conn.remote_node_id is not None
         self.peer = conn.remote_node_id
         self.peer_info = PeerInfo(self.peer)

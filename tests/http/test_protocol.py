@@ -172,6 +172,33 @@ async def test_body_size_limit_413(serve: Serve) -> None:
     assert (await served.client.post("/", content=b"z" * 1000)).text == "ok"
 
 
+@pytest.mark.parametrize("value", ["+5", "1_0", "5, 5", "5,6", "0x10", "05x", "9" * 5000])
+async def test_malformed_content_length_is_400_and_the_connection_stays(serve: Serve, value: str) -> None:
+    """RFC 9110 section 8.6: digits only.  aioquic takes ``+5`` and ``1_0`` (``int()``) and closes
+    the whole connection for ``5, 5`` or ``0x10``; the server answers each request 400 instead."""
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            seen.append(scope)
+        await _simple(200, b"ok")(scope, receive, send)
+
+    served = await serve(app, lifespan="off")
+    assert (await served.client.get("/")).text == "ok"
+    conns = len(served.pair.client.connections)
+
+    async def body() -> Any:
+        yield b"hello"
+
+    r = await served.client.post("/", content=body(), headers={"content-length": value})
+    assert r.status_code == 400
+    assert "content-length" in r.text
+    assert len(seen) == 1  # the app never saw it
+    assert (await served.client.get("/")).text == "ok"  # same connection, still open
+    assert len(served.pair.client.connections) == conns
+    assert served.server.requests_rejected == 1
+
+
 async def test_limit_concurrency_503(serve: Serve) -> None:
     release = asyncio.Event()
 
