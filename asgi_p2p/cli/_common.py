@@ -151,6 +151,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def seconds_or_off(text: str) -> float:
+    """A number of seconds, or 0 for off (finite, not negative)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (0: off), got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or a positive finite number, got {value:g}")
+    return value
+
+
 def port_number(text: str) -> int:
     try:
         value = int(text)
