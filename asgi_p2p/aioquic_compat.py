@@ -483,6 +483,11 @@ class HookedH3Connection(H3Connection):
       ``_receive_stream_data_uni``).  aioquic 1.7.2 skips received GOAWAY frames; the
       callback can find them.  An :class:`~aioquic.h3.exceptions.H3Error` it raises
       closes the connection like one aioquic raises.
+    * ``on_field_section(fields)``: called with every field section received (HEADERS
+      frames: requests, responses, trailers) once QPACK decoded it and before aioquic
+      checks it (overrides ``_decode_headers``); aioquic goes on with the list it returns.
+      aioquic closes the whole connection for a ``content-length`` ``int()`` refuses; the
+      server renames such fields to answer that one request 400 instead.
     * :meth:`send_goaway` (aioquic sends none), :meth:`end_local` and :attr:`is_done`
       (``_local_control_stream_id``, ``_stream``, ``_is_done``).
     """
@@ -493,9 +498,11 @@ class HookedH3Connection(H3Connection):
         *,
         static_qpack: bool = False,
         on_control_data: Callable[[bytes], None] | None = None,
+        on_field_section: Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]] | None = None,
     ) -> None:
         self._hooked_static_qpack = static_qpack
         self._hooked_on_control_data = on_control_data
+        self._hooked_on_field_section = on_field_section
         super().__init__(quic, enable_webtransport=False)  # sends the SETTINGS: the flag must be set
         if static_qpack:
             self._decoder = pylsqpack.Decoder(0, 0)
@@ -518,6 +525,12 @@ class HookedH3Connection(H3Connection):
         return frame_data
 
     def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> list[tuple[bytes, bytes]]:
+        headers = self._hooked_decode_headers(stream_id, frame_data)
+        if self._hooked_on_field_section is not None:
+            headers = self._hooked_on_field_section(headers)
+        return headers
+
+    def _hooked_decode_headers(self, stream_id: int, frame_data: bytes | None) -> list[tuple[bytes, bytes]]:
         if not self._hooked_static_qpack or frame_data is None:
             return super()._decode_headers(stream_id, frame_data)
         try:

@@ -365,12 +365,16 @@ def test_largest_received_1rtt_grows_only_with_new_authenticated_packets() -> No
 class H3Pair:
     """A handshaken Pair with a HookedH3Connection on each side; pump() feeds them the QUIC events."""
 
-    def __init__(self, *, server_static_qpack: bool = False, on_control_data: Any = None) -> None:
+    def __init__(
+        self, *, server_static_qpack: bool = False, on_control_data: Any = None, on_field_section: Any = None
+    ) -> None:
         self.p = Pair(SecretKey.from_seed("h3-c"), SecretKey.from_seed("h3-s"))
         self.p.start()
         self.p.pump()
         self.client = hooks.HookedH3Connection(self.p.client, on_control_data=on_control_data)
-        self.server = hooks.HookedH3Connection(self.p.server, static_qpack=server_static_qpack)
+        self.server = hooks.HookedH3Connection(
+            self.p.server, static_qpack=server_static_qpack, on_field_section=on_field_section
+        )
         self._seen = {"client": 0, "server": 0}
         #: (stream id, data) of every STREAM chunk the client received
         self.client_raw: list[tuple[int, bytes]] = []
@@ -562,3 +566,28 @@ def test_stream_bytes_sent_is_zero_until_the_stream_leaves() -> None:
     assert hooks.stream_bytes_sent(p.client, sid) == 0  # queued, not sent
     p.client.datagrams_to_send(p.now)
     assert hooks.stream_bytes_sent(p.client, sid) == len(b"request")
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_h3_on_field_section_rewrites_fields_before_aioquic_checks_them(static: bool) -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    def rename_bad_length(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        seen.append(fields)
+        return [(b"x-bad-length", v) if n == b"content-length" and not v.isdigit() else (n, v) for n, v in fields]
+
+    for hook in (rename_bad_length, None):
+        h = H3Pair(server_static_qpack=static, on_field_section=hook)
+        sid = h.p.client.get_next_available_stream_id()
+        request = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"peer"), (b":path", b"/")]
+        h.client.send_headers(sid, [*request, (b"content-length", b"0x10")], end_stream=True)
+        h.pump()
+        h.pump()
+        got = [ev.headers for ev in h.h3_events["server"] if isinstance(ev, HeadersReceived)]
+        if hook is None:  # aioquic alone closes the whole connection
+            term = h.p.terminated("client")
+            assert got == [] and term is not None and term.error_code == ErrorCode.H3_MESSAGE_ERROR
+        else:
+            assert got == [[*request, (b"x-bad-length", b"0x10")]]
+            assert seen[-1] == [*request, (b"content-length", b"0x10")]
+            assert h.p.terminated("client") is None and not h.server.is_done
