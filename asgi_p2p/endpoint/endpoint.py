@@ -442,6 +442,7 @@ class Endpoint:
         self._register_cid(original_dcid, conn)
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
+        conn.route.start()  # size its handshake datagrams (through the relay: what the relay carries)
         conn.datagram_received(data, addr if relay_src is None else None)
         if len(self._connections) > self.config.max_connections:
             log.warning("refusing connection from %s:%d: %d connections open", *addr, len(self._connections) - 1)
