@@ -32,6 +32,13 @@ Hooks:
   so a receiver accepts any datagram size: the paths layer probes each path.
 * :func:`pto_count` - ``QuicPacketRecovery._pto_count``: consecutive probe
   timeouts without an acknowledgement (black-hole detection).
+* :func:`probe_now` - end a probe timeout backoff at once
+  (``QuicPacketRecovery._pto_count`` and ``reschedule_data``): the paths layer
+  heard the peer on the connection's path, which is evidence, like an ACK, that
+  the path works again.
+* :func:`capped_probe_time` - when a backed-off probe timeout would fire with its
+  backoff capped (``QuicPacketRecovery._pto_count``, ``get_probe_timeout``,
+  ``_time_of_last_sent_ack_eliciting_packet``).
 * :func:`ack_with_next_packet` - ``QuicConnection._spaces[ONE_RTT].ack_at``:
   acknowledge in the next packet built (a response written within aioquic's
   ack delay carries the ACK, instead of an ACK-only packet following it).
@@ -397,6 +404,47 @@ def stream_bytes_sent(quic: QuicConnection, stream_id: int) -> int:
 def pto_count(quic: QuicConnection) -> int:
     """Probe timeouts in a row without an acknowledgement (``QuicPacketRecovery._pto_count``)."""
     return int(quic._loss._pto_count)
+
+
+def probe_now(quic: QuicConnection, now: float) -> bool:
+    """Send a probe now and restart the probe timeout's backoff, as an ACK would (RFC 9002 6.2.1).
+
+    For a path known to work again: after ``n`` probe timeouts without an ACK, the
+    next probe waits ``2**n`` PTO periods (about 10 s after 20 s of silence), and the
+    congestion window, full of packets lost to the outage, lets nothing else out
+    meanwhile.  This does what that probe timeout would do, now: the oldest
+    ack-eliciting packet is scheduled again and one probe datagram may exceed the
+    congestion window; and the backoff starts from one period again.  Returns False,
+    doing nothing, while the handshake is not confirmed (the handshake's own probes
+    run) or without a backoff (``pto_count`` 0: nothing to end).
+    """
+    loss = quic._loss
+    if not loss.handshake_confirmed or loss._pto_count == 0 or quic._state is not QuicConnectionState.CONNECTED:
+        return False
+    loss._pto_count = 0
+    loss.reschedule_data(now=now)
+    return True
+
+
+def capped_probe_time(quic: QuicConnection, max_interval: float) -> float | None:
+    """When the probe timeout would fire were its backoff capped at ``max_interval`` seconds.
+
+    While probe timeouts back off (``pto_count`` >= 1, handshake confirmed), the next one
+    is ``2**pto_count`` probe periods after the last ack-eliciting packet.  This returns
+    that packet's time plus ``max(max_interval, 2 x the probe period)`` when that is
+    sooner (the owner then calls :func:`probe_now`), else None (no backoff, or QUIC's own
+    timer comes first).  So a path that comes back after a long outage is probed within
+    about ``max_interval``, as Linux lets ``tcp_rto_max_ms`` bound TCP's backoff.
+    """
+    loss = quic._loss
+    if not loss.handshake_confirmed or loss._pto_count == 0 or quic._state is not QuicConnectionState.CONNECTED:
+        return None
+    pto = loss.get_probe_timeout()
+    backed_off = pto * (2**loss._pto_count)
+    interval = max(max_interval, 2 * pto)
+    if interval >= backed_off:
+        return None
+    return float(loss._time_of_last_sent_ack_eliciting_packet) + interval
 
 
 # -- QUIC DATAGRAM frames (RFC 9221), used by the relay ------------------------------

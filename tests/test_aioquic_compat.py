@@ -248,6 +248,59 @@ def test_max_datagram_size_can_grow_and_shrink_on_a_live_connection() -> None:
         hooks.set_max_datagram_size(p.client, 1000)
 
 
+def test_probe_now_ends_a_probe_timeout_backoff_at_once() -> None:
+    """A flight lost to an outage: the probe timeout backs off 2**n; probe_now sends the oldest
+    data again at once (past a congestion window full of lost packets) and restarts the backoff."""
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    before = p.start()
+    assert not hooks.probe_now(p.client, p.now)  # handshaking: the handshake's own probes run
+    p.pump()
+    assert before is p.server and hooks.handshake_confirmed(p.client)
+    assert not hooks.probe_now(p.client, p.now)  # no backoff to end
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"x" * 60_000)
+    p.client.datagrams_to_send(p.now)  # the flight is lost (an outage)
+    while hooks.pto_count(p.client) < 6:
+        t = p.client.get_timer()
+        assert t is not None
+        p.now = t
+        p.client.handle_timer(p.now)
+        p.client.datagrams_to_send(p.now)  # the probes are lost too
+    backoff = p.client.get_timer()
+    assert backoff is not None and backoff - p.now > 2.0  # 2**6 probe periods away
+    capped = hooks.capped_probe_time(p.client, 0.5)
+    assert capped is not None and p.now < capped < backoff  # the backoff capped at 0.5 s
+    assert hooks.capped_probe_time(p.client, 1000.0) is None  # a cap beyond it: QUIC's own timer
+    p.client.send_stream_data(sid, b"y" * 1000)
+    assert p.client.datagrams_to_send(p.now) == []  # the lost flight fills the congestion window
+    p.now += 0.1  # the path is back (the caller heard the peer)
+    assert hooks.probe_now(p.client, p.now)
+    assert hooks.pto_count(p.client) == 0
+    assert hooks.capped_probe_time(p.client, 0.5) is None  # no backoff
+    probe = p.client.datagrams_to_send(p.now)
+    assert len(probe) >= 1  # a probe leaves now, not at the backoff's end
+    for data, _ in probe:
+        p.server.receive_datagram(data, CLIENT_ADDR, p.now)
+    got = 0
+    p.pending = []
+    for _ in range(300):  # the ACK of the probe lets the rest go again
+        p.now += 0.01
+        for conn in (p.client, p.server):
+            t = conn.get_timer()
+            if t is not None and t <= p.now:
+                conn.handle_timer(p.now)
+        for data, _ in p.client.datagrams_to_send(p.now):
+            p.server.receive_datagram(data, CLIENT_ADDR, p.now)
+        for data, _ in p.server.datagrams_to_send(p.now):
+            p.client.receive_datagram(data, SERVER_ADDR, p.now)
+        while (ev := p.server.next_event()) is not None:
+            if isinstance(ev, StreamDataReceived):
+                got += len(ev.data)
+        if got == 61_000:
+            break
+    assert got == 61_000 and p.now < backoff  # all of it before the backoff would have ended
+
+
 def _datagram_pair(*, server_frame_limit: int = 65536, max_datagram_size: int = 1200) -> Pair:
     """A handshaken Pair whose connections enabled DATAGRAM frames."""
     p = Pair(SecretKey.from_seed("dg-client"), SecretKey.from_seed("dg-server"))

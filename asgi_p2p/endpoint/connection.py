@@ -57,6 +57,12 @@ _BURST_GAP = 0.5
 _ACCEPTOR_KEEPALIVE_FACTOR = 1.5
 #: probe timeouts in a row, while sending datagrams above the base size, that mean a black hole
 _BLACK_HOLE_PTOS = 2
+#: seconds between probes at most while nothing is acknowledged (QUIC's probe timeout backoff
+#: is capped there): a path that comes back from an outage is found within it
+_MAX_PROBE_INTERVAL = 2.0
+#: probe timeouts in a row after which a new packet from the peer (acknowledging nothing new)
+#: ends the backoff: the peer is heard again, so the path is back (one PTO is routine loss)
+_HEARD_PTOS = 2
 
 
 def close_error(event: ConnectionTerminated, *, during_handshake: bool) -> P2PError:
@@ -144,7 +150,7 @@ class PeerConnection:
         self._ready: asyncio.Future[None] = self.loop.create_future()
         self._closed: asyncio.Future[None] = self.loop.create_future()
         self._close_error: P2PError | None = None
-        self._timer = DeadlineTimer(self.loop, quic.get_timer, self._on_timer)
+        self._timer = DeadlineTimer(self.loop, self._next_timer, self._on_timer)
         self._keepalive: asyncio.TimerHandle | None = None
         # the highest authenticated 1-RTT packet number received, when it last grew, and
         # when the paths layer last heard that this connection's direct route works
@@ -154,6 +160,8 @@ class PeerConnection:
         self._pending_events: list[QuicEvent] = []
         #: the peer's stateless reset token for the connection id we send to (the endpoint indexes it)
         self.reset_token: bytes | None = None
+        #: probe timeout backoffs ended early because the paths layer heard the peer (see path_answered)
+        self.backoffs_ended = 0
         # set while QUIC's timer runs on a live connection: a termination then is our idle timeout
         self._idle_check = False
         # backpressure: futures waiting for a stream's send buffer to drain
@@ -235,6 +243,11 @@ class PeerConnection:
             self._heard_at = now
             if addr is not None and addr == route.direct:
                 route.authenticated(addr, now)
+            if hooks.pto_count(quic) >= _HEARD_PTOS and self._ready.done():
+                # the peer sends again but acknowledged nothing new: our packets were lost
+                # while the path was down (a partition, an outage); the path is back, so
+                # probe now rather than at the end of the backoff (see path_answered)
+                self._end_backoff("heard from the peer")
         token = hooks.peer_reset_token(quic)
         if token != self.reset_token:
             old, self.reset_token = self.reset_token, token
@@ -298,10 +311,25 @@ class PeerConnection:
             self.route.send(datagrams)
         self._timer.update()
 
+    def _next_timer(self) -> float | None:
+        """QUIC's timer, or sooner: the next probe of a long probe timeout backoff."""
+        at = self.quic.get_timer()
+        capped = hooks.capped_probe_time(self.quic, _MAX_PROBE_INTERVAL)
+        if capped is not None and (at is None or capped < at):
+            return capped
+        return at
+
     def _on_timer(self) -> None:
         """QUIC's timer is due (see :class:`DeadlineTimer`)."""
         quic = self.quic
         now = self.loop.time()
+        capped = hooks.capped_probe_time(quic, _MAX_PROBE_INTERVAL)
+        if capped is not None and now >= capped:
+            # the backoff reached _MAX_PROBE_INTERVAL: probe now, so that a path back from
+            # an outage (a partition that healed) is found within that, not 2**n periods
+            self._end_backoff("probe interval cap")
+            self._timer.update()
+            return
         # handle_timer ends a connection that is not closing only when its idle timer expired
         self._idle_check = not hooks.is_closing(quic)
         quic.handle_timer(now)
@@ -376,8 +404,29 @@ class PeerConnection:
         if old[0] is not None and self.route.direct != old[0] and self._ready.done():
             # packets in flight on the old path are probably lost: a PING makes the peer
             # acknowledge on the new path now, so loss recovery does not wait out its backoff
-            self.quic.send_ping(0)
+            # (a PING the congestion window holds back would wait: then a probe goes instead)
+            if not hooks.probe_now(self.quic, self.loop.time()):
+                self.quic.send_ping(0)
             self.transmit()
+
+    def path_answered(self) -> None:
+        """The paths layer just heard the peer on this connection's route (:class:`RouteOwner`).
+
+        A signed disco PONG on the direct path, or the relay connected again: the path
+        works now.  If QUIC is backing off its probe timeouts (the path was dead: a
+        partition, an outage), it probes now instead of waiting out the backoff, which
+        after 20 s of silence is about 10 s more, while the requests written meanwhile
+        wait behind a congestion window full of lost packets.
+        """
+        if self.closed or not self._ready.done():
+            return
+        self._end_backoff("path answered")
+
+    def _end_backoff(self, why: str) -> None:
+        if hooks.probe_now(self.quic, self.loop.time()):
+            self.backoffs_ended += 1
+            log.debug("%s: %s during probe backoff; probing now", self._peer_label(), why)
+            self.schedule_transmit()
 
     @property
     def datagram_size(self) -> int:

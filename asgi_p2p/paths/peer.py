@@ -217,9 +217,14 @@ class PeerPaths:
         if route.owner.datagram_size <= base:
             self.service()
             return
-        if direct is not None and self.prober.size_black_hole(direct, now):
-            log.info("%s: large datagrams lost on %s:%d; back to %d bytes", self.node_id, *direct, base)
-        route.owner.set_datagram_size(base)
+        size = base
+        if direct is not None:
+            lowered = self.prober.size_black_hole(direct, now)
+            # the base, or a size the owner needs (which the path carried and is checked for)
+            size = self.prober.datagram_size(direct)
+            if lowered:
+                log.info("%s: large datagrams lost on %s:%d; back to %d bytes", self.node_id, *direct, size)
+        route.owner.set_datagram_size(size)
         self.service()
 
     # -- driving the prober ------------------------------------------------
@@ -250,7 +255,16 @@ class PeerPaths:
             self._reflexive = prober.reflexive_addr
             router.own_addresses_changed()
         self.update_routes()
+        # a path that answered works now: a connection sending on it stops backing off
+        for addr in prober.pop_answered():
+            for route in list(self.routes):
+                route.answered(addr)
         self._timer.update()
+
+    def relay_answered(self) -> None:
+        """The relay connected (again): connections sending through it stop backing off."""
+        for route in list(self.routes):
+            route.answered(None)
 
     def _path_changed(self, event: PathChanged) -> None:
         log.info("path to %s: %s -> %s (%s)", self.node_id, event.old, event.new, event.reason)

@@ -228,6 +228,9 @@ class _Path:
     size_searched: bool = False
     # searches in a row that ended with lost probes and no growth (the re-search backoff)
     size_retries: int = 0
+    # the needed size is being re-checked (a suspected black hole at that size): the path
+    # keeps it unless size_probe_attempts probes of it are lost
+    size_verifying: bool = False
     # set by suspect(): the path fails at this time unless a PONG arrives first; the
     # suspicion's later pings go out at these times
     suspect_until: float | None = None
@@ -270,6 +273,8 @@ class PathProber:
         self._size_probes: dict[bytes, tuple[Address, int, float]] = {}  # tx_id -> (addr, size, sent)
         self._queue: collections.deque[Transmit] = collections.deque()
         self._events: collections.deque[PathChanged] = collections.deque(maxlen=self.config.max_events)
+        # paths that answered a PING since the last pop_answered (at most one entry each)
+        self._answered: dict[Address, None] = {}
         self._current: _Path | None = None
         self._next_reprobe: float | None = None
         #: addresses never taken as candidates (the owner's own socket addresses)
@@ -394,6 +399,7 @@ class PathProber:
     def _research_now(self, path: _Path, now: float) -> None:
         """Search sizes on ``path`` again from its current size, starting now."""
         self._stop_size_probe(path)
+        path.size_verifying = False
         path.size_limit = self._size_ceiling() + 1
         path.size_attempts = 0
         path.size_searched = False
@@ -413,6 +419,12 @@ class PathProber:
         base = self.config.base_datagram_size
         if path is None or path.size <= base:
             return False
+        target = self.size_target
+        if target is not None and path.size >= target:
+            # the owner needs ``target`` (a relay connection: below it, it relays nothing) and
+            # the path carried it: repeated probe timeouts on a lossy path are more often loss
+            # than a shrunken path, so keep the needed size while a probe checks it
+            return self._keep_needed_size(path, target, now)
         logger.info(
             "path %s to %s stopped carrying %d-byte datagrams; back to %d",
             path.addr,
@@ -434,6 +446,41 @@ class PathProber:
         path.size_next_at = now if path.state is PathState.LIVE else None
         return True
 
+    def _keep_needed_size(self, path: _Path, target: int, now: float) -> bool:
+        """A black hole is suspected on ``path``, which carried the needed size ``target``.
+
+        Above ``target``: back to ``target`` (returns True), and the search goes on from
+        there.  At ``target``: the size stays while ``size_probe_attempts`` probes of it go
+        out at once; only if all are lost does the path fall to the base size (and search
+        again with the short backoff of a needed size).  Returns False (size unchanged).
+        """
+        if path.size_verifying:
+            return False  # being checked already
+        self._stop_size_probe(path)
+        path.size_attempts = 0
+        path.size_searched = False
+        path.size_retries = 0
+        path.size_next_at = now if path.state is PathState.LIVE else None
+        if path.size > target:
+            logger.info(
+                "path %s to %s stopped carrying %d-byte datagrams; back to %d (needed)",
+                path.addr,
+                self.peer.fmt_short(),
+                path.size,
+                target,
+            )
+            path.size = target
+            path.size_limit = self._size_ceiling() + 1
+            return True
+        logger.info(
+            "path %s to %s may have stopped carrying %d-byte datagrams (needed): checking",
+            path.addr,
+            self.peer.fmt_short(),
+            target,
+        )
+        path.size_verifying = True
+        return False
+
     def transport_alive(self, addr: Address, now: float) -> None:
         """An authenticated transport packet from the peer arrived from ``addr`` (normalized).
 
@@ -452,6 +499,12 @@ class PathProber:
         path.last_pong = now
         if path.next_ping_at < now + quiet:
             path.next_ping_at = now + quiet
+
+    def pop_answered(self) -> list[Address]:
+        """Paths that answered a PING (a valid PONG) since the last call, oldest first."""
+        answered = list(self._answered)
+        self._answered.clear()
+        return answered
 
     def pop_events(self) -> list[PathChanged]:
         """Path changes since the last call, oldest first."""
@@ -717,6 +770,8 @@ class PathProber:
             logger.debug("path %s to %s answers again: size search now", path.addr, self.peer)
             self._research_now(path, now)
         path.stats["pongs"] += 1
+        if len(self._answered) < self.config.max_candidates:
+            self._answered[path.addr] = None
         if path.suspect_until is not None:
             path.suspect_until = None
             path.next_ping_at = now + self.config.keepalive_interval
@@ -746,6 +801,7 @@ class PathProber:
             path.failed_at = now
             self._stop_size_probe(path)
             path.size = cfg.base_datagram_size
+            path.size_verifying = False
             path.size_next_at = None
             expired = True
         if expired:
@@ -788,6 +844,7 @@ class PathProber:
 
     def _start_size_search(self, path: _Path, now: float) -> None:
         self._stop_size_probe(path)
+        path.size_verifying = False
         path.size = self.config.base_datagram_size
         path.size_limit = self._size_ceiling() + 1
         path.size_attempts = 0
@@ -803,6 +860,8 @@ class PathProber:
 
     def _next_size(self, path: _Path) -> int | None:
         """The next size to probe: the needed size first, then the steps, the ceiling last."""
+        if path.size_verifying:
+            return path.size
         target = self.size_target
         if target is not None and path.size < target < path.size_limit:
             return target
@@ -823,6 +882,16 @@ class PathProber:
                 logger.debug("path %s to %s: %d-byte probes lost", path.addr, self.peer.fmt_short(), path.size_probing)
                 path.size_limit = path.size_probing
                 path.size_attempts = 0
+                if path.size_verifying:  # the needed size it carried is gone
+                    path.size_verifying = False
+                    logger.info(
+                        "path %s to %s stopped carrying %d-byte datagrams; back to %d",
+                        path.addr,
+                        self.peer.fmt_short(),
+                        path.size,
+                        cfg.base_datagram_size,
+                    )
+                    path.size = cfg.base_datagram_size
         elif path.size_searched:  # time to search upwards again
             path.size_limit = self._size_ceiling() + 1
             path.size_searched = False
@@ -873,6 +942,9 @@ class PathProber:
         if path.suspect_until is not None:  # a big probe answered: the path works
             path.suspect_until = None
             path.next_ping_at = now + self.config.keepalive_interval
+        if path.size_verifying and size >= path.size:
+            path.size_verifying = False
+            logger.info("path %s to %s still carries %d-byte datagrams", addr, self.peer.fmt_short(), path.size)
         if size > path.size:
             path.size = size
             path.size_retries = 0  # progress: a later failure backs off from the start again

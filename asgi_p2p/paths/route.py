@@ -14,6 +14,7 @@ from typing import Protocol
 
 from ..config import NetworkConfig
 from ..identity import NodeId
+from ..net.addr import normalize_address
 from ..net.base import Address
 from .prober import RELAY, PathInfo
 from .select import select_datagram_size
@@ -26,6 +27,13 @@ RouteTarget = tuple[Address | None, NodeId | None]
 #: an authenticated QUIC packet on the direct route is reported to the paths layer at
 #: most this often (seconds): it stands in for disco keepalives, which run on seconds
 _ALIVE_REPORT_INTERVAL = 1.0
+
+
+def _normalized(addr: Address) -> Address | None:
+    try:
+        return normalize_address(addr)
+    except ValueError:
+        return None
 
 
 class RouteOwner(Protocol):
@@ -52,6 +60,9 @@ class RouteOwner(Protocol):
 
     def route_changed(self, old: RouteTarget, reason: str) -> None:
         """:attr:`Route.target` changed from ``old`` (for ``reason``)."""
+
+    def path_answered(self) -> None:
+        """The peer was just heard on the current route (a PONG on it, the relay back): it works."""
 
 
 class RouteHost(Protocol):
@@ -166,6 +177,19 @@ class Route:
             self._alive_reported = now  # also before the handshake names the peer: one report a second
             if self.peer is not None:
                 self.peer.transport_alive(addr)
+
+    def answered(self, addr: Address | None) -> None:
+        """The paths layer heard the peer at ``addr`` just now (None: the relay is back).
+
+        Tells the connection when that is where its packets go (see
+        :meth:`RouteOwner.path_answered`).
+        """
+        if addr is None:
+            hit = self.relayed is not None
+        else:
+            hit = self.direct is not None and (addr == self.direct or addr == _normalized(self.direct))
+        if hit:
+            self.owner.path_answered()
 
     def bulk_started(self) -> None:
         """The connection sent a burst of packets: find larger datagram sizes on its path."""

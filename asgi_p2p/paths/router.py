@@ -249,6 +249,8 @@ class Router:
         for peer in list(self._peers.values()):
             peer.relay_fit = None  # a new relay connection (or none): sizes are learnt afresh
             peer.update_routes()
+            if link.connected:
+                peer.relay_answered()
         self._last_node_addr = None  # connected or not: re-signal peers, tell the callbacks
         self.own_addresses_changed()
 

@@ -442,3 +442,14 @@ def test_transport_quiet_must_leave_room_for_a_ping() -> None:
     with pytest.raises(ValueError, match="negative"):
         ProberConfig(transport_quiet=-1)
     assert ProberConfig(transport_quiet=15, path_timeout=20).transport_quiet == 15
+
+
+def test_pop_answered_names_each_path_that_answered_once() -> None:
+    alice, bob = make(), make(BOB, ALICE)
+    assert alice.pop_answered() == []
+    alice.add_candidates([B_ADDR], 0.0)
+    establish(alice, bob, B_ADDR, 0.0, rtt=0.03)
+    assert alice.pop_answered() == [B_ADDR]  # the PONG that made it live
+    assert alice.pop_answered() == []  # popped
+    establish(alice, bob, B_ADDR, 6.0, rtt=0.03)  # the keepalive round trip
+    assert alice.pop_answered() == [B_ADDR]

@@ -511,3 +511,40 @@ def test_a_path_that_answers_again_after_a_silence_searches_the_needed_size_at_o
     wire.mtu = 1300  # healed: the next keepalive PONG shows it
     wire.run(until=last + 13.0)
     assert wire.alice.datagram_size() == 1264  # without the heal: not before last + 15.75
+
+
+def test_a_suspected_black_hole_keeps_a_needed_size_the_path_still_carries() -> None:
+    """Repeated probe timeouts on a lossy path are mostly loss: a relay connection that needs
+    1264-byte datagrams keeps them (above: back to 1264, not the base) while probes check."""
+    wire = Wire(mtu=1500)
+    wire.alice.require_size(1264, 0.0)
+    wire.run(until=5.0)
+    assert wire.alice.datagram_size(B_ADDR) == 1452
+    assert wire.alice.size_black_hole(B_ADDR, wire.now)  # above the need: down to the need
+    assert wire.alice.datagram_size(B_ADDR) == 1264
+    sent = len(_searches(wire, 1264))
+    assert not wire.alice.size_black_hole(B_ADDR, wire.now)  # at the need: kept while checked
+    assert wire.alice.datagram_size(B_ADDR) == 1264
+    assert not wire.alice.size_black_hole(B_ADDR, wire.now)  # a second suspicion: same check
+    wire.run(until=wire.now + 0.2)
+    assert len(_searches(wire, 1264)) == sent + 1  # one probe of the needed size at once
+    wire.run(until=wire.now + 5.0)
+    assert wire.alice.datagram_size(B_ADDR) == 1452  # answered, and the search went on above it
+
+
+def test_a_needed_size_the_path_lost_falls_to_the_base_after_the_check() -> None:
+    wire = Wire(mtu=1500)
+    wire.alice.require_size(1264, 0.0)
+    wire.run(until=5.0)
+    wire.alice.size_black_hole(B_ADDR, wire.now)
+    assert wire.alice.datagram_size(B_ADDR) == 1264
+    wire.mtu = 1250  # the path really shrank below the need
+    checked_at = wire.now
+    assert not wire.alice.size_black_hole(B_ADDR, wire.now)
+    wire.run(until=wire.now + 0.8)  # three lost probes of 1264, 0.25 s apart
+    assert [t - checked_at < 0.8 for t in _searches(wire, 1264)[-3:]] == [True] * 3
+    assert wire.alice.datagram_size(B_ADDR) == 1200  # gone: the base (the relay says why)
+    assert wire.alice.current_path.kind == "direct"  # the path itself still works
+    wire.mtu = 1500
+    wire.run(until=wire.now + 3.0)  # and the needed size's short backoff finds it again
+    assert wire.alice.datagram_size(B_ADDR) >= 1264
