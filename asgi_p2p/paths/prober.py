@@ -785,13 +785,16 @@ class PathProber:
 
     def _expire(self, now: float) -> None:
         cfg = self.config
-        for tx_id in [t for t, (_a, sent) in self._outstanding.items() if now - sent >= cfg.ping_timeout]:
+        # deadlines are compared as next_timer computes them (``sent + timeout``): in floating
+        # point ``now - sent`` can stay below ``timeout`` at ``now == sent + timeout``, and the
+        # timer would then fire at the same instant forever
+        for tx_id in [t for t, (_a, sent) in self._outstanding.items() if now >= sent + cfg.ping_timeout]:
             del self._outstanding[tx_id]
         expired = suspected = False
         for path in self._paths.values():
             if path.state is not PathState.LIVE:
                 continue
-            timed_out = path.last_pong is not None and now - path.last_pong >= cfg.path_timeout
+            timed_out = path.last_pong is not None and now >= path.last_pong + cfg.path_timeout
             if path.suspect_until is not None and now >= path.suspect_until:
                 suspected = True
             elif not timed_out:

@@ -453,3 +453,20 @@ def test_pop_answered_names_each_path_that_answered_once() -> None:
     assert alice.pop_answered() == []  # popped
     establish(alice, bob, B_ADDR, 6.0, rtt=0.03)  # the keepalive round trip
     assert alice.pop_answered() == [B_ADDR]
+
+
+def test_a_deadline_at_a_float_rounding_edge_is_due_once() -> None:
+    """``sent + timeout`` can equal ``now`` while ``now - sent`` is still below ``timeout``:
+    the timer must not stay due at that instant (found by the swarm: 10,000 loop passes)."""
+    start = next(t / 1000 for t in range(1_000_000, 2_000_000) if (t / 1000 + 5.0) - t / 1000 < 5.0 and t % 7 == 0)
+    alice = make()
+    alice.add_candidates([B_ADDR], start)
+    assert alice.poll(start)  # the first PING, unanswered
+    for _ in range(20):
+        due = alice.next_timer()
+        assert due is not None
+        alice.poll(due)
+        after = alice.next_timer()
+        assert after is None or after > due
+        if due >= start + 5.0:
+            break
