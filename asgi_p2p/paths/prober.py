@@ -382,18 +382,20 @@ class PathProber:
         ``max_datagram_size``: a need, not an optimisation), and while a path does not
         carry it, a search whose probes were lost is retried with backoff from
         ``size_retry_min`` to ``size_retry_max`` seconds, and at once when the path
-        answers again after a silence (an outage ended).
+        answers again after a silence (an outage ended).  Stating the same need again
+        (a new connection that needs it) searches at once too, whatever the backoff.
         """
         if size is not None and not self.config.base_datagram_size < size <= MAX_DISCO_DATAGRAM:
             size = None  # the base size is always assumed; nothing larger than a probe can be
-        if size == self.size_target:
-            return
+        restated = size == self.size_target
         self.size_target = size
         if size is None:
             return
         self._size_wanted = True  # a need does not wait for bulk data
         for path in self._paths.values():
-            if path.state is PathState.LIVE and path.size < size:
+            # a need stated again (a new relay connection to the same relay, after an outage)
+            # cuts a pending search's backoff short too; a probe in flight is left to finish
+            if path.state is PathState.LIVE and path.size < size and not (restated and path.size_tx is not None):
                 self._research_now(path, now)
 
     def _research_now(self, path: _Path, now: float) -> None:

@@ -548,3 +548,18 @@ def test_a_needed_size_the_path_lost_falls_to_the_base_after_the_check() -> None
     wire.mtu = 1500
     wire.run(until=wire.now + 3.0)  # and the needed size's short backoff finds it again
     assert wire.alice.datagram_size(B_ADDR) >= 1264
+
+
+def test_a_need_stated_again_searches_at_once_whatever_the_backoff() -> None:
+    """A relay connection made again after an outage states its need again: the search must not
+    wait out the backoff the outage built up (found by the swarm: a server's new relay connection
+    stayed unusable 15 s after a partition healed)."""
+    wire = Wire(mtu=1200)
+    wire.alice.require_size(1264, 0.0)
+    wire.run(until=40.0)  # lost probes: the backoff has reached 15 s
+    last = _searches(wire, 1264)[-1]
+    wire.run(until=last + 1.0)
+    wire.mtu = 1300
+    wire.alice.require_size(1264, wire.now)  # the new connection
+    wire.run(until=wire.now + 1.0)
+    assert wire.alice.datagram_size(B_ADDR) == 1264  # without it: not before last + 15 s
