@@ -17,8 +17,17 @@ Hooks:
 * :func:`unacked_bytes` - bytes held in a stream's send buffer
   (``QuicStreamSender._buffer``), for send-side backpressure.
 * :func:`install_receive_credit` - replaces
-  ``QuicConnection._write_stream_limits`` so that a stream's flow-control
-  credit grows as the application *reads* (aioquic grows it as data *arrives*).
+  ``QuicConnection._write_stream_limits`` and ``._write_connection_limits`` so
+  that a stream's and the connection's flow-control credit (MAX_STREAM_DATA,
+  MAX_DATA) grow as the application *reads* (aioquic doubles them as data
+  *arrives*, without bound).
+* :func:`received_offset`, :func:`data_received`, :func:`max_data_sent` - a
+  stream's highest received offset (``QuicStream.receiver.highest_offset``), the
+  connection's received bytes (``QuicConnection._local_max_data.used``) and the
+  MAX_DATA announced (``._local_max_data.sent``).
+* :func:`congestion_window` - ``QuicConnection._loss._cc.congestion_window``.
+* :func:`send_credit` - the peer's stream credit past the acknowledged data
+  (``QuicStream.max_stream_data_remote``, ``QuicStreamSender._buffer_start``).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
 * :func:`get_stream`, :func:`is_closing` - ``QuicConnection._streams`` and ``._state``.
 * :func:`set_max_datagram_size` / :func:`max_datagram_size` - change the UDP
@@ -61,7 +70,12 @@ from aioquic.h3.connection import (
 )
 from aioquic.h3.events import H3Event
 from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicConnectionState
+from aioquic.quic.connection import (
+    CONNECTION_LIMIT_FRAME_CAPACITY,
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    QuicConnection,
+    QuicConnectionState,
+)
 from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
@@ -76,14 +90,19 @@ __all__ = [
     "Buffer",
     "BufferReadError",
     "ack_with_next_packet",
+    "congestion_window",
+    "data_received",
     "get_stream",
     "handshake_confirmed",
     "install_identity_hooks",
     "install_receive_credit",
     "is_closing",
+    "max_data_sent",
     "max_datagram_size",
     "peer_public_key",
     "pto_count",
+    "received_offset",
+    "send_credit",
     "set_max_datagram_size",
     "set_peer_stream_limit",
     "smoothed_rtt",
@@ -195,14 +214,20 @@ def smoothed_rtt(quic: QuicConnection) -> float:
     return float(quic._loss._rtt_smoothed)
 
 
-def install_receive_credit(quic: QuicConnection, credit_limit: Callable[[int], int | None]) -> None:
-    """Let the application decide each stream's receive credit.
+def install_receive_credit(
+    quic: QuicConnection,
+    credit_limit: Callable[[int], int | None],
+    connection_limit: Callable[[int], int] | None = None,
+) -> None:
+    """Let the application decide each stream's (and the connection's) receive credit.
 
     ``credit_limit(stream_id)`` returns the highest offset the peer may send on
     that stream (bytes the application has consumed + its window), or None to
     keep aioquic's behaviour (double the credit as data arrives), which is
     right for streams that a protocol library consumes itself (HTTP/3 control
-    and QPACK streams).  Credit never shrinks.
+    and QPACK streams).  ``connection_limit(received)``, given the bytes received
+    on all streams, returns the MAX_DATA to allow (None: aioquic's doubling as
+    data arrives).  Both are asked whenever a packet is built.  Credit never shrinks.
     """
 
     def _write_stream_limits(builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> None:
@@ -227,6 +252,63 @@ def install_receive_credit(quic: QuicConnection, credit_limit: Callable[[int], i
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
     quic._write_stream_limits = _write_stream_limits  # type: ignore[method-assign]
+    if connection_limit is None:
+        return
+    max_data = quic._local_max_data
+
+    def _write_connection_limits(builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        # aioquic's method, without its doubling of MAX_DATA as data arrives
+        limit = connection_limit(max_data.used)
+        if limit > max_data.value:
+            max_data.value = limit
+        for lim in (max_data, quic._local_max_streams_bidi, quic._local_max_streams_uni):
+            if lim is not max_data and lim.sent - lim.used >= lim.value - lim.sent:
+                continue  # batch MAX_STREAMS as aioquic does
+            if lim.value != lim.sent:
+                buf = builder.start_frame(
+                    lim.frame_type,
+                    capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
+                    handler=quic._on_connection_limit_delivery,
+                    handler_args=(lim,),
+                )
+                buf.push_uint_var(lim.value)
+                lim.sent = lim.value
+
+    quic._write_connection_limits = _write_connection_limits  # type: ignore[method-assign]
+
+
+def received_offset(quic: QuicConnection, stream_id: int) -> int | None:
+    """The highest offset received on a stream (None once aioquic discarded the stream)."""
+    stream = quic._streams.get(stream_id)
+    return None if stream is None else int(stream.receiver.highest_offset)
+
+
+def data_received(quic: QuicConnection) -> int:
+    """Bytes the peer sent on all streams so far, as counted for MAX_DATA."""
+    return int(quic._local_max_data.used)
+
+
+def max_data_sent(quic: QuicConnection) -> int:
+    """The MAX_DATA (connection credit) last announced to the peer."""
+    return int(quic._local_max_data.sent)
+
+
+def send_credit(quic: QuicConnection, stream_id: int) -> int:
+    """Bytes past the acknowledged part of a stream that the peer's credit allows now.
+
+    ``QuicStream.max_stream_data_remote`` (the peer's MAX_STREAM_DATA) minus the
+    offset where the send buffer starts (``QuicStreamSender._buffer_start``: all
+    before it is acknowledged); 0 for an unknown stream.
+    """
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    return max(0, int(stream.max_stream_data_remote) - int(stream.sender._buffer_start))
+
+
+def congestion_window(quic: QuicConnection) -> int:
+    """The congestion controller's window in bytes (``QuicConnection._loss._cc.congestion_window``)."""
+    return int(quic._loss._cc.congestion_window)
 
 
 def set_peer_stream_limit(quic: QuicConnection, max_bidi_streams: int) -> None:

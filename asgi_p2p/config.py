@@ -13,6 +13,10 @@ from .errors import InvalidConfiguration
 __all__ = ["NetworkConfig"]
 
 ENV_PREFIX = "ASGI_P2P_"
+#: The congestion controllers ``congestion_control`` may name (those aioquic ships).
+CONGESTION_CONTROLLERS = ("reno", "cubic")
+#: The largest any receive window or send buffer may be configured to (1 GiB).
+MAX_WINDOW = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,26 @@ class NetworkConfig:
     keepalive_interval: float = 10.0
     #: Most simultaneous QUIC connections per endpoint; more are refused.
     max_connections: int = 1024
-    #: Unacknowledged bytes buffered per stream before ``send`` waits.
+    #: Unacknowledged bytes buffered per stream before ``send`` waits, at least (the
+    #: buffer grows to two congestion windows, up to ``max_stream_send_buffer``).
     stream_send_buffer: int = 256 * 1024
-    #: Bytes a peer may send on a stream beyond what the application has read.
+    #: Ceiling of a stream's send buffer (equal to ``stream_send_buffer``: fixed size).
+    max_stream_send_buffer: int = 16 * 1024 * 1024
+    #: Bytes a peer may send on a stream beyond what the application has read, at
+    #: first: the window doubles while the application reads a window in less than
+    #: two round trips (auto-tuning), up to ``max_stream_receive_window``.
     stream_receive_window: int = 256 * 1024
-    #: Bytes a peer may send on a connection beyond what the application has read.
+    #: Ceiling of a stream's receive window (equal to ``stream_receive_window``: no auto-tuning).
+    max_stream_receive_window: int = 16 * 1024 * 1024
+    #: Bytes a peer may send on a connection (all streams) beyond what the application
+    #: has read, at first; auto-tuned like the stream window, and kept at least 1.5
+    #: times the largest stream window, up to ``max_connection_receive_window``.
     connection_receive_window: int = 4 * 1024 * 1024
+    #: Ceiling of the connection's receive window: the most unread bytes a peer can
+    #: make this node hold per connection.
+    max_connection_receive_window: int = 24 * 1024 * 1024
+    #: Congestion controller (aioquic's): ``"reno"`` or ``"cubic"``.
+    congestion_control: str = "cubic"
     #: Most concurrent peer-opened bidirectional streams per connection.
     max_streams: int = 128
     #: UDP payload size QUIC starts with and falls back to; every path must carry it
@@ -75,12 +93,32 @@ class NetworkConfig:
             )
         if self.max_datagram_size > 65507:
             raise InvalidConfiguration(f"max_datagram_size must be at most 65507, got {self.max_datagram_size}")
+        for name, ceiling in (
+            ("stream_send_buffer", "max_stream_send_buffer"),
+            ("stream_receive_window", "max_stream_receive_window"),
+            ("connection_receive_window", "max_connection_receive_window"),
+        ):
+            if getattr(self, ceiling) < getattr(self, name):
+                raise InvalidConfiguration(
+                    f"{ceiling} ({getattr(self, ceiling)}) must not be below {name} ({getattr(self, name)})"
+                )
+            for field_name in (name, ceiling):
+                if getattr(self, field_name) > MAX_WINDOW:
+                    raise InvalidConfiguration(
+                        f"{field_name} must be at most {MAX_WINDOW} (1 GiB), got {getattr(self, field_name)}"
+                    )
+        if self.congestion_control not in CONGESTION_CONTROLLERS:
+            raise InvalidConfiguration(
+                f"congestion_control must be one of {', '.join(CONGESTION_CONTROLLERS)}, "
+                f"got {self.congestion_control!r}"
+            )
         if self.punch_ttl > 255:
             raise InvalidConfiguration(f"punch_ttl must be in 0..255, got {self.punch_ttl}")
         for name in (
             "max_message_size",
             "stream_send_buffer",
             "stream_receive_window",
+            "connection_receive_window",
             "max_streams",
             "max_connections",
             "accept_queue_size",
@@ -102,6 +140,9 @@ class NetworkConfig:
             var = ENV_PREFIX + f.name.upper()
             raw = env.get(var)
             if raw is None:
+                continue
+            if f.type in ("str", str):
+                values[f.name] = raw.strip()
                 continue
             typ = int if f.type in ("int", int) else float
             try:

@@ -62,7 +62,6 @@ class ClientConnection:
         self.streams: dict[int, ClientStream] = {}
         self.lost: P2PError | None = None
         self.goaway_id: int | None = None
-        self.send_limit = conn.config.stream_send_buffer
         #: buffered response bytes that wake a waiting reader at once (see ClientStream.on_data);
         #: well below the stream window, so the peer keeps sending while the reader catches up
         self.wake_bytes = max(conn.config.stream_receive_window // 4, 1)
