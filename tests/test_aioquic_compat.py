@@ -176,6 +176,46 @@ def test_receive_credit_grows_only_as_the_application_consumes(consume: bool) ->
         assert received == 2 * window
 
 
+@pytest.mark.parametrize("consume", [False, True])
+def test_connection_credit_grows_only_as_the_application_consumes(consume: bool) -> None:
+    window = 256 * 1024  # per stream
+    conn_window = 1 << 20  # the Pair's max_data (aioquic's default)
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"), window=window)
+    consumed = 0
+    hooks.install_receive_credit(p.start(), lambda sid: None, lambda received: consumed + conn_window)
+    p.pump()
+    for _ in range(8):  # 8 streams of a full stream window each: 2 MiB
+        p.client.send_stream_data(p.client.get_next_available_stream_id(), b"z" * window)
+    p.pump(60)
+
+    def received() -> int:
+        return sum(len(e.data) for e in p.events["server"] if isinstance(e, StreamDataReceived))
+
+    assert received() == conn_window == hooks.data_received(p.server)  # stock aioquic doubles MAX_DATA
+    assert hooks.max_data_sent(p.server) == conn_window
+    if consume:
+        consumed = conn_window // 2
+        p.server.send_ping(1)
+        p.pump(60)
+        assert received() == conn_window + conn_window // 2
+        assert hooks.max_data_sent(p.server) == consumed + conn_window
+
+
+def test_send_credit_and_congestion_window() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"), window=64 * 1024)
+    p.start()
+    p.pump()
+    sid = p.client.get_next_available_stream_id()
+    assert hooks.send_credit(p.client, sid) == 0  # no such stream yet
+    p.client.send_stream_data(sid, b"x" * 10_000)
+    assert hooks.send_credit(p.client, sid) == 64 * 1024
+    p.pump(20)  # acknowledged: the credit is counted past the acknowledged data
+    assert hooks.send_credit(p.client, sid) == 64 * 1024 - 10_000
+    assert hooks.congestion_window(p.client) >= 10 * 1200
+    assert hooks.received_offset(p.server, sid) == 10_000
+    assert hooks.received_offset(p.server, sid + 4) is None
+
+
 def test_peer_stream_limit_is_announced_and_enforced() -> None:
     p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
     server = p.start()
