@@ -112,3 +112,29 @@ def test_paths_benchmark_quick_run_prints_every_environment_but_netns() -> None:
     ratio = [c.strip() for c in rows["bulk relayed / direct"].strip().strip("|").split("|")]
     assert all("met" in c for c in ratio[1:4]), ratio
     assert "Machine:" in out
+
+
+def test_windows_benchmark_prints_every_row() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "windows.py"), "--mb", "1", "--seeds", "1", "--queues", "1000000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| fixed") or line.startswith("| auto")]
+    assert len(rows) == 5, proc.stdout  # fixed; reno and cubic at 0% and 1% loss
+    assert "| fixed 256 KiB | cubic | 0% | 1000 kB |" in rows[0]
+
+
+def test_relay_cost_benchmark_measures_the_relay_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "relay_cost.py"), "--seconds", "0.5", "--runs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "median relay CPU per forwarded MB:" in proc.stdout, proc.stdout
