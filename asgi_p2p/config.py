@@ -58,7 +58,7 @@ class NetworkConfig:
     #: make this node hold per connection.
     max_connection_receive_window: int = 24 * 1024 * 1024
     #: Congestion controller (aioquic's): ``"reno"`` or ``"cubic"``.
-    congestion_control: str = "cubic"
+    congestion_control: str = "reno"
     #: Most concurrent peer-opened bidirectional streams per connection.
     max_streams: int = 128
     #: UDP payload size QUIC starts with and falls back to; every path must carry it

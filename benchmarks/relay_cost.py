@@ -8,6 +8,10 @@ from ``/proc/<pid>/stat`` (user + system) over the sending period; MB are the
 packet bytes the receiving client got.  Prints CPU ms per forwarded MB and the
 forwarding rate, per run, then the median.
 
+The relay connections' datagram sizes are probed as usual (up to 16 KB on loopback,
+so several relayed packets share one datagram); ``ASGI_P2P_MAX_PROBE_DATAGRAM_SIZE=1472``
+(inherited by the relay process) models an internet path with a 1500-byte MTU.
+
 Usage: python benchmarks/relay_cost.py [--seconds 5] [--runs 3] [--both-ways]
 """
 
@@ -98,8 +102,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url_file = Path(tmp) / "url"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "asgi_p2p", "relay", "--ephemeral", "--no-directory", "--log-level", "warning",
-             "--url-file", str(url_file), "--limit-bytes-per-second", "1e10", "--limit-packets-per-second", "1e8"],
+            [
+                sys.executable,
+                "-m",
+                "asgi_p2p",
+                "relay",
+                "--ephemeral",
+                "--no-directory",
+                "--log-level",
+                "warning",
+                "--url-file",
+                str(url_file),
+                "--limit-bytes-per-second",
+                "1e10",
+                "--limit-packets-per-second",
+                "1e8",
+            ],
             cwd=ROOT,
             env=dict(os.environ, PYTHONPATH=str(ROOT)),
         )
@@ -114,6 +132,8 @@ def main() -> None:
             print(f"{'run':>4} {'forwarded MB':>13} {'MB/s':>7} {'relay CPU s':>12} {'CPU ms/MB':>10}")
             for i in range(args.runs):
                 cpu, mb = asyncio.run(one_run(url, proc.pid, args.seconds, args.both_ways))
+                if mb <= 0:
+                    raise SystemExit("nothing was forwarded (do the relay connections carry full-size packets?)")
                 per_mb.append(1000 * cpu / mb)
                 print(f"{i + 1:>4} {mb:>13.1f} {mb / args.seconds:>7.1f} {cpu:>12.2f} {per_mb[-1]:>10.1f}")
             print(f"median relay CPU per forwarded MB: {statistics.median(per_mb):.1f} ms")

@@ -52,6 +52,9 @@ _BURST_GAP = 0.5
 _ACCEPTOR_KEEPALIVE_FACTOR = 1.5
 #: probe timeouts in a row, while sending datagrams above the base size, that mean a black hole
 _BLACK_HOLE_PTOS = 2
+#: while packets arrive through the relay on a direct route, a PING checks the direct
+#: path at most this often (seconds)
+_RELAY_PING_INTERVAL = 1.0
 
 
 class _StreamCredit(ReceiveWindow):
@@ -153,6 +156,7 @@ class PeerConnection:
         self._largest_received = -1
         self._heard_at = 0.0
         self._sent_at = 0.0
+        self._relay_ping_at = -_RELAY_PING_INTERVAL
         self._pending_events: list[QuicEvent] = []
         # backpressure: futures waiting for a stream's send buffer to drain
         self._send_waiters: dict[int, list[asyncio.Future[None]]] = {}
@@ -236,6 +240,14 @@ class PeerConnection:
             self._heard_at = now
             if addr is not None and addr == route.direct:
                 route.authenticated(addr, now)
+            elif addr is None and route.direct is not None and now - self._relay_ping_at >= _RELAY_PING_INTERVAL:
+                # the peer sends through the relay while we send direct: perhaps it saw
+                # our direct path die.  A receiver that only acknowledges never has a
+                # probe timeout of its own, so its acknowledgements would go on into the
+                # dead path; a PING makes our loss recovery check the path (no answer:
+                # probe timeouts, and the paths layer falls back to the relay)
+                self._relay_ping_at = now
+                quic.send_ping(0)
         self._process_events()
         self.schedule_transmit()
 
