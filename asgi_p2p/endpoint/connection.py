@@ -213,6 +213,10 @@ class PeerConnection:
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
 
+    def _node_label(self) -> str:
+        """The peer's full node id (for new log lines), or "peer" before the handshake proved it."""
+        return str(self.remote_node_id) if self.remote_node_id else "peer"
+
     def _peer_label(self) -> str:
         return self.remote_node_id.fmt_short() if self.remote_node_id else "peer"
 
@@ -561,7 +565,7 @@ class PeerConnection:
             # a stream window never outgrows the connection's (quic-go and Chromium keep 1.5x)
             self._conn_credit.ensure_window(credit.window * 3 // 2)
             log.debug(
-                "%s: stream %d receive window %d -> %d bytes", self._peer_label(), stream_id, window, credit.window
+                "%s: stream %d receive window %d -> %d bytes", self._node_label(), stream_id, window, credit.window
             )
         if moved or self._connection_limit(hooks.data_received(self.quic)) > hooks.max_data_sent(self.quic):
             self.transmit()  # announce the new credit now
@@ -587,7 +591,7 @@ class PeerConnection:
         window = credit.window
         credit.consumed_to(received - unread, self.loop.time(), hooks.smoothed_rtt(quic))
         if credit.window > window:
-            log.debug("%s: connection receive window %d -> %d bytes", self._peer_label(), window, credit.window)
+            log.debug("%s: connection receive window %d -> %d bytes", self._node_label(), window, credit.window)
         return credit.limit
 
     def _drop_credit(self, stream_id: int) -> None:
@@ -635,7 +639,7 @@ class PeerConnection:
             raise StreamResetError(stream_id, code)
 
     async def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        """Write to a stream, waiting while more than :attr:`send_buffer_limit` bytes are unacknowledged.
+        """Write to a stream, waiting while more than :meth:`send_buffer_limit` bytes are unacknowledged.
 
         Raises :class:`ConnectionClosed` if the connection goes away and
         :class:`~asgi_p2p.errors.StreamReset` if the peer stops the stream.
