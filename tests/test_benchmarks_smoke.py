@@ -112,3 +112,29 @@ def test_paths_benchmark_quick_run_prints_every_environment_but_netns() -> None:
     ratio = [c.strip() for c in rows["bulk relayed / direct"].strip().strip("|").split("|")]
     assert all("met" in c for c in ratio[1:4]), ratio
     assert "Machine:" in out
+
+
+def test_flood_benchmark_prints_its_table_and_the_peer_connects() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "flood.py"),
+            "--seconds",
+            "1",
+            "--after",
+            "0.2",
+            "--targets",
+            "node",
+            "--floods",
+            "hellos",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| node | hellos,")]
+    assert len(rows) == 1, proc.stdout
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[2].isdigit(), rows[0]  # the legitimate connect succeeded (milliseconds)

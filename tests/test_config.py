@@ -34,3 +34,40 @@ def test_overrides_beat_environment() -> None:
 def test_invalid_values_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(InvalidConfiguration, match=var):
         NetworkConfig.from_env({var: value})
+
+
+def test_admission_limits_default_and_come_from_the_environment() -> None:
+    cfg = NetworkConfig()
+    assert (cfg.max_handshaking, cfg.max_handshaking_per_address, cfg.max_connections_per_address) == (128, 16, 128)
+    assert (cfg.handshake_timeout, cfg.retry_token_lifetime) == (10.0, 10.0)
+    cfg = NetworkConfig.from_env(
+        {
+            "ASGI_P2P_MAX_HANDSHAKING": "64",
+            "ASGI_P2P_MAX_HANDSHAKING_PER_ADDRESS": "4",
+            "ASGI_P2P_MAX_CONNECTIONS_PER_ADDRESS": "1_000",
+            "ASGI_P2P_HANDSHAKE_TIMEOUT": "3.5",
+            "ASGI_P2P_RETRY_TOKEN_LIFETIME": "2",
+        }
+    )
+    assert (cfg.max_handshaking, cfg.max_handshaking_per_address, cfg.max_connections_per_address) == (64, 4, 1000)
+    assert (cfg.handshake_timeout, cfg.retry_token_lifetime) == (3.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("ASGI_P2P_MAX_HANDSHAKING", "0"),
+        ("ASGI_P2P_MAX_HANDSHAKING", "-5"),
+        ("ASGI_P2P_MAX_HANDSHAKING", "1.5"),
+        ("ASGI_P2P_MAX_HANDSHAKING_PER_ADDRESS", "0"),
+        ("ASGI_P2P_MAX_CONNECTIONS_PER_ADDRESS", "0"),
+        ("ASGI_P2P_HANDSHAKE_TIMEOUT", "0"),
+        ("ASGI_P2P_HANDSHAKE_TIMEOUT", "nan"),
+        ("ASGI_P2P_HANDSHAKE_TIMEOUT", "inf"),
+        ("ASGI_P2P_RETRY_TOKEN_LIFETIME", "0"),
+        ("ASGI_P2P_RETRY_TOKEN_LIFETIME", "1e309"),
+    ],
+)
+def test_invalid_admission_limits_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(InvalidConfiguration, match=var):
+        NetworkConfig.from_env({var: value})

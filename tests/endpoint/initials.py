@@ -63,9 +63,7 @@ class ClientHellos:
         self._dcid_at = datagram.index(header.destination_cid)
         crypto = CryptoPair()
         crypto.setup_initial(header.destination_cid, is_client=False, version=header.version)
-        plain_header, self._payload, self._pn = crypto.decrypt_packet(
-            datagram[: header.packet_length], self._offset, 0
-        )
+        plain_header, self._payload, self._pn = crypto.decrypt_packet(datagram[: header.packet_length], self._offset, 0)
         self._plain_header = plain_header
         self._padding = datagram[header.packet_length :]
 
