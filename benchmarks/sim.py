@@ -26,8 +26,13 @@ import argparse
 import asyncio
 import heapq
 import random
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+# measure the checkout this script is in, not whatever asgi_p2p is installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration

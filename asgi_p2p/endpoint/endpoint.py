@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ from ..paths.router import Router, virtual_address
 from .admission import AdmissionStats, AdmissionTable, InvalidToken, RetryTokens, Verdict, source_of
 from .base import ConnectionHandler
 from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection
+from .reset import MIN_RESET_SIZE, MIN_TRIGGER_SIZE, RESET_TOKEN_SIZE, ResetLimiter, ResetTokens, build_stateless_reset
 from .tls import node_certificate
 
 __all__ = ["AllowPolicy", "Endpoint"]
@@ -87,7 +89,19 @@ class Endpoint:
         self._closing = False
         self._closed = False
         self.dropped_datagrams = 0
+        #: stateless resets sent (answers to packets for connections we do not know) and
+        #: resets not sent because a rate limit held them back
+        self.stateless_resets_sent = 0
+        self.stateless_resets_limited = 0
+        #: genuine stateless resets received (each ended one of our connections)
+        self.stateless_resets_received = 0
         self._rng: random.Random = rng if rng is not None else random.SystemRandom()
+        self._reset_tokens = ResetTokens(secret_key)
+        self._reset_limiter = ResetLimiter()
+        # the peers' reset tokens of our connections, keyed by a keyed hash of the token so
+        # that looking up a received datagram's last 16 bytes leaks nothing about the tokens
+        # through timing (RFC 9000 10.3.1)
+        self._peer_resets: dict[bytes, PeerConnection] = {}
         # accepted connections by source, handshaking or established, and Retry tokens
         self._admission = AdmissionTable(config)
         self._retry_tokens = RetryTokens.for_node(secret_key, config.retry_token_lifetime)
@@ -102,6 +116,7 @@ class Endpoint:
             cid_retired=self._unregister_cid,
             ready=self._connection_ready,
             closed=self._forget,
+            reset_token=self._peer_reset_token_changed,
         )
         self._relay: ManagedRelayLink | None = None
 
@@ -349,6 +364,7 @@ class Endpoint:
                 )
 
         hooks.install_identity_hooks(quic, check_server)
+        hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
         quic.connect(address, now=conn.now())
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
@@ -400,6 +416,10 @@ class Endpoint:
                 self.dropped_datagrams += 1
                 log.exception("error processing datagram from %s", addr)
             return
+        if header.packet_type == QuicPacketType.ONE_RTT:  # a short header naming no connection of ours
+            self.dropped_datagrams += 1
+            self._unknown_short_header(data, header.destination_cid, addr, relay_src)
+            return
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION or header.version is None:
             self.dropped_datagrams += 1
             return
@@ -440,7 +460,7 @@ class Endpoint:
         Direct Initials with a Retry token come from a validated address; without one they
         take a slot of the unvalidated pool, or get a Retry when it (or their address's
         share) is full.  A node the relay forwards is validated (the relay authenticated it),
-        and nothing is ever sent through the relay but a refusal.
+        and no Retry is ever sent through the relay (a refusal is).
         """
         now = asyncio.get_running_loop().time()
         stats = self._admission.stats
@@ -556,11 +576,13 @@ class Endpoint:
                 raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
 
         hooks.install_identity_hooks(quic, check_client)
+        hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
         self._register_cid(dcid, conn)
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
         timer = conn.loop.call_later(self.config.handshake_timeout, self._handshake_expired, conn)
         self._admission.admit(conn, source, validated=validated, timer=timer)
+        conn.route.start()  # size its handshake datagrams (through the relay: what the relay carries)
         conn.datagram_received(data, addr if relay_src is None else None)
         conn.transmit()  # the first flight leaves now (and a close QUIC decided on becomes visible)
         if not hooks.received_any_packet(quic) or hooks.is_closing(quic):
@@ -579,6 +601,60 @@ class Endpoint:
         conn.close(REFUSED, f"handshake timed out after {timeout:g}s")
         conn.abort(ConnectionFailed(f"no handshake within {timeout:g}s"))
 
+    # -- stateless reset (RFC 9000 10.3) ---------------------------------------------
+
+    def _unknown_short_header(self, data: bytes, dcid: bytes, addr: Address | None, relay_src: NodeId | None) -> None:
+        """A short-header datagram for a connection id we do not know.
+
+        Either a stateless reset from a peer that forgot one of our connections (its
+        last 16 bytes are the token the peer announced), or a packet of a connection
+        we forgot (a previous life of this node, or one closed long ago): we answer
+        that with a stateless reset, so the peer learns at once that it is gone.
+        """
+        if len(data) >= MIN_RESET_SIZE:
+            conn = self._peer_resets.get(self._reset_tokens.index(data[-RESET_TOKEN_SIZE:]))
+            if (
+                conn is not None
+                and conn.reset_token is not None
+                and hmac.compare_digest(conn.reset_token, data[-RESET_TOKEN_SIZE:])
+                and self._reset_source_matches(conn, addr, relay_src)
+            ):
+                self.stateless_resets_received += 1
+                conn.stateless_reset()
+                return
+        # Answer with a reset: only to what could be a genuine packet (a stateless reset of
+        # ours, or one of minimum size, gets none: resets answering resets shrink and stop,
+        # RFC 9000 10.3.3), and within the rate limits.
+        if len(data) < MIN_TRIGGER_SIZE or self._closing:
+            return
+        if not self._reset_limiter.allow(addr if addr is not None else relay_src, asyncio.get_running_loop().time()):
+            self.stateless_resets_limited += 1
+            return
+        reset = build_stateless_reset(self._reset_tokens.token(dcid), len(data), self._rng)
+        self.stateless_resets_sent += 1
+        if addr is not None:
+            log.debug("stateless reset (%d bytes) to %s:%d for an unknown connection id", len(reset), *addr)
+            self.router.sendto(reset, addr)
+        elif relay_src is not None:
+            # through the relay, back to the node the relay says sent the packet
+            log.debug("stateless reset (%d bytes) to node %s through the relay", len(reset), relay_src)
+            self.router.relay_send(relay_src, [(reset, virtual_address(relay_src))])
+
+    @staticmethod
+    def _reset_source_matches(conn: PeerConnection, addr: Address | None, relay_src: NodeId | None) -> bool:
+        """A reset counts only from where the peer's packets come: one of its addresses, or the relay for it."""
+        if addr is None:
+            return relay_src is not None and relay_src == conn.remote_node_id
+        return addr == conn.address or addr == conn.route.direct or addr == conn.direct_address
+
+    def _peer_reset_token_changed(self, conn: PeerConnection, old: bytes | None, new: bytes | None) -> None:
+        if old is not None:
+            key = self._reset_tokens.index(old)
+            if self._peer_resets.get(key) is conn:
+                del self._peer_resets[key]
+        if new is not None and not conn.closed:
+            self._peer_resets[self._reset_tokens.index(new)] = conn
+
     # -- bookkeeping (the connections' callbacks) --------------------------------
 
     def _register_cid(self, cid: bytes, conn: PeerConnection) -> None:
@@ -590,6 +666,8 @@ class Endpoint:
     def _forget(self, conn: PeerConnection) -> None:
         self._connections.pop(conn, None)
         self._admission.forget(conn)
+        if conn.reset_token is not None:
+            self._peer_reset_token_changed(conn, conn.reset_token, None)
         for cid in [c for c, v in self._cids.items() if v is conn]:
             del self._cids[cid]
         if conn.remote_node_id is not None and conn.alpn is not None:

@@ -47,6 +47,10 @@ log = logging.getLogger("asgi_p2p.http")
 
 T = TypeVar("T")
 
+#: methods a request of which may be sent twice (RFC 9110 9.2.2): retried once on a new
+#: connection when the pooled one turns out dead before any response bytes
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
 
 class PeerGoingAway(P2PError):
     """The peer sent GOAWAY: it accepts no new requests on this connection."""
@@ -160,6 +164,8 @@ class ClientStream:
         self.sent_end = False
         self.stopped = False
         self.closed = False
+        #: a streamed (not replayable) request body began to be read
+        self.body_started = False
         self._waiter: asyncio.Future[None] | None = None
         self._arrivals = 0  # data events so far (the deferred wake compares counts)
         self._settling = False  # a deferred wake is queued on the loop
@@ -331,6 +337,16 @@ class ClientStream:
     def finished(self) -> bool:
         return self.ended and (self.sent_end or self.stopped)
 
+    @property
+    def response_started(self) -> bool:
+        """Any response bytes arrived (an interim or final response, body bytes)."""
+        return self.status is not None or bool(self.interim) or bool(self.chunks) or self.ended
+
+    @property
+    def never_sent(self) -> bool:
+        """Nothing of this request ever left this host (so it cannot have reached the peer)."""
+        return hooks.stream_bytes_sent(self.cc.conn.quic, self.sid) == 0
+
 
 def register_client(endpoint: Endpoint) -> None:
     """Register ``h3`` on the endpoint (once) with :class:`ClientConnection` as the handler of dialed connections."""
@@ -473,13 +489,42 @@ class P2PTransport(httpx.AsyncBaseTransport):
         return cc
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` on the peer's pooled connection (dialing one if there is none).
+
+        If the pooled connection turns out dead (reset by a restarted peer, timed out,
+        closed) before any response bytes arrived, the request is sent once more on a
+        new connection when that is safe: its method is idempotent, or nothing of it
+        ever left this host; and its body can be sent again.
+        """
         if self._closed:
             raise RuntimeError("P2PTransport is closed")
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        started = asyncio.get_running_loop().time()
         cc = await self._connection(request, timeouts.get("connect"))
+        established = cc.conn.established_at
+        pooled = established is not None and established <= started  # not dialed for this request
+        try:
+            return await self._exchange(cc, request, timeouts, may_retry=pooled)
+        except _RetryOnNewConnection as retry:
+            log.info(
+                "%s %s: the pooled connection to %s failed before any response (%s); retrying on a new connection",
+                request.method,
+                request.url,
+                cc.conn.remote_node_id,
+                retry.cause,
+            )
+        cc = await self._connection(request, timeouts.get("connect"))
+        return await self._exchange(cc, request, timeouts, may_retry=False)
+
+    async def _exchange(
+        self, cc: ClientConnection, request: httpx.Request, timeouts: dict[str, float | None], *, may_retry: bool
+    ) -> httpx.Response:
+        """One attempt: send the request on ``cc``, wait for the response headers."""
         try:
             st = cc.open_stream()
         except P2PError as exc:
+            if may_retry and exc is cc.lost and _replayable(request, None):  # nothing was sent
+                raise _RetryOnNewConnection(exc) from exc
             raise httpx.ConnectError(str(exc), request=request) from exc
         try:
             await self._send(st, request, timeouts.get("write"))
@@ -488,6 +533,21 @@ class P2PTransport(httpx.AsyncBaseTransport):
                     status = await st.wait_headers()
             except P2PError as exc:
                 raise _map_error(exc, request, reading=True) from exc
+        except httpx.TransportError as exc:
+            st.cancel()
+            lost = cc.lost
+            if isinstance(exc, httpx.TimeoutException) or lost is None or st.response_started:
+                raise  # not a dead connection, or the peer answered: the request reached it
+            if not _replayable(request, st):
+                raise
+            if st.never_sent or request.method in IDEMPOTENT_METHODS:
+                if may_retry:
+                    raise _RetryOnNewConnection(lost) from exc
+                raise
+            raise type(exc)(
+                f"{exc} (not retried: {request.method} is not idempotent and the request may have reached the peer)",
+                request=request,
+            ) from exc
         except BaseException:
             st.cancel()
             raise
@@ -527,6 +587,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
                     return
                 assert isinstance(stream, httpx.AsyncByteStream), "P2PTransport needs an async request body"
                 st.send_headers(headers, False)
+                st.body_started = True
                 async for chunk in stream:
                     if chunk:
                         await st.write(bytes(chunk), False)
@@ -541,6 +602,19 @@ class P2PTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         self._closed = True
         self._handlers.clear()
+
+
+class _RetryOnNewConnection(Exception):
+    """An attempt failed on a dead pooled connection and may be made again on a new one."""
+
+    def __init__(self, cause: P2PError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _replayable(request: httpx.Request, st: ClientStream | None) -> bool:
+    """The request's body can be sent again (held in memory, or a stream not yet read)."""
+    return isinstance(request.stream, httpx.ByteStream) or st is None or not st.body_started
 
 
 class _SyncResponseStream(httpx.SyncByteStream):

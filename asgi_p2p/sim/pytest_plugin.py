@@ -7,7 +7,9 @@
 * ``--sim-seeds N``: every test using ``sim`` runs for N seeds (``seed``, ``seed+1``, ...).
 * On failure the report shows the seed and a one-line replay command.
 * Marker ``@pytest.mark.sim(seed=..., time_limit=..., **Simulation kwargs)``
-  overrides the options for one test.
+  configures one test.  The command line wins over the marker: ``--sim-seed`` (and
+  each seed of a ``--sim-seeds`` sweep) replaces the marker's ``seed``, so the
+  replay line of a failure always reruns the seed it names.
 """
 
 from __future__ import annotations
@@ -65,13 +67,15 @@ def sim(request: pytest.FixtureRequest) -> Generator[Simulation, None, None]:
     """A :class:`~asgi_p2p.sim.Simulation`; call ``sim.run(main())`` in a plain test."""
     marker = request.node.get_closest_marker("sim")
     kwargs: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    # precedence: a --sim-seeds sweep's seed, then --sim-seed, then the marker, then the default
+    marker_seed = kwargs.pop("seed", None)
     seed = getattr(request, "param", None)
     if seed is None:
-        seed = kwargs.pop("seed", None)
-    else:
-        kwargs.pop("seed", None)
+        seed = request.config.getoption("--sim-seed")
     if seed is None:
-        seed = _base_seed(request.config)
+        seed = marker_seed
+    if seed is None:
+        seed = DEFAULT_SEED
     time_limit = kwargs.pop("time_limit", None)
     if time_limit is None:
         time_limit = float(request.config.getoption("--sim-time-limit"))

@@ -11,7 +11,7 @@ import asyncio
 import gc
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from aioquic.quic.connection import QuicConnection
 
 from asgi_p2p import ConnectionFailed, NetworkConfig, Node, SecretKey
 from asgi_p2p.endpoint.admission import AdmissionTable, InvalidToken, RetryTokens, Verdict, source_of
+from asgi_p2p.endpoint.reset import MIN_TRIGGER_SIZE
 from asgi_p2p.net.base import Address, DatagramSocket
 from asgi_p2p.net.udp import UdpNetwork
 from asgi_p2p.relay.proto import RELAY_ALPN
@@ -43,13 +44,19 @@ class Flooder:
     def __init__(self) -> None:
         self.sockets: list[DatagramSocket] = []
         self.received: list[tuple[bytes, Address]] = []
+        #: the index in ``sockets`` of the socket each of ``received`` arrived on
+        self.received_on: list[int] = []
 
-    def _receive(self, data: bytes, addr: Address) -> None:
-        self.received.append((data, addr))
+    def _receiver(self, index: int) -> Callable[[bytes, Address], None]:
+        def receive(data: bytes, addr: Address) -> None:
+            self.received.append((data, addr))
+            self.received_on.append(index)
+
+        return receive
 
     async def bind(self, network: Any, count: int, host: str = "0.0.0.0") -> None:
         for _ in range(count):
-            self.sockets.append(await network.bind(host, 0, self._receive))
+            self.sockets.append(await network.bind(host, 0, self._receiver(len(self.sockets))))
 
     async def flood(self, packets: Sequence[bytes], target: Address, duration: float, steps: int = 100) -> None:
         """Send ``packets`` to ``target`` round-robin over the sockets, spread over ``duration`` seconds."""
@@ -107,6 +114,69 @@ def test_undecryptable_initials_create_nothing_and_a_peer_connects_during_the_fl
             # memory: the flood added no QUIC connection object (the peer's pair only)
             assert peak_objects - baseline <= 2
             assert flooder.received == []  # and nothing was sent to the flood's sources
+            await conn.send(b"still fine")
+            flooder.close()
+            await peer.close()
+            await server.close()
+
+        sim.run(main(), time_limit=60)
+
+
+def _junk_short_header(rng: random.Random, size: int) -> bytes:
+    """A short-header (1-RTT) packet naming a random 8-byte connection id, random bytes after it."""
+    return bytes([0x40 | rng.getrandbits(6)]) + rng.randbytes(size - 1)
+
+
+def test_junk_short_headers_get_few_small_resets_and_no_state() -> None:
+    """Junk short headers name no connection: each may get a stateless reset (a peer
+    that restarted must learn it), but never state, never more bytes than it carried,
+    and in all at most the reset limiter's burst and rate, whatever the sources."""
+    sim = _sim()
+    with sim:
+        server_host, client_host = sim.host("server"), sim.host("client")
+        attackers = [sim.host(f"attacker{i}") for i in range(10)]
+        rng = random.Random(7)
+        # 1,100 sources (10 addresses x 110 ports, more than the limiter keeps per-source
+        # state for), each sending one of: a junk Initial, a full-size junk short header, a
+        # short header of the smallest size a packet has, and one too short to be a packet
+        sizes = [1200, MIN_TRIGGER_SIZE, MIN_TRIGGER_SIZE - 1]
+        packets = [junk_initial(rng) if i % 4 == 0 else _junk_short_header(rng, sizes[i % 4 - 1]) for i in range(1100)]
+        answerable = sum(1 for p in packets if p[0] & 0x80 == 0 and len(p) >= MIN_TRIGGER_SIZE)
+
+        async def main() -> None:
+            server = await _node("server", server_host)
+            peer = await _node("client", client_host)
+            flooder = Flooder()
+            for _ in range(110):
+                for host in attackers:
+                    await flooder.bind(host, 1)
+            baseline = _live_quic_connections()
+            loop = asyncio.get_running_loop()
+            flood = asyncio.create_task(flooder.flood(packets, (server_host.address, PORT), duration=0.1))
+            await asyncio.sleep(0.05)
+            started = loop.time()
+            conn = await peer.connect(server.node_addr())
+            took = loop.time() - started
+            await flood
+            await asyncio.sleep(0.1)
+            # no state: the junk Initials are undecryptable, the short headers name nothing
+            stats = server.admission_stats
+            assert stats.undecryptable == 275 and stats.accepted == 1
+            assert server.connection_count == 1 and server.handshaking == 0
+            assert _live_quic_connections() - baseline <= 2
+            assert took < 1.0, f"legitimate connect took {took:.3f}s during the flood"
+            # answers: only stateless resets, only to short headers that could be packets,
+            # within the overall burst (100) plus 100/s over the 0.1 s flood
+            sent, limited = server.stateless_resets_sent, server.stateless_resets_limited
+            assert sent + limited == answerable == 550
+            assert 0 < sent <= 111 and len(flooder.received) == sent
+            for (reset, _), index in zip(flooder.received, flooder.received_on, strict=True):
+                trigger = packets[index]
+                assert reset[0] & 0xC0 == 0x40 and len(reset) < len(trigger) and len(reset) <= 64
+            back = sum(len(d) for d, _ in flooder.received)
+            assert back * 20 < sum(len(p) for p in packets), f"{back} bytes sent back"
+            # the legitimate connection is untouched by the junk (no reset matched its token)
+            assert server.stateless_resets_received == 0 and peer.stateless_resets_received == 0
             await conn.send(b"still fine")
             flooder.close()
             await peer.close()

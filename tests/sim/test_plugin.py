@@ -21,7 +21,7 @@ def test_fails(sim):
 
 @pytest.mark.sim(seed=77, time_limit=5)
 def test_marker(sim):
-    assert sim.seed == 77
+    print(f"marker test seed={sim.seed}")
     async def main():
         await asyncio.sleep(10)
     with pytest.raises(TimeoutError):
@@ -53,10 +53,16 @@ def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_marker_configures_a_test_without_command_line_seed(tmp_path: Path) -> None:
+    out = _pytest(tmp_path, "-s", "-k", "marker")
+    assert "marker test seed=77\nPASSED" in out.stdout  # and its time_limit applies
+
+
 def test_seed_option_and_replay_line(tmp_path: Path) -> None:
-    out = _pytest(tmp_path, "--sim-seed", "9")
+    out = _pytest(tmp_path, "--sim-seed", "9", "-s")
     assert "test_uses_sim PASSED" in out.stdout
-    assert "test_marker PASSED" in out.stdout
+    # the command line wins over the marker's seed (its other settings still apply)
+    assert "marker test seed=9\nPASSED" in out.stdout
     assert "test_fails FAILED" in out.stdout
     assert "simulation seed: 9" in out.stdout
     assert "replay: python -m pytest test_plugin_example.py::test_fails --sim-seed 9" in out.stdout
