@@ -221,3 +221,26 @@ async def test_transport_resolver_is_remembered_and_checked(sim: Simulation) -> 
             assert calls == ["api", str(someone_else)]
     finally:
         await node.close()
+
+
+def test_close_is_bounded_and_reports_an_app_that_hangs_on_shutdown() -> None:
+    async def hangs_on_shutdown(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "lifespan"
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await asyncio.Event().wait()  # never answers the shutdown event
+
+    sim = Simulation(seed=1)
+
+    async def main() -> None:
+        server = await sim.serve(hangs_on_shutdown, "web")
+        client = await sim.client("alice", server)
+        assert (await client.get("/")).status_code == 500  # the app only speaks lifespan
+
+    sim.run(main())
+    with pytest.raises(SimulationError, match="closing the simulation's apps, clients and relays failed"):
+        sim.close()
+    assert sim.loop.is_closed()  # the network was closed all the same
+    assert all(not host.sockets for host in sim.hosts)
+    sim.close()  # idempotent

@@ -214,7 +214,7 @@ def test_run_refuses_nested_loop(sim: Simulation) -> None:
         async def inner() -> None:
             pass
 
-        with pytest.raises(SimulationError, match="own running loop .* await the coroutine instead"):
+        with pytest.raises(SimulationError, match=r"own running loop .* await the coroutine instead"):
             sim.run(inner())
 
     sim.run(on_its_own_loop())
