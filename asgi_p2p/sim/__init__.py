@@ -21,6 +21,7 @@ endpoint binds on it unchanged.  See ``docs/simulator.md``.
 
 from __future__ import annotations
 
+from .apps import SimServer
 from .determinism import apply as apply_determinism_patches
 from .discovery import MockDNS, PeerRecord
 from .errors import RealIOForbidden, SimulationDeadlock, SimulationError, SimulationLivelock, SimulationTimeLimit
@@ -44,6 +45,7 @@ __all__ = [
     "Node",
     "PeerRecord",
     "RealIOForbidden",
+    "SimServer",
     "SimSocket",
     "Simulation",
     "SimulationDeadlock",
