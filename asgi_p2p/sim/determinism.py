@@ -37,7 +37,10 @@
      ``time.monotonic(_ns)``, ``time.perf_counter(_ns)`` (the loop's clock),
      ``time.localtime``/``gmtime``/``ctime``/``asctime``/``strftime`` without a time
      argument, ``datetime.datetime.now``/``utcnow``/``today`` and
-     ``datetime.date.today`` (see :class:`SimDatetime`);
+     ``datetime.date.today``: the real classes are immutable, so module globals bound to
+     them or to the ``datetime`` module get stand-ins (:class:`SimDatetime`,
+     :class:`SimDate`, a copy of the module holding them) while a simulation runs;
+     ``sys.modules["datetime"]`` itself never changes;
    * ``time.sleep`` with a positive duration raises :class:`WallClockSleep` (it would
      stop the whole simulation for real seconds while virtual time stands still).
 
@@ -48,6 +51,11 @@
    they were (also after an exception).  The originals stay reachable as
    :data:`real_time`, :data:`real_perf_counter`, :data:`real_urandom`, ... (to time
    a simulation from inside it, as ``benchmarks/sim.py`` does).
+
+   Private hooks of the standard library used: ``random._urandom`` (what ``SystemRandom``
+   and ``secrets`` read), ``uuid._generate_time_safe`` (off while any simulation runs, so
+   ``uuid1`` computes its value in Python from the replaced sources) and
+   ``uuid._last_timestamp`` (swapped per simulation).
 
    Not covered: names bound before the simulation with ``from time import time`` or
    ``from os import urandom`` (they keep the original; ``from datetime import
@@ -385,32 +393,32 @@ def _getnode() -> int:
 
 def _time() -> float:
     env = _thread.env
-    return real_time() if env is None else env.time()
+    return real_time() if env is None else env.time()  # wall-clock ok: no simulation here
 
 
 def _time_ns() -> int:
     env = _thread.env
-    return real_time_ns() if env is None else env.time_ns()
+    return real_time_ns() if env is None else env.time_ns()  # wall-clock ok: no simulation here
 
 
 def _monotonic() -> float:
     env = _thread.env
-    return real_monotonic() if env is None else env.monotonic()
+    return real_monotonic() if env is None else env.monotonic()  # wall-clock ok: no simulation here
 
 
 def _monotonic_ns() -> int:
     env = _thread.env
-    return real_monotonic_ns() if env is None else env.monotonic_ns()
+    return real_monotonic_ns() if env is None else env.monotonic_ns()  # wall-clock ok: no simulation here
 
 
 def _perf_counter() -> float:
     env = _thread.env
-    return real_perf_counter() if env is None else env.monotonic()
+    return real_perf_counter() if env is None else env.monotonic()  # wall-clock ok: no simulation here
 
 
 def _perf_counter_ns() -> int:
     env = _thread.env
-    return real_perf_counter_ns() if env is None else env.monotonic_ns()
+    return real_perf_counter_ns() if env is None else env.monotonic_ns()  # wall-clock ok: no simulation here
 
 
 def _now_or(secs: Any) -> Any:
