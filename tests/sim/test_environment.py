@@ -25,9 +25,8 @@ import pydantic
 import pytest
 
 from asgi_p2p import NetworkConfig, Node, SecretKey
-from asgi_p2p.sim import Simulation, SimulationError
+from asgi_p2p.sim import Simulation, SimulationError, ThreadForbidden, WallClockSleep
 from asgi_p2p.sim import determinism as det
-from asgi_p2p.sim.errors import ThreadForbidden, WallClockSleep
 from asgi_p2p.sim.network import WALL_CLOCK_AT_START, SimSocket
 
 # (object, attribute) pairs a simulation replaces while it runs.
