@@ -483,6 +483,12 @@ class Simulation:
         self.auto_link = auto_link
         self.time_limit = time_limit
         self.loop = VirtualTimeLoop(START_TIME, livelock=livelock)
+        #: Seeded entropy and the virtual wall clock, active while the loop runs (see
+        #: :mod:`asgi_p2p.sim.determinism`).
+        self.environment = determinism.Environment(
+            seed, self.loop.time, wall_clock_offset=WALL_CLOCK_AT_START - START_TIME
+        )
+        self.loop.environment = self.environment.active
         self.trace = Trace(keep=keep_trace)
         self.dns = MockDNS(discovery_delay)
         self._nodes: dict[str, Node] = {}
@@ -568,14 +574,27 @@ class Simulation:
         loop.main_task = task
         loop.deadline = loop.time() + limit if limit else None
         try:
-            return loop.run_until_complete(task)
-        except BaseException:
+            result = loop.run_until_complete(task)
+        except BaseException as exc:
             if not task.done():
                 self._drain([task])
+            violation = self._take_violation()
+            if violation is not None and violation is not exc:
+                raise violation from exc
             raise
         finally:
             loop.deadline = None
             loop.main_task = None
+        violation = self._take_violation()
+        if violation is not None:
+            raise violation
+        return result
+
+    def _take_violation(self) -> SimulationError | None:
+        """A wall-clock sleep or thread start seen during the run: the app may have swallowed
+        it (an ASGI server answers 500), but the test still fails with it."""
+        violation, self.environment.violation = self.environment.violation, None
+        return violation
 
     def _drain(self, tasks: list[asyncio.Task[Any]], grace: float = 60.0) -> None:
         """Cancel ``tasks`` and let them unwind (bounded by ``grace`` virtual seconds)."""
