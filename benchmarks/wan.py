@@ -101,6 +101,8 @@ def _await_go() -> None:
 
 
 def client_main(args: argparse.Namespace) -> None:
+    import ssl
+
     import httpx
 
     if args.client in ("direct", "relayed"):
@@ -126,8 +128,6 @@ def client_main(args: argparse.Namespace) -> None:
             transport.add_addr(addr)
             client = httpx.AsyncClient(transport=transport, base_url=f"https://{addr.node_id}", timeout=120)
         else:
-            import ssl
-
             verify: Any = ssl.create_default_context(cafile=args.cafile) if args.target.startswith("https:") else True
             client = httpx.AsyncClient(base_url=args.target, verify=verify, timeout=120)
 
@@ -141,16 +141,7 @@ def client_main(args: argparse.Namespace) -> None:
                     return "direct" if kind == "direct" and conn.path.kind == "direct" else "relay"
             return "none"
 
-        # the 50-concurrent run: asgi-p2p multiplexes every request on its one QUIC connection (the
-        # transport's); for the tunnel each worker has its own httpx client (own HTTP/1.1 connection),
-        # as 50 separate users would: one shared client's connection pool costs ~5.6 ms CPU per request
-        # at 50 connections (httpcore scans every connection per event) and would cap the tunnel, not test it
-        if node is None:
-            workers = [client] + [
-                httpx.AsyncClient(base_url=args.target, verify=verify, timeout=120) for _ in range(args.concurrency - 1)
-            ]
-        else:
-            workers = [client] * args.concurrency
+        workers = [client]
 
         async def get_small(c: Any = client) -> float:
             s = time.perf_counter()
@@ -178,7 +169,19 @@ def client_main(args: argparse.Namespace) -> None:
             lat = sorted([await get_small() for _ in range(args.steady)])
             res["p50_ms"] = statistics.median(lat) * 1000
             res["p99_ms"] = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))] * 1000
-            # 50 in flight: one warm-up round (opens the tunnel clients' connections), then the measured run
+            # The 50-concurrent run: asgi-p2p multiplexes every request on its one QUIC connection (the
+            # transport's); for the tunnel each worker has its own httpx client (own HTTP/1.1 connection),
+            # as 50 separate users would: one shared client's connection pool costs ~5.6 ms CPU per request
+            # at 50 connections (httpcore scans every connection per event) and would cap the tunnel, not test it.
+            if node is None:
+                ctx = verify if not isinstance(verify, bool) else ssl.create_default_context()  # built once, shared
+                workers += [
+                    httpx.AsyncClient(base_url=args.target, verify=ctx, timeout=120)
+                    for _ in range(args.concurrency - 1)
+                ]
+            else:
+                workers = [client] * args.concurrency
+            # one warm-up round (opens the tunnel clients' connections), then the measured run
             await asyncio.gather(*(get_small(c) for c in workers))
             left = args.requests
 
