@@ -15,7 +15,8 @@ Wire format (MoosicBox's binary encoding):
   ``request_id u64 | packet_id u32 (from 1) | last u8`` and, in packet 1 only,
   ``status u16 | headers length u32 | headers JSON``; then body bytes. ``last=1`` ends it.
 
-Subcommands (each prints ``ready`` on stdout once it serves)::
+Subcommands (each prints ``ready`` on stdout once it serves; ``app`` and ``server`` add their port,
+so ``--port 0`` works)::
 
     python benchmarks/tunnel.py app --port 8000                      # the app (uvicorn, 127.0.0.1)
     python benchmarks/tunnel.py server --host 0.0.0.0 --port 8080 [--certfile C --keyfile K]
@@ -359,7 +360,7 @@ def make_certificate(ip: str, directory: Path) -> tuple[Path, Path]:
 
 
 async def serve_uvicorn(app: Any, host: str, port: int, **kw: Any) -> None:
-    """Run ``app`` under uvicorn (no access log, no WebSocket compression); ``ready`` once it listens."""
+    """Run ``app`` under uvicorn (no access log, no WebSocket compression); ``ready PORT`` once it listens."""
     import uvicorn
     from uvicorn.config import WS_PROTOCOLS
 
@@ -384,7 +385,8 @@ async def serve_uvicorn(app: Any, host: str, port: int, **kw: Any) -> None:
     if not server.started:
         task.cancel()
         raise TunnelError(f"uvicorn did not start on {host}:{port}")
-    print("ready", flush=True)
+    ports = [sock.getsockname()[1] for srv in server.servers for sock in srv.sockets]
+    print(f"ready {ports[0] if ports else port}", flush=True)
     await task
 
 
