@@ -44,6 +44,28 @@ Hooks:
 * :func:`ack_with_next_packet` - ``QuicConnection._spaces[ONE_RTT].ack_at``:
   acknowledge in the next packet built (a response written within aioquic's
   ack delay carries the ACK, instead of an ACK-only packet following it).
+* :func:`initial_packet_decrypts` - checks a client's first Initial packet with
+  the Initial keys (``aioquic.quic.crypto``, derived from its destination
+  connection id) before any connection state exists for it.
+* :func:`encode_initial_close` - a stateless server Initial packet carrying a
+  CONNECTION_CLOSE (``QuicPacketBuilder``, ``CryptoPair``; modelled on
+  ``aioquic.asyncio.server._encode_invalid_token_close``): refuses a client
+  without creating a connection.
+* :func:`received_any_packet` - ``QuicConnection._state`` left FIRSTFLIGHT: a
+  server connection processed (decrypted) at least one packet.
+* :func:`install_reset_tokens` - stateless reset tokens (RFC 9000 10.3) of the
+  connection ids a connection issues (``QuicConnection._host_cids``, filled by
+  ``_replenish_connection_ids``) come from a function of the connection id
+  instead of ``os.urandom(16)``, so a restarted node can compute them again; and
+  each new connection id is reported before it is announced, so the endpoint
+  routes it (and never resets it) before the peer can use it.
+* :func:`peer_reset_token` - the token of the connection id we send to now
+  (``QuicConnection._peer_cid``): aioquic 1.7.2 stores the peer's tokens but never
+  checks a received datagram against them (it drops a stateless reset as a packet
+  for an unknown connection id), so the endpoint does.
+* :func:`idle_timeout` - the idle timeout in force (``QuicConnection._idle_timeout()``).
+* :func:`stream_bytes_sent` - the highest stream offset sent so far
+  (``QuicStreamSender.highest_offset``): 0 means nothing of the stream left this host.
 """
 
 from __future__ import annotations
@@ -58,6 +80,7 @@ from aioquic import tls
 # aioquic's packet buffer lives in a private module (``aioquic.buffer`` re-exports it
 # without declaring it); every import of it goes through here.
 from aioquic._buffer import Buffer, BufferReadError
+from aioquic._crypto import CryptoError
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import (
     FrameType,
@@ -73,10 +96,18 @@ from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY,
     MAX_STREAM_DATA_FRAME_CAPACITY,
+    TRANSPORT_CLOSE_FRAME_CAPACITY,
     QuicConnection,
     QuicConnectionState,
 )
-from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.crypto import (
+    INITIAL_CIPHER_SUITE,
+    INITIAL_SALT_VERSION_1,
+    INITIAL_SALT_VERSION_2,
+    CryptoContext,
+    CryptoPair,
+)
+from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
@@ -92,20 +123,27 @@ __all__ = [
     "ack_with_next_packet",
     "congestion_window",
     "data_received",
+    "encode_initial_close",
     "get_stream",
     "handshake_confirmed",
+    "idle_timeout",
+    "initial_packet_decrypts",
     "install_identity_hooks",
     "install_receive_credit",
+    "install_reset_tokens",
     "is_closing",
     "max_data_sent",
     "max_datagram_size",
     "peer_public_key",
+    "peer_reset_token",
     "pto_count",
+    "received_any_packet",
     "received_offset",
     "send_credit",
     "set_max_datagram_size",
     "set_peer_stream_limit",
     "smoothed_rtt",
+    "stream_bytes_sent",
     "unacked_bytes",
 ]
 
@@ -393,9 +431,145 @@ def ack_with_next_packet(quic: QuicConnection, now: float) -> None:
         space.ack_at = now
 
 
+def install_reset_tokens(
+    quic: QuicConnection, token_for: Callable[[bytes], bytes], issued: Callable[[bytes], None] | None = None
+) -> None:
+    """Make ``token_for(cid)`` the stateless reset token of every connection id ``quic`` issues.
+
+    aioquic draws each token with ``os.urandom(16)``: a node that restarts cannot
+    know the tokens of its previous life, so it could not reset their connections.
+    Replaces the token of the server's first connection id (sent in its transport
+    parameters; a client's first one has none, RFC 9000 18.2) and wraps
+    ``_replenish_connection_ids`` so that every later connection id (sent in
+    NEW_CONNECTION_ID frames) gets its token before it is announced.  Must be
+    called before the handshake (for a server: before its first datagram).
+    ``token_for`` must return 16 bytes.
+
+    ``issued(cid)`` is called once for each new connection id as soon as it exists, before
+    any NEW_CONNECTION_ID frame announces it (aioquic's ``ConnectionIdIssued`` event
+    comes only once the frame is built): whoever routes packets by connection id knows
+    it before the peer can use it, and never answers such a packet with a reset.
+    """
+    first = quic._host_cids[0]
+    if not quic._is_client:
+        first.stateless_reset_token = _checked_token(token_for(first.cid))
+    original = quic._replenish_connection_ids
+    done = 0  # the highest sequence number handled (they only grow)
+
+    def _replenish_connection_ids() -> None:
+        nonlocal done
+        original()
+        for cid in quic._host_cids:
+            if cid.sequence_number > done:  # new, so not yet announced: ours to set
+                cid.stateless_reset_token = _checked_token(token_for(cid.cid))
+                if issued is not None:
+                    issued(cid.cid)
+        done = max((cid.sequence_number for cid in quic._host_cids), default=done)
+
+    quic._replenish_connection_ids = _replenish_connection_ids  # type: ignore[method-assign]
+
+
+def _checked_token(token: bytes) -> bytes:
+    if len(token) != 16:
+        raise ValueError(f"a stateless reset token is 16 bytes, got {len(token)}")
+    return token
+
+
+def peer_reset_token(quic: QuicConnection) -> bytes | None:
+    """The peer's stateless reset token for the connection id we send to now (None: none known).
+
+    A server's first connection id has its token in the server's transport
+    parameters; later ones in NEW_CONNECTION_ID frames.  A client's first
+    connection id has none (the server then cannot recognise a reset from it).
+    """
+    token = quic._peer_cid.stateless_reset_token
+    return token if token else None
+
+
+def idle_timeout(quic: QuicConnection) -> float:
+    """The idle timeout in force: the smaller of ours and the peer's, at least 3 PTOs (RFC 9000 10.1)."""
+    return float(quic._idle_timeout())
+
+
+def stream_bytes_sent(quic: QuicConnection, stream_id: int) -> int:
+    """The highest offset of the stream sent so far (0: nothing of it ever left this host)."""
+    stream = quic._streams.get(stream_id)
+    return 0 if stream is None else int(stream.sender.highest_offset)
+
+
 def pto_count(quic: QuicConnection) -> int:
     """Probe timeouts in a row without an acknowledgement (``QuicPacketRecovery._pto_count``)."""
     return int(quic._loss._pto_count)
+
+
+# -- admission: Initial packets checked before a connection exists ---------------------
+
+_INITIAL_HASH = tls.cipher_suite_hash(INITIAL_CIPHER_SUITE)
+
+
+def _initial_salt(version: int) -> bytes:
+    return INITIAL_SALT_VERSION_2 if version == QuicProtocolVersion.VERSION_2 else INITIAL_SALT_VERSION_1
+
+
+def initial_packet_decrypts(packet: bytes, encrypted_offset: int, version: int, destination_cid: bytes) -> bool:
+    """True if a client's Initial ``packet`` decrypts with the Initial keys of ``destination_cid``.
+
+    ``packet`` is the one long-header packet (``QuicHeader.packet_length`` bytes from
+    its first byte, not the whole datagram); ``encrypted_offset`` is where its packet
+    number starts (the buffer position after ``pull_quic_header``).  The Initial keys
+    derive from the destination connection id (RFC 9001 section 5.2), so anyone can
+    build a packet that decrypts; one that does not is junk, and checking it costs
+    one key derivation and one AEAD open, a fraction of creating a connection.
+    Only the receive direction's keys are derived (``CryptoContext.setup``).
+    """
+    secret = tls.hkdf_extract(_INITIAL_HASH, _initial_salt(version), destination_cid)
+    ctx = CryptoContext()
+    try:
+        ctx.setup(
+            cipher_suite=INITIAL_CIPHER_SUITE,
+            secret=tls.hkdf_expand_label(_INITIAL_HASH, secret, b"client in", b"", _INITIAL_HASH.digest_size),
+            version=version,
+        )
+        ctx.decrypt_packet(packet, encrypted_offset, 0)
+    except (CryptoError, ValueError, IndexError):  # bad tag, or too short to sample the header
+        return False
+    return True
+
+
+def encode_initial_close(
+    *, version: int, client_destination_cid: bytes, client_source_cid: bytes, error_code: int, reason: str
+) -> bytes:
+    """A server Initial packet closing a connection that was never created (stateless).
+
+    ``client_destination_cid`` / ``client_source_cid`` are the connection ids of the
+    client's Initial: the keys derive from the first, the packet goes to the second.
+    The client sees a transport CONNECTION_CLOSE with ``error_code`` and ``reason``
+    (truncated to fit one small packet), so it fails at once with a reason instead of
+    waiting for its handshake timeout.
+    """
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=client_destination_cid, is_client=False, version=version)
+    builder = QuicPacketBuilder(
+        host_cid=client_destination_cid,
+        is_client=False,
+        max_datagram_size=SMALLEST_DATAGRAM_SIZE,
+        peer_cid=client_source_cid,
+        version=version,
+    )
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    phrase = reason.encode("utf-8", errors="replace")[:256]
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=TRANSPORT_CLOSE_FRAME_CAPACITY + len(phrase))
+    buf.push_uint_var(error_code)
+    buf.push_uint_var(QuicFrameType.PADDING)
+    buf.push_uint_var(len(phrase))
+    buf.push_bytes(phrase)
+    datagrams, _ = builder.flush()
+    return datagrams[0]
+
+
+def received_any_packet(quic: QuicConnection) -> bool:
+    """True once a server connection processed a packet (``_state`` left FIRSTFLIGHT)."""
+    return quic._state != QuicConnectionState.FIRSTFLIGHT
 
 
 # -- QUIC DATAGRAM frames (RFC 9221), used by the relay ------------------------------
@@ -482,6 +656,11 @@ class HookedH3Connection(H3Connection):
       ``_receive_stream_data_uni``).  aioquic 1.7.2 skips received GOAWAY frames; the
       callback can find them.  An :class:`~aioquic.h3.exceptions.H3Error` it raises
       closes the connection like one aioquic raises.
+    * ``on_field_section(fields)``: called with every field section received (HEADERS
+      frames: requests, responses, trailers) once QPACK decoded it and before aioquic
+      checks it (overrides ``_decode_headers``); aioquic goes on with the list it returns.
+      aioquic closes the whole connection for a ``content-length`` ``int()`` refuses; the
+      server renames such fields to answer that one request 400 instead.
     * :meth:`send_goaway` (aioquic sends none), :meth:`end_local` and :attr:`is_done`
       (``_local_control_stream_id``, ``_stream``, ``_is_done``).
     """
@@ -492,9 +671,11 @@ class HookedH3Connection(H3Connection):
         *,
         static_qpack: bool = False,
         on_control_data: Callable[[bytes], None] | None = None,
+        on_field_section: Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]] | None = None,
     ) -> None:
         self._hooked_static_qpack = static_qpack
         self._hooked_on_control_data = on_control_data
+        self._hooked_on_field_section = on_field_section
         super().__init__(quic, enable_webtransport=False)  # sends the SETTINGS: the flag must be set
         if static_qpack:
             self._decoder = pylsqpack.Decoder(0, 0)
@@ -517,6 +698,12 @@ class HookedH3Connection(H3Connection):
         return frame_data
 
     def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> list[tuple[bytes, bytes]]:
+        headers = self._hooked_decode_headers(stream_id, frame_data)
+        if self._hooked_on_field_section is not None:
+            headers = self._hooked_on_field_section(headers)
+        return headers
+
+    def _hooked_decode_headers(self, stream_id: int, frame_data: bytes | None) -> list[tuple[bytes, bytes]]:
         if not self._hooked_static_qpack or frame_data is None:
             return super()._decode_headers(stream_id, frame_data)
         try:

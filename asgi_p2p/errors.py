@@ -10,6 +10,8 @@ __all__ = [
     "AuthenticationFailed",
     "ConnectionClosed",
     "ConnectionFailed",
+    "ConnectionReset",
+    "ConnectionTimedOut",
     "DiscoveryFailed",
     "InvalidConfiguration",
     "InvalidNodeId",
@@ -63,6 +65,22 @@ class ConnectionClosed(P2PError):
         super().__init__(message)
 
 
+class ConnectionReset(ConnectionClosed):
+    """The peer no longer knows the connection: it restarted or lost the connection's state.
+
+    It answered with a stateless reset (RFC 9000 section 10.3) carrying the token
+    it had announced for the connection, so the reset is genuine.  A new
+    connection to the same node works.
+    """
+
+
+class ConnectionTimedOut(ConnectionClosed):
+    """Nothing was heard from the peer for the idle timeout: this side gave up on the connection.
+
+    The peer may be down, unreachable, or back at another address.
+    """
+
+
 class NoRoute(P2PError):
     """No path leads to the peer (for example a network partition)."""
 
@@ -93,7 +111,14 @@ class AuthenticationFailed(ConnectionFailed):
 
 
 class InvalidConfiguration(P2PError, ValueError):
-    """A configuration value is invalid; the message names the setting."""
+    """A configuration value is invalid; the message names the setting.
+
+    :attr:`setting` is the setting's name when one setting is to blame (None otherwise).
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class StreamReset(P2PError):

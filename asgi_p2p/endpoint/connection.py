@@ -23,7 +23,14 @@ from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from .. import aioquic_compat as hooks
 from ..config import NetworkConfig
-from ..errors import AuthenticationFailed, ConnectionClosed, ConnectionFailed, P2PError
+from ..errors import (
+    AuthenticationFailed,
+    ConnectionClosed,
+    ConnectionFailed,
+    ConnectionReset,
+    ConnectionTimedOut,
+    P2PError,
+)
 from ..errors import StreamReset as StreamResetError
 from ..identity import NodeId
 from ..net.base import Address
@@ -104,6 +111,9 @@ class ConnectionCallbacks:
     ready: Callable[[PeerConnection], ConnectionHandler]
     #: The connection is gone (closed, refused, timed out or aborted).
     closed: Callable[[PeerConnection], None]
+    #: The peer's stateless reset token for the connection id we send to changed
+    #: (old, new; None: none): a datagram ending with it resets the connection.
+    reset_token: Callable[[PeerConnection, bytes | None, bytes | None], None]
 
 
 class PeerConnection:
@@ -158,6 +168,10 @@ class PeerConnection:
         self._sent_at = 0.0
         self._relay_ping_at = -_RELAY_PING_INTERVAL
         self._pending_events: list[QuicEvent] = []
+        #: the peer's stateless reset token for the connection id we send to (the endpoint indexes it)
+        self.reset_token: bytes | None = None
+        # set while QUIC's timer runs on a live connection: a termination then is our idle timeout
+        self._idle_check = False
         # backpressure: futures waiting for a stream's send buffer to drain
         self._send_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._stopped: dict[int, int] = {}  # stream id -> STOP_SENDING / reset error code
@@ -252,8 +266,31 @@ class PeerConnection:
                 # probe timeouts, and the paths layer falls back to the relay)
                 self._relay_ping_at = now
                 quic.send_ping(0)
+        token = hooks.peer_reset_token(quic)
+        if token != self.reset_token:
+            old, self.reset_token = self.reset_token, token
+            self._callbacks.reset_token(self, old, token)
         self._process_events()
         self.schedule_transmit()
+
+    def stateless_reset(self) -> None:
+        """The peer sent a genuine stateless reset: it no longer has this connection.
+
+        The connection ends at once with :class:`~asgi_p2p.errors.ConnectionReset`
+        and sends nothing more (RFC 9000 10.3.1).  Called by the endpoint, which
+        checked the token and where the datagram came from.
+        """
+        if self.closed:
+            return
+        node = self.remote_node_id
+        log.info("connection to %s reset by peer (stateless reset)", node if node is not None else self.address)
+        self._finish(
+            ConnectionReset(
+                f"connection to {node if node is not None else 'peer'} reset by peer: it restarted or lost the "
+                "connection's state (stateless reset received); a new connection is needed",
+                reason="stateless reset",
+            )
+        )
 
     # set while a deferred transmit() is queued on the loop
     _tx_scheduled = False
@@ -276,7 +313,9 @@ class PeerConnection:
             self.transmit()
 
     def transmit(self) -> None:
-        """Send what QUIC has to send and re-arm its timer."""
+        """Send what QUIC has to send and re-arm its timer (nothing once the connection is gone)."""
+        if self._closed.done():
+            return
         now = self.loop.time()
         datagrams = self.quic.datagrams_to_send(now)
         if datagrams:
@@ -294,8 +333,13 @@ class PeerConnection:
         """QUIC's timer is due (see :class:`DeadlineTimer`)."""
         quic = self.quic
         now = self.loop.time()
+        # handle_timer ends a connection that is not closing only when its idle timer expired
+        self._idle_check = not hooks.is_closing(quic)
         quic.handle_timer(now)
-        self._process_events()
+        try:
+            self._process_events()
+        finally:
+            self._idle_check = False
         if hooks.pto_count(quic) >= _BLACK_HOLE_PTOS:
             # nothing acknowledged across repeated probe timeouts: the path may be dead
             # (the paths layer pings it now and falls back if it does not answer), or
@@ -486,8 +530,26 @@ class PeerConnection:
         if self._closed.done():
             return
         handshaking = not self._ready.done()
-        err = self._close_error or close_error(event, during_handshake=handshaking)
-        self._finish(err)
+        err = self._close_error
+        if err is None and self._idle_check:
+            err = self._idle_timeout_error(handshaking)
+        self._finish(err or close_error(event, during_handshake=handshaking))
+
+    def _idle_timeout_error(self, handshaking: bool) -> P2PError:
+        """What to tell the application when our idle timer ended the connection."""
+        timeout = hooks.idle_timeout(self.quic)
+        node = self.remote_node_id
+        peer = f"node {node}" if node is not None else "the peer"
+        if handshaking:
+            return ConnectionFailed(
+                f"no answer from {peer} at {self.address[0]}:{self.address[1]} within {timeout:g}s "
+                "(handshake timed out); is the node running and reachable?"
+            )
+        return ConnectionTimedOut(
+            f"connection to {peer} timed out: nothing heard from it for {timeout:g}s (local idle timeout); "
+            "it may be down or unreachable",
+            reason="idle timeout",
+        )
 
     def _finish(self, err: P2PError) -> None:
         if self._closed.done():

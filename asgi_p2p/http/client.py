@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -34,10 +34,12 @@ from ._common import (
 from ._dispatch import h3_protocol
 
 __all__ = [
+    "RESOLVED_CACHE_SIZE",
     "ClientConnection",
     "ClientStream",
     "P2PTransport",
     "PeerGoingAway",
+    "Resolver",
     "SyncP2PTransport",
     "connect_h3",
     "register_client",
@@ -46,6 +48,10 @@ __all__ = [
 log = logging.getLogger("asgi_p2p.http")
 
 T = TypeVar("T")
+
+#: methods a request of which may be sent twice (RFC 9110 9.2.2): retried once on a new
+#: connection when the pooled one turns out dead before any response bytes
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class PeerGoingAway(P2PError):
@@ -159,6 +165,8 @@ class ClientStream:
         self.sent_end = False
         self.stopped = False
         self.closed = False
+        #: a streamed (not replayable) request body began to be read
+        self.body_started = False
         self._waiter: asyncio.Future[None] | None = None
         self._arrivals = 0  # data events so far (the deferred wake compares counts)
         self._settling = False  # a deferred wake is queued on the loop
@@ -330,6 +338,16 @@ class ClientStream:
     def finished(self) -> bool:
         return self.ended and (self.sent_end or self.stopped)
 
+    @property
+    def response_started(self) -> bool:
+        """Any response bytes arrived (an interim or final response, body bytes)."""
+        return self.status is not None or bool(self.interim) or bool(self.chunks) or self.ended
+
+    @property
+    def never_sent(self) -> bool:
+        """Nothing of this request ever left this host (so it cannot have reached the peer)."""
+        return hooks.stream_bytes_sent(self.cc.conn.quic, self.sid) == 0
+
 
 def register_client(endpoint: Endpoint) -> None:
     """Register ``h3`` on the endpoint (once) with :class:`ClientConnection` as the handler of dialed connections."""
@@ -433,17 +451,32 @@ class _ResponseStream(httpx.AsyncByteStream):
             st.cancel()
 
 
+#: Turns a URL host (a node id or a name) into a :class:`NodeAddr` (see :class:`P2PTransport`).
+Resolver = Callable[[str], Awaitable[NodeAddr]]
+
+#: URL hosts whose resolution a :class:`P2PTransport` remembers (the oldest is forgotten first).
+RESOLVED_CACHE_SIZE = 256
+
+
 class P2PTransport(httpx.AsyncBaseTransport):
     """An httpx transport sending HTTP/3 requests to peers: ``https://<node-id>/path``.
 
     One QUIC connection per peer (the endpoint's pool) carries all concurrent
     requests.  The URL host is a node id; :meth:`add_addr` says where a node can
     be reached (or pass a :class:`NodeAddr` via the ``addrs`` argument).
+
+    ``resolve`` (optional) is awaited with the URL host when the host is not a
+    node id with a known address: it returns the :class:`NodeAddr` to dial (so a
+    URL host may also be a name, e.g. ``ChainedDiscovery.resolve_name``, or the
+    simulator's DNS).  The answer is remembered (for :data:`RESOLVED_CACHE_SIZE`
+    hosts) until dialing it fails; a failing lookup is an ``httpx.ConnectError``.
     """
 
-    def __init__(self, endpoint: Endpoint, *, addrs: Iterable[NodeAddr] = ()) -> None:
+    def __init__(self, endpoint: Endpoint, *, addrs: Iterable[NodeAddr] = (), resolve: Resolver | None = None) -> None:
         self.endpoint = endpoint
         self._addrs: dict[NodeId, NodeAddr] = {}
+        self._resolve = resolve
+        self._resolved: dict[str, NodeAddr] = {}
         self._handlers: set[ClientConnection] = set()
         self._closed = False
         for addr in addrs:
@@ -454,31 +487,83 @@ class P2PTransport(httpx.AsyncBaseTransport):
         """Tell the transport where a node can be reached."""
         self._addrs[node_addr.node_id] = node_addr
 
-    def _target(self, host: str, request: httpx.Request) -> NodeAddr | NodeId:
+    async def _target(self, host: str, request: httpx.Request) -> NodeAddr | NodeId:
         try:
-            node_id = NodeId.parse(host)
+            node_id: NodeId | None = NodeId.parse(host)
         except (InvalidNodeId, ValueError) as exc:
-            raise httpx.ConnectError(f"URL host {host!r} is not a node id: {exc}", request=request) from None
-        return self._addrs.get(node_id, node_id)
+            if self._resolve is None:
+                raise httpx.ConnectError(f"URL host {host!r} is not a node id: {exc}", request=request) from None
+            node_id = None
+        if node_id is not None and (node_id in self._addrs or self._resolve is None):
+            return self._addrs.get(node_id, node_id)
+        assert self._resolve is not None
+        found = self._resolved.get(host)
+        if found is None:
+            try:
+                found = await self._resolve(host)
+            except P2PError as exc:
+                raise httpx.ConnectError(f"could not resolve {host!r}: {exc}", request=request) from exc
+            if node_id is not None and found.node_id != node_id:
+                raise httpx.ConnectError(
+                    f"resolving {host!r} gave node {found.node_id}, not the node the URL names", request=request
+                )
+            if len(self._resolved) >= RESOLVED_CACHE_SIZE:
+                del self._resolved[next(iter(self._resolved))]
+            self._resolved[host] = found
+        return found
 
     async def _connection(self, request: httpx.Request, timeout: float | None) -> ClientConnection:
-        target = self._target(request.url.host, request)
+        host = request.url.host
         try:
             async with _deadline(timeout, httpx.ConnectTimeout, request, "connecting to the peer"):
+                target = await self._target(host, request)
                 cc = await connect_h3(self.endpoint, target)
         except P2PError as exc:
+            self._resolved.pop(host, None)  # the peer may have moved: look it up again next time
             raise httpx.ConnectError(str(exc), request=request) from exc
+        except httpx.ConnectTimeout:
+            self._resolved.pop(host, None)
+            raise
         self._handlers.add(cc)
         return cc
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` on the peer's pooled connection (dialing one if there is none).
+
+        If the pooled connection turns out dead (reset by a restarted peer, timed out,
+        closed) before any response bytes arrived, the request is sent once more on a
+        new connection when that is safe: its method is idempotent, or nothing of it
+        ever left this host; and its body can be sent again.
+        """
         if self._closed:
             raise RuntimeError("P2PTransport is closed")
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        started = asyncio.get_running_loop().time()
         cc = await self._connection(request, timeouts.get("connect"))
+        established = cc.conn.established_at
+        pooled = established is not None and established <= started  # not dialed for this request
+        try:
+            return await self._exchange(cc, request, timeouts, may_retry=pooled)
+        except _RetryOnNewConnection as retry:
+            log.info(
+                "%s %s: the pooled connection to %s failed before any response (%s); retrying on a new connection",
+                request.method,
+                request.url,
+                cc.conn.remote_node_id,
+                retry.cause,
+            )
+        cc = await self._connection(request, timeouts.get("connect"))
+        return await self._exchange(cc, request, timeouts, may_retry=False)
+
+    async def _exchange(
+        self, cc: ClientConnection, request: httpx.Request, timeouts: dict[str, float | None], *, may_retry: bool
+    ) -> httpx.Response:
+        """One attempt: send the request on ``cc``, wait for the response headers."""
         try:
             st = cc.open_stream()
         except P2PError as exc:
+            if may_retry and exc is cc.lost and _replayable(request, None):  # nothing was sent
+                raise _RetryOnNewConnection(exc) from exc
             raise httpx.ConnectError(str(exc), request=request) from exc
         try:
             await self._send(st, request, timeouts.get("write"))
@@ -487,6 +572,21 @@ class P2PTransport(httpx.AsyncBaseTransport):
                     status = await st.wait_headers()
             except P2PError as exc:
                 raise _map_error(exc, request, reading=True) from exc
+        except httpx.TransportError as exc:
+            st.cancel()
+            lost = cc.lost
+            if isinstance(exc, httpx.TimeoutException) or lost is None or st.response_started:
+                raise  # not a dead connection, or the peer answered: the request reached it
+            if not _replayable(request, st):
+                raise
+            if st.never_sent or request.method in IDEMPOTENT_METHODS:
+                if may_retry:
+                    raise _RetryOnNewConnection(lost) from exc
+                raise
+            raise type(exc)(
+                f"{exc} (not retried: {request.method} is not idempotent and the request may have reached the peer)",
+                request=request,
+            ) from exc
         except BaseException:
             st.cancel()
             raise
@@ -526,6 +626,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
                     return
                 assert isinstance(stream, httpx.AsyncByteStream), "P2PTransport needs an async request body"
                 st.send_headers(headers, False)
+                st.body_started = True
                 async for chunk in stream:
                     if chunk:
                         await st.write(bytes(chunk), False)
@@ -540,6 +641,19 @@ class P2PTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         self._closed = True
         self._handlers.clear()
+
+
+class _RetryOnNewConnection(Exception):
+    """An attempt failed on a dead pooled connection and may be made again on a new one."""
+
+    def __init__(self, cause: P2PError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _replayable(request: httpx.Request, st: ClientStream | None) -> bool:
+    """The request's body can be sent again (held in memory, or a stream not yet read)."""
+    return isinstance(request.stream, httpx.ByteStream) or st is None or not st.body_started
 
 
 class _SyncResponseStream(httpx.SyncByteStream):

@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 
-from ..errors import P2PError, ProtocolError
+from ..config import MAX_UDP_PAYLOAD, Limit
+from ..errors import InvalidConfiguration, P2PError, ProtocolError
 from ..identity import NodeId
 from ..net.addr import WireReader, encode_address, normalize_address
 from ..net.base import Address
@@ -48,6 +49,7 @@ from ..net.base import Address
 __all__ = [
     "FORWARD_OVERHEAD",
     "RELAY_ALPN",
+    "RELAY_LIMITS",
     "RELAY_VERSION",
     "Action",
     "Error",
@@ -294,9 +296,18 @@ class TokenBucket:
         return False
 
 
+#: The largest rate or burst a :class:`RelayLimits` field may have (finite, far above any link).
+MAX_RATE = 1e15
+
+
 @dataclass(frozen=True)
 class RelayLimits:
-    """Limits a relay enforces (per client unless stated)."""
+    """Limits a relay enforces (per client unless stated).
+
+    Every field must be a finite number in the range :data:`RELAY_LIMITS` gives it, and
+    ``byte_burst`` at least ``max_datagram_size`` (so a full packet can pass); otherwise
+    :class:`~asgi_p2p.errors.InvalidConfiguration` names the field and the range.
+    """
 
     max_clients: int = 10_000  #: the whole client table
     #: 16,000 packets/s: 16 MB/s of full relayed QUIC packets (1,200 bytes or less)
@@ -311,12 +322,32 @@ class RelayLimits:
     max_datagram_size: int = 1200  #: default QUIC datagram payload limit of a destination
 
     def __post_init__(self) -> None:
-        if self.max_clients <= 0:
-            raise ValueError("RelayLimits.max_clients must be positive")
-        if self.max_datagram_size <= FORWARD_OVERHEAD:
-            raise ValueError(f"RelayLimits.max_datagram_size must exceed {FORWARD_OVERHEAD}")
+        for f in fields(self):
+            RELAY_LIMITS[f.name].check(f.name, getattr(self, f.name), "RelayLimits.")
         if self.byte_burst < self.max_datagram_size:
-            raise ValueError("RelayLimits.byte_burst must be at least max_datagram_size")
+            raise InvalidConfiguration(
+                f"RelayLimits.byte_burst must be at least max_datagram_size ({self.max_datagram_size}), "
+                f"so that a full packet can pass, got {self.byte_burst:g}",
+                setting="byte_burst",
+            )
+
+
+def _rate(low: float = 0.0, *, open_low: bool = True, unit: str = "") -> Limit:
+    return Limit(low, MAX_RATE, integer=False, open_low=open_low, unit=unit)
+
+
+#: The allowed values of every :class:`RelayLimits` field.
+RELAY_LIMITS: dict[str, Limit] = {
+    # the relay endpoint allows max_clients + 16 connections (NetworkConfig.max_connections <= 2**20)
+    "max_clients": Limit(1, 1_000_000),
+    "packets_per_second": _rate(unit="packets per second"),
+    "packet_burst": _rate(1, open_low=False, unit="packets"),
+    "bytes_per_second": _rate(unit="bytes per second"),
+    "byte_burst": _rate(1200, open_low=False, unit="bytes"),
+    "errors_per_second": _rate(unit="frames per second"),
+    "error_burst": _rate(1, open_low=False, unit="frames"),
+    "max_datagram_size": Limit(1200, MAX_UDP_PAYLOAD, unit="bytes"),
+}
 
 
 @dataclass
