@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# this folder holds http.py, which would shadow the stdlib `http` (httpx imports it): keep it off
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 from asgi_p2p import NetworkConfig, Node, P2PError, SecretKey  # noqa: E402

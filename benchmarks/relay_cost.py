@@ -15,6 +15,7 @@ so several relayed packets share one datagram); ``ASGI_P2P_MAX_PROBE_DATAGRAM_SI
 Usage: python benchmarks/relay_cost.py [--seconds 5] [--runs 3] [--both-ways]
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+# this folder holds http.py, which would shadow the stdlib `http` (httpx imports it): keep it off
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(ROOT))
+
 from asgi_p2p import Node, SecretKey
 from asgi_p2p.relay.client import RelayClient
 
-ROOT = Path(__file__).resolve().parent.parent
 PACKET = 1150
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -20,6 +20,7 @@ divided by the offered packet rate, so the table sweeps the message interval.
 Usage: python benchmarks/sim.py [--seconds 300] [--nodes 2,10,100] [--quic-intervals 1,5,10]
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # measure the checkout this script is in, not whatever asgi_p2p is installed
+# this folder holds http.py, which would shadow the stdlib `http` (httpx imports it): keep it off
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aioquic.buffer import Buffer

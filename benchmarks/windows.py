@@ -15,12 +15,19 @@ they run at a few hundred kB/s). Window and send buffer: the last seed's, at the
 Usage: python benchmarks/windows.py [--mb 16] [--seeds 1,2,3] [--loss 0.01] [--queues 1000000,262144]
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import argparse
 import asyncio
 import statistics
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+# this folder holds http.py, which would shadow the stdlib `http` (httpx imports it): keep it off
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asgi_p2p import NetworkConfig, Node, SecretKey
 from asgi_p2p.sim import Simulation
