@@ -221,7 +221,8 @@ async def send_body(handler: BodySender, sid: int, data: bytes, end: bool) -> No
 class Credit:
     """Read-paced receive credit of one stream.
 
-    The peer may send ``stream_receive_window`` bytes beyond what we *consumed*.
+    The peer may send the stream's receive window (``stream_receive_window``, auto-tuned
+    up to ``max_stream_receive_window``) beyond what we *consumed*.
     Consumed = raw stream bytes received minus payload bytes the application has
     not read yet, so HTTP/3 frame headers and header blocks count as consumed at
     once and DATA payload only when the application reads it.

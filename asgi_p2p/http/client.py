@@ -266,7 +266,7 @@ class ClientStream:
         self.cc.schedule_transmit()
 
     async def write(self, data: bytes, end: bool) -> None:
-        """Send body bytes; waits while more than ``stream_send_buffer`` bytes are unacknowledged."""
+        """Send body bytes; waits while the stream's send buffer is full (``PeerConnection.send_buffer_limit``)."""
         self._check()
         try:
             await send_body(self.cc, self.sid, data, end)
