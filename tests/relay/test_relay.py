@@ -412,9 +412,9 @@ def test_the_relay_forwards_real_quic_and_never_sees_plaintext(net: Harness) -> 
         seen: list[bytes] = []
         original = relay.router.handle_datagram
 
-        def recording(src, data, now):  # type: ignore[no-untyped-def]
+        def recording(src, data, now, room=None):  # type: ignore[no-untyped-def]
             seen.append(bytes(data))
-            return original(src, data, now)
+            return original(src, data, now, room)
 
         relay.router.handle_datagram = recording  # type: ignore[method-assign]
         va, vb = ("fd00::a", 1), ("fd00::b", 1)
