@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -10,9 +11,87 @@ from typing import Any
 
 from .errors import InvalidConfiguration
 
-__all__ = ["NetworkConfig"]
+__all__ = ["LIMITS", "Limit", "NetworkConfig"]
 
 ENV_PREFIX = "ASGI_P2P_"
+#: The longest timeout or interval a setting may have, in seconds (one day).
+MAX_SECONDS = 86400.0
+#: The largest UDP payload (IPv4: 65535 - 8 - 20).
+MAX_UDP_PAYLOAD = 65507
+#: The largest flow-control window or send buffer, in bytes (1 GiB).
+MAX_WINDOW = 1 << 30
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The values a numeric setting may take: ``low``..``high`` (``low`` excluded if
+    ``open_low``), or exactly 0 if ``zero_is_off``; integers only if ``integer``."""
+
+    low: float
+    high: float
+    integer: bool = True
+    open_low: bool = False
+    zero_is_off: bool = False
+    unit: str = ""
+
+    def _span(self) -> str:
+        if self.integer:
+            return f"{int(self.low)}..{int(self.high)}"
+        return f"{'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+
+    def range_text(self) -> str:
+        """The allowed range in short, e.g. ``1..65536``, ``(0, 86400]``, ``0 (off) or (0, 86400]``."""
+        return f"0 (off) or {self._span()}" if self.zero_is_off else self._span()
+
+    def describe(self) -> str:
+        """The allowed values in words, e.g. ``a finite number of seconds in (0, 86400]``."""
+        what = "a whole number" if self.integer else "a finite number"
+        unit = f" of {self.unit}" if self.unit else ""
+        text = f"{what}{unit} in {self._span()}"
+        return f"0 (off) or {text}" if self.zero_is_off else text
+
+    def check(self, name: str, value: object, where: str = "") -> None:
+        """Raise :class:`InvalidConfiguration` naming ``name`` unless ``value`` is allowed."""
+        ok_type = isinstance(value, int) if self.integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type:
+            raise InvalidConfiguration(
+                f"{where}{name} must be {self.describe()}, got {value!r} ({type(value).__name__})", setting=name
+            )
+        assert isinstance(value, (int, float))
+        if self.zero_is_off and value == 0:
+            return
+        if not math.isfinite(value) or not (
+            (self.low < value if self.open_low else self.low <= value) and value <= self.high
+        ):
+            raise InvalidConfiguration(f"{where}{name} must be {self.describe()}, got {value!r}", setting=name)
+
+
+def _seconds(*, zero_is_off: bool = False) -> Limit:
+    return Limit(0, MAX_SECONDS, integer=False, open_low=True, zero_is_off=zero_is_off, unit="seconds")
+
+
+#: The allowed values of every :class:`NetworkConfig` field (the receive windows must
+#: also be at least ``max_datagram_size``).
+LIMITS: dict[str, Limit] = {
+    "max_message_size": Limit(1, 2**32 - 1, unit="bytes"),  # the 4-byte length prefix
+    "connect_timeout": _seconds(),
+    "idle_timeout": _seconds(),
+    "keepalive_interval": _seconds(zero_is_off=True),
+    "max_connections": Limit(1, 1 << 20),
+    "max_handshaking": Limit(1, 1 << 20),
+    "max_handshaking_per_address": Limit(1, 1 << 20),
+    "max_connections_per_address": Limit(1, 1 << 20),
+    "handshake_timeout": _seconds(),
+    "retry_token_lifetime": _seconds(),
+    "stream_send_buffer": Limit(1, MAX_WINDOW, unit="bytes"),
+    "stream_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
+    "connection_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
+    "max_streams": Limit(1, 1 << 16),
+    "max_datagram_size": Limit(1200, MAX_UDP_PAYLOAD, unit="bytes"),
+    "max_probe_datagram_size": Limit(0, MAX_UDP_PAYLOAD, unit="bytes"),
+    "accept_queue_size": Limit(1, 1 << 16),
+    "punch_ttl": Limit(0, 255),
+}
 
 
 @dataclass(frozen=True)
@@ -33,8 +112,28 @@ class NetworkConfig:
     #: PING (the acceptor waits 1.5 times this, so of an idle pair only the dialer pings;
     #: 0 = off).
     keepalive_interval: float = 10.0
-    #: Most simultaneous QUIC connections per endpoint; more are refused.
+    #: Most simultaneous QUIC connections per endpoint past their handshake (established),
+    #: plus the ones it dials; more are refused with a reason.  Accepted connections still
+    #: in their handshake count against ``max_handshaking`` instead.
     max_connections: int = 1024
+    #: Most accepted connections in their handshake from addresses not yet validated.  An
+    #: Initial packet finding this pool full (or its address's share of it full, see
+    #: ``max_handshaking_per_address``) is answered with a QUIC Retry, which keeps no
+    #: state; a client that returns the Retry's token enters a second pool of the same
+    #: size for validated sources (nodes the relay forwards count as validated).
+    max_handshaking: int = 128
+    #: Most accepted connections in their handshake per source address and pool (an IPv4
+    #: address, an IPv6 /64, or a node forwarded by the relay).
+    max_handshaking_per_address: int = 16
+    #: Most accepted connections, handshaking or established, per source address; more
+    #: are refused with a reason.
+    max_connections_per_address: int = 128
+    #: Seconds an accepted connection may take to complete its handshake; then it is
+    #: dropped and its slot freed.
+    handshake_timeout: float = 10.0
+    #: Seconds a Retry token stays valid (a client returns it within a round trip and
+    #: repeats it in its retransmissions).
+    retry_token_lifetime: float = 10.0
     #: Unacknowledged bytes buffered per stream before ``send`` waits.
     stream_send_buffer: int = 256 * 1024
     #: Bytes a peer may send on a stream beyond what the application has read.
@@ -61,60 +160,48 @@ class NetworkConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, (int, float)) and value < 0:
-                raise InvalidConfiguration(f"{f.name} must not be negative, got {value}")
-        if self.max_datagram_size < 1200:
-            raise InvalidConfiguration(
-                f"max_datagram_size must be at least 1200 (QUIC minimum), got {self.max_datagram_size}"
-            )
-        if self.max_probe_datagram_size > 65507:
-            raise InvalidConfiguration(
-                f"max_probe_datagram_size must be at most 65507 (largest UDP payload), "
-                f"got {self.max_probe_datagram_size}"
-            )
-        if self.max_datagram_size > 65507:
-            raise InvalidConfiguration(f"max_datagram_size must be at most 65507, got {self.max_datagram_size}")
-        if self.punch_ttl > 255:
-            raise InvalidConfiguration(f"punch_ttl must be in 0..255, got {self.punch_ttl}")
-        for name in (
-            "max_message_size",
-            "stream_send_buffer",
-            "stream_receive_window",
-            "max_streams",
-            "max_connections",
-            "accept_queue_size",
-            "connect_timeout",
-            "idle_timeout",
-        ):
-            if getattr(self, name) == 0:
-                raise InvalidConfiguration(f"{name} must be positive")
+            LIMITS[f.name].check(f.name, getattr(self, f.name))
+        for name in ("stream_receive_window", "connection_receive_window"):
+            if getattr(self, name) < self.max_datagram_size:
+                raise InvalidConfiguration(
+                    f"{name} must be at least max_datagram_size ({self.max_datagram_size} bytes), "
+                    f"so that one packet fits, got {getattr(self, name)}",
+                    setting=name,
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> NetworkConfig:
         """Defaults, then ``ASGI_P2P_*`` variables, then ``overrides``.
 
-        An invalid value raises :class:`InvalidConfiguration` naming the variable.
+        An invalid value raises :class:`InvalidConfiguration` naming the setting, the
+        variable it came from (if it came from one) and the allowed range.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        raw_values: dict[str, str] = {}
         for f in fields(cls):
             var = ENV_PREFIX + f.name.upper()
             raw = env.get(var)
             if raw is None:
                 continue
-            typ = int if f.type in ("int", int) else float
+            limit = LIMITS[f.name]
+            typ = int if limit.integer else float
             try:
                 values[f.name] = typ(raw.strip().replace("_", ""))
             except ValueError:
-                raise InvalidConfiguration(f"{var}={raw!r} is not a valid {typ.__name__}") from None
+                raise InvalidConfiguration(
+                    f"{var}={raw!r} is not a valid {typ.__name__}: {f.name} must be {limit.describe()}",
+                    setting=f.name,
+                ) from None
+            raw_values[f.name] = raw
         values.update(overrides)
         try:
             return cls(**values)
         except InvalidConfiguration as exc:
-            names = [ENV_PREFIX + k.upper() for k in values if k not in overrides and k in str(exc)]
-            if names:
-                raise InvalidConfiguration(f"{names[0]}: {exc}") from None
+            name = exc.setting
+            if name is not None and name in raw_values and name not in overrides:
+                var = ENV_PREFIX + name.upper()
+                raise InvalidConfiguration(f"{var}={raw_values[name]!r}: {exc}", setting=name) from None
             raise
 
     @property

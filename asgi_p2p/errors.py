@@ -111,7 +111,14 @@ class AuthenticationFailed(ConnectionFailed):
 
 
 class InvalidConfiguration(P2PError, ValueError):
-    """A configuration value is invalid; the message names the setting."""
+    """A configuration value is invalid; the message names the setting.
+
+    :attr:`setting` is the setting's name when one setting is to blame (None otherwise).
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class StreamReset(P2PError):

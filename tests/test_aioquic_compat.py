@@ -365,12 +365,16 @@ def test_largest_received_1rtt_grows_only_with_new_authenticated_packets() -> No
 class H3Pair:
     """A handshaken Pair with a HookedH3Connection on each side; pump() feeds them the QUIC events."""
 
-    def __init__(self, *, server_static_qpack: bool = False, on_control_data: Any = None) -> None:
+    def __init__(
+        self, *, server_static_qpack: bool = False, on_control_data: Any = None, on_field_section: Any = None
+    ) -> None:
         self.p = Pair(SecretKey.from_seed("h3-c"), SecretKey.from_seed("h3-s"))
         self.p.start()
         self.p.pump()
         self.client = hooks.HookedH3Connection(self.p.client, on_control_data=on_control_data)
-        self.server = hooks.HookedH3Connection(self.p.server, static_qpack=server_static_qpack)
+        self.server = hooks.HookedH3Connection(
+            self.p.server, static_qpack=server_static_qpack, on_field_section=on_field_section
+        )
         self._seen = {"client": 0, "server": 0}
         #: (stream id, data) of every STREAM chunk the client received
         self.client_raw: list[tuple[int, bytes]] = []
@@ -476,6 +480,81 @@ def test_h3_end_local_forgets_a_stream_reset_outside_h3() -> None:
     assert h.client.stream_count == held
 
 
+# -- admission: Initial packets checked before a connection exists ---------------------
+
+
+def _client_initial(version: int | None = None) -> tuple[QuicConnection, bytes]:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    if version is not None:
+        p.client._configuration.supported_versions = [version]
+    p.client.connect(SERVER_ADDR, now=0.0)
+    return p.client, p.client.datagrams_to_send(0.0)[0][0]
+
+
+def _check(datagram: bytes) -> bool:
+    buf = Buffer(data=datagram)
+    header = pull_quic_header(buf, host_cid_length=8)
+    assert header.version is not None
+    packet = datagram[: header.packet_length]
+    return hooks.initial_packet_decrypts(packet, buf.tell(), header.version, header.destination_cid)
+
+
+@pytest.mark.parametrize("version", [0x00000001, 0x6B3343CF])  # QUIC v1 and v2 (RFC 9369)
+def test_initial_packet_decrypts_accepts_a_real_client_initial(version: int) -> None:
+    _, datagram = _client_initial(version)
+    assert _check(datagram)
+
+
+def test_initial_packet_decrypts_refuses_junk_and_tampering() -> None:
+    _, datagram = _client_initial()
+    tampered = bytearray(datagram)
+    tampered[100] ^= 0x01  # inside the AEAD-protected payload (the packet, not the padding after it)
+    assert not _check(bytes(tampered))
+    # another destination connection id: other keys (the header parses, the tag fails)
+    header = pull_quic_header(Buffer(data=datagram), host_cid_length=8)
+    offset = datagram.index(header.destination_cid)
+    moved = datagram[:offset] + bytes(8) + datagram[offset + 8 :]
+    assert not _check(moved)
+    # random bytes after a valid long header, and a packet too short to sample
+    junk = datagram[: offset + 8 + 1 + 8 + 3] + bytes(range(256)) * 5
+    assert not _check(junk[: len(datagram)])
+    short = datagram[: offset + 8 + 1 + 8 + 4]
+    assert not hooks.initial_packet_decrypts(short, len(short) - 1, 1, header.destination_cid)
+
+
+def test_encode_initial_close_terminates_the_client_with_the_reason() -> None:
+    client, datagram = _client_initial()
+    header = pull_quic_header(Buffer(data=datagram), host_cid_length=8)
+    close = hooks.encode_initial_close(
+        version=1,
+        client_destination_cid=header.destination_cid,
+        client_source_cid=header.source_cid,
+        error_code=0x2,
+        reason="too many connections",
+    )
+    assert len(close) < 200  # a refusal is never an amplifier
+    client.receive_datagram(close, SERVER_ADDR, 0.01)
+    timer = client.get_timer()  # draining ends at the timer: then the event
+    assert timer is not None
+    client.handle_timer(timer)
+    events = []
+    while (ev := client.next_event()) is not None:
+        events.append(ev)
+    term = [e for e in events if isinstance(e, ConnectionTerminated)]
+    assert term and term[0].error_code == 0x2 and term[0].reason_phrase == "too many connections"
+
+
+def test_received_any_packet_only_after_a_decrypted_packet() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    server = p.start()
+    junk = bytearray(p.pending[0])
+    junk[100] ^= 0x01
+    server.receive_datagram(bytes(junk), CLIENT_ADDR, 0.0)
+    assert not hooks.received_any_packet(server)
+    server.receive_datagram(p.pending[0], CLIENT_ADDR, 0.0)
+    assert hooks.received_any_packet(server)
+
+
 # -- stateless reset tokens, idle timeout, stream bytes sent ------------------------------
 
 
@@ -562,3 +641,28 @@ def test_stream_bytes_sent_is_zero_until_the_stream_leaves() -> None:
     assert hooks.stream_bytes_sent(p.client, sid) == 0  # queued, not sent
     p.client.datagrams_to_send(p.now)
     assert hooks.stream_bytes_sent(p.client, sid) == len(b"request")
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_h3_on_field_section_rewrites_fields_before_aioquic_checks_them(static: bool) -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    def rename_bad_length(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        seen.append(fields)
+        return [(b"x-bad-length", v) if n == b"content-length" and not v.isdigit() else (n, v) for n, v in fields]
+
+    for hook in (rename_bad_length, None):
+        h = H3Pair(server_static_qpack=static, on_field_section=hook)
+        sid = h.p.client.get_next_available_stream_id()
+        request = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"peer"), (b":path", b"/")]
+        h.client.send_headers(sid, [*request, (b"content-length", b"0x10")], end_stream=True)
+        h.pump()
+        h.pump()
+        got = [ev.headers for ev in h.h3_events["server"] if isinstance(ev, HeadersReceived)]
+        if hook is None:  # aioquic alone closes the whole connection
+            term = h.p.terminated("client")
+            assert got == [] and term is not None and term.error_code == ErrorCode.H3_MESSAGE_ERROR
+        else:
+            assert got == [[*request, (b"x-bad-length", b"0x10")]]
+            assert seen[-1] == [*request, (b"content-length", b"0x10")]
+            assert h.p.terminated("client") is None and not h.server.is_done

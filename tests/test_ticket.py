@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asgi_p2p.errors import InvalidTicket, P2PError
@@ -181,3 +181,23 @@ def test_target_with_scheme() -> None:
 def test_target_bad(bad: str) -> None:
     with pytest.raises(InvalidTicket):
         parse_target(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=120), st.sampled_from([b"", b"\x00", b"\x01"]))
+def test_arbitrary_payload_with_a_valid_checksum_raises_only_invalid_ticket(
+    node: bytes, rest: bytes, prefix: bytes
+) -> None:
+    """Past the checksum (which random bytes almost never pass): any version-1 body either parses
+    to a ticket that re-encodes to the same bytes, or raises InvalidTicket."""
+    import hashlib
+
+    payload = bytes([1]) + node + prefix + rest
+    raw = payload + hashlib.sha256(payload).digest()[:4]
+    try:
+        ticket = Ticket.from_bytes(raw)
+    except InvalidTicket as exc:
+        assert str(exc)
+    else:
+        assert ticket.to_bytes() == raw
+        assert Ticket.parse(ticket.encode()) == ticket

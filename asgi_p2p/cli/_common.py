@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import math
 import os
 import re
 import signal
@@ -145,8 +146,19 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value:g}")
+    return value
+
+
+def seconds_or_off(text: str) -> float:
+    """A number of seconds, or 0 for off (finite, not negative)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (0: off), got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or a positive finite number, got {value:g}")
     return value
 
 

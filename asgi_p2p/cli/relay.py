@@ -142,6 +142,23 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
 
 
+#: The flag each RelayLimits field comes from (bursts are twice the rate; both queue
+#: bounds come from --limit-queued-bytes), to name it when the limits are refused.
+_LIMIT_FLAGS = {
+    "max_clients": "--limit-clients",
+    "packets_per_second": "--limit-packets-per-second",
+    "packet_burst": "--limit-packets-per-second",
+    "bytes_per_second": "--limit-bytes-per-second",
+    "byte_burst": "--limit-bytes-per-second",
+    "destination_packets_per_second": "--limit-destination-packets-per-second",
+    "destination_packet_burst": "--limit-destination-packets-per-second",
+    "destination_bytes_per_second": "--limit-destination-bytes-per-second",
+    "destination_byte_burst": "--limit-destination-bytes-per-second",
+    "destination_queue_bytes": "--limit-queued-bytes",
+    "max_queued_bytes": "--limit-queued-bytes",
+}
+
+
 def run_relay(args: argparse.Namespace) -> int:
     from ..relay.proto import RelayLimits
     from ..relay.server import relay_config
@@ -161,8 +178,10 @@ def run_relay(args: argparse.Namespace) -> int:
             destination_queue_bytes=min(RelayLimits.destination_queue_bytes, args.limit_queued_bytes),
             max_queued_bytes=args.limit_queued_bytes,
         )
-    except ValueError as exc:
-        raise InvalidConfiguration(f"relay limits: {exc}") from None
+    except InvalidConfiguration as exc:
+        flag = _LIMIT_FLAGS.get(exc.setting or "")
+        hint = f" (set by {flag})" if flag is not None else ""
+        raise InvalidConfiguration(f"relay limits: {exc}{hint}", setting=exc.setting) from None
     overrides: dict[str, Any] = {}
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size

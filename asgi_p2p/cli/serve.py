@@ -24,7 +24,7 @@ from ..config import NetworkConfig
 from ..errors import InvalidConfiguration, InvalidNodeId, P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
 from . import _common
-from ._common import LOG_LEVELS, configure_logging, describe_error, positive_float, positive_int
+from ._common import LOG_LEVELS, configure_logging, describe_error, positive_float, positive_int, seconds_or_off
 
 if TYPE_CHECKING:
     from ..endpoint import Endpoint
@@ -81,6 +81,19 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-body-size", type=positive_int, metavar="BYTES", help="refuse request bodies larger than this with 413"
+    )
+    p.add_argument(
+        "--request-header-timeout",
+        type=seconds_or_off,
+        metavar="SECONDS",
+        help="answer 408 to a request stream whose headers are not complete this long after its first bytes "
+        "(default 10; 0: off)",
+    )
+    p.add_argument(
+        "--request-body-timeout",
+        type=seconds_or_off,
+        metavar="SECONDS",
+        help="answer 408 (or reset) when the app waits this long for more request body (default 60; 0: off)",
     )
     p.add_argument(
         "--max-datagram-size",
@@ -277,6 +290,9 @@ async def _serve(
             }
             if args.max_body_size is not None:
                 server_kwargs["max_body_size"] = args.max_body_size
+            for name in ("request_header_timeout", "request_body_timeout"):
+                if getattr(args, name) is not None:
+                    server_kwargs[name] = getattr(args, name)
             server = H3Server(app, endpoint, **server_kwargs)
             starting = asyncio.ensure_future(server.startup())
             stopping = asyncio.ensure_future(stop.wait())

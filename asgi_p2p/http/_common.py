@@ -153,6 +153,8 @@ class H3(HookedH3Connection):
     only.  Field sections then need no QPACK Section Acknowledgments, so a small
     request/response exchange is one packet each way instead of two (the decoder
     stream's acknowledgments otherwise travel in packets of their own).
+    ``on_field_section`` sees (and may rewrite) every received field section before
+    aioquic checks it.
     """
 
     def __init__(
@@ -161,9 +163,15 @@ class H3(HookedH3Connection):
         on_goaway: Callable[[int], None] | None = None,
         *,
         qpack_dynamic_table: bool = True,
+        on_field_section: Callable[[Headers], Headers] | None = None,
     ) -> None:
         self.goaway = GoawayWatcher(on_goaway)
-        super().__init__(quic, static_qpack=not qpack_dynamic_table, on_control_data=self.goaway.feed)
+        super().__init__(
+            quic,
+            static_qpack=not qpack_dynamic_table,
+            on_control_data=self.goaway.feed,
+            on_field_section=on_field_section,
+        )
 
     @property
     def goaway_id(self) -> int | None:

@@ -60,8 +60,13 @@ class ExchangeServer(Protocol):
     @property
     def max_body_size(self) -> int | None: ...
 
+    @property
+    def request_body_timeout(self) -> float | None: ...
+
     #: exceptions raised by the application (counted by the exchanges)
     app_errors: int
+    #: requests answered 408 (or reset) because their body stalled (counted by the exchanges)
+    requests_timed_out: int
 
 
 class ExchangeHost(BodySender, Protocol):
@@ -325,10 +330,28 @@ class HTTPExchange(Exchange):
 
     def _body_too_large(self) -> None:
         log.info("request body on stream %d exceeds max_body_size=%s", self.sid, self.sc.server.max_body_size)
+        self._refuse_body(413, "Content Too Large")
+
+    def _body_timed_out(self) -> None:
+        """The app waited ``request_body_timeout`` seconds in ``receive()`` and no body came."""
+        if self.disconnected or self.request_ended or self.sc.lost:
+            return
+        server = self.sc.server
+        server.requests_timed_out += 1
+        log.info(
+            "request body on stream %d from %s: nothing for %gs; answering 408",
+            self.sid,
+            self.sc.peer,
+            server.request_body_timeout,
+        )
+        self._refuse_body(408, "Request Timeout")
+
+    def _refuse_body(self, status: int, reason: str) -> None:
+        """Stop reading the request: answer ``status`` if no response went out yet, else reset."""
         self.chunks.clear()
         self.credit.unread = 0
         if not self.headers_sent:  # REQUEST (or CLOSED: reset by an overlong response body)
-            self.send_plain(413, "Content Too Large")
+            self.send_plain(status, reason)
             self.state = ResponseState.RESPONSE_DONE
             self.sc.conn.stop_stream(self.sid, H3_NO_ERROR)
         else:
@@ -353,7 +376,15 @@ class HTTPExchange(Exchange):
                 return {"type": "http.request", "body": b"", "more_body": False}
             if self.complete:
                 return {"type": "http.disconnect"}
-            await self.wait_for_peer()
+            timeout = self.sc.server.request_body_timeout
+            if timeout is None or self.request_ended:
+                await self.wait_for_peer()
+            else:  # more body expected: the peer has request_body_timeout seconds to send some
+                timer = self.sc.loop.call_later(timeout, self._body_timed_out)
+                try:
+                    await self.wait_for_peer()
+                finally:
+                    timer.cancel()
 
     # -- response ------------------------------------------------------------------------
 

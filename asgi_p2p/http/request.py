@@ -23,13 +23,17 @@ from ._common import Headers
 
 __all__ = [
     "ASGI_VERSION",
+    "BAD_CONTENT_LENGTH",
     "CONNECT_NOT_SUPPORTED",
     "CONTENT_TOO_LARGE",
     "HEADERS_TOO_LARGE",
+    "INVALID_CONTENT_LENGTH_FIELD",
+    "MAX_CONTENT_LENGTH",
     "SERVICE_UNAVAILABLE",
     "PeerInfo",
     "Rejection",
     "RequestSettings",
+    "mark_invalid_content_length",
     "parse_request",
 ]
 
@@ -76,6 +80,42 @@ HEADERS_TOO_LARGE = Rejection(431, "Request Header Fields Too Large")
 CONNECT_NOT_SUPPORTED = Rejection(501, "CONNECT is not supported")
 SERVICE_UNAVAILABLE = Rejection(503, "Service Unavailable", ((b"retry-after", b"1"),))
 CONTENT_TOO_LARGE = Rejection(413, "Content Too Large")
+BAD_CONTENT_LENGTH = Rejection(400, "Bad Request: content-length must be one decimal number (RFC 9110 section 8.6)")
+
+#: The largest content-length a request may announce: a QUIC stream carries at most 2**62 - 1 bytes.
+MAX_CONTENT_LENGTH = 2**62 - 1
+#: What :func:`mark_invalid_content_length` renames an invalid ``content-length`` field to.
+INVALID_CONTENT_LENGTH_FIELD = b"asgi-p2p-invalid-content-length"
+
+
+def _content_length(value: bytes) -> int | None:
+    """The value of a ``content-length`` field (RFC 9110: ``1*DIGIT``), or None if it is not one.
+
+    Only ASCII digits: no sign, space, underscore, ``0x`` or list; at most 19 of them and
+    no more than a QUIC stream can carry.
+    """
+    if not 0 < len(value) <= 19 or not value.isdigit():  # bytes.isdigit(): ASCII digits only
+        return None
+    n = int(value)
+    return n if n <= MAX_CONTENT_LENGTH else None
+
+
+def mark_invalid_content_length(fields: Headers) -> Headers:
+    """Rename each ``content-length`` field whose value is invalid to :data:`INVALID_CONTENT_LENGTH_FIELD`.
+
+    The server applies it to every field section before aioquic checks it: aioquic closes the
+    whole connection for a value ``int()`` refuses (``5, 5``, ``0x10``, 5000 digits) and takes
+    others that RFC 9110 does not allow (``+5``, ``1_0``), while :func:`parse_request` answers
+    400 to either, for that request only.  Returns ``fields`` itself when nothing changes.
+    """
+    if all(name != b"content-length" or _content_length(value) is not None for name, value in fields):
+        return fields
+    return [
+        (INVALID_CONTENT_LENGTH_FIELD, value)
+        if name == b"content-length" and _content_length(value) is None
+        else (name, value)
+        for name, value in fields
+    ]
 
 
 def parse_request(
@@ -92,12 +132,18 @@ def parse_request(
     The scope's ``type`` is ``"websocket"`` for an extended CONNECT with ``:protocol websocket``
     (RFC 9220), ``"http"`` otherwise.  ``state`` is the lifespan state (the scope gets a
     shallow copy); ``at_capacity`` says the server already runs as many requests as it
-    may.  Refusals, checked in this order:
+    may.
+
+    Refusals, checked in this order:
 
     - 431 when the fields' names and values add up to more than ``max_header_size`` bytes;
     - 501 for a CONNECT other than ``:protocol websocket``;
+    - 400 when a ``content-length`` is not one decimal number (RFC 9110 section 8.6: digits
+      only, so no ``+5``, `` 5``, ``1_0``, ``0x10`` or ``5, 5``; no more than
+      :data:`MAX_CONTENT_LENGTH`; or marked by :func:`mark_invalid_content_length`) or
+      when several ``content-length`` fields differ;
     - 503 (``retry-after: 1``) when ``at_capacity``;
-    - 413 when the (last) ``content-length`` of an HTTP request exceeds ``max_body_size``.
+    - 413 when the ``content-length`` of an HTTP request exceeds ``max_body_size``.
 
     Anything else is taken as it comes: a pseudo-header given twice counts with its last
     value, a missing one as empty.
@@ -105,6 +151,8 @@ def parse_request(
     method = scheme = authority = path = protocol = b""
     headers: Headers = []
     size = 0
+    content_length: int | None = None
+    bad_length = False
     for name, value in fields:
         size += len(name) + len(value)
         if name.startswith(b":"):
@@ -119,6 +167,13 @@ def parse_request(
             elif name == b":protocol":
                 protocol = value
         else:
+            if name == b"content-length":
+                n = _content_length(value)
+                if n is None or (content_length is not None and n != content_length):
+                    bad_length = True
+                content_length = n
+            elif name == INVALID_CONTENT_LENGTH_FIELD:
+                bad_length = True
             headers.append((name, value))
     if size > settings.max_header_size:
         return HEADERS_TOO_LARGE
@@ -129,16 +184,11 @@ def parse_request(
         if protocol.lower() != b"websocket":
             return CONNECT_NOT_SUPPORTED
         is_ws = True
+    if bad_length:
+        return BAD_CONTENT_LENGTH
     if at_capacity:
         return SERVICE_UNAVAILABLE
     if not is_ws:
-        content_length: int | None = None
-        for name, value in headers:
-            if name == b"content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    content_length = None
         limit = settings.max_body_size
         if limit is not None and content_length is not None and content_length > limit:
             return CONTENT_TOO_LARGE

@@ -22,6 +22,7 @@ from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
 
 from .. import aioquic_compat as hooks
+from ..config import MAX_SECONDS, Limit
 from ..endpoint.connection import PeerConnection
 from ..endpoint.endpoint import Endpoint
 from ..errors import ConnectionClosed, InvalidConfiguration
@@ -30,17 +31,36 @@ from ._common import H3, H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_REJECTED, Cr
 from ._dispatch import h3_protocol
 from .exchange import Exchange, HTTPExchange, plain_response
 from .lifespan import LifespanMode, LifespanRunner
-from .request import HEADERS_TOO_LARGE, PeerInfo, Rejection, RequestSettings, parse_request
+from .request import (
+    HEADERS_TOO_LARGE,
+    PeerInfo,
+    Rejection,
+    RequestSettings,
+    mark_invalid_content_length,
+    parse_request,
+)
 from .types import ASGIApp
 from .ws_exchange import WebSocketExchange
 
-__all__ = ["H3Server", "ServerConnection"]
+__all__ = [
+    "DEFAULT_REQUEST_BODY_TIMEOUT",
+    "DEFAULT_REQUEST_HEADER_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "H3Server",
+    "ServerConnection",
+]
 
 log = logging.getLogger("asgi_p2p.http")
 
 #: Bytes of a header section in flight before its HEADERS frame completes, beyond max_header_size.
 _HEADER_SLACK = 16 * 1024
 _FLUSH_TIMEOUT = 2.0
+#: Default seconds from a request stream's first bytes to its complete header section.
+DEFAULT_REQUEST_HEADER_TIMEOUT = 10.0
+#: Default seconds the application may wait in ``receive()`` for more request body.
+DEFAULT_REQUEST_BODY_TIMEOUT = 60.0
+_TIMEOUT = Limit(0, MAX_SECONDS, integer=False, open_low=True, zero_is_off=True, unit="seconds")
+REQUEST_TIMEOUT = Rejection(408, "Request Timeout")
 
 
 class H3Server:
@@ -63,6 +83,8 @@ class H3Server:
         max_header_size: int = 64 * 1024,
         max_body_size: int | None = None,
         timeout_graceful_shutdown: float | None = None,
+        request_header_timeout: float | None = DEFAULT_REQUEST_HEADER_TIMEOUT,
+        request_body_timeout: float | None = DEFAULT_REQUEST_BODY_TIMEOUT,
     ) -> None:
         if limit_concurrency is not None and limit_concurrency < 1:
             raise InvalidConfiguration(f"limit_concurrency must be at least 1, got {limit_concurrency}")
@@ -70,6 +92,12 @@ class H3Server:
             raise InvalidConfiguration(f"max_header_size must be positive, got {max_header_size}")
         if max_body_size is not None and max_body_size < 0:
             raise InvalidConfiguration(f"max_body_size must not be negative, got {max_body_size}")
+        for name, value in (
+            ("request_header_timeout", request_header_timeout),
+            ("request_body_timeout", request_body_timeout),
+        ):
+            if value is not None:
+                _TIMEOUT.check(name, value)
         self.app = app
         self.endpoint = endpoint
         #: what requests are parsed with (root_path, max_header_size and max_body_size below read and replace it)
@@ -81,16 +109,22 @@ class H3Server:
         )
         self.limit_concurrency = limit_concurrency
         self.timeout_graceful_shutdown = timeout_graceful_shutdown
+        #: seconds from a request stream's first bytes to its complete header section (None: no limit)
+        self.request_header_timeout = request_header_timeout or None
+        #: seconds the app may wait in ``receive()`` for more of a request body (None: no limit)
+        self.request_body_timeout = request_body_timeout or None
         self.lifespan = LifespanRunner(app, lifespan)
         self._connections: set[ServerConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._closing = False
         self._closed = False
-        #: Counters (for metrics): requests started, rejected by a limit, failed in the app.
+        #: Counters (for metrics): requests started, rejected by a limit, failed in the app,
+        #: answered 408 (or reset) because their headers or body did not come in time.
         self.requests_total = 0
         self.requests_rejected = 0
         self.app_errors = 0
+        self.requests_timed_out = 0
 
     @property
     def root_path(self) -> str:
@@ -198,10 +232,18 @@ class H3Server:
 class _Pending:
     """A request stream whose HEADERS frame has not arrived yet."""
 
-    __slots__ = ("credit",)
+    __slots__ = ("credit", "opened_at", "timer")
 
-    def __init__(self, credit: Credit) -> None:
+    def __init__(self, credit: Credit, opened_at: float) -> None:
         self.credit = credit
+        self.opened_at = opened_at
+        #: the header timeout (armed only when the first bytes did not complete the HEADERS frame)
+        self.timer: asyncio.TimerHandle | None = None
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class ServerConnection:
@@ -211,7 +253,7 @@ class ServerConnection:
         self.server = server
         self.conn = conn
         self.loop = conn.loop
-        self.h3 = H3(conn.quic, qpack_dynamic_table=False)
+        self.h3 = H3(conn.quic, qpack_dynamic_table=False, on_field_section=mark_invalid_content_length)
         assert conn.remote_node_id is not None
         self.peer = conn.remote_node_id
         self.peer_info = PeerInfo(self.peer)
@@ -246,7 +288,7 @@ class ServerConnection:
                 if self.goaway_id is not None and sid >= self.goaway_id:
                     self._reject(sid)
                 else:
-                    item = self.streams[sid] = _Pending(Credit(self.conn, sid))
+                    item = self.streams[sid] = _Pending(Credit(self.conn, sid), self.loop.time())
             if item is not None:
                 item.credit.raw += len(event.data)
                 touched = item
@@ -265,6 +307,7 @@ class ServerConnection:
             self._unseen.discard(event.stream_id)
             item = self.streams.get(event.stream_id)
             if isinstance(item, _Pending):
+                item.cancel_timer()
                 self.streams.pop(event.stream_id, None)
                 self.conn.forget_stream(event.stream_id)
             elif item is not None:
@@ -274,6 +317,33 @@ class ServerConnection:
                     item.on_stop(event.error_code)
         if touched is not None:
             touched.credit.update()
+            if (
+                isinstance(touched, _Pending)
+                and touched.timer is None
+                and self.server.request_header_timeout is not None
+                and isinstance(event, StreamDataReceived)
+                and self.streams.get(event.stream_id) is touched
+            ):
+                touched.timer = self.loop.call_at(
+                    touched.opened_at + self.server.request_header_timeout,
+                    self._header_timed_out,
+                    event.stream_id,
+                    touched,
+                )
+
+    def _header_timed_out(self, sid: int, item: _Pending) -> None:
+        """The stream's header section did not complete in ``request_header_timeout``: 408."""
+        item.timer = None
+        if self.lost or self.streams.get(sid) is not item:
+            return
+        self.server.requests_timed_out += 1
+        log.info(
+            "request stream %d from %s: no complete header section within %gs; answering 408",
+            sid,
+            self.peer_info.text,
+            self.server.request_header_timeout,
+        )
+        self._respond_now(sid, item.credit, REQUEST_TIMEOUT, ended=False)
 
     def _first_data(self, sid: int) -> bool:
         """True when ``sid`` is a request stream we have not seen before.
@@ -300,6 +370,7 @@ class ServerConnection:
             return
         if isinstance(event, HeadersReceived):
             if isinstance(item, _Pending):
+                item.cancel_timer()
                 self._start(sid, item.credit, event.headers, event.stream_ended)
             elif event.stream_ended:  # request trailers: ASGI has no place for them
                 item.on_data(b"", True)
@@ -311,7 +382,9 @@ class ServerConnection:
         self.lost = True
         self.server._connections.discard(self)
         for item in list(self.streams.values()):
-            if not isinstance(item, _Pending):
+            if isinstance(item, _Pending):
+                item.cancel_timer()
+            else:
                 item.on_lost()
         self.streams = {k: v for k, v in self.streams.items() if not isinstance(v, _Pending)}
 

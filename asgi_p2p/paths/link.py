@@ -57,7 +57,11 @@ class RelayLink(Protocol):
 
     @property
     def connected(self) -> bool:
-        """True while the relay connection is up (packets can be sent)."""
+        """True while the relay connection is up and carries a full-size (1200-byte) QUIC packet.
+
+        A relay connection that cannot (yet) carry one is not connected: a peer's Initial
+        through it would be dropped.
+        """
 
     @property
     def max_packet_size(self) -> int:
@@ -101,7 +105,7 @@ class ManagedRelayLink(RelayLink, Protocol):
         """Start connecting in the background (returns at once); reconnects by itself."""
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until the relay connection is up; raises :class:`~asgi_p2p.errors.Timeout` if not in time."""
+        """Wait until :attr:`connected`; raises :class:`~asgi_p2p.errors.Timeout` saying why if not in time."""
 
     async def close(self) -> None:
         """Disconnect for good."""

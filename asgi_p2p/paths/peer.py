@@ -13,8 +13,9 @@ sends its packets where :meth:`PeerPaths.update_routes` says, by the rules of
 answered; else the address the connection was dialed to or accepted from, while
 that address is not known to be dead, *and* the relay if one is connected; else
 the relay.  A connection builds datagrams of the size its direct path carries,
-and of the base size (``NetworkConfig.max_datagram_size``) whenever any of its
-packets may go through the relay, whose DATAGRAM frames carry them.
+and whenever any of its packets may go through the relay, whose DATAGRAM frames
+carry them, of a size that fits the relay (1200 bytes during the handshake, then
+the base size ``NetworkConfig.max_datagram_size`` or what the relay carries).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..net.timer import DeadlineTimer
 from .link import RelayLink
 from .prober import PathChanged, PathInfo, PathProber, PathState, ProberConfig
 from .route import Route
-from .select import select_datagram_size, select_route
+from .select import MIN_RELAYED_SIZE, select_datagram_size, select_route
 
 __all__ = ["PeerHost", "PeerPaths"]
 
@@ -42,8 +43,6 @@ log = logging.getLogger("asgi_p2p.paths")
 _FALLBACK_GRACE = 3.0
 #: upper bound of the delay between a punching opener and the first full-TTL ping
 _MAX_PUNCH_DELAY = 1.0
-#: a relay's TOO_LARGE never shrinks a connection's datagrams below this
-_MIN_RELAYED_SIZE = 1000
 #: the prober's defaults for keepalive and liveness (see ProberConfig)
 _DISCO_KEEPALIVE = ProberConfig.keepalive_interval
 _PATH_TIMEOUT = ProberConfig.path_timeout
@@ -166,6 +165,15 @@ class PeerPaths:
             except ValueError:  # not an IP address
                 log.debug("%s: address %s cannot be probed", self.node_id, addr)
 
+    def require_datagram_size(self, size: int | None) -> None:
+        """Our connection to this peer (a relay) needs ``size``-byte datagrams on its path (None: not).
+
+        The prober searches that size first and keeps searching for it, with a short
+        backoff, while the path does not carry it (see ``PathProber.require_size``).
+        """
+        self.prober.require_size(size, self.loop.time())
+        self.service()
+
     def bulk_started(self) -> None:
         """A connection to this peer has sent a burst of packets: find larger datagram sizes."""
         if self.prober.request_size_search(self.loop.time()):
@@ -278,6 +286,8 @@ class PeerPaths:
         """Re-decide every connection's route and datagram size (after any change)."""
         base = self.router.config.max_datagram_size
         reason = self._reason
+        relay = self.router.relay
+        capacity = relay.max_packet_size if relay is not None and relay.connected else None
         for route in list(self.routes):
             target = self.route_for(route)
             direct, relayed = target
@@ -287,6 +297,7 @@ class PeerPaths:
                 base=base,
                 relay_fit=self.relay_fit,
                 established=route.owner.established_at is not None,
+                relay_capacity=capacity,
             )
             why = reason
             if why == "path changed" and direct is None and route.direct is not None and relayed is not None:
@@ -302,7 +313,7 @@ class PeerPaths:
 
     def relay_too_large(self, fits: int) -> None:
         """The relay refused a packet to this peer as too large; ``fits`` bytes would pass."""
-        fits = max(fits, _MIN_RELAYED_SIZE)
+        fits = max(fits, MIN_RELAYED_SIZE)
         if self.relay_fit is not None and self.relay_fit <= fits:
             return
         log.info("%s: the relay forwards at most %d-byte packets to it; shrinking", self.node_id, fits)

@@ -94,8 +94,15 @@ class ProberConfig:
     size_probe_timeout: float = 0.25
     #: lost probes of one size before the path counts as not carrying that size
     size_probe_attempts: int = 3
-    #: after a size search ended below ``max_datagram_size``, search upwards again this often
+    #: after a size search ended below ``max_datagram_size`` (its probes were lost), search
+    #: upwards again after ``size_retry_min`` seconds, doubling per search that did not grow
+    #: the size, up to ``size_research_interval`` (RFC 8899's PMTU_RAISE_TIMER, shortened); while
+    #: the path is below :attr:`PathProber.size_target` (a size the owner needs), up to
+    #: ``size_retry_max``.  A search probes each size at most ``size_probe_attempts`` times, so
+    #: a path costs at most that many lost probes per interval.
     size_research_interval: float = 120.0
+    size_retry_min: float = 1.0
+    size_retry_max: float = 15.0
     #: a suspected path (see :meth:`PathProber.suspect`) is pinged at once and after a third
     #: and two thirds of this, and fails unless a PONG arrives within
     #: max(this, 3 x its RTT); it is pinged at once and again halfway
@@ -129,6 +136,11 @@ class ProberConfig:
             )
         if self.size_probe_attempts < 1:
             raise ValueError("size_probe_attempts must be at least 1")
+        if not 0 < self.size_retry_min <= self.size_retry_max <= self.size_research_interval:
+            raise ValueError(
+                "need 0 < size_retry_min <= size_retry_max <= size_research_interval, got "
+                f"{self.size_retry_min}, {self.size_retry_max}, {self.size_research_interval}"
+            )
         if self.call_me_maybe_attempts < 1:
             raise ValueError("call_me_maybe_attempts must be at least 1")
         if not 0 <= self.punch_ttl <= 255:
@@ -214,6 +226,8 @@ class _Path:
     size_attempts: int = 0
     size_next_at: float | None = None
     size_searched: bool = False
+    # searches in a row that ended with lost probes and no growth (the re-search backoff)
+    size_retries: int = 0
     # set by suspect(): the path fails at this time unless a PONG arrives first; the
     # suspicion's later pings go out at these times
     suspect_until: float | None = None
@@ -263,6 +277,8 @@ class PathProber:
         #: our own address as the peer saw it in its latest PONG (like STUN)
         self.reflexive_addr: Address | None = None
         self._size_wanted = not self.config.size_search_on_demand
+        #: a datagram size the owner needs on its paths (None: none), set by :meth:`require_size`
+        self.size_target: int | None = None
         # our latest CALL_ME_MAYBE addresses, how many times it went out this round, when next
         self._cmm_addrs: tuple[Address, ...] | None = None
         self._cmm_sent = 0
@@ -353,6 +369,37 @@ class PathProber:
                 self._start_size_search(path, now)
         return True
 
+    def require_size(self, size: int | None, now: float) -> None:
+        """The owner needs datagrams of ``size`` bytes on its paths (None: no longer).
+
+        A relay connection needs room for a full QUIC packet plus the relay's overhead.
+        Live paths below ``size`` search at once, probing ``size`` first (even above
+        ``max_datagram_size``: a need, not an optimisation), and while a path does not
+        carry it, a search whose probes were lost is retried with backoff from
+        ``size_retry_min`` to ``size_retry_max`` seconds, and at once when the path
+        answers again after a silence (an outage ended).
+        """
+        if size is not None and not self.config.base_datagram_size < size <= MAX_DISCO_DATAGRAM:
+            size = None  # the base size is always assumed; nothing larger than a probe can be
+        if size == self.size_target:
+            return
+        self.size_target = size
+        if size is None:
+            return
+        self._size_wanted = True  # a need does not wait for bulk data
+        for path in self._paths.values():
+            if path.state is PathState.LIVE and path.size < size:
+                self._research_now(path, now)
+
+    def _research_now(self, path: _Path, now: float) -> None:
+        """Search sizes on ``path`` again from its current size, starting now."""
+        self._stop_size_probe(path)
+        path.size_limit = self._size_ceiling() + 1
+        path.size_attempts = 0
+        path.size_searched = False
+        path.size_retries = 0
+        path.size_next_at = now
+
     def size_black_hole(self, addr: tuple[str, int], now: float) -> bool:
         """Packets larger than the base size stopped arriving on ``addr``: fall back, search again.
 
@@ -379,10 +426,11 @@ class PathProber:
         # forbidding the size would keep a path that still carries it small for
         # size_research_interval (a relay connection would then carry no full-size QUIC
         # packet); a real black hole loses the probes, which sets the limit
-        path.size_limit = self.config.max_datagram_size + 1
+        path.size_limit = self._size_ceiling() + 1
         path.size = base
         path.size_attempts = 0
         path.size_searched = False
+        path.size_retries = 0
         path.size_next_at = now if path.state is PathState.LIVE else None
         return True
 
@@ -542,7 +590,7 @@ class PathProber:
             else:
                 path.next_ping_at = now + cfg.keepalive_interval
             self._send_ping(path, now)
-        if cfg.max_datagram_size > cfg.base_datagram_size:
+        if self._size_ceiling() > cfg.base_datagram_size:
             for path in self._paths.values():
                 if path.state is PathState.LIVE:
                     self._size_step(path, now)
@@ -652,9 +700,22 @@ class PathProber:
         if path is None:  # evicted meanwhile
             return
         sample = max(now - sent_at, 0.0)
+        silent_since = path.unanswered_since
         path.srtt = sample if path.srtt is None else 0.875 * path.srtt + 0.125 * sample
         path.last_pong = now
         path.unanswered_since = None
+        if (
+            path.state is PathState.LIVE
+            and silent_since is not None
+            and now - silent_since >= max(self.config.suspect_timeout, 3 * path.srtt)
+            and self._below_target(path)
+            and path.size_tx is None
+        ):
+            # the path answers again after a silence (an outage, a partition that healed):
+            # the probes lost meanwhile said nothing about sizes, so the needed size is
+            # searched at once rather than after the backoff
+            logger.debug("path %s to %s answers again: size search now", path.addr, self.peer)
+            self._research_now(path, now)
         path.stats["pongs"] += 1
         if path.suspect_until is not None:
             path.suspect_until = None
@@ -718,13 +779,21 @@ class PathProber:
 
     # -- datagram size search (RFC 8899, "DPLPMTUD-lite") ----------------------
 
+    def _size_ceiling(self) -> int:
+        """The largest size a search tries: the configured ceiling, or the needed size above it."""
+        return max(self.config.max_datagram_size, self.size_target or 0)
+
+    def _below_target(self, path: _Path) -> bool:
+        return self.size_target is not None and path.size < self.size_target
+
     def _start_size_search(self, path: _Path, now: float) -> None:
         self._stop_size_probe(path)
         path.size = self.config.base_datagram_size
-        path.size_limit = self.config.max_datagram_size + 1
+        path.size_limit = self._size_ceiling() + 1
         path.size_attempts = 0
         path.size_searched = False
-        probing = self._size_wanted and self.config.max_datagram_size > self.config.base_datagram_size
+        path.size_retries = 0
+        probing = self._size_wanted and self._size_ceiling() > self.config.base_datagram_size
         path.size_next_at = now if probing else None
 
     def _stop_size_probe(self, path: _Path) -> None:
@@ -733,6 +802,10 @@ class PathProber:
             path.size_tx = None
 
     def _next_size(self, path: _Path) -> int | None:
+        """The next size to probe: the needed size first, then the steps, the ceiling last."""
+        target = self.size_target
+        if target is not None and path.size < target < path.size_limit:
+            return target
         ceiling = self.config.max_datagram_size
         for size in (*(s for s in SIZE_STEPS if s < ceiling), ceiling):
             if path.size < size < path.size_limit:
@@ -751,13 +824,32 @@ class PathProber:
                 path.size_limit = path.size_probing
                 path.size_attempts = 0
         elif path.size_searched:  # time to search upwards again
-            path.size_limit = cfg.max_datagram_size + 1
+            path.size_limit = self._size_ceiling() + 1
             path.size_searched = False
         size = self._next_size(path)
         if size is None:
             path.size_searched = True
             path.size_attempts = 0
-            path.size_next_at = now + cfg.size_research_interval if path.size < cfg.max_datagram_size else None
+            if path.size >= self._size_ceiling():
+                path.size_next_at = None
+                return
+            # probes were lost: search again after a bounded, growing delay (a lost probe may
+            # be plain loss or an outage, not the path's limit); faster while below a needed size
+            cap = cfg.size_retry_max if self._below_target(path) else cfg.size_research_interval
+            delay = min(cap, cfg.size_retry_min * 2.0 ** min(path.size_retries, 30))
+            path.size_retries += 1
+            path.size_next_at = now + delay
+            level = logging.INFO if self._below_target(path) else logging.DEBUG
+            logger.log(
+                level,
+                "path %s to %s carries %d-byte datagrams (%d-byte probes lost%s); searching again in %.1fs",
+                path.addr,
+                self.peer,
+                path.size,
+                path.size_limit,
+                f", {self.size_target} needed" if self._below_target(path) else "",
+                delay,
+            )
             return
         if size != path.size_probing:
             path.size_attempts = 0
@@ -783,6 +875,7 @@ class PathProber:
             path.next_ping_at = now + self.config.keepalive_interval
         if size > path.size:
             path.size = size
+            path.size_retries = 0  # progress: a later failure backs off from the start again
             logger.debug("path %s to %s carries %d-byte datagrams", addr, self.peer.fmt_short(), size)
         path.size_attempts = 0
         path.size_next_at = now  # probe the next size right away

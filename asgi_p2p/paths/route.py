@@ -16,6 +16,7 @@ from ..config import NetworkConfig
 from ..identity import NodeId
 from ..net.base import Address
 from .prober import RELAY, PathInfo
+from .select import select_datagram_size
 
 __all__ = ["Route", "RouteHost", "RouteOwner", "RoutePeer", "RouteTarget"]
 
@@ -200,9 +201,21 @@ class Route:
         self.owner.route_changed(old, reason)
 
     def start(self) -> None:
-        """The dialed connection's first packets are ready: start probing the peer's paths."""
+        """The connection's first packets are about to be built: size them, start probing.
+
+        A dialed connection's peer decides (and starts probing its paths).  A connection
+        accepted through the relay has no peer until the handshake names it: its
+        handshake datagrams get the size every connected relay client carries (see
+        :func:`~asgi_p2p.paths.select.select_datagram_size`).
+        """
         if self.peer is not None:
             self.peer.service()
+        elif self.relayed is not None:
+            base = self.router.config.max_datagram_size
+            size, below_base = select_datagram_size(
+                self.target, direct_size=lambda _addr: base, base=base, relay_fit=None, established=False
+            )
+            self.owner.set_datagram_size(size, below_base=below_base)
 
     def attach(self, node_id: NodeId, *, is_relay: bool) -> None:
         """The handshake proved the peer's node id: join its paths (which start probing)."""

@@ -7,9 +7,14 @@
 * :func:`select_datagram_size` - how large the connection's datagrams may be on
   that route.
 
-The relay is the backup that is always usable for a full-size packet: whenever any
-of a connection's packets may go through it, the connection builds datagrams of the
-base size (or smaller, if the relay said the peer's own relay connection carries less).
+The relay is the backup that is always usable for a full-size packet: a relay client
+reports itself connected only while its relay connection carries a
+:data:`QUIC_MIN_DATAGRAM_SIZE` (1200-byte) QUIC packet.  Whenever any of a connection's
+packets may go through the relay, the connection builds datagrams that fit it: exactly
+1200 bytes until the handshake is done (Initials may not be smaller, and 1200 fits every
+connected relay client, ours and the peer's, whatever ``max_datagram_size`` either node
+has), then the base size, or less if our relay connection or the peer's (the relay's
+TOO_LARGE) carries less.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from collections.abc import Callable, Sequence
 from ..identity import NodeId
 from ..net.base import Address
 
-__all__ = ["best_direct", "select_datagram_size", "select_route"]
+__all__ = ["MIN_RELAYED_SIZE", "QUIC_MIN_DATAGRAM_SIZE", "best_direct", "select_datagram_size", "select_route"]
+
+#: The smallest QUIC datagram (RFC 9000 section 14.1): every datagram carrying an Initial
+#: packet is at least this large, so every relay connection in use must carry it.
+QUIC_MIN_DATAGRAM_SIZE = 1200
+#: After the handshake a relayed connection never builds datagrams smaller than this
+#: (only Initials must be 1200 bytes; aioquic works down to here).
+MIN_RELAYED_SIZE = 1000
 
 
 def best_direct(
@@ -85,16 +97,26 @@ def select_datagram_size(
     base: int,
     relay_fit: int | None,
     established: bool,
+    relay_capacity: int | None = None,
 ) -> tuple[int, bool]:
     """The datagram size for a connection sending to ``target``, and whether it is below ``base``.
 
-    A direct-only route carries what its path was probed to carry (``direct_size``);
-    any route that includes the relay carries the base size, or less when the relay
-    said the peer's relay connection carries at most ``relay_fit`` bytes (after the
-    handshake only: 1-RTT packets may be smaller than 1200 bytes, Initials may not).
+    A direct-only route carries what its path was probed to carry (``direct_size``).
+    A route that includes the relay: before the handshake is done exactly
+    :data:`QUIC_MIN_DATAGRAM_SIZE` (Initials may not be smaller, and every connected
+    relay client carries it, so a dial through the relay works whatever either node's
+    ``max_datagram_size``); after it the base size, or less (not below
+    :data:`MIN_RELAYED_SIZE`) when our relay connection carries at most
+    ``relay_capacity`` bytes per packet or the relay said the peer's carries at most
+    ``relay_fit``.
     """
     direct, relayed = target
     size = direct_size(direct) if direct is not None and relayed is None else base
-    if relayed is not None and relay_fit is not None and established:
-        size = min(size, relay_fit)
+    if relayed is not None:
+        if not established:
+            size = QUIC_MIN_DATAGRAM_SIZE
+        else:
+            for limit in (relay_fit, relay_capacity):
+                if limit is not None:
+                    size = min(size, max(limit, MIN_RELAYED_SIZE))
     return size, size < base

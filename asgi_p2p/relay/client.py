@@ -9,6 +9,14 @@ address is refused), keeps the connection and the NAT mapping alive with
 QUIC PINGs, declares the relay dead when PINGs go unanswered, and reconnects
 with capped exponential backoff and jitter from the ``rng`` it is handed.
 
+It reports itself connected only while the relay connection carries a full-size
+relayed packet (:data:`FULL_PACKET_SIZE`, the smallest QUIC datagram, plus the
+relay's overhead): after the handshake it asks the paths layer to search for that
+datagram size (which keeps retrying, with a short backoff, while the path does
+not carry it), and a connection that shrinks below it (lost large packets) stops
+being reported connected until it grows back.  :attr:`RelayClient.last_failure`
+and :meth:`RelayClient.wait_connected`'s error say why it is not connected.
+
 Sending never blocks and never raises for a disconnected relay, a packet that
 does not fit, or a full queue: like UDP, the packet is dropped, counted in
 :attr:`RelayClient.stats`, and ``False`` is returned.
@@ -34,6 +42,7 @@ from ..endpoint.connection import PeerConnection
 from ..errors import AuthenticationFailed, ConnectionClosed, P2PError, ProtocolError, Timeout
 from ..identity import NodeAddr, NodeId
 from ..paths.link import RefusalReason, RelayRefusal, RelaySink
+from ..paths.select import QUIC_MIN_DATAGRAM_SIZE
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
 from .proto import (
     FORWARD_OVERHEAD,
@@ -53,7 +62,11 @@ from .url import RelayUrl
 if TYPE_CHECKING:
     from ..endpoint.endpoint import Endpoint
 
-__all__ = ["RelayClient", "RelayClientStats", "Resolver"]
+__all__ = ["FULL_PACKET_SIZE", "RelayClient", "RelayClientStats", "Resolver"]
+
+#: The packet size a relay connection must carry before the client reports itself connected:
+#: the smallest QUIC datagram (every Initial is this large), so a peer's handshake always fits.
+FULL_PACKET_SIZE = QUIC_MIN_DATAGRAM_SIZE
 
 log = logging.getLogger("asgi_p2p.relay")
 
@@ -75,8 +88,12 @@ _REASONS = {
 class RelayClientStats:
     """Counters of a :class:`RelayClient`."""
 
+    #: Relay connections established (handshakes completed).
     connects: int = 0
     disconnects: int = 0
+    #: Times a connection in use stopped carrying a full-size packet (it was reported
+    #: disconnected until it carried one again).
+    shrunk: int = 0
     connect_failures: int = 0
     #: Handshakes where the node at the relay's address was not the relay (or refused us).
     auth_failures: int = 0
@@ -163,12 +180,6 @@ class RelayClient:
             after each failed attempt, with jitter in its upper half.
         max_pending_datagrams: DATAGRAM frames that may wait in the connection's
             queue (congestion); beyond it packets are dropped.
-        full_size_wait: after the handshake, seconds to wait for the relay
-            connection to carry full-size packets (the endpoint's base datagram
-            size plus 64 bytes of relay overhead; the paths layer probes for it at
-            once) before reporting it connected; 0 does not wait.  Without the
-            wait, the first relayed handshake packet is dropped as too large and
-            the dial waits out a QUIC probe timeout.
         resolver: resolves a host name in the URL (default: the loop's getaddrinfo).
     """
 
@@ -184,7 +195,6 @@ class RelayClient:
         reconnect_min: float = 0.5,
         reconnect_max: float = 30.0,
         max_pending_datagrams: int = DEFAULT_MAX_PENDING_DATAGRAMS,
-        full_size_wait: float = 1.0,
         resolver: Resolver | None = None,
     ) -> None:
         if keepalive_interval <= 0 or keepalive_timeout <= keepalive_interval:
@@ -204,17 +214,19 @@ class RelayClient:
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.max_pending_datagrams = max_pending_datagrams
-        if full_size_wait < 0:
-            raise ValueError("full_size_wait must not be negative")
-        self.full_size_wait = full_size_wait
         self.resolver = resolver
         self.stats = RelayClientStats()
         #: The last ERROR frame the relay sent (for diagnostics).
         self.last_error: Error | None = None
-        #: Why the last connection attempt failed, if it did.
+        #: Why the client is not connected: the last connection attempt's failure, or a
+        #: relay connection that does not carry a full-size packet (None while connected).
         self.last_failure: P2PError | None = None
+        # the relay connection (from its handshake on), and whether it is in use: it
+        # carries a full-size packet (and since when it has not, while it does not)
         self._conn: _RelayConnection | None = None
         self._live = False
+        self._small_since: float | None = None
+        self._small_warned = False
         self._observed: tuple[str, int] | None = None
         self._connected = asyncio.Event()
         self._closing = asyncio.Event()
@@ -250,9 +262,9 @@ class RelayClient:
     async def wait_packet_size(self, size: int, timeout: float | None = None) -> None:
         """Wait until packets of ``size`` bytes fit the relay connection (:attr:`max_packet_size`).
 
-        The relay connection starts at the endpoint's base datagram size, which
-        cannot carry a full 1200-byte QUIC packet plus the relay's overhead; the
-        paths layer grows it by probing.  Raises :class:`Timeout` if not in time.
+        While connected, :data:`FULL_PACKET_SIZE`-byte packets fit; larger ones fit
+        once the paths layer has probed larger datagrams on the path to the relay.
+        Raises :class:`Timeout` if not in time.
         """
 
         async def wait() -> None:
@@ -306,7 +318,11 @@ class RelayClient:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"relay client {self.url}")
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until the relay connection is up; raises :class:`Timeout` (saying why) if not in time."""
+        """Wait until the relay connection is up and carries a full-size packet.
+
+        Raises :class:`Timeout` if not in time, saying why (the last connection
+        failure, or the datagram size the path to the relay has carried so far).
+        """
         if self.connected:
             return
         if self._closing.is_set():
@@ -400,56 +416,79 @@ class RelayClient:
         if self._closing.is_set():
             conn.close(0, "relay client closed")
             return None
-        if not isinstance(handler, _RelayConnection) or handler.client is not self or not conn.is_connected:
+        if (
+            not isinstance(handler, _RelayConnection)
+            or handler.client is not self
+            or not conn.is_connected
+            or handler.lost.is_set()
+        ):
             self.stats.connect_failures += 1
             log.warning("relay %s: connection closed during setup", url)
             return None
-        try:
-            await self._wait_full_size(conn)
-        except asyncio.CancelledError:  # close() while waiting: leave no relay connection behind
-            conn.close(0, "relay client closed")
-            raise
-        if self._closing.is_set() or not conn.is_connected or handler.lost.is_set():
-            conn.close(0, "relay client closed")
-            return None
         self._conn = handler
-        self._live = True
-        self.last_failure = None
         self.stats.connects += 1
-        self._connected.set()
-        log.info("relay %s: connected (max packet %d bytes)", url, self.max_packet_size)
-        self._notify_state()
+        self._small_since = conn.now()
+        self._small_warned = False
+        # from now on every datagram size change of the connection may make it (un)usable
+        conn.on_path_change.append(lambda _event: self._size_changed(handler))
+        needed = self._needed_datagram_size(conn)
+        peer = self.endpoint.router.peer_paths(url.node_id)
+        if peer is not None:
+            peer.require_datagram_size(needed)  # the paths layer searches for it at once
+        log.debug("relay %s: handshake done; needs %d-byte datagrams to relay full-size packets", url, needed)
+        self._size_changed(handler)
         return handler
 
-    async def _wait_full_size(self, conn: PeerConnection) -> None:
-        """Wait (up to :attr:`full_size_wait`) until a full-size packet fits the relay connection."""
-        wanted = self.endpoint.config.max_datagram_size
+    @staticmethod
+    def _needed_datagram_size(conn: PeerConnection) -> int:
+        """The UDP payload size that carries a full-size packet in a SEND frame on ``conn``."""
+        frame_overhead = hooks.max_datagram_size(conn.quic) - hooks.max_datagram_frame_payload(conn.quic)
+        return FULL_PACKET_SIZE + FORWARD_OVERHEAD + frame_overhead
 
-        def fits() -> bool:
-            return hooks.max_datagram_frame_payload(conn.quic) - FORWARD_OVERHEAD >= wanted
+    def _fits_full_size(self, conn: PeerConnection) -> bool:
+        return hooks.max_datagram_frame_payload(conn.quic) - FORWARD_OVERHEAD >= FULL_PACKET_SIZE
 
-        if fits() or self.full_size_wait <= 0:
+    def _size_changed(self, current: _RelayConnection) -> None:
+        """The relay connection's datagram size changed (or it just connected): in use or not."""
+        if current is not self._conn or self._closing.is_set() or current.lost.is_set():
             return
-        events = conn.path_events()
-
-        async def grown() -> None:
-            async for _ in events:
-                if fits():
-                    return
-
-        try:
-            await asyncio.wait_for(grown(), self.full_size_wait)
-        except TimeoutError:
-            pass
-        if not fits() and conn.is_connected:
-            log.warning(
-                "relay %s: the path to the relay carries %d-byte datagrams; relaying %d-byte packets needs %d "
-                "(packets that do not fit are dropped)",
+        conn = current.conn
+        if self._fits_full_size(conn):
+            if self._live:
+                return
+            waited = conn.now() - self._small_since if self._small_since is not None else 0.0
+            self._live = True
+            self._small_since = None
+            self.last_failure = None
+            self._connected.set()
+            log.info(
+                "relay %s: connected (max packet %d bytes; %.2fs after it could not carry a full-size one)",
                 self.url,
-                conn.datagram_size,
-                wanted,
-                wanted + FORWARD_OVERHEAD + (conn.datagram_size - hooks.max_datagram_frame_payload(conn.quic)),
+                self.max_packet_size,
+                waited,
             )
+            self._notify_state()
+            return
+        self.last_failure = P2PError(self._too_small_reason(conn))
+        if not self._live:
+            return
+        # it shrank (repeated loss of large packets): peers' packets would be dropped as too
+        # large, so it is not in use until the paths layer finds the size again
+        self._live = False
+        self._small_since = conn.now()
+        self._small_warned = True
+        self._connected.clear()
+        self.stats.shrunk += 1
+        log.warning("relay %s: not usable: %s", self.url, self.last_failure)
+        self._notify_state()
+
+    def _too_small_reason(self, conn: PeerConnection) -> str:
+        return (
+            f"the relay connection carries {conn.datagram_size}-byte datagrams "
+            f"({max(0, hooks.max_datagram_frame_payload(conn.quic) - FORWARD_OVERHEAD)}-byte packets); a full-size "
+            f"{FULL_PACKET_SIZE}-byte packet needs {self._needed_datagram_size(conn)}: the path to the relay "
+            f"{self.url.host}:{self.url.port} has not carried that yet (probing again with backoff)"
+        )
 
     async def _serve(self, current: _RelayConnection) -> None:
         """Keep the connection alive until it is lost (or the relay stops answering)."""
@@ -459,6 +498,11 @@ class RelayClient:
                 await asyncio.wait_for(current.lost.wait(), self.keepalive_interval)
             if current.lost.is_set() or self._closing.is_set():
                 break
+            small_since = self._small_since
+            if not self._live and not self._small_warned and small_since is not None:
+                if conn.now() - small_since >= self.keepalive_interval:
+                    self._small_warned = True  # once per episode: the paths layer keeps probing
+                    log.warning("relay %s: not usable yet: %s", self.url, self.last_failure)
             silent = conn.now() - current.last_alive
             if silent >= self.keepalive_timeout:
                 self.stats.keepalive_timeouts += 1
@@ -484,15 +528,18 @@ class RelayClient:
         current.lost.set()
         if self._conn is not current:
             return
+        was_live = self._live
         self._conn = None
         self._live = False
+        self._small_since = None
         self._connected.clear()
         self.stats.disconnects += 1
         if self._closing.is_set():
             log.info("relay %s: disconnected (%s)", self.url, why)
         else:
             log.warning("relay %s: disconnected: %s", self.url, why)
-        self._notify_state()
+        if was_live:  # the sink never heard of a connection that was not in use
+            self._notify_state()
 
     def _frame_received(self, current: _RelayConnection, data: bytes) -> None:
         if len(data) > FORWARD_OVERHEAD and data[0] == RELAY_VERSION and data[1] == FRAME_RECV:
@@ -525,7 +572,7 @@ class RelayClient:
                 if frame.addr != self._observed:
                     self._observed = frame.addr
                     log.info("relay %s sees us at %s:%d", self.url, *frame.addr)
-                    if self._conn is current:
+                    if self._conn is current and self._live:
                         self._notify_state()
             elif isinstance(frame, Error):
                 self._error_received(frame)

@@ -36,13 +36,13 @@ frame that parses re-encodes to the same bytes.
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 
-from ..errors import P2PError, ProtocolError
+from ..config import MAX_UDP_PAYLOAD, Limit
+from ..errors import InvalidConfiguration, P2PError, ProtocolError
 from ..identity import NodeId
 from ..net.addr import WireReader, encode_address, normalize_address
 from ..net.base import Address
@@ -51,6 +51,7 @@ __all__ = [
     "FORWARD_OVERHEAD",
     "QUEUE_ENTRY_OVERHEAD",
     "RELAY_ALPN",
+    "RELAY_LIMITS",
     "RELAY_VERSION",
     "Action",
     "Error",
@@ -311,9 +312,21 @@ class TokenBucket:
         return missing / self.rate if missing > _TOKEN_SLACK else 0.0
 
 
+#: The largest rate or burst a :class:`RelayLimits` field may have (finite, far above any link).
+MAX_RATE = 1e15
+
+
 @dataclass(frozen=True)
 class RelayLimits:
-    """Limits a relay enforces (per client unless stated)."""
+    """Limits a relay enforces (per client unless stated).
+
+    Every field must be a finite number in the range :data:`RELAY_LIMITS` gives it;
+    ``byte_burst`` and ``destination_byte_burst`` at least ``max_datagram_size`` (so a
+    full packet can pass); ``destination_queue_bytes`` and ``max_queued_bytes`` at least
+    ``max_datagram_size`` + :data:`QUEUE_ENTRY_OVERHEAD` (so a full packet can wait), and
+    ``max_queued_bytes`` at least ``destination_queue_bytes``.  Otherwise
+    :class:`~asgi_p2p.errors.InvalidConfiguration` names the field and the range.
+    """
 
     max_clients: int = 10_000  #: the whole client table
     packets_per_second: float = 2_000.0
@@ -337,42 +350,66 @@ class RelayLimits:
     max_queued_bytes: int = 33_554_432
 
     def __post_init__(self) -> None:
-        if self.max_clients <= 0:
-            raise ValueError("RelayLimits.max_clients must be positive")
-        if self.max_datagram_size <= FORWARD_OVERHEAD:
-            raise ValueError(f"RelayLimits.max_datagram_size must exceed {FORWARD_OVERHEAD}")
+        for f in fields(self):
+            RELAY_LIMITS[f.name].check(f.name, getattr(self, f.name), "RelayLimits.")
         if self.byte_burst < self.max_datagram_size:
-            raise ValueError("RelayLimits.byte_burst must be at least max_datagram_size")
-        _check_destination_limits(self)
+            raise InvalidConfiguration(
+                f"RelayLimits.byte_burst must be at least max_datagram_size ({self.max_datagram_size}), "
+                f"so that a full packet can pass, got {self.byte_burst:g}",
+                setting="byte_burst",
+            )
+        if self.destination_byte_burst < self.max_datagram_size:
+            raise InvalidConfiguration(
+                f"RelayLimits.destination_byte_burst must be at least max_datagram_size ({self.max_datagram_size}), "
+                f"so that a full packet can pass, got {self.destination_byte_burst:g}",
+                setting="destination_byte_burst",
+            )
+        one = self.max_datagram_size + QUEUE_ENTRY_OVERHEAD
+        for name in ("destination_queue_bytes", "max_queued_bytes"):
+            value = getattr(self, name)
+            if value < one:
+                raise InvalidConfiguration(
+                    f"RelayLimits.{name} must be at least max_datagram_size + {QUEUE_ENTRY_OVERHEAD} ({one} bytes), "
+                    f"so that a full packet can wait, got {value}",
+                    setting=name,
+                )
+        if self.max_queued_bytes < self.destination_queue_bytes:
+            raise InvalidConfiguration(
+                f"RelayLimits.max_queued_bytes must be at least destination_queue_bytes "
+                f"({self.destination_queue_bytes}), got {self.max_queued_bytes}",
+                setting="max_queued_bytes",
+            )
 
 
 #: Bookkeeping bytes a queued frame is charged on top of its length (object, deque slot).
 QUEUE_ENTRY_OVERHEAD = 64
+#: The most memory a :class:`RelayLimits` queue bound may allow, in bytes (16 GiB).
+MAX_QUEUE_BYTES = 1 << 34
 
 
-def _check_destination_limits(limits: RelayLimits) -> None:
-    for name in (
-        "destination_packets_per_second",
-        "destination_packet_burst",
-        "destination_bytes_per_second",
-        "destination_byte_burst",
-    ):
-        value = getattr(limits, name)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"RelayLimits.{name} must be a positive finite number, got {value!r}")
-    if limits.destination_packet_burst < 1:
-        raise ValueError("RelayLimits.destination_packet_burst must be at least 1 packet")
-    if limits.destination_byte_burst < limits.max_datagram_size:
-        raise ValueError("RelayLimits.destination_byte_burst must be at least max_datagram_size")
-    one = limits.max_datagram_size + QUEUE_ENTRY_OVERHEAD
-    for name in ("destination_queue_bytes", "max_queued_bytes"):
-        value = getattr(limits, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < one:
-            raise ValueError(
-                f"RelayLimits.{name} must be an integer of at least {one} (one full packet), got {value!r}"
-            )
-    if limits.max_queued_bytes < limits.destination_queue_bytes:
-        raise ValueError("RelayLimits.max_queued_bytes must be at least destination_queue_bytes")
+def _rate(low: float = 0.0, *, open_low: bool = True, unit: str = "") -> Limit:
+    return Limit(low, MAX_RATE, integer=False, open_low=open_low, unit=unit)
+
+
+#: The allowed values of every :class:`RelayLimits` field.
+RELAY_LIMITS: dict[str, Limit] = {
+    # the relay endpoint allows max_clients + 16 connections (NetworkConfig.max_connections <= 2**20)
+    "max_clients": Limit(1, 1_000_000),
+    "packets_per_second": _rate(unit="packets per second"),
+    "packet_burst": _rate(1, open_low=False, unit="packets"),
+    "bytes_per_second": _rate(unit="bytes per second"),
+    "byte_burst": _rate(1200, open_low=False, unit="bytes"),
+    "errors_per_second": _rate(unit="frames per second"),
+    "error_burst": _rate(1, open_low=False, unit="frames"),
+    "max_datagram_size": Limit(1200, MAX_UDP_PAYLOAD, unit="bytes"),
+    "destination_packets_per_second": _rate(unit="packets per second"),
+    "destination_packet_burst": _rate(1, open_low=False, unit="packets"),
+    "destination_bytes_per_second": _rate(unit="bytes per second"),
+    "destination_byte_burst": _rate(1200, open_low=False, unit="bytes"),
+    # at least one full packet (max_datagram_size + QUEUE_ENTRY_OVERHEAD) can wait
+    "destination_queue_bytes": Limit(1200 + QUEUE_ENTRY_OVERHEAD, MAX_QUEUE_BYTES, unit="bytes"),
+    "max_queued_bytes": Limit(1200 + QUEUE_ENTRY_OVERHEAD, MAX_QUEUE_BYTES, unit="bytes"),
+}
 
 
 @dataclass

@@ -21,9 +21,18 @@ endpoint binds on it unchanged.  See ``docs/simulator.md``.
 
 from __future__ import annotations
 
+from .apps import SimServer
 from .determinism import apply as apply_determinism_patches
 from .discovery import MockDNS, PeerRecord
-from .errors import RealIOForbidden, SimulationDeadlock, SimulationError, SimulationLivelock, SimulationTimeLimit
+from .errors import (
+    RealIOForbidden,
+    SimulationDeadlock,
+    SimulationError,
+    SimulationLivelock,
+    SimulationTimeLimit,
+    ThreadForbidden,
+    WallClockSleep,
+)
 from .loop import START_TIME, VirtualTimeLoop
 from .nat import NAT_PRESETS, Filtering, Mapping, NatConfig
 from .network import HEADER_OVERHEAD, Fault, Host, Link, NatBox, Node, SimSocket, Simulation
@@ -44,14 +53,17 @@ __all__ = [
     "Node",
     "PeerRecord",
     "RealIOForbidden",
+    "SimServer",
     "SimSocket",
     "Simulation",
     "SimulationDeadlock",
     "SimulationError",
     "SimulationLivelock",
     "SimulationTimeLimit",
+    "ThreadForbidden",
     "Trace",
     "TraceEvent",
     "VirtualTimeLoop",
+    "WallClockSleep",
     "apply_determinism_patches",
 ]

@@ -27,6 +27,7 @@ Rules (see ``docs/simulator.md``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import ipaddress
 import logging
@@ -114,6 +115,10 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
         self.main_task: asyncio.Future[Any] | None = None
         #: Number of loop iterations run (statistics).
         self.iterations = 0
+        #: Entered around every run of the loop (``run_forever``, hence ``run_until_complete``):
+        #: the :class:`~asgi_p2p.sim.Simulation` puts its seeded entropy and virtual wall clock
+        #: in place with it (``Environment.active``, see ``asgi_p2p.sim.determinism``).
+        self.environment: Callable[[], contextlib.AbstractContextManager[object]] | None = None
 
     # -- the clock ---------------------------------------------------------------------------
 
@@ -170,6 +175,14 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
             log.debug("livelock at t=%.6f: nudged the clock by %g s", self.elapsed, self.livelock_nudge)
 
     # -- BaseEventLoop plumbing --------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Run the loop; :attr:`environment`, if set, is active on this thread meanwhile."""
+        if self.environment is None:
+            super().run_forever()
+            return
+        with self.environment():
+            super().run_forever()
 
     def _process_events(self, event_list: list[Any]) -> None:
         pass

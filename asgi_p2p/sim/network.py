@@ -28,7 +28,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import NetworkError
 from ..net.base import Address, DatagramReceiver
@@ -38,6 +38,16 @@ from .errors import SimulationError
 from .loop import START_TIME, VirtualTimeLoop
 from .nat import NAT_PRESETS, NatConfig, NatTable
 from .trace import Trace
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..config import NetworkConfig
+    from ..http.lifespan import LifespanMode
+    from ..http.types import ASGIApp
+    from ..identity import NodeAddr, NodeId, SecretKey
+    from ..relay.proto import RelayLimits
+    from .apps import SimApps, SimServer
 
 __all__ = [
     "HEADER_OVERHEAD",
@@ -64,6 +74,8 @@ HEADER_OVERHEAD = 28
 #: 1200-byte QUIC packet inside the relay connection's own (which the smallest QUIC MTU,
 #: 1228, cannot); tests of datagram size probing give links other ``mtu`` values.
 DEFAULT_MTU = 1500
+#: Virtual seconds :meth:`Simulation.close` gives apps, clients and relays to shut down.
+APPS_CLOSE_LIMIT = 120.0
 #: The Unix time a simulation starts at (2026-01-01T00:00:00Z), for the clock peers share.
 WALL_CLOCK_AT_START = 1_767_225_600.0
 
@@ -471,6 +483,12 @@ class Simulation:
         self.auto_link = auto_link
         self.time_limit = time_limit
         self.loop = VirtualTimeLoop(START_TIME, livelock=livelock)
+        #: Seeded entropy and the virtual wall clock, active while the loop runs (see
+        #: :mod:`asgi_p2p.sim.determinism`).
+        self.environment = determinism.Environment(
+            seed, self.loop.time, wall_clock_offset=WALL_CLOCK_AT_START - START_TIME
+        )
+        self.loop.environment = self.environment.active
         self.trace = Trace(keep=keep_trace)
         self.dns = MockDNS(discovery_delay)
         self._nodes: dict[str, Node] = {}
@@ -481,6 +499,7 @@ class Simulation:
         self._public_next = 1
         self._nat_next = 1
         self._closed = False
+        self._apps: SimApps | None = None
         #: Packets handed to sockets / dropped (all reasons).
         self.delivered = 0
         self.dropped = 0
@@ -534,14 +553,20 @@ class Simulation:
             main.close()
             raise SimulationError("the simulation is closed")
         try:
-            asyncio.get_running_loop()
+            running = asyncio.get_running_loop()
         except RuntimeError:
             pass
         else:
             main.close()
+            if running is self.loop:
+                raise SimulationError(
+                    "sim.run() was called on the simulation's own running loop (in an async test, or in "
+                    "code sim.run() runs): await the coroutine instead"
+                )
             raise SimulationError(
-                "sim.run() cannot be called while another event loop runs in this thread "
-                "(an async test?): make the test a plain 'def' and call sim.run(main())"
+                "sim.run() cannot be called while another event loop runs in this thread: an async test "
+                "that uses the sim fixture runs on the simulation's loop (await directly there); elsewhere, "
+                "call sim.run(main()) from synchronous code"
             )
         loop = self.loop
         limit = self.time_limit if time_limit is None else time_limit
@@ -549,14 +574,27 @@ class Simulation:
         loop.main_task = task
         loop.deadline = loop.time() + limit if limit else None
         try:
-            return loop.run_until_complete(task)
-        except BaseException:
+            result = loop.run_until_complete(task)
+        except BaseException as exc:
             if not task.done():
                 self._drain([task])
+            violation = self._take_violation()
+            if violation is not None and violation is not exc:
+                raise violation from exc
             raise
         finally:
             loop.deadline = None
             loop.main_task = None
+        violation = self._take_violation()
+        if violation is not None:
+            raise violation
+        return result
+
+    def _take_violation(self) -> SimulationError | None:
+        """A wall-clock sleep or thread start seen during the run: the app may have swallowed
+        it (an ASGI server answers 500), but the test still fails with it."""
+        violation, self.environment.violation = self.environment.violation, None
+        return violation
 
     def _drain(self, tasks: list[asyncio.Task[Any]], grace: float = 60.0) -> None:
         """Cancel ``tasks`` and let them unwind (bounded by ``grace`` virtual seconds)."""
@@ -577,11 +615,20 @@ class Simulation:
                 log.debug("task %s ended with %r", task.get_name(), task.exception())
 
     def close(self) -> None:
-        """Cancel remaining tasks, close every socket and the loop (idempotent)."""
+        """Close what :meth:`serve`, :meth:`client` and :meth:`relay` made (clients, then
+        servers, then relays), cancel remaining tasks, close every socket and the loop
+        (idempotent).
+
+        Raises :class:`~asgi_p2p.sim.SimulationError` (after closing everything) if closing
+        one of those failed or took more than :data:`APPS_CLOSE_LIMIT` virtual seconds.
+        """
         if self._closed:
             return
         self._closed = True
         loop = self.loop
+        failure: SimulationError | None = None
+        if self._apps is not None and not loop.is_closed():
+            failure = self._close_apps(self._apps)
         try:
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
             if pending:
@@ -596,6 +643,136 @@ class Simulation:
                     for sock in list(node.sockets.values()):
                         sock.close()
             loop.close()
+        if failure is not None:
+            raise failure
+
+    def _close_apps(self, apps: SimApps) -> SimulationError | None:
+        loop = self.loop
+        task = loop.create_task(apps.aclose(), name="sim-close-apps")
+        loop.main_task = task
+        loop.deadline = loop.time() + APPS_CLOSE_LIMIT
+        try:
+            errors = loop.run_until_complete(task)
+        except Exception as exc:
+            return SimulationError(f"closing the simulation's apps, clients and relays failed: {exc}")
+        finally:
+            loop.deadline = None
+            loop.main_task = None
+        if errors:
+            failure = SimulationError(
+                f"closing the simulation's apps, clients and relays failed: {len(errors)} error(s), "
+                f"first: {errors[0]!r}"
+            )
+            failure.__cause__ = errors[0]
+            return failure
+        return None
+
+    # -- apps, clients and relays -----------------------------------------------------------
+
+    def _app_helpers(self) -> SimApps:
+        if self._closed:
+            raise SimulationError("the simulation is closed")
+        if self._apps is None:
+            from .apps import SimApps
+
+            self._apps = SimApps(self.seed, self.dns, self.loop)
+        return self._apps
+
+    def _app_host(self, ref: NodeRef) -> Host:
+        node = self.node(ref) if isinstance(ref, str) else ref
+        if not isinstance(node, Host):
+            raise TypeError(f"{node.name} is a NAT box, not a host: apps, clients and relays run on hosts")
+        if not node.up:
+            raise SimulationError(f"simulated host {node.name} is down (crashed?): sim.restart() it first")
+        return node
+
+    async def serve(
+        self,
+        app: ASGIApp,
+        host: NodeRef,
+        *,
+        name: str | None = None,
+        port: int = 443,
+        secret_key: SecretKey | None = None,
+        config: NetworkConfig | None = None,
+        relay_url: str | None = None,
+        lifespan: LifespanMode = "auto",
+        **server_options: Any,
+    ) -> SimServer:
+        """Serve an ASGI app over HTTP/3 on ``host`` (a host, or a name: a new host if unknown).
+
+        Runs the app's lifespan startup first (``lifespan`` as in
+        :class:`~asgi_p2p.http.H3Server`, whose other options ``server_options`` are).
+        The node's key is ``SecretKey.from_seed("<host>:<port>")`` unless ``secret_key``
+        is given, so a server restarted on the same host and port keeps its node id.
+        The node is registered in :attr:`dns` under ``name`` (or its node id text) and
+        the record follows its address.  ``relay_url`` (from :meth:`relay`) makes the
+        node keep a relay connection.  Returns a :class:`~asgi_p2p.sim.SimServer`
+        (``.server``, ``.node``, ``.addr``, ``.url``); :meth:`close` shuts it down
+        gracefully, after the clients.
+        """
+        apps = self._app_helpers()
+        return await apps.serve(
+            app,
+            self._app_host(host),
+            name=name,
+            port=port,
+            secret_key=secret_key,
+            config=config,
+            relay_url=relay_url,
+            lifespan=lifespan,
+            **server_options,
+        )
+
+    async def client(
+        self,
+        host: NodeRef,
+        target: SimServer | NodeAddr | NodeId | str | None = None,
+        *,
+        secret_key: SecretKey | None = None,
+        config: NetworkConfig | None = None,
+        relay_url: str | None = None,
+        timeout: float = 30.0,
+        **client_options: Any,
+    ) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` sending requests from a new node on ``host``.
+
+        ``target`` sets the base URL: a :class:`~asgi_p2p.sim.SimServer` or a ``NodeAddr``
+        (dialed at that address), a ``NodeId`` or node id text (looked up in :attr:`dns`),
+        or a name registered there (``"shop"`` gives ``https://shop``; the app sees that
+        host).  Any ``https://<node id>/`` or ``https://<name>/`` URL works too: the
+        transport resolves hosts through :attr:`dns`.  ``timeout`` is httpx's, in virtual
+        seconds; ``client_options`` go to ``httpx.AsyncClient``.  :meth:`close` closes the
+        client and its node first, before servers and relays.
+        """
+        apps = self._app_helpers()
+        return await apps.client(
+            self._app_host(host),
+            target,
+            secret_key=secret_key,
+            config=config,
+            relay_url=relay_url,
+            timeout=timeout,
+            **client_options,
+        )
+
+    async def relay(
+        self,
+        host: NodeRef,
+        *,
+        port: int = 3478,
+        secret_key: SecretKey | None = None,
+        limits: RelayLimits | None = None,
+        config: NetworkConfig | None = None,
+    ) -> str:
+        """Run a relay server (:class:`~asgi_p2p.relay.server.RelayServer`) on ``host``; its URL.
+
+        Pass the URL as ``relay_url=`` to :meth:`serve` and :meth:`client`: nodes behind
+        NATs then reach each other through it and punch holes.  Closed last, after the
+        servers.
+        """
+        apps = self._app_helpers()
+        return await apps.relay(self._app_host(host), port=port, secret_key=secret_key, limits=limits, config=config)
 
     def __enter__(self) -> Simulation:
         return self

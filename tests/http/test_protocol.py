@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aioquic.h3.events import HeadersReceived
 
 from asgi_p2p.http import H3Server, LifespanFailed, P2PTransport, SyncP2PTransport
 from asgi_p2p.http.types import Message, Receive, Scope, Send
@@ -170,6 +171,165 @@ async def test_body_size_limit_413(serve: Serve) -> None:
     r = await served.client.post("/", content=stream())  # no content-length: refused while streaming
     assert r.status_code == 413
     assert (await served.client.post("/", content=b"z" * 1000)).text == "ok"
+
+
+@pytest.mark.parametrize("value", ["+5", "1_0", "5, 5", "5,6", "0x10", "05x", "9" * 5000])
+async def test_malformed_content_length_is_400_and_the_connection_stays(serve: Serve, value: str) -> None:
+    """RFC 9110 section 8.6: digits only.  aioquic takes ``+5`` and ``1_0`` (``int()``) and closes
+    the whole connection for ``5, 5`` or ``0x10``; the server answers each request 400 instead."""
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            seen.append(scope)
+        await _simple(200, b"ok")(scope, receive, send)
+
+    served = await serve(app, lifespan="off")
+    assert (await served.client.get("/")).text == "ok"
+    conns = len(served.pair.client.connections)
+
+    async def body() -> Any:
+        yield b"hello"
+
+    r = await served.client.post("/", content=body(), headers={"content-length": value})
+    assert r.status_code == 400
+    assert "content-length" in r.text
+    assert len(seen) == 1  # the app never saw it
+    assert (await served.client.get("/")).text == "ok"  # same connection, still open
+    assert len(served.pair.client.connections) == conns
+    assert served.server.requests_rejected == 1
+
+
+# -- request header and body timeouts -------------------------------------------------------
+
+
+def _record_client_h3(served: Any) -> tuple[Any, list[Any]]:
+    """The client's connection to the server, and every H3 event its handler sees from now on."""
+    (cconn,) = served.pair.client.connections
+    handler = cconn.handler
+    seen: list[Any] = []
+    original = handler._h3_event
+
+    def record(event: Any) -> None:
+        seen.append(event)
+        original(event)
+
+    handler._h3_event = record
+    return cconn, seen
+
+
+def _status_on(seen: list[Any], sid: int) -> bytes | None:
+    for event in seen:
+        if isinstance(event, HeadersReceived) and event.stream_id == sid:
+            return dict(event.headers)[b":status"]
+    return None
+
+
+async def test_unfinished_header_section_is_answered_408(serve: Serve) -> None:
+    served = await serve(_simple(200, b"ok"), lifespan="off", request_header_timeout=0.5)
+    assert (await served.client.get("/")).text == "ok"
+    cconn, seen = _record_client_h3(served)
+    loop = asyncio.get_running_loop()
+    sid = cconn.quic.get_next_available_stream_id()
+    cconn.quic.send_stream_data(sid, b"\x01\x40\x64" + b"x" * 5)  # a HEADERS frame of 100 bytes: 5 of them
+    cconn.schedule_transmit()
+    started = loop.time()
+    await wait_until(lambda: _status_on(seen, sid) is not None, timeout=10)
+    assert _status_on(seen, sid) == b"408"
+    assert loop.time() - started >= 0.5 - 0.05
+    assert served.server.requests_timed_out == 1
+    (sconn,) = served.server._connections
+    assert sid not in sconn.streams  # forgotten: the server stopped reading it
+    assert (await served.client.get("/")).text == "ok"  # the connection serves on
+
+
+@pytest.mark.sim_only("waits minutes of virtual time")
+@pytest.mark.parametrize(("timeout", "expect"), [(None, 10.0), (0, None)], ids=["default", "off"])
+async def test_header_timeout_default_and_off(serve: Serve, timeout: float | None, expect: float | None) -> None:
+    options = {} if timeout is None else {"request_header_timeout": timeout}
+    served = await serve(_simple(200, b"ok"), lifespan="off", **options)
+    assert (await served.client.get("/")).text == "ok"
+    cconn, seen = _record_client_h3(served)
+    loop = asyncio.get_running_loop()
+    sid = cconn.quic.get_next_available_stream_id()
+    cconn.quic.send_stream_data(sid, b"\x01\x40\x64")
+    cconn.schedule_transmit()
+    started = loop.time()
+    if expect is None:
+        await asyncio.sleep(300)
+        assert _status_on(seen, sid) is None and served.server.requests_timed_out == 0
+        cconn.quic.reset_stream(sid, 0x10C)
+    else:
+        await wait_until(lambda: _status_on(seen, sid) is not None, timeout=60)
+        assert _status_on(seen, sid) == b"408"
+        assert expect - 0.1 <= loop.time() - started <= expect + 1.0
+
+
+async def test_stalled_request_body_is_answered_408(serve: Serve) -> None:
+    got: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        while True:
+            msg = await receive()
+            got.append(msg)
+            if msg["type"] == "http.disconnect" or not msg.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    served = await serve(app, lifespan="off", request_body_timeout=0.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def stalling_body() -> Any:
+        yield b"a" * 10
+        await wait_until(lambda: served.server.requests_timed_out == 1, timeout=10)
+        yield b"b"
+
+    r = await served.client.post("/", content=stalling_body())
+    assert r.status_code == 408 and r.text == "Request Timeout"
+    assert loop.time() - started >= 0.5 - 0.05
+    assert got[0] == {"type": "http.request", "body": b"a" * 10, "more_body": True}
+    assert got[-1] == {"type": "http.disconnect"}
+    assert (await served.client.post("/", content=b"whole")).text == "ok"
+    assert served.server.requests_timed_out == 1
+
+
+async def test_body_timeout_spares_apps_waiting_for_disconnect_and_slow_readers(serve: Serve) -> None:
+    """The timeout counts only while the app waits for body the peer has yet to send: not after
+    the request ended (an app watching for http.disconnect while it streams), nor while the app
+    does not read (then flow control, not the peer, holds the body back)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(0.6)  # a slow reader
+        await _drain_body(receive)
+        watcher = asyncio.ensure_future(receive())  # waits for http.disconnect
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(3):
+            await asyncio.sleep(0.3)
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        assert not watcher.done()
+        watcher.cancel()
+        await send({"type": "http.response.body", "body": b"end"})
+
+    served = await serve(app, lifespan="off", request_body_timeout=0.25)
+    r = await served.client.post("/", content=b"y" * 100_000)
+    assert r.status_code == 200 and r.text == "xxxend"
+    assert served.server.requests_timed_out == 0
+
+
+def test_request_timeouts_are_validated() -> None:
+    from asgi_p2p import InvalidConfiguration
+
+    endpoint: Any = object()
+    for name in ("request_header_timeout", "request_body_timeout"):
+        for bad in (float("nan"), float("inf"), -1.0, 1e9):
+            with pytest.raises(InvalidConfiguration, match=f"{name} must be 0 \\(off\\) or a finite number"):
+                H3Server(_simple(200, b""), endpoint, **{name: bad})
 
 
 async def test_limit_concurrency_503(serve: Serve) -> None:

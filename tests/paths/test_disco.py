@@ -80,6 +80,19 @@ def test_fuzz_open_raises_only_protocol_error(data: bytes) -> None:
             pass
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120), st.sampled_from([b"", DISCO_MAGIC]))
+def test_fuzz_peek_sender_raises_only_protocol_error(data: bytes, prefix: bytes) -> None:
+    """peek_sender (run on every datagram that looks like disco) names the claimed sender or refuses."""
+    blob = prefix + data
+    try:
+        sender = peek_sender(blob)
+    except ProtocolError as exc:
+        assert str(exc).startswith("malformed disco packet: ")
+    else:
+        assert is_disco(blob) and sender.to_bytes() == blob[7:39]
+
+
 @settings(max_examples=100, deadline=None)
 @given(messages, st.data())
 def test_any_bit_flip_is_refused(message: DiscoMessage, data: st.DataObject) -> None:

@@ -7,7 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asgi_p2p.identity import SecretKey
-from asgi_p2p.paths.select import best_direct, select_datagram_size, select_route
+from asgi_p2p.paths.select import (
+    MIN_RELAYED_SIZE,
+    QUIC_MIN_DATAGRAM_SIZE,
+    best_direct,
+    select_datagram_size,
+    select_route,
+)
 
 PEER = SecretKey.from_seed("peer").node_id
 LAN = ("192.168.1.7", 4433)
@@ -128,3 +134,32 @@ def test_a_smaller_relay_path_shrinks_established_connections_only() -> None:
     assert select_datagram_size((None, PEER), established=False, **kw) == (1200, False)  # type: ignore[arg-type]
     # the relay fit does not touch a direct-only route
     assert select_datagram_size((LAN, None), established=True, **kw) == (8952, False)  # type: ignore[arg-type]
+
+
+def test_handshakes_through_the_relay_use_the_quic_minimum_whatever_the_base() -> None:
+    # a node building 1452-byte datagrams: its Initials through the relay are 1200 bytes,
+    # which every connected relay client carries (ours and the peer's)
+    for target in ((LAN, PEER), (None, PEER)):
+        for fit in (None, 1136, 1300):
+            assert select_datagram_size(
+                target, direct_size=_probed, base=1452, relay_fit=fit, established=False, relay_capacity=1388
+            ) == (QUIC_MIN_DATAGRAM_SIZE, True)
+    # a direct-only handshake keeps the base
+    assert select_datagram_size((LAN, None), direct_size=_probed, base=1452, relay_fit=None, established=False) == (
+        8952,
+        False,
+    )
+
+
+def test_established_relayed_connections_fit_our_relay_connection_and_the_peers() -> None:
+    kw = {"direct_size": _probed, "base": 1452, "established": True}
+    # our relay connection carries 1388-byte packets: a 1452 base shrinks to it
+    assert select_datagram_size((None, PEER), relay_fit=None, relay_capacity=1388, **kw) == (1388, True)  # type: ignore[arg-type]
+    # the smaller of ours and the peer's (the relay's TOO_LARGE)
+    assert select_datagram_size((None, PEER), relay_fit=1200, relay_capacity=1388, **kw) == (1200, True)  # type: ignore[arg-type]
+    # a relay connection carrying more than the base does not grow the datagrams
+    assert select_datagram_size((LAN, PEER), relay_fit=None, relay_capacity=8000, **kw) == (1452, False)  # type: ignore[arg-type]
+    # never below MIN_RELAYED_SIZE
+    assert select_datagram_size((None, PEER), relay_fit=500, relay_capacity=None, **kw) == (MIN_RELAYED_SIZE, True)  # type: ignore[arg-type]
+    # a direct-only route ignores both
+    assert select_datagram_size((LAN, None), relay_fit=1200, relay_capacity=1200, **kw) == (8952, False)  # type: ignore[arg-type]

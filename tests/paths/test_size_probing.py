@@ -10,6 +10,7 @@ back to the base.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 import pytest
@@ -46,10 +47,12 @@ class Wire:
         self.bob = prober(BOB, ALICE, ceiling)
         self.now = 0.0
         self.sizes_sent: list[int] = []
+        self.sent_at: list[tuple[float, Address, int]] = []  # (time, sender, size)
 
     def deliver(self, out: list[Transmit], to: PathProber, src: Address) -> None:
         for t in out:
             self.sizes_sent.append(len(t.data))
+            self.sent_at.append((self.now, src, len(t.data)))
             if len(t.data) <= self.mtu:
                 to.receive(t.data, src, self.now + RTT / 2)
 
@@ -89,9 +92,19 @@ def test_search_ends_at_the_largest_step_the_path_carries(mtu: int, expected: in
     assert wire.alice.datagram_size() == expected
     assert wire.alice.datagram_size(B_ADDR) == expected
     assert wire.bob.datagram_size(A_ADDR) == expected  # Bob probed his own direction
-    # every probe larger than the result was tried size_probe_attempts times, then given up
-    too_big = [s for s in wire.sizes_sent if s > mtu]
-    assert len(too_big) == (0 if expected == 16384 else 2 * 3)
+    too_big = [(t, src) for t, src, s in wire.sent_at if s > mtu]
+    if expected == 16384:
+        assert too_big == []
+    for sender in (A_ADDR, B_ADDR):
+        # each search tried the size that does not pass size_probe_attempts times; searches
+        # whose probes were lost are retried after 1, 2, 4, 8 s (size_retry_min doubling)
+        times = [t for t, src in too_big if src == sender]
+        searches = [times[i : i + 3] for i in range(0, len(times), 3)]
+        assert all(len(s) == 3 for s in searches[:-1])  # the last one may still be going on
+        gaps = [b[0] - a[-1] for a, b in itertools.pairwise(searches)]
+        assert all(2.0**i <= gap < 2.0**i + 1 for i, gap in enumerate(gaps))
+        if expected != 16384:
+            assert 4 <= len(searches) <= 5  # at about 0, 2, 4.5, 9.5 and 18 s: not one per 120 s
     # PONGs stay small
     assert all(s <= 300 or s in (1452, 4096, 8952, 16384) for s in wire.sizes_sent)
 
@@ -438,3 +451,63 @@ def test_sim_links_drop_datagrams_above_their_mtu() -> None:
     assert sim.stats()["drops"] == {"mtu": 2}
     with pytest.raises(ValueError, match="mtu"):
         small.configure(mtu=10)
+
+
+# -- a needed size (a relay connection's full-size packet) ----------------------------------
+
+
+def _searches(wire: Wire, size: int) -> list[float]:
+    """When alice sent ``size``-byte probes."""
+    return [t for t, src, s in wire.sent_at if src == A_ADDR and s == size]
+
+
+def test_a_needed_size_is_probed_first_and_found_below_the_first_step() -> None:
+    """A 1400-byte path: the 1452 step never passes, but the needed 1264 does (first)."""
+    plain = Wire(mtu=1400)
+    plain.run(until=5.0)
+    assert plain.alice.datagram_size() == 1200
+    wire = Wire(mtu=1400)
+    wire.alice.require_size(1264, 0.0)
+    wire.run(until=5.0)
+    assert wire.alice.datagram_size() == 1264
+    big = [s for t, src, s in wire.sent_at if src == A_ADDR and s > 1200]
+    assert big[0] == 1264  # before 1452
+    # a needed size at or below the base is no need at all
+    wire.alice.require_size(1200, wire.now)
+    assert wire.alice.size_target is None
+
+
+def test_a_needed_size_is_probed_even_with_probing_off() -> None:
+    wire = Wire(mtu=1500, ceiling=1200)
+    wire.alice.require_size(1264, 0.0)
+    wire.run(until=5.0)
+    assert wire.alice.datagram_size() == 1264
+    assert max(s for t, src, s in wire.sent_at if src == A_ADDR) == 1264  # nothing larger
+
+
+def test_below_a_needed_size_lost_probes_are_retried_at_most_every_size_retry_max() -> None:
+    wire = Wire(mtu=1200)
+    wire.alice.require_size(1264, 0.0)
+    wire.run(until=120.0)
+    assert wire.alice.datagram_size() == 1200
+    times = _searches(wire, 1264)
+    starts = [times[i] for i in range(0, len(times), 3)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # 1, 2, 4, 8 s after each search's three probes, then every 15 s: bounded both ways
+    assert all(gap <= 15.0 + 3 * 0.26 for gap in gaps)
+    assert gaps[-1] >= 15.0
+    assert 10 <= len(starts) <= 12 and len(times) <= 3 * len(starts)
+
+
+def test_a_path_that_answers_again_after_a_silence_searches_the_needed_size_at_once() -> None:
+    wire = Wire(mtu=1200)
+    wire.alice.require_size(1264, 0.0)
+    wire.run(until=40.0)  # the backoff has reached 15 s
+    last = _searches(wire, 1264)[-1]
+    wire.run(until=last + 0.5)  # that search ended: the next one is ~15 s away
+    wire.mtu = 0  # an outage: a keepalive PING goes unanswered
+    wire.run(until=last + 6.5)
+    assert wire.alice.datagram_size() == 1200 and wire.alice.current_path.kind == "direct"
+    wire.mtu = 1300  # healed: the next keepalive PONG shows it
+    wire.run(until=last + 13.0)
+    assert wire.alice.datagram_size() == 1264  # without the heal: not before last + 15.75

@@ -60,8 +60,9 @@ def test_destination_limit_defaults(captured: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--limit-destination-packets-per-second", "0", "must be positive"),
-        ("--limit-destination-bytes-per-second", "-5", "must be positive"),
+        ("--limit-destination-packets-per-second", "0", "must be a positive finite number"),
+        ("--limit-destination-bytes-per-second", "-5", "must be a positive finite number"),
+        ("--limit-destination-bytes-per-second", "nan", "must be a positive finite number"),
         ("--limit-queued-bytes", "0", "must be positive"),
         ("--directory-max-per-address", "0", "must be positive"),
     ],
@@ -82,5 +83,37 @@ def test_a_queue_bound_below_one_packet_is_refused_clearly(
 ) -> None:
     assert main(["relay", "--ephemeral", "--limit-queued-bytes", "100"]) == 1
     err = capsys.readouterr().err
-    assert "relay limits: RelayLimits.destination_queue_bytes must be an integer of at least 1264" in err
+    assert (
+        "relay limits: RelayLimits.destination_queue_bytes must be a whole number of bytes in 1264..17179869184, "
+        "got 100 (set by --limit-queued-bytes)"
+    ) in err
+    assert "limits" not in captured
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--limit-queued-bytes", str(1 << 40)],
+            "RelayLimits.max_queued_bytes must be a whole number of bytes in 1264..17179869184, "
+            f"got {1 << 40} (set by --limit-queued-bytes)",
+        ),
+        (
+            ["--limit-destination-packets-per-second", "0.25"],
+            "RelayLimits.destination_packet_burst must be a finite number of packets in [1, 1e+15], "
+            "got 0.5 (set by --limit-destination-packets-per-second)",
+        ),
+        (
+            ["--limit-destination-bytes-per-second", "1e15"],
+            "RelayLimits.destination_byte_burst must be a finite number of bytes in [1200, 1e+15], "
+            "got 2000000000000000.0 (set by --limit-destination-bytes-per-second)",
+        ),
+    ],
+)
+def test_limits_out_of_range_name_the_flag(
+    captured: dict[str, Any], capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(["relay", "--ephemeral", *argv]) == 1
+    err = capsys.readouterr().err
+    assert f"relay limits: {message}" in err
     assert "limits" not in captured

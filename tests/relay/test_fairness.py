@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from asgi_p2p.errors import InvalidConfiguration
 from asgi_p2p.identity import NodeId, SecretKey
 from asgi_p2p.relay.proto import (
     FORWARD_OVERHEAD,
@@ -269,19 +270,49 @@ def test_a_destination_leaving_frees_its_queue() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field_name", "value", "message"),
+    ("values", "setting", "message"),
     [
-        ("destination_packets_per_second", 0, "positive finite"),
-        ("destination_packets_per_second", math.nan, "positive finite"),
-        ("destination_bytes_per_second", math.inf, "positive finite"),
-        ("destination_byte_burst", -1.0, "positive finite"),
-        ("destination_byte_burst", 1000.0, "at least max_datagram_size"),
-        ("destination_packet_burst", 0.5, "at least 1 packet"),
-        ("destination_queue_bytes", 100, "at least 1264"),
-        ("max_queued_bytes", 2000, "at least destination_queue_bytes"),
-        ("destination_queue_bytes", 3.5, "an integer"),
+        ({"destination_packets_per_second": 0}, "destination_packets_per_second", r"in \(0, 1e\+15\], got 0"),
+        ({"destination_packets_per_second": math.nan}, "destination_packets_per_second", r"got nan"),
+        ({"destination_bytes_per_second": math.inf}, "destination_bytes_per_second", r"got inf"),
+        ({"destination_byte_burst": -1.0}, "destination_byte_burst", r"bytes in \[1200, 1e\+15\], got -1"),
+        (
+            {"max_datagram_size": 1452, "destination_byte_burst": 1300.0},
+            "destination_byte_burst",
+            r"at least max_datagram_size \(1452\), so that a full packet can pass, got 1300",
+        ),
+        ({"destination_packet_burst": 0.5}, "destination_packet_burst", r"packets in \[1, 1e\+15\], got 0.5"),
+        ({"destination_queue_bytes": 100}, "destination_queue_bytes", r"bytes in 1264\.\.17179869184, got 100"),
+        ({"destination_queue_bytes": 3.5}, "destination_queue_bytes", r"a whole number of bytes .*got 3.5 \(float\)"),
+        ({"max_queued_bytes": 1 << 40}, "max_queued_bytes", r"in 1264\.\.17179869184"),
+        (
+            {"max_datagram_size": 1452, "destination_queue_bytes": 1500},
+            "destination_queue_bytes",
+            r"at least max_datagram_size \+ 64 \(1516 bytes\), so that a full packet can wait, got 1500",
+        ),
+        (
+            {"max_queued_bytes": 2000},
+            "max_queued_bytes",
+            r"at least destination_queue_bytes \(262144\), got 2000",
+        ),
     ],
 )
-def test_destination_limits_validate(field_name: str, value: float, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        RelayLimits(**{field_name: value})  # type: ignore[arg-type]
+def test_destination_limits_validate(values: dict[str, float], setting: str, message: str) -> None:
+    with pytest.raises(InvalidConfiguration, match=f"^RelayLimits.{setting} must be .*{message}") as info:
+        RelayLimits(**values)  # type: ignore[arg-type]
+    assert info.value.setting == setting
+    assert isinstance(info.value, ValueError)  # what callers catch
+
+
+def test_destination_limits_at_their_bounds_are_accepted() -> None:
+    one = 1452 + QUEUE_ENTRY_OVERHEAD
+    limits = RelayLimits(
+        max_datagram_size=1452,
+        byte_burst=1452,
+        destination_byte_burst=1452,
+        destination_packet_burst=1,
+        destination_queue_bytes=one,
+        max_queued_bytes=one,
+    )
+    assert limits.destination_queue_bytes == limits.max_queued_bytes == one
+    assert RelayLimits(max_queued_bytes=1 << 34).max_queued_bytes == 1 << 34

@@ -14,8 +14,8 @@ from asgi_p2p.errors import AuthenticationFailed, ConnectionClosed, Timeout
 from asgi_p2p.identity import NodeAddr
 from asgi_p2p.paths.link import RefusalReason
 from asgi_p2p.relay.client import RelayClient
-from asgi_p2p.relay.proto import FORWARD_OVERHEAD, RELAY_ALPN, RelayLimits
-from asgi_p2p.relay.server import RELAY_DATAGRAM_SIZE, RELAY_PACKET_OVERHEAD, relay_config
+from asgi_p2p.relay.proto import RELAY_ALPN, RelayLimits
+from asgi_p2p.relay.server import RELAY_DATAGRAM_SIZE, relay_config
 from asgi_p2p.relay.url import RelayUrl
 from tests.harness import Harness
 
@@ -184,7 +184,7 @@ def test_oversized_packet_is_refused_before_sending_and_later_packets_flow(net: 
         await ca.wait_connected(10)
         await cb.wait_connected(10)
         limit = ca.max_packet_size
-        assert limit >= 1200 - RELAY_PACKET_OVERHEAD - FORWARD_OVERHEAD  # the base size, or more once probed
+        assert limit >= 1200  # connected: a full-size QUIC packet fits (more once probed further)
         assert not ca.send_packet(b.node_id, b"x" * (limit + 1))
         assert not ca.send_signal(b.node_id, b"x" * (limit + 1))
         assert ca.stats.dropped_too_large == 2
@@ -271,8 +271,10 @@ def test_relay_crash_is_detected_by_keepalives_and_the_client_comes_back() -> No
         crashed_at = loop.time()
         sim.crash("relay-host")  # no CONNECTION_CLOSE: only silence
         await sa.wait_for(lambda: not ca.connected, timeout=10)
-        assert loop.time() - crashed_at <= 3.0 + 1.0 + 0.5  # timeout + one keepalive interval
-        assert ca.stats.keepalive_timeouts == 1
+        # it may stop being usable sooner (unanswered probe timeouts shrink its datagrams);
+        # the keepalives end it within their timeout + one keepalive interval
+        await asyncio.sleep(crashed_at + 3.0 + 1.0 + 0.5 - loop.time())
+        assert ca.stats.keepalive_timeouts == 1 and ca.stats.disconnects == 1
         await rig.relay(port=port)
         await ca.wait_connected(30)
         await cb.wait_connected(30)
@@ -466,10 +468,6 @@ def test_client_refuses_bad_arguments() -> None:
                     keepalive_timeout=1,
                     keepalive_interval=2,
                 )
-            with pytest.raises(ValueError, match="full_size_wait"):
-                RelayClient(
-                    ep, RelayUrl(SecretKey.from_seed("r").node_id, "127.0.0.1", 9), RecordingSink(), full_size_wait=-1
-                )
             with pytest.raises(Exception, match="names this node itself"):
                 RelayClient(ep, RelayUrl(ep.node_id, "127.0.0.1", 9), RecordingSink())
             with pytest.raises(Exception, match="invalid relay URL"):
@@ -543,24 +541,6 @@ def test_connected_means_a_full_size_quic_packet_fits_both_ways() -> None:
         await sb.wait_for(lambda: len(sb.packets) == 1)
         assert sb.packets == [(a.node_id, b"q" * 1200)]
         assert relay.stats.dropped_too_large == 0 and ca.stats.dropped_too_large == 0
-
-    run(net, scenario)  # type: ignore[arg-type]
-
-
-def test_without_the_wait_the_relay_connection_starts_too_small_for_a_full_packet() -> None:
-    from asgi_p2p.sim.harness import SimHarness
-
-    net = SimHarness(seed=12)
-
-    async def scenario(rig: Rig) -> None:
-        relay = await rig.relay()
-        _a, ca, _sa = await rig.client("a", relay, full_size_wait=0)
-        await ca.wait_connected(10)
-        assert ca.max_packet_size == 1200 - RELAY_PACKET_OVERHEAD - FORWARD_OVERHEAD  # the base size: 1136
-        assert not ca.send_packet(SecretKey.from_seed("x").node_id, b"q" * 1200)
-        assert ca.stats.dropped_too_large == 1
-        await ca.wait_packet_size(1200, 5)  # the paths layer grows it by probing
-        assert ca.max_packet_size >= 1200
 
     run(net, scenario)  # type: ignore[arg-type]
 
