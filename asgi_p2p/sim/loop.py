@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import ipaddress
 import logging
 import os
 import socket
-import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol, TypeVar, TypeVarTuple
 
@@ -75,12 +75,12 @@ _SIM_DIR = os.path.dirname(__file__)
 
 def caller_location() -> str:
     """``file:line in function`` of the innermost frame outside asyncio and the simulator."""
-    frame = sys._getframe(1)
+    frame = inspect.currentframe()
     while frame is not None:
         name = frame.f_code.co_filename
         if not name.startswith(_SIM_DIR) and not name.startswith(_ASYNCIO_DIR):
             return f"{name}:{frame.f_lineno} in {frame.f_code.co_name}"
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return "?"
 
 

@@ -243,7 +243,11 @@ class Host(Node):
             return await self.sim.tcp.create_connection(protocol_factory, host, port, on=self, **kwargs)
 
     async def create_server(
-        self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None = None, port: int = 0, **kwargs: Any
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: str | None = None,
+        port: int = 0,
+        **kwargs: Any,
     ) -> SimTcpServer:
         """``loop.create_server`` on this host; its protocols run on this host."""
         with self.sim.tcp.on(self):

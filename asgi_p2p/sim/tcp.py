@@ -66,6 +66,7 @@ __all__ = [
     "StreamTrip",
     "TcpNetwork",
     "current_host",
+    "patch_httpcore_readability",
 ]
 
 log = logging.getLogger("asgi_p2p.sim")
@@ -161,9 +162,15 @@ class _SocketInfo:
     type = socket.SOCK_STREAM
     proto = socket.IPPROTO_TCP
 
-    def __init__(self, local: Address, remote: Address | None) -> None:
+    def __init__(self, local: Address, remote: Address | None, transport: SimTcpTransport | None = None) -> None:
         self._local = local
         self._remote = remote
+        self._transport = transport
+
+    def readable(self) -> bool:
+        """What ``poll(POLLIN)`` would say of a real socket: data or a FIN is waiting, or it is dead."""
+        end = self._transport
+        return end is None or end.readable()
 
     def getsockname(self) -> Address:
         return self._local
@@ -247,7 +254,7 @@ class SimTcpTransport(asyncio.Transport):
         self._extra: dict[str, Any] = {
             "peername": remote,
             "sockname": local,
-            "socket": _SocketInfo(local, remote),
+            "socket": _SocketInfo(local, remote, self),
         }
 
     def __repr__(self) -> str:
@@ -261,6 +268,11 @@ class SimTcpTransport(asyncio.Transport):
     def host(self) -> StreamHost:
         """The simulated host this end is on."""
         return self._host
+
+    def readable(self) -> bool:
+        """Whether a read would not wait: data or a FIN arrived and is not yet handed over,
+        or the connection is dead."""
+        return bool(self._rbuf) or self._rbuf_fin or self._dead or (self._fin_in and not self._closing)
 
     # -- asyncio.BaseTransport -----------------------------------------------------------------
 
@@ -454,6 +466,7 @@ class TcpNetwork:
         self.rto_min = 0.2
         self.rto_max = 60.0
         self._hosts: dict[Any, _HostTcp] = {}
+        patch_httpcore_readability()
         #: Counters: connections opened, refused, reset, timed out; segments and bytes sent.
         self.connections = 0
         self.refused = 0
@@ -1023,6 +1036,36 @@ class TcpNetwork:
             {"message": f"simulated TCP: protocol.{what}() call failed", "exception": exc, "transport": end}
         )
         end.abort()
+
+
+def patch_httpcore_readability() -> bool:
+    """Let httpcore see whether a pooled simulated connection is readable.
+
+    Before reusing a keep-alive connection httpcore polls its socket's file descriptor
+    (``httpcore._utils.is_socket_readable``) and drops the connection when it cannot (a
+    socket without one counts as readable): every request would open a new connection.
+    The patched check asks a simulated socket (:class:`_SocketInfo`) itself and calls the
+    original for any other.  Idempotent; False if httpcore is not installed.
+    """
+    try:
+        import httpcore._backends.anyio as backend
+    except ImportError:  # pragma: no cover - httpcore comes with httpx
+        return False
+    original = backend.is_socket_readable  # type: ignore[attr-defined]
+    if original in _PATCHED:
+        return True
+
+    def is_socket_readable(sock: Any) -> bool:
+        if isinstance(sock, _SocketInfo):
+            return sock.readable()
+        return original(sock)
+
+    _PATCHED.add(is_socket_readable)
+    backend.is_socket_readable = is_socket_readable  # type: ignore[attr-defined]
+    return True
+
+
+_PATCHED: set[Callable[[Any], bool]] = set()
 
 
 def _feed_buffered(proto: asyncio.BufferedProtocol, data: bytes) -> None:
