@@ -359,13 +359,22 @@ class SimTcpTransport(asyncio.Transport):
         return True
 
     def abort(self) -> None:
-        """Drop buffered data, send a reset; ``connection_lost(None)`` follows."""
-        if self._dead:
+        """Drop the write buffer and close now; ``connection_lost(None)`` follows.
+
+        As with a real socket, what was already handed to the network still arrives and a
+        FIN follows it, unless received data is left unread: then the peer gets a reset.
+        """
+        if self._dead or self._lost:
+            return  # closed already: what is in flight still goes
+        unread = bool(self._rbuf) or self._rbuf_fin
+        self._wbuf.clear()
+        if not self._made or unread:
+            if self._made:
+                self._net._send_reset(self)
+            self._closing = True
+            self._net._kill(self, None)
             return
-        self._closing = True
-        if self._made and not self._lost:
-            self._net._send_reset(self)
-        self._net._kill(self, None)
+        self.close()
 
 
 class SimTcpServer(asyncio.AbstractServer):
@@ -467,7 +476,8 @@ class TcpNetwork:
         self.rto_max = 60.0
         self._hosts: dict[Any, _HostTcp] = {}
         patch_httpcore_readability()
-        #: Counters: connections opened, refused, reset, timed out; segments and bytes sent.
+        #: Counters: connections established (client side), refused, reset, timed out;
+        #: segments (retransmissions included) and payload bytes handed to links.
         self.connections = 0
         self.refused = 0
         self.resets = 0
@@ -963,7 +973,6 @@ class TcpNetwork:
             self._kill(end, None, notify=False)
             return
         end._made = True
-        self.connections += 1
         try:
             proto = server._context.run(server._factory)
         except Exception as exc:
