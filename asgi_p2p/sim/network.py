@@ -254,11 +254,11 @@ class Host(Node):
             return await self.sim.tcp.create_server(protocol_factory, host, port, on=self, **kwargs)
 
     async def open_connection(
-        self, host: str, port: int, *, limit: int = 2**16
+        self, host: str, port: int, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """``asyncio.open_connection`` from this host."""
         with self.sim.tcp.on(self):
-            return await asyncio.open_connection(host, port, limit=limit)
+            return await asyncio.open_connection(host, port, **kwargs)
 
     async def start_server(
         self,
@@ -923,6 +923,9 @@ class Simulation:
             internal = target.tcp_forwards.get(dst[1])
             if internal is None:
                 internal, reason = target.tcp_table.inbound(dst[1], src, now)
+                if internal is None and reason == "no-mapping":
+                    why = f"NAT box {target.name} has no mapping nor port forward for TCP port {dst[1]}"
+                    return StreamTrip(target, src, dst, hops, latency, why)  # type: ignore[arg-type]
                 if internal is None:
                     return "nat-" + reason
             dst = internal

@@ -126,6 +126,8 @@ class StreamTrip:
     hops: list[tuple[_LinkLike, _DirectionLike]] = field(default_factory=list)
     #: Sum of the links' latencies.
     latency: float = 0.0
+    #: Set when the trip ends at a NAT box that refuses the connection (``host`` is the box).
+    refused: str = ""
 
 
 class StreamRouter(Protocol):
@@ -720,11 +722,25 @@ class TcpNetwork:
         size = len(seg.data)
         packets = max(1, -(-size // MSS))
         t = now
+        rto = self.syn_rto if seg.kind == _SYN else end._rto
         for lk, d in trip.hops:
             loss = lk.loss
-            if loss and lk.rng.random() < 1.0 - (1.0 - loss) ** packets:
-                self._lost(end, seg, "loss", lk.name)
-                return
+            if loss:
+                rng = lk.rng
+                missing = sum(1 for _ in range(packets) if rng.random() < loss)
+                rounds = 0
+                while missing:  # lost packets come again after a retransmission timeout (doubling)
+                    rounds += 1
+                    if rounds > 8:  # hopeless this time: the whole segment goes again later
+                        self._lost(end, seg, "loss", lk.name)
+                        return
+                    self.retransmissions += 1
+                    self.router.stream_record("tcp:lost:loss", end._local, end._remote, missing, lk.name)
+                    t += min(self.rto_max, rto * (2.0 ** (rounds - 1)))
+                    missing = sum(1 for _ in range(missing) if rng.random() < loss)
+                if t - seg.first >= self.timeout:
+                    self._lost(end, seg, "loss", lk.name)
+                    return
             if lk.bandwidth:
                 start = d.busy_until if d.busy_until > t else t
                 t = d.busy_until = start + (size + packets * TCP_HEADER) * 8.0 / lk.bandwidth
@@ -739,7 +755,22 @@ class TcpNetwork:
         self.segments += 1
         self.bytes += size
         self.router.stream_record("tcp:" + seg.kind, end._local, end._remote, size, end._host.name)
-        self.loop.call_at(t, self._arrive, end, seg, trip)
+        if trip.refused:
+            self.loop.call_at(t, self._refused_on_the_way, end, seg, trip)
+        else:
+            self.loop.call_at(t, self._arrive, end, seg, trip)
+
+    def _refused_on_the_way(self, end: SimTcpTransport, seg: _Segment, trip: StreamTrip) -> None:
+        """The segment reached a NAT box with no mapping nor forward for it: a SYN is answered
+        with a reset (as a router's own stack does for a port it does not serve); anything
+        else is dropped."""
+        if end._dead:
+            return
+        if seg.kind != _SYN:
+            self._lost(end, seg, "nat-no-mapping", trip.host.name)
+            return
+        self.router.stream_record("tcp:rst", trip.dst, trip.src, 0, trip.host.name)
+        self.loop.call_at(self.loop.time() + trip.latency, self._reset_arrived, end, trip.refused)
 
     def _rto_from(self, end: SimTcpTransport, one_way: float) -> None:
         end._rto = min(self.rto_max, max(self.rto_min, 4.0 * one_way))
