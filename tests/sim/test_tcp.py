@@ -113,8 +113,8 @@ async def start_uvicorn(sim: Simulation, host: str, port: int) -> tuple[uvicorn.
             uvicorn.Config(prices_app, host="0.0.0.0", port=port, lifespan="off", log_level="error")
         )
         task = asyncio.create_task(server.serve())
-        while not server.started:  # uvicorn has no event for it; polling costs no wall time here
-            await asyncio.sleep(0.01)  # noqa: ASYNC110
+        while not server.started:  # noqa: ASYNC110 - uvicorn has no event for it; polling costs no wall time here
+            await asyncio.sleep(0.01)
     return server, task
 
 
