@@ -31,8 +31,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# measure the checkout this script is in, not whatever asgi_p2p is installed
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# measure the checkout this script is in, not whatever asgi_p2p is installed; and drop this
+# script's directory from the path: benchmarks/http.py would shadow the standard library's http
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
