@@ -34,18 +34,17 @@ from pathlib import Path
 # measure the checkout this script is in, not whatever asgi_p2p is installed; and drop this
 # script's directory from the path: benchmarks/http.py would shadow the standard library's http
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from aioquic.buffer import Buffer
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import StreamDataReceived
-from aioquic.quic.packet import pull_quic_header
+from aioquic.buffer import Buffer  # noqa: E402 - after the path fix above
+from aioquic.quic.configuration import QuicConfiguration  # noqa: E402 - after the path fix above
+from aioquic.quic.connection import QuicConnection  # noqa: E402 - after the path fix above
+from aioquic.quic.events import StreamDataReceived  # noqa: E402 - after the path fix above
+from aioquic.quic.packet import pull_quic_header  # noqa: E402 - after the path fix above
 
-from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, Node, SecretKey
-from asgi_p2p.endpoint.tls import node_certificate
-from asgi_p2p.sim import Simulation
+from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, Node, SecretKey  # noqa: E402 - after the path fix above
+from asgi_p2p.endpoint.tls import node_certificate  # noqa: E402 - after the path fix above
+from asgi_p2p.sim import Simulation  # noqa: E402 - after the path fix above
 
 
 @dataclass

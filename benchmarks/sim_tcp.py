@@ -26,10 +26,9 @@ from pathlib import Path
 # measure the checkout this script is in, not whatever asgi_p2p is installed; and drop this
 # script's directory from the path: benchmarks/http.py would shadow the standard library's http
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from asgi_p2p.sim import Simulation
+from asgi_p2p.sim import Simulation  # noqa: E402 - after the path fix above
 
 TARGET_MB_PER_S = 20.0
 
