@@ -239,8 +239,10 @@ class Host(Node):
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, **kwargs: Any
     ) -> tuple[SimTcpTransport, asyncio.BaseProtocol]:
         """``loop.create_connection`` from this host (simulated TCP; see :mod:`asgi_p2p.sim.tcp`)."""
-        with self.sim.tcp.on(self):
-            return await self.sim.tcp.create_connection(protocol_factory, host, port, on=self, **kwargs)
+        with self.sim.tcp.on(self):  # through the loop, which keeps any RealIOForbidden it raises
+            transport, protocol = await self.sim.loop.create_connection(protocol_factory, host, port, **kwargs)
+        assert isinstance(transport, SimTcpTransport)
+        return transport, protocol
 
     async def create_server(
         self,
@@ -251,7 +253,9 @@ class Host(Node):
     ) -> SimTcpServer:
         """``loop.create_server`` on this host; its protocols run on this host."""
         with self.sim.tcp.on(self):
-            return await self.sim.tcp.create_server(protocol_factory, host, port, on=self, **kwargs)
+            server = await self.sim.loop.create_server(protocol_factory, host, port, **kwargs)
+        assert isinstance(server, SimTcpServer)
+        return server
 
     async def open_connection(
         self, host: str, port: int, **kwargs: Any

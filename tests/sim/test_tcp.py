@@ -284,6 +284,10 @@ async def test_partition_times_out_with_a_clear_error(sim: Simulation) -> None:
     with pytest.raises(TimeoutError, match="no answer to the SYN"):
         await a.open_connection(b.address, 7000)
     assert sim.now - start == pytest.approx(20.0, abs=1e-6)
+    # a connect given up early (wait_for) leaves nothing behind
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(a.open_connection(b.address, 7000), 3.0)
+    assert sim.tcp.connections_of(a) == []
 
 
 @pytest.mark.sim(loss=0.0, latency=0.05, tcp_timeout=10.0)
