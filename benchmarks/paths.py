@@ -66,7 +66,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# the checkout, and not this script's directory: benchmarks/http.py would shadow the standard library's http
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 from asgi_p2p import Endpoint, NetworkConfig, Node, NodeAddr, SecretKey  # noqa: E402
 from asgi_p2p.endpoint.connection import PeerConnection  # noqa: E402
