@@ -35,6 +35,15 @@ Hooks:
 * :func:`ack_with_next_packet` - ``QuicConnection._spaces[ONE_RTT].ack_at``:
   acknowledge in the next packet built (a response written within aioquic's
   ack delay carries the ACK, instead of an ACK-only packet following it).
+* :func:`initial_packet_decrypts` - checks a client's first Initial packet with
+  the Initial keys (``aioquic.quic.crypto``, derived from its destination
+  connection id) before any connection state exists for it.
+* :func:`encode_initial_close` - a stateless server Initial packet carrying a
+  CONNECTION_CLOSE (``QuicPacketBuilder``, ``CryptoPair``; modelled on
+  ``aioquic.asyncio.server._encode_invalid_token_close``): refuses a client
+  without creating a connection.
+* :func:`received_any_packet` - ``QuicConnection._state`` left FIRSTFLIGHT: a
+  server connection processed (decrypted) at least one packet.
 * :func:`install_reset_tokens` - stateless reset tokens (RFC 9000 10.3) of the
   connection ids a connection issues (``QuicConnection._host_cids``, filled by
   ``_replenish_connection_ids``) come from a function of the connection id
@@ -62,6 +71,7 @@ from aioquic import tls
 # aioquic's packet buffer lives in a private module (``aioquic.buffer`` re-exports it
 # without declaring it); every import of it goes through here.
 from aioquic._buffer import Buffer, BufferReadError
+from aioquic._crypto import CryptoError
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import (
     FrameType,
@@ -74,8 +84,20 @@ from aioquic.h3.connection import (
 )
 from aioquic.h3.events import H3Event
 from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicConnectionState
-from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.connection import (
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    TRANSPORT_CLOSE_FRAME_CAPACITY,
+    QuicConnection,
+    QuicConnectionState,
+)
+from aioquic.quic.crypto import (
+    INITIAL_CIPHER_SUITE,
+    INITIAL_SALT_VERSION_1,
+    INITIAL_SALT_VERSION_2,
+    CryptoContext,
+    CryptoPair,
+)
+from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
@@ -89,9 +111,11 @@ __all__ = [
     "Buffer",
     "BufferReadError",
     "ack_with_next_packet",
+    "encode_initial_close",
     "get_stream",
     "handshake_confirmed",
     "idle_timeout",
+    "initial_packet_decrypts",
     "install_identity_hooks",
     "install_receive_credit",
     "install_reset_tokens",
@@ -100,6 +124,7 @@ __all__ = [
     "peer_public_key",
     "peer_reset_token",
     "pto_count",
+    "received_any_packet",
     "set_max_datagram_size",
     "set_peer_stream_limit",
     "smoothed_rtt",
@@ -397,6 +422,76 @@ def stream_bytes_sent(quic: QuicConnection, stream_id: int) -> int:
 def pto_count(quic: QuicConnection) -> int:
     """Probe timeouts in a row without an acknowledgement (``QuicPacketRecovery._pto_count``)."""
     return int(quic._loss._pto_count)
+
+
+# -- admission: Initial packets checked before a connection exists ---------------------
+
+_INITIAL_HASH = tls.cipher_suite_hash(INITIAL_CIPHER_SUITE)
+
+
+def _initial_salt(version: int) -> bytes:
+    return INITIAL_SALT_VERSION_2 if version == QuicProtocolVersion.VERSION_2 else INITIAL_SALT_VERSION_1
+
+
+def initial_packet_decrypts(packet: bytes, encrypted_offset: int, version: int, destination_cid: bytes) -> bool:
+    """True if a client's Initial ``packet`` decrypts with the Initial keys of ``destination_cid``.
+
+    ``packet`` is the one long-header packet (``QuicHeader.packet_length`` bytes from
+    its first byte, not the whole datagram); ``encrypted_offset`` is where its packet
+    number starts (the buffer position after ``pull_quic_header``).  The Initial keys
+    derive from the destination connection id (RFC 9001 section 5.2), so anyone can
+    build a packet that decrypts; one that does not is junk, and checking it costs
+    one key derivation and one AEAD open, a fraction of creating a connection.
+    Only the receive direction's keys are derived (``CryptoContext.setup``).
+    """
+    secret = tls.hkdf_extract(_INITIAL_HASH, _initial_salt(version), destination_cid)
+    ctx = CryptoContext()
+    try:
+        ctx.setup(
+            cipher_suite=INITIAL_CIPHER_SUITE,
+            secret=tls.hkdf_expand_label(_INITIAL_HASH, secret, b"client in", b"", _INITIAL_HASH.digest_size),
+            version=version,
+        )
+        ctx.decrypt_packet(packet, encrypted_offset, 0)
+    except (CryptoError, ValueError, IndexError):  # bad tag, or too short to sample the header
+        return False
+    return True
+
+
+def encode_initial_close(
+    *, version: int, client_destination_cid: bytes, client_source_cid: bytes, error_code: int, reason: str
+) -> bytes:
+    """A server Initial packet closing a connection that was never created (stateless).
+
+    ``client_destination_cid`` / ``client_source_cid`` are the connection ids of the
+    client's Initial: the keys derive from the first, the packet goes to the second.
+    The client sees a transport CONNECTION_CLOSE with ``error_code`` and ``reason``
+    (truncated to fit one small packet), so it fails at once with a reason instead of
+    waiting for its handshake timeout.
+    """
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=client_destination_cid, is_client=False, version=version)
+    builder = QuicPacketBuilder(
+        host_cid=client_destination_cid,
+        is_client=False,
+        max_datagram_size=SMALLEST_DATAGRAM_SIZE,
+        peer_cid=client_source_cid,
+        version=version,
+    )
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    phrase = reason.encode("utf-8", errors="replace")[:256]
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=TRANSPORT_CLOSE_FRAME_CAPACITY + len(phrase))
+    buf.push_uint_var(error_code)
+    buf.push_uint_var(QuicFrameType.PADDING)
+    buf.push_uint_var(len(phrase))
+    buf.push_bytes(phrase)
+    datagrams, _ = builder.flush()
+    return datagrams[0]
+
+
+def received_any_packet(quic: QuicConnection) -> bool:
+    """True once a server connection processed a packet (``_state`` left FIRSTFLIGHT)."""
+    return quic._state != QuicConnectionState.FIRSTFLIGHT
 
 
 # -- QUIC DATAGRAM frames (RFC 9221), used by the relay ------------------------------

@@ -78,6 +78,11 @@ LIMITS: dict[str, Limit] = {
     "idle_timeout": _seconds(),
     "keepalive_interval": _seconds(zero_is_off=True),
     "max_connections": Limit(1, 1 << 20),
+    "max_handshaking": Limit(1, 1 << 20),
+    "max_handshaking_per_address": Limit(1, 1 << 20),
+    "max_connections_per_address": Limit(1, 1 << 20),
+    "handshake_timeout": _seconds(),
+    "retry_token_lifetime": _seconds(),
     "stream_send_buffer": Limit(1, MAX_WINDOW, unit="bytes"),
     "stream_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
     "connection_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
@@ -107,8 +112,28 @@ class NetworkConfig:
     #: PING (the acceptor waits 1.5 times this, so of an idle pair only the dialer pings;
     #: 0 = off).
     keepalive_interval: float = 10.0
-    #: Most simultaneous QUIC connections per endpoint; more are refused.
+    #: Most simultaneous QUIC connections per endpoint past their handshake (established),
+    #: plus the ones it dials; more are refused with a reason.  Accepted connections still
+    #: in their handshake count against ``max_handshaking`` instead.
     max_connections: int = 1024
+    #: Most accepted connections in their handshake from addresses not yet validated.  An
+    #: Initial packet finding this pool full (or its address's share of it full, see
+    #: ``max_handshaking_per_address``) is answered with a QUIC Retry, which keeps no
+    #: state; a client that returns the Retry's token enters a second pool of the same
+    #: size for validated sources (nodes the relay forwards count as validated).
+    max_handshaking: int = 128
+    #: Most accepted connections in their handshake per source address and pool (an IPv4
+    #: address, an IPv6 /64, or a node forwarded by the relay).
+    max_handshaking_per_address: int = 16
+    #: Most accepted connections, handshaking or established, per source address; more
+    #: are refused with a reason.
+    max_connections_per_address: int = 128
+    #: Seconds an accepted connection may take to complete its handshake; then it is
+    #: dropped and its slot freed.
+    handshake_timeout: float = 10.0
+    #: Seconds a Retry token stays valid (a client returns it within a round trip and
+    #: repeats it in its retransmissions).
+    retry_token_lifetime: float = 10.0
     #: Unacknowledged bytes buffered per stream before ``send`` waits.
     stream_send_buffer: int = 256 * 1024
     #: Bytes a peer may send on a stream beyond what the application has read.

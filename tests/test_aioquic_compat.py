@@ -480,6 +480,81 @@ def test_h3_end_local_forgets_a_stream_reset_outside_h3() -> None:
     assert h.client.stream_count == held
 
 
+# -- admission: Initial packets checked before a connection exists ---------------------
+
+
+def _client_initial(version: int | None = None) -> tuple[QuicConnection, bytes]:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    if version is not None:
+        p.client._configuration.supported_versions = [version]
+    p.client.connect(SERVER_ADDR, now=0.0)
+    return p.client, p.client.datagrams_to_send(0.0)[0][0]
+
+
+def _check(datagram: bytes) -> bool:
+    buf = Buffer(data=datagram)
+    header = pull_quic_header(buf, host_cid_length=8)
+    assert header.version is not None
+    packet = datagram[: header.packet_length]
+    return hooks.initial_packet_decrypts(packet, buf.tell(), header.version, header.destination_cid)
+
+
+@pytest.mark.parametrize("version", [0x00000001, 0x6B3343CF])  # QUIC v1 and v2 (RFC 9369)
+def test_initial_packet_decrypts_accepts_a_real_client_initial(version: int) -> None:
+    _, datagram = _client_initial(version)
+    assert _check(datagram)
+
+
+def test_initial_packet_decrypts_refuses_junk_and_tampering() -> None:
+    _, datagram = _client_initial()
+    tampered = bytearray(datagram)
+    tampered[100] ^= 0x01  # inside the AEAD-protected payload (the packet, not the padding after it)
+    assert not _check(bytes(tampered))
+    # another destination connection id: other keys (the header parses, the tag fails)
+    header = pull_quic_header(Buffer(data=datagram), host_cid_length=8)
+    offset = datagram.index(header.destination_cid)
+    moved = datagram[:offset] + bytes(8) + datagram[offset + 8 :]
+    assert not _check(moved)
+    # random bytes after a valid long header, and a packet too short to sample
+    junk = datagram[: offset + 8 + 1 + 8 + 3] + bytes(range(256)) * 5
+    assert not _check(junk[: len(datagram)])
+    short = datagram[: offset + 8 + 1 + 8 + 4]
+    assert not hooks.initial_packet_decrypts(short, len(short) - 1, 1, header.destination_cid)
+
+
+def test_encode_initial_close_terminates_the_client_with_the_reason() -> None:
+    client, datagram = _client_initial()
+    header = pull_quic_header(Buffer(data=datagram), host_cid_length=8)
+    close = hooks.encode_initial_close(
+        version=1,
+        client_destination_cid=header.destination_cid,
+        client_source_cid=header.source_cid,
+        error_code=0x2,
+        reason="too many connections",
+    )
+    assert len(close) < 200  # a refusal is never an amplifier
+    client.receive_datagram(close, SERVER_ADDR, 0.01)
+    timer = client.get_timer()  # draining ends at the timer: then the event
+    assert timer is not None
+    client.handle_timer(timer)
+    events = []
+    while (ev := client.next_event()) is not None:
+        events.append(ev)
+    term = [e for e in events if isinstance(e, ConnectionTerminated)]
+    assert term and term[0].error_code == 0x2 and term[0].reason_phrase == "too many connections"
+
+
+def test_received_any_packet_only_after_a_decrypted_packet() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    server = p.start()
+    junk = bytearray(p.pending[0])
+    junk[100] ^= 0x01
+    server.receive_datagram(bytes(junk), CLIENT_ADDR, 0.0)
+    assert not hooks.received_any_packet(server)
+    server.receive_datagram(p.pending[0], CLIENT_ADDR, 0.0)
+    assert hooks.received_any_packet(server)
+
+
 # -- stateless reset tokens, idle timeout, stream bytes sent ------------------------------
 
 

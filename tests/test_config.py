@@ -41,6 +41,23 @@ def test_invalid_values_name_the_variable(var: str, value: str) -> None:
         NetworkConfig.from_env({var: value})
 
 
+def test_admission_limits_default_and_come_from_the_environment() -> None:
+    cfg = NetworkConfig()
+    assert (cfg.max_handshaking, cfg.max_handshaking_per_address, cfg.max_connections_per_address) == (128, 16, 128)
+    assert (cfg.handshake_timeout, cfg.retry_token_lifetime) == (10.0, 10.0)
+    cfg = NetworkConfig.from_env(
+        {
+            "ASGI_P2P_MAX_HANDSHAKING": "64",
+            "ASGI_P2P_MAX_HANDSHAKING_PER_ADDRESS": "4",
+            "ASGI_P2P_MAX_CONNECTIONS_PER_ADDRESS": "1_000",
+            "ASGI_P2P_HANDSHAKE_TIMEOUT": "3.5",
+            "ASGI_P2P_RETRY_TOKEN_LIFETIME": "2",
+        }
+    )
+    assert (cfg.max_handshaking, cfg.max_handshaking_per_address, cfg.max_connections_per_address) == (64, 4, 1000)
+    assert (cfg.handshake_timeout, cfg.retry_token_lifetime) == (3.5, 2.0)
+
+
 # -- strict values: finite, in range, the setting and the variable named --------------------
 
 
@@ -62,6 +79,17 @@ def test_invalid_values_name_the_variable(var: str, value: str) -> None:
         ("ASGI_P2P_MAX_CONNECTIONS", "1e3", "1..1048576"),
         ("ASGI_P2P_PUNCH_TTL", "256", "0..255"),
         ("ASGI_P2P_MAX_PROBE_DATAGRAM_SIZE", "65508", "0..65507"),
+        ("ASGI_P2P_MAX_HANDSHAKING", "0", "1..1048576"),
+        ("ASGI_P2P_MAX_HANDSHAKING", "-5", "1..1048576"),
+        ("ASGI_P2P_MAX_HANDSHAKING", "1.5", "1..1048576"),
+        ("ASGI_P2P_MAX_HANDSHAKING_PER_ADDRESS", "0", "1..1048576"),
+        ("ASGI_P2P_MAX_CONNECTIONS_PER_ADDRESS", "0", "1..1048576"),
+        ("ASGI_P2P_MAX_CONNECTIONS_PER_ADDRESS", "1048577", "1..1048576"),
+        ("ASGI_P2P_HANDSHAKE_TIMEOUT", "0", r"\(0, 86400\]"),
+        ("ASGI_P2P_HANDSHAKE_TIMEOUT", "nan", r"\(0, 86400\]"),
+        ("ASGI_P2P_HANDSHAKE_TIMEOUT", "inf", r"\(0, 86400\]"),
+        ("ASGI_P2P_RETRY_TOKEN_LIFETIME", "0", r"\(0, 86400\]"),
+        ("ASGI_P2P_RETRY_TOKEN_LIFETIME", "1e309", r"\(0, 86400\]"),
     ],
 )
 def test_out_of_range_env_values_name_variable_setting_and_range(var: str, value: str, allowed: str) -> None:

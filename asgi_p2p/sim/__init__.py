@@ -24,7 +24,15 @@ from __future__ import annotations
 from .apps import SimServer
 from .determinism import apply as apply_determinism_patches
 from .discovery import MockDNS, PeerRecord
-from .errors import RealIOForbidden, SimulationDeadlock, SimulationError, SimulationLivelock, SimulationTimeLimit
+from .errors import (
+    RealIOForbidden,
+    SimulationDeadlock,
+    SimulationError,
+    SimulationLivelock,
+    SimulationTimeLimit,
+    ThreadForbidden,
+    WallClockSleep,
+)
 from .loop import START_TIME, VirtualTimeLoop
 from .nat import NAT_PRESETS, Filtering, Mapping, NatConfig
 from .network import HEADER_OVERHEAD, Fault, Host, Link, NatBox, Node, SimSocket, Simulation
@@ -52,8 +60,10 @@ __all__ = [
     "SimulationError",
     "SimulationLivelock",
     "SimulationTimeLimit",
+    "ThreadForbidden",
     "Trace",
     "TraceEvent",
     "VirtualTimeLoop",
+    "WallClockSleep",
     "apply_determinism_patches",
 ]

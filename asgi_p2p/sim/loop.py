@@ -27,12 +27,16 @@ Rules (see ``docs/simulator.md``):
 * **Real I/O** (other sockets, pipes, subprocesses, real name lookups, fd readers) raises
   :class:`RealIOForbidden`, naming the call and the line that made it.  Every refusal is
   also kept in :attr:`VirtualTimeLoop.refusals`, so code that catches the error (an app
-  answering 500) cannot hide it: :meth:`Simulation.run` raises it afterwards.
+  answering 500) cannot hide it: :meth:`Simulation.run` raises it afterwards.  The
+  simulation's environment reports its refusals there too (``time.sleep`` and thread
+  starts: :class:`~asgi_p2p.sim.errors.WallClockSleep`,
+  :class:`~asgi_p2p.sim.errors.ThreadForbidden`; see :mod:`asgi_p2p.sim.determinism`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import ipaddress
@@ -42,9 +46,9 @@ import socket
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol, TypeVar, TypeVarTuple
 
-from .errors import RealIOForbidden, SimulationDeadlock, SimulationLivelock, SimulationTimeLimit
+from .errors import RealIOForbidden, SimulationDeadlock, SimulationError, SimulationLivelock, SimulationTimeLimit
 
-__all__ = ["START_TIME", "StreamProvider", "VirtualTimeLoop", "caller_location", "describe_tasks"]
+__all__ = ["MAX_REFUSALS", "START_TIME", "StreamProvider", "VirtualTimeLoop", "caller_location", "describe_tasks"]
 
 log = logging.getLogger("asgi_p2p.sim")
 
@@ -53,6 +57,9 @@ _Ts = TypeVarTuple("_Ts")
 
 #: Virtual clock value at which every simulation starts.
 START_TIME = 1000.0
+
+#: Refused calls a loop keeps until they are reported (more are only counted).
+MAX_REFUSALS = 100
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 
@@ -153,8 +160,16 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
         self.iterations = 0
         #: Simulated TCP (set by the simulation); None: TCP calls are refused as real I/O.
         self.streams: StreamProvider | None = None
-        #: Every :class:`RealIOForbidden` raised so far and not yet reported (see the module doc).
-        self.refusals: list[RealIOForbidden] = []
+        #: Every call refused so far and not yet reported (the first :data:`MAX_REFUSALS`): real
+        #: I/O (:class:`RealIOForbidden`), and, reported by the environment, wall-clock sleeps
+        #: and thread starts (see the module doc).
+        self.refusals: list[SimulationError] = []
+        #: How many calls were refused since :attr:`refusals` was last emptied (all of them).
+        self.refusal_count = 0
+        #: Entered around every run of the loop (``run_forever``, hence ``run_until_complete``):
+        #: the :class:`~asgi_p2p.sim.Simulation` puts its seeded entropy and virtual wall clock
+        #: in place with it (``Environment.active``, see ``asgi_p2p.sim.determinism``).
+        self.environment: Callable[[], contextlib.AbstractContextManager[object]] | None = None
 
     # -- the clock ---------------------------------------------------------------------------
 
@@ -211,6 +226,14 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
             log.debug("livelock at t=%.6f: nudged the clock by %g s", self.elapsed, self.livelock_nudge)
 
     # -- BaseEventLoop plumbing --------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Run the loop; :attr:`environment`, if set, is active on this thread meanwhile."""
+        if self.environment is None:
+            super().run_forever()
+            return
+        with self.environment():
+            super().run_forever()
 
     def _process_events(self, event_list: list[Any]) -> None:
         pass
@@ -269,10 +292,20 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
         self.note_refusal(exc)
         raise exc
 
-    def note_refusal(self, exc: RealIOForbidden) -> None:
-        """Keep ``exc`` in :attr:`refusals` (bounded: the first 100)."""
-        if len(self.refusals) < 100:
+    def note_refusal(self, exc: SimulationError) -> None:
+        """Keep ``exc``, a refused call, in :attr:`refusals` (the first :data:`MAX_REFUSALS`) and
+        count it; the same error noted twice counts once."""
+        if any(r is exc for r in self.refusals):
+            return
+        self.refusal_count += 1
+        if len(self.refusals) < MAX_REFUSALS:
             self.refusals.append(exc)
+
+    def take_refusals(self) -> tuple[list[SimulationError], int]:
+        """The refusals kept and how many there were in all; both forgotten."""
+        taken, count = self.refusals, self.refusal_count
+        self.refusals, self.refusal_count = [], 0
+        return taken, count
 
     async def getaddrinfo(
         self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0

@@ -35,7 +35,7 @@ from ..errors import NetworkError
 from ..net.base import Address, DatagramReceiver
 from . import determinism
 from .discovery import MockDNS
-from .errors import RealIOForbidden, SimulationError
+from .errors import SimulationError
 from .loop import START_TIME, VirtualTimeLoop
 from .nat import NAT_PRESETS, NatConfig, NatTable
 from .tcp import SimTcpServer, SimTcpTransport, StreamTrip, TcpNetwork, current_host
@@ -549,6 +549,16 @@ class Simulation:
         #: Simulated TCP (``asyncio.open_connection`` etc. inside the simulation; see :mod:`asgi_p2p.sim.tcp`).
         self.tcp = TcpNetwork(self.loop, self, timeout=tcp_timeout)
         self.loop.streams = self.tcp
+        #: Seeded entropy and the virtual wall clock, active while the loop runs (see
+        #: :mod:`asgi_p2p.sim.determinism`); the sleeps and thread starts it refuses are kept
+        #: with the loop's real-I/O refusals.
+        self.environment = determinism.Environment(
+            seed,
+            self.loop.time,
+            wall_clock_offset=WALL_CLOCK_AT_START - START_TIME,
+            on_forbidden=self.loop.note_refusal,
+        )
+        self.loop.environment = self.environment.active
         self.trace = Trace(keep=keep_trace)
         self.dns = MockDNS(discovery_delay)
         self._nodes: dict[str, Node] = {}
@@ -605,9 +615,12 @@ class Simulation:
 
         Raises :class:`~asgi_p2p.sim.SimulationDeadlock` if everything waits with no
         timer pending, :class:`~asgi_p2p.sim.SimulationTimeLimit` past ``time_limit``
-        virtual seconds (default: the simulation's ``time_limit``).  Background tasks
-        started by ``main`` keep their state for the next :meth:`run`; :meth:`close`
-        cancels them.
+        virtual seconds (default: the simulation's ``time_limit``).  A call refused during
+        the run (real I/O, ``time.sleep``, a thread start) fails it even when the code under
+        test caught the error: :class:`~asgi_p2p.sim.RealIOForbidden`,
+        :class:`~asgi_p2p.sim.WallClockSleep` or :class:`~asgi_p2p.sim.ThreadForbidden`
+        (see :meth:`take_refusals`).  Background tasks started by ``main`` keep their state
+        for the next :meth:`run`; :meth:`close` cancels them.
         """
         if self._closed:
             main.close()
@@ -638,43 +651,46 @@ class Simulation:
         except BaseException as exc:
             if not task.done():
                 self._drain([task])
-            self._note_refusals(exc)
+            self._report_refusals(exc)
             raise
         finally:
             loop.deadline = None
             loop.main_task = None
-        self._raise_refusals()
+        self._report_refusals(None)
         return result
 
-    def _note_refusals(self, exc: BaseException) -> None:
-        """``exc`` ends a run: name the real-I/O refusals caught on the way in a note."""
-        refusals = [r for r in self.loop.refusals if r is not exc]
-        self.loop.refusals.clear()
-        if refusals:
-            exc.add_note(
-                f"inside the simulation, {len(refusals)} real-I/O call(s) were refused and the error caught "
-                f"(an app answering 500?); the first: {refusals[0]}"
-            )
+    def _report_refusals(self, failure: BaseException | None) -> None:
+        """Raise the calls refused since the last report (real I/O, wall-clock sleeps, thread
+        starts) even if the code under test caught them (an app answering 500, a retry loop, a
+        log line): they must fail the test.
 
-    def _raise_refusals(self) -> None:
-        """Raise the first real-I/O refusal that code caught (it must fail the test, not only a log)."""
-        refusals = self.loop.refusals
+        ``failure`` is what ends the run, if anything: a refusal itself is re-raised as it is,
+        with a note counting the others; any other exception becomes the cause of the report
+        (``KeyboardInterrupt``, ``SystemExit`` and cancellation are kept, with a note).
+        """
+        refusals, count = self.loop.take_refusals()
         if not refusals:
             return
-        first, count = refusals[0], len(refusals)
-        refusals.clear()
-        error = RealIOForbidden(
-            f"{count} real-I/O call(s) were refused inside the simulation and the error was caught by the "
-            f"code under test (an app answering 500, a retry loop, a log line): the first: {first}"
+        first = refusals[0]
+        if failure is not None and any(r is failure for r in refusals):
+            if count > 1:
+                failure.add_note(f"{count - 1} other call(s) were refused inside the simulation as well")
+            return
+        summary = (
+            f"{count} call(s) were refused inside the simulation and the error was caught by the code under "
+            f"test (an app answering 500, a retry loop, a log line); the first: {first}"
         )
-        raise error from first
+        if failure is not None and not isinstance(failure, Exception):
+            failure.add_note(summary)
+            return
+        raise type(first)(summary) from (first if failure is None else failure)
 
-    def take_refusals(self) -> list[RealIOForbidden]:
-        """The real-I/O refusals so far, forgotten: a test that provokes them on purpose takes them
-        so that :meth:`run` and :meth:`close` do not raise them."""
-        taken = list(self.loop.refusals)
-        self.loop.refusals.clear()
-        return taken
+    def take_refusals(self) -> list[SimulationError]:
+        """The calls refused so far (:class:`~asgi_p2p.sim.RealIOForbidden`,
+        :class:`~asgi_p2p.sim.WallClockSleep`, :class:`~asgi_p2p.sim.ThreadForbidden`; the first
+        100), forgotten: a test that provokes them on purpose takes them so that :meth:`run` and
+        :meth:`close` do not raise them."""
+        return self.loop.take_refusals()[0]
 
     def _drain(self, tasks: list[asyncio.Task[Any]], grace: float = 60.0) -> None:
         """Cancel ``tasks`` and let them unwind (bounded by ``grace`` virtual seconds)."""
@@ -725,7 +741,7 @@ class Simulation:
             loop.close()
         if failure is not None:
             raise failure
-        self._raise_refusals()
+        self._report_refusals(None)
 
     def _close_apps(self, apps: SimApps) -> SimulationError | None:
         loop = self.loop

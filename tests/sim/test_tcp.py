@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from asgi_p2p.sim import Host, RealIOForbidden, Simulation
+from asgi_p2p.sim import Host, RealIOForbidden, Simulation, WallClockSleep
 from asgi_p2p.sim.tcp import SimTcpServer, SimTcpTransport
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -427,15 +429,63 @@ def test_real_io_caught_by_the_app_fails_the_run(sim: Simulation) -> None:
     assert sim.take_refusals() == []
 
 
-def test_a_failing_run_notes_the_real_io_refusals(sim: Simulation) -> None:
+def test_a_failing_run_still_reports_the_real_io_refusals(sim: Simulation) -> None:
     async def main() -> None:
         server = await sim.serve(geo_app, "web")
         client = await sim.client("laptop", server)
         assert (await client.get("/")).status_code == 200
 
-    with pytest.raises(AssertionError) as info:
-        sim.run(main())
-    assert any("getaddrinfo('example.com')" in note for note in info.value.__notes__)
+    with pytest.raises(RealIOForbidden, match=r"1 call\(s\) were refused.*getaddrinfo\('example.com'\)") as info:
+        sim.run(main())  # the app's 500 fails the assertion; the report names why, chained to it
+    assert isinstance(info.value.__cause__, AssertionError)
+    assert sim.take_refusals() == []
+
+
+async def careless(request: Request) -> PlainTextResponse:
+    """Three things a simulation refuses, each error swallowed as an app might."""
+    for attempt in (
+        lambda: time.sleep(0.5),  # the bad input under test
+        lambda: threading.Thread(target=print, name="bg").start(),
+    ):
+        try:
+            attempt()
+        except Exception:
+            pass
+    try:
+        await asyncio.get_running_loop().getaddrinfo("example.com", 443)
+    except Exception:
+        pass
+    return PlainTextResponse("ok")
+
+
+careless_app = Starlette(routes=[Route("/", careless)])
+
+
+def test_sleeps_threads_and_real_io_are_reported_alike(sim: Simulation) -> None:
+    """A wall-clock sleep, a thread start and a real name lookup, all caught by the app: one
+    report of the first one's type counting all three, chained to the first; the same in a
+    run that fails for another reason (chained to that), and none once taken."""
+
+    async def start() -> httpx.AsyncClient:
+        return await sim.client("laptop", await sim.serve(careless_app, "web"))
+
+    client = sim.run(start())
+
+    async def main(expect: int) -> None:
+        assert (await client.get("/")).status_code == expect
+
+    with pytest.raises(WallClockSleep, match=r"3 call\(s\) were refused.*time\.sleep\(0\.5\).* in <lambda>") as info:
+        sim.run(main(200))
+    assert isinstance(info.value.__cause__, WallClockSleep)
+    with pytest.raises(WallClockSleep, match="3 call") as info:
+        sim.run(main(404))
+    assert isinstance(info.value.__cause__, AssertionError)
+
+    async def on_purpose() -> list[str]:
+        await main(200)
+        return [type(r).__name__ for r in sim.take_refusals()]
+
+    assert sim.run(on_purpose()) == ["WallClockSleep", "ThreadForbidden", "RealIOForbidden"]
 
 
 # -- determinism ---------------------------------------------------------------------------------
