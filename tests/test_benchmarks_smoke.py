@@ -300,3 +300,22 @@ def test_relay_cost_benchmark_measures_the_relay_process() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "median relay CPU per forwarded MB:" in proc.stdout, proc.stdout
+
+
+def test_sim_tcp_benchmark_prints_its_rows() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sim_tcp.py"), "--megabytes", "5", "--echo-megabytes", "1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    for name in ("bulk, 1 connection", "bulk, 1 connection, 1% loss", "echo, 10 connections, 4 KiB messages"):
+        cells = [c.strip() for c in rows[name].strip("|").split("|")]
+        assert float(cells[1].replace(",", "")) >= 1.0, rows[name]  # MB moved
+        assert float(cells[5].replace(",", "")) > 0, rows[name]  # MB per wall second
+        # wall seconds come from the real clock (time.perf_counter is the virtual one inside a simulation)
+        assert float(cells[2]) != float(cells[3].replace(",", "")), rows[name]

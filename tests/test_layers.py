@@ -79,6 +79,10 @@ PRIVATE_ALLOWED: dict[tuple[str, str], str] = {
     ("asgi_p2p/sim/determinism.py", "anyio._backends._asyncio"): (
         "anyio has no public hook for its worker threads; the simulator runs them inline (patch documented there)"
     ),
+    ("asgi_p2p/sim/tcp.py", "httpcore._backends.anyio"): (
+        "httpcore polls a pooled connection's file descriptor before reuse; simulated TCP has none, so the "
+        "simulator answers for its own sockets (patch documented in asgi_p2p/sim/tcp.py)"
+    ),
     ("asgi_p2p/sim/determinism.py", "_last_timestamp"): (
         "uuid.uuid1() keeps its last timestamp in this module global; a simulation swaps in its own and restores it"
     ),

@@ -42,7 +42,10 @@
      :class:`SimDate`, a copy of the module holding them) while a simulation runs;
      ``sys.modules["datetime"]`` itself never changes;
    * ``time.sleep`` with a positive duration raises :class:`WallClockSleep` (it would
-     stop the whole simulation for real seconds while virtual time stands still).
+     stop the whole simulation for real seconds while virtual time stands still), and
+     ``threading.Thread.start`` raises :class:`ThreadForbidden`; both are also reported
+     to the simulation (``on_forbidden``), which keeps them with its loop's real-I/O
+     refusals, so ``Simulation.run`` fails even when the app caught the error.
 
    Each replaced function checks a thread-local: on any other thread, or when no
    simulation runs, it *is* the original (``os.urandom`` stays the kernel's CSPRNG
@@ -207,9 +210,18 @@ class Environment:
         seed: the simulation's seed.
         clock: the virtual clock (the loop's ``time``), in seconds.
         wall_clock_offset: added to ``clock()`` to give Unix time.
+        on_forbidden: called with each :class:`WallClockSleep` / :class:`ThreadForbidden`
+            before it is raised (the simulation passes its loop's ``note_refusal``).
     """
 
-    def __init__(self, seed: int, clock: Callable[[], float], *, wall_clock_offset: float) -> None:
+    def __init__(
+        self,
+        seed: int,
+        clock: Callable[[], float],
+        *,
+        wall_clock_offset: float,
+        on_forbidden: Callable[[SimulationError], None],
+    ) -> None:
         label = f"asgi-p2p-sim/{seed}"
         self.seed = seed
         self._clock = clock
@@ -222,8 +234,9 @@ class Environment:
         #: ``uuid.getnode()``: 48 random bits with the multicast bit set (RFC 4122 4.5).
         self.uuid_node = random.Random(f"{label}/uuid-node").getrandbits(48) | (1 << 40)
         self.uuid_last_timestamp: int | None = None
-        #: The first wall-clock sleep or thread start seen (raised by ``Simulation.run``).
-        self.violation: SimulationError | None = None
+        #: Told of every wall-clock sleep or thread start refused (the simulation keeps them
+        #: with its loop's real-I/O refusals, and ``Simulation.run`` raises them).
+        self.on_forbidden = on_forbidden
 
     # -- the sources --------------------------------------------------------------------------
 
@@ -253,9 +266,8 @@ class Environment:
         return round(self._clock() * 1e9)
 
     def forbid(self, error: SimulationError) -> SimulationError:
-        """Remember the first forbidden call (the app may swallow the error) and return it."""
-        if self.violation is None:
-            self.violation = error
+        """Report a forbidden call (the app may swallow the error) and return it."""
+        self.on_forbidden(error)
         return error
 
     # -- activation ---------------------------------------------------------------------------
