@@ -37,16 +37,16 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aioquic.buffer import Buffer  # noqa: E402 - after the path fix above
-from aioquic.quic.configuration import QuicConfiguration  # noqa: E402 - after the path fix above
-from aioquic.quic.connection import QuicConnection  # noqa: E402 - after the path fix above
-from aioquic.quic.events import StreamDataReceived  # noqa: E402 - after the path fix above
-from aioquic.quic.packet import pull_quic_header  # noqa: E402 - after the path fix above
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import StreamDataReceived
+from aioquic.quic.packet import pull_quic_header
 
-from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, Node, SecretKey  # noqa: E402 - after the path fix above
-from asgi_p2p.endpoint.tls import node_certificate  # noqa: E402 - after the path fix above
-from asgi_p2p.sim import Simulation  # noqa: E402 - after the path fix above
-from asgi_p2p.sim.determinism import real_perf_counter  # noqa: E402 - after the path fix above; time.perf_counter is virtual inside a simulation
+from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, Node, SecretKey
+from asgi_p2p.endpoint.tls import node_certificate
+from asgi_p2p.sim import Simulation
+from asgi_p2p.sim.determinism import real_perf_counter
 
 
 @dataclass
