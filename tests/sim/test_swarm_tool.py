@@ -223,8 +223,10 @@ def test_swarm(sim_swarm):
 def _run_pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_swarm_example.py").write_text(SWARM_TEST_FILE)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "test_swarm_example.py", "-o", "addopts="]
-        + ["--rootdir", str(tmp_path), *args],
+        [
+            *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "test_swarm_example.py"),
+            *("-o", "addopts=", "--rootdir", str(tmp_path), *args),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
