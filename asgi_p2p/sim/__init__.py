@@ -36,6 +36,7 @@ from .errors import (
 from .loop import START_TIME, VirtualTimeLoop
 from .nat import NAT_PRESETS, Filtering, Mapping, NatConfig
 from .network import HEADER_OVERHEAD, Fault, Host, Link, NatBox, Node, SimSocket, Simulation
+from .swarm import FaultPlan, Faults, SeedResult, SwarmReport, swarm
 from .trace import Trace, TraceEvent
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "NAT_PRESETS",
     "START_TIME",
     "Fault",
+    "FaultPlan",
+    "Faults",
     "Filtering",
     "Host",
     "Link",
@@ -53,6 +56,7 @@ __all__ = [
     "Node",
     "PeerRecord",
     "RealIOForbidden",
+    "SeedResult",
     "SimServer",
     "SimSocket",
     "Simulation",
@@ -60,10 +64,12 @@ __all__ = [
     "SimulationError",
     "SimulationLivelock",
     "SimulationTimeLimit",
+    "SwarmReport",
     "ThreadForbidden",
     "Trace",
     "TraceEvent",
     "VirtualTimeLoop",
     "WallClockSleep",
     "apply_determinism_patches",
+    "swarm",
 ]

@@ -17,6 +17,8 @@
   configures one test.  The command line wins over the marker: ``--sim-seed`` (and
   each seed of a ``--sim-seeds`` sweep) replaces the marker's ``seed``, so the
   replay line of a failure always reruns the seed it names.
+* ``sim_swarm`` fixture: :func:`~asgi_p2p.sim.swarm.swarm` whose failing seeds print this
+  test's replay command; ``--sim-seed``/``--sim-seeds`` choose its seeds.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 import pytest
 
 from .network import Simulation
+from .swarm import SwarmReport, swarm
 
 __all__ = ["DEFAULT_SEED", "DEFAULT_TIME_LIMIT", "record_seed"]
 
@@ -215,3 +218,32 @@ async def _rest(agen: AsyncGenerator[Any, None], name: str) -> None:
         return
     await agen.aclose()
     raise ValueError(f"async fixture {name!r} yielded more than once")
+
+
+# -- swarm testing --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sim_swarm(request: pytest.FixtureRequest) -> Callable[..., SwarmReport]:
+    """:func:`~asgi_p2p.sim.swarm.swarm` for this test: each failing seed's replay line is
+    the pytest command for this test with ``--sim-seed N``.
+
+    The command line wins over the call's ``seeds``: ``--sim-seed N`` runs seed N only (so
+    a replay line reruns just that seed), ``--sim-seeds K`` runs K seeds from ``--sim-seed``
+    (default :data:`DEFAULT_SEED`).  The report is returned; ``report.assert_ok()`` fails
+    the test naming every failing seed.
+    """
+    item = request.node
+    seed = request.config.getoption("--sim-seed")
+    count = int(request.config.getoption("--sim-seeds") or 1)
+
+    def run(scenario: Any, check: Any = None, **kwargs: Any) -> SwarmReport:
+        if count > 1:
+            base = DEFAULT_SEED if seed is None else int(seed)
+            kwargs["seeds"] = range(base, base + count)
+        elif seed is not None:
+            kwargs["seeds"] = [int(seed)]
+        kwargs.setdefault("replay", lambda n: replay_command(item, n))
+        return swarm(scenario, check, **kwargs)
+
+    return run
