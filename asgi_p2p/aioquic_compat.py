@@ -17,8 +17,17 @@ Hooks:
 * :func:`unacked_bytes` - bytes held in a stream's send buffer
   (``QuicStreamSender._buffer``), for send-side backpressure.
 * :func:`install_receive_credit` - replaces
-  ``QuicConnection._write_stream_limits`` so that a stream's flow-control
-  credit grows as the application *reads* (aioquic grows it as data *arrives*).
+  ``QuicConnection._write_stream_limits`` and ``._write_connection_limits`` so
+  that a stream's and the connection's flow-control credit (MAX_STREAM_DATA,
+  MAX_DATA) grow as the application *reads* (aioquic doubles them as data
+  *arrives*, without bound).
+* :func:`received_offset`, :func:`data_received`, :func:`max_data_sent` - a
+  stream's highest received offset (``QuicStream.receiver.highest_offset``), the
+  connection's received bytes (``QuicConnection._local_max_data.used``) and the
+  MAX_DATA announced (``._local_max_data.sent``).
+* :func:`congestion_window` - ``QuicConnection._loss._cc.congestion_window``.
+* :func:`send_credit` - the peer's stream credit past the acknowledged data
+  (``QuicStream.max_stream_data_remote``, ``QuicStreamSender._buffer_start``).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
 * :func:`get_stream`, :func:`is_closing` - ``QuicConnection._streams`` and ``._state``.
 * :func:`set_max_datagram_size` / :func:`max_datagram_size` - change the UDP
@@ -42,6 +51,15 @@ Hooks:
 * :func:`ack_with_next_packet` - ``QuicConnection._spaces[ONE_RTT].ack_at``:
   acknowledge in the next packet built (a response written within aioquic's
   ack delay carries the ACK, instead of an ACK-only packet following it).
+* :func:`initial_packet_decrypts` - checks a client's first Initial packet with
+  the Initial keys (``aioquic.quic.crypto``, derived from its destination
+  connection id) before any connection state exists for it.
+* :func:`encode_initial_close` - a stateless server Initial packet carrying a
+  CONNECTION_CLOSE (``QuicPacketBuilder``, ``CryptoPair``; modelled on
+  ``aioquic.asyncio.server._encode_invalid_token_close``): refuses a client
+  without creating a connection.
+* :func:`received_any_packet` - ``QuicConnection._state`` left FIRSTFLIGHT: a
+  server connection processed (decrypted) at least one packet.
 * :func:`install_reset_tokens` - stateless reset tokens (RFC 9000 10.3) of the
   connection ids a connection issues (``QuicConnection._host_cids``, filled by
   ``_replenish_connection_ids``) come from a function of the connection id
@@ -69,6 +87,7 @@ from aioquic import tls
 # aioquic's packet buffer lives in a private module (``aioquic.buffer`` re-exports it
 # without declaring it); every import of it goes through here.
 from aioquic._buffer import Buffer, BufferReadError
+from aioquic._crypto import CryptoError
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import (
     FrameType,
@@ -81,8 +100,21 @@ from aioquic.h3.connection import (
 )
 from aioquic.h3.events import H3Event
 from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection, QuicConnectionState
-from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.connection import (
+    CONNECTION_LIMIT_FRAME_CAPACITY,
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    TRANSPORT_CLOSE_FRAME_CAPACITY,
+    QuicConnection,
+    QuicConnectionState,
+)
+from aioquic.quic.crypto import (
+    INITIAL_CIPHER_SUITE,
+    INITIAL_SALT_VERSION_1,
+    INITIAL_SALT_VERSION_2,
+    CryptoContext,
+    CryptoPair,
+)
+from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
@@ -96,17 +128,25 @@ __all__ = [
     "Buffer",
     "BufferReadError",
     "ack_with_next_packet",
+    "congestion_window",
+    "data_received",
+    "encode_initial_close",
     "get_stream",
     "handshake_confirmed",
     "idle_timeout",
+    "initial_packet_decrypts",
     "install_identity_hooks",
     "install_receive_credit",
     "install_reset_tokens",
     "is_closing",
+    "max_data_sent",
     "max_datagram_size",
     "peer_public_key",
     "peer_reset_token",
     "pto_count",
+    "received_any_packet",
+    "received_offset",
+    "send_credit",
     "set_max_datagram_size",
     "set_peer_stream_limit",
     "smoothed_rtt",
@@ -219,14 +259,20 @@ def smoothed_rtt(quic: QuicConnection) -> float:
     return float(quic._loss._rtt_smoothed)
 
 
-def install_receive_credit(quic: QuicConnection, credit_limit: Callable[[int], int | None]) -> None:
-    """Let the application decide each stream's receive credit.
+def install_receive_credit(
+    quic: QuicConnection,
+    credit_limit: Callable[[int], int | None],
+    connection_limit: Callable[[int], int] | None = None,
+) -> None:
+    """Let the application decide each stream's (and the connection's) receive credit.
 
     ``credit_limit(stream_id)`` returns the highest offset the peer may send on
     that stream (bytes the application has consumed + its window), or None to
     keep aioquic's behaviour (double the credit as data arrives), which is
     right for streams that a protocol library consumes itself (HTTP/3 control
-    and QPACK streams).  Credit never shrinks.
+    and QPACK streams).  ``connection_limit(received)``, given the bytes received
+    on all streams, returns the MAX_DATA to allow (None: aioquic's doubling as
+    data arrives).  Both are asked whenever a packet is built.  Credit never shrinks.
     """
 
     def _write_stream_limits(builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> None:
@@ -251,6 +297,63 @@ def install_receive_credit(quic: QuicConnection, credit_limit: Callable[[int], i
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
     quic._write_stream_limits = _write_stream_limits  # type: ignore[method-assign]
+    if connection_limit is None:
+        return
+    max_data = quic._local_max_data
+
+    def _write_connection_limits(builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        # aioquic's method, without its doubling of MAX_DATA as data arrives
+        limit = connection_limit(max_data.used)
+        if limit > max_data.value:
+            max_data.value = limit
+        for lim in (max_data, quic._local_max_streams_bidi, quic._local_max_streams_uni):
+            if lim is not max_data and lim.sent - lim.used >= lim.value - lim.sent:
+                continue  # batch MAX_STREAMS as aioquic does
+            if lim.value != lim.sent:
+                buf = builder.start_frame(
+                    lim.frame_type,
+                    capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
+                    handler=quic._on_connection_limit_delivery,
+                    handler_args=(lim,),
+                )
+                buf.push_uint_var(lim.value)
+                lim.sent = lim.value
+
+    quic._write_connection_limits = _write_connection_limits  # type: ignore[method-assign]
+
+
+def received_offset(quic: QuicConnection, stream_id: int) -> int | None:
+    """The highest offset received on a stream (None once aioquic discarded the stream)."""
+    stream = quic._streams.get(stream_id)
+    return None if stream is None else int(stream.receiver.highest_offset)
+
+
+def data_received(quic: QuicConnection) -> int:
+    """Bytes the peer sent on all streams so far, as counted for MAX_DATA."""
+    return int(quic._local_max_data.used)
+
+
+def max_data_sent(quic: QuicConnection) -> int:
+    """The MAX_DATA (connection credit) last announced to the peer."""
+    return int(quic._local_max_data.sent)
+
+
+def send_credit(quic: QuicConnection, stream_id: int) -> int:
+    """Bytes past the acknowledged part of a stream that the peer's credit allows now.
+
+    ``QuicStream.max_stream_data_remote`` (the peer's MAX_STREAM_DATA) minus the
+    offset where the send buffer starts (``QuicStreamSender._buffer_start``: all
+    before it is acknowledged); 0 for an unknown stream.
+    """
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    return max(0, int(stream.max_stream_data_remote) - int(stream.sender._buffer_start))
+
+
+def congestion_window(quic: QuicConnection) -> int:
+    """The congestion controller's window in bytes (``QuicConnection._loss._cc.congestion_window``)."""
+    return int(quic._loss._cc.congestion_window)
 
 
 def set_peer_stream_limit(quic: QuicConnection, max_bidi_streams: int) -> None:
@@ -445,6 +548,76 @@ def capped_probe_time(quic: QuicConnection, max_interval: float) -> float | None
     if interval >= backed_off:
         return None
     return float(loss._time_of_last_sent_ack_eliciting_packet) + interval
+
+
+# -- admission: Initial packets checked before a connection exists ---------------------
+
+_INITIAL_HASH = tls.cipher_suite_hash(INITIAL_CIPHER_SUITE)
+
+
+def _initial_salt(version: int) -> bytes:
+    return INITIAL_SALT_VERSION_2 if version == QuicProtocolVersion.VERSION_2 else INITIAL_SALT_VERSION_1
+
+
+def initial_packet_decrypts(packet: bytes, encrypted_offset: int, version: int, destination_cid: bytes) -> bool:
+    """True if a client's Initial ``packet`` decrypts with the Initial keys of ``destination_cid``.
+
+    ``packet`` is the one long-header packet (``QuicHeader.packet_length`` bytes from
+    its first byte, not the whole datagram); ``encrypted_offset`` is where its packet
+    number starts (the buffer position after ``pull_quic_header``).  The Initial keys
+    derive from the destination connection id (RFC 9001 section 5.2), so anyone can
+    build a packet that decrypts; one that does not is junk, and checking it costs
+    one key derivation and one AEAD open, a fraction of creating a connection.
+    Only the receive direction's keys are derived (``CryptoContext.setup``).
+    """
+    secret = tls.hkdf_extract(_INITIAL_HASH, _initial_salt(version), destination_cid)
+    ctx = CryptoContext()
+    try:
+        ctx.setup(
+            cipher_suite=INITIAL_CIPHER_SUITE,
+            secret=tls.hkdf_expand_label(_INITIAL_HASH, secret, b"client in", b"", _INITIAL_HASH.digest_size),
+            version=version,
+        )
+        ctx.decrypt_packet(packet, encrypted_offset, 0)
+    except (CryptoError, ValueError, IndexError):  # bad tag, or too short to sample the header
+        return False
+    return True
+
+
+def encode_initial_close(
+    *, version: int, client_destination_cid: bytes, client_source_cid: bytes, error_code: int, reason: str
+) -> bytes:
+    """A server Initial packet closing a connection that was never created (stateless).
+
+    ``client_destination_cid`` / ``client_source_cid`` are the connection ids of the
+    client's Initial: the keys derive from the first, the packet goes to the second.
+    The client sees a transport CONNECTION_CLOSE with ``error_code`` and ``reason``
+    (truncated to fit one small packet), so it fails at once with a reason instead of
+    waiting for its handshake timeout.
+    """
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=client_destination_cid, is_client=False, version=version)
+    builder = QuicPacketBuilder(
+        host_cid=client_destination_cid,
+        is_client=False,
+        max_datagram_size=SMALLEST_DATAGRAM_SIZE,
+        peer_cid=client_source_cid,
+        version=version,
+    )
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    phrase = reason.encode("utf-8", errors="replace")[:256]
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=TRANSPORT_CLOSE_FRAME_CAPACITY + len(phrase))
+    buf.push_uint_var(error_code)
+    buf.push_uint_var(QuicFrameType.PADDING)
+    buf.push_uint_var(len(phrase))
+    buf.push_bytes(phrase)
+    datagrams, _ = builder.flush()
+    return datagrams[0]
+
+
+def received_any_packet(quic: QuicConnection) -> bool:
+    """True once a server connection processed a packet (``_state`` left FIRSTFLIGHT)."""
+    return quic._state != QuicConnectionState.FIRSTFLIGHT
 
 
 # -- QUIC DATAGRAM frames (RFC 9221), used by the relay ------------------------------

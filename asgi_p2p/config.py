@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import InvalidConfiguration
 
-__all__ = ["LIMITS", "Limit", "NetworkConfig"]
+__all__ = ["LIMITS", "Choice", "Limit", "NetworkConfig"]
 
 ENV_PREFIX = "ASGI_P2P_"
 #: The longest timeout or interval a setting may have, in seconds (one day).
@@ -66,26 +66,68 @@ class Limit:
             raise InvalidConfiguration(f"{where}{name} must be {self.describe()}, got {value!r}", setting=name)
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The values a text setting may take: exactly one of ``values``."""
+
+    values: tuple[str, ...]
+    #: text settings are read from the environment as they are (stripped), never as numbers
+    integer = False
+
+    def range_text(self) -> str:
+        """The allowed values in short, e.g. ``reno, cubic``."""
+        return ", ".join(self.values)
+
+    def describe(self) -> str:
+        """The allowed values in words, e.g. ``one of 'reno', 'cubic'``."""
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+    def check(self, name: str, value: object, where: str = "") -> None:
+        """Raise :class:`InvalidConfiguration` naming ``name`` unless ``value`` is allowed."""
+        if not isinstance(value, str):
+            raise InvalidConfiguration(
+                f"{where}{name} must be {self.describe()}, got {value!r} ({type(value).__name__})", setting=name
+            )
+        if value not in self.values:
+            raise InvalidConfiguration(f"{where}{name} must be {self.describe()}, got {value!r}", setting=name)
+
+
 def _seconds(*, zero_is_off: bool = False) -> Limit:
     return Limit(0, MAX_SECONDS, integer=False, open_low=True, zero_is_off=zero_is_off, unit="seconds")
 
 
 #: The allowed values of every :class:`NetworkConfig` field (the receive windows must
-#: also be at least ``max_datagram_size``).
-LIMITS: dict[str, Limit] = {
+#: also be at least ``max_datagram_size``, and each ceiling in :data:`CEILINGS` at least
+#: its starting value).
+LIMITS: dict[str, Limit | Choice] = {
     "max_message_size": Limit(1, 2**32 - 1, unit="bytes"),  # the 4-byte length prefix
     "connect_timeout": _seconds(),
     "idle_timeout": _seconds(),
     "keepalive_interval": _seconds(zero_is_off=True),
     "max_connections": Limit(1, 1 << 20),
+    "max_handshaking": Limit(1, 1 << 20),
+    "max_handshaking_per_address": Limit(1, 1 << 20),
+    "max_connections_per_address": Limit(1, 1 << 20),
+    "handshake_timeout": _seconds(),
+    "retry_token_lifetime": _seconds(),
     "stream_send_buffer": Limit(1, MAX_WINDOW, unit="bytes"),
     "stream_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
+    "max_stream_send_buffer": Limit(1, MAX_WINDOW, unit="bytes"),
+    "max_stream_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
     "connection_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
+    "max_connection_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
+    "congestion_control": Choice(("reno", "cubic")),  # the controllers aioquic ships
     "max_streams": Limit(1, 1 << 16),
     "max_datagram_size": Limit(1200, MAX_UDP_PAYLOAD, unit="bytes"),
     "max_probe_datagram_size": Limit(0, MAX_UDP_PAYLOAD, unit="bytes"),
     "accept_queue_size": Limit(1, 1 << 16),
     "punch_ttl": Limit(0, 255),
+}
+#: Auto-tuned sizes: starting value -> the ceiling it may grow to (never below it).
+CEILINGS: dict[str, str] = {
+    "stream_send_buffer": "max_stream_send_buffer",
+    "stream_receive_window": "max_stream_receive_window",
+    "connection_receive_window": "max_connection_receive_window",
 }
 
 
@@ -107,14 +149,48 @@ class NetworkConfig:
     #: PING (the acceptor waits 1.5 times this, so of an idle pair only the dialer pings;
     #: 0 = off).
     keepalive_interval: float = 10.0
-    #: Most simultaneous QUIC connections per endpoint; more are refused.
+    #: Most simultaneous QUIC connections per endpoint past their handshake (established),
+    #: plus the ones it dials; more are refused with a reason.  Accepted connections still
+    #: in their handshake count against ``max_handshaking`` instead.
     max_connections: int = 1024
-    #: Unacknowledged bytes buffered per stream before ``send`` waits.
+    #: Most accepted connections in their handshake from addresses not yet validated.  An
+    #: Initial packet finding this pool full (or its address's share of it full, see
+    #: ``max_handshaking_per_address``) is answered with a QUIC Retry, which keeps no
+    #: state; a client that returns the Retry's token enters a second pool of the same
+    #: size for validated sources (nodes the relay forwards count as validated).
+    max_handshaking: int = 128
+    #: Most accepted connections in their handshake per source address and pool (an IPv4
+    #: address, an IPv6 /64, or a node forwarded by the relay).
+    max_handshaking_per_address: int = 16
+    #: Most accepted connections, handshaking or established, per source address; more
+    #: are refused with a reason.
+    max_connections_per_address: int = 128
+    #: Seconds an accepted connection may take to complete its handshake; then it is
+    #: dropped and its slot freed.
+    handshake_timeout: float = 10.0
+    #: Seconds a Retry token stays valid (a client returns it within a round trip and
+    #: repeats it in its retransmissions).
+    retry_token_lifetime: float = 10.0
+    #: Unacknowledged bytes buffered per stream before ``send`` waits, at least (the
+    #: buffer grows to two congestion windows, up to ``max_stream_send_buffer``).
     stream_send_buffer: int = 256 * 1024
-    #: Bytes a peer may send on a stream beyond what the application has read.
+    #: Ceiling of a stream's send buffer (equal to ``stream_send_buffer``: fixed size).
+    max_stream_send_buffer: int = 16 * 1024 * 1024
+    #: Bytes a peer may send on a stream beyond what the application has read, at
+    #: first: the window doubles while the application reads a window in less than
+    #: two round trips (auto-tuning), up to ``max_stream_receive_window``.
     stream_receive_window: int = 256 * 1024
-    #: Bytes a peer may send on a connection beyond what the application has read.
+    #: Ceiling of a stream's receive window (equal to ``stream_receive_window``: no auto-tuning).
+    max_stream_receive_window: int = 16 * 1024 * 1024
+    #: Bytes a peer may send on a connection (all streams) beyond what the application
+    #: has read, at first; auto-tuned like the stream window, and kept at least 1.5
+    #: times the largest stream window, up to ``max_connection_receive_window``.
     connection_receive_window: int = 4 * 1024 * 1024
+    #: Ceiling of the connection's receive window: the most unread bytes a peer can
+    #: make this node hold per connection.
+    max_connection_receive_window: int = 24 * 1024 * 1024
+    #: Congestion controller (aioquic's): ``"reno"`` or ``"cubic"``.
+    congestion_control: str = "reno"
     #: Most concurrent peer-opened bidirectional streams per connection.
     max_streams: int = 128
     #: UDP payload size QUIC starts with and falls back to; every path must carry it
@@ -143,6 +219,20 @@ class NetworkConfig:
                     f"so that one packet fits, got {getattr(self, name)}",
                     setting=name,
                 )
+        for start, ceiling in CEILINGS.items():
+            low, high = getattr(self, start), getattr(self, ceiling)
+            if high >= low:
+                continue
+            # blame the one that was changed (the defaults are consistent); both: the ceiling
+            if high == _DEFAULTS[ceiling]:
+                raise InvalidConfiguration(
+                    f"{start} must be at most {ceiling} ({high} bytes), the size it may grow to, got {low}",
+                    setting=start,
+                )
+            raise InvalidConfiguration(
+                f"{ceiling} must be at least {start} ({low} bytes), the size it grows from, got {high}",
+                setting=ceiling,
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> NetworkConfig:
@@ -160,6 +250,10 @@ class NetworkConfig:
             if raw is None:
                 continue
             limit = LIMITS[f.name]
+            if isinstance(limit, Choice):
+                values[f.name] = raw.strip()
+                raw_values[f.name] = raw
+                continue
             typ = int if limit.integer else float
             try:
                 values[f.name] = typ(raw.strip().replace("_", ""))
@@ -186,3 +280,6 @@ class NetworkConfig:
 
     def replace(self, **changes: Any) -> NetworkConfig:
         return dataclasses.replace(self, **changes)
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(NetworkConfig)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -135,7 +136,12 @@ class SecretKey:
 
     @classmethod
     def generate(cls) -> SecretKey:
-        return cls(Ed25519PrivateKey.generate())
+        """A new random key, from the operating system's CSPRNG (``secrets``).
+
+        Inside a simulation ``secrets`` draws from the seed, so generated node ids, and
+        everything ordered by them, replay exactly (see ``docs/simulator.md``).
+        """
+        return cls.from_bytes(secrets.token_bytes(32))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SecretKey:

@@ -6,9 +6,11 @@ followed by the payload, so order and boundaries hold.  A FIN on that stream
 means "no more messages"; :meth:`MessageConnection.close` sends it, waits for
 the peer to acknowledge everything, then closes the QUIC connection.
 
-Memory is bounded on both sides: ``send`` waits while ``stream_send_buffer``
-bytes are unacknowledged, and the receiver grants the sender credit only as
-the application calls ``recv`` (about ``stream_receive_window`` +
+Memory is bounded on both sides: ``send`` waits while the stream's send buffer
+(``stream_send_buffer``, growing with the congestion window up to
+``max_stream_send_buffer``) is full of unacknowledged bytes, and the receiver
+grants the sender credit only as the application calls ``recv`` (about the
+stream's receive window, at most ``max_stream_receive_window``, +
 ``max_message_size`` bytes may wait unread).
 """
 

@@ -66,6 +66,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# this folder holds http.py, which would shadow the stdlib `http` (httpx imports it): keep it off
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 from asgi_p2p import Endpoint, NetworkConfig, Node, NodeAddr, SecretKey  # noqa: E402

@@ -26,6 +26,7 @@ Usage::
     unshare -n .venv/bin/python benchmarks/transport.py --iroh   # PyPI iroh column: not implemented yet
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import argparse
@@ -46,6 +47,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+# this folder holds http.py, which would shadow the stdlib `http` (httpx imports it): keep it off
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve

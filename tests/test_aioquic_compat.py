@@ -176,6 +176,46 @@ def test_receive_credit_grows_only_as_the_application_consumes(consume: bool) ->
         assert received == 2 * window
 
 
+@pytest.mark.parametrize("consume", [False, True])
+def test_connection_credit_grows_only_as_the_application_consumes(consume: bool) -> None:
+    window = 256 * 1024  # per stream
+    conn_window = 1 << 20  # the Pair's max_data (aioquic's default)
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"), window=window)
+    consumed = 0
+    hooks.install_receive_credit(p.start(), lambda sid: None, lambda received: consumed + conn_window)
+    p.pump()
+    for _ in range(8):  # 8 streams of a full stream window each: 2 MiB
+        p.client.send_stream_data(p.client.get_next_available_stream_id(), b"z" * window)
+    p.pump(60)
+
+    def received() -> int:
+        return sum(len(e.data) for e in p.events["server"] if isinstance(e, StreamDataReceived))
+
+    assert received() == conn_window == hooks.data_received(p.server)  # stock aioquic doubles MAX_DATA
+    assert hooks.max_data_sent(p.server) == conn_window
+    if consume:
+        consumed = conn_window // 2
+        p.server.send_ping(1)
+        p.pump(60)
+        assert received() == conn_window + conn_window // 2
+        assert hooks.max_data_sent(p.server) == consumed + conn_window
+
+
+def test_send_credit_and_congestion_window() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"), window=64 * 1024)
+    p.start()
+    p.pump()
+    sid = p.client.get_next_available_stream_id()
+    assert hooks.send_credit(p.client, sid) == 0  # no such stream yet
+    p.client.send_stream_data(sid, b"x" * 10_000)
+    assert hooks.send_credit(p.client, sid) == 64 * 1024
+    p.pump(20)  # acknowledged: the credit is counted past the acknowledged data
+    assert hooks.send_credit(p.client, sid) == 64 * 1024 - 10_000
+    assert hooks.congestion_window(p.client) >= 10 * 1200
+    assert hooks.received_offset(p.server, sid) == 10_000
+    assert hooks.received_offset(p.server, sid + 4) is None
+
+
 def test_peer_stream_limit_is_announced_and_enforced() -> None:
     p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
     server = p.start()
@@ -531,6 +571,81 @@ def test_h3_end_local_forgets_a_stream_reset_outside_h3() -> None:
     assert h.client.stream_count == held
     h.client.end_local(sid)  # unknown streams are ignored
     assert h.client.stream_count == held
+
+
+# -- admission: Initial packets checked before a connection exists ---------------------
+
+
+def _client_initial(version: int | None = None) -> tuple[QuicConnection, bytes]:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    if version is not None:
+        p.client._configuration.supported_versions = [version]
+    p.client.connect(SERVER_ADDR, now=0.0)
+    return p.client, p.client.datagrams_to_send(0.0)[0][0]
+
+
+def _check(datagram: bytes) -> bool:
+    buf = Buffer(data=datagram)
+    header = pull_quic_header(buf, host_cid_length=8)
+    assert header.version is not None
+    packet = datagram[: header.packet_length]
+    return hooks.initial_packet_decrypts(packet, buf.tell(), header.version, header.destination_cid)
+
+
+@pytest.mark.parametrize("version", [0x00000001, 0x6B3343CF])  # QUIC v1 and v2 (RFC 9369)
+def test_initial_packet_decrypts_accepts_a_real_client_initial(version: int) -> None:
+    _, datagram = _client_initial(version)
+    assert _check(datagram)
+
+
+def test_initial_packet_decrypts_refuses_junk_and_tampering() -> None:
+    _, datagram = _client_initial()
+    tampered = bytearray(datagram)
+    tampered[100] ^= 0x01  # inside the AEAD-protected payload (the packet, not the padding after it)
+    assert not _check(bytes(tampered))
+    # another destination connection id: other keys (the header parses, the tag fails)
+    header = pull_quic_header(Buffer(data=datagram), host_cid_length=8)
+    offset = datagram.index(header.destination_cid)
+    moved = datagram[:offset] + bytes(8) + datagram[offset + 8 :]
+    assert not _check(moved)
+    # random bytes after a valid long header, and a packet too short to sample
+    junk = datagram[: offset + 8 + 1 + 8 + 3] + bytes(range(256)) * 5
+    assert not _check(junk[: len(datagram)])
+    short = datagram[: offset + 8 + 1 + 8 + 4]
+    assert not hooks.initial_packet_decrypts(short, len(short) - 1, 1, header.destination_cid)
+
+
+def test_encode_initial_close_terminates_the_client_with_the_reason() -> None:
+    client, datagram = _client_initial()
+    header = pull_quic_header(Buffer(data=datagram), host_cid_length=8)
+    close = hooks.encode_initial_close(
+        version=1,
+        client_destination_cid=header.destination_cid,
+        client_source_cid=header.source_cid,
+        error_code=0x2,
+        reason="too many connections",
+    )
+    assert len(close) < 200  # a refusal is never an amplifier
+    client.receive_datagram(close, SERVER_ADDR, 0.01)
+    timer = client.get_timer()  # draining ends at the timer: then the event
+    assert timer is not None
+    client.handle_timer(timer)
+    events = []
+    while (ev := client.next_event()) is not None:
+        events.append(ev)
+    term = [e for e in events if isinstance(e, ConnectionTerminated)]
+    assert term and term[0].error_code == 0x2 and term[0].reason_phrase == "too many connections"
+
+
+def test_received_any_packet_only_after_a_decrypted_packet() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    server = p.start()
+    junk = bytearray(p.pending[0])
+    junk[100] ^= 0x01
+    server.receive_datagram(bytes(junk), CLIENT_ADDR, 0.0)
+    assert not hooks.received_any_packet(server)
+    server.receive_datagram(p.pending[0], CLIENT_ADDR, 0.0)
+    assert hooks.received_any_packet(server)
 
 
 # -- stateless reset tokens, idle timeout, stream bytes sent ------------------------------

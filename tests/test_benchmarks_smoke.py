@@ -1,10 +1,14 @@
-"""Smoke test of the transport benchmark (issue 2): it runs and prints its table; no speed assertions."""
+"""Smoke tests of the benchmarks: each runs briefly and prints its table; no speed assertions."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "transport.py"
@@ -112,3 +116,206 @@ def test_paths_benchmark_quick_run_prints_every_environment_but_netns() -> None:
     ratio = [c.strip() for c in rows["bulk relayed / direct"].strip().strip("|").split("|")]
     assert all("met" in c for c in ratio[1:4]), ratio
     assert "Machine:" in out
+
+
+def test_flood_benchmark_prints_its_table_and_the_peer_connects() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "flood.py"),
+            "--seconds",
+            "1",
+            "--after",
+            "0.2",
+            "--targets",
+            "node",
+            "--floods",
+            "hellos",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| node | hellos,")]
+    assert len(rows) == 1, proc.stdout
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[2].isdigit(), rows[0]  # the legitimate connect succeeded (milliseconds)
+
+
+# -- the WAN benchmark (issue 11) and its WebSocket tunnel baseline -----------------------------------
+
+
+def _start(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+    """Start a benchmarks/tunnel.py process; returns it and the port its ``ready PORT`` line names."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()  # the process prints nothing else on stdout; EOF if it died
+    if not line.startswith("ready"):
+        proc.kill()
+        raise AssertionError(f"{argv} did not start: {line!r}\n{proc.communicate()[1]}")
+    parts = line.split()
+    return proc, int(parts[1]) if len(parts) > 1 else 0
+
+
+def test_tunnel_baseline_forwards_requests_through_its_websocket() -> None:
+    """benchmarks/tunnel.py on loopback: client -> tunnel server -> WebSocket -> sender -> app, byte for byte;
+    the app's errors come through; without a sender the tunnel answers 502."""
+    import asyncio
+
+    import httpx
+
+    for dep in ("uvicorn", "websockets"):
+        if importlib.util.find_spec(dep) is None:
+            pytest.fail(f"{dep} is missing: pip install -e '.[test]' (the WAN benchmark's tunnel needs it)")
+    tunnel = str(ROOT / "benchmarks" / "tunnel.py")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        app, app_port = _start([sys.executable, tunnel, "app", "--port", "0"], env)
+        procs.append(app)
+        server, port = _start([sys.executable, tunnel, "server", "--host", "127.0.0.1", "--port", "0"], env)
+        procs.append(server)
+        base = f"http://127.0.0.1:{port}"
+        r = httpx.get(f"{base}/small", timeout=30)
+        assert (r.status_code, r.text) == (502, "no sender connected to the tunnel\n")
+        ws = f"ws://127.0.0.1:{port}/ws"
+        sender, _ = _start(
+            [sys.executable, tunnel, "sender", "--tunnel", ws, "--local", f"http://127.0.0.1:{app_port}"], env
+        )
+        procs.append(sender)
+        r = httpx.get(f"{base}/small", timeout=30)
+        assert (r.status_code, r.text) == (200, "hello, world\n")
+        assert r.headers["content-type"].startswith("text/plain")
+        big = httpx.get(f"{base}/big/3", timeout=60)
+        direct = httpx.get(f"http://127.0.0.1:{app_port}/big/3", timeout=60)
+        assert big.status_code == 200 and len(big.content) == 3 * 1024 * 1024
+        assert big.content == direct.content  # 97 packets of at most 32 KiB, in order
+        assert httpx.get(f"{base}/nowhere", timeout=30).status_code == 404
+        assert httpx.get(f"{base}/big/65", timeout=30).status_code == 400
+
+        async def many() -> list[str]:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+                rs = await asyncio.gather(*(c.get("/small") for _ in range(30)))
+                return [x.text for x in rs]
+
+        assert asyncio.run(many()) == ["hello, world\n"] * 30
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+
+
+def test_tunnel_packets_round_trip_and_malformed_ones_are_refused() -> None:
+    from benchmarks.tunnel import TunnelError, decode_packet, encode_packet
+
+    first = encode_packet(7, 1, False, b"abc", 200, {"content-type": "text/plain"})
+    assert decode_packet(first) == (7, 1, False, 200, {"content-type": "text/plain"}, b"abc")
+    assert decode_packet(encode_packet(7, 2, True, b"")) == (7, 2, True, None, None, b"")
+    with pytest.raises(ValueError, match="status and the headers"):
+        encode_packet(7, 1, True, b"")
+    for bad in (
+        b"",
+        first[:12],
+        first[:14],
+        encode_packet(7, 2, False, b"")[:8] + b"\0\0\0\0\0",
+        first[:13] + b"\0\xc8\xff\xff\xff\xff",
+    ):
+        with pytest.raises(TunnelError):
+            decode_packet(bad)
+
+
+def test_wan_benchmark_quick_run_on_the_netns_rig() -> None:
+    """`benchmarks/wan.py --quick` builds the NAT rig, runs every row once and prints the table; afterwards
+    none of its namespaces is left. Needs root like tests/netns (`make test` runs as root): without it
+    this test fails with the reason, it is never skipped."""
+    from tests.netns.rig import list_namespaces, missing_requirements
+
+    problem = missing_requirements()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "wan.py"), "--quick"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out + err
+    assert not [n for n in list_namespaces() if n.startswith(f"ap2p{proc.pid}-")], list_namespaces()
+    assert "| metric | asgi-p2p direct | asgi-p2p relayed | tunnel | tunnel (TLS) |" in out, out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    for metric in (
+        "first response from a fresh process, ms (client created -> response)",
+        "returning client's first response (fresh process, same identity), ms",
+        "steady small request p50, ms",
+        "steady small request p99, ms",
+        "50 concurrent small requests, req/s",
+        "1 MiB download, MB/s",
+        "CPU per request, ms (all processes, 50-concurrent run)",
+        "CPU per MB, ms (all processes, the download)",
+    ):
+        assert metric in rows, f"missing row {metric!r}:\n{out}"
+        cells = [c.strip() for c in rows[metric].strip().strip("|").split("|")][1:]
+        assert len(cells) == 4 and all(c != "n/a" and float(c.replace(",", "")) > 0 for c in cells), rows[metric]
+    paths = [c.strip() for c in rows["path: at the first response -> during the measurements"].strip("| \n").split("|")]
+    # the direct row went direct (eim x eim), the relayed one stayed on the relay (symmetric NAT)
+    assert paths[1].split(" (")[0].endswith("-> direct") and paths[2].endswith("-> relay"), paths
+    tcp = [
+        c.strip()
+        for c in rows["the same, 1 MiB more on the warm connection (the link's ceiling), MB/s"].strip("| \n").split("|")
+    ]
+    assert float(tcp[1]) > 0, tcp
+    assert "| asgi-p2p direct download MB/s ≥ 0.9x |" in out and "Machine: " in out
+
+
+def test_windows_benchmark_prints_every_row() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "windows.py"), "--mb", "1", "--seeds", "1", "--queues", "1000000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| fixed") or line.startswith("| auto")]
+    assert len(rows) == 5, proc.stdout  # fixed; reno and cubic at 0% and 1% loss
+    assert "| fixed 256 KiB | cubic | 0% | 1000 kB |" in rows[0]
+
+
+def test_relay_cost_benchmark_measures_the_relay_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "relay_cost.py"), "--seconds", "0.5", "--runs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "median relay CPU per forwarded MB:" in proc.stdout, proc.stdout
+
+
+def test_sim_tcp_benchmark_prints_its_rows() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sim_tcp.py"), "--megabytes", "5", "--echo-megabytes", "1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    for name in ("bulk, 1 connection", "bulk, 1 connection, 1% loss", "echo, 10 connections, 4 KiB messages"):
+        cells = [c.strip() for c in rows[name].strip("|").split("|")]
+        assert float(cells[1].replace(",", "")) >= 1.0, rows[name]  # MB moved
+        assert float(cells[5].replace(",", "")) > 0, rows[name]  # MB per wall second
+        # wall seconds come from the real clock (time.perf_counter is the virtual one inside a simulation)
+        assert float(cells[2]) != float(cells[3].replace(",", "")), rows[name]

@@ -79,6 +79,13 @@ PRIVATE_ALLOWED: dict[tuple[str, str], str] = {
     ("asgi_p2p/sim/determinism.py", "anyio._backends._asyncio"): (
         "anyio has no public hook for its worker threads; the simulator runs them inline (patch documented there)"
     ),
+    ("asgi_p2p/sim/tcp.py", "httpcore._backends.anyio"): (
+        "httpcore polls a pooled connection's file descriptor before reuse; simulated TCP has none, so the "
+        "simulator answers for its own sockets (patch documented in asgi_p2p/sim/tcp.py)"
+    ),
+    ("asgi_p2p/sim/determinism.py", "_last_timestamp"): (
+        "uuid.uuid1() keeps its last timestamp in this module global; a simulation swaps in its own and restores it"
+    ),
     ("asgi_p2p/sim/loop.py", "_fut_waiter"): (
         "asyncio.Task has no public accessor for the future it awaits; read for deadlock reports only, with a default"
     ),

@@ -79,6 +79,31 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
         help=f"bytes each client may send per second (default: {defaults.bytes_per_second:g}; burst 2x)",
     )
     p.add_argument(
+        "--limit-destination-packets-per-second",
+        type=positive_float,
+        default=defaults.destination_packets_per_second,
+        metavar="N",
+        help="packets each client may receive per second from all sources together; when exceeded, "
+        f"its sources share it fairly (default: {defaults.destination_packets_per_second:g}; burst 2x)",
+    )
+    p.add_argument(
+        "--limit-destination-bytes-per-second",
+        type=positive_float,
+        default=defaults.destination_bytes_per_second,
+        metavar="N",
+        help="bytes each client may receive per second from all sources together "
+        f"(default: {defaults.destination_bytes_per_second:g}; burst 2x)",
+    )
+    p.add_argument(
+        "--limit-queued-bytes",
+        type=positive_int,
+        default=defaults.max_queued_bytes,
+        metavar="BYTES",
+        help="memory for packets waiting for their destination's budget, all destinations together "
+        f"(default: {defaults.max_queued_bytes}; per destination "
+        f"{defaults.destination_queue_bytes} or this, whichever is smaller)",
+    )
+    p.add_argument(
         "--max-datagram-size",
         type=positive_int,
         metavar="BYTES",
@@ -105,8 +130,33 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"longest lifetime a published record may have (default: {dir_defaults.max_ttl:g})",
     )
+    directory.add_argument(
+        "--directory-max-per-address",
+        type=positive_int,
+        default=dir_defaults.max_per_address,
+        metavar="N",
+        help="most records published from one address (IPv4, or IPv6 /64); raise it for publishers "
+        f"behind a shared NAT (default: {dir_defaults.max_per_address})",
+    )
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
+
+
+#: The flag each RelayLimits field comes from (bursts are twice the rate; both queue
+#: bounds come from --limit-queued-bytes), to name it when the limits are refused.
+_LIMIT_FLAGS = {
+    "max_clients": "--limit-clients",
+    "packets_per_second": "--limit-packets-per-second",
+    "packet_burst": "--limit-packets-per-second",
+    "bytes_per_second": "--limit-bytes-per-second",
+    "byte_burst": "--limit-bytes-per-second",
+    "destination_packets_per_second": "--limit-destination-packets-per-second",
+    "destination_packet_burst": "--limit-destination-packets-per-second",
+    "destination_bytes_per_second": "--limit-destination-bytes-per-second",
+    "destination_byte_burst": "--limit-destination-bytes-per-second",
+    "destination_queue_bytes": "--limit-queued-bytes",
+    "max_queued_bytes": "--limit-queued-bytes",
+}
 
 
 def run_relay(args: argparse.Namespace) -> int:
@@ -121,9 +171,17 @@ def run_relay(args: argparse.Namespace) -> int:
             packet_burst=2 * args.limit_packets_per_second,
             bytes_per_second=args.limit_bytes_per_second,
             byte_burst=max(2 * args.limit_bytes_per_second, 65536.0),
+            destination_packets_per_second=args.limit_destination_packets_per_second,
+            destination_packet_burst=2 * args.limit_destination_packets_per_second,
+            destination_bytes_per_second=args.limit_destination_bytes_per_second,
+            destination_byte_burst=max(2 * args.limit_destination_bytes_per_second, 65536.0),
+            destination_queue_bytes=min(RelayLimits.destination_queue_bytes, args.limit_queued_bytes),
+            max_queued_bytes=args.limit_queued_bytes,
         )
-    except ValueError as exc:
-        raise InvalidConfiguration(f"relay limits: {exc}") from None
+    except InvalidConfiguration as exc:
+        flag = _LIMIT_FLAGS.get(exc.setting or "")
+        hint = f" (set by {flag})" if flag is not None else ""
+        raise InvalidConfiguration(f"relay limits: {exc}{hint}", setting=exc.setting) from None
     overrides: dict[str, Any] = {}
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size
@@ -151,7 +209,11 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
         directory: Directory | bool = False
         if not args.no_directory:
             try:
-                directory = Directory(capacity=args.directory_capacity, max_ttl=args.directory_max_ttl)
+                directory = Directory(
+                    capacity=args.directory_capacity,
+                    max_ttl=args.directory_max_ttl,
+                    max_per_address=args.directory_max_per_address,
+                )
             except ValueError as exc:
                 raise InvalidConfiguration(f"directory: {exc}") from None
         # records expire on the Unix clock; the library reads only loop.time(), so measure the offset once
@@ -178,7 +240,10 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             ]
             if server.directory is not None:
                 d = server.directory.directory
-                lines.append(f"  directory serving node records (up to {d.capacity}, ttl at most {d.max_ttl:g} s)")
+                lines.append(
+                    f"  directory serving node records (up to {d.capacity}, {d.max_per_address} per address, "
+                    f"ttl at most {d.max_ttl:g} s)"
+                )
             else:
                 lines.append("  directory off (--no-directory)")
             lines.append(f"  url      {text}")

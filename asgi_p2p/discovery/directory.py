@@ -24,7 +24,9 @@ otherwise; every other status carries a UTF-8 message: 1 NOT_FOUND, 2
 INVALID_RECORD (bad signature, expired, TTL above the directory's maximum,
 malformed), 3 STALE (a higher seq is published), 4 NAME_TAKEN, 5 FULL, 6
 FORBIDDEN (record for another node than the connection's), 7 BAD_REQUEST, 8 BUSY
-(too many requests in flight on this connection).
+(too many requests in flight on this connection), 9 RATE_LIMITED (too many
+publish requests from this node or from its address; try again later).  FULL
+also answers a publish from an address that holds its maximum of records.
 
 The server verifies every record it stores, and stores a record only from the
 node it names (the QUIC peer's NodeId, proven in the TLS handshake, must equal
@@ -56,6 +58,7 @@ from .records import (
     InvalidRecord,
     NameTaken,
     NodeRecord,
+    PublishLimited,
     SignedNodeRecord,
     StaleRecord,
     check_name,
@@ -67,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DIRECTORY_ALPN",
+    "FIRST_REFRESH",
     "MAX_BODY",
     "DirectoryClient",
     "DirectoryError",
@@ -88,6 +92,10 @@ _MAX_ERROR_TEXT = 1024
 _REFUSED = 0x2
 #: Refused requests whose senders keep sending, per connection, before we close it.
 _MAX_REFUSED = 256
+#: A client refreshes its record first after at most this many seconds: past a directory's
+#: ``live_after`` (60 s) and well before its ``probation`` (300 s), so that the node counts as
+#: live (kept over stale records when the directory is full) within minutes of publishing.
+FIRST_REFRESH = 120.0
 
 
 class Op(enum.IntEnum):
@@ -107,6 +115,7 @@ class Status(enum.IntEnum):
     FORBIDDEN = 6
     BAD_REQUEST = 7
     BUSY = 8
+    RATE_LIMITED = 9
 
 
 class DirectoryError(DiscoveryFailed):
@@ -173,13 +182,17 @@ class DirectoryServer:
             raise ValueError(f"{endpoint!r} already serves another directory")
         mux.server = self
 
-    def handle(self, peer: NodeId, request: bytes, now: float) -> bytes:
-        """Answer one complete request from ``peer`` at shared-clock time ``now`` (sans-I/O)."""
-        response = self._handle(peer, request, now)
+    def handle(self, peer: NodeId, request: bytes, now: float, source: str | None = None) -> bytes:
+        """Answer one complete request from ``peer`` at shared-clock time ``now`` (sans-I/O).
+
+        ``source``: the IP address the request came from (publishing is limited per
+        address too; None: not limited by address).
+        """
+        response = self._handle(peer, request, now, source)
         self.answered[Status(response[0])] += 1
         return response
 
-    def _handle(self, peer: NodeId, request: bytes, now: float) -> bytes:
+    def _handle(self, peer: NodeId, request: bytes, now: float, source: str | None) -> bytes:
         try:
             op, body = decode_message(request, "request")
         except ValueError as exc:
@@ -197,7 +210,9 @@ class DirectoryServer:
                     f"{signed.record.node_id.fmt_short()}; a node publishes only its own record",
                 )
             try:
-                rec = d.publish(signed, now)
+                rec = d.publish(signed, now, source=source)
+            except PublishLimited as exc:
+                return _error(Status.RATE_LIMITED, str(exc))
             except StaleRecord as exc:
                 return _error(Status.STALE, str(exc))
             except InvalidRecord as exc:
@@ -287,7 +302,10 @@ class _ServerConn:
             peer = conn.remote_node_id
             assert peer is not None  # handlers exist only after the handshake
             now = conn.loop.time() + self.server.clock_offset
-            self._answer(sid, self.server.handle(peer, bytes(buf), now))
+            # where the connection came from (the address its Initial came from; a virtual
+            # address, one per node, for a connection through a relay)
+            source = str(conn.address[0])
+            self._answer(sid, self.server.handle(peer, bytes(buf), now, source))
 
     def _answer(self, sid: int, response: bytes) -> None:
         try:
@@ -392,7 +410,9 @@ class DirectoryClient:
         endpoint: our endpoint (its key signs our record; its connections carry requests).
         directory: the directory node (a NodeAddr with an address, or a ticket).
         clock_offset: added to ``loop.time()`` to get the shared clock records use.
-        ttl: lifetime of the records we publish, seconds; refreshed at 3/4 of it.
+        ttl: lifetime of the records we publish, seconds; refreshed at 3/4 of it, and
+            the first time after at most :data:`FIRST_REFRESH` seconds (a directory that
+            is full keeps nodes that refresh over those that published once).
         timeout: seconds for one request, connection setup included.
         refresh: republish before expiry (default); tests turn it off to watch expiry.
     """
@@ -560,7 +580,7 @@ class DirectoryClient:
 
     async def _refresh_loop(self) -> None:
         retry = min(30.0, max(1.0, self.ttl / 20))
-        delay = self.ttl * 0.75
+        delay = min(self.ttl * 0.75, FIRST_REFRESH)
         while True:
             await asyncio.sleep(delay)
             if self._published is None:

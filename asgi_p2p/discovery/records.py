@@ -26,9 +26,13 @@ first node holding it in an unexpired record; the NodeId is what TLS checks.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..errors import P2PError, ProtocolError
 from ..identity import NodeId, SecretKey
@@ -44,10 +48,14 @@ __all__ = [
     "InvalidRecord",
     "NameTaken",
     "NodeRecord",
+    "PublishLimited",
     "SignedNodeRecord",
     "StaleRecord",
+    "address_key",
     "check_name",
 ]
+
+log = logging.getLogger("asgi_p2p.discovery")
 
 RECORD_MAGIC = b"P2PR"
 RECORD_VERSION = 1
@@ -61,6 +69,9 @@ _FLAG_NAME = 2
 _MAX_U64 = 2**64 - 1
 #: expiry limit (about the year 37648): keeps milliseconds exact through a float
 _MAX_EXPIRY_MS = 2**50
+#: publish-rate buckets a directory keeps per table (nodes, addresses) before pruning idle ones
+_MAX_LIMITERS = 65_536
+_K = TypeVar("_K", NodeId, str)
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
@@ -78,7 +89,61 @@ class NameTaken(P2PError):
 
 
 class DirectoryFull(P2PError):
-    """The directory holds its maximum number of unexpired records."""
+    """The directory holds its maximum number of unexpired records (in all, or from one address)."""
+
+
+class PublishLimited(P2PError):
+    """Too many publish requests from this node or this address; try again later."""
+
+
+def address_key(host: str) -> str:
+    """The unit a directory limits publishers by: an IPv4 address, or an IPv6 /64 network.
+
+    One IPv6 host usually holds a whole /64, so counting its addresses one by one
+    would limit nothing.  IPv4-mapped IPv6 addresses count as their IPv4 address.
+    Anything else (a name) is its own unit.
+    """
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class _Bucket:
+    """A token bucket on the caller's clock (a clock stepping back neither refills nor drains)."""
+
+    __slots__ = ("last", "tokens")
+
+    def __init__(self, burst: float, now: float) -> None:
+        self.tokens = burst
+        self.last = now
+
+    def take(self, rate: float, burst: float, now: float) -> bool:
+        if now > self.last:
+            self.tokens = min(burst, self.tokens + (now - self.last) * rate)
+            self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+    def full(self, rate: float, burst: float, now: float) -> bool:
+        return self.tokens + max(now - self.last, 0.0) * rate >= burst
+
+
+@dataclass(slots=True)
+class _Held:
+    """What a directory remembers about a stored record besides the record."""
+
+    first: float  #: when this node's record was first published (since it was last absent)
+    last: float  #: the latest accepted publish (a refresh)
+    live: bool  #: refreshed at least ``live_after`` after ``first``
+    source: str | None  #: the publisher's address unit (:func:`address_key`), if known
 
 
 def check_name(name: str) -> str:
@@ -230,23 +295,109 @@ class Directory:
     highest seen for its node; :meth:`resolve` and :meth:`resolve_name` return the
     signed record, so whoever asked can verify it again.  ``now`` is the shared
     (Unix) clock in seconds.
+
+    Bounds (any key may publish, so each of these is what one party can take):
+
+    * ``capacity`` records in all, each for at most ``max_ttl`` seconds;
+    * ``max_per_address`` records published from one address (an IPv4 address
+      or an IPv6 /64: :func:`address_key`), when the caller names it;
+    * publish requests per node (``node_publish_rate`` per second, burst
+      ``node_publish_burst``) and per address (``address_publish_rate``, burst
+      ``address_publish_burst``), checked before any signature is: refused with
+      :class:`PublishLimited`.
+
+    When the store is full, a new node's record replaces a *stale* one: a record
+    whose node stopped refreshing it.  A node that re-publishes its record at
+    least ``live_after`` seconds after it first did is *live*; a live record is
+    stale once 7/8 of its lifetime passed without a refresh (a
+    :class:`~asgi_p2p.discovery.directory.DirectoryClient` refreshes at 3/4), and
+    a record never refreshed so is stale after ``probation`` seconds (or 7/8 of
+    its lifetime, if shorter).  The stale record published longest ago goes
+    first; with none stale, the publish is refused (:class:`DirectoryFull`).  So
+    records published once and abandoned (a Sybil flood) hold the store for
+    minutes, not for their whole lifetime, and nodes that keep refreshing are
+    never evicted for newcomers.
     """
 
-    def __init__(self, *, capacity: int = 10_000, max_ttl: float = 7 * 86400.0) -> None:
-        if capacity <= 0 or max_ttl <= 0:
-            raise ValueError("Directory capacity and max_ttl must be positive")
+    def __init__(
+        self,
+        *,
+        capacity: int = 10_000,
+        max_ttl: float = 3600.0,
+        max_per_address: int = 64,
+        node_publish_rate: float = 1 / 30,
+        node_publish_burst: float = 10.0,
+        address_publish_rate: float = 4.0,
+        address_publish_burst: float = 64.0,
+        live_after: float = 60.0,
+        probation: float = 300.0,
+    ) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
+            raise ValueError(f"Directory capacity must be a positive integer, got {capacity!r}")
+        if isinstance(max_per_address, bool) or not isinstance(max_per_address, int) or max_per_address <= 0:
+            raise ValueError(f"Directory max_per_address must be a positive integer, got {max_per_address!r}")
+        for what, value in (
+            ("max_ttl", max_ttl),
+            ("node_publish_rate", node_publish_rate),
+            ("address_publish_rate", address_publish_rate),
+            ("live_after", live_after),
+            ("probation", probation),
+        ):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"Directory {what} must be a positive finite number, got {value!r}")
+        for what, value in (
+            ("node_publish_burst", node_publish_burst),
+            ("address_publish_burst", address_publish_burst),
+        ):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+                raise ValueError(f"Directory {what} must be a finite number of at least 1, got {value!r}")
+        if probation <= live_after:
+            raise ValueError(
+                f"Directory probation ({probation:g} s) must exceed live_after ({live_after:g} s): "
+                "a new node needs time to refresh before its record counts as stale"
+            )
         self.capacity = capacity
         self.max_ttl = max_ttl
+        self.max_per_address = max_per_address
+        self.node_publish_rate = node_publish_rate
+        self.node_publish_burst = node_publish_burst
+        self.address_publish_rate = address_publish_rate
+        self.address_publish_burst = address_publish_burst
+        self.live_after = live_after
+        self.probation = probation
+        #: records by node, the least recently published first (the eviction order)
         self._by_node: dict[NodeId, SignedNodeRecord] = {}
         self._by_name: dict[str, NodeId] = {}
+        self._held: dict[NodeId, _Held] = {}
+        self._per_address: dict[str, int] = {}
+        self._node_buckets: dict[NodeId, _Bucket] = {}
+        self._address_buckets: dict[str, _Bucket] = {}
+        #: counters (for metrics)
+        self.evicted_stale = 0
+        self.refused_rate = 0
+        self.refused_address = 0
 
     def __len__(self) -> int:
         return len(self._by_node)
 
-    def publish(self, record: SignedNodeRecord | bytes, now: float) -> NodeRecord:
-        """Verify and store a record; raises :class:`InvalidRecord`, :class:`StaleRecord`,
-        :class:`NameTaken` or :class:`DirectoryFull`."""
+    def count_from(self, source: str) -> int:
+        """How many stored records were published from ``source`` (its :func:`address_key`)."""
+        return self._per_address.get(address_key(source), 0)
+
+    def is_live(self, node: NodeId) -> bool:
+        """True if ``node``'s record is stored and its node has refreshed it (see the class docs)."""
+        held = self._held.get(node)
+        return held is not None and held.live
+
+    def publish(self, record: SignedNodeRecord | bytes, now: float, *, source: str | None = None) -> NodeRecord:
+        """Verify and store a record published from ``source`` (an IP address; None: not limited by address).
+
+        Raises :class:`PublishLimited`, :class:`InvalidRecord`, :class:`StaleRecord`,
+        :class:`NameTaken` or :class:`DirectoryFull`.
+        """
         signed = record if isinstance(record, SignedNodeRecord) else SignedNodeRecord.parse(record)
+        unit = address_key(source) if source is not None else None
+        self._check_rates(signed.record.node_id, unit, now)  # before the signature costs anything
         rec = signed.verify(now)
         if rec.expires_at > now + self.max_ttl:
             raise InvalidRecord(
@@ -256,6 +407,7 @@ class Directory:
         old = self._by_node.get(rec.node_id)
         if old is not None:
             if old.data == signed.data:
+                self._refreshed(rec.node_id, now, unit)
                 return rec
             if rec.seq <= old.record.seq:
                 raise StaleRecord(
@@ -266,14 +418,105 @@ class Directory:
             holder = self._by_name.get(rec.name)
             if holder is not None and holder != rec.node_id and self.resolve(holder, now) is not None:
                 raise NameTaken(f"name {rec.name!r} is held by node {holder.fmt_short()} until its record expires")
-        if old is None and len(self._by_node) >= self.capacity and not self.expire(now):
-            raise DirectoryFull(f"directory holds its maximum of {self.capacity} records; try again later")
+        held = self._held.get(rec.node_id)
+        if unit is not None and (held is None or held.source != unit):
+            if self._per_address.get(unit, 0) >= self.max_per_address:
+                self.refused_address += 1
+                raise DirectoryFull(
+                    f"address {unit} holds its maximum of {self.max_per_address} records in this directory; "
+                    "try again when one of them expires"
+                )
+        if old is None and len(self._by_node) >= self.capacity and not self.expire(now) and not self._evict(now):
+            raise DirectoryFull(
+                f"directory holds its maximum of {self.capacity} records, none of them stale; try again later"
+            )
         if old is not None and old.record.name is not None:
             self._by_name.pop(old.record.name, None)
-        self._by_node[rec.node_id] = signed
+        self._by_node.pop(rec.node_id, None)
+        self._by_node[rec.node_id] = signed  # the most recently published last
         if rec.name is not None:
             self._by_name[rec.name] = rec.node_id
+        if held is None:
+            self._held[rec.node_id] = _Held(first=now, last=now, live=False, source=None)
+            self._move(rec.node_id, unit)
+        else:
+            self._refreshed(rec.node_id, now, unit)
         return rec
+
+    def _refreshed(self, node: NodeId, now: float, unit: str | None) -> None:
+        held = self._held[node]
+        held.last = max(held.last, now)
+        if not held.live and now - held.first >= self.live_after:
+            held.live = True
+        self._by_node[node] = self._by_node.pop(node)  # to the back of the eviction order
+        self._move(node, unit)
+
+    def _move(self, node: NodeId, unit: str | None) -> None:
+        """Count ``node``'s record against ``unit`` (its latest publisher's address)."""
+        held = self._held[node]
+        if unit is None or held.source == unit:
+            return
+        self._uncount(held)
+        held.source = unit
+        self._per_address[unit] = self._per_address.get(unit, 0) + 1
+
+    def _uncount(self, held: _Held) -> None:
+        if held.source is None:
+            return
+        left = self._per_address[held.source] - 1
+        if left:
+            self._per_address[held.source] = left
+        else:
+            del self._per_address[held.source]
+        held.source = None
+
+    def _check_rates(self, node: NodeId, unit: str | None, now: float) -> None:
+        if unit is not None and not self._take(
+            self._address_buckets, unit, self.address_publish_rate, self.address_publish_burst, now
+        ):
+            self.refused_rate += 1
+            raise PublishLimited(
+                f"too many publish requests from address {unit} "
+                f"(at most {self.address_publish_rate:g} per second, burst {self.address_publish_burst:g}); "
+                "try again later"
+            )
+        if not self._take(self._node_buckets, node, self.node_publish_rate, self.node_publish_burst, now):
+            self.refused_rate += 1
+            raise PublishLimited(
+                f"node {node} publishes too often (at most one record per {1 / self.node_publish_rate:g} s "
+                f"after a burst of {self.node_publish_burst:g}); try again later"
+            )
+
+    def _take(self, table: dict[_K, _Bucket], key: _K, rate: float, burst: float, now: float) -> bool:
+        bucket = table.get(key)
+        if bucket is None:
+            if len(table) >= _MAX_LIMITERS:
+                # forget the buckets that refilled (a full bucket is what a new one would be)
+                for k in [k for k, b in table.items() if b.full(rate, burst, now)]:
+                    del table[k]
+                if len(table) >= _MAX_LIMITERS:
+                    return False
+            bucket = table[key] = _Bucket(burst, now)
+        return bucket.take(rate, burst, now)
+
+    def _stale_at(self, signed: SignedNodeRecord, held: _Held) -> float:
+        lifetime = max(signed.record.expires_at - held.last, 0.0)
+        grace = 0.875 * lifetime
+        return held.last + (grace if held.live else min(self.probation, grace))
+
+    def _evict(self, now: float) -> bool:
+        """Remove the stale record published longest ago; False if no record is stale."""
+        for node, signed in self._by_node.items():
+            if now >= self._stale_at(signed, self._held[node]):
+                log.info(
+                    "directory full: evicting the stale record of %s (last published %.0f s ago)",
+                    node,
+                    now - self._held[node].last,
+                )
+                self._remove(node)
+                self.evicted_stale += 1
+                return True
+        return False
 
     def resolve(self, node: NodeId, now: float) -> SignedNodeRecord | None:
         """The unexpired record of ``node``, or None."""
@@ -313,3 +556,6 @@ class Directory:
         signed = self._by_node.pop(node)
         if signed.record.name is not None and self._by_name.get(signed.record.name) == node:
             del self._by_name[signed.record.name]
+        held = self._held.pop(node, None)
+        if held is not None:
+            self._uncount(held)

@@ -16,6 +16,7 @@ from aioquic.quic.events import (
     HandshakeCompleted,
     QuicEvent,
     StopSendingReceived,
+    StreamDataReceived,
     StreamReset,
 )
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
@@ -37,6 +38,7 @@ from ..net.timer import DeadlineTimer
 from ..paths.prober import PathInfo
 from ..paths.route import Route, RouteOwner, RouteTarget
 from .base import ConnectionHandler
+from .flow import ReceiveWindow, send_buffer_limit
 
 __all__ = ["REFUSED", "ConnectionCallbacks", "HandlerFactory", "PathEvent", "PeerConnection", "close_error"]
 
@@ -63,6 +65,19 @@ _MAX_PROBE_INTERVAL = 2.0
 #: probe timeouts in a row after which a new packet from the peer (acknowledging nothing new)
 #: ends the backoff: the peer is heard again, so the path is back (one PTO is routine loss)
 _HEARD_PTOS = 2
+#: while packets arrive through the relay on a direct route, a PING checks the direct
+#: path at most this often (seconds)
+_RELAY_PING_INTERVAL = 1.0
+
+
+class _StreamCredit(ReceiveWindow):
+    """A tracked stream's receive credit, and the highest offset received on it."""
+
+    __slots__ = ("received",)
+
+    def __init__(self, window: int, ceiling: int) -> None:
+        super().__init__(window, ceiling)
+        self.received = 0
 
 
 def close_error(event: ConnectionTerminated, *, during_handshake: bool) -> P2PError:
@@ -157,6 +172,7 @@ class PeerConnection:
         self._largest_received = -1
         self._heard_at = 0.0
         self._sent_at = 0.0
+        self._relay_ping_at = -_RELAY_PING_INTERVAL
         self._pending_events: list[QuicEvent] = []
         #: the peer's stateless reset token for the connection id we send to (the endpoint indexes it)
         self.reset_token: bytes | None = None
@@ -167,11 +183,14 @@ class PeerConnection:
         # backpressure: futures waiting for a stream's send buffer to drain
         self._send_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._stopped: dict[int, int] = {}  # stream id -> STOP_SENDING / reset error code
-        # read-paced receive credit: stream id -> bytes consumed by the application,
-        # and stream id -> the credit limit to announce (advanced in steps, see consume)
-        self._consumed: dict[int, int] = {}
-        self._credit: dict[int, int] = {}
-        hooks.install_receive_credit(quic, self._credit_limit)
+        # read-paced, auto-tuned receive credit (see flow.py): of each tracked stream,
+        # and of the connection (all streams; bytes of untracked streams count as
+        # consumed when they arrive)
+        self._recv: dict[int, _StreamCredit] = {}
+        self._conn_credit = ReceiveWindow(config.connection_receive_window, config.max_connection_receive_window)
+        self._conn_checked: tuple[int, int] = (-1, -1)  # (bytes received, reads) of the last check
+        self._reads = 0  # consume() calls (a change of what tracked streams hold unread)
+        hooks.install_receive_credit(quic, self._credit_limit, self._connection_limit)
         hooks.set_peer_stream_limit(quic, config.max_streams)
         #: Where this connection's datagrams go (the paths layer keeps it current).
         self.route: Route = route(self)
@@ -216,6 +235,10 @@ class PeerConnection:
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
 
+    def _node_label(self) -> str:
+        """The peer's full node id (for new log lines), or "peer" before the handshake proved it."""
+        return str(self.remote_node_id) if self.remote_node_id else "peer"
+
     def _peer_label(self) -> str:
         return self.remote_node_id.fmt_short() if self.remote_node_id else "peer"
 
@@ -243,10 +266,21 @@ class PeerConnection:
             self._heard_at = now
             if addr is not None and addr == route.direct:
                 route.authenticated(addr, now)
-            if hooks.pto_count(quic) >= _HEARD_PTOS and self._ready.done():
-                # the peer sends again but acknowledged nothing new: our packets were lost
-                # while the path was down (a partition, an outage); the path is back, so
-                # probe now rather than at the end of the backoff (see path_answered)
+            elif addr is None and route.direct is not None and now - self._relay_ping_at >= _RELAY_PING_INTERVAL:
+                # the peer sends through the relay while we send direct: perhaps it saw
+                # our direct path die.  A receiver that only acknowledges never has a
+                # probe timeout of its own, so its acknowledgements would go on into the
+                # dead path; a PING makes our loss recovery check the path (no answer:
+                # probe timeouts, and the paths layer falls back to the relay)
+                self._relay_ping_at = now
+                quic.send_ping(0)
+            on_route = addr == route.direct if addr is not None else route.direct is None
+            if on_route and hooks.pto_count(quic) >= _HEARD_PTOS and self._ready.done():
+                # the peer sends again on the path we send on but acknowledged nothing new:
+                # our packets were lost while the path was down (a partition, an outage);
+                # the path is back, so probe now rather than at the end of the backoff (see
+                # path_answered).  A packet through the relay while we send direct says
+                # nothing of the direct path: its probe timeouts go on (the PING above)
                 self._end_backoff("heard from the peer")
         token = hooks.peer_reset_token(quic)
         if token != self.reset_token:
@@ -515,10 +549,17 @@ class PeerConnection:
             self._stopped.setdefault(event.stream_id, event.error_code)
             self._wake_senders()
         elif isinstance(event, StreamReset):
-            self._consumed.pop(event.stream_id, None)
-            self._credit.pop(event.stream_id, None)
+            self._drop_credit(event.stream_id)
         if self.handler is not None:
             self.handler.quic_event_received(event)
+            if isinstance(event, StreamDataReceived):
+                credit = self._recv.get(event.stream_id)
+                if credit is not None:
+                    # the stream's highest offset now; aioquic may discard the stream once
+                    # all of it arrived, and its unread bytes must still count
+                    offset = hooks.received_offset(self.quic, event.stream_id)
+                    if offset is not None and offset > credit.received:
+                        credit.received = offset
         else:
             self._pending_events.append(event)
 
@@ -609,36 +650,100 @@ class PeerConnection:
     # -- streams -------------------------------------------------------
 
     def _credit_limit(self, stream_id: int) -> int | None:
-        return self._credit.get(stream_id)
+        credit = self._recv.get(stream_id)
+        return None if credit is None else credit.limit
 
     def track_stream(self, stream_id: int) -> None:
         """Pace this stream's receive credit by :meth:`consume` calls."""
-        if stream_id not in self._consumed:
-            self._consumed[stream_id] = 0
-            self._credit[stream_id] = self.config.stream_receive_window
+        if stream_id not in self._recv:
+            cfg = self.config
+            self._recv[stream_id] = _StreamCredit(cfg.stream_receive_window, cfg.max_stream_receive_window)
 
     def consume(self, stream_id: int, nbytes: int) -> None:
         """The application read ``nbytes`` of a tracked stream: let the peer send more.
 
         The announced credit moves in steps of at least half the window: moving it
         on every read would put a MAX_STREAM_DATA frame (ack-eliciting) into every
-        packet we send, doubling the packets both peers build and process.
+        packet we send, doubling the packets both peers build and process.  At each
+        step the window may grow (auto-tuning, see :mod:`asgi_p2p.endpoint.flow`).
         """
-        consumed = self._consumed.get(stream_id)
-        if consumed is None:
+        credit = self._recv.get(stream_id)
+        if credit is None or nbytes <= 0:
             return
-        consumed += nbytes
-        self._consumed[stream_id] = consumed
-        window = self.config.stream_receive_window
-        limit = consumed + window
-        if limit - self._credit[stream_id] >= window // 2:
-            self._credit[stream_id] = limit
+        self._reads += 1
+        now = self.loop.time()
+        rtt = hooks.smoothed_rtt(self.quic)
+        window = credit.window
+        moved = credit.consume(nbytes, now, rtt)
+        if credit.window > window:
+            # a stream window never outgrows the connection's (quic-go and Chromium keep 1.5x)
+            self._conn_credit.ensure_window(credit.window * 3 // 2)
+            log.debug(
+                "%s: stream %d receive window %d -> %d bytes", self._node_label(), stream_id, window, credit.window
+            )
+        if moved or self._connection_limit(hooks.data_received(self.quic)) > hooks.max_data_sent(self.quic):
             self.transmit()  # announce the new credit now
 
+    def _connection_limit(self, received: int) -> int:
+        """The connection's credit (MAX_DATA): bytes consumed on all streams + the window.
+
+        Consumed = bytes received on all streams minus what tracked streams hold
+        unread (received up to their highest offset, not yet consumed).
+        """
+        credit = self._conn_credit
+        if credit.limit - received > credit.window // 2:
+            return credit.limit  # even if nothing is unread, no step is due
+        key = (received, self._reads)
+        if key == self._conn_checked:
+            return credit.limit
+        self._conn_checked = key
+        unread = 0
+        quic = self.quic
+        for stream_id, st in self._recv.items():
+            offset = hooks.received_offset(quic, stream_id)
+            unread += max(st.received, offset or 0) - st.consumed
+        window = credit.window
+        credit.consumed_to(received - unread, self.loop.time(), hooks.smoothed_rtt(quic))
+        if credit.window > window:
+            log.debug("%s: connection receive window %d -> %d bytes", self._node_label(), window, credit.window)
+        return credit.limit
+
+    def _drop_credit(self, stream_id: int) -> None:
+        if self._recv.pop(stream_id, None) is not None:
+            self._reads += 1  # what it held unread counts as consumed now
+
     def forget_stream(self, stream_id: int) -> None:
-        self._consumed.pop(stream_id, None)
-        self._credit.pop(stream_id, None)
+        self._drop_credit(stream_id)
         self._stopped.pop(stream_id, None)
+
+    @property
+    def receive_windows(self) -> tuple[int, dict[int, int]]:
+        """The connection's receive window and each tracked stream's, in bytes (for stats and tests)."""
+        return self._conn_credit.window, {sid: st.window for sid, st in self._recv.items()}
+
+    @property
+    def buffered_unread(self) -> int:
+        """Bytes received on tracked streams that the application has not consumed yet."""
+        quic = self.quic
+        return sum(
+            max(st.received, hooks.received_offset(quic, sid) or 0) - st.consumed for sid, st in self._recv.items()
+        )
+
+    def send_buffer_limit(self, stream_id: int) -> int:
+        """Unacknowledged bytes a stream may hold before writers wait.
+
+        Follows the path: about two congestion windows, as far as the peer's credit
+        allows, between ``stream_send_buffer`` and ``max_stream_send_buffer``
+        (see :func:`asgi_p2p.endpoint.flow.send_buffer_limit`).
+        """
+        cfg = self.config
+        quic = self.quic
+        return send_buffer_limit(
+            hooks.congestion_window(quic),
+            hooks.send_credit(quic, stream_id),
+            cfg.stream_send_buffer,
+            cfg.max_stream_send_buffer,
+        )
 
     def _check_writable(self, stream_id: int) -> None:
         if self._close_error is not None or self.closed:
@@ -648,16 +753,15 @@ class PeerConnection:
             raise StreamResetError(stream_id, code)
 
     async def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        """Write to a stream, waiting while more than ``stream_send_buffer`` bytes are unacknowledged.
+        """Write to a stream, waiting while more than :meth:`send_buffer_limit` bytes are unacknowledged.
 
         Raises :class:`ConnectionClosed` if the connection goes away and
         :class:`~asgi_p2p.errors.StreamReset` if the peer stops the stream.
         """
-        limit = self.config.stream_send_buffer
         view = memoryview(data)
         while True:
             self._check_writable(stream_id)
-            room = limit - hooks.unacked_bytes(self.quic, stream_id)
+            room = self.send_buffer_limit(stream_id) - hooks.unacked_bytes(self.quic, stream_id)
             if room > 0 or not view:
                 chunk = view[:room] if room > 0 else view[:0]
                 view = view[len(chunk) :]
@@ -693,10 +797,13 @@ class PeerConnection:
                     del self._send_waiters[stream_id]
 
     def _wake_senders(self) -> None:
-        limit = self.config.stream_send_buffer
         dead = self.closed or self._close_error is not None
         for stream_id, waiters in list(self._send_waiters.items()):
-            if dead or stream_id in self._stopped or hooks.unacked_bytes(self.quic, stream_id) < limit:
+            if (
+                dead
+                or stream_id in self._stopped
+                or hooks.unacked_bytes(self.quic, stream_id) < self.send_buffer_limit(stream_id)
+            ):
                 for fut in waiters:
                     if not fut.done():
                         fut.set_result(None)

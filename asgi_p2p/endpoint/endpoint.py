@@ -11,11 +11,18 @@ from typing import Self
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
+from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicHeader,
+    QuicPacketType,
+    encode_quic_retry,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
 
 from .. import aioquic_compat as hooks
 from ..config import NetworkConfig
-from ..errors import ConnectionClosed, InvalidConfiguration, NodeNotFound, P2PError
+from ..errors import ConnectionClosed, ConnectionFailed, InvalidConfiguration, NodeNotFound, P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
 from ..net.base import Address, DatagramNetwork
 from ..net.udp import UdpNetwork
@@ -23,6 +30,7 @@ from ..paths.link import ManagedRelayLink
 from ..paths.peer import PeerPaths
 from ..paths.route import Route, RouteOwner
 from ..paths.router import Router, virtual_address
+from .admission import AdmissionStats, AdmissionTable, InvalidToken, RetryTokens, Verdict, source_of
 from .base import ConnectionHandler
 from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection
 from .reset import MIN_RESET_SIZE, MIN_TRIGGER_SIZE, RESET_TOKEN_SIZE, ResetLimiter, ResetTokens, build_stateless_reset
@@ -39,6 +47,8 @@ _SMALLEST_INITIAL = 1200
 #: seconds a dial with direct addresses waits for the endpoint's relay to connect
 _RELAY_WAIT = 3.0
 _CID_LENGTH = 8
+#: seconds between two warnings about refused or retried Initials (a flood logs a count, not a line each)
+_ADMISSION_LOG_INTERVAL = 10.0
 
 
 class Endpoint:
@@ -92,6 +102,11 @@ class Endpoint:
         # that looking up a received datagram's last 16 bytes leaks nothing about the tokens
         # through timing (RFC 9000 10.3.1)
         self._peer_resets: dict[bytes, PeerConnection] = {}
+        # accepted connections by source, handshaking or established, and Retry tokens
+        self._admission = AdmissionTable(config)
+        self._retry_tokens = RetryTokens.for_node(secret_key, config.retry_token_lifetime)
+        self._admission_logged_at: float | None = None
+        self._admission_unlogged = 0
         #: The paths layer: the socket, the relay link, every peer's paths.
         self.router = Router(
             secret_key, config, self._rng, deliver=self._datagram_received, deliver_relayed=self._relayed_received
@@ -211,6 +226,21 @@ class Endpoint:
     def connections(self) -> list[PeerConnection]:
         return [c for c in self._connections if c.is_connected]
 
+    @property
+    def connection_count(self) -> int:
+        """Every connection object the endpoint holds: dialed, accepted, handshaking or closing."""
+        return len(self._connections)
+
+    @property
+    def handshaking(self) -> int:
+        """Accepted connections still in their handshake (both pools, see ``max_handshaking``)."""
+        return self._admission.half_open
+
+    @property
+    def admission_stats(self) -> AdmissionStats:
+        """Counters of what the endpoint did with Initial packets (live object)."""
+        return self._admission.stats
+
     # -- protocols --------------------------------------------------------
 
     def add_protocol(self, alpn: str, factory: HandlerFactory, *, relay: bool = False) -> None:
@@ -229,6 +259,11 @@ class Endpoint:
 
     def _connection_ready(self, conn: PeerConnection) -> ConnectionHandler:
         """``conn`` completed its handshake: its peer's paths start probing; make its handler."""
+        if self._admission.is_half_open(conn):
+            self._admission.established(conn)
+            # the table may have filled while this one was handshaking
+            if self._established_count() > self.config.max_connections:
+                raise ConnectionClosed(f"too many connections (max_connections={self.config.max_connections})")
         if conn.remote_node_id is not None and not self._closing:
             conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
         factory = self._factories.get(conn.alpn or "")
@@ -257,6 +292,7 @@ class Endpoint:
             max_datagram_size=cfg.max_datagram_size,
             max_stream_data=cfg.stream_receive_window,
             max_data=cfg.connection_receive_window,
+            congestion_control_algorithm=cfg.congestion_control,
             max_datagram_frame_size=65536,
             connection_id_length=_CID_LENGTH,
         )
@@ -366,8 +402,9 @@ class Endpoint:
 
     def _quic_received(self, data: bytes, addr: Address | None, relay_src: NodeId | None) -> None:
         """A QUIC packet from ``addr``, or (``addr`` None) from ``relay_src`` through the relay."""
+        buf = hooks.Buffer(data=data)
         try:
-            header = pull_quic_header(hooks.Buffer(data=data), host_cid_length=_CID_LENGTH)
+            header = pull_quic_header(buf, host_cid_length=_CID_LENGTH)
         except ValueError:
             self.dropped_datagrams += 1
             log.debug("dropped %d-byte datagram from %s: not QUIC", len(data), addr or "the relay")
@@ -404,15 +441,117 @@ class Endpoint:
         if header.packet_type != QuicPacketType.INITIAL or len(data) < _SMALLEST_INITIAL or self._closing:
             self.dropped_datagrams += 1
             return
+        # No state for what does not decrypt: the Initial keys derive from the destination
+        # connection id, so checking costs a key derivation and one AEAD open, about half
+        # of creating a connection that would then find nothing to process.
+        if not hooks.initial_packet_decrypts(
+            data[: header.packet_length], buf.tell(), header.version, header.destination_cid
+        ):
+            self.dropped_datagrams += 1
+            self._admission.stats.undecryptable += 1
+            return
         if addr is not None:
-            self._accept(data, addr, header.destination_cid)
+            self._admit(data, header, addr, source_of(addr), None)
         elif relay_src is not None:
-            self._accept(data, virtual_address(relay_src), header.destination_cid, relay_src=relay_src)
+            self._admit(data, header, virtual_address(relay_src), f"relay:{relay_src}", relay_src)
 
-    def _accept(self, data: bytes, addr: Address, original_dcid: bytes, relay_src: NodeId | None = None) -> None:
+    def _admit(self, data: bytes, header: QuicHeader, addr: Address, source: str, relay_src: NodeId | None) -> None:
+        """An Initial that decrypted and names no connection: create one, or answer statelessly.
+
+        Direct Initials with a Retry token come from a validated address; without one they
+        take a slot of the unvalidated pool, or get a Retry when it (or their address's
+        share) is full.  A node the relay forwards is validated (the relay authenticated it),
+        and no Retry is ever sent through the relay (a refusal is).
+        """
+        now = asyncio.get_running_loop().time()
+        stats = self._admission.stats
+        original_dcid = header.destination_cid
+        retry_scid: bytes | None = None
+        validated = relay_src is not None
+        if relay_src is None and header.token:
+            try:
+                original_dcid = self._retry_tokens.validate(
+                    address=addr, destination_cid=header.destination_cid, token=header.token, now=now
+                )
+            except InvalidToken as exc:
+                stats.invalid_tokens += 1
+                self.dropped_datagrams += 1
+                self._log_admission(now, logging.DEBUG, "dropped Initial from %s:%d: %s", addr, exc)
+                return
+            retry_scid = header.destination_cid
+            validated = True
+        verdict, reason = self._admission.decide(source, validated=validated, established=self._established_count())
+        if verdict is Verdict.RETRY:
+            stats.retries += 1
+            scid = self._rng.randbytes(_CID_LENGTH)
+            token = self._retry_tokens.create(address=addr, original_dcid=original_dcid, retry_scid=scid, now=now)
+            self.router.sendto(
+                encode_quic_retry(
+                    version=header.version or 1,
+                    source_cid=scid,
+                    destination_cid=header.source_cid,
+                    original_destination_cid=header.destination_cid,
+                    retry_token=token,
+                ),
+                addr,
+            )
+            self._log_admission(now, logging.INFO, "answering Initials with Retry (from %s:%d: %s)", addr, reason)
+            return
+        if verdict is Verdict.DROP:
+            stats.dropped_busy += 1
+            self.dropped_datagrams += 1
+            self._log_admission(now, logging.WARNING, "dropped validated Initial from %s:%d: %s", addr, reason)
+            return
+        if verdict is Verdict.REFUSE:
+            stats.refused += 1
+            close = hooks.encode_initial_close(
+                version=header.version or 1,
+                client_destination_cid=header.destination_cid,
+                client_source_cid=header.source_cid,
+                error_code=QuicErrorCode.CONNECTION_REFUSED,
+                reason=reason,
+            )
+            if relay_src is not None:
+                self.router.relay_send(relay_src, [(close, addr)])
+            else:
+                self.router.sendto(close, addr)
+            self._log_admission(now, logging.WARNING, "refused connection from %s:%d: %s", addr, reason)
+            return
+        self._accept(data, addr, original_dcid, header.destination_cid, retry_scid, source, validated, relay_src)
+
+    def _log_admission(self, now: float, level: int, msg: str, addr: Address, reason: object) -> None:
+        """Log an admission decision, at most once per ``_ADMISSION_LOG_INTERVAL`` (a flood logs counts)."""
+        if level <= logging.DEBUG:
+            log.debug(msg, *addr, reason)
+            return
+        last = self._admission_logged_at
+        if last is not None and now - last < _ADMISSION_LOG_INTERVAL:
+            self._admission_unlogged += 1
+            return
+        skipped, self._admission_unlogged = self._admission_unlogged, 0
+        self._admission_logged_at = now
+        suffix = f" (and {skipped} more Initials retried, refused or dropped since the last line)" if skipped else ""
+        log.log(level, msg + "%s; endpoint %s, %s", *addr, reason, suffix, self.node_id, self._admission.stats)
+
+    def _established_count(self) -> int:
+        """Connections past their handshake (or dialed by us), which ``max_connections`` bounds."""
+        return len(self._connections) - self._admission.half_open
+
+    def _accept(
+        self,
+        data: bytes,
+        addr: Address,
+        original_dcid: bytes,
+        dcid: bytes,
+        retry_scid: bytes | None,
+        source: str,
+        validated: bool,
+        relay_src: NodeId | None,
+    ) -> None:
         quic = QuicConnection(
             configuration=self._quic_config(is_client=False, alpns=self._server_alpns(), server_name=None),
             original_destination_connection_id=original_dcid,
+            retry_source_connection_id=retry_scid,
         )
         direct = None if relay_src is not None else addr
 
@@ -439,14 +578,29 @@ class Endpoint:
 
         hooks.install_identity_hooks(quic, check_client)
         hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
-        self._register_cid(original_dcid, conn)
+        self._register_cid(dcid, conn)
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
+        timer = conn.loop.call_later(self.config.handshake_timeout, self._handshake_expired, conn)
+        self._admission.admit(conn, source, validated=validated, timer=timer)
         conn.route.start()  # size its handshake datagrams (through the relay: what the relay carries)
         conn.datagram_received(data, addr if relay_src is None else None)
-        if len(self._connections) > self.config.max_connections:
-            log.warning("refusing connection from %s:%d: %d connections open", *addr, len(self._connections) - 1)
-            conn.close(REFUSED, f"too many connections (max_connections={self.config.max_connections})")
+        conn.transmit()  # the first flight leaves now (and a close QUIC decided on becomes visible)
+        if not hooks.received_any_packet(quic) or hooks.is_closing(quic):
+            # nothing in the datagram was accepted, or it made QUIC close (no CRYPTO frame,
+            # a malformed ClientHello, bad transport parameters): its answer went out; keep nothing
+            self._admission.stats.dropped_at_once += 1
+            conn.abort(ConnectionFailed(f"first datagram from {addr[0]}:{addr[1]} was not accepted"))
+
+    def _handshake_expired(self, conn: PeerConnection) -> None:
+        """An accepted connection is still handshaking after ``handshake_timeout``: drop it."""
+        if not self._admission.is_half_open(conn) or conn.closed:
+            return
+        self._admission.stats.handshake_timeouts += 1
+        timeout = self.config.handshake_timeout
+        log.debug("dropping connection from %s:%d: no handshake within %gs", *conn.address, timeout)
+        conn.close(REFUSED, f"handshake timed out after {timeout:g}s")
+        conn.abort(ConnectionFailed(f"no handshake within {timeout:g}s"))
 
     # -- stateless reset (RFC 9000 10.3) ---------------------------------------------
 
@@ -512,6 +666,7 @@ class Endpoint:
 
     def _forget(self, conn: PeerConnection) -> None:
         self._connections.pop(conn, None)
+        self._admission.forget(conn)
         if conn.reset_token is not None:
             self._peer_reset_token_changed(conn, conn.reset_token, None)
         for cid in [c for c, v in self._cids.items() if v is conn]:

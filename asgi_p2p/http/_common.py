@@ -188,10 +188,6 @@ class BodySender(Protocol):
     @property
     def h3(self) -> H3: ...
 
-    @property
-    def send_limit(self) -> int:
-        """Unacknowledged bytes a stream may hold before writers wait."""
-
     def schedule_transmit(self) -> None: ...
 
 
@@ -202,12 +198,13 @@ BODY_SLICE = 256 * 1024
 async def send_body(handler: BodySender, sid: int, data: bytes, end: bool) -> None:
     """Send ``data`` in DATA frames on stream ``sid`` (and end the stream if ``end``).
 
-    Data that fits under ``handler.send_limit`` unacknowledged bytes goes to aioquic at
+    Data that fits under the stream's send buffer limit (unacknowledged bytes, see
+    :meth:`PeerConnection.send_buffer_limit`) goes to aioquic at
     once; more goes in slices, each waiting while the stream's send buffer is full.
     Raises what aioquic (RuntimeError) and PeerConnection.send_stream_data raise when the
     stream or the connection is gone.
     """
-    if len(data) + unacked_bytes(handler.conn.quic, sid) <= handler.send_limit:
+    if len(data) + unacked_bytes(handler.conn.quic, sid) <= handler.conn.send_buffer_limit(sid):
         if data or end:
             handler.h3.send_data(sid, data, end)
             handler.schedule_transmit()
@@ -224,7 +221,8 @@ async def send_body(handler: BodySender, sid: int, data: bytes, end: bool) -> No
 class Credit:
     """Read-paced receive credit of one stream.
 
-    The peer may send ``stream_receive_window`` bytes beyond what we *consumed*.
+    The peer may send the stream's receive window (``stream_receive_window``, auto-tuned
+    up to ``max_stream_receive_window``) beyond what we *consumed*.
     Consumed = raw stream bytes received minus payload bytes the application has
     not read yet, so HTTP/3 frame headers and header blocks count as consumed at
     once and DATA payload only when the application reads it.

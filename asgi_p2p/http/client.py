@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -34,10 +34,12 @@ from ._common import (
 from ._dispatch import h3_protocol
 
 __all__ = [
+    "RESOLVED_CACHE_SIZE",
     "ClientConnection",
     "ClientStream",
     "P2PTransport",
     "PeerGoingAway",
+    "Resolver",
     "SyncP2PTransport",
     "connect_h3",
     "register_client",
@@ -66,7 +68,6 @@ class ClientConnection:
         self.streams: dict[int, ClientStream] = {}
         self.lost: P2PError | None = None
         self.goaway_id: int | None = None
-        self.send_limit = conn.config.stream_send_buffer
         #: buffered response bytes that wake a waiting reader at once (see ClientStream.on_data);
         #: well below the stream window, so the peer keeps sending while the reader catches up
         self.wake_bytes = max(conn.config.stream_receive_window // 4, 1)
@@ -265,7 +266,7 @@ class ClientStream:
         self.cc.schedule_transmit()
 
     async def write(self, data: bytes, end: bool) -> None:
-        """Send body bytes; waits while more than ``stream_send_buffer`` bytes are unacknowledged."""
+        """Send body bytes; waits while the stream's send buffer is full (``PeerConnection.send_buffer_limit``)."""
         self._check()
         try:
             await send_body(self.cc, self.sid, data, end)
@@ -450,17 +451,32 @@ class _ResponseStream(httpx.AsyncByteStream):
             st.cancel()
 
 
+#: Turns a URL host (a node id or a name) into a :class:`NodeAddr` (see :class:`P2PTransport`).
+Resolver = Callable[[str], Awaitable[NodeAddr]]
+
+#: URL hosts whose resolution a :class:`P2PTransport` remembers (the oldest is forgotten first).
+RESOLVED_CACHE_SIZE = 256
+
+
 class P2PTransport(httpx.AsyncBaseTransport):
     """An httpx transport sending HTTP/3 requests to peers: ``https://<node-id>/path``.
 
     One QUIC connection per peer (the endpoint's pool) carries all concurrent
     requests.  The URL host is a node id; :meth:`add_addr` says where a node can
     be reached (or pass a :class:`NodeAddr` via the ``addrs`` argument).
+
+    ``resolve`` (optional) is awaited with the URL host when the host is not a
+    node id with a known address: it returns the :class:`NodeAddr` to dial (so a
+    URL host may also be a name, e.g. ``ChainedDiscovery.resolve_name``, or the
+    simulator's DNS).  The answer is remembered (for :data:`RESOLVED_CACHE_SIZE`
+    hosts) until dialing it fails; a failing lookup is an ``httpx.ConnectError``.
     """
 
-    def __init__(self, endpoint: Endpoint, *, addrs: Iterable[NodeAddr] = ()) -> None:
+    def __init__(self, endpoint: Endpoint, *, addrs: Iterable[NodeAddr] = (), resolve: Resolver | None = None) -> None:
         self.endpoint = endpoint
         self._addrs: dict[NodeId, NodeAddr] = {}
+        self._resolve = resolve
+        self._resolved: dict[str, NodeAddr] = {}
         self._handlers: set[ClientConnection] = set()
         self._closed = False
         for addr in addrs:
@@ -471,20 +487,43 @@ class P2PTransport(httpx.AsyncBaseTransport):
         """Tell the transport where a node can be reached."""
         self._addrs[node_addr.node_id] = node_addr
 
-    def _target(self, host: str, request: httpx.Request) -> NodeAddr | NodeId:
+    async def _target(self, host: str, request: httpx.Request) -> NodeAddr | NodeId:
         try:
-            node_id = NodeId.parse(host)
+            node_id: NodeId | None = NodeId.parse(host)
         except (InvalidNodeId, ValueError) as exc:
-            raise httpx.ConnectError(f"URL host {host!r} is not a node id: {exc}", request=request) from None
-        return self._addrs.get(node_id, node_id)
+            if self._resolve is None:
+                raise httpx.ConnectError(f"URL host {host!r} is not a node id: {exc}", request=request) from None
+            node_id = None
+        if node_id is not None and (node_id in self._addrs or self._resolve is None):
+            return self._addrs.get(node_id, node_id)
+        assert self._resolve is not None
+        found = self._resolved.get(host)
+        if found is None:
+            try:
+                found = await self._resolve(host)
+            except P2PError as exc:
+                raise httpx.ConnectError(f"could not resolve {host!r}: {exc}", request=request) from exc
+            if node_id is not None and found.node_id != node_id:
+                raise httpx.ConnectError(
+                    f"resolving {host!r} gave node {found.node_id}, not the node the URL names", request=request
+                )
+            if len(self._resolved) >= RESOLVED_CACHE_SIZE:
+                del self._resolved[next(iter(self._resolved))]
+            self._resolved[host] = found
+        return found
 
     async def _connection(self, request: httpx.Request, timeout: float | None) -> ClientConnection:
-        target = self._target(request.url.host, request)
+        host = request.url.host
         try:
             async with _deadline(timeout, httpx.ConnectTimeout, request, "connecting to the peer"):
+                target = await self._target(host, request)
                 cc = await connect_h3(self.endpoint, target)
         except P2PError as exc:
+            self._resolved.pop(host, None)  # the peer may have moved: look it up again next time
             raise httpx.ConnectError(str(exc), request=request) from exc
+        except httpx.ConnectTimeout:
+            self._resolved.pop(host, None)
+            raise
         self._handlers.add(cc)
         return cc
 

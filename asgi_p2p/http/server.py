@@ -265,7 +265,6 @@ class ServerConnection:
         self.goaway_id: int | None = None
         self.lost = False
         self._unflushed: set[int] = set()
-        self.send_limit = conn.config.stream_send_buffer
         server._connections.add(self)
         self.schedule_transmit()
 

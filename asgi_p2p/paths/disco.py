@@ -286,6 +286,11 @@ class ReplayGuard:
     timestamp leaves the window (the window check rejects them from then on).
     When the cache is full the oldest entry is evicted and every packet not newer
     than it is refused from then on, so a bounded cache never re-admits a replay.
+
+    :meth:`refuse_until` carries what was seen before this guard existed (packets
+    of the node checked and dropped before it had a connection, or seen by an
+    earlier connection's guard): packets not newer than that are refused as
+    replays.  :attr:`latest` is the newest timestamp this guard accepted.
     """
 
     def __init__(self, *, window: float = 120.0, capacity: int = 1024) -> None:
@@ -296,9 +301,16 @@ class ReplayGuard:
         self._seen: set[bytes] = set()
         self._heap: list[tuple[float, bytes]] = []
         self._floor = float("-inf")
+        self._seen_before = float("-inf")
+        #: the newest timestamp accepted (None: none yet)
+        self.latest: float | None = None
 
     def __len__(self) -> int:
         return len(self._seen)
+
+    def refuse_until(self, timestamp: float) -> None:
+        """Refuse, as replays, packets timestamped ``timestamp`` or earlier (seen elsewhere before)."""
+        self._seen_before = max(self._seen_before, timestamp)
 
     def check(self, digest: bytes, timestamp: float, now_shared: float) -> str | None:
         """Record the packet and return None if fresh, else the reason it is refused."""
@@ -309,6 +321,8 @@ class ReplayGuard:
             return f"timestamp {timestamp - now_shared:.1f} s in the future, outside the {self.window:.0f} s window"
         if digest in self._seen:
             return "replayed packet"
+        if timestamp <= self._seen_before:
+            return "replayed packet: not newer than this node's packets seen before its connection"
         if timestamp <= self._floor:
             return "packet older than the replay cache can vouch for (cache was full)"
         while len(self._seen) >= self.capacity:
@@ -319,6 +333,8 @@ class ReplayGuard:
                 return "packet older than the replay cache can vouch for (cache was full)"
         self._seen.add(digest)
         heapq.heappush(self._heap, (timestamp, digest))
+        if self.latest is None or timestamp > self.latest:
+            self.latest = timestamp
         return None
 
     def _expire(self, now_shared: float) -> None:

@@ -84,6 +84,7 @@ class PeerPaths:
         rng: random.Random,
         *,
         clock_offset: float,
+        seen_until: float | None = None,
     ) -> None:
         cfg = router.config
         # a disco keepalive goes out only when QUIC heard nothing from the peer for longer
@@ -109,6 +110,10 @@ class PeerPaths:
             ),
             clock_offset=clock_offset,
         )
+        if seen_until is not None:
+            # this node's packets seen before (dropped before it had a connection, or taken by
+            # an earlier connection's prober) must not be accepted now: they could be replays
+            self.prober.replay.refuse_until(seen_until)
         # addresses of our own socket never become candidates (a peer on another LAN with
         # the same private subnet lists "our" address: probing it would ping ourselves)
         self.prober.ignore.update(router.own_socket_addresses())

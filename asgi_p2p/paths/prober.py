@@ -577,7 +577,7 @@ class PathProber:
                 return
         reason = self.replay.check(packet.digest, packet.timestamp, now + self.clock_offset)
         if reason is not None:
-            self._reject("replay" if reason == "replayed packet" else "stale", reason)
+            self._reject("replay" if reason.startswith("replayed packet") else "stale", reason)
             return
         if isinstance(message, CallMeMaybe):
             self.peer_call_me_maybe_at = now

@@ -20,6 +20,7 @@ came through the relay.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import random
@@ -29,9 +30,10 @@ from ..config import NetworkConfig
 from ..errors import P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
 from ..net.base import Address, DatagramNetwork, DatagramSocket
-from .disco import is_disco, peek_sender
+from .disco import is_disco, open_packet, peek_sender
 from .link import RefusalReason, RelayLink, RelayRefusal
 from .peer import PeerPaths
+from .prober import ProberConfig
 from .route import Route, RouteOwner
 
 __all__ = ["Router", "virtual_address"]
@@ -42,6 +44,16 @@ log = logging.getLogger("asgi_p2p.paths")
 Deliver = Callable[[bytes, Address], None]
 #: Called with a QUIC packet the relay forwarded from a node.
 DeliverRelayed = Callable[[bytes, NodeId], None]
+
+#: disco packets from nodes without a connection whose signature is checked, per second (and
+#: burst): each check costs one Ed25519 verification (~150 us); beyond it they are dropped unchecked
+EARLY_DISCO_CHECKS_PER_SECOND = 50.0
+EARLY_DISCO_CHECK_BURST = 100.0
+#: nodes whose earlier disco packets (before, or from a previous, connection) are remembered; more
+#: than the checks of one freshness window (50/s x 120 s), so that none is forgotten while it matters
+MAX_SEEN_NODES = 8192
+#: how far a disco timestamp may be from our shared clock (the prober's freshness window)
+_DISCO_WINDOW = ProberConfig.max_clock_skew
 
 
 def virtual_address(node_id: NodeId) -> Address:
@@ -86,6 +98,14 @@ class Router:
         self._last_node_addr: NodeAddr | None = None
         #: disco packets dropped because no connection with their sender exists (or malformed)
         self.dropped_disco = 0
+        #: of those, the ones dropped without a signature check (over the check budget)
+        self.unchecked_disco = 0
+        # per node without paths: the newest timestamp of its authentic disco packets seen
+        # (dropped before its connection existed, or accepted by a connection now gone);
+        # oldest first.  Its next prober refuses packets up to it (see _disco_received).
+        self._seen_until: dict[NodeId, float] = {}
+        self._checks = EARLY_DISCO_CHECK_BURST
+        self._checks_at: float | None = None
         #: QUIC datagrams with nowhere to go (no live direct path and no relay)
         self.unroutable_datagrams = 0
         #: refusals the relay reported (rate limits, unknown destinations, ...)
@@ -213,8 +233,52 @@ class Router:
             # only peers we have or are dialing connections with
             self.dropped_disco += 1
             log.debug("dropped disco packet from %s (%s): no connection", sender, addr)
+            if peer is None and expected_sender in (None, sender):
+                self._remember_early(data, sender)
             return
         peer.disco_received(data, addr)
+
+    def _remember_early(self, data: bytes, sender: NodeId) -> None:
+        """Note an authentic disco packet of a node we have no paths for, so it is never taken later.
+
+        A dialer's first PINGs reach us before the handshake names the dialer. Dropped
+        unchecked, one could be replayed (by anyone who saw it, from any address) once the
+        connection exists, within the freshness window, and we would answer that address.
+        So its signature is checked (within a budget: each check costs a verification) and
+        the node's prober, when created, refuses packets timestamped up to the newest one seen.
+        """
+        now = asyncio.get_running_loop().time()
+        if self._checks_at is not None and now > self._checks_at:
+            self._checks = min(
+                EARLY_DISCO_CHECK_BURST, self._checks + (now - self._checks_at) * EARLY_DISCO_CHECKS_PER_SECOND
+            )
+        self._checks_at = now if self._checks_at is None else max(self._checks_at, now)
+        if self._checks < 1:
+            self.unchecked_disco += 1
+            return
+        self._checks -= 1
+        try:
+            packet = open_packet(data, self.node_id, sender)
+        except P2PError as exc:
+            log.debug("disco packet claiming to be from %s refused: %s", sender, exc)
+            return
+        shared = now + self._clock_offset
+        if abs(packet.timestamp - shared) > _DISCO_WINDOW:
+            return  # outside the window: refused as stale whenever it comes back
+        self._note_seen(sender, packet.timestamp, shared)
+
+    def _note_seen(self, node: NodeId, timestamp: float, now_shared: float) -> None:
+        seen = self._seen_until
+        previous = seen.pop(node, None)
+        if previous is not None:
+            timestamp = max(timestamp, previous)
+        if len(seen) >= MAX_SEEN_NODES:
+            horizon = now_shared - _DISCO_WINDOW
+            for old in [n for n, ts in seen.items() if ts < horizon]:  # out of the window: moot
+                del seen[old]
+            while len(seen) >= MAX_SEEN_NODES:
+                del seen[next(iter(seen))]
+        seen[node] = timestamp
 
     # -- the relay (RelaySink) ----------------------------------------------------
 
@@ -316,7 +380,8 @@ class Router:
         """The paths of a peer, created when first needed (a dial, a handshake)."""
         peer = self._peers.get(node_id)
         if peer is None:
-            peer = PeerPaths(self, node_id, self._rng, clock_offset=self._clock_offset)
+            seen = self._seen_until.pop(node_id, None)
+            peer = PeerPaths(self, node_id, self._rng, clock_offset=self._clock_offset, seen_until=seen)
             self._peers[node_id] = peer
         return peer
 
@@ -348,6 +413,9 @@ class Router:
         if not peer.routes:
             peer.close()
             del self._peers[peer.node_id]
+            latest = peer.prober.replay.latest
+            if latest is not None:  # its packets stay refused by the node's next prober
+                self._note_seen(peer.node_id, latest, peer.loop.time() + self._clock_offset)
 
     def close(self) -> None:
         """Stop every peer's timers and close the socket."""

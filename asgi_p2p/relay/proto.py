@@ -36,7 +36,8 @@ frame that parses re-encodes to the same bytes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
+from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
 
@@ -48,6 +49,7 @@ from ..net.base import Address
 
 __all__ = [
     "FORWARD_OVERHEAD",
+    "QUEUE_ENTRY_OVERHEAD",
     "RELAY_ALPN",
     "RELAY_LIMITS",
     "RELAY_VERSION",
@@ -61,6 +63,7 @@ __all__ = [
     "RelayLimits",
     "RelayRouter",
     "RelayStats",
+    "Room",
     "Send",
     "Signal",
     "TokenBucket",
@@ -264,6 +267,10 @@ def parse_frame(data: bytes) -> Frame:
 # -- server-side routing -----------------------------------------------------------
 
 
+#: tokens a bucket may be short and still count as holding them (float rounding of refills)
+_TOKEN_SLACK = 1e-6
+
+
 class TokenBucket:
     """A token bucket refilled at ``rate`` per second up to ``burst``; time comes from the caller."""
 
@@ -285,15 +292,24 @@ class TokenBucket:
     def peek(self, amount: float, now: float) -> bool:
         """True if ``amount`` tokens are available at ``now`` (takes none)."""
         self._refill(now)
-        return self.tokens >= amount
+        return self.tokens >= amount - _TOKEN_SLACK
 
     def take(self, amount: float, now: float) -> bool:
         """Take ``amount`` tokens if available at ``now``."""
         self._refill(now)
-        if self.tokens >= amount:
+        if self.tokens >= amount - _TOKEN_SLACK:
             self.tokens -= amount
             return True
         return False
+
+    def wait(self, amount: float, now: float) -> float:
+        """Seconds from ``now`` until ``amount`` tokens are available (0: now); ``amount`` is capped at the burst.
+
+        Waiting that long makes :meth:`peek` true (a rounding error short counts as there).
+        """
+        self._refill(now)
+        missing = min(amount, self.burst) - self.tokens
+        return missing / self.rate if missing > _TOKEN_SLACK else 0.0
 
 
 #: The largest rate or burst a :class:`RelayLimits` field may have (finite, far above any link).
@@ -304,19 +320,38 @@ MAX_RATE = 1e15
 class RelayLimits:
     """Limits a relay enforces (per client unless stated).
 
-    Every field must be a finite number in the range :data:`RELAY_LIMITS` gives it, and
-    ``byte_burst`` at least ``max_datagram_size`` (so a full packet can pass); otherwise
+    Every field must be a finite number in the range :data:`RELAY_LIMITS` gives it;
+    ``byte_burst`` and ``destination_byte_burst`` at least ``max_datagram_size`` (so a
+    full packet can pass); ``destination_queue_bytes`` and ``max_queued_bytes`` at least
+    ``max_datagram_size`` + :data:`QUEUE_ENTRY_OVERHEAD` (so a full packet can wait), and
+    ``max_queued_bytes`` at least ``destination_queue_bytes``.  Otherwise
     :class:`~asgi_p2p.errors.InvalidConfiguration` names the field and the range.
     """
 
     max_clients: int = 10_000  #: the whole client table
-    packets_per_second: float = 2_000.0
-    packet_burst: float = 4_000.0
-    bytes_per_second: float = 4_000_000.0  #: forwarded payload bytes (SEND packets, SIGNAL payloads)
-    byte_burst: float = 8_000_000.0
+    #: 16,000 packets/s: 16 MB/s of full relayed QUIC packets (1,200 bytes or less)
+    packets_per_second: float = 16_000.0
+    packet_burst: float = 32_000.0
+    #: forwarded payload bytes (SEND packets, SIGNAL payloads): 16 MB/s, so that one
+    #: download over a 100 Mbit/s link (12.5 MB/s at most) is never capped by the relay
+    bytes_per_second: float = 16_000_000.0
+    byte_burst: float = 32_000_000.0
     errors_per_second: float = 10.0  #: ERROR frames the relay sends back to one client
     error_burst: float = 20.0
     max_datagram_size: int = 1200  #: default QUIC datagram payload limit of a destination
+    #: what one client may *receive* through the relay, all its sources together (RECV
+    #: packets and SIGNALs); while a destination's budget is contended, its sources share
+    #: it fairly (deficit round robin over per-source queues); the same as a source's
+    #: budget, so that one download over a 100 Mbit/s link is not capped on this side either
+    destination_packets_per_second: float = 16_000.0
+    destination_packet_burst: float = 32_000.0
+    destination_bytes_per_second: float = 16_000_000.0
+    destination_byte_burst: float = 32_000_000.0
+    #: memory for packets waiting for one destination's budget (each packet costs its
+    #: frame plus :data:`QUEUE_ENTRY_OVERHEAD`); when full, the longest source queue drops
+    destination_queue_bytes: int = 262_144
+    #: memory for waiting packets of all destinations together; when full, new ones are dropped
+    max_queued_bytes: int = 33_554_432
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -327,6 +362,33 @@ class RelayLimits:
                 f"so that a full packet can pass, got {self.byte_burst:g}",
                 setting="byte_burst",
             )
+        if self.destination_byte_burst < self.max_datagram_size:
+            raise InvalidConfiguration(
+                f"RelayLimits.destination_byte_burst must be at least max_datagram_size ({self.max_datagram_size}), "
+                f"so that a full packet can pass, got {self.destination_byte_burst:g}",
+                setting="destination_byte_burst",
+            )
+        one = self.max_datagram_size + QUEUE_ENTRY_OVERHEAD
+        for name in ("destination_queue_bytes", "max_queued_bytes"):
+            value = getattr(self, name)
+            if value < one:
+                raise InvalidConfiguration(
+                    f"RelayLimits.{name} must be at least max_datagram_size + {QUEUE_ENTRY_OVERHEAD} ({one} bytes), "
+                    f"so that a full packet can wait, got {value}",
+                    setting=name,
+                )
+        if self.max_queued_bytes < self.destination_queue_bytes:
+            raise InvalidConfiguration(
+                f"RelayLimits.max_queued_bytes must be at least destination_queue_bytes "
+                f"({self.destination_queue_bytes}), got {self.max_queued_bytes}",
+                setting="max_queued_bytes",
+            )
+
+
+#: Bookkeeping bytes a queued frame is charged on top of its length (object, deque slot).
+QUEUE_ENTRY_OVERHEAD = 64
+#: The most memory a :class:`RelayLimits` queue bound may allow, in bytes (16 GiB).
+MAX_QUEUE_BYTES = 1 << 34
 
 
 def _rate(low: float = 0.0, *, open_low: bool = True, unit: str = "") -> Limit:
@@ -344,6 +406,13 @@ RELAY_LIMITS: dict[str, Limit] = {
     "errors_per_second": _rate(unit="frames per second"),
     "error_burst": _rate(1, open_low=False, unit="frames"),
     "max_datagram_size": Limit(1200, MAX_UDP_PAYLOAD, unit="bytes"),
+    "destination_packets_per_second": _rate(unit="packets per second"),
+    "destination_packet_burst": _rate(1, open_low=False, unit="packets"),
+    "destination_bytes_per_second": _rate(unit="bytes per second"),
+    "destination_byte_burst": _rate(1200, open_low=False, unit="bytes"),
+    # at least one full packet (max_datagram_size + QUEUE_ENTRY_OVERHEAD) can wait
+    "destination_queue_bytes": Limit(1200 + QUEUE_ENTRY_OVERHEAD, MAX_QUEUE_BYTES, unit="bytes"),
+    "max_queued_bytes": Limit(1200 + QUEUE_ENTRY_OVERHEAD, MAX_QUEUE_BYTES, unit="bytes"),
 }
 
 
@@ -360,6 +429,97 @@ class RelayStats:
     errors_sent: int = 0
     errors_suppressed: int = 0
     refused_full: int = 0
+    #: packets that waited for their destination's budget (fair queueing), then went out
+    queued: int = 0
+    #: dropped because their destination's queue was full (its longest source queue drops)
+    dropped_destination_busy: int = 0
+    #: dropped because the queues of all destinations together were full
+    dropped_relay_busy: int = 0
+
+
+class _FairQueue:
+    """Frames waiting for one destination's budget: a bounded queue per source, served by
+    deficit round robin (Shreedhar and Varghese, 1996), so every source gets an equal share
+    of bytes whatever the others send."""
+
+    __slots__ = ("deficit", "flow_bytes", "flows", "granted", "need", "size")
+
+    def __init__(self) -> None:
+        #: sources with waiting frames, in round-robin order (the first is being served)
+        self.flows: dict[NodeId, deque[bytes]] = {}
+        self.flow_bytes: dict[NodeId, int] = {}  #: charged bytes per source
+        self.deficit: dict[NodeId, int] = {}
+        self.granted = False  #: the first source got its quantum for this round
+        self.size = 0  #: charged bytes of every waiting frame
+        self.need = 0  #: budget bytes the frame due next needs (set when the budget ran out)
+
+    def push(self, src: NodeId, frame: bytes) -> None:
+        flow = self.flows.get(src)
+        if flow is None:
+            flow = self.flows[src] = deque()
+            self.flow_bytes[src] = 0
+            self.deficit[src] = 0
+        flow.append(frame)
+        cost = len(frame) + QUEUE_ENTRY_OVERHEAD
+        self.flow_bytes[src] += cost
+        self.size += cost
+
+    def drop_tail(self, src: NodeId) -> int:
+        """Drop the newest frame of ``src``; returns its charged size."""
+        frame = self.flows[src].pop()
+        cost = len(frame) + QUEUE_ENTRY_OVERHEAD
+        self.flow_bytes[src] -= cost
+        self.size -= cost
+        if not self.flows[src]:
+            self._remove(src)
+        return cost
+
+    def longest(self) -> NodeId:
+        return max(self.flow_bytes, key=self.flow_bytes.__getitem__)
+
+    def _remove(self, src: NodeId) -> None:
+        if self.granted and next(iter(self.flows)) == src:
+            self.granted = False
+        del self.flows[src], self.flow_bytes[src], self.deficit[src]
+
+    def next_frame(self, quantum: int) -> tuple[NodeId, bytes]:
+        """The frame deficit round robin sends next (not removed: see :meth:`pop`)."""
+        while True:
+            src = next(iter(self.flows))
+            if not self.granted:
+                self.deficit[src] += quantum
+                self.granted = True
+            frame = self.flows[src][0]
+            if len(frame) <= self.deficit[src]:
+                return src, frame
+            self.flows[src] = self.flows.pop(src)  # its turn is over: to the back of the round
+            self.granted = False
+
+    def pop(self, src: NodeId) -> bytes:
+        """Remove the frame :meth:`next_frame` returned."""
+        flow = self.flows[src]
+        frame = flow.popleft()
+        cost = len(frame) + QUEUE_ENTRY_OVERHEAD
+        self.flow_bytes[src] -= cost
+        self.size -= cost
+        self.deficit[src] -= len(frame)
+        if not flow:
+            self._remove(src)  # an emptied queue keeps no credit (DRR)
+        return frame
+
+
+def _take_budget(target: _Client, size: int, now: float) -> bool:
+    """Take one packet of ``size`` bytes from ``target``'s receive budget, if it has them.
+
+    A packet larger than the byte burst (a destination whose connection carries more
+    than ``max_datagram_size``) is charged the whole burst, so it can ever pass.
+    """
+    size = min(size, int(target.in_bytes.burst))
+    if target.in_packets.peek(1, now) and target.in_bytes.peek(size, now):
+        target.in_packets.take(1, now)
+        target.in_bytes.take(size, now)
+        return True
+    return False
 
 
 @dataclass
@@ -369,8 +529,13 @@ class _Client:
     packets: TokenBucket
     bytes: TokenBucket
     errors: TokenBucket
+    #: what this client may receive (all sources together)
+    in_packets: TokenBucket
+    in_bytes: TokenBucket
     observed: Address | None = None
     counters: dict[str, int] = field(default_factory=lambda: {"sent": 0, "received": 0})
+    #: frames waiting for this client's receive budget (None: none)
+    queue: _FairQueue | None = None
 
 
 class RelayFull(P2PError):
@@ -383,6 +548,8 @@ class RelayFull(P2PError):
 
 #: What a router asks its caller to do: send ``frame`` (one DATAGRAM) to the client ``node``.
 Action = tuple[NodeId, bytes]
+#: How many more frames a destination's connection takes now (its DATAGRAM queue's free slots).
+Room = Callable[[NodeId], int]
 
 
 class RelayRouter:
@@ -396,12 +563,33 @@ class RelayRouter:
     ``max_datagram_size``, which the caller must keep current (aioquic's
     ``send_datagram_frame`` checks nothing, and an oversized datagram blocks
     its queue for good).
+
+    Fairness: each client's *sending* is limited (packets, bytes per second), and
+    so is what each client *receives*, all sources together
+    (``destination_*`` limits).  A packet for a destination whose budget is spent
+    waits in that destination's queue for its source; the queues of one
+    destination are served by deficit round robin, so sources share a contended
+    destination equally (each gets at least its fair share of bytes, and a source
+    sending less than that loses nothing), and a destination's flood never
+    touches another destination's budget.  The caller may pass ``room``: how many
+    more frames a destination's connection takes now (its DATAGRAM queue); while
+    it is 0, packets wait in the fair queues instead of being dropped in arrival
+    order.  Waiting packets go out from :meth:`poll`, due at :meth:`next_timer`
+    (and whenever room may have appeared: :attr:`waiting_for_room`).  Every
+    queue is bounded: per destination (``destination_queue_bytes``; when full,
+    the source with the most bytes waiting loses its newest packet) and for the
+    whole relay (``max_queued_bytes``).
     """
 
     def __init__(self, limits: RelayLimits | None = None) -> None:
         self.limits = limits or RelayLimits()
         self.stats = RelayStats()
         self._clients: dict[NodeId, _Client] = {}
+        #: destinations with waiting frames (insertion order: served in turn by poll)
+        self._backlog: dict[NodeId, None] = {}
+        #: destinations whose frames wait for room on their connection, not for tokens
+        self._blocked: set[NodeId] = set()
+        self._queued_bytes = 0
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -430,12 +618,17 @@ class RelayRouter:
             self.stats.refused_full += 1
             raise RelayFull(limits.max_clients)
         size = limits.max_datagram_size if max_datagram_size is None else max_datagram_size
+        old = self._clients.get(node)
+        if old is not None:
+            self._drop_queue(node, old)  # frames for the old connection
         self._clients[node] = _Client(
             conn=conn,
             max_datagram_size=size,
             packets=TokenBucket(limits.packets_per_second, limits.packet_burst, now),
             bytes=TokenBucket(limits.bytes_per_second, limits.byte_burst, now),
             errors=TokenBucket(limits.errors_per_second, limits.error_burst, now),
+            in_packets=TokenBucket(limits.destination_packets_per_second, limits.destination_packet_burst, now),
+            in_bytes=TokenBucket(limits.destination_bytes_per_second, limits.destination_byte_burst, now),
         )
         logger.debug("relay client %s registered (%d clients)", node.fmt_short(), len(self._clients))
         if observed_addr is None:
@@ -447,8 +640,58 @@ class RelayRouter:
         client = self._clients.get(node)
         if client is None or (conn is not None and client.conn != conn):
             return False
+        self._drop_queue(node, client)
         del self._clients[node]
         return True
+
+    @property
+    def queued_bytes(self) -> int:
+        """Memory charged to waiting frames, all destinations (at most ``max_queued_bytes``)."""
+        return self._queued_bytes
+
+    def queued_for(self, node: NodeId) -> int:
+        """Memory charged to frames waiting for ``node`` (at most ``destination_queue_bytes``)."""
+        client = self._clients.get(node)
+        return 0 if client is None or client.queue is None else client.queue.size
+
+    @property
+    def waiting_for_room(self) -> bool:
+        """True if frames wait for room on a destination's connection (poll again soon)."""
+        return bool(self._blocked)
+
+    def poll(self, now: float, room: Room | None = None) -> list[Action]:
+        """Send the waiting frames that the destinations' budgets (and ``room``) allow at ``now``."""
+        actions: list[Action] = []
+        for dst in list(self._backlog):
+            target = self._clients[dst]
+            self._drain(dst, target, now, room, actions)
+        return actions
+
+    def next_timer(self, now: float) -> float | None:
+        """When a waiting frame's budget refills (None: nothing waits for tokens).
+
+        Frames that wait for room are not covered: see :attr:`waiting_for_room`.
+        """
+        due: float | None = None
+        for dst in self._backlog:
+            if dst in self._blocked:
+                continue
+            target = self._clients[dst]
+            assert target.queue is not None
+            # the frame due next (deficit round robin is deterministic): its bytes, capped at the burst
+            need = min(target.queue.need, target.in_bytes.burst)
+            wait = max(target.in_packets.wait(1, now), target.in_bytes.wait(need, now))
+            at = now + wait
+            if due is None or at < due:
+                due = at
+        return due
+
+    def _drop_queue(self, node: NodeId, client: _Client) -> None:
+        if client.queue is not None:
+            self._queued_bytes -= client.queue.size
+            client.queue = None
+        self._backlog.pop(node, None)
+        self._blocked.discard(node)
 
     def update_observed_addr(self, node: NodeId, addr: tuple[str, int]) -> list[Action]:
         """Record the client's public address; returns an OBSERVED_ADDR frame if it changed."""
@@ -466,11 +709,12 @@ class RelayRouter:
     def observed_addr(self, node: NodeId) -> Address | None:
         return self._client(node).observed
 
-    def handle_datagram(self, src: NodeId, data: bytes, now: float) -> list[Action]:
+    def handle_datagram(self, src: NodeId, data: bytes, now: float, room: Room | None = None) -> list[Action]:
         """Process one DATAGRAM from the registered client ``src``.
 
-        Raises :class:`ProtocolError` if the frame is malformed or is one only a
-        relay may send; the caller then closes the client's connection.
+        ``room(node)``: how many more frames ``node``'s connection takes now (None:
+        unlimited).  Raises :class:`ProtocolError` if the frame is malformed or is
+        one only a relay may send; the caller then closes the client's connection.
         """
         client = self._client(src)
         if len(data) > FORWARD_OVERHEAD and data[0] == RELAY_VERSION and data[1] == FRAME_SEND:
@@ -478,12 +722,14 @@ class RelayRouter:
             # (the same checks as parse_frame: a 32-byte node id and a non-empty packet)
             dst = NodeId(data[2:FORWARD_OVERHEAD])
             recv = b"".join((_RECV_PREFIX, src.to_bytes(), memoryview(data)[FORWARD_OVERHEAD:]))
-            return self._forward(src, client, dst, recv, len(data) - FORWARD_OVERHEAD, now)
+            return self._forward(src, client, dst, recv, len(data) - FORWARD_OVERHEAD, now, room)
         frame = parse_frame(data)
         if isinstance(frame, Send):
-            return self._forward(src, client, frame.dst, Recv(src, frame.packet).encode(), len(frame.packet), now)
+            packet = Recv(src, frame.packet).encode()
+            return self._forward(src, client, frame.dst, packet, len(frame.packet), now, room)
         if isinstance(frame, Signal):
-            return self._forward(src, client, frame.peer, Signal(src, frame.payload).encode(), len(frame.payload), now)
+            payload = Signal(src, frame.payload).encode()
+            return self._forward(src, client, frame.peer, payload, len(frame.payload), now, room)
         raise ProtocolError(
             f"relay client {src.fmt_short()} sent a {type(frame).__name__.upper()} frame, which only a relay may send"
         )
@@ -494,7 +740,9 @@ class RelayRouter:
             raise KeyError(f"node {node.fmt_short()} is not registered with this relay")
         return client
 
-    def _forward(self, src: NodeId, client: _Client, dst: NodeId, frame: bytes, size: int, now: float) -> list[Action]:
+    def _forward(
+        self, src: NodeId, client: _Client, dst: NodeId, frame: bytes, size: int, now: float, room: Room | None
+    ) -> list[Action]:
         client.counters["sent"] += 1
         if not (client.packets.peek(1, now) and client.bytes.peek(size, now)):
             self.stats.dropped_rate_limited += 1
@@ -533,13 +781,96 @@ class RelayRouter:
                 dst,
                 fits=fits,
             )
+        if (
+            target.queue is None and (room is None or room(dst) > 0) and _take_budget(target, size, now)
+        ):  # the destination's budget is not contended: straight through
+            self._count_forwarded(target, frame)
+            return [(dst, frame)]
+        return self._enqueue(src, client, dst, target, frame, now, room)
+
+    def _count_forwarded(self, target: _Client, frame: bytes) -> None:
         target.counters["received"] += 1
         if frame[1] == _SIGNAL:
             self.stats.signals += 1
         else:
             self.stats.forwarded_packets += 1
-            self.stats.forwarded_bytes += size
-        return [(dst, frame)]
+            self.stats.forwarded_bytes += len(frame) - FORWARD_OVERHEAD
+
+    def _enqueue(
+        self, src: NodeId, client: _Client, dst: NodeId, target: _Client, frame: bytes, now: float, room: Room | None
+    ) -> list[Action]:
+        """Queue ``frame`` behind the destination's budget (bounded), then send what is due."""
+        limits = self.limits
+        queue = target.queue
+        if queue is None:
+            queue = target.queue = _FairQueue()
+        cost = len(frame) + QUEUE_ENTRY_OVERHEAD
+        actions: list[Action] = []
+        while queue.size + cost > limits.destination_queue_bytes:
+            # longest queue drop: the source with the most bytes waiting loses its newest
+            # packet, so a flooding source cannot crowd the others out of the queue
+            longest = queue.longest() if queue.flow_bytes else src
+            if longest == src or queue.flow_bytes[longest] <= queue.flow_bytes.get(src, 0) + cost:
+                self.stats.dropped_destination_busy += 1
+                self._settle(dst, target)
+                return self._error(
+                    src,
+                    client,
+                    now,
+                    ErrorCode.RATE_LIMITED,
+                    f"node {dst.fmt_short()} receives more than its limit "
+                    f"({limits.destination_packets_per_second:g} packets/s, "
+                    f"{limits.destination_bytes_per_second:g} bytes/s) and this client's share of it "
+                    "is queued full; packet dropped",
+                    dst,
+                )
+            self._queued_bytes -= queue.drop_tail(longest)
+            self.stats.dropped_destination_busy += 1
+        if self._queued_bytes + cost > limits.max_queued_bytes:
+            self.stats.dropped_relay_busy += 1
+            self._settle(dst, target)
+            return self._error(
+                src,
+                client,
+                now,
+                ErrorCode.RATE_LIMITED,
+                f"relay busy ({limits.max_queued_bytes} bytes of packets waiting); packet to {dst.fmt_short()} dropped",
+                dst,
+            )
+        queue.push(src, frame)
+        self._queued_bytes += cost
+        self.stats.queued += 1
+        self._backlog[dst] = None
+        self._drain(dst, target, now, room, actions)
+        return actions
+
+    def _settle(self, dst: NodeId, target: _Client) -> None:
+        """Forget an empty queue (after drops)."""
+        if target.queue is not None and not target.queue.flows:
+            self._drop_queue(dst, target)
+
+    def _drain(self, dst: NodeId, target: _Client, now: float, room: Room | None, out: list[Action]) -> None:
+        """Send ``dst``'s waiting frames while its budget (and room) lasts."""
+        queue = target.queue
+        assert queue is not None
+        space = room(dst) if room is not None else None
+        quantum = max(target.max_datagram_size, 1)
+        while queue.flows:
+            if space is not None and space <= 0:
+                self._blocked.add(dst)
+                return
+            src, frame = queue.next_frame(quantum)
+            if not _take_budget(target, len(frame) - FORWARD_OVERHEAD, now):
+                queue.need = len(frame) - FORWARD_OVERHEAD
+                self._blocked.discard(dst)
+                return
+            queue.pop(src)
+            self._queued_bytes -= len(frame) + QUEUE_ENTRY_OVERHEAD
+            self._count_forwarded(target, frame)
+            out.append((dst, frame))
+            if space is not None:
+                space -= 1
+        self._drop_queue(dst, target)
 
     def _error(
         self,

@@ -167,6 +167,9 @@ class RelayServer:
     Use :meth:`bind` to create the endpoint too.  ``limits`` bound the client
     table and each client's packet, byte and error rates;
     ``max_pending_datagrams`` bounds each client connection's DATAGRAM queue;
+    frames the router holds back (a destination receiving more than its budget, or
+    whose DATAGRAM queue is full) wait in the router's fair queues and go out
+    from a timer (every ``queue_poll_interval`` seconds while any wait for room);
     ``directory``, if given, is attached to the endpoint too (the relay process
     serves the node-record directory).
     """
@@ -179,13 +182,20 @@ class RelayServer:
         max_pending_datagrams: int = DEFAULT_MAX_PENDING_DATAGRAMS,
         check_interval: float = 1.0,
         directory: DirectoryServer | None = None,
+        queue_poll_interval: float = 0.005,
     ) -> None:
         if max_pending_datagrams <= 0:
             raise ValueError("max_pending_datagrams must be positive")
         if check_interval <= 0:
             raise ValueError("check_interval must be positive")
+        if not 0 < queue_poll_interval <= 1.0:
+            raise ValueError(f"queue_poll_interval must be in (0, 1] seconds, got {queue_poll_interval!r}")
         self.check_interval = check_interval
+        #: while packets wait for room on a destination's connection, look again this often
+        self.queue_poll_interval = queue_poll_interval
         self._check_handle: asyncio.TimerHandle | None = None
+        self._queue_handle: asyncio.TimerHandle | None = None
+        self._queue_due: float | None = None
         self.endpoint = endpoint
         self.router = RelayRouter(limits)
         self.stats = RelayServerStats()
@@ -290,6 +300,9 @@ class RelayServer:
         if self._check_handle is not None:
             self._check_handle.cancel()
             self._check_handle = None
+        if self._queue_handle is not None:
+            self._queue_handle.cancel()
+            self._queue_handle = None
         await self.endpoint.close(timeout=timeout)
         await asyncio.sleep(0)  # let the transport release the socket (a restart may bind the same port)
 
@@ -399,12 +412,48 @@ class RelayServer:
         self.stats.datagrams_received += 1
         node = handler.node
         actions = self._refresh(handler)
+        now = handler.conn.now()
         try:
-            actions.extend(self.router.handle_datagram(node, data, handler.conn.now()))
+            actions.extend(self.router.handle_datagram(node, data, now, self._room))
         except ProtocolError as exc:
             self._violation(handler, str(exc))
             return
         self._dispatch(actions)
+        self._schedule_queue(now)
+
+    def _room(self, node: NodeId) -> int:
+        """How many more DATAGRAM frames ``node``'s connection queues now (the router's ``room``)."""
+        handler = self._handlers.get(node)
+        if handler is None or not handler.registered or not handler.conn.is_connected:
+            return 0
+        return self.max_pending_datagrams - hooks.pending_datagram_frames(handler.conn.quic)
+
+    def _schedule_queue(self, now: float) -> None:
+        """Arm the timer that sends the router's waiting frames when they are due."""
+        if self._closed:
+            return
+        router = self.router
+        due = router.next_timer(now)
+        if router.waiting_for_room:
+            # aioquic tells nobody when its DATAGRAM queue drains: look again shortly
+            retry = now + self.queue_poll_interval
+            due = retry if due is None else min(due, retry)
+        if due is None or (self._queue_due is not None and self._queue_due <= due):
+            return
+        if self._queue_handle is not None:
+            self._queue_handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._queue_due = due
+        self._queue_handle = loop.call_at(due, self._poll_queue)
+
+    def _poll_queue(self) -> None:
+        self._queue_handle = None
+        self._queue_due = None
+        if self._closed:
+            return
+        now = asyncio.get_running_loop().time()
+        self._dispatch(self.router.poll(now, self._room))
+        self._schedule_queue(now)
 
     def _dispatch(self, actions: list[tuple[NodeId, bytes]]) -> None:
         touched: dict[PeerConnection, None] = {}

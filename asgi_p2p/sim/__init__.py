@@ -21,12 +21,22 @@ endpoint binds on it unchanged.  See ``docs/simulator.md``.
 
 from __future__ import annotations
 
+from .apps import SimServer
 from .determinism import apply as apply_determinism_patches
 from .discovery import MockDNS, PeerRecord
-from .errors import RealIOForbidden, SimulationDeadlock, SimulationError, SimulationLivelock, SimulationTimeLimit
+from .errors import (
+    RealIOForbidden,
+    SimulationDeadlock,
+    SimulationError,
+    SimulationLivelock,
+    SimulationTimeLimit,
+    ThreadForbidden,
+    WallClockSleep,
+)
 from .loop import START_TIME, VirtualTimeLoop
 from .nat import NAT_PRESETS, Filtering, Mapping, NatConfig
 from .network import HEADER_OVERHEAD, Fault, Host, Link, NatBox, Node, SimSocket, Simulation
+from .swarm import FaultPlan, Faults, SeedResult, SwarmReport, swarm
 from .trace import Trace, TraceEvent
 
 __all__ = [
@@ -34,6 +44,8 @@ __all__ = [
     "NAT_PRESETS",
     "START_TIME",
     "Fault",
+    "FaultPlan",
+    "Faults",
     "Filtering",
     "Host",
     "Link",
@@ -44,14 +56,20 @@ __all__ = [
     "Node",
     "PeerRecord",
     "RealIOForbidden",
+    "SeedResult",
+    "SimServer",
     "SimSocket",
     "Simulation",
     "SimulationDeadlock",
     "SimulationError",
     "SimulationLivelock",
     "SimulationTimeLimit",
+    "SwarmReport",
+    "ThreadForbidden",
     "Trace",
     "TraceEvent",
     "VirtualTimeLoop",
+    "WallClockSleep",
     "apply_determinism_patches",
+    "swarm",
 ]

@@ -43,6 +43,8 @@ class PeerRecord:
     #: The peer's :class:`~asgi_p2p.identity.NodeId` (or whatever the test registered).
     node_id: Any
     addresses: tuple[Address, ...] = field(default_factory=tuple)
+    #: The relay the peer can be reached through (None: direct addresses only).
+    relay_url: str | None = None
 
 
 class MockDNS:
@@ -59,11 +61,17 @@ class MockDNS:
         #: Number of lookups answered (found or not).
         self.lookups = 0
 
-    def register_peer(self, name: str, node_id: Any, addresses: list[Address] | tuple[Address, ...] = ()) -> PeerRecord:
+    def register_peer(
+        self,
+        name: str,
+        node_id: Any,
+        addresses: list[Address] | tuple[Address, ...] = (),
+        relay_url: str | None = None,
+    ) -> PeerRecord:
         """Register (or replace) ``name``; returns the record."""
         if not name:
             raise ValueError("name must not be empty")
-        record = PeerRecord(name.lower(), node_id, tuple(addresses))
+        record = PeerRecord(name.lower(), node_id, tuple(addresses), relay_url)
         self._records[record.name] = record
         log.debug("dns: registered %s -> %s", name, node_id)
         return record
@@ -106,7 +114,7 @@ class MockDNS:
         self.lookups += 1
         for record in self._records.values():
             if record.node_id == node_id:
-                return NodeAddr(node_id, record.addresses)
+                return NodeAddr(node_id, record.addresses, record.relay_url)
         raise DiscoveryFailed(f"node {node_id.fmt_short()} is not registered in the simulated DNS")
 
     async def resolve_name(self, name: str) -> NodeAddr:
@@ -114,12 +122,12 @@ class MockDNS:
         record = await self.discover(name)
         if not isinstance(record.node_id, NodeId):
             raise DiscoveryFailed(f"name {name!r} is registered with {record.node_id!r}, not a NodeId")
-        return NodeAddr(record.node_id, record.addresses)
+        return NodeAddr(record.node_id, record.addresses, record.relay_url)
 
     async def publish(self, addr: NodeAddr, name: str | None = None) -> None:
         """Register ``addr`` under ``name`` (or its node id text) after the lookup delay."""
         await asyncio.sleep(self.delay)
-        self.register_peer(name or str(addr.node_id), addr.node_id, addr.direct_addresses)
+        self.register_peer(name or str(addr.node_id), addr.node_id, addr.direct_addresses, addr.relay_url)
 
     async def unpublish(self) -> None:
         """The shared MockDNS cannot tell whose records to remove: use :meth:`client` per node."""

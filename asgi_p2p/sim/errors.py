@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from ..errors import P2PError
 
-__all__ = ["RealIOForbidden", "SimulationDeadlock", "SimulationError", "SimulationLivelock", "SimulationTimeLimit"]
+__all__ = [
+    "RealIOForbidden",
+    "SimulationDeadlock",
+    "SimulationError",
+    "SimulationLivelock",
+    "SimulationTimeLimit",
+    "ThreadForbidden",
+    "WallClockSleep",
+]
 
 
 class SimulationError(P2PError):
@@ -25,3 +33,11 @@ class SimulationTimeLimit(SimulationError, TimeoutError):
 
 class RealIOForbidden(SimulationError, RuntimeError):
     """Real sockets, pipes, subprocesses or name lookups were used inside a simulation."""
+
+
+class WallClockSleep(SimulationError, RuntimeError):
+    """``time.sleep()`` was called inside a simulation (use ``await asyncio.sleep()``)."""
+
+
+class ThreadForbidden(SimulationError, RuntimeError):
+    """A thread was started inside a simulation (its timing would not follow virtual time)."""

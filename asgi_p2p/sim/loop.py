@@ -20,23 +20,35 @@ Rules (see ``docs/simulator.md``):
 * **Threads**: ``run_in_executor`` (and so :func:`asyncio.to_thread`) runs the
   function inline, with virtual time frozen; anyio's worker threads are made
   inline too by :func:`asgi_p2p.sim.determinism.apply`.
-* **Real I/O** (sockets, pipes, subprocesses, name lookups, fd readers) raises
-  :class:`RealIOForbidden`.
+* **TCP** (``create_connection``, ``create_server``, so ``asyncio.open_connection`` and
+  ``asyncio.start_server``) goes to :attr:`VirtualTimeLoop.streams` (the simulation's
+  :class:`~asgi_p2p.sim.tcp.TcpNetwork`): simulated TCP over the simulated links.
+  ``getaddrinfo`` of a simulated host's name gives its address.
+* **Real I/O** (other sockets, pipes, subprocesses, real name lookups, fd readers) raises
+  :class:`RealIOForbidden`, naming the call and the line that made it.  Every refusal is
+  also kept in :attr:`VirtualTimeLoop.refusals`, so code that catches the error (an app
+  answering 500) cannot hide it: :meth:`Simulation.run` raises it afterwards.  The
+  simulation's environment reports its refusals there too (``time.sleep`` and thread
+  starts: :class:`~asgi_p2p.sim.errors.WallClockSleep`,
+  :class:`~asgi_p2p.sim.errors.ThreadForbidden`; see :mod:`asgi_p2p.sim.determinism`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import inspect
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar, TypeVarTuple
+from typing import Any, NoReturn, Protocol, TypeVar, TypeVarTuple
 
-from .errors import RealIOForbidden, SimulationDeadlock, SimulationLivelock, SimulationTimeLimit
+from .errors import RealIOForbidden, SimulationDeadlock, SimulationError, SimulationLivelock, SimulationTimeLimit
 
-__all__ = ["START_TIME", "VirtualTimeLoop", "describe_tasks"]
+__all__ = ["MAX_REFUSALS", "START_TIME", "StreamProvider", "VirtualTimeLoop", "caller_location", "describe_tasks"]
 
 log = logging.getLogger("asgi_p2p.sim")
 
@@ -45,6 +57,38 @@ _Ts = TypeVarTuple("_Ts")
 
 #: Virtual clock value at which every simulation starts.
 START_TIME = 1000.0
+
+#: Refused calls a loop keeps until they are reported (more are only counted).
+MAX_REFUSALS = 100
+
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
+
+
+class StreamProvider(Protocol):
+    """Where the loop sends TCP calls (:class:`asgi_p2p.sim.tcp.TcpNetwork` is one)."""
+
+    async def create_connection(self, protocol_factory: Any, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+        """``loop.create_connection`` over the simulated network."""
+
+    async def create_server(self, protocol_factory: Any, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+        """``loop.create_server`` over the simulated network."""
+
+    def resolve(self, name: str) -> str | None:
+        """The address of a simulated host's name; None if no host has it."""
+
+
+_SIM_DIR = os.path.dirname(__file__)
+
+
+def caller_location() -> str:
+    """``file:line in function`` of the innermost frame outside asyncio and the simulator."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not name.startswith(_SIM_DIR) and not name.startswith(_ASYNCIO_DIR):
+            return f"{name}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back
+    return "?"
 
 
 def describe_tasks(loop: asyncio.AbstractEventLoop) -> str:
@@ -114,6 +158,18 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
         self.main_task: asyncio.Future[Any] | None = None
         #: Number of loop iterations run (statistics).
         self.iterations = 0
+        #: Simulated TCP (set by the simulation); None: TCP calls are refused as real I/O.
+        self.streams: StreamProvider | None = None
+        #: Every call refused so far and not yet reported (the first :data:`MAX_REFUSALS`): real
+        #: I/O (:class:`RealIOForbidden`), and, reported by the environment, wall-clock sleeps
+        #: and thread starts (see the module doc).
+        self.refusals: list[SimulationError] = []
+        #: How many calls were refused since :attr:`refusals` was last emptied (all of them).
+        self.refusal_count = 0
+        #: Entered around every run of the loop (``run_forever``, hence ``run_until_complete``):
+        #: the :class:`~asgi_p2p.sim.Simulation` puts its seeded entropy and virtual wall clock
+        #: in place with it (``Environment.active``, see ``asgi_p2p.sim.determinism``).
+        self.environment: Callable[[], contextlib.AbstractContextManager[object]] | None = None
 
     # -- the clock ---------------------------------------------------------------------------
 
@@ -171,6 +227,14 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
 
     # -- BaseEventLoop plumbing --------------------------------------------------------------
 
+    def run_forever(self) -> None:
+        """Run the loop; :attr:`environment`, if set, is active on this thread meanwhile."""
+        if self.environment is None:
+            super().run_forever()
+            return
+        with self.environment():
+            super().run_forever()
+
     def _process_events(self, event_list: list[Any]) -> None:
         pass
 
@@ -220,31 +284,67 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
     # -- real I/O is refused ----------------------------------------------------------------
 
     def _refuse(self, what: str) -> NoReturn:
-        raise RealIOForbidden(
-            f"{what} needs real I/O, which is not allowed inside a simulation: use the simulated "
-            "network (Simulation.host(...) is a DatagramNetwork) instead"
+        exc = RealIOForbidden(
+            f"{what} at {caller_location()} needs real I/O, which is not allowed inside a simulation: use the "
+            "simulated network (Simulation.host(...) is a DatagramNetwork; TCP: asyncio.open_connection / "
+            "start_server on a simulated host) instead"
         )
+        self.note_refusal(exc)
+        raise exc
+
+    def note_refusal(self, exc: SimulationError) -> None:
+        """Keep ``exc``, a refused call, in :attr:`refusals` (the first :data:`MAX_REFUSALS`) and
+        count it; the same error noted twice counts once."""
+        if any(r is exc for r in self.refusals):
+            return
+        self.refusal_count += 1
+        if len(self.refusals) < MAX_REFUSALS:
+            self.refusals.append(exc)
+
+    def take_refusals(self) -> tuple[list[SimulationError], int]:
+        """The refusals kept and how many there were in all; both forgotten."""
+        taken, count = self.refusals, self.refusal_count
+        self.refusals, self.refusal_count = [], 0
+        return taken, count
 
     async def getaddrinfo(
         self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
     ) -> list[Any]:
-        """Numeric addresses resolve without I/O; names are refused (use the mock DNS)."""
+        """Numeric addresses resolve without I/O, simulated hosts' names to their addresses;
+        other names are refused (use the mock DNS)."""
         text = host.decode() if isinstance(host, bytes) else host
         if text is not None:
             try:
                 ipaddress.ip_address(text)
             except ValueError:
-                self._refuse(f"getaddrinfo({host!r}) (a real name lookup)")
+                address = self.streams.resolve(text) if self.streams is not None else None
+                if address is None:
+                    self._refuse(f"getaddrinfo({host!r}) (a real name lookup: no simulated host has this name)")
+                host = address
         return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
 
     async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> NoReturn:
         self._refuse("getnameinfo()")
 
-    async def create_connection(self, *args: Any, **kwargs: Any) -> NoReturn:
-        self._refuse("create_connection()")
+    async def create_connection(self, protocol_factory: Any, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+        """Simulated TCP (see :attr:`streams`)."""
+        if self.streams is None:
+            self._refuse(f"create_connection({host!r}, {port!r})")
+        try:
+            return await self.streams.create_connection(protocol_factory, host, port, **kwargs)
+        except RealIOForbidden as exc:
+            self.note_refusal(exc)
+            raise
 
-    async def create_server(self, *args: Any, **kwargs: Any) -> NoReturn:
-        self._refuse("create_server()")
+    async def create_server(self, protocol_factory: Any, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+        """Simulated TCP (see :attr:`streams`)."""
+        if self.streams is None:
+            self._refuse(f"create_server({host!r}, {port!r})")
+        try:
+            return await self.streams.create_server(protocol_factory, host, port, **kwargs)
+        except RealIOForbidden as exc:
+            self.note_refusal(exc)
+            raise
 
     async def create_datagram_endpoint(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._refuse("create_datagram_endpoint()")

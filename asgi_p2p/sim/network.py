@@ -19,6 +19,7 @@ and duplication in virtual time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import ipaddress
 import itertools
@@ -26,9 +27,9 @@ import logging
 import os
 import random
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import NetworkError
 from ..net.base import Address, DatagramReceiver
@@ -37,7 +38,18 @@ from .discovery import MockDNS
 from .errors import SimulationError
 from .loop import START_TIME, VirtualTimeLoop
 from .nat import NAT_PRESETS, NatConfig, NatTable
+from .tcp import SimTcpServer, SimTcpTransport, StreamTrip, TcpNetwork, current_host
 from .trace import Trace
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..config import NetworkConfig
+    from ..http.lifespan import LifespanMode
+    from ..http.types import ASGIApp
+    from ..identity import NodeAddr, NodeId, SecretKey
+    from ..relay.proto import RelayLimits
+    from .apps import SimApps, SimServer
 
 __all__ = [
     "HEADER_OVERHEAD",
@@ -64,6 +76,8 @@ HEADER_OVERHEAD = 28
 #: 1200-byte QUIC packet inside the relay connection's own (which the smallest QUIC MTU,
 #: 1228, cannot); tests of datagram size probing give links other ``mtu`` values.
 DEFAULT_MTU = 1500
+#: Virtual seconds :meth:`Simulation.close` gives apps, clients and relays to shut down.
+APPS_CLOSE_LIMIT = 120.0
 #: The Unix time a simulation starts at (2026-01-01T00:00:00Z), for the clock peers share.
 WALL_CLOCK_AT_START = 1_767_225_600.0
 
@@ -219,6 +233,50 @@ class Host(Node):
         """Shortcut for ``sim.crash(self)``."""
         self.sim.crash(self)
 
+    # -- simulated TCP on this host ------------------------------------------------------------
+
+    async def create_connection(
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, **kwargs: Any
+    ) -> tuple[SimTcpTransport, asyncio.BaseProtocol]:
+        """``loop.create_connection`` from this host (simulated TCP; see :mod:`asgi_p2p.sim.tcp`)."""
+        with self.sim.tcp.on(self):  # through the loop, which keeps any RealIOForbidden it raises
+            transport, protocol = await self.sim.loop.create_connection(protocol_factory, host, port, **kwargs)
+        assert isinstance(transport, SimTcpTransport)
+        return transport, protocol
+
+    async def create_server(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: str | None = None,
+        port: int = 0,
+        **kwargs: Any,
+    ) -> SimTcpServer:
+        """``loop.create_server`` on this host; its protocols run on this host."""
+        with self.sim.tcp.on(self):
+            server = await self.sim.loop.create_server(protocol_factory, host, port, **kwargs)
+        assert isinstance(server, SimTcpServer)
+        return server
+
+    async def open_connection(
+        self, host: str, port: int, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """``asyncio.open_connection`` from this host."""
+        with self.sim.tcp.on(self):
+            return await asyncio.open_connection(host, port, **kwargs)
+
+    async def start_server(
+        self,
+        client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+        host: str | None = None,
+        port: int = 0,
+        **kwargs: Any,
+    ) -> SimTcpServer:
+        """``asyncio.start_server`` on this host (``port=0``: a free port, see ``server.port``)."""
+        with self.sim.tcp.on(self):
+            server = await asyncio.start_server(client_connected_cb, host, port, **kwargs)
+        assert isinstance(server, SimTcpServer)
+        return server
+
     def restart(self) -> None:
         """Shortcut for ``sim.restart(self)``."""
         self.sim.restart(self)
@@ -234,6 +292,10 @@ class NatBox(Node):
         self.config = config
         self.public_address = public_address
         self.table = NatTable(config, public_address, random.Random(f"{sim.seed}:nat:{name}"))
+        #: TCP mappings (a port space of their own, same behaviour as :attr:`table`).
+        self.tcp_table = NatTable(config, public_address, random.Random(f"{sim.seed}:nat-tcp:{name}"))
+        #: TCP port forwards: public port -> internal address (see :meth:`forward_tcp`).
+        self.tcp_forwards: dict[int, Address] = {}
         self._next_private = 2
         self._subnet = 0
 
@@ -241,6 +303,16 @@ class NatBox(Node):
     def address(self) -> str:
         """The public address (in the outer realm)."""
         return self.public_address
+
+    def forward_tcp(self, port: int, host: Host, host_port: int | None = None) -> None:
+        """Forward TCP connections to ``port`` of the public address to ``host`` (behind this box)
+        on ``host_port`` (default: the same port); without a forward they are refused."""
+        if host.realm is not self:
+            raise ValueError(f"{host.name} is not behind NAT box {self.name}")
+        for number in (port, port if host_port is None else host_port):
+            if not 1 <= number <= 65535:
+                raise ValueError(f"port must be in 1..65535, got {number}")
+        self.tcp_forwards[port] = (host.address, port if host_port is None else host_port)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,6 +518,8 @@ class Simulation:
         time_limit: default virtual-seconds limit of :meth:`run` (None: no limit).
         discovery_delay: mock DNS delay in seconds (default: ``SIMULATOR_DISCOVERY_DELAY_MS``).
         livelock: ``"nudge"`` or ``"raise"`` (see :class:`~asgi_p2p.sim.loop.VirtualTimeLoop`).
+        tcp_timeout: virtual seconds a simulated TCP segment or SYN may fail to get through
+            (a partition, a crashed host) before its connection fails with ``TimeoutError``.
     """
 
     def __init__(
@@ -460,6 +534,7 @@ class Simulation:
         discovery_delay: float | None = None,
         livelock: str = "nudge",
         mtu: int | None = None,
+        tcp_timeout: float = 60.0,
     ) -> None:
         determinism.apply()
         self.seed = seed
@@ -471,6 +546,19 @@ class Simulation:
         self.auto_link = auto_link
         self.time_limit = time_limit
         self.loop = VirtualTimeLoop(START_TIME, livelock=livelock)
+        #: Simulated TCP (``asyncio.open_connection`` etc. inside the simulation; see :mod:`asgi_p2p.sim.tcp`).
+        self.tcp = TcpNetwork(self.loop, self, timeout=tcp_timeout)
+        self.loop.streams = self.tcp
+        #: Seeded entropy and the virtual wall clock, active while the loop runs (see
+        #: :mod:`asgi_p2p.sim.determinism`); the sleeps and thread starts it refuses are kept
+        #: with the loop's real-I/O refusals.
+        self.environment = determinism.Environment(
+            seed,
+            self.loop.time,
+            wall_clock_offset=WALL_CLOCK_AT_START - START_TIME,
+            on_forbidden=self.loop.note_refusal,
+        )
+        self.loop.environment = self.environment.active
         self.trace = Trace(keep=keep_trace)
         self.dns = MockDNS(discovery_delay)
         self._nodes: dict[str, Node] = {}
@@ -481,6 +569,7 @@ class Simulation:
         self._public_next = 1
         self._nat_next = 1
         self._closed = False
+        self._apps: SimApps | None = None
         #: Packets handed to sockets / dropped (all reasons).
         self.delivered = 0
         self.dropped = 0
@@ -526,22 +615,31 @@ class Simulation:
 
         Raises :class:`~asgi_p2p.sim.SimulationDeadlock` if everything waits with no
         timer pending, :class:`~asgi_p2p.sim.SimulationTimeLimit` past ``time_limit``
-        virtual seconds (default: the simulation's ``time_limit``).  Background tasks
-        started by ``main`` keep their state for the next :meth:`run`; :meth:`close`
-        cancels them.
+        virtual seconds (default: the simulation's ``time_limit``).  A call refused during
+        the run (real I/O, ``time.sleep``, a thread start) fails it even when the code under
+        test caught the error: :class:`~asgi_p2p.sim.RealIOForbidden`,
+        :class:`~asgi_p2p.sim.WallClockSleep` or :class:`~asgi_p2p.sim.ThreadForbidden`
+        (see :meth:`take_refusals`).  Background tasks started by ``main`` keep their state
+        for the next :meth:`run`; :meth:`close` cancels them.
         """
         if self._closed:
             main.close()
             raise SimulationError("the simulation is closed")
         try:
-            asyncio.get_running_loop()
+            running = asyncio.get_running_loop()
         except RuntimeError:
             pass
         else:
             main.close()
+            if running is self.loop:
+                raise SimulationError(
+                    "sim.run() was called on the simulation's own running loop (in an async test, or in "
+                    "code sim.run() runs): await the coroutine instead"
+                )
             raise SimulationError(
-                "sim.run() cannot be called while another event loop runs in this thread "
-                "(an async test?): make the test a plain 'def' and call sim.run(main())"
+                "sim.run() cannot be called while another event loop runs in this thread: an async test "
+                "that uses the sim fixture runs on the simulation's loop (await directly there); elsewhere, "
+                "call sim.run(main()) from synchronous code"
             )
         loop = self.loop
         limit = self.time_limit if time_limit is None else time_limit
@@ -549,14 +647,50 @@ class Simulation:
         loop.main_task = task
         loop.deadline = loop.time() + limit if limit else None
         try:
-            return loop.run_until_complete(task)
-        except BaseException:
+            result = loop.run_until_complete(task)
+        except BaseException as exc:
             if not task.done():
                 self._drain([task])
+            self._report_refusals(exc)
             raise
         finally:
             loop.deadline = None
             loop.main_task = None
+        self._report_refusals(None)
+        return result
+
+    def _report_refusals(self, failure: BaseException | None) -> None:
+        """Raise the calls refused since the last report (real I/O, wall-clock sleeps, thread
+        starts) even if the code under test caught them (an app answering 500, a retry loop, a
+        log line): they must fail the test.
+
+        ``failure`` is what ends the run, if anything: a refusal itself is re-raised as it is,
+        with a note counting the others; any other exception becomes the cause of the report
+        (``KeyboardInterrupt``, ``SystemExit`` and cancellation are kept, with a note).
+        """
+        refusals, count = self.loop.take_refusals()
+        if not refusals:
+            return
+        first = refusals[0]
+        if failure is not None and any(r is failure for r in refusals):
+            if count > 1:
+                failure.add_note(f"{count - 1} other call(s) were refused inside the simulation as well")
+            return
+        summary = (
+            f"{count} call(s) were refused inside the simulation and the error was caught by the code under "
+            f"test (an app answering 500, a retry loop, a log line); the first: {first}"
+        )
+        if failure is not None and not isinstance(failure, Exception):
+            failure.add_note(summary)
+            return
+        raise type(first)(summary) from (first if failure is None else failure)
+
+    def take_refusals(self) -> list[SimulationError]:
+        """The calls refused so far (:class:`~asgi_p2p.sim.RealIOForbidden`,
+        :class:`~asgi_p2p.sim.WallClockSleep`, :class:`~asgi_p2p.sim.ThreadForbidden`; the first
+        100), forgotten: a test that provokes them on purpose takes them so that :meth:`run` and
+        :meth:`close` do not raise them."""
+        return self.loop.take_refusals()[0]
 
     def _drain(self, tasks: list[asyncio.Task[Any]], grace: float = 60.0) -> None:
         """Cancel ``tasks`` and let them unwind (bounded by ``grace`` virtual seconds)."""
@@ -577,11 +711,20 @@ class Simulation:
                 log.debug("task %s ended with %r", task.get_name(), task.exception())
 
     def close(self) -> None:
-        """Cancel remaining tasks, close every socket and the loop (idempotent)."""
+        """Close what :meth:`serve`, :meth:`client` and :meth:`relay` made (clients, then
+        servers, then relays), cancel remaining tasks, close every socket and the loop
+        (idempotent).
+
+        Raises :class:`~asgi_p2p.sim.SimulationError` (after closing everything) if closing
+        one of those failed or took more than :data:`APPS_CLOSE_LIMIT` virtual seconds.
+        """
         if self._closed:
             return
         self._closed = True
         loop = self.loop
+        failure: SimulationError | None = None
+        if self._apps is not None and not loop.is_closed():
+            failure = self._close_apps(self._apps)
         try:
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
             if pending:
@@ -596,6 +739,241 @@ class Simulation:
                     for sock in list(node.sockets.values()):
                         sock.close()
             loop.close()
+        if failure is not None:
+            raise failure
+        self._report_refusals(None)
+
+    def _close_apps(self, apps: SimApps) -> SimulationError | None:
+        loop = self.loop
+        task = loop.create_task(apps.aclose(), name="sim-close-apps")
+        loop.main_task = task
+        loop.deadline = loop.time() + APPS_CLOSE_LIMIT
+        try:
+            errors = loop.run_until_complete(task)
+        except Exception as exc:
+            return SimulationError(f"closing the simulation's apps, clients and relays failed: {exc}")
+        finally:
+            loop.deadline = None
+            loop.main_task = None
+        if errors:
+            failure = SimulationError(
+                f"closing the simulation's apps, clients and relays failed: {len(errors)} error(s), "
+                f"first: {errors[0]!r}"
+            )
+            failure.__cause__ = errors[0]
+            return failure
+        return None
+
+    # -- apps, clients and relays -----------------------------------------------------------
+
+    def _app_helpers(self) -> SimApps:
+        if self._closed:
+            raise SimulationError("the simulation is closed")
+        if self._apps is None:
+            from .apps import SimApps
+
+            self._apps = SimApps(self.seed, self.dns, self.loop)
+        return self._apps
+
+    def _app_host(self, ref: NodeRef) -> Host:
+        node = self.node(ref) if isinstance(ref, str) else ref
+        if not isinstance(node, Host):
+            raise TypeError(f"{node.name} is a NAT box, not a host: apps, clients and relays run on hosts")
+        if not node.up:
+            raise SimulationError(f"simulated host {node.name} is down (crashed?): sim.restart() it first")
+        return node
+
+    async def serve(
+        self,
+        app: ASGIApp,
+        host: NodeRef,
+        *,
+        name: str | None = None,
+        port: int = 443,
+        secret_key: SecretKey | None = None,
+        config: NetworkConfig | None = None,
+        relay_url: str | None = None,
+        lifespan: LifespanMode = "auto",
+        **server_options: Any,
+    ) -> SimServer:
+        """Serve an ASGI app over HTTP/3 on ``host`` (a host, or a name: a new host if unknown).
+
+        Runs the app's lifespan startup first (``lifespan`` as in
+        :class:`~asgi_p2p.http.H3Server`, whose other options ``server_options`` are).
+        The node's key is ``SecretKey.from_seed("<host>:<port>")`` unless ``secret_key``
+        is given, so a server restarted on the same host and port keeps its node id.
+        The node is registered in :attr:`dns` under ``name`` (or its node id text) and
+        the record follows its address.  ``relay_url`` (from :meth:`relay`) makes the
+        node keep a relay connection.  Returns a :class:`~asgi_p2p.sim.SimServer`
+        (``.server``, ``.node``, ``.addr``, ``.url``); :meth:`close` shuts it down
+        gracefully, after the clients.
+        """
+        apps = self._app_helpers()
+        on = self._app_host(host)
+        with self.tcp.on(on):  # the app (lifespan, requests) runs on the host: its TCP calls go from it
+            return await apps.serve(
+                app,
+                on,
+                name=name,
+                port=port,
+                secret_key=secret_key,
+                config=config,
+                relay_url=relay_url,
+                lifespan=lifespan,
+                **server_options,
+            )
+
+    async def client(
+        self,
+        host: NodeRef,
+        target: SimServer | NodeAddr | NodeId | str | None = None,
+        *,
+        secret_key: SecretKey | None = None,
+        config: NetworkConfig | None = None,
+        relay_url: str | None = None,
+        timeout: float = 30.0,
+        **client_options: Any,
+    ) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` sending requests from a new node on ``host``.
+
+        ``target`` sets the base URL: a :class:`~asgi_p2p.sim.SimServer` or a ``NodeAddr``
+        (dialed at that address), a ``NodeId`` or node id text (looked up in :attr:`dns`),
+        or a name registered there (``"shop"`` gives ``https://shop``; the app sees that
+        host).  Any ``https://<node id>/`` or ``https://<name>/`` URL works too: the
+        transport resolves hosts through :attr:`dns`.  ``timeout`` is httpx's, in virtual
+        seconds; ``client_options`` go to ``httpx.AsyncClient``.  :meth:`close` closes the
+        client and its node first, before servers and relays.
+        """
+        apps = self._app_helpers()
+        on = self._app_host(host)
+        with self.tcp.on(on):
+            return await apps.client(
+                on,
+                target,
+                secret_key=secret_key,
+                config=config,
+                relay_url=relay_url,
+                timeout=timeout,
+                **client_options,
+            )
+
+    async def relay(
+        self,
+        host: NodeRef,
+        *,
+        port: int = 3478,
+        secret_key: SecretKey | None = None,
+        limits: RelayLimits | None = None,
+        config: NetworkConfig | None = None,
+    ) -> str:
+        """Run a relay server (:class:`~asgi_p2p.relay.server.RelayServer`) on ``host``; its URL.
+
+        Pass the URL as ``relay_url=`` to :meth:`serve` and :meth:`client`: nodes behind
+        NATs then reach each other through it and punch holes.  Closed last, after the
+        servers.
+        """
+        apps = self._app_helpers()
+        return await apps.relay(self._app_host(host), port=port, secret_key=secret_key, limits=limits, config=config)
+
+    @contextlib.contextmanager
+    def on(self, host: NodeRef) -> Iterator[Host]:
+        """Code inside ``with sim.on(host):`` (and the tasks it starts) runs on ``host``: its
+        ``asyncio.open_connection`` / ``start_server`` use simulated TCP from that host."""
+        node = self._ref(host)
+        if not isinstance(node, Host):
+            raise TypeError(f"{node.name} is a NAT box, not a host")
+        with self.tcp.on(node):
+            yield node
+
+    # -- what simulated TCP needs of the network (asgi_p2p.sim.tcp.StreamRouter) ----------------
+
+    def stream_trip(self, host: Host, port: int, dst: Address) -> StreamTrip | str:
+        """How a TCP segment from ``host``:``port`` to ``dst`` travels now, or why it cannot:
+        the links of every realm it crosses and the NAT translations (with the boxes' TCP
+        tables and port forwards) on the way, as a datagram would be routed."""
+        if not host.up:
+            return "host-down"
+        src: Address = (host.address, port)
+        at: Node = host
+        realm = host.realm
+        hops: list[tuple[Link, _Direction]] = []
+        latency = 0.0
+        blocked = self._blocked
+        now = self.loop.time()
+        for _ in range(64):  # realms crossed: bounded by the NAT nesting
+            target = self._realms[realm].get(dst[0])
+            if target is None:
+                if at is host and dst[0].startswith("127."):
+                    target = host
+                elif realm is None:
+                    return "no-route"
+                else:
+                    target = realm
+            if blocked and ((at, target) in blocked or (host, target) in blocked):
+                return "partition"
+            if target is not at:
+                path = self._path(at, target)
+                if path is None:
+                    return "no-path"
+                for x, y in itertools.pairwise(path):
+                    lk = x.links[y]
+                    if not lk.up:
+                        return "link-down"
+                    hops.append((lk, lk.direction(x)))
+                    latency += lk.latency
+            if not target.up:
+                return "host-down"
+            if isinstance(target, Host):
+                return StreamTrip(target, src, dst, hops, latency)  # type: ignore[arg-type]
+            assert isinstance(target, NatBox)
+            if realm is target:  # leaving the box's private realm
+                forwarded = next((p for p, internal in target.tcp_forwards.items() if internal == src), None)
+                if forwarded is not None:
+                    src = (target.public_address, forwarded)
+                else:
+                    src, created = target.tcp_table.outbound(src, dst, now)
+                    if created:
+                        self._record("nat:map:tcp", (host.address, port), src, 0, target.name)
+                realm = target.realm
+                at = target
+                if dst[0] != target.public_address:
+                    continue
+                if not target.config.hairpinning:
+                    return "no-hairpin"
+            internal = target.tcp_forwards.get(dst[1])
+            if internal is None:
+                internal, reason = target.tcp_table.inbound(dst[1], src, now)
+                if internal is None and reason == "no-mapping":
+                    why = f"NAT box {target.name} has no mapping nor port forward for TCP port {dst[1]}"
+                    return StreamTrip(target, src, dst, hops, latency, why)  # type: ignore[arg-type]
+                if internal is None:
+                    return "nat-" + reason
+            dst = internal
+            realm = target
+            at = target
+        raise SimulationError(f"TCP route from {host.name} to {dst} loops through NAT boxes")  # pragma: no cover
+
+    def stream_reachable(self, src: Host, dst: Host) -> str:
+        """Why a segment in flight from ``src`` can no longer land on ``dst`` ("" if it can)."""
+        if not dst.up:
+            return "host-down"
+        if self._blocked and (src, dst) in self._blocked:
+            return "partition"
+        return ""
+
+    def stream_resolve(self, name: str, host: Host | None) -> str | None:
+        """The address the simulated host ``name`` has for ``host`` (its public one from
+        another realm); None if no host is called so."""
+        node = self._nodes.get(name)
+        if not isinstance(node, Host):
+            return None
+        if host is None or host.realm is node.realm:
+            return node.address
+        return node.public_address
+
+    def stream_record(self, kind: str, src: Address, dst: Address, length: int, where: str) -> None:
+        """Add a trace event (simulated TCP's)."""
+        self._record(kind, src, dst, length, where)
 
     def __enter__(self) -> Simulation:
         return self
@@ -934,6 +1312,7 @@ class Simulation:
         self._record("crash", (host.address, 0), (host.address, 0), 0, host.name)
         for sock in list(host.sockets.values()):
             sock.close()
+        self.tcp.host_crashed(host)
         self.host_down(host)
         for cb in list(host.on_crash):
             try:
@@ -1087,10 +1466,13 @@ class Simulation:
         self.delivered += 1
         sock.received += 1
         self._record("deliver", pkt.src, pkt.dst, len(pkt.data), node.name)
+        token = current_host.set(node)  # what the receiver does (and starts) runs on this host
         try:
             sock.receiver(pkt.data, pkt.src)
         except Exception:  # a receiver bug must not break the network
             log.exception("receiver of %r failed", sock)
+        finally:
+            current_host.reset(token)
 
     def _nat_outbound(self, pkt: _Packet, box: NatBox) -> None:
         ext, created = box.table.outbound(pkt.src, pkt.dst, self.loop.time())

@@ -1,8 +1,9 @@
 """The packet trace of a simulation: every send, drop, duplication and delivery.
 
 The trace hash covers ``(virtual time in ns, event kind, source, destination,
-length)`` of every event, never payload bytes: aioquic draws connection ids and
-keys from ``os.urandom``, which changes bytes but not counts, sizes or timing.
+length)`` of every event, never payload bytes: TLS key shares come from OpenSSL's
+generator, which no simulation can seed; it changes bytes but not counts, sizes
+or timing (every Python-level source is seeded, see :mod:`asgi_p2p.sim.determinism`).
 """
 
 from __future__ import annotations

@@ -259,7 +259,12 @@ def test_sigterm_waits_for_in_flight_request(cli: Cli, start_server: Starter) ->
     thread = threading.Thread(target=lambda: result.setdefault("r", cli.run("get", f"{ticket}/slow", timeout=30)))
     thread.start()
     try:
-        time.sleep(0.8)  # the request is in flight (the app sleeps 1.5 s)
+        # wait until the request is in flight (the app then sleeps 1.5 s), however slowly
+        # the client process starts on a loaded machine
+        deadline = time.monotonic() + 20
+        while "slow request started" not in server.stderr and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "slow request started" in server.stderr, server.stderr
         server.signal(signal.SIGTERM)
         assert server.wait_exit(timeout=20) == 0, server.stderr
     finally:
@@ -287,8 +292,10 @@ def test_lifespan_failure_message_from_raw_app(start_server: Starter) -> None:
 
 def test_signal_during_hanging_startup_exits(start_server: Starter) -> None:
     server = start_server("--app-dir", APPDIR, "sample_app:app", "--ephemeral", env={"HANG_STARTUP": "1"}, ready=False)
-    time.sleep(1.5)
-    assert server.proc.poll() is None
+    deadline = time.monotonic() + 20  # the app is in its startup, however slowly the process starts
+    while "startup hanging" not in server.stderr and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.proc.poll() is None, server.stderr
     server.signal(signal.SIGTERM)
     assert server.wait_exit(timeout=20) == 1
     assert "interrupted during application startup" in server.stderr

@@ -151,11 +151,11 @@ class LyingServer(DirectoryServer):
         super().__init__()
         self.answer = answer
 
-    def handle(self, peer: NodeId, request: bytes, now: float) -> bytes:
+    def handle(self, peer: NodeId, request: bytes, now: float, source: str | None = None) -> bytes:
         op, _ = decode_message(request, "request")
         if op in (Op.RESOLVE, Op.RESOLVE_NAME):
             return encode_message(Status.OK, self.answer())
-        return super().handle(peer, request, now)
+        return super().handle(peer, request, now, source)
 
 
 @pytest.mark.parametrize("lie", ["bad-signature", "other-node", "expired", "wrong-name", "garbage"])

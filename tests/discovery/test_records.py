@@ -138,7 +138,7 @@ def test_directory_keeps_highest_seq() -> None:
     with pytest.raises(StaleRecord, match=r"seq 4.*seq 5"):
         d.publish(record(4), NOW)
     with pytest.raises(StaleRecord):
-        d.publish(record(5, ttl=7200), NOW)  # same seq, different content
+        d.publish(record(5, ttl=1800), NOW)  # same seq, different content
     d.publish(record(6, name="alice2"), NOW)
     found = d.resolve(ALICE.node_id, NOW)
     assert found is not None and found.record.seq == 6

@@ -166,8 +166,9 @@ async def test_large_streamed_upload_constant_memory(starlette_served: Served, s
     async with RssSampler() as rss:
         r = await served.client.post("/upload", content=body(), timeout=120)
     assert r.json() == {"size": size, "sha256": expected.hexdigest()}
-    # the server never held more than the stream's receive window of the body
-    window = served.pair.server.config.stream_receive_window
+    # the server never held more than the stream's receive window of the body (which
+    # auto-tuning may grow, never past its ceiling)
+    window = served.pair.server.config.max_stream_receive_window
     assert 0 < state.upload_peak_buffered <= window, state.upload_peak_buffered
     # both ends run in this process: the body never sits in memory at once
     assert rss.growth < 12 * 1024 * 1024, f"RSS grew {rss.growth / 1e6:.1f} MB during a {size >> 20} MiB upload"
@@ -218,10 +219,10 @@ async def test_large_response_bounded_memory(starlette_served: Served) -> None:
     assert got == size
     piece = bytes(range(256)) * 256
     assert h.hexdigest() == hashlib.sha256(piece * (size // len(piece))).hexdigest()
-    # the server buffers at most stream_send_buffer unacknowledged bytes (plus DATA frame
-    # headers), the client at most its stream receive window of unread ones
-    assert 0 < server_buffered <= served.pair.server.config.stream_send_buffer + 64, server_buffered
-    assert biggest_chunk <= served.pair.client.config.stream_receive_window, biggest_chunk
+    # the server buffers at most its send buffer's ceiling of unacknowledged bytes (plus
+    # DATA frame headers), the client at most its stream receive window's ceiling of unread ones
+    assert 0 < server_buffered <= served.pair.server.config.max_stream_send_buffer + 64, server_buffered
+    assert biggest_chunk <= served.pair.client.config.max_stream_receive_window, biggest_chunk
     assert rss.growth < 12 * 1024 * 1024, f"RSS grew {rss.growth / 1e6:.1f} MB during a {size >> 20} MiB download"
 
 

@@ -700,7 +700,7 @@ async def test_no_per_request_state_left_behind(serve: Serve) -> None:
     assert cconn.handler is not None and cconn.handler.streams == {}  # type: ignore[attr-defined]
     assert sconn.h3.stream_count <= 4  # control and QPACK streams only
     assert cconn.handler.h3.stream_count <= 4  # type: ignore[attr-defined]
-    assert sconn.conn._consumed == {} and cconn._consumed == {}
+    assert sconn.conn.receive_windows[1] == {} and cconn.receive_windows[1] == {}
 
 
 @pytest.mark.sim_only("it drops one chosen packet, which only the simulated network can do")

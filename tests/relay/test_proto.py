@@ -275,6 +275,27 @@ def test_dropped_packets_do_not_consume_tokens() -> None:
     assert send(r, A, B, bytes(150), 0.0)[0][0] == B
 
 
+def test_default_budget_forwards_a_full_100_mbit_download() -> None:
+    """One download over a 100 Mbit/s link: 12.5 MB/s of full relayed QUIC packets from the
+    sender for 4 s, and the receiver's ACKs (one per two packets) the other way: neither the
+    sender's budget nor the receiver's (destination) budget holds a packet back."""
+    r = router()
+    packet = bytes(1200 - FORWARD_OVERHEAD)
+    rate = 12.5e6 / len(packet)  # packets per second
+    n = int(4 * rate)
+    for i in range(n):
+        now = i / rate
+        assert send(r, A, B, packet, now)[0][0] == B
+        if i % 2:
+            assert send(r, B, A, bytes(40), now)[0][0] == A
+    assert r.stats.dropped_rate_limited == 0 and r.stats.forwarded_packets == n + n // 2
+    assert r.queued_bytes == 0  # nothing waited for the destination's budget
+    # and the budget still holds a flood back: four times that rate for 1.5 s is refused in part
+    for i in range(int(6 * rate)):
+        send(r, A, B, packet, 4.0 + i / (4 * rate))
+    assert r.stats.dropped_rate_limited > 0
+
+
 def test_client_table_is_bounded() -> None:
     r = RelayRouter(RelayLimits(max_clients=2))
     r.register(A, 0.0)

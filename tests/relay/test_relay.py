@@ -414,9 +414,9 @@ def test_the_relay_forwards_real_quic_and_never_sees_plaintext(net: Harness) -> 
         seen: list[bytes] = []
         original = relay.router.handle_datagram
 
-        def recording(src, data, now):  # type: ignore[no-untyped-def]
+        def recording(src, data, now, room=None):  # type: ignore[no-untyped-def]
             seen.append(bytes(data))
-            return original(src, data, now)
+            return original(src, data, now, room)
 
         relay.router.handle_datagram = recording  # type: ignore[method-assign]
         va, vb = ("fd00::a", 1), ("fd00::b", 1)
@@ -543,3 +543,39 @@ def test_connected_means_a_full_size_quic_packet_fits_both_ways() -> None:
         assert relay.stats.dropped_too_large == 0 and ca.stats.dropped_too_large == 0
 
     run(net, scenario)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("net", ["sim"], indirect=True)
+def test_a_flooded_destination_shares_its_budget_fairly_through_the_server(net: Harness) -> None:
+    """The whole relay server (timer, room, dispatch): a 2,000/s flood and a 50/s client into a 200/s destination."""
+
+    async def scenario(rig: Rig) -> None:
+        limits = RelayLimits(destination_packets_per_second=200, destination_packet_burst=20)
+        relay = await rig.relay(limits=limits)
+        a, ca, sa = await rig.client("flooder", relay)
+        b, cb, sb = await rig.client("destination", relay)
+        c, cc, sc = await rig.client("light", relay)
+        for client in (ca, cb, cc):
+            await client.wait_connected(10)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        sent_light = 0
+        for tick in range(200):  # 2 s in 10 ms steps
+            for i in range(20):
+                ca.send_packet(b.node_id, b"F%d-%d" % (tick, i) + bytes(900))
+            if tick % 2 == 0:
+                assert cc.send_packet(b.node_id, b"L%d" % tick + bytes(900))
+                sent_light += 1
+            await asyncio.sleep(max(0.0, start + (tick + 1) * 0.01 - loop.time()))
+        await asyncio.sleep(2.0)  # the queue (256 KiB, ~250 packets) drains at the destination's rate
+        light = sum(1 for src, _ in sb.packets if src == c.node_id)
+        flood = sum(1 for src, _ in sb.packets if src == a.node_id)
+        print(f"\nlight client: {light}/{sent_light} delivered; flooder: {flood}/4000")
+        assert light >= 0.95 * sent_light  # below its fair share (100/s): (almost) nothing lost
+        assert flood + light <= 200 * 4.0 + 20 + 1  # the destination's budget, over the 4 s
+        assert flood >= 200 * 2.0 * 0.8  # and the flooder gets the rest
+        assert relay.router_stats.queued > 0 and relay.router_stats.dropped_destination_busy > 0
+        assert relay.router.queued_bytes == 0  # drained: memory returned
+        assert any(r.reason is RefusalReason.RATE_LIMITED for _, r in sa.refusals) and sc.refusals == []
+
+    run(net, scenario)

@@ -93,3 +93,30 @@ def test_a_relay_without_directory_refuses_directory_connections(net: Harness) -
             await rig.aclose()
 
     net.run(main)
+
+
+def test_the_relays_directory_limits_records_per_source_address(net: Harness) -> None:
+    """On 127.0.0.1 both nodes share an address: the second is refused; in the simulator each host has its own."""
+
+    async def main(h: Harness) -> None:
+        rig = Rig(h)
+        try:
+            relay = await _bind(h, "per-address", directory=Directory(max_per_address=1))
+            rig.relays.append(relay)
+            assert relay.directory is not None
+            a = await h.endpoint("a")
+            b = await h.endpoint("b")
+            await DirectoryClient(a, _directory_of(relay), refresh=False).publish(a.node_addr())
+            store = relay.directory.directory
+            if h.name == "udp":
+                assert store.count_from("127.0.0.1") == 1
+                with pytest.raises(DirectoryError, match=r"address 127\.0\.0\.1 holds its maximum of 1") as info:
+                    await DirectoryClient(b, _directory_of(relay), refresh=False).publish(b.node_addr())
+                assert info.value.status is not None and info.value.status.name == "FULL"
+            else:
+                await DirectoryClient(b, _directory_of(relay), refresh=False).publish(b.node_addr())
+                assert len(store) == 2 and store.count_from(a.node_addr().direct_addresses[0][0]) == 1
+        finally:
+            await rig.aclose()
+
+    net.run(main)

@@ -9,6 +9,11 @@ from the seed, so one seed is one run.  See ``tests/sim/test_swarm.py`` for the
 rules a run is judged by, and run this module to sweep seeds::
 
     python -m tests.sim.swarm --band lossy-faults --seeds 200
+
+This is the project's own regression scenario, not a tool: to swarm-test your own
+app (your scenario over many seeds with random faults, heal and settle checks, a
+report with one-line replays), use :mod:`asgi_p2p.sim.swarm` (``swarm``,
+``FaultPlan``, the ``sim_swarm`` pytest fixture; docs/testing.md, "Swarms").
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import logging
 import math
 import random
 import sys
-import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -33,6 +37,7 @@ from asgi_p2p import NetworkConfig, Node, NodeAddr, SecretKey
 from asgi_p2p.http import H3Server, P2PTransport
 from asgi_p2p.relay.server import RelayServer
 from asgi_p2p.sim import START_TIME, Simulation
+from asgi_p2p.sim.determinism import real_perf_counter
 
 # -- the scenario's parameters (the test's docstring explains each choice) -----------------
 
@@ -428,11 +433,11 @@ def run(
     """Run one seed of ``band``; never raises for a failing run (see :attr:`Result.passed`)."""
     plan = Plan.draw(seed, band, loss_model=loss_model)
     result = Result(plan)
-    t0 = time.perf_counter()
+    t0 = real_perf_counter()  # wall time (time.perf_counter is virtual inside a simulation)
     sim = Simulation(seed=seed, mtu=1500, latency=0.05, loss=0.0, keep_trace=False)
     with sim:
         sim.run(scenario(sim, plan, result), time_limit=600)
-    result.wall = time.perf_counter() - t0
+    result.wall = real_perf_counter() - t0
     return result
 
 

@@ -116,7 +116,7 @@ def test_livelock_raise_mode() -> None:
 
 def test_run_in_executor_and_to_thread_inline(sim: Simulation) -> None:
     def work(x: int) -> int:
-        time.sleep(0.01)  # real time passes, virtual time does not
+        sum(range(200_000))  # real time passes, virtual time does not
         return x * 2
 
     def boom() -> None:
@@ -205,10 +205,19 @@ def test_run_refuses_nested_loop(sim: Simulation) -> None:
         async def inner() -> None:
             pass
 
-        with pytest.raises(SimulationError, match="plain 'def'"):
+        with pytest.raises(SimulationError, match="another event loop runs in this thread"):
             sim.run(inner())
 
     asyncio.run(outer())
+
+    async def on_its_own_loop() -> None:
+        async def inner() -> None:
+            pass
+
+        with pytest.raises(SimulationError, match=r"own running loop .* await the coroutine instead"):
+            sim.run(inner())
+
+    sim.run(on_its_own_loop())
 
 
 def test_state_survives_between_runs(sim: Simulation) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -26,6 +27,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
                 if os.environ.get("HANG_STARTUP"):
+                    print("sample_app: startup hanging", file=sys.stderr, flush=True)  # tests wait for it
                     await asyncio.sleep(3600)
                 if os.environ.get("FAIL_STARTUP"):
                     await send({"type": "lifespan.startup.failed", "message": "sample app refuses to start"})
@@ -46,6 +48,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if not msg.get("more_body"):
             break
     if scope["path"] == "/slow":
+        print("sample_app: slow request started", file=sys.stderr, flush=True)  # tests wait for it
         await asyncio.sleep(float(os.environ.get("SLOW_SECONDS", "1")))
     p2p = (scope.get("extensions") or {}).get("p2p") or {}
     data = {

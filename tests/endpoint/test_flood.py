@@ -1,0 +1,589 @@
+"""Floods of unauthenticated Initial packets: no state for junk, bounded half-open
+connections, QUIC Retry under load, per-source limits, handshake timeouts (issue 12).
+
+Most run on the simulator (virtual time: the 10 s handshake timeout costs nothing);
+one floods a real UDP socket on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from aioquic.quic.connection import QuicConnection
+
+from asgi_p2p import ConnectionFailed, NetworkConfig, Node, SecretKey
+from asgi_p2p.endpoint.admission import AdmissionTable, InvalidToken, RetryTokens, Verdict, source_of
+from asgi_p2p.endpoint.reset import MIN_TRIGGER_SIZE
+from asgi_p2p.net.base import Address, DatagramSocket
+from asgi_p2p.net.udp import UdpNetwork
+from asgi_p2p.relay.proto import RELAY_ALPN
+from asgi_p2p.relay.server import RelayServer
+from asgi_p2p.sim import Host, Simulation
+from tests.harness import Harness
+
+from .initials import ClientHellos, client, first_datagram, junk_initial, padding_initial
+
+PORT = 4433
+
+
+async def _node(name: str, host: Host, config: NetworkConfig | None = None, **kwargs: Any) -> Node:
+    return await Node.bind(
+        SecretKey.from_seed(name), host="0.0.0.0", port=PORT, config=config or NetworkConfig(), network=host, **kwargs
+    )
+
+
+class Flooder:
+    """Sockets on one or more hosts that send packets and never answer what comes back."""
+
+    def __init__(self) -> None:
+        self.sockets: list[DatagramSocket] = []
+        self.received: list[tuple[bytes, Address]] = []
+        #: the index in ``sockets`` of the socket each of ``received`` arrived on
+        self.received_on: list[int] = []
+
+    def _receiver(self, index: int) -> Callable[[bytes, Address], None]:
+        def receive(data: bytes, addr: Address) -> None:
+            self.received.append((data, addr))
+            self.received_on.append(index)
+
+        return receive
+
+    async def bind(self, network: Any, count: int, host: str = "0.0.0.0") -> None:
+        for _ in range(count):
+            self.sockets.append(await network.bind(host, 0, self._receiver(len(self.sockets))))
+
+    async def flood(self, packets: Sequence[bytes], target: Address, duration: float, steps: int = 100) -> None:
+        """Send ``packets`` to ``target`` round-robin over the sockets, spread over ``duration`` seconds."""
+        per_step = -(-len(packets) // steps)
+        for i in range(0, len(packets), per_step):
+            for j, packet in enumerate(packets[i : i + per_step], start=i):
+                self.sockets[j % len(self.sockets)].sendto(packet, target)
+            await asyncio.sleep(duration / steps)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def _live_quic_connections() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, QuicConnection))
+
+
+def _sim(seed: int = 1) -> Simulation:
+    return Simulation(seed=seed, latency=0.01, loss=0.0, keep_trace=False)
+
+
+# -- junk: nothing that does not decrypt creates state ----------------------------------
+
+
+def test_undecryptable_initials_create_nothing_and_a_peer_connects_during_the_flood() -> None:
+    sim = _sim()
+    with sim:
+        server_host, client_host, attacker = sim.host("server"), sim.host("client"), sim.host("attacker")
+        rng = random.Random(1)
+        junk = [junk_initial(rng) for _ in range(1100)]
+
+        async def main() -> None:
+            server = await _node("server", server_host)
+            peer = await _node("client", client_host)
+            flooder = Flooder()
+            await flooder.bind(attacker, 1100)  # one source port per packet
+            baseline = _live_quic_connections()
+            loop = asyncio.get_running_loop()
+            target = (server_host.address, PORT)
+            flood = asyncio.create_task(flooder.flood(junk, target, duration=0.1))
+            await asyncio.sleep(0.05)  # mid-flood
+            started = loop.time()
+            conn = await peer.connect(server.node_addr())
+            took = loop.time() - started
+            peak_objects = _live_quic_connections()
+            await flood
+            await asyncio.sleep(0.1)
+            stats = server.admission_stats
+            assert stats.undecryptable == 1100
+            assert stats.accepted == 1 and stats.retries == 0
+            assert server.connection_count == 1 and server.handshaking == 0
+            assert took < 1.0, f"legitimate connect took {took:.3f}s during the flood"
+            # memory: the flood added no QUIC connection object (the peer's pair only)
+            assert peak_objects - baseline <= 2
+            assert flooder.received == []  # and nothing was sent to the flood's sources
+            await conn.send(b"still fine")
+            flooder.close()
+            await peer.close()
+            await server.close()
+
+        sim.run(main(), time_limit=60)
+
+
+def _junk_short_header(rng: random.Random, size: int) -> bytes:
+    """A short-header (1-RTT) packet naming a random 8-byte connection id, random bytes after it."""
+    return bytes([0x40 | rng.getrandbits(6)]) + rng.randbytes(size - 1)
+
+
+def test_junk_short_headers_get_few_small_resets_and_no_state() -> None:
+    """Junk short headers name no connection: each may get a stateless reset (a peer
+    that restarted must learn it), but never state, never more bytes than it carried,
+    and in all at most the reset limiter's burst and rate, whatever the sources."""
+    sim = _sim()
+    with sim:
+        server_host, client_host = sim.host("server"), sim.host("client")
+        attackers = [sim.host(f"attacker{i}") for i in range(10)]
+        rng = random.Random(7)
+        # 1,100 sources (10 addresses x 110 ports, more than the limiter keeps per-source
+        # state for), each sending one of: a junk Initial, a full-size junk short header, a
+        # short header of the smallest size a packet has, and one too short to be a packet
+        sizes = [1200, MIN_TRIGGER_SIZE, MIN_TRIGGER_SIZE - 1]
+        packets = [junk_initial(rng) if i % 4 == 0 else _junk_short_header(rng, sizes[i % 4 - 1]) for i in range(1100)]
+        answerable = sum(1 for p in packets if p[0] & 0x80 == 0 and len(p) >= MIN_TRIGGER_SIZE)
+
+        async def main() -> None:
+            server = await _node("server", server_host)
+            peer = await _node("client", client_host)
+            flooder = Flooder()
+            for _ in range(110):
+                for host in attackers:
+                    await flooder.bind(host, 1)
+            baseline = _live_quic_connections()
+            loop = asyncio.get_running_loop()
+            flood = asyncio.create_task(flooder.flood(packets, (server_host.address, PORT), duration=0.1))
+            await asyncio.sleep(0.05)
+            started = loop.time()
+            conn = await peer.connect(server.node_addr())
+            took = loop.time() - started
+            await flood
+            await asyncio.sleep(0.1)
+            # no state: the junk Initials are undecryptable, the short headers name nothing
+            stats = server.admission_stats
+            assert stats.undecryptable == 275 and stats.accepted == 1
+            assert server.connection_count == 1 and server.handshaking == 0
+            assert _live_quic_connections() - baseline <= 2
+            assert took < 1.0, f"legitimate connect took {took:.3f}s during the flood"
+            # answers: only stateless resets, only to short headers that could be packets,
+            # within the overall burst (100) plus 100/s over the 0.1 s flood
+            sent, limited = server.stateless_resets_sent, server.stateless_resets_limited
+            assert sent + limited == answerable == 550
+            assert 0 < sent <= 111 and len(flooder.received) == sent
+            for (reset, _), index in zip(flooder.received, flooder.received_on, strict=True):
+                trigger = packets[index]
+                assert reset[0] & 0xC0 == 0x40 and len(reset) < len(trigger) and len(reset) <= 64
+            back = sum(len(d) for d, _ in flooder.received)
+            assert back * 20 < sum(len(p) for p in packets), f"{back} bytes sent back"
+            # the legitimate connection is untouched by the junk (no reset matched its token)
+            assert server.stateless_resets_received == 0 and peer.stateless_resets_received == 0
+            await conn.send(b"still fine")
+            flooder.close()
+            await peer.close()
+            await server.close()
+
+        sim.run(main(), time_limit=60)
+
+
+def test_initial_that_decrypts_but_carries_no_handshake_is_dropped_at_once() -> None:
+    sim = _sim()
+    with sim:
+        server_host, attacker = sim.host("server"), sim.host("attacker")
+
+        async def main() -> None:
+            server = await _node("server", server_host)
+            flooder = Flooder()
+            await flooder.bind(attacker, 20)
+            rng = random.Random(2)
+            await flooder.flood([padding_initial(rng) for _ in range(20)], (server_host.address, PORT), 0.01, steps=2)
+            await asyncio.sleep(0.1)
+            stats = server.admission_stats
+            assert stats.undecryptable == 0 and stats.accepted == 20 and stats.dropped_at_once == 20
+            assert server.connection_count == 0 and server.handshaking == 0
+            # each got QUIC's CONNECTION_CLOSE (PROTOCOL_VIOLATION), nothing more
+            assert len(flooder.received) == 20
+            flooder.close()
+            await server.close()
+
+        sim.run(main(), time_limit=30)
+
+
+# -- genuine ClientHellos from sockets that never answer --------------------------------
+
+
+def test_client_hello_flood_is_bounded_answered_with_retry_and_recovers() -> None:
+    sim = _sim()
+    with sim:
+        server_host, client_host = sim.host("server"), sim.host("client")
+        attackers = [sim.host(f"attacker{i}") for i in range(11)]
+        rng = random.Random(3)
+        hellos = ClientHellos(rng)
+        packets = [hellos() for _ in range(1100)]
+
+        async def main() -> None:
+            server = await _node("server", server_host)
+            cfg = server.config
+            peer = await _node("client", client_host)
+            flooder = Flooder()
+            for _ in range(100):  # 11 addresses x 100 ports, taking turns
+                for host in attackers:
+                    await flooder.bind(host, 1)
+            loop = asyncio.get_running_loop()
+            flood = asyncio.create_task(flooder.flood(packets, (server_host.address, PORT), duration=0.1))
+            await asyncio.sleep(0.05)
+            started = loop.time()
+            conn = await peer.connect(server.node_addr())
+            took = loop.time() - started
+            await flood
+            await asyncio.sleep(0.2)
+            stats = server.admission_stats
+            # half-open: exactly the unvalidated pool; everything beyond it got a Retry
+            assert server.handshaking == cfg.max_handshaking == 128
+            assert server.connection_count == cfg.max_handshaking + 1
+            assert stats.accepted == cfg.max_handshaking + 1
+            assert stats.retries == 1100 - cfg.max_handshaking + 1  # and one for the peer
+            assert stats.accepted_validated == 1  # the peer, after returning its token
+            assert took < 1.0, f"legitimate connect took {took:.3f}s during the flood"
+            retries = [d for d, _ in flooder.received if d[0] & 0xF0 == 0xF0]  # long header, type Retry
+            assert len(retries) == 1100 - cfg.max_handshaking
+            # after the handshake timeout the half-open connections are gone; the peer is not
+            await asyncio.sleep(cfg.handshake_timeout + 1)
+            assert server.handshaking == 0
+            assert server.connection_count == 1
+            assert stats.handshake_timeouts == cfg.max_handshaking
+            assert _live_quic_connections() <= 2
+            await conn.send(b"after the flood")
+            flooder.close()
+            await peer.close()
+            await server.close()
+
+        sim.run(main(), time_limit=60)
+
+
+def test_one_address_gets_its_share_of_half_open_connections_then_retry() -> None:
+    sim = _sim()
+    with sim:
+        server_host, client_host, attacker = sim.host("server"), sim.host("client"), sim.host("attacker")
+        rng = random.Random(4)
+        hellos = ClientHellos(rng)
+
+        async def main() -> None:
+            server = await _node("server", server_host)
+            cfg = server.config
+            flooder = Flooder()
+            await flooder.bind(attacker, 100)
+            await flooder.flood([hellos() for _ in range(100)], (server_host.address, PORT), 0.05, steps=5)
+            await asyncio.sleep(0.1)
+            stats = server.admission_stats
+            assert server.handshaking == cfg.max_handshaking_per_address == 16
+            assert stats.retries == 100 - 16
+            # another address is not affected: admitted without a Retry
+            peer = await _node("client", client_host)
+            await peer.connect(server.node_addr())
+            assert stats.retries == 100 - 16 and stats.accepted_validated == 0
+            flooder.close()
+            await peer.close()
+            await server.close()
+
+        sim.run(main(), time_limit=30)
+
+
+def test_connections_per_address_are_limited_with_a_clear_refusal(udp: Harness) -> None:
+    async def scenario(net: Harness) -> None:
+        server = await net.endpoint("server", config=NetworkConfig(max_connections_per_address=2))
+        for i in range(2):
+            await (await net.endpoint(f"ok{i}")).connect(server.node_addr())
+        extra = await net.endpoint("extra", config=NetworkConfig(connect_timeout=3))
+        with pytest.raises(ConnectionFailed, match=re.escape("too many connections from 127.0.0.1")):
+            await extra.connect(server.node_addr())
+        assert server.admission_stats.refused == 1
+        assert server.connection_count == 2  # the refusal kept no state
+
+    udp.run(scenario)
+
+
+# -- Retry tokens ------------------------------------------------------------------------
+
+ADDR = ("10.0.0.7", 5000)
+
+
+def _tokens(lifetime: float = 10.0) -> RetryTokens:
+    return RetryTokens.for_node(SecretKey.from_seed("server"), lifetime)
+
+
+def test_retry_token_round_trip_returns_the_original_connection_id() -> None:
+    tokens = _tokens()
+    token = tokens.create(address=ADDR, original_dcid=b"orig-cid", retry_scid=b"retry-id", now=100.0)
+    assert tokens.validate(address=ADDR, destination_cid=b"retry-id", token=token, now=105.0) == b"orig-cid"
+    # the same key (same node key) validates after a restart
+    assert _tokens().validate(address=ADDR, destination_cid=b"retry-id", token=token, now=100.0) == b"orig-cid"
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("other host", "not issued by this node"),
+        ("other port", "not issued by this node"),
+        ("other connection id", "not issued by this node"),
+        ("forged tag", "not issued by this node"),
+        ("forged body", "not issued by this node"),
+        ("other node", "not issued by this node"),
+        ("expired", "expired"),
+        ("from the future", "future"),
+        ("truncated", "malformed"),
+        ("empty", "malformed"),
+        ("bad version", "malformed"),
+        ("bad length", "malformed"),
+    ],
+)
+def test_retry_token_refused(case: str, message: str) -> None:
+    tokens = _tokens()
+    token = tokens.create(address=ADDR, original_dcid=b"orig-cid", retry_scid=b"retry-id", now=100.0)
+    addr, dcid, now, checker = ADDR, b"retry-id", 101.0, tokens
+    if case == "other host":
+        addr = ("10.0.0.8", 5000)
+    elif case == "other port":
+        addr = ("10.0.0.7", 5001)
+    elif case == "other connection id":
+        dcid = b"other-id"
+    elif case == "forged tag":
+        token = token[:-1] + bytes([token[-1] ^ 1])
+    elif case == "forged body":
+        token = token[:2] + bytes([token[2] ^ 1]) + token[3:]  # the issue time
+    elif case == "other node":
+        checker = RetryTokens.for_node(SecretKey.from_seed("someone else"), 10.0)
+    elif case == "expired":
+        now = 100.0 + 10.0 + 0.01
+    elif case == "from the future":
+        now = 50.0
+    elif case == "truncated":
+        token = token[:20]
+    elif case == "empty":
+        token = b""
+    elif case == "bad version":
+        token = b"\x02" + token[1:]
+    elif case == "bad length":
+        token = token + b"\x00"
+    with pytest.raises(InvalidToken, match=message):
+        checker.validate(address=addr, destination_cid=dcid, token=token, now=now)
+
+
+def test_retry_tokens_check_their_key_and_lifetime() -> None:
+    with pytest.raises(ValueError, match="key"):
+        RetryTokens(b"short", 10.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lifetime"):
+            RetryTokens(bytes(32), bad)
+
+
+def test_tokens_end_to_end_forged_expired_and_other_address_create_nothing() -> None:
+    """A real Retry from the endpoint; its token works only from the address it was sent to, in time."""
+    sim = _sim()
+    with sim:
+        server_host, attacker, elsewhere = sim.host("server"), sim.host("attacker"), sim.host("elsewhere")
+
+        async def main() -> None:
+            config = NetworkConfig(max_handshaking_per_address=1, retry_token_lifetime=5.0)
+            server = await _node("server", server_host, config)
+            target = (server_host.address, PORT)
+            stats = server.admission_stats
+            holder, asker, other_port, other_host = Flooder(), Flooder(), Flooder(), Flooder()
+            for f, host in ((holder, attacker), (asker, attacker), (other_port, attacker), (other_host, elsewhere)):
+                await f.bind(host, 1)
+            # the attacker address's one unvalidated slot is taken by a silent handshake
+            holder.sockets[0].sendto(ClientHellos(random.Random(5))(), target)
+            await asyncio.sleep(0.1)
+            assert server.handshaking == 1
+
+            async def retried_initial() -> bytes:
+                """A client's Initial answered with Retry, and its second Initial with the token."""
+                quic = client()
+                asker.received.clear()
+                asker.sockets[0].sendto(first_datagram(quic, target), target)
+                await asyncio.sleep(0.1)
+                (retry, _), *_ = asker.received
+                quic.receive_datagram(retry, target, 0.0)
+                second = quic.datagrams_to_send(0.0)[0][0]
+                assert second[0] & 0xF0 == 0xC0  # an Initial again, now with the token
+                return second
+
+            # a token the server never issued
+            other_host.sockets[0].sendto(first_datagram(client(token=bytes(45)), target), target)
+            with_token = await retried_initial()
+            assert stats.retries == 1
+            # returned from another port of the same host, and from another host
+            other_port.sockets[0].sendto(with_token, target)
+            other_host.sockets[0].sendto(with_token, target)
+            await asyncio.sleep(0.1)
+            assert stats.invalid_tokens == 3 and server.handshaking == 1
+            # returned too late
+            await asyncio.sleep(server.config.retry_token_lifetime)
+            asker.sockets[0].sendto(with_token, target)
+            await asyncio.sleep(0.1)
+            assert stats.invalid_tokens == 4
+            assert server.connection_count == 1  # only the silent holder (its handshake has not timed out yet)
+            # returned in time from the right address: a validated half-open connection
+            fresh = await retried_initial()
+            asker.sockets[0].sendto(fresh, target)
+            await asyncio.sleep(0.1)
+            assert stats.accepted_validated == 1 and stats.invalid_tokens == 4
+            for f in (holder, asker, other_port, other_host):
+                f.close()
+            await server.close()
+
+        sim.run(main(), time_limit=60)
+
+
+# -- the admission table on its own -------------------------------------------------------
+
+
+def test_admission_table_pools_and_per_source_counts_return_to_zero() -> None:
+    cfg = NetworkConfig(max_handshaking=3, max_handshaking_per_address=2, max_connections_per_address=5)
+    table = AdmissionTable(cfg)
+    conns = [object() for _ in range(8)]
+    assert table.decide("a", validated=False, established=0)[0] is Verdict.ADMIT
+    table.admit(conns[0], "a", validated=False, timer=None)
+    table.admit(conns[1], "a", validated=False, timer=None)
+    assert table.decide("a", validated=False, established=0)[0] is Verdict.RETRY  # a's share
+    assert table.decide("b", validated=False, established=0)[0] is Verdict.ADMIT
+    table.admit(conns[2], "b", validated=False, timer=None)
+    assert table.decide("c", validated=False, established=0)[0] is Verdict.RETRY  # the pool
+    assert table.decide("a", validated=True, established=0)[0] is Verdict.ADMIT  # the validated pool
+    table.admit(conns[3], "a", validated=True, timer=None)
+    table.admit(conns[4], "a", validated=True, timer=None)
+    assert table.decide("a", validated=True, established=0)[0] is Verdict.DROP
+    verdict, reason = table.decide("b", validated=True, established=cfg.max_connections)
+    assert verdict is Verdict.REFUSE and "max_connections=" in reason
+    table.established(conns[0])
+    table.established(conns[1])
+    assert table.half_open == 3
+    assert table.decide("a", validated=False, established=0)[0] is Verdict.ADMIT  # a's share is free again
+    table.admit(conns[5], "a", validated=False, timer=None)
+    verdict, reason = table.decide("a", validated=False, established=0)
+    assert verdict is Verdict.REFUSE and "from a" in reason  # 5 accepted from a
+    for conn in conns[:6]:
+        table.forget(conn)
+    table.forget(conns[7])  # unknown: no-op
+    assert len(table) == 0 and table.half_open == 0 and table.half_open_validated == 0 and table.sources == 0
+
+
+@pytest.mark.parametrize(
+    ("addr", "source"),
+    [
+        (("192.0.2.1", 1), "192.0.2.1"),
+        (("2001:db8:1:2:3:4:5:6", 1), "2001:db8:1:2::/64"),
+        (("::ffff:192.0.2.1", 1), "192.0.2.1"),
+        (("some-host", 1), "some-host"),
+    ],
+)
+def test_source_of(addr: Address, source: str) -> None:
+    assert source_of(addr) == source
+
+
+# -- the relay (an Endpoint too) and relayed Initials -----------------------------------
+
+
+def test_relay_survives_both_floods_and_a_new_client_connects() -> None:
+    sim = _sim()
+    with sim:
+        relay_host, client_host = sim.host("relay"), sim.host("client")
+        attackers = [sim.host(f"attacker{i}") for i in range(10)]
+        rng = random.Random(6)
+        hellos = ClientHellos(rng, alpn=RELAY_ALPN)
+
+        async def main() -> None:
+            relay = await RelayServer.bind(SecretKey.from_seed("relay"), host="0.0.0.0", port=3478, network=relay_host)
+            ep = relay.endpoint
+            flooder = Flooder()
+            for _ in range(50):
+                for host in attackers:
+                    await flooder.bind(host, 1)
+            target = (relay_host.address, 3478)
+            packets = [junk_initial(rng) for _ in range(1000)] + [hellos() for _ in range(500)]
+            random.Random(7).shuffle(packets)
+            flood = asyncio.create_task(flooder.flood(packets, target, duration=0.1))
+            await asyncio.sleep(0.05)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            node = await _node("client", client_host, relay_url=str(relay.url))
+            assert node.relay is not None
+            await node.relay.wait_connected(5)
+            took = loop.time() - started
+            await flood
+            await asyncio.sleep(0.2)
+            stats = ep.admission_stats
+            assert stats.undecryptable == 1000
+            assert ep.handshaking == ep.config.max_handshaking
+            assert took < 1.0, f"relay client took {took:.3f}s to connect during the flood"
+            await asyncio.sleep(ep.config.handshake_timeout + 1)
+            assert ep.handshaking == 0 and ep.connection_count == 1
+            assert relay.clients == [node.node_id]
+            flooder.close()
+            await node.close()
+            await relay.close()
+
+        sim.run(main(), time_limit=60)
+
+
+def test_relayed_initials_junk_creates_nothing_and_hellos_are_limited_per_sender() -> None:
+    sim = _sim()
+    with sim:
+        relay_host, victim_host, attacker_host = sim.host("relay"), sim.host("victim"), sim.host("attacker")
+        rng = random.Random(8)
+        hellos = ClientHellos(rng)
+
+        async def main() -> None:
+            relay = await RelayServer.bind(SecretKey.from_seed("relay"), host="0.0.0.0", port=3478, network=relay_host)
+            url = str(relay.url)
+            victim = await _node("victim", victim_host, relay_url=url)
+            attacker = await _node("attacker", attacker_host, relay_url=url)
+            assert victim.relay is not None and attacker.relay is not None
+            await victim.relay.wait_connected(5)
+            await attacker.relay.wait_connected(5)
+            for i in range(60):
+                attacker.relay.send_packet(victim.node_id, junk_initial(rng) if i % 2 else hellos())
+                await asyncio.sleep(0.02)  # within the relay's per-client rate limits
+            await asyncio.sleep(0.2)
+            stats = victim.admission_stats
+            assert stats.undecryptable == 30
+            # the relay vouches for the sender: validated pool, its per-source share
+            assert victim.handshaking == victim.config.max_handshaking_per_address == 16
+            assert stats.accepted_validated == 16 and stats.dropped_busy == 14 and stats.retries == 0
+            await asyncio.sleep(victim.config.handshake_timeout + 1)
+            assert victim.handshaking == 0
+            await attacker.close()
+            await victim.close()
+            await relay.close()
+
+        sim.run(main(), time_limit=60)
+
+
+# -- real UDP on loopback ----------------------------------------------------------------
+
+
+async def test_junk_flood_on_real_udp_leaves_no_state_and_a_peer_connects() -> None:
+    server = await Node.bind(SecretKey.from_seed("server"), host="127.0.0.1", port=0)
+    peer = await Node.bind(SecretKey.from_seed("client"), host="127.0.0.1", port=0)
+    flooder = Flooder()
+    try:
+        await flooder.bind(UdpNetwork(), 100, host="127.0.0.1")
+        rng = random.Random(9)
+        junk = [junk_initial(rng) for _ in range(1100)]
+        loop = asyncio.get_running_loop()
+        flood = asyncio.create_task(flooder.flood(junk, server.local_address, duration=0.1))
+        await asyncio.sleep(0.03)
+        started = loop.time()
+        await peer.connect(server.node_addr())
+        took = loop.time() - started
+        await flood
+        await asyncio.sleep(0.1)
+        stats = server.admission_stats
+        assert stats.undecryptable >= 1000  # the kernel may drop a few of a burst
+        assert stats.accepted == 1
+        assert server.connection_count == 1 and server.handshaking == 0
+        assert took < 1.0, f"legitimate connect took {took:.3f}s during the flood"
+        assert flooder.received == []
+    finally:
+        flooder.close()
+        await peer.close()
+        await server.close()

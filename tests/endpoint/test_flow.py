@@ -1,0 +1,85 @@
+"""Receive-window auto-tuning and send-buffer sizing (asgi_p2p.endpoint.flow), as pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from asgi_p2p.endpoint.flow import ReceiveWindow, send_buffer_limit
+
+KIB = 1024
+RTT = 0.08
+
+
+def test_limit_moves_in_half_window_steps() -> None:
+    w = ReceiveWindow(256 * KIB, 256 * KIB)  # no auto-tuning
+    assert w.limit == 256 * KIB
+    assert not w.consume(100 * KIB, 0.0, RTT)  # less than half a window read: no announcement
+    assert w.limit == 256 * KIB
+    assert w.consume(28 * KIB, 0.001, RTT)  # half a window read: the limit moves
+    assert w.limit == 128 * KIB + 256 * KIB
+    assert w.window == 256 * KIB
+
+
+def test_window_doubles_while_the_reader_consumes_a_window_within_two_rtts() -> None:
+    w = ReceiveWindow(256 * KIB, 16 * 1024 * KIB)
+    now = 0.0
+    rate = 12.5e6  # the reader keeps up with a 100 Mbit/s path
+    seen = [w.window]
+    for _ in range(4000):
+        now += 16 * KIB / rate
+        w.consume(16 * KIB, now, RTT)
+        if w.window != seen[-1]:
+            seen.append(w.window)
+    # doubling steps, up to the first window that a rate * 2 RTT no longer fills
+    assert seen == [256 * KIB, 512 * KIB, 1024 * KIB, 2048 * KIB]
+    assert w.window >= 2 * rate * RTT  # >= 2 bandwidth-delay products: the sender never waits
+    assert w.limit - w.consumed <= w.window
+
+
+def test_window_never_grows_for_a_slow_reader() -> None:
+    w = ReceiveWindow(256 * KIB, 16 * 1024 * KIB)
+    now = 0.0
+    for _ in range(1000):
+        now += 1.0  # 16 KiB a second: far slower than window / (2 RTT)
+        w.consume(16 * KIB, now, RTT)
+    assert w.window == 256 * KIB
+    assert w.limit - w.consumed <= w.window
+
+
+def test_window_stops_at_its_ceiling_and_needs_an_rtt() -> None:
+    w = ReceiveWindow(64 * KIB, 200 * KIB)
+    now = 0.0
+    for _ in range(200):
+        now += 0.0001
+        w.consume(8 * KIB, now, RTT)
+    assert w.window == 200 * KIB
+    fresh = ReceiveWindow(64 * KIB, 1024 * KIB)
+    for _ in range(200):
+        fresh.consume(8 * KIB, 0.0, 0.0)  # no RTT measured yet: no judgement possible
+    assert fresh.window == 64 * KIB
+
+
+def test_ensure_window_and_consumed_to() -> None:
+    w = ReceiveWindow(4 * 1024 * KIB, 24 * 1024 * KIB)
+    w.ensure_window(96 * 1024 * KIB)
+    assert w.window == 24 * 1024 * KIB  # the ceiling holds
+    w2 = ReceiveWindow(100, 100)
+    assert w2.consumed_to(60, 1.0, RTT)
+    assert not w2.consumed_to(50, 1.0, RTT)  # consumption never goes back
+    assert (w2.consumed, w2.limit) == (60, 160)
+    with pytest.raises(ValueError, match="positive"):
+        ReceiveWindow(0, 10)
+
+
+@pytest.mark.parametrize(
+    ("cwnd", "credit", "expected"),
+    [
+        (12_000, 10**9, 256 * KIB),  # small congestion window: the floor
+        (3_000_000, 10**9, 6_000_000),  # two congestion windows
+        (100_000_000, 10**9, 16 * 1024 * KIB),  # a huge one: the ceiling
+        (3_000_000, 0, 256 * KIB),  # the peer stopped reading: the floor only
+        (3_000_000, 1_000_000, 1_000_000 + 256 * KIB),  # what the peer's credit allows, plus the floor
+    ],
+)
+def test_send_buffer_limit(cwnd: int, credit: int, expected: int) -> None:
+    assert send_buffer_limit(cwnd, credit, 256 * KIB, 16 * 1024 * KIB) == expected
