@@ -20,6 +20,8 @@ from asgi_p2p import MessageConnection, NetworkConfig, Node, SecretKey
 from asgi_p2p import aioquic_compat as hooks
 from asgi_p2p.endpoint import connection
 from asgi_p2p.endpoint.connection import PeerConnection
+from asgi_p2p.net.base import Address
+from asgi_p2p.paths.route import Route
 from asgi_p2p.sim import Simulation
 
 LATENCY = 0.030
@@ -117,6 +119,46 @@ def test_the_backoff_is_capped_so_a_healed_path_is_found_within_the_cap() -> Non
             healed = loop.time()
             assert await asyncio.wait_for(at_alice.recv(), 30.0) == b"during"
             assert loop.time() - healed <= cap + 2 * LATENCY + 0.01
+            await bob.close()
+            await alice.close()
+
+        sim.run(main(), time_limit=120)
+
+
+def test_a_packet_through_the_relay_does_not_end_the_backoff_of_a_direct_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer's packet arriving through the relay while we send direct says nothing of the
+    direct path: the backoff goes on (its probe timeouts are how the paths layer finds the
+    direct path dead and falls back); the same packet on the direct path ends it."""
+    monkeypatch.setattr(connection, "_MAX_PROBE_INTERVAL", 1000.0)
+    with Simulation(seed=3, latency=LATENCY, loss=0.0) as sim:
+
+        async def main() -> None:
+            alice, bob, _to_alice, at_alice = await _lost_in_a_partition(sim)
+            conn = _conn(bob)
+            alice_route = _conn(alice).route
+            captured: list[bytes] = []
+            original_send = Route.send
+
+            def capture(route: Route, datagrams: list[tuple[bytes, Address]]) -> None:
+                if route is alice_route:
+                    captured.extend(data for data, _addr in datagrams)
+                original_send(route, datagrams)
+
+            monkeypatch.setattr(Route, "send", capture)
+            await at_alice.send(b"after")  # into the partition: only captured
+            await asyncio.sleep(0.01)
+            assert captured
+            ptos = hooks.pto_count(conn.quic)
+            assert ptos >= 4 and conn.route.direct is not None
+            conn.datagram_received(captured[0], None)  # as if relayed
+            assert conn.backoffs_ended == 0
+            assert hooks.pto_count(conn.quic) == ptos
+            # the same evidence on the direct path: the backoff ends
+            await at_alice.send(b"again")
+            await asyncio.sleep(0.01)
+            conn.datagram_received(captured[-1], conn.route.direct)
+            assert conn.backoffs_ended == 1
+            assert hooks.pto_count(conn.quic) == 0
             await bob.close()
             await alice.close()
 
