@@ -20,19 +20,26 @@ def test_transport_benchmark_quick_run_prints_table() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "| metric | max_datagram_size | asgi-p2p | aioquic | asgi-p2p / aioquic | target |" in out
+    assert (
+        "| metric | max_datagram_size | asgi-p2p: median (runs) | aioquic: median (runs) | asgi-p2p / aioquic "
+        "| per-run ratio: median (min-max) | target |"
+    ) in out
     for size in ("1200", "16000"):
         for metric in (
-            "handshake incl. mutual auth, wall ms (median of 3)",
-            "handshake, client CPU ms per connect (median)",
+            "handshake incl. mutual auth, wall ms until the client holds HANDSHAKE_DONE (median of 3)",
+            "handshake, client CPU ms per connect, until HANDSHAKE_DONE (median)",
             "handshake, server CPU ms per connection (incl. close)",
             "64 B message round trip, µs (median of 20)",
-            "bulk 1 MiB one way, one connection, MB/s",
+            "bulk 1 MiB one way, one connection, MB/s, same limits",
+            "bulk 1 MiB one way, MB/s, each with its defaults",
         ):
             rows = [line for line in out.splitlines() if line.startswith(f"| {metric} | {size} |")]
             assert len(rows) == 1, f"missing row {metric!r} at {size}:\n{out}"
             cells = [c.strip() for c in rows[0].strip("|").split("|")]
             assert cells[2] != "n/a" and cells[3] != "n/a", rows[0]
+    # both bulk configurations are stated above the table
+    assert "- bulk, same limits: both senders hold at most 256 KiB unacknowledged" in out
+    assert "- bulk, defaults: asgi-p2p send buffer 256 KiB" in out
     assert "Machine:" in out
 
 
