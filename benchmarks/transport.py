@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import dataclasses
 import multiprocessing
 import os
@@ -351,21 +352,30 @@ async def _serve_aioquic(mds: int, limits: Limits, ctl: Connection) -> None:
     server.close()
 
 
-def _server_main(impl: str, mds: int, limits: Limits, ctl: Connection) -> None:
+def _server_main(impl: str, mds: int, limits: Limits, ctl: Connection, profile: str | None) -> None:
     serve_fn = {"asgi-p2p": _serve_asgi_p2p, "aioquic": _serve_aioquic}[impl]
-    asyncio.run(serve_fn(mds, limits, ctl))
+    if profile is None:
+        asyncio.run(serve_fn(mds, limits, ctl))
+        return
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        asyncio.run(serve_fn(mds, limits, ctl))
+    finally:
+        prof.disable()
+        prof.dump_stats(profile)
 
 
 class ServerProcess:
     """A benchmark server in its own process; :meth:`cpu` reads its CPU time."""
 
-    def __init__(self, impl: str, mds: int, limits: Limits) -> None:
+    def __init__(self, impl: str, mds: int, limits: Limits, profile: str | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._ctl, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_server_main, args=(impl, mds, limits, child), daemon=True)
+        self._proc = ctx.Process(target=_server_main, args=(impl, mds, limits, child, profile), daemon=True)
         self._proc.start()
         child.close()
-        if not self._ctl.poll(30):
+        if not self._ctl.poll(120):  # generous: a loaded machine, or a run under valgrind
             self._proc.kill()
             raise RuntimeError(f"{impl} server did not start")
         self.info: dict[str, Any] = self._ctl.recv()
@@ -604,7 +614,7 @@ RUNNERS: dict[str, Callable[[ServerProcess, int, Params, Limits], Awaitable[Resu
 }
 
 
-def run_one(impl: str, mds: int, p: Params) -> Result:
+def run_one(impl: str, mds: int, p: Params, profile: str | None = None) -> Result:
     """One run of every phase: a server with each implementation's defaults (handshakes, round
     trips, bulk with default limits), then one with the same limits on both (bulk)."""
     res = Result()
@@ -612,10 +622,17 @@ def run_one(impl: str, mds: int, p: Params) -> Result:
         phases = p.phases if limits.kind == "default" else p.phases & {"bulk"}
         if not phases:
             continue
-        server = ServerProcess(impl, mds, limits)
+        prefix = f"{profile}.{impl}.{mds}.{limits.kind}" if profile is not None else None
+        server = ServerProcess(impl, mds, limits, profile=f"{prefix}.server.prof" if prefix else None)
+        prof = cProfile.Profile() if prefix else None
         try:
+            if prof is not None:
+                prof.enable()
             part = asyncio.run(RUNNERS[impl](server, mds, dataclasses.replace(p, phases=phases), limits))
         finally:
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(f"{prefix}.client.prof")
             server.stop()
         bulk, sizes = {**res.bulk, **part.bulk}, res.datagram_sizes | part.datagram_sizes
         if limits.kind == "default":
@@ -661,7 +678,7 @@ def render_table(results: dict[tuple[str, int], list[Result]], sizes: list[int],
             return  # phase not run
         a, b = _median(a_runs), _median(b_runs)
         ratio = a / b if a == a and b == b and b else float("nan")
-        per_run = [x / y for x, y in zip(a_runs, b_runs, strict=True) if x == x and y == y and y]
+        per_run = [x / y for x, y in zip(a_runs, b_runs, strict=False) if x == x and y == y and y]
         verdict = ""
         if check and ratio == ratio:
             limit = float(check[2:])
@@ -740,6 +757,13 @@ def main(argv: list[str] | None = None) -> int:
         help="bytes either sender may hold unacknowledged in the same-limits bulk rows (default 262144)",
     )
     ap.add_argument("--repeat", type=int, default=1, help="interleaved runs; cells show medians and every run")
+    ap.add_argument("--only", choices=["asgi-p2p", "aioquic"], help="measure one implementation only (no ratios)")
+    ap.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        help="cProfile the client and the server process of every run, to "
+        "PREFIX.<impl>.<size>.<limits>.{client,server}.prof (the last run's; slower under the profiler)",
+    )
     ap.add_argument(
         "--iroh",
         action="store_true",
@@ -767,12 +791,12 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = machine_description()
     results: dict[tuple[str, int], list[Result]] = {}
-    impls = ["asgi-p2p", "aioquic"]
+    impls = ["asgi-p2p", "aioquic"] if args.only is None else [args.only]
     for rep in range(args.repeat):
         for mds in sizes:
             for impl in impls if rep % 2 == 0 else list(reversed(impls)):
                 t0 = time.perf_counter()
-                r = run_one(impl, mds, p)
+                r = run_one(impl, mds, p, args.profile)
                 results.setdefault((impl, mds), []).append(r)
                 bulk = ", ".join(
                     f"bulk {kind} {b.mbps:.1f} MB/s ({b.cpu_ms_per_mib:.2f} CPU ms/MiB, {b.drops:.0f} dropped)"
