@@ -1,18 +1,28 @@
 """HTTP benchmark: asgi-p2p HTTP/3 vs hypercorn HTTP/3 vs uvicorn HTTP/1.1, one table.
 
-    python benchmarks/http.py [--requests 2000] [--concurrency 50] [--big-mib 10]
+    python benchmarks/http.py [--repeat 3] [--requests 2000] [--concurrency 50] [--big-mib 10]
 
 Every server runs the same raw ASGI app as a subprocess on 127.0.0.1; the
-client (httpx) runs in this process.  Server CPU comes from psutil.  Needs the
-``bench`` extra (hypercorn, uvicorn).  Rows:
+client (httpx) runs in this process.  Server CPU comes from psutil (the server
+process and its children), client CPU from this process's ``time.process_time``.
+Needs the ``bench`` extra (hypercorn, uvicorn).  Rows:
 
-* asgi-p2p with 1200-byte datagrams (safe on any internet path), and asgi-p2p as
-  configured by default, which probes the path and grows its datagrams on paths
-  that carry larger ones (loopback); the label shows the datagram size the client's
-  connection actually used (read from the connection), not an assumed one.  On a
-  checkout without path probing the second row configures ``--large-datagram``.
-* hypercorn 0.18 ``--quic-bind`` with httpx over an aioquic HTTP/3 transport defined here
-* uvicorn (h11) HTTP/1.1 with httpx's own transport
+* ``asgi-p2p, aioquic client``: the asgi-p2p ``H3Server`` driven by the *same client
+  code* as hypercorn (httpx over the plain aioquic HTTP/3 transport defined here, which
+  presents an Ed25519 node certificate, since asgi-p2p nodes authenticate both ends),
+  1200-byte datagrams on both sides, path probing off: with the hypercorn row, the
+  headline comparison (same client, same datagram size, only the server differs);
+* ``hypercorn h3, aioquic client``: hypercorn 0.18 ``--quic-bind``, 1200-byte datagrams;
+* ``asgi-p2p, asgi-p2p client``: both ends asgi-p2p (``P2PTransport``), 1200-byte
+  datagrams, probing off: what an asgi-p2p user gets end to end at that size;
+* ``asgi-p2p, asgi-p2p client, probed``: as configured by default, probing the path and
+  growing datagrams where it carries larger ones (loopback); the label shows the sizes the
+  client's connection actually used (read from the connection after every phase);
+* ``uvicorn h11 HTTP/1.1, httpx``: httpx's own transport over TCP.
+
+Runs are interleaved: ``--repeat N`` runs every row once per round (the row order rotates
+from round to round); the tables show medians and every run's values, and ratios are taken
+per round (same round), then their median.
 """
 
 # ruff: noqa: E402
@@ -27,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import importlib.util
 import socket
 import ssl
 import statistics
@@ -80,14 +91,6 @@ def _p2p_config(max_datagram_size: int, probe: int) -> Any:
     if any(f.name == "max_probe_datagram_size" for f in dataclasses.fields(NetworkConfig)):
         extra["max_probe_datagram_size"] = probe
     return NetworkConfig.from_env(max_datagram_size=max_datagram_size, keepalive_interval=0, **extra)
-
-
-def _probing_supported() -> bool:
-    import dataclasses
-
-    from asgi_p2p import NetworkConfig
-
-    return any(f.name == "max_probe_datagram_size" for f in dataclasses.fields(NetworkConfig))
 
 
 def serve_p2p(app_dir: str, max_datagram_size: int, probe: int) -> None:
@@ -296,8 +299,18 @@ class _H3Client(QuicConnectionProtocol):
 class AioquicH3Transport(httpx.AsyncBaseTransport):
     """Minimal httpx transport over aioquic HTTP/3 (one connection, whole bodies)."""
 
-    def __init__(self, host: str, port: int, max_datagram_size: int = 1200) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        max_datagram_size: int = 1200,
+        *,
+        server_name: str = "localhost",
+        certificate: Any = None,
+        private_key: Any = None,
+    ) -> None:
         self._host, self._port, self._mds = host, port, max_datagram_size
+        self._server_name, self._certificate, self._private_key = server_name, certificate, private_key
         self._stack = contextlib.AsyncExitStack()
         self._proto: _H3Client | None = None
         self._lock = asyncio.Lock()
@@ -310,7 +323,9 @@ class AioquicH3Transport(httpx.AsyncBaseTransport):
                     alpn_protocols=H3_ALPN,
                     verify_mode=ssl.CERT_NONE,
                     max_datagram_size=self._mds,
-                    server_name="localhost",
+                    server_name=self._server_name,
+                    certificate=self._certificate,
+                    private_key=self._private_key,
                 )
                 proto = await self._stack.enter_async_context(
                     quic_connect(self._host, self._port, configuration=config, create_protocol=_H3Client)
@@ -362,13 +377,34 @@ class Row:
     seq_rps: float
     seq_p50: float
     seq_p99: float
-    seq_cpu: float
+    seq_cpu: float  # server CPU ms per request
+    seq_client_cpu: float  # client CPU ms per request
     conc_rps: float
     conc_p50: float
     conc_p99: float
     conc_cpu: float
+    conc_client_cpu: float
     big_mbps: float
-    big_cpu: float
+    big_cpu: float  # server CPU ms per transfer
+    big_client_cpu: float
+
+
+#: (attribute, column heading, digits) of the tables
+COLUMNS: list[tuple[str, str, int]] = [
+    ("seq_rps", "seq req/s", 0),
+    ("seq_p50", "seq p50 ms", 2),
+    ("seq_p99", "seq p99 ms", 2),
+    ("seq_cpu", "seq server CPU ms/req", 3),
+    ("seq_client_cpu", "seq client CPU ms/req", 3),
+    ("conc_rps", "{conc}-conc req/s", 0),
+    ("conc_p50", "conc p50 ms", 1),
+    ("conc_p99", "conc p99 ms", 1),
+    ("conc_cpu", "conc server CPU ms/req", 3),
+    ("conc_client_cpu", "conc client CPU ms/req", 3),
+    ("big_mbps", "{mib} MiB GET MB/s", 1),
+    ("big_cpu", "{mib} MiB server CPU ms", 0),
+    ("big_client_cpu", "{mib} MiB client CPU ms", 0),
+]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -390,16 +426,17 @@ async def measure(
     for _ in range(50):  # warm up (connection, code paths)
         assert (await client.get(small)).status_code == 200
     on_phase()
+    cpu = time.process_time
 
     lat: list[float] = []
-    cpu0, t0 = server.cpu(), time.perf_counter()
+    cpu0, c0, t0 = server.cpu(), cpu(), time.perf_counter()
     for _ in range(n):
         s = time.perf_counter()
         r = await client.get(small)
         lat.append(time.perf_counter() - s)
         assert r.status_code == 200
-    seq_wall, seq_cpu = time.perf_counter() - t0, server.cpu() - cpu0
-    seq = (n / seq_wall, _pct(lat, 0.5) * 1e3, _pct(lat, 0.99) * 1e3, seq_cpu / n * 1e3)
+    seq_wall, seq_cpu, seq_client = time.perf_counter() - t0, server.cpu() - cpu0, cpu() - c0
+    seq = (n / seq_wall, _pct(lat, 0.5) * 1e3, _pct(lat, 0.99) * 1e3, seq_cpu / n * 1e3, seq_client / n * 1e3)
     on_phase()
 
     clat: list[float] = []
@@ -412,17 +449,24 @@ async def measure(
             clat.append(time.perf_counter() - s)
             assert r.status_code == 200
 
-    cpu0, t0 = server.cpu(), time.perf_counter()
+    cpu0, c0, t0 = server.cpu(), cpu(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(conc)))
-    conc_wall, conc_cpu = time.perf_counter() - t0, server.cpu() - cpu0
+    conc_wall, conc_cpu, conc_client = time.perf_counter() - t0, server.cpu() - cpu0, cpu() - c0
     done = per_worker * conc
-    cc = (done / conc_wall, _pct(clat, 0.5) * 1e3, _pct(clat, 0.99) * 1e3, conc_cpu / done * 1e3)
+    cc = (
+        done / conc_wall,
+        _pct(clat, 0.5) * 1e3,
+        _pct(clat, 0.99) * 1e3,
+        conc_cpu / done * 1e3,
+        conc_client / done * 1e3,
+    )
     on_phase()
 
     rates: list[float] = []
     cpus: list[float] = []
+    client_cpus: list[float] = []
     for _ in range(3):
-        cpu0, t0 = server.cpu(), time.perf_counter()
+        cpu0, c0, t0 = server.cpu(), cpu(), time.perf_counter()
         got = 0
         async with client.stream("GET", f"{base}/big/{big_mib}") as r:
             async for chunk in r.aiter_raw():
@@ -431,18 +475,51 @@ async def measure(
         assert got == big_mib * 1024 * 1024, got
         rates.append(got / wall / 1e6)
         cpus.append(server.cpu() - cpu0)
+        client_cpus.append(cpu() - c0)
         on_phase()
-    return Row(name, *seq, *cc, statistics.median(rates), statistics.median(cpus) * 1e3)
+    return Row(
+        name,
+        *seq,
+        *cc,
+        statistics.median(rates),
+        statistics.median(cpus) * 1e3,
+        statistics.median(client_cpus) * 1e3,
+    )
 
 
-async def bench_p2p(app_dir: str, mds: int, probe: int, args: argparse.Namespace) -> Row:
+def _node_credentials(seed: str) -> tuple[Any, Any]:
+    """An Ed25519 node certificate and key: what the asgi-p2p server requires of any client."""
+    from asgi_p2p import SecretKey
+    from asgi_p2p.endpoint.tls import node_certificate
+
+    key = SecretKey.from_seed(seed)
+    return node_certificate(key), key.private_key
+
+
+async def bench_p2p(app_dir: str, mds: int, probe: int, args: argparse.Namespace, *, aioquic_client: bool) -> Row:
     from asgi_p2p import Node, NodeAddr, NodeId
     from asgi_p2p.http import P2PTransport
 
     server = start_p2p(app_dir, mds, probe)
     try:
-        endpoint = await Node.bind(host="127.0.0.1", config=_p2p_config(mds, probe))
         node_id = NodeId.parse(server.info["node_id"])
+        if aioquic_client:
+            certificate, private_key = _node_credentials("http-bench-client")
+            host, port = server.info["addr"]
+            transport: httpx.AsyncBaseTransport = AioquicH3Transport(
+                host, port, mds, server_name=str(node_id), certificate=certificate, private_key=private_key
+            )
+            async with httpx.AsyncClient(transport=transport, timeout=60) as client:
+                return await measure(
+                    f"asgi-p2p h3, aioquic client (datagram {mds})",
+                    server,
+                    client,
+                    f"https://{node_id}",
+                    args.requests,
+                    args.concurrency,
+                    args.big_mib,
+                )
+        endpoint = await Node.bind(host="127.0.0.1", config=_p2p_config(mds, probe))
         transport = P2PTransport(endpoint, addrs=[NodeAddr(node_id, [server.info["addr"]])])
         seen: set[int] = set()
 
@@ -465,7 +542,9 @@ async def bench_p2p(app_dir: str, mds: int, probe: int, args: argparse.Namespace
             )
         await endpoint.close()
         sizes = "/".join(str(n) for n in sorted(seen)) or str(mds)
-        row.name = f"asgi-p2p h3 (datagram {sizes}{', probed' if probe > mds else ''})"
+        if probe <= mds and seen - {mds}:
+            raise RuntimeError(f"asgi-p2p used datagram sizes {sorted(seen)} with probing off, not {mds}")
+        row.name = f"asgi-p2p h3, asgi-p2p client (datagram {sizes}{', probed' if probe > mds else ''})"
         return row
     finally:
         server.stop()
@@ -474,10 +553,10 @@ async def bench_p2p(app_dir: str, mds: int, probe: int, args: argparse.Namespace
 async def bench_hypercorn(app_dir: str, args: argparse.Namespace) -> Row:
     server = start_hypercorn(app_dir)
     try:
-        transport = AioquicH3Transport("127.0.0.1", server.info["port"])
+        transport = AioquicH3Transport("127.0.0.1", server.info["port"], 1200)
         async with httpx.AsyncClient(transport=transport, timeout=60) as client:
             return await measure(
-                "hypercorn h3 (datagram 1200)",
+                "hypercorn h3, aioquic client (datagram 1200)",
                 server,
                 client,
                 "https://localhost",
@@ -495,7 +574,7 @@ async def bench_uvicorn(app_dir: str, args: argparse.Namespace) -> Row:
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
             return await measure(
-                "uvicorn h11 HTTP/1.1",
+                "uvicorn h11 HTTP/1.1, httpx",
                 server,
                 client,
                 f"http://127.0.0.1:{server.info['port']}",
@@ -507,50 +586,112 @@ async def bench_uvicorn(app_dir: str, args: argparse.Namespace) -> Row:
         server.stop()
 
 
-def table(rows: list[Row], args: argparse.Namespace) -> str:
-    mib, conc = args.big_mib, args.concurrency
-    head = (
-        f"| server | seq req/s | seq p50 / p99 ms | seq server CPU ms/req | {conc}-conc req/s "
-        f"| conc p50 / p99 ms | conc server CPU ms/req | {mib} MiB GET MB/s | {mib} MiB server CPU ms |"
-    )
-    lines = [head, "|" + " --- |" * 9]
-    for r in rows:
-        lines.append(
-            f"| {r.name} | {r.seq_rps:,.0f} | {r.seq_p50:.2f} / {r.seq_p99:.2f} | {r.seq_cpu:.2f} "
-            f"| {r.conc_rps:,.0f} | {r.conc_p50:.1f} / {r.conc_p99:.1f} | {r.conc_cpu:.2f} "
-            f"| {r.big_mbps:.1f} | {r.big_cpu:.0f} |"
-        )
+def _heads(args: argparse.Namespace) -> list[str]:
+    return [head.format(conc=args.concurrency, mib=args.big_mib) for _, head, _ in COLUMNS]
+
+
+def _fmt(v: float, digits: int) -> str:
+    return "n/a" if v != v else f"{v:,.{digits}f}"
+
+
+def median_table(runs: dict[str, list[Row]], args: argparse.Namespace) -> str:
+    """One line per row: the median of each column across the runs."""
+    lines = ["| row | " + " | ".join(_heads(args)) + " |", "|" + " --- |" * (len(COLUMNS) + 1)]
+    for label, rows in runs.items():
+        cells = [_fmt(statistics.median(getattr(r, attr) for r in rows), digits) for attr, _, digits in COLUMNS]
+        lines.append(f"| {rows[-1].name if rows else label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def runs_table(runs: dict[str, list[Row]], args: argparse.Namespace) -> str:
+    """Every run's value of every column (rows x columns, the runs in round order)."""
+    lines = ["| row | " + " | ".join(_heads(args)) + " |", "|" + " --- |" * (len(COLUMNS) + 1)]
+    for label, rows in runs.items():
+        cells = [", ".join(_fmt(getattr(r, attr), digits) for r in rows) for attr, _, digits in COLUMNS]
+        lines.append(f"| {rows[-1].name if rows else label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+#: (column, what it means, True when lower is better) of the headline ratios
+RATIOS = [
+    ("seq_cpu", "server CPU per sequential request", True),
+    ("conc_cpu", "server CPU per request, {conc} concurrent", True),
+    ("seq_rps", "sequential requests/s", False),
+    ("conc_rps", "requests/s, {conc} concurrent", False),
+    ("big_mbps", "{mib} MiB GET throughput", False),
+    ("big_cpu", "server CPU per {mib} MiB GET", True),
+]
+
+
+def ratio_lines(runs: dict[str, list[Row]], args: argparse.Namespace, num: str, den: str) -> list[str]:
+    """Per-round ratios ``num`` / ``den`` (same round), their median and range."""
+    a, b = runs.get(num, []), runs.get(den, [])
+    if not a or not b or len(a) != len(b):
+        return []
+    out = []
+    for attr, what, _ in RATIOS:
+        per = [getattr(x, attr) / getattr(y, attr) for x, y in zip(a, b, strict=True) if getattr(y, attr)]
+        if not per:
+            continue
+        label = what.format(conc=args.concurrency, mib=args.big_mib)
+        runs_text = ", ".join(f"{v:.2f}" for v in per)
+        out.append(f"- {label}: {statistics.median(per):.2f}x (per run: {runs_text})")
+    return out
+
+
+def machine_description() -> str:
+    """benchmarks/_machine.py's line (loaded by path: this folder is kept off sys.path)."""
+    spec = importlib.util.spec_from_file_location("_bench_machine", Path(_HERE) / "_machine.py")
+    assert spec is not None and spec.loader is not None
+    machine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(machine)
+    return str(machine.machine_description())
 
 
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as app_dir:
         await asyncio.to_thread(Path(app_dir, "bench_app.py").write_text, APP_SOURCE)
-        if _probing_supported():
-            large = ("asgi-p2p probed", lambda: bench_p2p(app_dir, 1200, args.large_datagram, args))
-        else:
-            large = (f"asgi-p2p {args.large_datagram}", lambda: bench_p2p(app_dir, args.large_datagram, 0, args))
         steps: list[tuple[str, Callable[[], Awaitable[Row]]]] = [
-            ("asgi-p2p 1200", lambda: bench_p2p(app_dir, 1200, 0, args)),
-            large,
+            ("p2p-aioquic", lambda: bench_p2p(app_dir, 1200, 0, args, aioquic_client=True)),
+            ("hypercorn", lambda: bench_hypercorn(app_dir, args)),
+            ("p2p-p2p", lambda: bench_p2p(app_dir, 1200, 0, args, aioquic_client=False)),
+            ("p2p-probed", lambda: bench_p2p(app_dir, 1200, args.large_datagram, args, aioquic_client=False)),
+            ("uvicorn", lambda: bench_uvicorn(app_dir, args)),
         ]
-        if not args.only_p2p:
-            steps += [
-                ("hypercorn", lambda: bench_hypercorn(app_dir, args)),
-                ("uvicorn", lambda: bench_uvicorn(app_dir, args)),
-            ]
-        rows: list[Row] = []
-        for label, step in steps:
-            print(f"running {label} ...", file=sys.stderr, flush=True)
-            try:
-                rows.append(await step())
-            except Exception as exc:  # a missing optional server must not hide the others
-                print(f"  {label} failed: {exc!r}", file=sys.stderr)
-    print(table(rows, args))
+        if args.only_p2p:
+            steps = [s for s in steps if s[0].startswith("p2p")]
+        runs: dict[str, list[Row]] = {label: [] for label, _ in steps}
+        for rnd in range(args.repeat):
+            shift = rnd % len(steps)
+            for label, step in steps[shift:] + steps[:shift]:
+                print(f"round {rnd + 1}/{args.repeat}: {label} ...", file=sys.stderr, flush=True)
+                try:
+                    runs[label].append(await step())
+                except Exception as exc:  # a missing optional server must not hide the others
+                    print(f"  {label} failed: {exc!r}", file=sys.stderr)
+    runs = {k: v for k, v in runs.items() if v}
+    print(
+        f"Runs: {args.repeat}, interleaved (every row once per round, the order rotating); "
+        f"{args.requests} sequential and {args.concurrency}-concurrent small GETs, three {args.big_mib} MiB GETs "
+        "(their median) per run\n"
+    )
+    print("Medians:\n")
+    print(median_table(runs, args))
+    print("\nEvery run (in round order):\n")
+    print(runs_table(runs, args))
+    headline = ratio_lines(runs, args, "p2p-aioquic", "hypercorn")
+    if headline:
+        print("\nasgi-p2p / hypercorn, same aioquic client, both 1200-byte datagrams (ratio per round, median):\n")
+        print("\n".join(headline))
+    own = ratio_lines(runs, args, "p2p-p2p", "hypercorn")
+    if own:
+        print("\nasgi-p2p with its own client / hypercorn with the aioquic client, both 1200-byte datagrams:\n")
+        print("\n".join(own))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--big-mib", type=int, default=10)
@@ -558,9 +699,9 @@ def main() -> None:
         "--large-datagram",
         type=int,
         default=16384,
-        help="datagram size the second asgi-p2p row probes up to (or configures, without path probing)",
+        help="datagram size the probed asgi-p2p row probes up to",
     )
-    parser.add_argument("--only-p2p", action="store_true")
+    parser.add_argument("--only-p2p", action="store_true", help="leave hypercorn and uvicorn out")
     parser.add_argument("--serve-p2p", metavar="APP_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--max-datagram-size", type=int, default=1200, help=argparse.SUPPRESS)
     parser.add_argument("--probe-datagram-size", type=int, default=0, help=argparse.SUPPRESS)
@@ -568,6 +709,9 @@ def main() -> None:
     if args.serve_p2p:
         serve_p2p(args.serve_p2p, args.max_datagram_size, args.probe_datagram_size)
         return
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    print(f"Machine: {machine_description()}", flush=True)
     asyncio.run(run(args))
 
 
