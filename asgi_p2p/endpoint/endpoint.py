@@ -234,16 +234,18 @@ class Endpoint:
     def _connection_ready(self, conn: PeerConnection) -> ConnectionHandler:
         """``conn`` completed its handshake: its peer's paths start probing; make its handler.
 
-        On the accepting side the handler comes first (it may refuse the connection, which
-        the dialer then learns from its ``connect``), then HANDSHAKE_DONE leaves at once:
-        the dialer's ``connect`` returns when it arrives, and joining the peer's paths
-        (disco probes, each one signed) need not delay it.
+        A connection accepted on a direct path makes its handler first (it may refuse the
+        connection, which the dialer then learns from its ``connect``), then sends
+        HANDSHAKE_DONE at once: the dialer's ``connect`` returns when it arrives, and joining
+        the peer's paths (a signed disco PING to that same address) need not delay it.  One
+        accepted through the relay joins the peer's paths first, as a dialer does: there that
+        work starts the hole punching, whose timing both sides coordinate.
         """
         factory = self._factories.get(conn.alpn or "")
         if factory is None:
             raise ConnectionClosed(f"no protocol registered for ALPN {conn.alpn!r}")
         attach = conn.remote_node_id is not None and not self._closing
-        if conn.is_client:
+        if conn.is_client or conn.relay_peer is not None:
             if attach:
                 assert conn.remote_node_id is not None
                 conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
