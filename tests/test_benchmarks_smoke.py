@@ -119,3 +119,42 @@ def test_paths_benchmark_quick_run_prints_every_environment_but_netns() -> None:
     ratio = [c.strip() for c in rows["bulk relayed / direct"].strip().strip("|").split("|")]
     assert all("met" in c for c in ratio[1:4]), ratio
     assert "Machine:" in out
+
+
+def test_http_benchmark_interleaves_rounds_and_reports_client_cpu() -> None:
+    """benchmarks/http.py, asgi-p2p rows only (no optional servers needed): two rounds, every
+    run's values, the datagram sizes used, the machine named."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "http.py"),
+            "--only-p2p",
+            "--repeat",
+            "2",
+            "--requests",
+            "40",
+            "--concurrency",
+            "4",
+            "--big-mib",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.startswith("Machine: "), out
+    assert "seq client CPU ms/req" in out and "conc client CPU ms/req" in out
+    medians, runs = out.split("Every run (in round order):")
+    for name in (
+        "asgi-p2p h3, aioquic client (datagram 1200)",
+        "asgi-p2p h3, asgi-p2p client (datagram 1200)",
+    ):
+        assert f"| {name} |" in medians, out
+        (row,) = [line for line in runs.splitlines() if line.startswith(f"| {name} |")]
+        cells = [c.strip() for c in row.strip().strip("|").split("|")][1:]
+        assert all(len(c.split(", ")) == 2 for c in cells), row  # one value per round
+    # the probed row names the sizes its connection used (16384 on loopback once probed)
+    assert "16384, probed) |" in out, out
