@@ -24,19 +24,26 @@ def test_transport_benchmark_quick_run_prints_table() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "| metric | max_datagram_size | asgi-p2p | aioquic | asgi-p2p / aioquic | target |" in out
+    assert (
+        "| metric | max_datagram_size | asgi-p2p: median (runs) | aioquic: median (runs) | asgi-p2p / aioquic "
+        "| per-run ratio: median (min-max) | target |"
+    ) in out
     for size in ("1200", "16000"):
         for metric in (
-            "handshake incl. mutual auth, wall ms (median of 3)",
-            "handshake, client CPU ms per connect (median)",
+            "handshake incl. mutual auth, wall ms until the client holds HANDSHAKE_DONE (median of 3)",
+            "handshake, client CPU ms per connect, until HANDSHAKE_DONE (median)",
             "handshake, server CPU ms per connection (incl. close)",
             "64 B message round trip, µs (median of 20)",
-            "bulk 1 MiB one way, one connection, MB/s",
+            "bulk 1 MiB one way, one connection, MB/s, same limits",
+            "bulk 1 MiB one way, MB/s, each with its defaults",
         ):
             rows = [line for line in out.splitlines() if line.startswith(f"| {metric} | {size} |")]
             assert len(rows) == 1, f"missing row {metric!r} at {size}:\n{out}"
             cells = [c.strip() for c in rows[0].strip("|").split("|")]
             assert cells[2] != "n/a" and cells[3] != "n/a", rows[0]
+    # both bulk configurations are stated above the table
+    assert "- bulk, same limits: both senders hold at most 256 KiB unacknowledged" in out
+    assert "- bulk, defaults: asgi-p2p send buffer 256 KiB" in out
     assert "Machine:" in out
 
 
@@ -319,3 +326,42 @@ def test_sim_tcp_benchmark_prints_its_rows() -> None:
         assert float(cells[5].replace(",", "")) > 0, rows[name]  # MB per wall second
         # wall seconds come from the real clock (time.perf_counter is the virtual one inside a simulation)
         assert float(cells[2]) != float(cells[3].replace(",", "")), rows[name]
+
+
+def test_http_benchmark_interleaves_rounds_and_reports_client_cpu() -> None:
+    """benchmarks/http.py, asgi-p2p rows only (no optional servers needed): two rounds, every
+    run's values, the datagram sizes used, the machine named."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "http.py"),
+            "--only-p2p",
+            "--repeat",
+            "2",
+            "--requests",
+            "40",
+            "--concurrency",
+            "4",
+            "--big-mib",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.startswith("Machine: "), out
+    assert "seq client CPU ms/req" in out and "conc client CPU ms/req" in out
+    medians, runs = out.split("Every run (in round order):")
+    for name in (
+        "asgi-p2p h3, aioquic client (datagram 1200)",
+        "asgi-p2p h3, asgi-p2p client (datagram 1200)",
+    ):
+        assert f"| {name} |" in medians, out
+        (row,) = [line for line in runs.splitlines() if line.startswith(f"| {name} |")]
+        cells = [c.strip() for c in row.strip().strip("|").split("|")][1:]
+        assert all(len(c.split(", ")) == 2 for c in cells), row  # one value per round
+    # the probed row names the sizes its connection used (16384 on loopback once probed)
+    assert "16384, probed) |" in out, out

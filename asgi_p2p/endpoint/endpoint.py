@@ -49,6 +49,9 @@ _RELAY_WAIT = 3.0
 _CID_LENGTH = 8
 #: seconds between two warnings about refused or retried Initials (a flood logs a count, not a line each)
 _ADMISSION_LOG_INTERVAL = 10.0
+#: QUIC configurations an endpoint keeps (one per role, ALPN list and server name): past
+#: this many, the cache starts over
+_QUIC_CONFIG_CACHE = 256
 
 
 class Endpoint:
@@ -119,6 +122,7 @@ class Endpoint:
             reset_token=self._peer_reset_token_changed,
         )
         self._relay: ManagedRelayLink | None = None
+        self._quic_configs: dict[tuple[bool, tuple[str, ...], str | None], QuicConfiguration] = {}
 
     @classmethod
     async def bind(
@@ -258,18 +262,35 @@ class Endpoint:
             self._relay_alpns.discard(alpn)
 
     def _connection_ready(self, conn: PeerConnection) -> ConnectionHandler:
-        """``conn`` completed its handshake: its peer's paths start probing; make its handler."""
+        """``conn`` completed its handshake: its peer's paths start probing; make its handler.
+
+        A connection accepted on a direct path makes its handler first (it may refuse the
+        connection, which the dialer then learns from its ``connect``), then sends
+        HANDSHAKE_DONE at once: the dialer's ``connect`` returns when it arrives, and joining
+        the peer's paths (a signed disco PING to that same address) need not delay it.  One
+        accepted through the relay joins the peer's paths first, as a dialer does: there that
+        work starts the hole punching, whose timing both sides coordinate.
+        """
         if self._admission.is_half_open(conn):
             self._admission.established(conn)
             # the table may have filled while this one was handshaking
             if self._established_count() > self.config.max_connections:
                 raise ConnectionClosed(f"too many connections (max_connections={self.config.max_connections})")
-        if conn.remote_node_id is not None and not self._closing:
-            conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
         factory = self._factories.get(conn.alpn or "")
         if factory is None:
             raise ConnectionClosed(f"no protocol registered for ALPN {conn.alpn!r}")
-        return factory(conn)
+        attach = conn.remote_node_id is not None and not self._closing
+        if conn.is_client or conn.relay_peer is not None:
+            if attach:
+                assert conn.remote_node_id is not None
+                conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
+            return factory(conn)
+        handler = factory(conn)
+        conn.transmit()  # HANDSHAKE_DONE, the ACK of the client's Finished, what the handler wrote
+        if attach and not conn.closed:
+            assert conn.remote_node_id is not None
+            conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
+        return handler
 
     def _server_alpns(self) -> list[str]:
         return [a for a in self._factories if self._alpn_filter is None or a in self._alpn_filter]
@@ -280,10 +301,24 @@ class Endpoint:
     # -- QUIC configuration -----------------------------------------------
 
     def _quic_config(self, *, is_client: bool, alpns: list[str], server_name: str | None) -> QuicConfiguration:
+        """The QUIC configuration of a connection, built once per role, ALPN list and server name.
+
+        aioquic only reads a configuration, so connections share it (building one per
+        connection was measurable per handshake).
+        """
+        key = (is_client, tuple(alpns), server_name)
+        quic_config = self._quic_configs.get(key)
+        if quic_config is None:
+            if len(self._quic_configs) >= _QUIC_CONFIG_CACHE:
+                self._quic_configs.clear()
+            quic_config = self._quic_configs[key] = self._new_quic_config(is_client, alpns, server_name)
+        return quic_config
+
+    def _new_quic_config(self, is_client: bool, alpns: list[str], server_name: str | None) -> QuicConfiguration:
         cfg = self.config
         return QuicConfiguration(
             is_client=is_client,
-            alpn_protocols=alpns,
+            alpn_protocols=list(alpns),
             certificate=self._certificate,
             private_key=self.secret_key.private_key,
             verify_mode=0,  # ssl.CERT_NONE: our hooks check the key; TLS still checks CertificateVerify
