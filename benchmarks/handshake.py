@@ -41,13 +41,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _machine import machine_description
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from asgi_p2p import NetworkConfig, Node, NodeAddr, SecretKey
 from asgi_p2p.endpoint.tls import node_certificate
+from benchmarks._machine import machine_description
 
 HOST = "127.0.0.1"
 ALPN_BARE = "bench/1"

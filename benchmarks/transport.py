@@ -72,13 +72,13 @@ from typing import Any
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _machine import machine_description
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
 from asgi_p2p import NetworkConfig, Node, NodeAddr, NodeId, SecretKey
 from asgi_p2p.endpoint.tls import node_certificate
+from benchmarks._machine import machine_description
 
 HOST = "127.0.0.1"
 SOCKET_BUFFER = 4 * 1024 * 1024  # what asgi_p2p.net.udp sets; the bare sockets get the same
