@@ -46,35 +46,16 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from asgi_p2p import NetworkConfig, Node, NodeAddr, SecretKey
-from asgi_p2p.endpoint.tls import node_certificate
+from benchmarks._bare import bare_config, request_client_certificate
 from benchmarks._machine import machine_description
 
 HOST = "127.0.0.1"
-ALPN_BARE = "bench/1"
-
-
-def _bare_config(is_client: bool, key: SecretKey, mds: int) -> QuicConfiguration:
-    return QuicConfiguration(
-        is_client=is_client,
-        alpn_protocols=[ALPN_BARE],
-        certificate=node_certificate(key),
-        private_key=key.private_key,
-        verify_mode=0,  # ssl.CERT_NONE
-        max_datagram_size=mds,
-    )
 
 
 class _BareServer(QuicConnectionProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        quic = self._quic
-        original = quic._initialize
-
-        def _initialize(peer_cid: bytes) -> None:
-            original(peer_cid)
-            quic.tls._request_client_certificate = True  # mutual TLS, as asgi-p2p does
-
-        quic._initialize = _initialize  # type: ignore[method-assign]
+        request_client_certificate(self)
 
 
 class _BareClient(QuicConnectionProtocol):
@@ -129,11 +110,11 @@ class BareHarness(_Harness):
         self._server = await serve(
             HOST,
             0,
-            configuration=_bare_config(False, SecretKey.from_seed("hs-server"), mds),
+            configuration=bare_config(False, SecretKey.from_seed("hs-server"), mds),
             create_protocol=_BareServer,
         )
         self._port = self._server._transport.get_extra_info("socket").getsockname()[1]
-        self._config = _bare_config(True, SecretKey.from_seed("hs-client"), mds)
+        self._config = bare_config(True, SecretKey.from_seed("hs-client"), mds)
 
     async def once(self) -> float:
         t0 = time.perf_counter()

@@ -73,17 +73,15 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
-from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
 from asgi_p2p import NetworkConfig, Node, NodeAddr, NodeId, SecretKey
-from asgi_p2p.endpoint.tls import node_certificate
+from benchmarks._bare import bare_config, request_client_certificate
 from benchmarks._machine import machine_description
 
 HOST = "127.0.0.1"
 SOCKET_BUFFER = 4 * 1024 * 1024  # what asgi_p2p.net.udp sets; the bare sockets get the same
 HEADER = struct.Struct("!I")
-ALPN_BARE = "bench/1"
 
 # First byte of every benchmark message says what the server does with it.
 ECHO = 0x01  # send it back
@@ -201,28 +199,10 @@ def _p2p_config(mds: int) -> NetworkConfig:
 # -- bare aioquic ------------------------------------------------------------------
 
 
-def _bare_config(is_client: bool, key: SecretKey, mds: int) -> QuicConfiguration:
-    return QuicConfiguration(
-        is_client=is_client,
-        alpn_protocols=[ALPN_BARE],
-        certificate=node_certificate(key),
-        private_key=key.private_key,
-        verify_mode=0,  # ssl.CERT_NONE
-        max_datagram_size=mds,
-    )
-
-
 class BareServerProtocol(QuicConnectionProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        quic = self._quic
-        original = quic._initialize
-
-        def _initialize(peer_cid: bytes) -> None:
-            original(peer_cid)
-            quic.tls._request_client_certificate = True  # mutual TLS, as asgi-p2p does
-
-        quic._initialize = _initialize  # type: ignore[method-assign]
+        request_client_certificate(self)
         self._bufs: dict[int, bytearray] = {}
         self._sink = _Sink()
 
@@ -343,7 +323,7 @@ async def _serve_aioquic(mds: int, limits: Limits, ctl: Connection) -> None:
     server = await serve(
         HOST,
         0,
-        configuration=_bare_config(False, SecretKey.from_seed("bench-server"), mds),
+        configuration=bare_config(False, SecretKey.from_seed("bench-server"), mds),
         create_protocol=BareServerProtocol,
     )
     sock = server._transport.get_extra_info("socket")
@@ -540,7 +520,7 @@ async def run_asgi_p2p(server: ServerProcess, mds: int, p: Params, limits: Limit
 
 async def run_aioquic(server: ServerProcess, mds: int, p: Params, limits: Limits) -> Result:
     res = Result()
-    config = _bare_config(True, SecretKey.from_seed("bench-client"), mds)
+    config = bare_config(True, SecretKey.from_seed("bench-client"), mds)
     port = server.info["port"]
     clock, cpu = time.perf_counter, time.process_time
 

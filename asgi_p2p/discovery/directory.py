@@ -35,8 +35,8 @@ directory can withhold records but cannot forge one.
 
 Time: records carry expiry on a clock the nodes share (Unix time).  Server and
 client compute it as ``loop.time() + clock_offset``; whoever creates them passes
-``clock_offset`` (a real node ``time.time() - loop.time()``, measured once; the
-simulator 0).
+``clock_offset`` (its network's ``wall_clock_offset()``: the system clock read once on a
+real network, a constant in the simulator).
 """
 
 from __future__ import annotations

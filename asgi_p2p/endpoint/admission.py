@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 import hmac
 import ipaddress
 import math
@@ -79,13 +78,13 @@ class RetryTokens:
     @classmethod
     def for_node(cls, secret_key: SecretKey, lifetime: float) -> RetryTokens:
         """Tokens keyed by ``secret_key`` (HMAC-SHA256 of it under a fixed label)."""
-        key = hmac.new(secret_key.to_bytes(), b"asgi-p2p retry token key v1", hashlib.sha256).digest()
+        key = hmac.digest(secret_key.to_bytes(), b"asgi-p2p retry token key v1", "sha256")
         return cls(key, lifetime)
 
     def _tag(self, address: Address, retry_scid: bytes, body: bytes) -> bytes:
         host, port = address
         msg = b"%s|%d|%s|" % (host.encode("utf-8", errors="replace"), port, retry_scid.hex().encode()) + body
-        return hmac.new(self._key, msg, hashlib.sha256).digest()[:_TAG_SIZE]
+        return hmac.digest(self._key, msg, "sha256")[:_TAG_SIZE]
 
     def create(self, *, address: Address, original_dcid: bytes, retry_scid: bytes, now: float) -> bytes:
         """A token for a Retry sent to ``address`` with source connection id ``retry_scid``."""

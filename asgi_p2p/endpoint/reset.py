@@ -54,12 +54,12 @@ class ResetTokens:
 
     def __init__(self, secret_key: SecretKey) -> None:
         raw = secret_key.to_bytes()
-        self._key = hmac.new(raw, _KEY_LABEL, hashlib.sha256).digest()
-        self._index_key = hmac.new(raw, _INDEX_LABEL, hashlib.sha256).digest()
+        self._key = hmac.digest(raw, _KEY_LABEL, "sha256")
+        self._index_key = hmac.digest(raw, _INDEX_LABEL, "sha256")
 
     def token(self, cid: bytes) -> bytes:
         """The token of connection id ``cid``."""
-        return hmac.new(self._key, cid, hashlib.sha256).digest()[:RESET_TOKEN_SIZE]
+        return hmac.digest(self._key, cid, "sha256")[:RESET_TOKEN_SIZE]
 
     def index(self, token: bytes) -> bytes:
         """A keyed hash of a (peer's) token: what the endpoint looks received tokens up by.

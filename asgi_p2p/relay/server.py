@@ -235,9 +235,9 @@ class RelayServer:
         ``directory``: True serves a new :class:`Directory` with default bounds,
         a :class:`Directory` serves that one, False serves none (directory
         connections are then refused).  ``clock_offset`` is added to
-        ``loop.time()`` to get the Unix clock node records expire on: pass
-        ``time.time() - loop.time()`` measured once on a real network (0 in the
-        simulator).
+        ``loop.time()`` to get the Unix clock node records expire on: pass the
+        network's ``wall_clock_offset()`` (the system clock read once on a real network,
+        a constant in the simulator).
         """
         from ..endpoint.endpoint import Endpoint
 

@@ -34,7 +34,7 @@
      ``random.seed()`` given no seed;
    * ``uuid.uuid1`` (virtual time, a seeded clock sequence and node);
    * clocks: ``time.time``/``time_ns`` (virtual time + :data:`WALL_CLOCK_AT_START`),
-     ``time.monotonic(_ns)``, ``time.perf_counter(_ns)`` (the loop's clock),
+     ``time.monotonic``/``monotonic_ns``, ``time.perf_counter``/``perf_counter_ns`` (the loop's clock),
      ``time.localtime``/``gmtime``/``ctime``/``asctime``/``strftime`` without a time
      argument, ``datetime.datetime.now``/``utcnow``/``today`` and
      ``datetime.date.today``: the real classes are immutable, so module globals bound to
@@ -555,7 +555,7 @@ class SimDate(datetime.date, metaclass=_FacadeMeta):
 
 class SimDatetime(datetime.datetime, metaclass=_FacadeMeta):
     """Stands in for ``datetime.datetime`` while a simulation runs: ``now()``, ``utcnow()``
-    and ``today()`` are virtual (Unix time as ``time.time()`` gives it); see :class:`SimDate`."""
+    and ``today()`` are virtual (Unix time, as the virtual wall clock gives it); see :class:`SimDate`."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         if cls is SimDatetime:
