@@ -12,10 +12,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# Debian packages the tests start for real: nftables/iproute2 (netns rig), nginx (a non-Python
+# backend behind `asgi-p2p proxy`), chromium + chromedriver (browser through `asgi-p2p gateway`),
+# prometheus (promtool checks docs/ops rules), knot (a real authoritative DNS server).
+SYSDEPS := nftables iproute2 nginx-light chromium chromium-driver prometheus knot knot-dnsutils
+SYSDEPS_CMDS := nft ip tc nginx chromium chromedriver promtool knotd kdig
+
 sysdeps:
-	@if [ "$$(id -u)" = 0 ] && ! { command -v nft && command -v ip && command -v tc; } >/dev/null 2>&1; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2 >/dev/null) \
-		|| echo "warning: could not install nftables"; fi
+	@if [ "$$(id -u)" = 0 ]; then \
+		missing=0; for c in $(SYSDEPS_CMDS); do command -v $$c >/dev/null 2>&1 || missing=1; done; \
+		if [ $$missing = 1 ]; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSDEPS) >/dev/null) \
+			|| echo "warning: could not install $(SYSDEPS)"; fi; fi
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

@@ -43,6 +43,8 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("services",   "protocols",      ("asgi_p2p.protocols",)),  # may import messages: SAME_LAYER_ALLOWED
     ("relay",      "relay",          ("asgi_p2p.relay.*",)),  # the relay server hosts a discovery directory
     ("node",       "node",           ("asgi_p2p.node",)),  # assembly: endpoint + message service + relay client
+    ("apps",       "gateway",        ("asgi_p2p.gateway.*",)),  # proxy / gateway / file transfer over a Node
+    ("apps",       "ops",            ("asgi_p2p.ops.*",)),  # metrics, health, admin socket, pairing
     ("sim",        "sim",            ("asgi_p2p.sim.*",)),
     ("cli",        "cli",            ("asgi_p2p.cli.*", "asgi_p2p", "asgi_p2p.__main__")),
 )
