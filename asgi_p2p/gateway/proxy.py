@@ -1,0 +1,512 @@
+"""Expose any local HTTP server to peers: an ASGI app forwarding to an HTTP/1.1 backend.
+
+:class:`ProxyApp` is an ordinary ASGI 3 app, so :class:`~asgi_p2p.http.H3Server` serves it
+to peers like any other (``asgi-p2p proxy URL`` does exactly that)::
+
+    app = ProxyApp("http://127.0.0.1:8000")        # or ProxyApp("unix:/run/music.sock")
+    server = H3Server(app, node)
+    await server.startup()
+
+Each peer request becomes one request to the backend over httpx (HTTP/1.1, pooled
+keep-alive connections); each RFC 9220 WebSocket becomes an HTTP/1.1 Upgrade through the
+``websockets`` client.  Bodies stream both ways chunk by chunk: the proxy reads the next
+chunk from one side only after the other side took the previous one, so a large download
+to a slow peer holds at most a few flow-control windows in memory.
+
+What the backend sees:
+
+- the peer's method, path, query and end-to-end headers; hop-by-hop headers (RFC 9110
+  section 7.6.1: ``Connection`` and the fields it names, ``Keep-Alive``, ``Proxy-Connection``,
+  ``TE``, ``Transfer-Encoding``, ``Upgrade``, plus ``Trailer``, ``Proxy-Authorization``) are
+  dropped both ways;
+- ``X-P2P-Peer-Id: <node id>``: the node id the peer proved in the TLS handshake (any such
+  header the peer sends is removed first, so it cannot be forged);
+- ``Forwarded: for="_<peer id>";by="_<our id>";host="<authority>";proto=https`` (RFC 7239,
+  with node ids as obfuscated identifiers); a ``Forwarded`` or ``X-Forwarded-*`` header from
+  the peer is removed, since the peer is the first hop;
+- ``Host``: the backend's own host (``preserve_host=True`` passes the peer's authority).
+
+Failures: backend unreachable -> ``502``, no response headers within ``timeout`` -> ``504``,
+malformed or oversized response headers -> ``502`` (each with a one-line plain-text body and
+a log line); a backend that fails after its response started (closes mid-body, stalls longer
+than ``timeout``) resets the peer's stream.  One bad exchange never affects the others.
+
+Trailers are not forwarded: httpx (httpcore) drops HTTP/1.1 chunked trailers from
+responses, and ASGI has no request trailers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from ..errors import InvalidConfiguration
+from ..http.types import Message, Receive, Scope, Send
+
+__all__ = ["DEFAULT_TIMEOUT", "PEER_ID_HEADER", "ProxyApp", "parse_backend"]
+
+log = logging.getLogger("asgi_p2p.gateway.proxy")
+
+#: the request header carrying the caller's proven node id to the backend
+PEER_ID_HEADER = "x-p2p-peer-id"
+#: seconds the backend may take to connect, to start its response, and between body chunks
+DEFAULT_TIMEOUT = 60.0
+
+#: RFC 9110 section 7.6.1 (plus fields defined hop-by-hop elsewhere); never forwarded
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+#: request headers the proxy sets itself (a peer's copy would be a forgery or is the first hop)
+_SET_BY_PROXY = frozenset({"host", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"})
+#: a WebSocket client library makes these itself
+_WS_HANDSHAKE = frozenset(
+    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "sec-websocket-extensions"}
+)
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def parse_backend(url: str) -> tuple[httpx.URL, str | None]:
+    """``(base URL, unix socket path or None)`` of a backend given as ``http://host:port[/prefix]``
+    or ``unix:/path/to.sock`` (also ``http+unix://%2Fpath%2Fto.sock[/prefix]``)."""
+    if url.startswith("unix:") and not url.startswith("unix://"):
+        path = url[len("unix:") :]
+        if not path.startswith("/"):
+            raise InvalidConfiguration(f"backend {url!r}: the unix socket path must be absolute (unix:/run/app.sock)")
+        return httpx.URL("http://localhost"), path
+    parts = urlsplit(url)
+    if parts.scheme == "http+unix":
+        path = unquote(parts.netloc)
+        if not path.startswith("/"):
+            raise InvalidConfiguration(f"backend {url!r}: expected http+unix://%2Fabsolute%2Fpath.sock/")
+        return httpx.URL("http://localhost" + parts.path.rstrip("/")), path
+    if parts.scheme != "http" or not parts.hostname:
+        raise InvalidConfiguration(
+            f"backend {url!r}: expected http://HOST:PORT[/prefix] or unix:/path/to.sock (HTTP/1.1 without TLS)"
+        )
+    if parts.query or parts.fragment:
+        raise InvalidConfiguration(f"backend {url!r}: no query or fragment allowed")
+    try:
+        return httpx.URL(url.rstrip("/")), None
+    except httpx.InvalidURL as exc:
+        raise InvalidConfiguration(f"backend {url!r}: {exc}") from None
+
+
+def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> set[str]:
+    names: set[str] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            names.update(t.strip().lower() for t in value.decode("latin-1").split(",") if t.strip())
+    return names
+
+
+def end_to_end(headers: Iterable[tuple[bytes, bytes]], *, drop: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """``headers`` (lower-cased names) without hop-by-hop fields, the fields ``Connection``
+    names, and ``drop``."""
+    items = list(headers)
+    skip = HOP_BY_HOP | _connection_listed(items) | set(drop)
+    out: list[tuple[str, str]] = []
+    for raw_name, raw_value in items:
+        name = raw_name.decode("latin-1").lower()
+        if name in skip or name.startswith(":"):
+            continue
+        out.append((name, raw_value.decode("latin-1")))
+    return out
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ProxyApp:
+    """An ASGI app forwarding HTTP requests and WebSockets to one HTTP/1.1 ``backend``.
+
+    ``backend``: ``http://HOST:PORT`` (optionally with a path prefix every request path is
+    appended to) or ``unix:/path/to.sock``.  ``timeout``: seconds for connecting, for the
+    response headers to start (else 504) and between body chunks either way.
+    ``max_connections``: kept-alive backend connections at most (more requests wait for
+    one, within ``timeout``).  ``peer_id_header``: the header naming the caller's node id
+    (``None``: do not send one; any copy from the peer is removed all the same).
+    ``forwarded``: add the RFC 7239 ``Forwarded`` header.  ``preserve_host``: send the
+    peer's ``:authority`` as ``Host`` instead of the backend's.  ``max_message_size``:
+    largest WebSocket message relayed (bytes).
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_connections: int = 100,
+        peer_id_header: str | None = PEER_ID_HEADER,
+        forwarded: bool = True,
+        preserve_host: bool = False,
+        max_message_size: int = 16 * 1024 * 1024,
+    ) -> None:
+        if not timeout > 0:
+            raise InvalidConfiguration(f"timeout must be positive, got {timeout}")
+        if max_connections < 1:
+            raise InvalidConfiguration(f"max_connections must be at least 1, got {max_connections}")
+        if peer_id_header is not None and not _TOKEN.match(peer_id_header):
+            raise InvalidConfiguration(f"peer_id_header {peer_id_header!r} is not a valid header name")
+        self.backend = backend
+        self.base_url, self.uds = parse_backend(backend)
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.peer_id_header = peer_id_header.lower() if peer_id_header else None
+        self.forwarded = forwarded
+        self.preserve_host = preserve_host
+        self.max_message_size = max_message_size
+        self._client: httpx.AsyncClient | None = None
+        #: requests answered 502 / 504 by the proxy itself, and exchanges cut off part-way
+        self.bad_gateway = 0
+        self.gateway_timeout = 0
+        self.aborted = 0
+
+    # -- the backend client ---------------------------------------------------------------
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The httpx client talking to the backend (made on first use)."""
+        if self._client is None:
+            transport = httpx.AsyncHTTPTransport(
+                uds=self.uds,
+                retries=0,
+                limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=20),
+            )
+            self._client = httpx.AsyncClient(
+                transport=transport,
+                timeout=httpx.Timeout(self.timeout),
+                follow_redirects=False,
+                trust_env=False,  # never route the backend through an HTTP_PROXY from the environment
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the backend connections (also done at ASGI lifespan shutdown)."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    # -- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            raise RuntimeError(f"ProxyApp: unsupported scope type {kind!r}")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _peer(self, scope: Scope) -> tuple[str | None, str | None]:
+        """(the caller's node id, our node id), when served by asgi-p2p."""
+        p2p = scope.get("extensions", {}).get("p2p")
+        peer = p2p.get("peer_id") if isinstance(p2p, dict) else None
+        server = scope.get("server")
+        ours = server[0] if server and p2p else None
+        return peer, ours
+
+    def _backend_headers(self, scope: Scope, *, drop: Iterable[str] = ()) -> tuple[list[tuple[str, str]], str]:
+        """The request headers for the backend, and the peer's authority."""
+        raw: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
+        authority = ""
+        for name, value in raw:
+            if name.lower() == b"host":
+                authority = value.decode("latin-1")
+                break
+        remove = set(_SET_BY_PROXY) | set(drop)
+        if self.peer_id_header:
+            remove.add(self.peer_id_header)
+        remove.add(PEER_ID_HEADER)
+        headers = end_to_end(raw, drop=remove)
+        if self.preserve_host and authority:
+            headers.insert(0, ("host", authority))
+        peer, ours = self._peer(scope)
+        if peer is not None and self.peer_id_header:
+            headers.append((self.peer_id_header, peer))
+        if self.forwarded:
+            parts = []
+            if peer is not None:
+                parts.append(f"for={_quoted('_' + peer)}")
+            elif scope.get("client"):
+                parts.append(f"for={_quoted(str(scope['client'][0]))}")
+            if ours is not None:
+                parts.append(f"by={_quoted('_' + ours)}")
+            if authority:
+                parts.append(f"host={_quoted(authority)}")
+            proto = "https" if scope.get("scheme") in ("https", "wss") else "http"
+            parts.append(f"proto={proto}")
+            headers.append(("forwarded", ";".join(parts)))
+        return headers, authority
+
+    def _target(self, scope: Scope) -> bytes:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query: bytes = scope.get("query_string", b"")
+        prefix = self.base_url.raw_path.split(b"?")[0].rstrip(b"/")
+        return prefix + raw_path + (b"?" + query if query else b"")
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method: str = scope["method"]
+        target = self._target(scope)
+        if not target.startswith(b"/"):
+            await _plain(send, 400, "bad request target\n")
+            return
+        headers, _ = self._backend_headers(scope)
+        first = await receive()
+        if first["type"] == "http.disconnect":
+            return
+        body: bytes = first.get("body", b"")
+        content: bytes | AsyncIterator[bytes] | None
+        if first.get("more_body", False):
+            content = _request_body(body, receive)
+        else:
+            content = body if body or any(n == "content-length" for n, _ in headers) else None
+        try:
+            url = self.base_url.copy_with(raw_path=target)
+            request = self.client.build_request(method, url, headers=headers, content=content)
+        except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+            await _plain(send, 400, f"bad request: {exc}\n")
+            return
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException:
+            self.gateway_timeout += 1
+            log.warning(
+                "504: backend %s did not answer %s %s within %gs", self.backend, method, _show(target), self.timeout
+            )
+            await _plain(send, 504, f"Gateway Timeout: the backend did not answer within {self.timeout:g}s\n")
+            return
+        except httpx.HTTPError as exc:
+            if isinstance(exc, _PeerGone) or isinstance(exc.__cause__, _PeerGone):
+                return
+            self.bad_gateway += 1
+            reason = _describe(exc)
+            log.warning("502: backend %s failed on %s %s: %s", self.backend, method, _show(target), reason)
+            await _plain(send, 502, f"Bad Gateway: {reason}\n")
+            return
+        try:
+            await self._relay_response(response, send, method, target)
+        finally:
+            await response.aclose()
+
+    async def _relay_response(self, response: httpx.Response, send: Send, method: str, target: bytes) -> None:
+        raw = response.headers.raw
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in end_to_end(raw)]
+        if response.headers.get("transfer-encoding") is not None:  # RFC 9112 6.3: chunked wins over a length
+            headers = [(n, v) for n, v in headers if n != b"content-length"]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        sent = 0
+        try:
+            async for chunk in response.aiter_raw():
+                if chunk:
+                    sent += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.HTTPError as exc:
+            self.aborted += 1
+            log.warning(
+                "backend %s failed after %d bytes of the response to %s %s: %s; resetting the peer's stream",
+                self.backend,
+                sent,
+                method,
+                _show(target),
+                _describe(exc),
+            )
+            return  # the response is incomplete: the server resets the stream
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # -- WebSocket ---------------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from websockets.asyncio.client import connect, unix_connect
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        target = self._target(scope)
+        headers, _ = self._backend_headers(scope, drop=_WS_HANDSHAKE)
+        uri = "ws://" + self.base_url.netloc.decode("ascii") + target.decode("latin-1")
+        subprotocols: list[Any] = list(scope.get("subprotocols", ()))
+        options: dict[str, Any] = {
+            "additional_headers": headers,
+            "subprotocols": subprotocols or None,
+            "open_timeout": self.timeout,
+            "max_size": self.max_message_size,
+            "compression": None,
+            "user_agent_header": None,
+            "proxy": None,
+        }
+        try:
+            if self.uds is not None:
+                opening = unix_connect(self.uds, uri, **options)
+            else:
+                opening = connect(uri, **options)
+            backend = await opening
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            log.info("backend %s refused the WebSocket to %s with %d", self.backend, _show(target), status)
+            resp_headers = [
+                (n.lower().encode("latin-1"), v.encode("latin-1"))
+                for n, v in exc.response.headers.raw_items()
+                if n.lower() not in HOP_BY_HOP and n.lower() != "content-length"
+            ]
+            await send({"type": "websocket.http.response.start", "status": status, "headers": resp_headers})
+            await send({"type": "websocket.http.response.body", "body": bytes(exc.response.body or b"")})
+            return
+        except TimeoutError:
+            self.gateway_timeout += 1
+            log.warning(
+                "504: backend %s did not accept the WebSocket to %s within %gs",
+                self.backend,
+                _show(target),
+                self.timeout,
+            )
+            await _ws_deny(send, 504, f"Gateway Timeout: the backend did not answer within {self.timeout:g}s\n")
+            return
+        except (OSError, InvalidHandshake) as exc:
+            self.bad_gateway += 1
+            log.warning("502: backend %s failed on the WebSocket to %s: %s", self.backend, _show(target), exc)
+            await _ws_deny(send, 502, f"Bad Gateway: {exc}\n")
+            return
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if backend.subprotocol:
+            accept["subprotocol"] = str(backend.subprotocol)
+        await send(accept)
+
+        async def peer_to_backend() -> None:
+            while True:
+                msg = await receive()
+                if msg["type"] == "websocket.receive":
+                    text = msg.get("text")
+                    await backend.send(text if text is not None else bytes(msg.get("bytes") or b""))
+                elif msg["type"] == "websocket.disconnect":
+                    code = int(msg.get("code") or 1000)
+                    await backend.close(code if _sendable(code) else 1000, str(msg.get("reason") or ""))
+                    return
+
+        async def backend_to_peer() -> None:
+            try:
+                async for data in backend:
+                    if isinstance(data, str):
+                        await send({"type": "websocket.send", "text": data})
+                    else:
+                        await send({"type": "websocket.send", "bytes": bytes(data)})
+            except ConnectionClosed:
+                pass
+            code = backend.close_code or 1000
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": code if _sendable(code) else 1011,
+                    "reason": backend.close_reason or "",
+                }
+            )
+
+        tasks = [asyncio.ensure_future(peer_to_backend()), asyncio.ensure_future(backend_to_peer())]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for task in done:
+                failure = task.exception()
+                if failure is not None and not isinstance(failure, (ConnectionClosed, OSError)):
+                    raise failure
+        finally:
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await backend.close()
+
+
+class _PeerGone(httpx.TransportError):
+    """The peer went away while its request body was being forwarded."""
+
+
+async def _request_body(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _PeerGone("the peer went away during its request body")
+        body = message.get("body", b"")
+        if body:
+            yield body
+        if not message.get("more_body", False):
+            return
+
+
+async def _plain(send: Send, status: int, text: str) -> None:
+    body = text.encode("utf-8")
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _ws_deny(send: Send, status: int, text: str) -> None:
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": text.encode("utf-8")})
+
+
+def _sendable(code: int) -> bool:
+    """May ``code`` go in a close frame (RFC 6455 7.4)?"""
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or 3000 <= code <= 4999
+
+
+def _show(target: bytes) -> str:
+    text = target.decode("latin-1")
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect to the backend ({exc or type(exc).__name__})"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the backend sent malformed HTTP or closed the connection ({exc})"
+    if isinstance(exc, httpx.TimeoutException):
+        return "the backend stalled longer than the timeout"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

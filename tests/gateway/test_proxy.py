@@ -1,0 +1,337 @@
+"""``ProxyApp`` served over HTTP/3 to a peer, in front of real HTTP/1.1 backends on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from asgi_p2p.errors import InvalidConfiguration
+from asgi_p2p.gateway.proxy import ProxyApp, end_to_end, parse_backend
+from asgi_p2p.http import WebSocketRejected, websocket_connect
+from asgi_p2p.http.types import Receive, Scope, Send
+
+from .conftest import ProxyFactory
+
+MiB = 1024 * 1024
+
+
+async def backend_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The backend: echoes what it got, streams, sends hop-by-hop fields, WebSocket echo."""
+    if scope["type"] == "websocket":
+        await receive()
+        if scope["path"] == "/deny":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if "chat" in scope.get("subprotocols", []):
+            accept["subprotocol"] = "chat"
+        await send(accept)
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            if msg.get("text") == "bye":
+                await send({"type": "websocket.close", "code": 4001, "reason": "bye to you"})
+                return
+            if msg.get("text") is not None:
+                await send({"type": "websocket.send", "text": "echo:" + msg["text"]})
+            else:
+                await send({"type": "websocket.send", "bytes": msg["bytes"][::-1]})
+    path = scope["path"]
+    if path == "/sha":
+        h = hashlib.sha256()
+        n = 0
+        while True:
+            msg = await receive()
+            h.update(msg.get("body", b""))
+            n += len(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        await _json(send, {"sha256": h.hexdigest(), "size": n})
+    elif path == "/stream":
+        total = int(dict(x.split("=") for x in scope["query_string"].decode().split("&"))["n"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"x/bytes")]})
+        block = bytes(range(256)) * 256
+        left = total
+        while left:
+            chunk = block[: min(left, len(block))]
+            left -= len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/hop":
+        headers = [(b"connection", b"x-drop"), (b"x-drop", b"1"), (b"keep-alive", b"timeout=5"), (b"x-keep", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+    else:
+        headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
+        await _json(
+            send,
+            {
+                "method": scope["method"],
+                "path": path,
+                "raw_path": scope["raw_path"].decode(),
+                "headers": headers,
+                "query": scope["query_string"].decode(),
+            },
+        )
+
+
+async def _json(send: Send, obj: object) -> None:
+    body = json.dumps(obj).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def header_map(pairs: list[list[str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in pairs:
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+# -- what the backend sees -------------------------------------------------------------------
+
+
+async def test_backend_sees_peer_id_forwarded_and_no_forgeries(backends: Any, proxied: ProxyFactory) -> None:
+    backend = await backends(backend_app)
+    p = await proxied(backend.url)
+    r = await p.client.get(
+        "/some%20path/x?a=1&b=%2F",
+        headers={
+            "X-P2P-Peer-Id": "forged",
+            "Forwarded": 'for="_forged"',
+            "X-Forwarded-For": "10.0.0.1",
+            "X-Custom": "kept",
+        },
+    )
+    assert r.status_code == 200
+    seen = r.json()
+    assert seen["raw_path"] == "/some%20path/x"
+    assert seen["query"] == "a=1&b=%2F"
+    h = header_map(seen["headers"])
+    assert h["x-p2p-peer-id"] == [str(p.peer.node_id)]
+    assert h["forwarded"] == [f'for="_{p.peer.node_id}";by="_{p.node.node_id}";host="{p.node.node_id}";proto=https']
+    assert "x-forwarded-for" not in h
+    assert h["x-custom"] == ["kept"]
+    assert h["host"] == [backend.url.removeprefix("http://")]
+
+
+async def test_response_hop_by_hop_fields_are_dropped(backends: Any, proxied: ProxyFactory) -> None:
+    p = await proxied((await backends(backend_app)).url)
+    r = await p.client.get("/hop")
+    assert r.text == "ok"
+    assert r.headers["x-keep"] == "2"
+    assert "x-drop" not in r.headers and "keep-alive" not in r.headers and "connection" not in r.headers
+
+
+def test_end_to_end_drops_connection_listed_fields() -> None:
+    fields = [
+        (b"Connection", b"close, X-Secret"),
+        (b"X-Secret", b"s"),
+        (b"TE", b"trailers"),
+        (b"Accept", b"*/*"),
+        (b"Upgrade", b"h2c"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Keep-Alive", b"5"),
+    ]
+    assert end_to_end(fields) == [("accept", "*/*")]
+
+
+def test_peer_id_header_option_and_bad_backends() -> None:
+    with pytest.raises(InvalidConfiguration, match="unix socket path must be absolute"):
+        parse_backend("unix:relative.sock")
+    with pytest.raises(InvalidConfiguration, match="expected http://HOST:PORT"):
+        parse_backend("https://example.org")
+    with pytest.raises(InvalidConfiguration, match="not a valid header name"):
+        ProxyApp("http://127.0.0.1:1", peer_id_header="bad header")
+    assert parse_backend("http://127.0.0.1:8000/app/")[0] == httpx.URL("http://127.0.0.1:8000/app")
+
+
+async def test_path_prefix_and_unix_socket_backend(backends: Any, proxied: ProxyFactory, tmp_path: Path) -> None:
+    backend = await backends(backend_app, uds=tmp_path / "b.sock")
+    p = await proxied("http+unix://" + str(tmp_path / "b.sock").replace("/", "%2F") + "/base")
+    assert (await p.client.get("/x")).json()["path"] == "/base/x"
+    p2 = await proxied(backend.url)
+    assert (await p2.client.get("/y?q=1")).json()["path"] == "/y"
+
+
+# -- bodies stream both ways -------------------------------------------------------------------
+
+
+async def test_streamed_upload_and_download(backends: Any, proxied: ProxyFactory) -> None:
+    p = await proxied((await backends(backend_app)).url)
+    data = bytes(range(256)) * (12 * 4096)  # 12 MiB
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(data), 100_000):
+            yield data[i : i + 100_000]
+
+    r = await p.client.post("/sha", content=chunks())
+    assert r.json() == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    r = await p.client.get("/stream?n=5000000")
+    assert len(r.content) == 5_000_000
+    assert r.content[:512] == bytes(range(256)) * 2
+
+
+async def test_slow_reader_bounds_what_the_proxy_buffers(proxied: ProxyFactory) -> None:
+    """A peer that stops reading stalls the backend within a bounded number of bytes (no 1 GB in memory)."""
+    written = 0
+    blocked = asyncio.Event()
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal written
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n")
+        block = b"x" * (256 * 1024)
+        try:
+            while written < 1 << 30:
+                writer.write(block)
+                written += len(block)
+                if writer.transport.get_write_buffer_size() > 0:
+                    # the kernel's socket buffer is full: wait; if it stays full, the proxy stopped reading
+                    try:
+                        await asyncio.wait_for(writer.drain(), 2.0)
+                    except TimeoutError:
+                        blocked.set()
+                        await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        p = await proxied(f"http://127.0.0.1:{port}")
+        async with p.client.stream("GET", "/big") as r:
+            it = r.aiter_raw()
+            got = len(await anext(it))
+            await asyncio.wait_for(blocked.wait(), 30)
+            stalled_at = written
+            assert stalled_at < 64 * MiB, f"the backend wrote {stalled_at / MiB:.1f} MiB to a peer that read nothing"
+            async for chunk in it:  # reading again lets the backend go on
+                got += len(chunk)
+                if got > stalled_at + 4 * MiB:
+                    break
+            assert written > stalled_at
+    finally:
+        srv.close()
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+async def raw_backend(behaviour: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await behaviour(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def malformed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 two hundred OK\r\n\r\n")
+    await writer.drain()
+
+
+async def oversized_header(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * (300 * 1024) + b"\r\ncontent-length: 2\r\n\r\nok")
+    await writer.drain()
+
+
+async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read()  # never answers
+
+
+async def mid_body_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n" + b"x" * 100_000)
+    await writer.drain()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "text"),
+    [
+        (malformed, 502, "malformed HTTP"),
+        (oversized_header, 502, "malformed HTTP"),
+        (silent, 504, "did not answer within 0.5s"),
+    ],
+    ids=["malformed", "oversized-header", "too-slow"],
+)
+async def test_bad_backend_gets_a_clear_error_and_the_proxy_keeps_serving(
+    behaviour: Any, status: int, text: str, proxied: ProxyFactory, backends: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = await raw_backend(behaviour)
+    good = await backends(backend_app)
+    try:
+        p = await proxied(f"http://127.0.0.1:{bad.sockets[0].getsockname()[1]}", timeout=0.5)
+        ok = await proxied(good.url)
+        with caplog.at_level(logging.WARNING, "asgi_p2p.gateway.proxy"):
+            r = await p.client.get("/x")
+        assert r.status_code == status
+        assert text in r.text
+        assert any(f"{status}: backend" in rec.getMessage() for rec in caplog.records)
+        # the same proxy node keeps serving: another stream on the same connection, and other proxies
+        assert (await p.client.get("/again")).status_code == status
+        assert (await ok.client.get("/fine")).status_code == 200
+    finally:
+        bad.close()
+
+
+async def test_backend_down_is_502(proxied: ProxyFactory) -> None:
+    srv = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    srv.close()
+    await srv.wait_closed()
+    p = await proxied(f"http://127.0.0.1:{port}")
+    r = await p.client.get("/")
+    assert r.status_code == 502
+    assert "cannot connect to the backend" in r.text
+
+
+async def test_backend_closing_mid_body_resets_the_stream(proxied: ProxyFactory, backends: Any) -> None:
+    bad = await raw_backend(mid_body_close)
+    try:
+        p = await proxied(f"http://127.0.0.1:{bad.sockets[0].getsockname()[1]}")
+        with pytest.raises(httpx.TransportError):
+            async with p.client.stream("GET", "/") as r:
+                assert r.status_code == 200
+                await r.aread()
+        assert p.proxy.aborted == 1
+        with pytest.raises(httpx.TransportError):  # again, on the same connection
+            await p.client.get("/")
+    finally:
+        bad.close()
+
+
+# -- WebSocket: RFC 9220 on the peer side, HTTP/1.1 Upgrade to the backend ------------------------------
+
+
+async def test_websocket_through_the_proxy(backends: Any, proxied: ProxyFactory) -> None:
+    p = await proxied((await backends(backend_app)).url)
+    async with websocket_connect(p.peer, p.node.node_addr(), "/ws", subprotocols=["chat"]) as ws:
+        assert ws.subprotocol == "chat"
+        await ws.send("hi")
+        assert await ws.receive() == "echo:hi"
+        await ws.send(b"\x01\x02\x03")
+        assert await ws.receive() == b"\x03\x02\x01"
+        await ws.send("bye")
+        with pytest.raises(Exception) as info:
+            await ws.receive()
+        assert getattr(info.value, "code", None) == 4001
+    with pytest.raises(WebSocketRejected) as rejected:
+        async with websocket_connect(p.peer, p.node.node_addr(), "/deny"):
+            pass
+    assert rejected.value.status == 403
