@@ -1,7 +1,7 @@
 """The ``asgi-p2p`` command.
 
 ``asgi-p2p APP`` serves an ASGI app (like ``uvicorn APP``); the other
-subcommands are ``keygen``, ``id``, ``get`` and ``relay``.
+subcommands are ``keygen``, ``id``, ``get``, ``proxy``, ``send``, ``receive`` and ``relay``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ def _subcommands() -> dict[str, Subcommand]:
         pass
     else:
         cmds.update(serve.subcommands())
+        from . import proxy, transfer
+
+        cmds.update(proxy.subcommands())
+        cmds.update(transfer.subcommands())
     from . import relay  # the relay needs no HTTP layer
 
     cmds.update(relay.subcommands())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib
 import inspect
 import logging
@@ -29,7 +30,7 @@ from ._common import LOG_LEVELS, configure_logging, describe_error, positive_flo
 if TYPE_CHECKING:
     from ..endpoint import Endpoint
 
-__all__ = ["import_app", "read_allow_file", "subcommands"]
+__all__ = ["add_server_args", "import_app", "read_allow_file", "serve_app", "subcommands"]
 
 log = logging.getLogger("asgi_p2p.cli")
 
@@ -52,6 +53,18 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factory", action="store_true", help="APP is a function returning the app; call it")
     p.add_argument("--app-dir", default=".", metavar="DIR", help="directory to import APP from (default: .)")
     p.add_argument("--env-file", type=Path, metavar="PATH", help="read KEY=VALUE environment variables from PATH")
+    p.add_argument("--root-path", default="", metavar="PATH", help="ASGI root_path, for apps mounted below a prefix")
+    p.add_argument(
+        "--lifespan",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="run the app's lifespan startup/shutdown (default: auto)",
+    )
+    add_server_args(p)
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """The options of serving any app to peers (``serve``, ``proxy``): identity, allow-list, limits, discovery."""
     _common.add_node_args(p, ephemeral_help="use a new random identity instead of a key file")
     p.add_argument(
         "--allow",
@@ -62,13 +75,6 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--allow-file", type=Path, metavar="PATH", help="file of node ids allowed to connect, one per line (# comments)"
-    )
-    p.add_argument("--root-path", default="", metavar="PATH", help="ASGI root_path, for apps mounted below a prefix")
-    p.add_argument(
-        "--lifespan",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="run the app's lifespan startup/shutdown (default: auto)",
     )
     p.add_argument(
         "--limit-concurrency", type=positive_int, metavar="N", help="answer 503 once N requests are in flight"
@@ -219,6 +225,13 @@ def run_serve(args: argparse.Namespace) -> int:
     _common.require_http()
     if args.env_file is not None:
         _common.load_env_file(args.env_file)
+    app_loader = functools.partial(import_app, args.app, factory=args.factory, app_dir=args.app_dir)
+    return serve_app(app_loader, args, args.app)
+
+
+def serve_app(load: Callable[[], Callable[..., Any]], args: argparse.Namespace, label: str) -> int:
+    """Serve the app ``load()`` returns with the options :func:`add_server_args` added (and
+    ``args.root_path``, ``args.lifespan``); ``label`` names it in the startup lines."""
     overrides: dict[str, Any] = {}
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size
@@ -227,15 +240,15 @@ def run_serve(args: argparse.Namespace) -> int:
     _check_discovery_args(args)
     key = _common.secret_key(args)
     try:
-        app = import_app(args.app, factory=args.factory, app_dir=args.app_dir)
+        app = load()
     except P2PError:
         raise
     except Exception as exc:
         traceback.print_exc()
-        print(f"asgi-p2p: error: could not load {args.app}: {describe_error(exc)}", file=sys.stderr)
+        print(f"asgi-p2p: error: could not load {label}: {describe_error(exc)}", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(_serve(app, key, allow, config, args))
+        return asyncio.run(_serve(app, key, allow, config, args, label))
     except P2PError as exc:
         text = str(exc)
         if "\n" in text:
@@ -260,6 +273,7 @@ async def _serve(
     allow: list[NodeId] | None,
     config: NetworkConfig,
     args: argparse.Namespace,
+    label: str,
 ) -> int:
     from ..http import H3Server
     from ..node import Node
@@ -317,7 +331,7 @@ async def _serve(
                 endpoint.on_node_addr_change(
                     lambda addr: _common.write_atomically(ticket_file, Ticket.from_node_addr(addr).encode())
                 )
-            _announce(args, endpoint, ticket, allow)
+            _announce(args, endpoint, ticket, allow, label)
             await stop.wait()
             shutdown = asyncio.ensure_future(server.shutdown())
             forced = asyncio.ensure_future(force.wait())
@@ -410,12 +424,14 @@ async def _unpublish(source: Any) -> None:
             await source.close()
 
 
-def _announce(args: argparse.Namespace, endpoint: Endpoint, ticket: str, allow: list[NodeId] | None) -> None:
+def _announce(
+    args: argparse.Namespace, endpoint: Endpoint, ticket: str, allow: list[NodeId] | None, label: str
+) -> None:
     host, port = endpoint.local_address[0], endpoint.local_address[1]
     udp = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     who = "any node" if allow is None else f"{len(allow)} allowed node(s)"
     lines = [
-        f"asgi-p2p: serving {args.app} over HTTP/3 (udp {udp}, {who})",
+        f"asgi-p2p: serving {label} over HTTP/3 (udp {udp}, {who})",
         f"  node id  {endpoint.node_id}",
         f"  ticket   {ticket}",
         f"  try      asgi-p2p get {ticket}/",
