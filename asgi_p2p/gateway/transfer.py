@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -140,7 +140,7 @@ def _check_name(name: Any) -> None:
 def _check_relative(path: Any) -> None:
     if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\x00" in path:
         raise TransferError(f"unsafe path in manifest: {path!r}")
-    for part in PurePosixPath(path).parts:
+    for part in path.split("/"):
         if part in ("", ".", "..") or len(part) > 255:
             raise TransferError(f"unsafe path in manifest: {path!r}")
 
@@ -272,7 +272,7 @@ class SendApp:
             if status == 206:
                 out.append((b"content-range", f"bytes {start}-{end - 1}/{size}".encode()))
             await send({"type": "http.response.start", "status": status, "headers": out})
-            if head:
+            if head or end == start:
                 await send({"type": "http.response.body", "body": b""})
                 return
             f.seek(start)
