@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -79,6 +80,8 @@ _SET_BY_PROXY = frozenset({"host", "forwarded", "x-forwarded-for", "x-forwarded-
 _WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "sec-websocket-extensions"}
 )
+#: kernel receive buffer of each backend connection (bytes)
+_RCVBUF = 4 * 1024 * 1024
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
@@ -145,7 +148,8 @@ class ProxyApp:
     (``None``: do not send one; any copy from the peer is removed all the same).
     ``forwarded``: add the RFC 7239 ``Forwarded`` header.  ``preserve_host``: send the
     peer's ``:authority`` as ``Host`` instead of the backend's.  ``max_message_size``:
-    largest WebSocket message relayed (bytes).
+    largest WebSocket message relayed (bytes).  ``coalesce_bytes``: response body read
+    ahead of the peer at most (bytes), sent on as one chunk.
     """
 
     def __init__(
@@ -158,6 +162,7 @@ class ProxyApp:
         forwarded: bool = True,
         preserve_host: bool = False,
         max_message_size: int = 16 * 1024 * 1024,
+        coalesce_bytes: int = 1024 * 1024,
     ) -> None:
         if not timeout > 0:
             raise InvalidConfiguration(f"timeout must be positive, got {timeout}")
@@ -173,6 +178,9 @@ class ProxyApp:
         self.forwarded = forwarded
         self.preserve_host = preserve_host
         self.max_message_size = max_message_size
+        if coalesce_bytes < 1:
+            raise InvalidConfiguration(f"coalesce_bytes must be positive, got {coalesce_bytes}")
+        self.coalesce_bytes = coalesce_bytes
         self._client: httpx.AsyncClient | None = None
         #: requests answered 502 / 504 by the proxy itself, and exchanges cut off part-way
         self.bad_gateway = 0
@@ -188,6 +196,9 @@ class ProxyApp:
             transport = httpx.AsyncHTTPTransport(
                 uds=self.uds,
                 retries=0,
+                # a large receive buffer lets the backend write ahead while this process is busy
+                # with QUIC (on a loaded machine, each refill otherwise waits for the backend's turn)
+                socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)],
                 limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=20),
             )
             self._client = httpx.AsyncClient(
@@ -326,13 +337,18 @@ class ProxyApp:
         if response.headers.get("transfer-encoding") is not None:  # RFC 9112 6.3: chunked wins over a length
             headers = [(n, v) for n, v in headers if n != b"content-length"]
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        buffer = _Coalescer(self.coalesce_bytes)
+        reader = asyncio.ensure_future(buffer.fill(response.aiter_raw()))
         sent = 0
         try:
-            async for chunk in response.aiter_raw():
-                if chunk:
-                    sent += len(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.HTTPError as exc:
+            while (chunk := await buffer.take()) is not None:
+                sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if buffer.error is not None:
             self.aborted += 1
             log.warning(
                 "backend %s failed after %d bytes of the response to %s %s: %s; resetting the peer's stream",
@@ -340,7 +356,7 @@ class ProxyApp:
                 sent,
                 method,
                 _show(target),
-                _describe(exc),
+                _describe(buffer.error),
             )
             return  # the response is incomplete: the server resets the stream
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -450,6 +466,58 @@ class ProxyApp:
                 task.cancel()
             with contextlib.suppress(Exception):
                 await backend.close()
+
+
+class _Coalescer:
+    """Response body chunks read ahead of the peer, at most ``limit`` bytes.
+
+    httpx yields what each socket read returned (up to 64 KiB); :meth:`take` hands over
+    everything read so far as one chunk, so that while the peer is slower than the backend
+    each HTTP/3 write carries up to ``limit`` bytes, and while it is faster no chunk waits.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.done = False
+        self.error: httpx.HTTPError | None = None
+        self._data = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+
+    async def fill(self, body: AsyncIterator[bytes]) -> None:
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                while self.size >= self.limit:
+                    self._space.clear()
+                    await self._space.wait()
+                self.chunks.append(chunk)
+                self.size += len(chunk)
+                self._data.set()
+        except httpx.HTTPError as exc:
+            self.error = exc
+        finally:
+            self.done = True
+            self._data.set()
+
+    async def take(self) -> bytes | None:
+        """Everything read so far (waiting for something), or None at the end of the body."""
+        while not self.chunks:
+            if self.done:
+                return None
+            self._data.clear()
+            await self._data.wait()
+        if self.size < self.limit and not self.done:
+            await asyncio.sleep(0)  # let socket reads already due land in this chunk too
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.chunks = []
+        self.size = 0
+        self._space.set()
+        return data
 
 
 class _PeerGone(httpx.TransportError):
