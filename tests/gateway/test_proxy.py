@@ -335,3 +335,63 @@ async def test_websocket_through_the_proxy(backends: Any, proxied: ProxyFactory)
         async with websocket_connect(p.peer, p.node.node_addr(), "/deny"):
             pass
     assert rejected.value.status == 403
+
+
+async def test_backend_stalling_mid_body_resets_after_the_timeout(proxied: ProxyFactory) -> None:
+    release = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 100)
+        await writer.drain()
+        await release.wait()
+
+    bad = await raw_backend(stall)
+    try:
+        p = await proxied(f"http://127.0.0.1:{bad.sockets[0].getsockname()[1]}", timeout=0.5)
+        with pytest.raises(httpx.TransportError):
+            async with p.client.stream("GET", "/") as r:
+                assert r.status_code == 200
+                await r.aread()
+        assert p.proxy.aborted == 1
+    finally:
+        release.set()
+        bad.close()
+
+
+async def test_slow_backend_reader_bounds_what_the_peer_can_push(proxied: ProxyFactory) -> None:
+    """An upload to a backend that reads nothing stalls the peer within a bounded number of bytes."""
+    produced = 0
+    stalled = asyncio.Event()
+    resume = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await resume.wait()
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal produced
+        block = b"u" * (256 * 1024)
+        while produced < 1 << 30:
+            yield block
+            produced += len(block)
+
+    async def watch() -> None:
+        last = -1
+        while produced != last:  # no progress for 2 s: the upload is stalled
+            last = produced
+            await asyncio.sleep(2.0)
+        stalled.set()
+
+    srv = await raw_backend(never_reads)
+    try:
+        p = await proxied(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}", timeout=30)
+        upload = asyncio.ensure_future(p.client.post("/upload", content=endless()))
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.wait_for(stalled.wait(), 60)
+        assert produced < 64 * MiB, f"the peer pushed {produced / MiB:.1f} MiB into a backend that reads nothing"
+        upload.cancel()
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await upload
+    finally:
+        resume.set()
+        srv.close()
