@@ -395,3 +395,19 @@ async def test_slow_backend_reader_bounds_what_the_peer_can_push(proxied: ProxyF
     finally:
         resume.set()
         srv.close()
+
+
+async def test_websocket_over_a_unix_socket_and_to_a_backend_that_is_down(
+    backends: Any, proxied: ProxyFactory, tmp_path: Path
+) -> None:
+    backend = await backends(backend_app, uds=tmp_path / "ws.sock")
+    p = await proxied(backend.url)
+    async with websocket_connect(p.peer, p.node.node_addr(), "/ws?room=1") as ws:
+        await ws.send("over uds")
+        assert await ws.receive() == "echo:over uds"
+    down = await proxied(f"unix:{tmp_path / 'nobody.sock'}")
+    with pytest.raises(WebSocketRejected) as rejected:
+        async with websocket_connect(down.peer, down.node.node_addr(), "/ws"):
+            pass
+    assert rejected.value.status == 502
+    assert b"Bad Gateway" in rejected.value.body
