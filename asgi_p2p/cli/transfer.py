@@ -208,6 +208,8 @@ async def _receive(args: argparse.Namespace, addr: NodeAddr) -> int:
         async with httpx.AsyncClient(transport=transport, base_url=base_url, timeout=args.timeout) as client:
             manifest = await fetch_manifest(client)
             dest = _destination(args.output, manifest.name)
+            if not dest.parent.is_dir():
+                raise P2PError(f"-o {args.output}: directory {dest.parent} does not exist")
             console = Console(file=sys.stderr, quiet=args.quiet)
             columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
             with Progress("{task.description}", *columns, console=console, transient=False) as bar:
@@ -217,6 +219,8 @@ async def _receive(args: argparse.Namespace, addr: NodeAddr) -> int:
                     try:
                         await receive(client, dest, manifest, progress=lambda n: bar.advance(task, n))
                         break
+                    except OSError as exc:
+                        raise P2PError(f"cannot write {dest}: {exc.strerror or exc}") from None
                     except httpx.TransportError as exc:
                         if attempt == args.retries:
                             stage = staging_path(dest, manifest)

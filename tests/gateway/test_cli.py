@@ -17,6 +17,9 @@ def test_send_and_receive_a_directory(tmp_path: Path) -> None:
     sender = ServerProcess(cli, tmp_path / "sender", ("send", src, "--ephemeral"), None)
     try:
         ticket = sender.wait_ready()
+        r = cli.run("receive", ticket, "-o", tmp_path / "missing" / "photos")
+        assert r.returncode == 1
+        assert "does not exist" in one_line_error(r.stderr)
         out = tmp_path / "inbox"
         out.mkdir()
         r = cli.run("receive", ticket, "-o", out)
