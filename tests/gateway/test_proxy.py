@@ -38,6 +38,10 @@ async def backend_app(scope: Scope, receive: Receive, send: Send) -> None:
             msg = await receive()
             if msg["type"] == "websocket.disconnect":
                 return
+            if msg.get("text") == "who":
+                ids = [v.decode() for k, v in scope["headers"] if k == b"x-p2p-peer-id"]
+                await send({"type": "websocket.send", "text": ",".join(ids)})
+                continue
             if msg.get("text") == "bye":
                 await send({"type": "websocket.close", "code": 4001, "reason": "bye to you"})
                 return
@@ -321,8 +325,11 @@ async def test_backend_closing_mid_body_resets_the_stream(proxied: ProxyFactory,
 
 async def test_websocket_through_the_proxy(backends: Any, proxied: ProxyFactory) -> None:
     p = await proxied((await backends(backend_app)).url)
-    async with websocket_connect(p.peer, p.node.node_addr(), "/ws", subprotocols=["chat"]) as ws:
+    forged = [("x-p2p-peer-id", "forged")]
+    async with websocket_connect(p.peer, p.node.node_addr(), "/ws", subprotocols=["chat"], headers=forged) as ws:
         assert ws.subprotocol == "chat"
+        await ws.send("who")
+        assert await ws.receive() == str(p.peer.node_id)
         await ws.send("hi")
         assert await ws.receive() == "echo:hi"
         await ws.send(b"\x01\x02\x03")
