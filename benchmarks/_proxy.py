@@ -117,7 +117,7 @@ async def measure(mib: int, repeat: int) -> tuple[dict[str, list[float]], dict[s
     from asgi_p2p import Node
     from asgi_p2p.http import P2PTransport
     from asgi_p2p.ticket import Ticket
-    from tests.gateway.nginx import Nginx
+    from tests.proxy.nginx import Nginx
 
     results: dict[str, list[float]] = {row: [] for row in ROWS}
     cpu: dict[str, list[float]] = {row: [] for row in ROWS[:2]}
