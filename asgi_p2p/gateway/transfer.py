@@ -233,7 +233,10 @@ class SendApp:
         etag = f'"{entry.sha256}"'.encode()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            f = self._file(index).open("rb")
+            path = self._file(index)
+            if self.manifest.kind == "dir" and not path.resolve().is_relative_to(self.root):
+                raise OSError(f"{path} now leads outside {self.root} (a symlink?)")
+            f = path.open("rb")
         except OSError as exc:
             log.warning("cannot open %s: %s", self._file(index), exc)
             await _respond(send, 410, b"the file is no longer there\n")

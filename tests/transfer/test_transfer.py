@@ -204,3 +204,16 @@ def test_malformed_manifests() -> None:
         Manifest.from_json({"version": 1})
     with pytest.raises(TransferError, match="version"):
         Manifest.from_json({"version": 9, "name": "x", "kind": "file", "files": []})
+
+
+async def test_a_file_swapped_for_a_symlink_is_not_served(tmp_path: Path, offer: Any) -> None:
+    src = tmp_path / "dir"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a" * 100)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 100)
+    pair = await offer(src)
+    (src / "a.txt").unlink()
+    (src / "a.txt").symlink_to(secret)  # same size, outside the offered directory
+    r = await pair.client.get("/files/0")
+    assert r.status_code == 410 and b"sss" not in r.content
