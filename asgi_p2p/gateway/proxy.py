@@ -472,8 +472,9 @@ class _Coalescer:
     """Response body chunks read ahead of the peer, at most ``limit`` bytes.
 
     httpx yields what each socket read returned (up to 64 KiB); :meth:`take` hands over
-    everything read so far as one chunk, so that while the peer is slower than the backend
-    each HTTP/3 write carries up to ``limit`` bytes, and while it is faster no chunk waits.
+    everything the backend has sent so far as one chunk (up to ``limit`` bytes), so that a
+    bulk body goes out in large HTTP/3 writes while a trickle (server-sent events) is
+    passed on at once.
     """
 
     def __init__(self, limit: int) -> None:
@@ -510,8 +511,14 @@ class _Coalescer:
                 return None
             self._data.clear()
             await self._data.wait()
-        if self.size < self.limit and not self.done:
-            await asyncio.sleep(0)  # let socket reads already due land in this chunk too
+        # gather what the backend has already sent (reads land one per loop turn): one HTTP/3
+        # write of up to `limit` bytes makes full QUIC packets, where a 64 KiB read leaves a
+        # small packet behind; stop as soon as two turns bring nothing, so no chunk waits
+        idle = 0
+        while self.size < self.limit and not self.done and idle < 2:
+            before = self.size
+            await asyncio.sleep(0)
+            idle = idle + 1 if self.size == before else 0
         chunks = self.chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.chunks = []

@@ -418,3 +418,28 @@ async def test_websocket_over_a_unix_socket_and_to_a_backend_that_is_down(
             pass
     assert rejected.value.status == 502
     assert b"Bad Gateway" in rejected.value.body
+
+
+async def test_a_trickle_is_passed_on_at_once(proxied: ProxyFactory) -> None:
+    """Server-sent events: each piece reaches the peer before the backend sends the next one."""
+    got_first = asyncio.Event()
+
+    async def events(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(b"7\r\ndata: 1\n\r\n")
+        await writer.drain()
+        await got_first.wait()  # only once the peer has the first event
+        writer.write(b"7\r\ndata: 2\n\r\n0\r\n\r\n")
+        await writer.drain()
+
+    srv = await raw_backend(events)
+    try:
+        p = await proxied(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}")
+        async with p.client.stream("GET", "/events") as r:
+            assert "content-length" not in r.headers
+            it = r.aiter_bytes()
+            assert await asyncio.wait_for(anext(it), 10) == b"data: 1\n"
+            got_first.set()
+            assert b"".join([chunk async for chunk in it]) == b"data: 2\n"
+    finally:
+        srv.close()
