@@ -426,10 +426,10 @@ async def test_a_trickle_is_passed_on_at_once(proxied: ProxyFactory) -> None:
 
     async def events(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-        writer.write(b"7\r\ndata: 1\n\r\n")
+        writer.write(b"8\r\ndata: 1\n\r\n")
         await writer.drain()
         await got_first.wait()  # only once the peer has the first event
-        writer.write(b"7\r\ndata: 2\n\r\n0\r\n\r\n")
+        writer.write(b"8\r\ndata: 2\n\r\n0\r\n\r\n")
         await writer.drain()
 
     srv = await raw_backend(events)
