@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import P2PError
 from ..identity import SecretKey, load_or_create_key
+from . import _common, settings
 from ._common import Subcommand, default_key_file
 
 __all__ = ["default_key_file", "main"]
@@ -66,24 +68,81 @@ def _subcommands() -> dict[str, Subcommand]:
     return cmds
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    cmds = _subcommands()
+def version_text() -> str:
+    """``asgi-p2p 0.1.0 (aioquic 1.7.2, CPython 3.11.7 on Linux)``."""
+    import importlib.metadata
+    import platform
+
+    from .. import __version__
+
+    try:
+        version = importlib.metadata.version("asgi-p2p")
+    except importlib.metadata.PackageNotFoundError:
+        version = __version__
+    try:
+        aioquic = importlib.metadata.version("aioquic")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a dependency
+        aioquic = "?"
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    return f"asgi-p2p {version} (aioquic {aioquic}, {python} on {platform.system()})"
+
+
+def build_parser(
+    cmds: dict[str, Subcommand],
+) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``asgi-p2p`` parser and each subcommand's.
+
+    Every long option a subcommand adds (with plain ``add_argument``) is also a setting:
+    ``ASGI_P2P_<OPTION>`` and, with ``--config``, a TOML key; see :mod:`asgi_p2p.cli.settings`
+    for the rule, and add the flag's row to docs/configuration.md (a test compares them).
+    """
     parser = argparse.ArgumentParser(
         prog="asgi-p2p",
         description="Serve ASGI apps to peers over HTTP/3 on direct QUIC; reach peers by node id.",
-        epilog="Serve an app with `asgi-p2p module:app` (see `asgi-p2p serve --help`).",
+        epilog="Serve an app with `asgi-p2p module:app` (see `asgi-p2p serve --help`). Every flag can also be "
+        "set as an ASGI_P2P_* variable (--limit-concurrency: ASGI_P2P_LIMIT_CONCURRENCY).",
     )
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subs: dict[str, argparse.ArgumentParser] = {}
     for name, (help_text, add_args, _run) in cmds.items():
-        add_args(sub.add_parser(name, help=help_text, description=help_text))
+        subs[name] = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(subs[name])
+    return parser, subs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    cmds = _subcommands()
+    parser, subs = build_parser(cmds)
     # `asgi-p2p [OPTIONS] module:app ...` is `asgi-p2p serve [OPTIONS] module:app ...` (as with uvicorn)
-    if args_list and args_list[0] not in cmds and args_list[0] not in ("-h", "--help") and "serve" in cmds:
+    if args_list and args_list[0] not in cmds and args_list[0] not in ("-h", "--help", "--version") and "serve" in cmds:
         args_list.insert(0, "serve")
+    reload_settings = None
+    resolved = None
+    if args_list and args_list[0] in subs:
+        command_parser, command_argv = subs[args_list[0]], args_list[1:]
+        try:
+            _load_env_file(command_parser, command_argv)
+            reload_settings = settings.reloader(command_parser, command_argv)
+            resolved = settings.resolve(command_parser, command_argv)
+        except P2PError as exc:
+            print(f"asgi-p2p: error: {exc}", file=sys.stderr)
+            return 2
+        settings.apply(command_parser, resolved)
+        warnings = settings.unknown_variables(os.environ, settings.known_variables(subs.values()))
+        if warnings and "log_level" in settings.settings_of(command_parser):
+            _common.PENDING_WARNINGS.extend(warnings)  # logged once the command configured logging
+        else:
+            for warning in warnings:
+                print(f"asgi-p2p: warning: {warning}", file=sys.stderr)
     args = parser.parse_args(args_list)
     if args.command is None:
         parser.print_help()
         return 2
+    args.settings = resolved
+    args.argv = args_list  # the command line as given (``serve --reload`` restarts it)
+    args.reload_settings = reload_settings
     try:
         return cmds[args.command][2](args)
     except P2PError as exc:
@@ -91,6 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _load_env_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """``--env-file`` (or ``$ASGI_P2P_ENV_FILE``) into ``os.environ`` first, so its variables are settings too."""
+    if "env_file" not in settings.settings_of(parser):
+        return
+    given, parsed = settings.given_on_command_line(parser, argv)
+    path = parsed.env_file if "env_file" in given else os.environ.get("ASGI_P2P_ENV_FILE")
+    if path:
+        _common.load_env_file(Path(path))
 
 
 if __name__ == "__main__":  # pragma: no cover

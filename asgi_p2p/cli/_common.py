@@ -13,7 +13,7 @@ import re
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
@@ -71,14 +71,69 @@ log = logging.getLogger("asgi_p2p.cli")
 _ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 
 
-def configure_logging(level_name: str) -> None:
-    level = LOG_LEVELS[level_name]
-    logging.addLevelName(5, "TRACE")
-    logging.basicConfig(level=level, format="%(levelname)-8s %(name)s: %(message)s", force=True)
-    logging.getLogger("asgi_p2p").setLevel(level)
-    # aioquic logs every connection at INFO; keep it quiet unless debugging
-    # aioquic logs each connection (and each refused handshake) itself; our own errors say it better
-    logging.getLogger("quic").setLevel(level if level <= logging.DEBUG else logging.ERROR)
+#: warnings found before logging was configured (unknown variables); logged by configure_logging
+PENDING_WARNINGS: list[str] = []
+
+
+def configure_logging(
+    level_name: str, *, log_format: str = "text", log_config: Path | None = None, access_log: bool = True
+) -> None:
+    """Configure logging for a command (see :mod:`asgi_p2p.cli.logs`), then log :data:`PENDING_WARNINGS`."""
+    from . import logs
+
+    logs.setup(LOG_LEVELS[level_name], log_format=log_format, log_config=log_config, access_log=access_log)
+    for warning in PENDING_WARNINGS:
+        log.warning("%s", warning)
+    PENDING_WARNINGS.clear()
+
+
+def log_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`configure_logging` from the flags of :func:`add_log_args`."""
+    return {
+        "log_format": getattr(args, "log_format", "text"),
+        "log_config": getattr(args, "log_config", None),
+        "access_log": not getattr(args, "no_access_log", False),
+    }
+
+
+def add_log_args(
+    p: argparse.ArgumentParser, *, default_level: str = "info", config: bool = True, access: bool = False
+) -> None:
+    """``--log-level``, ``--log-format``, and (``config``) ``--log-config``, (``access``) ``--no-access-log``."""
+    p.add_argument(
+        "--log-level", choices=list(LOG_LEVELS), default=default_level, help=f"log level (default: {default_level})"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text (timestamp, level, logger, message) or json (one object per line) (default: text)",
+    )
+    if config:
+        p.add_argument(
+            "--log-config",
+            type=Path,
+            metavar="FILE",
+            help="logging configuration applied after the defaults, as uvicorn's: .json or .yaml/.yml "
+            "(PyYAML needed) for logging.config.dictConfig, anything else for fileConfig (INI)",
+        )
+    if access:
+        p.add_argument(
+            "--no-access-log",
+            action="store_true",
+            help="no access log (one line per request on logger asgi_p2p.http.access)",
+        )
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    """``--config FILE``: a TOML file of settings (see :mod:`asgi_p2p.cli.settings`)."""
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of settings, named like the flags (limit_concurrency = 8); "
+        "precedence: flag > ASGI_P2P_* variable > this file > default",
+    )
 
 
 def parse_env_file(text: str, path: str = "<env>") -> dict[str, str]:

@@ -36,14 +36,15 @@ from ..identity import NodeAddr, NodeId, SecretKey
 from ..paths.prober import PathInfo
 from ..ticket import parse_target
 from ._common import (
-    LOG_LEVELS,
     add_discovery_args,
+    add_log_args,
     add_relay_arg,
     configure_logging,
     describe_error,
     directory_addr,
     fmt_path,
     host_port,
+    log_options,
     mdns_interfaces,
     positive_float,
     relay_url_option,
@@ -119,7 +120,7 @@ def add_get_args(p: argparse.ArgumentParser) -> None:
     keys = p.add_mutually_exclusive_group()
     keys.add_argument("--key-file", type=Path, metavar="PATH", help="identify with this key (default: ephemeral)")
     keys.add_argument("--ephemeral", action="store_true", help="use a new random identity (the default)")
-    p.add_argument("--log-level", choices=list(LOG_LEVELS), default="warning", help="log level (default: warning)")
+    add_log_args(p, default_level="warning", config=False)
     nat = p.add_argument_group("NAT traversal and discovery")
     add_relay_arg(
         nat,
@@ -143,7 +144,7 @@ class _Fail(Exception):
 
 
 def run_get(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, **log_options(args))
     try:
         require_http()
         return asyncio.run(_get(args))

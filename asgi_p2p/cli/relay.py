@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidConfiguration, P2PError
 from . import _common
-from ._common import LOG_LEVELS, configure_logging, positive_float, positive_int
+from ._common import configure_logging, positive_float, positive_int
 
 if TYPE_CHECKING:
     from ..config import NetworkConfig
@@ -138,7 +138,8 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
         help="most records published from one address (IPv4, or IPv6 /64); raise it for publishers "
         f"behind a shared NAT (default: {dir_defaults.max_per_address})",
     )
-    p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
+    _common.add_log_args(p)
+    _common.add_config_arg(p)
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
 
 
@@ -163,7 +164,7 @@ def run_relay(args: argparse.Namespace) -> int:
     from ..relay.proto import RelayLimits
     from ..relay.server import relay_config
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, **_common.log_options(args))
     try:
         limits = RelayLimits(
             max_clients=args.limit_clients,
@@ -182,7 +183,8 @@ def run_relay(args: argparse.Namespace) -> int:
         flag = _LIMIT_FLAGS.get(exc.setting or "")
         hint = f" (set by {flag})" if flag is not None else ""
         raise InvalidConfiguration(f"relay limits: {exc}{hint}", setting=exc.setting) from None
-    overrides: dict[str, Any] = {}
+    # NetworkConfig fields from --config (the environment's variables for them win, flags win over both)
+    overrides: dict[str, Any] = dict(args.settings.network) if getattr(args, "settings", None) else {}
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size
     config = relay_config(args.limit_clients, **overrides)
