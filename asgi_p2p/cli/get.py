@@ -347,7 +347,7 @@ async def _discover(
         mdns = MdnsDiscovery(interfaces=mdns_ifaces, timeout=min(args.timeout, 3.0))
         sources.append(mdns)
     chain = ChainedDiscovery(sources, timeout=args.timeout)
-    what = f"name {name!r}" if name is not None else f"node {addr.node_id.fmt_short() if addr else '?'}"
+    what = f"name {name!r}" if name is not None else f"node {addr.node_id if addr else '?'}"
     start = loop.time()
     try:
         if name is not None:
@@ -565,8 +565,8 @@ def _describe_http_error(exc: BaseException, addr: NodeAddr, timeout: float, *, 
             return text
     if isinstance(exc, httpx.TimeoutException) and "timeout" not in text.lower() and "timed out" not in text.lower():
         text = f"timed out after {timeout:g}s: {text}"
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and addr.node_id.fmt_short() not in text:
-        text = f"{text} (node {addr.node_id.fmt_short()} at {where or 'no address'}; is it running and reachable?)"
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and str(addr.node_id) not in text:
+        text = f"{text} (node {addr.node_id} at {where or 'no address'}; is it running and reachable?)"
     return text
 
 

@@ -27,6 +27,14 @@ __all__ = ["access_log", "full_path", "log_request", "log_websocket", "status_te
 
 access_log = logging.getLogger("asgi_p2p.http.access")
 
+#: RFC 9110's names where Python 3.11's http.HTTPStatus still has the older ones
+_RFC9110_PHRASES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
 
 def full_path(scope: dict[str, Any]) -> str:
     """The request's path with its query, as the client sent it (``root_path`` included)."""
@@ -37,6 +45,9 @@ def full_path(scope: dict[str, Any]) -> str:
 
 def status_text(status: int) -> str:
     """``200 OK``, ``429 Too Many Requests``; just the number for an unknown status."""
+    phrase = _RFC9110_PHRASES.get(status)
+    if phrase is not None:
+        return f"{status} {phrase}"
     try:
         return f"{status} {http.HTTPStatus(status).phrase}"
     except ValueError:
