@@ -26,7 +26,7 @@ variable (or the file and key) and the problem.  Kinds of flags:
   TOML value an array (or one value);
 - anything else: one value (TOML: a string or a number).
 
-Positional arguments (``APP``, ``TARGET``), ``--help``, ``--version`` and the options
+Positional arguments (``APP``, ``TARGET``), ``--help``, ``--version``, ``keygen --force`` and the options
 of nested subcommands are not settings; ``--config`` has a variable
 (``ASGI_P2P_CONFIG``) but no file key.  :data:`RENAMED` gives a flag another name
 (``--relay`` is ``ASGI_P2P_RELAY_URL``, the name it had before the rule).
@@ -65,8 +65,9 @@ __all__ = [
 
 #: Flags whose setting name is not derived from the long option (option -> name).
 RENAMED: dict[str, str] = {"--relay": "relay_url"}
-#: Options that are never settings.
-_NOT_SETTINGS = frozenset({"--help", "--version"})
+#: Options that are never settings (``--force`` overwrites a key file: a destructive
+#: confirmation is never taken from the environment or a file).
+_NOT_SETTINGS = frozenset({"--help", "--version", "--force"})
 #: Settings with a variable but no config-file key.
 _NO_FILE_KEY = frozenset({"config"})
 #: ``ASGI_P2P_*`` variables read elsewhere (not a flag, not a NetworkConfig field).
@@ -395,3 +396,84 @@ def reloader(
         return args, resolved
 
     return again
+
+
+# -- the table in docs/configuration.md -------------------------------------------------------
+
+#: How the table names what a flag's ``type`` accepts.
+_TYPE_RANGES = {
+    "positive_int": "whole number >= 1",
+    "positive_float": "number > 0 (finite)",
+    "seconds_or_off": "0 (off) or seconds > 0 (finite)",
+    "port_number": "0..65535",
+    "host_port": "HOST:PORT",
+    "Path": "path",
+    "PosixPath": "path",
+    "int": "whole number",
+    "float": "number",
+    "str": "text",
+}
+
+
+def _range_text(s: Setting) -> str:
+    if s.kind == "flag":
+        return "true / false"
+    action = s.action
+    if action.choices is not None:
+        one = " \\| ".join(map(str, action.choices))
+    else:
+        name = getattr(action.type, "__name__", "str") if action.type is not None else "str"
+        one = _TYPE_RANGES.get(name, "text")
+    return f"list of {one}" if s.kind == "list" else one
+
+
+def _default_text(s: Setting) -> str:
+    d = s.action.default
+    if s.kind == "flag":
+        return "false" if not d else "true"
+    if d is None or d == [] or d == "":
+        return "-"
+    return f"`{d}`"
+
+
+def _help_text(s: Setting) -> str:
+    from ._common import default_key_file
+
+    text = " ".join(str(s.action.help or "").split()).replace("%%", "%")
+    text = text.replace(str(default_key_file()), "USER_CONFIG_DIR/asgi-p2p/node.key")  # the same on every machine
+    return text.replace("|", "\\|")
+
+
+def table_rows(parsers: Mapping[str, argparse.ArgumentParser]) -> list[str]:
+    """The rows of docs/configuration.md's table of command settings (one per setting name)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for command, parser in parsers.items():
+        for name, s in settings_of(parser).items():
+            row = rows.setdefault(name, {"setting": s, "commands": [], "defaults": {}, "file": False})
+            row["commands"].append(command)
+            row["defaults"][command] = _default_text(s)
+            row["file"] = row["file"] or (s.in_file and "config" in settings_of(parser))
+    out = []
+    for name in sorted(rows):
+        row = rows[name]
+        s = row["setting"]
+        defaults = set(row["defaults"].values())
+        default = defaults.pop() if len(defaults) == 1 else "; ".join(f"{c}: {d}" for c, d in row["defaults"].items())
+        key = f"`{name}`" if row["file"] else "-"
+        out.append(
+            f"| `{s.option}` | `{s.env}` | {key} | {', '.join(row['commands'])} | {default} | {_range_text(s)} "
+            f"| {_help_text(s)} |"
+        )
+    return out
+
+
+def main() -> None:  # pragma: no cover - a developer's tool: `python -m asgi_p2p.cli.settings`
+    """Print the table rows for docs/configuration.md."""
+    from . import _subcommands, build_parser
+
+    _, subs = build_parser(_subcommands())
+    print("\n".join(table_rows(subs)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
