@@ -386,7 +386,9 @@ def reloader(
     parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str] | None = None
 ) -> Callable[[], tuple[argparse.Namespace, Resolved]]:
     """A function that resolves the settings again (re-reading the config file): for SIGHUP."""
-    defaults = {a.dest: a.default for a in parser._actions if a.dest != argparse.SUPPRESS}
+    defaults = {
+        a.dest: a.default for a in parser._actions if a.dest != argparse.SUPPRESS and a.default != argparse.SUPPRESS
+    }
 
     def again() -> tuple[argparse.Namespace, Resolved]:
         parser.set_defaults(**defaults)
