@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,10 +147,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return cmds[args.command][2](args)
     except P2PError as exc:
-        print(f"asgi-p2p: error: {exc}", file=sys.stderr)
+        print(f"asgi-p2p: error: {_with_source(str(exc), resolved)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _with_source(message: str, resolved: settings.Resolved | None) -> str:
+    """Add where a flag named in an error came from, when not the command line (``(from ASGI_P2P_ALLOW)``)."""
+    if resolved is None:
+        return message
+    sources = []
+    for option in dict.fromkeys(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", message)):
+        name = settings.RENAMED.get(option, option[2:].replace("-", "_"))
+        source = resolved.sources.get(name)
+        if source is not None and source != "command line":
+            sources.append(f"{option} from {source}")
+    return f"{message} ({'; '.join(sources)})" if sources else message
 
 
 def _load_env_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:

@@ -300,6 +300,33 @@ def signal_handlers(on_signal: Callable[[str], None]) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+@contextlib.contextmanager
+def on_sighup(handler: Callable[[], None]) -> Iterator[None]:
+    """Call ``handler`` on SIGHUP while in the block (nothing where signals cannot be handled)."""
+    loop = asyncio.get_running_loop()
+    sighup = getattr(signal, "SIGHUP", None)
+    installed = False
+    if sighup is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sighup, handler)
+            installed = True
+    try:
+        yield
+    finally:
+        if installed and sighup is not None:
+            loop.remove_signal_handler(sighup)
+
+
+def flag_name(dest: str) -> str:
+    """``limit_concurrency`` -> ``--limit-concurrency``."""
+    return "--" + dest.replace("_", "-")
+
+
+def changed_settings(old: argparse.Namespace, new: argparse.Namespace, ignore: set[str]) -> list[str]:
+    """The dests of ``new`` whose value differs from ``old``'s (besides ``ignore``), sorted."""
+    return sorted(d for d, v in vars(new).items() if d not in ignore and getattr(old, d, None) != v)
+
+
 def require_http() -> None:
     """Import the HTTP layer now, turning a failure into a one-line error."""
     try:

@@ -196,6 +196,34 @@ def run_relay(args: argparse.Namespace) -> int:
         return 1
 
 
+#: what SIGHUP applies to a running relay: logging (everything else needs a restart)
+_LIVE = {"log_level", "log_format", "log_config", "config"}
+_NOT_COMPARED = {"command", "settings", "reload_settings", "argv"}
+
+
+def _reload(args: argparse.Namespace) -> None:
+    """SIGHUP: re-read the config file and variables; apply logging, name what needs a restart."""
+    reload_settings = getattr(args, "reload_settings", None)
+    if reload_settings is None:
+        return
+    try:
+        new, _ = reload_settings()
+    except (P2PError, SystemExit) as exc:
+        log.error("SIGHUP: reload failed, settings unchanged: %s", exc)
+        return
+    changed = _common.changed_settings(args, new, _NOT_COMPARED)
+    if any(d in _LIVE for d in changed):
+        configure_logging(new.log_level, **_common.log_options(new))
+        for dest in _LIVE:
+            setattr(args, dest, getattr(new, dest))
+        log.info("SIGHUP: logging reconfigured (level %s)", new.log_level)
+    restart = [_common.flag_name(d) for d in changed if d not in _LIVE]
+    if restart:
+        log.warning("SIGHUP: %s changed but cannot change while the relay runs; restart to apply", ", ".join(restart))
+    elif not changed:
+        log.info("SIGHUP: settings reloaded; nothing changed")
+
+
 async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, args: argparse.Namespace) -> int:
     from ..discovery.records import Directory
     from ..relay.server import RelayServer
@@ -254,7 +282,8 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             elif server.endpoint.local_address[0] in ("0.0.0.0", "::") and not args.public_host:
                 lines.append("  (bound to a wildcard: pass --public-host with the address clients should use)")
             print("\n".join(lines), flush=True)
-            await stop.wait()
+            with _common.on_sighup(lambda: _reload(args)):
+                await stop.wait()
             stats = server.router_stats
             log.info(
                 "relay stopping: %d clients, %d packets (%d bytes) and %d signals forwarded",

@@ -13,11 +13,10 @@ import contextlib
 import importlib
 import inspect
 import logging
-import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -421,7 +420,7 @@ async def _serve(
                 )
             _announce(args, endpoint, ticket, allow)
             live.server, live.endpoint = server, endpoint
-            with _sighup(live.reload):
+            with _common.on_sighup(live.reload):
                 await stop.wait()
             shutdown = asyncio.ensure_future(server.shutdown())
             forced = asyncio.ensure_future(force.wait())
@@ -514,23 +513,6 @@ async def _unpublish(source: Any) -> None:
             await source.close()
 
 
-@contextlib.contextmanager
-def _sighup(handler: Callable[[], None]) -> Iterator[None]:
-    """Call ``handler`` on SIGHUP while in the block (nothing where signals cannot be handled)."""
-    loop = asyncio.get_running_loop()
-    sighup = getattr(signal, "SIGHUP", None)
-    installed = False
-    if sighup is not None:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sighup, handler)
-            installed = True
-    try:
-        yield
-    finally:
-        if installed and sighup is not None:
-            loop.remove_signal_handler(sighup)
-
-
 #: Settings SIGHUP applies to the running server (the H3Server attribute each one sets).
 _LIVE_SERVER_SETTINGS = {
     "limit_concurrency": "limit_concurrency",
@@ -583,12 +565,12 @@ class LiveSettings:
             if getattr(new, dest) != getattr(old, dest) and self.server is not None:
                 value = getattr(new, dest)
                 setattr(self.server, attr, value.rstrip("/") if dest == "root_path" else value)
-                log.info("SIGHUP: %s is now %s", _flag(dest), value)
+                log.info("SIGHUP: %s is now %s", _common.flag_name(dest), value)
         for dest in ("request_header_timeout", "request_body_timeout"):
             if getattr(new, dest) != getattr(old, dest) and self.server is not None:
                 value = getattr(new, dest)
                 setattr(self.server, dest, (value or None) if value is not None else _server_default(dest))
-                log.info("SIGHUP: %s is now %s", _flag(dest), value)
+                log.info("SIGHUP: %s is now %s", _common.flag_name(dest), value)
         if any(getattr(new, d, None) != getattr(old, d, None) for d in ("log_level", "no_access_log", "log_format")):
             configure_logging(new.log_level, **_common.log_options(new))
             log.info("SIGHUP: logging reconfigured (level %s)", new.log_level)
@@ -598,7 +580,7 @@ class LiveSettings:
             if dest in ("request_header_timeout", "request_body_timeout"):
                 continue
             if getattr(old, dest, None) != value:
-                restart.append(_flag(dest))
+                restart.append(_common.flag_name(dest))
         if restart:
             log.warning("SIGHUP: %s changed but cannot change while serving; restart to apply", ", ".join(restart))
         for dest in _LIVE_SERVER_SETTINGS.keys() | {"request_header_timeout", "request_body_timeout"} | _LIVE_OTHER:
@@ -626,10 +608,6 @@ class LiveSettings:
             log.info("SIGHUP: allowed %s", node)
         for node in sorted(removed, key=str):
             log.info("SIGHUP: no longer allowed %s", node)
-
-
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
 
 
 def _server_default(dest: str) -> float:

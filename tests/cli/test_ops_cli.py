@@ -265,3 +265,61 @@ def test_reload_restarts_on_a_source_change(cli: Cli, start_server: Starter, tmp
     server.signal(signal.SIGTERM)
     assert server.wait_exit() == 0, server.stderr
     assert not server.ticket_file.exists()  # the child stopped (and removed its ticket)
+
+
+def test_errors_name_the_variable_a_flag_came_from(cli: Cli, tmp_path: Path) -> None:
+    r = cli.run("serve", *SAMPLE, env={"ASGI_P2P_ALLOW": "not-a-node-id"})
+    assert r.returncode == 1
+    err = r.stderr.decode().strip()
+    assert err.startswith("asgi-p2p: error: --allow: ") and err.endswith("(--allow from ASGI_P2P_ALLOW)"), err
+    config = tmp_path / "serve.toml"
+    config.write_text("mdns_interface = ['192.0.2.1']\n")
+    r = cli.run("serve", *SAMPLE, "--config", str(config))
+    assert r.returncode == 1
+    assert r.stderr.decode().strip() == (
+        f"asgi-p2p: error: --mdns-interface needs --mdns (--mdns-interface from {config}: mdns_interface)"
+    )
+
+
+def test_relay_sighup_names_what_needs_a_restart(cli: Cli, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    config = tmp_path / "relay.toml"
+    config.write_text("limit_clients = 10\n")
+    url_file = tmp_path / "url"
+    err_path = tmp_path / "stderr"
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "asgi_p2p",
+                "relay",
+                "--ephemeral",
+                "--config",
+                str(config),
+                "--url-file",
+                str(url_file),
+            ],
+            cwd=REPO,
+            env=cli.env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        wait_for(url_file.exists, "the relay URL")
+        config.write_text("limit_clients = 20\nlog_level = 'debug'\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "cannot change while the relay runs" in err_path.read_text(), "the reload")
+        text = err_path.read_text()
+        assert "SIGHUP: logging reconfigured (level debug)" in text
+        assert "SIGHUP: --limit-clients changed but cannot change while the relay runs; restart to apply" in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # SIGHUP did not kill it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
