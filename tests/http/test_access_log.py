@@ -46,7 +46,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["path"] == "/hold":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
-        await asyncio.Event().wait()  # never completes: cut off by shutdown
+        while (await receive())["type"] != "http.disconnect":
+            pass  # never completes: cut off by shutdown, or the client goes away
+        return
     while (await receive()).get("more_body"):
         pass
     await send({"type": "http.response.start", "status": 404 if scope["path"] == "/missing" else 200, "headers": []})
@@ -151,3 +153,17 @@ async def test_the_access_log_costs_nothing_when_disabled(serve: Serve, access: 
     finally:
         logging.getLogger(ACCESS).disabled = False
     assert lines(access) == []
+
+
+async def test_a_response_the_client_abandons_is_not_logged_as_200(
+    serve: Serve, access: pytest.LogCaptureFixture
+) -> None:
+    served = await serve(app, lifespan="off")
+    async with served.client.stream("GET", "/hold") as r:
+        assert r.status_code == 200
+        async for _ in r.aiter_raw():
+            break  # the first bytes, then close the response before it completes
+    await wait_until(lambda: len(lines(access)) >= 1)
+    client = str(served.pair.client.node_id)
+    [line] = lines(access)
+    assert line == f'{client} - "GET /hold HTTP/3" - client stopped reading the response (after 200 OK)'
