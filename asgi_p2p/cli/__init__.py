@@ -19,7 +19,7 @@ from ..identity import SecretKey, load_or_create_key
 from . import _common, settings
 from ._common import Subcommand, default_key_file
 
-__all__ = ["default_key_file", "main"]
+__all__ = ["all_parsers", "build_parser", "default_key_file", "main", "version_text"]
 
 
 def _add_key_file(p: argparse.ArgumentParser) -> None:
@@ -74,12 +74,10 @@ def version_text() -> str:
     import importlib.metadata
     import platform
 
-    from .. import __version__
-
     try:
         version = importlib.metadata.version("asgi-p2p")
-    except importlib.metadata.PackageNotFoundError:
-        version = __version__
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout without `pip install -e .`
+        version = "(not installed)"
     try:
         aioquic = importlib.metadata.version("aioquic")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a dependency
@@ -110,6 +108,11 @@ def build_parser(
         subs[name] = sub.add_parser(name, help=help_text, description=help_text)
         add_args(subs[name])
     return parser, subs
+
+
+def all_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Each subcommand's parser, by name (for docs and tests)."""
+    return build_parser(_subcommands())[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,8 @@ Variables that are not a setting of any command (nor a :class:`NetworkConfig` fi
 nor in :data:`EXTRA_VARIABLES`) are reported at start with a close match.
 
 ``docs/configuration.md`` lists every setting; ``tests/cli/test_settings.py`` checks the
-table against the parsers, so a new flag needs its row there.
+table against the parsers, so a new flag needs its row there (``python
+tests/cli/test_settings.py`` prints the rows).
 """
 
 from __future__ import annotations
@@ -271,13 +272,15 @@ def read_config_file(path: Path, settings: Mapping[str, Setting]) -> dict[str, A
 class _Recorder(argparse.Namespace):
     """A namespace that remembers which attributes parsing set: the flags on the command line."""
 
+    asgi_p2p_given: set[str]
+
     def __init__(self, dests: Iterable[str]) -> None:
         for dest in dests:
             object.__setattr__(self, dest, None)
-        object.__setattr__(self, "_given", set())
+        object.__setattr__(self, "asgi_p2p_given", set())
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self._given.add(name)
+        self.asgi_p2p_given.add(name)
         object.__setattr__(self, name, value)
 
 
@@ -285,7 +288,7 @@ def given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) 
     """The dests the command line sets (argparse's own errors exit as usual) and the parse."""
     rec = _Recorder(a.dest for a in parser._actions if a.dest != argparse.SUPPRESS)
     parser.parse_args(list(argv), namespace=rec)
-    given: set[str] = rec._given
+    given: set[str] = rec.asgi_p2p_given
     return set(given), rec
 
 
@@ -467,15 +470,3 @@ def table_rows(parsers: Mapping[str, argparse.ArgumentParser]) -> list[str]:
             f"| {_help_text(s)} |"
         )
     return out
-
-
-def main() -> None:  # pragma: no cover - a developer's tool: `python -m asgi_p2p.cli.settings`
-    """Print the table rows for docs/configuration.md."""
-    from . import _subcommands, build_parser
-
-    _, subs = build_parser(_subcommands())
-    print("\n".join(table_rows(subs)))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

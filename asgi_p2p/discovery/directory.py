@@ -559,10 +559,7 @@ class DirectoryClient:
     async def publish(self, addr: NodeAddr, name: str | None = None) -> None:
         """Publish our record (and keep refreshing it); raises :class:`DirectoryError` on refusal."""
         if addr.node_id != self.key.node_id:
-            raise ValueError(
-                f"this client publishes only its own node {self.key.node_id}, "
-                f"not {addr.node_id}"
-            )
+            raise ValueError(f"this client publishes only its own node {self.key.node_id}, not {addr.node_id}")
         if name is not None:
             check_name(name)
         await self._publish_once(addr, name)

@@ -202,9 +202,7 @@ class NodeRecord:
     def sign(self, key: SecretKey) -> SignedNodeRecord:
         """Sign with the node's own key; raises ValueError if ``key`` is another node's."""
         if key.node_id != self.node_id:
-            raise ValueError(
-                f"record for {self.node_id} cannot be signed by the key of {key.node_id}"
-            )
+            raise ValueError(f"record for {self.node_id} cannot be signed by the key of {key.node_id}")
         payload = self._payload()
         return SignedNodeRecord(self, payload + key.sign(_SIG_CONTEXT + payload))
 
@@ -275,15 +273,12 @@ class SignedNodeRecord:
         """
         record = self.record
         if expected_node is not None and record.node_id != expected_node:
-            raise InvalidRecord(
-                f"record is for node {record.node_id}, expected {expected_node}"
-            )
+            raise InvalidRecord(f"record is for node {record.node_id}, expected {expected_node}")
         if not record.node_id.verify(self.signature, _SIG_CONTEXT + self.data[:-_SIG_LEN]):
             raise InvalidRecord(f"record for node {record.node_id} has a bad signature")
         if record.expires_at <= now:
             raise InvalidRecord(
-                f"record for node {record.node_id} (seq {record.seq}) expired "
-                f"{now - record.expires_at:.0f} s ago"
+                f"record for node {record.node_id} (seq {record.seq}) expired {now - record.expires_at:.0f} s ago"
             )
         return record
 

@@ -359,9 +359,7 @@ class PathProber:
         path.suspect_until = now + timeout
         path.suspect_pings = (now + timeout / 3, now + 2 * timeout / 3)
         path.next_ping_at = now
-        logger.debug(
-            "path %s to %s suspected; failing it at %.3f unless it answers", addr, self.peer, now + timeout
-        )
+        logger.debug("path %s to %s suspected; failing it at %.3f unless it answers", addr, self.peer, now + timeout)
         return True
 
     def request_size_search(self, now: float) -> bool:

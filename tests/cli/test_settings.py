@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from asgi_p2p.cli import _common, _subcommands, build_parser, main, settings
+from asgi_p2p.cli import _common, all_parsers, main, settings
 from asgi_p2p.cli import relay as relay_cli
 from asgi_p2p.cli import serve as serve_cli
 
@@ -47,7 +47,7 @@ def run(captured: dict[str, Any], *argv: str) -> argparse.Namespace:
 
 
 def test_every_flag_of_serve_relay_and_get_has_a_variable() -> None:
-    _, subs = build_parser(_subcommands())
+    subs = all_parsers()
     for command in ("serve", "relay", "get"):
         parser = subs[command]
         found = settings.settings_of(parser)
@@ -90,7 +90,7 @@ def test_flags_lists_and_network_fields(
     args = run(captured, "serve", "m:app")
     assert args.publish is True and args.allow == []
     monkeypatch.setenv("ASGI_P2P_HEADER", '["Accept: text/plain", "X-A: b c"]')
-    _, subs = build_parser(_subcommands())
+    subs = all_parsers()
     resolved = settings.resolve(subs["get"], ["TARGET"])
     assert resolved.defaults["headers"] == ["Accept: text/plain", "X-A: b c"]
     # a flag's "off" in the environment beats the file's "on"
@@ -214,9 +214,13 @@ def test_reload_rereads_the_config_file(captured: dict[str, Any], tmp_path: Path
 
 
 def test_docs_table_lists_every_setting_as_the_parsers_define_it() -> None:
-    """docs/configuration.md's table is `python -m asgi_p2p.cli.settings` (regenerate it when adding a flag)."""
-    _, subs = build_parser(_subcommands())
+    """docs/configuration.md's table is `python tests/cli/test_settings.py` (rerun it when adding a flag)."""
+    subs = all_parsers()
     text = DOC.read_text()
     start, end = text.index("<!-- settings-table:start -->"), text.index("<!-- settings-table:end -->")
     documented = [line for line in text[start:end].splitlines() if line.startswith("| `--")]
     assert documented == settings.table_rows(subs)
+
+
+if __name__ == "__main__":  # print the table's rows for docs/configuration.md
+    print("\n".join(settings.table_rows(all_parsers())))
