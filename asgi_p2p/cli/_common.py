@@ -364,12 +364,21 @@ def add_discovery_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
     p.add_argument("--directory", metavar="TICKET_OR_RELAY_URL", help=directory_help)
 
 
-def relay_url_option(value: str | None) -> str | None:
+def setting_source(args: argparse.Namespace, name: str, flag: str) -> str:
+    """How errors name where a setting came from: ``flag``, ``$ASGI_P2P_X`` or ``FILE: key``."""
+    resolved = getattr(args, "settings", None)
+    source = resolved.sources.get(name) if resolved is not None else None
+    if source is None or source == "command line":
+        return flag
+    return f"${source}" if source.startswith("ASGI_P2P_") else source
+
+
+def relay_url_option(value: str | None, source: str = "--relay") -> str | None:
     """The relay URL from ``--relay`` or ``$ASGI_P2P_RELAY_URL`` (normalized), or None.
 
-    Raises :class:`InvalidConfiguration` with a one-line message if it does not parse.
+    ``source`` names where ``value`` came from in errors.  Raises
+    :class:`InvalidConfiguration` with a one-line message if it does not parse.
     """
-    source = "--relay"
     text = value
     if text is None:
         text = os.environ.get(RELAY_URL_ENV, "").strip() or None

@@ -49,6 +49,7 @@ from ._common import (
     positive_float,
     relay_url_option,
     require_http,
+    setting_source,
 )
 
 if TYPE_CHECKING:
@@ -236,7 +237,7 @@ def _read_data(items: list[str]) -> bytes | None:
 
 
 async def _get(args: argparse.Namespace) -> int:
-    relay_opt = relay_url_option(args.relay)
+    relay_opt = relay_url_option(args.relay, setting_source(args, "relay_url", "--relay"))
     if args.mdns_interface and not args.mdns:
         raise _Fail(EXIT_ERROR, "--mdns-interface needs --mdns")
     mdns_ifaces = mdns_interfaces(args.mdns_interface)

@@ -221,7 +221,7 @@ def _allow_list(args: argparse.Namespace) -> list[NodeId] | None:
 
 def _check_discovery_args(args: argparse.Namespace) -> None:
     """Validate --relay, --mdns*, --directory, --publish and --name (sets args.relay_url, ...)."""
-    args.relay_url = _common.relay_url_option(args.relay)
+    args.relay_url = _common.relay_url_option(args.relay, _common.setting_source(args, "relay_url", "--relay"))
     if args.mdns_interface and not args.mdns:
         raise InvalidConfiguration("--mdns-interface needs --mdns")
     args.mdns_ifaces = _common.mdns_interfaces(args.mdns_interface)
