@@ -88,12 +88,19 @@ def test_json_log_format(cli: Cli, start_server: Starter) -> None:
     assert any(r["message"] == "stopped" for r in records)
 
 
-def test_no_access_log(cli: Cli, start_server: Starter) -> None:
-    server = start_server("serve", *SAMPLE, "--no-access-log")
+def test_no_access_log_and_unknown_variables(cli: Cli, start_server: Starter) -> None:
+    server = start_server("serve", *SAMPLE, "--no-access-log", env={"ASGI_P2P_LOG_LEVL": "debug"})
     get_ok(cli, f"{server.wait_ready()}/echo")
     stop(server)
     assert "asgi_p2p.http.access" not in server.stderr
     assert "stopped" in server.stderr  # the other logs stay
+    # a misspelt variable is reported at start, with the setting it probably meant
+    assert re.search(
+        rf"^{TIMESTAMP} WARNING  asgi_p2p\.cli: unknown variable ASGI_P2P_LOG_LEVL is ignored "
+        r"\(did you mean ASGI_P2P_LOG_LEVEL\?\)$",
+        server.stderr,
+        re.M,
+    ), server.stderr
 
 
 def test_log_config_json_and_ini(cli: Cli, start_server: Starter, tmp_path: Path) -> None:
