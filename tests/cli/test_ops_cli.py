@@ -195,6 +195,7 @@ def test_sighup_reloads_the_allow_list_without_dropping_connections(start_server
                 clients.append(c)
             kept, gone, new = clients
             assert (await kept.get("/before")).status_code == 200
+            assert (await gone.get("/before")).status_code == 200
             with pytest.raises(httpx.HTTPError):
                 await new.get("/not-yet")
             conn = nodes[0].connections[0]
@@ -204,6 +205,8 @@ def test_sighup_reloads_the_allow_list_without_dropping_connections(start_server
             assert (await kept.get("/after")).status_code == 200  # the same connection, still up
             assert nodes[0].connections == [conn] and not conn.closed
             assert (await new.get("/now")).status_code == 200
+            # the removed id's live connection was closed by the server; a new one is refused
+            await asyncio.to_thread(wait_for, lambda: not nodes[1].connections, "the removed id's connection to close")
             await gone.aclose()
             await nodes[1].close()
             node, again = await client(removed)
@@ -219,7 +222,9 @@ def test_sighup_reloads_the_allow_list_without_dropping_connections(start_server
 
     asyncio.run(scenario())
     log = server.stderr
-    assert "SIGHUP: allow-list reloaded: 2 node id(s), 1 added, 1 removed" in log
+    assert (
+        "SIGHUP: allow-list reloaded: 2 node id(s), 1 added, 1 removed (1 connection(s) of removed ids closed)" in log
+    )
     assert f"SIGHUP: allowed {added.node_id}" in log
     assert f"SIGHUP: no longer allowed {removed.node_id}" in log
     assert f"refused node {removed.node_id}" in log  # the full id, ready to paste into the allow-file
