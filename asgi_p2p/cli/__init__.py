@@ -49,6 +49,14 @@ def cmd_id(args: argparse.Namespace) -> int:
 
 
 def _subcommands() -> dict[str, Subcommand]:
+    """Every ``asgi-p2p`` subcommand: (help, function adding its arguments, function running it).
+
+    Settings rule (see :mod:`asgi_p2p.cli.settings`): each long option a subcommand adds
+    with plain ``add_argument`` is automatically ``ASGI_P2P_<OPTION>`` too, and a key of its
+    ``--config`` TOML file if it has one (``_common.add_config_arg``); precedence flag >
+    variable > file > default.  Add the flag's row to docs/configuration.md
+    (``python tests/cli/test_settings.py`` prints the rows; a test compares them).
+    """
     def keygen_args(p: argparse.ArgumentParser) -> None:
         _add_key_file(p)
         p.add_argument("--force", action="store_true", help="overwrite an existing key file")
