@@ -57,6 +57,7 @@ def _subcommands() -> dict[str, Subcommand]:
     variable > file > default.  Add the flag's row to docs/configuration.md
     (``python tests/cli/test_settings.py`` prints the rows; a test compares them).
     """
+
     def keygen_args(p: argparse.ArgumentParser) -> None:
         _add_key_file(p)
         p.add_argument("--force", action="store_true", help="overwrite an existing key file")
