@@ -153,7 +153,7 @@ class MessageConnection:
         try:
             return await asyncio.wait_for(self.recv(), timeout)
         except TimeoutError:
-            raise Timeout(f"no message from {self.remote_node_id.fmt_short()} within {timeout:g}s") from None
+            raise Timeout(f"no message from {self.remote_node_id} within {timeout:g}s") from None
 
     async def close(self) -> None:
         """Close gracefully: messages already sent are delivered first."""

@@ -13,7 +13,7 @@ import re
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
@@ -25,20 +25,28 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOG_LEVELS",
+    "PENDING_WARNINGS",
     "RELAY_URL_ENV",
     "Command",
     "Subcommand",
+    "add_config_arg",
     "add_discovery_args",
+    "add_log_args",
     "add_node_args",
+    "changed_settings",
     "configure_logging",
     "default_key_file",
     "describe_error",
     "directory_addr",
+    "flag_name",
     "fmt_path",
     "load_env_file",
+    "log_options",
+    "on_sighup",
     "parse_env_file",
     "relay_url_option",
     "secret_key",
+    "setting_source",
     "signal_handlers",
     "write_atomically",
 ]
@@ -71,14 +79,69 @@ log = logging.getLogger("asgi_p2p.cli")
 _ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 
 
-def configure_logging(level_name: str) -> None:
-    level = LOG_LEVELS[level_name]
-    logging.addLevelName(5, "TRACE")
-    logging.basicConfig(level=level, format="%(levelname)-8s %(name)s: %(message)s", force=True)
-    logging.getLogger("asgi_p2p").setLevel(level)
-    # aioquic logs every connection at INFO; keep it quiet unless debugging
-    # aioquic logs each connection (and each refused handshake) itself; our own errors say it better
-    logging.getLogger("quic").setLevel(level if level <= logging.DEBUG else logging.ERROR)
+#: warnings found before logging was configured (unknown variables); logged by configure_logging
+PENDING_WARNINGS: list[str] = []
+
+
+def configure_logging(
+    level_name: str, *, log_format: str = "text", log_config: Path | None = None, access_log: bool = True
+) -> None:
+    """Configure logging for a command (see :mod:`asgi_p2p.cli.logs`), then log :data:`PENDING_WARNINGS`."""
+    from . import logs
+
+    logs.setup(LOG_LEVELS[level_name], log_format=log_format, log_config=log_config, access_log=access_log)
+    for warning in PENDING_WARNINGS:
+        log.warning("%s", warning)
+    PENDING_WARNINGS.clear()
+
+
+def log_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`configure_logging` from the flags of :func:`add_log_args`."""
+    return {
+        "log_format": getattr(args, "log_format", "text"),
+        "log_config": getattr(args, "log_config", None),
+        "access_log": not getattr(args, "no_access_log", False),
+    }
+
+
+def add_log_args(
+    p: argparse.ArgumentParser, *, default_level: str = "info", config: bool = True, access: bool = False
+) -> None:
+    """``--log-level``, ``--log-format``, and (``config``) ``--log-config``, (``access``) ``--no-access-log``."""
+    p.add_argument(
+        "--log-level", choices=list(LOG_LEVELS), default=default_level, help=f"log level (default: {default_level})"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text (timestamp, level, logger, message) or json (one object per line) (default: text)",
+    )
+    if config:
+        p.add_argument(
+            "--log-config",
+            type=Path,
+            metavar="FILE",
+            help="logging configuration applied after the defaults, as uvicorn's: .json or .yaml/.yml "
+            "(PyYAML needed) for logging.config.dictConfig, anything else for fileConfig (INI)",
+        )
+    if access:
+        p.add_argument(
+            "--no-access-log",
+            action="store_true",
+            help="no access log (one line per request on logger asgi_p2p.http.access)",
+        )
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    """``--config FILE``: a TOML file of settings (see :mod:`asgi_p2p.cli.settings`)."""
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of settings, named like the flags (limit_concurrency = 8); "
+        "precedence: flag > ASGI_P2P_* variable > this file > default",
+    )
 
 
 def parse_env_file(text: str, path: str = "<env>") -> dict[str, str]:
@@ -245,6 +308,33 @@ def signal_handlers(on_signal: Callable[[str], None]) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+@contextlib.contextmanager
+def on_sighup(handler: Callable[[], None]) -> Iterator[None]:
+    """Call ``handler`` on SIGHUP while in the block (nothing where signals cannot be handled)."""
+    loop = asyncio.get_running_loop()
+    sighup = getattr(signal, "SIGHUP", None)
+    installed = False
+    if sighup is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sighup, handler)
+            installed = True
+    try:
+        yield
+    finally:
+        if installed and sighup is not None:
+            loop.remove_signal_handler(sighup)
+
+
+def flag_name(dest: str) -> str:
+    """``limit_concurrency`` -> ``--limit-concurrency``."""
+    return "--" + dest.replace("_", "-")
+
+
+def changed_settings(old: argparse.Namespace, new: argparse.Namespace, ignore: set[str]) -> list[str]:
+    """The dests of ``new`` whose value differs from ``old``'s (besides ``ignore``), sorted."""
+    return sorted(d for d, v in vars(new).items() if d not in ignore and getattr(old, d, None) != v)
+
+
 def require_http() -> None:
     """Import the HTTP layer now, turning a failure into a one-line error."""
     try:
@@ -282,12 +372,21 @@ def add_discovery_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
     p.add_argument("--directory", metavar="TICKET_OR_RELAY_URL", help=directory_help)
 
 
-def relay_url_option(value: str | None) -> str | None:
+def setting_source(args: argparse.Namespace, name: str, flag: str) -> str:
+    """How errors name where a setting came from: ``flag``, ``$ASGI_P2P_X`` or ``FILE: key``."""
+    resolved = getattr(args, "settings", None)
+    source = resolved.sources.get(name) if resolved is not None else None
+    if source is None or source == "command line":
+        return flag
+    return f"${source}" if source.startswith("ASGI_P2P_") else source
+
+
+def relay_url_option(value: str | None, source: str = "--relay") -> str | None:
     """The relay URL from ``--relay`` or ``$ASGI_P2P_RELAY_URL`` (normalized), or None.
 
-    Raises :class:`InvalidConfiguration` with a one-line message if it does not parse.
+    ``source`` names where ``value`` came from in errors.  Raises
+    :class:`InvalidConfiguration` with a one-line message if it does not parse.
     """
-    source = "--relay"
     text = value
     if text is None:
         text = os.environ.get(RELAY_URL_ENV, "").strip() or None

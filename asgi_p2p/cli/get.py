@@ -36,18 +36,20 @@ from ..identity import NodeAddr, NodeId, SecretKey
 from ..paths.prober import PathInfo
 from ..ticket import parse_target
 from ._common import (
-    LOG_LEVELS,
     add_discovery_args,
+    add_log_args,
     add_relay_arg,
     configure_logging,
     describe_error,
     directory_addr,
     fmt_path,
     host_port,
+    log_options,
     mdns_interfaces,
     positive_float,
     relay_url_option,
     require_http,
+    setting_source,
 )
 
 if TYPE_CHECKING:
@@ -119,7 +121,7 @@ def add_get_args(p: argparse.ArgumentParser) -> None:
     keys = p.add_mutually_exclusive_group()
     keys.add_argument("--key-file", type=Path, metavar="PATH", help="identify with this key (default: ephemeral)")
     keys.add_argument("--ephemeral", action="store_true", help="use a new random identity (the default)")
-    p.add_argument("--log-level", choices=list(LOG_LEVELS), default="warning", help="log level (default: warning)")
+    add_log_args(p, default_level="warning", config=False)
     nat = p.add_argument_group("NAT traversal and discovery")
     add_relay_arg(
         nat,
@@ -143,7 +145,7 @@ class _Fail(Exception):
 
 
 def run_get(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, **log_options(args))
     try:
         require_http()
         return asyncio.run(_get(args))
@@ -235,7 +237,7 @@ def _read_data(items: list[str]) -> bytes | None:
 
 
 async def _get(args: argparse.Namespace) -> int:
-    relay_opt = relay_url_option(args.relay)
+    relay_opt = relay_url_option(args.relay, setting_source(args, "relay_url", "--relay"))
     if args.mdns_interface and not args.mdns:
         raise _Fail(EXIT_ERROR, "--mdns-interface needs --mdns")
     mdns_ifaces = mdns_interfaces(args.mdns_interface)
@@ -346,7 +348,7 @@ async def _discover(
         mdns = MdnsDiscovery(interfaces=mdns_ifaces, timeout=min(args.timeout, 3.0))
         sources.append(mdns)
     chain = ChainedDiscovery(sources, timeout=args.timeout)
-    what = f"name {name!r}" if name is not None else f"node {addr.node_id.fmt_short() if addr else '?'}"
+    what = f"name {name!r}" if name is not None else f"node {addr.node_id if addr else '?'}"
     start = loop.time()
     try:
         if name is not None:
@@ -564,8 +566,8 @@ def _describe_http_error(exc: BaseException, addr: NodeAddr, timeout: float, *, 
             return text
     if isinstance(exc, httpx.TimeoutException) and "timeout" not in text.lower() and "timed out" not in text.lower():
         text = f"timed out after {timeout:g}s: {text}"
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and addr.node_id.fmt_short() not in text:
-        text = f"{text} (node {addr.node_id.fmt_short()} at {where or 'no address'}; is it running and reachable?)"
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and str(addr.node_id) not in text:
+        text = f"{text} (node {addr.node_id} at {where or 'no address'}; is it running and reachable?)"
     return text
 
 

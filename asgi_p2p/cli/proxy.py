@@ -62,7 +62,7 @@ def add_proxy_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_proxy(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, **_common.log_options(args))
     _common.require_http()
     from ..gateway.proxy import ProxyApp
     from .serve import serve_app

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidConfiguration, P2PError
 from . import _common
-from ._common import LOG_LEVELS, configure_logging, positive_float, positive_int
+from ._common import configure_logging, positive_float, positive_int
 
 if TYPE_CHECKING:
     from ..config import NetworkConfig
@@ -138,7 +138,8 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
         help="most records published from one address (IPv4, or IPv6 /64); raise it for publishers "
         f"behind a shared NAT (default: {dir_defaults.max_per_address})",
     )
-    p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
+    _common.add_log_args(p)
+    _common.add_config_arg(p)
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
 
 
@@ -163,7 +164,7 @@ def run_relay(args: argparse.Namespace) -> int:
     from ..relay.proto import RelayLimits
     from ..relay.server import relay_config
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, **_common.log_options(args))
     try:
         limits = RelayLimits(
             max_clients=args.limit_clients,
@@ -182,7 +183,8 @@ def run_relay(args: argparse.Namespace) -> int:
         flag = _LIMIT_FLAGS.get(exc.setting or "")
         hint = f" (set by {flag})" if flag is not None else ""
         raise InvalidConfiguration(f"relay limits: {exc}{hint}", setting=exc.setting) from None
-    overrides: dict[str, Any] = {}
+    # NetworkConfig fields from --config (the environment's variables for them win, flags win over both)
+    overrides: dict[str, Any] = dict(args.settings.network) if getattr(args, "settings", None) else {}
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size
     config = relay_config(args.limit_clients, **overrides)
@@ -192,6 +194,34 @@ def run_relay(args: argparse.Namespace) -> int:
     except P2PError as exc:
         print(f"asgi-p2p: error: {exc}", file=sys.stderr)
         return 1
+
+
+#: what SIGHUP applies to a running relay: logging (everything else needs a restart)
+_LIVE = {"log_level", "log_format", "log_config", "config"}
+_NOT_COMPARED = {"command", "settings", "reload_settings", "argv"}
+
+
+def _reload(args: argparse.Namespace) -> None:
+    """SIGHUP: re-read the config file and variables; apply logging, name what needs a restart."""
+    reload_settings = getattr(args, "reload_settings", None)
+    if reload_settings is None:
+        return
+    try:
+        new, _ = reload_settings()
+    except (P2PError, SystemExit) as exc:
+        log.error("SIGHUP: reload failed, settings unchanged: %s", exc)
+        return
+    changed = _common.changed_settings(args, new, _NOT_COMPARED)
+    if any(d in _LIVE for d in changed):
+        configure_logging(new.log_level, **_common.log_options(new))
+        for dest in _LIVE:
+            setattr(args, dest, getattr(new, dest))
+        log.info("SIGHUP: logging reconfigured (level %s)", new.log_level)
+    restart = [_common.flag_name(d) for d in changed if d not in _LIVE]
+    if restart:
+        log.warning("SIGHUP: %s changed but cannot change while the relay runs; restart to apply", ", ".join(restart))
+    elif not changed:
+        log.info("SIGHUP: settings reloaded; nothing changed")
 
 
 async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, args: argparse.Namespace) -> int:
@@ -252,7 +282,8 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             elif server.endpoint.local_address[0] in ("0.0.0.0", "::") and not args.public_host:
                 lines.append("  (bound to a wildcard: pass --public-host with the address clients should use)")
             print("\n".join(lines), flush=True)
-            await stop.wait()
+            with _common.on_sighup(lambda: _reload(args)):
+                await stop.wait()
             stats = server.router_stats
             log.info(
                 "relay stopping: %d clients, %d packets (%d bytes) and %d signals forwarded",

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import NetworkConfig
+from ..endpoint.connection import REFUSED
 from ..errors import InvalidConfiguration, InvalidNodeId, P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
 from . import _common
-from ._common import LOG_LEVELS, configure_logging, describe_error, positive_float, positive_int, seconds_or_off
+from ._common import configure_logging, describe_error, positive_float, positive_int, seconds_or_off
 
 if TYPE_CHECKING:
     from ..endpoint import Endpoint
@@ -59,6 +60,19 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         choices=["auto", "on", "off"],
         default="auto",
         help="run the app's lifespan startup/shutdown (default: auto)",
+    )
+    p.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: restart the server when a .py file under --app-dir (or --reload-dir) changes",
+    )
+    p.add_argument(
+        "--reload-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="watch this directory with --reload (repeatable; default: --app-dir)",
     )
     add_server_args(p)
 
@@ -107,8 +121,25 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="largest UDP payload QUIC sends (default 1200; larger is faster where paths carry it)",
     )
-    p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
-    p.add_argument("--ticket-file", type=Path, metavar="PATH", help="write the ticket to PATH once serving")
+    _common.add_log_args(p, access=True)
+    p.add_argument(
+        "--ticket-file",
+        type=Path,
+        metavar="PATH",
+        help="write the ticket to PATH once serving (removed at start and at exit, so it is never stale)",
+    )
+    _common.add_config_arg(p)
+    p.add_argument(
+        "--public-host",
+        metavar="HOST",
+        help="address or name peers reach us at, put first in the ticket (behind port forwarding or Docker)",
+    )
+    p.add_argument(
+        "--public-port",
+        type=_common.port_number,
+        metavar="PORT",
+        help="UDP port peers reach us at with --public-host (default: the bound port)",
+    )
     nat = p.add_argument_group("NAT traversal and discovery (nothing is published anywhere unless asked)")
     _common.add_relay_arg(
         nat,
@@ -196,7 +227,7 @@ def _allow_list(args: argparse.Namespace) -> list[NodeId] | None:
 
 def _check_discovery_args(args: argparse.Namespace) -> None:
     """Validate --relay, --mdns*, --directory, --publish and --name (sets args.relay_url, ...)."""
-    args.relay_url = _common.relay_url_option(args.relay)
+    args.relay_url = _common.relay_url_option(args.relay, _common.setting_source(args, "relay_url", "--relay"))
     if args.mdns_interface and not args.mdns:
         raise InvalidConfiguration("--mdns-interface needs --mdns")
     args.mdns_ifaces = _common.mdns_interfaces(args.mdns_interface)
@@ -221,10 +252,10 @@ def _check_discovery_args(args: argparse.Namespace) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, **_common.log_options(args))
+    if args.reload:
+        return _run_reloading(args)
     _common.require_http()
-    if args.env_file is not None:
-        _common.load_env_file(args.env_file)
     app_loader = functools.partial(import_app, args.app, factory=args.factory, app_dir=args.app_dir)
     return serve_app(app_loader, args, args.app)
 
@@ -232,7 +263,11 @@ def run_serve(args: argparse.Namespace) -> int:
 def serve_app(load: Callable[[], Callable[..., Any]], args: argparse.Namespace, label: str) -> int:
     """Serve the app ``load()`` returns with the options :func:`add_server_args` added (and
     ``args.root_path``, ``args.lifespan``); ``label`` names it in the startup lines."""
-    overrides: dict[str, Any] = {}
+    _remove_ticket_file(args)
+    if args.public_port is not None and args.public_host is None:
+        raise InvalidConfiguration("--public-port needs --public-host (the address peers reach us at)")
+    # NetworkConfig fields from --config (the environment's variables for them win, flags win over both)
+    overrides: dict[str, Any] = dict(args.settings.network) if getattr(args, "settings", None) else {}
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size
     config = NetworkConfig.from_env(**overrides)
@@ -255,6 +290,61 @@ def serve_app(load: Callable[[], Callable[..., Any]], args: argparse.Namespace, 
             log.debug("%s", text)  # the full story (e.g. the app's traceback) with --log-level debug
         print(f"asgi-p2p: error: {summarize(text)}", file=sys.stderr)
         return 1
+    finally:
+        _remove_ticket_file(args)
+
+
+def _run_reloading(args: argparse.Namespace) -> int:
+    """``--reload``: run the server in a child process, restarted when a ``.py`` file changes (as uvicorn)."""
+    import os
+    import shlex
+
+    from watchfiles import PythonFilter, run_process
+
+    dirs = [Path(d).resolve() for d in (args.reload_dir or [args.app_dir])]
+    for d in dirs:
+        if not d.is_dir():
+            raise InvalidConfiguration(f"--reload-dir {d}: not a directory")
+    argv = [a for a in getattr(args, "argv", None) or [] if a != "--reload"]
+    if not argv:
+        raise InvalidConfiguration("--reload needs the command line it restarts (run it as asgi-p2p ... --reload)")
+    os.environ["ASGI_P2P_RELOAD"] = "0"  # the child serves; a config file's `reload = true` must not recurse
+    command = shlex.join([sys.executable, "-m", "asgi_p2p", *argv])
+    log.info(
+        "--reload: watching %s for .py changes (for development: each restart drops connections)",
+        ", ".join(map(str, dirs)),
+    )
+
+    def restarting(changes: set[tuple[Any, str]]) -> None:
+        names = sorted({Path(path).name for _, path in changes})
+        log.info("--reload: %s changed; restarting the server", ", ".join(names))
+
+    run_process(
+        *dirs,
+        target=command,
+        target_type="command",
+        watch_filter=PythonFilter(),
+        callback=restarting,
+        sigint_timeout=int(args.timeout_graceful_shutdown or 5) + 5,
+    )
+    return 0
+
+
+def _remove_ticket_file(args: argparse.Namespace) -> None:
+    """At start and at exit: a script waiting for the ticket file never reads a stale one."""
+    if args.ticket_file is not None:
+        with contextlib.suppress(FileNotFoundError):
+            args.ticket_file.unlink()
+
+
+def advertised(addr: NodeAddr, public_host: str | None, public_port: int | None) -> NodeAddr:
+    """``addr`` with ``--public-host``:``--public-port`` first among its direct addresses."""
+    if public_host is None:
+        return addr
+    port = public_port if public_port is not None else (addr.direct_addresses[0][1] if addr.direct_addresses else 0)
+    public = (public_host, port)
+    rest = [a for a in addr.direct_addresses if a != public]
+    return NodeAddr(addr.node_id, [public, *rest], addr.relay_url)
 
 
 def summarize(text: str) -> str:
@@ -290,9 +380,15 @@ async def _serve(
             log.info("%s: shutting down gracefully (send again to force)", signame)
             stop.set()
 
+    live = LiveSettings(args, allow)
     with _common.signal_handlers(on_signal):
         endpoint = await Node.bind(
-            key, host=args.host, port=args.port, allow=allow, config=config, relay_url=args.relay_url
+            key,
+            host=args.host,
+            port=args.port,
+            allow=None if allow is None else live.is_allowed,
+            config=config,
+            relay_url=args.relay_url,
         )
         published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)
         try:
@@ -321,7 +417,10 @@ async def _serve(
             starting.result()
             if endpoint.relay is not None:
                 await _wait_relay(endpoint, config.connect_timeout, stop)
-            node_addr = endpoint.node_addr()
+            public_host, public_port = args.public_host, args.public_port
+            if public_port is None and public_host is not None:
+                public_port = endpoint.local_address[1]
+            node_addr = advertised(endpoint.node_addr(), public_host, public_port)
             ticket = Ticket.from_node_addr(node_addr).encode()
             await _publish(endpoint, node_addr, args, published)
             if args.ticket_file is not None:
@@ -329,10 +428,14 @@ async def _serve(
                 ticket_file = args.ticket_file
                 # keep it current: the relay (re)connects or sees us at a new public address
                 endpoint.on_node_addr_change(
-                    lambda addr: _common.write_atomically(ticket_file, Ticket.from_node_addr(addr).encode())
+                    lambda addr: _common.write_atomically(
+                        ticket_file, Ticket.from_node_addr(advertised(addr, public_host, public_port)).encode()
+                    )
                 )
             _announce(args, endpoint, ticket, allow, label)
-            await stop.wait()
+            live.server, live.endpoint = server, endpoint
+            with _common.on_sighup(live.reload):
+                await stop.wait()
             shutdown = asyncio.ensure_future(server.shutdown())
             forced = asyncio.ensure_future(force.wait())
             await asyncio.wait([shutdown, forced], return_when=asyncio.FIRST_COMPLETED)
@@ -392,7 +495,7 @@ async def _publish(endpoint: Endpoint, node_addr: NodeAddr, args: argparse.Names
             await directory.close()
             raise P2PError(f"--publish: {describe_error(exc)}") from None
         published.append(directory)
-        log.info("published our record to directory %s", args.directory_addr.node_id.fmt_short())
+        log.info("published our record to directory %s", args.directory_addr.node_id)
     if args.mdns:
         from ..discovery import MdnsDiscovery
 
@@ -422,6 +525,109 @@ async def _unpublish(source: Any) -> None:
     finally:
         with contextlib.suppress(Exception):
             await source.close()
+
+
+#: Settings SIGHUP applies to the running server (the H3Server attribute each one sets).
+_LIVE_SERVER_SETTINGS = {
+    "limit_concurrency": "limit_concurrency",
+    "max_body_size": "max_body_size",
+    "timeout_graceful_shutdown": "timeout_graceful_shutdown",
+    "root_path": "root_path",
+}
+#: Settings SIGHUP applies too, besides those: the allow-list and logging.
+_LIVE_OTHER = {"allow", "allow_file", "log_level", "no_access_log", "log_format", "log_config", "config", "env_file"}
+#: Arguments SIGHUP never compares (derived, or not settings).
+_NOT_COMPARED = {"command", "settings", "reload_settings", "relay_url", "mdns_ifaces", "directory_addr"}
+
+
+class LiveSettings:
+    """What SIGHUP can change while serving: the allow-list, the server's limits, logging."""
+
+    def __init__(self, args: argparse.Namespace, allow: list[NodeId] | None) -> None:
+        self.args = args
+        self.allowed: frozenset[NodeId] = frozenset(allow or ())
+        #: started without an allow-list: any node may connect (SIGHUP cannot switch that)
+        self.any_node = allow is None
+        self.server: Any = None
+        self.endpoint: Endpoint | None = None
+
+    def is_allowed(self, node_id: NodeId) -> bool:
+        return node_id in self.allowed
+
+    def reload(self) -> None:
+        """Re-read the config file, the environment's settings and the allow-file; apply what can change."""
+        reload_settings = getattr(self.args, "reload_settings", None)
+        try:
+            if reload_settings is not None:
+                new, _ = reload_settings()
+            else:
+                new = argparse.Namespace(**vars(self.args))
+            allow = _allow_list(new)
+        except (P2PError, SystemExit) as exc:
+            log.error("SIGHUP: reload failed, settings unchanged: %s", exc)
+            return
+        old = self.args
+        for name in ("relay_url", "mdns_ifaces", "directory_addr", "settings", "reload_settings"):
+            if hasattr(old, name):
+                setattr(new, name, getattr(old, name))
+        restart: list[str] = []
+        if self.any_node != (allow is None):
+            restart.append("--allow/--allow-file (between any node and an allow-list)")
+        elif allow is not None:
+            self._apply_allow(allow)
+        for dest, attr in _LIVE_SERVER_SETTINGS.items():
+            if getattr(new, dest) != getattr(old, dest) and self.server is not None:
+                value = getattr(new, dest)
+                setattr(self.server, attr, value.rstrip("/") if dest == "root_path" else value)
+                log.info("SIGHUP: %s is now %s", _common.flag_name(dest), value)
+        for dest in ("request_header_timeout", "request_body_timeout"):
+            if getattr(new, dest) != getattr(old, dest) and self.server is not None:
+                value = getattr(new, dest)
+                setattr(self.server, dest, (value or None) if value is not None else _server_default(dest))
+                log.info("SIGHUP: %s is now %s", _common.flag_name(dest), value)
+        if any(getattr(new, d, None) != getattr(old, d, None) for d in ("log_level", "no_access_log", "log_format")):
+            configure_logging(new.log_level, **_common.log_options(new))
+            log.info("SIGHUP: logging reconfigured (level %s)", new.log_level)
+        for dest, value in sorted(vars(new).items()):
+            if dest in _NOT_COMPARED or dest in _LIVE_OTHER or dest in _LIVE_SERVER_SETTINGS:
+                continue
+            if dest in ("request_header_timeout", "request_body_timeout"):
+                continue
+            if getattr(old, dest, None) != value:
+                restart.append(_common.flag_name(dest))
+        if restart:
+            log.warning("SIGHUP: %s changed but cannot change while serving; restart to apply", ", ".join(restart))
+        for dest in _LIVE_SERVER_SETTINGS.keys() | {"request_header_timeout", "request_body_timeout"} | _LIVE_OTHER:
+            if hasattr(new, dest):
+                setattr(old, dest, getattr(new, dest))
+
+    def _apply_allow(self, allow: list[NodeId]) -> None:
+        new = frozenset(allow)
+        added, removed = new - self.allowed, self.allowed - new
+        self.allowed = new
+        closed = 0
+        if removed and self.endpoint is not None:
+            for conn in self.endpoint.connections:
+                if conn.remote_node_id in removed:
+                    conn.close(REFUSED, "no longer allowed")
+                    closed += 1
+        log.info(
+            "SIGHUP: allow-list reloaded: %d node id(s), %d added, %d removed (%d connection(s) of removed ids closed)",
+            len(new),
+            len(added),
+            len(removed),
+            closed,
+        )
+        for node in sorted(added, key=str):
+            log.info("SIGHUP: allowed %s", node)
+        for node in sorted(removed, key=str):
+            log.info("SIGHUP: no longer allowed %s", node)
+
+
+def _server_default(dest: str) -> float:
+    from ..http.server import DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_HEADER_TIMEOUT
+
+    return DEFAULT_REQUEST_HEADER_TIMEOUT if dest == "request_header_timeout" else DEFAULT_REQUEST_BODY_TIMEOUT
 
 
 def _announce(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidConfiguration, P2PError
 from . import _common
-from ._common import LOG_LEVELS, configure_logging, describe_error, positive_float
+from ._common import configure_logging, describe_error, positive_float
 
 if TYPE_CHECKING:
     from ..identity import NodeAddr
@@ -57,11 +57,11 @@ def add_send_args(p: argparse.ArgumentParser) -> None:
         help="only this node may receive (repeatable; default: anyone with the ticket)",
     )
     _common.add_relay_arg(p, "home relay (p2p-relay://NODE_ID@HOST:PORT) for receivers that cannot reach us directly")
-    p.add_argument("--log-level", choices=list(LOG_LEVELS), default="warning", help="log level (default: warning)")
+    _common.add_log_args(p, default_level="warning", config=False)
 
 
 def run_send(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, **_common.log_options(args))
     _common.require_http()
     from ..errors import InvalidNodeId
     from ..identity import NodeId
@@ -161,11 +161,11 @@ def add_receive_args(p: argparse.ArgumentParser) -> None:
     keys.add_argument("--key-file", type=Path, metavar="PATH", help="identify with this key (default: ephemeral)")
     keys.add_argument("--ephemeral", action="store_true", help="use a new random identity (the default)")
     _common.add_relay_arg(p, "our relay, for a sender we cannot reach directly (default: the ticket's)")
-    p.add_argument("--log-level", choices=list(LOG_LEVELS), default="warning", help="log level (default: warning)")
+    _common.add_log_args(p, default_level="warning", config=False)
 
 
 def run_receive(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, **_common.log_options(args))
     _common.require_http()
     from ..ticket import Ticket
 

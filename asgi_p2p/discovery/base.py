@@ -68,7 +68,7 @@ def merge_node_addrs(first: NodeAddr, *others: NodeAddr) -> NodeAddr:
     seen: dict[tuple[str, int], None] = dict.fromkeys(first.direct_addresses)
     for other in others:
         if other.node_id != first.node_id:
-            raise ValueError(f"cannot merge addresses of {other.node_id.fmt_short()} into {first.node_id.fmt_short()}")
+            raise ValueError(f"cannot merge addresses of {other.node_id} into {first.node_id}")
         if relay is None:
             relay = other.relay_url
         for a in other.direct_addresses:
@@ -122,7 +122,7 @@ class StaticDiscovery:
     async def resolve(self, node_id: NodeId) -> NodeAddr:
         addr = self._by_node.get(node_id)
         if addr is None:
-            raise DiscoveryFailed(f"no static address for node {node_id.fmt_short()}; pass a ticket")
+            raise DiscoveryFailed(f"no static address for node {node_id}; pass a ticket")
         return addr
 
     async def resolve_name(self, name: str) -> NodeAddr:
@@ -181,10 +181,10 @@ class ChainedDiscovery:
                 reasons.append((label, str(exc)))
                 continue
             if isinstance(arg, NodeId) and addr.node_id != arg:
-                reasons.append((label, f"answered for node {addr.node_id.fmt_short()} instead"))
+                reasons.append((label, f"answered for node {addr.node_id} instead"))
                 continue
             if partial and addr.node_id != partial[0].node_id:
-                reasons.append((label, f"names node {addr.node_id.fmt_short()}, not {partial[0].node_id.fmt_short()}"))
+                reasons.append((label, f"names node {addr.node_id}, not {partial[0].node_id}"))
                 continue
             if _usable(addr):
                 result = merge_node_addrs(addr, *partial)
@@ -195,7 +195,7 @@ class ChainedDiscovery:
         raise DiscoveryChainFailed(f"could not resolve {what}", reasons)
 
     async def resolve(self, node_id: NodeId) -> NodeAddr:
-        return await self._resolve(node_id, f"node {node_id.fmt_short()}")
+        return await self._resolve(node_id, f"node {node_id}")
 
     async def resolve_name(self, name: str) -> NodeAddr:
         return await self._resolve(name, f"name {name!r}")

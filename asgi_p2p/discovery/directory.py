@@ -206,8 +206,8 @@ class DirectoryServer:
             if signed.record.node_id != peer:
                 return _error(
                     Status.FORBIDDEN,
-                    f"node {peer.fmt_short()} may not publish the record of node "
-                    f"{signed.record.node_id.fmt_short()}; a node publishes only its own record",
+                    f"node {peer} may not publish the record of node "
+                    f"{signed.record.node_id}; a node publishes only its own record",
                 )
             try:
                 rec = d.publish(signed, now, source=source)
@@ -221,7 +221,7 @@ class DirectoryServer:
                 return _error(Status.NAME_TAKEN, str(exc))
             except DirectoryFull as exc:
                 return _error(Status.FULL, str(exc))
-            log.info("directory: published %s seq %d name %r", rec.node_id.fmt_short(), rec.seq, rec.name)
+            log.info("directory: published %s seq %d name %r", rec.node_id, rec.seq, rec.name)
             return encode_message(Status.OK)
         if op == Op.RESOLVE:
             if len(body) != 32:
@@ -229,7 +229,7 @@ class DirectoryServer:
             node = NodeId(body)
             found = d.resolve(node, now)
             if found is None:
-                return _error(Status.NOT_FOUND, f"node {node.fmt_short()} has no record in this directory")
+                return _error(Status.NOT_FOUND, f"node {node} has no record in this directory")
             return encode_message(Status.OK, found.data)
         if op == Op.RESOLVE_NAME:
             try:
@@ -459,7 +459,7 @@ class DirectoryClient:
         return asyncio.get_running_loop().time() + self.clock_offset
 
     def _where(self) -> str:
-        return f"directory {self.directory.node_id.fmt_short()}"
+        return f"directory {self.directory.node_id}"
 
     # -- raw requests -------------------------------------------------------
 
@@ -522,8 +522,8 @@ class DirectoryClient:
         """The verified record of ``node_id``; raises :class:`DirectoryError`."""
         status, body = await self.request(Op.RESOLVE, node_id.to_bytes())
         if status != Status.OK:
-            raise self._fail(status, body, f"resolving node {node_id.fmt_short()}")
-        return self._verified(body, node_id, f"node {node_id.fmt_short()}")
+            raise self._fail(status, body, f"resolving node {node_id}")
+        return self._verified(body, node_id, f"node {node_id}")
 
     async def fetch_name(self, name: str) -> NodeRecord:
         """The verified record holding ``name``; raises :class:`DirectoryError`."""
@@ -559,10 +559,7 @@ class DirectoryClient:
     async def publish(self, addr: NodeAddr, name: str | None = None) -> None:
         """Publish our record (and keep refreshing it); raises :class:`DirectoryError` on refusal."""
         if addr.node_id != self.key.node_id:
-            raise ValueError(
-                f"this client publishes only its own node {self.key.node_id.fmt_short()}, "
-                f"not {addr.node_id.fmt_short()}"
-            )
+            raise ValueError(f"this client publishes only its own node {self.key.node_id}, not {addr.node_id}")
         if name is not None:
             check_name(name)
         await self._publish_once(addr, name)
@@ -574,7 +571,7 @@ class DirectoryClient:
         signed = self.make_record(addr, name)
         status, body = await self.request(Op.PUBLISH, signed.data)
         if status != Status.OK:
-            raise self._fail(status, body, f"publishing node {self.key.node_id.fmt_short()}")
+            raise self._fail(status, body, f"publishing node {self.key.node_id}")
         self.record = signed
         log.info("published our record (seq %d) to %s", signed.record.seq, self._where())
 

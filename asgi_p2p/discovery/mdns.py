@@ -130,7 +130,7 @@ class MdnsDiscovery:
                 self._info = None
             await self._azc.async_register_service(info)
             self._info = info
-        log.info("mDNS: announced %s on port %d", addr.node_id.fmt_short(), info.port)
+        log.info("mDNS: announced %s on port %d", addr.node_id, info.port)
 
     async def unpublish(self) -> None:
         async with self._lock:
@@ -147,7 +147,7 @@ class MdnsDiscovery:
         except InvalidNodeId as exc:
             raise DiscoveryFailed(f"mDNS answer {info.name!r} carries no valid node id: {exc.reason}") from None
         if expected is not None and node != expected:
-            raise DiscoveryFailed(f"mDNS answer {info.name!r} is for node {node.fmt_short()}")
+            raise DiscoveryFailed(f"mDNS answer {info.name!r} is for node {node}")
         port = info.port
         addrs = [(ip, port) for ip in info.parsed_addresses()] if port else []
         relay = props.get(b"relay")
@@ -159,10 +159,10 @@ class MdnsDiscovery:
         await self.start()
         info = AsyncServiceInfo(MDNS_SERVICE, _instance(node_id))
         if not await info.async_request(self._azc.zeroconf, self.timeout * 1000):
-            raise DiscoveryFailed(f"no mDNS answer for node {node_id.fmt_short()} within {self.timeout:g} s")
+            raise DiscoveryFailed(f"no mDNS answer for node {node_id} within {self.timeout:g} s")
         addr = self._node_addr(info, node_id)
         if not addr.direct_addresses:
-            raise DiscoveryFailed(f"mDNS answer for node {node_id.fmt_short()} has no address")
+            raise DiscoveryFailed(f"mDNS answer for node {node_id} has no address")
         return addr
 
     async def resolve_name(self, name: str) -> NodeAddr:

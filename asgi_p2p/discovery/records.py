@@ -202,9 +202,7 @@ class NodeRecord:
     def sign(self, key: SecretKey) -> SignedNodeRecord:
         """Sign with the node's own key; raises ValueError if ``key`` is another node's."""
         if key.node_id != self.node_id:
-            raise ValueError(
-                f"record for {self.node_id.fmt_short()} cannot be signed by the key of {key.node_id.fmt_short()}"
-            )
+            raise ValueError(f"record for {self.node_id} cannot be signed by the key of {key.node_id}")
         payload = self._payload()
         return SignedNodeRecord(self, payload + key.sign(_SIG_CONTEXT + payload))
 
@@ -275,15 +273,12 @@ class SignedNodeRecord:
         """
         record = self.record
         if expected_node is not None and record.node_id != expected_node:
-            raise InvalidRecord(
-                f"record is for node {record.node_id.fmt_short()}, expected {expected_node.fmt_short()}"
-            )
+            raise InvalidRecord(f"record is for node {record.node_id}, expected {expected_node}")
         if not record.node_id.verify(self.signature, _SIG_CONTEXT + self.data[:-_SIG_LEN]):
-            raise InvalidRecord(f"record for node {record.node_id.fmt_short()} has a bad signature")
+            raise InvalidRecord(f"record for node {record.node_id} has a bad signature")
         if record.expires_at <= now:
             raise InvalidRecord(
-                f"record for node {record.node_id.fmt_short()} (seq {record.seq}) expired "
-                f"{now - record.expires_at:.0f} s ago"
+                f"record for node {record.node_id} (seq {record.seq}) expired {now - record.expires_at:.0f} s ago"
             )
         return record
 
@@ -401,7 +396,7 @@ class Directory:
         rec = signed.verify(now)
         if rec.expires_at > now + self.max_ttl:
             raise InvalidRecord(
-                f"record for node {rec.node_id.fmt_short()} expires in {rec.expires_at - now:.0f} s, "
+                f"record for node {rec.node_id} expires in {rec.expires_at - now:.0f} s, "
                 f"more than this directory's maximum of {self.max_ttl:.0f} s"
             )
         old = self._by_node.get(rec.node_id)
@@ -411,13 +406,13 @@ class Directory:
                 return rec
             if rec.seq <= old.record.seq:
                 raise StaleRecord(
-                    f"record for node {rec.node_id.fmt_short()} has seq {rec.seq}, "
+                    f"record for node {rec.node_id} has seq {rec.seq}, "
                     f"but seq {old.record.seq} is already published; publish a higher seq"
                 )
         if rec.name is not None:
             holder = self._by_name.get(rec.name)
             if holder is not None and holder != rec.node_id and self.resolve(holder, now) is not None:
-                raise NameTaken(f"name {rec.name!r} is held by node {holder.fmt_short()} until its record expires")
+                raise NameTaken(f"name {rec.name!r} is held by node {holder} until its record expires")
         held = self._held.get(rec.node_id)
         if unit is not None and (held is None or held.source != unit):
             if self._per_address.get(unit, 0) >= self.max_per_address:

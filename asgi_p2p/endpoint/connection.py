@@ -240,7 +240,7 @@ class PeerConnection:
         return str(self.remote_node_id) if self.remote_node_id else "peer"
 
     def _peer_label(self) -> str:
-        return self.remote_node_id.fmt_short() if self.remote_node_id else "peer"
+        return str(self.remote_node_id) if self.remote_node_id else "peer"
 
     # -- I/O -------------------------------------------------------------
 

@@ -29,12 +29,12 @@ from ._common import (
     clean_header_fields,
     send_body,
 )
+from .access import access_log, full_path, log_request
 from .types import ASGIApp, Message
 
 __all__ = ["Exchange", "ExchangeHost", "ExchangeServer", "HTTPExchange", "ResponseState", "plain_response"]
 
 log = logging.getLogger("asgi_p2p.http")
-access_log = logging.getLogger("asgi_p2p.http.access")
 
 _NO_BODY_STATUS = frozenset({204, 304})
 
@@ -62,6 +62,10 @@ class ExchangeServer(Protocol):
 
     @property
     def request_body_timeout(self) -> float | None: ...
+
+    @property
+    def closing(self) -> bool:
+        """The server is shutting down (a request cancelled now is cut off by the shutdown)."""
 
     #: exceptions raised by the application (counted by the exchanges)
     app_errors: int
@@ -105,6 +109,8 @@ class Exchange(abc.ABC):
         self.disconnected = False
         #: the request side is over (the peer's FIN, or its reset)
         self.request_ended = False
+        #: why the exchange ended before our side completed (for the access log); None: it did not
+        self.cut: str | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     # -- our sending side ----------------------------------------------------------
@@ -143,6 +149,7 @@ class Exchange(abc.ABC):
         self.request_ended = True
         self.credit.unread = 0
         if not self.complete:
+            self.cut = self.cut or "client cancelled the request"
             self.abort(H3_REQUEST_CANCELLED, stop=False)
         self.disconnected = True
         self.wake_receiver()
@@ -150,6 +157,7 @@ class Exchange(abc.ABC):
     def on_stop(self, code: int) -> None:
         """The peer does not want our response any more (aioquic already reset our side)."""
         if not self.complete:
+            self.cut = self.cut or "client stopped reading the response"
             self.end_sending()
             self.sc.h3.end_local(self.sid)
             if not self.request_ended:
@@ -158,6 +166,8 @@ class Exchange(abc.ABC):
         self.wake_receiver()
 
     def on_lost(self) -> None:
+        if not self.complete:
+            self.cut = self.cut or "connection lost"
         self.disconnected = True
         self.end_sending()
         self.wake_receiver()
@@ -166,12 +176,13 @@ class Exchange(abc.ABC):
 
     def check_connected(self) -> None:
         if self.disconnected or self.sc.lost:
-            raise ClientDisconnected(f"peer {self.sc.peer.fmt_short()} went away (stream {self.sid})")
+            raise ClientDisconnected(f"peer {self.sc.peer} went away (stream {self.sid})")
 
     def abort(self, code: int, *, stop: bool = True) -> None:
         """Reset our side of the stream (and stop reading the request)."""
         if self.complete:
             return
+        self.cut = self.cut or "reset by the server"
         self.end_sending()
         conn = self.sc.conn
         if not self.sc.lost:
@@ -188,7 +199,7 @@ class Exchange(abc.ABC):
             await send_body(self.sc, self.sid, data, end)
         except (StreamResetError, ConnectionClosed, RuntimeError) as exc:
             self.disconnected = True
-            raise ClientDisconnected(f"peer {self.sc.peer.fmt_short()} went away (stream {self.sid}): {exc}") from None
+            raise ClientDisconnected(f"peer {self.sc.peer} went away (stream {self.sid}): {exc}") from None
 
     def send_headers(self, headers: Headers, end: bool) -> None:
         self.check_connected()
@@ -230,12 +241,18 @@ class Exchange(abc.ABC):
     def app_returned_early(self) -> None:
         """The application returned without completing its side of the stream."""
 
+    @abc.abstractmethod
+    def log_access(self) -> None:
+        """The exchange's access log line (called at its end when the access log is on)."""
+
     async def run(self) -> None:
         """Run the ASGI application for this stream."""
         server = self.sc.server
         try:
             await server.app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
+            if not self.complete:
+                self.cut = self.cut or ("cut off by shutdown" if server.closing else "cancelled")
             self.abort(H3_REQUEST_CANCELLED)
             raise
         except Exception as exc:
@@ -249,6 +266,8 @@ class Exchange(abc.ABC):
             if not self.complete and not self.disconnected:
                 self.app_returned_early()
         finally:
+            if access_log.isEnabledFor(logging.INFO):
+                self.log_access()
             self.sc.finished(self)
 
 
@@ -351,10 +370,12 @@ class HTTPExchange(Exchange):
         self.chunks.clear()
         self.credit.unread = 0
         if not self.headers_sent:  # REQUEST (or CLOSED: reset by an overlong response body)
+            self.status = status
             self.send_plain(status, reason)
             self.state = ResponseState.RESPONSE_DONE
             self.sc.conn.stop_stream(self.sid, H3_NO_ERROR)
         else:
+            self.cut = self.cut or f"{reason.lower()} after the response started"
             self.abort(H3_REQUEST_CANCELLED)
         self.disconnected = True
         self.wake_receiver()
@@ -493,6 +514,7 @@ class HTTPExchange(Exchange):
         if self.complete or self.disconnected or self.sc.lost:
             return
         if self.headers_sent:
+            self.cut = self.cut or "application error"
             self.abort(H3_INTERNAL_ERROR)
             return
         self.state = ResponseState.RESPONSE_STARTED
@@ -507,15 +529,9 @@ class HTTPExchange(Exchange):
             log.error("ASGI application returned without starting a response (stream %d)", self.sid)
         self.app_failed()
 
-    async def run(self) -> None:
-        try:
-            await super().run()
-        finally:
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    '%s - "%s %s HTTP/3" %s',
-                    self.sc.peer.fmt_short(),
-                    self.scope["method"],
-                    self.scope["path"],
-                    self.status or "-",
-                )
+    def log_access(self) -> None:
+        status = self.status if self.headers_sent else None
+        cut = None if self.state is ResponseState.RESPONSE_DONE and self.cut is None else self.cut
+        if status is None and cut is None:
+            cut = "no response"
+        log_request(self.scope["client"][0], self.scope["method"], full_path(self.scope), status, cut)

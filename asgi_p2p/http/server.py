@@ -29,6 +29,7 @@ from ..errors import ConnectionClosed, InvalidConfiguration
 from ..identity import NodeId
 from ._common import H3, H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_REJECTED, Credit, Headers
 from ._dispatch import h3_protocol
+from .access import access_log, log_request
 from .exchange import Exchange, HTTPExchange, plain_response
 from .lifespan import LifespanMode, LifespanRunner
 from .request import (
@@ -160,6 +161,11 @@ class H3Server:
     def node_id(self) -> NodeId:
         return self.endpoint.node_id
 
+    @property
+    def closing(self) -> bool:
+        """:meth:`shutdown` has begun."""
+        return self._closing
+
     async def startup(self) -> None:
         """Run lifespan startup (raises :class:`LifespanFailed`), then serve ``h3``."""
         if self._started:
@@ -206,7 +212,7 @@ class H3Server:
         if self._started:
             await self.lifespan.shutdown()
         self._closed = True
-        log.info("HTTP/3 server on node %s stopped", self.endpoint.node_id.fmt_short())
+        log.info("HTTP/3 server on node %s stopped", self.endpoint.node_id)
 
     def _prune_tasks(self) -> bool:
         """Forget request tasks that ended without running (cancelled before their first step,
@@ -401,14 +407,24 @@ class ServerConnection:
 
     def _reject(self, sid: int) -> None:
         """Refuse a request that arrived after our GOAWAY (safe for the client to retry)."""
+        if access_log.isEnabledFor(logging.INFO):
+            log_request(self.peer_info.text, "-", "-", None, "refused: server shutting down (GOAWAY sent)")
         self.conn.reset_stream(sid, H3_REQUEST_REJECTED)
         self.conn.stop_stream(sid, H3_REQUEST_REJECTED)
         self.h3.end_local(sid)
 
-    def _respond_now(self, sid: int, credit: Credit, rejection: Rejection, *, ended: bool) -> None:
-        """Answer without running the app (limits, bad requests), then stop reading the request."""
+    def _respond_now(
+        self, sid: int, credit: Credit, rejection: Rejection, *, ended: bool, fields: Headers | None = None
+    ) -> None:
+        """Answer without running the app (limits, bad requests), then stop reading the request.
+
+        ``fields``: the request's header section, when it arrived (for the access log line).
+        """
         self.server.requests_rejected += 1
         status = rejection.status
+        if access_log.isEnabledFor(logging.INFO):
+            method, path = _method_and_path(fields)
+            log_request(self.peer_info.text, method, path, status)
         headers, body = plain_response(status, rejection.reason, rejection.headers)
         try:
             self.h3.send_headers(sid, headers)
@@ -434,7 +450,7 @@ class ServerConnection:
             at_capacity=limit is not None and len(server._tasks) >= limit,
         )
         if isinstance(parsed, Rejection):
-            self._respond_now(sid, credit, parsed, ended=ended)
+            self._respond_now(sid, credit, parsed, ended=ended, fields=fields)
             return
         exchange: Exchange
         if parsed["type"] == "websocket":
@@ -487,3 +503,20 @@ class ServerConnection:
             except Exception:
                 pass
         self._unflushed.clear()
+
+
+def _method_and_path(fields: Headers | None) -> tuple[str, str]:
+    """``:method`` (``WebSocket`` for an extended CONNECT) and ``:path`` of a refused request, or ``-``."""
+    method = path = protocol = b""
+    for name, value in fields or ():
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            path = value
+        elif name == b":protocol":
+            protocol = value
+        elif not name.startswith(b":"):
+            break
+    if method == b"CONNECT" and protocol.lower() == b"websocket":
+        method = b"WebSocket"
+    return method.decode("latin-1") or "-", path.decode("latin-1") or "-"

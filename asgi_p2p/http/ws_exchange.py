@@ -8,6 +8,7 @@ from typing import Any
 
 from . import _wsframe as ws
 from ._common import H3_INTERNAL_ERROR, ClientDisconnected, Credit, Headers, clean_header_fields
+from .access import full_path, log_websocket
 from .exchange import Exchange, ExchangeHost, plain_response
 from .types import Message
 
@@ -65,6 +66,8 @@ class WebSocketExchange(Exchange):
         self.close_code: int | None = None  # set once the app must see websocket.disconnect
         self.close_reason = ""
         self.peer_ended = False  # the peer's FIN arrived
+        #: the status of a refused handshake (403, a denial response's, 500), for the access log
+        self.status: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -205,6 +208,7 @@ class WebSocketExchange(Exchange):
             headers.extend(clean_header_fields(extra, log.warning, drop=frozenset({b"sec-websocket-protocol"})))
             self.send_headers(headers, False)
             self.handshake = Handshake.ACCEPTED
+            log_websocket(self.scope["client"][0], full_path(self.scope), "accepted")
         elif kind == "websocket.close":
             if self.state is not WebSocketState.OPEN:
                 return
@@ -213,6 +217,7 @@ class WebSocketExchange(Exchange):
             if self.handshake is not Handshake.ACCEPTED:
                 # refusing the handshake: a plain HTTP 403 (the ASGI spec's rule)
                 self._closing()
+                self.status = 403
                 if not self.disconnected:
                     headers, body = plain_response(403, "Forbidden")
                     self.send_headers(headers, False)
@@ -226,7 +231,7 @@ class WebSocketExchange(Exchange):
             if self.handshake is not Handshake.PENDING:
                 raise RuntimeError("ASGI: denial response after accept")
             self.handshake = Handshake.DENIED
-            status = int(message["status"])
+            status = self.status = int(message["status"])
             fields = clean_header_fields(message.get("headers", ()), log.warning, drop=frozenset({b"content-length"}))
             self.send_headers([(b":status", str(status).encode()), *fields], False)
         elif kind == "websocket.http.response.body":
@@ -254,7 +259,19 @@ class WebSocketExchange(Exchange):
         if self.handshake is Handshake.ACCEPTED:
             self._send_close(1011, "internal error")
         elif self.handshake is Handshake.PENDING:
+            self.status = status
             self.send_plain(status, "Internal Server Error" if status == 500 else "Forbidden")
             self._completed_ws()
         else:
             self.abort(H3_INTERNAL_ERROR)
+
+    def log_access(self) -> None:
+        client, path = self.scope["client"][0], full_path(self.scope)
+        if self.handshake is Handshake.ACCEPTED:
+            code = self.close_code if self.close_code is not None else 1006
+            reason = self.close_reason or {1006: "no close frame", 1012: "server shutting down"}.get(code, "")
+            log_websocket(client, path, f"closed {code}{f' {reason}' if reason else ''}")
+        elif self.status is not None and self.cut is None:
+            log_websocket(client, path, "refused", self.status)
+        else:
+            log_websocket(client, path, self.cut or "no response")

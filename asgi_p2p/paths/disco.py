@@ -268,10 +268,10 @@ def open_packet(data: bytes, receiver: NodeId, expected_sender: NodeId | None = 
     head, signature = data[:-_SIG_LEN], data[-_SIG_LEN:]
     message = _parse_body(msg_type, head[_HEADER.size :])
     if expected_sender is not None and sender != expected_sender:
-        raise DiscoAuthError(f"disco packet claims sender {sender.fmt_short()}, expected {expected_sender.fmt_short()}")
+        raise DiscoAuthError(f"disco packet claims sender {sender}, expected {expected_sender}")
     signed = _SIG_CONTEXT + receiver.to_bytes() + head
     if not sender.verify(signature, signed):
-        raise DiscoAuthError(f"disco packet from {sender.fmt_short()} has a bad signature")
+        raise DiscoAuthError(f"disco packet from {sender} has a bad signature")
     return DiscoPacket(sender, time_ms / 1000, message, hashlib.sha256(signed).digest()[:16])
 
 

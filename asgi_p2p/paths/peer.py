@@ -272,8 +272,17 @@ class PeerPaths:
             route.answered(None)
 
     def _path_changed(self, event: PathChanged) -> None:
-        log.info("path to %s: %s -> %s (%s)", self.node_id, event.old, event.new, event.reason)
         self._reason = event.reason
+        if self.router.relay is not None:
+            log.info("path to %s: %s -> %s (%s)", self.node_id, event.old, event.new, event.reason)
+        elif event.old.kind == "relay":  # no relay: "relay" only means "no path yet"; the first path is no news
+            log.debug("path to %s: %s (%s)", self.node_id, event.new, event.reason)
+        elif event.new.kind == "relay":
+            log.info(
+                "path to %s: %s lost, no other path (no relay configured) (%s)", self.node_id, event.old, event.reason
+            )
+        else:
+            log.info("path to %s: %s -> %s (%s)", self.node_id, event.old, event.new, event.reason)
 
     def route_for(self, route: Route) -> tuple[Address | None, NodeId | None]:
         """Where ``route``'s packets go now (see :func:`asgi_p2p.paths.select.select_route`)."""

@@ -359,9 +359,7 @@ class PathProber:
         path.suspect_until = now + timeout
         path.suspect_pings = (now + timeout / 3, now + 2 * timeout / 3)
         path.next_ping_at = now
-        logger.debug(
-            "path %s to %s suspected; failing it at %.3f unless it answers", addr, self.peer.fmt_short(), now + timeout
-        )
+        logger.debug("path %s to %s suspected; failing it at %.3f unless it answers", addr, self.peer, now + timeout)
         return True
 
     def request_size_search(self, now: float) -> bool:
@@ -430,7 +428,7 @@ class PathProber:
         logger.info(
             "path %s to %s stopped carrying %d-byte datagrams; back to %d",
             path.addr,
-            self.peer.fmt_short(),
+            self.peer,
             path.size,
             base,
         )
@@ -467,7 +465,7 @@ class PathProber:
             logger.info(
                 "path %s to %s stopped carrying %d-byte datagrams; back to %d (needed)",
                 path.addr,
-                self.peer.fmt_short(),
+                self.peer,
                 path.size,
                 target,
             )
@@ -477,7 +475,7 @@ class PathProber:
         logger.info(
             "path %s to %s may have stopped carrying %d-byte datagrams (needed): checking",
             path.addr,
-            self.peer.fmt_short(),
+            self.peer,
             target,
         )
         path.size_verifying = True
@@ -692,7 +690,7 @@ class PathProber:
 
     def _reject(self, kind: str, reason: str) -> None:
         self.rejected[kind] += 1
-        logger.debug("disco from %s dropped: %s", self.peer.fmt_short(), reason)
+        logger.debug("disco from %s dropped: %s", self.peer, reason)
 
     def _call_me_maybe_again(self, now: float) -> None:
         cfg = self.config
@@ -836,7 +834,7 @@ class PathProber:
             self._next_reprobe = now + self.config.reprobe_interval
         if old != new:
             self._events.append(PathChanged(now, old, new, reason))
-            logger.debug("path to %s: %s -> %s (%s)", self.peer.fmt_short(), old, new, reason)
+            logger.debug("path to %s: %s -> %s (%s)", self.peer, old, new, reason)
 
     # -- datagram size search (RFC 8899, "DPLPMTUD-lite") ----------------------
 
@@ -884,7 +882,7 @@ class PathProber:
         if path.size_tx is not None:  # the probe was lost
             self._stop_size_probe(path)
             if path.size_attempts >= cfg.size_probe_attempts:
-                logger.debug("path %s to %s: %d-byte probes lost", path.addr, self.peer.fmt_short(), path.size_probing)
+                logger.debug("path %s to %s: %d-byte probes lost", path.addr, self.peer, path.size_probing)
                 path.size_limit = path.size_probing
                 path.size_attempts = 0
                 if path.size_verifying:  # the needed size it carried is gone
@@ -892,7 +890,7 @@ class PathProber:
                     logger.info(
                         "path %s to %s stopped carrying %d-byte datagrams; back to %d",
                         path.addr,
-                        self.peer.fmt_short(),
+                        self.peer,
                         path.size,
                         cfg.base_datagram_size,
                     )
@@ -949,10 +947,10 @@ class PathProber:
             path.next_ping_at = now + self.config.keepalive_interval
         if path.size_verifying and size >= path.size:
             path.size_verifying = False
-            logger.info("path %s to %s still carries %d-byte datagrams", addr, self.peer.fmt_short(), path.size)
+            logger.info("path %s to %s still carries %d-byte datagrams", addr, self.peer, path.size)
         if size > path.size:
             path.size = size
             path.size_retries = 0  # progress: a later failure backs off from the start again
-            logger.debug("path %s to %s carries %d-byte datagrams", addr, self.peer.fmt_short(), size)
+            logger.debug("path %s to %s carries %d-byte datagrams", addr, self.peer, size)
         path.size_attempts = 0
         path.size_next_at = now  # probe the next size right away

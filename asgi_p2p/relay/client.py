@@ -127,13 +127,13 @@ def _register(client: RelayClient) -> None:
             node = conn.remote_node_id
             owner = _clients.get(endpoint, {}).get(node) if conn.is_client and node is not None else None
             if owner is None:
-                raise ConnectionClosed(f"node {endpoint.node_id.fmt_short()} is not a relay")
+                raise ConnectionClosed(f"node {endpoint.node_id} is not a relay")
             return owner._connection_made(conn)
 
         endpoint.add_protocol(RELAY_ALPN, factory, relay=True)
     other = table.get(client.url.node_id)
     if other is not None and other is not client:
-        raise P2PError(f"endpoint {endpoint.node_id.fmt_short()} already has a client for relay {client.url}")
+        raise P2PError(f"endpoint {endpoint.node_id} already has a client for relay {client.url}")
     table[client.url.node_id] = client
 
 
@@ -591,7 +591,7 @@ class RelayClient:
         reason = _REASONS.get(code, RefusalReason.OTHER) if code is not None else RefusalReason.OTHER
         refusal = RelayRefusal(reason, frame.message, frame.fits)  # the codec allows fits on TOO_LARGE only
         name = f"error {frame.code}" if reason is RefusalReason.OTHER else reason.value
-        about = f" (about node {frame.node.fmt_short()})" if frame.node is not None else ""
+        about = f" (about node {frame.node})" if frame.node is not None else ""
         if code in (ErrorCode.PROTOCOL, ErrorCode.SERVER_FULL):
             log.error("relay %s: %s: %s%s", self.url, name, frame.message, about)
         else:

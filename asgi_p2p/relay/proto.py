@@ -630,7 +630,7 @@ class RelayRouter:
             in_packets=TokenBucket(limits.destination_packets_per_second, limits.destination_packet_burst, now),
             in_bytes=TokenBucket(limits.destination_bytes_per_second, limits.destination_byte_burst, now),
         )
-        logger.debug("relay client %s registered (%d clients)", node.fmt_short(), len(self._clients))
+        logger.debug("relay client %s registered (%d clients)", node, len(self._clients))
         if observed_addr is None:
             return []
         return self.update_observed_addr(node, observed_addr)
@@ -731,13 +731,13 @@ class RelayRouter:
             payload = Signal(src, frame.payload).encode()
             return self._forward(src, client, frame.peer, payload, len(frame.payload), now, room)
         raise ProtocolError(
-            f"relay client {src.fmt_short()} sent a {type(frame).__name__.upper()} frame, which only a relay may send"
+            f"relay client {src} sent a {type(frame).__name__.upper()} frame, which only a relay may send"
         )
 
     def _client(self, node: NodeId) -> _Client:
         client = self._clients.get(node)
         if client is None:
-            raise KeyError(f"node {node.fmt_short()} is not registered with this relay")
+            raise KeyError(f"node {node} is not registered with this relay")
         return client
 
     def _forward(
@@ -752,7 +752,7 @@ class RelayRouter:
                 now,
                 ErrorCode.RATE_LIMITED,
                 f"rate limit exceeded ({self.limits.packets_per_second:g} packets/s, "
-                f"{self.limits.bytes_per_second:g} bytes/s); packet to {dst.fmt_short()} dropped",
+                f"{self.limits.bytes_per_second:g} bytes/s); packet to {dst} dropped",
                 dst,
             )
         client.packets.take(1, now)
@@ -765,7 +765,7 @@ class RelayRouter:
                 client,
                 now,
                 ErrorCode.UNKNOWN_DESTINATION,
-                f"node {dst.fmt_short()} is not connected to this relay",
+                f"node {dst} is not connected to this relay",
                 dst,
             )
         if len(frame) > target.max_datagram_size:
@@ -776,7 +776,7 @@ class RelayRouter:
                 client,
                 now,
                 ErrorCode.TOO_LARGE,
-                f"{size}-byte packet does not fit node {dst.fmt_short()}'s datagram size "
+                f"{size}-byte packet does not fit node {dst}'s datagram size "
                 f"{target.max_datagram_size} (at most {fits} bytes)",
                 dst,
                 fits=fits,
@@ -818,7 +818,7 @@ class RelayRouter:
                     client,
                     now,
                     ErrorCode.RATE_LIMITED,
-                    f"node {dst.fmt_short()} receives more than its limit "
+                    f"node {dst} receives more than its limit "
                     f"({limits.destination_packets_per_second:g} packets/s, "
                     f"{limits.destination_bytes_per_second:g} bytes/s) and this client's share of it "
                     "is queued full; packet dropped",
@@ -834,7 +834,7 @@ class RelayRouter:
                 client,
                 now,
                 ErrorCode.RATE_LIMITED,
-                f"relay busy ({limits.max_queued_bytes} bytes of packets waiting); packet to {dst.fmt_short()} dropped",
+                f"relay busy ({limits.max_queued_bytes} bytes of packets waiting); packet to {dst} dropped",
                 dst,
             )
         queue.push(src, frame)

@@ -258,7 +258,7 @@ class RelayServer:
             raise
         log.info(
             "relay %s serving at %s%s",
-            endpoint.node_id.fmt_short(),
+            endpoint.node_id,
             server.url,
             " (and a node-record directory)" if served is not None else "",
         )
@@ -331,13 +331,13 @@ class RelayServer:
             )
         except RelayFull as exc:
             self.stats.refused_full += 1
-            log.warning("relay full: refusing %s (%s)", handler.node.fmt_short(), exc)
+            log.warning("relay full: refusing %s (%s)", handler.node, exc)
             self._send_frame(conn, exc.frame)
             conn.close(RELAY_SERVER_FULL, str(exc))
             return handler
         old = self._handlers.get(handler.node)
         if old is not None and old.conn is not conn:
-            log.info("relay client %s reconnected; closing its old connection", handler.node.fmt_short())
+            log.info("relay client %s reconnected; closing its old connection", handler.node)
             old.registered = False
             old.conn.close(0, "replaced by a newer connection of the same node")
         handler.registered = True
@@ -347,7 +347,7 @@ class RelayServer:
             self._check_handle = conn.loop.call_later(self.check_interval, self._check_clients)
         log.info(
             "relay client %s connected from %s:%d (%d clients)",
-            handler.node.fmt_short(),
+            handler.node,
             *handler.peer_address(),
             len(self.router),
         )
@@ -362,7 +362,7 @@ class RelayServer:
         if handler.registered:
             self.router.unregister(handler.node, handler.conn)
             handler.registered = False
-            log.info("relay client %s disconnected: %s (%d clients)", handler.node.fmt_short(), exc, len(self.router))
+            log.info("relay client %s disconnected: %s (%d clients)", handler.node, exc, len(self.router))
 
     def _violation(self, handler: _ClientHandler, reason: str) -> None:
         if handler.violated:  # more events of the same batch
@@ -370,7 +370,7 @@ class RelayServer:
         handler.violated = True
         self.stats.protocol_violations += 1
         message = f"protocol violation: {reason}"
-        log.warning("relay client %s: %s; closing its connection", handler.node.fmt_short(), message)
+        log.warning("relay client %s: %s; closing its connection", handler.node, message)
         if handler.registered:
             self._send_frame(handler.conn, Error(ErrorCode.PROTOCOL, message[:900]).encode())
             self.router.unregister(handler.node, handler.conn)
@@ -403,7 +403,7 @@ class RelayServer:
         update = self.router.update_observed_addr(node, addr)
         if update:
             self.stats.observed_addr_updates += 1
-            log.info("relay client %s now seen at %s:%d", node.fmt_short(), *addr)
+            log.info("relay client %s now seen at %s:%d", node, *addr)
         return update
 
     def _datagram(self, handler: _ClientHandler, data: bytes) -> None:
@@ -481,4 +481,4 @@ class RelayServer:
             conn.transmit()
 
     def __repr__(self) -> str:
-        return f"<RelayServer {self.node_id.fmt_short()} {len(self.router)} clients>"
+        return f"<RelayServer {self.node_id} {len(self.router)} clients>"

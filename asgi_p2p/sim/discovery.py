@@ -115,7 +115,7 @@ class MockDNS:
         for record in self._records.values():
             if record.node_id == node_id:
                 return NodeAddr(node_id, record.addresses, record.relay_url)
-        raise DiscoveryFailed(f"node {node_id.fmt_short()} is not registered in the simulated DNS")
+        raise DiscoveryFailed(f"node {node_id} is not registered in the simulated DNS")
 
     async def resolve_name(self, name: str) -> NodeAddr:
         """Resolve ``name`` to a :class:`NodeAddr`; raises :class:`DiscoveryFailed`."""

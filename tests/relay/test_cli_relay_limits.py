@@ -23,7 +23,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return 0
 
     monkeypatch.setattr(relay_cli, "_relay", fake_relay)
-    monkeypatch.setattr(relay_cli, "configure_logging", lambda level: None)
+    monkeypatch.setattr(relay_cli, "configure_logging", lambda level, **options: None)
     return seen
 
 

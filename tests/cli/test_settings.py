@@ -1,0 +1,226 @@
+"""Every flag is also an ``ASGI_P2P_*`` variable and a ``--config`` TOML key (in process: nothing is bound).
+
+Precedence flag > environment > file > default, errors that name the setting and the
+problem, unknown variables reported with a close match, and docs/configuration.md's
+table of settings agreeing with the parsers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asgi_p2p.cli import _common, all_parsers, main, settings
+from asgi_p2p.cli import relay as relay_cli
+from asgi_p2p.cli import serve as serve_cli
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+NODE_A = "ybndrfg8ejkmcpqxot1uwisza345h769ybndrfg8ejkmcpqxot1u"
+NODE_B = "o" * 52
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run ``main()`` with serve and relay replaced by functions that keep their arguments."""
+    seen: dict[str, Any] = {}
+
+    def keep(args: argparse.Namespace) -> int:
+        seen["args"] = args
+        return 0
+
+    monkeypatch.setattr(serve_cli, "run_serve", keep)
+    monkeypatch.setattr(relay_cli, "run_relay", keep)
+    for var in [v for v in __import__("os").environ if v.startswith("ASGI_P2P_")]:
+        monkeypatch.delenv(var)
+    _common.PENDING_WARNINGS.clear()
+    return seen
+
+
+def run(captured: dict[str, Any], *argv: str) -> argparse.Namespace:
+    assert main(list(argv)) == 0
+    args: argparse.Namespace = captured["args"]
+    return args
+
+
+def test_every_flag_of_serve_relay_and_get_has_a_variable() -> None:
+    subs = all_parsers()
+    for command in ("serve", "relay", "get"):
+        parser = subs[command]
+        found = settings.settings_of(parser)
+        options = {o for a in parser._actions for o in a.option_strings if o.startswith("--") and o not in ("--help",)}
+        assert options == {s.option for s in found.values()}, command
+    names = settings.known_variables(subs.values())
+    for var in ("PORT", "HOST", "KEY_FILE", "LOG_LEVEL", "RELAY_URL", "ALLOW_FILE", "CONFIG", "TIMEOUT", "PUBLIC_HOST"):
+        assert f"ASGI_P2P_{var}" in names
+    assert "ASGI_P2P_IDLE_TIMEOUT" in names  # NetworkConfig fields too
+
+
+def test_precedence_flag_over_env_over_file_over_default(
+    captured: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run(captured, "serve", "m:app").port == 0
+    config = tmp_path / "serve.toml"
+    config.write_text("port = 1001\nlimit_concurrency = 8\nlog_level = 'debug'\n")
+    args = run(captured, "serve", "--config", str(config), "m:app")
+    assert (args.port, args.limit_concurrency, args.log_level) == (1001, 8, "debug")
+    assert args.settings.sources["port"] == f"{config}: port"
+    monkeypatch.setenv("ASGI_P2P_PORT", "1002")
+    args = run(captured, "serve", "--config", str(config), "m:app")
+    assert (args.port, args.limit_concurrency) == (1002, 8)
+    assert args.settings.sources["port"] == "ASGI_P2P_PORT"
+    args = run(captured, "serve", "--config", str(config), "--port", "1003", "m:app")
+    assert (args.port, args.limit_concurrency) == (1003, 8)
+    # the config file can come from the environment too
+    monkeypatch.setenv("ASGI_P2P_CONFIG", str(config))
+    assert run(captured, "serve", "m:app").limit_concurrency == 8
+
+
+def test_flags_lists_and_network_fields(
+    captured: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASGI_P2P_ALLOW", f"{NODE_A} {NODE_B}")
+    monkeypatch.setenv("ASGI_P2P_PUBLISH", "yes")
+    args = run(captured, "serve", "--allow", NODE_A, "m:app")
+    assert args.allow == [NODE_A]  # the command line replaces the variable's list
+    monkeypatch.delenv("ASGI_P2P_ALLOW")
+    args = run(captured, "serve", "m:app")
+    assert args.publish is True and args.allow == []
+    monkeypatch.setenv("ASGI_P2P_HEADER", '["Accept: text/plain", "X-A: b c"]')
+    subs = all_parsers()
+    resolved = settings.resolve(subs["get"], ["TARGET"])
+    assert resolved.defaults["headers"] == ["Accept: text/plain", "X-A: b c"]
+    # a flag's "off" in the environment beats the file's "on"
+    config = tmp_path / "c.toml"
+    config.write_text(f"publish = true\nallow = ['{NODE_A}']\nidle_timeout = 60\nmax_streams = 7\n")
+    monkeypatch.setenv("ASGI_P2P_PUBLISH", "off")
+    monkeypatch.setenv("ASGI_P2P_MAX_STREAMS", "9")
+    args = run(captured, "serve", "--config", str(config), "m:app")
+    assert args.publish is False and args.allow == [NODE_A]
+    assert args.settings.network == {"idle_timeout": 60}  # max_streams: the variable wins (read by NetworkConfig)
+
+
+def test_a_command_line_choice_in_a_group_beats_the_variable(
+    captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ASGI_P2P_KEY_FILE", str(tmp_path / "k"))
+    args = run(captured, "serve", "--ephemeral", "m:app")
+    assert args.ephemeral is True and args.key_file is None
+    args = run(captured, "serve", "m:app")
+    assert args.key_file == tmp_path / "k"
+    monkeypatch.setenv("ASGI_P2P_EPHEMERAL", "1")
+    assert main(["serve", "m:app"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ASGI_P2P_PORT": "http"}, "ASGI_P2P_PORT='http': expected a port number, got 'http'"),
+        ({"ASGI_P2P_PORT": "70000"}, "ASGI_P2P_PORT='70000': port must be 0-65535, got 70000"),
+        ({"ASGI_P2P_LOG_LEVEL": "loud"}, "ASGI_P2P_LOG_LEVEL='loud': must be one of critical, error, warning"),
+        ({"ASGI_P2P_LIMIT_CONCURRENCY": "0"}, "ASGI_P2P_LIMIT_CONCURRENCY='0': must be positive, got 0"),
+        ({"ASGI_P2P_MDNS": "maybe"}, "ASGI_P2P_MDNS='maybe': expected a boolean"),
+        ({"ASGI_P2P_ALLOW": "[1, 2]"}, "ASGI_P2P_ALLOW='[1, 2]': expected a JSON array of strings"),
+        (
+            {"ASGI_P2P_KEY_FILE": "/k", "ASGI_P2P_EPHEMERAL": "true"},
+            "ASGI_P2P_KEY_FILE and ASGI_P2P_EPHEMERAL cannot both be set",
+        ),
+    ],
+)
+def test_bad_variables_name_the_setting_and_the_problem(
+    captured: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["serve", "m:app"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("asgi-p2p: error: ") and message in err, err
+    assert "args" not in captured
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("port = 'x'\n", "port: expected a port number, got 'x'"),
+        ("mdns = 1\n", "mdns: expected true or false, got int 1"),
+        (
+            "limit_concurency = 3\n",
+            "unknown key 'limit_concurency': not a setting of this command (did you mean 'limit_concurrency'?)",
+        ),
+        ("idle_timeout = -1\n", "idle_timeout must be a finite number of seconds in (0, 86400], got -1"),
+        ("host = [\n", "not valid TOML"),
+        ("config = 'other.toml'\n", "unknown key 'config'"),
+        ("lifespan = 'sometimes'\n", "lifespan: must be one of auto, on, off, got 'sometimes'"),
+    ],
+)
+def test_bad_config_files_name_the_file_the_key_and_the_problem(
+    captured: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    assert main(["serve", "--config", str(config), "m:app"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"asgi-p2p: error: {config}: ") and message in err, err
+
+
+def test_relay_reads_its_config_file(captured: dict[str, Any], tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text("limit_clients = 50\nno_directory = true\npublic_host = 'relay.example.org'\n")
+    args = run(captured, "relay", "--config", str(config))
+    assert (args.limit_clients, args.no_directory, args.public_host) == (50, True, "relay.example.org")
+
+
+def test_unknown_variables_are_reported_with_a_close_match(
+    captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ASGI_P2P_LIMIT_CONCURENCY", "3")
+    monkeypatch.setenv("ASGI_P2P_NOTHING_LIKE_IT", "1")
+    monkeypatch.setenv("ASGI_P2P_IDLE_TIMEOUT", "20")  # a NetworkConfig field: known
+    run(captured, "serve", "m:app")
+    assert _common.PENDING_WARNINGS == [
+        "unknown variable ASGI_P2P_LIMIT_CONCURENCY is ignored (did you mean ASGI_P2P_LIMIT_CONCURRENCY?)",
+        "unknown variable ASGI_P2P_NOTHING_LIKE_IT is ignored",
+    ]
+    _common.PENDING_WARNINGS.clear()
+    # a command without logging prints them at once
+    monkeypatch.setenv("ASGI_P2P_PROT", "1")
+    main(["id", "--key-file", str(Path(__file__).parent / "no-such-key")])
+    err = capsys.readouterr().err
+    assert "asgi-p2p: warning: unknown variable ASGI_P2P_PROT is ignored (did you mean ASGI_P2P_PORT?)" in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert re.fullmatch(r"asgi-p2p \d+\.\d+\.\S+ \(aioquic 1\.7\.2, \w+ 3\.\d+\.\d+\S* on \w+\)\n", out), out
+
+
+def test_reload_rereads_the_config_file(captured: dict[str, Any], tmp_path: Path) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text("limit_concurrency = 4\n")
+    args = run(captured, "serve", "--config", str(config), "--port", "7", "m:app")
+    config.write_text("limit_concurrency = 5\nport = 9\n")
+    again, _ = args.reload_settings()
+    assert (again.limit_concurrency, again.port) == (5, 7)
+
+
+def test_docs_table_lists_every_setting_as_the_parsers_define_it() -> None:
+    """docs/configuration.md's table is `python tests/cli/test_settings.py` (rerun it when adding a flag)."""
+    subs = all_parsers()
+    text = DOC.read_text()
+    start, end = text.index("<!-- settings-table:start -->"), text.index("<!-- settings-table:end -->")
+    documented = [line for line in text[start:end].splitlines() if line.startswith("| `--")]
+    assert documented == settings.table_rows(subs)
+
+
+if __name__ == "__main__":  # print the table's rows for docs/configuration.md
+    print("\n".join(settings.table_rows(all_parsers())))
