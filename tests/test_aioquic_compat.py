@@ -865,7 +865,7 @@ def test_server_resumption_issues_the_callers_ticket_and_resumes_with_0rtt() -> 
     assert isinstance(clock, _Clock)
     clock.t += 2.5
     p = ResumePair(ck, sk, ticket=ticket, sessions=sessions)
-    sid, early = p.start_early(b"early request")
+    _, early = p.start_early(b"early request")
     # the 0-RTT data is there before the handshake completed (before the client's Finished)
     assert any(isinstance(e, StreamDataReceived) and e.data == b"early request" for e in early)
     assert not any(isinstance(e, HandshakeCompleted) for e in early)
