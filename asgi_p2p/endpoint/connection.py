@@ -241,6 +241,12 @@ class PeerConnection:
         """Ready, but the handshake is not complete: what is sent or received now is 0-RTT data."""
         return self._ready.done() and not self._handshake_done.done()
 
+    @property
+    def handshake_completed(self) -> bool:
+        """The TLS handshake completed (client: confirmed, or resumed and answered)."""
+        done = self._handshake_done
+        return done.done() and done.exception() is None
+
     async def wait_handshake(self) -> None:
         """Until the handshake completed (at once unless :attr:`early`); raises if the connection failed."""
         await asyncio.shield(self._handshake_done)

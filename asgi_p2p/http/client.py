@@ -612,6 +612,10 @@ class P2PTransport(httpx.AsyncBaseTransport):
         except httpx.TransportError as exc:
             st.cancel()
             lost = cc.lost
+            if early and lost is not None and not cc.conn.handshake_completed and not st.response_started:
+                # sent as early data on a connection whose handshake then failed (the peer
+                # refused us, or is gone): a failure to connect, as without 0-RTT
+                raise httpx.ConnectError(str(lost), request=request) from lost
             if isinstance(exc, httpx.TimeoutException) or lost is None or st.response_started:
                 raise  # not a dead connection, or the peer answered: the request reached it
             if not _replayable(request, st):
