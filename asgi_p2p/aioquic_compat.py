@@ -137,6 +137,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
+    "TICKET_EPOCH",
     "AlertAccessDenied",
     "AlertBadCertificate",
     "AlertCertificateRequired",
@@ -146,6 +147,7 @@ __all__ = [
     "OfferedTicket",
     "ResumableSession",
     "ack_with_next_packet",
+    "cipher_suite",
     "clocked_ticket",
     "congestion_window",
     "data_received",
@@ -849,8 +851,14 @@ def patch_stream_hash() -> bool:
 # -- TLS session resumption and 0-RTT ------------------------------------------------
 
 
-#: a fixed date for tickets whose validity the endpoint checked itself (aioquic reads none of it)
-_EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+#: a fixed date for tickets whose validity the endpoint checks itself (by a clock of its own:
+#: ClockedSessionTicket and the server's opened tickets override what aioquic reads of them)
+TICKET_EPOCH = _EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+
+
+def cipher_suite(value: int) -> tls.CipherSuite:
+    """The TLS cipher suite numbered ``value`` (ValueError if aioquic has none such)."""
+    return tls.CipherSuite(value)
 
 
 def _never() -> float:

@@ -112,9 +112,7 @@ class _Proxy(asyncio.DatagramProtocol):
 
 async def _delay_line(listen: int, upstream: int, delay_ms: float) -> None:
     loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(
-        lambda: _Proxy(upstream, delay_ms / 1000), local_addr=("127.0.0.1", listen)
-    )
+    await loop.create_datagram_endpoint(lambda: _Proxy(upstream, delay_ms / 1000), local_addr=("127.0.0.1", listen))
     print("ready", flush=True)
     await asyncio.Event().wait()
 
@@ -181,7 +179,7 @@ async def _measure(delay_ms: float, runs: int) -> dict[str, list[float]]:
                         server.kill()
                         await server.wait()
                         server = await _spawn("--serve", str(server_port))
-                        await asyncio.sleep(0.2)
+                        await asyncio.sleep(float(os.environ.get("RESTART_SETTLE", "0.2")))
                     elif row != "pooled":
                         await close_connections()
                     if row.endswith("no ticket"):

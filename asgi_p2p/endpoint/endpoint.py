@@ -42,6 +42,8 @@ from .resume import (
     TicketCache,
     TicketSealer,
     TicketState,
+    dump_client_tickets,
+    load_client_tickets,
     ticket_age_fresh,
 )
 from .tls import node_certificate
@@ -688,6 +690,24 @@ class Endpoint:
         clocked = hooks.clocked_ticket(ticket, self._node_time)  # type: ignore[arg-type]
         lifetime = min(clocked.lifetime, TICKET_LIFETIME)
         self._tickets.put(key, clocked, clocked.received_at + lifetime)
+
+    def export_session_tickets(self) -> bytes:
+        """The session tickets this endpoint holds, serialized, for :meth:`import_session_tickets`
+        in a later process (so that its first connection to each node resumes, with 0-RTT).
+
+        The data holds resumption secrets: whoever reads it can resume our sessions (not
+        impersonate us to a new node: the node ids inside are the servers'); store it as
+        privately as the key (mode 0600).
+        """
+        return dump_client_tickets([(node, alpn, t) for (node, alpn), t in self._tickets.items(self._node_time())])
+
+    def import_session_tickets(self, data: bytes) -> int:
+        """Hold the tickets of :meth:`export_session_tickets` (expired ones are skipped); returns
+        how many.  Raises ValueError for data that is not such an export."""
+        entries = load_client_tickets(data, self._node_time, self._tickets.capacity)
+        for node, alpn, ticket in entries:
+            self._tickets.put((node, alpn), ticket, ticket.received_at + ticket.lifetime)
+        return len(entries)
 
     def forget_session_tickets(self) -> None:
         """Forget every session ticket held (the next connection to each node is a full handshake)."""

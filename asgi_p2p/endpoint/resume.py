@@ -21,10 +21,14 @@ once more; only safe methods are ever served from early data.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import math
 import random
 import struct
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -33,12 +37,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .. import aioquic_compat as hooks
 from ..errors import P2PError
 from ..identity import NodeId, SecretKey
 
 __all__ = [
     "CLIENT_TICKETS",
     "FRESHNESS_WINDOW",
+    "MAX_EXPORT_SIZE",
     "MAX_TICKET_SIZE",
     "STRIKE_REGISTER_SIZE",
     "TICKET_LIFETIME",
@@ -47,6 +53,8 @@ __all__ = [
     "TicketCache",
     "TicketSealer",
     "TicketState",
+    "dump_client_tickets",
+    "load_client_tickets",
     "ticket_age_fresh",
 ]
 
@@ -234,3 +242,77 @@ class TicketCache(Generic[K, V]):
 
     def discard(self, key: K) -> None:
         self._tickets.pop(key, None)
+
+    def items(self, now: float) -> list[tuple[K, V]]:
+        """The tickets not expired at ``now``, least recently used first."""
+        return [(k, v) for k, (v, expires_at) in self._tickets.items() if now < expires_at]
+
+
+# -- persisted client tickets ---------------------------------------------------------------
+
+#: the largest exported ticket set :func:`load_client_tickets` reads (bytes)
+MAX_EXPORT_SIZE = 1 << 20
+_EXPORT_VERSION = 1
+
+
+def dump_client_tickets(entries: list[tuple[NodeId, str, hooks.ClockedSessionTicket]]) -> bytes:
+    """Serialize a client's tickets (JSON; holds resumption secrets: store it like a key, 0600)."""
+    records = []
+    for node_id, alpn, t in entries:
+        records.append(
+            {
+                "node": str(node_id),
+                "alpn": alpn,
+                "ticket": base64.b64encode(t.ticket).decode(),
+                "secret": base64.b64encode(t.resumption_secret).decode(),
+                "suite": int(t.cipher_suite),
+                "age_add": t.age_add,
+                "early": t.max_early_data_size,
+                "ext": [[typ, base64.b64encode(data).decode()] for typ, data in t.other_extensions],
+                "received_at": t.received_at,
+                "lifetime": t.lifetime,
+            }
+        )
+    return json.dumps({"version": _EXPORT_VERSION, "tickets": records}, separators=(",", ":")).encode()
+
+
+def load_client_tickets(
+    data: bytes, clock: Callable[[], float], limit: int = CLIENT_TICKETS
+) -> list[tuple[NodeId, str, hooks.ClockedSessionTicket]]:
+    """The tickets :func:`dump_client_tickets` wrote, whose age counts by ``clock`` (node time),
+    expired ones left out, at most ``limit`` (the newest); raises ValueError for anything else."""
+    if len(data) > MAX_EXPORT_SIZE:
+        raise ValueError(f"ticket file larger than {MAX_EXPORT_SIZE} bytes")
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("version") != _EXPORT_VERSION:
+            raise ValueError("not a ticket file of this version")
+        now = clock()
+        out: list[tuple[NodeId, str, hooks.ClockedSessionTicket]] = []
+        for r in doc["tickets"]:
+            lifetime = min(float(r["lifetime"]), float(TICKET_LIFETIME))
+            received_at = float(r["received_at"])
+            if not math.isfinite(received_at) or not 0 <= now - received_at < lifetime:
+                continue
+            early = r["early"]
+            ticket = hooks.ClockedSessionTicket(
+                age_add=int(r["age_add"]) % (1 << 32),
+                cipher_suite=hooks.cipher_suite(int(r["suite"])),
+                not_valid_after=hooks.TICKET_EPOCH,
+                not_valid_before=hooks.TICKET_EPOCH,
+                resumption_secret=base64.b64decode(r["secret"], validate=True),
+                server_name=str(NodeId.parse(r["node"])),
+                ticket=base64.b64decode(r["ticket"], validate=True),
+                max_early_data_size=None if early is None else int(early),
+                other_extensions=[(int(typ), base64.b64decode(ext, validate=True)) for typ, ext in r["ext"]],
+                clock=clock,
+                received_at=received_at,
+                lifetime=lifetime,
+            )
+            if len(ticket.ticket) > MAX_TICKET_SIZE or len(ticket.resumption_secret) > 64:
+                raise ValueError("ticket or secret too long")
+            out.append((NodeId.parse(r["node"]), str(r["alpn"]), ticket))
+    except (KeyError, TypeError, ValueError, binascii.Error, P2PError) as exc:
+        raise ValueError(f"malformed ticket file: {exc}") from None
+    out.sort(key=lambda e: e[2].received_at)
+    return out[-limit:]

@@ -133,3 +133,46 @@ def test_ticket_cache_is_an_lru_with_expiry() -> None:
     assert len(cache) == 0
     with pytest.raises(ValueError):
         TicketCache(capacity=0)
+
+
+def _client_ticket(received_at: float, lifetime: float = 3600.0) -> object:
+    from asgi_p2p import aioquic_compat as hooks
+
+    return hooks.ClockedSessionTicket(
+        age_add=7,
+        cipher_suite=hooks.cipher_suite(0x1302),
+        not_valid_after=hooks.TICKET_EPOCH,
+        not_valid_before=hooks.TICKET_EPOCH,
+        resumption_secret=b"s" * 48,
+        server_name=str(NODE.node_id),
+        ticket=b"t" * 100,
+        max_early_data_size=0xFFFFFFFF,
+        other_extensions=[(57, b"params")],
+        clock=lambda: NOW,
+        received_at=received_at,
+        lifetime=lifetime,
+    )
+
+
+def test_client_tickets_survive_a_dump_and_load_except_expired_ones() -> None:
+    from asgi_p2p.endpoint.resume import dump_client_tickets, load_client_tickets
+
+    fresh, old = _client_ticket(NOW - 10), _client_ticket(NOW - 4000)
+    data = dump_client_tickets([(NODE.node_id, "h3", fresh), (CLIENT, "h3", old)])  # type: ignore[list-item]
+    loaded = load_client_tickets(data, lambda: NOW + 5)
+    assert [(n, a) for n, a, _ in loaded] == [(NODE.node_id, "h3")]
+    (_, _, ticket) = loaded[0]
+    assert ticket.ticket == b"t" * 100 and ticket.resumption_secret == b"s" * 48
+    assert ticket.other_extensions == [(57, b"params")] and ticket.max_early_data_size == 0xFFFFFFFF
+    assert ticket.obfuscated_age == 15_000 + 7  # its age counts by the loading clock
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"[]", b'{"version": 2, "tickets": []}', b'{"version": 1, "tickets": [{}]}', b"x" * (1 << 21)],
+)
+def test_loading_anything_else_is_a_clear_error(data: bytes) -> None:
+    from asgi_p2p.endpoint.resume import load_client_tickets
+
+    with pytest.raises(ValueError):
+        load_client_tickets(data, lambda: NOW)

@@ -287,3 +287,36 @@ def test_replayed_early_data_is_refused(sim: Simulation) -> None:
         await node.close()
 
     sim.run(main())
+
+
+def test_tickets_exported_by_one_process_let_the_next_resume_with_0rtt(sim: Simulation) -> None:
+    server_host, client_host = _pair(sim)
+
+    async def main() -> None:
+        SEEN.clear()
+        node, server = await _start_server(server_host)
+        first = await Node.bind(CLIENT_KEY, host="0.0.0.0", config=_config(), network=client_host)
+        async with httpx.AsyncClient(
+            transport=P2PTransport(first, addrs=[node.node_addr()]), base_url=f"https://{node.node_id}"
+        ) as client:
+            assert (await client.get("/first-process")).status_code == 200
+        exported = first.export_session_tickets()
+        await first.close()
+        assert str(node.node_id) in exported.decode()
+        await asyncio.sleep(5.0)
+
+        second = await Node.bind(CLIENT_KEY, host="0.0.0.0", config=_config(), network=client_host)
+        with pytest.raises(ValueError, match="malformed ticket file"):
+            second.import_session_tickets(b'{"version": 1, "tickets": [{"node": "x"}]}')
+        assert second.import_session_tickets(exported) == 1
+        async with httpx.AsyncClient(
+            transport=P2PTransport(second, addrs=[node.node_addr()]), base_url=f"https://{node.node_id}"
+        ) as client:
+            response, took = await _timed(client, "GET", "/second-process")
+            assert response.text == "GET /second-process early=True"
+            assert took == pytest.approx(RTT, abs=0.005)
+        await second.close()
+        await server.shutdown()
+        await node.close()
+
+    sim.run(main())
