@@ -37,6 +37,7 @@ REPO = HERE.parent
 if __name__ == "__main__" and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+SCRIPT = Path(__file__).resolve()
 SEED = "restart benchmark server"
 ROWS = ("restart", "restart, no ticket", "returning", "new, no ticket", "pooled")
 
@@ -130,7 +131,7 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASGI_P2P_")}
     env["PYTHONPATH"] = str(REPO)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).resolve()), *args, stdout=asyncio.subprocess.PIPE, env=env
+        sys.executable, str(SCRIPT), *args, stdout=asyncio.subprocess.PIPE, env=env
     )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 60)
@@ -179,7 +180,7 @@ async def _measure(delay_ms: float, runs: int) -> dict[str, list[float]]:
                         server.kill()
                         await server.wait()
                         server = await _spawn("--serve", str(server_port))
-                        await asyncio.sleep(float(os.environ.get("RESTART_SETTLE", "0.2")))
+                        await asyncio.sleep(0.2)
                     elif row != "pooled":
                         await close_connections()
                     if row.endswith("no ticket"):
