@@ -695,16 +695,18 @@ class Endpoint:
         """The session tickets this endpoint holds, serialized, for :meth:`import_session_tickets`
         in a later process (so that its first connection to each node resumes, with 0-RTT).
 
-        The data holds resumption secrets: whoever reads it can resume our sessions (not
-        impersonate us to a new node: the node ids inside are the servers'); store it as
-        privately as the key (mode 0600).
+        The data holds resumption secrets: whoever reads it can resume our sessions with
+        those nodes, as us, until the tickets expire (24 hours); store it as privately as
+        the key (mode 0600).
         """
-        return dump_client_tickets([(node, alpn, t) for (node, alpn), t in self._tickets.items(self._node_time())])
+        held = self._tickets.items(self._node_time())
+        return dump_client_tickets(self.node_id, [(node, alpn, t) for (node, alpn), t in held])
 
     def import_session_tickets(self, data: bytes) -> int:
         """Hold the tickets of :meth:`export_session_tickets` (expired ones are skipped); returns
-        how many.  Raises ValueError for data that is not such an export."""
-        entries = load_client_tickets(data, self._node_time, self._tickets.capacity)
+        how many.  Raises ValueError for data that is not such an export of this node's
+        (a ticket resumes as the node that got it: another key's tickets are refused)."""
+        entries = load_client_tickets(data, self.node_id, self._node_time, self._tickets.capacity)
         for node, alpn, ticket in entries:
             self._tickets.put((node, alpn), ticket, ticket.received_at + ticket.lifetime)
         return len(entries)

@@ -255,8 +255,13 @@ MAX_EXPORT_SIZE = 1 << 20
 _EXPORT_VERSION = 1
 
 
-def dump_client_tickets(entries: list[tuple[NodeId, str, hooks.ClockedSessionTicket]]) -> bytes:
-    """Serialize a client's tickets (JSON; holds resumption secrets: store it like a key, 0600)."""
+def dump_client_tickets(client: NodeId, entries: list[tuple[NodeId, str, hooks.ClockedSessionTicket]]) -> bytes:
+    """Serialize the tickets of client ``client`` (JSON).
+
+    A ticket resumes a session *as the node that got it* (the server takes the client's
+    node id from it): the data is a credential of ``client`` for the tickets' lifetime;
+    store it like the key (mode 0600).
+    """
     records = []
     for node_id, alpn, t in entries:
         records.append(
@@ -273,20 +278,24 @@ def dump_client_tickets(entries: list[tuple[NodeId, str, hooks.ClockedSessionTic
                 "lifetime": t.lifetime,
             }
         )
-    return json.dumps({"version": _EXPORT_VERSION, "tickets": records}, separators=(",", ":")).encode()
+    doc = {"version": _EXPORT_VERSION, "client": str(client), "tickets": records}
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def load_client_tickets(
-    data: bytes, clock: Callable[[], float], limit: int = CLIENT_TICKETS
+    data: bytes, client: NodeId, clock: Callable[[], float], limit: int = CLIENT_TICKETS
 ) -> list[tuple[NodeId, str, hooks.ClockedSessionTicket]]:
-    """The tickets :func:`dump_client_tickets` wrote, whose age counts by ``clock`` (node time),
-    expired ones left out, at most ``limit`` (the newest); raises ValueError for anything else."""
+    """The tickets :func:`dump_client_tickets` wrote for ``client``, whose age counts by
+    ``clock`` (node time), expired ones left out, at most ``limit`` (the newest); raises
+    ValueError for anything else (tickets of another client among it)."""
     if len(data) > MAX_EXPORT_SIZE:
         raise ValueError(f"ticket file larger than {MAX_EXPORT_SIZE} bytes")
     try:
         doc = json.loads(data)
         if not isinstance(doc, dict) or doc.get("version") != _EXPORT_VERSION:
             raise ValueError("not a ticket file of this version")
+        if NodeId.parse(doc["client"]) != client:
+            raise ValueError(f"the tickets are node {doc['client']}'s, not {client}'s")
         now = clock()
         out: list[tuple[NodeId, str, hooks.ClockedSessionTicket]] = []
         for r in doc["tickets"]:

@@ -158,21 +158,30 @@ def test_client_tickets_survive_a_dump_and_load_except_expired_ones() -> None:
     from asgi_p2p.endpoint.resume import dump_client_tickets, load_client_tickets
 
     fresh, old = _client_ticket(NOW - 10), _client_ticket(NOW - 4000)
-    data = dump_client_tickets([(NODE.node_id, "h3", fresh), (CLIENT, "h3", old)])  # type: ignore[list-item]
-    loaded = load_client_tickets(data, lambda: NOW + 5)
+    data = dump_client_tickets(CLIENT, [(NODE.node_id, "h3", fresh), (CLIENT, "h3", old)])  # type: ignore[list-item]
+    loaded = load_client_tickets(data, CLIENT, lambda: NOW + 5)
     assert [(n, a) for n, a, _ in loaded] == [(NODE.node_id, "h3")]
     (_, _, ticket) = loaded[0]
     assert ticket.ticket == b"t" * 100 and ticket.resumption_secret == b"s" * 48
     assert ticket.other_extensions == [(57, b"params")] and ticket.max_early_data_size == 0xFFFFFFFF
     assert ticket.obfuscated_age == 15_000 + 7  # its age counts by the loading clock
+    with pytest.raises(ValueError, match=r"not .*'s"):  # they resume as CLIENT: nobody else may use them
+        load_client_tickets(data, NODE.node_id, lambda: NOW + 5)
 
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"[]", b'{"version": 2, "tickets": []}', b'{"version": 1, "tickets": [{}]}', b"x" * (1 << 21)],
+    [
+        b"",
+        b"[]",
+        b'{"version": 2, "tickets": []}',
+        b'{"version": 1, "client": "x", "tickets": []}',
+        b'{"version": 1, "client": "%s", "tickets": [{}]}' % str(CLIENT).encode(),
+        b"x" * (1 << 21),
+    ],
 )
 def test_loading_anything_else_is_a_clear_error(data: bytes) -> None:
     from asgi_p2p.endpoint.resume import load_client_tickets
 
     with pytest.raises(ValueError):
-        load_client_tickets(data, lambda: NOW)
+        load_client_tickets(data, CLIENT, lambda: NOW)

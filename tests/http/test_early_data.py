@@ -308,6 +308,10 @@ def test_tickets_exported_by_one_process_let_the_next_resume_with_0rtt(sim: Simu
         second = await Node.bind(CLIENT_KEY, host="0.0.0.0", config=_config(), network=client_host)
         with pytest.raises(ValueError, match="malformed ticket file"):
             second.import_session_tickets(b'{"version": 1, "tickets": [{"node": "x"}]}')
+        stranger = await Node.bind(host="0.0.0.0", config=_config(), network=client_host)
+        with pytest.raises(ValueError, match="not"):  # they would resume as CLIENT_KEY's node
+            stranger.import_session_tickets(exported)
+        await stranger.close()
         assert second.import_session_tickets(exported) == 1
         async with httpx.AsyncClient(
             transport=P2PTransport(second, addrs=[node.node_addr()]), base_url=f"https://{node.node_id}"
