@@ -32,10 +32,11 @@ small requests (p50/p99); ``--requests`` small requests with 50 in flight (req/s
 ``--bulk-mib`` MiB download (MB/s, 10^6 bytes). A second fresh process with the same identity then
 times its first response ("returning client"; an asgi-p2p client imports the session tickets the
 first process exported, so it resumes and sends its GET as 0-RTT data; ``--no-resume``: it does not).
-CPU per request and per MB is the CPU time (user + system) of every process of the row (client, server, relay / tunnel server, sender, app) over
-the 50-concurrent phase and the download; the delay lines are the network, not counted. The raw
-TCP figures are a 10 MiB TCP download between the two homes' hosts (a port forward on the serving
-home's router) over the same links, once per repeat: on a new connection, then 10 MiB more on the
+CPU per request and per MB is the CPU time (user + system) of every process of the row (client,
+server, relay / tunnel server, sender, app) over the 50-concurrent phase and the download; the delay
+lines are the network, not counted. The raw TCP figures are a 10 MiB TCP download between the two
+homes' hosts (a port forward on the serving home's router) over the same links, once per repeat: on
+a new connection, then 10 MiB more on the
 warm one (the link's ceiling).
 
 Usage (root)::
