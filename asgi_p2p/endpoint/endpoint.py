@@ -736,18 +736,20 @@ class Endpoint:
         fresh = ticket_age_fresh(state, offer.obfuscated_age, now)
 
         def accept_early() -> bool:
-            ok = fresh and offer.alpn == state.alpn and self._strikes.check_and_add(offer.client_random, now)
-            if ok:
+            strikes = self._strikes
+            if not fresh:
+                why = "ticket age off by more than the freshness window: recorded earlier?"
+            elif offer.alpn != state.alpn:
+                why = f"ALPN {offer.alpn!r}, the ticket's is {state.alpn!r}"
+            elif strikes.check_and_add(offer.client_random, now):
                 self.early_data_accepted += 1
+                return True
             else:
-                self.early_data_refused += 1
-                log.info(
-                    "refused 0-RTT data of node %s from %s:%d (%s)",
-                    node_id,
-                    *addr,
-                    "stale ticket age" if not fresh else "ALPN changed" if offer.alpn != state.alpn else "replay",
-                )
-            return ok
+                why = "strike register full" if len(strikes) >= strikes.capacity else "a replayed ClientHello"
+            self.early_data_refused += 1
+            # debug: a replay can be sent many times; the handshake itself goes on
+            log.debug("refused 0-RTT data of node %s from %s:%d (%s)", node_id, *addr, why)
+            return False
 
         return hooks.ResumableSession(state.resumption_secret, state.cipher_suite, accept_early)
 
