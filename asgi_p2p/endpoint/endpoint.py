@@ -375,6 +375,8 @@ class Endpoint:
         existing = self._pool.get(key)
         if existing is not None and not existing.closed and existing.close_error is None:
             await existing.wait_ready(self.config.connect_timeout)
+            if existing.early and not early_data:  # still in its 0-RTT phase: the caller wants 1-RTT
+                await existing.wait_handshake()  # the connection's own deadline bounds this
             return existing
         if node_id == self.node_id:
             raise InvalidConfiguration("cannot connect to ourselves")

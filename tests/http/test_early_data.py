@@ -324,3 +324,29 @@ def test_tickets_exported_by_one_process_let_the_next_resume_with_0rtt(sim: Simu
         await node.close()
 
     sim.run(main())
+
+
+def test_a_caller_without_early_data_waits_for_the_handshake_of_a_pooled_early_connection(sim: Simulation) -> None:
+    """A WebSocket (or any caller that did not ask for early data) dialing while the pooled
+    connection is still in its 0-RTT phase gets it only once the handshake completed."""
+    from asgi_p2p.http.client import connect_h3
+
+    server_host, client_host = _pair(sim)
+
+    async def main() -> None:
+        node, server = await _start_server(server_host)
+        client_node = await Node.bind(CLIENT_KEY, host="0.0.0.0", config=_config(), network=client_host)
+        async with httpx.AsyncClient(
+            transport=P2PTransport(client_node, addrs=[node.node_addr()]), base_url=f"https://{node.node_id}"
+        ) as client:
+            assert (await client.get("/warm")).status_code == 200
+            await _drop_connections(client_node)
+            early = await connect_h3(client_node, node.node_addr(), early_data=True)
+            assert early.conn.early
+            later = await connect_h3(client_node, node.node_addr())
+            assert later is early and not early.conn.early and early.conn.handshake_completed
+        await client_node.close()
+        await server.shutdown()
+        await node.close()
+
+    sim.run(main())
