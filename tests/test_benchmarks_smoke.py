@@ -365,3 +365,24 @@ def test_http_benchmark_interleaves_rounds_and_reports_client_cpu() -> None:
         assert all(len(c.split(", ")) == 2 for c in cells), row  # one value per round
     # the probed row names the sizes its connection used (16384 on loopback once probed)
     assert "16384, probed) |" in out, out
+
+
+def test_restart_benchmark_prints_every_row_in_round_trips() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "restart.py"), "--delay-ms", "5", "--runs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RTT 10 ms" in proc.stdout
+    rows = {
+        cells[0]: cells
+        for line in proc.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| next GET")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert set(rows) == {"restart", "restart, no ticket", "returning", "new, no ticket", "pooled"}, proc.stdout
+    for cells in rows.values():
+        assert float(cells[1]) > 0 and float(cells[2]) > 0 and len(cells[3].split(",")) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import logging
 import random
@@ -34,6 +35,17 @@ from .admission import AdmissionStats, AdmissionTable, InvalidToken, RetryTokens
 from .base import ConnectionHandler
 from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection
 from .reset import MIN_RESET_SIZE, MIN_TRIGGER_SIZE, RESET_TOKEN_SIZE, ResetLimiter, ResetTokens, build_stateless_reset
+from .resume import (
+    TICKET_LIFETIME,
+    InvalidTicket,
+    StrikeRegister,
+    TicketCache,
+    TicketSealer,
+    TicketState,
+    dump_client_tickets,
+    load_client_tickets,
+    ticket_age_fresh,
+)
 from .tls import node_certificate
 
 __all__ = ["AllowPolicy", "Endpoint"]
@@ -123,6 +135,15 @@ class Endpoint:
         )
         self._relay: ManagedRelayLink | None = None
         self._quic_configs: dict[tuple[bool, tuple[str, ...], str | None], QuicConfiguration] = {}
+        # session resumption (see resume.py): stateless tickets sealed with a key of the node
+        # key, the early-data ClientHellos accepted lately, and our tickets for other nodes
+        self._ticket_sealer = TicketSealer(secret_key)
+        self._strikes = StrikeRegister()
+        self._tickets: TicketCache[tuple[NodeId, str], hooks.ClockedSessionTicket] = TicketCache()
+        #: connections accepted by resuming a session, and their 0-RTT data accepted / refused
+        self.resumptions_accepted = 0
+        self.early_data_accepted = 0
+        self.early_data_refused = 0
 
     @classmethod
     async def bind(
@@ -334,11 +355,17 @@ class Endpoint:
 
     # -- dialing ------------------------------------------------------------
 
-    async def connect_quic(self, addr: NodeAddr | NodeId, alpn: str) -> PeerConnection:
+    async def connect_quic(self, addr: NodeAddr | NodeId, alpn: str, *, early_data: bool = False) -> PeerConnection:
         """A QUIC connection to the node speaking ``alpn``, reusing a live one.
 
         Raises :class:`AuthenticationFailed` if whoever answers is not that node
         (or refuses us), :class:`ConnectionFailed` if nobody answers.
+
+        A session ticket this endpoint got from that node (for ``alpn``) resumes the
+        session.  With ``early_data=True`` and such a ticket, the connection is returned
+        as soon as the ClientHello left, :attr:`~PeerConnection.early` (what the caller
+        sends now is 0-RTT data, which a network attacker can replay: safe requests only;
+        await :meth:`~PeerConnection.wait_handshake` before anything else).
         """
         if self._closing:
             raise ConnectionClosed("endpoint is closed")
@@ -348,6 +375,8 @@ class Endpoint:
         existing = self._pool.get(key)
         if existing is not None and not existing.closed and existing.close_error is None:
             await existing.wait_ready(self.config.connect_timeout)
+            if existing.early and not early_data:  # still in its 0-RTT phase: the caller wants 1-RTT
+                await existing.wait_handshake()  # the connection's own deadline bounds this
             return existing
         if node_id == self.node_id:
             raise InvalidConfiguration("cannot connect to ourselves")
@@ -377,7 +406,12 @@ class Endpoint:
         theirs = [a for a in node_addr.direct_addresses if a not in own]
         direct = theirs[0] if theirs else None
         address = direct if direct is not None else virtual_address(node_id)
-        quic = QuicConnection(configuration=self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id)))
+        quic_config = self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id))
+        ticket = self._tickets.get(key, self._node_time())
+        if ticket is not None:
+            quic_config = copy.copy(quic_config)
+            quic_config.session_ticket = ticket
+        quic = QuicConnection(configuration=quic_config, session_ticket_handler=lambda t: self._ticket_received(key, t))
 
         def route(owner: RouteOwner) -> Route:
             # from now on the peer's disco packets are accepted
@@ -407,6 +441,12 @@ class Endpoint:
         self._pool[key] = conn
         conn.route.start()
         conn.transmit()
+        if early_data and hooks.early_data_sendable(quic) and not conn.closed:
+            conn.become_ready_early(alpn, self.config.connect_timeout)
+            if conn.close_error is not None:
+                raise conn.close_error
+            log.debug("resuming with %s (%s): 0-RTT via %s", node_id, alpn, conn.path)
+            return conn
         await conn.wait_ready(self.config.connect_timeout)
         log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
         return conn
@@ -612,6 +652,20 @@ class Endpoint:
                 raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
 
         hooks.install_identity_hooks(quic, check_client)
+
+        def open_ticket(offer: hooks.OfferedTicket) -> hooks.ResumableSession | None:
+            return self._resume(conn, offer, addr, relay_src)
+
+        def issue_ticket(key: bytes | None, alpn: str, suite: int, secret: bytes, age_add: int) -> bytes | None:
+            client = NodeId(key) if key is not None else conn.remote_node_id
+            if client is None:
+                return None
+            state = TicketState(secret, suite, self._node_time(), TICKET_LIFETIME, age_add, alpn, client)
+            return self._ticket_sealer.seal(state, self._rng)
+
+        hooks.install_server_resumption(
+            quic, open_ticket=open_ticket, issue_ticket=issue_ticket, lifetime=TICKET_LIFETIME, rng=self._rng
+        )
         hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
         self._register_cid(dcid, conn)
         self._register_cid(quic.host_cid, conn)
@@ -626,6 +680,80 @@ class Endpoint:
             # a malformed ClientHello, bad transport parameters): its answer went out; keep nothing
             self._admission.stats.dropped_at_once += 1
             conn.abort(ConnectionFailed(f"first datagram from {addr[0]}:{addr[1]} was not accepted"))
+
+    # -- session resumption -------------------------------------------------------------
+
+    def _node_time(self) -> float:
+        """Unix time by the network's clock (virtual in the simulator): what tickets' ages count in."""
+        return asyncio.get_running_loop().time() + self.router.clock_offset
+
+    def _ticket_received(self, key: tuple[NodeId, str], ticket: object) -> None:
+        """The node ``key[0]`` sent a session ticket (for ALPN ``key[1]``): keep it for the next dial."""
+        clocked = hooks.clocked_ticket(ticket, self._node_time)  # type: ignore[arg-type]
+        lifetime = min(clocked.lifetime, TICKET_LIFETIME)
+        self._tickets.put(key, clocked, clocked.received_at + lifetime)
+
+    def export_session_tickets(self) -> bytes:
+        """The session tickets this endpoint holds, serialized, for :meth:`import_session_tickets`
+        in a later process (so that its first connection to each node resumes, with 0-RTT).
+
+        The data holds resumption secrets: whoever reads it can resume our sessions with
+        those nodes, as us, until the tickets expire (24 hours); store it as privately as
+        the key (mode 0600).
+        """
+        held = self._tickets.items(self._node_time())
+        return dump_client_tickets(self.node_id, [(node, alpn, t) for (node, alpn), t in held])
+
+    def import_session_tickets(self, data: bytes) -> int:
+        """Hold the tickets of :meth:`export_session_tickets` (expired ones are skipped); returns
+        how many.  Raises ValueError for data that is not such an export of this node's
+        (a ticket resumes as the node that got it: another key's tickets are refused)."""
+        entries = load_client_tickets(data, self.node_id, self._node_time, self._tickets.capacity)
+        for node, alpn, ticket in entries:
+            self._tickets.put((node, alpn), ticket, ticket.received_at + ticket.lifetime)
+        return len(entries)
+
+    def forget_session_tickets(self) -> None:
+        """Forget every session ticket held (the next connection to each node is a full handshake)."""
+        self._tickets = TicketCache(self._tickets.capacity)
+
+    def _resume(
+        self, conn: PeerConnection, offer: hooks.OfferedTicket, addr: Address, relay_src: NodeId | None
+    ) -> hooks.ResumableSession | None:
+        """A ClientHello offers a session ticket: resume if it is ours and its node is allowed now."""
+        now = self._node_time()
+        try:
+            state = self._ticket_sealer.open(offer.ticket, now)
+        except InvalidTicket as exc:
+            log.debug("full handshake with %s:%d: %s", *addr, exc)
+            return None
+        node_id = state.client
+        if relay_src is not None and node_id != relay_src:
+            raise hooks.AlertAccessDenied(f"the relay says it forwards node {relay_src}, the ticket says {node_id}")
+        if not self.is_allowed(node_id):
+            log.info("refused node %s from %s:%d (resuming a session): not allowed", node_id, *addr)
+            raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
+        conn.remote_node_id = node_id
+        self.resumptions_accepted += 1
+        fresh = ticket_age_fresh(state, offer.obfuscated_age, now)
+
+        def accept_early() -> bool:
+            strikes = self._strikes
+            if not fresh:
+                why = "ticket age off by more than the freshness window: recorded earlier?"
+            elif offer.alpn != state.alpn:
+                why = f"ALPN {offer.alpn!r}, the ticket's is {state.alpn!r}"
+            elif strikes.check_and_add(offer.client_random, now):
+                self.early_data_accepted += 1
+                return True
+            else:
+                why = "strike register full" if len(strikes) >= strikes.capacity else "a replayed ClientHello"
+            self.early_data_refused += 1
+            # debug: a replay can be sent many times; the handshake itself goes on
+            log.debug("refused 0-RTT data of node %s from %s:%d (%s)", node_id, *addr, why)
+            return False
+
+        return hooks.ResumableSession(state.resumption_secret, state.cipher_suite, accept_early)
 
     def _handshake_expired(self, conn: PeerConnection) -> None:
         """An accepted connection is still handshaking after ``handshake_timeout``: drop it."""

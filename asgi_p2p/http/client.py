@@ -52,6 +52,12 @@ T = TypeVar("T")
 #: methods a request of which may be sent twice (RFC 9110 9.2.2): retried once on a new
 #: connection when the pooled one turns out dead before any response bytes
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: methods a request of which (without a body) may go as TLS early data (0-RTT) on a resumed
+#: connection: safe methods (RFC 9110 9.2.1), as browsers send in 0-RTT; a replay of one
+#: changes nothing on the server
+EARLY_DATA_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: the status a server answers a request it will not process as early data (RFC 8470)
+TOO_EARLY = 425
 
 
 class PeerGoingAway(P2PError):
@@ -354,11 +360,16 @@ def register_client(endpoint: Endpoint) -> None:
     h3_protocol(endpoint).client_factory = ClientConnection
 
 
-async def connect_h3(endpoint: Endpoint, addr: NodeAddr | NodeId) -> ClientConnection:
-    """The HTTP/3 client connection to a peer (dialing or reusing the pooled one)."""
+async def connect_h3(endpoint: Endpoint, addr: NodeAddr | NodeId, *, early_data: bool = False) -> ClientConnection:
+    """The HTTP/3 client connection to a peer (dialing or reusing the pooled one).
+
+    ``early_data=True``: with a session ticket from the peer, the connection comes back
+    before its handshake completed (:attr:`PeerConnection.early`; see
+    :meth:`Endpoint.connect_quic`): send only safe requests until the handshake is done.
+    """
     register_client(endpoint)
     for _ in range(2):
-        conn = await endpoint.connect_quic(addr, H3_ALPN)
+        conn = await endpoint.connect_quic(addr, H3_ALPN, early_data=early_data)
         handler = conn.handler
         if not isinstance(handler, ClientConnection):
             raise ConnectionClosed(f"connection to {conn.remote_node_id} is not an HTTP/3 client connection")
@@ -517,7 +528,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
         try:
             async with _deadline(timeout, httpx.ConnectTimeout, request, "connecting to the peer"):
                 target = await self._target(host, request)
-                cc = await connect_h3(self.endpoint, target)
+                cc = await connect_h3(self.endpoint, target, early_data=True)
         except P2PError as exc:
             self._resolved.pop(host, None)  # the peer may have moved: look it up again next time
             raise httpx.ConnectError(str(exc), request=request) from exc
@@ -543,7 +554,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
         established = cc.conn.established_at
         pooled = established is not None and established <= started  # not dialed for this request
         try:
-            return await self._exchange(cc, request, timeouts, may_retry=pooled)
+            return await self._attempt(cc, request, timeouts, may_retry=pooled)
         except _RetryOnNewConnection as retry:
             log.info(
                 "%s %s: the pooled connection to %s failed before any response (%s); retrying on a new connection",
@@ -553,12 +564,38 @@ class P2PTransport(httpx.AsyncBaseTransport):
                 retry.cause,
             )
         cc = await self._connection(request, timeouts.get("connect"))
+        return await self._attempt(cc, request, timeouts, may_retry=False)
+
+    async def _attempt(
+        self, cc: ClientConnection, request: httpx.Request, timeouts: dict[str, float | None], *, may_retry: bool
+    ) -> httpx.Response:
+        """One exchange, made once more after the handshake if the peer answered its early data 425."""
+        try:
+            return await self._exchange(cc, request, timeouts, may_retry=may_retry)
+        except _TooEarly:
+            log.info(
+                "%s %s: the peer answered 425 Too Early; sending it again after the handshake",
+                request.method,
+                request.url,
+            )
         return await self._exchange(cc, request, timeouts, may_retry=False)
 
     async def _exchange(
         self, cc: ClientConnection, request: httpx.Request, timeouts: dict[str, float | None], *, may_retry: bool
     ) -> httpx.Response:
-        """One attempt: send the request on ``cc``, wait for the response headers."""
+        """One attempt: send the request on ``cc``, wait for the response headers.
+
+        On a connection still in its handshake (0-RTT), a safe request without a body goes
+        at once as early data; any other waits for the handshake to complete.
+        """
+        early = cc.conn.early
+        if early and not _early_safe(request):
+            try:
+                async with _deadline(timeouts.get("connect"), httpx.ConnectTimeout, request, "connecting to the peer"):
+                    await cc.conn.wait_handshake()
+            except P2PError as exc:
+                raise httpx.ConnectError(str(exc), request=request) from exc
+            early = False
         try:
             st = cc.open_stream()
         except P2PError as exc:
@@ -575,6 +612,10 @@ class P2PTransport(httpx.AsyncBaseTransport):
         except httpx.TransportError as exc:
             st.cancel()
             lost = cc.lost
+            if early and lost is not None and not cc.conn.handshake_completed and not st.response_started:
+                # sent as early data on a connection whose handshake then failed (the peer
+                # refused us, or is gone): a failure to connect, as without 0-RTT
+                raise httpx.ConnectError(str(lost), request=request) from lost
             if isinstance(exc, httpx.TimeoutException) or lost is None or st.response_started:
                 raise  # not a dead connection, or the peer answered: the request reached it
             if not _replayable(request, st):
@@ -590,6 +631,13 @@ class P2PTransport(httpx.AsyncBaseTransport):
         except BaseException:
             st.cancel()
             raise
+        if status == TOO_EARLY and early:
+            st.cancel()
+            try:
+                await cc.conn.wait_handshake()
+            except P2PError as exc:
+                raise httpx.ConnectError(str(exc), request=request) from exc
+            raise _TooEarly
         return httpx.Response(
             status,
             headers=st.headers,
@@ -649,6 +697,15 @@ class _RetryOnNewConnection(Exception):
     def __init__(self, cause: P2PError) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+class _TooEarly(Exception):
+    """The peer answered a request sent as early data with 425 Too Early (RFC 8470)."""
+
+
+def _early_safe(request: httpx.Request) -> bool:
+    """The request may go as 0-RTT data: a safe method and no body."""
+    return request.method in EARLY_DATA_METHODS and isinstance(request.stream, httpx.ByteStream) and not request.content
 
 
 def _replayable(request: httpx.Request, st: ClientStream | None) -> bool:
