@@ -1,7 +1,7 @@
 """The ``asgi-p2p`` command.
 
 ``asgi-p2p APP`` serves an ASGI app (like ``uvicorn APP``); the other
-subcommands are ``keygen``, ``id``, ``get`` and ``relay``.
+subcommands are ``keygen``, ``id``, ``get``, ``gateway`` and ``relay``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def _subcommands() -> dict[str, Subcommand]:
         pass
     else:
         cmds.update(serve.subcommands())
+        cmds.update(importlib.import_module("asgi_p2p.cli.gateway").subcommands())
     from . import relay  # the relay needs no HTTP layer
 
     cmds.update(relay.subcommands())
