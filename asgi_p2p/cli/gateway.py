@@ -28,7 +28,7 @@ from ._common import LOG_LEVELS, configure_logging, host_port, positive_float, p
 if TYPE_CHECKING:
     from ..gateway.gateway import Lookup
 
-__all__ = ["add_gateway_args", "run_gateway", "subcommands"]
+__all__ = ["add_gateway_args", "announce", "run_gateway", "subcommands"]
 
 log = logging.getLogger("asgi_p2p.cli")
 
@@ -233,7 +233,7 @@ async def _run(args: argparse.Namespace, routing: Any, key: Any, config: Network
         with _common.signal_handlers(on_signal):
             await server.start()
             try:
-                _announce(args, server, node.node_id, routing)
+                announce(args, server, node.node_id, routing)
                 if args.url_file is not None:
                     _common.write_atomically(args.url_file, server.url)
                 await stop.wait()
@@ -247,7 +247,8 @@ async def _run(args: argparse.Namespace, routing: Any, key: Any, config: Network
         await node.close()
 
 
-def _announce(args: argparse.Namespace, server: Any, gateway_id: NodeId, routing: Any) -> None:
+def announce(args: argparse.Namespace, server: Any, gateway_id: NodeId, routing: Any) -> None:
+    """Print where the gateway listens, where it routes, and (listening publicly) who can now call peers."""
     from ..gateway.gateway import is_loopback
 
     url = server.url

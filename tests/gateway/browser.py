@@ -72,7 +72,8 @@ def _start_gateway(tmp: Path, args: tuple[str, ...]) -> tuple[subprocess.Popen[b
     home = workdir / "home"
     home.mkdir()
     url_file = workdir / "url.txt"
-    argv = [sys.executable, "-m", "asgi_p2p", "gateway", "--ephemeral", "--url-file", str(url_file), *args]
+    identity = [] if "--key-file" in args else ["--ephemeral"]
+    argv = [sys.executable, "-m", "asgi_p2p", "gateway", *identity, "--url-file", str(url_file), *args]
     stderr_path = workdir / "stderr.txt"
     with (workdir / "stdout.txt").open("wb") as out, stderr_path.open("wb") as err:
         proc = subprocess.Popen(argv, cwd=REPO, env=cli_env(home), stdout=out, stderr=err)
@@ -81,7 +82,10 @@ def _start_gateway(tmp: Path, args: tuple[str, ...]) -> tuple[subprocess.Popen[b
 
 @asynccontextmanager
 async def gateway_process(tmp: Path, *args: str) -> AsyncIterator[str]:
-    """``python -m asgi_p2p gateway --ephemeral ARGS --url-file ...`` until the block ends; yields its URL."""
+    """``python -m asgi_p2p gateway ARGS --url-file ...`` until the block ends; yields its URL.
+
+    ``--ephemeral`` is added unless ARGS name a ``--key-file``.
+    """
     proc, url_file, stderr_path = _start_gateway(tmp, args)
     try:
         async with asyncio.timeout(START_TIMEOUT):
