@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import NetworkConfig
 from ..errors import InvalidConfiguration, InvalidNodeId, InvalidTicket, P2PError
-from ..identity import NodeAddr, NodeId
+from ..identity import NodeAddr, NodeId, SecretKey
 from . import _common
 from ._common import LOG_LEVELS, configure_logging, host_port, positive_float, positive_int
 
@@ -80,7 +80,8 @@ def add_gateway_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NODE_ID",
-        help="route to this node only (repeatable; default: any node that allows this gateway's node id)",
+        help="route to this node only (repeatable; default: any node that lets this gateway in; with a public "
+        "--listen, only nodes whose allow-list names this gateway: nodes open to anyone are refused)",
     )
     keys = p.add_mutually_exclusive_group()
     keys.add_argument(
@@ -175,6 +176,13 @@ def run_gateway(args: argparse.Namespace) -> int:
         raise P2PError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def opt_in_required(args: argparse.Namespace, routing: Any) -> bool:
+    """A public gateway routing by request (no TICKET, no --only) reaches only nodes that opted in."""
+    from ..gateway.gateway import is_loopback
+
+    return not is_loopback(args.listen[0]) and routing.target is None and routing.only is None
+
+
 def _bind_host(args: argparse.Namespace, target: NodeAddr | None) -> str:
     if args.bind is not None:
         return str(args.bind)
@@ -207,12 +215,18 @@ async def _run(args: argparse.Namespace, routing: Any, key: Any, config: Network
             sources.append(mdns)
             closers.append(mdns)
         lookup: Lookup | None = ChainedDiscovery(sources, timeout=args.connect_timeout) if sources else None
+        probe = None
+        if opt_in_required(args, routing):
+            # a public gateway reaches a node only if the node lets this gateway in and not just anyone
+            probe = await Node.bind(SecretKey.generate(), host=node.local_address[0], relay_url=args.relay_url)
+            closers.append(probe)
         gateway = Gateway(
             node,
             routing,
             lookup=lookup,
             connect_timeout=args.connect_timeout,
             response_timeout=args.response_timeout,
+            opt_in_probe=probe,
         )
         host, port = args.listen
         server = GatewayServer(
@@ -266,7 +280,12 @@ def announce(args: argparse.Namespace, server: Any, gateway_id: NodeId, routing:
             lines.append(f"  routes   {url}/<node-id>/")
         if routing.only is not None:
             lines.append(f"  only to  {', '.join(str(n) for n in sorted(routing.only, key=str))}")
-        reach = "any node that allows the gateway" if routing.only is None else "the nodes listed above"
+        if routing.only is not None:
+            reach = "the nodes listed above"
+        elif opt_in_required(args, routing):
+            reach = "every node whose --allow list names this gateway (nodes open to anyone are refused)"
+        else:
+            reach = "any node that lets this gateway in"
     lines.append(f"  gateway node id  {gateway_id}  (peers with --allow must list it)")
     if not is_loopback(host):
         lines.append(

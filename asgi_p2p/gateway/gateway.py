@@ -87,6 +87,9 @@ WS_HANDSHAKE = frozenset(
     {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol"}
 )
 
+#: RFC 9114 H3_NO_ERROR: closes the opt-in probe's connection
+H3_NO_ERROR = 0x100
+
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 
@@ -171,6 +174,9 @@ class Gateway:
 
     ``lookup`` finds node ids' addresses and names' nodes (without one, node ids
     are dialled through the node's relay, and names are not known).
+    ``opt_in_probe``: an endpoint with a throwaway key (a public gateway's): before
+    the first connection to a node, it dials the node too, and a node that lets it
+    in accepts any caller, so it did not opt in to this gateway: 502 ``not opted in``.
     ``connect_timeout``: reaching the peer; ``response_timeout``: its response
     headers (None: no limit; bodies are never timed out: they may be long streams).
     """
@@ -184,8 +190,10 @@ class Gateway:
         connect_timeout: float = 10.0,
         response_timeout: float | None = 60.0,
         scheme: str = "http",
+        opt_in_probe: Endpoint | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.opt_in_probe = opt_in_probe
         self.routing = routing
         self.lookup = lookup
         self.connect_timeout = connect_timeout
@@ -285,6 +293,8 @@ class Gateway:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 addr = await self._resolve(node)
+                if self.opt_in_probe is not None and not self._live(_node_id_of(addr)):
+                    await self._check_opt_in(addr)
                 cc = await connect_h3(self.endpoint, addr)
         except TimeoutError:
             raise RouteError(502, "unreachable", f"node {node}: no answer within {self.connect_timeout:g} s") from None
@@ -300,6 +310,25 @@ class Gateway:
         node_id = cc.conn.remote_node_id
         assert node_id is not None
         return node_id
+
+    async def _check_opt_in(self, addr: NodeAddr | NodeId) -> None:
+        """Raise 502 ``not opted in`` if the node lets a random node id in (see ``opt_in_probe``)."""
+        probe = self.opt_in_probe
+        assert probe is not None
+        node_id = _node_id_of(addr)
+        try:
+            cc = await connect_h3(probe, addr)
+        except AuthenticationFailed as exc:
+            if "not allowed" in _one_line(exc):
+                return  # the node restricts its callers: it listed this gateway (or refuses it next)
+            raise
+        cc.conn.close(H3_NO_ERROR, "opt-in probe")
+        raise RouteError(
+            502,
+            "not opted in",
+            f"node {node_id} accepts any caller; this public gateway only reaches nodes that allow its node id "
+            f"{self.endpoint.node_id} with --allow (and no one else by default)",
+        )
 
     # -- ASGI ------------------------------------------------------------------------------
 
@@ -563,6 +592,10 @@ async def _pump_websocket(receive: Receive, send: Send, session: Any) -> None:
         exc = task.exception()
         if exc is not None and not isinstance(exc, (P2PError, OSError)):
             raise exc
+
+
+def _node_id_of(addr: NodeAddr | NodeId) -> NodeId:
+    return addr.node_id if isinstance(addr, NodeAddr) else addr
 
 
 def _host_of(scope: Scope) -> str:

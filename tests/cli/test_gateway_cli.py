@@ -91,3 +91,10 @@ def test_a_public_listen_says_who_can_now_reach_the_peer() -> None:
     text = out.getvalue()
     assert f"PUBLIC: anyone who can reach 192.0.2.10:8443 can now call node {target.node_id}" in text
     assert str(gateway_id) in text
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        gateway_cli.announce(args, server, gateway_id, Routing(path_style=True, host_suffixes=("gw.example",)))
+    text = out.getvalue()
+    assert "https://<node-id>.gw.example:8443/" in text and "https://192.0.2.10:8443/<node-id>/" in text
+    assert "whose --allow list names this gateway (nodes open to anyone are refused)" in text

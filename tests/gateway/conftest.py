@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from asgi_p2p import Node
+from asgi_p2p import Node, SecretKey
 from asgi_p2p.gateway.gateway import Gateway, GatewayServer, Lookup, Routing
 from asgi_p2p.http import H3Server
 from asgi_p2p.identity import NodeId
@@ -38,11 +38,17 @@ async def peer(app: Callable[..., Awaitable[None]] | Any, **bind: Any) -> AsyncI
 
 @asynccontextmanager
 async def gateway(
-    routing: Routing, *, lookup: Lookup | None = None, **server_kwargs: Any
+    routing: Routing,
+    *,
+    lookup: Lookup | None = None,
+    key: SecretKey | None = None,
+    opt_in: bool = False,
+    **server_kwargs: Any,
 ) -> AsyncIterator[GatewayServer]:
-    """A gateway node and its HTTP server on 127.0.0.1 (any free port)."""
-    node = await Node.bind()
-    gw = Gateway(node, routing, lookup=lookup, connect_timeout=5.0)
+    """A gateway node and its HTTP server on 127.0.0.1 (any free port); ``opt_in``: check nodes opted in."""
+    node = await Node.bind(key)
+    probe = await Node.bind() if opt_in else None
+    gw = Gateway(node, routing, lookup=lookup, connect_timeout=5.0, opt_in_probe=probe)
     server = GatewayServer(gw, "127.0.0.1", 0, **server_kwargs)
     await server.start()
     try:
@@ -50,3 +56,5 @@ async def gateway(
     finally:
         await server.stop()
         await node.close()
+        if probe is not None:
+            await probe.close()

@@ -314,6 +314,29 @@ async def test_a_slow_peer_slows_the_client_down() -> None:
             writer.close()
 
 
+async def test_a_public_gateway_reaches_only_nodes_that_opted_in() -> None:
+    """A node open to any caller did not opt in; one whose allow-list names the gateway did."""
+    gateway_key = SecretKey.generate()
+    async with (
+        peer(PeerApp()) as open_node,
+        peer(PeerApp(), allow=[gateway_key.node_id]) as opted_in,
+        peer(PeerApp(), allow=[SecretKey.generate().node_id]) as closed_node,
+    ):
+        lookup = StaticDiscovery([n.node.node_addr() for n in (open_node, opted_in, closed_node)])
+        routing = Routing(path_style=True, host_suffixes=("gw.example",))
+        async with (
+            gateway(routing, lookup=lookup, key=gateway_key, opt_in=True) as gw,
+            local(gw.url, "gw.example") as client,
+        ):
+            r = await client.get(f"/{opted_in.node_id}/x")
+            assert r.status_code == 200 and r.json()["caller"] == str(gateway_key.node_id)
+            r = await client.get(f"/{open_node.node_id}/x")
+            assert r.status_code == 502 and "not opted in" in r.text
+            assert not any(c.remote_node_id == open_node.node_id for c in gw.gateway.endpoint.connections)
+            r = await client.get(f"/{closed_node.node_id}/x")
+            assert r.status_code == 502 and "not allowed" in r.text
+
+
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
     import datetime
 
