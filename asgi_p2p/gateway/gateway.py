@@ -425,36 +425,46 @@ class Gateway:
         out = [(k, v) for k, v in fields if k.lower() not in HOP_BY_HOP and k.lower() not in named]
         body = response.stream
         assert isinstance(body, httpx.AsyncByteStream)
-        # the client going away ends the exchange with the peer at once (no reading a long body for nobody)
-        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        # the client going away ends the exchange with the peer at once (no reading a long body for nobody);
+        # watched from the second chunk on (a small response is over before a watcher would pay off)
+        gone: asyncio.Future[None] | None = None
         try:
             await send({"type": "http.response.start", "status": response.status_code, "headers": out})
             chunks = body.__aiter__()
             while True:
-                nxt = asyncio.ensure_future(chunks.__anext__())
-                done, _ = await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
-                    with contextlib.suppress(BaseException):
-                        await nxt
-                    log.debug(
-                        "%s %s: the client went away; cancelled the request to %s",
-                        scope["method"],
-                        scope["path"],
-                        node_id,
-                    )
-                    return
-                try:
-                    chunk = nxt.result()
-                except StopAsyncIteration:
-                    break
+                if gone is None:
+                    try:
+                        chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    gone = asyncio.ensure_future(_wait_disconnect(receive))
+                else:
+                    nxt: asyncio.Future[bytes] = asyncio.ensure_future(chunks.__anext__())
+                    waiting: set[asyncio.Future[Any]] = {nxt, gone}
+                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if nxt not in done:
+                        nxt.cancel()
+                        with contextlib.suppress(BaseException):
+                            await nxt
+                        log.debug(
+                            "%s %s: the client went away; cancelled the request to %s",
+                            scope["method"],
+                            scope["path"],
+                            node_id,
+                        )
+                        return
+                    try:
+                        chunk = nxt.result()
+                    except StopAsyncIteration:
+                        break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except httpx.HTTPError as exc:
             # mid-body: the response cannot be turned into an error any more; uvicorn cuts the connection
             log.warning("%s %s: node %s: response cut off: %s", scope["method"], scope["path"], node_id, exc)
         finally:
-            gone.cancel()
+            if gone is not None:
+                gone.cancel()
             await body.aclose()
 
     # -- WebSocket -------------------------------------------------------------------------
@@ -690,7 +700,9 @@ class GatewayServer:
         import socket
 
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (else each
+        # response waits ~40 ms for a delayed ACK)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host.strip("[]"), self.config.port))
