@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,8 @@ def _wait_file(path: Path, proc: subprocess.Popen[bytes], what: str, timeout: fl
 
 
 @contextmanager
-def _processes(size: int) -> Iterator[tuple[str, str, str]]:
-    """(peer ticket, gateway URL, nginx URL), each server its own process; all ended (by PID) on exit."""
+def _processes(size: int) -> Iterator[tuple[str, str, str, dict[str, int]]]:
+    """(peer ticket, gateway URL, nginx URL, PIDs by role), each server its own process; all ended (by PID)."""
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -92,7 +93,8 @@ def _processes(size: int) -> Iterator[tuple[str, str, str]]:
         try:
             ticket_file = tmp / "ticket"
             serve = [sys.executable, "-m", "asgi_p2p", "serve", "_gateway_rows:small_app", "--app-dir"]
-            serve += [str(ROOT / "benchmarks"), "--ephemeral", "--log-level", "warning", "--ticket-file", str(ticket_file)]
+            serve += [str(ROOT / "benchmarks"), "--ephemeral", "--log-level", "warning"]
+            serve += ["--ticket-file", str(ticket_file)]
             procs.append(subprocess.Popen(serve, cwd=ROOT, env=env, stdout=log, stderr=log))
             ticket = _wait_file(ticket_file, procs[-1], "asgi-p2p serve")
             url_file = tmp / "url"
@@ -132,7 +134,10 @@ def _processes(size: int) -> Iterator[tuple[str, str, str]]:
                     if procs[-1].poll() is not None:
                         break
                     time.sleep(0.05)
-            yield ticket, gateway_url + "/small", nginx_url
+            pids = {"peer": procs[0].pid, "gateway": procs[1].pid}
+            if nginx_url:
+                pids["nginx"] = procs[2].pid
+            yield ticket, gateway_url + "/small", nginx_url, pids
         finally:
             for proc in reversed(procs):
                 if proc.poll() is None:
@@ -148,29 +153,56 @@ def _processes(size: int) -> Iterator[tuple[str, str, str]]:
 Fetch = Callable[[], Awaitable[int]]
 
 
-async def _median_ms(fetch: Fetch, requests: int, size: int) -> float:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (nginx's worker), in seconds."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        times = p.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+async def _run_row(fetch: Fetch, requests: int, size: int, pids: dict[str, int]) -> tuple[float, dict[str, float]]:
+    """Median latency (ms) of ``requests`` sequential requests, and CPU ms per request of each process."""
     for _ in range(20):
         assert await fetch() == size
     times: list[float] = []
+    before = {role: _cpu_seconds(pid) for role, pid in pids.items()}
+    client_before = time.process_time()
     for _ in range(requests):
         start = time.perf_counter()
         n = await fetch()
         times.append((time.perf_counter() - start) * 1000)
         assert n == size
-    return statistics.median(times)
+    cpu = {role: (_cpu_seconds(pid) - before[role]) * 1000 / requests for role, pid in pids.items()}
+    cpu["client"] = (time.process_time() - client_before) * 1000 / requests
+    return statistics.median(times), cpu
 
 
-async def measure(rounds: int, requests: int, size: int) -> tuple[dict[str, list[float]], list[float]]:
-    """Per-row lists of per-round median latencies (ms), and the per-round gateway overheads (ms)."""
+@dataclass
+class Row:
+    name: str
+    fetch: Fetch
+    #: the processes whose CPU this row's requests use
+    roles: tuple[str, ...]
+    latency: list[float] = field(default_factory=list)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+
+
+async def measure(rounds: int, requests: int, size: int) -> tuple[list[Row], list[float], list[float]]:
+    """The rows (per-round latency medians and CPU per request), per-round gateway latency and CPU costs."""
     import httpx
 
     from asgi_p2p import Node
     from asgi_p2p.http import P2PTransport
     from asgi_p2p.ticket import Ticket
 
-    results: dict[str, list[float]] = {}
     overheads: list[float] = []
-    with _processes(size) as (ticket, gateway_url, nginx_url):
+    gateway_cpu: list[float] = []
+    with _processes(size) as (ticket, gateway_url, nginx_url, pids):
         addr = Ticket.parse(ticket).to_node_addr()
         node = await Node.bind()
         p2p = httpx.AsyncClient(transport=P2PTransport(node, addrs=[addr]), timeout=30)
@@ -186,44 +218,53 @@ async def measure(rounds: int, requests: int, size: int) -> tuple[dict[str, list
         async def via_nginx() -> int:
             return len((await plain.get(nginx_url)).content)
 
-        rows: list[tuple[str, Fetch]] = [
-            ("P2PTransport -> peer (HTTP/3)", via_p2p),
-            ("httpx HTTP/1.1 -> asgi-p2p gateway -> peer", via_gateway),
+        rows = [
+            Row("P2PTransport -> peer (HTTP/3)", via_p2p, ("client", "peer")),
+            Row("httpx HTTP/1.1 -> asgi-p2p gateway -> peer", via_gateway, ("client", "gateway", "peer")),
         ]
         if nginx_url:
-            rows.append(("httpx HTTP/1.1 -> nginx (static file)", via_nginx))
+            rows.append(Row("httpx HTTP/1.1 -> nginx (static file)", via_nginx, ("client", "nginx")))
         try:
             for r in range(rounds):
-                this_round: dict[str, float] = {}
-                for name, fetch in rows[r % len(rows) :] + rows[: r % len(rows)]:
-                    this_round[name] = await _median_ms(fetch, requests, size)
-                    results.setdefault(name, []).append(this_round[name])
-                overheads.append(this_round[rows[1][0]] - this_round[rows[0][0]])
+                for row in rows[r % len(rows) :] + rows[: r % len(rows)]:
+                    latency, cpu = await _run_row(row.fetch, requests, size, pids)
+                    row.latency.append(latency)
+                    for role in row.roles:
+                        row.cpu.setdefault(role, []).append(cpu[role])
+                overheads.append(rows[1].latency[-1] - rows[0].latency[-1])
+                gateway_cpu.append(rows[1].cpu["gateway"][-1])
         finally:
             await p2p.aclose()
             await plain.aclose()
             await node.close()
-    return results, overheads
+    return rows, overheads, gateway_cpu
+
+
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)
 
 
 def gateway_rows(rounds: int = 5, requests: int = 300, size: int = BODY_SIZE) -> list[str]:
     """The gateway's table (markdown lines), measured now."""
-    results, overheads = asyncio.run(measure(rounds, requests, size))
+    rows, overheads, gateway_cpu = asyncio.run(measure(rounds, requests, size))
     lines = [
         f"Gateway: one small GET ({size} B body) at a time on one kept-alive connection, 127.0.0.1; "
-        f"{rounds} interleaved rounds of {requests} requests (+20 warm-up); per round the median latency.",
+        f"{rounds} interleaved rounds of {requests} requests (+20 warm-up); per round the median latency "
+        "and each process's CPU per request (psutil; nginx with its worker).",
         "",
-        "| path | latency ms: median of rounds | per-round medians |",
+        "| path | latency ms: median of rounds (per round) | CPU ms per request: median of rounds (per round) |",
         "| --- | --- | --- |",
     ]
-    for name, values in results.items():
-        lines.append(f"| {name} | {statistics.median(values):.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
+    for row in rows:
+        cpu = "; ".join(f"{role} {statistics.median(v):.3f} ({_runs(v)})" for role, v in row.cpu.items())
+        lines.append(f"| {row.name} | {statistics.median(row.latency):.3f} ({_runs(row.latency)}) | {cpu} |")
     over = statistics.median(overheads)
-    verdict = "meets" if over <= TARGET_MS else "misses"
+    cpu_over = statistics.median(gateway_cpu)
     lines += [
         "",
-        f"Gateway cost per request (gateway row minus P2PTransport row, same round): median {over:.3f} ms "
-        f"(per round: {', '.join(f'{v:.3f}' for v in overheads)}); target <= {TARGET_MS:g} ms: {verdict} it.",
+        f"Gateway cost per request, latency (gateway row minus P2PTransport row, same round): median {over:.3f} ms "
+        f"({_runs(overheads)}); target <= {TARGET_MS:g} ms: {'met' if over <= TARGET_MS else 'missed'}.",
+        f"Gateway process CPU per request: median {cpu_over:.3f} ms ({_runs(gateway_cpu)}).",
     ]
     return lines
 

@@ -290,6 +290,10 @@ class Gateway:
 
     async def _connect(self, node: NodeId | str) -> NodeId:
         """Resolve and connect (the request then reuses the pooled connection)."""
+        target = self.routing.target
+        node_id = target.node_id if target is not None else node
+        if isinstance(node_id, NodeId) and self._live(node_id):
+            return node_id  # the common case: a live connection, nothing to look up or dial
         try:
             async with asyncio.timeout(self.connect_timeout):
                 addr = await self._resolve(node)
@@ -307,9 +311,9 @@ class Gateway:
             raise RouteError(502, "unreachable", f"node {node}: {text}") from None
         except P2PError as exc:
             raise RouteError(502, "unreachable", f"node {node}: {_one_line(exc)}") from None
-        node_id = cc.conn.remote_node_id
-        assert node_id is not None
-        return node_id
+        remote = cc.conn.remote_node_id
+        assert remote is not None
+        return remote
 
     async def _check_opt_in(self, addr: NodeAddr | NodeId) -> None:
         """Raise 502 ``not opted in`` if the node lets a random node id in (see ``opt_in_probe``)."""
