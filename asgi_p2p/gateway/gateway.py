@@ -249,7 +249,9 @@ class Gateway:
         """Where to dial: the fixed target, a live connection's node id, or a lookup."""
         target = self.routing.target
         if target is not None:
-            return target
+            if target.direct_addresses or target.relay_url is not None or self.lookup is None:
+                return target
+            node = target.node_id  # a bare node id: look its address up like any other
         loop = asyncio.get_running_loop()
         if isinstance(node, str):
             cached = self._names.get(node)

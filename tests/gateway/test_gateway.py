@@ -213,6 +213,14 @@ async def test_errors_say_why_in_a_502() -> None:
             assert r.status_code == 404 and ".localhost" in r.text
 
 
+async def test_a_bare_node_id_target_is_looked_up() -> None:
+    async with peer(PeerApp()) as p:
+        routing = Routing(target=NodeAddr(p.node_id))  # no address: the lookup knows it
+        async with gateway(routing, lookup=StaticDiscovery([p.node.node_addr()])) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, timeout=20) as client:
+                assert (await client.get("/bare")).json()["path"] == "/bare"
+
+
 async def test_names_resolve_through_the_lookup() -> None:
     async with peer(PeerApp()) as p:
         lookup = StaticDiscovery([p.node.node_addr()], names={"music.home": p.node.node_addr()})
