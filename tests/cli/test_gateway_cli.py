@@ -56,6 +56,46 @@ async def test_the_peers_allow_list_applies_to_the_gateways_key(
             assert r.status_code == 502 and "not allowed" in r.text
 
 
+async def test_tls_path_and_host_style_through_a_directory(tmp_path: Path) -> None:
+    """`--tls-cert/--tls-key --host-suffix --path-style --directory`: the public gateway's routing, on loopback."""
+    import asyncio
+    import ssl
+    import time
+
+    from apps.music import create_app
+    from asgi_p2p import Node
+    from asgi_p2p.discovery import DirectoryClient, DirectoryServer
+    from tests.gateway.conftest import peer, self_signed
+
+    cert, key = self_signed(tmp_path)
+    directory = await Node.bind()
+    clock = time.time() - asyncio.get_running_loop().time()
+    DirectoryServer(clock_offset=clock).attach(directory)
+    try:
+        async with peer(create_app()) as music:
+            client = DirectoryClient(music.node, directory.node_addr(), clock_offset=clock)
+            await client.publish(music.node.node_addr(), "music.test")
+            await client.close()
+            args = ["--listen", "127.0.0.1:0", "--bind", "127.0.0.1", "--tls-cert", str(cert), "--tls-key", str(key)]
+            args += ["--host-suffix", "gw.example", "--path-style"]
+            args += ["--directory", Ticket.from_node_addr(directory.node_addr()).encode()]
+            async with gateway_process(tmp_path, *args) as url:
+                assert url.startswith("https://127.0.0.1:")
+                ctx = ssl.create_default_context(cafile=str(cert))
+                ctx.check_hostname = False
+                async with httpx.AsyncClient(base_url=url, verify=ctx, timeout=30) as http:
+                    by_path = await http.get(f"/{music.node_id}/tracks", headers={"host": "gw.example"})
+                    assert by_path.status_code == 200 and len(by_path.json()) == 4
+                    by_host = await http.get("/tracks", headers={"host": f"{music.node_id}.gw.example"})
+                    assert by_host.json() == by_path.json()
+                    by_name = await http.get("/tracks", headers={"host": "music.test.gw.example"})
+                    assert by_name.json() == by_path.json()
+                    nobody = await http.get("/", headers={"host": "nobody.test.gw.example"})
+                    assert nobody.status_code == 502 and "no such name" in nobody.text
+    finally:
+        await directory.close()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -20,7 +20,7 @@ from asgi_p2p.discovery import StaticDiscovery
 from asgi_p2p.gateway.gateway import Routing
 from asgi_p2p.identity import NodeAddr
 
-from .conftest import gateway, peer
+from .conftest import gateway, peer, self_signed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -345,38 +345,8 @@ async def test_a_public_gateway_reaches_only_nodes_that_opted_in() -> None:
             assert r.status_code == 502 and "not allowed" in r.text
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw.example")])
-    now = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("gw.example"), x509.DNSName("*.gw.example")]), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 async def test_public_gateway_with_tls(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     app = PeerApp()
     async with peer(app) as p:
         routing = Routing(path_style=True, host_suffixes=("gw.example",))
