@@ -49,6 +49,9 @@ class PeerApp:
         self.requests.append({"path": scope["path"], "headers": headers})
         if scope["type"] == "websocket":
             assert (await receive())["type"] == "websocket.connect"
+            if scope["path"] == "/deny":
+                await send({"type": "websocket.close", "code": 1000})  # before accept: HTTP 403
+                return
             await send({"type": "websocket.accept", "subprotocol": (scope.get("subprotocols") or [None])[0]})
             while True:
                 msg = await receive()
@@ -117,13 +120,24 @@ async def test_host_style_reaches_the_peer_with_the_gateways_identity() -> None:
     app = PeerApp()
     async with peer(app) as p, gateway(Routing(), lookup=StaticDiscovery([p.node.node_addr()])) as gw:
         async with local(gw.url, f"{p.node_id}.localhost:{gw.port}") as client:
-            r = await client.get("/hello/world?x=1", headers={"forwarded": "for=1.2.3.4", "x-forwarded-for": "6.6.6.6"})
+            r = await client.get(
+                "/hello/world?x=1",
+                headers={
+                    "forwarded": "for=1.2.3.4",
+                    "x-forwarded-for": "6.6.6.6",
+                    "connection": "keep-alive, x-drop-me",
+                    "x-drop-me": "1",
+                    "x-keep-me": "2",
+                },
+            )
             assert r.status_code == 200
             seen = r.json()
             assert seen["caller"] == str(gw.gateway.endpoint.node_id)  # the peer's allow-list sees the gateway
             assert seen["path"] == "/hello/world" and seen["query"] == "x=1"
             # forged forwarding headers are replaced by the gateway's own
             assert "x-forwarded-for" not in seen["headers"]
+            # a header the Connection header names is hop-by-hop: dropped; others pass
+            assert "x-drop-me" not in seen["headers"] and seen["headers"]["x-keep-me"] == "2"
             assert seen["headers"]["forwarded"].startswith('for="127.0.0.1:')
             assert f'host="{p.node_id}.localhost"' in seen["headers"]["forwarded"]
             assert r.headers["content-length"] == str(len(r.content))
@@ -190,6 +204,18 @@ async def test_websocket_upgrade_becomes_extended_connect() -> None:
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
         assert app.requests[-1]["path"] == "/chat"
         assert "sec-websocket-key" not in app.requests[-1]["headers"]
+        # the peer refuses a handshake: the browser side gets the refusal, not an accepted socket
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(f"ws://{p.node_id}.localhost:{gw.port}/deny", host="127.0.0.1", port=gw.port):
+                pass
+        assert refused.value.response.status_code == 403
+        # a node nobody can reach: 502 with the reason
+        nobody = SecretKey.generate().node_id
+        with pytest.raises(websockets.InvalidStatus) as unreachable:
+            async with websockets.connect(f"ws://{nobody}.localhost:{gw.port}/", host="127.0.0.1", port=gw.port):
+                pass
+        assert unreachable.value.response.status_code == 502
+        assert b"unreachable" in unreachable.value.response.body
 
 
 async def test_errors_say_why_in_a_502() -> None:
