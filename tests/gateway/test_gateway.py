@@ -49,6 +49,17 @@ class PeerApp:
         self.requests.append({"path": scope["path"], "headers": headers})
         if scope["type"] == "websocket":
             assert (await receive())["type"] == "websocket.connect"
+            if scope["path"] == "/flood":  # binary messages as fast as the gateway takes them
+                await send({"type": "websocket.accept"})
+                chunk = b"w" * 65536
+                while self.sent < BIG:
+                    task = asyncio.ensure_future(send({"type": "websocket.send", "bytes": chunk}))
+                    done, _ = await asyncio.wait({task}, timeout=1.0)
+                    if not done:
+                        self.stalled.set()
+                    await task
+                    self.sent += len(chunk)
+                return
             if scope["path"] == "/deny":
                 await send({"type": "websocket.close", "code": 1000})  # before accept: HTTP 403
                 return
@@ -314,6 +325,28 @@ async def test_a_slow_client_slows_the_peer_down() -> None:
         try:
             await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await loop.sock_recv(sock, 65536)).startswith(b"HTTP/1.1 200")
+            await asyncio.wait_for(app.stalled.wait(), 30)  # the client reads nothing more
+            assert app.sent < BOUND, f"the gateway let the peer send {app.sent} bytes to a client that reads none"
+        finally:
+            sock.close()
+
+
+async def test_a_websocket_client_that_does_not_read_slows_the_peer_down() -> None:
+    """The peer floods a WebSocket with 64 MiB; the client stops reading after the handshake."""
+    app = PeerApp()
+    async with peer(app) as p, gateway(Routing(target=p.node.node_addr())) as gw:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+        try:
+            handshake = (
+                "GET /flood HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await loop.sock_sendall(sock, handshake.encode())
+            assert (await loop.sock_recv(sock, 1024)).startswith(b"HTTP/1.1 101")
             await asyncio.wait_for(app.stalled.wait(), 30)  # the client reads nothing more
             assert app.sent < BOUND, f"the gateway let the peer send {app.sent} bytes to a client that reads none"
         finally:
