@@ -412,6 +412,9 @@ class Gateway:
             await _answer(send, RouteError(504, "peer too slow", f"node {node_id}: {exc}"))
             log.warning("%s %s: node %s: %s", scope["method"], scope["path"], node_id, exc)
             return
+        except _ClientGone:
+            log.info("%s %s: the client went away while sending the request body", scope["method"], scope["path"])
+            return
         except httpx.HTTPError as exc:
             await _answer(send, RouteError(502, "unreachable", f"node {node_id}: {_one_line(exc)}"))
             log.warning("%s %s: node %s: %s", scope["method"], scope["path"], node_id, exc)
@@ -510,6 +513,10 @@ class Gateway:
             await _deny(scope, send, RouteError(502, "unreachable", f"node {node_id}: {_one_line(exc)}"))
 
 
+class _ClientGone(Exception):
+    """The HTTP client disconnected before its request body was complete."""
+
+
 class _RequestBody(httpx.AsyncByteStream):
     """The client's request body, read from ASGI ``receive`` as the peer takes it (no buffering ahead)."""
 
@@ -520,7 +527,7 @@ class _RequestBody(httpx.AsyncByteStream):
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
-                raise httpx.ReadError("the client went away while sending the request body")
+                raise _ClientGone("the client went away while sending the request body")
             chunk = message.get("body", b"")
             if chunk:
                 yield chunk
@@ -681,6 +688,7 @@ class GatewayServer:
             ssl_keyfile=ssl_keyfile,
             limit_concurrency=limit_concurrency,
             ws_max_size=4 * 1024 * 1024,
+            timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(self.config)
         if not capture_signals:

@@ -38,6 +38,7 @@ class PeerApp:
         self.read_body = asyncio.Event()  # /sink may read its body now
         self.read_4mib = asyncio.Event()  # /sink read 4 MiB
         self.requests: list[dict[str, Any]] = []
+        self.upload_aborted = asyncio.Event()  # /echo got http.disconnect before the whole body
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -103,6 +104,9 @@ class PeerApp:
             more = True
             while more:
                 msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    self.upload_aborted.set()
+                    return
                 digest.update(msg.get("body", b""))
                 more = msg.get("more_body", False)
             await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -351,6 +355,18 @@ async def test_a_websocket_client_that_does_not_read_slows_the_peer_down() -> No
             assert app.sent < BOUND, f"the gateway let the peer send {app.sent} bytes to a client that reads none"
         finally:
             sock.close()
+
+
+async def test_a_client_gone_mid_upload_aborts_the_peers_request() -> None:
+    app = PeerApp()
+    async with peer(app) as p, gateway(Routing(target=p.node.node_addr())) as gw:
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n" + b"z" * 1_000_000)
+        await writer.drain()
+        writer.close()  # gone after a tenth of the body
+        await asyncio.wait_for(app.upload_aborted.wait(), 20)
+        async with httpx.AsyncClient(base_url=gw.url, timeout=20) as client:  # the gateway serves on
+            assert (await client.post("/echo", content=b"abc")).text == hashlib.sha256(b"abc").hexdigest()
 
 
 async def test_a_slow_peer_slows_the_client_down() -> None:
