@@ -440,13 +440,17 @@ class Gateway:
         try:
             await send({"type": "http.response.start", "status": response.status_code, "headers": out})
             chunks = body.__aiter__()
+            length = response.headers.get("content-length", "")
+            left = int(length) if length.isdigit() else -1  # bytes still to come, if the peer said
             while True:
                 if gone is None:
                     try:
                         chunk = await chunks.__anext__()
                     except StopAsyncIteration:
                         break
-                    gone = asyncio.ensure_future(_wait_disconnect(receive))
+                    left -= len(chunk)
+                    if left != 0:  # more to come: watch the client while waiting for it
+                        gone = asyncio.ensure_future(_wait_disconnect(receive))
                 else:
                     nxt: asyncio.Future[bytes] = asyncio.ensure_future(chunks.__anext__())
                     waiting: set[asyncio.Future[Any]] = {nxt, gone}
