@@ -25,7 +25,7 @@ async def test_a_ticket_routes_every_request_to_that_node(start_server: Starter,
     ticket = start_server("apps.music:app", "--ephemeral").wait_ready()
     node_id = Ticket.parse(ticket).node_id
     other = SecretKey.generate().node_id
-    async with gateway_process(tmp_path, "--listen", "127.0.0.1:0", ticket) as url:
+    async with gateway_process(tmp_path, "--listen", "127.0.0.1:0", "--limit-concurrency", "50", ticket) as url:
         assert url.startswith("http://127.0.0.1:")
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             tracks = (await client.get("/tracks")).json()
@@ -107,6 +107,8 @@ async def test_tls_path_and_host_style_through_a_directory(tmp_path: Path) -> No
         (["--host-suffix", "Bad_Suffix"], "invalid host suffix"),
         (["{ticket}", "--path-style"], "a TICKET routes everything"),
         (["p2p1broken"], "p2p1broken"),
+        (["--mdns-interface", "127.0.0.1"], "--mdns-interface needs --mdns"),
+        (["--connect-timeout", "0"], "must be a positive"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(cli: Cli, argv: list[str], message: str) -> None:

@@ -44,12 +44,15 @@ async def gateway(
     lookup: Lookup | None = None,
     key: SecretKey | None = None,
     opt_in: bool = False,
+    response_timeout: float | None = 60.0,
     **server_kwargs: Any,
 ) -> AsyncIterator[GatewayServer]:
     """A gateway node and its HTTP server on 127.0.0.1 (any free port); ``opt_in``: check nodes opted in."""
     node = await Node.bind(key)
     probe = await Node.bind() if opt_in else None
-    gw = Gateway(node, routing, lookup=lookup, connect_timeout=5.0, opt_in_probe=probe)
+    gw = Gateway(
+        node, routing, lookup=lookup, connect_timeout=5.0, response_timeout=response_timeout, opt_in_probe=probe
+    )
     server = GatewayServer(gw, "127.0.0.1", 0, **server_kwargs)
     await server.start()
     try:

@@ -74,6 +74,10 @@ class PeerApp:
                     return
                 await send({"type": "websocket.send", "text": msg.get("text"), "bytes": msg.get("bytes")})
         path = scope["path"]
+        if path == "/never":  # no response: the app waits until the caller gives up
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
         if path == "/big":
             length = [(b"content-length", str(BIG).encode())]
             await send({"type": "http.response.start", "status": 200, "headers": length})
@@ -260,6 +264,14 @@ async def test_a_bare_node_id_target_is_looked_up() -> None:
         async with gateway(routing, lookup=StaticDiscovery([p.node.node_addr()])) as gw:
             async with httpx.AsyncClient(base_url=gw.url, timeout=20) as client:
                 assert (await client.get("/bare")).json()["path"] == "/bare"
+
+
+async def test_a_peer_slow_to_answer_is_a_504() -> None:
+    async with peer(PeerApp()) as p, gateway(Routing(target=p.node.node_addr()), response_timeout=0.5) as gw:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=20) as client:
+            r = await client.get("/never")
+            assert r.status_code == 504 and "peer too slow" in r.text
+            assert (await client.get("/after")).json()["path"] == "/after"
 
 
 async def test_names_resolve_through_the_lookup() -> None:
