@@ -31,7 +31,7 @@ import contextlib
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,7 +39,14 @@ import httpx
 
 from ..endpoint.endpoint import Endpoint
 from ..errors import AuthenticationFailed, DiscoveryFailed, InvalidNodeId, NodeNotFound, P2PError
-from ..http import H3_ALPN, P2PTransport, WebSocketDisconnect, WebSocketRejected, websocket_connect
+from ..http import (
+    H3_ALPN,
+    P2PTransport,
+    WebSocketDisconnect,
+    WebSocketRejected,
+    WebSocketSession,
+    websocket_connect,
+)
 from ..http.client import connect_h3
 from ..identity import NodeAddr, NodeId
 
@@ -332,8 +339,8 @@ class Gateway:
         raise RouteError(
             502,
             "not opted in",
-            f"node {node_id} accepts any caller; this public gateway only reaches nodes that allow its node id "
-            f"{self.endpoint.node_id} with --allow (and no one else by default)",
+            f"node {node_id} accepts any caller, so it has not opted in; a node opts in to this public gateway "
+            f"by allowing listed node ids only (--allow), this gateway's {self.endpoint.node_id} among them",
         )
 
     # -- ASGI ------------------------------------------------------------------------------
@@ -578,7 +585,7 @@ async def _deny(scope: Scope, send: Send, err: RouteError) -> None:
         await send({"type": "websocket.close", "code": 1014})  # bad gateway
 
 
-async def _pump_websocket(receive: Receive, send: Send, session: Any) -> None:
+async def _pump_websocket(receive: Receive, send: Send, session: WebSocketSession) -> None:
     """Messages both ways, one at a time each way, until either side closes."""
 
     async def to_peer() -> None:
@@ -754,8 +761,3 @@ class GatewayServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def node_ids(items: Iterable[str]) -> frozenset[NodeId]:
-    """Node ids from text (raises :class:`InvalidNodeId`)."""
-    return frozenset(NodeId.parse(item.strip()) for item in items)
