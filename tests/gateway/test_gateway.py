@@ -74,6 +74,12 @@ class PeerApp:
                     return
                 await send({"type": "websocket.send", "text": msg.get("text"), "bytes": msg.get("bytes")})
         path = scope["path"]
+        if path == "/etag":  # a conditional GET: 304 when the client has it
+            fresh = headers.get("if-none-match") == '"v1"'
+            etag = [(b"etag", b'"v1"')]
+            await send({"type": "http.response.start", "status": 304 if fresh else 200, "headers": etag})
+            await send({"type": "http.response.body", "body": b"" if fresh else b"v1 body"})
+            return
         if path == "/never":  # no response: the app waits until the caller gives up
             while (await receive())["type"] != "http.disconnect":
                 pass
@@ -160,6 +166,11 @@ async def test_host_style_reaches_the_peer_with_the_gateways_identity() -> None:
             assert seen["headers"]["forwarded"].startswith('for="127.0.0.1:')
             assert f'host="{p.node_id}.localhost"' in seen["headers"]["forwarded"]
             assert r.headers["content-length"] == str(len(r.content))
+            # conditional requests pass through both ways
+            r = await client.get("/etag")
+            assert r.status_code == 200 and r.headers["etag"] == '"v1"'
+            r = await client.get("/etag", headers={"if-none-match": '"v1"'})
+            assert r.status_code == 304 and r.content == b""
             # a 5 MiB upload streams through (the peer hashes what arrives)
             payload = bytes(range(256)) * (5 * 4096)
             r = await client.post("/echo", content=payload)
@@ -205,6 +216,7 @@ async def test_range_requests_pass_through() -> None:
             assert r.content == full.content[100:200]
             head = await client.head(url)
             assert head.status_code == 200 and head.content == b""
+
 
 
 async def test_websocket_upgrade_becomes_extended_connect() -> None:
