@@ -1,7 +1,8 @@
 """The ``asgi-p2p`` command.
 
 ``asgi-p2p APP`` serves an ASGI app (like ``uvicorn APP``); the other
-subcommands are ``keygen``, ``id``, ``get``, ``proxy``, ``send``, ``receive`` and ``relay``.
+subcommands are ``keygen``, ``id``, ``get``, ``proxy``, ``send``, ``receive``, ``gateway``
+and ``relay``.
 """
 
 from __future__ import annotations
@@ -72,10 +73,11 @@ def _subcommands() -> dict[str, Subcommand]:
         pass
     else:
         cmds.update(serve.subcommands())
-        from . import proxy, transfer
+        from . import gateway, proxy, transfer
 
         cmds.update(proxy.subcommands())
         cmds.update(transfer.subcommands())
+        cmds.update(gateway.subcommands())
     from . import relay  # the relay needs no HTTP layer
 
     cmds.update(relay.subcommands())
