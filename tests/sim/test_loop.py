@@ -106,12 +106,19 @@ def test_livelock_is_nudged() -> None:
 def test_livelock_raise_mode() -> None:
     with Simulation(seed=1, livelock="raise") as sim:
 
-        async def main() -> None:
+        async def spinner() -> None:
             while True:  # noqa: ASYNC110 - a deliberate busy loop
                 await asyncio.sleep(0)
 
-        with pytest.raises(SimulationLivelock):
+        async def main() -> None:
+            await asyncio.sleep(3.25)
+            await asyncio.create_task(spinner(), name="busy-poller")
+
+        with pytest.raises(SimulationLivelock) as info:
             sim.run(main())
+        msg = str(info.value)
+        assert "without virtual time advancing at t=3.250000s" in msg
+        assert "busy-poller" in msg and "spinner" in msg and "sim-main" in msg
 
 
 def test_run_in_executor_and_to_thread_inline(sim: Simulation) -> None:
