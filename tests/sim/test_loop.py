@@ -196,7 +196,7 @@ def test_real_io_refused(sim: Simulation, call: str) -> None:
         elif call == "subprocess_exec":
             await asyncio.create_subprocess_exec("true")
 
-    with pytest.raises(RealIOForbidden, match="not allowed inside a simulation|runs on no simulated host") as info:
+    with pytest.raises(RealIOForbidden, match=r"not allowed inside a simulation|runs on no simulated host") as info:
         sim.run(main())
     # the message names the call and where it happened
     assert re.match(rf"{call}\(.*\) .*at .*test_loop\.py:\d+ in main", str(info.value)), str(info.value)
