@@ -108,10 +108,11 @@ def test_sim_benchmark_compares_rows_with_and_without_the_patches() -> None:
     rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
     for name in ("udp, 1 msg / 1 s / node", "quic (real Endpoint), 1 msg / 1 s / connection"):
         cells = [c.strip() for c in rows[name].strip("|").split("|")]
-        for cell in cells[2:4]:  # median and the two runs, with patches and without
+        for cell in cells[2:4]:  # median and the two runs (simulated s per CPU s), with patches and without
             median, runs = cell.split(" ", 1)
             assert median.endswith("x") and len(runs.strip("()").split(", ")) == 2, rows[name]
         assert float(cells[4]) > 0, rows[name]
+        assert cells[5].count("x") == 2, rows[name]  # wall-clock medians
 
 
 def test_paths_benchmark_quick_run_prints_every_environment_but_netns() -> None:
