@@ -7,7 +7,7 @@ import hmac
 import logging
 import random
 from collections.abc import Callable, Iterable
-from typing import Self
+from typing import Protocol, Self
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -36,12 +36,23 @@ from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnec
 from .reset import MIN_RESET_SIZE, MIN_TRIGGER_SIZE, RESET_TOKEN_SIZE, ResetLimiter, ResetTokens, build_stateless_reset
 from .tls import node_certificate
 
-__all__ = ["AllowPolicy", "Endpoint"]
+__all__ = ["AllowPolicy", "Endpoint", "NodeResolver"]
 
 log = logging.getLogger("asgi_p2p.endpoint")
 
 #: Who may connect: None (anyone), a collection of node ids, or a callback.
 AllowPolicy = Iterable[NodeId] | Callable[[NodeId], bool] | None
+
+
+class NodeResolver(Protocol):
+    """What an endpoint asks for the addresses of a node it was given only by id.
+
+    Any :class:`asgi_p2p.discovery.Discovery` source fits, typically a
+    :class:`~asgi_p2p.discovery.ChainedDiscovery` (ticket, DNS, relay directory, mDNS).
+    """
+
+    async def resolve(self, node_id: NodeId) -> NodeAddr: ...
+
 
 _SMALLEST_INITIAL = 1200
 #: seconds a dial with direct addresses waits for the endpoint's relay to connect
@@ -122,6 +133,8 @@ class Endpoint:
             reset_token=self._peer_reset_token_changed,
         )
         self._relay: ManagedRelayLink | None = None
+        #: Asked for the addresses of a node dialed by id alone (see :meth:`connect_quic`); None: nobody.
+        self.discovery: NodeResolver | None = None
         self._quic_configs: dict[tuple[bool, tuple[str, ...], str | None], QuicConfiguration] = {}
 
     @classmethod
@@ -136,6 +149,7 @@ class Endpoint:
         config: NetworkConfig | None = None,
         network: DatagramNetwork | None = None,
         rng: random.Random | None = None,
+        discovery: NodeResolver | None = None,
     ) -> Self:
         """Bind a socket and start serving.
 
@@ -144,9 +158,12 @@ class Endpoint:
         the handshake.  ``network`` is the datagram network (real UDP by default;
         a simulated host in tests).  ``rng`` draws path-probe ids (default: the
         system's random source; tests pass a seeded ``random.Random``).
+        ``discovery`` (also settable later as :attr:`discovery`) is asked where a
+        node dialed by id alone is.
         """
         key = secret_key if secret_key is not None else SecretKey.generate()
         ep = cls(key, config if config is not None else NetworkConfig.from_env(), allow, rng)
+        ep.discovery = discovery
         ep._alpn_filter = frozenset(alpns) if alpns is not None else None
         await ep.router.bind(network if network is not None else UdpNetwork(), host, port)
         log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
@@ -351,6 +368,18 @@ class Endpoint:
             return existing
         if node_id == self.node_id:
             raise InvalidConfiguration("cannot connect to ourselves")
+        discovered: str | None = None
+        if not node_addr.direct_addresses and node_addr.relay_url is None and self.discovery is not None:
+            try:
+                found = await self.discovery.resolve(node_id)
+            except P2PError as exc:
+                discovered = str(exc)
+                log.info("discovery found no address for %s: %s", node_id, exc)
+            else:
+                if found.node_id == node_id:
+                    node_addr = found
+                else:
+                    discovered = f"discovery answered for node {found.node_id} instead"
         is_relay = alpn in self._relay_alpns
         relay = self._relay
         relay_usable = relay is not None and node_addr.relay_url in (None, relay.relay_url)
@@ -361,6 +390,8 @@ class Endpoint:
                     f"{'uses relay ' + relay.relay_url if relay is not None else 'has no relay'}; "
                     "bind with that relay_url or pass direct addresses"
                 )
+            if discovered is not None:
+                raise NodeNotFound(f"no address known for node {node_id}: {discovered}")
             raise NodeNotFound(f"no address known for node {node_id}; pass a NodeAddr or ticket with addresses")
         if not node_addr.direct_addresses and relay is not None and not relay.connected:
             await relay.wait_connected(self.config.connect_timeout)
