@@ -13,7 +13,7 @@ import re
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
@@ -29,11 +29,13 @@ __all__ = [
     "Command",
     "Subcommand",
     "add_discovery_args",
+    "add_dns_args",
     "add_node_args",
     "configure_logging",
     "default_key_file",
     "describe_error",
     "directory_addr",
+    "dns_update_option",
     "fmt_path",
     "load_env_file",
     "parse_env_file",
@@ -280,6 +282,53 @@ def add_discovery_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, 
         help="use mDNS only on the interface with this address (repeatable; default: all)",
     )
     p.add_argument("--directory", metavar="TICKET_OR_RELAY_URL", help=directory_help)
+
+
+def add_dns_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, serving: bool) -> None:
+    """``--dns-zone``; for ``get`` ``--dns-server``, for ``serve`` ``--dns-update`` and ``--dns-tsig-key-file``."""
+    if serving:
+        p.add_argument(
+            "--dns-zone",
+            metavar="ZONE",
+            help="publish our signed record as TXT at NODE_ID.ZONE (needs --dns-update and --dns-tsig-key-file)",
+        )
+        p.add_argument("--dns-update", metavar="HOST[:PORT]", help="the zone's primary DNS server, for the update")
+        p.add_argument(
+            "--dns-tsig-key-file",
+            type=Path,
+            metavar="PATH",
+            help="file holding the TSIG key allowed to update the zone: [ALGORITHM:]NAME:SECRET (base64)",
+        )
+    else:
+        p.add_argument("--dns-zone", metavar="ZONE", help="look the node (or name) up in DNS: TXT at NODE_ID.ZONE")
+        p.add_argument(
+            "--dns-server",
+            action="append",
+            default=[],
+            metavar="HOST[:PORT]",
+            help="DNS server to ask (repeatable; default: the system's resolvers)",
+        )
+
+
+def dns_update_option(args: argparse.Namespace) -> Any:
+    """The :class:`~asgi_p2p.discovery.dns.DnsUpdate` of ``serve``'s DNS flags, or None (nothing published)."""
+    given = [f for f, v in (("--dns-update", args.dns_update), ("--dns-tsig-key-file", args.dns_tsig_key_file)) if v]
+    if args.dns_zone is None:
+        if given:
+            raise InvalidConfiguration(f"{given[0]} needs --dns-zone")
+        return None
+    if len(given) != 2:
+        raise InvalidConfiguration("--dns-zone needs --dns-update HOST[:PORT] and --dns-tsig-key-file PATH")
+    from ..discovery.dns import DnsUpdate
+
+    try:
+        text = args.dns_tsig_key_file.read_text().strip()
+    except OSError as exc:
+        raise InvalidConfiguration(f"--dns-tsig-key-file: cannot read {args.dns_tsig_key_file}: {exc}") from None
+    try:
+        return DnsUpdate.parse_key(args.dns_update, text)
+    except InvalidConfiguration as exc:
+        raise InvalidConfiguration(f"--dns-tsig-key-file / --dns-update: {exc}") from None
 
 
 def relay_url_option(value: str | None) -> str | None:

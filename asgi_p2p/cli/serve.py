@@ -116,6 +116,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         "hole punching is signalled through it; the ticket then carries it and the address it sees us at",
     )
     _common.add_discovery_args(nat, serving=True)
+    _common.add_dns_args(nat, serving=True)
     nat.add_argument(
         "--publish",
         action="store_true",
@@ -206,9 +207,10 @@ def _check_discovery_args(args: argparse.Namespace) -> None:
     if args.publish and directory is None:
         raise InvalidConfiguration("--publish needs a directory: --directory TICKET_OR_RELAY_URL, or --relay URL")
     args.directory_addr = _common.directory_addr(directory) if directory is not None else None
+    args.dns = _common.dns_update_option(args)
     if args.name is not None:
-        if not (args.publish or args.mdns):
-            raise InvalidConfiguration("--name is published with --publish or --mdns; add one of them")
+        if not (args.publish or args.mdns or args.dns):
+            raise InvalidConfiguration("--name is published with --publish or --mdns (or --dns-zone); add one of them")
         from ..discovery.records import check_name
 
         try:
@@ -393,6 +395,18 @@ async def _publish(endpoint: Endpoint, node_addr: NodeAddr, args: argparse.Names
             raise P2PError(f"--publish: {describe_error(exc)}") from None
         published.append(directory)
         log.info("published our record to directory %s", args.directory_addr.node_id.fmt_short())
+    if args.dns is not None:
+        from ..discovery import DnsDiscovery
+
+        offset = time.time() - asyncio.get_running_loop().time()  # wall-clock ok (CLI edge)
+        dns = DnsDiscovery(args.dns_zone, key=endpoint.secret_key, update=args.dns, clock_offset=offset)
+        try:
+            await dns.publish(node_addr, args.name)
+        except P2PError as exc:
+            await dns.close()
+            raise P2PError(f"--dns-zone: {describe_error(exc)}") from None
+        published.append(dns)
+        log.info("published our record in DNS at %s", dns.qname(endpoint.node_id))
     if args.mdns:
         from ..discovery import MdnsDiscovery
 

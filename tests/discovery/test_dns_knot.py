@@ -149,3 +149,60 @@ def test_dns_and_the_simulators_mock_dns_are_discovery_sources() -> None:
     assert isinstance(DnsDiscovery(ZONE), Discovery)
     assert isinstance(MockDNS(0.0), Discovery)
     assert isinstance(MockDNS(0.0).client(), Discovery)
+
+
+def test_serve_publishes_to_dns_and_get_finds_it_by_dns_alone(knot: tuple[str, str, str], tmp_path: Path) -> None:
+    from tests.cli.conftest import cli_env
+
+    ns, server, secret = knot
+    home = tmp_path / "home"
+    home.mkdir()
+    env = cli_env(home, PYTHONPATH=str(REPO))
+    key_file = tmp_path / "tsig.key"
+    key_file.write_text(f"hmac-sha256:update-key:{secret}\n")
+    ticket_file = tmp_path / "ticket"
+    app_dir = REPO / "tests" / "cli" / "appdir"
+    in_ns = ["ip", "netns", "exec", ns, sys.executable, "-m", "asgi_p2p"]
+    with (tmp_path / "serve.err").open("wb") as err:
+        serve = subprocess.Popen(
+            [
+                *(*in_ns, "serve", "--app-dir", str(app_dir), "sample_app:app", "--ephemeral", "--host", "127.0.0.1"),
+                *("--ticket-file", str(ticket_file), "--dns-zone", ZONE, "--dns-update", server),
+                *("--dns-tsig-key-file", str(key_file), "--name", "music.example"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not (ticket_file.exists() and ticket_file.read_text().strip()):
+            assert serve.poll() is None, (tmp_path / "serve.err").read_text()
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        from asgi_p2p.ticket import Ticket
+
+        node = Ticket.parse(ticket_file.read_text().strip()).node_id
+        get = subprocess.run(
+            [*in_ns, "get", "-v", "--dns-zone", ZONE, "--dns-server", server, f"https://{node}/hello"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert get.returncode == 0, get.stderr
+        assert json.loads(get.stdout)["path"] == "/hello"
+        assert f"* resolved node {node.fmt_short()} to node {node}" in get.stderr
+    finally:
+        if serve.poll() is None:
+            serve.terminate()  # the serve process this test started; it unpublishes on SIGTERM
+        serve.wait(30)
+    dig = subprocess.run(
+        ["ip", "netns", "exec", ns, "kdig", "+short", "@127.0.0.1", f"{node}.{ZONE}", "TXT"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert dig.returncode == 0 and dig.stdout.strip() == "", "serve did not unpublish its record at shutdown"
