@@ -110,8 +110,9 @@ async def main(zone: str, server: str, key_name: str, secret: str) -> dict[str, 
         out["slow"] = str(exc)
     silent.close()
 
-    # unpublish removes the record (a fresh resolver: the first one caches for the TTL)
+    # unpublish removes the record; a resolver that has it cached answers until the DNS TTL (60 s) ends
     await publisher.unpublish()
+    out["cached"] = str((await dns_source.resolve(a.node_id)).node_id)
     try:
         await DnsDiscovery(zone, nameservers=[server], clock_offset=offset).resolve(a.node_id)
         out["after_unpublish"] = "still there"

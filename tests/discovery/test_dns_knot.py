@@ -134,6 +134,7 @@ def test_a_node_found_only_by_dns_is_dialled_and_bad_records_are_refused(knot: t
     assert f"record is for node {mallory.fmt_short()}, expected {v3.fmt_short()}" in refused["other_node"], refused
     assert out["chain"]["node"] == str(a) and out["chain"]["seconds"] < 4
     assert "did not answer" in out["slow"] and "within 1 s" in out["slow"]
+    assert out["cached"] == str(a)  # cached for the TTL: no second query needed
     assert "NXDOMAIN" in out["after_unpublish"] or "no TXT record" in out["after_unpublish"]
     # ordinary DNS tools see nothing of ours now, and the zone is still served
     dig = subprocess.run(
