@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import logging
 import random
@@ -53,6 +54,12 @@ class NodeResolver(Protocol):
 
     async def resolve(self, node_id: NodeId) -> NodeAddr: ...
 
+
+#: node ids this task is looking up through :attr:`Endpoint.discovery` (a source that dials the
+#: very node it is asked about, e.g. a directory known by id alone, must not recurse)
+_DISCOVERING: contextvars.ContextVar[frozenset[NodeId]] = contextvars.ContextVar(
+    "asgi_p2p_discovering", default=frozenset()
+)
 
 _SMALLEST_INITIAL = 1200
 #: seconds a dial with direct addresses waits for the endpoint's relay to connect
@@ -369,13 +376,21 @@ class Endpoint:
         if node_id == self.node_id:
             raise InvalidConfiguration("cannot connect to ourselves")
         discovered: str | None = None
-        if not node_addr.direct_addresses and node_addr.relay_url is None and self.discovery is not None:
+        if (
+            not node_addr.direct_addresses
+            and node_addr.relay_url is None
+            and self.discovery is not None
+            and node_id not in _DISCOVERING.get()  # a source dialing the node it is asked about
+        ):
+            token = _DISCOVERING.set(_DISCOVERING.get() | {node_id})
             try:
                 found = await self.discovery.resolve(node_id)
             except P2PError as exc:
                 discovered = str(exc)
                 log.info("discovery found no address for %s: %s", node_id, exc)
-            else:
+            finally:
+                _DISCOVERING.reset(token)
+            if discovered is None:
                 if found.node_id == node_id:
                     node_addr = found
                 else:

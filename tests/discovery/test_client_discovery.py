@@ -8,9 +8,10 @@ import pytest
 
 from asgi_p2p.discovery import ChainedDiscovery, DirectoryClient, DirectoryServer, StaticDiscovery
 from asgi_p2p.discovery.records import Directory
+from asgi_p2p.errors import NodeNotFound
 from asgi_p2p.http import H3Server, P2PTransport
 from asgi_p2p.http.types import Receive, Scope, Send
-from asgi_p2p.identity import SecretKey
+from asgi_p2p.identity import NodeAddr, SecretKey
 from tests.harness import Harness
 
 
@@ -66,5 +67,18 @@ def test_without_discovery_a_bare_node_id_still_says_what_is_missing(net: Harnes
                 await http.get(f"https://{ghost}/")
         with pytest.raises(ValueError, match="resolve or discovery"):
             P2PTransport(client, discovery=ChainedDiscovery([]), resolve=ChainedDiscovery([]).resolve_name)
+
+    net.run(scenario)
+
+
+def test_a_source_that_must_dial_the_node_it_is_asked_about_does_not_recurse(net: Harness) -> None:
+    async def scenario(net: Harness) -> None:
+        directory = await net.endpoint("directory")
+        DirectoryServer(Directory(capacity=10)).attach(directory)
+        client = await net.endpoint("recursive")
+        # the directory is known by id alone, and the endpoint's only source is that directory
+        client.discovery = DirectoryClient(client, NodeAddr(directory.node_id), timeout=5.0)
+        with pytest.raises(NodeNotFound, match=rf"no address known for node {directory.node_id}: .*unreachable"):
+            await client.connect_quic(directory.node_id, "asgi-p2p/directory/1")
 
     net.run(scenario)
