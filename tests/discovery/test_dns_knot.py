@@ -10,10 +10,8 @@ knotd (``make sysdeps``); without them the test fails saying so.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,87 +23,21 @@ import pytest
 from asgi_p2p.discovery import Discovery, DnsDiscovery
 from asgi_p2p.identity import SecretKey
 from asgi_p2p.sim.discovery import MockDNS
+from tests.discovery.knot import KnotUnavailable, knot_in_netns
 
 REPO = Path(__file__).resolve().parents[2]
 PEER = Path(__file__).with_name("dns_peer.py")
-KNOTD = "/usr/sbin/knotd"
 ZONE = "p2p.test"
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
 
 @pytest.fixture
 def knot(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     """(namespace, server, TSIG secret): knotd serving ZONE on 127.0.0.1:53 inside a fresh namespace."""
-    if os.geteuid() != 0:
-        pytest.fail("the DNS test creates a network namespace and needs root (run the suite as root)")
-    if not os.path.exists(KNOTD) or shutil.which("kdig") is None:
-        pytest.fail("knotd / kdig missing: install knot and knot-dnsutils (make sysdeps)")
-    secret = base64.b64encode(os.urandom(32)).decode()
-    (tmp_path / f"{ZONE}.zone").write_text(
-        f"$ORIGIN {ZONE}.\n$TTL 60\n@ SOA ns.{ZONE}. admin.{ZONE}. 1 3600 600 86400 60\n@ NS ns\nns A 127.0.0.1\n"
-    )
-    (tmp_path / "db").mkdir()  # journal and timers (knotd does not create it)
-    conf = tmp_path / "knot.conf"
-    conf.write_text(
-        f"""server:
-    rundir: "{tmp_path}"
-    listen: 127.0.0.1@53
-database:
-    storage: "{tmp_path}/db"
-control:
-    listen: "{tmp_path}/knot.sock"
-log:
-  - target: stderr
-    any: info
-key:
-  - id: update-key
-    algorithm: hmac-sha256
-    secret: {secret}
-acl:
-  - id: update
-    key: update-key
-    action: update
-zone:
-  - domain: {ZONE}
-    storage: "{tmp_path}"
-    file: "{ZONE}.zone"
-    acl: update
-"""
-    )
-    name = f"asgip2p-dns-{os.getpid()}"
-    _ip("netns", "add", name)
-    proc: subprocess.Popen[bytes] | None = None
-    log = (tmp_path / "knotd.log").open("wb")
     try:
-        _ip("-n", name, "link", "set", "lo", "up")
-        proc = subprocess.Popen(["ip", "netns", "exec", name, KNOTD, "-c", str(conf)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 20
-        while True:  # until the zone answers (SOA over ordinary DNS)
-            probe = subprocess.run(
-                ["ip", "netns", "exec", name, "kdig", "+short", "+time=1", "+retry=0", "@127.0.0.1", ZONE, "SOA"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            )
-            if probe.returncode == 0 and f"ns.{ZONE}." in probe.stdout:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"knotd did not serve {ZONE}: {(tmp_path / 'knotd.log').read_text()}")
-            time.sleep(0.1)
-        yield name, "127.0.0.1:53", secret
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # the knotd this fixture started, by its own handle
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=10)
+        with knot_in_netns(tmp_path, ZONE) as server:
+            yield server.netns, server.address, server.secret
+    except KnotUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def test_a_node_found_only_by_dns_is_dialled_and_bad_records_are_refused(knot: tuple[str, str, str]) -> None:
