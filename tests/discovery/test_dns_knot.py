@@ -139,3 +139,17 @@ def test_serve_publishes_to_dns_and_get_finds_it_by_dns_alone(knot: tuple[str, s
         timeout=10,
     )
     assert dig.returncode == 0 and dig.stdout.strip() == "", "serve did not unpublish its record at shutdown"
+
+
+def test_dns_benchmark_quick_run_prints_table() -> None:
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "dns.py"), "--runs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    for label in ("dial by ticket (addresses known)", "DNS lookup + verify + dial (bare node id)"):
+        assert any(line.startswith(f"| {label} | ") for line in run.stdout.splitlines()), run.stdout
+    assert run.stdout.startswith("machine: ")
