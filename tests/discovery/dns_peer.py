@@ -96,6 +96,13 @@ async def main(zone: str, server: str, key_name: str, secret: str) -> dict[str, 
             refused[label] = str(exc)
     out["refused"] = refused
 
+    # a maximal record (32 IPv6 addresses, a long relay URL: about 4 KB of TXT) comes back whole
+    big = SecretKey.from_seed("dns-big-record")
+    addrs = tuple((f"2001:db8::{i:x}", 4433) for i in range(32))
+    await put(big, NodeRecord(big.node_id, 1, now + 600, "p2p-relay://" + "r" * 1500, addrs).sign(big))
+    found_big = await dns_source.resolve(big.node_id)
+    out["big"] = [len(found_big.direct_addresses), len(found_big.relay_url or "")]
+
     # a DNS server that does not answer fails after its timeout with the reason; the chain goes on
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
