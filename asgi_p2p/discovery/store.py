@@ -100,9 +100,14 @@ class SqliteRecordStore:
                 "SELECT node_id, data, first, last, live, source FROM records ORDER BY last DESC LIMIT ?", (limit,)
             )
             for node_id, data, first, last, live, source in cursor:
-                if not isinstance(node_id, bytes) or not isinstance(data, bytes):
-                    node_id = node_id if isinstance(node_id, bytes) else b""
-                    data = data if isinstance(data, bytes) else b""
+                if not (
+                    isinstance(node_id, bytes)
+                    and isinstance(data, bytes)
+                    and isinstance(first, (int, float))
+                    and isinstance(last, (int, float))
+                ):
+                    # a row edited by hand: an empty record, which the directory refuses (and deletes)
+                    node_id, data, first, last = (node_id if isinstance(node_id, bytes) else b""), b"", 0.0, 0.0
                 yield StoredRecord(
                     node_id,
                     data,
@@ -111,7 +116,7 @@ class SqliteRecordStore:
                     bool(live),
                     source if isinstance(source, str) else None,
                 )
-        except (sqlite3.Error, TypeError, ValueError) as exc:
+        except sqlite3.Error as exc:
             raise InvalidConfiguration(f"directory database {self.path} cannot be read: {exc}") from None
 
     def count(self) -> int:

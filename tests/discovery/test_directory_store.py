@@ -80,13 +80,14 @@ def test_a_tampered_row_is_refused_at_load(tmp_path: Path) -> None:
     # ... files a valid record under another node's key, and adds garbage
     db.execute("INSERT INTO records VALUES (?, ?, ?, ?, 0, NULL)", (KEYS[4].node_id.to_bytes(), other.data, NOW, NOW))
     db.execute("INSERT INTO records VALUES (?, ?, ?, ?, 0, NULL)", (b"x" * 32, b"P2PR\x01junk", NOW, NOW))
+    db.execute("INSERT INTO records VALUES (?, ?, 'soon', ?, 0, NULL)", (KEYS[5].node_id.to_bytes(), other.data, NOW))
     db.commit()
     db.close()
     d2, refused = reopen(path)
     assert [s.data for s in d2.records(NOW + 1)] == [good.data]
     assert any("bad signature" in r for r in refused)
     assert any(f"holds the record of {KEYS[3].node_id}" in r for r in refused)
-    assert len(refused) == 3
+    assert len(refused) == 4
     assert sqlite3.connect(path).execute("SELECT count(*) FROM records").fetchone()[0] == 1
 
 
