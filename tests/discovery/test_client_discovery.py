@@ -12,6 +12,8 @@ from asgi_p2p.errors import NodeNotFound
 from asgi_p2p.http import H3Server, P2PTransport
 from asgi_p2p.http.types import Receive, Scope, Send
 from asgi_p2p.identity import NodeAddr, SecretKey
+from asgi_p2p.node import Node
+from asgi_p2p.sim import Simulation
 from tests.harness import Harness
 
 
@@ -82,3 +84,22 @@ def test_a_source_that_must_dial_the_node_it_is_asked_about_does_not_recurse(net
             await client.connect_quic(directory.node_id, "asgi-p2p/directory/1")
 
     net.run(scenario)
+
+
+async def test_the_simulators_mock_dns_plugs_into_the_same_places(sim: Simulation) -> None:
+    served = await sim.serve(app, "web", name="music.sim")
+    by_name = await Node.bind(SecretKey.from_seed("mock-dns-a"), host="0.0.0.0", network=sim.host("a"))
+    by_id = await Node.bind(
+        SecretKey.from_seed("mock-dns-b"), host="0.0.0.0", network=sim.host("b"), discovery=sim.dns.client()
+    )
+    try:
+        chain = ChainedDiscovery([StaticDiscovery(), sim.dns.client()])
+        async with httpx.AsyncClient(transport=P2PTransport(by_name, discovery=chain), timeout=30) as client:
+            assert (await client.get("https://music.sim/a")).text == "hello from /a"
+        assert sim.dns.lookups == 1
+        async with httpx.AsyncClient(transport=P2PTransport(by_id), timeout=30) as client:  # the endpoint's source
+            assert (await client.get(f"https://{served.node.node_id}/b")).text == "hello from /b"
+        assert sim.dns.lookups == 2
+    finally:
+        await by_name.close()
+        await by_id.close()
