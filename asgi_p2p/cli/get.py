@@ -37,6 +37,7 @@ from ..paths.prober import PathInfo
 from ..ticket import parse_target
 from ._common import (
     add_discovery_args,
+    add_dns_args,
     add_log_args,
     add_relay_arg,
     configure_logging,
@@ -135,6 +136,7 @@ def add_get_args(p: argparse.ArgumentParser) -> None:
         "by default the relay the ticket (or directory record) names",
     )
     add_discovery_args(nat, serving=False)
+    add_dns_args(nat, serving=False)
     nat.add_argument(
         "--wait-direct",
         type=positive_float,
@@ -248,7 +250,9 @@ async def _get(args: argparse.Namespace) -> int:
         raise _Fail(EXIT_ERROR, "--mdns-interface needs --mdns")
     mdns_ifaces = mdns_interfaces(args.mdns_interface)
     directory = directory_addr(args.directory) if args.directory is not None else None
-    can_discover = directory is not None or args.mdns
+    if args.dns_server and args.dns_zone is None:
+        raise _Fail(EXIT_ERROR, "--dns-server needs --dns-zone")
+    can_discover = directory is not None or args.mdns or args.dns_zone is not None
     addr, name, path = _parse_target_or_name(args.target, can_discover)
     if args.addr:
         if addr is None:
@@ -259,7 +263,7 @@ async def _get(args: argparse.Namespace) -> int:
         assert addr is not None
         raise NodeNotFound(
             f"no address known for node {addr.node_id}; use its ticket (p2p1..., printed by `asgi-p2p serve`), "
-            "add --addr HOST:PORT, or look it up with --directory TICKET or --mdns"
+            "add --addr HOST:PORT, or look it up with --dns-zone ZONE, --directory TICKET or --mdns"
         )
     headers = _parse_headers(args.headers)
     body = _read_data(args.data)
@@ -281,7 +285,6 @@ async def _get(args: argparse.Namespace) -> int:
     endpoint: Endpoint | None = None
     try:
         if discover:
-            assert directory is not None or args.mdns
             near = directory if directory is not None else NodeAddr(key.node_id)
             endpoint = await bind(near, relay_opt)
             addr = await _discover(endpoint, addr, name, directory, mdns_ifaces, args)
@@ -375,7 +378,8 @@ def _parse_target_or_name(text: str, can_discover: bool) -> tuple[NodeAddr | Non
             raise original from None  # not a name either: the ticket / node id error explains it
         if not can_discover:
             raise InvalidTicket(
-                f"{head!r} is not a ticket or node id; to look it up as a name, add --directory TICKET or --mdns"
+                f"{head!r} is not a ticket or node id; to look it up as a name, "
+                "add --dns-zone ZONE, --directory TICKET or --mdns"
             ) from None
         return None, head, path if path.startswith("/") else "/" + path
     return target.addr, None, target.path
@@ -389,8 +393,15 @@ async def _discover(
     mdns_ifaces: list[str] | None,
     args: argparse.Namespace,
 ) -> NodeAddr:
-    """Resolve a node id or name: what we were given (static), then the directory, then mDNS."""
-    from ..discovery import ChainedDiscovery, DirectoryClient, Discovery, MdnsDiscovery, StaticDiscovery
+    """Resolve a node id or name: what we were given (static), then DNS, the directory, mDNS."""
+    from ..discovery import (
+        ChainedDiscovery,
+        DirectoryClient,
+        Discovery,
+        DnsDiscovery,
+        MdnsDiscovery,
+        StaticDiscovery,
+    )
 
     sources: list[Discovery] = []
     if addr is not None:
@@ -398,6 +409,13 @@ async def _discover(
     client: DirectoryClient | None = None
     mdns: MdnsDiscovery | None = None
     loop = asyncio.get_running_loop()
+    if args.dns_zone is not None:
+        offset = time.time() - loop.time()  # records carry wall-clock expiry times  # wall-clock ok (CLI edge)
+        sources.append(
+            DnsDiscovery(
+                args.dns_zone, nameservers=args.dns_server or None, clock_offset=offset, timeout=min(args.timeout, 5.0)
+            )
+        )
     if directory is not None:
         offset = time.time() - loop.time()  # records carry wall-clock expiry times  # wall-clock ok (CLI edge)
         client = DirectoryClient(endpoint, directory, clock_offset=offset, timeout=min(args.timeout, 10.0))

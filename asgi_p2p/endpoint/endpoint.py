@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import hmac
 import logging
 import random
 from collections.abc import Callable, Iterable
-from typing import Self
+from typing import Protocol, Self
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -48,12 +49,29 @@ from .resume import (
 )
 from .tls import node_certificate
 
-__all__ = ["AllowPolicy", "Endpoint"]
+__all__ = ["AllowPolicy", "Endpoint", "NodeResolver"]
 
 log = logging.getLogger("asgi_p2p.endpoint")
 
 #: Who may connect: None (anyone), a collection of node ids, or a callback.
 AllowPolicy = Iterable[NodeId] | Callable[[NodeId], bool] | None
+
+
+class NodeResolver(Protocol):
+    """What an endpoint asks for the addresses of a node it was given only by id.
+
+    Any :class:`asgi_p2p.discovery.Discovery` source fits, typically a
+    :class:`~asgi_p2p.discovery.ChainedDiscovery` (ticket, DNS, relay directory, mDNS).
+    """
+
+    async def resolve(self, node_id: NodeId) -> NodeAddr: ...
+
+
+#: node ids this task is looking up through :attr:`Endpoint.discovery` (a source that dials the
+#: very node it is asked about, e.g. a directory known by id alone, must not recurse)
+_DISCOVERING: contextvars.ContextVar[frozenset[NodeId]] = contextvars.ContextVar(
+    "asgi_p2p_discovering", default=frozenset()
+)
 
 _SMALLEST_INITIAL = 1200
 #: seconds a dial with direct addresses waits for the endpoint's relay to connect
@@ -134,6 +152,8 @@ class Endpoint:
             reset_token=self._peer_reset_token_changed,
         )
         self._relay: ManagedRelayLink | None = None
+        #: Asked for the addresses of a node dialed by id alone (see :meth:`connect_quic`); None: nobody.
+        self.discovery: NodeResolver | None = None
         self._quic_configs: dict[tuple[bool, tuple[str, ...], str | None], QuicConfiguration] = {}
         # session resumption (see resume.py): stateless tickets sealed with a key of the node
         # key, the early-data ClientHellos accepted lately, and our tickets for other nodes
@@ -157,6 +177,7 @@ class Endpoint:
         config: NetworkConfig | None = None,
         network: DatagramNetwork | None = None,
         rng: random.Random | None = None,
+        discovery: NodeResolver | None = None,
     ) -> Self:
         """Bind a socket and start serving.
 
@@ -165,9 +186,12 @@ class Endpoint:
         the handshake.  ``network`` is the datagram network (real UDP by default;
         a simulated host in tests).  ``rng`` draws path-probe ids (default: the
         system's random source; tests pass a seeded ``random.Random``).
+        ``discovery`` (also settable later as :attr:`discovery`) is asked where a
+        node dialed by id alone is.
         """
         key = secret_key if secret_key is not None else SecretKey.generate()
         ep = cls(key, config if config is not None else NetworkConfig.from_env(), allow, rng)
+        ep.discovery = discovery
         ep._alpn_filter = frozenset(alpns) if alpns is not None else None
         await ep.router.bind(network if network is not None else UdpNetwork(), host, port)
         log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
@@ -380,6 +404,26 @@ class Endpoint:
             return existing
         if node_id == self.node_id:
             raise InvalidConfiguration("cannot connect to ourselves")
+        discovered: str | None = None
+        if (
+            not node_addr.direct_addresses
+            and node_addr.relay_url is None
+            and self.discovery is not None
+            and node_id not in _DISCOVERING.get()  # a source dialing the node it is asked about
+        ):
+            token = _DISCOVERING.set(_DISCOVERING.get() | {node_id})
+            try:
+                found = await self.discovery.resolve(node_id)
+            except P2PError as exc:
+                discovered = str(exc)
+                log.info("discovery found no address for %s: %s", node_id, exc)
+            finally:
+                _DISCOVERING.reset(token)
+            if discovered is None:
+                if found.node_id == node_id:
+                    node_addr = found
+                else:
+                    discovered = f"discovery answered for node {found.node_id} instead"
         is_relay = alpn in self._relay_alpns
         relay = self._relay
         relay_usable = relay is not None and node_addr.relay_url in (None, relay.relay_url)
@@ -390,6 +434,8 @@ class Endpoint:
                     f"{'uses relay ' + relay.relay_url if relay is not None else 'has no relay'}; "
                     "bind with that relay_url or pass direct addresses"
                 )
+            if discovered is not None:
+                raise NodeNotFound(f"no address known for node {node_id}: {discovered}")
             raise NodeNotFound(f"no address known for node {node_id}; pass a NodeAddr or ticket with addresses")
         if not node_addr.direct_addresses and relay is not None and not relay.connected:
             await relay.wait_connected(self.config.connect_timeout)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
@@ -37,11 +37,13 @@ __all__ = [
     "RESOLVED_CACHE_SIZE",
     "ClientConnection",
     "ClientStream",
+    "NameDiscovery",
     "P2PTransport",
     "PeerGoingAway",
     "Resolver",
     "SyncP2PTransport",
     "connect_h3",
+    "discovery_resolver",
     "register_client",
 ]
 
@@ -465,6 +467,28 @@ class _ResponseStream(httpx.AsyncByteStream):
 #: Turns a URL host (a node id or a name) into a :class:`NodeAddr` (see :class:`P2PTransport`).
 Resolver = Callable[[str], Awaitable[NodeAddr]]
 
+
+class NameDiscovery(Protocol):
+    """A discovery source as :class:`P2PTransport` uses it (any :class:`asgi_p2p.discovery.Discovery` fits)."""
+
+    async def resolve(self, node_id: NodeId) -> NodeAddr: ...
+
+    async def resolve_name(self, name: str) -> NodeAddr: ...
+
+
+def discovery_resolver(discovery: NameDiscovery) -> Resolver:
+    """A :data:`Resolver` asking ``discovery``: a node id by :meth:`resolve`, any other host by name."""
+
+    async def resolve(host: str) -> NodeAddr:
+        try:
+            node_id = NodeId.parse(host)
+        except (InvalidNodeId, ValueError):
+            return await discovery.resolve_name(host)
+        return await discovery.resolve(node_id)
+
+    return resolve
+
+
 #: URL hosts whose resolution a :class:`P2PTransport` remembers (the oldest is forgotten first).
 RESOLVED_CACHE_SIZE = 256
 
@@ -481,12 +505,26 @@ class P2PTransport(httpx.AsyncBaseTransport):
     URL host may also be a name, e.g. ``ChainedDiscovery.resolve_name``, or the
     simulator's DNS).  The answer is remembered (for :data:`RESOLVED_CACHE_SIZE`
     hosts) until dialing it fails; a failing lookup is an ``httpx.ConnectError``.
+
+    ``discovery`` (instead of ``resolve``) is a discovery source, e.g. a
+    :class:`~asgi_p2p.discovery.ChainedDiscovery` of a ticket, DNS, the relay's
+    directory and mDNS: a bare node id is looked up with its ``resolve``, any
+    other host with its ``resolve_name``.
     """
 
-    def __init__(self, endpoint: Endpoint, *, addrs: Iterable[NodeAddr] = (), resolve: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        addrs: Iterable[NodeAddr] = (),
+        resolve: Resolver | None = None,
+        discovery: NameDiscovery | None = None,
+    ) -> None:
+        if resolve is not None and discovery is not None:
+            raise ValueError("pass resolve or discovery, not both")
         self.endpoint = endpoint
         self._addrs: dict[NodeId, NodeAddr] = {}
-        self._resolve = resolve
+        self._resolve = resolve if discovery is None else discovery_resolver(discovery)
         self._resolved: dict[str, NodeAddr] = {}
         self._handlers: set[ClientConnection] = set()
         self._closed = False
@@ -743,6 +781,7 @@ class SyncP2PTransport(httpx.BaseTransport):
     With no ``endpoint``, binds its own (``secret_key``, ``host``, ``config``)
     inside that loop and closes it in :meth:`close`.  To share an endpoint that
     already runs on a loop in another thread, pass both ``endpoint`` and ``loop``.
+    ``addrs`` and ``discovery`` are as for :class:`P2PTransport` (discovery runs on that loop).
     """
 
     def __init__(
@@ -754,6 +793,7 @@ class SyncP2PTransport(httpx.BaseTransport):
         host: str = "127.0.0.1",
         config: NetworkConfig | None = None,
         addrs: Iterable[NodeAddr] = (),
+        discovery: NameDiscovery | None = None,
     ) -> None:
         self._thread: threading.Thread | None = None
         self._owns_endpoint = endpoint is None
@@ -768,7 +808,7 @@ class SyncP2PTransport(httpx.BaseTransport):
 
         async def setup() -> tuple[Endpoint, P2PTransport]:
             ep = endpoint if endpoint is not None else await Endpoint.bind(secret_key, host=host, config=config)
-            return ep, P2PTransport(ep, addrs=addrs)
+            return ep, P2PTransport(ep, addrs=addrs, discovery=discovery)
 
         self.endpoint, self._async = self._run(setup())
 
