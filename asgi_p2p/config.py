@@ -108,6 +108,8 @@ LIMITS: dict[str, Limit | Choice] = {
     "max_handshaking": Limit(1, 1 << 20),
     "max_handshaking_per_address": Limit(1, 1 << 20),
     "max_connections_per_address": Limit(1, 1 << 20),
+    "max_connections_per_node": Limit(1, 1 << 20),
+    "handshake_rate_per_address": Limit(0, 1e6, integer=False, open_low=True, zero_is_off=True, unit="per second"),
     "handshake_timeout": _seconds(),
     "retry_token_lifetime": _seconds(),
     "stream_send_buffer": Limit(1, MAX_WINDOW, unit="bytes"),
@@ -165,6 +167,14 @@ class NetworkConfig:
     #: Most accepted connections, handshaking or established, per source address; more
     #: are refused with a reason.
     max_connections_per_address: int = 128
+    #: Most established connections with one node id (all its addresses and the relay
+    #: together); more are closed after their handshake with a reason.
+    max_connections_per_node: int = 16
+    #: New handshakes accepted per second per source address (as ``max_handshaking_per_address``
+    #: counts sources), with bursts of twice that; an address over it gets a Retry, or, once
+    #: validated, a refusal with a reason (0 = off).  Validated and unvalidated Initials have
+    #: separate budgets, so packets spoofing an address cannot use up its real owner's.
+    handshake_rate_per_address: float = 32.0
     #: Seconds an accepted connection may take to complete its handshake; then it is
     #: dropped and its slot freed.
     handshake_timeout: float = 10.0
