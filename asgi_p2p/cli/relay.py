@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidConfiguration, P2PError
-from . import _common
+from . import _common, _ops
 from ._common import LOG_LEVELS, configure_logging, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -140,6 +140,7 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
+    _ops.add_metrics_args(p)
 
 
 #: The flag each RelayLimits field comes from (bursts are twice the rate; both queue
@@ -164,6 +165,7 @@ def run_relay(args: argparse.Namespace) -> int:
     from ..relay.server import relay_config
 
     configure_logging(args.log_level)
+    _ops.check_metrics_args(args)
     try:
         limits = RelayLimits(
             max_clients=args.limit_clients,
@@ -227,7 +229,9 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             directory=directory,
             clock_offset=clock_offset,
         )
+        metrics = None
         try:
+            metrics = await _ops.start_metrics(args, relay=server)
             url = server.url
             if args.public_host:
                 url = RelayUrl(url.node_id, args.public_host, url.port)
@@ -263,4 +267,6 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             )
             return 0
         finally:
+            if metrics is not None:
+                await metrics.close()
             await server.close()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import NetworkConfig
 from ..errors import InvalidConfiguration, InvalidNodeId, P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
-from . import _common
+from . import _common, _ops
 from ._common import LOG_LEVELS, configure_logging, describe_error, positive_float, positive_int, seconds_or_off
 
 if TYPE_CHECKING:
@@ -101,8 +101,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="largest UDP payload QUIC sends (default 1200; larger is faster where paths carry it)",
     )
+    _ops.add_peer_limit_args(p)
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
     p.add_argument("--ticket-file", type=Path, metavar="PATH", help="write the ticket to PATH once serving")
+    _ops.add_metrics_args(p)
     nat = p.add_argument_group("NAT traversal and discovery (nothing is published anywhere unless asked)")
     _common.add_relay_arg(
         nat,
@@ -225,6 +227,7 @@ def run_serve(args: argparse.Namespace) -> int:
     config = NetworkConfig.from_env(**overrides)
     allow = _allow_list(args)
     _check_discovery_args(args)
+    _ops.check_metrics_args(args)
     key = _common.secret_key(args)
     try:
         app = import_app(args.app, factory=args.factory, app_dir=args.app_dir)
@@ -281,6 +284,7 @@ async def _serve(
             key, host=args.host, port=args.port, allow=allow, config=config, relay_url=args.relay_url
         )
         published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)
+        metrics = None
         try:
             server_kwargs: dict[str, Any] = {
                 "root_path": args.root_path,
@@ -293,7 +297,8 @@ async def _serve(
             for name in ("request_header_timeout", "request_body_timeout"):
                 if getattr(args, name) is not None:
                     server_kwargs[name] = getattr(args, name)
-            server = H3Server(app, endpoint, **server_kwargs)
+            server = H3Server(app, endpoint, **server_kwargs, **_ops.peer_limit_kwargs(args))
+            metrics = await _ops.start_metrics(args, endpoint=endpoint, http=server)
             starting = asyncio.ensure_future(server.startup())
             stopping = asyncio.ensure_future(stop.wait())
             await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -333,6 +338,8 @@ async def _serve(
             log.info("stopped")
             return 0
         finally:
+            if metrics is not None:
+                await metrics.close()
             for source in reversed(published):
                 await _unpublish(source)
             await endpoint.close()

@@ -227,6 +227,11 @@ class Endpoint:
         return self.router.relay_errors
 
     @property
+    def closing(self) -> bool:
+        """True once :meth:`close` started (the endpoint takes no new connections)."""
+        return self._closing
+
+    @property
     def connections(self) -> list[PeerConnection]:
         return [c for c in self._connections if c.is_connected]
 

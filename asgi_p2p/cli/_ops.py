@@ -1,0 +1,106 @@
+"""``--metrics HOST:PORT`` and ``--metrics-allow-public``, shared by the commands that run a node.
+
+A command adds the flags with :func:`add_metrics_args` and, once its node (and server)
+exist, starts the listener with :func:`start_metrics` (None without ``--metrics``)::
+
+    metrics = await _metrics.start_metrics(args, endpoint=node, http=server)
+    ...
+    if metrics is not None:
+        await metrics.close()
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..config import Limit
+from ..errors import InvalidConfiguration
+
+if TYPE_CHECKING:
+    from ..ops.server import MetricsServer
+
+__all__ = ["add_metrics_args", "add_peer_limit_args", "check_metrics_args", "peer_limit_kwargs", "start_metrics"]
+
+
+def add_metrics_args(p: argparse.ArgumentParser | Any) -> None:
+    """Add ``--metrics`` and ``--metrics-allow-public`` to a parser (or an argument group)."""
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, with /healthz and /readyz "
+        "(e.g. 127.0.0.1:9464; off by default; loopback only unless --metrics-allow-public)",
+    )
+    p.add_argument(
+        "--metrics-allow-public",
+        action="store_true",
+        help="let --metrics listen on a non-loopback address (firewall it: metrics describe your traffic)",
+    )
+
+
+def check_metrics_args(args: argparse.Namespace) -> None:
+    """Refuse a bad ``--metrics`` before anything starts (raises InvalidConfiguration)."""
+    if args.metrics is not None:
+        from ..ops.server import parse_listen_address
+
+        parse_listen_address(args.metrics, allow_public=args.metrics_allow_public)
+
+
+async def start_metrics(args: argparse.Namespace, **targets: Any) -> MetricsServer | None:
+    """Start the metrics listener for ``targets`` (``endpoint=``, ``http=``, ``relay=``) if ``--metrics``."""
+    if args.metrics is None:
+        return None
+    from ..ops.server import start_metrics_server
+
+    return await start_metrics_server(args.metrics, allow_public=args.metrics_allow_public, **targets)
+
+
+def _limit_or_off(limit: Limit, name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value: float = int(text) if limit.integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {limit.describe()}, got {text!r}") from None
+        try:
+            limit.check(name, value)
+        except InvalidConfiguration as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
+
+
+def add_peer_limit_args(p: argparse.ArgumentParser | Any) -> None:
+    """Add ``--limit-peer-rate`` and ``--limit-peer-concurrency`` (HTTP requests per node id)."""
+    from ..http.server import (
+        DEFAULT_LIMIT_PEER_CONCURRENCY,
+        DEFAULT_LIMIT_PEER_RATE,
+        PEER_CONCURRENCY_LIMIT,
+        PEER_RATE_LIMIT,
+    )
+
+    p.add_argument(
+        "--limit-peer-rate",
+        type=_limit_or_off(PEER_RATE_LIMIT, "--limit-peer-rate"),
+        metavar="N",
+        help=f"requests one peer (node id) may start per second, bursts of twice that; more are answered 429 "
+        f"with retry-after (default: {DEFAULT_LIMIT_PEER_RATE:g}; 0: off)",
+    )
+    p.add_argument(
+        "--limit-peer-concurrency",
+        type=_limit_or_off(PEER_CONCURRENCY_LIMIT, "--limit-peer-concurrency"),
+        metavar="N",
+        help=f"requests and WebSockets one peer may have in flight; more are answered 429 "
+        f"(default: {DEFAULT_LIMIT_PEER_CONCURRENCY}; 0: off)",
+    )
+
+
+def peer_limit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The H3Server keyword arguments the per-peer limit flags set (none when not given)."""
+    kwargs: dict[str, Any] = {}
+    if args.limit_peer_rate is not None:
+        kwargs["limit_peer_rate"] = args.limit_peer_rate
+    if args.limit_peer_concurrency is not None:
+        kwargs["limit_peer_concurrency"] = int(args.limit_peer_concurrency)
+    return kwargs
