@@ -125,6 +125,16 @@ LIMITS: dict[str, Limit | Choice] = {
     "accept_queue_size": Limit(1, 1 << 16),
     "punch_ttl": Limit(0, 255),
 }
+#: Default HTTP requests per second one peer (node id) may start, with bursts of twice that
+#: (``H3Server(limit_peer_rate=...)``, ``serve --limit-peer-rate``).
+DEFAULT_LIMIT_PEER_RATE = 200.0
+#: Default HTTP requests (and WebSockets) one peer may have in flight at once
+#: (``H3Server(limit_peer_concurrency=...)``, ``serve --limit-peer-concurrency``).
+DEFAULT_LIMIT_PEER_CONCURRENCY = 100
+#: The allowed values of ``limit_peer_rate`` and ``limit_peer_concurrency`` (0 or None: off).
+PEER_RATE_LIMIT = Limit(0, 1e6, integer=False, open_low=True, zero_is_off=True, unit="requests per second")
+PEER_CONCURRENCY_LIMIT = Limit(1, 1 << 20, zero_is_off=True, unit="requests")
+
 #: Auto-tuned sizes: starting value -> the ceiling it may grow to (never below it).
 CEILINGS: dict[str, str] = {
     "stream_send_buffer": "max_stream_send_buffer",

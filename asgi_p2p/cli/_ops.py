@@ -15,7 +15,13 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..config import Limit
+from ..config import (
+    DEFAULT_LIMIT_PEER_CONCURRENCY,
+    DEFAULT_LIMIT_PEER_RATE,
+    PEER_CONCURRENCY_LIMIT,
+    PEER_RATE_LIMIT,
+    Limit,
+)
 from ..errors import InvalidConfiguration
 
 if TYPE_CHECKING:
@@ -73,13 +79,6 @@ def _limit_or_off(limit: Limit, name: str) -> Callable[[str], float]:
 
 def add_peer_limit_args(p: argparse.ArgumentParser | Any) -> None:
     """Add ``--limit-peer-rate`` and ``--limit-peer-concurrency`` (HTTP requests per node id)."""
-    from ..http.server import (
-        DEFAULT_LIMIT_PEER_CONCURRENCY,
-        DEFAULT_LIMIT_PEER_RATE,
-        PEER_CONCURRENCY_LIMIT,
-        PEER_RATE_LIMIT,
-    )
-
     p.add_argument(
         "--limit-peer-rate",
         type=_limit_or_off(PEER_RATE_LIMIT, "--limit-peer-rate"),

@@ -23,7 +23,14 @@ from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
 
 from .. import aioquic_compat as hooks
-from ..config import MAX_SECONDS, Limit
+from ..config import (
+    DEFAULT_LIMIT_PEER_CONCURRENCY,
+    DEFAULT_LIMIT_PEER_RATE,
+    MAX_SECONDS,
+    PEER_CONCURRENCY_LIMIT,
+    PEER_RATE_LIMIT,
+    Limit,
+)
 from ..endpoint.connection import PeerConnection
 from ..endpoint.endpoint import Endpoint
 from ..errors import ConnectionClosed, InvalidConfiguration
@@ -66,13 +73,6 @@ DEFAULT_REQUEST_HEADER_TIMEOUT = 10.0
 DEFAULT_REQUEST_BODY_TIMEOUT = 60.0
 _TIMEOUT = Limit(0, MAX_SECONDS, integer=False, open_low=True, zero_is_off=True, unit="seconds")
 REQUEST_TIMEOUT = Rejection(408, "Request Timeout")
-#: Default requests per second one peer (node id) may start, with bursts of twice that.
-DEFAULT_LIMIT_PEER_RATE = 200.0
-#: Default requests (and WebSockets) one peer may have in flight at once.
-DEFAULT_LIMIT_PEER_CONCURRENCY = 100
-#: The allowed values of ``limit_peer_rate`` and ``limit_peer_concurrency`` (0 or None: off).
-PEER_RATE_LIMIT = Limit(0, 1e6, integer=False, open_low=True, zero_is_off=True, unit="requests per second")
-PEER_CONCURRENCY_LIMIT = Limit(1, 1 << 20, zero_is_off=True, unit="requests")
 #: peers whose request rate is remembered (least recently used forgotten first)
 _MAX_RATE_PEERS = 8192
 #: seconds between two log lines about peers answered 429 (a flood logs a count, not a line each)

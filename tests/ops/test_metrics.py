@@ -54,6 +54,7 @@ async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     if scope["path"] == "/wait":
+        scope["state"]["arrived"].put_nowait(None)
         await scope["state"]["release"].wait()
     status = 404 if scope["path"] == "/missing" else 200
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
@@ -66,6 +67,7 @@ async def startup_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()
         await startup_app.go.wait()  # type: ignore[attr-defined]
         scope["state"]["release"] = asyncio.Event()
+        scope["state"]["arrived"] = asyncio.Queue()
         await send({"type": "lifespan.startup.complete"})
         await receive()
         await send({"type": "lifespan.shutdown.complete"})
@@ -255,8 +257,11 @@ async def test_429_per_peer_concurrency_other_peers_still_served(nodes: tuple[No
             clients.append(httpx.AsyncClient(transport=transport))
         base = f"https://{server_node.node_id}"
         waiting = [asyncio.ensure_future(clients[0].get(f"{base}/wait")) for _ in range(2)]
-        while server.peer_requests.get(client_node.node_id, 0) < 2:
-            await asyncio.sleep(0.01)
+        arrived: asyncio.Queue[None] = server.lifespan.state["arrived"]
+        async with asyncio.timeout(10):
+            for _ in waiting:
+                await arrived.get()
+        assert server.peer_requests[client_node.node_id] == 2
         third = await clients[0].get(f"{base}/")
         assert third.status_code == 429 and third.headers["retry-after"] == "1"
         assert (await clients[1].get(f"{base}/")).status_code == 200  # another peer is not limited
@@ -296,7 +301,7 @@ def test_listen_address_is_loopback_unless_allowed() -> None:
     assert parse_listen_address("[::1]:9464") == ("::1", 9464)
     assert parse_listen_address("localhost:0") == ("localhost", 0)
     for public in ("0.0.0.0:9464", "192.0.2.1:9464", "[::]:9464", "example.com:9464"):
-        with pytest.raises(InvalidConfiguration, match="not a loopback address.*--metrics-allow-public"):
+        with pytest.raises(InvalidConfiguration, match=r"not a loopback address.*--metrics-allow-public"):
             parse_listen_address(public)
     assert parse_listen_address("0.0.0.0:9464", allow_public=True) == ("0.0.0.0", 9464)
     for bad, why in (
@@ -352,5 +357,3 @@ def test_limit_values_are_validated() -> None:
         NetworkConfig(max_connections_per_node=0)
     with pytest.raises(InvalidConfiguration, match="handshake_rate_per_address must be"):
         NetworkConfig(handshake_rate_per_address=float("inf"))
-
-
