@@ -90,6 +90,7 @@ def test_relay_metrics(tmp_path: Path, cli: Cli) -> None:
         base = metrics_url(err_path.read_text())
         assert fetch(f"{base}/readyz") == (200, "ok socket bound\n")
         status, text = fetch(f"{base}/metrics")
+        assert status == 200
         s = samples(text)
         assert s[("asgi_p2p_relay_clients", frozenset())] == 0
         assert s[("asgi_p2p_relay_forwarded_packets_total", frozenset())] == 0
