@@ -307,8 +307,11 @@ class HttpMetrics:
             ["status"],
             registry=registry,
         )
+        # present (at 0) before the first event, so that rates and alerts see a series
         for status in ("413", "429", "431", "503"):
-            self.refusals.labels(status)  # present (at 0) before the first refusal
+            self.refusals.labels(status)
+        for outcome in ("accepted", "denied"):
+            self.websockets.labels(outcome)
         # label children by (method, status) and method: .labels() costs a lock and a lookup
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
