@@ -127,7 +127,7 @@ LIMITS: dict[str, Limit | Choice] = {
 }
 #: Default HTTP requests per second one peer (node id) may start, with bursts of twice that
 #: (``H3Server(limit_peer_rate=...)``, ``serve --limit-peer-rate``).
-DEFAULT_LIMIT_PEER_RATE = 200.0
+DEFAULT_LIMIT_PEER_RATE = 500.0
 #: Default HTTP requests (and WebSockets) one peer may have in flight at once
 #: (``H3Server(limit_peer_concurrency=...)``, ``serve --limit-peer-concurrency``).
 DEFAULT_LIMIT_PEER_CONCURRENCY = 100
