@@ -19,11 +19,20 @@ and statuses): a node id is never a label.  ``docs/ops/README.md`` lists every m
 
 from __future__ import annotations
 
+import bisect
+import collections
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from ..relay.client import RelayClient
@@ -271,50 +280,27 @@ class RelayServerCollector(Collector):
             yield answered
 
 
-class HttpMetrics:
+class HttpMetrics(Collector):
     """Requests of an :class:`~asgi_p2p.http.H3Server`: counts, latency, in flight, refusals.
 
-    A :class:`~asgi_p2p.http.observe.RequestObserver`; :meth:`observe` attaches it to a server.
+    A :class:`~asgi_p2p.http.observe.RequestObserver` (:meth:`observe` attaches it to a
+    server) and a collector: each request costs a few integer increments and one bisect
+    into the latency buckets; the metric families are built when Prometheus scrapes.
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "asgi_p2p_http_requests",
-            "HTTP requests the application answered, by method and status (none: cut before a response)",
-            ["method", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "asgi_p2p_http_request_duration_seconds",
-            "Seconds from a request reaching the application to the end of its task, by method",
-            ["method"],
-            buckets=HTTP_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.in_flight = Gauge("asgi_p2p_http_requests_in_flight", "HTTP requests in flight", registry=registry)
-        self.websockets_in_flight = Gauge(
-            "asgi_p2p_http_websockets_in_flight", "WebSocket sessions in flight", registry=registry
-        )
-        self.websockets = Counter(
-            "asgi_p2p_http_websockets",
-            "WebSocket sessions that ended, by the application's answer",
-            ["outcome"],
-            registry=registry,
-        )
-        self.refusals = Counter(
-            "asgi_p2p_http_refusals",
-            "Requests answered without the application (413, 429, 431, 503, ...), by status",
-            ["status"],
-            registry=registry,
-        )
-        # present (at 0) before the first event, so that rates and alerts see a series
-        for status in ("413", "429", "431", "503"):
-            self.refusals.labels(status)
-        for outcome in ("accepted", "denied"):
-            self.websockets.labels(outcome)
-        # label children by (method, status) and method: .labels() costs a lock and a lookup
-        self._request_children: dict[tuple[str, int], Counter] = {}
-        self._latency_children: dict[str, Histogram] = {}
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        #: (method, status) -> requests answered
+        self.requests: collections.Counter[tuple[str, int]] = collections.Counter()
+        #: method -> [count per latency bucket (the last: above every bound)], sum of seconds
+        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+        self.in_flight = 0
+        self.websockets_in_flight = 0
+        #: "accepted" / "denied" -> WebSocket sessions that ended
+        self.websockets: collections.Counter[str] = collections.Counter()
+        #: status -> requests answered without the application
+        self.refusals: collections.Counter[int] = collections.Counter()
+        if registry is not None:
+            registry.register(self)
 
     def observe(self, server: H3Server) -> HttpMetrics:
         """Report ``server``'s requests here from now on."""
@@ -324,28 +310,72 @@ class HttpMetrics:
     # -- RequestObserver ------------------------------------------------------------
 
     def request_started(self, kind: str) -> None:
-        (self.websockets_in_flight if kind == "websocket" else self.in_flight).inc()
+        if kind == "websocket":
+            self.websockets_in_flight += 1
+        else:
+            self.in_flight += 1
 
     def request_finished(self, kind: str, method: str, status: int, seconds: float) -> None:
         if kind == "websocket":
-            self.websockets_in_flight.dec()
-            self.websockets.labels("accepted" if status == 200 else "denied").inc()
+            self.websockets_in_flight -= 1
+            self.websockets["accepted" if status == 200 else "denied"] += 1
             return
-        self.in_flight.dec()
+        self.in_flight -= 1
         if method not in HTTP_METHODS:
             method = "other"
-        key = (method, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(method, str(status) if status else "none")
-        child.inc()
-        latency = self._latency_children.get(method)
+        self.requests[method, status] += 1
+        latency = self._latency.get(method)
         if latency is None:
-            latency = self._latency_children[method] = self.latency.labels(method)
-        latency.observe(seconds)
+            latency = self._latency[method] = ([0] * (len(HTTP_LATENCY_BUCKETS) + 1), [0.0])
+        latency[0][bisect.bisect_left(HTTP_LATENCY_BUCKETS, seconds)] += 1
+        latency[1][0] += seconds
 
     def request_refused(self, status: int) -> None:
-        self.refusals.labels(str(status)).inc()
+        self.refusals[status] += 1
+
+    # -- Collector ----------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        requests = _counter(
+            "asgi_p2p_http_requests",
+            "HTTP requests the application answered, by method and status (none: cut before a response)",
+            ["method", "status"],
+        )
+        for (method, status), n in sorted(self.requests.items()):
+            requests.add_metric([method, str(status) if status else "none"], n)
+        yield requests
+        latency = HistogramMetricFamily(
+            "asgi_p2p_http_request_duration_seconds",
+            "Seconds from a request reaching the application to the end of its task, by method",
+            labels=["method"],
+        )
+        for method, (counts, total) in sorted(self._latency.items()):
+            cumulative = list(itertools.accumulate(counts))
+            buckets = [(f"{b:g}", float(c)) for b, c in zip(HTTP_LATENCY_BUCKETS, cumulative, strict=False)]
+            buckets.append(("+Inf", float(cumulative[-1])))
+            latency.add_metric([method], buckets, sum_value=total[0])
+        yield latency
+        in_flight = _gauge("asgi_p2p_http_requests_in_flight", "HTTP requests in flight")
+        in_flight.add_metric([], self.in_flight)
+        yield in_flight
+        ws_in_flight = _gauge("asgi_p2p_http_websockets_in_flight", "WebSocket sessions in flight")
+        ws_in_flight.add_metric([], self.websockets_in_flight)
+        yield ws_in_flight
+        websockets = _counter(
+            "asgi_p2p_http_websockets", "WebSocket sessions that ended, by the application's answer", ["outcome"]
+        )
+        for outcome in ("accepted", "denied"):
+            websockets.add_metric([outcome], self.websockets[outcome])
+        yield websockets
+        refusals = _counter(
+            "asgi_p2p_http_refusals",
+            "Requests answered without the application (413, 429, 431, 503, ...), by status",
+            ["status"],
+        )
+        # present (at 0) before the first refusal, so that rates and alerts see a series
+        for status in sorted({413, 429, 431, 503, *self.refusals}):
+            refusals.add_metric([str(status)], self.refusals[status])
+        yield refusals
 
 
 class HttpServerCollector(Collector):
