@@ -542,15 +542,6 @@ class ServerConnection:
             peers[self.peer] = left
         else:
             peers.pop(self.peer, None)
-        started = self._started_at.pop(sid, None)
-        if started is not None and server.observer is not None:
-            if isinstance(exchange, WebSocketExchange):
-                status = 200 if exchange.handshake is Handshake.ACCEPTED else 403
-            else:
-                status = getattr(exchange, "status", 0)
-            server.observer.request_finished(
-                exchange.kind, exchange.scope["method"], status, self.loop.time() - started
-            )
         if self.streams.get(sid) is exchange:
             del self.streams[sid]
         self.conn.forget_stream(sid)
@@ -558,6 +549,16 @@ class ServerConnection:
             self._unflushed.add(sid)
             if len(self._unflushed) > 64:
                 self._unflushed = {s for s in self._unflushed if hooks.unacked_bytes(self.conn.quic, s)}
+        started = self._started_at.pop(sid, None)
+        observer = server.observer
+        if started is not None and observer is not None:
+            if isinstance(exchange, WebSocketExchange):
+                status = 200 if exchange.handshake is Handshake.ACCEPTED else 403
+                method = "GET"
+            else:
+                status = getattr(exchange, "status", 0)
+                method = exchange.scope["method"]
+            observer.request_finished(exchange.kind, method, status, self.loop.time() - started)
 
     # -- shutdown ---------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asgi_p2p import NetworkConfig, Node, SecretKey
 from asgi_p2p.errors import InvalidConfiguration, P2PError
-from asgi_p2p.http import H3Server, P2PTransport
+from asgi_p2p.http import H3Server, P2PTransport, WebSocketRejected, websocket_connect
 from asgi_p2p.identity import NodeAddr
 from asgi_p2p.ops import start_metrics_server
 from asgi_p2p.ops.server import MetricsServer, parse_listen_address
@@ -53,6 +53,17 @@ async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        if scope["path"] == "/deny":
+            await send({"type": "websocket.close"})
+            return
+        await send({"type": "websocket.accept"})
+        scope["state"]["arrived"].put_nowait(None)
+        message = await receive()
+        await send({"type": "websocket.send", "text": message["text"]})
+        await receive()  # websocket.disconnect
+        return
     if scope["path"] == "/wait":
         scope["state"]["arrived"].put_nowait(None)
         await scope["state"]["release"].wait()
@@ -357,3 +368,40 @@ def test_limit_values_are_validated() -> None:
         NetworkConfig(max_connections_per_node=0)
     with pytest.raises(InvalidConfiguration, match="handshake_rate_per_address must be"):
         NetworkConfig(handshake_rate_per_address=float("inf"))
+
+
+async def test_websockets_in_flight_and_body_refusals_are_counted(nodes: tuple[Node, Node]) -> None:
+    server_node, client_node = nodes
+    startup_app.go = asyncio.Event()  # type: ignore[attr-defined]
+    startup_app.go.set()  # type: ignore[attr-defined]
+    server = H3Server(startup_app, server_node, max_body_size=1000)
+    metrics = await start_metrics_server("127.0.0.1:0", endpoint=server_node, http=server)
+    try:
+        await server.startup()
+        arrived: asyncio.Queue[None] = server.lifespan.state["arrived"]
+        addr = server_node.node_addr()
+        async with websocket_connect(client_node, addr, "/chat") as ws:
+            await asyncio.wait_for(arrived.get(), 10)
+            s = await scrape(metrics)
+            assert value(s, "asgi_p2p_http_websockets_in_flight") == 1
+            assert value(s, "asgi_p2p_http_requests_in_flight") == 0
+            await ws.send("echo")
+            assert await ws.receive() == "echo"
+        with pytest.raises(WebSocketRejected):
+            async with websocket_connect(client_node, addr, "/deny"):
+                pass
+        transport = P2PTransport(client_node)
+        transport.add_addr(addr)
+        async with httpx.AsyncClient(transport=transport) as client:
+            r = await client.post(f"https://{server_node.node_id}/", content=b"x" * 5000)
+            assert r.status_code == 413
+        async with asyncio.timeout(10):
+            while (s := await scrape(metrics))[("asgi_p2p_http_websockets_in_flight", frozenset())]:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # the session's task ends just after the client saw the close
+        assert value(s, "asgi_p2p_http_websockets_total", outcome="accepted") == 1
+        assert value(s, "asgi_p2p_http_websockets_total", outcome="denied") == 1
+        assert value(s, "asgi_p2p_http_refusals_total", status="413") == 1
+        assert value(s, "asgi_p2p_http_refusals_total", status="431") == 0
+    finally:
+        await server.shutdown()
+        await metrics.close()
