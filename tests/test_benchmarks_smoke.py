@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -365,3 +366,34 @@ def test_http_benchmark_interleaves_rounds_and_reports_client_cpu() -> None:
         assert all(len(c.split(", ")) == 2 for c in cells), row  # one value per round
     # the probed row names the sizes its connection used (16384 on loopback once probed)
     assert "16384, probed) |" in out, out
+
+
+def test_http_benchmark_metrics_overhead_rows() -> None:
+    """benchmarks/http.py --metrics-overhead: the same asgi-p2p row with metrics off and on
+    (the listener scraped while it runs), and their per-round ratios."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "http.py"),
+            "--metrics-overhead",
+            "--repeat",
+            "2",
+            "--requests",
+            "40",
+            "--concurrency",
+            "4",
+            "--big-mib",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    medians, _ = out.split("Every run (in round order):")
+    assert "| asgi-p2p h3, asgi-p2p client (datagram 1200) |" in medians, out
+    assert re.search(r"\| asgi-p2p h3, asgi-p2p client \(datagram 1200\), metrics on \([1-9]\d* scrapes\) \|", medians)
+    assert "metrics on (scraped every 5 s) / metrics off" in out
+    assert re.search(r"- server CPU per request, 4 concurrent: [\d.]+x \(per run: [\d.]+, [\d.]+\)", out), out
