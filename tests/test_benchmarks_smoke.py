@@ -397,3 +397,19 @@ def test_http_benchmark_metrics_overhead_rows() -> None:
     assert re.search(r"\| asgi-p2p h3, asgi-p2p client \(datagram 1200\), metrics on \([1-9]\d* scrapes\) \|", medians)
     assert "metrics on (scraped every 5 s) / metrics off" in out
     assert re.search(r"- server CPU per request, 4 concurrent: [\d.]+x \(per run: [\d.]+, [\d.]+\)", out), out
+
+
+def test_metrics_overhead_benchmark_prints_both_rows_and_a_scrape() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "metrics_overhead.py"), "--pairs", "2", "--block", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.startswith("Machine: "), out
+    assert re.search(r"\| metrics on \| [\d.]+ \| \d+, \d+ \|", out), out
+    assert re.search(r"\| metrics off \| [\d.]+ \| \d+, \d+ \|", out), out
+    assert re.search(r"One scrape of /metrics .*: [\d.]+ ms", out), out
