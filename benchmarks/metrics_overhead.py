@@ -177,6 +177,7 @@ def count_instructions() -> int:
     if shutil.which("valgrind") is None:
         print("--instructions needs valgrind on PATH", file=sys.stderr)
         return 2
+    machine = machine_description()  # the load average at the start
     per: dict[str, float] = {}
     for mode in ("off", "on"):
         counts = []
@@ -205,7 +206,7 @@ def count_instructions() -> int:
             counts.append(int(found[-1].replace(",", "")))
             print(f"# metrics {mode}, {n} requests: {counts[-1]:,} server instructions", file=sys.stderr)
         per[mode] = (counts[1] - counts[0]) / (_LARGE - _SMALL)
-    print(f"Machine: {machine_description()}")
+    print(f"Machine: {machine}")
     print(
         f"Server instructions per small GET (valgrind cachegrind; ({_LARGE} - {_SMALL} requests) difference; "
         "10 concurrent; the server process alone):\n"
