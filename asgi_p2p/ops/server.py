@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -128,7 +129,8 @@ class MetricsServer:
         try:
             self._server = await asyncio.start_server(self._connected, host, port, limit=MAX_REQUEST_HEAD)
         except OSError as exc:
-            raise InvalidConfiguration(f"--metrics: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise InvalidConfiguration(f"--metrics: cannot listen on {host}:{port}: {why}") from None
 
     @property
     def address(self) -> tuple[str, int]:
