@@ -353,7 +353,9 @@ async def test_listener_answers_bad_requests_and_refuses_other_methods(nodes: tu
 async def test_port_in_use_is_a_clear_error(nodes: tuple[Node, Node]) -> None:
     first = await start_metrics_server("127.0.0.1:0", endpoint=nodes[0])
     try:
-        with pytest.raises(InvalidConfiguration, match=f"cannot listen on 127.0.0.1:{first.address[1]}: Address already in use"):
+        with pytest.raises(
+            InvalidConfiguration, match=f"cannot listen on 127.0.0.1:{first.address[1]}: Address already in use"
+        ):
             await start_metrics_server(f"127.0.0.1:{first.address[1]}", endpoint=nodes[0])
     finally:
         await first.close()
