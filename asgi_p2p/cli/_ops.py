@@ -18,16 +18,26 @@ from typing import TYPE_CHECKING, Any
 from ..config import (
     DEFAULT_LIMIT_PEER_CONCURRENCY,
     DEFAULT_LIMIT_PEER_RATE,
+    LIMITS,
     PEER_CONCURRENCY_LIMIT,
     PEER_RATE_LIMIT,
     Limit,
+    NetworkConfig,
 )
 from ..errors import InvalidConfiguration
 
 if TYPE_CHECKING:
     from ..ops.server import MetricsServer
 
-__all__ = ["add_metrics_args", "add_peer_limit_args", "check_metrics_args", "peer_limit_kwargs", "start_metrics"]
+__all__ = [
+    "add_connection_limit_args",
+    "add_metrics_args",
+    "add_peer_limit_args",
+    "check_metrics_args",
+    "connection_limit_overrides",
+    "peer_limit_kwargs",
+    "start_metrics",
+]
 
 
 def add_metrics_args(p: argparse.ArgumentParser | Any) -> None:
@@ -103,3 +113,31 @@ def peer_limit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.limit_peer_concurrency is not None:
         kwargs["limit_peer_concurrency"] = int(args.limit_peer_concurrency)
     return kwargs
+
+
+#: NetworkConfig fields with a flag of the same name (``--max-connections-per-node``)
+_CONNECTION_LIMITS = {
+    "max_connections_per_node": "established connections one node id may have; more are closed after the handshake",
+    "handshake_rate_per_address": "new handshakes accepted per second per source address, bursts of twice that; "
+    "beyond it a Retry, then a refusal",
+}
+
+
+def add_connection_limit_args(p: argparse.ArgumentParser | Any) -> None:
+    """Add ``--max-connections-per-node`` and ``--handshake-rate-per-address`` (NetworkConfig fields)."""
+    for name, what in _CONNECTION_LIMITS.items():
+        limit = LIMITS[name]
+        assert isinstance(limit, Limit)
+        default = NetworkConfig.__dataclass_fields__[name].default
+        off = "; 0: off" if limit.zero_is_off else ""
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_limit_or_off(limit, "--" + name.replace("_", "-")),
+            metavar="N",
+            help=f"{what} (default: {default:g}{off})",
+        )
+
+
+def connection_limit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The NetworkConfig overrides the connection limit flags set (none when not given)."""
+    return {name: getattr(args, name) for name in _CONNECTION_LIMITS if getattr(args, name, None) is not None}

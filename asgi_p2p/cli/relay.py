@@ -140,6 +140,7 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
+    _ops.add_connection_limit_args(p)
     _ops.add_metrics_args(p)
 
 
@@ -187,7 +188,7 @@ def run_relay(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size
-    config = relay_config(args.limit_clients, **overrides)
+    config = relay_config(args.limit_clients, **overrides, **_ops.connection_limit_overrides(args))
     key = _common.secret_key(args)
     try:
         return asyncio.run(_relay(key, limits, config, args))

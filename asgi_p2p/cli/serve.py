@@ -102,6 +102,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         help="largest UDP payload QUIC sends (default 1200; larger is faster where paths carry it)",
     )
     _ops.add_peer_limit_args(p)
+    _ops.add_connection_limit_args(p)
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
     p.add_argument("--ticket-file", type=Path, metavar="PATH", help="write the ticket to PATH once serving")
     _ops.add_metrics_args(p)
@@ -224,7 +225,7 @@ def run_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size
-    config = NetworkConfig.from_env(**overrides)
+    config = NetworkConfig.from_env(**overrides, **_ops.connection_limit_overrides(args))
     allow = _allow_list(args)
     _check_discovery_args(args)
     _ops.check_metrics_args(args)

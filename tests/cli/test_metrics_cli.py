@@ -101,3 +101,28 @@ def test_relay_metrics(tmp_path: Path, cli: Cli) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_serve_handshake_rate_flag_refuses_a_third_client_and_counts_it(cli: Cli, start_server: Starter) -> None:
+    # 0.1 handshakes a second from 127.0.0.1: one without a Retry, one after it, then refusals
+    server = start_server(
+        "serve", "apps.music:app", "--ephemeral", "--handshake-rate-per-address", "0.1", "--metrics", "127.0.0.1:0"
+    )
+    ticket = server.ticket_file.read_text().strip()
+    base = metrics_url(server.stderr)
+    for _ in range(2):
+        r = cli.run("get", f"{ticket}/tracks")
+        assert r.returncode == 0, r.stderr
+    r = cli.run("get", f"{ticket}/tracks")
+    assert r.returncode != 0
+    assert "handshake_rate_per_address" in one_line_error(r.stderr)
+    s = samples(fetch(f"{base}/metrics")[1])
+    assert s[("asgi_p2p_handshake_refusals_total", frozenset({("reason", "handshake_rate_per_address")}))] == 1
+    assert s[("asgi_p2p_handshake_refusals_total", frozenset({("reason", "handshake_rate_retry")}))] == 2
+
+
+def test_connection_limit_flags_are_validated(cli: Cli) -> None:
+    r = cli.run("serve", "apps.music:app", "--ephemeral", "--max-connections-per-node", "0")
+    assert r.returncode == 2 and b"--max-connections-per-node" in r.stderr and b"1..1048576" in r.stderr
+    r = cli.run("relay", "--ephemeral", "--handshake-rate-per-address", "nan")
+    assert r.returncode == 2 and b"--handshake-rate-per-address" in r.stderr
