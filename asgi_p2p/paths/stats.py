@@ -17,9 +17,11 @@ __all__ = ["PathStats"]
 class PathStats:
     """Datagrams, path switches and disco probes of one endpoint.
 
-    ``direct`` counts every datagram of the UDP socket (the relay connection's own
-    included); ``relay`` counts the packets exchanged with peers through the relay
-    (carried inside the relay connection's datagrams).
+    ``direct`` counts every datagram the UDP socket receives, and every one the
+    connections (the relay connection's own included) and path probes send on it (the
+    endpoint's stateless answers, Retry, refusals and resets, are not counted);
+    ``relay`` counts the packets exchanged with peers through the relay (carried inside
+    the relay connection's datagrams).
     """
 
     direct_packets_sent: int = 0
