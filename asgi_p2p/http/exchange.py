@@ -351,6 +351,7 @@ class HTTPExchange(Exchange):
         self.chunks.clear()
         self.credit.unread = 0
         if not self.headers_sent:  # REQUEST (or CLOSED: reset by an overlong response body)
+            self.status = status
             self.send_plain(status, reason)
             self.state = ResponseState.RESPONSE_DONE
             self.sc.conn.stop_stream(self.sid, H3_NO_ERROR)

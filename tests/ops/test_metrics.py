@@ -64,6 +64,11 @@ async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send
         await send({"type": "websocket.send", "text": message["text"]})
         await receive()  # websocket.disconnect
         return
+    if scope["path"] == "/upload":
+        while (message := await receive())["type"] == "http.request" and message.get("more_body"):
+            pass
+        if message["type"] == "http.disconnect":  # the server refused the body (413)
+            return
     if scope["path"] == "/wait":
         scope["state"]["arrived"].put_nowait(None)
         await scope["state"]["release"].wait()
@@ -397,12 +402,20 @@ async def test_websockets_in_flight_and_body_refusals_are_counted(nodes: tuple[N
         async with httpx.AsyncClient(transport=transport) as client:
             r = await client.post(f"https://{server_node.node_id}/", content=b"x" * 5000)
             assert r.status_code == 413
+
+            async def streamed() -> AsyncIterator[bytes]:  # no content-length: the app starts reading
+                for _ in range(5):
+                    yield b"x" * 1000
+
+            r = await client.post(f"https://{server_node.node_id}/upload", content=streamed())
+            assert r.status_code == 413
         async with asyncio.timeout(10):
             while (s := await scrape(metrics))[("asgi_p2p_http_websockets_in_flight", frozenset())]:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)  # the session's task ends just after the client saw the close
         assert value(s, "asgi_p2p_http_websockets_total", outcome="accepted") == 1
         assert value(s, "asgi_p2p_http_websockets_total", outcome="denied") == 1
-        assert value(s, "asgi_p2p_http_refusals_total", status="413") == 1
+        assert value(s, "asgi_p2p_http_refusals_total", status="413") == 1  # before the app
+        assert value(s, "asgi_p2p_http_requests_total", method="POST", status="413") == 1  # while it read
         assert value(s, "asgi_p2p_http_refusals_total", status="431") == 0
     finally:
         await server.shutdown()
