@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidConfiguration, P2PError
-from . import _common
+from . import _common, _ops
 from ._common import configure_logging, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -141,6 +141,8 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
     _common.add_log_args(p)
     _common.add_config_arg(p)
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
+    _ops.add_connection_limit_args(p)
+    _ops.add_metrics_args(p)
 
 
 #: The flag each RelayLimits field comes from (bursts are twice the rate; both queue
@@ -165,6 +167,7 @@ def run_relay(args: argparse.Namespace) -> int:
     from ..relay.server import relay_config
 
     configure_logging(args.log_level, **_common.log_options(args))
+    _ops.check_metrics_args(args)
     try:
         limits = RelayLimits(
             max_clients=args.limit_clients,
@@ -187,6 +190,7 @@ def run_relay(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = dict(args.settings.network) if getattr(args, "settings", None) else {}
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size
+    overrides.update(_ops.connection_limit_overrides(args))
     config = relay_config(args.limit_clients, **overrides)
     key = _common.secret_key(args)
     try:
@@ -257,7 +261,9 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             directory=directory,
             clock_offset=clock_offset,
         )
+        metrics = None
         try:
+            metrics = await _ops.start_metrics(args, relay=server)
             url = server.url
             if args.public_host:
                 url = RelayUrl(url.node_id, args.public_host, url.port)
@@ -294,4 +300,6 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             )
             return 0
         finally:
+            if metrics is not None:
+                await metrics.close()
             await server.close()
