@@ -108,6 +108,8 @@ LIMITS: dict[str, Limit | Choice] = {
     "max_handshaking": Limit(1, 1 << 20),
     "max_handshaking_per_address": Limit(1, 1 << 20),
     "max_connections_per_address": Limit(1, 1 << 20),
+    "max_connections_per_node": Limit(1, 1 << 20),
+    "handshake_rate_per_address": Limit(0, 1e6, integer=False, open_low=True, zero_is_off=True, unit="per second"),
     "handshake_timeout": _seconds(),
     "retry_token_lifetime": _seconds(),
     "stream_send_buffer": Limit(1, MAX_WINDOW, unit="bytes"),
@@ -123,6 +125,16 @@ LIMITS: dict[str, Limit | Choice] = {
     "accept_queue_size": Limit(1, 1 << 16),
     "punch_ttl": Limit(0, 255),
 }
+#: Default HTTP requests per second one peer (node id) may start, with bursts of twice that
+#: (``H3Server(limit_peer_rate=...)``, ``serve --limit-peer-rate``).
+DEFAULT_LIMIT_PEER_RATE = 500.0
+#: Default HTTP requests (and WebSockets) one peer may have in flight at once
+#: (``H3Server(limit_peer_concurrency=...)``, ``serve --limit-peer-concurrency``).
+DEFAULT_LIMIT_PEER_CONCURRENCY = 100
+#: The allowed values of ``limit_peer_rate`` and ``limit_peer_concurrency`` (0 or None: off).
+PEER_RATE_LIMIT = Limit(0, 1e6, integer=False, open_low=True, zero_is_off=True, unit="requests per second")
+PEER_CONCURRENCY_LIMIT = Limit(1, 1 << 20, zero_is_off=True, unit="requests")
+
 #: Auto-tuned sizes: starting value -> the ceiling it may grow to (never below it).
 CEILINGS: dict[str, str] = {
     "stream_send_buffer": "max_stream_send_buffer",
@@ -165,6 +177,14 @@ class NetworkConfig:
     #: Most accepted connections, handshaking or established, per source address; more
     #: are refused with a reason.
     max_connections_per_address: int = 128
+    #: Most established connections with one node id (all its addresses and the relay
+    #: together); more are closed after their handshake with a reason.
+    max_connections_per_node: int = 16
+    #: New handshakes accepted per second per source address (as ``max_handshaking_per_address``
+    #: counts sources), with bursts of twice that; an address over it gets a Retry, or, once
+    #: validated, a refusal with a reason (0 = off).  Validated and unvalidated Initials have
+    #: separate budgets, so packets spoofing an address cannot use up its real owner's.
+    handshake_rate_per_address: float = 32.0
     #: Seconds an accepted connection may take to complete its handshake; then it is
     #: dropped and its slot freed.
     handshake_timeout: float = 10.0

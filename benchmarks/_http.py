@@ -93,8 +93,9 @@ def _p2p_config(max_datagram_size: int, probe: int) -> Any:
     return NetworkConfig.from_env(max_datagram_size=max_datagram_size, keepalive_interval=0, **extra)
 
 
-def serve_p2p(app_dir: str, max_datagram_size: int, probe: int) -> None:
+def serve_p2p(app_dir: str, max_datagram_size: int, probe: int, metrics: bool = False) -> None:
     sys.path.insert(0, app_dir)
+    import inspect
     import signal
 
     from bench_app import app  # type: ignore[import-not-found]
@@ -105,14 +106,25 @@ def serve_p2p(app_dir: str, max_datagram_size: int, probe: int) -> None:
     async def main() -> None:
         config = _p2p_config(max_datagram_size, probe)
         endpoint = await Node.bind(host="127.0.0.1", config=config)
-        server = H3Server(app, endpoint)
+        # a benchmark is one peer sending as fast as it can: the per-peer rate limit (where it
+        # exists) would answer 429, so it is off in every row
+        limits = {"limit_peer_rate": 0} if "limit_peer_rate" in inspect.signature(H3Server).parameters else {}
+        server = H3Server(app, endpoint, **limits)
+        listener = None
+        if metrics:
+            from asgi_p2p.ops import start_metrics_server
+
+            listener = await start_metrics_server("127.0.0.1:0", endpoint=endpoint, http=server)
         await server.startup()
         host, port = endpoint.local_address
-        print(f"READY {endpoint.node_id} {host} {port}", flush=True)
+        mport = listener.address[1] if listener is not None else 0
+        print(f"READY {endpoint.node_id} {host} {port} {mport}", flush=True)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
         await server.shutdown()
+        if listener is not None:
+            await listener.close()
         await endpoint.close()
 
     asyncio.run(main())
@@ -184,7 +196,7 @@ def _wait_tcp(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"server did not open port {port}")
 
 
-def start_p2p(app_dir: str, mds: int, probe: int) -> ServerProc:
+def start_p2p(app_dir: str, mds: int, probe: int, metrics: bool = False) -> ServerProc:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -195,6 +207,7 @@ def start_p2p(app_dir: str, mds: int, probe: int) -> ServerProc:
             str(mds),
             "--probe-datagram-size",
             str(probe),
+            *(["--serve-metrics"] if metrics else []),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -204,7 +217,8 @@ def start_p2p(app_dir: str, mds: int, probe: int) -> ServerProc:
     if not line or line[0] != "READY":
         proc.kill()
         raise RuntimeError("asgi-p2p server did not start")
-    return ServerProc(proc, {"node_id": line[1], "addr": (line[2], int(line[3])), "mds": mds})
+    info = {"node_id": line[1], "addr": (line[2], int(line[3])), "mds": mds, "metrics_port": int(line[4])}
+    return ServerProc(proc, info)
 
 
 def start_hypercorn(app_dir: str) -> ServerProc:
@@ -496,11 +510,25 @@ def _node_credentials(seed: str) -> tuple[Any, Any]:
     return node_certificate(key), key.private_key
 
 
-async def bench_p2p(app_dir: str, mds: int, probe: int, args: argparse.Namespace, *, aioquic_client: bool) -> Row:
+async def _scrape_every_5s(port: int, scrapes: list[int]) -> None:
+    """Scrape the server's /metrics every 5 seconds (Prometheus scrapes every 15 to 60 s by default)."""
+    async with httpx.AsyncClient() as http:
+        while True:
+            r = await http.get(f"http://127.0.0.1:{port}/metrics")
+            assert r.status_code == 200 and "asgi_p2p_http_requests_total" in r.text
+            scrapes.append(len(r.content))
+            await asyncio.sleep(5.0)
+
+
+async def bench_p2p(
+    app_dir: str, mds: int, probe: int, args: argparse.Namespace, *, aioquic_client: bool, metrics: bool = False
+) -> Row:
     from asgi_p2p import Node, NodeAddr, NodeId
     from asgi_p2p.http import P2PTransport
 
-    server = start_p2p(app_dir, mds, probe)
+    server = start_p2p(app_dir, mds, probe, metrics)
+    scrapes: list[int] = []
+    scraper = asyncio.ensure_future(_scrape_every_5s(server.info["metrics_port"], scrapes)) if metrics else None
     try:
         node_id = NodeId.parse(server.info["node_id"])
         if aioquic_client:
@@ -545,8 +573,16 @@ async def bench_p2p(app_dir: str, mds: int, probe: int, args: argparse.Namespace
         if probe <= mds and seen - {mds}:
             raise RuntimeError(f"asgi-p2p used datagram sizes {sorted(seen)} with probing off, not {mds}")
         row.name = f"asgi-p2p h3, asgi-p2p client (datagram {sizes}{', probed' if probe > mds else ''})"
+        if metrics:
+            if not scrapes:
+                raise RuntimeError("the metrics listener was never scraped")
+            row.name += f", metrics on ({len(scrapes)} scrapes)"
         return row
     finally:
+        if scraper is not None:
+            scraper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scraper
         server.stop()
 
 
@@ -660,6 +696,11 @@ async def run(args: argparse.Namespace) -> None:
         ]
         if args.only_p2p:
             steps = [s for s in steps if s[0].startswith("p2p")]
+        if args.metrics_overhead:
+            steps = [
+                ("p2p-p2p", lambda: bench_p2p(app_dir, 1200, 0, args, aioquic_client=False)),
+                ("p2p-metrics", lambda: bench_p2p(app_dir, 1200, 0, args, aioquic_client=False, metrics=True)),
+            ]
         runs: dict[str, list[Row]] = {label: [] for label, _ in steps}
         for rnd in range(args.repeat):
             shift = rnd % len(steps)
@@ -683,6 +724,10 @@ async def run(args: argparse.Namespace) -> None:
     if headline:
         print("\nasgi-p2p / hypercorn, same aioquic client, both 1200-byte datagrams (ratio per round, median):\n")
         print("\n".join(headline))
+    overhead = ratio_lines(runs, args, "p2p-metrics", "p2p-p2p")
+    if overhead:
+        print("\nasgi-p2p with metrics on (scraped every 5 s) / metrics off, same client (ratio per round, median):\n")
+        print("\n".join(overhead))
     own = ratio_lines(runs, args, "p2p-p2p", "hypercorn")
     if own:
         print("\nasgi-p2p with its own client / hypercorn with the aioquic client, both 1200-byte datagrams:\n")
@@ -702,12 +747,18 @@ def main() -> None:
         help="datagram size the probed asgi-p2p row probes up to",
     )
     parser.add_argument("--only-p2p", action="store_true", help="leave hypercorn and uvicorn out")
+    parser.add_argument(
+        "--metrics-overhead",
+        action="store_true",
+        help="only two rows: asgi-p2p with its own client, metrics off and on (scraped every 5 s)",
+    )
     parser.add_argument("--serve-p2p", metavar="APP_DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-metrics", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--max-datagram-size", type=int, default=1200, help=argparse.SUPPRESS)
     parser.add_argument("--probe-datagram-size", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_p2p:
-        serve_p2p(args.serve_p2p, args.max_datagram_size, args.probe_datagram_size)
+        serve_p2p(args.serve_p2p, args.max_datagram_size, args.probe_datagram_size, args.serve_metrics)
         return
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")

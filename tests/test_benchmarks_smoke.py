@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -409,3 +410,51 @@ def test_restart_benchmark_prints_every_row_in_round_trips() -> None:
     assert set(rows) == {"restart", "restart, no ticket", "returning", "new, no ticket", "pooled"}, proc.stdout
     for cells in rows.values():
         assert float(cells[1]) > 0 and float(cells[2]) > 0 and len(cells[3].split(",")) == 1
+
+
+def test_http_benchmark_metrics_overhead_rows() -> None:
+    """benchmarks/http.py --metrics-overhead: the same asgi-p2p row with metrics off and on
+    (the listener scraped while it runs), and their per-round ratios."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "http.py"),
+            "--metrics-overhead",
+            "--repeat",
+            "2",
+            "--requests",
+            "40",
+            "--concurrency",
+            "4",
+            "--big-mib",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    medians, _ = out.split("Every run (in round order):")
+    assert "| asgi-p2p h3, asgi-p2p client (datagram 1200) |" in medians, out
+    assert re.search(r"\| asgi-p2p h3, asgi-p2p client \(datagram 1200\), metrics on \([1-9]\d* scrapes\) \|", medians)
+    assert "metrics on (scraped every 5 s) / metrics off" in out
+    # a ratio per round (a round whose CPU reads 0 at this size is left out of that ratio)
+    assert re.search(r"- sequential requests/s: [\d.]+x \(per run: [\d.]+, [\d.]+\)", out), out
+
+
+def test_metrics_overhead_benchmark_prints_both_rows_and_a_scrape() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "metrics_overhead.py"), "--pairs", "2", "--block", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.startswith("Machine: "), out
+    assert re.search(r"\| metrics on \| [\d.]+ \| \d+, \d+ \|", out), out
+    assert re.search(r"\| metrics off \| [\d.]+ \| \d+, \d+ \|", out), out
+    assert re.search(r"One scrape of /metrics .*: [\d.]+ ms", out), out

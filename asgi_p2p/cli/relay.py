@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 
 from ..errors import InvalidConfiguration, P2PError
-from . import _common
+from . import _common, _ops
 from ._common import configure_logging, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -158,6 +158,8 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
     _common.add_log_args(p)
     _common.add_config_arg(p)
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
+    _ops.add_connection_limit_args(p)
+    _ops.add_metrics_args(p)
 
 
 #: The flag each RelayLimits field comes from (bursts are twice the rate; both queue
@@ -182,6 +184,7 @@ def run_relay(args: argparse.Namespace) -> int:
     from ..relay.server import relay_config
 
     configure_logging(args.log_level, **_common.log_options(args))
+    _ops.check_metrics_args(args)
     try:
         limits = RelayLimits(
             max_clients=args.limit_clients,
@@ -204,6 +207,7 @@ def run_relay(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = dict(args.settings.network) if getattr(args, "settings", None) else {}
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size
+    overrides.update(_ops.connection_limit_overrides(args))
     config = relay_config(args.limit_clients, **overrides)
     key = _common.secret_key(args)
     try:
@@ -283,7 +287,9 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             directory=directory,
             clock_offset=clock_offset,
         )
+        metrics = None
         try:
+            metrics = await _ops.start_metrics(args, relay=server)
             url = server.url
             if args.public_host:
                 url = RelayUrl(url.node_id, args.public_host, url.port)
@@ -322,4 +328,6 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             )
             return 0
         finally:
+            if metrics is not None:
+                await metrics.close()
             await server.close()

@@ -25,7 +25,7 @@ from ..config import NetworkConfig
 from ..endpoint.connection import REFUSED
 from ..errors import InvalidConfiguration, InvalidNodeId, P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
-from . import _common
+from . import _common, _ops
 from ._common import configure_logging, describe_error, positive_float, positive_int, seconds_or_off
 
 if TYPE_CHECKING:
@@ -121,6 +121,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="largest UDP payload QUIC sends (default 1200; larger is faster where paths carry it)",
     )
+    _ops.add_peer_limit_args(p)
+    _ops.add_connection_limit_args(p)
     _common.add_log_args(p, access=True)
     p.add_argument(
         "--ticket-file",
@@ -140,6 +142,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="UDP port peers reach us at with --public-host (default: the bound port)",
     )
+    _ops.add_metrics_args(p)
     nat = p.add_argument_group("NAT traversal and discovery (nothing is published anywhere unless asked)")
     _common.add_relay_arg(
         nat,
@@ -272,9 +275,11 @@ def serve_app(load: Callable[[], Callable[..., Any]], args: argparse.Namespace, 
     overrides: dict[str, Any] = dict(args.settings.network) if getattr(args, "settings", None) else {}
     if args.max_datagram_size is not None:
         overrides["max_datagram_size"] = args.max_datagram_size
+    overrides.update(_ops.connection_limit_overrides(args))
     config = NetworkConfig.from_env(**overrides)
     allow = _allow_list(args)
     _check_discovery_args(args)
+    _ops.check_metrics_args(args)
     key = _common.secret_key(args)
     try:
         app = load()
@@ -393,6 +398,7 @@ async def _serve(
             relay_url=args.relay_url,
         )
         published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)
+        metrics = None
         try:
             server_kwargs: dict[str, Any] = {
                 "root_path": args.root_path,
@@ -405,7 +411,8 @@ async def _serve(
             for name in ("request_header_timeout", "request_body_timeout"):
                 if getattr(args, name) is not None:
                     server_kwargs[name] = getattr(args, name)
-            server = H3Server(app, endpoint, **server_kwargs)
+            server = H3Server(app, endpoint, **server_kwargs, **_ops.peer_limit_kwargs(args))
+            metrics = await _ops.start_metrics(args, endpoint=endpoint, http=server)
             starting = asyncio.ensure_future(server.startup())
             stopping = asyncio.ensure_future(stop.wait())
             await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -452,6 +459,8 @@ async def _serve(
             log.info("stopped")
             return 0
         finally:
+            if metrics is not None:
+                await metrics.close()
             for source in reversed(published):
                 await _unpublish(source)
             await endpoint.close()

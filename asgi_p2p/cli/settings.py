@@ -427,8 +427,12 @@ def _range_text(s: Setting) -> str:
     if action.choices is not None:
         one = " \\| ".join(map(str, action.choices))
     else:
-        name = getattr(action.type, "__name__", "str") if action.type is not None else "str"
-        one = _TYPE_RANGES.get(name, "text")
+        range_text = getattr(action.type, "range_text", None)  # a type that knows its range (cli._ops)
+        if callable(range_text):
+            one = str(range_text())
+        else:
+            name = getattr(action.type, "__name__", "str") if action.type is not None else "str"
+            one = _TYPE_RANGES.get(name, "text")
     return f"list of {one}" if s.kind == "list" else one
 
 

@@ -19,6 +19,7 @@ This module does no I/O: the endpoint sends what it decides.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import hmac
 import ipaddress
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from ..config import NetworkConfig
 from ..identity import SecretKey
 from ..net.base import Address
+from ..net.rate import KeyedRateLimiter
 
 __all__ = [
     "AdmissionStats",
@@ -48,6 +50,8 @@ _TOKEN_HEAD = struct.Struct("!BQB")
 _MAX_CID = 20
 #: a token issued this far in the future (loop time) is refused: it was not issued by this clock
 _CLOCK_SLACK = 1.0
+#: source addresses whose handshake rate is remembered (least recently used forgotten first)
+_MAX_RATE_SOURCES = 8192
 
 
 class InvalidToken(ValueError):
@@ -162,6 +166,14 @@ class AdmissionStats:
     invalid_tokens: int = 0
     #: Initials refused with a stateless CONNECTION_CLOSE (connection limits)
     refused: int = 0
+    #: connections refused, by the limit that refused them (``max_connections``,
+    #: ``max_connections_per_address``, ``handshake_rate_per_address`` before the handshake;
+    #: ``max_connections_per_node``, ``not_allowed`` after it): a bounded set of names
+    refused_by_reason: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Initials answered with a Retry because their address went over ``handshake_rate_per_address``
+    rate_limited: int = 0
+    #: accepted connections that completed their handshake
+    established: int = 0
     #: validated Initials dropped because the handshake pools were full
     dropped_busy: int = 0
     #: connections dropped right after their first datagram (nothing in it was accepted)
@@ -192,6 +204,9 @@ class AdmissionTable:
     def __init__(self, config: NetworkConfig) -> None:
         self.config = config
         self.stats = AdmissionStats()
+        rate = config.handshake_rate_per_address
+        # per (source, validated): spoofed unvalidated Initials cannot spend a validated budget
+        self._rates = KeyedRateLimiter(rate, max(1.0, 2 * rate), max_keys=_MAX_RATE_SOURCES) if rate else None
         self._entries: dict[Hashable, _Entry] = {}
         self.half_open = 0
         self.half_open_validated = 0
@@ -208,18 +223,41 @@ class AdmissionTable:
         entry = self._entries.get(conn)
         return entry is not None and entry.half_open
 
-    def decide(self, source: str, *, validated: bool, established: int) -> tuple[Verdict, str]:
+    def decide(
+        self, source: str, *, validated: bool, established: int, now: float | None = None
+    ) -> tuple[Verdict, str]:
         """The verdict on a decrypted Initial from ``source``, and the reason (for REFUSE and logs).
 
-        ``established`` is the number of the endpoint's connections past their handshake.
+        ``established`` is the number of the endpoint's connections past their handshake;
+        ``now`` (loop time) charges an admitted Initial to its source's handshake rate
+        (None: no rate limit).
         """
         cfg = self.config
         if established >= cfg.max_connections:
+            self.stats.refused_by_reason["max_connections"] += 1
             return Verdict.REFUSE, f"too many connections (max_connections={cfg.max_connections})"
         if self._by_source.get(source, 0) >= cfg.max_connections_per_address:
+            self.stats.refused_by_reason["max_connections_per_address"] += 1
             return Verdict.REFUSE, (
                 f"too many connections from {source} (max_connections_per_address={cfg.max_connections_per_address})"
             )
+        verdict, reason = self._decide_pools(source, validated)
+        if verdict is Verdict.ADMIT and now is not None and self._rates is not None:
+            wait = self._rates.take((source, validated), now)
+            if wait:
+                reason = (
+                    f"more than {cfg.handshake_rate_per_address:g} handshakes a second from {source} "
+                    f"(handshake_rate_per_address); retry in {wait:.2f}s"
+                )
+                if not validated:
+                    self.stats.rate_limited += 1
+                    return Verdict.RETRY, reason
+                self.stats.refused_by_reason["handshake_rate_per_address"] += 1
+                return Verdict.REFUSE, reason
+        return verdict, reason
+
+    def _decide_pools(self, source: str, validated: bool) -> tuple[Verdict, str]:
+        cfg = self.config
         per_source = self._half_open_by_source.get((source, validated), 0)
         if not validated:
             if self.half_open - self.half_open_validated >= cfg.max_handshaking:
@@ -265,6 +303,7 @@ class AdmissionTable:
         entry = self._entries.get(conn)
         if entry is not None and entry.half_open:
             self._leave_half_open(entry)
+            self.stats.established += 1
 
     def forget(self, conn: Hashable) -> None:
         """``conn`` is gone (no-op for connections this table does not hold)."""

@@ -272,6 +272,11 @@ class Endpoint:
         return self.router.relay_errors
 
     @property
+    def closing(self) -> bool:
+        """True once :meth:`close` started (the endpoint takes no new connections)."""
+        return self._closing
+
+    @property
     def connections(self) -> list[PeerConnection]:
         return [c for c in self._connections if c.is_connected]
 
@@ -320,7 +325,19 @@ class Endpoint:
             self._admission.established(conn)
             # the table may have filled while this one was handshaking
             if self._established_count() > self.config.max_connections:
+                self._admission.stats.refused_by_reason["max_connections"] += 1
                 raise ConnectionClosed(f"too many connections (max_connections={self.config.max_connections})")
+            node = conn.remote_node_id
+            limit = self.config.max_connections_per_node
+            if (
+                node is not None
+                and sum(1 for c in self._connections if c.remote_node_id == node and c.is_connected) >= limit
+            ):
+                self._admission.stats.refused_by_reason["max_connections_per_node"] += 1
+                log.warning(
+                    "refused a connection from node %s: it has %d already (max_connections_per_node)", node, limit
+                )
+                raise ConnectionClosed(f"too many connections from node {node} (max_connections_per_node={limit})")
         factory = self._factories.get(conn.alpn or "")
         if factory is None:
             raise ConnectionClosed(f"no protocol registered for ALPN {conn.alpn!r}")
@@ -601,7 +618,9 @@ class Endpoint:
                 return
             retry_scid = header.destination_cid
             validated = True
-        verdict, reason = self._admission.decide(source, validated=validated, established=self._established_count())
+        verdict, reason = self._admission.decide(
+            source, validated=validated, established=self._established_count(), now=now
+        )
         if verdict is Verdict.RETRY:
             stats.retries += 1
             scid = self._rng.randbytes(_CID_LENGTH)
@@ -695,6 +714,7 @@ class Endpoint:
                 raise hooks.AlertAccessDenied(f"the relay says it forwards node {relay_src}, TLS says {node_id}")
             if not self.is_allowed(node_id):
                 log.info("refused node %s from %s:%d: not allowed", node_id, *addr)
+                self._admission.stats.refused_by_reason["not_allowed"] += 1
                 raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
 
         hooks.install_identity_hooks(quic, check_client)

@@ -17,21 +17,31 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
 
 from .. import aioquic_compat as hooks
-from ..config import MAX_SECONDS, Limit
+from ..config import (
+    DEFAULT_LIMIT_PEER_CONCURRENCY,
+    DEFAULT_LIMIT_PEER_RATE,
+    MAX_SECONDS,
+    PEER_CONCURRENCY_LIMIT,
+    PEER_RATE_LIMIT,
+    Limit,
+)
 from ..endpoint.connection import PeerConnection
 from ..endpoint.endpoint import Endpoint
 from ..errors import ConnectionClosed, InvalidConfiguration
 from ..identity import NodeId
+from ..net.rate import KeyedRateLimiter
 from ._common import H3, H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_REJECTED, Credit, Headers
 from ._dispatch import h3_protocol
 from .access import access_log, log_request
 from .exchange import Exchange, HTTPExchange, plain_response
 from .lifespan import LifespanMode, LifespanRunner
+from .observe import RequestObserver
 from .request import (
     HEADERS_TOO_LARGE,
     PeerInfo,
@@ -41,9 +51,11 @@ from .request import (
     parse_request,
 )
 from .types import ASGIApp
-from .ws_exchange import WebSocketExchange
+from .ws_exchange import Handshake, WebSocketExchange
 
 __all__ = [
+    "DEFAULT_LIMIT_PEER_CONCURRENCY",
+    "DEFAULT_LIMIT_PEER_RATE",
     "DEFAULT_REQUEST_BODY_TIMEOUT",
     "DEFAULT_REQUEST_HEADER_TIMEOUT",
     "REQUEST_TIMEOUT",
@@ -68,6 +80,10 @@ TOO_EARLY = Rejection(425, "Too Early")
 #: requests served from early data: safe methods (RFC 9110 9.2.1) without a body; a replay
 #: of one changes nothing
 EARLY_DATA_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+#: peers whose request rate is remembered (least recently used forgotten first)
+_MAX_RATE_PEERS = 8192
+#: seconds between two log lines about peers answered 429 (a flood logs a count, not a line each)
+_LIMIT_LOG_INTERVAL = 1.0
 
 
 class H3Server:
@@ -92,6 +108,8 @@ class H3Server:
         timeout_graceful_shutdown: float | None = None,
         request_header_timeout: float | None = DEFAULT_REQUEST_HEADER_TIMEOUT,
         request_body_timeout: float | None = DEFAULT_REQUEST_BODY_TIMEOUT,
+        limit_peer_rate: float | None = DEFAULT_LIMIT_PEER_RATE,
+        limit_peer_concurrency: int | None = DEFAULT_LIMIT_PEER_CONCURRENCY,
     ) -> None:
         if limit_concurrency is not None and limit_concurrency < 1:
             raise InvalidConfiguration(f"limit_concurrency must be at least 1, got {limit_concurrency}")
@@ -105,6 +123,10 @@ class H3Server:
         ):
             if value is not None:
                 _TIMEOUT.check(name, value)
+        if limit_peer_rate is not None:
+            PEER_RATE_LIMIT.check("limit_peer_rate", limit_peer_rate)
+        if limit_peer_concurrency is not None:
+            PEER_CONCURRENCY_LIMIT.check("limit_peer_concurrency", limit_peer_concurrency)
         self.app = app
         self.endpoint = endpoint
         #: what requests are parsed with (root_path, max_header_size and max_body_size below read and replace it)
@@ -134,6 +156,20 @@ class H3Server:
         self.requests_timed_out = 0
         #: requests that came as TLS early data (0-RTT) and were answered 425 Too Early
         self.requests_too_early = 0
+        #: requests answered 429 because their peer went over ``limit_peer_rate`` or ``limit_peer_concurrency``
+        self.requests_limited = 0
+        #: requests (and WebSockets) one peer may start per second, bursts of twice that (None: no limit)
+        self.limit_peer_rate = limit_peer_rate or None
+        #: requests (and WebSockets) one peer may have in flight (None: no limit)
+        self.limit_peer_concurrency = limit_peer_concurrency or None
+        rate = self.limit_peer_rate
+        self._peer_rates = KeyedRateLimiter(rate, 2 * rate, max_keys=_MAX_RATE_PEERS) if rate else None
+        #: requests in flight per peer (a key goes at zero)
+        self.peer_requests: dict[NodeId, int] = {}
+        self._limit_logged_at: float | None = None
+        self._limit_unlogged = 0
+        #: told of every request (metrics); None: nobody
+        self.observer: RequestObserver | None = None
 
     @property
     def root_path(self) -> str:
@@ -160,6 +196,11 @@ class H3Server:
         self.request_settings = dataclasses.replace(self.request_settings, max_body_size=value)
 
     # -- lifecycle --------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        """True from the end of the lifespan startup until shutdown begins."""
+        return self._started and not self._closing
 
     @property
     def active_requests(self) -> int:
@@ -237,6 +278,31 @@ class H3Server:
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
+    def peer_limited(self, peer: NodeId, now: float) -> Rejection | None:
+        """The 429 for a new request of ``peer`` if it is over its limits (counted, logged), else None."""
+        rejection: Rejection | None = None
+        concurrency = self.limit_peer_concurrency
+        if concurrency is not None and self.peer_requests.get(peer, 0) >= concurrency:
+            why = f"{concurrency} requests in flight (limit_peer_concurrency)"
+            rejection = Rejection(429, "Too Many Requests", ((b"retry-after", b"1"),))
+        elif self._peer_rates is not None:
+            wait = self._peer_rates.take(peer, now)
+            if wait:
+                why = f"more than {self.limit_peer_rate:g} requests a second (limit_peer_rate)"
+                after = str(max(1, math.ceil(wait))).encode()
+                rejection = Rejection(429, "Too Many Requests", ((b"retry-after", after),))
+        if rejection is None:
+            return None
+        self.requests_limited += 1
+        if self._limit_logged_at is None or now - self._limit_logged_at >= _LIMIT_LOG_INTERVAL:
+            more = f" ({self._limit_unlogged} more 429s since the last line)" if self._limit_unlogged else ""
+            log.warning("answering 429 to node %s: %s%s", peer, why, more)
+            self._limit_logged_at = now
+            self._limit_unlogged = 0
+        else:
+            self._limit_unlogged += 1
+        return rejection
+
     def _make_handler(self, conn: PeerConnection) -> ServerConnection:
         if self._closing:
             raise ConnectionClosed("HTTP server is shutting down")
@@ -279,6 +345,8 @@ class ServerConnection:
         self.goaway_id: int | None = None
         self.lost = False
         self._unflushed: set[int] = set()
+        # request stream -> loop time its application task started (only while an observer is set)
+        self._started_at: dict[int, float] = {}
         server._connections.add(self)
         self.schedule_transmit()
 
@@ -433,6 +501,9 @@ class ServerConnection:
         if access_log.isEnabledFor(logging.INFO):
             method, path = _method_and_path(fields)
             log_request(self.peer_info.text, method, path, status)
+        observer = self.server.observer
+        if observer is not None:
+            observer.request_refused(status)
         headers, body = plain_response(status, rejection.reason, rejection.headers)
         try:
             self.h3.send_headers(sid, headers)
@@ -454,9 +525,14 @@ class ServerConnection:
             method = next((v for k, v in fields if k == b":method"), b"")
             if method not in EARLY_DATA_METHODS or not ended:
                 server.requests_too_early += 1
-                self._respond_now(sid, credit, TOO_EARLY, ended=ended)
+                self._respond_now(sid, credit, TOO_EARLY, ended=ended, fields=fields)
                 return
             fields = [*fields, (b"early-data", b"1")]
+        if server.limit_peer_rate is not None or server.limit_peer_concurrency is not None:
+            limited = server.peer_limited(self.peer, self.loop.time())
+            if limited is not None:
+                self._respond_now(sid, credit, limited, ended=ended, fields=fields)
+                return
         limit = server.limit_concurrency
         parsed = parse_request(
             fields,
@@ -476,6 +552,11 @@ class ServerConnection:
             exchange = HTTPExchange(self, sid, credit, parsed, ended)
         self.streams[sid] = exchange
         server.requests_total += 1
+        peers = server.peer_requests
+        peers[self.peer] = peers.get(self.peer, 0) + 1
+        if server.observer is not None:
+            self._started_at[sid] = self.loop.time()
+            server.observer.request_started(exchange.kind)
         task = self.loop.create_task(exchange.run())
         exchange.task = task
         # finished() removes the task from server._tasks as its last step: a done callback
@@ -484,9 +565,16 @@ class ServerConnection:
 
     def finished(self, exchange: Exchange) -> None:
         """The exchange's application task is ending (called from its ``finally``)."""
+        server = self.server
         if exchange.task is not None:
-            self.server._tasks.discard(exchange.task)
+            server._tasks.discard(exchange.task)
         sid = exchange.sid
+        peers = server.peer_requests
+        left = peers.get(self.peer, 0) - 1
+        if left > 0:
+            peers[self.peer] = left
+        else:
+            peers.pop(self.peer, None)
         if self.streams.get(sid) is exchange:
             del self.streams[sid]
         self.conn.forget_stream(sid)
@@ -494,6 +582,16 @@ class ServerConnection:
             self._unflushed.add(sid)
             if len(self._unflushed) > 64:
                 self._unflushed = {s for s in self._unflushed if hooks.unacked_bytes(self.conn.quic, s)}
+        started = self._started_at.pop(sid, None)
+        observer = server.observer
+        if started is not None and observer is not None:
+            if isinstance(exchange, WebSocketExchange):
+                status = 200 if exchange.handshake is Handshake.ACCEPTED else 403
+                method = "GET"
+            else:
+                status = getattr(exchange, "status", 0)
+                method = exchange.scope["method"]
+            observer.request_finished(exchange.kind, method, status, self.loop.time() - started)
 
     # -- shutdown ---------------------------------------------------------------
 

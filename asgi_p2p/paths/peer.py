@@ -33,6 +33,7 @@ from .link import RelayLink
 from .prober import PathChanged, PathInfo, PathProber, PathState, ProberConfig
 from .route import Route
 from .select import MIN_RELAYED_SIZE, select_datagram_size, select_route
+from .stats import PathStats
 
 __all__ = ["PeerHost", "PeerPaths"]
 
@@ -73,6 +74,9 @@ class PeerHost(Protocol):
 
     def own_addresses_changed(self) -> None: ...
 
+    #: counters of the endpoint's paths (path switches, disco probes)
+    stats: PathStats
+
 
 class PeerPaths:
     """The paths of one peer and the routes of the connections that use them (driven by the router)."""
@@ -109,6 +113,7 @@ class PeerPaths:
                 path_timeout=max(_PATH_TIMEOUT, quiet + 2 * _DISCO_KEEPALIVE),
             ),
             clock_offset=clock_offset,
+            stats=router.stats,
         )
         if seen_until is not None:
             # this node's packets seen before (dropped before it had a connection, or taken by
@@ -272,6 +277,7 @@ class PeerPaths:
             route.answered(None)
 
     def _path_changed(self, event: PathChanged) -> None:
+        self.router.stats.path_switches[event.new.kind] += 1
         self._reason = event.reason
         if self.router.relay is not None:
             log.info("path to %s: %s -> %s (%s)", self.node_id, event.old, event.new, event.reason)

@@ -42,6 +42,7 @@ from .disco import (
     seal,
 )
 from .select import best_direct
+from .stats import PathStats
 
 __all__ = [
     "SIZE_STEPS",
@@ -54,6 +55,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger("asgi_p2p.paths.prober")
+
+#: the class of a refused disco packet (:attr:`PathStats.disco_rejected`) by the prober's reason
+_REJECT_CLASS = {
+    "DiscoAuthError": "forged",
+    "ProtocolError": "malformed",
+    "bad-source": "malformed",
+    "replay": "replayed",
+    "stale": "stale",
+}
 
 
 @dataclass(frozen=True)
@@ -261,8 +271,11 @@ class PathProber:
         *,
         config: ProberConfig | None = None,
         clock_offset: float = 0.0,
+        stats: PathStats | None = None,
     ) -> None:
         self.key = secret_key
+        #: counters of the endpoint this prober belongs to (shared by all its probers)
+        self.stats = stats if stats is not None else PathStats()
         self.peer = peer
         self.rng = rng
         self.config = config or ProberConfig()
@@ -586,6 +599,7 @@ class PathProber:
         assert src is not None
         if isinstance(message, Ping):
             self._enqueue(Transmit(self._seal(Pong(message.tx_id, src, len(data)), now), src))
+            self.stats.disco_pings_answered += 1
             path = self._paths.get(src)
             if path is None:
                 # an authenticated ping from a new address is a candidate: this is what wins
@@ -597,9 +611,11 @@ class PathProber:
                 self._restart(path, now)
                 path.opened_at = now
         elif size_for is not None:
+            self.stats.disco_pongs_received += 1
             self._handle_size_pong(message, size_for, now)
         else:
             assert pong_for is not None
+            self.stats.disco_pongs_received += 1
             self._handle_pong(message, pong_for, now)
 
     def poll(self, now: float) -> list[Transmit]:
@@ -690,6 +706,7 @@ class PathProber:
 
     def _reject(self, kind: str, reason: str) -> None:
         self.rejected[kind] += 1
+        self.stats.disco_rejected[_REJECT_CLASS.get(kind, "unexpected")] += 1
         logger.debug("disco from %s dropped: %s", self.peer, reason)
 
     def _call_me_maybe_again(self, now: float) -> None:
@@ -742,6 +759,7 @@ class PathProber:
         tx_id = self.rng.randbytes(TX_ID_LEN)
         self._outstanding[tx_id] = (path.addr, now)
         path.stats["pings"] += 1
+        self.stats.disco_pings_sent += 1
         if path.unanswered_since is None:
             path.unanswered_since = now
         self._enqueue(Transmit(self._seal(Ping(tx_id), now), path.addr, ttl))
@@ -930,6 +948,7 @@ class PathProber:
         tx_id = self.rng.randbytes(TX_ID_LEN)
         path.size_tx = tx_id
         self._size_probes[tx_id] = (path.addr, size, now)
+        self.stats.disco_pings_sent += 1
         path.size_next_at = now + max(cfg.size_probe_timeout, 3 * (path.srtt or 0.0))
         self._enqueue(Transmit(self._seal(Ping.padded_to(tx_id, size), now), path.addr))
 

@@ -18,6 +18,7 @@ from ..net.addr import normalize_address
 from ..net.base import Address
 from .prober import RELAY, PathInfo
 from .select import select_datagram_size
+from .stats import PathStats
 
 __all__ = ["Route", "RouteHost", "RouteOwner", "RoutePeer", "RouteTarget"]
 
@@ -70,6 +71,9 @@ class RouteHost(Protocol):
 
     @property
     def config(self) -> NetworkConfig: ...
+
+    #: counters of the endpoint's paths (datagrams by path kind)
+    stats: PathStats
 
     def sendto(self, data: bytes, addr: Address) -> None:
         """Send one datagram on the socket."""
@@ -157,9 +161,15 @@ class Route:
         """Put a connection's datagrams on the current route (QUIC's address is ignored)."""
         direct = self.direct
         if direct is not None:
-            sendto = self.router.sendto
+            router = self.router
+            sendto = router.sendto
+            nbytes = 0
             for data, _addr in datagrams:
+                nbytes += len(data)
                 sendto(data, direct)
+            stats = router.stats
+            stats.direct_packets_sent += len(datagrams)
+            stats.direct_bytes_sent += nbytes
         relayed = self.relayed
         if relayed is not None:
             self.router.relay_send(relayed, datagrams)

@@ -35,6 +35,7 @@ from .link import RefusalReason, RelayLink, RelayRefusal
 from .peer import PeerPaths
 from .prober import ProberConfig
 from .route import Route, RouteOwner
+from .stats import PathStats
 
 __all__ = ["Router", "virtual_address"]
 
@@ -110,6 +111,8 @@ class Router:
         self.unroutable_datagrams = 0
         #: refusals the relay reported (rate limits, unknown destinations, ...)
         self.relay_errors = 0
+        #: datagrams, path switches and disco probes (for metrics)
+        self.stats = PathStats()
 
     async def bind(self, network: DatagramNetwork, host: str, port: int) -> None:
         """Bind the socket; datagrams arrive at :meth:`datagram_received` from now on."""
@@ -217,6 +220,9 @@ class Router:
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         """A datagram from the socket: disco stays here, QUIC goes to the endpoint."""
+        stats = self.stats
+        stats.direct_packets_received += 1
+        stats.direct_bytes_received += len(data)
         if data[:1] == b"\x00" and is_disco(data):  # never QUIC: see asgi_p2p.paths.disco
             self._disco_received(data, addr)
             return
@@ -286,6 +292,9 @@ class Router:
         """A packet ``src`` sent us through the relay: disco or QUIC, as if it came from ``src``."""
         if self._closing or not packet:
             return
+        stats = self.stats
+        stats.relay_packets_received += 1
+        stats.relay_bytes_received += len(packet)
         if packet[:1] == b"\x00" and is_disco(packet):
             self._disco_received(packet, None)
             return
@@ -338,6 +347,8 @@ class Router:
 
         Sockets without per-send TTL (the simulator's) send it with their default TTL.
         """
+        self.stats.direct_packets_sent += 1
+        self.stats.direct_bytes_sent += len(data)
         if ttl is not None:
             send_ttl = getattr(self._socket, "sendto_ttl", None)
             if send_ttl is not None:
@@ -350,7 +361,10 @@ class Router:
         if relay is None:
             self.unroutable_datagrams += len(datagrams)
             return
+        stats = self.stats
         for data, _addr in datagrams:
+            stats.relay_packets_sent += 1
+            stats.relay_bytes_sent += len(data)
             relay.send_packet(dest, data)
 
     def count_unroutable(self, n: int) -> None:

@@ -1,7 +1,7 @@
 """The access log: one line per request in uvicorn's shape, with the client's full node id.
 
-Each case a user relies on: status and reason, the query string, refusals (413, 431,
-503), WebSocket accept / close / refusal, a response cut off by shutdown or by the
+Each case a user relies on: status and reason, the query string, refusals (413, 429,
+431, 503), WebSocket accept / close / refusal, a response cut off by shutdown or by the
 client (never logged as 200), and the record's fields for a JSON formatter.
 """
 
@@ -102,6 +102,30 @@ async def test_refusals_are_logged_with_their_status(serve: Serve, access: pytes
         f'{client} - "GET /busy HTTP/3" 503 Service Unavailable',
         f'{client} - "GET /wait HTTP/3" 200 OK',
     ]
+
+
+async def test_a_per_peer_429_is_logged_like_the_other_refusals(serve: Serve, access: pytest.LogCaptureFixture) -> None:
+    release = asyncio.Event()
+
+    async def holding(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/wait":
+            await release.wait()
+        await app(scope, receive, send)
+
+    served = await serve(holding, lifespan="off", limit_peer_concurrency=1)
+    client = str(served.pair.client.node_id)
+    held = asyncio.create_task(served.client.get("/wait"))
+    await wait_until(lambda: served.server.active_requests >= 1)
+    limited = await served.client.get("/more?page=2")
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "1"
+    release.set()
+    assert (await held).status_code == 200
+    await wait_until(lambda: len(lines(access)) >= 2)
+    assert lines(access) == [
+        f'{client} - "GET /more?page=2 HTTP/3" 429 Too Many Requests',
+        f'{client} - "GET /wait HTTP/3" 200 OK',
+    ]
+    assert served.server.requests_limited == 1
 
 
 async def test_a_response_cut_by_shutdown_is_not_logged_as_200(
