@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidConfiguration, P2PError
-from . import _common
+from . import _common, ops
 from ._common import LOG_LEVELS, configure_logging, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -140,6 +140,7 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="log level (default: info)")
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
+    ops.add_admin_args(p)
 
 
 #: The flag each RelayLimits field comes from (bursts are twice the rate; both queue
@@ -227,7 +228,9 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             directory=directory,
             clock_offset=clock_offset,
         )
+        admin = None
         try:
+            admin = await ops.start_admin(args, server.endpoint, None)
             url = server.url
             if args.public_host:
                 url = RelayUrl(url.node_id, args.public_host, url.port)
@@ -247,6 +250,8 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             else:
                 lines.append("  directory off (--no-directory)")
             lines.append(f"  url      {text}")
+            if admin is not None:
+                lines.append(f"  admin    {admin.admin.path} (asgi-p2p status)")
             if server.endpoint.local_address[0] in ("127.0.0.1", "::1"):
                 lines.append("  (bound to loopback: only this machine can connect; use --host 0.0.0.0 for others)")
             elif server.endpoint.local_address[0] in ("0.0.0.0", "::") and not args.public_host:
@@ -263,4 +268,6 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             )
             return 0
         finally:
+            if admin is not None:
+                await admin.close()
             await server.close()

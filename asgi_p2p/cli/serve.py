@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import NetworkConfig
 from ..errors import InvalidConfiguration, InvalidNodeId, P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
-from . import _common
+from . import _common, ops
 from ._common import LOG_LEVELS, configure_logging, describe_error, positive_float, positive_int, seconds_or_off
 
 if TYPE_CHECKING:
@@ -61,8 +61,13 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         help="only this node may connect (repeatable; default: any node)",
     )
     p.add_argument(
-        "--allow-file", type=Path, metavar="PATH", help="file of node ids allowed to connect, one per line (# comments)"
+        "--allow-file",
+        type=Path,
+        metavar="PATH",
+        help="file of node ids allowed to connect, one per line (# comments); `asgi-p2p pair` adds to it, "
+        "`asgi-p2p peers revoke` removes from it, live",
     )
+    ops.add_admin_args(p)
     p.add_argument("--root-path", default="", metavar="PATH", help="ASGI root_path, for apps mounted below a prefix")
     p.add_argument(
         "--lifespan",
@@ -183,7 +188,7 @@ def _allow_list(args: argparse.Namespace) -> list[NodeId] | None:
             raise InvalidConfiguration(f"--allow: {exc}") from None
     if args.allow_file is not None:
         ids.extend(read_allow_file(args.allow_file))
-    if not ids:
+    if not ids and args.no_admin_socket:
         raise InvalidConfiguration(f"--allow-file {args.allow_file} lists no node ids; nobody could connect")
     return ids
 
@@ -276,12 +281,18 @@ async def _serve(
             log.info("%s: shutting down gracefully (send again to force)", signame)
             stop.set()
 
+    from ..ops.allowfile import AllowList
+
+    # the allow-file is read again (AllowList) so that pairing and revoking change it live
+    policy = AllowList([NodeId.parse(a) for a in args.allow], args.allow_file) if allow is not None else None
     with _common.signal_handlers(on_signal):
         endpoint = await Node.bind(
-            key, host=args.host, port=args.port, allow=allow, config=config, relay_url=args.relay_url
+            key, host=args.host, port=args.port, allow=policy, config=config, relay_url=args.relay_url
         )
         published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)
+        admin = None
         try:
+            admin = await ops.start_admin(args, endpoint, policy)
             server_kwargs: dict[str, Any] = {
                 "root_path": args.root_path,
                 "lifespan": args.lifespan,
@@ -318,6 +329,8 @@ async def _serve(
                     lambda addr: _common.write_atomically(ticket_file, Ticket.from_node_addr(addr).encode())
                 )
             _announce(args, endpoint, ticket, allow)
+            if admin is not None:
+                print(f"  admin    {admin.admin.path} (asgi-p2p status / invite / peers)", flush=True)
             await stop.wait()
             shutdown = asyncio.ensure_future(server.shutdown())
             forced = asyncio.ensure_future(force.wait())
@@ -333,6 +346,8 @@ async def _serve(
             log.info("stopped")
             return 0
         finally:
+            if admin is not None:
+                await admin.close()
             for source in reversed(published):
                 await _unpublish(source)
             await endpoint.close()

@@ -134,5 +134,7 @@ class NodeControl:
         self.allow.add(device, label)
 
     async def close(self) -> None:
+        """Close the admin socket and end pairing exchanges in progress."""
+        await self.admin.close()
         if self.pairing is not None:
             await self.pairing.close()
