@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -115,14 +116,14 @@ async def test_real_other_user_cannot_use_the_socket(tmp_path: Path) -> None:
     """As user nobody: the 0600 socket refuses to connect; made world-writable, SO_PEERCRED still refuses."""
     directory = Path(tempfile.mkdtemp(prefix="adm-"))
     try:
-        directory.chmod(0o755)
+        os.chmod(directory, 0o755)
         srv = AdminServer(directory / "n.sock")
         await srv.start()
         client = (
             "import socket,sys\n"
             "s=socket.socket(socket.AF_UNIX)\n"
             "try:\n s.connect(sys.argv[1])\nexcept PermissionError:\n print('EACCES'); sys.exit(0)\n"
-            "s.sendall(b'{\"command\":\"help\"}\\n'); print(s.makefile().readline().strip())\n"
+            's.sendall(b\'{"command":"help"}\\n\'); print(s.makefile().readline().strip())\n'
         )
 
         async def as_nobody() -> str:
@@ -140,9 +141,7 @@ async def test_real_other_user_cannot_use_the_socket(tmp_path: Path) -> None:
         finally:
             await srv.close()
     finally:
-        for p in directory.iterdir():
-            p.unlink()
-        directory.rmdir()
+        shutil.rmtree(directory)
 
 
 async def test_stale_socket_is_replaced_live_one_is_not(tmp_path: Path) -> None:
