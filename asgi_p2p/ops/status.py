@@ -65,7 +65,7 @@ def node_status(
             "bytes_received": conn.bytes_received,
             "connected_seconds": round(now - conn.established_at, 3) if conn.established_at is not None else None,
         }
-        if conn.is_relay_connection:
+        if conn.is_relay_connection and conn.is_client:  # our connection to our relay
             row["path"] = "direct"
             relays.append(row)
         else:
