@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,7 +96,7 @@ def admin_socket_path(args: argparse.Namespace) -> Path:
     if args.admin_socket is not None:
         return Path(args.admin_socket)
     directory = default_admin_dir()
-    found = find_admin_sockets(directory)
+    found = [p for p in find_admin_sockets(directory) if _answers(p)]  # not the stale ones of killed nodes
     if args.node:
         found = [p for p in found if p.stem.startswith(args.node)]
     if not found:
@@ -107,6 +108,16 @@ def admin_socket_path(args: argparse.Namespace) -> Path:
         names = ", ".join(p.stem for p in found)
         raise AdminError(f"{len(found)} nodes run here ({names}); choose one with --node ID or --admin-socket PATH")
     return found[0]
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
