@@ -5,10 +5,10 @@ Protocol: JSON lines.  Each request is one JSON object on one line with a
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.  A
 connection may send several requests, one after the other.
 
-Only the user running the node may use it: the socket is created mode 0600 (in a
-directory created 0700), and on Linux each connection's peer credentials
-(``SO_PEERCRED``) are checked against the node's user; anyone else gets an error
-line and is disconnected.  A request is at most :data:`MAX_REQUEST` bytes, a
+Only the user running the node (and root) may use it: the socket is created mode
+0600 (in a directory created 0700), and on Linux each connection's peer credentials
+(``SO_PEERCRED``) are checked against those users; anyone else gets an error line
+and is disconnected.  (Elsewhere only the file mode protects it.)  A request is at most :data:`MAX_REQUEST` bytes, a
 connection idle for ``timeout`` seconds is closed, and at most ``max_clients``
 connections are served at once.
 
@@ -138,9 +138,13 @@ def find_admin_sockets(directory: Path | None = None) -> list[Path]:
 class AdminServer:
     """The admin socket of one node (see the module docstring)."""
 
-    def __init__(self, path: Path, *, timeout: float = 10.0, max_clients: int = 16) -> None:
+    def __init__(
+        self, path: Path, *, timeout: float = 10.0, max_clients: int = 16, allowed_uids: frozenset[int] | None = None
+    ) -> None:
         check_socket_path(path)
         self.path = path
+        #: the users whose connections are answered (default: the node's user and root)
+        self.allowed_uids = allowed_uids if allowed_uids is not None else frozenset({os.getuid(), 0})
         self.timeout = timeout
         self.max_clients = max_clients
         self._commands: dict[str, _Command] = {}
@@ -239,9 +243,10 @@ class AdminServer:
     async def _conversation(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         uid = _peer_uid(sock) if sock is not None else None
-        if uid is not None and uid != os.getuid():
+        if uid is not None and uid not in self.allowed_uids:
             self.refused_users += 1
-            log.warning("admin socket %s: refused a connection from uid %d (only uid %d)", self.path, uid, os.getuid())
+            allowed = ", ".join(map(str, sorted(self.allowed_uids)))
+            log.warning("admin socket %s: refused a connection from uid %d (only uid %s)", self.path, uid, allowed)
             await self._answer(writer, {"ok": False, "error": f"refused: uid {uid} is not the node's user"})
             return
         if len(self._clients) > self.max_clients:

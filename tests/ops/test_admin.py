@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from asgi_p2p.errors import InvalidConfiguration
-from asgi_p2p.ops import admin as admin_mod
 from asgi_p2p.ops.admin import MAX_REQUEST, AdminError, AdminServer, admin_call, find_admin_sockets
 
 
@@ -95,13 +94,16 @@ async def test_idle_connection_is_closed(server: AdminServer) -> None:
     writer.close()
 
 
-async def test_other_user_is_refused(server: AdminServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SO_PEERCRED: a connection whose uid is not the node's gets an error line and is closed."""
+async def test_other_user_is_refused(tmp_path: Path) -> None:
+    """SO_PEERCRED: a connection whose uid is not allowed gets an error line and is closed."""
     real = os.getuid()
-    monkeypatch.setattr(admin_mod.os, "getuid", lambda: real + 4242)  # the node now "runs as" someone else
-    with pytest.raises(AdminError, match=f"refused: uid {real} is not the node's user"):
-        await admin_call(server.path, "echo")
-    assert server.refused_users == 1
+    srv = AdminServer(tmp_path / "n.sock", allowed_uids=frozenset({real + 4242}))  # as if run by someone else
+    srv.register("echo", lambda request: request, "echo")
+    async with srv:
+        with pytest.raises(AdminError, match=f"refused: uid {real} is not the node's user"):
+            await admin_call(srv.path, "echo")
+        assert srv.refused_users == 1
+    assert AdminServer(tmp_path / "m.sock").allowed_uids == {real, 0}  # by default: the node's user and root
 
 
 # a system python user nobody may run (the test venv's may live in root's home)
