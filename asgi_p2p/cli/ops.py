@@ -82,6 +82,9 @@ async def start_admin(args: argparse.Namespace, endpoint: Endpoint, allow: Allow
 
     if args.no_admin_socket:
         return None
+    if not hasattr(asyncio, "start_unix_server"):  # Windows: asyncio serves no unix sockets
+        log.warning("no admin socket on this platform: `asgi-p2p status`, `invite` and `peers` cannot reach this node")
+        return None
     path = args.admin_socket or default_admin_dir() / f"{endpoint.node_id}.sock"
     admin = AdminServer(path)
     control = NodeControl(endpoint, admin, allow)
