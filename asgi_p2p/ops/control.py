@@ -33,6 +33,8 @@ class NodeControl:
         self.admin = admin
         self.allow = allow
         self.pairing: PairingService | None = None
+        #: more listeners for ``status`` (e.g. ``{"kind": "metrics", "address": "127.0.0.1:9464"}``)
+        self.listeners: list[dict[str, Any]] = []
         if allow is not None and allow.path is not None:
             self.pairing = PairingService(endpoint, self._paired)
         admin.register("status", self._status, "node id, listeners, relay, and every peer connection")
@@ -48,7 +50,7 @@ class NodeControl:
         status = node_status(
             self.endpoint,
             labels=self._labels,
-            listeners=[{"kind": "admin", "address": str(self.admin.path)}],
+            listeners=[{"kind": "admin", "address": str(self.admin.path)}, *self.listeners],
         )
         status["allow"] = "any node" if self.allow is None else f"{len(self.allow)} node(s)"
         if self.pairing is not None:
