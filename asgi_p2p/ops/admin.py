@@ -234,6 +234,10 @@ class AdminServer:
             await self._conversation(reader, writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # close() cancels the connections it owns; asyncio would log a cancelled
+            # client_connected_cb task as an error, so this one ends normally
+            pass
         finally:
             self._clients.discard(task)
             writer.close()

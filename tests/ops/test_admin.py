@@ -178,3 +178,17 @@ def test_long_path_is_refused(tmp_path: Path) -> None:
 async def test_client_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(AdminError, match="no admin socket at"):
         await admin_call(tmp_path / "none.sock", "status")
+
+
+async def test_close_with_open_connections_is_quiet(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    srv = AdminServer(tmp_path / "n.sock")
+    await srv.start()
+    reader, writer = await asyncio.open_unix_connection(str(srv.path))
+    writer.write(b'{"command":"help"}\n')
+    assert json.loads(await reader.readline())["ok"] is True
+    await srv.close()  # the connection is still open
+    assert await reader.read() == b""  # closed by the server
+    writer.close()
+    await asyncio.sleep(0)  # let the loop run the connection task's callbacks
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    assert not srv.path.exists()
