@@ -25,9 +25,10 @@ from ._common import default_key_file
 
 if TYPE_CHECKING:
     from ..endpoint import Endpoint
-    from ..identity import NodeAddr, NodeId
+    from ..identity import NodeAddr, NodeId, SecretKey
     from ..ops.allowfile import AllowList
     from ..ops.control import NodeControl
+    from ..ops.pairing import Invite
 
 __all__ = ["add_admin_args", "admin_socket_path", "parse_duration", "start_admin", "subcommands"]
 
@@ -77,7 +78,7 @@ def add_admin_args(p: argparse.ArgumentParser) -> None:
 
 async def start_admin(args: argparse.Namespace, endpoint: Endpoint, allow: AllowList | None) -> NodeControl | None:
     """Open the admin socket of ``endpoint`` (None with ``--no-admin-socket``); close it with ``.close()``."""
-    from ..ops.admin import AdminServer, default_admin_dir
+    from ..ops.admin import AdminError, AdminServer, default_admin_dir
     from ..ops.control import NodeControl
 
     if args.no_admin_socket:
@@ -86,10 +87,16 @@ async def start_admin(args: argparse.Namespace, endpoint: Endpoint, allow: Allow
         log.warning("no admin socket on this platform: `asgi-p2p status`, `invite` and `peers` cannot reach this node")
         return None
     path = args.admin_socket or default_admin_dir() / f"{endpoint.node_id}.sock"
-    admin = AdminServer(path)
-    control = NodeControl(endpoint, admin, allow)
-    await admin.start()
-    return control
+    try:
+        admin = AdminServer(path)
+        await admin.start()
+    except (AdminError, InvalidConfiguration) as exc:
+        if args.admin_socket is not None:
+            raise
+        # the default place is unusable (e.g. another process with this key runs here): serve without one
+        log.warning("this node opens no admin socket: %s", exc)
+        return None
+    return NodeControl(endpoint, admin, allow)
 
 
 def admin_socket_path(args: argparse.Namespace) -> Path:
@@ -249,7 +256,7 @@ def run_pair(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _pair(key: Any, invite: Any, timeout: float) -> str | None:
+async def _pair(key: SecretKey, invite: Invite, timeout: float) -> str | None:
     from ..config import NetworkConfig
     from ..node import Node
     from ..ops.pairing import pair

@@ -196,7 +196,8 @@ def test_admin_errors_are_one_line(cli: Cli, start_server: Starter, rundir: Path
     env = {"XDG_RUNTIME_DIR": str(rundir)}
     r = cli.run("status", env=env)
     assert r.returncode == 1 and "no running asgi-p2p node found" in one_line_error(r.stderr)
-    start_server("apps.music:app", "--ephemeral", env=env)  # no allow-file: status works, invites do not
+    key = rundir / "k.key"
+    start_server("apps.music:app", "--key-file", key, env=env)  # no allow-file: status works, invites do not
     r = cli.run("invite", env=env)
     assert r.returncode == 1 and "pairing needs an allow-file" in one_line_error(r.stderr)
     r = cli.run("invite", "--expires", "soon", env=env)
@@ -204,5 +205,10 @@ def test_admin_errors_are_one_line(cli: Cli, start_server: Starter, rundir: Path
     start_server("apps.music:app", "--ephemeral", env=env)
     r = cli.run("status", env=env)
     assert r.returncode == 1 and "2 nodes run here" in one_line_error(r.stderr)
+    # the same key twice: the default socket is taken, so the second serves without one
+    twin = start_server("apps.music:app", "--key-file", key, env=env)
+    assert "this node opens no admin socket: admin socket" in twin.stderr
+    assert "is in use by another running node (choose another --admin-socket)" in twin.stderr
+    assert "admin " not in twin.stdout
     r = cli.run("pair", "p2p1notaninvite")
     assert r.returncode == 1 and "an invite starts with 'p2pinvite1'" in one_line_error(r.stderr)
