@@ -331,6 +331,8 @@ async def _serve(
             _announce(args, endpoint, ticket, allow)
             if admin is not None:
                 print(f"  admin    {admin.admin.path} (asgi-p2p status / invite / peers)", flush=True)
+                if policy is not None and len(policy) == 0:
+                    print("  (nobody is allowed yet: `asgi-p2p invite` makes an invite for a new device)", flush=True)
             await stop.wait()
             shutdown = asyncio.ensure_future(server.shutdown())
             forced = asyncio.ensure_future(force.wait())

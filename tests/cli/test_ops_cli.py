@@ -147,6 +147,7 @@ async def test_invite_pair_peers_revoke(cli: Cli, start_server: Starter, rundir:
         "apps.music:app", "--ephemeral", "--allow-file", allow_file, "--admin-socket", sock
     )
     ticket = server.ticket_file.read_text().strip()
+    assert "nobody is allowed yet: `asgi-p2p invite` makes an invite" in server.stdout
     device_key = tmp_path / "phone.key"
     code, invite, err = await cli_async(cli, "invite", "--label", "phone", "--expires", "10m", "--admin-socket", sock)
     assert code == 0, err
