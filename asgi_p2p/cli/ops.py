@@ -183,17 +183,34 @@ def _invite_args(p: argparse.ArgumentParser) -> None:
         help="how long it stays valid, e.g. 90s, 10m, 2h (default: 10m)",
     )
     p.add_argument("--label", metavar="NAME", help="label for the paired device in the allow-file (e.g. phone)")
+    manage = p.add_mutually_exclusive_group()
+    manage.add_argument("--list", action="store_true", help="list the pending invites instead")
+    manage.add_argument("--cancel", metavar="ID", help="cancel the pending invite with this id instead")
     _client_args(p)
 
 
 def run_invite(args: argparse.Namespace) -> int:
+    if args.list:
+        pending = _call(args, "invites")
+        if args.json:
+            print(json.dumps(pending, indent=2))
+            return 0
+        print(f"{len(pending)} pending invite(s)")
+        for i in pending:
+            label = f"  # {i['label']}" if i.get("label") else ""
+            print(f"{i['id']}  {i['uses_left']}/{i['uses']} use(s) left, expires in {_human(i['expires_in'])}{label}")
+        return 0
+    if args.cancel is not None:
+        result = _call(args, "cancel-invite", id=args.cancel)
+        print(json.dumps(result, indent=2) if args.json else f"cancelled invite {result['id']}")
+        return 0
     result = _call(args, "invite", uses=args.uses, expires=args.expires, label=args.label)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     uses = "once" if result["uses"] == 1 else f"{result['uses']} times"
     print(
-        f"invite for node {result['node_id']} (usable {uses}, expires in {_human(result['expires'])})",
+        f"invite {result['id']} for node {result['node_id']} (usable {uses}, expires in {_human(result['expires'])})",
         file=sys.stderr,
     )
     print("on the new device run:  asgi-p2p pair INVITE", file=sys.stderr)
@@ -205,7 +222,7 @@ def _human(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    return f"{seconds:.0f}s"
 
 
 # -- pair ------------------------------------------------------------------------------------

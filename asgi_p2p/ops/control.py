@@ -42,6 +42,7 @@ class NodeControl:
         admin.register("revoke", self._revoke, "stop allowing node_id: remove it from the allow-file, close it")
         admin.register("invite", self._invite, "a one-time pairing invite (uses, expires seconds, label)")
         admin.register("invites", self._invites, "the pending invites")
+        admin.register("cancel-invite", self._cancel_invite, "cancel the pending invite with this id")
 
     def _labels(self, node_id: NodeId) -> str | None:
         return self.allow.label(node_id) if self.allow is not None else None
@@ -130,6 +131,14 @@ class NodeControl:
 
     def _invites(self, _request: dict[str, Any]) -> list[dict[str, Any]]:
         return self.pairing.invites() if self.pairing is not None else []
+
+    def _cancel_invite(self, request: dict[str, Any]) -> dict[str, Any]:
+        invite_id = request.get("id")
+        if not isinstance(invite_id, str):
+            raise AdminError('cancel-invite needs "id" (see `asgi-p2p invite --list`)')
+        if self.pairing is None or not self.pairing.cancel_invite(invite_id.strip().lower()):
+            raise AdminError(f"no pending invite {invite_id!r} (see `asgi-p2p invite --list`)")
+        return {"id": invite_id, "cancelled": True}
 
     def _paired(self, device: NodeId, label: str | None) -> None:
         assert self.allow is not None

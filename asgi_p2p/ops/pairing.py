@@ -452,16 +452,15 @@ class PairingService:
         spent = self._spent.get(invite_id)
         known = info if info is not None else spent[0] if spent is not None else None
         if known is None:
-            return PairingError("unknown invite (it was cancelled, or the node restarted since)", "unknown")
+            return PairingError("unknown invite (invites live in the running node: did it restart?)", "unknown")
         expected = pairing_proof(known.secret, invite_id, self.endpoint.node_id, device, nonce)
         if not hmac.compare_digest(expected, proof):
             return PairingError("the invite's secret does not match (a damaged or forged invite)", "bad_proof")
         if info is None:
             assert spent is not None
             why = spent[1]
-            if why == "used_up":
-                return PairingError("this invite was used already", "used_up")
-            return PairingError(f"this invite has {why}", why)
+            text = {"used_up": "was used already", "expired": "has expired", "cancelled": "was cancelled"}
+            return PairingError(f"this invite {text.get(why, why)}", why)
         assert self.on_paired is not None
         try:
             self.on_paired(device, info.label)

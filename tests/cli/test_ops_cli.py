@@ -155,6 +155,8 @@ async def test_invite_pair_peers_revoke(cli: Cli, start_server: Starter, rundir:
     assert invite.startswith("p2pinvite1") and "usable once, expires in 10m" in err
     details = json.loads(ok(await cli_async(cli, "invite", "--json", "--uses", "2", "--admin-socket", sock)))
     assert details["uses"] == 2 and details["expires"] == 600 and details["invite"].startswith("p2pinvite1")
+    listing = ok(await cli_async(cli, "invite", "--list", "--admin-socket", sock))
+    assert "2 pending invite(s)" in listing and f"{details['id']}  2/2 use(s) left, expires in 10m" in listing
     code, out, err = await cli_async(cli, "pair", invite, "--key-file", device_key)
     assert code == 0, err
     device = SecretKey.load(device_key)

@@ -12,7 +12,7 @@ import pytest
 from asgi_p2p.errors import P2PError
 from asgi_p2p.identity import SecretKey
 from asgi_p2p.node import Node
-from asgi_p2p.ops.admin import AdminServer
+from asgi_p2p.ops.admin import AdminError, AdminServer, admin_call
 from asgi_p2p.ops.allowfile import AllowList
 from asgi_p2p.ops.control import NodeControl
 from asgi_p2p.ops.pairing import (
@@ -220,3 +220,34 @@ def test_invite_text_round_trip_and_damage() -> None:
         Invite.parse(damaged)
     with pytest.raises(PairingError, match="starts with"):
         Invite.parse("p2p1" + text[10:])
+
+
+async def test_admin_commands_over_the_socket(served: Served, device: Node) -> None:
+    """invite, invites, cancel-invite, peers, status and revoke as `asgi-p2p` sends them."""
+    admin = served.control.admin
+    async with admin:
+        made = await admin_call(admin.path, "invite", uses=2, expires=60, label="tv")
+        assert made["uses"] == 2 and made["label"] == "tv"
+        (pending,) = await admin_call(admin.path, "invites")
+        assert pending["id"] == made["id"] and pending["uses_left"] == 2 and 0 < pending["expires_in"] <= 60
+        assert await pair(device, made["invite"]) == "tv"
+        peers = await admin_call(admin.path, "peers")
+        assert peers["peers"] == [{"node_id": str(device.node_id), "label": "tv", "source": "file", "connected": True}]
+        status = await admin_call(admin.path, "status")
+        assert status["pairing"]["paired"] == 1 and status["allow"] == "1 node(s)"
+        assert await admin_call(admin.path, "cancel-invite", id=made["id"]) == {"id": made["id"], "cancelled": True}
+        assert await admin_call(admin.path, "invites") == []
+        with pytest.raises(PairingError, match="this invite was cancelled"):
+            await pair(device, made["invite"])
+        for bad, message in [
+            ({"uses": 0}, "uses must be 1-1000"),
+            ({"uses": "2"}, '"uses" must be a whole number'),
+            ({"expires": 0}, "expires after 0 to"),
+            ({"label": "a\nb"}, "control characters"),
+        ]:
+            with pytest.raises(AdminError, match=message):
+                await admin_call(admin.path, "invite", **bad)
+        with pytest.raises(AdminError, match="no pending invite"):
+            await admin_call(admin.path, "cancel-invite", id="00")
+        with pytest.raises(AdminError, match=r"node id"):
+            await admin_call(admin.path, "revoke", node_id="nope")
