@@ -190,6 +190,8 @@ def _invite_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_invite(args: argparse.Namespace) -> int:
+    from ..ops.status import format_duration
+
     if args.list:
         pending = _call(args, "invites")
         if args.json:
@@ -198,7 +200,8 @@ def run_invite(args: argparse.Namespace) -> int:
         print(f"{len(pending)} pending invite(s)")
         for i in pending:
             label = f"  # {i['label']}" if i.get("label") else ""
-            print(f"{i['id']}  {i['uses_left']}/{i['uses']} use(s) left, expires in {_human(i['expires_in'])}{label}")
+            left = format_duration(i["expires_in"])
+            print(f"{i['id']}  {i['uses_left']}/{i['uses']} use(s) left, expires in {left}{label}")
         return 0
     if args.cancel is not None:
         result = _call(args, "cancel-invite", id=args.cancel)
