@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidConfiguration, P2PError
-from . import _common
+from . import _common, ops
 from ._common import configure_logging, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
     _common.add_log_args(p)
     _common.add_config_arg(p)
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
+    ops.add_admin_args(p)
 
 
 #: The flag each RelayLimits field comes from (bursts are twice the rate; both queue
@@ -257,7 +258,9 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             directory=directory,
             clock_offset=clock_offset,
         )
+        admin = None
         try:
+            admin = await ops.start_admin(args, server.endpoint, None)
             url = server.url
             if args.public_host:
                 url = RelayUrl(url.node_id, args.public_host, url.port)
@@ -277,6 +280,8 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             else:
                 lines.append("  directory off (--no-directory)")
             lines.append(f"  url      {text}")
+            if admin is not None:
+                lines.append(f"  admin    {admin.admin.path} (asgi-p2p status)")
             if server.endpoint.local_address[0] in ("127.0.0.1", "::1"):
                 lines.append("  (bound to loopback: only this machine can connect; use --host 0.0.0.0 for others)")
             elif server.endpoint.local_address[0] in ("0.0.0.0", "::") and not args.public_host:
@@ -294,4 +299,6 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             )
             return 0
         finally:
+            if admin is not None:
+                await admin.close()
             await server.close()
