@@ -3,6 +3,7 @@
 Routes::
 
     GET       /           who is here and the recent messages (JSON)
+    GET       /ui         a web page: the room over the WebSocket, and a box to talk
     GET       /messages   recent messages (JSON)
     POST      /messages   say something without a WebSocket (text body, or JSON {"text": ...})
     WEBSOCKET /ws         join: receive history then every message; send text to talk
@@ -25,7 +26,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -97,6 +98,47 @@ async def index(request: Request) -> JSONResponse:
     )
 
 
+#: The web page (for browsers reaching the app through ``asgi-p2p gateway``); its URLs are
+#: relative, so it also works below a path prefix.
+UI_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>asgi-p2p chat</title>
+<style>
+body { font: 15px system-ui, sans-serif; margin: 2em; background: #f2f4f6; }
+#log { list-style: none; padding: 0; } #log li { margin: .3em 0; } .from { color: #567; font-size: .8em; }
+</style></head>
+<body><h1>asgi-p2p chat</h1><p id="state">connecting</p><ul id="log"></ul>
+<form id="say"><input id="text" autocomplete="off" size="40"> <button>send</button></form>
+<script>
+const url = new URL("ws", location.href);
+url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+const ws = new WebSocket(url);
+const log = document.getElementById("log");
+ws.onopen = () => { document.getElementById("state").textContent = "connected"; document.body.dataset.open = "1"; };
+ws.onclose = (e) => { document.getElementById("state").textContent = "closed (" + e.code + ")"; };
+ws.onmessage = (e) => {
+  const msg = JSON.parse(e.data);
+  const li = document.createElement("li");
+  li.className = msg.type;
+  const who = document.createElement("span");
+  who.className = "from";
+  who.textContent = msg.from.slice(0, 10) + ": ";
+  li.append(who, msg.type === "message" ? msg.text : "(" + msg.type + ")");
+  log.append(li);
+};
+document.getElementById("say").onsubmit = (e) => {
+  e.preventDefault();
+  const box = document.getElementById("text");
+  if (box.value) ws.send(box.value);
+  box.value = "";
+};
+</script></body></html>
+"""
+
+
+async def ui(request: Request) -> HTMLResponse:
+    return HTMLResponse(UI_PAGE)
+
+
 async def get_messages(request: Request) -> JSONResponse:
     return JSONResponse(list(_room(request).history))
 
@@ -162,6 +204,7 @@ def create_app() -> Starlette:
     return Starlette(
         routes=[
             Route("/", index),
+            Route("/ui", ui),
             Route("/messages", get_messages, methods=["GET"]),
             Route("/messages", post_message, methods=["POST"]),
             WebSocketRoute("/ws", chat_socket),

@@ -3,6 +3,7 @@
 Routes::
 
     GET  /                       what this is, and who you are (your node id)
+    GET  /ui                     a web page listing the tracks, each with an <audio> player
     GET  /tracks                 every track (JSON)
     GET  /tracks/{id}            one track (JSON)
     GET  /tracks/{id}/audio      the audio file (Range requests answered with 206)
@@ -40,7 +41,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 __all__ = ["Library", "Track", "app", "create_app", "generate_library"]
@@ -275,9 +276,62 @@ async def index(request: Request) -> JSONResponse:
             "you": peer_id(request),
             "tracks": len(lib.tracks),
             "albums": len(lib.albums),
-            "routes": ["/tracks", "/tracks/{id}", "/tracks/{id}/audio", "/albums", "/albums/{id}/art", "/playlists"],
+            "routes": [
+                "/ui",
+                "/tracks",
+                "/tracks/{id}",
+                "/tracks/{id}/audio",
+                "/albums",
+                "/albums/{id}/art",
+                "/playlists",
+            ],
         }
     )
+
+
+#: The web page (for browsers reaching the app through ``asgi-p2p gateway``).  Every URL in it is
+#: relative, so it also works below a path prefix (a path-style gateway's ``/<node-id>/ui``).
+UI_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>asgi-p2p music</title>
+<style>
+body { font: 15px system-ui, sans-serif; margin: 2em; background: #f6f5f2; color: #222; }
+h1 { font-size: 1.4em; } .you { color: #666; font-size: .85em; word-break: break-all; }
+li { list-style: none; display: flex; align-items: center; gap: 1em; margin: .6em 0; }
+li img { width: 48px; height: 48px; border-radius: 6px; } .title { min-width: 22em; }
+</style></head>
+<body><h1>asgi-p2p music</h1><p class="you" id="you"></p><ul id="tracks"></ul>
+<script>
+async function load() {
+  const info = await (await fetch("./")).json();
+  document.getElementById("you").textContent = "served over HTTP/3 to node " + info.you;
+  const tracks = await (await fetch("tracks")).json();
+  const list = document.getElementById("tracks");
+  for (const t of tracks) {
+    const li = document.createElement("li");
+    li.className = "track";
+    li.dataset.id = t.id;
+    const img = document.createElement("img");
+    img.src = t.art_url.slice(1);
+    img.alt = "";
+    const title = document.createElement("span");
+    title.className = "title";
+    title.textContent = t.title + " - " + t.album;
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    audio.preload = "metadata";
+    audio.src = t.audio_url.slice(1);
+    li.append(img, title, audio);
+    list.append(li);
+  }
+  document.body.dataset.loaded = String(tracks.length);
+}
+load();
+</script></body></html>
+"""
+
+
+async def ui(request: Request) -> HTMLResponse:
+    return HTMLResponse(UI_PAGE)
 
 
 async def list_tracks(request: Request) -> JSONResponse:
@@ -395,6 +449,7 @@ def create_app(music_dir: str | os.PathLike[str] | None = None) -> Starlette:
     return Starlette(
         routes=[
             Route("/", index),
+            Route("/ui", ui),
             Route("/tracks", list_tracks),
             Route("/tracks/{track_id}", track_info),
             Route("/tracks/{track_id}/audio", track_audio, methods=["GET", "HEAD"]),

@@ -73,12 +73,26 @@ Hooks:
 * :func:`idle_timeout` - the idle timeout in force (``QuicConnection._idle_timeout()``).
 * :func:`stream_bytes_sent` - the highest stream offset sent so far
   (``QuicStreamSender.highest_offset``): 0 means nothing of the stream left this host.
+* :func:`install_server_resumption` - stateless session tickets and 0-RTT on a server
+  connection: the ticket aioquic sends is the caller's sealed state instead of random
+  bytes it expects stored (``tls.Context._server_handle_finished``,
+  ``_build_session_ticket``), the ClientHello's ticket age and random reach the caller
+  (re-parsed around ``_server_handle_hello``), 0-RTT keys are installed only when the
+  caller accepts early data (``update_traffic_key_cb``, ``early_data_accepted``), and a
+  resumed handshake does not wait for the client certificate it never requested
+  (``_request_client_certificate``, ``_server_expect_finished``).
+* :class:`ClockedSessionTicket` / :func:`clocked_ticket` - a client's ticket whose age
+  and validity follow the node's clock (aioquic reads the system clock).
+* :func:`early_data_sendable` - a client connection writes 0-RTT packets now
+  (``QuicConnection._cryptos``).
 """
 
 from __future__ import annotations
 
+import datetime
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pylsqpack
@@ -102,6 +116,7 @@ from aioquic.h3.events import H3Event
 from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY,
+    MAX_EARLY_DATA,
     MAX_STREAM_DATA_FRAME_CAPACITY,
     TRANSPORT_CLOSE_FRAME_CAPACITY,
     QuicConnection,
@@ -122,14 +137,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
+    "TICKET_EPOCH",
     "AlertAccessDenied",
     "AlertBadCertificate",
     "AlertCertificateRequired",
     "Buffer",
     "BufferReadError",
+    "ClockedSessionTicket",
+    "OfferedTicket",
+    "ResumableSession",
     "ack_with_next_packet",
+    "cipher_suite",
+    "clocked_ticket",
     "congestion_window",
     "data_received",
+    "early_data_sendable",
     "encode_initial_close",
     "get_stream",
     "handshake_confirmed",
@@ -138,6 +160,7 @@ __all__ = [
     "install_identity_hooks",
     "install_receive_credit",
     "install_reset_tokens",
+    "install_server_resumption",
     "is_closing",
     "max_data_sent",
     "max_datagram_size",
@@ -823,3 +846,212 @@ def patch_stream_hash() -> bool:
     QuicStream.__hash__ = __hash__  # type: ignore[method-assign]
     QuicStream._asgi_p2p_sim_patched = True  # type: ignore[attr-defined]
     return True
+
+
+# -- TLS session resumption and 0-RTT ------------------------------------------------
+
+
+#: a fixed date for tickets whose validity the endpoint checks itself (by a clock of its own:
+#: ClockedSessionTicket and the server's opened tickets override what aioquic reads of them)
+TICKET_EPOCH = _EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+
+
+def cipher_suite(value: int) -> tls.CipherSuite:
+    """The TLS cipher suite numbered ``value`` (ValueError if aioquic has none such)."""
+    return tls.CipherSuite(value)
+
+
+def _never() -> float:
+    return 0.0
+
+
+@dataclass
+class ClockedSessionTicket(tls.SessionTicket):
+    """A client's session ticket whose validity and age follow the node's clock, not the
+    system clock aioquic reads (``SessionTicket.is_valid`` / ``obfuscated_age`` call
+    ``utcnow()``): in the simulator time is virtual, and the age a ClientHello reports
+    must agree with the server's clock for the server to accept 0-RTT data."""
+
+    clock: Callable[[], float] = _never
+    received_at: float = 0.0
+    lifetime: float = 0.0
+
+    @property
+    def is_valid(self) -> bool:
+        return 0.0 <= self.clock() - self.received_at <= self.lifetime
+
+    @property
+    def obfuscated_age(self) -> int:
+        age_ms = max(0, int((self.clock() - self.received_at) * 1000))
+        return (age_ms + self.age_add) % (1 << 32)
+
+
+def clocked_ticket(ticket: tls.SessionTicket, clock: Callable[[], float]) -> ClockedSessionTicket:
+    """``ticket`` (as aioquic's client built it on receipt) with its age counted by ``clock``
+    from now on; its lifetime is the one the server announced."""
+    lifetime = (ticket.not_valid_after - ticket.not_valid_before).total_seconds()
+    return ClockedSessionTicket(
+        age_add=ticket.age_add,
+        cipher_suite=ticket.cipher_suite,
+        not_valid_after=ticket.not_valid_after,
+        not_valid_before=ticket.not_valid_before,
+        resumption_secret=ticket.resumption_secret,
+        server_name=ticket.server_name,
+        ticket=ticket.ticket,
+        max_early_data_size=ticket.max_early_data_size,
+        other_extensions=list(ticket.other_extensions),
+        clock=clock,
+        received_at=clock(),
+        lifetime=lifetime,
+    )
+
+
+@dataclass
+class _OpenedTicket(tls.SessionTicket):
+    """What the server hands aioquic for a ticket the endpoint opened (and checked) itself."""
+
+    @property
+    def is_valid(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class OfferedTicket:
+    """The PSK a ClientHello offers, as the server's ``open_ticket`` callback sees it."""
+
+    ticket: bytes  #: the ticket (PSK identity)
+    obfuscated_age: int  #: the client's ticket age plus the ticket's age_add, mod 2**32, in ms
+    client_random: bytes  #: the ClientHello's random (unique per ClientHello: a replay repeats it)
+    alpn: str | None  #: the ALPN negotiated for this connection
+
+
+@dataclass(frozen=True)
+class ResumableSession:
+    """What ``open_ticket`` returns to resume a session (None: a full handshake instead)."""
+
+    resumption_secret: bytes
+    cipher_suite: int
+    #: accept the ClientHello's 0-RTT data (checked by aioquic's binder first: the
+    #: ``accept_early`` callback runs only once the ClientHello proved the ticket's secret)
+    accept_early: Callable[[], bool]
+
+
+def install_server_resumption(
+    quic: QuicConnection,
+    *,
+    open_ticket: Callable[[OfferedTicket], ResumableSession | None],
+    issue_ticket: Callable[[bytes | None, str, int, bytes, int], bytes | None],
+    lifetime: int,
+    rng: Any,
+) -> None:
+    """Stateless session tickets and 0-RTT on a server connection (call before its first datagram,
+    after :func:`install_identity_hooks`).
+
+    * Issuing (``tls.Context._server_handle_finished``): once the client's Finished is
+      verified, aioquic would send a random 64-byte ticket it expects the application to
+      store; instead ``issue_ticket(client_key, alpn, cipher_suite, resumption_secret,
+      age_add)`` returns the ticket bytes (sealed state; None: no ticket).  ``client_key``
+      is the raw Ed25519 key the client proved with its certificate, None when this
+      connection itself was resumed (the caller knows the node from the ticket).  The
+      NewSessionTicket (lifetime ``lifetime`` seconds, ``age_add`` drawn from ``rng``,
+      early data allowed) is then pushed as aioquic would.
+    * Resuming (``tls.Context.get_session_ticket_cb`` with the ClientHello re-parsed for
+      the ticket age and random): ``open_ticket(offer)`` returns the session or None (a
+      full handshake); raising a :class:`aioquic.tls.Alert` refuses the client.  0-RTT
+      keys are installed (``update_traffic_key_cb`` for the 0-RTT epoch) only if the
+      session's ``accept_early()`` says so; else EncryptedExtensions tells the client its
+      early data was refused (``early_data_accepted``) and the 0-RTT packets are dropped.
+    * A resumed handshake sends no CertificateRequest (RFC 8446 4.6.2), so the server
+      does not wait for a client certificate (``_request_client_certificate`` stays set
+      for full handshakes; ``_server_expect_finished`` is called instead).
+    """
+    original_initialize = quic._initialize
+
+    def _initialize(peer_cid: bytes) -> None:
+        original_initialize(peer_cid)
+        ctx = quic.tls
+        if ctx._is_client:
+            return
+        offered: list[OfferedTicket] = []
+        session: list[ResumableSession] = []
+        orig_hello = ctx._server_handle_hello
+        orig_finished = ctx._server_handle_finished
+        orig_update = ctx.update_traffic_key_cb
+
+        def server_hello(input_buf: Any, initial_buf: Any, handshake_buf: Any) -> None:
+            offered.clear()
+            try:
+                hello = tls.pull_client_hello(Buffer(data=input_buf.data_slice(0, input_buf.capacity)))
+            except (BufferReadError, tls.Alert, ValueError):
+                hello = None  # aioquic's own parse raises the right alert
+            if hello is not None and hello.pre_shared_key is not None and len(hello.pre_shared_key.identities) == 1:
+                ident, age = hello.pre_shared_key.identities[0]
+                offered.append(OfferedTicket(ident, age, hello.random, None))
+            orig_hello(input_buf, initial_buf, handshake_buf)
+            if ctx.session_resumed and ctx.state == tls.State.SERVER_EXPECT_CERTIFICATE:
+                ctx._server_expect_finished()
+
+        def fetch(identity: bytes) -> tls.SessionTicket | None:
+            session.clear()
+            if not offered or offered[0].ticket != identity:
+                return None
+            offer = offered[0]
+            found = open_ticket(
+                OfferedTicket(offer.ticket, offer.obfuscated_age, offer.client_random, ctx.alpn_negotiated)
+            )
+            if found is None:
+                return None
+            session.append(found)
+            return _OpenedTicket(
+                age_add=0,
+                cipher_suite=tls.CipherSuite(found.cipher_suite),
+                not_valid_after=_EPOCH,
+                not_valid_before=_EPOCH,
+                resumption_secret=found.resumption_secret,
+                server_name="",
+                ticket=identity,
+            )
+
+        def update_key(direction: Any, epoch: Any, cipher_suite: Any, secret: bytes) -> None:
+            if direction == tls.Direction.DECRYPT and epoch == tls.Epoch.ZERO_RTT:
+                if not session or not session[0].accept_early():
+                    ctx.early_data_accepted = False  # EncryptedExtensions, built next, says so
+                    return
+            orig_update(direction, epoch, cipher_suite, secret)
+
+        def server_finished(input_buf: Any, output_buf: Any) -> None:
+            orig_finished(input_buf, output_buf)  # no ticket: new_session_ticket_cb is None
+            if ctx._psk_key_exchange_mode is None or ctx.alpn_negotiated is None:
+                return  # the client does not resume sessions
+            client_key = None if ctx.session_resumed else _raw_ed25519(ctx)
+            nst = tls.NewSessionTicket(
+                ticket_lifetime=lifetime,
+                ticket_age_add=rng.getrandbits(32),
+                ticket_nonce=b"",
+                ticket=b"",
+                max_early_data_size=MAX_EARLY_DATA,
+            )
+            schedule = ctx.key_schedule
+            assert schedule is not None  # the handshake completed
+            secret = ctx._build_session_ticket(nst, []).resumption_secret
+            ticket = issue_ticket(
+                client_key, ctx.alpn_negotiated, int(schedule.cipher_suite), secret, nst.ticket_age_add
+            )
+            if ticket is None:
+                return
+            nst.ticket = ticket
+            tls.push_new_session_ticket(output_buf, nst)
+
+        ctx._server_handle_hello = server_hello  # type: ignore[method-assign]
+        ctx._server_handle_finished = server_finished  # type: ignore[method-assign]
+        ctx.get_session_ticket_cb = fetch
+        ctx.update_traffic_key_cb = update_key
+
+    quic._initialize = _initialize  # type: ignore[method-assign]
+
+
+def early_data_sendable(quic: QuicConnection) -> bool:
+    """A client connection holds 0-RTT keys (it offered early data) and no 1-RTT keys yet
+    (``QuicConnection._cryptos``): stream data written now leaves as 0-RTT."""
+    cryptos = quic._cryptos
+    return bool(cryptos[tls.Epoch.ZERO_RTT].send.is_valid() and not cryptos[tls.Epoch.ONE_RTT].send.is_valid())

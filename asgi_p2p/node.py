@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Iterable
 
 from .config import NetworkConfig
-from .endpoint.endpoint import AllowPolicy, Endpoint
+from .endpoint.endpoint import AllowPolicy, Endpoint, NodeResolver
 from .identity import NodeAddr, NodeId, SecretKey
 from .messages import MessageConnection, MessageListener, MessageService
 from .net.base import DatagramNetwork
@@ -65,6 +65,7 @@ class Node(Endpoint):
         rng: random.Random | None = None,
         relay_url: str | None = None,
         relay_factory: RelayFactory | None = None,
+        discovery: NodeResolver | None = None,
     ) -> Node:
         """Bind a node (see :meth:`Endpoint.bind` for the arguments it shares).
 
@@ -73,9 +74,20 @@ class Node(Endpoint):
         reached through it, and hole punching is signalled through it.
         ``relay_factory`` builds the relay client (default:
         :class:`~asgi_p2p.relay.client.RelayClient`; tests pass fakes).
+        ``discovery`` (a :class:`~asgi_p2p.discovery.Discovery`, e.g. a
+        :class:`~asgi_p2p.discovery.ChainedDiscovery`) is asked where a node
+        dialed by id alone is.
         """
         node = await super().bind(
-            secret_key, host=host, port=port, alpns=alpns, allow=allow, config=config, network=network, rng=rng
+            secret_key,
+            host=host,
+            port=port,
+            alpns=alpns,
+            allow=allow,
+            config=config,
+            network=network,
+            rng=rng,
+            discovery=discovery,
         )
         if relay_url is not None:
             factory = relay_factory if relay_factory is not None else RelayClient

@@ -17,7 +17,15 @@ endpoint sends fewer packets per message: answers carry the pending ACK, and kee
 go out only on idle connections).  Simulated seconds per wall second is packet capacity
 divided by the offered packet rate, so the table sweeps the message interval.
 
+``--patches`` measures what the simulator's determinism patches (seeded ``os.urandom``,
+``random``, ``uuid``, virtual ``time``/``datetime``, the refusals of sleeps, threads and
+blocking sockets: ``asgi_p2p.sim.determinism``) cost on these rows: each row runs
+alternately with them (as every simulation does) and without them (``sim.loop.environment =
+None``), ``--repeat`` times, in the same process; it prints simulated seconds per CPU second (medians
+and every run's value), the ratio, and the wall-clock medians.
+
 Usage: python benchmarks/sim.py [--seconds 300] [--nodes 2,10,100] [--quic-intervals 1,5,10]
+       python benchmarks/sim.py --patches [--repeat 5] ...
 """
 
 # ruff: noqa: E402
@@ -27,6 +35,7 @@ import argparse
 import asyncio
 import heapq
 import random
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +56,7 @@ from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, Node, SecretKey
 from asgi_p2p.endpoint.tls import node_certificate
 from asgi_p2p.sim import Simulation
 from asgi_p2p.sim.determinism import real_perf_counter
+from benchmarks._machine import machine_description
 
 
 @dataclass
@@ -56,6 +66,8 @@ class Result:
     virtual: float
     wall: float
     delivered: int
+    #: CPU seconds of this process over the same span (less sensitive to other load than wall)
+    cpu: float = 0.0
 
     @property
     def speedup(self) -> float:
@@ -66,8 +78,10 @@ class Result:
         return self.delivered / self.wall
 
 
-def bench_udp(n: int, seconds: float, seed: int = 1, interval: float = 0.1) -> Result:
+def bench_udp(n: int, seconds: float, seed: int = 1, interval: float = 0.1, patched: bool = True) -> Result:
     sim = Simulation(seed=seed, keep_trace=False)
+    if not patched:
+        sim.loop.environment = None  # no determinism patches while it runs
     hosts = [sim.host(f"n{i}") for i in range(n)]
     rng = random.Random(seed)
 
@@ -98,17 +112,20 @@ def bench_udp(n: int, seconds: float, seed: int = 1, interval: float = 0.1) -> R
         await asyncio.gather(*(node(i) for i in range(n)))
         await asyncio.sleep(1)
 
-    wall = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     sim.run(main(), time_limit=seconds + 60)
-    wall = time.perf_counter() - wall
-    result = Result(f"udp, 1 msg / {interval:g} s / node", n, sim.now, wall, sim.delivered)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    result = Result(f"udp, 1 msg / {interval:g} s / node", n, sim.now, wall, sim.delivered, cpu)
     sim.close()
     return result
 
 
-def bench_quic(n: int, seconds: float, seed: int = 1, interval: float = 1.0) -> Result:
+def bench_quic(n: int, seconds: float, seed: int = 1, interval: float = 1.0, patched: bool = True) -> Result:
     sim = Simulation(seed=seed, keep_trace=False)
+    if not patched:
+        sim.loop.environment = None  # no determinism patches while it runs
     marks: dict[str, tuple[float, float, int]] = {}
+    cpu = [0.0]
     hosts = [sim.host(f"n{i}") for i in range(n)]
 
     async def main() -> None:
@@ -134,6 +151,7 @@ def bench_quic(n: int, seconds: float, seed: int = 1, interval: float = 1.0) -> 
         conns = await asyncio.gather(*(eps[i].connect(eps[(i + k) % n].node_addr()) for i in range(n) for k in peers))
         # Handshakes are excluded, as in the bare aioquic baseline.
         marks["start"] = (real_perf_counter(), sim.now, sim.delivered)
+        cpu[0] = time.process_time()  # not replaced inside a simulation
         rng = random.Random(seed)
 
         async def talk(conn: MessageConnection) -> None:
@@ -147,6 +165,7 @@ def bench_quic(n: int, seconds: float, seed: int = 1, interval: float = 1.0) -> 
 
         await asyncio.gather(*(talk(c) for c in conns))
         marks["end"] = (real_perf_counter(), sim.now, sim.delivered)
+        cpu[0] = time.process_time() - cpu[0]
         for t in servers:
             t.cancel()
         for ep in eps:
@@ -154,7 +173,7 @@ def bench_quic(n: int, seconds: float, seed: int = 1, interval: float = 1.0) -> 
 
     sim.run(main(), time_limit=seconds + 600)
     (w0, v0, d0), (w1, v1, d1) = marks["start"], marks["end"]
-    result = Result(f"quic (real Endpoint), 1 msg / {interval:g} s / connection", n, v1 - v0, w1 - w0, d1 - d0)
+    result = Result(f"quic (real Endpoint), 1 msg / {interval:g} s / connection", n, v1 - v0, w1 - w0, d1 - d0, cpu[0])
     sim.close()
     return result
 
@@ -261,6 +280,40 @@ def bench_bare_aioquic(pairs: int, seconds: float, interval: float = 1.0, latenc
     )
 
 
+def compare_patches(runs: list[tuple[str, float]], sizes: list[int], seconds: float, repeat: int) -> None:
+    """Each row with and without the determinism patches, interleaved, ``repeat`` times.
+
+    Speeds are simulated seconds per CPU second of this process (on a machine shared with other
+    work, wall time measures the other work too); the wall-clock medians follow.
+    """
+    for patched in (True, False):  # warm-up, not measured: imports, the first module scan for datetime names
+        bench_udp(2, 1.0, patched=patched)
+    print(
+        "| workload | nodes | with patches, simulated s / CPU s | without | with / without "
+        "| wall: with / without (medians) |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for workload, interval in runs:
+        for n in sizes:
+            bench = bench_udp if workload == "udp" else bench_quic
+            speeds: dict[bool, list[float]] = {True: [], False: []}
+            walls: dict[bool, list[float]] = {True: [], False: []}
+            name = ""
+            for i in range(repeat):
+                for patched in (True, False) if i % 2 == 0 else (False, True):
+                    r = bench(n, seconds, interval=interval, patched=patched)
+                    speeds[patched].append(r.virtual / r.cpu)
+                    walls[patched].append(r.speedup)
+                    name = r.workload
+            on, off = statistics.median(speeds[True]), statistics.median(speeds[False])
+            each = {k: ", ".join(f"{v:,.0f}" for v in vs) for k, vs in speeds.items()}
+            print(
+                f"| {name} | {n} | {on:,.0f}x ({each[True]}) | {off:,.0f}x ({each[False]}) | {on / off:.2f} "
+                f"| {statistics.median(walls[True]):,.0f}x / {statistics.median(walls[False]):,.0f}x |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="virtual seconds per run (after the handshakes)")
@@ -268,9 +321,17 @@ def main() -> None:
     parser.add_argument("--workloads", default="udp,quic", help="udp,quic")
     parser.add_argument("--udp-intervals", default="0.1,1", help="seconds between a node's UDP messages")
     parser.add_argument("--quic-intervals", default="1,5,10", help="seconds between messages on a QUIC connection")
+    parser.add_argument("--patches", action="store_true", help="compare each row with and without the patches")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each row and mode with --patches")
     args = parser.parse_args()
+    print(f"Machine: {machine_description()}")
     sizes = [int(x) for x in args.nodes.split(",")]
     workloads = args.workloads.split(",")
+    if args.patches:
+        runs_ = [("udp", float(x)) for x in args.udp_intervals.split(",")] if "udp" in workloads else []
+        runs_ += [("quic", float(x)) for x in args.quic_intervals.split(",")] if "quic" in workloads else []
+        compare_patches(runs_, sizes, args.seconds, args.repeat)
+        return
     print("| workload | nodes | simulated s | wall s | simulated s / wall s | delivered packets | packets / wall s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     runs: list[tuple[str, float]] = []

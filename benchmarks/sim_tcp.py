@@ -31,6 +31,7 @@ sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resol
 
 from asgi_p2p.sim import Simulation  # noqa: E402 - after the path fix above
 from asgi_p2p.sim.determinism import real_perf_counter  # noqa: E402 - after the path fix above
+from benchmarks._machine import machine_description  # noqa: E402 - after the path fix above
 
 TARGET_MB_PER_S = 20.0
 
@@ -136,6 +137,7 @@ def main() -> None:
     parser.add_argument("--echo-megabytes", type=float, default=20.0, help="MB each way in the echo run")
     parser.add_argument("--connections", type=int, default=10, help="connections of the echo run")
     args = parser.parse_args()
+    print(f"Machine: {machine_description()}")
     print("| workload | MB moved | wall s | virtual s | segments | MB / wall s | target |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in (

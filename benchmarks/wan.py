@@ -30,11 +30,13 @@ fresh client process that measures: the first response (``GET /small``) from cre
 and from the process being spawned; whether and when the path went direct; ``--steady`` sequential
 small requests (p50/p99); ``--requests`` small requests with 50 in flight (req/s); one
 ``--bulk-mib`` MiB download (MB/s, 10^6 bytes). A second fresh process with the same identity then
-times its first response ("returning client"). CPU per request and per MB is the CPU time (user +
-system) of every process of the row (client, server, relay / tunnel server, sender, app) over
-the 50-concurrent phase and the download; the delay lines are the network, not counted. The raw
-TCP figures are a 10 MiB TCP download between the two homes' hosts (a port forward on the serving
-home's router) over the same links, once per repeat: on a new connection, then 10 MiB more on the
+times its first response ("returning client"; an asgi-p2p client imports the session tickets the
+first process exported, so it resumes and sends its GET as 0-RTT data; ``--no-resume``: it does not).
+CPU per request and per MB is the CPU time (user + system) of every process of the row (client,
+server, relay / tunnel server, sender, app) over the 50-concurrent phase and the download; the delay
+lines are the network, not counted. The raw TCP figures are a 10 MiB TCP download between the two
+homes' hosts (a port forward on the serving home's router) over the same links, once per repeat: on
+a new connection, then 10 MiB more on the
 warm one (the link's ceiling).
 
 Usage (root)::
@@ -115,6 +117,7 @@ def client_main(args: argparse.Namespace) -> None:
         from asgi_p2p.ticket import Ticket
 
         key_file = Path(args.key_file)
+        tickets_file = key_file.with_suffix(".tickets")
         if key_file.exists():  # a returning client: the identity of the earlier process
             key = SecretKey.load(key_file)
         else:
@@ -128,6 +131,8 @@ def client_main(args: argparse.Namespace) -> None:
         if args.client in ("direct", "relayed"):
             addr = Ticket.parse(args.target).to_node_addr()
             node = await Node.bind(key, host="0.0.0.0", relay_url=addr.relay_url)
+            if tickets_file.exists() and not args.no_resume:  # the TLS session tickets of the earlier process
+                res["tickets"] = node.import_session_tickets(tickets_file.read_bytes())
             transport = P2PTransport(node)
             transport.add_addr(addr)
             client = httpx.AsyncClient(transport=transport, base_url=f"https://{addr.node_id}", timeout=120)
@@ -222,6 +227,9 @@ def client_main(args: argparse.Namespace) -> None:
             for c in {id(c): c for c in workers}.values():
                 await c.aclose()
             if node is not None:
+                fd = os.open(tickets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(node.export_session_tickets())
                 await node.close()
 
     _emit({"result": asyncio.run(main())})
@@ -440,6 +448,8 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
         argv += ["--bulk-mib", str(a.bulk_mib), "--wait-direct", str(a.wait_direct)]
         if first_only:
             argv.append("--first-only")
+        if a.no_resume:
+            argv.append("--no-resume")
         where = self.sym.host if row == "relayed" else self.cli.host
         return where, argv
 
@@ -767,6 +777,12 @@ def main() -> int:
     p.add_argument("--wait-direct", type=float, default=10.0, help="direct row: wait up to S s for a direct path")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 5 + 60 requests, 1 MiB")
     p.add_argument("--json", metavar="PATH", help="also write every run's raw figures to PATH")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="asgi-p2p clients keep no TLS session tickets between processes (the returning client's "
+        "first connection is then a full handshake)",
+    )
     # internal modes (the processes the driver starts inside the namespaces)
     p.add_argument("--client", choices=ROWS, help=argparse.SUPPRESS)
     p.add_argument("--target", help=argparse.SUPPRESS)

@@ -759,3 +759,172 @@ def test_h3_on_field_section_rewrites_fields_before_aioquic_checks_them(static: 
             assert got == [[*request, (b"x-bad-length", b"0x10")]]
             assert seen[-1] == [*request, (b"content-length", b"0x10")]
             assert h.p.terminated("client") is None and not h.server.is_done
+
+
+# -- session resumption and 0-RTT ------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _Rng:
+    def getrandbits(self, k: int) -> int:
+        return 12345
+
+
+class ResumePair(Pair):
+    """A Pair whose server issues and resumes tickets through install_server_resumption;
+    the client offers ``ticket`` (and, with ``early``, sends stream data in 0-RTT)."""
+
+    def __init__(
+        self,
+        ck: SecretKey,
+        sk: SecretKey,
+        *,
+        ticket: hooks.ClockedSessionTicket | None = None,
+        sessions: dict[bytes, tuple[bytes, int]] | None = None,
+        accept_early: bool = True,
+        refuse: bool = False,
+    ) -> None:
+        super().__init__(ck, sk)
+        cfg = self.client.configuration
+        cfg.session_ticket = ticket
+        cfg.server_name = "server"
+        self.clock = _Clock()
+        self.tickets: list[hooks.ClockedSessionTicket] = []
+        self.client = QuicConnection(
+            configuration=cfg, session_ticket_handler=lambda t: self.tickets.append(hooks.clocked_ticket(t, self.clock))
+        )
+        hooks.install_identity_hooks(self.client, lambda raw: None)
+        self.issued: list[tuple[bytes | None, str]] = []
+        self.offers: list[hooks.OfferedTicket] = []
+        self.sessions = sessions if sessions is not None else {}
+        self.accept_early = accept_early
+        self.refuse = refuse
+
+    def start(self) -> QuicConnection:
+        server = super().start()
+        hooks.install_identity_hooks(server, lambda raw: None)
+
+        def open_ticket(offer: hooks.OfferedTicket) -> hooks.ResumableSession | None:
+            self.offers.append(offer)
+            if self.refuse:
+                raise hooks.AlertAccessDenied("revoked")
+            found = self.sessions.get(offer.ticket)
+            if found is None:
+                return None
+            return hooks.ResumableSession(found[0], found[1], lambda: self.accept_early)
+
+        def issue(key: bytes | None, alpn: str, suite: int, secret: bytes, age_add: int) -> bytes:
+            ticket = f"ticket {len(self.issued)}".encode()
+            self.issued.append((key, alpn))
+            self.sessions[ticket] = (secret, suite)
+            return ticket
+
+        hooks.install_server_resumption(server, open_ticket=open_ticket, issue_ticket=issue, lifetime=3600, rng=_Rng())
+        return server
+
+    def start_early(self, data: bytes) -> tuple[int, list[QuicEvent]]:
+        """Connect, write ``data`` on a new stream at once, deliver the first flight: the
+        stream id and the server's events from it."""
+        server = self.start()  # client.connect() ran: the first flight is pending
+        sid = self.client.get_next_available_stream_id()
+        self.client.send_stream_data(sid, data, end_stream=True)
+        self.pending += [d for d, _ in self.client.datagrams_to_send(self.now)]
+        for datagram in self.pending:
+            server.receive_datagram(datagram, CLIENT_ADDR, self.now)
+        self.pending = []
+        early = list(iter(server.next_event, None))
+        self.events["server"].extend(early)
+        return sid, early
+
+
+def _first_session(ck: SecretKey, sk: SecretKey) -> tuple[hooks.ClockedSessionTicket, dict[bytes, tuple[bytes, int]]]:
+    p = ResumePair(ck, sk)
+    p.start()
+    p.pump()
+    assert hooks.handshake_confirmed(p.client)
+    (completed,) = [e for e in p.events["server"] if isinstance(e, HandshakeCompleted)]
+    assert not completed.session_resumed
+    # the ticket is the caller's bytes, issued once the client proved its key
+    assert p.issued == [(ck.node_id.to_bytes(), "test")]
+    (ticket,) = p.tickets
+    assert ticket.ticket == b"ticket 0" and ticket.lifetime == 3600 and ticket.age_add == 12345
+    return ticket, p.sessions
+
+
+def test_server_resumption_issues_the_callers_ticket_and_resumes_with_0rtt() -> None:
+    ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
+    ticket, sessions = _first_session(ck, sk)
+    clock = ticket.clock
+    assert isinstance(clock, _Clock)
+    clock.t += 2.5
+    p = ResumePair(ck, sk, ticket=ticket, sessions=sessions)
+    _, early = p.start_early(b"early request")
+    # the 0-RTT data is there before the handshake completed (before the client's Finished)
+    assert any(isinstance(e, StreamDataReceived) and e.data == b"early request" for e in early)
+    assert not any(isinstance(e, HandshakeCompleted) for e in early)
+    assert p.server.tls.early_data_accepted and p.server.tls.session_resumed
+    (offer,) = p.offers
+    assert offer.ticket == b"ticket 0" and offer.alpn == "test" and len(offer.client_random) == 32
+    assert (offer.obfuscated_age - 12345) % (1 << 32) == 2500  # the age by the ticket's clock
+    p.pump()
+    (completed,) = [e for e in p.events["server"] if isinstance(e, HandshakeCompleted)]
+    assert completed.session_resumed and completed.early_data_accepted
+    assert hooks.handshake_confirmed(p.client) and p.terminated("server") is None
+    assert hooks.peer_public_key(p.server) is None  # no certificate in a resumed handshake
+    assert not hooks.early_data_sendable(p.client)
+    assert p.issued == [(None, "test")]  # a new ticket; the caller knows the node from the old one
+
+
+def test_early_data_sendable_only_with_a_ticket_allowing_it() -> None:
+    ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
+    p = ResumePair(ck, sk)
+    p.client.connect(SERVER_ADDR, now=p.now)
+    assert not hooks.early_data_sendable(p.client)
+
+
+@pytest.mark.parametrize("case", ["early refused", "unknown ticket", "refused node"])
+def test_server_resumption_refusals(case: str) -> None:
+    ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
+    ticket, sessions = _first_session(ck, sk)
+    p = ResumePair(
+        ck,
+        sk,
+        ticket=ticket,
+        sessions=sessions if case != "unknown ticket" else {},
+        accept_early=case != "early refused",
+        refuse=case == "refused node",
+    )
+    sid, early = p.start_early(b"early request")
+    assert not p.server.tls.early_data_accepted
+    assert not any(isinstance(e, StreamDataReceived) for e in early)  # 0-RTT packets dropped
+    p.pump(40)
+    if case == "refused node":
+        closed = p.terminated("client")
+        assert closed is not None and closed.error_code == 0x100 + 49 and "revoked" in closed.reason_phrase
+        return
+    (completed,) = [e for e in p.events["server"] if isinstance(e, HandshakeCompleted)]
+    assert completed.session_resumed == (case == "early refused") and not completed.early_data_accepted
+    # the client's request is sent again in 1-RTT packets and arrives after the handshake
+    data = b"".join(e.data for e in p.events["server"] if isinstance(e, StreamDataReceived) and e.stream_id == sid)
+    assert data == b"early request"
+    if case == "unknown ticket":  # a full handshake: the client proved its key again
+        assert hooks.peer_public_key(p.server) == ck.node_id.to_bytes()
+
+
+def test_clocked_ticket_counts_age_and_validity_by_the_given_clock() -> None:
+    ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
+    ticket, _ = _first_session(ck, sk)
+    clock = ticket.clock
+    assert isinstance(clock, _Clock)
+    assert ticket.is_valid and ticket.obfuscated_age == 12345
+    clock.t += 10.0
+    assert ticket.obfuscated_age == 12345 + 10_000
+    clock.t += 3600.0
+    assert not ticket.is_valid

@@ -92,6 +92,29 @@ def test_sim_benchmark_prints_simulator_and_bare_aioquic_rows() -> None:
     assert ratio[5].strip().endswith("x") and ratio[7].strip().endswith("x")
 
 
+def test_sim_benchmark_compares_rows_with_and_without_the_patches() -> None:
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(ROOT / "benchmarks" / "sim.py"), "--patches", "--repeat", "2"),
+            *("--nodes", "2", "--seconds", "3", "--udp-intervals", "1", "--quic-intervals", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("Machine: ") and "load average" in proc.stdout
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    for name in ("udp, 1 msg / 1 s / node", "quic (real Endpoint), 1 msg / 1 s / connection"):
+        cells = [c.strip() for c in rows[name].strip("|").split("|")]
+        for cell in cells[2:4]:  # median and the two runs (simulated s per CPU s), with patches and without
+            median, runs = cell.split(" ", 1)
+            assert median.endswith("x") and len(runs.strip("()").split(", ")) == 2, rows[name]
+        assert float(cells[4]) > 0, rows[name]
+        assert cells[5].count("x") == 2, rows[name]  # wall-clock medians
+
+
 def test_paths_benchmark_quick_run_prints_every_environment_but_netns() -> None:
     """--quick runs the lossy simulator, the bandwidth-limited simulator and loopback UDP (never the
     netns rig, which needs root), each column filled in."""
@@ -365,3 +388,24 @@ def test_http_benchmark_interleaves_rounds_and_reports_client_cpu() -> None:
         assert all(len(c.split(", ")) == 2 for c in cells), row  # one value per round
     # the probed row names the sizes its connection used (16384 on loopback once probed)
     assert "16384, probed) |" in out, out
+
+
+def test_restart_benchmark_prints_every_row_in_round_trips() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "restart.py"), "--delay-ms", "5", "--runs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RTT 10 ms" in proc.stdout
+    rows = {
+        cells[0]: cells
+        for line in proc.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| next GET")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert set(rows) == {"restart", "restart, no ticket", "returning", "new, no ticket", "pooled"}, proc.stdout
+    for cells in rows.values():
+        assert float(cells[1]) > 0 and float(cells[2]) > 0 and len(cells[3].split(",")) == 1

@@ -1,8 +1,8 @@
 """The ``asgi-p2p`` command.
 
 ``asgi-p2p APP`` serves an ASGI app (like ``uvicorn APP``); the other
-subcommands are ``keygen``, ``id``, ``get``, ``proxy``, ``send``, ``receive``, ``relay``,
-``status``, ``invite``, ``pair`` and ``peers``.
+subcommands are ``keygen``, ``id``, ``get``, ``proxy``, ``send``, ``receive``, ``gateway``,
+``relay``, ``status``, ``invite``, ``pair`` and ``peers``.
 """
 
 from __future__ import annotations
@@ -73,10 +73,11 @@ def _subcommands() -> dict[str, Subcommand]:
         pass
     else:
         cmds.update(serve.subcommands())
-        from . import proxy, transfer
+        from . import gateway, proxy, transfer
 
         cmds.update(proxy.subcommands())
         cmds.update(transfer.subcommands())
+        cmds.update(gateway.subcommands())
     from . import ops, relay  # the relay and the admin commands need no HTTP layer
 
     cmds.update(relay.subcommands())

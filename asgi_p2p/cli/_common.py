@@ -31,6 +31,7 @@ __all__ = [
     "Subcommand",
     "add_config_arg",
     "add_discovery_args",
+    "add_dns_args",
     "add_log_args",
     "add_node_args",
     "changed_settings",
@@ -38,6 +39,7 @@ __all__ = [
     "default_key_file",
     "describe_error",
     "directory_addr",
+    "dns_update_option",
     "flag_name",
     "fmt_path",
     "load_env_file",
@@ -379,6 +381,56 @@ def setting_source(args: argparse.Namespace, name: str, flag: str) -> str:
     if source is None or source == "command line":
         return flag
     return f"${source}" if source.startswith("ASGI_P2P_") else source
+
+
+def add_dns_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, serving: bool) -> None:
+    """``--dns-zone``; for ``get`` ``--dns-server``, for ``serve`` ``--dns-update`` and ``--dns-tsig-key-file``."""
+    if serving:
+        p.add_argument(
+            "--dns-zone",
+            metavar="ZONE",
+            help="publish our signed record as TXT at NODE_ID.ZONE (needs --dns-update and --dns-tsig-key-file)",
+        )
+        p.add_argument("--dns-update", metavar="HOST[:PORT]", help="the zone's primary DNS server, for the update")
+        p.add_argument(
+            "--dns-tsig-key-file",
+            type=Path,
+            metavar="PATH",
+            help="file holding the TSIG key allowed to update the zone: [ALGORITHM:]NAME:SECRET (base64)",
+        )
+    else:
+        p.add_argument("--dns-zone", metavar="ZONE", help="look the node (or name) up in DNS: TXT at NODE_ID.ZONE")
+        p.add_argument(
+            "--dns-server",
+            action="append",
+            default=[],
+            metavar="HOST[:PORT]",
+            help="DNS server to ask (repeatable; default: the system's resolvers)",
+        )
+
+
+def dns_update_option(args: argparse.Namespace) -> Any:
+    """The :class:`~asgi_p2p.discovery.dns.DnsUpdate` of ``serve``'s DNS flags, or None (nothing published)."""
+    zone = setting_source(args, "dns_zone", "--dns-zone")
+    update = setting_source(args, "dns_update", "--dns-update")
+    key_file = setting_source(args, "dns_tsig_key_file", "--dns-tsig-key-file")
+    given = [f for f, v in ((update, args.dns_update), (key_file, args.dns_tsig_key_file)) if v]
+    if args.dns_zone is None:
+        if given:
+            raise InvalidConfiguration(f"{given[0]} needs --dns-zone")
+        return None
+    if len(given) != 2:
+        raise InvalidConfiguration(f"{zone} needs --dns-update HOST[:PORT] and --dns-tsig-key-file PATH")
+    from ..discovery.dns import DnsUpdate
+
+    try:
+        text = args.dns_tsig_key_file.read_text().strip()
+    except OSError as exc:
+        raise InvalidConfiguration(f"{key_file}: cannot read {args.dns_tsig_key_file}: {exc}") from None
+    try:
+        return DnsUpdate.parse_key(args.dns_update, text)
+    except InvalidConfiguration as exc:
+        raise InvalidConfiguration(f"{key_file} / {update}: {exc}") from None
 
 
 def relay_url_option(value: str | None, source: str = "--relay") -> str | None:

@@ -37,6 +37,7 @@ from ..paths.prober import PathInfo
 from ..ticket import parse_target
 from ._common import (
     add_discovery_args,
+    add_dns_args,
     add_log_args,
     add_relay_arg,
     configure_logging,
@@ -121,6 +122,12 @@ def add_get_args(p: argparse.ArgumentParser) -> None:
     keys = p.add_mutually_exclusive_group()
     keys.add_argument("--key-file", type=Path, metavar="PATH", help="identify with this key (default: ephemeral)")
     keys.add_argument("--ephemeral", action="store_true", help="use a new random identity (the default)")
+    p.add_argument(
+        "--no-session-cache",
+        action="store_true",
+        help="with --key-file: do not keep TLS session tickets between runs (by default they are kept in "
+        "$XDG_CACHE_HOME/asgi-p2p/sessions/, mode 0600, so that the next run resumes and sends a GET as 0-RTT)",
+    )
     add_log_args(p, default_level="warning", config=False)
     nat = p.add_argument_group("NAT traversal and discovery")
     add_relay_arg(
@@ -129,6 +136,7 @@ def add_get_args(p: argparse.ArgumentParser) -> None:
         "by default the relay the ticket (or directory record) names",
     )
     add_discovery_args(nat, serving=False)
+    add_dns_args(nat, serving=False)
     nat.add_argument(
         "--wait-direct",
         type=positive_float,
@@ -242,7 +250,9 @@ async def _get(args: argparse.Namespace) -> int:
         raise _Fail(EXIT_ERROR, "--mdns-interface needs --mdns")
     mdns_ifaces = mdns_interfaces(args.mdns_interface)
     directory = directory_addr(args.directory) if args.directory is not None else None
-    can_discover = directory is not None or args.mdns
+    if args.dns_server and args.dns_zone is None:
+        raise _Fail(EXIT_ERROR, "--dns-server needs --dns-zone")
+    can_discover = directory is not None or args.mdns or args.dns_zone is not None
     addr, name, path = _parse_target_or_name(args.target, can_discover)
     if args.addr:
         if addr is None:
@@ -253,7 +263,7 @@ async def _get(args: argparse.Namespace) -> int:
         assert addr is not None
         raise NodeNotFound(
             f"no address known for node {addr.node_id}; use its ticket (p2p1..., printed by `asgi-p2p serve`), "
-            "add --addr HOST:PORT, or look it up with --directory TICKET or --mdns"
+            "add --addr HOST:PORT, or look it up with --dns-zone ZONE, --directory TICKET or --mdns"
         )
     headers = _parse_headers(args.headers)
     body = _read_data(args.data)
@@ -264,6 +274,8 @@ async def _get(args: argparse.Namespace) -> int:
         kind = f"key {args.key_file}" if args.key_file else "ephemeral key"
         _v(f"* local node {key.node_id} ({kind})")
 
+    tickets = None if args.key_file is None or args.no_session_cache else session_cache_path(key.node_id)
+
     async def bind(near: NodeAddr, relay: str | None, bind_key: SecretKey = key) -> Endpoint:
         from ..node import Node
 
@@ -273,7 +285,6 @@ async def _get(args: argparse.Namespace) -> int:
     endpoint: Endpoint | None = None
     try:
         if discover:
-            assert directory is not None or args.mdns
             near = directory if directory is not None else NodeAddr(key.node_id)
             # an ephemeral identity is random anyway: look up with another one, so that the relay
             # (often the directory too) never sees our node id at the lookup's address as well
@@ -287,6 +298,8 @@ async def _get(args: argparse.Namespace) -> int:
         assert addr is not None
         if endpoint is None:
             endpoint = await bind(addr, relay_opt or addr.relay_url)
+            if tickets is not None:
+                _load_session_tickets(endpoint, tickets, verbose=args.verbose)
         if args.verbose:
             where = ", ".join(_fmt_addr(a) for a in addr.direct_addresses) or "(none)"
             relay = f", relay {addr.relay_url}" if addr.relay_url else ""
@@ -296,7 +309,55 @@ async def _get(args: argparse.Namespace) -> int:
         return await _fetch(endpoint, addr, path, headers, body, args)
     finally:
         if endpoint is not None:
+            if tickets is not None:
+                _save_session_tickets(endpoint, tickets)
             await endpoint.close()
+
+
+# -- TLS session tickets kept between runs ----------------------------------------------------
+
+
+def session_cache_path(node_id: NodeId) -> Path:
+    """Where ``get`` keeps the session tickets of identity ``node_id`` between runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "asgi-p2p" / "sessions" / f"{node_id}.json"
+
+
+def _load_session_tickets(endpoint: Endpoint, path: Path, *, verbose: bool) -> None:
+    """Hold the tickets an earlier run kept (a file others can read, or a damaged one, is ignored)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("not using session tickets in %s: %s", path, exc)
+        return
+    if st.st_mode & 0o077:
+        log.warning("not using session tickets in %s: accessible by group or others (run `chmod 600 %s`)", path, path)
+        return
+    try:
+        count = endpoint.import_session_tickets(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        log.warning("not using session tickets in %s: %s", path, exc)
+        return
+    if verbose:
+        _v(f"* {count} TLS session ticket(s) from {path}")
+
+
+def _save_session_tickets(endpoint: Endpoint, path: Path) -> None:
+    """Write the tickets held now (mode 0600, replacing the file atomically); a failure only warns."""
+    data = endpoint.export_session_tickets()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not keep session tickets in %s: %s", path, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _parse_target_or_name(text: str, can_discover: bool) -> tuple[NodeAddr | None, str | None, str]:
@@ -321,7 +382,8 @@ def _parse_target_or_name(text: str, can_discover: bool) -> tuple[NodeAddr | Non
             raise original from None  # not a name either: the ticket / node id error explains it
         if not can_discover:
             raise InvalidTicket(
-                f"{head!r} is not a ticket or node id; to look it up as a name, add --directory TICKET or --mdns"
+                f"{head!r} is not a ticket or node id; to look it up as a name, "
+                "add --dns-zone ZONE, --directory TICKET or --mdns"
             ) from None
         return None, head, path if path.startswith("/") else "/" + path
     return target.addr, None, target.path
@@ -335,8 +397,15 @@ async def _discover(
     mdns_ifaces: list[str] | None,
     args: argparse.Namespace,
 ) -> NodeAddr:
-    """Resolve a node id or name: what we were given (static), then the directory, then mDNS."""
-    from ..discovery import ChainedDiscovery, DirectoryClient, Discovery, MdnsDiscovery, StaticDiscovery
+    """Resolve a node id or name: what we were given (static), then DNS, the directory, mDNS."""
+    from ..discovery import (
+        ChainedDiscovery,
+        DirectoryClient,
+        Discovery,
+        DnsDiscovery,
+        MdnsDiscovery,
+        StaticDiscovery,
+    )
 
     sources: list[Discovery] = []
     if addr is not None:
@@ -344,6 +413,13 @@ async def _discover(
     client: DirectoryClient | None = None
     mdns: MdnsDiscovery | None = None
     loop = asyncio.get_running_loop()
+    if args.dns_zone is not None:
+        offset = time.time() - loop.time()  # records carry wall-clock expiry times  # wall-clock ok (CLI edge)
+        sources.append(
+            DnsDiscovery(
+                args.dns_zone, nameservers=args.dns_server or None, clock_offset=offset, timeout=min(args.timeout, 5.0)
+            )
+        )
     if directory is not None:
         offset = time.time() - loop.time()  # records carry wall-clock expiry times  # wall-clock ok (CLI edge)
         client = DirectoryClient(endpoint, directory, clock_offset=offset, timeout=min(args.timeout, 10.0))
@@ -409,7 +485,8 @@ async def _fetch(
         # connect first (the request reuses the connection), so that -v sees the path from the start
         try:
             async with asyncio.timeout(args.timeout):
-                await connect_h3(endpoint, addr)
+                # with a session ticket from an earlier run, at once: the request goes as 0-RTT data
+                await connect_h3(endpoint, addr, early_data=True)
         except (P2PError, TimeoutError) as exc:
             err: httpx.HTTPError
             if isinstance(exc, TimeoutError):
@@ -593,7 +670,12 @@ def _v(line: str) -> None:
 
 
 def _verbose_connection(endpoint: Endpoint, conn: PeerConnection | None, node_id: NodeId, elapsed: float) -> None:
-    if conn is not None:
+    if conn is not None and conn.early:
+        _v(
+            f"* resuming the TLS session with node {node_id} (ticket of an earlier mutual-TLS handshake): "
+            "a GET, HEAD or OPTIONS goes as 0-RTT early data"
+        )
+    elif conn is not None:
         relay = endpoint.relay
         ways = [_fmt_addr(conn.direct_address)] if conn.direct_address is not None else []
         if relay is not None:

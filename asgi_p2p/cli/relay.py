@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import platformdirs
 
 from ..errors import InvalidConfiguration, P2PError
 from . import _common, ops
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     from ..identity import SecretKey
     from ..relay.proto import RelayLimits
 
-__all__ = ["add_relay_args", "run_relay", "subcommands"]
+__all__ = ["add_relay_args", "default_directory_db", "run_relay", "subcommands"]
 
 log = logging.getLogger("asgi_p2p.cli")
 
@@ -38,6 +41,11 @@ def subcommands() -> dict[str, _common.Subcommand]:
     return {
         "relay": ("run a relay for nodes that cannot reach each other directly", add_relay_args, run_relay),
     }
+
+
+def default_directory_db(node_id: str) -> Path:
+    """Where a relay with key ``node_id`` keeps its directory when ``--directory-db`` is not given."""
+    return Path(platformdirs.user_data_dir("asgi-p2p")) / f"relay-directory-{node_id}.sqlite3"
 
 
 def add_relay_args(p: argparse.ArgumentParser) -> None:
@@ -138,6 +146,15 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
         help="most records published from one address (IPv4, or IPv6 /64); raise it for publishers "
         f"behind a shared NAT (default: {dir_defaults.max_per_address})",
     )
+    db = directory.add_mutually_exclusive_group()
+    db.add_argument(
+        "--directory-db",
+        type=Path,
+        metavar="PATH",
+        help="SQLite file the records persist in across restarts (default: "
+        "USER_DATA_DIR/asgi-p2p/relay-directory-NODE_ID.sqlite3 with the relay's key; none with --ephemeral)",
+    )
+    db.add_argument("--no-directory-db", action="store_true", help="keep the records in memory only")
     _common.add_log_args(p)
     _common.add_config_arg(p)
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
@@ -227,6 +244,7 @@ def _reload(args: argparse.Namespace) -> None:
 
 async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, args: argparse.Namespace) -> int:
     from ..discovery.records import Directory
+    from ..discovery.store import SqliteRecordStore
     from ..relay.server import RelayServer
     from ..relay.url import RelayUrl
 
@@ -236,14 +254,22 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
         log.info("%s: shutting down", signame)
         stop.set()
 
-    with _common.signal_handlers(on_signal):
+    with _common.signal_handlers(on_signal), contextlib.ExitStack() as stack:
         directory: Directory | bool = False
+        store: SqliteRecordStore | None = None
         if not args.no_directory:
+            db_path: Path | None = args.directory_db
+            if db_path is None and not args.no_directory_db and not args.ephemeral:
+                db_path = default_directory_db(str(key.node_id))
+            if db_path is not None:
+                store = SqliteRecordStore(db_path)
+                stack.callback(store.close)
             try:
                 directory = Directory(
                     capacity=args.directory_capacity,
                     max_ttl=args.directory_max_ttl,
                     max_per_address=args.directory_max_per_address,
+                    store=store,
                 )
             except ValueError as exc:
                 raise InvalidConfiguration(f"directory: {exc}") from None
@@ -277,6 +303,8 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
                     f"  directory serving node records (up to {d.capacity}, {d.max_per_address} per address, "
                     f"ttl at most {d.max_ttl:g} s)"
                 )
+                kept = f"kept in {store.path} ({len(d)} loaded)" if store is not None else "in memory only"
+                lines.append(f"  records  {kept}")
             else:
                 lines.append("  directory off (--no-directory)")
             lines.append(f"  url      {text}")

@@ -152,6 +152,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         "hole punching is signalled through it; the ticket then carries it and the address it sees us at",
     )
     _common.add_discovery_args(nat, serving=True)
+    _common.add_dns_args(nat, serving=True)
     nat.add_argument(
         "--publish",
         action="store_true",
@@ -235,9 +236,10 @@ def _check_discovery_args(args: argparse.Namespace) -> None:
     if args.publish and directory is None:
         raise InvalidConfiguration("--publish needs a directory: --directory TICKET_OR_RELAY_URL, or --relay URL")
     args.directory_addr = _common.directory_addr(directory) if directory is not None else None
+    args.dns = _common.dns_update_option(args)
     if args.name is not None:
-        if not (args.publish or args.mdns):
-            raise InvalidConfiguration("--name is published with --publish or --mdns; add one of them")
+        if not (args.publish or args.mdns or args.dns):
+            raise InvalidConfiguration("--name is published with --publish or --mdns (or --dns-zone); add one of them")
         from ..discovery.records import check_name
 
         try:
@@ -507,6 +509,18 @@ async def _publish(endpoint: Endpoint, node_addr: NodeAddr, args: argparse.Names
             raise P2PError(f"--publish: {describe_error(exc)}") from None
         published.append(directory)
         log.info("published our record to directory %s", args.directory_addr.node_id)
+    if args.dns is not None:
+        from ..discovery import DnsDiscovery
+
+        offset = time.time() - asyncio.get_running_loop().time()  # wall-clock ok (CLI edge)
+        dns = DnsDiscovery(args.dns_zone, key=endpoint.secret_key, update=args.dns, clock_offset=offset)
+        try:
+            await dns.publish(node_addr, args.name)
+        except P2PError as exc:
+            await dns.close()
+            raise P2PError(f"--dns-zone: {describe_error(exc)}") from None
+        published.append(dns)
+        log.info("published our record in DNS at %s", dns.qname(endpoint.node_id))
     if args.mdns:
         from ..discovery import MdnsDiscovery
 
@@ -548,7 +562,7 @@ _LIVE_SERVER_SETTINGS = {
 #: Settings SIGHUP applies too, besides those: the allow-list and logging.
 _LIVE_OTHER = {"allow", "allow_file", "log_level", "no_access_log", "log_format", "log_config", "config", "env_file"}
 #: Arguments SIGHUP never compares (derived, or not settings).
-_NOT_COMPARED = {"command", "settings", "reload_settings", "relay_url", "mdns_ifaces", "directory_addr"}
+_NOT_COMPARED = {"command", "settings", "reload_settings", "relay_url", "mdns_ifaces", "directory_addr", "dns"}
 
 
 class LiveSettings:
@@ -576,7 +590,7 @@ class LiveSettings:
             log.error("SIGHUP: reload failed, settings unchanged: %s", exc)
             return
         old = self.args
-        for name in ("relay_url", "mdns_ifaces", "directory_addr", "settings", "reload_settings"):
+        for name in ("relay_url", "mdns_ifaces", "directory_addr", "dns", "settings", "reload_settings"):
             if hasattr(old, name):
                 setattr(new, name, getattr(old, name))
         restart: list[str] = []

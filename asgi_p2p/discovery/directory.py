@@ -79,6 +79,7 @@ __all__ = [
     "Status",
     "decode_message",
     "encode_message",
+    "record_addrs",
 ]
 
 log = logging.getLogger("asgi_p2p.discovery")
@@ -384,7 +385,7 @@ def _mux(endpoint: Endpoint) -> _DirectoryMux:
     return mux
 
 
-def _record_addrs(addr: NodeAddr) -> list[tuple[str, int]]:
+def record_addrs(addr: NodeAddr) -> list[tuple[str, int]]:
     """The direct addresses a record can carry: IP addresses, not wildcards, at most 32."""
     import ipaddress
 
@@ -553,7 +554,7 @@ class DirectoryClient:
         """Our next record (a higher seq than any before), valid for :attr:`ttl` seconds."""
         now = self.now()
         self._seq = max(self._seq + 1, int(now * 1000))
-        rec = NodeRecord(self.key.node_id, self._seq, now + self.ttl, addr.relay_url, tuple(_record_addrs(addr)), name)
+        rec = NodeRecord(self.key.node_id, self._seq, now + self.ttl, addr.relay_url, tuple(record_addrs(addr)), name)
         return rec.sign(self.key)
 
     async def publish(self, addr: NodeAddr, name: str | None = None) -> None:

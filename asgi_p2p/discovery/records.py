@@ -32,12 +32,15 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import P2PError, ProtocolError
 from ..identity import NodeId, SecretKey
 from ..net.addr import WireReader, encode_address, normalize_address
 from ..net.base import Address
+
+if TYPE_CHECKING:
+    from .store import SqliteRecordStore
 
 __all__ = [
     "MAX_ADDRS",
@@ -326,6 +329,7 @@ class Directory:
         address_publish_burst: float = 64.0,
         live_after: float = 60.0,
         probation: float = 300.0,
+        store: SqliteRecordStore | None = None,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
             raise ValueError(f"Directory capacity must be a positive integer, got {capacity!r}")
@@ -371,6 +375,72 @@ class Directory:
         self.evicted_stale = 0
         self.refused_rate = 0
         self.refused_address = 0
+        #: Where records persist (None: in memory only); see :meth:`load`.
+        self.store = store
+
+    def load(self, now: float) -> tuple[int, list[str]]:
+        """Read the records :attr:`store` kept, checking each one; returns ``(loaded, reasons refused)``.
+
+        Each row is checked as a publish would be (signature, expiry at ``now``, the
+        row's node id against the record's, capacity, records per address, names),
+        except the publish rates; refused rows are deleted from the store.  Call it
+        once, on an empty directory.
+        """
+        if self.store is None:
+            return 0, []
+        if self._by_node:
+            raise RuntimeError("Directory.load() needs an empty directory")
+        refused: list[str] = []
+        rows = list(self.store.rows(self.capacity))  # the most recently published first
+        total = self.store.count()
+        if total > len(rows):
+            refused.append(f"{total - len(rows)} records beyond this directory's capacity of {self.capacity}")
+        kept: list[tuple[SignedNodeRecord, _Held]] = []
+        names: set[str] = set()
+        for row in rows:
+            try:
+                signed = SignedNodeRecord.parse(row.data)
+                rec = signed.verify(now)
+                if row.node_id != rec.node_id.to_bytes():
+                    raise InvalidRecord(f"row keyed {row.node_id.hex()[:16]}... holds the record of {rec.node_id}")
+                if rec.expires_at > now + self.max_ttl:
+                    raise InvalidRecord(f"record for node {rec.node_id} outlives this directory's max_ttl")
+                if rec.name is not None and rec.name in names:
+                    raise InvalidRecord(f"name {rec.name!r} of node {rec.node_id} is held by a newer record")
+                unit = row.source
+                if unit is not None and self._per_address.get(unit, 0) >= self.max_per_address:
+                    raise InvalidRecord(f"address {unit} already holds {self.max_per_address} records")
+            except InvalidRecord as exc:
+                refused.append(str(exc))
+                log.warning("directory: not loading a stored record: %s", exc)
+                continue
+            if rec.name is not None:
+                names.add(rec.name)
+            held = _Held(first=min(row.first, now), last=min(row.last, now), live=row.live, source=None)
+            kept.append((signed, held))
+            if unit is not None:
+                self._per_address[unit] = self._per_address.get(unit, 0) + 1
+                held.source = unit
+        for signed, held in reversed(kept):  # the least recently published first (the eviction order)
+            node = signed.record.node_id
+            self._by_node[node] = signed
+            self._held[node] = held
+            if signed.record.name is not None:
+                self._by_name[signed.record.name] = node
+        if refused or total > len(rows):
+            self.store.delete_except([s.record.node_id.to_bytes() for s, _ in kept])
+        log.info("directory: loaded %d records from %s (%d refused)", len(kept), self.store.path, len(refused))
+        return len(kept), refused
+
+    def _persist(self, node: NodeId) -> None:
+        if self.store is None:
+            return
+        from .store import StoredRecord
+
+        held = self._held[node]
+        self.store.put(
+            StoredRecord(node.to_bytes(), self._by_node[node].data, held.first, held.last, held.live, held.source)
+        )
 
     def __len__(self) -> int:
         return len(self._by_node)
@@ -403,6 +473,7 @@ class Directory:
         if old is not None:
             if old.data == signed.data:
                 self._refreshed(rec.node_id, now, unit)
+                self._persist(rec.node_id)
                 return rec
             if rec.seq <= old.record.seq:
                 raise StaleRecord(
@@ -436,6 +507,7 @@ class Directory:
             self._move(rec.node_id, unit)
         else:
             self._refreshed(rec.node_id, now, unit)
+        self._persist(rec.node_id)
         return rec
 
     def _refreshed(self, node: NodeId, now: float, unit: str | None) -> None:
@@ -554,3 +626,5 @@ class Directory:
         held = self._held.pop(node, None)
         if held is not None:
             self._uncount(held)
+        if self.store is not None:
+            self.store.delete(node.to_bytes())

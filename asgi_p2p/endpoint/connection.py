@@ -168,6 +168,10 @@ class PeerConnection:
         self.datagrams_sent = 0
         self.datagrams_received = 0
         self._ready: asyncio.Future[None] = self.loop.create_future()
+        # the TLS handshake completed (client: confirmed); before it, a connection made ready
+        # early (0-RTT, see become_ready_early) carries early data
+        self._handshake_done: asyncio.Future[None] = self.loop.create_future()
+        self._early_deadline: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[None] = self.loop.create_future()
         self._close_error: P2PError | None = None
         self._timer = DeadlineTimer(self.loop, self._next_timer, self._on_timer)
@@ -236,6 +240,46 @@ class PeerConnection:
                 f"no QUIC handshake with {self._peer_label()} at {self.address[0]}:{self.address[1]} "
                 f"within {timeout:g}s; is the node running and reachable?"
             ) from None
+
+    @property
+    def early(self) -> bool:
+        """Ready, but the handshake is not complete: what is sent or received now is 0-RTT data."""
+        return self._ready.done() and not self._handshake_done.done()
+
+    @property
+    def handshake_completed(self) -> bool:
+        """The TLS handshake completed (client: confirmed, or resumed and answered)."""
+        done = self._handshake_done
+        return done.done() and done.exception() is None
+
+    async def wait_handshake(self) -> None:
+        """Until the handshake completed (at once unless :attr:`early`); raises if the connection failed."""
+        await asyncio.shield(self._handshake_done)
+
+    def become_ready_early(self, alpn: str, timeout: float) -> None:
+        """A dialed connection that offered 0-RTT data becomes ready now (its handler is made and
+        may write safe requests at once); the handshake must complete within ``timeout`` seconds."""
+        self.alpn = alpn
+        self._become_ready()
+        if not self.closed:
+            self._early_deadline = self.loop.call_later(timeout, self._early_expired, timeout)
+
+    def _early_expired(self, timeout: float) -> None:
+        self._early_deadline = None
+        if self._handshake_done.done() or self.closed:
+            return
+        self._close_error = ConnectionFailed(
+            f"no QUIC handshake with {self._peer_label()} at {self.address[0]}:{self.address[1]} "
+            f"within {timeout:g}s; is the node running and reachable?"
+        )
+        self.close(REFUSED, "handshake timed out")
+
+    def _handshake_completed(self) -> None:
+        if not self._handshake_done.done():
+            self._handshake_done.set_result(None)
+        if self._early_deadline is not None:
+            self._early_deadline.cancel()
+            self._early_deadline = None
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
@@ -531,7 +575,21 @@ class PeerConnection:
             except Exception:
                 log.exception("%s: error handling %s; closing connection", self._peer_label(), type(event).__name__)
                 self.close(0x1, "internal error")
-        if not self._ready.done() and self.is_client and hooks.handshake_confirmed(quic) and self.alpn is not None:
+        if self.is_client and not self._handshake_done.done() and hooks.handshake_confirmed(quic) and self.alpn:
+            if not self._ready.done():
+                self._become_ready()
+            self._handshake_completed()
+        elif (
+            not self._ready.done()
+            and not self.is_client
+            and self.remote_node_id is not None
+            and quic.tls.early_data_accepted
+            and quic.tls.alpn_negotiated
+            and not self.closed
+        ):
+            # resumed with 0-RTT data accepted: the ticket named the client; serve its early
+            # data now (in 0.5-RTT) instead of one round trip later
+            self.alpn = quic.tls.alpn_negotiated
             self._become_ready()
         if self._send_waiters:
             self._wake_senders()
@@ -539,11 +597,19 @@ class PeerConnection:
     def _handle_event(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
             self.alpn = event.alpn_protocol
+            if self.is_client and event.session_resumed and self._ready.done():
+                # made ready early (0-RTT): the server checked the ticket's node against its
+                # allow-list before answering, so its answer means accepted; 1-RTT data may go now
+                self._handshake_completed()
             if not self.is_client:
-                key = hooks.peer_public_key(self.quic)
-                assert key is not None  # the identity hook refused the handshake otherwise
-                self.remote_node_id = NodeId(key)
-                self._become_ready()
+                if not event.session_resumed:
+                    key = hooks.peer_public_key(self.quic)
+                    assert key is not None  # the identity hook refused the handshake otherwise
+                    self.remote_node_id = NodeId(key)
+                assert self.remote_node_id is not None  # resumed: the ticket named the client
+                self._handshake_completed()
+                if not self._ready.done():
+                    self._become_ready()
             return
         if isinstance(event, ConnectionIdIssued):
             self._callbacks.cid_issued(event.connection_id, self)
@@ -623,6 +689,12 @@ class PeerConnection:
         if not self._ready.done():
             self._ready.set_exception(err)
             self._ready.exception()  # mark retrieved; waiters get it via wait_ready
+        if not self._handshake_done.done():
+            self._handshake_done.set_exception(err)
+            self._handshake_done.exception()
+        if self._early_deadline is not None:
+            self._early_deadline.cancel()
+            self._early_deadline = None
         self._closed.set_result(None)
         self._wake_senders()
         self.route.detach()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import copy
 import hmac
 import logging
 import random
 from collections.abc import Callable, Iterable
-from typing import Self
+from typing import Protocol, Self
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -34,14 +36,42 @@ from .admission import AdmissionStats, AdmissionTable, InvalidToken, RetryTokens
 from .base import ConnectionHandler
 from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection
 from .reset import MIN_RESET_SIZE, MIN_TRIGGER_SIZE, RESET_TOKEN_SIZE, ResetLimiter, ResetTokens, build_stateless_reset
+from .resume import (
+    TICKET_LIFETIME,
+    InvalidTicket,
+    StrikeRegister,
+    TicketCache,
+    TicketSealer,
+    TicketState,
+    dump_client_tickets,
+    load_client_tickets,
+    ticket_age_fresh,
+)
 from .tls import node_certificate
 
-__all__ = ["AllowPolicy", "Endpoint"]
+__all__ = ["AllowPolicy", "Endpoint", "NodeResolver"]
 
 log = logging.getLogger("asgi_p2p.endpoint")
 
 #: Who may connect: None (anyone), a collection of node ids, or a callback.
 AllowPolicy = Iterable[NodeId] | Callable[[NodeId], bool] | None
+
+
+class NodeResolver(Protocol):
+    """What an endpoint asks for the addresses of a node it was given only by id.
+
+    Any :class:`asgi_p2p.discovery.Discovery` source fits, typically a
+    :class:`~asgi_p2p.discovery.ChainedDiscovery` (ticket, DNS, relay directory, mDNS).
+    """
+
+    async def resolve(self, node_id: NodeId) -> NodeAddr: ...
+
+
+#: node ids this task is looking up through :attr:`Endpoint.discovery` (a source that dials the
+#: very node it is asked about, e.g. a directory known by id alone, must not recurse)
+_DISCOVERING: contextvars.ContextVar[frozenset[NodeId]] = contextvars.ContextVar(
+    "asgi_p2p_discovering", default=frozenset()
+)
 
 _SMALLEST_INITIAL = 1200
 #: seconds a dial with direct addresses waits for the endpoint's relay to connect
@@ -123,7 +153,18 @@ class Endpoint:
             reset_token=self._peer_reset_token_changed,
         )
         self._relay: ManagedRelayLink | None = None
+        #: Asked for the addresses of a node dialed by id alone (see :meth:`connect_quic`); None: nobody.
+        self.discovery: NodeResolver | None = None
         self._quic_configs: dict[tuple[bool, tuple[str, ...], str | None], QuicConfiguration] = {}
+        # session resumption (see resume.py): stateless tickets sealed with a key of the node
+        # key, the early-data ClientHellos accepted lately, and our tickets for other nodes
+        self._ticket_sealer = TicketSealer(secret_key)
+        self._strikes = StrikeRegister()
+        self._tickets: TicketCache[tuple[NodeId, str], hooks.ClockedSessionTicket] = TicketCache()
+        #: connections accepted by resuming a session, and their 0-RTT data accepted / refused
+        self.resumptions_accepted = 0
+        self.early_data_accepted = 0
+        self.early_data_refused = 0
 
     @classmethod
     async def bind(
@@ -137,6 +178,7 @@ class Endpoint:
         config: NetworkConfig | None = None,
         network: DatagramNetwork | None = None,
         rng: random.Random | None = None,
+        discovery: NodeResolver | None = None,
     ) -> Self:
         """Bind a socket and start serving.
 
@@ -145,9 +187,12 @@ class Endpoint:
         the handshake.  ``network`` is the datagram network (real UDP by default;
         a simulated host in tests).  ``rng`` draws path-probe ids (default: the
         system's random source; tests pass a seeded ``random.Random``).
+        ``discovery`` (also settable later as :attr:`discovery`) is asked where a
+        node dialed by id alone is.
         """
         key = secret_key if secret_key is not None else SecretKey.generate()
         ep = cls(key, config if config is not None else NetworkConfig.from_env(), allow, rng)
+        ep.discovery = discovery
         ep._alpn_filter = frozenset(alpns) if alpns is not None else None
         await ep.router.bind(network if network is not None else UdpNetwork(), host, port)
         log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
@@ -349,11 +394,17 @@ class Endpoint:
 
     # -- dialing ------------------------------------------------------------
 
-    async def connect_quic(self, addr: NodeAddr | NodeId, alpn: str) -> PeerConnection:
+    async def connect_quic(self, addr: NodeAddr | NodeId, alpn: str, *, early_data: bool = False) -> PeerConnection:
         """A QUIC connection to the node speaking ``alpn``, reusing a live one.
 
         Raises :class:`AuthenticationFailed` if whoever answers is not that node
         (or refuses us), :class:`ConnectionFailed` if nobody answers.
+
+        A session ticket this endpoint got from that node (for ``alpn``) resumes the
+        session.  With ``early_data=True`` and such a ticket, the connection is returned
+        as soon as the ClientHello left, :attr:`~PeerConnection.early` (what the caller
+        sends now is 0-RTT data, which a network attacker can replay: safe requests only;
+        await :meth:`~PeerConnection.wait_handshake` before anything else).
         """
         if self._closing:
             raise ConnectionClosed("endpoint is closed")
@@ -363,9 +414,31 @@ class Endpoint:
         existing = self._pool.get(key)
         if existing is not None and not existing.closed and existing.close_error is None:
             await existing.wait_ready(self.config.connect_timeout)
+            if existing.early and not early_data:  # still in its 0-RTT phase: the caller wants 1-RTT
+                await existing.wait_handshake()  # the connection's own deadline bounds this
             return existing
         if node_id == self.node_id:
             raise InvalidConfiguration("cannot connect to ourselves")
+        discovered: str | None = None
+        if (
+            not node_addr.direct_addresses
+            and node_addr.relay_url is None
+            and self.discovery is not None
+            and node_id not in _DISCOVERING.get()  # a source dialing the node it is asked about
+        ):
+            token = _DISCOVERING.set(_DISCOVERING.get() | {node_id})
+            try:
+                found = await self.discovery.resolve(node_id)
+            except P2PError as exc:
+                discovered = str(exc)
+                log.info("discovery found no address for %s: %s", node_id, exc)
+            finally:
+                _DISCOVERING.reset(token)
+            if discovered is None:
+                if found.node_id == node_id:
+                    node_addr = found
+                else:
+                    discovered = f"discovery answered for node {found.node_id} instead"
         is_relay = alpn in self._relay_alpns
         relay = self._relay
         relay_usable = relay is not None and node_addr.relay_url in (None, relay.relay_url)
@@ -376,6 +449,8 @@ class Endpoint:
                     f"{'uses relay ' + relay.relay_url if relay is not None else 'has no relay'}; "
                     "bind with that relay_url or pass direct addresses"
                 )
+            if discovered is not None:
+                raise NodeNotFound(f"no address known for node {node_id}: {discovered}")
             raise NodeNotFound(f"no address known for node {node_id}; pass a NodeAddr or ticket with addresses")
         if not node_addr.direct_addresses and relay is not None and not relay.connected:
             await relay.wait_connected(self.config.connect_timeout)
@@ -392,7 +467,12 @@ class Endpoint:
         theirs = [a for a in node_addr.direct_addresses if a not in own]
         direct = theirs[0] if theirs else None
         address = direct if direct is not None else virtual_address(node_id)
-        quic = QuicConnection(configuration=self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id)))
+        quic_config = self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id))
+        ticket = self._tickets.get(key, self._node_time())
+        if ticket is not None:
+            quic_config = copy.copy(quic_config)
+            quic_config.session_ticket = ticket
+        quic = QuicConnection(configuration=quic_config, session_ticket_handler=lambda t: self._ticket_received(key, t))
 
         def route(owner: RouteOwner) -> Route:
             # from now on the peer's disco packets are accepted
@@ -422,6 +502,12 @@ class Endpoint:
         self._pool[key] = conn
         conn.route.start()
         conn.transmit()
+        if early_data and hooks.early_data_sendable(quic) and not conn.closed:
+            conn.become_ready_early(alpn, self.config.connect_timeout)
+            if conn.close_error is not None:
+                raise conn.close_error
+            log.debug("resuming with %s (%s): 0-RTT via %s", node_id, alpn, conn.path)
+            return conn
         await conn.wait_ready(self.config.connect_timeout)
         log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
         return conn
@@ -627,6 +713,20 @@ class Endpoint:
                 raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
 
         hooks.install_identity_hooks(quic, check_client)
+
+        def open_ticket(offer: hooks.OfferedTicket) -> hooks.ResumableSession | None:
+            return self._resume(conn, offer, addr, relay_src)
+
+        def issue_ticket(key: bytes | None, alpn: str, suite: int, secret: bytes, age_add: int) -> bytes | None:
+            client = NodeId(key) if key is not None else conn.remote_node_id
+            if client is None:
+                return None
+            state = TicketState(secret, suite, self._node_time(), TICKET_LIFETIME, age_add, alpn, client)
+            return self._ticket_sealer.seal(state, self._rng)
+
+        hooks.install_server_resumption(
+            quic, open_ticket=open_ticket, issue_ticket=issue_ticket, lifetime=TICKET_LIFETIME, rng=self._rng
+        )
         hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
         self._register_cid(dcid, conn)
         self._register_cid(quic.host_cid, conn)
@@ -641,6 +741,80 @@ class Endpoint:
             # a malformed ClientHello, bad transport parameters): its answer went out; keep nothing
             self._admission.stats.dropped_at_once += 1
             conn.abort(ConnectionFailed(f"first datagram from {addr[0]}:{addr[1]} was not accepted"))
+
+    # -- session resumption -------------------------------------------------------------
+
+    def _node_time(self) -> float:
+        """Unix time by the network's clock (virtual in the simulator): what tickets' ages count in."""
+        return asyncio.get_running_loop().time() + self.router.clock_offset
+
+    def _ticket_received(self, key: tuple[NodeId, str], ticket: object) -> None:
+        """The node ``key[0]`` sent a session ticket (for ALPN ``key[1]``): keep it for the next dial."""
+        clocked = hooks.clocked_ticket(ticket, self._node_time)  # type: ignore[arg-type]
+        lifetime = min(clocked.lifetime, TICKET_LIFETIME)
+        self._tickets.put(key, clocked, clocked.received_at + lifetime)
+
+    def export_session_tickets(self) -> bytes:
+        """The session tickets this endpoint holds, serialized, for :meth:`import_session_tickets`
+        in a later process (so that its first connection to each node resumes, with 0-RTT).
+
+        The data holds resumption secrets: whoever reads it can resume our sessions with
+        those nodes, as us, until the tickets expire (24 hours); store it as privately as
+        the key (mode 0600).
+        """
+        held = self._tickets.items(self._node_time())
+        return dump_client_tickets(self.node_id, [(node, alpn, t) for (node, alpn), t in held])
+
+    def import_session_tickets(self, data: bytes) -> int:
+        """Hold the tickets of :meth:`export_session_tickets` (expired ones are skipped); returns
+        how many.  Raises ValueError for data that is not such an export of this node's
+        (a ticket resumes as the node that got it: another key's tickets are refused)."""
+        entries = load_client_tickets(data, self.node_id, self._node_time, self._tickets.capacity)
+        for node, alpn, ticket in entries:
+            self._tickets.put((node, alpn), ticket, ticket.received_at + ticket.lifetime)
+        return len(entries)
+
+    def forget_session_tickets(self) -> None:
+        """Forget every session ticket held (the next connection to each node is a full handshake)."""
+        self._tickets = TicketCache(self._tickets.capacity)
+
+    def _resume(
+        self, conn: PeerConnection, offer: hooks.OfferedTicket, addr: Address, relay_src: NodeId | None
+    ) -> hooks.ResumableSession | None:
+        """A ClientHello offers a session ticket: resume if it is ours and its node is allowed now."""
+        now = self._node_time()
+        try:
+            state = self._ticket_sealer.open(offer.ticket, now)
+        except InvalidTicket as exc:
+            log.debug("full handshake with %s:%d: %s", *addr, exc)
+            return None
+        node_id = state.client
+        if relay_src is not None and node_id != relay_src:
+            raise hooks.AlertAccessDenied(f"the relay says it forwards node {relay_src}, the ticket says {node_id}")
+        if not self.is_allowed(node_id):
+            log.info("refused node %s from %s:%d (resuming a session): not allowed", node_id, *addr)
+            raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
+        conn.remote_node_id = node_id
+        self.resumptions_accepted += 1
+        fresh = ticket_age_fresh(state, offer.obfuscated_age, now)
+
+        def accept_early() -> bool:
+            strikes = self._strikes
+            if not fresh:
+                why = "ticket age off by more than the freshness window: recorded earlier?"
+            elif offer.alpn != state.alpn:
+                why = f"ALPN {offer.alpn!r}, the ticket's is {state.alpn!r}"
+            elif strikes.check_and_add(offer.client_random, now):
+                self.early_data_accepted += 1
+                return True
+            else:
+                why = "strike register full" if len(strikes) >= strikes.capacity else "a replayed ClientHello"
+            self.early_data_refused += 1
+            # debug: a replay can be sent many times; the handshake itself goes on
+            log.debug("refused 0-RTT data of node %s from %s:%d (%s)", node_id, *addr, why)
+            return False
+
+        return hooks.ResumableSession(state.resumption_secret, state.cipher_suite, accept_early)
 
     def _handshake_expired(self, conn: PeerConnection) -> None:
         """An accepted connection is still handshaking after ``handshake_timeout``: drop it."""

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
@@ -37,11 +37,13 @@ __all__ = [
     "RESOLVED_CACHE_SIZE",
     "ClientConnection",
     "ClientStream",
+    "NameDiscovery",
     "P2PTransport",
     "PeerGoingAway",
     "Resolver",
     "SyncP2PTransport",
     "connect_h3",
+    "discovery_resolver",
     "register_client",
 ]
 
@@ -52,6 +54,12 @@ T = TypeVar("T")
 #: methods a request of which may be sent twice (RFC 9110 9.2.2): retried once on a new
 #: connection when the pooled one turns out dead before any response bytes
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: methods a request of which (without a body) may go as TLS early data (0-RTT) on a resumed
+#: connection: safe methods (RFC 9110 9.2.1), as browsers send in 0-RTT; a replay of one
+#: changes nothing on the server
+EARLY_DATA_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: the status a server answers a request it will not process as early data (RFC 8470)
+TOO_EARLY = 425
 
 
 class PeerGoingAway(P2PError):
@@ -354,11 +362,16 @@ def register_client(endpoint: Endpoint) -> None:
     h3_protocol(endpoint).client_factory = ClientConnection
 
 
-async def connect_h3(endpoint: Endpoint, addr: NodeAddr | NodeId) -> ClientConnection:
-    """The HTTP/3 client connection to a peer (dialing or reusing the pooled one)."""
+async def connect_h3(endpoint: Endpoint, addr: NodeAddr | NodeId, *, early_data: bool = False) -> ClientConnection:
+    """The HTTP/3 client connection to a peer (dialing or reusing the pooled one).
+
+    ``early_data=True``: with a session ticket from the peer, the connection comes back
+    before its handshake completed (:attr:`PeerConnection.early`; see
+    :meth:`Endpoint.connect_quic`): send only safe requests until the handshake is done.
+    """
     register_client(endpoint)
     for _ in range(2):
-        conn = await endpoint.connect_quic(addr, H3_ALPN)
+        conn = await endpoint.connect_quic(addr, H3_ALPN, early_data=early_data)
         handler = conn.handler
         if not isinstance(handler, ClientConnection):
             raise ConnectionClosed(f"connection to {conn.remote_node_id} is not an HTTP/3 client connection")
@@ -454,6 +467,28 @@ class _ResponseStream(httpx.AsyncByteStream):
 #: Turns a URL host (a node id or a name) into a :class:`NodeAddr` (see :class:`P2PTransport`).
 Resolver = Callable[[str], Awaitable[NodeAddr]]
 
+
+class NameDiscovery(Protocol):
+    """A discovery source as :class:`P2PTransport` uses it (any :class:`asgi_p2p.discovery.Discovery` fits)."""
+
+    async def resolve(self, node_id: NodeId) -> NodeAddr: ...
+
+    async def resolve_name(self, name: str) -> NodeAddr: ...
+
+
+def discovery_resolver(discovery: NameDiscovery) -> Resolver:
+    """A :data:`Resolver` asking ``discovery``: a node id by :meth:`resolve`, any other host by name."""
+
+    async def resolve(host: str) -> NodeAddr:
+        try:
+            node_id = NodeId.parse(host)
+        except (InvalidNodeId, ValueError):
+            return await discovery.resolve_name(host)
+        return await discovery.resolve(node_id)
+
+    return resolve
+
+
 #: URL hosts whose resolution a :class:`P2PTransport` remembers (the oldest is forgotten first).
 RESOLVED_CACHE_SIZE = 256
 
@@ -470,12 +505,26 @@ class P2PTransport(httpx.AsyncBaseTransport):
     URL host may also be a name, e.g. ``ChainedDiscovery.resolve_name``, or the
     simulator's DNS).  The answer is remembered (for :data:`RESOLVED_CACHE_SIZE`
     hosts) until dialing it fails; a failing lookup is an ``httpx.ConnectError``.
+
+    ``discovery`` (instead of ``resolve``) is a discovery source, e.g. a
+    :class:`~asgi_p2p.discovery.ChainedDiscovery` of a ticket, DNS, the relay's
+    directory and mDNS: a bare node id is looked up with its ``resolve``, any
+    other host with its ``resolve_name``.
     """
 
-    def __init__(self, endpoint: Endpoint, *, addrs: Iterable[NodeAddr] = (), resolve: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        addrs: Iterable[NodeAddr] = (),
+        resolve: Resolver | None = None,
+        discovery: NameDiscovery | None = None,
+    ) -> None:
+        if resolve is not None and discovery is not None:
+            raise ValueError("pass resolve or discovery, not both")
         self.endpoint = endpoint
         self._addrs: dict[NodeId, NodeAddr] = {}
-        self._resolve = resolve
+        self._resolve = resolve if discovery is None else discovery_resolver(discovery)
         self._resolved: dict[str, NodeAddr] = {}
         self._handlers: set[ClientConnection] = set()
         self._closed = False
@@ -517,7 +566,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
         try:
             async with _deadline(timeout, httpx.ConnectTimeout, request, "connecting to the peer"):
                 target = await self._target(host, request)
-                cc = await connect_h3(self.endpoint, target)
+                cc = await connect_h3(self.endpoint, target, early_data=True)
         except P2PError as exc:
             self._resolved.pop(host, None)  # the peer may have moved: look it up again next time
             raise httpx.ConnectError(str(exc), request=request) from exc
@@ -543,7 +592,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
         established = cc.conn.established_at
         pooled = established is not None and established <= started  # not dialed for this request
         try:
-            return await self._exchange(cc, request, timeouts, may_retry=pooled)
+            return await self._attempt(cc, request, timeouts, may_retry=pooled)
         except _RetryOnNewConnection as retry:
             log.info(
                 "%s %s: the pooled connection to %s failed before any response (%s); retrying on a new connection",
@@ -553,12 +602,38 @@ class P2PTransport(httpx.AsyncBaseTransport):
                 retry.cause,
             )
         cc = await self._connection(request, timeouts.get("connect"))
+        return await self._attempt(cc, request, timeouts, may_retry=False)
+
+    async def _attempt(
+        self, cc: ClientConnection, request: httpx.Request, timeouts: dict[str, float | None], *, may_retry: bool
+    ) -> httpx.Response:
+        """One exchange, made once more after the handshake if the peer answered its early data 425."""
+        try:
+            return await self._exchange(cc, request, timeouts, may_retry=may_retry)
+        except _TooEarly:
+            log.info(
+                "%s %s: the peer answered 425 Too Early; sending it again after the handshake",
+                request.method,
+                request.url,
+            )
         return await self._exchange(cc, request, timeouts, may_retry=False)
 
     async def _exchange(
         self, cc: ClientConnection, request: httpx.Request, timeouts: dict[str, float | None], *, may_retry: bool
     ) -> httpx.Response:
-        """One attempt: send the request on ``cc``, wait for the response headers."""
+        """One attempt: send the request on ``cc``, wait for the response headers.
+
+        On a connection still in its handshake (0-RTT), a safe request without a body goes
+        at once as early data; any other waits for the handshake to complete.
+        """
+        early = cc.conn.early
+        if early and not _early_safe(request):
+            try:
+                async with _deadline(timeouts.get("connect"), httpx.ConnectTimeout, request, "connecting to the peer"):
+                    await cc.conn.wait_handshake()
+            except P2PError as exc:
+                raise httpx.ConnectError(str(exc), request=request) from exc
+            early = False
         try:
             st = cc.open_stream()
         except P2PError as exc:
@@ -575,6 +650,10 @@ class P2PTransport(httpx.AsyncBaseTransport):
         except httpx.TransportError as exc:
             st.cancel()
             lost = cc.lost
+            if early and lost is not None and not cc.conn.handshake_completed and not st.response_started:
+                # sent as early data on a connection whose handshake then failed (the peer
+                # refused us, or is gone): a failure to connect, as without 0-RTT
+                raise httpx.ConnectError(str(lost), request=request) from lost
             if isinstance(exc, httpx.TimeoutException) or lost is None or st.response_started:
                 raise  # not a dead connection, or the peer answered: the request reached it
             if not _replayable(request, st):
@@ -590,6 +669,13 @@ class P2PTransport(httpx.AsyncBaseTransport):
         except BaseException:
             st.cancel()
             raise
+        if status == TOO_EARLY and early:
+            st.cancel()
+            try:
+                await cc.conn.wait_handshake()
+            except P2PError as exc:
+                raise httpx.ConnectError(str(exc), request=request) from exc
+            raise _TooEarly
         return httpx.Response(
             status,
             headers=st.headers,
@@ -651,6 +737,15 @@ class _RetryOnNewConnection(Exception):
         self.cause = cause
 
 
+class _TooEarly(Exception):
+    """The peer answered a request sent as early data with 425 Too Early (RFC 8470)."""
+
+
+def _early_safe(request: httpx.Request) -> bool:
+    """The request may go as 0-RTT data: a safe method and no body."""
+    return request.method in EARLY_DATA_METHODS and isinstance(request.stream, httpx.ByteStream) and not request.content
+
+
 def _replayable(request: httpx.Request, st: ClientStream | None) -> bool:
     """The request's body can be sent again (held in memory, or a stream not yet read)."""
     return isinstance(request.stream, httpx.ByteStream) or st is None or not st.body_started
@@ -686,6 +781,7 @@ class SyncP2PTransport(httpx.BaseTransport):
     With no ``endpoint``, binds its own (``secret_key``, ``host``, ``config``)
     inside that loop and closes it in :meth:`close`.  To share an endpoint that
     already runs on a loop in another thread, pass both ``endpoint`` and ``loop``.
+    ``addrs`` and ``discovery`` are as for :class:`P2PTransport` (discovery runs on that loop).
     """
 
     def __init__(
@@ -697,6 +793,7 @@ class SyncP2PTransport(httpx.BaseTransport):
         host: str = "127.0.0.1",
         config: NetworkConfig | None = None,
         addrs: Iterable[NodeAddr] = (),
+        discovery: NameDiscovery | None = None,
     ) -> None:
         self._thread: threading.Thread | None = None
         self._owns_endpoint = endpoint is None
@@ -711,7 +808,7 @@ class SyncP2PTransport(httpx.BaseTransport):
 
         async def setup() -> tuple[Endpoint, P2PTransport]:
             ep = endpoint if endpoint is not None else await Endpoint.bind(secret_key, host=host, config=config)
-            return ep, P2PTransport(ep, addrs=addrs)
+            return ep, P2PTransport(ep, addrs=addrs, discovery=discovery)
 
         self.endpoint, self._async = self._run(setup())
 

@@ -62,6 +62,12 @@ DEFAULT_REQUEST_HEADER_TIMEOUT = 10.0
 DEFAULT_REQUEST_BODY_TIMEOUT = 60.0
 _TIMEOUT = Limit(0, MAX_SECONDS, integer=False, open_low=True, zero_is_off=True, unit="seconds")
 REQUEST_TIMEOUT = Rejection(408, "Request Timeout")
+#: a request that arrived as TLS early data (0-RTT) and is not safe to process before the
+#: handshake completes (RFC 8470 5.2): the client sends it again after the handshake
+TOO_EARLY = Rejection(425, "Too Early")
+#: requests served from early data: safe methods (RFC 9110 9.2.1) without a body; a replay
+#: of one changes nothing
+EARLY_DATA_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 class H3Server:
@@ -126,6 +132,8 @@ class H3Server:
         self.requests_rejected = 0
         self.app_errors = 0
         self.requests_timed_out = 0
+        #: requests that came as TLS early data (0-RTT) and were answered 425 Too Early
+        self.requests_too_early = 0
 
     @property
     def root_path(self) -> str:
@@ -440,6 +448,15 @@ class ServerConnection:
 
     def _start(self, sid: int, credit: Credit, fields: Headers, ended: bool) -> None:
         server = self.server
+        if self.conn.early:
+            # the request came as 0-RTT data, which an attacker may have replayed: only safe
+            # requests without a body run now, and the app learns it (RFC 8470 5.1)
+            method = next((v for k, v in fields if k == b":method"), b"")
+            if method not in EARLY_DATA_METHODS or not ended:
+                server.requests_too_early += 1
+                self._respond_now(sid, credit, TOO_EARLY, ended=ended)
+                return
+            fields = [*fields, (b"early-data", b"1")]
         limit = server.limit_concurrency
         parsed = parse_request(
             fields,

@@ -233,7 +233,8 @@ class RelayServer:
 
         ``config`` defaults to :func:`relay_config` (1264-byte datagrams).
         ``directory``: True serves a new :class:`Directory` with default bounds,
-        a :class:`Directory` serves that one, False serves none (directory
+        a :class:`Directory` serves that one (one with a ``store`` is loaded from
+        it first: records persist across restarts), False serves none (directory
         connections are then refused).  ``clock_offset`` is added to
         ``loop.time()`` to get the Unix clock node records expire on: pass the
         network's ``wall_clock_offset()`` (the system clock read once on a real network,
@@ -248,6 +249,8 @@ class RelayServer:
         alpns = [RELAY_ALPN]
         if directory is not False:
             store = directory if isinstance(directory, Directory) else Directory()
+            if store.store is not None and not len(store):  # records kept by an earlier run
+                store.load(asyncio.get_running_loop().time() + clock_offset)
             served = DirectoryServer(store, clock_offset=clock_offset)
             alpns.append(DIRECTORY_ALPN)
         endpoint = await Endpoint.bind(secret_key, host=host, port=port, alpns=alpns, config=config, network=network)

@@ -163,9 +163,14 @@ class SimApps:
         self.clients: list[SimClient] = []
         self.relays: list[SimRelay] = []
         self._client_count: dict[str, int] = {}
+        self._lives: dict[str, int] = {}
 
     def _rng(self, key_seed: str) -> random.Random:
-        return random.Random(f"{self.seed}:node:{key_seed}")
+        """A node's random source: the same in every run, another one for each new life of
+        the same key (a restarted process draws new connection ids, as a real one does)."""
+        life = self._lives.get(key_seed, 0)
+        self._lives[key_seed] = life + 1
+        return random.Random(f"{self.seed}:node:{key_seed}" + (f"#{life}" if life else ""))
 
     def _on_crash(self, host: SimHost, item: SimServer | SimClient | SimRelay) -> None:
         """Close ``item`` quietly when ``host`` crashes (its sockets are already gone)."""
@@ -251,24 +256,37 @@ class SimApps:
         config: NetworkConfig | None = None,
         relay_url: str | None = None,
         timeout: float = 30.0,
+        port: int = 0,
+        wait_for_relay: float | None = None,
         **client_options: Any,
     ) -> httpx.AsyncClient:
         """An httpx client on ``host`` (see :meth:`Simulation.client`)."""
-        n = self._client_count.get(host.name, 0)
-        self._client_count[host.name] = n + 1
-        key_seed = f"{host.name}/client/{n}"
+        if wait_for_relay is not None and (relay_url is None or not wait_for_relay > 0):
+            raise ValueError(f"wait_for_relay needs a relay_url and > 0 virtual seconds, got {wait_for_relay!r}")
+        if port:
+            key_seed = f"{host.name}/client:{port}"
+        else:
+            n = self._client_count.get(host.name, 0)
+            self._client_count[host.name] = n + 1
+            key_seed = f"{host.name}/client/{n}"
         base_url, known = _base_url(target)
         if base_url is not None:
             client_options.setdefault("base_url", base_url)
         node = await Node.bind(
             secret_key if secret_key is not None else SecretKey.from_seed(key_seed),
             host="0.0.0.0",
-            port=0,
+            port=port,
             config=config if config is not None else NetworkConfig(),
             network=host,
             rng=self._rng(key_seed),
             relay_url=relay_url,
         )
+        if wait_for_relay is not None and node.relay is not None:
+            try:
+                await node.relay.wait_connected(wait_for_relay)
+            except BaseException:
+                await node.close(timeout=0.0)
+                raise
         transport = P2PTransport(node, addrs=[known] if known is not None else (), resolve=self.resolve)
         client = httpx.AsyncClient(transport=transport, timeout=timeout, **client_options)
         made = SimClient(client, node, host.name)

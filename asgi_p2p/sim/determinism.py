@@ -43,9 +43,13 @@
      ``sys.modules["datetime"]`` itself never changes;
    * ``time.sleep`` with a positive duration raises :class:`WallClockSleep` (it would
      stop the whole simulation for real seconds while virtual time stands still), and
-     ``threading.Thread.start`` raises :class:`ThreadForbidden`; both are also reported
-     to the simulation (``on_forbidden``), which keeps them with its loop's real-I/O
-     refusals, so ``Simulation.run`` fails even when the app caught the error.
+     ``threading.Thread.start`` raises :class:`ThreadForbidden`, and blocking socket
+     calls that reach the real network (``socket.socket.connect``/``connect_ex``/
+     ``sendto``/``bind``, so ``socket.create_connection``, ``urllib``, ``requests``, a
+     sync ``httpx.Client``; ``socket.getaddrinfo``/``gethostbyname``/``gethostbyname_ex``
+     of a name that is not a numeric address) raise :class:`RealIOForbidden`; each is
+     also reported to the simulation (``on_forbidden``), which keeps them with its loop's
+     real-I/O refusals, so ``Simulation.run`` fails even when the app caught the error.
 
    Each replaced function checks a thread-local: on any other thread, or when no
    simulation runs, it *is* the original (``os.urandom`` stays the kernel's CSPRNG
@@ -73,10 +77,12 @@ import asyncio
 import contextlib
 import contextvars
 import datetime
+import ipaddress
 import logging
 import operator
 import os
 import random
+import socket
 import sys
 import sysconfig
 import threading
@@ -88,7 +94,7 @@ from fractions import Fraction
 from types import ModuleType
 from typing import Any
 
-from .errors import SimulationError, ThreadForbidden, WallClockSleep
+from .errors import RealIOForbidden, SimulationError, ThreadForbidden, WallClockSleep
 
 __all__ = [
     "Environment",
@@ -210,8 +216,8 @@ class Environment:
         seed: the simulation's seed.
         clock: the virtual clock (the loop's ``time``), in seconds.
         wall_clock_offset: added to ``clock()`` to give Unix time.
-        on_forbidden: called with each :class:`WallClockSleep` / :class:`ThreadForbidden`
-            before it is raised (the simulation passes its loop's ``note_refusal``).
+        on_forbidden: called with each refused call (:class:`WallClockSleep`, :class:`ThreadForbidden`,
+            :class:`RealIOForbidden`) before it is raised (the simulation passes its loop's ``note_refusal``).
     """
 
     def __init__(
@@ -513,6 +519,57 @@ def _thread_start(self: threading.Thread) -> None:
     )
 
 
+_real_socket_methods = {name: getattr(socket.socket, name) for name in ("connect", "connect_ex", "sendto", "bind")}
+_real_resolvers = {name: getattr(socket, name) for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex")}
+
+
+def _refuse_socket(env: Environment, call: str) -> RealIOForbidden:
+    return RealIOForbidden(
+        f"{call} at {_caller()} is blocking real network I/O, which is not allowed inside a simulation: "
+        "use the simulated network (an ASGI app's httpx.AsyncClient from sim.client(); TCP: "
+        "asyncio.open_connection / start_server on a simulated host)"
+    )
+
+
+def _socket_method(name: str) -> Callable[..., Any]:
+    original = _real_socket_methods[name]
+
+    def method(self: socket.socket, *args: Any) -> Any:
+        env = _thread.env
+        if env is None:
+            return original(self, *args)
+        shown = ", ".join(repr(a) for a in args[-1:]) if name == "sendto" else ", ".join(repr(a) for a in args)
+        raise env.forbid(_refuse_socket(env, f"socket.{name}({shown})"))
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+def _numeric(host: Any) -> bool:
+    if host is None:
+        return True
+    text = host.decode() if isinstance(host, bytes) else host
+    try:
+        ipaddress.ip_address(str(text).split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _resolver(name: str) -> Callable[..., Any]:
+    original = _real_resolvers[name]
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        env = _thread.env
+        flags = kwargs.get("flags", args[4] if len(args) > 4 else 0)
+        if env is None or _numeric(host) or (name == "getaddrinfo" and flags & socket.AI_NUMERICHOST):
+            return original(host, *args, **kwargs)
+        raise env.forbid(_refuse_socket(env, f"socket.{name}({host!r}) (a real name lookup)"))
+
+    resolve.__name__ = resolve.__qualname__ = name
+    return resolve
+
+
 # -- datetime: stand-in classes whose now()/today() read virtual time ------------------------
 
 
@@ -692,6 +749,8 @@ def _install() -> None:
         (time, "strftime", _strftime),
         (time, "sleep", _sleep),
         (threading.Thread, "start", _thread_start),
+        *((socket.socket, name, _socket_method(name)) for name in _real_socket_methods),
+        *((socket, name, _resolver(name)) for name in _real_resolvers),
     ]
     if _real_getrandom is not None:
         targets.append((os, "getrandom", _getrandom))

@@ -138,15 +138,12 @@ class MockDNS:
         return MockDNSClient(self)
 
     async def connect_by_name(self, endpoint: Any, name: str, **kwargs: Any) -> Any:
-        """Discover ``name`` and connect ``endpoint`` to it.
-
-        Calls ``endpoint.connect(node_id, addresses=..., **kwargs)`` when the record
-        has addresses, else ``endpoint.connect(node_id, **kwargs)``.
+        """Discover ``name`` and connect ``endpoint`` (a :class:`~asgi_p2p.Node`, or anything
+        whose ``connect`` takes a :class:`NodeAddr`) to it: ``endpoint.connect(addr, **kwargs)``
+        with the record's node id, addresses and relay.  Raises :class:`DiscoveryFailed` if
+        the name is unknown or registered with something that is not a ``NodeId``.
         """
-        record = await self.discover(name)
-        if record.addresses:
-            return await endpoint.connect(record.node_id, addresses=list(record.addresses), **kwargs)
-        return await endpoint.connect(record.node_id, **kwargs)
+        return await endpoint.connect(await self.resolve_name(name), **kwargs)
 
 
 class MockDNSClient:

@@ -454,8 +454,8 @@ class Fault:
     """One scheduled fault: at ``at`` virtual seconds, do ``action`` to ``a`` (and ``b``).
 
     Actions: ``partition``, ``heal``, ``link_down``, ``link_up``, ``hold``, ``release``
-    (these take ``a`` and ``b``), ``host_down``, ``host_up``, ``crash``, ``restart``
-    (these take ``a``).  ``oneway`` applies to ``partition``/``heal``/``hold``/``release``.
+    (these take ``a`` and ``b``), ``host_down``, ``host_up``, ``crash``, ``restart``,
+    ``isolate``, ``rejoin`` (these take ``a``).  ``oneway`` applies to ``partition``/``heal``/``hold``/``release``.
     """
 
     at: float
@@ -475,6 +475,8 @@ class Fault:
         "host_up",
         "crash",
         "restart",
+        "isolate",
+        "rejoin",
     )
 
     def apply(self, sim: Simulation) -> None:
@@ -484,7 +486,7 @@ class Fault:
             getattr(sim, act)(self.a, self._b(), oneway=self.oneway)
         elif act in ("link_down", "link_up"):
             getattr(sim, act)(self.a, self._b())
-        elif act in ("host_down", "host_up", "crash", "restart"):
+        elif act in ("host_down", "host_up", "crash", "restart", "isolate", "rejoin"):
             getattr(sim, act)(self.a)
         else:
             raise ValueError(f"unknown fault action {act!r} (known: {', '.join(self.ACTIONS)})")
@@ -832,6 +834,8 @@ class Simulation:
         config: NetworkConfig | None = None,
         relay_url: str | None = None,
         timeout: float = 30.0,
+        port: int = 0,
+        wait_for_relay: float | None = None,
         **client_options: Any,
     ) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` sending requests from a new node on ``host``.
@@ -842,7 +846,10 @@ class Simulation:
         host).  Any ``https://<node id>/`` or ``https://<name>/`` URL works too: the
         transport resolves hosts through :attr:`dns`.  ``timeout`` is httpx's, in virtual
         seconds; ``client_options`` go to ``httpx.AsyncClient``.  :meth:`close` closes the
-        client and its node first, before servers and relays.
+        client and its node first, before servers and relays.  The node binds ``port``
+        (0: any); with a port its key is ``SecretKey.from_seed("<host>/client:<port>")``, so
+        a client restarted on the same host and port keeps its node id.  ``wait_for_relay``
+        (virtual seconds, with ``relay_url``): return only once the relay connection is up.
         """
         apps = self._app_helpers()
         on = self._app_host(host)
@@ -854,6 +861,8 @@ class Simulation:
                 config=config,
                 relay_url=relay_url,
                 timeout=timeout,
+                port=port,
+                wait_for_relay=wait_for_relay,
                 **client_options,
             )
 
@@ -1259,6 +1268,27 @@ class Simulation:
                 self._blocked.discard((x, y))
                 if not oneway:
                     self._blocked.discard((y, x))
+
+    def isolate(self, h: NodeRef) -> None:
+        """Cut host ``h`` (with its own NAT box, if no other host is behind it) off from every
+        other node: a partition between it and the rest of the network, both ways."""
+        group, rest = self._isolation(h)
+        self.partition(group, rest)
+
+    def rejoin(self, h: NodeRef) -> None:
+        """Undo :meth:`isolate` (other partitions stay)."""
+        group, rest = self._isolation(h)
+        self.heal(group, rest)
+
+    def _isolation(self, h: NodeRef) -> tuple[list[Node], list[Node]]:
+        host = self._ref(h)
+        if not isinstance(host, Host):
+            raise TypeError(f"{host.name} is not a host")
+        group: list[Node] = [host]
+        box = host.realm
+        if box is not None and all(n is host for n in self._realms[box].values()):
+            group.append(box)
+        return group, [n for n in self._nodes.values() if n not in group]
 
     def is_partitioned(self, a: NodeRef, b: NodeRef) -> bool:
         """Whether packets from ``a`` to ``b`` are blocked by a partition."""

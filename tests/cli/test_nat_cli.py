@@ -152,6 +152,15 @@ def test_bad_relay_url_from_the_environment_names_the_variable(cli: Cli) -> None
     assert "$ASGI_P2P_RELAY_URL" in one_line_error(r.stderr)
 
 
+def test_dns_settings_from_the_environment_name_the_variable(cli: Cli) -> None:
+    r = cli.run("apps.music:app", "--ephemeral", env={"ASGI_P2P_DNS_UPDATE": "127.0.0.1"}, timeout=30)
+    assert r.returncode == 1
+    assert "$ASGI_P2P_DNS_UPDATE needs --dns-zone" in one_line_error(r.stderr)
+    r = cli.run("apps.music:app", "--ephemeral", env={"ASGI_P2P_DNS_ZONE": "p2p.test"}, timeout=30)
+    assert r.returncode == 1
+    assert "$ASGI_P2P_DNS_ZONE needs --dns-update HOST[:PORT]" in one_line_error(r.stderr)
+
+
 def test_relay_url_from_the_environment(cli: Cli, start_server: Starter, relay_url: str) -> None:
     server = start_server("apps.music:app", "--ephemeral", env={"ASGI_P2P_RELAY_URL": relay_url})
     assert Ticket.parse(server.wait_ready()).relay_url == relay_url
@@ -168,6 +177,9 @@ def test_relay_url_from_the_environment(cli: Cli, start_server: Starter, relay_u
         (["--directory", "not-a-ticket", "--publish"], "--directory:"),
         (["--directory", "p2p-relay://relay.example:3340", "--publish"], "--directory: invalid relay URL"),
         (["--directory", "{dir}", "--publish", "--name", "Bad Name!"], "--name: invalid node name"),
+        (["--dns-zone", "p2p.test"], "--dns-zone needs --dns-update HOST[:PORT] and --dns-tsig-key-file"),
+        (["--dns-update", "127.0.0.1"], "--dns-update needs --dns-zone"),
+        (["--dns-zone", "p2p.test", "--dns-update", "127.0.0.1", "--dns-tsig-key-file", "/nonexistent"], "cannot read"),
     ],
 )
 def test_discovery_flag_mistakes_are_one_line_errors(cli: Cli, argv: list[str], message: str) -> None:
@@ -182,7 +194,10 @@ def test_discovery_flag_mistakes_are_one_line_errors(cli: Cli, argv: list[str], 
 def test_get_name_needs_a_discovery_source(cli: Cli) -> None:
     r = cli.run("get", "music.home/tracks", timeout=30)
     assert r.returncode == 1
-    assert "--directory" in one_line_error(r.stderr)
+    assert "add --dns-zone ZONE, --directory TICKET or --mdns" in one_line_error(r.stderr)
+    r = cli.run("get", "--dns-server", "127.0.0.1", "music.home/tracks", timeout=30)
+    assert r.returncode == 1
+    assert "--dns-server needs --dns-zone" in one_line_error(r.stderr)
 
 
 def test_publish_to_a_directory_then_get_by_name_and_by_node_id(

@@ -416,3 +416,36 @@ def test_fixed_port_and_ticket_file(cli: Cli, start_server: Starter, tmp_path: P
     ticket = Ticket.parse(server.wait_ready())
     assert ticket.direct_addresses == (("127.0.0.1", port),)
     assert ticket_file.read_text().endswith("\n")
+
+
+def test_get_with_a_key_file_resumes_the_session_of_its_previous_run(music: MusicServer, tmp_path: Path) -> None:
+    cli, _, ticket = music
+    key = SecretKey.generate()
+    key_file = tmp_path / "me.key"
+    key.save(key_file)
+    cache = cli.home / ".cache" / "asgi-p2p" / "sessions" / f"{key.node_id}.json"
+    first = cli.run("get", "-v", "--key-file", key_file, f"{ticket}/tracks")
+    assert len(json.loads(ok(first))) == 4
+    assert "resuming the TLS session" not in first.stderr.decode()
+    assert cache.exists() and cache.stat().st_mode & 0o777 == 0o600
+    assert str(Ticket.parse(ticket).node_id) in cache.read_text()
+
+    again = cli.run("get", "-v", "--key-file", key_file, f"{ticket}/tracks")
+    assert len(json.loads(ok(again))) == 4
+    err = again.stderr.decode()
+    assert "1 TLS session ticket(s) from" in err and "resuming the TLS session" in err, err
+
+    off = cli.run("get", "-v", "--no-session-cache", "--key-file", key_file, f"{ticket}/tracks")
+    assert "resuming the TLS session" not in ok(off).decode() + off.stderr.decode()
+
+    cache.chmod(0o644)  # readable by others: a credential left open is not used
+    loose = cli.run("get", "-v", "--key-file", key_file, f"{ticket}/tracks")
+    err = loose.stderr.decode()
+    assert len(json.loads(ok(loose))) == 4
+    assert "accessible by group or others" in err and "resuming the TLS session" not in err
+    assert cache.stat().st_mode & 0o777 == 0o600  # rewritten privately
+
+    cache.write_bytes(b"damaged")
+    damaged = cli.run("get", "--key-file", key_file, f"{ticket}/tracks")
+    assert len(json.loads(ok(damaged))) == 4
+    assert "malformed ticket file" in damaged.stderr.decode()

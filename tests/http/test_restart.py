@@ -291,6 +291,9 @@ async def test_killed_and_restarted_server_process_answers_the_next_request_at_o
             assert elapsed < 3.0, f"took {elapsed:.2f}s: the reset did not arrive (the idle timeout is 30 s)"
             assert isinstance(old_conn.close_error, ConnectionReset)
             assert client_node.stateless_resets_received == 1
+            # the retry resumed the session with the ticket of the server's previous life
+            (new_conn,) = client_node.connections
+            assert new_conn.quic.tls.session_resumed and new_conn.quic.tls.early_data_accepted
     finally:
         for proc in procs:
             if proc.returncode is None:

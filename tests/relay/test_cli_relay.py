@@ -192,3 +192,49 @@ def test_relay_command_rejects_a_bad_limit(tmp_path: Path, flag: str) -> None:
 
     code, err = asyncio.run(main())
     assert code == 2 and flag in err and "must be positive" in err
+
+
+def test_relay_command_keeps_its_directory_across_a_restart(tmp_path: Path) -> None:
+    key_file = tmp_path / "relay.key"
+
+    async def run(publish: bool) -> tuple[list[str], NodeAddr | None]:
+        proc, lines = await _start(tmp_path, "--key-file", str(key_file))
+        try:
+            url = _printed_url(lines)
+            offset = time.time() - asyncio.get_running_loop().time()
+            node = await Node.bind(SecretKey.from_seed("cli-persist-a" if publish else "cli-persist-b"))
+            try:
+                client = DirectoryClient(node, url.node_addr(), clock_offset=offset, refresh=False)
+                found = None
+                if publish:
+                    await client.publish(node.node_addr(), name="kept-across-restarts")
+                else:
+                    found = await client.resolve_name("kept-across-restarts")
+            finally:
+                await node.close()
+            code, err = await _stop(proc)
+            assert code == 0, err
+            return lines, found
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    first, _ = asyncio.run(run(publish=True))
+    db = tmp_path / ".local" / "share" / "asgi-p2p" / f"relay-directory-{SecretKey.load(key_file).node_id}.sqlite3"
+    assert f"  records  kept in {db} (0 loaded)" in first
+    second, found = asyncio.run(run(publish=False))
+    assert f"  records  kept in {db} (1 loaded)" in second
+    assert found is not None and found.node_id == SecretKey.from_seed("cli-persist-a").node_id
+    # --no-directory-db keeps nothing; --directory-db chooses the file
+    elsewhere = tmp_path / "elsewhere.sqlite3"
+
+    async def lines_of(*flags: str) -> list[str]:
+        proc, lines = await _start(tmp_path, "--key-file", str(key_file), *flags)
+        code, err = await _stop(proc)
+        assert code == 0, err
+        return lines
+
+    assert "  records  in memory only" in asyncio.run(lines_of("--no-directory-db"))
+    assert f"  records  kept in {elsewhere} (0 loaded)" in asyncio.run(lines_of("--directory-db", str(elsewhere)))
+    assert elsewhere.exists()

@@ -7,6 +7,7 @@ runs pytest-asyncio in auto mode): they check the plugin runs them on the simula
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import httpx
 import pytest
@@ -143,6 +144,33 @@ async def test_crash_restart_keeps_the_node_id_and_skips_lifespan_shutdown(sim: 
     assert response.text == "GET /again host=shop"
     await second.close()
     assert log == ["first startup", "second startup", "second shutdown"]  # a crash runs no shutdown
+
+
+async def test_a_client_on_a_fixed_port_restarts_with_the_same_id_and_fresh_randomness(sim: Simulation) -> None:
+    url = await sim.relay("relay")
+    server = await sim.serve(RecordingApp(), "web", name="shop", relay_url=url)
+    fresh = copy.deepcopy(server.node.rng)
+    sim.host("phone", nat="port-restricted-cone")
+    first = await sim.client("phone", "shop", port=4433, relay_url=url, wait_for_relay=10.0, timeout=5.0)
+    assert (await first.get("/")).status_code == 200
+    (before,) = [c for c in server.node.connections if c.alpn == H3_ALPN]
+    sim.crash("phone")
+    await asyncio.sleep(0)
+    sim.restart("phone")
+    again = await sim.client("phone", "shop", port=4433, relay_url=url, wait_for_relay=10.0, timeout=5.0)
+    assert (await again.get("/")).status_code == 200
+    conns = [c for c in server.node.connections if c.alpn == H3_ALPN and c is not before]
+    assert conns and all(c.remote_node_id == before.remote_node_id for c in conns)  # same key (port-derived)
+    # a new life draws new randomness (a real restarted process does: new connection ids)
+    first_life = fresh
+    sim.crash("web")
+    await asyncio.sleep(0)
+    sim.restart("web")
+    second = await sim.serve(RecordingApp(), "web", name="shop", relay_url=url)
+    assert second.node_id == server.node_id
+    assert copy.deepcopy(second.node.rng).random() != first_life.random()
+    with pytest.raises(ValueError, match="wait_for_relay needs a relay_url"):
+        await sim.client("phone", "shop", wait_for_relay=5.0)
 
 
 def test_same_seed_same_trace_with_helpers() -> None:

@@ -98,18 +98,90 @@ def test_aioquic_many_streams_at_30_percent_loss_is_deterministic() -> None:
     assert h1 != h4
 
 
+def _concurrently(commands: list[tuple[list[str], dict[str, str]]]) -> list[str]:
+    """Run the commands as separate processes at once; each one's stdout (all must succeed)."""
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
+        for cmd, env in commands
+    ]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out + err
+        outs.append(out)
+    return outs
+
+
 def test_app_patterns_replay_across_processes_and_hash_seeds() -> None:
     """An httpx multipart upload, uuid ids, JSON timestamps, random jitter and secrets tokens
     in a Starlette app on the simulator: one trace per seed in any process.
 
     Before the simulation seeded entropy and the wall clock, ``--sim-seed 7`` of this
     scenario gave a different hash in each of three processes."""
-    h1 = _hash_in_subprocess("app_patterns_scenario.py", 7, "1")
-    h2 = _hash_in_subprocess("app_patterns_scenario.py", 7, "2")
-    h3 = _hash_in_subprocess("app_patterns_scenario.py", 8, "1")
-    assert len(h1) == 64
-    assert h1 == h2
-    assert h1 != h3
+    runs = [(7, "1"), (7, "2"), (7, "3"), (8, "1")]
+    outs = _concurrently(
+        [
+            ([sys.executable, str(HERE / "app_patterns_scenario.py"), str(seed)], dict(os.environ, PYTHONHASHSEED=hs))
+            for seed, hs in runs
+        ]
+    )
+    h7a, h7b, h7c, h8 = (out.strip().splitlines()[-1] for out in outs)
+    assert len(h7a) == 64
+    assert h7a == h7b == h7c
+    assert h7a != h8
+
+
+MULTIPART_TEST = """
+import hashlib
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+async def upload(request: Request) -> JSONResponse:
+    form = await request.form()
+    data = await form["file"].read()
+    return JSONResponse({"sha256": hashlib.sha256(data).hexdigest()})
+
+
+app = Starlette(routes=[Route("/upload", upload, methods=["POST"])])
+
+
+@pytest.mark.sim(loss=0.05)
+async def test_upload(sim):
+    server = await sim.serve(app, "web")
+    client = await sim.client("laptop", server)
+    for i in range(3):
+        data = bytes([i]) * (20_000 + 3_000 * i)
+        response = await client.post("/upload", files={"file": (f"f{i}.bin", data)})
+        assert response.json()["sha256"] == hashlib.sha256(data).hexdigest()
+    print(f"TRACE seed={sim.seed} {sim.trace.hash()}")
+"""
+
+
+def test_the_multipart_upload_case_replays_with_sim_seed_across_processes(tmp_path: Path) -> None:
+    """The issue's case as a user wrote it: an async test uploading files with httpx multipart
+    (its boundary comes from ``os.urandom``), run three times with ``--sim-seed 7`` in separate
+    pytest processes under different ``PYTHONHASHSEED`` values, gives one trace hash (it gave
+    ``b336...``, ``4ce2...``, ``4ce2...``); another seed gives another."""
+    (tmp_path / "test_multipart_example.py").write_text(MULTIPART_TEST)
+    pythonpath = os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])
+    base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-q", str(tmp_path)]
+    base += ["-o", "addopts=", "--rootdir", str(tmp_path)]
+    runs = [(7, "1"), (7, "2"), (7, "3"), (8, "1")]
+    outs = _concurrently(
+        [
+            ([*base, "--sim-seed", str(seed)], dict(os.environ, PYTHONHASHSEED=hs, PYTHONPATH=pythonpath))
+            for seed, hs in runs
+        ]
+    )
+    traces = [next(line for line in out.splitlines() if "TRACE seed=" in line).split("TRACE ")[1] for out in outs]
+    assert traces[0].startswith("seed=7 ") and traces[3].startswith("seed=8 ")
+    assert traces[0] == traces[1] == traces[2]
+    assert traces[0].split()[1] != traces[3].split()[1]
 
 
 @pytest.mark.parametrize("pattern", ["multipart", "uuid", "timestamps", "jitter", "secrets"])

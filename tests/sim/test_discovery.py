@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from asgi_p2p.errors import DiscoveryFailed
-from asgi_p2p.identity import SecretKey
+from asgi_p2p.identity import NodeAddr, SecretKey
 from asgi_p2p.sim import Simulation
 from asgi_p2p.sim.discovery import MockDNS
 
@@ -47,10 +47,16 @@ def test_connect_by_name_calls_endpoint(sim: Simulation) -> None:
     calls: list[tuple[object, dict[str, object]]] = []
 
     class FakeEndpoint:
-        async def connect(self, node_id: object, **kwargs: object) -> str:
-            calls.append((node_id, kwargs))
+        async def connect(self, addr: object, **kwargs: object) -> str:
+            calls.append((addr, kwargs))
             return "conn"
 
-    sim.dns.register_peer("svc", "NODE", [("10.0.0.9", 1)])
+    node_id = SecretKey.from_seed("svc").node_id
+    sim.dns.register_peer("svc", node_id, [("10.0.0.9", 1)], relay_url="https://relay.sim")
     assert sim.run(sim.dns.connect_by_name(FakeEndpoint(), "svc")) == "conn"
-    assert calls == [("NODE", {"addresses": [("10.0.0.9", 1)]})]
+    assert calls == [(NodeAddr(node_id, [("10.0.0.9", 1)], "https://relay.sim"), {})]
+    sim.dns.register_peer("odd", "NODE", [("10.0.0.9", 1)])
+    with pytest.raises(DiscoveryFailed, match="'odd' is registered with 'NODE', not a NodeId"):
+        sim.run(sim.dns.connect_by_name(FakeEndpoint(), "odd"))
+    with pytest.raises(DiscoveryFailed, match="'nobody' is not registered"):
+        sim.run(sim.dns.connect_by_name(FakeEndpoint(), "nobody"))

@@ -6,12 +6,15 @@ Cross-process replay of app patterns is in ``test_determinism.py``.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import concurrent.futures
 import datetime
 import os
 import random
+import re
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -25,7 +28,7 @@ import pydantic
 import pytest
 
 from asgi_p2p import NetworkConfig, Node, SecretKey
-from asgi_p2p.sim import Simulation, SimulationError, ThreadForbidden, WallClockSleep
+from asgi_p2p.sim import RealIOForbidden, Simulation, SimulationError, ThreadForbidden, WallClockSleep
 from asgi_p2p.sim import determinism as det
 from asgi_p2p.sim.network import WALL_CLOCK_AT_START, SimSocket
 
@@ -54,6 +57,13 @@ REPLACED: list[tuple[Any, str]] = [
     (time, "strftime"),
     (time, "sleep"),
     (threading.Thread, "start"),
+    (socket.socket, "connect"),
+    (socket.socket, "connect_ex"),
+    (socket.socket, "sendto"),
+    (socket.socket, "bind"),
+    (socket, "getaddrinfo"),
+    (socket, "gethostbyname"),
+    (socket, "gethostbyname_ex"),
 ]
 
 
@@ -332,6 +342,60 @@ def test_starting_a_thread_is_an_error_naming_the_call_and_place() -> None:
             return await asyncio.to_thread(lambda: 7)
 
         assert sim.run(executor()) == 7
+
+
+def _blocking_calls() -> dict[str, tuple[Any, str]]:
+    """Blocking real network I/O as sync code does it: the call, and what the error names."""
+    import urllib.request
+
+    import httpx
+
+    return {
+        "create_connection": (lambda: socket.create_connection(("127.0.0.1", 9), timeout=1), r"socket\.connect\("),
+        "connect_ex": (lambda: socket.socket().connect_ex(("127.0.0.1", 9)), r"socket\.connect_ex\("),
+        "urllib": (lambda: urllib.request.urlopen("http://127.0.0.1:9/", timeout=1), r"socket\.connect\("),
+        "sync httpx": (lambda: httpx.get("http://example.com/", timeout=1), r"socket\.getaddrinfo\('example\.com'\)"),
+        "udp sendto": (
+            lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.1", 9)),
+            r"socket\.sendto\(\('127\.0\.0\.1', 9\)\)",
+        ),
+        "bind": (lambda: socket.socket().bind(("127.0.0.1", 0)), r"socket\.bind\("),
+        "gethostbyname": (lambda: socket.gethostbyname("example.com"), r"socket\.gethostbyname\('example\.com'\)"),
+    }
+
+
+@pytest.mark.parametrize("call", list(_blocking_calls()))
+def test_blocking_real_network_io_is_an_error_naming_the_call_and_place(call: str) -> None:
+    do, names = _blocking_calls()[call]
+    with Simulation(seed=1) as sim:
+
+        async def main() -> None:
+            do()
+
+        with pytest.raises(RealIOForbidden, match=names + r".* at .*\.py:\d+ in ") as info:
+            sim.run(main())
+        assert "not allowed inside a simulation" in str(info.value)
+        if call != "sync httpx":  # there the innermost frame outside the stdlib is httpcore's
+            assert re.search(r"test_environment\.py:\d+ in <lambda>", str(info.value))
+
+        async def swallowed() -> str:
+            try:
+                do()
+            except OSError:
+                pass  # as an app would (RealIOForbidden is not an OSError: it is not caught here)
+            except RealIOForbidden:
+                pass  # as an ASGI server would (a 500)
+            return "done"
+
+        with pytest.raises(RealIOForbidden, match="caught by the code under test"):
+            sim.run(swallowed())
+
+        async def numeric() -> str:  # a numeric address resolves without I/O: allowed
+            return str(socket.getaddrinfo("10.0.0.1", 80)[0][4][0])
+
+        assert sim.run(numeric()) == "10.0.0.1"
+    # outside a simulation the real socket functions are back
+    assert socket.socket.connect is _socket.socket.connect and socket.getaddrinfo is det._real_resolvers["getaddrinfo"]
 
 
 def real_class(obj: object) -> str:

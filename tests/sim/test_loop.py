@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 
@@ -106,12 +107,19 @@ def test_livelock_is_nudged() -> None:
 def test_livelock_raise_mode() -> None:
     with Simulation(seed=1, livelock="raise") as sim:
 
-        async def main() -> None:
+        async def spinner() -> None:
             while True:  # noqa: ASYNC110 - a deliberate busy loop
                 await asyncio.sleep(0)
 
-        with pytest.raises(SimulationLivelock):
+        async def main() -> None:
+            await asyncio.sleep(3.25)
+            await asyncio.create_task(spinner(), name="busy-poller")
+
+        with pytest.raises(SimulationLivelock) as info:
             sim.run(main())
+        msg = str(info.value)
+        assert "without virtual time advancing at t=3.250000s" in msg
+        assert "busy-poller" in msg and "spinner" in msg and "sim-main" in msg
 
 
 def test_run_in_executor_and_to_thread_inline(sim: Simulation) -> None:
@@ -188,8 +196,10 @@ def test_real_io_refused(sim: Simulation, call: str) -> None:
         elif call == "subprocess_exec":
             await asyncio.create_subprocess_exec("true")
 
-    with pytest.raises(RealIOForbidden, match="not allowed inside a simulation"):
+    with pytest.raises(RealIOForbidden, match=r"not allowed inside a simulation|runs on no simulated host") as info:
         sim.run(main())
+    # the message names the call and where it happened
+    assert re.match(rf"{call}\(.*\) .*at .*test_loop\.py:\d+ in main", str(info.value)), str(info.value)
 
 
 def test_numeric_getaddrinfo_allowed(sim: Simulation) -> None:

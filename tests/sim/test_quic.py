@@ -150,16 +150,15 @@ def test_fifty_nodes_each_message_five_others() -> None:
 
 
 def test_dns_connect_by_name(sim: Simulation) -> None:
+    """A real Node connects to a name registered in the simulated DNS."""
     a, b = sim.host("alice"), sim.host("bob")
     sim.link(a, b, loss=0.0)
 
     async def main() -> bytes:
         ea, eb = await _bind("alice", a), await _bind("bob", b)
-        sim.dns.register_peer("alice.sim", ea.node_addr().node_id, list(ea.node_addr().direct_addresses))
-        record = await sim.dns.discover("alice.sim")
-        from asgi_p2p import NodeAddr
-
-        conn = await eb.connect(NodeAddr(record.node_id, list(record.addresses)))
+        sim.dns.register_peer("alice.sim", ea.node_id, list(ea.node_addr().direct_addresses))
+        conn = await sim.dns.connect_by_name(eb, "alice.sim")
+        assert sim.dns.lookups == 1
         await conn.send(b"found you")
         got = await (await ea.listen().accept()).recv()
         await eb.close()

@@ -3,6 +3,7 @@ healing, and a report naming the failing seeds with one-line replays."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
@@ -252,3 +253,199 @@ def test_the_sim_swarm_fixture_prints_pytest_replays_and_honours_the_seed_option
     assert _run_pytest(tmp_path, "--sim-seed", str(passing)).returncode == 0
     sweep = _run_pytest(tmp_path, "--sim-seed", "100", "--sim-seeds", "3")
     assert "ran seeds [100, 101, 102]" in sweep.stdout
+
+
+# -- what the project's own swarm needs (tests/sim/swarm.py), as any user would -------------------
+
+
+def test_access_loss_latency_ranges_isolation_and_crash_with_downtime_are_drawn_as_planned() -> None:
+    plan = FaultPlan(
+        hosts=("server", "a", "b"),
+        public=("relay",),
+        loss=(0.1, 0.3),
+        loss_model="access",
+        latency=(0.01, 0.04),
+        partitions=0,
+        isolations=(1, 1),
+        isolated=("server",),
+        isolation_time=(20.0, 24.0),
+        crashes=(1, 1),
+        crashable=("server", "a", "relay"),
+        crash_at=(6.0, 14.0),
+        downtime=(1.0, 10.0),
+    )
+    victims = set()
+    for seed in range(60):
+        f = plan.draw(seed, 25.0)
+        isolate, crash, restart = f.schedule
+        assert (isolate.action, isolate.a) == ("isolate", "server") and 1.0 <= isolate.at <= 5.0
+        assert crash.action == "crash" and restart.action == "restart" and crash.a == restart.a
+        assert 6.0 <= crash.at <= 14.0 and 1.0 <= restart.at - crash.at <= 10.0 and restart.at <= 25.0
+        victims.add(crash.a)
+        access = dict(f.host_loss)
+        assert set(access) == {"server", "a", "b"}
+        distance = dict(f.distances)
+        assert set(distance) == {"relay", "server", "a", "b"} and all(0.01 <= d <= 0.04 for d in distance.values())
+        for x, y in (("server", "a"), ("a", "b"), ("relay", "b")):
+            latency, loss = f.link(x, y)
+            assert latency == pytest.approx(distance[x] + distance[y])
+            expected = 1 - (1 - access.get(x, 0.0)) * (1 - access.get(y, 0.0))
+            assert loss == pytest.approx(expected)
+            if "relay" not in (x, y):  # between two hosts, direct or through the lossless relay
+                assert 0.1 <= loss <= 0.3
+        assert f.link("relay", "a")[1] == pytest.approx(access["a"])  # the relay loses nothing
+        assert 0.1 <= f.loss <= 0.3  # the worst pair
+        assert "isolate server until heal" in f.describe() and f"restart {crash.a}" in f.describe()
+    assert victims == {"server", "a", "relay"}  # a public host crashes when named
+
+
+class Recorder:
+    """A setup, scenario, restart and check that note what they saw of the network."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, float]] = []
+        self.start = 0.0
+
+    async def setup(self, sim: Simulation, faults: Faults) -> None:
+        self.relay = await sim.relay("relay")
+        await sim.serve(app, "server", name="api", relay_url=self.relay)
+        self.client = await sim.client("a", "api", timeout=5.0, relay_url=self.relay, wait_for_relay=10.0)
+        self.events.append(("setup done", "", sim.now))
+
+    async def scenario(self, sim: Simulation, faults: Faults) -> None:
+        self.start = sim.now
+        isolate = next(f for f in faults.schedule if f.action == "isolate")
+        await asyncio.sleep(isolate.at + 0.5)
+        assert sim.is_partitioned("server", "a") and sim.is_partitioned("a", "server")
+        assert sim.is_partitioned("relay", "server-nat") and not sim.is_partitioned("server", "server-nat")
+        assert sim.find_path("a", "relay") is not None
+
+    async def restart(self, sim: Simulation, faults: Faults, host: str) -> None:
+        self.events.append(("restart", host, sim.now - self.start))
+        assert sim.node(host).up
+        if host == "relay":
+            await sim.relay(host)
+        elif host == "server":
+            await sim.serve(app, host, name="api", relay_url=self.relay)
+
+    async def check(self, sim: Simulation, faults: Faults, state: None) -> None:
+        assert not sim.is_partitioned("server", "a")
+        for link in sim.links:  # healed_loss=None: the drawn losses stay
+            if {link.a.name, link.b.name} == {"server-nat", "a"}:
+                assert link.loss == pytest.approx(faults.link("server", "a")[1])
+        self.events.append(("check", "", sim.now - self.start))
+        response = await self.client.get("/")
+        assert hashlib.sha256(response.content).hexdigest() == DIGEST
+
+
+def test_setup_isolation_and_a_restart_before_the_heal_run_in_order() -> None:
+    plan = FaultPlan(
+        hosts=("server", "a"),
+        public=("relay",),
+        loss=(0.0, 0.02),
+        loss_model="access",
+        latency=(0.01, 0.02),
+        nat_types=("port-restricted-cone",),
+        healed_loss=None,
+        partitions=0,
+        isolations=(1, 1),
+        isolated=("server",),
+        isolation_time=(4.0, 5.0),
+        crashes=(1, 1),
+        crashable=("relay", "server"),
+        crash_at=(6.0, 7.0),
+        downtime=(1.0, 2.0),
+    )
+    seed = next(s for s in range(1, 50) if plan.draw(s, 10.0).crashed == ("server",))
+    faults = plan.draw(seed, 10.0)
+    rec = Recorder()
+    report = swarm(
+        rec.scenario,
+        rec.check,
+        seeds=[seed],
+        plan=plan,
+        heal_at=10.0,
+        settle=5.0,
+        deadline=20.0,
+        setup=rec.setup,
+        restart=rec.restart,
+    )
+    report.assert_ok()
+    restart_at = next(f.at for f in faults.schedule if f.action == "restart")
+    assert [e[:2] for e in rec.events] == [("setup done", ""), ("restart", "server"), ("check", ""), ("check", "")]
+    assert rec.events[1][2] == pytest.approx(restart_at, abs=1e-6)  # before the heal, not at it
+    assert rec.events[2][2] == pytest.approx(10.0, abs=1e-6)  # counted from the end of setup
+
+
+def test_a_failing_setup_or_restart_hook_fails_the_seed_in_its_phase() -> None:
+    plan = FaultPlan(hosts=("x",), partitions=0, crashes=(1, 1), downtime=(1.0, 1.0))
+
+    async def quiet(sim: Simulation, faults: Faults) -> None:
+        return None
+
+    async def bad_setup(sim: Simulation, faults: Faults) -> None:
+        raise RuntimeError("no database")
+
+    async def bad_restart(sim: Simulation, faults: Faults, host: str) -> None:
+        raise RuntimeError(f"{host} did not come back")
+
+    async def hangs(sim: Simulation, faults: Faults) -> None:
+        await sim.loop.create_future()
+
+    (r,) = swarm(quiet, seeds=[1], plan=plan, heal_at=5.0, setup=bad_setup).results
+    assert r.failed_phase == "setup" and "RuntimeError: no database" in r.error
+    (r,) = swarm(quiet, seeds=[1], plan=plan, heal_at=5.0, restart=bad_restart).results
+    assert r.failed_phase == "restart" and "RuntimeError: x did not come back" in r.error
+    (r,) = swarm(quiet, seeds=[1], plan=plan, heal_at=5.0, setup=hangs, setup_timeout=7.0).results
+    assert r.failed_phase == "setup" and "setup did not finish within 7 virtual s" in r.error
+
+
+def test_new_plan_fields_reject_bad_input() -> None:
+    with pytest.raises(ValueError, match="loss_model must be one of link, access"):
+        FaultPlan(loss_model="per-packet")
+    with pytest.raises(ValueError, match="crashable must name some of the plan's hosts"):
+        FaultPlan(crashable=("mainframe",))
+    with pytest.raises(ValueError, match="isolated must name some"):
+        FaultPlan(isolated=())
+    with pytest.raises(ValueError, match="isolations must be between 0 and 100"):
+        FaultPlan(isolations=(2, 1))
+    with pytest.raises(ValueError, match="crashes must be between 0 and 100"):
+        FaultPlan(crashes=(0, 101))
+    with pytest.raises(ValueError, match=r"a count must be a number or a \(low, high\) pair"):
+        FaultPlan(partitions=(1, 2, 3))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="downtime must be a range 0 < low <= high"):
+        FaultPlan(downtime=(0.0, 1.0))
+    with pytest.raises(ValueError, match="latency must be a range 0 <= low <= high"):
+        FaultPlan(latency=(0.04, 0.01))
+    with pytest.raises(ValueError, match="isolation_time must be a range"):
+        FaultPlan(isolation_time=(1.0, float("inf")))
+    with pytest.raises(ValueError, match="healed_loss must be in"):
+        FaultPlan(healed_loss=1.0)
+    with pytest.raises(ValueError, match=r"crash_at \(1.0, 20.0\) ends after heal_at"):
+        FaultPlan(crash_at=(1.0, 20.0)).draw(1, 10.0)
+
+    async def scenario(sim: Simulation, faults: Faults) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="deadline and setup_timeout must be > 0"):
+        swarm(scenario, seeds=[1], deadline=0)
+    with pytest.raises(TypeError, match="async functions or None"):
+        swarm(scenario, seeds=[1], setup="setup")  # type: ignore[arg-type]
+
+
+def test_isolate_cuts_a_host_and_its_own_nat_box_off_and_rejoin_undoes_it() -> None:
+    sim = Simulation(seed=1)
+    sim.host("relay")
+    sim.host("server", nat="full-cone")
+    sim.host("laptop", nat="symmetric")
+    sim.isolate("server")
+    assert sim.find_path("laptop", "server") is None and sim.find_path("server", "relay") is None
+    assert sim.is_partitioned("server-nat", "relay") and not sim.is_partitioned("server", "server-nat")
+    assert sim.find_path("laptop", "relay") is not None
+    sim.partition("laptop", "relay")
+    sim.rejoin("server")
+    assert sim.find_path("laptop", "server") is not None
+    assert sim.is_partitioned("laptop", "relay")  # other partitions stay
+    with pytest.raises(TypeError, match="server-nat is not a host"):
+        sim.isolate("server-nat")
+    sim.close()

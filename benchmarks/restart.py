@@ -1,0 +1,231 @@
+"""Restart and return, in round trips (issue 12's "within 2 RTTs", issue 11's returning client).
+
+Real UDP on 127.0.0.1 through a userspace delay line (a UDP proxy process holding every
+datagram back ``--delay-ms`` each way, so one round trip of the link is twice that, well
+above scheduling noise).  A server process (a tiny ASGI app) and one long-lived httpx
+client with :class:`~asgi_p2p.http.P2PTransport`.  Interleaved in each run:
+
+* ``restart``: kill -9 the server, start it again with the same key and port, time the
+  client's next GET (its pooled connection is dead: 1 RTT to learn of the stateless
+  reset, then a resumed connection carrying the GET as 0-RTT data);
+* ``restart, no ticket``: the same with the client's session tickets forgotten first
+  (a full handshake: what every restart cost before session resumption);
+* ``returning``: the client closed its connection; time its next GET (resumed, 0-RTT);
+* ``new, no ticket``: the same with tickets forgotten (a full handshake);
+* ``pooled``: a GET on the open connection (one round trip: the reference).
+
+Prints per-run values, medians, and medians in round trips of the link.
+
+Usage::
+
+    .venv/bin/python benchmarks/restart.py --delay-ms 25 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if __name__ == "__main__" and str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SCRIPT = Path(__file__).resolve()
+SEED = "restart benchmark server"
+ROWS = ("restart", "restart, no ticket", "returning", "new, no ticket", "pooled")
+
+
+# -- the server process -------------------------------------------------------------------
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    body = f"{scope['method']} {scope['path']}".encode()
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _serve(port: int) -> None:
+    from asgi_p2p import NetworkConfig, Node, SecretKey
+    from asgi_p2p.http import H3Server
+
+    node = await Node.bind(SecretKey.from_seed(SEED), host="127.0.0.1", port=port, config=NetworkConfig())
+    server = H3Server(_app, node)
+    await server.startup()
+    print("ready", flush=True)
+    await asyncio.Event().wait()  # until killed
+
+
+# -- the delay line ------------------------------------------------------------------------
+
+
+class _Upstream(asyncio.DatagramProtocol):
+    def __init__(self, proxy: _Proxy, client: tuple[str, int]) -> None:
+        self.proxy, self.client = proxy, client
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        front = self.proxy.transport
+        assert front is not None
+        asyncio.get_running_loop().call_later(self.proxy.delay, front.sendto, data, self.client)
+
+    def error_received(self, exc: Exception) -> None:  # the server is down: ICMP unreachable
+        pass
+
+
+class _Proxy(asyncio.DatagramProtocol):
+    """Forwards datagrams from clients to the server and back, each held back ``delay`` seconds."""
+
+    def __init__(self, upstream_port: int, delay: float) -> None:
+        self.upstream_port, self.delay = upstream_port, delay
+        self.transport: asyncio.DatagramTransport | None = None
+        self.upstreams: dict[tuple[str, int], _Upstream] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        asyncio.get_running_loop().call_later(self.delay, self._forward, data, addr)
+
+    def _forward(self, data: bytes, addr: tuple[str, int]) -> None:
+        up = self.upstreams.get(addr)
+        if up is None:
+            up = self.upstreams[addr] = _Upstream(self, addr)
+            asyncio.ensure_future(
+                asyncio.get_running_loop().create_datagram_endpoint(
+                    lambda: up, remote_addr=("127.0.0.1", self.upstream_port)
+                )
+            ).add_done_callback(lambda _f: up.transport is not None and up.transport.sendto(data))
+            return
+        if up.transport is not None:
+            up.transport.sendto(data)
+
+
+async def _delay_line(listen: int, upstream: int, delay_ms: float) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(lambda: _Proxy(upstream, delay_ms / 1000), local_addr=("127.0.0.1", listen))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+# -- the client (the measurement) --------------------------------------------------------------
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _spawn(*args: str) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASGI_P2P_")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(SCRIPT), *args, stdout=asyncio.subprocess.PIPE, env=env
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    if not line.startswith(b"ready"):
+        proc.kill()
+        raise RuntimeError(f"{args[0]} did not start: {line!r}")
+    return proc
+
+
+async def _measure(delay_ms: float, runs: int) -> dict[str, list[float]]:
+    import httpx
+
+    from asgi_p2p import NetworkConfig, Node, NodeAddr, SecretKey
+    from asgi_p2p.http import P2PTransport
+
+    server_port, proxy_port = _free_udp_port(), _free_udp_port()
+    node_id = SecretKey.from_seed(SEED).node_id
+    procs = [await _spawn("--delay-line", str(proxy_port), str(server_port), str(delay_ms))]
+    server = await _spawn("--serve", str(server_port))
+    results: dict[str, list[float]] = {row: [] for row in ROWS}
+    client_node = await Node.bind(host="127.0.0.1", config=NetworkConfig(keepalive_interval=0))
+    loop = asyncio.get_running_loop()
+    try:
+        transport = P2PTransport(client_node, addrs=[NodeAddr(node_id, [("127.0.0.1", proxy_port)])])
+        async with httpx.AsyncClient(transport=transport, base_url=f"https://{node_id}", timeout=30) as client:
+
+            async def timed_get(path: str) -> float:
+                t0 = loop.time()
+                response = await client.get(path)
+                took = loop.time() - t0
+                assert response.text == f"GET {path}", response.text
+                return took * 1000
+
+            async def close_connections() -> None:
+                for conn in list(client_node.connections):
+                    conn.close(0, "benchmark: returning later")
+                    await conn.wait_closed()
+                await asyncio.sleep(0.3)
+
+            await timed_get("/warm")
+            for run in range(runs):
+                for row in ROWS if run % 2 == 0 else tuple(reversed(ROWS)):
+                    await timed_get("/ensure-pooled")  # a live connection and a ticket
+                    await asyncio.sleep(0.1)
+                    if row.startswith("restart"):
+                        server.kill()
+                        await server.wait()
+                        server = await _spawn("--serve", str(server_port))
+                        await asyncio.sleep(0.2)
+                    elif row != "pooled":
+                        await close_connections()
+                    if row.endswith("no ticket"):
+                        client_node.forget_session_tickets()
+                    results[row].append(await timed_get(f"/{run}"))
+    finally:
+        for proc in [*procs, server]:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await client_node.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--delay-ms", type=float, default=25.0, help="one-way delay of the delay line (ms)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--delay-line", nargs=3, metavar=("LISTEN", "UPSTREAM", "DELAY_MS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve is not None:
+        asyncio.run(_serve(args.serve))
+        return
+    if args.delay_line is not None:
+        listen, upstream, delay = args.delay_line
+        asyncio.run(_delay_line(int(listen), int(upstream), float(delay)))
+        return
+    if args.delay_ms <= 0 or args.runs < 1:
+        parser.error("--delay-ms must be > 0 and --runs >= 1")
+    sys.path.insert(0, str(HERE))
+    from _machine import machine_description
+
+    print(f"machine: {machine_description()}")
+    rtt = 2 * args.delay_ms
+    print(f"link: 127.0.0.1 through a userspace UDP delay line, {args.delay_ms:g} ms each way (RTT {rtt:g} ms)")
+    results = asyncio.run(_measure(args.delay_ms, args.runs))
+    print()
+    print("| next GET | median ms | median RTTs | per run (ms) |")
+    print("|---|---|---|---|")
+    for row in ROWS:
+        values = results[row]
+        med = statistics.median(values)
+        print(f"| {row} | {med:.1f} | {med / rtt:.2f} | {', '.join(f'{v:.1f}' for v in values)} |")
+
+
+if __name__ == "__main__":
+    main()
