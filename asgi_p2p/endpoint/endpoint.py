@@ -791,6 +791,11 @@ class Endpoint:
         node_id = state.client
         if relay_src is not None and node_id != relay_src:
             raise hooks.AlertAccessDenied(f"the relay says it forwards node {relay_src}, the ticket says {node_id}")
+        if state.alpn in self._open_alpns:
+            # a ticket of a protocol open to any node (pairing) proves nothing the allow-list
+            # needs; a full handshake checks the node for the ALPN it then negotiates
+            log.debug("full handshake with %s:%d: its ticket is for open protocol %s", *addr, state.alpn)
+            return None
         if not self.is_allowed(node_id):
             log.info("refused node %s from %s:%d (resuming a session): not allowed", node_id, *addr)
             raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
