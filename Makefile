@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 
 # Debian packages the tests start for real: nftables/iproute2 (netns rig), nginx (a non-Python
 # backend behind `asgi-p2p proxy`), chromium + chromedriver (browser through `asgi-p2p gateway`),
-# prometheus (promtool checks docs/ops rules), knot (a real authoritative DNS server).
-SYSDEPS := nftables iproute2 nginx-light chromium chromium-driver prometheus knot knot-dnsutils
-SYSDEPS_CMDS := nft ip tc nginx chromium chromedriver promtool knotd kdig
+# prometheus (promtool checks docs/ops rules), knot (a real authoritative DNS server), systemd
+# (systemd-analyze verifies the units in deploy/systemd).
+SYSDEPS := nftables iproute2 nginx-light chromium chromium-driver prometheus knot knot-dnsutils systemd
+SYSDEPS_CMDS := nft ip tc nginx chromium chromedriver promtool knotd kdig systemd-analyze
 
 sysdeps:
 	@if [ "$$(id -u)" = 0 ]; then \

@@ -1,8 +1,8 @@
 """The ``asgi-p2p`` command.
 
 ``asgi-p2p APP`` serves an ASGI app (like ``uvicorn APP``); the other
-subcommands are ``keygen``, ``id``, ``get``, ``proxy``, ``send``, ``receive``, ``gateway``
-and ``relay``.
+subcommands are ``keygen``, ``id``, ``get``, ``proxy``, ``send``, ``receive``, ``gateway``,
+``relay``, ``status``, ``invite``, ``pair`` and ``peers``.
 """
 
 from __future__ import annotations
@@ -78,9 +78,10 @@ def _subcommands() -> dict[str, Subcommand]:
         cmds.update(proxy.subcommands())
         cmds.update(transfer.subcommands())
         cmds.update(gateway.subcommands())
-    from . import relay  # the relay needs no HTTP layer
+    from . import ops, relay  # the relay and the admin commands need no HTTP layer
 
     cmds.update(relay.subcommands())
+    cmds.update(ops.subcommands())
     return cmds
 
 

@@ -276,17 +276,21 @@ async def _get(args: argparse.Namespace) -> int:
 
     tickets = None if args.key_file is None or args.no_session_cache else session_cache_path(key.node_id)
 
-    async def bind(near: NodeAddr, relay: str | None) -> Endpoint:
+    async def bind(near: NodeAddr, relay: str | None, bind_key: SecretKey = key) -> Endpoint:
         from ..node import Node
 
         host = args.bind or _bind_host(NodeAddr(near.node_id, near.direct_addresses, relay), lan=args.mdns)
-        return await Node.bind(key, host=host, port=0, config=config, relay_url=relay)
+        return await Node.bind(bind_key, host=host, port=0, config=config, relay_url=relay)
 
     endpoint: Endpoint | None = None
     try:
         if discover:
             near = directory if directory is not None else NodeAddr(key.node_id)
-            endpoint = await bind(near, relay_opt)
+            # an ephemeral identity is random anyway: look up with another one, so that the relay
+            # (often the directory too) never sees our node id at the lookup's address as well
+            # as at the next endpoint's, which it could take for a move and send there
+            lookup_key = SecretKey.generate() if args.key_file is None else key
+            endpoint = await bind(near, relay_opt, lookup_key)
             addr = await _discover(endpoint, addr, name, directory, mdns_ifaces, args)
             # bind again, where the node (and the relay its record names) can be reached from
             await endpoint.close()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 
 from ..errors import InvalidConfiguration, P2PError
-from . import _common, _ops
+from . import _common, _ops, ops
 from ._common import configure_logging, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -160,6 +160,7 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url-file", type=Path, metavar="PATH", help="write the relay URL to PATH once serving")
     _ops.add_connection_limit_args(p)
     _ops.add_metrics_args(p)
+    ops.add_admin_args(p)
 
 
 #: The flag each RelayLimits field comes from (bursts are twice the rate; both queue
@@ -288,8 +289,10 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             clock_offset=clock_offset,
         )
         metrics = None
+        admin = None
         try:
             metrics = await _ops.start_metrics(args, relay=server)
+            admin = await ops.start_admin(args, server.endpoint, None)
             url = server.url
             if args.public_host:
                 url = RelayUrl(url.node_id, args.public_host, url.port)
@@ -311,6 +314,8 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             else:
                 lines.append("  directory off (--no-directory)")
             lines.append(f"  url      {text}")
+            if admin is not None:
+                lines.append(f"  admin    {admin.admin.path} (asgi-p2p status)")
             if server.endpoint.local_address[0] in ("127.0.0.1", "::1"):
                 lines.append("  (bound to loopback: only this machine can connect; use --host 0.0.0.0 for others)")
             elif server.endpoint.local_address[0] in ("0.0.0.0", "::") and not args.public_host:
@@ -328,6 +333,8 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             )
             return 0
         finally:
+            if admin is not None:
+                await admin.close()
             if metrics is not None:
                 await metrics.close()
             await server.close()

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import NetworkConfig
-from ..endpoint.connection import REFUSED
 from ..errors import InvalidConfiguration, InvalidNodeId, P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
-from . import _common, _ops
+from . import _common, _ops, ops
 from ._common import configure_logging, describe_error, positive_float, positive_int, seconds_or_off
 
 if TYPE_CHECKING:
     from ..endpoint import Endpoint
+    from ..ops.allowfile import AllowList
 
 __all__ = ["add_server_args", "import_app", "read_allow_file", "serve_app", "subcommands"]
 
@@ -88,8 +88,13 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         help="only this node may connect (repeatable; default: any node)",
     )
     p.add_argument(
-        "--allow-file", type=Path, metavar="PATH", help="file of node ids allowed to connect, one per line (# comments)"
+        "--allow-file",
+        type=Path,
+        metavar="PATH",
+        help="file of node ids allowed to connect, one per line (# comments); `asgi-p2p pair` adds to it, "
+        "`asgi-p2p peers revoke` removes from it, live",
     )
+    ops.add_admin_args(p)
     p.add_argument(
         "--limit-concurrency", type=positive_int, metavar="N", help="answer 503 once N requests are in flight"
     )
@@ -197,20 +202,13 @@ def import_app(spec: str, *, factory: bool = False, app_dir: str = ".") -> Calla
 
 def read_allow_file(path: Path) -> list[NodeId]:
     """Node ids from a file: one per line, blank lines and ``#`` comments ignored."""
+    from ..ops.allowfile import parse_allow_text
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidConfiguration(f"cannot read --allow-file {path}: {exc.strerror or exc}") from None
-    ids: list[NodeId] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        item = line.split("#", 1)[0].strip()
-        if not item:
-            continue
-        try:
-            ids.append(NodeId.parse(item))
-        except InvalidNodeId as exc:
-            raise InvalidConfiguration(f"{path}:{lineno}: {exc}") from None
-    return ids
+    return [e.node_id for e in parse_allow_text(text, str(path))]
 
 
 def _allow_list(args: argparse.Namespace) -> list[NodeId] | None:
@@ -224,7 +222,7 @@ def _allow_list(args: argparse.Namespace) -> list[NodeId] | None:
             raise InvalidConfiguration(f"--allow: {exc}") from None
     if args.allow_file is not None:
         ids.extend(read_allow_file(args.allow_file))
-    if not ids:
+    if not ids and args.no_admin_socket:
         raise InvalidConfiguration(f"--allow-file {args.allow_file} lists no node ids; nobody could connect")
     return ids
 
@@ -387,19 +385,26 @@ async def _serve(
             log.info("%s: shutting down gracefully (send again to force)", signame)
             stop.set()
 
-    live = LiveSettings(args, allow)
+    from ..ops.allowfile import AllowList
+
+    # ONE allow-list object: pairing and revoking (the admin socket) change it and its file
+    # live, and SIGHUP re-reads the file through it (LiveSettings.reload)
+    policy = AllowList([NodeId.parse(a) for a in args.allow], args.allow_file) if allow is not None else None
+    live = LiveSettings(args, policy)
     with _common.signal_handlers(on_signal):
         endpoint = await Node.bind(
             key,
             host=args.host,
             port=args.port,
-            allow=None if allow is None else live.is_allowed,
+            allow=policy,
             config=config,
             relay_url=args.relay_url,
         )
         published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)
         metrics = None
+        admin = None
         try:
+            admin = await ops.start_admin(args, endpoint, policy)
             server_kwargs: dict[str, Any] = {
                 "root_path": args.root_path,
                 "lifespan": args.lifespan,
@@ -441,7 +446,11 @@ async def _serve(
                         ticket_file, Ticket.from_node_addr(advertised(addr, public_host, public_port)).encode()
                     )
                 )
-            _announce(args, endpoint, ticket, allow, label)
+            _announce(args, endpoint, ticket, None if policy is None else [e.node_id for e in policy.entries()], label)
+            if admin is not None:
+                print(f"  admin    {admin.admin.path} (asgi-p2p status / invite / peers)", flush=True)
+                if policy is not None and len(policy) == 0:
+                    print("  (nobody is allowed yet: `asgi-p2p invite` makes an invite for a new device)", flush=True)
             live.server, live.endpoint = server, endpoint
             with _common.on_sighup(live.reload):
                 await stop.wait()
@@ -459,6 +468,8 @@ async def _serve(
             log.info("stopped")
             return 0
         finally:
+            if admin is not None:
+                await admin.close()
             if metrics is not None:
                 await metrics.close()
             for source in reversed(published):
@@ -566,16 +577,14 @@ _NOT_COMPARED = {"command", "settings", "reload_settings", "relay_url", "mdns_if
 class LiveSettings:
     """What SIGHUP can change while serving: the allow-list, the server's limits, logging."""
 
-    def __init__(self, args: argparse.Namespace, allow: list[NodeId] | None) -> None:
+    def __init__(self, args: argparse.Namespace, policy: AllowList | None) -> None:
         self.args = args
-        self.allowed: frozenset[NodeId] = frozenset(allow or ())
+        #: the endpoint's allow policy, shared with pairing and revoking (None: any node may connect)
+        self.policy = policy
         #: started without an allow-list: any node may connect (SIGHUP cannot switch that)
-        self.any_node = allow is None
+        self.any_node = policy is None
         self.server: Any = None
         self.endpoint: Endpoint | None = None
-
-    def is_allowed(self, node_id: NodeId) -> bool:
-        return node_id in self.allowed
 
     def reload(self) -> None:
         """Re-read the config file, the environment's settings and the allow-file; apply what can change."""
@@ -596,8 +605,8 @@ class LiveSettings:
         restart: list[str] = []
         if self.any_node != (allow is None):
             restart.append("--allow/--allow-file (between any node and an allow-list)")
-        elif allow is not None:
-            self._apply_allow(allow)
+        elif self.policy is not None:
+            self._apply_allow(self.policy, new)
         for dest, attr in _LIVE_SERVER_SETTINGS.items():
             if getattr(new, dest) != getattr(old, dest) and self.server is not None:
                 value = getattr(new, dest)
@@ -624,19 +633,24 @@ class LiveSettings:
             if hasattr(new, dest):
                 setattr(old, dest, getattr(new, dest))
 
-    def _apply_allow(self, allow: list[NodeId]) -> None:
-        new = frozenset(allow)
-        added, removed = new - self.allowed, self.allowed - new
-        self.allowed = new
+    def _apply_allow(self, policy: AllowList, new: argparse.Namespace) -> None:
+        """Re-read the allow-file through ``policy`` (the object pairing and revoking change too),
+        taking a changed ``--allow`` / ``--allow-file``; close the connections of removed ids."""
+        before = {e.node_id for e in policy.entries()}
+        try:
+            policy.reload([NodeId.parse(a) for a in new.allow], new.allow_file)
+        except (P2PError, ValueError) as exc:
+            log.error("SIGHUP: allow-list reload failed, allow-list unchanged: %s", exc)
+            return
+        after = {e.node_id for e in policy.entries()}
+        added, removed = after - before, before - after
         closed = 0
-        if removed and self.endpoint is not None:
-            for conn in self.endpoint.connections:
-                if conn.remote_node_id in removed:
-                    conn.close(REFUSED, "no longer allowed")
-                    closed += 1
+        if self.endpoint is not None:
+            for node in sorted(removed, key=str):
+                closed += self.endpoint.close_peer(node, "no longer allowed")
         log.info(
             "SIGHUP: allow-list reloaded: %d node id(s), %d added, %d removed (%d connection(s) of removed ids closed)",
-            len(new),
+            len(after),
             len(added),
             len(removed),
             closed,

@@ -162,6 +162,11 @@ class PeerConnection:
         self.handler: ConnectionHandler | None = None
         self.loop = asyncio.get_running_loop()
         self.established_at: float | None = None
+        #: UDP payload bytes and datagrams this connection sent and received (any path)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.datagrams_sent = 0
+        self.datagrams_received = 0
         self._ready: asyncio.Future[None] = self.loop.create_future()
         # the TLS handshake completed (client: confirmed); before it, a connection made ready
         # early (0-RTT, see become_ready_early) carries early data
@@ -301,6 +306,8 @@ class PeerConnection:
             route.received_from(addr)
         now = self.loop.time()
         quic = self.quic
+        self.bytes_received += len(data)
+        self.datagrams_received += 1
         quic.receive_datagram(data, self.address, now)
         received = hooks.largest_received_1rtt(quic)
         if received > self._largest_received:
@@ -379,6 +386,8 @@ class PeerConnection:
         now = self.loop.time()
         datagrams = self.quic.datagrams_to_send(now)
         if datagrams:
+            self.datagrams_sent += len(datagrams)
+            self.bytes_sent += sum(len(d) for d, _ in datagrams)
             if now - self._sent_at > _BURST_GAP and self._quiet_datagrams > 0:
                 self._quiet_datagrams = _BULK_DATAGRAMS  # a new burst: messages now and then are not bulk
             self._sent_at = now

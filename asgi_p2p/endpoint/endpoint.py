@@ -115,6 +115,7 @@ class Endpoint:
             self._allow = allowed.__contains__
         self._factories: dict[str, HandlerFactory] = {}
         self._relay_alpns: set[str] = set()
+        self._open_alpns: set[str] = set()
         self._alpn_filter: frozenset[str] | None = None
         self._cids: dict[bytes, PeerConnection] = {}
         self._connections: dict[PeerConnection, None] = {}  # ordered: deterministic close order
@@ -297,12 +298,18 @@ class Endpoint:
 
     # -- protocols --------------------------------------------------------
 
-    def add_protocol(self, alpn: str, factory: HandlerFactory, *, relay: bool = False) -> None:
+    def add_protocol(self, alpn: str, factory: HandlerFactory, *, relay: bool = False, open: bool = False) -> None:
         """Serve (and allow dialing) ``alpn``; ``factory`` makes a handler per connection.
 
         ``relay=True`` marks the protocol's connections as relay connections: they carry
         other connections' packets, so theirs never go through a relay themselves.
+        ``open=True`` lets nodes the allow policy refuses connect with this ALPN (and
+        only this one: a connection's ALPN is fixed at its handshake); pairing uses it.
         """
+        if open:
+            self._open_alpns.add(alpn)
+        else:
+            self._open_alpns.discard(alpn)
         if self._alpn_filter is not None and alpn not in self._alpn_filter and not alpn.startswith("asgi-p2p/msg"):
             self._alpn_filter = self._alpn_filter | {alpn}
         self._factories[alpn] = factory
@@ -353,6 +360,14 @@ class Endpoint:
             assert conn.remote_node_id is not None
             conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
         return handler
+
+    def close_peer(self, node_id: NodeId, reason: str = "access revoked") -> int:
+        """Close every connection with ``node_id`` (e.g. once it is no longer allowed); returns how many."""
+        conns = [c for c in self._connections if c.remote_node_id == node_id and not c.closed]
+        for conn in conns:
+            log.info("closing connection with %s (%s): %s", node_id, conn.alpn, reason)
+            conn.close(REFUSED, reason)
+        return len(conns)
 
     def _server_alpns(self) -> list[str]:
         return [a for a in self._factories if self._alpn_filter is None or a in self._alpn_filter]
@@ -712,7 +727,7 @@ class Endpoint:
             node_id = NodeId(raw)
             if relay_src is not None and node_id != relay_src:
                 raise hooks.AlertAccessDenied(f"the relay says it forwards node {relay_src}, TLS says {node_id}")
-            if not self.is_allowed(node_id):
+            if not self.is_allowed(node_id) and quic.tls.alpn_negotiated not in self._open_alpns:
                 log.info("refused node %s from %s:%d: not allowed", node_id, *addr)
                 self._admission.stats.refused_by_reason["not_allowed"] += 1
                 raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")
@@ -796,6 +811,11 @@ class Endpoint:
         node_id = state.client
         if relay_src is not None and node_id != relay_src:
             raise hooks.AlertAccessDenied(f"the relay says it forwards node {relay_src}, the ticket says {node_id}")
+        if state.alpn in self._open_alpns:
+            # a ticket of a protocol open to any node (pairing) proves nothing the allow-list
+            # needs; a full handshake checks the node for the ALPN it then negotiates
+            log.debug("full handshake with %s:%d: its ticket is for open protocol %s", *addr, state.alpn)
+            return None
         if not self.is_allowed(node_id):
             log.info("refused node %s from %s:%d (resuming a session): not allowed", node_id, *addr)
             raise hooks.AlertAccessDenied(f"node {node_id} is not allowed to connect to {self.node_id}")

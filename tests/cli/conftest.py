@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +21,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 APPDIR = Path(__file__).resolve().parent / "appdir"
 START_TIMEOUT = 30.0
+# serve and relay open an admin socket in $XDG_RUNTIME_DIR/asgi-p2p: keep the tests' (and
+# the stale ones of killed processes) in one short directory, removed when the tests end
+RUNTIME_DIR = tempfile.mkdtemp(prefix="asgi-p2p-tests-")
+atexit.register(shutil.rmtree, RUNTIME_DIR, True)
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
@@ -28,6 +35,7 @@ def cli_env(home: Path, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         PYTHONDONTWRITEBYTECODE="1",
         COLUMNS="200",
+        XDG_RUNTIME_DIR=RUNTIME_DIR,
     )
     env.pop("PYTHONPATH", None)
     env.update(extra)
