@@ -44,6 +44,7 @@ from .types import ASGIApp
 from .ws_exchange import WebSocketExchange
 
 __all__ = [
+    "DEFAULT_IDLE_CONNECTION_TIMEOUT",
     "DEFAULT_REQUEST_BODY_TIMEOUT",
     "DEFAULT_REQUEST_HEADER_TIMEOUT",
     "REQUEST_TIMEOUT",
@@ -60,6 +61,8 @@ _FLUSH_TIMEOUT = 2.0
 DEFAULT_REQUEST_HEADER_TIMEOUT = 10.0
 #: Default seconds the application may wait in ``receive()`` for more request body.
 DEFAULT_REQUEST_BODY_TIMEOUT = 60.0
+#: Default seconds a connection may go without an open request stream before the server closes it.
+DEFAULT_IDLE_CONNECTION_TIMEOUT = 60.0
 _TIMEOUT = Limit(0, MAX_SECONDS, integer=False, open_low=True, zero_is_off=True, unit="seconds")
 REQUEST_TIMEOUT = Rejection(408, "Request Timeout")
 #: a request that arrived as TLS early data (0-RTT) and is not safe to process before the
@@ -92,6 +95,7 @@ class H3Server:
         timeout_graceful_shutdown: float | None = None,
         request_header_timeout: float | None = DEFAULT_REQUEST_HEADER_TIMEOUT,
         request_body_timeout: float | None = DEFAULT_REQUEST_BODY_TIMEOUT,
+        idle_connection_timeout: float | None = DEFAULT_IDLE_CONNECTION_TIMEOUT,
     ) -> None:
         if limit_concurrency is not None and limit_concurrency < 1:
             raise InvalidConfiguration(f"limit_concurrency must be at least 1, got {limit_concurrency}")
@@ -102,6 +106,7 @@ class H3Server:
         for name, value in (
             ("request_header_timeout", request_header_timeout),
             ("request_body_timeout", request_body_timeout),
+            ("idle_connection_timeout", idle_connection_timeout),
         ):
             if value is not None:
                 _TIMEOUT.check(name, value)
@@ -122,6 +127,7 @@ class H3Server:
         self.request_body_timeout = request_body_timeout or None
         self.lifespan = LifespanRunner(app, lifespan)
         self._connections: set[ServerConnection] = set()
+        self._idle_connection_timeout = idle_connection_timeout or None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._closing = False
@@ -134,6 +140,27 @@ class H3Server:
         self.requests_timed_out = 0
         #: requests that came as TLS early data (0-RTT) and were answered 425 Too Early
         self.requests_too_early = 0
+        #: connections closed because no request stream was open for ``idle_connection_timeout``
+        self.idle_connections_closed = 0
+
+    @property
+    def idle_connection_timeout(self) -> float | None:
+        """Seconds a connection may go without an open request stream (None: no limit).
+
+        A peer that completed its handshake holds a connection slot for as long as the
+        connection lives, and QUIC keep-alive PINGs (or any other frame) keep it alive
+        forever; the server closes it (``H3_NO_ERROR``) once no request stream (or
+        WebSocket) has been open for this long.  Setting it applies to open connections.
+        """
+        return self._idle_connection_timeout
+
+    @idle_connection_timeout.setter
+    def idle_connection_timeout(self, value: float | None) -> None:
+        if value is not None:
+            _TIMEOUT.check("idle_connection_timeout", value)
+        self._idle_connection_timeout = value or None
+        for sc in list(self._connections):
+            sc.rearm_idle()
 
     @property
     def root_path(self) -> str:
@@ -279,8 +306,49 @@ class ServerConnection:
         self.goaway_id: int | None = None
         self.lost = False
         self._unflushed: set[int] = set()
+        #: when the last request stream ended (or the connection started), for the idle timeout
+        self._idle_since = self.loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
         server._connections.add(self)
+        self._arm_idle()
         self.schedule_transmit()
+
+    # -- idle connection timeout ----------------------------------------------
+    #
+    # Not one timer per request: the timer runs from the time the last stream ended; when
+    # it fires on a busy connection it stops, and the next time the connection has no
+    # stream open (_stream_ended) arms it again.  A request costs one comparison.
+
+    def _arm_idle(self) -> None:
+        timeout = self.server.idle_connection_timeout
+        if timeout is not None and not self.lost:
+            self._idle_timer = self.loop.call_at(self._idle_since + timeout, self._idle_check)
+
+    def rearm_idle(self) -> None:
+        """The idle timeout changed: run the timer by the new value."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if not self.streams:
+            self._arm_idle()
+
+    def _stream_ended(self) -> None:
+        if not self.streams:
+            self._idle_since = self.loop.time()
+            if self._idle_timer is None:
+                self._arm_idle()
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        timeout = self.server.idle_connection_timeout
+        if self.lost or timeout is None or self.streams:
+            return
+        if self.loop.time() < self._idle_since + timeout:
+            self._arm_idle()
+            return
+        self.server.idle_connections_closed += 1
+        log.info("closing the connection from %s: no request for %gs", self.peer_info.text, timeout)
+        self.conn.close(H3_NO_ERROR, f"idle connection: no request for {timeout:g}s")
 
     # -- transmit coalescing --------------------------------------------------
 
@@ -323,6 +391,7 @@ class ServerConnection:
                 item.cancel_timer()
                 self.streams.pop(event.stream_id, None)
                 self.conn.forget_stream(event.stream_id)
+                self._stream_ended()
             elif item is not None:
                 if isinstance(event, StreamReset):
                     item.on_reset(event.error_code)
@@ -394,6 +463,9 @@ class ServerConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server._connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         for item in list(self.streams.values()):
             if isinstance(item, _Pending):
                 item.cancel_timer()
@@ -412,6 +484,7 @@ class ServerConnection:
             self.conn.stop_stream(sid, H3_INTERNAL_ERROR)
             self.h3.end_local(sid)
         self.conn.forget_stream(sid)
+        self._stream_ended()
 
     def _reject(self, sid: int) -> None:
         """Refuse a request that arrived after our GOAWAY (safe for the client to retry)."""
@@ -443,6 +516,7 @@ class ServerConnection:
             self.conn.stop_stream(sid, H3_NO_ERROR)
         self.streams.pop(sid, None)
         self.conn.forget_stream(sid)
+        self._stream_ended()
         del credit
         self.schedule_transmit()
 
@@ -489,6 +563,7 @@ class ServerConnection:
         sid = exchange.sid
         if self.streams.get(sid) is exchange:
             del self.streams[sid]
+            self._stream_ended()
         self.conn.forget_stream(sid)
         if not self.lost and hooks.unacked_bytes(self.conn.quic, sid):
             self._unflushed.add(sid)
