@@ -45,6 +45,7 @@ from .ws_exchange import WebSocketExchange
 
 __all__ = [
     "DEFAULT_IDLE_CONNECTION_TIMEOUT",
+    "DEFAULT_MAX_IDLE_CONNECTIONS_PER_PEER",
     "DEFAULT_REQUEST_BODY_TIMEOUT",
     "DEFAULT_REQUEST_HEADER_TIMEOUT",
     "REQUEST_TIMEOUT",
@@ -63,6 +64,8 @@ DEFAULT_REQUEST_HEADER_TIMEOUT = 10.0
 DEFAULT_REQUEST_BODY_TIMEOUT = 60.0
 #: Default seconds a connection may go without an open request stream before the server closes it.
 DEFAULT_IDLE_CONNECTION_TIMEOUT = 60.0
+#: Default most connections without an open request one peer (node id) may hold at once.
+DEFAULT_MAX_IDLE_CONNECTIONS_PER_PEER = 8
 _TIMEOUT = Limit(0, MAX_SECONDS, integer=False, open_low=True, zero_is_off=True, unit="seconds")
 REQUEST_TIMEOUT = Rejection(408, "Request Timeout")
 #: a request that arrived as TLS early data (0-RTT) and is not safe to process before the
@@ -96,9 +99,18 @@ class H3Server:
         request_header_timeout: float | None = DEFAULT_REQUEST_HEADER_TIMEOUT,
         request_body_timeout: float | None = DEFAULT_REQUEST_BODY_TIMEOUT,
         idle_connection_timeout: float | None = DEFAULT_IDLE_CONNECTION_TIMEOUT,
+        max_idle_connections_per_peer: int = DEFAULT_MAX_IDLE_CONNECTIONS_PER_PEER,
     ) -> None:
         if limit_concurrency is not None and limit_concurrency < 1:
             raise InvalidConfiguration(f"limit_concurrency must be at least 1, got {limit_concurrency}")
+        if isinstance(max_idle_connections_per_peer, bool) or not isinstance(max_idle_connections_per_peer, int):
+            raise InvalidConfiguration(
+                f"max_idle_connections_per_peer must be a whole number, got {max_idle_connections_per_peer!r}"
+            )
+        if not 1 <= max_idle_connections_per_peer <= 65536:
+            raise InvalidConfiguration(
+                f"max_idle_connections_per_peer must be in 1..65536, got {max_idle_connections_per_peer}"
+            )
         if max_header_size < 1:
             raise InvalidConfiguration(f"max_header_size must be positive, got {max_header_size}")
         if max_body_size is not None and max_body_size < 0:
@@ -128,6 +140,11 @@ class H3Server:
         self.lifespan = LifespanRunner(app, lifespan)
         self._connections: set[ServerConnection] = set()
         self._idle_connection_timeout = idle_connection_timeout or None
+        #: most connections without an open request one node id may hold; a new idle one
+        #: beyond it closes that node's longest idle connection
+        self.max_idle_connections_per_peer = max_idle_connections_per_peer
+        # each peer's connections with no request open, longest idle first
+        self._idle_by_peer: dict[NodeId, dict[ServerConnection, None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._closing = False
@@ -140,7 +157,8 @@ class H3Server:
         self.requests_timed_out = 0
         #: requests that came as TLS early data (0-RTT) and were answered 425 Too Early
         self.requests_too_early = 0
-        #: connections closed because no request stream was open for ``idle_connection_timeout``
+        #: connections closed because no request stream was open for ``idle_connection_timeout``,
+        #: or because their peer held more than ``max_idle_connections_per_peer`` such connections
         self.idle_connections_closed = 0
 
     @property
@@ -269,6 +287,24 @@ class H3Server:
             raise ConnectionClosed("HTTP server is shutting down")
         return ServerConnection(self, conn)
 
+    def _now_idle(self, sc: ServerConnection) -> None:
+        """``sc`` has no request open: count it among its peer's idle connections (bounded)."""
+        idle = self._idle_by_peer.setdefault(sc.peer, {})
+        idle.pop(sc, None)
+        idle[sc] = None
+        if len(idle) > self.max_idle_connections_per_peer:
+            oldest = next(iter(idle))
+            del idle[oldest]
+            oldest.close_idle(f"more than {self.max_idle_connections_per_peer} idle connections from this node")
+
+    def _now_busy(self, sc: ServerConnection) -> None:
+        """``sc`` has a request open, or is gone."""
+        idle = self._idle_by_peer.get(sc.peer)
+        if idle is not None:
+            idle.pop(sc, None)
+            if not idle:
+                del self._idle_by_peer[sc.peer]
+
 
 class _Pending:
     """A request stream whose HEADERS frame has not arrived yet."""
@@ -311,6 +347,7 @@ class ServerConnection:
         self._idle_timer: asyncio.TimerHandle | None = None
         server._connections.add(self)
         self._arm_idle()
+        server._now_idle(self)
         self.schedule_transmit()
 
     # -- idle connection timeout ----------------------------------------------
@@ -333,10 +370,11 @@ class ServerConnection:
             self._arm_idle()
 
     def _stream_ended(self) -> None:
-        if not self.streams:
+        if not self.streams and not self.lost:
             self._idle_since = self.loop.time()
             if self._idle_timer is None:
                 self._arm_idle()
+            self.server._now_idle(self)
 
     def _idle_check(self) -> None:
         self._idle_timer = None
@@ -346,9 +384,13 @@ class ServerConnection:
         if self.loop.time() < self._idle_since + timeout:
             self._arm_idle()
             return
+        self.close_idle(f"no request for {timeout:g}s")
+
+    def close_idle(self, why: str) -> None:
+        """Close this connection, which has no request open (``H3_NO_ERROR``)."""
         self.server.idle_connections_closed += 1
-        log.info("closing the connection from %s: no request for %gs", self.peer_info.text, timeout)
-        self.conn.close(H3_NO_ERROR, f"idle connection: no request for {timeout:g}s")
+        log.info("closing the connection from %s: idle connection: %s", self.peer_info.text, why)
+        self.conn.close(H3_NO_ERROR, f"idle connection: {why}")
 
     # -- transmit coalescing --------------------------------------------------
 
@@ -369,6 +411,8 @@ class ServerConnection:
                 if self.goaway_id is not None and sid >= self.goaway_id:
                     self._reject(sid)
                 else:
+                    if not self.streams:
+                        self.server._now_busy(self)
                     item = self.streams[sid] = _Pending(Credit(self.conn, sid), self.loop.time())
             if item is not None:
                 item.credit.raw += len(event.data)
@@ -463,6 +507,7 @@ class ServerConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server._connections.discard(self)
+        self.server._now_busy(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None

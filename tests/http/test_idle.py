@@ -5,6 +5,7 @@ when keep-alive PINGs would keep the QUIC connection alive for ever."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -132,3 +133,40 @@ def test_idle_connection_timeout_is_validated() -> None:
     assert server.idle_connection_timeout is None
     with pytest.raises(InvalidConfiguration, match="idle_connection_timeout"):
         server.idle_connection_timeout = float("nan")
+
+
+@pytest.mark.sim_only("binds many nodes with one key on simulated hosts")
+async def test_one_peer_holds_at_most_max_idle_connections(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """One key dialing from five places: the server keeps its three most recently active idle connections."""
+    caplog.set_level(logging.INFO, logger="asgi_p2p.http")
+    served = await serve(_app(), lifespan="off", max_idle_connections_per_peer=3)
+    key = SecretKey.from_seed("many")
+    conns: list[PeerConnection] = []
+    for i in range(5):
+        host = served.pair.simulation.host(f"many{i}")
+        node = await Node.bind(key, host="0.0.0.0", port=4433, config=NetworkConfig(), network=host)
+        served.pair.extra.append(node)
+        P2PTransport(node)
+        conns.append(await node.connect_quic(served.pair.server.node_addr(), "h3"))
+        await asyncio.sleep(0.1)
+    # the two longest idle ones end (by the server's close, or, should that be lost, by the
+    # stateless reset answering their next packet); the server names why
+    await wait_until(lambda: conns[0].closed and conns[1].closed, timeout=30)
+    assert all(isinstance(c.close_error, ConnectionClosed) for c in conns[:2])
+    assert not any(c.closed for c in conns[2:])
+    assert len([c for c in served.pair.server.connections if c.remote_node_id == key.node_id]) == 3
+    closing = [r.getMessage() for r in caplog.records if "idle connection: more than 3" in r.getMessage()]
+    assert len(closing) == 2 and str(key.node_id) in closing[0]
+    assert served.server.idle_connections_closed == 2
+    # a connection with a request open is not idle: it is not counted and not closed
+    busy_client = await served.new_client()
+    assert (await busy_client.get("/")).text == "ok"
+    await busy_client.aclose()
+    assert not any(c.closed for c in conns[2:])
+
+
+def test_max_idle_connections_per_peer_is_validated() -> None:
+    endpoint: Any = SimpleNamespace(node_id="server")
+    for bad in (0, -1, 65537, 1.5, True):
+        with pytest.raises(InvalidConfiguration, match="max_idle_connections_per_peer"):
+            H3Server(_app(), endpoint, max_idle_connections_per_peer=bad)  # type: ignore[arg-type]
