@@ -928,3 +928,29 @@ def test_clocked_ticket_counts_age_and_validity_by_the_given_clock() -> None:
     assert ticket.obfuscated_age == 12345 + 10_000
     clock.t += 3600.0
     assert not ticket.is_valid
+
+
+def test_client_hello_offers_one_x25519_key_share_and_the_handshake_completes() -> None:
+    """aioquic's client would send four key shares (P-256, P-384, X25519, X448); a node's sends one."""
+    from aioquic import tls
+    from aioquic.quic.crypto import CryptoPair
+
+    pair = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    hooks.install_identity_hooks(pair.client, lambda raw: None)
+    server = pair.start()
+    hooks.install_identity_hooks(server, lambda raw: None)
+    datagram = pair.pending[0]
+    buf = Buffer(data=datagram)
+    header = pull_quic_header(buf, host_cid_length=8)
+    assert header.version is not None
+    crypto = CryptoPair()
+    crypto.setup_initial(header.destination_cid, is_client=False, version=header.version)
+    _, payload, _ = crypto.decrypt_packet(datagram[: header.packet_length], buf.tell(), 0)
+    frames = Buffer(data=payload)
+    assert frames.pull_uint_var() == 0x06  # the CRYPTO frame carrying the ClientHello
+    frames.pull_uint_var()  # offset
+    hello = tls.pull_client_hello(Buffer(data=frames.pull_bytes(frames.pull_uint_var())))
+    assert [group for group, _ in hello.key_share] == [tls.Group.X25519] == hello.supported_groups
+    pair.pump()
+    for side in ("client", "server"):
+        assert any(isinstance(e, HandshakeCompleted) for e in pair.events[side]), side

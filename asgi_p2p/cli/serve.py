@@ -121,6 +121,13 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         help="answer 408 (or reset) when the app waits this long for more request body (default 60; 0: off)",
     )
     p.add_argument(
+        "--idle-connection-timeout",
+        type=seconds_or_off,
+        metavar="SECONDS",
+        help="close a peer's connection once it has had no request open for this long, "
+        "whatever keeps it alive (default 60; 0: off)",
+    )
+    p.add_argument(
         "--max-datagram-size",
         type=positive_int,
         metavar="BYTES",
@@ -413,7 +420,7 @@ async def _serve(
             }
             if args.max_body_size is not None:
                 server_kwargs["max_body_size"] = args.max_body_size
-            for name in ("request_header_timeout", "request_body_timeout"):
+            for name in _SERVER_TIMEOUTS:
                 if getattr(args, name) is not None:
                     server_kwargs[name] = getattr(args, name)
             server = H3Server(app, endpoint, **server_kwargs, **_ops.peer_limit_kwargs(args))
@@ -570,6 +577,8 @@ _LIVE_SERVER_SETTINGS = {
 }
 #: Settings SIGHUP applies too, besides those: the allow-list and logging.
 _LIVE_OTHER = {"allow", "allow_file", "log_level", "no_access_log", "log_format", "log_config", "config", "env_file"}
+#: server timeouts a SIGHUP changes on the running server (0 or None in the settings: off or default)
+_SERVER_TIMEOUTS = ("request_header_timeout", "request_body_timeout", "idle_connection_timeout")
 #: Arguments SIGHUP never compares (derived, or not settings).
 _NOT_COMPARED = {"command", "settings", "reload_settings", "relay_url", "mdns_ifaces", "directory_addr", "dns"}
 
@@ -612,7 +621,7 @@ class LiveSettings:
                 value = getattr(new, dest)
                 setattr(self.server, attr, value.rstrip("/") if dest == "root_path" else value)
                 log.info("SIGHUP: %s is now %s", _common.flag_name(dest), value)
-        for dest in ("request_header_timeout", "request_body_timeout"):
+        for dest in _SERVER_TIMEOUTS:
             if getattr(new, dest) != getattr(old, dest) and self.server is not None:
                 value = getattr(new, dest)
                 setattr(self.server, dest, (value or None) if value is not None else _server_default(dest))
@@ -623,13 +632,13 @@ class LiveSettings:
         for dest, value in sorted(vars(new).items()):
             if dest in _NOT_COMPARED or dest in _LIVE_OTHER or dest in _LIVE_SERVER_SETTINGS:
                 continue
-            if dest in ("request_header_timeout", "request_body_timeout"):
+            if dest in _SERVER_TIMEOUTS:
                 continue
             if getattr(old, dest, None) != value:
                 restart.append(_common.flag_name(dest))
         if restart:
             log.warning("SIGHUP: %s changed but cannot change while serving; restart to apply", ", ".join(restart))
-        for dest in _LIVE_SERVER_SETTINGS.keys() | {"request_header_timeout", "request_body_timeout"} | _LIVE_OTHER:
+        for dest in _LIVE_SERVER_SETTINGS.keys() | set(_SERVER_TIMEOUTS) | _LIVE_OTHER:
             if hasattr(new, dest):
                 setattr(old, dest, getattr(new, dest))
 
@@ -662,9 +671,14 @@ class LiveSettings:
 
 
 def _server_default(dest: str) -> float:
-    from ..http.server import DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_REQUEST_HEADER_TIMEOUT
+    from ..http import server
 
-    return DEFAULT_REQUEST_HEADER_TIMEOUT if dest == "request_header_timeout" else DEFAULT_REQUEST_BODY_TIMEOUT
+    defaults = {
+        "request_header_timeout": server.DEFAULT_REQUEST_HEADER_TIMEOUT,
+        "request_body_timeout": server.DEFAULT_REQUEST_BODY_TIMEOUT,
+        "idle_connection_timeout": server.DEFAULT_IDLE_CONNECTION_TIMEOUT,
+    }
+    return defaults[dest]
 
 
 def _announce(

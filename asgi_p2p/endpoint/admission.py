@@ -162,8 +162,13 @@ class AdmissionStats:
     undecryptable: int = 0
     #: Retry packets sent
     retries: int = 0
-    #: Initials dropped because their token was malformed, forged, expired or for another address
+    #: Initials with a token that was malformed, forged, expired or for another address
+    #: (no state: answered with a stateless CONNECTION_CLOSE, INVALID_TOKEN, within the
+    #: stateless reset rate limits, or dropped when over them)
     invalid_tokens: int = 0
+    #: of those, answered with INVALID_TOKEN / dropped because of the rate limits
+    invalid_token_closes: int = 0
+    invalid_token_closes_limited: int = 0
     #: Initials refused with a stateless CONNECTION_CLOSE (connection limits)
     refused: int = 0
     #: connections refused, by the limit that refused them (``max_connections``,

@@ -629,7 +629,7 @@ class Endpoint:
             except InvalidToken as exc:
                 stats.invalid_tokens += 1
                 self.dropped_datagrams += 1
-                self._log_admission(now, logging.DEBUG, "dropped Initial from %s:%d: %s", addr, exc)
+                self._close_invalid_token(header, addr, exc, now)
                 return
             retry_scid = header.destination_cid
             validated = True
@@ -673,6 +673,31 @@ class Endpoint:
             self._log_admission(now, logging.WARNING, "refused connection from %s:%d: %s", addr, reason)
             return
         self._accept(data, addr, original_dcid, header.destination_cid, retry_scid, source, validated, relay_src)
+
+    def _close_invalid_token(self, header: QuicHeader, addr: Address, exc: InvalidToken, now: float) -> None:
+        """Close a connection attempt whose Retry token is invalid, statelessly.
+
+        The client will not accept another Retry (RFC 9000 8.1.3: the server SHOULD
+        immediately close with INVALID_TOKEN), so instead of letting it wait out its
+        handshake timeout it gets a CONNECTION_CLOSE in an Initial built from the packet's
+        keys: no state, smaller than the Initial it answers, and within the stateless
+        reset limits (overall and per address), so a flood of forged tokens gets little.
+        """
+        if not self._reset_limiter.allow(addr, now):
+            stats = self._admission.stats
+            stats.invalid_token_closes_limited += 1
+            log.debug("dropped Initial from %s:%d: %s (close rate-limited)", *addr, exc)
+            return
+        self._admission.stats.invalid_token_closes += 1
+        close = hooks.encode_initial_close(
+            version=header.version or 1,
+            client_destination_cid=header.destination_cid,
+            client_source_cid=header.source_cid,
+            error_code=QuicErrorCode.INVALID_TOKEN,
+            reason=str(exc),
+        )
+        self.router.sendto(close, addr)
+        log.debug("closed the connection attempt from %s:%d: %s", *addr, exc)
 
     def _log_admission(self, now: float, level: int, msg: str, addr: Address, reason: object) -> None:
         """Log an admission decision, at most once per ``_ADMISSION_LOG_INTERVAL`` (a flood logs counts)."""

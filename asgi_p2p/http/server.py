@@ -54,8 +54,10 @@ from .types import ASGIApp
 from .ws_exchange import Handshake, WebSocketExchange
 
 __all__ = [
+    "DEFAULT_IDLE_CONNECTION_TIMEOUT",
     "DEFAULT_LIMIT_PEER_CONCURRENCY",
     "DEFAULT_LIMIT_PEER_RATE",
+    "DEFAULT_MAX_IDLE_CONNECTIONS_PER_PEER",
     "DEFAULT_REQUEST_BODY_TIMEOUT",
     "DEFAULT_REQUEST_HEADER_TIMEOUT",
     "REQUEST_TIMEOUT",
@@ -72,6 +74,10 @@ _FLUSH_TIMEOUT = 2.0
 DEFAULT_REQUEST_HEADER_TIMEOUT = 10.0
 #: Default seconds the application may wait in ``receive()`` for more request body.
 DEFAULT_REQUEST_BODY_TIMEOUT = 60.0
+#: Default seconds a connection may go without an open request stream before the server closes it.
+DEFAULT_IDLE_CONNECTION_TIMEOUT = 60.0
+#: Default most connections without an open request one peer (node id) may hold at once.
+DEFAULT_MAX_IDLE_CONNECTIONS_PER_PEER = 8
 _TIMEOUT = Limit(0, MAX_SECONDS, integer=False, open_low=True, zero_is_off=True, unit="seconds")
 REQUEST_TIMEOUT = Rejection(408, "Request Timeout")
 #: a request that arrived as TLS early data (0-RTT) and is not safe to process before the
@@ -110,9 +116,19 @@ class H3Server:
         request_body_timeout: float | None = DEFAULT_REQUEST_BODY_TIMEOUT,
         limit_peer_rate: float | None = DEFAULT_LIMIT_PEER_RATE,
         limit_peer_concurrency: int | None = DEFAULT_LIMIT_PEER_CONCURRENCY,
+        idle_connection_timeout: float | None = DEFAULT_IDLE_CONNECTION_TIMEOUT,
+        max_idle_connections_per_peer: int = DEFAULT_MAX_IDLE_CONNECTIONS_PER_PEER,
     ) -> None:
         if limit_concurrency is not None and limit_concurrency < 1:
             raise InvalidConfiguration(f"limit_concurrency must be at least 1, got {limit_concurrency}")
+        if isinstance(max_idle_connections_per_peer, bool) or not isinstance(max_idle_connections_per_peer, int):
+            raise InvalidConfiguration(
+                f"max_idle_connections_per_peer must be a whole number, got {max_idle_connections_per_peer!r}"
+            )
+        if not 1 <= max_idle_connections_per_peer <= 65536:
+            raise InvalidConfiguration(
+                f"max_idle_connections_per_peer must be in 1..65536, got {max_idle_connections_per_peer}"
+            )
         if max_header_size < 1:
             raise InvalidConfiguration(f"max_header_size must be positive, got {max_header_size}")
         if max_body_size is not None and max_body_size < 0:
@@ -120,6 +136,7 @@ class H3Server:
         for name, value in (
             ("request_header_timeout", request_header_timeout),
             ("request_body_timeout", request_body_timeout),
+            ("idle_connection_timeout", idle_connection_timeout),
         ):
             if value is not None:
                 _TIMEOUT.check(name, value)
@@ -144,6 +161,12 @@ class H3Server:
         self.request_body_timeout = request_body_timeout or None
         self.lifespan = LifespanRunner(app, lifespan)
         self._connections: set[ServerConnection] = set()
+        self._idle_connection_timeout = idle_connection_timeout or None
+        #: most connections without an open request one node id may hold; a new idle one
+        #: beyond it closes that node's longest idle connection
+        self.max_idle_connections_per_peer = max_idle_connections_per_peer
+        # each peer's connections with no request open, longest idle first
+        self._idle_by_peer: dict[NodeId, dict[ServerConnection, None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
         self._closing = False
@@ -170,6 +193,28 @@ class H3Server:
         self._limit_unlogged = 0
         #: told of every request (metrics); None: nobody
         self.observer: RequestObserver | None = None
+        #: connections closed because no request stream was open for ``idle_connection_timeout``,
+        #: or because their peer held more than ``max_idle_connections_per_peer`` such connections
+        self.idle_connections_closed = 0
+
+    @property
+    def idle_connection_timeout(self) -> float | None:
+        """Seconds a connection may go without an open request stream (None: no limit).
+
+        A peer that completed its handshake holds a connection slot for as long as the
+        connection lives, and QUIC keep-alive PINGs (or any other frame) keep it alive
+        forever; the server closes it (``H3_NO_ERROR``) once no request stream (or
+        WebSocket) has been open for this long.  Setting it applies to open connections.
+        """
+        return self._idle_connection_timeout
+
+    @idle_connection_timeout.setter
+    def idle_connection_timeout(self, value: float | None) -> None:
+        if value is not None:
+            _TIMEOUT.check("idle_connection_timeout", value)
+        self._idle_connection_timeout = value or None
+        for sc in list(self._connections):
+            sc.rearm_idle()
 
     @property
     def root_path(self) -> str:
@@ -308,6 +353,24 @@ class H3Server:
             raise ConnectionClosed("HTTP server is shutting down")
         return ServerConnection(self, conn)
 
+    def _now_idle(self, sc: ServerConnection) -> None:
+        """``sc`` has no request open: count it among its peer's idle connections (bounded)."""
+        idle = self._idle_by_peer.setdefault(sc.peer, {})
+        idle.pop(sc, None)
+        idle[sc] = None
+        if len(idle) > self.max_idle_connections_per_peer:
+            oldest = next(iter(idle))
+            del idle[oldest]
+            oldest.close_idle(f"more than {self.max_idle_connections_per_peer} idle connections from this node")
+
+    def _now_busy(self, sc: ServerConnection) -> None:
+        """``sc`` has a request open, or is gone."""
+        idle = self._idle_by_peer.get(sc.peer)
+        if idle is not None:
+            idle.pop(sc, None)
+            if not idle:
+                del self._idle_by_peer[sc.peer]
+
 
 class _Pending:
     """A request stream whose HEADERS frame has not arrived yet."""
@@ -347,8 +410,55 @@ class ServerConnection:
         self._unflushed: set[int] = set()
         # request stream -> loop time its application task started (only while an observer is set)
         self._started_at: dict[int, float] = {}
+        #: when the last request stream ended (or the connection started), for the idle timeout
+        self._idle_since = self.loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
         server._connections.add(self)
+        self._arm_idle()
+        server._now_idle(self)
         self.schedule_transmit()
+
+    # -- idle connection timeout ----------------------------------------------
+    #
+    # Not one timer per request: the timer runs from the time the last stream ended; when
+    # it fires on a busy connection it stops, and the next time the connection has no
+    # stream open (_stream_ended) arms it again.  A request costs one comparison.
+
+    def _arm_idle(self) -> None:
+        timeout = self.server.idle_connection_timeout
+        if timeout is not None and not self.lost:
+            self._idle_timer = self.loop.call_at(self._idle_since + timeout, self._idle_check)
+
+    def rearm_idle(self) -> None:
+        """The idle timeout changed: run the timer by the new value."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if not self.streams:
+            self._arm_idle()
+
+    def _stream_ended(self) -> None:
+        if not self.streams and not self.lost:
+            self._idle_since = self.loop.time()
+            if self._idle_timer is None:
+                self._arm_idle()
+            self.server._now_idle(self)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        timeout = self.server.idle_connection_timeout
+        if self.lost or timeout is None or self.streams:
+            return
+        if self.loop.time() < self._idle_since + timeout:
+            self._arm_idle()
+            return
+        self.close_idle(f"no request for {timeout:g}s")
+
+    def close_idle(self, why: str) -> None:
+        """Close this connection, which has no request open (``H3_NO_ERROR``)."""
+        self.server.idle_connections_closed += 1
+        log.info("closing the connection from %s: idle connection: %s", self.peer_info.text, why)
+        self.conn.close(H3_NO_ERROR, f"idle connection: {why}")
 
     # -- transmit coalescing --------------------------------------------------
 
@@ -369,6 +479,8 @@ class ServerConnection:
                 if self.goaway_id is not None and sid >= self.goaway_id:
                     self._reject(sid)
                 else:
+                    if not self.streams:
+                        self.server._now_busy(self)
                     item = self.streams[sid] = _Pending(Credit(self.conn, sid), self.loop.time())
             if item is not None:
                 item.credit.raw += len(event.data)
@@ -391,6 +503,7 @@ class ServerConnection:
                 item.cancel_timer()
                 self.streams.pop(event.stream_id, None)
                 self.conn.forget_stream(event.stream_id)
+                self._stream_ended()
             elif item is not None:
                 if isinstance(event, StreamReset):
                     item.on_reset(event.error_code)
@@ -462,6 +575,10 @@ class ServerConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server._connections.discard(self)
+        self.server._now_busy(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         for item in list(self.streams.values()):
             if isinstance(item, _Pending):
                 item.cancel_timer()
@@ -480,6 +597,7 @@ class ServerConnection:
             self.conn.stop_stream(sid, H3_INTERNAL_ERROR)
             self.h3.end_local(sid)
         self.conn.forget_stream(sid)
+        self._stream_ended()
 
     def _reject(self, sid: int) -> None:
         """Refuse a request that arrived after our GOAWAY (safe for the client to retry)."""
@@ -514,6 +632,7 @@ class ServerConnection:
             self.conn.stop_stream(sid, H3_NO_ERROR)
         self.streams.pop(sid, None)
         self.conn.forget_stream(sid)
+        self._stream_ended()
         del credit
         self.schedule_transmit()
 
@@ -577,6 +696,7 @@ class ServerConnection:
             peers.pop(self.peer, None)
         if self.streams.get(sid) is exchange:
             del self.streams[sid]
+            self._stream_ended()
         self.conn.forget_stream(sid)
         if not self.lost and hooks.unacked_bytes(self.conn.quic, sid):
             self._unflushed.add(sid)

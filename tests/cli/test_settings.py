@@ -224,3 +224,16 @@ def test_docs_table_lists_every_setting_as_the_parsers_define_it() -> None:
 
 if __name__ == "__main__":  # print the table's rows for docs/configuration.md
     print("\n".join(settings.table_rows(all_parsers())))
+
+
+def test_idle_connection_timeout_from_flag_and_variable(
+    captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(captured, "serve", "m:app").idle_connection_timeout is None  # the server's default (60 s)
+    monkeypatch.setenv("ASGI_P2P_IDLE_CONNECTION_TIMEOUT", "0")
+    assert run(captured, "serve", "m:app").idle_connection_timeout == 0  # off
+    assert run(captured, "serve", "--idle-connection-timeout", "5", "m:app").idle_connection_timeout == 5
+    monkeypatch.setenv("ASGI_P2P_IDLE_CONNECTION_TIMEOUT", "nan")
+    assert main(["serve", "m:app"]) != 0
+    err = capsys.readouterr().err
+    assert "ASGI_P2P_IDLE_CONNECTION_TIMEOUT='nan': must be 0 (off) or a positive finite number" in err

@@ -15,9 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from aioquic.quic.connection import QuicConnection
+from aioquic.buffer import Buffer
+from aioquic.quic.connection import QuicConnection, QuicErrorCode
+from aioquic.quic.events import ConnectionTerminated
+from aioquic.quic.packet import encode_quic_retry, pull_quic_header
 
 from asgi_p2p import ConnectionFailed, NetworkConfig, Node, SecretKey
+from asgi_p2p import aioquic_compat as hooks
 from asgi_p2p.endpoint.admission import AdmissionTable, InvalidToken, RetryTokens, Verdict, source_of
 from asgi_p2p.endpoint.reset import MIN_TRIGGER_SIZE
 from asgi_p2p.net.base import Address, DatagramSocket
@@ -428,6 +432,111 @@ def test_tokens_end_to_end_forged_expired_and_other_address_create_nothing() -> 
             await asyncio.sleep(0.1)
             assert stats.accepted_validated == 1 and stats.invalid_tokens == 4
             for f in (holder, asker, other_port, other_host):
+                f.close()
+            await server.close()
+
+        sim.run(main(), time_limit=60)
+
+
+def _terminated(quic: QuicConnection) -> ConnectionTerminated | None:
+    """The client's ConnectionTerminated, if it received a close (draining ends at its timer)."""
+    if hooks.is_closing(quic) and (timer := quic.get_timer()) is not None:
+        quic.handle_timer(timer)
+    while (event := quic.next_event()) is not None:
+        if isinstance(event, ConnectionTerminated):
+            return event
+    return None
+
+
+def test_initial_close_after_a_retry_ends_the_client_with_invalid_token() -> None:
+    """Sans-I/O: the close built from the retried Initial's keys is one the client accepts."""
+    tokens, addr = _tokens(), ("10.0.0.7", 5000)
+    quic = client()
+    first = first_datagram(quic, addr)
+    header = pull_quic_header(Buffer(data=first), host_cid_length=8)
+    scid = b"retry-id"
+    token = tokens.create(address=addr, original_dcid=header.destination_cid, retry_scid=scid, now=0.0)
+    retry = encode_quic_retry(
+        version=header.version or 1,
+        source_cid=scid,
+        destination_cid=header.source_cid,
+        original_destination_cid=header.destination_cid,
+        retry_token=token,
+    )
+    quic.receive_datagram(retry, addr, 0.0)
+    second = quic.datagrams_to_send(0.0)[0][0]
+    retried = pull_quic_header(Buffer(data=second), host_cid_length=8)
+    assert retried.token == token and retried.destination_cid == scid
+    with pytest.raises(InvalidToken) as refused:
+        tokens.validate(address=("10.0.0.8", 5000), destination_cid=scid, token=retried.token, now=0.1)
+    close = hooks.encode_initial_close(
+        version=retried.version or 1,
+        client_destination_cid=retried.destination_cid,
+        client_source_cid=retried.source_cid,
+        error_code=QuicErrorCode.INVALID_TOKEN,
+        reason=str(refused.value),
+    )
+    assert len(close) < len(second)
+    quic.receive_datagram(close, addr, 0.2)
+    ended = _terminated(quic)
+    assert ended is not None and ended.error_code == QuicErrorCode.INVALID_TOKEN
+    assert "not issued by this node" in ended.reason_phrase
+
+
+def test_invalid_retry_token_closes_the_attempt_at_once_within_the_reset_limits() -> None:
+    """Forged, other-address and expired tokens: the client ends with INVALID_TOKEN at once, no state."""
+    sim = _sim()
+    with sim:
+        server_host, attacker, elsewhere = sim.host("server"), sim.host("attacker"), sim.host("elsewhere")
+
+        async def main() -> None:
+            config = NetworkConfig(max_handshaking_per_address=1, retry_token_lifetime=5.0)
+            server = await _node("server", server_host, config)
+            target = (server_host.address, PORT)
+            stats = server.admission_stats
+            holder, asker, other = Flooder(), Flooder(), Flooder()
+            for f, host in ((holder, attacker), (asker, attacker), (other, elsewhere)):
+                await f.bind(host, 1)
+            holder.sockets[0].sendto(ClientHellos(random.Random(5))(), target)  # takes the address's slot
+            await asyncio.sleep(0.1)
+
+            async def answer(f: Flooder, quic: QuicConnection, datagram: bytes) -> ConnectionTerminated | None:
+                f.received.clear()
+                f.sockets[0].sendto(datagram, target)
+                await asyncio.sleep(0.1)
+                for data, _ in f.received:
+                    quic.receive_datagram(data, target, 0.0)
+                return _terminated(quic)
+
+            # a token this server never issued (a client configured with one)
+            forged = client(token=bytes(45))
+            ended = await answer(other, forged, first_datagram(forged, target))
+            assert ended is not None and ended.error_code == QuicErrorCode.INVALID_TOKEN
+            assert "malformed" in ended.reason_phrase
+            # a real Retry's token, returned from another host, then too late from the right one
+            quic = client()
+            assert await answer(asker, quic, first_datagram(quic, target)) is None  # the Retry
+            assert stats.retries == 1
+            with_token = quic.datagrams_to_send(0.0)[0][0]
+            other.received.clear()
+            other.sockets[0].sendto(with_token, target)
+            await asyncio.sleep(0.1)
+            assert len(other.received) == 1 and len(other.received[0][0]) < len(with_token)
+            await asyncio.sleep(config.retry_token_lifetime)
+            ended = await answer(asker, quic, with_token)
+            assert ended is not None and ended.error_code == QuicErrorCode.INVALID_TOKEN
+            assert "expired" in ended.reason_phrase
+            assert stats.invalid_tokens == 3 and stats.invalid_token_closes == 3
+            assert server.connection_count == 1  # only the silent holder
+            # a flood of forged tokens from one address gets at most the per-source burst of closes
+            other.received.clear()
+            for _ in range(50):
+                other.sockets[0].sendto(first_datagram(client(token=bytes(45)), target), target)
+            await asyncio.sleep(0.1)
+            assert 1 <= len(other.received) <= 10
+            assert stats.invalid_token_closes_limited == 50 - len(other.received)
+            assert server.connection_count == 1
+            for f in (holder, asker, other):
                 f.close()
             await server.close()
 
