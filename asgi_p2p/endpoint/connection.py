@@ -112,9 +112,12 @@ class ConnectionCallbacks:
     cid_issued: Callable[[bytes, PeerConnection], None]
     #: QUIC retired a connection id.
     cid_retired: Callable[[bytes], None]
-    #: The handshake completed (client: confirmed): the owner returns the protocol
-    #: handler for the negotiated ALPN, or raises to refuse the connection.
+    #: The handshake completed (a client: its Finished is queued, it may send requests):
+    #: the owner returns the protocol handler for the negotiated ALPN, or raises to refuse
+    #: the connection.
     ready: Callable[[PeerConnection], ConnectionHandler]
+    #: A client's handshake is confirmed (HANDSHAKE_DONE arrived): the server accepted it.
+    confirmed: Callable[[PeerConnection], None]
     #: The connection is gone (closed, refused, timed out or aborted).
     closed: Callable[[PeerConnection], None]
     #: The peer's stateless reset token for the connection id we send to changed
@@ -162,7 +165,11 @@ class PeerConnection:
         self.handler: ConnectionHandler | None = None
         self.loop = asyncio.get_running_loop()
         self.established_at: float | None = None
+        # ready: the handshake completed here and the handler exists (the client has sent its
+        # Finished and may send 1-RTT data); confirmed: the client holds HANDSHAKE_DONE, so the
+        # server accepted us (on the server both happen together)
         self._ready: asyncio.Future[None] = self.loop.create_future()
+        self._confirmed: asyncio.Future[None] = self.loop.create_future()
         self._closed: asyncio.Future[None] = self.loop.create_future()
         self._close_error: P2PError | None = None
         self._timer = DeadlineTimer(self.loop, self._next_timer, self._on_timer)
@@ -174,6 +181,10 @@ class PeerConnection:
         self._sent_at = 0.0
         self._relay_ping_at = -_RELAY_PING_INTERVAL
         self._pending_events: list[QuicEvent] = []
+        # where the datagram being processed came from (None: the relay), and the direct
+        # address of the datagram that completed the handshake (see handshake_address)
+        self._receiving_from: Address | None = None
+        self.handshake_address: Address | None = None
         #: the peer's stateless reset token for the connection id we send to (the endpoint indexes it)
         self.reset_token: bytes | None = None
         #: probe timeout backoffs ended early because the paths layer heard the peer (see path_answered)
@@ -222,9 +233,17 @@ class PeerConnection:
     def now(self) -> float:
         return self.loop.time()
 
-    async def wait_ready(self, timeout: float) -> None:
+    @property
+    def is_confirmed(self) -> bool:
+        """The handshake is confirmed: a client holds HANDSHAKE_DONE (the server accepted it)."""
+        return self._confirmed.done() and not self._confirmed.exception()
+
+    async def wait_ready(self, timeout: float, *, confirmed: bool = True) -> None:
+        """Wait for the handshake: until it is confirmed, or (``confirmed=False``) until it
+        completed on our side, which for a client is as soon as its Finished is sent (it may
+        send requests then; a refusal by the server arrives as the connection's close error)."""
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+            await asyncio.wait_for(asyncio.shield(self._confirmed if confirmed else self._ready), timeout)
         except TimeoutError:
             self.close(REFUSED, "handshake timed out")
             raise ConnectionFailed(
@@ -257,6 +276,7 @@ class PeerConnection:
             route.received_from(addr)
         now = self.loop.time()
         quic = self.quic
+        self._receiving_from = addr
         quic.receive_datagram(data, self.address, now)
         received = hooks.largest_received_1rtt(quic)
         if received > self._largest_received:
@@ -287,6 +307,14 @@ class PeerConnection:
             old, self.reset_token = self.reset_token, token
             self._callbacks.reset_token(self, old, token)
         self._process_events()
+        self._receiving_from = None
+        if not self._confirmed.done():
+            closed_by_peer = hooks.peer_close(quic)
+            if closed_by_peer is not None:
+                # refused during the handshake (an allow-list, a limit): fail now with the peer's
+                # reason, not after the draining period; a request sent with our Finished fails too
+                self._terminated(closed_by_peer)
+                return
         self.schedule_transmit()
 
     def stateless_reset(self) -> None:
@@ -522,15 +550,19 @@ class PeerConnection:
             except Exception:
                 log.exception("%s: error handling %s; closing connection", self._peer_label(), type(event).__name__)
                 self.close(0x1, "internal error")
-        if not self._ready.done() and self.is_client and hooks.handshake_confirmed(quic) and self.alpn is not None:
-            self._become_ready()
+        if not self._confirmed.done() and self._ready.done() and hooks.handshake_confirmed(quic):
+            self._become_confirmed()
         if self._send_waiters:
             self._wake_senders()
 
     def _handle_event(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
             self.alpn = event.alpn_protocol
-            if not self.is_client:
+            if self.is_client:
+                # our Finished is queued: requests may follow it at once (RFC 9001 4.1.1);
+                # is_confirmed / wait_ready() tell when the server accepted us
+                self._become_ready()
+            else:
                 key = hooks.peer_public_key(self.quic)
                 assert key is not None  # the identity hook refused the handshake otherwise
                 self.remote_node_id = NodeId(key)
@@ -563,8 +595,19 @@ class PeerConnection:
         else:
             self._pending_events.append(event)
 
+    def _note_handshake_address(self) -> None:
+        from_ = self._receiving_from
+        if from_ is not None and from_ == self.route.direct:
+            # the datagram that completed (server) or confirmed (client) the handshake is
+            # authenticated (it decrypted with keys of the peer TLS proved) and came from
+            # where we send: that address carried the handshake both ways
+            self.handshake_address = from_
+
     def _become_ready(self) -> None:
-        self.established_at = self.loop.time()
+        """The handshake completed here: make the handler (a client's Finished is queued)."""
+        if not self.is_client:
+            self.established_at = self.loop.time()
+            self._note_handshake_address()
         try:
             self.handler = self._callbacks.ready(self)
         except Exception as exc:
@@ -573,15 +616,27 @@ class PeerConnection:
             return
         if not self._ready.done():
             self._ready.set_result(None)
-        self._schedule_keepalive()
+        if not self.is_client and not self._confirmed.done():
+            self._confirmed.set_result(None)
+            self._schedule_keepalive()
         pending, self._pending_events = self._pending_events, []
         for ev in pending:
             self.handler.quic_event_received(ev)
 
+    def _become_confirmed(self) -> None:
+        """A client's handshake is confirmed (HANDSHAKE_DONE): the server accepted us."""
+        self.established_at = self.loop.time()
+        self._note_handshake_address()
+        self._callbacks.confirmed(self)
+        if self.closed:
+            return
+        self._confirmed.set_result(None)
+        self._schedule_keepalive()
+
     def _terminated(self, event: ConnectionTerminated) -> None:
         if self._closed.done():
             return
-        handshaking = not self._ready.done()
+        handshaking = not self._confirmed.done()
         err = self._close_error
         if err is None and self._idle_check:
             err = self._idle_timeout_error(handshaking)
@@ -611,9 +666,10 @@ class PeerConnection:
         if self._keepalive is not None:
             self._keepalive.cancel()
         self._keepalive = None
-        if not self._ready.done():
-            self._ready.set_exception(err)
-            self._ready.exception()  # mark retrieved; waiters get it via wait_ready
+        for fut in (self._ready, self._confirmed):
+            if not fut.done():
+                fut.set_exception(err)
+                fut.exception()  # mark retrieved; waiters get it via wait_ready
         self._closed.set_result(None)
         self._wake_senders()
         self.route.detach()

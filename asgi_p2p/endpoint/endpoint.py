@@ -118,6 +118,7 @@ class Endpoint:
             cid_issued=self._register_cid,
             cid_retired=self._unregister_cid,
             ready=self._connection_ready,
+            confirmed=self._connection_confirmed,
             closed=self._forget,
             reset_token=self._peer_reset_token_changed,
         )
@@ -262,14 +263,16 @@ class Endpoint:
             self._relay_alpns.discard(alpn)
 
     def _connection_ready(self, conn: PeerConnection) -> ConnectionHandler:
-        """``conn`` completed its handshake: its peer's paths start probing; make its handler.
+        """``conn`` completed its handshake: make its handler; an accepted one joins its peer's paths.
 
-        A connection accepted on a direct path makes its handler first (it may refuse the
-        connection, which the dialer then learns from its ``connect``), then sends
-        HANDSHAKE_DONE at once: the dialer's ``connect`` returns when it arrives, and joining
-        the peer's paths (a signed disco PING to that same address) need not delay it.  One
-        accepted through the relay joins the peer's paths first, as a dialer does: there that
-        work starts the hole punching, whose timing both sides coordinate.
+        A dialed connection gets its handler as soon as its Finished is queued (what the
+        handler writes leaves with it) and joins the peer's paths once the handshake is
+        confirmed (:meth:`_connection_confirmed`).  A connection accepted on a direct path
+        makes its handler first (it may refuse the connection, which the dialer then learns
+        as the connection's close reason), then sends HANDSHAKE_DONE at once, then joins
+        the peer's paths.  One accepted through the relay joins the peer's paths first, as a
+        dialer does: there that work starts the hole punching, whose timing both sides
+        coordinate.
         """
         if self._admission.is_half_open(conn):
             self._admission.established(conn)
@@ -280,7 +283,9 @@ class Endpoint:
         if factory is None:
             raise ConnectionClosed(f"no protocol registered for ALPN {conn.alpn!r}")
         attach = conn.remote_node_id is not None and not self._closing
-        if conn.is_client or conn.relay_peer is not None:
+        if conn.is_client:
+            return factory(conn)  # it joins the peer's paths once the server confirmed it
+        if conn.relay_peer is not None:
             if attach:
                 assert conn.remote_node_id is not None
                 conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
@@ -291,6 +296,11 @@ class Endpoint:
             assert conn.remote_node_id is not None
             conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
         return handler
+
+    def _connection_confirmed(self, conn: PeerConnection) -> None:
+        """A dialed connection's handshake is confirmed: its peer's paths start probing."""
+        if conn.remote_node_id is not None and not self._closing:
+            conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
 
     def _server_alpns(self) -> list[str]:
         return [a for a in self._factories if self._alpn_filter is None or a in self._alpn_filter]
@@ -334,8 +344,14 @@ class Endpoint:
 
     # -- dialing ------------------------------------------------------------
 
-    async def connect_quic(self, addr: NodeAddr | NodeId, alpn: str) -> PeerConnection:
+    async def connect_quic(self, addr: NodeAddr | NodeId, alpn: str, *, confirmed: bool = True) -> PeerConnection:
         """A QUIC connection to the node speaking ``alpn``, reusing a live one.
+
+        Returns once the handshake is confirmed (we hold HANDSHAKE_DONE: the peer accepted
+        us), or with ``confirmed=False`` as soon as our TLS Finished is sent, half a round
+        trip earlier: what the caller sends then leaves with the Finished, and a refusal by
+        the peer (its allow-list, its limits) ends the connection with that reason as its
+        ``close_error`` (``wait_ready()`` raises it).
 
         Raises :class:`AuthenticationFailed` if whoever answers is not that node
         (or refuses us), :class:`ConnectionFailed` if nobody answers.
@@ -347,7 +363,7 @@ class Endpoint:
         key = (node_id, alpn)
         existing = self._pool.get(key)
         if existing is not None and not existing.closed and existing.close_error is None:
-            await existing.wait_ready(self.config.connect_timeout)
+            await existing.wait_ready(self.config.connect_timeout, confirmed=confirmed)
             return existing
         if node_id == self.node_id:
             raise InvalidConfiguration("cannot connect to ourselves")
@@ -407,7 +423,7 @@ class Endpoint:
         self._pool[key] = conn
         conn.route.start()
         conn.transmit()
-        await conn.wait_ready(self.config.connect_timeout)
+        await conn.wait_ready(self.config.connect_timeout, confirmed=confirmed)
         log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
         return conn
 

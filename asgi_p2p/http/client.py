@@ -358,7 +358,9 @@ async def connect_h3(endpoint: Endpoint, addr: NodeAddr | NodeId) -> ClientConne
     """The HTTP/3 client connection to a peer (dialing or reusing the pooled one)."""
     register_client(endpoint)
     for _ in range(2):
-        conn = await endpoint.connect_quic(addr, H3_ALPN)
+        # the first request leaves with our TLS Finished; a refusal ends the connection
+        # with its reason, which the request then fails with (see P2PTransport)
+        conn = await endpoint.connect_quic(addr, H3_ALPN, confirmed=False)
         handler = conn.handler
         if not isinstance(handler, ClientConnection):
             raise ConnectionClosed(f"connection to {conn.remote_node_id} is not an HTTP/3 client connection")
@@ -575,6 +577,10 @@ class P2PTransport(httpx.AsyncBaseTransport):
         except httpx.TransportError as exc:
             st.cancel()
             lost = cc.lost
+            if lost is not None and not cc.conn.is_confirmed and not st.response_started:
+                # sent with our TLS Finished, before the peer confirmed the handshake: it
+                # refused the connection (its allow-list, its limits), say so and why
+                raise httpx.ConnectError(f"connection to the peer refused: {lost}", request=request) from exc
             if isinstance(exc, httpx.TimeoutException) or lost is None or st.response_started:
                 raise  # not a dead connection, or the peer answered: the request reached it
             if not _replayable(request, st):

@@ -52,6 +52,12 @@ class RouteOwner(Protocol):
         """QUIC's smoothed RTT in seconds."""
 
     @property
+    def handshake_address(self) -> Address | None:
+        """The direct address the authenticated datagram that completed the handshake came
+        from, when it is also where the connection sends (None otherwise): the handshake
+        crossed that path both ways, as a signed PING and its PONG would."""
+
+    @property
     def datagram_size(self) -> int:
         """The UDP payload size the connection builds now."""
 
