@@ -607,7 +607,7 @@ class PeerConnection:
         """The handshake completed here: make the handler (a client's Finished is queued)."""
         if not self.is_client:
             self.established_at = self.loop.time()
-            self._note_handshake_address()
+        self._note_handshake_address()
         try:
             self.handler = self._callbacks.ready(self)
         except Exception as exc:

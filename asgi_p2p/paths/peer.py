@@ -289,7 +289,10 @@ class PeerPaths:
     def route_for(self, route: Route) -> tuple[Address | None, NodeId | None]:
         """Where ``route``'s packets go now (see :func:`asgi_p2p.paths.select.select_route`)."""
         relay = self.router.relay
-        relay_ok = relay is not None and relay.connected and not route.is_relay
+        # a happy-eyeballs attempt on a private address goes there alone until its handshake
+        # is done (the relay is raced by another connection)
+        racing = route.on_link and route.owner.established_at is None
+        relay_ok = relay is not None and relay.connected and not route.is_relay and not racing
         current = self.prober.current_path
         dialed = route.direct_address
         silent = False
@@ -303,7 +306,7 @@ class PeerPaths:
             best=current.addr if current.kind == "direct" else None,
             dialed=dialed,
             relay=self.node_id if relay_ok else None,
-            careful=route.owner.is_client and self.prober.punching,
+            careful=route.owner.is_client and self.prober.punching and not racing,
             dialed_silent=silent,
         )
 

@@ -121,6 +121,7 @@ class Route:
         "direct",
         "direct_address",
         "is_relay",
+        "on_link",
         "owner",
         "peer",
         "relay_peer",
@@ -151,6 +152,9 @@ class Route:
         self.relayed: NodeId | None = relay_peer
         #: The peer's paths, once the peer is known (dialing, or after the handshake).
         self.peer: RoutePeer | None = None
+        #: A dial raced on a private-network address (happy eyeballs): until its handshake
+        #: is done, its packets go to that address alone (see ``PeerPaths.route_for``).
+        self.on_link = False
         self._alive_reported = -1.0
 
     @property
