@@ -522,8 +522,10 @@ class Endpoint:
                         exc = task.exception()
                         if exc is None:
                             winner = task.result()
-                        elif isinstance(exc, AuthenticationFailed):
-                            raise exc  # the node answered, and refused us (or is not who we dialed)
+                        elif isinstance(exc, AuthenticationFailed) and task is tasks[1]:
+                            # the node answered through the relay and refused us (an answer on the
+                            # on-link address may be another node: homes share private subnets)
+                            raise exc
                         else:
                             errors.append(exc)
         finally:

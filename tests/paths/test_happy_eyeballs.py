@@ -87,3 +87,26 @@ def test_a_public_address_is_not_raced(sim: Simulation) -> None:
         await ea.close()
 
     sim.run(main(), time_limit=30)
+
+
+def test_another_node_answering_on_the_on_link_address_loses_the_race(sim: Simulation) -> None:
+    """Homes share private subnets: the on-link address may be another node of ours, whose TLS
+    answer fails that attempt; the relay's attempt still reaches the node we dialed."""
+    a, b, c = sim.host("alice", "10.0.1.1"), sim.host("bob", "10.0.2.1"), sim.host("carol", "10.0.2.2")
+    for x, y in ((a, b), (b, c), (a, c)):
+        sim.link(x, y, latency=0.001, loss=0.0, mtu=1500)
+    hub = FakeRelayHub(latency=RELAY_LATENCY)
+
+    async def main() -> None:
+        ea, eb, ec = await _bind("alice", a, hub), await _bind("bob", b, hub), await _bind("carol", c, hub)
+        accepted = ec.admission_stats.accepted
+        conn = await eb.connect(NodeAddr(ea.node_id, [(c.address, 4433)], relay_url=URL))
+        inc = await ea.listen().accept()
+        await _echo(conn, inc, b"to alice")
+        assert _quic(eb).remote_node_id == ea.node_id
+        assert hub.packets > 0
+        assert ec.admission_stats.accepted == accepted + 1  # carol was dialed (and answered as carol)
+        for ep in (eb, ec, ea):
+            await ep.close()
+
+    sim.run(main(), time_limit=30)
