@@ -439,11 +439,13 @@ class Endpoint:
             # happy eyeballs: the peer may be on our network; race that against the relay
             race = asyncio.ensure_future(self._race(node_id, alpn, key, on_link[0], theirs, relay, confirmed))
             self._racing[key] = race
-            try:
-                conn = await asyncio.shield(race)
-            finally:
-                if race.done() and self._racing.get(key) is race:
+
+            def done(_: object) -> None:
+                if self._racing.get(key) is race:
                     del self._racing[key]
+
+            race.add_done_callback(done)
+            conn = await asyncio.shield(race)
             await conn.wait_ready(self.config.connect_timeout, confirmed=confirmed)
             return conn
         if not node_addr.direct_addresses and relay is not None and not relay.connected:
