@@ -431,8 +431,11 @@ class Endpoint:
         session.  With ``early_data=True`` and such a ticket, the connection is returned
         as soon as the ClientHello left, :attr:`~PeerConnection.early` (what the caller
         sends now is 0-RTT data, which a network attacker can replay: safe requests only;
-        await :meth:`~PeerConnection.wait_handshake` before anything else).  Such a dial is
-        not raced (happy eyeballs): two attempts would each carry the early data.
+        await :meth:`~PeerConnection.wait_handshake` before anything else).  A dial that
+        races an on-link address against the relay (happy eyeballs, :meth:`_race`) sends no
+        early data: the attempts resume with the ticket, and the winner is returned once its
+        handshake completed (two attempts cannot both carry the request, and an on-link
+        peer answers within a LAN round trip).
         """
         if self._closing:
             raise ConnectionClosed("endpoint is closed")
@@ -465,12 +468,9 @@ class Endpoint:
         own = self.router.own_socket_addresses()
         theirs = [a for a in node_addr.direct_addresses if a not in own]
         on_link = [a for a in theirs if _on_link(a, own)]
-        # 0-RTT (early data and a ticket): one attempt only, whose ClientHello carries the
-        # caller's first request (in a race both attempts would, and a safe request replayed is
-        # still a second request); it is dialed as a dial without an on-link address is
-        early = early_data and self._tickets.get(key, self._node_time()) is not None
-        if relay_usable and relay is not None and on_link and not is_relay and not early:
-            # happy eyeballs: the peer may be on our network; race that against the relay
+        if relay_usable and relay is not None and on_link and not is_relay:
+            # happy eyeballs: the peer may be on our network; race that against the relay (no
+            # 0-RTT data then: each attempt would carry it, see the docstring)
             race = asyncio.ensure_future(self._race(node_id, alpn, key, on_link[0], theirs, relay, confirmed))
             self._racing[key] = race
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from asgi_p2p import NodeAddr
+from asgi_p2p.messages import MSG_ALPN
 from asgi_p2p.sim import Simulation
 
 from .test_endpoint_paths import URL, FakeRelayHub, _bind, _echo, _quic
@@ -108,5 +109,37 @@ def test_another_node_answering_on_the_on_link_address_loses_the_race(sim: Simul
         assert ec.admission_stats.accepted == accepted + 1  # carol was dialed (and answered as carol)
         for ep in (eb, ec, ea):
             await ep.close()
+
+    sim.run(main(), time_limit=30)
+
+
+def test_a_returning_client_races_without_early_data_and_resumes_on_the_lan(sim: Simulation) -> None:
+    """With a session ticket and early data asked for, a raced dial sends no 0-RTT data (two
+    attempts would each carry it): the on-link attempt resumes the session and wins, and the
+    connection comes back once its handshake completed, not early."""
+    a, b = sim.host("alice"), sim.host("bob")
+    sim.link(a, b, latency=0.001, loss=0.0, mtu=1500)
+    hub = FakeRelayHub(latency=RELAY_LATENCY)
+
+    async def main() -> None:
+        ea, eb = await _bind("alice", a, hub), await _bind("bob", b, hub)
+        conn = await eb.connect(ea.node_addr())
+        inc = await ea.listen().accept()
+        await _echo(conn, inc, b"first visit")
+        await asyncio.sleep(0.1)  # the session ticket arrives after the handshake
+        first = _quic(eb)
+        first.close()
+        await first.wait_closed()
+        await asyncio.sleep(0.5)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        again = await eb.connect_quic(ea.node_addr(), MSG_ALPN, early_data=True)
+        assert loop.time() - t0 < 0.05  # the LAN attempt won (one relayed round trip is 0.2 s)
+        assert not again.early and again.handshake_completed
+        assert again.path.kind == "direct" and again.path.addr == ea.local_address
+        assert ea.resumptions_accepted == 1  # resumed (the ticket), one attempt only
+        assert hub.packets == 0
+        await eb.close()
+        await ea.close()
 
     sim.run(main(), time_limit=30)
