@@ -30,6 +30,7 @@ Hooks:
   (``QuicStream.max_stream_data_remote``, ``QuicStreamSender._buffer_start``).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
 * :func:`get_stream`, :func:`is_closing` - ``QuicConnection._streams`` and ``._state``.
+* :func:`peer_close` - ``QuicConnection._close_event``: the peer's CONNECTION_CLOSE while draining.
 * :func:`set_max_datagram_size` / :func:`max_datagram_size` - change the UDP
   payload size a live connection builds (``QuicConnection._max_datagram_size``,
   read by every ``QuicPacketBuilder``) and the state derived from it: the
@@ -129,6 +130,7 @@ from aioquic.quic.crypto import (
     CryptoContext,
     CryptoPair,
 )
+from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
@@ -164,6 +166,7 @@ __all__ = [
     "is_closing",
     "max_data_sent",
     "max_datagram_size",
+    "peer_close",
     "peer_public_key",
     "peer_reset_token",
     "pto_count",
@@ -406,6 +409,14 @@ def get_stream(quic: QuicConnection, stream_id: int) -> QuicStream | None:
 def is_closing(quic: QuicConnection) -> bool:
     """True once the connection is closing, draining or terminated (``QuicConnection._state``)."""
     return quic._state in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING, QuicConnectionState.TERMINATED)
+
+
+def peer_close(quic: QuicConnection) -> ConnectionTerminated | None:
+    """The peer's CONNECTION_CLOSE, as soon as it arrived (``QuicConnection._close_event`` while
+    draining); aioquic reports it only when the draining period (3 PTO) ends."""
+    if quic._state is QuicConnectionState.DRAINING:
+        return quic._close_event
+    return None
 
 
 #: QUIC's smallest allowed datagram size (RFC 9000 section 14).

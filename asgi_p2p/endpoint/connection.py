@@ -112,9 +112,13 @@ class ConnectionCallbacks:
     cid_issued: Callable[[bytes, PeerConnection], None]
     #: QUIC retired a connection id.
     cid_retired: Callable[[bytes], None]
-    #: The handshake completed (client: confirmed): the owner returns the protocol
-    #: handler for the negotiated ALPN, or raises to refuse the connection.
+    #: The handshake completed (a client: its Finished is queued, it may send requests), or
+    #: a resumed connection is made ready early for 0-RTT data (a client offering it, a server
+    #: that accepted it): the owner returns the protocol handler for the negotiated ALPN, or
+    #: raises to refuse the connection.
     ready: Callable[[PeerConnection], ConnectionHandler]
+    #: A client's handshake is confirmed (HANDSHAKE_DONE arrived): the server accepted it.
+    confirmed: Callable[[PeerConnection], None]
     #: The connection is gone (closed, refused, timed out or aborted).
     closed: Callable[[PeerConnection], None]
     #: The peer's stateless reset token for the connection id we send to changed
@@ -167,10 +171,14 @@ class PeerConnection:
         self.bytes_received = 0
         self.datagrams_sent = 0
         self.datagrams_received = 0
+        # the client's stages: early (made ready before the handshake, to send 0-RTT data; only
+        # with a session ticket, see become_ready_early) -> ready (the handshake completed here:
+        # our Finished is queued, 1-RTT data may follow it) -> confirmed (HANDSHAKE_DONE: the
+        # server accepted us).  _ready: the handler exists (early or not); _handshake_done: the
+        # TLS handshake completed here; _confirmed: as said (a server: when its handshake completed)
         self._ready: asyncio.Future[None] = self.loop.create_future()
-        # the TLS handshake completed (client: confirmed); before it, a connection made ready
-        # early (0-RTT, see become_ready_early) carries early data
         self._handshake_done: asyncio.Future[None] = self.loop.create_future()
+        self._confirmed: asyncio.Future[None] = self.loop.create_future()
         self._early_deadline: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[None] = self.loop.create_future()
         self._close_error: P2PError | None = None
@@ -183,6 +191,10 @@ class PeerConnection:
         self._sent_at = 0.0
         self._relay_ping_at = -_RELAY_PING_INTERVAL
         self._pending_events: list[QuicEvent] = []
+        # where the datagram being processed came from (None: the relay), and the direct
+        # address of the datagram that completed the handshake (see handshake_address)
+        self._receiving_from: Address | None = None
+        self.handshake_address: Address | None = None
         #: the peer's stateless reset token for the connection id we send to (the endpoint indexes it)
         self.reset_token: bytes | None = None
         #: probe timeout backoffs ended early because the paths layer heard the peer (see path_answered)
@@ -231,9 +243,19 @@ class PeerConnection:
     def now(self) -> float:
         return self.loop.time()
 
-    async def wait_ready(self, timeout: float) -> None:
+    @property
+    def is_confirmed(self) -> bool:
+        """The handshake is confirmed: a client holds HANDSHAKE_DONE (the server accepted it)."""
+        return self._confirmed.done() and not self._confirmed.exception()
+
+    async def wait_ready(self, timeout: float, *, confirmed: bool = True) -> None:
+        """Wait for the handshake: until it is confirmed, or (``confirmed=False``) until the
+        connection is ready: its handshake completed on our side, which for a client is as
+        soon as its Finished is sent (it may send requests then; a refusal by the server
+        arrives as the connection's close error), or a dialed connection was made ready
+        :attr:`early` for 0-RTT data (then :meth:`wait_handshake` waits for the next stage)."""
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+            await asyncio.wait_for(asyncio.shield(self._confirmed if confirmed else self._ready), timeout)
         except TimeoutError:
             self.close(REFUSED, "handshake timed out")
             raise ConnectionFailed(
@@ -248,7 +270,7 @@ class PeerConnection:
 
     @property
     def handshake_completed(self) -> bool:
-        """The TLS handshake completed (client: confirmed, or resumed and answered)."""
+        """The TLS handshake completed here (a client: its Finished is sent, not yet confirmed)."""
         done = self._handshake_done
         return done.done() and done.exception() is None
 
@@ -308,6 +330,7 @@ class PeerConnection:
         quic = self.quic
         self.bytes_received += len(data)
         self.datagrams_received += 1
+        self._receiving_from = addr
         quic.receive_datagram(data, self.address, now)
         received = hooks.largest_received_1rtt(quic)
         if received > self._largest_received:
@@ -338,6 +361,14 @@ class PeerConnection:
             old, self.reset_token = self.reset_token, token
             self._callbacks.reset_token(self, old, token)
         self._process_events()
+        self._receiving_from = None
+        if not self._confirmed.done():
+            closed_by_peer = hooks.peer_close(quic)
+            if closed_by_peer is not None:
+                # refused during the handshake (an allow-list, a limit): fail now with the peer's
+                # reason, not after the draining period; a request sent with our Finished fails too
+                self._terminated(closed_by_peer)
+                return
         self.schedule_transmit()
 
     def stateless_reset(self) -> None:
@@ -575,13 +606,12 @@ class PeerConnection:
             except Exception:
                 log.exception("%s: error handling %s; closing connection", self._peer_label(), type(event).__name__)
                 self.close(0x1, "internal error")
-        if self.is_client and not self._handshake_done.done() and hooks.handshake_confirmed(quic) and self.alpn:
-            if not self._ready.done():
-                self._become_ready()
-            self._handshake_completed()
+        if self.is_client:
+            if not self._confirmed.done() and self._handshake_done.done() and self._ready.done():
+                if hooks.handshake_confirmed(quic):
+                    self._become_confirmed()
         elif (
             not self._ready.done()
-            and not self.is_client
             and self.remote_node_id is not None
             and quic.tls.early_data_accepted
             and quic.tls.alpn_negotiated
@@ -597,19 +627,26 @@ class PeerConnection:
     def _handle_event(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
             self.alpn = event.alpn_protocol
-            if self.is_client and event.session_resumed and self._ready.done():
-                # made ready early (0-RTT): the server checked the ticket's node against its
-                # allow-list before answering, so its answer means accepted; 1-RTT data may go now
+            if self.is_client:
+                # our Finished is queued: 1-RTT requests may follow it at once (RFC 9001 4.1.1);
+                # a connection made ready early (0-RTT) leaves its early stage here, whether or
+                # not the server took its early data (aioquic resends refused 0-RTT stream data
+                # as 1-RTT); is_confirmed / wait_ready() tell when the server accepted us
                 self._handshake_completed()
-            if not self.is_client:
+                if not self._ready.done():
+                    self._become_ready()
+            else:
                 if not event.session_resumed:
                     key = hooks.peer_public_key(self.quic)
                     assert key is not None  # the identity hook refused the handshake otherwise
                     self.remote_node_id = NodeId(key)
                 assert self.remote_node_id is not None  # resumed: the ticket named the client
+                # before the handler is made: what it handles from now on is not early data
                 self._handshake_completed()
                 if not self._ready.done():
                     self._become_ready()
+                elif not self.closed:
+                    self._server_confirmed()  # ready early (0-RTT): the client's Finished came
             return
         if isinstance(event, ConnectionIdIssued):
             self._callbacks.cid_issued(event.connection_id, self)
@@ -638,8 +675,23 @@ class PeerConnection:
         else:
             self._pending_events.append(event)
 
+    def _note_handshake_address(self) -> None:
+        from_ = self._receiving_from
+        if from_ is not None and from_ == self.route.direct:
+            # the datagram that completed (server) or confirmed (client) the handshake is
+            # authenticated (it decrypted with keys of the peer TLS proved) and came from
+            # where we send: that address carried the handshake both ways
+            self.handshake_address = from_
+
     def _become_ready(self) -> None:
-        self.established_at = self.loop.time()
+        """Make the handler: the handshake completed here (a client's Finished is queued), or
+        0-RTT data may be sent (a client, see become_ready_early) or was accepted (a server)."""
+        if not self.is_client:
+            self.established_at = self.loop.time()
+        if self._handshake_done.done():
+            # (not at an early start: a 0-RTT datagram does not show that its source address
+            # receives what we send, nor, replayed, that it is the client's)
+            self._note_handshake_address()
         try:
             self.handler = self._callbacks.ready(self)
         except Exception as exc:
@@ -648,15 +700,32 @@ class PeerConnection:
             return
         if not self._ready.done():
             self._ready.set_result(None)
-        self._schedule_keepalive()
+        if not self.is_client and self._handshake_done.done():
+            self._server_confirmed()
         pending, self._pending_events = self._pending_events, []
         for ev in pending:
             self.handler.quic_event_received(ev)
 
+    def _server_confirmed(self) -> None:
+        """An accepted connection's handshake completed (for a server, that confirms it)."""
+        if not self._confirmed.done():
+            self._confirmed.set_result(None)
+            self._schedule_keepalive()
+
+    def _become_confirmed(self) -> None:
+        """A client's handshake is confirmed (HANDSHAKE_DONE): the server accepted us."""
+        self.established_at = self.loop.time()
+        self._note_handshake_address()
+        self._callbacks.confirmed(self)
+        if self.closed:
+            return
+        self._confirmed.set_result(None)
+        self._schedule_keepalive()
+
     def _terminated(self, event: ConnectionTerminated) -> None:
         if self._closed.done():
             return
-        handshaking = not self._ready.done()
+        handshaking = not self._confirmed.done()
         err = self._close_error
         if err is None and self._idle_check:
             err = self._idle_timeout_error(handshaking)
@@ -686,12 +755,10 @@ class PeerConnection:
         if self._keepalive is not None:
             self._keepalive.cancel()
         self._keepalive = None
-        if not self._ready.done():
-            self._ready.set_exception(err)
-            self._ready.exception()  # mark retrieved; waiters get it via wait_ready
-        if not self._handshake_done.done():
-            self._handshake_done.set_exception(err)
-            self._handshake_done.exception()
+        for fut in (self._ready, self._handshake_done, self._confirmed):
+            if not fut.done():
+                fut.set_exception(err)
+                fut.exception()  # mark retrieved; waiters get it via wait_ready / wait_handshake
         if self._early_deadline is not None:
             self._early_deadline.cancel()
             self._early_deadline = None

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import copy
 import hmac
+import ipaddress
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -24,7 +25,14 @@ from aioquic.quic.packet import (
 
 from .. import aioquic_compat as hooks
 from ..config import NetworkConfig
-from ..errors import ConnectionClosed, ConnectionFailed, InvalidConfiguration, NodeNotFound, P2PError
+from ..errors import (
+    AuthenticationFailed,
+    ConnectionClosed,
+    ConnectionFailed,
+    InvalidConfiguration,
+    NodeNotFound,
+    P2PError,
+)
 from ..identity import NodeAddr, NodeId, SecretKey
 from ..net.base import Address, DatagramNetwork
 from ..net.udp import UdpNetwork
@@ -77,11 +85,39 @@ _SMALLEST_INITIAL = 1200
 #: seconds a dial with direct addresses waits for the endpoint's relay to connect
 _RELAY_WAIT = 3.0
 _CID_LENGTH = 8
+#: seconds a happy-eyeballs dial gives the on-link direct attempt before dialing through the
+#: relay too (RFC 8305's Connection Attempt Delay, shortened: an on-link peer answers in
+#: milliseconds, and a fresh process's relay connection takes longer than this anyway)
+_DIRECT_HEAD_START = 0.05
 #: seconds between two warnings about refused or retried Initials (a flood logs a count, not a line each)
 _ADMISSION_LOG_INTERVAL = 10.0
 #: QUIC configurations an endpoint keeps (one per role, ALPN list and server name): past
 #: this many, the cache starts over
 _QUIC_CONFIG_CACHE = 256
+
+
+def _on_link(addr: Address, own: Iterable[Address]) -> bool:
+    """True if ``addr`` is a private address in the subnet of one of ours (/24, IPv6 /64).
+
+    If it answers, the peer is on our network: no NAT lies between, so dialing it before the
+    peer opened its side cannot leave conntrack state on the peer's router.  (A private address
+    alone says nothing: a NAT's public side may use one, as in test rigs and carrier-grade NAT.)
+    """
+    try:
+        ip = ipaddress.ip_address(addr[0])
+    except ValueError:
+        return False
+    if not (ip.is_private or ip.is_link_local) or ip.is_loopback or ip.is_unspecified:
+        return False
+    prefix = 24 if ip.version == 4 else 64
+    net = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
+    for mine in own:
+        try:
+            if ipaddress.ip_address(mine[0]) in net:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 class Endpoint:
@@ -120,6 +156,8 @@ class Endpoint:
         self._cids: dict[bytes, PeerConnection] = {}
         self._connections: dict[PeerConnection, None] = {}  # ordered: deterministic close order
         self._pool: dict[tuple[NodeId, str], PeerConnection] = {}
+        # happy-eyeballs dials under way (see _race): callers for the same key wait for them
+        self._racing: dict[tuple[NodeId, str], asyncio.Future[PeerConnection]] = {}
         self._closing = False
         self._closed = False
         self.dropped_datagrams = 0
@@ -149,6 +187,7 @@ class Endpoint:
             cid_issued=self._register_cid,
             cid_retired=self._unregister_cid,
             ready=self._connection_ready,
+            confirmed=self._connection_confirmed,
             closed=self._forget,
             reset_token=self._peer_reset_token_changed,
         )
@@ -319,14 +358,16 @@ class Endpoint:
             self._relay_alpns.discard(alpn)
 
     def _connection_ready(self, conn: PeerConnection) -> ConnectionHandler:
-        """``conn`` completed its handshake: its peer's paths start probing; make its handler.
+        """``conn`` completed its handshake: make its handler; an accepted one joins its peer's paths.
 
-        A connection accepted on a direct path makes its handler first (it may refuse the
-        connection, which the dialer then learns from its ``connect``), then sends
-        HANDSHAKE_DONE at once: the dialer's ``connect`` returns when it arrives, and joining
-        the peer's paths (a signed disco PING to that same address) need not delay it.  One
-        accepted through the relay joins the peer's paths first, as a dialer does: there that
-        work starts the hole punching, whose timing both sides coordinate.
+        A dialed connection gets its handler as soon as its Finished is queued (what the
+        handler writes leaves with it) and joins the peer's paths once the handshake is
+        confirmed (:meth:`_connection_confirmed`).  A connection accepted on a direct path
+        makes its handler first (it may refuse the connection, which the dialer then learns
+        as the connection's close reason), then sends HANDSHAKE_DONE at once, then joins
+        the peer's paths.  One accepted through the relay joins the peer's paths first, as a
+        dialer does: there that work starts the hole punching, whose timing both sides
+        coordinate.
         """
         if self._admission.is_half_open(conn):
             self._admission.established(conn)
@@ -349,7 +390,19 @@ class Endpoint:
         if factory is None:
             raise ConnectionClosed(f"no protocol registered for ALPN {conn.alpn!r}")
         attach = conn.remote_node_id is not None and not self._closing
-        if conn.is_client or conn.relay_peer is not None:
+        if conn.is_client:
+            handler = factory(conn)
+            if attach and conn.alpn in self._relay_alpns:
+                # a relay connection joins the relay's paths now, so that the size probe that
+                # makes it usable follows the Finished (which leaves first) instead of waiting
+                # for HANDSHAKE_DONE; other dialed connections join once the server confirmed
+                # them (their CALL_ME_MAYBE would reach a peer that does not know us yet)
+                conn.transmit()
+                if not conn.closed:
+                    assert conn.remote_node_id is not None
+                    conn.route.attach(conn.remote_node_id, is_relay=True)
+            return handler
+        if conn.relay_peer is not None:
             if attach:
                 assert conn.remote_node_id is not None
                 conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
@@ -368,6 +421,11 @@ class Endpoint:
             log.info("closing connection with %s (%s): %s", node_id, conn.alpn, reason)
             conn.close(REFUSED, reason)
         return len(conns)
+
+    def _connection_confirmed(self, conn: PeerConnection) -> None:
+        """A dialed connection's handshake is confirmed: its peer's paths start probing."""
+        if conn.remote_node_id is not None and not self._closing and conn.alpn not in self._relay_alpns:
+            conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
 
     def _server_alpns(self) -> list[str]:
         return [a for a in self._factories if self._alpn_filter is None or a in self._alpn_filter]
@@ -411,8 +469,16 @@ class Endpoint:
 
     # -- dialing ------------------------------------------------------------
 
-    async def connect_quic(self, addr: NodeAddr | NodeId, alpn: str, *, early_data: bool = False) -> PeerConnection:
+    async def connect_quic(
+        self, addr: NodeAddr | NodeId, alpn: str, *, confirmed: bool = True, early_data: bool = False
+    ) -> PeerConnection:
         """A QUIC connection to the node speaking ``alpn``, reusing a live one.
+
+        Returns once the handshake is confirmed (we hold HANDSHAKE_DONE: the peer accepted
+        us), or with ``confirmed=False`` as soon as our TLS Finished is sent, half a round
+        trip earlier: what the caller sends then leaves with the Finished, and a refusal by
+        the peer (its allow-list, its limits) ends the connection with that reason as its
+        ``close_error`` (``wait_ready()`` raises it).
 
         Raises :class:`AuthenticationFailed` if whoever answers is not that node
         (or refuses us), :class:`ConnectionFailed` if nobody answers.
@@ -421,7 +487,11 @@ class Endpoint:
         session.  With ``early_data=True`` and such a ticket, the connection is returned
         as soon as the ClientHello left, :attr:`~PeerConnection.early` (what the caller
         sends now is 0-RTT data, which a network attacker can replay: safe requests only;
-        await :meth:`~PeerConnection.wait_handshake` before anything else).
+        await :meth:`~PeerConnection.wait_handshake` before anything else).  A dial that
+        races an on-link address against the relay (happy eyeballs, :meth:`_race`) sends no
+        early data: the attempts resume with the ticket, and the winner is returned once its
+        handshake completed (two attempts cannot both carry the request, and an on-link
+        peer answers within a LAN round trip).
         """
         if self._closing:
             raise ConnectionClosed("endpoint is closed")
@@ -430,10 +500,13 @@ class Endpoint:
         key = (node_id, alpn)
         existing = self._pool.get(key)
         if existing is not None and not existing.closed and existing.close_error is None:
-            await existing.wait_ready(self.config.connect_timeout)
-            if existing.early and not early_data:  # still in its 0-RTT phase: the caller wants 1-RTT
-                await existing.wait_handshake()  # the connection's own deadline bounds this
+            await self._wait_stage(existing, confirmed=confirmed, early_data=early_data)
             return existing
+        racing = self._racing.get(key)
+        if racing is not None:
+            conn = await asyncio.shield(racing)
+            await self._wait_stage(conn, confirmed=confirmed, early_data=early_data)
+            return conn
         if node_id == self.node_id:
             raise InvalidConfiguration("cannot connect to ourselves")
         discovered: str | None = None
@@ -469,6 +542,24 @@ class Endpoint:
             if discovered is not None:
                 raise NodeNotFound(f"no address known for node {node_id}: {discovered}")
             raise NodeNotFound(f"no address known for node {node_id}; pass a NodeAddr or ticket with addresses")
+        # an address of our own (two homes on the same private subnet) would reach us, not them
+        own = self.router.own_socket_addresses()
+        theirs = [a for a in node_addr.direct_addresses if a not in own]
+        on_link = [a for a in theirs if _on_link(a, own)]
+        if relay_usable and relay is not None and on_link and not is_relay:
+            # happy eyeballs: the peer may be on our network; race that against the relay (no
+            # 0-RTT data then: each attempt would carry it, see the docstring)
+            race = asyncio.ensure_future(self._race(node_id, alpn, key, on_link[0], theirs, relay, confirmed))
+            self._racing[key] = race
+
+            def done(_: object) -> None:
+                if self._racing.get(key) is race:
+                    del self._racing[key]
+
+            race.add_done_callback(done)
+            conn = await asyncio.shield(race)
+            await conn.wait_ready(self.config.connect_timeout, confirmed=confirmed)
+            return conn
         if not node_addr.direct_addresses and relay is not None and not relay.connected:
             await relay.wait_connected(self.config.connect_timeout)
         elif relay_usable and relay is not None and not relay.connected and not is_relay:
@@ -479,12 +570,122 @@ class Endpoint:
             except P2PError as exc:
                 log.info("dialing %s without the relay (%s)", node_id, exc)
                 self.router.dial_without_relay(node_id)
-        # an address of our own (two homes on the same private subnet) would reach us, not them
-        own = self.router.own_socket_addresses()
-        theirs = [a for a in node_addr.direct_addresses if a not in own]
-        direct = theirs[0] if theirs else None
+        conn = self._dial(node_id, alpn, direct=theirs[0] if theirs else None, candidates=theirs, is_relay=is_relay)
+        self._pool[key] = conn
+        if early_data and hooks.early_data_sendable(conn.quic) and not conn.closed:
+            # resuming: the connection is ready now, early (0-RTT), until the handshake completes
+            conn.become_ready_early(alpn, self.config.connect_timeout)
+            if conn.close_error is not None:
+                raise conn.close_error
+            log.debug("resuming with %s (%s): 0-RTT via %s", node_id, alpn, conn.path)
+            return conn
+        await conn.wait_ready(self.config.connect_timeout, confirmed=confirmed)
+        log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
+        return conn
+
+    async def _wait_stage(self, conn: PeerConnection, *, confirmed: bool, early_data: bool) -> None:
+        """Wait until ``conn`` (pooled, or won a race) reached the stage the caller asked for:
+        early (0-RTT) is enough with ``early_data``; else ready (``confirmed=False``: the
+        handshake completed here) or confirmed."""
+        if early_data and conn.early:
+            return
+        await conn.wait_ready(self.config.connect_timeout, confirmed=confirmed)
+        if conn.early:  # ready but still in its 0-RTT phase: the caller wants 1-RTT
+            await conn.wait_handshake()  # the connection's own deadline bounds this
+
+    async def _race(
+        self,
+        node_id: NodeId,
+        alpn: str,
+        key: tuple[NodeId, str],
+        lan: Address,
+        theirs: list[Address],
+        relay: ManagedRelayLink,
+        confirmed: bool,
+    ) -> PeerConnection:
+        """Happy eyeballs (RFC 8305): dial ``lan`` directly now, through the relay after a head start.
+
+        ``lan`` is a private address in one of our subnets: if it answers, the peer is on our
+        network (no NAT between us, so a packet sent before the peer opened its side cannot spoil a
+        hole punch, see docs/nat-traversal.md) and the relay's handshake stays off the critical
+        path.  Public addresses are never raced: they are punched through the relay as before.
+        The first connection whose handshake completes wins; the other one is closed.
+        """
+        loop = asyncio.get_running_loop()
+        timeout = self.config.connect_timeout
+        deadline = loop.time() + timeout
+        first = self._dial(node_id, alpn, direct=lan, candidates=theirs, is_relay=False, on_link=True)
+        attempts = [first]
+
+        async def through_relay() -> PeerConnection:
+            head_start = loop.time() + _DIRECT_HEAD_START
+            direct: Address | None = theirs[0]
+            if not relay.connected:
+                try:
+                    await relay.wait_connected(min(timeout / 2, _RELAY_WAIT))
+                except P2PError as exc:
+                    log.info("dialing %s without the relay (%s)", node_id, exc)
+                    self.router.dial_without_relay(node_id)
+                    rest = [a for a in theirs if a != lan]
+                    if not rest:
+                        never: asyncio.Future[PeerConnection] = loop.create_future()
+                        return await never  # the direct attempt is all there is
+                    direct = rest[0]
+            await asyncio.sleep(max(0.0, head_start - loop.time()))
+            conn = self._dial(node_id, alpn, direct=direct, candidates=theirs, is_relay=False)
+            attempts.append(conn)
+            await conn.wait_ready(max(0.0, deadline - loop.time()), confirmed=False)
+            return conn
+
+        async def on_lan() -> PeerConnection:
+            await first.wait_ready(timeout, confirmed=False)
+            return first
+
+        tasks = [asyncio.ensure_future(on_lan()), asyncio.ensure_future(through_relay())]
+        winner: PeerConnection | None = None
+        errors: list[BaseException] = []
+        try:
+            pending = set(tasks)
+            while pending and winner is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:
+                    if task in done and winner is None:
+                        exc = task.exception()
+                        if exc is None:
+                            winner = task.result()
+                        elif isinstance(exc, AuthenticationFailed) and task is tasks[1]:
+                            # the node answered through the relay and refused us (an answer on the
+                            # on-link address may be another node: homes share private subnets)
+                            raise exc
+                        else:
+                            errors.append(exc)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for conn in attempts:
+                if conn is not winner:
+                    conn.close(REFUSED, "another path to the node answered first")
+        if winner is None:
+            raise errors[-1] if errors else ConnectionFailed(f"no handshake with node {node_id}")
+        log.debug("connected to %s (%s) via %s (%s)", node_id, alpn, winner.path, "LAN" if winner is first else "relay")
+        self._pool[key] = winner
+        return winner
+
+    def _dial(
+        self,
+        node_id: NodeId,
+        alpn: str,
+        *,
+        direct: Address | None,
+        candidates: list[Address],
+        is_relay: bool,
+        on_link: bool = False,
+    ) -> PeerConnection:
+        """A new dialed connection, its first flight sent: to ``direct`` and/or through the relay."""
         address = direct if direct is not None else virtual_address(node_id)
+        key = (node_id, alpn)
         quic_config = self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id))
+        # a session ticket of the node's resumes the session (the caller may send 0-RTT data)
         ticket = self._tickets.get(key, self._node_time())
         if ticket is not None:
             quic_config = copy.copy(quic_config)
@@ -493,7 +694,9 @@ class Endpoint:
 
         def route(owner: RouteOwner) -> Route:
             # from now on the peer's disco packets are accepted
-            return self.router.dial_route(node_id, owner, direct=direct, candidates=theirs, is_relay=is_relay)
+            return self.router.dial_route(
+                node_id, owner, direct=direct, candidates=candidates, is_relay=is_relay, on_link=on_link
+            )
 
         conn = PeerConnection(
             quic,
@@ -516,17 +719,8 @@ class Endpoint:
         quic.connect(address, now=conn.now())
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
-        self._pool[key] = conn
         conn.route.start()
         conn.transmit()
-        if early_data and hooks.early_data_sendable(quic) and not conn.closed:
-            conn.become_ready_early(alpn, self.config.connect_timeout)
-            if conn.close_error is not None:
-                raise conn.close_error
-            log.debug("resuming with %s (%s): 0-RTT via %s", node_id, alpn, conn.path)
-            return conn
-        await conn.wait_ready(self.config.connect_timeout)
-        log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
         return conn
 
     # -- receiving (from the paths layer) ------------------------------------

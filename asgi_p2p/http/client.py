@@ -17,7 +17,7 @@ from .. import aioquic_compat as hooks
 from ..config import NetworkConfig
 from ..endpoint.connection import PeerConnection
 from ..endpoint.endpoint import Endpoint
-from ..errors import ConnectionClosed, InvalidConfiguration, InvalidNodeId, P2PError
+from ..errors import AuthenticationFailed, ConnectionClosed, InvalidConfiguration, InvalidNodeId, P2PError
 from ..errors import StreamReset as StreamResetError
 from ..identity import NodeAddr, NodeId, SecretKey
 from ._common import (
@@ -363,7 +363,8 @@ def register_client(endpoint: Endpoint) -> None:
 
 
 async def connect_h3(endpoint: Endpoint, addr: NodeAddr | NodeId, *, early_data: bool = False) -> ClientConnection:
-    """The HTTP/3 client connection to a peer (dialing or reusing the pooled one).
+    """The HTTP/3 client connection to a peer (dialing or reusing the pooled one), as soon as
+    requests may be sent: our TLS Finished is queued (the handshake may not be confirmed yet).
 
     ``early_data=True``: with a session ticket from the peer, the connection comes back
     before its handshake completed (:attr:`PeerConnection.early`; see
@@ -371,7 +372,10 @@ async def connect_h3(endpoint: Endpoint, addr: NodeAddr | NodeId, *, early_data:
     """
     register_client(endpoint)
     for _ in range(2):
-        conn = await endpoint.connect_quic(addr, H3_ALPN, early_data=early_data)
+        # the first request leaves with our TLS Finished (or, early, with the ClientHello);
+        # a refusal ends the connection with its reason, which the request then fails with
+        # (see P2PTransport)
+        conn = await endpoint.connect_quic(addr, H3_ALPN, confirmed=False, early_data=early_data)
         handler = conn.handler
         if not isinstance(handler, ClientConnection):
             raise ConnectionClosed(f"connection to {conn.remote_node_id} is not an HTTP/3 client connection")
@@ -650,10 +654,12 @@ class P2PTransport(httpx.AsyncBaseTransport):
         except httpx.TransportError as exc:
             st.cancel()
             lost = cc.lost
-            if early and lost is not None and not cc.conn.handshake_completed and not st.response_started:
-                # sent as early data on a connection whose handshake then failed (the peer
-                # refused us, or is gone): a failure to connect, as without 0-RTT
-                raise httpx.ConnectError(str(lost), request=request) from lost
+            if lost is not None and not cc.conn.is_confirmed and not st.response_started:
+                # sent with our TLS Finished or as early data (0-RTT), before the peer confirmed
+                # the handshake: it refused the connection (its allow-list, its limits) or is
+                # gone; a failure to connect, as for a request sent after the handshake
+                refused = "connection to the peer refused: " if isinstance(lost, AuthenticationFailed) else ""
+                raise httpx.ConnectError(f"{refused}{lost}", request=request) from lost
             if isinstance(exc, httpx.TimeoutException) or lost is None or st.response_started:
                 raise  # not a dead connection, or the peer answered: the request reached it
             if not _replayable(request, st):

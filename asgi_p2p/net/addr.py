@@ -24,9 +24,29 @@ from .base import Address
 __all__ = ["WireReader", "decode_address", "encode_address", "normalize_address"]
 
 
+#: normalized addresses by (ip text, port): the paths layer normalizes the same few addresses
+#: many times per connection (parsing one costs microseconds); bounded, started over when full
+_NORMALIZED: dict[tuple[str, int], Address] = {}
+_NORMALIZED_MAX = 4096
+
+
 def normalize_address(addr: tuple[str, int]) -> Address:
     """Canonical ``(ip, port)``: IP text as ``ipaddress`` prints it; raises ValueError."""
     host, port = addr[0], addr[1]
+    exact = type(host) is str and type(port) is int  # not a bool, nor an int subclass
+    if exact:
+        hit = _NORMALIZED.get((host, port))
+        if hit is not None:
+            return hit
+    result = _normalize(host, port)
+    if exact:
+        if len(_NORMALIZED) >= _NORMALIZED_MAX:
+            _NORMALIZED.clear()
+        _NORMALIZED[(host, port)] = result
+    return result
+
+
+def _normalize(host: str, port: int) -> Address:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

@@ -50,6 +50,9 @@ _PATH_TIMEOUT = ProberConfig.path_timeout
 #: the disco keepalive resumes this many QUIC keepalive intervals after the latest
 #: authenticated QUIC packet from the peer on its current path
 _TRANSPORT_QUIET_FACTOR = 1.5
+#: a dial's first packets go to an address: its disco PING waits this long (seconds) for
+#: the handshake to validate that address instead
+_DIAL_PING_DEFER = 1.0
 #: stands in for QUIC's keepalive interval when it is off (0)
 _IDLE_QUIC_KEEPALIVE = 10.0
 
@@ -154,6 +157,14 @@ class PeerPaths:
         now = self.loop.time()
         if route.direct_address is not None:
             self.add_candidates([route.direct_address])
+        validated = route.owner.handshake_address
+        if validated is not None:
+            # the authenticated handshake crossed this address both ways: a live path now,
+            # no signed PING/PONG needed first (QUIC's handshake RTT is its first sample)
+            try:
+                self.prober.handshake_validated(validated, route.owner.smoothed_rtt, now)
+            except ValueError:  # not an IP address
+                log.debug("%s: address %s cannot be probed", self.node_id, validated)
         # the peer may have pinged before it knew us (its pings were dropped): ping now
         self.prober.reprobe(now)
         if route.is_relay:
@@ -293,7 +304,10 @@ class PeerPaths:
     def route_for(self, route: Route) -> tuple[Address | None, NodeId | None]:
         """Where ``route``'s packets go now (see :func:`asgi_p2p.paths.select.select_route`)."""
         relay = self.router.relay
-        relay_ok = relay is not None and relay.connected and not route.is_relay
+        # a happy-eyeballs attempt on a private address goes there alone until its handshake
+        # is done (the relay is raced by another connection)
+        racing = route.on_link and route.owner.established_at is None
+        relay_ok = relay is not None and relay.connected and not route.is_relay and not racing
         current = self.prober.current_path
         dialed = route.direct_address
         silent = False
@@ -307,7 +321,7 @@ class PeerPaths:
             best=current.addr if current.kind == "direct" else None,
             dialed=dialed,
             relay=self.node_id if relay_ok else None,
-            careful=route.owner.is_client and self.prober.punching,
+            careful=route.owner.is_client and self.prober.punching and not racing,
             dialed_silent=silent,
         )
 
@@ -356,6 +370,11 @@ class PeerPaths:
         route.peer = self
         self.prober.punching = self._punching()
         route.direct, route.relayed = self.route_for(route)
+        if route.direct is not None:
+            # the handshake itself probes the address it goes to, and the peer, which does not
+            # know us yet, would drop a PING there (after checking its signature): ping it
+            # only if the handshake does not complete on it (add_connection probes then)
+            self.prober.defer_ping(route.direct, self.loop.time() + _DIAL_PING_DEFER)
 
     def _punching(self) -> bool:
         """Punch carefully (openers, coordination) whenever a relay is configured.

@@ -513,6 +513,37 @@ class PathProber:
         if path.next_ping_at < now + quiet:
             path.next_ping_at = now + quiet
 
+    def handshake_validated(self, addr: tuple[str, int], rtt: float, now: float) -> None:
+        """An authenticated transport handshake crossed ``addr`` both ways: it is a live path.
+
+        The datagram that completed the handshake came from ``addr`` and the handshake's
+        other flights went to it, so the peer (proven by TLS) sends and receives there, as
+        a PONG to a signed PING would prove; ``rtt`` (the handshake's) is its first sample.
+        Raises ValueError if ``addr`` is not an IP address.
+        """
+        path = self._add_candidate(normalize_address(addr), now)
+        if path is None or path.state is PathState.LIVE:
+            return
+        path.srtt = rtt
+        path.last_pong = now
+        path.unanswered_since = None
+        path.suspect_until = None
+        path.state = PathState.LIVE
+        path.attempts = 0
+        path.opened_at = now
+        path.next_ping_at = now + self.config.keepalive_interval
+        self._start_size_search(path, now)
+        self._choose(now, "handshake on the direct path")
+
+    def defer_ping(self, addr: tuple[str, int], until: float) -> None:
+        """Send no PING to the probing candidate ``addr`` before ``until`` (a handshake probes it)."""
+        try:
+            path = self._paths.get(normalize_address(addr))
+        except ValueError:
+            return
+        if path is not None and path.state is PathState.PROBING and path.attempts == 0:
+            path.next_ping_at = max(path.next_ping_at, until)
+
     def pop_answered(self) -> list[Address]:
         """Paths that answered a PING (a valid PONG) since the last call, oldest first."""
         answered = list(self._answered)
@@ -961,6 +992,7 @@ class PathProber:
         path.size_tx = None
         path.last_pong = now
         path.unanswered_since = None
+        self.reflexive_addr = pong.observed  # what a keepalive PONG would tell (see handshake_validated)
         if path.suspect_until is not None:  # a big probe answered: the path works
             path.suspect_until = None
             path.next_ping_at = now + self.config.keepalive_interval

@@ -53,6 +53,12 @@ class RouteOwner(Protocol):
         """QUIC's smoothed RTT in seconds."""
 
     @property
+    def handshake_address(self) -> Address | None:
+        """The direct address the authenticated datagram that completed the handshake came
+        from, when it is also where the connection sends (None otherwise): the handshake
+        crossed that path both ways, as a signed PING and its PONG would."""
+
+    @property
     def datagram_size(self) -> int:
         """The UDP payload size the connection builds now."""
 
@@ -119,6 +125,7 @@ class Route:
         "direct",
         "direct_address",
         "is_relay",
+        "on_link",
         "owner",
         "peer",
         "relay_peer",
@@ -149,6 +156,9 @@ class Route:
         self.relayed: NodeId | None = relay_peer
         #: The peer's paths, once the peer is known (dialing, or after the handshake).
         self.peer: RoutePeer | None = None
+        #: A dial raced on a private-network address (happy eyeballs): until its handshake
+        #: is done, its packets go to that address alone (see ``PeerPaths.route_for``).
+        self.on_link = False
         self._alive_reported = -1.0
 
     @property

@@ -373,14 +373,24 @@ class Router:
     # -- routes and peers ---------------------------------------------------------
 
     def dial_route(
-        self, node_id: NodeId, owner: RouteOwner, *, direct: Address | None, candidates: list[Address], is_relay: bool
+        self,
+        node_id: NodeId,
+        owner: RouteOwner,
+        *,
+        direct: Address | None,
+        candidates: list[Address],
+        is_relay: bool,
+        on_link: bool = False,
     ) -> Route:
         """The route of a connection we dial to ``node_id`` (first packets to ``direct`` and/or the relay).
 
         From now on the peer's disco packets are accepted; its ``candidates`` are probed
-        once the connection calls :meth:`Route.start`.
+        once the connection calls :meth:`Route.start`.  ``on_link``: ``direct`` is on a
+        private network and raced against the relay (happy eyeballs): the handshake goes
+        there alone, at once, whether the relay is up or not.
         """
         route = Route(self, owner, direct_address=direct, relay_peer=None, is_relay=is_relay)
+        route.on_link = on_link
         peer = self.peer_for(node_id)
         peer.add_candidates(candidates)
         peer.dialing(route)

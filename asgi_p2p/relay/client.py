@@ -519,6 +519,11 @@ class RelayClient:
     def _connection_made(self, conn: PeerConnection) -> _RelayConnection:
         if self._closing.is_set():  # a handshake that finished after close(): refuse it
             raise ConnectionClosed("relay client closed")
+        peer = self.endpoint.router.peer_paths(self.url.node_id)
+        if peer is not None:
+            # state the size it needs before it joins the relay's paths (right after this), so
+            # that their first size probe is of that size
+            peer.require_datagram_size(self._needed_datagram_size(conn))
         return _RelayConnection(self, conn)
 
     def _connection_lost(self, current: _RelayConnection, exc: Exception | None) -> None:

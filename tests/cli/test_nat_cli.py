@@ -98,9 +98,12 @@ def test_serve_with_relay_puts_it_in_the_ticket_and_a_relay_only_ticket_works(
     assert f"relay    {relay_url} (sees us at 127.0.0.1:{port})" in server.stdout
 
     relay_only = Ticket(ticket.node_id, relay_url, [])  # no direct address: only the relay knows the way
-    r = cli.run("get", "-v", f"{relay_only}/tracks")
+    # the first request leaves with the client's Finished, so its response may come before the
+    # hole punch (which starts once the handshake is confirmed): wait for the direct path
+    r = cli.run("get", "-v", "--wait-direct", "10", f"{relay_only}/tracks")
     assert len(json.loads(ok(r))) == 4
     err = r.stderr.decode()
+    assert "no direct path within" not in err, err
     assert f"* our relay {relay_url}" in err  # the ticket's relay became ours: nothing to pass
     assert f"(dialled relay {relay_url})" in err  # dialled through the relay ...
     lines = path_lines(r.stderr)

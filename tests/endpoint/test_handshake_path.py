@@ -1,14 +1,16 @@
 """The handshake's hot path: what the accepting side does first, and per-connection work shared.
 
-The dialer's ``connect`` returns when HANDSHAKE_DONE arrives, so the acceptor sends it
-before joining the peer's paths (whose disco probes are each signed); a protocol that
-refuses the connection still fails the dial with its reason; QUIC configurations are
-built once and shared (aioquic only reads them), in a bounded cache.
+A direct handshake validates its address as a live path, so no signed disco probe is
+needed for it; the dialer's ``connect`` returns when HANDSHAKE_DONE arrives, and the
+acceptor sends it before joining the peer's paths; a protocol that refuses the connection
+still fails the dial with its reason; QUIC configurations are built once and shared
+(aioquic only reads them), in a bounded cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 
 import pytest
@@ -18,6 +20,7 @@ from asgi_p2p import Endpoint, NetworkConfig, Node, SecretKey
 from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.errors import ConnectionClosed, P2PError
 from asgi_p2p.paths.peer import PeerPaths
+from asgi_p2p.paths.prober import Transmit
 from asgi_p2p.sim import Simulation
 
 CONFIG = NetworkConfig(max_probe_datagram_size=0)
@@ -41,37 +44,75 @@ async def _pair(sim: Simulation) -> tuple[Node, Node]:
     return nodes[0], nodes[1]
 
 
-def test_the_acceptor_sends_handshake_done_before_its_first_disco_probe(
+def test_a_direct_handshake_makes_its_address_a_live_path_without_disco_probes(
     sim: Simulation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The dialer holds HANDSHAKE_DONE (its connection is ready) before any disco packet of the
-    acceptor reaches it: the acceptor's path probes no longer delay the dialer's ``connect``."""
-    ready_at_disco: list[bool] = []
-    dialer: list[Node] = []
-    real = PeerPaths.disco_received
+    """No relay: the dialed address carried the authenticated handshake both ways, so both
+    sides take it as a live direct path at once, with the handshake's RTT, and no signed disco
+    PING or PONG goes out for it (before, the dialer pinged at dial time, the acceptor dropped
+    that after checking its signature, and each side pinged the other after the handshake)."""
+    sent: list[tuple[str, int]] = []
+    real = PeerPaths.service
 
-    def disco_received(self: PeerPaths, data: bytes, addr: tuple[str, int] | None) -> None:
-        if dialer and self.router is dialer[0].router:
-            ready_at_disco.append(any(c.is_connected for c in dialer[0].connections))
-        real(self, data, addr)
+    def service(self: PeerPaths) -> None:
+        real_poll = self.prober.poll
 
-    monkeypatch.setattr(PeerPaths, "disco_received", disco_received)
+        def poll(now: float) -> list[Transmit]:
+            out = real_poll(now)
+            sent.extend(t.addr for t in out if t.addr is not None)
+            return out
+
+        self.prober.poll = poll  # type: ignore[method-assign]
+        try:
+            real(self)
+        finally:
+            del self.prober.poll
+
+    monkeypatch.setattr(PeerPaths, "service", service)
 
     async def main() -> None:
         alice, bob = await _pair(sim)
-        dialer.append(bob)
         conn = await bob.connect(alice.node_addr())
         inc = await alice.listen().accept()
+        for node, peer in ((bob, alice), (alice, bob)):
+            paths = node.peer_paths(peer.node_id)
+            assert paths is not None
+            path = paths.prober.current_path
+            assert path.kind == "direct" and path.rtt is not None, path
+            assert 0.03 <= path.rtt <= 0.06, path  # 40 ms round trip: the handshake's sample
         await conn.send(b"hello")
         assert await inc.recv() == b"hello"
-        await asyncio.sleep(2)  # the path's first probes and answers
+        await asyncio.sleep(2)  # before any keepalive is due
+        assert sent == [], f"disco packets sent for a path the handshake validated: {sent}"
+        assert alice.dropped_disco == bob.dropped_disco == 0
         await conn.close()
         await bob.close()
         await alice.close()
 
     sim.run(main(), time_limit=60)
-    assert ready_at_disco, "the acceptor sent no disco probe: nothing was checked"
-    assert ready_at_disco[0], f"a disco packet reached the dialer before HANDSHAKE_DONE: {ready_at_disco}"
+
+
+def test_a_dial_the_handshake_does_not_answer_on_still_probes_the_address(sim: Simulation) -> None:
+    """The dial-time PING is only deferred: a dialed address where no handshake completes
+    (nobody there) is still probed by the paths layer, from about a second into the dial."""
+
+    async def main() -> None:
+        alice, bob = await _pair(sim)
+        target = alice.node_addr()
+        await alice.close()  # nobody answers at that address now
+        task = asyncio.ensure_future(bob.connect(target))
+        await asyncio.sleep(0.5)
+        paths = bob.peer_paths(alice.node_id)
+        assert paths is not None
+        assert all(p["pings"] == 0 for p in (st.stats for st in paths.prober._paths.values()))
+        await asyncio.sleep(1.0)
+        assert any(p.stats["pings"] > 0 for p in paths.prober._paths.values())
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, P2PError):
+            await task
+        await bob.close()
+
+    sim.run(main(), time_limit=60)
 
 
 class _Handler:

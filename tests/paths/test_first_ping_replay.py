@@ -3,6 +3,11 @@
 The acceptor has no paths for an unknown node, so that PING is not acted on; these tests
 check it cannot be acted on *later* either: replayed by someone who saw it, from an
 address of their choosing, once the connection exists.
+
+A dial defers its PING to the address its handshake goes to (the handshake validates that
+address), but pings a ticket's other addresses at once, and pings the dialed one too if the
+handshake is slow: those PINGs reach the acceptor before the handshake names the dialer.
+The tests take the deferral out (``_DIAL_PING_DEFER = 0``) so the dialed address is one.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import pytest
 
 from asgi_p2p import NetworkConfig, Node, NodeAddr, SecretKey
 from asgi_p2p.net.base import Address
+from asgi_p2p.paths import peer as peer_module
 from asgi_p2p.paths import router as router_module
 from asgi_p2p.paths.disco import Ping, is_disco, open_packet, peek_sender, seal
 from asgi_p2p.paths.router import Router
@@ -29,6 +35,11 @@ async def _bind(name: str, host: object) -> Node:
         network=host,  # type: ignore[arg-type]
         rng=random.Random(name),
     )
+
+
+@pytest.fixture(autouse=True)
+def _ping_at_dial_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peer_module, "_DIAL_PING_DEFER", 0.0)
 
 
 def test_a_first_ping_dropped_before_the_handshake_cannot_be_replayed_after_it(sim: Simulation) -> None:
