@@ -1,0 +1,378 @@
+"""The relay over TCP (TLS 1.3 + WebSocket) for networks that block UDP.
+
+Sans-I/O: the HELLO/AUTH handshake messages and their proofs.  On loopback
+(real sockets): a node whose UDP is dropped reaches a peer through the relay
+over TCP and downloads a blob intact; when its UDP works again it moves back to
+the relay over UDP and the end-to-end QUIC connection goes on; garbage,
+oversized frames, a slow upgrade and a forged proof drop only that client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
+
+from asgi_p2p import NodeAddr, SecretKey
+from asgi_p2p.errors import ProtocolError
+from asgi_p2p.http import H3Server, P2PTransport
+from asgi_p2p.http.types import Receive, Scope, Send
+from asgi_p2p.identity import NodeId
+from asgi_p2p.net.base import Address, DatagramReceiver
+from asgi_p2p.net.udp import UdpNetwork, UdpSocket
+from asgi_p2p.node import Node
+from asgi_p2p.relay.client import RelayClient
+from asgi_p2p.relay.proto import Send as SendFrame
+from asgi_p2p.relay.proto import parse_frame
+from asgi_p2p.relay.server import RelayServer
+from asgi_p2p.relay.tcp import (
+    NONCE_SIZE,
+    TCP_MAX_FRAME,
+    WS_PATH,
+    WS_SUBPROTOCOL,
+    Auth,
+    Hello,
+    certificate_fingerprint,
+    client_tls_context,
+    parse_auth,
+    parse_hello,
+)
+from asgi_p2p.relay.url import RelayUrl
+
+RELAY_KEY = SecretKey.from_seed("tcp-relay")
+FP = hashlib.sha256(b"some certificate").digest()
+
+
+# -- sans-I/O ----------------------------------------------------------------------------
+
+
+def test_hello_and_auth_round_trip_and_verify() -> None:
+    client = SecretKey.from_seed("tcp-client")
+    hello = Hello.create(RELAY_KEY, FP)
+    assert len(hello.nonce) == NONCE_SIZE
+    parsed = parse_hello(hello.encode())
+    assert parsed == hello and parsed.verify(RELAY_KEY.node_id, FP)
+    auth = Auth.create(client, parsed, RELAY_KEY.node_id, FP)
+    back = parse_auth(auth.encode())
+    assert back == auth and back.node == client.node_id
+    assert back.verify(hello.nonce, RELAY_KEY.node_id, FP)
+
+
+def test_proofs_do_not_verify_for_another_nonce_relay_or_certificate() -> None:
+    """A proof is bound to one HELLO nonce, one relay and one TLS certificate: no replay elsewhere."""
+    client = SecretKey.from_seed("tcp-client")
+    other = SecretKey.from_seed("other-relay").node_id
+    hello = Hello.create(RELAY_KEY, FP)
+    auth = Auth.create(client, hello, RELAY_KEY.node_id, FP)
+    other_fp = hashlib.sha256(b"a man in the middle's certificate").digest()
+    assert not auth.verify(Hello.create(RELAY_KEY, FP).nonce, RELAY_KEY.node_id, FP)
+    assert not auth.verify(hello.nonce, other, FP)
+    assert not auth.verify(hello.nonce, RELAY_KEY.node_id, other_fp)
+    assert not hello.verify(other, FP)
+    assert not hello.verify(RELAY_KEY.node_id, other_fp)
+    forged = Auth(SecretKey.from_seed("victim").node_id, auth.signature)
+    assert not forged.verify(hello.nonce, RELAY_KEY.node_id, FP)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ("text", "expected a binary WebSocket message"),
+        (b"\x01", "truncated"),
+        (b"\x02A" + bytes(96), "unsupported version 2"),
+        (b"\x01H" + bytes(96), "expected message type 'A'"),
+        (b"\x01A" + bytes(95), "95 bytes|97 bytes, expected 98"),
+        (b"\x01A" + bytes(97), "99 bytes, expected 98"),
+    ],
+)
+def test_bad_auth_messages_are_refused_with_the_reason(data: Any, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        parse_auth(data)
+
+
+def test_bad_hello_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="expected message type 'H'"):
+        parse_hello(b"\x01A" + bytes(96))
+
+
+# -- loopback: a node whose UDP is blocked -------------------------------------------------
+
+
+class _BlockedSocket:
+    """A UDP socket whose outgoing datagrams vanish while ``blocked`` is set (a firewall)."""
+
+    def __init__(self, inner: UdpSocket, blocked: asyncio.Event) -> None:
+        self.inner = inner
+        self.blocked = blocked
+
+    @property
+    def local_address(self) -> Address:
+        return self.inner.local_address
+
+    def local_addresses(self) -> list[Address]:
+        return self.inner.local_addresses()
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        if not self.blocked.is_set():
+            self.inner.sendto(data, addr)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class BlockedUdpNetwork:
+    """Real UDP on loopback with every outgoing datagram dropped until :meth:`unblock`."""
+
+    def __init__(self) -> None:
+        self.real = UdpNetwork()
+        self.blocked = asyncio.Event()
+        self.blocked.set()
+
+    def unblock(self) -> None:
+        self.blocked.clear()
+
+    def wall_clock_offset(self) -> float:
+        return self.real.wall_clock_offset()
+
+    async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> _BlockedSocket:
+        return _BlockedSocket(await self.real.bind(host, port, receiver), self.blocked)
+
+
+BLOB = random.Random(14).randbytes(3 * 1024 * 1024 + 17)
+
+
+async def blob_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    headers = [(b"content-length", b"%d" % len(BLOB))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for i in range(0, len(BLOB), 65536):
+        await send({"type": "http.response.body", "body": BLOB[i : i + 65536], "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    async def wait() -> None:
+        while not predicate():  # noqa: ASYNC110 - polls state of several objects, bounded by the timeout
+            await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.wait_for(wait(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout}s: {what}") from None
+
+
+def _factory(**kwargs: Any) -> Callable[..., RelayClient]:
+    def make(endpoint: Any, url: str, sink: Any, *, rng: random.Random | None = None) -> RelayClient:
+        return RelayClient(endpoint, url, sink, rng=rng, **kwargs)
+
+    return make
+
+
+def _run(main: Callable[[], Awaitable[None]], timeout: float = 60.0) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(main(), timeout)
+
+    asyncio.run(bounded())
+
+
+def test_a_node_whose_udp_is_blocked_downloads_through_the_relay_over_tcp_and_moves_back_to_udp() -> None:
+    async def main() -> None:
+        relay = await RelayServer.bind(RELAY_KEY, host="127.0.0.1", tcp_port=0)
+        assert relay.url.tcp_port is not None and relay.url.tcp_port == relay.tcp_port
+        server = await Node.bind(SecretKey.from_seed("tcp-server"), relay_url=str(relay.url))
+        h3 = H3Server(blob_app, server, timeout_graceful_shutdown=1.0)
+        await h3.startup()
+        firewall = BlockedUdpNetwork()
+        client = await Node.bind(
+            SecretKey.from_seed("tcp-client"),
+            network=firewall,
+            relay_url=str(relay.url),
+            relay_factory=_factory(udp_head_start=0.3, udp_retry_interval=0.5, proxy=None),
+        )
+        try:
+            assert server.relay is not None and client.relay is not None
+            await server.relay.wait_connected(10)
+            await client.relay.wait_connected(10)
+            link = client.relay
+            assert isinstance(link, RelayClient)
+            assert link.transport == "tcp" and link.stats.tcp_connects == 1
+            assert relay.stats.tcp_connections_accepted == 1 and client.node_id in relay.clients
+            # the peer is known only by its relay: every packet goes client -> TCP -> relay -> UDP -> server
+            transport = P2PTransport(client)
+            transport.add_addr(NodeAddr(server.node_id, [], str(relay.url)))
+            async with httpx.AsyncClient(transport=transport, timeout=30) as http:
+                r = await http.get(f"https://{server.node_id}/blob")
+                assert r.status_code == 200
+                assert hashlib.sha256(r.content).hexdigest() == hashlib.sha256(BLOB).hexdigest()
+                assert link.stats.bytes_received >= len(BLOB)
+                conn = next(c for c in client.connections if c.remote_node_id == server.node_id)
+                assert conn.path.kind == "relay"
+
+                # UDP works again: the client moves back to the relay over UDP (then direct), and
+                # the same end-to-end QUIC connection carries the next request
+                firewall.unblock()
+                await _until(lambda: link.transport == "udp", "relay client back on UDP")
+                assert link.stats.moved_to_udp == 1
+                r = await http.get(f"https://{server.node_id}/again")
+                assert hashlib.sha256(r.content).digest() == hashlib.sha256(BLOB).digest()
+                assert not conn.closed and conn in client.connections
+        finally:
+            await client.close(timeout=0.5)
+            await h3.shutdown()
+            await server.close(timeout=0.5)
+            await relay.close(timeout=0.5)
+
+    _run(main)
+
+
+# -- bad input drops only that client ------------------------------------------------------
+
+
+async def _ws(relay: RelayServer) -> Any:
+    return await ws_connect(
+        f"wss://127.0.0.1:{relay.tcp_port}{WS_PATH}",
+        ssl=client_tls_context(),
+        proxy=None,
+        subprotocols=[WS_SUBPROTOCOL],  # type: ignore[list-item]
+        compression=None,
+        max_size=None,
+    )
+
+
+async def _authed(relay: RelayServer, key: SecretKey) -> Any:
+    ws = await _ws(relay)
+    der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    fp = certificate_fingerprint(der)
+    hello = parse_hello(await ws.recv())
+    assert hello.verify(relay.node_id, fp)
+    await ws.send(Auth.create(key, hello, relay.node_id, fp).encode())
+    return ws
+
+
+async def _closed(ws: Any, timeout: float = 5.0) -> int | None:
+    try:
+        async with asyncio.timeout(timeout):
+            async for _ in ws:
+                pass
+    except ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd is not None else None
+    return ws.close_code  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["garbage frame", "oversized frame", "text message", "forged auth", "slow auth"],
+)
+def test_a_bad_tcp_client_is_dropped_and_others_are_unaffected(bad: str) -> None:
+    async def main() -> None:
+        relay = await RelayServer.bind(RELAY_KEY, host="127.0.0.1")
+        relay.tcp_handshake_timeout = 0.5
+        await relay.listen_tcp("127.0.0.1", 0)
+        a, b = SecretKey.from_seed("good-a"), SecretKey.from_seed("good-b")
+        try:
+            good_a = await _authed(relay, a)
+            good_b = await _authed(relay, b)
+            await _until(lambda: len(relay.clients) == 2, "two good clients registered")
+            for ws in (good_a, good_b):  # each gets its OBSERVED_ADDR first
+                parse_frame(await asyncio.wait_for(ws.recv(), 5))
+            bad_key = SecretKey.from_seed("bad")
+            if bad in ("forged auth", "slow auth"):
+                ws = await _ws(relay)
+                hello = parse_hello(await ws.recv())
+                if bad == "forged auth":  # a proof for another certificate: a replay from elsewhere
+                    await ws.send(Auth.create(bad_key, hello, relay.node_id, FP).encode())
+                code = await _closed(ws)
+                assert code == 1008
+                assert relay.stats.tcp_handshake_failures == 1
+            else:
+                ws = await _authed(relay, bad_key)
+                await _until(lambda: bad_key.node_id in relay.clients, "bad client registered")
+                if bad == "garbage frame":
+                    await ws.send(b"\x01\x09garbage")
+                elif bad == "oversized frame":
+                    await ws.send(SendFrame(a.node_id, bytes(TCP_MAX_FRAME)).encode())
+                else:
+                    await ws.send("hello")
+                code = await _closed(ws)
+                assert code in (1008, 1009)
+            await _until(lambda: bad_key.node_id not in relay.clients, "bad client dropped")
+            assert sorted(relay.clients) == sorted([a.node_id, b.node_id])
+            # the good clients still relay to each other
+            await good_a.send(SendFrame(b.node_id, b"still here").encode())
+            frame = parse_frame(await asyncio.wait_for(good_b.recv(), 5))
+            assert getattr(frame, "packet", None) == b"still here"
+            assert getattr(frame, "src", None) == a.node_id
+            await good_a.close()
+            await good_b.close()
+        finally:
+            await relay.close(timeout=0.5)
+
+    _run(main, 30)
+
+
+def test_a_slow_upgrade_is_dropped_after_the_handshake_timeout() -> None:
+    """A client that completes TLS but never sends its HTTP Upgrade (slowloris) is cut off alone."""
+
+    async def main() -> None:
+        relay = await RelayServer.bind(RELAY_KEY, host="127.0.0.1")
+        relay.tcp_handshake_timeout = 0.5
+        port = await relay.listen_tcp("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls_context())
+            await writer.drain()
+            writer.write(b"GET /asgi-p2p/relay/1 HTTP/1.1\r\nHost: x\r\n")  # ... and never the rest
+            good = await _authed(relay, SecretKey.from_seed("good-a"))
+            started = asyncio.get_running_loop().time()
+            assert await asyncio.wait_for(reader.read(), 10) is not None  # EOF (or a 4xx) once the timeout hits
+            assert asyncio.get_running_loop().time() - started < 5
+            writer.close()
+            await _until(lambda: SecretKey.from_seed("good-a").node_id in relay.clients, "good client registered")
+            assert not good.close_code
+            await good.close()
+        finally:
+            await relay.close(timeout=0.5)
+
+    _run(main, 30)
+
+
+def test_the_relay_is_refused_if_it_cannot_prove_its_key() -> None:
+    """A TCP server holding another key at the relay's address is refused (the URL names the relay's key)."""
+
+    async def main() -> None:
+        impostor = await RelayServer.bind(SecretKey.from_seed("impostor"), host="127.0.0.1", tcp_port=0)
+        node = await Node.bind(SecretKey.from_seed("victim-node"), network=BlockedUdpNetwork())
+        try:
+            assert impostor.tcp_port is not None
+            url = RelayUrl(RELAY_KEY.node_id, "127.0.0.1", impostor.url.port, impostor.tcp_port)
+            client = RelayClient(node, url, _NullSink(), udp_head_start=0.0, proxy=None)
+            client.start()
+            await _until(lambda: client.stats.auth_failures >= 1, "the impostor refused")
+            assert not client.connected and not impostor.clients
+            await client.close()
+        finally:
+            await node.close(timeout=0.5)
+            await impostor.close(timeout=0.5)
+
+    _run(main, 30)
+
+
+class _NullSink:
+    def relay_packet_received(self, src: NodeId, packet: bytes) -> None:
+        pass
+
+    def relay_signal_received(self, src: NodeId, payload: bytes) -> None:
+        pass
+
+    def relay_state_changed(self, link: Any) -> None:
+        pass
+
+    def relay_refused(self, dest: NodeId | None, refusal: Any) -> None:
+        pass
