@@ -10,13 +10,20 @@ oversized frames, a slow upgrade and a forged proof drop only that client.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import random
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -45,6 +52,9 @@ from asgi_p2p.relay.tcp import (
     parse_hello,
 )
 from asgi_p2p.relay.url import RelayUrl
+
+from .rig import RecordingSink
+from .test_cli_relay import REPO, _env, _printed_url, _start, _stop
 
 RELAY_KEY = SecretKey.from_seed("tcp-relay")
 FP = hashlib.sha256(b"some certificate").digest()
@@ -376,3 +386,83 @@ class _NullSink:
 
     def relay_refused(self, dest: NodeId | None, refusal: Any) -> None:
         pass
+
+
+def _operator_certificate(tmp: Path) -> tuple[str, str]:
+    """A certificate an operator might give the relay (ECDSA, not the relay's node key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay.example.org")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(14)
+        .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+        .not_valid_after(datetime.datetime(2099, 1, 1, tzinfo=datetime.UTC))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "relay.crt", tmp / "relay.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_relay_command_serves_tcp_with_an_operator_certificate(tmp_path: Path) -> None:
+    """``asgi-p2p relay --tcp-port 0 --tls-cert --tls-key``: the URL carries ?tcp=PORT and a
+    client whose UDP is blocked relays to a UDP client through it."""
+    cert, key = _operator_certificate(tmp_path)
+
+    async def main() -> None:
+        proc, lines = await _start(tmp_path, "--ephemeral", "--tcp-port", "0", "--tls-cert", cert, "--tls-key", key)
+        try:
+            url = _printed_url(lines)
+            assert url.tcp_port is not None and url.tcp_port > 0
+            assert any(f"tcp 127.0.0.1:{url.tcp_port} TLS + WebSocket" in line for line in lines), lines
+            a = await Node.bind(SecretKey.from_seed("cli-tcp-a"), network=BlockedUdpNetwork())
+            b = await Node.bind(SecretKey.from_seed("cli-tcp-b"))
+            sa, sb = RecordingSink(), RecordingSink()
+            ca = RelayClient(a, url, sa, udp_head_start=0.2, proxy=None)
+            cb = RelayClient(b, url, sb, proxy=None)
+            try:
+                ca.start()
+                cb.start()
+                await ca.wait_connected(10)
+                await cb.wait_connected(10)
+                assert (ca.transport, cb.transport) == ("tcp", "udp")
+                assert ca.observed_address is None  # a TCP address is no use for hole punching
+                assert ca.send_packet(b.node_id, b"over tcp, then udp")
+                await sb.wait_for(lambda: len(sb.packets) == 1)
+                assert sb.packets == [(a.node_id, b"over tcp, then udp")]
+                assert cb.send_packet(a.node_id, b"and back")
+                await sa.wait_for(lambda: len(sa.packets) == 1)
+                assert sa.packets == [(b.node_id, b"and back")]
+                code, err = await _stop(proc)
+                assert code == 0, err
+                await sa.wait_for(lambda: not ca.connected)  # the relay's TCP side closed too
+            finally:
+                await ca.close()
+                await cb.close()
+                await a.close()
+                await b.close()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    _run(main, 60)
+
+
+def test_relay_command_refuses_a_tls_certificate_without_a_tcp_port(tmp_path: Path) -> None:
+    async def main() -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "asgi_p2p", "relay", "--ephemeral", "--tls-cert", "x.pem",
+            cwd=REPO, env=_env(tmp_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        return proc.returncode or 0, err.decode()
+
+    code, err = asyncio.run(main())
+    assert code != 0 and "add --tcp-port" in err
