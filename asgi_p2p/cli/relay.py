@@ -67,7 +67,7 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tcp-port",
-        type=_tcp_port,
+        type=_common.port_number,
         metavar="PORT",
         help="also serve the relay over TCP on PORT (TLS 1.3 + WebSocket, for clients whose network blocks "
         "UDP; 0 picks a free port); the URL then ends in ?tcp=PORT (default: UDP only)",
@@ -189,16 +189,6 @@ _LIMIT_FLAGS = {
     "destination_queue_bytes": "--limit-queued-bytes",
     "max_queued_bytes": "--limit-queued-bytes",
 }
-
-
-def _tcp_port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is not in 0..65535")
-    return port
 
 
 def run_relay(args: argparse.Namespace) -> int:
