@@ -466,3 +466,77 @@ def test_relay_command_refuses_a_tls_certificate_without_a_tcp_port(tmp_path: Pa
 
     code, err = asyncio.run(main())
     assert code != 0 and "add --tcp-port" in err
+
+
+class ConnectProxy:
+    """A minimal HTTP CONNECT proxy on 127.0.0.1 that records the targets it tunnelled to."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        if method != "CONNECT":
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            writer.close()
+            return
+        self.targets.append(target)
+        host, port = target.rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def test_the_relay_over_tcp_passes_an_http_connect_proxy() -> None:
+    """``proxy=`` (or ``HTTPS_PROXY``): the TLS + WebSocket connection goes through a CONNECT tunnel."""
+
+    async def main() -> None:
+        relay = await RelayServer.bind(RELAY_KEY, host="127.0.0.1", tcp_port=0)
+        proxy = ConnectProxy()
+        proxy_url = await proxy.start()
+        a = await Node.bind(SecretKey.from_seed("proxied-a"), network=BlockedUdpNetwork())
+        b = await Node.bind(SecretKey.from_seed("proxied-b"))
+        sa, sb = RecordingSink(), RecordingSink()
+        ca = RelayClient(a, relay.url, sa, udp_head_start=0.1, proxy=proxy_url)
+        cb = RelayClient(b, relay.url, sb, proxy=None)
+        try:
+            ca.start()
+            cb.start()
+            await ca.wait_connected(10)
+            await cb.wait_connected(10)
+            assert ca.transport == "tcp"
+            assert proxy.targets == [f"127.0.0.1:{relay.tcp_port}"]
+            assert ca.send_packet(b.node_id, b"through a CONNECT proxy")
+            await sb.wait_for(lambda: len(sb.packets) == 1)
+            assert sb.packets == [(a.node_id, b"through a CONNECT proxy")]
+        finally:
+            await ca.close()
+            await cb.close()
+            await a.close(timeout=0.5)
+            await b.close(timeout=0.5)
+            await proxy.close()
+            await relay.close(timeout=0.5)
+
+    _run(main, 30)
