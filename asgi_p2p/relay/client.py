@@ -42,7 +42,7 @@ import socket
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from aioquic.quic.events import DatagramFrameReceived, PingAcknowledged, QuicEvent
 from websockets.asyncio.client import ClientConnection
@@ -94,6 +94,7 @@ FULL_PACKET_SIZE = QUIC_MIN_DATAGRAM_SIZE
 log = logging.getLogger("asgi_p2p.relay")
 
 _SEND_PREFIX = bytes((RELAY_VERSION, FRAME_SEND))
+_T = TypeVar("_T")
 
 #: Resolves a relay URL's host name to addresses: ``await resolver(host, port)``.
 Resolver = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
@@ -190,6 +191,13 @@ class _RelayConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost.set()
         self.client._connection_lost(self, exc)
+
+
+def _outcome(task: asyncio.Task[_T]) -> _T | None:
+    """A finished connection attempt's result (None while running, and if cancelled or failed)."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
 
 
 class _TcpRelayConnection:
@@ -318,6 +326,8 @@ class RelayClient:
         self._tcp: _TcpRelayConnection | None = None
         #: TCP won the last race: start it at once next time (UDP is retried periodically).
         self._prefer_tcp = False
+        #: the QUIC connection attempt that was still going when TCP won the race
+        self._pending_udp: asyncio.Task[_RelayConnection | None] | None = None
         self.endpoint = endpoint
         self.url = relay_url if isinstance(relay_url, RelayUrl) else RelayUrl.parse(relay_url)
         if self.url.node_id == endpoint.node_id:
@@ -477,6 +487,9 @@ class RelayClient:
         if tcp is not None:
             self._set_disconnected(tcp, "closed")
             await tcp.close()
+        if self._pending_udp is not None:
+            self._pending_udp.cancel()
+            self._pending_udp = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -523,13 +536,14 @@ class RelayClient:
         if self.url.tcp_port is None:
             return await self._connect()
         loop = asyncio.get_running_loop()
-        udp = loop.create_task(self._connect(), name=f"relay {self.url} over udp")
+        udp = self._pending_udp or loop.create_task(self._connect(), name=f"relay {self.url} over udp")
+        self._pending_udp = None
         tasks: set[asyncio.Task[_RelayConnection | None] | asyncio.Task[_TcpRelayConnection | None]] = {udp}
         if not self._prefer_tcp:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(udp), self.udp_head_start)
-            if udp.done() and udp.result() is not None:
-                return udp.result()
+            if _outcome(udp) is not None:
+                return _outcome(udp)
         tcp = loop.create_task(self._connect_tcp(), name=f"relay {self.url} over tcp")
         tasks.add(tcp)
         winner: _RelayConnection | _TcpRelayConnection | None = None
@@ -538,21 +552,25 @@ class RelayClient:
             while pending and winner is None:
                 _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 # UDP first if both made it at once
-                if udp.done() and not udp.cancelled() and udp.result() is not None:
-                    winner = udp.result()
-                elif tcp.done() and not tcp.cancelled() and tcp.result() is not None:
-                    winner = tcp.result()
-        finally:
+                if _outcome(udp) is not None:
+                    winner = _outcome(udp)
+                elif _outcome(tcp) is not None:
+                    winner = _outcome(tcp)
+        except BaseException:
             for task in tasks:
-                if not task.done():
-                    task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if tcp.done() and not tcp.cancelled():
-            loser = tcp.result()
-            if loser is not None and loser is not winner:
-                await loser.close()
+                task.cancel()
+            raise
+        if isinstance(winner, _TcpRelayConnection) and not udp.done():
+            # the QUIC handshake goes on (until the connect timeout): if it completes, the
+            # client moves to it at once (see _serve_tcp), as after a periodic UDP retry
+            self._pending_udp = udp
+        elif not tcp.done():
+            tcp.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tcp
+        loser = _outcome(tcp)
+        if loser is not None and loser is not winner:
+            await loser.close()
         self._prefer_tcp = isinstance(winner, _TcpRelayConnection)
         if isinstance(winner, _TcpRelayConnection):
             self._use_tcp(winner)
@@ -630,32 +648,51 @@ class RelayClient:
         self._notify_state()
 
     async def _serve_tcp(self, current: _TcpRelayConnection) -> _RelayConnection | None:
-        """Use the relay over TCP until it is lost; try UDP every ``udp_retry_interval`` (returned once up)."""
+        """Use the relay over TCP until it is lost, moving to UDP once a QUIC connection is up.
+
+        That connection is the attempt still going from the race, if any, else one tried
+        every ``udp_retry_interval`` seconds; it is returned once it carries a full-size packet.
+        """
         loop = asyncio.get_running_loop()
         next_udp = loop.time() + self.udp_retry_interval
-        while current.open and not self._closing.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(current.lost.wait(), max(0.0, next_udp - loop.time()))
-            if not current.open or self._closing.is_set():
-                break
-            next_udp = loop.time() + self.udp_retry_interval
-            log.info("relay %s: on TCP; trying UDP again", self.url)
-            udp = await self._connect()
-            if udp is None or self._closing.is_set():
-                continue
-            if not self._live:
-                # the QUIC connection is up but does not carry a full-size packet yet: wait a little
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._until_live(udp), self.keepalive_interval)
-            if self._live and self._conn is udp:
-                self.stats.moved_to_udp += 1
-                self._prefer_tcp = False
-                log.info("relay %s: UDP works again; moved from TCP back to UDP", self.url)
-                self._tcp = None
-                await current.close()
-                return udp
-            udp.conn.close(0, "relay over UDP not usable; staying on TCP")
-            self._set_disconnected(udp, "not usable")
+        lost = loop.create_task(current.lost.wait())
+        try:
+            while current.open and not self._closing.is_set():
+                pending = self._pending_udp
+                waits: set[asyncio.Future[Any]] = {lost}
+                if pending is not None:
+                    waits.add(pending)
+                await asyncio.wait(waits, timeout=max(0.0, next_udp - loop.time()), return_when=asyncio.FIRST_COMPLETED)
+                if self._closing.is_set():
+                    break
+                udp: _RelayConnection | None = None
+                if pending is not None and pending.done():
+                    self._pending_udp = None
+                    udp = _outcome(pending)
+                elif pending is None and loop.time() >= next_udp and current.open:
+                    next_udp = loop.time() + self.udp_retry_interval
+                    log.info("relay %s: on TCP; trying UDP again", self.url)
+                    udp = await self._connect()
+                else:
+                    continue
+                if udp is None or self._closing.is_set():
+                    continue
+                if not self._live:
+                    # the QUIC connection is up but does not carry a full-size packet yet: wait a little
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._until_live(udp), self.keepalive_interval)
+                if self._live and self._conn is udp:
+                    self.stats.moved_to_udp += 1
+                    self._prefer_tcp = False
+                    log.info("relay %s: UDP works again; moved from TCP to UDP", self.url)
+                    if self._tcp is current:
+                        self._tcp = None
+                    await current.close()
+                    return udp
+                udp.conn.close(0, "relay over UDP not usable; staying on TCP")
+                self._set_disconnected(udp, "not usable")
+        finally:
+            lost.cancel()
         if self._tcp is current:
             self._set_disconnected(current, "closed")
         await current.close()

@@ -481,7 +481,6 @@ class RelayServer:
             ping_interval=self.check_interval * 20,
             ping_timeout=self.check_interval * 20,
             close_timeout=2.0,
-            logger=logging.getLogger("asgi_p2p.relay.tcp"),
         )
         bound = self.tcp_port
         assert bound is not None
