@@ -9,11 +9,12 @@ a client script holding one HTTP/3 connection across the switch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.cli.conftest import cli_env
-from tests.netns.rig import Impair, Rig, expect_line
+from tests.netns.rig import Impair, Rig, expect_line, sh
 from tests.netns.test_nat_traversal import RELAY_PORT, SERVE_PORT, _music_dir
 
 TCP_PORT = 443
@@ -63,6 +64,9 @@ def test_a_home_that_blocks_udp_reaches_a_peer_over_the_tcp_relay_and_moves_to_u
     try:
         got1 = expect_line(client, r"^got1 (\S+) (\S+) (\S+)$", timeout=90)
         assert got1.groups() == (sha, "relay", "tcp"), logs()
+        listing = sh(["ip", "netns", "exec", b.router.ns, "nft", "list", "table", "inet", "udpblock"])
+        dropped = re.search(r"counter packets (\d+)", listing)
+        assert dropped is not None and int(dropped.group(1)) > 0, listing  # the client did try UDP
         rig.nft(b.router.ns, "delete table inet udpblock\n")  # UDP works again
         assert client.stdin is not None
         client.stdin.write("unblocked\n")
