@@ -340,7 +340,7 @@ class RelayServer:
         self._tcp_handshakes = 0
         #: relay over TCP: seconds for the TLS handshake, the WebSocket upgrade and the AUTH each
         self.tcp_handshake_timeout = 10.0
-        #: relay over TCP: most connections in the TLS/WebSocket/AUTH handshake at once
+        #: relay over TCP: most connections between their WebSocket upgrade and their AUTH at once
         self.max_tcp_handshakes = 256
         #: relay over TCP: bytes of frames that may wait for one client's TCP connection
         self.tcp_send_buffer = 262_144
@@ -447,7 +447,7 @@ class RelayServer:
         from the relay's node key; clients authenticate the relay by its node key
         either way.  Each connection gets :attr:`tcp_handshake_timeout` seconds for
         each of its TLS handshake, WebSocket upgrade and AUTH, at most
-        :attr:`max_tcp_handshakes` handshake at once, messages of at most
+        :attr:`max_tcp_handshakes` waiting for their AUTH at once, messages of at most
         :data:`~asgi_p2p.relay.tcp.TCP_MAX_FRAME` bytes and :attr:`tcp_send_buffer`
         bytes of frames waiting; a client that breaks any of these is dropped alone.
         """
