@@ -556,13 +556,16 @@ class RelayClient:
                     winner = _outcome(udp)
                 elif _outcome(tcp) is not None:
                     winner = _outcome(tcp)
+                elif tcp.done():
+                    break  # TCP failed: back off and try again (the QUIC attempt goes on meanwhile)
         except BaseException:
             for task in tasks:
                 task.cancel()
             raise
-        if isinstance(winner, _TcpRelayConnection) and not udp.done():
+        if not isinstance(winner, _RelayConnection) and not udp.done():
             # the QUIC handshake goes on (until the connect timeout): if it completes, the
-            # client moves to it at once (see _serve_tcp), as after a periodic UDP retry
+            # client moves to it at once (see _serve_tcp), as after a periodic UDP retry;
+            # after a failed round, the next one goes on with it
             self._pending_udp = udp
         elif not tcp.done():
             tcp.cancel()
@@ -571,7 +574,8 @@ class RelayClient:
         loser = _outcome(tcp)
         if loser is not None and loser is not winner:
             await loser.close()
-        self._prefer_tcp = isinstance(winner, _TcpRelayConnection)
+        if winner is not None:
+            self._prefer_tcp = isinstance(winner, _TcpRelayConnection)
         if isinstance(winner, _TcpRelayConnection):
             self._use_tcp(winner)
         return winner

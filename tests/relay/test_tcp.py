@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from asgi_p2p import NodeAddr, SecretKey
-from asgi_p2p.errors import ProtocolError
+from asgi_p2p.errors import ProtocolError, Timeout
 from asgi_p2p.http import H3Server, P2PTransport
 from asgi_p2p.http.types import Receive, Scope, Send
 from asgi_p2p.identity import NodeId
@@ -540,3 +540,59 @@ def test_the_relay_over_tcp_passes_an_http_connect_proxy() -> None:
             await relay.close(timeout=0.5)
 
     _run(main, 30)
+
+
+def test_a_client_whose_udp_works_never_opens_the_tcp_relay_connection() -> None:
+    """With ``?tcp=`` in the URL, UDP gets its head start: when it answers, no TCP connection is made."""
+
+    async def main() -> None:
+        relay = await RelayServer.bind(RELAY_KEY, host="127.0.0.1", tcp_port=0)
+        node = await Node.bind(SecretKey.from_seed("udp-works"))
+        client = RelayClient(node, relay.url, _NullSink(), udp_head_start=5.0, proxy=None)
+        try:
+            client.start()
+            await client.wait_connected(10)
+            assert client.transport == "udp"
+            assert (client.stats.tcp_connects, client.stats.tcp_connect_failures) == (0, 0)
+            assert relay.stats.tcp_connections_accepted == 0 and relay.stats.tcp_handshake_failures == 0
+        finally:
+            await client.close()
+            await node.close(timeout=0.5)
+            await relay.close(timeout=0.5)
+
+    _run(main, 30)
+
+
+def test_after_tcp_won_a_lost_tcp_connection_is_replaced_over_tcp_at_once() -> None:
+    """The outcome is remembered: once TCP won, reconnecting starts TCP without the UDP head start,
+    and a relay that is down for a while is found again within the reconnect backoff."""
+
+    async def main() -> None:
+        relay = await RelayServer.bind(RELAY_KEY, host="127.0.0.1", tcp_port=0)
+        node = await Node.bind(SecretKey.from_seed("tcp-again"), network=BlockedUdpNetwork())
+        url = relay.url
+        client = RelayClient(node, url, _NullSink(), udp_head_start=3.0, reconnect_min=0.05, proxy=None)
+        loop = asyncio.get_running_loop()
+        try:
+            client.start()
+            with pytest.raises(Timeout, match="not connected within"):
+                await client.wait_connected(1.0)  # the first time, UDP gets its 3 s head start
+            await client.wait_connected(10)
+            assert client.transport == "tcp"
+            # the relay restarts (same key and ports): the client is back over TCP without the head start
+            await relay.close(timeout=0.5)
+            await _until(lambda: client.stats.disconnects >= 1, "client saw the TCP connection go")
+            # while the relay is down, each round's TCP attempt fails at once and the client backs
+            # off and tries again (it does not sit out the QUIC attempt's 10 s connect timeout)
+            await _until(lambda: client.stats.tcp_connect_failures >= 2, "two refused TCP attempts", 5)
+            started = loop.time()
+            relay = await RelayServer.bind(RELAY_KEY, host="127.0.0.1", port=url.port, tcp_port=url.tcp_port)
+            await client.wait_connected(10)
+            assert client.transport == "tcp" and client.stats.tcp_connects == 2
+            assert loop.time() - started < 2.5
+        finally:
+            await client.close()
+            await node.close(timeout=0.5)
+            await relay.close(timeout=0.5)
+
+    _run(main, 90)
