@@ -221,6 +221,9 @@ class _TcpRelayConnection:
         self._tasks = [loop.create_task(self._writer()), loop.create_task(self._reader())]
 
     def send(self, frame: bytes, stats: RelayClientStats) -> bool:
+        if len(frame) > TCP_MAX_FRAME:  # the relay would close the connection
+            stats.dropped_too_large += 1
+            return False
         if len(self._queue) >= self.max_pending:
             stats.dropped_queue_full += 1
             return False

@@ -531,6 +531,11 @@ def test_the_relay_over_tcp_passes_an_http_connect_proxy() -> None:
             assert ca.send_packet(b.node_id, b"through a CONNECT proxy")
             await sb.wait_for(lambda: len(sb.packets) == 1)
             assert sb.packets == [(a.node_id, b"through a CONNECT proxy")]
+            # a packet the relay could not take is dropped on our side, like UDP; the connection stays
+            assert not ca.send_packet(b.node_id, bytes(TCP_MAX_FRAME))
+            assert ca.stats.dropped_too_large == 1 and ca.transport == "tcp"
+            assert ca.send_packet(b.node_id, b"still connected")
+            await sb.wait_for(lambda: len(sb.packets) == 2)
         finally:
             await ca.close()
             await cb.close()
