@@ -66,6 +66,20 @@ def add_relay_args(p: argparse.ArgumentParser) -> None:
         help="host to put in the printed URL (default: --host; set it when binding 0.0.0.0 or behind a NAT)",
     )
     p.add_argument(
+        "--tcp-port",
+        type=_common.port_number,
+        metavar="PORT",
+        help="also serve the relay over TCP on PORT (TLS 1.3 + WebSocket, for clients whose network blocks "
+        "UDP; 0 picks a free port); the URL then ends in ?tcp=PORT (default: UDP only)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        metavar="PATH",
+        help="PEM certificate (chain) for the TCP listener (default: self-signed from the relay's key; clients "
+        "check the relay's key either way)",
+    )
+    p.add_argument("--tls-key", metavar="PATH", help="PEM private key of --tls-cert")
+    p.add_argument(
         "--limit-clients",
         type=positive_int,
         default=defaults.max_clients,
@@ -186,6 +200,8 @@ def run_relay(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level, **_common.log_options(args))
     _ops.check_metrics_args(args)
+    if (args.tls_cert is not None or args.tls_key is not None) and args.tcp_port is None:
+        raise InvalidConfiguration("--tls-cert and --tls-key are for the TCP listener: add --tcp-port")
     try:
         limits = RelayLimits(
             max_clients=args.limit_clients,
@@ -287,6 +303,9 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             config=config,
             directory=directory,
             clock_offset=clock_offset,
+            tcp_port=args.tcp_port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
         metrics = None
         admin = None
@@ -295,12 +314,14 @@ async def _relay(key: SecretKey, limits: RelayLimits, config: NetworkConfig, arg
             admin = await ops.start_admin(args, server.endpoint, None)
             url = server.url
             if args.public_host:
-                url = RelayUrl(url.node_id, args.public_host, url.port)
+                url = RelayUrl(url.node_id, args.public_host, url.port, url.tcp_port)
             text = str(url)
             if args.url_file is not None:
                 _common.write_atomically(args.url_file, text)
             lines = [
-                f"asgi-p2p: relay serving (udp {url.host}:{url.port}, up to {limits.max_clients} clients)",
+                f"asgi-p2p: relay serving (udp {url.host}:{url.port}"
+                + (f", tcp {url.host}:{url.tcp_port} TLS + WebSocket" if url.tcp_port is not None else "")
+                + f", up to {limits.max_clients} clients)",
                 f"  node id  {server.node_id}",
             ]
             if server.directory is not None:

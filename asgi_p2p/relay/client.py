@@ -17,6 +17,14 @@ not carry it), and a connection that shrinks below it (lost large packets) stops
 being reported connected until it grows back.  :attr:`RelayClient.last_failure`
 and :meth:`RelayClient.wait_connected`'s error say why it is not connected.
 
+Relay over TCP: when the relay URL carries a TCP port (``?tcp=PORT``, see
+:mod:`asgi_p2p.relay.tcp`), connecting races the QUIC connection against one over
+TLS + WebSocket, with a head start for UDP (``udp_head_start``); once TCP has won,
+the next reconnects start it at once, and while on TCP the client tries UDP again
+every ``udp_retry_interval`` seconds and moves back as soon as the QUIC connection is
+up.  Either way the paths layer sees the same relay link: the end-to-end QUIC
+connections relayed through it go on across the switch.
+
 Sending never blocks and never raises for a disconnected relay, a packet that
 does not fit, or a full queue: like UDP, the packet is dropped, counted in
 :attr:`RelayClient.stats`, and ``False`` is returned.
@@ -25,6 +33,7 @@ does not fit, or a full queue: like UDP, the packet is dropped, counted in
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import logging
@@ -33,9 +42,13 @@ import socket
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from aioquic.quic.events import DatagramFrameReceived, PingAcknowledged, QuicEvent
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed as WebSocketClosed
+from websockets.exceptions import InvalidHandshake
 
 from .. import aioquic_compat as hooks
 from ..endpoint.connection import PeerConnection
@@ -57,6 +70,16 @@ from .proto import (
     Signal,
     parse_frame,
 )
+from .tcp import (
+    TCP_MAX_FRAME,
+    TCP_MAX_PACKET,
+    WS_PATH,
+    WS_SUBPROTOCOL,
+    Auth,
+    certificate_fingerprint,
+    client_tls_context,
+    parse_hello,
+)
 from .url import RelayUrl
 
 if TYPE_CHECKING:
@@ -71,6 +94,7 @@ FULL_PACKET_SIZE = QUIC_MIN_DATAGRAM_SIZE
 log = logging.getLogger("asgi_p2p.relay")
 
 _SEND_PREFIX = bytes((RELAY_VERSION, FRAME_SEND))
+_T = TypeVar("_T")
 
 #: Resolves a relay URL's host name to addresses: ``await resolver(host, port)``.
 Resolver = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
@@ -110,6 +134,11 @@ class RelayClientStats:
     dropped_invalid: int = 0
     errors_received: int = 0
     malformed_frames: int = 0
+    #: Relay connections over TCP (TLS + WebSocket) established, and attempts that failed.
+    tcp_connects: int = 0
+    tcp_connect_failures: int = 0
+    #: Moves from the relay over TCP back to the relay over UDP.
+    moved_to_udp: int = 0
 
 
 # Relay clients by endpoint, then by relay NodeId: one ALPN factory per endpoint dispatches
@@ -164,6 +193,85 @@ class _RelayConnection:
         self.client._connection_lost(self, exc)
 
 
+def _outcome(task: asyncio.Task[_T]) -> _T | None:
+    """A finished connection attempt's result (None while running, and if cancelled or failed)."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
+
+
+class _TcpRelayConnection:
+    """The relay over TCP (client side): a WebSocket, a bounded send buffer and its writer task."""
+
+    def __init__(self, client: RelayClient, ws: ClientConnection, max_pending: int) -> None:
+        self.client = client
+        self.ws = ws
+        self.max_pending = max_pending
+        self.lost = asyncio.Event()
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def open(self) -> bool:
+        return not self.lost.is_set()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._writer()), loop.create_task(self._reader())]
+
+    def send(self, frame: bytes, stats: RelayClientStats) -> bool:
+        if len(frame) > TCP_MAX_FRAME:  # the relay would close the connection
+            stats.dropped_too_large += 1
+            return False
+        if len(self._queue) >= self.max_pending:
+            stats.dropped_queue_full += 1
+            return False
+        self._queue.append(frame)
+        self._wake.set()
+        return True
+
+    async def _writer(self) -> None:
+        try:
+            while not self.lost.is_set():
+                while self._queue:
+                    await self.ws.send(self._queue.popleft())
+                self._wake.clear()
+                await self._wake.wait()
+        except WebSocketClosed as exc:
+            self._gone(exc)
+
+    async def _reader(self) -> None:
+        exc: Exception | None = None
+        try:
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    self.client._frame_received(self, message)
+                else:
+                    self.client.stats.malformed_frames += 1
+        except WebSocketClosed as closed:
+            exc = closed
+        self._gone(exc)
+
+    def _gone(self, exc: Exception | None) -> None:
+        if self.lost.is_set():
+            return
+        self.lost.set()
+        self._wake.set()
+        self.client._set_disconnected(self, str(exc) if exc is not None else "closed by the relay")
+
+    async def close(self) -> None:
+        self.lost.set()
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 2.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 class RelayClient:
     """A relay connection that stays up: implements :class:`~asgi_p2p.paths.link.RelayLink`.
 
@@ -180,7 +288,13 @@ class RelayClient:
             after each failed attempt, with jitter in its upper half.
         max_pending_datagrams: DATAGRAM frames that may wait in the connection's
             queue (congestion); beyond it packets are dropped.
-        resolver: resolves a host name in the URL (default: the loop's getaddrinfo).
+        resolver: resolves a host name in the URL (default: the loop's getaddrinfo; the
+            relay over TCP resolves it with the loop's getaddrinfo).
+        udp_head_start: with a TCP port in the URL, seconds the QUIC connection attempt
+            gets before one over TCP starts too.
+        udp_retry_interval: while on TCP, seconds between attempts to move back to UDP.
+        proxy: for the relay over TCP: ``True`` honours ``HTTPS_PROXY``/``NO_PROXY`` (an
+            HTTP CONNECT proxy), a URL names one, None connects directly.
     """
 
     def __init__(
@@ -196,6 +310,9 @@ class RelayClient:
         reconnect_max: float = 30.0,
         max_pending_datagrams: int = DEFAULT_MAX_PENDING_DATAGRAMS,
         resolver: Resolver | None = None,
+        udp_head_start: float = 1.0,
+        udp_retry_interval: float = 60.0,
+        proxy: str | Literal[True] | None = True,
     ) -> None:
         if keepalive_interval <= 0 or keepalive_timeout <= keepalive_interval:
             raise ValueError("need 0 < keepalive_interval < keepalive_timeout")
@@ -203,6 +320,17 @@ class RelayClient:
             raise ValueError("need 0 < reconnect_min <= reconnect_max")
         if max_pending_datagrams <= 0:
             raise ValueError("max_pending_datagrams must be positive")
+        if udp_head_start < 0 or udp_retry_interval <= 0:
+            raise ValueError("need udp_head_start >= 0 and udp_retry_interval > 0")
+        self.udp_head_start = udp_head_start
+        self.udp_retry_interval = udp_retry_interval
+        self.proxy: str | Literal[True] | None = proxy
+        #: The relay over TCP while in use (None: UDP or disconnected).
+        self._tcp: _TcpRelayConnection | None = None
+        #: TCP won the last race: start it at once next time (UDP is retried periodically).
+        self._prefer_tcp = False
+        #: the QUIC connection attempt that was still going when TCP won the race
+        self._pending_udp: asyncio.Task[_RelayConnection | None] | None = None
         self.endpoint = endpoint
         self.url = relay_url if isinstance(relay_url, RelayUrl) else RelayUrl.parse(relay_url)
         if self.url.node_id == endpoint.node_id:
@@ -229,6 +357,8 @@ class RelayClient:
         self._small_warned = False
         self._observed: tuple[str, int] | None = None
         self._connected = asyncio.Event()
+        #: set whenever the QUIC relay connection becomes (or stops being) usable
+        self._udp_live = asyncio.Event()
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ping_uid = 0
@@ -241,12 +371,24 @@ class RelayClient:
 
     @property
     def connected(self) -> bool:
-        return self._live and self._conn is not None and self._conn.conn.is_connected
+        if self._live and self._conn is not None and self._conn.conn.is_connected:
+            return True
+        return self._tcp is not None and self._tcp.open
+
+    @property
+    def transport(self) -> str | None:
+        """How the relay is reached now: ``"udp"`` (QUIC), ``"tcp"`` (TLS + WebSocket) or None."""
+        if self._live and self._conn is not None and self._conn.conn.is_connected:
+            return "udp"
+        return "tcp" if self._tcp is not None and self._tcp.open else None
 
     @property
     def max_packet_size(self) -> int:
-        if not self.connected:
+        transport = self.transport
+        if transport is None:
             return 0
+        if transport == "tcp":
+            return TCP_MAX_PACKET
         assert self._conn is not None
         return max(0, hooks.max_datagram_frame_payload(self._conn.conn.quic) - FORWARD_OVERHEAD)
 
@@ -257,7 +399,7 @@ class RelayClient:
     @property
     def connection(self) -> PeerConnection | None:
         """The relay connection while connected (its ``path_events()`` show its datagram size grow)."""
-        return self._conn.conn if self.connected and self._conn is not None else None
+        return self._conn.conn if self.transport == "udp" and self._conn is not None else None
 
     async def wait_packet_size(self, size: int, timeout: float | None = None) -> None:
         """Wait until packets of ``size`` bytes fit the relay connection (:attr:`max_packet_size`).
@@ -344,6 +486,13 @@ class RelayClient:
         if current is not None:
             current.conn.close(0, "relay client closed")
             self._set_disconnected(current, "closed")
+        tcp = self._tcp
+        if tcp is not None:
+            self._set_disconnected(tcp, "closed")
+            await tcp.close()
+        if self._pending_udp is not None:
+            self._pending_udp.cancel()
+            self._pending_udp = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -369,11 +518,14 @@ class RelayClient:
         loop = asyncio.get_running_loop()
         while not self._closing.is_set():
             started = loop.time()
-            current = await self._connect()
+            current: _RelayConnection | _TcpRelayConnection | None = await self._connect_any()
+            served = current is not None
+            while isinstance(current, _TcpRelayConnection):
+                current = await self._serve_tcp(current)  # a UDP connection when it moved back
             if current is not None:
                 await self._serve(current)
-                if loop.time() - started >= self.keepalive_timeout:
-                    attempt = 0  # it was up for a while: start the backoff afresh
+            if served and loop.time() - started >= self.keepalive_timeout:
+                attempt = 0  # it was up for a while: start the backoff afresh
             if self._closing.is_set():
                 return
             delay = self.backoff_delay(attempt)
@@ -381,6 +533,182 @@ class RelayClient:
             log.info("relay %s: reconnecting in %.2fs (attempt %d)", self.url, delay, attempt)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay)
+
+    async def _connect_any(self) -> _RelayConnection | _TcpRelayConnection | None:
+        """Connect over UDP, or over TCP when the URL has a TCP port and UDP does not come up first."""
+        if self.url.tcp_port is None:
+            return await self._connect()
+        loop = asyncio.get_running_loop()
+        udp = self._pending_udp or loop.create_task(self._connect(), name=f"relay {self.url} over udp")
+        self._pending_udp = None
+        tasks: set[asyncio.Task[_RelayConnection | None] | asyncio.Task[_TcpRelayConnection | None]] = {udp}
+        if not self._prefer_tcp:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(udp), self.udp_head_start)
+            if _outcome(udp) is not None:
+                return _outcome(udp)
+        tcp = loop.create_task(self._connect_tcp(), name=f"relay {self.url} over tcp")
+        tasks.add(tcp)
+        winner: _RelayConnection | _TcpRelayConnection | None = None
+        try:
+            pending = {t for t in tasks if not t.done() or t is tcp}
+            while pending and winner is None:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                # UDP first if both made it at once
+                if _outcome(udp) is not None:
+                    winner = _outcome(udp)
+                elif _outcome(tcp) is not None:
+                    winner = _outcome(tcp)
+                elif tcp.done():
+                    break  # TCP failed: back off and try again (the QUIC attempt goes on meanwhile)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        if not isinstance(winner, _RelayConnection) and not udp.done():
+            # the QUIC handshake goes on (until the connect timeout): if it completes, the
+            # client moves to it at once (see _serve_tcp), as after a periodic UDP retry;
+            # after a failed round, the next one goes on with it
+            self._pending_udp = udp
+        elif not tcp.done():
+            tcp.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tcp
+        loser = _outcome(tcp)
+        if loser is not None and loser is not winner:
+            await loser.close()
+        if winner is not None:
+            self._prefer_tcp = isinstance(winner, _TcpRelayConnection)
+        if isinstance(winner, _TcpRelayConnection):
+            self._use_tcp(winner)
+        return winner
+
+    async def _connect_tcp(self) -> _TcpRelayConnection | None:
+        """The relay over TLS + WebSocket, the relay's proof checked and ours given (None: failed)."""
+        url = self.url
+        assert url.tcp_port is not None
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        uri = f"wss://{host}:{url.tcp_port}{WS_PATH}"
+        timeout = self.endpoint.config.connect_timeout
+        ws: ClientConnection | None = None
+        try:
+            ws = await ws_connect(
+                uri,
+                ssl=client_tls_context(),
+                proxy=self.proxy,
+                subprotocols=[WS_SUBPROTOCOL],  # type: ignore[list-item]
+                compression=None,
+                max_size=TCP_MAX_FRAME,
+                max_queue=64,
+                write_limit=65_536,
+                open_timeout=timeout,
+                ping_interval=self.keepalive_interval,
+                ping_timeout=self.keepalive_timeout - self.keepalive_interval,
+                close_timeout=2.0,
+                user_agent_header="asgi-p2p relay client",
+            )
+            ssl_object = ws.transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            if not der:
+                raise ProtocolError("the relay's TLS session shows no certificate")
+            fingerprint = certificate_fingerprint(der)
+            hello = parse_hello(await asyncio.wait_for(ws.recv(), timeout))
+            if not hello.verify(url.node_id, fingerprint):
+                raise AuthenticationFailed(
+                    f"the server at {url.host}:{url.tcp_port} did not prove relay key {url.node_id} "
+                    "for its TLS certificate (another server, or a man in the middle)"
+                )
+            await ws.send(Auth.create(self.endpoint.secret_key, hello, url.node_id, fingerprint).encode())
+        except AuthenticationFailed as exc:
+            self.stats.auth_failures += 1
+            self.stats.tcp_connect_failures += 1
+            log.error("relay %s over TCP: refused: %s", url, exc)
+            if ws is not None:
+                await ws.close()
+            return None
+        except (P2PError, OSError, TimeoutError, InvalidHandshake, WebSocketClosed) as exc:
+            self.stats.tcp_connect_failures += 1
+            why = f"no answer within {timeout:g}s" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+            log.warning("relay %s over TCP (%s): cannot connect: %s", url, uri, why)
+            if ws is not None:
+                await ws.close()
+            return None
+        if self._closing.is_set():
+            await ws.close()
+            return None
+        return _TcpRelayConnection(self, ws, self.max_pending_datagrams)
+
+    def _use_tcp(self, current: _TcpRelayConnection) -> None:
+        self._tcp = current
+        current.start()
+        self.stats.connects += 1
+        self.stats.tcp_connects += 1
+        self.last_failure = None
+        self._connected.set()
+        log.warning(
+            "relay %s: connected over TCP (TLS + WebSocket at port %s): UDP to the relay did not work; "
+            "trying UDP again every %gs",
+            self.url,
+            self.url.tcp_port,
+            self.udp_retry_interval,
+        )
+        self._notify_state()
+
+    async def _serve_tcp(self, current: _TcpRelayConnection) -> _RelayConnection | None:
+        """Use the relay over TCP until it is lost, moving to UDP once a QUIC connection is up.
+
+        That connection is the attempt still going from the race, if any, else one tried
+        every ``udp_retry_interval`` seconds; it is returned once it carries a full-size packet.
+        """
+        loop = asyncio.get_running_loop()
+        next_udp = loop.time() + self.udp_retry_interval
+        lost = loop.create_task(current.lost.wait())
+        try:
+            while current.open and not self._closing.is_set():
+                pending = self._pending_udp
+                waits: set[asyncio.Future[Any]] = {lost}
+                if pending is not None:
+                    waits.add(pending)
+                await asyncio.wait(waits, timeout=max(0.0, next_udp - loop.time()), return_when=asyncio.FIRST_COMPLETED)
+                if self._closing.is_set():
+                    break
+                udp: _RelayConnection | None = None
+                if pending is not None and pending.done():
+                    self._pending_udp = None
+                    udp = _outcome(pending)
+                elif pending is None and loop.time() >= next_udp and current.open:
+                    next_udp = loop.time() + self.udp_retry_interval
+                    log.info("relay %s: on TCP; trying UDP again", self.url)
+                    udp = await self._connect()
+                else:
+                    continue
+                if udp is None or self._closing.is_set():
+                    continue
+                if not self._live:
+                    # the QUIC connection is up but does not carry a full-size packet yet: wait a little
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._until_live(udp), self.keepalive_interval)
+                if self._live and self._conn is udp:
+                    self.stats.moved_to_udp += 1
+                    self._prefer_tcp = False
+                    log.info("relay %s: UDP works again; moved from TCP to UDP", self.url)
+                    if self._tcp is current:
+                        self._tcp = None
+                    await current.close()
+                    return udp
+                udp.conn.close(0, "relay over UDP not usable; staying on TCP")
+                self._set_disconnected(udp, "not usable")
+        finally:
+            lost.cancel()
+        if self._tcp is current:
+            self._set_disconnected(current, "closed")
+        await current.close()
+        return None
+
+    async def _until_live(self, udp: _RelayConnection) -> None:
+        while not (self._live and self._conn is udp) and not udp.lost.is_set():
+            self._udp_live.clear()
+            await self._udp_live.wait()
 
     async def _addresses(self) -> list[tuple[str, int]]:
         url = self.url
@@ -461,6 +789,7 @@ class RelayClient:
             self._small_since = None
             self.last_failure = None
             self._connected.set()
+            self._udp_live.set()
             log.info(
                 "relay %s: connected (max packet %d bytes; %.2fs after it could not carry a full-size one)",
                 self.url,
@@ -529,15 +858,32 @@ class RelayClient:
     def _connection_lost(self, current: _RelayConnection, exc: Exception | None) -> None:
         self._set_disconnected(current, str(exc) if exc is not None else "closed")
 
-    def _set_disconnected(self, current: _RelayConnection, why: str) -> None:
+    def _set_disconnected(self, current: _RelayConnection | _TcpRelayConnection, why: str) -> None:
         current.lost.set()
+        if isinstance(current, _TcpRelayConnection):
+            if self._tcp is not current:
+                return
+            self._tcp = None
+            if not self.connected:
+                self._connected.clear()
+            self.stats.disconnects += 1
+            log.log(
+                logging.INFO if self._closing.is_set() else logging.WARNING,
+                "relay %s: disconnected over TCP: %s",
+                self.url,
+                why,
+            )
+            self._notify_state()
+            return
         if self._conn is not current:
             return
         was_live = self._live
         self._conn = None
         self._live = False
+        self._udp_live.set()
         self._small_since = None
-        self._connected.clear()
+        if not self.connected:
+            self._connected.clear()
         self.stats.disconnects += 1
         if self._closing.is_set():
             log.info("relay %s: disconnected (%s)", self.url, why)
@@ -546,7 +892,7 @@ class RelayClient:
         if was_live:  # the sink never heard of a connection that was not in use
             self._notify_state()
 
-    def _frame_received(self, current: _RelayConnection, data: bytes) -> None:
+    def _frame_received(self, current: _RelayConnection | _TcpRelayConnection, data: bytes) -> None:
         if len(data) > FORWARD_OVERHEAD and data[0] == RELAY_VERSION and data[1] == FRAME_RECV:
             # the per-packet path: what parse_frame gives for a RECV, without building the frame
             src = NodeId(data[2:FORWARD_OVERHEAD])
@@ -574,7 +920,10 @@ class RelayClient:
                 self.stats.signals_received += 1
                 sink.relay_signal_received(frame.peer, frame.payload)
             elif isinstance(frame, ObservedAddr):
-                if frame.addr != self._observed:
+                if isinstance(current, _TcpRelayConnection):
+                    # the address of our TCP connection: no use for UDP hole punching
+                    log.debug("relay %s sees our TCP connection at %s:%d", self.url, *frame.addr)
+                elif frame.addr != self._observed:
                     self._observed = frame.addr
                     log.info("relay %s sees us at %s:%d", self.url, *frame.addr)
                     if self._conn is current and self._live:
@@ -622,7 +971,9 @@ class RelayClient:
 
     def _send_frame(self, frame: bytes) -> bool:
         current = self._conn
-        assert current is not None  # checked by _sendable
+        if current is None or not self._live:
+            assert self._tcp is not None  # checked by _sendable
+            return self._tcp.send(frame, self.stats)
         if not queue_datagram_frame(current.conn.quic, frame, self.max_pending_datagrams, self.stats):
             return False
         # deferred to the end of this loop iteration: the packets one transmit of a relayed

@@ -35,18 +35,24 @@ messages), and the relay holds neither node's keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aioquic.quic.events import DatagramFrameReceived, QuicEvent, StreamDataReceived
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed as WebSocketClosed
+from websockets.http11 import Request, Response
 
 from .. import aioquic_compat as hooks
 from ..config import NetworkConfig
 from ..discovery.directory import DIRECTORY_ALPN, DirectoryServer
 from ..discovery.records import Directory
 from ..endpoint.connection import PeerConnection
-from ..errors import ProtocolError
+from ..errors import InvalidConfiguration, ProtocolError
 from ..identity import NodeId, SecretKey
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
 from .proto import (
@@ -58,6 +64,14 @@ from .proto import (
     RelayLimits,
     RelayRouter,
     RelayStats,
+)
+from .tcp import (
+    TCP_MAX_FRAME,
+    WS_PATH,
+    WS_SUBPROTOCOL,
+    Hello,
+    parse_auth,
+    server_tls_context,
 )
 from .url import RelayUrl
 
@@ -123,6 +137,10 @@ class RelayServerStats:
     datagrams_received: int = 0
     datagrams_sent: int = 0
     observed_addr_updates: int = 0
+    #: Relay clients over TCP (TLS + WebSocket) that proved their node key.
+    tcp_connections_accepted: int = 0
+    #: TCP connections dropped before or during the relay handshake (timeout, garbage, bad proof).
+    tcp_handshake_failures: int = 0
 
 
 class _ClientHandler:
@@ -148,7 +166,33 @@ class _ClientHandler:
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._lost(self, exc)
 
-    # -- helpers -----------------------------------------------------------
+    # -- what RelayServer uses of any client (QUIC or TCP) ---------------------
+
+    @property
+    def is_connected(self) -> bool:
+        return self.conn.is_connected
+
+    def now(self) -> float:
+        return self.conn.now()
+
+    def max_frame(self) -> int:
+        """The largest relay frame the client's connection takes now."""
+        return hooks.max_datagram_frame_payload(self.conn.quic)
+
+    def room(self, max_pending: int) -> int:
+        return max_pending - hooks.pending_datagram_frames(self.conn.quic)
+
+    def queue_frame(self, frame: bytes, max_pending: int, stats: RelayServerStats) -> bool:
+        return queue_datagram_frame(self.conn.quic, frame, max_pending, stats)
+
+    def flush(self, *, now: bool = False) -> None:
+        if now:
+            self.conn.transmit()
+        else:
+            self.conn.schedule_transmit()
+
+    def close(self, code: int, reason: str) -> None:
+        self.conn.close(code, reason)
 
     def peer_address(self) -> tuple[str, int]:
         """Where the client's packets come from (and ours go): its NAT's public mapping."""
@@ -159,6 +203,95 @@ class _ClientHandler:
         if addr is None:
             addr = self.conn.quic.get_peer_address() or self.conn.address
         return (str(addr[0]), int(addr[1]))
+
+
+class _TcpClientHandler:
+    """One relay client over TCP (TLS + WebSocket), after it proved its node key.
+
+    Frames for it wait in a bounded buffer (``max_pending`` frames, ``max_buffer``
+    bytes) that one writer task sends, one WebSocket message per frame; the
+    WebSocket's own write buffer is bounded by ``websockets`` (``write_limit``).
+    """
+
+    def __init__(self, server: RelayServer, ws: ServerConnection, node: NodeId, max_buffer: int) -> None:
+        self.server = server
+        self.ws = ws
+        self.node = node
+        self.conn: object = self  # what the router knows this connection by
+        self.registered = False
+        self.violated = False
+        self.observed: tuple[str, int] | None = None
+        self.max_buffer = max_buffer
+        self._queue: deque[bytes] = deque()
+        self._bytes = 0
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._close_code = 1000
+        self._close_reason = ""
+
+    @property
+    def is_connected(self) -> bool:
+        return not self._closed
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def max_frame(self) -> int:
+        return TCP_MAX_FRAME
+
+    def room(self, max_pending: int) -> int:
+        if self._bytes >= self.max_buffer:
+            return 0
+        return max_pending - len(self._queue)
+
+    def queue_frame(self, frame: bytes, max_pending: int, stats: RelayServerStats) -> bool:
+        if len(frame) > TCP_MAX_FRAME:
+            stats.dropped_too_large += 1
+            return False
+        if len(self._queue) >= max_pending or self._bytes + len(frame) > self.max_buffer:
+            stats.dropped_queue_full += 1
+            return False
+        self._queue.append(frame)
+        self._bytes += len(frame)
+        self._wake.set()
+        return True
+
+    def flush(self, *, now: bool = False) -> None:
+        """Nothing to do: the writer task sends as soon as a frame is queued."""
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # WebSocket close codes: 1000 normal, 1008 policy violation, 1013 try again later
+        self._close_code = {0: 1000, RELAY_SERVER_FULL: 1013}.get(code, 1008)
+        self._close_reason = reason.encode("utf-8")[:120].decode("utf-8", "ignore")
+        self._wake.set()
+
+    def peer_address(self) -> tuple[str, int]:
+        addr = self.ws.remote_address
+        return (str(addr[0]), int(addr[1]))
+
+    async def writer(self) -> None:
+        """Send the queued frames until closed, then the ones still queued, then close the WebSocket."""
+        try:
+            while True:
+                while self._queue:
+                    frame = self._queue.popleft()
+                    self._bytes -= len(frame)
+                    await self.ws.send(frame)
+                if self._closed:
+                    break
+                self._wake.clear()
+                await self._wake.wait()
+            await self.ws.close(self._close_code, self._close_reason)
+        except WebSocketClosed:
+            self._closed = True
+            self._queue.clear()
+            self._bytes = 0
+
+
+_Handler = _ClientHandler | _TcpClientHandler
 
 
 class RelayServer:
@@ -200,8 +333,17 @@ class RelayServer:
         self.router = RelayRouter(limits)
         self.stats = RelayServerStats()
         self.max_pending_datagrams = max_pending_datagrams
-        self._handlers: dict[NodeId, _ClientHandler] = {}
+        self._handlers: dict[NodeId, _Handler] = {}
         self._closed = False
+        self._tcp_server: Server | None = None
+        self._tcp_fingerprint = b""
+        self._tcp_handshakes = 0
+        #: relay over TCP: seconds for the TLS handshake, the WebSocket upgrade and the AUTH each
+        self.tcp_handshake_timeout = 10.0
+        #: relay over TCP: most connections between their WebSocket upgrade and their AUTH at once
+        self.max_tcp_handshakes = 256
+        #: relay over TCP: bytes of frames that may wait for one client's TCP connection
+        self.tcp_send_buffer = 262_144
         endpoint.add_protocol(RELAY_ALPN, self._handler_for, relay=True)
         #: The node-record directory served on the same endpoint (None: not served).
         self.directory = directory
@@ -228,6 +370,9 @@ class RelayServer:
         max_pending_datagrams: int = DEFAULT_MAX_PENDING_DATAGRAMS,
         directory: Directory | bool = True,
         clock_offset: float = 0.0,
+        tcp_port: int | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> RelayServer:
         """Bind an endpoint serving the relay protocol (and the directory) and return the server.
 
@@ -238,7 +383,8 @@ class RelayServer:
         connections are then refused).  ``clock_offset`` is added to
         ``loop.time()`` to get the Unix clock node records expire on: pass the
         network's ``wall_clock_offset()`` (the system clock read once on a real network,
-        a constant in the simulator).
+        a constant in the simulator).  ``tcp_port`` (0: any free port) also serves
+        the relay over TCP on ``host`` (:meth:`listen_tcp`, with ``tls_cert``/``tls_key``).
         """
         from ..endpoint.endpoint import Endpoint
 
@@ -259,6 +405,12 @@ class RelayServer:
         except BaseException:
             await endpoint.close(timeout=0.1)
             raise
+        if tcp_port is not None:
+            try:
+                await server.listen_tcp(host, tcp_port, certfile=tls_cert, keyfile=tls_key)
+            except BaseException:
+                await server.close(timeout=0.1)
+                raise
         log.info(
             "relay %s serving at %s%s",
             endpoint.node_id,
@@ -277,7 +429,63 @@ class RelayServer:
     def url(self) -> RelayUrl:
         """This relay's URL (with the socket's bound address: on a wildcard bind, publish the real one)."""
         host, port = self.endpoint.local_address[0], self.endpoint.local_address[1]
-        return RelayUrl(self.node_id, host, port)
+        return RelayUrl(self.node_id, host, port, self.tcp_port)
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The TCP port the relay also serves on (None: UDP only; see :meth:`listen_tcp`)."""
+        if self._tcp_server is None:
+            return None
+        return int(self._tcp_server.sockets[0].getsockname()[1])
+
+    async def listen_tcp(
+        self, host: str = "127.0.0.1", port: int = 0, *, certfile: str | None = None, keyfile: str | None = None
+    ) -> int:
+        """Also serve the relay over TCP (TLS 1.3 + WebSocket, :mod:`asgi_p2p.relay.tcp`); returns the port.
+
+        The certificate is ``certfile``/``keyfile`` (PEM) if given, else self-signed
+        from the relay's node key; clients authenticate the relay by its node key
+        either way.  Each connection gets :attr:`tcp_handshake_timeout` seconds for
+        each of its TLS handshake, WebSocket upgrade and AUTH, at most
+        :attr:`max_tcp_handshakes` waiting for their AUTH at once, messages of at most
+        :data:`~asgi_p2p.relay.tcp.TCP_MAX_FRAME` bytes and :attr:`tcp_send_buffer`
+        bytes of frames waiting; a client that breaks any of these is dropped alone.
+        """
+        if self._tcp_server is not None:
+            raise InvalidConfiguration(f"relay {self.node_id} already serves TCP on port {self.tcp_port}")
+        key = self.endpoint.secret_key
+        try:
+            ctx, self._tcp_fingerprint = server_tls_context(key, certfile, keyfile)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise InvalidConfiguration(f"relay TLS certificate {certfile!r} / key {keyfile!r}: {exc}") from None
+        timeout = self.tcp_handshake_timeout
+
+        def check_path(connection: ServerConnection, request: Request) -> Response | None:
+            if request.path != WS_PATH:
+                return connection.respond(404, f"this is an asgi-p2p relay; its WebSocket is at {WS_PATH}\n")
+            return None
+
+        self._tcp_server = await serve(
+            self._serve_tcp,
+            host,
+            port,
+            ssl=ctx,
+            ssl_handshake_timeout=timeout,
+            open_timeout=timeout,
+            process_request=check_path,
+            subprotocols=[WS_SUBPROTOCOL],  # type: ignore[list-item]
+            compression=None,  # relayed packets are encrypted: nothing to compress
+            max_size=TCP_MAX_FRAME,
+            max_queue=64,
+            write_limit=65_536,
+            ping_interval=self.check_interval * 20,
+            ping_timeout=self.check_interval * 20,
+            close_timeout=2.0,
+        )
+        bound = self.tcp_port
+        assert bound is not None
+        log.info("relay %s also serving over TCP (TLS 1.3 + WebSocket) at %s:%d", self.node_id, host, bound)
+        return bound
 
     @property
     def limits(self) -> RelayLimits:
@@ -306,6 +514,10 @@ class RelayServer:
         if self._queue_handle is not None:
             self._queue_handle.cancel()
             self._queue_handle = None
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tcp_server.wait_closed(), timeout)
         await self.endpoint.close(timeout=timeout)
         await asyncio.sleep(0)  # let the transport release the socket (a restart may bind the same port)
 
@@ -335,30 +547,97 @@ class RelayServer:
         except RelayFull as exc:
             self.stats.refused_full += 1
             log.warning("relay full: refusing %s (%s)", handler.node, exc)
-            self._send_frame(conn, exc.frame)
-            conn.close(RELAY_SERVER_FULL, str(exc))
+            self._send_frame(handler, exc.frame)
+            handler.close(RELAY_SERVER_FULL, str(exc))
             return handler
+        self._admit(handler, actions, "udp")
+        return handler
+
+    def _admit(self, handler: _Handler, actions: list[tuple[NodeId, bytes]], how: str) -> None:
+        """Make a registered client the node's current one (replacing an older connection)."""
         old = self._handlers.get(handler.node)
-        if old is not None and old.conn is not conn:
+        if old is not None and old is not handler:
             log.info("relay client %s reconnected; closing its old connection", handler.node)
             old.registered = False
-            old.conn.close(0, "replaced by a newer connection of the same node")
+            old.close(0, "replaced by a newer connection of the same node")
         handler.registered = True
         handler.observed = self.router.observed_addr(handler.node)
         self._handlers[handler.node] = handler
         if self._check_handle is None and not self._closed:
-            self._check_handle = conn.loop.call_later(self.check_interval, self._check_clients)
+            self._check_handle = asyncio.get_running_loop().call_later(self.check_interval, self._check_clients)
         log.info(
-            "relay client %s connected from %s:%d (%d clients)",
+            "relay client %s connected over %s from %s:%d (%d clients)",
             handler.node,
+            how,
             *handler.peer_address(),
             len(self.router),
         )
         for _, frame in actions:  # OBSERVED_ADDR for the new client (not "connected" until we return)
-            self._send_frame(conn, frame)
-        return handler
+            self._send_frame(handler, frame)
 
-    def _lost(self, handler: _ClientHandler, exc: Exception | None) -> None:
+    async def _serve_tcp(self, ws: ServerConnection) -> None:
+        """One TCP client: HELLO, its AUTH, then its relay frames until it goes (or breaks a rule)."""
+        if self._closed or self._tcp_handshakes >= self.max_tcp_handshakes:
+            self.stats.tcp_handshake_failures += 1
+            await ws.close(1013, "relay busy")
+            return
+        peer = ws.remote_address
+        self._tcp_handshakes += 1
+        try:
+            hello = Hello.create(self.endpoint.secret_key, self._tcp_fingerprint)
+            async with asyncio.timeout(self.tcp_handshake_timeout):
+                await ws.send(hello.encode())
+                auth = parse_auth(await ws.recv())
+            if not auth.verify(hello.nonce, self.node_id, self._tcp_fingerprint):
+                raise ProtocolError(f"AUTH from {auth.node}: the signature does not verify (replayed or forged?)")
+        except (TimeoutError, ProtocolError) as exc:
+            self.stats.tcp_handshake_failures += 1
+            why = f"no AUTH within {self.tcp_handshake_timeout:g}s" if isinstance(exc, TimeoutError) else str(exc)
+            log.warning("relay over TCP: dropping %s: %s", peer, why)
+            await ws.close(1008, why[:120])
+            return
+        except WebSocketClosed:
+            self.stats.tcp_handshake_failures += 1
+            return
+        finally:
+            self._tcp_handshakes -= 1
+        handler = _TcpClientHandler(self, ws, auth.node, self.tcp_send_buffer)
+        self.stats.connections_accepted += 1
+        self.stats.tcp_connections_accepted += 1
+        try:
+            actions = self.router.register(
+                auth.node,
+                handler.now(),
+                conn=handler,
+                observed_addr=handler.peer_address(),
+                max_datagram_size=TCP_MAX_FRAME,
+            )
+        except RelayFull as exc:
+            self.stats.refused_full += 1
+            log.warning("relay full: refusing %s over TCP (%s)", auth.node, exc)
+            with contextlib.suppress(WebSocketClosed):
+                await ws.send(exc.frame)
+            await ws.close(1013, "relay full")
+            return
+        self._admit(handler, actions, "tcp")
+        writer = asyncio.get_running_loop().create_task(handler.writer(), name=f"relay tcp writer {auth.node}")
+        lost: Exception | None = None
+        try:
+            async for message in ws:
+                if not isinstance(message, bytes):
+                    self._violation(handler, "sent a text WebSocket message; relay frames are binary")
+                if handler.violated:
+                    break
+                self._datagram(handler, message)  # type: ignore[arg-type]
+        except WebSocketClosed as exc:
+            lost = exc
+        finally:
+            handler.close(0, "connection closed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(writer, 2.0)
+            self._lost(handler, lost)
+
+    def _lost(self, handler: _Handler, exc: Exception | None) -> None:
         self.stats.connections_closed += 1
         if self._handlers.get(handler.node) is handler:
             del self._handlers[handler.node]
@@ -367,7 +646,7 @@ class RelayServer:
             handler.registered = False
             log.info("relay client %s disconnected: %s (%d clients)", handler.node, exc, len(self.router))
 
-    def _violation(self, handler: _ClientHandler, reason: str) -> None:
+    def _violation(self, handler: _Handler, reason: str) -> None:
         if handler.violated:  # more events of the same batch
             return
         handler.violated = True
@@ -375,10 +654,10 @@ class RelayServer:
         message = f"protocol violation: {reason}"
         log.warning("relay client %s: %s; closing its connection", handler.node, message)
         if handler.registered:
-            self._send_frame(handler.conn, Error(ErrorCode.PROTOCOL, message[:900]).encode())
+            self._send_frame(handler, Error(ErrorCode.PROTOCOL, message[:900]).encode())
             self.router.unregister(handler.node, handler.conn)
             handler.registered = False
-        handler.conn.close(RELAY_PROTOCOL_ERROR, message[:900])
+        handler.close(RELAY_PROTOCOL_ERROR, message[:900])
 
     # -- datagrams -----------------------------------------------------------
 
@@ -389,16 +668,16 @@ class RelayServer:
             return
         actions: list[tuple[NodeId, bytes]] = []
         for handler in list(self._handlers.values()):
-            if handler.registered and handler.conn.is_connected:
+            if handler.registered and handler.is_connected:
                 actions.extend(self._refresh(handler))
         self._dispatch(actions)
         if self._handlers:
             self._check_handle = asyncio.get_running_loop().call_later(self.check_interval, self._check_clients)
 
-    def _refresh(self, handler: _ClientHandler) -> list[tuple[NodeId, bytes]]:
+    def _refresh(self, handler: _Handler) -> list[tuple[NodeId, bytes]]:
         """Keep a client's observed address and datagram size current (NAT rebinding, PMTU changes)."""
         node = handler.node
-        self.router.set_max_datagram_size(node, hooks.max_datagram_frame_payload(handler.conn.quic))
+        self.router.set_max_datagram_size(node, handler.max_frame())
         addr = handler.peer_address()
         if addr == handler.observed:
             return []
@@ -409,13 +688,13 @@ class RelayServer:
             log.info("relay client %s now seen at %s:%d", node, *addr)
         return update
 
-    def _datagram(self, handler: _ClientHandler, data: bytes) -> None:
+    def _datagram(self, handler: _Handler, data: bytes) -> None:
         if not handler.registered or handler.violated:
             return
         self.stats.datagrams_received += 1
         node = handler.node
         actions = self._refresh(handler)
-        now = handler.conn.now()
+        now = handler.now()
         try:
             actions.extend(self.router.handle_datagram(node, data, now, self._room))
         except ProtocolError as exc:
@@ -427,9 +706,9 @@ class RelayServer:
     def _room(self, node: NodeId) -> int:
         """How many more DATAGRAM frames ``node``'s connection queues now (the router's ``room``)."""
         handler = self._handlers.get(node)
-        if handler is None or not handler.registered or not handler.conn.is_connected:
+        if handler is None or not handler.registered or not handler.is_connected:
             return 0
-        return self.max_pending_datagrams - hooks.pending_datagram_frames(handler.conn.quic)
+        return handler.room(self.max_pending_datagrams)
 
     def _schedule_queue(self, now: float) -> None:
         """Arm the timer that sends the router's waiting frames when they are due."""
@@ -459,29 +738,29 @@ class RelayServer:
         self._schedule_queue(now)
 
     def _dispatch(self, actions: list[tuple[NodeId, bytes]]) -> None:
-        touched: dict[PeerConnection, None] = {}
+        touched: dict[_Handler, None] = {}
         for dst, frame in actions:
             target = self._handlers.get(dst)
-            if target is None or not target.registered or not target.conn.is_connected:
+            if target is None or not target.registered or not target.is_connected:
                 self.stats.dropped_gone += 1
                 continue
-            if self._queue_frame(target.conn, frame):
-                touched[target.conn] = None
-        for conn in touched:
+            if self._queue_frame(target, frame):
+                touched[target] = None
+        for handler in touched:
             # once the callbacks already queued have run: the frames a whole batch of received
             # datagrams produced for one client then share its packets (fewer encryptions and
             # sendto calls per forwarded packet; see docs/benchmarks.md, "Paths")
-            conn.schedule_transmit()
+            handler.flush()
 
-    def _queue_frame(self, conn: PeerConnection, frame: bytes) -> bool:
-        if not queue_datagram_frame(conn.quic, frame, self.max_pending_datagrams, self.stats):
+    def _queue_frame(self, handler: _Handler, frame: bytes) -> bool:
+        if not handler.queue_frame(frame, self.max_pending_datagrams, self.stats):
             return False
         self.stats.datagrams_sent += 1
         return True
 
-    def _send_frame(self, conn: PeerConnection, frame: bytes) -> None:
-        if self._queue_frame(conn, frame):
-            conn.transmit()
+    def _send_frame(self, handler: _Handler, frame: bytes) -> None:
+        if self._queue_frame(handler, frame):
+            handler.flush(now=True)
 
     def __repr__(self) -> str:
         return f"<RelayServer {self.node_id} {len(self.router)} clients>"

@@ -8,6 +8,11 @@ an IPv6 address in brackets, or a DNS name (resolved when connecting)::
     p2p-relay://yb1...52 chars...@203.0.113.7:7842
     p2p-relay://yb1...@[2001:db8::7]:7842
     p2p-relay://yb1...@relay.example.org:7842
+
+A relay that also serves over TCP (TLS + WebSocket, for networks that block
+UDP) says so with the query parameter ``tcp``, its TCP port on the same host::
+
+    p2p-relay://yb1...@relay.example.org:7842?tcp=443
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class InvalidRelayUrl(InvalidConfiguration):
         self.text = text
         self.reason = reason
         super().__init__(
-            f"invalid relay URL {text!r}: {reason} (expected {RELAY_URL_SCHEME}://NODE_ID@HOST:PORT, "
+            f"invalid relay URL {text!r}: {reason} (expected {RELAY_URL_SCHEME}://NODE_ID@HOST:PORT[?tcp=PORT], "
             f"with an IPv6 HOST in brackets)"
         )
 
@@ -72,12 +77,17 @@ class RelayUrl:
     node_id: NodeId
     host: str
     port: int
+    #: The relay's TCP port (relay over TLS + WebSocket), if it serves one.
+    tcp_port: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, NodeId):
             raise InvalidRelayUrl(self.node_id, "node_id must be a NodeId")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
             raise InvalidRelayUrl(self.port, "port must be an integer in 1..65535")
+        tcp = self.tcp_port
+        if tcp is not None and (isinstance(tcp, bool) or not isinstance(tcp, int) or not 1 <= tcp <= 65535):
+            raise InvalidRelayUrl(tcp, "tcp_port must be an integer in 1..65535")
         host = self.host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
@@ -96,11 +106,20 @@ class RelayUrl:
             raise InvalidRelayUrl(text, "missing scheme")
         if scheme.lower() != RELAY_URL_SCHEME:
             raise InvalidRelayUrl(text, f"unsupported scheme {scheme!r}")
+        rest, question, query = rest.partition("?")
         if rest.endswith("/"):
             rest = rest[:-1]
         for ch in "/?#":
             if ch in rest:
-                raise InvalidRelayUrl(text, "a relay URL has no path, query or fragment")
+                raise InvalidRelayUrl(text, "a relay URL has no path or fragment")
+        tcp_port: int | None = None
+        if question:
+            name, eq, value = query.partition("=")
+            if name != "tcp" or not eq:
+                raise InvalidRelayUrl(text, "the only query a relay URL has is ?tcp=PORT")
+            if not value.isdigit() or not value.isascii() or not 1 <= int(value) <= 65535:
+                raise InvalidRelayUrl(text, f"tcp port {value!r} is not a number in 1..65535")
+            tcp_port = int(value)
         node_text, at, hostport = rest.partition("@")
         if not at:
             raise InvalidRelayUrl(text, "missing NODE_ID@ (the relay's node id, so that impostors are refused)")
@@ -127,7 +146,7 @@ class RelayUrl:
         port = int(port_text)
         if not 1 <= port <= 65535:
             raise InvalidRelayUrl(text, f"port {port} is not in 1..65535")
-        return cls(node_id, _check_host(host, text), port)
+        return cls(node_id, _check_host(host, text), port, tcp_port)
 
     @property
     def is_ip(self) -> bool:
@@ -151,4 +170,5 @@ class RelayUrl:
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{RELAY_URL_SCHEME}://{self.node_id}@{host}:{self.port}"
+        tcp = f"?tcp={self.tcp_port}" if self.tcp_port is not None else ""
+        return f"{RELAY_URL_SCHEME}://{self.node_id}@{host}:{self.port}{tcp}"

@@ -57,8 +57,11 @@ def test_constructor_accepts_a_bare_ipv6_host() -> None:
         (f"p2p-relay://{NODE}@1.2.3.256:5", "not a valid IPv4 address"),
         (f"p2p-relay://{NODE}@bad_host!:5", "neither an IP address nor a valid DNS name"),
         (f"p2p-relay://{NODE}@:5", "missing host"),
-        (f"p2p-relay://{NODE}@1.2.3.4:5/path", "no path, query or fragment"),
-        (f"p2p-relay://{NODE}@1.2.3.4:5?x=1", "no path, query or fragment"),
+        (f"p2p-relay://{NODE}@1.2.3.4:5/path", "no path or fragment"),
+        (f"p2p-relay://{NODE}@1.2.3.4:5?x=1", "the only query a relay URL has is ?tcp=PORT"),
+        (f"p2p-relay://{NODE}@1.2.3.4:5?tcp=0", "not a number in 1..65535"),
+        (f"p2p-relay://{NODE}@1.2.3.4:5?tcp=x", "not a number in 1..65535"),
+        (f"p2p-relay://{NODE}@1.2.3.4:5?tcp", "the only query a relay URL has is ?tcp=PORT"),
         (f"p2p-relay://{NODE}@a@1.2.3.4:5", "more than one '@'"),
     ],
 )
@@ -84,3 +87,12 @@ def test_round_trip(node: NodeId, ip: str, port: int) -> None:
     url = RelayUrl(node, ip, port)
     assert RelayUrl.parse(str(url)) == url
     assert str(RelayUrl.parse(str(url))) == str(url)
+
+
+def test_tcp_port_round_trips() -> None:
+    """A relay that also serves over TCP carries its TCP port as ?tcp=PORT; str() and parse() agree."""
+    url = RelayUrl.parse(f"p2p-relay://{NODE}@relay.example.org:7842?tcp=443")
+    assert url.tcp_port == 443 and url.port == 7842 and url.host == "relay.example.org"
+    assert str(url) == f"p2p-relay://{NODE}@relay.example.org:7842?tcp=443"
+    assert RelayUrl.parse(str(url)) == url
+    assert RelayUrl.parse(f"p2p-relay://{NODE}@1.2.3.4:5").tcp_port is None
