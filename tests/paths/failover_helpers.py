@@ -244,7 +244,9 @@ class BlobApp:
 
 async def serve_blobs(server_ep: Endpoint, client_ep: Endpoint) -> tuple[BlobApp, H3Server, httpx.AsyncClient]:
     app = BlobApp()
-    server = H3Server(app, server_ep, lifespan="off", timeout_graceful_shutdown=1.0)
+    # these tests follow one connection through idle periods longer than the server's idle
+    # connection timeout (its own tests: tests/http/test_idle.py), so it is off here
+    server = H3Server(app, server_ep, lifespan="off", timeout_graceful_shutdown=1.0, idle_connection_timeout=None)
     await server.startup()
     transport = P2PTransport(client_ep)
     transport.add_addr(relay_only(server_ep))  # the first request goes through the relay
