@@ -331,6 +331,9 @@ class Gateway:
         node_id = _node_id_of(addr)
         try:
             cc = await connect_h3(probe, addr)
+            # connect_h3 returns once our Finished is sent; whether the node accepted the
+            # probe is known only when the handshake is confirmed (or refused)
+            await cc.conn.wait_ready(probe.config.connect_timeout, confirmed=True)
         except AuthenticationFailed as exc:
             if "not allowed" in _one_line(exc):
                 return  # the node restricts its callers: it listed this gateway (or refuses it next)
