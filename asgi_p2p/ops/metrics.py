@@ -180,6 +180,11 @@ class NodeCollector(Collector):
         unroutable.add_metric([], router.unroutable_datagrams)
         yield unroutable
 
+        validated = _counter(
+            "asgi_p2p_handshake_validated_paths", "Direct paths a transport handshake proved live (no disco probe)"
+        )
+        validated.add_metric([], paths.handshake_validated_paths)
+        yield validated
         disco = _counter("asgi_p2p_disco_probes", "Disco path probes, by event", ["event"])
         disco.add_metric(["ping_sent"], paths.disco_pings_sent)
         disco.add_metric(["ping_answered"], paths.disco_pings_answered)

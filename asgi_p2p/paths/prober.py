@@ -529,6 +529,7 @@ class PathProber:
         path.unanswered_since = None
         path.suspect_until = None
         path.state = PathState.LIVE
+        self.stats.handshake_validated_paths += 1
         path.attempts = 0
         path.opened_at = now
         path.next_ping_at = now + self.config.keepalive_interval

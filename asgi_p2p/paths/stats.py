@@ -34,6 +34,8 @@ class PathStats:
     relay_bytes_received: int = 0
     #: a peer's chosen path changed, by the kind of the new one (``direct`` or ``relay``)
     path_switches: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: direct paths an authenticated transport handshake proved live (no disco PING/PONG needed)
+    handshake_validated_paths: int = 0
     #: disco PINGs sent (path probes, size probes included)
     disco_pings_sent: int = 0
     #: disco PINGs answered with a PONG

@@ -140,7 +140,8 @@ async def test_scrape_after_requests_counts_them_by_method_and_status(nodes: tup
         assert value(s, "asgi_p2p_handshakes_total", outcome="accepted") == 1
         assert value(s, "asgi_p2p_handshakes_total", outcome="established") == 1
         assert value(s, "asgi_p2p_handshake_refusals_total", reason="not_allowed") == 0
-        assert value(s, "asgi_p2p_disco_probes_total", event="ping_sent") >= 1
+        # the direct handshake proved the client's address: a live path without a disco probe
+        assert value(s, "asgi_p2p_handshake_validated_paths_total") == 1
         assert value(s, "asgi_p2p_disco_rejected_total", reason="forged") == 0
         assert value(s, "process_cpu_seconds_total") > 0
         assert ("asgi_p2p_relay_connected", frozenset()) not in s  # no relay configured
