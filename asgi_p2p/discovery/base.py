@@ -22,9 +22,16 @@ from typing import Protocol, runtime_checkable
 from ..errors import DiscoveryFailed, P2PError
 from ..identity import NodeAddr, NodeId
 from ..ticket import Ticket
-from .records import check_name
+from .records import SignedNodeRecord, check_name
 
-__all__ = ["ChainedDiscovery", "Discovery", "DiscoveryChainFailed", "StaticDiscovery", "merge_node_addrs"]
+__all__ = [
+    "ChainedDiscovery",
+    "Discovery",
+    "DiscoveryChainFailed",
+    "RecordPublisher",
+    "StaticDiscovery",
+    "merge_node_addrs",
+]
 
 log = logging.getLogger("asgi_p2p.discovery")
 
@@ -78,6 +85,83 @@ def merge_node_addrs(first: NodeAddr, *others: NodeAddr) -> NodeAddr:
 
 def _usable(addr: NodeAddr) -> bool:
     return bool(addr.direct_addresses) or addr.relay_url is not None
+
+
+class RecordPublisher:
+    """Publishing one signed record of our node and republishing it before it expires.
+
+    Shared by the sources that publish to a third party (the directory client, DNS).
+    A subclass calls :meth:`_init_publisher` in ``__init__``, sets ``refresh``, and
+    supplies :meth:`_publish_once` (one publication; raises
+    :class:`~asgi_p2p.errors.DiscoveryFailed`), :meth:`_record_lifetime` and
+    :meth:`_log_refresh_failure`; its ``publish`` checks the node id, then calls
+    :meth:`_start_publishing`, and its ``unpublish`` calls :meth:`_withdraw` first.
+    The record is republished at 3/4 of its lifetime (sooner after a failure).
+    """
+
+    refresh: bool
+    #: The record we last published successfully.
+    record: SignedNodeRecord | None
+
+    def _init_publisher(self) -> None:
+        self._published: tuple[NodeAddr, str | None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self.record = None
+
+    async def _publish_once(self, addr: NodeAddr, name: str | None) -> None:
+        raise NotImplementedError
+
+    def _record_lifetime(self) -> float:
+        """Seconds a record we publish stays valid."""
+        raise NotImplementedError
+
+    def _first_refresh_delay(self) -> float:
+        return self._record_lifetime() * 0.75
+
+    def _log_refresh_failure(self, retry: float, exc: DiscoveryFailed) -> None:
+        raise NotImplementedError
+
+    async def _start_publishing(self, addr: NodeAddr, name: str | None) -> None:
+        """Publish once now, then (if ``refresh``) keep the record fresh in the background."""
+        if name is not None:
+            check_name(name)
+        await self._publish_once(addr, name)
+        self._published = (addr, name)
+        if self.refresh and (self._refresher is None or self._refresher.done()):
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        retry = min(30.0, max(1.0, self._record_lifetime() / 20))
+        delay = self._first_refresh_delay()
+        while True:
+            await asyncio.sleep(delay)
+            if self._published is None:
+                return
+            try:
+                await self._publish_once(*self._published)
+                delay = self._record_lifetime() * 0.75
+            except DiscoveryFailed as exc:
+                self._log_refresh_failure(retry, exc)
+                delay = retry
+
+    def _withdraw(self) -> bool:
+        """Stop refreshing and forget the record; whether there was one to delete."""
+        self._stop_refresh()
+        if self._published is None:
+            return False
+        self._published = None
+        self.record = None
+        return True
+
+    def _stop_refresh(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+
+    async def close(self) -> None:
+        """Stop refreshing (the record stays until it expires)."""
+        self._stop_refresh()
+        self._published = None
 
 
 class StaticDiscovery:

@@ -52,6 +52,7 @@ from aioquic.quic.events import QuicEvent, StreamDataReceived, StreamReset
 from ..errors import ConnectionClosed, DiscoveryFailed, P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
 from ..ticket import Ticket
+from .base import RecordPublisher
 from .records import (
     Directory,
     DirectoryFull,
@@ -404,7 +405,7 @@ def record_addrs(addr: NodeAddr) -> list[tuple[str, int]]:
     return out[:MAX_ADDRS]
 
 
-class DirectoryClient:
+class DirectoryClient(RecordPublisher):
     """Publish our record to a directory and resolve others' (a :class:`Discovery` source).
 
     Args:
@@ -445,10 +446,7 @@ class DirectoryClient:
         self.refresh = refresh
         self._slots = asyncio.Semaphore(max_concurrent)
         self._seq = 0
-        self._published: tuple[NodeAddr, str | None] | None = None
-        #: The record we last published successfully.
-        self.record: SignedNodeRecord | None = None
-        self._refresher: asyncio.Task[None] | None = None
+        self._init_publisher()
         _mux(endpoint)
 
     @property
@@ -561,12 +559,7 @@ class DirectoryClient:
         """Publish our record (and keep refreshing it); raises :class:`DirectoryError` on refusal."""
         if addr.node_id != self.key.node_id:
             raise ValueError(f"this client publishes only its own node {self.key.node_id}, not {addr.node_id}")
-        if name is not None:
-            check_name(name)
-        await self._publish_once(addr, name)
-        self._published = (addr, name)
-        if self.refresh and (self._refresher is None or self._refresher.done()):
-            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+        await self._start_publishing(addr, name)
 
     async def _publish_once(self, addr: NodeAddr, name: str | None) -> None:
         signed = self.make_record(addr, name)
@@ -576,37 +569,19 @@ class DirectoryClient:
         self.record = signed
         log.info("published our record (seq %d) to %s", signed.record.seq, self._where())
 
-    async def _refresh_loop(self) -> None:
-        retry = min(30.0, max(1.0, self.ttl / 20))
-        delay = min(self.ttl * 0.75, FIRST_REFRESH)
-        while True:
-            await asyncio.sleep(delay)
-            if self._published is None:
-                return
-            try:
-                await self._publish_once(*self._published)
-                delay = self.ttl * 0.75
-            except DiscoveryFailed as exc:
-                log.warning("refreshing our record at %s failed (retrying in %g s): %s", self._where(), retry, exc)
-                delay = retry
+    def _record_lifetime(self) -> float:
+        return self.ttl
+
+    def _first_refresh_delay(self) -> float:
+        return min(self.ttl * 0.75, FIRST_REFRESH)
+
+    def _log_refresh_failure(self, retry: float, exc: DiscoveryFailed) -> None:
+        log.warning("refreshing our record at %s failed (retrying in %g s): %s", self._where(), retry, exc)
 
     async def unpublish(self) -> None:
         """Stop refreshing and remove our record from the directory."""
-        self._stop_refresh()
-        if self._published is None:
+        if not self._withdraw():
             return
-        self._published = None
-        self.record = None
         status, body = await self.request(Op.UNPUBLISH)
         if status != Status.OK:
             raise self._fail(status, body, "unpublishing")
-
-    def _stop_refresh(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            self._refresher = None
-
-    async def close(self) -> None:
-        """Stop refreshing (the record stays until it expires)."""
-        self._stop_refresh()
-        self._published = None

@@ -48,6 +48,7 @@ from dns.rdtypes.ANY.TXT import TXT
 
 from ..errors import DiscoveryFailed, InvalidConfiguration
 from ..identity import NodeAddr, NodeId, SecretKey
+from .base import RecordPublisher
 from .directory import record_addrs
 from .records import InvalidRecord, NodeRecord, SignedNodeRecord, check_name
 
@@ -148,7 +149,7 @@ class DnsUpdate:
         raise InvalidConfiguration("TSIG key: expected [ALGORITHM:]NAME:SECRET")
 
 
-class DnsDiscovery:
+class DnsDiscovery(RecordPublisher):
     """Resolve (and, if configured, publish) signed node records in DNS (a :class:`Discovery` source).
 
     Args:
@@ -199,10 +200,7 @@ class DnsDiscovery:
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._cache: OrderedDict[str, tuple[NodeAddr, float]] = OrderedDict()
         self._seq = 0
-        self._published: tuple[NodeAddr, str | None] | None = None
-        self._refresher: asyncio.Task[None] | None = None
-        #: The record we last published.
-        self.record: SignedNodeRecord | None = None
+        self._init_publisher()
 
     def _where(self) -> str:
         if self._servers:
@@ -344,12 +342,7 @@ class DnsDiscovery:
             return
         if addr.node_id != self.key.node_id:
             raise ValueError(f"this source publishes only node {self.key.node_id}, not {addr.node_id}")
-        if name is not None:
-            check_name(name)
-        await self._publish_once(addr, name)
-        self._published = (addr, name)
-        if self.refresh and (self._refresher is None or self._refresher.done()):
-            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+        await self._start_publishing(addr, name)
 
     async def _publish_once(self, addr: NodeAddr, name: str | None) -> None:
         assert self.key is not None
@@ -361,37 +354,16 @@ class DnsDiscovery:
         self.record = signed
         log.info("dns: published our record (seq %d) at %s", signed.record.seq, self.qname(self.key.node_id))
 
-    async def _refresh_loop(self) -> None:
-        retry = min(30.0, max(1.0, self.record_ttl / 20))
-        delay = self.record_ttl * 0.75
-        while True:
-            await asyncio.sleep(delay)
-            if self._published is None:
-                return
-            try:
-                await self._publish_once(*self._published)
-                delay = self.record_ttl * 0.75
-            except DiscoveryFailed as exc:
-                log.warning("dns: refreshing our record failed (retrying in %g s): %s", retry, exc)
-                delay = retry
+    def _record_lifetime(self) -> float:
+        return self.record_ttl
+
+    def _log_refresh_failure(self, retry: float, exc: DiscoveryFailed) -> None:
+        log.warning("dns: refreshing our record failed (retrying in %g s): %s", retry, exc)
 
     async def unpublish(self) -> None:
         """Stop refreshing and delete our TXT record (nothing if we published none)."""
-        self._stop_refresh()
-        if self._published is None or self.key is None:
+        if not self._withdraw() or self.key is None:
             return
-        self._published = None
-        self.record = None
         message = self._message()
         message.delete(self.qname(self.key.node_id), "TXT")
         await self._send_update(message, f"unpublishing node {self.key.node_id} from DNS")
-
-    def _stop_refresh(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            self._refresher = None
-
-    async def close(self) -> None:
-        """Stop refreshing (the record stays until it expires)."""
-        self._stop_refresh()
-        self._published = None
