@@ -154,7 +154,7 @@ def run_status(args: argparse.Namespace) -> int:
     from ..ops.status import format_status
 
     status = _call(args, "status")
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC)  # wall-clock ok: the CLI shows 'since' as a UTC time
     for row in status.get("peers", []) + status.get("relay_connections", []):
         seconds = row.get("connected_seconds")
         if seconds is not None:

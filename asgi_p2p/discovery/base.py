@@ -14,6 +14,7 @@ to the chain are asked, and static discovery keeps everything in memory.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -87,7 +88,7 @@ def _usable(addr: NodeAddr) -> bool:
     return bool(addr.direct_addresses) or addr.relay_url is not None
 
 
-class RecordPublisher:
+class RecordPublisher(abc.ABC):
     """Publishing one signed record of our node and republishing it before it expires.
 
     Shared by the sources that publish to a third party (the directory client, DNS).
@@ -108,18 +109,20 @@ class RecordPublisher:
         self._refresher: asyncio.Task[None] | None = None
         self.record = None
 
+    @abc.abstractmethod
     async def _publish_once(self, addr: NodeAddr, name: str | None) -> None:
-        raise NotImplementedError
+        """Publish the record once (raises :class:`~asgi_p2p.errors.DiscoveryFailed`)."""
 
+    @abc.abstractmethod
     def _record_lifetime(self) -> float:
         """Seconds a record we publish stays valid."""
-        raise NotImplementedError
 
     def _first_refresh_delay(self) -> float:
         return self._record_lifetime() * 0.75
 
+    @abc.abstractmethod
     def _log_refresh_failure(self, retry: float, exc: DiscoveryFailed) -> None:
-        raise NotImplementedError
+        """Say that a refresh failed and when it is retried."""
 
     async def _start_publishing(self, addr: NodeAddr, name: str | None) -> None:
         """Publish once now, then (if ``refresh``) keep the record fresh in the background."""

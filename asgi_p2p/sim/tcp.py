@@ -556,16 +556,7 @@ class TcpNetwork:
     ) -> tuple[SimTcpTransport, asyncio.BaseProtocol]:
         """``loop.create_connection`` on the simulated network."""
         call = f"create_connection({host!r}, {port!r}) at {caller_location()}"
-        if sock is not None:
-            raise RealIOForbidden(f"{call} with sock= needs a real socket, which is not allowed inside a simulation")
-        if ssl:
-            raise RealIOForbidden(
-                f"{call} with ssl=: TLS over simulated TCP is not supported (use plain TCP, http:// URLs, "
-                "inside a simulation; real I/O is not allowed inside a simulation)"
-            )
-        me = self._host_of(call, on)
-        if not me.up:
-            raise OSError(errno.ENETDOWN, f"{call}: simulated host {me.name} is down")
+        me = self._open_on(call, on, sock, ssl)
         dst = (self._target(me, host, call), _port(port, call))
         state = self._state(me)
         if local_addr is not None:
@@ -592,6 +583,20 @@ class TcpNetwork:
         assert end._protocol is not None
         return end, end._protocol
 
+    def _open_on(self, call: str, on: StreamHost | None, sock: Any, ssl: Any) -> StreamHost:
+        """The simulated host ``call`` runs on, refusing what needs real I/O (``sock=``, ``ssl=``)."""
+        if sock is not None:
+            raise RealIOForbidden(f"{call} with sock= needs a real socket, which is not allowed inside a simulation")
+        if ssl:
+            raise RealIOForbidden(
+                f"{call} with ssl=: TLS over simulated TCP is not supported (use plain TCP, http:// URLs, "
+                "inside a simulation; real I/O is not allowed inside a simulation)"
+            )
+        me = self._host_of(call, on)
+        if not me.up:
+            raise OSError(errno.ENETDOWN, f"{call}: simulated host {me.name} is down")
+        return me
+
     async def create_server(
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
@@ -607,16 +612,7 @@ class TcpNetwork:
     ) -> SimTcpServer:
         """``loop.create_server`` on the simulated network."""
         call = f"create_server({host!r}, {port!r}) at {caller_location()}"
-        if sock is not None:
-            raise RealIOForbidden(f"{call} with sock= needs a real socket, which is not allowed inside a simulation")
-        if ssl:
-            raise RealIOForbidden(
-                f"{call} with ssl=: TLS over simulated TCP is not supported (real I/O is not allowed inside "
-                "a simulation)"
-            )
-        me = self._host_of(call, on)
-        if not me.up:
-            raise OSError(errno.ENETDOWN, f"{call}: simulated host {me.name} is down")
+        me = self._open_on(call, on, sock, ssl)
         names = [host] if host is None or isinstance(host, (str, bytes)) else list(host)
         for name in names:
             text = name.decode() if isinstance(name, bytes) else name
