@@ -6,6 +6,7 @@ reaches the relay only through the :class:`~asgi_p2p.paths.link.RelayLink` it
 defines.  :meth:`Node.bind` is where they meet::
 
     node = await Node.bind(relay_url=url)       # endpoint + messages + relay client
+    node = await Node.bind(relay_urls=[a, b])   # ... or a home relay chosen among several
     conn = await node.connect(peer_node_addr)    # the raw message API
     serve(app, node)                             # HTTP/3 (asgi_p2p.http) on the same node
 
@@ -15,15 +16,17 @@ The CLI, the examples and the tests build their nodes here.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from .config import NetworkConfig
 from .endpoint.endpoint import AllowPolicy, Endpoint, NodeResolver
+from .errors import InvalidConfiguration
 from .identity import NodeAddr, NodeId, SecretKey
 from .messages import MessageConnection, MessageListener, MessageService
 from .net.base import DatagramNetwork
 from .paths.link import ManagedRelayLink, RelaySink
 from .relay.client import RelayClient
+from .relay.fleet import RelayFleet
 
 __all__ = ["Node", "RelayFactory"]
 
@@ -64,6 +67,7 @@ class Node(Endpoint):
         network: DatagramNetwork | None = None,
         rng: random.Random | None = None,
         relay_url: str | None = None,
+        relay_urls: Sequence[str] | None = None,
         relay_factory: RelayFactory | None = None,
         discovery: NodeResolver | None = None,
     ) -> Node:
@@ -78,6 +82,10 @@ class Node(Endpoint):
         :class:`~asgi_p2p.discovery.ChainedDiscovery`) is asked where a node
         dialed by id alone is.
         """
+        if relay_url is not None and relay_urls is not None:
+            raise InvalidConfiguration("pass relay_url or relay_urls, not both")
+        if relay_urls is not None and (isinstance(relay_urls, str) or not relay_urls):
+            raise InvalidConfiguration(f"relay_urls must be a non-empty list of relay URLs, got {relay_urls!r}")
         node = await super().bind(
             secret_key,
             host=host,
@@ -89,10 +97,17 @@ class Node(Endpoint):
             rng=rng,
             discovery=discovery,
         )
-        if relay_url is not None:
-            factory = relay_factory if relay_factory is not None else RelayClient
-            sink: RelaySink = node.router
-            node.use_relay(factory(node, relay_url, sink, rng=random.Random(node.rng.getrandbits(64))))
+        sink: RelaySink = node.router
+        rng = random.Random(node.rng.getrandbits(64)) if relay_url is not None or relay_urls is not None else None
+        try:
+            if relay_url is not None:
+                factory = relay_factory if relay_factory is not None else RelayClient
+                node.use_relay(factory(node, relay_url, sink, rng=rng))
+            elif relay_urls is not None:
+                node.use_relay(RelayFleet(node, list(relay_urls), sink, rng=rng, client_factory=relay_factory))
+        except BaseException:
+            await node.close(timeout=0.0)
+            raise
         return node
 
     async def connect(self, addr: NodeAddr | NodeId) -> MessageConnection:

@@ -36,7 +36,7 @@ from ..errors import (
 from ..identity import NodeAddr, NodeId, SecretKey
 from ..net.base import Address, DatagramNetwork
 from ..net.udp import UdpNetwork
-from ..paths.link import ManagedRelayLink
+from ..paths.link import ManagedRelayLink, RelayRoutes
 from ..paths.peer import PeerPaths
 from ..paths.route import Route, RouteOwner
 from ..paths.router import Router, virtual_address
@@ -531,7 +531,12 @@ class Endpoint:
                     discovered = f"discovery answered for node {found.node_id} instead"
         is_relay = alpn in self._relay_alpns
         relay = self._relay
-        relay_usable = relay is not None and node_addr.relay_url in (None, relay.relay_url)
+        if isinstance(relay, RelayRoutes) and not is_relay:
+            # several relays: the one the node's home relay is (connected to on demand)
+            relay = relay.link_for(node_id, node_addr.relay_url)
+            relay_usable = True
+        else:
+            relay_usable = relay is not None and node_addr.relay_url in (None, relay.relay_url)
         if not node_addr.direct_addresses and not relay_usable:
             if node_addr.relay_url is not None:
                 raise NodeNotFound(

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..identity import NodeId
 from ..net.base import Address
 
-__all__ = ["ManagedRelayLink", "RefusalReason", "RelayLink", "RelayRefusal", "RelaySink"]
+__all__ = ["ManagedRelayLink", "RefusalReason", "RelayLink", "RelayRefusal", "RelayRoutes", "RelaySink"]
 
 
 class RefusalReason(Enum):
@@ -109,3 +109,16 @@ class ManagedRelayLink(RelayLink, Protocol):
 
     async def close(self) -> None:
         """Disconnect for good."""
+
+
+@runtime_checkable
+class RelayRoutes(Protocol):
+    """A relay link over several relays (:class:`asgi_p2p.relay.fleet.RelayFleet`): peers on other relays too."""
+
+    def link_for(self, dest: NodeId, relay_url: str | None) -> ManagedRelayLink:
+        """The relay link that reaches ``dest``, whose home relay is ``relay_url`` (None: unknown).
+
+        Packets to ``dest`` go through it from now on; a relay this node is not connected
+        to is connected to on demand.  Raises a :class:`~asgi_p2p.errors.P2PError` saying
+        why when it cannot be.
+        """

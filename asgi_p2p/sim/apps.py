@@ -19,7 +19,7 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -202,6 +202,7 @@ class SimApps:
         secret_key: SecretKey | None = None,
         config: NetworkConfig | None = None,
         relay_url: str | None = None,
+        relay_urls: Sequence[str] | None = None,
         lifespan: LifespanMode = "auto",
         **server_options: Any,
     ) -> SimServer:
@@ -224,6 +225,7 @@ class SimApps:
             network=host,
             rng=self._rng(key_seed),
             relay_url=relay_url,
+            relay_urls=relay_urls,
         )
         server_options.setdefault("timeout_graceful_shutdown", SHUTDOWN_GRACE)
         try:
@@ -255,14 +257,17 @@ class SimApps:
         secret_key: SecretKey | None = None,
         config: NetworkConfig | None = None,
         relay_url: str | None = None,
+        relay_urls: Sequence[str] | None = None,
         timeout: float = 30.0,
         port: int = 0,
         wait_for_relay: float | None = None,
         **client_options: Any,
     ) -> httpx.AsyncClient:
         """An httpx client on ``host`` (see :meth:`Simulation.client`)."""
-        if wait_for_relay is not None and (relay_url is None or not wait_for_relay > 0):
-            raise ValueError(f"wait_for_relay needs a relay_url and > 0 virtual seconds, got {wait_for_relay!r}")
+        if wait_for_relay is not None and ((relay_url is None and not relay_urls) or not wait_for_relay > 0):
+            raise ValueError(
+                f"wait_for_relay needs a relay_url (or relay_urls) and > 0 virtual seconds, got {wait_for_relay!r}"
+            )
         if port:
             key_seed = f"{host.name}/client:{port}"
         else:
@@ -280,6 +285,7 @@ class SimApps:
             network=host,
             rng=self._rng(key_seed),
             relay_url=relay_url,
+            relay_urls=relay_urls,
         )
         if wait_for_relay is not None and node.relay is not None:
             try:

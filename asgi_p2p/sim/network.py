@@ -27,7 +27,7 @@ import logging
 import os
 import random
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -795,6 +795,7 @@ class Simulation:
         secret_key: SecretKey | None = None,
         config: NetworkConfig | None = None,
         relay_url: str | None = None,
+        relay_urls: Sequence[str] | None = None,
         lifespan: LifespanMode = "auto",
         **server_options: Any,
     ) -> SimServer:
@@ -806,9 +807,9 @@ class Simulation:
         is given, so a server restarted on the same host and port keeps its node id.
         The node is registered in :attr:`dns` under ``name`` (or its node id text) and
         the record follows its address.  ``relay_url`` (from :meth:`relay`) makes the
-        node keep a relay connection.  Returns a :class:`~asgi_p2p.sim.SimServer`
-        (``.server``, ``.node``, ``.addr``, ``.url``); :meth:`close` shuts it down
-        gracefully, after the clients.
+        node keep a relay connection (``relay_urls``: a home relay among several).
+        Returns a :class:`~asgi_p2p.sim.SimServer` (``.server``, ``.node``, ``.addr``,
+        ``.url``); :meth:`close` shuts it down gracefully, after the clients.
         """
         apps = self._app_helpers()
         on = self._app_host(host)
@@ -821,6 +822,7 @@ class Simulation:
                 secret_key=secret_key,
                 config=config,
                 relay_url=relay_url,
+                relay_urls=relay_urls,
                 lifespan=lifespan,
                 **server_options,
             )
@@ -833,6 +835,7 @@ class Simulation:
         secret_key: SecretKey | None = None,
         config: NetworkConfig | None = None,
         relay_url: str | None = None,
+        relay_urls: Sequence[str] | None = None,
         timeout: float = 30.0,
         port: int = 0,
         wait_for_relay: float | None = None,
@@ -849,7 +852,8 @@ class Simulation:
         client and its node first, before servers and relays.  The node binds ``port``
         (0: any); with a port its key is ``SecretKey.from_seed("<host>/client:<port>")``, so
         a client restarted on the same host and port keeps its node id.  ``wait_for_relay``
-        (virtual seconds, with ``relay_url``): return only once the relay connection is up.
+        (virtual seconds, with ``relay_url`` or ``relay_urls``): return only once the (home) relay
+        connection is up.
         """
         apps = self._app_helpers()
         on = self._app_host(host)
@@ -860,6 +864,7 @@ class Simulation:
                 secret_key=secret_key,
                 config=config,
                 relay_url=relay_url,
+                relay_urls=relay_urls,
                 timeout=timeout,
                 port=port,
                 wait_for_relay=wait_for_relay,
