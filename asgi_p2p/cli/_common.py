@@ -11,7 +11,7 @@ import math
 import os
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,9 @@ __all__ = [
     "log_options",
     "on_sighup",
     "parse_env_file",
+    "relay_kwargs",
     "relay_url_option",
+    "relay_urls_option",
     "secret_key",
     "setting_source",
     "signal_handlers",
@@ -349,7 +351,47 @@ def require_http() -> None:
 
 
 def add_relay_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, help_text: str) -> None:
-    p.add_argument("--relay", metavar="URL", help=f"{help_text} (default: ${RELAY_URL_ENV} if set)")
+    """``--relay URL``: repeatable and comma-separated (a list setting)."""
+    p.add_argument(
+        "--relay",
+        metavar="URL",
+        action="append",
+        help=f"{help_text}; repeat it (or separate URLs with commas) to give several relays: the node "
+        "makes the one with the lowest round-trip time its home relay, moves home when it dies, and "
+        f"reaches peers on the others (default: ${RELAY_URL_ENV} if set)",
+    )
+
+
+def relay_urls_option(values: Sequence[str] | None, source: str = "--relay") -> list[str]:
+    """The relay URLs of a repeatable, comma-separated ``--relay`` (normalized, in order).
+
+    Each value may hold several URLs separated by commas.  None (the option not given)
+    falls back to ``$ASGI_P2P_RELAY_URL``.  Raises :class:`InvalidConfiguration` naming
+    ``source`` for a URL that does not parse, and for more than :data:`MAX_RELAYS` relays.
+    """
+    from ..relay.fleet import MAX_RELAYS
+
+    if values is None:
+        env = os.environ.get(RELAY_URL_ENV, "").strip()
+        values, source = ([env] if env else []), f"${RELAY_URL_ENV}"
+    urls: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            url = relay_url_option(part.strip(), source) if part.strip() else None
+            if url is not None and url not in urls:
+                urls.append(url)
+    if len(urls) > MAX_RELAYS:
+        raise InvalidConfiguration(f"{source}: {len(urls)} relay URLs; at most {MAX_RELAYS} are allowed")
+    return urls
+
+
+def relay_kwargs(urls: Sequence[str]) -> dict[str, Any]:
+    """``Node.bind`` arguments for the relays of :func:`relay_urls_option`: none, one, or several."""
+    if not urls:
+        return {}
+    if len(urls) == 1:
+        return {"relay_url": urls[0]}
+    return {"relay_urls": list(urls)}
 
 
 def add_discovery_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, serving: bool) -> None:

@@ -135,7 +135,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.is_file():
             raise InvalidConfiguration(f"cannot read {path}: no such file")
-    args.relay_url = _common.relay_url_option(args.relay)
+    args.relay_urls = _common.relay_urls_option(args.relay)
     if args.mdns_interface and not args.mdns:
         raise InvalidConfiguration("--mdns-interface needs --mdns")
     args.mdns_ifaces = _common.mdns_interfaces(args.mdns_interface)
@@ -199,7 +199,9 @@ async def _run(args: argparse.Namespace, routing: Any, key: Any, config: Network
     from ..gateway.gateway import Gateway, GatewayServer
     from ..node import Node
 
-    node = await Node.bind(key, host=_bind_host(args, routing.target), config=config, relay_url=args.relay_url)
+    node = await Node.bind(
+        key, host=_bind_host(args, routing.target), config=config, **_common.relay_kwargs(args.relay_urls)
+    )
     closers: list[Any] = []
     try:
         sources: list[Discovery] = []
@@ -218,7 +220,9 @@ async def _run(args: argparse.Namespace, routing: Any, key: Any, config: Network
         probe = None
         if opt_in_required(args, routing):
             # a public gateway reaches a node only if the node lets this gateway in and not just anyone
-            probe = await Node.bind(SecretKey.generate(), host=node.local_address[0], relay_url=args.relay_url)
+            probe = await Node.bind(
+                SecretKey.generate(), host=node.local_address[0], **_common.relay_kwargs(args.relay_urls)
+            )
             closers.append(probe)
         gateway = Gateway(
             node,

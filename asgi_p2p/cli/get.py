@@ -48,7 +48,8 @@ from ._common import (
     log_options,
     mdns_interfaces,
     positive_float,
-    relay_url_option,
+    relay_kwargs,
+    relay_urls_option,
     require_http,
     setting_source,
 )
@@ -245,7 +246,7 @@ def _read_data(items: list[str]) -> bytes | None:
 
 
 async def _get(args: argparse.Namespace) -> int:
-    relay_opt = relay_url_option(args.relay, setting_source(args, "relay_url", "--relay"))
+    relay_opt = relay_urls_option(args.relay, setting_source(args, "relay_url", "--relay"))
     if args.mdns_interface and not args.mdns:
         raise _Fail(EXIT_ERROR, "--mdns-interface needs --mdns")
     mdns_ifaces = mdns_interfaces(args.mdns_interface)
@@ -276,11 +277,12 @@ async def _get(args: argparse.Namespace) -> int:
 
     tickets = None if args.key_file is None or args.no_session_cache else session_cache_path(key.node_id)
 
-    async def bind(near: NodeAddr, relay: str | None, bind_key: SecretKey = key) -> Endpoint:
+    async def bind(near: NodeAddr, relays: list[str], bind_key: SecretKey = key) -> Endpoint:
         from ..node import Node
 
-        host = args.bind or _bind_host(NodeAddr(near.node_id, near.direct_addresses, relay), lan=args.mdns)
-        return await Node.bind(bind_key, host=host, port=0, config=config, relay_url=relay)
+        first = relays[0] if relays else None
+        host = args.bind or _bind_host(NodeAddr(near.node_id, near.direct_addresses, first), lan=args.mdns)
+        return await Node.bind(bind_key, host=host, port=0, config=config, **relay_kwargs(relays))
 
     endpoint: Endpoint | None = None
     try:
@@ -297,7 +299,7 @@ async def _get(args: argparse.Namespace) -> int:
             endpoint = None
         assert addr is not None
         if endpoint is None:
-            endpoint = await bind(addr, relay_opt or addr.relay_url)
+            endpoint = await bind(addr, relay_opt or ([addr.relay_url] if addr.relay_url else []))
             if tickets is not None:
                 _load_session_tickets(endpoint, tickets, verbose=args.verbose)
         if args.verbose:

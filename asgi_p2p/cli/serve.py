@@ -236,7 +236,9 @@ def _allow_list(args: argparse.Namespace) -> list[NodeId] | None:
 
 def _check_discovery_args(args: argparse.Namespace) -> None:
     """Validate --relay, --mdns*, --directory, --publish and --name (sets args.relay_url, ...)."""
-    args.relay_url = _common.relay_url_option(args.relay, _common.setting_source(args, "relay_url", "--relay"))
+    args.relay_urls = _common.relay_urls_option(args.relay, _common.setting_source(args, "relay_url", "--relay"))
+    # --publish with no --directory publishes to the (first) relay's directory
+    args.relay_url = args.relay_urls[0] if args.relay_urls else None
     if args.mdns_interface and not args.mdns:
         raise InvalidConfiguration("--mdns-interface needs --mdns")
     args.mdns_ifaces = _common.mdns_interfaces(args.mdns_interface)
@@ -405,7 +407,7 @@ async def _serve(
             port=args.port,
             allow=policy,
             config=config,
-            relay_url=args.relay_url,
+            **_common.relay_kwargs(args.relay_urls),
         )
         published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)
         metrics = None
@@ -580,7 +582,16 @@ _LIVE_OTHER = {"allow", "allow_file", "log_level", "no_access_log", "log_format"
 #: server timeouts a SIGHUP changes on the running server (0 or None in the settings: off or default)
 _SERVER_TIMEOUTS = ("request_header_timeout", "request_body_timeout", "idle_connection_timeout")
 #: Arguments SIGHUP never compares (derived, or not settings).
-_NOT_COMPARED = {"command", "settings", "reload_settings", "relay_url", "mdns_ifaces", "directory_addr", "dns"}
+_NOT_COMPARED = {
+    "command",
+    "settings",
+    "reload_settings",
+    "relay_url",
+    "relay_urls",
+    "mdns_ifaces",
+    "directory_addr",
+    "dns",
+}
 
 
 class LiveSettings:
@@ -608,7 +619,7 @@ class LiveSettings:
             log.error("SIGHUP: reload failed, settings unchanged: %s", exc)
             return
         old = self.args
-        for name in ("relay_url", "mdns_ifaces", "directory_addr", "dns", "settings", "reload_settings"):
+        for name in ("relay_url", "relay_urls", "mdns_ifaces", "directory_addr", "dns", "settings", "reload_settings"):
             if hasattr(old, name):
                 setattr(new, name, getattr(old, name))
         restart: list[str] = []

@@ -74,11 +74,11 @@ def run_send(args: argparse.Namespace) -> int:
             allow = [NodeId.parse(text) for text in args.allow]
         except InvalidNodeId as exc:
             raise InvalidConfiguration(f"--allow: {exc}") from None
-    relay_url = _common.relay_url_option(args.relay)
-    return asyncio.run(_send(args, allow, relay_url))
+    relay_urls = _common.relay_urls_option(args.relay)
+    return asyncio.run(_send(args, allow, relay_urls))
 
 
-async def _send(args: argparse.Namespace, allow: Any, relay_url: str | None) -> int:
+async def _send(args: argparse.Namespace, allow: Any, relay_urls: list[str]) -> int:
     from ..config import NetworkConfig
     from ..gateway.transfer import SendApp, build_manifest
     from ..http import H3Server
@@ -102,7 +102,12 @@ async def _send(args: argparse.Namespace, allow: Any, relay_url: str | None) -> 
     with _common.signal_handlers(on_signal):
         key = _common.secret_key(args)
         node = await Node.bind(
-            key, host=args.host, port=args.port, allow=allow, config=NetworkConfig.from_env(), relay_url=relay_url
+            key,
+            host=args.host,
+            port=args.port,
+            allow=allow,
+            config=NetworkConfig.from_env(),
+            **_common.relay_kwargs(relay_urls),
         )
         try:
             server = H3Server(SendApp(args.path, manifest, on_received=on_received), node, timeout_graceful_shutdown=5)
@@ -200,8 +205,10 @@ async def _receive(args: argparse.Namespace, addr: NodeAddr) -> int:
     from ..node import Node
 
     key = SecretKey.load(args.key_file) if args.key_file is not None else SecretKey.generate()
-    relay = _common.relay_url_option(args.relay) or addr.relay_url
-    node = await Node.bind(key, host=_bind_host(addr), port=0, config=NetworkConfig.from_env(), relay_url=relay)
+    relays = _common.relay_urls_option(args.relay) or ([addr.relay_url] if addr.relay_url else [])
+    node = await Node.bind(
+        key, host=_bind_host(addr), port=0, config=NetworkConfig.from_env(), **_common.relay_kwargs(relays)
+    )
     try:
         transport = P2PTransport(node, addrs=[addr])
         base_url = f"https://{addr.node_id}"
