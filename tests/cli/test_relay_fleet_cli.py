@@ -1,0 +1,81 @@
+"""`serve --relay A --relay B` and `get --relay A,B`: several relays, as real processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asgi_p2p.ticket import Ticket
+from tests.cli.conftest import Cli, ServerProcess, Starter
+from tests.cli.test_nat_cli import Background, helpers, ok
+
+__all__ = ["helpers"]  # the fixture, imported for its name
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _relay(cli: Cli, tmp_path: Path, helpers: list[Background], name: str) -> Background:
+    url_file = tmp_path / f"{name}.url"
+    argv = [sys.executable, "-m", "asgi_p2p", "relay", "--ephemeral", "--url-file", str(url_file)]
+    relay = Background(cli, tmp_path / name, argv, url_file)
+    helpers.append(relay)
+    return relay
+
+
+def _wait_stderr(server: ServerProcess, text: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in server.stderr.splitlines():
+            if text in line:
+                return line
+        time.sleep(0.05)
+    pytest.fail(f"no {text!r} in the server's log within {timeout}s:\n{server.stderr}")
+
+
+def test_serve_with_two_relays_homes_on_one_and_moves_when_it_dies(
+    cli: Cli, start_server: Starter, tmp_path: Path, helpers: list[Background]
+) -> None:
+    relays = {r.wait_ready(): r for r in (_relay(cli, tmp_path, helpers, n) for n in ("relay-a", "relay-b"))}
+    url_a, url_b = relays
+    server = start_server("apps.music:app", "--ephemeral", "--relay", url_a, "--relay", url_b)
+    ticket = Ticket.parse(server.wait_ready())
+    home = ticket.relay_url
+    assert home in (url_a, url_b)  # the home relay, by round-trip time
+    other = url_b if home == url_a else url_a
+    assert f"relay    {home} (sees us at 127.0.0.1:" in server.stdout
+    _wait_stderr(server, f"home relay {home}", 10)
+
+    # a client given both relays (comma-separated) reaches the node through its home relay
+    relay_only = Ticket(ticket.node_id, home, [])
+    r = cli.run("get", "--relay", f"{url_a},{url_b}", f"{relay_only}/")
+    assert json.loads(ok(r))["tracks"] == 4
+
+    # the home relay dies: the node moves home to the other one within a few seconds
+    relays[home].kill()
+    line = _wait_stderr(server, "moved home to relay", 20)
+    assert f"home relay {home} lost" in line and f"moved home to relay {other}" in line
+    assert str(ticket.node_id) in line  # the full node id
+    r = cli.run("get", "--relay", other, f"{Ticket(ticket.node_id, other, [])}/")
+    assert json.loads(ok(r))["tracks"] == 4
+
+
+def test_relay_list_from_the_environment(
+    cli: Cli, start_server: Starter, tmp_path: Path, helpers: list[Background]
+) -> None:
+    urls = [_relay(cli, tmp_path, helpers, n).wait_ready() for n in ("relay-a", "relay-b")]
+    server = start_server("apps.music:app", "--ephemeral", env={"ASGI_P2P_RELAY_URL": " ".join(urls)})
+    assert Ticket.parse(server.wait_ready()).relay_url in urls
+    _wait_stderr(server, "home relay", 10)
+
+
+def test_too_many_relays_is_a_one_line_error(cli: Cli) -> None:
+    from asgi_p2p.identity import SecretKey
+
+    urls = ",".join(f"p2p-relay://{SecretKey.generate().node_id}@127.0.0.1:{3000 + i}" for i in range(9))
+    r = cli.run("apps.music:app", "--ephemeral", "--relay", urls, timeout=30)
+    assert r.returncode != 0
+    assert "--relay: 9 relay URLs; at most 8 are allowed" in r.stderr.decode()
