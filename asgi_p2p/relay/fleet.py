@@ -194,16 +194,17 @@ class FleetStats:
 class _Via:
     """The sink of one relay client: notes which relay a peer was heard from, then tells the fleet's sink."""
 
-    def __init__(self, fleet: RelayFleet, relay_id: NodeId) -> None:
+    def __init__(self, fleet: RelayFleet, url: RelayUrl) -> None:
         self.fleet = fleet
-        self.relay_id = relay_id
+        self.url = url
+        self.relay_id = url.node_id
 
     def relay_packet_received(self, src: NodeId, packet: bytes) -> None:
-        self.fleet._heard(src, self.relay_id)
+        self.fleet._heard(src, self.url)
         self.fleet.sink.relay_packet_received(src, packet)
 
     def relay_signal_received(self, src: NodeId, payload: bytes) -> None:
-        self.fleet._heard(src, self.relay_id)
+        self.fleet._heard(src, self.url)
         self.fleet.sink.relay_signal_received(src, payload)
 
     def relay_state_changed(self, link: RelayLink) -> None:
@@ -283,7 +284,8 @@ class RelayFleet:
         #: relay connections opened for peers' home relays, by relay node id
         self.extra: dict[NodeId, ManagedRelayLink] = {}
         self._used: dict[NodeId, float] = {}
-        self._routes: collections.OrderedDict[NodeId, NodeId] = collections.OrderedDict()
+        #: the relay each peer is reached through (its home relay, or the one it was heard from)
+        self._routes: collections.OrderedDict[NodeId, RelayUrl] = collections.OrderedDict()
         self._home: NodeId | None = None
         self._home_up = asyncio.Event()
         self._reported: tuple[NodeId | None, bool, object] = (None, False, None)
@@ -337,18 +339,23 @@ class RelayFleet:
     def link_for(self, dest: NodeId, relay_url: str | None) -> ManagedRelayLink:
         """The relay link that reaches ``dest``, whose home relay is ``relay_url`` (None: unknown).
 
-        A relay not in the list is connected to on demand (an extra connection, at most
-        ``max_extra``); packets to ``dest`` go through it from now on.  Raises
-        :class:`NodeNotFound` when all extra connections are in use.
+        Packets to ``dest`` go through that relay from now on, or through the home relay
+        while it is down.  A relay in the list is reached through the fleet itself (this
+        object: its home relay may be the one to wait for).  A relay not in the list is
+        connected to on demand (an extra connection, at most ``max_extra``), and that
+        client is returned; :class:`NodeNotFound` when all extra connections are in use.
         """
         if relay_url is None:
             return self
         url = RelayUrl.parse(relay_url)
         rid = url.node_id
-        link = self.clients.get(rid) or self.extra.get(rid)
+        if rid in self.clients:
+            self._route(dest, url)
+            return self
+        link = self.extra.get(rid)
         if link is None:
             link = self._open_extra(url, dest)
-        self._route(dest, rid)
+        self._route(dest, url)
         self._used[rid] = self._now()
         return link
 
@@ -374,31 +381,36 @@ class RelayFleet:
         return link
 
     def _make(self, url: RelayUrl) -> ManagedRelayLink:
-        return self._factory(self.endpoint, url, _Via(self, url.node_id), rng=random.Random(self.rng.getrandbits(64)))
+        return self._factory(self.endpoint, url, _Via(self, url), rng=random.Random(self.rng.getrandbits(64)))
 
     def _close_extra(self, rid: NodeId, why: str) -> None:
         link = self.extra.pop(rid, None)
         self._used.pop(rid, None)
         if link is None:
             return
-        for peer in [p for p, r in self._routes.items() if r == rid]:
-            del self._routes[peer]
+        # the routes through it stay: a packet to one of those peers connects again
         self.stats.extra_closed += 1
         log.info("node %s: closing the connection to relay %s (%s)", self.endpoint.node_id, link.relay_url, why)
         task = asyncio.get_running_loop().create_task(link.close())
         self._extra_closing.add(task)
         task.add_done_callback(self._extra_closing.discard)
 
-    def _route(self, dest: NodeId, rid: NodeId) -> None:
-        self._routes[dest] = rid
+    def _route(self, dest: NodeId, url: RelayUrl) -> None:
+        self._routes[dest] = url
         self._routes.move_to_end(dest)
         while len(self._routes) > MAX_ROUTES:
             self._routes.popitem(last=False)
 
     def _link(self, dest: NodeId, *, use: bool = True) -> ManagedRelayLink | None:
-        rid = self._routes.get(dest)
-        if rid is not None:
+        url = self._routes.get(dest)
+        if url is not None:
+            rid = url.node_id
             link = self.clients.get(rid) or self.extra.get(rid)
+            if link is None and use and not self._closing:
+                # an extra relay closed while idle: connect again (the packet goes through the
+                # home relay, or is lost, until it is up; QUIC retransmits)
+                with contextlib.suppress(NodeNotFound):
+                    link = self._open_extra(url, dest)
             if link is not None and link.connected:
                 if use:
                     self._used[rid] = self._now()
@@ -411,11 +423,11 @@ class RelayFleet:
             return self.clients[key]
         return home
 
-    def _heard(self, src: NodeId, rid: NodeId) -> None:
+    def _heard(self, src: NodeId, url: RelayUrl) -> None:
         if src in self.clients or src in self.extra:
             return  # a relay itself
-        self._route(src, rid)
-        self._used[rid] = self._now()
+        self._route(src, url)
+        self._used[url.node_id] = self._now()
 
     def _refused(self, rid: NodeId, dest: NodeId | None, refusal: RelayRefusal) -> None:
         if dest is None and rid != self._home:
@@ -435,10 +447,7 @@ class RelayFleet:
         keys = [url.node_id for url in self.urls]
         self.choice = HomeChoice(keys, loop.time(), hold=self._hold, grace=self._grace, settle=self._settle)
         for url in self.urls:
-            link = self._factory(
-                self.endpoint, url, _Via(self, url.node_id), rng=random.Random(self.rng.getrandbits(64))
-            )
-            self.clients[url.node_id] = link
+            self.clients[url.node_id] = self._make(url)
         for link in self.clients.values():
             link.start()
         self._task = loop.create_task(self._run(), name=f"relay fleet of {self.endpoint.node_id}")

@@ -307,6 +307,12 @@ def test_nodes_on_different_home_relays_connect_then_go_direct(seed: int) -> Non
             await conn.send(b"still direct")
             assert await inc.recv() == b"still direct"
             assert qb.path.kind == "direct"
+            # the direct path dies: bob connects to alice's relay again, and the connection goes on
+            sim.partition(ha.nat, hb.nat)  # type: ignore[arg-type]
+            await _until(lambda: qb.path.kind == "relay", 30)
+            await conn.send(b"after the cut")
+            assert await asyncio.wait_for(inc.recv(), 30) == b"after the cut"
+            assert list(fleet.extra) == [relay_a.node_id] and fleet.stats.extra_opened == 2
             await bob.close()
             await alice.close()
             await relay_a.close()
