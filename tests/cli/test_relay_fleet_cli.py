@@ -6,14 +6,17 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from asgi_p2p.cli import _common
 from asgi_p2p.ticket import Ticket
 from tests.cli.conftest import Cli, ServerProcess, Starter
 from tests.cli.test_nat_cli import Background, helpers, ok
+from tests.cli.test_settings import captured, run
 
-__all__ = ["helpers"]  # the fixture, imported for its name
+__all__ = ["captured", "helpers"]  # fixtures, imported for their names
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,3 +82,18 @@ def test_too_many_relays_is_a_one_line_error(cli: Cli) -> None:
     r = cli.run("apps.music:app", "--ephemeral", "--relay", urls, timeout=30)
     assert r.returncode != 0
     assert "--relay: 9 relay URLs; at most 8 are allowed" in r.stderr.decode()
+
+
+def test_relay_list_from_a_config_file_and_commas(captured: dict[str, Any], tmp_path: Path) -> None:
+    from asgi_p2p.identity import SecretKey
+
+    a, b, c = (f"p2p-relay://{SecretKey.from_seed(n).node_id}@127.0.0.1:{p}" for n, p in (("a", 1), ("b", 2), ("c", 3)))
+    config = tmp_path / "serve.toml"
+    config.write_text(f"relay_url = [{a!r}, {b!r}]\n".replace("'", '"'))
+    args = run(captured, "serve", "apps.music:app", "--ephemeral", "--config", str(config))
+    assert args.relay == [a, b]
+    assert _common.relay_urls_option(args.relay) == [a, b]
+    assert _common.relay_kwargs([a, b]) == {"relay_urls": [a, b]}
+    assert _common.relay_kwargs([a]) == {"relay_url": a}
+    args = run(captured, "serve", "apps.music:app", "--ephemeral", "--relay", f"{a},{b}", "--relay", c)
+    assert _common.relay_urls_option(args.relay) == [a, b, c]  # the flag wins over the file
