@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from asgi_p2p.cli import _common
+from asgi_p2p.identity import SecretKey
 from asgi_p2p.ticket import Ticket
 from tests.cli.conftest import Cli, ServerProcess, Starter
 from tests.cli.test_nat_cli import Background, helpers, ok
@@ -57,9 +58,16 @@ def test_serve_with_two_relays_homes_on_one_and_moves_when_it_dies(
     r = cli.run("get", "--relay", f"{url_a},{url_b}", f"{relay_only}/")
     assert json.loads(ok(r))["tracks"] == 4
 
+    # a client whose relays are the other one and a dead one connects to the node's home relay on demand
+    dead = f"p2p-relay://{SecretKey.generate().node_id}@127.0.0.1:9"
+    r = cli.run("get", "-v", "--relay", f"{dead},{other}", f"{relay_only}/")
+    assert json.loads(ok(r))["tracks"] == 4, r.stderr.decode()
+
     # the home relay dies: the node moves home to the other one within a few seconds
+    killed = time.monotonic()
     relays[home].kill()
     line = _wait_stderr(server, "moved home to relay", 20)
+    print(f"re-homed {time.monotonic() - killed:.2f} s after the relay process was killed")
     assert f"home relay {home} lost" in line and f"moved home to relay {other}" in line
     assert str(ticket.node_id) in line  # the full node id
     r = cli.run("get", "--relay", other, f"{Ticket(ticket.node_id, other, [])}/")
@@ -76,8 +84,6 @@ def test_relay_list_from_the_environment(
 
 
 def test_too_many_relays_is_a_one_line_error(cli: Cli) -> None:
-    from asgi_p2p.identity import SecretKey
-
     urls = ",".join(f"p2p-relay://{SecretKey.generate().node_id}@127.0.0.1:{3000 + i}" for i in range(9))
     r = cli.run("apps.music:app", "--ephemeral", "--relay", urls, timeout=30)
     assert r.returncode != 0
@@ -85,8 +91,6 @@ def test_too_many_relays_is_a_one_line_error(cli: Cli) -> None:
 
 
 def test_relay_list_from_a_config_file_and_commas(captured: dict[str, Any], tmp_path: Path) -> None:
-    from asgi_p2p.identity import SecretKey
-
     a, b, c = (f"p2p-relay://{SecretKey.from_seed(n).node_id}@127.0.0.1:{p}" for n, p in (("a", 1), ("b", 2), ("c", 3)))
     config = tmp_path / "serve.toml"
     config.write_text(f"relay_url = [{a!r}, {b!r}]\n".replace("'", '"'))
