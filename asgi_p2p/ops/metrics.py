@@ -23,6 +23,7 @@ import bisect
 import collections
 import itertools
 from collections.abc import Iterable, Iterator
+from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -35,7 +36,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..relay.client import RelayClient
+from ..relay.client import RelayClient, RelayClientStats
+from ..relay.fleet import RelayFleet
 
 if TYPE_CHECKING:
     from ..endpoint.endpoint import Endpoint
@@ -61,6 +63,23 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTI
 HTTP_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 _PATHS = ("direct", "relay")
+
+
+def _fleet_metrics(fleet: RelayFleet) -> Iterator[Metric]:
+    """Home relay moves and extra relay connections of a node with several relays."""
+    st = fleet.stats
+    moves = _counter("asgi_p2p_relay_home_moves", "Home relay moves (several relays), by reason", ["reason"])
+    first = st.home_moves - st.rehomes - st.faster
+    for reason, value in (("first", first), ("faster", st.faster), ("lost", st.rehomes)):
+        moves.add_metric([reason], value)
+    yield moves
+    extra = _gauge("asgi_p2p_relay_extra_connections", "Connections to peers' home relays outside the list")
+    extra.add_metric([], len(fleet.extra))
+    yield extra
+    events = _counter("asgi_p2p_relay_extra_events", "Extra relay connections opened, closed, refused", ["event"])
+    for event, value in (("opened", st.extra_opened), ("closed", st.extra_closed), ("refused", st.extra_refused)):
+        events.add_metric([event], value)
+    yield events
 
 
 def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
@@ -206,8 +225,12 @@ class NodeCollector(Collector):
             )
             errors.add_metric([], router.relay_errors)
             yield errors
-            if isinstance(relay, RelayClient):
-                st = relay.stats
+            if isinstance(relay, RelayFleet):
+                yield from _fleet_metrics(relay)
+            clients = list(relay.clients.values()) if isinstance(relay, RelayFleet) else [relay]
+            stats = [c.stats for c in clients if isinstance(c, RelayClient)]
+            if stats:
+                st = RelayClientStats(**{f.name: sum(getattr(x, f.name) for x in stats) for f in fields(stats[0])})
                 events = _counter("asgi_p2p_relay_link_events", "Home relay connection events", ["event"])
                 for event, value in (
                     ("connected", st.connects),

@@ -185,6 +185,8 @@ class FleetStats:
     home_moves: int = 0
     #: Moves because the home relay was lost.
     rehomes: int = 0
+    #: Moves to a clearly faster relay (the home was connected).
+    faster: int = 0
     #: Extra relay connections opened (peers' home relays), closed when idle, refused (bound).
     extra_opened: int = 0
     extra_closed: int = 0
@@ -548,6 +550,7 @@ class RelayFleet:
                     rtt,
                 )
             else:
+                self.stats.faster += 1
                 log.info(
                     "node %s: moved home from relay %s to relay %s (%s, was %.1f ms)",
                     self.endpoint.node_id,

@@ -51,11 +51,12 @@ async def exported() -> tuple[set[str], set[str]]:
     relay = await RelayServer.bind(SecretKey.generate(), host="127.0.0.1")
     url = str(relay.url)
     a = await Node.bind(host="127.0.0.1", relay_url=url)
-    b = await Node.bind(host="127.0.0.1", relay_url=url)
+    b = await Node.bind(host="127.0.0.1", relay_urls=[url])  # a relay list: the fleet's metrics too
     server = H3Server(app, a, lifespan="off")
     listeners: list[MetricsServer] = []
     try:
         listeners.append(await start_metrics_server("127.0.0.1:0", endpoint=a, http=server))
+        listeners.append(await start_metrics_server("127.0.0.1:0", endpoint=b))
         listeners.append(await start_metrics_server("127.0.0.1:0", relay=relay))
         await server.startup()
         assert a.relay is not None and b.relay is not None

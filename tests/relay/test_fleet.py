@@ -13,11 +13,14 @@ import random
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from asgi_p2p import InvalidConfiguration, NetworkConfig, Node, NodeAddr, NodeNotFound, SecretKey
 from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.http import H3_ALPN, P2PTransport
 from asgi_p2p.http.types import Receive, Scope, Send
+from asgi_p2p.ops.metrics import NodeCollector
 from asgi_p2p.relay.fleet import MAX_RELAYS, HomeChoice, RelayFleet
 from asgi_p2p.relay.server import RelayServer
 from asgi_p2p.sim import Host, SimServer, Simulation
@@ -170,6 +173,17 @@ def _h3_conn(node: Node, peer: str) -> PeerConnection:
     return conn
 
 
+def _metrics(node: Node) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(node))
+    text = generate_latest(registry).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 async def _until(predicate: object, timeout: float, step: float = 0.05) -> float:
     """Poll ``predicate()`` in virtual time; the virtual seconds it took."""
     loop = asyncio.get_running_loop()
@@ -226,6 +240,11 @@ def test_relay_dies_nodes_rehome_direct_untouched_relayed_after_a_gap(seed: int)
                 assert took <= REHOME_BOUND, f"re-homed after {took:.2f}s"
                 for node in nodes:
                     assert _fleet(node).stats.rehomes == 1
+                metrics = _metrics(server.node)
+                assert metrics[("asgi_p2p_relay_home_moves_total", (("reason", "lost"),))] == 1
+                assert metrics[("asgi_p2p_relay_home_moves_total", (("reason", "first"),))] == 1
+                assert metrics[("asgi_p2p_relay_connected", ())] == 1
+                assert metrics[("asgi_p2p_relay_link_events_total", (("event", "connected"),))] == 2  # both relays
                 # the records follow: the simulated DNS names the new home relay
                 assert (await sim.dns.resolve(server.node_id)).relay_url == far
                 # the direct connection was not touched
@@ -289,6 +308,7 @@ def test_nodes_on_different_home_relays_connect_then_go_direct(seed: int) -> Non
             assert await inc.recv() == b"through alice's relay"
             fleet = _fleet(bob)
             assert list(fleet.extra) == [relay_a.node_id]
+            assert _metrics(bob)[("asgi_p2p_relay_extra_connections", ())] == 1
             assert fleet.relay_for(alice.node_id) == url_a
             assert fleet.relay_url == url_b  # his home did not move
             # a node on a third relay is refused clearly: one extra connection at most, in use
