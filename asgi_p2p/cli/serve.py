@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -410,6 +410,7 @@ async def _serve(
             **_common.relay_kwargs(args.relay_urls),
         )
         published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)
+        stop_republishing: Callable[[], Awaitable[None]] = _nothing
         metrics = None
         admin = None
         try:
@@ -446,6 +447,10 @@ async def _serve(
             node_addr = advertised(endpoint.node_addr(), public_host, public_port)
             ticket = Ticket.from_node_addr(node_addr).encode()
             await _publish(endpoint, node_addr, args, published)
+            if published:
+                stop_republishing = _republish_on_new_home(
+                    endpoint, node_addr, args, published, public_host, public_port
+                )
             if args.ticket_file is not None:
                 _common.write_atomically(args.ticket_file, ticket)
                 ticket_file = args.ticket_file
@@ -481,6 +486,7 @@ async def _serve(
                 await admin.close()
             if metrics is not None:
                 await metrics.close()
+            await stop_republishing()
             for source in reversed(published):
                 await _unpublish(source)
             await endpoint.close()
@@ -510,6 +516,60 @@ async def _wait_relay(endpoint: Endpoint, timeout: float, stop: asyncio.Event) -
             relay.relay_url,
             describe_error(exc),
         )
+
+
+def _republish_on_new_home(
+    endpoint: Endpoint,
+    node_addr: NodeAddr,
+    args: argparse.Namespace,
+    published: list[Any],
+    public_host: str | None,
+    public_port: int | None,
+) -> Callable[[], Awaitable[None]]:
+    """Publish our record again wherever it was published when our home relay changes (several relays).
+
+    Returns what stops it (awaited before the records are withdrawn at shutdown).
+    """
+    state: dict[str, Any] = {"relay": node_addr.relay_url, "task": None, "again": False}
+
+    async def republish() -> None:
+        while True:
+            state["again"] = False
+            addr = advertised(endpoint.node_addr(), public_host, public_port)
+            for source in list(published):
+                try:
+                    await source.publish(addr, args.name)
+                except (P2PError, OSError) as exc:
+                    log.warning("could not republish our record to %s: %s", source, describe_error(exc))
+            log.info("republished our record: home relay %s", addr.relay_url)
+            if not state["again"]:
+                return
+
+    def changed(addr: NodeAddr) -> None:
+        if addr.relay_url == state["relay"]:
+            return
+        state["relay"] = addr.relay_url
+        task = state["task"]
+        if task is not None and not task.done():
+            state["again"] = True  # publish the newest once this round is done
+            return
+        state["task"] = asyncio.get_running_loop().create_task(republish())
+
+    forget = endpoint.on_node_addr_change(changed)
+
+    async def stop() -> None:
+        forget()
+        task = state["task"]
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return stop
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _publish(endpoint: Endpoint, node_addr: NodeAddr, args: argparse.Namespace, published: list[Any]) -> None:

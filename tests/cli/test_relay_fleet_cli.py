@@ -14,10 +14,10 @@ from asgi_p2p.cli import _common
 from asgi_p2p.identity import SecretKey
 from asgi_p2p.ticket import Ticket
 from tests.cli.conftest import Cli, ServerProcess, Starter
-from tests.cli.test_nat_cli import Background, helpers, ok
+from tests.cli.test_nat_cli import Background, directory_ticket, helpers, ok
 from tests.cli.test_settings import captured, run
 
-__all__ = ["captured", "helpers"]  # fixtures, imported for their names
+__all__ = ["captured", "directory_ticket", "helpers"]  # fixtures, imported for their names
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,3 +101,25 @@ def test_relay_list_from_a_config_file_and_commas(captured: dict[str, Any], tmp_
     assert _common.relay_kwargs([a]) == {"relay_url": a}
     args = run(captured, "serve", "apps.music:app", "--ephemeral", "--relay", f"{a},{b}", "--relay", c)
     assert _common.relay_urls_option(args.relay) == [a, b, c]  # the flag wins over the file
+
+
+def test_published_record_follows_the_home_relay(
+    cli: Cli, start_server: Starter, tmp_path: Path, helpers: list[Background], directory_ticket: str
+) -> None:
+    relays = {r.wait_ready(): r for r in (_relay(cli, tmp_path, helpers, n) for n in ("relay-a", "relay-b"))}
+    url_a, url_b = relays
+    server = start_server(
+        *("apps.music:app", "--ephemeral", "--relay", f"{url_a},{url_b}"),
+        *("--directory", directory_ticket, "--publish", "--name", "music"),
+    )
+    ticket = Ticket.parse(server.wait_ready())
+    home = ticket.relay_url
+    assert home is not None
+    other = url_b if home == url_a else url_a
+    r = cli.run("get", "-v", "--directory", directory_ticket, "music/")
+    assert f"relay {home}" in r.stderr.decode() and json.loads(ok(r))["tracks"] == 4
+    relays[home].kill()
+    _wait_stderr(server, f"republished our record: home relay {other}", 20)
+    r = cli.run("get", "-v", "--directory", directory_ticket, "music/")
+    assert f"relay {other}" in r.stderr.decode() and json.loads(ok(r))["tracks"] == 4
+    assert Ticket.parse(server.ticket_file.read_text()).relay_url == other  # the ticket file follows too
