@@ -13,7 +13,11 @@
   node's link to its relay (imports proto, url, _datagrams, the endpoint's
   ``PeerConnection`` and :mod:`asgi_p2p.paths.link`: it implements
   ``RelayLink`` / ``ManagedRelayLink`` and reports to a ``RelaySink``, mapping
-  ERROR codes to typed ``RelayRefusal`` values).
+  ERROR codes to typed ``RelayRefusal`` values);
+* :mod:`asgi_p2p.relay.fleet` - :class:`~asgi_p2p.relay.fleet.RelayFleet`, several
+  relay clients behind one ``ManagedRelayLink``: a home relay chosen by RTT
+  (:class:`~asgi_p2p.relay.fleet.HomeChoice`, sans-I/O), re-homing, and peers'
+  home relays connected on demand (``Node.bind(relay_urls=[...])``).
 
 Both sides register the relay ALPN with ``add_protocol(..., relay=True)``, which
 marks relay connections for the paths layer.  The server and client import the
