@@ -46,10 +46,10 @@ import random
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConnectionClosed, InvalidConfiguration, NodeNotFound, Timeout
-from ..identity import NodeId
+from ..errors import ConnectionClosed, InvalidConfiguration, NodeNotFound, P2PError, Timeout
+from ..identity import NodeAddr, NodeId
 from ..paths.link import ManagedRelayLink, RelayLink, RelayRefusal, RelaySink
 from .client import RelayClient
 from .url import RelayUrl
@@ -63,6 +63,13 @@ log = logging.getLogger("asgi_p2p.relay")
 
 #: The most relay URLs a node may be given.
 MAX_RELAYS = 8
+#: Peers looked up again at a time because the relay that reached them is gone.
+MAX_LOOKUPS = 256
+#: Seconds between lookups of one such peer, and until the fleet gives up on it.
+LOOKUP_INTERVAL = 2.0
+LOOKUP_GIVE_UP = 120.0
+#: Seconds one lookup may take.
+LOOKUP_TIMEOUT = 5.0
 #: Peers whose relay the fleet remembers (least recently heard from forgotten first).
 MAX_ROUTES = 4096
 
@@ -294,6 +301,11 @@ class RelayFleet:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._extra_closing: set[asyncio.Task[None]] = set()
+        #: since when each relay is down (listed and extra)
+        self._down: dict[NodeId, float] = {}
+        #: peers whose relay is gone, to look up again: since when, and when last asked
+        self._lost_peers: dict[NodeId, tuple[float, float]] = {}
+        self._lookup: asyncio.Task[None] | None = None
 
     # -- RelayLink ------------------------------------------------------------------
 
@@ -478,10 +490,11 @@ class RelayFleet:
             return
         self._closing = True
         self._home_up.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._lookup):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         links = [*self.clients.values(), *self.extra.values()]
         self.extra.clear()
         await asyncio.gather(*(link.close() for link in links), *self._extra_closing, return_exceptions=True)
@@ -496,6 +509,7 @@ class RelayFleet:
             self._sample()
             self._evaluate()
             self._close_idle()
+            self._find_lost_peers()
             await asyncio.sleep(self.tick)
 
     def _sample(self) -> None:
@@ -510,6 +524,73 @@ class RelayFleet:
         now = self._now()
         for rid in [r for r in self.extra if now - self._used.get(r, now) >= self.extra_idle]:
             self._close_extra(rid, f"unused for {self.extra_idle:g}s")
+
+    def _find_lost_peers(self) -> None:
+        """Peers with a live connection whose relay has been down past ``grace``: look them up again.
+
+        Their signed records (DNS, a directory) name their new home relay; the packets to
+        them then go there (connecting to it on demand).  Needs the endpoint's discovery.
+        """
+        discovery = getattr(self.endpoint, "discovery", None)
+        if discovery is None:
+            return
+        now = self._now()
+        gone: set[NodeId] = set()
+        for rid, link in [*self.clients.items(), *self.extra.items()]:
+            if link.connected:
+                self._down.pop(rid, None)
+            elif now - self._down.setdefault(rid, now) >= self._grace:
+                gone.add(rid)
+        for rid in [r for r in self._down if r not in self.clients and r not in self.extra]:
+            del self._down[rid]
+        if gone:
+            live = {c.remote_node_id for c in self.endpoint.connections if not c.closed}
+            for peer, url in self._routes.items():
+                if len(self._lost_peers) >= MAX_LOOKUPS:
+                    break
+                if url.node_id in gone and peer in live and peer not in self._lost_peers:
+                    self._lost_peers[peer] = (now, float("-inf"))
+        if self._lost_peers and (self._lookup is None or self._lookup.done()):
+            self._lookup = asyncio.get_running_loop().create_task(self._look_up(discovery))
+
+    async def _look_up(self, discovery: Any) -> None:
+        for peer, (since, asked) in list(self._lost_peers.items()):
+            now = self._now()
+            if self._closing or now - asked < LOOKUP_INTERVAL:
+                continue
+            self._lost_peers[peer] = (since, now)
+            old = self._routes.get(peer)
+            try:
+                found = await asyncio.wait_for(discovery.resolve(peer), LOOKUP_TIMEOUT)
+                why = "its record names no other relay"
+            except (P2PError, TimeoutError) as exc:
+                found, why = None, str(exc) or "timed out"
+            if self._closing:
+                return
+            url = None
+            if isinstance(found, NodeAddr) and found.node_id == peer and found.relay_url is not None:
+                url = RelayUrl.parse(found.relay_url)
+            if url is not None and (old is None or url.node_id != old.node_id):
+                del self._lost_peers[peer]
+                try:
+                    self.link_for(peer, str(url))
+                except P2PError as exc:
+                    log.warning(
+                        "node %s: cannot reach node %s at its relay %s: %s", self.endpoint.node_id, peer, url, exc
+                    )
+                    continue
+                log.info("node %s: node %s is now at relay %s", self.endpoint.node_id, peer, url)
+            elif self._now() - since >= LOOKUP_GIVE_UP:
+                del self._lost_peers[peer]
+                if self._routes.get(peer) == old:
+                    self._routes.pop(peer, None)
+                log.warning(
+                    "node %s: the relay of node %s is gone and no new one was found within %gs (%s)",
+                    self.endpoint.node_id,
+                    peer,
+                    LOOKUP_GIVE_UP,
+                    why,
+                )
 
     def _client_changed(self, rid: NodeId) -> None:
         if self._closing:

@@ -350,3 +350,51 @@ def test_sim_clients_with_a_relay_list_need_a_list_to_wait_for() -> None:
                 await sim.client("alice", wait_for_relay=1.0, relay_urls=[])
 
         sim.run(main())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_peer_on_another_relay_list_is_found_at_its_new_home_through_discovery(seed: int) -> None:
+    sim = Simulation(seed=seed, loss=0.01, latency=0.01)
+    with sim:
+        ha = sim.host("alice", nat="symmetric")  # symmetric on both sides: relayed only
+        hb = sim.host("bob", nat="symmetric")
+
+        async def main() -> None:
+            url_a = await sim.relay("relay-a")
+            url_b = await sim.relay("relay-b")
+            url_c = await sim.relay("relay-c")
+            sim.link(ha, "relay-b", latency=0.05)  # alice's home is relay-a
+            alice = await _bind("alice", ha, [url_a, url_b])
+            bob = await _bind("bob", hb, [url_c])  # bob knows nothing of alice's relays
+            bob.discovery = sim.dns.client()
+            await alice.relay.wait_connected(10)  # type: ignore[union-attr]
+            await bob.relay.wait_connected(10)  # type: ignore[union-attr]
+            await sim.dns.publish(alice.node_addr())
+            alice.on_node_addr_change(
+                lambda addr: sim.dns.register_peer(
+                    str(addr.node_id), addr.node_id, addr.direct_addresses, addr.relay_url
+                )
+            )
+            assert alice.node_addr().relay_url == url_a
+            conn = await bob.connect(NodeAddr(alice.node_id, relay_url=url_a))
+            inc = await alice.listen().accept()
+            await conn.send(b"before")
+            assert await inc.recv() == b"before"
+            fleet = _fleet(bob)
+            assert fleet.relay_for(alice.node_id) == url_a
+
+            await asyncio.sleep(random.Random(seed).uniform(0.0, 1.0))
+            sim.crash("relay-a")
+            # alice moves home to relay-b and publishes it; bob's connection to relay-a is gone, he
+            # looks alice up again and connects to relay-b on demand: the same connection goes on
+            await _until(lambda: fleet.relay_for(alice.node_id) == url_b, 20)
+            await conn.send(b"after")
+            assert await asyncio.wait_for(inc.recv(), 20) == b"after"
+            await inc.send(b"and back")
+            assert await asyncio.wait_for(conn.recv(), 20) == b"and back"
+            assert _peer_conn(bob, alice).path.kind == "relay"
+            assert _fleet(alice).relay_url == url_b and fleet.relay_url == url_c
+            await bob.close()
+            await alice.close()
+
+        sim.run(main(), time_limit=120)
