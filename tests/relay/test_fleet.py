@@ -3,7 +3,9 @@
 The simulator tests sweep :data:`SEEDS`: a relay dies and every node moves home
 within :data:`REHOME_BOUND` virtual seconds, a direct connection goes on untouched
 and a relayed one after a gap; two nodes on different home relays connect (the
-dialer connects to the peer's relay on demand) and then go direct.
+dialer connects to the peer's relay on demand) and then go direct, the idle extra
+relay connection is closed, and opened again when the direct path dies; a peer
+whose relay dies is looked up again in discovery and reached at its new home.
 """
 
 from __future__ import annotations
