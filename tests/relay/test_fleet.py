@@ -215,7 +215,7 @@ def test_relay_dies_nodes_rehome_direct_untouched_relayed_after_a_gap(seed: int)
         hr = sim.host("relayed", nat="symmetric")  # symmetric to symmetric: only the relay carries it
         hd = sim.host("direct")  # public: the server punches out to it
 
-        async def main() -> float:
+        async def main() -> tuple[float, float]:
             near = await sim.relay("relay-near")
             far = await sim.relay("relay-far")
             for h in (srv, hr, hd):
@@ -238,6 +238,7 @@ def test_relay_dies_nodes_rehome_direct_untouched_relayed_after_a_gap(seed: int)
 
                 await asyncio.sleep(random.Random(seed).uniform(0.0, 1.0))  # any phase of the keepalives
                 sim.crash("relay-near")
+                crashed = asyncio.get_running_loop().time()
                 took = await _until(lambda: all(_fleet(n).relay_url == far and _fleet(n).connected for n in nodes), 30)
                 assert took <= REHOME_BOUND, f"re-homed after {took:.2f}s"
                 for node in nodes:
@@ -256,16 +257,17 @@ def test_relay_dies_nodes_rehome_direct_untouched_relayed_after_a_gap(seed: int)
                 assert to_direct.path.kind == "direct"
                 # the relayed one goes on through the new home relay, the same QUIC connection
                 assert (await relayed.get("/after")).text == "ok"
+                gap = asyncio.get_running_loop().time() - crashed
                 assert _h3_conn(server.node, "relayed") is to_relayed
                 assert to_relayed.path.kind == "relay"
-                return took
+                return took, gap
             finally:
                 for client, node in ((relayed, relayed_node), (direct, direct_node)):
                     await client.aclose()
                     await node.close(timeout=0.0)
 
-        took = sim.run(main(), time_limit=120)
-        print(f"seed {seed}: re-homed in {took:.2f} virtual seconds")
+        took, gap = sim.run(main(), time_limit=120)
+        print(f"seed {seed}: re-homed in {took:.2f}, relayed response {gap:.2f} virtual seconds after the crash")
 
 
 async def _bind(name: str, host: Host, relays: list[str], **fleet: float) -> Node:
