@@ -53,12 +53,9 @@ def test_serve_with_two_relays_homes_on_one_and_moves_when_it_dies(
     assert f"relay    {home} (sees us at 127.0.0.1:" in server.stdout
     _wait_stderr(server, f"home relay {home}", 10)
 
-    # a client given both relays (comma-separated) reaches the node through its home relay
+    # a client whose relays (comma-separated) are the other one and a dead one connects to the
+    # node's home relay on demand
     relay_only = Ticket(ticket.node_id, home, [])
-    r = cli.run("get", "--relay", f"{url_a},{url_b}", f"{relay_only}/")
-    assert json.loads(ok(r))["tracks"] == 4
-
-    # a client whose relays are the other one and a dead one connects to the node's home relay on demand
     dead = f"p2p-relay://{SecretKey.generate().node_id}@127.0.0.1:9"
     r = cli.run("get", "-v", "--relay", f"{dead},{other}", f"{relay_only}/")
     assert json.loads(ok(r))["tracks"] == 4, r.stderr.decode()
@@ -74,13 +71,11 @@ def test_serve_with_two_relays_homes_on_one_and_moves_when_it_dies(
     assert json.loads(ok(r))["tracks"] == 4
 
 
-def test_relay_list_from_the_environment(
-    cli: Cli, start_server: Starter, tmp_path: Path, helpers: list[Background]
-) -> None:
-    urls = [_relay(cli, tmp_path, helpers, n).wait_ready() for n in ("relay-a", "relay-b")]
-    server = start_server("apps.music:app", "--ephemeral", env={"ASGI_P2P_RELAY_URL": " ".join(urls)})
-    assert Ticket.parse(server.wait_ready()).relay_url in urls
-    _wait_stderr(server, "home relay", 10)
+def test_relay_list_from_the_environment(captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = (f"p2p-relay://{SecretKey.from_seed(n).node_id}@127.0.0.1:{p}" for n, p in (("a", 1), ("b", 2)))
+    monkeypatch.setenv("ASGI_P2P_RELAY_URL", f"{a} {b}")
+    args = run(captured, "serve", "apps.music:app", "--ephemeral")
+    assert _common.relay_urls_option(args.relay) == [a, b]
 
 
 def test_too_many_relays_is_a_one_line_error(cli: Cli) -> None:
