@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +65,10 @@ def _current_simulation() -> Simulation | None:
     return getattr(asyncio.get_running_loop(), "simulation", None)
 
 
-_host_counter = iter(range(1, 1_000_000))
+#: host numbers per simulation, so each test's hosts are h1, h2, ... whatever ran before it
+#: (the simulator draws a link's loss from its hosts' names: a run-wide counter made a test's
+#: losses depend on which tests ran first)
+_host_counters: weakref.WeakKeyDictionary[Simulation, Iterator[int]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -104,7 +108,8 @@ async def _bind() -> tuple[Endpoint, str | None]:
     sim = _current_simulation()
     if sim is None:
         return await Node.bind(host="127.0.0.1", config=_config()), None
-    host = sim.host(f"h{next(_host_counter)}")
+    counter = _host_counters.setdefault(sim, iter(range(1, 1_000_000)))
+    host = sim.host(f"h{next(counter)}")
     for link in host.links.values():  # auto-linked to every node already there
         link.configure(mtu=SIM_MTU)
     ep = await Node.bind(host="0.0.0.0", port=4433, config=_config(), network=host)
