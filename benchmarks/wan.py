@@ -238,12 +238,25 @@ def client_main(args: argparse.Namespace) -> None:
             _await_go()
             c0, w0 = time.process_time(), time.perf_counter()
             got = 0
+            rtts: list[float] = []
+
+            async def sample_rtt() -> None:  # the client's smoothed RTT during the download (diagnostics)
+                while True:
+                    for conn in node.connections if node is not None else ():
+                        if conn.remote_node_id == addr.node_id and conn.alpn == H3_ALPN:
+                            rtts.append(conn.smoothed_rtt * 1000)
+                    await asyncio.sleep(0.1)
+
+            sampler = asyncio.ensure_future(sample_rtt())
             async with client.stream("GET", f"/big/{args.bulk_mib}") as r:
                 if r.status_code != 200:
                     raise RuntimeError(f"GET /big/{args.bulk_mib}: {r.status_code}")
                 async for chunk in r.aiter_raw():
                     got += len(chunk)
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            sampler.cancel()
+            if rtts:
+                res["bulk_rtt_ms"] = {"median": statistics.median(rtts), "max": max(rtts)}
             _emit({"done": "bulk", "cpu_s": cpu})
             if got != args.bulk_mib * MIB:
                 raise RuntimeError(f"download: {got} bytes, expected {args.bulk_mib * MIB}")

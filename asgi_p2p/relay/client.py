@@ -82,6 +82,7 @@ from .tcp import (
     certificate_fingerprint,
     client_tls_context,
     parse_hello,
+    send_batch,
 )
 from .url import RelayUrl
 
@@ -238,7 +239,7 @@ class _TcpRelayConnection:
         try:
             while not self.lost.is_set():
                 while self._queue:
-                    await self.ws.send(self._queue.popleft())
+                    await send_batch(self.ws, self._queue)
                 self._wake.clear()
                 await self._wake.wait()
         except WebSocketClosed as exc:

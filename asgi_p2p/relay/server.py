@@ -71,6 +71,7 @@ from .tcp import (
     WS_SUBPROTOCOL,
     Hello,
     parse_auth,
+    send_batch,
     server_tls_context,
 )
 from .url import RelayUrl
@@ -277,9 +278,8 @@ class _TcpClientHandler:
         try:
             while True:
                 while self._queue:
-                    frame = self._queue.popleft()
-                    self._bytes -= len(frame)
-                    await self.ws.send(frame)
+                    sent = await send_batch(self.ws, self._queue)  # (not `-= await`: that reads _bytes first)
+                    self._bytes -= sent
                 if self._closed:
                     break
                 self._wake.clear()

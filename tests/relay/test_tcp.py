@@ -10,6 +10,7 @@ oversized frames, a slow upgrade and a forged proof drop only that client.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import hashlib
 import random
@@ -25,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect as ws_connect
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
 from asgi_p2p import NodeAddr, SecretKey
@@ -51,6 +54,7 @@ from asgi_p2p.relay.tcp import (
     client_tls_context,
     parse_auth,
     parse_hello,
+    send_batch,
 )
 from asgi_p2p.relay.url import RelayUrl
 
@@ -645,3 +649,43 @@ def test_the_outcome_is_remembered_per_network_and_kept_for_a_fresh_process(tmp_
             await relay.close(timeout=0.5)
 
     _run(main, 60)
+
+
+def test_send_batch_writes_queued_frames_as_separate_messages_in_one_write() -> None:
+    """The relay's and the client's TCP writers hand TLS a burst of frames at once (one write, up to
+    the batch limit), and the other side still gets one WebSocket message per relay frame, in order."""
+
+    async def main() -> None:
+        got: list[bytes] = []
+        done = asyncio.Event()
+
+        async def handler(ws: ServerConnection) -> None:
+            async for message in ws:
+                assert isinstance(message, bytes)
+                got.append(message)
+                if len(got) == 8:
+                    done.set()
+
+        async with ws_serve(handler, "127.0.0.1", 0, compression=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with ws_connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as ws:
+                writes: list[int] = []
+                real = ws.transport.write
+
+                def counting(data: Any) -> None:
+                    writes.append(len(data))
+                    real(data)
+
+                ws.transport.write = counting  # type: ignore[method-assign]
+                frames = [bytes([i]) * (1000 + i) for i in range(8)]
+                queue = collections.deque(frames)
+                assert await send_batch(ws, queue, limit=5000) == sum(map(len, frames[:4]))
+                assert len(queue) == 4 and len(writes) == 1  # four frames (4,006 bytes) in one write
+                assert await send_batch(ws, queue, limit=100) == len(frames[4])  # at least one frame
+                while queue:
+                    await send_batch(ws, queue)
+                assert len(writes) == 3
+                await asyncio.wait_for(done.wait(), 10)
+                assert got == frames
+
+    _run(main, 30)
