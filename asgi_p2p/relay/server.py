@@ -210,7 +210,8 @@ class _TcpClientHandler:
     """One relay client over TCP (TLS + WebSocket), after it proved its node key.
 
     Frames for it wait in a bounded buffer (``max_pending`` frames, ``max_buffer``
-    bytes) that one writer task sends, one WebSocket message per frame; the
+    bytes) that one writer task sends, one WebSocket message per frame, the frames
+    waiting at once in one write (:func:`~asgi_p2p.relay.tcp.send_batch`); the
     WebSocket's own write buffer is bounded by ``websockets`` (``write_limit``).
     """
 
