@@ -738,7 +738,7 @@ def table(runs: list[RowRun], tcp: list[tuple[float, float]], args: argparse.Nam
             "|---|---|---|---|---|",
         ]
         for key, what, target in (
-            ("bulk", f"{mib} MiB download, MB/s", 0.7),
+            ("bulk", f"{mib} MiB download through the relay, MB/s", 0.7),
             ("first", "first response, fresh process, ms", None),
             ("memory", "the same with the network memory (new identity), ms", None),
             ("returning", "returning client's first response, ms", None),
