@@ -87,6 +87,8 @@ MIB = 1024 * 1024
 TUNNEL = os.path.join(_HERE, "tunnel.py")
 RELAY_PORT, SERVE_PORT, APP_PORT, TUNNEL_PORT, TUNNEL_TLS_PORT, TCP_PORT = 3340, 40000, 8000, 8080, 8443, 5201
 RELAY_TCP_PORT = 443
+#: the relay's Prometheus metrics (loopback in its namespace): its drops around each download (diagnostics)
+RELAY_METRICS_PORT = 9464
 ROWS = ("direct", "relayed", "relayed-tcp", "tunnel", "tunnel-tls")
 P2P_ROWS = ("direct", "relayed", "relayed-tcp")
 TITLES = {
@@ -335,6 +337,8 @@ class RowRun:
     memory_ms: float | None = None
     cpu_concurrent: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds
     cpu_bulk: dict[str, float] = field(default_factory=dict)
+    #: the relay's counters over the download (relayed rows): forwarded packets, drops by reason
+    relay_bulk: dict[str, float] = field(default_factory=dict)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -408,6 +412,7 @@ class Bench:
             self.pub,
             *("-m", "asgi_p2p", "relay", "--ephemeral", "--host", "0.0.0.0", "--public-host", self.pub.ip),
             *("--port", str(RELAY_PORT), "--tcp-port", str(RELAY_TCP_PORT), "--url-file", str(url_file)),
+            *("--metrics", f"127.0.0.1:{RELAY_METRICS_PORT}"),
             *("--log-level", "warning"),
             env=env,
         )
@@ -476,6 +481,20 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
         }
         self._all = [relay, p2p, app, tun, tun_tls, snd, snd_tls, tcp]
 
+    def relay_counters(self) -> dict[str, float]:
+        """The relay's forwarded packets and drops by reason (its metrics endpoint, read in its namespace)."""
+        url = f"http://127.0.0.1:{RELAY_METRICS_PORT}/metrics"
+        code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+        out = self.rig.run(self.pub, [sys.executable, "-c", code], env=self.env, timeout=30).stdout
+        got: dict[str, float] = {}
+        for line in out.splitlines():
+            if line.startswith("asgi_p2p_relay_forwarded_packets_total "):
+                got["forwarded"] = float(line.split()[-1])
+            elif line.startswith("asgi_p2p_relay_dropped_total{"):
+                reason = line.split('reason="', 1)[1].split('"', 1)[0]
+                got[f"dropped_{reason}"] = float(line.split()[-1])
+        return got
+
     def check_alive(self) -> None:
         for proc in self._all:
             if proc.poll() is not None:
@@ -518,6 +537,7 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
         run = RowRun(row, {})
         pids = self.procs[row]
         before: dict[str, float] = {}
+        relay_before: dict[str, float] = {}
         timeout = 120 + 10 * self.args.bulk_mib + self.args.steady + self.args.requests / 10
         deadline = time.monotonic() + timeout
         try:
@@ -525,6 +545,8 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
                 m = expect_line(proc, r"^\{", timeout=max(1.0, deadline - time.monotonic()))
                 msg = json.loads(m.string)
                 if "phase" in msg:
+                    if msg["phase"] == "bulk" and row in ("relayed", "relayed-tcp"):
+                        relay_before = self.relay_counters()
                     before = {role: _cpu_seconds(pid) for role, pid in pids.items()}
                     proc.stdin.write("go\n")
                     proc.stdin.flush()
@@ -536,6 +558,9 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
                         run.cpu_concurrent = cpu
                     else:
                         run.cpu_bulk = cpu
+                        if row in ("relayed", "relayed-tcp"):
+                            after_relay = self.relay_counters()
+                            run.relay_bulk = {k: v - relay_before.get(k, 0.0) for k, v in after_relay.items()}
                 elif "result" in msg:
                     run.client = msg["result"]
                     break
