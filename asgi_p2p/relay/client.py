@@ -22,10 +22,11 @@ Relay over TCP: when the relay URL carries a TCP port (``?tcp=PORT``, see
 TLS + WebSocket, with a head start for UDP (``udp_head_start``).  The outcome is
 remembered per network (:mod:`asgi_p2p.relay.netmemory`: the local address towards
 the relay): on a network where TCP won, the next connects start it at once, while on
-another network UDP gets its head start again.  While on TCP the client tries UDP again
-every ``udp_retry_interval`` seconds and moves back as soon as the QUIC connection is
-up (and forgets that the network blocked UDP).  Either way the paths layer sees the same relay link: the end-to-end QUIC
-connections relayed through it go on across the switch.
+another network UDP gets its head start again.  While on TCP the client tries UDP
+again every ``udp_retry_interval`` seconds and moves back as soon as the QUIC
+connection is up (and forgets that the network blocked UDP).  Either way the paths
+layer sees the same relay link: the end-to-end QUIC connections relayed through it go
+on across the switch.
 
 Sending never blocks and never raises for a disconnected relay, a packet that
 does not fit, or a full queue: like UDP, the packet is dropped, counted in
