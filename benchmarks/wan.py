@@ -7,6 +7,8 @@ Builds the network-namespace rig of tests/netns (needs root, ``ip``, ``tc``, ``n
         the app under uvicorn on 127.0.0.1:8000 and the two tunnel senders
     home "cli" behind eim: the clients of the direct and tunnel rows
     home "sym" behind a symmetric NAT: the clients of the relayed row (no hole can be punched)
+    home "blk" behind eim whose router drops every UDP packet from its LAN (nftables, an office or hotel
+        network): the clients of the relayed-over-TCP row (the relay also listens on TLS + WebSocket)
 
 Each home's access link (its router <-> the core) gets a userspace delay line (``--delay-ms`` one
 way, so a round trip between two homes is 4x that) and ``tc tbf`` (``--rate-mbit``) in both
@@ -22,6 +24,10 @@ costs ~5.6 ms of client CPU per request and would measure httpx, not the tunnel)
 * ``direct``: asgi-p2p, the client in "cli" dials the server's ticket (its addresses + relay URL),
   waits for the paths layer to go direct, then measures;
 * ``relayed``: the same server, the client in "sym" (stays on the relay);
+* ``relayed-tcp``: the same server, the client in "blk": no UDP leaves its home, so it reaches the relay
+  over TLS + WebSocket (port 443) after the UDP head start (1 s), and stays there. Its "returning" client
+  and a third fresh process with a new identity ("first response with the network memory") read the
+  per-network memory the first process wrote (asgi_p2p.relay.netmemory), so they dial TCP at once;
 * ``tunnel``: benchmarks/tunnel.py, plain HTTP and ws:// (as the issue measured it);
 * ``tunnel-tls``: the same over HTTPS and wss:// (as the replaced system is deployed).
 
@@ -80,15 +86,28 @@ from typing import Any
 MIB = 1024 * 1024
 TUNNEL = os.path.join(_HERE, "tunnel.py")
 RELAY_PORT, SERVE_PORT, APP_PORT, TUNNEL_PORT, TUNNEL_TLS_PORT, TCP_PORT = 3340, 40000, 8000, 8080, 8443, 5201
-ROWS = ("direct", "relayed", "tunnel", "tunnel-tls")
+RELAY_TCP_PORT = 443
+#: the relay's Prometheus metrics (loopback in its namespace): its drops around each download (diagnostics)
+RELAY_METRICS_PORT = 9464
+ROWS = ("direct", "relayed", "relayed-tcp", "tunnel", "tunnel-tls")
+P2P_ROWS = ("direct", "relayed", "relayed-tcp")
 TITLES = {
     "direct": "asgi-p2p direct",
     "relayed": "asgi-p2p relayed",
+    "relayed-tcp": "asgi-p2p relayed over TCP",
     "tunnel": "tunnel",
     "tunnel-tls": "tunnel (TLS)",
 }
 #: name -> (one-way delay ms per access link, rate Mbit/s, loss % on the serving home's access link)
 PROFILES = {"wan": (20.0, 100.0, 0), "lan": (5.0, 1000.0, 0), "lossy": (50.0, 20.0, 1)}
+#: the blocking home's router: drop every UDP packet its LAN sends out (as tests/netns/test_relay_tcp.py)
+BLOCK_UDP = """table inet udpblock {
+    chain forward {
+        type filter hook forward priority filter - 10; policy accept;
+        iifname "lan" meta l4proto udp counter drop
+    }
+}
+"""
 #: the largest response the app serves (benchmarks/wan_app.py MAX_MIB)
 MAX_BULK_MIB = 64
 
@@ -111,7 +130,7 @@ def client_main(args: argparse.Namespace) -> None:
 
     import httpx
 
-    if args.client in ("direct", "relayed"):
+    if args.client in P2P_ROWS:
         from asgi_p2p import Node, SecretKey
         from asgi_p2p.http import H3_ALPN, P2PTransport
         from asgi_p2p.ticket import Ticket
@@ -128,9 +147,17 @@ def client_main(args: argparse.Namespace) -> None:
         res: dict[str, Any] = {"row": args.client}
         node: Any = None
         t0 = time.perf_counter()
-        if args.client in ("direct", "relayed"):
+        if args.client in P2P_ROWS:
             addr = Ticket.parse(args.target).to_node_addr()
-            node = await Node.bind(key, host="0.0.0.0", relay_url=addr.relay_url)
+            factory = None
+            if args.net_memory:  # the networks where UDP to the relay was blocked, kept between processes
+                import functools
+
+                from asgi_p2p.relay.client import RelayClient
+                from asgi_p2p.relay.netmemory import TransportMemory
+
+                factory = functools.partial(RelayClient, transport_memory=TransportMemory(args.net_memory))
+            node = await Node.bind(key, host="0.0.0.0", relay_url=addr.relay_url, relay_factory=factory)
             if tickets_file.exists() and not args.no_resume:  # the TLS session tickets of the earlier process
                 res["tickets"] = node.import_session_tickets(tickets_file.read_bytes())
             transport = P2PTransport(node)
@@ -147,7 +174,9 @@ def client_main(args: argparse.Namespace) -> None:
                 if conn.remote_node_id == addr.node_id and conn.alpn == H3_ALPN:
                     peer = node.peer_paths(addr.node_id)
                     kind = conn.path.kind if peer is None else peer.path.kind
-                    return "direct" if kind == "direct" and conn.path.kind == "direct" else "relay"
+                    if kind == "direct" and conn.path.kind == "direct":
+                        return "direct"
+                    return "relay-tcp" if getattr(node.relay, "transport", None) == "tcp" else "relay"
             return "none"
 
         workers = [client]
@@ -211,12 +240,25 @@ def client_main(args: argparse.Namespace) -> None:
             _await_go()
             c0, w0 = time.process_time(), time.perf_counter()
             got = 0
+            rtts: list[float] = []
+
+            async def sample_rtt() -> None:  # the client's smoothed RTT during the download (diagnostics)
+                while True:
+                    for conn in node.connections if node is not None else ():
+                        if conn.remote_node_id == addr.node_id and conn.alpn == H3_ALPN:
+                            rtts.append(conn.smoothed_rtt * 1000)
+                    await asyncio.sleep(0.1)
+
+            sampler = asyncio.ensure_future(sample_rtt())
             async with client.stream("GET", f"/big/{args.bulk_mib}") as r:
                 if r.status_code != 200:
                     raise RuntimeError(f"GET /big/{args.bulk_mib}: {r.status_code}")
                 async for chunk in r.aiter_raw():
                     got += len(chunk)
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            sampler.cancel()
+            if rtts:
+                res["bulk_rtt_ms"] = {"median": statistics.median(rtts), "max": max(rtts)}
             _emit({"done": "bulk", "cpu_s": cpu})
             if got != args.bulk_mib * MIB:
                 raise RuntimeError(f"download: {got} bytes, expected {args.bulk_mib * MIB}")
@@ -291,8 +333,12 @@ class RowRun:
     row: str
     client: dict[str, Any]
     returning_ms: float | None = None
+    #: relayed-tcp: a fresh process (new identity) that reads the network memory the first one wrote
+    memory_ms: float | None = None
     cpu_concurrent: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds
     cpu_bulk: dict[str, float] = field(default_factory=dict)
+    #: the relay's counters over the download (relayed rows): forwarded packets, drops by reason
+    relay_bulk: dict[str, float] = field(default_factory=dict)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -351,6 +397,9 @@ class Bench:
         )
         self.cli = rig.home("cli", nat="eim", wan=access)
         self.sym = rig.home("sym", nat="symmetric", wan=access)
+        self.blk = rig.home("blk", nat="eim", wan=access)
+        assert self.blk.router is not None
+        rig.nft(self.blk.router.ns, BLOCK_UDP)
         self.pub = rig.relay
 
     def start(self) -> None:
@@ -362,7 +411,9 @@ class Bench:
         relay = rig.python(
             self.pub,
             *("-m", "asgi_p2p", "relay", "--ephemeral", "--host", "0.0.0.0", "--public-host", self.pub.ip),
-            *("--port", str(RELAY_PORT), "--url-file", str(url_file), "--log-level", "warning"),
+            *("--port", str(RELAY_PORT), "--tcp-port", str(RELAY_TCP_PORT), "--url-file", str(url_file)),
+            *("--metrics", f"127.0.0.1:{RELAY_METRICS_PORT}"),
+            *("--log-level", "warning"),
             env=env,
         )
         self.relay_url = rig.wait_file(url_file, relay, timeout=60)
@@ -424,19 +475,36 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
         self.procs = {
             "direct": {"asgi-p2p server": p2p.pid, "relay": relay.pid},
             "relayed": {"asgi-p2p server": p2p.pid, "relay": relay.pid},
+            "relayed-tcp": {"asgi-p2p server": p2p.pid, "relay": relay.pid},
             "tunnel": {"tunnel server": tun.pid, "sender": snd.pid, "app (uvicorn)": app.pid},
             "tunnel-tls": {"tunnel server": tun_tls.pid, "sender": snd_tls.pid, "app (uvicorn)": app.pid},
         }
         self._all = [relay, p2p, app, tun, tun_tls, snd, snd_tls, tcp]
+
+    def relay_counters(self) -> dict[str, float]:
+        """The relay's forwarded packets and drops by reason (its metrics endpoint, read in its namespace)."""
+        url = f"http://127.0.0.1:{RELAY_METRICS_PORT}/metrics"
+        code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+        out = self.rig.run(self.pub, [sys.executable, "-c", code], env=self.env, timeout=30).stdout
+        got: dict[str, float] = {}
+        for line in out.splitlines():
+            if line.startswith("asgi_p2p_relay_forwarded_packets_total "):
+                got["forwarded"] = float(line.split()[-1])
+            elif line.startswith("asgi_p2p_relay_dropped_total{"):
+                reason = line.split('reason="', 1)[1].split('"', 1)[0]
+                got[f"dropped_{reason}"] = float(line.split()[-1])
+        return got
 
     def check_alive(self) -> None:
         for proc in self._all:
             if proc.poll() is not None:
                 raise RuntimeError(f"server process {proc.args} exited ({proc.returncode}):\n{self.rig.log(proc)}")
 
-    def _client_argv(self, row: str, key_file: Path, *, first_only: bool) -> tuple[Any, list[str]]:
+    def _client_argv(
+        self, row: str, key_file: Path, *, first_only: bool, net_memory: Path | None = None
+    ) -> tuple[Any, list[str]]:
         a = self.args
-        if row in ("direct", "relayed"):
+        if row in P2P_ROWS:
             target = self.ticket
         elif row == "tunnel":
             target = f"http://{self.pub.ip}:{TUNNEL_PORT}"
@@ -450,7 +518,9 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
             argv.append("--first-only")
         if a.no_resume:
             argv.append("--no-resume")
-        where = self.sym.host if row == "relayed" else self.cli.host
+        if net_memory is not None:
+            argv += ["--net-memory", str(net_memory)]
+        where = {"relayed": self.sym.host, "relayed-tcp": self.blk.host}.get(row, self.cli.host)
         return where, argv
 
     def run_row(self, row: str, tag: str) -> RowRun:
@@ -459,12 +529,15 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
 
         self.check_alive()
         key_file = self.tmp / f"client-{row}-{tag}.key"
-        where, argv = self._client_argv(row, key_file, first_only=False)
+        # relayed-tcp: a memory that starts empty (this process pays the head start) and is then kept
+        memory = self.tmp / f"networks-{row}-{tag}.json" if row == "relayed-tcp" else None
+        where, argv = self._client_argv(row, key_file, first_only=False, net_memory=memory)
         proc = self.rig.spawn(where, argv, env=self.env)
         assert proc.stdin is not None
         run = RowRun(row, {})
         pids = self.procs[row]
         before: dict[str, float] = {}
+        relay_before: dict[str, float] = {}
         timeout = 120 + 10 * self.args.bulk_mib + self.args.steady + self.args.requests / 10
         deadline = time.monotonic() + timeout
         try:
@@ -472,6 +545,8 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
                 m = expect_line(proc, r"^\{", timeout=max(1.0, deadline - time.monotonic()))
                 msg = json.loads(m.string)
                 if "phase" in msg:
+                    if msg["phase"] == "bulk" and row in ("relayed", "relayed-tcp"):
+                        relay_before = self.relay_counters()
                     before = {role: _cpu_seconds(pid) for role, pid in pids.items()}
                     proc.stdin.write("go\n")
                     proc.stdin.flush()
@@ -483,6 +558,9 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
                         run.cpu_concurrent = cpu
                     else:
                         run.cpu_bulk = cpu
+                        if row in ("relayed", "relayed-tcp"):
+                            after_relay = self.relay_counters()
+                            run.relay_bulk = {k: v - relay_before.get(k, 0.0) for k, v in after_relay.items()}
                 elif "result" in msg:
                     run.client = msg["result"]
                     break
@@ -491,11 +569,23 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        where, argv = self._client_argv(row, key_file, first_only=True)
+        where, argv = self._client_argv(row, key_file, first_only=True, net_memory=memory)
         again = self.rig.spawn(where, argv, env=self.env)
         m = expect_line(again, r"^\{", timeout=120)
         run.returning_ms = float(json.loads(m.string)["result"]["first_ms"])
         again.wait(timeout=30)
+        if memory is not None:
+            if not memory.exists():
+                raise RuntimeError(f"{row}: the client kept no network memory in {memory}")
+            fresh = self.tmp / f"client-{row}-{tag}-memory.key"
+            where, argv = self._client_argv(row, fresh, first_only=True, net_memory=memory)
+            third = self.rig.spawn(where, argv, env=self.env)
+            m = expect_line(third, r"^\{", timeout=120)
+            got = json.loads(m.string)["result"]
+            if got.get("first_path") != "relay-tcp":
+                raise RuntimeError(f"{row}: the fresh process with the network memory went {got.get('first_path')}")
+            run.memory_ms = float(got["first_ms"])
+            third.wait(timeout=30)
         return run
 
     def warm_up(self, row: str) -> None:
@@ -553,6 +643,7 @@ def metrics(run: RowRun, args: argparse.Namespace) -> dict[str, float | None]:
         "first": c.get("first_ms"),
         "first_spawn": c.get("first_spawn_ms"),
         "returning": run.returning_ms,
+        "memory": run.memory_ms,
         "p50": c.get("p50_ms"),
         "p99": c.get("p99_ms"),
         "rps": c.get("rps"),
@@ -567,6 +658,7 @@ METRIC_ROWS = (
     ("first", "first response from a fresh process, ms (client created -> response)", 0),
     ("first_spawn", "the same from the process's spawn (interpreter start + imports included), ms", 0),
     ("returning", "returning client's first response (fresh process, same identity), ms", 0),
+    ("memory", "first response from a fresh process with a new identity and the network memory, ms", 0),
     ("p50", "steady small request p50, ms", 1),
     ("p99", "steady small request p99, ms", 1),
     ("rps", "50 concurrent small requests, req/s", 0),
@@ -665,6 +757,26 @@ def table(runs: list[RowRun], tcp: list[tuple[float, float]], args: argparse.Nam
                 vals.append(f"{role} {_fmt(m, 2)}")
             parts.append(f"{phase} ({unit}): " + ", ".join(vals))
         lines.append(f"- CPU of {TITLES[r]}: " + "; ".join(parts))
+    if "relayed" in per and "relayed-tcp" in per:
+        tl = [
+            "| relay over TCP vs over UDP (same run, medians) | over UDP | over TCP | ratio | target |",
+            "|---|---|---|---|---|",
+        ]
+        for key, what, target in (
+            ("bulk", f"{mib} MiB download through the relay, MB/s", 0.7),
+            ("first", "first response, fresh process, ms", None),
+            ("memory", "the same with the network memory (new identity), ms", None),
+            ("returning", "returning client's first response, ms", None),
+        ):
+            udp_key = "first" if key == "memory" else key  # over UDP there is no head start to skip
+            udp, tcp_ = med("relayed", udp_key), med("relayed-tcp", key)
+            if udp is None or tcp_ is None:
+                continue
+            q = tcp_ / udp
+            goal = "" if target is None else f"≥ {target:g}x: {'met' if q >= target else 'not met'}"
+            digits = 2 if key == "bulk" else 0
+            tl.append(f"| {what} | {_fmt(udp, digits)} | {_fmt(tcp_, digits)} | {q:.2f}x | {goal} |")
+        lines += ["\n".join(tl), ""]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines)
 
@@ -708,6 +820,7 @@ def run_bench(args: argparse.Namespace) -> int:
     runs: list[RowRun] = []
     tcp: list[tuple[float, float]] = []
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
     keep_logs = False
     try:
         bench = Bench(args, tmp)
@@ -739,13 +852,16 @@ def run_bench(args: argparse.Namespace) -> int:
         f"Link: each home's access link {d:g} ms one way (userspace delay line) and {rate:g} Mbit/s (tc tbf), "
         f"both directions; {loss}% loss (nftables) on the serving home's access link; a round trip between homes "
         f"crosses two access links ({4 * d:g} ms added). NAT: server and direct/tunnel clients behind "
-        "endpoint-independent NATs, relayed clients behind a symmetric NAT.",
+        "endpoint-independent NATs, relayed clients behind a symmetric NAT, relayed-over-TCP clients behind an "
+        "endpoint-independent NAT that drops all UDP from its LAN.",
         f"Repeats: {args.repeat}, rows interleaved in rotated order; each cell: median (per-run values). "
         f"Steady: {args.steady} sequential requests; concurrent: {args.requests} requests, {args.concurrency} in "
         f"flight; download: {args.bulk_mib} MiB, MB = 10^6 bytes.",
         f"asgi-p2p {_git_head()}, CLI defaults (`asgi-p2p benchmarks.wan_app:app --relay URL --log-level warning`, "
         "`asgi-p2p relay`); " + (f"environment: {', '.join(knobs)}" if knobs else "no ASGI_P2P_* settings"),
-        f"Machine: {machine_name()}; wall {time.perf_counter() - t_start:.0f} s",
+        f"Machine: {machine_name()}; wall {time.perf_counter() - t_start:.0f} s; load average (1/5/15 min) "
+        f"{' '.join(f'{x:.2f}' for x in load_start)} at the start, {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        "at the end",
     ]
     text = table(runs, tcp, args, notes)
     print(text)
@@ -790,6 +906,7 @@ def main() -> int:
     p.add_argument("--cafile", help=argparse.SUPPRESS)
     p.add_argument("--spawned-at", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--first-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--net-memory", help=argparse.SUPPRESS)
     p.add_argument("--tcp-serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--tcp-fetch", metavar="HOST:PORT", help=argparse.SUPPRESS)
     p.add_argument("--bytes", type=int, default=10 * MIB, help=argparse.SUPPRESS)

@@ -281,7 +281,8 @@ def test_wan_benchmark_quick_run_on_the_netns_rig() -> None:
             proc.communicate()
     assert proc.returncode == 0, out + err
     assert not [n for n in list_namespaces() if n.startswith(f"ap2p{proc.pid}-")], list_namespaces()
-    assert "| metric | asgi-p2p direct | asgi-p2p relayed | tunnel | tunnel (TLS) |" in out, out
+    header = "| metric | asgi-p2p direct | asgi-p2p relayed | asgi-p2p relayed over TCP | tunnel | tunnel (TLS) |"
+    assert header in out, out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     for metric in (
         "first response from a fresh process, ms (client created -> response)",
@@ -295,10 +296,20 @@ def test_wan_benchmark_quick_run_on_the_netns_rig() -> None:
     ):
         assert metric in rows, f"missing row {metric!r}:\n{out}"
         cells = [c.strip() for c in rows[metric].strip().strip("|").split("|")][1:]
-        assert len(cells) == 4 and all(c != "n/a" and float(c.replace(",", "")) > 0 for c in cells), rows[metric]
+        assert len(cells) == 5 and all(c != "n/a" and float(c.replace(",", "")) > 0 for c in cells), rows[metric]
+    # only the relayed-over-TCP row has a fresh process with the network memory (dials TCP at once)
+    memory = "first response from a fresh process with a new identity and the network memory, ms"
+    cells = [c.strip() for c in rows[memory].strip().strip("|").split("|")][1:]
+    assert cells[2] != "n/a" and [c for i, c in enumerate(cells) if i != 2] == ["n/a"] * 4, rows[memory]
     paths = [c.strip() for c in rows["path: at the first response -> during the measurements"].strip("| \n").split("|")]
-    # the direct row went direct (eim x eim), the relayed one stayed on the relay (symmetric NAT)
+    # the direct row went direct (eim x eim), the relayed one stayed on the relay (symmetric NAT), the one
+    # whose home drops UDP used the relay over TCP
     assert paths[1].split(" (")[0].endswith("-> direct") and paths[2].endswith("-> relay"), paths
+    assert paths[3] == "relay-tcp -> relay-tcp", paths
+    assert (
+        "| 1 MiB download through the relay, MB/s |"
+        in out.split("| relay over TCP vs over UDP (same run, medians) |")[1]
+    ), out
     tcp = [
         c.strip()
         for c in rows["the same, 1 MiB more on the warm connection (the link's ceiling), MB/s"].strip("| \n").split("|")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -127,7 +128,9 @@ def add_get_args(p: argparse.ArgumentParser) -> None:
         "--no-session-cache",
         action="store_true",
         help="with --key-file: do not keep TLS session tickets between runs (by default they are kept in "
-        "$XDG_CACHE_HOME/asgi-p2p/sessions/, mode 0600, so that the next run resumes and sends a GET as 0-RTT)",
+        "$XDG_CACHE_HOME/asgi-p2p/sessions/, mode 0600, so that the next run resumes and sends a GET as 0-RTT), "
+        "nor the networks where UDP to the relay was blocked ($XDG_CACHE_HOME/asgi-p2p/networks/: there the next "
+        "run dials the relay over TCP at once)",
     )
     add_log_args(p, default_level="warning", config=False)
     nat = p.add_argument_group("NAT traversal and discovery")
@@ -276,13 +279,22 @@ async def _get(args: argparse.Namespace) -> int:
         _v(f"* local node {key.node_id} ({kind})")
 
     tickets = None if args.key_file is None or args.no_session_cache else session_cache_path(key.node_id)
+    relay_factory = None
+    if tickets is not None:
+        from ..relay.client import RelayClient
+        from ..relay.netmemory import TransportMemory
+
+        memory = TransportMemory(network_memory_path(key.node_id))
+        relay_factory = functools.partial(RelayClient, transport_memory=memory)
 
     async def bind(near: NodeAddr, relays: list[str], bind_key: SecretKey = key) -> Endpoint:
         from ..node import Node
 
         first = relays[0] if relays else None
         host = args.bind or _bind_host(NodeAddr(near.node_id, near.direct_addresses, first), lan=args.mdns)
-        return await Node.bind(bind_key, host=host, port=0, config=config, **relay_kwargs(relays))
+        return await Node.bind(
+            bind_key, host=host, port=0, config=config, relay_factory=relay_factory, **relay_kwargs(relays)
+        )
 
     endpoint: Endpoint | None = None
     try:
@@ -323,6 +335,11 @@ def session_cache_path(node_id: NodeId) -> Path:
     """Where ``get`` keeps the session tickets of identity ``node_id`` between runs."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "asgi-p2p" / "sessions" / f"{node_id}.json"
+
+
+def network_memory_path(node_id: NodeId) -> Path:
+    """Where ``get`` keeps, for identity ``node_id``, the networks where UDP to a relay was blocked."""
+    return session_cache_path(node_id).parent.parent / "networks" / f"{node_id}.json"
 
 
 def _load_session_tickets(endpoint: Endpoint, path: Path, *, verbose: bool) -> None:

@@ -19,11 +19,14 @@ and :meth:`RelayClient.wait_connected`'s error say why it is not connected.
 
 Relay over TCP: when the relay URL carries a TCP port (``?tcp=PORT``, see
 :mod:`asgi_p2p.relay.tcp`), connecting races the QUIC connection against one over
-TLS + WebSocket, with a head start for UDP (``udp_head_start``); once TCP has won,
-the next reconnects start it at once, and while on TCP the client tries UDP again
-every ``udp_retry_interval`` seconds and moves back as soon as the QUIC connection is
-up.  Either way the paths layer sees the same relay link: the end-to-end QUIC
-connections relayed through it go on across the switch.
+TLS + WebSocket, with a head start for UDP (``udp_head_start``).  The outcome is
+remembered per network (:mod:`asgi_p2p.relay.netmemory`: the local address towards
+the relay): on a network where TCP won, the next connects start it at once, while on
+another network UDP gets its head start again.  While on TCP the client tries UDP
+again every ``udp_retry_interval`` seconds and moves back as soon as the QUIC
+connection is up (and forgets that the network blocked UDP).  Either way the paths
+layer sees the same relay link: the end-to-end QUIC connections relayed through it go
+on across the switch.
 
 Sending never blocks and never raises for a disconnected relay, a packet that
 does not fit, or a full queue: like UDP, the packet is dropped, counted in
@@ -57,6 +60,7 @@ from ..identity import NodeAddr, NodeId
 from ..paths.link import RefusalReason, RelayRefusal, RelaySink
 from ..paths.select import QUIC_MIN_DATAGRAM_SIZE
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
+from .netmemory import Network, TransportMemory
 from .proto import (
     FORWARD_OVERHEAD,
     FRAME_RECV,
@@ -79,6 +83,7 @@ from .tcp import (
     certificate_fingerprint,
     client_tls_context,
     parse_hello,
+    send_batch,
 )
 from .url import RelayUrl
 
@@ -235,7 +240,7 @@ class _TcpRelayConnection:
         try:
             while not self.lost.is_set():
                 while self._queue:
-                    await self.ws.send(self._queue.popleft())
+                    await send_batch(self.ws, self._queue)
                 self._wake.clear()
                 await self._wake.wait()
         except WebSocketClosed as exc:
@@ -295,6 +300,8 @@ class RelayClient:
         udp_retry_interval: while on TCP, seconds between attempts to move back to UDP.
         proxy: for the relay over TCP: ``True`` honours ``HTTPS_PROXY``/``NO_PROXY`` (an
             HTTP CONNECT proxy), a URL names one, None connects directly.
+        transport_memory: the networks where UDP to the relay did not work (skip the head
+            start there); default: a new one held in memory by this client.
     """
 
     def __init__(
@@ -313,6 +320,7 @@ class RelayClient:
         udp_head_start: float = 1.0,
         udp_retry_interval: float = 60.0,
         proxy: str | Literal[True] | None = True,
+        transport_memory: TransportMemory | None = None,
     ) -> None:
         if keepalive_interval <= 0 or keepalive_timeout <= keepalive_interval:
             raise ValueError("need 0 < keepalive_interval < keepalive_timeout")
@@ -327,8 +335,10 @@ class RelayClient:
         self.proxy: str | Literal[True] | None = proxy
         #: The relay over TCP while in use (None: UDP or disconnected).
         self._tcp: _TcpRelayConnection | None = None
-        #: TCP won the last race: start it at once next time (UDP is retried periodically).
-        self._prefer_tcp = False
+        #: where TCP won the race (per network): start it at once there (UDP is retried periodically)
+        self.transport_memory = transport_memory if transport_memory is not None else TransportMemory()
+        #: the network of the last race
+        self._network: Network | None = None
         #: the QUIC connection attempt that was still going when TCP won the race
         self._pending_udp: asyncio.Task[_RelayConnection | None] | None = None
         self.endpoint = endpoint
@@ -542,7 +552,17 @@ class RelayClient:
         udp = self._pending_udp or loop.create_task(self._connect(), name=f"relay {self.url} over udp")
         self._pending_udp = None
         tasks: set[asyncio.Task[_RelayConnection | None] | asyncio.Task[_TcpRelayConnection | None]] = {udp}
-        if not self._prefer_tcp:
+        network = self._network = await self._current_network()
+        now = self._wall_time()
+        blocked = self.transport_memory.udp_blocked_since(network, now)
+        if blocked is not None:
+            log.info(
+                "relay %s: UDP did not work on this network (%s) %.0fs ago: connecting over TCP at once",
+                self.url,
+                network,
+                now - blocked,
+            )
+        else:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(udp), self.udp_head_start)
             if _outcome(udp) is not None:
@@ -578,10 +598,26 @@ class RelayClient:
         if loser is not None and loser is not winner:
             await loser.close()
         if winner is not None:
-            self._prefer_tcp = isinstance(winner, _TcpRelayConnection)
+            self._remember(network, "tcp" if isinstance(winner, _TcpRelayConnection) else "udp")
         if isinstance(winner, _TcpRelayConnection):
             self._use_tcp(winner)
         return winner
+
+    def _wall_time(self) -> float:
+        return asyncio.get_running_loop().time() + self.endpoint.router.clock_offset
+
+    async def _current_network(self) -> Network:
+        relay = str(self.url.node_id)
+        try:
+            addrs = await self._addresses()
+        except (OSError, P2PError):
+            addrs = []
+        return self.transport_memory.network(relay, addrs[0] if addrs else None)
+
+    def _remember(self, network: Network, transport: str) -> None:
+        if self.transport_memory.remember(network, transport, self._wall_time()):
+            what = "blocks UDP to the relay" if transport == "tcp" else "carries UDP to the relay again"
+            log.info("relay %s: remembered that this network (%s) %s", self.url, network, what)
 
     async def _connect_tcp(self) -> _TcpRelayConnection | None:
         """The relay over TLS + WebSocket, the relay's proof checked and ours given (None: failed)."""
@@ -690,7 +726,8 @@ class RelayClient:
                         await asyncio.wait_for(self._until_live(udp), self.keepalive_interval)
                 if self._live and self._conn is udp:
                     self.stats.moved_to_udp += 1
-                    self._prefer_tcp = False
+                    if self._network is not None:
+                        self._remember(self._network, "udp")
                     log.info("relay %s: UDP works again; moved from TCP to UDP", self.url)
                     if self._tcp is current:
                         self._tcp = None

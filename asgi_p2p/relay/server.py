@@ -71,6 +71,7 @@ from .tcp import (
     WS_SUBPROTOCOL,
     Hello,
     parse_auth,
+    send_batch,
     server_tls_context,
 )
 from .url import RelayUrl
@@ -209,7 +210,8 @@ class _TcpClientHandler:
     """One relay client over TCP (TLS + WebSocket), after it proved its node key.
 
     Frames for it wait in a bounded buffer (``max_pending`` frames, ``max_buffer``
-    bytes) that one writer task sends, one WebSocket message per frame; the
+    bytes) that one writer task sends, one WebSocket message per frame, the frames
+    waiting at once in one write (:func:`~asgi_p2p.relay.tcp.send_batch`); the
     WebSocket's own write buffer is bounded by ``websockets`` (``write_limit``).
     """
 
@@ -277,9 +279,8 @@ class _TcpClientHandler:
         try:
             while True:
                 while self._queue:
-                    frame = self._queue.popleft()
-                    self._bytes -= len(frame)
-                    await self.ws.send(frame)
+                    sent = await send_batch(self.ws, self._queue)  # (not `-= await`: that reads _bytes first)
+                    self._bytes -= sent
                 if self._closed:
                     break
                 self._wake.clear()

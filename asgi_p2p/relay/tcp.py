@@ -36,10 +36,12 @@ import os
 import secrets
 import ssl
 import tempfile
+from collections import deque
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from websockets.asyncio.connection import Connection
 
 from ..endpoint.tls import node_certificate
 from ..errors import ProtocolError
@@ -53,6 +55,7 @@ __all__ = [
     "TCP_MAX_FRAME",
     "TCP_MAX_PACKET",
     "TCP_VERSION",
+    "WRITE_BATCH",
     "WS_PATH",
     "WS_SUBPROTOCOL",
     "Auth",
@@ -62,6 +65,7 @@ __all__ = [
     "new_nonce",
     "parse_auth",
     "parse_hello",
+    "send_batch",
     "server_tls_context",
 ]
 
@@ -80,6 +84,33 @@ TCP_MAX_PACKET = 1200
 #: The largest WebSocket message either side accepts: a relay frame around a packet of up to
 #: 16 KiB (QUIC packets are far smaller; ERROR frames too).  Larger messages close the connection.
 TCP_MAX_FRAME = 16384 + FORWARD_OVERHEAD
+#: The most bytes of queued frames :func:`send_batch` hands TLS in one write.
+WRITE_BATCH = 65_536
+
+
+async def send_batch(ws: Connection, queue: deque[bytes], limit: int = WRITE_BATCH) -> int:
+    """Send the frames waiting in ``queue`` (up to ``limit`` bytes of them, at least one), each its own
+    WebSocket message, in ONE write to the TLS transport; returns the frame bytes taken from ``queue``.
+
+    ``ws.send()`` writes every message on its own: a TLS record and, on an idle socket, a
+    ``send()`` system call per relayed packet.  The frames a burst of packets leaves queued
+    (the relay forwards a whole receive batch before its writer runs) go out together instead.
+    Waits while the connection's write buffer is over its limit, as ``ws.send()`` does; raises
+    :class:`websockets.exceptions.ConnectionClosed` if the connection is closed.
+    """
+    taken = 0
+    async with ws.send_context():
+        while queue and (taken == 0 or taken + len(queue[0]) <= limit):
+            frame = queue.popleft()
+            taken += len(frame)
+            ws.protocol.send_binary(frame)
+        chunks = ws.protocol.data_to_send()
+        data = b"".join(chunks)
+        if data:
+            ws.transport.write(data)
+        if not all(chunks):  # an end-of-stream marker (the protocol is closing): as ws.send_data() does
+            ws.transport.close()
+    return taken
 
 
 def certificate_fingerprint(der: bytes) -> bytes:

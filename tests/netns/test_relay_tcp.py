@@ -1,6 +1,8 @@
 """Issue 14: a home whose router drops all outbound UDP (nftables) reaches a peer through the
 relay over TCP (TLS + WebSocket), downloads a track with its sha256 intact, and when UDP is
 unblocked the same connection moves to UDP (relay, then direct) without the app noticing.
+`asgi-p2p get --key-file` remembers the network: its second run on the blocked network dials the
+relay over TCP at once (no UDP head start), and once UDP is unblocked a run moves back to UDP.
 
 Real processes in network namespaces (see README.md): `asgi-p2p relay --tcp-port` on the public
 host, `asgi-p2p apps.music:app --relay URL` in home A, and in home B (UDP blocked at its router)
@@ -9,10 +11,13 @@ a client script holding one HTTP/3 connection across the switch.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from asgi_p2p import SecretKey
 from tests.cli.conftest import cli_env
 from tests.netns.rig import Impair, Rig, expect_line, sh
 from tests.netns.test_nat_traversal import RELAY_PORT, SERVE_PORT, _music_dir
@@ -57,6 +62,16 @@ def test_a_home_that_blocks_udp_reaches_a_peer_over_the_tcp_relay_and_moves_to_u
     )
     ticket = rig.wait_file(ticket_file, server, timeout=60)
     client = rig.python(b.host, "-m", "tests.netns.relay_tcp_client", url, ticket, f"/tracks/{track}/audio", env=env)
+    key_file = tmp_path / "get.key"
+    SecretKey.generate().save(key_file)
+    memory = tmp_path / "home" / ".cache" / "asgi-p2p" / "networks" / f"{SecretKey.load(key_file).node_id}.json"
+
+    def get(what: str) -> str:
+        """`asgi-p2p get --key-file` in home B through the relay; its log (info level)."""
+        argv = [sys.executable, "-m", "asgi_p2p", "get", "--key-file", str(key_file), "--log-level", "info"]
+        got = rig.run(b.host, [*argv, "--relay", url, "--timeout", "30", f"{ticket}/tracks"], env=env, timeout=90)
+        assert got.returncode == 0 and track in got.stdout, f"{what}:\n{got.stderr}\n{logs()}"
+        return str(got.stderr)
 
     def logs() -> str:
         return f"client log:\n{rig.log(client)}\nserver log:\n{rig.log(server)}\nrelay log:\n{rig.log(relay)}"
@@ -67,6 +82,17 @@ def test_a_home_that_blocks_udp_reaches_a_peer_over_the_tcp_relay_and_moves_to_u
         listing = sh(["ip", "netns", "exec", b.router.ns, "nft", "list", "table", "inet", "udpblock"])
         dropped = re.search(r"counter packets (\d+)", listing)
         assert dropped is not None and int(dropped.group(1)) > 0, listing  # the client did try UDP
+
+        # a fresh `get` learns that this network blocks UDP to the relay, and keeps it (0600) ...
+        first = get("first get on the blocked network")
+        assert "connected over TCP" in first and "connecting over TCP at once" not in first, first
+        assert "remembered that this network (from 10.2.0.2 to relay" in first, first
+        assert memory.stat().st_mode & 0o777 == 0o600
+        assert len(json.loads(memory.read_text())["udp_blocked"]) == 1
+        # ... so the next one dials TCP at once, with no UDP head start
+        second = get("second get on the blocked network")
+        assert "UDP did not work on this network (from 10.2.0.2 to relay" in second, second
+        assert "connecting over TCP at once" in second and "connected over TCP" in second, second
         rig.nft(b.router.ns, "delete table inet udpblock\n")  # UDP works again
         assert client.stdin is not None
         client.stdin.write("unblocked\n")
@@ -75,5 +101,10 @@ def test_a_home_that_blocks_udp_reaches_a_peer_over_the_tcp_relay_and_moves_to_u
         assert moved.groups() == ("udp", "direct"), logs()
         got2 = expect_line(client, r"^got2 (\S+) (\S+)$", timeout=90)
         assert got2.groups() == (sha, "yes"), logs()
+        # UDP works again: `get` starts TCP at once as remembered, but UDP comes up too and is used
+        third = get("get after unblocking")
+        assert "connecting over TCP at once" in third, third
+        assert "carries UDP to the relay again" in third, third
+        assert json.loads(memory.read_text())["udp_blocked"] == {}
     finally:
         print(logs())

@@ -10,6 +10,7 @@ oversized frames, a slow upgrade and a forged proof drop only that client.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import hashlib
 import random
@@ -25,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect as ws_connect
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
 from asgi_p2p import NodeAddr, SecretKey
@@ -36,6 +39,7 @@ from asgi_p2p.net.base import Address, DatagramReceiver
 from asgi_p2p.net.udp import UdpNetwork, UdpSocket
 from asgi_p2p.node import Node
 from asgi_p2p.relay.client import RelayClient
+from asgi_p2p.relay.netmemory import TransportMemory
 from asgi_p2p.relay.proto import Send as SendFrame
 from asgi_p2p.relay.proto import parse_frame
 from asgi_p2p.relay.server import RelayServer
@@ -50,6 +54,7 @@ from asgi_p2p.relay.tcp import (
     client_tls_context,
     parse_auth,
     parse_hello,
+    send_batch,
 )
 from asgi_p2p.relay.url import RelayUrl
 
@@ -214,6 +219,7 @@ def test_a_node_whose_udp_is_blocked_downloads_through_the_relay_over_tcp_and_mo
             link = client.relay
             assert isinstance(link, RelayClient)
             assert link.transport == "tcp" and link.stats.tcp_connects == 1
+            assert len(link.transport_memory) == 1  # this network blocks UDP to the relay
             assert relay.stats.tcp_connections_accepted == 1 and client.node_id in relay.clients
             # the peer is known only by its relay: every packet goes client -> TCP -> relay -> UDP -> server
             transport = P2PTransport(client)
@@ -231,6 +237,7 @@ def test_a_node_whose_udp_is_blocked_downloads_through_the_relay_over_tcp_and_mo
                 firewall.unblock()
                 await _until(lambda: link.transport == "udp", "relay client back on UDP")
                 assert link.stats.moved_to_udp == 1
+                assert len(link.transport_memory) == 0  # and no longer does
                 r = await http.get(f"https://{server.node_id}/again")
                 assert hashlib.sha256(r.content).digest() == hashlib.sha256(BLOB).digest()
                 assert not conn.closed and conn in client.connections
@@ -601,3 +608,84 @@ def test_after_tcp_won_a_lost_tcp_connection_is_replaced_over_tcp_at_once() -> N
             await relay.close(timeout=0.5)
 
     _run(main, 90)
+
+
+def test_the_outcome_is_remembered_per_network_and_kept_for_a_fresh_process(tmp_path: Path) -> None:
+    """On a network where TCP won, a new client with the same memory file (a fresh process) dials
+    TCP at once, without the UDP head start; from another source address UDP gets it again."""
+
+    async def main() -> None:
+        relay = await RelayServer.bind(RELAY_KEY, host="127.0.0.1", tcp_port=0)
+        path = tmp_path / "networks.json"
+        loop = asyncio.get_running_loop()
+
+        async def connect(seed: str, memory: TransportMemory) -> tuple[float, RelayClient, Node]:
+            node = await Node.bind(SecretKey.from_seed(seed), network=BlockedUdpNetwork())
+            client = RelayClient(node, relay.url, _NullSink(), udp_head_start=2.0, proxy=None, transport_memory=memory)
+            started = loop.time()
+            client.start()
+            await client.wait_connected(15)
+            assert client.transport == "tcp"
+            return loop.time() - started, client, node
+
+        opened: list[tuple[RelayClient, Node]] = []
+        try:
+            took, client, node = await connect("net-1", TransportMemory(path))
+            opened.append((client, node))
+            assert took >= 2.0  # the first time on this network, UDP gets its head start
+            assert path.stat().st_mode & 0o777 == 0o600
+            took, client, node = await connect("net-2", TransportMemory(path))  # read from the file
+            opened.append((client, node))
+            assert took < 1.0, took  # no head start: this network blocks UDP
+            # another network (another source address towards the relay): UDP first again
+            moved = TransportMemory(path, source=lambda _addr: "192.0.2.77")
+            took, client, node = await connect("net-3", moved)
+            opened.append((client, node))
+            assert took >= 2.0
+        finally:
+            for client, node in opened:
+                await client.close()
+                await node.close(timeout=0.5)
+            await relay.close(timeout=0.5)
+
+    _run(main, 60)
+
+
+def test_send_batch_writes_queued_frames_as_separate_messages_in_one_write() -> None:
+    """The relay's and the client's TCP writers hand TLS a burst of frames at once (one write, up to
+    the batch limit), and the other side still gets one WebSocket message per relay frame, in order."""
+
+    async def main() -> None:
+        got: list[bytes] = []
+        done = asyncio.Event()
+
+        async def handler(ws: ServerConnection) -> None:
+            async for message in ws:
+                assert isinstance(message, bytes)
+                got.append(message)
+                if len(got) == 8:
+                    done.set()
+
+        async with ws_serve(handler, "127.0.0.1", 0, compression=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with ws_connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as ws:
+                writes: list[int] = []
+                real = ws.transport.write
+
+                def counting(data: Any) -> None:
+                    writes.append(len(data))
+                    real(data)
+
+                ws.transport.write = counting  # type: ignore[method-assign]
+                frames = [bytes([i]) * (1000 + i) for i in range(8)]
+                queue = collections.deque(frames)
+                assert await send_batch(ws, queue, limit=5000) == sum(map(len, frames[:4]))
+                assert len(queue) == 4 and len(writes) == 1  # four frames (4,006 bytes) in one write
+                assert await send_batch(ws, queue, limit=100) == len(frames[4])  # at least one frame
+                while queue:
+                    await send_batch(ws, queue)
+                assert len(writes) == 3
+                await asyncio.wait_for(done.wait(), 10)
+                assert got == frames
+
+    _run(main, 30)
