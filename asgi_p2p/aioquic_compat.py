@@ -49,9 +49,6 @@ Hooks:
 * :func:`capped_probe_time` - when a backed-off probe timeout would fire with its
   backoff capped (``QuicPacketRecovery._pto_count``, ``get_probe_timeout``,
   ``_time_of_last_sent_ack_eliciting_packet``).
-* :func:`install_pacing_gain` - replaces the connection's ``QuicPacketPacer.update_rate``
-  (``QuicConnection._loss._pacer``, reading ``._loss._cc.ssthresh``) to pace a little
-  faster than congestion window / RTT, as RFC 9002 section 7.7 recommends.
 * :func:`ack_with_next_packet` - ``QuicConnection._spaces[ONE_RTT].ack_at``:
   acknowledge in the next packet built (a response written within aioquic's
   ack delay carries the ACK, instead of an ACK-only packet following it).
@@ -136,7 +133,7 @@ from aioquic.quic.crypto import (
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion
 from aioquic.quic.packet_builder import QuicPacketBuilder
-from aioquic.quic.recovery import K_MICRO_SECOND, K_SECOND, QuicPacketSpace
+from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -473,39 +470,6 @@ def set_max_datagram_size(quic: QuicConnection, size: int, *, below_minimum: boo
         floor = (K_INITIAL_WINDOW if cc.ssthresh is None else K_MINIMUM_WINDOW) * size
         if cc.congestion_window < floor:
             cc.congestion_window = floor
-
-
-#: Pacing gains (RFC 9002 section 7.7: pace at N x congestion window / smoothed RTT with N a
-#: little above 1, so that variation in the RTT does not leave the window unused).  aioquic
-#: paces at exactly 1x; Linux TCP paces at 2x in slow start and 1.2x after.
-PACING_GAIN_SLOW_START = 2.0
-PACING_GAIN = 1.25
-
-
-def install_pacing_gain(
-    quic: QuicConnection, *, slow_start: float = PACING_GAIN_SLOW_START, avoidance: float = PACING_GAIN
-) -> None:
-    """Pace at ``slow_start`` (in slow start) or ``avoidance`` times congestion window / RTT.
-
-    Replaces ``QuicPacketPacer.update_rate`` on this connection's pacer (aioquic calls
-    it after each RTT sample and congestion event); the burst allowance (a quarter of
-    the window, at most 16 datagrams) is aioquic's.
-    """
-    if not (slow_start >= 1.0 and avoidance >= 1.0):
-        raise ValueError(f"pacing gains must be at least 1, got {slow_start} and {avoidance}")
-    loss = quic._loss
-    pacer = loss._pacer
-    cc = loss._cc
-
-    def update_rate(congestion_window: int, smoothed_rtt: float) -> None:
-        ssthresh = cc.ssthresh
-        gain = slow_start if ssthresh is None or congestion_window < ssthresh else avoidance
-        size = pacer._max_datagram_size
-        rate = gain * congestion_window / max(smoothed_rtt, K_MICRO_SECOND)
-        pacer.packet_time = max(K_MICRO_SECOND, min(size / rate, K_SECOND))
-        pacer.bucket_max = max(2 * size, min(congestion_window // 4, 16 * size)) / rate
-
-    pacer.update_rate = update_rate  # type: ignore[method-assign]
 
 
 def ack_with_next_packet(quic: QuicConnection, now: float) -> None:

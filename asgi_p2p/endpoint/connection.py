@@ -213,7 +213,6 @@ class PeerConnection:
         self._reads = 0  # consume() calls (a change of what tracked streams hold unread)
         hooks.install_receive_credit(quic, self._credit_limit, self._connection_limit)
         hooks.set_peer_stream_limit(quic, config.max_streams)
-        hooks.install_pacing_gain(quic)
         #: Where this connection's datagrams go (the paths layer keeps it current).
         self.route: Route = route(self)
 
