@@ -52,7 +52,6 @@ Hooks:
 * :func:`ack_with_next_packet` - ``QuicConnection._spaces[ONE_RTT].ack_at``:
   acknowledge in the next packet built (a response written within aioquic's
   ack delay carries the ACK, instead of an ACK-only packet following it).
-* :func:`ack_pending` - ``QuicConnection._spaces[ONE_RTT].ack_at``: a 1-RTT ACK is owed.
 * :func:`initial_packet_decrypts` - checks a client's first Initial packet with
   the Initial keys (``aioquic.quic.crypto``, derived from its destination
   connection id) before any connection state exists for it.
@@ -486,13 +485,6 @@ def ack_with_next_packet(quic: QuicConnection, now: float) -> None:
     space = quic._spaces.get(tls.Epoch.ONE_RTT)
     if space is not None and space.ack_at is not None and space.ack_at > now:
         space.ack_at = now
-
-
-def ack_pending(quic: QuicConnection) -> bool:
-    """True while a 1-RTT ACK is owed (``QuicPacketSpace.ack_at`` set: an ack-eliciting packet
-    arrived that no ACK sent since covers)."""
-    space = quic._spaces.get(tls.Epoch.ONE_RTT)
-    return space is not None and space.ack_at is not None
 
 
 def install_reset_tokens(

@@ -68,10 +68,6 @@ _HEARD_PTOS = 2
 #: while packets arrive through the relay on a direct route, a PING checks the direct
 #: path at most this often (seconds)
 _RELAY_PING_INTERVAL = 1.0
-#: a receiver acknowledges at once after this many datagrams while an ACK is owed, even in
-#: the middle of a batch of datagrams read together (otherwise within aioquic's 1 ms ack
-#: delay, at the end of the batch): a sender whose window is nearly full waits for it
-_ACK_EVERY = 8
 
 
 class _StreamCredit(ReceiveWindow):
@@ -191,8 +187,6 @@ class PeerConnection:
         # the highest authenticated 1-RTT packet number received, when it last grew, and
         # when the paths layer last heard that this connection's direct route works
         self._largest_received = -1
-        # datagrams received since our last ACK left, while one is owed
-        self._unacked = 0
         self._heard_at = 0.0
         self._sent_at = 0.0
         self._relay_ping_at = -_RELAY_PING_INTERVAL
@@ -338,12 +332,6 @@ class PeerConnection:
         self.datagrams_received += 1
         self._receiving_from = addr
         quic.receive_datagram(data, self.address, now)
-        ack_now = False
-        if hooks.ack_pending(quic):
-            self._unacked += 1
-            if self._unacked >= _ACK_EVERY:
-                ack_now = True
-                hooks.ack_with_next_packet(quic, now)
         received = hooks.largest_received_1rtt(quic)
         if received > self._largest_received:
             # an authenticated, new packet: the peer is alive (keepalive waits), and on a
@@ -381,10 +369,7 @@ class PeerConnection:
                 # reason, not after the draining period; a request sent with our Finished fails too
                 self._terminated(closed_by_peer)
                 return
-        if ack_now:
-            self.transmit()  # now, not after the rest of the datagrams read with this one
-        else:
-            self.schedule_transmit()
+        self.schedule_transmit()
 
     def stateless_reset(self) -> None:
         """The peer sent a genuine stateless reset: it no longer has this connection.
@@ -431,8 +416,6 @@ class PeerConnection:
             return
         now = self.loop.time()
         datagrams = self.quic.datagrams_to_send(now)
-        if self._unacked and not hooks.ack_pending(self.quic):
-            self._unacked = 0  # our ACK left
         if datagrams:
             self.datagrams_sent += len(datagrams)
             self.bytes_sent += sum(len(d) for d, _ in datagrams)
