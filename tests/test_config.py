@@ -54,15 +54,15 @@ def test_window_ceilings_and_congestion_control_from_env() -> None:
             "ASGI_P2P_MAX_STREAM_RECEIVE_WINDOW": "8_388_608",
             "ASGI_P2P_MAX_CONNECTION_RECEIVE_WINDOW": "12582912",
             "ASGI_P2P_MAX_STREAM_SEND_BUFFER": "262144",
-            "ASGI_P2P_CONGESTION_CONTROL": " reno ",
+            "ASGI_P2P_CONGESTION_CONTROL": " cubic ",
         }
     )
     assert cfg.max_stream_receive_window == 8 << 20
     assert cfg.max_connection_receive_window == 12 << 20
     assert cfg.max_stream_send_buffer == cfg.stream_send_buffer  # fixed-size send buffer
-    assert cfg.congestion_control == "reno"
+    assert cfg.congestion_control == "cubic"
     defaults = NetworkConfig()
-    assert defaults.congestion_control == "cubic"
+    assert defaults.congestion_control == "reno"
     assert defaults.stream_receive_window < defaults.max_stream_receive_window <= defaults.max_connection_receive_window
 
 
