@@ -163,10 +163,16 @@ class Limits:
     def p2p_config(self, mds: int) -> NetworkConfig:
         extra: dict[str, int] = {}
         if self.kind == "same":
+            # fixed sizes: no auto-tuning (a ceiling equal to the start turns it off), so
+            # asgi-p2p's send buffer stays at send_buffer, as the bare client's limit does
+            conn = max(4 * MIB, 2 * self.send_buffer)
             extra = {
                 "stream_send_buffer": self.send_buffer,
+                "max_stream_send_buffer": self.send_buffer,
                 "stream_receive_window": 2 * self.send_buffer,
-                "connection_receive_window": max(4 * MIB, 2 * self.send_buffer),
+                "max_stream_receive_window": 2 * self.send_buffer,
+                "connection_receive_window": conn,
+                "max_connection_receive_window": conn,
             }
         # probing off: the connection keeps exactly the row's datagram size
         return NetworkConfig.from_env(max_datagram_size=mds, max_probe_datagram_size=0, **extra)
@@ -179,13 +185,17 @@ class Limits:
         kib = 1024
         if self.kind == "same":
             return (
-                f"same limits: both senders hold at most {self.send_buffer // kib} KiB unacknowledged, "
-                f"receive windows do not bind (asgi-p2p stream {p2p.stream_receive_window // kib} KiB / "
-                f"connection {p2p.connection_receive_window // kib} KiB; aioquic doubles its credit)"
+                f"same limits: both senders hold at most {self.send_buffer // kib} KiB unacknowledged "
+                f"(asgi-p2p's send buffer fixed: no auto-tuning), receive windows do not bind (asgi-p2p "
+                f"stream {p2p.stream_receive_window // kib} KiB / connection {p2p.connection_receive_window // kib} "
+                "KiB, fixed; aioquic doubles its credit)"
             )
         return (
-            f"defaults: asgi-p2p send buffer {p2p.stream_send_buffer // kib} KiB, stream window "
-            f"{p2p.stream_receive_window // kib} KiB, connection window {p2p.connection_receive_window // kib} KiB; "
+            f"defaults: asgi-p2p auto-tuned: send buffer {p2p.stream_send_buffer // kib} KiB growing to two "
+            f"congestion windows (at most {p2p.max_stream_send_buffer // kib} KiB), stream window "
+            f"{p2p.stream_receive_window // kib} KiB growing to at most {p2p.max_stream_receive_window // kib} KiB, "
+            f"connection window {p2p.connection_receive_window // kib} KiB growing to at most "
+            f"{p2p.max_connection_receive_window // kib} KiB; "
             "aioquic no send limit (all queued at once), 1 MiB stream and connection credit doubled whenever "
             "half is used (unbounded)"
         )

@@ -43,8 +43,8 @@ def test_transport_benchmark_quick_run_prints_table() -> None:
             cells = [c.strip() for c in rows[0].strip("|").split("|")]
             assert cells[2] != "n/a" and cells[3] != "n/a", rows[0]
     # both bulk configurations are stated above the table
-    assert "- bulk, same limits: both senders hold at most 256 KiB unacknowledged" in out
-    assert "- bulk, defaults: asgi-p2p send buffer 256 KiB" in out
+    assert "- bulk, same limits: both senders hold at most 256 KiB unacknowledged (asgi-p2p's send buffer fixed" in out
+    assert "- bulk, defaults: asgi-p2p auto-tuned: send buffer 256 KiB growing to two congestion windows" in out
     assert "Machine:" in out
 
 

@@ -751,8 +751,10 @@ class RelayRouter:
                 client,
                 now,
                 ErrorCode.RATE_LIMITED,
-                f"rate limit exceeded ({self.limits.packets_per_second:g} packets/s, "
-                f"{self.limits.bytes_per_second:g} bytes/s); packet to {dst} dropped",
+                lambda: (
+                    f"rate limit exceeded ({self.limits.packets_per_second:g} packets/s, "
+                    f"{self.limits.bytes_per_second:g} bytes/s); packet to {dst} dropped"
+                ),
                 dst,
             )
         client.packets.take(1, now)
@@ -765,7 +767,7 @@ class RelayRouter:
                 client,
                 now,
                 ErrorCode.UNKNOWN_DESTINATION,
-                f"node {dst} is not connected to this relay",
+                lambda: f"node {dst} is not connected to this relay",
                 dst,
             )
         if len(frame) > target.max_datagram_size:
@@ -776,8 +778,10 @@ class RelayRouter:
                 client,
                 now,
                 ErrorCode.TOO_LARGE,
-                f"{size}-byte packet does not fit node {dst}'s datagram size "
-                f"{target.max_datagram_size} (at most {fits} bytes)",
+                lambda: (
+                    f"{size}-byte packet does not fit node {dst}'s datagram size "
+                    f"{target.max_datagram_size} (at most {fits} bytes)"
+                ),
                 dst,
                 fits=fits,
             )
@@ -818,10 +822,12 @@ class RelayRouter:
                     client,
                     now,
                     ErrorCode.RATE_LIMITED,
-                    f"node {dst} receives more than its limit "
-                    f"({limits.destination_packets_per_second:g} packets/s, "
-                    f"{limits.destination_bytes_per_second:g} bytes/s) and this client's share of it "
-                    "is queued full; packet dropped",
+                    lambda: (
+                        f"node {dst} receives more than its limit "
+                        f"({limits.destination_packets_per_second:g} packets/s, "
+                        f"{limits.destination_bytes_per_second:g} bytes/s) and this client's share of it "
+                        "is queued full; packet dropped"
+                    ),
                     dst,
                 )
             self._queued_bytes -= queue.drop_tail(longest)
@@ -834,7 +840,7 @@ class RelayRouter:
                 client,
                 now,
                 ErrorCode.RATE_LIMITED,
-                f"relay busy ({limits.max_queued_bytes} bytes of packets waiting); packet to {dst} dropped",
+                lambda: f"relay busy ({limits.max_queued_bytes} bytes of packets waiting); packet to {dst} dropped",
                 dst,
             )
         queue.push(src, frame)
@@ -878,14 +884,17 @@ class RelayRouter:
         client: _Client,
         now: float,
         code: ErrorCode,
-        message: str,
+        describe: Callable[[], str],
         node: NodeId,
         *,
         fits: int | None = None,
     ) -> list[Action]:
+        """An ERROR frame for ``src``, if its error budget allows; ``describe()`` makes the
+        message (only then: a flood of dropped packets must not cost a string each)."""
         if not client.errors.take(1, now):
             self.stats.errors_suppressed += 1
             return []
+        message = describe()
         frame = Error(code, message, node, fits).encode()
         if len(frame) > client.max_datagram_size:
             room = client.max_datagram_size - (len(frame) - len(message.encode("utf-8")))
