@@ -1,6 +1,6 @@
-"""The gateway's pooled connection to a peer that restarted: a GET is sent again on a new
-connection, a POST whose body was read is not (502 saying why).  On the simulator, calling the
-:class:`Gateway` ASGI app directly (the HTTP/1.1 side is uvicorn's, tested in test_gateway.py)."""
+"""The gateway's HTTP/3 side on the simulator, calling the :class:`Gateway` ASGI app directly
+(the HTTP/1.1 side is uvicorn's, tested in test_gateway.py): the pooled connection to a peer
+that restarted, and one packet per request on a kept-alive connection."""
 
 from __future__ import annotations
 
@@ -91,5 +91,33 @@ def test_a_get_on_a_dead_pooled_connection_is_sent_again(sim: Simulation) -> Non
             await server.shutdown()
         for n in (node, node2, node3):
             await n.close(timeout=0.1)
+
+    sim.run(main())
+
+
+def test_the_ack_of_a_response_rides_with_the_next_request(sim: Simulation) -> None:
+    """No ACK-only packet after each response: the next request carries it; alone, it still
+    leaves within the ACK delay we announced (25 ms)."""
+    server_host, gateway_host = sim.host("server"), sim.host("gateway")
+    sim.link(server_host, gateway_host, latency=0.02, loss=0.0)
+
+    async def main() -> None:
+        node, server = await _start(server_host)
+        gw_node = await Node.bind(host="0.0.0.0", config=NetworkConfig(keepalive_interval=0), network=gateway_host)
+        gateway = Gateway(gw_node, Routing(target=node.node_addr()))
+        assert await call(gateway, "GET", "/dial") == (200, b"GET /dial")
+        await asyncio.sleep(0.1)  # the handshake's last packets are over
+        (conn,) = gw_node.connections
+        for i in range(3):
+            before = conn.datagrams_sent
+            assert await call(gateway, "GET", f"/{i}") == (200, f"GET /{i}".encode())
+            assert conn.datagrams_sent == before + 1  # the request (carrying the previous ACK)
+            await asyncio.sleep(0.005)  # an HTTP/1.1 client reads the response and sends the next request
+            assert conn.datagrams_sent == before + 1
+        await asyncio.sleep(0.03)
+        assert conn.datagrams_sent == before + 2  # no next request: the ACK left on its own
+        await gw_node.close()
+        await server.shutdown()
+        await node.close()
 
     sim.run(main())
