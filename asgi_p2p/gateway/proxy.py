@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import httpcore
 import httpx
 
 from ..errors import InvalidConfiguration
@@ -193,14 +194,7 @@ class ProxyApp:
     def client(self) -> httpx.AsyncClient:
         """The httpx client talking to the backend (made on first use)."""
         if self._client is None:
-            transport = httpx.AsyncHTTPTransport(
-                uds=self.uds,
-                retries=0,
-                # a large receive buffer lets the backend write ahead while this process is busy
-                # with QUIC (on a loaded machine, each refill otherwise waits for the backend's turn)
-                socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)],
-                limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=20),
-            )
+            transport = _BackendTransport(self.uds, self.max_connections)
             self._client = httpx.AsyncClient(
                 transport=transport,
                 timeout=httpx.Timeout(self.timeout),
@@ -466,6 +460,80 @@ class ProxyApp:
                 task.cancel()
             with contextlib.suppress(Exception):
                 await backend.close()
+
+
+#: most bytes one read from a backend connection takes (httpcore asks for 64 KiB at a time)
+READ_SIZE = 1024 * 1024
+
+
+class _BackendTransport(httpx.AsyncHTTPTransport):
+    """httpx's HTTP/1.1 transport whose connections read up to :data:`READ_SIZE` bytes at a time.
+
+    Each read of a response body costs the same in httpcore and h11 whatever its size; a bulk
+    body arrives faster than this process forwards it, so larger reads mean fewer of them.
+    """
+
+    def __init__(self, uds: str | None, max_connections: int) -> None:
+        super().__init__(uds=uds, retries=0)
+        self._pool = httpcore.AsyncConnectionPool(
+            max_connections=max_connections,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,  # httpx's default
+            uds=uds,
+            retries=0,
+            # a large receive buffer lets the backend write ahead while this process is busy
+            # with QUIC (on a loaded machine, each refill otherwise waits for the backend's turn)
+            socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)],
+            network_backend=_LargeReads(httpcore.AnyIOBackend()),
+        )
+
+
+class _LargeReads(httpcore.AsyncNetworkBackend):
+    """A network backend whose streams read up to :data:`READ_SIZE` bytes when asked for less."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _LargeReadStream(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _LargeReadStream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _LargeReadStream(httpcore.AsyncNetworkStream):
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max(max_bytes, READ_SIZE), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._inner.start_tls(ssl_context, server_hostname, timeout)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
 
 
 class _Coalescer:
