@@ -299,17 +299,24 @@ class Gateway:
             c.remote_node_id == node_id and c.alpn == H3_ALPN and not c.closed for c in self.endpoint.connections
         )
 
+    def _pooled(self, node_id: NodeId) -> ClientConnection | None:
+        """The node's HTTP/3 client connection, if one is confirmed and takes requests."""
+        for c in self.endpoint.connections:
+            if c.remote_node_id == node_id and c.alpn == H3_ALPN and not c.closed and c.established_at is not None:
+                handler = c.handler
+                if isinstance(handler, ClientConnection) and handler.lost is None and not handler.draining:
+                    return handler
+        return None
+
     async def _connect_h3(self, node: NodeId | str) -> tuple[ClientConnection, bool]:
         """The HTTP/3 connection to the node (resolving and dialing unless one is live), and
         whether it was live already (pooled: it may turn out dead, see :meth:`_exchange`)."""
         target = self.routing.target
         node_id = target.node_id if target is not None else node
-        if isinstance(node_id, NodeId) and self._live(node_id):
-            # the common case: a live connection, nothing to look up or dial
-            try:
-                return await connect_h3(self.endpoint, node_id), True
-            except P2PError:
-                pass  # it just went away: resolve and dial below
+        if isinstance(node_id, NodeId):
+            pooled = self._pooled(node_id)
+            if pooled is not None:
+                return pooled, True  # the common case: nothing to look up or dial
         try:
             async with asyncio.timeout(self.connect_timeout):
                 addr = await self._resolve(node)
