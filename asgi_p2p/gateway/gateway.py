@@ -389,8 +389,6 @@ class Gateway:
         }
         skip = _NOT_FORWARDED | drop | named if named or drop else _NOT_FORWARDED
         out = [(k, v) for k, v in raw if k.lower() not in skip]
-        if any(k.lower() == b"te" and b"trailers" in v.lower() for k, v in raw):
-            out.append((b"te", b"trailers"))
         client = scope.get("client")
         host = _host_of(scope)
         parts = []

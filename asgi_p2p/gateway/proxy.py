@@ -297,6 +297,9 @@ class ProxyApp:
             content = _request_body(body, receive)
         else:
             content = body if body or any(n == "content-length" for n, _ in headers) else None
+        if _wants_trailers(scope):
+            await self._http_with_trailers(send, method, target, headers, content)
+            return
         try:
             url = self.base_url.copy_with(raw_path=target)
             request = self.client.build_request(method, url, headers=headers, content=content)
@@ -354,6 +357,114 @@ class ProxyApp:
             )
             return  # the response is incomplete: the server resets the stream
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # -- trailers (h11 directly) -----------------------------------------------------------------
+
+    async def _http_with_trailers(
+        self,
+        send: Send,
+        method: str,
+        target: bytes,
+        headers: list[tuple[str, str]],
+        content: bytes | AsyncIterator[bytes] | None,
+    ) -> None:
+        """The exchange for a peer that accepts trailers (``TE: trailers``), on a backend connection
+        of its own read with h11, which keeps the trailer fields of a chunked response (httpcore
+        drops them); they reach the peer as HTTP/3 trailers.  Same limits, errors and backpressure
+        as the pooled path; the connection is closed afterwards."""
+        import h11
+
+        fields = list(headers)
+        if not any(n == "host" for n, _ in fields):  # (preserve_host put the peer's in)
+            fields.insert(0, ("host", self.base_url.netloc.decode()))
+        fields += [("te", "trailers"), ("connection", "te")]
+        if isinstance(content, bytes):
+            fields = [(n, v) for n, v in fields if n != "content-length"] + [("content-length", str(len(content)))]
+        elif content is not None and not any(n == "content-length" for n, _ in fields):
+            fields.append(("transfer-encoding", "chunked"))
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if self.uds is not None:
+                        reader, writer = await asyncio.open_unix_connection(self.uds, limit=READ_SIZE)
+                    else:
+                        port = self.base_url.port or 80
+                        reader, writer = await asyncio.open_connection(self.base_url.host, port, limit=READ_SIZE)
+                writer.write(conn.send(h11.Request(method=method, target=target, headers=fields)))
+                if isinstance(content, bytes):
+                    if content:
+                        writer.write(conn.send(h11.Data(data=content)))
+                elif content is not None:
+                    async for chunk in content:
+                        writer.write(conn.send(h11.Data(data=chunk)))
+                        async with asyncio.timeout(self.timeout):
+                            await writer.drain()
+                writer.write(conn.send(h11.EndOfMessage()))
+                async with asyncio.timeout(self.timeout):
+                    await writer.drain()
+                    event = await _next_event(conn, reader)
+                    while isinstance(event, h11.InformationalResponse):
+                        event = await _next_event(conn, reader)
+            except TimeoutError:
+                self.gateway_timeout += 1
+                log.warning(
+                    "504: backend %s did not answer %s %s within %gs", self.backend, method, _show(target), self.timeout
+                )
+                await _plain(send, 504, f"Gateway Timeout: the backend did not answer within {self.timeout:g}s\n")
+                return
+            except _PeerGone:
+                return
+            except (OSError, h11.ProtocolError) as exc:
+                self.bad_gateway += 1
+                reason = f"cannot connect to the backend ({exc})" if writer is None else _describe_h11(exc)
+                log.warning("502: backend %s failed on %s %s: %s", self.backend, method, _show(target), reason)
+                await _plain(send, 502, f"Bad Gateway: {reason}\n")
+                return
+            assert isinstance(event, h11.Response)
+            out = [(n, v) for n, v in end_to_end(event.headers)]
+            chunked = any(n == b"transfer-encoding" for n, _ in event.headers)
+            body_headers = [
+                (n.encode("latin-1"), v.encode("latin-1")) for n, v in out if not (chunked and n == "content-length")
+            ]
+            trailers = chunked and method != "HEAD"
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": event.status_code,
+                    "headers": body_headers,
+                    "trailers": trailers,
+                }
+            )
+            try:
+                while True:
+                    async with asyncio.timeout(self.timeout):
+                        event = await _next_event(conn, reader)
+                    if isinstance(event, h11.Data):
+                        await send({"type": "http.response.body", "body": bytes(event.data), "more_body": True})
+                    elif isinstance(event, h11.EndOfMessage):
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        if trailers:
+                            fields_out = [
+                                (n.encode("latin-1"), v.encode("latin-1")) for n, v in end_to_end(event.headers)
+                            ]
+                            await send({"type": "http.response.trailers", "headers": fields_out})
+                        return
+            except (TimeoutError, OSError, h11.ProtocolError) as exc:
+                self.aborted += 1
+                log.warning(
+                    "backend %s failed during the response to %s %s: %s; resetting the peer's stream",
+                    self.backend,
+                    method,
+                    _show(target),
+                    "the backend stalled longer than the timeout" if isinstance(exc, TimeoutError) else exc,
+                )
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
 
     # -- WebSocket ---------------------------------------------------------------------------------
 
@@ -593,6 +704,32 @@ class _Coalescer:
         self.size = 0
         self._space.set()
         return data
+
+
+def _wants_trailers(scope: Scope) -> bool:
+    """The peer's request says it accepts response trailers (``TE: trailers``, RFC 9110 10.1.4)."""
+    return any(name.lower() == b"te" and b"trailers" in value.lower() for name, value in scope.get("headers", ()))
+
+
+async def _next_event(conn: Any, reader: asyncio.StreamReader) -> Any:
+    """The next h11 event of the backend's response, reading as needed (a closed connection is an error)."""
+    import h11
+
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(READ_SIZE)
+            conn.receive_data(data)  # b"": the backend closed; h11 raises on an incomplete message
+            continue
+        if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+            raise h11.RemoteProtocolError("the backend closed the connection")
+        return event
+
+
+def _describe_h11(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return f"the backend connection failed ({exc})"
+    return f"the backend sent malformed HTTP or closed the connection ({exc})"
 
 
 class _PeerGone(httpx.TransportError):
