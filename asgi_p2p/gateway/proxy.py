@@ -425,10 +425,11 @@ class ProxyApp:
             assert isinstance(event, h11.Response)
             out = [(n, v) for n, v in end_to_end(event.headers)]
             chunked = any(n == b"transfer-encoding" for n, _ in event.headers)
+            announced = any(n == b"trailer" for n, _ in event.headers)  # RFC 9110 6.6.2
             body_headers = [
                 (n.encode("latin-1"), v.encode("latin-1")) for n, v in out if not (chunked and n == "content-length")
             ]
-            trailers = chunked and method != "HEAD"
+            trailers = chunked and announced and method != "HEAD"
             await send(
                 {
                     "type": "http.response.start",

@@ -178,11 +178,14 @@ async def test_streamed_upload_and_download(backends: Any, proxied: ProxyFactory
         for i in range(0, len(data), 100_000):
             yield data[i : i + 100_000]
 
-    r = await p.client.post("/sha", content=chunks())
-    assert r.json() == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    r = await p.client.get("/stream?n=5000000")
-    assert len(r.content) == 5_000_000
-    assert r.content[:512] == bytes(range(256)) * 2
+    for te in ({}, {"te": "trailers"}):  # httpx to the backend; h11 on a connection of its own
+        r = await p.client.post("/sha", content=chunks(), headers=te)
+        assert r.json() == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        r = await p.client.post("/sha", content=data[:1000], headers=te)
+        assert r.json() == {"sha256": hashlib.sha256(data[:1000]).hexdigest(), "size": 1000}
+        r = await p.client.get("/stream?n=5000000", headers=te)
+        assert len(r.content) == 5_000_000
+        assert r.content[:512] == bytes(range(256)) * 2
 
 
 async def test_slow_reader_bounds_what_the_proxy_buffers(proxied: ProxyFactory) -> None:
