@@ -31,8 +31,10 @@ malformed or oversized response headers -> ``502`` (each with a one-line plain-t
 a log line); a backend that fails after its response started (closes mid-body, stalls longer
 than ``timeout``) resets the peer's stream.  One bad exchange never affects the others.
 
-Trailers are not forwarded: httpx (httpcore) drops HTTP/1.1 chunked trailers from
-responses, and ASGI has no request trailers.
+Response trailers: a peer request carrying ``TE: trailers`` goes to the backend on a
+connection of its own, read with h11 (httpcore, under httpx, drops the trailer fields of a
+chunked response); a chunked response that announces trailers (``Trailer``) reaches the peer
+with them as HTTP/3 trailers.  Request trailers are not forwarded: ASGI has none.
 """
 
 from __future__ import annotations
