@@ -1,10 +1,13 @@
 """The gateway: browsers, curl and any HTTP/1.1 client reach peers through it.
 
 :class:`Gateway` is an ASGI app; :class:`GatewayServer` serves it with uvicorn
-(HTTP/1.1 with keep-alive, optionally TLS).  Each request goes to a peer over
-HTTP/3 on the gateway's node (:class:`~asgi_p2p.http.P2PTransport`), which dials
-with the gateway's own key, so the peer's allow-list decides whether the gateway
-may call it.  Bodies stream both ways and nothing is buffered beyond the QUIC
+(HTTP/1.1 parsed by httptools, keep-alive, optionally TLS).  Each request goes to a
+peer as one HTTP/3 request stream on the gateway node's pooled connection to it
+(:class:`~asgi_p2p.http.client.ClientStream`, built straight from the ASGI scope); the
+node dials with the gateway's own key, so the peer's allow-list decides whether the
+gateway may call it.  A request whose pooled connection turns out dead before any
+response is sent again on a new one when that is safe, as :class:`~asgi_p2p.http.P2PTransport`
+does.  Bodies stream both ways and nothing is buffered beyond the QUIC
 stream window and uvicorn's flow control: a client or peer that reads slowly
 slows the other side down instead of filling memory.  A WebSocket upgrade on the
 HTTP/1.1 side becomes an RFC 9220 extended CONNECT to the peer.
