@@ -440,29 +440,28 @@ class ProxyApp:
                     "trailers": trailers,
                 }
             )
-            try:
-                while True:
+            while True:
+                try:
                     async with asyncio.timeout(self.timeout):
                         event = await _next_event(conn, reader)
-                    if isinstance(event, h11.Data):
-                        await send({"type": "http.response.body", "body": bytes(event.data), "more_body": True})
-                    elif isinstance(event, h11.EndOfMessage):
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                        if trailers:
-                            fields_out = [
-                                (n.encode("latin-1"), v.encode("latin-1")) for n, v in end_to_end(event.headers)
-                            ]
-                            await send({"type": "http.response.trailers", "headers": fields_out})
-                        return
-            except (TimeoutError, OSError, h11.ProtocolError) as exc:
-                self.aborted += 1
-                log.warning(
-                    "backend %s failed during the response to %s %s: %s; resetting the peer's stream",
-                    self.backend,
-                    method,
-                    _show(target),
-                    "the backend stalled longer than the timeout" if isinstance(exc, TimeoutError) else exc,
-                )
+                except (TimeoutError, OSError, h11.ProtocolError) as exc:
+                    self.aborted += 1
+                    log.warning(
+                        "backend %s failed during the response to %s %s: %s; resetting the peer's stream",
+                        self.backend,
+                        method,
+                        _show(target),
+                        "the backend stalled longer than the timeout" if isinstance(exc, TimeoutError) else exc,
+                    )
+                    return  # the response is incomplete: the server resets the stream
+                if isinstance(event, h11.Data):
+                    await send({"type": "http.response.body", "body": bytes(event.data), "more_body": True})
+                elif isinstance(event, h11.EndOfMessage):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    if trailers:
+                        fields_out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in end_to_end(event.headers)]
+                        await send({"type": "http.response.trailers", "headers": fields_out})
+                    return
         finally:
             if writer is not None:
                 writer.close()

@@ -457,6 +457,11 @@ async def chunked_with_trailers(reader: asyncio.StreamReader, writer: asyncio.St
     await writer.drain()
 
 
+async def cut_after_a_chunk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n5\r\nhello\r\n")
+    await writer.drain()
+
+
 async def test_backend_trailers_reach_a_peer_that_accepts_them(
     proxied: ProxyFactory, backends: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -478,6 +483,7 @@ async def test_backend_trailers_reach_a_peer_that_accepts_them(
     backend = await asyncio.start_server(handle, "127.0.0.1", 0)
     bad = await raw_backend(malformed)
     slow = await raw_backend(silent)
+    cut = await raw_backend(cut_after_a_chunk)
     try:
         p = await proxied(f"http://127.0.0.1:{backend.sockets[0].getsockname()[1]}")
         async with p.client.stream("GET", "/t", headers={"te": "trailers"}) as r:
@@ -499,6 +505,13 @@ async def test_backend_trailers_reach_a_peer_that_accepts_them(
         assert r4.status_code == 504 and "did not answer within 0.5s" in r4.text
         assert any("504: backend" in rec.getMessage() for rec in caplog.records)
         assert (await p.client.get("/again", headers={"te": "trailers"})).content == b"hello world"
+        # cut mid-body: the peer's stream is reset, and the proxy serves on
+        pc = await proxied(f"http://127.0.0.1:{cut.sockets[0].getsockname()[1]}")
+        with caplog.at_level(logging.WARNING, "asgi_p2p.gateway.proxy"):
+            with pytest.raises(httpx.RemoteProtocolError, match="reset"):
+                await pc.client.get("/x", headers={"te": "trailers"})
+        assert any("failed during the response" in rec.getMessage() for rec in caplog.records)
+        assert (await p.client.get("/after", headers={"te": "trailers"})).content == b"hello world"
     finally:
-        for server in (backend, bad, slow):
+        for server in (backend, bad, slow, cut):
             server.close()
