@@ -575,13 +575,16 @@ class ProxyApp:
                 await backend.close()
 
 
-#: most bytes one read from a backend connection takes (httpcore asks for 64 KiB at a time),
-#: and what may wait unread before the socket is paused
+#: most bytes one read from a backend connection takes (httpcore asks for 64 KiB at a time)
 READ_SIZE = 1024 * 1024
 
 
 class _BackendTransport(httpx.AsyncHTTPTransport):
-    """httpx's HTTP/1.1 transport over :class:`_Backend` connections (reads of up to :data:`READ_SIZE`)."""
+    """httpx's HTTP/1.1 transport whose connections read up to :data:`READ_SIZE` bytes at a time.
+
+    Each read of a response body costs the same in httpcore and h11 whatever its size; a bulk
+    body arrives faster than this process forwards it, so larger reads mean fewer of them.
+    """
 
     def __init__(self, uds: str | None, max_connections: int) -> None:
         super().__init__(uds=uds, retries=0)
@@ -594,19 +597,15 @@ class _BackendTransport(httpx.AsyncHTTPTransport):
             # a large receive buffer lets the backend write ahead while this process is busy
             # with QUIC (on a loaded machine, each refill otherwise waits for the backend's turn)
             socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)],
-            network_backend=_Backend(),
+            network_backend=_LargeReads(httpcore.AnyIOBackend()),
         )
 
 
-class _Backend(httpcore.AsyncNetworkBackend):
-    """Backend connections as asyncio protocols whose reads take everything received so far.
+class _LargeReads(httpcore.AsyncNetworkBackend):
+    """A network backend whose streams read up to :data:`READ_SIZE` bytes when asked for less."""
 
-    httpcore's own backend (anyio) hands over one socket read per call, at most 64 KiB as
-    httpcore asks, and pauses and resumes the socket around each; a bulk response body then
-    costs a pass through httpcore, h11 and anyio per 30-130 KiB.  Here a read returns all
-    that arrived (up to :data:`READ_SIZE`), and the socket is paused only while that much
-    waits unread (backpressure: at most :data:`READ_SIZE` plus one socket read in memory).
-    """
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
 
     async def connect_tcp(
         self,
@@ -616,156 +615,38 @@ class _Backend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        bind = (local_address, 0) if local_address else None
-        return await _connect(family, (host, port), bind, timeout, socket_options)
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _LargeReadStream(stream)
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.AsyncNetworkStream:
-        return await _connect(socket.AF_UNIX, path, None, timeout, socket_options)
+        return _LargeReadStream(await self._inner.connect_unix_socket(path, timeout, socket_options))
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+        await self._inner.sleep(seconds)
 
 
-async def _connect(
-    family: int, address: Any, bind: Any, timeout: float | None, socket_options: Iterable[Any] | None
-) -> _Stream:
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        if bind is not None:
-            sock.bind(bind)
-        async with asyncio.timeout(timeout):
-            await loop.sock_connect(sock, address)
-        if family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _, protocol = await loop.create_connection(_Buffered, sock=sock)
-    except TimeoutError:
-        sock.close()
-        raise httpcore.ConnectTimeout(f"no connection within {timeout:g}s") from None
-    except OSError as exc:
-        sock.close()
-        raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-    return _Stream(protocol)
-
-
-class _Buffered(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.eof = False
-        self.error: BaseException | None = None
-        self.paused = False
-        self.waiter: asyncio.Future[None] | None = None
-        self.can_write: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) >= READ_SIZE and not self.paused and self.transport is not None:
-            self.transport.pause_reading()
-            self.paused = True
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        self.error = exc
-        self._wake()
-        if self.can_write is not None and not self.can_write.done():
-            self.can_write.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.can_write = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self.can_write is not None and not self.can_write.done():
-            self.can_write.set_result(None)
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-
-class _Stream(httpcore.AsyncNetworkStream):
-    def __init__(self, protocol: _Buffered) -> None:
-        self._p = protocol
+class _LargeReadStream(httpcore.AsyncNetworkStream):
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        p = self._p
-        while not p.buffer and not p.eof:
-            p.waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await p.waiter
-            except TimeoutError:
-                raise httpcore.ReadTimeout(f"nothing from the backend for {timeout:g}s") from None
-            finally:
-                p.waiter = None
-        if p.buffer:
-            n = max(max_bytes, READ_SIZE)
-            if len(p.buffer) <= n:
-                data = bytes(p.buffer)
-                p.buffer.clear()
-            else:
-                data = bytes(p.buffer[:n])
-                del p.buffer[:n]
-            if p.paused and len(p.buffer) < READ_SIZE and p.transport is not None:
-                p.paused = False
-                p.transport.resume_reading()
-            return data
-        if p.error is not None:
-            raise httpcore.ReadError(str(p.error) or type(p.error).__name__)
-        return b""
+        return await self._inner.read(max(max_bytes, READ_SIZE), timeout)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        p = self._p
-        if p.transport is None or p.transport.is_closing():
-            raise httpcore.WriteError(str(p.error) if p.error is not None else "the backend connection is closed")
-        p.transport.write(buffer)
-        if p.can_write is not None and not p.can_write.done():
-            try:
-                async with asyncio.timeout(timeout):
-                    await p.can_write
-            except TimeoutError:
-                raise httpcore.WriteTimeout(f"the backend took nothing for {timeout:g}s") from None
-        if p.error is not None:
-            raise httpcore.WriteError(str(p.error))
+        await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
-        if self._p.transport is not None:
-            self._p.transport.close()
+        await self._inner.aclose()
 
     async def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("TLS to the backend is not supported (http:// backends only)")
+        return await self._inner.start_tls(ssl_context, server_hostname, timeout)
 
     def get_extra_info(self, info: str) -> Any:
-        p = self._p
-        if info == "is_readable":  # a kept-alive connection the backend closed or wrote on
-            return bool(p.buffer) or p.eof
-        if p.transport is None:
-            return None
-        if info == "socket":
-            return p.transport.get_extra_info("socket")
-        if info == "client_addr":
-            return p.transport.get_extra_info("sockname")
-        if info == "server_addr":
-            return p.transport.get_extra_info("peername")
-        return None
+        return self._inner.get_extra_info(info)
 
 
 class _Coalescer:
