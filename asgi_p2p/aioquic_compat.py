@@ -52,6 +52,9 @@ Hooks:
 * :func:`ack_with_next_packet` - ``QuicConnection._spaces[ONE_RTT].ack_at``:
   acknowledge in the next packet built (a response written within aioquic's
   ack delay carries the ACK, instead of an ACK-only packet following it).
+* :func:`postpone_ack` - the same ``ack_at``, later (within our ``max_ack_delay``):
+  a request/response client with nothing in flight lets the ACK of a response
+  ride with its next request.
 * :func:`initial_packet_decrypts` - checks a client's first Initial packet with
   the Initial keys (``aioquic.quic.crypto``, derived from its destination
   connection id) before any connection state exists for it.
@@ -485,6 +488,20 @@ def ack_with_next_packet(quic: QuicConnection, now: float) -> None:
     space = quic._spaces.get(tls.Epoch.ONE_RTT)
     if space is not None and space.ack_at is not None and space.ack_at > now:
         space.ack_at = now
+
+
+def postpone_ack(quic: QuicConnection, at: float) -> None:
+    """Let a pending 1-RTT ACK wait until ``at`` (unless a packet sent sooner carries it).
+
+    aioquic sends the ACK of a received packet 1 ms later, in an ACK-only packet if
+    nothing else goes out by then.  A client that just read a whole response, with no
+    other request under way, sends its next request in a moment more often than not:
+    postponed, the ACK rides with it (:func:`ack_with_next_packet`).  ``at`` must be
+    within our ``max_ack_delay`` of the packet (RFC 9000 13.2.1; aioquic advertises 25 ms).
+    """
+    space = quic._spaces.get(tls.Epoch.ONE_RTT)
+    if space is not None and space.ack_at is not None and space.ack_at < at:
+        space.ack_at = at
 
 
 def install_reset_tokens(

@@ -1,10 +1,13 @@
 """The gateway: browsers, curl and any HTTP/1.1 client reach peers through it.
 
 :class:`Gateway` is an ASGI app; :class:`GatewayServer` serves it with uvicorn
-(HTTP/1.1 with keep-alive, optionally TLS).  Each request goes to a peer over
-HTTP/3 on the gateway's node (:class:`~asgi_p2p.http.P2PTransport`), which dials
-with the gateway's own key, so the peer's allow-list decides whether the gateway
-may call it.  Bodies stream both ways and nothing is buffered beyond the QUIC
+(HTTP/1.1 parsed by httptools, keep-alive, optionally TLS).  Each request goes to a
+peer as one HTTP/3 request stream on the gateway node's pooled connection to it
+(:class:`~asgi_p2p.http.client.ClientStream`, built straight from the ASGI scope); the
+node dials with the gateway's own key, so the peer's allow-list decides whether the
+gateway may call it.  A request whose pooled connection turns out dead before any
+response is sent again on a new one when that is safe, as :class:`~asgi_p2p.http.P2PTransport`
+does.  Bodies stream both ways and nothing is buffered beyond the QUIC
 stream window and uvicorn's flow control: a client or peer that reads slowly
 slows the other side down instead of filling memory.  A WebSocket upgrade on the
 HTTP/1.1 side becomes an RFC 9220 extended CONNECT to the peer.
@@ -35,19 +38,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
-
+from .. import aioquic_compat as hooks
 from ..endpoint.endpoint import Endpoint
 from ..errors import AuthenticationFailed, DiscoveryFailed, InvalidNodeId, NodeNotFound, P2PError
+from ..errors import StreamReset as StreamResetError
 from ..http import (
     H3_ALPN,
-    P2PTransport,
+    Headers,
     WebSocketDisconnect,
     WebSocketRejected,
     WebSocketSession,
+    clean_header_fields,
     websocket_connect,
 )
-from ..http.client import connect_h3
+from ..http.client import IDEMPOTENT_METHODS, ClientConnection, ClientStream, PeerGoingAway, connect_h3
 from ..identity import NodeAddr, NodeId
 
 __all__ = [
@@ -89,6 +93,7 @@ HOP_BY_HOP = frozenset(
 )
 #: Set by the gateway (whatever the client sent under these names is dropped: it could be forged).
 FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto"})
+_NOT_FORWARDED = HOP_BY_HOP | FORWARDING
 #: The HTTP/1.1 WebSocket handshake's own fields (RFC 6455): RFC 9220 carries none of them.
 WS_HANDSHAKE = frozenset(
     {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol"}
@@ -206,8 +211,8 @@ class Gateway:
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
         self.scheme = scheme
-        self.transport = P2PTransport(endpoint)
         self._names: OrderedDict[str, tuple[NodeId, float]] = OrderedDict()
+        self._authorities: dict[NodeId, bytes] = {}
 
     # -- routing ------------------------------------------------------------------------
 
@@ -297,12 +302,24 @@ class Gateway:
             c.remote_node_id == node_id and c.alpn == H3_ALPN and not c.closed for c in self.endpoint.connections
         )
 
-    async def _connect(self, node: NodeId | str) -> NodeId:
-        """Resolve and connect (the request then reuses the pooled connection)."""
+    def _pooled(self, node_id: NodeId) -> ClientConnection | None:
+        """The node's HTTP/3 client connection, if one is confirmed and takes requests."""
+        for c in self.endpoint.connections:
+            if c.remote_node_id == node_id and c.alpn == H3_ALPN and not c.closed and c.established_at is not None:
+                handler = c.handler
+                if isinstance(handler, ClientConnection) and handler.lost is None and not handler.draining:
+                    return handler
+        return None
+
+    async def _connect_h3(self, node: NodeId | str) -> tuple[ClientConnection, bool]:
+        """The HTTP/3 connection to the node (resolving and dialing unless one is live), and
+        whether it was live already (pooled: it may turn out dead, see :meth:`_exchange`)."""
         target = self.routing.target
         node_id = target.node_id if target is not None else node
-        if isinstance(node_id, NodeId) and self._live(node_id):
-            return node_id  # the common case: a live connection, nothing to look up or dial
+        if isinstance(node_id, NodeId):
+            pooled = self._pooled(node_id)
+            if pooled is not None:
+                return pooled, True  # the common case: nothing to look up or dial
         try:
             async with asyncio.timeout(self.connect_timeout):
                 addr = await self._resolve(node)
@@ -312,14 +329,14 @@ class Gateway:
         except TimeoutError:
             raise RouteError(502, "unreachable", f"node {node}: no answer within {self.connect_timeout:g} s") from None
         except AuthenticationFailed as exc:
-            text = _one_line(exc)
-            if "not allowed" in text:
-                raise RouteError(
-                    502, "not allowed", f"node {node} does not allow this gateway's node id {self.endpoint.node_id}"
-                ) from None
-            raise RouteError(502, "unreachable", f"node {node}: {text}") from None
+            raise self._refused(node, exc) from None
         except P2PError as exc:
             raise RouteError(502, "unreachable", f"node {node}: {_one_line(exc)}") from None
+        return cc, False
+
+    async def _connect(self, node: NodeId | str) -> NodeId:
+        """Resolve and connect (the request then reuses the pooled connection)."""
+        cc, _ = await self._connect_h3(node)
         remote = cc.conn.remote_node_id
         assert remote is not None
         return remote
@@ -360,7 +377,6 @@ class Gateway:
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    await self.transport.aclose()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
@@ -374,11 +390,8 @@ class Gateway:
             if k.lower() == b"connection"
             for n in v.decode("latin-1").split(",")
         }
-        skip = HOP_BY_HOP | FORWARDING | drop | named
+        skip = _NOT_FORWARDED | drop | named if named or drop else _NOT_FORWARDED
         out = [(k, v) for k, v in raw if k.lower() not in skip]
-        te = [v for k, v in raw if k.lower() == b"te" and b"trailers" in v.lower()]
-        if te:
-            out.append((b"te", b"trailers"))
         client = scope.get("client")
         host = _host_of(scope)
         parts = []
@@ -396,73 +409,134 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             route = self.route(scope)
-            node_id = await self._connect(route.node)
+            cc, pooled = await self._connect_h3(route.node)
         except RouteError as err:
             await _drain_request(receive)
             await _answer(send, err)
             if err.status >= 500:
                 log.warning("%s %s: %s", scope["method"], scope["path"], err)
             return
-        headers = self._forward_headers(scope, route)
-        url = httpx.URL(f"https://{node_id}").copy_with(raw_path=route.path)
-        has_body = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope.get("headers", ()))
-        if has_body and not any(k == b"content-length" and v.strip() == b"0" for k, v in scope.get("headers", ())):
-            request = httpx.Request(scope["method"], url, headers=headers, stream=_RequestBody(receive))
-        else:
-            request = httpx.Request(scope["method"], url, headers=headers, content=b"")
-        request.extensions["timeout"] = {
-            "connect": self.connect_timeout,
-            "read": self.response_timeout,
-            "write": None,
-            "pool": None,
-        }
+        node_id = cc.conn.remote_node_id
+        assert node_id is not None
+        method: str = scope["method"]
+        fields: Headers = [
+            (b":method", method.encode("latin-1")),
+            (b":scheme", b"https"),
+            (b":authority", self._authority(node_id)),
+            (b":path", route.path),
+        ]
+        fields += clean_header_fields(self._forward_headers(scope, route), log.warning)
+        has_body = False  # a body to forward: chunked, or a length other than 0
+        for k, v in scope.get("headers", ()):
+            k = k.lower()
+            if k == b"transfer-encoding" or (k == b"content-length" and v.strip() != b"0"):
+                has_body = True
+        body = _Body(receive) if has_body else None
         try:
-            response = await self.transport.handle_async_request(request)
-        except httpx.TimeoutException as exc:
-            await _answer(send, RouteError(504, "peer too slow", f"node {node_id}: {exc}"))
-            log.warning("%s %s: node %s: %s", scope["method"], scope["path"], node_id, exc)
+            try:
+                st = await self._exchange(cc, fields, body, may_retry=pooled)
+            except _Retry as retry:
+                # the pooled connection was dead before any response: once more on a new one
+                log.info(
+                    "%s %s: the connection to %s failed before any response (%s); retrying on a new connection",
+                    method,
+                    scope["path"],
+                    node_id,
+                    _one_line(retry.cause),
+                )
+                cc, _ = await self._connect_h3(route.node)
+                st = await self._exchange(cc, fields, body, may_retry=False)
+        except RouteError as err:
+            await _answer(send, err)
+            log.warning("%s %s: %s", method, scope["path"], err)
             return
         except _ClientGone:
-            log.info("%s %s: the client went away while sending the request body", scope["method"], scope["path"])
+            log.info("%s %s: the client went away while sending the request body", method, scope["path"])
             return
-        except httpx.HTTPError as exc:
-            await _answer(send, RouteError(502, "unreachable", f"node {node_id}: {_one_line(exc)}"))
-            log.warning("%s %s: node %s: %s", scope["method"], scope["path"], node_id, exc)
-            return
-        await self._relay_response(scope, receive, send, response, node_id)
+        await self._relay_response(scope, receive, send, st, node_id)
+
+    def _authority(self, node_id: NodeId) -> bytes:
+        """The ``:authority`` of requests to the node: its id (the text remembered for a few nodes)."""
+        text = self._authorities.get(node_id)
+        if text is None:
+            if len(self._authorities) >= NAME_CACHE_SIZE:
+                self._authorities.clear()
+            text = self._authorities[node_id] = str(node_id).encode()
+        return text
+
+    async def _exchange(
+        self, cc: ClientConnection, fields: Headers, body: _Body | None, *, may_retry: bool
+    ) -> ClientStream:
+        """Send the request on ``cc`` and wait for its response headers (``response_timeout``).
+
+        Raises :class:`RouteError` (502, 504), :class:`_ClientGone`, or :class:`_Retry` when
+        ``may_retry`` and the connection turned out dead before any response, with the request
+        safe to send again (an idempotent method or nothing of it sent, and no body read yet).
+        """
+        node_id = cc.conn.remote_node_id
+        try:
+            st = cc.open_stream()
+        except P2PError as exc:
+            if may_retry and (exc is cc.lost or isinstance(exc, PeerGoingAway)):
+                raise _Retry(exc) from exc
+            raise RouteError(502, "unreachable", f"node {node_id}: {_one_line(exc)}") from None
+        try:
+            try:
+                await _send_request(st, fields, body)
+                async with asyncio.timeout(self.response_timeout):
+                    await st.wait_headers()
+            except TimeoutError:
+                raise RouteError(
+                    504, "peer too slow", f"node {node_id}: no response within {self.response_timeout:g} s"
+                ) from None
+            except P2PError as exc:
+                lost = cc.lost
+                if lost is not None and not cc.conn.is_confirmed and not st.response_started:
+                    # sent with our TLS Finished: the peer refused the connection (its allow-list) or is gone
+                    raise self._refused(node_id, lost) from None
+                method = fields[0][1].decode("latin-1")
+                if (
+                    may_retry
+                    and lost is not None
+                    and not st.response_started
+                    and (body is None or not body.started)
+                    and (st.never_sent or method in IDEMPOTENT_METHODS)
+                ):
+                    raise _Retry(lost) from exc
+                raise RouteError(502, "unreachable", f"node {node_id}: {_describe(exc)}") from None
+        except BaseException:
+            st.cancel()
+            raise
+        return st
+
+    def _refused(self, node: object, exc: P2PError) -> RouteError:
+        text = _one_line(exc)
+        if isinstance(exc, AuthenticationFailed) and "not allowed" in text:
+            return RouteError(
+                502, "not allowed", f"node {node} does not allow this gateway's node id {self.endpoint.node_id}"
+            )
+        return RouteError(502, "unreachable", f"node {node}: {text}")
 
     async def _relay_response(
-        self, scope: Scope, receive: Receive, send: Send, response: httpx.Response, node_id: NodeId
+        self, scope: Scope, receive: Receive, send: Send, st: ClientStream, node_id: NodeId
     ) -> None:
-        fields = response.headers.raw
+        fields = st.headers
         named = {
-            n.strip().lower().encode()
-            for k, v in fields
-            if k.lower() == b"connection"
-            for n in v.decode("latin-1").split(",")
+            n.strip().lower().encode() for k, v in fields if k == b"connection" for n in v.decode("latin-1").split(",")
         }
-        out = [(k, v) for k, v in fields if k.lower() not in HOP_BY_HOP and k.lower() not in named]
-        body = response.stream
-        assert isinstance(body, httpx.AsyncByteStream)
+        out = [(k, v) for k, v in fields if k not in HOP_BY_HOP and k not in named]
+        assert st.status is not None
         # the client going away ends the exchange with the peer at once (no reading a long body for nobody);
-        # watched from the second chunk on (a small response is over before a watcher would pay off)
+        # watched while waiting for the peer (a small response is over before a watcher would pay off)
         gone: asyncio.Future[None] | None = None
         try:
-            await send({"type": "http.response.start", "status": response.status_code, "headers": out})
-            chunks = body.__aiter__()
-            length = response.headers.get("content-length", "")
-            left = int(length) if length.isdigit() else -1  # bytes still to come, if the peer said
+            await send({"type": "http.response.start", "status": st.status, "headers": out})
             while True:
-                if gone is None:
-                    try:
-                        chunk = await chunks.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    left -= len(chunk)
-                    if left != 0:  # more to come: watch the client while waiting for it
+                chunk = st.read_nowait()
+                if chunk is None:
+                    if gone is None:
                         gone = asyncio.ensure_future(_wait_disconnect(receive))
-                else:
-                    nxt: asyncio.Future[bytes] = asyncio.ensure_future(chunks.__anext__())
+                    nxt: asyncio.Future[bytes] = asyncio.ensure_future(st.read())
                     waiting: set[asyncio.Future[Any]] = {nxt, gone}
                     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     if nxt not in done:
@@ -476,19 +550,22 @@ class Gateway:
                             node_id,
                         )
                         return
-                    try:
-                        chunk = nxt.result()
-                    except StopAsyncIteration:
-                        break
+                    chunk = nxt.result()
+                if not chunk:
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            _ack_with_next_request(st)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except httpx.HTTPError as exc:
+        except P2PError as exc:
             # mid-body: the response cannot be turned into an error any more; uvicorn cuts the connection
             log.warning("%s %s: node %s: response cut off: %s", scope["method"], scope["path"], node_id, exc)
         finally:
             if gone is not None:
                 gone.cancel()
-            await body.aclose()
+            if st.finished or st.error is not None:
+                st.close()
+            else:
+                st.cancel()
 
     # -- WebSocket -------------------------------------------------------------------------
 
@@ -531,15 +608,26 @@ class _ClientGone(Exception):
     """The HTTP client disconnected before its request body was complete."""
 
 
-class _RequestBody(httpx.AsyncByteStream):
+class _Retry(Exception):
+    """The pooled connection was dead before any response; the request may be sent again."""
+
+    def __init__(self, cause: P2PError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Body:
     """The client's request body, read from ASGI ``receive`` as the peer takes it (no buffering ahead)."""
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
+        #: a chunk was read (the body cannot be sent again)
+        self.started = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
             message = await self._receive()
+            self.started = True
             if message["type"] == "http.disconnect":
                 raise _ClientGone("the client went away while sending the request body")
             chunk = message.get("body", b"")
@@ -547,6 +635,48 @@ class _RequestBody(httpx.AsyncByteStream):
                 yield chunk
             if not message.get("more_body", False):
                 return
+
+
+async def _send_request(st: ClientStream, fields: Headers, body: _Body | None) -> None:
+    """The request's HEADERS, then its body as the client sends it (each write waits for flow control)."""
+    if body is None:
+        st.send_headers(fields, True)
+        return
+    st.send_headers(fields, False)
+    try:
+        async for chunk in body:
+            await st.write(chunk, False)
+        await st.write(b"", True)
+    except StreamResetError:
+        # the peer stopped reading the request (an early response such as 413): read the response
+        if st.error is not None and not isinstance(st.error, StreamResetError):
+            raise st.error from None
+    except _ClientGone:
+        st.cancel()
+        raise
+
+
+#: how long the ACK of a response may wait for the next request (seconds; aioquic's max_ack_delay is 25 ms)
+ACK_WAIT = 0.015
+
+
+def _ack_with_next_request(st: ClientStream) -> None:
+    """The whole response is in and no other request is under way on the connection: its ACK waits
+    (:data:`ACK_WAIT`) for the next request to carry it, instead of leaving alone 1 ms from now.
+
+    An HTTP/1.1 client sends its next request on a kept-alive connection after reading this
+    response, a millisecond or two later: one packet to send and for the peer to take, not two.
+    """
+    cc = st.cc
+    if len(cc.streams) <= 1 and st.ended and cc.lost is None:
+        hooks.postpone_ack(cc.conn.quic, cc.loop.time() + ACK_WAIT)
+
+
+def _describe(exc: P2PError) -> str:
+    """Why an exchange with the peer failed, on one line."""
+    if isinstance(exc, StreamResetError):
+        return f"the peer reset the HTTP/3 stream (error code {exc.error_code:#x})"
+    return _one_line(exc)
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -658,8 +788,27 @@ def _one_line(exc: BaseException) -> str:
     return " ".join((str(exc) or type(exc).__name__).split())
 
 
+def _http_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's HTTP/1.1 protocol on httptools (llhttp), keeping a request target that is not a path.
+
+    uvicorn takes only the path of an absolute-form target (``GET http://other/ HTTP/1.1``) and
+    drops its authority; the gateway sees the target as it came, and answers 400 (see
+    :meth:`Gateway.route`), as with uvicorn's h11 protocol.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Protocol(HttpToolsProtocol):
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            if not self.url.startswith(b"/"):
+                self.scope["raw_path"] = self.url.partition(b"?")[0]
+
+    return Protocol
+
+
 class GatewayServer:
-    """Serves a :class:`Gateway` with uvicorn on ``host:port`` (HTTP/1.1, keep-alive, WebSockets, optional TLS).
+    """Serves a :class:`Gateway` with uvicorn on ``host:port`` (HTTP/1.1 parsed by httptools, keep-alive,
+    WebSockets, optional TLS).
 
     ::
 
@@ -690,7 +839,7 @@ class GatewayServer:
             gateway,
             host=host,
             port=port,
-            http="h11",
+            http=_http_protocol(),
             ws="websockets-sansio",
             lifespan="on",
             log_level=log_level,

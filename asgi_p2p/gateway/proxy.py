@@ -31,8 +31,10 @@ malformed or oversized response headers -> ``502`` (each with a one-line plain-t
 a log line); a backend that fails after its response started (closes mid-body, stalls longer
 than ``timeout``) resets the peer's stream.  One bad exchange never affects the others.
 
-Trailers are not forwarded: httpx (httpcore) drops HTTP/1.1 chunked trailers from
-responses, and ASGI has no request trailers.
+Response trailers: a peer request carrying ``TE: trailers`` goes to the backend on a
+connection of its own, read with h11 (httpcore, under httpx, drops the trailer fields of a
+chunked response); a chunked response that announces trailers (``Trailer``) reaches the peer
+with them as HTTP/3 trailers.  Request trailers are not forwarded: ASGI has none.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import httpcore
 import httpx
 
 from ..errors import InvalidConfiguration
@@ -193,14 +196,7 @@ class ProxyApp:
     def client(self) -> httpx.AsyncClient:
         """The httpx client talking to the backend (made on first use)."""
         if self._client is None:
-            transport = httpx.AsyncHTTPTransport(
-                uds=self.uds,
-                retries=0,
-                # a large receive buffer lets the backend write ahead while this process is busy
-                # with QUIC (on a loaded machine, each refill otherwise waits for the backend's turn)
-                socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)],
-                limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=20),
-            )
+            transport = _BackendTransport(self.uds, self.max_connections)
             self._client = httpx.AsyncClient(
                 transport=transport,
                 timeout=httpx.Timeout(self.timeout),
@@ -303,6 +299,9 @@ class ProxyApp:
             content = _request_body(body, receive)
         else:
             content = body if body or any(n == "content-length" for n, _ in headers) else None
+        if _wants_trailers(scope):
+            await self._http_with_trailers(send, method, target, headers, content)
+            return
         try:
             url = self.base_url.copy_with(raw_path=target)
             request = self.client.build_request(method, url, headers=headers, content=content)
@@ -360,6 +359,114 @@ class ProxyApp:
             )
             return  # the response is incomplete: the server resets the stream
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # -- trailers (h11 directly) -----------------------------------------------------------------
+
+    async def _http_with_trailers(
+        self,
+        send: Send,
+        method: str,
+        target: bytes,
+        headers: list[tuple[str, str]],
+        content: bytes | AsyncIterator[bytes] | None,
+    ) -> None:
+        """The exchange for a peer that accepts trailers (``TE: trailers``), on a backend connection
+        of its own read with h11, which keeps the trailer fields of a chunked response (httpcore
+        drops them); they reach the peer as HTTP/3 trailers.  Same limits, errors and backpressure
+        as the pooled path; the connection is closed afterwards."""
+        import h11
+
+        fields = list(headers)
+        if not any(n == "host" for n, _ in fields):  # (preserve_host put the peer's in)
+            fields.insert(0, ("host", self.base_url.netloc.decode()))
+        fields += [("te", "trailers"), ("connection", "te")]
+        if isinstance(content, bytes):
+            fields = [(n, v) for n, v in fields if n != "content-length"] + [("content-length", str(len(content)))]
+        elif content is not None and not any(n == "content-length" for n, _ in fields):
+            fields.append(("transfer-encoding", "chunked"))
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if self.uds is not None:
+                        reader, writer = await asyncio.open_unix_connection(self.uds, limit=READ_SIZE)
+                    else:
+                        port = self.base_url.port or 80
+                        reader, writer = await asyncio.open_connection(self.base_url.host, port, limit=READ_SIZE)
+                writer.write(conn.send(h11.Request(method=method, target=target, headers=fields)))
+                if isinstance(content, bytes):
+                    if content:
+                        writer.write(conn.send(h11.Data(data=content)))
+                elif content is not None:
+                    async for chunk in content:
+                        writer.write(conn.send(h11.Data(data=chunk)))
+                        async with asyncio.timeout(self.timeout):
+                            await writer.drain()
+                writer.write(conn.send(h11.EndOfMessage()))
+                async with asyncio.timeout(self.timeout):
+                    await writer.drain()
+                    event = await _next_event(conn, reader)
+                    while isinstance(event, h11.InformationalResponse):
+                        event = await _next_event(conn, reader)
+            except TimeoutError:
+                self.gateway_timeout += 1
+                log.warning(
+                    "504: backend %s did not answer %s %s within %gs", self.backend, method, _show(target), self.timeout
+                )
+                await _plain(send, 504, f"Gateway Timeout: the backend did not answer within {self.timeout:g}s\n")
+                return
+            except _PeerGone:
+                return
+            except (OSError, h11.ProtocolError) as exc:
+                self.bad_gateway += 1
+                reason = f"cannot connect to the backend ({exc})" if writer is None else _describe_h11(exc)
+                log.warning("502: backend %s failed on %s %s: %s", self.backend, method, _show(target), reason)
+                await _plain(send, 502, f"Bad Gateway: {reason}\n")
+                return
+            assert isinstance(event, h11.Response)
+            out = [(n, v) for n, v in end_to_end(event.headers)]
+            chunked = any(n == b"transfer-encoding" for n, _ in event.headers)
+            announced = any(n == b"trailer" for n, _ in event.headers)  # RFC 9110 6.6.2
+            body_headers = [
+                (n.encode("latin-1"), v.encode("latin-1")) for n, v in out if not (chunked and n == "content-length")
+            ]
+            trailers = chunked and announced and method != "HEAD"
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": event.status_code,
+                    "headers": body_headers,
+                    "trailers": trailers,
+                }
+            )
+            while True:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        event = await _next_event(conn, reader)
+                except (TimeoutError, OSError, h11.ProtocolError) as exc:
+                    self.aborted += 1
+                    log.warning(
+                        "backend %s failed during the response to %s %s: %s; resetting the peer's stream",
+                        self.backend,
+                        method,
+                        _show(target),
+                        "the backend stalled longer than the timeout" if isinstance(exc, TimeoutError) else exc,
+                    )
+                    return  # the response is incomplete: the server resets the stream
+                if isinstance(event, h11.Data):
+                    await send({"type": "http.response.body", "body": bytes(event.data), "more_body": True})
+                elif isinstance(event, h11.EndOfMessage):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    if trailers:
+                        fields_out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in end_to_end(event.headers)]
+                        await send({"type": "http.response.trailers", "headers": fields_out})
+                    return
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
 
     # -- WebSocket ---------------------------------------------------------------------------------
 
@@ -468,6 +575,80 @@ class ProxyApp:
                 await backend.close()
 
 
+#: most bytes one read from a backend connection takes (httpcore asks for 64 KiB at a time)
+READ_SIZE = 1024 * 1024
+
+
+class _BackendTransport(httpx.AsyncHTTPTransport):
+    """httpx's HTTP/1.1 transport whose connections read up to :data:`READ_SIZE` bytes at a time.
+
+    Each read of a response body costs the same in httpcore and h11 whatever its size; a bulk
+    body arrives faster than this process forwards it, so larger reads mean fewer of them.
+    """
+
+    def __init__(self, uds: str | None, max_connections: int) -> None:
+        super().__init__(uds=uds, retries=0)
+        self._pool = httpcore.AsyncConnectionPool(
+            max_connections=max_connections,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,  # httpx's default
+            uds=uds,
+            retries=0,
+            # a large receive buffer lets the backend write ahead while this process is busy
+            # with QUIC (on a loaded machine, each refill otherwise waits for the backend's turn)
+            socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)],
+            network_backend=_LargeReads(httpcore.AnyIOBackend()),
+        )
+
+
+class _LargeReads(httpcore.AsyncNetworkBackend):
+    """A network backend whose streams read up to :data:`READ_SIZE` bytes when asked for less."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _LargeReadStream(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _LargeReadStream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _LargeReadStream(httpcore.AsyncNetworkStream):
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max(max_bytes, READ_SIZE), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._inner.start_tls(ssl_context, server_hostname, timeout)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
 class _Coalescer:
     """Response body chunks read ahead of the peer, at most ``limit`` bytes.
 
@@ -525,6 +706,32 @@ class _Coalescer:
         self.size = 0
         self._space.set()
         return data
+
+
+def _wants_trailers(scope: Scope) -> bool:
+    """The peer's request says it accepts response trailers (``TE: trailers``, RFC 9110 10.1.4)."""
+    return any(name.lower() == b"te" and b"trailers" in value.lower() for name, value in scope.get("headers", ()))
+
+
+async def _next_event(conn: Any, reader: asyncio.StreamReader) -> Any:
+    """The next h11 event of the backend's response, reading as needed (a closed connection is an error)."""
+    import h11
+
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(READ_SIZE)
+            conn.receive_data(data)  # b"": the backend closed; h11 raises on an incomplete message
+            continue
+        if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+            raise h11.RemoteProtocolError("the backend closed the connection")
+        return event
+
+
+def _describe_h11(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return f"the backend connection failed ({exc})"
+    return f"the backend sent malformed HTTP or closed the connection ({exc})"
 
 
 class _PeerGone(httpx.TransportError):

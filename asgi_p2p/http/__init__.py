@@ -9,7 +9,7 @@
         r = await client.get(f"https://{node_id}/tracks")
 """
 
-from ._common import H3_ALPN, ClientDisconnected
+from ._common import H3_ALPN, ClientDisconnected, Headers, clean_header_fields
 from .client import P2PTransport, PeerGoingAway, SyncP2PTransport
 from .lifespan import LifespanFailed
 from .server import H3Server
@@ -19,6 +19,7 @@ __all__ = [
     "H3_ALPN",
     "ClientDisconnected",
     "H3Server",
+    "Headers",
     "LifespanFailed",
     "P2PTransport",
     "PeerGoingAway",
@@ -26,5 +27,6 @@ __all__ = [
     "WebSocketDisconnect",
     "WebSocketRejected",
     "WebSocketSession",
+    "clean_header_fields",
     "websocket_connect",
 ]

@@ -63,9 +63,11 @@ def clean_header_fields(
     warn: Callable[[str], None] | None = None,
     *,
     drop: frozenset[bytes] = frozenset(),
+    request: bool = False,
 ) -> Headers:
     """Header fields as HTTP/3 requires them: lower-case names, no connection-specific
     fields, no pseudo-headers, values without CR/LF/NUL or surrounding whitespace.
+    ``request``: fields of a request, which may carry ``te: trailers`` (RFC 9114 4.2).
 
     Invalid fields are dropped (and reported to ``warn``) instead of being sent,
     because one malformed field makes an aioquic peer close the whole connection.
@@ -76,6 +78,8 @@ def clean_header_fields(
         value = raw_value.encode("latin-1") if isinstance(raw_value, str) else bytes(raw_value)
         name = name.lower()
         if name in HOP_BY_HOP or name in drop:
+            if request and name == b"te" and value.strip(b" \t").lower() == b"trailers":
+                out.append((b"te", b"trailers"))
             continue
         if not _TOKEN.match(name):
             if warn is not None:

@@ -706,7 +706,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
             (b":authority", authority),
             (b":path", target),
         ]
-        headers.extend(clean_header_fields(request.headers.raw, log.warning))
+        headers.extend(clean_header_fields(request.headers.raw, log.warning, request=True))
         stream = request.stream
         try:
             async with _deadline(timeout, httpx.WriteTimeout, request, "sending the request"):

@@ -431,7 +431,10 @@ class HTTPExchange(Exchange):
             if not message.get("more_trailers", False):
                 if not self.headers_sent:
                     raise RuntimeError("ASGI: trailers sent before the response body")
-                self.send_headers(self.trailer_fields, True)
+                if self.trailer_fields:
+                    self.send_headers(self.trailer_fields, True)
+                else:  # no fields after all: end the stream (an empty HEADERS frame fails QPACK decoders)
+                    await self.write(b"", True)
                 self._completed()
         elif kind == "http.response.early_hint":
             links = message.get("links", [])

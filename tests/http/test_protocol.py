@@ -736,3 +736,18 @@ async def test_request_arriving_after_a_later_stream_is_served(serve: Serve) -> 
     r = await asyncio.wait_for(first, 5)  # retransmitted after the loss is detected
     assert r.text == "/first"
     assert r.extensions["p2p_stream_id"] < second.extensions["p2p_stream_id"]
+
+
+async def test_trailers_announced_but_none_sent_end_the_stream(serve: Serve) -> None:
+    """An app that sets ``trailers`` and then sends no trailer fields: the response ends cleanly
+    (no empty HEADERS frame, which a QPACK decoder refuses) and the connection stays usable."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"body"})
+        await send({"type": "http.response.trailers", "headers": []})
+
+    served = await serve(app, lifespan="off")
+    for _ in range(2):
+        r = await asyncio.wait_for(served.client.get("/"), 5)
+        assert r.status_code == 200 and r.content == b"body" and r.extensions["trailers"] == []

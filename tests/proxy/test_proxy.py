@@ -178,11 +178,14 @@ async def test_streamed_upload_and_download(backends: Any, proxied: ProxyFactory
         for i in range(0, len(data), 100_000):
             yield data[i : i + 100_000]
 
-    r = await p.client.post("/sha", content=chunks())
-    assert r.json() == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    r = await p.client.get("/stream?n=5000000")
-    assert len(r.content) == 5_000_000
-    assert r.content[:512] == bytes(range(256)) * 2
+    for te in ({}, {"te": "trailers"}):  # httpx to the backend; h11 on a connection of its own
+        r = await p.client.post("/sha", content=chunks(), headers=te)
+        assert r.json() == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        r = await p.client.post("/sha", content=data[:1000], headers=te)
+        assert r.json() == {"sha256": hashlib.sha256(data[:1000]).hexdigest(), "size": 1000}
+        r = await p.client.get("/stream?n=5000000", headers=te)
+        assert len(r.content) == 5_000_000
+        assert r.content[:512] == bytes(range(256)) * 2
 
 
 async def test_slow_reader_bounds_what_the_proxy_buffers(proxied: ProxyFactory) -> None:
@@ -443,3 +446,72 @@ async def test_a_trickle_is_passed_on_at_once(proxied: ProxyFactory) -> None:
             assert b"".join([chunk async for chunk in it]) == b"data: 2\n"
     finally:
         srv.close()
+
+
+async def chunked_with_trailers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n"
+        b"trailer: x-checksum, x-rows\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: sha256=abc\r\nx-rows: 2\r\n\r\n"
+    )
+    await writer.drain()
+
+
+async def cut_after_a_chunk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n5\r\nhello\r\n")
+    await writer.drain()
+
+
+async def test_backend_trailers_reach_a_peer_that_accepts_them(
+    proxied: ProxyFactory, backends: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chunked backend response's trailer fields become HTTP/3 trailers when the peer sent
+    ``TE: trailers``; the backend is asked with ``TE: trailers`` too.  Errors on that path are
+    the same 502 / 504 as on the pooled one."""
+    requests: list[bytes] = []
+
+    async def recording(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await chunked_with_trailers(reader, writer)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            requests.append(await reader.readuntil(b"\r\n\r\n"))
+            await recording(reader, writer)
+        finally:
+            writer.close()
+
+    backend = await asyncio.start_server(handle, "127.0.0.1", 0)
+    bad = await raw_backend(malformed)
+    slow = await raw_backend(silent)
+    cut = await raw_backend(cut_after_a_chunk)
+    try:
+        p = await proxied(f"http://127.0.0.1:{backend.sockets[0].getsockname()[1]}")
+        async with p.client.stream("GET", "/t", headers={"te": "trailers"}) as r:
+            body = b"".join([chunk async for chunk in r.aiter_bytes()])
+        assert r.status_code == 200 and body == b"hello world"
+        assert r.extensions["trailers"] == [(b"x-checksum", b"sha256=abc"), (b"x-rows", b"2")]
+        head = requests[-1].lower()
+        assert b"te: trailers" in head and b"x-p2p-peer-id: " + str(p.peer.node_id).encode() in head
+        # without TE: trailers, the pooled (httpx) path: the body, no trailers
+        r2 = await p.client.get("/t")
+        assert r2.content == b"hello world" and r2.extensions["trailers"] == []
+        # the same errors as the pooled path
+        pb = await proxied(f"http://127.0.0.1:{bad.sockets[0].getsockname()[1]}")
+        r3 = await pb.client.get("/x", headers={"te": "trailers"})
+        assert r3.status_code == 502 and "malformed HTTP" in r3.text
+        ps = await proxied(f"http://127.0.0.1:{slow.sockets[0].getsockname()[1]}", timeout=0.5)
+        with caplog.at_level(logging.WARNING, "asgi_p2p.gateway.proxy"):
+            r4 = await ps.client.get("/x", headers={"te": "trailers"})
+        assert r4.status_code == 504 and "did not answer within 0.5s" in r4.text
+        assert any("504: backend" in rec.getMessage() for rec in caplog.records)
+        assert (await p.client.get("/again", headers={"te": "trailers"})).content == b"hello world"
+        # cut mid-body: the peer's stream is reset, and the proxy serves on
+        pc = await proxied(f"http://127.0.0.1:{cut.sockets[0].getsockname()[1]}")
+        with caplog.at_level(logging.WARNING, "asgi_p2p.gateway.proxy"):
+            with pytest.raises(httpx.RemoteProtocolError, match="reset"):
+                await pc.client.get("/x", headers={"te": "trailers"})
+        assert any("failed during the response" in rec.getMessage() for rec in caplog.records)
+        assert (await p.client.get("/after", headers={"te": "trailers"})).content == b"hello world"
+    finally:
+        for server in (backend, bad, slow, cut):
+            server.close()
