@@ -124,6 +124,7 @@ LIMITS: dict[str, Limit | Choice] = {
     "max_probe_datagram_size": Limit(0, MAX_UDP_PAYLOAD, unit="bytes"),
     "accept_queue_size": Limit(1, 1 << 16),
     "punch_ttl": Limit(0, 255),
+    "udp_offload": Choice(("auto", "off")),
 }
 #: Default HTTP requests per second one peer (node id) may start, with bursts of twice that
 #: (``H3Server(limit_peer_rate=...)``, ``serve --limit-peer-rate``).
@@ -228,6 +229,11 @@ class NetworkConfig:
     #: ISP's first router drops it), so an unfiltered Linux router on the peer's side never
     #: sees our packets before its own host's (the conntrack port-remapping trap).
     punch_ttl: int = 2
+    #: UDP segmentation offload on Linux: ``"auto"`` sends runs of same-size datagrams to one
+    #: address in one system call (GSO, ``UDP_SEGMENT``) and lets the kernel hand over
+    #: several datagrams of one sender per read (GRO, ``UDP_GRO``), where the kernel offers
+    #: them (checked per socket, with a fallback to one datagram per call); ``"off"`` never uses them.
+    udp_offload: str = "auto"
 
     def __post_init__(self) -> None:
         for f in fields(self):
