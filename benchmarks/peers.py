@@ -15,7 +15,7 @@ Runs are interleaved (every shape once per round, the order rotating); the table
 and every run's values; the ratio is taken per round, then its median.  Server CPU is the
 server process's (psutil); client CPU is this process's ``time.process_time``.
 ``--profile-server FILE`` writes a cProfile (CPU time) of the server of the last run of each shape
-(``FILE.<shape>``).
+(``FILE.<shape>``), ``--profile-client FILE`` one of the clients during the measured seconds.
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ def _server_cpu(pid: int) -> float:
     return float(t.user + t.system)
 
 
-async def run_shape(peers: int, streams: int, seconds: float, profile: str | None) -> Run:
+async def run_shape(
+    peers: int, streams: int, seconds: float, profile: str | None, client_profile: str | None = None
+) -> Run:
     cmd = [sys.executable, os.path.abspath(__file__), "--serve"]
     if profile:
         cmd += ["--profile-out", profile]
@@ -150,12 +152,21 @@ async def run_shape(peers: int, streams: int, seconds: float, profile: str | Non
             tasks = [asyncio.ensure_future(worker(c)) for c in clients for _ in range(streams)]
             await asyncio.sleep(0)
             sent0, recv0 = datagrams()
+            prof = None
+            if client_profile:
+                import cProfile
+
+                prof = cProfile.Profile(time.process_time)
+                prof.enable()
             cpu0, c0, t0 = _server_cpu(proc.pid), time.process_time(), time.perf_counter()
             stop_at = t0 + seconds
             go.set()
             await asyncio.gather(*tasks)
             wall = time.perf_counter() - t0
             scpu, ccpu = _server_cpu(proc.pid) - cpu0, time.process_time() - c0
+            if prof is not None and client_profile:
+                prof.disable()
+                prof.dump_stats(client_profile)
             sent1, recv1 = datagrams()
         finally:
             for c in clients:
@@ -192,7 +203,8 @@ async def run(args: argparse.Namespace) -> None:
             peers, streams = (int(x) for x in shape.split("x"))
             profile = f"{args.profile_server}.{shape}" if args.profile_server and rnd == args.repeat - 1 else None
             print(f"round {rnd + 1}/{args.repeat}: {shape} (load {load_average()}) ...", file=sys.stderr, flush=True)
-            runs[shape].append(await run_shape(peers, streams, args.seconds, profile))
+            client_profile = f"{args.profile_client}.{shape}" if args.profile_client and rnd == args.repeat - 1 else None
+            runs[shape].append(await run_shape(peers, streams, args.seconds, profile, client_profile))
     print(f"\nRuns: {args.repeat}, interleaved; {args.seconds:g} s of small GETs per run; load at the end: "
           f"{load_average()}\n")
     print(
@@ -227,6 +239,9 @@ def main() -> None:
         "last / first)"
     )
     parser.add_argument("--profile-server", metavar="FILE", help="cProfile the server of each shape's last run")
+    parser.add_argument(
+        "--profile-client", metavar="FILE", help="cProfile the clients (measured seconds only) of each shape's last run"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
