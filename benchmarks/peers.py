@@ -30,7 +30,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 # this folder holds http.py, which would shadow the stdlib `http` (httpx imports it): keep it off
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,6 +43,7 @@ from asgi_p2p.http import H3Server, P2PTransport  # noqa: E402
 from benchmarks._machine import load_average, machine_description  # noqa: E402
 
 SMALL = b"hello, world\n"
+_SCRIPT = os.path.abspath(__file__)
 
 
 async def app(scope: dict[str, object], receive: object, send: object) -> None:
@@ -110,10 +110,10 @@ def _server_cpu(pid: int) -> float:
 async def run_shape(
     peers: int, streams: int, seconds: float, profile: str | None, client_profile: str | None = None
 ) -> Run:
-    cmd = [sys.executable, os.path.abspath(__file__), "--serve"]
+    cmd = [sys.executable, _SCRIPT, "--serve"]
     if profile:
         cmd += ["--profile-out", profile]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220 (before any timing)
     try:
         assert proc.stdout is not None
         line = (await asyncio.to_thread(proc.stdout.readline)).split()
@@ -136,6 +136,7 @@ async def run_shape(
             def datagrams() -> tuple[int, int]:
                 conns = [c for n in nodes for c in n.connections]
                 return sum(c.datagrams_sent for c in conns), sum(c.datagrams_received for c in conns)
+
             stop_at = 0.0
             done = 0
             go = asyncio.Event()
@@ -201,12 +202,15 @@ async def run(args: argparse.Namespace) -> None:
         shift = rnd % len(shapes)
         for shape in shapes[shift:] + shapes[:shift]:
             peers, streams = (int(x) for x in shape.split("x"))
-            profile = f"{args.profile_server}.{shape}" if args.profile_server and rnd == args.repeat - 1 else None
+            last = rnd == args.repeat - 1
+            profile = f"{args.profile_server}.{shape}" if args.profile_server and last else None
             print(f"round {rnd + 1}/{args.repeat}: {shape} (load {load_average()}) ...", file=sys.stderr, flush=True)
-            client_profile = f"{args.profile_client}.{shape}" if args.profile_client and rnd == args.repeat - 1 else None
+            client_profile = f"{args.profile_client}.{shape}" if args.profile_client and last else None
             runs[shape].append(await run_shape(peers, streams, args.seconds, profile, client_profile))
-    print(f"\nRuns: {args.repeat}, interleaved; {args.seconds:g} s of small GETs per run; load at the end: "
-          f"{load_average()}\n")
+    print(
+        f"\nRuns: {args.repeat}, interleaved; {args.seconds:g} s of small GETs per run; load at the end: "
+        f"{load_average()}\n"
+    )
     print(
         "| shape | req/s median | server CPU ms/req | client CPU ms/req | datagrams/req to / from the server "
         "| req/s per run |"
@@ -235,8 +239,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
     parser.add_argument(
-        "--shapes", default="4x25,100x1", help="PEERSxSTREAMS, comma-separated (default 4x25,100x1; the ratio is "
-        "last / first)"
+        "--shapes",
+        default="4x25,100x1",
+        help="PEERSxSTREAMS, comma-separated (default 4x25,100x1; the ratio is last / first)",
     )
     parser.add_argument("--profile-server", metavar="FILE", help="cProfile the server of each shape's last run")
     parser.add_argument(
