@@ -341,3 +341,30 @@ async def test_a_kernel_refusing_segmentation_turns_it_off_and_loses_nothing(cap
     finally:
         rx.close()
         sock.close()
+
+
+@pytest.mark.parametrize("offload", ["auto", "off"])
+async def test_a_bulk_message_between_nodes_goes_segmented_unless_turned_off(offload: str) -> None:
+    from asgi_p2p import NetworkConfig, Node, SecretKey
+    from asgi_p2p.net.udp import UdpSocket
+
+    config = NetworkConfig(udp_offload=offload, max_probe_datagram_size=0)
+    a = await Node.bind(SecretKey.from_seed("offload-a"), config=config)
+    b = await Node.bind(SecretKey.from_seed("offload-b"), config=config)
+    try:
+        message = bytes(range(256)) * 2048  # 512 KiB: hundreds of 1200-byte datagrams
+        conn = await b.connect(a.node_addr())
+        await conn.send(message)
+        inc = await asyncio.wait_for(a.listen().accept(), 10)
+        assert await asyncio.wait_for(inc.recv(), 10) == message
+        sent, got = b.router.socket, a.router.socket
+        assert isinstance(sent, UdpSocket) and isinstance(got, UdpSocket)
+        if offload == "auto" and _LINUX:
+            assert sent.gso_sends > 0 and sent.gso_datagrams > 2 * sent.gso_sends
+            assert got.gro_reads > 0
+        else:
+            assert sent.offload == got.offload == (False, False)
+            assert (sent.gso_sends, got.gro_reads) == (0, 0)
+    finally:
+        await b.close()
+        await a.close()
