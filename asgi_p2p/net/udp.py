@@ -202,18 +202,22 @@ class UdpSocket:
         """Like the plain read loop, with reads that may hold several datagrams (UDP_GRO).
 
         The kernel coalesces only datagrams of one sender of the same size (the last may
-        be shorter) and says their size in a control message; one read still holds at most
-        64 KiB, and :data:`READ_BATCH` reads are done per readiness callback.
+        be shorter) and says their size in a control message; one read holds at most 64
+        KiB.  A readiness callback delivers about :data:`READ_BATCH` datagrams, as without
+        GRO (it stops reading once that many were delivered; the last read may add up to
+        63 more), so one callback's work stays bounded.
         """
         recvmsg = self._sock.recvmsg
         receiver = self._receiver
-        for _ in range(READ_BATCH):
+        delivered = 0
+        while delivered < READ_BATCH:
             try:
                 data, ancdata, flags, addr = recvmsg(_MAX_UDP, _GRO_ANCILLARY)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # ICMP errors surface here; UDP carries on
                 log.debug("udp error: %s", exc)
+                delivered += 1
                 continue
             source = (str(addr[0]), int(addr[1]))
             size = 0
@@ -222,22 +226,23 @@ class UdpSocket:
                     size = struct.unpack("=i", value[:4])[0]
             if flags & socket.MSG_TRUNC:  # cannot happen within 64 KiB; never deliver a cut datagram
                 log.debug("udp read from %s:%d truncated, dropped", *source)
+                delivered += 1
                 continue
-            try:
-                if 0 < size < len(data):
-                    self.gro_reads += 1
-                    view = memoryview(data)
-                    for start in range(0, len(data), size):
-                        self.gro_datagrams += 1
-                        receiver(bytes(view[start : start + size]), source)
-                        if self._closed:
-                            return
-                else:
-                    receiver(data, source)
-            except Exception:  # a receiver bug must not kill the socket
-                log.exception("datagram receiver failed")
-            if self._closed:
-                return
+            if 0 < size < len(data):
+                self.gro_reads += 1
+                view = memoryview(data)
+                datagrams = [bytes(view[i : i + size]) for i in range(0, len(data), size)]
+                self.gro_datagrams += len(datagrams)
+            else:
+                datagrams = [data]
+            for datagram in datagrams:
+                delivered += 1
+                try:
+                    receiver(datagram, source)
+                except Exception:  # a receiver bug must not kill the socket
+                    log.exception("datagram receiver failed")
+                if self._closed:
+                    return
 
     def sendmany(self, datagrams: Sequence[bytes], addr: Address) -> None:
         """Send ``datagrams`` to ``addr``, in order; never blocks, may drop (it is UDP).

@@ -368,3 +368,32 @@ async def test_a_bulk_message_between_nodes_goes_segmented_unless_turned_off(off
     finally:
         await b.close()
         await a.close()
+
+
+@pytest.mark.skipif(not _LINUX, reason="UDP_GRO is Linux's")
+async def test_a_batch_of_coalesced_reads_is_bounded_by_datagrams_too() -> None:
+    loop = asyncio.get_running_loop()
+    got: list[int] = []
+    marks: list[int] = []
+    sends, per_send = 6, 40  # 240 datagrams in 6 coalesced buffers
+    waiter = _Waiter(lambda: len(got) >= sends * per_send)
+
+    def receiver(data: bytes, addr: tuple[str, int]) -> None:
+        if not got:
+            loop.call_soon(lambda: marks.append(len(got)))
+        got.append(len(data))
+        waiter.check()
+
+    sock = await UdpNetwork().bind("127.0.0.1", 0, receiver)
+    tx = await _sender()
+    try:
+        segment = (1000).to_bytes(2, sys.byteorder)
+        for _ in range(sends):
+            tx.sendmsg([b"y" * (1000 * per_send)], [(_SOL_UDP, _UDP_SEGMENT, segment)], 0, sock.local_address)
+        await waiter.wait()
+        # the first callback stopped after the read that reached READ_BATCH (64) datagrams: 2 reads
+        assert marks[0] == 2 * per_send
+        assert sock.gro_reads == sends
+    finally:
+        tx.close()
+        sock.close()
