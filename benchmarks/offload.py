@@ -1,10 +1,10 @@
-"""UDP segmentation offload on and off: bulk throughput and CPU of asgi-p2p (``udp_offload``).
+"""UDP offload with GSO and without: bulk throughput and CPU of asgi-p2p (``udp_offload``).
 
     python benchmarks/offload.py [--repeat 3] [--bulk-mib 20] [--datagram-sizes 1200,16000]
 
 Runs ``benchmarks/transport.py``'s bulk phase (asgi-p2p only: one connection, raw messages,
 server and client in separate processes on 127.0.0.1, path probing off) with
-``ASGI_P2P_UDP_OFFLOAD=auto`` and ``=off`` in both processes, alternating (``--repeat``
+``ASGI_P2P_UDP_OFFLOAD=gso+gro`` and ``=off`` in both processes, alternating (``--repeat``
 rounds, the order swapping each round), and prints medians and every run's values of
 MB/s and CPU ms per MiB (client + server), same-limits rows.
 """
@@ -69,17 +69,17 @@ def main() -> None:
     if args.repeat < 1 or args.bulk_mib <= 0:
         parser.error("--repeat must be at least 1 and --bulk-mib positive")
     print(f"Machine: {machine_description()}", flush=True)
-    runs: dict[str, list[dict[tuple[str, int], float]]] = {"auto": [], "off": []}
+    runs: dict[str, list[dict[tuple[str, int], float]]] = {"gso+gro": [], "off": []}
     for rnd in range(args.repeat):
-        order = ["auto", "off"] if rnd % 2 == 0 else ["off", "auto"]
+        order = ["gso+gro", "off"] if rnd % 2 == 0 else ["off", "gso+gro"]
         for setting in order:
             print(f"round {rnd + 1}/{args.repeat}: udp_offload={setting} (load {load_average()})", file=sys.stderr)
             runs[setting].append(one_run(setting, args))
     print(f"\nRuns: {args.repeat}, alternating; load at the end: {load_average()}\n")
-    print("| metric | datagram size | udp_offload=auto: median (runs) | off: median (runs) | auto / off |")
+    print("| metric | datagram size | udp_offload=gso+gro: median (runs) | off: median (runs) | gso+gro / off |")
     print("|---|---|---|---|---|")
-    for key in runs["auto"][0]:
-        on = [r[key] for r in runs["auto"]]
+    for key in runs["gso+gro"][0]:
+        on = [r[key] for r in runs["gso+gro"]]
         off = [r[key] for r in runs["off"]]
 
         def cell(vs: list[float]) -> str:

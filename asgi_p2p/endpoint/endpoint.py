@@ -234,7 +234,8 @@ class Endpoint:
         ep.discovery = discovery
         ep._alpn_filter = frozenset(alpns) if alpns is not None else None
         if network is None:
-            network = UdpNetwork(offload=ep.config.udp_offload == "auto")
+            offload = ep.config.udp_offload
+            network = UdpNetwork(gso=offload == "gso+gro", gro=offload != "off")
         await ep.router.bind(network, host, port)
         log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
         return ep

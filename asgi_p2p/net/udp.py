@@ -8,14 +8,14 @@ callback; work the receiver schedules with ``call_soon`` (such as QUIC transmits
 then runs once per batch instead of once per packet.  Loops without
 ``add_reader`` (Windows' proactor loop) use the datagram transport.
 
-Segmentation offload (Linux): :meth:`UdpSocket.sendmany` hands a run of same-size
-datagrams to one destination to the kernel in one ``sendmsg`` with ``UDP_SEGMENT``
-(GSO: the kernel, or the network card, cuts it into the datagrams), and the socket
-reads with ``UDP_GRO``, so that the kernel may hand it several datagrams of one sender
-in one read (cut apart here by the segment size it reports).  Both are detected when
-the socket is bound and turned off for the socket when the kernel refuses them (older
-kernels, a device without checksum offload); everything then goes one datagram per
-system call, as without them.  ``NetworkConfig.udp_offload = "off"`` turns both off.
+Offload (Linux): the socket reads with ``UDP_GRO``, so the kernel may hand it several
+datagrams of one sender in one read (cut apart here by the segment size it reports);
+with ``gso=True`` (``NetworkConfig.udp_offload = "gso+gro"``), :meth:`UdpSocket.sendmany`
+also hands each run of same-size datagrams to one destination to the kernel in one
+``sendmsg`` with ``UDP_SEGMENT`` (GSO: the kernel, or the network card, cuts it into the
+datagrams).  Both are checked when the socket is bound and turned off for the socket
+when the kernel refuses them (older kernels, a device without checksum offload);
+everything then goes one datagram per system call, as without them.
 """
 
 from __future__ import annotations
@@ -87,24 +87,26 @@ def set_dont_fragment(sock: socket.socket) -> bool:
     return ok
 
 
-def enable_offload(sock: socket.socket) -> tuple[bool, bool]:
+def enable_offload(sock: socket.socket, *, gso: bool, gro: bool) -> tuple[bool, bool]:
     """Linux: check that the kernel segments UDP sends (GSO) and turn on coalesced reads (GRO).
 
     Returns (gso, gro): whether :meth:`UdpSocket.sendmany` may use ``UDP_SEGMENT`` and
-    whether reads may return several datagrams at once.  (False, False) elsewhere.
+    whether reads may return several datagrams at once, of what was asked.  (False,
+    False) elsewhere.
     """
     if not sys.platform.startswith("linux") or not hasattr(sock, "sendmsg"):
         return False, False
-    try:
-        sock.getsockopt(_SOL_UDP, _UDP_SEGMENT)  # kernels before 4.18 do not know it
-        gso = True
-    except OSError:
-        gso = False
-    try:
-        sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)  # since 5.0
-        gro = _GRO_ANCILLARY > 0
-    except OSError:
-        gro = False
+    if gso:
+        try:
+            sock.getsockopt(_SOL_UDP, _UDP_SEGMENT)  # kernels before 4.18 do not know it
+        except OSError:
+            gso = False
+    if gro:
+        try:
+            sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)  # since 5.0
+            gro = _GRO_ANCILLARY > 0
+        except OSError:
+            gro = False
     return gso, gro
 
 
@@ -391,9 +393,11 @@ class UdpNetwork:
         now = asyncio.get_running_loop().time()
         return time.time() - now  # wall-clock ok: the real network is the clock peers share
 
-    def __init__(self, *, offload: bool = True) -> None:
-        #: Use segmentation offload (GSO sends, GRO reads) where the kernel offers it.
-        self.offload = offload
+    def __init__(self, *, gso: bool = False, gro: bool = True) -> None:
+        #: Send runs of same-size datagrams in one system call (GSO) where the kernel offers it.
+        self.gso = gso
+        #: Read several datagrams of one sender at once (GRO) where the kernel offers it.
+        self.gro = gro
 
     async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> UdpSocket:
         loop = asyncio.get_running_loop()
@@ -411,7 +415,7 @@ class UdpNetwork:
             sock.close()
             raise NetworkError(f"cannot bind UDP {host}:{port}: {exc.strerror or exc}") from exc
         sock.setblocking(False)
-        gso, gro = enable_offload(sock) if self.offload else (False, False)
+        gso, gro = enable_offload(sock, gso=self.gso, gro=self.gro)
         try:
             return UdpSocket(sock, loop, receiver, gso=gso, gro=gro)
         except NotImplementedError:  # no add_reader (proactor loop): one datagram per callback

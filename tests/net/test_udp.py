@@ -230,7 +230,7 @@ async def _plain_receiver() -> socket.socket:
 
 @pytest.mark.skipif(not _LINUX, reason="UDP_SEGMENT is Linux's")
 async def test_a_segmented_send_delivers_each_datagram_in_order() -> None:
-    sock = await UdpNetwork().bind("127.0.0.1", 0, lambda d, a: None)
+    sock = await UdpNetwork(gso=True).bind("127.0.0.1", 0, lambda d, a: None)
     rx = await _plain_receiver()  # no GRO here: the kernel cuts the send into datagrams
     try:
         assert sock.offload == (True, True)
@@ -251,7 +251,7 @@ async def test_a_segmented_send_delivers_each_datagram_in_order() -> None:
 
 @pytest.mark.skipif(not _LINUX, reason="UDP_SEGMENT is Linux's")
 async def test_a_run_is_bounded_by_the_bytes_one_send_may_carry() -> None:
-    sock = await UdpNetwork().bind("127.0.0.1", 0, lambda d, a: None)
+    sock = await UdpNetwork(gso=True).bind("127.0.0.1", 0, lambda d, a: None)
     rx = await _plain_receiver()
     try:
         datagrams = _payloads([16000] * 9)  # 4 fit in 65,000 bytes, then 4, then 1 alone
@@ -299,7 +299,7 @@ async def test_without_offload_every_datagram_goes_alone() -> None:
         got.append(data)
         waiter.check()
 
-    sock = await UdpNetwork(offload=False).bind("127.0.0.1", 0, receiver)
+    sock = await UdpNetwork(gso=False, gro=False).bind("127.0.0.1", 0, receiver)
     try:
         assert sock.offload == (False, False)
         sock.sendmany(datagrams, sock.local_address)
@@ -343,8 +343,8 @@ async def test_a_kernel_refusing_segmentation_turns_it_off_and_loses_nothing(cap
         sock.close()
 
 
-@pytest.mark.parametrize("offload", ["auto", "off"])
-async def test_a_bulk_message_between_nodes_goes_segmented_unless_turned_off(offload: str) -> None:
+@pytest.mark.parametrize("offload", ["gso+gro", "gro", "off"])
+async def test_a_bulk_message_between_nodes_goes_as_udp_offload_says(offload: str) -> None:
     from asgi_p2p import NetworkConfig, Node, SecretKey
     from asgi_p2p.net.udp import UdpSocket
 
@@ -359,12 +359,16 @@ async def test_a_bulk_message_between_nodes_goes_segmented_unless_turned_off(off
         assert await asyncio.wait_for(inc.recv(), 10) == message
         sent, got = b.router.socket, a.router.socket
         assert isinstance(sent, UdpSocket) and isinstance(got, UdpSocket)
-        if offload == "auto" and _LINUX:
-            assert sent.gso_sends > 0 and sent.gso_datagrams > 2 * sent.gso_sends
-            assert got.gro_reads > 0
-        else:
+        if not _LINUX or offload == "off":
             assert sent.offload == got.offload == (False, False)
             assert (sent.gso_sends, got.gro_reads) == (0, 0)
+        elif offload == "gro":  # the default: coalesced reads on, segmented sends off
+            assert sent.offload == got.offload == (False, True)
+            assert sent.gso_sends == 0
+        else:
+            assert sent.offload == got.offload == (True, True)
+            assert sent.gso_sends > 0 and sent.gso_datagrams > 2 * sent.gso_sends
+            assert got.gro_reads > 0  # loopback hands the segmented sends over whole
     finally:
         await b.close()
         await a.close()
