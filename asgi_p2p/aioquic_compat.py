@@ -55,6 +55,9 @@ Hooks:
 * :func:`postpone_ack` - the same ``ack_at``, later (within our ``max_ack_delay``):
   a request/response client with nothing in flight lets the ACK of a response
   ride with its next request.
+* :func:`ack_deadline` and :func:`hold_lone_ack` - ``QuicConnection._spaces[ONE_RTT].ack_at``
+  and ``_ack_delay``: a lone ack-eliciting datagram's ACK waits longer than aioquic's
+  1 ms for a packet with data to carry it (see :func:`hold_lone_ack`).
 * :func:`initial_packet_decrypts` - checks a client's first Initial packet with
   the Initial keys (``aioquic.quic.crypto``, derived from its destination
   connection id) before any connection state exists for it.
@@ -502,6 +505,39 @@ def postpone_ack(quic: QuicConnection, at: float) -> None:
     space = quic._spaces.get(tls.Epoch.ONE_RTT)
     if space is not None and space.ack_at is not None and space.ack_at < at:
         space.ack_at = at
+
+
+def ack_deadline(quic: QuicConnection) -> float | None:
+    """When the pending 1-RTT ACK is due (None: none pending, or no 1-RTT keys yet)."""
+    space = quic._spaces.get(tls.Epoch.ONE_RTT)
+    return None if space is None else space.ack_at
+
+
+def hold_lone_ack(quic: QuicConnection, before: float | None, now: float, hold: float) -> None:
+    """After a datagram was received at ``now``: let a lone packet's ACK wait up to ``hold`` seconds.
+
+    aioquic makes every ACK due 1 ms after the first ack-eliciting packet it acknowledges.
+    A request/response peer answers (or asks again) a little later than that when its
+    loop is busy (many connections), so the ACK leaves alone and the data follows in a
+    second packet: one more packet for both ends to build, send, read and decrypt, per
+    request.  ``before`` is :func:`ack_deadline` from just before the datagram was processed:
+
+    * no ACK was pending and this datagram made one due: it is a lone packet, its ACK
+      waits up to ``hold`` (less than the max_ack_delay we announce, 25 ms, RFC 9000
+      13.2.1), unless data leaves sooner and carries it (:func:`ack_with_next_packet`);
+    * an ACK was pending and held: a second datagram arrived, so the ACK is due as aioquic
+      would have it (1 ms after the first packet, or now if that passed), so a sender in
+      bulk is acknowledged as often as before.
+    """
+    space = quic._spaces.get(tls.Epoch.ONE_RTT)
+    if space is None or space.ack_at is None:
+        return
+    delay = quic._ack_delay
+    if before is None:
+        space.ack_at = now + max(hold, delay)
+    elif space.ack_at > now + delay and hold > delay:
+        # held: (first packet's arrival + hold) back to (first arrival + aioquic's delay)
+        space.ack_at = max(now, space.ack_at - max(hold, delay) + delay)
 
 
 def install_reset_tokens(

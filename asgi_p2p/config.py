@@ -124,6 +124,7 @@ LIMITS: dict[str, Limit | Choice] = {
     "max_probe_datagram_size": Limit(0, MAX_UDP_PAYLOAD, unit="bytes"),
     "accept_queue_size": Limit(1, 1 << 16),
     "punch_ttl": Limit(0, 255),
+    "udp_offload": Choice(("gro", "gso+gro", "off")),
 }
 #: Default HTTP requests per second one peer (node id) may start, with bursts of twice that
 #: (``H3Server(limit_peer_rate=...)``, ``serve --limit-peer-rate``).
@@ -228,6 +229,14 @@ class NetworkConfig:
     #: ISP's first router drops it), so an unfiltered Linux router on the peer's side never
     #: sees our packets before its own host's (the conntrack port-remapping trap).
     punch_ttl: int = 2
+    #: UDP offload on Linux, where the kernel offers it (checked per socket, with a fallback
+    #: to one datagram per system call): ``"gro"`` lets the kernel hand over several
+    #: datagrams of one sender per read (``UDP_GRO``); ``"gso+gro"`` also sends each run of
+    #: same-size datagrams to one address in one system call (``UDP_SEGMENT``), which
+    #: saves CPU in bulk but loses packets where a software hop cannot pass the segmented
+    #: frames on (measured on the project's netns rig), so it is not the default; ``"off"``:
+    #: neither.
+    udp_offload: str = "gro"
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -432,6 +432,77 @@ def test_ack_with_next_packet_changes_nothing_without_a_pending_ack() -> None:
     assert p.server.datagrams_to_send(p.now + 1) == []
 
 
+def _receive_held(p: Pair, data: bytes, hold: float) -> None:
+    """What PeerConnection.datagram_received does around aioquic's receive."""
+    before = hooks.ack_deadline(p.client)
+    p.client.receive_datagram(data, SERVER_ADDR, p.now)
+    hooks.hold_lone_ack(p.client, before, p.now, hold)
+
+
+def test_a_lone_packets_ack_waits_for_the_next_request_to_carry_it() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    p.start()
+    p.pump()
+    sid = p.server.get_next_available_stream_id(is_unidirectional=True)
+    p.now += 1.0
+    p.server.send_stream_data(sid, b"response")
+    (response,) = [d for d, _ in p.server.datagrams_to_send(p.now)]
+    _receive_held(p, response, 0.01)
+    assert hooks.ack_deadline(p.client) == pytest.approx(p.now + 0.01)
+    # 5 ms later (past aioquic's 1 ms): nothing leaves on its own yet
+    assert p.client.datagrams_to_send(p.now + 0.005) == []
+    # the next request carries the ACK: one packet, and the server holds nothing unacknowledged
+    p.now += 0.005
+    req = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(req, b"next request", end_stream=True)
+    hooks.ack_with_next_packet(p.client, p.now)
+    (request,) = [d for d, _ in p.client.datagrams_to_send(p.now)]
+    p.server.receive_datagram(request, CLIENT_ADDR, p.now)
+    assert hooks.unacked_bytes(p.server, sid) == 0
+    assert hooks.ack_deadline(p.client) is None
+
+
+def test_a_held_ack_leaves_alone_at_the_hold_and_a_second_packet_ends_the_hold() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    p.start()
+    p.pump()
+    sid = p.server.get_next_available_stream_id(is_unidirectional=True)
+    p.now += 1.0
+    p.server.send_stream_data(sid, b"one")
+    (first,) = [d for d, _ in p.server.datagrams_to_send(p.now)]
+    _receive_held(p, first, 0.01)
+    # nothing to send: the ACK goes alone when the hold ends (the timer says when)
+    assert p.client.get_timer() == pytest.approx(p.now + 0.01)
+    (ack,) = [d for d, _ in p.client.datagrams_to_send(p.now + 0.01)]
+    p.server.receive_datagram(ack, CLIENT_ADDR, p.now + 0.01)
+    assert hooks.unacked_bytes(p.server, sid) == 0
+    # a burst: the second packet, 0.2 ms after the first, makes the ACK due as aioquic has
+    # it (1 ms after the first), so bulk senders are acknowledged as often as before
+    p.now += 1.0
+    p.server.send_stream_data(sid, b"two")
+    (a,) = [d for d, _ in p.server.datagrams_to_send(p.now)]
+    p.server.send_stream_data(sid, b"three")
+    (b,) = [d for d, _ in p.server.datagrams_to_send(p.now + 0.0002)]
+    _receive_held(p, a, 0.01)
+    first_at = p.now
+    p.now += 0.0002
+    _receive_held(p, b, 0.01)
+    assert hooks.ack_deadline(p.client) == pytest.approx(first_at + 0.001)
+    (ack,) = [d for d, _ in p.client.datagrams_to_send(first_at + 0.001)]
+    p.server.receive_datagram(ack, CLIENT_ADDR, first_at + 0.001)
+    assert hooks.unacked_bytes(p.server, sid) == 0
+    # a second packet after aioquic's delay passed: acknowledged at once
+    p.now += 1.0
+    p.server.send_stream_data(sid, b"four")
+    (c,) = [d for d, _ in p.server.datagrams_to_send(p.now)]
+    p.server.send_stream_data(sid, b"five")
+    (d,) = [d for d, _ in p.server.datagrams_to_send(p.now + 0.003)]
+    _receive_held(p, c, 0.01)
+    p.now += 0.003
+    _receive_held(p, d, 0.01)
+    assert hooks.ack_deadline(p.client) == pytest.approx(p.now)
+
+
 def test_largest_received_1rtt_grows_only_with_new_authenticated_packets() -> None:
     p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
     assert hooks.largest_received_1rtt(p.client) == -1  # before any key exists

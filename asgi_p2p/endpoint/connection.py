@@ -68,6 +68,10 @@ _HEARD_PTOS = 2
 #: while packets arrive through the relay on a direct route, a PING checks the direct
 #: path at most this often (seconds)
 _RELAY_PING_INTERVAL = 1.0
+#: seconds the ACK of a lone received packet may wait for data to carry it (a request's
+#: answer, the next request), instead of aioquic's 1 ms; below the 25 ms max_ack_delay
+#: we announce, so the peer's loss detection never waits on it (see hooks.hold_lone_ack)
+_LONE_ACK_HOLD = 0.01
 
 
 class _StreamCredit(ReceiveWindow):
@@ -331,7 +335,9 @@ class PeerConnection:
         self.bytes_received += len(data)
         self.datagrams_received += 1
         self._receiving_from = addr
+        ack_due = hooks.ack_deadline(quic)
         quic.receive_datagram(data, self.address, now)
+        hooks.hold_lone_ack(quic, ack_due, now, _LONE_ACK_HOLD)
         received = hooks.largest_received_1rtt(quic)
         if received > self._largest_received:
             # an authenticated, new packet: the peer is alive (keepalive waits), and on a

@@ -233,7 +233,10 @@ class Endpoint:
         ep = cls(key, config if config is not None else NetworkConfig.from_env(), allow, rng)
         ep.discovery = discovery
         ep._alpn_filter = frozenset(alpns) if alpns is not None else None
-        await ep.router.bind(network if network is not None else UdpNetwork(), host, port)
+        if network is None:
+            offload = ep.config.udp_offload
+            network = UdpNetwork(gso=offload == "gso+gro", gro=offload != "off")
+        await ep.router.bind(network, host, port)
         log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
         return ep
 

@@ -20,7 +20,12 @@ class DatagramSocket(Protocol):
     def local_address(self) -> Address: ...
 
     def sendto(self, data: bytes, addr: Address) -> None:
-        """Queue one datagram; never blocks, may drop (it is UDP)."""
+        """Queue one datagram; never blocks, may drop (it is UDP).
+
+        A socket may also offer ``sendmany(datagrams, addr)``, several datagrams to one
+        address in order (:class:`~asgi_p2p.net.udp.UdpSocket` does, with segmentation
+        offload); the paths layer uses it where it exists, else ``sendto`` each.
+        """
 
     def local_addresses(self) -> list[Address]:
         """Addresses at which peers may reach this socket (for tickets)."""

@@ -7,20 +7,32 @@ instead reads every queued datagram, up to :data:`READ_BATCH`, per readiness
 callback; work the receiver schedules with ``call_soon`` (such as QUIC transmits)
 then runs once per batch instead of once per packet.  Loops without
 ``add_reader`` (Windows' proactor loop) use the datagram transport.
+
+Offload (Linux): the socket reads with ``UDP_GRO``, so the kernel may hand it several
+datagrams of one sender in one read (cut apart here by the segment size it reports);
+with ``gso=True`` (``NetworkConfig.udp_offload = "gso+gro"``), :meth:`UdpSocket.sendmany`
+also hands each run of same-size datagrams to one destination to the kernel in one
+``sendmsg`` with ``UDP_SEGMENT`` (GSO: the kernel, or the network card, cuts it into the
+datagrams).  Both are checked when the socket is bound and turned off for the socket
+when the kernel refuses them (older kernels, a device without checksum offload);
+everything then goes one datagram per system call, as without them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
+import struct
 import sys
 import time
+from collections.abc import Sequence
 
 from ..errors import NetworkError
 from .base import Address, DatagramReceiver
 
-__all__ = ["READ_BATCH", "UdpNetwork", "UdpSocket", "set_dont_fragment"]
+__all__ = ["GSO_MAX_SEGMENTS", "READ_BATCH", "UdpNetwork", "UdpSocket", "set_dont_fragment"]
 
 log = logging.getLogger("asgi_p2p.net")
 
@@ -30,6 +42,19 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 READ_BATCH = 64
 #: Receive buffer size: the largest UDP payload.
 _MAX_UDP = 65535
+#: Most datagrams in one segmentation-offload send (the kernel's UDP_MAX_SEGMENTS is 64;
+#: more than that, or a longer run, goes in several sends).
+GSO_MAX_SEGMENTS = 64
+#: Most bytes in one segmentation-offload send (an IPv4 datagram's payload limit, 65,507,
+#: less some room for the kernel's own checks).
+_GSO_MAX_BYTES = 65000
+# Linux <linux/udp.h> (Python 3.11 does not export them)
+_SOL_UDP = getattr(socket, "SOL_UDP", 17)
+_UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+_UDP_GRO = getattr(socket, "UDP_GRO", 104)
+_GRO_ANCILLARY = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+# errors that say the socket or its device cannot segment at all (not: this one send failed)
+_NO_GSO_ERRNOS = frozenset({errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 # Linux <linux/in.h>, <linux/in6.h> (Python does not export all of them)
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 _IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
@@ -62,6 +87,29 @@ def set_dont_fragment(sock: socket.socket) -> bool:
     return ok
 
 
+def enable_offload(sock: socket.socket, *, gso: bool, gro: bool) -> tuple[bool, bool]:
+    """Linux: check that the kernel segments UDP sends (GSO) and turn on coalesced reads (GRO).
+
+    Returns (gso, gro): whether :meth:`UdpSocket.sendmany` may use ``UDP_SEGMENT`` and
+    whether reads may return several datagrams at once, of what was asked.  (False,
+    False) elsewhere.
+    """
+    if not sys.platform.startswith("linux") or not hasattr(sock, "sendmsg"):
+        return False, False
+    if gso:
+        try:
+            sock.getsockopt(_SOL_UDP, _UDP_SEGMENT)  # kernels before 4.18 do not know it
+        except OSError:
+            gso = False
+    if gro:
+        try:
+            sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)  # since 5.0
+            gro = _GRO_ANCILLARY > 0
+        except OSError:
+            gro = False
+    return gso, gro
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, receiver: DatagramReceiver) -> None:
         self._receiver = receiver
@@ -86,6 +134,9 @@ class UdpSocket:
         loop: asyncio.AbstractEventLoop,
         receiver: DatagramReceiver,
         transport: asyncio.DatagramTransport | None = None,
+        *,
+        gso: bool = False,
+        gro: bool = False,
     ) -> None:
         self._sock = sock
         self._loop = loop
@@ -94,6 +145,15 @@ class UdpSocket:
         self._closed = False
         #: Datagrams the kernel refused to queue (send buffer full, unreachable, ...).
         self.send_errors = 0
+        #: Sends with segmentation offload (each carried several datagrams), and the datagrams
+        #: they carried; reads that returned several coalesced datagrams, and those datagrams.
+        self.gso_sends = 0
+        self.gso_datagrams = 0
+        self.gro_reads = 0
+        self.gro_datagrams = 0
+        # segmentation offload in use (see enable_offload); off for good once the kernel refuses it
+        self._gso = gso and transport is None
+        self._gro = gro and transport is None
         sockname = sock.getsockname()
         self._local: Address = (str(sockname[0]), int(sockname[1]))
         self._v6 = sock.family == socket.AF_INET6
@@ -114,7 +174,15 @@ class UdpSocket:
             return _interface_addresses(port, ipv6=host == "::")
         return [self._local]
 
+    @property
+    def offload(self) -> tuple[bool, bool]:
+        """(GSO, GRO): whether sends may be segmented by the kernel and reads coalesced now."""
+        return self._gso, self._gro
+
     def _read_ready(self) -> None:
+        if self._gro:
+            self._read_coalesced()
+            return
         recv = self._sock.recvfrom
         receiver = self._receiver
         for _ in range(READ_BATCH):
@@ -131,6 +199,111 @@ class UdpSocket:
                 log.exception("datagram receiver failed")
             if self._closed:
                 return
+
+    def _read_coalesced(self) -> None:
+        """Like the plain read loop, with reads that may hold several datagrams (UDP_GRO).
+
+        The kernel coalesces only datagrams of one sender of the same size (the last may
+        be shorter) and says their size in a control message; one read holds at most 64
+        KiB.  A readiness callback delivers about :data:`READ_BATCH` datagrams, as without
+        GRO (it stops reading once that many were delivered; the last read may add up to
+        63 more), so one callback's work stays bounded.
+        """
+        recvmsg = self._sock.recvmsg
+        receiver = self._receiver
+        delivered = 0
+        while delivered < READ_BATCH:
+            try:
+                data, ancdata, flags, addr = recvmsg(_MAX_UDP, _GRO_ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors surface here; UDP carries on
+                log.debug("udp error: %s", exc)
+                delivered += 1
+                continue
+            source = (str(addr[0]), int(addr[1]))
+            size = 0
+            for level, kind, value in ancdata:
+                if level == _SOL_UDP and kind == _UDP_GRO and len(value) >= 4:
+                    size = struct.unpack("=i", value[:4])[0]
+            if flags & socket.MSG_TRUNC:  # cannot happen within 64 KiB; never deliver a cut datagram
+                log.debug("udp read from %s:%d truncated, dropped", *source)
+                delivered += 1
+                continue
+            if 0 < size < len(data):
+                self.gro_reads += 1
+                view = memoryview(data)
+                datagrams = [bytes(view[i : i + size]) for i in range(0, len(data), size)]
+                self.gro_datagrams += len(datagrams)
+            else:
+                datagrams = [data]
+            for datagram in datagrams:
+                delivered += 1
+                try:
+                    receiver(datagram, source)
+                except Exception:  # a receiver bug must not kill the socket
+                    log.exception("datagram receiver failed")
+                if self._closed:
+                    return
+
+    def sendmany(self, datagrams: Sequence[bytes], addr: Address) -> None:
+        """Send ``datagrams`` to ``addr``, in order; never blocks, may drop (it is UDP).
+
+        With segmentation offload, each run of datagrams of one size (the last of a run may
+        be shorter), up to :data:`GSO_MAX_SEGMENTS` of them and 65,000 bytes, goes in one
+        ``sendmsg``; without it, or for a single datagram, one ``sendto`` each.
+        """
+        if not self._gso or len(datagrams) < 2:
+            for data in datagrams:
+                self.sendto(data, addr)
+            return
+        n = len(datagrams)
+        i = 0
+        while i < n and self._gso:
+            size = len(datagrams[i])
+            j = i + 1
+            total = size
+            # a run: equal sizes, then at most one shorter datagram ending it
+            while j < n and j - i < GSO_MAX_SEGMENTS and total + len(datagrams[j]) <= _GSO_MAX_BYTES:
+                length = len(datagrams[j])
+                if length > size:
+                    break
+                total += length
+                j += 1
+                if length < size:
+                    break
+            if j - i == 1:
+                self.sendto(datagrams[i], addr)
+            else:
+                self._send_segmented(datagrams[i:j], size, addr)
+            i = j
+        for data in datagrams[i:]:  # the kernel refused offload on the way: the rest one by one
+            self.sendto(data, addr)
+
+    def _send_segmented(self, run: Sequence[bytes], size: int, addr: Address) -> None:
+        if self._closed:
+            return
+        try:
+            self._sock.sendmsg([b"".join(run)], [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", size))], 0, addr)
+        except OSError as exc:
+            if exc.errno in _NO_GSO_ERRNOS:
+                self._gso = False
+                log.info(
+                    "UDP segmentation offload refused on %s:%d (%s): sending one datagram per call", *self._local, exc
+                )
+            elif not isinstance(exc, BlockingIOError):
+                # e.g. EMSGSIZE or EINVAL for segments larger than the route's MTU: each
+                # datagram alone meets the error (or not) as it would without offload
+                log.debug("segmented send to %s:%d failed (%s): one datagram per call", *addr, exc)
+            else:  # the send buffer is full: UDP drops the lot
+                self.send_errors += len(run)
+                log.debug("sendto %s failed: %s", addr, exc)
+                return
+            for data in run:
+                self.sendto(data, addr)
+            return
+        self.gso_sends += 1
+        self.gso_datagrams += len(run)
 
     def sendto(self, data: bytes, addr: Address) -> None:
         if self._closed:
@@ -220,6 +393,12 @@ class UdpNetwork:
         now = asyncio.get_running_loop().time()
         return time.time() - now  # wall-clock ok: the real network is the clock peers share
 
+    def __init__(self, *, gso: bool = False, gro: bool = True) -> None:
+        #: Send runs of same-size datagrams in one system call (GSO) where the kernel offers it.
+        self.gso = gso
+        #: Read several datagrams of one sender at once (GRO) where the kernel offers it.
+        self.gro = gro
+
     async def bind(self, host: str, port: int, receiver: DatagramReceiver) -> UdpSocket:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -236,8 +415,9 @@ class UdpNetwork:
             sock.close()
             raise NetworkError(f"cannot bind UDP {host}:{port}: {exc.strerror or exc}") from exc
         sock.setblocking(False)
+        gso, gro = enable_offload(sock, gso=self.gso, gro=self.gro)
         try:
-            return UdpSocket(sock, loop, receiver)
+            return UdpSocket(sock, loop, receiver, gso=gso, gro=gro)
         except NotImplementedError:  # no add_reader (proactor loop): one datagram per callback
             transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(receiver), sock=sock)
             return UdpSocket(sock, loop, receiver, transport)

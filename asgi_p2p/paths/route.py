@@ -10,6 +10,7 @@ and tells the connection through the :class:`RouteOwner` callbacks it implements
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from ..config import NetworkConfig
@@ -83,6 +84,9 @@ class RouteHost(Protocol):
 
     def sendto(self, data: bytes, addr: Address) -> None:
         """Send one datagram on the socket."""
+
+    def sendmany(self, datagrams: Sequence[bytes], addr: Address) -> None:
+        """Send datagrams to one address on the socket, in order (in as few system calls as it can)."""
 
     def relay_send(self, dest: NodeId, datagrams: list[tuple[bytes, Address]]) -> None:
         """Send datagrams to ``dest`` through the relay (counted as unroutable without one)."""
@@ -172,14 +176,11 @@ class Route:
         direct = self.direct
         if direct is not None:
             router = self.router
-            sendto = router.sendto
-            nbytes = 0
-            for data, _addr in datagrams:
-                nbytes += len(data)
-                sendto(data, direct)
+            payloads = [data for data, _addr in datagrams]
+            router.sendmany(payloads, direct)
             stats = router.stats
-            stats.direct_packets_sent += len(datagrams)
-            stats.direct_bytes_sent += nbytes
+            stats.direct_packets_sent += len(payloads)
+            stats.direct_bytes_sent += sum(map(len, payloads))
         relayed = self.relayed
         if relayed is not None:
             self.router.relay_send(relayed, datagrams)

@@ -24,7 +24,7 @@ import asyncio
 import ipaddress
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..config import NetworkConfig
 from ..errors import P2PError
@@ -91,6 +91,8 @@ class Router:
         self._socket: DatagramSocket | None = None
         #: Send one datagram on the socket (bound by :meth:`bind`).
         self.sendto: Callable[[bytes, Address], None] = _not_bound
+        #: Send datagrams to one address on the socket, in order (bound by :meth:`bind`).
+        self.sendmany: Callable[[Sequence[bytes], Address], None] = self._send_each
         self._clock_offset = 0.0
         self._relay: RelayLink | None = None
         self._peers: dict[NodeId, PeerPaths] = {}
@@ -122,6 +124,9 @@ class Router:
         sock = await network.bind(host, port, self.datagram_received)
         self._socket = sock
         self.sendto = sock.sendto
+        # several datagrams to one address in one call (real UDP: segmentation offload)
+        sendmany = getattr(sock, "sendmany", None)
+        self.sendmany = sendmany if sendmany is not None else self._send_each
 
     # -- what the hosts of routes and peers read ----------------------------
 
@@ -355,6 +360,12 @@ class Router:
                 send_ttl(data, addr, ttl)
                 return
         self.sendto(data, addr)
+
+    def _send_each(self, datagrams: Sequence[bytes], addr: Address) -> None:
+        """:attr:`sendmany` of a socket without ``sendmany`` (simulated ones): one ``sendto`` each."""
+        sendto = self.sendto
+        for data in datagrams:
+            sendto(data, addr)
 
     def relay_send(self, dest: NodeId, datagrams: list[tuple[bytes, Address]]) -> None:
         relay = self._relay

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import socket
 import sys
 from collections.abc import Callable
@@ -197,3 +199,205 @@ def test_simulated_hosts_share_one_fixed_wall_clock() -> None:
                 await ep.close()
 
         assert sim.run(main()) == WALL_CLOCK_AT_START - START_TIME
+
+
+# -- segmentation offload (GSO sends, GRO reads) -------------------------------------------
+
+_LINUX = sys.platform.startswith("linux")
+_SOL_UDP, _UDP_SEGMENT = 17, 103
+
+
+def _payloads(sizes: list[int]) -> list[bytes]:
+    """Datagrams of ``sizes``, each filled with its own index (so order and cuts show)."""
+    return [bytes([i % 256]) * size for i, size in enumerate(sizes)]
+
+
+async def _receive_all(rx: socket.socket, n: int, timeout: float = 5.0) -> list[bytes]:
+    loop = asyncio.get_running_loop()
+    got: list[bytes] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < n:
+            got.append(await loop.sock_recv(rx, 65535))
+    return got
+
+
+async def _plain_receiver() -> socket.socket:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    return rx
+
+
+@pytest.mark.skipif(not _LINUX, reason="UDP_SEGMENT is Linux's")
+async def test_a_segmented_send_delivers_each_datagram_in_order() -> None:
+    sock = await UdpNetwork(gso=True).bind("127.0.0.1", 0, lambda d, a: None)
+    rx = await _plain_receiver()  # no GRO here: the kernel cuts the send into datagrams
+    try:
+        assert sock.offload == (True, True)
+        # equal sizes, a shorter one ending the run, a new run, more than one send's segments
+        sizes = [1200] * 5 + [700] + [1300] * 3 + [900] * 70
+        datagrams = _payloads(sizes)
+        sock.sendmany(datagrams, rx.getsockname())
+        got = await _receive_all(rx, len(datagrams))
+        assert got == datagrams
+        # runs: 5x1200+700, 3x1300+900, then 64 and 5 of 900 (at most 64 segments a send)
+        assert sock.gso_sends == 4
+        assert sock.gso_datagrams == len(datagrams)
+        assert sock.send_errors == 0
+    finally:
+        rx.close()
+        sock.close()
+
+
+@pytest.mark.skipif(not _LINUX, reason="UDP_SEGMENT is Linux's")
+async def test_a_run_is_bounded_by_the_bytes_one_send_may_carry() -> None:
+    sock = await UdpNetwork(gso=True).bind("127.0.0.1", 0, lambda d, a: None)
+    rx = await _plain_receiver()
+    try:
+        datagrams = _payloads([16000] * 9)  # 4 fit in 65,000 bytes, then 4, then 1 alone
+        sock.sendmany(datagrams, rx.getsockname())
+        assert await _receive_all(rx, len(datagrams)) == datagrams
+        assert (sock.gso_sends, sock.gso_datagrams) == (2, 8)
+    finally:
+        rx.close()
+        sock.close()
+
+
+@pytest.mark.skipif(not _LINUX, reason="UDP_GRO is Linux's")
+async def test_coalesced_reads_are_cut_back_into_the_datagrams_sent() -> None:
+    got: list[tuple[bytes, tuple[str, int]]] = []
+    sizes = [1200] * 10 + [300]
+    waiter = _Waiter(lambda: len(got) >= len(sizes))
+
+    def receiver(data: bytes, addr: tuple[str, int]) -> None:
+        got.append((data, addr))
+        waiter.check()
+
+    sock = await UdpNetwork().bind("127.0.0.1", 0, receiver)
+    tx = await _sender()
+    try:
+        datagrams = _payloads(sizes)
+        # one segmented send: over loopback it reaches a GRO socket as one buffer
+        tx.sendmsg(
+            [b"".join(datagrams)], [(_SOL_UDP, _UDP_SEGMENT, (1200).to_bytes(2, sys.byteorder))], 0, sock.local_address
+        )
+        await waiter.wait()
+        assert [d for d, _ in got] == datagrams
+        assert {a for _, a in got} == {tx.getsockname()}
+        assert (sock.gro_reads, sock.gro_datagrams) == (1, len(sizes))
+    finally:
+        tx.close()
+        sock.close()
+
+
+async def test_without_offload_every_datagram_goes_alone() -> None:
+    got: list[bytes] = []
+    datagrams = _payloads([1200] * 6 + [500])
+    waiter = _Waiter(lambda: len(got) >= len(datagrams))
+
+    def receiver(data: bytes, addr: tuple[str, int]) -> None:
+        got.append(data)
+        waiter.check()
+
+    sock = await UdpNetwork(gso=False, gro=False).bind("127.0.0.1", 0, receiver)
+    try:
+        assert sock.offload == (False, False)
+        sock.sendmany(datagrams, sock.local_address)
+        await waiter.wait()
+        assert got == datagrams
+        assert (sock.gso_sends, sock.gro_reads) == (0, 0)
+    finally:
+        sock.close()
+
+
+class _SocketWithoutGso(socket.socket):
+    """A socket whose device cannot segment: what the kernel answers then (EIO)."""
+
+    refused = 0
+
+    def sendmsg(self, *args: object, **kwargs: object) -> int:  # type: ignore[override]
+        self.refused += 1
+        raise OSError(errno.EIO, "Input/output error")
+
+
+async def test_a_kernel_refusing_segmentation_turns_it_off_and_loses_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    from asgi_p2p.net.udp import UdpSocket
+
+    raw = _SocketWithoutGso(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.bind(("127.0.0.1", 0))
+    raw.setblocking(False)
+    sock = UdpSocket(raw, asyncio.get_running_loop(), lambda d, a: None, gso=True)
+    rx = await _plain_receiver()
+    try:
+        first, second = _payloads([1200] * 4), _payloads([1000] * 3)
+        with caplog.at_level(logging.INFO, logger="asgi_p2p.net"):
+            sock.sendmany(first, rx.getsockname())
+        assert "segmentation offload refused" in caplog.text
+        sock.sendmany(second, rx.getsockname())  # no second try: one datagram per call from now on
+        assert await _receive_all(rx, 7) == first + second
+        assert raw.refused == 1
+        assert sock.offload[0] is False
+        assert (sock.gso_sends, sock.send_errors) == (0, 0)
+    finally:
+        rx.close()
+        sock.close()
+
+
+@pytest.mark.parametrize("offload", ["gso+gro", "gro", "off"])
+async def test_a_bulk_message_between_nodes_goes_as_udp_offload_says(offload: str) -> None:
+    from asgi_p2p import NetworkConfig, Node, SecretKey
+    from asgi_p2p.net.udp import UdpSocket
+
+    config = NetworkConfig(udp_offload=offload, max_probe_datagram_size=0)
+    a = await Node.bind(SecretKey.from_seed("offload-a"), config=config)
+    b = await Node.bind(SecretKey.from_seed("offload-b"), config=config)
+    try:
+        message = bytes(range(256)) * 2048  # 512 KiB: hundreds of 1200-byte datagrams
+        conn = await b.connect(a.node_addr())
+        await conn.send(message)
+        inc = await asyncio.wait_for(a.listen().accept(), 10)
+        assert await asyncio.wait_for(inc.recv(), 10) == message
+        sent, got = b.router.socket, a.router.socket
+        assert isinstance(sent, UdpSocket) and isinstance(got, UdpSocket)
+        if not _LINUX or offload == "off":
+            assert sent.offload == got.offload == (False, False)
+            assert (sent.gso_sends, got.gro_reads) == (0, 0)
+        elif offload == "gro":  # the default: coalesced reads on, segmented sends off
+            assert sent.offload == got.offload == (False, True)
+            assert sent.gso_sends == 0
+        else:
+            assert sent.offload == got.offload == (True, True)
+            assert sent.gso_sends > 0 and sent.gso_datagrams > 2 * sent.gso_sends
+            assert got.gro_reads > 0  # loopback hands the segmented sends over whole
+    finally:
+        await b.close()
+        await a.close()
+
+
+@pytest.mark.skipif(not _LINUX, reason="UDP_GRO is Linux's")
+async def test_a_batch_of_coalesced_reads_is_bounded_by_datagrams_too() -> None:
+    loop = asyncio.get_running_loop()
+    got: list[int] = []
+    marks: list[int] = []
+    sends, per_send = 6, 40  # 240 datagrams in 6 coalesced buffers
+    waiter = _Waiter(lambda: len(got) >= sends * per_send)
+
+    def receiver(data: bytes, addr: tuple[str, int]) -> None:
+        if not got:
+            loop.call_soon(lambda: marks.append(len(got)))
+        got.append(len(data))
+        waiter.check()
+
+    sock = await UdpNetwork().bind("127.0.0.1", 0, receiver)
+    tx = await _sender()
+    try:
+        segment = (1000).to_bytes(2, sys.byteorder)
+        for _ in range(sends):
+            tx.sendmsg([b"y" * (1000 * per_send)], [(_SOL_UDP, _UDP_SEGMENT, segment)], 0, sock.local_address)
+        await waiter.wait()
+        # the first callback stopped after the read that reached READ_BATCH (64) datagrams: 2 reads
+        assert marks[0] == 2 * per_send
+        assert sock.gro_reads == sends
+    finally:
+        tx.close()
+        sock.close()
