@@ -31,7 +31,9 @@ def test_aioquic_is_the_pinned_version() -> None:
 
 
 class Pair:
-    def __init__(self, client_key: SecretKey | None, server_key: SecretKey, *, window: int = 1 << 20) -> None:
+    def __init__(
+        self, client_key: SecretKey | None, server_key: SecretKey, *, window: int = 1 << 20, cc: str = "reno"
+    ) -> None:
         def cfg(is_client: bool, key: SecretKey | None) -> QuicConfiguration:
             return QuicConfiguration(
                 is_client=is_client,
@@ -40,6 +42,7 @@ class Pair:
                 private_key=key.private_key if key else None,
                 verify_mode=0,
                 max_stream_data=window,
+                congestion_control_algorithm=cc,
             )
 
         self.now = 0.0
@@ -214,6 +217,85 @@ def test_send_credit_and_congestion_window() -> None:
     assert hooks.congestion_window(p.client) >= 10 * 1200
     assert hooks.received_offset(p.server, sid) == 10_000
     assert hooks.received_offset(p.server, sid + 4) is None
+
+
+def _cc_pair(algorithm: str) -> Pair:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"), window=8 << 20, cc=algorithm)
+    p.start()
+    p.pump()
+    assert hooks.handshake_confirmed(p.client)
+    return p
+
+
+def _cc_round(p: Pair, *, rtt: float = 0.02) -> None:
+    """One round trip: the client transmits (and notes the pass), the server acknowledges."""
+    p.now += rtt / 2
+    sent = p.client.datagrams_to_send(p.now)
+    hooks.note_transmit(p.client, p.now)
+    for data, _ in sent:
+        p.server.receive_datagram(data, CLIENT_ADDR, p.now)
+    p.now += rtt / 2
+    for data, _ in p.server.datagrams_to_send(p.now + 0.03):  # past the server's ack delay
+        p.client.receive_datagram(data, SERVER_ADDR, p.now)
+    while p.server.next_event() is not None:
+        pass
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic"])
+@pytest.mark.parametrize("app_limited", [True, False])
+def test_window_does_not_grow_while_application_limited(name: str, app_limited: bool) -> None:
+    # RFC 9002 7.8: small writes that never fill the window must not grow it;
+    # aioquic's own controller (app_limited=False here) grows it on every ack
+    algorithm = hooks.congestion_control_algorithm(name) if app_limited else name
+    p = _cc_pair(algorithm)
+    sid = p.client.get_next_available_stream_id()
+    start = hooks.congestion_window(p.client)
+    for _ in range(60):
+        p.client.send_stream_data(sid, b"x" * 1000)
+        _cc_round(p)
+    assert hooks.received_offset(p.server, sid) == 60_000  # everything arrived
+    if app_limited:
+        assert hooks.congestion_window(p.client) == start
+    else:
+        assert hooks.congestion_window(p.client) >= start + 30_000
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic"])
+def test_window_grows_when_the_window_limits_sending(name: str) -> None:
+    p = _cc_pair(hooks.congestion_control_algorithm(name))
+    sid = p.client.get_next_available_stream_id()
+    for _ in range(10):  # application-limited first: no growth
+        p.client.send_stream_data(sid, b"x" * 500)
+        _cc_round(p)
+    start = hooks.congestion_window(p.client)
+    p.client.send_stream_data(sid, b"y" * 300_000)  # more than the window: the window limits
+    for _ in range(6):
+        # one pass per round trip: pacing, not the application, holds most of the window
+        # back (flight < window), which is not application-limited (RFC 9002 7.8)
+        _cc_round(p)
+    assert hooks.congestion_window(p.client) >= 3 * start
+    for _ in range(100):  # the data runs out: application-limited again, the window stays
+        if hooks.received_offset(p.server, sid) == 305_000:
+            break
+        _cc_round(p)
+    _cc_round(p)
+    assert hooks.received_offset(p.server, sid) == 305_000
+    grown = hooks.congestion_window(p.client)
+    p.client.send_stream_data(sid, b"z" * 1000)
+    for _ in range(20):
+        _cc_round(p)
+    assert hooks.congestion_window(p.client) == grown
+
+
+def test_congestion_control_algorithm_refuses_an_unknown_name() -> None:
+    with pytest.raises(ValueError, match="bbr"):
+        hooks.congestion_control_algorithm("bbr")
+
+
+def test_note_transmit_leaves_aioquic_controllers_alone() -> None:
+    p = _cc_pair("reno")
+    hooks.note_transmit(p.client, p.now)  # no app-limited flag on aioquic's own controller
+    assert not hasattr(p.client._loss._cc, "app_limited")
 
 
 def test_peer_stream_limit_is_announced_and_enforced() -> None:
