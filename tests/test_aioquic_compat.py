@@ -292,12 +292,6 @@ def test_congestion_control_algorithm_refuses_an_unknown_name() -> None:
         hooks.congestion_control_algorithm("bbr")
 
 
-def test_note_transmit_leaves_aioquic_controllers_alone() -> None:
-    p = _cc_pair("reno")
-    hooks.note_transmit(p.client, p.now)  # no app-limited flag on aioquic's own controller
-    assert not hasattr(p.client._loss._cc, "app_limited")
-
-
 def test_peer_stream_limit_is_announced_and_enforced() -> None:
     p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
     server = p.start()
