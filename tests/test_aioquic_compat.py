@@ -14,9 +14,12 @@ from aioquic.buffer import Buffer, encode_uint_var
 from aioquic.h3.connection import ErrorCode, FrameError, FrameType, Setting, StreamType, encode_frame
 from aioquic.h3.events import H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.congestion.base import create_congestion_control
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived
-from aioquic.quic.packet import pull_quic_header
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.tls import Epoch
 
 from asgi_p2p import SecretKey
 from asgi_p2p import aioquic_compat as hooks
@@ -285,6 +288,44 @@ def test_window_grows_when_the_window_limits_sending(name: str) -> None:
     for _ in range(20):
         _cc_round(p)
     assert hooks.congestion_window(p.client) == grown
+
+
+def test_cubic_leaves_the_application_limited_time_out_of_its_curve() -> None:
+    # two CUBIC controllers with the same history, except that one pauses (application-
+    # limited) for 10 s in congestion avoidance: afterwards it grows as the other did
+    # right away, instead of jumping along the cubic curve by the pause (RFC 9438 5.8)
+    def packet(number: int, sent_time: float) -> QuicSentPacket:
+        return QuicSentPacket(
+            epoch=Epoch.ONE_RTT,
+            in_flight=True,
+            is_ack_eliciting=True,
+            is_crypto_packet=False,
+            packet_number=number,
+            packet_type=QuicPacketType.ONE_RTT,
+            sent_time=sent_time,
+            sent_bytes=1200,
+        )
+
+    ccs = [create_congestion_control(hooks.congestion_control_algorithm("cubic"), max_datagram_size=1200) for _ in "ab"]
+    sent = [packet(n, 0.01) for n in range(200)]
+    for cc in ccs:
+        for pk in sent:
+            cc.on_packet_sent(packet=pk)
+        cc.on_packets_lost(now=0.1, packets=[sent[0]])  # a loss: congestion avoidance
+        cc.on_packet_acked(now=0.2, packet=sent[1])  # starts the cubic epoch
+    window = ccs[0].congestion_window
+    assert int(0.7 * 199 * 1200) <= window < 0.71 * 199 * 1200  # reduced by the loss: congestion avoidance
+    paused = ccs[1]
+    for cc, resume in ((ccs[0], 0.25), (paused, 10.25)):
+        cc.set_app_limited(True, 0.25)  # type: ignore[attr-defined]
+        cc.on_packet_acked(now=resume, packet=sent[2])  # acknowledged while application-limited
+        cc.set_app_limited(False, resume)  # type: ignore[attr-defined]
+        assert cc.congestion_window == window  # no growth
+    for i in range(3, 150):
+        ccs[0].on_packet_acked(now=0.25 + i * 0.01, packet=sent[i])
+        paused.on_packet_acked(now=10.25 + i * 0.01, packet=sent[i])
+    assert ccs[0].congestion_window > 0.7 * 199 * 1200  # it grew
+    assert abs(paused.congestion_window - ccs[0].congestion_window) <= 1200
 
 
 def test_congestion_control_algorithm_refuses_an_unknown_name() -> None:
