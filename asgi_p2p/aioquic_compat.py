@@ -26,6 +26,15 @@ Hooks:
   connection's received bytes (``QuicConnection._local_max_data.used``) and the
   MAX_DATA announced (``._local_max_data.sent``).
 * :func:`congestion_window` - ``QuicConnection._loss._cc.congestion_window``.
+* :func:`congestion_control_algorithm` and :func:`note_transmit` - aioquic's Reno
+  and CUBIC, except that the window does not grow while it is underutilized
+  (RFC 9002 section 7.8): aioquic grows it on every acknowledgement, so an
+  application-limited connection (on loopback, say) inflates it, and the send
+  buffer that follows it.  The controllers are subclasses registered with
+  aioquic's public registry (``aioquic.quic.congestion.base``); after each
+  transmit pass :func:`note_transmit` reads ``QuicConnection._loss._cc``,
+  ``._max_datagram_size`` and ``._pacing_at`` (set when pacing held a packet
+  back) to tell the controller whether the pass was application-limited.
 * :func:`send_credit` - the peer's stream credit past the acknowledged data
   (``QuicStream.max_stream_data_remote``, ``QuicStreamSender._buffer_start``).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
@@ -120,7 +129,9 @@ from aioquic.h3.connection import (
     encode_frame,
 )
 from aioquic.h3.events import H3Event
-from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW
+from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW, register_congestion_control
+from aioquic.quic.congestion.cubic import CubicCongestionControl
+from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY,
     MAX_EARLY_DATA,
@@ -138,7 +149,7 @@ from aioquic.quic.crypto import (
 )
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion
-from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.packet_builder import QuicPacketBuilder, QuicSentPacket
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives import serialization
@@ -157,6 +168,7 @@ __all__ = [
     "ack_with_next_packet",
     "cipher_suite",
     "clocked_ticket",
+    "congestion_control_algorithm",
     "congestion_window",
     "data_received",
     "early_data_sendable",
@@ -172,6 +184,7 @@ __all__ = [
     "is_closing",
     "max_data_sent",
     "max_datagram_size",
+    "note_transmit",
     "peer_close",
     "peer_public_key",
     "peer_reset_token",
@@ -401,6 +414,85 @@ def send_credit(quic: QuicConnection, stream_id: int) -> int:
 def congestion_window(quic: QuicConnection) -> int:
     """The congestion controller's window in bytes (``QuicConnection._loss._cc.congestion_window``)."""
     return int(quic._loss._cc.congestion_window)
+
+
+class _AppLimitedReno(RenoCongestionControl):
+    """aioquic's New Reno, not growing its window while application-limited (RFC 9002 7.8)."""
+
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        #: the last transmit pass left the window underutilized, not because of pacing
+        self.app_limited = False
+
+    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+        if self.app_limited:
+            self.bytes_in_flight -= packet.sent_bytes
+        else:
+            super().on_packet_acked(now=now, packet=packet)
+
+    def set_app_limited(self, limited: bool, now: float) -> None:
+        self.app_limited = limited
+
+
+class _AppLimitedCubic(CubicCongestionControl):
+    """aioquic's CUBIC, not growing its window while application-limited (RFC 9002 7.8).
+
+    The time spent application-limited is left out of CUBIC's epoch, so the
+    cubic curve resumes where it paused (RFC 9438 section 5.8, as Linux does)
+    instead of jumping ahead by the pause.
+    """
+
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self.app_limited = False
+        self._app_limited_since = 0.0
+
+    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+        if self.app_limited:
+            self.bytes_in_flight -= packet.sent_bytes
+            if packet.sent_time is not None:
+                self.last_ack = packet.sent_time  # what aioquic's idle reset measures from
+        else:
+            super().on_packet_acked(now=now, packet=packet)
+
+    def set_app_limited(self, limited: bool, now: float) -> None:
+        if limited and not self.app_limited:
+            self._app_limited_since = now
+        elif not limited and self.app_limited and self._t_epoch:
+            self._t_epoch += now - self._app_limited_since
+        self.app_limited = limited
+
+
+_APP_LIMITED_ALGORITHMS = {"reno": "asgi-p2p-reno", "cubic": "asgi-p2p-cubic"}
+register_congestion_control(_APP_LIMITED_ALGORITHMS["reno"], _AppLimitedReno)
+register_congestion_control(_APP_LIMITED_ALGORITHMS["cubic"], _AppLimitedCubic)
+
+
+def congestion_control_algorithm(name: str) -> str:
+    """The aioquic algorithm name (``QuicConfiguration.congestion_control_algorithm``) of
+    controller ``name`` (``"reno"`` or ``"cubic"``) that keeps its window while the
+    connection is application-limited; call :func:`note_transmit` after each
+    ``datagrams_to_send``."""
+    try:
+        return _APP_LIMITED_ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"congestion control must be one of {sorted(_APP_LIMITED_ALGORITHMS)}, got {name!r}") from None
+
+
+def note_transmit(quic: QuicConnection, now: float) -> None:
+    """After ``datagrams_to_send(now)``: tell the controller whether that pass left its
+    window underutilized (RFC 9002 section 7.8).
+
+    The pass was application-limited when another datagram would still have fit in
+    the congestion window and pacing did not hold it back (``QuicConnection._pacing_at``):
+    the application (or the peer's flow control) had nothing more to send.  Until a
+    later pass fills the window, acknowledgements do not grow it.  Does nothing for a
+    controller not made by :func:`congestion_control_algorithm`.
+    """
+    cc = quic._loss._cc
+    if isinstance(cc, (_AppLimitedReno, _AppLimitedCubic)):
+        window_full = cc.bytes_in_flight + quic._max_datagram_size > cc.congestion_window
+        cc.set_app_limited(not window_full and quic._pacing_at is None, now)
 
 
 def set_peer_stream_limit(quic: QuicConnection, max_bidi_streams: int) -> None:

@@ -210,8 +210,9 @@ class NetworkConfig:
     #: Ceiling of the connection's receive window: the most unread bytes a peer can
     #: make this node hold per connection.
     max_connection_receive_window: int = 24 * 1024 * 1024
-    #: Congestion controller (aioquic's): ``"reno"`` or ``"cubic"``.
-    congestion_control: str = "reno"
+    #: Congestion controller (aioquic's, growing its window only while the window limits sending):
+    #: ``"cubic"`` (default: faster than Reno on lossy paths) or ``"reno"``.
+    congestion_control: str = "cubic"
     #: Most concurrent peer-opened bidirectional streams per connection.
     max_streams: int = 128
     #: UDP payload size QUIC starts with and falls back to; every path must carry it

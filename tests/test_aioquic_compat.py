@@ -14,9 +14,12 @@ from aioquic.buffer import Buffer, encode_uint_var
 from aioquic.h3.connection import ErrorCode, FrameError, FrameType, Setting, StreamType, encode_frame
 from aioquic.h3.events import H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.congestion.base import create_congestion_control
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived
-from aioquic.quic.packet import pull_quic_header
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.tls import Epoch
 
 from asgi_p2p import SecretKey
 from asgi_p2p import aioquic_compat as hooks
@@ -31,7 +34,9 @@ def test_aioquic_is_the_pinned_version() -> None:
 
 
 class Pair:
-    def __init__(self, client_key: SecretKey | None, server_key: SecretKey, *, window: int = 1 << 20) -> None:
+    def __init__(
+        self, client_key: SecretKey | None, server_key: SecretKey, *, window: int = 1 << 20, cc: str = "reno"
+    ) -> None:
         def cfg(is_client: bool, key: SecretKey | None) -> QuicConfiguration:
             return QuicConfiguration(
                 is_client=is_client,
@@ -40,6 +45,7 @@ class Pair:
                 private_key=key.private_key if key else None,
                 verify_mode=0,
                 max_stream_data=window,
+                congestion_control_algorithm=cc,
             )
 
         self.now = 0.0
@@ -214,6 +220,117 @@ def test_send_credit_and_congestion_window() -> None:
     assert hooks.congestion_window(p.client) >= 10 * 1200
     assert hooks.received_offset(p.server, sid) == 10_000
     assert hooks.received_offset(p.server, sid + 4) is None
+
+
+def _cc_pair(algorithm: str) -> Pair:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"), window=8 << 20, cc=algorithm)
+    p.start()
+    p.pump()
+    assert hooks.handshake_confirmed(p.client)
+    return p
+
+
+def _cc_round(p: Pair, *, rtt: float = 0.02) -> None:
+    """One round trip: the client transmits (and notes the pass), the server acknowledges."""
+    p.now += rtt / 2
+    sent = p.client.datagrams_to_send(p.now)
+    hooks.note_transmit(p.client, p.now)
+    for data, _ in sent:
+        p.server.receive_datagram(data, CLIENT_ADDR, p.now)
+    p.now += rtt / 2
+    for data, _ in p.server.datagrams_to_send(p.now + 0.03):  # past the server's ack delay
+        p.client.receive_datagram(data, SERVER_ADDR, p.now)
+    while p.server.next_event() is not None:
+        pass
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic"])
+@pytest.mark.parametrize("app_limited", [True, False])
+def test_window_does_not_grow_while_application_limited(name: str, app_limited: bool) -> None:
+    # RFC 9002 7.8: small writes that never fill the window must not grow it;
+    # aioquic's own controller (app_limited=False here) grows it on every ack
+    algorithm = hooks.congestion_control_algorithm(name) if app_limited else name
+    p = _cc_pair(algorithm)
+    sid = p.client.get_next_available_stream_id()
+    start = hooks.congestion_window(p.client)
+    for _ in range(60):
+        p.client.send_stream_data(sid, b"x" * 1000)
+        _cc_round(p)
+    assert hooks.received_offset(p.server, sid) == 60_000  # everything arrived
+    if app_limited:
+        assert hooks.congestion_window(p.client) == start
+    else:
+        assert hooks.congestion_window(p.client) >= start + 30_000
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic"])
+def test_window_grows_when_the_window_limits_sending(name: str) -> None:
+    p = _cc_pair(hooks.congestion_control_algorithm(name))
+    sid = p.client.get_next_available_stream_id()
+    for _ in range(10):  # application-limited first: no growth
+        p.client.send_stream_data(sid, b"x" * 500)
+        _cc_round(p)
+    start = hooks.congestion_window(p.client)
+    p.client.send_stream_data(sid, b"y" * 300_000)  # more than the window: the window limits
+    for _ in range(6):
+        # one pass per round trip: pacing, not the application, holds most of the window
+        # back (flight < window), which is not application-limited (RFC 9002 7.8)
+        _cc_round(p)
+    assert hooks.congestion_window(p.client) >= 3 * start
+    for _ in range(100):  # the data runs out: application-limited again, the window stays
+        if hooks.received_offset(p.server, sid) == 305_000:
+            break
+        _cc_round(p)
+    _cc_round(p)
+    assert hooks.received_offset(p.server, sid) == 305_000
+    grown = hooks.congestion_window(p.client)
+    p.client.send_stream_data(sid, b"z" * 1000)
+    for _ in range(20):
+        _cc_round(p)
+    assert hooks.congestion_window(p.client) == grown
+
+
+def test_cubic_leaves_the_application_limited_time_out_of_its_curve() -> None:
+    # two CUBIC controllers with the same history, except that one pauses (application-
+    # limited) for 10 s in congestion avoidance: afterwards it grows as the other did
+    # right away, instead of jumping along the cubic curve by the pause (RFC 9438 5.8)
+    def packet(number: int, sent_time: float) -> QuicSentPacket:
+        return QuicSentPacket(
+            epoch=Epoch.ONE_RTT,
+            in_flight=True,
+            is_ack_eliciting=True,
+            is_crypto_packet=False,
+            packet_number=number,
+            packet_type=QuicPacketType.ONE_RTT,
+            sent_time=sent_time,
+            sent_bytes=1200,
+        )
+
+    ccs = [create_congestion_control(hooks.congestion_control_algorithm("cubic"), max_datagram_size=1200) for _ in "ab"]
+    sent = [packet(n, 0.01) for n in range(200)]
+    for cc in ccs:
+        for pk in sent:
+            cc.on_packet_sent(packet=pk)
+        cc.on_packets_lost(now=0.1, packets=[sent[0]])  # a loss: congestion avoidance
+        cc.on_packet_acked(now=0.2, packet=sent[1])  # starts the cubic epoch
+    window = ccs[0].congestion_window
+    assert int(0.7 * 199 * 1200) <= window < 0.71 * 199 * 1200  # reduced by the loss: congestion avoidance
+    paused = ccs[1]
+    for cc, resume in ((ccs[0], 0.25), (paused, 10.25)):
+        cc.set_app_limited(True, 0.25)  # type: ignore[attr-defined]
+        cc.on_packet_acked(now=resume, packet=sent[2])  # acknowledged while application-limited
+        cc.set_app_limited(False, resume)  # type: ignore[attr-defined]
+        assert cc.congestion_window == window  # no growth
+    for i in range(3, 150):
+        ccs[0].on_packet_acked(now=0.25 + i * 0.01, packet=sent[i])
+        paused.on_packet_acked(now=10.25 + i * 0.01, packet=sent[i])
+    assert ccs[0].congestion_window > 0.7 * 199 * 1200  # it grew
+    assert abs(paused.congestion_window - ccs[0].congestion_window) <= 1200
+
+
+def test_congestion_control_algorithm_refuses_an_unknown_name() -> None:
+    with pytest.raises(ValueError, match="bbr"):
+        hooks.congestion_control_algorithm("bbr")
 
 
 def test_peer_stream_limit_is_announced_and_enforced() -> None:

@@ -62,7 +62,7 @@ def test_window_ceilings_and_congestion_control_from_env() -> None:
     assert cfg.max_stream_send_buffer == cfg.stream_send_buffer  # fixed-size send buffer
     assert cfg.congestion_control == "cubic"
     defaults = NetworkConfig()
-    assert defaults.congestion_control == "reno"
+    assert defaults.congestion_control == "cubic"
     assert defaults.stream_receive_window < defaults.max_stream_receive_window <= defaults.max_connection_receive_window
 
 

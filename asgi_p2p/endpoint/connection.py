@@ -422,6 +422,7 @@ class PeerConnection:
             return
         now = self.loop.time()
         datagrams = self.quic.datagrams_to_send(now)
+        hooks.note_transmit(self.quic, now)  # an application-limited pass does not grow the window
         if datagrams:
             self.datagrams_sent += len(datagrams)
             self.bytes_sent += sum(len(d) for d, _ in datagrams)
