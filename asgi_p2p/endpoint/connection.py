@@ -338,7 +338,7 @@ class PeerConnection:
             # direct route it tells the paths layer the path works (at most once a second)
             self._largest_received = received
             self._heard_at = now
-            if addr is not None and addr == route.direct:
+            if addr is not None:
                 route.authenticated(addr, now)
             elif addr is None and route.direct is not None and now - self._relay_ping_at >= _RELAY_PING_INTERVAL:
                 # the peer sends through the relay while we send direct: perhaps it saw
