@@ -55,7 +55,7 @@ from .resume import (
     load_client_tickets,
     ticket_age_fresh,
 )
-from .tls import node_certificate
+from .tls import node_certificate, warm_up_handshakes
 
 __all__ = ["AllowPolicy", "Endpoint", "NodeResolver"]
 
@@ -233,7 +233,13 @@ class Endpoint:
         ep = cls(key, config if config is not None else NetworkConfig.from_env(), allow, rng)
         ep.discovery = discovery
         ep._alpn_filter = frozenset(alpns) if alpns is not None else None
-        await ep.router.bind(network if network is not None else UdpNetwork(), host, port)
+        net = network if network is not None else UdpNetwork()
+        await ep.router.bind(net, host, port)
+        if isinstance(net, UdpNetwork):
+            # pay the process's one-time handshake costs now, not on the clock of the first
+            # peer (a restarted node's waiting clients); not on the simulator (its entropy is
+            # seeded: a warm-up once per process would shift the draws of whichever ran first)
+            warm_up_handshakes(ep._certificate, key)
         log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
         return ep
 
