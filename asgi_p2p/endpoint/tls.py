@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import copy
 import datetime
+from typing import Any
 
-from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import HandshakeCompleted
 from aioquic.quic.packet import pull_quic_header
-from aioquic.tls import SessionTicket
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from .. import aioquic_compat as hooks
 from ..identity import SecretKey
 
-__all__ = ["node_certificate", "warm_up_handshakes"]
+__all__ = ["handshakes_in_memory", "node_certificate", "warm_up_handshakes"]
 
 # Fixed validity: peers check the key, never dates (verify_mode=CERT_NONE), and a
 # fixed value keeps certificates independent of the wall clock.
@@ -48,7 +48,7 @@ _WARM_ADDR = ("127.0.0.1", 9)
 _warmed = False
 
 
-def _handshake(client: QuicConnection, server_config: QuicConfiguration, store: dict[bytes, SessionTicket]) -> bool:
+def _handshake(client: QuicConnection, server_config: QuicConfiguration, store: dict[bytes, Any]) -> bool:
     """Carry datagrams between ``client`` and a new server connection in memory until both
     are quiet; True if the client's handshake completed."""
     now = 0.0
@@ -58,7 +58,7 @@ def _handshake(client: QuicConnection, server_config: QuicConfiguration, store: 
         moved = False
         for data, _addr in client.datagrams_to_send(now):
             if server is None:
-                header = pull_quic_header(Buffer(data=data))
+                header = pull_quic_header(hooks.Buffer(data=data))
                 server = QuicConnection(
                     configuration=server_config,
                     original_destination_connection_id=header.destination_cid,
@@ -80,22 +80,10 @@ def _handshake(client: QuicConnection, server_config: QuicConfiguration, store: 
     return done
 
 
-def warm_up_handshakes(certificate: x509.Certificate, secret_key: SecretKey) -> tuple[bool, bool]:
-    """Serve two TLS 1.3 handshakes in memory, a full one and a resumed one (with a session
-    ticket and early data), once per process; returns whether each completed (``(False,
-    False)`` on later calls, which do nothing).
-
-    A process's first handshake otherwise pays one-time costs on the clock of a waiting
-    peer: loading parts of the crypto library, its first use of each algorithm (X25519,
-    Ed25519, AES-GCM, HKDF), aioquic's TLS code run for the first time.  A node restarted
-    under live clients answers their first resumed handshake without them (see
-    ``benchmarks/restart.py``).  About 5 ms of CPU, once; draws from the system's
-    entropy (aioquic's), so nodes on a simulated network do not call it.
-    """
-    global _warmed
-    if _warmed:
-        return False, False
-    _warmed = True
+def handshakes_in_memory(certificate: x509.Certificate, secret_key: SecretKey) -> tuple[bool, bool]:
+    """Two TLS 1.3 handshakes between aioquic connections in memory, served with ``certificate``
+    and ``secret_key``: a full one, then one resumed with its session ticket and carrying early
+    data.  Returns whether each completed.  Draws from the system's entropy (aioquic's)."""
     server_config = QuicConfiguration(
         is_client=False,
         alpn_protocols=[_WARM_ALPN],
@@ -103,8 +91,8 @@ def warm_up_handshakes(certificate: x509.Certificate, secret_key: SecretKey) -> 
         private_key=secret_key.private_key,
     )
     client_config = QuicConfiguration(is_client=True, alpn_protocols=[_WARM_ALPN], verify_mode=0)
-    store: dict[bytes, SessionTicket] = {}
-    tickets: list[SessionTicket] = []
+    store: dict[bytes, Any] = {}  # the server's tickets by identity
+    tickets: list[Any] = []  # aioquic.tls.SessionTicket (a name for aioquic_compat only)
     client = QuicConnection(configuration=client_config, session_ticket_handler=tickets.append)
     client.connect(_WARM_ADDR, 0.0)
     full = _handshake(client, server_config, store)
@@ -115,4 +103,21 @@ def warm_up_handshakes(certificate: x509.Certificate, secret_key: SecretKey) -> 
     client = QuicConnection(configuration=resumed_config)
     client.connect(_WARM_ADDR, 0.0)
     client.send_stream_data(client.get_next_available_stream_id(), b"GET /", end_stream=True)  # 0-RTT
-    return full, _handshake(client, server_config, store)
+    return full, _handshake(client, server_config, store) and client.tls.session_resumed
+
+
+def warm_up_handshakes(certificate: x509.Certificate, secret_key: SecretKey) -> bool:
+    """Run :func:`handshakes_in_memory` once per process; True if this call ran them.
+
+    A process's first handshake otherwise pays one-time costs on the clock of a waiting
+    peer: loading parts of the crypto library, its first use of each algorithm (X25519,
+    Ed25519, AES-GCM, HKDF), aioquic's TLS code run for the first time.  Warmed up at
+    bind, a node restarted under live clients answers their first resumed handshake
+    about 1 ms of CPU sooner (``benchmarks/restart.py``).  Costs about 5 ms of CPU, once.
+    """
+    global _warmed
+    if _warmed:
+        return False
+    _warmed = True
+    handshakes_in_memory(certificate, secret_key)
+    return True
