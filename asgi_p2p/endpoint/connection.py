@@ -117,7 +117,8 @@ class ConnectionCallbacks:
     #: that accepted it): the owner returns the protocol handler for the negotiated ALPN, or
     #: raises to refuse the connection.
     ready: Callable[[PeerConnection], ConnectionHandler]
-    #: A client's handshake is confirmed (HANDSHAKE_DONE arrived): the server accepted it.
+    #: A client's handshake is confirmed (HANDSHAKE_DONE arrived): the server accepted it; or
+    #: a server's connection made ready early (0-RTT) completed its handshake.
     confirmed: Callable[[PeerConnection], None]
     #: The connection is gone (closed, refused, timed out or aborted).
     closed: Callable[[PeerConnection], None]
@@ -646,7 +647,11 @@ class PeerConnection:
                 if not self._ready.done():
                     self._become_ready()
                 elif not self.closed:
-                    self._server_confirmed()  # ready early (0-RTT): the client's Finished came
+                    # ready early (0-RTT): the client's Finished came, from the address the
+                    # handshake's flights went to; the endpoint joins the peer's paths now
+                    self._note_handshake_address()
+                    self._server_confirmed()
+                    self._callbacks.confirmed(self)
             return
         if isinstance(event, ConnectionIdIssued):
             self._callbacks.cid_issued(event.connection_id, self)

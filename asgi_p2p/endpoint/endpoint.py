@@ -415,9 +415,11 @@ class Endpoint:
             return factory(conn)
         handler = factory(conn)
         conn.transmit()  # HANDSHAKE_DONE, the ACK of the client's Finished, what the handler wrote
-        if attach and not conn.closed:
+        if attach and not conn.closed and conn.handshake_completed:
             assert conn.remote_node_id is not None
             conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
+        # accepted early (0-RTT): the paths wait for the handshake (_connection_confirmed), which
+        # proves the address both ways (no disco PING then) and is not on the early request's way
         return handler
 
     def close_peer(self, node_id: NodeId, reason: str = "access revoked") -> int:
@@ -429,8 +431,14 @@ class Endpoint:
         return len(conns)
 
     def _connection_confirmed(self, conn: PeerConnection) -> None:
-        """A dialed connection's handshake is confirmed: its peer's paths start probing."""
-        if conn.remote_node_id is not None and not self._closing and conn.alpn not in self._relay_alpns:
+        """A dialed connection's handshake is confirmed, or an accepted one that was ready early
+        (0-RTT) completed its handshake: its peer's paths start probing."""
+        if conn.remote_node_id is None or self._closing:
+            return
+        if not conn.is_client:
+            if conn.route.peer is None:
+                conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
+        elif conn.alpn not in self._relay_alpns:
             conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
 
     def _server_alpns(self) -> list[str]:

@@ -20,7 +20,8 @@ import random
 import httpx
 import pytest
 
-from asgi_p2p import SecretKey
+from asgi_p2p import NetworkConfig, Node, SecretKey
+from asgi_p2p.http import P2PTransport
 from asgi_p2p.http.types import Receive, Scope, Send
 from asgi_p2p.sim import Host, Simulation
 from asgi_p2p.sim.nat import Filtering, Mapping, NatConfig, NatTable
@@ -108,3 +109,38 @@ async def test_one_key_used_from_two_hosts_at_once_both_keep_working(sim: Simula
     assert sorted(c.path.addr[0] for c in conns if c.path.addr is not None) == sorted(
         [sim.node("home-nat").address, office_addr[0]]  # type: ignore[attr-defined]
     )
+
+
+@pytest.mark.sim(loss=0.0, latency=LATENCY)
+async def test_a_client_that_moves_and_resumes_with_0rtt_gets_its_early_answer_at_its_new_address(
+    sim: Simulation,
+) -> None:
+    """The redial resumes (a session ticket, the GET as 0-RTT data): the server answers the
+    early request before the handshake completes, and that answer goes to the new address
+    too (the connection joins the peer's paths only once its handshake proved that
+    address), so it takes one round trip, not a lost answer and a probe timeout."""
+    phone = sim.host("phone", nat=ROAMING_NAT)
+    server = await sim.serve(_echo, "web")
+    key = SecretKey.from_seed(f"phone 0rtt {sim.seed}")
+    config = NetworkConfig(keepalive_interval=0)
+
+    async def client(port: int) -> tuple[Node, httpx.AsyncClient]:
+        node = await Node.bind(key, host="0.0.0.0", port=port, config=config, network=phone)
+        transport = P2PTransport(node, addrs=[server.addr])
+        return node, httpx.AsyncClient(transport=transport, base_url=f"https://{server.node_id}")
+
+    first_node, before = await client(5000)
+    assert await _get(before, "/before") < PROMPT
+    pooled = await _get(before, "/pooled")  # one round trip
+    tickets = first_node.export_session_tickets()
+
+    _rebind(sim, "phone")  # the old connection stays live on the server
+    second_node, after = await client(5001)
+    assert second_node.import_session_tickets(tickets) == 1
+    accepted = server.node.early_data_accepted
+    took = await _get(after, "/after")
+    assert server.node.early_data_accepted == accepted + 1  # it went as early data
+    assert took < 1.5 * pooled, (took, pooled)  # one round trip, as a pooled request
+    for c, n in ((after, second_node), (before, first_node)):
+        await c.aclose()
+        await n.close()
