@@ -62,7 +62,7 @@ def _handshake(client: QuicConnection, server_config: QuicConfiguration, store: 
                 server = QuicConnection(
                     configuration=server_config,
                     original_destination_connection_id=header.destination_cid,
-                    session_ticket_fetcher=store.pop if store else None,
+                    session_ticket_fetcher=lambda identity: store.pop(identity, None),
                     session_ticket_handler=lambda t: store.__setitem__(t.ticket, t),
                 )
             server.receive_datagram(data, _WARM_ADDR, now)

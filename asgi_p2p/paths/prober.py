@@ -557,7 +557,7 @@ class PathProber:
             return
         path.last_pong = now  # a fresh proof, as a PONG
         path.unanswered_since = None
-        if newest and self._current is not path:
+        if newest and self._current is not None and self._current is not path:
             self._moved_at = now
             self._take(path, now, "the peer dialed from a new address")
         else:
