@@ -536,3 +536,10 @@ def test_a_dialer_that_moves_back_to_a_live_old_address_is_followed_there() -> N
         (B_ADDR, B_OTHER),
         (B_OTHER, B_ADDR),
     ]
+
+
+def test_the_first_handshake_of_a_peer_is_not_a_move() -> None:
+    alice = make()
+    alice.handshake_validated(B_ADDR, 0.020, 0.0, newest=True)
+    (event,) = alice.pop_events()
+    assert event.new.addr == B_ADDR and event.reason == "handshake on the direct path"
