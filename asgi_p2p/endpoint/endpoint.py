@@ -584,9 +584,7 @@ class Endpoint:
             except P2PError as exc:
                 log.info("dialing %s without the relay (%s)", node_id, exc)
                 self.router.dial_without_relay(node_id)
-        conn = self._dial(
-            node_id, alpn, direct=theirs[0] if theirs else None, candidates=theirs, is_relay=is_relay, early=early_data
-        )
+        conn = self._dial(node_id, alpn, direct=theirs[0] if theirs else None, candidates=theirs, is_relay=is_relay)
         self._pool[key] = conn
         if early_data and hooks.early_data_sendable(conn.quic) and not conn.closed:
             # resuming: the connection is ready now, early (0-RTT), until the handshake completes
@@ -696,15 +694,8 @@ class Endpoint:
         candidates: list[Address],
         is_relay: bool,
         on_link: bool = False,
-        early: bool = False,
     ) -> PeerConnection:
-        """A new dialed connection, its first flight sent: to ``direct`` and/or through the relay.
-
-        ``early``: the caller sends 0-RTT data as soon as this returns (see :meth:`connect_quic`),
-        so a resumed connection's first flight leaves after the caller's current step, with that
-        data: the request rides with the ClientHello (in its padded datagram when it fits)
-        instead of following it after the caller's work.
-        """
+        """A new dialed connection, its first flight sent: to ``direct`` and/or through the relay."""
         address = direct if direct is not None else virtual_address(node_id)
         key = (node_id, alpn)
         quic_config = self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id))
@@ -743,10 +734,7 @@ class Endpoint:
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
         conn.route.start()
-        if early and ticket is not None:
-            conn.schedule_transmit()
-        else:
-            conn.transmit()
+        conn.transmit()
         return conn
 
     # -- receiving (from the paths layer) ------------------------------------

@@ -105,33 +105,6 @@ def test_returning_client_resumes_and_sends_get_as_early_data(sim: Simulation) -
     sim.run(main())
 
 
-def test_a_resumed_get_leaves_in_the_client_hello_datagram(sim: Simulation) -> None:
-    """The first flight of a resumed connection is one datagram: the ClientHello's Initial
-    and the 0-RTT request coalesced (the request no longer follows in a datagram of its own
-    after the client's work, which on real UDP cost up to milliseconds)."""
-    server_host, client_host = _pair(sim)
-
-    async def main() -> None:
-        node, server = await _start_server(server_host)
-        client_node = await Node.bind(CLIENT_KEY, host="0.0.0.0", config=_config(), network=client_host)
-        transport = P2PTransport(client_node, addrs=[node.node_addr()])
-        async with httpx.AsyncClient(transport=transport, base_url=f"https://{node.node_id}") as client:
-            assert (await client.get("/first")).status_code == 200
-            await _drop_connections(client_node)
-            pending = asyncio.ensure_future(client.get("/again"))
-            await asyncio.sleep(LATENCY / 2)  # virtual time: the first flight is on its way, no answer yet
-            (conn,) = [c for c in client_node.connections if not c.closed]
-            assert conn.early and conn.datagrams_sent == 1
-            again = await pending
-            assert again.text == "GET /again early=True"
-            assert node.early_data_accepted == 1
-        await client_node.close()
-        await server.shutdown()
-        await node.close()
-
-    sim.run(main())
-
-
 def test_post_waits_for_the_handshake_on_a_resumed_connection(sim: Simulation) -> None:
     server_host, client_host = _pair(sim)
 
