@@ -113,7 +113,7 @@ def warm_up_handshakes(certificate: x509.Certificate, secret_key: SecretKey) -> 
     peer: loading parts of the crypto library, its first use of each algorithm (X25519,
     Ed25519, AES-GCM, HKDF), aioquic's TLS code run for the first time.  Warmed up at
     bind, a node restarted under live clients answers their first resumed handshake
-    about 1 ms of CPU sooner (``benchmarks/restart.py``).  Costs about 5 ms of CPU, once.
+    about 1 ms of CPU sooner (docs/benchmarks.md, "Restart").  Costs about 5 ms of CPU, once.
     """
     global _warmed
     if _warmed:
