@@ -14,7 +14,8 @@ client with :class:`~asgi_p2p.http.P2PTransport`.  Interleaved in each run:
 * ``new, no ticket``: the same with tickets forgotten (a full handshake);
 * ``pooled``: a GET on the open connection (one round trip: the reference).
 
-Prints per-run values, medians, and medians in round trips of the link.
+Prints per-run values, medians, medians in round trips of the link, and the median ratio of
+each row to the pooled GET of the same run (one round trip as this machine delivers it then).
 
 Usage::
 
@@ -212,19 +213,24 @@ def main() -> None:
     if args.delay_ms <= 0 or args.runs < 1:
         parser.error("--delay-ms must be > 0 and --runs >= 1")
     sys.path.insert(0, str(HERE))
-    from _machine import machine_description
+    from _machine import load_average, machine_description
 
     print(f"machine: {machine_description()}")
     rtt = 2 * args.delay_ms
     print(f"link: 127.0.0.1 through a userspace UDP delay line, {args.delay_ms:g} ms each way (RTT {rtt:g} ms)")
     results = asyncio.run(_measure(args.delay_ms, args.runs))
     print()
-    print("| next GET | median ms | median RTTs | per run (ms) |")
-    print("|---|---|---|---|")
+    # the ratio to the pooled GET of the same run: what one round trip of this delay line costs a
+    # request on this machine at this moment (the delay line and both processes' scheduling
+    # included), so a shared, loaded machine moves it less than the nominal RTTs
+    print("| next GET | median ms | median RTTs | median ÷ pooled (same run) | per run (ms) |")
+    print("|---|---|---|---|---|")
     for row in ROWS:
         values = results[row]
         med = statistics.median(values)
-        print(f"| {row} | {med:.1f} | {med / rtt:.2f} | {', '.join(f'{v:.1f}' for v in values)} |")
+        ratio = statistics.median(v / p for v, p in zip(values, results["pooled"], strict=True))
+        print(f"| {row} | {med:.1f} | {med / rtt:.2f} | {ratio:.2f} | {', '.join(f'{v:.1f}' for v in values)} |")
+    print(f"\nload average (1/5/15 min) at the end: {load_average()}")
 
 
 if __name__ == "__main__":

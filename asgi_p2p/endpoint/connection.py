@@ -121,7 +121,8 @@ class ConnectionCallbacks:
     #: that accepted it): the owner returns the protocol handler for the negotiated ALPN, or
     #: raises to refuse the connection.
     ready: Callable[[PeerConnection], ConnectionHandler]
-    #: A client's handshake is confirmed (HANDSHAKE_DONE arrived): the server accepted it.
+    #: A client's handshake is confirmed (HANDSHAKE_DONE arrived): the server accepted it; or
+    #: a server's connection made ready early (0-RTT) completed its handshake.
     confirmed: Callable[[PeerConnection], None]
     #: The connection is gone (closed, refused, timed out or aborted).
     closed: Callable[[PeerConnection], None]
@@ -344,7 +345,7 @@ class PeerConnection:
             # direct route it tells the paths layer the path works (at most once a second)
             self._largest_received = received
             self._heard_at = now
-            if addr is not None and addr == route.direct:
+            if addr is not None:
                 route.authenticated(addr, now)
             elif addr is None and route.direct is not None and now - self._relay_ping_at >= _RELAY_PING_INTERVAL:
                 # the peer sends through the relay while we send direct: perhaps it saw
@@ -653,7 +654,11 @@ class PeerConnection:
                 if not self._ready.done():
                     self._become_ready()
                 elif not self.closed:
-                    self._server_confirmed()  # ready early (0-RTT): the client's Finished came
+                    # ready early (0-RTT): the client's Finished came, from the address the
+                    # handshake's flights went to; the endpoint joins the peer's paths now
+                    self._note_handshake_address()
+                    self._server_confirmed()
+                    self._callbacks.confirmed(self)
             return
         if isinstance(event, ConnectionIdIssued):
             self._callbacks.cid_issued(event.connection_id, self)

@@ -55,7 +55,7 @@ from .resume import (
     load_client_tickets,
     ticket_age_fresh,
 )
-from .tls import node_certificate
+from .tls import node_certificate, warm_up_handshakes
 
 __all__ = ["AllowPolicy", "Endpoint", "NodeResolver"]
 
@@ -237,6 +237,11 @@ class Endpoint:
             offload = ep.config.udp_offload
             network = UdpNetwork(gso=offload == "gso+gro", gro=offload != "off")
         await ep.router.bind(network, host, port)
+        if isinstance(network, UdpNetwork):
+            # pay the process's one-time handshake costs now, not on the clock of the first
+            # peer (a restarted node's waiting clients); not on the simulator (its entropy is
+            # seeded: a warm-up once per process would shift the draws of whichever ran first)
+            warm_up_handshakes(ep._certificate, key)
         log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
         return ep
 
@@ -412,9 +417,11 @@ class Endpoint:
             return factory(conn)
         handler = factory(conn)
         conn.transmit()  # HANDSHAKE_DONE, the ACK of the client's Finished, what the handler wrote
-        if attach and not conn.closed:
+        if attach and not conn.closed and conn.handshake_completed:
             assert conn.remote_node_id is not None
             conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
+        # accepted early (0-RTT): the paths wait for the handshake (_connection_confirmed), which
+        # proves the address both ways (no disco PING then) and is not on the early request's way
         return handler
 
     def close_peer(self, node_id: NodeId, reason: str = "access revoked") -> int:
@@ -426,8 +433,14 @@ class Endpoint:
         return len(conns)
 
     def _connection_confirmed(self, conn: PeerConnection) -> None:
-        """A dialed connection's handshake is confirmed: its peer's paths start probing."""
-        if conn.remote_node_id is not None and not self._closing and conn.alpn not in self._relay_alpns:
+        """A dialed connection's handshake is confirmed, or an accepted one that was ready early
+        (0-RTT) completed its handshake: its peer's paths start probing."""
+        if conn.remote_node_id is None or self._closing:
+            return
+        if not conn.is_client:
+            if conn.route.peer is None:
+                conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
+        elif conn.alpn not in self._relay_alpns:
             conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
 
     def _server_alpns(self) -> list[str]:

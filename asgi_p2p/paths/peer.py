@@ -162,7 +162,9 @@ class PeerPaths:
             # the authenticated handshake crossed this address both ways: a live path now,
             # no signed PING/PONG needed first (QUIC's handshake RTT is its first sample)
             try:
-                self.prober.handshake_validated(validated, route.owner.smoothed_rtt, now)
+                # accepted: the peer dialed from there, so it is the peer's newest address
+                newest = not route.owner.is_client
+                self.prober.handshake_validated(validated, route.owner.smoothed_rtt, now, newest=newest)
             except ValueError:  # not an IP address
                 log.debug("%s: address %s cannot be probed", self.node_id, validated)
         # the peer may have pinged before it knew us (its pings were dropped): ping now
@@ -217,6 +219,17 @@ class PeerPaths:
     def transport_alive(self, addr: Address) -> None:
         """An authenticated QUIC packet of this peer arrived from ``addr`` (a route of ours)."""
         self.prober.transport_alive(addr, self.loop.time())
+
+    def source_moved(self, route: Route) -> None:
+        """``route``'s peer now sends from ``route.source``: follow it if it is a proven path.
+
+        (An address not proven yet is probed: the connection reports it through
+        :meth:`new_source`, and the PONG re-decides the routes.)
+        """
+        source = route.source
+        if source is not None and self.prober.live_address(source) is not None:
+            self._reason = "the peer sends from another proven path"
+            self.update_routes()
 
     def remove_connection(self, route: Route) -> None:
         self.routes.pop(route, None)
@@ -309,6 +322,14 @@ class PeerPaths:
         racing = route.on_link and route.owner.established_at is None
         relay_ok = relay is not None and relay.connected and not route.is_relay and not racing
         current = self.prober.current_path
+        best = current.addr if current.kind == "direct" else None
+        source = route.source
+        if best is not None and source is not None and source != best and not route.owner.is_client:
+            # an accepted connection follows its own peer's packets (QUIC's migration rule, RFC
+            # 9000 section 9.3): they come from ``source``, a proven path, so its answers go
+            # there, not to another path of the same node id (the peer moved and this
+            # connection's packets show it first; or the same key is in use in two places)
+            best = self.prober.live_address(source) or best
         dialed = route.direct_address
         silent = False
         if relay_ok and dialed is not None and current.kind != "direct":
@@ -318,7 +339,7 @@ class PeerPaths:
             # duplicating every packet to it; the prober keeps trying and switches back
             silent = state is PathState.FAILED or (unanswered is not None and unanswered >= _FALLBACK_GRACE)
         return select_route(
-            best=current.addr if current.kind == "direct" else None,
+            best=best,
             dialed=dialed,
             relay=self.node_id if relay_ok else None,
             careful=route.owner.is_client and self.prober.punching and not racing,

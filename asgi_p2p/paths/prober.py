@@ -289,6 +289,8 @@ class PathProber:
         # paths that answered a PING since the last pop_answered (at most one entry each)
         self._answered: dict[Address, None] = {}
         self._current: _Path | None = None
+        # when the peer last dialed us from a new address (see handshake_validated)
+        self._moved_at: float | None = None
         self._next_reprobe: float | None = None
         #: addresses never taken as candidates (the owner's own socket addresses)
         self.ignore: set[Address] = set()
@@ -327,6 +329,14 @@ class PathProber:
     def paths(self) -> dict[Address, tuple[PathState, float | None]]:
         """Every candidate with its state and smoothed RTT."""
         return {addr: (p.state, p.srtt) for addr, p in self._paths.items()}
+
+    def live_address(self, addr: tuple[str, int]) -> Address | None:
+        """``addr`` as the prober keys it (normalized) if it is a live path, else None."""
+        try:
+            path = self._paths.get(normalize_address(addr))
+        except ValueError:
+            return None
+        return path.addr if path is not None and path.state is PathState.LIVE else None
 
     def path_state(self, addr: tuple[str, int]) -> PathState | None:
         """The state of the candidate ``addr`` (None if it is not a candidate)."""
@@ -513,28 +523,45 @@ class PathProber:
         if path.next_ping_at < now + quiet:
             path.next_ping_at = now + quiet
 
-    def handshake_validated(self, addr: tuple[str, int], rtt: float, now: float) -> None:
+    def handshake_validated(self, addr: tuple[str, int], rtt: float, now: float, *, newest: bool = False) -> None:
         """An authenticated transport handshake crossed ``addr`` both ways: it is a live path.
 
         The datagram that completed the handshake came from ``addr`` and the handshake's
         other flights went to it, so the peer (proven by TLS) sends and receives there, as
         a PONG to a signed PING would prove; ``rtt`` (the handshake's) is its first sample.
+
+        ``newest``: the peer dialed us from ``addr`` (we accepted the connection), so it
+        is where the peer is now: the path becomes the current one at once, whatever the
+        RTTs, as a QUIC server follows a client's validated new address (RFC 9000
+        section 9) and Tailscale's disco takes a peer's newest proven endpoint.  A peer
+        that moved (a new network, a NAT rebinding) and dials again while its old
+        connection is still live thus gets every packet at its new address; the old path
+        stays a live candidate, pinged, until it fails (and is chosen again only if it is
+        clearly faster: the usual hysteresis).  Without ``newest`` (we dialed ``addr``,
+        our own choice) the lowest RTT decides as for any probed path.
         Raises ValueError if ``addr`` is not an IP address.
         """
         path = self._add_candidate(normalize_address(addr), now)
-        if path is None or path.state is PathState.LIVE:
+        if path is None:
             return
-        path.srtt = rtt
-        path.last_pong = now
+        if path.state is not PathState.LIVE:
+            path.srtt = rtt
+            path.suspect_until = None
+            path.state = PathState.LIVE
+            self.stats.handshake_validated_paths += 1
+            path.attempts = 0
+            path.opened_at = now
+            path.next_ping_at = now + self.config.keepalive_interval
+            self._start_size_search(path, now)
+        elif not newest:
+            return
+        path.last_pong = now  # a fresh proof, as a PONG
         path.unanswered_since = None
-        path.suspect_until = None
-        path.state = PathState.LIVE
-        self.stats.handshake_validated_paths += 1
-        path.attempts = 0
-        path.opened_at = now
-        path.next_ping_at = now + self.config.keepalive_interval
-        self._start_size_search(path, now)
-        self._choose(now, "handshake on the direct path")
+        if newest and self._current is not None and self._current is not path:
+            self._moved_at = now
+            self._take(path, now, "the peer dialed from a new address")
+        else:
+            self._choose(now, "handshake on the direct path")
 
     def defer_ping(self, addr: tuple[str, int], until: float) -> None:
         """Send no PING to the probing candidate ``addr`` before ``until`` (a handshake probes it)."""
@@ -864,11 +891,20 @@ class PathProber:
 
     def _choose(self, now: float, reason: str) -> None:
         """Pick the current direct path (see :func:`asgi_p2p.paths.select.best_direct`)."""
-        live = [(p.addr, p.srtt) for p in self._paths.values() if p.state is PathState.LIVE and p.srtt is not None]
         current = self._current
         keep = None
         if current is not None and current.state is PathState.LIVE and current.srtt is not None:
             keep = (current.addr, current.srtt)
+        moved = self._moved_at if keep is not None else None
+        # after the peer moved (see handshake_validated), a path it had before competes with
+        # the current one again only once it answered since: its RTT is from before the move
+        live = [
+            (p.addr, p.srtt)
+            for p in self._paths.values()
+            if p.state is PathState.LIVE
+            and p.srtt is not None
+            and (moved is None or p is current or (p.last_pong is not None and p.last_pong > moved))
+        ]
         addr, better = best_direct(live, keep, self.config.switch_ratio)
         if keep is not None and addr == keep[0]:
             return  # hysteresis: keep the current path unless the new one is clearly better
@@ -877,10 +913,14 @@ class PathProber:
         best = self._paths[addr] if addr is not None else None
         if current is None and best is None:
             return
+        self._take(best, now, reason)
+
+    def _take(self, path: _Path | None, now: float, reason: str) -> None:
+        """Make ``path`` (None: the relay) the current path; record the change."""
         old = self.current_path
-        self._current = best
+        self._current = path
         new = self.current_path
-        if best is None:
+        if path is None:
             self._next_reprobe = now + self.config.reprobe_interval
         if old != new:
             self._events.append(PathChanged(now, old, new, reason))

@@ -116,6 +116,8 @@ class RoutePeer(Protocol):
 
     def transport_alive(self, addr: Address) -> None: ...
 
+    def source_moved(self, route: Route) -> None: ...
+
     def bulk_started(self) -> None: ...
 
     def timeouts(self, route: Route) -> None: ...
@@ -135,6 +137,7 @@ class Route:
         "relay_peer",
         "relayed",
         "router",
+        "source",
     )
 
     def __init__(
@@ -163,6 +166,9 @@ class Route:
         #: A dial raced on a private-network address (happy eyeballs): until its handshake
         #: is done, its packets go to that address alone (see ``PeerPaths.route_for``).
         self.on_link = False
+        #: The direct address the peer's newest authenticated packet came from (None: none
+        #: yet); an accepted connection's packets follow it once it is a proven path.
+        self.source: Address | None = None
         self._alive_reported = -1.0
 
     @property
@@ -193,7 +199,16 @@ class Route:
             self.peer.new_source(addr)
 
     def authenticated(self, addr: Address, now: float) -> None:
-        """A new authenticated QUIC packet arrived from ``addr``, our direct route: the path works."""
+        """A new authenticated QUIC packet (the highest packet number so far) arrived from ``addr``.
+
+        It is the peer's address now (:attr:`source`): an accepted connection follows it
+        once proven (see ``PeerPaths.route_for``).  On our direct route it also shows the
+        path works.
+        """
+        if addr != self.source:
+            self.source = addr
+            if self.peer is not None and not self.owner.is_client:
+                self.peer.source_moved(self)
         if addr == self.direct and now >= self._alive_reported + _ALIVE_REPORT_INTERVAL:
             self._alive_reported = now  # also before the handshake names the peer: one report a second
             if self.peer is not None:

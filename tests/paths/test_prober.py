@@ -470,3 +470,76 @@ def test_a_deadline_at_a_float_rounding_edge_is_due_once() -> None:
         assert after is None or after > due
         if due >= start + 5.0:
             break
+
+
+# -- a peer that moved: the newest handshake-proven address wins --------------------------
+
+
+def test_a_handshake_from_a_new_address_of_a_dialer_becomes_the_current_path_and_the_old_stays_until_it_fails() -> None:
+    alice, bob = make(path_timeout=15), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    establish(alice, bob, B_ADDR, 0.0, rtt=0.010)
+    assert alice.current_path.addr == B_ADDR
+    alice.pop_events()
+    # Bob moved and dialed us again from B_OTHER while his old connection is still up: that
+    # handshake proves B_OTHER, and although its RTT is higher (not "clearly better"), the
+    # newest proof wins: Bob is there now
+    alice.handshake_validated(B_OTHER, 0.050, 1.0, newest=True)
+    assert alice.current_path == PathInfo("direct", B_OTHER, 0.050)
+    (event,) = alice.pop_events()
+    assert event.old.addr == B_ADDR and event.new.addr == B_OTHER
+    assert event.reason == "the peer dialed from a new address"
+    # the old path is kept as a live candidate, pinged, and fails when it stops answering
+    assert alice.paths()[B_ADDR][0] is PathState.LIVE
+    now = 1.0
+    pinged_old = False
+    while alice.paths()[B_ADDR][0] is PathState.LIVE:
+        timer = alice.next_timer()
+        assert timer is not None and timer < 60
+        now = timer
+        for t in alice.poll(now):
+            pinged_old |= t.addr == B_ADDR
+            if t.addr == B_OTHER:  # Bob answers at his new address only
+                for p in pongs(answer([t], bob, A_ADDR, now)):
+                    alice.receive(p.data, B_OTHER, now + 0.050)
+    assert pinged_old and alice.paths()[B_ADDR][0] is PathState.FAILED
+    assert now == pytest.approx(0.010 + 15)  # its last PONG plus path_timeout
+    assert alice.current_path.addr == B_OTHER and alice.pop_events() == []
+
+
+def test_the_same_address_proven_again_changes_nothing_and_our_own_dial_keeps_rtt_choice() -> None:
+    alice, bob = make(), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    establish(alice, bob, B_ADDR, 0.0, rtt=0.010)
+    alice.pop_events()
+    alice.handshake_validated(B_ADDR, 0.010, 1.0, newest=True)  # another connection, same address
+    assert alice.current_path.addr == B_ADDR and alice.pop_events() == []
+    # a handshake we dialed to B_OTHER (our choice, e.g. a second address of a server) is a
+    # live path, but the RTT decides: 50 ms is not better than 10 ms
+    alice.handshake_validated(B_OTHER, 0.050, 2.0)
+    assert alice.paths()[B_OTHER][0] is PathState.LIVE
+    assert alice.current_path.addr == B_ADDR and alice.pop_events() == []
+    assert alice.live_address(B_OTHER) == B_OTHER and alice.live_address(("192.0.2.9", 1)) is None
+
+
+def test_a_dialer_that_moves_back_to_a_live_old_address_is_followed_there() -> None:
+    alice, bob = make(), make(BOB, ALICE)
+    alice.add_candidates([B_ADDR], 0.0)
+    establish(alice, bob, B_ADDR, 0.0, rtt=0.010)
+    alice.handshake_validated(B_OTHER, 0.030, 1.0, newest=True)
+    assert alice.current_path.addr == B_OTHER
+    # both addresses live; Bob dials from B_ADDR again: it is current again
+    alice.handshake_validated(B_ADDR, 0.010, 2.0, newest=True)
+    assert alice.current_path.addr == B_ADDR
+    assert [(e.old.addr, e.new.addr) for e in alice.pop_events()] == [
+        (None, B_ADDR),
+        (B_ADDR, B_OTHER),
+        (B_OTHER, B_ADDR),
+    ]
+
+
+def test_the_first_handshake_of_a_peer_is_not_a_move() -> None:
+    alice = make()
+    alice.handshake_validated(B_ADDR, 0.020, 0.0, newest=True)
+    (event,) = alice.pop_events()
+    assert event.new.addr == B_ADDR and event.reason == "handshake on the direct path"
