@@ -40,10 +40,10 @@ def test_window_doubles_while_the_reader_consumes_a_window_within_four_rtts() ->
 def test_window_grows_while_it_holds_the_sender_back(late: float) -> None:
     """A sender the window holds back gets about half a window per round trip: each step
     announces half a window more, which the sender uses a round trip later.  Measured through
-    the relay (over UDP and over TCP, 86 ms): the reader consumed each half window 0.9-1.06
-    smoothed RTTs after the previous step; a round that takes a little longer than the
-    smoothed RTT (a loaded machine, packets arriving in bursts) must still count as flow
-    control holding the sender back, or the first window stays for the whole transfer."""
+    a relay on loopback with 86 ms of round trip added (over UDP and over TCP): the reader
+    consumed each half window 0.87-1.06 smoothed RTTs after the previous step; a round that
+    takes a little longer than the smoothed RTT must still count as flow control holding the
+    sender back, or the window stays where it is."""
     w = ReceiveWindow(256 * KIB, 16 * 1024 * KIB)
     now = 0.0
     for _ in range(12):  # twelve round trips
