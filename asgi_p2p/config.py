@@ -199,7 +199,7 @@ class NetworkConfig:
     max_stream_send_buffer: int = 16 * 1024 * 1024
     #: Bytes a peer may send on a stream beyond what the application has read, at
     #: first: the window doubles while the application reads a window in less than
-    #: two round trips (auto-tuning), up to ``max_stream_receive_window``.
+    #: four round trips (auto-tuning), up to ``max_stream_receive_window``.
     stream_receive_window: int = 256 * 1024
     #: Ceiling of a stream's receive window (equal to ``stream_receive_window``: no auto-tuning).
     max_stream_receive_window: int = 16 * 1024 * 1024
