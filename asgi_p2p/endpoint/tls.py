@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import gc
 from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -114,10 +115,18 @@ def warm_up_handshakes(certificate: x509.Certificate, secret_key: SecretKey) -> 
     Ed25519, AES-GCM, HKDF), aioquic's TLS code run for the first time.  Warmed up at
     bind, a node restarted under live clients answers their first resumed handshake
     about 1 ms of CPU sooner (docs/benchmarks.md, "Restart").  Costs about 5 ms of CPU, once.
+
+    Then one full garbage collection: a new process holds every object its imports made
+    (the crypto library, aioquic, the app), all grown into the oldest generation since
+    the last full collection, and CPython runs the next one once enough of them pile up,
+    which a server's first connection's allocations often tip over: 10-20 ms of one
+    peer's first flight spent traversing the whole start-up heap.  Collected here, the
+    next full collection waits until the heap grows by a quarter again.
     """
     global _warmed
     if _warmed:
         return False
     _warmed = True
     handshakes_in_memory(certificate, secret_key)
+    gc.collect()
     return True
