@@ -35,6 +35,9 @@ Hooks:
   transmit pass :func:`note_transmit` reads ``QuicConnection._loss._cc``,
   ``._max_datagram_size`` and ``._pacing_at`` (set when pacing held a packet
   back) to tell the controller whether the pass was application-limited.
+  Both also end their first slow start by HyStart++ (RFC 9406, :class:`HyStart`)
+  instead of aioquic's ``QuicRttMonitor`` (their ``on_rtt_measurement`` is replaced;
+  CUBIC's ``rtt`` attribute and ``reset`` are kept up).
 * :func:`send_credit` - the peer's stream credit past the acknowledged data
   (``QuicStream.max_stream_data_remote``, ``QuicStreamSender._buffer_start``).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.

@@ -244,8 +244,8 @@ def _bulk_over_bursty_rtt(sim: Simulation, config: NetworkConfig, total: int) ->
 def test_bursts_of_rtt_inflation_do_not_end_slow_start(sim: Simulation, cc: str) -> None:
     """HyStart++ (RFC 9406): a round whose RTT rose by 30% enters conservative slow start,
     which the next round's lower RTT undoes; aioquic's own delay-based exit ended slow
-    start at the first burst (about a 100 KB window) and the transfer crawled at a
-    fraction of the link (3.1 MB/s with CUBIC, 2.4 with Reno, of 12.5)."""
+    start for good at the first burst and the transfer crawled at a fraction of the link
+    (3.1 MB/s with CUBIC, 2.4 with Reno, of 12.5)."""
     marks = _bulk_over_bursty_rtt(sim, NetworkConfig(connect_timeout=30.0, congestion_control=cc), 16 * 1024 * 1024)
     rate = _rate_over_second_half(marks)
     assert rate >= 0.8 * LINK_BYTES_PER_S, f"{rate / 1e6:.2f} MB/s of {LINK_BYTES_PER_S / 1e6:.1f}"
