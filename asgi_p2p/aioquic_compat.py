@@ -456,8 +456,12 @@ class HyStart:
         if packet.epoch == tls.Epoch.ONE_RTT:
             self.largest_sent = max(self.largest_sent, packet.packet_number)
 
-    def on_packet_acked(self, packet: QuicSentPacket) -> bool:
-        """Track rounds; True when CSS ran its rounds out: slow start is over."""
+    def on_packet_acked(self, packet: QuicSentPacket, *, app_limited: bool = False) -> bool:
+        """Track rounds; True when CSS ran its rounds out: slow start is over.
+
+        A round that ends while the sender is application-limited does not count
+        towards :data:`HYSTART_CSS_ROUNDS`: its window did not make the delay.
+        """
         if packet.epoch != tls.Epoch.ONE_RTT:
             return False
         if self.window_end is not None and packet.packet_number <= self.window_end:
@@ -466,7 +470,7 @@ class HyStart:
         self.last_round_min = self.current_round_min
         self.current_round_min = float("inf")
         self.samples = 0
-        if self.in_css:
+        if self.in_css and not app_limited:
             self.css_rounds += 1
             return self.css_rounds >= HYSTART_CSS_ROUNDS
         return False
@@ -507,7 +511,7 @@ class _CongestionMixin:
 
     def _acked(self, now: float, packet: QuicSentPacket) -> None:
         in_slow_start = self.ssthresh is None
-        if in_slow_start and self.hystart.on_packet_acked(packet):
+        if in_slow_start and self.hystart.on_packet_acked(packet, app_limited=self.app_limited):
             self.ssthresh = self.congestion_window  # CSS rounds are over: congestion avoidance
             in_slow_start = False
         before = self.congestion_window
@@ -519,7 +523,9 @@ class _CongestionMixin:
             self._css_stash %= HYSTART_CSS_GROWTH_DIVISOR
 
     def _rtt(self, rtt: float) -> None:
-        if self.ssthresh is None:
+        # while application-limited the window does not make the delay (a busy server
+        # answering requests does): such samples must not end slow start
+        if self.ssthresh is None and not self.app_limited:
             self.hystart.on_rtt_measurement(rtt)
 
 

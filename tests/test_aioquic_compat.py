@@ -1237,3 +1237,24 @@ def test_hystart_loss_still_ends_slow_start(name: str) -> None:
     assert r.cc.ssthresh is not None
     assert r.cc.ssthresh <= 0.7 * window  # reduced (Reno halves, CUBIC takes 0.7)
     assert r.cc.congestion_window < 2 * window
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic"])
+def test_hystart_ignores_delay_while_application_limited(name: str) -> None:
+    # requests answered by a busy server: the RTT rises while the window is underused;
+    # that must not end slow start (the window did not cause the delay)
+    r = _Rounds(hooks.congestion_control_algorithm(name))
+    for _ in range(3):
+        r.round(0.080)
+    r.cc.set_app_limited(True, r.now)  # type: ignore[attr-defined]
+    for i in range(10):
+        r.round(0.080 + 0.020 * (i + 1))
+    assert r.cc.ssthresh is None
+    assert not r.cc.hystart.in_css  # type: ignore[attr-defined]
+    r.cc.set_app_limited(False, r.now)  # type: ignore[attr-defined]
+    window = r.cc.congestion_window
+    for _ in range(2):  # window-limited again: still slow start, doubling
+        grown = r.round(0.080)
+        assert grown > 1.9 * window
+        window = grown
+    assert r.cc.ssthresh is None
