@@ -35,6 +35,9 @@ Hooks:
   transmit pass :func:`note_transmit` reads ``QuicConnection._loss._cc``,
   ``._max_datagram_size`` and ``._pacing_at`` (set when pacing held a packet
   back) to tell the controller whether the pass was application-limited.
+  Both also end their first slow start by HyStart++ (RFC 9406, :class:`HyStart`)
+  instead of aioquic's ``QuicRttMonitor`` (their ``on_rtt_measurement`` is replaced;
+  CUBIC's ``rtt`` attribute and ``reset`` are kept up).
 * :func:`send_credit` - the peer's stream credit past the acknowledged data
   (``QuicStream.max_stream_data_remote``, ``QuicStreamSender._buffer_start``).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
@@ -416,26 +419,148 @@ def congestion_window(quic: QuicConnection) -> int:
     return int(quic._loss._cc.congestion_window)
 
 
-class _AppLimitedReno(RenoCongestionControl):
-    """aioquic's New Reno, not growing its window while application-limited (RFC 9002 7.8)."""
+#: HyStart++ constants (RFC 9406 section 4.3)
+HYSTART_MIN_RTT_THRESH = 0.004
+HYSTART_MAX_RTT_THRESH = 0.016
+HYSTART_MIN_RTT_DIVISOR = 8
+HYSTART_N_RTT_SAMPLE = 8
+HYSTART_CSS_GROWTH_DIVISOR = 4
+HYSTART_CSS_ROUNDS = 5
+
+
+class HyStart:
+    """HyStart++ (RFC 9406): when the first slow start ends without a loss (sans-I/O).
+
+    A round ends when a 1-RTT packet sent after it began is acknowledged; each round
+    keeps its minimum RTT.  Once a round has :data:`HYSTART_N_RTT_SAMPLE` samples and its
+    minimum exceeds the last round's by ``eta`` (an eighth of it, within 4..16 ms), the
+    controller enters Conservative Slow Start (the window grows a quarter as fast); a
+    round in CSS whose minimum falls below the one that started CSS resumes slow start
+    (the rise was a burst, not a queue); :data:`HYSTART_CSS_ROUNDS` rounds in CSS end slow
+    start.  This replaces aioquic's ``QuicRttMonitor``, which ends slow start after five
+    samples 25% above the lowest seen, so a burst of delay (a TCP relay leg, Wi-Fi) left
+    the connection in congestion avoidance at a small window.
+    """
+
+    def __init__(self) -> None:
+        self.in_css = False
+        self.css_rounds = 0
+        self.samples = 0
+        self.current_round_min = float("inf")
+        self.last_round_min = float("inf")
+        self.css_baseline_min = float("inf")
+        self.largest_sent = -1  # the highest 1-RTT packet number sent
+        self.window_end: int | None = None  # the round ends when a packet past this is acked
+
+    def on_packet_sent(self, packet: QuicSentPacket) -> None:
+        if packet.epoch == tls.Epoch.ONE_RTT:
+            self.largest_sent = max(self.largest_sent, packet.packet_number)
+
+    def on_packet_acked(self, packet: QuicSentPacket, *, app_limited: bool = False) -> bool:
+        """Track rounds; True when CSS ran its rounds out: slow start is over.
+
+        A round that ends while the sender is application-limited does not count
+        towards :data:`HYSTART_CSS_ROUNDS`: its window did not make the delay.
+        """
+        if packet.epoch != tls.Epoch.ONE_RTT:
+            return False
+        if self.window_end is not None and packet.packet_number <= self.window_end:
+            return False
+        self.window_end = self.largest_sent  # a new round
+        self.last_round_min = self.current_round_min
+        self.current_round_min = float("inf")
+        self.samples = 0
+        if self.in_css and not app_limited:
+            self.css_rounds += 1
+            return self.css_rounds >= HYSTART_CSS_ROUNDS
+        return False
+
+    def on_rtt_measurement(self, rtt: float) -> None:
+        self.current_round_min = min(self.current_round_min, rtt)
+        self.samples += 1
+        if self.samples < HYSTART_N_RTT_SAMPLE:
+            return
+        if not self.in_css:
+            if self.last_round_min == float("inf"):
+                return
+            eta = min(
+                max(self.last_round_min / HYSTART_MIN_RTT_DIVISOR, HYSTART_MIN_RTT_THRESH), HYSTART_MAX_RTT_THRESH
+            )
+            if self.current_round_min >= self.last_round_min + eta:
+                self.in_css = True
+                self.css_rounds = 0
+                self.css_baseline_min = self.current_round_min
+        elif self.current_round_min < self.css_baseline_min:
+            self.in_css = False  # the delay fell back: it was a burst, resume slow start
+            self.css_baseline_min = float("inf")
+
+
+class _CongestionMixin:
+    """What both controllers add to aioquic's: HyStart++ instead of aioquic's
+    ``QuicRttMonitor``, and no growth while application-limited (RFC 9002 7.8)."""
+
+    congestion_window: int
+    ssthresh: int | None
+    bytes_in_flight: int
+    hystart: HyStart
+    app_limited: bool
+    _css_stash: int
+
+    def _grow_on_ack(self, now: float, packet: QuicSentPacket) -> None:
+        raise NotImplementedError
+
+    def _acked(self, now: float, packet: QuicSentPacket) -> None:
+        in_slow_start = self.ssthresh is None
+        if in_slow_start and self.hystart.on_packet_acked(packet, app_limited=self.app_limited):
+            self.ssthresh = self.congestion_window  # CSS rounds are over: congestion avoidance
+            in_slow_start = False
+        before = self.congestion_window
+        self._grow_on_ack(now, packet)
+        if in_slow_start and self.hystart.in_css and self.congestion_window > before:
+            # Conservative Slow Start: a quarter of slow start's growth
+            self._css_stash += self.congestion_window - before
+            self.congestion_window = before + self._css_stash // HYSTART_CSS_GROWTH_DIVISOR
+            self._css_stash %= HYSTART_CSS_GROWTH_DIVISOR
+
+    def _rtt(self, rtt: float) -> None:
+        # while application-limited the window does not make the delay (a busy server
+        # answering requests does): such samples must not end slow start
+        if self.ssthresh is None and not self.app_limited:
+            self.hystart.on_rtt_measurement(rtt)
+
+
+class _AppLimitedReno(_CongestionMixin, RenoCongestionControl):
+    """aioquic's New Reno with HyStart++, not growing its window while application-limited."""
 
     def __init__(self, *, max_datagram_size: int) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
         #: the last transmit pass left the window underutilized, not because of pacing
         self.app_limited = False
+        self.hystart = HyStart()
+        self._css_stash = 0
 
-    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+    def _grow_on_ack(self, now: float, packet: QuicSentPacket) -> None:
         if self.app_limited:
             self.bytes_in_flight -= packet.sent_bytes
         else:
             super().on_packet_acked(now=now, packet=packet)
 
+    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+        self._acked(now, packet)
+
+    def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
+        super().on_packet_sent(packet=packet)
+        self.hystart.on_packet_sent(packet)
+
+    def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        self._rtt(rtt)  # not aioquic's QuicRttMonitor
+
     def set_app_limited(self, limited: bool, now: float) -> None:
         self.app_limited = limited
 
 
-class _AppLimitedCubic(CubicCongestionControl):
-    """aioquic's CUBIC, not growing its window while application-limited (RFC 9002 7.8).
+class _AppLimitedCubic(_CongestionMixin, CubicCongestionControl):
+    """aioquic's CUBIC with HyStart++, not growing its window while application-limited.
 
     The time spent application-limited is left out of CUBIC's epoch, so the
     cubic curve resumes where it paused (RFC 9438 section 5.8, as Linux does)
@@ -447,13 +572,30 @@ class _AppLimitedCubic(CubicCongestionControl):
         self.app_limited = False
         self._app_limited_since = 0.0
 
-    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+    def reset(self) -> None:
+        """aioquic's reset (after 2 s idle: slow start again), with HyStart++ afresh."""
+        super().reset()
+        self.hystart = HyStart()
+        self._css_stash = 0
+
+    def _grow_on_ack(self, now: float, packet: QuicSentPacket) -> None:
         if self.app_limited:
             self.bytes_in_flight -= packet.sent_bytes
             if packet.sent_time is not None:
                 self.last_ack = packet.sent_time  # what aioquic's idle reset measures from
         else:
             super().on_packet_acked(now=now, packet=packet)
+
+    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+        self._acked(now, packet)
+
+    def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
+        super().on_packet_sent(packet=packet)  # may reset() after idle
+        self.hystart.on_packet_sent(packet)
+
+    def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        self.rtt = rtt  # what aioquic's CUBIC reads; not its QuicRttMonitor
+        self._rtt(rtt)
 
     def set_app_limited(self, limited: bool, now: float) -> None:
         if limited and not self.app_limited:

@@ -1142,3 +1142,119 @@ def test_client_hello_offers_one_x25519_key_share_and_the_handshake_completes() 
     pair.pump()
     for side in ("client", "server"):
         assert any(isinstance(e, HandshakeCompleted) for e in pair.events[side]), side
+
+
+class _Rounds:
+    """Drives a congestion controller sans-I/O, one round trip at a time: send a window
+    of 1200-byte 1-RTT packets paced over 80 ms, then acknowledge each one an RTT after
+    it left, with that RTT as sample."""
+
+    def __init__(self, algorithm: str) -> None:
+        self.cc = create_congestion_control(algorithm, max_datagram_size=1200)
+        self.now = 1.0
+        self.number = 0
+
+    def round(self, rtt: float, *, lose_one: bool = False) -> int:
+        """One round trip at ``rtt``; returns the window after it."""
+        sent = []
+        count = self.cc.congestion_window // 1200 - self.cc.bytes_in_flight // 1200
+        for i in range(count):
+            pk = QuicSentPacket(
+                epoch=Epoch.ONE_RTT,
+                in_flight=True,
+                is_ack_eliciting=True,
+                is_crypto_packet=False,
+                packet_number=self.number,
+                packet_type=QuicPacketType.ONE_RTT,
+                sent_time=self.now + i * 0.080 / count,
+                sent_bytes=1200,
+            )
+            self.number += 1
+            self.cc.on_packet_sent(packet=pk)
+            sent.append(pk)
+        if lose_one:
+            self.cc.on_packets_lost(now=self.now + rtt, packets=[sent.pop(0)])
+        for pk in sent:
+            assert pk.sent_time is not None
+            self.now = pk.sent_time + rtt
+            self.cc.on_packet_acked(now=self.now, packet=pk)
+            self.cc.on_rtt_measurement(now=self.now, rtt=rtt)
+        return self.cc.congestion_window
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic"])
+def test_hystart_a_burst_of_rtt_inflation_does_not_end_slow_start(name: str) -> None:
+    # RFC 9406: a round whose minimum RTT rose by more than an eighth (80 -> 104 ms) enters
+    # Conservative Slow Start; the next round at 80 ms resumes slow start
+    r = _Rounds(hooks.congestion_control_algorithm(name))
+    for _ in range(4):
+        r.round(0.080)
+    assert r.cc.congestion_window == 160 * 1200  # slow start: doubling
+    before = r.cc.congestion_window
+    burst = r.round(0.104)
+    assert r.cc.hystart.in_css  # type: ignore[attr-defined]
+    assert before * 1.2 < burst < before * 2  # a quarter of slow start's growth once in CSS
+    r.round(0.104)
+    r.round(0.080)  # the delay fell back within CSS_ROUNDS
+    assert not r.cc.hystart.in_css  # type: ignore[attr-defined]
+    assert r.cc.ssthresh is None
+    window = r.cc.congestion_window
+    assert 2 * window - 1200 < r.round(0.080) <= 2 * window  # slow start again
+    assert r.cc.ssthresh is None
+    # aioquic's own controller ended slow start at the burst, for good
+    stock = _Rounds(name)
+    for rtt in [0.080] * 4 + [0.104] * 2 + [0.080] * 2:
+        stock.round(rtt)
+    assert stock.cc.ssthresh is not None
+    assert stock.cc.congestion_window < r.cc.congestion_window / 2
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic"])
+def test_hystart_a_sustained_rtt_increase_ends_slow_start_after_the_css_rounds(name: str) -> None:
+    r = _Rounds(hooks.congestion_control_algorithm(name))
+    for _ in range(4):
+        r.round(0.080)
+    r.round(0.104)  # enters CSS during this round
+    assert r.cc.hystart.in_css  # type: ignore[attr-defined]
+    for _ in range(hooks.HYSTART_CSS_ROUNDS - 1):
+        window = r.cc.congestion_window
+        assert r.round(0.104 + 0.001 * r.number / 100) <= 1.26 * window  # CSS: a quarter of doubling
+        assert r.cc.ssthresh is None
+    r.round(0.110)  # the fifth round in CSS ends: congestion avoidance from the window reached
+    assert r.cc.ssthresh is not None
+    assert r.cc.ssthresh >= r.cc.congestion_window - 2 * 1200
+    window = r.cc.congestion_window
+    assert r.round(0.110) <= window + 2 * 1200  # congestion avoidance: about a packet per round
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic"])
+def test_hystart_loss_still_ends_slow_start(name: str) -> None:
+    r = _Rounds(hooks.congestion_control_algorithm(name))
+    for _ in range(4):
+        r.round(0.080)
+    window = r.cc.congestion_window
+    r.round(0.080, lose_one=True)  # a loss with no RTT increase at all
+    assert r.cc.ssthresh is not None
+    assert r.cc.ssthresh <= 0.7 * window  # reduced (Reno halves, CUBIC takes 0.7)
+    assert r.cc.congestion_window < 2 * window
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic"])
+def test_hystart_ignores_delay_while_application_limited(name: str) -> None:
+    # requests answered by a busy server: the RTT rises while the window is underused;
+    # that must not end slow start (the window did not cause the delay)
+    r = _Rounds(hooks.congestion_control_algorithm(name))
+    for _ in range(3):
+        r.round(0.080)
+    r.cc.set_app_limited(True, r.now)  # type: ignore[attr-defined]
+    for i in range(10):
+        r.round(0.080 + 0.020 * (i + 1))
+    assert r.cc.ssthresh is None
+    assert not r.cc.hystart.in_css  # type: ignore[attr-defined]
+    r.cc.set_app_limited(False, r.now)  # type: ignore[attr-defined]
+    window = r.cc.congestion_window
+    for _ in range(2):  # window-limited again: still slow start, doubling
+        grown = r.round(0.080)
+        assert grown > 1.9 * window
+        window = grown
+    assert r.cc.ssthresh is None
