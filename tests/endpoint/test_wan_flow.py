@@ -47,26 +47,32 @@ def _bulk(sim: Simulation, config: NetworkConfig, total: int) -> tuple[list[tupl
 
     async def main() -> None:
         ea, eb = await _pair(a, b, config, config)
-        conn = await eb.connect(ea.node_addr())
-
-        async def send() -> None:
-            for _ in range(total // len(CHUNK)):
-                await conn.send(CHUNK)
-
-        task = asyncio.create_task(send())
-        inc = await ea.listen().accept()
-        loop = asyncio.get_running_loop()
-        got = 0
-        while got < total:
-            got += len(await inc.recv())
-            marks.append((loop.time(), got))
-        await task
+        inc = await _transfer(ea, eb, total, marks)
         windows.append(_stream_window(inc))
         await eb.close()
         await ea.close()
 
     sim.run(main())
     return marks, windows[0]
+
+
+async def _transfer(ea: Node, eb: Node, total: int, marks: list[tuple[float, int]]) -> MessageConnection:
+    """``eb`` sends ``total`` bytes of CHUNKs to ``ea``, which reads at once; marks (time, bytes read)."""
+    conn = await eb.connect(ea.node_addr())
+
+    async def send() -> None:
+        for _ in range(total // len(CHUNK)):
+            await conn.send(CHUNK)
+
+    task = asyncio.create_task(send())
+    inc = await ea.listen().accept()
+    loop = asyncio.get_running_loop()
+    got = 0
+    while got < total:
+        got += len(await inc.recv())
+        marks.append((loop.time(), got))
+    await task
+    return inc
 
 
 def _rate_over_second_half(marks: list[tuple[float, int]]) -> float:
@@ -218,20 +224,7 @@ def _bulk_over_bursty_rtt(sim: Simulation, config: NetworkConfig, total: int) ->
     async def main() -> None:
         ea, eb = await _pair(a, b, config, config)
         burst_task = asyncio.create_task(bursts())
-        conn = await eb.connect(ea.node_addr())
-
-        async def send() -> None:
-            for _ in range(total // len(CHUNK)):
-                await conn.send(CHUNK)
-
-        task = asyncio.create_task(send())
-        inc = await ea.listen().accept()
-        loop = asyncio.get_running_loop()
-        got = 0
-        while got < total:
-            got += len(await inc.recv())
-            marks.append((loop.time(), got))
-        await task
+        await _transfer(ea, eb, total, marks)
         burst_task.cancel()
         await eb.close()
         await ea.close()
