@@ -330,6 +330,12 @@ class PeerPaths:
             # there, not to another path of the same node id (the peer moved and this
             # connection's packets show it first; or the same key is in use in two places)
             best = self.prober.live_address(source) or best
+        elif relay_ok and route.relay_peer is not None and source is None and not route.owner.handshake_completed:
+            # accepted through the relay with 0-RTT, its handshake not done: the peer's direct
+            # path need not reach this connection's peer (it may be another process's with
+            # the same key, since gone: a returning client's handshake and early answer would
+            # go into a dead path until it times out), so it stays on the relay it came by
+            best = None
         dialed = route.direct_address
         silent = False
         if relay_ok and dialed is not None and current.kind != "direct":

@@ -54,6 +54,10 @@ class RouteOwner(Protocol):
         """QUIC's smoothed RTT in seconds."""
 
     @property
+    def handshake_completed(self) -> bool:
+        """The TLS handshake completed here (an accepted connection may be ready before: 0-RTT)."""
+
+    @property
     def handshake_address(self) -> Address | None:
         """The direct address the authenticated datagram that completed the handshake came
         from, when it is also where the connection sends (None otherwise): the handshake
