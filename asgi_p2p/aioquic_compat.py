@@ -108,6 +108,7 @@ Hooks:
 
 from __future__ import annotations
 
+import abc
 import datetime
 import itertools
 from collections.abc import Callable
@@ -495,7 +496,7 @@ class HyStart:
             self.css_baseline_min = float("inf")
 
 
-class _CongestionMixin:
+class _CongestionMixin(abc.ABC):
     """What both controllers add to aioquic's: HyStart++ instead of aioquic's
     ``QuicRttMonitor``, and no growth while application-limited (RFC 9002 7.8)."""
 
@@ -506,8 +507,9 @@ class _CongestionMixin:
     app_limited: bool
     _css_stash: int
 
+    @abc.abstractmethod
     def _grow_on_ack(self, now: float, packet: QuicSentPacket) -> None:
-        raise NotImplementedError
+        """The controller's own window growth for one acknowledged packet."""
 
     def _acked(self, now: float, packet: QuicSentPacket) -> None:
         in_slow_start = self.ssthresh is None
