@@ -2,24 +2,37 @@
 
 Run inside a namespace that owns both interfaces (the kernel here has no ``netem``)::
 
-    python delayline.py IF_A IF_B DELAY_MS [JITTER_MS] [SEED]
+    python delayline.py IF_A IF_B DELAY_MS [JITTER_MS] [SEED] [MAX_QUEUED]
 
 Every frame that arrives on one interface is sent out of the other ``DELAY_MS`` (+ a uniform
 ``0..JITTER_MS`` drawn from a generator seeded with ``SEED``) milliseconds later. Jitter may reorder
-frames, as on a real path. At most ``MAX_QUEUED`` frames wait; more are dropped and counted. Prints
-``ready`` once both sockets are bound, and a final ``stats`` line on SIGTERM.
+frames, as on a real path. At most ``MAX_QUEUED`` (default 20000) frames wait; more are dropped and
+counted, as are frames the other interface refuses to send. Prints ``ready`` once both sockets are
+bound, and a final ``stats forwarded=N dropped=M`` line on SIGTERM.
+
+The line is ``delayline.c``: this script compiles it once (``gcc -O2 -Wall -Werror``) into a cache
+keyed by the source's hash (``$XDG_CACHE_HOME/asgi-p2p-rig/`` or ``/tmp/asgi-p2p-rig-<uid>/``) and
+execs it, so the process keeps this script's PID. Without ``gcc`` it says so on stderr and runs the
+same line in Python below (about 10 times the CPU per frame). ``ASGI_P2P_DELAYLINE=python`` forces
+the Python line, ``ASGI_P2P_DELAYLINE=c`` fails rather than fall back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import os
 import random
 import selectors
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -27,6 +40,9 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_OUTGOING = 4
 MAX_QUEUED = 20000
+SOURCE = Path(__file__).resolve().with_name("delayline.c")
+CFLAGS = ("-O2", "-Wall", "-Werror")
+ENV = "ASGI_P2P_DELAYLINE"  # "c": the C line or fail; "python": the Python line; unset: C if gcc is there
 MAX_FRAME = 65536
 
 
@@ -38,8 +54,8 @@ def l4_checksum_fixed(frame: bytes) -> bytes:
     ihl = (frame[14] & 0x0F) * 4
     proto = frame[23]
     total = int.from_bytes(frame[16:18], "big")
-    if proto not in (6, 17) or int.from_bytes(frame[20:22], "big") & 0x3FFF:  # not UDP/TCP, or a fragment
-        return frame
+    if proto not in (6, 17) or int.from_bytes(frame[20:22], "big") & 0x3FFF or ihl < 20:
+        return frame  # not UDP/TCP, a fragment, or a broken header
     start, end = 14 + ihl, 14 + total
     off = start + (6 if proto == 17 else 16)
     if end > len(frame) or off + 2 > end:
@@ -73,13 +89,68 @@ def open_interface(name: str) -> socket.socket:
     return sock
 
 
+def cache_dir() -> Path:
+    """Where compiled lines live: private to this user (created 0700; refused if someone else owns it)."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    path = Path(xdg) / "asgi-p2p-rig" if xdg else Path(tempfile.gettempdir()) / f"asgi-p2p-rig-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise SystemExit(f"delayline: {path} is not a private directory of this user; remove it")
+    return path
+
+
+def compiled(cc: str) -> Path:
+    """The C line's binary, compiled once per source version (temp file + rename: parallel runs are safe)."""
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join((cc, *CFLAGS)).encode()).hexdigest()[:16]
+    binary = cache_dir() / f"delayline-{key}"
+    if binary.exists():
+        return binary
+    fd, tmp = tempfile.mkstemp(prefix=f".{binary.name}-", dir=binary.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise SystemExit(f"delayline: {cc} could not compile {SOURCE} ({res.returncode}):\n{res.stderr}")
+        os.chmod(tmp, 0o700)
+        os.replace(tmp, binary)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return binary
+
+
+def exec_c_line(argv: list[str]) -> None:
+    """Replace this process by the C line (same PID, stdout and signals), unless told or forced not to."""
+    choice = os.environ.get(ENV, "")
+    if choice not in ("", "c", "python"):
+        raise SystemExit(f"delayline: {ENV} must be 'c' or 'python', got {choice!r}")
+    if choice == "python":
+        return
+    cc = shutil.which("gcc")
+    if cc is None:
+        if choice == "c":
+            raise SystemExit(f"delayline: {ENV}=c but gcc is not installed (`make sysdeps` installs it)")
+        note = "delayline: gcc not found, running the Python delay line (several times the CPU per frame)"
+        print(note, file=sys.stderr, flush=True)
+        return
+    binary = compiled(cc)
+    os.execv(binary, [str(binary), *argv])
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 3:
+    if not 3 <= len(argv) <= 6:
         print(__doc__, file=sys.stderr)
         return 2
+    exec_c_line(argv)
     if_a, if_b, delay_ms = argv[0], argv[1], float(argv[2])
     jitter_ms = float(argv[3]) if len(argv) > 3 else 0.0
     rng = random.Random(int(argv[4]) if len(argv) > 4 else 0)
+    max_queued = int(argv[5]) if len(argv) > 5 else MAX_QUEUED
+    if not (0 <= delay_ms <= 3600e3 and 0 <= jitter_ms <= 3600e3 and 1 <= max_queued <= 1_000_000):
+        print("delayline: DELAY_MS and JITTER_MS must be in 0..3600000, MAX_QUEUED in 1..1000000", file=sys.stderr)
+        return 2
     a, b = open_interface(if_a), open_interface(if_b)
     peer = {a: b, b: a}
     sel = selectors.DefaultSelector()
@@ -115,7 +186,7 @@ def main(argv: list[str]) -> int:
                     break
                 if addr[2] == PACKET_OUTGOING:  # our own transmissions, seen again
                     continue
-                if len(queue) >= MAX_QUEUED:
+                if len(queue) >= max_queued:
                     dropped += 1
                     continue
                 delay = delay_ms + (rng.uniform(0.0, jitter_ms) if jitter_ms else 0.0)

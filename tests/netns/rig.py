@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 UDPTOOL = HERE / "udptool.py"
 DELAYLINE = HERE / "delayline.py"
+DELAYLINE_ENV = "ASGI_P2P_DELAYLINE"  # "c" or "python": which delay line (default: C, Python without gcc)
 
 #: Every namespace of this rig is named ``ap2p<creator pid>-<4 hex>-<role>``.
 PREFIX = "ap2p"
@@ -108,7 +109,8 @@ class Impair:
     """Impairment of one link, applied in both directions.
 
     delay_ms: one-way delay added by a userspace delay line (so a round trip over the link gains
-    2 * delay_ms); jitter_ms: extra uniform 0..jitter_ms per frame (reorders). loss_pct: each packet
+    2 * delay_ms); jitter_ms: extra uniform 0..jitter_ms per frame (reorders); queue_frames: frames
+    the delay line holds at most (both directions together), more are dropped. loss_pct: each packet
     is dropped with this probability (nftables ``numgen random mod 100 < N drop``) in each direction.
     rate_kbit: ``tc tbf`` rate limit on both ends' egress.
     """
@@ -117,10 +119,13 @@ class Impair:
     jitter_ms: float = 0.0
     loss_pct: int = 0
     rate_kbit: int = 0
+    queue_frames: int = 20000
 
     def __post_init__(self) -> None:
         if self.delay_ms < 0 or self.jitter_ms < 0 or self.rate_kbit < 0:
             raise ValueError(f"negative impairment: {self}")
+        if not 1 <= self.queue_frames <= 1_000_000:
+            raise ValueError(f"queue_frames must be 1..1000000, got {self.queue_frames}")
         if not 0 <= self.loss_pct <= 100:
             raise ValueError(f"loss_pct must be 0..100, got {self.loss_pct}")
 
@@ -155,6 +160,7 @@ class Rig:
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    delay_lines: list[subprocess.Popen[Any]] = field(default_factory=list)  # also in procs, in link order
     homes: dict[str, Home] = field(default_factory=dict)
     _lan_hosts: dict[str, int] = field(default_factory=dict)  # extra hosts per home LAN (lan_host)
     logdir: Path | None = None  # where spawned processes' stderr goes; default: a temp dir removed by close()
@@ -216,8 +222,9 @@ class Rig:
                 # TSO/GSO would hand the delay line frames larger than the MTU
                 subprocess.run(["ip", "-n", ns, "link", "set", ifname, "gso_max_size", "1500"], capture_output=True)
             args = [str(DELAYLINE), "dla", "dlb", str(impair.delay_ms), str(impair.jitter_ms), str(self._links)]
-            proc = self.spawn(dl, [sys.executable, *args])
-            expect_line(proc, "ready", timeout=10)
+            proc = self.spawn(dl, [sys.executable, *args, str(impair.queue_frames)])
+            self.delay_lines.append(proc)
+            expect_line(proc, "ready", timeout=30)  # the first line of a run may compile delayline.c
         else:
             self._ip(ns_a, f"link add {if_a} type veth peer name {if_b} netns {ns_b}")
         if impair is not None and impair.loss_pct > 0:
@@ -449,6 +456,7 @@ class Rig:
                 if f is not None:
                     f.close()
         self.procs.clear()
+        self.delay_lines.clear()
         errors = []
         for ns in reversed(self.namespaces):
             res = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True, timeout=30)

@@ -6,15 +6,19 @@ reports the address:port it sees (like STUN); hosts behind the routers send from
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.netns import rig as rig_module
-from tests.netns.rig import Home, Impair, Rig, RigError, expect_line, list_namespaces
+from tests.netns.rig import Home, Impair, Rig, RigError, expect_line, list_namespaces, sh
 
 PORTS = ("3478", "3479", "3480")
 
@@ -198,12 +202,110 @@ def test_loss_rule_drops_about_the_configured_fraction(netns_rig: Rig) -> None:
     assert out["received"] >= 450, out  # only the rule drops packets
 
 
-def test_delay_line_adds_the_configured_delay(make_rig: Any) -> None:
+@pytest.fixture(params=["c", "python"])
+def line_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test's delay lines as the compiled C line, then as delayline.py's Python loop."""
+    impl: str = request.param
+    monkeypatch.setenv(rig_module.DELAYLINE_ENV, impl)
+    return impl
+
+
+def assert_line_impl(proc: subprocess.Popen[Any], impl: str) -> None:
+    """delayline.py exec'd the compiled line (same PID), or runs the Python loop itself."""
+    exe = Path(f"/proc/{proc.pid}/exe").resolve().name
+    assert exe.startswith("delayline-") if impl == "c" else exe.startswith("python"), (impl, exe)
+
+
+def stop_line(proc: subprocess.Popen[Any]) -> tuple[int, int]:
+    """SIGTERM a delay line; its final (forwarded, dropped) counts."""
+    proc.terminate()
+    m = expect_line(proc, r"^stats forwarded=(\d+) dropped=(\d+)$")
+    assert proc.wait(timeout=10) == 0
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_delay_line_adds_the_configured_delay_both_ways(make_rig: Any, line_impl: str) -> None:
     rig: Rig = make_rig(relay_link=Impair(delay_ms=20))
     target = start_reflector(rig)[0]
     home = rig.home("a", nat="eim", wan=Impair(delay_ms=30), lan=Impair(delay_ms=5, jitter_ms=5))
     rtts = result(rig.udptool(home.host, "rtt", "40000", target, "5"))["rtts_ms"]
-    assert min(rtts) >= 2 * (20 + 30 + 5), rtts  # one-way delays, both directions, three links
+    # one-way delays, both directions, three links; jitter adds up to 2 x 5 ms, scheduling a little
+    assert 2 * (20 + 30 + 5) <= min(rtts) <= 2 * (20 + 30 + 5 + 5) + 20, rtts
+    assert len(rig.delay_lines) == 3
+    for line in rig.delay_lines:
+        assert_line_impl(line, line_impl)
+        # the UDP echoes reached real sockets (checksums fixed) and came back: both ways, none lost
+        forwarded, dropped = stop_line(line)
+        assert forwarded >= 2 * 5 and dropped == 0, (forwarded, dropped)
+
+
+TCP_SINK = """
+import hashlib, socket, sys
+srv = socket.create_server(("0.0.0.0", 5201))
+print("ready", flush=True)
+conn, _ = srv.accept()
+h, n = hashlib.sha256(), 0
+while chunk := conn.recv(65536):
+    h.update(chunk)
+    n += len(chunk)
+print(n, h.hexdigest(), flush=True)
+"""
+
+TCP_SOURCE = """
+import socket, sys
+data = bytes(range(256)) * (int(sys.argv[2]) // 256)
+with socket.create_connection((sys.argv[1], 5201), timeout=30) as s:
+    s.sendall(data)
+"""
+
+
+def test_delay_line_carries_tcp(make_rig: Any, line_impl: str) -> None:
+    rig: Rig = make_rig(relay_link=Impair(delay_ms=5))
+    sink = rig.python(rig.relay, "-c", TCP_SINK)
+    expect_line(sink, "^ready$")
+    size = 2 << 20
+    sent = rig.run(rig.public_host("x"), [sys.executable, "-c", TCP_SOURCE, rig.relay.ip, str(size)], timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    want = hashlib.sha256(bytes(range(256)) * (size // 256)).hexdigest()
+    assert expect_line(sink, r"^\d+ ", timeout=30).string == f"{size} {want}"  # every segment's checksum fixed
+    assert_line_impl(rig.delay_lines[0], line_impl)
+
+
+def test_delay_line_drops_beyond_its_queue_bound(make_rig: Any, line_impl: str) -> None:
+    rig: Rig = make_rig(relay_link=Impair(delay_ms=500, queue_frames=50))
+    target = start_reflector(rig)[0]
+    x = rig.public_host("x")
+    result(rig.udptool(x, "rtt", "40000", target, "1"))  # neighbours resolved: the blast meets only the line
+    out = result(rig.udptool(x, "blast", "40001", target, "200", "q"))
+    assert out["elapsed"] < 0.5, out  # the whole blast arrives before the first frame of it is due
+    # at most 50 frames wait (a few may be the warm-up's retries): the rest of the burst is dropped
+    assert 20 <= out["received"] <= 50, out
+    forwarded, dropped = stop_line(rig.delay_lines[0])
+    assert dropped >= 200 - 50, (forwarded, dropped)
+
+
+def test_delay_line_runs_in_python_without_gcc(make_rig: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig: Rig = make_rig()
+    x = rig.public_host("x")
+    sh(["ip", "-n", x.ns, "link", "add", "va", "type", "veth", "peer", "name", "vb"])
+    sh(["ip", "-n", x.ns, "link", "set", "va", "up"])
+    sh(["ip", "-n", x.ns, "link", "set", "vb", "up"])
+    bindir = tmp_path / "bin"  # a PATH with `ip` and nothing else: no gcc
+    bindir.mkdir()
+    ip = shutil.which("ip")
+    assert ip is not None
+    (bindir / "ip").symlink_to(ip)
+    monkeypatch.delenv(rig_module.DELAYLINE_ENV, raising=False)
+    env = {k: v for k, v in os.environ.items() if k != rig_module.DELAYLINE_ENV} | {"PATH": str(bindir)}
+    line = rig.spawn(x, [sys.executable, str(rig_module.DELAYLINE), "va", "vb", "1"], env=env)
+    expect_line(line, "^ready$")
+    assert_line_impl(line, "python")
+    assert "gcc not found, running the Python delay line" in rig.log(line)
+    assert stop_line(line)[1] == 0
+    # forced to C without gcc: a clear error, not a silent fallback
+    env[rig_module.DELAYLINE_ENV] = "c"
+    failed = rig.run(x, [sys.executable, str(rig_module.DELAYLINE), "va", "vb", "1"], env=env)
+    assert failed.returncode != 0 and "gcc is not installed" in failed.stderr, failed.stderr
 
 
 def test_rate_limit_caps_throughput(netns_rig: Rig) -> None:
