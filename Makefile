@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 # Debian packages the tests start for real: nftables/iproute2 (netns rig), nginx (a non-Python
 # backend behind `asgi-p2p proxy`), chromium + chromedriver (browser through `asgi-p2p gateway`),
 # prometheus (promtool checks docs/ops rules), knot (a real authoritative DNS server), systemd
-# (systemd-analyze verifies the units in deploy/systemd).
-SYSDEPS := nftables iproute2 nginx-light chromium chromium-driver prometheus knot knot-dnsutils systemd
-SYSDEPS_CMDS := nft ip tc nginx chromium chromedriver promtool knotd kdig systemd-analyze
+# (systemd-analyze verifies the units in deploy/systemd), gcc + libc6-dev (the netns rig's delay
+# line, tests/netns/delayline.c).
+SYSDEPS := nftables iproute2 nginx-light chromium chromium-driver prometheus knot knot-dnsutils systemd gcc libc6-dev
+SYSDEPS_CMDS := nft ip tc nginx chromium chromedriver promtool knotd kdig systemd-analyze gcc
 
 sysdeps:
 	@if [ "$$(id -u)" = 0 ]; then \
