@@ -49,6 +49,8 @@
 #define BATCH 64                /* frames per recvmmsg/sendmmsg */
 #define RECV_ROUNDS 8           /* batches read from one socket before the due frames are sent again */
 #define SOCKBUF (4 << 20)
+#define DEFER_MIN_NS 1000000ull /* with at least this delay, arrivals do not wake the line (see main) */
+#define MAX_SLEEP_NS 5000000ull /* ... and it reads its sockets at least this often while frames wait */
 
 struct slot {
     uint32_t len;
@@ -113,10 +115,14 @@ static long long parse_int(const char *s, const char *name, long long lo, long l
     return v;
 }
 
-static uint64_t now_ns(void) {
+static uint64_t ns_of(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ns(void) {
+    return ns_of(CLOCK_MONOTONIC);
 }
 
 /* splitmix64: a small seeded generator; the same SEED gives the same jitter sequence */
@@ -147,6 +153,9 @@ static int open_interface(const char *name, unsigned *mtu) {
     int one = 1, size = SOCKBUF;
     /* our own transmissions are never wanted (PACKET_OUTGOING is also checked, for old kernels) */
     (void)setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one);
+    /* each frame's arrival time, stamped by the kernel when it entered the interface */
+    if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) < 0)
+        die("SO_TIMESTAMPNS");
     if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) < 0)
         (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size) < 0)
@@ -275,6 +284,24 @@ static struct mmsghdr in_msgs[BATCH];
 static struct iovec in_iov[BATCH];
 static struct sockaddr_ll in_addr[BATCH];
 static uint8_t *in_buf;
+static union {
+    char buf[CMSG_SPACE(sizeof(struct timespec))];
+    struct cmsghdr align;
+} in_control[BATCH];
+
+/* When frame k arrived, on CLOCK_MONOTONIC: its kernel timestamp (CLOCK_REALTIME) moved over by the
+ * clocks' offset now; `now` if it has none or it is implausible (a clock step). */
+static uint64_t arrival_ns(int k, uint64_t now, int64_t real_minus_mono) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&in_msgs[k].msg_hdr); c; c = CMSG_NXTHDR(&in_msgs[k].msg_hdr, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(c), sizeof ts);
+            int64_t t = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - real_minus_mono;
+            return t <= (int64_t)now && t > (int64_t)now - 1000000000 ? (uint64_t)t : now;
+        }
+    }
+    return now;
+}
 
 /* Read what waits on socket `side`; returns 1 if the socket may hold more. */
 static int receive(int side, double delay_ms, double jitter_ms, uint64_t *seq) {
@@ -287,6 +314,8 @@ static int receive(int side, double delay_ms, double jitter_ms, uint64_t *seq) {
             in_msgs[k].msg_hdr.msg_iovlen = 1;
             in_msgs[k].msg_hdr.msg_name = &in_addr[k];
             in_msgs[k].msg_hdr.msg_namelen = sizeof in_addr[k];
+            in_msgs[k].msg_hdr.msg_control = &in_control[k];
+            in_msgs[k].msg_hdr.msg_controllen = sizeof in_control[k];
         }
         int n = recvmmsg(fds[side], in_msgs, BATCH, MSG_DONTWAIT, NULL);
         if (n < 0) {
@@ -295,6 +324,7 @@ static int receive(int side, double delay_ms, double jitter_ms, uint64_t *seq) {
             die("recvmmsg");
         }
         uint64_t now = now_ns();
+        int64_t real_minus_mono = (int64_t)(ns_of(CLOCK_REALTIME) - now);
         for (int k = 0; k < n; k++) {
             if (in_addr[k].sll_pkttype == PACKET_OUTGOING)  /* our own transmissions, seen again */
                 continue;
@@ -309,7 +339,8 @@ static int receive(int side, double delay_ms, double jitter_ms, uint64_t *seq) {
             slots[s].len = in_msgs[k].msg_len;
             slots[s].out = (uint8_t)(1 - side);
             double ms = delay_ms + (jitter_ms > 0 ? uniform01() * jitter_ms : 0.0);
-            heap_push((struct entry){.due = now + (uint64_t)(ms * 1e6 + 0.5), .seq = ++*seq, .slot = s});
+            uint64_t due = arrival_ns(k, now, real_minus_mono) + (uint64_t)(ms * 1e6 + 0.5);
+            heap_push((struct entry){.due = due, .seq = ++*seq, .slot = s});
         }
         if (n < BATCH)
             return 0;
@@ -356,23 +387,33 @@ int main(int argc, char **argv) {
 
     printf("ready\n");
     fflush(stdout);
+    /* Frames are due by their kernel arrival time, so they need not be read the moment they arrive:
+     * while frames wait (and the delay is at least DEFER_MIN_NS), the line sleeps until the next one
+     * is due, or at most MAX_SLEEP_NS and never longer than the delay, then reads whatever arrived
+     * meanwhile. A stream costs one wakeup per departure burst instead of one more per arrival. */
+    uint64_t delay_ns = (uint64_t)(delay_ms * 1e6 + 0.5);
+    int defer = delay_ns >= DEFER_MIN_NS;
+    uint64_t max_sleep = delay_ns < MAX_SLEEP_NS ? delay_ns : MAX_SLEEP_NS;
     uint64_t seq = 0;
     int more[2] = {0, 0};
-    struct pollfd pfd[2] = {{.fd = fds[0], .events = POLLIN}, {.fd = fds[1], .events = POLLIN}};
+    struct pollfd pfd[2] = {{.fd = fds[0]}, {.fd = fds[1]}};
     while (!stop) {
         uint64_t now = now_ns();
         send_due(now);
-        struct timespec ts = {0, 0}, *tsp = NULL;
-        if (!more[0] && !more[1]) {
-            if (n_heap) {
-                uint64_t wait = heap[0].due > now ? heap[0].due - now : 0;
-                ts.tv_sec = (time_t)(wait / 1000000000u);
-                ts.tv_nsec = (long)(wait % 1000000000u);
-            }
-            tsp = n_heap ? &ts : NULL;
+        int on_arrival = !defer || n_heap == 0;  /* wake when a frame arrives (else: read on each wakeup) */
+        struct timespec ts = {0, 0}, *tsp = &ts;
+        if (more[0] || more[1]) {
+            /* a socket still has frames: only look, do not wait */
+        } else if (n_heap) {
+            uint64_t wait = heap[0].due > now ? heap[0].due - now : 0;
+            if (defer && wait > max_sleep)
+                wait = max_sleep;
+            ts.tv_sec = (time_t)(wait / 1000000000u);
+            ts.tv_nsec = (long)(wait % 1000000000u);
         } else {
-            tsp = &ts;  /* a socket still has frames: only look, do not wait */
+            tsp = NULL;
         }
+        pfd[0].events = pfd[1].events = on_arrival ? POLLIN : 0;
         int r = ppoll(pfd, 2, tsp, &wait_mask);
         if (r < 0) {
             if (errno == EINTR)
@@ -380,7 +421,9 @@ int main(int argc, char **argv) {
             die("ppoll");
         }
         for (int side = 0; side < 2; side++)
-            more[side] = (more[side] || (pfd[side].revents & POLLIN)) ? receive(side, delay_ms, jitter_ms, &seq) : 0;
+            more[side] = (more[side] || !on_arrival || (pfd[side].revents & POLLIN))
+                             ? receive(side, delay_ms, jitter_ms, &seq)
+                             : 0;
     }
     printf("stats forwarded=%llu dropped=%llu\n", (unsigned long long)forwarded, (unsigned long long)dropped);
     fflush(stdout);
