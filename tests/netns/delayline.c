@@ -169,6 +169,28 @@ static int open_interface(const char *name, unsigned *mtu) {
     return fd;
 }
 
+/* One's complement sum of n bytes in native byte order (RFC 1071: the sum is byte-order independent
+ * when the result is stored the same way), eight bytes at a time. */
+static uint64_t csum_add(uint64_t sum, const uint8_t *p, size_t n) {
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        sum += (w & 0xFFFFFFFFu) + (w >> 32);
+    }
+    for (; n >= 2; p += 2, n -= 2) {
+        uint16_t h;
+        memcpy(&h, p, 2);
+        sum += h;
+    }
+    if (n) {
+        uint8_t last[2] = {p[0], 0};
+        uint16_t h;
+        memcpy(&h, last, 2);
+        sum += h;
+    }
+    return sum;
+}
+
 /* Recompute an IPv4 UDP/TCP checksum, exactly as delayline.py's l4_checksum_fixed. */
 static void fix_l4_checksum(uint8_t *f, size_t len) {
     if (len < 34 || f[12] != 0x08 || f[13] != 0x00)
@@ -185,22 +207,16 @@ static void fix_l4_checksum(uint8_t *f, size_t len) {
     if (proto == 17 && f[off] == 0 && f[off + 1] == 0)  /* UDP without checksum */
         return;
     f[off] = f[off + 1] = 0;
-    uint64_t sum = 0;
-    for (size_t i = 26; i < 34; i += 2)  /* pseudo header: source and destination addresses */
-        sum += (uint32_t)f[i] << 8 | f[i + 1];
-    sum += proto + (end - start);
-    size_t i = start;
-    for (; i + 1 < end; i += 2)
-        sum += (uint32_t)f[i] << 8 | f[i + 1];
-    if (i < end)
-        sum += (uint32_t)f[i] << 8;
+    size_t l4_len = end - start;
+    uint8_t pseudo[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, proto, (uint8_t)(l4_len >> 8), (uint8_t)l4_len};
+    memcpy(pseudo, f + 26, 8);  /* source and destination addresses */
+    uint64_t sum = csum_add(csum_add(0, pseudo, sizeof pseudo), f + start, l4_len);
     while (sum >> 16)
         sum = (sum & 0xFFFF) + (sum >> 16);
     uint16_t csum = (uint16_t)~sum;
     if (csum == 0 && proto == 17)
         csum = 0xFFFF;
-    f[off] = (uint8_t)(csum >> 8);
-    f[off + 1] = (uint8_t)csum;
+    memcpy(f + off, &csum, 2);
 }
 
 static int before(const struct entry *a, const struct entry *b) {
@@ -305,9 +321,14 @@ static uint64_t arrival_ns(int k, uint64_t now, int64_t real_minus_mono) {
 
 /* Read what waits on socket `side`; returns 1 if the socket may hold more. */
 static int receive(int side, double delay_ms, double jitter_ms, uint64_t *seq) {
+    uint32_t taken[BATCH];
     for (int round = 0; round < RECV_ROUNDS; round++) {
+        /* frames land straight in free slots; those beyond the free ones in scratch space, dropped */
+        int n_taken = n_free < BATCH ? (int)n_free : BATCH;
+        for (int k = 0; k < n_taken; k++)
+            taken[k] = free_slots[--n_free];
         for (int k = 0; k < BATCH; k++) {
-            in_iov[k].iov_base = in_buf + (size_t)k * slot_size;
+            in_iov[k].iov_base = k < n_taken ? frames + (size_t)taken[k] * slot_size : in_buf + (size_t)k * slot_size;
             in_iov[k].iov_len = slot_size;
             memset(&in_msgs[k].msg_hdr, 0, sizeof in_msgs[k].msg_hdr);
             in_msgs[k].msg_hdr.msg_iov = &in_iov[k];
@@ -319,29 +340,31 @@ static int receive(int side, double delay_ms, double jitter_ms, uint64_t *seq) {
         }
         int n = recvmmsg(fds[side], in_msgs, BATCH, MSG_DONTWAIT, NULL);
         if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-                return 0;
-            die("recvmmsg");
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                die("recvmmsg");
+            n = 0;
         }
         uint64_t now = now_ns();
         int64_t real_minus_mono = (int64_t)(ns_of(CLOCK_REALTIME) - now);
         for (int k = 0; k < n; k++) {
             if (in_addr[k].sll_pkttype == PACKET_OUTGOING)  /* our own transmissions, seen again */
                 continue;
-            if ((in_msgs[k].msg_hdr.msg_flags & MSG_TRUNC) || n_free == 0) {
+            if ((in_msgs[k].msg_hdr.msg_flags & MSG_TRUNC) || k >= n_taken) {
                 dropped++;  /* larger than the MTU (could not be sent), or the queue is full */
                 continue;
             }
-            uint32_t s = free_slots[--n_free];
-            uint8_t *dst = frames + (size_t)s * slot_size;
-            memcpy(dst, in_iov[k].iov_base, in_msgs[k].msg_len);
-            fix_l4_checksum(dst, in_msgs[k].msg_len);
+            uint32_t s = taken[k];
+            taken[k] = UINT32_MAX;  /* in use */
+            fix_l4_checksum(frames + (size_t)s * slot_size, in_msgs[k].msg_len);
             slots[s].len = in_msgs[k].msg_len;
             slots[s].out = (uint8_t)(1 - side);
             double ms = delay_ms + (jitter_ms > 0 ? uniform01() * jitter_ms : 0.0);
             uint64_t due = arrival_ns(k, now, real_minus_mono) + (uint64_t)(ms * 1e6 + 0.5);
             heap_push((struct entry){.due = due, .seq = ++*seq, .slot = s});
         }
+        for (int k = n_taken - 1; k >= 0; k--)  /* slots no frame took go back */
+            if (taken[k] != UINT32_MAX)
+                free_slots[n_free++] = taken[k];
         if (n < BATCH)
             return 0;
     }
