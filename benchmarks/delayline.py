@@ -10,8 +10,11 @@ in alternating order (``--runs`` times, a fresh host and line per run and line):
 - tcp: one TCP connection sending ``--tcp-mib`` MiB through ``tc tbf`` at ``--mbit`` Mbit/s;
 - tcp-max: the same without the rate limit (what the line lets through: the rig's TCP ceiling).
 
-Prints, per stream and line, the line's CPU in % of one core while the stream runs, its CPU µs per
-frame it forwarded and the stream's throughput: medians with every run's value in brackets.
+Prints, per stream and line, the line's CPU in % of one core while the stream runs (and the share
+of it spent in the kernel: system time, which includes the network stack's work on each frame the
+line sends, up to the receiving socket, run in the line's context), its CPU µs per frame it
+forwarded, frames per wakeup (forwarded frames over voluntary context switches) and the stream's
+throughput: medians with every run's value in brackets.
 
     sudo python benchmarks/delayline.py [--runs 3] [--seconds 5] [--mbit 100] [--tcp-mib 20] [--delay-ms 20]
 
@@ -191,8 +194,9 @@ def main() -> int:
     print(f"One delay line ({args.delay_ms:g} ms one way) forwarding a stream from a host to the relay host; "
           f"{args.runs} interleaved run(s); medians (per-run values).")  # fmt: skip
     print()
-    print("| stream | line | line CPU, % of a core | line CPU µs per forwarded frame | stream Mbit/s | dropped |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| stream | line | line CPU, % of a core | of it in the kernel, % | line CPU µs per forwarded frame "
+          "| frames per wakeup | stream Mbit/s | dropped |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     titles = {
         "udp": f"UDP {PAYLOAD} B datagrams paced at {args.mbit:g} Mbit/s",
         "tcp": f"TCP {args.tcp_mib} MiB through tbf {args.mbit:g} Mbit/s",
@@ -202,7 +206,8 @@ def main() -> int:
         for line in LINES:
             rs = results[(stream, line)]
             print(f"| {titles[stream]} | {line} | {cell([r['cpu_pct'] for r in rs], 1)} | "
-                  f"{cell([r['us_per_frame'] for r in rs], 1)} | {cell([r['mbit'] for r in rs], 1)} | "
+                  f"{cell([100 * r['sys_share'] for r in rs], 0)} | {cell([r['us_per_frame'] for r in rs], 1)} | "
+                  f"{cell([r['frames_per_wakeup'] for r in rs], 1)} | {cell([r['mbit'] for r in rs], 1)} | "
                   f"{cell([r['dropped'] for r in rs], 0)} |")  # fmt: skip
     print()
     print(f"Machine: {machine}")

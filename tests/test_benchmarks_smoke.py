@@ -469,3 +469,35 @@ def test_metrics_overhead_benchmark_prints_both_rows_and_a_scrape() -> None:
     assert re.search(r"\| metrics on \| [\d.]+ \| \d+, \d+ \|", out), out
     assert re.search(r"\| metrics off \| [\d.]+ \| \d+, \d+ \|", out), out
     assert re.search(r"One scrape of /metrics .*: [\d.]+ ms", out), out
+
+
+def test_delayline_benchmark_measures_both_lines_on_the_netns_rig() -> None:
+    """`benchmarks/delayline.py`: one rig delay line's CPU, the C line and the Python fallback, per stream.
+    Needs root like tests/netns: without it this test fails with the reason, it is never skipped."""
+    from tests.netns.rig import list_namespaces, missing_requirements
+
+    problem = missing_requirements()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "delayline.py"), "--runs", "1", "--seconds", "0.5",
+         "--tcp-mib", "1", "--streams", "udp,tcp-max"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out + err
+    assert not [n for n in list_namespaces() if n.startswith(f"ap2p{proc.pid}-")], list_namespaces()
+    rows = [[c.strip() for c in line.strip("| \n").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    got = {(r[0].split()[0], r[1]): r for r in rows[2:]}
+    assert set(got) == {(s, line) for s in ("UDP", "TCP") for line in ("c", "python")}, out
+    for cells in got.values():
+        assert float(cells[2]) > 0 and float(cells[6]) > 0, cells  # CPU spent, stream through
+    assert "Machine: " in out

@@ -259,15 +259,21 @@ with socket.create_connection((sys.argv[1], 5201), timeout=30) as s:
 """
 
 
-def test_delay_line_carries_tcp(make_rig: Any, line_impl: str) -> None:
+def test_delay_line_fixes_udp_and_tcp_checksums(make_rig: Any, line_impl: str) -> None:
+    """veth leaves checksums to offload; the line recomputes them, else the receiving stack drops."""
     rig: Rig = make_rig(relay_link=Impair(delay_ms=5))
+    target = start_reflector(rig)[0]
     sink = rig.python(rig.relay, "-c", TCP_SINK)
     expect_line(sink, "^ready$")
+    x = rig.public_host("x")
+    for size in ("1001", "1452"):  # odd and even UDP payloads, each datagram to a real socket
+        out = result(rig.udptool(x, "blast", "40000", target, "40", f"s{size}", size))
+        assert out["received"] == 40, (size, out)
     size = 2 << 20
-    sent = rig.run(rig.public_host("x"), [sys.executable, "-c", TCP_SOURCE, rig.relay.ip, str(size)], timeout=60)
+    sent = rig.run(x, [sys.executable, "-c", TCP_SOURCE, rig.relay.ip, str(size)], timeout=60)
     assert sent.returncode == 0, sent.stderr
     want = hashlib.sha256(bytes(range(256)) * (size // 256)).hexdigest()
-    assert expect_line(sink, r"^\d+ ", timeout=30).string == f"{size} {want}"  # every segment's checksum fixed
+    assert expect_line(sink, r"^\d+ ", timeout=30).string == f"{size} {want}"  # every segment arrived intact
     assert_line_impl(rig.delay_lines[0], line_impl)
 
 
