@@ -13,8 +13,8 @@ bound, and a final ``stats forwarded=N dropped=M`` line on SIGTERM.
 The line is ``delayline.c``: this script compiles it once (``gcc -O2 -Wall -Werror``) into a cache
 keyed by the source's hash (``$XDG_CACHE_HOME/asgi-p2p-rig/`` or ``/tmp/asgi-p2p-rig-<uid>/``) and
 execs it, so the process keeps this script's PID. Without ``gcc`` it says so on stderr and runs the
-same line in Python below (3 to 4 times the CPU per frame). ``ASGI_P2P_DELAYLINE=python`` forces
-the Python line, ``ASGI_P2P_DELAYLINE=c`` fails rather than fall back.
+same line in Python below (3 to 4 times the CPU per frame). ``AP2P_RIG_DELAYLINE=python`` forces
+the Python line, ``AP2P_RIG_DELAYLINE=c`` fails rather than fall back.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ PACKET_OUTGOING = 4
 MAX_QUEUED = 20000
 SOURCE = Path(__file__).resolve().with_name("delayline.c")
 CFLAGS = ("-O2", "-Wall", "-Werror")
-ENV = "ASGI_P2P_DELAYLINE"  # "c": the C line or fail; "python": the Python line; unset: C if gcc is there
+ENV = "AP2P_RIG_DELAYLINE"  # "c": the C line or fail; "python": the Python line; unset: C if gcc is there
 MAX_FRAME = 65536
 
 

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 UDPTOOL = HERE / "udptool.py"
 DELAYLINE = HERE / "delayline.py"
-DELAYLINE_ENV = "ASGI_P2P_DELAYLINE"  # "c" or "python": which delay line (default: C, Python without gcc)
+DELAYLINE_ENV = "AP2P_RIG_DELAYLINE"  # "c" or "python": which delay line (default: C, Python without gcc)
 
 #: Every namespace of this rig is named ``ap2p<creator pid>-<4 hex>-<role>``.
 PREFIX = "ap2p"
