@@ -394,7 +394,7 @@ int main(int argc, char **argv) {
     for (uint32_t i = 0; i < max_queued; i++)
         free_slots[n_free++] = max_queued - 1 - i;
 
-    (void)prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);  /* wake on time, not up to 50 us late */
+    (void)prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);  /* wake on time, not up to 50 us late (the default) */
     sigset_t block, wait_mask;
     sigemptyset(&block);
     sigaddset(&block, SIGTERM);
@@ -421,8 +421,8 @@ int main(int argc, char **argv) {
     int more[2] = {0, 0};
     struct pollfd pfd[2] = {{.fd = fds[0]}, {.fd = fds[1]}};
     while (!stop) {
-        uint64_t now = now_ns();
-        send_due(now);
+        send_due(now_ns());
+        uint64_t now = now_ns();  /* after the sends: the wait below must not overshoot by their time */
         int on_arrival = !defer || n_heap == 0;  /* wake when a frame arrives (else: read on each wakeup) */
         struct timespec ts = {0, 0}, *tsp = &ts;
         if (more[0] || more[1]) {
