@@ -132,7 +132,7 @@ def exec_c_line(argv: list[str]) -> None:
     if cc is None:
         if choice == "c":
             raise SystemExit(f"delayline: {ENV}=c but gcc is not installed (`make sysdeps` installs it)")
-        note = "delayline: gcc not found, running the Python delay line (several times the CPU per frame)"
+        note = "delayline: gcc not found, running the Python delay line (3 to 4 times the CPU per frame)"
         print(note, file=sys.stderr, flush=True)
         return
     binary = compiled(cc)
@@ -144,13 +144,22 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     exec_c_line(argv)
-    if_a, if_b, delay_ms = argv[0], argv[1], float(argv[2])
-    jitter_ms = float(argv[3]) if len(argv) > 3 else 0.0
-    rng = random.Random(int(argv[4]) if len(argv) > 4 else 0)
-    max_queued = int(argv[5]) if len(argv) > 5 else MAX_QUEUED
+    if_a, if_b = argv[0], argv[1]
+    try:
+        delay_ms = float(argv[2])
+        jitter_ms = float(argv[3]) if len(argv) > 3 else 0.0
+        seed = int(argv[4]) if len(argv) > 4 else 0
+        max_queued = int(argv[5]) if len(argv) > 5 else MAX_QUEUED
+    except ValueError:
+        max_queued = delay_ms = -1
     if not (0 <= delay_ms <= 3600e3 and 0 <= jitter_ms <= 3600e3 and 1 <= max_queued <= 1_000_000):
-        print("delayline: DELAY_MS and JITTER_MS must be in 0..3600000, MAX_QUEUED in 1..1000000", file=sys.stderr)
+        print(
+            "delayline: DELAY_MS and JITTER_MS must be numbers in 0..3600000, SEED an integer, "
+            f"MAX_QUEUED an integer in 1..1000000; got {argv[2:]}",
+            file=sys.stderr,
+        )
         return 2
+    rng = random.Random(seed)
     a, b = open_interface(if_a), open_interface(if_b)
     peer = {a: b, b: a}
     sel = selectors.DefaultSelector()

@@ -266,9 +266,9 @@ def test_delay_line_fixes_udp_and_tcp_checksums(make_rig: Any, line_impl: str) -
     sink = rig.python(rig.relay, "-c", TCP_SINK)
     expect_line(sink, "^ready$")
     x = rig.public_host("x")
-    for size in ("1001", "1452"):  # odd and even UDP payloads, each datagram to a real socket
-        out = result(rig.udptool(x, "blast", "40000", target, "40", f"s{size}", size))
-        assert out["received"] == 40, (size, out)
+    for udp_size in ("1001", "1452"):  # odd and even UDP payloads, each datagram to a real socket
+        out = result(rig.udptool(x, "blast", "40000", target, "40", f"s{udp_size}", udp_size))
+        assert out["received"] == 40, (udp_size, out)
     size = 2 << 20
     sent = rig.run(x, [sys.executable, "-c", TCP_SOURCE, rig.relay.ip, str(size)], timeout=60)
     assert sent.returncode == 0, sent.stderr
