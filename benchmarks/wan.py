@@ -795,7 +795,7 @@ def _git_head() -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from tests.netns.rig import missing_requirements, sweep_leftovers
+    from tests.netns.rig import delay_line_kind, missing_requirements, sweep_leftovers
 
     problem = missing_requirements()
     if problem:
@@ -822,8 +822,10 @@ def run_bench(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     keep_logs = False
+    line_kinds: list[str] = []
     try:
         bench = Bench(args, tmp)
+        line_kinds = sorted({delay_line_kind(proc) for proc in bench.rig.delay_lines})  # C, or Python without gcc
         bench.start()
         rows = list(args.rows)
         for row in rows:
@@ -849,7 +851,8 @@ def run_bench(args: argparse.Namespace) -> int:
     d, rate, loss = args.delay_ms, args.rate_mbit, args.loss_pct
     knobs = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("ASGI_P2P_"))
     notes = [
-        f"Link: each home's access link {d:g} ms one way (userspace delay line) and {rate:g} Mbit/s (tc tbf), "
+        f"Link: each home's access link {d:g} ms one way (userspace delay line: {'/'.join(line_kinds) or 'none'}) "
+        f"and {rate:g} Mbit/s (tc tbf), "
         f"both directions; {loss}% loss (nftables) on the serving home's access link; a round trip between homes "
         f"crosses two access links ({4 * d:g} ms added). NAT: server and direct/tunnel clients behind "
         "endpoint-independent NATs, relayed clients behind a symmetric NAT, relayed-over-TCP clients behind an "

@@ -98,6 +98,11 @@ def own_namespaces() -> list[str]:
     return [n for n in list_namespaces() if n.startswith(f"{PREFIX}{os.getpid()}-")]
 
 
+def delay_line_kind(proc: subprocess.Popen[Any]) -> str:
+    """Which delay line a ``Rig.delay_lines`` process runs: "C" (delayline.c, exec'd) or "Python" (the fallback)."""
+    return "C" if Path(f"/proc/{proc.pid}/exe").resolve().name.startswith("delayline-") else "Python"
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     import ctypes
 

@@ -214,6 +214,7 @@ def assert_line_impl(proc: subprocess.Popen[Any], impl: str) -> None:
     """delayline.py exec'd the compiled line (same PID), or runs the Python loop itself."""
     exe = Path(f"/proc/{proc.pid}/exe").resolve().name
     assert exe.startswith("delayline-") if impl == "c" else exe.startswith("python"), (impl, exe)
+    assert rig_module.delay_line_kind(proc) == {"c": "C", "python": "Python"}[impl]
 
 
 def stop_line(proc: subprocess.Popen[Any]) -> tuple[int, int]:
