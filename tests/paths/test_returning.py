@@ -1,10 +1,16 @@
 """A returning client on the simulator: a new node with the key and session tickets of one that
-went direct to a server behind a NAT and then exited.
+went to a server behind a NAT and then exited.
 
-The server still has a live-looking direct path to the old process's address for that node
-id.  The new node's connection arrives through the relay with 0-RTT; until its handshake
-completes it must be answered through the relay, not into the old process's dead address
-(there its handshake and its early answer waited ~3 s for the path to expire).
+First, homes on one private subnet, the first process gone direct: the server still has a
+live-looking direct path to the old process's address for that node id.  The new node's
+connection arrives through the relay, resuming the session; until its handshake completes it
+must be answered through the relay, not into the old process's dead address (there its
+handshake and its answer waited ~3 s for the path to expire).
+
+Then homes on distinct subnets (the WAN rig's): the request goes as 0-RTT data and its answer
+takes one round trip through the relay.  (What made the rig's returning client ~30 ms slower
+after commit eb16ee6 was CPU, not the protocol: a warm-up at every bind, tests/endpoint/
+test_warm_up.py; the simulator charges no CPU.)
 """
 
 from __future__ import annotations
