@@ -141,6 +141,8 @@ class Endpoint:
         self.secret_key = secret_key
         self.config = config
         self._certificate = node_certificate(secret_key)
+        # bound on real UDP (not a simulated network): see :meth:`warm_up`
+        self._real_udp = False
         self._allow: Callable[[NodeId], bool] | None
         if allow is None:
             self._allow = None
@@ -237,13 +239,27 @@ class Endpoint:
             offload = ep.config.udp_offload
             network = UdpNetwork(gso=offload == "gso+gro", gro=offload != "off")
         await ep.router.bind(network, host, port)
-        if isinstance(network, UdpNetwork):
-            # pay the process's one-time handshake costs now, not on the clock of the first
-            # peer (a restarted node's waiting clients); not on the simulator (its entropy is
-            # seeded: a warm-up once per process would shift the draws of whichever ran first)
-            warm_up_handshakes(ep._certificate, key)
+        ep._real_udp = isinstance(network, UdpNetwork)
         log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
         return ep
+
+    def warm_up(self) -> bool:
+        """Pay the process's one-time handshake costs now, not on a first peer's clock.
+
+        For a node about to serve (:class:`~asgi_p2p.http.H3Server` calls it when it
+        starts): a restarted server's waiting clients would otherwise wait for them in its
+        first handshakes (see :func:`~asgi_p2p.endpoint.tls.warm_up_handshakes`: two
+        in-memory handshakes and a full garbage collection, 20-30 ms of CPU once per
+        process).  Not at :meth:`bind`: a process that only dials would pay all of it in
+        series before its own first request (a returning client's first response was
+        20-30 ms later on the WAN rig), far more than the one-time costs its own first
+        handshake pays without it (about 1 ms).  Real UDP only (the simulator's
+        entropy is seeded: a warm-up once per process would shift the draws of whichever
+        node ran first).  True if this call ran it.
+        """
+        if not self._real_udp:
+            return False
+        return warm_up_handshakes(self._certificate, self.secret_key)
 
     @property
     def rng(self) -> random.Random:

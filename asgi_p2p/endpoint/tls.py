@@ -112,9 +112,11 @@ def warm_up_handshakes(certificate: x509.Certificate, secret_key: SecretKey) -> 
 
     A process's first handshake otherwise pays one-time costs on the clock of a waiting
     peer: loading parts of the crypto library, its first use of each algorithm (X25519,
-    Ed25519, AES-GCM, HKDF), aioquic's TLS code run for the first time.  Warmed up at
-    bind, a node restarted under live clients answers their first resumed handshake
-    about 1 ms of CPU sooner (docs/benchmarks.md, "Restart").  Costs about 5 ms of CPU, once.
+    Ed25519, AES-GCM, HKDF), aioquic's TLS code run for the first time.  Warmed up when
+    it starts serving (``Endpoint.warm_up``), a node restarted under live clients answers
+    their first resumed handshake about 1 ms of CPU sooner (docs/benchmarks.md, "Restart").
+    Costs 5-10 ms of CPU, once (with the collection below, 20-30 ms: not for a process
+    that only dials, whose first request would wait for it).
 
     Then one full garbage collection: a new process holds every object its imports made
     (the crypto library, aioquic, the app), all grown into the oldest generation since

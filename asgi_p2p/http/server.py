@@ -261,12 +261,15 @@ class H3Server:
         return self._closing
 
     async def startup(self) -> None:
-        """Run lifespan startup (raises :class:`LifespanFailed`), then serve ``h3``."""
+        """Warm the process up for its first peers (:meth:`Endpoint.warm_up`), run lifespan
+        startup (raises :class:`LifespanFailed`), then serve ``h3``."""
         if self._started:
             raise InvalidConfiguration("H3Server.startup() called twice")
         proto = h3_protocol(self.endpoint)
         if proto.server_factory is not None:
             raise InvalidConfiguration("another H3Server already serves this endpoint")
+        # the process's one-time handshake costs, before the first peer's (once per process)
+        self.endpoint.warm_up()
         await self.lifespan.startup()
         self._started = True
         proto.server_factory = self._make_handler
