@@ -87,7 +87,7 @@ def test_bulk_fills_a_1mb_bdp_path_with_auto_tuned_windows(sim: Simulation) -> N
     marks, window = _bulk(sim, NetworkConfig(connect_timeout=30.0), 20 * 1024 * 1024)
     rate = _rate_over_second_half(marks)
     assert rate >= 0.8 * LINK_BYTES_PER_S, f"{rate / 1e6:.2f} MB/s of {LINK_BYTES_PER_S / 1e6:.1f}"
-    # the window grew to cover the path (>= 2 BDP, half a window per credit step), not to its
+    # the window grew to cover the path (>= 2 BDP, a quarter window per credit step), not to its
     # ceiling: it doubles while it is below 4 BDP of the (queue-inflated) smoothed RTT
     assert 2 * BDP <= window <= 9 * BDP < NetworkConfig().max_stream_receive_window
 
