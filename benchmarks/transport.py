@@ -153,8 +153,8 @@ class Limits:
     ``same``: both senders hold at most ``send_buffer`` unacknowledged bytes on the stream
     (asgi-p2p's ``stream_send_buffer``; the bare client waits the same way), and neither
     receiver's window binds before that (asgi-p2p's stream window is twice the send buffer,
-    since its read-paced credit moves in steps of half the window; aioquic doubles its
-    credit whenever half is used).
+    since its read-paced credit moves in steps of a quarter of the window, so the sender may
+    be short of up to a quarter; aioquic doubles its credit whenever half is used).
     """
 
     kind: str  # "default" | "same"

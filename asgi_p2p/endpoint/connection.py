@@ -74,16 +74,6 @@ _RELAY_PING_INTERVAL = 1.0
 _LONE_ACK_HOLD = 0.01
 
 
-class _StreamCredit(ReceiveWindow):
-    """A tracked stream's receive credit, and the highest offset received on it."""
-
-    __slots__ = ("received",)
-
-    def __init__(self, window: int, ceiling: int) -> None:
-        super().__init__(window, ceiling)
-        self.received = 0
-
-
 def close_error(event: ConnectionTerminated, *, during_handshake: bool) -> P2PError:
     """The P2PError describing why a connection terminated (not closed by us)."""
     reason = event.reason_phrase or "no reason given"
@@ -212,7 +202,7 @@ class PeerConnection:
         # read-paced, auto-tuned receive credit (see flow.py): of each tracked stream,
         # and of the connection (all streams; bytes of untracked streams count as
         # consumed when they arrive)
-        self._recv: dict[int, _StreamCredit] = {}
+        self._recv: dict[int, ReceiveWindow] = {}
         self._conn_credit = ReceiveWindow(config.connection_receive_window, config.max_connection_receive_window)
         self._conn_checked: tuple[int, int] = (-1, -1)  # (bytes received, reads) of the last check
         self._reads = 0  # consume() calls (a change of what tracked streams hold unread)
@@ -817,12 +807,12 @@ class PeerConnection:
         """Pace this stream's receive credit by :meth:`consume` calls."""
         if stream_id not in self._recv:
             cfg = self.config
-            self._recv[stream_id] = _StreamCredit(cfg.stream_receive_window, cfg.max_stream_receive_window)
+            self._recv[stream_id] = ReceiveWindow(cfg.stream_receive_window, cfg.max_stream_receive_window)
 
     def consume(self, stream_id: int, nbytes: int) -> None:
         """The application read ``nbytes`` of a tracked stream: let the peer send more.
 
-        The announced credit moves in steps of at least half the window: moving it
+        The announced credit moves in steps of at least a quarter of the window: moving it
         on every read would put a MAX_STREAM_DATA frame (ack-eliciting) into every
         packet we send, doubling the packets both peers build and process.  At each
         step the window may grow (auto-tuning, see :mod:`asgi_p2p.endpoint.flow`).
@@ -834,7 +824,8 @@ class PeerConnection:
         now = self.loop.time()
         rtt = hooks.smoothed_rtt(self.quic)
         window = credit.window
-        moved = credit.consume(nbytes, now, rtt)
+        received = max(credit.received, hooks.received_offset(self.quic, stream_id) or 0)
+        moved = credit.consume(nbytes, now, rtt, received=received)
         if credit.window > window:
             # a stream window never outgrows the connection's (quic-go and Chromium keep 1.5x)
             self._conn_credit.ensure_window(credit.window * 3 // 2)
@@ -851,7 +842,7 @@ class PeerConnection:
         unread (received up to their highest offset, not yet consumed).
         """
         credit = self._conn_credit
-        if credit.limit - received > credit.window // 2:
+        if not credit.step_due(received):
             return credit.limit  # even if nothing is unread, no step is due
         key = (received, self._reads)
         if key == self._conn_checked:
@@ -863,7 +854,7 @@ class PeerConnection:
             offset = hooks.received_offset(quic, stream_id)
             unread += max(st.received, offset or 0) - st.consumed
         window = credit.window
-        credit.consumed_to(received - unread, self.loop.time(), hooks.smoothed_rtt(quic))
+        credit.consumed_to(received - unread, self.loop.time(), hooks.smoothed_rtt(quic), received=received)
         if credit.window > window:
             log.debug("%s: connection receive window %d -> %d bytes", self._node_label(), window, credit.window)
         return credit.limit

@@ -10,12 +10,15 @@ KIB = 1024
 RTT = 0.08
 
 
-def test_limit_moves_in_half_window_steps() -> None:
+def test_limit_moves_in_quarter_window_steps() -> None:
     w = ReceiveWindow(256 * KIB, 256 * KIB)  # no auto-tuning
     assert w.limit == 256 * KIB
-    assert not w.consume(100 * KIB, 0.0, RTT)  # less than half a window read: no announcement
+    assert not w.consume(60 * KIB, 0.0, RTT)  # less than a quarter of the window read: no announcement
     assert w.limit == 256 * KIB
-    assert w.consume(28 * KIB, 0.001, RTT)  # half a window read: the limit moves
+    assert w.consume(4 * KIB, 0.001, RTT)  # a quarter read: the limit moves
+    assert w.limit == 64 * KIB + 256 * KIB
+    assert not w.consume(63 * KIB, 0.002, RTT)
+    assert w.consume(1 * KIB, 0.003, RTT)
     assert w.limit == 128 * KIB + 256 * KIB
     assert w.window == 256 * KIB
 
@@ -38,12 +41,13 @@ def test_window_doubles_while_the_reader_consumes_a_window_within_four_rtts() ->
 
 @pytest.mark.parametrize("late", [1.0, 1.05, 1.3])
 def test_window_grows_while_it_holds_the_sender_back(late: float) -> None:
-    """A sender the window holds back gets about half a window per round trip: each step
-    announces half a window more, which the sender uses a round trip later.  Measured through
-    a relay on loopback with 86 ms of round trip added (over UDP and over TCP): the reader
-    consumed each half window 0.87-1.06 smoothed RTTs after the previous step; a round that
-    takes a little longer than the smoothed RTT must still count as flow control holding the
-    sender back, or the window stays where it is."""
+    """A sender the window holds back gets a round trip's worth of credit steps per round
+    trip.  Measured through a relay on loopback with 86 ms of round trip added (over UDP and
+    over TCP), with half-window steps: the reader consumed each half window 0.87-1.06 smoothed
+    RTTs after the previous step; a round that takes a little longer than the smoothed RTT
+    must still count as flow control holding the sender back, or the window stays where it
+    is.  (Modelled here as the slower half-window pattern; quarter steps only make the
+    reader's rate per window higher.)"""
     w = ReceiveWindow(256 * KIB, 16 * 1024 * KIB)
     now = 0.0
     for _ in range(12):  # twelve round trips
@@ -54,6 +58,43 @@ def test_window_grows_while_it_holds_the_sender_back(late: float) -> None:
             w.consume(16 * KIB, now, RTT)
     assert w.window >= 2048 * KIB
     assert w.limit - w.consumed <= w.window
+
+
+def _loss_then_burst(w: ReceiveWindow, *, tell_arrivals: bool) -> None:
+    """The path delivers 0.9 MB per round trip (just under the growth threshold of a
+    quarter window per round trip).  Packets are lost: for three round trips the reader
+    gets only what lies before the next hole (0.35 MB a round trip) while the rest arrives
+    behind it, then the last hole fills and the reader gets the backlog at once."""
+    per_rtt = 900_000
+    now, arrived, read = 0.0, 1, 1
+    w.consume(1, now, RTT, received=arrived if tell_arrivals else 0)
+    for _ in range(20):  # steady: reads keep up with arrivals
+        now += RTT
+        arrived += per_rtt
+        read = arrived
+        w.consumed_to(read, now, RTT, received=arrived if tell_arrivals else 0)
+    assert w.window == 4096 * KIB
+    for _ in range(3):  # holes: the reader lags behind what arrived
+        now += RTT
+        arrived += per_rtt
+        read += 350_000
+        w.consumed_to(read, now, RTT, received=arrived if tell_arrivals else 0)
+    assert w.window == 4096 * KIB
+    now += 1.1 * RTT
+    arrived += int(1.1 * per_rtt)
+    w.consumed_to(arrived, now, RTT, received=arrived if tell_arrivals else 0)  # the last hole fills
+
+
+def test_a_burst_released_after_a_loss_is_not_a_rate() -> None:
+    """A window judges the bytes that *arrived* in its epoch (as well as those read), so the
+    backlog the reader gets at once after a loss does not look like a faster path."""
+    w = ReceiveWindow(4096 * KIB, 16 * 1024 * KIB)
+    _loss_then_burst(w, tell_arrivals=True)
+    assert w.window == 4096 * KIB
+    # judged by reads alone, the burst (2.6 MB read within 1.1 round trips) doubles it
+    eager = ReceiveWindow(4096 * KIB, 16 * 1024 * KIB)
+    _loss_then_burst(eager, tell_arrivals=False)
+    assert eager.window == 8192 * KIB
 
 
 def test_window_never_grows_for_a_slow_reader() -> None:
@@ -69,9 +110,11 @@ def test_window_never_grows_for_a_slow_reader() -> None:
 def test_window_stops_at_its_ceiling_and_needs_an_rtt() -> None:
     w = ReceiveWindow(64 * KIB, 200 * KIB)
     now = 0.0
-    for _ in range(200):
+    for _ in range(4000):  # 80 MB/s for 5 RTTs: one doubling per round trip at most
         now += 0.0001
         w.consume(8 * KIB, now, RTT)
+        if now < 0.99 * RTT:
+            assert w.window == 64 * KIB  # a rate is judged over a round trip at least
     assert w.window == 200 * KIB
     fresh = ReceiveWindow(64 * KIB, 1024 * KIB)
     for _ in range(200):
