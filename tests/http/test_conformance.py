@@ -170,8 +170,11 @@ async def test_large_streamed_upload_constant_memory(starlette_served: Served, s
     # auto-tuning may grow, never past its ceiling)
     window = served.pair.server.config.max_stream_receive_window
     assert 0 < state.upload_peak_buffered <= window, state.upload_peak_buffered
-    # both ends run in this process: the body never sits in memory at once
-    assert rss.growth < 12 * 1024 * 1024, f"RSS grew {rss.growth / 1e6:.1f} MB during a {size >> 20} MiB upload"
+    # both ends run in this process: the body never sits in memory at once.  What may is
+    # bounded by the windows: the stream window the transfer reached (4 MiB on loopback),
+    # the sender's buffer of two congestion windows (~4.5 MB) and aioquic's copy of that
+    # buffer while it grows, plus allocator slack: a quarter of the 100 MiB body
+    assert rss.growth < 24 * 1024 * 1024, f"RSS grew {rss.growth / 1e6:.1f} MB during a {size >> 20} MiB upload"
 
 
 # -- responses ----------------------------------------------------------------------------------
@@ -223,7 +226,9 @@ async def test_large_response_bounded_memory(starlette_served: Served) -> None:
     # DATA frame headers), the client at most its stream receive window's ceiling of unread ones
     assert 0 < server_buffered <= served.pair.server.config.max_stream_send_buffer + 64, server_buffered
     assert biggest_chunk <= served.pair.client.config.max_stream_receive_window, biggest_chunk
-    assert rss.growth < 12 * 1024 * 1024, f"RSS grew {rss.growth / 1e6:.1f} MB during a {size >> 20} MiB download"
+    # both ends run in this process: the response never sits in memory at once (what may is
+    # bounded as in the upload test above: a quarter of the 100 MiB body)
+    assert rss.growth < 24 * 1024 * 1024, f"RSS grew {rss.growth / 1e6:.1f} MB during a {size >> 20} MiB download"
 
 
 async def test_file_response_ranges(served: Served, state: AppState) -> None:
