@@ -506,6 +506,8 @@ class _CongestionMixin(abc.ABC):
     hystart: HyStart
     app_limited: bool
     _css_stash: int
+    #: packets in the window at the start and after an idle restart (aioquic: 10)
+    initial_window: int = K_INITIAL_WINDOW
 
     @abc.abstractmethod
     def _grow_on_ack(self, now: float, packet: QuicSentPacket) -> None:
@@ -536,6 +538,7 @@ class _AppLimitedReno(_CongestionMixin, RenoCongestionControl):
 
     def __init__(self, *, max_datagram_size: int) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
+        self.congestion_window = self.initial_window * max_datagram_size
         #: the last transmit pass left the window underutilized, not because of pacing
         self.app_limited = False
         self.hystart = HyStart()
@@ -577,6 +580,7 @@ class _AppLimitedCubic(_CongestionMixin, CubicCongestionControl):
     def reset(self) -> None:
         """aioquic's reset (after 2 s idle: slow start again), with HyStart++ afresh."""
         super().reset()
+        self.congestion_window = self._W_max = self.initial_window * self._max_datagram_size
         self.hystart = HyStart()
         self._css_stash = 0
 
@@ -607,20 +611,41 @@ class _AppLimitedCubic(_CongestionMixin, CubicCongestionControl):
         self.app_limited = limited
 
 
-_APP_LIMITED_ALGORITHMS = {"reno": "asgi-p2p-reno", "cubic": "asgi-p2p-cubic"}
-register_congestion_control(_APP_LIMITED_ALGORITHMS["reno"], _AppLimitedReno)
-register_congestion_control(_APP_LIMITED_ALGORITHMS["cubic"], _AppLimitedCubic)
+_APP_LIMITED_CLASSES: dict[str, type[_AppLimitedReno] | type[_AppLimitedCubic]] = {
+    "reno": _AppLimitedReno,
+    "cubic": _AppLimitedCubic,
+}
+#: (controller, initial window) -> the name it is registered under in aioquic
+_REGISTERED: dict[tuple[str, int], str] = {}
 
 
-def congestion_control_algorithm(name: str) -> str:
+def congestion_control_algorithm(name: str, initial_window: int = K_INITIAL_WINDOW) -> str:
     """The aioquic algorithm name (``QuicConfiguration.congestion_control_algorithm``) of
     controller ``name`` (``"reno"`` or ``"cubic"``) that keeps its window while the
-    connection is application-limited; call :func:`note_transmit` after each
-    ``datagrams_to_send``."""
+    connection is application-limited and starts with ``initial_window`` packets (also
+    after an idle restart); call :func:`note_transmit` after each ``datagrams_to_send``.
+
+    Each (controller, initial window) pair is registered once through aioquic's public
+    ``register_congestion_control``."""
     try:
-        return _APP_LIMITED_ALGORITHMS[name]
+        base = _APP_LIMITED_CLASSES[name]
     except KeyError:
-        raise ValueError(f"congestion control must be one of {sorted(_APP_LIMITED_ALGORITHMS)}, got {name!r}") from None
+        raise ValueError(f"congestion control must be one of {sorted(_APP_LIMITED_CLASSES)}, got {name!r}") from None
+    if not 2 <= initial_window <= 1024:
+        raise ValueError(f"initial congestion window must be 2..1024 packets, got {initial_window}")
+    key = (name, initial_window)
+    registered = _REGISTERED.get(key)
+    if registered is None:
+        default = initial_window == K_INITIAL_WINDOW
+        registered = f"asgi-p2p-{name}" if default else f"asgi-p2p-{name}-iw{initial_window}"
+        cls = base if default else type(base.__name__, (base,), {"initial_window": initial_window})
+        register_congestion_control(registered, cls)  # type: ignore[arg-type]
+        _REGISTERED[key] = registered
+    return registered
+
+
+for _name in _APP_LIMITED_CLASSES:  # the defaults are known to aioquic from import on
+    congestion_control_algorithm(_name)
 
 
 def note_transmit(quic: QuicConnection, now: float) -> None:
@@ -709,7 +734,7 @@ def set_max_datagram_size(quic: QuicConnection, size: int, *, below_minimum: boo
     if hasattr(cc, "additive_increase_factor"):  # cubic
         cc.additive_increase_factor = size
     if size > old:
-        floor = (K_INITIAL_WINDOW if cc.ssthresh is None else K_MINIMUM_WINDOW) * size
+        floor = (getattr(cc, "initial_window", K_INITIAL_WINDOW) if cc.ssthresh is None else K_MINIMUM_WINDOW) * size
         if cc.congestion_window < floor:
             cc.congestion_window = floor
 

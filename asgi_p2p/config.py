@@ -119,6 +119,7 @@ LIMITS: dict[str, Limit | Choice] = {
     "connection_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
     "max_connection_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
     "congestion_control": Choice(("reno", "cubic")),  # the controllers aioquic ships
+    "initial_congestion_window": Limit(2, 1024, unit="packets"),
     "max_streams": Limit(1, 1 << 16),
     "max_datagram_size": Limit(1200, MAX_UDP_PAYLOAD, unit="bytes"),
     "max_probe_datagram_size": Limit(0, MAX_UDP_PAYLOAD, unit="bytes"),
@@ -213,6 +214,10 @@ class NetworkConfig:
     #: Congestion controller (aioquic's, growing its window only while the window limits sending):
     #: ``"cubic"`` (default: faster than Reno on lossy paths) or ``"reno"``.
     congestion_control: str = "cubic"
+    #: Packets the congestion window holds at first and after an idle restart.  32, as
+    #: quic-go and Chromium start; RFC 9002 suggests 10, which takes about two more round
+    #: trips of slow start to fill a 1 MB bandwidth-delay product.
+    initial_congestion_window: int = 32
     #: Most concurrent peer-opened bidirectional streams per connection.
     max_streams: int = 128
     #: UDP payload size QUIC starts with and falls back to; every path must carry it

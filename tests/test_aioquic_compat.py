@@ -333,6 +333,23 @@ def test_congestion_control_algorithm_refuses_an_unknown_name() -> None:
         hooks.congestion_control_algorithm("bbr")
 
 
+@pytest.mark.parametrize("name", ["reno", "cubic"])
+def test_initial_congestion_window_holds_at_start_and_after_an_idle_restart(name: str) -> None:
+    assert hooks.congestion_control_algorithm(name) == hooks.congestion_control_algorithm(name, 10)
+    algorithm = hooks.congestion_control_algorithm(name, 32)
+    assert algorithm == hooks.congestion_control_algorithm(name, 32)  # registered once
+    cc = create_congestion_control(algorithm, max_datagram_size=1200)
+    assert cc.congestion_window == 32 * 1200
+    default = create_congestion_control(hooks.congestion_control_algorithm(name), max_datagram_size=1200)
+    assert default.congestion_window == 10 * 1200
+    if name == "cubic":  # aioquic's CUBIC restarts slow start after 2 s idle
+        cc.congestion_window = 500 * 1200
+        cc.reset()
+        assert cc.congestion_window == 32 * 1200
+    with pytest.raises(ValueError, match=r"2\.\.1024"):
+        hooks.congestion_control_algorithm(name, 1)
+
+
 def test_peer_stream_limit_is_announced_and_enforced() -> None:
     p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
     server = p.start()

@@ -494,7 +494,9 @@ class Endpoint:
             max_datagram_size=cfg.max_datagram_size,
             max_stream_data=cfg.stream_receive_window,
             max_data=cfg.connection_receive_window,
-            congestion_control_algorithm=hooks.congestion_control_algorithm(cfg.congestion_control),
+            congestion_control_algorithm=hooks.congestion_control_algorithm(
+                cfg.congestion_control, cfg.initial_congestion_window
+            ),
             max_datagram_frame_size=65536,
             connection_id_length=_CID_LENGTH,
         )
