@@ -248,7 +248,13 @@ def test_keepalives_hold_a_30s_nat_mapping_then_a_nat_reboot_rebinds_and_the_con
             back_at = loop.time()
             took = None
             if mode == "request":
-                got = await asyncio.wait_for(get_blob(client, 50_000, 9), RECOVERY_BOUND)
+                try:
+                    got = await asyncio.wait_for(get_blob(client, 50_000, 9), RECOVERY_BOUND)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"a request written when the NAT was back had no response {RECOVERY_BOUND:g} s later: "
+                        f"path {qh.path}, changes {log.changes()}"
+                    ) from None
                 took = loop.time() - back_at
                 assert got == sha(blob(50_000, 9))
 
@@ -256,7 +262,13 @@ def test_keepalives_hold_a_30s_nat_mapping_then_a_nat_reboot_rebinds_and_the_con
                 return kind == "direct" and addr != old
 
             if not on_new_mapping(qh.path.kind, qh.path.addr):
-                await log.wait(lambda e: on_new_mapping(e.path.kind, e.path.addr), RECOVERY_BOUND)
+                try:
+                    await log.wait(lambda e: on_new_mapping(e.path.kind, e.path.addr), RECOVERY_BOUND)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"not direct on a new mapping {RECOVERY_BOUND:g} s after the NAT was back: "
+                        f"path {qh.path}, changes {log.changes()}"
+                    ) from None
             new = qh.path.addr
             assert new is not None and new[0] == w.hosts["alice"].public_address and new != old
             # every path change since the reboot: the relay (a bridge) or the new mapping,
