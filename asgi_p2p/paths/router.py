@@ -99,6 +99,9 @@ class Router:
         self._closing = False
         self._addr_callbacks: list[Callable[[NodeAddr], None]] = []
         self._last_node_addr: NodeAddr | None = None
+        # the relay link's observed address as last reported, and since when (loop time)
+        self._observed: Address | None = None
+        self._observed_since = 0.0
         #: disco packets dropped because no connection with their sender exists (or malformed)
         self.dropped_disco = 0
         #: of those, the ones dropped without a signature check (over the check budget)
@@ -171,9 +174,13 @@ class Router:
     def own_candidates(self) -> list[Address]:
         """Addresses where peers may reach this node directly: the public one first.
 
-        The public address is the one the relay sees us at (our NAT's mapping), or,
-        until its OBSERVED_ADDR frame arrives (relay frames are unreliable), the one
-        in the relay's answers to our path probes.  Socket addresses (LAN) follow.
+        The public address is the one the relay sees us at (our NAT's mapping): its
+        OBSERVED_ADDR frame or the relay's answers to our path probes, whichever showed a
+        new address last.  Relay frames are unreliable: the answers stand in until the
+        first OBSERVED_ADDR arrives, and when our NAT rebinds and the OBSERVED_ADDR
+        saying so is lost, the answers show the new address while the frame's is stale
+        (peers would punch a mapping that no longer exists, and stay on the relay).
+        Socket addresses (LAN) follow.
         """
         local = [a for a in self.socket.local_addresses() if a[1] != 0 and a[0] not in ("0.0.0.0", "::", "")]
         observed = self._public_address()
@@ -185,12 +192,14 @@ class Router:
         relay = self._relay
         if relay is None:
             return None
-        if relay.observed_address is not None:
-            return relay.observed_address
+        observed = relay.observed_address
+        # news from the link that relay_state_changed has not seen yet counts as the newest
+        best, since = observed, self._observed_since if observed == self._observed else float("inf")
         for peer in self._peers.values():
-            if peer.prober.reflexive_addr is not None and peer.is_relay:
-                return peer.prober.reflexive_addr
-        return None
+            reflexive, at = peer.prober.reflexive_addr, peer.reflexive_since
+            if reflexive is not None and at is not None and peer.is_relay and (best is None or at > since):
+                best, since = reflexive, at
+        return best
 
     def node_addr(self) -> NodeAddr:
         """How peers reach this node: its id, direct candidates and relay URL."""
@@ -318,6 +327,9 @@ class Router:
         """The relay (dis)connected or sees us at a new address: re-route, re-signal."""
         if self._closing:
             return
+        if link.observed_address != self._observed:
+            self._observed = link.observed_address
+            self._observed_since = asyncio.get_running_loop().time()
         log.info(
             "relay %s %s%s",
             link.relay_url,

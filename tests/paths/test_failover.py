@@ -280,7 +280,9 @@ def test_keepalives_hold_a_30s_nat_mapping_then_a_nat_reboot_rebinds_and_the_con
             assert direct_at - back_at <= RECOVERY_BOUND, (direct_at - back_at, changes)
             assert changes and changes[-1][1:] == ("direct", new), changes
             await ea.relay.wait_connected(30)
-            assert ea.relay.observed_address == new != observed_before
+            # alice's public address (her tickets, her CALL_ME_MAYBE) is the new mapping: from the
+            # relay's OBSERVED_ADDR, or from its answers to her probes when that frame was lost
+            assert ea.node_addr().direct_addresses[0] == new != observed_before
             assert await get_blob(client, 500_000, 2) == sha(blob(500_000, 2))
             assert qh.is_connected and qh.path.kind == "direct" and qh.path.addr == new
             print(
