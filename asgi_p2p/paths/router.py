@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ..config import NetworkConfig
 from ..errors import P2PError
@@ -37,7 +38,7 @@ from .prober import ProberConfig
 from .route import Route, RouteOwner
 from .stats import PathStats
 
-__all__ = ["Router", "virtual_address"]
+__all__ = ["Router", "newest_public_address", "virtual_address"]
 
 log = logging.getLogger("asgi_p2p.paths")
 
@@ -64,6 +65,26 @@ def virtual_address(node_id: NodeId) -> Address:
     needs no table, and cannot be mistaken for a path (port 0 is never probed).
     """
     return (str(ipaddress.IPv6Address(b"\xfd" + node_id.to_bytes()[:15])), 0)
+
+
+def newest_public_address(
+    observed: Address | None, observed_since: float, reflexive: Iterable[tuple[Address, float]]
+) -> Address | None:
+    """Our public address: the newest news of it from our relay (None: none).
+
+    ``observed``: the address in the relay's OBSERVED_ADDR frame, reported since
+    ``observed_since``; ``reflexive``: ``(address, since)`` for each relay whose answers
+    to our path probes show us at ``address``, since ``since`` (loop time).  The address
+    that showed up last wins (the frame on a tie): OBSERVED_ADDR is sent once per change
+    on an unreliable frame, so after a NAT rebinding whose frame was lost it is stale
+    while the probes' answers show the new mapping; before the first frame arrives, the
+    answers are all there is.
+    """
+    best, since = observed, observed_since
+    for addr, at in reflexive:
+        if best is None or at > since:
+            best, since = addr, at
+    return best
 
 
 class Router:
@@ -194,12 +215,13 @@ class Router:
             return None
         observed = relay.observed_address
         # news from the link that relay_state_changed has not seen yet counts as the newest
-        best, since = observed, self._observed_since if observed == self._observed else float("inf")
-        for peer in self._peers.values():
-            reflexive, at = peer.prober.reflexive_addr, peer.reflexive_since
-            if reflexive is not None and at is not None and peer.is_relay and (best is None or at > since):
-                best, since = reflexive, at
-        return best
+        since = self._observed_since if observed == self._observed else math.inf
+        reflexive = [
+            (peer.prober.reflexive_addr, peer.reflexive_since)
+            for peer in self._peers.values()
+            if peer.is_relay and peer.prober.reflexive_addr is not None and peer.reflexive_since is not None
+        ]
+        return newest_public_address(observed, since, reflexive)
 
     def node_addr(self) -> NodeAddr:
         """How peers reach this node: its id, direct candidates and relay URL."""
