@@ -132,6 +132,9 @@ class PeerPaths:
         # why the routes are being re-decided (the prober's reason for its latest change)
         self._reason = "path changed"
         self._reflexive: Address | None = None
+        #: when (loop time) the answers of this peer, our relay, last showed a new public
+        #: address of ours (None: never); see ``Router.own_candidates``
+        self.reflexive_since: float | None = None
         #: the relay said this peer is not connected to it: no CALL_ME_MAYBE will come, so
         #: direct packets go out at full TTL at once
         self.not_on_relay = False
@@ -285,8 +288,10 @@ class PeerPaths:
         for event in self.prober.pop_events():
             self._path_changed(event)
         if prober.reflexive_addr != self._reflexive and self.is_relay:
-            # the relay's answers show our public address (before, or without, OBSERVED_ADDR)
+            # the relay's answers show our public address (before, or without, OBSERVED_ADDR,
+            # and after a rebinding whose OBSERVED_ADDR was lost)
             self._reflexive = prober.reflexive_addr
+            self.reflexive_since = now
             router.own_addresses_changed()
         self.update_routes()
         # a path that answered works now: a connection sending on it stops backing off

@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ..config import NetworkConfig
 from ..errors import P2PError
@@ -37,7 +38,7 @@ from .prober import ProberConfig
 from .route import Route, RouteOwner
 from .stats import PathStats
 
-__all__ = ["Router", "virtual_address"]
+__all__ = ["Router", "newest_public_address", "virtual_address"]
 
 log = logging.getLogger("asgi_p2p.paths")
 
@@ -64,6 +65,26 @@ def virtual_address(node_id: NodeId) -> Address:
     needs no table, and cannot be mistaken for a path (port 0 is never probed).
     """
     return (str(ipaddress.IPv6Address(b"\xfd" + node_id.to_bytes()[:15])), 0)
+
+
+def newest_public_address(
+    observed: Address | None, observed_since: float, reflexive: Iterable[tuple[Address, float]]
+) -> Address | None:
+    """Our public address: the newest news of it from our relay (None: none).
+
+    ``observed``: the address in the relay's OBSERVED_ADDR frame, reported since
+    ``observed_since``; ``reflexive``: ``(address, since)`` for each relay whose answers
+    to our path probes show us at ``address``, since ``since`` (loop time).  The address
+    that showed up last wins (the frame on a tie): OBSERVED_ADDR is sent once per change
+    on an unreliable frame, so after a NAT rebinding whose frame was lost it is stale
+    while the probes' answers show the new mapping; before the first frame arrives, the
+    answers are all there is.
+    """
+    best, since = observed, observed_since
+    for addr, at in reflexive:
+        if best is None or at > since:
+            best, since = addr, at
+    return best
 
 
 class Router:
@@ -99,6 +120,9 @@ class Router:
         self._closing = False
         self._addr_callbacks: list[Callable[[NodeAddr], None]] = []
         self._last_node_addr: NodeAddr | None = None
+        # the relay link's observed address as last reported, and since when (loop time)
+        self._observed: Address | None = None
+        self._observed_since = 0.0
         #: disco packets dropped because no connection with their sender exists (or malformed)
         self.dropped_disco = 0
         #: of those, the ones dropped without a signature check (over the check budget)
@@ -171,9 +195,13 @@ class Router:
     def own_candidates(self) -> list[Address]:
         """Addresses where peers may reach this node directly: the public one first.
 
-        The public address is the one the relay sees us at (our NAT's mapping), or,
-        until its OBSERVED_ADDR frame arrives (relay frames are unreliable), the one
-        in the relay's answers to our path probes.  Socket addresses (LAN) follow.
+        The public address is the one the relay sees us at (our NAT's mapping): its
+        OBSERVED_ADDR frame or the relay's answers to our path probes, whichever showed a
+        new address last.  Relay frames are unreliable: the answers stand in until the
+        first OBSERVED_ADDR arrives, and when our NAT rebinds and the OBSERVED_ADDR
+        saying so is lost, the answers show the new address while the frame's is stale
+        (peers would punch a mapping that no longer exists, and stay on the relay).
+        Socket addresses (LAN) follow.
         """
         local = [a for a in self.socket.local_addresses() if a[1] != 0 and a[0] not in ("0.0.0.0", "::", "")]
         observed = self._public_address()
@@ -185,12 +213,15 @@ class Router:
         relay = self._relay
         if relay is None:
             return None
-        if relay.observed_address is not None:
-            return relay.observed_address
-        for peer in self._peers.values():
-            if peer.prober.reflexive_addr is not None and peer.is_relay:
-                return peer.prober.reflexive_addr
-        return None
+        observed = relay.observed_address
+        # news from the link that relay_state_changed has not seen yet counts as the newest
+        since = self._observed_since if observed == self._observed else math.inf
+        reflexive = [
+            (peer.prober.reflexive_addr, peer.reflexive_since)
+            for peer in self._peers.values()
+            if peer.is_relay and peer.prober.reflexive_addr is not None and peer.reflexive_since is not None
+        ]
+        return newest_public_address(observed, since, reflexive)
 
     def node_addr(self) -> NodeAddr:
         """How peers reach this node: its id, direct candidates and relay URL."""
@@ -318,6 +349,9 @@ class Router:
         """The relay (dis)connected or sees us at a new address: re-route, re-signal."""
         if self._closing:
             return
+        if link.observed_address != self._observed:
+            self._observed = link.observed_address
+            self._observed_since = asyncio.get_running_loop().time()
         log.info(
             "relay %s %s%s",
             link.relay_url,
