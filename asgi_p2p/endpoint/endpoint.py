@@ -374,9 +374,11 @@ class Endpoint:
         confirmed (:meth:`_connection_confirmed`).  A connection accepted on a direct path
         makes its handler first (it may refuse the connection, which the dialer then learns
         as the connection's close reason), then sends HANDSHAKE_DONE at once, then joins
-        the peer's paths.  One accepted through the relay joins the peer's paths first, as a
-        dialer does: there that work starts the hole punching, whose timing both sides
-        coordinate.
+        the peer's paths; one accepted early (0-RTT data, before the handshake completed)
+        sends its first flight before the handler is made (a refusal follows it) and joins
+        the peer's paths once the handshake completes.  One accepted through the relay joins
+        the peer's paths first, as a dialer does: there that work starts the hole punching,
+        whose timing both sides coordinate.
         """
         if self._admission.is_half_open(conn):
             self._admission.established(conn)
@@ -416,13 +418,20 @@ class Endpoint:
                 assert conn.remote_node_id is not None
                 conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
             return factory(conn)
+        if not conn.handshake_completed:
+            # accepted early (0-RTT): our first flight (ServerHello to Finished) leaves before
+            # the handler is made, so that the client's handshake work overlaps the handler's
+            # and the early request's (what the handler writes leaves with the connection's
+            # next transmit; a refusal follows the flight as the close reason).  The paths wait
+            # for the handshake (_connection_confirmed), which proves the address both ways
+            # (no disco PING then) and is not on the early request's way
+            conn.transmit()
+            return factory(conn)
         handler = factory(conn)
         conn.transmit()  # HANDSHAKE_DONE, the ACK of the client's Finished, what the handler wrote
-        if attach and not conn.closed and conn.handshake_completed:
+        if attach and not conn.closed:
             assert conn.remote_node_id is not None
             conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
-        # accepted early (0-RTT): the paths wait for the handshake (_connection_confirmed), which
-        # proves the address both ways (no disco PING then) and is not on the early request's way
         return handler
 
     def close_peer(self, node_id: NodeId, reason: str = "access revoked") -> int:
@@ -1010,7 +1019,8 @@ class Endpoint:
         self._admission.admit(conn, source, validated=validated, timer=timer)
         conn.route.start()  # size its handshake datagrams (through the relay: what the relay carries)
         conn.datagram_received(data, addr if relay_src is None else None)
-        conn.transmit()  # the first flight leaves now (and a close QUIC decided on becomes visible)
+        if not conn.early:  # (accepted early, 0-RTT: the first flight left; the rest is scheduled)
+            conn.transmit()  # the first flight leaves now (and a close QUIC decided on becomes visible)
         if not hooks.received_any_packet(quic) or hooks.is_closing(quic):
             # nothing in the datagram was accepted, or it made QUIC close (no CRYPTO frame,
             # a malformed ClientHello, bad transport parameters): its answer went out; keep nothing
