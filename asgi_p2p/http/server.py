@@ -416,7 +416,10 @@ class ServerConnection:
         server._connections.add(self)
         self._arm_idle()
         server._now_idle(self)
-        self.schedule_transmit()
+        # our SETTINGS leave with the endpoint's next transmit, which follows the making of the
+        # handler; not one scheduled now, which would run before the task of a request that came
+        # with the handshake (0-RTT) and send them alone, one datagram ahead of its response
+        hooks.ack_with_next_packet(conn.quic, self.loop.time())
 
     # -- idle connection timeout ----------------------------------------------
     #
