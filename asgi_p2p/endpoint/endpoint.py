@@ -1019,7 +1019,8 @@ class Endpoint:
         self._admission.admit(conn, source, validated=validated, timer=timer)
         conn.route.start()  # size its handshake datagrams (through the relay: what the relay carries)
         conn.datagram_received(data, addr if relay_src is None else None)
-        if not conn.early:  # (accepted early, 0-RTT: the first flight left; the rest is scheduled)
+        if not (conn.early and conn.datagrams_sent):  # (accepted early, 0-RTT, on a direct path: the
+            # first flight left while the handler was made, the rest leaves with the scheduled transmit)
             conn.transmit()  # the first flight leaves now (and a close QUIC decided on becomes visible)
         if not hooks.received_any_packet(quic) or hooks.is_closing(quic):
             # nothing in the datagram was accepted, or it made QUIC close (no CRYPTO frame,
