@@ -515,8 +515,7 @@ class Endpoint:
 
         A session ticket this endpoint got from that node (for ``alpn``) resumes the
         session.  With ``early_data=True`` and such a ticket, the connection is returned
-        at once, :attr:`~PeerConnection.early`, its ClientHello queued to leave with what
-        the caller sends before it next awaits, in one datagram (what the caller
+        as soon as the ClientHello left, :attr:`~PeerConnection.early` (what the caller
         sends now is 0-RTT data, which a network attacker can replay: safe requests only;
         await :meth:`~PeerConnection.wait_handshake` before anything else).  A dial that
         races an on-link address against the relay (happy eyeballs, :meth:`_race`) sends no
@@ -606,21 +605,15 @@ class Endpoint:
             except P2PError as exc:
                 log.info("dialing %s without the relay (%s)", node_id, exc)
                 self.router.dial_without_relay(node_id)
-        conn = self._dial(
-            node_id, alpn, direct=theirs[0] if theirs else None, candidates=theirs, is_relay=is_relay, send=False
-        )
+        conn = self._dial(node_id, alpn, direct=theirs[0] if theirs else None, candidates=theirs, is_relay=is_relay)
         self._pool[key] = conn
         if early_data and hooks.early_data_sendable(conn.quic) and not conn.closed:
-            # resuming: the connection is ready now, early (0-RTT), until the handshake completes;
-            # the ClientHello leaves once the callbacks already queued ran, so that what the
-            # caller sends now (its request, as 0-RTT data) shares its datagram and transmit pass
-            conn.schedule_transmit()
+            # resuming: the connection is ready now, early (0-RTT), until the handshake completes
             conn.become_ready_early(alpn, self.config.connect_timeout)
             if conn.close_error is not None:
                 raise conn.close_error
             log.debug("resuming with %s (%s): 0-RTT via %s", node_id, alpn, conn.path)
             return conn
-        conn.transmit()
         await conn.wait_ready(self.config.connect_timeout, confirmed=confirmed)
         log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
         return conn
@@ -722,10 +715,8 @@ class Endpoint:
         candidates: list[Address],
         is_relay: bool,
         on_link: bool = False,
-        send: bool = True,
     ) -> PeerConnection:
-        """A new dialed connection, its first flight sent (``send=False``: queued, the caller
-        transmits): to ``direct`` and/or through the relay."""
+        """A new dialed connection, its first flight sent: to ``direct`` and/or through the relay."""
         address = direct if direct is not None else virtual_address(node_id)
         key = (node_id, alpn)
         quic_config = self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id))
@@ -764,8 +755,7 @@ class Endpoint:
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
         conn.route.start()
-        if send:
-            conn.transmit()
+        conn.transmit()
         return conn
 
     # -- receiving (from the paths layer) ------------------------------------
