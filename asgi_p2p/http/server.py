@@ -681,6 +681,9 @@ class ServerConnection:
             server.observer.request_started(exchange.kind)
         task = self.loop.create_task(exchange.run())
         exchange.task = task
+        # a transmit scheduled before the task (the connection's SETTINGS, the ACK of a request
+        # that came with the handshake) waits for its first step, which usually writes the response
+        self.conn.transmit_behind_queued()
         # finished() removes the task from server._tasks as its last step: a done callback
         # would cost every request one more event loop iteration (and epoll call)
         server._tasks.add(task)
