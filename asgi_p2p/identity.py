@@ -55,7 +55,7 @@ def zbase32_decode(text: str, nbytes: int) -> bytes:
 class NodeId:
     """The public Ed25519 key naming a node (32 bytes)."""
 
-    __slots__ = ("_bytes", "_hash")
+    __slots__ = ("_bytes", "_hash", "_text")
 
     def __init__(self, raw: bytes) -> None:
         if not isinstance(raw, (bytes, bytearray, memoryview)):
@@ -65,6 +65,7 @@ class NodeId:
             raise InvalidNodeId(raw, f"expected 32 bytes, got {len(raw)}")
         self._bytes = raw
         self._hash = hash(raw)
+        self._text: str | None = None  # the z-base-32 form, made on first use (logs name nodes often)
 
     @classmethod
     def parse(cls, text: str) -> NodeId:
@@ -105,7 +106,10 @@ class NodeId:
         return self._bytes[:5].hex()
 
     def __str__(self) -> str:
-        return zbase32_encode(self._bytes)
+        text = self._text
+        if text is None:
+            text = self._text = zbase32_encode(self._bytes)
+        return text
 
     def __repr__(self) -> str:
         return f"NodeId({self.fmt_short()})"

@@ -1295,3 +1295,23 @@ def test_hystart_ignores_delay_while_application_limited(name: str) -> None:
         assert grown > 1.9 * window
         window = grown
     assert r.cc.ssthresh is None
+
+
+# -- per-connection constants --------------------------------------------------------------
+
+
+def test_frame_epochs_come_from_a_cache_that_new_connections_use() -> None:
+    from aioquic.quic import connection as quic_connection
+
+    assert not hooks.cache_frame_epochs()  # applied when aioquic_compat was imported
+    epochs: Any = quic_connection.EPOCHS
+    assert epochs("IH01") == frozenset({Epoch.INITIAL, Epoch.HANDSHAKE, Epoch.ZERO_RTT, Epoch.ONE_RTT})
+    assert epochs("1") == frozenset({Epoch.ONE_RTT})
+    before = epochs.cache_info().hits
+    QuicConnection(configuration=QuicConfiguration(is_client=True))
+    assert epochs.cache_info().hits >= before + 30  # the frame table is built from the cache
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    p.start()
+    p.pump()  # frames are still accepted in their packet-number spaces: the handshake completes
+    assert any(isinstance(e, HandshakeCompleted) for e in p.events["client"])
+    assert hooks.handshake_confirmed(p.client)

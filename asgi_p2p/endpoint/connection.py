@@ -387,8 +387,10 @@ class PeerConnection:
             )
         )
 
-    # set while a deferred transmit() is queued on the loop
+    # set while a deferred transmit() is queued on the loop; _tx_behind: it goes to the back
+    # of the loop's queue once more when its turn comes (see transmit_behind_queued)
     _tx_scheduled = False
+    _tx_behind = False
 
     def schedule_transmit(self) -> None:
         """Call :meth:`transmit` once the callbacks already queued on the loop have run.
@@ -402,7 +404,21 @@ class PeerConnection:
             self._tx_scheduled = True
             self.loop.call_soon(self._scheduled_transmit)
 
+    def transmit_behind_queued(self) -> None:
+        """A transmit already scheduled runs after the callbacks queued since, not before them.
+
+        For a task just created (a request's application): what it writes in its first step
+        then leaves in the same pass as what was pending (a connection's first data, ACKs),
+        instead of one datagram after it.  Without a scheduled transmit, nothing to do.
+        """
+        if self._tx_scheduled:
+            self._tx_behind = True
+
     def _scheduled_transmit(self) -> None:
+        if self._tx_behind:
+            self._tx_behind = False
+            self.loop.call_soon(self._scheduled_transmit)
+            return
         self._tx_scheduled = False
         if not self.closed:
             self.transmit()

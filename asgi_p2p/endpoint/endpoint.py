@@ -18,6 +18,7 @@ from aioquic.quic.packet import (
     QuicErrorCode,
     QuicHeader,
     QuicPacketType,
+    QuicProtocolVersion,
     encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
@@ -389,9 +390,11 @@ class Endpoint:
         confirmed (:meth:`_connection_confirmed`).  A connection accepted on a direct path
         makes its handler first (it may refuse the connection, which the dialer then learns
         as the connection's close reason), then sends HANDSHAKE_DONE at once, then joins
-        the peer's paths.  One accepted through the relay joins the peer's paths first, as a
-        dialer does: there that work starts the hole punching, whose timing both sides
-        coordinate.
+        the peer's paths; one accepted early (0-RTT data, before the handshake completed)
+        sends its first flight before the handler is made (a refusal follows it) and joins
+        the peer's paths once the handshake completes.  One accepted through the relay joins
+        the peer's paths first, as a dialer does: there that work starts the hole punching,
+        whose timing both sides coordinate.
         """
         if self._admission.is_half_open(conn):
             self._admission.established(conn)
@@ -434,13 +437,20 @@ class Endpoint:
                 assert conn.remote_node_id is not None
                 conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
             return factory(conn)
+        if not conn.handshake_completed:
+            # accepted early (0-RTT): our first flight (ServerHello to Finished) leaves before
+            # the handler is made, so that the client's handshake work overlaps the handler's
+            # and the early request's (what the handler writes leaves with the connection's
+            # next transmit; a refusal follows the flight as the close reason).  The paths wait
+            # for the handshake (_connection_confirmed), which proves the address both ways
+            # (no disco PING then) and is not on the early request's way
+            conn.transmit()
+            return factory(conn)
         handler = factory(conn)
         conn.transmit()  # HANDSHAKE_DONE, the ACK of the client's Finished, what the handler wrote
-        if attach and not conn.closed and conn.handshake_completed:
+        if attach and not conn.closed:
             assert conn.remote_node_id is not None
             conn.route.attach(conn.remote_node_id, is_relay=conn.alpn in self._relay_alpns)
-        # accepted early (0-RTT): the paths wait for the handshake (_connection_confirmed), which
-        # proves the address both ways (no disco PING then) and is not on the early request's way
         return handler
 
     def close_peer(self, node_id: NodeId, reason: str = "access revoked") -> int:
@@ -502,6 +512,10 @@ class Endpoint:
             ),
             max_datagram_frame_size=65536,
             connection_id_length=_CID_LENGTH,
+            # QUIC v1 only: aioquic derives every supported version's Initial keys for each
+            # connection (about 0.1 ms of CPU per version, on the way of every handshake's
+            # first flight), and nodes never negotiate v2 (v1 is everyone's first choice)
+            supported_versions=[QuicProtocolVersion.VERSION_1],
         )
 
     # -- dialing ------------------------------------------------------------
@@ -1016,7 +1030,9 @@ class Endpoint:
         self._admission.admit(conn, source, validated=validated, timer=timer)
         conn.route.start()  # size its handshake datagrams (through the relay: what the relay carries)
         conn.datagram_received(data, addr if relay_src is None else None)
-        conn.transmit()  # the first flight leaves now (and a close QUIC decided on becomes visible)
+        if not (conn.early and conn.datagrams_sent):  # (accepted early, 0-RTT, on a direct path: the
+            # first flight left while the handler was made, the rest leaves with the scheduled transmit)
+            conn.transmit()  # the first flight leaves now (and a close QUIC decided on becomes visible)
         if not hooks.received_any_packet(quic) or hooks.is_closing(quic):
             # nothing in the datagram was accepted, or it made QUIC close (no CRYPTO frame,
             # a malformed ClientHello, bad transport parameters): its answer went out; keep nothing

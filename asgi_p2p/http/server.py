@@ -419,7 +419,10 @@ class ServerConnection:
         server._connections.add(self)
         self._arm_idle()
         server._now_idle(self)
-        self.schedule_transmit()
+        # our SETTINGS leave with the endpoint's next transmit, which follows the making of the
+        # handler; not one scheduled now, which would run before the task of a request that came
+        # with the handshake (0-RTT) and send them alone, one datagram ahead of its response
+        hooks.ack_with_next_packet(conn.quic, self.loop.time())
 
     # -- idle connection timeout ----------------------------------------------
     #
@@ -681,6 +684,9 @@ class ServerConnection:
             server.observer.request_started(exchange.kind)
         task = self.loop.create_task(exchange.run())
         exchange.task = task
+        # a transmit scheduled before the task (the connection's SETTINGS, the ACK of a request
+        # that came with the handshake) waits for its first step, which usually writes the response
+        self.conn.transmit_behind_queued()
         # finished() removes the task from server._tasks as its last step: a done callback
         # would cost every request one more event loop iteration (and epoll call)
         server._tasks.add(task)

@@ -751,3 +751,35 @@ async def test_trailers_announced_but_none_sent_end_the_stream(serve: Serve) -> 
     for _ in range(2):
         r = await asyncio.wait_for(served.client.get("/"), 5)
         assert r.status_code == 200 and r.content == b"body" and r.extensions["trailers"] == []
+
+
+async def test_transmit_behind_queued_lets_a_new_task_write_first(serve: Serve) -> None:
+    # what a request's task writes in its first step leaves in the transmit pass that was
+    # already scheduled (a connection's SETTINGS, an ACK), not one datagram after it
+    served = await serve(_simple(200, b"ok"), lifespan="off")
+    assert (await served.client.get("/")).text == "ok"
+    (sconn,) = served.server._connections
+    conn = sconn.conn
+    order: list[str] = []
+    transmit = conn.transmit
+
+    def counted() -> None:
+        order.append("transmit")
+        transmit()
+
+    conn.transmit = counted  # type: ignore[method-assign]
+
+    async def first_step() -> None:
+        order.append("task")
+
+    conn.schedule_transmit()
+    task = asyncio.get_running_loop().create_task(first_step())
+    conn.transmit_behind_queued()
+    await task
+    await wait_until(lambda: "transmit" in order, timeout=5)
+    assert order == ["task", "transmit"]
+    conn.schedule_transmit()  # without the call: the scheduled transmit runs first, as it was queued first
+    task = asyncio.get_running_loop().create_task(first_step())
+    await task
+    await wait_until(lambda: len(order) == 4, timeout=5)
+    assert order[2:] == ["transmit", "task"]
