@@ -115,7 +115,7 @@ import abc
 import datetime
 import functools
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,12 +138,7 @@ from aioquic.h3.connection import (
 )
 from aioquic.h3.events import H3Event
 from aioquic.quic import connection as _quic_connection
-from aioquic.quic.congestion.base import (
-    K_INITIAL_WINDOW,
-    K_MINIMUM_WINDOW,
-    QuicCongestionControl,
-    register_congestion_control,
-)
+from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW, register_congestion_control
 from aioquic.quic.congestion.cubic import CubicCongestionControl
 from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.connection import (
@@ -164,7 +159,7 @@ from aioquic.quic.crypto import (
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion
 from aioquic.quic.packet_builder import QuicPacketBuilder, QuicSentPacket
-from aioquic.quic.recovery import QuicPacketPacer, QuicPacketSpace
+from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -657,74 +652,6 @@ def congestion_control_algorithm(name: str, initial_window: int = K_INITIAL_WIND
 
 for _name in _APP_LIMITED_CLASSES:  # the defaults are known to aioquic from import on
     congestion_control_algorithm(_name)
-
-
-#: a relay connection's window: what it may have in flight at once (its packets are other
-#: connections' packets, whose own controllers limit them; the relay's queues bound the rest)
-FORWARDING_WINDOW = 64 * 1024 * 1024
-
-
-class _Forwarding(QuicCongestionControl):
-    """No congestion window of its own, for a connection that carries other QUIC connections'
-    packets (a relay connection, in DATAGRAM frames).
-
-    Those inner connections control congestion end to end.  A second, nested controller on
-    the relay leg only adds a ramp of its own and halves its window on losses the inner
-    connections already react to (measured: its window sat at the 2-packet minimum after a
-    lossy 1 MiB run).  So the relay leg forwards like a router: what it drops, the inner
-    connections see as loss.  Loss recovery of its own frames (control streams) still runs.
-    """
-
-    def __init__(self, *, max_datagram_size: int) -> None:
-        super().__init__(max_datagram_size=max_datagram_size)
-        self.congestion_window = FORWARDING_WINDOW
-
-    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
-        self.bytes_in_flight -= packet.sent_bytes
-
-    def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
-        self.bytes_in_flight += packet.sent_bytes
-
-    def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
-        for packet in packets:
-            self.bytes_in_flight -= packet.sent_bytes
-
-    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
-        for packet in packets:
-            self.bytes_in_flight -= packet.sent_bytes
-
-    def on_persistent_congestion(self) -> None:
-        pass
-
-    def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
-        pass
-
-
-class _Unpaced(QuicPacketPacer):
-    """A pacer that never holds a packet back (pacing spreads a congestion window over a
-    round trip; a forwarding connection has none: its inner connections pace themselves)."""
-
-    def next_send_time(self, now: float) -> float | None:  # type: ignore[override]  # aioquic returns None too
-        return None
-
-    def update_after_send(self, now: float) -> None:
-        pass
-
-    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
-        pass
-
-
-def forward_without_congestion_window(quic: QuicConnection) -> None:
-    """Give ``quic`` (a relay connection, handshake done) the :class:`_Forwarding` controller
-    and no pacing, keeping the bytes it has in flight (``QuicConnection._loss._cc``/``_pacer``)."""
-    loss = quic._loss
-    old = loss._cc
-    if isinstance(old, _Forwarding):
-        return
-    cc = _Forwarding(max_datagram_size=quic._max_datagram_size)
-    cc.bytes_in_flight = old.bytes_in_flight
-    loss._cc = cc
-    loss._pacer = _Unpaced(max_datagram_size=quic._max_datagram_size)
 
 
 def note_transmit(quic: QuicConnection, now: float) -> None:

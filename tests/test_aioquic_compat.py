@@ -328,26 +328,6 @@ def test_cubic_leaves_the_application_limited_time_out_of_its_curve() -> None:
     assert abs(paused.congestion_window - ccs[0].congestion_window) <= 1200
 
 
-def test_a_relay_connection_forwards_without_a_congestion_window_of_its_own() -> None:
-    p = _cc_pair(hooks.congestion_control_algorithm("cubic"))
-    for conn in (p.client, p.server):
-        in_flight = conn._loss._cc.bytes_in_flight
-        hooks.forward_without_congestion_window(conn)
-        hooks.forward_without_congestion_window(conn)  # once is enough; twice changes nothing
-        cc = conn._loss._cc
-        assert cc.congestion_window == hooks.FORWARDING_WINDOW
-        assert cc.bytes_in_flight == in_flight
-    # a burst far beyond any slow-start window leaves at once, and losses do not shrink the window
-    stream = p.client.get_next_available_stream_id()
-    p.client.send_stream_data(stream, b"x" * 400_000)
-    sent = p.client.datagrams_to_send(now=p.now)
-    assert sum(len(d) for d, _ in sent) > 300_000
-    lost = [pkt for space in p.client._loss.spaces for pkt in space.sent_packets.values()]
-    p.client._loss._cc.on_packets_lost(now=p.now, packets=lost)
-    assert p.client._loss._cc.congestion_window == hooks.FORWARDING_WINDOW
-    assert p.client._loss._cc.bytes_in_flight == 0
-
-
 def test_congestion_control_algorithm_refuses_an_unknown_name() -> None:
     with pytest.raises(ValueError, match="bbr"):
         hooks.congestion_control_algorithm("bbr")

@@ -416,9 +416,6 @@ class Endpoint:
         factory = self._factories.get(conn.alpn or "")
         if factory is None:
             raise ConnectionClosed(f"no protocol registered for ALPN {conn.alpn!r}")
-        if conn.alpn in self._relay_alpns:
-            # it carries other connections' packets, whose controllers limit them end to end
-            hooks.forward_without_congestion_window(conn.quic)
         attach = conn.remote_node_id is not None and not self._closing
         if conn.is_client:
             handler = factory(conn)
