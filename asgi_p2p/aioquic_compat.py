@@ -177,6 +177,7 @@ __all__ = [
     "data_received",
     "early_data_sendable",
     "encode_initial_close",
+    "first_probe_timeout",
     "get_stream",
     "handshake_confirmed",
     "idle_timeout",
@@ -195,6 +196,7 @@ __all__ = [
     "pto_count",
     "received_any_packet",
     "received_offset",
+    "resend_handshake_now",
     "send_credit",
     "set_max_datagram_size",
     "set_peer_stream_limit",
@@ -865,6 +867,22 @@ def probe_now(quic: QuicConnection, now: float) -> bool:
     loss._pto_count = 0
     loss.reschedule_data(now=now)
     return True
+
+
+def resend_handshake_now(quic: QuicConnection, now: float) -> None:
+    """Retransmit the handshake's unacknowledged CRYPTO data in the next datagrams built.
+
+    What aioquic's first probe timeout would do (``QuicPacketRecovery.reschedule_data``:
+    the CRYPTO data is scheduled again and a probe is requested), but now and without
+    counting a timeout (no backoff).  For a client whose first flight was padded to a size
+    the path may not carry: after shrinking its datagrams it resends at once.
+    """
+    quic._loss.reschedule_data(now=now)
+
+
+def first_probe_timeout(quic: QuicConnection) -> float:
+    """The probe timeout before any RTT sample: twice the configured initial RTT (RFC 9002 6.2.2)."""
+    return 2.0 * float(quic.configuration.initial_rtt)
 
 
 def capped_probe_time(quic: QuicConnection, max_interval: float) -> float | None:

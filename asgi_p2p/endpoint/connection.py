@@ -200,6 +200,15 @@ class PeerConnection:
         # address of the datagram that completed the handshake (see handshake_address)
         self._receiving_from: Address | None = None
         self.handshake_address: Address | None = None
+        # a padded handshake (see pad_handshake): the size of our Initial datagrams while it
+        # holds, when it gives up waiting for an answer, the largest datagram received before
+        # the handshake completed, and whether it fell back to the smallest size
+        self._pad: int | None = None
+        self._pad_deadline: float | None = None
+        self._pad_started = 0.0
+        self._handshake_rx_max = 0
+        #: True if a padded first flight went unanswered and the handshake went on at the base size
+        self.pad_fallback = False
         #: the peer's stateless reset token for the connection id we send to (the endpoint indexes it)
         self.reset_token: bytes | None = None
         #: probe timeout backoffs ended early because the paths layer heard the peer (see path_answered)
@@ -318,6 +327,57 @@ class PeerConnection:
     def _peer_label(self) -> str:
         return str(self.remote_node_id) if self.remote_node_id else "peer"
 
+    # -- padded handshake --------------------------------------------------
+
+    def pad_handshake(self, size: int, answer_within: float) -> None:
+        """Pad this dialed connection's handshake datagrams to ``size`` bytes (call before its first flight).
+
+        If the peer answers and its own handshake flight arrives at least that large, the
+        handshake proved that the path carries ``size``-byte datagrams both ways
+        (:attr:`handshake_datagram_size`), as a size probe and its answer would.  If
+        nothing arrives within ``answer_within`` seconds (a path that drops datagrams this
+        large, or plain loss), the handshake goes on at once with datagrams of the base
+        size (the ClientHello is resent now, not at QUIC's probe timeout) and proves no size.
+        """
+        if not self.is_client or self.datagrams_sent or size <= hooks.max_datagram_size(self.quic):
+            return
+        self._pad = size
+        self._pad_started = self.loop.time()
+        self._pad_deadline = self._pad_started + answer_within
+        hooks.set_max_datagram_size(self.quic, size)
+
+    @property
+    def handshake_datagram_size(self) -> int | None:
+        """The datagram size the handshake proved both ways on its path (None: none above the base).
+
+        Set for a padded handshake (:meth:`pad_handshake`) that completed without falling
+        back, whose peer's datagrams reached us at least as large.
+        """
+        pad = self._pad
+        if pad is None or self.pad_fallback or not self.handshake_completed or self._handshake_rx_max < pad:
+            return None
+        return pad
+
+    def _pad_unanswered(self, now: float) -> None:
+        """The padded first flight was not answered in time: go on at the base size, now."""
+        self._pad_deadline = None
+        self.pad_fallback = True
+        size = self._pad
+        hooks.set_max_datagram_size(self.quic, self.config.max_datagram_size)
+        hooks.resend_handshake_now(self.quic, now)
+        log.info(
+            "%s at %s:%d: no answer to our %s-byte Initial within %.0f ms; handshaking with %d-byte datagrams "
+            "(the path may not carry %s-byte ones: its datagram size is searched after the handshake)",
+            self._peer_label(),
+            self.address[0],
+            self.address[1],
+            size,
+            (now - self._pad_started) * 1000,
+            self.config.max_datagram_size,
+            size,
+        )
+        self.transmit()
+
     # -- I/O -------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Address | None) -> None:
@@ -335,6 +395,9 @@ class PeerConnection:
         quic = self.quic
         self.bytes_received += len(data)
         self.datagrams_received += 1
+        if self._pad is not None and not self._handshake_done.done():
+            self._pad_deadline = None  # answered: the padded flight got through
+            self._handshake_rx_max = max(self._handshake_rx_max, len(data))
         self._receiving_from = addr
         ack_due = hooks.ack_deadline(quic)
         quic.receive_datagram(data, self.address, now)
@@ -442,13 +505,20 @@ class PeerConnection:
         at = self.quic.get_timer()
         capped = hooks.capped_probe_time(self.quic, _MAX_PROBE_INTERVAL)
         if capped is not None and (at is None or capped < at):
-            return capped
+            at = capped
+        pad = self._pad_deadline
+        if pad is not None and (at is None or pad < at):
+            return pad
         return at
 
     def _on_timer(self) -> None:
         """QUIC's timer is due (see :class:`DeadlineTimer`)."""
         quic = self.quic
         now = self.loop.time()
+        if self._pad_deadline is not None and now >= self._pad_deadline:
+            self._pad_unanswered(now)
+            self._timer.update()
+            return
         capped = hooks.capped_probe_time(quic, _MAX_PROBE_INTERVAL)
         if capped is not None and now >= capped:
             # the backoff reached _MAX_PROBE_INTERVAL: probe now, so that a path back from
@@ -567,6 +637,8 @@ class PeerConnection:
         be 1200 bytes).
         """
         size = max(size, self.config.max_datagram_size if not below_base else hooks.SMALLEST_1RTT_DATAGRAM_SIZE)
+        if self._pad is not None and not self.pad_fallback and not self._handshake_done.done():
+            size = max(size, self._pad)  # a padded handshake keeps its size until it completes
         if self.closed or size == hooks.max_datagram_size(self.quic):
             return
         hooks.set_max_datagram_size(self.quic, size, below_minimum=size < hooks.SMALLEST_DATAGRAM_SIZE)

@@ -74,6 +74,7 @@ from .proto import (
     Signal,
     parse_frame,
 )
+from .server import RELAY_DATAGRAM_SIZE
 from .tcp import (
     TCP_MAX_FRAME,
     TCP_MAX_PACKET,
@@ -97,6 +98,16 @@ __all__ = ["FULL_PACKET_SIZE", "RelayClient", "RelayClientStats", "Resolver"]
 FULL_PACKET_SIZE = QUIC_MIN_DATAGRAM_SIZE
 
 log = logging.getLogger("asgi_p2p.relay")
+
+#: A relay connection's handshake datagrams are padded to the size it needs (our relays use
+#: 8-byte connection ids: :data:`~asgi_p2p.relay.server.RELAY_DATAGRAM_SIZE`), so that the
+#: handshake proves the path carries them; without an answer within this long (three
+#: quarters of QUIC's first probe timeout with its 100 ms initial RTT guess) the handshake
+#: goes on with 1200-byte datagrams and the size is searched after it...
+_PAD_ANSWER_WITHIN = 0.15
+#: ... or, once a relay connection measured the RTT to the relay, within twice that RTT
+#: (at least this long, at most the above)
+_PAD_ANSWER_MIN = 0.05
 
 _SEND_PREFIX = bytes((RELAY_VERSION, FRAME_SEND))
 _T = TypeVar("_T")
@@ -372,6 +383,8 @@ class RelayClient:
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ping_uid = 0
+        #: the smoothed RTT of the latest relay connection (None: none yet)
+        self._relay_rtt: float | None = None
 
     # -- RelayLink -------------------------------------------------------------
 
@@ -766,7 +779,11 @@ class RelayClient:
             addrs = await self._addresses()
             if not addrs:
                 raise P2PError(f"relay host {url.host!r} resolved to no address")
-            conn = await self.endpoint.connect_quic(NodeAddr(url.node_id, addrs[:1]), RELAY_ALPN)
+            # ready once our Finished is sent (a refusal still ends the connection, with its
+            # reason): relayed packets may follow it at once, as any 1-RTT data may
+            conn = await self.endpoint.connect_quic(
+                NodeAddr(url.node_id, addrs[:1]), RELAY_ALPN, confirmed=False, padded=self._padding()
+            )
         except AuthenticationFailed as exc:
             self.stats.auth_failures += 1
             self.last_failure = exc
@@ -796,13 +813,26 @@ class RelayClient:
         self._small_warned = False
         # from now on every datagram size change of the connection may make it (un)usable
         conn.on_path_change.append(lambda _event: self._size_changed(handler))
+        self._relay_rtt = conn.smoothed_rtt
         needed = self._needed_datagram_size(conn)
         peer = self.endpoint.router.peer_paths(url.node_id)
         if peer is not None:
-            peer.require_datagram_size(needed)  # the paths layer searches for it at once
-        log.debug("relay %s: handshake done; needs %d-byte datagrams to relay full-size packets", url, needed)
+            peer.require_datagram_size(needed)  # the paths layer searches for it at once (unless carried)
+        carried = conn.handshake_datagram_size
+        if carried is not None and carried >= needed:
+            log.debug("relay %s: handshake done; its %d-byte datagrams carry full-size relayed packets", url, carried)
+        else:
+            log.debug("relay %s: handshake done; needs %d-byte datagrams to relay full-size packets", url, needed)
         self._size_changed(handler)
         return handler
+
+    def _padding(self) -> tuple[int, float] | None:
+        """The size to pad the relay handshake's datagrams to, and how long to wait for an answer."""
+        if self.endpoint.config.max_datagram_size >= RELAY_DATAGRAM_SIZE:
+            return None  # every datagram is that large already
+        rtt = self._relay_rtt
+        within = _PAD_ANSWER_WITHIN if rtt is None else min(_PAD_ANSWER_WITHIN, max(2 * rtt, _PAD_ANSWER_MIN))
+        return RELAY_DATAGRAM_SIZE, within
 
     @staticmethod
     def _needed_datagram_size(conn: PeerConnection) -> int:
