@@ -207,6 +207,9 @@ class PeerConnection:
         self._pad_deadline: float | None = None
         self._pad_started = 0.0
         self._handshake_rx_max = 0
+        # an accepted connection's size as its route wants it, while its handshake datagrams are
+        # held to the client's largest (see _hold_handshake_size); None: not held
+        self._held_size: int | None = None
         #: True if a padded first flight went unanswered and the handshake went on at the base size
         self.pad_fallback = False
         #: the peer's stateless reset token for the connection id we send to (the endpoint indexes it)
@@ -313,6 +316,10 @@ class PeerConnection:
     def _handshake_completed(self) -> None:
         if not self._handshake_done.done():
             self._handshake_done.set_result(None)
+        held, self._held_size = self._held_size, None
+        if held is not None and held != hooks.max_datagram_size(self.quic) and not self.closed:
+            hooks.set_max_datagram_size(self.quic, held)  # what the route wants, now the handshake is done
+            self._path_event("datagram size", logging.DEBUG)
         if self._early_deadline is not None:
             self._early_deadline.cancel()
             self._early_deadline = None
@@ -358,6 +365,21 @@ class PeerConnection:
             return None
         return pad
 
+    def _hold_handshake_size(self, wanted: int) -> None:
+        """An accepted connection's handshake datagrams are no larger than the client's largest.
+
+        A client that pads its Initial to N bytes gets our flight padded to N too (up to the
+        size the route wants), so that its handshake proves N both ways; one whose Initial
+        was 1200 bytes (the smallest) gets 1200-byte datagrams, which any path carries, and
+        finds larger sizes after the handshake.  Sizes above 1200 are not known to pass
+        before (RFC 9000 section 14).
+        """
+        cap = max(hooks.SMALLEST_DATAGRAM_SIZE, self._handshake_rx_max)
+        self._held_size = wanted
+        size = min(wanted, cap)
+        if size != hooks.max_datagram_size(self.quic):
+            hooks.set_max_datagram_size(self.quic, size, below_minimum=size < hooks.SMALLEST_DATAGRAM_SIZE)
+
     def _pad_unanswered(self, now: float) -> None:
         """The padded first flight was not answered in time: go on at the base size, now."""
         self._pad_deadline = None
@@ -395,9 +417,12 @@ class PeerConnection:
         quic = self.quic
         self.bytes_received += len(data)
         self.datagrams_received += 1
-        if self._pad is not None and not self._handshake_done.done():
+        if not self._handshake_done.done() and len(data) > self._handshake_rx_max:
+            self._handshake_rx_max = len(data)
+            if not self.is_client:
+                self._hold_handshake_size(hooks.max_datagram_size(quic))
+        if self._pad_deadline is not None:
             self._pad_deadline = None  # answered: the padded flight got through
-            self._handshake_rx_max = max(self._handshake_rx_max, len(data))
         self._receiving_from = addr
         ack_due = hooks.ack_deadline(quic)
         quic.receive_datagram(data, self.address, now)
@@ -639,6 +664,11 @@ class PeerConnection:
         size = max(size, self.config.max_datagram_size if not below_base else hooks.SMALLEST_1RTT_DATAGRAM_SIZE)
         if self._pad is not None and not self.pad_fallback and not self._handshake_done.done():
             size = max(size, self._pad)  # a padded handshake keeps its size until it completes
+        if self._held_size is not None:
+            if self._held_size != size:
+                self._hold_handshake_size(size)
+                self._path_event("datagram size", logging.DEBUG)
+            return
         if self.closed or size == hooks.max_datagram_size(self.quic):
             return
         hooks.set_max_datagram_size(self.quic, size, below_minimum=size < hooks.SMALLEST_DATAGRAM_SIZE)

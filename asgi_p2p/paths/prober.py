@@ -427,7 +427,7 @@ class PathProber:
         path.size_attempts = 0
         path.size_searched = False
         path.size_retries = 0
-        path.size_next_at = now
+        path.size_next_at = now if self._size_ceiling() > self.config.base_datagram_size else None
 
     def size_black_hole(self, addr: tuple[str, int], now: float) -> bool:
         """Packets larger than the base size stopped arriving on ``addr``: fall back, search again.

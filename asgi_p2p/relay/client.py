@@ -562,7 +562,7 @@ class RelayClient:
         if self.url.tcp_port is None:
             return await self._connect()
         loop = asyncio.get_running_loop()
-        udp = self._pending_udp or loop.create_task(self._connect(), name=f"relay {self.url} over udp")
+        udp = self._pending_udp or loop.create_task(self._connect_usable(), name=f"relay {self.url} over udp")
         self._pending_udp = None
         tasks: set[asyncio.Task[_RelayConnection | None] | asyncio.Task[_TcpRelayConnection | None]] = {udp}
         network = self._network = await self._current_network()
@@ -754,6 +754,18 @@ class RelayClient:
             self._set_disconnected(current, "closed")
         await current.close()
         return None
+
+    async def _connect_usable(self) -> _RelayConnection | None:
+        """A QUIC relay connection, once it carries a full-size packet (None: failed or lost first).
+
+        For the race against TCP: a QUIC handshake that completed on a path that does not carry
+        full-size packets (its datagram size still searched) does not win it.
+        """
+        udp = await self._connect()
+        if udp is None or self._live:
+            return udp
+        await self._until_live(udp)
+        return udp if self._live and self._conn is udp else None
 
     async def _until_live(self, udp: _RelayConnection) -> None:
         while not (self._live and self._conn is udp) and not udp.lost.is_set():
