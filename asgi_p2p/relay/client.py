@@ -11,10 +11,14 @@ with capped exponential backoff and jitter from the ``rng`` it is handed.
 
 It reports itself connected only while the relay connection carries a full-size
 relayed packet (:data:`FULL_PACKET_SIZE`, the smallest QUIC datagram, plus the
-relay's overhead): after the handshake it asks the paths layer to search for that
-datagram size (which keeps retrying, with a short backoff, while the path does
-not carry it), and a connection that shrinks below it (lost large packets) stops
-being reported connected until it grows back.  :attr:`RelayClient.last_failure`
+relay's overhead).  Its handshake datagrams are padded to that size, so a handshake
+the relay answers in kind proves the path carries it both ways, and the client is
+connected as soon as its Finished leaves (one round trip); if the padded Initial is
+not answered within 150 ms (or twice the last relay connection's RTT), the handshake
+goes on with 1200-byte datagrams.  Otherwise, after the handshake, it asks the paths
+layer to search for that datagram size (which keeps retrying, with a short backoff,
+while the path does not carry it).  A connection that shrinks below it (lost large
+packets) stops being reported connected until it grows back.  :attr:`RelayClient.last_failure`
 and :meth:`RelayClient.wait_connected`'s error say why it is not connected.
 
 Relay over TCP: when the relay URL carries a TCP port (``?tcp=PORT``, see
