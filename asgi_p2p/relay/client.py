@@ -13,9 +13,9 @@ It reports itself connected only while the relay connection carries a full-size
 relayed packet (:data:`FULL_PACKET_SIZE`, the smallest QUIC datagram, plus the
 relay's overhead).  Its handshake datagrams are padded to that size, so a handshake
 the relay answers in kind proves the path carries it both ways, and the client is
-connected as soon as its Finished leaves (one round trip); if the padded Initial is
-not answered within 150 ms (or twice the last relay connection's RTT), the handshake
-goes on with 1200-byte datagrams.  Otherwise, after the handshake, it asks the paths
+connected as soon as the handshake is confirmed (the relay registered it), with no size
+probe; if the padded Initial is not answered within 150 ms (or twice the last relay
+connection's RTT), the handshake goes on with 1200-byte datagrams.  Otherwise, after the handshake, it asks the paths
 layer to search for that datagram size (which keeps retrying, with a short backoff,
 while the path does not carry it).  A connection that shrinks below it (lost large
 packets) stops being reported connected until it grows back.  :attr:`RelayClient.last_failure`
@@ -795,10 +795,10 @@ class RelayClient:
             addrs = await self._addresses()
             if not addrs:
                 raise P2PError(f"relay host {url.host!r} resolved to no address")
-            # ready once our Finished is sent (a refusal still ends the connection, with its
-            # reason): relayed packets may follow it at once, as any 1-RTT data may
+            # confirmed (HANDSHAKE_DONE): the relay completed its handshake, so it registered us
+            # (packets to us are forwarded from then on) and told us our address
             conn = await self.endpoint.connect_quic(
-                NodeAddr(url.node_id, addrs[:1]), RELAY_ALPN, confirmed=False, padded=self._padding()
+                NodeAddr(url.node_id, addrs[:1]), RELAY_ALPN, padded=self._padding()
             )
         except AuthenticationFailed as exc:
             self.stats.auth_failures += 1
