@@ -177,7 +177,6 @@ __all__ = [
     "data_received",
     "early_data_sendable",
     "encode_initial_close",
-    "first_probe_timeout",
     "get_stream",
     "handshake_confirmed",
     "idle_timeout",
@@ -878,11 +877,6 @@ def resend_handshake_now(quic: QuicConnection, now: float) -> None:
     the path may not carry: after shrinking its datagrams it resends at once.
     """
     quic._loss.reschedule_data(now=now)
-
-
-def first_probe_timeout(quic: QuicConnection) -> float:
-    """The probe timeout before any RTT sample: twice the configured initial RTT (RFC 9002 6.2.2)."""
-    return 2.0 * float(quic.configuration.initial_rtt)
 
 
 def capped_probe_time(quic: QuicConnection, max_interval: float) -> float | None:

@@ -410,7 +410,6 @@ def test_a_padded_first_flight_is_resent_small_at_once_without_counting_a_timeou
     after shrinking to 1200, resend_handshake_now sends the ClientHello again now, 1200 bytes, and
     the handshake completes with no probe timeout counted."""
     p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
-    assert hooks.first_probe_timeout(p.client) == pytest.approx(0.2)  # 2 x the 100 ms initial RTT guess
     hooks.set_max_datagram_size(p.client, 1264)
     p.start()
     assert [len(d) for d in p.pending] == [1264]  # aioquic pads the Initial datagram to its size

@@ -13,13 +13,14 @@ It reports itself connected only while the relay connection carries a full-size
 relayed packet (:data:`FULL_PACKET_SIZE`, the smallest QUIC datagram, plus the
 relay's overhead).  Its handshake datagrams are padded to that size, so a handshake
 the relay answers in kind proves the path carries it both ways, and the client is
-connected as soon as the handshake is confirmed (the relay registered it), with no size
-probe; if the padded Initial is not answered within 150 ms (or twice the last relay
-connection's RTT), the handshake goes on with 1200-byte datagrams.  Otherwise, after the handshake, it asks the paths
-layer to search for that datagram size (which keeps retrying, with a short backoff,
-while the path does not carry it).  A connection that shrinks below it (lost large
-packets) stops being reported connected until it grows back.  :attr:`RelayClient.last_failure`
-and :meth:`RelayClient.wait_connected`'s error say why it is not connected.
+connected as soon as the handshake is confirmed (the relay registered it), with no
+size probe; if the padded Initial is not answered within 150 ms (or twice the last
+relay connection's RTT), the handshake goes on with 1200-byte datagrams.  Otherwise,
+after the handshake, it asks the paths layer to search for that datagram size (which
+keeps retrying, with a short backoff, while the path does not carry it).  A connection
+that shrinks below it (lost large packets) stops being reported connected until it
+grows back.  :attr:`RelayClient.last_failure` and :meth:`RelayClient.wait_connected`'s
+error say why it is not connected.
 
 Relay over TCP: when the relay URL carries a TCP port (``?tcp=PORT``, see
 :mod:`asgi_p2p.relay.tcp`), connecting races the QUIC connection against one over
