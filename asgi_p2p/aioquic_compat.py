@@ -201,6 +201,7 @@ __all__ = [
     "pto_count",
     "received_any_packet",
     "received_offset",
+    "resend_handshake_now",
     "send_credit",
     "set_max_datagram_size",
     "set_peer_stream_limit",
@@ -896,6 +897,17 @@ def probe_now(quic: QuicConnection, now: float) -> bool:
     loss._pto_count = 0
     loss.reschedule_data(now=now)
     return True
+
+
+def resend_handshake_now(quic: QuicConnection, now: float) -> None:
+    """Retransmit the handshake's unacknowledged CRYPTO data in the next datagrams built.
+
+    What aioquic's first probe timeout would do (``QuicPacketRecovery.reschedule_data``:
+    the CRYPTO data is scheduled again and a probe is requested), but now and without
+    counting a timeout (no backoff).  For a client whose first flight was padded to a size
+    the path may not carry: after shrinking its datagrams it resends at once.
+    """
+    quic._loss.reschedule_data(now=now)
 
 
 def capped_probe_time(quic: QuicConnection, max_interval: float) -> float | None:

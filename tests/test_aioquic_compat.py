@@ -422,6 +422,28 @@ def test_max_datagram_size_can_grow_and_shrink_on_a_live_connection() -> None:
         hooks.set_max_datagram_size(p.client, 1000)
 
 
+def test_a_padded_first_flight_is_resent_small_at_once_without_counting_a_timeout() -> None:
+    """The client's Initial padded to 1264 bytes (set before connect) is lost (a small-MTU path);
+    after shrinking to 1200, resend_handshake_now sends the ClientHello again now, 1200 bytes, and
+    the handshake completes with no probe timeout counted."""
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    hooks.set_max_datagram_size(p.client, 1264)
+    p.start()
+    assert [len(d) for d in p.pending] == [1264]  # aioquic pads the Initial datagram to its size
+    p.pending = []  # lost
+    p.now += 0.05  # before aioquic's own probe timeout
+    assert p.client.datagrams_to_send(p.now) == []
+    hooks.set_max_datagram_size(p.client, 1200)
+    hooks.resend_handshake_now(p.client, p.now)
+    again = [d for d, _ in p.client.datagrams_to_send(p.now)]
+    assert [len(d) for d in again] == [1200]
+    assert hooks.pto_count(p.client) == 0
+    p.pending = again
+    p.pump()
+    assert hooks.handshake_confirmed(p.client)
+    assert any(isinstance(ev, HandshakeCompleted) for ev in p.events["client"])
+
+
 def test_probe_now_ends_a_probe_timeout_backoff_at_once() -> None:
     """A flight lost to an outage: the probe timeout backs off 2**n; probe_now sends the oldest
     data again at once (past a congestion window full of lost packets) and restarts the backoff."""

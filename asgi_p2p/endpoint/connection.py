@@ -190,6 +190,18 @@ class PeerConnection:
         # address of the datagram that completed the handshake (see handshake_address)
         self._receiving_from: Address | None = None
         self.handshake_address: Address | None = None
+        # a padded handshake (see pad_handshake): the size of our Initial datagrams while it
+        # holds, when it gives up waiting for an answer, the largest datagram received before
+        # the handshake completed, and whether it fell back to the smallest size
+        self._pad: int | None = None
+        self._pad_deadline: float | None = None
+        self._pad_started = 0.0
+        self._handshake_rx_max = 0
+        # an accepted connection's size as its route wants it, while its handshake datagrams are
+        # held to the client's largest (see _hold_handshake_size); None: not held
+        self._held_size: int | None = None
+        #: True if a padded first flight went unanswered and the handshake went on at the base size
+        self.pad_fallback = False
         #: the peer's stateless reset token for the connection id we send to (the endpoint indexes it)
         self.reset_token: bytes | None = None
         #: probe timeout backoffs ended early because the paths layer heard the peer (see path_answered)
@@ -294,6 +306,10 @@ class PeerConnection:
     def _handshake_completed(self) -> None:
         if not self._handshake_done.done():
             self._handshake_done.set_result(None)
+        held, self._held_size = self._held_size, None
+        if held is not None and held != hooks.max_datagram_size(self.quic) and not self.closed:
+            hooks.set_max_datagram_size(self.quic, held)  # what the route wants, now the handshake is done
+            self._path_event("datagram size", logging.DEBUG)
         if self._early_deadline is not None:
             self._early_deadline.cancel()
             self._early_deadline = None
@@ -307,6 +323,72 @@ class PeerConnection:
 
     def _peer_label(self) -> str:
         return str(self.remote_node_id) if self.remote_node_id else "peer"
+
+    # -- padded handshake --------------------------------------------------
+
+    def pad_handshake(self, size: int, answer_within: float) -> None:
+        """Pad this dialed connection's handshake datagrams to ``size`` bytes (call before its first flight).
+
+        If the peer answers and its own handshake flight arrives at least that large, the
+        handshake proved that the path carries ``size``-byte datagrams both ways
+        (:attr:`handshake_datagram_size`), as a size probe and its answer would.  If
+        nothing arrives within ``answer_within`` seconds (a path that drops datagrams this
+        large, or plain loss), the handshake goes on at once with datagrams of the base
+        size (the ClientHello is resent now, not at QUIC's probe timeout) and proves no size.
+        """
+        if not self.is_client or self.datagrams_sent or size <= hooks.max_datagram_size(self.quic):
+            return
+        self._pad = size
+        self._pad_started = self.loop.time()
+        self._pad_deadline = self._pad_started + answer_within
+        hooks.set_max_datagram_size(self.quic, size)
+
+    @property
+    def handshake_datagram_size(self) -> int | None:
+        """The datagram size the handshake proved both ways on its path (None: none above the base).
+
+        Set for a padded handshake (:meth:`pad_handshake`) that completed without falling
+        back, whose peer's datagrams reached us at least as large.
+        """
+        pad = self._pad
+        if pad is None or self.pad_fallback or not self.handshake_completed or self._handshake_rx_max < pad:
+            return None
+        return pad
+
+    def _hold_handshake_size(self, wanted: int) -> None:
+        """An accepted connection's handshake datagrams are no larger than the client's largest.
+
+        A client that pads its Initial to N bytes gets our flight padded to N too (up to the
+        size the route wants), so that its handshake proves N both ways; one whose Initial
+        was 1200 bytes (the smallest) gets 1200-byte datagrams, which any path carries, and
+        finds larger sizes after the handshake.  Sizes above 1200 are not known to pass
+        before (RFC 9000 section 14).
+        """
+        cap = max(hooks.SMALLEST_DATAGRAM_SIZE, self._handshake_rx_max)
+        self._held_size = wanted
+        size = min(wanted, cap)
+        if size != hooks.max_datagram_size(self.quic):
+            hooks.set_max_datagram_size(self.quic, size, below_minimum=size < hooks.SMALLEST_DATAGRAM_SIZE)
+
+    def _pad_unanswered(self, now: float) -> None:
+        """The padded first flight was not answered in time: go on at the base size, now."""
+        self._pad_deadline = None
+        self.pad_fallback = True
+        size = self._pad
+        hooks.set_max_datagram_size(self.quic, self.config.max_datagram_size)
+        hooks.resend_handshake_now(self.quic, now)
+        log.info(
+            "%s at %s:%d: no answer to our %s-byte Initial within %.0f ms; handshaking with %d-byte datagrams "
+            "(the path may not carry %s-byte ones: its datagram size is searched after the handshake)",
+            self._peer_label(),
+            self.address[0],
+            self.address[1],
+            size,
+            (now - self._pad_started) * 1000,
+            self.config.max_datagram_size,
+            size,
+        )
+        self.transmit()
 
     # -- I/O -------------------------------------------------------------
 
@@ -325,6 +407,12 @@ class PeerConnection:
         quic = self.quic
         self.bytes_received += len(data)
         self.datagrams_received += 1
+        if not self._handshake_done.done() and len(data) > self._handshake_rx_max:
+            self._handshake_rx_max = len(data)
+            if not self.is_client:
+                self._hold_handshake_size(hooks.max_datagram_size(quic))
+        if self._pad_deadline is not None:
+            self._pad_deadline = None  # answered: the padded flight got through
         self._receiving_from = addr
         ack_due = hooks.ack_deadline(quic)
         quic.receive_datagram(data, self.address, now)
@@ -448,13 +536,20 @@ class PeerConnection:
         at = self.quic.get_timer()
         capped = hooks.capped_probe_time(self.quic, _MAX_PROBE_INTERVAL)
         if capped is not None and (at is None or capped < at):
-            return capped
+            at = capped
+        pad = self._pad_deadline
+        if pad is not None and (at is None or pad < at):
+            return pad
         return at
 
     def _on_timer(self) -> None:
         """QUIC's timer is due (see :class:`DeadlineTimer`)."""
         quic = self.quic
         now = self.loop.time()
+        if self._pad_deadline is not None and now >= self._pad_deadline:
+            self._pad_unanswered(now)
+            self._timer.update()
+            return
         capped = hooks.capped_probe_time(quic, _MAX_PROBE_INTERVAL)
         if capped is not None and now >= capped:
             # the backoff reached _MAX_PROBE_INTERVAL: probe now, so that a path back from
@@ -573,6 +668,13 @@ class PeerConnection:
         be 1200 bytes).
         """
         size = max(size, self.config.max_datagram_size if not below_base else hooks.SMALLEST_1RTT_DATAGRAM_SIZE)
+        if self._pad is not None and not self.pad_fallback and not self._handshake_done.done():
+            size = max(size, self._pad)  # a padded handshake keeps its size until it completes
+        if self._held_size is not None:
+            if self._held_size != size:
+                self._hold_handshake_size(size)
+                self._path_event("datagram size", logging.DEBUG)
+            return
         if self.closed or size == hooks.max_datagram_size(self.quic):
             return
         hooks.set_max_datagram_size(self.quic, size, below_minimum=size < hooks.SMALLEST_DATAGRAM_SIZE)

@@ -518,7 +518,13 @@ class Endpoint:
     # -- dialing ------------------------------------------------------------
 
     async def connect_quic(
-        self, addr: NodeAddr | NodeId, alpn: str, *, confirmed: bool = True, early_data: bool = False
+        self,
+        addr: NodeAddr | NodeId,
+        alpn: str,
+        *,
+        confirmed: bool = True,
+        early_data: bool = False,
+        padded: tuple[int, float] | None = None,
     ) -> PeerConnection:
         """A QUIC connection to the node speaking ``alpn``, reusing a live one.
 
@@ -540,6 +546,11 @@ class Endpoint:
         early data: the attempts resume with the ticket, and the winner is returned once its
         handshake completed (two attempts cannot both carry the request, and an on-link
         peer answers within a LAN round trip).
+
+        ``padded=(size, answer_within)``: a new connection pads its handshake datagrams to
+        ``size`` bytes, so that its handshake proves the path carries them (no size probe
+        needed after it), and falls back to the base size if no answer comes within
+        ``answer_within`` seconds (see :meth:`PeerConnection.pad_handshake`).
         """
         if self._closing:
             raise ConnectionClosed("endpoint is closed")
@@ -623,7 +634,9 @@ class Endpoint:
             except P2PError as exc:
                 log.info("dialing %s without the relay (%s)", node_id, exc)
                 self.router.dial_without_relay(node_id)
-        conn = self._dial(node_id, alpn, direct=theirs[0] if theirs else None, candidates=theirs, is_relay=is_relay)
+        conn = self._dial(
+            node_id, alpn, direct=theirs[0] if theirs else None, candidates=theirs, is_relay=is_relay, padded=padded
+        )
         self._pool[key] = conn
         if early_data and hooks.early_data_sendable(conn.quic) and not conn.closed:
             # resuming: the connection is ready now, early (0-RTT), until the handshake completes
@@ -733,6 +746,7 @@ class Endpoint:
         candidates: list[Address],
         is_relay: bool,
         on_link: bool = False,
+        padded: tuple[int, float] | None = None,
     ) -> PeerConnection:
         """A new dialed connection, its first flight sent: to ``direct`` and/or through the relay."""
         address = direct if direct is not None else virtual_address(node_id)
@@ -769,6 +783,8 @@ class Endpoint:
 
         hooks.install_identity_hooks(quic, check_server)
         hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
+        if padded is not None:
+            conn.pad_handshake(*padded)
         quic.connect(address, now=conn.now())
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None

@@ -167,7 +167,9 @@ class PeerPaths:
             try:
                 # accepted: the peer dialed from there, so it is the peer's newest address
                 newest = not route.owner.is_client
-                self.prober.handshake_validated(validated, route.owner.smoothed_rtt, now, newest=newest)
+                self.prober.handshake_validated(
+                    validated, route.owner.smoothed_rtt, now, newest=newest, size=route.owner.handshake_datagram_size
+                )
             except ValueError:  # not an IP address
                 log.debug("%s: address %s cannot be probed", self.node_id, validated)
         # the peer may have pinged before it knew us (its pings were dropped): ping now

@@ -392,7 +392,7 @@ class PathProber:
         self._size_wanted = True
         for path in self._paths.values():
             if path.state is PathState.LIVE:
-                self._start_size_search(path, now)
+                self._research_now(path, now)  # from the size it carries (a handshake may have proven one)
         return True
 
     def require_size(self, size: int | None, now: float) -> None:
@@ -427,7 +427,7 @@ class PathProber:
         path.size_attempts = 0
         path.size_searched = False
         path.size_retries = 0
-        path.size_next_at = now
+        path.size_next_at = now if self._size_ceiling() > self.config.base_datagram_size else None
 
     def size_black_hole(self, addr: tuple[str, int], now: float) -> bool:
         """Packets larger than the base size stopped arriving on ``addr``: fall back, search again.
@@ -523,7 +523,9 @@ class PathProber:
         if path.next_ping_at < now + quiet:
             path.next_ping_at = now + quiet
 
-    def handshake_validated(self, addr: tuple[str, int], rtt: float, now: float, *, newest: bool = False) -> None:
+    def handshake_validated(
+        self, addr: tuple[str, int], rtt: float, now: float, *, newest: bool = False, size: int | None = None
+    ) -> None:
         """An authenticated transport handshake crossed ``addr`` both ways: it is a live path.
 
         The datagram that completed the handshake came from ``addr`` and the handshake's
@@ -539,12 +541,17 @@ class PathProber:
         stays a live candidate, pinged, until it fails (and is chosen again only if it is
         clearly faster: the usual hysteresis).  Without ``newest`` (we dialed ``addr``,
         our own choice) the lowest RTT decides as for any probed path.
+
+        ``size``: the handshake's datagrams were this large both ways (a padded handshake,
+        see ``PeerConnection.pad_handshake``): the path carries that size, as if a size
+        probe of it had been answered, and a size search goes on from there.
         Raises ValueError if ``addr`` is not an IP address.
         """
         path = self._add_candidate(normalize_address(addr), now)
         if path is None:
             return
-        if path.state is not PathState.LIVE:
+        was_live = path.state is PathState.LIVE
+        if not was_live:
             path.srtt = rtt
             path.suspect_until = None
             path.state = PathState.LIVE
@@ -553,7 +560,8 @@ class PathProber:
             path.opened_at = now
             path.next_ping_at = now + self.config.keepalive_interval
             self._start_size_search(path, now)
-        elif not newest:
+        self._size_proven(path, size, now)
+        if was_live and not newest:
             return
         path.last_pong = now  # a fresh proof, as a PONG
         path.unanswered_since = None
@@ -562,6 +570,22 @@ class PathProber:
             self._take(path, now, "the peer dialed from a new address")
         else:
             self._choose(now, "handshake on the direct path")
+
+    def _size_proven(self, path: _Path, size: int | None, now: float) -> None:
+        """Authenticated datagrams of ``size`` bytes crossed ``path`` both ways: it carries that size."""
+        if size is None or size <= path.size or size > MAX_DISCO_DATAGRAM:
+            return
+        self._stop_size_probe(path)
+        path.size = size
+        path.size_verifying = False
+        path.size_attempts = 0
+        path.size_retries = 0
+        path.size_searched = False
+        if path.size_limit <= size:
+            path.size_limit = self._size_ceiling() + 1
+        if path.size_next_at is not None:
+            path.size_next_at = now  # the search goes on from the proven size
+        logger.debug("path %s to %s carries %d-byte datagrams (the handshake's were)", path.addr, self.peer, size)
 
     def defer_ping(self, addr: tuple[str, int], until: float) -> None:
         """Send no PING to the probing candidate ``addr`` before ``until`` (a handshake probes it)."""

@@ -64,6 +64,11 @@ class RouteOwner(Protocol):
         crossed that path both ways, as a signed PING and its PONG would."""
 
     @property
+    def handshake_datagram_size(self) -> int | None:
+        """The datagram size the handshake carried both ways on that path (a padded handshake;
+        None: only the base size), as a size probe and its answer would prove."""
+
+    @property
     def datagram_size(self) -> int:
         """The UDP payload size the connection builds now."""
 

@@ -11,11 +11,16 @@ with capped exponential backoff and jitter from the ``rng`` it is handed.
 
 It reports itself connected only while the relay connection carries a full-size
 relayed packet (:data:`FULL_PACKET_SIZE`, the smallest QUIC datagram, plus the
-relay's overhead): after the handshake it asks the paths layer to search for that
-datagram size (which keeps retrying, with a short backoff, while the path does
-not carry it), and a connection that shrinks below it (lost large packets) stops
-being reported connected until it grows back.  :attr:`RelayClient.last_failure`
-and :meth:`RelayClient.wait_connected`'s error say why it is not connected.
+relay's overhead).  Its handshake datagrams are padded to that size, so a handshake
+the relay answers in kind proves the path carries it both ways, and the client is
+connected as soon as the handshake is confirmed (the relay registered it), with no
+size probe; if the padded Initial is not answered within 150 ms (or twice the last
+relay connection's RTT), the handshake goes on with 1200-byte datagrams.  Otherwise,
+after the handshake, it asks the paths layer to search for that datagram size (which
+keeps retrying, with a short backoff, while the path does not carry it).  A connection
+that shrinks below it (lost large packets) stops being reported connected until it
+grows back.  :attr:`RelayClient.last_failure` and :meth:`RelayClient.wait_connected`'s
+error say why it is not connected.
 
 Relay over TCP: when the relay URL carries a TCP port (``?tcp=PORT``, see
 :mod:`asgi_p2p.relay.tcp`), connecting races the QUIC connection against one over
@@ -74,6 +79,7 @@ from .proto import (
     Signal,
     parse_frame,
 )
+from .server import RELAY_DATAGRAM_SIZE
 from .tcp import (
     TCP_MAX_FRAME,
     TCP_MAX_PACKET,
@@ -97,6 +103,16 @@ __all__ = ["FULL_PACKET_SIZE", "RelayClient", "RelayClientStats", "Resolver"]
 FULL_PACKET_SIZE = QUIC_MIN_DATAGRAM_SIZE
 
 log = logging.getLogger("asgi_p2p.relay")
+
+#: A relay connection's handshake datagrams are padded to the size it needs (our relays use
+#: 8-byte connection ids: :data:`~asgi_p2p.relay.server.RELAY_DATAGRAM_SIZE`), so that the
+#: handshake proves the path carries them; without an answer within this long (three
+#: quarters of QUIC's first probe timeout with its 100 ms initial RTT guess) the handshake
+#: goes on with 1200-byte datagrams and the size is searched after it...
+_PAD_ANSWER_WITHIN = 0.15
+#: ... or, once a relay connection measured the RTT to the relay, within twice that RTT
+#: (at least this long, at most the above)
+_PAD_ANSWER_MIN = 0.05
 
 _SEND_PREFIX = bytes((RELAY_VERSION, FRAME_SEND))
 _T = TypeVar("_T")
@@ -372,6 +388,8 @@ class RelayClient:
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ping_uid = 0
+        #: the smoothed RTT of the latest relay connection (None: none yet)
+        self._relay_rtt: float | None = None
 
     # -- RelayLink -------------------------------------------------------------
 
@@ -549,7 +567,7 @@ class RelayClient:
         if self.url.tcp_port is None:
             return await self._connect()
         loop = asyncio.get_running_loop()
-        udp = self._pending_udp or loop.create_task(self._connect(), name=f"relay {self.url} over udp")
+        udp = self._pending_udp or loop.create_task(self._connect_usable(), name=f"relay {self.url} over udp")
         self._pending_udp = None
         tasks: set[asyncio.Task[_RelayConnection | None] | asyncio.Task[_TcpRelayConnection | None]] = {udp}
         network = self._network = await self._current_network()
@@ -742,6 +760,18 @@ class RelayClient:
         await current.close()
         return None
 
+    async def _connect_usable(self) -> _RelayConnection | None:
+        """A QUIC relay connection, once it carries a full-size packet (None: failed or lost first).
+
+        For the race against TCP: a QUIC handshake that completed on a path that does not carry
+        full-size packets (its datagram size still searched) does not win it.
+        """
+        udp = await self._connect()
+        if udp is None or self._live:
+            return udp
+        await self._until_live(udp)
+        return udp if self._live and self._conn is udp else None
+
     async def _until_live(self, udp: _RelayConnection) -> None:
         while not (self._live and self._conn is udp) and not udp.lost.is_set():
             self._udp_live.clear()
@@ -766,7 +796,11 @@ class RelayClient:
             addrs = await self._addresses()
             if not addrs:
                 raise P2PError(f"relay host {url.host!r} resolved to no address")
-            conn = await self.endpoint.connect_quic(NodeAddr(url.node_id, addrs[:1]), RELAY_ALPN)
+            # confirmed (HANDSHAKE_DONE): the relay completed its handshake, so it registered us
+            # (packets to us are forwarded from then on) and told us our address
+            conn = await self.endpoint.connect_quic(
+                NodeAddr(url.node_id, addrs[:1]), RELAY_ALPN, padded=self._padding()
+            )
         except AuthenticationFailed as exc:
             self.stats.auth_failures += 1
             self.last_failure = exc
@@ -796,13 +830,26 @@ class RelayClient:
         self._small_warned = False
         # from now on every datagram size change of the connection may make it (un)usable
         conn.on_path_change.append(lambda _event: self._size_changed(handler))
+        self._relay_rtt = conn.smoothed_rtt
         needed = self._needed_datagram_size(conn)
         peer = self.endpoint.router.peer_paths(url.node_id)
         if peer is not None:
-            peer.require_datagram_size(needed)  # the paths layer searches for it at once
-        log.debug("relay %s: handshake done; needs %d-byte datagrams to relay full-size packets", url, needed)
+            peer.require_datagram_size(needed)  # the paths layer searches for it at once (unless carried)
+        carried = conn.handshake_datagram_size
+        if carried is not None and carried >= needed:
+            log.debug("relay %s: handshake done; its %d-byte datagrams carry full-size relayed packets", url, carried)
+        else:
+            log.debug("relay %s: handshake done; needs %d-byte datagrams to relay full-size packets", url, needed)
         self._size_changed(handler)
         return handler
+
+    def _padding(self) -> tuple[int, float] | None:
+        """The size to pad the relay handshake's datagrams to, and how long to wait for an answer."""
+        if self.endpoint.config.max_datagram_size >= RELAY_DATAGRAM_SIZE:
+            return None  # every datagram is that large already
+        rtt = self._relay_rtt
+        within = _PAD_ANSWER_WITHIN if rtt is None else min(_PAD_ANSWER_WITHIN, max(2 * rtt, _PAD_ANSWER_MIN))
+        return RELAY_DATAGRAM_SIZE, within
 
     @staticmethod
     def _needed_datagram_size(conn: PeerConnection) -> int:

@@ -24,8 +24,11 @@ there and resolve each other's.
 Datagram size: a relayed QUIC packet is at least 1200 bytes, the relay adds
 :data:`~asgi_p2p.relay.proto.FORWARD_OVERHEAD` (34) and the relay connection's
 own 1-RTT packet :data:`RELAY_PACKET_OVERHEAD` (30), so the relay's endpoint
-builds :data:`RELAY_DATAGRAM_SIZE` (1264-byte) datagrams from the start and
-every client<->relay path must carry them (any 1500-byte Ethernet path does).
+builds :data:`RELAY_DATAGRAM_SIZE` (1264-byte) datagrams and every
+client<->relay path must carry them (any 1500-byte Ethernet path does).  During
+a handshake its datagrams are no larger than the client's largest: a relay client
+pads its Initial to 1264 bytes and gets a 1264-byte flight back, so that the
+handshake proves the size both ways (no size probe after it).
 
 The relay only ever sees the packets it forwards as opaque bytes: they are
 QUIC packets encrypted end to end between the two nodes (or signed disco

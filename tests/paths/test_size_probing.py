@@ -563,3 +563,28 @@ def test_a_need_stated_again_searches_at_once_whatever_the_backoff() -> None:
     wire.alice.require_size(1264, wire.now)  # the new connection
     wire.run(until=wire.now + 1.0)
     assert wire.alice.datagram_size(B_ADDR) == 1264  # without it: not before last + 15 s
+
+
+def test_a_padded_handshake_proves_the_needed_size_and_no_probe_of_it_leaves() -> None:
+    """handshake_validated(..., size=1264): the path is live at 1264 at once, the owner's need
+    (require_size) is met without a probe of it, and a search above it goes on from there."""
+    alice = prober(ALICE, BOB, ceiling=1200, size_search_on_demand=True)
+    alice.require_size(1264, 0.0)
+    alice.handshake_validated(B_ADDR, 0.04, 0.0, size=1264)
+    assert alice.datagram_size(B_ADDR) == 1264 and alice.current_path.kind == "direct"
+    sent = [len(t.data) for t in alice.poll(0.0)]
+    assert not any(size >= 1200 for size in sent)  # no size probe: nothing larger to search
+    alice.handshake_validated(B_ADDR, 0.04, 1.0, size=1200)  # a smaller proof changes nothing
+    assert alice.datagram_size(B_ADDR) == 1264
+    # with a higher ceiling the search starts above the proven size
+    carol = prober(ALICE, BOB, ceiling=1452, size_search_on_demand=True)
+    carol.require_size(1264, 0.0)
+    carol.handshake_validated(B_ADDR, 0.04, 0.0, size=1264)
+    probes = [len(t.data) for t in carol.poll(0.0) if len(t.data) >= 1200]
+    assert probes == [1452]
+    # without a proof the needed size is probed first, as before
+    dave = prober(ALICE, BOB, ceiling=1452, size_search_on_demand=True)
+    dave.require_size(1264, 0.0)
+    dave.handshake_validated(B_ADDR, 0.04, 0.0)
+    assert dave.datagram_size(B_ADDR) == 1200
+    assert [len(t.data) for t in dave.poll(0.0) if len(t.data) >= 1200] == [1264]

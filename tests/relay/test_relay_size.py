@@ -11,6 +11,7 @@ node's ``max_datagram_size``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -54,7 +55,12 @@ class _Nodes:
 
 
 def _run(
-    scenario: Callable[[_Nodes], Awaitable[Any]], *, seed: int = 1, loss: float = 0.0, time_limit: float = 300
+    scenario: Callable[[_Nodes], Awaitable[Any]],
+    *,
+    seed: int = 1,
+    loss: float = 0.0,
+    time_limit: float = 300,
+    relay_config: NetworkConfig | None = None,
 ) -> Any:
     sim = Simulation(seed=seed, mtu=1500, latency=0.02, loss=loss)
     with sim:
@@ -62,7 +68,9 @@ def _run(
         hosts = {name: sim.host(name) for name in ("alice", "bob")}
 
         async def main() -> Any:
-            relay = await RelayServer.bind(SecretKey.from_seed("relay"), host="0.0.0.0", port=3478, network=relay_host)
+            relay = await RelayServer.bind(
+                SecretKey.from_seed("relay"), host="0.0.0.0", port=3478, network=relay_host, config=relay_config
+            )
             nodes = _Nodes(sim, relay, hosts)
             try:
                 return await scenario(nodes)
@@ -97,6 +105,27 @@ def _drop_size_probes(node: Node, count: int) -> list[float]:
     return sent
 
 
+def _drop_padded_initials(node: Node, count: int) -> list[int]:
+    """Lose ``node``'s next ``count`` long-header QUIC datagrams above 1200 bytes (padded Initials).
+
+    Returns the sizes of every long-header datagram it sends (lost or not)."""
+    router = node.router
+    send = router.sendto
+    sizes: list[int] = []
+    left = [count]
+
+    def sendto(data: bytes, addr: Address) -> None:
+        if data[0] & 0x80:
+            sizes.append(len(data))
+            if len(data) > 1200 and left[0] > 0:
+                left[0] -= 1
+                return
+        send(data, addr)
+
+    router.sendto = sendto
+    return sizes
+
+
 async def _exchange(dialer: Node, acceptor: Node, url: str, payload: bytes, timeout: float = 10) -> None:
     """``dialer`` dials ``acceptor`` knowing only its node id and relay; ``payload`` goes both ways."""
     conn = await dialer.connect(NodeAddr(acceptor.node_id, relay_url=url))
@@ -108,12 +137,16 @@ async def _exchange(dialer: Node, acceptor: Node, url: str, payload: bytes, time
 
 
 def test_lost_size_probes_keep_the_relay_unused_and_are_retried_within_seconds() -> None:
-    """The first three searches lose their probes: connected ~10 s later (was 1136-byte packets for 120 s)."""
+    """The first three searches lose their probes: connected ~10 s later (was 1136-byte packets for 120 s).
+
+    (The padded handshake is lost too, so that the size is searched after it.)
+    """
 
     async def scenario(n: _Nodes) -> None:
         loop = asyncio.get_running_loop()
         n.sim.partition("alice", "bob")  # alice is reachable through the relay only
         alice = await n.node("alice")
+        _drop_padded_initials(alice, 1)
         probes = _drop_size_probes(alice, 9)
         started = loop.time()
         relay = alice.relay
@@ -256,3 +289,126 @@ def test_a_dial_through_the_relay_works_whatever_max_datagram_size(dialer_big: b
         assert alice.relay.stats.dropped_too_large == 0  # nothing built larger than our relay carries
 
     _run(scenario)
+
+
+class _Log(logging.Handler):
+    """The messages of the ``asgi_p2p`` loggers at INFO and above while in a ``with`` block."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+        self._logger = logging.getLogger("asgi_p2p")
+        self._level = self._logger.level
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.messages)
+
+    def __enter__(self) -> _Log:
+        self._logger.addHandler(self)
+        self._logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+
+
+def test_a_padded_handshake_makes_the_relay_usable_without_a_size_probe() -> None:
+    """Issue 11: the relay handshake's datagrams are 1264 bytes both ways, so it proves the size.
+
+    The relay connection is usable (connected, full-size packets fit) as soon as the handshake
+    is confirmed (two round trips, 80 ms here), with no size probe: here every size probe is
+    lost, which before kept it unusable until a retry (at least 250 ms more per lost probe).
+    """
+
+    async def scenario(n: _Nodes) -> None:
+        loop = asyncio.get_running_loop()
+        n.sim.partition("alice", "bob")
+        started = loop.time()
+        alice = await n.node("alice")
+        probes = _drop_size_probes(alice, 1000)
+        initials = _drop_padded_initials(alice, 0)
+        relay = alice.relay
+        assert relay is not None
+        await relay.wait_connected(5)
+        took = loop.time() - started
+        assert took == pytest.approx(0.08, abs=0.005)  # the handshake, confirmed
+        assert probes  # (every size probe was lost: the background search above 1264 goes on)
+        assert initials[0] == RELAY_DATAGRAM_SIZE  # the padded Initial
+        conn = relay.connection
+        assert conn is not None and conn.handshake_datagram_size == RELAY_DATAGRAM_SIZE
+        assert not conn.pad_fallback and relay.max_packet_size >= FULL_PACKET_SIZE
+        bob = await n.node("bob")
+        assert bob.relay is not None
+        await bob.relay.wait_connected(5)
+        await _exchange(bob, alice, n.url, b"full size " * 300)  # full-size packets both ways
+        assert relay.connected and relay.stats.shrunk == 0  # no size probe was ever answered
+
+    with _Log() as log:
+        _run(scenario)
+    assert "no answer to our" not in log.text
+
+
+def test_a_path_that_drops_the_padded_initial_still_connects_and_says_why() -> None:
+    """A 1280-byte MTU to the relay (1252-byte datagrams): the padded Initial is lost.
+
+    The handshake goes on with 1200-byte datagrams 150 ms after the first Initial (not at
+    QUIC's probe timeout, and the relay answers at the size the Initial came in), completes
+    one round trip later, and the relay client says why it is not usable (the path does not
+    carry a full-size relayed packet); once the path carries it, the size search finds it.
+    """
+
+    log = _Log()
+
+    async def scenario(n: _Nodes) -> None:
+        loop = asyncio.get_running_loop()
+        sim = n.sim
+        sim.partition("alice", "bob")
+        sim.link("alice", "relay", mtu=1280)
+        started = loop.time()
+        alice = await n.node("alice")
+        relay = alice.relay
+        assert relay is not None
+        with pytest.raises(Timeout, match=r"1200-byte datagrams .*needs 1264"):
+            await relay.wait_connected(3)
+        assert relay.stats.connects == 1 and not relay.connected
+        (conn,) = [c for c in alice.connections if c.remote_node_id == n.relay.node_id]
+        assert conn.pad_fallback and conn.handshake_datagram_size is None
+        # the fallback 150 ms after the first Initial, then the handshake at 1200 bytes (confirmed:
+        # HANDSHAKE_DONE, two round trips of 40 ms)
+        assert conn.established_at is not None and conn.established_at - started <= 0.15 + 0.08 + 0.01
+        assert "no answer to our 1264-byte Initial within 150 ms; handshaking with 1200-byte datagrams" in log.text
+        sim.link("alice", "relay", mtu=1500)  # the path carries full-size packets again
+        fixed = loop.time()
+        await relay.wait_connected(20)
+        assert loop.time() - fixed < 16.0  # the search's backoff is at most 15 s
+        assert relay.max_packet_size >= FULL_PACKET_SIZE
+
+    with log:
+        _run(scenario)
+
+
+def test_a_relay_that_does_not_pad_back_leaves_the_size_to_the_search() -> None:
+    """A relay building 1200-byte datagrams (an old or misconfigured one): the handshake proves
+    only our direction, so the 1264-byte size is searched after it (a probe after the Finished), as before."""
+
+    async def scenario(n: _Nodes) -> None:
+        loop = asyncio.get_running_loop()
+        n.sim.partition("alice", "bob")
+        started = loop.time()
+        alice = await n.node("alice")
+        probes = _drop_size_probes(alice, 0)
+        relay = alice.relay
+        assert relay is not None
+        await relay.wait_connected(5)
+        took = loop.time() - started
+        assert took == pytest.approx(0.08, abs=0.005)  # handshake + size probe
+        assert len([t for t in probes if t < started + took]) == 1  # the probe the handshake did not spare
+        conn = relay.connection
+        assert conn is not None and conn.handshake_datagram_size is None and not conn.pad_fallback
+
+    _run(scenario, relay_config=NetworkConfig(max_datagram_size=1200))
