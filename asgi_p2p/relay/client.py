@@ -71,6 +71,7 @@ from .proto import (
     FRAME_RECV,
     FRAME_SEND,
     RELAY_ALPN,
+    RELAY_DATAGRAM_SIZE,
     RELAY_VERSION,
     Error,
     ErrorCode,
@@ -79,7 +80,6 @@ from .proto import (
     Signal,
     parse_frame,
 )
-from .server import RELAY_DATAGRAM_SIZE
 from .tcp import (
     TCP_MAX_FRAME,
     TCP_MAX_PACKET,
@@ -105,7 +105,7 @@ FULL_PACKET_SIZE = QUIC_MIN_DATAGRAM_SIZE
 log = logging.getLogger("asgi_p2p.relay")
 
 #: A relay connection's handshake datagrams are padded to the size it needs (our relays use
-#: 8-byte connection ids: :data:`~asgi_p2p.relay.server.RELAY_DATAGRAM_SIZE`), so that the
+#: 8-byte connection ids: :data:`~asgi_p2p.relay.proto.RELAY_DATAGRAM_SIZE`), so that the
 #: handshake proves the path carries them; without an answer within this long (three
 #: quarters of QUIC's first probe timeout with its 100 ms initial RTT guess) the handshake
 #: goes on with 1200-byte datagrams and the size is searched after it...

@@ -50,8 +50,11 @@ from ..net.base import Address
 __all__ = [
     "FORWARD_OVERHEAD",
     "QUEUE_ENTRY_OVERHEAD",
+    "QUIC_MIN_DATAGRAM_SIZE",
     "RELAY_ALPN",
+    "RELAY_DATAGRAM_SIZE",
     "RELAY_LIMITS",
+    "RELAY_PACKET_OVERHEAD",
     "RELAY_VERSION",
     "Action",
     "Error",
@@ -76,6 +79,15 @@ RELAY_ALPN = "asgi-p2p/relay/1"
 RELAY_VERSION = 1
 #: Bytes a SEND or RECV frame adds to the packet it carries.
 FORWARD_OVERHEAD = 2 + 32
+#: Bytes a relay connection's 1-RTT packet adds around one DATAGRAM frame: first byte (1),
+#: destination connection id (8, what endpoints issue), packet number (2), AEAD tag (16),
+#: DATAGRAM frame type (1) and length (2).
+RELAY_PACKET_OVERHEAD = 1 + 8 + 2 + 16 + 1 + 2
+#: Smallest QUIC datagram (RFC 9000 section 14): what nodes build whenever a packet may be relayed.
+QUIC_MIN_DATAGRAM_SIZE = 1200
+#: The relay endpoint's default datagram size: one full 1200-byte QUIC packet in a RECV frame in a
+#: 1-RTT packet (1264 bytes).  Every client<->relay path must carry UDP payloads this large.
+RELAY_DATAGRAM_SIZE = QUIC_MIN_DATAGRAM_SIZE + FORWARD_OVERHEAD + RELAY_PACKET_OVERHEAD
 MAX_ERROR_MESSAGE = 1024
 #: ERROR flags: a NodeId follows; a ``fits`` u32 follows
 _ERROR_HAS_NODE = 0x01

@@ -59,8 +59,9 @@ from ..errors import InvalidConfiguration, ProtocolError
 from ..identity import NodeId, SecretKey
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
 from .proto import (
-    FORWARD_OVERHEAD,
     RELAY_ALPN,
+    RELAY_DATAGRAM_SIZE,
+    RELAY_PACKET_OVERHEAD,
     Error,
     ErrorCode,
     RelayFull,
@@ -99,15 +100,6 @@ log = logging.getLogger("asgi_p2p.relay")
 RELAY_PROTOCOL_ERROR = 0x105
 #: Application close code: the relay's client table is full.
 RELAY_SERVER_FULL = 0x104
-#: Bytes a relay connection's 1-RTT packet adds around one DATAGRAM frame: first byte (1),
-#: destination connection id (8, what endpoints issue), packet number (2), AEAD tag (16),
-#: DATAGRAM frame type (1) and length (2).
-RELAY_PACKET_OVERHEAD = 1 + 8 + 2 + 16 + 1 + 2
-#: Smallest QUIC datagram (RFC 9000 section 14): what nodes build whenever a packet may be relayed.
-QUIC_MIN_DATAGRAM_SIZE = 1200
-#: The relay endpoint's default datagram size: one full 1200-byte QUIC packet in a RECV frame in a
-#: 1-RTT packet (1264 bytes).  Every client<->relay path must carry UDP payloads this large.
-RELAY_DATAGRAM_SIZE = QUIC_MIN_DATAGRAM_SIZE + FORWARD_OVERHEAD + RELAY_PACKET_OVERHEAD
 
 
 def relay_config(max_clients: int, **overrides: Any) -> NetworkConfig:
