@@ -257,30 +257,38 @@ def test_tunnel_packets_round_trip_and_malformed_ones_are_refused() -> None:
             decode_packet(bad)
 
 
-def test_wan_benchmark_quick_run_on_the_netns_rig() -> None:
-    """`benchmarks/wan.py --quick` builds the NAT rig, runs every row once and prints the table; afterwards
-    none of its namespaces is left. Needs root like tests/netns (`make test` runs as root): without it
-    this test fails with the reason, it is never skipped."""
+def _run_on_the_netns_rig(argv: list[str], *, timeout: float) -> str:
+    """Run ``benchmarks/<argv[0]> argv[1:]``, which builds netns rigs; its stdout once it exited 0 and
+    left none of its namespaces behind.  Needs root like tests/netns (`make test` runs as root):
+    without it the calling test fails with the reason, it is never skipped."""
     from tests.netns.rig import list_namespaces, missing_requirements
 
     problem = missing_requirements()
     if problem:
         pytest.fail(problem, pytrace=False)
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks" / "wan.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:]],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
     )
     try:
-        out, err = proc.communicate(timeout=400)
+        out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, out + err
     assert not [n for n in list_namespaces() if n.startswith(f"ap2p{proc.pid}-")], list_namespaces()
+    return out
+
+
+def test_wan_benchmark_quick_run_on_the_netns_rig() -> None:
+    """`benchmarks/wan.py --quick` builds the NAT rig, runs every row once and prints the table; afterwards
+    none of its namespaces is left. Needs root like tests/netns (`make test` runs as root): without it
+    this test fails with the reason, it is never skipped."""
+    out = _run_on_the_netns_rig(["wan.py", "--quick"], timeout=400)
     header = "| metric | asgi-p2p direct | asgi-p2p relayed | asgi-p2p relayed over TCP | tunnel | tunnel (TLS) |"
     assert header in out, out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
@@ -474,27 +482,9 @@ def test_metrics_overhead_benchmark_prints_both_rows_and_a_scrape() -> None:
 def test_delayline_benchmark_measures_both_lines_on_the_netns_rig() -> None:
     """`benchmarks/delayline.py`: one rig delay line's CPU, the C line and the Python fallback, per stream.
     Needs root like tests/netns: without it this test fails with the reason, it is never skipped."""
-    from tests.netns.rig import list_namespaces, missing_requirements
-
-    problem = missing_requirements()
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks" / "delayline.py"), "--runs", "1", "--seconds", "0.5",
-         "--tcp-mib", "1", "--streams", "udp,tcp-max"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, out + err
-    assert not [n for n in list_namespaces() if n.startswith(f"ap2p{proc.pid}-")], list_namespaces()
+    out = _run_on_the_netns_rig(
+        ["delayline.py", "--runs", "1", "--seconds", "0.5", "--tcp-mib", "1", "--streams", "udp,tcp-max"], timeout=180
+    )
     rows = [[c.strip() for c in line.strip("| \n").split("|")] for line in out.splitlines() if line.startswith("| ")]
     got = {(r[0].split()[0], r[1]): r for r in rows[2:]}
     assert set(got) == {(s, line) for s in ("UDP", "TCP") for line in ("c", "python")}, out

@@ -24,12 +24,23 @@ from asgi_p2p import NetworkConfig, Node, SecretKey
 from asgi_p2p.http import P2PTransport
 from asgi_p2p.http.types import Receive, Scope, Send
 from asgi_p2p.sim import Simulation
+from asgi_p2p.sim.apps import SimServer
 from asgi_p2p.sim.nat import Filtering, Mapping, NatConfig
+from asgi_p2p.sim.network import Host
 
 from .test_roaming import _echo
 
 LATENCY = 0.02
 EIM = NatConfig(Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT, port_assignment="random")
+
+
+async def _client(key: SecretKey, phone: Host, relay: str, server: SimServer) -> tuple[Node, httpx.AsyncClient]:
+    """A node with ``key`` in ``phone`` once its relay is connected, and an httpx client to ``server``."""
+    node = await Node.bind(key, host="0.0.0.0", port=0, config=NetworkConfig(), network=phone, relay_url=relay)
+    assert node.relay is not None
+    await node.relay.wait_connected(5)
+    transport = P2PTransport(node, addrs=[server.addr])
+    return node, httpx.AsyncClient(transport=transport, base_url=f"https://{server.node_id}")
 
 
 @pytest.mark.sim(loss=0.0, latency=LATENCY)
@@ -41,14 +52,7 @@ async def test_a_returning_client_gets_its_first_response_promptly(sim: Simulati
     key = SecretKey.from_seed(f"returning {sim.seed}")
     loop = asyncio.get_running_loop()
 
-    async def client() -> tuple[Node, httpx.AsyncClient]:
-        node = await Node.bind(key, host="0.0.0.0", port=0, config=NetworkConfig(), network=phone, relay_url=relay)
-        assert node.relay is not None
-        await node.relay.wait_connected(5)
-        transport = P2PTransport(node, addrs=[server.addr])
-        return node, httpx.AsyncClient(transport=transport, base_url=f"https://{server.node_id}")
-
-    first, c1 = await client()
+    first, c1 = await _client(key, phone, relay, server)
     for i in range(30):  # until it goes direct (the server then has a direct path to this node)
         r = await asyncio.wait_for(c1.get(f"/a{i}"), 5)
         assert r.status_code == 200
@@ -63,7 +67,7 @@ async def test_a_returning_client_gets_its_first_response_promptly(sim: Simulati
     tickets = first.export_session_tickets()
     await c1.aclose()
     await first.close(timeout=0.0)
-    second, c2 = await client()
+    second, c2 = await _client(key, phone, relay, server)
     assert second.import_session_tickets(tickets) >= 1
     accepted = server.node.early_data_accepted
     start = loop.time()
@@ -102,20 +106,13 @@ async def test_a_returning_client_in_another_home_gets_its_early_answer_in_one_r
     key = SecretKey.from_seed(f"returning home {sim.seed}")
     loop = asyncio.get_running_loop()
 
-    async def client() -> tuple[Node, httpx.AsyncClient]:
-        node = await Node.bind(key, host="0.0.0.0", port=0, config=NetworkConfig(), network=phone, relay_url=relay)
-        assert node.relay is not None
-        await node.relay.wait_connected(5)
-        transport = P2PTransport(node, addrs=[server.addr])
-        return node, httpx.AsyncClient(transport=transport, base_url=f"https://{server.node_id}")
-
-    first, c1 = await client()
+    first, c1 = await _client(key, phone, relay, server)
     r = await asyncio.wait_for(c1.get("/first"), 5)
     assert r.text == "GET /first -"
     tickets = first.export_session_tickets()
     await c1.aclose()
     await first.close(timeout=0.0)
-    second, c2 = await client()
+    second, c2 = await _client(key, phone, relay, server)
     assert second.import_session_tickets(tickets) >= 1
     start = loop.time()
     r = await asyncio.wait_for(c2.get("/again"), 5)
