@@ -714,6 +714,11 @@ class RelayRouter:
         client.observed = normalized
         return [(node, ObservedAddr(*normalized).encode())]
 
+    def observed_addr_frame(self, node: NodeId) -> list[Action]:
+        """An OBSERVED_ADDR frame repeating the client's recorded public address (none if unknown)."""
+        observed = self._client(node).observed
+        return [] if observed is None else [(node, ObservedAddr(*observed).encode())]
+
     def set_max_datagram_size(self, node: NodeId, size: int) -> None:
         """Update the largest DATAGRAM payload the client's connection accepts."""
         self._client(node).max_datagram_size = size

@@ -7,7 +7,8 @@ on an :class:`~asgi_p2p.endpoint.Endpoint` and drives the sans-I/O
 * a client is registered when its handshake completes, under the NodeId its
   certificate proved (never a NodeId from a frame), and told its public
   address (OBSERVED_ADDR), again whenever the address its packets come from
-  changes (NAT rebinding);
+  changes (NAT rebinding), and that new address again at the next
+  :data:`OBSERVED_ADDR_REPEATS` checks (the frame is an unreliable datagram);
 * every DATAGRAM frame goes through the router; the frames it returns are sent
   as DATAGRAM frames on the destination's connection, after checking that they
   fit that connection now and that its datagram queue is not full;
@@ -100,6 +101,9 @@ log = logging.getLogger("asgi_p2p.relay")
 RELAY_PROTOCOL_ERROR = 0x105
 #: Application close code: the relay's client table is full.
 RELAY_SERVER_FULL = 0x104
+#: Times a client's new observed address is said again, one per ``check_interval``, after the
+#: frame that announced it (OBSERVED_ADDR rides an unreliable DATAGRAM frame).
+OBSERVED_ADDR_REPEATS = 3
 
 
 def relay_config(max_clients: int, **overrides: Any) -> NetworkConfig:
@@ -150,6 +154,8 @@ class _ClientHandler:
         self.registered = False
         self.violated = False
         self.observed: tuple[str, int] | None = None
+        #: OBSERVED_ADDR frames still to repeat for the current address (see _check_clients)
+        self.observed_repeats = 0
 
     # -- ConnectionHandler -------------------------------------------------
 
@@ -218,6 +224,8 @@ class _TcpClientHandler:
         self.registered = False
         self.violated = False
         self.observed: tuple[str, int] | None = None
+        #: OBSERVED_ADDR frames still to repeat for the current address (see _check_clients)
+        self.observed_repeats = 0
         self.max_buffer = max_buffer
         self._queue: deque[bytes] = deque()
         self._bytes = 0
@@ -665,7 +673,13 @@ class RelayServer:
         actions: list[tuple[NodeId, bytes]] = []
         for handler in list(self._handlers.values()):
             if handler.registered and handler.is_connected:
-                actions.extend(self._refresh(handler))
+                update = self._refresh(handler)
+                if not update and handler.observed_repeats > 0:
+                    # the frame rides an unreliable datagram: say a new address again, a few
+                    # times, so one lost frame does not leave the client announcing its old port
+                    handler.observed_repeats -= 1
+                    update = self.router.observed_addr_frame(handler.node)
+                actions.extend(update)
         self._dispatch(actions)
         if self._handlers:
             self._check_handle = asyncio.get_running_loop().call_later(self.check_interval, self._check_clients)
@@ -678,6 +692,7 @@ class RelayServer:
         if addr == handler.observed:
             return []
         handler.observed = addr
+        handler.observed_repeats = OBSERVED_ADDR_REPEATS
         update = self.router.update_observed_addr(node, addr)
         if update:
             self.stats.observed_addr_updates += 1
