@@ -250,10 +250,10 @@ class Endpoint:
         For a node about to serve (:class:`~asgi_p2p.http.H3Server` calls it when it
         starts): a restarted server's waiting clients would otherwise wait for them in its
         first handshakes (see :func:`~asgi_p2p.endpoint.tls.warm_up_handshakes`: two
-        in-memory handshakes and a full garbage collection, 20-30 ms of CPU once per
+        in-memory handshakes and a full garbage collection, 20-40 ms of CPU once per
         process).  Not at :meth:`bind`: a process that only dials would pay all of it in
         series before its own first request (a returning client's first response was
-        20-30 ms later on the WAN rig), far more than the one-time costs its own first
+        about 30 ms later on the WAN rig), far more than the one-time costs its own first
         handshake pays without it (about 1 ms).  Real UDP only (the simulator's
         entropy is seeded: a warm-up once per process would shift the draws of whichever
         node ran first).  True if this call ran it.

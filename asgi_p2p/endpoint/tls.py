@@ -115,7 +115,7 @@ def warm_up_handshakes(certificate: x509.Certificate, secret_key: SecretKey) -> 
     Ed25519, AES-GCM, HKDF), aioquic's TLS code run for the first time.  Warmed up when
     it starts serving (``Endpoint.warm_up``), a node restarted under live clients answers
     their first resumed handshake about 1 ms of CPU sooner (docs/benchmarks.md, "Restart").
-    Costs 5-10 ms of CPU, once (with the collection below, 20-30 ms: not for a process
+    Costs 5-10 ms of CPU, once (with the collection below, 20-40 ms: not for a process
     that only dials, whose first request would wait for it).
 
     Then one full garbage collection: a new process holds every object its imports made
