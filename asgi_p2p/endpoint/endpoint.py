@@ -624,13 +624,16 @@ class Endpoint:
             conn = await asyncio.shield(race)
             await conn.wait_ready(self.config.connect_timeout, confirmed=confirmed)
             return conn
-        if not node_addr.direct_addresses and relay is not None and not relay.connected:
-            await relay.wait_connected(self.config.connect_timeout)
-        elif relay_usable and relay is not None and not relay.connected and not is_relay:
+        # the relay takes packets from our Finished on its relay connection (can_send), half a
+        # round trip before the relay confirms it (connected): the dial's first flight leaves
+        # right behind that Finished
+        if not node_addr.direct_addresses and relay is not None and not relay.can_send:
+            await relay.wait_can_send(self.config.connect_timeout)
+        elif relay_usable and relay is not None and not relay.can_send and not is_relay:
             # dial through the relay (see asgi_p2p.paths.select) once it is up; if it does
             # not come up in time, dial the direct addresses alone
             try:
-                await relay.wait_connected(min(self.config.connect_timeout / 2, _RELAY_WAIT))
+                await relay.wait_can_send(min(self.config.connect_timeout / 2, _RELAY_WAIT))
             except P2PError as exc:
                 log.info("dialing %s without the relay (%s)", node_id, exc)
                 self.router.dial_without_relay(node_id)
@@ -686,9 +689,9 @@ class Endpoint:
         async def through_relay() -> PeerConnection:
             head_start = loop.time() + _DIRECT_HEAD_START
             direct: Address | None = theirs[0]
-            if not relay.connected:
+            if not relay.can_send:
                 try:
-                    await relay.wait_connected(min(timeout / 2, _RELAY_WAIT))
+                    await relay.wait_can_send(min(timeout / 2, _RELAY_WAIT))
                 except P2PError as exc:
                     log.info("dialing %s without the relay (%s)", node_id, exc)
                     self.router.dial_without_relay(node_id)

@@ -60,7 +60,18 @@ class RelayLink(Protocol):
         """True while the relay connection is up and carries a full-size (1200-byte) QUIC packet.
 
         A relay connection that cannot (yet) carry one is not connected: a peer's Initial
-        through it would be dropped.
+        through it would be dropped.  Connected also means the relay accepted us (its
+        handshake is confirmed: it registered us and forwards packets to us).
+        """
+
+    @property
+    def can_send(self) -> bool:
+        """True while :meth:`send_packet` takes full-size (1200-byte) QUIC packets.
+
+        From our TLS Finished on (half a round trip before :attr:`connected`, which waits
+        for the relay to confirm the handshake): what is sent then leaves right behind the
+        Finished, and the relay forwards it once it has checked that Finished.  Implies
+        nothing about packets *to* us; :attr:`connected` implies this.
         """
 
     @property
@@ -106,6 +117,9 @@ class ManagedRelayLink(RelayLink, Protocol):
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until :attr:`connected`; raises :class:`~asgi_p2p.errors.Timeout` saying why if not in time."""
+
+    async def wait_can_send(self, timeout: float | None = None) -> None:
+        """Wait until :attr:`can_send`; raises :class:`~asgi_p2p.errors.Timeout` saying why if not in time."""
 
     async def close(self) -> None:
         """Disconnect for good."""

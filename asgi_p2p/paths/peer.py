@@ -211,7 +211,7 @@ class PeerPaths:
     def send_call_me_maybe(self) -> bool:
         """Tell the peer, through the relay, where to ping us (if a relay is connected)."""
         relay = self.router.relay
-        if relay is None or not relay.connected or not any(r.owner.established_at is not None for r in self.routes):
+        if relay is None or not relay.can_send or not any(r.owner.established_at is not None for r in self.routes):
             return False  # before the handshake the peer would drop it (it does not know us yet)
         if self.is_relay:
             return False  # the relay itself
@@ -249,7 +249,7 @@ class PeerPaths:
         now = self.loop.time()
         relay = self.router.relay
         base = self.router.config.max_datagram_size
-        if direct is not None and relay is not None and relay.connected and not route.is_relay:
+        if direct is not None and relay is not None and relay.can_send and not route.is_relay:
             # only worth checking when there is somewhere else to go: without a relay,
             # failing the path would change nothing but stop its size search
             self.prober.suspect(direct, now)
@@ -327,7 +327,7 @@ class PeerPaths:
         # a happy-eyeballs attempt on a private address goes there alone until its handshake
         # is done (the relay is raced by another connection)
         racing = route.on_link and route.owner.established_at is None
-        relay_ok = relay is not None and relay.connected and not route.is_relay and not racing
+        relay_ok = relay is not None and relay.can_send and not route.is_relay and not racing
         current = self.prober.current_path
         best = current.addr if current.kind == "direct" else None
         source = route.source
@@ -364,7 +364,7 @@ class PeerPaths:
         base = self.router.config.max_datagram_size
         reason = self._reason
         relay = self.router.relay
-        capacity = relay.max_packet_size if relay is not None and relay.connected else None
+        capacity = relay.max_packet_size if relay is not None and relay.can_send else None
         for route in list(self.routes):
             target = self.route_for(route)
             direct, relayed = target

@@ -355,13 +355,13 @@ class Router:
         log.info(
             "relay %s %s%s",
             link.relay_url,
-            "connected" if link.connected else "disconnected",
+            "connected" if link.connected else "takes packets (not confirmed yet)" if link.can_send else "disconnected",
             f", sees us at {link.observed_address[0]}:{link.observed_address[1]}" if link.observed_address else "",
         )
         for peer in list(self._peers.values()):
             peer.relay_fit = None  # a new relay connection (or none): sizes are learnt afresh
             peer.update_routes()
-            if link.connected:
+            if link.can_send:
                 peer.relay_answered()
         self._last_node_addr = None  # connected or not: re-signal peers, tell the callbacks
         self.own_addresses_changed()

@@ -8,7 +8,7 @@
   that route.
 
 The relay is the backup that is always usable for a full-size packet: a relay client
-reports itself connected only while its relay connection carries a
+takes packets (``can_send``) only while its relay connection carries a
 :data:`QUIC_MIN_DATAGRAM_SIZE` (1200-byte) QUIC packet.  Whenever any of a connection's
 packets may go through the relay, the connection builds datagrams that fit it: exactly
 1200 bytes until the handshake is done (Initials may not be smaller, and 1200 fits every
@@ -68,7 +68,7 @@ def select_route(
     ``best``: the peer's confirmed direct path (a probe was answered on it), if any.
     ``dialed``: the address the connection was dialed to or accepted from (None if it
     came through the relay).  ``relay``: the peer's node id if the relay can carry this
-    connection now (connected, and the connection is not itself to the relay), else None.
+    connection now (it takes packets, and the connection is not itself to the relay), else None.
     ``careful``: we dialed and punch carefully (a relay is configured), so an unconfirmed
     dialed address gets no packets.  ``dialed_silent``: the dialed address was probed
     and did not answer (failed, or silent for the grace period).

@@ -383,6 +383,8 @@ class RelayClient:
         self._small_warned = False
         self._observed: tuple[str, int] | None = None
         self._connected = asyncio.Event()
+        #: set while :attr:`can_send` (from our Finished on; :attr:`connected` implies it)
+        self._may_send = asyncio.Event()
         #: set whenever the QUIC relay connection becomes (or stops being) usable
         self._udp_live = asyncio.Event()
         self._closing = asyncio.Event()
@@ -399,6 +401,15 @@ class RelayClient:
 
     @property
     def connected(self) -> bool:
+        """Up, carries a full-size packet, and the relay confirmed our handshake (registered us)."""
+        current = self._conn
+        if self._live and current is not None and current.conn.is_connected and current.conn.is_confirmed:
+            return True
+        return self._tcp is not None and self._tcp.open
+
+    @property
+    def can_send(self) -> bool:
+        """:meth:`send_packet` takes full-size packets: from our TLS Finished on (see the module docstring)."""
         if self._live and self._conn is not None and self._conn.conn.is_connected:
             return True
         return self._tcp is not None and self._tcp.open
@@ -441,13 +452,13 @@ class RelayClient:
             while self.max_packet_size < size:
                 conn = self.connection
                 if conn is None:
-                    await self.wait_connected()
+                    await self.wait_can_send()
                     continue
                 events = conn.path_events()
                 if self.max_packet_size >= size:
                     return
                 async for _ in events:
-                    if self.max_packet_size >= size or not self.connected:
+                    if self.max_packet_size >= size or not self.can_send:
                         break
 
         try:
@@ -493,14 +504,25 @@ class RelayClient:
         Raises :class:`Timeout` if not in time, saying why (the last connection
         failure, or the datagram size the path to the relay has carried so far).
         """
-        if self.connected:
-            return
+        if not self.connected:
+            await self._wait(self._connected, timeout)
+
+    async def wait_can_send(self, timeout: float | None = None) -> None:
+        """Wait until :attr:`can_send`: our Finished is sent and the connection carries a full-size packet.
+
+        Half a round trip to the relay before :meth:`wait_connected`.  Raises
+        :class:`Timeout` as :meth:`wait_connected` does.
+        """
+        if not self.can_send:
+            await self._wait(self._may_send, timeout)
+
+    async def _wait(self, event: asyncio.Event, timeout: float | None) -> None:
         if self._closing.is_set():
             raise ConnectionClosed("relay client is closed")
         if self._task is None:
             raise ConnectionClosed("relay client not started; call start() first")
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             why = f": {self.last_failure}" if self.last_failure is not None else ""
             raise Timeout(f"relay {self.url} not connected within {timeout:g}s{why}") from None
@@ -699,6 +721,7 @@ class RelayClient:
         self.stats.tcp_connects += 1
         self.last_failure = None
         self._connected.set()
+        self._may_send.set()
         log.warning(
             "relay %s: connected over TCP (TLS + WebSocket at port %s): UDP to the relay did not work; "
             "trying UDP again every %gs",
@@ -791,26 +814,57 @@ class RelayClient:
         return out
 
     async def _connect(self) -> _RelayConnection | None:
+        """A QUIC relay connection, returned once the relay confirmed it (None: failed).
+
+        It is in use from our TLS Finished on (:attr:`can_send`, if it carries a full-size
+        packet then): what the paths layer sends through it leaves behind the Finished, and
+        the relay forwards it once it has checked that Finished (a relay that refuses us
+        forwards nothing).  Confirmed (HANDSHAKE_DONE): the relay completed its handshake,
+        registered us (packets to us are forwarded from then on) and told us our address.
+        """
         url = self.url
+        handler: _RelayConnection | None = None
         try:
             addrs = await self._addresses()
             if not addrs:
                 raise P2PError(f"relay host {url.host!r} resolved to no address")
-            # confirmed (HANDSHAKE_DONE): the relay completed its handshake, so it registered us
-            # (packets to us are forwarded from then on) and told us our address
             conn = await self.endpoint.connect_quic(
-                NodeAddr(url.node_id, addrs[:1]), RELAY_ALPN, padded=self._padding()
+                NodeAddr(url.node_id, addrs[:1]), RELAY_ALPN, confirmed=False, padded=self._padding()
             )
+            handler = self._finished(conn)
+            if handler is None:
+                return None
+            await conn.wait_ready(self.endpoint.config.connect_timeout, confirmed=True)
         except AuthenticationFailed as exc:
             self.stats.auth_failures += 1
-            self.last_failure = exc
+            self._failed(handler, exc)
             log.error("relay %s: refused: %s (is the node id in the relay URL right?)", url, exc)
             return None
         except (P2PError, OSError) as exc:
             self.stats.connect_failures += 1
-            self.last_failure = exc if isinstance(exc, P2PError) else P2PError(str(exc))
+            self._failed(handler, exc if isinstance(exc, P2PError) else P2PError(str(exc)))
             log.warning("relay %s: cannot connect: %s", url, exc)
             return None
+        if self._conn is not handler or handler.lost.is_set() or self._closing.is_set():
+            self.stats.connect_failures += 1
+            log.warning("relay %s: connection closed during setup", url)
+            return None
+        self.stats.connects += 1
+        self._relay_rtt = handler.conn.smoothed_rtt
+        if self._live:
+            self._now_connected(handler.conn, "handshake confirmed")
+        return handler
+
+    def _failed(self, handler: _RelayConnection | None, exc: P2PError) -> None:
+        """A connection attempt failed (``handler``: after our Finished, before the relay confirmed it)."""
+        self.last_failure = exc
+        if handler is not None:
+            handler.conn.close(0, "relay connection failed")
+            self._set_disconnected(handler, str(exc))
+
+    def _finished(self, conn: PeerConnection) -> _RelayConnection | None:
+        """Our Finished is sent on a new relay connection: in use now if it carries a full-size packet."""
+        url = self.url
         handler = conn.handler
         if self._closing.is_set():
             conn.close(0, "relay client closed")
@@ -825,21 +879,19 @@ class RelayClient:
             log.warning("relay %s: connection closed during setup", url)
             return None
         self._conn = handler
-        self.stats.connects += 1
         self._small_since = conn.now()
         self._small_warned = False
         # from now on every datagram size change of the connection may make it (un)usable
         conn.on_path_change.append(lambda _event: self._size_changed(handler))
-        self._relay_rtt = conn.smoothed_rtt
         needed = self._needed_datagram_size(conn)
         peer = self.endpoint.router.peer_paths(url.node_id)
         if peer is not None:
             peer.require_datagram_size(needed)  # the paths layer searches for it at once (unless carried)
         carried = conn.handshake_datagram_size
         if carried is not None and carried >= needed:
-            log.debug("relay %s: handshake done; its %d-byte datagrams carry full-size relayed packets", url, carried)
+            log.debug("relay %s: Finished sent; its %d-byte datagrams carry full-size relayed packets", url, carried)
         else:
-            log.debug("relay %s: handshake done; needs %d-byte datagrams to relay full-size packets", url, needed)
+            log.debug("relay %s: Finished sent; needs %d-byte datagrams to relay full-size packets", url, needed)
         self._size_changed(handler)
         return handler
 
@@ -872,15 +924,13 @@ class RelayClient:
             self._live = True
             self._small_since = None
             self.last_failure = None
-            self._connected.set()
+            self._may_send.set()
             self._udp_live.set()
-            log.info(
-                "relay %s: connected (max packet %d bytes; %.2fs after it could not carry a full-size one)",
-                self.url,
-                self.max_packet_size,
-                waited,
-            )
-            self._notify_state()
+            if conn.is_confirmed:
+                self._now_connected(conn, f"{waited:.2f}s after it could not carry a full-size one")
+            else:
+                log.debug("relay %s: sending through it (max packet %d bytes)", self.url, self.max_packet_size)
+                self._notify_state()
             return
         self.last_failure = P2PError(self._too_small_reason(conn))
         if not self._live:
@@ -891,8 +941,14 @@ class RelayClient:
         self._small_since = conn.now()
         self._small_warned = True
         self._connected.clear()
+        self._may_send.clear()
         self.stats.shrunk += 1
         log.warning("relay %s: not usable: %s", self.url, self.last_failure)
+        self._notify_state()
+
+    def _now_connected(self, conn: PeerConnection, how: str) -> None:
+        self._connected.set()
+        log.info("relay %s: connected (max packet %d bytes; %s)", self.url, self.max_packet_size, how)
         self._notify_state()
 
     def _too_small_reason(self, conn: PeerConnection) -> str:
@@ -950,6 +1006,8 @@ class RelayClient:
             self._tcp = None
             if not self.connected:
                 self._connected.clear()
+            if not self.can_send:
+                self._may_send.clear()
             self.stats.disconnects += 1
             log.log(
                 logging.INFO if self._closing.is_set() else logging.WARNING,
@@ -962,13 +1020,17 @@ class RelayClient:
         if self._conn is not current:
             return
         was_live = self._live
+        confirmed = current.conn.is_confirmed
         self._conn = None
         self._live = False
         self._udp_live.set()
         self._small_since = None
         if not self.connected:
             self._connected.clear()
-        self.stats.disconnects += 1
+        if not self.can_send:
+            self._may_send.clear()
+        if confirmed:  # (one that failed before the relay confirmed it is a connect failure)
+            self.stats.disconnects += 1
         if self._closing.is_set():
             log.info("relay %s: disconnected (%s)", self.url, why)
         else:
@@ -1048,7 +1110,7 @@ class RelayClient:
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
             self.stats.dropped_invalid += 1
             return False
-        if not self.connected:
+        if not self.can_send:
             self.stats.dropped_disconnected += 1
             return False
         return True
@@ -1066,5 +1128,5 @@ class RelayClient:
         return True
 
     def __repr__(self) -> str:
-        state = "connected" if self.connected else "disconnected"
+        state = "connected" if self.connected else "sending" if self.can_send else "disconnected"
         return f"<RelayClient {self.url} {state}>"

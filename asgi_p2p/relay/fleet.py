@@ -297,7 +297,8 @@ class RelayFleet:
         self._routes: collections.OrderedDict[NodeId, RelayUrl] = collections.OrderedDict()
         self._home: NodeId | None = None
         self._home_up = asyncio.Event()
-        self._reported: tuple[NodeId | None, bool, object] = (None, False, None)
+        self._home_sending = asyncio.Event()
+        self._reported: tuple[NodeId | None, bool, bool, object] = (None, False, False, None)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._extra_closing: set[asyncio.Task[None]] = set()
@@ -324,6 +325,12 @@ class RelayFleet:
     def connected(self) -> bool:
         home = self.home
         return home is not None and home.connected
+
+    @property
+    def can_send(self) -> bool:
+        """The home relay takes packets (see :attr:`RelayClient.can_send`; the home is chosen among connected ones)."""
+        home = self.home
+        return home is not None and home.can_send
 
     @property
     def max_packet_size(self) -> int:
@@ -425,12 +432,12 @@ class RelayFleet:
                 # home relay, or is lost, until it is up; QUIC retransmits)
                 with contextlib.suppress(NodeNotFound):
                     link = self._open_extra(url, dest)
-            if link is not None and link.connected:
+            if link is not None and link.can_send:
                 if use:
                     self._used[rid] = self._now()
                 return link
         home = self.home
-        if home is not None and home.connected:
+        if home is not None and home.can_send:
             return home
         for key in self.choice.ranked() if self.choice is not None else ():
             assert isinstance(key, NodeId)
@@ -468,14 +475,21 @@ class RelayFleet:
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until a home relay is chosen and connected; :class:`Timeout` names every relay's state."""
-        if self.connected:
-            return
+        if not self.connected:
+            await self._wait(self._home_up, timeout)
+
+    async def wait_can_send(self, timeout: float | None = None) -> None:
+        """Wait until :attr:`can_send` (a home relay is chosen and takes packets); errors as :meth:`wait_connected`."""
+        if not self.can_send:
+            await self._wait(self._home_sending, timeout)
+
+    async def _wait(self, event: asyncio.Event, timeout: float | None) -> None:
         if self._closing:
             raise ConnectionClosed("relay fleet is closed")
         if self._task is None:
             raise ConnectionClosed("relay fleet not started; call start() first")
         try:
-            await asyncio.wait_for(self._home_up.wait(), timeout)
+            await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             states = "; ".join(
                 f"{link.relay_url}: "
@@ -490,6 +504,7 @@ class RelayFleet:
             return
         self._closing = True
         self._home_up.clear()
+        self._home_sending.clear()
         for task in (self._task, self._lookup):
             if task is not None:
                 task.cancel()
@@ -644,11 +659,12 @@ class RelayFleet:
 
     def _report(self) -> None:
         """Tell the endpoint when the home relay, its state or its observed address changed."""
-        state = (self._home, self.connected, self.observed_address)
-        if self.connected:
-            self._home_up.set()
-        else:
-            self._home_up.clear()
+        state = (self._home, self.connected, self.can_send, self.observed_address)
+        for event, up in ((self._home_up, self.connected), (self._home_sending, self.can_send)):
+            if up:
+                event.set()
+            else:
+                event.clear()
         if state == self._reported:
             return
         self._reported = state

@@ -71,6 +71,10 @@ class FakeRelayLink:
         return self.started and self.hub.up
 
     @property
+    def can_send(self) -> bool:
+        return self.connected
+
+    @property
     def max_packet_size(self) -> int:
         return 65000 if self.connected else 0
 
@@ -92,6 +96,9 @@ class FakeRelayLink:
     async def wait_connected(self, timeout: float | None = None) -> None:
         if not self.connected:
             raise Timeout("fake relay is down")
+
+    async def wait_can_send(self, timeout: float | None = None) -> None:
+        await self.wait_connected(timeout)
 
     async def close(self) -> None:
         self.started = False
