@@ -648,7 +648,17 @@ class Endpoint:
                 raise conn.close_error
             log.debug("resuming with %s (%s): 0-RTT via %s", node_id, alpn, conn.path)
             return conn
-        await conn.wait_ready(self.config.connect_timeout, confirmed=confirmed)
+        try:
+            await conn.wait_ready(self.config.connect_timeout, confirmed=confirmed)
+        except ConnectionFailed as exc:
+            # the dial went through the relay, which went down meanwhile (it refused us after
+            # our Finished, which is when the dial started): say so, not just "no handshake"
+            if relay is None or relay.can_send or is_relay or not (relay_usable or not node_addr.direct_addresses):
+                raise
+            why = getattr(relay, "last_failure", None)
+            if why is None:
+                raise
+            raise ConnectionFailed(f"{exc} (relay {relay.relay_url} is not usable: {why})") from exc
         log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
         return conn
 

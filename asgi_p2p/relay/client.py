@@ -1093,6 +1093,8 @@ class RelayClient:
         name = f"error {frame.code}" if reason is RefusalReason.OTHER else reason.value
         about = f" (about node {frame.node})" if frame.node is not None else ""
         if code in (ErrorCode.PROTOCOL, ErrorCode.SERVER_FULL):
+            if frame.node is None:  # it refused us (it closes the connection next): say why from now on
+                self.last_failure = P2PError(f"the relay refused us: {refusal}")
             log.error("relay %s: %s: %s%s", self.url, name, frame.message, about)
         else:
             log.warning("relay %s: %s: %s%s", self.url, name, frame.message, about)

@@ -206,3 +206,21 @@ async def test_a_dial_through_an_impostor_relay_fails_saying_so_and_sends_nothin
     assert link.stats.auth_failures >= 1 and link.stats.packets_sent == 0
     assert not link.can_send
     await node.close()
+
+
+@pytest.mark.sim(loss=0.0, latency=LATENCY)
+async def test_a_dial_through_a_relay_that_refuses_us_fails_saying_why(sim: Simulation) -> None:
+    """The dial starts at our relay Finished; the relay then refuses us (full): the dial (the
+    peer has no direct address) fails within its connect timeout, naming the relay's refusal."""
+    relay, server, phone = await _homes(sim, RelayLimits(max_clients=1))
+    node, link = await _node(SecretKey.from_seed("refused"), phone, relay, NetworkConfig(connect_timeout=2.0))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    transport = P2PTransport(node, addrs=[NodeAddr(server.node_id, [], relay)])
+    async with httpx.AsyncClient(transport=transport, base_url=f"https://{server.node_id}") as http:
+        with pytest.raises(httpx.ConnectError, match=r"relay .* is not usable: the relay refused us: relay full"):
+            await http.get("/")
+    assert loop.time() - t0 <= 2.0 + 0.1  # the connect timeout, no hang
+    assert link.stats.packets_sent >= 1  # the Initial went behind our Finished; the relay dropped it
+    assert not link.can_send
+    await node.close()
