@@ -9,18 +9,33 @@ address is refused), keeps the connection and the NAT mapping alive with
 QUIC PINGs, declares the relay dead when PINGs go unanswered, and reconnects
 with capped exponential backoff and jitter from the ``rng`` it is handed.
 
-It reports itself connected only while the relay connection carries a full-size
-relayed packet (:data:`FULL_PACKET_SIZE`, the smallest QUIC datagram, plus the
-relay's overhead).  Its handshake datagrams are padded to that size, so a handshake
-the relay answers in kind proves the path carries it both ways, and the client is
-connected as soon as the handshake is confirmed (the relay registered it), with no
-size probe; if the padded Initial is not answered within 150 ms (or twice the last
-relay connection's RTT), the handshake goes on with 1200-byte datagrams.  Otherwise,
-after the handshake, it asks the paths layer to search for that datagram size (which
-keeps retrying, with a short backoff, while the path does not carry it).  A connection
-that shrinks below it (lost large packets) stops being reported connected until it
-grows back.  :attr:`RelayClient.last_failure` and :meth:`RelayClient.wait_connected`'s
-error say why it is not connected.
+It takes packets (:attr:`RelayClient.can_send`) and reports itself connected only while
+the relay connection carries a full-size relayed packet (:data:`FULL_PACKET_SIZE`, the
+smallest QUIC datagram, plus the relay's overhead).  Its handshake datagrams are padded
+to that size, so a handshake the relay answers in kind proves the path carries it both
+ways, with no size probe; if the padded Initial is not answered within 150 ms (or twice
+the last relay connection's RTT), the handshake goes on with 1200-byte datagrams and,
+after it, the client asks the paths layer to search for that datagram size (which keeps
+retrying, with a short backoff, while the path does not carry it).  A connection that
+shrinks below it (lost large packets) stops taking packets until it grows back.
+
+Two stages, half a round trip to the relay apart:
+
+* **can send** from our TLS Finished on (aioquic: the handshake completed here, 1-RTT
+  keys installed).  Packets sent then leave right behind the Finished (in its datagram
+  or the next ones); the relay completes its handshake with that Finished (it checks our
+  certificate then: a relay that refuses us forwards nothing), registers us and only
+  then reads what follows it.  One that arrives before the Finished (reordering) cannot
+  be decrypted there yet and is lost, as on any lossy path: the end-to-end QUIC
+  connection inside retransmits it.  Dials through the relay start here
+  (:meth:`RelayClient.wait_can_send`): a fresh or returning client's first response
+  comes one relay round trip sooner than if they waited for the next stage.
+* **connected** once the relay confirmed the handshake (HANDSHAKE_DONE): it registered
+  us, so packets *to* us are forwarded, and it sent our public address
+  (:attr:`RelayClient.observed_address`, shortly after).
+
+:attr:`RelayClient.last_failure` and :meth:`RelayClient.wait_connected`'s error say why it
+is not connected.
 
 Relay over TCP: when the relay URL carries a TCP port (``?tcp=PORT``, see
 :mod:`asgi_p2p.relay.tcp`), connecting races the QUIC connection against one over
