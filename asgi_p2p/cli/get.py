@@ -603,7 +603,7 @@ class _PathWatcher:
         relay = self.endpoint.relay
         relay_url = relay.relay_url if relay is not None else None
         path = conn.path
-        if path.kind == "direct" and not self.is_direct() and relay is not None and relay.connected:
+        if path.kind == "direct" and not self.is_direct() and relay is not None and relay.can_send:
             # packets go both ways until a probe answers: the relay is what carries them
             assert path.addr is not None
             return f"{fmt_path(PathInfo('relay'), relay_url)} (trying direct {_fmt_addr(path.addr)})"
