@@ -7,8 +7,10 @@ relay connection's Finished, before the relay confirmed that connection (``conne
 so a fresh client's and a returning client's first response arrive one relay round trip
 (41 ms here) sooner than when the dial waited for ``connected``.  Before the Finished the
 relay link takes nothing (dropped and counted, like UDP); a relay that refuses us after
-our Finished forwards nothing we sent; a relay that is not the one the URL names fails
-the dial with an error that says so.
+our Finished forwards nothing we sent, and a dial through it fails naming the refusal; a
+relay that is not the one the URL names fails the dial with an error that says so.  With a
+relay list, a dial through a peer's home relay (connected to on demand) starts at that
+relay connection's Finished too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from asgi_p2p import NetworkConfig, Node, SecretKey
 from asgi_p2p.http import P2PTransport
 from asgi_p2p.http.types import Receive, Scope, Send
 from asgi_p2p.identity import NodeAddr, NodeId
+from asgi_p2p.paths.link import RelaySink
 from asgi_p2p.relay.client import RelayClient
 from asgi_p2p.relay.proto import RelayLimits
 from asgi_p2p.relay.url import RelayUrl
@@ -224,3 +227,40 @@ async def test_a_dial_through_a_relay_that_refuses_us_fails_saying_why(sim: Simu
     assert link.stats.packets_sent >= 1  # the Initial went behind our Finished; the relay dropped it
     assert not link.can_send
     await node.close()
+
+
+@pytest.mark.sim(loss=0.0, latency=LATENCY)
+async def test_a_dial_to_a_peer_on_another_relay_starts_at_that_relays_finished(sim: Simulation) -> None:
+    """A relay list (``RelayFleet``): the peer's home relay is not in ours, so the dial connects
+    to it on demand and sends its first packet through it right behind that connection's Finished."""
+    url_a, url_b = await sim.relay("relay-a"), await sim.relay("relay-b")
+    clients: list[tuple[RelayClient, list[tuple[float, bool, bool, bool]]]] = []
+
+    def factory(endpoint: Node, url: RelayUrl, sink: RelaySink, *, rng: random.Random) -> RelayClient:
+        client = RelayClient(endpoint, url, sink, rng=rng)
+        clients.append((client, _record_sends(client)))
+        return client
+
+    alice = await Node.bind(
+        SecretKey.from_seed("alice"), host="0.0.0.0", network=sim.host("alice", nat=EIM), relay_urls=[url_a]
+    )
+    bob = await Node.bind(
+        SecretKey.from_seed("bob"),
+        host="0.0.0.0",
+        network=sim.host("bob", nat=EIM),
+        relay_urls=[url_b],
+        relay_factory=factory,  # type: ignore[arg-type]
+    )
+    assert alice.relay is not None and bob.relay is not None
+    await alice.relay.wait_connected(5)
+    await bob.relay.wait_connected(5)
+    assert bob.relay.can_send
+    conn = await bob.connect(NodeAddr(alice.node_id, relay_url=url_a))
+    inc = await asyncio.wait_for(alice.listen().accept(), 5)
+    await conn.send(b"through alice's relay")
+    assert await asyncio.wait_for(inc.recv(), 5) == b"through alice's relay"
+    extra, sent = next((c, s) for c, s in clients if c.relay_url == url_a)
+    assert sent[0][1:] == (True, False, True)  # taken before that relay confirmed the connection
+    assert extra.connected
+    await bob.close()
+    await alice.close()
