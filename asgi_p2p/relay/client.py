@@ -148,7 +148,7 @@ _REASONS = {
 class RelayClientStats:
     """Counters of a :class:`RelayClient`."""
 
-    #: Relay connections established (handshakes completed).
+    #: Relay connections established (handshakes the relay confirmed), and those lost.
     connects: int = 0
     disconnects: int = 0
     #: Times a connection in use stopped carrying a full-size packet (it was reported
