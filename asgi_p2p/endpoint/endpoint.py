@@ -1132,6 +1132,9 @@ class Endpoint:
                 why = "ticket age off by more than the freshness window: recorded earlier?"
             elif offer.alpn != state.alpn:
                 why = f"ALPN {offer.alpn!r}, the ticket's is {state.alpn!r}"
+            elif state.alpn in self._relay_alpns:
+                # a relay forwards nothing before the client's Finished: no replayable early frames
+                why = "a relay connection"
             elif strikes.check_and_add(offer.client_random, now):
                 self.early_data_accepted += 1
                 return True

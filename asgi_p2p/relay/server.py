@@ -9,7 +9,11 @@ on an :class:`~asgi_p2p.endpoint.Endpoint` and drives the sans-I/O
   address (OBSERVED_ADDR), again whenever the address its packets come from
   changes (NAT rebinding), and that new address again at the next
   :data:`OBSERVED_ADDR_REPEATS` checks (the frame is an unreliable datagram);
-* every DATAGRAM frame goes through the router; the frames it returns are sent
+* every DATAGRAM frame goes through the router, none before the client's handshake
+  completed here (its Finished checked: a frame right behind the Finished, even in the
+  same datagram, comes after it, as aioquic processes a datagram's packets in order and
+  has no 1-RTT keys before; the relay's endpoint accepts no 0-RTT data on relay
+  connections); the frames it returns are sent
   as DATAGRAM frames on the destination's connection, after checking that they
   fit that connection now and that its datagram queue is not full;
 * a malformed frame, a frame only a relay may send, or a stream opened by the

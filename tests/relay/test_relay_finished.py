@@ -20,14 +20,18 @@ import random
 
 import httpx
 import pytest
+from aioquic.quic.events import QuicEvent
 
 from asgi_p2p import NetworkConfig, Node, SecretKey
+from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.http import P2PTransport
 from asgi_p2p.http.types import Receive, Scope, Send
 from asgi_p2p.identity import NodeAddr, NodeId
 from asgi_p2p.paths.link import RelaySink
+from asgi_p2p.relay import proto
 from asgi_p2p.relay.client import RelayClient
-from asgi_p2p.relay.proto import RelayLimits
+from asgi_p2p.relay.proto import RELAY_ALPN, RelayLimits
+from asgi_p2p.relay.server import RelayServer
 from asgi_p2p.relay.url import RelayUrl
 from asgi_p2p.sim import Simulation
 from asgi_p2p.sim.apps import SimServer
@@ -264,3 +268,52 @@ async def test_a_dial_to_a_peer_on_another_relay_starts_at_that_relays_finished(
     assert extra.connected
     await bob.close()
     await alice.close()
+
+
+@pytest.mark.sim(loss=0.0, latency=LATENCY)
+async def test_the_relay_forwards_nothing_sent_as_early_data(sim: Simulation) -> None:
+    """A relay client resuming its session could send SEND frames as 0-RTT data (ours never
+    does), before the relay has its Finished: the relay accepts no early data on relay
+    connections, so such a frame is never forwarded; one sent once the handshake is done is."""
+    relay = await RelayServer.bind(SecretKey.from_seed("relay"), host="0.0.0.0", port=3478, network=sim.host("relay"))
+    url = relay.url
+    server = await sim.serve(_early, sim.host("srv", "10.1.0.2", nat=EIM), relay_url=str(url))
+    assert server.node.relay is not None
+    await server.node.relay.wait_connected(5)
+    phone = sim.host("phone", "10.2.0.2", nat=EIM)
+
+    class Eager:
+        """Queues a SEND frame as soon as the connection is made (early, when resuming)."""
+
+        def __init__(self, conn: PeerConnection) -> None:
+            conn.quic.send_datagram_frame(proto.Send(server.node_id, bytes(300)).encode())
+            conn.schedule_transmit()
+
+        def quic_event_received(self, event: QuicEvent) -> None:
+            pass
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            pass
+
+    key = SecretKey.from_seed("eager")
+    first = await Node.bind(key, host="0.0.0.0", network=phone, rng=random.Random(6))
+    first.add_protocol(RELAY_ALPN, Eager, relay=True)
+    received = server.node.router.stats.relay_packets_received
+    await first.connect_quic(NodeAddr(url.node_id, [url.address]), RELAY_ALPN)
+    await asyncio.sleep(2 * RTT)
+    assert server.node.router.stats.relay_packets_received == received + 1  # sent after the Finished
+    tickets = first.export_session_tickets()
+    await first.close()
+
+    second = await Node.bind(key, host="0.0.0.0", network=phone, rng=random.Random(7))
+    second.add_protocol(RELAY_ALPN, Eager, relay=True)
+    assert second.import_session_tickets(tickets) == 1
+    refused = relay.endpoint.early_data_refused
+    conn = await second.connect_quic(NodeAddr(url.node_id, [url.address]), RELAY_ALPN, early_data=True)
+    assert conn.early  # the frame went out as 0-RTT data
+    await conn.wait_handshake()
+    await asyncio.sleep(2 * RTT)
+    assert relay.endpoint.early_data_refused == refused + 1
+    assert server.node.router.stats.relay_packets_received == received + 1  # the early frame: dropped
+    await second.close()
+    await relay.close()
