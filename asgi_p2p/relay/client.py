@@ -866,7 +866,7 @@ class RelayClient:
             return None
         self.stats.connects += 1
         self._relay_rtt = handler.conn.smoothed_rtt
-        if self._live:
+        if self._live and not self._connected.is_set():  # (else _size_changed said it already)
             self._now_connected(handler.conn, "handshake confirmed")
         return handler
 
