@@ -7,8 +7,9 @@ home relay:
 
 * **Measuring.**  Each relay connection's round-trip time is QUIC's RTT estimate
   of that connection (its handshake, then the ACK of every keepalive PING, one
-  a ``keepalive_interval``); the fleet samples it every ``tick`` seconds and ranks
-  relays by the median of the last :attr:`HomeChoice.samples` samples.  A relay
+  a ``keepalive_interval``), from the moment it takes packets (our Finished); the
+  fleet samples it every ``tick`` seconds and ranks relays by the median of the last
+  :attr:`HomeChoice.samples` samples.  A relay
   reached over TCP has no QUIC RTT and ranks after every measured one.
 * **Choosing a home** (:class:`HomeChoice`, sans-I/O).  The first choice waits
   until every relay has answered or ``settle`` seconds passed.  Afterwards the
@@ -328,7 +329,7 @@ class RelayFleet:
 
     @property
     def can_send(self) -> bool:
-        """The home relay takes packets (see :attr:`RelayClient.can_send`; the home is chosen among connected ones)."""
+        """The home relay takes packets (:attr:`RelayClient.can_send`: from its Finished on)."""
         home = self.home
         return home is not None and home.can_send
 
@@ -532,7 +533,7 @@ class RelayFleet:
         assert choice is not None
         for rid, link in self.clients.items():
             conn = getattr(link, "connection", None)
-            if conn is not None and link.connected:
+            if conn is not None and link.can_send:
                 choice.sample(rid, conn.smoothed_rtt)
 
     def _close_idle(self) -> None:
@@ -621,7 +622,7 @@ class RelayFleet:
             return
         now = self._now()
         for rid, link in self.clients.items():
-            choice.set_connected(rid, link.connected, now)
+            choice.set_connected(rid, link.can_send, now)
         before = self._home
         chosen = choice.choose(now)
         assert chosen is None or isinstance(chosen, NodeId)
