@@ -103,7 +103,7 @@ class RelaySink(Protocol):
         """A hole-punching signal ``src`` sent us through the relay."""
 
     def relay_state_changed(self, link: RelayLink) -> None:
-        """The relay connected, disconnected, or reported a new observed address."""
+        """The relay takes packets, connected, disconnected, or reported a new observed address."""
 
     def relay_refused(self, dest: NodeId | None, refusal: RelayRefusal) -> None:
         """The relay refused something (a packet or signal to ``dest``, or us when ``dest`` is None)."""

@@ -209,7 +209,7 @@ class PeerPaths:
             self.service()
 
     def send_call_me_maybe(self) -> bool:
-        """Tell the peer, through the relay, where to ping us (if a relay is connected)."""
+        """Tell the peer, through the relay, where to ping us (if the relay takes packets)."""
         relay = self.router.relay
         if relay is None or not relay.can_send or not any(r.owner.established_at is not None for r in self.routes):
             return False  # before the handshake the peer would drop it (it does not know us yet)
@@ -303,7 +303,7 @@ class PeerPaths:
         self._timer.update()
 
     def relay_answered(self) -> None:
-        """The relay connected (again): connections sending through it stop backing off."""
+        """The relay takes packets (again): connections sending through it stop backing off."""
         for route in list(self.routes):
             route.answered(None)
 

@@ -514,7 +514,7 @@ class RelayClient:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"relay client {self.url}")
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until the relay connection is up and carries a full-size packet.
+        """Wait until the relay connection is confirmed (it registered us) and carries a full-size packet.
 
         Raises :class:`Timeout` if not in time, saying why (the last connection
         failure, or the datagram size the path to the relay has carried so far).

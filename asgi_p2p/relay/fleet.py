@@ -354,7 +354,7 @@ class RelayFleet:
     # -- routing ----------------------------------------------------------------------
 
     def relay_for(self, dest: NodeId) -> str | None:
-        """The URL of the relay packets to ``dest`` go through now (None: no relay is connected)."""
+        """The URL of the relay packets to ``dest`` go through now (None: no relay takes packets)."""
         link = self._link(dest, use=False)
         return link.relay_url if link is not None else None
 
