@@ -68,7 +68,7 @@ class RelayLink(Protocol):
     def can_send(self) -> bool:
         """True while :meth:`send_packet` takes full-size (1200-byte) QUIC packets.
 
-        From our TLS Finished on (half a round trip before :attr:`connected`, which waits
+        From our TLS Finished on (one round trip before :attr:`connected`, which waits
         for the relay to confirm the handshake): what is sent then leaves right behind the
         Finished, and the relay forwards it once it has checked that Finished.  Implies
         nothing about packets *to* us; :attr:`connected` implies this.

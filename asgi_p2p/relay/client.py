@@ -19,7 +19,7 @@ after it, the client asks the paths layer to search for that datagram size (whic
 retrying, with a short backoff, while the path does not carry it).  A connection that
 shrinks below it (lost large packets) stops taking packets until it grows back.
 
-Two stages, half a round trip to the relay apart:
+Two stages, one round trip to the relay apart:
 
 * **can send** from our TLS Finished on (aioquic: the handshake completed here, 1-RTT
   keys installed).  Packets sent then leave right behind the Finished (in its datagram
