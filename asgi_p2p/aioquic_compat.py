@@ -48,7 +48,7 @@ Hooks:
   read by every ``QuicPacketBuilder``) and the state derived from it: the
   congestion controller's and pacer's ``_max_datagram_size`` (window growth,
   minimum window, pacing burst) and, when growing before any loss, the initial
-  congestion window.  aioquic has no API for this (it never changes the size
+  congestion window (:func:`initial_window_bytes`).  aioquic has no API for this (it never changes the size
   after ``__init__``), and it neither sends nor honours the peer's
   ``max_udp_payload_size`` transport parameter (it only checks it is >= 1200),
   so a receiver accepts any datagram size: the paths layer probes each path.
@@ -187,6 +187,7 @@ __all__ = [
     "handshake_confirmed",
     "idle_timeout",
     "initial_packet_decrypts",
+    "initial_window_bytes",
     "install_identity_hooks",
     "install_receive_credit",
     "install_reset_tokens",
@@ -427,6 +428,20 @@ def congestion_window(quic: QuicConnection) -> int:
     return int(quic._loss._cc.congestion_window)
 
 
+#: The largest datagram the initial congestion window is counted in (bytes): the UDP payload of
+#: a 1500-byte IPv4 packet, the size of most internet paths (quic-go and Chromium count their
+#: initial window in packets of about this size).  A path that carries larger datagrams
+#: (loopback, jumbo frames) starts with the same bytes, not ``initial_window`` of its packets:
+#: 64 packets of 16 KiB on loopback made a 1 MB first window, and the send buffer follows it.
+INITIAL_WINDOW_DATAGRAM_SIZE = 1472
+
+
+def initial_window_bytes(packets: int, datagram_size: int) -> int:
+    """The initial congestion window in bytes: ``packets`` datagrams of ``datagram_size``,
+    counted at most :data:`INITIAL_WINDOW_DATAGRAM_SIZE` each."""
+    return packets * min(datagram_size, INITIAL_WINDOW_DATAGRAM_SIZE)
+
+
 #: HyStart++ constants (RFC 9406 section 4.3)
 HYSTART_MIN_RTT_THRESH = 0.004
 HYSTART_MAX_RTT_THRESH = 0.016
@@ -545,7 +560,7 @@ class _AppLimitedReno(_CongestionMixin, RenoCongestionControl):
 
     def __init__(self, *, max_datagram_size: int) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
-        self.congestion_window = self.initial_window * max_datagram_size
+        self.congestion_window = initial_window_bytes(self.initial_window, max_datagram_size)
         #: the last transmit pass left the window underutilized, not because of pacing
         self.app_limited = False
         self.hystart = HyStart()
@@ -587,7 +602,7 @@ class _AppLimitedCubic(_CongestionMixin, CubicCongestionControl):
     def reset(self) -> None:
         """aioquic's reset (after 2 s idle: slow start again), with HyStart++ afresh."""
         super().reset()
-        self.congestion_window = self._W_max = self.initial_window * self._max_datagram_size
+        self.congestion_window = self._W_max = initial_window_bytes(self.initial_window, self._max_datagram_size)
         self.hystart = HyStart()
         self._css_stash = 0
 
@@ -724,7 +739,9 @@ def set_max_datagram_size(quic: QuicConnection, size: int, *, below_minimum: boo
     packets of the new size (aioquic retransmits frames, not packets).  The
     congestion window is kept in bytes; when the size grows, a connection that
     never lost a packet (still in slow start) gets at least the initial window
-    of the new size, and every connection at least the minimum window.
+    of the new size (counted in datagrams of at most
+    :data:`INITIAL_WINDOW_DATAGRAM_SIZE`, :func:`initial_window_bytes`), and every
+    connection at least the minimum window.
     """
     smallest = SMALLEST_1RTT_DATAGRAM_SIZE if below_minimum else SMALLEST_DATAGRAM_SIZE
     if not smallest <= size <= 65527:
@@ -741,7 +758,10 @@ def set_max_datagram_size(quic: QuicConnection, size: int, *, below_minimum: boo
     if hasattr(cc, "additive_increase_factor"):  # cubic
         cc.additive_increase_factor = size
     if size > old:
-        floor = (getattr(cc, "initial_window", K_INITIAL_WINDOW) if cc.ssthresh is None else K_MINIMUM_WINDOW) * size
+        if cc.ssthresh is None:
+            floor = initial_window_bytes(getattr(cc, "initial_window", K_INITIAL_WINDOW), size)
+        else:
+            floor = K_MINIMUM_WINDOW * size
         if cc.congestion_window < floor:
             cc.congestion_window = floor
 

@@ -214,12 +214,18 @@ class NetworkConfig:
     #: Congestion controller (aioquic's, growing its window only while the window limits sending):
     #: ``"cubic"`` (default: faster than Reno on lossy paths) or ``"reno"``.
     congestion_control: str = "cubic"
-    #: Packets the congestion window holds at first and after an idle restart.  32, as
-    #: quic-go and Chromium start; RFC 9002 suggests 10, which takes about two more round
-    #: trips of slow start to fill a 1 MB bandwidth-delay product.
-    initial_congestion_window: int = 32
-    #: Most concurrent peer-opened bidirectional streams per connection.
-    max_streams: int = 128
+    #: Packets the congestion window holds at first and after an idle restart (counted at most
+    #: 1472 bytes each, so loopback's 16 KiB datagrams do not make a 1 MB window), sent paced
+    #: over the first round trip (the handshake measured it).  64: one round trip of slow start
+    #: less than the 32 quic-go and Chromium start with (RFC 9002 suggests 10, two more
+    #: again); on the simulator a 10 MiB download over an 80 ms, 100 Mbit/s path went from
+    #: 8.36 to 8.89 MB/s (docs/benchmarks.md, "Initial congestion window").
+    initial_congestion_window: int = 64
+    #: Most concurrent peer-opened bidirectional streams per connection.  100, the HTTP server's
+    #: default per-peer limit (``DEFAULT_LIMIT_PEER_CONCURRENCY``) and quic-go's default: a client
+    #: with more requests than that on one connection waits for stream credit instead of getting
+    #: 429s for the requests past 100 that arrive in one burst.
+    max_streams: int = DEFAULT_LIMIT_PEER_CONCURRENCY
     #: UDP payload size QUIC starts with and falls back to; every path must carry it
     #: (1200 is safe on any internet path).
     max_datagram_size: int = 1200

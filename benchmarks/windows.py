@@ -10,9 +10,10 @@ slow start), the receiver's final stream window and the sender's final send buff
 
 Rows: windows fixed at the old 256 KiB defaults vs auto-tuned (the defaults), and
 Reno vs CUBIC, at 0% and ``--loss`` random loss (lossy rows send an eighth of ``--mb``:
-they run at a few hundred kB/s). Window and send buffer: the last seed's, at the end.
+they run at a few hundred kB/s), for each initial congestion window of ``--iw`` (packets;
+default: the configured default). Window and send buffer: the last seed's, at the end.
 
-Usage: python benchmarks/windows.py [--mb 16] [--seeds 1,2,3] [--loss 0.01] [--queues 1000000,262144]
+Usage: python benchmarks/windows.py [--mb 16] [--seeds 1,2,3] [--loss 0.01] [--queues 1000000,262144] [--iw 32,64]
 """
 
 # ruff: noqa: E402
@@ -92,22 +93,33 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--loss", type=float, default=0.01)
     ap.add_argument("--queues", default="1000000,262144", help="bottleneck queue sizes in bytes")
+    ap.add_argument(
+        "--iw",
+        default=str(NetworkConfig().initial_congestion_window),
+        help="initial congestion windows in packets, comma separated (default: the configured default)",
+    )
     args = ap.parse_args()
+    iws = [int(w) for w in args.iw.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     queues = [int(q) for q in args.queues.split(",")]
     fixed = {"max_stream_receive_window": 256 * 1024, "max_stream_send_buffer": 256 * 1024}
     rows: list[tuple[str, float, int, dict[str, object]]] = []
     for queue in queues:
-        rows.append(("fixed 256 KiB", 0.0, queue, {**fixed, "congestion_control": "cubic"}))
-        for loss in (0.0, args.loss):
-            for cc in ("reno", "cubic"):
-                rows.append(("auto-tuned", loss, queue, {"congestion_control": cc}))
+        rows.append(
+            ("fixed 256 KiB", 0.0, queue, {**fixed, "congestion_control": "cubic", "initial_congestion_window": iws[0]})
+        )
+        for iw in iws:
+            for loss in (0.0, args.loss):
+                for cc in ("reno", "cubic"):
+                    rows.append(
+                        ("auto-tuned", loss, queue, {"congestion_control": cc, "initial_congestion_window": iw})
+                    )
     print(f"link: {BANDWIDTH / 1e6:g} Mbit/s ({BANDWIDTH / 8e6:g} MB/s), {2 * ONE_WAY * 1000:g} ms RTT, {args.mb} MiB")
     print(
         "| windows | cc | loss | queue | MB/s whole (per seed) | MB/s 2nd half (per seed) | median 2nd half "
-        "| stream window | send buffer |"
+        "| stream window | send buffer | initial window |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, loss, queue, extra in rows:
         cfg = NetworkConfig(connect_timeout=60.0, **extra)  # type: ignore[arg-type]
         mb = args.mb if loss == 0 else max(1, args.mb // 8)
@@ -117,7 +129,8 @@ def main() -> None:
         med = statistics.median(r.steady for r in res) / 1e6
         print(
             f"| {name} | {cfg.congestion_control} | {loss:.0%} | {queue / 1e3:g} kB | {whole} | {steady} | "
-            f"{med:.2f} | {res[-1].window >> 10} KiB | {res[-1].send_buffer >> 10} KiB |",
+            f"{med:.2f} | {res[-1].window >> 10} KiB | {res[-1].send_buffer >> 10} KiB | "
+            f"{cfg.initial_congestion_window} |",
             flush=True,
         )
 

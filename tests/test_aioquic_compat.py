@@ -346,6 +346,15 @@ def test_initial_congestion_window_holds_at_start_and_after_an_idle_restart(name
         cc.congestion_window = 500 * 1200
         cc.reset()
         assert cc.congestion_window == 32 * 1200
+    # on a path of larger datagrams (loopback: 16 KiB) the window starts with the same bytes as
+    # on a 1500-byte path, not with 32 of its datagrams
+    large = create_congestion_control(algorithm, max_datagram_size=16384)
+    assert large.congestion_window == 32 * hooks.INITIAL_WINDOW_DATAGRAM_SIZE == 32 * 1472
+    if name == "cubic":
+        large.congestion_window = 500 * 16384
+        large.reset()
+        assert large.congestion_window == 32 * 1472
+    assert hooks.initial_window_bytes(32, 1200) == 32 * 1200
     with pytest.raises(ValueError, match=r"2\.\.1024"):
         hooks.congestion_control_algorithm(name, 1)
 
@@ -384,7 +393,8 @@ def test_max_datagram_size_can_grow_and_shrink_on_a_live_connection() -> None:
     assert hooks.max_datagram_size(p.client) == 1200
     hooks.set_max_datagram_size(p.client, 9000)
     assert hooks.max_datagram_size(p.client) == 9000
-    assert p.client._loss.congestion_window >= 10 * 9000  # slow start: the initial window of the new size
+    # slow start: the initial window again, counted in datagrams of at most 1472 bytes (not 9000)
+    assert p.client._loss.congestion_window == 10 * hooks.INITIAL_WINDOW_DATAGRAM_SIZE
     sid = p.client.get_next_available_stream_id()
     p.client.send_stream_data(sid, b"z" * 200_000, end_stream=True)
     sizes = [len(d) for d, _ in p.client.datagrams_to_send(p.now)]

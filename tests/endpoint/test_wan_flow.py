@@ -99,12 +99,13 @@ def test_a_new_connections_10_mib_download_is_not_held_back_by_its_windows(sim: 
     with half-window credit steps) the sender became flow-control limited, its congestion
     window stopped growing while the queue drained, and slow start ended in a 3x overshoot:
     6.87 MB/s.  With the windows out of the way: 7.70 MB/s from an initial window of 10 packets,
-    8.36 MB/s from the default 32 (the link carries 12.5; slow start to 1 MB still takes ~5 round
-    trips, and its end still overshoots the queue)."""
+    8.36 from 32 and 8.89 from the default 64 (the link carries 12.5; slow start to 1 MB still
+    takes ~4 round trips, and its end still overshoots the queue).  8.6 MB/s is the margin the
+    WAN target needs (0.9x the tunnel's 9.43 on the rig is 8.49); 32 packets fail it."""
     total = 10 * 1024 * 1024
     marks, window = _bulk(sim, NetworkConfig(connect_timeout=30.0), total)
     rate = total / (marks[-1][0] - marks[0][0])  # from the accept: the handshake is left out
-    assert rate >= 7.5e6, f"{rate / 1e6:.2f} MB/s"
+    assert rate >= 8.6e6, f"{rate / 1e6:.2f} MB/s"
     assert window <= 9 * BDP
 
 
