@@ -173,8 +173,10 @@ async def test_large_streamed_upload_constant_memory(starlette_served: Served, s
     # both ends run in this process: the body never sits in memory at once.  What may is
     # bounded by the windows: the stream window the transfer reached (4 MiB on loopback),
     # the sender's buffer of two congestion windows (~4.5 MB) and aioquic's copy of that
-    # buffer while it grows, plus allocator slack: a quarter of the 100 MiB body
-    assert rss.growth < 24 * 1024 * 1024, f"RSS grew {rss.growth / 1e6:.1f} MB during a {size >> 20} MiB upload"
+    # buffer while it grows, plus allocator slack.  Measured 10.8-27.4 MB of peak growth
+    # late in full loaded test runs (the process's heap by then is fragmented), 15-16 MB
+    # alone; the bound is 40 MB, under half the body: holding the body at once fails it
+    assert rss.growth < 40 * 1024 * 1024, f"RSS grew {rss.growth / 1e6:.1f} MB during a {size >> 20} MiB upload"
 
 
 # -- responses ----------------------------------------------------------------------------------
@@ -227,8 +229,8 @@ async def test_large_response_bounded_memory(starlette_served: Served) -> None:
     assert 0 < server_buffered <= served.pair.server.config.max_stream_send_buffer + 64, server_buffered
     assert biggest_chunk <= served.pair.client.config.max_stream_receive_window, biggest_chunk
     # both ends run in this process: the response never sits in memory at once (what may is
-    # bounded as in the upload test above: a quarter of the 100 MiB body)
-    assert rss.growth < 24 * 1024 * 1024, f"RSS grew {rss.growth / 1e6:.1f} MB during a {size >> 20} MiB download"
+    # bounded as in the upload test above: under half the 100 MiB body)
+    assert rss.growth < 40 * 1024 * 1024, f"RSS grew {rss.growth / 1e6:.1f} MB during a {size >> 20} MiB download"
 
 
 async def test_file_response_ranges(served: Served, state: AppState) -> None:
