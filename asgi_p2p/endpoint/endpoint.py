@@ -635,7 +635,13 @@ class Endpoint:
                 log.info("dialing %s without the relay (%s)", node_id, exc)
                 self.router.dial_without_relay(node_id)
         conn = self._dial(
-            node_id, alpn, direct=theirs[0] if theirs else None, candidates=theirs, is_relay=is_relay, padded=padded
+            node_id,
+            alpn,
+            direct=theirs[0] if theirs else None,
+            candidates=theirs,
+            is_relay=is_relay,
+            padded=padded,
+            early_data=early_data,
         )
         self._pool[key] = conn
         if early_data and hooks.early_data_sendable(conn.quic) and not conn.closed:
@@ -643,7 +649,8 @@ class Endpoint:
             conn.become_ready_early(alpn, self.config.connect_timeout)
             if conn.close_error is not None:
                 raise conn.close_error
-            log.debug("resuming with %s (%s): 0-RTT via %s", node_id, alpn, conn.path)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("resuming with %s (%s): 0-RTT via %s", node_id, alpn, conn.path)
             return conn
         await conn.wait_ready(self.config.connect_timeout, confirmed=confirmed)
         log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
@@ -747,8 +754,15 @@ class Endpoint:
         is_relay: bool,
         on_link: bool = False,
         padded: tuple[int, float] | None = None,
+        early_data: bool = False,
     ) -> PeerConnection:
-        """A new dialed connection, its first flight sent: to ``direct`` and/or through the relay."""
+        """A new dialed connection, its first flight sent: to ``direct`` and/or through the relay.
+
+        With ``early_data`` and a session ticket that allows it, the first flight leaves at
+        the end of this loop pass instead (:meth:`PeerConnection.schedule_transmit`): the
+        0-RTT data the caller writes meanwhile (a request) rides in the ClientHello's
+        datagram, so the peer answers both after reading one datagram.
+        """
         address = direct if direct is not None else virtual_address(node_id)
         key = (node_id, alpn)
         quic_config = self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id))
@@ -789,7 +803,10 @@ class Endpoint:
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
         conn.route.start()
-        conn.transmit()
+        if early_data and hooks.early_data_sendable(quic):
+            conn.schedule_transmit()
+        else:
+            conn.transmit()
         return conn
 
     # -- receiving (from the paths layer) ------------------------------------
