@@ -378,12 +378,9 @@ def test_an_early_request_rides_in_the_client_hello_datagram(sim: Simulation) ->
             await _drop_connections(client_node)
             sent_before_answer: list[int] = []
             response_task = asyncio.ensure_future(client.get("/counted"))
-            while not client_node.connections:
-                await asyncio.sleep(0)
+            await asyncio.sleep(LATENCY * 1.5)  # the server's flight is on its way, not here yet
             (conn,) = client_node.connections
-            assert conn.early
-            await asyncio.sleep(LATENCY * 1.5)  # the flight is on its way, nothing of the server's arrived yet
-            assert conn.datagrams_received == 0
+            assert conn.early and conn.datagrams_received == 0
             sent_before_answer.append(conn.datagrams_sent)
             response = await response_task
             assert response.text == "GET /counted early=True"
