@@ -95,6 +95,12 @@ _ADMISSION_LOG_INTERVAL = 10.0
 #: QUIC configurations an endpoint keeps (one per role, ALPN list and server name): past
 #: this many, the cache starts over
 _QUIC_CONFIG_CACHE = 256
+#: nodes whose next resumed connection an endpoint keeps prepared (see _prepare_dial); past
+#: this many, the one prepared longest ago is dropped
+_PREPARED_DIALS = 16
+#: seconds after a session ticket arrives that the next connection using it is prepared
+#: (after the exchange that brought the ticket, whose answers that work must not delay)
+_PREPARE_DELAY = 0.25
 
 
 def _on_link(addr: Address, own: Iterable[Address]) -> bool:
@@ -203,6 +209,12 @@ class Endpoint:
         self._ticket_sealer = TicketSealer(secret_key)
         self._strikes = StrikeRegister()
         self._tickets: TicketCache[tuple[NodeId, str], hooks.ClockedSessionTicket] = TicketCache()
+        # the next connection to a node, prepared ahead with the ticket it will offer (see
+        # _prepare_dial), and the preparations due
+        self._prepared: dict[tuple[NodeId, str], tuple[hooks.ClockedSessionTicket, QuicConnection, list[Address]]] = {}
+        self._preparing: dict[tuple[NodeId, str], asyncio.TimerHandle] = {}
+        #: dials that used a connection prepared ahead
+        self.prepared_dials_used = 0
         #: connections accepted by resuming a session, and their 0-RTT data accepted / refused
         self.resumptions_accepted = 0
         self.early_data_accepted = 0
@@ -765,13 +777,15 @@ class Endpoint:
         """
         address = direct if direct is not None else virtual_address(node_id)
         key = (node_id, alpn)
-        quic_config = self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id))
         # a session ticket of the node's resumes the session (the caller may send 0-RTT data)
         ticket = self._tickets.get(key, self._node_time())
-        if ticket is not None:
-            quic_config = copy.copy(quic_config)
-            quic_config.session_ticket = ticket
-        quic = QuicConnection(configuration=quic_config, session_ticket_handler=lambda t: self._ticket_received(key, t))
+        prepared = self._prepared.pop(key, None)
+        if prepared is not None and prepared[0] is ticket and padded is None:
+            _, quic, where = prepared
+            self.prepared_dials_used += 1
+        else:
+            quic, where = self._client_quic(key, ticket)
+        where.append(address)
 
         def route(owner: RouteOwner) -> Route:
             # from now on the peer's disco packets are accepted
@@ -789,13 +803,6 @@ class Endpoint:
             route=route,
         )
 
-        def check_server(raw: bytes) -> None:
-            if raw != node_id.to_bytes():
-                raise hooks.AlertBadCertificate(
-                    f"server at {address[0]}:{address[1]} is node {NodeId(raw)}, not {node_id}"
-                )
-
-        hooks.install_identity_hooks(quic, check_server)
         hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
         if padded is not None:
             conn.pad_handshake(*padded)
@@ -808,6 +815,52 @@ class Endpoint:
         else:
             conn.transmit()
         return conn
+
+    def _client_quic(
+        self, key: tuple[NodeId, str], ticket: hooks.ClockedSessionTicket | None
+    ) -> tuple[QuicConnection, list[Address]]:
+        """A new client QUIC connection to node ``key[0]`` for ALPN ``key[1]``, offering
+        ``ticket``, checking the server's key in the handshake; and the list where its
+        dial puts the address (for the error message of a wrong key)."""
+        node_id, alpn = key
+        quic_config = self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id))
+        if ticket is not None:
+            quic_config = copy.copy(quic_config)
+            quic_config.session_ticket = ticket
+        quic = QuicConnection(configuration=quic_config, session_ticket_handler=lambda t: self._ticket_received(key, t))
+        where: list[Address] = []
+
+        def check_server(raw: bytes) -> None:
+            if raw != node_id.to_bytes():
+                at = f" at {where[0][0]}:{where[0][1]}" if where else ""
+                raise hooks.AlertBadCertificate(f"server{at} is node {NodeId(raw)}, not {node_id}")
+
+        hooks.install_identity_hooks(quic, check_server)
+        return quic, where
+
+    def _prepare_dial(self, key: tuple[NodeId, str]) -> None:
+        """Prepare the next connection to node ``key[0]`` (ALPN ``key[1]``) with the session
+        ticket held for it now: the QUIC connection, its TLS context, Initial keys and packet
+        spaces (see :func:`~asgi_p2p.aioquic_compat.initialize_ahead`).
+
+        A dial then only writes the ClientHello: about half of a resumed dial's CPU before
+        its first datagram leaves is done while idle, not on the clock of a request (a
+        restarted peer's client learns of it by a stateless reset, then dials at once).
+        The prepared connection is used only with that very ticket.
+        """
+        self._preparing.pop(key, None)
+        if self._closing:
+            return
+        ticket = self._tickets.get(key, self._node_time())
+        self._prepared.pop(key, None)
+        if ticket is None:
+            return
+        quic, where = self._client_quic(key, ticket)
+        hooks.set_peer_stream_limit(quic, self.config.max_streams)  # announced in what is built now
+        hooks.initialize_ahead(quic)
+        while len(self._prepared) >= _PREPARED_DIALS:
+            del self._prepared[next(iter(self._prepared))]
+        self._prepared[key] = (ticket, quic, where)
 
     # -- receiving (from the paths layer) ------------------------------------
 
@@ -1080,6 +1133,16 @@ class Endpoint:
         clocked = hooks.clocked_ticket(ticket, self._node_time)  # type: ignore[arg-type]
         lifetime = min(clocked.lifetime, TICKET_LIFETIME)
         self._tickets.put(key, clocked, clocked.received_at + lifetime)
+        if self._real_udp and not self._closing:
+            # the next connection to the node is prepared with this ticket once the exchange
+            # that brought it is over (real UDP only, as warm_up: the simulator's entropy is
+            # seeded, and preparing draws from it)
+            pending = self._preparing.pop(key, None)
+            if pending is not None:
+                pending.cancel()
+            elif len(self._preparing) >= _PREPARED_DIALS:
+                return
+            self._preparing[key] = asyncio.get_running_loop().call_later(_PREPARE_DELAY, self._prepare_dial, key)
 
     def export_session_tickets(self) -> bytes:
         """The session tickets this endpoint holds, serialized, for :meth:`import_session_tickets`
@@ -1104,6 +1167,13 @@ class Endpoint:
     def forget_session_tickets(self) -> None:
         """Forget every session ticket held (the next connection to each node is a full handshake)."""
         self._tickets = TicketCache(self._tickets.capacity)
+        self._forget_prepared()
+
+    def _forget_prepared(self) -> None:
+        for pending in self._preparing.values():
+            pending.cancel()
+        self._preparing.clear()
+        self._prepared.clear()
 
     def _resume(
         self, conn: PeerConnection, offer: hooks.OfferedTicket, addr: Address, relay_src: NodeId | None
@@ -1241,6 +1311,7 @@ class Endpoint:
         if self._closed:
             return
         self._closing = True
+        self._forget_prepared()
         self.router.stop_routing()
         relay, self._relay = self._relay, None
         if relay is not None:
