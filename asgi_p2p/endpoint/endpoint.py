@@ -95,6 +95,10 @@ _ADMISSION_LOG_INTERVAL = 10.0
 #: QUIC configurations an endpoint keeps (one per role, ALPN list and server name): past
 #: this many, the cache starts over
 _QUIC_CONFIG_CACHE = 256
+#: the QUIC versions a node offers and accepts: v1 only (aioquic derives every supported
+#: version's Initial keys for each connection, about 0.1 ms of CPU per version on the way of
+#: every handshake's first flight, and nodes never negotiate v2: v1 is everyone's first choice)
+_QUIC_VERSIONS = (QuicProtocolVersion.VERSION_1,)
 #: nodes whose next resumed connection an endpoint keeps prepared (see _prepare_dial); past
 #: this many, the one prepared longest ago is dropped
 _PREPARED_DIALS = 16
@@ -261,10 +265,11 @@ class Endpoint:
 
         For a node about to serve (:class:`~asgi_p2p.http.H3Server` calls it when it
         starts): a restarted server's waiting clients would otherwise wait for them in its
-        first handshakes (see :func:`~asgi_p2p.endpoint.tls.warm_up_handshakes`: two
-        in-memory handshakes and a full garbage collection, 20-40 ms of CPU once per
-        process).  Not at :meth:`bind`: a process that only dials would pay all of it in
-        series before its own first request (a returning client's first response was
+        first handshakes (the QUIC configuration of accepted connections, built here, and
+        :func:`~asgi_p2p.endpoint.tls.warm_up_handshakes`: two in-memory handshakes and a
+        full garbage collection, 20-40 ms of CPU once per process).  Not at :meth:`bind`:
+        a process that only dials would pay all of it in series before its own first
+        request (a returning client's first response was
         about 30 ms later on the WAN rig), far more than the one-time costs its own first
         handshake pays without it (about 1 ms).  Real UDP only (the simulator's
         entropy is seeded: a warm-up once per process would shift the draws of whichever
@@ -272,6 +277,8 @@ class Endpoint:
         """
         if not self._real_udp:
             return False
+        # the configuration accepted connections use (built once, not on the first peer's clock)
+        self._quic_config(is_client=False, alpns=self._server_alpns(), server_name=None)
         return warm_up_handshakes(self._certificate, self.secret_key)
 
     @property
@@ -521,10 +528,7 @@ class Endpoint:
             ),
             max_datagram_frame_size=65536,
             connection_id_length=_CID_LENGTH,
-            # QUIC v1 only: aioquic derives every supported version's Initial keys for each
-            # connection (about 0.1 ms of CPU per version, on the way of every handshake's
-            # first flight), and nodes never negotiate v2 (v1 is everyone's first choice)
-            supported_versions=[QuicProtocolVersion.VERSION_1],
+            supported_versions=list(_QUIC_VERSIONS),
         )
 
     # -- dialing ------------------------------------------------------------
@@ -905,8 +909,7 @@ class Endpoint:
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION or header.version is None:
             self.dropped_datagrams += 1
             return
-        quic_versions = self._quic_config(is_client=False, alpns=[], server_name=None).supported_versions
-        if header.version not in quic_versions:
+        if header.version not in _QUIC_VERSIONS:
             if addr is None:
                 self.dropped_datagrams += 1
                 return
@@ -914,7 +917,7 @@ class Endpoint:
                 encode_quic_version_negotiation(
                     source_cid=header.destination_cid,
                     destination_cid=header.source_cid,
-                    supported_versions=quic_versions,
+                    supported_versions=list(_QUIC_VERSIONS),
                 ),
                 addr,
             )
