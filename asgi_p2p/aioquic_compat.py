@@ -1436,9 +1436,9 @@ def initialize_ahead(quic: QuicConnection) -> None:
     ``connect()`` sets it).
 
     For a connection made before it is dialed (an endpoint prepares its next resumed
-    connection to a node while idle): ``connect()`` then only writes the ClientHello, in
-    about half the CPU.  Hooks that wrap the initialization (:func:`install_identity_hooks`)
-    must be installed before.  An initialization for another connection id (after a Retry
+    connection to a node while idle): ``connect()`` then only writes the ClientHello.
+    Hooks that wrap the initialization (:func:`install_identity_hooks`) must be installed
+    before.  An initialization for another connection id (after a Retry
     or a version negotiation) runs as usual.
     """
     if not quic._is_client or quic._connect_called:

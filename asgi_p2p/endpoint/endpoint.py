@@ -651,12 +651,7 @@ class Endpoint:
                 log.info("dialing %s without the relay (%s)", node_id, exc)
                 self.router.dial_without_relay(node_id)
         conn = self._dial(
-            node_id,
-            alpn,
-            direct=theirs[0] if theirs else None,
-            candidates=theirs,
-            is_relay=is_relay,
-            padded=padded,
+            node_id, alpn, direct=theirs[0] if theirs else None, candidates=theirs, is_relay=is_relay, padded=padded
         )
         self._pool[key] = conn
         if early_data and hooks.early_data_sendable(conn.quic) and not conn.closed:
@@ -774,8 +769,9 @@ class Endpoint:
 
         The ClientHello leaves at once, before the caller writes any 0-RTT data (which follows
         in a datagram of its own): the peer starts its share of the handshake meanwhile.
-        Tried and measured twice: holding the ClientHello back so that the request rides in
-        its datagram made the server's first flight, which the client then waits for, later.
+        Measured three times (docs/benchmarks.md, branches roam, rs2, rs3): holding the
+        ClientHello back so that the request rides in its datagram made the server's first
+        flight, which the client then waits for, later.
         """
         address = direct if direct is not None else virtual_address(node_id)
         key = (node_id, alpn)
@@ -842,10 +838,10 @@ class Endpoint:
         ticket held for it now: the QUIC connection, its TLS context, Initial keys and packet
         spaces (see :func:`~asgi_p2p.aioquic_compat.initialize_ahead`).
 
-        A dial then only writes the ClientHello: about half of a resumed dial's CPU before
-        its first datagram leaves is done while idle, not on the clock of a request (a
-        restarted peer's client learns of it by a stateless reset, then dials at once).
-        The prepared connection is used only with that very ticket.
+        A dial then only writes the ClientHello: work that sat between a restarted peer's
+        stateless reset and the new ClientHello (about 0.35 ms of 1.8 on the restart
+        benchmark) is done while idle.  The prepared connection is used only with that very
+        ticket.
         """
         self._preparing.pop(key, None)
         if self._closing:
