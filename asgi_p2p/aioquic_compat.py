@@ -73,6 +73,8 @@ Hooks:
 * :func:`initial_packet_decrypts` - checks a client's first Initial packet with
   the Initial keys (``aioquic.quic.crypto``, derived from its destination
   connection id) before any connection state exists for it.
+* :func:`initialize_ahead` - runs a client's ``QuicConnection._initialize`` (TLS
+  context, Initial keys, packet spaces) before ``connect()``, which then skips it once.
 * :func:`encode_initial_close` - a stateless server Initial packet carrying a
   CONNECTION_CLOSE (``QuicPacketBuilder``, ``CryptoPair``; modelled on
   ``aioquic.asyncio.server._encode_invalid_token_close``): refuses a client
@@ -1443,6 +1445,37 @@ def install_server_resumption(
         ctx._server_handle_finished = server_finished  # type: ignore[method-assign]
         ctx.get_session_ticket_cb = fetch
         ctx.update_traffic_key_cb = update_key
+
+    quic._initialize = _initialize  # type: ignore[method-assign]
+
+
+def initialize_ahead(quic: QuicConnection) -> None:
+    """Do now what a client connection's ``connect()`` does first: build its TLS context, the
+    Initial keys for the destination connection id it chose, and its packet spaces
+    (``QuicConnection._initialize``; the version is the configuration's first, as
+    ``connect()`` sets it).
+
+    For a connection made before it is dialed (an endpoint prepares its next resumed
+    connection to a node while idle): ``connect()`` then only writes the ClientHello.
+    Hooks that wrap the initialization (:func:`install_identity_hooks`) must be installed
+    before.  An initialization for another connection id (after a Retry
+    or a version negotiation) runs as usual.
+    """
+    if not quic._is_client or quic._connect_called:
+        raise ValueError("only a client connection that is not connected yet can be initialized ahead")
+    quic._version = quic._configuration.supported_versions[0]
+    cid = quic._peer_cid.cid
+    initialize = quic._initialize
+    initialize(cid)
+    pending = True
+
+    def _initialize(peer_cid: bytes) -> None:
+        nonlocal pending
+        if pending and peer_cid == cid:  # connect(): done ahead
+            pending = False
+            return
+        pending = False
+        initialize(peer_cid)
 
     quic._initialize = _initialize  # type: ignore[method-assign]
 

@@ -1,8 +1,8 @@
 """Restart and return, in round trips (issue 12's "within 2 RTTs", issue 11's returning client).
 
 Real UDP on 127.0.0.1 through a userspace delay line (a UDP proxy process holding every
-datagram back ``--delay-ms`` each way, so one round trip of the link is twice that, well
-above scheduling noise).  A server process (a tiny ASGI app) and one long-lived httpx
+datagram back ``--delay-ms`` each way, to the microsecond, so one round trip of the link is
+twice that, well above scheduling noise).  A server process (a tiny ASGI app) and one long-lived httpx
 client with :class:`~asgi_p2p.http.P2PTransport`.  Interleaved in each run:
 
 * ``restart``: kill -9 the server, start it again with the same key and port, time the
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import selectors
 import socket
 import statistics
 import sys
@@ -208,7 +209,12 @@ def main() -> None:
         return
     if args.delay_line is not None:
         listen, upstream, delay = args.delay_line
-        asyncio.run(_delay_line(int(listen), int(upstream), float(delay)))
+        # select(2) waits with microsecond timeouts; the default loop's epoll waits whole
+        # milliseconds, rounded up, so a datagram was held up to 1 ms too long whenever
+        # another one arrived within the millisecond before it was due (a flight of two
+        # datagrams: a restart's, not a pooled GET's single one)
+        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selectors.SelectSelector())) as runner:
+            runner.run(_delay_line(int(listen), int(upstream), float(delay)))
         return
     if args.delay_ms <= 0 or args.runs < 1:
         parser.error("--delay-ms must be > 0 and --runs >= 1")

@@ -1327,3 +1327,52 @@ def test_frame_epochs_come_from_a_cache_that_new_connections_use() -> None:
     p.pump()  # frames are still accepted in their packet-number spaces: the handshake completes
     assert any(isinstance(e, HandshakeCompleted) for e in p.events["client"])
     assert hooks.handshake_confirmed(p.client)
+
+
+def test_a_client_initialized_ahead_resumes_with_0rtt_and_connect_only_writes_the_client_hello() -> None:
+    ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
+    ticket, sessions = _first_session(ck, sk)
+    p = ResumePair(ck, sk, ticket=ticket, sessions=sessions)
+    hooks.initialize_ahead(p.client)
+    ctx = p.client.tls
+    assert hooks.early_data_sendable(p.client) is False  # no ClientHello yet: no 0-RTT keys
+    sid, early = p.start_early(b"early request")
+    assert p.client.tls is ctx  # connect() did not build it again
+    assert b"".join(e.data for e in early if isinstance(e, StreamDataReceived) and e.stream_id == sid) == (
+        b"early request"
+    )
+    (offer,) = p.offers
+    assert offer.ticket == ticket.ticket
+    p.pump()
+    (completed,) = [e for e in p.events["server"] if isinstance(e, HandshakeCompleted)]
+    assert completed.session_resumed and completed.early_data_accepted
+    assert hooks.handshake_confirmed(p.client)
+    with pytest.raises(ValueError, match="not connected yet"):
+        hooks.initialize_ahead(p.client)
+
+
+def test_a_client_initialized_ahead_derives_new_initial_keys_after_a_retry() -> None:
+    from aioquic.quic.packet import encode_quic_retry
+
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    hooks.initialize_ahead(p.client)
+    p.client.connect(SERVER_ADDR, now=0.0)
+    first = p.client.datagrams_to_send(0.0)[0][0]
+    header = pull_quic_header(Buffer(data=first), host_cid_length=8)
+    assert _check(first)
+    new_cid = b"retry-08"
+    p.client.receive_datagram(
+        encode_quic_retry(
+            version=header.version or 1,
+            source_cid=new_cid,
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=b"token",
+        ),
+        SERVER_ADDR,
+        0.01,
+    )
+    again = p.client.datagrams_to_send(0.01)[0][0]
+    retried = pull_quic_header(Buffer(data=again), host_cid_length=8)
+    assert retried.destination_cid == new_cid and retried.token == b"token"
+    assert _check(again)  # sealed with the Initial keys of the new connection id

@@ -95,6 +95,16 @@ _ADMISSION_LOG_INTERVAL = 10.0
 #: QUIC configurations an endpoint keeps (one per role, ALPN list and server name): past
 #: this many, the cache starts over
 _QUIC_CONFIG_CACHE = 256
+#: the QUIC versions a node offers and accepts: v1 only (aioquic derives every supported
+#: version's Initial keys for each connection, about 0.1 ms of CPU per version on the way of
+#: every handshake's first flight, and nodes never negotiate v2: v1 is everyone's first choice)
+_QUIC_VERSIONS = (QuicProtocolVersion.VERSION_1,)
+#: nodes whose next resumed connection an endpoint keeps prepared (see _prepare_dial); past
+#: this many, the one prepared longest ago is dropped
+_PREPARED_DIALS = 16
+#: seconds after a session ticket arrives that the next connection using it is prepared
+#: (after the exchange that brought the ticket, whose answers that work must not delay)
+_PREPARE_DELAY = 0.25
 
 
 def _on_link(addr: Address, own: Iterable[Address]) -> bool:
@@ -203,6 +213,12 @@ class Endpoint:
         self._ticket_sealer = TicketSealer(secret_key)
         self._strikes = StrikeRegister()
         self._tickets: TicketCache[tuple[NodeId, str], hooks.ClockedSessionTicket] = TicketCache()
+        # the next connection to a node, prepared ahead with the ticket it will offer (see
+        # _prepare_dial), and the preparations due
+        self._prepared: dict[tuple[NodeId, str], tuple[hooks.ClockedSessionTicket, QuicConnection, list[Address]]] = {}
+        self._preparing: dict[tuple[NodeId, str], asyncio.TimerHandle] = {}
+        #: dials that used a connection prepared ahead
+        self.prepared_dials_used = 0
         #: connections accepted by resuming a session, and their 0-RTT data accepted / refused
         self.resumptions_accepted = 0
         self.early_data_accepted = 0
@@ -249,10 +265,11 @@ class Endpoint:
 
         For a node about to serve (:class:`~asgi_p2p.http.H3Server` calls it when it
         starts): a restarted server's waiting clients would otherwise wait for them in its
-        first handshakes (see :func:`~asgi_p2p.endpoint.tls.warm_up_handshakes`: two
-        in-memory handshakes and a full garbage collection, 20-40 ms of CPU once per
-        process).  Not at :meth:`bind`: a process that only dials would pay all of it in
-        series before its own first request (a returning client's first response was
+        first handshakes (the QUIC configuration of accepted connections, built here, and
+        :func:`~asgi_p2p.endpoint.tls.warm_up_handshakes`: two in-memory handshakes and a
+        full garbage collection, 20-40 ms of CPU once per process).  Not at :meth:`bind`:
+        a process that only dials would pay all of it in series before its own first
+        request (a returning client's first response was
         about 30 ms later on the WAN rig), far more than the one-time costs its own first
         handshake pays without it (about 1 ms).  Real UDP only (the simulator's
         entropy is seeded: a warm-up once per process would shift the draws of whichever
@@ -260,6 +277,8 @@ class Endpoint:
         """
         if not self._real_udp:
             return False
+        # the configuration accepted connections use (built once, not on the first peer's clock)
+        self._quic_config(is_client=False, alpns=self._server_alpns(), server_name=None)
         return warm_up_handshakes(self._certificate, self.secret_key)
 
     @property
@@ -509,10 +528,7 @@ class Endpoint:
             ),
             max_datagram_frame_size=65536,
             connection_id_length=_CID_LENGTH,
-            # QUIC v1 only: aioquic derives every supported version's Initial keys for each
-            # connection (about 0.1 ms of CPU per version, on the way of every handshake's
-            # first flight), and nodes never negotiate v2 (v1 is everyone's first choice)
-            supported_versions=[QuicProtocolVersion.VERSION_1],
+            supported_versions=list(_QUIC_VERSIONS),
         )
 
     # -- dialing ------------------------------------------------------------
@@ -646,7 +662,8 @@ class Endpoint:
             conn.become_ready_early(alpn, self.config.connect_timeout)
             if conn.close_error is not None:
                 raise conn.close_error
-            log.debug("resuming with %s (%s): 0-RTT via %s", node_id, alpn, conn.path)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("resuming with %s (%s): 0-RTT via %s", node_id, alpn, conn.path)
             return conn
         try:
             await conn.wait_ready(self.config.connect_timeout, confirmed=confirmed)
@@ -761,16 +778,25 @@ class Endpoint:
         on_link: bool = False,
         padded: tuple[int, float] | None = None,
     ) -> PeerConnection:
-        """A new dialed connection, its first flight sent: to ``direct`` and/or through the relay."""
+        """A new dialed connection, its first flight sent: to ``direct`` and/or through the relay.
+
+        The ClientHello leaves at once, before the caller writes any 0-RTT data (which follows
+        in a datagram of its own): the peer starts its share of the handshake meanwhile.
+        Measured three times (docs/benchmarks.md, branches roam, rs2, rs3): holding the
+        ClientHello back so that the request rides in its datagram made the server's first
+        flight, which the client then waits for, later.
+        """
         address = direct if direct is not None else virtual_address(node_id)
         key = (node_id, alpn)
-        quic_config = self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id))
         # a session ticket of the node's resumes the session (the caller may send 0-RTT data)
         ticket = self._tickets.get(key, self._node_time())
-        if ticket is not None:
-            quic_config = copy.copy(quic_config)
-            quic_config.session_ticket = ticket
-        quic = QuicConnection(configuration=quic_config, session_ticket_handler=lambda t: self._ticket_received(key, t))
+        prepared = self._prepared.pop(key, None)
+        if prepared is not None and prepared[0] is ticket and padded is None:
+            _, quic, where = prepared
+            self.prepared_dials_used += 1
+        else:
+            quic, where = self._client_quic(key, ticket)
+        where.append(address)
 
         def route(owner: RouteOwner) -> Route:
             # from now on the peer's disco packets are accepted
@@ -788,13 +814,6 @@ class Endpoint:
             route=route,
         )
 
-        def check_server(raw: bytes) -> None:
-            if raw != node_id.to_bytes():
-                raise hooks.AlertBadCertificate(
-                    f"server at {address[0]}:{address[1]} is node {NodeId(raw)}, not {node_id}"
-                )
-
-        hooks.install_identity_hooks(quic, check_server)
         hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
         if padded is not None:
             conn.pad_handshake(*padded)
@@ -804,6 +823,52 @@ class Endpoint:
         conn.route.start()
         conn.transmit()
         return conn
+
+    def _client_quic(
+        self, key: tuple[NodeId, str], ticket: hooks.ClockedSessionTicket | None
+    ) -> tuple[QuicConnection, list[Address]]:
+        """A new client QUIC connection to node ``key[0]`` for ALPN ``key[1]``, offering
+        ``ticket``, checking the server's key in the handshake; and the list where its
+        dial puts the address (for the error message of a wrong key)."""
+        node_id, alpn = key
+        quic_config = self._quic_config(is_client=True, alpns=[alpn], server_name=str(node_id))
+        if ticket is not None:
+            quic_config = copy.copy(quic_config)
+            quic_config.session_ticket = ticket
+        quic = QuicConnection(configuration=quic_config, session_ticket_handler=lambda t: self._ticket_received(key, t))
+        where: list[Address] = []
+
+        def check_server(raw: bytes) -> None:
+            if raw != node_id.to_bytes():
+                at = f" at {where[0][0]}:{where[0][1]}" if where else ""
+                raise hooks.AlertBadCertificate(f"server{at} is node {NodeId(raw)}, not {node_id}")
+
+        hooks.install_identity_hooks(quic, check_server)
+        return quic, where
+
+    def _prepare_dial(self, key: tuple[NodeId, str]) -> None:
+        """Prepare the next connection to node ``key[0]`` (ALPN ``key[1]``) with the session
+        ticket held for it now: the QUIC connection, its TLS context, Initial keys and packet
+        spaces (see :func:`~asgi_p2p.aioquic_compat.initialize_ahead`).
+
+        A dial then only writes the ClientHello: work that sat between a restarted peer's
+        stateless reset and the new ClientHello (about 0.35 ms of 1.8 on the restart
+        benchmark) is done while idle.  The prepared connection is used only with that very
+        ticket.
+        """
+        self._preparing.pop(key, None)
+        if self._closing:
+            return
+        ticket = self._tickets.get(key, self._node_time())
+        self._prepared.pop(key, None)
+        if ticket is None:
+            return
+        quic, where = self._client_quic(key, ticket)
+        hooks.set_peer_stream_limit(quic, self.config.max_streams)  # announced in what is built now
+        hooks.initialize_ahead(quic)
+        while len(self._prepared) >= _PREPARED_DIALS:
+            del self._prepared[next(iter(self._prepared))]
+        self._prepared[key] = (ticket, quic, where)
 
     # -- receiving (from the paths layer) ------------------------------------
 
@@ -853,8 +918,7 @@ class Endpoint:
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION or header.version is None:
             self.dropped_datagrams += 1
             return
-        quic_versions = self._quic_config(is_client=False, alpns=[], server_name=None).supported_versions
-        if header.version not in quic_versions:
+        if header.version not in _QUIC_VERSIONS:
             if addr is None:
                 self.dropped_datagrams += 1
                 return
@@ -862,7 +926,7 @@ class Endpoint:
                 encode_quic_version_negotiation(
                     source_cid=header.destination_cid,
                     destination_cid=header.source_cid,
-                    supported_versions=quic_versions,
+                    supported_versions=list(_QUIC_VERSIONS),
                 ),
                 addr,
             )
@@ -1076,6 +1140,16 @@ class Endpoint:
         clocked = hooks.clocked_ticket(ticket, self._node_time)  # type: ignore[arg-type]
         lifetime = min(clocked.lifetime, TICKET_LIFETIME)
         self._tickets.put(key, clocked, clocked.received_at + lifetime)
+        if self._real_udp and not self._closing:
+            # the next connection to the node is prepared with this ticket once the exchange
+            # that brought it is over (real UDP only, as warm_up: the simulator's entropy is
+            # seeded, and preparing draws from it)
+            pending = self._preparing.pop(key, None)
+            if pending is not None:
+                pending.cancel()
+            elif len(self._preparing) >= _PREPARED_DIALS:
+                return
+            self._preparing[key] = asyncio.get_running_loop().call_later(_PREPARE_DELAY, self._prepare_dial, key)
 
     def export_session_tickets(self) -> bytes:
         """The session tickets this endpoint holds, serialized, for :meth:`import_session_tickets`
@@ -1100,6 +1174,13 @@ class Endpoint:
     def forget_session_tickets(self) -> None:
         """Forget every session ticket held (the next connection to each node is a full handshake)."""
         self._tickets = TicketCache(self._tickets.capacity)
+        self._forget_prepared()
+
+    def _forget_prepared(self) -> None:
+        for pending in self._preparing.values():
+            pending.cancel()
+        self._preparing.clear()
+        self._prepared.clear()
 
     def _resume(
         self, conn: PeerConnection, offer: hooks.OfferedTicket, addr: Address, relay_src: NodeId | None
@@ -1240,6 +1321,7 @@ class Endpoint:
         if self._closed:
             return
         self._closing = True
+        self._forget_prepared()
         self.router.stop_routing()
         relay, self._relay = self._relay, None
         if relay is not None:

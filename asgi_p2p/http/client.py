@@ -185,6 +185,10 @@ class ClientStream:
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+            # the reader runs before the connection's pending transmit (an ACK, a resumed
+            # handshake's Finished): a response reaches its caller without waiting for that
+            # send, and what the caller writes next (a request, read credit) leaves with it
+            self.cc.conn.transmit_behind_queued()
 
     def on_headers(self, headers: Headers, ended: bool) -> None:
         status: int | None = None

@@ -271,3 +271,30 @@ def test_error_text_for_a_peer_that_never_answers(sim: Simulation, idle_first: b
         await client.close()
 
     sim.run(main())
+
+
+def test_an_initial_of_another_quic_version_gets_a_version_negotiation_naming_v1(sim: Simulation) -> None:
+    """Nodes speak QUIC v1 only: a v2 Initial (RFC 9369) is answered statelessly with the
+    versions the node speaks, and creates nothing."""
+    from aioquic.buffer import Buffer
+    from aioquic.quic.packet import QuicPacketType, pull_quic_header
+
+    a, b = sim.host("node"), sim.host("prober")
+    sim.link(a, b, latency=LATENCY, loss=0.0)
+
+    async def main() -> None:
+        node = await _node(a, KEY)
+        p = await probe(b, 5000)
+        dcid, scid = bytes(range(8)), bytes(range(8, 16))
+        v2_initial = bytes([0xD0]) + (0x6B3343CF).to_bytes(4, "big") + b"\x08" + dcid + b"\x08" + scid + bytes(1200)
+        p.send(v2_initial, node.local_address)
+        (answer,) = await _answers(p, 0)
+        buf = Buffer(data=answer)
+        header = pull_quic_header(buf, host_cid_length=8)
+        assert header.packet_type == QuicPacketType.VERSION_NEGOTIATION
+        assert header.destination_cid == scid and header.source_cid == dcid
+        assert header.supported_versions == [0x00000001]
+        assert node.connection_count == 0
+        await node.close()
+
+    sim.run(main())

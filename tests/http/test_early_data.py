@@ -351,3 +351,34 @@ def test_a_caller_without_early_data_waits_for_the_handshake_of_a_pooled_early_c
         await node.close()
 
     sim.run(main())
+
+
+def test_an_early_response_reaches_the_caller_before_the_client_finished_is_sent(sim: Simulation) -> None:
+    """The server's flight and its answer to the 0-RTT request arrive together: the caller
+    gets the response first, the client's Finished (queued while the flight was read)
+    leaves right after, in the same instant (nothing waits for it: the server answered)."""
+    server_host, client_host = _pair(sim)
+
+    async def main() -> None:
+        node, server = await _start_server(server_host)
+        client_node = await Node.bind(CLIENT_KEY, host="0.0.0.0", config=_config(), network=client_host)
+        transport = P2PTransport(client_node, addrs=[node.node_addr()])
+        async with httpx.AsyncClient(transport=transport, base_url=f"https://{node.node_id}") as client:
+            assert (await client.get("/warm")).status_code == 200
+            await _drop_connections(client_node)
+            loop = asyncio.get_running_loop()
+            response, took = await _timed(client, "GET", "/early")
+            assert response.text == "GET /early early=True"
+            (conn,) = client_node.connections
+            assert conn.early is False and conn.handshake_completed
+            assert conn.datagrams_sent == 2  # the ClientHello and the request; the Finished not yet
+            answered_at = loop.time()
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert conn.datagrams_sent == 3 and loop.time() == answered_at  # the Finished, in the same instant
+            assert took == pytest.approx(RTT, abs=0.005)
+        await client_node.close()
+        await server.shutdown()
+        await node.close()
+
+    sim.run(main())
