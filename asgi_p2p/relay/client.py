@@ -33,6 +33,14 @@ connection is up (and forgets that the network blocked UDP).  Either way the pat
 layer sees the same relay link: the end-to-end QUIC connections relayed through it go
 on across the switch.
 
+Data plane: a relay that offers it (a PLANE_TOKEN frame, :mod:`asgi_p2p.relay.plane`)
+gets the packets as plain UDP datagrams carrying that token on the endpoint's socket
+instead of SEND frames, and sends ours the same way; signals and the relay's frames stay
+on the connection, and so does everything with a relay that does not offer it.  While
+on the plane the client PINGs the relay every :data:`PLANE_PING_INTERVAL` seconds, so
+that the relay connection (whose address the relay sends plane datagrams to) follows a
+NAT rebinding within that long.
+
 Sending never blocks and never raises for a disconnected relay, a packet that
 does not fit, or a full queue: like UDP, the packet is dropped, counted in
 :attr:`RelayClient.stats`, and ``False`` is returned.
@@ -45,6 +53,7 @@ import collections
 import contextlib
 import ipaddress
 import logging
+import math
 import random
 import socket
 import weakref
@@ -66,6 +75,7 @@ from ..paths.link import RefusalReason, RelayRefusal, RelaySink
 from ..paths.select import QUIC_MIN_DATAGRAM_SIZE
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
 from .netmemory import Network, TransportMemory
+from .plane import ClientPlane, PlaneStats, client_demux
 from .proto import (
     FORWARD_OVERHEAD,
     FRAME_RECV,
@@ -76,6 +86,7 @@ from .proto import (
     Error,
     ErrorCode,
     ObservedAddr,
+    PlaneToken,
     Recv,
     Signal,
     parse_frame,
@@ -96,7 +107,7 @@ from .url import RelayUrl
 if TYPE_CHECKING:
     from ..endpoint.endpoint import Endpoint
 
-__all__ = ["FULL_PACKET_SIZE", "RelayClient", "RelayClientStats", "Resolver"]
+__all__ = ["FULL_PACKET_SIZE", "PLANE_PING_INTERVAL", "RelayClient", "RelayClientStats", "Resolver"]
 
 #: The packet size a relay connection must carry before the client reports itself connected:
 #: the smallest QUIC datagram (every Initial is this large), so a peer's handshake always fits.
@@ -113,6 +124,10 @@ _PAD_ANSWER_WITHIN = 0.15
 #: ... or, once a relay connection measured the RTT to the relay, within twice that RTT
 #: (at least this long, at most the above)
 _PAD_ANSWER_MIN = 0.05
+
+#: While packets go on the data plane, seconds between PINGs on the relay connection (the relay
+#: sends plane datagrams to the address that connection uses, so it must see a rebinding soon).
+PLANE_PING_INTERVAL = 1.0
 
 _SEND_PREFIX = bytes((RELAY_VERSION, FRAME_SEND))
 _T = TypeVar("_T")
@@ -201,6 +216,9 @@ class _RelayConnection:
         self.conn = conn
         self.last_alive = conn.now()
         self.lost = asyncio.Event()
+        #: the relay's data plane for this connection (None: not offered)
+        self.plane: ClientPlane | None = None
+        self.plane_pinged = -math.inf
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, DatagramFrameReceived):
@@ -458,9 +476,19 @@ class RelayClient:
                 f"(now {self.max_packet_size}); does the path to the relay carry {size + 64}-byte datagrams?"
             ) from None
 
+    @property
+    def plane_stats(self) -> PlaneStats | None:
+        """The current relay connection's data plane counters (None: no plane offered)."""
+        current = self._conn
+        return current.plane.stats if current is not None and current.plane is not None else None
+
     def send_packet(self, dest: NodeId, packet: bytes) -> bool:
         if not self._sendable(packet):
             return False
+        current = self._conn
+        if current is not None and current.plane is not None and self._live:
+            self._send_on_plane(current, current.plane, dest, packet)
+            return True
         # the per-packet path: the frame is Send(dest, packet).encode() with one copy of the packet
         if self._send_frame(b"".join((_SEND_PREFIX, dest.to_bytes(), packet))):
             self.stats.packets_sent += 1
@@ -961,6 +989,7 @@ class RelayClient:
             return
         if self._conn is not current:
             return
+        self._plane_closed(current)
         was_live = self._live
         self._conn = None
         self._live = False
@@ -1014,6 +1043,9 @@ class RelayClient:
                         self._notify_state()
             elif isinstance(frame, Error):
                 self._error_received(frame)
+            elif isinstance(frame, PlaneToken):
+                if isinstance(current, _RelayConnection):  # (the relay offers it on UDP only)
+                    self._plane_offered(current, frame.token)
             else:
                 self.stats.malformed_frames += 1
                 log.warning(
@@ -1041,6 +1073,55 @@ class RelayClient:
             self.sink.relay_state_changed(self)
         except Exception:
             log.exception("relay %s: relay_state_changed failed", self.url)
+
+    # -- the data plane ----------------------------------------------------------
+
+    def _plane_offered(self, current: _RelayConnection, token: bytes) -> None:
+        """The relay offered its data plane on ``current`` (said again while unused)."""
+        if current is not self._conn or current.lost.is_set():
+            return
+        plane = current.plane
+        if plane is not None and plane.token == token:
+            return
+        relay = (str(current.conn.address[0]), int(current.conn.address[1]))
+        demux = client_demux(self.endpoint.router)
+        if plane is not None:
+            demux.remove(plane.relay, self._plane_received)
+        current.plane = ClientPlane(token, relay)
+        demux.add(relay, self._plane_received)
+        log.info("relay %s: forwarding on its UDP data plane", self.url)
+
+    def _plane_closed(self, current: _RelayConnection) -> None:
+        if current.plane is not None:
+            client_demux(self.endpoint.router).remove(current.plane.relay, self._plane_received)
+
+    def _plane_received(self, data: bytes) -> None:
+        """A plane datagram from the relay's address: a RECV frame in another form."""
+        current = self._conn
+        if current is None or current.plane is None:
+            return
+        opened = current.plane.open(data)
+        if opened is None:
+            return
+        src, packet = opened
+        self.stats.packets_received += 1
+        self.stats.bytes_received += len(packet)
+        try:
+            self.sink.relay_packet_received(src, packet)
+        except Exception:
+            log.exception("relay %s: the sink failed handling a plane packet", self.url)
+
+    def _send_on_plane(self, current: _RelayConnection, plane: ClientPlane, dest: NodeId, packet: bytes) -> None:
+        conn = current.conn
+        now = conn.now()
+        if now - current.plane_pinged >= PLANE_PING_INTERVAL:
+            current.plane_pinged = now
+            self._ping_uid += 1
+            conn.quic.send_ping(self._ping_uid)
+            conn.schedule_transmit()
+        self.endpoint.router.sendto(plane.wrap(dest, packet), plane.relay)
+        self.stats.packets_sent += 1
+        self.stats.bytes_sent += len(packet)
 
     # -- sending ---------------------------------------------------------------
 
