@@ -128,6 +128,9 @@ _PAD_ANSWER_MIN = 0.05
 #: While packets go on the data plane, seconds between PINGs on the relay connection (the relay
 #: sends plane datagrams to the address that connection uses, so it must see a rebinding soon).
 PLANE_PING_INTERVAL = 1.0
+#: Plane datagrams after which the relay connection's path searches larger datagram sizes, as
+#: the connection's own bulk sending would start it (it carries the largest relayed packet)
+PLANE_BULK_PACKETS = 24
 
 _SEND_PREFIX = bytes((RELAY_VERSION, FRAME_SEND))
 _T = TypeVar("_T")
@@ -230,6 +233,9 @@ class _RelayConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost.set()
         self.client._connection_lost(self, exc)
+
+    def plane_datagram(self, data: bytes) -> None:
+        self.client._plane_received(self, data)
 
 
 def _outcome(task: asyncio.Task[_T]) -> _T | None:
@@ -487,8 +493,7 @@ class RelayClient:
             return False
         current = self._conn
         if current is not None and current.plane is not None and self._live:
-            self._send_on_plane(current, current.plane, dest, packet)
-            return True
+            return self._send_on_plane(current, current.plane, dest, packet)
         # the per-packet path: the frame is Send(dest, packet).encode() with one copy of the packet
         if self._send_frame(b"".join((_SEND_PREFIX, dest.to_bytes(), packet))):
             self.stats.packets_sent += 1
@@ -987,9 +992,9 @@ class RelayClient:
             )
             self._notify_state()
             return
+        self._plane_closed(current)
         if self._conn is not current:
             return
-        self._plane_closed(current)
         was_live = self._live
         self._conn = None
         self._live = False
@@ -1077,28 +1082,24 @@ class RelayClient:
     # -- the data plane ----------------------------------------------------------
 
     def _plane_offered(self, current: _RelayConnection, token: bytes) -> None:
-        """The relay offered its data plane on ``current`` (said again while unused)."""
-        if current is not self._conn or current.lost.is_set():
+        """The relay offered its data plane on ``current`` (during its handshake, or said again)."""
+        if current.lost.is_set() or self._closing.is_set():
             return
         plane = current.plane
         if plane is not None and plane.token == token:
             return
         relay = (str(current.conn.address[0]), int(current.conn.address[1]))
-        demux = client_demux(self.endpoint.router)
-        if plane is not None:
-            demux.remove(plane.relay, self._plane_received)
         current.plane = ClientPlane(token, relay)
-        demux.add(relay, self._plane_received)
+        client_demux(self.endpoint.router).add(relay, current.plane_datagram)
         log.info("relay %s: forwarding on its UDP data plane", self.url)
 
     def _plane_closed(self, current: _RelayConnection) -> None:
         if current.plane is not None:
-            client_demux(self.endpoint.router).remove(current.plane.relay, self._plane_received)
+            client_demux(self.endpoint.router).remove(current.plane.relay, current.plane_datagram)
 
-    def _plane_received(self, data: bytes) -> None:
+    def _plane_received(self, current: _RelayConnection, data: bytes) -> None:
         """A plane datagram from the relay's address: a RECV frame in another form."""
-        current = self._conn
-        if current is None or current.plane is None:
+        if current.plane is None or current.lost.is_set():
             return
         opened = current.plane.open(data)
         if opened is None:
@@ -1111,8 +1112,13 @@ class RelayClient:
         except Exception:
             log.exception("relay %s: the sink failed handling a plane packet", self.url)
 
-    def _send_on_plane(self, current: _RelayConnection, plane: ClientPlane, dest: NodeId, packet: bytes) -> None:
+    def _send_on_plane(self, current: _RelayConnection, plane: ClientPlane, dest: NodeId, packet: bytes) -> bool:
         conn = current.conn
+        if len(packet) + FORWARD_OVERHEAD > hooks.max_datagram_frame_payload(conn.quic):
+            # the same largest packet as in a SEND frame (a plane datagram is smaller than the
+            # relay connection's packet carrying that frame): the relay refuses no more than before
+            self.stats.dropped_too_large += 1
+            return False
         now = conn.now()
         if now - current.plane_pinged >= PLANE_PING_INTERVAL:
             current.plane_pinged = now
@@ -1120,8 +1126,13 @@ class RelayClient:
             conn.quic.send_ping(self._ping_uid)
             conn.schedule_transmit()
         self.endpoint.router.sendto(plane.wrap(dest, packet), plane.relay)
+        if plane.stats.sent == PLANE_BULK_PACKETS:
+            peer = self.endpoint.router.peer_paths(self.url.node_id)
+            if peer is not None:
+                peer.bulk_started()
         self.stats.packets_sent += 1
         self.stats.bytes_sent += len(packet)
+        return True
 
     # -- sending ---------------------------------------------------------------
 

@@ -114,6 +114,9 @@ OBSERVED_ADDR_REPEATS = 3
 #: Times a client's PLANE_TOKEN is said again, one per ``check_interval``, while the client has
 #: sent no plane datagram (the frame rides an unreliable datagram; an older client ignores it).
 PLANE_TOKEN_REPEATS = 3
+#: Plane datagrams to a client after which the path to it searches larger datagram sizes (as the
+#: relay connection's own bulk sending would start it: its size bounds the largest relayed packet)
+PLANE_BULK_PACKETS = 24
 
 
 def relay_config(max_clients: int, **overrides: Any) -> NetworkConfig:
@@ -172,6 +175,8 @@ class _ClientHandler:
         self.plane_repeats = 0
         #: the client sent a valid plane datagram: packets for it go as plane datagrams
         self.plane_active = False
+        #: plane datagrams sent to it
+        self.plane_sent = 0
 
     # -- ConnectionHandler -------------------------------------------------
 
@@ -827,6 +832,12 @@ class RelayServer:
         for target, datagrams in planed.items():
             self.plane.stats.sent += len(datagrams)
             self.endpoint.router.sendmany(datagrams, target.peer_address())
+            before = target.plane_sent
+            target.plane_sent += len(datagrams)
+            if before < PLANE_BULK_PACKETS <= target.plane_sent:
+                peer = self.endpoint.router.peer_paths(target.node)
+                if peer is not None:
+                    peer.bulk_started()
         for handler in touched:
             # once the callbacks already queued have run: the frames a whole batch of received
             # datagrams produced for one client then share its packets (fewer encryptions and
