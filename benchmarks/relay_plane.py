@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+# this folder holds dns.py and http.py, which would shadow the packages asgi_p2p imports: keep it off
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 TICKS = os.sysconf("SC_CLK_TCK")
 CHUNK = 65536
 
@@ -263,7 +265,7 @@ def main() -> None:
     if args.role is not None:
         role_main(args)
         return
-    sys.path.insert(0, str(HERE))
+    sys.path.append(str(HERE))  # (the parent imports no asgi_p2p: nothing left to shadow)
     from _machine import machine_description
 
     trees = [t.resolve() for t in (args.tree or [HERE.parent])]
