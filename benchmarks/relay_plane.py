@@ -219,6 +219,8 @@ def sim_main(mib: float, seed: int) -> None:
             got += len(await inc.recv())
         out["MB/s"] = total / 1e6 / (loop.time() - t0)
         out["path"] = str(conn.peer_connection.path.kind)
+        paths = ea.router.stats  # the receiver's: the relayed packets' average size
+        out["bytes/packet"] = paths.relay_bytes_received / max(paths.relay_packets_received, 1)
         await task
         await eb.close()
         await ea.close()

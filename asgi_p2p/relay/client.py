@@ -1086,12 +1086,13 @@ class RelayClient:
         if current.lost.is_set() or self._closing.is_set():
             return
         plane = current.plane
-        if plane is not None and plane.token == token:
-            return
-        relay = (str(current.conn.address[0]), int(current.conn.address[1]))
-        current.plane = ClientPlane(token, relay)
-        client_demux(self.endpoint.router).add(relay, current.plane_datagram)
-        log.info("relay %s: forwarding on its UDP data plane", self.url)
+        if plane is None or plane.token != token:
+            relay = (str(current.conn.address[0]), int(current.conn.address[1]))
+            plane = current.plane = ClientPlane(token, relay)
+            client_demux(self.endpoint.router).add(relay, current.plane_datagram)
+            log.info("relay %s: forwarding on its UDP data plane", self.url)
+        # (again for a repeated token: the relay repeats it until it hears from our plane)
+        self.endpoint.router.sendto(plane.hello(self.url.node_id), plane.relay)
 
     def _plane_closed(self, current: _RelayConnection) -> None:
         if current.plane is not None:

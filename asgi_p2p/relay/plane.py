@@ -30,7 +30,10 @@ a serial per connection.  Nobody off the path can guess a token (64 bits).
   queues, refusals as ERROR frames on the relay connection).
 * The relay sends a client plane datagrams only once that client sent it one (so
   an older client, which ignores PLANE_TOKEN, keeps getting RECV frames), to the
-  address its relay connection uses, from the relay endpoint's socket.
+  address its relay connection uses, from the relay endpoint's socket.  A client
+  answers each PLANE_TOKEN with a *hello*: a plane datagram addressed to the relay's
+  own NodeId (nothing is ever forwarded to a relay) carrying one byte, so that a
+  client that only receives gets plane datagrams too.
 * A client accepts a plane datagram only from its relay's address and with its own
   token (compared in constant time).
 
@@ -80,6 +83,8 @@ _NODE_AT = _MAGIC_LEN + PLANE_TOKEN_SIZE
 PLANE_OVERHEAD = _NODE_AT + 32
 _KEY_LABEL = b"asgi-p2p relay plane key v1"
 _SALT_SIZE = 16
+#: the packet of a hello (addressed to the relay itself)
+_HELLO = b"\x00"
 
 _H = TypeVar("_H", bound=Hashable)
 
@@ -103,6 +108,8 @@ class PlaneStats:
     received: int = 0
     #: plane datagrams sent
     sent: int = 0
+    #: hellos accepted (relay) or sent (client): a client saying it uses the plane
+    hellos: int = 0
     #: dropped: shorter than a header and one byte of packet
     dropped_malformed: int = 0
     #: dropped: a token not issued (or no longer valid), or not this client's
@@ -178,6 +185,11 @@ class ClientPlane:
         """The plane datagram carrying ``packet`` to ``dest`` through the relay."""
         self.stats.sent += 1
         return encode_plane(self.token, dest, packet)
+
+    def hello(self, relay: NodeId) -> bytes:
+        """The datagram that tells the relay (node ``relay``) this client uses the plane."""
+        self.stats.hellos += 1
+        return encode_plane(self.token, relay, _HELLO)
 
     def open(self, data: bytes) -> tuple[NodeId, bytes] | None:
         """(source, packet) of a plane datagram from the relay, or None when dropped (counted)."""

@@ -769,8 +769,11 @@ class RelayServer:
         if addr != handler.peer_address():
             stats.dropped_wrong_address += 1
             return
-        stats.received += 1
         handler.plane_active = True
+        if dst == self.node_id:  # a hello: the client uses the plane (nothing is forwarded to a relay)
+            stats.hellos += 1
+            return
+        stats.received += 1
         now = handler.now()
         self._dispatch(self.router.handle_packet(handler.node, dst, packet, now, self._room))
         self._schedule_queue(now)

@@ -216,13 +216,32 @@ def test_clients_use_the_plane_after_registration(net: Harness) -> None:
         assert {s for s, _ in sb.packets} == {a.node_id}
         stats = relay.plane_stats
         assert stats.received == 40 and stats.dropped_unknown_token == stats.dropped_wrong_address == 0
-        # a's first packet reached b as a RECV frame (b had not used the plane yet); the rest as plane datagrams
-        assert 38 <= stats.sent <= 40
+        # each client said hello on receiving its token: every packet went as a plane datagram
+        assert stats.sent == 40 and stats.hellos >= 2
         assert relay.router_stats.forwarded_packets == 40
         pa, pb = ca.plane_stats, cb.plane_stats
         assert pa is not None and pb is not None
-        assert pa.sent == pb.sent == 20 and pa.received + pb.received == stats.sent
+        assert pa.sent == pb.sent == 20 and pa.received == pb.received == 20 and pa.hellos >= 1
         assert ca.stats.packets_sent == 20 and cb.stats.packets_received == 20
+
+    run(net, scenario)
+
+
+def test_a_client_that_only_receives_gets_plane_datagrams(net: Harness) -> None:
+    """b never sends a packet: its hello alone makes the relay send it plane datagrams."""
+
+    async def scenario(rig: Rig) -> None:
+        relay = await rig.relay()
+        _a, ca, _sa = await rig.client("a", relay)
+        b, cb, sb = await rig.client("b", relay)
+        await ca.wait_connected(10)
+        await cb.wait_connected(10)
+        await _until(lambda: relay.plane_stats.hellos >= 2)
+        for i in range(10):
+            assert ca.send_packet(b.node_id, b"one way %d" % i)
+        await sb.wait_for(lambda: len(sb.packets) == 10)
+        assert relay.plane_stats.sent == 10 and cb.plane_stats is not None and cb.plane_stats.received == 10
+        assert cb.stats.packets_sent == 0
 
     run(net, scenario)
 
