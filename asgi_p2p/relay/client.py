@@ -483,6 +483,12 @@ class RelayClient:
             ) from None
 
     @property
+    def on_plane(self) -> bool:
+        """True while packets go on the relay's data plane (offered, and a hello answered)."""
+        current = self._conn
+        return current is not None and current.plane is not None and current.plane.confirmed and self._live
+
+    @property
     def plane_stats(self) -> PlaneStats | None:
         """The current relay connection's data plane counters (None: no plane offered)."""
         current = self._conn
@@ -493,7 +499,9 @@ class RelayClient:
             return False
         current = self._conn
         if current is not None and current.plane is not None and self._live:
-            return self._send_on_plane(current, current.plane, dest, packet)
+            if current.plane.confirmed:
+                return self._send_on_plane(current, current.plane, dest, packet)
+            self._hello_again(current, current.plane)
         # the per-packet path: the frame is Send(dest, packet).encode() with one copy of the packet
         if self._send_frame(b"".join((_SEND_PREFIX, dest.to_bytes(), packet))):
             self.stats.packets_sent += 1
@@ -1088,11 +1096,19 @@ class RelayClient:
         plane = current.plane
         if plane is None or plane.token != token:
             relay = (str(current.conn.address[0]), int(current.conn.address[1]))
-            plane = current.plane = ClientPlane(token, relay)
+            plane = current.plane = ClientPlane(token, relay, self.url.node_id)
             client_demux(self.endpoint.router).add(relay, current.plane_datagram)
-            log.info("relay %s: forwarding on its UDP data plane", self.url)
+            log.debug("relay %s offers its UDP data plane", self.url)
         # (again for a repeated token: the relay repeats it until it hears from our plane)
-        self.endpoint.router.sendto(plane.hello(self.url.node_id), plane.relay)
+        current.plane_pinged = current.conn.now()
+        self.endpoint.router.sendto(plane.hello(), plane.relay)
+
+    def _hello_again(self, current: _RelayConnection, plane: ClientPlane) -> None:
+        """Sending on SEND frames while no hello was answered: say hello again, once a second at most."""
+        now = current.conn.now()
+        if now - current.plane_pinged >= PLANE_PING_INTERVAL:
+            current.plane_pinged = now
+            self.endpoint.router.sendto(plane.hello(), plane.relay)
 
     def _plane_closed(self, current: _RelayConnection) -> None:
         if current.plane is not None:
@@ -1100,10 +1116,14 @@ class RelayClient:
 
     def _plane_received(self, current: _RelayConnection, data: bytes) -> None:
         """A plane datagram from the relay's address: a RECV frame in another form."""
-        if current.plane is None or current.lost.is_set():
+        plane = current.plane
+        if plane is None or current.lost.is_set():
             return
-        opened = current.plane.open(data)
+        confirmed = plane.confirmed
+        opened = plane.open(data)
         if opened is None:
+            if plane.confirmed and not confirmed:  # the relay answered our hello: send on the plane
+                log.info("relay %s: forwarding on its UDP data plane", self.url)
             return
         src, packet = opened
         self.stats.packets_received += 1

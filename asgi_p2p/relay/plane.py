@@ -33,7 +33,10 @@ a serial per connection.  Nobody off the path can guess a token (64 bits).
   address its relay connection uses, from the relay endpoint's socket.  A client
   answers each PLANE_TOKEN with a *hello*: a plane datagram addressed to the relay's
   own NodeId (nothing is ever forwarded to a relay) carrying one byte, so that a
-  client that only receives gets plane datagrams too.
+  client that only receives gets plane datagrams too; the relay answers it in kind
+  (source: the relay's NodeId), and only then does the client send on the plane: the
+  plane has carried a datagram each way (a network that drops them leaves the client
+  on SEND frames; it says hello again at most once a second while it waits).
 * A client accepts a plane datagram only from its relay's address and with its own
   token (compared in constant time).
 
@@ -64,6 +67,7 @@ from ..paths.router import Router
 from .proto import PLANE_TOKEN_SIZE
 
 __all__ = [
+    "HELLO",
     "PLANE_MAGIC",
     "PLANE_OVERHEAD",
     "ClientPlane",
@@ -83,8 +87,8 @@ _NODE_AT = _MAGIC_LEN + PLANE_TOKEN_SIZE
 PLANE_OVERHEAD = _NODE_AT + 32
 _KEY_LABEL = b"asgi-p2p relay plane key v1"
 _SALT_SIZE = 16
-#: the packet of a hello (addressed to the relay itself)
-_HELLO = b"\x00"
+#: the packet of a hello (to the relay's own NodeId, and its answer from it)
+HELLO = b"\x00"
 
 _H = TypeVar("_H", bound=Hashable)
 
@@ -169,16 +173,20 @@ class ClientPlane:
     """A relay client's side of the data plane for one relay connection.
 
     ``token``: the one the relay issued for this connection; ``relay``: the relay's
-    address (where plane datagrams go; :class:`PlaneDemux` accepts them only from it).
+    address (where plane datagrams go; :class:`PlaneDemux` accepts them only from it);
+    ``relay_node``: the relay's NodeId (hellos go to it, and their answers come from it).
     """
 
-    __slots__ = ("relay", "stats", "token")
+    __slots__ = ("confirmed", "relay", "relay_node", "stats", "token")
 
-    def __init__(self, token: bytes, relay: Address) -> None:
+    def __init__(self, token: bytes, relay: Address, relay_node: NodeId) -> None:
         if len(token) != PLANE_TOKEN_SIZE:
             raise ValueError(f"a plane token is {PLANE_TOKEN_SIZE} bytes")
         self.token = token
         self.relay = relay
+        self.relay_node = relay_node
+        #: the relay answered a hello: the plane carries datagrams both ways
+        self.confirmed = False
         self.stats = PlaneStats()
 
     def wrap(self, dest: NodeId, packet: bytes) -> bytes:
@@ -186,21 +194,26 @@ class ClientPlane:
         self.stats.sent += 1
         return encode_plane(self.token, dest, packet)
 
-    def hello(self, relay: NodeId) -> bytes:
-        """The datagram that tells the relay (node ``relay``) this client uses the plane."""
+    def hello(self) -> bytes:
+        """The datagram that tells the relay this client uses the plane (answered in kind)."""
         self.stats.hellos += 1
-        return encode_plane(self.token, relay, _HELLO)
+        return encode_plane(self.token, self.relay_node, HELLO)
 
     def open(self, data: bytes) -> tuple[NodeId, bytes] | None:
-        """(source, packet) of a plane datagram from the relay, or None when dropped (counted)."""
+        """(source, packet) of a plane datagram from the relay; None when dropped (counted) or
+        when it answers our hello (the plane is then :attr:`confirmed`)."""
         if len(data) <= PLANE_OVERHEAD:
             self.stats.dropped_malformed += 1
             return None
         if not hmac.compare_digest(data[_MAGIC_LEN:_NODE_AT], self.token):
             self.stats.dropped_unknown_token += 1
             return None
+        src = NodeId(data[_NODE_AT:PLANE_OVERHEAD])
+        if src == self.relay_node:  # nobody sends a packet as the relay: the hello's answer
+            self.confirmed = True
+            return None
         self.stats.received += 1
-        return NodeId(data[_NODE_AT:PLANE_OVERHEAD]), data[PLANE_OVERHEAD:]
+        return src, data[PLANE_OVERHEAD:]
 
 
 class PlaneDemux:

@@ -63,7 +63,7 @@ from ..endpoint.connection import PeerConnection
 from ..errors import InvalidConfiguration, ProtocolError
 from ..identity import NodeId, SecretKey
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
-from .plane import PLANE_MAGIC, PlaneStats, PlaneTokens
+from .plane import HELLO, PLANE_MAGIC, PlaneStats, PlaneTokens, encode_plane
 from .proto import (
     FRAME_RECV,
     RELAY_ALPN,
@@ -772,6 +772,8 @@ class RelayServer:
         handler.plane_active = True
         if dst == self.node_id:  # a hello: the client uses the plane (nothing is forwarded to a relay)
             stats.hellos += 1
+            assert handler.plane_token is not None  # (it was found by it)
+            self.endpoint.router.sendto(encode_plane(handler.plane_token, self.node_id, HELLO), addr)
             return
         stats.received += 1
         now = handler.now()

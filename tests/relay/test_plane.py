@@ -103,15 +103,19 @@ def test_forged_and_malformed_datagrams_are_dropped_allocating_nothing() -> None
     assert len(tokens) == 1
 
 
-def test_client_plane_checks_its_token() -> None:
-    plane = ClientPlane(b"mytoken!", ("192.0.2.1", 3478))
+def test_client_plane_checks_its_token_and_confirms_on_the_hellos_answer() -> None:
+    relay = RELAY.node_id
+    plane = ClientPlane(b"mytoken!", ("192.0.2.1", 3478), relay)
     assert plane.wrap(B, b"p") == encode_plane(b"mytoken!", B, b"p") and plane.stats.sent == 1
+    assert plane.hello() == encode_plane(b"mytoken!", relay, b"\x00") and plane.stats.hellos == 1
     assert plane.open(encode_plane(b"mytoken!", A, b"packet")) == (A, b"packet")
     assert plane.open(encode_plane(b"another!", A, b"packet")) is None
     assert plane.open(encode_plane(b"mytoken!", A, b"")) is None
-    assert (plane.stats.received, plane.stats.dropped_unknown_token, plane.stats.dropped_malformed) == (1, 1, 1)
+    assert plane.open(encode_plane(b"another!", relay, b"\x00")) is None and not plane.confirmed  # forged
+    assert plane.open(encode_plane(b"mytoken!", relay, b"\x00")) is None and plane.confirmed  # the answer
+    assert (plane.stats.received, plane.stats.dropped_unknown_token, plane.stats.dropped_malformed) == (1, 2, 1)
     with pytest.raises(ValueError, match="8 bytes"):
-        ClientPlane(b"short", ("192.0.2.1", 3478))
+        ClientPlane(b"short", ("192.0.2.1", 3478), relay)
 
 
 def test_demux_accepts_plane_datagrams_only_from_the_relays_address() -> None:
@@ -209,8 +213,8 @@ def test_clients_use_the_plane_after_registration(net: Harness) -> None:
         b, cb, sb = await rig.client("b", relay)
         await ca.wait_connected(10)
         await cb.wait_connected(10)
-        await _until(lambda: ca.plane_stats is not None)
-        await _until(lambda: cb.plane_stats is not None)
+        await _until(lambda: ca.on_plane)
+        await _until(lambda: cb.on_plane)
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=20)
         assert [p for _, p in sb.packets] == [b"a->b %d" % i for i in range(20)]
         assert {s for s, _ in sb.packets} == {a.node_id}
@@ -247,6 +251,40 @@ def test_a_client_that_only_receives_gets_plane_datagrams(net: Harness) -> None:
 
 
 @pytest.mark.parametrize("net", ["sim"], indirect=True)
+def test_a_network_that_drops_plane_datagrams_leaves_the_client_on_send_frames(net: Harness) -> None:
+    """a's plane datagrams never reach the relay: no hello is answered, so a keeps sending SEND frames
+    (saying hello again at most once a second), and its packets arrive."""
+
+    async def scenario(rig: Rig) -> None:
+        relay = await rig.relay()
+        a, ca, _sa = await rig.client("a", relay)
+        b, cb, sb = await rig.client("b", relay)
+        send = a.router.sendto
+        dropped: list[bytes] = []
+
+        def black_hole(data: bytes, addr: tuple[str, int]) -> None:
+            if is_plane(data):
+                dropped.append(data)
+                return
+            send(data, addr)
+
+        a.router.sendto = black_hole  # type: ignore[method-assign]
+        await ca.wait_connected(10)
+        await cb.wait_connected(10)
+        await _until(lambda: cb.on_plane)
+        for i in range(30):  # 3 s of packets, 10 a second
+            assert ca.send_packet(b.node_id, b"a %d" % i)
+            await asyncio.sleep(0.1)
+        await sb.wait_for(lambda: len(sb.packets) == 30)
+        assert not ca.on_plane and relay.plane_stats.received == 0
+        assert ca.plane_stats is not None and ca.plane_stats.sent == 0
+        assert 3 <= ca.plane_stats.hellos == len(dropped) <= 6  # the first ones, then one a second
+        assert relay.router_stats.forwarded_packets == 30
+
+    run(net, scenario)
+
+
+@pytest.mark.parametrize("net", ["sim"], indirect=True)
 @pytest.mark.parametrize("old", ["relay", "client"])
 def test_an_old_relay_or_client_keeps_datagram_frames(net: Harness, old: str) -> None:
     """A relay that offers no plane (``relay``): both clients use SEND frames.  A client that
@@ -264,7 +302,7 @@ def test_an_old_relay_or_client_keeps_datagram_frames(net: Harness, old: str) ->
         await ca.wait_connected(10)
         await cb.wait_connected(10)
         if old == "client":
-            await _until(lambda: ca.plane_stats is not None)
+            await _until(lambda: ca.on_plane)
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=10)
         await asyncio.sleep(3 * relay.check_interval)  # PLANE_TOKEN said again: still ignored
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=10)
@@ -286,7 +324,7 @@ def test_forged_tokens_and_wrong_addresses_are_dropped_and_counted(net: Harness)
         b, cb, sb = await rig.client("b", relay)
         await ca.wait_connected(10)
         await cb.wait_connected(10)
-        await _until(lambda: ca.plane_stats is not None)
+        await _until(lambda: ca.on_plane)
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=2)
         current = ca._conn
         assert current is not None and current.plane is not None
@@ -320,7 +358,7 @@ def test_a_relay_restart_kills_the_old_tokens_and_issues_new_ones(net: Harness) 
         a, ca, sa = await rig.client("a", relay, rng=random.Random(7), reconnect_min=0.2, reconnect_max=2.0)
         b, cb, sb = await rig.client("b", relay, rng=random.Random(8), reconnect_min=0.2, reconnect_max=2.0)
         await ca.wait_connected(10)
-        await _until(lambda: ca.plane_stats is not None)
+        await _until(lambda: ca.on_plane)
         assert ca._conn is not None and ca._conn.plane is not None
         old = ca._conn.plane.token
         await relay.close()
@@ -329,8 +367,8 @@ def test_a_relay_restart_kills_the_old_tokens_and_issues_new_ones(net: Harness) 
         relay = await rig.relay(port=port)  # same key, same address
         await ca.wait_connected(15)
         await cb.wait_connected(15)
-        await _until(lambda: ca.plane_stats is not None)
-        await _until(lambda: cb.plane_stats is not None)
+        await _until(lambda: ca.on_plane)
+        await _until(lambda: cb.on_plane)
         assert ca._conn is not None and ca._conn.plane is not None and ca._conn.plane.token != old
         a_addr = relay.observed_addr(a.node_id)
         assert a_addr is not None
@@ -359,7 +397,7 @@ def test_the_plane_follows_a_nat_rebinding() -> None:
         b, cb, sb = await rig.client("b", relay)
         await ca.wait_connected(10)
         await cb.wait_connected(10)
-        await _until(lambda: ca.plane_stats is not None and ca.observed_address is not None)
+        await _until(lambda: ca.on_plane and ca.observed_address is not None)
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=3)
         first = relay.observed_addr(a.node_id)
         assert first is not None
@@ -406,8 +444,8 @@ def test_a_relayed_download_over_the_plane_arrives_intact(net: Harness) -> None:
         cb.start()
         await ca.wait_connected(10)
         await cb.wait_connected(10)
-        await _until(lambda: ca.plane_stats is not None)
-        await _until(lambda: cb.plane_stats is not None)
+        await _until(lambda: ca.on_plane)
+        await _until(lambda: cb.on_plane)
         inner_a = await Node.bind(SecretKey.from_seed("inner-a"), host="::", network=ta)
         inner_b = await Node.bind(SecretKey.from_seed("inner-b"), host="::", network=tb)
         try:

@@ -591,7 +591,7 @@ def test_a_flooded_destination_shares_its_budget_fairly_through_the_server(net: 
         for client in (ca, cb, cc):
             await client.wait_connected(10)
         await asyncio.sleep(0.1)  # (the PLANE_TOKEN frames arrive)
-        assert all((client.plane_stats is not None) == (wire == "plane") for client in (ca, cb, cc))
+        assert all(client.on_plane == (wire == "plane") for client in (ca, cb, cc))
         loop = asyncio.get_running_loop()
         start = loop.time()
         sent_light = 0
