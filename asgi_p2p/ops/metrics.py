@@ -295,6 +295,7 @@ class RelayServerCollector(Collector):
         for event, value in (
             ("received", plane.received),
             ("sent", plane.sent),
+            ("hello", plane.hellos),
             ("dropped_unknown_token", plane.dropped_unknown_token),
             ("dropped_wrong_address", plane.dropped_wrong_address),
             ("dropped_malformed", plane.dropped_malformed),
