@@ -1,7 +1,7 @@
 """What a relay costs per forwarded MB: relay process CPU on loopback.
 
-Starts ``asgi-p2p relay`` in its own process (per-client budget raised out of the
-way, so the relay forwards as fast as it can), connects two relay clients from
+Starts ``asgi-p2p relay`` in its own process (per-client budgets, as source and as
+destination, raised out of the way, so the relay forwards as fast as it can), connects two relay clients from
 this process and sends 1,150-byte packets (a full relayed QUIC packet) from one
 to the other for ``--seconds``, one way or both ways.  The relay's CPU time comes
 from ``/proc/<pid>/stat`` (user + system) over the sending period; MB are the
@@ -121,6 +121,10 @@ def main() -> None:
                 "--limit-bytes-per-second",
                 "1e10",
                 "--limit-packets-per-second",
+                "1e8",
+                "--limit-destination-bytes-per-second",
+                "1e10",
+                "--limit-destination-packets-per-second",
                 "1e8",
             ],
             cwd=ROOT,

@@ -288,6 +288,20 @@ class RelayServerCollector(Collector):
         ):
             drops.add_metric([reason], value)
         yield drops
+        plane = server.plane_stats
+        datagrams = _counter(
+            "asgi_p2p_relay_plane_datagrams", "Datagrams on this relay's UDP data plane, by event", ["event"]
+        )
+        for event, value in (
+            ("received", plane.received),
+            ("sent", plane.sent),
+            ("hello", plane.hellos),
+            ("dropped_unknown_token", plane.dropped_unknown_token),
+            ("dropped_wrong_address", plane.dropped_wrong_address),
+            ("dropped_malformed", plane.dropped_malformed),
+        ):
+            datagrams.add_metric([event], value)
+        yield datagrams
         conns = _counter("asgi_p2p_relay_client_connections", "Client connections of this relay, by event", ["event"])
         for event, value in (
             ("accepted", st.connections_accepted),

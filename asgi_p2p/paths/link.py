@@ -17,7 +17,15 @@ from typing import Protocol, runtime_checkable
 from ..identity import NodeId
 from ..net.base import Address
 
-__all__ = ["ManagedRelayLink", "RefusalReason", "RelayLink", "RelayRefusal", "RelayRoutes", "RelaySink"]
+__all__ = [
+    "ManagedRelayLink",
+    "PlaneReceiver",
+    "RefusalReason",
+    "RelayLink",
+    "RelayRefusal",
+    "RelayRoutes",
+    "RelaySink",
+]
 
 
 class RefusalReason(Enum):
@@ -136,3 +144,16 @@ class RelayRoutes(Protocol):
         to is connected to on demand.  Raises a :class:`~asgi_p2p.errors.P2PError` saying
         why when it cannot be.
         """
+
+
+class PlaneReceiver(Protocol):
+    """Takes the socket's relay data plane datagrams (:meth:`asgi_p2p.paths.router.Router.use_plane`).
+
+    A relay's data plane (:mod:`asgi_p2p.relay.plane`) sends forwarded packets as plain
+    datagrams that start with a magic of its own (first byte 0x00, like disco's, so
+    never QUIC); the router hands each one that starts with it here, from any address:
+    the receiver checks who sent it.
+    """
+
+    def plane_datagram_received(self, data: bytes, addr: Address) -> None:
+        """One datagram starting with the magic the receiver was registered with."""

@@ -6,6 +6,9 @@ the caller wires in).  What arrives goes up in one of two ways:
 
 * disco packets (path probes, hole-punching signals) stay here: each goes to the
   :class:`~asgi_p2p.paths.peer.PeerPaths` of the node that signed it;
+* relay data plane datagrams (another magic starting with 0x00) go to the
+  :class:`~asgi_p2p.paths.link.PlaneReceiver` registered with :meth:`Router.use_plane`
+  (a relay server, or the endpoint's relay clients);
 * QUIC packets go to the endpoint, through the two callbacks it handed the router
   (``deliver`` for a packet from an address, ``deliver_relayed`` for one the relay
   forwarded from a node).
@@ -31,8 +34,8 @@ from ..config import NetworkConfig
 from ..errors import P2PError
 from ..identity import NodeAddr, NodeId, SecretKey
 from ..net.base import Address, DatagramNetwork, DatagramSocket
-from .disco import is_disco, open_packet, peek_sender
-from .link import RefusalReason, RelayLink, RelayRefusal
+from .disco import DISCO_MAGIC, is_disco, open_packet, peek_sender
+from .link import PlaneReceiver, RefusalReason, RelayLink, RelayRefusal
 from .peer import PeerPaths
 from .prober import ProberConfig
 from .route import Route, RouteOwner
@@ -116,6 +119,8 @@ class Router:
         self.sendmany: Callable[[Sequence[bytes], Address], None] = self._send_each
         self._clock_offset = 0.0
         self._relay: RelayLink | None = None
+        self._plane: PlaneReceiver | None = None
+        self._plane_magic = b""
         self._peers: dict[NodeId, PeerPaths] = {}
         self._closing = False
         self._addr_callbacks: list[Callable[[NodeAddr], None]] = []
@@ -185,6 +190,28 @@ class Router:
     def use_relay(self, link: RelayLink | None) -> None:
         """Send through ``link`` from now on (None: no relay)."""
         self._relay = link
+
+    @property
+    def plane(self) -> PlaneReceiver | None:
+        """The receiver of relay data plane datagrams (None: they go to QUIC, which drops them)."""
+        return self._plane
+
+    def use_plane(self, magic: bytes, receiver: PlaneReceiver | None) -> None:
+        """Hand datagrams starting with ``magic`` to ``receiver`` from now on (None: stop).
+
+        ``magic`` must start with 0x00 (never a QUIC packet) and differ from disco's.
+        One receiver per socket: registering another while one is set is an error.
+        """
+        if receiver is None:
+            self._plane = None
+            self._plane_magic = b""
+            return
+        if len(magic) < 2 or magic[:1] != b"\x00" or magic[: len(DISCO_MAGIC)] == DISCO_MAGIC:
+            raise ValueError(f"a plane magic starts with 0x00 and is not disco's, got {magic!r}")
+        if self._plane is not None and self._plane is not receiver:
+            raise P2PError("this endpoint's socket already hands its relay data plane datagrams to another receiver")
+        self._plane = receiver
+        self._plane_magic = magic
 
     # -- addresses ------------------------------------------------------------
 
@@ -259,9 +286,14 @@ class Router:
         stats = self.stats
         stats.direct_packets_received += 1
         stats.direct_bytes_received += len(data)
-        if data[:1] == b"\x00" and is_disco(data):  # never QUIC: see asgi_p2p.paths.disco
-            self._disco_received(data, addr)
-            return
+        if data[:1] == b"\x00":  # never QUIC: see asgi_p2p.paths.disco
+            if is_disco(data):
+                self._disco_received(data, addr)
+                return
+            plane = self._plane
+            if plane is not None and data[: len(self._plane_magic)] == self._plane_magic:
+                plane.plane_datagram_received(data, addr)
+                return
         self._deliver(data, addr)
 
     def _disco_received(self, data: bytes, addr: Address | None, expected_sender: NodeId | None = None) -> None:

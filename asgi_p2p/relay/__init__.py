@@ -6,11 +6,14 @@
 * :mod:`asgi_p2p.relay.url` - relay URLs (``p2p-relay://NODE_ID@HOST:PORT``);
 * :mod:`asgi_p2p.relay._datagrams` - queueing frames as QUIC DATAGRAM frames
   (private to this package; used by the server and the client);
+* :mod:`asgi_p2p.relay.plane` - the UDP data plane beside the relay connection
+  (sans-I/O: tokens, the datagram wire form, a client's checks and the demux it
+  registers with the paths layer's ``Router.use_plane``);
 * :mod:`asgi_p2p.relay.server` - :class:`~asgi_p2p.relay.server.RelayServer`, the
-  relay on an endpoint (imports proto, url, _datagrams, the endpoint's
+  relay on an endpoint (imports proto, plane, url, _datagrams, the endpoint's
   ``PeerConnection`` and :mod:`asgi_p2p.discovery` for the directory it hosts);
 * :mod:`asgi_p2p.relay.client` - :class:`~asgi_p2p.relay.client.RelayClient`, a
-  node's link to its relay (imports proto, url, _datagrams, the endpoint's
+  node's link to its relay (imports proto, plane, url, _datagrams, the endpoint's
   ``PeerConnection`` and :mod:`asgi_p2p.paths.link`: it implements
   ``RelayLink`` / ``ManagedRelayLink`` and reports to a ``RelaySink``, mapping
   ERROR codes to typed ``RelayRefusal`` values);

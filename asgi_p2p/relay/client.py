@@ -48,6 +48,14 @@ connection is up (and forgets that the network blocked UDP).  Either way the pat
 layer sees the same relay link: the end-to-end QUIC connections relayed through it go
 on across the switch.
 
+Data plane: a relay that offers it (a PLANE_TOKEN frame, :mod:`asgi_p2p.relay.plane`)
+gets the packets as plain UDP datagrams carrying that token on the endpoint's socket
+instead of SEND frames, and sends ours the same way; signals and the relay's frames stay
+on the connection, and so does everything with a relay that does not offer it.  While
+on the plane the client PINGs the relay every :data:`PLANE_PING_INTERVAL` seconds, so
+that the relay connection (whose address the relay sends plane datagrams to) follows a
+NAT rebinding within that long.
+
 Sending never blocks and never raises for a disconnected relay, a packet that
 does not fit, or a full queue: like UDP, the packet is dropped, counted in
 :attr:`RelayClient.stats`, and ``False`` is returned.
@@ -60,6 +68,7 @@ import collections
 import contextlib
 import ipaddress
 import logging
+import math
 import random
 import socket
 import weakref
@@ -81,6 +90,7 @@ from ..paths.link import RefusalReason, RelayRefusal, RelaySink
 from ..paths.select import QUIC_MIN_DATAGRAM_SIZE
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
 from .netmemory import Network, TransportMemory
+from .plane import ClientPlane, PlaneStats, client_demux
 from .proto import (
     FORWARD_OVERHEAD,
     FRAME_RECV,
@@ -91,6 +101,7 @@ from .proto import (
     Error,
     ErrorCode,
     ObservedAddr,
+    PlaneToken,
     Recv,
     Signal,
     parse_frame,
@@ -111,7 +122,7 @@ from .url import RelayUrl
 if TYPE_CHECKING:
     from ..endpoint.endpoint import Endpoint
 
-__all__ = ["FULL_PACKET_SIZE", "RelayClient", "RelayClientStats", "Resolver"]
+__all__ = ["FULL_PACKET_SIZE", "PLANE_PING_INTERVAL", "RelayClient", "RelayClientStats", "Resolver"]
 
 #: The packet size a relay connection must carry before the client reports itself connected:
 #: the smallest QUIC datagram (every Initial is this large), so a peer's handshake always fits.
@@ -128,6 +139,13 @@ _PAD_ANSWER_WITHIN = 0.15
 #: ... or, once a relay connection measured the RTT to the relay, within twice that RTT
 #: (at least this long, at most the above)
 _PAD_ANSWER_MIN = 0.05
+
+#: While packets go on the data plane, seconds between PINGs on the relay connection (the relay
+#: sends plane datagrams to the address that connection uses, so it must see a rebinding soon).
+PLANE_PING_INTERVAL = 1.0
+#: Plane datagrams after which the relay connection's path searches larger datagram sizes, as
+#: the connection's own bulk sending would start it (it carries the largest relayed packet)
+PLANE_BULK_PACKETS = 24
 
 _SEND_PREFIX = bytes((RELAY_VERSION, FRAME_SEND))
 _T = TypeVar("_T")
@@ -216,6 +234,9 @@ class _RelayConnection:
         self.conn = conn
         self.last_alive = conn.now()
         self.lost = asyncio.Event()
+        #: the relay's data plane for this connection (None: not offered)
+        self.plane: ClientPlane | None = None
+        self.plane_pinged = -math.inf
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, DatagramFrameReceived):
@@ -227,6 +248,9 @@ class _RelayConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost.set()
         self.client._connection_lost(self, exc)
+
+    def plane_datagram(self, data: bytes) -> None:
+        self.client._plane_received(self, data)
 
 
 def _outcome(task: asyncio.Task[_T]) -> _T | None:
@@ -484,9 +508,26 @@ class RelayClient:
                 f"(now {self.max_packet_size}); does the path to the relay carry {size + 64}-byte datagrams?"
             ) from None
 
+    @property
+    def on_plane(self) -> bool:
+        """True while packets go on the relay's data plane (offered, and a hello answered)."""
+        current = self._conn
+        return current is not None and current.plane is not None and current.plane.confirmed and self._live
+
+    @property
+    def plane_stats(self) -> PlaneStats | None:
+        """The current relay connection's data plane counters (None: no plane offered)."""
+        current = self._conn
+        return current.plane.stats if current is not None and current.plane is not None else None
+
     def send_packet(self, dest: NodeId, packet: bytes) -> bool:
         if not self._sendable(packet):
             return False
+        current = self._conn
+        if current is not None and current.plane is not None and self._live:
+            if current.plane.confirmed:
+                return self._send_on_plane(current, current.plane, dest, packet)
+            self._hello_again(current, current.plane)
         # the per-packet path: the frame is Send(dest, packet).encode() with one copy of the packet
         if self._send_frame(b"".join((_SEND_PREFIX, dest.to_bytes(), packet))):
             self.stats.packets_sent += 1
@@ -1032,6 +1073,7 @@ class RelayClient:
             )
             self._notify_state()
             return
+        self._plane_closed(current)
         if self._conn is not current:
             return
         was_live = self._live
@@ -1091,6 +1133,9 @@ class RelayClient:
                         self._notify_state()
             elif isinstance(frame, Error):
                 self._error_received(frame)
+            elif isinstance(frame, PlaneToken):
+                if isinstance(current, _RelayConnection):  # (the relay offers it on UDP only)
+                    self._plane_offered(current, frame.token)
             else:
                 self.stats.malformed_frames += 1
                 log.warning(
@@ -1120,6 +1165,74 @@ class RelayClient:
             self.sink.relay_state_changed(self)
         except Exception:
             log.exception("relay %s: relay_state_changed failed", self.url)
+
+    # -- the data plane ----------------------------------------------------------
+
+    def _plane_offered(self, current: _RelayConnection, token: bytes) -> None:
+        """The relay offered its data plane on ``current`` (during its handshake, or said again)."""
+        if current.lost.is_set() or self._closing.is_set():
+            return
+        plane = current.plane
+        if plane is None or plane.token != token:
+            relay = (str(current.conn.address[0]), int(current.conn.address[1]))
+            plane = current.plane = ClientPlane(token, relay, self.url.node_id)
+            client_demux(self.endpoint.router).add(relay, current.plane_datagram)
+            log.debug("relay %s offers its UDP data plane", self.url)
+        # (again for a repeated token: the relay repeats it until it hears from our plane)
+        current.plane_pinged = current.conn.now()
+        self.endpoint.router.sendto(plane.hello(), plane.relay)
+
+    def _hello_again(self, current: _RelayConnection, plane: ClientPlane) -> None:
+        """Sending on SEND frames while no hello was answered: say hello again, once a second at most."""
+        now = current.conn.now()
+        if now - current.plane_pinged >= PLANE_PING_INTERVAL:
+            current.plane_pinged = now
+            self.endpoint.router.sendto(plane.hello(), plane.relay)
+
+    def _plane_closed(self, current: _RelayConnection) -> None:
+        if current.plane is not None:
+            client_demux(self.endpoint.router).remove(current.plane.relay, current.plane_datagram)
+
+    def _plane_received(self, current: _RelayConnection, data: bytes) -> None:
+        """A plane datagram from the relay's address: a RECV frame in another form."""
+        plane = current.plane
+        if plane is None or current.lost.is_set():
+            return
+        confirmed = plane.confirmed
+        opened = plane.open(data)
+        if opened is None:
+            if plane.confirmed and not confirmed:  # the relay answered our hello: send on the plane
+                log.info("relay %s: forwarding on its UDP data plane", self.url)
+            return
+        src, packet = opened
+        self.stats.packets_received += 1
+        self.stats.bytes_received += len(packet)
+        try:
+            self.sink.relay_packet_received(src, packet)
+        except Exception:
+            log.exception("relay %s: the sink failed handling a plane packet", self.url)
+
+    def _send_on_plane(self, current: _RelayConnection, plane: ClientPlane, dest: NodeId, packet: bytes) -> bool:
+        conn = current.conn
+        if len(packet) + FORWARD_OVERHEAD > hooks.max_datagram_frame_payload(conn.quic):
+            # the same largest packet as in a SEND frame (a plane datagram is smaller than the
+            # relay connection's packet carrying that frame): the relay refuses no more than before
+            self.stats.dropped_too_large += 1
+            return False
+        now = conn.now()
+        if now - current.plane_pinged >= PLANE_PING_INTERVAL:
+            current.plane_pinged = now
+            self._ping_uid += 1
+            conn.quic.send_ping(self._ping_uid)
+            conn.schedule_transmit()
+        self.endpoint.router.sendto(plane.wrap(dest, packet), plane.relay)
+        if plane.stats.sent == PLANE_BULK_PACKETS:
+            peer = self.endpoint.router.peer_paths(self.url.node_id)
+            if peer is not None:
+                peer.bulk_started()
+        self.stats.packets_sent += 1
+        self.stats.bytes_sent += len(packet)
+        return True
 
     # -- sending ---------------------------------------------------------------
 

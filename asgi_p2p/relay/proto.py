@@ -18,6 +18,13 @@ Frame layout (integers big-endian)::
                                            peer = destination from a client, source from the relay
     type 5 ERROR          relay -> client  code (1) + flags (1) + [NodeId (32)] + [fits (4)]
                                            + message length (2) + UTF-8 message (the rest, <= 1024)
+    type 6 PLANE_TOKEN    relay -> client  plane version (1, PLANE_VERSION) + token (8)
+
+PLANE_TOKEN offers the client the relay's UDP data plane (:mod:`asgi_p2p.relay.plane`):
+forwarded packets may travel as plain UDP datagrams carrying ``token`` instead of SEND
+and RECV frames.  A client that does not know the frame (or the plane version) drops
+it and keeps using SEND frames; the relay sends a client plane datagrams only after
+that client sent it one, so either side may be older.
 
 ERROR ``flags``: bit 0 (0x01) a NodeId follows (the destination concerned), bit 1
 (0x02) a ``fits`` u32 follows: for TOO_LARGE only, the largest packet the relay
@@ -49,6 +56,8 @@ from ..net.base import Address
 
 __all__ = [
     "FORWARD_OVERHEAD",
+    "PLANE_TOKEN_SIZE",
+    "PLANE_VERSION",
     "QUEUE_ENTRY_OVERHEAD",
     "QUIC_MIN_DATAGRAM_SIZE",
     "RELAY_ALPN",
@@ -61,6 +70,7 @@ __all__ = [
     "ErrorCode",
     "Frame",
     "ObservedAddr",
+    "PlaneToken",
     "Recv",
     "RelayFull",
     "RelayLimits",
@@ -99,8 +109,14 @@ FRAME_RECV = 2
 _OBSERVED_ADDR = 3
 _SIGNAL = 4
 _ERROR = 5
+_PLANE_TOKEN = 6
+#: The data plane version a PLANE_TOKEN frame offers (see :mod:`asgi_p2p.relay.plane`).
+PLANE_VERSION = 1
+#: Bytes of a data plane token.
+PLANE_TOKEN_SIZE = 8
 _RECV_PREFIX = bytes((RELAY_VERSION, FRAME_RECV))
 _NAMES = {FRAME_SEND: "SEND", FRAME_RECV: "RECV", _OBSERVED_ADDR: "OBSERVED_ADDR", _SIGNAL: "SIGNAL", _ERROR: "ERROR"}
+_NAMES[_PLANE_TOKEN] = "PLANE_TOKEN"
 
 
 class ErrorCode(IntEnum):
@@ -230,7 +246,21 @@ class Error:
             return None
 
 
-Frame = Send | Recv | ObservedAddr | Signal | Error
+@dataclass(frozen=True)
+class PlaneToken:
+    """Relay -> client: the token that makes the client's data plane datagrams its own."""
+
+    token: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.token, bytes) or len(self.token) != PLANE_TOKEN_SIZE:
+            raise ValueError(f"a plane token is {PLANE_TOKEN_SIZE} bytes")
+
+    def encode(self) -> bytes:
+        return bytes((RELAY_VERSION, _PLANE_TOKEN, PLANE_VERSION)) + self.token
+
+
+Frame = Send | Recv | ObservedAddr | Signal | Error | PlaneToken
 
 
 def parse_frame(data: bytes) -> Frame:
@@ -270,8 +300,13 @@ def parse_frame(data: bytes) -> Frame:
         if length > MAX_ERROR_MESSAGE:
             raise reader.error(f"ERROR message of {length} bytes exceeds the limit {MAX_ERROR_MESSAGE}")
         frame = Error(code, reader.utf8(length, "ERROR message"), about, fits)
+    elif kind == _PLANE_TOKEN:
+        plane = reader.u8("PLANE_TOKEN version")
+        if plane != PLANE_VERSION:
+            raise reader.error(f"PLANE_TOKEN offers plane version {plane} (this node speaks {PLANE_VERSION})")
+        frame = PlaneToken(bytes(reader.take(PLANE_TOKEN_SIZE, "PLANE_TOKEN token")))
     else:
-        raise reader.error(f"unknown frame type {kind} (expected 1 SEND .. 5 ERROR)")
+        raise reader.error(f"unknown frame type {kind} (expected 1 SEND .. 6 PLANE_TOKEN)")
     reader.end()
     return frame
 
@@ -750,6 +785,20 @@ class RelayRouter:
         raise ProtocolError(
             f"relay client {src} sent a {type(frame).__name__.upper()} frame, which only a relay may send"
         )
+
+    def handle_packet(
+        self, src: NodeId, dst: NodeId, packet: bytes | memoryview, now: float, room: Room | None = None
+    ) -> list[Action]:
+        """Forward one packet from the registered client ``src`` to ``dst``: a SEND frame's
+        content that arrived in another wire form (a data plane datagram).
+
+        The same budgets, queues and refusals as :meth:`handle_datagram`; the RECV frames
+        returned are what :meth:`handle_datagram` returns for ``Send(dst, packet)``.
+        """
+        if len(packet) == 0:
+            raise ProtocolError(f"relay client {src} sent an empty packet")
+        recv = b"".join((_RECV_PREFIX, src.to_bytes(), packet))
+        return self._forward(src, self._client(src), dst, recv, len(packet), now, room)
 
     def _client(self, node: NodeId) -> _Client:
         client = self._clients.get(node)

@@ -19,7 +19,11 @@ on an :class:`~asgi_p2p.endpoint.Endpoint` and drives the sans-I/O
 * a malformed frame, a frame only a relay may send, or a stream opened by the
   client closes that client's connection (after an ERROR frame saying why);
   other clients are not affected;
-* the client is unregistered when its connection goes away.
+* the client is unregistered when its connection goes away;
+* each client over UDP is offered the data plane (:mod:`asgi_p2p.relay.plane`): a
+  PLANE_TOKEN frame at registration, said again at the next :data:`PLANE_TOKEN_REPEATS`
+  checks until the client uses it; its plane datagrams go through the same router as
+  SEND frames, and packets for it travel as plane datagrams once it sent one.
 
 The relay process also serves the node-record directory (ALPN
 ``asgi-p2p/directory/1``, :class:`~asgi_p2p.discovery.directory.DirectoryServer`)
@@ -63,12 +67,15 @@ from ..endpoint.connection import PeerConnection
 from ..errors import InvalidConfiguration, ProtocolError
 from ..identity import NodeId, SecretKey
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
+from .plane import HELLO, PLANE_MAGIC, PlaneStats, PlaneTokens, encode_plane
 from .proto import (
+    FRAME_RECV,
     RELAY_ALPN,
     RELAY_DATAGRAM_SIZE,
     RELAY_PACKET_OVERHEAD,
     Error,
     ErrorCode,
+    PlaneToken,
     RelayFull,
     RelayLimits,
     RelayRouter,
@@ -108,6 +115,12 @@ RELAY_SERVER_FULL = 0x104
 #: Times a client's new observed address is said again, one per ``check_interval``, after the
 #: frame that announced it (OBSERVED_ADDR rides an unreliable DATAGRAM frame).
 OBSERVED_ADDR_REPEATS = 3
+#: Times a client's PLANE_TOKEN is said again, one per ``check_interval``, while the client has
+#: sent no plane datagram (the frame rides an unreliable datagram; an older client ignores it).
+PLANE_TOKEN_REPEATS = 3
+#: Plane datagrams to a client after which the path to it searches larger datagram sizes (as the
+#: relay connection's own bulk sending would start it: its size bounds the largest relayed packet)
+PLANE_BULK_PACKETS = 24
 
 
 def relay_config(max_clients: int, **overrides: Any) -> NetworkConfig:
@@ -160,6 +173,14 @@ class _ClientHandler:
         self.observed: tuple[str, int] | None = None
         #: OBSERVED_ADDR frames still to repeat for the current address (see _check_clients)
         self.observed_repeats = 0
+        #: the data plane token issued to this connection (None: not issued)
+        self.plane_token: bytes | None = None
+        #: PLANE_TOKEN frames still to repeat while the client has not used the plane
+        self.plane_repeats = 0
+        #: the client sent a valid plane datagram: packets for it go as plane datagrams
+        self.plane_active = False
+        #: plane datagrams sent to it
+        self.plane_sent = 0
 
     # -- ConnectionHandler -------------------------------------------------
 
@@ -353,6 +374,9 @@ class RelayServer:
         #: relay over TCP: bytes of frames that may wait for one client's TCP connection
         self.tcp_send_buffer = 262_144
         endpoint.add_protocol(RELAY_ALPN, self._handler_for, relay=True)
+        #: the data plane's tokens (:mod:`asgi_p2p.relay.plane`); its counters: :attr:`plane_stats`
+        self.plane: PlaneTokens[_ClientHandler] = PlaneTokens(endpoint.secret_key, endpoint.rng)
+        endpoint.router.use_plane(PLANE_MAGIC, self)
         #: The node-record directory served on the same endpoint (None: not served).
         self.directory = directory
         if directory is not None:
@@ -504,6 +528,11 @@ class RelayServer:
         return self.router.stats
 
     @property
+    def plane_stats(self) -> PlaneStats:
+        """Data plane datagrams received, sent and dropped (:mod:`asgi_p2p.relay.plane`)."""
+        return self.plane.stats
+
+    @property
     def clients(self) -> list[NodeId]:
         """NodeIds of the registered clients."""
         return [h.node for h in self._handlers.values() if h.registered]
@@ -559,7 +588,14 @@ class RelayServer:
             handler.close(RELAY_SERVER_FULL, str(exc))
             return handler
         self._admit(handler, actions, "udp")
+        self._offer_plane(handler)
         return handler
+
+    def _offer_plane(self, handler: _ClientHandler) -> None:
+        """Issue the client a data plane token and tell it (again at the next checks)."""
+        token = handler.plane_token = self.plane.issue(handler.node, handler)
+        handler.plane_repeats = PLANE_TOKEN_REPEATS
+        self._send_frame(handler, PlaneToken(token).encode())
 
     def _admit(self, handler: _Handler, actions: list[tuple[NodeId, bytes]], how: str) -> None:
         """Make a registered client the node's current one (replacing an older connection)."""
@@ -647,6 +683,8 @@ class RelayServer:
 
     def _lost(self, handler: _Handler, exc: Exception | None) -> None:
         self.stats.connections_closed += 1
+        if isinstance(handler, _ClientHandler) and handler.plane_token is not None:
+            self.plane.revoke(handler.plane_token)
         if self._handlers.get(handler.node) is handler:
             del self._handlers[handler.node]
         if handler.registered:
@@ -684,6 +722,10 @@ class RelayServer:
                     handler.observed_repeats -= 1
                     update = self.router.observed_addr_frame(handler.node)
                 actions.extend(update)
+                if isinstance(handler, _ClientHandler) and handler.plane_repeats > 0 and not handler.plane_active:
+                    handler.plane_repeats -= 1
+                    assert handler.plane_token is not None  # issued at registration
+                    actions.append((handler.node, PlaneToken(handler.plane_token).encode()))
         self._dispatch(actions)
         if self._handlers:
             self._check_handle = asyncio.get_running_loop().call_later(self.check_interval, self._check_clients)
@@ -718,11 +760,40 @@ class RelayServer:
         self._dispatch(actions)
         self._schedule_queue(now)
 
+    def plane_datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A data plane datagram (:class:`~asgi_p2p.paths.link.PlaneReceiver`): a SEND in another form."""
+        got = self.plane.receive(data)
+        if got is None:
+            return
+        handler, dst, packet = got
+        stats = self.plane.stats
+        if not handler.registered or handler.violated:
+            stats.dropped_unknown_token += 1
+            return
+        if addr != handler.peer_address():
+            stats.dropped_wrong_address += 1
+            return
+        handler.plane_active = True
+        if dst == self.node_id:  # a hello: the client uses the plane (nothing is forwarded to a relay)
+            stats.hellos += 1
+            assert handler.plane_token is not None  # (it was found by it)
+            self.endpoint.router.sendto(encode_plane(handler.plane_token, self.node_id, HELLO), addr)
+            return
+        stats.received += 1
+        now = handler.now()
+        self._dispatch(self.router.handle_packet(handler.node, dst, packet, now, self._room))
+        self._schedule_queue(now)
+
     def _room(self, node: NodeId) -> int:
-        """How many more DATAGRAM frames ``node``'s connection queues now (the router's ``room``)."""
+        """How many more frames ``node``'s connection queues now (the router's ``room``).
+
+        Plane datagrams go straight to the socket: a client on the plane always has room.
+        """
         handler = self._handlers.get(node)
         if handler is None or not handler.registered or not handler.is_connected:
             return 0
+        if isinstance(handler, _ClientHandler) and handler.plane_active:
+            return self.max_pending_datagrams
         return handler.room(self.max_pending_datagrams)
 
     def _schedule_queue(self, now: float) -> None:
@@ -754,13 +825,28 @@ class RelayServer:
 
     def _dispatch(self, actions: list[tuple[NodeId, bytes]]) -> None:
         touched: dict[_Handler, None] = {}
+        planed: dict[_ClientHandler, list[bytes]] = {}
         for dst, frame in actions:
             target = self._handlers.get(dst)
             if target is None or not target.registered or not target.is_connected:
                 self.stats.dropped_gone += 1
                 continue
+            if frame[1] == FRAME_RECV and isinstance(target, _ClientHandler) and target.plane_active:
+                assert target.plane_token is not None  # active: it used the token
+                # the RECV frame's source and packet behind the destination's plane header
+                planed.setdefault(target, []).append(b"".join((PLANE_MAGIC, target.plane_token, memoryview(frame)[2:])))
+                continue
             if self._queue_frame(target, frame):
                 touched[target] = None
+        for target, datagrams in planed.items():
+            self.plane.stats.sent += len(datagrams)
+            self.endpoint.router.sendmany(datagrams, target.peer_address())
+            before = target.plane_sent
+            target.plane_sent += len(datagrams)
+            if before < PLANE_BULK_PACKETS <= target.plane_sent:
+                peer = self.endpoint.router.peer_paths(target.node)
+                if peer is not None:
+                    peer.bulk_started()
         for handler in touched:
             # once the callbacks already queued have run: the frames a whole batch of received
             # datagrams produced for one client then share its packets (fewer encryptions and

@@ -210,6 +210,9 @@ async def test_readyz_waits_for_the_relay_and_relay_metrics_count_forwarding() -
         assert value(s, "asgi_p2p_relay_forwarded_packets_total") >= 2
         assert value(s, "asgi_p2p_relay_forwarded_bytes_total") >= 2 * 1200
         assert value(s, "asgi_p2p_relay_dropped_total", reason="rate_limited") == 0
+        # the packets went on the relay's data plane (a's first one as a SEND frame, at least)
+        assert value(s, "asgi_p2p_relay_plane_datagrams_total", event="received") >= 1
+        assert value(s, "asgi_p2p_relay_plane_datagrams_total", event="dropped_unknown_token") == 0
         assert value(s, "asgi_p2p_relay_client_connections_total", event="accepted") == 2
         assert value(s, "asgi_p2p_directory_records") == 0
         assert value(s, "asgi_p2p_handshakes_total", outcome="established") == 2  # the relay's own endpoint

@@ -1,7 +1,9 @@
 """Fair relaying: per-destination budgets, deficit round robin over sources, bounded queues.
 
 Everything here drives the sans-I/O :class:`RelayRouter` on a virtual clock (1 ms ticks)
-and measures what each source gets delivered.
+and measures what each source gets delivered.  The main cases run for both wire forms a
+packet reaches the relay in (fixture ``wire``): a SEND frame, and a data plane datagram
+(:meth:`RelayRouter.handle_packet`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def simulate(
     room: Callable[[NodeId], int] | None = None,
     start: float = 0.0,
     run: Run | None = None,
+    wire: str = "frame",
 ) -> Run:
     """Send ``rate`` packets/s per (src, dst, rate) for ``seconds``; poll every tick."""
     run = run or Run()
@@ -80,7 +83,10 @@ def simulate(
                 credit[i] -= 1
                 run.sent[src, dst] += 1
                 packet = struct.pack("!d", now) + bytes(SIZE - 8)
-                actions += r.handle_datagram(src, Send(dst, packet).encode(), now, room)
+                if wire == "plane":
+                    actions += r.handle_packet(src, dst, packet, now, room)
+                else:
+                    actions += r.handle_datagram(src, Send(dst, packet).encode(), now, room)
         actions += r.poll(now, room)
         for node, frame in actions:
             if frame[1] == 2:  # RECV: the source follows the header
@@ -99,6 +105,12 @@ def simulate(
     return run
 
 
+@pytest.fixture(params=["frame", "plane"])
+def wire(request: pytest.FixtureRequest) -> str:
+    """How packets reach the relay: SEND frames, or data plane datagrams."""
+    return str(request.param)
+
+
 def make_router(**limits: float) -> RelayRouter:
     values: dict[str, float] = {**OPEN_SOURCES, "destination_packet_burst": 20, **limits}
     r = RelayRouter(RelayLimits(**values))  # type: ignore[arg-type]
@@ -112,10 +124,10 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
-def test_a_flooding_source_cannot_starve_a_second_source() -> None:
+def test_a_flooding_source_cannot_starve_a_second_source(wire: str) -> None:
     """10,000 packets/s from one source vs 250/s from another into a 1,000 packets/s destination."""
     r = make_router(destination_packets_per_second=1000)
-    run = simulate(r, [(FLOODERS[0], DST, 10_000), (VICTIM, DST, 250)], 2.5)
+    run = simulate(r, [(FLOODERS[0], DST, 10_000), (VICTIM, DST, 250)], 2.5, wire=wire)
     total = run.delivered[FLOODERS[0], DST] + run.delivered[VICTIM, DST]
     assert total <= 1000 * 2.5 + 20 + 1  # the destination's budget holds
     assert total >= 1000 * 2.5 * 0.98  # and is used (work conserving)
@@ -126,31 +138,31 @@ def test_a_flooding_source_cannot_starve_a_second_source() -> None:
     assert r.stats.dropped_destination_busy > 0
 
 
-def test_two_flooding_sources_share_equally() -> None:
+def test_two_flooding_sources_share_equally(wire: str) -> None:
     r = make_router(destination_packets_per_second=1000)
-    run = simulate(r, [(FLOODERS[0], DST, 9_000), (VICTIM, DST, 1_500)], 2.5)
+    run = simulate(r, [(FLOODERS[0], DST, 9_000), (VICTIM, DST, 1_500)], 2.5, wire=wire)
     a, v = run.delivered[FLOODERS[0], DST], run.delivered[VICTIM, DST]
     assert abs(a - v) <= 0.05 * (a + v), (a, v)  # max-min fair: ~500/s each whatever they send
 
 
-def test_eight_flooders_and_a_light_source() -> None:
+def test_eight_flooders_and_a_light_source(wire: str) -> None:
     """The issue's case: eight clients flood one destination; a ninth still gets all its packets through."""
     r = make_router(destination_packets_per_second=4000)
     flows = [(f, DST, 2_000) for f in FLOODERS] + [(VICTIM, DST, 200)]
-    run = simulate(r, flows, 3.0)
+    run = simulate(r, flows, 3.0, wire=wire)
     assert run.share(VICTIM) >= 0.99, run.share(VICTIM)
     shares = [run.delivered[f, DST] for f in FLOODERS]
     assert max(shares) - min(shares) <= 0.05 * max(shares), shares  # the flooders split the rest evenly
     assert p99(run.delays[VICTIM]) <= 0.01
 
 
-def test_destination_budget_caps_one_source() -> None:
+def test_destination_budget_caps_one_source(wire: str) -> None:
     """A single source may send 5,000 packets/s; its destination receives at most its own budget."""
     r = make_router(destination_packets_per_second=1000, destination_bytes_per_second=1e9)
-    run = simulate(r, [(FLOODERS[0], DST, 5_000)], 2.0)
+    run = simulate(r, [(FLOODERS[0], DST, 5_000)], 2.0, wire=wire)
     assert 1000 * 2.0 * 0.97 <= run.delivered[FLOODERS[0], DST] <= 1000 * 2.0 + 20 + 1
     r2 = make_router(destination_bytes_per_second=200_000, destination_byte_burst=50_000)
-    run2 = simulate(r2, [(FLOODERS[0], DST, 5_000)], 2.0)
+    run2 = simulate(r2, [(FLOODERS[0], DST, 5_000)], 2.0, wire=wire)
     received = run2.delivered[FLOODERS[0], DST] * SIZE
     assert 200_000 * 2.0 * 0.95 <= received <= 200_000 * 2.0 + 50_000 + SIZE
 

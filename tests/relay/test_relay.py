@@ -441,6 +441,13 @@ def test_the_relay_forwards_real_quic_and_never_sees_plaintext(net: Harness) -> 
             return original(src, data, now, room)
 
         relay.router.handle_datagram = recording  # type: ignore[method-assign]
+        original_packet = relay.router.handle_packet
+
+        def recording_plane(src, dst, packet, now, room=None):  # type: ignore[no-untyped-def]
+            seen.append(bytes(packet))  # the same packets on the relay's data plane
+            return original_packet(src, dst, packet, now, room)
+
+        relay.router.handle_packet = recording_plane  # type: ignore[method-assign]
         va, vb = ("fd00::a", 1), ("fd00::b", 1)
         ta, tb = RelayTunnel(va), RelayTunnel(vb)
         a = await rig.net.endpoint("outer-a", config=BIG)
@@ -568,17 +575,23 @@ def test_connected_means_a_full_size_quic_packet_fits_both_ways() -> None:
 
 
 @pytest.mark.parametrize("net", ["sim"], indirect=True)
-def test_a_flooded_destination_shares_its_budget_fairly_through_the_server(net: Harness) -> None:
-    """The whole relay server (timer, room, dispatch): a 2,000/s flood and a 50/s client into a 200/s destination."""
+@pytest.mark.parametrize("wire", ["frame", "plane"])
+def test_a_flooded_destination_shares_its_budget_fairly_through_the_server(net: Harness, wire: str) -> None:
+    """The whole relay server (timer, room, dispatch): a 2,000/s flood and a 50/s client into a 200/s destination,
+    with packets in DATAGRAM frames (``frame``: the relay offers no data plane) or on the data plane."""
 
     async def scenario(rig: Rig) -> None:
         limits = RelayLimits(destination_packets_per_second=200, destination_packet_burst=20)
         relay = await rig.relay(limits=limits)
+        if wire == "frame":
+            relay._offer_plane = lambda handler: None  # type: ignore[method-assign]
         a, ca, sa = await rig.client("flooder", relay)
         b, cb, sb = await rig.client("destination", relay)
         c, cc, sc = await rig.client("light", relay)
         for client in (ca, cb, cc):
             await client.wait_connected(10)
+        await asyncio.sleep(0.1)  # (the PLANE_TOKEN frames arrive)
+        assert all(client.on_plane == (wire == "plane") for client in (ca, cb, cc))
         loop = asyncio.get_running_loop()
         start = loop.time()
         sent_light = 0
@@ -599,5 +612,6 @@ def test_a_flooded_destination_shares_its_budget_fairly_through_the_server(net: 
         assert relay.router_stats.queued > 0 and relay.router_stats.dropped_destination_busy > 0
         assert relay.router.queued_bytes == 0  # drained: memory returned
         assert any(r.reason is RefusalReason.RATE_LIMITED for _, r in sa.refusals) and sc.refusals == []
+        assert (relay.plane_stats.received >= 4000 + sent_light) == (wire == "plane")
 
     run(net, scenario)
