@@ -235,8 +235,9 @@ def test_a_node_whose_udp_is_blocked_downloads_through_the_relay_over_tcp_and_mo
                 # UDP works again: the client moves back to the relay over UDP (then direct), and
                 # the same end-to-end QUIC connection carries the next request
                 firewall.unblock()
-                await _until(lambda: link.transport == "udp", "relay client back on UDP")
-                assert link.stats.moved_to_udp == 1
+                # (the move is counted a loop pass after the UDP connection is live: wait for it)
+                await _until(lambda: link.stats.moved_to_udp == 1, "relay client back on UDP")
+                assert link.transport == "udp"
                 assert len(link.transport_memory) == 0  # and no longer does
                 r = await http.get(f"https://{server.node_id}/again")
                 assert hashlib.sha256(r.content).digest() == hashlib.sha256(BLOB).digest()
