@@ -195,6 +195,15 @@ async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-u
         await asyncio.sleep(0.01)
 
 
+async def _two_clients(rig: Rig, relay):  # type: ignore[no-untyped-def]
+    """Nodes a and b, each with a relay client connected to ``relay`` and a sink: (a, ca, sa), (b, cb, sb)."""
+    a, ca, sa = await rig.client("a", relay)
+    b, cb, sb = await rig.client("b", relay)
+    await ca.wait_connected(10)
+    await cb.wait_connected(10)
+    return (a, ca, sa), (b, cb, sb)
+
+
 async def _exchange(rig: Rig, relay, ca, sa, cb, sb, a, b, n: int = 5) -> None:  # type: ignore[no-untyped-def]
     """``n`` packets each way; returns once they all arrived."""
     want_a, want_b = len(sa.packets) + n, len(sb.packets) + n
@@ -209,10 +218,7 @@ async def _exchange(rig: Rig, relay, ca, sa, cb, sb, a, b, n: int = 5) -> None: 
 def test_clients_use_the_plane_after_registration(net: Harness) -> None:
     async def scenario(rig: Rig) -> None:
         relay = await rig.relay()
-        a, ca, sa = await rig.client("a", relay)
-        b, cb, sb = await rig.client("b", relay)
-        await ca.wait_connected(10)
-        await cb.wait_connected(10)
+        (a, ca, sa), (b, cb, sb) = await _two_clients(rig, relay)
         await _until(lambda: ca.on_plane)
         await _until(lambda: cb.on_plane)
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=20)
@@ -236,10 +242,7 @@ def test_a_client_that_only_receives_gets_plane_datagrams(net: Harness) -> None:
 
     async def scenario(rig: Rig) -> None:
         relay = await rig.relay()
-        _a, ca, _sa = await rig.client("a", relay)
-        b, cb, sb = await rig.client("b", relay)
-        await ca.wait_connected(10)
-        await cb.wait_connected(10)
+        (_a, ca, _sa), (b, cb, sb) = await _two_clients(rig, relay)
         await _until(lambda: relay.plane_stats.hellos >= 2)
         for i in range(10):
             assert ca.send_packet(b.node_id, b"one way %d" % i)
@@ -320,10 +323,7 @@ def test_an_old_relay_or_client_keeps_datagram_frames(net: Harness, old: str) ->
 def test_forged_tokens_and_wrong_addresses_are_dropped_and_counted(net: Harness) -> None:
     async def scenario(rig: Rig) -> None:
         relay = await rig.relay()
-        a, ca, sa = await rig.client("a", relay)
-        b, cb, sb = await rig.client("b", relay)
-        await ca.wait_connected(10)
-        await cb.wait_connected(10)
+        (a, ca, sa), (b, cb, sb) = await _two_clients(rig, relay)
         await _until(lambda: ca.on_plane)
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=2)
         current = ca._conn
