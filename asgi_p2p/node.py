@@ -15,6 +15,7 @@ The CLI, the examples and the tests build their nodes here.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterable, Sequence
 
@@ -70,6 +71,7 @@ class Node(Endpoint):
         relay_urls: Sequence[str] | None = None,
         relay_factory: RelayFactory | None = None,
         discovery: NodeResolver | None = None,
+        peer_state: str | os.PathLike[str] | None = None,
     ) -> Node:
         """Bind a node (see :meth:`Endpoint.bind` for the arguments it shares).
 
@@ -80,7 +82,8 @@ class Node(Endpoint):
         :class:`~asgi_p2p.relay.client.RelayClient`; tests pass fakes).
         ``discovery`` (a :class:`~asgi_p2p.discovery.Discovery`, e.g. a
         :class:`~asgi_p2p.discovery.ChainedDiscovery`) is asked where a node
-        dialed by id alone is.
+        dialed by id alone is.  ``peer_state`` is the file of proactive stateless
+        resets (see :meth:`Endpoint.bind`).
         """
         if relay_url is not None and relay_urls is not None:
             raise InvalidConfiguration("pass relay_url or relay_urls, not both")
@@ -96,6 +99,7 @@ class Node(Endpoint):
             network=network,
             rng=rng,
             discovery=discovery,
+            peer_state=peer_state,
         )
         sink: RelaySink = node.router
         rng = random.Random(node.rng.getrandbits(64)) if relay_url is not None or relay_urls is not None else None

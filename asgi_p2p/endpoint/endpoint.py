@@ -8,8 +8,10 @@ import copy
 import hmac
 import ipaddress
 import logging
+import os
 import random
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Protocol, Self
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -44,6 +46,14 @@ from ..paths.router import Router, virtual_address
 from .admission import AdmissionStats, AdmissionTable, InvalidToken, RetryTokens, Verdict, source_of
 from .base import ConnectionHandler
 from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection
+from .peerstate import (
+    MAX_CIDS_PER_PEER,
+    RememberedConnection,
+    dump_peer_state,
+    read_peer_state,
+    reset_order,
+    write_private,
+)
 from .reset import MIN_RESET_SIZE, MIN_TRIGGER_SIZE, RESET_TOKEN_SIZE, ResetLimiter, ResetTokens, build_stateless_reset
 from .resume import (
     TICKET_LIFETIME,
@@ -105,6 +115,14 @@ _PREPARED_DIALS = 16
 #: seconds after a session ticket arrives that the next connection using it is prepared
 #: (after the exchange that brought the ticket, whose answers that work must not delay)
 _PREPARE_DELAY = 0.25
+#: the peer state file (see peerstate.py) is written this long after a change of the
+#: connections (changes in a burst make one write), and at most once per interval
+_PEER_STATE_DELAY = 0.1
+_PEER_STATE_INTERVAL = 1.0
+#: proactive stateless resets at startup: this many per batch, a batch every pacing interval
+#: (1,024 connections of 4 ids each: 0.64 s at 180 KB/s of 28-byte datagrams)
+_PROACTIVE_BATCH = 64
+_PROACTIVE_PACING = 0.01
 
 
 def _on_link(addr: Address, own: Iterable[Address]) -> bool:
@@ -180,6 +198,19 @@ class Endpoint:
         self.stateless_resets_limited = 0
         #: genuine stateless resets received (each ended one of our connections)
         self.stateless_resets_received = 0
+        #: stateless resets sent at startup to the peers of the previous life (see :meth:`bind`'s
+        #: ``peer_state``), and the peer state file's writes
+        self.proactive_resets_sent = 0
+        self.peer_state_writes = 0
+        self._peer_state: Path | None = None
+        self._peer_state_timer: asyncio.TimerHandle | None = None
+        self._peer_state_saved: list[RememberedConnection] | None = None
+        self._peer_state_written_at = -_PEER_STATE_INTERVAL
+        self._peer_state_failed = False
+        self._proactive: list[tuple[Address, bytes]] = []
+        # connection ids a client chose for its first packets (accepted connections): they
+        # route the client's Initials, but the client never sends 1-RTT packets to them
+        self._client_cids: set[bytes] = set()
         self._rng: random.Random = rng if rng is not None else random.SystemRandom()
         self._reset_tokens = ResetTokens(secret_key)
         self._reset_limiter = ResetLimiter()
@@ -237,6 +268,7 @@ class Endpoint:
         network: DatagramNetwork | None = None,
         rng: random.Random | None = None,
         discovery: NodeResolver | None = None,
+        peer_state: str | os.PathLike[str] | None = None,
     ) -> Self:
         """Bind a socket and start serving.
 
@@ -247,6 +279,15 @@ class Endpoint:
         system's random source; tests pass a seeded ``random.Random``).
         ``discovery`` (also settable later as :attr:`discovery`) is asked where a
         node dialed by id alone is.
+
+        ``peer_state`` names a file where the node keeps, while it runs, the peer
+        address and connection ids of each live connection on a direct path (written
+        shortly after they change, mode 0600).  Bound again with the same key and
+        file after a crash, the node sends each of those peers a stateless reset at
+        once: they close the connections of its previous life before their next
+        request needs them, instead of learning of the restart when they send (see
+        :mod:`asgi_p2p.endpoint.peerstate`).  A missing, damaged or foreign file is
+        ignored (with a warning).
         """
         key = secret_key if secret_key is not None else SecretKey.generate()
         ep = cls(key, config if config is not None else NetworkConfig.from_env(), allow, rng)
@@ -258,6 +299,8 @@ class Endpoint:
         await ep.router.bind(network, host, port)
         ep._real_udp = isinstance(network, UdpNetwork)
         log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
+        if peer_state is not None:
+            ep._start_peer_state(Path(peer_state))
         return ep
 
     def warm_up(self) -> bool:
@@ -415,6 +458,9 @@ class Endpoint:
         the peer's paths first, as a dialer does: there that work starts the hole punching,
         whose timing both sides coordinate.
         """
+        if self._peer_state is not None:
+            self._peer_state_changed()
+            conn.on_path_change.append(lambda _event: self._peer_state_changed())
         if self._admission.is_half_open(conn):
             self._admission.established(conn)
             # the table may have filled while this one was handshaking
@@ -1114,6 +1160,7 @@ class Endpoint:
         )
         hooks.install_reset_tokens(quic, self._reset_tokens.token, lambda cid: self._register_cid(cid, conn))
         self._register_cid(dcid, conn)
+        self._client_cids.add(dcid)
         self._register_cid(quic.host_cid, conn)
         self._connections[conn] = None
         timer = conn.loop.call_later(self.config.handshake_timeout, self._handshake_expired, conn)
@@ -1292,13 +1339,113 @@ class Endpoint:
         if new is not None and not conn.closed:
             self._peer_resets[self._reset_tokens.index(new)] = conn
 
+    # -- proactive stateless resets (peer state file, see peerstate.py) ------------------
+
+    def _start_peer_state(self, path: Path) -> None:
+        """Reset the connections the file remembers (if recent), then keep it current."""
+        loaded = read_peer_state(path, self.node_id, self.config.max_connections)
+        self._peer_state = path
+        if loaded is not None:
+            written_at, conns = loaded
+            age = self._node_time() - written_at
+            if not -_PEER_STATE_INTERVAL <= age <= self.config.idle_timeout:
+                log.info(
+                    "not resetting the %d connection(s) in %s: written %.0fs ago, the peers have dropped them "
+                    "(idle timeout %gs)",
+                    len(conns),
+                    path,
+                    age,
+                    self.config.idle_timeout,
+                )
+            elif conns:
+                log.info(
+                    "resetting %d connection(s) of this node's previous life (from %s, written %.1fs ago)",
+                    len(conns),
+                    path,
+                    age,
+                )
+                self._proactive = reset_order(conns)
+                asyncio.get_running_loop().call_soon(self._send_proactive_resets)
+        self._peer_state_changed()  # the file holds this life's connections from now on
+
+    def _send_proactive_resets(self) -> None:
+        """Send the next batch of the startup resets (28 bytes each, paced; see _PROACTIVE_BATCH)."""
+        if self._closing:
+            self._proactive = []
+            return
+        batch, self._proactive = self._proactive[:_PROACTIVE_BATCH], self._proactive[_PROACTIVE_BATCH:]
+        for addr, cid in batch:
+            if cid in self._cids:  # (a connection of this life drew the same id: 2^-64)
+                continue
+            # of the size that no node answers with a reset of its own (a peer that has
+            # already forgotten the connection sees a datagram too small to be a packet)
+            reset = build_stateless_reset(self._reset_tokens.token(cid), MIN_TRIGGER_SIZE, self._rng)
+            self.proactive_resets_sent += 1
+            log.debug("stateless reset (%d bytes) to %s:%d for a connection of the previous life", len(reset), *addr)
+            self.router.sendto(reset, addr)
+        if self._proactive:
+            asyncio.get_running_loop().call_later(_PROACTIVE_PACING, self._send_proactive_resets)
+
+    def _peer_state_changed(self) -> None:
+        """The connections changed: write the peer state file soon (at most once per interval)."""
+        if self._peer_state_timer is not None or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(_PEER_STATE_DELAY, self._peer_state_written_at + _PEER_STATE_INTERVAL - loop.time())
+        self._peer_state_timer = loop.call_later(delay, self._write_peer_state)
+
+    def remembered_connections(self) -> list[RememberedConnection]:
+        """What the peer state file holds for the connections now: each live connection on a
+        direct path, its peer's address and the ids it sends to (the one it used last first)."""
+        issued: dict[PeerConnection, list[bytes]] = {}
+        for cid, conn in self._cids.items():
+            if cid not in self._client_cids:
+                issued.setdefault(conn, []).append(cid)
+        out: list[RememberedConnection] = []
+        for conn in self._connections:
+            direct = conn.route.direct
+            if direct is None or not conn.is_connected:
+                continue
+            current = conn.quic.host_cid
+            cids = [current, *(c for c in issued.get(conn, ()) if c != current)]
+            out.append(RememberedConnection(direct, tuple(cids[:MAX_CIDS_PER_PEER])))
+            if len(out) >= self.config.max_connections:
+                break
+        return out
+
+    def _write_peer_state(self) -> None:
+        self._peer_state_timer = None
+        path = self._peer_state
+        if path is None:
+            return
+        conns = self.remembered_connections()
+        if conns == self._peer_state_saved:
+            return
+        now = asyncio.get_running_loop().time()
+        try:
+            write_private(path, dump_peer_state(self.node_id, self._node_time(), conns))
+        except OSError as exc:
+            if not self._peer_state_failed:  # warned once until a write works again
+                log.warning("could not write peer state file %s: %s", path, exc)
+            self._peer_state_failed = True
+        else:
+            self._peer_state_failed = False
+            self._peer_state_saved = conns
+            self.peer_state_writes += 1
+        self._peer_state_written_at = now
+
     # -- bookkeeping (the connections' callbacks) --------------------------------
 
     def _register_cid(self, cid: bytes, conn: PeerConnection) -> None:
         self._cids[cid] = conn
+        if self._peer_state is not None:
+            self._peer_state_changed()
 
     def _unregister_cid(self, cid: bytes) -> None:
         self._cids.pop(cid, None)
+        self._client_cids.discard(cid)
+        if self._peer_state is not None:
+            self._peer_state_changed()
 
     def _forget(self, conn: PeerConnection) -> None:
         self._connections.pop(conn, None)
@@ -1307,6 +1454,9 @@ class Endpoint:
             self._peer_reset_token_changed(conn, conn.reset_token, None)
         for cid in [c for c, v in self._cids.items() if v is conn]:
             del self._cids[cid]
+            self._client_cids.discard(cid)
+        if self._peer_state is not None:
+            self._peer_state_changed()
         if conn.remote_node_id is not None and conn.alpn is not None:
             key = (conn.remote_node_id, conn.alpn)
             if self._pool.get(key) is conn:
@@ -1333,6 +1483,10 @@ class Endpoint:
             await asyncio.wait([asyncio.ensure_future(c.wait_closed()) for c in conns], timeout=timeout)
         for conn in list(self._connections):
             conn.abort(ConnectionClosed("endpoint closed"))
+        if self._peer_state_timer is not None:
+            self._peer_state_timer.cancel()
+            self._peer_state_timer = None
+        self._write_peer_state()  # the peers were told (CONNECTION_CLOSE): nothing left to reset
         self._closed = True
         self.router.close()
 

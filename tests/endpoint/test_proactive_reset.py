@@ -1,0 +1,293 @@
+"""Proactive stateless resets: a restarted node resets its previous life's connections at once.
+
+On the simulator (exact virtual time, no loss): a server with a peer state file crashes
+and starts again with the same key, port and file; its clients' pooled connections close
+half a round trip after the restart, before they send anything, and their next request
+goes out at once on a resumed connection (0-RTT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from asgi_p2p import ConnectionReset, NetworkConfig, Node, SecretKey
+from asgi_p2p.endpoint.peerstate import (
+    MAX_CIDS_PER_PEER,
+    MAX_PEER_STATE_SIZE,
+    RememberedConnection,
+    dump_peer_state,
+    load_peer_state,
+    read_peer_state,
+    reset_order,
+    write_private,
+)
+from asgi_p2p.http import H3Server, P2PTransport
+from asgi_p2p.sim import Host, Simulation
+
+LATENCY = 0.020  # one way: RTT 40 ms
+RTT = 2 * LATENCY
+KEY = SecretKey.from_seed("restarting server")
+CLIENT_KEY = SecretKey.from_seed("long-lived client")
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    body = f"{scope['method']} {scope['path']}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _config() -> NetworkConfig:
+    return NetworkConfig(keepalive_interval=0)
+
+
+async def _start_server(host: Host, state: Path | None, key: SecretKey = KEY) -> tuple[Node, H3Server]:
+    node = await Node.bind(key, host="0.0.0.0", port=4433, config=_config(), network=host, peer_state=state)
+    server = H3Server(app, node)
+    await server.startup()
+    return node, server
+
+
+def _pair(sim: Simulation) -> tuple[Host, Host]:
+    server_host, client_host = sim.host("server"), sim.host("client")
+    sim.link(server_host, client_host, latency=LATENCY, loss=0.0)
+    return server_host, client_host
+
+
+async def _timed(client: httpx.AsyncClient, path: str) -> tuple[httpx.Response, float]:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    response = await client.get(path)
+    return response, loop.time() - t0
+
+
+# -- the file (pure) ----------------------------------------------------------------------
+
+
+def test_the_file_round_trips_and_refuses_what_it_did_not_write() -> None:
+    conns = [
+        RememberedConnection(("192.0.2.1", 4433), (b"\x01" * 8, b"\x02" * 8)),
+        RememberedConnection(("::1", 9), (b"\x03" * 8,)),
+    ]
+    data = dump_peer_state(KEY.node_id, 1.7e9, conns)
+    assert load_peer_state(data, KEY.node_id, 2) == (1.7e9, conns)
+    # the first id of every connection goes out before any connection's second
+    assert reset_order(conns) == [
+        (("192.0.2.1", 4433), b"\x01" * 8),
+        (("::1", 9), b"\x03" * 8),
+        (("192.0.2.1", 4433), b"\x02" * 8),
+    ]
+    other = SecretKey.from_seed("someone else").node_id
+    doc = json.loads(data)
+
+    def bad(change: dict[str, Any], match: str, limit: int = 2) -> None:
+        with pytest.raises(ValueError, match=match):
+            load_peer_state(json.dumps(doc | change).encode(), KEY.node_id, limit)
+
+    bad({}, "more than 1 connections", limit=1)  # bounded by max_connections
+    bad({"node": str(other)}, f"it is node {other}'s")
+    bad({"version": 2}, "not a peer state file")
+    bad({"written_at": "nan"}, "not a finite number")
+    bad({"connections": [{"addr": ["example.com", 1], "cids": ["01"]}]}, "does not appear to be an IPv4 or IPv6")
+    bad({"connections": [{"addr": ["192.0.2.1", 0], "cids": ["01"]}]}, "bad port")
+    bad({"connections": [{"addr": ["192.0.2.1", 1], "cids": ["01"] * (MAX_CIDS_PER_PEER + 1)}]}, "bad connection ids")
+    bad({"connections": [{"addr": ["192.0.2.1", 1], "cids": ["zz"]}]}, "non-hexadecimal")
+    bad({"connections": [{"cids": ["01"]}]}, "malformed")
+    with pytest.raises(ValueError, match="larger than"):
+        load_peer_state(b" " * (MAX_PEER_STATE_SIZE + 1), KEY.node_id, 2)
+    with pytest.raises(ValueError):
+        load_peer_state(b"\xff{", KEY.node_id, 2)
+
+
+def test_the_file_is_private_and_replaced_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "peers.json"
+    data = dump_peer_state(KEY.node_id, 5.0, [RememberedConnection(("192.0.2.1", 4433), (b"\x01" * 8,))])
+    write_private(path, b"old")
+    os.chmod(path, 0o644)
+    write_private(path, data)
+    assert path.read_bytes() == data and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["peers.json"]  # no temporary file left
+    assert read_peer_state(path, KEY.node_id, 10) is not None
+    assert read_peer_state(tmp_path / "missing.json", KEY.node_id, 10) is None and not caplog.records
+    os.chmod(path, 0o640)  # someone else could have written it: not trusted
+    assert read_peer_state(path, KEY.node_id, 10) is None
+    assert "accessible by group or others" in caplog.text
+
+
+# -- on the simulator ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_flight", [False, True])
+def test_restarted_server_resets_its_clients_before_their_next_request(
+    sim: Simulation, tmp_path: Path, in_flight: bool
+) -> None:
+    """Idle client: the reset closes its pooled connection 0.5 RTT after the restart and its
+    next GET takes 1 RTT.  GET sent the instant the server is back (worst case): answered
+    1.5 RTTs after the restart (the reset, then the GET as 0-RTT data of a resumed connection)."""
+    server_host, client_host = _pair(sim)
+    state = tmp_path / "peers.json"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        node, _server = await _start_server(server_host, state)
+        client_node = await Node.bind(CLIENT_KEY, host="0.0.0.0", config=_config(), network=client_host)
+        transport = P2PTransport(client_node, addrs=[node.node_addr()])
+        async with httpx.AsyncClient(transport=transport, base_url=f"https://{node.node_id}") as client:
+            assert (await client.get("/before")).text == "GET /before"
+            (old,) = client_node.connections
+            await asyncio.sleep(1.5)  # the file is written shortly after the connection changes
+            assert node.peer_state_writes >= 1 and state.stat().st_mode & 0o777 == 0o600
+            (remembered,) = node.remembered_connections()
+            assert remembered.address == client_node.local_address and 1 < len(remembered.cids) <= 4
+            sim.crash(server_host)  # no CONNECTION_CLOSE: the client's connection looks alive
+            await asyncio.sleep(0.5)
+            sim.restart(server_host)
+            node2, server2 = await _start_server(server_host, state)
+            restarted_at = loop.time()
+            if in_flight:
+                after, took = await _timed(client, "/after")
+                assert took <= 1.5 * RTT + 0.002, took  # < 2 RTTs: the reactive reset's cost
+            else:
+                await asyncio.wait_for(old.wait_closed(), 1.0)
+                assert loop.time() - restarted_at <= LATENCY + 0.002  # before the client sent anything
+                assert client_node.connections == []  # the pool holds no dead connection
+                await asyncio.sleep(0.3)  # the client's next request comes later
+                after, took = await _timed(client, "/after")
+                assert took <= RTT + 0.002, took  # a resumed connection, the GET as 0-RTT data
+                assert node2.stateless_resets_sent == 0  # nothing reached it on the old connection
+            assert after.text == "GET /after"
+            assert isinstance(old.close_error, ConnectionReset) and "reset by peer" in str(old.close_error)
+            assert client_node.stateless_resets_received == 1
+            assert node2.proactive_resets_sent == len(remembered.cids)
+            assert node2.early_data_accepted == 1
+        await client_node.close()
+        await server2.shutdown()
+        await node2.close()
+        assert json.loads(state.read_bytes())["connections"] == []  # a clean close leaves nothing to reset
+        await node.close(timeout=0.1)
+
+    sim.run(main())
+
+
+@pytest.mark.parametrize("case", ["no file", "stale", "other key", "garbage"])
+def test_no_proactive_reset_without_a_fresh_file_of_the_node(
+    sim: Simulation, tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    """Without the node's own, recent file a restart is as before: the client learns of it
+    when it sends (a reactive reset).  A file of another key names the wrong node; one
+    rewritten for the other key gets its resets ignored (their tokens are not the node's)."""
+    server_host, client_host = _pair(sim)
+    state = tmp_path / "peers.json"
+    other = SecretKey.from_seed("another node")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        node, _server = await _start_server(server_host, None if case == "no file" else state)
+        client_node = await Node.bind(CLIENT_KEY, host="0.0.0.0", config=_config(), network=client_host)
+        transport = P2PTransport(client_node, addrs=[node.node_addr()])
+        async with httpx.AsyncClient(transport=transport, base_url=f"https://{node.node_id}") as client:
+            assert (await client.get("/before")).status_code == 200
+            (old,) = client_node.connections
+            await asyncio.sleep(1.5)
+            sim.crash(server_host)
+            sim.restart(server_host)
+            if case == "stale":  # written past the idle timeout ago: the peers dropped those connections
+                doc = json.loads(state.read_bytes())
+                write_private(state, json.dumps(doc | {"written_at": doc["written_at"] - 31.0}).encode())
+            if case == "garbage":
+                write_private(state, b"{not json")
+            if case == "other key":
+                doc = json.loads(state.read_bytes())
+                for who in (KEY, other):
+                    write_private(state, json.dumps(doc | {"node": str(who.node_id)}).encode())
+                    imposter, _ = await _start_server(server_host, state, other)
+                    await asyncio.sleep(2 * RTT)
+                    assert (imposter.proactive_resets_sent > 0) == (who is other)
+                    await imposter.close()
+                assert f"it is node {KEY.node_id}'s, not {other.node_id}'s" in caplog.text
+                assert not old.closed and client_node.stateless_resets_received == 0  # wrong tokens: ignored
+                return
+            with caplog.at_level(logging.INFO, logger="asgi_p2p.endpoint"):
+                node2, server2 = await _start_server(server_host, state)
+            if case == "garbage":
+                assert "not using peer state file" in caplog.text and "malformed" not in caplog.text
+            if case == "stale":
+                assert "not resetting the 1 connection(s)" in caplog.text
+            await asyncio.sleep(2 * RTT)
+            assert node2.proactive_resets_sent == 0
+            assert not old.closed
+            t0 = loop.time()
+            assert (await client.get("/after")).status_code == 200
+            assert client_node.stateless_resets_received == 1 and node2.stateless_resets_sent == 1
+            assert loop.time() - t0 <= 2 * RTT + 0.002  # the reactive reset: 1 RTT more
+        await client_node.close()
+        await server2.shutdown()
+        await node2.close()
+        await node.close(timeout=0.1)
+
+    sim.run(main())
+
+
+def test_the_file_is_written_debounced_and_holds_only_live_direct_connections(sim: Simulation, tmp_path: Path) -> None:
+    server_host, client_host = _pair(sim)
+    state = tmp_path / "peers.json"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        node, server = await _start_server(server_host, state)
+        clients = [await Node.bind(host="0.0.0.0", config=_config(), network=client_host) for _ in range(5)]
+        t0 = loop.time()
+        for c in clients:  # five connections within a few round trips: one or two writes, not five
+            async with httpx.AsyncClient(
+                transport=P2PTransport(c, addrs=[node.node_addr()]), base_url=f"https://{node.node_id}"
+            ) as client:
+                assert (await client.get("/")).status_code == 200
+        await asyncio.sleep(1.2)
+        assert 1 <= node.peer_state_writes <= 1 + (loop.time() - t0) / 1.0 + 1
+        doc = json.loads(state.read_bytes())
+        assert len(doc["connections"]) == 5
+        assert sorted(tuple(c["addr"]) for c in doc["connections"]) == sorted(
+            (client_host.address, c.local_address[1]) for c in clients
+        )
+        writes = node.peer_state_writes
+        await asyncio.sleep(5.0)  # nothing changed: nothing written
+        assert node.peer_state_writes == writes
+        await clients[0].close()
+        await asyncio.sleep(1.2)
+        assert len(json.loads(state.read_bytes())["connections"]) == 4
+        for c in clients[1:]:
+            await c.close()
+        await server.shutdown()
+        await node.close()
+
+    sim.run(main())
+
+
+def test_an_unwritable_file_warns_once_and_the_node_serves(
+    sim: Simulation, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server_host, client_host = _pair(sim)
+    state = tmp_path / "missing-dir" / "peers.json"
+
+    async def main() -> None:
+        node, server = await _start_server(server_host, state)
+        client_node = await Node.bind(host="0.0.0.0", config=_config(), network=client_host)
+        async with httpx.AsyncClient(
+            transport=P2PTransport(client_node, addrs=[node.node_addr()]), base_url=f"https://{node.node_id}"
+        ) as client:
+            for _ in range(3):
+                assert (await client.get("/")).status_code == 200
+                await asyncio.sleep(1.5)
+        assert caplog.text.count("could not write peer state file") == 1
+        await client_node.close()
+        await server.shutdown()
+        await node.close()
+
+    sim.run(main())
