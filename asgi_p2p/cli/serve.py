@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..endpoint import Endpoint
     from ..ops.allowfile import AllowList
 
-__all__ = ["add_server_args", "import_app", "read_allow_file", "serve_app", "subcommands"]
+__all__ = ["add_server_args", "default_peer_state", "import_app", "read_allow_file", "serve_app", "subcommands"]
 
 log = logging.getLogger("asgi_p2p.cli")
 
@@ -142,6 +142,19 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write the ticket to PATH once serving (removed at start and at exit, so it is never stale)",
     )
+    p.add_argument(
+        "--peer-state",
+        type=Path,
+        metavar="PATH",
+        help="file where the node keeps the addresses and connection ids of its live direct connections, so that "
+        "after a crash it resets them at once and its peers' next requests do not wait a round trip to find out "
+        "(default: USER_DATA_DIR/asgi-p2p/peer-state-NODE_ID.json with the node's key; none with --ephemeral)",
+    )
+    p.add_argument(
+        "--no-peer-state",
+        action="store_true",
+        help="keep no peer state file (after a crash, peers learn of the restart when they next send)",
+    )
     _common.add_config_arg(p)
     p.add_argument(
         "--public-host",
@@ -205,6 +218,30 @@ def import_app(spec: str, *, factory: bool = False, app_dir: str = ".") -> Calla
     if not callable(obj):
         raise InvalidConfiguration(f"{spec} is not an ASGI app (it is a {type(obj).__name__})")
     return obj  # type: ignore[no-any-return]
+
+
+def default_peer_state(node_id: NodeId) -> Path:
+    """Where a node with key ``node_id`` keeps its peer state file when ``--peer-state`` is not given."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("asgi-p2p")) / f"peer-state-{node_id}.json"
+
+
+def _peer_state_path(args: argparse.Namespace, key: SecretKey) -> Path | None:
+    """The peer state file of this run (its directory made, mode 0700), or None."""
+    if args.no_peer_state:
+        return None
+    path: Path | None = args.peer_state
+    if path is None:
+        if args.ephemeral:
+            return None  # a new identity each run: nothing of a previous life to reset
+        path = default_peer_state(key.node_id)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("no peer state file: %s", exc)
+        return None
+    return path
 
 
 def read_allow_file(path: Path) -> list[NodeId]:
@@ -407,6 +444,7 @@ async def _serve(
             port=args.port,
             allow=policy,
             config=config,
+            peer_state=_peer_state_path(args, key),
             **_common.relay_kwargs(args.relay_urls),
         )
         published: list[Any] = []  # discovery sources we published to (unpublished at shutdown)
