@@ -5,21 +5,31 @@ datagram back ``--delay-ms`` each way, to the microsecond, so one round trip of 
 twice that, well above scheduling noise).  A server process (a tiny ASGI app) and one long-lived httpx
 client with :class:`~asgi_p2p.http.P2PTransport`.  Interleaved in each run:
 
-* ``restart``: kill -9 the server, start it again with the same key and port, time the
-  client's next GET (its pooled connection is dead: 1 RTT to learn of the stateless
-  reset, then a resumed connection carrying the GET as 0-RTT data);
-* ``restart, no ticket``: the same with the client's session tickets forgotten first
-  (a full handshake: what every restart cost before session resumption);
+* ``restart, GET at ready``: kill -9 the server (which keeps a peer state file), start it
+  again with the same key, port and file, and send the client's next GET the moment the new
+  process prints that it is ready (its app started).  The new process sent its proactive
+  stateless reset when it bound its socket, before the app's startup: the reset reaches the
+  client half a round trip later, while the GET (on the dead connection) is on the wire; the
+  client retries it at once on a resumed connection carrying it as 0-RTT data;
+* ``restart, GET 0.2 s later``: the same, the GET sent 0.2 s after the new process is ready:
+  the reset closed the pooled connection already, the GET goes out at once on a resumed
+  connection (one round trip);
+* ``restart, reactive``: the same as the previous row with the peer state file removed before
+  the new process starts (what every restart cost before proactive resets, the old
+  ``restart`` row: 1 RTT to learn of the stateless reset answering the GET, then the
+  resumed connection);
 * ``returning``: the client closed its connection; time its next GET (resumed, 0-RTT);
-* ``new, no ticket``: the same with tickets forgotten (a full handshake);
 * ``pooled``: a GET on the open connection (one round trip: the reference).
+
+Before each restart the server has run for 1.1 s with the client's connection (its peer
+state file is written at most once a second).
 
 Prints per-run values, medians, medians in round trips of the link, and the median ratio of
 each row to the pooled GET of the same run (one round trip as this machine delivers it then).
 
 Usage::
 
-    .venv/bin/python benchmarks/restart.py --delay-ms 25 --runs 5
+    .venv/bin/python benchmarks/restart.py --delay-ms 50 --runs 10
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ if __name__ == "__main__" and str(REPO) not in sys.path:
 
 SCRIPT = Path(__file__).resolve()
 SEED = "restart benchmark server"
-ROWS = ("restart", "restart, no ticket", "returning", "new, no ticket", "pooled")
+ROWS = ("restart, GET at ready", "restart, GET 0.2 s later", "restart, reactive", "returning", "pooled")
 
 
 # -- the server process -------------------------------------------------------------------
@@ -54,11 +64,13 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _serve(port: int) -> None:
+async def _serve(port: int, peer_state: str) -> None:
     from asgi_p2p import NetworkConfig, Node, SecretKey
     from asgi_p2p.http import H3Server
 
-    node = await Node.bind(SecretKey.from_seed(SEED), host="127.0.0.1", port=port, config=NetworkConfig())
+    node = await Node.bind(
+        SecretKey.from_seed(SEED), host="127.0.0.1", port=port, config=NetworkConfig(), peer_state=peer_state
+    )
     server = H3Server(_app, node)
     await server.startup()
     print("ready", flush=True)
@@ -144,6 +156,8 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
 
 
 async def _measure(delay_ms: float, runs: int) -> dict[str, list[float]]:
+    import tempfile
+
     import httpx
 
     from asgi_p2p import NetworkConfig, Node, NodeAddr, SecretKey
@@ -152,7 +166,8 @@ async def _measure(delay_ms: float, runs: int) -> dict[str, list[float]]:
     server_port, proxy_port = _free_udp_port(), _free_udp_port()
     node_id = SecretKey.from_seed(SEED).node_id
     procs = [await _spawn("--delay-line", str(proxy_port), str(server_port), str(delay_ms))]
-    server = await _spawn("--serve", str(server_port))
+    state = Path(tempfile.mkdtemp(prefix="restart-bench-")) / "peers.json"
+    server = await _spawn("--serve", str(server_port), "--peer-state", str(state))
     results: dict[str, list[float]] = {row: [] for row in ROWS}
     client_node = await Node.bind(host="127.0.0.1", config=NetworkConfig(keepalive_interval=0))
     loop = asyncio.get_running_loop()
@@ -179,14 +194,16 @@ async def _measure(delay_ms: float, runs: int) -> dict[str, list[float]]:
                     await timed_get("/ensure-pooled")  # a live connection and a ticket
                     await asyncio.sleep(0.1)
                     if row.startswith("restart"):
+                        await asyncio.sleep(1.1)  # the server has run a while: its file holds the connection
                         server.kill()
                         await server.wait()
-                        server = await _spawn("--serve", str(server_port))
-                        await asyncio.sleep(0.2)
+                        if row == "restart, reactive":
+                            state.unlink()
+                        server = await _spawn("--serve", str(server_port), "--peer-state", str(state))
+                        if row != "restart, GET at ready":
+                            await asyncio.sleep(0.2)
                     elif row != "pooled":
                         await close_connections()
-                    if row.endswith("no ticket"):
-                        client_node.forget_session_tickets()
                     results[row].append(await timed_get(f"/{run}"))
     finally:
         for proc in [*procs, server]:
@@ -202,10 +219,11 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=25.0, help="one-way delay of the delay line (ms)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-state", help=argparse.SUPPRESS)
     parser.add_argument("--delay-line", nargs=3, metavar=("LISTEN", "UPSTREAM", "DELAY_MS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        asyncio.run(_serve(args.serve))
+        asyncio.run(_serve(args.serve, args.peer_state))
         return
     if args.delay_line is not None:
         listen, upstream, delay = args.delay_line

@@ -426,7 +426,13 @@ def test_restart_benchmark_prints_every_row_in_round_trips() -> None:
         if line.startswith("| ") and not line.startswith("| next GET")
         for cells in [[c.strip() for c in line.strip("|").split("|")]]
     }
-    assert set(rows) == {"restart", "restart, no ticket", "returning", "new, no ticket", "pooled"}, proc.stdout
+    assert set(rows) == {
+        "restart, GET at ready",
+        "restart, GET 0.2 s later",
+        "restart, reactive",
+        "returning",
+        "pooled",
+    }, proc.stdout
     for cells in rows.values():
         assert float(cells[1]) > 0 and float(cells[2]) > 0 and len(cells[3].split(",")) == 1
 

@@ -1365,7 +1365,7 @@ class Endpoint:
                     age,
                 )
                 self._proactive = reset_order(conns)
-                asyncio.get_running_loop().call_soon(self._send_proactive_resets)
+                self._send_proactive_resets()  # the first batch now: before the app's startup
         self._peer_state_changed()  # the file holds this life's connections from now on
 
     def _send_proactive_resets(self) -> None:
