@@ -291,3 +291,51 @@ def test_an_unwritable_file_warns_once_and_the_node_serves(
         await node.close()
 
     sim.run(main())
+
+
+def test_relayed_connections_are_not_remembered(tmp_path: Path) -> None:
+    """Behind symmetric NATs two nodes talk only through the relay: no address to reset them
+    at (a packet reaching the restarted node through the relay still gets a reactive reset)."""
+    import random
+
+    from asgi_p2p import NodeAddr
+    from asgi_p2p.relay.server import RelayServer
+
+    sim = Simulation(seed=5, mtu=1500, latency=0.02, loss=0.0)
+    with sim:
+        relay_host, a, b = sim.host("relay"), sim.host("alice", nat="symmetric"), sim.host("bob", nat="symmetric")
+
+        async def bind(name: str, host: Host, url: str, state: Path | None) -> Node:
+            node = await Node.bind(
+                SecretKey.from_seed(name),
+                host="0.0.0.0",
+                port=4433,
+                config=_config(),
+                network=host,
+                rng=random.Random(name),
+                relay_url=url,
+                peer_state=state,
+            )
+            assert node.relay is not None
+            await node.relay.wait_connected(10)
+            return node
+
+        async def main() -> None:
+            relay = await RelayServer.bind(SecretKey.from_seed("relay"), host="0.0.0.0", port=3478, network=relay_host)
+            url = str(relay.url)
+            alice = await bind("alice", a, url, tmp_path / "alice.json")
+            bob = await bind("bob", b, url, None)
+            conn = await bob.connect(NodeAddr(alice.node_id, relay_url=url))
+            await conn.send(b"hello")
+            assert await (await alice.listen().accept()).recv() == b"hello"
+            assert conn.peer_connection.path.kind == "relay"
+            await asyncio.sleep(1.5)
+            # alice's own connection to the relay server is direct UDP; bob's, through it, is not
+            remembered = json.loads((tmp_path / "alice.json").read_bytes())["connections"]
+            assert [tuple(c["addr"]) for c in remembered] == [(relay_host.address, 3478)]
+            assert len(alice.connections) == 2
+            for node in (bob, alice):
+                await node.close(timeout=0.1)
+            await relay.close()
+
+        sim.run(main())
