@@ -82,6 +82,8 @@ def test_unit_command_line_and_sandbox(unit: Path, tmp_path: Path) -> None:
     args = parse_cli(argv[1:])
     assert str(args.key_file).startswith("/var/lib/x/")  # the key lives in the StateDirectory (0700)
     assert str(args.admin_socket).startswith("/run/x/")
+    if argv[1] == "serve":  # a crash (Restart=on-failure) resets the peers' connections at once
+        assert str(args.peer_state).startswith("/var/lib/x/")
     for key, value in [
         ("DynamicUser", "yes"),
         ("StateDirectoryMode", "0700"),
