@@ -156,7 +156,7 @@ def test_restarted_server_resets_its_clients_before_their_next_request(
                 assert took <= 1.5 * RTT + 0.002, took  # < 2 RTTs: the reactive reset's cost
                 # the GET's first packet went out on the dead connection (the node answered it
                 # with a reset too, which arrived after the retry had left)
-                assert node2.stateless_resets_sent == 1
+                assert node2.stateless_resets_sent >= 1
             else:
                 await asyncio.wait_for(old.wait_closed(), 1.0)
                 assert loop.time() - restarted_at <= LATENCY + 0.002  # before the client sent anything
