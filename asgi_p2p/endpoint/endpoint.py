@@ -204,6 +204,7 @@ class Endpoint:
         self.peer_state_writes = 0
         self._peer_state: Path | None = None
         self._peer_state_timer: asyncio.TimerHandle | None = None
+        self._peer_state_refresh: asyncio.TimerHandle | None = None
         self._peer_state_saved: list[RememberedConnection] | None = None
         self._peer_state_written_at = -_PEER_STATE_INTERVAL
         self._peer_state_failed = False
@@ -1414,14 +1415,24 @@ class Endpoint:
         return out
 
     def _write_peer_state(self) -> None:
+        """Write the file if the connections changed, or if it holds connections and its time is
+        half an idle timeout old: a restart long after the last change (the connections kept
+        alive all along) still finds a file recent enough to reset them."""
         self._peer_state_timer = None
+        if self._peer_state_refresh is not None:
+            self._peer_state_refresh.cancel()
+            self._peer_state_refresh = None
         path = self._peer_state
         if path is None:
             return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         conns = self.remembered_connections()
-        if conns == self._peer_state_saved:
+        refresh = max(_PEER_STATE_INTERVAL, self.config.idle_timeout / 2)
+        if conns and not self._closing:
+            self._peer_state_refresh = loop.call_later(refresh, self._write_peer_state)
+        if conns == self._peer_state_saved and not (conns and now - self._peer_state_written_at >= refresh):
             return
-        now = asyncio.get_running_loop().time()
         try:
             write_private(path, dump_peer_state(self.node_id, self._node_time(), conns))
         except OSError as exc:
@@ -1486,7 +1497,9 @@ class Endpoint:
         if self._peer_state_timer is not None:
             self._peer_state_timer.cancel()
             self._peer_state_timer = None
-        self._write_peer_state()  # the peers were told (CONNECTION_CLOSE): nothing left to reset
+        # the peers were told (CONNECTION_CLOSE): the file is left with nothing to reset (and
+        # the refresh timer is cancelled)
+        self._write_peer_state()
         self._closed = True
         self.router.close()
 

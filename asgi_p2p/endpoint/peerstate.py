@@ -14,8 +14,9 @@ next request needs it.
 
 The file is the node's own: mode 0600, replaced atomically (a crash never leaves
 half a file), at most ``max_connections`` entries of a few ids each.  It holds
-the connections live when it was last written, and when: a file older than the
-idle timeout is not used (the peers have dropped those connections already).
+the connections live when it was last written, and when (rewritten every half idle
+timeout while it holds any): a file older than the idle timeout is not used (the
+peers have dropped those connections already).
 A file that is damaged, another node's, too large or readable by others is
 ignored with a warning.
 """
@@ -145,7 +146,7 @@ def read_peer_state(path: Path, node_id: NodeId, limit: int) -> tuple[float, lis
 def write_private(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (a temporary file renamed over it), mode 0600."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         os.fchmod(fd, 0o600)  # a leftover temporary file keeps its mode otherwise
         view = memoryview(data)

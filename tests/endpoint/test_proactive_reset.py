@@ -179,6 +179,40 @@ def test_restarted_server_resets_its_clients_before_their_next_request(
     sim.run(main())
 
 
+def test_a_long_quiet_connection_is_still_reset(sim: Simulation, tmp_path: Path) -> None:
+    """Nothing changed for longer than the idle timeout (the client's keep-alives hold the connection open): the
+    file's time is refreshed every half idle timeout, so the restart still resets it."""
+    server_host, client_host = _pair(sim)
+    state = tmp_path / "peers.json"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        node, _server = await _start_server(server_host, state)
+        client_node = await Node.bind(CLIENT_KEY, host="0.0.0.0", config=NetworkConfig(), network=client_host)
+        transport = P2PTransport(client_node, addrs=[node.node_addr()])
+        async with httpx.AsyncClient(transport=transport, base_url=f"https://{node.node_id}") as client:
+            assert (await client.get("/before")).status_code == 200
+            (old,) = client_node.connections
+            await asyncio.sleep(1.5)
+            writes = node.peer_state_writes
+            await asyncio.sleep(50.0)  # longer than the idle timeout (30 s; the server's H3 idle close is 60 s)
+            assert not old.closed
+            assert writes + 2 <= node.peer_state_writes <= writes + 4  # every 15 s
+            sim.crash(server_host)
+            sim.restart(server_host)
+            node2, server2 = await _start_server(server_host, state)
+            restarted_at = loop.time()
+            await asyncio.wait_for(old.wait_closed(), 1.0)
+            assert loop.time() - restarted_at <= LATENCY + 0.002
+            assert (await client.get("/after")).status_code == 200
+        await client_node.close()
+        await server2.shutdown()
+        await node2.close()
+        await node.close(timeout=0.1)
+
+    sim.run(main())
+
+
 @pytest.mark.parametrize("case", ["no file", "stale", "other key", "garbage"])
 def test_no_proactive_reset_without_a_fresh_file_of_the_node(
     sim: Simulation, tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str
