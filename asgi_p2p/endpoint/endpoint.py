@@ -527,6 +527,8 @@ class Endpoint:
     def _connection_confirmed(self, conn: PeerConnection) -> None:
         """A dialed connection's handshake is confirmed, or an accepted one that was ready early
         (0-RTT) completed its handshake: its peer's paths start probing."""
+        if self._peer_state is not None:
+            self._peer_state_changed()
         if conn.remote_node_id is None or self._closing:
             return
         if not conn.is_client:
@@ -1405,7 +1407,9 @@ class Endpoint:
         out: list[RememberedConnection] = []
         for conn in self._connections:
             direct = conn.route.direct
-            if direct is None or not conn.is_connected:
+            # (handshake completed: an accepted 0-RTT connection is ready before the client
+            # proved its key, and its ClientHello may be a replay from a spoofed address)
+            if direct is None or not conn.is_connected or not conn.handshake_completed:
                 continue
             current = conn.quic.host_cid
             cids = [current, *(c for c in issued.get(conn, ()) if c != current)]
