@@ -376,3 +376,37 @@ def test_relayed_connections_are_not_remembered(tmp_path: Path) -> None:
             await relay.close()
 
         sim.run(main())
+
+
+def test_startup_resets_are_small_paced_and_sent_once(sim: Simulation, tmp_path: Path) -> None:
+    """400 remembered ids: 28-byte resets ending with each id's token, the first id of every
+    connection first, 64 every 10 ms, each exactly once."""
+    from asgi_p2p.endpoint.reset import MIN_TRIGGER_SIZE, ResetTokens
+    from tests.sim.sim_helpers import probe
+
+    server_host, peer_host = _pair(sim)
+    state = tmp_path / "peers.json"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        p = await probe(peer_host, 5000)
+        conns = [
+            RememberedConnection((peer_host.address, 5000), tuple(bytes([i, k]) * 4 for k in range(4)))
+            for i in range(100)
+        ]
+        write_private(state, dump_peer_state(KEY.node_id, server_host.wall_clock_offset() + loop.time(), conns))
+        node = await Node.bind(KEY, host="0.0.0.0", port=4433, config=_config(), network=server_host, peer_state=state)
+        t0 = loop.time()
+        await p.wait_for(400)
+        await asyncio.sleep(1.0)
+        assert len(p.received) == 400 and node.proactive_resets_sent == 400  # once each
+        tokens = ResetTokens(KEY)
+        expected = [cid for _, cid in reset_order(conns)]
+        assert [tokens.token(cid) for cid in expected] == [d[-16:] for d, _, _ in p.received]
+        assert all(len(d) == MIN_TRIGGER_SIZE - 1 and d[0] & 0xC0 == 0x40 for d, _, _ in p.received)
+        arrivals = [at - t0 - LATENCY for _, _, at in p.received]
+        assert arrivals[63] <= 0.001 and arrivals[64] >= 0.009  # a batch of 64, then 10 ms
+        assert arrivals[-1] == pytest.approx(0.06, abs=0.002)  # 7 batches
+        await node.close()
+
+    sim.run(main())
