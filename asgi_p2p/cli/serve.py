@@ -147,8 +147,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="PATH",
         help="file where the node keeps the addresses and connection ids of its live direct connections, so that "
-        "after a crash it resets them at once and its peers' next requests do not wait a round trip to find out "
-        "(default: USER_DATA_DIR/asgi-p2p/peer-state-NODE_ID.json with the node's key; none with --ephemeral)",
+        "after a crash and a start on the same port it resets them at once and its peers' next requests do not "
+        "wait a round trip to find out (default with a fixed --port: USER_DATA_DIR/asgi-p2p/"
+        "peer-state-NODE_ID-PORT.json; none with --port 0 or --ephemeral)",
     )
     p.add_argument(
         "--no-peer-state",
@@ -220,11 +221,13 @@ def import_app(spec: str, *, factory: bool = False, app_dir: str = ".") -> Calla
     return obj  # type: ignore[no-any-return]
 
 
-def default_peer_state(node_id: NodeId) -> Path:
-    """Where a node with key ``node_id`` keeps its peer state file when ``--peer-state`` is not given."""
+def default_peer_state(node_id: NodeId, port: int) -> Path:
+    """Where a node with key ``node_id`` on UDP port ``port`` keeps its peer state file when
+    ``--peer-state`` is not given (by port too: two processes with one key on two ports keep
+    a file each)."""
     import platformdirs
 
-    return Path(platformdirs.user_data_dir("asgi-p2p")) / f"peer-state-{node_id}.json"
+    return Path(platformdirs.user_data_dir("asgi-p2p")) / f"peer-state-{node_id}-{port}.json"
 
 
 def _peer_state_path(args: argparse.Namespace, key: SecretKey) -> Path | None:
@@ -233,9 +236,10 @@ def _peer_state_path(args: argparse.Namespace, key: SecretKey) -> Path | None:
         return None
     path: Path | None = args.peer_state
     if path is None:
-        if args.ephemeral:
-            return None  # a new identity each run: nothing of a previous life to reset
-        path = default_peer_state(key.node_id)
+        if args.ephemeral or not args.port:
+            # a new identity, or a new port, each run: no peer would take a reset from it
+            return None
+        path = default_peer_state(key.node_id, args.port)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:

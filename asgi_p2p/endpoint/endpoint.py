@@ -283,8 +283,8 @@ class Endpoint:
 
         ``peer_state`` names a file where the node keeps, while it runs, the peer
         address and connection ids of each live connection on a direct path (written
-        shortly after they change, mode 0600).  Bound again with the same key and
-        file after a crash, the node sends each of those peers a stateless reset at
+        shortly after they change, mode 0600).  Bound again with the same key, port
+        and file after a crash, the node sends each of those peers a stateless reset at
         once: they close the connections of its previous life before their next
         request needs them, instead of learning of the restart when they send (see
         :mod:`asgi_p2p.endpoint.peerstate`).  A missing, damaged or foreign file is
@@ -1348,10 +1348,21 @@ class Endpoint:
         """Reset the connections the file remembers (if recent), then keep it current."""
         loaded = read_peer_state(path, self.node_id, self.config.max_connections)
         self._peer_state = path
+        port = self.local_address[1]
         if loaded is not None:
-            written_at, conns = loaded
+            file_port, written_at, conns = loaded
             age = self._node_time() - written_at
-            if not -_PEER_STATE_INTERVAL <= age <= self.config.idle_timeout:
+            if file_port != port:
+                # peers take a reset only from the address their connection uses (and another
+                # process with this key may be serving on that port now)
+                log.info(
+                    "not resetting the %d connection(s) in %s: they were on port %d, this node is on %d",
+                    len(conns),
+                    path,
+                    file_port,
+                    port,
+                )
+            elif not -_PEER_STATE_INTERVAL <= age <= self.config.idle_timeout:
                 log.info(
                     "not resetting the %d connection(s) in %s: written %.0fs ago, the peers have dropped them "
                     "(idle timeout %gs)",
@@ -1438,7 +1449,7 @@ class Endpoint:
         if conns == self._peer_state_saved and not (conns and now - self._peer_state_written_at >= refresh):
             return
         try:
-            write_private(path, dump_peer_state(self.node_id, self._node_time(), conns))
+            write_private(path, dump_peer_state(self.node_id, self.local_address[1], self._node_time(), conns))
         except OSError as exc:
             if not self._peer_state_failed:  # warned once until a write works again
                 log.warning("could not write peer state file %s: %s", path, exc)

@@ -15,8 +15,9 @@ next request needs it.
 The file is the node's own: mode 0600, replaced atomically (a crash never leaves
 half a file), at most ``max_connections`` entries of a few ids each.  It holds
 the connections live when it was last written, and when (rewritten every half idle
-timeout while it holds any): a file older than the idle timeout is not used (the
-peers have dropped those connections already).
+timeout while it holds any), and the node's port: a file older than the idle
+timeout is not used (the peers have dropped those connections already), nor one of
+another port (peers take a reset only from the address their connection uses).
 A file that is damaged, another node's, too large or readable by others is
 ignored with a warning.
 """
@@ -66,20 +67,23 @@ class RememberedConnection:
     cids: tuple[bytes, ...]
 
 
-def dump_peer_state(node_id: NodeId, written_at: float, conns: Iterable[RememberedConnection]) -> bytes:
-    """Serialize the connections of node ``node_id`` live at ``written_at`` (Unix time, JSON)."""
+def dump_peer_state(node_id: NodeId, port: int, written_at: float, conns: Iterable[RememberedConnection]) -> bytes:
+    """Serialize the connections of node ``node_id`` on UDP port ``port`` live at ``written_at``
+    (Unix time), as JSON."""
     doc = {
         "version": _VERSION,
         "node": str(node_id),
+        "port": port,
         "written_at": written_at,
         "connections": [{"addr": [c.address[0], c.address[1]], "cids": [x.hex() for x in c.cids]} for c in conns],
     }
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def load_peer_state(data: bytes, node_id: NodeId, limit: int) -> tuple[float, list[RememberedConnection]]:
-    """The time and connections :func:`dump_peer_state` wrote for ``node_id`` (at most ``limit``
-    connections of at most :data:`MAX_CIDS_PER_PEER` ids); raises ValueError for anything else."""
+def load_peer_state(data: bytes, node_id: NodeId, limit: int) -> tuple[int, float, list[RememberedConnection]]:
+    """The port, time and connections :func:`dump_peer_state` wrote for ``node_id`` (at most
+    ``limit`` connections of at most :data:`MAX_CIDS_PER_PEER` ids); raises ValueError for
+    anything else."""
     if len(data) > MAX_PEER_STATE_SIZE:
         raise ValueError(f"larger than {MAX_PEER_STATE_SIZE} bytes")
     try:
@@ -88,6 +92,9 @@ def load_peer_state(data: bytes, node_id: NodeId, limit: int) -> tuple[float, li
             raise ValueError("not a peer state file of this version")
         if NodeId.parse(doc["node"]) != node_id:
             raise ValueError(f"it is node {doc['node']}'s, not {node_id}'s")
+        port = doc["port"]
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"bad port {port!r}")
         written_at = float(doc["written_at"])
         if not math.isfinite(written_at):
             raise ValueError("its time is not a finite number")
@@ -96,22 +103,22 @@ def load_peer_state(data: bytes, node_id: NodeId, limit: int) -> tuple[float, li
             raise ValueError(f"more than {limit} connections (max_connections)")
         out: list[RememberedConnection] = []
         for r in records:
-            host, port = r["addr"]
+            host, peer_port = r["addr"]
             ipaddress.ip_address(host)  # an address, never a name to look up
-            if not isinstance(port, int) or not 0 < port < 65536:
-                raise ValueError(f"bad port {port!r}")
+            if not isinstance(peer_port, int) or not 0 < peer_port < 65536:
+                raise ValueError(f"bad port {peer_port!r}")
             cids = tuple(bytes.fromhex(x) for x in r["cids"])
             if not 0 < len(cids) <= MAX_CIDS_PER_PEER or not all(0 < len(c) <= _CID_MAX for c in cids):
                 raise ValueError(f"bad connection ids {r['cids']!r}")
-            out.append(RememberedConnection((str(host), port), cids))
-        return written_at, out
+            out.append(RememberedConnection((str(host), peer_port), cids))
+        return port, written_at, out
     except ValueError:
         raise
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed ({type(exc).__name__}: {exc})") from None
 
 
-def read_peer_state(path: Path, node_id: NodeId, limit: int) -> tuple[float, list[RememberedConnection]] | None:
+def read_peer_state(path: Path, node_id: NodeId, limit: int) -> tuple[int, float, list[RememberedConnection]] | None:
     """Read ``path`` (see :func:`load_peer_state`); None (after a warning) if it is missing,
     unreadable, damaged, another node's, or accessible by group or others."""
     try:

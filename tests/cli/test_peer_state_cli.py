@@ -20,9 +20,9 @@ from asgi_p2p.ticket import Ticket
 from tests.cli.conftest import Cli, Starter, free_udp_port
 
 
-def _state_file(cli: Cli, node_id: object) -> Path:
+def _state_file(cli: Cli, node_id: object, port: int) -> Path:
     # platformdirs' user data dir with $XDG_DATA_HOME unset (cli_env drops XDG_*)
-    return cli.home / ".local" / "share" / "asgi-p2p" / f"peer-state-{node_id}.json"
+    return cli.home / ".local" / "share" / "asgi-p2p" / f"peer-state-{node_id}-{port}.json"
 
 
 def _connections_in(path: Path) -> list[dict[str, object]] | None:
@@ -48,7 +48,7 @@ async def test_serve_keeps_a_peer_state_file_and_resets_its_clients_after_sigkil
     port = free_udp_port()
     first = start_server("serve", "apps.music:app", "--port", str(port))
     node_id = Ticket.parse(first.wait_ready()).node_id
-    state = _state_file(cli, node_id)
+    state = _state_file(cli, node_id, port)
     client_node = await Node.bind(host="127.0.0.1", config=NetworkConfig(keepalive_interval=0))
     try:
         transport = P2PTransport(client_node, addrs=[NodeAddr(node_id, [("127.0.0.1", port)])])
@@ -74,7 +74,11 @@ async def test_serve_keeps_a_peer_state_file_and_resets_its_clients_after_sigkil
 
 
 async def test_no_peer_state_flag_keeps_no_file(cli: Cli, start_server: Starter) -> None:
+    """Nor does a node on a random port (``--port 0``, the default): peers take a reset only
+    from the address their connection uses, which the next run would not have."""
     port = free_udp_port()
+    random_port = start_server("serve", "apps.music:app")
+    other = Ticket.parse(random_port.wait_ready())
     first = start_server("serve", "apps.music:app", "--port", str(port), "--no-peer-state")
     node_id = Ticket.parse(first.wait_ready()).node_id
     client_node = await Node.bind(host="127.0.0.1", config=NetworkConfig(keepalive_interval=0))
@@ -83,6 +87,9 @@ async def test_no_peer_state_flag_keeps_no_file(cli: Cli, start_server: Starter)
         async with httpx.AsyncClient(transport=transport, base_url=f"https://{node_id}", timeout=30) as client:
             assert (await client.get("/")).status_code == 200
             (old,) = client_node.connections
+            to_other = P2PTransport(client_node, addrs=[NodeAddr(other.node_id, list(other.direct_addresses))])
+            async with httpx.AsyncClient(transport=to_other, base_url=f"https://{other.node_id}") as other_client:
+                assert (await other_client.get("/")).status_code == 200
             await asyncio.sleep(1.5)  # past when a file would be written
             first.kill()
             start_server("serve", "apps.music:app", "--port", str(port), "--no-peer-state")
@@ -90,6 +97,7 @@ async def test_no_peer_state_flag_keeps_no_file(cli: Cli, start_server: Starter)
             assert not old.closed  # nothing told the client: it learns when it sends
             assert (await client.get("/")).status_code == 200
             assert client_node.stateless_resets_received == 1  # the reactive reset
-        assert not _state_file(cli, node_id).parent.exists()
+        random_port.kill()
+        assert not _state_file(cli, node_id, port).parent.exists()
     finally:
         await client_node.close()

@@ -76,8 +76,8 @@ def test_the_file_round_trips_and_refuses_what_it_did_not_write() -> None:
         RememberedConnection(("192.0.2.1", 4433), (b"\x01" * 8, b"\x02" * 8)),
         RememberedConnection(("::1", 9), (b"\x03" * 8,)),
     ]
-    data = dump_peer_state(KEY.node_id, 1.7e9, conns)
-    assert load_peer_state(data, KEY.node_id, 2) == (1.7e9, conns)
+    data = dump_peer_state(KEY.node_id, 4433, 1.7e9, conns)
+    assert load_peer_state(data, KEY.node_id, 2) == (4433, 1.7e9, conns)
     # the first id of every connection goes out before any connection's second
     assert reset_order(conns) == [
         (("192.0.2.1", 4433), b"\x01" * 8),
@@ -95,6 +95,7 @@ def test_the_file_round_trips_and_refuses_what_it_did_not_write() -> None:
     bad({"node": str(other)}, f"it is node {other}'s")
     bad({"version": 2}, "not a peer state file")
     bad({"written_at": "nan"}, "not a finite number")
+    bad({"port": 0}, "bad port 0")
     bad({"connections": [{"addr": ["example.com", 1], "cids": ["01"]}]}, "does not appear to be an IPv4 or IPv6")
     bad({"connections": [{"addr": ["192.0.2.1", 0], "cids": ["01"]}]}, "bad port")
     bad({"connections": [{"addr": ["192.0.2.1", 1], "cids": ["01"] * (MAX_CIDS_PER_PEER + 1)}]}, "bad connection ids")
@@ -108,7 +109,7 @@ def test_the_file_round_trips_and_refuses_what_it_did_not_write() -> None:
 
 def test_the_file_is_private_and_replaced_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "peers.json"
-    data = dump_peer_state(KEY.node_id, 5.0, [RememberedConnection(("192.0.2.1", 4433), (b"\x01" * 8,))])
+    data = dump_peer_state(KEY.node_id, 4433, 5.0, [RememberedConnection(("192.0.2.1", 4433), (b"\x01" * 8,))])
     write_private(path, b"old")
     os.chmod(path, 0o644)
     write_private(path, data)
@@ -213,7 +214,7 @@ def test_a_long_quiet_connection_is_still_reset(sim: Simulation, tmp_path: Path)
     sim.run(main())
 
 
-@pytest.mark.parametrize("case", ["no file", "stale", "other key", "garbage"])
+@pytest.mark.parametrize("case", ["no file", "stale", "other port", "other key", "garbage"])
 def test_no_proactive_reset_without_a_fresh_file_of_the_node(
     sim: Simulation, tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str
 ) -> None:
@@ -238,6 +239,9 @@ def test_no_proactive_reset_without_a_fresh_file_of_the_node(
             if case == "stale":  # written past the idle timeout ago: the peers dropped those connections
                 doc = json.loads(state.read_bytes())
                 write_private(state, json.dumps(doc | {"written_at": doc["written_at"] - 31.0}).encode())
+            if case == "other port":  # another process with this key, on port 4434 (peers would ignore it)
+                doc = json.loads(state.read_bytes())
+                write_private(state, json.dumps(doc | {"port": 4434}).encode())
             if case == "garbage":
                 write_private(state, b"{not json")
             if case == "other key":
@@ -256,7 +260,9 @@ def test_no_proactive_reset_without_a_fresh_file_of_the_node(
             if case == "garbage":
                 assert "not using peer state file" in caplog.text and "malformed" not in caplog.text
             if case == "stale":
-                assert "not resetting the 1 connection(s)" in caplog.text
+                assert "not resetting the 1 connection(s)" in caplog.text and "written 3" in caplog.text
+            if case == "other port":
+                assert "they were on port 4434, this node is on 4433" in caplog.text
             await asyncio.sleep(2 * RTT)
             assert node2.proactive_resets_sent == 0
             assert not old.closed
@@ -394,7 +400,8 @@ def test_startup_resets_are_small_paced_and_sent_once(sim: Simulation, tmp_path:
             RememberedConnection((peer_host.address, 5000), tuple(bytes([i, k]) * 4 for k in range(4)))
             for i in range(100)
         ]
-        write_private(state, dump_peer_state(KEY.node_id, server_host.wall_clock_offset() + loop.time(), conns))
+        now = server_host.wall_clock_offset() + loop.time()
+        write_private(state, dump_peer_state(KEY.node_id, 4433, now, conns))
         node = await Node.bind(KEY, host="0.0.0.0", port=4433, config=_config(), network=server_host, peer_state=state)
         t0 = loop.time()
         await p.wait_for(400)
