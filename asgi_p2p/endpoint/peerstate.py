@@ -99,11 +99,15 @@ def load_peer_state(data: bytes, node_id: NodeId, limit: int) -> tuple[int, floa
         if not math.isfinite(written_at):
             raise ValueError("its time is not a finite number")
         records = doc["connections"]
-        if not isinstance(records, list) or len(records) > limit:
+        if not isinstance(records, list):
+            raise ValueError("its connections are not a list")
+        if len(records) > limit:
             raise ValueError(f"more than {limit} connections (max_connections)")
         out: list[RememberedConnection] = []
         for r in records:
             host, peer_port = r["addr"]
+            if not isinstance(host, str):
+                raise ValueError(f"bad address {host!r}")
             ipaddress.ip_address(host)  # an address, never a name to look up
             if not isinstance(peer_port, int) or not 0 < peer_port < 65536:
                 raise ValueError(f"bad port {peer_port!r}")

@@ -101,6 +101,8 @@ def test_the_file_round_trips_and_refuses_what_it_did_not_write() -> None:
     bad({"connections": [{"addr": ["192.0.2.1", 1], "cids": ["01"] * (MAX_CIDS_PER_PEER + 1)}]}, "bad connection ids")
     bad({"connections": [{"addr": ["192.0.2.1", 1], "cids": ["zz"]}]}, "non-hexadecimal")
     bad({"connections": [{"cids": ["01"]}]}, "malformed")
+    bad({"connections": {}}, "not a list")
+    bad({"connections": [{"addr": [1, 2], "cids": ["01"]}]}, "bad address 1")
     with pytest.raises(ValueError, match="larger than"):
         load_peer_state(b" " * (MAX_PEER_STATE_SIZE + 1), KEY.node_id, 2)
     with pytest.raises(ValueError):
