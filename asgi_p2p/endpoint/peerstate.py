@@ -118,7 +118,7 @@ def load_peer_state(data: bytes, node_id: NodeId, limit: int) -> tuple[int, floa
         return port, written_at, out
     except ValueError:
         raise
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f"malformed ({type(exc).__name__}: {exc})") from None
 
 

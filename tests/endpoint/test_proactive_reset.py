@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asgi_p2p import ConnectionReset, NetworkConfig, Node, SecretKey
 from asgi_p2p.endpoint.peerstate import (
@@ -107,6 +109,32 @@ def test_the_file_round_trips_and_refuses_what_it_did_not_write() -> None:
         load_peer_state(b" " * (MAX_PEER_STATE_SIZE + 1), KEY.node_id, 2)
     with pytest.raises(ValueError):
         load_peer_state(b"\xff{", KEY.node_id, 2)
+    with pytest.raises(ValueError, match="malformed"):
+        load_peer_state(b"[" * 100_000, KEY.node_id, 2)  # nested too deep for the parser
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=60),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.binary(max_size=200),
+    fields=st.dictionaries(st.sampled_from(["version", "node", "port", "written_at", "connections"]), _JSON),
+    record=st.dictionaries(st.sampled_from(["addr", "cids"]), _JSON),
+)
+def test_any_damaged_file_is_a_value_error(data: bytes, fields: dict[str, Any], record: dict[str, Any]) -> None:
+    """Whatever the file holds, loading it returns or raises ValueError (the node then warns)."""
+    good = json.loads(dump_peer_state(KEY.node_id, 4433, 1.0, []))
+    for doc in (data, json.dumps(good | fields).encode(), json.dumps(good | {"connections": [record]}).encode()):
+        try:
+            _port, _at, conns = load_peer_state(doc, KEY.node_id, 4)
+        except ValueError:
+            continue
+        assert len(conns) <= 4 and all(0 < len(c.cids) <= MAX_CIDS_PER_PEER for c in conns)
 
 
 def test_the_file_is_private_and_replaced_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
