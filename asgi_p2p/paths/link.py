@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
+from ..errors import P2PError
 from ..identity import NodeId
 from ..net.base import Address
 
@@ -89,6 +90,12 @@ class RelayLink(Protocol):
     @property
     def observed_address(self) -> Address | None:
         """Our public address as the relay sees it (the NAT mapping of our socket)."""
+
+    @property
+    def last_failure(self) -> P2PError | None:
+        """Why the relay is not usable: the last connection attempt's failure, a relay connection
+        that does not carry a full-size packet, or the relay refusing us (None while connected,
+        and before the first attempt ends).  For error messages and logs."""
 
     def send_packet(self, dest: NodeId, packet: bytes) -> bool:
         """Forward one packet (QUIC or disco) to ``dest``; False if it was not sent.
