@@ -88,6 +88,16 @@ class RelayLink(Protocol):
         """Largest packet :meth:`send_packet` accepts now (0 while disconnected)."""
 
     @property
+    def max_probe_packet_size(self) -> int:
+        """Largest packet end-to-end connections through the relay may grow to, once a size probe
+        through it (:mod:`asgi_p2p.paths.prober`) confirmed that the far side carries it too.
+
+        :attr:`max_packet_size` while packets go on the relay's UDP data plane; at most QUIC's
+        minimum (1200) in the relay connection's DATAGRAM frames or over TCP, where relayed
+        connections keep that size (0 while disconnected).
+        """
+
+    @property
     def observed_address(self) -> Address | None:
         """Our public address as the relay sees it (the NAT mapping of our socket)."""
 

@@ -98,6 +98,7 @@ def select_datagram_size(
     relay_fit: int | None,
     established: bool,
     relay_capacity: int | None = None,
+    relay_size: int | None = None,
 ) -> tuple[int, bool]:
     """The datagram size for a connection sending to ``target``, and whether it is below ``base``.
 
@@ -108,7 +109,8 @@ def select_datagram_size(
     ``max_datagram_size``); after it the base size, or less (not below
     :data:`MIN_RELAYED_SIZE`) when our relay connection carries at most
     ``relay_capacity`` bytes per packet or the relay said the peer's carries at most
-    ``relay_fit``.
+    ``relay_fit``.  A route through the relay alone grows to ``relay_size`` (a size
+    probe through the relay confirmed it, both relay legs included) under the same limits.
     """
     direct, relayed = target
     size = direct_size(direct) if direct is not None and relayed is None else base
@@ -116,6 +118,8 @@ def select_datagram_size(
         if not established:
             size = QUIC_MIN_DATAGRAM_SIZE
         else:
+            if direct is None and relay_size is not None:
+                size = max(size, relay_size)
             for limit in (relay_fit, relay_capacity):
                 if limit is not None:
                     size = min(size, max(limit, MIN_RELAYED_SIZE))

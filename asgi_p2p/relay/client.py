@@ -478,6 +478,13 @@ class RelayClient:
         return max(0, hooks.max_datagram_frame_payload(self._conn.conn.quic) - FORWARD_OVERHEAD)
 
     @property
+    def max_probe_packet_size(self) -> int:
+        """:attr:`max_packet_size` on the data plane (:attr:`on_plane`), else at most 1200 (see
+        :class:`~asgi_p2p.paths.link.RelayLink`): DATAGRAM frames and TCP keep today's sizes."""
+        size = self.max_packet_size
+        return size if self.on_plane else min(size, FULL_PACKET_SIZE)
+
+    @property
     def observed_address(self) -> tuple[str, int] | None:
         return self._observed
 

@@ -339,6 +339,11 @@ class RelayFleet:
         return home.max_packet_size if home is not None else 0
 
     @property
+    def max_probe_packet_size(self) -> int:
+        home = self.home
+        return home.max_probe_packet_size if home is not None else 0
+
+    @property
     def observed_address(self) -> tuple[str, int] | None:
         home = self.home
         return home.observed_address if home is not None else None

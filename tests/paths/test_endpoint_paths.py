@@ -83,6 +83,10 @@ class FakeRelayLink:
         return self.hub.observed
 
     @property
+    def max_probe_packet_size(self) -> int:
+        return min(self.max_packet_size, 1200)
+
+    @property
     def last_failure(self) -> P2PError | None:
         return None if self.connected else P2PError("fake relay is down")
 
