@@ -257,7 +257,9 @@ class PeerPaths:
             self.service()
             return
         size = base
-        if direct is not None:
+        if direct is None:
+            self.prober.relay_black_hole(now)  # a size found through the relay: searched again later
+        else:
             lowered = self.prober.size_black_hole(direct, now)
             # the base, or a size the owner needs (which the path carried and is checked for)
             size = self.prober.datagram_size(direct)
@@ -373,15 +375,20 @@ class PeerPaths:
         # sizes above the base through the relay: searched with probes through it (the far
         # side's relay connection must carry them too), up to what our relay takes
         probe_capacity = relay.max_probe_packet_size if capacity is not None and relay is not None else None
-        relay_rtts = [r.owner.smoothed_rtt for r in self.routes if r.relayed is not None and r.direct is None]
+        targets = [(route, self.route_for(route)) for route in list(self.routes)]
+        # (only while a connection's packets go through the relay alone)
+        relay_rtts = [
+            r.owner.smoothed_rtt
+            for r, (direct, relayed) in targets
+            if direct is None and relayed is not None and r.owner.established_at is not None
+        ]
         if relay_rtts:
             prober.relay_rtt = max(relay_rtts)
-        prober.relay_capacity(None if self.is_relay else probe_capacity, self.loop.time())
+        prober.relay_capacity(probe_capacity if relay_rtts else None, self.loop.time())
         relay_size = prober.relayed_datagram_size
         if self.relay_fit is not None and relay_size > max(base, self.relay_fit):
             self.relay_fit = None  # a probe proved the far side carries more now
-        for route in list(self.routes):
-            target = self.route_for(route)
+        for route, target in targets:
             direct, relayed = target
             size, below_base = select_datagram_size(
                 target,

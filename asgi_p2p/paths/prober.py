@@ -994,9 +994,9 @@ class PathProber:
         """Our relay takes packets of up to ``capacity`` bytes to this peer (None: no relayed path).
 
         Sizes above the base are searched through the relay as on a direct path (padded
-        PINGs, now as relayed packets; the peer answers with a small PONG signal), while the
-        peer's packets go through the relay (no direct path is live) and after
-        :meth:`request_size_search`.  A probe the far side's relay connection cannot carry is
+        PINGs, now as relayed packets; the peer answers with a small PONG signal), after
+        :meth:`request_size_search`; the owner passes None while no connection's packets go
+        through the relay alone (a direct path carries them).  A probe the far side's relay connection cannot carry is
         lost (or refused by the relay: :meth:`relay_refused`), never a packet of a connection:
         they grow only to a size a probe confirmed.  A changed capacity starts afresh.
         """
@@ -1020,13 +1020,35 @@ class PathProber:
         a confirmed size it no longer carries falls back to the base, searched again later.
         """
         if fits < self._relay_size:
-            logger.info("relayed path to %s: %d-byte packets refused; back to %d", self.peer, self._relay_size, fits)
-            self._relay_size = self.config.base_datagram_size
+            logger.info("relayed path to %s: %d-byte packets refused by the relay", self.peer, self._relay_size)
+            self.relay_black_hole(now)
+            return
         if self._relay_tx is not None and self._relay_probing > fits:
             self._relay_stop_probe()
             self._relay_limit = min(self._relay_limit, self._relay_probing)
             self._relay_attempts = 0
             self._relay_next_at = now  # the next size now, or the backoff
+
+    def relay_black_hole(self, now: float) -> None:
+        """Relayed packets above the base size stopped arriving (the connection's probe timeouts,
+        or the relay refused them): back to the base size, searched again after a backoff."""
+        if self._relay_size <= self.config.base_datagram_size or self._relay_cap is None:
+            return
+        logger.info(
+            "relayed path to %s stopped carrying %d-byte datagrams; back to %d",
+            self.peer,
+            self._relay_size,
+            self.config.base_datagram_size,
+        )
+        self._relay_stop_probe()
+        self._relay_size = self.config.base_datagram_size
+        self._relay_searched = True
+        self._relay_attempts = 0
+        delay = min(
+            self.config.size_research_interval, self.config.size_retry_min * 2.0 ** min(self._relay_retries, 30)
+        )
+        self._relay_retries += 1
+        self._relay_next_at = now + delay
 
     def _relay_research(self, now: float) -> None:
         self._relay_stop_probe()
@@ -1047,10 +1069,6 @@ class PathProber:
         cfg = self.config
         cap = self._relay_cap
         if cap is None or self._relay_next_at is None or now < self._relay_next_at:
-            return
-        if self._current is not None:  # a direct path carries the peer's packets: nothing to search
-            self._relay_stop_probe()
-            self._relay_next_at = None
             return
         if self._relay_tx is not None:  # the probe was lost
             self._relay_stop_probe()

@@ -180,6 +180,11 @@ def test_the_relayed_path_searches_sizes_up_to_the_relays_capacity() -> None:
     assert alice.relayed_datagram_size == 1386
     assert _relay_probes(alice.poll(0.02)) == []  # at the capacity: done
     assert alice.next_timer() is None or all(not t.relayed for t in alice.poll(10.0))
+    # the connection's probe timeouts say large relayed packets stopped arriving: back to the base,
+    # searched again a second later
+    alice.relay_black_hole(10.0)
+    assert alice.relayed_datagram_size == 1200 and _relay_probes(alice.poll(10.5)) == []
+    assert [size for _, size in _relay_probes(alice.poll(11.0))] == [1386]
 
 
 def test_relayed_probes_lost_or_refused_keep_the_size_and_search_again_later() -> None:
@@ -200,15 +205,19 @@ def test_relayed_probes_lost_or_refused_keep_the_size_and_search_again_later() -
     assert alice.relayed_datagram_size == 1200
 
 
-def test_no_relayed_search_while_a_direct_path_carries_the_packets() -> None:
+def test_no_relayed_search_without_a_relayed_path_and_a_new_capacity_starts_afresh() -> None:
     alice, bob = make(max_datagram_size=16384, size_search_on_demand=True), make(BOB, ALICE)
-    alice.add_candidates([B_ADDR], 0.0)
-    for t in pongs(answer(alice.poll(0.0), bob, A_ADDR, 0.02)):
-        alice.receive(t.data, B_ADDR, 0.04)
-    assert alice.current_path.kind == "direct"
-    alice.relay_capacity(1386, 0.05)
-    alice.request_size_search(0.05)
-    assert _relay_probes(alice.poll(0.05)) == []
+    alice.request_size_search(0.0)
+    assert _relay_probes(alice.poll(0.0)) == []  # no capacity given: no relayed path
+    alice.relay_capacity(1386, 0.0)
+    ((probe, _),) = _relay_probes(alice.poll(0.0))
+    bob.receive(probe.data, None, 0.01)
+    alice.receive(bob.poll(0.01)[0].data, None, 0.02)
+    assert alice.relayed_datagram_size == 1386
+    alice.relay_capacity(None, 0.03)  # (a direct path carries the packets now)
+    assert alice.relayed_datagram_size == 1200 and alice.next_timer() is None
+    alice.relay_capacity(1386, 0.04)  # back on the relay (a new relay connection): searched again
+    assert [size for _, size in _relay_probes(alice.poll(0.04))] == [1386]
 
 
 def test_best_rtt_wins_with_hysteresis() -> None:
