@@ -14,7 +14,8 @@ packets may go through the relay, the connection builds datagrams that fit it: e
 1200 bytes until the handshake is done (Initials may not be smaller, and 1200 fits every
 connected relay client, ours and the peer's, whatever ``max_datagram_size`` either node
 has), then the base size, or less if our relay connection or the peer's (the relay's
-TOO_LARGE) carries less.
+TOO_LARGE) carries less; through the relay alone, up to the size a probe through the
+relay confirmed (on a relay's data plane, see ``PathProber.relay_capacity``).
 """
 
 from __future__ import annotations
