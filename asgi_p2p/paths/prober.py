@@ -1024,10 +1024,16 @@ class PathProber:
             self.relay_black_hole(now)
             return
         if self._relay_tx is not None and self._relay_probing > fits:
+            # the far side's relay connection does not carry it (yet: the relay searches larger
+            # sizes on it once it forwards bulk there): that size again after a short backoff
+            # (a refusal costs one small ERROR frame), doubling while refused, as lost probes do
             self._relay_stop_probe()
-            self._relay_limit = min(self._relay_limit, self._relay_probing)
             self._relay_attempts = 0
-            self._relay_next_at = now  # the next size now, or the backoff
+            self._relay_searched = True
+            base = max(self.config.size_probe_timeout, 3 * (self.relay_rtt or 0.0))
+            delay = min(self.config.size_research_interval, base * 2.0 ** min(self._relay_retries, 30))
+            self._relay_retries += 1
+            self._relay_next_at = now + delay
 
     def relay_black_hole(self, now: float) -> None:
         """Relayed packets above the base size stopped arriving (the connection's probe timeouts,

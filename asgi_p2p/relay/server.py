@@ -597,6 +597,9 @@ class RelayServer:
             handler.close(RELAY_SERVER_FULL, str(exc))
             return handler
         self._admit(handler, actions, "udp")
+        # packets to it that fit its connection's grown datagrams pass at once (not at the next
+        # check): a relayed connection's size probe through us is refused no longer than needed
+        conn.on_path_change.append(lambda _event: self._size_changed(handler))
         if self.offers_plane:
             self._offer_plane(handler)
         return handler
@@ -739,6 +742,11 @@ class RelayServer:
         self._dispatch(actions)
         if self._handlers:
             self._check_handle = asyncio.get_running_loop().call_later(self.check_interval, self._check_clients)
+
+    def _size_changed(self, handler: _ClientHandler) -> None:
+        """The client's connection builds datagrams of another size now: forward what fits it."""
+        if handler.registered and self._handlers.get(handler.node) is handler:
+            self.router.set_max_datagram_size(handler.node, handler.max_frame())
 
     def _refresh(self, handler: _Handler) -> list[tuple[NodeId, bytes]]:
         """Keep a client's observed address and datagram size current (NAT rebinding, PMTU changes)."""

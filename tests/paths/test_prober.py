@@ -199,9 +199,9 @@ def test_relayed_probes_lost_or_refused_keep_the_size_and_search_again_later() -
     while now < 4.0:
         sent += [(round(now, 2), size) for _, size in _relay_probes(alice.poll(now))]
         now += 0.05
-    # nothing above a refused size is tried; after a 1 s backoff 1452 again (the far leg may have
-    # grown), lost twice (0.25 s each), then again after a 2 s backoff
-    assert sent == [(1.01, 1452), (1.26, 1452), (3.56, 1452), (3.86, 1452)]
+    # a refused size is tried again after a short backoff (the relay grows its far leg in bulk),
+    # here lost twice (0.25 s each): nothing above it is tried, and it again after a 2 s backoff
+    assert sent == [(0.26, 1452), (0.51, 1452), (2.81, 1452), (3.11, 1452)]
     assert alice.relayed_datagram_size == 1200
 
 
