@@ -224,6 +224,8 @@ def test_clients_use_the_plane_after_registration(net: Harness) -> None:
         (a, ca, sa), (b, cb, sb) = await _two_clients(rig, relay)
         await _until(lambda: ca.on_plane)
         await _until(lambda: cb.on_plane)
+        # on the plane, end-to-end connections may grow to what the relay connection carries
+        assert ca.max_probe_packet_size == ca.max_packet_size >= 1200
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=20)
         assert [p for _, p in sb.packets] == [b"a->b %d" % i for i in range(20)]
         assert {s for s, _ in sb.packets} == {a.node_id}
@@ -323,7 +325,7 @@ def test_the_plane_switched_off_keeps_datagram_frames(net: Harness, off: str, ho
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=10)
         await asyncio.sleep(3 * relay.check_interval)  # PLANE_TOKEN said again: still ignored
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=10)
-        assert cb.plane_stats is None and not cb.on_plane
+        assert cb.plane_stats is None and not cb.on_plane and cb.max_probe_packet_size == 1200
         if off == "relay":
             assert ca.plane_stats is None and relay.plane_stats.received == relay.plane_stats.sent == 0
         else:
