@@ -126,6 +126,7 @@ LIMITS: dict[str, Limit | Choice] = {
     "accept_queue_size": Limit(1, 1 << 16),
     "punch_ttl": Limit(0, 255),
     "udp_offload": Choice(("gro", "gso+gro", "off")),
+    "relay_plane": Choice(("on", "off")),
 }
 #: Default HTTP requests per second one peer (node id) may start, with bursts of twice that
 #: (``H3Server(limit_peer_rate=...)``, ``serve --limit-peer-rate``).
@@ -249,6 +250,12 @@ class NetworkConfig:
     #: frames on (measured on the project's netns rig), so it is not the default; ``"off"``:
     #: neither.
     udp_offload: str = "gro"
+    #: The relays' UDP data plane (:mod:`asgi_p2p.relay.plane`): ``"on"``: a node's relay
+    #: clients forward packets as plain UDP datagrams beside the relay connection when the
+    #: relay offers it (less CPU at every hop than DATAGRAM frames), and a relay server
+    #: offers it; ``"off"``: relayed packets ride the relay connection's DATAGRAM frames
+    #: only, and a relay offers no plane (for a firewall that drops the plane's datagrams).
+    relay_plane: str = "on"
 
     def __post_init__(self) -> None:
         for f in fields(self):

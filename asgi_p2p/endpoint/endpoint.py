@@ -721,7 +721,7 @@ class Endpoint:
             # our Finished, which is when the dial started): say so, not just "no handshake"
             if relay is None or relay.can_send or is_relay or not (relay_usable or not node_addr.direct_addresses):
                 raise
-            why = getattr(relay, "last_failure", None)
+            why = relay.last_failure
             if why is None:
                 raise
             raise ConnectionFailed(f"{exc} (relay {relay.relay_url} is not usable: {why})") from exc

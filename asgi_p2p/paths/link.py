@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
+from ..errors import P2PError
 from ..identity import NodeId
 from ..net.base import Address
 
@@ -87,8 +88,24 @@ class RelayLink(Protocol):
         """Largest packet :meth:`send_packet` accepts now (0 while disconnected)."""
 
     @property
+    def max_probe_packet_size(self) -> int:
+        """Largest packet end-to-end connections through the relay may grow to, once a size probe
+        through it (:mod:`asgi_p2p.paths.prober`) confirmed that the far side carries it too.
+
+        :attr:`max_packet_size` while packets go on the relay's UDP data plane; at most QUIC's
+        minimum (1200) in the relay connection's DATAGRAM frames or over TCP, where relayed
+        connections keep that size (0 while disconnected).
+        """
+
+    @property
     def observed_address(self) -> Address | None:
         """Our public address as the relay sees it (the NAT mapping of our socket)."""
+
+    @property
+    def last_failure(self) -> P2PError | None:
+        """Why the relay is not usable: the last connection attempt's failure, a relay connection
+        that does not carry a full-size packet, or the relay refusing us (None while connected,
+        and before the first attempt ends).  For error messages and logs."""
 
     def send_packet(self, dest: NodeId, packet: bytes) -> bool:
         """Forward one packet (QUIC or disco) to ``dest``; False if it was not sent.

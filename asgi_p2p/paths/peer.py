@@ -257,7 +257,9 @@ class PeerPaths:
             self.service()
             return
         size = base
-        if direct is not None:
+        if direct is None:
+            self.prober.relay_black_hole(now)  # a size found through the relay: searched again later
+        else:
             lowered = self.prober.size_black_hole(direct, now)
             # the base, or a size the owner needs (which the path carried and is checked for)
             size = self.prober.datagram_size(direct)
@@ -285,7 +287,11 @@ class PeerPaths:
                 router.send_direct(transmit.data, transmit.addr, transmit.ttl)
             else:
                 relay = router.relay
-                if relay is not None:
+                if relay is None:
+                    continue
+                if transmit.relayed:  # a size probe: the way relayed QUIC packets go
+                    relay.send_packet(self.node_id, transmit.data)
+                else:
                     relay.send_signal(self.node_id, transmit.data)
         for event in self.prober.pop_events():
             self._path_changed(event)
@@ -365,16 +371,33 @@ class PeerPaths:
         reason = self._reason
         relay = self.router.relay
         capacity = relay.max_packet_size if relay is not None and relay.can_send else None
-        for route in list(self.routes):
-            target = self.route_for(route)
+        prober = self.prober
+        # sizes above the base through the relay: searched with probes through it (the far
+        # side's relay connection must carry them too), up to what our relay takes
+        probe_capacity = relay.max_probe_packet_size if capacity is not None and relay is not None else None
+        targets = [(route, self.route_for(route)) for route in list(self.routes)]
+        # (only while a connection's packets go through the relay alone)
+        relay_rtts = [
+            r.owner.smoothed_rtt
+            for r, (direct, relayed) in targets
+            if direct is None and relayed is not None and r.owner.established_at is not None
+        ]
+        if relay_rtts:
+            prober.relay_rtt = max(relay_rtts)
+        prober.relay_capacity(probe_capacity if relay_rtts else None, self.loop.time())
+        relay_size = prober.relayed_datagram_size
+        if self.relay_fit is not None and relay_size > max(base, self.relay_fit):
+            self.relay_fit = None  # a probe proved the far side carries more now
+        for route, target in targets:
             direct, relayed = target
             size, below_base = select_datagram_size(
                 target,
-                direct_size=self.prober.datagram_size,
+                direct_size=prober.datagram_size,
                 base=base,
                 relay_fit=self.relay_fit,
                 established=route.owner.established_at is not None,
                 relay_capacity=capacity,
+                relay_size=relay_size,
             )
             why = reason
             if why == "path changed" and direct is None and route.direct is not None and relayed is not None:
@@ -391,6 +414,11 @@ class PeerPaths:
     def relay_too_large(self, fits: int) -> None:
         """The relay refused a packet to this peer as too large; ``fits`` bytes would pass."""
         fits = max(fits, MIN_RELAYED_SIZE)
+        relayed = max(self.router.config.max_datagram_size, self.prober.relayed_datagram_size)
+        self.prober.relay_refused(fits, self.loop.time())
+        if fits >= relayed:
+            self.service()  # a size probe (nothing we send is that large): the search goes on
+            return
         if self.relay_fit is not None and self.relay_fit <= fits:
             return
         log.info("%s: the relay forwards at most %d-byte packets to it; shrinking", self.node_id, fits)

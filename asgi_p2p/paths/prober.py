@@ -168,6 +168,8 @@ class ProberConfig:
 #: tried last): 1452 fits any 1500-byte Ethernet path (IPv6 + UDP headers), 8952 a 9000-byte
 #: jumbo-frame LAN, 16384 and up loopback.
 SIZE_STEPS = (1452, 4096, 8952, 16384, 32768, MAX_DISCO_DATAGRAM)
+#: The source address a PONG to a PING that came through the relay names (it came from no address)
+RELAYED_SOURCE: Address = ("0.0.0.0", 0)
 
 
 class PathState(Enum):
@@ -209,12 +211,15 @@ class Transmit:
     """A datagram to send: to ``addr`` directly, or to the peer via the relay if ``addr`` is None.
 
     ``ttl``: send with this IP TTL (hop limit) instead of the socket's default (a
-    hole-punching opener, see ``ProberConfig.punch_ttl``).
+    hole-punching opener, see ``ProberConfig.punch_ttl``).  ``relayed`` (with ``addr``
+    None): send it as a packet through the relay, the way the connections' relayed packets
+    go (a size probe of the relayed path), not as a signal.
     """
 
     data: bytes
     addr: Address | None
     ttl: int | None = None
+    relayed: bool = False
 
 
 @dataclass
@@ -283,7 +288,8 @@ class PathProber:
         self.replay = ReplayGuard(window=self.config.max_clock_skew, capacity=self.config.replay_capacity)
         self._paths: dict[Address, _Path] = {}
         self._outstanding: dict[bytes, tuple[Address, float]] = {}
-        self._size_probes: dict[bytes, tuple[Address, int, float]] = {}  # tx_id -> (addr, size, sent)
+        # tx_id -> (addr, size, sent); addr None: a size probe of the relayed path
+        self._size_probes: dict[bytes, tuple[Address | None, int, float]] = {}
         self._queue: collections.deque[Transmit] = collections.deque()
         self._events: collections.deque[PathChanged] = collections.deque(maxlen=self.config.max_events)
         # paths that answered a PING since the last pop_answered (at most one entry each)
@@ -314,6 +320,20 @@ class PathProber:
         self.punch_delay = self.config.punch_delay
         #: why packets were refused, by reason (for metrics and tests)
         self.rejected: collections.Counter[str] = collections.Counter()
+        # the relayed path's size search (see relay_capacity): the largest packet the relay takes
+        # from us (None: no relayed path to search), the size confirmed, the smallest known not
+        # to pass, the outstanding probe, and when the search next acts (None: idle)
+        self._relay_cap: int | None = None
+        self._relay_size = self.config.base_datagram_size
+        self._relay_limit = MAX_DISCO_DATAGRAM + 1
+        self._relay_tx: bytes | None = None
+        self._relay_probing = 0
+        self._relay_attempts = 0
+        self._relay_retries = 0
+        self._relay_searched = False
+        self._relay_next_at: float | None = None
+        #: the smoothed RTT through the relay (set by the owner; a relayed probe's timeout is 3x it)
+        self.relay_rtt: float | None = None
 
     # -- state --------------------------------------------------------------
 
@@ -393,6 +413,8 @@ class PathProber:
         for path in self._paths.values():
             if path.state is PathState.LIVE:
                 self._research_now(path, now)  # from the size it carries (a handshake may have proven one)
+        if self._relay_cap is not None and self._relay_cap > self._relay_size:
+            self._relay_research(now)
         return True
 
     def require_size(self, size: int | None, now: float) -> None:
@@ -648,11 +670,8 @@ class PathProber:
             except ValueError as exc:
                 self._reject("bad-source", str(exc))
                 return
-        elif not isinstance(message, CallMeMaybe):
-            self._reject("via-relay", f"{type(message).__name__} through the relay is not used")
-            return
         pong_for: tuple[Address, float] | None = None
-        size_for: tuple[Address, int, float] | None = None
+        size_for: tuple[Address | None, int, float] | None = None
         if isinstance(message, Pong):
             # checked before the replay cache records it, so that a copy raced in from
             # another address cannot burn the genuine PONG
@@ -678,6 +697,16 @@ class PathProber:
             for addr in message.addrs:
                 self._add_candidate(addr, now)
             self.reprobe(now)
+            return
+        if src is None and isinstance(message, Ping):
+            # a size probe of the relayed path: the (small) PONG goes back as a signal
+            pong = Pong(message.tx_id, RELAYED_SOURCE, len(data))
+            self._enqueue(Transmit(self._seal(pong, now), None))
+            self.stats.disco_pings_answered += 1
+            return
+        if size_for is not None and size_for[0] is None:
+            self.stats.disco_pongs_received += 1
+            self._relay_size_pong(message.tx_id, size_for[1], now)
             return
         assert src is not None
         if isinstance(message, Ping):
@@ -746,6 +775,7 @@ class PathProber:
             for path in self._paths.values():
                 if path.state is PathState.LIVE:
                     self._size_step(path, now)
+        self._relay_size_step(now)
         out = list(self._queue)
         self._queue.clear()
         return out
@@ -770,6 +800,8 @@ class PathProber:
                 times.append(self._next_reprobe)
         if self._cmm_next_at is not None:
             times.append(self._cmm_next_at)
+        if self._relay_next_at is not None:
+            times.append(self._relay_next_at)
         return min(times) if times else None
 
     def unanswered_for(self, addr: tuple[str, int], now: float) -> float | None:
@@ -950,6 +982,152 @@ class PathProber:
             self._events.append(PathChanged(now, old, new, reason))
             logger.debug("path to %s: %s -> %s (%s)", self.peer, old, new, reason)
 
+    # -- the relayed path's datagram size search ------------------------------
+
+    @property
+    def relayed_datagram_size(self) -> int:
+        """Largest datagram a size probe through the relay confirmed to this peer (the base size
+        until one did, and again after :meth:`relay_capacity` changed or :meth:`relay_refused`)."""
+        return self._relay_size
+
+    def relay_capacity(self, capacity: int | None, now: float) -> None:
+        """Our relay takes packets of up to ``capacity`` bytes to this peer (None: no relayed path).
+
+        Sizes above the base are searched through the relay as on a direct path (padded
+        PINGs, now as relayed packets; the peer answers with a small PONG signal), after
+        :meth:`request_size_search`; the owner passes None while no connection's packets go
+        through the relay alone (a direct path carries them).  A probe the far side's relay connection cannot carry is
+        lost (or refused by the relay: :meth:`relay_refused`), never a packet of a connection:
+        they grow only to a size a probe confirmed.  A changed capacity starts afresh.
+        """
+        base = self.config.base_datagram_size
+        cap = min(capacity, self.config.max_datagram_size) if capacity is not None else None
+        if cap is not None and cap <= base:
+            cap = None
+        if cap == self._relay_cap:
+            return
+        self._relay_cap = cap
+        self._relay_stop_probe()
+        self._relay_size = base
+        self._relay_next_at = None
+        if cap is not None and self._size_wanted:
+            self._relay_research(now)
+
+    def relay_refused(self, fits: int, now: float) -> None:
+        """The relay refused a packet to this peer as too large; ``fits`` bytes pass now.
+
+        A probe (larger than the confirmed size) counts as lost, its size as not passing;
+        a confirmed size it no longer carries falls back to the base, searched again later.
+        """
+        if fits < self._relay_size:
+            logger.info("relayed path to %s: %d-byte packets refused by the relay", self.peer, self._relay_size)
+            self.relay_black_hole(now)
+            return
+        if self._relay_tx is not None and self._relay_probing > fits:
+            # the far side's relay connection does not carry it (yet: the relay searches larger
+            # sizes on it once it forwards bulk there): that size again after a short backoff
+            # (a refusal costs one small ERROR frame), doubling while refused, as lost probes do
+            self._relay_stop_probe()
+            self._relay_attempts = 0
+            self._relay_searched = True
+            base = max(self.config.size_probe_timeout, 3 * (self.relay_rtt or 0.0))
+            delay = min(self.config.size_research_interval, base * 2.0 ** min(self._relay_retries, 30))
+            self._relay_retries += 1
+            self._relay_next_at = now + delay
+
+    def relay_black_hole(self, now: float) -> None:
+        """Relayed packets above the base size stopped arriving (the connection's probe timeouts,
+        or the relay refused them): back to the base size, searched again after a backoff."""
+        if self._relay_size <= self.config.base_datagram_size or self._relay_cap is None:
+            return
+        logger.info(
+            "relayed path to %s stopped carrying %d-byte datagrams; back to %d",
+            self.peer,
+            self._relay_size,
+            self.config.base_datagram_size,
+        )
+        self._relay_stop_probe()
+        self._relay_size = self.config.base_datagram_size
+        self._relay_searched = True
+        self._relay_attempts = 0
+        delay = min(
+            self.config.size_research_interval, self.config.size_retry_min * 2.0 ** min(self._relay_retries, 30)
+        )
+        self._relay_retries += 1
+        self._relay_next_at = now + delay
+
+    def _relay_research(self, now: float) -> None:
+        self._relay_stop_probe()
+        assert self._relay_cap is not None
+        self._relay_limit = self._relay_cap + 1
+        self._relay_attempts = 0
+        self._relay_retries = 0
+        self._relay_searched = False
+        self._relay_next_at = now
+
+    def _relay_stop_probe(self) -> None:
+        if self._relay_tx is not None:
+            self._size_probes.pop(self._relay_tx, None)
+            self._relay_tx = None
+
+    def _relay_size_step(self, now: float) -> None:
+        """Send the next size probe through the relay, or handle a lost one, when due."""
+        cfg = self.config
+        cap = self._relay_cap
+        if cap is None or self._relay_next_at is None or now < self._relay_next_at:
+            return
+        if self._relay_tx is not None:  # the probe was lost
+            self._relay_stop_probe()
+            if self._relay_attempts >= cfg.size_probe_attempts:
+                self._relay_limit = self._relay_probing
+                self._relay_attempts = 0
+        elif self._relay_searched:  # time to search upwards again
+            self._relay_limit = cap + 1
+            self._relay_searched = False
+        size = next(
+            (s for s in (*(s for s in SIZE_STEPS if s < cap), cap) if self._relay_size < s < self._relay_limit), None
+        )
+        if size is None:
+            self._relay_searched = True
+            self._relay_attempts = 0
+            if self._relay_size >= cap:
+                self._relay_next_at = None
+                return
+            # the far side's relay connection may grow (the relay searches its size in bulk)
+            delay = min(cfg.size_research_interval, cfg.size_retry_min * 2.0 ** min(self._relay_retries, 30))
+            self._relay_retries += 1
+            self._relay_next_at = now + delay
+            logger.debug(
+                "relayed path to %s carries %d-byte datagrams (%d-byte probes lost); searching again in %.1fs",
+                self.peer,
+                self._relay_size,
+                self._relay_limit,
+                delay,
+            )
+            return
+        if size != self._relay_probing:
+            self._relay_attempts = 0
+        self._relay_attempts += 1
+        self._relay_probing = size
+        tx_id = self.rng.randbytes(TX_ID_LEN)
+        self._relay_tx = tx_id
+        self._size_probes[tx_id] = (None, size, now)
+        self.stats.disco_pings_sent += 1
+        self._relay_next_at = now + max(cfg.size_probe_timeout, 3 * (self.relay_rtt or 0.0))
+        self._enqueue(Transmit(self._seal(Ping.padded_to(tx_id, size), now), None, relayed=True))
+
+    def _relay_size_pong(self, tx_id: bytes, size: int, now: float) -> None:
+        del self._size_probes[tx_id]
+        if tx_id != self._relay_tx:
+            return  # a probe of an earlier search
+        self._relay_tx = None
+        if size > self._relay_size:
+            self._relay_size = size
+            self._relay_retries = 0
+            logger.debug("relayed path to %s carries %d-byte datagrams", self.peer, size)
+        self._relay_attempts = 0
+        self._relay_next_at = now  # probe the next size right away
+
     # -- datagram size search (RFC 8899, "DPLPMTUD-lite") ----------------------
 
     def _size_ceiling(self) -> int:
@@ -1048,10 +1226,10 @@ class PathProber:
         path.size_next_at = now + max(cfg.size_probe_timeout, 3 * (path.srtt or 0.0))
         self._enqueue(Transmit(self._seal(Ping.padded_to(tx_id, size), now), path.addr))
 
-    def _handle_size_pong(self, pong: Pong, sent: tuple[Address, int, float], now: float) -> None:
+    def _handle_size_pong(self, pong: Pong, sent: tuple[Address | None, int, float], now: float) -> None:
         addr, size, _sent_at = sent
         del self._size_probes[pong.tx_id]
-        path = self._paths.get(addr)
+        path = self._paths.get(addr) if addr is not None else None
         if path is None or path.size_tx != pong.tx_id:
             return  # a probe of an earlier search
         path.size_tx = None

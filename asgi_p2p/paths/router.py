@@ -364,7 +364,7 @@ class Router:
         stats.relay_packets_received += 1
         stats.relay_bytes_received += len(packet)
         if packet[:1] == b"\x00" and is_disco(packet):
-            self._disco_received(packet, None)
+            self._disco_received(packet, None, expected_sender=src)  # (a size probe through the relay)
             return
         self._deliver_relayed(packet, src)
 
@@ -392,6 +392,7 @@ class Router:
         )
         for peer in list(self._peers.values()):
             peer.relay_fit = None  # a new relay connection (or none): sizes are learnt afresh
+            peer.prober.relay_capacity(None, asyncio.get_running_loop().time())
             peer.update_routes()
             if link.can_send:
                 peer.relay_answered()

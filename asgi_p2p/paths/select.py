@@ -14,7 +14,8 @@ packets may go through the relay, the connection builds datagrams that fit it: e
 1200 bytes until the handshake is done (Initials may not be smaller, and 1200 fits every
 connected relay client, ours and the peer's, whatever ``max_datagram_size`` either node
 has), then the base size, or less if our relay connection or the peer's (the relay's
-TOO_LARGE) carries less.
+TOO_LARGE) carries less; through the relay alone, up to the size a probe through the
+relay confirmed (on a relay's data plane, see ``PathProber.relay_capacity``).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def select_datagram_size(
     relay_fit: int | None,
     established: bool,
     relay_capacity: int | None = None,
+    relay_size: int | None = None,
 ) -> tuple[int, bool]:
     """The datagram size for a connection sending to ``target``, and whether it is below ``base``.
 
@@ -108,7 +110,8 @@ def select_datagram_size(
     ``max_datagram_size``); after it the base size, or less (not below
     :data:`MIN_RELAYED_SIZE`) when our relay connection carries at most
     ``relay_capacity`` bytes per packet or the relay said the peer's carries at most
-    ``relay_fit``.
+    ``relay_fit``.  A route through the relay alone grows to ``relay_size`` (a size
+    probe through the relay confirmed it, both relay legs included) under the same limits.
     """
     direct, relayed = target
     size = direct_size(direct) if direct is not None and relayed is None else base
@@ -116,6 +119,8 @@ def select_datagram_size(
         if not established:
             size = QUIC_MIN_DATAGRAM_SIZE
         else:
+            if direct is None and relay_size is not None:
+                size = max(size, relay_size)
             for limit in (relay_fit, relay_capacity):
                 if limit is not None:
                     size = min(size, max(limit, MIN_RELAYED_SIZE))

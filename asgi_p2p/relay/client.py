@@ -357,6 +357,10 @@ class RelayClient:
             HTTP CONNECT proxy), a URL names one, None connects directly.
         transport_memory: the networks where UDP to the relay did not work (skip the head
             start there); default: a new one held in memory by this client.
+        plane: use the relay's UDP data plane when it offers one (:mod:`asgi_p2p.relay.plane`);
+            False keeps every packet in the relay connection's DATAGRAM frames (a network that
+            drops the plane's datagrams is detected anyway, but costs hellos).  None (default):
+            the endpoint's ``NetworkConfig.relay_plane``.
     """
 
     def __init__(
@@ -376,6 +380,7 @@ class RelayClient:
         udp_retry_interval: float = 60.0,
         proxy: str | Literal[True] | None = True,
         transport_memory: TransportMemory | None = None,
+        plane: bool | None = None,
     ) -> None:
         if keepalive_interval <= 0 or keepalive_timeout <= keepalive_interval:
             raise ValueError("need 0 < keepalive_interval < keepalive_timeout")
@@ -397,6 +402,8 @@ class RelayClient:
         #: the QUIC connection attempt that was still going when TCP won the race
         self._pending_udp: asyncio.Task[_RelayConnection | None] | None = None
         self.endpoint = endpoint
+        #: whether this client uses a relay's data plane when offered (the ``plane`` argument)
+        self.plane_enabled: bool = endpoint.config.relay_plane == "on" if plane is None else plane
         self.url = relay_url if isinstance(relay_url, RelayUrl) else RelayUrl.parse(relay_url)
         if self.url.node_id == endpoint.node_id:
             raise P2PError(f"relay URL {self.url} names this node itself")
@@ -469,6 +476,13 @@ class RelayClient:
             return TCP_MAX_PACKET
         assert self._conn is not None
         return max(0, hooks.max_datagram_frame_payload(self._conn.conn.quic) - FORWARD_OVERHEAD)
+
+    @property
+    def max_probe_packet_size(self) -> int:
+        """:attr:`max_packet_size` on the data plane (:attr:`on_plane`), else at most 1200 (see
+        :class:`~asgi_p2p.paths.link.RelayLink`): DATAGRAM frames and TCP keep today's sizes."""
+        size = self.max_packet_size
+        return size if self.on_plane else min(size, FULL_PACKET_SIZE)
 
     @property
     def observed_address(self) -> tuple[str, int] | None:
@@ -1134,7 +1148,9 @@ class RelayClient:
             elif isinstance(frame, Error):
                 self._error_received(frame)
             elif isinstance(frame, PlaneToken):
-                if isinstance(current, _RelayConnection):  # (the relay offers it on UDP only)
+                # (the relay offers it on UDP only; a client with the plane off ignores it, as an
+                # older client does, and keeps getting RECV frames)
+                if isinstance(current, _RelayConnection) and self.plane_enabled:
                     self._plane_offered(current, frame.token)
             else:
                 self.stats.malformed_frames += 1

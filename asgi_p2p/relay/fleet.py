@@ -339,9 +339,28 @@ class RelayFleet:
         return home.max_packet_size if home is not None else 0
 
     @property
+    def max_probe_packet_size(self) -> int:
+        home = self.home
+        return home.max_probe_packet_size if home is not None else 0
+
+    @property
     def observed_address(self) -> tuple[str, int] | None:
         home = self.home
         return home.observed_address if home is not None else None
+
+    @property
+    def last_failure(self) -> P2PError | None:
+        """Why no relay is usable: the home relay's reason, or (no home, or it names none)
+        the first listed relay's that names one (None while the home relay is connected)."""
+        home = self.home
+        if home is not None and home.connected:
+            return None
+        if home is not None and home.last_failure is not None:
+            return home.last_failure
+        for link in self.clients.values():
+            if link.last_failure is not None:
+                return link.last_failure
+        return None
 
     def send_packet(self, dest: NodeId, packet: bytes) -> bool:
         link = self._link(dest)
@@ -493,8 +512,7 @@ class RelayFleet:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             states = "; ".join(
-                f"{link.relay_url}: "
-                + ("connected" if link.connected else str(getattr(link, "last_failure", None) or "not connected"))
+                f"{link.relay_url}: " + ("connected" if link.connected else str(link.last_failure or "not connected"))
                 for link in self.clients.values()
             )
             raise Timeout(f"no home relay connected within {timeout:g}s ({states})") from None
@@ -637,7 +655,7 @@ class RelayFleet:
             elif not choice.connected(before):
                 self.stats.rehomes += 1
                 old = self.clients[before]
-                why = getattr(old, "last_failure", None) or "disconnected"
+                why = old.last_failure or "disconnected"
                 log.warning(
                     "node %s: home relay %s lost (%s); moved home to relay %s (%s)",
                     self.endpoint.node_id,

@@ -43,7 +43,10 @@ a serial per connection.  Nobody off the path can guess a token (64 bits).
 The plane adds :data:`PLANE_OVERHEAD` (45) bytes to a packet; a packet that fits a
 SEND or RECV frame (34 bytes of frame in a QUIC packet of at least 30 more) always
 fits a plane datagram on the same path, so the largest relayed packet is the same in
-both wire forms.  Relay legs have no congestion control of their own then, as with
+both wire forms.  End-to-end connections on the plane grow their packets to that size
+only as far as a size probe through the relay confirmed (the far side's relay connection
+must carry them too; :attr:`~asgi_p2p.paths.link.RelayLink.max_probe_packet_size`).
+Relay legs have no congestion control of their own then, as with
 TURN: the end-to-end QUIC connection controls the whole path.  An on-path attacker
 who reads a token can inject datagrams in the client's name; the end-to-end AEAD
 drops them, as it drops anything injected into a TURN channel.

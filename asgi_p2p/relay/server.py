@@ -333,7 +333,8 @@ class RelayServer:
     whose DATAGRAM queue is full) wait in the router's fair queues and go out
     from a timer (every ``queue_poll_interval`` seconds while any wait for room);
     ``directory``, if given, is attached to the endpoint too (the relay process
-    serves the node-record directory).
+    serves the node-record directory); ``plane``: offer clients over UDP the data plane
+    (None, the default: unless the endpoint's ``NetworkConfig.relay_plane`` is ``"off"``).
     """
 
     def __init__(
@@ -345,6 +346,7 @@ class RelayServer:
         check_interval: float = 1.0,
         directory: DirectoryServer | None = None,
         queue_poll_interval: float = 0.005,
+        plane: bool | None = None,
     ) -> None:
         if max_pending_datagrams <= 0:
             raise ValueError("max_pending_datagrams must be positive")
@@ -353,6 +355,9 @@ class RelayServer:
         if not 0 < queue_poll_interval <= 1.0:
             raise ValueError(f"queue_poll_interval must be in (0, 1] seconds, got {queue_poll_interval!r}")
         self.check_interval = check_interval
+        #: whether clients over UDP are offered the data plane (the ``plane`` argument; None
+        #: follows the endpoint's ``NetworkConfig.relay_plane``)
+        self.offers_plane: bool = endpoint.config.relay_plane == "on" if plane is None else plane
         #: while packets wait for room on a destination's connection, look again this often
         self.queue_poll_interval = queue_poll_interval
         self._check_handle: asyncio.TimerHandle | None = None
@@ -405,6 +410,7 @@ class RelayServer:
         tcp_port: int | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        plane: bool | None = None,
     ) -> RelayServer:
         """Bind an endpoint serving the relay protocol (and the directory) and return the server.
 
@@ -417,6 +423,7 @@ class RelayServer:
         network's ``wall_clock_offset()`` (the system clock read once on a real network,
         a constant in the simulator).  ``tcp_port`` (0: any free port) also serves
         the relay over TCP on ``host`` (:meth:`listen_tcp`, with ``tls_cert``/``tls_key``).
+        ``plane``: as in the constructor (None: ``config.relay_plane``).
         """
         from ..endpoint.endpoint import Endpoint
 
@@ -433,7 +440,9 @@ class RelayServer:
             alpns.append(DIRECTORY_ALPN)
         endpoint = await Endpoint.bind(secret_key, host=host, port=port, alpns=alpns, config=config, network=network)
         try:
-            server = cls(endpoint, limits=limits, max_pending_datagrams=max_pending_datagrams, directory=served)
+            server = cls(
+                endpoint, limits=limits, max_pending_datagrams=max_pending_datagrams, directory=served, plane=plane
+            )
         except BaseException:
             await endpoint.close(timeout=0.1)
             raise
@@ -588,7 +597,11 @@ class RelayServer:
             handler.close(RELAY_SERVER_FULL, str(exc))
             return handler
         self._admit(handler, actions, "udp")
-        self._offer_plane(handler)
+        # packets to it that fit its connection's grown datagrams pass at once (not at the next
+        # check): a relayed connection's size probe through us is refused no longer than needed
+        conn.on_path_change.append(lambda _event: self._size_changed(handler))
+        if self.offers_plane:
+            self._offer_plane(handler)
         return handler
 
     def _offer_plane(self, handler: _ClientHandler) -> None:
@@ -729,6 +742,11 @@ class RelayServer:
         self._dispatch(actions)
         if self._handlers:
             self._check_handle = asyncio.get_running_loop().call_later(self.check_interval, self._check_clients)
+
+    def _size_changed(self, handler: _ClientHandler) -> None:
+        """The client's connection builds datagrams of another size now: forward what fits it."""
+        if handler.registered and self._handlers.get(handler.node) is handler:
+            self.router.set_max_datagram_size(handler.node, handler.max_frame())
 
     def _refresh(self, handler: _Handler) -> list[tuple[NodeId, bytes]]:
         """Keep a client's observed address and datagram size current (NAT rebinding, PMTU changes)."""

@@ -16,7 +16,7 @@ import pytest
 
 from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, Node, NodeAddr, SecretKey
 from asgi_p2p.endpoint.connection import PathEvent, PeerConnection
-from asgi_p2p.errors import NodeNotFound, Timeout
+from asgi_p2p.errors import NodeNotFound, P2PError, Timeout
 from asgi_p2p.identity import NodeId
 from asgi_p2p.net.base import Address
 from asgi_p2p.paths.disco import CallMeMaybe, seal
@@ -81,6 +81,14 @@ class FakeRelayLink:
     @property
     def observed_address(self) -> Address | None:
         return self.hub.observed
+
+    @property
+    def max_probe_packet_size(self) -> int:
+        return min(self.max_packet_size, 1200)
+
+    @property
+    def last_failure(self) -> P2PError | None:
+        return None if self.connected else P2PError("fake relay is down")
 
     def send_packet(self, dest: NodeId, packet: bytes) -> bool:
         return self.connected and self.hub.deliver(self.endpoint.node_id, dest, packet, signal=False)

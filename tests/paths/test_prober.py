@@ -142,14 +142,82 @@ def test_ping_from_unknown_address_becomes_candidate() -> None:
     assert path.kind == "direct" and path.addr == B_OTHER and path.rtt == pytest.approx(0.04)
 
 
-def test_ping_through_relay_is_not_used_but_call_me_maybe_is() -> None:
+def test_a_ping_through_the_relay_gets_a_small_pong_signal_and_no_path_and_call_me_maybe_works() -> None:
     alice, bob = make(), make(BOB, ALICE)
-    alice.receive(seal(Ping(TX), BOB, ALICE.node_id, T0), None, 0.0)
-    assert alice.rejected["via-relay"] == 1 and alice.poll(0.0) == []
+    alice.receive(seal(Ping.padded_to(TX, 1400), BOB, ALICE.node_id, T0), None, 0.0)
+    (pong,) = alice.poll(0.0)
+    message = open_packet(pong.data, BOB.node_id).message
+    assert pong.addr is None and not pong.relayed  # a signal
+    assert isinstance(message, Pong) and message.size == 1400 and len(pong.data) < 200
+    assert alice.paths() == {}
     cmm = bob.call_me_maybe([B_ADDR, B_OTHER], 0.0)
     assert cmm.addr is None
     alice.receive(cmm.data, None, 0.0)
     assert sorted(t.addr for t in alice.poll(0.0) if t.addr) == [B_ADDR, B_OTHER]
+
+
+def _relay_probes(transmits: list[Transmit]) -> list[tuple[Transmit, int]]:
+    return [(t, len(t.data)) for t in transmits if t.relayed]
+
+
+def test_the_relayed_path_searches_sizes_up_to_the_relays_capacity() -> None:
+    """Padded PINGs go as relayed packets, the peer's PONGs come back as signals; the confirmed
+    size grows step by step to what our relay takes, and a PONG from an address does not count."""
+    alice, bob = make(max_datagram_size=16384, size_search_on_demand=True), make(BOB, ALICE)
+    alice.relay_capacity(1386, 0.0)
+    assert _relay_probes(alice.poll(0.0)) == []  # no bulk data yet
+    alice.request_size_search(0.0)
+    ((probe, size),) = _relay_probes(alice.poll(0.0))
+    assert size == 1386 and probe.addr is None  # 1452 does not fit: the capacity itself
+    bob.receive(probe.data, B_ADDR, 0.01)  # (a copy from an address: answered there, not a relayed answer)
+    direct_pong = [t for t in bob.poll(0.01) if t.addr == B_ADDR]
+    alice.receive(direct_pong[0].data, B_ADDR, 0.02)
+    assert alice.rejected["wrong-source"] == 1 and alice.relayed_datagram_size == 1200
+    bob2 = make(BOB, ALICE)
+    bob2.receive(probe.data, None, 0.01)
+    (pong,) = bob2.poll(0.01)
+    alice.receive(pong.data, None, 0.02)
+    assert alice.relayed_datagram_size == 1386
+    assert _relay_probes(alice.poll(0.02)) == []  # at the capacity: done
+    assert alice.next_timer() is None or all(not t.relayed for t in alice.poll(10.0))
+    # the connection's probe timeouts say large relayed packets stopped arriving: back to the base,
+    # searched again a second later
+    alice.relay_black_hole(10.0)
+    assert alice.relayed_datagram_size == 1200 and _relay_probes(alice.poll(10.5)) == []
+    assert [size for _, size in _relay_probes(alice.poll(11.0))] == [1386]
+
+
+def test_relayed_probes_lost_or_refused_keep_the_size_and_search_again_later() -> None:
+    alice = make(max_datagram_size=16384, size_search_on_demand=True, size_probe_attempts=2)
+    alice.relay_capacity(4000, 0.0)
+    alice.request_size_search(0.0)
+    ((_, first),) = _relay_probes(alice.poll(0.0))
+    assert first == 1452
+    alice.relay_refused(1200, 0.01)  # the far side's relay connection carries 1200: a lost probe
+    assert alice.relayed_datagram_size == 1200
+    sent, now = [], 0.01
+    while now < 4.0:
+        sent += [(round(now, 2), size) for _, size in _relay_probes(alice.poll(now))]
+        now += 0.05
+    # a refused size is tried again after a short backoff (the relay grows its far leg in bulk),
+    # here lost twice (0.25 s each): nothing above it is tried, and it again after a 2 s backoff
+    assert sent == [(0.26, 1452), (0.51, 1452), (2.81, 1452), (3.11, 1452)]
+    assert alice.relayed_datagram_size == 1200
+
+
+def test_no_relayed_search_without_a_relayed_path_and_a_new_capacity_starts_afresh() -> None:
+    alice, bob = make(max_datagram_size=16384, size_search_on_demand=True), make(BOB, ALICE)
+    alice.request_size_search(0.0)
+    assert _relay_probes(alice.poll(0.0)) == []  # no capacity given: no relayed path
+    alice.relay_capacity(1386, 0.0)
+    ((probe, _),) = _relay_probes(alice.poll(0.0))
+    bob.receive(probe.data, None, 0.01)
+    alice.receive(bob.poll(0.01)[0].data, None, 0.02)
+    assert alice.relayed_datagram_size == 1386
+    alice.relay_capacity(None, 0.03)  # (a direct path carries the packets now)
+    assert alice.relayed_datagram_size == 1200 and alice.next_timer() is None
+    alice.relay_capacity(1386, 0.04)  # back on the relay (a new relay connection): searched again
+    assert [size for _, size in _relay_probes(alice.poll(0.04))] == [1386]
 
 
 def test_best_rtt_wins_with_hysteresis() -> None:

@@ -84,9 +84,10 @@ class Rig:
         limits: RelayLimits | None = None,
         config: NetworkConfig | None = None,
         key: SecretKey = RELAY_KEY,
+        plane: bool | None = None,
     ) -> RelayServer:
         """A relay server (on real UDP 127.0.0.1, or on one simulated host reused across restarts)."""
-        kwargs: dict[str, Any] = {"port": port, "limits": limits, "config": config}
+        kwargs: dict[str, Any] = {"port": port, "limits": limits, "config": config, "plane": plane}
         if self.net.name == "sim":
             sim = self.net.sim  # type: ignore[attr-defined]
             if self._relay_host is None:

@@ -22,13 +22,16 @@ from .rig import RecordingSink
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _env(home: Path) -> dict[str, str]:
+def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ASGI_P2P_", "XDG_"))}
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "config"), PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    env.update(extra)
     return env
 
 
-async def _start(home: Path, *args: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+async def _start(
+    home: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, list[str]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -40,7 +43,7 @@ async def _start(home: Path, *args: str) -> tuple[asyncio.subprocess.Process, li
         "0",
         *args,
         cwd=REPO,
-        env=_env(home),
+        env=_env(home, **(env or {})),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -119,6 +122,49 @@ def test_relay_command_prints_its_url_serves_clients_and_stops_on_sigterm(tmp_pa
                 await a.close()
                 await b.close()
         finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("plane", ["on", "off"])
+def test_relay_command_offers_the_data_plane_unless_relay_plane_is_off(tmp_path: Path, plane: str) -> None:
+    """``ASGI_P2P_RELAY_PLANE=off`` (an operator whose firewall drops the plane's datagrams): the relay
+    process offers no data plane, and its clients forward on DATAGRAM frames."""
+
+    async def main() -> None:
+        proc, lines = await _start(tmp_path, "--ephemeral", env={"ASGI_P2P_RELAY_PLANE": plane})
+        a = await Node.bind(SecretKey.from_seed("cli-plane-a"))
+        b = await Node.bind(SecretKey.from_seed("cli-plane-b"))
+        sa, sb = RecordingSink(), RecordingSink()
+        url = str(_printed_url(lines))
+        ca, cb = RelayClient(a, url, sa), RelayClient(b, url, sb)
+        try:
+            ca.start()
+            cb.start()
+            await ca.wait_connected(10)
+            await cb.wait_connected(10)
+            for i in range(1, 4):  # round trips through the relay: its PLANE_TOKEN came first, if any
+                assert ca.send_packet(b.node_id, b"ping")
+                await sb.wait_for(lambda i=i: len(sb.packets) == i)  # type: ignore[misc]
+                assert cb.send_packet(a.node_id, b"pong")
+                await sa.wait_for(lambda i=i: len(sa.packets) == i)  # type: ignore[misc]
+            if plane == "on":
+                deadline = asyncio.get_running_loop().time() + 10
+                while not (ca.on_plane and cb.on_plane):  # (the hellos' answers are no sink event)
+                    assert asyncio.get_running_loop().time() < deadline, "the clients never went on the plane"
+                    await asyncio.sleep(0.01)
+            else:
+                assert ca.plane_stats is None and cb.plane_stats is None and not ca.on_plane
+            code, err = await _stop(proc)
+            assert code == 0, err
+        finally:
+            await ca.close()
+            await cb.close()
+            await a.close()
+            await b.close()
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from asgi_p2p import InvalidConfiguration, NetworkConfig, Node, NodeAddr, NodeNotFound, SecretKey
+from asgi_p2p import InvalidConfiguration, NetworkConfig, Node, NodeAddr, NodeNotFound, SecretKey, Timeout
 from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.http import H3_ALPN, P2PTransport
 from asgi_p2p.http.types import Receive, Scope, Send
@@ -491,3 +491,32 @@ def test_swarm_a_relay_of_two_crashes_and_restarts(seed: int) -> None:
             assert rehomes == 1, f"down {down:.1f}s"
         else:
             assert rehomes <= 1
+
+
+def test_fleet_last_failure_names_why_no_relay_is_usable() -> None:
+    """``RelayFleet.last_failure`` (the RelayLink protocol's): a relay's own reason while none is
+    usable, in the error a wait for one raises; None again once the home relay is connected."""
+    sim = Simulation(seed=3)
+    with sim:
+        host = sim.host("lonely")
+
+        async def main() -> None:
+            url = await sim.relay("relay-x")
+            sim.crash("relay-x")
+            node = await _bind("lonely", host, [url], settle=0.5)
+            try:
+                fleet = _fleet(node)
+                with pytest.raises(Timeout) as info:
+                    await fleet.wait_connected(12)
+                why = fleet.last_failure
+                assert why is not None and str(why) in str(info.value)
+                (client,) = fleet.clients.values()
+                assert why is client.last_failure
+                sim.restart("relay-x")
+                assert await sim.relay("relay-x") == url
+                await fleet.wait_connected(60)
+                assert fleet.last_failure is None
+            finally:
+                await node.close(timeout=0.0)
+
+        sim.run(main(), time_limit=120)

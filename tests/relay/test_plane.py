@@ -10,6 +10,7 @@ import random
 import pytest
 
 from asgi_p2p import NetworkConfig, Node, SecretKey
+from asgi_p2p.endpoint.endpoint import Endpoint
 from asgi_p2p.errors import P2PError, ProtocolError
 from asgi_p2p.identity import NodeAddr
 from asgi_p2p.paths.disco import DISCO_MAGIC
@@ -27,6 +28,7 @@ from asgi_p2p.relay.plane import (
 )
 from asgi_p2p.relay.proto import (
     FORWARD_OVERHEAD,
+    PLANE_TOKEN_SIZE,
     RELAY_DATAGRAM_SIZE,
     PlaneToken,
     RelayLimits,
@@ -34,6 +36,7 @@ from asgi_p2p.relay.proto import (
     Send,
     parse_frame,
 )
+from asgi_p2p.relay.server import relay_config
 from tests.harness import Harness
 
 from .rig import RelayTunnel, Rig
@@ -221,6 +224,8 @@ def test_clients_use_the_plane_after_registration(net: Harness) -> None:
         (a, ca, sa), (b, cb, sb) = await _two_clients(rig, relay)
         await _until(lambda: ca.on_plane)
         await _until(lambda: cb.on_plane)
+        # on the plane, end-to-end connections may grow to what the relay connection carries
+        assert ca.max_probe_packet_size == ca.max_packet_size >= 1200
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=20)
         assert [p for _, p in sb.packets] == [b"a->b %d" % i for i in range(20)]
         assert {s for s, _ in sb.packets} == {a.node_id}
@@ -288,29 +293,40 @@ def test_a_network_that_drops_plane_datagrams_leaves_the_client_on_send_frames(n
 
 
 @pytest.mark.parametrize("net", ["sim"], indirect=True)
-@pytest.mark.parametrize("old", ["relay", "client"])
-def test_an_old_relay_or_client_keeps_datagram_frames(net: Harness, old: str) -> None:
-    """A relay that offers no plane (``relay``): both clients use SEND frames.  A client that
-    ignores PLANE_TOKEN (``client``, here b): it sends SEND frames and gets RECV frames, while a
-    uses the plane towards it."""
+@pytest.mark.parametrize("how", ["argument", "config"])
+@pytest.mark.parametrize("off", ["relay", "client"])
+def test_the_plane_switched_off_keeps_datagram_frames(net: Harness, off: str, how: str) -> None:
+    """A relay with the plane off (``RelayServer(plane=False)`` or ``relay_plane="off"``) offers
+    none: both clients use SEND frames.  A client with it off (here b) ignores the relay's offer,
+    as an older client does: it sends SEND frames and gets RECV frames, while a uses the plane
+    towards it."""
 
     async def scenario(rig: Rig) -> None:
-        relay = await rig.relay()
-        if old == "relay":
-            relay._offer_plane = lambda handler: None  # type: ignore[method-assign]
+        if off == "relay":
+            relay = await (
+                rig.relay(plane=False) if how == "argument" else rig.relay(config=relay_config(64, relay_plane="off"))
+            )
+            assert not relay.offers_plane
+        else:
+            relay = await rig.relay()
+            assert relay.offers_plane
         a, ca, sa = await rig.client("a", relay)
-        b, cb, sb = await rig.client("b", relay)
-        if old == "client":
-            cb._plane_offered = lambda current, token: None  # type: ignore[method-assign]
+        if off == "client" and how == "argument":
+            b, cb, sb = await rig.client("b", relay, plane=False)
+        elif off == "client":
+            b, cb, sb = await rig.client("b", relay, config=NetworkConfig(relay_plane="off"))
+        else:
+            b, cb, sb = await rig.client("b", relay)
+        assert ca.plane_enabled and cb.plane_enabled == (off == "relay")
         await ca.wait_connected(10)
         await cb.wait_connected(10)
-        if old == "client":
+        if off == "client":
             await _until(lambda: ca.on_plane)
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=10)
         await asyncio.sleep(3 * relay.check_interval)  # PLANE_TOKEN said again: still ignored
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=10)
-        assert cb.plane_stats is None
-        if old == "relay":
+        assert cb.plane_stats is None and not cb.on_plane and cb.max_probe_packet_size == 1200
+        if off == "relay":
             assert ca.plane_stats is None and relay.plane_stats.received == relay.plane_stats.sent == 0
         else:
             assert relay.plane_stats.received == 20 and relay.plane_stats.sent == 20  # a: both ways
@@ -320,15 +336,28 @@ def test_an_old_relay_or_client_keeps_datagram_frames(net: Harness, old: str) ->
     run(net, scenario)
 
 
+def _sent_tokens(ep: Endpoint) -> list[bytes]:
+    """The plane tokens in the plane datagrams ``ep``'s socket sends from now on, in order."""
+    tokens: list[bytes] = []
+    send = ep.router.sendto
+
+    def recording(data: bytes, addr: tuple[str, int]) -> None:
+        if is_plane(data):
+            tokens.append(bytes(data[len(PLANE_MAGIC) : len(PLANE_MAGIC) + PLANE_TOKEN_SIZE]))
+        send(data, addr)
+
+    ep.router.sendto = recording  # type: ignore[method-assign]
+    return tokens
+
+
 def test_forged_tokens_and_wrong_addresses_are_dropped_and_counted(net: Harness) -> None:
     async def scenario(rig: Rig) -> None:
         relay = await rig.relay()
         (a, ca, sa), (b, cb, sb) = await _two_clients(rig, relay)
+        tokens = _sent_tokens(a)
         await _until(lambda: ca.on_plane)
         await _exchange(rig, relay, ca, sa, cb, sb, a, b, n=2)
-        current = ca._conn
-        assert current is not None and current.plane is not None
-        token = current.plane.token
+        token = tokens[-1]
         a_addr = relay.observed_addr(a.node_id)
         assert a_addr is not None
         tokens = len(relay.plane)
@@ -357,10 +386,10 @@ def test_a_relay_restart_kills_the_old_tokens_and_issues_new_ones(net: Harness) 
         port = relay.endpoint.local_address[1]
         a, ca, sa = await rig.client("a", relay, rng=random.Random(7), reconnect_min=0.2, reconnect_max=2.0)
         b, cb, sb = await rig.client("b", relay, rng=random.Random(8), reconnect_min=0.2, reconnect_max=2.0)
+        tokens = _sent_tokens(a)
         await ca.wait_connected(10)
         await _until(lambda: ca.on_plane)
-        assert ca._conn is not None and ca._conn.plane is not None
-        old = ca._conn.plane.token
+        old = tokens[-1]  # (in a's hellos)
         await relay.close()
         await sa.wait_for(lambda: not ca.connected)
         assert ca.plane_stats is None
@@ -369,7 +398,7 @@ def test_a_relay_restart_kills_the_old_tokens_and_issues_new_ones(net: Harness) 
         await cb.wait_connected(15)
         await _until(lambda: ca.on_plane)
         await _until(lambda: cb.on_plane)
-        assert ca._conn is not None and ca._conn.plane is not None and ca._conn.plane.token != old
+        assert tokens[-1] != old
         a_addr = relay.observed_addr(a.node_id)
         assert a_addr is not None
         relay.endpoint.router.datagram_received(encode_plane(old, b.node_id, b"old token"), a_addr)

@@ -582,9 +582,7 @@ def test_a_flooded_destination_shares_its_budget_fairly_through_the_server(net: 
 
     async def scenario(rig: Rig) -> None:
         limits = RelayLimits(destination_packets_per_second=200, destination_packet_burst=20)
-        relay = await rig.relay(limits=limits)
-        if wire == "frame":
-            relay._offer_plane = lambda handler: None  # type: ignore[method-assign]
+        relay = await rig.relay(limits=limits, plane=wire == "plane")
         a, ca, sa = await rig.client("flooder", relay)
         b, cb, sb = await rig.client("destination", relay)
         c, cc, sc = await rig.client("light", relay)

@@ -219,6 +219,8 @@ def test_a_node_whose_udp_is_blocked_downloads_through_the_relay_over_tcp_and_mo
             link = client.relay
             assert isinstance(link, RelayClient)
             assert link.transport == "tcp" and link.stats.tcp_connects == 1
+            # relayed connections keep 1200-byte packets over TCP (no size probes through it)
+            assert link.max_probe_packet_size == link.max_packet_size == 1200
             assert len(link.transport_memory) == 1  # this network blocks UDP to the relay
             assert relay.stats.tcp_connections_accepted == 1 and client.node_id in relay.clients
             # the peer is known only by its relay: every packet goes client -> TCP -> relay -> UDP -> server
