@@ -266,7 +266,7 @@ class PeerConnection:
 
         A handshake every waiter gave up on (their own deadlines cancelled the wait: httpx's
         connect timeout, say) is closed: nobody can use it, and a dial after it would join it,
-        its next Initial a probe timeout backoff away (6 s, then 13 s, after a lossy first 10 s).
+        its Initials backing off (after 10 s unanswered they leave 6.4 s, then 12.8 s, apart).
         The next dial starts afresh, as a cancelled dial does in quic-go and httpcore."""
         self._ready_waiters += 1
         try:
