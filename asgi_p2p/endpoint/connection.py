@@ -175,6 +175,8 @@ class PeerConnection:
         self._handshake_done: asyncio.Future[None] = self.loop.create_future()
         self._confirmed: asyncio.Future[None] = self.loop.create_future()
         self._early_deadline: asyncio.TimerHandle | None = None
+        # callers in wait_ready now (a dial's waiters: the dialer, and requests that joined it)
+        self._ready_waiters = 0
         self._closed: asyncio.Future[None] = self.loop.create_future()
         self._close_error: P2PError | None = None
         self._timer = DeadlineTimer(self.loop, self._next_timer, self._on_timer)
@@ -260,7 +262,13 @@ class PeerConnection:
         connection is ready: its handshake completed on our side, which for a client is as
         soon as its Finished is sent (it may send requests then; a refusal by the server
         arrives as the connection's close error), or a dialed connection was made ready
-        :attr:`early` for 0-RTT data (then :meth:`wait_handshake` waits for the next stage)."""
+        :attr:`early` for 0-RTT data (then :meth:`wait_handshake` waits for the next stage).
+
+        A handshake every waiter gave up on (their own deadlines cancelled the wait: httpx's
+        connect timeout, say) is closed: nobody can use it, and a dial after it would join it,
+        its Initials backing off (after 10 s unanswered they leave 6.4 s, then 12.8 s, apart).
+        The next dial starts afresh, as a cancelled dial does in quic-go and httpcore."""
+        self._ready_waiters += 1
         try:
             await asyncio.wait_for(asyncio.shield(self._confirmed if confirmed else self._ready), timeout)
         except TimeoutError:
@@ -269,6 +277,12 @@ class PeerConnection:
                 f"no QUIC handshake with {self._peer_label()} at {self.address[0]}:{self.address[1]} "
                 f"within {timeout:g}s; is the node running and reachable?"
             ) from None
+        except asyncio.CancelledError:
+            if self._ready_waiters == 1 and not self._ready.done():
+                self.close(REFUSED, "dial abandoned: every caller gave up waiting for the handshake")
+            raise
+        finally:
+            self._ready_waiters -= 1
 
     @property
     def early(self) -> bool:
