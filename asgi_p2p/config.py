@@ -118,7 +118,7 @@ LIMITS: dict[str, Limit | Choice] = {
     "max_stream_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
     "connection_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
     "max_connection_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
-    "congestion_control": Choice(("reno", "cubic")),  # the controllers aioquic ships
+    "congestion_control": Choice(("reno", "cubic", "bbr")),
     "initial_congestion_window": Limit(2, 1024, unit="packets"),
     "max_streams": Limit(1, 1 << 16),
     "max_datagram_size": Limit(1200, MAX_UDP_PAYLOAD, unit="bytes"),
