@@ -773,6 +773,11 @@ class BbrCongestionControl(QuicCongestionControl):
     # -- the model ---------------------------------------------------------------------
 
     @property
+    def tracked_packets(self) -> int:
+        """Packets whose send-time delivery state is kept (those in flight)."""
+        return len(self._sent)
+
+    @property
     def btl_bw(self) -> float:
         """The bottleneck bandwidth estimate (bytes per second; 0 before any sample)."""
         return max((bw for _, bw in self._bw_samples), default=0.0)
