@@ -290,6 +290,31 @@ def test_window_grows_when_the_window_limits_sending(name: str) -> None:
     assert hooks.congestion_window(p.client) == grown
 
 
+def test_bbr_paces_at_its_model_rate_through_aioquics_pacer() -> None:
+    # aioquic's pacer sends at window / smoothed RTT; with BBR, note_transmit puts in a pacer
+    # at the controller's rate (gain x bottleneck bandwidth), which aioquic keeps updating
+    p = _cc_pair(hooks.congestion_control_algorithm("bbr"))
+    cc = p.client._loss._cc
+    assert isinstance(cc, hooks.BbrCongestionControl)
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"y" * 400_000)
+    for _ in range(12):
+        _cc_round(p)
+    pacer = p.client._loss._pacer
+    assert cc.btl_bw > 0 and cc.pacing_rate is not None
+    assert pacer.packet_time == pytest.approx(hooks.max_datagram_size(p.client) / cc.pacing_rate)
+    # not aioquic's window / RTT rate
+    aioquic_rate = cc.congestion_window / p.client._loss._rtt_smoothed
+    assert abs(cc.pacing_rate - aioquic_rate) > 0.1 * aioquic_rate
+    for _ in range(400):  # one transmit pass per round trip: a pacer's burst each
+        if hooks.received_offset(p.server, sid) == 400_000:
+            break
+        _cc_round(p)
+    _cc_round(p)
+    assert hooks.received_offset(p.server, sid) == 400_000
+    assert cc.bytes_in_flight == 0 and cc.tracked_packets == 0
+
+
 def test_cubic_leaves_the_application_limited_time_out_of_its_curve() -> None:
     # two CUBIC controllers with the same history, except that one pauses (application-
     # limited) for 10 s in congestion avoidance: afterwards it grows as the other did
