@@ -1033,7 +1033,11 @@ class _ModelPacer(QuicPacketPacer):
     (:attr:`BbrCongestionControl.pacing_rate`) instead of window / smoothed RTT.
 
     Before the controller has a bandwidth sample it paces at 2.885 x window / RTT
-    (BBR's STARTUP gain over aioquic's rate)."""
+    (BBR's STARTUP gain over aioquic's rate).  A packet leaves only for a whole packet
+    time of credit: aioquic's lets one leave on any credit above zero, so a timer firing
+    on time (credit = the packet time plus a rounding error) sends two packets, pacing
+    at up to twice the rate; BBR's gains would mean nothing.
+    """
 
     def __init__(self, cc: BbrCongestionControl, *, max_datagram_size: int) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
@@ -1049,6 +1053,20 @@ class _ModelPacer(QuicPacketPacer):
         self.bucket_max = burst / rate
         if self.bucket_time > self.bucket_max:
             self.bucket_time = self.bucket_max
+
+    def next_send_time(self, now: float) -> float | None:  # type: ignore[override]  # aioquic's returns None too
+        if self.packet_time is None:
+            return None
+        self.update_bucket(now=now)
+        missing = self.packet_time - self.bucket_time
+        if missing <= self.packet_time * 1e-6:  # a whole packet time of credit (rounding aside)
+            return None
+        return now + missing
+
+    def update_after_send(self, now: float) -> None:
+        if self.packet_time is not None:
+            self.update_bucket(now=now)
+            self.bucket_time = max(self.bucket_time - self.packet_time, 0.0)
 
 
 _APP_LIMITED_CLASSES: dict[str, type[_AppLimitedReno] | type[_AppLimitedCubic] | type[BbrCongestionControl]] = {

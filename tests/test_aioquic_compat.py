@@ -19,6 +19,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.recovery import QuicPacketPacer
 from aioquic.tls import Epoch
 
 from asgi_p2p import SecretKey
@@ -306,6 +307,23 @@ def test_bbr_paces_at_its_model_rate_through_aioquics_pacer() -> None:
     # not aioquic's window / RTT rate
     aioquic_rate = cc.congestion_window / p.client._loss._rtt_smoothed
     assert abs(cc.pacing_rate - aioquic_rate) > 0.1 * aioquic_rate
+    # one packet per packet time: a timer firing a microsecond after the pacer's time lets
+    # one packet out (aioquic's own pacer lets out two, the second on the microsecond's credit)
+    stock = QuicPacketPacer(max_datagram_size=1200)
+    stock.update_rate(congestion_window=120_000, smoothed_rtt=0.1)  # 1.2 MB/s, 1 ms per packet
+    for paced in (pacer, stock):
+        now = p.now + 1.0
+        while paced.next_send_time(now) is None:  # spend the burst's credit
+            paced.update_after_send(now)
+        sent = 0
+        for _ in range(100):
+            at = paced.next_send_time(now)
+            assert at is not None
+            now = at + 1e-6
+            while paced.next_send_time(now) is None:
+                paced.update_after_send(now)
+                sent += 1
+        assert sent == (100 if paced is pacer else 200)
     for _ in range(400):  # one transmit pass per round trip: a pacer's burst each
         if hooks.received_offset(p.server, sid) == 400_000:
             break
