@@ -1122,12 +1122,20 @@ def note_transmit(quic: QuicConnection, now: float) -> None:
     if isinstance(cc, (_AppLimitedReno, _AppLimitedCubic, BbrCongestionControl)):
         window_full = cc.bytes_in_flight + quic._max_datagram_size > cc.congestion_window
         cc.set_app_limited(not window_full and quic._pacing_at is None, now)
-    if isinstance(cc, BbrCongestionControl) and not isinstance(loss._pacer, _ModelPacer):
+    if not isinstance(cc, BbrCongestionControl):
+        return
+    if not isinstance(loss._pacer, _ModelPacer):
         # BBR sets the pacing rate itself (aioquic's pacer would use window / RTT)
         pacer = _ModelPacer(cc, max_datagram_size=quic._max_datagram_size)
         if loss._rtt_initialized:
             pacer.update_rate(cc.congestion_window, loss._rtt_smoothed)
         loss._pacer = pacer
+    space = quic._spaces.get(tls.Epoch.ONE_RTT)
+    if space is not None and space.ack_at == now and quic._pacing_at is not None:
+        # aioquic sends a due ACK past the pacer only once it is overdue (``ack_at < now``):
+        # one due exactly now, held by the pacer, would keep the timer firing at this same
+        # instant. It leaves with the next paced packet instead.
+        space.ack_at = quic._pacing_at
 
 
 def set_peer_stream_limit(quic: QuicConnection, max_bidi_streams: int) -> None:

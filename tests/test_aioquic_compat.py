@@ -333,6 +333,28 @@ def test_bbr_paces_at_its_model_rate_through_aioquics_pacer() -> None:
     assert cc.bytes_in_flight == 0 and cc.tracked_packets == 0
 
 
+def test_bbr_an_ack_due_while_the_pacer_holds_leaves_with_the_next_paced_packet() -> None:
+    # aioquic skips pacing for an ACK only once it is overdue (ack_at < now): an ACK due at
+    # exactly now, held by the pacer, left the QUIC timer at now, and the loop spun there
+    p = _cc_pair(hooks.congestion_control_algorithm("bbr"))
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"y" * 200_000)
+    for _ in range(4):
+        _cc_round(p)
+    pacer = p.client._loss._pacer
+    while pacer.next_send_time(p.now) is None:  # the pacer's credit is spent
+        pacer.update_after_send(p.now)
+    p.client._spaces[Epoch.ONE_RTT].ack_at = p.now
+    assert p.client.datagrams_to_send(p.now) == []  # held
+    hooks.note_transmit(p.client, p.now)
+    timer = p.client.get_timer()
+    assert timer is not None and timer > p.now
+    assert p.client._spaces[Epoch.ONE_RTT].ack_at == timer  # with the next paced packet
+    p.now = timer
+    assert p.client.datagrams_to_send(p.now)  # which carries it
+    assert p.client._spaces[Epoch.ONE_RTT].ack_at is None
+
+
 def test_cubic_leaves_the_application_limited_time_out_of_its_curve() -> None:
     # two CUBIC controllers with the same history, except that one pauses (application-
     # limited) for 10 s in congestion avoidance: afterwards it grows as the other did
