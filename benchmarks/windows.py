@@ -13,7 +13,21 @@ Reno vs CUBIC, at 0% and ``--loss`` random loss (lossy rows send an eighth of ``
 they run at a few hundred kB/s), for each initial congestion window of ``--iw`` (packets;
 default: the configured default). Window and send buffer: the last seed's, at the end.
 
+With ``--compare cubic,bbr`` (any controllers), instead: one row per condition of
+``CONDITIONS``, a cell per controller with the median and the per-seed values (``--seeds``;
+lossy rows ``--lossy-seeds``, default 1-15), each flow timed from its first send to its last
+byte read (the handshake left out): the rig's path at a 1 MB and a 262 kB queue, the LAN
+path (10 ms one way, 1 Gbit/s, 262 kB queue), relayed (both hosts behind symmetric NATs, 20
+ms / 100 Mbit/s / 1 MB queue each from the relay), 2 MiB at 1% loss, the rig's lossy profile
+(100 ms one way, 20 Mbit/s, 500 kB queue) at 0.1%, 1% and 3% loss, four 5 MiB flows
+(separate nodes, so separate controllers) after 3 s idle, at once and 0.3 s apart
+(aggregate MB/s, Jain's fairness index, slowest flow's MB/s); then, for two controllers,
+one flow of each at once (10 MiB each, 1 MB and 262 kB queue): the first one's share of
+the bytes both had read when the first flow finished. ``--only TEXT`` runs the conditions
+whose name contains it (``compet``: the shared-link pair only).
+
 Usage: python benchmarks/windows.py [--mb 16] [--seeds 1,2,3] [--loss 0.01] [--queues 1000000,262144] [--iw 32,64]
+       python benchmarks/windows.py --compare cubic,bbr [--seeds 1,2,3] [--lossy-seeds 1-15] [--only TEXT]
 """
 
 # ruff: noqa: E402
@@ -250,7 +264,7 @@ def compare(ccs: list[str], seeds: list[int], lossy_seeds: list[int], only: str 
                     + ")"
                 )
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
-    if len(ccs) == 2 and (not only or "compet" in only):
+    if len(ccs) == 2 and (not only or only in "competing"):
         for path, label in ((RIG, "rig path, 1 MB queue"), (Path_(queue=262_144), "rig path, 262 kB queue")):
             # the share: of the bytes both had read when the first finished
             shares = []
