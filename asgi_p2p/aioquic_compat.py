@@ -38,6 +38,11 @@ Hooks:
   Both also end their first slow start by HyStart++ (RFC 9406, :class:`HyStart`)
   instead of aioquic's ``QuicRttMonitor`` (their ``on_rtt_measurement`` is replaced;
   CUBIC's ``rtt`` attribute and ``reset`` are kept up).
+  ``"bbr"`` is :class:`BbrCongestionControl` (aioquic's public ``QuicCongestionControl``
+  interface only); for it :func:`note_transmit` also replaces ``QuicPacketRecovery._pacer``
+  with :class:`_ModelPacer` (the controller's pacing rate, one packet per packet time) and
+  moves a 1-RTT ACK due exactly now that the pacer held (``QuicConnection._spaces[ONE_RTT].ack_at``)
+  to the next paced packet (aioquic passes only overdue ACKs by the pacer).
 * :func:`send_credit` - the peer's stream credit past the acknowledged data
   (``QuicStream.max_stream_data_remote``, ``QuicStreamSender._buffer_start``).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
@@ -1080,9 +1085,10 @@ _REGISTERED: dict[tuple[str, int], str] = {}
 
 def congestion_control_algorithm(name: str, initial_window: int = K_INITIAL_WINDOW) -> str:
     """The aioquic algorithm name (``QuicConfiguration.congestion_control_algorithm``) of
-    controller ``name`` (``"reno"`` or ``"cubic"``) that keeps its window while the
-    connection is application-limited and starts with ``initial_window`` packets (also
-    after an idle restart); call :func:`note_transmit` after each ``datagrams_to_send``.
+    controller ``name`` (``"reno"``, ``"cubic"`` or ``"bbr"``) that starts with
+    ``initial_window`` packets; Reno and CUBIC keep their window while the connection is
+    application-limited and restart from it after 2 s idle (CUBIC); call :func:`note_transmit`
+    after each ``datagrams_to_send`` (BBR's pacing depends on it).
 
     Each (controller, initial window) pair is registered once through aioquic's public
     ``register_congestion_control``."""
