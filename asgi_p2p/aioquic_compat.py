@@ -670,6 +670,13 @@ BBR_LOSS_THRESH = 0.02
 BBR_STARTUP_FULL_LOSS_COUNT = 8
 #: multiplicative decrease of ``inflight_hi`` when loss is too high outside a bandwidth probe
 BBR_BETA = 0.7
+#: ACK aggregation (Linux ``bbr_update_ack_aggregation``): the window gets room for the
+#: largest excess of acknowledged over expected bytes of the last 2 x this many round trips,
+#: at most this many seconds of the bandwidth. ACKs arriving in bursts (a receiver's ACK
+#: delay, Wi-Fi, a busy event loop between two processes) deliver faster than the model's
+#: rate for a while and then pause; a window of 2 x BDP alone stalls in the pause.
+BBR_EXTRA_ACKED_WINDOW_ROUNDS = 5
+BBR_EXTRA_ACKED_MAX_SECONDS = 0.1
 
 
 class BbrMode(enum.Enum):
@@ -767,6 +774,12 @@ class BbrCongestionControl(QuicCongestionControl):
         self.inflight_lo: int | None = None
         self._loss_reaction_time = -float("inf")
         self._inflight_hi_step = 1
+        # ACK aggregation: two windows of the largest excess, the current epoch
+        self._extra_acked = [0, 0]
+        self._extra_acked_index = 0
+        self._extra_acked_rounds = 0
+        self._ack_epoch_start = 0.0
+        self._ack_epoch_acked = 0
         # PROBE_RTT
         self._probe_rtt_done_stamp: float | None = None
         self._probe_rtt_round_done = False
@@ -857,6 +870,7 @@ class BbrCongestionControl(QuicCongestionControl):
             self._update_bw(bw, sent.app_limited)
             if round_start and not sent.app_limited:
                 self._check_full_pipe()
+        self._update_ack_aggregation(now, packet.sent_bytes, round_start)
         self._update_state(now, round_start)
         self._set_pacing_rate(self.pacing_gain)
         self._set_cwnd(packet.sent_bytes)
@@ -877,7 +891,8 @@ class BbrCongestionControl(QuicCongestionControl):
         self._set_cwnd(0)
 
     def on_persistent_congestion(self) -> None:
-        self._prior_cwnd = self.congestion_window
+        # the path may have changed: no restoring the old window (as PROBE_RTT does); it grows
+        # back by the acknowledged bytes, doubling per round trip, up to 2 x BDP
         self.congestion_window = self._min_cwnd
 
     def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
@@ -906,6 +921,32 @@ class BbrCongestionControl(QuicCongestionControl):
             self._enter(BbrMode.PROBE_RTT, now)
             self._prior_cwnd = max(self._prior_cwnd, self.congestion_window)
             self._probe_rtt_done_stamp = None
+
+    def _update_ack_aggregation(self, now: float, acked: int, round_start: bool) -> None:
+        if round_start:
+            self._extra_acked_rounds += 1
+            if self._extra_acked_rounds >= BBR_EXTRA_ACKED_WINDOW_ROUNDS:
+                self._extra_acked_rounds = 0
+                self._extra_acked_index ^= 1
+                self._extra_acked[self._extra_acked_index] = 0
+        expected = self.btl_bw * (now - self._ack_epoch_start)
+        if self._ack_epoch_acked <= expected:  # acknowledgements at or below the rate: a new epoch
+            self._ack_epoch_acked = 0
+            self._ack_epoch_start = now
+            expected = 0.0
+        self._ack_epoch_acked += acked
+        extra = min(int(self._ack_epoch_acked - expected), self.congestion_window)
+        if extra > self._extra_acked[self._extra_acked_index]:
+            self._extra_acked[self._extra_acked_index] = extra
+
+    @property
+    def extra_acked(self) -> int:
+        """The room the window keeps for bursts of acknowledgements (bytes): the largest excess
+        of acknowledged over expected bytes lately, at most 100 ms of the bandwidth, once
+        STARTUP is over (0 before)."""
+        if not self.filled_pipe:
+            return 0
+        return min(max(self._extra_acked), int(self.btl_bw * BBR_EXTRA_ACKED_MAX_SECONDS))
 
     def _check_full_pipe(self) -> None:
         if self.filled_pipe:
@@ -1018,7 +1059,7 @@ class BbrCongestionControl(QuicCongestionControl):
             self.pacing_rate = rate  # STARTUP never lowers it
 
     def _set_cwnd(self, acked: int) -> None:
-        target = self.bdp(self.cwnd_gain)
+        target = self.bdp(self.cwnd_gain) + self.extra_acked
         cwnd = self.congestion_window
         if self.filled_pipe:
             cwnd = min(cwnd + acked, target)
