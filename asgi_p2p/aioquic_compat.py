@@ -942,10 +942,9 @@ class BbrCongestionControl(QuicCongestionControl):
     @property
     def extra_acked(self) -> int:
         """The room the window keeps for bursts of acknowledgements (bytes): the largest excess
-        of acknowledged over expected bytes lately, at most 100 ms of the bandwidth, once
-        STARTUP is over (0 before)."""
-        if not self.filled_pipe:
-            return 0
+        of acknowledged over expected bytes lately, at most 100 ms of the bandwidth (in every
+        state, as in BBRv3: in STARTUP too, or a path whose min RTT is far below its RTT under
+        load keeps STARTUP's window at its minimum)."""
         return min(max(self._extra_acked), int(self.btl_bw * BBR_EXTRA_ACKED_MAX_SECONDS))
 
     def _check_full_pipe(self) -> None:
