@@ -213,7 +213,7 @@ class NetworkConfig:
     max_connection_receive_window: int = 24 * 1024 * 1024
     #: Congestion controller: aioquic's ``"cubic"`` (default: faster than Reno on lossy paths)
     #: or ``"reno"``, both growing their window only while it limits sending, or ``"bbr"``
-    #: (opt-in, model-based: far faster under random loss, slower on shallow lossless queues;
+    #: (opt-in, model-based: far faster under random loss, level or slower without loss;
     #: docs/benchmarks.md, "BBR (opt-in)").
     congestion_control: str = "cubic"
     #: Packets the congestion window holds at first and after an idle restart (counted at most
