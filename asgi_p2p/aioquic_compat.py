@@ -715,22 +715,25 @@ class BbrCongestionControl(QuicCongestionControl):
       :data:`BBR_BW_WINDOW_ROUNDS` round trips (samples taken while application-limited
       count only when they raise it), the min RTT the smallest RTT of the last
       :data:`BBR_MIN_RTT_WINDOW` seconds; BDP = bandwidth x min RTT;
-    * the **state machine**: STARTUP (pacing and window gain 2.885) until three rounds
-      grow the bandwidth less than 25% (or, BBRv2, a round loses more than 2% and 8
-      packets), DRAIN (gain 1/2.885) until the data in flight is one BDP, PROBE_BW
+    * the **state machine**: STARTUP (pacing gain 2.885, window gain 2 as in BBRv3) until
+      three rounds grow the bandwidth less than 25% (or, BBRv2, a round loses more than 2%
+      and 8 packets), DRAIN (pacing gain 1/2.885) until the data in flight is one BDP, PROBE_BW
       cycling its pacing gain through :data:`BBR_PACING_GAIN_CYCLE`, and PROBE_RTT (4
       packets in flight for 200 ms and a round trip) when the min RTT was not seen again
       for 10 s;
     * the **controls**: pacing rate = gain x bandwidth (1% below), driving aioquic's pacer
-      (:func:`note_transmit` installs :class:`_ModelPacer`); window = 2 x BDP (STARTUP's
-      grows by the acknowledged bytes up to it), at least :data:`BBR_MIN_CWND_PACKETS`;
+      (:func:`note_transmit` installs :class:`_ModelPacer`); window = 2 x BDP plus room for
+      bursts of acknowledgements (:attr:`extra_acked`; STARTUP's window grows by the
+      acknowledged bytes up to that), at least :data:`BBR_MIN_CWND_PACKETS`;
     * **loss** is no signal by itself: only when the bytes lost since a lost packet was
-      sent exceed :data:`BBR_LOSS_THRESH` of the bytes in flight at its send does the
-      window get an upper bound, ``inflight_hi``: the data in flight at that send while
-      probing for bandwidth (which ends the probe), else 0.7 of it but not below one BDP.
-      Each later probe that loses less raises the bound (1, 2, 4, ... packets);
+      sent exceed :data:`BBR_LOSS_THRESH` of the bytes in flight at its send does BBR
+      react (once for the packets sent before that reaction): in STARTUP, with 8 losses in
+      the round, STARTUP ends; while probing for bandwidth the data in flight at that send
+      becomes an upper bound, ``inflight_hi`` (and the probe ends), which each later probe
+      that loses less raises by 1, 2, 4, ... packets; otherwise the window drops to 0.7 of
+      itself, not below one BDP, until the next probe (``inflight_lo``);
     * **persistent congestion** (RFC 9002 7.6) collapses the window to the minimum; it
-      grows back by the acknowledged bytes (doubling per round trip) up to 2 x BDP.
+      grows back by the acknowledged bytes (doubling per round trip).
 
     Time comes only from aioquic's callbacks (``now`` and packets' ``sent_time``).
     """
