@@ -38,6 +38,11 @@ Hooks:
   Both also end their first slow start by HyStart++ (RFC 9406, :class:`HyStart`)
   instead of aioquic's ``QuicRttMonitor`` (their ``on_rtt_measurement`` is replaced;
   CUBIC's ``rtt`` attribute and ``reset`` are kept up).
+  ``"bbr"`` is :class:`BbrCongestionControl` (aioquic's public ``QuicCongestionControl``
+  interface only); for it :func:`note_transmit` also replaces ``QuicPacketRecovery._pacer``
+  with :class:`_ModelPacer` (the controller's pacing rate, one packet per packet time) and
+  moves a 1-RTT ACK due exactly now that the pacer held (``QuicConnection._spaces[ONE_RTT].ack_at``)
+  to the next paced packet (aioquic passes only overdue ACKs by the pacer).
 * :func:`send_credit` - the peer's stream credit past the acknowledged data
   (``QuicStream.max_stream_data_remote``, ``QuicStreamSender._buffer_start``).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
@@ -114,10 +119,12 @@ Hooks:
 from __future__ import annotations
 
 import abc
+import collections
 import datetime
+import enum
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,7 +147,12 @@ from aioquic.h3.connection import (
 )
 from aioquic.h3.events import H3Event
 from aioquic.quic import connection as _quic_connection
-from aioquic.quic.congestion.base import K_INITIAL_WINDOW, K_MINIMUM_WINDOW, register_congestion_control
+from aioquic.quic.congestion.base import (
+    K_INITIAL_WINDOW,
+    K_MINIMUM_WINDOW,
+    QuicCongestionControl,
+    register_congestion_control,
+)
 from aioquic.quic.congestion.cubic import CubicCongestionControl
 from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.connection import (
@@ -161,7 +173,7 @@ from aioquic.quic.crypto import (
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion
 from aioquic.quic.packet_builder import QuicPacketBuilder, QuicSentPacket
-from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.recovery import QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -635,9 +647,480 @@ class _AppLimitedCubic(_CongestionMixin, CubicCongestionControl):
         self.app_limited = limited
 
 
-_APP_LIMITED_CLASSES: dict[str, type[_AppLimitedReno] | type[_AppLimitedCubic]] = {
+#: BBR constants (draft-cardwell-iccrg-bbr-congestion-control-00, Linux ``tcp_bbr.c``)
+BBR_HIGH_GAIN = 2.885  # 2 / ln 2: STARTUP doubles the delivery rate every round
+BBR_DRAIN_GAIN = 1 / BBR_HIGH_GAIN
+#: STARTUP's window: 2 x BDP (BBRv3; v1 used the pacing gain, overshooting shallow queues more)
+BBR_STARTUP_CWND_GAIN = 2.0
+BBR_CWND_GAIN = 2.0
+#: PROBE_BW's pacing gains, one phase (about one min RTT) each
+BBR_PACING_GAIN_CYCLE = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+BBR_BW_WINDOW_ROUNDS = 10
+BBR_MIN_RTT_WINDOW = 10.0  # seconds
+BBR_PROBE_RTT_DURATION = 0.2  # seconds
+BBR_MIN_CWND_PACKETS = 4
+BBR_FULL_BW_GROWTH = 1.25
+BBR_FULL_BW_ROUNDS = 3
+#: pace a little below the bandwidth estimate, so that no queue builds at gain 1 (Linux: 1%)
+BBR_PACING_MARGIN = 0.01
+#: BBRv2/v3's loss response: random loss below this fraction of the data in flight is not
+#: a congestion signal; above it the window gets an upper bound (``inflight_hi``)
+BBR_LOSS_THRESH = 0.02
+#: lost packets a STARTUP round needs (besides the loss rate) to end STARTUP (BBRv2: 8)
+BBR_STARTUP_FULL_LOSS_COUNT = 8
+#: multiplicative decrease of ``inflight_hi`` when loss is too high outside a bandwidth probe
+BBR_BETA = 0.7
+#: ACK aggregation (Linux ``bbr_update_ack_aggregation``): the window gets room for the
+#: largest excess of acknowledged over expected bytes of the last 2 x this many round trips,
+#: at most this many seconds of the bandwidth. ACKs arriving in bursts (a receiver's ACK
+#: delay, Wi-Fi, a busy event loop between two processes) deliver faster than the model's
+#: rate for a while and then pause; a window of 2 x BDP alone stalls in the pause.
+BBR_EXTRA_ACKED_WINDOW_ROUNDS = 5
+BBR_EXTRA_ACKED_MAX_SECONDS = 0.1
+
+
+class BbrMode(enum.Enum):
+    STARTUP = "startup"
+    DRAIN = "drain"
+    PROBE_BW = "probe_bw"
+    PROBE_RTT = "probe_rtt"
+
+
+@dataclass(slots=True)
+class _BbrSent:
+    """What BBR's delivery-rate sampling keeps of a packet in flight (at its send)."""
+
+    sent_time: float
+    size: int
+    delivered: int  # bytes delivered (acknowledged) when it was sent
+    delivered_time: float  # when that delivered count was reached
+    first_sent_time: float  # send time of the packet the sending run started with
+    app_limited: bool  # sent while the application, not the window, limited sending
+    lost: int  # bytes declared lost when it was sent
+    tx_in_flight: int  # bytes in flight once it was sent
+
+
+class BbrCongestionControl(QuicCongestionControl):
+    """BBR (model-based congestion control), registered with aioquic as ``"bbr"`` (sans-I/O).
+
+    BBRv1 (draft-cardwell-iccrg-bbr-congestion-control-00, Linux ``tcp_bbr.c``) with
+    BBRv2/v3's loss response:
+
+    * **delivery-rate sampling** (draft-cheng-iccrg-delivery-rate-estimation): each packet
+      in flight remembers the connection's delivered bytes and time at its send
+      (:class:`_BbrSent`, keyed by epoch and packet number, so bounded by the packets in
+      flight); its acknowledgement gives a sample ``delivered bytes / max(send interval,
+      ack interval)``, and its RTT;
+    * the **model**: the bottleneck bandwidth is the largest sample of the last
+      :data:`BBR_BW_WINDOW_ROUNDS` round trips (samples taken while application-limited
+      count only when they raise it), the min RTT the smallest RTT of the last
+      :data:`BBR_MIN_RTT_WINDOW` seconds; BDP = bandwidth x min RTT;
+    * the **state machine**: STARTUP (pacing gain 2.885, window gain 2 as in BBRv3) until
+      three rounds grow the bandwidth less than 25% (or, BBRv2, a round loses more than 2%
+      and 8 packets), DRAIN (pacing gain 1/2.885) until the data in flight is one BDP, PROBE_BW
+      cycling its pacing gain through :data:`BBR_PACING_GAIN_CYCLE`, and PROBE_RTT (4
+      packets in flight for 200 ms and a round trip) when the min RTT was not seen again
+      for 10 s;
+    * the **controls**: pacing rate = gain x bandwidth (1% below), driving aioquic's pacer
+      (:func:`note_transmit` installs :class:`_ModelPacer`); window = 2 x BDP plus room for
+      bursts of acknowledgements (:attr:`extra_acked`; STARTUP's window grows by the
+      acknowledged bytes up to that), at least :data:`BBR_MIN_CWND_PACKETS`;
+    * **loss** is no signal by itself: only when the bytes lost since a lost packet was
+      sent exceed :data:`BBR_LOSS_THRESH` of the bytes in flight at its send does BBR
+      react (once for the packets sent before that reaction): in STARTUP, with 8 losses in
+      the round, STARTUP ends; while probing for bandwidth the data in flight at that send
+      becomes an upper bound, ``inflight_hi`` (and the probe ends), which each later probe
+      that loses less raises by 1, 2, 4, ... packets; otherwise the window drops to 0.7 of
+      itself, not below one BDP, until the next probe (``inflight_lo``);
+    * **persistent congestion** (RFC 9002 7.6) collapses the window to the minimum; it
+      grows back by the acknowledged bytes (doubling per round trip).
+
+    Time comes only from aioquic's callbacks (``now`` and packets' ``sent_time``).
+    """
+
+    initial_window: int = K_INITIAL_WINDOW
+
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self._max_datagram_size = max_datagram_size
+        self.congestion_window = initial_window_bytes(self.initial_window, max_datagram_size)
+        self.mode = BbrMode.STARTUP
+        self.pacing_gain = BBR_HIGH_GAIN
+        self.cwnd_gain = BBR_STARTUP_CWND_GAIN
+        # delivery-rate sampling
+        self._sent: dict[tuple[tls.Epoch, int], _BbrSent] = {}
+        self.delivered = 0
+        self.delivered_time = 0.0
+        self.lost = 0
+        self._first_sent_time = 0.0
+        #: sampling is application-limited until this many bytes are delivered (0: not)
+        self._app_limited_until = 0
+        self.app_limited = False
+        # the model
+        self.round_count = 0
+        self._next_round_delivered = 0
+        self._bw_samples: collections.deque[tuple[int, float]] = collections.deque()  # (round, max bw in it)
+        self.min_rtt = float("inf")
+        self._min_rtt_stamp = 0.0
+        # STARTUP's exit
+        self.filled_pipe = False
+        self._full_bw = 0.0
+        self._full_bw_count = 0
+        self._round_lost_packets = 0
+        # PROBE_BW
+        self.cycle_index = 0
+        self._cycle_stamp = 0.0
+        self._probe_loss_too_high = False
+        #: the window's upper bound found by too much loss while probing (None: unbounded)
+        self.inflight_hi: int | None = None
+        #: a bound set by too much loss while not probing, until the next probe
+        self.inflight_lo: int | None = None
+        self._loss_reaction_time = -float("inf")
+        self._inflight_hi_step = 1
+        # ACK aggregation: two windows of the largest excess, the current epoch
+        self._extra_acked = [0, 0]
+        self._extra_acked_index = 0
+        self._extra_acked_rounds = 0
+        self._ack_epoch_start = 0.0
+        self._ack_epoch_acked = 0
+        # PROBE_RTT
+        self._probe_rtt_done_stamp: float | None = None
+        self._probe_rtt_round_done = False
+        self._prior_cwnd = 0
+        self._idle_restart = False
+        #: bytes per second the pacer sends at (None until the first bandwidth sample)
+        self.pacing_rate: float | None = None
+
+    # -- the model ---------------------------------------------------------------------
+
+    @property
+    def tracked_packets(self) -> int:
+        """Packets whose send-time delivery state is kept (those in flight)."""
+        return len(self._sent)
+
+    @property
+    def btl_bw(self) -> float:
+        """The bottleneck bandwidth estimate (bytes per second; 0 before any sample)."""
+        return max((bw for _, bw in self._bw_samples), default=0.0)
+
+    def bdp(self, gain: float = 1.0) -> int:
+        """``gain`` x the estimated bandwidth-delay product, in bytes (the initial window
+        before there is a model)."""
+        if not self._bw_samples or self.min_rtt == float("inf"):
+            return initial_window_bytes(self.initial_window, self._max_datagram_size)
+        return int(gain * self.btl_bw * self.min_rtt)
+
+    @property
+    def _min_cwnd(self) -> int:
+        return BBR_MIN_CWND_PACKETS * self._max_datagram_size
+
+    def _update_bw(self, bw: float, app_limited: bool) -> None:
+        if app_limited and bw < self.btl_bw:
+            return  # an application-limited sample only counts when it raises the estimate
+        samples = self._bw_samples
+        if samples and samples[-1][0] == self.round_count:
+            if bw > samples[-1][1]:
+                samples[-1] = (self.round_count, bw)
+        else:
+            samples.append((self.round_count, bw))
+        while samples[0][0] <= self.round_count - BBR_BW_WINDOW_ROUNDS:
+            samples.popleft()
+
+    # -- aioquic's callbacks ------------------------------------------------------------
+
+    def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
+        sent_time = packet.sent_time if packet.sent_time is not None else self.delivered_time
+        if self.bytes_in_flight == 0:
+            # a new sending run: its first packet starts the send and ack intervals
+            self._first_sent_time = self.delivered_time = sent_time
+            if self.app_limited:
+                self._idle_restart = True
+                if self.mode is BbrMode.PROBE_BW:
+                    self._set_pacing_rate(1.0)  # restart at the estimate, not a probe's gain
+        self.bytes_in_flight += packet.sent_bytes
+        self._sent[(packet.epoch, packet.packet_number)] = _BbrSent(
+            sent_time=sent_time,
+            size=packet.sent_bytes,
+            delivered=self.delivered,
+            delivered_time=self.delivered_time,
+            first_sent_time=self._first_sent_time,
+            app_limited=self._app_limited_until != 0,
+            lost=self.lost,
+            tx_in_flight=self.bytes_in_flight,
+        )
+
+    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+        self.bytes_in_flight -= packet.sent_bytes
+        sent = self._sent.pop((packet.epoch, packet.packet_number), None)
+        self.delivered += packet.sent_bytes
+        self.delivered_time = now
+        if self._app_limited_until and self.delivered > self._app_limited_until:
+            self._app_limited_until = 0
+        if sent is None:
+            return
+        self._first_sent_time = sent.sent_time
+        # a new round trip starts when a packet sent after the last round began is acked
+        round_start = sent.delivered >= self._next_round_delivered
+        if round_start:
+            self._next_round_delivered = self.delivered
+            self.round_count += 1
+            self._round_lost_packets = 0
+        self._idle_restart = False
+        self._update_min_rtt(now, now - sent.sent_time)
+        interval = max(sent.sent_time - sent.first_sent_time, now - sent.delivered_time)
+        if interval > 0 and interval >= self.min_rtt:  # shorter intervals overestimate (ACK compression)
+            bw = (self.delivered - sent.delivered) / interval
+            self._update_bw(bw, sent.app_limited)
+            if round_start and not sent.app_limited:
+                self._check_full_pipe()
+        self._update_ack_aggregation(now, packet.sent_bytes, round_start)
+        self._update_state(now, round_start)
+        self._set_pacing_rate(self.pacing_gain)
+        self._set_cwnd(packet.sent_bytes)
+
+    def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+            self._sent.pop((packet.epoch, packet.packet_number), None)
+
+    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+            self.lost += packet.sent_bytes
+            self._round_lost_packets += 1
+            sent = self._sent.pop((packet.epoch, packet.packet_number), None)
+            if sent is not None and self.lost - sent.lost > BBR_LOSS_THRESH * sent.tx_in_flight:
+                self._loss_too_high(sent, now)
+        self._set_cwnd(0)
+
+    def on_persistent_congestion(self) -> None:
+        # the path may have changed: no restoring the old window (as PROBE_RTT does); it grows
+        # back by the acknowledged bytes, doubling per round trip, up to 2 x BDP
+        self.congestion_window = self._min_cwnd
+
+    def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        pass  # BBR takes its RTT samples from its own per-packet records
+
+    def set_app_limited(self, limited: bool, now: float) -> None:
+        """The last transmit pass left the window underused (see :func:`note_transmit`):
+        the rate samples of what is sent until that data is delivered are application-limited."""
+        self.app_limited = limited
+        if limited:
+            self._app_limited_until = max(self.delivered + self.bytes_in_flight, 1)
+
+    def get_log_data(self) -> dict[str, Any]:
+        data = super().get_log_data()
+        data.update(mode=self.mode.value, btl_bw=self.btl_bw, min_rtt=self.min_rtt, pacing_rate=self.pacing_rate)
+        return data
+
+    # -- the state machine ------------------------------------------------------------
+
+    def _update_min_rtt(self, now: float, rtt: float) -> None:
+        expired = self.min_rtt != float("inf") and now > self._min_rtt_stamp + BBR_MIN_RTT_WINDOW
+        if rtt <= self.min_rtt or expired:
+            self.min_rtt = rtt
+            self._min_rtt_stamp = now
+        if expired and not self._idle_restart and self.mode is not BbrMode.PROBE_RTT:
+            self._enter(BbrMode.PROBE_RTT, now)
+            self._prior_cwnd = max(self._prior_cwnd, self.congestion_window)
+            self._probe_rtt_done_stamp = None
+
+    def _update_ack_aggregation(self, now: float, acked: int, round_start: bool) -> None:
+        if round_start:
+            self._extra_acked_rounds += 1
+            if self._extra_acked_rounds >= BBR_EXTRA_ACKED_WINDOW_ROUNDS:
+                self._extra_acked_rounds = 0
+                self._extra_acked_index ^= 1
+                self._extra_acked[self._extra_acked_index] = 0
+        expected = self.btl_bw * (now - self._ack_epoch_start)
+        if self._ack_epoch_acked <= expected:  # acknowledgements at or below the rate: a new epoch
+            self._ack_epoch_acked = 0
+            self._ack_epoch_start = now
+            expected = 0.0
+        self._ack_epoch_acked += acked
+        extra = min(int(self._ack_epoch_acked - expected), self.congestion_window)
+        if extra > self._extra_acked[self._extra_acked_index]:
+            self._extra_acked[self._extra_acked_index] = extra
+
+    @property
+    def extra_acked(self) -> int:
+        """The room the window keeps for bursts of acknowledgements (bytes): the largest excess
+        of acknowledged over expected bytes lately, at most 100 ms of the bandwidth (in every
+        state, as in BBRv3: in STARTUP too, or a path whose min RTT is far below its RTT under
+        load keeps STARTUP's window at its minimum)."""
+        return min(max(self._extra_acked), int(self.btl_bw * BBR_EXTRA_ACKED_MAX_SECONDS))
+
+    def _check_full_pipe(self) -> None:
+        if self.filled_pipe:
+            return
+        if self.btl_bw >= self._full_bw * BBR_FULL_BW_GROWTH:
+            self._full_bw = self.btl_bw
+            self._full_bw_count = 0
+            return
+        self._full_bw_count += 1
+        if self._full_bw_count >= BBR_FULL_BW_ROUNDS:
+            self.filled_pipe = True
+
+    def _loss_too_high(self, sent: _BbrSent, now: float) -> None:
+        if sent.sent_time <= self._loss_reaction_time:
+            return  # sent before the last reaction: that one answered this loss already
+        if self.mode is BbrMode.STARTUP:
+            if self._round_lost_packets < BBR_STARTUP_FULL_LOSS_COUNT:
+                return
+            # the pipe is full; STARTUP's 2.885x bursts make the data in flight at this loss
+            # a poor bound (on a shallow queue it sits below the BDP): DRAIN, then let PROBE_BW find it
+            self.filled_pipe = True
+        elif self.mode is BbrMode.PROBE_BW and self.pacing_gain > 1:
+            # probing found the level where loss begins: stay below it, and end the probe
+            self.inflight_hi = max(sent.tx_in_flight, self.bdp(), self._min_cwnd)
+            self._probe_loss_too_high = True
+        else:
+            # congestion while not probing (another flow, say): back off until the next probe
+            bound = self.congestion_window if self.inflight_lo is None else self.inflight_lo
+            self.inflight_lo = max(int(BBR_BETA * bound), self.bdp(), self._min_cwnd)
+        self._inflight_hi_step = 1
+        self._loss_reaction_time = now
+
+    def _enter(self, mode: BbrMode, now: float) -> None:
+        self.mode = mode
+        if mode is BbrMode.STARTUP:
+            self.pacing_gain, self.cwnd_gain = BBR_HIGH_GAIN, BBR_STARTUP_CWND_GAIN
+        elif mode is BbrMode.DRAIN:
+            self.pacing_gain, self.cwnd_gain = BBR_DRAIN_GAIN, BBR_STARTUP_CWND_GAIN
+        elif mode is BbrMode.PROBE_BW:
+            self.cwnd_gain = BBR_CWND_GAIN
+            # start in a random phase but the draining one (Linux: prandom); the loop's
+            # clock stands in for a random source: deterministic under virtual time
+            self.cycle_index = len(BBR_PACING_GAIN_CYCLE) - 1 - int(now * 1e6) % (len(BBR_PACING_GAIN_CYCLE) - 1)
+            self._advance_cycle(now)
+        else:  # PROBE_RTT
+            self.pacing_gain, self.cwnd_gain = 1.0, 1.0
+
+    def _advance_cycle(self, now: float) -> None:
+        self.cycle_index = (self.cycle_index + 1) % len(BBR_PACING_GAIN_CYCLE)
+        self._cycle_stamp = now
+        self.pacing_gain = BBR_PACING_GAIN_CYCLE[self.cycle_index]
+        if self.pacing_gain > 1:
+            self._probe_loss_too_high = False
+            self.inflight_lo = None
+
+    def _update_state(self, now: float, round_start: bool) -> None:
+        if self.mode is BbrMode.STARTUP and self.filled_pipe:
+            self._enter(BbrMode.DRAIN, now)
+        if self.mode is BbrMode.DRAIN and self.bytes_in_flight <= self.bdp():
+            self._enter(BbrMode.PROBE_BW, now)
+        if self.mode is BbrMode.PROBE_BW:
+            self._update_cycle(now, round_start)
+        if self.mode is BbrMode.PROBE_RTT:
+            self._update_probe_rtt(now, round_start)
+
+    def _update_cycle(self, now: float, round_start: bool) -> None:
+        full_length = now - self._cycle_stamp > self.min_rtt
+        if self.pacing_gain > 1:
+            if round_start and self.inflight_hi is not None and not self._probe_loss_too_high:
+                # a probing round without too much loss: the bound may be too low
+                self.inflight_hi += self._inflight_hi_step * self._max_datagram_size
+                self._inflight_hi_step *= 2
+                if self.inflight_hi > 2 * self.bdp(self.cwnd_gain):
+                    self.inflight_hi = None  # far above what the model needs: unbounded
+            done = full_length and (self._probe_loss_too_high or self.bytes_in_flight >= self.bdp(self.pacing_gain))
+        elif self.pacing_gain < 1:
+            done = full_length or self.bytes_in_flight <= self.bdp()
+        else:
+            done = full_length
+        if done:
+            self._advance_cycle(now)
+
+    def _update_probe_rtt(self, now: float, round_start: bool) -> None:
+        if self._probe_rtt_done_stamp is None:
+            if self.bytes_in_flight <= self._min_cwnd:
+                self._probe_rtt_done_stamp = now + BBR_PROBE_RTT_DURATION
+                self._probe_rtt_round_done = False
+                self._next_round_delivered = self.delivered
+            return
+        if round_start:
+            self._probe_rtt_round_done = True
+        if self._probe_rtt_round_done and now >= self._probe_rtt_done_stamp:
+            self._min_rtt_stamp = now
+            self.congestion_window = max(self.congestion_window, self._prior_cwnd)
+            self._prior_cwnd = 0
+            self._enter(BbrMode.PROBE_BW if self.filled_pipe else BbrMode.STARTUP, now)
+
+    # -- the controls -----------------------------------------------------------------
+
+    def _set_pacing_rate(self, gain: float) -> None:
+        if self.pacing_rate is None and self.min_rtt != float("inf"):
+            # at first STARTUP's gain over the initial window per RTT: the first bandwidth
+            # samples (the handshake's) would pace far slower, and STARTUP only raises the rate
+            initial = initial_window_bytes(self.initial_window, self._max_datagram_size)
+            self.pacing_rate = BBR_HIGH_GAIN * initial / max(self.min_rtt, 0.001)
+        if not self._bw_samples:
+            return
+        rate = gain * self.btl_bw * (1 - BBR_PACING_MARGIN)
+        if self.filled_pipe or self.pacing_rate is None or rate > self.pacing_rate:
+            self.pacing_rate = rate  # STARTUP never lowers it
+
+    def _set_cwnd(self, acked: int) -> None:
+        target = self.bdp(self.cwnd_gain) + self.extra_acked
+        cwnd = self.congestion_window
+        if self.filled_pipe:
+            cwnd = min(cwnd + acked, target)
+        elif cwnd < target or self.delivered < initial_window_bytes(self.initial_window, self._max_datagram_size):
+            cwnd += acked
+        if self.inflight_hi is not None:
+            cwnd = min(cwnd, self.inflight_hi)
+        if self.inflight_lo is not None:
+            cwnd = min(cwnd, self.inflight_lo)
+        if self.mode is BbrMode.PROBE_RTT:
+            cwnd = min(cwnd, self._min_cwnd)
+        self.congestion_window = max(cwnd, self._min_cwnd)
+
+
+class _ModelPacer(QuicPacketPacer):
+    """aioquic's pacer (a token bucket) at the rate a model-based controller sets
+    (:attr:`BbrCongestionControl.pacing_rate`) instead of window / smoothed RTT.
+
+    Before the controller has a bandwidth sample it paces at 2.885 x window / RTT
+    (BBR's STARTUP gain over aioquic's rate).  A packet leaves only for a whole packet
+    time of credit: aioquic's lets one leave on any credit above zero, so a timer firing
+    on time (credit = the packet time plus a rounding error) sends two packets, pacing
+    at up to twice the rate; BBR's gains would mean nothing.
+    """
+
+    def __init__(self, cc: BbrCongestionControl, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self._cc = cc
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        rate = self._cc.pacing_rate
+        if rate is None:
+            rate = BBR_HIGH_GAIN * congestion_window / max(smoothed_rtt, 1e-6)
+        rate = max(rate, 1.0)
+        self.packet_time = max(1e-6, min(self._max_datagram_size / rate, 1.0))
+        burst = max(2 * self._max_datagram_size, min(congestion_window // 4, 16 * self._max_datagram_size))
+        self.bucket_max = burst / rate
+        if self.bucket_time > self.bucket_max:
+            self.bucket_time = self.bucket_max
+
+    def next_send_time(self, now: float) -> float | None:  # type: ignore[override]  # aioquic's returns None too
+        if self.packet_time is None:
+            return None
+        self.update_bucket(now=now)
+        missing = self.packet_time - self.bucket_time
+        if missing <= self.packet_time * 1e-6:  # a whole packet time of credit (rounding aside)
+            return None
+        return now + missing
+
+    def update_after_send(self, now: float) -> None:
+        if self.packet_time is not None:
+            self.update_bucket(now=now)
+            self.bucket_time = max(self.bucket_time - self.packet_time, 0.0)
+
+
+_APP_LIMITED_CLASSES: dict[str, type[_AppLimitedReno] | type[_AppLimitedCubic] | type[BbrCongestionControl]] = {
     "reno": _AppLimitedReno,
     "cubic": _AppLimitedCubic,
+    "bbr": BbrCongestionControl,
 }
 #: (controller, initial window) -> the name it is registered under in aioquic
 _REGISTERED: dict[tuple[str, int], str] = {}
@@ -645,9 +1128,10 @@ _REGISTERED: dict[tuple[str, int], str] = {}
 
 def congestion_control_algorithm(name: str, initial_window: int = K_INITIAL_WINDOW) -> str:
     """The aioquic algorithm name (``QuicConfiguration.congestion_control_algorithm``) of
-    controller ``name`` (``"reno"`` or ``"cubic"``) that keeps its window while the
-    connection is application-limited and starts with ``initial_window`` packets (also
-    after an idle restart); call :func:`note_transmit` after each ``datagrams_to_send``.
+    controller ``name`` (``"reno"``, ``"cubic"`` or ``"bbr"``) that starts with
+    ``initial_window`` packets; Reno and CUBIC keep their window while the connection is
+    application-limited and restart from it after 2 s idle (CUBIC); call :func:`note_transmit`
+    after each ``datagrams_to_send`` (BBR's pacing depends on it).
 
     Each (controller, initial window) pair is registered once through aioquic's public
     ``register_congestion_control``."""
@@ -682,10 +1166,25 @@ def note_transmit(quic: QuicConnection, now: float) -> None:
     later pass fills the window, acknowledgements do not grow it.  Does nothing for a
     controller not made by :func:`congestion_control_algorithm`.
     """
-    cc = quic._loss._cc
-    if isinstance(cc, (_AppLimitedReno, _AppLimitedCubic)):
+    loss = quic._loss
+    cc = loss._cc
+    if isinstance(cc, (_AppLimitedReno, _AppLimitedCubic, BbrCongestionControl)):
         window_full = cc.bytes_in_flight + quic._max_datagram_size > cc.congestion_window
         cc.set_app_limited(not window_full and quic._pacing_at is None, now)
+    if not isinstance(cc, BbrCongestionControl):
+        return
+    if not isinstance(loss._pacer, _ModelPacer):
+        # BBR sets the pacing rate itself (aioquic's pacer would use window / RTT)
+        pacer = _ModelPacer(cc, max_datagram_size=quic._max_datagram_size)
+        if loss._rtt_initialized:
+            pacer.update_rate(cc.congestion_window, loss._rtt_smoothed)
+        loss._pacer = pacer
+    space = quic._spaces.get(tls.Epoch.ONE_RTT)
+    if space is not None and space.ack_at == now and quic._pacing_at is not None:
+        # aioquic sends a due ACK past the pacer only once it is overdue (``ack_at < now``):
+        # one due exactly now, held by the pacer, would keep the timer firing at this same
+        # instant. It leaves with the next paced packet instead.
+        space.ack_at = quic._pacing_at
 
 
 def set_peer_stream_limit(quic: QuicConnection, max_bidi_streams: int) -> None:

@@ -118,7 +118,7 @@ LIMITS: dict[str, Limit | Choice] = {
     "max_stream_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
     "connection_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
     "max_connection_receive_window": Limit(1200, MAX_WINDOW, unit="bytes"),
-    "congestion_control": Choice(("reno", "cubic")),  # the controllers aioquic ships
+    "congestion_control": Choice(("reno", "cubic", "bbr")),
     "initial_congestion_window": Limit(2, 1024, unit="packets"),
     "max_streams": Limit(1, 1 << 16),
     "max_datagram_size": Limit(1200, MAX_UDP_PAYLOAD, unit="bytes"),
@@ -212,8 +212,10 @@ class NetworkConfig:
     #: Ceiling of the connection's receive window: the most unread bytes a peer can
     #: make this node hold per connection.
     max_connection_receive_window: int = 24 * 1024 * 1024
-    #: Congestion controller (aioquic's, growing its window only while the window limits sending):
-    #: ``"cubic"`` (default: faster than Reno on lossy paths) or ``"reno"``.
+    #: Congestion controller: aioquic's ``"cubic"`` (default: faster than Reno on lossy paths)
+    #: or ``"reno"``, both growing their window only while it limits sending, or ``"bbr"``
+    #: (opt-in, model-based: far faster under random loss, level or slower without loss;
+    #: docs/benchmarks.md, "BBR (opt-in)").
     congestion_control: str = "cubic"
     #: Packets the congestion window holds at first and after an idle restart (counted at most
     #: 1472 bytes each, so loopback's 16 KiB datagrams do not make a 1 MB window), sent paced

@@ -340,6 +340,22 @@ def test_windows_benchmark_prints_every_row() -> None:
     assert "| fixed 256 KiB | cubic | 0% | 1000 kB |" in rows[0]
 
 
+def test_windows_benchmark_compares_controllers() -> None:
+    args = ["--compare", "cubic,bbr", "--seeds", "1", "--lossy-seeds", "1", "--only", "rig path, 2 MiB"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "windows.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| condition | cubic: median (per seed) | bbr: median (per seed) |" in proc.stdout
+    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| rig path, 2 MiB, 1% loss |")]
+    cells = [c.strip() for c in row.strip("| ").split("|")]
+    assert all(float(c.split()[0]) > 0 for c in cells[1:]), row
+
+
 def test_relay_cost_benchmark_measures_the_relay_process() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "relay_cost.py"), "--seconds", "0.5", "--runs", "1"],

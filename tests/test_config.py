@@ -40,7 +40,7 @@ def test_overrides_beat_environment() -> None:
         ("ASGI_P2P_MAX_STREAM_SEND_BUFFER", "1000"),
         ("ASGI_P2P_MAX_STREAM_SEND_BUFFER", str((1 << 30) + 1)),  # past 1 GiB
         ("ASGI_P2P_CONNECTION_RECEIVE_WINDOW", "0"),
-        ("ASGI_P2P_CONGESTION_CONTROL", "bbr"),
+        ("ASGI_P2P_CONGESTION_CONTROL", "vegas"),
     ],
 )
 def test_invalid_values_name_the_variable(var: str, value: str) -> None:
@@ -61,6 +61,7 @@ def test_window_ceilings_and_congestion_control_from_env() -> None:
     assert cfg.max_connection_receive_window == 12 << 20
     assert cfg.max_stream_send_buffer == cfg.stream_send_buffer  # fixed-size send buffer
     assert cfg.congestion_control == "cubic"
+    assert NetworkConfig.from_env({"ASGI_P2P_CONGESTION_CONTROL": "bbr"}).congestion_control == "bbr"
     defaults = NetworkConfig()
     assert defaults.congestion_control == "cubic"
     assert defaults.stream_receive_window < defaults.max_stream_receive_window <= defaults.max_connection_receive_window
@@ -261,9 +262,10 @@ def test_window_ceilings_are_never_below_their_starting_sizes() -> None:
 def test_congestion_control_names_the_allowed_controllers() -> None:
     with pytest.raises(
         InvalidConfiguration,
-        match=r"^ASGI_P2P_CONGESTION_CONTROL='bbr': congestion_control must be one of 'reno', 'cubic', got 'bbr'$",
+        match=r"^ASGI_P2P_CONGESTION_CONTROL='vegas': congestion_control must be one of 'reno', 'cubic', 'bbr', "
+        r"got 'vegas'$",
     ) as info:
-        NetworkConfig.from_env({"ASGI_P2P_CONGESTION_CONTROL": "bbr"})
+        NetworkConfig.from_env({"ASGI_P2P_CONGESTION_CONTROL": "vegas"})
     assert info.value.setting == "congestion_control"
     with pytest.raises(InvalidConfiguration, match=r"congestion_control must be one of .*got 5 \(int\)"):
         NetworkConfig(congestion_control=5)  # type: ignore[arg-type]
