@@ -40,9 +40,16 @@ Hooks:
   CUBIC's ``rtt`` attribute and ``reset`` are kept up).
   ``"bbr"`` is :class:`BbrCongestionControl` (aioquic's public ``QuicCongestionControl``
   interface only); for it :func:`note_transmit` also replaces ``QuicPacketRecovery._pacer``
-  with :class:`_ModelPacer` (the controller's pacing rate, one packet per packet time) and
+  with :class:`_ModelPacer` (the controller's pacing rate, one packet per packet time),
+  seeding it from ``QuicPacketRecovery._rtt_initialized`` and ``._rtt_smoothed``, and
   moves a 1-RTT ACK due exactly now that the pacer held (``QuicConnection._spaces[ONE_RTT].ack_at``)
-  to the next paced packet (aioquic passes only overdue ACKs by the pacer).
+  to ``QuicConnection._pacing_at``, the next paced packet (aioquic passes only overdue ACKs
+  by the pacer).
+  After a Retry (a client's ``_connect`` runs ``_initialize`` again, replacing
+  ``QuicConnection._spaces`` and ``QuicPacketRecovery.spaces`` without ``discard_space``)
+  :func:`note_transmit` expires the replaced spaces' packets in flight
+  (``QuicPacketSpace.sent_packets``) in the controller, as ``discard_space`` would:
+  else they stay in its ``bytes_in_flight`` (and BBR's records) for good.
 * :func:`send_credit` - the peer's stream credit past the acknowledged data
   (``QuicStream.max_stream_data_remote``, ``QuicStreamSender._buffer_start``).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
@@ -124,6 +131,7 @@ import datetime
 import enum
 import functools
 import itertools
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -1156,6 +1164,35 @@ for _name in _APP_LIMITED_CLASSES:  # the defaults are known to aioquic from imp
     congestion_control_algorithm(_name)
 
 
+#: each connection's packet spaces as :func:`note_transmit` last saw them
+_SEEN_SPACES: weakref.WeakKeyDictionary[QuicConnection, dict[tls.Epoch, QuicPacketSpace]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _expire_replaced_spaces(quic: QuicConnection) -> None:
+    """A client that got a Retry starts over with new packet spaces (``_connect`` runs
+    ``_initialize`` again, replacing ``QuicConnection._spaces`` and ``_loss.spaces``) without
+    discarding the old ones (``QuicPacketRecovery.discard_space``): the packets sent before
+    the Retry are never acknowledged, lost or expired, and stay in the controller's
+    ``bytes_in_flight`` (and in BBR's per-packet records) for the connection's life.  They
+    are expired here, as ``discard_space`` would."""
+    spaces = quic._spaces
+    seen = _SEEN_SPACES.get(quic)
+    if seen is spaces:
+        return
+    _SEEN_SPACES[quic] = spaces
+    if seen is None:
+        return
+    live = quic._loss.spaces
+    for space in seen.values():
+        if any(space is s for s in live):
+            continue
+        quic._loss._cc.on_packets_expired(packets=[p for p in space.sent_packets.values() if p.in_flight])
+        space.sent_packets.clear()
+        space.ack_eliciting_in_flight = 0
+
+
 def note_transmit(quic: QuicConnection, now: float) -> None:
     """After ``datagrams_to_send(now)``: tell the controller whether that pass left its
     window underutilized (RFC 9002 section 7.8).
@@ -1168,6 +1205,7 @@ def note_transmit(quic: QuicConnection, now: float) -> None:
     """
     loss = quic._loss
     cc = loss._cc
+    _expire_replaced_spaces(quic)
     if isinstance(cc, (_AppLimitedReno, _AppLimitedCubic, BbrCongestionControl)):
         window_full = cc.bytes_in_flight + quic._max_datagram_size > cc.congestion_window
         cc.set_app_limited(not window_full and quic._pacing_at is None, now)
