@@ -142,6 +142,7 @@ def test_a_joiner_with_a_later_deadline_outlives_the_first_callers_timeout(sim: 
         loop = asyncio.get_running_loop()
         config = NetworkConfig(keepalive_interval=0, connect_timeout=5.0)
         dialer = await Node.bind(host="0.0.0.0", config=config, network=client_host)
+        transport = P2PTransport(dialer, addrs=[node.node_addr()])  # (speaks h3)
         sim.partition(server_host, client_host)
         started = loop.time()
         first = asyncio.ensure_future(dialer.connect_quic(node.node_addr(), "h3"))
@@ -155,6 +156,7 @@ def test_a_joiner_with_a_later_deadline_outlives_the_first_callers_timeout(sim: 
         # the dial's Initial at 6.2 s got through: the same handshake, not closed at 5 s
         assert loop.time() - started == pytest.approx(6.2 + 1.5 * RTT, abs=RTT)
         assert conn.close_error is None and dialer.connections == [conn]
+        await transport.aclose()
         await dialer.close()
         await _stop(node, server, client_node, client)
 
