@@ -1165,9 +1165,7 @@ for _name in _APP_LIMITED_CLASSES:  # the defaults are known to aioquic from imp
 
 
 #: each connection's packet spaces as :func:`note_transmit` last saw them
-_SEEN_SPACES: weakref.WeakKeyDictionary[QuicConnection, dict[tls.Epoch, QuicPacketSpace]] = (
-    weakref.WeakKeyDictionary()
-)
+_SEEN_SPACES: weakref.WeakKeyDictionary[QuicConnection, dict[tls.Epoch, QuicPacketSpace]] = weakref.WeakKeyDictionary()
 
 
 def _expire_replaced_spaces(quic: QuicConnection) -> None:

@@ -150,7 +150,10 @@ def read_peer_state(path: Path, node_id: NodeId, limit: int) -> tuple[int, float
             return None
         if st.st_uid != os.geteuid():
             log.warning(
-                "not using peer state file %s: owned by uid %d, not by this process's (%d)", path, st.st_uid, os.geteuid()
+                "not using peer state file %s: owned by uid %d, not by this process's (%d)",
+                path,
+                st.st_uid,
+                os.geteuid(),
             )
             return None
         if st.st_mode & 0o077:

@@ -17,11 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-
-import asgi_p2p.endpoint.endpoint as endpoint_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import asgi_p2p.endpoint.endpoint as endpoint_module
 from asgi_p2p import ConnectionReset, NetworkConfig, Node, SecretKey
 from asgi_p2p.endpoint.peerstate import (
     MAX_CIDS_PER_PEER,
@@ -200,9 +199,7 @@ def test_a_symbolic_link_or_another_users_file_is_not_trusted(
     assert "owned by uid" in caplog.text
 
 
-def test_a_failed_write_leaves_the_file_and_no_temporary_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failed_write_leaves_the_file_and_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "peers.json"
     write_private(path, b"old")
 
