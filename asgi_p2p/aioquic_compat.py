@@ -47,9 +47,9 @@ Hooks:
   by the pacer).
   After a Retry (a client's ``_connect`` runs ``_initialize`` again, replacing
   ``QuicConnection._spaces`` and ``QuicPacketRecovery.spaces`` without ``discard_space``)
-  :func:`note_transmit` expires the replaced spaces' packets in flight
-  (``QuicPacketSpace.sent_packets``) in the controller, as ``discard_space`` would:
-  else they stay in its ``bytes_in_flight`` (and BBR's records) for good.
+  the replaced spaces' packets would stay in the controller's ``bytes_in_flight`` (and
+  BBR's records) for good: :func:`note_transmit` wraps a client's ``_initialize`` to run
+  ``QuicPacketRecovery.discard_space`` on them first.
 * :func:`send_credit` - the peer's stream credit past the acknowledged data
   (``QuicStream.max_stream_data_remote``, ``QuicStreamSender._buffer_start``).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
@@ -1164,31 +1164,29 @@ for _name in _APP_LIMITED_CLASSES:  # the defaults are known to aioquic from imp
     congestion_control_algorithm(_name)
 
 
-#: each connection's packet spaces as :func:`note_transmit` last saw them
-_SEEN_SPACES: weakref.WeakKeyDictionary[QuicConnection, dict[tls.Epoch, QuicPacketSpace]] = weakref.WeakKeyDictionary()
+#: client connections whose re-initialization (a Retry) discards their packet spaces first
+_DISCARDING: weakref.WeakSet[QuicConnection] = weakref.WeakSet()
 
 
-def _expire_replaced_spaces(quic: QuicConnection) -> None:
-    """A client that got a Retry starts over with new packet spaces (``_connect`` runs
-    ``_initialize`` again, replacing ``QuicConnection._spaces`` and ``_loss.spaces``) without
-    discarding the old ones (``QuicPacketRecovery.discard_space``): the packets sent before
-    the Retry are never acknowledged, lost or expired, and stay in the controller's
-    ``bytes_in_flight`` (and in BBR's per-packet records) for the connection's life.  They
-    are expired here, as ``discard_space`` would."""
-    spaces = quic._spaces
-    seen = _SEEN_SPACES.get(quic)
-    if seen is spaces:
+def _discard_spaces_on_restart(quic: QuicConnection) -> None:
+    """A client that gets a Retry (or a version negotiation) starts over with new packet
+    spaces: ``_connect`` runs ``_initialize`` again, replacing ``QuicConnection._spaces`` and
+    ``QuicPacketRecovery.spaces``, without ``QuicPacketRecovery.discard_space``, so the
+    packets sent before are never acknowledged, lost or expired: they stay in the
+    controller's ``bytes_in_flight`` (and in BBR's per-packet records) for the connection's
+    life.  Wraps the connection's ``_initialize`` to discard the spaces it replaces."""
+    if not quic._is_client or quic in _DISCARDING:
         return
-    _SEEN_SPACES[quic] = spaces
-    if seen is None:
-        return
-    live = quic._loss.spaces
-    for space in seen.values():
-        if any(space is s for s in live):
-            continue
-        quic._loss._cc.on_packets_expired(packets=[p for p in space.sent_packets.values() if p.in_flight])
-        space.sent_packets.clear()
-        space.ack_eliciting_in_flight = 0
+    _DISCARDING.add(quic)
+    initialize = quic._initialize
+
+    def _initialize(peer_cid: bytes) -> None:
+        loss = quic._loss
+        for space in list(loss.spaces):
+            loss.discard_space(space)
+        initialize(peer_cid)
+
+    quic._initialize = _initialize  # type: ignore[method-assign]
 
 
 def note_transmit(quic: QuicConnection, now: float) -> None:
@@ -1203,7 +1201,7 @@ def note_transmit(quic: QuicConnection, now: float) -> None:
     """
     loss = quic._loss
     cc = loss._cc
-    _expire_replaced_spaces(quic)
+    _discard_spaces_on_restart(quic)
     if isinstance(cc, (_AppLimitedReno, _AppLimitedCubic, BbrCongestionControl)):
         window_full = cc.bytes_in_flight + quic._max_datagram_size > cc.congestion_window
         cc.set_app_limited(not window_full and quic._pacing_at is None, now)
