@@ -148,13 +148,9 @@ def read_peer_state(path: Path, node_id: NodeId, limit: int) -> tuple[int, float
         if not stat.S_ISREG(st.st_mode):
             log.warning("not using peer state file %s: not a regular file", path)
             return None
-        if st.st_uid != os.geteuid():
-            log.warning(
-                "not using peer state file %s: owned by uid %d, not by this process's (%d)",
-                path,
-                st.st_uid,
-                os.geteuid(),
-            )
+        euid = os.geteuid() if hasattr(os, "geteuid") else st.st_uid  # (POSIX only)
+        if st.st_uid != euid:
+            log.warning("not using peer state file %s: owned by uid %d, not %d", path, st.st_uid, euid)
             return None
         if st.st_mode & 0o077:
             log.warning("not using peer state file %s: accessible by group or others (run `chmod 600 %s`)", path, path)
