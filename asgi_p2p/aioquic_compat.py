@@ -40,9 +40,16 @@ Hooks:
   CUBIC's ``rtt`` attribute and ``reset`` are kept up).
   ``"bbr"`` is :class:`BbrCongestionControl` (aioquic's public ``QuicCongestionControl``
   interface only); for it :func:`note_transmit` also replaces ``QuicPacketRecovery._pacer``
-  with :class:`_ModelPacer` (the controller's pacing rate, one packet per packet time) and
+  with :class:`_ModelPacer` (the controller's pacing rate, one packet per packet time),
+  seeding it from ``QuicPacketRecovery._rtt_initialized`` and ``._rtt_smoothed``, and
   moves a 1-RTT ACK due exactly now that the pacer held (``QuicConnection._spaces[ONE_RTT].ack_at``)
-  to the next paced packet (aioquic passes only overdue ACKs by the pacer).
+  to ``QuicConnection._pacing_at``, the next paced packet (aioquic passes only overdue ACKs
+  by the pacer).
+  After a Retry (a client's ``_connect`` runs ``_initialize`` again, replacing
+  ``QuicConnection._spaces`` and ``QuicPacketRecovery.spaces`` without ``discard_space``)
+  the replaced spaces' packets would stay in the controller's ``bytes_in_flight`` (and
+  BBR's records) for good: :func:`note_transmit` wraps a client's ``_initialize`` to run
+  ``QuicPacketRecovery.discard_space`` on them first.
 * :func:`send_credit` - the peer's stream credit past the acknowledged data
   (``QuicStream.max_stream_data_remote``, ``QuicStreamSender._buffer_start``).
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
@@ -124,6 +131,7 @@ import datetime
 import enum
 import functools
 import itertools
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -1156,6 +1164,31 @@ for _name in _APP_LIMITED_CLASSES:  # the defaults are known to aioquic from imp
     congestion_control_algorithm(_name)
 
 
+#: client connections whose re-initialization (a Retry) discards their packet spaces first
+_DISCARDING: weakref.WeakSet[QuicConnection] = weakref.WeakSet()
+
+
+def _discard_spaces_on_restart(quic: QuicConnection) -> None:
+    """A client that gets a Retry (or a version negotiation) starts over with new packet
+    spaces: ``_connect`` runs ``_initialize`` again, replacing ``QuicConnection._spaces`` and
+    ``QuicPacketRecovery.spaces``, without ``QuicPacketRecovery.discard_space``, so the
+    packets sent before are never acknowledged, lost or expired: they stay in the
+    controller's ``bytes_in_flight`` (and in BBR's per-packet records) for the connection's
+    life.  Wraps the connection's ``_initialize`` to discard the spaces it replaces."""
+    if not quic._is_client or quic in _DISCARDING:
+        return
+    _DISCARDING.add(quic)
+    initialize = quic._initialize
+
+    def _initialize(peer_cid: bytes) -> None:
+        loss = quic._loss
+        for space in list(loss.spaces):
+            loss.discard_space(space)
+        initialize(peer_cid)
+
+    quic._initialize = _initialize  # type: ignore[method-assign]
+
+
 def note_transmit(quic: QuicConnection, now: float) -> None:
     """After ``datagrams_to_send(now)``: tell the controller whether that pass left its
     window underutilized (RFC 9002 section 7.8).
@@ -1168,6 +1201,7 @@ def note_transmit(quic: QuicConnection, now: float) -> None:
     """
     loss = quic._loss
     cc = loss._cc
+    _discard_spaces_on_restart(quic)
     if isinstance(cc, (_AppLimitedReno, _AppLimitedCubic, BbrCongestionControl)):
         window_full = cc.bytes_in_flight + quic._max_datagram_size > cc.congestion_window
         cc.set_app_limited(not window_full and quic._pacing_at is None, now)

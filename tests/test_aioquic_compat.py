@@ -1441,3 +1441,36 @@ def test_a_client_initialized_ahead_derives_new_initial_keys_after_a_retry() -> 
     retried = pull_quic_header(Buffer(data=again), host_cid_length=8)
     assert retried.destination_cid == new_cid and retried.token == b"token"
     assert _check(again)  # sealed with the Initial keys of the new connection id
+
+
+@pytest.mark.parametrize("name", ["bbr", "reno", "cubic"])
+def test_packets_sent_before_a_retry_leave_the_controllers_bytes_in_flight(name: str) -> None:
+    """aioquic replaces the packet spaces after a Retry without discarding the old ones: their
+    packets would count as in flight (and stay in BBR's records) for the connection's life."""
+    from aioquic.quic.packet import encode_quic_retry
+
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"), cc=hooks.congestion_control_algorithm(name))
+    p.client.connect(SERVER_ADDR, now=0.0)
+    first = p.client.datagrams_to_send(0.0)[0][0]
+    hooks.note_transmit(p.client, 0.0)
+    cc = p.client._loss._cc
+    assert 0 < cc.bytes_in_flight <= len(first)
+    header = pull_quic_header(Buffer(data=first), host_cid_length=8)
+    p.client.receive_datagram(
+        encode_quic_retry(
+            version=header.version or 1,
+            source_cid=b"retry-08",
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=b"token",
+        ),
+        SERVER_ADDR,
+        0.01,
+    )
+    again = p.client.datagrams_to_send(0.01)
+    hooks.note_transmit(p.client, 0.01)
+    in_flight = [pk for space in p.client._loss.spaces for pk in space.sent_packets.values() if pk.in_flight]
+    assert in_flight and cc.bytes_in_flight == sum(pk.sent_bytes for pk in in_flight)
+    assert cc.bytes_in_flight <= sum(len(d) for d, _ in again)
+    if name == "bbr":
+        assert cc.tracked_packets == len(in_flight)

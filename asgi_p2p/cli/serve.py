@@ -142,7 +142,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write the ticket to PATH once serving (removed at start and at exit, so it is never stale)",
     )
-    p.add_argument(
+    peer_state = p.add_mutually_exclusive_group()
+    peer_state.add_argument(
         "--peer-state",
         type=Path,
         metavar="PATH",
@@ -151,7 +152,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         "wait a round trip to find out (default with a fixed --port: USER_DATA_DIR/asgi-p2p/"
         "peer-state-NODE_ID-PORT.json; none with --port 0 or --ephemeral)",
     )
-    p.add_argument(
+    peer_state.add_argument(
         "--no-peer-state",
         action="store_true",
         help="keep no peer state file (after a crash, peers learn of the restart when they next send)",

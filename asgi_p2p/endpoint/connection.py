@@ -267,12 +267,17 @@ class PeerConnection:
         A handshake every waiter gave up on (their own deadlines cancelled the wait: httpx's
         connect timeout, say) is closed: nobody can use it, and a dial after it would join it,
         its Initials backing off (after 10 s unanswered they leave 6.4 s, then 12.8 s, apart).
-        The next dial starts afresh, as a cancelled dial does in quic-go and httpcore."""
+        The next dial starts afresh, as a cancelled dial does in quic-go and httpcore.  So is
+        one whose last waiter's ``timeout`` ran out; a waiter whose deadline passed while
+        others still wait (requests that joined the dial later) only gets its
+        :class:`ConnectionFailed`, and a connection that is already ready (a client waiting
+        for a late HANDSHAKE_DONE on a connection other requests use) is never closed here."""
         self._ready_waiters += 1
         try:
             await asyncio.wait_for(asyncio.shield(self._confirmed if confirmed else self._ready), timeout)
         except TimeoutError:
-            self.close(REFUSED, "handshake timed out")
+            if self._ready_waiters == 1 and not self._ready.done():
+                self.close(REFUSED, "handshake timed out")
             raise ConnectionFailed(
                 f"no QUIC handshake with {self._peer_label()} at {self.address[0]}:{self.address[1]} "
                 f"within {timeout:g}s; is the node running and reachable?"

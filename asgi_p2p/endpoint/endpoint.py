@@ -48,6 +48,7 @@ from .base import ConnectionHandler
 from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection
 from .peerstate import (
     MAX_CIDS_PER_PEER,
+    MAX_REMEMBERED,
     RememberedConnection,
     dump_peer_state,
     read_peer_state,
@@ -209,6 +210,7 @@ class Endpoint:
         self._peer_state_written_at = -_PEER_STATE_INTERVAL
         self._peer_state_failed = False
         self._proactive: list[tuple[Address, bytes]] = []
+        self._proactive_timer: asyncio.TimerHandle | None = None  # the next batch of them
         # connection ids a client chose for its first packets (accepted connections): they
         # route the client's Initials, but the client never sends 1-RTT packets to them
         self._client_cids: set[bytes] = set()
@@ -407,6 +409,12 @@ class Endpoint:
     @property
     def connections(self) -> list[PeerConnection]:
         return [c for c in self._connections if c.is_connected]
+
+    @property
+    def all_connections(self) -> list[PeerConnection]:
+        """Every connection object the endpoint holds: dialed, accepted, handshaking or closing
+        (:attr:`connections`: only the ones ready to use)."""
+        return list(self._connections)
 
     @property
     def connection_count(self) -> int:
@@ -1346,7 +1354,7 @@ class Endpoint:
 
     def _start_peer_state(self, path: Path) -> None:
         """Reset the connections the file remembers (if recent), then keep it current."""
-        loaded = read_peer_state(path, self.node_id, self.config.max_connections)
+        loaded = read_peer_state(path, self.node_id, self._remembered_limit)
         self._peer_state = path
         port = self.local_address[1]
         if loaded is not None:
@@ -1384,6 +1392,7 @@ class Endpoint:
 
     def _send_proactive_resets(self) -> None:
         """Send the next batch of the startup resets (28 bytes each, paced; see _PROACTIVE_BATCH)."""
+        self._proactive_timer = None
         if self._closing:
             self._proactive = []
             return
@@ -1398,7 +1407,9 @@ class Endpoint:
             log.debug("stateless reset (%d bytes) to %s:%d for a connection of the previous life", len(reset), *addr)
             self.router.sendto(reset, addr)
         if self._proactive:
-            asyncio.get_running_loop().call_later(_PROACTIVE_PACING, self._send_proactive_resets)
+            self._proactive_timer = asyncio.get_running_loop().call_later(
+                _PROACTIVE_PACING, self._send_proactive_resets
+            )
 
     def _peer_state_changed(self) -> None:
         """The connections changed: write the peer state file soon (at most once per interval)."""
@@ -1410,7 +1421,8 @@ class Endpoint:
 
     def remembered_connections(self) -> list[RememberedConnection]:
         """What the peer state file holds for the connections now: each live connection on a
-        direct path, its peer's address and the ids it sends to (the one it used last first)."""
+        direct path, its peer's address and the ids it sends to (the one it used last first);
+        at most ``max_connections`` and :data:`~.peerstate.MAX_REMEMBERED` of them."""
         issued: dict[PeerConnection, list[bytes]] = {}
         for cid, conn in self._cids.items():
             if cid not in self._client_cids:
@@ -1425,9 +1437,14 @@ class Endpoint:
             current = conn.quic.host_cid
             cids = [current, *(c for c in issued.get(conn, ()) if c != current)]
             out.append(RememberedConnection(direct, tuple(cids[:MAX_CIDS_PER_PEER])))
-            if len(out) >= self.config.max_connections:
+            if len(out) >= self._remembered_limit:
                 break
         return out
+
+    @property
+    def _remembered_limit(self) -> int:
+        """The most connections the peer state file holds (and a restart reads back)."""
+        return min(self.config.max_connections, MAX_REMEMBERED)
 
     def _write_peer_state(self) -> None:
         """Write the file if the connections changed, or if it holds connections and its time is
@@ -1497,6 +1514,10 @@ class Endpoint:
         if self._closed:
             return
         self._closing = True
+        if self._proactive_timer is not None:  # the startup resets not sent yet: never
+            self._proactive_timer.cancel()
+            self._proactive_timer = None
+        self._proactive = []
         self._forget_prepared()
         self.router.stop_routing()
         relay, self._relay = self._relay, None

@@ -12,24 +12,28 @@ the node key (:class:`.reset.ResetTokens`), so the peer recognises the reset
 exactly as one answering its own packet, and closes the connection before its
 next request needs it.
 
-The file is the node's own: mode 0600, replaced atomically (a crash never leaves
-half a file), at most ``max_connections`` entries of a few ids each.  It holds
-the connections live when it was last written, and when (rewritten every half idle
-timeout while it holds any), and the node's port: a file older than the idle
-timeout is not used (the peers have dropped those connections already), nor one of
-another port (peers take a reset only from the address their connection uses).
-A file that is damaged, another node's, too large or readable by others is
-ignored with a warning.
+The file is the node's own: mode 0600, replaced atomically (a new file, synced to
+disk, renamed over it: a crash or power loss never leaves half a file), at most
+``max_connections`` entries of a few ids each and never more than
+:data:`MAX_REMEMBERED` (the file then stays under :data:`MAX_PEER_STATE_SIZE`, the
+most a node reads back).  It holds the connections live when it was last written,
+and when (rewritten every half idle timeout while it holds any), and the node's
+port: a file older than the idle timeout is not used (the peers have dropped those
+connections already), nor one of another port (peers take a reset only from the
+address their connection uses).  A file that is damaged, another node's, too large,
+a symbolic link, another user's or readable by others is ignored with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
 import math
 import os
 import stat
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +44,7 @@ from ..net.base import Address
 __all__ = [
     "MAX_CIDS_PER_PEER",
     "MAX_PEER_STATE_SIZE",
+    "MAX_REMEMBERED",
     "RememberedConnection",
     "dump_peer_state",
     "load_peer_state",
@@ -57,6 +62,11 @@ MAX_CIDS_PER_PEER = 4
 #: the largest peer state file read (1,024 connections of 4 ids take about 150 KB)
 MAX_PEER_STATE_SIZE = 1 << 20
 _CID_MAX = 20  # RFC 9000: a connection id is at most 20 bytes
+#: the most connections the file holds, whatever ``max_connections``: its worst-case entry
+#: (an IPv6 address with a 15-character scope of escaped non-ASCII bytes, a 5-digit port,
+#: 4 ids of 20 bytes in hex, the JSON around them) takes 337 bytes, so 3,000 of them and
+#: the header fit in :data:`MAX_PEER_STATE_SIZE` (typical entries take 115-150 bytes)
+MAX_REMEMBERED = 3_000
 
 
 @dataclass(frozen=True)
@@ -81,9 +91,10 @@ def dump_peer_state(node_id: NodeId, port: int, written_at: float, conns: Iterab
 
 
 def load_peer_state(data: bytes, node_id: NodeId, limit: int) -> tuple[int, float, list[RememberedConnection]]:
-    """The port, time and connections :func:`dump_peer_state` wrote for ``node_id`` (at most
-    ``limit`` connections of at most :data:`MAX_CIDS_PER_PEER` ids); raises ValueError for
-    anything else."""
+    """The port, time and connections :func:`dump_peer_state` wrote for ``node_id``: its first
+    ``limit`` connections (a node whose ``max_connections`` was lowered since the file was
+    written resets the first ones), each of at most :data:`MAX_CIDS_PER_PEER` ids; raises
+    ValueError for anything else."""
     if len(data) > MAX_PEER_STATE_SIZE:
         raise ValueError(f"larger than {MAX_PEER_STATE_SIZE} bytes")
     try:
@@ -101,10 +112,8 @@ def load_peer_state(data: bytes, node_id: NodeId, limit: int) -> tuple[int, floa
         records = doc["connections"]
         if not isinstance(records, list):
             raise ValueError("its connections are not a list")
-        if len(records) > limit:
-            raise ValueError(f"more than {limit} connections (max_connections)")
         out: list[RememberedConnection] = []
-        for r in records:
+        for r in records[: max(0, limit)]:
             host, peer_port = r["addr"]
             if not isinstance(host, str):
                 raise ValueError(f"bad address {host!r}")
@@ -124,9 +133,11 @@ def load_peer_state(data: bytes, node_id: NodeId, limit: int) -> tuple[int, floa
 
 def read_peer_state(path: Path, node_id: NodeId, limit: int) -> tuple[int, float, list[RememberedConnection]] | None:
     """Read ``path`` (see :func:`load_peer_state`); None (after a warning) if it is missing,
-    unreadable, damaged, another node's, or accessible by group or others."""
+    unreadable, a symbolic link, damaged, another node's, owned by another user, or accessible
+    by group or others (a file planted in a shared directory would make the node send resets
+    where its author chose)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -136,6 +147,10 @@ def read_peer_state(path: Path, node_id: NodeId, limit: int) -> tuple[int, float
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             log.warning("not using peer state file %s: not a regular file", path)
+            return None
+        euid = os.geteuid() if hasattr(os, "geteuid") else st.st_uid  # (POSIX only)
+        if st.st_uid != euid:
+            log.warning("not using peer state file %s: owned by uid %d, not %d", path, st.st_uid, euid)
             return None
         if st.st_mode & 0o077:
             log.warning("not using peer state file %s: accessible by group or others (run `chmod 600 %s`)", path, path)
@@ -155,17 +170,23 @@ def read_peer_state(path: Path, node_id: NodeId, limit: int) -> tuple[int, float
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (a temporary file renamed over it), mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    """Replace ``path`` with ``data`` atomically, mode 0600: a new temporary file beside it
+    (created exclusively: never one someone else made), written and synced to disk, then
+    renamed over it.  On failure the temporary file is removed and ``path`` is unchanged."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
     try:
-        os.fchmod(fd, 0o600)  # a leftover temporary file keeps its mode otherwise
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)  # the rename must not reach the disk before the data (a power loss)
+        finally:
+            os.close(fd)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
 
 
 def reset_order(conns: Sequence[RememberedConnection]) -> list[tuple[Address, bytes]]:

@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from asgi_p2p import ConnectionReset, NetworkConfig, Node, NodeAddr
+from asgi_p2p.cli import all_parsers
 from asgi_p2p.http import P2PTransport
 from asgi_p2p.ticket import Ticket
 from tests.cli.conftest import Cli, Starter, free_udp_port
@@ -101,3 +103,13 @@ async def test_no_peer_state_flag_keeps_no_file(cli: Cli, start_server: Starter)
         assert not _state_file(cli, node_id, port).parent.exists()
     finally:
         await client_node.close()
+
+
+def test_peer_state_and_no_peer_state_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = all_parsers()["serve"]
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--peer-state", "peers.json", "--no-peer-state", "m:app"])
+    assert exc.value.code == 2
+    assert "argument --no-peer-state: not allowed with argument --peer-state" in capsys.readouterr().err
+    assert parser.parse_args(["--peer-state", "peers.json", "m:app"]).peer_state == Path("peers.json")
+    assert parser.parse_args(["--no-peer-state", "m:app"]).no_peer_state

@@ -16,7 +16,7 @@ import asyncio
 import httpx
 import pytest
 
-from asgi_p2p import NetworkConfig, Node, SecretKey
+from asgi_p2p import ConnectionFailed, NetworkConfig, Node, SecretKey
 from asgi_p2p.http import H3Server, P2PTransport
 from asgi_p2p.sim import Host, Simulation
 
@@ -70,7 +70,7 @@ def test_a_retry_after_a_connect_timeout_dials_afresh(sim: Simulation) -> None:
             await client.get("/first", timeout=httpx.Timeout(10, connect=3.5))
         assert loop.time() - started == pytest.approx(3.5)
         # the dial nobody waits for is gone (it would send its next Initial only at 6.2 s)
-        [abandoned] = client_node._connections
+        [abandoned] = client_node.all_connections
         assert abandoned.close_error is not None and "dial abandoned" in str(abandoned.close_error)
         sim.heal(server_host, client_host)
         retried = loop.time()
@@ -96,7 +96,7 @@ def test_a_dial_another_request_still_waits_for_goes_on(sim: Simulation) -> None
         patient = asyncio.ensure_future(client.get("/patient", timeout=10))
         with pytest.raises(httpx.ConnectTimeout):
             await client.get("/hasty", timeout=httpx.Timeout(10, connect=1.0))
-        [dial] = client_node._connections
+        [dial] = client_node.all_connections
         assert dial.close_error is None  # the patient request still waits for it
         sim.heal(server_host, client_host)
         response = await patient
@@ -118,7 +118,7 @@ def test_a_cancelled_dial_is_closed_and_the_next_one_is_new(sim: Simulation) -> 
         sim.partition(server_host, client_host)
         dial = asyncio.ensure_future(client_node.connect_quic(node.node_addr(), "h3"))
         await asyncio.sleep(2.0)
-        [first] = client_node._connections
+        [first] = client_node.all_connections
         dial.cancel()
         with pytest.raises(asyncio.CancelledError):
             await dial
@@ -126,6 +126,38 @@ def test_a_cancelled_dial_is_closed_and_the_next_one_is_new(sim: Simulation) -> 
         sim.heal(server_host, client_host)
         second = await client_node.connect_quic(node.node_addr(), "h3")
         assert second is not first and second.close_error is None
+        await _stop(node, server, client_node, client)
+
+    sim.run(main())
+
+
+def test_a_joiner_with_a_later_deadline_outlives_the_first_callers_timeout(sim: Simulation) -> None:
+    """The dial's own deadline (``connect_timeout``, from each caller's start) is per caller too:
+    the first caller's running out fails that caller only, and the request that joined the
+    dial later gets the connection when the dial's next Initial gets through."""
+    server_host, client_host = _pair(sim)
+
+    async def main() -> None:
+        node, server, client_node, client = await _start(server_host, client_host)
+        loop = asyncio.get_running_loop()
+        config = NetworkConfig(keepalive_interval=0, connect_timeout=5.0)
+        dialer = await Node.bind(host="0.0.0.0", config=config, network=client_host)
+        transport = P2PTransport(dialer, addrs=[node.node_addr()])  # (speaks h3)
+        sim.partition(server_host, client_host)
+        started = loop.time()
+        first = asyncio.ensure_future(dialer.connect_quic(node.node_addr(), "h3"))
+        await asyncio.sleep(2.0)
+        joiner = asyncio.ensure_future(dialer.connect_quic(node.node_addr(), "h3"))  # its deadline: 7 s
+        with pytest.raises(ConnectionFailed, match="within 5s"):
+            await first
+        assert loop.time() - started == pytest.approx(5.0)
+        sim.heal(server_host, client_host)
+        conn = await joiner
+        # the dial's Initial at 6.2 s got through: the same handshake, not closed at 5 s
+        assert loop.time() - started == pytest.approx(6.2 + 1.5 * RTT, abs=RTT)
+        assert conn.close_error is None and dialer.connections == [conn]
+        await transport.aclose()
+        await dialer.close()
         await _stop(node, server, client_node, client)
 
     sim.run(main())

@@ -20,10 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import asgi_p2p.endpoint.endpoint as endpoint_module
 from asgi_p2p import ConnectionReset, NetworkConfig, Node, SecretKey
 from asgi_p2p.endpoint.peerstate import (
     MAX_CIDS_PER_PEER,
     MAX_PEER_STATE_SIZE,
+    MAX_REMEMBERED,
     RememberedConnection,
     dump_peer_state,
     load_peer_state,
@@ -50,8 +52,11 @@ def _config() -> NetworkConfig:
     return NetworkConfig(keepalive_interval=0)
 
 
-async def _start_server(host: Host, state: Path | None, key: SecretKey = KEY) -> tuple[Node, H3Server]:
-    node = await Node.bind(key, host="0.0.0.0", port=4433, config=_config(), network=host, peer_state=state)
+async def _start_server(
+    host: Host, state: Path | None, key: SecretKey = KEY, config: NetworkConfig | None = None
+) -> tuple[Node, H3Server]:
+    config = config or _config()
+    node = await Node.bind(key, host="0.0.0.0", port=4433, config=config, network=host, peer_state=state)
     server = H3Server(app, node)
     await server.startup()
     return node, server
@@ -93,7 +98,6 @@ def test_the_file_round_trips_and_refuses_what_it_did_not_write() -> None:
         with pytest.raises(ValueError, match=match):
             load_peer_state(json.dumps(doc | change).encode(), KEY.node_id, limit)
 
-    bad({}, "more than 1 connections", limit=1)  # bounded by max_connections
     bad({"node": str(other)}, f"it is node {other}'s")
     bad({"version": 2}, "not a peer state file")
     bad({"written_at": "nan"}, "not a finite number")
@@ -111,6 +115,26 @@ def test_the_file_round_trips_and_refuses_what_it_did_not_write() -> None:
         load_peer_state(b"\xff{", KEY.node_id, 2)
     with pytest.raises(ValueError, match="malformed"):
         load_peer_state(b"[" * 100_000, KEY.node_id, 2)  # nested too deep for the parser
+
+
+def test_the_largest_file_a_node_writes_is_one_it_reads_back() -> None:
+    """MAX_REMEMBERED entries of the longest address text, scope, port and ids fit in
+    MAX_PEER_STATE_SIZE (a node with max_connections near 2^20 writes no more)."""
+    host = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%" + "\u00e9" * 15  # escaped: 6 bytes a character
+    worst = RememberedConnection((host, 65535), (b"\xff" * 20,) * MAX_CIDS_PER_PEER)
+    data = dump_peer_state(KEY.node_id, 65535, 1.7e9, [worst] * MAX_REMEMBERED)
+    assert len(data) <= MAX_PEER_STATE_SIZE
+    typical = RememberedConnection(("2001:db8::1", 50000), (b"\x01" * 8,) * MAX_CIDS_PER_PEER)
+    assert MAX_REMEMBERED >= 3_000  # and a file of typical entries holds thousands
+    assert len(dump_peer_state(KEY.node_id, 4433, 1.7e9, [typical] * MAX_REMEMBERED)) < MAX_PEER_STATE_SIZE // 2
+
+
+def test_a_file_longer_than_the_limit_yields_its_first_connections() -> None:
+    """max_connections lowered between two runs: the restart resets the connections it can."""
+    conns = [RememberedConnection(("192.0.2.1", 1000 + i), (bytes([i + 1]) * 8,)) for i in range(5)]
+    data = dump_peer_state(KEY.node_id, 4433, 1.7e9, conns)
+    assert load_peer_state(data, KEY.node_id, 2) == (4433, 1.7e9, conns[:2])
+    assert load_peer_state(data, KEY.node_id, 100) == (4433, 1.7e9, conns)
 
 
 _JSON = st.recursive(
@@ -150,6 +174,51 @@ def test_the_file_is_private_and_replaced_whole(tmp_path: Path, caplog: pytest.L
     os.chmod(path, 0o640)  # someone else could have written it: not trusted
     assert read_peer_state(path, KEY.node_id, 10) is None
     assert "accessible by group or others" in caplog.text
+
+
+def test_a_symbolic_link_or_another_users_file_is_not_trusted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file planted in a shared directory (a link to one, or one of another user) would make
+    the node send resets where its author chose."""
+    conns = [RememberedConnection(("192.0.2.1", 4433), (b"\x01" * 8,))]
+    real = tmp_path / "real.json"
+    write_private(real, dump_peer_state(KEY.node_id, 4433, 5.0, conns))
+    assert read_peer_state(real, KEY.node_id, 10) == (4433, 5.0, conns)
+    link = tmp_path / "peers.json"
+    link.symlink_to(real)
+    assert read_peer_state(link, KEY.node_id, 10) is None
+    assert f"not using peer state file {link}" in caplog.text
+    caplog.clear()
+    if os.geteuid() == 0:
+        os.chown(real, 65534, -1)  # nobody's
+    else:
+        euid = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: euid + 1)
+    assert read_peer_state(real, KEY.node_id, 10) is None
+    assert "owned by uid" in caplog.text
+
+
+def test_a_failed_write_leaves_the_file_and_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "peers.json"
+    write_private(path, b"old")
+
+    def broken(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError, match="No space left"):
+        write_private(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["peers.json"]
+    monkeypatch.undo()
+    # a file planted under the old fixed temporary name is neither reused nor followed
+    planted = tmp_path / "elsewhere"
+    planted.write_bytes(b"theirs")
+    (tmp_path / f".peers.json.{os.getpid()}.tmp").symlink_to(planted)
+    write_private(path, b"new")
+    assert path.read_bytes() == b"new" and planted.read_bytes() == b"theirs"
+    assert not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600
 
 
 # -- on the simulator ------------------------------------------------------------------------
@@ -445,5 +514,134 @@ def test_startup_resets_are_small_paced_and_sent_once(sim: Simulation, tmp_path:
         assert arrivals[63] <= 0.001 and arrivals[64] >= 0.009  # a batch of 64, then 10 ms
         assert arrivals[-1] == pytest.approx(0.06, abs=0.002)  # 7 batches
         await node.close()
+
+    sim.run(main())
+
+
+def test_the_file_holds_at_most_max_remembered_connections(
+    sim: Simulation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However large max_connections, the file is bounded (here MAX_REMEMBERED lowered to 2)."""
+    monkeypatch.setattr(endpoint_module, "MAX_REMEMBERED", 2)
+    server_host, client_host = _pair(sim)
+    state = tmp_path / "peers.json"
+
+    async def main() -> None:
+        node, server = await _start_server(server_host, state, config=NetworkConfig(keepalive_interval=0))
+        assert node.config.max_connections > 2
+        clients = [await Node.bind(host="0.0.0.0", config=_config(), network=client_host) for _ in range(3)]
+        for c in clients:
+            async with httpx.AsyncClient(
+                transport=P2PTransport(c, addrs=[node.node_addr()]), base_url=f"https://{node.node_id}"
+            ) as client:
+                assert (await client.get("/")).status_code == 200
+        await asyncio.sleep(1.2)
+        assert len(node.connections) == 3
+        assert [r.address for r in node.remembered_connections()] == [c.local_address for c in clients[:2]]
+        assert len(json.loads(state.read_bytes())["connections"]) == 2
+        for c in clients:
+            await c.close()
+        await server.shutdown()
+        await node.close()
+
+    sim.run(main())
+
+
+def test_a_restart_with_fewer_max_connections_resets_the_first_remembered(sim: Simulation, tmp_path: Path) -> None:
+    """The file of a life with max_connections=10 holds 3 connections; the next life allows 1:
+    it reads the file's first connection (not none: the file is not refused) and resets it."""
+    server_host, client_host = _pair(sim)
+    state = tmp_path / "peers.json"
+
+    async def main() -> None:
+        node, _server = await _start_server(server_host, state, config=NetworkConfig(keepalive_interval=0))
+        clients = [await Node.bind(host="0.0.0.0", config=_config(), network=client_host) for _ in range(3)]
+        httpx_clients = [
+            httpx.AsyncClient(transport=P2PTransport(c, addrs=[node.node_addr()]), base_url=f"https://{node.node_id}")
+            for c in clients
+        ]
+        for client in httpx_clients:
+            assert (await client.get("/")).status_code == 200
+        await asyncio.sleep(1.2)
+        remembered = node.remembered_connections()
+        assert [r.address for r in remembered] == [c.local_address for c in clients]
+        olds = [c.connections[0] for c in clients]
+        sim.crash(server_host)
+        sim.restart(server_host)
+        node2, server2 = await _start_server(
+            server_host, state, config=NetworkConfig(keepalive_interval=0, max_connections=1)
+        )
+        await asyncio.wait_for(olds[0].wait_closed(), 1.0)
+        assert isinstance(olds[0].close_error, ConnectionReset)
+        assert node2.proactive_resets_sent == len(remembered[0].cids)
+        assert not olds[1].closed and not olds[2].closed  # reset reactively when they next send
+        for client in httpx_clients:
+            await client.aclose()
+        for c in clients:
+            await c.close()
+        await server2.shutdown()
+        await node2.close()
+        await node.close(timeout=0.1)
+
+    sim.run(main())
+
+
+def test_an_early_connection_is_remembered_only_once_its_handshake_completed(sim: Simulation, tmp_path: Path) -> None:
+    """An accepted 0-RTT connection is ready before the client proved its key (its ClientHello may
+    be a replay from a spoofed address): it gets into the file only when the client's Finished
+    arrives.  Here the Finished is lost (client -> server cut after the ClientHello arrived)."""
+    server_host, client_host = _pair(sim)
+    state = tmp_path / "peers.json"
+
+    async def main() -> None:
+        node, server = await _start_server(server_host, state)
+        client_node = await Node.bind(CLIENT_KEY, host="0.0.0.0", config=_config(), network=client_host)
+        transport = P2PTransport(client_node, addrs=[node.node_addr()])
+        async with httpx.AsyncClient(transport=transport, base_url=f"https://{node.node_id}") as client:
+            assert (await client.get("/first")).status_code == 200  # a ticket for the next connection
+            for conn in list(client_node.connections):
+                conn.close(0, "test: come back later")
+                await conn.wait_closed()
+            await asyncio.sleep(1.5)
+            assert node.remembered_connections() == [] and json.loads(state.read_bytes())["connections"] == []
+            # the ClientHello (with the GET) arrives at 0.5 RTT; the client's Finished leaves at 1 RTT
+            sim.after(0.75 * RTT, lambda: sim.partition(client_host, server_host, oneway=True))
+            response = await client.get("/early")
+            assert response.text == "GET /early" and node.early_data_accepted == 1
+            await asyncio.sleep(1.5)  # time for the file to be written, were it to change
+            (accepted,) = node.connections
+            assert accepted.early and not accepted.handshake_completed
+            assert node.remembered_connections() == []
+            assert json.loads(state.read_bytes())["connections"] == []
+            sim.heal(client_host, server_host, oneway=True)
+            await asyncio.wait_for(accepted.wait_handshake(), 10.0)  # the client's Finished, retransmitted
+            (remembered,) = node.remembered_connections()
+            assert remembered.address == client_node.local_address
+            await asyncio.sleep(1.2)
+            assert [c["addr"] for c in json.loads(state.read_bytes())["connections"]] == [list(remembered.address)]
+        await client_node.close()
+        await server.shutdown()
+        await node.close()
+
+    sim.run(main())
+
+
+def test_closing_during_the_startup_resets_stops_them(sim: Simulation, tmp_path: Path) -> None:
+    """A node closed while its startup resets are still being paced out sends no more batches."""
+    from tests.sim.sim_helpers import probe
+
+    server_host, peer_host = _pair(sim)
+    state = tmp_path / "peers.json"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        p = await probe(peer_host, 5000)
+        conns = [RememberedConnection((peer_host.address, 5000), (bytes([i]) * 8,)) for i in range(200)]
+        write_private(state, dump_peer_state(KEY.node_id, 4433, server_host.wall_clock_offset() + loop.time(), conns))
+        node = await Node.bind(KEY, host="0.0.0.0", port=4433, config=_config(), network=server_host, peer_state=state)
+        assert node.proactive_resets_sent == 64  # the first batch, at once
+        await node.close()
+        await asyncio.sleep(0.5)
+        assert node.proactive_resets_sent == 64 and len(p.received) == 64
 
     sim.run(main())
