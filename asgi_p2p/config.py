@@ -127,6 +127,7 @@ LIMITS: dict[str, Limit | Choice] = {
     "punch_ttl": Limit(0, 255),
     "udp_offload": Choice(("gro", "gso+gro", "off")),
     "relay_plane": Choice(("on", "off")),
+    "relay_first_contact": Choice(("on", "off")),
 }
 #: Default HTTP requests per second one peer (node id) may start, with bursts of twice that
 #: (``H3Server(limit_peer_rate=...)``, ``serve --limit-peer-rate``).
@@ -258,6 +259,12 @@ class NetworkConfig:
     #: offers it; ``"off"``: relayed packets ride the relay connection's DATAGRAM frames
     #: only, and a relay offers no plane (for a firewall that drops the plane's datagrams).
     relay_plane: str = "on"
+    #: First contact (:mod:`asgi_p2p.relay.first_contact`): ``"on"``: a fresh dial through
+    #: the relay sends its end-to-end Initial to the relay at once, beside the relay
+    #: connection's own handshake (one client-relay round trip off a fresh first response),
+    #: and a relay server forwards such first contacts; ``"off"``: a client sends nothing
+    #: before its relay handshake, and a relay drops first contacts.
+    relay_first_contact: str = "on"
 
     def __post_init__(self) -> None:
         for f in fields(self):

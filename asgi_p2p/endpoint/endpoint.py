@@ -190,6 +190,8 @@ class Endpoint:
         self._pool: dict[tuple[NodeId, str], PeerConnection] = {}
         # happy-eyeballs dials under way (see _race): callers for the same key wait for them
         self._racing: dict[tuple[NodeId, str], asyncio.Future[PeerConnection]] = {}
+        #: dials that went out as first contacts, each waiting for the relay or giving up on it
+        self._relay_watches: set[asyncio.Task[None]] = set()
         self._closing = False
         self._closed = False
         self.dropped_datagrams = 0
@@ -699,10 +701,12 @@ class Endpoint:
             return conn
         # the relay takes packets from our Finished on its relay connection (can_send), half a
         # round trip before the relay confirms it (connected): the dial's first flight leaves
-        # right behind that Finished
-        if not node_addr.direct_addresses and relay is not None and not relay.can_send:
+        # right behind that Finished; before it, a relay link that takes a first contact sends
+        # the dial's Initial at once (asgi_p2p.relay.first_contact), and again at can_send
+        first_contact = relay is not None and not is_relay and not relay.can_send and relay.takes_first_contact
+        if not node_addr.direct_addresses and relay is not None and not relay.can_send and not first_contact:
             await relay.wait_can_send(self.config.connect_timeout)
-        elif relay_usable and relay is not None and not relay.can_send and not is_relay:
+        elif relay_usable and relay is not None and not relay.can_send and not is_relay and not first_contact:
             # dial through the relay (see asgi_p2p.paths.select) once it is up; if it does
             # not come up in time, dial the direct addresses alone
             try:
@@ -713,6 +717,11 @@ class Endpoint:
         conn = self._dial(
             node_id, alpn, direct=theirs[0] if theirs else None, candidates=theirs, is_relay=is_relay, padded=padded
         )
+        if first_contact and relay is not None and theirs and not relay.can_send:
+            # as above: if the relay does not come up in time, the direct addresses alone
+            watch = asyncio.get_running_loop().create_task(self._relay_or_direct(node_id, relay))
+            self._relay_watches.add(watch)
+            watch.add_done_callback(self._relay_watches.discard)
         self._pool[key] = conn
         if early_data and hooks.early_data_sendable(conn.quic) and not conn.closed:
             # resuming: the connection is ready now, early (0-RTT), until the handshake completes
@@ -735,6 +744,18 @@ class Endpoint:
             raise ConnectionFailed(f"{exc} (relay {relay.relay_url} is not usable: {why})") from exc
         log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
         return conn
+
+    async def _relay_or_direct(self, node_id: NodeId, relay: ManagedRelayLink) -> None:
+        """A dial sent as a first contact, with direct addresses too: if the relay does not come
+        up in time, its direct addresses get its packets at full TTL (as a dial that waited for it)."""
+        try:
+            await relay.wait_can_send(min(self.config.connect_timeout / 2, _RELAY_WAIT))
+        except P2PError as exc:
+            peer = self.router.peer_paths(node_id)
+            if peer is not None and not self._closing:
+                log.info("dialing %s without the relay (%s)", node_id, exc)
+                peer.relay_unknown_destination()
+                peer.update_routes()
 
     async def _wait_stage(self, conn: PeerConnection, *, confirmed: bool, early_data: bool) -> None:
         """Wait until ``conn`` (pooled, or won a race) reached the stage the caller asked for:
@@ -1519,6 +1540,8 @@ class Endpoint:
             self._proactive_timer = None
         self._proactive = []
         self._forget_prepared()
+        for watch in list(self._relay_watches):
+            watch.cancel()
         self.router.stop_routing()
         relay, self._relay = self._relay, None
         if relay is not None:

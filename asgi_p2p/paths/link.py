@@ -84,6 +84,14 @@ class RelayLink(Protocol):
         """
 
     @property
+    def takes_first_contact(self) -> bool:
+        """True while not :attr:`can_send` but :meth:`send_packet` takes a full-size QUIC Initial
+        and sends it at once as a *first contact* (:mod:`asgi_p2p.relay.first_contact`): a fresh
+        dial's first flight need not wait for the relay handshake.  Other packets are dropped
+        as while disconnected.
+        """
+
+    @property
     def max_packet_size(self) -> int:
         """Largest packet :meth:`send_packet` accepts now (0 while disconnected)."""
 

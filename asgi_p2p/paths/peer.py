@@ -333,7 +333,14 @@ class PeerPaths:
         # a happy-eyeballs attempt on a private address goes there alone until its handshake
         # is done (the relay is raced by another connection)
         racing = route.on_link and route.owner.established_at is None
-        relay_ok = relay is not None and relay.can_send and not route.is_relay and not racing
+        # (a dial's first flight also goes to a relay that takes it as a first contact, before its
+        # own handshake is done; a connection accepted from the relay never needs that)
+        relay_ok = (
+            relay is not None
+            and (relay.can_send or (relay.takes_first_contact and route.owner.is_client))
+            and not route.is_relay
+            and not racing
+        )
         current = self.prober.current_path
         best = current.addr if current.kind == "direct" else None
         source = route.source

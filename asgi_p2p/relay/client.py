@@ -89,6 +89,13 @@ from ..identity import NodeAddr, NodeId
 from ..paths.link import RefusalReason, RelayRefusal, RelaySink
 from ..paths.select import QUIC_MIN_DATAGRAM_SIZE
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
+from .first_contact import (
+    EXPIRY,
+    encode_first_contact,
+    is_first_contact,
+    is_full_initial,
+    open_first_reply,
+)
 from .netmemory import Network, TransportMemory
 from .plane import ClientPlane, PlaneStats, client_demux
 from .proto import (
@@ -143,6 +150,12 @@ _PAD_ANSWER_MIN = 0.05
 #: While packets go on the data plane, seconds between PINGs on the relay connection (the relay
 #: sends plane datagrams to the address that connection uses, so it must see a rebinding soon).
 PLANE_PING_INTERVAL = 1.0
+#: Initials sent as first contacts during one relay connection attempt (more are dropped as before).
+_MAX_FIRST_COPIES = 4
+#: Nodes whose replies to our first contacts are taken at once.
+_MAX_FIRST_DESTS = 16
+#: Seconds a first contact's replies are taken (the relay's own expiry).
+FIRST_CONTACT_REPLY_WINDOW = EXPIRY
 #: Plane datagrams after which the relay connection's path searches larger datagram sizes, as
 #: the connection's own bulk sending would start it (it carries the largest relayed packet)
 PLANE_BULK_PACKETS = 24
@@ -183,6 +196,8 @@ class RelayClientStats:
     bytes_received: int = 0
     signals_received: int = 0
     dropped_disconnected: int = 0
+    #: Initials sent to the relay as first contacts (:mod:`asgi_p2p.relay.first_contact`).
+    first_contacts_sent: int = 0
     dropped_too_large: int = 0
     dropped_queue_full: int = 0
     dropped_invalid: int = 0
@@ -438,6 +453,14 @@ class RelayClient:
         self._ping_uid = 0
         #: the smoothed RTT of the latest relay connection (None: none yet)
         self._relay_rtt: float | None = None
+        #: send a fresh dial's Initial as a first contact (:mod:`asgi_p2p.relay.first_contact`)
+        self.first_contact_enabled: bool = endpoint.config.relay_first_contact == "on"
+        #: the relay's address while a QUIC connection attempt to it is under way (None: none)
+        self._attempt_to: tuple[str, int] | None = None
+        #: Initials sent as first contacts, sent again the normal way once :attr:`can_send`
+        self._first_copies: list[tuple[NodeId, bytes]] = []
+        #: nodes we sent a first contact to: their replies are taken until then (loop time)
+        self._first_dests: dict[NodeId, float] = {}
 
     # -- RelayLink -------------------------------------------------------------
 
@@ -459,6 +482,18 @@ class RelayClient:
         if self._live and self._conn is not None and self._conn.conn.is_connected:
             return True
         return self._tcp is not None and self._tcp.open
+
+    @property
+    def takes_first_contact(self) -> bool:
+        """While not :attr:`can_send` but a QUIC connection attempt is under way: :meth:`send_packet`
+        takes a full-size Initial and sends it to the relay as a first contact at once (and
+        again the normal way once :attr:`can_send`); anything else is dropped as before."""
+        return (
+            self.first_contact_enabled
+            and self._attempt_to is not None
+            and not self.can_send
+            and not self._closing.is_set()
+        )
 
     @property
     def transport(self) -> str | None:
@@ -535,6 +570,8 @@ class RelayClient:
         return current.plane.stats if current is not None and current.plane is not None else None
 
     def send_packet(self, dest: NodeId, packet: bytes) -> bool:
+        if self.takes_first_contact and isinstance(packet, bytes) and is_full_initial(packet):
+            return self._send_first_contact(dest, packet)
         if not self._sendable(packet):
             return False
         current = self._conn
@@ -870,6 +907,53 @@ class RelayClient:
             self._udp_live.clear()
             await self._udp_live.wait()
 
+    def _send_first_contact(self, dest: NodeId, packet: bytes) -> bool:
+        """Send ``packet`` (a full-size Initial) to the relay as a first contact; keep a copy for later."""
+        relay = self._attempt_to
+        assert relay is not None  # (takes_first_contact)
+        if len(self._first_copies) >= _MAX_FIRST_COPIES:
+            self.stats.dropped_disconnected += 1
+            return False
+        now = asyncio.get_running_loop().time()
+        dests = self._first_dests
+        for old in [d for d, until in dests.items() if until < now]:
+            del dests[old]
+        if len(dests) >= _MAX_FIRST_DESTS:
+            del dests[next(iter(dests))]
+        current = self._conn
+        if current is None or current.plane is None:  # replies may come before the relay's plane token
+            client_demux(self.endpoint.router).add(relay, self._first_reply)
+        self._first_copies.append((dest, packet))
+        dests.pop(dest, None)
+        dests[dest] = now + FIRST_CONTACT_REPLY_WINDOW
+        self.endpoint.router.sendto(encode_first_contact(dest, self.endpoint.node_id, packet), relay)
+        self.stats.first_contacts_sent += 1
+        return True
+
+    def _first_reply(self, data: bytes) -> None:
+        """A datagram from the relay's address carrying the first-contact token: a reply to one of ours."""
+        opened = open_first_reply(data) if is_first_contact(data) else None
+        if opened is None:
+            self.stats.dropped_invalid += 1
+            return
+        src, packet = opened
+        until = self._first_dests.get(src)
+        if until is None or asyncio.get_running_loop().time() > until:
+            self.stats.dropped_invalid += 1
+            return
+        self.stats.packets_received += 1
+        self.stats.bytes_received += len(packet)
+        try:
+            self.sink.relay_packet_received(src, packet)
+        except Exception:
+            log.exception("relay %s: the sink failed handling a first contact's reply", self.url)
+
+    def _flush_first_copies(self) -> None:
+        """We can send: the first contacts' Initials again, the normal way (an old relay dropped them)."""
+        copies, self._first_copies = self._first_copies, []
+        for dest, packet in copies:
+            self.send_packet(dest, packet)
+
     async def _addresses(self) -> list[tuple[str, int]]:
         url = self.url
         if url.is_ip:
@@ -898,9 +982,19 @@ class RelayClient:
             addrs = await self._addresses()
             if not addrs:
                 raise P2PError(f"relay host {url.host!r} resolved to no address")
-            conn = await self.endpoint.connect_quic(
-                NodeAddr(url.node_id, addrs[:1]), RELAY_ALPN, confirmed=False, padded=self._padding()
-            )
+            self._attempt_to = addrs[0]
+            try:
+                conn = await self.endpoint.connect_quic(
+                    NodeAddr(url.node_id, addrs[:1]), RELAY_ALPN, confirmed=False, padded=self._padding()
+                )
+            except BaseException:
+                self._attempt_to = None
+                if self._first_copies:  # (the dial's own retransmissions go on)
+                    self._first_copies.clear()
+                    self._notify_state()  # no first contacts now: the paths layer routes without them
+                raise
+            finally:
+                self._attempt_to = None
             handler = self._finished(conn)
             if handler is None:
                 return None
@@ -996,6 +1090,8 @@ class RelayClient:
             self.last_failure = None
             self._may_send.set()
             self._udp_live.set()
+            if self._first_copies:
+                self._flush_first_copies()
             if conn.is_confirmed:
                 self._now_connected(conn, f"{waited:.2f}s after it could not carry a full-size one")
             else:
@@ -1211,6 +1307,9 @@ class RelayClient:
 
     def _plane_received(self, current: _RelayConnection, data: bytes) -> None:
         """A plane datagram from the relay's address: a RECV frame in another form."""
+        if is_first_contact(data):  # (the plane's receiver took over from _first_reply)
+            self._first_reply(data)
+            return
         plane = current.plane
         if plane is None or current.lost.is_set():
             return

@@ -334,6 +334,11 @@ class RelayFleet:
         return home is not None and home.can_send
 
     @property
+    def takes_first_contact(self) -> bool:
+        home = self.home
+        return home is not None and home.takes_first_contact
+
+    @property
     def max_packet_size(self) -> int:
         home = self.home
         return home.max_packet_size if home is not None else 0

@@ -145,9 +145,11 @@ class PlaneTokens(Generic[_H]):
 
     def issue(self, node: NodeId, holder: _H) -> bytes:
         """A new token for ``node``'s connection ``holder`` (valid until :meth:`revoke`)."""
-        self._serial += 1
-        message = b"".join((self._salt, node.to_bytes(), self._serial.to_bytes(8, "big")))
-        token = hmac.digest(self._key, message, "sha256")[:PLANE_TOKEN_SIZE]
+        token = bytes(PLANE_TOKEN_SIZE)
+        while not any(token):  # never all zeros: that token marks a first contact (relay.first_contact)
+            self._serial += 1
+            message = b"".join((self._salt, node.to_bytes(), self._serial.to_bytes(8, "big")))
+            token = hmac.digest(self._key, message, "sha256")[:PLANE_TOKEN_SIZE]
         self._holders[token] = holder
         return token
 

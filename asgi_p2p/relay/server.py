@@ -67,15 +67,20 @@ from ..endpoint.connection import PeerConnection
 from ..errors import InvalidConfiguration, ProtocolError
 from ..identity import NodeId, SecretKey
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
+from .first_contact import FirstContacts, FirstContactStats, encode_first_reply, is_first_contact
 from .plane import HELLO, PLANE_MAGIC, PlaneStats, PlaneTokens, encode_plane
 from .proto import (
+    FORWARD_OVERHEAD,
     FRAME_RECV,
+    FRAME_SEND,
     RELAY_ALPN,
     RELAY_DATAGRAM_SIZE,
     RELAY_PACKET_OVERHEAD,
+    RELAY_VERSION,
     Error,
     ErrorCode,
     PlaneToken,
+    Recv,
     RelayFull,
     RelayLimits,
     RelayRouter,
@@ -334,7 +339,9 @@ class RelayServer:
     from a timer (every ``queue_poll_interval`` seconds while any wait for room);
     ``directory``, if given, is attached to the endpoint too (the relay process
     serves the node-record directory); ``plane``: offer clients over UDP the data plane
-    (None, the default: unless the endpoint's ``NetworkConfig.relay_plane`` is ``"off"``).
+    (None, the default: unless the endpoint's ``NetworkConfig.relay_plane`` is ``"off"``);
+    ``first_contact``: forward first contacts (:mod:`asgi_p2p.relay.first_contact`; None,
+    the default: unless the endpoint's ``NetworkConfig.relay_first_contact`` is ``"off"``).
     """
 
     def __init__(
@@ -347,6 +354,7 @@ class RelayServer:
         directory: DirectoryServer | None = None,
         queue_poll_interval: float = 0.005,
         plane: bool | None = None,
+        first_contact: bool | None = None,
     ) -> None:
         if max_pending_datagrams <= 0:
             raise ValueError("max_pending_datagrams must be positive")
@@ -358,6 +366,13 @@ class RelayServer:
         #: whether clients over UDP are offered the data plane (the ``plane`` argument; None
         #: follows the endpoint's ``NetworkConfig.relay_plane``)
         self.offers_plane: bool = endpoint.config.relay_plane == "on" if plane is None else plane
+        #: whether first contacts are forwarded (the ``first_contact`` argument; None follows
+        #: the endpoint's ``NetworkConfig.relay_first_contact``)
+        self.forwards_first_contacts: bool = (
+            endpoint.config.relay_first_contact == "on" if first_contact is None else first_contact
+        )
+        #: the bounded table of live first contacts (:mod:`asgi_p2p.relay.first_contact`)
+        self.first_contacts = FirstContacts(0.0)
         #: while packets wait for room on a destination's connection, look again this often
         self.queue_poll_interval = queue_poll_interval
         self._check_handle: asyncio.TimerHandle | None = None
@@ -411,6 +426,7 @@ class RelayServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         plane: bool | None = None,
+        first_contact: bool | None = None,
     ) -> RelayServer:
         """Bind an endpoint serving the relay protocol (and the directory) and return the server.
 
@@ -423,7 +439,8 @@ class RelayServer:
         network's ``wall_clock_offset()`` (the system clock read once on a real network,
         a constant in the simulator).  ``tcp_port`` (0: any free port) also serves
         the relay over TCP on ``host`` (:meth:`listen_tcp`, with ``tls_cert``/``tls_key``).
-        ``plane``: as in the constructor (None: ``config.relay_plane``).
+        ``plane``, ``first_contact``: as in the constructor (None: ``config.relay_plane``,
+        ``config.relay_first_contact``).
         """
         from ..endpoint.endpoint import Endpoint
 
@@ -441,7 +458,12 @@ class RelayServer:
         endpoint = await Endpoint.bind(secret_key, host=host, port=port, alpns=alpns, config=config, network=network)
         try:
             server = cls(
-                endpoint, limits=limits, max_pending_datagrams=max_pending_datagrams, directory=served, plane=plane
+                endpoint,
+                limits=limits,
+                max_pending_datagrams=max_pending_datagrams,
+                directory=served,
+                plane=plane,
+                first_contact=first_contact,
             )
         except BaseException:
             await endpoint.close(timeout=0.1)
@@ -542,6 +564,11 @@ class RelayServer:
         return self.plane.stats
 
     @property
+    def first_contact_stats(self) -> FirstContactStats:
+        """First contacts forwarded and dropped, and their replies (:mod:`asgi_p2p.relay.first_contact`)."""
+        return self.first_contacts.stats
+
+    @property
     def clients(self) -> list[NodeId]:
         """NodeIds of the registered clients."""
         return [h.node for h in self._handlers.values() if h.registered]
@@ -620,6 +647,8 @@ class RelayServer:
         handler.registered = True
         handler.observed = self.router.observed_addr(handler.node)
         self._handlers[handler.node] = handler
+        # its answers go to this authenticated connection from now on, never to a first contact's address
+        self.first_contacts.forget(handler.node)
         if self._check_handle is None and not self._closed:
             self._check_handle = asyncio.get_running_loop().call_later(self.check_interval, self._check_clients)
         log.info(
@@ -770,6 +799,14 @@ class RelayServer:
         node = handler.node
         actions = self._refresh(handler)
         now = handler.now()
+        if (
+            len(data) > FORWARD_OVERHEAD
+            and data[0] == RELAY_VERSION
+            and data[1] == FRAME_SEND
+            and self._first_reply(node, NodeId(data[2:FORWARD_OVERHEAD]), memoryview(data)[FORWARD_OVERHEAD:], now)
+        ):
+            self._dispatch(actions)
+            return
         try:
             actions.extend(self.router.handle_datagram(node, data, now, self._room))
         except ProtocolError as exc:
@@ -780,6 +817,9 @@ class RelayServer:
 
     def plane_datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         """A data plane datagram (:class:`~asgi_p2p.paths.link.PlaneReceiver`): a SEND in another form."""
+        if is_first_contact(data):
+            self._first_contact(data, addr)
+            return
         got = self.plane.receive(data)
         if got is None:
             return
@@ -799,8 +839,55 @@ class RelayServer:
             return
         stats.received += 1
         now = handler.now()
+        if self._first_reply(handler.node, dst, packet, now):
+            return
         self._dispatch(self.router.handle_packet(handler.node, dst, packet, now, self._room))
         self._schedule_queue(now)
+
+    def _registered(self, node: NodeId) -> bool:
+        handler = self._handlers.get(node)
+        return handler is not None and handler.registered and handler.is_connected
+
+    def _first_contact(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A first contact (:mod:`asgi_p2p.relay.first_contact`): forward its Initial 1:1 if allowed."""
+        table = self.first_contacts
+        stats = table.stats
+        if not self.forwards_first_contacts:
+            stats.dropped_refused += 1
+            return
+        parsed = table.parse(data)
+        if parsed is None or self.node_id in parsed[:2]:
+            stats.dropped_malformed += 1
+            return
+        dest, claimed, packet = parsed
+        if not self._registered(dest):
+            stats.dropped_unknown_destination += 1
+            return
+        if claimed in self._handlers:
+            # the claimed node has a relay connection here (or a stale one): its answers would go
+            # there, so a spoofer gains nothing and a restarted node's fresh process would lose
+            # them; the Initial comes again behind that node's relay Finished, authenticated
+            stats.dropped_claimed_registered += 1
+            return
+        if not table.admit(claimed, dest, addr, len(data), asyncio.get_running_loop().time()):
+            return
+        log.debug("relay: first contact from %s:%d claiming node %s, to %s", *addr, claimed, dest)
+        # the destination learns the claimed sender as a relayed packet's source; its end-to-end
+        # handshake then requires that node's certificate (the claim is checked there)
+        self._dispatch([(dest, Recv(claimed, bytes(packet)).encode())])
+
+    def _first_reply(self, src: NodeId, dst: NodeId, packet: memoryview, now: float) -> bool:
+        """A packet from ``src`` to ``dst``: True if it went (or was dropped) as a first contact's reply.
+
+        Only while ``dst`` has no relay connection here: a registered node's packets always
+        go to its authenticated connection.
+        """
+        if self._registered(dst) or not len(self.first_contacts):
+            return False
+        handled, addr = self.first_contacts.reply_to(dst, src, len(packet), now)
+        if addr is not None:
+            self.endpoint.router.sendto(encode_first_reply(src, packet), addr)
+        return handled
 
     def _room(self, node: NodeId) -> int:
         """How many more frames ``node``'s connection queues now (the router's ``room``).

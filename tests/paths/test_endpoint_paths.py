@@ -75,6 +75,10 @@ class FakeRelayLink:
         return self.connected
 
     @property
+    def takes_first_contact(self) -> bool:
+        return False
+
+    @property
     def max_packet_size(self) -> int:
         return 65000 if self.connected else 0
 

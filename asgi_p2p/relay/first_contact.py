@@ -1,0 +1,263 @@
+"""First contact: a fresh client's end-to-end Initial forwarded before its relay handshake completes.
+
+A fresh client dialing through the relay would send the end-to-end Initial only
+behind its relay connection's Finished, and the relay reads it only once that
+handshake is complete: one client-relay round trip on the critical path of every
+fresh dial.  So the client also sends that Initial at once, next to its relay
+connection's own Initial, as a *first-contact* datagram on the data plane's wire
+format with an all-zero token (a token the relay never issues)::
+
+    client -> relay   PLANE_MAGIC (5) + 8 zero bytes + destination NodeId (32) + claimed NodeId (32) + packet
+    relay  -> client  PLANE_MAGIC (5) + 8 zero bytes + source NodeId (32)                           + packet
+
+The sender is not authenticated: the claimed NodeId is only a claim.  What keeps that
+safe (the whole reasoning is in docs/security.md, "First contact"):
+
+* The relay forwards only a QUIC version 1 Initial (long header) of at least 1200
+  bytes, 1:1, and only to a registered destination; the destination's end-to-end
+  handshake then authenticates the client (its certificate must name the claimed
+  NodeId, or the destination closes the connection).
+* Answers to the claimed NodeId go to its registered relay connection whenever it has
+  one (never to an unauthenticated address then); only while it has none do they go
+  to the first contact's address, within a budget of :data:`REPLY_FACTOR` times the
+  bytes that address sent, for :data:`EXPIRY` seconds (QUIC's own anti-amplification
+  factor, RFC 9000 section 8.1).
+* State is a small bounded table (:class:`FirstContacts`): at most
+  :data:`MAX_ENTRIES` entries, :data:`MAX_PER_SOURCE` per source IP, each expiring
+  after :data:`EXPIRY` seconds, and a global rate of :data:`RATE` first contacts per
+  second.  Everything refused is dropped and counted (:class:`FirstContactStats`).
+
+An older relay finds no client holding the zero token and drops the datagram (counted
+as an unknown token); the client sends the same Initial again the normal way once its
+relay connection takes packets, so nothing is slower with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from ..identity import NodeId
+from ..net.base import Address
+from .plane import PLANE_MAGIC, PLANE_OVERHEAD
+from .proto import PLANE_TOKEN_SIZE, TokenBucket
+
+__all__ = [
+    "EXPIRY",
+    "FIRST_CONTACT_OVERHEAD",
+    "FIRST_CONTACT_TOKEN",
+    "MAX_ENTRIES",
+    "MAX_PER_SOURCE",
+    "MIN_INITIAL_SIZE",
+    "RATE",
+    "REPLY_FACTOR",
+    "FirstContactStats",
+    "FirstContacts",
+    "encode_first_contact",
+    "encode_first_reply",
+    "is_first_contact",
+    "is_full_initial",
+    "open_first_reply",
+]
+
+#: The token of a first-contact datagram and of its replies (never issued to a client).
+FIRST_CONTACT_TOKEN = bytes(PLANE_TOKEN_SIZE)
+_MAGIC_LEN = len(PLANE_MAGIC)
+_TOKEN_END = _MAGIC_LEN + PLANE_TOKEN_SIZE
+#: Bytes a first-contact datagram adds to its packet: magic, zero token, destination, claimed sender.
+FIRST_CONTACT_OVERHEAD = PLANE_OVERHEAD + 32
+#: The smallest packet forwarded: a client's Initial is padded to at least this (RFC 9000 section 14.1).
+MIN_INITIAL_SIZE = 1200
+#: Seconds a first contact's entry (its reply address and budget) lives.
+EXPIRY = 2.0
+#: Reply bytes sent to a first contact's (unvalidated) address per byte it sent (RFC 9000 section 8.1).
+REPLY_FACTOR = 3
+#: The most first contacts the relay remembers at once.
+MAX_ENTRIES = 256
+#: The most live first contacts from one source IP address.
+MAX_PER_SOURCE = 4
+#: First contacts per second the relay accepts from everybody together (bursts of as many).
+RATE = 64.0
+
+
+def is_first_contact(data: bytes) -> bool:
+    """True if the plane datagram ``data`` (its magic checked) carries the first-contact token."""
+    return data[_MAGIC_LEN:_TOKEN_END] == FIRST_CONTACT_TOKEN
+
+
+def is_full_initial(packet: bytes | memoryview) -> bool:
+    """True if ``packet`` starts a QUIC version 1 Initial (long header) and is at least 1200 bytes."""
+    return len(packet) >= MIN_INITIAL_SIZE and packet[0] & 0xF0 == 0xC0 and bytes(packet[1:5]) == b"\x00\x00\x00\x01"
+
+
+def encode_first_contact(dest: NodeId, claimed: NodeId, packet: bytes) -> bytes:
+    """The first-contact datagram carrying the Initial ``packet`` to ``dest`` from (it says) ``claimed``."""
+    return b"".join((PLANE_MAGIC, FIRST_CONTACT_TOKEN, dest.to_bytes(), claimed.to_bytes(), packet))
+
+
+def encode_first_reply(src: NodeId, packet: bytes | memoryview) -> bytes:
+    """A packet from ``src`` to a first contact's address (no relay session there yet)."""
+    return b"".join((PLANE_MAGIC, FIRST_CONTACT_TOKEN, src.to_bytes(), packet))
+
+
+def open_first_reply(data: bytes) -> tuple[NodeId, bytes] | None:
+    """(source, packet) of a first contact's reply (its token checked by the caller); None if too short."""
+    if len(data) <= PLANE_OVERHEAD:
+        return None
+    return NodeId(data[_TOKEN_END:PLANE_OVERHEAD]), data[PLANE_OVERHEAD:]
+
+
+@dataclass
+class FirstContactStats:
+    """What the relay did with first contacts and their replies."""
+
+    #: first contacts forwarded to their destination
+    forwarded: int = 0
+    #: replies sent to a first contact's address (its claimed node had no relay connection)
+    replies: int = 0
+    #: bytes of those replies
+    reply_bytes: int = 0
+    #: dropped: this relay refuses first contacts (``RelayServer(first_contact=False)``)
+    dropped_refused: int = 0
+    #: dropped: too short, not a full-size QUIC v1 Initial, or naming the relay or itself
+    dropped_malformed: int = 0
+    #: dropped: the destination has no relay connection here
+    dropped_unknown_destination: int = 0
+    #: dropped: the claimed node has a relay connection here (answers would go to it)
+    dropped_claimed_registered: int = 0
+    #: dropped: over the global rate
+    dropped_rate_limited: int = 0
+    #: dropped: its source IP has :data:`MAX_PER_SOURCE` live first contacts already
+    dropped_source_limit: int = 0
+    #: dropped: the table is full
+    dropped_table_full: int = 0
+    #: dropped: the same (claimed node, destination) is live from another address (the first one holds)
+    dropped_conflict: int = 0
+    #: replies dropped: beyond the first contact's byte budget
+    replies_over_budget: int = 0
+
+
+class _Entry:
+    __slots__ = ("addr", "budget", "expires")
+
+    def __init__(self, addr: Address, budget: int, expires: float) -> None:
+        self.addr = addr
+        self.budget = budget
+        self.expires = expires
+
+
+class FirstContacts:
+    """The relay's bounded table of first contacts, keyed by (claimed NodeId, destination).
+
+    Sans-I/O: :class:`~asgi_p2p.relay.server.RelayServer` calls :meth:`admit` for each
+    first contact it would forward and :meth:`reply_to` for each packet to a node that has
+    no relay connection.  Entries expire in the order they were made (a refreshed one moves
+    to the end), so expiry costs O(1) per entry.
+    """
+
+    def __init__(
+        self,
+        now: float,
+        *,
+        max_entries: int = MAX_ENTRIES,
+        max_per_source: int = MAX_PER_SOURCE,
+        rate: float = RATE,
+        expiry: float = EXPIRY,
+    ) -> None:
+        if max_entries <= 0 or max_per_source <= 0 or expiry <= 0:
+            raise ValueError("first contact limits must be positive")
+        self.max_entries = max_entries
+        self.max_per_source = max_per_source
+        self.expiry = expiry
+        self._bucket = TokenBucket(rate, rate, now)
+        self._entries: dict[tuple[NodeId, NodeId], _Entry] = {}
+        self._per_source: dict[Hashable, int] = {}
+        self.stats = FirstContactStats()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def parse(data: bytes) -> tuple[NodeId, NodeId, memoryview] | None:
+        """(destination, claimed sender, packet) of a first-contact datagram; None if malformed."""
+        if len(data) < FIRST_CONTACT_OVERHEAD + MIN_INITIAL_SIZE:
+            return None
+        packet = memoryview(data)[FIRST_CONTACT_OVERHEAD:]
+        if not is_full_initial(packet):
+            return None
+        dest = NodeId(data[_TOKEN_END:PLANE_OVERHEAD])
+        claimed = NodeId(data[PLANE_OVERHEAD:FIRST_CONTACT_OVERHEAD])
+        if dest == claimed:
+            return None
+        return dest, claimed, packet
+
+    def _expire(self, now: float) -> None:
+        entries = self._entries
+        while entries:
+            key, entry = next(iter(entries.items()))
+            if entry.expires > now:
+                return
+            del entries[key]
+            self._release(entry.addr)
+
+    def _release(self, addr: Address) -> None:
+        host = addr[0]
+        left = self._per_source[host] - 1
+        if left:
+            self._per_source[host] = left
+        else:
+            del self._per_source[host]
+
+    def admit(self, claimed: NodeId, dest: NodeId, addr: Address, size: int, now: float) -> bool:
+        """Note a first contact of ``size`` bytes from ``addr``; False: drop it (counted)."""
+        self._expire(now)
+        stats = self.stats
+        key = (claimed, dest)
+        entry = self._entries.get(key)
+        if entry is not None and entry.addr != addr:
+            stats.dropped_conflict += 1
+            return False
+        if entry is None:
+            if len(self._entries) >= self.max_entries:
+                stats.dropped_table_full += 1
+                return False
+            if self._per_source.get(addr[0], 0) >= self.max_per_source:
+                stats.dropped_source_limit += 1
+                return False
+        if not self._bucket.take(1, now):
+            stats.dropped_rate_limited += 1
+            return False
+        if entry is None:
+            entry = _Entry(addr, 0, 0.0)
+            self._per_source[addr[0]] = self._per_source.get(addr[0], 0) + 1
+        else:
+            del self._entries[key]  # (re-inserted at the end: the newest expires last)
+        entry.budget += REPLY_FACTOR * size
+        entry.expires = now + self.expiry
+        self._entries[key] = entry
+        stats.forwarded += 1
+        return True
+
+    def reply_to(self, dst: NodeId, src: NodeId, size: int, now: float) -> tuple[bool, Address | None]:
+        """Where a ``size``-byte packet from ``src`` to ``dst`` (which has no relay connection) goes.
+
+        (False, None): no first contact of ``dst`` to ``src`` is live (the caller goes on as
+        before: unknown destination); (True, address): send it there (budget taken);
+        (True, None): drop it, it is beyond the budget (counted).
+        """
+        self._expire(now)
+        entry = self._entries.get((dst, src))
+        if entry is None:
+            return False, None
+        if size > entry.budget:
+            self.stats.replies_over_budget += 1
+            return True, None
+        entry.budget -= size
+        self.stats.replies += 1
+        self.stats.reply_bytes += size
+        return True, entry.addr
+
+    def forget(self, claimed: NodeId) -> None:
+        """``claimed`` registered with the relay: its replies go to its connection from now on."""
+        for key in [k for k in self._entries if k[0] == claimed]:
+            self._release(self._entries.pop(key).addr)
