@@ -150,8 +150,9 @@ _PAD_ANSWER_MIN = 0.05
 #: While packets go on the data plane, seconds between PINGs on the relay connection (the relay
 #: sends plane datagrams to the address that connection uses, so it must see a rebinding soon).
 PLANE_PING_INTERVAL = 1.0
-#: Initials sent as first contacts during one relay connection attempt (more are dropped as before).
-_MAX_FIRST_COPIES = 4
+#: Packets held during one relay connection attempt to send at :attr:`RelayClient.can_send`: the
+#: Initials sent as first contacts and what followed them (more are dropped as before).
+_MAX_FIRST_COPIES = 8
 #: Nodes whose replies to our first contacts are taken at once.
 _MAX_FIRST_DESTS = 16
 #: Seconds a first contact's replies are taken (the relay's own expiry).
@@ -570,8 +571,13 @@ class RelayClient:
         return current.plane.stats if current is not None and current.plane is not None else None
 
     def send_packet(self, dest: NodeId, packet: bytes) -> bool:
-        if self.takes_first_contact and isinstance(packet, bytes) and is_full_initial(packet):
-            return self._send_first_contact(dest, packet)
+        if self.takes_first_contact and isinstance(packet, bytes):
+            if is_full_initial(packet):
+                return self._send_first_contact(dest, packet)
+            if dest in self._first_dests and len(self._first_copies) < _MAX_FIRST_COPIES:
+                # what follows a first contact (0-RTT data) goes the normal way at can_send
+                self._first_copies.append((dest, packet))
+                return True
         if not self._sendable(packet):
             return False
         current = self._conn

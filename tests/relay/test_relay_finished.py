@@ -11,6 +11,10 @@ our Finished forwards nothing we sent, and a dial through it fails naming the re
 relay that is not the one the URL names fails the dial with an error that says so.  With a
 relay list, a dial through a peer's home relay (connected to on demand) starts at that
 relay connection's Finished too.
+
+The dials timed here have first contact off (``relay_first_contact="off"``): with it (the
+default), a fresh dial's Initial also goes to the relay before the relay handshake, one
+relay round trip sooner still (tests/relay/test_first_contact.py).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from asgi_p2p.sim.network import Host
 LATENCY = 0.02  # one way, per link: a round trip to the relay is 41 ms (with the home LAN hops)
 RTT = 2 * LATENCY
 EIM = NatConfig(Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT, port_assignment="random")
+#: the Initial waits for the relay Finished (see the module docstring)
+BEHIND_FINISHED = NetworkConfig(relay_first_contact="off")
 
 
 async def _early(scope: Scope, receive: Receive, send: Send) -> None:
@@ -100,7 +106,7 @@ async def test_a_fresh_client_dials_through_the_relay_right_behind_its_relay_fin
     _relay, server, phone = await _homes(sim)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    node, link = await _node(SecretKey.from_seed("fresh"), phone, _relay)
+    node, link = await _node(SecretKey.from_seed("fresh"), phone, _relay, BEHIND_FINISHED)
     sent = _record_sends(link)
     transport = P2PTransport(node, addrs=[server.addr])
     async with httpx.AsyncClient(transport=transport, base_url=f"https://{server.node_id}") as http:
@@ -124,7 +130,7 @@ async def test_a_returning_client_sends_its_early_request_right_behind_its_relay
     relay, server, phone = await _homes(sim)
     loop = asyncio.get_running_loop()
     key = SecretKey.from_seed("returning")
-    first, _ = await _node(key, phone, relay)
+    first, _ = await _node(key, phone, relay, BEHIND_FINISHED)
     async with httpx.AsyncClient(
         transport=P2PTransport(first, addrs=[server.addr]), base_url=f"https://{server.node_id}"
     ) as http:
@@ -133,7 +139,7 @@ async def test_a_returning_client_sends_its_early_request_right_behind_its_relay
     await first.close(timeout=0.0)
 
     t0 = loop.time()
-    second, link = await _node(key, phone, relay)
+    second, link = await _node(key, phone, relay, BEHIND_FINISHED)
     assert second.import_session_tickets(tickets) >= 1
     sent = _record_sends(link)
     async with httpx.AsyncClient(
