@@ -302,6 +302,15 @@ class RelayServerCollector(Collector):
         ):
             datagrams.add_metric([event], value)
         yield datagrams
+        first = server.first_contact_stats
+        contacts = _counter(
+            "asgi_p2p_relay_first_contacts",
+            "First contacts (a fresh dial's Initial before the relay handshake) and their answers, by event",
+            ["event"],
+        )
+        for f in fields(first):
+            contacts.add_metric([f.name], getattr(first, f.name))
+        yield contacts
         conns = _counter("asgi_p2p_relay_client_connections", "Client connections of this relay, by event", ["event"])
         for event, value in (
             ("accepted", st.connections_accepted),

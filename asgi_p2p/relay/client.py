@@ -462,6 +462,8 @@ class RelayClient:
         self._first_copies: list[tuple[NodeId, bytes]] = []
         #: nodes we sent a first contact to: their replies are taken until then (loop time)
         self._first_dests: dict[NodeId, float] = {}
+        #: the relay address whose first-contact replies :meth:`_first_reply` takes (None: none)
+        self._first_relay: tuple[str, int] | None = None
 
     # -- RelayLink -------------------------------------------------------------
 
@@ -656,6 +658,11 @@ class RelayClient:
         if self._pending_udp is not None:
             self._pending_udp.cancel()
             self._pending_udp = None
+        if self._first_relay is not None:
+            client_demux(self.endpoint.router).remove(self._first_relay, self._first_reply)
+            self._first_relay = None
+        self._first_copies.clear()
+        self._first_dests.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -929,6 +936,7 @@ class RelayClient:
         current = self._conn
         if current is None or current.plane is None:  # replies may come before the relay's plane token
             client_demux(self.endpoint.router).add(relay, self._first_reply)
+            self._first_relay = relay
         self._first_copies.append((dest, packet))
         dests.pop(dest, None)
         dests[dest] = now + FIRST_CONTACT_REPLY_WINDOW

@@ -23,7 +23,8 @@ safe (the whole reasoning is in docs/security.md, "First contact"):
   bytes that address sent, for :data:`EXPIRY` seconds (QUIC's own anti-amplification
   factor, RFC 9000 section 8.1).
 * State is a small bounded table (:class:`FirstContacts`): at most
-  :data:`MAX_ENTRIES` entries, :data:`MAX_PER_SOURCE` per source IP, each expiring
+  :data:`MAX_ENTRIES` entries, :data:`MAX_PER_SOURCE` per source IP and
+  :data:`MAX_PER_DESTINATION` per destination, each expiring
   after :data:`EXPIRY` seconds, and a global rate of :data:`RATE` first contacts per
   second.  Everything refused is dropped and counted (:class:`FirstContactStats`).
 
@@ -47,6 +48,7 @@ __all__ = [
     "FIRST_CONTACT_OVERHEAD",
     "FIRST_CONTACT_TOKEN",
     "MAX_ENTRIES",
+    "MAX_PER_DESTINATION",
     "MAX_PER_SOURCE",
     "MIN_INITIAL_SIZE",
     "RATE",
@@ -76,6 +78,9 @@ REPLY_FACTOR = 3
 MAX_ENTRIES = 256
 #: The most live first contacts from one source IP address.
 MAX_PER_SOURCE = 4
+#: The most live first contacts to one destination (whose per-source admission limits an
+#: unauthenticated sender could spread over made-up NodeIds).
+MAX_PER_DESTINATION = 16
 #: First contacts per second the relay accepts from everybody together (bursts of as many).
 RATE = 64.0
 
@@ -129,6 +134,8 @@ class FirstContactStats:
     dropped_rate_limited: int = 0
     #: dropped: its source IP has :data:`MAX_PER_SOURCE` live first contacts already
     dropped_source_limit: int = 0
+    #: dropped: its destination has :data:`MAX_PER_DESTINATION` live first contacts already
+    dropped_destination_limit: int = 0
     #: dropped: the table is full
     dropped_table_full: int = 0
     #: dropped: the same (claimed node, destination) is live from another address (the first one holds)
@@ -161,17 +168,20 @@ class FirstContacts:
         *,
         max_entries: int = MAX_ENTRIES,
         max_per_source: int = MAX_PER_SOURCE,
+        max_per_destination: int = MAX_PER_DESTINATION,
         rate: float = RATE,
         expiry: float = EXPIRY,
     ) -> None:
-        if max_entries <= 0 or max_per_source <= 0 or expiry <= 0:
+        if min(max_entries, max_per_source, max_per_destination) <= 0 or expiry <= 0:
             raise ValueError("first contact limits must be positive")
         self.max_entries = max_entries
         self.max_per_source = max_per_source
+        self.max_per_destination = max_per_destination
         self.expiry = expiry
         self._bucket = TokenBucket(rate, rate, now)
         self._entries: dict[tuple[NodeId, NodeId], _Entry] = {}
         self._per_source: dict[Hashable, int] = {}
+        self._per_destination: dict[Hashable, int] = {}
         self.stats = FirstContactStats()
 
     def __len__(self) -> int:
@@ -198,15 +208,11 @@ class FirstContacts:
             if entry.expires > now:
                 return
             del entries[key]
-            self._release(entry.addr)
+            self._release(key, entry.addr)
 
-    def _release(self, addr: Address) -> None:
-        host = addr[0]
-        left = self._per_source[host] - 1
-        if left:
-            self._per_source[host] = left
-        else:
-            del self._per_source[host]
+    def _release(self, key: tuple[NodeId, NodeId], addr: Address) -> None:
+        _decrement(self._per_source, addr[0])
+        _decrement(self._per_destination, key[1])
 
     def admit(self, claimed: NodeId, dest: NodeId, addr: Address, size: int, now: float) -> bool:
         """Note a first contact of ``size`` bytes from ``addr``; False: drop it (counted)."""
@@ -224,12 +230,16 @@ class FirstContacts:
             if self._per_source.get(addr[0], 0) >= self.max_per_source:
                 stats.dropped_source_limit += 1
                 return False
+            if self._per_destination.get(dest, 0) >= self.max_per_destination:
+                stats.dropped_destination_limit += 1
+                return False
         if not self._bucket.take(1, now):
             stats.dropped_rate_limited += 1
             return False
         if entry is None:
             entry = _Entry(addr, 0, 0.0)
             self._per_source[addr[0]] = self._per_source.get(addr[0], 0) + 1
+            self._per_destination[dest] = self._per_destination.get(dest, 0) + 1
         else:
             del self._entries[key]  # (re-inserted at the end: the newest expires last)
         entry.budget += REPLY_FACTOR * size
@@ -260,4 +270,12 @@ class FirstContacts:
     def forget(self, claimed: NodeId) -> None:
         """``claimed`` registered with the relay: its replies go to its connection from now on."""
         for key in [k for k in self._entries if k[0] == claimed]:
-            self._release(self._entries.pop(key).addr)
+            self._release(key, self._entries.pop(key).addr)
+
+
+def _decrement(counts: dict[Hashable, int], key: Hashable) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]

@@ -884,9 +884,10 @@ class RelayServer:
         """
         if self._registered(dst) or not len(self.first_contacts):
             return False
-        handled, addr = self.first_contacts.reply_to(dst, src, len(packet), now)
+        reply = encode_first_reply(src, packet)
+        handled, addr = self.first_contacts.reply_to(dst, src, len(reply), now)
         if addr is not None:
-            self.endpoint.router.sendto(encode_first_reply(src, packet), addr)
+            self.endpoint.router.sendto(reply, addr)
         return handled
 
     def _room(self, node: NodeId) -> int:

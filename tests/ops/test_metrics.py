@@ -213,6 +213,7 @@ async def test_readyz_waits_for_the_relay_and_relay_metrics_count_forwarding() -
         # the packets went on the relay's data plane (a's first one as a SEND frame, at least)
         assert value(s, "asgi_p2p_relay_plane_datagrams_total", event="received") >= 1
         assert value(s, "asgi_p2p_relay_plane_datagrams_total", event="dropped_unknown_token") == 0
+        assert value(s, "asgi_p2p_relay_first_contacts_total", event="dropped_malformed") == 0
         assert value(s, "asgi_p2p_relay_client_connections_total", event="accepted") == 2
         assert value(s, "asgi_p2p_directory_records") == 0
         assert value(s, "asgi_p2p_handshakes_total", outcome="established") == 2  # the relay's own endpoint

@@ -29,7 +29,9 @@ from asgi_p2p.relay.first_contact import (
     EXPIRY,
     FIRST_CONTACT_OVERHEAD,
     MAX_ENTRIES,
+    MAX_PER_DESTINATION,
     MAX_PER_SOURCE,
+    RATE,
     REPLY_FACTOR,
     FirstContacts,
     encode_first_contact,
@@ -252,11 +254,11 @@ async def test_malformed_and_flooding_first_contacts_are_dropped_and_counted(sim
         relay.plane_datagram_received(contact(i), ("192.0.2.1", 1000 + i))
     assert stats.forwarded == MAX_PER_SOURCE and len(relay.first_contacts) == MAX_PER_SOURCE
     assert stats.dropped_source_limit == 50 - MAX_PER_SOURCE
-    # many source addresses at once: the global rate (bursts of 64) and the table bound hold
+    # many source addresses at once, to one destination: at most a few live first contacts there
     for i in range(1000):
         relay.plane_datagram_received(contact(100 + i), (f"198.51.{i // 250}.{i % 250}", 4433))
-    assert len(relay.first_contacts) <= MAX_ENTRIES
-    assert stats.forwarded <= MAX_PER_SOURCE + 64 and stats.dropped_rate_limited >= 1000 - 64
+    assert len(relay.first_contacts) == stats.forwarded == MAX_PER_DESTINATION
+    assert stats.dropped_destination_limit == 1000 - (MAX_PER_DESTINATION - MAX_PER_SOURCE)
     await asyncio.sleep(RTT)
     # no more reached the server than were forwarded, one for one (it drops them: they do not
     # decrypt); a burst beyond the server's relay connection's queue is dropped at the relay
@@ -293,3 +295,23 @@ def test_answers_to_a_first_contacts_address_are_bounded_and_expire() -> None:
     assert table.admit(client, server, addr, size, 5.0)
     table.forget(client)
     assert len(table) == 0 and table.reply_to(client, server, 10, 5.1) == (False, None)
+
+
+def test_the_table_and_the_global_rate_bound_a_flood_from_everywhere() -> None:
+    """Made-up sources, claims and destinations: at most RATE first contacts a second (bursts of as
+    many) and MAX_ENTRIES entries; entries go as they expire."""
+    table = FirstContacts(0.0)
+    dests = [SecretKey.from_seed(f"dest {i}").node_id for i in range(40)]
+    claims = [SecretKey.from_seed(f"claim {i}").node_id for i in range(50)]
+    admitted = 0
+    for step in range(400):  # 4 virtual seconds, 100 tries every 10 ms
+        now = step * 0.01
+        for i in range(100):
+            n = step * 100 + i
+            addr = (f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}", 1)
+            admitted += table.admit(claims[n % 50], dests[n // 50 % 40], addr, 1277, now)
+        assert len(table) <= MAX_ENTRIES
+    stats = table.stats
+    assert admitted == stats.forwarded <= RATE * 4 + RATE
+    assert stats.dropped_rate_limited > 0 and stats.dropped_table_full + stats.dropped_rate_limited > 30_000
+    assert table.reply_to(claims[0], dests[0], 10, 100.0) == (False, None) and len(table) == 0

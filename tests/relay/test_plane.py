@@ -363,7 +363,7 @@ def test_forged_tokens_and_wrong_addresses_are_dropped_and_counted(net: Harness)
         tokens = len(relay.plane)
         received = relay.plane_stats.received
         inject = relay.endpoint.router.datagram_received  # what the relay's socket hands up
-        inject(encode_plane(bytes(8), b.node_id, b"forged"), a_addr)
+        inject(encode_plane(b"\x01" * 8, b.node_id, b"forged"), a_addr)
         inject(encode_plane(token[::-1], b.node_id, b"forged"), a_addr)
         inject(encode_plane(token, b.node_id, b"stolen token"), ("198.51.100.7", a_addr[1]))
         inject(PLANE_MAGIC + token + b.node_id.to_bytes(), a_addr)  # no packet
