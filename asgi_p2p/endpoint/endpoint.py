@@ -703,7 +703,9 @@ class Endpoint:
         # round trip before the relay confirms it (connected): the dial's first flight leaves
         # right behind that Finished; before it, a relay link that takes a first contact sends
         # the dial's Initial at once (asgi_p2p.relay.first_contact), and again at can_send
-        first_contact = relay is not None and not is_relay and not relay.can_send and relay.takes_first_contact
+        first_contact = (
+            relay_usable and relay is not None and not is_relay and not relay.can_send and relay.takes_first_contact
+        )
         if not node_addr.direct_addresses and relay is not None and not relay.can_send and not first_contact:
             await relay.wait_can_send(self.config.connect_timeout)
         elif relay_usable and relay is not None and not relay.can_send and not is_relay and not first_contact:
@@ -715,7 +717,13 @@ class Endpoint:
                 log.info("dialing %s without the relay (%s)", node_id, exc)
                 self.router.dial_without_relay(node_id)
         conn = self._dial(
-            node_id, alpn, direct=theirs[0] if theirs else None, candidates=theirs, is_relay=is_relay, padded=padded
+            node_id,
+            alpn,
+            direct=theirs[0] if theirs else None,
+            candidates=theirs,
+            is_relay=is_relay,
+            padded=padded,
+            first_contact=first_contact,
         )
         if first_contact and relay is not None and theirs and not relay.can_send:
             # as above: if the relay does not come up in time, the direct addresses alone
@@ -855,6 +863,7 @@ class Endpoint:
         is_relay: bool,
         on_link: bool = False,
         padded: tuple[int, float] | None = None,
+        first_contact: bool = False,
     ) -> PeerConnection:
         """A new dialed connection, its first flight sent: to ``direct`` and/or through the relay.
 
@@ -879,7 +888,13 @@ class Endpoint:
         def route(owner: RouteOwner) -> Route:
             # from now on the peer's disco packets are accepted
             return self.router.dial_route(
-                node_id, owner, direct=direct, candidates=candidates, is_relay=is_relay, on_link=on_link
+                node_id,
+                owner,
+                direct=direct,
+                candidates=candidates,
+                is_relay=is_relay,
+                on_link=on_link,
+                first_contact=first_contact,
             )
 
         conn = PeerConnection(

@@ -334,10 +334,10 @@ class PeerPaths:
         # is done (the relay is raced by another connection)
         racing = route.on_link and route.owner.established_at is None
         # (a dial's first flight also goes to a relay that takes it as a first contact, before its
-        # own handshake is done; a connection accepted from the relay never needs that)
+        # own handshake is done)
         relay_ok = (
             relay is not None
-            and (relay.can_send or (relay.takes_first_contact and route.owner.is_client))
+            and (relay.can_send or (route.first_contact and relay.takes_first_contact))
             and not route.is_relay
             and not racing
         )

@@ -139,6 +139,7 @@ class Route:
         "_alive_reported",
         "direct",
         "direct_address",
+        "first_contact",
         "is_relay",
         "on_link",
         "owner",
@@ -175,6 +176,9 @@ class Route:
         #: A dial raced on a private-network address (happy eyeballs): until its handshake
         #: is done, its packets go to that address alone (see ``PeerPaths.route_for``).
         self.on_link = False
+        #: A dial whose first flight may go to a relay that is still connecting, as a first
+        #: contact (:attr:`~asgi_p2p.paths.link.RelayLink.takes_first_contact`).
+        self.first_contact = False
         #: The direct address the peer's newest authenticated packet came from (None: none
         #: yet); an accepted connection's packets follow it once it is a proven path.
         self.source: Address | None = None

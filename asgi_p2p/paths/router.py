@@ -459,6 +459,7 @@ class Router:
         candidates: list[Address],
         is_relay: bool,
         on_link: bool = False,
+        first_contact: bool = False,
     ) -> Route:
         """The route of a connection we dial to ``node_id`` (first packets to ``direct`` and/or the relay).
 
@@ -469,6 +470,7 @@ class Router:
         """
         route = Route(self, owner, direct_address=direct, relay_peer=None, is_relay=is_relay)
         route.on_link = on_link
+        route.first_contact = first_contact
         peer = self.peer_for(node_id)
         peer.add_candidates(candidates)
         peer.dialing(route)

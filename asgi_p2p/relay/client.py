@@ -965,8 +965,10 @@ class RelayClient:
     def _flush_first_copies(self) -> None:
         """We can send: the first contacts' Initials again, the normal way (an old relay dropped them)."""
         copies, self._first_copies = self._first_copies, []
+        now = asyncio.get_running_loop().time()
         for dest, packet in copies:
-            self.send_packet(dest, packet)
+            if self._first_dests.get(dest, now - 1) >= now:  # (not a dial long given up)
+                self.send_packet(dest, packet)
 
     async def _addresses(self) -> list[tuple[str, int]]:
         url = self.url
