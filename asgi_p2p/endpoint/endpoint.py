@@ -727,7 +727,7 @@ class Endpoint:
         )
         if first_contact and relay is not None and theirs and not relay.can_send:
             # as above: if the relay does not come up in time, the direct addresses alone
-            watch = asyncio.get_running_loop().create_task(self._relay_or_direct(node_id, relay))
+            watch = asyncio.get_running_loop().create_task(self._relay_or_direct(node_id, relay, conn))
             self._relay_watches.add(watch)
             watch.add_done_callback(self._relay_watches.discard)
         self._pool[key] = conn
@@ -753,17 +753,23 @@ class Endpoint:
         log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
         return conn
 
-    async def _relay_or_direct(self, node_id: NodeId, relay: ManagedRelayLink) -> None:
+    async def _relay_or_direct(self, node_id: NodeId, relay: ManagedRelayLink, conn: PeerConnection) -> None:
         """A dial sent as a first contact, with direct addresses too: if the relay does not come
-        up in time, its direct addresses get its packets at full TTL (as a dial that waited for it)."""
+        up in time, its direct addresses get its first flight at full TTL, at once (as a dial
+        that waited for the relay would send it then)."""
         try:
             await relay.wait_can_send(min(self.config.connect_timeout / 2, _RELAY_WAIT))
         except P2PError as exc:
             peer = self.router.peer_paths(node_id)
-            if peer is not None and not self._closing:
-                log.info("dialing %s without the relay (%s)", node_id, exc)
-                peer.relay_unknown_destination()
-                peer.update_routes()
+            if peer is None or self._closing or conn.closed or conn.handshake_completed:
+                return
+            log.info("dialing %s without the relay (%s)", node_id, exc)
+            conn.route.first_contact = False  # (the relay's attempt may go on: no more first contacts)
+            peer.relay_unknown_destination()
+            peer.update_routes()
+            # the Initial's probe timeout has backed off meanwhile: send it again now
+            hooks.resend_handshake_now(conn.quic, asyncio.get_running_loop().time())
+            conn.transmit()
 
     async def _wait_stage(self, conn: PeerConnection, *, confirmed: bool, early_data: bool) -> None:
         """Wait until ``conn`` (pooled, or won a race) reached the stage the caller asked for:

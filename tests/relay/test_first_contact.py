@@ -39,6 +39,7 @@ from asgi_p2p.relay.first_contact import (
 )
 from asgi_p2p.relay.plane import PlaneTokens
 from asgi_p2p.relay.server import RelayServer
+from asgi_p2p.relay.url import RelayUrl
 from asgi_p2p.sim import Simulation
 from asgi_p2p.sim.apps import SimServer
 from asgi_p2p.sim.nat import Filtering, Mapping, NatConfig
@@ -315,3 +316,34 @@ def test_the_table_and_the_global_rate_bound_a_flood_from_everywhere() -> None:
     assert admitted == stats.forwarded <= RATE * 4 + RATE
     assert stats.dropped_rate_limited > 0 and stats.dropped_table_full + stats.dropped_rate_limited > 30_000
     assert table.reply_to(claims[0], dests[0], 10, 100.0) == (False, None) and len(table) == 0
+
+
+@pytest.mark.parametrize("first_contact", ["on", "off"])
+@pytest.mark.sim(loss=0.0, latency=LATENCY)
+async def test_a_dial_with_direct_addresses_goes_direct_when_the_relay_never_answers(
+    sim: Simulation, first_contact: str
+) -> None:
+    """The relay's host is up but no relay runs there: the first contact goes nowhere, and the dial
+    goes to the peer's direct address (reachable: no NAT in front of it) at full TTL once the
+    relay did not come up in 3 s, as a dial that waited for the relay does."""
+    dead = str(RelayUrl(SecretKey.from_seed("no relay").node_id, sim.host("relay").address, 3478))
+    server = await sim.serve(_hello, sim.host("srv"))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    node = await Node.bind(
+        SecretKey.from_seed("hopeful"),
+        host="0.0.0.0",
+        network=sim.host("phone", nat=EIM),
+        relay_url=dead,
+        config=NetworkConfig(relay_first_contact=first_contact),
+    )
+    link = node.relay
+    assert isinstance(link, RelayClient)
+    async with httpx.AsyncClient(
+        transport=P2PTransport(node, addrs=[server.addr]), base_url=f"https://{server.node_id}"
+    ) as http:
+        r = await asyncio.wait_for(http.get("/"), 8)
+    assert r.text == "hi -"
+    assert (link.stats.first_contacts_sent >= 1) == (first_contact == "on") and not link.can_send
+    assert 3.0 <= loop.time() - t0 <= 3.0 + 1.0
+    await node.close()
