@@ -935,7 +935,14 @@ class RelayClient:
             del dests[next(iter(dests))]
         current = self._conn
         if current is None or current.plane is None:  # replies may come before the relay's plane token
-            client_demux(self.endpoint.router).add(relay, self._first_reply)
+            try:
+                demux = client_demux(self.endpoint.router)
+            except P2PError:  # (this socket's plane datagrams go to a relay server: no replies for us)
+                self.first_contact_enabled = False
+                self._first_copies.append((dest, packet))  # (it goes at can_send, as without first contact)
+                dests[dest] = now + FIRST_CONTACT_REPLY_WINDOW
+                return True
+            demux.add(relay, self._first_reply)
             self._first_relay = relay
         self._first_copies.append((dest, packet))
         dests.pop(dest, None)
