@@ -611,6 +611,11 @@ class RelayClient:
         if self._closing.is_set():
             raise ConnectionClosed("relay client is closed")
         _register(self)
+        if self.url.is_ip and self.first_contact_enabled:
+            # the first attempt's address is known now: a dial made before the connecting task
+            # has run (a node's first request, right after it bound) already goes as a first
+            # contact (see takes_first_contact; the attempt itself sets it again)
+            self._attempt_to = self.url.address
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"relay client {self.url}")
 
     async def wait_connected(self, timeout: float | None = None) -> None:
