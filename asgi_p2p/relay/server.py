@@ -877,18 +877,25 @@ class RelayServer:
         self._dispatch([(dest, Recv(claimed, bytes(packet)).encode())])
 
     def _first_reply(self, src: NodeId, dst: NodeId, packet: memoryview, now: float) -> bool:
-        """A packet from ``src`` to ``dst``: True if it went (or was dropped) as a first contact's reply.
+        """A packet from ``src`` to ``dst``: True if it went to a first contact's address as its reply.
 
-        Only while ``dst`` has no relay connection here: a registered node's packets always
-        go to its authenticated connection.
+        Only a QUIC version 1 long-header packet (an answer to an Initial), only while ``dst``
+        has no relay connection here (a registered node's packets always go to its
+        authenticated connection), and only within the first contact's budget; everything
+        else takes the router's normal path (an unregistered destination is refused).
         """
         if self._registered(dst) or not len(self.first_contacts):
             return False
+        if not (len(packet) >= 5 and packet[0] & 0x80 and packet[1:5] == b"\x00\x00\x00\x01"):
+            # only a QUIC v1 long-header packet answers an Initial: anything else (1-RTT, disco)
+            # belongs to a connection with the real node and takes the normal (refusing) path
+            return False
         reply = encode_first_reply(src, packet)
-        handled, addr = self.first_contacts.reply_to(dst, src, len(reply), now)
-        if addr is not None:
-            self.endpoint.router.sendto(reply, addr)
-        return handled
+        _handled, addr = self.first_contacts.reply_to(dst, src, len(reply), now)
+        if addr is None:  # no live first contact, or beyond its budget (counted): refused as usual
+            return False
+        self.endpoint.router.sendto(reply, addr)
+        return True
 
     def _room(self, node: NodeId) -> int:
         """How many more frames ``node``'s connection queues now (the router's ``room``).

@@ -379,3 +379,45 @@ async def test_a_nodes_first_request_right_after_bind_goes_as_a_first_contact_on
         await server.shutdown()
         await server_node.close()
         await relay.close()
+
+
+@pytest.mark.sim(loss=0.0, latency=LATENCY)
+async def test_a_claim_does_not_divert_a_nodes_other_packets_to_the_first_contact(
+    sim: Simulation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Victor is between relay connections; Mallory keeps a first contact claiming Victor alive.
+    The server's packets to Victor on an existing connection (1-RTT: a short header) are not an
+    answer to an Initial: they are not sent to Mallory's address, the server is told as usual
+    that Victor is not connected; only long-header packets (handshake answers) go there."""
+    relay, server, _phone = await _rig(sim)
+    victor = SecretKey.from_seed("victor").node_id
+    mallory = ("192.0.2.7", 4433)
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+    real_sendto = relay.endpoint.router.sendto
+
+    def sendto(data: bytes, addr: tuple[str, int]) -> None:
+        if addr == mallory:
+            sent.append((data, addr))
+            return
+        real_sendto(data, addr)
+
+    monkeypatch.setattr(relay.endpoint.router, "sendto", sendto)
+    relay.plane_datagram_received(encode_first_contact(server.node_id, victor, INITIAL), mallory)
+    assert relay.first_contact_stats.forwarded == 1
+    link = server.node.relay
+    assert link is not None
+    refused = relay.router.stats.dropped_unknown_destination
+    assert link.send_packet(victor, bytes((0x40,)) + bytes(99))  # a 1-RTT packet
+    await asyncio.sleep(RTT)
+    assert sent == [] and relay.first_contact_stats.replies == 0
+    assert relay.router.stats.dropped_unknown_destination == refused + 1  # refused as usual
+    # a handshake answer (long header, version 1) does go to the first contact, within its budget
+    assert link.send_packet(victor, INITIAL)
+    await asyncio.sleep(RTT)
+    assert len(sent) == 1 and relay.first_contact_stats.replies == 1
+    for _ in range(5):  # beyond the budget: refused as usual, not silently dropped
+        link.send_packet(victor, INITIAL)
+    await asyncio.sleep(RTT)
+    # 3 x 1277 bytes received: three 1245-byte answers fit, the other three are refused
+    assert len(sent) == 3 and relay.first_contact_stats.replies_over_budget == 3
+    assert relay.router.stats.dropped_unknown_destination == refused + 1 + 3
