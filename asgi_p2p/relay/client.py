@@ -847,6 +847,7 @@ class RelayClient:
         self.last_failure = None
         self._connected.set()
         self._may_send.set()
+        self._flush_first_copies()  # the dial's Initials held as first contacts (sent to blocked UDP)
         log.warning(
             "relay %s: connected over TCP (TLS + WebSocket at port %s): UDP to the relay did not work; "
             "trying UDP again every %gs",
@@ -929,13 +930,15 @@ class RelayClient:
         """Send ``packet`` (a full-size Initial) to the relay as a first contact; keep a copy for later."""
         relay = self._attempt_to
         assert relay is not None  # (takes_first_contact)
-        if len(self._first_copies) >= _MAX_FIRST_COPIES:
-            self.stats.dropped_disconnected += 1
-            return False
         now = asyncio.get_running_loop().time()
         dests = self._first_dests
         for old in [d for d, until in dests.items() if until < now]:
             del dests[old]
+        # copies of dials given up (or left by a failed attempt) never block later first contacts
+        self._first_copies = [(d, p) for d, p in self._first_copies if d in dests]
+        if len(self._first_copies) >= _MAX_FIRST_COPIES:
+            self.stats.dropped_disconnected += 1
+            return False
         if len(dests) >= _MAX_FIRST_DESTS:
             del dests[next(iter(dests))]
         current = self._conn
@@ -1050,6 +1053,7 @@ class RelayClient:
     def _failed(self, handler: _RelayConnection | None, exc: P2PError) -> None:
         """A connection attempt failed (``handler``: after our Finished, before the relay confirmed it)."""
         self.last_failure = exc
+        self._first_copies.clear()  # (the dials' own retransmissions go on)
         if handler is not None:
             handler.conn.close(0, "relay connection failed")
             self._set_disconnected(handler, str(exc))

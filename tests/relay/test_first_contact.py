@@ -421,3 +421,56 @@ async def test_a_claim_does_not_divert_a_nodes_other_packets_to_the_first_contac
     # 3 x 1277 bytes received: three 1245-byte answers fit, the other three are refused
     assert len(sent) == 3 and relay.first_contact_stats.replies_over_budget == 3
     assert relay.router.stats.dropped_unknown_destination == refused + 1 + 3
+
+
+async def test_a_dial_held_as_a_first_contact_goes_over_tcp_as_soon_as_tcp_wins() -> None:
+    """Real loopback, UDP to the relay blocked, the relay URL with a TCP port: the dial right after
+    bind goes as a first contact into the blocked UDP; its held copy goes through the relay over
+    TCP the moment TCP can send, so the response comes within a few loopback round trips of
+    that, not after the dial's Initial retransmission timeout (the regression)."""
+    from tests.relay.test_tcp import BlockedUdpNetwork, _factory
+
+    loop = asyncio.get_running_loop()
+    relay = await RelayServer.bind(SecretKey.from_seed("relay"), host="127.0.0.1", tcp_port=0)
+    server_node = await Node.bind(SecretKey.from_seed("srv"), host="127.0.0.1", relay_url=str(relay.url))
+    server = H3Server(_hello, server_node)
+    await server.startup()
+    node: Node | None = None
+    try:
+        assert server_node.relay is not None
+        await server_node.relay.wait_connected(5)
+        node = await Node.bind(
+            SecretKey.from_seed("fresh"),
+            host="127.0.0.1",
+            network=BlockedUdpNetwork(),
+            relay_url=str(relay.url),
+            relay_factory=_factory(udp_head_start=0.3, proxy=None),
+        )
+        link = node.relay
+        assert isinstance(link, RelayClient) and link.takes_first_contact
+        sendable: list[float] = []
+
+        async def watch() -> None:
+            while not link.can_send:  # noqa: ASYNC110 - a state flag, bounded by the request's timeout
+                await asyncio.sleep(0.002)
+            sendable.append(loop.time())
+
+        watcher = loop.create_task(watch())
+        addr = NodeAddr(server_node.node_id, relay_url=str(relay.url))
+        async with httpx.AsyncClient(
+            transport=P2PTransport(node, addrs=[addr]), base_url=f"https://{server_node.node_id}"
+        ) as http:
+            r = await asyncio.wait_for(http.get("/"), 10)
+        done = loop.time()
+        await watcher
+        assert r.text == "hi -" and link.transport == "tcp"
+        assert link.stats.first_contacts_sent >= 1
+        # the e2e handshake and the request: two relayed round trips on loopback, ~10 ms (waiting
+        # for the dial's next Initial retransmission took ~0.3 s more)
+        assert done - sendable[0] < 0.2, done - sendable[0]
+    finally:
+        if node is not None:
+            await node.close(timeout=0.5)
+        await server.shutdown()
+        await server_node.close(timeout=0.5)
+        await relay.close(timeout=0.5)
