@@ -18,7 +18,8 @@ safe (the whole reasoning is in docs/security.md, "First contact"):
   handshake then authenticates the client (its certificate must name the claimed
   NodeId, or the destination closes the connection).
 * Answers to the claimed NodeId go to its registered relay connection whenever it has
-  one (never to an unauthenticated address then); only while it has none do they go
+  one (never to an unauthenticated address then); only while it has none do QUIC v1
+  long-header packets (answers to the Initial; anything else is refused as usual) go
   to the first contact's address, within a budget of :data:`REPLY_FACTOR` times the
   bytes that address sent, for :data:`EXPIRY` seconds (QUIC's own anti-amplification
   factor, RFC 9000 section 8.1).
@@ -79,8 +80,9 @@ MAX_ENTRIES = 256
 #: The most live first contacts from one source IP address.
 MAX_PER_SOURCE = 4
 #: The most live first contacts to one destination (whose per-source admission limits an
-#: unauthenticated sender could spread over made-up NodeIds).
-MAX_PER_DESTINATION = 16
+#: unauthenticated sender could spread over made-up NodeIds): with :data:`EXPIRY`, at most
+#: 2 new validated half-open connections a second there (docs/security.md, "First contact").
+MAX_PER_DESTINATION = 4
 #: First contacts per second the relay accepts from everybody together (bursts of as many).
 RATE = 64.0
 
@@ -140,7 +142,7 @@ class FirstContactStats:
     dropped_table_full: int = 0
     #: dropped: the same (claimed node, destination) is live from another address (the first one holds)
     dropped_conflict: int = 0
-    #: replies dropped: beyond the first contact's byte budget
+    #: replies not sent to the first contact: beyond its byte budget (refused as to an unknown destination)
     replies_over_budget: int = 0
 
 
@@ -253,7 +255,7 @@ class FirstContacts:
 
         (False, None): no first contact of ``dst`` to ``src`` is live (the caller goes on as
         before: unknown destination); (True, address): send it there (budget taken);
-        (True, None): drop it, it is beyond the budget (counted).
+        (True, None): beyond the budget (counted; the relay refuses it as usual).
         """
         self._expire(now)
         entry = self._entries.get((dst, src))

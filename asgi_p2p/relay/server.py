@@ -886,7 +886,7 @@ class RelayServer:
         """
         if self._registered(dst) or not len(self.first_contacts):
             return False
-        if not (len(packet) >= 5 and packet[0] & 0x80 and packet[1:5] == b"\x00\x00\x00\x01"):
+        if not (len(packet) >= 5 and packet[0] & 0x80 and bytes(packet[1:5]) == b"\x00\x00\x00\x01"):
             # only a QUIC v1 long-header packet answers an Initial: anything else (1-RTT, disco)
             # belongs to a connection with the real node and takes the normal (refusing) path
             return False

@@ -302,7 +302,7 @@ def test_the_table_and_the_global_rate_bound_a_flood_from_everywhere() -> None:
     """Made-up sources, claims and destinations: at most RATE first contacts a second (bursts of as
     many) and MAX_ENTRIES entries; entries go as they expire."""
     table = FirstContacts(0.0)
-    dests = [SecretKey.from_seed(f"dest {i}").node_id for i in range(40)]
+    dests = [SecretKey.from_seed(f"dest {i}").node_id for i in range(80)]
     claims = [SecretKey.from_seed(f"claim {i}").node_id for i in range(50)]
     admitted = 0
     for step in range(400):  # 4 virtual seconds, 100 tries every 10 ms
@@ -310,7 +310,7 @@ def test_the_table_and_the_global_rate_bound_a_flood_from_everywhere() -> None:
         for i in range(100):
             n = step * 100 + i
             addr = (f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}", 1)
-            admitted += table.admit(claims[n % 50], dests[n // 50 % 40], addr, 1277, now)
+            admitted += table.admit(claims[n % 50], dests[n // 50 % 80], addr, 1277, now)
         assert len(table) <= MAX_ENTRIES
     stats = table.stats
     assert admitted == stats.forwarded <= RATE * 4 + RATE
