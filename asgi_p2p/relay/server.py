@@ -869,6 +869,12 @@ class RelayServer:
             # them; the Initial comes again behind that node's relay Finished, authenticated
             stats.dropped_claimed_registered += 1
             return
+        if len(self.router) >= self.router.limits.max_clients:
+            # full: the claimed node's own relay connection will be refused, so nothing of its
+            # could follow the Initial through us; its dial fails naming our refusal, as without
+            # first contact (not half-open with the destination on first-contact replies)
+            stats.dropped_refused += 1
+            return
         if not table.admit(claimed, dest, addr, len(data), asyncio.get_running_loop().time()):
             return
         log.debug("relay: first contact from %s:%d claiming node %s, to %s", *addr, claimed, dest)

@@ -258,6 +258,7 @@ async def test_a_dial_to_a_peer_on_another_relay_starts_at_that_relays_finished(
         SecretKey.from_seed("bob"),
         host="0.0.0.0",
         network=sim.host("bob", nat=EIM),
+        config=NetworkConfig(relay_first_contact="off"),  # (this file: the Finished path)
         relay_urls=[url_b],
         relay_factory=factory,  # type: ignore[arg-type]
     )
