@@ -68,7 +68,7 @@ from ..errors import InvalidConfiguration, ProtocolError
 from ..identity import NodeId, SecretKey
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
 from .first_contact import FirstContacts, FirstContactStats, encode_first_reply, is_first_contact
-from .plane import HELLO, PLANE_MAGIC, PlaneStats, PlaneTokens, encode_plane
+from .plane import HELLO, PLANE_MAGIC, PLANE_OVERHEAD, PlaneStats, PlaneTokens, encode_plane
 from .proto import (
     FORWARD_OVERHEAD,
     FRAME_RECV,
@@ -803,6 +803,7 @@ class RelayServer:
             len(data) > FORWARD_OVERHEAD
             and data[0] == RELAY_VERSION
             and data[1] == FRAME_SEND
+            and len(self.first_contacts)  # (no NodeId built per datagram while no first contact is live)
             and self._first_reply(node, NodeId(data[2:FORWARD_OVERHEAD]), memoryview(data)[FORWARD_OVERHEAD:], now)
         ):
             self._dispatch(actions)
@@ -890,17 +891,17 @@ class RelayServer:
         authenticated connection), and only within the first contact's budget; everything
         else takes the router's normal path (an unregistered destination is refused).
         """
-        if self._registered(dst) or not len(self.first_contacts):
+        if not len(self.first_contacts) or self._registered(dst):
             return False
         if not (len(packet) >= 5 and packet[0] & 0x80 and bytes(packet[1:5]) == b"\x00\x00\x00\x01"):
             # only a QUIC v1 long-header packet answers an Initial: anything else (1-RTT, disco)
             # belongs to a connection with the real node and takes the normal (refusing) path
             return False
-        reply = encode_first_reply(src, packet)
-        _handled, addr = self.first_contacts.reply_to(dst, src, len(reply), now)
+        # (the reply is built only once it has somewhere to go)
+        _handled, addr = self.first_contacts.reply_to(dst, src, PLANE_OVERHEAD + len(packet), now)
         if addr is None:  # no live first contact, or beyond its budget (counted): refused as usual
             return False
-        self.endpoint.router.sendto(reply, addr)
+        self.endpoint.router.sendto(encode_first_reply(src, packet), addr)
         return True
 
     def _room(self, node: NodeId) -> int:
