@@ -151,7 +151,8 @@ class MessageConnection:
 
     async def recv_timeout(self, timeout: float) -> bytes:
         try:
-            return await asyncio.wait_for(self.recv(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self.recv()
         except TimeoutError:
             raise Timeout(f"no message from {self.remote_node_id} within {timeout:g}s") from None
 

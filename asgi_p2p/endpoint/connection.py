@@ -274,7 +274,8 @@ class PeerConnection:
         for a late HANDSHAKE_DONE on a connection other requests use) is never closed here."""
         self._ready_waiters += 1
         try:
-            await asyncio.wait_for(asyncio.shield(self._confirmed if confirmed else self._ready), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                await asyncio.shield(self._confirmed if confirmed else self._ready)
         except TimeoutError:
             if self._ready_waiters == 1 and not self._ready.done():
                 self.close(REFUSED, "handshake timed out")

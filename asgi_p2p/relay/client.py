@@ -340,7 +340,8 @@ class _TcpRelayConnection:
         self.lost.set()
         self._wake.set()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), 2.0)
+            async with asyncio.timeout(2.0):
+                await self.ws.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -553,7 +554,8 @@ class RelayClient:
                         break
 
         try:
-            await asyncio.wait_for(wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await wait()
         except TimeoutError:
             raise Timeout(
                 f"relay {self.url}: packets of {size} bytes do not fit within {timeout:g}s "
@@ -642,7 +644,8 @@ class RelayClient:
         if self._task is None:
             raise ConnectionClosed("relay client not started; call start() first")
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
         except TimeoutError:
             why = f": {self.last_failure}" if self.last_failure is not None else ""
             raise Timeout(f"relay {self.url} not connected within {timeout:g}s{why}") from None
@@ -707,7 +710,8 @@ class RelayClient:
             attempt += 1
             log.info("relay %s: reconnecting in %.2fs (attempt %d)", self.url, delay, attempt)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._closing.wait()
 
     async def _connect_any(self) -> _RelayConnection | _TcpRelayConnection | None:
         """Connect over UDP, or over TCP when the URL has a TCP port and UDP does not come up first."""
@@ -729,7 +733,8 @@ class RelayClient:
             )
         else:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(udp), self.udp_head_start)
+                async with asyncio.timeout(self.udp_head_start):
+                    await asyncio.shield(udp)
             if _outcome(udp) is not None:
                 return _outcome(udp)
         tcp = loop.create_task(self._connect_tcp(), name=f"relay {self.url} over tcp")
@@ -813,7 +818,8 @@ class RelayClient:
             if not der:
                 raise ProtocolError("the relay's TLS session shows no certificate")
             fingerprint = certificate_fingerprint(der)
-            hello = parse_hello(await asyncio.wait_for(ws.recv(), timeout))
+            async with asyncio.timeout(timeout):
+                hello = parse_hello(await ws.recv())
             if not hello.verify(url.node_id, fingerprint):
                 raise AuthenticationFailed(
                     f"the server at {url.host}:{url.tcp_port} did not prove relay key {url.node_id} "
@@ -890,7 +896,8 @@ class RelayClient:
                 if not self._live:
                     # the QUIC connection is up but does not carry a full-size packet yet: wait a little
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._until_live(udp), self.keepalive_interval)
+                        async with asyncio.timeout(self.keepalive_interval):
+                            await self._until_live(udp)
                 if self._live and self._conn is udp:
                     self.stats.moved_to_udp += 1
                     if self._network is not None:
@@ -1162,7 +1169,8 @@ class RelayClient:
         conn = current.conn
         while not current.lost.is_set() and not self._closing.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(current.lost.wait(), self.keepalive_interval)
+                async with asyncio.timeout(self.keepalive_interval):
+                    await current.lost.wait()
             if current.lost.is_set() or self._closing.is_set():
                 break
             small_since = self._small_since

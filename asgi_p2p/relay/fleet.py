@@ -514,7 +514,8 @@ class RelayFleet:
         if self._task is None:
             raise ConnectionClosed("relay fleet not started; call start() first")
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
         except TimeoutError:
             states = "; ".join(
                 f"{link.relay_url}: " + ("connected" if link.connected else str(link.last_failure or "not connected"))
@@ -600,7 +601,8 @@ class RelayFleet:
             self._lost_peers[peer] = (since, now)
             old = self._routes.get(peer)
             try:
-                found = await asyncio.wait_for(discovery.resolve(peer), LOOKUP_TIMEOUT)
+                async with asyncio.timeout(LOOKUP_TIMEOUT):
+                    found = await discovery.resolve(peer)
                 why = "its record names no other relay"
             except (P2PError, TimeoutError) as exc:
                 found, why = None, str(exc) or "timed out"

@@ -590,7 +590,8 @@ class RelayServer:
         if self._tcp_server is not None:
             self._tcp_server.close()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tcp_server.wait_closed(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._tcp_server.wait_closed()
         await self.endpoint.close(timeout=timeout)
         await asyncio.sleep(0)  # let the transport release the socket (a restart may bind the same port)
 
@@ -720,7 +721,8 @@ class RelayServer:
         finally:
             handler.close(0, "connection closed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(writer, 2.0)
+                async with asyncio.timeout(2.0):
+                    await writer
             self._lost(handler, lost)
 
     def _lost(self, handler: _Handler, exc: Exception | None) -> None:

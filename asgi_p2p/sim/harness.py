@@ -69,7 +69,8 @@ class SimHarness:
 
         async def main() -> T:
             try:
-                return await asyncio.wait_for(scenario(self), timeout)
+                async with asyncio.timeout(timeout):
+                    return await scenario(self)
             finally:
                 for ep in self._endpoints:
                     await ep.close(timeout=0.5)
