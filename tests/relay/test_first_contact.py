@@ -375,7 +375,11 @@ async def test_a_nodes_first_request_right_after_bind_goes_as_a_first_contact_on
             r = await asyncio.wait_for(http.get("/"), 10)
         assert r.text == "hi -"
         assert link.stats.first_contacts_sent == 1
-        assert relay.first_contact_stats.forwarded == 1
+        assert relay.first_contact_stats.forwarded == 1  # (a relay on loopback takes loopback sources)
+        # but never one that would have it answer its own socket
+        spoofed = encode_first_contact(server_node.node_id, SecretKey.from_seed("x").node_id, INITIAL)
+        relay.plane_datagram_received(spoofed, relay.endpoint.local_address)
+        assert relay.first_contact_stats.dropped_bad_address == 1
     finally:
         await node.close()
         await server.shutdown()
