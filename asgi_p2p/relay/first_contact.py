@@ -29,6 +29,11 @@ safe (the whole reasoning is in docs/security.md, "First contact"):
 * The relay never answers an address it must not send to (:func:`refused_reply_address`:
   unspecified, port 0, multicast, broadcast, its own socket's, and its own host's unless
   it listens on loopback only): a spoofed source there would make it a reflector at itself.
+* The dialing client (:class:`~asgi_p2p.relay.client.RelayClient`) takes a zero-token
+  datagram from the relay's address only as a QUIC v1 long-header packet from the node
+  it dialed, to the connection id of a connection it dialed with a first contact through
+  that address, within :data:`EXPIRY` seconds of that first contact's first Initial; it
+  listens for them only while such a first contact is live, at one relay address at a time.
 * State is a small bounded table (:class:`FirstContacts`): at most
   :data:`MAX_ENTRIES` entries, :data:`MAX_PER_SOURCE` per source (an IPv4 address, an
   IPv6 /64), :data:`MAX_PER_DESTINATION` per destination, each expiring
