@@ -33,7 +33,7 @@ safe (the whole reasoning is in docs/security.md, "First contact"):
   datagram from the relay's address only as a QUIC v1 long-header packet from the node
   it dialed, to the connection id of a connection it dialed with a first contact through
   that address, within :data:`EXPIRY` seconds of that first contact's first Initial; it
-  listens for them only while such a first contact is live, at one relay address at a time.
+  takes them at one relay address at a time, and only until no such first contact is live.
 * State is a small bounded table (:class:`FirstContacts`): at most
   :data:`MAX_ENTRIES` entries, :data:`MAX_PER_SOURCE` per source (an IPv4 address, an
   IPv6 /64), :data:`MAX_PER_DESTINATION` per destination, each expiring
