@@ -94,6 +94,7 @@ from .first_contact import (
     encode_first_contact,
     is_first_contact,
     is_full_initial,
+    long_header_cids,
     open_first_reply,
 )
 from .netmemory import Network, TransportMemory
@@ -153,9 +154,10 @@ PLANE_PING_INTERVAL = 1.0
 #: Packets held during one relay connection attempt to send at :attr:`RelayClient.can_send`: the
 #: Initials sent as first contacts and what followed them (more are dropped as before).
 _MAX_FIRST_COPIES = 8
-#: Nodes whose replies to our first contacts are taken at once.
+#: Nodes (and connections) whose replies to our first contacts are taken at once.
 _MAX_FIRST_DESTS = 16
-#: Seconds a first contact's replies are taken (the relay's own expiry).
+#: Seconds a first contact's replies are taken, from its first Initial (the relay's own expiry:
+#: a retransmitted Initial extends neither).
 FIRST_CONTACT_REPLY_WINDOW = EXPIRY
 #: Plane datagrams after which the relay connection's path searches larger datagram sizes, as
 #: the connection's own bulk sending would start it (it carries the largest relayed packet)
@@ -267,6 +269,16 @@ class _RelayConnection:
 
     def plane_datagram(self, data: bytes) -> None:
         self.client._plane_received(self, data)
+
+
+@dataclass(slots=True)
+class _FirstDial:
+    """A connection we dialed with a first contact: its replies come from ``dest`` through ``relay``."""
+
+    dest: NodeId
+    relay: tuple[str, int]
+    #: the end of its reply window (loop time)
+    until: float
 
 
 def _outcome(task: asyncio.Task[_T]) -> _T | None:
@@ -461,10 +473,16 @@ class RelayClient:
         self._attempt_to: tuple[str, int] | None = None
         #: Initials sent as first contacts, sent again the normal way once :attr:`can_send`
         self._first_copies: list[tuple[NodeId, bytes]] = []
-        #: nodes we sent a first contact to: their replies are taken until then (loop time)
+        #: nodes we sent a first contact to: what follows their Initials is held until then (loop time)
         self._first_dests: dict[NodeId, float] = {}
-        #: the relay address whose first-contact replies :meth:`_first_reply` takes (None: none)
-        self._first_relay: tuple[str, int] | None = None
+        #: connections we dialed with a first contact, by our source connection id (the destination
+        #: connection id of the replies): only their replies are taken, until their window ends
+        self._first_dials: dict[bytes, _FirstDial] = {}
+        #: where :meth:`_first_reply` is registered with the socket's plane demultiplexer: the
+        #: relay address and the receiver (one at a time; None: none; it goes once no first dial
+        #: is live, noticed by :meth:`_prune_first_dials` at the next first contact, reply,
+        #: connection attempt or keepalive)
+        self._first_relay: tuple[tuple[str, int], Callable[[bytes], None]] | None = None
 
     # -- RelayLink -------------------------------------------------------------
 
@@ -666,11 +684,10 @@ class RelayClient:
         if self._pending_udp is not None:
             self._pending_udp.cancel()
             self._pending_udp = None
-        if self._first_relay is not None:
-            client_demux(self.endpoint.router).remove(self._first_relay, self._first_reply)
-            self._first_relay = None
         self._first_copies.clear()
         self._first_dests.clear()
+        self._first_dials.clear()
+        self._prune_first_dials(0.0)  # (no dial left: the receiver goes)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -938,6 +955,7 @@ class RelayClient:
         relay = self._attempt_to
         assert relay is not None  # (takes_first_contact)
         now = asyncio.get_running_loop().time()
+        self._prune_first_dials(now)
         dests = self._first_dests
         for old in [d for d, until in dests.items() if until < now]:
             del dests[old]
@@ -948,34 +966,86 @@ class RelayClient:
             return False
         if len(dests) >= _MAX_FIRST_DESTS:
             del dests[next(iter(dests))]
+        cids = long_header_cids(packet)
         current = self._conn
-        if current is None or current.plane is None:  # replies may come before the relay's plane token
-            try:
-                demux = client_demux(self.endpoint.router)
-            except P2PError:  # (this socket's plane datagrams go to a relay server: no replies for us)
+        if cids is not None and (current is None or current.plane is None):
+            # (replies may come before the relay's plane token)
+            if not self._take_first_replies(relay):
                 self.first_contact_enabled = False
                 self._first_copies.append((dest, packet))  # (it goes at can_send, as without first contact)
                 dests[dest] = now + FIRST_CONTACT_REPLY_WINDOW
                 return True
-            demux.add(relay, self._first_reply)
-            self._first_relay = relay
         self._first_copies.append((dest, packet))
         dests.pop(dest, None)
         dests[dest] = now + FIRST_CONTACT_REPLY_WINDOW
+        if cids is not None:
+            self._first_dial(cids[1], dest, relay, now)
         self.endpoint.router.sendto(encode_first_contact(dest, self.endpoint.node_id, packet), relay)
         self.stats.first_contacts_sent += 1
         return True
 
-    def _first_reply(self, data: bytes) -> None:
-        """A datagram from the relay's address carrying the first-contact token: a reply to one of ours."""
+    def _take_first_replies(self, relay: tuple[str, int]) -> bool:
+        """Have the socket hand zero-token datagrams from ``relay`` to :meth:`_first_reply`; False if
+        it cannot (its plane datagrams go to a relay server: nothing could answer us).
+
+        One registration at a time: one at an earlier address of the relay (a host name that
+        resolves anew) goes first, so nothing accumulates across reconnects.
+        """
+        try:
+            demux = client_demux(self.endpoint.router)
+        except P2PError:
+            return False
+        registered = self._first_relay
+        if registered is not None and registered[0] != relay:
+            demux.remove(*registered)
+            registered = None
+        if registered is None:
+
+            def receive(data: bytes) -> None:
+                self._first_reply(data, relay)
+
+            registered = self._first_relay = (relay, receive)
+        demux.add(*registered)  # (again: the plane's receiver of an earlier connection may have replaced it)
+        return True
+
+    def _first_dial(self, scid: bytes, dest: NodeId, relay: tuple[str, int], now: float) -> None:
+        """Take ``dest``'s replies to our connection ``scid`` from ``relay`` for the reply window (a
+        retransmitted Initial does not extend it, as the relay does not; once it ended, it starts anew)."""
+        dials = self._first_dials
+        dial = dials.get(scid)
+        if dial is not None and dial.until >= now and dial.dest == dest and dial.relay == relay:
+            return
+        dials.pop(scid, None)
+        if len(dials) >= _MAX_FIRST_DESTS:
+            del dials[next(iter(dials))]
+        dials[scid] = _FirstDial(dest, relay, now + FIRST_CONTACT_REPLY_WINDOW)
+
+    def _prune_first_dials(self, now: float) -> None:
+        """Forget the first dials whose window ended; with none left, stop taking first-contact replies."""
+        dials = self._first_dials
+        for scid in [c for c, dial in dials.items() if dial.until < now]:
+            del dials[scid]
+        registered = self._first_relay
+        if dials or registered is None:
+            return
+        self._first_relay = None
+        client_demux(self.endpoint.router).remove(*registered)
+
+    def _first_reply(self, data: bytes, relay: tuple[str, int]) -> None:
+        """A datagram from the relay address ``relay`` carrying the first-contact token: taken only if
+        it answers a connection we dialed with a first contact to that address, still in its window
+        (a QUIC v1 long-header packet from the node we dialed, to our connection id)."""
         opened = open_first_reply(data) if is_first_contact(data) else None
         if opened is None:
             self.stats.dropped_invalid += 1
             return
         src, packet = opened
-        until = self._first_dests.get(src)
-        if until is None or asyncio.get_running_loop().time() > until:
+        cids = long_header_cids(packet)
+        dial = self._first_dials.get(cids[0]) if cids is not None else None
+        now = asyncio.get_running_loop().time()
+        if dial is None or dial.dest != src or dial.relay != relay or now > dial.until:
             self.stats.dropped_invalid += 1
+            self._prune_first_dials(now)
             return
         self.stats.packets_received += 1
         self.stats.bytes_received += len(packet)
@@ -1016,6 +1086,7 @@ class RelayClient:
         """
         url = self.url
         handler: _RelayConnection | None = None
+        self._prune_first_dials(asyncio.get_running_loop().time())
         try:
             addrs = await self._addresses()
             if not addrs:
@@ -1173,6 +1244,7 @@ class RelayClient:
                     await current.lost.wait()
             if current.lost.is_set() or self._closing.is_set():
                 break
+            self._prune_first_dials(conn.now())
             small_since = self._small_since
             if not self._live and not self._small_warned and small_since is not None:
                 if conn.now() - small_since >= self.keepalive_interval:
@@ -1347,10 +1419,11 @@ class RelayClient:
 
     def _plane_received(self, current: _RelayConnection, data: bytes) -> None:
         """A plane datagram from the relay's address: a RECV frame in another form."""
-        if is_first_contact(data):  # (the plane's receiver took over from _first_reply)
-            self._first_reply(data)
-            return
         plane = current.plane
+        if is_first_contact(data):  # (the plane's receiver took over from _first_reply)
+            if plane is not None:
+                self._first_reply(data, plane.relay)
+            return
         if plane is None or current.lost.is_set():
             return
         confirmed = plane.confirmed

@@ -21,13 +21,24 @@ safe (the whole reasoning is in docs/security.md, "First contact"):
   one (never to an unauthenticated address then); only while it has none do QUIC v1
   long-header packets (answers to the Initial; anything else is refused as usual) go
   to the first contact's address, within a budget of :data:`REPLY_FACTOR` times the
-  bytes that address sent, for :data:`EXPIRY` seconds (QUIC's own anti-amplification
-  factor, RFC 9000 section 8.1).
+  bytes that address sent, for :data:`EXPIRY` seconds from its first Initial (QUIC's own
+  anti-amplification factor, RFC 9000 section 8.1).  A retransmission of that Initial
+  (the same connection: same source connection id, the same destination connection id
+  or the one the destination answered from) is forwarded too and adds to the budget,
+  never to the time; another Initial under the same claim is dropped while the entry lives.
+* The relay never answers an address it must not send to (:func:`refused_reply_address`:
+  unspecified, port 0, multicast, broadcast, its own socket's, and its own host's unless
+  it listens on loopback only): a spoofed source there would make it a reflector at itself.
+* The dialing client (:class:`~asgi_p2p.relay.client.RelayClient`) takes a zero-token
+  datagram from the relay's address only as a QUIC v1 long-header packet from the node
+  it dialed, to the connection id of a connection it dialed with a first contact through
+  that address, within :data:`EXPIRY` seconds of that first contact's first Initial; it
+  takes them at one relay address at a time, and only until no such first contact is live.
 * State is a small bounded table (:class:`FirstContacts`): at most
-  :data:`MAX_ENTRIES` entries, :data:`MAX_PER_SOURCE` per source IP and
-  :data:`MAX_PER_DESTINATION` per destination, each expiring
-  after :data:`EXPIRY` seconds, and a global rate of :data:`RATE` first contacts per
-  second.  Everything refused is dropped and counted (:class:`FirstContactStats`).
+  :data:`MAX_ENTRIES` entries, :data:`MAX_PER_SOURCE` per source (an IPv4 address, an
+  IPv6 /64), :data:`MAX_PER_DESTINATION` per destination, each expiring
+  :data:`EXPIRY` seconds after it was made, and a global rate of :data:`RATE` first
+  contacts per second.  Everything refused is dropped and counted (:class:`FirstContactStats`).
 
 An older relay finds no client holding the zero token and drops the datagram (counted
 as an unknown token); the client sends the same Initial again the normal way once its
@@ -36,9 +47,11 @@ relay connection takes packets, so nothing is slower with it.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import ipaddress
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 
+from ..endpoint.admission import source_of
 from ..identity import NodeId
 from ..net.base import Address
 from .plane import PLANE_MAGIC, PLANE_OVERHEAD
@@ -60,24 +73,30 @@ __all__ = [
     "encode_first_reply",
     "is_first_contact",
     "is_full_initial",
+    "long_header_cids",
     "open_first_reply",
+    "refused_reply_address",
 ]
 
 #: The token of a first-contact datagram and of its replies (never issued to a client).
 FIRST_CONTACT_TOKEN = bytes(PLANE_TOKEN_SIZE)
 _MAGIC_LEN = len(PLANE_MAGIC)
 _TOKEN_END = _MAGIC_LEN + PLANE_TOKEN_SIZE
+#: The longest QUIC version 1 connection id (RFC 9000 section 17.2).
+_MAX_CID = 20
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 #: Bytes a first-contact datagram adds to its packet: magic, zero token, destination, claimed sender.
 FIRST_CONTACT_OVERHEAD = PLANE_OVERHEAD + 32
 #: The smallest packet forwarded: a client's Initial is padded to at least this (RFC 9000 section 14.1).
 MIN_INITIAL_SIZE = 1200
-#: Seconds a first contact's entry (its reply address and budget) lives.
+#: Seconds a first contact's entry (its reply address and budget) lives, from its first Initial.
 EXPIRY = 2.0
 #: Reply bytes sent to a first contact's (unvalidated) address per byte it sent (RFC 9000 section 8.1).
 REPLY_FACTOR = 3
 #: The most first contacts the relay remembers at once.
 MAX_ENTRIES = 256
-#: The most live first contacts from one source IP address.
+#: The most live first contacts from one source: an IPv4 address, or an IPv6 address's /64
+#: (one home's prefix; :func:`~asgi_p2p.endpoint.admission.source_of`).
 MAX_PER_SOURCE = 4
 #: The most live first contacts to one destination (whose per-source admission limits an
 #: unauthenticated sender could spread over made-up NodeIds): with :data:`EXPIRY`, at most
@@ -95,6 +114,47 @@ def is_first_contact(data: bytes) -> bool:
 def is_full_initial(packet: bytes | memoryview) -> bool:
     """True if ``packet`` starts a QUIC version 1 Initial (long header) and is at least 1200 bytes."""
     return len(packet) >= MIN_INITIAL_SIZE and packet[0] & 0xF0 == 0xC0 and bytes(packet[1:5]) == b"\x00\x00\x00\x01"
+
+
+def long_header_cids(packet: bytes | memoryview) -> tuple[bytes, bytes] | None:
+    """(destination, source) connection ids of a QUIC version 1 long-header packet; None if not one."""
+    if len(packet) < 7 or not packet[0] & 0x80 or bytes(packet[1:5]) != b"\x00\x00\x00\x01":
+        return None
+    dcid_len = packet[5]
+    scid_at = 6 + dcid_len
+    if dcid_len > _MAX_CID or len(packet) <= scid_at:
+        return None
+    scid_len = packet[scid_at]
+    if scid_len > _MAX_CID or len(packet) < scid_at + 1 + scid_len:
+        return None
+    return bytes(packet[6:scid_at]), bytes(packet[scid_at + 1 : scid_at + 1 + scid_len])
+
+
+def refused_reply_address(addr: Address, own: Collection[str], own_port: int, loopback_ok: bool) -> bool:
+    """True if a first contact's replies must not go to ``addr``: the relay refuses that first contact.
+
+    Refused: a host that is not an IP address, port 0, the unspecified address, multicast,
+    the limited broadcast address, and the relay's own host: a loopback address unless
+    ``loopback_ok`` (the relay listens on loopback only, so every sender is on its host and
+    reaches loopback anyway) and the relay's own addresses ``own`` (at any port, unless
+    ``loopback_ok``; at ``own_port``, its own socket, always).  A spoofed source there would
+    make the relay a reflector at itself or its host's services.  (A directed broadcast
+    address of a subnet is not known here; the kernel refuses sending to it without
+    ``SO_BROADCAST``, which the relay's socket does not set.)
+    """
+    host, port = addr[0], addr[1]
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if port == 0 or ip.is_unspecified or ip.is_multicast or ip == _BROADCAST:
+        return True
+    mine = str(ip) in own
+    if mine and port == own_port:
+        return True
+    return not loopback_ok and (ip.is_loopback or mine)
 
 
 def encode_first_contact(dest: NodeId, claimed: NodeId, packet: bytes) -> bytes:
@@ -134,25 +194,38 @@ class FirstContactStats:
     dropped_claimed_registered: int = 0
     #: dropped: over the global rate
     dropped_rate_limited: int = 0
-    #: dropped: its source IP has :data:`MAX_PER_SOURCE` live first contacts already
+    #: dropped: its source (IPv4 address, IPv6 /64) has :data:`MAX_PER_SOURCE` live first contacts already
     dropped_source_limit: int = 0
     #: dropped: its destination has :data:`MAX_PER_DESTINATION` live first contacts already
     dropped_destination_limit: int = 0
     #: dropped: the table is full
     dropped_table_full: int = 0
-    #: dropped: the same (claimed node, destination) is live from another address (the first one holds)
+    #: dropped: the same (claimed node, destination) is live from another address, or for another
+    #: connection (an Initial that is not a retransmission of the first one's; the first one holds)
     dropped_conflict: int = 0
+    #: dropped: from an address answers must not go to (:func:`refused_reply_address`)
+    dropped_bad_address: int = 0
     #: replies not sent to the first contact: beyond its byte budget (refused as to an unknown destination)
     replies_over_budget: int = 0
 
 
 class _Entry:
-    __slots__ = ("addr", "budget", "expires")
+    __slots__ = ("addr", "budget", "dcid", "expires", "scid", "server_cid", "source")
 
-    def __init__(self, addr: Address, budget: int, expires: float) -> None:
+    def __init__(self, addr: Address, source: Hashable, expires: float, dcid: bytes, scid: bytes) -> None:
         self.addr = addr
-        self.budget = budget
+        self.source = source
+        self.budget = 0
         self.expires = expires
+        #: the first Initial's connection ids, and the one the destination answers from (once known)
+        self.dcid = dcid
+        self.scid = scid
+        self.server_cid: bytes | None = None
+
+    def same_connection(self, cids: tuple[bytes, bytes]) -> bool:
+        """True if an Initial with ``cids`` (destination, source) belongs to this entry's connection."""
+        dcid, scid = cids
+        return scid == self.scid and (dcid == self.dcid or dcid == self.server_cid)
 
 
 class FirstContacts:
@@ -160,8 +233,9 @@ class FirstContacts:
 
     Sans-I/O: :class:`~asgi_p2p.relay.server.RelayServer` calls :meth:`admit` for each
     first contact it would forward and :meth:`reply_to` for each packet to a node that has
-    no relay connection.  Entries expire in the order they were made (a refreshed one moves
-    to the end), so expiry costs O(1) per entry.
+    no relay connection.  Entries expire :data:`EXPIRY` seconds after they were made (a
+    retransmitted Initial does not extend that), in the order they were made, so expiry
+    costs O(1) per entry.
     """
 
     def __init__(
@@ -190,18 +264,20 @@ class FirstContacts:
         return len(self._entries)
 
     @staticmethod
-    def parse(data: bytes) -> tuple[NodeId, NodeId, memoryview] | None:
-        """(destination, claimed sender, packet) of a first-contact datagram; None if malformed."""
+    def parse(data: bytes) -> tuple[NodeId, NodeId, memoryview, tuple[bytes, bytes]] | None:
+        """(destination, claimed sender, packet, its connection ids) of a first-contact datagram;
+        None if malformed."""
         if len(data) < FIRST_CONTACT_OVERHEAD + MIN_INITIAL_SIZE:
             return None
         packet = memoryview(data)[FIRST_CONTACT_OVERHEAD:]
-        if not is_full_initial(packet):
+        cids = long_header_cids(packet) if is_full_initial(packet) else None
+        if cids is None:
             return None
         dest = NodeId(data[_TOKEN_END:PLANE_OVERHEAD])
         claimed = NodeId(data[PLANE_OVERHEAD:FIRST_CONTACT_OVERHEAD])
         if dest == claimed:
             return None
-        return dest, claimed, packet
+        return dest, claimed, packet, cids
 
     def _expire(self, now: float) -> None:
         entries = self._entries
@@ -210,26 +286,37 @@ class FirstContacts:
             if entry.expires > now:
                 return
             del entries[key]
-            self._release(key, entry.addr)
+            self._release(key, entry)
 
-    def _release(self, key: tuple[NodeId, NodeId], addr: Address) -> None:
-        _decrement(self._per_source, addr[0])
+    def _release(self, key: tuple[NodeId, NodeId], entry: _Entry) -> None:
+        _decrement(self._per_source, entry.source)
         _decrement(self._per_destination, key[1])
 
-    def admit(self, claimed: NodeId, dest: NodeId, addr: Address, size: int, now: float) -> bool:
-        """Note a first contact of ``size`` bytes from ``addr``; False: drop it (counted)."""
+    def admit(
+        self, claimed: NodeId, dest: NodeId, addr: Address, size: int, now: float, cids: tuple[bytes, bytes]
+    ) -> bool:
+        """Note a first contact of ``size`` bytes from ``addr`` whose Initial has connection ids
+        ``cids`` (destination, source; :func:`long_header_cids`); False: drop it (counted).
+
+        A first contact for a live entry is forwarded only if it comes from the same address
+        and retransmits the same connection (its budget grows by :data:`REPLY_FACTOR` times
+        ``size``, its lifetime does not); the global rate applies to every one forwarded.
+        """
         self._expire(now)
         stats = self.stats
         key = (claimed, dest)
         entry = self._entries.get(key)
-        if entry is not None and entry.addr != addr:
-            stats.dropped_conflict += 1
-            return False
-        if entry is None:
+        source: Hashable = None
+        if entry is not None:
+            if entry.addr != addr or not entry.same_connection(cids):
+                stats.dropped_conflict += 1
+                return False
+        else:
             if len(self._entries) >= self.max_entries:
                 stats.dropped_table_full += 1
                 return False
-            if self._per_source.get(addr[0], 0) >= self.max_per_source:
+            source = source_of(addr)
+            if self._per_source.get(source, 0) >= self.max_per_source:
                 stats.dropped_source_limit += 1
                 return False
             if self._per_destination.get(dest, 0) >= self.max_per_destination:
@@ -239,23 +326,23 @@ class FirstContacts:
             stats.dropped_rate_limited += 1
             return False
         if entry is None:
-            entry = _Entry(addr, 0, 0.0)
-            self._per_source[addr[0]] = self._per_source.get(addr[0], 0) + 1
+            entry = self._entries[key] = _Entry(addr, source, now + self.expiry, *cids)
+            self._per_source[source] = self._per_source.get(source, 0) + 1
             self._per_destination[dest] = self._per_destination.get(dest, 0) + 1
-        else:
-            del self._entries[key]  # (re-inserted at the end: the newest expires last)
         entry.budget += REPLY_FACTOR * size
-        entry.expires = now + self.expiry
-        self._entries[key] = entry
         stats.forwarded += 1
         return True
 
-    def reply_to(self, dst: NodeId, src: NodeId, size: int, now: float) -> tuple[bool, Address | None]:
+    def reply_to(
+        self, dst: NodeId, src: NodeId, size: int, now: float, scid: bytes | None = None
+    ) -> tuple[bool, Address | None]:
         """Where a ``size``-byte packet from ``src`` to ``dst`` (which has no relay connection) goes.
 
         (False, None): no first contact of ``dst`` to ``src`` is live (the caller goes on as
         before: unknown destination); (True, address): send it there (budget taken);
-        (True, None): beyond the budget (counted; the relay refuses it as usual).
+        (True, None): beyond the budget (counted; the relay refuses it as usual).  ``scid``:
+        the packet's source connection id (the destination's), which the first contact's
+        retransmissions may then be addressed to.
         """
         self._expire(now)
         entry = self._entries.get((dst, src))
@@ -264,6 +351,8 @@ class FirstContacts:
         if size > entry.budget:
             self.stats.replies_over_budget += 1
             return True, None
+        if scid is not None:
+            entry.server_cid = scid
         entry.budget -= size
         self.stats.replies += 1
         self.stats.reply_bytes += size
@@ -272,7 +361,7 @@ class FirstContacts:
     def forget(self, claimed: NodeId) -> None:
         """``claimed`` registered with the relay: its replies go to its connection from now on."""
         for key in [k for k in self._entries if k[0] == claimed]:
-            self._release(key, self._entries.pop(key).addr)
+            self._release(key, self._entries.pop(key))
 
 
 def _decrement(counts: dict[Hashable, int], key: Hashable) -> None:

@@ -230,6 +230,11 @@ class PlaneDemux:
         #: plane datagrams from an address none of the endpoint's relay clients uses
         self.dropped_wrong_address = 0
 
+    @property
+    def relays(self) -> list[Address]:
+        """The relay addresses whose plane datagrams are taken (one receiver each)."""
+        return list(self._receivers)
+
     def plane_datagram_received(self, data: bytes, addr: Address) -> None:
         receive = self._receivers.get(addr)
         if receive is None:

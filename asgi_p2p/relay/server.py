@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import math
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -67,7 +69,14 @@ from ..endpoint.connection import PeerConnection
 from ..errors import InvalidConfiguration, ProtocolError
 from ..identity import NodeId, SecretKey
 from ._datagrams import DEFAULT_MAX_PENDING_DATAGRAMS, queue_datagram_frame
-from .first_contact import FirstContacts, FirstContactStats, encode_first_reply, is_first_contact
+from .first_contact import (
+    FirstContacts,
+    FirstContactStats,
+    encode_first_reply,
+    is_first_contact,
+    long_header_cids,
+    refused_reply_address,
+)
 from .plane import HELLO, PLANE_MAGIC, PLANE_OVERHEAD, PlaneStats, PlaneTokens, encode_plane
 from .proto import (
     FORWARD_OVERHEAD,
@@ -126,6 +135,15 @@ PLANE_TOKEN_REPEATS = 3
 #: Plane datagrams to a client after which the path to it searches larger datagram sizes (as the
 #: relay connection's own bulk sending would start it: its size bounds the largest relayed packet)
 PLANE_BULK_PACKETS = 24
+#: Seconds between lookups of the relay host's own addresses (first contacts from them are refused).
+OWN_ADDRESSES_TTL = 10.0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def relay_config(max_clients: int, **overrides: Any) -> NetworkConfig:
@@ -373,6 +391,12 @@ class RelayServer:
         )
         #: the bounded table of live first contacts (:mod:`asgi_p2p.relay.first_contact`)
         self.first_contacts = FirstContacts(0.0)
+        # this relay's own host addresses (first contacts from them are refused), looked up again
+        # at most every OWN_ADDRESSES_TTL seconds; a relay listening on loopback only takes
+        # first contacts from its host (every sender is there)
+        self._own_hosts: frozenset[str] = frozenset()
+        self._own_until = -math.inf
+        self._loopback_only = _is_loopback(endpoint.local_address[0])
         #: while packets wait for room on a destination's connection, look again this often
         self.queue_poll_interval = queue_poll_interval
         self._check_handle: asyncio.TimerHandle | None = None
@@ -862,7 +886,7 @@ class RelayServer:
         if parsed is None or self.node_id in parsed[:2]:
             stats.dropped_malformed += 1
             return
-        dest, claimed, packet = parsed
+        dest, claimed, packet, cids = parsed
         if not self._registered(dest):
             stats.dropped_unknown_destination += 1
             return
@@ -878,7 +902,13 @@ class RelayServer:
             # first contact (not half-open with the destination on first-contact replies)
             stats.dropped_refused += 1
             return
-        if not table.admit(claimed, dest, addr, len(data), asyncio.get_running_loop().time()):
+        now = asyncio.get_running_loop().time()
+        if self._refused_address(addr, now):
+            # its answers would go to this relay's own socket or host, to loopback, multicast or
+            # broadcast: a spoofed source must not make the relay a reflector at itself
+            stats.dropped_bad_address += 1
+            return
+        if not table.admit(claimed, dest, addr, len(data), now, cids):
             return
         log.debug("relay: first contact from %s:%d claiming node %s, to %s", *addr, claimed, dest)
         # the destination learns the claimed sender as a relayed packet's source; its end-to-end
@@ -895,16 +925,24 @@ class RelayServer:
         """
         if not len(self.first_contacts) or self._registered(dst):
             return False
-        if not (len(packet) >= 5 and packet[0] & 0x80 and bytes(packet[1:5]) == b"\x00\x00\x00\x01"):
+        cids = long_header_cids(packet)
+        if cids is None:
             # only a QUIC v1 long-header packet answers an Initial: anything else (1-RTT, disco)
             # belongs to a connection with the real node and takes the normal (refusing) path
             return False
         # (the reply is built only once it has somewhere to go)
-        _handled, addr = self.first_contacts.reply_to(dst, src, PLANE_OVERHEAD + len(packet), now)
+        _handled, addr = self.first_contacts.reply_to(dst, src, PLANE_OVERHEAD + len(packet), now, cids[1])
         if addr is None:  # no live first contact, or beyond its budget (counted): refused as usual
             return False
         self.endpoint.router.sendto(encode_first_reply(src, packet), addr)
         return True
+
+    def _refused_address(self, addr: tuple[str, int], now: float) -> bool:
+        """True if a first contact's answers must not go to ``addr`` (see :func:`refused_reply_address`)."""
+        if now >= self._own_until:
+            self._own_hosts = frozenset(a[0] for a in self.endpoint.router.own_socket_addresses())
+            self._own_until = now + OWN_ADDRESSES_TTL
+        return refused_reply_address(addr, self._own_hosts, self.endpoint.local_address[1], self._loopback_only)
 
     def _room(self, node: NodeId) -> int:
         """How many more frames ``node``'s connection queues now (the router's ``room``).

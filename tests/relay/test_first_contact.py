@@ -50,6 +50,8 @@ RTT = 2 * LATENCY  # a relay round trip is 41 ms here (with the home LAN hops)
 EIM = NatConfig(Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT, port_assignment="random")
 #: the smallest forwarded Initial: long header, type Initial, version 1, padded to 1200 bytes
 INITIAL = bytes((0xC3, 0, 0, 0, 1)) + bytes(1195)
+#: its connection ids (destination, source): both empty
+CIDS = (b"", b"")
 
 
 async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
@@ -276,9 +278,9 @@ def test_answers_to_a_first_contacts_address_are_bounded_and_expire() -> None:
     size = len(INITIAL) + FIRST_CONTACT_OVERHEAD
     addr = ("192.0.2.1", 5000)
     assert is_full_initial(INITIAL) and not is_full_initial(INITIAL[:1199])
-    assert table.admit(client, server, addr, size, 0.0)
+    assert table.admit(client, server, addr, size, 0.0, CIDS)
     # the same claim from another address does not take the entry over
-    assert not table.admit(client, server, ("192.0.2.66", 5000), size, 0.1)
+    assert not table.admit(client, server, ("192.0.2.66", 5000), size, 0.1, CIDS)
     assert table.stats.dropped_conflict == 1
     # answers: up to 3x the bytes received, to the first contact's address only
     assert table.reply_to(client, server, 1200, 0.2) == (True, addr)
@@ -293,7 +295,7 @@ def test_answers_to_a_first_contacts_address_are_bounded_and_expire() -> None:
     assert table.reply_to(client, server, 10, EXPIRY + 0.1) == (False, None)
     assert len(table) == 0
     # once the claimed node registers, its entries go (answers go to its connection)
-    assert table.admit(client, server, addr, size, 5.0)
+    assert table.admit(client, server, addr, size, 5.0, CIDS)
     table.forget(client)
     assert len(table) == 0 and table.reply_to(client, server, 10, 5.1) == (False, None)
 
@@ -310,7 +312,7 @@ def test_the_table_and_the_global_rate_bound_a_flood_from_everywhere() -> None:
         for i in range(100):
             n = step * 100 + i
             addr = (f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}", 1)
-            admitted += table.admit(claims[n % 50], dests[n // 50 % 80], addr, 1277, now)
+            admitted += table.admit(claims[n % 50], dests[n // 50 % 80], addr, 1277, now, CIDS)
         assert len(table) <= MAX_ENTRIES
     stats = table.stats
     assert admitted == stats.forwarded <= RATE * 4 + RATE
@@ -373,7 +375,11 @@ async def test_a_nodes_first_request_right_after_bind_goes_as_a_first_contact_on
             r = await asyncio.wait_for(http.get("/"), 10)
         assert r.text == "hi -"
         assert link.stats.first_contacts_sent == 1
-        assert relay.first_contact_stats.forwarded == 1
+        assert relay.first_contact_stats.forwarded == 1  # (a relay on loopback takes loopback sources)
+        # but never one that would have it answer its own socket
+        spoofed = encode_first_contact(server_node.node_id, SecretKey.from_seed("x").node_id, INITIAL)
+        relay.plane_datagram_received(spoofed, relay.endpoint.local_address)
+        assert relay.first_contact_stats.dropped_bad_address == 1
     finally:
         await node.close()
         await server.shutdown()
