@@ -358,6 +358,11 @@ def smoothed_rtt(quic: QuicConnection) -> float:
     return float(quic._loss._rtt_smoothed)
 
 
+#: the attribute of a connection holding its writer of all its streams' MAX_STREAM_DATA
+#: (see install_receive_credit and fast_write_application)
+_STREAM_LIMITS_ATTR = "_asgi_p2p_stream_limits"
+
+
 def install_receive_credit(
     quic: QuicConnection,
     credit_limit: Callable[[int], int | None],
@@ -374,27 +379,35 @@ def install_receive_credit(
     data arrives).  Both are asked whenever a packet is built.  Credit never shrinks.
     """
 
-    def _write_stream_limits(builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> None:
-        stream_id = stream.stream_id
-        assert stream_id is not None  # only application streams get here
-        if stream.max_stream_data_local:
-            limit = credit_limit(stream_id)
-            if limit is None:
-                if stream.receiver.highest_offset * 2 > stream.max_stream_data_local:
-                    stream.max_stream_data_local *= 2
-            elif limit > stream.max_stream_data_local:
-                stream.max_stream_data_local = limit
-        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
-            buf = builder.start_frame(
-                QuicFrameType.MAX_STREAM_DATA,
-                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
-                handler=quic._on_max_stream_data_delivery,
-                handler_args=(stream,),
-            )
-            buf.push_uint_var(stream_id)
-            buf.push_uint_var(stream.max_stream_data_local)
-            stream.max_stream_data_local_sent = stream.max_stream_data_local
+    def write_stream_limits(builder: QuicPacketBuilder, streams: Iterable[QuicStream]) -> None:
+        # aioquic's _write_stream_limits for each stream, with the credit the application decides
+        for stream in streams:
+            stream_id = stream.stream_id
+            assert stream_id is not None  # only application streams get here
+            local = stream.max_stream_data_local
+            if local:
+                limit = credit_limit(stream_id)
+                if limit is None:
+                    if stream.receiver.highest_offset * 2 > local:
+                        local = stream.max_stream_data_local = local * 2
+                elif limit > local:
+                    local = stream.max_stream_data_local = limit
+            if stream.max_stream_data_local_sent != local:
+                buf = builder.start_frame(
+                    QuicFrameType.MAX_STREAM_DATA,
+                    capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                    handler=quic._on_max_stream_data_delivery,
+                    handler_args=(stream,),
+                )
+                buf.push_uint_var(stream_id)
+                buf.push_uint_var(local)
+                stream.max_stream_data_local_sent = local
 
+    def _write_stream_limits(builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> None:
+        write_stream_limits(builder, (stream,))
+
+    # all streams in one call (the fast _write_application's per-packet loop; see fast_write_application)
+    vars(quic)[_STREAM_LIMITS_ATTR] = write_stream_limits
     quic._write_stream_limits = _write_stream_limits  # type: ignore[method-assign]
     if connection_limit is None:
         return
@@ -2140,6 +2153,7 @@ def _write_application(
     space = self._spaces[tls.Epoch.ONE_RTT]
     pacer = self._loss._pacer
     done = False  # asgi-p2p: the next packet would be empty
+    stream_limits = self.__dict__.get(_STREAM_LIMITS_ATTR)  # asgi-p2p: install_receive_credit's
 
     while True:
         # apply pacing, except if we have ACKs to send
@@ -2211,8 +2225,11 @@ def _write_application(
             self._write_connection_limits(builder=builder, space=space)
 
         # stream-level limits
-        for stream in self._streams.values():
-            self._write_stream_limits(builder=builder, space=space, stream=stream)
+        if stream_limits is not None:  # asgi-p2p: install_receive_credit's, in one call
+            stream_limits(builder, self._streams.values())
+        else:
+            for stream in self._streams.values():
+                self._write_stream_limits(builder=builder, space=space, stream=stream)
 
         # PING (user-request)
         if self._ping_pending:
@@ -2246,7 +2263,7 @@ def _write_application(
         try:
             for stream in self._streams_queue:
                 # if the stream is finished, discard it
-                if stream.is_finished:
+                if stream.receiver.is_finished and stream.sender.is_finished:  # asgi-p2p: is_finished, inlined
                     stream_id = stream.stream_id
                     assert stream_id is not None  # asgi-p2p: for mypy (queued streams have ids)
                     self._logger.debug("Stream %d discarded", stream_id)
