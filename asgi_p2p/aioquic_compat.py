@@ -2119,13 +2119,16 @@ def _write_application(
     self: QuicConnection, builder: QuicPacketBuilder, network_path: QuicNetworkPath, now: float
 ) -> None:
     """aioquic 1.7.2's ``QuicConnection._write_application``, line for line, except that its
-    packet loop stops before starting a packet that would stay empty (marked "asgi-p2p").
+    packet loop stops before starting a packet that would stay empty, and that it writes
+    all streams' MAX_STREAM_DATA in one call of :func:`install_receive_credit`'s writer
+    (marked "asgi-p2p").
 
     aioquic's loop builds packets until one comes out empty: after a datagram's only packet
     it starts another (``start_packet``), asks every writer again (each stream's limits,
     the streams queue ...) and discards the empty packet.  Once a pass completed (no
-    ``QuicPacketBuilderStop``) and discarded no stream, the next pass can only write what
-    the pass left pending, which is checked here: an ACK due, the frames whose writers
+    ``QuicPacketBuilderStop``), the next pass can only write what the pass left pending or
+    changed, which is checked here: a discarded peer stream (its stream limit grew: MAX_STREAMS;
+    discarding our own changes no frame), an ACK due, the frames whose writers
     clear their flag (HANDSHAKE_DONE, PATH_RESPONSE, RETIRE_CONNECTION_ID, STREAMS_BLOCKED,
     PING), CRYPTO or DATAGRAM data left, a stream served in this pass that would be served
     again (STOP_SENDING, RESET_STREAM, or STREAM data it may send).  A stream whose data
@@ -2258,6 +2261,7 @@ def _write_application(
                 break
 
         again = False  # asgi-p2p: a stream served in this pass would be served in the next
+        limits_changed = False  # asgi-p2p: a discarded stream let the peer open another
         sent: set[QuicStream] = set()
         discarded: set[QuicStream] = set()
         try:
@@ -2272,6 +2276,7 @@ def _write_application(
                         # Let the peer open a new stream for each one that
                         # closes (RFC 9000 section 4.6).
                         self._stream_limit(stream_id).value += 1
+                        limits_changed = True  # asgi-p2p
                     discarded.add(stream)
                     continue
 
@@ -2336,7 +2341,7 @@ def _write_application(
             # asgi-p2p: what the next pass could write (see the docstring)
             done = not (
                 again
-                or discarded
+                or limits_changed
                 or (packet_type == QuicPacketType.ONE_RTT and space.ack_at is not None and space.ack_at <= now)
                 or self._handshake_done_pending
                 or network_path.remote_challenges

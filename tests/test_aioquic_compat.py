@@ -1532,6 +1532,7 @@ def _scripted_exchange(monkeypatch: pytest.MonkeyPatch, *, loss: bool, credit_ho
     header = pull_quic_header(Buffer(data=first[0]), host_cid_length=8)
     server = QuicConnection(configuration=cfg(False, sk), original_destination_connection_id=header.destination_cid)
     hooks.install_identity_hooks(server, lambda raw: None)
+    hooks.set_peer_stream_limit(server, 10)  # MAX_STREAMS frames as the client's streams finish
     received: dict[tuple[str, int], int] = {}
     if credit_hooks:
         for name, conn in (("client", client), ("server", server)):
