@@ -13,7 +13,9 @@ request or response as aioquic's ack delay allows.  The figure is the CPU time
 
 ``--trees A,B`` runs each measurement in a subprocess importing ``asgi_p2p`` from each tree in
 turn (A, B, A, B, ... alternating, the first of each round rotating), so an old and a new
-``aioquic_compat`` are compared under the same load; medians and every run are printed.
+``aioquic_compat`` are compared under the same load; medians and every run are printed.  A tree
+written ``PATH:aioquic-write`` runs with aioquic's own ``_write_application``
+(``aioquic_compat.fast_write_application(False)``), to tell that change from the others.
 """
 
 from __future__ import annotations
@@ -151,25 +153,33 @@ def main() -> None:
     ap.add_argument("--trees", help="OLD,NEW: asgi-p2p trees to compare, alternating (subprocesses)")
     ap.add_argument("--profile", help="write a cProfile (CPU time) of one measurement to FILE")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--aioquic-write", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
+        if args.aioquic_write:
+            hooks.fast_write_application(False)
         us, per = measure(args.exchanges, args.profile)
         print(f"{us:.3f} {per:.4f}")
         return
     from benchmarks._machine import load_average, machine_description
 
     print(machine_description())
-    trees = [os.path.abspath(t) for t in args.trees.split(",")] if args.trees else [os.path.dirname(_HERE)]
+    trees = args.trees.split(",") if args.trees else [os.path.dirname(_HERE)]
     runs: dict[str, list[float]] = {t: [] for t in trees}
     per_exchange: dict[str, float] = {}
     print(f"load average before: {load_average()}")
     for r in range(args.repeat):
         order = trees[r % len(trees) :] + trees[: r % len(trees)]
         for tree in order:
-            env = dict(os.environ, PYTHONPATH=tree)
+            path, _, variant = tree.partition(":")
+            env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
             cmd = [sys.executable, os.path.abspath(__file__), "--child", "--exchanges", str(args.exchanges)]
+            if variant == "aioquic-write":
+                cmd.append("--aioquic-write")
+            elif variant:
+                raise SystemExit(f"unknown variant {variant!r} (PATH or PATH:aioquic-write)")
             if args.profile:
-                cmd += ["--profile", f"{args.profile}.{os.path.basename(tree)}"]
+                cmd += ["--profile", f"{args.profile}.{os.path.basename(path)}{variant and '.' + variant}"]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.split()
             runs[tree].append(float(out[0]))
             per_exchange[tree] = float(out[1])
@@ -181,11 +191,11 @@ def main() -> None:
             f"{tree:<40} {statistics.median(vals):>18.2f} {per_exchange[tree]:>18.3f}  "
             + " ".join(f"{v:.2f}" for v in vals)
         )
-    if len(trees) == 2:
-        a, b = trees
-        ratios = [y / x for x, y in zip(runs[a], runs[b], strict=True)]
+    first = trees[0]
+    for other in trees[1:]:
+        ratios = [y / x for x, y in zip(runs[first], runs[other], strict=True)]
         print(
-            f"{os.path.basename(b)} / {os.path.basename(a)} per round: median {statistics.median(ratios):.3f} ("
+            f"{other} / {first} per round: median {statistics.median(ratios):.3f} ("
             + " ".join(f"{q:.3f}" for q in ratios)
             + ")"
         )
