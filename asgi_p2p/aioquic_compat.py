@@ -121,6 +121,17 @@ Hooks:
 * :func:`cache_frame_epochs` (applied on import) - ``aioquic.quic.connection.EPOCHS``,
   which ``QuicConnection.__init__`` calls 34 times per connection for its frame table,
   answers from a cache (the frozensets it returns never change).
+* :func:`fast_enum_hash` (applied on import) - aioquic's plain enums (``tls.Epoch``,
+  ``QuicPacketType``, ``QuicConnectionState`` ...; :data:`FAST_HASH_ENUMS`) hash by identity
+  in C instead of ``enum.Enum.__hash__`` (Python), which ran about 17 times per datagram
+  (``QuicConnection._spaces[epoch]``, ``_cryptos``, ``END_STATES`` ...); every existing table
+  keyed by them is re-stored.
+* :func:`fast_write_application` (applied on import) - ``QuicConnection._write_application``
+  is a copy of aioquic's that does not start the packet its loop would discard empty
+  (aioquic builds one after every datagram's last packet, asking every writer again), and
+  writes all streams' MAX_STREAM_DATA in one call of :func:`install_receive_credit`'s
+  writer (the connection attribute ``_asgi_p2p_stream_limits``).  The datagrams are the same,
+  byte for byte.
 """
 
 from __future__ import annotations
@@ -130,9 +141,8 @@ import collections
 import datetime
 import enum
 import functools
-import gc
 import itertools
-import types
+import sys
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -192,6 +202,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
+    "FAST_HASH_ENUMS",
     "TICKET_EPOCH",
     "AlertAccessDenied",
     "AlertBadCertificate",
@@ -210,6 +221,8 @@ __all__ = [
     "data_received",
     "early_data_sendable",
     "encode_initial_close",
+    "fast_enum_hash",
+    "fast_write_application",
     "get_stream",
     "handshake_confirmed",
     "idle_timeout",
@@ -2068,17 +2081,18 @@ def _rehash(container: Any) -> None:
 
 def fast_enum_hash() -> bool:
     """Give aioquic's plain enums (:data:`FAST_HASH_ENUMS`) C-level identity hashing (idempotent;
-    applied on import).
+    applied on import, before any connection exists).
 
     ``enum.Enum.__hash__`` is Python code (``hash(self._name_)``) run on every lookup of
-    ``QuicConnection._spaces[epoch]``, ``_cryptos[epoch]`` ... several times per datagram.
+    ``QuicConnection._spaces[epoch]``, ``_cryptos[epoch]`` ... about 17 times per datagram.
     These enums compare by identity (they define no ``__eq__``), so ``object.__hash__`` is
     consistent with their equality; like the name's hash it differs between processes (no
-    behaviour of aioquic depends on the order of a set of them).  Every dict and set that
-    already holds a member as a key is re-stored under the new hash (the order of a dict's
-    items is kept); a frozenset (``aioquic.quic.connection.END_STATES``) is rebuilt and put
-    in place of the old one wherever a module or object holds it.  Returns True if this
-    call applied the change.
+    behaviour of aioquic depends on the order of a set of them).  The tables aioquic built
+    on import with a member as a key (module globals: ``aioquic.quic.packet``'s long header
+    type codes, ``aioquic.quic.logger.PACKET_TYPE_NAMES``, ``END_STATES`` ...) are re-stored
+    under the new hash: a dict in place (its order kept), a frozenset rebuilt and put in
+    place of the old one in every module holding it.  Returns True if this call applied the
+    change.
     """
     if all(cls.__hash__ is object.__hash__ for cls in FAST_HASH_ENUMS):
         return False
@@ -2089,24 +2103,21 @@ def fast_enum_hash() -> bool:
     for cls in FAST_HASH_ENUMS:
         cls.__hash__ = object.__hash__  # type: ignore[method-assign]
     _quic_connection.EPOCHS.cache_clear()  # type: ignore[attr-defined]  # frozensets of epochs
-    stale = [
-        obj
-        for obj in gc.get_objects()
-        if type(obj) in (dict, set, frozenset) and any(type(key) in classes for key in obj)
+    namespaces = [
+        vars(module)
+        for name, module in list(sys.modules.items())
+        if module is not None and name.partition(".")[0] in ("aioquic", "asgi_p2p")
     ]
-    for obj in stale:
-        if type(obj) is not frozenset:
-            _rehash(obj)
-            continue
-        fresh = frozenset(list(obj))  # frozenset(obj) would return obj itself
-        for holder in gc.get_referrers(obj):
-            if holder is stale or isinstance(holder, types.FrameType):
+    fresh: dict[int, frozenset[Any]] = {}
+    for namespace in namespaces:
+        for name, value in list(namespace.items()):
+            if type(value) not in (dict, set, frozenset) or not any(type(key) in classes for key in value):
                 continue
-            if type(holder) is not dict:
-                raise RuntimeError(f"cannot rehash a frozenset of aioquic enums held by a {type(holder).__name__}")
-            for name, value in list(holder.items()):
-                if value is obj:
-                    holder[name] = fresh
+            if type(value) is frozenset:
+                # frozenset(value) would return value itself
+                namespace[name] = fresh.setdefault(id(value), frozenset(list(value)))
+            else:
+                _rehash(value)
     return True
 
 
