@@ -2130,9 +2130,9 @@ def _write_application(
     self: QuicConnection, builder: QuicPacketBuilder, network_path: QuicNetworkPath, now: float
 ) -> None:
     """aioquic 1.7.2's ``QuicConnection._write_application``, line for line, except that its
-    packet loop stops before starting a packet that would stay empty, and that it writes
-    all streams' MAX_STREAM_DATA in one call of :func:`install_receive_credit`'s writer
-    (marked "asgi-p2p").
+    packet loop stops before starting a packet that would stay empty, that it writes all
+    streams' MAX_STREAM_DATA in one call of :func:`install_receive_credit`'s writer, and
+    that it keeps the streams queue when a pass served or discarded none (marked "asgi-p2p").
 
     aioquic's loop builds packets until one comes out empty: after a datagram's only packet
     it starts another (``start_packet``), asks every writer again (each stream's limits,
@@ -2337,10 +2337,11 @@ def _write_application(
             # This method of updating the streams queue ensures that discarded
             # streams are removed and ones which sent are moved to the end even
             # if an exception occurs in the loop.
-            self._streams_queue = [
-                stream for stream in self._streams_queue if not (stream in discarded or stream in sent)
-            ]
-            self._streams_queue.extend(sent)
+            if discarded or sent:  # asgi-p2p: else the same list again
+                self._streams_queue = [
+                    stream for stream in self._streams_queue if not (stream in discarded or stream in sent)
+                ]
+                self._streams_queue.extend(sent)
 
         if builder.packet_is_empty:
             # Discarded streams may let the peer open new ones, which the next
