@@ -121,6 +121,17 @@ Hooks:
 * :func:`cache_frame_epochs` (applied on import) - ``aioquic.quic.connection.EPOCHS``,
   which ``QuicConnection.__init__`` calls 34 times per connection for its frame table,
   answers from a cache (the frozensets it returns never change).
+* :func:`fast_enum_hash` (applied on import) - aioquic's plain enums (``tls.Epoch``,
+  ``QuicPacketType``, ``QuicConnectionState`` ...; :data:`FAST_HASH_ENUMS`) hash by identity
+  in C instead of ``enum.Enum.__hash__`` (Python), which ran about 17 times per datagram
+  (``QuicConnection._spaces[epoch]``, ``_cryptos``, ``END_STATES`` ...); every existing table
+  keyed by them is re-stored.
+* :func:`fast_write_application` (applied on import) - ``QuicConnection._write_application``
+  is a copy of aioquic's that does not start the packet its loop would discard empty
+  (aioquic builds one after every datagram's last packet, asking every writer again), and
+  writes all streams' MAX_STREAM_DATA in one call of :func:`install_receive_credit`'s
+  writer (the connection attribute ``_asgi_p2p_stream_limits``).  The datagrams are the same,
+  byte for byte.
 """
 
 from __future__ import annotations
@@ -131,6 +142,7 @@ import datetime
 import enum
 import functools
 import itertools
+import sys
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -148,6 +160,7 @@ from aioquic.h3.connection import (
     FrameType,
     H3Connection,
     H3Stream,
+    HeadersState,
     QpackDecompressionFailed,
     Setting,
     StreamType,
@@ -170,6 +183,8 @@ from aioquic.quic.connection import (
     TRANSPORT_CLOSE_FRAME_CAPACITY,
     QuicConnection,
     QuicConnectionState,
+    QuicNetworkPath,
+    stream_is_client_initiated,
 )
 from aioquic.quic.crypto import (
     INITIAL_CIPHER_SUITE,
@@ -180,13 +195,14 @@ from aioquic.quic.crypto import (
 )
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersion
-from aioquic.quic.packet_builder import QuicPacketBuilder, QuicSentPacket
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder, QuicPacketBuilderStop, QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
+    "FAST_HASH_ENUMS",
     "TICKET_EPOCH",
     "AlertAccessDenied",
     "AlertBadCertificate",
@@ -205,6 +221,8 @@ __all__ = [
     "data_received",
     "early_data_sendable",
     "encode_initial_close",
+    "fast_enum_hash",
+    "fast_write_application",
     "get_stream",
     "handshake_confirmed",
     "idle_timeout",
@@ -353,6 +371,11 @@ def smoothed_rtt(quic: QuicConnection) -> float:
     return float(quic._loss._rtt_smoothed)
 
 
+#: the attribute of a connection holding its writer of all its streams' MAX_STREAM_DATA
+#: (see install_receive_credit and fast_write_application)
+_STREAM_LIMITS_ATTR = "_asgi_p2p_stream_limits"
+
+
 def install_receive_credit(
     quic: QuicConnection,
     credit_limit: Callable[[int], int | None],
@@ -369,27 +392,35 @@ def install_receive_credit(
     data arrives).  Both are asked whenever a packet is built.  Credit never shrinks.
     """
 
-    def _write_stream_limits(builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> None:
-        stream_id = stream.stream_id
-        assert stream_id is not None  # only application streams get here
-        if stream.max_stream_data_local:
-            limit = credit_limit(stream_id)
-            if limit is None:
-                if stream.receiver.highest_offset * 2 > stream.max_stream_data_local:
-                    stream.max_stream_data_local *= 2
-            elif limit > stream.max_stream_data_local:
-                stream.max_stream_data_local = limit
-        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
-            buf = builder.start_frame(
-                QuicFrameType.MAX_STREAM_DATA,
-                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
-                handler=quic._on_max_stream_data_delivery,
-                handler_args=(stream,),
-            )
-            buf.push_uint_var(stream_id)
-            buf.push_uint_var(stream.max_stream_data_local)
-            stream.max_stream_data_local_sent = stream.max_stream_data_local
+    def write_stream_limits(builder: QuicPacketBuilder, streams: Iterable[QuicStream]) -> None:
+        # aioquic's _write_stream_limits for each stream, with the credit the application decides
+        for stream in streams:
+            stream_id = stream.stream_id
+            assert stream_id is not None  # only application streams get here
+            local = stream.max_stream_data_local
+            if local:
+                limit = credit_limit(stream_id)
+                if limit is None:
+                    if stream.receiver.highest_offset * 2 > local:
+                        local = stream.max_stream_data_local = local * 2
+                elif limit > local:
+                    local = stream.max_stream_data_local = limit
+            if stream.max_stream_data_local_sent != local:
+                buf = builder.start_frame(
+                    QuicFrameType.MAX_STREAM_DATA,
+                    capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                    handler=quic._on_max_stream_data_delivery,
+                    handler_args=(stream,),
+                )
+                buf.push_uint_var(stream_id)
+                buf.push_uint_var(local)
+                stream.max_stream_data_local_sent = local
 
+    def _write_stream_limits(builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream) -> None:
+        write_stream_limits(builder, (stream,))
+
+    # all streams in one call (the fast _write_application's per-packet loop; see fast_write_application)
+    vars(quic)[_STREAM_LIMITS_ATTR] = write_stream_limits
     quic._write_stream_limits = _write_stream_limits  # type: ignore[method-assign]
     if connection_limit is None:
         return
@@ -2018,3 +2049,329 @@ def early_data_sendable(quic: QuicConnection) -> bool:
     (``QuicConnection._cryptos``): stream data written now leaves as 0-RTT."""
     cryptos = quic._cryptos
     return bool(cryptos[tls.Epoch.ZERO_RTT].send.is_valid() and not cryptos[tls.Epoch.ONE_RTT].send.is_valid())
+
+
+# -- per-datagram CPU ------------------------------------------------------------------
+
+
+#: aioquic's plain (not Int) enums, which it uses as dict keys and in sets on every datagram
+#: (``QuicConnection._spaces``, ``._cryptos``, ``._crypto_streams``, ``END_STATES`` ...)
+FAST_HASH_ENUMS: tuple[type[enum.Enum], ...] = (
+    tls.Direction,
+    tls.Epoch,
+    tls.State,
+    HeadersState,
+    QuicConnectionState,
+    QuicPacketType,
+    QuicDeliveryState,
+)
+
+
+def _rehash(container: Any) -> None:
+    """Store a dict's or set's entries again under their members' current hashes."""
+    if isinstance(container, dict):
+        items = list(container.items())
+        container.clear()
+        container.update(items)
+    else:
+        members = list(container)
+        container.clear()
+        container.update(members)
+
+
+def fast_enum_hash() -> bool:
+    """Give aioquic's plain enums (:data:`FAST_HASH_ENUMS`) C-level identity hashing (idempotent;
+    applied on import, before any connection exists).
+
+    ``enum.Enum.__hash__`` is Python code (``hash(self._name_)``) run on every lookup of
+    ``QuicConnection._spaces[epoch]``, ``_cryptos[epoch]`` ... about 17 times per datagram.
+    These enums compare by identity (they define no ``__eq__``), so ``object.__hash__`` is
+    consistent with their equality; like the name's hash it differs between processes (no
+    behaviour of aioquic depends on the order of a set of them).  The tables aioquic built
+    on import with a member as a key (module globals: ``aioquic.quic.packet``'s long header
+    type codes, ``aioquic.quic.logger.PACKET_TYPE_NAMES``, ``END_STATES`` ...) are re-stored
+    under the new hash: a dict in place (its order kept), a frozenset rebuilt and put in
+    place of the old one in every module holding it.  Returns True if this call applied the
+    change.
+    """
+    if all(cls.__hash__ is object.__hash__ for cls in FAST_HASH_ENUMS):
+        return False
+    for cls in FAST_HASH_ENUMS:
+        if cls.__eq__ is not object.__eq__:  # pragma: no cover - an aioquic change
+            raise RuntimeError(f"{cls.__qualname__} no longer compares by identity")
+    classes = frozenset(FAST_HASH_ENUMS)
+    for cls in FAST_HASH_ENUMS:
+        cls.__hash__ = object.__hash__  # type: ignore[method-assign]
+    _quic_connection.EPOCHS.cache_clear()  # type: ignore[attr-defined]  # frozensets of epochs
+    namespaces = [
+        vars(module)
+        for name, module in list(sys.modules.items())
+        if module is not None and name.partition(".")[0] in ("aioquic", "asgi_p2p")
+    ]
+    fresh: dict[int, frozenset[Any]] = {}
+    for namespace in namespaces:
+        for name, value in list(namespace.items()):
+            if type(value) not in (dict, set, frozenset) or not any(type(key) in classes for key in value):
+                continue
+            if type(value) is frozenset:
+                # frozenset(value) would return value itself
+                namespace[name] = fresh.setdefault(id(value), frozenset(list(value)))
+            else:
+                _rehash(value)
+    return True
+
+
+fast_enum_hash()
+
+_AIOQUIC_WRITE_APPLICATION = QuicConnection._write_application
+
+
+def _write_application(
+    self: QuicConnection, builder: QuicPacketBuilder, network_path: QuicNetworkPath, now: float
+) -> None:
+    """aioquic 1.7.2's ``QuicConnection._write_application``, line for line, except that its
+    packet loop stops before starting a packet that would stay empty, that it writes all
+    streams' MAX_STREAM_DATA in one call of :func:`install_receive_credit`'s writer, and
+    that it keeps the streams queue when a pass served or discarded none (marked "asgi-p2p").
+
+    aioquic's loop builds packets until one comes out empty: after a datagram's only packet
+    it starts another (``start_packet``), asks every writer again (each stream's limits,
+    the streams queue ...) and discards the empty packet.  Once a pass completed (no
+    ``QuicPacketBuilderStop``), the next pass can only write what the pass left pending or
+    changed, which is checked here: a discarded peer stream (its stream limit grew: MAX_STREAMS;
+    discarding our own changes no frame), an ACK due, the frames whose writers
+    clear their flag (HANDSHAKE_DONE, PATH_RESPONSE, RETIRE_CONNECTION_ID, STREAMS_BLOCKED,
+    PING), CRYPTO or DATAGRAM data left, a stream served in this pass that would be served
+    again (STOP_SENDING, RESET_STREAM, or STREAM data it may send).  A stream whose data
+    all left (``QuicStreamSender._pending`` empty, no FIN pending) gets
+    ``buffer_is_empty`` set, as the next pass's ``get_frame`` would (aioquic reads that
+    flag of an application stream only to skip calling ``get_frame``).  A stream not served in
+    the pass is not servable in the next (writing other streams changes none of its
+    state); NEW_CONNECTION_ID and PATH_CHALLENGE writers mark what they sent; the limits'
+    writers (MAX_DATA, MAX_STREAMS, MAX_STREAM_DATA) announce what they computed and compute
+    the same again from the same state (aioquic's doubling of a limit is at most once:
+    the peer can never have sent past the limit).  The next pass's pacing check still
+    runs (it sets ``_pacing_at``).  Skipping an empty packet changes no packet or
+    datagram: ``start_packet`` would end the previous packet, which ``flush`` does the same.
+    """
+    crypto_stream: QuicStream | None = None
+    if self._cryptos[tls.Epoch.ONE_RTT].send.is_valid():
+        crypto = self._cryptos[tls.Epoch.ONE_RTT]
+        crypto_stream = self._crypto_streams[tls.Epoch.ONE_RTT]
+        packet_type = QuicPacketType.ONE_RTT
+    elif self._cryptos[tls.Epoch.ZERO_RTT].send.is_valid():
+        crypto = self._cryptos[tls.Epoch.ZERO_RTT]
+        packet_type = QuicPacketType.ZERO_RTT
+    else:
+        return
+    space = self._spaces[tls.Epoch.ONE_RTT]
+    pacer = self._loss._pacer
+    done = False  # asgi-p2p: the next packet would be empty
+    stream_limits = self.__dict__.get(_STREAM_LIMITS_ATTR)  # asgi-p2p: install_receive_credit's
+
+    while True:
+        # apply pacing, except if we have ACKs to send
+        if space.ack_at is None or space.ack_at >= now:
+            self._pacing_at = pacer.next_send_time(now=now)
+            if self._pacing_at is not None:
+                break
+        if done:  # asgi-p2p
+            break
+        builder.start_packet(packet_type, crypto)
+
+        # ACK, which a server sends for 0-RTT packets before the handshake
+        # completes (RFC 9000 section 13.2.1), but not in 0-RTT packets.
+        if packet_type == QuicPacketType.ONE_RTT and space.ack_at is not None and space.ack_at <= now:
+            self._write_ack_frame(builder=builder, space=space, now=now)
+
+        if self._handshake_complete:
+            # PATH_CHALLENGE, while the active path is not validated, which only
+            # happens on a server whose client migrated (RFC 9000 section 9.3).
+            if not (network_path.is_validated or network_path.local_challenge_sent):
+                self._write_path_challenge_frame(builder=builder, network_path=network_path)
+
+                # RFC 9000 section 8.2.4 recommends abandoning path validation
+                # after three times the larger of the current PTO and the PTO
+                # of a new path, which uses the initial RTT.
+                if network_path.validation_deadline is None:
+                    network_path.validation_deadline = now + 3 * max(
+                        self._loss.get_probe_timeout(),
+                        2 * self._configuration.initial_rtt,
+                    )
+
+            # HANDSHAKE_DONE
+            if self._handshake_done_pending:
+                self._write_handshake_done_frame(builder=builder)
+                self._handshake_done_pending = False
+
+            # PATH RESPONSE
+            while len(network_path.remote_challenges) > 0:
+                self._write_path_response_frame(builder=builder, challenge=network_path.remote_challenges[0])
+                network_path.remote_challenges.popleft()
+
+            # NEW_CONNECTION_ID
+            for connection_id in self._host_cids:
+                if not connection_id.was_sent:
+                    self._write_new_connection_id_frame(builder=builder, connection_id=connection_id)
+
+            # RETIRE_CONNECTION_ID
+            for sequence_number in self._retire_connection_ids[:]:
+                self._write_retire_connection_id_frame(builder=builder, sequence_number=sequence_number)
+                self._retire_connection_ids.pop(0)
+
+            # STREAMS_BLOCKED
+            if self._streams_blocked_pending:
+                if self._streams_blocked_bidi:
+                    self._write_streams_blocked_frame(
+                        builder=builder,
+                        frame_type=QuicFrameType.STREAMS_BLOCKED_BIDI,
+                        limit=self._remote_max_streams_bidi,
+                    )
+                if self._streams_blocked_uni:
+                    self._write_streams_blocked_frame(
+                        builder=builder,
+                        frame_type=QuicFrameType.STREAMS_BLOCKED_UNI,
+                        limit=self._remote_max_streams_uni,
+                    )
+                self._streams_blocked_pending = False
+
+            # MAX_DATA and MAX_STREAMS
+            self._write_connection_limits(builder=builder, space=space)
+
+        # stream-level limits
+        if stream_limits is not None:  # asgi-p2p: install_receive_credit's, in one call
+            stream_limits(builder, self._streams.values())
+        else:
+            for stream in self._streams.values():
+                self._write_stream_limits(builder=builder, space=space, stream=stream)
+
+        # PING (user-request)
+        if self._ping_pending:
+            self._write_ping_frame(builder, self._ping_pending)
+            self._ping_pending.clear()
+
+        # PING (probe)
+        if self._probe_pending:
+            self._write_ping_frame(builder, comment="probe")
+            self._probe_pending = False
+
+        # CRYPTO
+        if crypto_stream is not None and not crypto_stream.sender.buffer_is_empty:
+            self._write_crypto_frame(builder=builder, space=space, stream=crypto_stream)
+
+        # DATAGRAM
+        while self._datagrams_pending:
+            try:
+                self._write_datagram_frame(
+                    builder=builder,
+                    data=self._datagrams_pending[0],
+                    frame_type=QuicFrameType.DATAGRAM_WITH_LENGTH,
+                )
+                self._datagrams_pending.popleft()
+            except QuicPacketBuilderStop:
+                break
+
+        again = False  # asgi-p2p: a stream served in this pass would be served in the next
+        limits_changed = False  # asgi-p2p: a discarded stream let the peer open another
+        sent: set[QuicStream] = set()
+        discarded: set[QuicStream] = set()
+        try:
+            for stream in self._streams_queue:
+                # if the stream is finished, discard it
+                if stream.receiver.is_finished and stream.sender.is_finished:  # asgi-p2p: is_finished, inlined
+                    stream_id = stream.stream_id
+                    assert stream_id is not None  # asgi-p2p: for mypy (queued streams have ids)
+                    self._logger.debug("Stream %d discarded", stream_id)
+                    self._streams.pop(stream_id)
+                    if stream_is_client_initiated(stream_id) != self._is_client:
+                        # Let the peer open a new stream for each one that
+                        # closes (RFC 9000 section 4.6).
+                        self._stream_limit(stream_id).value += 1
+                        limits_changed = True  # asgi-p2p
+                    discarded.add(stream)
+                    continue
+
+                served = False  # asgi-p2p
+                if stream.receiver.stop_pending:
+                    # STOP_SENDING
+                    self._write_stop_sending_frame(builder=builder, stream=stream)
+                    served = True
+
+                if stream.sender.reset_pending:
+                    # RESET_STREAM
+                    self._write_reset_stream_frame(builder=builder, stream=stream)
+                    served = True
+                elif not stream.is_blocked and not stream.sender.buffer_is_empty:
+                    # STREAM
+                    used = self._write_stream_frame(
+                        builder=builder,
+                        space=space,
+                        stream=stream,
+                        max_offset=min(
+                            stream.sender.highest_offset + self._remote_max_data - self._remote_max_data_used,
+                            stream.max_stream_data_remote,
+                        ),
+                    )
+                    self._remote_max_data_used += used
+                    if used > 0:
+                        sent.add(stream)
+                    served = True
+                if served and not again:  # asgi-p2p: the next pass's test of this stream
+                    sender = stream.sender
+                    if (
+                        not (stream.is_blocked or sender.buffer_is_empty or sender.reset_pending)
+                        and len(sender._pending) == 0
+                        and not sender._pending_eof
+                    ):
+                        # all sent: the next pass's get_frame would return None and set this
+                        sender.buffer_is_empty = True
+                    again = (
+                        stream.receiver.stop_pending
+                        or sender.reset_pending
+                        or not (stream.is_blocked or sender.buffer_is_empty)
+                    )
+
+        finally:
+            # Make a new stream service order, putting served ones at the end.
+            #
+            # This method of updating the streams queue ensures that discarded
+            # streams are removed and ones which sent are moved to the end even
+            # if an exception occurs in the loop.
+            if discarded or sent:  # asgi-p2p: else the same list again
+                self._streams_queue = [
+                    stream for stream in self._streams_queue if not (stream in discarded or stream in sent)
+                ]
+                self._streams_queue.extend(sent)
+
+        if builder.packet_is_empty:
+            # Discarded streams may let the peer open new ones, which the next
+            # packet announces with MAX_STREAMS.
+            if not discarded:
+                break
+        else:
+            pacer.update_after_send(now=now)
+            # asgi-p2p: what the next pass could write (see the docstring)
+            done = not (
+                again
+                or limits_changed
+                or (packet_type == QuicPacketType.ONE_RTT and space.ack_at is not None and space.ack_at <= now)
+                or self._handshake_done_pending
+                or network_path.remote_challenges
+                or self._retire_connection_ids
+                or self._streams_blocked_pending
+                or self._ping_pending
+                or self._probe_pending
+                or self._datagrams_pending
+                or (crypto_stream is not None and not crypto_stream.sender.buffer_is_empty)
+            )
+
+
+def fast_write_application(enabled: bool = True) -> None:
+    """Install (or, ``enabled=False``, remove) :func:`_write_application` on ``QuicConnection``
+    (applied on import; every connection then uses it)."""
+    QuicConnection._write_application = (  # type: ignore[method-assign]
+        _write_application if enabled else _AIOQUIC_WRITE_APPLICATION
+    )
+
+
+fast_write_application()

@@ -6,10 +6,13 @@ asgi_p2p/aioquic_compat.py must be rewritten before anything else.
 
 from __future__ import annotations
 
+import os
+import random
 from typing import Any
 
 import aioquic
 import pytest
+from aioquic import tls
 from aioquic.buffer import Buffer, encode_uint_var
 from aioquic.h3.connection import ErrorCode, FrameError, FrameType, Setting, StreamType, encode_frame
 from aioquic.h3.events import H3Event, HeadersReceived
@@ -18,9 +21,10 @@ from aioquic.quic.congestion.base import create_congestion_control
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
-from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.packet_builder import QuicPacketBuilder, QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer
 from aioquic.tls import Epoch
+from cryptography.hazmat.primitives.asymmetric import x25519
 
 from asgi_p2p import SecretKey
 from asgi_p2p import aioquic_compat as hooks
@@ -1474,3 +1478,181 @@ def test_packets_sent_before_a_retry_leave_the_controllers_bytes_in_flight(name:
     assert cc.bytes_in_flight <= sum(len(d) for d, _ in again)
     if name == "bbr":
         assert cc.tracked_packets == len(in_flight)
+
+
+# -- per-datagram CPU: the same datagrams, byte for byte ----------------------------------------
+
+
+class _SeededX25519:
+    """Stands in for ``cryptography``'s x25519 module in ``aioquic.tls``: key shares from a seed."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self.X25519PublicKey = x25519.X25519PublicKey
+        outer = self
+
+        class PrivateKey:
+            @staticmethod
+            def generate() -> x25519.X25519PrivateKey:
+                return x25519.X25519PrivateKey.from_private_bytes(outer._rng.randbytes(32))
+
+        self.X25519PrivateKey = PrivateKey
+
+
+def _scripted_exchange(monkeypatch: pytest.MonkeyPatch, *, loss: bool, credit_hooks: bool) -> list[tuple[str, bytes]]:
+    """Every datagram (direction, bytes) of a scripted client/server exchange, with all of
+    aioquic's randomness (connection ids, TLS randoms, key shares) drawn from one seed: the
+    handshake, small and large streams both ways under small flow-control windows, a reset
+    stream, a STOP_SENDING, PINGs, DATAGRAM frames, connection ids, and (``loss``) every
+    seventh datagram dropped, so that retransmissions and probe timeouts happen."""
+    # aioquic serves streams in the order of a set of them: by id, not by memory address (as the simulator does)
+    hooks.patch_stream_hash()
+    rng = random.Random(7)
+    monkeypatch.setattr(os, "urandom", rng.randbytes)
+    monkeypatch.setattr(tls, "x25519", _SeededX25519(rng))
+    ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
+
+    def cfg(is_client: bool, key: SecretKey) -> QuicConfiguration:
+        return QuicConfiguration(
+            is_client=is_client,
+            alpn_protocols=["test"],
+            certificate=node_certificate(key),
+            private_key=key.private_key,
+            verify_mode=0,
+            max_stream_data=4096,
+            max_data=16384,
+            max_datagram_frame_size=65536,
+        )
+
+    client = QuicConnection(configuration=cfg(True, ck))
+    hooks.install_identity_hooks(client, lambda raw: None)
+    client.connect(SERVER_ADDR, now=0.0)
+    sent: list[tuple[str, bytes]] = []
+    first = [d for d, _ in client.datagrams_to_send(0.0)]
+    header = pull_quic_header(Buffer(data=first[0]), host_cid_length=8)
+    server = QuicConnection(configuration=cfg(False, sk), original_destination_connection_id=header.destination_cid)
+    hooks.install_identity_hooks(server, lambda raw: None)
+    hooks.set_peer_stream_limit(server, 10)  # MAX_STREAMS frames as the client's streams finish
+    received: dict[tuple[str, int], int] = {}
+    if credit_hooks:
+        for name, conn in (("client", client), ("server", server)):
+
+            def credit(sid: int, name: str = name) -> int | None:
+                # even streams: the application has read all that arrived; others: aioquic's doubling
+                return received.get((name, sid), 0) + 6000 if sid % 8 == 0 else None
+
+            hooks.install_receive_credit(conn, credit, lambda used: used + 20000)
+    now = 0.0
+    count = 0
+    for data in first:
+        sent.append(("c", data))
+        server.receive_datagram(data, CLIENT_ADDR, now)
+
+    def pump(rounds: int) -> None:
+        nonlocal now, count
+        for _ in range(rounds):
+            now += 0.003
+            moved = False
+            for name, src, dst, addr in (("c", client, server, CLIENT_ADDR), ("s", server, client, SERVER_ADDR)):
+                for data, _ in src.datagrams_to_send(now):
+                    sent.append((name, data))
+                    count += 1
+                    moved = True
+                    if not (loss and count % 7 == 0):
+                        dst.receive_datagram(data, addr, now)
+            for name, conn in (("client", client), ("server", server)):
+                while (ev := conn.next_event()) is not None:
+                    if isinstance(ev, StreamDataReceived):
+                        key = (name, ev.stream_id)
+                        received[key] = received.get(key, 0) + len(ev.data)
+                        if name == "server" and ev.end_stream and ev.stream_id % 4 == 0:
+                            size = 13 if received[key] < 100 else ev.stream_id * 700 + 13
+                            server.send_stream_data(ev.stream_id, b"r" * size, end_stream=True)
+            if not moved:
+                for conn in (client, server):
+                    timer = conn.get_timer()
+                    if timer is not None and timer <= now + 0.5:
+                        now = max(now, timer)
+                        conn.handle_timer(now)
+
+    pump(20)  # handshake
+    for i in range(12):
+        sid = client.get_next_available_stream_id()
+        client.send_stream_data(sid, bytes([i]) * (50 + i * 3000), end_stream=True)
+        if i % 3 == 0:
+            client.send_datagram_frame(b"d" * (100 + i))
+        if i % 4 == 1:
+            client.send_ping(i)
+        pump(4)
+    doomed = client.get_next_available_stream_id()
+    client.send_stream_data(doomed, b"x" * 9000)
+    pump(2)
+    client.reset_stream(doomed, 5)
+    if hooks.get_stream(server, doomed) is not None:
+        server.stop_stream(doomed, 6)
+    uni = server.get_next_available_stream_id(is_unidirectional=True)
+    server.send_stream_data(uni, b"u" * 20000, end_stream=True)
+    pump(100)
+    for _ in range(30):  # requests and responses of one small packet each
+        client.send_stream_data(client.get_next_available_stream_id(), b"q" * 40, end_stream=True)
+        pump(3)
+    pump(100)
+    return sent
+
+
+@pytest.mark.parametrize("credit_hooks", [False, True])
+@pytest.mark.parametrize("loss", [False, True])
+def test_fast_write_application_sends_the_same_datagrams_byte_for_byte(
+    monkeypatch: pytest.MonkeyPatch, loss: bool, credit_hooks: bool
+) -> None:
+    starts = {"n": 0}
+    start_packet = QuicPacketBuilder.start_packet
+
+    def counted(self: QuicPacketBuilder, *args: Any, **kwargs: Any) -> None:
+        starts["n"] += 1
+        start_packet(self, *args, **kwargs)
+
+    monkeypatch.setattr(QuicPacketBuilder, "start_packet", counted)
+    runs: dict[bool, tuple[list[tuple[str, bytes]], int]] = {}
+    try:
+        for fast in (False, True):
+            hooks.fast_write_application(fast)
+            starts["n"] = 0
+            runs[fast] = (_scripted_exchange(monkeypatch, loss=loss, credit_hooks=credit_hooks), starts["n"])
+    finally:
+        hooks.fast_write_application(True)
+    (slow, slow_starts), (fast_sent, fast_starts) = runs[False], runs[True]
+    assert len(slow) > 150  # the script exchanged data (not only a handshake)
+    assert fast_sent == slow
+    assert fast_starts <= slow_starts - 50  # and the empty packets were not started
+
+
+def test_fast_write_application_is_installed_on_import() -> None:
+    assert QuicConnection._write_application is hooks._write_application  # type: ignore[comparison-overlap]
+
+
+def test_aioquic_enums_hash_by_identity_and_every_table_still_finds_them() -> None:
+    import gc
+
+    assert not hooks.fast_enum_hash()  # applied when aioquic_compat was imported
+    for cls in hooks.FAST_HASH_ENUMS:
+        for member in cls:
+            assert hash(member) == object.__hash__(member)
+            assert member == member and member != object()
+    # every live dict and set keyed by these enums (aioquic's tables, live connections) finds its keys
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    p.start()
+    p.pump()
+    classes = tuple(hooks.FAST_HASH_ENUMS)
+    tables = [
+        o for o in gc.get_objects() if type(o) in (dict, set, frozenset) and any(isinstance(k, classes) for k in o)
+    ]
+    assert len(tables) >= 10
+    for table in tables:
+        for key in list(table):
+            assert key in table
+    from aioquic.quic import connection as quic_connection
+    from aioquic.quic.connection import QuicConnectionState
+
+    assert QuicConnectionState.TERMINATED in quic_connection.END_STATES
+    assert p.client._cryptos[Epoch.ONE_RTT].send.is_valid()

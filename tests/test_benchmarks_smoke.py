@@ -513,3 +513,32 @@ def test_delayline_benchmark_measures_both_lines_on_the_netns_rig() -> None:
     for cells in got.values():
         assert float(cells[2]) > 0 and float(cells[6]) > 0, cells  # CPU spent, stream through
     assert "Machine: " in out
+
+
+def test_quic_datagram_benchmark_compares_trees_and_aioquics_write() -> None:
+    root = str(ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "quic_datagram.py"),
+            "--exchanges",
+            "60",
+            "--repeat",
+            "2",
+            "--trees",
+            f"{root},{root}:aioquic-write",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(root) and " / " not in line}
+    assert set(rows) == {root, f"{root}:aioquic-write"}, out
+    for cells in rows.values():
+        assert float(cells[1]) > 0 and 1.9 < float(cells[2]) < 2.2  # about a request and a response per exchange
+        assert len(cells) == 3 + 2  # the median, datagrams per exchange, and both runs
+    assert f"{root}:aioquic-write / {root} per round: median" in out
+    assert "load average before:" in out and "load average after:" in out
