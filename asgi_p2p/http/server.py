@@ -556,7 +556,8 @@ class ServerConnection:
         arrives or they are reset; aioquic's stream limit bounds how many there are.
         """
         if sid >= self.next_request_id:
-            self._unseen.update(range(self.next_request_id, sid, 4))
+            if sid > self.next_request_id:  # (the next id in order, as most are, skips none)
+                self._unseen.update(range(self.next_request_id, sid, 4))
             self.next_request_id = sid + 4
             return True
         if sid in self._unseen:
