@@ -554,13 +554,14 @@ class PeerConnection:
         datagrams = self.quic.datagrams_to_send(now)
         hooks.note_transmit(self.quic, now)  # an application-limited pass does not grow the window
         if datagrams:
-            self.datagrams_sent += len(datagrams)
-            self.bytes_sent += sum(len(d) for d, _ in datagrams)
+            count = len(datagrams)
+            self.datagrams_sent += count
+            self.bytes_sent += len(datagrams[0][0]) if count == 1 else sum(len(d) for d, _ in datagrams)
             if now - self._sent_at > _BURST_GAP and self._quiet_datagrams > 0:
                 self._quiet_datagrams = _BULK_DATAGRAMS  # a new burst: messages now and then are not bulk
             self._sent_at = now
             if self._quiet_datagrams > 0:
-                self._quiet_datagrams -= len(datagrams)
+                self._quiet_datagrams -= count
                 if self._quiet_datagrams <= 0:
                     self.route.bulk_started()
             self.route.send(datagrams)
@@ -776,6 +777,14 @@ class PeerConnection:
             self._wake_senders()
 
     def _handle_event(self, event: QuicEvent) -> None:
+        if type(event) is StreamDataReceived:  # most events: none of the checks below applies
+            handler = self.handler
+            if handler is None:
+                self._pending_events.append(event)
+                return
+            handler.quic_event_received(event)
+            self._stream_data_handled(event)
+            return
         if isinstance(event, HandshakeCompleted):
             self.alpn = event.alpn_protocol
             if self.is_client:
@@ -820,15 +829,18 @@ class PeerConnection:
         if self.handler is not None:
             self.handler.quic_event_received(event)
             if isinstance(event, StreamDataReceived):
-                credit = self._recv.get(event.stream_id)
-                if credit is not None:
-                    # the stream's highest offset now; aioquic may discard the stream once
-                    # all of it arrived, and its unread bytes must still count
-                    offset = hooks.received_offset(self.quic, event.stream_id)
-                    if offset is not None and offset > credit.received:
-                        credit.received = offset
+                self._stream_data_handled(event)
         else:
             self._pending_events.append(event)
+
+    def _stream_data_handled(self, event: StreamDataReceived) -> None:
+        credit = self._recv.get(event.stream_id)
+        if credit is not None:
+            # the stream's highest offset now; aioquic may discard the stream once
+            # all of it arrived, and its unread bytes must still count
+            offset = hooks.received_offset(self.quic, event.stream_id)
+            if offset is not None and offset > credit.received:
+                credit.received = offset
 
     def _note_handshake_address(self) -> None:
         from_ = self._receiving_from

@@ -37,6 +37,8 @@ __all__ = ["Exchange", "ExchangeHost", "ExchangeServer", "HTTPExchange", "Respon
 log = logging.getLogger("asgi_p2p.http")
 
 _NO_BODY_STATUS = frozenset({204, 304})
+#: the ``:status`` field of the common final statuses, made once
+_STATUS_FIELDS = {status: (b":status", str(status).encode()) for status in (200, 201, 204, 301, 302, 304, 400, 404)}
 
 
 def plain_response(status: int, text: str, extra: Iterable[tuple[bytes, bytes]] = ()) -> tuple[Headers, bytes]:
@@ -460,7 +462,7 @@ class HTTPExchange(Exchange):
         self.trailers = bool(message.get("trailers", False))
         self.no_body = self.is_head or status in _NO_BODY_STATUS
         fields = clean_header_fields(message.get("headers", ()), log.warning)
-        headers: Headers = [(b":status", str(status).encode())]
+        headers: Headers = [_STATUS_FIELDS.get(status) or (b":status", str(status).encode())]
         for name, value in fields:
             if name == b"content-length":
                 if self.no_body:

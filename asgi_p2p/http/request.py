@@ -108,7 +108,10 @@ def mark_invalid_content_length(fields: Headers) -> Headers:
     others that RFC 9110 does not allow (``+5``, ``1_0``), while :func:`parse_request` answers
     400 to either, for that request only.  Returns ``fields`` itself when nothing changes.
     """
-    if all(name != b"content-length" or _content_length(value) is not None for name, value in fields):
+    for name, value in fields:  # (a loop, not all() over a generator: once per request)
+        if name == b"content-length" and _content_length(value) is None:
+            break
+    else:
         return fields
     return [
         (INVALID_CONTENT_LENGTH_FIELD, value)
@@ -153,9 +156,11 @@ def parse_request(
     size = 0
     content_length: int | None = None
     bad_length = False
-    for name, value in fields:
+    append = headers.append
+    for field in fields:
+        name, value = field
         size += len(name) + len(value)
-        if name.startswith(b":"):
+        if name[:1] == b":":
             if name == b":method":
                 method = value
             elif name == b":path":
@@ -166,15 +171,16 @@ def parse_request(
                 scheme = value
             elif name == b":protocol":
                 protocol = value
-        else:
-            if name == b"content-length":
-                n = _content_length(value)
-                if n is None or (content_length is not None and n != content_length):
-                    bad_length = True
-                content_length = n
-            elif name == INVALID_CONTENT_LENGTH_FIELD:
+        elif name == b"content-length":
+            n = _content_length(value)
+            if n is None or (content_length is not None and n != content_length):
                 bad_length = True
-            headers.append((name, value))
+            content_length = n
+            append(field)
+        else:
+            if name == INVALID_CONTENT_LENGTH_FIELD:
+                bad_length = True
+            append(field)  # the field's own tuple: the same (name, value) without a new one
     if size > settings.max_header_size:
         return HEADERS_TOO_LARGE
     if authority:
@@ -193,7 +199,9 @@ def parse_request(
         if limit is not None and content_length is not None and content_length > limit:
             return CONTENT_TOO_LARGE
     raw_path, _, query = path.partition(b"?")
-    text_path = unquote(raw_path.decode("latin-1"), encoding="utf-8", errors="surrogateescape")
+    text_path = raw_path.decode("latin-1")
+    if "%" in text_path:
+        text_path = unquote(text_path, encoding="utf-8", errors="surrogateescape")
     scope: dict[str, Any] = {
         "type": "websocket" if is_ws else "http",
         "asgi": ASGI_VERSION,

@@ -70,6 +70,9 @@ log = logging.getLogger("asgi_p2p.http")
 #: Bytes of a header section in flight before its HEADERS frame completes, beyond max_header_size.
 _HEADER_SLACK = 16 * 1024
 _FLUSH_TIMEOUT = 2.0
+#: (isinstance with a tuple; an ``A | B`` written in the call is built anew each time)
+_STREAM_ENDED_EVENTS = (StreamReset, StopSendingReceived)
+_REQUEST_EVENTS = (HeadersReceived, DataReceived)
 #: Default seconds from a request stream's first bytes to its complete header section.
 DEFAULT_REQUEST_HEADER_TIMEOUT = 10.0
 #: Default seconds the application may wait in ``receive()`` for more request body.
@@ -502,7 +505,7 @@ class ServerConnection:
                 log.exception("internal error on stream %s; resetting it", failed)
                 if failed is not None:
                     self._fail_stream(failed)
-        if isinstance(event, StreamReset | StopSendingReceived):
+        if isinstance(event, _STREAM_ENDED_EVENTS):
             self._unseen.discard(event.stream_id)
             item = self.streams.get(event.stream_id)
             if isinstance(item, _Pending):
@@ -553,7 +556,8 @@ class ServerConnection:
         arrives or they are reset; aioquic's stream limit bounds how many there are.
         """
         if sid >= self.next_request_id:
-            self._unseen.update(range(self.next_request_id, sid, 4))
+            if sid > self.next_request_id:  # (the next id in order, as most are, skips none)
+                self._unseen.update(range(self.next_request_id, sid, 4))
             self.next_request_id = sid + 4
             return True
         if sid in self._unseen:
@@ -562,7 +566,7 @@ class ServerConnection:
         return False
 
     def _h3_event(self, event: H3Event) -> None:
-        if not isinstance(event, HeadersReceived | DataReceived):
+        if not isinstance(event, _REQUEST_EVENTS):
             return
         sid = event.stream_id
         item = self.streams.get(sid)

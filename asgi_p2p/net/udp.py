@@ -53,6 +53,8 @@ _SOL_UDP = getattr(socket, "SOL_UDP", 17)
 _UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _UDP_GRO = getattr(socket, "UDP_GRO", 104)
 _GRO_ANCILLARY = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+#: a plain int: ``flags & socket.MSG_TRUNC`` (an IntFlag) costs an enum operation per read
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 # errors that say the socket or its device cannot segment at all (not: this one send failed)
 _NO_GSO_ERRNOS = frozenset({errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 # Linux <linux/in.h>, <linux/in6.h> (Python does not export all of them)
@@ -194,7 +196,7 @@ class UdpSocket:
                 log.debug("udp error: %s", exc)
                 continue
             try:
-                receiver(data, (str(addr[0]), int(addr[1])))
+                receiver(data, addr if len(addr) == 2 else (addr[0], addr[1]))
             except Exception:  # a receiver bug must not kill the socket
                 log.exception("datagram receiver failed")
             if self._closed:
@@ -221,12 +223,13 @@ class UdpSocket:
                 log.debug("udp error: %s", exc)
                 delivered += 1
                 continue
-            source = (str(addr[0]), int(addr[1]))
+            # an IPv4 socket's (host, port) as it is; an IPv6 one's is (host, port, flow, scope)
+            source = addr if len(addr) == 2 else (addr[0], addr[1])
             size = 0
             for level, kind, value in ancdata:
                 if level == _SOL_UDP and kind == _UDP_GRO and len(value) >= 4:
                     size = struct.unpack("=i", value[:4])[0]
-            if flags & socket.MSG_TRUNC:  # cannot happen within 64 KiB; never deliver a cut datagram
+            if flags & _MSG_TRUNC:  # cannot happen within 64 KiB; never deliver a cut datagram
                 log.debug("udp read from %s:%d truncated, dropped", *source)
                 delivered += 1
                 continue
