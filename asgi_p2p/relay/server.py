@@ -918,7 +918,9 @@ class RelayServer:
     def _first_reply(self, src: NodeId, dst: NodeId, packet: memoryview, now: float) -> bool:
         """A packet from ``src`` to ``dst``: True if it went to a first contact's address as its reply.
 
-        Only a QUIC version 1 long-header packet (an answer to an Initial), only while ``dst``
+        Only a QUIC version 1 long-header packet addressed to the first contact's connection
+        (an answer to its Initial: its destination connection id is that Initial's source
+        connection id; ``src``'s own client Initial to ``dst`` is not one), only while ``dst``
         has no relay connection here (a registered node's packets always go to its
         authenticated connection), and only within the first contact's budget; everything
         else takes the router's normal path (an unregistered destination is refused).
@@ -931,8 +933,8 @@ class RelayServer:
             # belongs to a connection with the real node and takes the normal (refusing) path
             return False
         # (the reply is built only once it has somewhere to go)
-        _handled, addr = self.first_contacts.reply_to(dst, src, PLANE_OVERHEAD + len(packet), now, cids[1])
-        if addr is None:  # no live first contact, or beyond its budget (counted): refused as usual
+        _handled, addr = self.first_contacts.reply_to(dst, src, PLANE_OVERHEAD + len(packet), now, cids)
+        if addr is None:  # not an answer to a live first contact, or beyond its budget: refused as usual
             return False
         self.endpoint.router.sendto(encode_first_reply(src, packet), addr)
         return True
