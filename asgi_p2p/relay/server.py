@@ -397,6 +397,9 @@ class RelayServer:
         self._own_hosts: frozenset[str] = frozenset()
         self._own_until = -math.inf
         self._loopback_only = _is_loopback(endpoint.local_address[0])
+        # a refused address is logged once (then only counted): a client on the relay's own host
+        # otherwise sees its fresh dials one relay round trip slower with no word why
+        self._bad_address_logged = False
         #: while packets wait for room on a destination's connection, look again this often
         self.queue_poll_interval = queue_poll_interval
         self._check_handle: asyncio.TimerHandle | None = None
@@ -907,6 +910,15 @@ class RelayServer:
             # its answers would go to this relay's own socket or host, to loopback, multicast or
             # broadcast: a spoofed source must not make the relay a reflector at itself
             stats.dropped_bad_address += 1
+            if not self._bad_address_logged:
+                self._bad_address_logged = True
+                log.info(
+                    "relay: refusing first contacts from %s:%d: answers must not go there (this relay's own "
+                    "socket or host, loopback, multicast, broadcast, unspecified or port 0); a client on this "
+                    "host dials the normal way, one relay round trip later (logged once; counted as "
+                    "dropped_bad_address)",
+                    *addr,
+                )
             return
         if not table.admit(claimed, dest, addr, len(data), now, cids):
             return

@@ -12,6 +12,7 @@ Simulator (virtual time) and unit tests; nothing here touches a real network.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -363,9 +364,12 @@ async def test_a_first_contact_reply_is_taken_through_the_relays_data_plane_rece
 
 
 @pytest.mark.sim(loss=0.0, latency=LATENCY)
-async def test_the_relay_refuses_first_contacts_it_must_not_answer(sim: Simulation) -> None:
+async def test_the_relay_refuses_first_contacts_it_must_not_answer(
+    sim: Simulation, caplog: pytest.LogCaptureFixture
+) -> None:
     """Spoofed sources that would make the relay answer itself, its host, loopback, every host
-    of a group or link, or nobody: refused and counted; nothing is forwarded."""
+    of a group or link, or nobody: refused and counted; nothing is forwarded.  The first refusal
+    is logged (a client on the relay's own host would otherwise not learn why), once."""
     relay = await RelayServer.bind(RELAY, host="0.0.0.0", port=3478, network=sim.host("relay"))
     server = await Endpoint.bind(SecretKey.from_seed("srv"), host="0.0.0.0", network=sim.host("srv"))
     link = RelayClient(server, str(relay.url), RecordingSink())
@@ -387,9 +391,16 @@ async def test_the_relay_refuses_first_contacts_it_must_not_answer(sim: Simulati
             ("255.255.255.255", 5000),
             ("192.0.2.1", 0),
         ]
+        caplog.set_level(logging.INFO, logger="asgi_p2p.relay")
         for i, addr in enumerate(refused):
             claimed = SecretKey.from_seed(f"spoofed {i}").node_id
             relay.plane_datagram_received(encode_first_contact(server.node_id, claimed, initial(b"", b"")), addr)
+        said = [r.getMessage() for r in caplog.records if "refusing first contacts" in r.getMessage()]
+        assert said == [
+            f"relay: refusing first contacts from {own_ip}:{own_port}: answers must not go there (this relay's own "
+            "socket or host, loopback, multicast, broadcast, unspecified or port 0); a client on this host dials the "
+            "normal way, one relay round trip later (logged once; counted as dropped_bad_address)"
+        ]
         assert stats.dropped_bad_address == len(refused) and stats.forwarded == 0 and len(relay.first_contacts) == 0
         fine = encode_first_contact(server.node_id, SecretKey.from_seed("fine").node_id, initial(b"", b""))
         relay.plane_datagram_received(fine, ("192.0.2.1", 1))
