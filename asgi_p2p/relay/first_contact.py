@@ -30,7 +30,7 @@ safe (the whole reasoning is in docs/security.md, "First contact"):
   answered from) is forwarded too, at most :data:`MAX_RETRANSMISSIONS` times per entry,
   and adds to the budget, never to the time; another Initial under the same claim is
   dropped while the entry lives.
-* The relay never answers an address it must not send to (:func:`refused_reply_address`:
+* The relay answers no address it knows it must not send to (:func:`refused_reply_address`:
   unspecified, port 0, multicast, broadcast, its own socket's, and its own host's as far
   as it knows them, unless it listens on loopback only): a spoofed source there would
   make it a reflector at itself.  It knows loopback, its bound address and, bound to a
