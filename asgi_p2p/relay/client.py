@@ -156,9 +156,15 @@ PLANE_PING_INTERVAL = 1.0
 _MAX_FIRST_COPIES = 8
 #: Nodes (and connections) whose replies to our first contacts are taken at once.
 _MAX_FIRST_DESTS = 16
-#: Seconds a first contact's replies are taken, from its first Initial (the relay's own expiry:
-#: a retransmitted Initial extends neither).
-FIRST_CONTACT_REPLY_WINDOW = EXPIRY
+#: Seconds a first contact's replies are taken after the relay's own expiry ends, counted from
+#: our send: the relay counts its :data:`~asgi_p2p.relay.first_contact.EXPIRY` from the first
+#: Initial's receipt, and its last reply still has to travel here (one way from the relay and
+#: back: anything slower than this margin arrives after our window, and the dial goes on as
+#: without first contact).
+FIRST_CONTACT_REPLY_MARGIN = 0.5
+#: Seconds a first contact's replies are taken, from its first Initial: the relay's expiry plus
+#: :data:`FIRST_CONTACT_REPLY_MARGIN` (a retransmitted Initial extends neither).
+FIRST_CONTACT_REPLY_WINDOW = EXPIRY + FIRST_CONTACT_REPLY_MARGIN
 #: Plane datagrams after which the relay connection's path searches larger datagram sizes, as
 #: the connection's own bulk sending would start it (it carries the largest relayed packet)
 PLANE_BULK_PACKETS = 24
@@ -479,9 +485,11 @@ class RelayClient:
         #: connection id of the replies): only their replies are taken, until their window ends
         self._first_dials: dict[bytes, _FirstDial] = {}
         #: where :meth:`_first_reply` is registered with the socket's plane demultiplexer: the
-        #: relay address and the receiver (one at a time; None: none; it goes once no first dial
-        #: is live, noticed by :meth:`_prune_first_dials` at the next first contact, reply,
-        #: connection attempt or keepalive)
+        #: relay address and the receiver (one at a time; None: none).  It goes once no first
+        #: dial's window is open, noticed by :meth:`_prune_first_dials` at the next of: a
+        #: datagram it receives, a first contact, a relay connection attempt (on TCP: the
+        #: retry of UDP), a keepalive on UDP.  (No timer of its own: a receiver left a while
+        #: longer takes nothing, its dials being gone.)
         self._first_relay: tuple[tuple[str, int], Callable[[bytes], None]] | None = None
 
     # -- RelayLink -------------------------------------------------------------
@@ -1013,7 +1021,7 @@ class RelayClient:
         retransmitted Initial does not extend it, as the relay does not; once it ended, it starts anew)."""
         dials = self._first_dials
         dial = dials.get(scid)
-        if dial is not None and dial.until >= now and dial.dest == dest and dial.relay == relay:
+        if dial is not None and dial.until > now and dial.dest == dest and dial.relay == relay:
             return
         dials.pop(scid, None)
         if len(dials) >= _MAX_FIRST_DESTS:
@@ -1023,7 +1031,7 @@ class RelayClient:
     def _prune_first_dials(self, now: float) -> None:
         """Forget the first dials whose window ended; with none left, stop taking first-contact replies."""
         dials = self._first_dials
-        for scid in [c for c, dial in dials.items() if dial.until < now]:
+        for scid in [c for c, dial in dials.items() if dial.until <= now]:
             del dials[scid]
         registered = self._first_relay
         if dials or registered is None:
@@ -1034,19 +1042,16 @@ class RelayClient:
     def _first_reply(self, data: bytes, relay: tuple[str, int]) -> None:
         """A datagram from the relay address ``relay`` carrying the first-contact token: taken only if
         it answers a connection we dialed with a first contact to that address, still in its window
-        (a QUIC v1 long-header packet from the node we dialed, to our connection id)."""
-        opened = open_first_reply(data) if is_first_contact(data) else None
-        if opened is None:
-            self.stats.dropped_invalid += 1
-            return
-        src, packet = opened
-        cids = long_header_cids(packet)
-        dial = self._first_dials.get(cids[0]) if cids is not None else None
+        (a QUIC v1 long-header packet from the node we dialed, to our connection id).  Its
+        connection ids are checked on views into ``data``; only a reply taken is copied."""
         now = asyncio.get_running_loop().time()
-        if dial is None or dial.dest != src or dial.relay != relay or now > dial.until:
+        self._prune_first_dials(now)
+        opened = open_first_reply(data) if is_first_contact(data) else None
+        dial = self._first_dials.get(opened[0]) if opened is not None else None
+        if dial is None or opened is None or dial.relay != relay or opened[1] != dial.dest.to_bytes():
             self.stats.dropped_invalid += 1
-            self._prune_first_dials(now)
             return
+        src, packet = dial.dest, bytes(opened[2])
         self.stats.packets_received += 1
         self.stats.bytes_received += len(packet)
         try:

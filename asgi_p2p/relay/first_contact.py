@@ -20,25 +20,35 @@ safe (the whole reasoning is in docs/security.md, "First contact"):
 * Answers to the claimed NodeId go to its registered relay connection whenever it has
   one (never to an unauthenticated address then); only while it has none do QUIC v1
   long-header packets (answers to the Initial; anything else is refused as usual) go
-  to the first contact's address, within a budget of :data:`REPLY_FACTOR` times the
-  bytes that address sent, for :data:`EXPIRY` seconds from its first Initial (QUIC's own
-  anti-amplification factor, RFC 9000 section 8.1).  A retransmission of that Initial
-  (the same connection: same source connection id, the same destination connection id
-  or the one the destination answered from) is forwarded too and adds to the budget,
-  never to the time; another Initial under the same claim is dropped while the entry lives.
-* The relay never answers an address it must not send to (:func:`refused_reply_address`:
-  unspecified, port 0, multicast, broadcast, its own socket's, and its own host's unless
-  it listens on loopback only): a spoofed source there would make it a reflector at itself.
+  to the first contact's address, and only those addressed to the first contact's
+  connection (their destination connection id is its Initial's source connection id:
+  the destination's own client Initials to the claimed node are not answers), within a
+  budget of :data:`REPLY_FACTOR` times the bytes that address sent, for :data:`EXPIRY`
+  seconds from its first Initial (QUIC's own anti-amplification factor, RFC 9000
+  section 8.1).  A retransmission of that Initial (the same connection: same source
+  connection id, the same destination connection id or the one the destination
+  answered from) is forwarded too, at most :data:`MAX_RETRANSMISSIONS` times per entry,
+  and adds to the budget, never to the time; another Initial under the same claim is
+  dropped while the entry lives.
+* The relay answers no address it knows it must not send to (:func:`refused_reply_address`:
+  unspecified, port 0, multicast, broadcast, its own socket's, and its own host's as far
+  as it knows them, unless it listens on loopback only): a spoofed source there would
+  make it a reflector at itself.  It knows loopback, its bound address and, bound to a
+  wildcard, one IPv4 address per interface (``SIOCGIFADDR``: the primary one; no
+  aliases, no IPv6 addresses).
 * The dialing client (:class:`~asgi_p2p.relay.client.RelayClient`) takes a zero-token
   datagram from the relay's address only as a QUIC v1 long-header packet from the node
   it dialed, to the connection id of a connection it dialed with a first contact through
-  that address, within :data:`EXPIRY` seconds of that first contact's first Initial; it
-  takes them at one relay address at a time, and only until no such first contact is live.
+  that address, within :data:`EXPIRY` seconds (plus a margin for the trip back) of that
+  first contact's first Initial; it takes them at one relay address at a time, and stops
+  taking them once no such window is open (noticed at the next datagram there, first
+  contact, relay connection attempt or keepalive).
 * State is a small bounded table (:class:`FirstContacts`): at most
   :data:`MAX_ENTRIES` entries, :data:`MAX_PER_SOURCE` per source (an IPv4 address, an
   IPv6 /64), :data:`MAX_PER_DESTINATION` per destination, each expiring
   :data:`EXPIRY` seconds after it was made, and a global rate of :data:`RATE` first
-  contacts per second.  Everything refused is dropped and counted (:class:`FirstContactStats`).
+  contacts per second (retransmissions included).  Everything refused is dropped and
+  counted (:class:`FirstContactStats`).
 
 An older relay finds no client holding the zero token and drops the datagram (counted
 as an unknown token); the client sends the same Initial again the normal way once its
@@ -64,6 +74,7 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_PER_DESTINATION",
     "MAX_PER_SOURCE",
+    "MAX_RETRANSMISSIONS",
     "MIN_INITIAL_SIZE",
     "RATE",
     "REPLY_FACTOR",
@@ -104,6 +115,12 @@ MAX_PER_SOURCE = 4
 MAX_PER_DESTINATION = 4
 #: First contacts per second the relay accepts from everybody together (bursts of as many).
 RATE = 64.0
+#: Retransmissions of a first contact's Initial (and its other Initials of the same connection)
+#: forwarded per entry, so per :data:`EXPIRY` seconds: one source cannot spend the global
+#: :data:`RATE` by retransmitting.  A real dial needs fewer: its probe timeouts (0.2, 0.4, 0.8 s
+#: from aioquic's 100 ms initial RTT) retransmit its Initial 3 times within 2 s, and its answer
+#: to the destination's Initial is one more (if its relay connection cannot carry it yet).
+MAX_RETRANSMISSIONS = 4
 
 
 def is_first_contact(data: bytes) -> bool:
@@ -138,7 +155,9 @@ def refused_reply_address(addr: Address, own: Collection[str], own_port: int, lo
     ``loopback_ok`` (the relay listens on loopback only, so every sender is on its host and
     reaches loopback anyway) and the relay's own addresses ``own`` (at any port, unless
     ``loopback_ok``; at ``own_port``, its own socket, always).  A spoofed source there would
-    make the relay a reflector at itself or its host's services.  (A directed broadcast
+    make the relay a reflector at itself or its host's services.  (``own`` is what the
+    socket reports: its bound address, or bound to a wildcard one IPv4 address per
+    interface, the primary one; aliases and IPv6 addresses are not in it.  A directed broadcast
     address of a subnet is not known here; the kernel refuses sending to it without
     ``SO_BROADCAST``, which the relay's socket does not set.)
     """
@@ -167,11 +186,20 @@ def encode_first_reply(src: NodeId, packet: bytes | memoryview) -> bytes:
     return b"".join((PLANE_MAGIC, FIRST_CONTACT_TOKEN, src.to_bytes(), packet))
 
 
-def open_first_reply(data: bytes) -> tuple[NodeId, bytes] | None:
-    """(source, packet) of a first contact's reply (its token checked by the caller); None if too short."""
+def open_first_reply(data: bytes) -> tuple[bytes, memoryview, memoryview] | None:
+    """(destination connection id, source NodeId's bytes, packet) of a first contact's reply (its
+    token checked by the caller); None unless it carries a QUIC v1 long-header packet.
+
+    The source and the packet are views into ``data``: nothing is copied before the caller
+    knows it takes the reply."""
     if len(data) <= PLANE_OVERHEAD:
         return None
-    return NodeId(data[_TOKEN_END:PLANE_OVERHEAD]), data[PLANE_OVERHEAD:]
+    view = memoryview(data)
+    packet = view[PLANE_OVERHEAD:]
+    cids = long_header_cids(packet)
+    if cids is None:
+        return None
+    return cids[0], view[_TOKEN_END:PLANE_OVERHEAD], packet
 
 
 @dataclass
@@ -205,18 +233,21 @@ class FirstContactStats:
     dropped_conflict: int = 0
     #: dropped: from an address answers must not go to (:func:`refused_reply_address`)
     dropped_bad_address: int = 0
+    #: dropped: a retransmission beyond its entry's :data:`MAX_RETRANSMISSIONS`
+    dropped_retransmissions: int = 0
     #: replies not sent to the first contact: beyond its byte budget (refused as to an unknown destination)
     replies_over_budget: int = 0
 
 
 class _Entry:
-    __slots__ = ("addr", "budget", "dcid", "expires", "scid", "server_cid", "source")
+    __slots__ = ("addr", "budget", "dcid", "expires", "retransmissions", "scid", "server_cid", "source")
 
     def __init__(self, addr: Address, source: Hashable, expires: float, dcid: bytes, scid: bytes) -> None:
         self.addr = addr
         self.source = source
         self.budget = 0
         self.expires = expires
+        self.retransmissions = 0
         #: the first Initial's connection ids, and the one the destination answers from (once known)
         self.dcid = dcid
         self.scid = scid
@@ -299,8 +330,9 @@ class FirstContacts:
         ``cids`` (destination, source; :func:`long_header_cids`); False: drop it (counted).
 
         A first contact for a live entry is forwarded only if it comes from the same address
-        and retransmits the same connection (its budget grows by :data:`REPLY_FACTOR` times
-        ``size``, its lifetime does not); the global rate applies to every one forwarded.
+        and retransmits the same connection, at most :data:`MAX_RETRANSMISSIONS` times (its
+        budget grows by :data:`REPLY_FACTOR` times ``size``, its lifetime does not); the global
+        rate applies to every one forwarded.
         """
         self._expire(now)
         stats = self.stats
@@ -310,6 +342,9 @@ class FirstContacts:
         if entry is not None:
             if entry.addr != addr or not entry.same_connection(cids):
                 stats.dropped_conflict += 1
+                return False
+            if entry.retransmissions >= MAX_RETRANSMISSIONS:
+                stats.dropped_retransmissions += 1
                 return False
         else:
             if len(self._entries) >= self.max_entries:
@@ -329,30 +364,34 @@ class FirstContacts:
             entry = self._entries[key] = _Entry(addr, source, now + self.expiry, *cids)
             self._per_source[source] = self._per_source.get(source, 0) + 1
             self._per_destination[dest] = self._per_destination.get(dest, 0) + 1
+        else:
+            entry.retransmissions += 1
         entry.budget += REPLY_FACTOR * size
         stats.forwarded += 1
         return True
 
     def reply_to(
-        self, dst: NodeId, src: NodeId, size: int, now: float, scid: bytes | None = None
+        self, dst: NodeId, src: NodeId, size: int, now: float, cids: tuple[bytes, bytes]
     ) -> tuple[bool, Address | None]:
-        """Where a ``size``-byte packet from ``src`` to ``dst`` (which has no relay connection) goes.
+        """Where a ``size``-byte long-header packet from ``src`` to ``dst`` (which has no relay
+        connection) with connection ids ``cids`` (destination, source) goes.
 
-        (False, None): no first contact of ``dst`` to ``src`` is live (the caller goes on as
-        before: unknown destination); (True, address): send it there (budget taken);
-        (True, None): beyond the budget (counted; the relay refuses it as usual).  ``scid``:
-        the packet's source connection id (the destination's), which the first contact's
-        retransmissions may then be addressed to.
+        (False, None): it answers no live first contact of ``dst`` to ``src``: none is live, or
+        the packet is addressed to another connection than the first contact's (its destination
+        connection id is not that Initial's source connection id: say the destination's own
+        client Initial to ``dst``); the caller goes on as before first contact existed (unknown
+        destination).  (True, address): send it there (budget taken; its source connection id,
+        the destination's, is one the first contact's retransmissions may then be addressed to).
+        (True, None): beyond the budget (counted; the relay refuses it as usual).
         """
         self._expire(now)
         entry = self._entries.get((dst, src))
-        if entry is None:
+        if entry is None or cids[0] != entry.scid:
             return False, None
         if size > entry.budget:
             self.stats.replies_over_budget += 1
             return True, None
-        if scid is not None:
-            entry.server_cid = scid
+        entry.server_cid = cids[1]
         entry.budget -= size
         self.stats.replies += 1
         self.stats.reply_bytes += size

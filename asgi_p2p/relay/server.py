@@ -397,6 +397,9 @@ class RelayServer:
         self._own_hosts: frozenset[str] = frozenset()
         self._own_until = -math.inf
         self._loopback_only = _is_loopback(endpoint.local_address[0])
+        # a refused address is logged once (then only counted): a client on the relay's own host
+        # otherwise sees its fresh dials one relay round trip slower with no word why
+        self._bad_address_logged = False
         #: while packets wait for room on a destination's connection, look again this often
         self.queue_poll_interval = queue_poll_interval
         self._check_handle: asyncio.TimerHandle | None = None
@@ -907,6 +910,15 @@ class RelayServer:
             # its answers would go to this relay's own socket or host, to loopback, multicast or
             # broadcast: a spoofed source must not make the relay a reflector at itself
             stats.dropped_bad_address += 1
+            if not self._bad_address_logged:
+                self._bad_address_logged = True
+                log.info(
+                    "relay: refusing first contacts from %s:%d: answers must not go there (this relay's own "
+                    "socket or host, loopback, multicast, broadcast, unspecified or port 0); a client on this "
+                    "host dials the normal way, one relay round trip later (logged once; counted as "
+                    "dropped_bad_address)",
+                    *addr,
+                )
             return
         if not table.admit(claimed, dest, addr, len(data), now, cids):
             return
@@ -918,7 +930,9 @@ class RelayServer:
     def _first_reply(self, src: NodeId, dst: NodeId, packet: memoryview, now: float) -> bool:
         """A packet from ``src`` to ``dst``: True if it went to a first contact's address as its reply.
 
-        Only a QUIC version 1 long-header packet (an answer to an Initial), only while ``dst``
+        Only a QUIC version 1 long-header packet addressed to the first contact's connection
+        (an answer to its Initial: its destination connection id is that Initial's source
+        connection id; ``src``'s own client Initial to ``dst`` is not one), only while ``dst``
         has no relay connection here (a registered node's packets always go to its
         authenticated connection), and only within the first contact's budget; everything
         else takes the router's normal path (an unregistered destination is refused).
@@ -931,8 +945,8 @@ class RelayServer:
             # belongs to a connection with the real node and takes the normal (refusing) path
             return False
         # (the reply is built only once it has somewhere to go)
-        _handled, addr = self.first_contacts.reply_to(dst, src, PLANE_OVERHEAD + len(packet), now, cids[1])
-        if addr is None:  # no live first contact, or beyond its budget (counted): refused as usual
+        _handled, addr = self.first_contacts.reply_to(dst, src, PLANE_OVERHEAD + len(packet), now, cids)
+        if addr is None:  # not an answer to a live first contact, or beyond its budget: refused as usual
             return False
         self.endpoint.router.sendto(encode_first_reply(src, packet), addr)
         return True

@@ -283,21 +283,21 @@ def test_answers_to_a_first_contacts_address_are_bounded_and_expire() -> None:
     assert not table.admit(client, server, ("192.0.2.66", 5000), size, 0.1, CIDS)
     assert table.stats.dropped_conflict == 1
     # answers: up to 3x the bytes received, to the first contact's address only
-    assert table.reply_to(client, server, 1200, 0.2) == (True, addr)
-    assert table.reply_to(client, server, 1200, 0.2) == (True, addr)
-    assert table.reply_to(client, server, 1200, 0.2) == (True, addr)
-    assert table.reply_to(client, server, 1200, 0.2) == (True, None)  # beyond the budget: dropped
+    assert table.reply_to(client, server, 1200, 0.2, CIDS) == (True, addr)
+    assert table.reply_to(client, server, 1200, 0.2, CIDS) == (True, addr)
+    assert table.reply_to(client, server, 1200, 0.2, CIDS) == (True, addr)
+    assert table.reply_to(client, server, 1200, 0.2, CIDS) == (True, None)  # beyond the budget: dropped
     assert table.stats.replies == 3 and table.stats.replies_over_budget == 1
     assert table.stats.reply_bytes <= REPLY_FACTOR * size
     # from anyone else: not a first contact's answer (the relay goes on as before)
-    assert table.reply_to(client, other, 100, 0.3) == (False, None)
+    assert table.reply_to(client, other, 100, 0.3, CIDS) == (False, None)
     # expired after EXPIRY seconds
-    assert table.reply_to(client, server, 10, EXPIRY + 0.1) == (False, None)
+    assert table.reply_to(client, server, 10, EXPIRY + 0.1, CIDS) == (False, None)
     assert len(table) == 0
     # once the claimed node registers, its entries go (answers go to its connection)
     assert table.admit(client, server, addr, size, 5.0, CIDS)
     table.forget(client)
-    assert len(table) == 0 and table.reply_to(client, server, 10, 5.1) == (False, None)
+    assert len(table) == 0 and table.reply_to(client, server, 10, 5.1, CIDS) == (False, None)
 
 
 def test_the_table_and_the_global_rate_bound_a_flood_from_everywhere() -> None:
@@ -317,7 +317,7 @@ def test_the_table_and_the_global_rate_bound_a_flood_from_everywhere() -> None:
     stats = table.stats
     assert admitted == stats.forwarded <= RATE * 4 + RATE
     assert stats.dropped_rate_limited > 0 and stats.dropped_table_full + stats.dropped_rate_limited > 30_000
-    assert table.reply_to(claims[0], dests[0], 10, 100.0) == (False, None) and len(table) == 0
+    assert table.reply_to(claims[0], dests[0], 10, 100.0, CIDS) == (False, None) and len(table) == 0
 
 
 @pytest.mark.parametrize("first_contact", ["on", "off"])

@@ -12,22 +12,25 @@ Simulator (virtual time) and unit tests; nothing here touches a real network.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 import pytest
 
 from asgi_p2p import Endpoint, NetworkConfig, SecretKey
 from asgi_p2p.net.base import Address
-from asgi_p2p.relay.client import RelayClient
+from asgi_p2p.relay.client import FIRST_CONTACT_REPLY_WINDOW, RelayClient
 from asgi_p2p.relay.first_contact import (
     EXPIRY,
     FIRST_CONTACT_OVERHEAD,
     MAX_PER_SOURCE,
+    MAX_RETRANSMISSIONS,
     REPLY_FACTOR,
     FirstContacts,
     encode_first_contact,
     encode_first_reply,
     long_header_cids,
+    open_first_reply,
     refused_reply_address,
 )
 from asgi_p2p.relay.plane import client_demux
@@ -76,14 +79,18 @@ async def test_a_dialer_takes_first_contact_replies_only_for_its_live_first_cont
     """Nothing answers the relay handshake at the relay's address: an attacker there (as one who
     spoofs the relay's address) sees our first contact.  Of its zero-token datagrams only a
     long-header packet from the node we dialed, to our connection's id, within the first
-    contact's window, reaches the node; a retransmitted Initial does not extend that window."""
+    contact's window, reaches the node; a retransmitted Initial does not extend that window.
+    The window outlasts the relay's own (which it counts from its receipt): the relay's last
+    answer still gets through.  After the window the reply receiver goes at the next datagram
+    it receives, whatever that is."""
     relay_host = sim.host("relay")
     seen: list[bytes] = []
     spoofer = await relay_host.bind("0.0.0.0", 3478, lambda data, _addr: seen.append(data))
     elsewhere = await sim.host("elsewhere").bind("0.0.0.0", 3478, lambda _data, _addr: None)
     ep = await Endpoint.bind(SecretKey.from_seed("dialer"), host="0.0.0.0", network=sim.host("phone"))
     sink = RecordingSink()
-    link = RelayClient(ep, str(RelayUrl(RELAY.node_id, relay_host.address, 3478)), sink)
+    relay_host_addr = (relay_host.address, 3478)
+    link = RelayClient(ep, str(RelayUrl(RELAY.node_id, *relay_host_addr)), sink)
     link.start()
     loop = asyncio.get_running_loop()
     try:
@@ -106,21 +113,33 @@ async def test_a_dialer_takes_first_contact_replies_only_for_its_live_first_cont
         assert link.stats.dropped_invalid == 3
         assert client_demux(ep.router).dropped_wrong_address == 1
 
-        # the dialer's Initial retransmitted within the window: the window still ends EXPIRY after
-        # the first one (as the relay's entry does)
+        # the dialer's Initial retransmitted within the window: the window still ends a fixed time
+        # after the first one (as the relay's entry does)
         await asyncio.sleep(EXPIRY / 2)
         assert link.takes_first_contact and link.send_packet(DEST, sent)
-        await asyncio.sleep(t0 + EXPIRY + LATENCY - loop.time())
+        # the relay's last answer (sent just before its EXPIRY from receipt ends) is still taken
+        await asyncio.sleep(t0 + EXPIRY - 0.001 - loop.time())
         inject(spoofer, DEST, answer(ours))
         await asyncio.sleep(2 * LATENCY)
-        assert len(sink.packets) == 1 and link.stats.dropped_invalid == 4
+        assert len(sink.packets) == 2 and link.stats.dropped_invalid == 3
+        # after the window (from our first send), the next datagram there (even one that is no
+        # long-header packet) removes the receiver; no connection attempt or keepalive came between
+        await asyncio.sleep(t0 + FIRST_CONTACT_REPLY_WINDOW - loop.time())
+        assert client_demux(ep.router).relays == [relay_host_addr]
+        inject(spoofer, DEST, bytes((0x40,)) + ours + bytes(50))
+        await asyncio.sleep(2 * LATENCY)
+        assert loop.time() - t0 < ep.config.connect_timeout  # (the first connection attempt goes on)
         assert client_demux(ep.router).relays == []  # no first dial live: no reply receiver either
+        assert link.stats.dropped_invalid == 4
+        inject(spoofer, DEST, answer(ours))
+        await asyncio.sleep(2 * LATENCY)
+        assert len(sink.packets) == 2 and client_demux(ep.router).dropped_wrong_address == 2
         # a retransmission after the window ended is a new first contact with a window of its own
         assert link.takes_first_contact and link.send_packet(DEST, sent)
         await asyncio.sleep(2 * LATENCY)
         inject(spoofer, DEST, answer(ours))
         await asyncio.sleep(2 * LATENCY)
-        assert len(sink.packets) == 2
+        assert len(sink.packets) == 3
     finally:
         await link.close()
         await ep.close(timeout=0.1)
@@ -159,7 +178,7 @@ async def test_a_relay_named_by_dns_keeps_one_first_contact_receiver_across_new_
             await until(lambda: not link.takes_first_contact)  # that attempt gave up
         assert link.stats.first_contacts_sent == len(addrs)
         # every first contact's window ends: the next attempt finds none live, and no receiver is left
-        await asyncio.sleep(EXPIRY)
+        await asyncio.sleep(FIRST_CONTACT_REPLY_WINDOW)
         attempts = len(resolved)
         await until(lambda: len(resolved) > attempts)
         assert demux.relays == []
@@ -203,8 +222,8 @@ def test_a_retransmitted_initial_adds_budget_but_not_time_and_another_initial_is
     assert table.admit(client, server, addr, size, 1.5, cids)
     assert table.stats.forwarded == 2
     for _ in range(2 * REPLY_FACTOR):
-        assert table.reply_to(client, server, size, 1.6, b"V" * 8) == (True, addr)
-    assert table.reply_to(client, server, size, 1.6) == (True, None)
+        assert table.reply_to(client, server, size, 1.6, (b"S" * 8, b"V" * 8)) == (True, addr)
+    assert table.reply_to(client, server, size, 1.6, (b"S" * 8, b"V" * 8)) == (True, None)
     # ... the client's next Initial to the connection id the destination answered from belongs to
     # the same connection: forwarded
     assert table.admit(client, server, addr, size, 1.7, (b"V" * 8, b"S" * 8))
@@ -214,14 +233,143 @@ def test_a_retransmitted_initial_adds_budget_but_not_time_and_another_initial_is
     assert not table.admit(client, server, addr, size, 1.8, (b"D" * 8, b"R" * 8))
     assert table.stats.dropped_conflict == 2 and table.stats.forwarded == 3
     # ... but never the time: the entry ends EXPIRY after the first Initial
-    assert table.reply_to(client, server, 10, EXPIRY + 0.01) == (False, None)
+    assert table.reply_to(client, server, 10, EXPIRY + 0.01, (b"S" * 8, b"V" * 8)) == (False, None)
     assert len(table) == 0
 
 
+def test_the_destinations_own_dial_to_the_claimed_node_is_not_an_answer() -> None:
+    """A dials B by first contact (A not registered yet) while B dials A through the relay: B's own
+    client Initial to A (to a connection id B made up, from B's client connection id) answers
+    nothing of A's.  It takes the normal (refusing) path, spends none of A's budget, and does not
+    change the connection id A's next Initials may be addressed to."""
+    table = FirstContacts(0.0)
+    a, b = SecretKey.from_seed("a").node_id, SecretKey.from_seed("b").node_id
+    addr = ("192.0.2.1", 5000)
+    size = 1200 + FIRST_CONTACT_OVERHEAD
+    assert table.admit(a, b, addr, size, 0.0, (b"D" * 8, b"S" * 8))
+    # B's answer to A's Initial: to A's connection id, from B's server connection id V
+    assert table.reply_to(a, b, size, 0.1, (b"S" * 8, b"V" * 8)) == (True, addr)
+    # B's own client Initial to A: not an answer (not sent to A's address, budget untouched)
+    assert table.reply_to(a, b, size, 0.1, (b"R" * 8, b"X" * 8)) == (False, None)
+    assert table.stats.replies == 1 and table.stats.replies_over_budget == 0
+    # A's next Initial flight, to B's server connection id, still belongs to A's connection
+    assert table.admit(a, b, addr, size, 0.2, (b"V" * 8, b"S" * 8))
+    assert table.stats.dropped_conflict == 0
+    # and the budget was spent only by the answer: two more answers fit
+    assert table.reply_to(a, b, size, 0.3, (b"S" * 8, b"V" * 8)) == (True, addr)
+    assert table.reply_to(a, b, size, 0.3, (b"S" * 8, b"V" * 8)) == (True, addr)
+
+
 @pytest.mark.sim(loss=0.0, latency=LATENCY)
-async def test_the_relay_refuses_first_contacts_it_must_not_answer(sim: Simulation) -> None:
+async def test_the_relay_sends_the_destinations_own_dial_the_normal_way_not_to_the_first_contact(
+    sim: Simulation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the relay server: the destination's client Initial to the claimed node (which has
+    no relay connection) is refused as to any node not connected here, never sent to the first
+    contact's address; the answer to the first contact's Initial is."""
+    from tests.relay.test_first_contact import _rig
+
+    relay, server, _phone = await _rig(sim)
+    claimed = SecretKey.from_seed("a").node_id
+    first = ("192.0.2.7", 4433)
+    sent: list[bytes] = []
+    real_sendto = relay.endpoint.router.sendto
+
+    def sendto(data: bytes, addr: tuple[str, int]) -> None:
+        if addr == first:
+            sent.append(data)
+            return
+        real_sendto(data, addr)
+
+    monkeypatch.setattr(relay.endpoint.router, "sendto", sendto)
+    relay.plane_datagram_received(encode_first_contact(server.node_id, claimed, initial(b"D" * 8, b"S" * 8)), first)
+    stats = relay.first_contact_stats
+    assert stats.forwarded == 1
+    link = server.node.relay
+    assert link is not None
+    refused = relay.router.stats.dropped_unknown_destination
+    assert link.send_packet(claimed, initial(b"R" * 8, b"X" * 8))  # the server's own dial to the claimed node
+    await until(lambda: relay.router.stats.dropped_unknown_destination == refused + 1)
+    assert sent == [] and stats.replies == 0
+    assert link.send_packet(claimed, answer(b"S" * 8, b"V" * 8))  # its answer to the first contact
+    await until(lambda: len(sent) == 1)
+    assert sent == [encode_first_reply(server.node_id, answer(b"S" * 8, b"V" * 8))] and stats.replies == 1
+    # the first contact's next Initial, to the server's connection id, is forwarded
+    relay.plane_datagram_received(encode_first_contact(server.node_id, claimed, initial(b"V" * 8, b"S" * 8)), first)
+    assert stats.forwarded == 2 and stats.dropped_conflict == 0
+
+
+def test_retransmissions_of_one_first_contact_are_capped_per_entry() -> None:
+    """One source retransmitting one Initial cannot spend the global rate: after
+    MAX_RETRANSMISSIONS within the entry's life the rest are dropped and counted, and the rate
+    is left to others."""
+    table = FirstContacts(0.0, rate=2 + MAX_RETRANSMISSIONS)
+    client, server = SecretKey.from_seed("client").node_id, SecretKey.from_seed("server").node_id
+    addr = ("192.0.2.1", 5000)
+    cids = (b"D" * 8, b"S" * 8)
+    for i in range(1 + MAX_RETRANSMISSIONS):
+        assert table.admit(client, server, addr, 1277, 0.1 * i, cids)
+    for _ in range(20):
+        assert not table.admit(client, server, addr, 1277, 0.5, cids)
+    assert table.stats.dropped_retransmissions == 20 and table.stats.dropped_rate_limited == 0
+    assert table.stats.forwarded == 1 + MAX_RETRANSMISSIONS
+    # another source's first contact still finds the rate's last token
+    other = SecretKey.from_seed("other").node_id
+    assert table.admit(other, server, ("198.51.100.1", 1), 1277, 0.5, cids)
+    # the entry's end starts a new one, with retransmissions of its own
+    assert table.admit(client, server, addr, 1277, EXPIRY + 0.1, cids)
+
+
+def test_a_first_reply_is_checked_before_anything_is_copied() -> None:
+    """The dialer reads a reply's connection ids and source on views into the datagram: a reply
+    it drops costs no copy of the packet and no NodeId."""
+    data = encode_first_reply(DEST, answer(b"S" * 8))
+    opened = open_first_reply(data)
+    assert opened is not None
+    dcid, src, packet = opened
+    assert dcid == b"S" * 8
+    assert isinstance(src, memoryview) and src.obj is data and src == DEST.to_bytes()
+    assert isinstance(packet, memoryview) and packet.obj is data and packet == answer(b"S" * 8)
+    assert open_first_reply(encode_first_reply(DEST, bytes((0x40,)) + bytes(60))) is None  # 1-RTT
+    assert open_first_reply(data[:40]) is None  # no packet
+
+
+@pytest.mark.sim(loss=0.0, latency=LATENCY)
+async def test_a_first_contact_reply_is_taken_through_the_relays_data_plane_receiver(sim: Simulation) -> None:
+    """Once the relay connection's data plane is up, its receiver takes over the relay address
+    from the first-contact receiver: a first contact's reply arriving then still reaches the node
+    (the plane's relay address, from the connection, is the one the first contact went to)."""
+    relay = await RelayServer.bind(RELAY, host="0.0.0.0", port=3478, network=sim.host("relay"))
+    phone = sim.host("phone")
+    ep = await Endpoint.bind(SecretKey.from_seed("dialer"), host="0.0.0.0", network=phone)
+    sink = RecordingSink()
+    link = RelayClient(ep, str(relay.url), sink)
+    link.start()
+    try:
+        ours = b"S" * 8
+        assert link.takes_first_contact and link.send_packet(DEST, initial(b"D" * 8, ours))
+        await until(lambda: link.on_plane)
+        assert client_demux(ep.router).relays == [relay.url.address]
+        # the relay's socket sends it (as it sends any reply to a first contact)
+        relay.endpoint.router.sendto(encode_first_reply(DEST, answer(ours)), (phone.address, ep.local_address[1]))
+        await until(lambda: len(sink.packets) == 1)
+        assert sink.packets == [(DEST, answer(ours))] and link.stats.dropped_invalid == 0
+        relay.endpoint.router.sendto(encode_first_reply(DEST, answer(b"T" * 8)), (phone.address, ep.local_address[1]))
+        await until(lambda: link.stats.dropped_invalid == 1)
+        assert len(sink.packets) == 1
+    finally:
+        await link.close()
+        await ep.close(timeout=0.1)
+        await relay.close(timeout=0.1)
+
+
+@pytest.mark.sim(loss=0.0, latency=LATENCY)
+async def test_the_relay_refuses_first_contacts_it_must_not_answer(
+    sim: Simulation, caplog: pytest.LogCaptureFixture
+) -> None:
     """Spoofed sources that would make the relay answer itself, its host, loopback, every host
-    of a group or link, or nobody: refused and counted; nothing is forwarded."""
+    of a group or link, or nobody: refused and counted; nothing is forwarded.  The first refusal
+    is logged (a client on the relay's own host would otherwise not learn why), once."""
     relay = await RelayServer.bind(RELAY, host="0.0.0.0", port=3478, network=sim.host("relay"))
     server = await Endpoint.bind(SecretKey.from_seed("srv"), host="0.0.0.0", network=sim.host("srv"))
     link = RelayClient(server, str(relay.url), RecordingSink())
@@ -243,9 +391,16 @@ async def test_the_relay_refuses_first_contacts_it_must_not_answer(sim: Simulati
             ("255.255.255.255", 5000),
             ("192.0.2.1", 0),
         ]
+        caplog.set_level(logging.INFO, logger="asgi_p2p.relay")
         for i, addr in enumerate(refused):
             claimed = SecretKey.from_seed(f"spoofed {i}").node_id
             relay.plane_datagram_received(encode_first_contact(server.node_id, claimed, initial(b"", b"")), addr)
+        said = [r.getMessage() for r in caplog.records if "refusing first contacts" in r.getMessage()]
+        assert said == [
+            f"relay: refusing first contacts from {own_ip}:{own_port}: answers must not go there (this relay's own "
+            "socket or host, loopback, multicast, broadcast, unspecified or port 0); a client on this host dials the "
+            "normal way, one relay round trip later (logged once; counted as dropped_bad_address)"
+        ]
         assert stats.dropped_bad_address == len(refused) and stats.forwarded == 0 and len(relay.first_contacts) == 0
         fine = encode_first_contact(server.node_id, SecretKey.from_seed("fine").node_id, initial(b"", b""))
         relay.plane_datagram_received(fine, ("192.0.2.1", 1))
