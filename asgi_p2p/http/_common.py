@@ -27,6 +27,7 @@ __all__ = [
     "clean_header_fields",
     "data_frame_header",
     "send_body",
+    "send_body_nowait",
 ]
 
 #: The ALPN of HTTP/3.
@@ -199,6 +200,17 @@ class BodySender(Protocol):
 BODY_SLICE = 256 * 1024
 
 
+def send_body_nowait(handler: BodySender, sid: int, data: bytes, end: bool) -> bool:
+    """Send ``data`` as :func:`send_body` does if it fits under the stream's send buffer limit
+    now (so nothing waits); False, and nothing sent, if it does not."""
+    if len(data) + unacked_bytes(handler.conn.quic, sid) > handler.conn.send_buffer_limit(sid):
+        return False
+    if data or end:
+        handler.h3.send_data(sid, data, end)
+        handler.schedule_transmit()
+    return True
+
+
 async def send_body(handler: BodySender, sid: int, data: bytes, end: bool) -> None:
     """Send ``data`` in DATA frames on stream ``sid`` (and end the stream if ``end``).
 
@@ -208,10 +220,7 @@ async def send_body(handler: BodySender, sid: int, data: bytes, end: bool) -> No
     Raises what aioquic (RuntimeError) and PeerConnection.send_stream_data raise when the
     stream or the connection is gone.
     """
-    if len(data) + unacked_bytes(handler.conn.quic, sid) <= handler.conn.send_buffer_limit(sid):
-        if data or end:
-            handler.h3.send_data(sid, data, end)
-            handler.schedule_transmit()
+    if send_body_nowait(handler, sid, data, end):
         return
     view = memoryview(data)
     for off in range(0, len(view), BODY_SLICE):
