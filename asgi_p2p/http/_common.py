@@ -74,20 +74,27 @@ def clean_header_fields(
     because one malformed field makes an aioquic peer close the whole connection.
     """
     out: Headers = []
+    token, bad_value = _TOKEN.match, _BAD_VALUE.search  # (runs per request: bound once)
     for raw_name, raw_value in fields:
-        name = raw_name.encode("latin-1") if isinstance(raw_name, str) else bytes(raw_name)
-        value = raw_value.encode("latin-1") if isinstance(raw_value, str) else bytes(raw_value)
-        name = name.lower()
+        # (bytes, the common case, as they are)
+        if type(raw_name) is bytes:
+            name = raw_name.lower()
+        else:
+            name = (raw_name.encode("latin-1") if isinstance(raw_name, str) else bytes(raw_name)).lower()
+        if type(raw_value) is bytes:
+            value = raw_value
+        else:
+            value = raw_value.encode("latin-1") if isinstance(raw_value, str) else bytes(raw_value)
         if name in HOP_BY_HOP or name in drop:
             if request and name == b"te" and value.strip(b" \t").lower() == b"trailers":
                 out.append((b"te", b"trailers"))
             continue
-        if not _TOKEN.match(name):
+        if not token(name):
             if warn is not None:
                 warn(f"dropped header with invalid name {name!r}")
             continue
         value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
+        if bad_value(value):
             if warn is not None:
                 warn(f"dropped header {name.decode()!r}: value contains CR, LF or NUL")
             continue

@@ -130,15 +130,14 @@ class ClientConnection:
                 s.on_stop(event.error_code)
 
     def _h3_event(self, event: H3Event) -> None:
-        if not isinstance(event, HeadersReceived | DataReceived):
-            return
-        stream = self.streams.get(event.stream_id)
-        if stream is None:
-            return
-        if isinstance(event, HeadersReceived):
-            stream.on_headers(event.headers, event.stream_ended)
-        elif isinstance(event, DataReceived):
-            stream.on_data(event.data, event.stream_ended)
+        if isinstance(event, DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_data(event.data, event.stream_ended)
+        elif isinstance(event, HeadersReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_headers(event.headers, event.stream_ended)
 
     def connection_lost(self, exc: Exception | None) -> None:
         err = exc if isinstance(exc, P2PError) else ConnectionClosed(f"connection lost: {exc}")
@@ -605,8 +604,12 @@ class P2PTransport(httpx.AsyncBaseTransport):
 
     def _known_target(self, host: str, node_id: NodeId | None) -> NodeAddr | NodeId | None:
         """Where the URL host is, if that is known without a lookup."""
-        if node_id is not None and (node_id in self._addrs or self._resolve is None):
-            return self._addrs.get(node_id, node_id)
+        if node_id is not None:
+            addr = self._addrs.get(node_id)
+            if addr is not None:
+                return addr
+            if self._resolve is None:
+                return node_id
         return self._resolved.get(host)
 
     async def _target(self, host: str, request: httpx.Request) -> NodeAddr | NodeId:
