@@ -763,11 +763,9 @@ class Endpoint:
         conn = self._pool.get((node_id, alpn))
         if conn is None or self._closing or conn.closed or conn.close_error is not None:
             return None
-        if early_data and conn.early:
-            return conn
-        if conn.early or not (conn.is_confirmed if confirmed else conn.is_connected):
-            return None
-        return conn
+        if conn.early:  # (ready for 0-RTT data only)
+            return conn if early_data else None
+        return conn if (conn.is_confirmed if confirmed else conn.is_connected) else None
 
     async def _relay_or_direct(self, node_id: NodeId, relay: ManagedRelayLink, conn: PeerConnection) -> None:
         """A dial sent as a first contact, with direct addresses too: if the relay does not come
