@@ -574,7 +574,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
         self._addrs: dict[NodeId, NodeAddr] = {}
         self._resolve = resolve if discovery is None else discovery_resolver(discovery)
         self._resolved: dict[str, NodeAddr] = {}
-        self._node_ids: dict[str, NodeId] = {}  # URL hosts that are node ids, parsed
+        self._node_ids: dict[str, NodeId | None] = {}  # URL hosts parsed as node ids (None: a name)
         self._handlers: set[ClientConnection] = set()
         self._closed = False
         for addr in addrs:
@@ -588,15 +588,17 @@ class P2PTransport(httpx.AsyncBaseTransport):
     def _host_node_id(self, host: str, request: httpx.Request) -> NodeId | None:
         """The URL host as a node id (None: it is a name for the resolver); parsed once, as
         the same host comes with every request (for :data:`RESOLVED_CACHE_SIZE` hosts)."""
-        node_id = self._node_ids.get(host)
-        if node_id is not None:
-            return node_id
+        try:
+            return self._node_ids[host]
+        except KeyError:
+            pass
+        node_id: NodeId | None
         try:
             node_id = NodeId.parse(host)
         except (InvalidNodeId, ValueError) as exc:
             if self._resolve is None:
                 raise httpx.ConnectError(f"URL host {host!r} is not a node id: {exc}", request=request) from None
-            return None
+            node_id = None
         if len(self._node_ids) >= RESOLVED_CACHE_SIZE:
             del self._node_ids[next(iter(self._node_ids))]
         self._node_ids[host] = node_id

@@ -12,8 +12,10 @@ import asyncio
 import httpx
 import pytest
 
+from asgi_p2p import NodeAddr
 from asgi_p2p.endpoint.connection import PeerConnection
-from asgi_p2p.http import H3_ALPN
+from asgi_p2p.errors import NodeNotFound
+from asgi_p2p.http import H3_ALPN, P2PTransport
 
 from .conftest import Serve
 
@@ -77,3 +79,31 @@ async def test_a_write_timeout_fires_when_the_body_does_not_fit_and_the_peer_doe
         await served.client.post("/never-reads", content=b"x" * (32 << 20), timeout=httpx.Timeout(30, write=0.5))
     assert (await served.client.get("/")).content == OK
     app.release.set()
+
+
+async def test_a_host_name_is_resolved_once_and_its_pooled_connection_reused(serve: Serve) -> None:
+    served = await serve(App())
+    server = served.pair.server
+    asked: list[str] = []
+
+    async def resolve(host: str) -> NodeAddr:
+        asked.append(host)
+        if host != "svc.example":
+            raise NodeNotFound(f"no node named {host}")
+        return server.node_addr()
+
+    transport = P2PTransport(served.pair.client, resolve=resolve)
+    async with httpx.AsyncClient(transport=transport, base_url="https://svc.example") as client:
+        for _ in range(3):
+            assert (await client.get("/")).content == OK
+        assert asked == ["svc.example"]  # looked up once, then the pooled connection serves
+        conn = served.pair.client.pooled_connection(server.node_id, H3_ALPN, confirmed=False, early_data=True)
+        assert conn is not None
+        conn.close(0x100, "test closes it")
+        assert (await client.get("/")).content == OK  # dialed afresh, to the address it resolved
+        assert asked == ["svc.example"]
+        with pytest.raises(httpx.ConnectError, match=r"could not resolve 'other\.example'"):
+            await client.get("https://other.example/")
+        with pytest.raises(httpx.ConnectError, match=r"could not resolve 'other\.example'"):
+            await client.get("https://other.example/")  # (a failed lookup is not remembered)
+        assert asked == ["svc.example", "other.example", "other.example"]
