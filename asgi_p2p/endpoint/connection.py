@@ -276,10 +276,13 @@ class PeerConnection:
         others still wait (requests that joined the dial later) only gets its
         :class:`ConnectionFailed`, and a connection that is already ready (a client waiting
         for a late HANDSHAKE_DONE on a connection other requests use) is never closed here."""
+        fut = self._confirmed if confirmed else self._ready
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            return  # (a pooled connection, per request) nothing to wait for: no deadline to arm
         self._ready_waiters += 1
         try:
             async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
-                await asyncio.shield(self._confirmed if confirmed else self._ready)
+                await asyncio.shield(fut)
         except TimeoutError:
             if self._ready_waiters == 1 and not self._ready.done():
                 self.close(REFUSED, "handshake timed out")

@@ -753,6 +753,20 @@ class Endpoint:
         log.debug("connected to %s (%s) via %s", node_id, alpn, conn.path)
         return conn
 
+    def pooled_connection(
+        self, node_id: NodeId, alpn: str, *, confirmed: bool = True, early_data: bool = False
+    ) -> PeerConnection | None:
+        """The live pooled connection to ``node_id`` speaking ``alpn`` if it already reached the
+        stage :meth:`connect_quic` with these arguments waits for (so that it would return it at
+        once, without waiting), else None: a caller's per-request fast path, which needs no
+        deadline because nothing waits."""
+        conn = self._pool.get((node_id, alpn))
+        if conn is None or self._closing or conn.closed or conn.close_error is not None:
+            return None
+        if conn.early:  # (ready for 0-RTT data only)
+            return conn if early_data else None
+        return conn if (conn.is_confirmed if confirmed else conn.is_connected) else None
+
     async def _relay_or_direct(self, node_id: NodeId, relay: ManagedRelayLink, conn: PeerConnection) -> None:
         """A dial sent as a first contact, with direct addresses too: if the relay does not come
         up in time, its direct addresses get its first flight at full TTL, at once (as a dial

@@ -27,6 +27,7 @@ __all__ = [
     "clean_header_fields",
     "data_frame_header",
     "send_body",
+    "send_body_nowait",
 ]
 
 #: The ALPN of HTTP/3.
@@ -73,20 +74,27 @@ def clean_header_fields(
     because one malformed field makes an aioquic peer close the whole connection.
     """
     out: Headers = []
+    token, bad_value = _TOKEN.match, _BAD_VALUE.search  # (runs per request: bound once)
     for raw_name, raw_value in fields:
-        name = raw_name.encode("latin-1") if isinstance(raw_name, str) else bytes(raw_name)
-        value = raw_value.encode("latin-1") if isinstance(raw_value, str) else bytes(raw_value)
-        name = name.lower()
+        # (bytes, the common case, as they are)
+        if type(raw_name) is bytes:
+            name = raw_name.lower()
+        else:
+            name = (raw_name.encode("latin-1") if isinstance(raw_name, str) else bytes(raw_name)).lower()
+        if type(raw_value) is bytes:
+            value = raw_value
+        else:
+            value = raw_value.encode("latin-1") if isinstance(raw_value, str) else bytes(raw_value)
         if name in HOP_BY_HOP or name in drop:
             if request and name == b"te" and value.strip(b" \t").lower() == b"trailers":
                 out.append((b"te", b"trailers"))
             continue
-        if not _TOKEN.match(name):
+        if not token(name):
             if warn is not None:
                 warn(f"dropped header with invalid name {name!r}")
             continue
         value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
+        if bad_value(value):
             if warn is not None:
                 warn(f"dropped header {name.decode()!r}: value contains CR, LF or NUL")
             continue
@@ -199,6 +207,17 @@ class BodySender(Protocol):
 BODY_SLICE = 256 * 1024
 
 
+def send_body_nowait(handler: BodySender, sid: int, data: bytes, end: bool) -> bool:
+    """Send ``data`` as :func:`send_body` does if it fits under the stream's send buffer limit
+    now (so nothing waits); False, and nothing sent, if it does not."""
+    if len(data) + unacked_bytes(handler.conn.quic, sid) > handler.conn.send_buffer_limit(sid):
+        return False
+    if data or end:
+        handler.h3.send_data(sid, data, end)
+        handler.schedule_transmit()
+    return True
+
+
 async def send_body(handler: BodySender, sid: int, data: bytes, end: bool) -> None:
     """Send ``data`` in DATA frames on stream ``sid`` (and end the stream if ``end``).
 
@@ -208,10 +227,7 @@ async def send_body(handler: BodySender, sid: int, data: bytes, end: bool) -> No
     Raises what aioquic (RuntimeError) and PeerConnection.send_stream_data raise when the
     stream or the connection is gone.
     """
-    if len(data) + unacked_bytes(handler.conn.quic, sid) <= handler.conn.send_buffer_limit(sid):
-        if data or end:
-            handler.h3.send_data(sid, data, end)
-            handler.schedule_transmit()
+    if send_body_nowait(handler, sid, data, end):
         return
     view = memoryview(data)
     for off in range(0, len(view), BODY_SLICE):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -30,6 +30,7 @@ from ._common import (
     Headers,
     clean_header_fields,
     send_body,
+    send_body_nowait,
 )
 from ._dispatch import h3_protocol
 
@@ -129,15 +130,14 @@ class ClientConnection:
                 s.on_stop(event.error_code)
 
     def _h3_event(self, event: H3Event) -> None:
-        if not isinstance(event, HeadersReceived | DataReceived):
-            return
-        stream = self.streams.get(event.stream_id)
-        if stream is None:
-            return
-        if isinstance(event, HeadersReceived):
-            stream.on_headers(event.headers, event.stream_ended)
-        elif isinstance(event, DataReceived):
-            stream.on_data(event.data, event.stream_ended)
+        if isinstance(event, DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_data(event.data, event.stream_ended)
+        elif isinstance(event, HeadersReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_headers(event.headers, event.stream_ended)
 
     def connection_lost(self, exc: Exception | None) -> None:
         err = exc if isinstance(exc, P2PError) else ConnectionClosed(f"connection lost: {exc}")
@@ -277,9 +277,22 @@ class ClientStream:
             self.sent_end = True
         self.cc.schedule_transmit()
 
+    def write_nowait(self, data: bytes, end: bool) -> bool:
+        """Send body bytes if they fit in the stream's send buffer now (False: nothing was sent)."""
+        self._check()
+        try:
+            sent = send_body_nowait(self.cc, self.sid, data, end)
+        except RuntimeError:  # aioquic: stream reset by STOP_SENDING
+            self._check()
+            raise StreamResetError(self.sid, H3_NO_ERROR) from None
+        if sent and end:
+            self.sent_end = True
+        return sent
+
     async def write(self, data: bytes, end: bool) -> None:
         """Send body bytes; waits while the stream's send buffer is full (``PeerConnection.send_buffer_limit``)."""
-        self._check()
+        if self.write_nowait(data, end):
+            return
         try:
             await send_body(self.cc, self.sid, data, end)
         except RuntimeError:  # aioquic: stream reset by STOP_SENDING
@@ -419,20 +432,47 @@ def _map_error(exc: BaseException, request: httpx.Request, *, reading: bool) -> 
     return httpx.TransportError(str(exc), request=request)
 
 
-@contextlib.asynccontextmanager
-async def _deadline(
-    seconds: float | None, exc_type: type[httpx.TimeoutException], request: httpx.Request, what: str
-) -> AsyncIterator[None]:
-    if seconds is None:
-        yield
-        return
-    try:
-        async with asyncio.timeout(seconds) as cm:
-            yield
-    except TimeoutError:
-        if cm.expired():
-            raise exc_type(f"{what} timed out after {seconds:g}s", request=request) from None
-        raise
+class _Deadline:
+    """``async with _Deadline(seconds, ...)``: the block runs under ``asyncio.timeout(seconds)``
+    (none for ``None``); when that deadline expires, raises ``exc_type`` saying what timed out.
+
+    A class rather than an ``asynccontextmanager``: it runs for every request, and a
+    generator-based context manager costs about a quarter more per use.
+    """
+
+    __slots__ = ("_cm", "_exc_type", "_request", "_seconds", "_what")
+
+    def __init__(
+        self, seconds: float | None, exc_type: type[httpx.TimeoutException], request: httpx.Request, what: str
+    ) -> None:
+        self._seconds = seconds
+        self._exc_type = exc_type
+        self._request = request
+        self._what = what
+        self._cm: asyncio.Timeout | None = None
+
+    async def __aenter__(self) -> None:
+        if self._seconds is not None:
+            self._cm = asyncio.timeout(self._seconds)
+            await self._cm.__aenter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        cm = self._cm
+        if cm is None:
+            return
+        try:
+            await cm.__aexit__(exc_type, exc, tb)  # turns the cancellation of its expiry into TimeoutError
+        except TimeoutError:
+            if cm.expired():
+                raise self._timed_out() from None
+            raise
+        if exc_type is not None and issubclass(exc_type, TimeoutError) and cm.expired():
+            raise self._timed_out() from None  # (the block raised TimeoutError itself as it expired)
+
+    def _timed_out(self) -> httpx.TimeoutException:
+        return self._exc_type(f"{self._what} timed out after {self._seconds:g}s", request=self._request)
 
 
 # -- httpx transports ------------------------------------------------------------------------
@@ -451,7 +491,7 @@ class _ResponseStream(httpx.AsyncByteStream):
                 try:
                     data = st.read_nowait()
                     if data is None:  # only a wait needs a deadline
-                        async with _deadline(self._timeout, httpx.ReadTimeout, self._request, "reading the response"):
+                        async with _Deadline(self._timeout, httpx.ReadTimeout, self._request, "reading the response"):
                             data = await st.read()
                 except P2PError as exc:
                     raise _map_error(exc, self._request, reading=True) from exc
@@ -534,6 +574,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
         self._addrs: dict[NodeId, NodeAddr] = {}
         self._resolve = resolve if discovery is None else discovery_resolver(discovery)
         self._resolved: dict[str, NodeAddr] = {}
+        self._node_ids: dict[str, NodeId | None] = {}  # URL hosts parsed as node ids (None: a name)
         self._handlers: set[ClientConnection] = set()
         self._closed = False
         for addr in addrs:
@@ -544,18 +585,40 @@ class P2PTransport(httpx.AsyncBaseTransport):
         """Tell the transport where a node can be reached."""
         self._addrs[node_addr.node_id] = node_addr
 
-    async def _target(self, host: str, request: httpx.Request) -> NodeAddr | NodeId:
+    def _host_node_id(self, host: str, request: httpx.Request) -> NodeId | None:
+        """The URL host as a node id (None: it is a name for the resolver); parsed once, as
+        the same host comes with every request (for :data:`RESOLVED_CACHE_SIZE` hosts)."""
         try:
-            node_id: NodeId | None = NodeId.parse(host)
+            return self._node_ids[host]
+        except KeyError:
+            pass
+        node_id: NodeId | None
+        try:
+            node_id = NodeId.parse(host)
         except (InvalidNodeId, ValueError) as exc:
             if self._resolve is None:
                 raise httpx.ConnectError(f"URL host {host!r} is not a node id: {exc}", request=request) from None
             node_id = None
-        if node_id is not None and (node_id in self._addrs or self._resolve is None):
-            return self._addrs.get(node_id, node_id)
-        assert self._resolve is not None
-        found = self._resolved.get(host)
+        if len(self._node_ids) >= RESOLVED_CACHE_SIZE:
+            del self._node_ids[next(iter(self._node_ids))]
+        self._node_ids[host] = node_id
+        return node_id
+
+    def _known_target(self, host: str, node_id: NodeId | None) -> NodeAddr | NodeId | None:
+        """Where the URL host is, if that is known without a lookup."""
+        if node_id is not None:
+            addr = self._addrs.get(node_id)
+            if addr is not None:
+                return addr
+            if self._resolve is None:
+                return node_id
+        return self._resolved.get(host)
+
+    async def _target(self, host: str, request: httpx.Request) -> NodeAddr | NodeId:
+        node_id = self._host_node_id(host, request)
+        found = self._known_target(host, node_id)
         if found is None:
+            assert self._resolve is not None
             try:
                 found = await self._resolve(host)
             except P2PError as exc:
@@ -569,18 +632,36 @@ class P2PTransport(httpx.AsyncBaseTransport):
             self._resolved[host] = found
         return found
 
+    def _pooled(self, host: str, request: httpx.Request) -> ClientConnection | None:
+        """The pooled connection to the URL host's node if it takes requests now, as
+        :func:`connect_h3` would return it without waiting (the common case: no deadline
+        to arm, nothing to look up), else None."""
+        target = self._known_target(host, self._host_node_id(host, request))
+        if target is None:
+            return None
+        node_id = target.node_id if isinstance(target, NodeAddr) else target
+        conn = self.endpoint.pooled_connection(node_id, H3_ALPN, confirmed=False, early_data=True)
+        if conn is None:
+            return None
+        handler = conn.handler
+        if not isinstance(handler, ClientConnection) or handler.draining:
+            return None
+        return handler
+
     async def _connection(self, request: httpx.Request, timeout: float | None) -> ClientConnection:
         host = request.url.host
-        try:
-            async with _deadline(timeout, httpx.ConnectTimeout, request, "connecting to the peer"):
-                target = await self._target(host, request)
-                cc = await connect_h3(self.endpoint, target, early_data=True)
-        except P2PError as exc:
-            self._resolved.pop(host, None)  # the peer may have moved: look it up again next time
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        except httpx.ConnectTimeout:
-            self._resolved.pop(host, None)
-            raise
+        cc = self._pooled(host, request)
+        if cc is None:
+            try:
+                async with _Deadline(timeout, httpx.ConnectTimeout, request, "connecting to the peer"):
+                    target = await self._target(host, request)
+                    cc = await connect_h3(self.endpoint, target, early_data=True)
+            except P2PError as exc:
+                self._resolved.pop(host, None)  # the peer may have moved: look it up again next time
+                raise httpx.ConnectError(str(exc), request=request) from exc
+            except httpx.ConnectTimeout:
+                self._resolved.pop(host, None)
+                raise
         self._handlers.add(cc)
         return cc
 
@@ -637,7 +718,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
         early = cc.conn.early
         if early and not _early_safe(request):
             try:
-                async with _deadline(timeouts.get("connect"), httpx.ConnectTimeout, request, "connecting to the peer"):
+                async with _Deadline(timeouts.get("connect"), httpx.ConnectTimeout, request, "connecting to the peer"):
                     await cc.conn.wait_handshake()
             except P2PError as exc:
                 raise httpx.ConnectError(str(exc), request=request) from exc
@@ -651,7 +732,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
         try:
             await self._send(st, request, timeouts.get("write"))
             try:
-                async with _deadline(timeouts.get("read"), httpx.ReadTimeout, request, "waiting for the response"):
+                async with _Deadline(timeouts.get("read"), httpx.ReadTimeout, request, "waiting for the response"):
                     status = await st.wait_headers()
             except P2PError as exc:
                 raise _map_error(exc, request, reading=True) from exc
@@ -713,14 +794,16 @@ class P2PTransport(httpx.AsyncBaseTransport):
         headers.extend(clean_header_fields(request.headers.raw, log.warning, request=True))
         stream = request.stream
         try:
-            async with _deadline(timeout, httpx.WriteTimeout, request, "sending the request"):
-                if isinstance(stream, httpx.ByteStream):
-                    body = request.content
-                    st.send_headers(headers, not body)
-                    if body:
-                        await st.write(body, True)
-                    return
-                assert isinstance(stream, httpx.AsyncByteStream), "P2PTransport needs an async request body"
+            if isinstance(stream, httpx.ByteStream):
+                body = request.content
+                st.send_headers(headers, not body)
+                if not body or st.write_nowait(body, True):
+                    return  # all sent at once (the common case): nothing waited, so no deadline to arm
+                async with _Deadline(timeout, httpx.WriteTimeout, request, "sending the request"):
+                    await st.write(body, True)
+                return
+            assert isinstance(stream, httpx.AsyncByteStream), "P2PTransport needs an async request body"
+            async with _Deadline(timeout, httpx.WriteTimeout, request, "sending the request"):
                 st.send_headers(headers, False)
                 st.body_started = True
                 async for chunk in stream:

@@ -63,6 +63,57 @@ def test_a_request_cancelled_at_any_moment_of_its_dial_raises_cancelled(sim: Sim
     sim.run(main())
 
 
+def test_a_request_on_the_pooled_connection_cancelled_at_any_moment_raises_cancelled(sim: Simulation) -> None:
+    """The same on a ready pooled connection, where a request takes the transport's fast path
+    (no dial, no connect deadline): a cancel at every virtual millisecond of its exchange
+    raises at once, and the connection goes on serving."""
+    server_host, client_host = sim.host("server"), sim.host("client")
+    sim.link(server_host, client_host, latency=LATENCY, loss=0.0)
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["path"] == "/slow":
+            await asyncio.sleep(10)
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        node = await Node.bind(host="0.0.0.0", port=4433, config=CONFIG, network=server_host)
+        server = H3Server(app, node)  # type: ignore[arg-type]
+        await server.startup()
+        client_node = await Node.bind(host="0.0.0.0", config=CONFIG, network=client_host)
+        client = httpx.AsyncClient(
+            transport=P2PTransport(client_node, addrs=[node.node_addr()]), base_url=f"https://{node.node_id}"
+        )
+        assert (await client.get("/")).content == b"ok"
+        pooled = client_node.pooled_connection(node.node_id, "h3", confirmed=False, early_data=True)
+        assert pooled is not None
+        outcomes: dict[str, set[str]] = {"/": set(), "/slow": set()}
+        for ms in range(0, 41):  # (1 RTT = 20 ms: the request's whole exchange, and longer)
+            for path in ("/", "/slow"):
+                request = asyncio.create_task(client.get(path))
+                hit: list[bool] = []  # what request.cancel() returned (True: the task was still running)
+                loop.call_at(loop.time() + ms / 1000, lambda r=request, h=hit: h.append(r.cancel()))  # type: ignore[misc]
+                started = loop.time()
+                try:
+                    response = await request
+                except asyncio.CancelledError:
+                    assert hit == [True] and loop.time() - started == pytest.approx(ms / 1000), (path, ms)
+                    outcomes[path].add("cancelled")
+                else:
+                    assert hit != [True] and response.content == b"ok", (path, ms)  # answered before the cancel
+                    outcomes[path].add("answered")
+        assert outcomes == {"/": {"cancelled", "answered"}, "/slow": {"cancelled"}}
+        assert (await client.get("/")).content == b"ok"
+        assert client_node.pooled_connection(node.node_id, "h3", confirmed=False, early_data=True) is pooled
+        await client.aclose()
+        await client_node.close()
+        await server.shutdown()
+        await node.close()
+
+    sim.run(main())
+
+
 def test_the_library_does_not_use_wait_for() -> None:
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
