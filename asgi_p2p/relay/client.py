@@ -1436,6 +1436,10 @@ class RelayClient:
         if opened is None:
             if plane.confirmed and not confirmed:  # the relay answered our hello: send on the plane
                 log.info("relay %s: forwarding on its UDP data plane", self.url)
+                # the SEND frames the connection holds until the end of this pass go before
+                # the first packet sent on the plane (which goes straight to the socket)
+                if hooks.pending_datagram_frames(current.conn.quic):
+                    current.conn.transmit()
             return
         src, packet = opened
         self.stats.packets_received += 1

@@ -861,7 +861,14 @@ class RelayServer:
         if addr != handler.peer_address():
             stats.dropped_wrong_address += 1
             return
-        handler.plane_active = True
+        if not handler.plane_active:
+            handler.plane_active = True
+            # packets for it now go straight to the socket: the RECV frames its connection
+            # holds until the end of this pass go first (else a packet queued earlier arrives
+            # after a later one, e.g. a handshake after the 1-RTT answer it unlocks, and the
+            # client drops the answer until a probe timeout resends it)
+            if hooks.pending_datagram_frames(handler.conn.quic):
+                handler.flush(now=True)
         if dst == self.node_id:  # a hello: the client uses the plane (nothing is forwarded to a relay)
             stats.hellos += 1
             assert handler.plane_token is not None  # (it was found by it)
