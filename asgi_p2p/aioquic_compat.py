@@ -142,6 +142,7 @@ import datetime
 import enum
 import functools
 import itertools
+import logging
 import sys
 import weakref
 from collections.abc import Callable, Iterable
@@ -285,6 +286,8 @@ def peer_public_key(quic: QuicConnection) -> bytes | None:
 
 
 #: the key exchange groups a node's ClientHello offers (one key share each)
+log = logging.getLogger(__name__)
+
 CLIENT_KEY_SHARE_GROUPS = (tls.Group.X25519,)
 
 
@@ -2092,13 +2095,16 @@ def fast_enum_hash() -> bool:
     type codes, ``aioquic.quic.logger.PACKET_TYPE_NAMES``, ``END_STATES`` ...) are re-stored
     under the new hash: a dict in place (its order kept), a frozenset rebuilt and put in
     place of the old one in every module holding it.  Returns True if this call applied the
-    change.
+    change.  A ``QuicConnection`` built before asgi_p2p was imported (by another library in
+    the same process) keeps tables under the old hash and would no longer find its epochs:
+    import asgi_p2p before creating any aioquic connection.
     """
     if all(cls.__hash__ is object.__hash__ for cls in FAST_HASH_ENUMS):
         return False
     for cls in FAST_HASH_ENUMS:
         if cls.__eq__ is not object.__eq__:  # pragma: no cover - an aioquic change
-            raise RuntimeError(f"{cls.__qualname__} no longer compares by identity")
+            log.warning("%s no longer compares by identity: aioquic's enums keep their hash", cls.__qualname__)
+            return False
     classes = frozenset(FAST_HASH_ENUMS)
     for cls in FAST_HASH_ENUMS:
         cls.__hash__ = object.__hash__  # type: ignore[method-assign]

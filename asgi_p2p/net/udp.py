@@ -54,7 +54,7 @@ _UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _UDP_GRO = getattr(socket, "UDP_GRO", 104)
 _GRO_ANCILLARY = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 #: a plain int: ``flags & socket.MSG_TRUNC`` (an IntFlag) costs an enum operation per read
-_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0x20))
 # errors that say the socket or its device cannot segment at all (not: this one send failed)
 _NO_GSO_ERRNOS = frozenset({errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 # Linux <linux/in.h>, <linux/in6.h> (Python does not export all of them)
