@@ -430,13 +430,15 @@ def install_receive_credit(
     max_data = quic._local_max_data
 
     def _write_connection_limits(builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
-        # aioquic's method, without its doubling of MAX_DATA as data arrives
+        # aioquic's method, without its doubling of MAX_DATA as data arrives, and without its
+        # batching of MAX_STREAMS (held until the peer had fewer streams left to open than the
+        # update would grant): a peer with half the limit in flight then ran out of stream
+        # credit every few round trips and waited one more for the update.  As quic-go does,
+        # the raised limit goes out with the next packet after a peer stream finished.
         limit = connection_limit(max_data.used)
         if limit > max_data.value:
             max_data.value = limit
         for lim in (max_data, quic._local_max_streams_bidi, quic._local_max_streams_uni):
-            if lim is not max_data and lim.sent - lim.used >= lim.value - lim.sent:
-                continue  # batch MAX_STREAMS as aioquic does
             if lim.value != lim.sent:
                 buf = builder.start_frame(
                     lim.frame_type,
