@@ -377,6 +377,9 @@ def smoothed_rtt(quic: QuicConnection) -> float:
 #: the attribute of a connection holding its writer of all its streams' MAX_STREAM_DATA
 #: (see install_receive_credit and fast_write_application)
 _STREAM_LIMITS_ATTR = "_asgi_p2p_stream_limits"
+#: the peer's bidirectional stream limit set by set_peer_stream_limit (aioquic's default: 128)
+_STREAM_BASE_ATTR = "_asgi_p2p_stream_base"
+_AIOQUIC_STREAM_LIMIT = 128
 
 
 def install_receive_credit(
@@ -430,15 +433,26 @@ def install_receive_credit(
     max_data = quic._local_max_data
 
     def _write_connection_limits(builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
-        # aioquic's method, without its doubling of MAX_DATA as data arrives, and without its
-        # batching of MAX_STREAMS (held until the peer had fewer streams left to open than the
-        # update would grant): a peer with half the limit in flight then ran out of stream
-        # credit every few round trips and waited one more for the update.  As quic-go does,
-        # the raised limit goes out with the next packet after a peer stream finished.
+        # aioquic's method, without its doubling of MAX_DATA as data arrives, and with its
+        # batching of MAX_STREAMS (held until the peer has fewer streams left to open than the
+        # update would grant) only while the peer has at least half its limit left: with half
+        # the limit in flight a client ran out of stream credit every few round trips and
+        # waited one more for the update; below half, the raised limit goes out with the next
+        # packet, as quic-go queues it.  Above half it waits (a client with one request at a
+        # time would otherwise get a datagram of its own for it after every request).
         limit = connection_limit(max_data.used)
         if limit > max_data.value:
             max_data.value = limit
         for lim in (max_data, quic._local_max_streams_bidi, quic._local_max_streams_uni):
+            if lim is not max_data:
+                left = lim.sent - lim.used
+                base = (
+                    vars(quic).get(_STREAM_BASE_ATTR, _AIOQUIC_STREAM_LIMIT)
+                    if lim is quic._local_max_streams_bidi
+                    else _AIOQUIC_STREAM_LIMIT
+                )
+                if left >= lim.value - lim.sent and 2 * left >= base:
+                    continue
             if lim.value != lim.sent:
                 buf = builder.start_frame(
                     lim.frame_type,
@@ -1266,6 +1280,7 @@ def set_peer_stream_limit(quic: QuicConnection, max_bidi_streams: int) -> None:
     """
     limit = quic._local_max_streams_bidi
     limit.value = limit.sent = max_bidi_streams
+    vars(quic)[_STREAM_BASE_ATTR] = max_bidi_streams  # see install_receive_credit's MAX_STREAMS
 
 
 def get_stream(quic: QuicConnection, stream_id: int) -> QuicStream | None:
