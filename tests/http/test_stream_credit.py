@@ -31,12 +31,16 @@ async def small_app(scope: dict[str, object], receive: object, send: object) -> 
     await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
 
 
-def test_fifty_requests_in_flight_never_wait_for_stream_credit(sim: Simulation) -> None:
-    server_host, client_host = sim.host("server"), sim.host("client")
-    sim.link(server_host, client_host, latency=LATENCY, loss=0.0)
+class _Served:
+    """A server node answering ``small_app`` and a client connected to it, one RTT apart."""
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(self, node: Node, server: H3Server, client_node: Node, client: httpx.AsyncClient) -> None:
+        self.node, self.server, self.client_node, self.client = node, server, client_node, client
+
+    @classmethod
+    async def start(cls, sim: Simulation) -> _Served:
+        server_host, client_host = sim.host("server"), sim.host("client")
+        sim.link(server_host, client_host, latency=LATENCY, loss=0.0)
         node = await Node.bind(host="0.0.0.0", port=4433, config=CONFIG, network=server_host)
         server = H3Server(small_app, node)  # type: ignore[arg-type]
         await server.startup()
@@ -45,6 +49,20 @@ def test_fifty_requests_in_flight_never_wait_for_stream_credit(sim: Simulation) 
             transport=P2PTransport(client_node, addrs=[node.node_addr()]), base_url=f"https://{node.node_id}"
         )
         assert (await client.get("/")).text == "ok"  # connected
+        return cls(node, server, client_node, client)
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        await self.client_node.close()
+        await self.server.shutdown()
+        await self.node.close()
+
+
+def test_fifty_requests_in_flight_never_wait_for_stream_credit(sim: Simulation) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        served = await _Served.start(sim)
+        client = served.client
         took: list[float] = []
         left = 1000
 
@@ -63,27 +81,15 @@ def test_fifty_requests_in_flight_never_wait_for_stream_credit(sim: Simulation) 
         slow = [t for t in took if t > 1.5 * RTT]
         assert slow == [], f"{len(slow)} of {len(took)} requests waited more than a round trip: {sorted(slow)[-5:]}"
         assert elapsed < 21 * RTT  # 1,000 requests, 50 in flight: 20 round trips
-        await client.aclose()
-        await client_node.close()
-        await server.shutdown()
-        await node.close()
+        await served.stop()
 
     sim.run(main())
 
 
 def test_one_request_at_a_time_gets_no_datagram_of_its_own_for_stream_credit(sim: Simulation) -> None:
-    server_host, client_host = sim.host("server"), sim.host("client")
-    sim.link(server_host, client_host, latency=LATENCY, loss=0.0)
-
     async def main() -> None:
-        node = await Node.bind(host="0.0.0.0", port=4433, config=CONFIG, network=server_host)
-        server = H3Server(small_app, node)  # type: ignore[arg-type]
-        await server.startup()
-        client_node = await Node.bind(host="0.0.0.0", config=CONFIG, network=client_host)
-        client = httpx.AsyncClient(
-            transport=P2PTransport(client_node, addrs=[node.node_addr()]), base_url=f"https://{node.node_id}"
-        )
-        assert (await client.get("/")).text == "ok"  # connected
+        served = await _Served.start(sim)
+        client, node = served.client, served.node
         await asyncio.sleep(1)  # the handshake's last packets are out
         [conn] = node.all_connections
         before = conn.datagrams_sent
@@ -92,9 +98,6 @@ def test_one_request_at_a_time_gets_no_datagram_of_its_own_for_stream_credit(sim
         # one datagram per response; a MAX_STREAMS update rides along or, once the client has
         # less than half its 100 streams left, leaves alone: about 4 more in 200 requests
         assert conn.datagrams_sent - before <= 210
-        await client.aclose()
-        await client_node.close()
-        await server.shutdown()
-        await node.close()
+        await served.stop()
 
     sim.run(main())
