@@ -541,6 +541,14 @@ def discovery_resolver(discovery: NameDiscovery) -> Resolver:
 RESOLVED_CACHE_SIZE = 256
 
 
+def _remember(cache: dict[str, T], key: str, value: T) -> None:
+    """Put ``value`` in a per-host cache of at most :data:`RESOLVED_CACHE_SIZE` entries (the
+    oldest goes first)."""
+    if key not in cache and len(cache) >= RESOLVED_CACHE_SIZE:
+        del cache[next(iter(cache))]
+    cache[key] = value
+
+
 class P2PTransport(httpx.AsyncBaseTransport):
     """An httpx transport sending HTTP/3 requests to peers: ``https://<node-id>/path``.
 
@@ -599,9 +607,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
             if self._resolve is None:
                 raise httpx.ConnectError(f"URL host {host!r} is not a node id: {exc}", request=request) from None
             node_id = None
-        if len(self._node_ids) >= RESOLVED_CACHE_SIZE:
-            del self._node_ids[next(iter(self._node_ids))]
-        self._node_ids[host] = node_id
+        _remember(self._node_ids, host, node_id)
         return node_id
 
     def _known_target(self, host: str, node_id: NodeId | None) -> NodeAddr | NodeId | None:
@@ -627,9 +633,7 @@ class P2PTransport(httpx.AsyncBaseTransport):
                 raise httpx.ConnectError(
                     f"resolving {host!r} gave node {found.node_id}, not the node the URL names", request=request
                 )
-            if len(self._resolved) >= RESOLVED_CACHE_SIZE:
-                del self._resolved[next(iter(self._resolved))]
-            self._resolved[host] = found
+            _remember(self._resolved, host, found)
         return found
 
     def _pooled(self, host: str, request: httpx.Request) -> ClientConnection | None:
