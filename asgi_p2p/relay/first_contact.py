@@ -310,7 +310,9 @@ class FirstContacts:
             return None
         return dest, claimed, packet, cids
 
-    def _expire(self, now: float) -> None:
+    def expire(self, now: float) -> None:
+        """Forget the entries expired at ``now`` (also done by :meth:`admit` and :meth:`reply_to`;
+        the relay calls it periodically too, so that a flood's entries go when they expire)."""
         entries = self._entries
         while entries:
             key, entry = next(iter(entries.items()))
@@ -334,7 +336,7 @@ class FirstContacts:
         budget grows by :data:`REPLY_FACTOR` times ``size``, its lifetime does not); the global
         rate applies to every one forwarded.
         """
-        self._expire(now)
+        self.expire(now)
         stats = self.stats
         key = (claimed, dest)
         entry = self._entries.get(key)
@@ -384,7 +386,7 @@ class FirstContacts:
         the destination's, is one the first contact's retransmissions may then be addressed to).
         (True, None): beyond the budget (counted; the relay refuses it as usual).
         """
-        self._expire(now)
+        self.expire(now)
         entry = self._entries.get((dst, src))
         if entry is None or cids[0] != entry.scid:
             return False, None

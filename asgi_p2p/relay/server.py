@@ -779,10 +779,12 @@ class RelayServer:
     # -- datagrams -----------------------------------------------------------
 
     def _check_clients(self) -> None:
-        """Periodically: notice clients whose address changed while they only sent PINGs."""
+        """Periodically: notice clients whose address changed while they only sent PINGs, and
+        forget expired first contacts (else a flood's entries stay until the next first contact)."""
         self._check_handle = None
         if self._closed:
             return
+        self.first_contacts.expire(asyncio.get_running_loop().time())
         actions: list[tuple[NodeId, bytes]] = []
         for handler in list(self._handlers.values()):
             if handler.registered and handler.is_connected:
@@ -798,7 +800,7 @@ class RelayServer:
                     assert handler.plane_token is not None  # issued at registration
                     actions.append((handler.node, PlaneToken(handler.plane_token).encode()))
         self._dispatch(actions)
-        if self._handlers:
+        if self._handlers or len(self.first_contacts):
             self._check_handle = asyncio.get_running_loop().call_later(self.check_interval, self._check_clients)
 
     def _size_changed(self, handler: _ClientHandler) -> None:

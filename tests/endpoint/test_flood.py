@@ -24,8 +24,10 @@ from asgi_p2p import ConnectionFailed, NetworkConfig, Node, SecretKey
 from asgi_p2p import aioquic_compat as hooks
 from asgi_p2p.endpoint.admission import AdmissionTable, InvalidToken, RetryTokens, Verdict, source_of
 from asgi_p2p.endpoint.reset import MIN_TRIGGER_SIZE
+from asgi_p2p.identity import NodeId
 from asgi_p2p.net.base import Address, DatagramSocket
 from asgi_p2p.net.udp import UdpNetwork
+from asgi_p2p.relay.first_contact import encode_first_contact
 from asgi_p2p.relay.proto import RELAY_ALPN
 from asgi_p2p.relay.server import RelayServer
 from asgi_p2p.sim import Host, Simulation
@@ -595,7 +597,25 @@ def test_source_of(addr: Address, source: str) -> None:
 # -- the relay (an Endpoint too) and relayed Initials -----------------------------------
 
 
+def _relay_state(relay: RelayServer) -> dict[str, int]:
+    """What a flood could leave behind in a relay: QUIC connection objects (in this process),
+    its endpoint's connections and half-open ones, first contacts, queued frames, clients."""
+    ep = relay.endpoint
+    return {
+        "quic objects": _live_quic_connections(),
+        "connections": ep.connection_count,
+        "half-open": ep.handshaking,
+        "first contacts": len(relay.first_contacts),
+        "queued bytes": relay.router.queued_bytes,
+        "clients": len(relay.clients),
+        "plane tokens": len(relay.plane),
+    }
+
+
 def test_relay_survives_both_floods_and_a_new_client_connects() -> None:
+    """Junk Initials, genuine ClientHellos and unauthenticated first contacts, twice: a client
+    connects during the first flood; after each the relay's state returns to its baseline (its
+    one client's connection apart), and the second leaves no more behind than the first."""
     sim = _sim()
     with sim:
         relay_host, client_host = sim.host("relay"), sim.host("client")
@@ -604,16 +624,32 @@ def test_relay_survives_both_floods_and_a_new_client_connects() -> None:
         hellos = ClientHellos(rng, alpn=RELAY_ALPN)
 
         async def main() -> None:
-            relay = await RelayServer.bind(SecretKey.from_seed("relay"), host="0.0.0.0", port=3478, network=relay_host)
+            # (QUIC connections that earlier tests in this process still reference are not the relay's)
+            baseline = _relay_state(
+                relay := await RelayServer.bind(
+                    SecretKey.from_seed("relay"), host="0.0.0.0", port=3478, network=relay_host
+                )
+            )
             ep = relay.endpoint
+            assert baseline["connections"] == baseline["half-open"] == baseline["first contacts"] == 0
             flooder = Flooder()
             for _ in range(50):
                 for host in attackers:
                     await flooder.bind(host, 1)
             target = (relay_host.address, 3478)
-            packets = [junk_initial(rng) for _ in range(1000)] + [hellos() for _ in range(500)]
-            random.Random(7).shuffle(packets)
-            flood = asyncio.create_task(flooder.flood(packets, target, duration=0.1))
+            client_id = SecretKey.from_seed("client").node_id
+
+            def packets() -> list[bytes]:
+                # first contacts (a plane datagram with the zero token) to the client, each claiming a
+                # made-up node: the relay forwards a few (its per-destination limit) and remembers them
+                out = [junk_initial(rng) for _ in range(1000)] + [hellos() for _ in range(500)]
+                out += [
+                    encode_first_contact(client_id, NodeId(rng.randbytes(32)), junk_initial(rng)) for _ in range(100)
+                ]
+                rng.shuffle(out)
+                return out
+
+            flood = asyncio.create_task(flooder.flood(packets(), target, duration=0.1))
             await asyncio.sleep(0.05)
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -630,6 +666,25 @@ def test_relay_survives_both_floods_and_a_new_client_connects() -> None:
             await asyncio.sleep(ep.config.handshake_timeout + 1)
             assert ep.handshaking == 0 and ep.connection_count == 1
             assert relay.clients == [node.node_id]
+            after_first = _relay_state(relay)
+            # back to the baseline: the client's relay connection (its QUIC object at each end) aside
+            for what, count in after_first.items():
+                assert count - baseline[what] <= 2, f"{what}: {baseline[what]} before the flood, {count} after"
+            assert after_first["first contacts"] == 0 and after_first["queued bytes"] == 0
+
+            # the second flood, the client registered now (so first contacts to it are forwarded)
+            forwarded = relay.first_contact_stats.forwarded
+            await flooder.flood(packets(), target, duration=0.1)
+            await asyncio.sleep(0.2)
+            assert ep.handshaking == ep.config.max_handshaking
+            assert len(relay.first_contacts) > 0
+            assert relay.first_contact_stats.forwarded > forwarded
+            await asyncio.sleep(ep.config.handshake_timeout + 1)
+            after_second = _relay_state(relay)
+            for what, count in after_second.items():
+                assert count <= after_first[what], f"{what}: {after_first[what]} after the first flood, {count} now"
+            assert after_second["first contacts"] == 0 and after_second["half-open"] == 0
+            assert node.relay.connected and relay.clients == [node.node_id]
             flooder.close()
             await node.close()
             await relay.close()
