@@ -269,6 +269,74 @@ def test_client_hello_flood_is_bounded_answered_with_retry_and_recovers() -> Non
         sim.run(main(), time_limit=60)
 
 
+def test_a_sustained_low_rate_flood_never_closes_the_node() -> None:
+    """~40 packets a second (the issue: ~35 kept a node closed), half undecryptable Initials and
+    half genuine ClientHellos from sockets that never answer, for three handshake timeouts: the
+    half-open connections never exceed ``max_handshaking`` (sampled every second; the flood keeps
+    that pool full), a peer dialing in the middle of it, while the pool is full, connects within a
+    second (through a Retry, into the pool of validated addresses), and once the
+    flood ends and its half-open connections time out the node holds only the peer's connection."""
+    sim = _sim()
+    with sim:
+        server_host, client_host = sim.host("server"), sim.host("client")
+        attackers = [sim.host(f"attacker{i}") for i in range(11)]  # (11: junk and hellos reach all)
+        rng = random.Random(10)
+        hellos = ClientHellos(rng)
+
+        async def main() -> None:
+            baseline = _live_quic_connections()
+            server = await _node("server", server_host)
+            cfg = server.config
+            rate, duration = 40, 3 * cfg.handshake_timeout
+            count = int(rate * duration)
+            packets = [hellos() if i % 2 else junk_initial(rng) for i in range(count)]
+            flooder = Flooder()
+            for _ in range(20):  # 11 addresses x 20 ports, taking turns
+                for host in attackers:
+                    await flooder.bind(host, 1)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            samples: list[int] = []
+
+            async def sample() -> None:
+                while True:
+                    await asyncio.sleep(1.0)
+                    samples.append(server.handshaking)
+
+            sampler = asyncio.create_task(sample())
+            flood = asyncio.create_task(flooder.flood(packets, (server_host.address, PORT), duration, steps=count))
+            peer = await _node("client", client_host)
+            await asyncio.sleep(start + 25.0 - loop.time())
+            while server.handshaking < cfg.max_handshaking:  # noqa: ASYNC110 - polled in virtual time
+                await asyncio.sleep(0.01)  # dial while the flood holds the whole pool
+            started = loop.time()
+            conn = await peer.connect(server.node_addr())
+            took = loop.time() - started
+            assert took < 1.0, f"legitimate connect took {took:.3f}s during the flood"
+            await conn.send(b"during the flood")
+            await flood
+            sampler.cancel()
+            stats = server.admission_stats
+            assert stats.undecryptable == count // 2
+            assert len(samples) >= duration - 1
+            assert max(samples) <= cfg.max_handshaking, samples
+            # the flood is big enough to matter: from its seventh second on it keeps the pool full
+            # (20 ClientHellos a second for 10 s each would be 200), and gets Retries beyond it
+            assert min(samples[7:]) >= cfg.max_handshaking - 1, samples
+            assert stats.retries > 0
+            assert stats.accepted_validated == 1  # the peer: a Retry, then the validated pool
+            # when it ends, its half-open connections go after the handshake timeout; the peer's stays
+            await asyncio.sleep(cfg.handshake_timeout + 1)
+            assert server.handshaking == 0 and server.connection_count == 1
+            assert _live_quic_connections() - baseline <= 2
+            await conn.send(b"after the flood")
+            flooder.close()
+            await peer.close()
+            await server.close()
+
+        sim.run(main(), time_limit=120)
+
+
 def test_one_address_gets_its_share_of_half_open_connections_then_retry() -> None:
     sim = _sim()
     with sim:
