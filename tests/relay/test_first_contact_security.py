@@ -426,3 +426,35 @@ def test_which_addresses_a_first_contact_may_be_answered_at() -> None:
     assert not refused_reply_address(("127.0.0.1", 4000), lo, 3478, loopback_ok=True)
     assert refused_reply_address(("127.0.0.1", 3478), lo, 3478, loopback_ok=True)
     assert refused_reply_address(("224.0.0.1", 4000), lo, 3478, loopback_ok=True)
+
+
+@pytest.mark.sim(loss=0.0, latency=LATENCY)
+async def test_the_relays_first_contacts_expire_without_further_traffic_even_after_their_destination_left(
+    sim: Simulation,
+) -> None:
+    """A flood's first contacts leave the relay's table within ``EXPIRY`` and one check interval
+    with nothing else arriving (the table no longer waits for the next first contact to expire
+    its entries), also once the destination they named (the relay's only client) has gone."""
+    relay = await RelayServer.bind(RELAY, host="0.0.0.0", port=3478, network=sim.host("relay"))
+    loop = asyncio.get_running_loop()
+    for stays in (True, False):
+        server = await Endpoint.bind(SecretKey.from_seed("srv"), host="0.0.0.0", network=sim.host(f"srv-{stays}"))
+        link = RelayClient(server, str(relay.url), RecordingSink())
+        link.start()
+        try:
+            await link.wait_connected(5)
+            for i in range(MAX_PER_SOURCE):
+                claimed = SecretKey.from_seed(f"flood {stays} {i}").node_id
+                contact = encode_first_contact(server.node_id, claimed, initial(b"D%d" % i, b"S%d" % i))
+                relay.plane_datagram_received(contact, ("192.0.2.9", 4000 + i))
+            assert len(relay.first_contacts) == MAX_PER_SOURCE
+            made = loop.time()
+            if not stays:
+                await link.close()
+                await until(lambda: relay.clients == [])
+            await until(lambda: len(relay.first_contacts) == 0, timeout=EXPIRY + 2 * relay.check_interval)
+            assert loop.time() - made >= EXPIRY
+        finally:
+            await link.close()
+            await server.close(timeout=0.1)
+    await relay.close(timeout=0.1)
