@@ -116,3 +116,27 @@ def test_a_connection_we_close_fails_its_waiters_at_once_and_leaves_the_pool(sim
         await server.close()
 
     sim.run(main())
+
+
+def test_dials_waiting_for_a_handshake_we_close_fail_at_once(sim: Simulation) -> None:
+    async def main() -> None:
+        server, client = await _pair(sim)
+        first = asyncio.ensure_future(client.connect_quic(server.node_addr(), MSG_ALPN))
+        await asyncio.sleep(0.001)  # the ClientHello left; no answer yet
+        joined = asyncio.ensure_future(client.connect_quic(server.node_addr(), MSG_ALPN))
+        await asyncio.sleep(0)
+        (conn,) = client.all_connections
+        assert not first.done() and not joined.done()
+        conn.close(0x2, "changed my mind")
+        await asyncio.wait([first, joined], timeout=0.001)  # at once, not at the end of the closing period
+        for dial in (first, joined):
+            assert dial.done()
+            with pytest.raises(ConnectionClosed, match="closed locally: changed my mind"):
+                dial.result()
+        assert not conn.closed and conn.closing
+        fresh = await client.connect_quic(server.node_addr(), MSG_ALPN)  # a new dial, not the closing one
+        assert fresh is not conn and fresh.is_connected
+        await client.close()
+        await server.close()
+
+    sim.run(main())
