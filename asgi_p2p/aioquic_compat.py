@@ -55,6 +55,9 @@ Hooks:
 * :func:`smoothed_rtt` - ``QuicConnection._loss._rtt_smoothed``.
 * :func:`get_stream`, :func:`is_closing` - ``QuicConnection._streams`` and ``._state``.
 * :func:`peer_close` - ``QuicConnection._close_event``: the peer's CONNECTION_CLOSE while draining.
+* :func:`close_started` - ``QuicConnection._close_event``: the close under way from the moment
+  it began (queued by ``close()``, ours or aioquic's own; sent; or received), which aioquic
+  reports (``ConnectionTerminated``) only when the closing or draining period ends.
 * :func:`set_max_datagram_size` / :func:`max_datagram_size` - change the UDP
   payload size a live connection builds (``QuicConnection._max_datagram_size``,
   read by every ``QuicPacketBuilder``) and the state derived from it: the
@@ -217,6 +220,7 @@ __all__ = [
     "cache_frame_epochs",
     "cipher_suite",
     "clocked_ticket",
+    "close_started",
     "congestion_control_algorithm",
     "congestion_window",
     "data_received",
@@ -1299,6 +1303,16 @@ def peer_close(quic: QuicConnection) -> ConnectionTerminated | None:
     if quic._state is QuicConnectionState.DRAINING:
         return quic._close_event
     return None
+
+
+def close_started(quic: QuicConnection) -> ConnectionTerminated | None:
+    """The close under way, from the moment it began (``QuicConnection._close_event``): ours,
+    queued by ``close()`` (by us, by aioquic on a protocol violation, by the HTTP/3 layer)
+    or sent (the closing period), or the peer's CONNECTION_CLOSE (draining, see
+    :func:`peer_close`); also once terminated.  None while the connection is open.  aioquic
+    has no public state: it reports the close only when the closing or draining period
+    (3 PTO) ends, or for a close without one (the idle timeout) at once."""
+    return quic._close_event
 
 
 #: QUIC's smallest allowed datagram size (RFC 9000 section 14).

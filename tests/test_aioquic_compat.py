@@ -455,6 +455,33 @@ def test_get_stream_and_is_closing() -> None:
     assert hooks.is_closing(p.client)
 
 
+def test_close_started_and_peer_close_tell_a_close_before_aioquic_reports_it() -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    p.start()
+    p.pump()
+    assert hooks.close_started(p.client) is None and hooks.close_started(p.server) is None
+    p.client.close(error_code=0x105, reason_phrase="maintenance")
+    ours = hooks.close_started(p.client)  # queued, not sent yet
+    assert ours is not None and (ours.error_code, ours.reason_phrase) == (0x105, "maintenance")
+    assert hooks.peer_close(p.client) is None  # our own close, not the peer's
+    for data, _ in p.client.datagrams_to_send(p.now):  # the CONNECTION_CLOSE goes out: closing
+        p.server.receive_datagram(data, CLIENT_ADDR, p.now)
+    assert hooks.close_started(p.client) is ours and hooks.peer_close(p.client) is None
+    theirs = hooks.peer_close(p.server)  # received: the server drains
+    assert theirs is not None and (theirs.error_code, theirs.reason_phrase) == (0x105, "maintenance")
+    assert hooks.close_started(p.server) is theirs and hooks.is_closing(p.server)
+    events = []
+    while (ev := p.server.next_event()) is not None:
+        events.append(ev)
+    assert not any(isinstance(e, ConnectionTerminated) for e in events)  # reported after the draining period
+    timer = p.server.get_timer()
+    assert timer is not None and timer > p.now
+    p.server.handle_timer(timer)
+    terminated = p.server.next_event()
+    assert isinstance(terminated, ConnectionTerminated) and terminated.reason_phrase == "maintenance"
+    assert hooks.close_started(p.server) is theirs
+
+
 def test_max_datagram_size_can_grow_and_shrink_on_a_live_connection() -> None:
     p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"), window=4 << 20)
     p.start()

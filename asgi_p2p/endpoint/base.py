@@ -22,4 +22,6 @@ class ConnectionHandler(Protocol):
         """Called for each aioquic event after the handshake (in order)."""
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Called once when the connection is gone (``exc`` says why)."""
+        """Called once, as soon as the connection is lost (``exc`` says why): a CONNECTION_CLOSE
+        was sent or received (QUIC's closing or draining period may still run, but nothing is
+        delivered any more), or it ended otherwise (a stateless reset, an idle timeout)."""

@@ -78,15 +78,16 @@ _LONE_ACK_HOLD = 0.01
 _TX_DEFER_MAX = 0.002
 
 
-def close_error(event: ConnectionTerminated, *, during_handshake: bool) -> P2PError:
-    """The P2PError describing why a connection terminated (not closed by us)."""
+def close_error(event: ConnectionTerminated, *, during_handshake: bool, by_peer: bool = True) -> P2PError:
+    """The P2PError describing why a connection terminated: the peer's CONNECTION_CLOSE, or
+    (``by_peer=False``) one that QUIC or a protocol layer sent on its own (not :meth:`PeerConnection.close`)."""
     reason = event.reason_phrase or "no reason given"
     if _CRYPTO_ERROR <= event.error_code < _CRYPTO_ERROR + 0x100 and (event.error_code - _CRYPTO_ERROR) in _AUTH_ALERTS:
         return AuthenticationFailed(f"authentication failed: {reason} (TLS alert {event.error_code - _CRYPTO_ERROR})")
     if during_handshake:
         return ConnectionFailed(f"handshake failed: {reason} (error code {event.error_code:#x})")
     return ConnectionClosed(
-        f"connection closed by peer: {reason} (error code {event.error_code:#x})",
+        f"connection closed {'by peer' if by_peer else 'locally'}: {reason} (error code {event.error_code:#x})",
         error_code=event.error_code,
         reason=event.reason_phrase,
     )
@@ -118,6 +119,10 @@ class ConnectionCallbacks:
     #: A client's handshake is confirmed (HANDSHAKE_DONE arrived): the server accepted it; or
     #: a server's connection made ready early (0-RTT) completed its handshake.
     confirmed: Callable[[PeerConnection], None]
+    #: A CONNECTION_CLOSE was sent or received: the connection takes nothing new from now on
+    #: (the owner drops it from its pool); ``closed`` follows when QUIC's closing or
+    #: draining period ends.
+    closing: Callable[[PeerConnection], None]
     #: The connection is gone (closed, refused, timed out or aborted).
     closed: Callable[[PeerConnection], None]
     #: The peer's stateless reset token for the connection id we send to changed
@@ -183,6 +188,10 @@ class PeerConnection:
         self._ready_waiters = 0
         self._closed: asyncio.Future[None] = self.loop.create_future()
         self._close_error: P2PError | None = None
+        # a CONNECTION_CLOSE was queued, sent or received (see _begin_close), and the handler
+        # was told that the connection is lost (it is told once)
+        self._close_begun = False
+        self._handler_lost = False
         self._timer = DeadlineTimer(self.loop, self._next_timer, self._on_timer)
         self._keepalive: asyncio.TimerHandle | None = None
         # the highest authenticated 1-RTT packet number received, when it last grew, and
@@ -247,7 +256,15 @@ class PeerConnection:
 
     @property
     def closed(self) -> bool:
+        """The connection is gone: ended, and any closing or draining period is over."""
         return self._closed.done()
+
+    @property
+    def closing(self) -> bool:
+        """A CONNECTION_CLOSE was sent or received (QUIC's closing or draining period, RFC 9000
+        10.2, may still run until :attr:`closed`), or the connection is gone: it is never used
+        again, and what waited on it has failed with :attr:`close_error`."""
+        return self._close_begun or self._closed.done()
 
     @property
     def close_error(self) -> P2PError | None:
@@ -474,13 +491,6 @@ class PeerConnection:
             self._callbacks.reset_token(self, old, token)
         self._process_events()
         self._receiving_from = None
-        if not self._confirmed.done():
-            closed_by_peer = hooks.peer_close(quic)
-            if closed_by_peer is not None:
-                # refused during the handshake (an allow-list, a limit): fail now with the peer's
-                # reason, not after the draining period; a request sent with our Finished fails too
-                self._terminated(closed_by_peer)
-                return
         self.schedule_transmit()
 
     def stateless_reset(self) -> None:
@@ -778,6 +788,9 @@ class PeerConnection:
             self._become_ready()
         if self._send_waiters:
             self._wake_senders()
+        if not self._close_begun and hooks.close_started(quic) is not None:
+            # the peer's CONNECTION_CLOSE arrived, or aioquic or the HTTP/3 layer closed it
+            self._begin_close()
 
     def _handle_event(self, event: QuicEvent) -> None:
         if type(event) is StreamDataReceived:  # most events: none of the checks below applies
@@ -892,6 +905,68 @@ class PeerConnection:
         self._confirmed.set_result(None)
         self._schedule_keepalive()
 
+    def _begin_close(self) -> None:
+        """A CONNECTION_CLOSE was queued, sent or received: the connection is done for, now.
+
+        As in quic-go and httpcore, it is never handed out again (the ``closing`` callback:
+        the endpoint drops it from its pool, so the next dial makes a new connection), and
+        whatever waits on it fails at once with what happened (:attr:`close_error`: closed by
+        the peer with its reason, or by us): the handler is told (its requests fail, or are
+        sent again on a new connection where that is safe), and so are writers and callers
+        waiting for the handshake.  QUIC's closing or draining period (RFC 9000 10.2: three
+        probe timeouts of answering packets with CONNECTION_CLOSE, or of silence) still runs;
+        the connection ends (:attr:`closed`, the ``closed`` callback) when it is over.  A
+        refusal by the peer before our handshake is confirmed ends the connection at once
+        (nothing was established: the dial fails with the peer's reason).
+        """
+        if self._close_begun or self._closed.done():
+            return
+        quic = self.quic
+        by_peer = hooks.peer_close(quic)
+        if by_peer is not None and not self._confirmed.done():
+            # refused during the handshake (an allow-list, a limit): fail now with the peer's
+            # reason, not after the draining period; a request sent with our Finished fails too
+            self._terminated(by_peer)
+            return
+        handshaking = not self._confirmed.done()
+        self._close_begun = True
+        err = self._close_error
+        if err is None:
+            # else: a close of our own that QUIC or a protocol layer queued (the peer violated
+            # QUIC or HTTP/3, or failed our identity check in the handshake)
+            event = by_peer or hooks.close_started(quic)
+            assert event is not None  # (called when a close started)
+            err = close_error(event, during_handshake=handshaking, by_peer=by_peer is not None)
+            self._close_error = err
+        log.debug("%s: closing: %s", self._peer_label(), err)
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self._early_deadline is not None:
+            self._early_deadline.cancel()
+            self._early_deadline = None
+        self._fail_stages(err)
+        self._wake_senders()
+        self._callbacks.closing(self)
+        self._lose_handler(err)
+
+    def _fail_stages(self, err: P2PError) -> None:
+        for fut in (self._ready, self._handshake_done, self._confirmed):
+            if not fut.done():
+                fut.set_exception(err)
+                fut.exception()  # mark retrieved; waiters get it via wait_ready / wait_handshake
+
+    def _lose_handler(self, err: P2PError) -> None:
+        """Tell the handler (once) that the connection is lost."""
+        handler = self.handler
+        if handler is None or self._handler_lost:
+            return
+        self._handler_lost = True
+        try:
+            handler.connection_lost(err)
+        except Exception:
+            log.exception("connection_lost handler failed")
+
     def _terminated(self, event: ConnectionTerminated) -> None:
         if self._closed.done():
             return
@@ -925,10 +1000,7 @@ class PeerConnection:
         if self._keepalive is not None:
             self._keepalive.cancel()
         self._keepalive = None
-        for fut in (self._ready, self._handshake_done, self._confirmed):
-            if not fut.done():
-                fut.set_exception(err)
-                fut.exception()  # mark retrieved; waiters get it via wait_ready / wait_handshake
+        self._fail_stages(err)
         if self._early_deadline is not None:
             self._early_deadline.cancel()
             self._early_deadline = None
@@ -936,15 +1008,13 @@ class PeerConnection:
         self._wake_senders()
         self.route.detach()
         self._callbacks.closed(self)
-        if self.handler is not None:
-            try:
-                self.handler.connection_lost(err)
-            except Exception:
-                log.exception("connection_lost handler failed")
+        self._lose_handler(err)
         log.debug("%s: closed: %s", self._peer_label(), err)
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
-        """Close now (pending stream data is dropped); see :meth:`aclose` for a graceful close."""
+        """Close now (pending stream data is dropped): CONNECTION_CLOSE to the peer, and the
+        connection is :attr:`closing` at once (what waits on it fails with "closed locally"
+        and ``reason``); it is :attr:`closed` when QUIC's closing period ends."""
         if self.closed or hooks.is_closing(self.quic):
             return
         if self._close_error is None:
@@ -959,6 +1029,7 @@ class PeerConnection:
             self.quic.close(
                 error_code=QuicErrorCode.CONNECTION_REFUSED, frame_type=QuicFrameType.PADDING, reason_phrase=reason
             )
+        self._begin_close()
         self.transmit()
 
     def abort(self, err: P2PError) -> None:
@@ -1154,7 +1225,10 @@ class PeerConnection:
         return hooks.smoothed_rtt(self.quic)
 
     def __repr__(self) -> str:
-        state = "open" if self.is_connected else ("closed" if self.closed else "handshaking")
+        if self.is_connected:
+            state = "open"
+        else:
+            state = "closed" if self.closed else "closing" if self.closing else "handshaking"
         return f"<PeerConnection {self._peer_label()} {self.alpn} {state}>"
 
 

@@ -237,6 +237,7 @@ class Endpoint:
             cid_retired=self._unregister_cid,
             ready=self._connection_ready,
             confirmed=self._connection_confirmed,
+            closing=self._leave_pool,
             closed=self._forget,
             reset_token=self._peer_reset_token_changed,
         )
@@ -633,7 +634,7 @@ class Endpoint:
         node_id = node_addr.node_id
         key = (node_id, alpn)
         existing = self._pool.get(key)
-        if existing is not None and not existing.closed and existing.close_error is None:
+        if existing is not None and not existing.closing:
             await self._wait_stage(existing, confirmed=confirmed, early_data=early_data)
             return existing
         racing = self._racing.get(key)
@@ -759,9 +760,10 @@ class Endpoint:
         """The live pooled connection to ``node_id`` speaking ``alpn`` if it already reached the
         stage :meth:`connect_quic` with these arguments waits for (so that it would return it at
         once, without waiting), else None: a caller's per-request fast path, which needs no
-        deadline because nothing waits."""
+        deadline because nothing waits.  A connection that sent or received CONNECTION_CLOSE
+        (:attr:`~PeerConnection.closing`) has left the pool: it is never handed out."""
         conn = self._pool.get((node_id, alpn))
-        if conn is None or self._closing or conn.closed or conn.close_error is not None:
+        if conn is None or self._closing or conn.closing:
             return None
         if conn.early:  # (ready for 0-RTT data only)
             return conn if early_data else None
@@ -1556,6 +1558,11 @@ class Endpoint:
             self._client_cids.discard(cid)
         if self._peer_state is not None:
             self._peer_state_changed()
+        self._leave_pool(conn)
+
+    def _leave_pool(self, conn: PeerConnection) -> None:
+        """``conn`` is closing or gone: the next dial to its node makes a new connection (its
+        closing or draining period runs on, see :attr:`PeerConnection.closing`)."""
         if conn.remote_node_id is not None and conn.alpn is not None:
             key = (conn.remote_node_id, conn.alpn)
             if self._pool.get(key) is conn:

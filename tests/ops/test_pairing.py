@@ -231,8 +231,17 @@ async def test_admin_commands_over_the_socket(served: Served, device: Node) -> N
         (pending,) = await admin_call(admin.path, "invites")
         assert pending["id"] == made["id"] and pending["uses_left"] == 2 and 0 < pending["expires_in"] <= 60
         assert await pair(device, made["invite"]) == "tv"
+        # the device closed its pairing connection: the node holds no live connection with it
+        for _ in range(5000):
+            if not any(c.remote_node_id == device.node_id for c in served.node.connections):
+                break
+            await asyncio.sleep(0.001)
         peers = await admin_call(admin.path, "peers")
-        assert peers["peers"] == [{"node_id": str(device.node_id), "label": "tv", "source": "file", "connected": True}]
+        entry = {"node_id": str(device.node_id), "label": "tv", "source": "file"}
+        assert peers["peers"] == [{**entry, "connected": False}]
+        await device.connect(served.node.node_addr())  # now allowed
+        peers = await admin_call(admin.path, "peers")
+        assert peers["peers"] == [{**entry, "connected": True}]
         status = await admin_call(admin.path, "status")
         assert status["pairing"]["paired"] == 1 and status["allow"] == "1 node(s)"
         assert await admin_call(admin.path, "cancel-invite", id=made["id"]) == {"id": made["id"], "cancelled": True}
