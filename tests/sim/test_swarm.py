@@ -56,8 +56,9 @@ Two adjustments of the outside tester's scenario, each for a reason measured her
   through a 30%-loss path, so the blobs are sized to fit it at the band's worst loss.
 
 ``make test`` runs :data:`DEFAULT_SEEDS` seeds per band (50 in all); ``--sim-seeds N``
-runs N per band (the 200-seed table in ``docs/benchmarks.md``: ``--sim-seeds 200``, or
-``python -m tests.sim.swarm --seeds 200``); ``--sim-seed S`` runs seed S only (the
+runs N per band (the 200-seed table in ``docs/benchmarks.md``: ``make swarm``, the slower
+job, runs ``pytest tests/sim/test_swarm.py --sim-seeds 200`` with the venv ``make test``
+uses; or ``python -m tests.sim.swarm --seeds 200``); ``--sim-seed S`` runs seed S only (the
 replay line a failure prints).
 """
 
