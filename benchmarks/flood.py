@@ -10,7 +10,8 @@ legitimate peer connects: to the node, a new node dials it by its ticket (for ``
 peer has the relay too, and the ticket names it); to the relay, a node whose relay client
 connects.  Measured from /proc: each target's CPU (percent of one core) and RSS before,
 during and after the flood (after: ``handshake_timeout`` + 1 s later), and the legitimate
-connect time (from before the peer binds its node).  Every (target, flood) pair runs
+connect time (from before the peer binds its node), and the datagrams the kernel dropped
+at each target's socket because its receive buffer was full (``/proc/net/udp``).  Every (target, flood) pair runs
 ``--runs`` times, interleaved (round 1 of every pair, then round 2, ...); each row gives
 the medians over the runs and every run's connect time.
 
@@ -64,6 +65,16 @@ def _rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def _udp_drops(port: int) -> int:
+    """Datagrams the kernel dropped for the UDP socket bound to 127.0.0.1:``port`` (receive buffer full)."""
+    local = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local:
+            return int(fields[-1])
+    return 0
+
+
 # -- the target processes ----------------------------------------------------------------
 
 
@@ -114,6 +125,7 @@ class Target:
     rss_before: float = 0.0
     rss_after: float = 0.0
     cpu: list[float] = field(default_factory=list)  # idle, during, after
+    drops: int = 0  # datagrams the kernel dropped at the target's socket during the run
 
     @classmethod
     def spawn(cls, kind: str, relay_url: str | None = None) -> Target:
@@ -188,6 +200,7 @@ async def _run(kind: str, flood: str, args: argparse.Namespace, seed: int) -> Ru
             targets["node"] = Target.spawn("node", targets["relay"].extra if kind == "both" else None)
         await asyncio.sleep(0.5)
         for t in targets.values():
+            t.drops = -_udp_drops(t.addr[1])
             t.rss_before = _rss_mib(t.proc.pid)
             t.sampler.start()
         await asyncio.sleep(1.0)
@@ -239,6 +252,7 @@ async def _run(kind: str, flood: str, args: argparse.Namespace, seed: int) -> Ru
         for t in targets.values():
             t.cpu.append(t.sampler.cpu_percent())
             t.rss_after = _rss_mib(t.proc.pid)
+            t.drops += _udp_drops(t.addr[1])
         for sock in sockets:
             sock.close()
         return Run(kind, flood, list(targets.values()), sent / flood_wall, flood_wall, sent, connect_ms, failure)
@@ -269,6 +283,8 @@ def _per_target(runs: list[Run], cell: str) -> str:
         elif cell == "rss":
             values = ([t.rss_before for t in ts], [t.sampler.peak_rss for t in ts], [t.rss_after for t in ts])
             text = " / ".join(f"{statistics.median(v):.0f}" for v in values)
+        elif cell == "drops":
+            text = f"{statistics.median([t.drops for t in ts]):,.0f}"
         else:
             text = f"{statistics.median([t.answers for t in ts]):,.0f}"
         parts.append(f"{target.kind} {text}" if len(runs[0].targets) > 1 else text)
@@ -288,6 +304,7 @@ def row(runs: list[Run]) -> dict[str, str]:
         "CPU % idle / during / after (median)": _per_target(runs, "cpu"),
         "RSS MiB before / peak / after (median)": _per_target(runs, "rss"),
         "answers to the flood (median)": _per_target(runs, "answers"),
+        "dropped by the kernel, receive buffer full (median)": _per_target(runs, "drops"),
     }
 
 
