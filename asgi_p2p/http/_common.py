@@ -81,7 +81,7 @@ def mark_invalid_content_length(fields: Headers, *, quote: bool = False) -> Head
     5000 digits) or a body that does not match the last of several fields, and takes values
     that RFC 9110 does not allow (``+5``, ``1_0``); instead the server answers that one
     request 400 (``parse_request``) and the client fails that one response
-    (``P2PTransport``).  ``quote=True`` (the client's): the renamed fields carry their
+    (``P2PTransport``).  ``quote=True`` (what both pass): the renamed fields carry their
     values quoted (``ascii()`` of the Latin-1 text, so `` 10`` becomes ``' 10'``), which
     aioquic's check of the section passes (no whitespace at either end, no CR, LF or NUL)
     while the value is still there to name.  Returns ``fields`` itself when nothing changes.

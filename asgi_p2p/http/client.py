@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -50,6 +51,9 @@ __all__ = [
     "register_client",
 ]
 
+#: the field-section hook: an invalid ``content-length`` fails that response only, its value quoted
+_MARK_INVALID_CONTENT_LENGTH = functools.partial(mark_invalid_content_length, quote=True)
+
 log = logging.getLogger("asgi_p2p.http")
 
 T = TypeVar("T")
@@ -76,7 +80,7 @@ class ClientConnection:
         self.conn = conn
         self.loop = conn.loop
         # a response's invalid content-length fails that response (see P2PTransport), not the connection
-        self.h3 = H3(conn.quic, on_goaway=self._on_goaway, on_field_section=_mark_invalid_content_length)
+        self.h3 = H3(conn.quic, on_goaway=self._on_goaway, on_field_section=_MARK_INVALID_CONTENT_LENGTH)
         self.streams: dict[int, ClientStream] = {}
         self.lost: P2PError | None = None
         self.goaway_id: int | None = None
@@ -849,14 +853,10 @@ class _TooEarly(Exception):
     """The peer answered a request sent as early data with 425 Too Early (RFC 8470)."""
 
 
-def _mark_invalid_content_length(fields: Headers) -> Headers:
-    return mark_invalid_content_length(fields, quote=True)
-
-
 def _bad_content_length(headers: Headers) -> str | None:
     """What is wrong with a response's ``content-length`` fields, or None when nothing is.
 
-    :func:`_mark_invalid_content_length` renamed each field that is not one decimal number
+    :data:`_MARK_INVALID_CONTENT_LENGTH` renamed each field that is not one decimal number
     (``1_0``, ``+10``, `` 10``, ``5, 5``), and every one when several disagree, their
     values quoted.
     """

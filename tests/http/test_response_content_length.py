@@ -8,6 +8,8 @@ aioquic takes ``1_0`` and ``+10`` (Python ``int()``), and closes the whole conne
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from aioquic.h3.connection import H3Connection
@@ -18,8 +20,10 @@ from asgi_p2p.endpoint.connection import PeerConnection
 from asgi_p2p.http import P2PTransport
 from asgi_p2p.http._common import INVALID_CONTENT_LENGTH_FIELD, mark_invalid_content_length
 from asgi_p2p.http._dispatch import h3_protocol
+from asgi_p2p.http.client import ClientConnection
+from asgi_p2p.http.types import Receive, Scope, Send
 
-from .conftest import EndpointPair
+from .conftest import EndpointPair, Serve
 
 BODY = b"0123456789"
 
@@ -98,3 +102,32 @@ def test_the_hook_renames_invalid_and_disagreeing_fields_and_quotes_for_the_clie
         (b"x", b"1"),
         (INVALID_CONTENT_LENGTH_FIELD, b"11"),
     ]
+
+
+async def test_the_server_answers_a_request_with_a_padded_content_length_400_and_serves_on(serve: Serve) -> None:
+    """`` 5`` and ``5 ``: aioquic closes the whole connection for a field value with whitespace at
+    either end; the server's hook renames the field with its value quoted, so only that request
+    is refused (400), as for ``1_0`` (tests/http/test_protocol.py; httpx strips such values)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    served = await serve(app, lifespan="off")
+    client = served.client
+    assert (await client.get("/")).text == "ok"
+    (conn,) = served.pair.client.connections
+    cc = conn.handler
+    assert isinstance(cc, ClientConnection)
+    for value in (b" 5", b"5 "):
+        st = cc.open_stream()
+        fields = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"x"), (b":path", b"/")]
+        st.send_headers([*fields, (b"content-length", value)], False)
+        await st.write(b"hello", True)
+        assert await asyncio.wait_for(st.wait_headers(), 10) == 400
+        assert b"content-length" in await st.read()
+        st.close()
+        assert (await client.get("/")).text == "ok"  # the same connection serves on
+        assert served.pair.client.connections == [conn]
+    assert served.server.requests_rejected == 2
