@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench clean sysdeps
+.PHONY: demo test lint typecheck pytest swarm bench clean sysdeps
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -42,6 +42,11 @@ pytest: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest
+
+# the slower job: the swarm over 200 seeds per loss band (600 runs, about 5 min of CPU);
+# `make test` runs 50 seeds in all
+swarm: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/sim/test_swarm.py --sim-seeds 200
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/transport.py

@@ -149,19 +149,14 @@ def test_paths_benchmark_quick_run_prints_every_environment_but_netns() -> None:
     assert "Machine:" in out
 
 
-def test_flood_benchmark_prints_its_table_and_the_peer_connects() -> None:
+def test_flood_benchmark_floods_a_node_and_its_relay_at_once_and_the_peer_connects() -> None:
+    """The combined row (issue 12's clause: junk at the node *and* its relay): both processes
+    flooded, the peer dials the node by its ticket; one short run."""
     proc = subprocess.run(
         [
             sys.executable,
             str(ROOT / "benchmarks" / "flood.py"),
-            "--seconds",
-            "1",
-            "--after",
-            "0.2",
-            "--targets",
-            "node",
-            "--floods",
-            "hellos",
+            *("--seconds", "1", "--after", "0.2", "--targets", "both", "--floods", "hellos", "--runs", "1"),
         ],
         capture_output=True,
         text=True,
@@ -169,10 +164,34 @@ def test_flood_benchmark_prints_its_table_and_the_peer_connects() -> None:
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| node | hellos,")]
+    assert proc.stdout.startswith("Machine: ") and "load average" in proc.stdout, proc.stdout
+    assert "| legitimate connect ms: median (1 run) |" in proc.stdout, proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| node + its relay | hellos,")]
     assert len(rows) == 1, proc.stdout
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert cells[2].isdigit(), rows[0]  # the legitimate connect succeeded (milliseconds)
+    assert "/s to each for 1 s" in cells[1], rows[0]
+    median, runs = cells[2].split(" ", 1)
+    assert median.isdigit() and runs == f"({median})", rows[0]  # the legitimate connect succeeded (milliseconds)
+    for cell in cells[3:6]:  # CPU, RSS and answers of each process
+        relay, node = cell.split("; ")
+        assert relay.startswith("relay ") and node.startswith("node "), rows[0]
+
+
+def test_flood_benchmark_rows_give_the_median_and_every_runs_connect_time() -> None:
+    import importlib
+
+    flood = importlib.import_module("benchmarks.flood")
+
+    def run(ms: float | None) -> object:
+        target = flood.Target("node", None, "id", ("127.0.0.1", 1), "", flood.Sampler(0), cpu=[0.0, 10.0, 1.0])
+        failure = "" if ms is not None else "failed after 10.0 s: no QUIC handshake"
+        return flood.Run("node", "junk", [target], 1990.0, 10.0, 20_000, ms, failure)
+
+    cells = flood.row([run(120.0), run(None), run(80.0)])
+    assert cells["legitimate connect ms: median (3 runs)"] == "120 (120, failed after 10.0 s: no QUIC handshake, 80)"
+    assert cells["CPU % idle / during / after (median)"] == "0 / 10 / 1"
+    assert cells["flood"] == "junk, 1,990/s for 10 s (20,000 packets)"
+    assert flood.row([run(None)])["legitimate connect ms: median (1 run)"].startswith("failed (failed after")
 
 
 # -- the WAN benchmark (issue 11) and its WebSocket tunnel baseline -----------------------------------

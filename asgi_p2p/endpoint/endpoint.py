@@ -1068,8 +1068,12 @@ class Endpoint:
 
         Direct Initials with a Retry token come from a validated address; without one they
         take a slot of the unvalidated pool, or get a Retry when it (or their address's
-        share) is full.  A node the relay forwards is validated (the relay authenticated it),
-        and no Retry is ever sent through the relay (a refusal is).
+        share) is full.  An Initial the relay forwards counts as validated and no Retry is
+        ever sent through the relay (a refusal is).  The relay authenticated most senders
+        (their relay connection), not all: a first contact (``relay_first_contact``, on by
+        default) is an Initial under a NodeId the sender only claims; the relay bounds those
+        per destination (``MAX_PER_DESTINATION``, 4 live, each for 2 s, see
+        ``asgi_p2p.relay.first_contact``), so they hold few of the validated slots.
         """
         now = asyncio.get_running_loop().time()
         stats = self._admission.stats

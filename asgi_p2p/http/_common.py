@@ -20,12 +20,16 @@ __all__ = [
     "H3_NO_ERROR",
     "H3_REQUEST_CANCELLED",
     "H3_REQUEST_REJECTED",
+    "INVALID_CONTENT_LENGTH_FIELD",
+    "MAX_CONTENT_LENGTH",
     "ClientDisconnected",
     "Credit",
     "GoawayWatcher",
     "Headers",
     "clean_header_fields",
+    "content_length_value",
     "data_frame_header",
+    "mark_invalid_content_length",
     "send_body",
     "send_body_nowait",
 ]
@@ -48,6 +52,59 @@ HOP_BY_HOP = CONNECTION_SPECIFIC_HEADERS | {b"host", b"http2-settings"}
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
+
+
+#: The largest content-length a message may announce: a QUIC stream carries at most 2**62 - 1 bytes.
+MAX_CONTENT_LENGTH = 2**62 - 1
+#: What :func:`mark_invalid_content_length` renames an invalid ``content-length`` field to.
+INVALID_CONTENT_LENGTH_FIELD = b"asgi-p2p-invalid-content-length"
+
+
+def content_length_value(value: bytes) -> int | None:
+    """The value of a ``content-length`` field (RFC 9110: ``1*DIGIT``), or None if it is not one.
+
+    Only ASCII digits: no sign, space, underscore, ``0x`` or list; at most 19 of them and
+    no more than a QUIC stream can carry.
+    """
+    if not 0 < len(value) <= 19 or not value.isdigit():  # bytes.isdigit(): ASCII digits only
+        return None
+    n = int(value)
+    return n if n <= MAX_CONTENT_LENGTH else None
+
+
+def mark_invalid_content_length(fields: Headers, *, quote: bool = False) -> Headers:
+    """Rename each ``content-length`` field whose value is invalid to :data:`INVALID_CONTENT_LENGTH_FIELD`
+    (every one of them when valid values disagree).
+
+    The server and the client apply it to every field section before aioquic checks it:
+    aioquic closes the whole connection for a value ``int()`` refuses (``5, 5``, ``0x10``,
+    5000 digits) or a body that does not match the last of several fields, and takes values
+    that RFC 9110 does not allow (``+5``, ``1_0``); instead the server answers that one
+    request 400 (``parse_request``) and the client fails that one response
+    (``P2PTransport``).  ``quote=True`` (what both pass): the renamed fields carry their
+    values quoted (``ascii()`` of the Latin-1 text, so `` 10`` becomes ``' 10'``), which
+    aioquic's check of the section passes (no whitespace at either end, no CR, LF or NUL)
+    while the value is still there to name.  Returns ``fields`` itself when nothing changes.
+    """
+    first: int | None = None
+    conflict = invalid = False
+    for name, value in fields:  # (a loop, not all() over a generator: once per message)
+        if name == b"content-length":
+            n = content_length_value(value)
+            if n is None:
+                invalid = True
+            elif first is None:
+                first = n
+            elif n != first:
+                conflict = True
+    if not (invalid or conflict):
+        return fields
+    return [
+        (INVALID_CONTENT_LENGTH_FIELD, ascii(value.decode("latin-1")).encode() if quote else value)
+        if name == b"content-length" and (conflict or content_length_value(value) is None)
+        else (name, value)
+        for name, value in fields
+    ]
 
 
 class ClientDisconnected(OSError):

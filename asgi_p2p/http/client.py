@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -26,9 +27,11 @@ from ._common import (
     H3_NO_ERROR,
     H3_REQUEST_CANCELLED,
     H3_REQUEST_REJECTED,
+    INVALID_CONTENT_LENGTH_FIELD,
     Credit,
     Headers,
     clean_header_fields,
+    mark_invalid_content_length,
     send_body,
     send_body_nowait,
 )
@@ -47,6 +50,9 @@ __all__ = [
     "discovery_resolver",
     "register_client",
 ]
+
+#: the field-section hook: an invalid ``content-length`` fails that response only, its value quoted
+_MARK_INVALID_CONTENT_LENGTH = functools.partial(mark_invalid_content_length, quote=True)
 
 log = logging.getLogger("asgi_p2p.http")
 
@@ -73,7 +79,8 @@ class ClientConnection:
     def __init__(self, conn: PeerConnection) -> None:
         self.conn = conn
         self.loop = conn.loop
-        self.h3 = H3(conn.quic, on_goaway=self._on_goaway)
+        # a response's invalid content-length fails that response (see P2PTransport), not the connection
+        self.h3 = H3(conn.quic, on_goaway=self._on_goaway, on_field_section=_MARK_INVALID_CONTENT_LENGTH)
         self.streams: dict[int, ClientStream] = {}
         self.lost: P2PError | None = None
         self.goaway_id: int | None = None
@@ -764,6 +771,14 @@ class P2PTransport(httpx.AsyncBaseTransport):
         except BaseException:
             st.cancel()
             raise
+        bad_length = _bad_content_length(st.headers)
+        if bad_length is not None:
+            st.cancel()
+            raise httpx.RemoteProtocolError(
+                f"the response from {cc.conn.remote_node_id} has {bad_length} "
+                "(RFC 9110 section 8.6: one decimal number, digits only)",
+                request=request,
+            )
         if status == TOO_EARLY and early:
             st.cancel()
             try:
@@ -836,6 +851,21 @@ class _RetryOnNewConnection(Exception):
 
 class _TooEarly(Exception):
     """The peer answered a request sent as early data with 425 Too Early (RFC 8470)."""
+
+
+def _bad_content_length(headers: Headers) -> str | None:
+    """What is wrong with a response's ``content-length`` fields, or None when nothing is.
+
+    :data:`_MARK_INVALID_CONTENT_LENGTH` renamed each field that is not one decimal number
+    (``1_0``, ``+10``, `` 10``, ``5, 5``), and every one when several disagree, their
+    values quoted.
+    """
+    bad = [value.decode("latin-1") for name, value in headers if name == INVALID_CONTENT_LENGTH_FIELD]
+    if not bad:
+        return None
+    if len(bad) == 1:
+        return f"an invalid content-length {bad[0]}"
+    return f"invalid or conflicting content-length fields {', '.join(bad)}"
 
 
 def _early_safe(request: httpx.Request) -> bool:

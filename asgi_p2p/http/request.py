@@ -19,7 +19,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..identity import NodeId
-from ._common import Headers
+from ._common import (
+    INVALID_CONTENT_LENGTH_FIELD,
+    MAX_CONTENT_LENGTH,
+    Headers,
+    content_length_value,
+    mark_invalid_content_length,
+)
 
 __all__ = [
     "ASGI_VERSION",
@@ -82,44 +88,6 @@ SERVICE_UNAVAILABLE = Rejection(503, "Service Unavailable", ((b"retry-after", b"
 CONTENT_TOO_LARGE = Rejection(413, "Content Too Large")
 BAD_CONTENT_LENGTH = Rejection(400, "Bad Request: content-length must be one decimal number (RFC 9110 section 8.6)")
 
-#: The largest content-length a request may announce: a QUIC stream carries at most 2**62 - 1 bytes.
-MAX_CONTENT_LENGTH = 2**62 - 1
-#: What :func:`mark_invalid_content_length` renames an invalid ``content-length`` field to.
-INVALID_CONTENT_LENGTH_FIELD = b"asgi-p2p-invalid-content-length"
-
-
-def _content_length(value: bytes) -> int | None:
-    """The value of a ``content-length`` field (RFC 9110: ``1*DIGIT``), or None if it is not one.
-
-    Only ASCII digits: no sign, space, underscore, ``0x`` or list; at most 19 of them and
-    no more than a QUIC stream can carry.
-    """
-    if not 0 < len(value) <= 19 or not value.isdigit():  # bytes.isdigit(): ASCII digits only
-        return None
-    n = int(value)
-    return n if n <= MAX_CONTENT_LENGTH else None
-
-
-def mark_invalid_content_length(fields: Headers) -> Headers:
-    """Rename each ``content-length`` field whose value is invalid to :data:`INVALID_CONTENT_LENGTH_FIELD`.
-
-    The server applies it to every field section before aioquic checks it: aioquic closes the
-    whole connection for a value ``int()`` refuses (``5, 5``, ``0x10``, 5000 digits) and takes
-    others that RFC 9110 does not allow (``+5``, ``1_0``), while :func:`parse_request` answers
-    400 to either, for that request only.  Returns ``fields`` itself when nothing changes.
-    """
-    for name, value in fields:  # (a loop, not all() over a generator: once per request)
-        if name == b"content-length" and _content_length(value) is None:
-            break
-    else:
-        return fields
-    return [
-        (INVALID_CONTENT_LENGTH_FIELD, value)
-        if name == b"content-length" and _content_length(value) is None
-        else (name, value)
-        for name, value in fields
-    ]
-
 
 def parse_request(
     fields: Headers,
@@ -172,7 +140,7 @@ def parse_request(
             elif name == b":protocol":
                 protocol = value
         elif name == b"content-length":
-            n = _content_length(value)
+            n = content_length_value(value)
             if n is None or (content_length is not None and n != content_length):
                 bad_length = True
             content_length = n

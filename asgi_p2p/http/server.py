@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
 
@@ -64,6 +65,9 @@ __all__ = [
     "H3Server",
     "ServerConnection",
 ]
+
+#: the field-section hook: an invalid ``content-length`` fails that request only (400), its value quoted
+_MARK_INVALID_CONTENT_LENGTH = functools.partial(mark_invalid_content_length, quote=True)
 
 log = logging.getLogger("asgi_p2p.http")
 
@@ -402,7 +406,8 @@ class ServerConnection:
         self.server = server
         self.conn = conn
         self.loop = conn.loop
-        self.h3 = H3(conn.quic, qpack_dynamic_table=False, on_field_section=mark_invalid_content_length)
+        # (quoted: aioquic closes the connection for a value with whitespace at either end, `` 5``)
+        self.h3 = H3(conn.quic, qpack_dynamic_table=False, on_field_section=_MARK_INVALID_CONTENT_LENGTH)
         assert conn.remote_node_id is not None
         self.peer = conn.remote_node_id
         self.peer_info = PeerInfo(self.peer)

@@ -491,6 +491,9 @@ class RelayClient:
         #: retry of UDP), a keepalive on UDP.  (No timer of its own: a receiver left a while
         #: longer takes nothing, its dials being gone.)
         self._first_relay: tuple[tuple[str, int], Callable[[bytes], None]] | None = None
+        #: the connection whose plane receiver :meth:`_plane_offered` registered last (None once
+        #: :meth:`_plane_closed` removed it); that receiver hands first replies on itself
+        self._plane_conn: _RelayConnection | None = None
 
     # -- RelayLink -------------------------------------------------------------
 
@@ -1007,6 +1010,19 @@ class RelayClient:
         if registered is not None and registered[0] != relay:
             demux.remove(*registered)
             registered = None
+        plane_conn = self._plane_conn
+        if (
+            plane_conn is not None
+            and plane_conn.plane is not None
+            and plane_conn.plane.relay == relay
+            and not plane_conn.lost.is_set()
+        ):
+            # a live connection's plane takes this relay's datagrams and hands first replies on
+            # (:meth:`_plane_received`); replacing its receiver would drop every packet the relay
+            # then forwards on the plane (a first contact sent after the relay offered its plane
+            # but before our relay Finished, e.g. the end-to-end Finished, did so until the
+            # dial's window closed: a fresh dial then took a probe timeout or more)
+            return True
         if registered is None:
 
             def receive(data: bytes) -> None:
@@ -1406,6 +1422,7 @@ class RelayClient:
             relay = (str(current.conn.address[0]), int(current.conn.address[1]))
             plane = current.plane = ClientPlane(token, relay, self.url.node_id)
             client_demux(self.endpoint.router).add(relay, current.plane_datagram)
+            self._plane_conn = current
             log.debug("relay %s offers its UDP data plane", self.url)
         # (again for a repeated token: the relay repeats it until it hears from our plane)
         current.plane_pinged = current.conn.now()
@@ -1421,6 +1438,8 @@ class RelayClient:
     def _plane_closed(self, current: _RelayConnection) -> None:
         if current.plane is not None:
             client_demux(self.endpoint.router).remove(current.plane.relay, current.plane_datagram)
+        if self._plane_conn is current:
+            self._plane_conn = None
 
     def _plane_received(self, current: _RelayConnection, data: bytes) -> None:
         """A plane datagram from the relay's address: a RECV frame in another form."""

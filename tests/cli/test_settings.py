@@ -17,6 +17,9 @@ import pytest
 from asgi_p2p.cli import _common, all_parsers, main, settings
 from asgi_p2p.cli import relay as relay_cli
 from asgi_p2p.cli import serve as serve_cli
+from asgi_p2p.identity import SecretKey
+
+from .conftest import Cli, free_udp_port, one_line_error
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 NODE_A = "ybndrfg8ejkmcpqxot1uwisza345h769ybndrfg8ejkmcpqxot1u"
@@ -237,3 +240,28 @@ def test_idle_connection_timeout_from_flag_and_variable(
     assert main(["serve", "m:app"]) != 0
     err = capsys.readouterr().err
     assert "ASGI_P2P_IDLE_CONNECTION_TIMEOUT='nan': must be 0 (off) or a positive finite number" in err
+
+
+@pytest.mark.parametrize(("value", "shown"), [("nan", "nan"), ("inf", "inf"), ("1e309", "inf")])
+def test_a_non_finite_idle_timeout_stops_get_and_serve_before_they_start(
+    cli: Cli, tmp_path: Path, value: str, shown: str
+) -> None:
+    """``ASGI_P2P_IDLE_TIMEOUT=nan|inf|1e309`` (a NetworkConfig field): one error line naming the
+    variable and the range, exit status non-zero, no traceback; serve prints no ticket (before
+    issue 12, ``get`` died with a traceback and ``serve`` printed a ticket, then failed every handshake)."""
+    env = {"ASGI_P2P_IDLE_TIMEOUT": value}
+    message = (
+        f"ASGI_P2P_IDLE_TIMEOUT={value!r}: idle_timeout must be a finite number of seconds in (0, 86400], got {shown}"
+    )
+    node = SecretKey.from_seed("idle-timeout-target").node_id
+    r = cli.run("get", f"{node}/x", "--addr", f"127.0.0.1:{free_udp_port()}", env=env, timeout=60)
+    assert r.returncode != 0
+    assert message in one_line_error(r.stderr)
+    assert r.stdout == b""
+    ticket_file = tmp_path / "ticket.txt"
+    r = cli.run(
+        "serve", "apps.music:app", "--ephemeral", "--no-admin-socket", "--ticket-file", ticket_file, env=env, timeout=60
+    )
+    assert r.returncode != 0
+    assert message in one_line_error(r.stderr)
+    assert b"p2p1" not in r.stdout + r.stderr and not ticket_file.exists()

@@ -22,7 +22,8 @@ import logging
 import random
 import statistics
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import httpx
@@ -280,6 +281,66 @@ def run_band(
     return report, hooks
 
 
+def first_attempt_share(outcomes: Iterable[Outcome], phase: str = "heal") -> tuple[int, int]:
+    """(requests of ``phase`` that succeeded on the user's client's first attempt, all of them).
+
+    A pass counts a request that needed several attempts (up to :data:`MAX_ATTEMPTS`); this
+    says how often recovery needed none (the transport's own retry on a fresh connection, which
+    the user's client does not see, is part of an attempt).
+    """
+    of_phase = [o for o in outcomes if o.phase == phase]
+    return sum(1 for o in of_phase if o.ok and o.attempts == 1), len(of_phase)
+
+
+#: The columns of the table :func:`main` prints (docs/benchmarks.md, "The swarm", has the same).
+TABLE_COLUMNS = (
+    "band",
+    "loss each way between two nodes",
+    "faults",
+    "seeds",
+    "passed",
+    "after the heal, time to success: median / p99 / max",
+    "after the heal, succeeded at the first attempt",
+    "wall per seed, median (max)",
+    "CPU per seed",
+)
+
+
+def table_row(band: Band, report: SwarmReport, hooks: BlobSwarm, cpu: float) -> list[str]:
+    """One band's row of :data:`TABLE_COLUMNS` (``cpu``: this process's CPU seconds for the band)."""
+    outcomes = [o for outs in hooks.outcomes.values() for o in outs]
+    results = report.results
+    n = len(results)
+    times = sorted(o.elapsed for o in outcomes if o.ok and o.phase == "heal")
+    after = (
+        f"{statistics.median(times):.1f} / {times[int(len(times) * 0.99)]:.1f} / {times[-1]:.1f} s" if times else "—"
+    )
+    first, heal = first_attempt_share(outcomes)
+    share = f"{first} of {heal} ({100 * first / heal:.0f}%)" if heal else "—"
+    walls = sorted(r.wall_time for r in results)
+    wall = f"{statistics.median(walls):.2f} s ({walls[-1]:.1f} s)" if walls else "—"
+    victims = [r.faults.crashed[0] for r in results if r.faults.crashed]
+    faults = "none"
+    if band.faults:
+        clients = sum(victims.count(c) for c in CLIENTS)
+        faults = (
+            f"isolation {PARTITION:g}-{PARTITION + 4:g} s + crash/restart (server {victims.count('server')}, "
+            f"clients {clients}, relay {victims.count('relay')} of {n})"
+        )
+    passed = len(report.passed)
+    return [
+        band.name,
+        f"{band.loss[0] * 100:g}-{band.loss[1] * 100:g}%",
+        faults,
+        str(n),
+        f"{passed} ({100 * passed / n:.0f}%)" if n else "0",
+        after,
+        share,
+        wall,
+        f"{cpu / n:.2f} s" if n else "—",
+    ]
+
+
 def _virtual_time(record: logging.LogRecord) -> bool:
     try:
         record.vt = asyncio.get_running_loop().time() - START_TIME
@@ -304,12 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("asgi_p2p").setLevel(args.log.upper())
     logging.getLogger("asgi_p2p").propagate = False
     failed_any = False
+    rows: list[list[str]] = []
     for name in args.band or list(BANDS):
         band = BANDS[name]
         seeds = range(args.first, args.first + args.seeds)
+        cpu = time.process_time()
         report, hooks = run_band(
             band, seeds, replay=lambda s, band=name: f"python -m tests.sim.swarm --band {band} --first {s} --seeds 1"
         )
+        rows.append(table_row(band, report, hooks, time.process_time() - cpu))
         if args.verbose:
             for r in report.results:
                 print(f"seed {r.seed}: {'pass' if r.passed else 'FAIL'} {r.wall_time:.2f}s", flush=True)
@@ -331,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         failed_any |= not report.ok
+    print()
+    print("| " + " | ".join(TABLE_COLUMNS) + " |")
+    print("| --- | --- | --- | ---: | ---: | --- | --- | --- | ---: |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
     return 1 if failed_any else 0
 
 

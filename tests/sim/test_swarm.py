@@ -56,8 +56,9 @@ Two adjustments of the outside tester's scenario, each for a reason measured her
   through a 30%-loss path, so the blobs are sized to fit it at the band's worst loss.
 
 ``make test`` runs :data:`DEFAULT_SEEDS` seeds per band (50 in all); ``--sim-seeds N``
-runs N per band (the 200-seed table in ``docs/benchmarks.md``: ``--sim-seeds 200``, or
-``python -m tests.sim.swarm --seeds 200``); ``--sim-seed S`` runs seed S only (the
+runs N per band (the 200-seed table in ``docs/benchmarks.md``: ``make swarm``, the slower
+job, runs ``pytest tests/sim/test_swarm.py --sim-seeds 200`` with the venv ``make test``
+uses; or ``python -m tests.sim.swarm --seeds 200``); ``--sim-seed S`` runs seed S only (the
 replay line a failure prints).
 """
 
@@ -67,7 +68,18 @@ import pytest
 
 from asgi_p2p.sim.pytest_plugin import record_seed, replay_command
 
-from .swarm import BANDS, CLIENTS, HEAL_AT, PARTITION, VICTIMS, run_band
+from .swarm import (
+    BANDS,
+    CLIENTS,
+    HEAL_AT,
+    PARTITION,
+    TABLE_COLUMNS,
+    VICTIMS,
+    Outcome,
+    first_attempt_share,
+    run_band,
+    table_row,
+)
 
 #: seeds per band in make test (band: count): 50 in all, most of them with every fault
 DEFAULT_SEEDS = {"lossy-faults": 30, "light-faults": 10, "lossy": 10}
@@ -129,3 +141,29 @@ def test_the_default_seeds_cover_every_fault() -> None:
             assert BANDS[band].loss[0] <= faults.loss <= BANDS[band].loss[1]
     assert victims == set(VICTIMS) and len(CLIENTS) == 3
     assert nats == {"none", "full-cone", "restricted-cone", "port-restricted-cone", "symmetric"}
+
+
+def test_the_first_attempt_share_counts_heal_requests_that_needed_no_retry() -> None:
+    outcomes = [
+        Outcome("heal", "client0", 0, ok=True, attempts=1),
+        Outcome("heal", "client0", 1, ok=True, attempts=2),  # passed, but after a retry
+        Outcome("heal", "client1", 0, ok=False, attempts=1),  # failed on its one attempt (the deadline)
+        Outcome("heal", "client1", 1, ok=True, attempts=1),
+        Outcome("settle", "client0", 0, ok=True, attempts=1),  # another phase
+        Outcome("warm-up", "client0", 0, ok=True, attempts=3),
+    ]
+    assert first_attempt_share(outcomes) == (2, 4)
+    assert first_attempt_share(outcomes, "warm-up") == (0, 1)
+    assert first_attempt_share([]) == (0, 0)
+
+
+def test_the_swarm_table_row_has_the_first_attempt_column() -> None:
+    """``python -m tests.sim.swarm`` prints one row per band; one seed of it here."""
+    report, hooks = run_band(BANDS["lossy-faults"], [3])
+    row = dict(zip(TABLE_COLUMNS, table_row(BANDS["lossy-faults"], report, hooks, cpu=1.5), strict=True))
+    first, heal = first_attempt_share(hooks.outcomes[3])
+    assert heal == 9
+    assert row["after the heal, succeeded at the first attempt"] == f"{first} of 9 ({100 * first / 9:.0f}%)"
+    assert row["band"] == "lossy-faults" and row["loss each way between two nodes"] == "10-30%"
+    assert row["seeds"] == "1" and row["passed"] == "1 (100%)" and row["CPU per seed"] == "1.50 s"
+    assert row["faults"].startswith("isolation 20-24 s + crash/restart (") and row["faults"].endswith(" of 1)")
