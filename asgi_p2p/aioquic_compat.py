@@ -34,13 +34,17 @@ Hooks:
   aioquic's public registry (``aioquic.quic.congestion.base``); after each
   transmit pass :func:`note_transmit` reads ``QuicConnection._loss._cc``,
   ``._max_datagram_size`` and ``._pacing_at`` (set when pacing held a packet
-  back) to tell the controller whether the pass was application-limited.
+  back) to tell the controller whether the pass was application-limited, and replaces
+  ``QuicPacketRecovery._pacer`` with :class:`_BurstPacer`: aioquic's pacer, whose bucket
+  holds its burst of up to 16 datagrams at any rate (:func:`pacing_burst_time`; aioquic's
+  held one packet or none once the rate passed a datagram per µs, as on loopback).
   Both also end their first slow start by HyStart++ (RFC 9406, :class:`HyStart`)
   instead of aioquic's ``QuicRttMonitor`` (their ``on_rtt_measurement`` is replaced;
   CUBIC's ``rtt`` attribute and ``reset`` are kept up).
   ``"bbr"`` is :class:`BbrCongestionControl` (aioquic's public ``QuicCongestionControl``
   interface only); for it :func:`note_transmit` also replaces ``QuicPacketRecovery._pacer``
-  with :class:`_ModelPacer` (the controller's pacing rate, one packet per packet time),
+  with :class:`_ModelPacer` (the controller's pacing rate, one packet per packet time,
+  the bucket as :class:`_BurstPacer`'s),
   seeding it from ``QuicPacketRecovery._rtt_initialized`` and ``._rtt_smoothed``, and
   moves a 1-RTT ACK due exactly now that the pacer held (``QuicConnection._spaces[ONE_RTT].ack_at``)
   to ``QuicConnection._pacing_at``, the next paced packet (aioquic passes only overdue ACKs
