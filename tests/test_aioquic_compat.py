@@ -337,6 +337,43 @@ def test_bbr_paces_at_its_model_rate_through_aioquics_pacer() -> None:
     assert cc.bytes_in_flight == 0 and cc.tracked_packets == 0
 
 
+@pytest.mark.parametrize("name", ["reno", "cubic", "bbr"])
+def test_a_transmit_pass_sends_the_pacers_whole_burst_at_loopback_rates(name: str) -> None:
+    # a window of MBs over a sub-millisecond RTT paces faster than aioquic's floor of 1 us per
+    # packet: its bucket (burst bytes / rate) then held less than 16 packet times, at 20 MB per
+    # ms less than one, and a bulk sender on loopback went one or two datagrams per pass, each
+    # pass waiting for a pacing timer (~400 passes per MiB instead of ~60)
+    p = _cc_pair(hooks.congestion_control_algorithm(name))
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"y" * 100_000)
+    _cc_round(p, rtt=0.0005)  # note_transmit has installed the pacer
+    p.client.send_stream_data(sid, b"z" * 1_000_000)
+    loss = p.client._loss
+    cc = loss._cc
+    cc.congestion_window = 20_000_000
+    if isinstance(cc, hooks.BbrCongestionControl):
+        cc.pacing_rate = 20e9
+    loss._pacer.update_rate(cc.congestion_window, 0.001)  # 20 GB/s: packet time floored at 1 us
+    assert loss._pacer.packet_time == pytest.approx(1e-6)
+    now = p.now + 0.001  # the bucket is full
+    passes = []
+    for _ in range(8):  # each pacing timer fires 50 us late, as an event loop's do
+        passes.append(len(p.client.datagrams_to_send(now)))
+        hooks.note_transmit(p.client, now)
+        at = p.client._pacing_at
+        assert at is not None  # pacing, not the window, ends every pass
+        now = at + 50e-6
+    assert passes == [16] * 8  # aioquic's burst each pass (its own pacer: [1] * 8)
+    # at internet rates the bucket is aioquic's: burst bytes / rate
+    if isinstance(cc, hooks.BbrCongestionControl):
+        cc.pacing_rate = 1_000_000 / 0.05
+    stock = QuicPacketPacer(max_datagram_size=1200)
+    for pacer in (loss._pacer, stock):
+        pacer.update_rate(congestion_window=1_000_000, smoothed_rtt=0.05)
+    assert loss._pacer.bucket_max == pytest.approx(stock.bucket_max)
+    assert loss._pacer.packet_time == pytest.approx(stock.packet_time)
+
+
 def test_bbr_an_ack_due_while_the_pacer_holds_leaves_with_the_next_paced_packet() -> None:
     # aioquic skips pacing for an ACK only once it is overdue (ack_at < now): an ACK due at
     # exactly now, held by the pacer, left the QUIC timer at now, and the loop spun there
