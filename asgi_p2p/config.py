@@ -251,8 +251,8 @@ class NetworkConfig:
     #: to one datagram per system call): ``"gro"`` lets the kernel hand over several
     #: datagrams of one sender per read (``UDP_GRO``); ``"gso+gro"`` also sends each run of
     #: same-size datagrams to one address in one system call (``UDP_SEGMENT``), which
-    #: saves CPU in bulk but loses packets where a software hop cannot pass the segmented
-    #: frames on (measured on the project's netns rig), so it is not the default; ``"off"``:
+    #: saves CPU in bulk but lost packets on the project's netns rig (where on the way is not
+    #: pinned down; docs/benchmarks.md, "Many peers"), so it is not the default; ``"off"``:
     #: neither.
     udp_offload: str = "gro"
     #: The relays' UDP data plane (:mod:`asgi_p2p.relay.plane`): ``"on"``: a node's relay
