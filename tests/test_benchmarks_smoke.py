@@ -643,3 +643,25 @@ def test_offload_benchmark_prints_gso_against_off() -> None:
             median, runs = _median_and_runs(cell)
             assert median > 0 and runs == [median], cells
         assert cells[4].endswith("x") and float(cells[4][:-1]) > 0, cells
+
+
+def test_peers_table_marks_client_bound_runs_and_takes_the_server_capacity_ratio() -> None:
+    """The quiet run at bd290e0 (docs/benchmarks.md, "Many peers"): both shapes client-bound, req/s
+    ratio 0.55 (the client's), server capacity 10,101 and 3,546 req/s per core, ratio 0.35."""
+    from benchmarks.peers import Run, table
+
+    runs = {
+        "4x25": [Run("4x25", 3844, 0.099, 0.260, 0.15, 0.14, 1.00, 0.38)],
+        "100x1": [Run("100x1", 2133, 0.282, 0.470, 1.01, 1.01, 1.00, 0.60)],
+    }
+    out = table(["4x25", "100x1"], runs)
+    rows = _table_rows(out)
+    assert rows["4 peers x 25 streams"][3] == "10,101 (10,101)"
+    assert rows["100 peers x 1 stream"][3] == "3,546 (3,546)"
+    assert rows["4 peers x 25 streams"][5:7] == ["1.00 / 0.38", "1 of 1"]
+    assert "- req/s ratio: 0.55; median 0.55 (both runs client-bound in 1 of 1 rounds" in out
+    assert "- server capacity ratio (the node's): 0.35; median 0.35" in out
+    # a client short of a core, or a server as busy as the client: not client-bound
+    assert not Run("x", 1, 1, 1, 1, 1, 0.85, 0.30).client_bound
+    assert not Run("x", 1, 1, 1, 1, 1, 1.00, 0.95).client_bound
+    assert Run("x", 1, 1, 1, 1, 1, 0.95, 0.70).client_bound
