@@ -198,13 +198,15 @@ class NetworkConfig:
     #: Unacknowledged bytes buffered per stream before ``send`` waits, at least (the
     #: buffer grows to two congestion windows, up to ``max_stream_send_buffer``).
     stream_send_buffer: int = 256 * 1024
-    #: Ceiling of a stream's send buffer (equal to ``stream_send_buffer``: fixed size).
+    #: Ceiling of a stream's send buffer (set it equal to ``stream_send_buffer`` for a fixed
+    #: size).
     max_stream_send_buffer: int = 16 * 1024 * 1024
     #: Bytes a peer may send on a stream beyond what the application has read, at
     #: first: the window doubles while the application reads a window in less than
     #: four round trips (auto-tuning), up to ``max_stream_receive_window``.
     stream_receive_window: int = 256 * 1024
-    #: Ceiling of a stream's receive window (equal to ``stream_receive_window``: no auto-tuning).
+    #: Ceiling of a stream's receive window (set it equal to ``stream_receive_window`` to turn
+    #: auto-tuning off).
     max_stream_receive_window: int = 16 * 1024 * 1024
     #: Bytes a peer may send on a connection (all streams) beyond what the application
     #: has read, at first; auto-tuned like the stream window, and kept at least 1.5
@@ -249,8 +251,8 @@ class NetworkConfig:
     #: to one datagram per system call): ``"gro"`` lets the kernel hand over several
     #: datagrams of one sender per read (``UDP_GRO``); ``"gso+gro"`` also sends each run of
     #: same-size datagrams to one address in one system call (``UDP_SEGMENT``), which
-    #: saves CPU in bulk but loses packets where a software hop cannot pass the segmented
-    #: frames on (measured on the project's netns rig), so it is not the default; ``"off"``:
+    #: saves CPU in bulk but lost packets on the project's netns rig (where on the way is not
+    #: pinned down; docs/benchmarks.md, "Many peers"), so it is not the default; ``"off"``:
     #: neither.
     udp_offload: str = "gro"
     #: The relays' UDP data plane (:mod:`asgi_p2p.relay.plane`): ``"on"``: a node's relay

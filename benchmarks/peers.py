@@ -1,5 +1,5 @@
-"""Many peers: requests/s of one asgi-p2p node serving 100 peers with one request each in flight,
-against 4 peers with 25 each (the same 100 requests in flight).
+"""Many peers: one asgi-p2p node serving 100 peers with one request each in flight, against 4 peers
+with 25 each (the same 100 requests in flight).
 
     python benchmarks/peers.py [--repeat 3] [--seconds 5] [--shapes 4x25,100x1]
 
@@ -11,9 +11,31 @@ only how the 100 requests in flight are spread over connections differs.  Each r
 fresh server, connects every peer, warms up, then counts the requests completed in
 ``--seconds``.  Datagrams are 1200 bytes on both sides (path probing off), keepalives off.
 
-Runs are interleaved (every shape once per round, the order rotating); the tables show medians
-and every run's values; the ratio is taken per round, then its median.  Server CPU is the
-server process's (psutil); client CPU is this process's ``time.process_time``.
+All the peers share ONE client process, which does more work per request than the server
+(httpx, and every peer's QUIC).  On a quiet machine that process saturates a core first, so
+requests/s is then 1 / (client CPU per request): the client's rate, not the node's.  The table
+therefore also reports what the server process spent, and the node's capacity from it.
+Columns:
+
+- req/s: requests completed per wall second, all peers together; bounded by whichever process
+  saturates first (on a quiet machine, the client process), or by the round trips when few
+  requests are in flight;
+- server CPU ms/req: the server process's user + system CPU (psutil) over the measured seconds,
+  per completed request;
+- server capacity, req/s per core: 1000 / server CPU ms per request, the requests/s the node
+  would answer with one full core of its own, whatever the client;
+- client CPU ms/req: this process's ``time.process_time`` over the measured seconds, per request
+  (all peers, httpx included);
+- core share, client / server: each process's CPU seconds per wall second of the run (1.00 is a
+  full core);
+- client-bound runs: runs in which the client process used at least 90% of a core while the
+  server used at most 80% of the client's share; their req/s measures the client, not the node;
+- datagrams/req to / from the server: what the client connections sent / received per request.
+
+Runs are interleaved (every shape once per round, the order rotating); cells show the median and
+every run's value.  Below the table, the last shape against the first (100x1 / 4x25 by default),
+per round and the median of the rounds: the req/s ratio, and the server capacity ratio (the
+inverse ratio of the server's CPU per request), which is the node's own.
 ``--profile-server FILE`` writes a cProfile (CPU time) of the server of the last run of each shape
 (``FILE.<shape>``), ``--profile-client FILE`` one of the clients during the measured seconds.
 """
@@ -90,6 +112,12 @@ def serve(profile: str | None) -> None:
         prof.dump_stats(profile)
 
 
+#: a run is client-bound when the client process used at least this share of a core ...
+CLIENT_BOUND_CORE = 0.9
+#: ... while the server used at most this fraction of the client's share
+CLIENT_BOUND_SERVER_FRACTION = 0.8
+
+
 @dataclass
 class Run:
     shape: str
@@ -98,6 +126,20 @@ class Run:
     client_cpu_ms: float  # per request
     sent: float  # client datagrams sent per request
     received: float  # client datagrams received per request
+    client_core: float  # the client process's CPU seconds per wall second
+    server_core: float  # the server process's CPU seconds per wall second
+
+    @property
+    def server_capacity(self) -> float:
+        """Requests/s the server would answer with one full core: 1 / its CPU per request."""
+        return 1e3 / self.server_cpu_ms if self.server_cpu_ms > 0 else float("inf")
+
+    @property
+    def client_bound(self) -> bool:
+        return (
+            self.client_core >= CLIENT_BOUND_CORE
+            and self.server_core <= CLIENT_BOUND_SERVER_FRACTION * self.client_core
+        )
 
 
 def _server_cpu(pid: int) -> float:
@@ -174,6 +216,8 @@ async def run_shape(
                 await c.aclose()
             for n in nodes:
                 await n.close()
+        if done == 0:
+            raise RuntimeError(f"no request completed in {seconds:g} s")
         return Run(
             f"{peers}x{streams}",
             done / wall,
@@ -181,6 +225,8 @@ async def run_shape(
             ccpu / done * 1e3,
             (sent1 - sent0) / done,
             (recv1 - recv0) / done,
+            ccpu / wall,
+            scpu / wall,
         )
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -211,27 +257,53 @@ async def run(args: argparse.Namespace) -> None:
         f"\nRuns: {args.repeat}, interleaved; {args.seconds:g} s of small GETs per run; load at the end: "
         f"{load_average()}\n"
     )
-    print(
-        "| shape | req/s median | server CPU ms/req | client CPU ms/req | datagrams/req to / from the server "
-        "| req/s per run |"
-    )
-    print("|---|---|---|---|---|---|")
-    for shape, rs in runs.items():
-        per = " / ".join(f"{r.rps:,.0f}" for r in rs)
-        print(
-            f"| {_shape_label(shape)} | {statistics.median(r.rps for r in rs):,.0f} "
-            f"| {statistics.median(r.server_cpu_ms for r in rs):.3f} "
-            f"| {statistics.median(r.client_cpu_ms for r in rs):.3f} "
-            f"| {statistics.median(r.sent for r in rs):.2f} / {statistics.median(r.received for r in rs):.2f} | {per} |"
+    print(table(shapes, runs))
+
+
+def _cell(values: list[float], fmt: str) -> str:
+    """The median and every run's value: ``median (run 1 / run 2 / ...)``."""
+    return f"{statistics.median(values):{fmt}} ({' / '.join(f'{v:{fmt}}' for v in values)})"
+
+
+def table(shapes: list[str], runs: dict[str, list[Run]]) -> str:
+    """The table (a row per shape) and, with two shapes or more, the last one's ratios to the first."""
+    lines = [
+        "| shape | req/s, median (runs) | server CPU ms/req | server capacity, req/s per core "
+        "(1 / server CPU per request) | client CPU ms/req | core share, client / server (medians) "
+        "| client-bound runs | datagrams/req to / from the server |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for shape in shapes:
+        rs = runs[shape]
+        lines.append(
+            f"| {_shape_label(shape)} | {_cell([r.rps for r in rs], ',.0f')} "
+            f"| {_cell([r.server_cpu_ms for r in rs], '.3f')} "
+            f"| {_cell([r.server_capacity for r in rs], ',.0f')} "
+            f"| {_cell([r.client_cpu_ms for r in rs], '.3f')} "
+            f"| {statistics.median(r.client_core for r in rs):.2f} / "
+            f"{statistics.median(r.server_core for r in rs):.2f} "
+            f"| {sum(r.client_bound for r in rs)} of {len(rs)} "
+            f"| {statistics.median(r.sent for r in rs):.2f} / {statistics.median(r.received for r in rs):.2f} |"
         )
+    lines.append(
+        f"\nclient-bound: the client process (all peers) used at least {CLIENT_BOUND_CORE:.0%} of a core "
+        f"while the server used at most {CLIENT_BOUND_SERVER_FRACTION:.0%} of the client's share; such a "
+        "run's req/s is the client's rate, the server capacity column the node's."
+    )
     if len(shapes) >= 2:
         a, b = shapes[-1], shapes[0]
-        ratios = [x.rps / y.rps for x, y in zip(runs[a], runs[b], strict=True)]
-        print(
-            f"\n{_shape_label(a)} / {_shape_label(b)}, req/s ratio per round: "
-            + " / ".join(f"{r:.2f}" for r in ratios)
-            + f"; median {statistics.median(ratios):.2f}"
-        )
+        pairs = list(zip(runs[a], runs[b], strict=True))
+        rps = [x.rps / y.rps for x, y in pairs]
+        capacity = [x.server_capacity / y.server_capacity for x, y in pairs]
+        bound = sum(x.client_bound and y.client_bound for x, y in pairs)
+        lines += [
+            f"\n{_shape_label(a)} / {_shape_label(b)}, per round; median:",
+            f"- req/s ratio: {' / '.join(f'{r:.2f}' for r in rps)}; median {statistics.median(rps):.2f} "
+            f"(both runs client-bound in {bound} of {len(pairs)} rounds: there it is the client process's ratio)",
+            f"- server capacity ratio (the node's): {' / '.join(f'{r:.2f}' for r in capacity)}; "
+            f"median {statistics.median(capacity):.2f}",
+        ]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -262,6 +334,9 @@ def main() -> None:
             parser.error(f"bad shape {shape!r}: expected PEERSxSTREAMS, e.g. 100x1")
         if peers < 1 or streams < 1:
             parser.error(f"bad shape {shape!r}: peers and streams must be at least 1")
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    if len(set(shapes)) != len(shapes):
+        parser.error(f"--shapes names a shape twice: {args.shapes!r}")
     print(f"Machine: {machine_description()}", flush=True)
     asyncio.run(run(args))
 

@@ -561,3 +561,126 @@ def test_quic_datagram_benchmark_compares_trees_and_aioquics_write() -> None:
         assert len(cells) == 3 + 2  # the median, datagrams per exchange, and both runs
     assert f"{root}:aioquic-write / {root} per round: median" in out
     assert "load average before:" in out and "load average after:" in out
+
+
+# -- many peers, handshake cost, UDP offload (issue 11 parts 4 and 5) ---------------------------------
+
+
+def _run_benchmark(script: str, *args: str, timeout: float = 120) -> str:
+    """``benchmarks/<script> args``: its stdout once it exited 0."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("Machine: "), proc.stdout
+    return proc.stdout
+
+
+def _table_rows(out: str) -> dict[str, list[str]]:
+    """The cells of every markdown table row (header and separator left out), keyed by the first cell."""
+    rows: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def _median_and_runs(cell: str) -> tuple[float, list[float]]:
+    """``"1,234 (1,200 / 1,268)"`` -> (1234.0, [1200.0, 1268.0])."""
+    m = re.fullmatch(r"([\d,.]+) \(([\d,. /]+)\)", cell)
+    assert m is not None, cell
+    return float(m.group(1).replace(",", "")), [float(v.replace(",", "")) for v in m.group(2).split(" / ")]
+
+
+def test_peers_benchmark_reports_the_server_capacity_beside_req_per_s() -> None:
+    """benchmarks/peers.py, two small shapes, one round: req/s, the server's CPU per request and its
+    capacity (1 / that), the client's CPU, each process's core share, client-bound runs, and the
+    last shape's ratios to the first (req/s and server capacity)."""
+    out = _run_benchmark("peers.py", "--repeat", "1", "--seconds", "1", "--shapes", "2x4,8x1")
+    assert (
+        "| shape | req/s, median (runs) | server CPU ms/req | server capacity, req/s per core "
+        "(1 / server CPU per request) | client CPU ms/req | core share, client / server (medians) "
+        "| client-bound runs | datagrams/req to / from the server |"
+    ) in out, out
+    rows = _table_rows(out)
+    for label in ("2 peers x 4 streams", "8 peers x 1 stream"):
+        cells = rows[label]
+        assert len(cells) == 8, cells
+        rps, rps_runs = _median_and_runs(cells[1])
+        server_ms, _ = _median_and_runs(cells[2])
+        capacity, _ = _median_and_runs(cells[3])
+        client_ms, _ = _median_and_runs(cells[4])
+        assert rps > 0 and len(rps_runs) == 1, cells
+        assert server_ms > 0 and client_ms > 0, cells
+        assert capacity == pytest.approx(1000 / server_ms, rel=0.01, abs=1), cells  # 1 / server CPU per request
+        client_core, server_core = (float(x) for x in cells[5].split(" / "))
+        assert 0 < client_core <= 2.5 and 0 < server_core <= 2.5, cells  # CPU seconds per wall second
+        assert re.fullmatch(r"[01] of 1", cells[6]), cells
+        to_server, from_server = (float(x) for x in cells[7].split(" / "))
+        assert to_server > 0 and from_server > 0, cells
+    assert "client-bound: the client process (all peers) used at least 90% of a core" in out
+    assert "8 peers x 1 stream / 2 peers x 4 streams, per round; median:" in out
+    for name in (r"req/s ratio", r"server capacity ratio \(the node's\)"):
+        m = re.search(rf"^- {name}: ([\d.]+); median ([\d.]+)", out, re.MULTILINE)
+        assert m is not None, out
+        assert 0 < float(m.group(2)) < 2 and m.group(1) == m.group(2), m.group(0)  # one round: its ratio
+
+
+def test_handshake_benchmark_prints_both_implementations_per_run() -> None:
+    out = _run_benchmark("handshake.py", "--handshakes", "5", "--repeat", "2")
+    assert (
+        "| metric | asgi-p2p, median (per run) | aioquic, median (per run) | ratio of medians "
+        "| ratio per run: median (min-max) |"
+    ) in out, out
+    rows = _table_rows(out)
+    for metric in ("wall ms to HANDSHAKE_DONE (median of the run)", "CPU ms per handshake, both ends"):
+        cells = rows[metric]
+        for cell in cells[1:3]:  # asgi-p2p, aioquic: a median and the two runs' values
+            median, runs = cell.split(" (")
+            values = [float(v) for v in runs.rstrip(")").split(", ")]
+            assert float(median) > 0 and len(values) == 2 and all(v > 0 for v in values), cells
+        assert cells[3].endswith("x") and 0 < float(cells[3][:-1]) < 20, cells
+        assert re.fullmatch(r"[\d.]+x \([\d.]+-[\d.]+\)", cells[4]), cells
+
+
+def test_offload_benchmark_prints_gso_against_off() -> None:
+    out = _run_benchmark("offload.py", "--repeat", "1", "--bulk-mib", "1", "--datagram-sizes", "1200")
+    assert "| metric | datagram size | udp_offload=gso+gro: median (runs) | off: median (runs) | gso+gro / off |" in out
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in out.splitlines()
+        if line.startswith("| MB/s |") or line.startswith("| CPU ms/MiB |")
+    ]
+    assert [r[:2] for r in rows] == [["MB/s", "1200"], ["CPU ms/MiB", "1200"]], out
+    for cells in rows:
+        for cell in cells[2:4]:
+            median, runs = _median_and_runs(cell)
+            assert median > 0 and runs == [median], cells
+        assert cells[4].endswith("x") and float(cells[4][:-1]) > 0, cells
+
+
+def test_peers_table_marks_client_bound_runs_and_takes_the_server_capacity_ratio() -> None:
+    """The quiet run at bd290e0 (docs/benchmarks.md, "Many peers"): both shapes client-bound, req/s
+    ratio 0.55 (the client's), server capacity 10,101 and 3,546 req/s per core, ratio 0.35."""
+    from benchmarks.peers import Run, table
+
+    runs = {
+        "4x25": [Run("4x25", 3844, 0.099, 0.260, 0.15, 0.14, 1.00, 0.38)],
+        "100x1": [Run("100x1", 2133, 0.282, 0.470, 1.01, 1.01, 1.00, 0.60)],
+    }
+    out = table(["4x25", "100x1"], runs)
+    rows = _table_rows(out)
+    assert rows["4 peers x 25 streams"][3] == "10,101 (10,101)"
+    assert rows["100 peers x 1 stream"][3] == "3,546 (3,546)"
+    assert rows["4 peers x 25 streams"][5:7] == ["1.00 / 0.38", "1 of 1"]
+    assert "- req/s ratio: 0.55; median 0.55 (both runs client-bound in 1 of 1 rounds" in out
+    assert "- server capacity ratio (the node's): 0.35; median 0.35" in out
+    # a client short of a core, or a server as busy as the client: not client-bound
+    assert not Run("x", 1, 1, 1, 1, 1, 0.85, 0.30).client_bound
+    assert not Run("x", 1, 1, 1, 1, 1, 1.00, 0.95).client_bound
+    assert Run("x", 1, 1, 1, 1, 1, 0.95, 0.70).client_bound
