@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aioquic import tls
-from aioquic.asyncio import QuicConnectionProtocol
+from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import connection as _aioquic_connection
 from aioquic.quic.configuration import QuicConfiguration
 
