@@ -20,6 +20,12 @@ Needs the ``bench`` extra (hypercorn, uvicorn).  Rows:
   client's connection actually used (read from the connection after every phase);
 * ``uvicorn h11 HTTP/1.1, httpx``: httpx's own transport over TCP.
 
+The aioquic client of the first two rows is aioquic as shipped: importing ``asgi_p2p``
+changes aioquic for the whole process, so those rows' client runs in a process of its own
+that never imports it (``http.py --aioquic-client``: the certificate handed over as PEM
+files, the row back as JSON), which checks at the end that aioquic was unpatched and says so
+on stderr; hypercorn's server process never imports asgi_p2p either.
+
 Runs are interleaved: ``--repeat N`` runs every row once per round (the row order rotates
 from round to round); the tables show medians and every run's values, and ratios are taken
 per round (same round), then their median.
@@ -38,6 +44,7 @@ import asyncio
 import contextlib
 import datetime
 import importlib.util
+import json
 import socket
 import ssl
 import statistics
@@ -45,9 +52,26 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+
+def _local(name: str) -> ModuleType:
+    """benchmarks/<name>.py, loaded by path (this folder is kept off sys.path)."""
+    if f"_bench{name}" in sys.modules:
+        return sys.modules[f"_bench{name}"]
+    spec = importlib.util.spec_from_file_location(f"_bench{name}", Path(_HERE) / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+#: bare aioquic's helpers (aioquic, cryptography and the standard library only)
+_bare = _local("_bare")
 
 APP_SOURCE = """
 SMALL = b"hello, world\\n"
@@ -165,19 +189,29 @@ def _self_signed(directory: Path) -> tuple[str, str]:
 
 
 @dataclass
-class ServerProc:
-    proc: subprocess.Popen[str]
-    info: dict[str, Any]
+class TreeCpu:
+    """The CPU seconds of process ``pid`` and its children."""
+
+    pid: int
 
     def cpu(self) -> float:
         import psutil  # type: ignore[import-untyped]
 
-        p = psutil.Process(self.proc.pid)
+        p = psutil.Process(self.pid)
         total = sum(p.cpu_times()[:2])
         for child in p.children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 total += sum(child.cpu_times()[:2])
         return float(total)
+
+
+@dataclass
+class ServerProc:
+    proc: subprocess.Popen[str]
+    info: dict[str, Any]
+
+    def cpu(self) -> float:
+        return TreeCpu(self.proc.pid).cpu()
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -320,11 +354,10 @@ class AioquicH3Transport(httpx.AsyncBaseTransport):
         max_datagram_size: int = 1200,
         *,
         server_name: str = "localhost",
-        certificate: Any = None,
-        private_key: Any = None,
+        credentials: Any = None,
     ) -> None:
         self._host, self._port, self._mds = host, port, max_datagram_size
-        self._server_name, self._certificate, self._private_key = server_name, certificate, private_key
+        self._server_name, self._credentials = server_name, credentials  # a _bare.Credentials or None
         self._stack = contextlib.AsyncExitStack()
         self._proto: _H3Client | None = None
         self._lock = asyncio.Lock()
@@ -338,9 +371,9 @@ class AioquicH3Transport(httpx.AsyncBaseTransport):
                     verify_mode=ssl.CERT_NONE,
                     max_datagram_size=self._mds,
                     server_name=self._server_name,
-                    certificate=self._certificate,
-                    private_key=self._private_key,
                 )
+                if self._credentials is not None:
+                    config.load_cert_chain(self._credentials.certificate, self._credentials.private_key)
                 proto = await self._stack.enter_async_context(
                     quic_connect(self._host, self._port, configuration=config, create_protocol=_H3Client)
                 )
@@ -428,7 +461,7 @@ def _pct(values: list[float], q: float) -> float:
 
 async def measure(
     name: str,
-    server: ServerProc,
+    server: ServerProc | TreeCpu,
     client: httpx.AsyncClient,
     base: str,
     n: int,
@@ -501,13 +534,65 @@ async def measure(
     )
 
 
-def _node_credentials(seed: str) -> tuple[Any, Any]:
-    """An Ed25519 node certificate and key: what the asgi-p2p server requires of any client."""
+def _node_credentials(seed: str, directory: str) -> Any:
+    """An Ed25519 node certificate and key (what the asgi-p2p server requires of any client), as PEM files."""
     from asgi_p2p import SecretKey
     from asgi_p2p.endpoint.tls import node_certificate
 
     key = SecretKey.from_seed(seed)
-    return node_certificate(key), key.private_key
+    return _bare.write_credentials(node_certificate(key), key.private_key, directory, seed)
+
+
+async def aioquic_client_row(
+    name: str, server: ServerProc, addr: tuple[str, int], base: str, args: argparse.Namespace, **transport: Any
+) -> Row:
+    """:func:`measure` with the aioquic client, in a process that never imports asgi_p2p (``--aioquic-client``)."""
+    if transport.get("credentials") is not None:
+        transport["credentials"] = asdict(transport["credentials"])
+    job = {
+        "name": name,
+        "server_pid": server.proc.pid,
+        "addr": list(addr),
+        "base": base,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "big_mib": args.big_mib,
+        "transport": transport,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, os.path.join(_HERE, "http.py"), "--aioquic-client", json.dumps(job)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    stderr = err.decode()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the aioquic client failed ({proc.returncode}):\n{stderr[-4000:]}")
+    print(f"  {_bare.check_unpatched(stderr, 'the aioquic client')}", file=sys.stderr, flush=True)
+    return Row(**json.loads(out))
+
+
+def _aioquic_client(job_json: str) -> None:
+    """``--aioquic-client JOB``: one row's measurement with the aioquic client; the row as JSON on stdout."""
+    job = json.loads(job_json)
+    options = dict(job["transport"])
+    if options.get("credentials") is not None:
+        options["credentials"] = _bare.Credentials(**options["credentials"])
+
+    async def run() -> Row:
+        transport = AioquicH3Transport(*job["addr"], **options)
+        async with httpx.AsyncClient(transport=transport, timeout=60) as client:
+            return await measure(
+                job["name"],
+                TreeCpu(job["server_pid"]),
+                client,
+                job["base"],
+                *(job[k] for k in ("requests", "concurrency", "big_mib")),
+            )
+
+    row = asyncio.run(run())
+    print(_bare.unpatched(), file=sys.stderr)
+    print(json.dumps(asdict(row)))
 
 
 async def _scrape_every_5s(port: int, scrapes: list[int]) -> None:
@@ -532,21 +617,16 @@ async def bench_p2p(
     try:
         node_id = NodeId.parse(server.info["node_id"])
         if aioquic_client:
-            certificate, private_key = _node_credentials("http-bench-client")
-            host, port = server.info["addr"]
-            transport: httpx.AsyncBaseTransport = AioquicH3Transport(
-                host, port, mds, server_name=str(node_id), certificate=certificate, private_key=private_key
+            return await aioquic_client_row(
+                f"asgi-p2p h3, aioquic client (datagram {mds})",
+                server,
+                server.info["addr"],
+                f"https://{node_id}",
+                args,
+                max_datagram_size=mds,
+                server_name=str(node_id),
+                credentials=_node_credentials("http-bench-client", app_dir),
             )
-            async with httpx.AsyncClient(transport=transport, timeout=60) as client:
-                return await measure(
-                    f"asgi-p2p h3, aioquic client (datagram {mds})",
-                    server,
-                    client,
-                    f"https://{node_id}",
-                    args.requests,
-                    args.concurrency,
-                    args.big_mib,
-                )
         endpoint = await Node.bind(host="127.0.0.1", config=_p2p_config(mds, probe))
         transport = P2PTransport(endpoint, addrs=[NodeAddr(node_id, [server.info["addr"]])])
         seen: set[int] = set()
@@ -589,17 +669,14 @@ async def bench_p2p(
 async def bench_hypercorn(app_dir: str, args: argparse.Namespace) -> Row:
     server = start_hypercorn(app_dir)
     try:
-        transport = AioquicH3Transport("127.0.0.1", server.info["port"], 1200)
-        async with httpx.AsyncClient(transport=transport, timeout=60) as client:
-            return await measure(
-                "hypercorn h3, aioquic client (datagram 1200)",
-                server,
-                client,
-                "https://localhost",
-                args.requests,
-                args.concurrency,
-                args.big_mib,
-            )
+        return await aioquic_client_row(
+            "hypercorn h3, aioquic client (datagram 1200)",
+            server,
+            ("127.0.0.1", server.info["port"]),
+            "https://localhost",
+            args,
+            max_datagram_size=1200,
+        )
     finally:
         server.stop()
 
@@ -677,11 +754,7 @@ def ratio_lines(runs: dict[str, list[Row]], args: argparse.Namespace, num: str, 
 
 def machine_description() -> str:
     """benchmarks/_machine.py's line (loaded by path: this folder is kept off sys.path)."""
-    spec = importlib.util.spec_from_file_location("_bench_machine", Path(_HERE) / "_machine.py")
-    assert spec is not None and spec.loader is not None
-    machine = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(machine)
-    return str(machine.machine_description())
+    return str(_local("_machine").machine_description())
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -756,7 +829,11 @@ def main() -> None:
     parser.add_argument("--serve-metrics", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--max-datagram-size", type=int, default=1200, help=argparse.SUPPRESS)
     parser.add_argument("--probe-datagram-size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--aioquic-client", metavar="JOB", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.aioquic_client:
+        _aioquic_client(args.aioquic_client)
+        return
     if args.serve_p2p:
         serve_p2p(args.serve_p2p, args.max_datagram_size, args.probe_datagram_size, args.serve_metrics)
         return

@@ -16,6 +16,12 @@ instructions per handshake under valgrind (``cachegrind``), which a loaded machi
 does not disturb: it runs this script under valgrind with two batch sizes per
 implementation and divides the difference.
 
+Bare aioquic is aioquic as shipped: importing ``asgi_p2p`` changes aioquic for the whole
+process, so each bare aioquic round runs in a fresh process that never imports it (this
+script with ``--bare-round``: both ends on its one loop, the certificates handed over as PEM
+files, its numbers back as JSON), which checks at the end that aioquic was unpatched and says
+so (``# bare aioquic unpatched: ...`` on stderr).  The rounds stay interleaved.
+
 Usage::
 
     .venv/bin/python benchmarks/handshake.py --handshakes 200 --repeat 5
@@ -29,13 +35,16 @@ import argparse
 import asyncio
 import cProfile
 import io
+import json
 import pstats
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +54,16 @@ from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
-from asgi_p2p import NetworkConfig, Node, NodeAddr, SecretKey
-from benchmarks._bare import bare_config, request_client_certificate
+# asgi_p2p is imported where the asgi-p2p side needs it, never at the top: the bare aioquic
+# rounds run this script in processes that must not import it (it patches aioquic on import)
+from benchmarks._bare import (
+    Credentials,
+    bare_config,
+    check_unpatched,
+    request_client_certificate,
+    unpatched,
+    write_credentials,
+)
 from benchmarks._machine import machine_description
 
 HOST = "127.0.0.1"
@@ -106,15 +123,22 @@ class _Harness:
 
 
 class BareHarness(_Harness):
+    """Bare aioquic: only ever run in a ``--bare-round`` process (see :func:`bare_round`)."""
+
+    def __init__(self, overlap: bool, server: Credentials, client: Credentials) -> None:
+        super().__init__(overlap)
+        self._credentials = (server, client)
+
     async def setup(self, mds: int) -> None:
+        server, client = self._credentials
         self._server = await serve(
             HOST,
             0,
-            configuration=bare_config(False, SecretKey.from_seed("hs-server"), mds),
+            configuration=bare_config(False, server, mds),
             create_protocol=_BareServer,
         )
         self._port = self._server._transport.get_extra_info("socket").getsockname()[1]
-        self._config = bare_config(True, SecretKey.from_seed("hs-client"), mds)
+        self._config = bare_config(True, client, mds)
 
     async def once(self) -> float:
         t0 = time.perf_counter()
@@ -132,6 +156,8 @@ class BareHarness(_Harness):
 
 class P2PHarness(_Harness):
     async def setup(self, mds: int) -> None:
+        from asgi_p2p import NetworkConfig, Node, NodeAddr, SecretKey
+
         config = NetworkConfig.from_env(max_datagram_size=mds, max_probe_datagram_size=0)
         self._server = await Node.bind(SecretKey.from_seed("hs-server"), host=HOST, config=config)
         self._client = await Node.bind(SecretKey.from_seed("hs-client"), host=HOST, config=config)
@@ -162,6 +188,67 @@ class P2PHarness(_Harness):
 IMPLS = ("asgi-p2p", "aioquic")
 
 
+def write_bare_credentials(directory: str) -> dict[str, dict[str, str]]:
+    """The node certificates of the two ends, as PEM files for a ``--bare-round`` process."""
+    from asgi_p2p import SecretKey
+    from asgi_p2p.endpoint.tls import node_certificate
+
+    out = {}
+    for end in ("server", "client"):
+        key = SecretKey.from_seed(f"hs-{end}")
+        out[end] = asdict(write_credentials(node_certificate(key), key.private_key, directory, f"hs-{end}"))
+    return out
+
+
+def bare_round_command(job: dict[str, Any]) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--bare-round", json.dumps(job)]
+
+
+async def run_bare_round(job: dict[str, Any]) -> tuple[list[float], float]:
+    """One bare aioquic round in a fresh process that never imports asgi_p2p: its walls and CPU seconds."""
+    proc = await asyncio.create_subprocess_exec(
+        *bare_round_command(job), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    stderr = err.decode()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the bare aioquic round failed ({proc.returncode}):\n{stderr[-4000:]}")
+    print(f"# {check_unpatched(stderr, 'the bare aioquic round')}", file=sys.stderr)
+    result = json.loads(out)
+    return [float(w) for w in result["walls"]], float(result["cpu"])
+
+
+def bare_round(job_json: str) -> int:
+    """``--bare-round JOB``: bare aioquic's warm-up and one batch on one loop; the numbers as JSON on stdout."""
+    job = json.loads(job_json)
+    if job.get("initial_rtt") is not None:
+        _set_initial_rtt(job["initial_rtt"])
+    creds = job["credentials"]
+    harness = BareHarness(job["overlap"], Credentials(**creds["server"]), Credentials(**creds["client"]))
+    prof = cProfile.Profile() if job.get("profile") else None
+
+    async def run() -> tuple[list[float], float]:
+        await harness.setup(job["mds"])
+        try:
+            await harness.batch(3)  # warm-up (imports, caches, first connection)
+            if prof is not None:
+                prof.enable()
+            try:
+                return await harness.batch(job["handshakes"])
+            finally:
+                if prof is not None:
+                    prof.disable()
+        finally:
+            await harness.teardown()
+
+    walls, cpu = asyncio.run(run())
+    if prof is not None:
+        prof.dump_stats(job["profile"])
+    print(unpatched(), file=sys.stderr)
+    print(json.dumps({"walls": walls, "cpu": cpu}))
+    return 0
+
+
 def _set_initial_rtt(seconds: float) -> None:
     """Every QUIC connection (both implementations) starts from this RTT estimate.
 
@@ -185,37 +272,54 @@ async def measure(
     profiles: dict[str, cProfile.Profile | None],
     impls: tuple[str, ...] = IMPLS,
     overlap: bool = False,
+    bare_profile_dir: str | None = None,
+    initial_rtt: float | None = None,
 ) -> dict[str, list[tuple[float, float]]]:
-    """Per implementation and round: (median wall ms, CPU ms per handshake), rounds interleaved."""
-    harnesses: dict[str, _Harness] = {
-        impl: (P2PHarness if impl == "asgi-p2p" else BareHarness)(overlap) for impl in impls
-    }
+    """Per implementation and round: (median wall ms, CPU ms per handshake), rounds interleaved.
+
+    asgi-p2p's rounds run here, on this loop; each bare aioquic round in a fresh process that
+    never imports asgi_p2p (``--bare-round``), which writes its cProfile to
+    ``bare_profile_dir/bare-<round>.prof`` when that is given.
+    """
+    p2p = P2PHarness(overlap) if "asgi-p2p" in impls else None
     results: dict[str, list[tuple[float, float]]] = {impl: [] for impl in impls}
-    for h in harnesses.values():
-        await h.setup(mds)
-    try:
-        for h in harnesses.values():
-            await h.batch(3)  # warm-up (imports, caches, first connection)
-        for rnd in range(rounds):
-            for impl in impls if rnd % 2 == 0 else tuple(reversed(impls)):
-                prof = profiles.get(impl)
-                if prof is not None:
-                    prof.enable()
-                try:
-                    walls, cpu = await harnesses[impl].batch(n)
-                finally:
-                    if prof is not None:
-                        prof.disable()
-                res = (statistics.median(walls) * 1e3, cpu / n * 1e3)
-                results[impl].append(res)
-                print(f"# round {rnd + 1}/{rounds} {impl}: {res[0]:.2f} ms wall, {res[1]:.2f} ms CPU", file=sys.stderr)
-    finally:
-        for h in harnesses.values():
-            await h.teardown()
+    with tempfile.TemporaryDirectory() as cert_dir:
+        job: dict[str, Any] = {"handshakes": n, "mds": mds, "overlap": overlap, "initial_rtt": initial_rtt}
+        if "aioquic" in impls:
+            job["credentials"] = write_bare_credentials(cert_dir)
+        if p2p is not None:
+            await p2p.setup(mds)
+        try:
+            if p2p is not None:
+                await p2p.batch(3)  # warm-up (imports, caches, first connection)
+            for rnd in range(rounds):
+                for impl in impls if rnd % 2 == 0 else tuple(reversed(impls)):
+                    if impl == "aioquic":
+                        profile = None if bare_profile_dir is None else str(Path(bare_profile_dir, f"bare-{rnd}.prof"))
+                        walls, cpu = await run_bare_round({**job, "profile": profile})
+                    else:
+                        assert p2p is not None
+                        prof = profiles.get(impl)
+                        if prof is not None:
+                            prof.enable()
+                        try:
+                            walls, cpu = await p2p.batch(n)
+                        finally:
+                            if prof is not None:
+                                prof.disable()
+                    res = (statistics.median(walls) * 1e3, cpu / n * 1e3)
+                    results[impl].append(res)
+                    print(
+                        f"# round {rnd + 1}/{rounds} {impl}: {res[0]:.2f} ms wall, {res[1]:.2f} ms CPU",
+                        file=sys.stderr,
+                    )
+        finally:
+            if p2p is not None:
+                await p2p.teardown()
     return results
 
 
-def _top(profile: cProfile.Profile, n_handshakes: int, sort: str, limit: int) -> str:
+def _top(profile: cProfile.Profile | str, n_handshakes: int, sort: str, limit: int) -> str:
     out = io.StringIO()
     stats = pstats.Stats(profile, stream=out)
     stats.strip_dirs().sort_stats(sort).print_stats(limit)
@@ -231,32 +335,29 @@ def count_instructions(args: argparse.Namespace) -> int:
         print("--instructions needs valgrind on PATH", file=sys.stderr)
         return 2
     per: dict[str, float] = {}
+    cert_dir = tempfile.TemporaryDirectory()
+    credentials = write_bare_credentials(cert_dir.name)
     for impl in IMPLS:
         counts = []
         for n in (_SMALL, _LARGE):
-            cmd = [
-                "valgrind",
-                "--tool=cachegrind",
-                "--cache-sim=no",
-                "--cachegrind-out-file=/dev/null",
-                sys.executable,
-                __file__,
-                "--only",
-                impl,
-                "--handshakes",
-                str(n),
-                "--repeat",
-                "1",
-                "--initial-rtt",
-                "3",
-                "--datagram-size",
-                str(args.datagram_size),
-            ] + (["--overlap"] if args.overlap else [])
+            valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+            if impl == "aioquic":  # a bare round: a process that never imports asgi_p2p
+                job = {"handshakes": n, "mds": args.datagram_size, "overlap": args.overlap, "initial_rtt": 3}
+                cmd = [*valgrind, *bare_round_command({**job, "credentials": credentials, "profile": None})]
+            else:
+                cmd = [
+                    *valgrind,
+                    *(sys.executable, __file__, "--only", impl, "--handshakes", str(n), "--repeat", "1"),
+                    *("--initial-rtt", "3", "--datagram-size", str(args.datagram_size)),
+                ]
+                cmd += ["--overlap"] if args.overlap else []
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             found = re.findall(r"I\s+refs:\s+([\d,]+)", proc.stderr)
             if proc.returncode != 0 or not found:
                 print(f"valgrind run failed ({impl}, {n} handshakes):\n{proc.stderr[-2000:]}", file=sys.stderr)
                 return 1
+            if impl == "aioquic":
+                print(f"# {check_unpatched(proc.stderr, 'the bare aioquic round')}", file=sys.stderr)
             counts.append(int(found[-1].replace(",", "")))
             print(f"# {impl}, {n} handshakes: {counts[-1]:,} instructions", file=sys.stderr)
         per[impl] = (counts[1] - counts[0]) / (_LARGE - _SMALL)
@@ -268,6 +369,7 @@ def count_instructions(args: argparse.Namespace) -> int:
     )
     print("| asgi-p2p | aioquic | ratio |\n|---|---|---|")
     print(f"| {a / 1e6:.2f} M | {b / 1e6:.2f} M | {a / b:.2f}x |")
+    cert_dir.cleanup()
     return 0
 
 
@@ -288,20 +390,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--instructions", action="store_true", help="instructions per handshake under valgrind")
     ap.add_argument("--initial-rtt", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--bare-round", metavar="JOB", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.bare_round is not None:
+        return bare_round(args.bare_round)
     if args.instructions:
         return count_instructions(args)
     if args.initial_rtt is not None:
         _set_initial_rtt(args.initial_rtt)
 
-    profiles: dict[str, cProfile.Profile | None] = {
-        "asgi-p2p": cProfile.Profile() if args.profile else None,
-        "aioquic": cProfile.Profile() if args.profile_bare else None,
-    }
+    profiles: dict[str, cProfile.Profile | None] = {"asgi-p2p": cProfile.Profile() if args.profile else None}
     impls = IMPLS if args.only is None else (args.only,)
+    bare_profile_dir = tempfile.TemporaryDirectory() if args.profile_bare else None
     results = asyncio.run(
-        measure(args.handshakes, args.repeat, args.datagram_size, profiles, impls, overlap=args.overlap)
+        measure(
+            args.handshakes,
+            args.repeat,
+            args.datagram_size,
+            profiles,
+            impls,
+            overlap=args.overlap,
+            bare_profile_dir=bare_profile_dir.name if bare_profile_dir is not None else None,
+            initial_rtt=args.initial_rtt,
+        )
     )
+    tops: dict[str, cProfile.Profile | str] = {impl: prof for impl, prof in profiles.items() if prof is not None}
+    if bare_profile_dir is not None:  # the bare rounds' profiles, merged into one file
+        merged = str(Path(bare_profile_dir.name, "bare.prof"))
+        pstats.Stats(*sorted(str(f) for f in Path(bare_profile_dir.name).glob("bare-*.prof"))).dump_stats(merged)
+        tops["aioquic"] = merged
     if args.only is not None:
         return 0
 
@@ -328,10 +445,11 @@ def main(argv: list[str] | None = None) -> int:
             f"| {label} | {a:.2f} ({runs('asgi-p2p', i)}) | {b:.2f} ({runs('aioquic', i)}) | {a / b:.2f}x "
             f"| {statistics.median(per_run):.2f}x ({min(per_run):.2f}-{max(per_run):.2f}) |"
         )
-    for impl, prof in profiles.items():
-        if prof is not None:
-            print(f"\n## cProfile, {impl}, sorted by {args.sort}\n")
-            print(_top(prof, args.handshakes * args.repeat, args.sort, args.limit))
+    for impl, prof in tops.items():
+        print(f"\n## cProfile, {impl}, sorted by {args.sort}\n")
+        print(_top(prof, args.handshakes * args.repeat, args.sort, args.limit))
+    if bare_profile_dir is not None:
+        bare_profile_dir.cleanup()
     return 0
 
 

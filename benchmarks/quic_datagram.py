@@ -16,6 +16,12 @@ turn (A, B, A, B, ... alternating, the first of each round rotating), so an old 
 ``aioquic_compat`` are compared under the same load; medians and every run are printed.  A tree
 written ``PATH:aioquic-write`` runs with aioquic's own ``_write_application``
 (``aioquic_compat.fast_write_application(False)``), to tell that change from the others.
+
+Every row is patched aioquic, by design: each measurement imports ``asgi_p2p``, whose
+``aioquic_compat`` changes aioquic on import (``EPOCHS`` cached, aioquic's enums hashed by
+identity, its own ``_write_application``); ``:aioquic-write`` takes back only the last.  No row
+is bare aioquic (the bare baselines of ``transport.py``, ``handshake.py``, ``http.py`` and
+``sim.py`` run in processes that never import asgi_p2p).
 """
 
 from __future__ import annotations
@@ -167,6 +173,11 @@ def main() -> None:
     trees = args.trees.split(",") if args.trees else [os.path.dirname(_HERE)]
     runs: dict[str, list[float]] = {t: [] for t in trees}
     per_exchange: dict[str, float] = {}
+    print(
+        "every row imports asgi_p2p, so aioquic is patched in all of them (EPOCHS cached, enums hashed by "
+        "identity, asgi-p2p's _write_application); PATH:aioquic-write = aioquic's own _write_application, "
+        "the other patches on"
+    )
     print(f"load average before: {load_average()}")
     for r in range(args.repeat):
         order = trees[r % len(trees) :] + trees[: r % len(trees)]

@@ -10,7 +10,9 @@ Workloads (default latency 50 ms, 1% loss, full mesh):
 
 Baseline, measured in the same run: ``bare aioquic`` drives pairs of aioquic
 ``QuicConnection`` objects with the same message pattern and 50 ms one-way delay
-from a minimal heap scheduler (no asyncio, no simulator, no endpoint, no loss).
+from a minimal heap scheduler (no asyncio, no simulator, no endpoint, no loss), in a process
+of its own that never imports asgi_p2p (importing it changes aioquic for the whole process), so
+it is aioquic as shipped; that process checks it and says so on stderr.
 Its simulated seconds per wall second is the floor cost of QUIC itself in this Python;
 the ratio row gives the real endpoint's speed and packet rate relative to it (the
 endpoint sends fewer packets per message: answers carry the pending ACK, and keepalives
@@ -34,12 +36,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
+import json
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # measure the checkout this script is in, not whatever asgi_p2p is installed
 # this folder holds http.py, which would shadow the stdlib `http` (httpx imports it): keep it off
@@ -52,11 +58,13 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import pull_quic_header
 
-from asgi_p2p import Endpoint, MessageConnection, NetworkConfig, Node, SecretKey
-from asgi_p2p.endpoint.tls import node_certificate
-from asgi_p2p.sim import Simulation
-from asgi_p2p.sim.determinism import real_perf_counter
+# asgi_p2p is imported where the simulator rows need it, never at the top: the bare aioquic
+# row runs this script in a process that must not import it (it patches aioquic on import)
+from benchmarks._bare import Credentials, check_unpatched, unpatched, write_credentials
 from benchmarks._machine import machine_description
+
+if TYPE_CHECKING:
+    from asgi_p2p import Endpoint, MessageConnection
 
 
 @dataclass
@@ -79,6 +87,8 @@ class Result:
 
 
 def bench_udp(n: int, seconds: float, seed: int = 1, interval: float = 0.1, patched: bool = True) -> Result:
+    from asgi_p2p.sim import Simulation
+
     sim = Simulation(seed=seed, keep_trace=False)
     if not patched:
         sim.loop.environment = None  # no determinism patches while it runs
@@ -121,6 +131,10 @@ def bench_udp(n: int, seconds: float, seed: int = 1, interval: float = 0.1, patc
 
 
 def bench_quic(n: int, seconds: float, seed: int = 1, interval: float = 1.0, patched: bool = True) -> Result:
+    from asgi_p2p import NetworkConfig, Node, SecretKey
+    from asgi_p2p.sim import Simulation
+    from asgi_p2p.sim.determinism import real_perf_counter
+
     sim = Simulation(seed=seed, keep_trace=False)
     if not patched:
         sim.loop.environment = None  # no determinism patches while it runs
@@ -178,14 +192,43 @@ def bench_quic(n: int, seconds: float, seed: int = 1, interval: float = 1.0, pat
     return result
 
 
-def bench_bare_aioquic(pairs: int, seconds: float, interval: float = 1.0, latency: float = 0.05) -> Result:
+def bare_aioquic_in_child(pairs: int, seconds: float, interval: float = 1.0) -> Result:
+    """:func:`bench_bare_aioquic` in a fresh process that never imports asgi_p2p (``--bare-child``)."""
+    from asgi_p2p import SecretKey
+    from asgi_p2p.endpoint.tls import node_certificate
+
+    key = SecretKey.from_seed("bare-server")
+    with tempfile.TemporaryDirectory() as tmp:
+        creds = write_credentials(node_certificate(key), key.private_key, tmp, "bare-server")
+        job = {"pairs": pairs, "seconds": seconds, "interval": interval, "credentials": asdict(creds)}
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--bare-child", json.dumps(job)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the bare aioquic child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    print(f"# {check_unpatched(proc.stderr, 'the bare aioquic child')}", file=sys.stderr, flush=True)
+    return Result(**json.loads(proc.stdout))
+
+
+def _bare_child(job_json: str) -> None:
+    job = json.loads(job_json)
+    result = bench_bare_aioquic(job["pairs"], job["seconds"], Credentials(**job["credentials"]), job["interval"])
+    print(unpatched(), file=sys.stderr)
+    print(json.dumps(asdict(result)))
+
+
+def bench_bare_aioquic(
+    pairs: int, seconds: float, credentials: Credentials, interval: float = 1.0, latency: float = 0.05
+) -> Result:
     """``pairs`` aioquic client/server pairs, 200-byte message + echo every ``interval``.
 
     A heap of (time, seq, action) drives delivery after ``latency`` and each
-    connection's timer; handshakes are excluded from the timing.
+    connection's timer; handshakes are excluded from the timing.  Run it in a process that
+    never imports asgi_p2p (:func:`bare_aioquic_in_child`).
     """
-    key = SecretKey.from_seed("bare-server")
-    cert = node_certificate(key)
     heap: list[tuple[float, int, int, object]] = []
     seq = 0
     now = 0.0
@@ -220,12 +263,9 @@ def bench_bare_aioquic(pairs: int, seconds: float, interval: float = 1.0, latenc
         client.connect(("10.0.0.2", 4433), now=now)
         first = client.datagrams_to_send(now=now)
         header = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=8)
-        server = QuicConnection(
-            configuration=QuicConfiguration(
-                is_client=False, alpn_protocols=["bench"], certificate=cert, private_key=key.private_key
-            ),
-            original_destination_connection_id=header.destination_cid,
-        )
+        server_config = QuicConfiguration(is_client=False, alpn_protocols=["bench"])
+        server_config.load_cert_chain(credentials.certificate, credentials.private_key)
+        server = QuicConnection(configuration=server_config, original_destination_connection_id=header.destination_cid)
         peer[id(client)] = server
         peer[id(server)] = client
         conns.append((client, server))
@@ -323,7 +363,11 @@ def main() -> None:
     parser.add_argument("--quic-intervals", default="1,5,10", help="seconds between messages on a QUIC connection")
     parser.add_argument("--patches", action="store_true", help="compare each row with and without the patches")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each row and mode with --patches")
+    parser.add_argument("--bare-child", metavar="JOB", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_child is not None:
+        _bare_child(args.bare_child)
+        return
     print(f"Machine: {machine_description()}")
     sizes = [int(x) for x in args.nodes.split(",")]
     workloads = args.workloads.split(",")
@@ -346,7 +390,7 @@ def main() -> None:
                 r = bench_udp(n, args.seconds, interval=interval)
             else:
                 # The same number of connections (2 per node) without the simulator first.
-                base = bench_bare_aioquic(n * (2 if n > 2 else 1), args.seconds, interval=interval)
+                base = bare_aioquic_in_child(n * (2 if n > 2 else 1), args.seconds, interval=interval)
                 print(
                     f"| {base.workload} | {base.nodes} pairs | {base.virtual:.1f} | {base.wall:.3f} | "
                     f"{base.speedup:,.0f}x | {base.delivered:,} | {base.packets_per_s:,.0f} |",

@@ -16,7 +16,11 @@ Server and client run in separate processes (real UDP on 127.0.0.1), so each
 gets a core.  Both sides use the same certificates (``node_certificate``),
 ``verify_mode=CERT_NONE`` and 4 MiB kernel socket buffers; the bare aioquic
 server requests a client certificate (the private flag asgi-p2p uses), so both
-do mutual TLS.
+do mutual TLS.  Bare aioquic is aioquic as shipped: importing ``asgi_p2p`` changes
+aioquic for the whole process, so its client and server run in processes that never
+import it (this script started with ``--bare-child``: certificates handed over as PEM
+files, its result as JSON); each checks at the end that aioquic was unpatched and says
+so (``# bare aioquic unpatched: ...`` on stderr).
 
 Like with like:
 
@@ -53,12 +57,15 @@ import argparse
 import asyncio
 import cProfile
 import dataclasses
+import json
 import multiprocessing
 import os
 import socket
 import statistics
 import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -66,7 +73,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # this folder holds http.py, which would shadow the stdlib `http` (httpx imports it): keep it off
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -75,9 +82,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
-from asgi_p2p import NetworkConfig, Node, NodeAddr, NodeId, SecretKey
-from benchmarks._bare import bare_config, request_client_certificate
+# asgi_p2p is imported where the asgi-p2p side needs it, never at the top: the bare aioquic
+# side runs this script in processes that must not import it (it patches aioquic on import)
+from benchmarks._bare import (
+    Credentials,
+    bare_config,
+    check_unpatched,
+    request_client_certificate,
+    unpatched,
+    write_credentials,
+)
 from benchmarks._machine import machine_description
+
+if TYPE_CHECKING:
+    from asgi_p2p import NetworkConfig
 
 HOST = "127.0.0.1"
 SOCKET_BUFFER = 4 * 1024 * 1024  # what asgi_p2p.net.udp sets; the bare sockets get the same
@@ -161,6 +179,8 @@ class Limits:
     send_buffer: int
 
     def p2p_config(self, mds: int) -> NetworkConfig:
+        from asgi_p2p import NetworkConfig
+
         extra: dict[str, int] = {}
         if self.kind == "same":
             # fixed sizes: no auto-tuning (a ceiling equal to the start turns it off), so
@@ -199,11 +219,6 @@ class Limits:
             "aioquic no send limit (all queued at once), 1 MiB stream and connection credit doubled whenever "
             "half is used (unbounded)"
         )
-
-
-def _p2p_config(mds: int) -> NetworkConfig:
-    """asgi-p2p's defaults at exactly ``mds``-byte datagrams (path probing off)."""
-    return NetworkConfig.from_env(max_datagram_size=mds, max_probe_datagram_size=0)
 
 
 # -- bare aioquic ------------------------------------------------------------------
@@ -300,7 +315,9 @@ def _control_thread(ctl: Connection, loop: asyncio.AbstractEventLoop, stop: asyn
             return
 
 
-async def _serve_asgi_p2p(mds: int, limits: Limits, ctl: Connection) -> None:
+async def _serve_asgi_p2p(mds: int, limits: Limits, ctl: Connection, credentials: Credentials | None) -> None:
+    from asgi_p2p import Node, SecretKey
+
     config = limits.p2p_config(mds)
     ep = await Node.bind(SecretKey.from_seed("bench-server"), host=HOST, config=config)
     sink = _Sink()
@@ -329,11 +346,12 @@ async def _serve_asgi_p2p(mds: int, limits: Limits, ctl: Connection) -> None:
     await ep.close()
 
 
-async def _serve_aioquic(mds: int, limits: Limits, ctl: Connection) -> None:
+async def _serve_aioquic(mds: int, limits: Limits, ctl: Connection, credentials: Credentials | None) -> None:
+    assert credentials is not None, "the bare server needs its certificate"
     server = await serve(
         HOST,
         0,
-        configuration=bare_config(False, SecretKey.from_seed("bench-server"), mds),
+        configuration=bare_config(False, credentials, mds),
         create_protocol=BareServerProtocol,
     )
     sock = server._transport.get_extra_info("socket")
@@ -345,33 +363,42 @@ async def _serve_aioquic(mds: int, limits: Limits, ctl: Connection) -> None:
     server.close()
 
 
-def _server_main(impl: str, mds: int, limits: Limits, ctl: Connection, profile: str | None) -> None:
+def _server_main(
+    impl: str, mds: int, limits: Limits, ctl: Connection, profile: str | None, credentials: Credentials | None
+) -> None:
     serve_fn = {"asgi-p2p": _serve_asgi_p2p, "aioquic": _serve_aioquic}[impl]
-    if profile is None:
-        asyncio.run(serve_fn(mds, limits, ctl))
-        return
-    prof = cProfile.Profile()
-    prof.enable()
+    prof = cProfile.Profile() if profile is not None else None
+    if prof is not None:
+        prof.enable()
     try:
-        asyncio.run(serve_fn(mds, limits, ctl))
+        asyncio.run(serve_fn(mds, limits, ctl, credentials))
     finally:
-        prof.disable()
-        prof.dump_stats(profile)
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(str(profile))
+    # the last word on the control pipe: the bare server's check that it ran aioquic as shipped
+    ctl.send(unpatched() if impl == "aioquic" else "")
 
 
 class ServerProcess:
     """A benchmark server in its own process; :meth:`cpu` reads its CPU time."""
 
-    def __init__(self, impl: str, mds: int, limits: Limits, profile: str | None = None) -> None:
+    def __init__(
+        self, impl: str, mds: int, limits: Limits, profile: str | None = None, credentials: Credentials | None = None
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._ctl, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_server_main, args=(impl, mds, limits, child, profile), daemon=True)
+        self._proc = ctx.Process(
+            target=_server_main, args=(impl, mds, limits, child, profile, credentials), daemon=True
+        )
         self._proc.start()
         child.close()
         if not self._ctl.poll(120):  # generous: a loaded machine, or a run under valgrind
             self._proc.kill()
             raise RuntimeError(f"{impl} server did not start")
         self.info: dict[str, Any] = self._ctl.recv()
+        #: what the server said last, as it stopped (a bare server: its ``unpatched()`` line)
+        self.last_word = ""
 
     def cpu(self) -> float:
         self._ctl.send("cpu")
@@ -380,7 +407,9 @@ class ServerProcess:
     def stop(self) -> None:
         try:
             self._ctl.send("stop")
-        except OSError:
+            if self._ctl.poll(10):
+                self.last_word = str(self._ctl.recv())
+        except (OSError, EOFError):
             pass
         self._proc.join(10)
         if self._proc.is_alive():
@@ -481,7 +510,11 @@ async def _handshakes(
     res.client_cpu_ms = statistics.median(cpus) * 1e3
 
 
-async def run_asgi_p2p(server: ServerProcess, mds: int, p: Params, limits: Limits) -> Result:
+async def run_asgi_p2p(
+    server: ServerProcess, mds: int, p: Params, limits: Limits, credentials: Credentials | None
+) -> Result:
+    from asgi_p2p import Node, NodeAddr, NodeId, SecretKey
+
     res = Result()
     client = await Node.bind(SecretKey.from_seed("bench-client"), host=HOST, config=limits.p2p_config(mds))
     addr = NodeAddr(NodeId.parse(server.info["node_id"]), [(HOST, server.info["port"])])
@@ -529,9 +562,12 @@ async def run_asgi_p2p(server: ServerProcess, mds: int, p: Params, limits: Limit
     return res
 
 
-async def run_aioquic(server: ServerProcess, mds: int, p: Params, limits: Limits) -> Result:
+async def run_aioquic(
+    server: ServerProcess, mds: int, p: Params, limits: Limits, credentials: Credentials | None
+) -> Result:
+    assert credentials is not None, "the bare client needs its certificate"
     res = Result()
-    config = bare_config(True, SecretKey.from_seed("bench-client"), mds)
+    config = bare_config(True, credentials, mds)
     port = server.info["port"]
     clock, cpu = time.perf_counter, time.process_time
 
@@ -602,37 +638,119 @@ def iroh_refusal() -> str | None:
 # -- driver --------------------------------------------------------------------------------------
 
 
-RUNNERS: dict[str, Callable[[ServerProcess, int, Params, Limits], Awaitable[Result]]] = {
+RUNNERS: dict[str, Callable[[ServerProcess, int, Params, Limits, Credentials | None], Awaitable[Result]]] = {
     "asgi-p2p": run_asgi_p2p,
     "aioquic": run_aioquic,
 }
 
 
-def run_one(impl: str, mds: int, p: Params, profile: str | None = None) -> Result:
+@dataclass(frozen=True)
+class BareCredentials:
+    """The bare server's and client's certificates (the same node certificates asgi-p2p's use) as PEM files."""
+
+    server: Credentials
+    client: Credentials
+
+    @classmethod
+    def write(cls, directory: str) -> BareCredentials:
+        from asgi_p2p import SecretKey
+        from asgi_p2p.endpoint.tls import node_certificate
+
+        def one(seed: str) -> Credentials:
+            key = SecretKey.from_seed(seed)
+            return write_credentials(node_certificate(key), key.private_key, directory, seed)
+
+        return cls(one("bench-server"), one("bench-client"))
+
+
+def run_one(impl: str, mds: int, p: Params, profile: str | None = None, bare: BareCredentials | None = None) -> Result:
     """One run of every phase: a server with each implementation's defaults (handshakes, round
-    trips, bulk with default limits), then one with the same limits on both (bulk)."""
+    trips, bulk with default limits), then one with the same limits on both (bulk).
+
+    Bare aioquic (``bare`` holds its certificates) runs in a child process that never imports
+    asgi_p2p: this script with ``--bare-child``.
+    """
+    if impl == "aioquic":
+        assert bare is not None, "bare aioquic needs its certificates"
+        return _run_bare_child(mds, p, profile, bare)
+    return _run_one(impl, mds, p, profile, None, [])
+
+
+def _run_one(
+    impl: str, mds: int, p: Params, profile: str | None, credentials: BareCredentials | None, checks: list[str]
+) -> Result:
+    """As :func:`run_one`, in this process; a bare server's ``unpatched()`` line goes to ``checks``."""
     res = Result()
     for limits in p.limits():
         phases = p.phases if limits.kind == "default" else p.phases & {"bulk"}
         if not phases:
             continue
         prefix = f"{profile}.{impl}.{mds}.{limits.kind}" if profile is not None else None
-        server = ServerProcess(impl, mds, limits, profile=f"{prefix}.server.prof" if prefix else None)
+        server = ServerProcess(
+            impl,
+            mds,
+            limits,
+            profile=f"{prefix}.server.prof" if prefix else None,
+            credentials=credentials.server if credentials is not None else None,
+        )
         prof = cProfile.Profile() if prefix else None
         try:
             if prof is not None:
                 prof.enable()
-            part = asyncio.run(RUNNERS[impl](server, mds, dataclasses.replace(p, phases=phases), limits))
+            client_credentials = credentials.client if credentials is not None else None
+            part = asyncio.run(
+                RUNNERS[impl](server, mds, dataclasses.replace(p, phases=phases), limits, client_credentials)
+            )
         finally:
             if prof is not None:
                 prof.disable()
                 prof.dump_stats(f"{prefix}.client.prof")
             server.stop()
+        if impl == "aioquic":
+            checks.append(check_unpatched(server.last_word, "the bare aioquic server"))
         bulk, sizes = {**res.bulk, **part.bulk}, res.datagram_sizes | part.datagram_sizes
         if limits.kind == "default":
             res = part
         res.bulk, res.datagram_sizes = bulk, sizes
     return res
+
+
+def _run_bare_child(mds: int, p: Params, profile: str | None, bare: BareCredentials) -> Result:
+    """Bare aioquic's run in a fresh process that never imports asgi_p2p (``--bare-child``)."""
+    job = {
+        "mds": mds,
+        "params": {**dataclasses.asdict(p), "phases": sorted(p.phases)},
+        "profile": profile,
+        "credentials": dataclasses.asdict(bare),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--bare-child", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the bare aioquic child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    for line in proc.stderr.splitlines():  # the client's and the server's check
+        print(f"# {line}", file=sys.stderr, flush=True)
+    check_unpatched(proc.stderr, "the bare aioquic child")
+    data = json.loads(proc.stdout)
+    bulk = {kind: Bulk(**b) for kind, b in data.pop("bulk").items()}
+    return Result(**{**data, "bulk": bulk, "datagram_sizes": set(data["datagram_sizes"])})
+
+
+def _bare_child(job_json: str) -> int:
+    """``--bare-child JOB``: run bare aioquic's phases, print the result as JSON on stdout."""
+    job = json.loads(job_json)
+    params = job["params"]
+    p = Params(**{**params, "phases": frozenset(params["phases"])})
+    creds = job["credentials"]
+    bare = BareCredentials(Credentials(**creds["server"]), Credentials(**creds["client"]))
+    servers: list[str] = []
+    res = _run_one("aioquic", job["mds"], p, job["profile"], bare, servers)
+    print(f"{unpatched()} (the client process and its {len(servers)} server processes)", file=sys.stderr)
+    print(json.dumps({**dataclasses.asdict(res), "datagram_sizes": sorted(res.datagram_sizes)}))
+    return 0
 
 
 def _median(values: list[float]) -> float:
@@ -769,7 +887,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="PyPI iroh column (needs iroh importable and `unshare -n`; not implemented yet: exits 2 saying why)",
     )
+    ap.add_argument("--bare-child", metavar="JOB", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.bare_child is not None:
+        return _bare_child(args.bare_child)
 
     phases = frozenset(x.strip() for x in args.phases.split(",") if x.strip())
     unknown = phases - {"handshake", "rtt", "bulk"}
@@ -792,23 +913,25 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description()
     results: dict[tuple[str, int], list[Result]] = {}
     impls = ["asgi-p2p", "aioquic"] if args.only is None else [args.only]
-    for rep in range(args.repeat):
-        for mds in sizes:
-            for impl in impls if rep % 2 == 0 else list(reversed(impls)):
-                t0 = time.perf_counter()
-                r = run_one(impl, mds, p, args.profile)
-                results.setdefault((impl, mds), []).append(r)
-                bulk = ", ".join(
-                    f"bulk {kind} {b.mbps:.1f} MB/s ({b.cpu_ms_per_mib:.2f} CPU ms/MiB, {b.drops:.0f} dropped)"
-                    for kind, b in r.bulk.items()
-                )
-                print(
-                    f"# run {rep + 1}/{args.repeat} {impl} mds={mds}: handshake {r.handshake_ms:.2f} ms "
-                    f"(confirmed {r.handshake_confirmed_ms:.2f}), cpu {r.client_cpu_ms:.2f}+{r.server_cpu_ms:.2f} ms, "
-                    f"rtt {r.rtt_us:.0f} µs, {bulk} [{time.perf_counter() - t0:.1f} s]",
-                    file=sys.stderr,
-                    flush=True,
-                )
+    with tempfile.TemporaryDirectory() as cert_dir:
+        bare = BareCredentials.write(cert_dir)
+        for rep in range(args.repeat):
+            for mds in sizes:
+                for impl in impls if rep % 2 == 0 else list(reversed(impls)):
+                    t0 = time.perf_counter()
+                    r = run_one(impl, mds, p, args.profile, bare)
+                    results.setdefault((impl, mds), []).append(r)
+                    bulk = ", ".join(
+                        f"bulk {kind} {b.mbps:.1f} MB/s ({b.cpu_ms_per_mib:.2f} CPU ms/MiB, {b.drops:.0f} dropped)"
+                        for kind, b in r.bulk.items()
+                    )
+                    print(
+                        f"# run {rep + 1}/{args.repeat} {impl} mds={mds}: handshake {r.handshake_ms:.2f} ms "
+                        f"(confirmed {r.handshake_confirmed_ms:.2f}), cpu {r.client_cpu_ms:.2f}+"
+                        f"{r.server_cpu_ms:.2f} ms, rtt {r.rtt_us:.0f} µs, {bulk} [{time.perf_counter() - t0:.1f} s]",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
     print(f"Machine: {machine}")
     print(

@@ -684,3 +684,82 @@ def test_peers_table_marks_client_bound_runs_and_takes_the_server_capacity_ratio
     assert not Run("x", 1, 1, 1, 1, 1, 0.85, 0.30).client_bound
     assert not Run("x", 1, 1, 1, 1, 1, 1.00, 0.95).client_bound
     assert Run("x", 1, 1, 1, 1, 1, 0.95, 0.70).client_bound
+
+
+#: what a bare aioquic process prints once it checked that aioquic ran as shipped (benchmarks/_bare.py)
+UNPATCHED = (
+    "bare aioquic unpatched: asgi_p2p never imported, QuicConnection._write_application from aioquic.quic.connection"
+)
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=240, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_bare_aioquic_check_refuses_a_process_that_imported_asgi_p2p() -> None:
+    """The check every bare child runs fails where asgi_p2p patched aioquic, even once unloaded."""
+    code = (
+        "import sys\n"
+        "from benchmarks._bare import unpatched\n"
+        "print(unpatched())\n"
+        "import asgi_p2p\n"
+        "for name in [m for m in sys.modules if m.startswith('asgi_p2p')]:\n"
+        "    del sys.modules[name]\n"
+        "try:\n"
+        "    unpatched()\n"
+        "except AssertionError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    out = _bench("-c", code).stdout.splitlines()
+    assert out == [UNPATCHED, "refused: QuicConnection._write_application from asgi_p2p.aioquic_compat"]
+
+
+def test_transport_benchmark_bare_aioquic_runs_unpatched() -> None:
+    proc = _bench(
+        *(str(SCRIPT), "--quick", "--only", "aioquic", "--datagram-sizes", "1200"),
+        *("--handshakes", "3", "--rtts", "20", "--bulk-mib", "1"),
+    )
+    assert f"# {UNPATCHED} (the client process and its 2 server processes)" in proc.stderr.splitlines()
+    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| 64 B message round trip")]
+    assert row.split("|")[4].strip() != "n/a", row  # the child's numbers reached the table
+
+
+def test_handshake_benchmark_runs_each_bare_round_unpatched_and_interleaved() -> None:
+    proc = _bench(str(ROOT / "benchmarks" / "handshake.py"), "--handshakes", "3", "--repeat", "2")
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("# ")]
+    rounds = [line.split(":")[0] for line in lines if line.startswith("# round")]
+    assert rounds == [
+        "# round 1/2 asgi-p2p",
+        "# round 1/2 aioquic",
+        "# round 2/2 aioquic",
+        "# round 2/2 asgi-p2p",
+    ], lines
+    # each bare round: a fresh process saying it ran unpatched, just before its round's line
+    for i, line in enumerate(lines):
+        if line.startswith("# round") and "aioquic:" in line:
+            assert lines[i - 1] == f"# {UNPATCHED}", lines
+    assert lines.count(f"# {UNPATCHED}") == 2
+    assert "| CPU ms per handshake, both ends |" in proc.stdout
+
+
+def test_sim_benchmark_bare_aioquic_row_runs_unpatched() -> None:
+    proc = _bench(
+        *(str(ROOT / "benchmarks" / "sim.py"), "--workloads", "quic", "--nodes", "2"),
+        *("--seconds", "3", "--quic-intervals", "1"),
+    )
+    assert proc.stderr.splitlines().count(f"# {UNPATCHED}") == 1, proc.stderr
+    assert "| bare aioquic (no simulator), 1 msg / 1 s / connection | 2 pairs |" in proc.stdout
+
+
+def test_http_benchmark_aioquic_client_runs_unpatched() -> None:
+    proc = _bench(
+        *(str(ROOT / "benchmarks" / "http.py"), "--only-p2p", "--repeat", "1"),
+        *("--requests", "20", "--concurrency", "2", "--big-mib", "1"),
+    )
+    lines = proc.stderr.splitlines()
+    # the aioquic client's row, and only it, runs in a process of its own that says so
+    assert lines[lines.index("round 1/1: p2p-aioquic ...") + 1] == f"  {UNPATCHED}", lines
+    assert lines.count(f"  {UNPATCHED}") == 1, lines
+    assert "| asgi-p2p h3, aioquic client (datagram 1200) |" in proc.stdout
