@@ -1224,6 +1224,39 @@ def test_server_resumption_refusals(case: str) -> None:
         assert hooks.peer_public_key(p.server) == ck.node_id.to_bytes()
 
 
+def test_server_resumption_reads_aioquics_parse_of_each_client_hello(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ticket lookup takes the age and random from aioquic's own parse: one parse per
+    ClientHello (not two), and each connection's offer is its own ClientHello's."""
+    parsed: list[tls.ClientHello] = []
+    original = tls.pull_client_hello
+
+    def counting(buf: Buffer) -> tls.ClientHello:
+        hello = original(buf)
+        parsed.append(hello)
+        return hello
+
+    monkeypatch.setattr(tls, "pull_client_hello", counting)
+    ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
+    ticket, sessions = _first_session(ck, sk)
+    assert len(parsed) == 1  # a full handshake: one parse, no offer
+    other_ck = SecretKey.from_seed("c2")
+    other_ticket, other_sessions = _first_session(other_ck, sk)
+    assert len(parsed) == 2
+    other_sessions[b"other"] = other_sessions.pop(b"ticket 0")
+    other_ticket.ticket = b"other"
+    first = ResumePair(ck, sk, ticket=ticket, sessions=sessions)
+    second = ResumePair(other_ck, sk, ticket=other_ticket, sessions=other_sessions)
+    first.start_early(b"a")
+    second.start_early(b"b")
+    assert len(parsed) == 4
+    (offer,) = first.offers
+    (other_offer,) = second.offers
+    assert offer.ticket == b"ticket 0" and offer.client_random == parsed[2].random
+    assert other_offer.ticket == b"other" and other_offer.client_random == parsed[3].random
+    assert offer.client_random != other_offer.client_random
+    assert first.server.tls.session_resumed and second.server.tls.session_resumed
+
+
 def test_clocked_ticket_counts_age_and_validity_by_the_given_clock() -> None:
     ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
     ticket, _ = _first_session(ck, sk)
