@@ -265,14 +265,24 @@ class AlertAccessDenied(tls.Alert):
     description = tls.AlertDescription.access_denied
 
 
+#: each TLS context's peer certificate and its raw key, extracted once (the identity hook,
+#: the ticket issued and the endpoint each ask for it during one handshake)
+_RAW_KEYS: weakref.WeakKeyDictionary[tls.Context, tuple[Any, bytes]] = weakref.WeakKeyDictionary()
+
+
 def _raw_ed25519(ctx: tls.Context) -> bytes:
     cert = ctx._peer_certificate
     if cert is None:
         raise AlertCertificateRequired("peer sent no certificate; asgi-p2p nodes must present their node key")
+    known = _RAW_KEYS.get(ctx)
+    if known is not None and known[0] is cert:  # (the same certificate object, not an equal one)
+        return known[1]
     key = cert.public_key()
     if not isinstance(key, Ed25519PublicKey):
         raise tls.AlertBadCertificate("peer certificate key is not Ed25519")
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    _RAW_KEYS[ctx] = (cert, raw)
+    return raw
 
 
 def peer_public_key(quic: QuicConnection) -> bytes | None:
