@@ -941,8 +941,7 @@ class PeerConnection:
                 self.handler.connection_lost(err)
             except Exception:
                 log.exception("connection_lost handler failed")
-        # (the node id is formatted only if the line is logged: a z-base-32 encoding per connection)
-        log.debug("%s: closed: %s", self.remote_node_id or "peer", err)
+        log.debug("%s: closed: %s", self._peer_label(), err)
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
         """Close now (pending stream data is dropped); see :meth:`aclose` for a graceful close."""
