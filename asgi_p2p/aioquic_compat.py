@@ -151,6 +151,7 @@ import functools
 import itertools
 import logging
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -272,14 +273,24 @@ class AlertAccessDenied(tls.Alert):
     description = tls.AlertDescription.access_denied
 
 
+#: each TLS context's peer certificate and its raw key, extracted once (the identity hook,
+#: the ticket issued and the endpoint each ask for it during one handshake)
+_RAW_KEYS: weakref.WeakKeyDictionary[tls.Context, tuple[Any, bytes]] = weakref.WeakKeyDictionary()
+
+
 def _raw_ed25519(ctx: tls.Context) -> bytes:
     cert = ctx._peer_certificate
     if cert is None:
         raise AlertCertificateRequired("peer sent no certificate; asgi-p2p nodes must present their node key")
+    known = _RAW_KEYS.get(ctx)
+    if known is not None and known[0] is cert:  # (the same certificate object, not an equal one)
+        return known[1]
     key = cert.public_key()
     if not isinstance(key, Ed25519PublicKey):
         raise tls.AlertBadCertificate("peer certificate key is not Ed25519")
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    _RAW_KEYS[ctx] = (cert, raw)
+    return raw
 
 
 def peer_public_key(quic: QuicConnection) -> bytes | None:
@@ -1973,6 +1984,31 @@ class ResumableSession:
     accept_early: Callable[[], bool]
 
 
+class _KeptHellos(threading.local):
+    """The ClientHellos aioquic parsed in this thread while a server hook listens (else None)."""
+
+    hellos: list[tls.ClientHello] | None = None
+
+
+_KEPT_HELLOS = _KeptHellos()
+_AIOQUIC_PULL_CLIENT_HELLO = tls.pull_client_hello
+
+
+def _pull_client_hello(buf: Buffer) -> tls.ClientHello:
+    """aioquic's ``pull_client_hello`` (which ``tls.Context._server_handle_hello`` calls by its
+    module name); while a server connection of :func:`install_server_resumption` handles its
+    ClientHello, the parse is kept for its ticket lookup (other callers: only a thread-local
+    check)."""
+    hello = _AIOQUIC_PULL_CLIENT_HELLO(buf)
+    kept = _KEPT_HELLOS.hellos
+    if kept is not None:
+        kept.append(hello)
+    return hello
+
+
+tls.pull_client_hello = _pull_client_hello
+
+
 def install_server_resumption(
     quic: QuicConnection,
     *,
@@ -1992,8 +2028,8 @@ def install_server_resumption(
       connection itself was resumed (the caller knows the node from the ticket).  The
       NewSessionTicket (lifetime ``lifetime`` seconds, ``age_add`` drawn from ``rng``,
       early data allowed) is then pushed as aioquic would.
-    * Resuming (``tls.Context.get_session_ticket_cb`` with the ClientHello re-parsed for
-      the ticket age and random): ``open_ticket(offer)`` returns the session or None (a
+    * Resuming (``tls.Context.get_session_ticket_cb``, with aioquic's own parse of the
+      ClientHello kept for the ticket age and random): ``open_ticket(offer)`` returns the session or None (a
       full handshake); raising a :class:`aioquic.tls.Alert` refuses the client.  0-RTT
       keys are installed (``update_traffic_key_cb`` for the 0-RTT epoch) only if the
       session's ``accept_early()`` says so; else EncryptedExtensions tells the client its
@@ -2010,33 +2046,31 @@ def install_server_resumption(
         if ctx._is_client:
             _offer_one_key_share(ctx)
             return
-        offered: list[OfferedTicket] = []
         session: list[ResumableSession] = []
         orig_hello = ctx._server_handle_hello
         orig_finished = ctx._server_handle_finished
         orig_update = ctx.update_traffic_key_cb
 
         def server_hello(input_buf: Any, initial_buf: Any, handshake_buf: Any) -> None:
-            offered.clear()
+            # fetch (get_session_ticket_cb) reads the ticket age and the random from aioquic's
+            # own parse of the ClientHello, kept meanwhile: no second parse per connection
+            outer = _KEPT_HELLOS.hellos
+            _KEPT_HELLOS.hellos = []
             try:
-                hello = tls.pull_client_hello(Buffer(data=input_buf.data_slice(0, input_buf.capacity)))
-            except (BufferReadError, tls.Alert, ValueError):
-                hello = None  # aioquic's own parse raises the right alert
-            if hello is not None and hello.pre_shared_key is not None and len(hello.pre_shared_key.identities) == 1:
-                ident, age = hello.pre_shared_key.identities[0]
-                offered.append(OfferedTicket(ident, age, hello.random, None))
-            orig_hello(input_buf, initial_buf, handshake_buf)
+                orig_hello(input_buf, initial_buf, handshake_buf)
+            finally:
+                _KEPT_HELLOS.hellos = outer
             if ctx.session_resumed and ctx.state == tls.State.SERVER_EXPECT_CERTIFICATE:
                 ctx._server_expect_finished()
 
         def fetch(identity: bytes) -> tls.SessionTicket | None:
             session.clear()
-            if not offered or offered[0].ticket != identity:
+            hellos = _KEPT_HELLOS.hellos
+            hello = hellos[-1] if hellos else None  # (aioquic asks only while parsing one)
+            psk = hello.pre_shared_key if hello is not None else None
+            if hello is None or psk is None or len(psk.identities) != 1 or psk.identities[0][0] != identity:
                 return None
-            offer = offered[0]
-            found = open_ticket(
-                OfferedTicket(offer.ticket, offer.obfuscated_age, offer.client_random, ctx.alpn_negotiated)
-            )
+            found = open_ticket(OfferedTicket(identity, psk.identities[0][1], hello.random, ctx.alpn_negotiated))
             if found is None:
                 return None
             session.append(found)

@@ -327,25 +327,18 @@ class MessageService:
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
         self._listener = MessageListener(endpoint.config.accept_queue_size)
-        self._by_conn: dict[PeerConnection, MessageConnection] = {}
         endpoint.add_protocol(MSG_ALPN, self.handler_for)
 
     def handler_for(self, conn: PeerConnection) -> MessageConnection:
         mc = MessageConnection(conn)
         if not conn.is_client and not self._listener._offer(mc):
             raise ConnectionClosed("accept queue full")
-        self._by_conn[conn] = mc
-        conn.loop.create_task(self._forget_when_closed(conn))
         return mc
-
-    async def _forget_when_closed(self, conn: PeerConnection) -> None:
-        await conn.wait_closed()
-        self._by_conn.pop(conn, None)
 
     async def connect(self, addr: NodeAddr | NodeId) -> MessageConnection:
         conn = await self._endpoint.connect_quic(addr, MSG_ALPN)
-        mc = self._by_conn.get(conn)
-        if mc is None:  # pragma: no cover - the handler is made before connect returns
+        mc = conn.handler  # (the connection's handler is made before connect returns)
+        if not isinstance(mc, MessageConnection):  # pragma: no cover - made by handler_for
             raise ConnectionClosed("connection closed during setup")
         return mc
 

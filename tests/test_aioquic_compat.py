@@ -1288,6 +1288,85 @@ def test_server_resumption_refusals(case: str) -> None:
         assert hooks.peer_public_key(p.server) == ck.node_id.to_bytes()
 
 
+def test_peer_public_key_is_extracted_once_per_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The raw key is kept per TLS context and certificate: asked again (the identity hook,
+    the ticket, the endpoint) it is not extracted again, and another certificate in the same
+    context gets its own key, never the one kept."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
+    p = Pair(ck, sk)
+    hooks.install_identity_hooks(p.client, lambda raw: None)
+    hooks.install_identity_hooks(p.start(), lambda raw: None)
+    p.pump()
+    ctx = p.server.tls
+    assert hooks.peer_public_key(p.server) == ck.node_id.to_bytes()
+    calls: list[object] = []
+    cert = ctx._peer_certificate
+    assert cert is not None
+    original = type(cert).public_key
+    monkeypatch.setattr(type(cert), "public_key", lambda self: calls.append(self) or original(self))
+    assert hooks.peer_public_key(p.server) == ck.node_id.to_bytes()
+    assert calls == []  # kept from the handshake
+    other = SecretKey.from_seed("other")
+    ctx._peer_certificate = node_certificate(other)
+    assert hooks.peer_public_key(p.server) == other.node_id.to_bytes()
+    assert hooks.peer_public_key(p.server) == other.node_id.to_bytes()
+    assert len(calls) == 1
+    # a certificate with a key that is not Ed25519 is refused, whatever was kept before
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ec")])
+    ec_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(ec_key.public_key())
+        .serial_number(1)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+        .sign(ec_key, hashes.SHA256())
+    )
+    ctx._peer_certificate = ec_cert
+    assert hooks.peer_public_key(p.server) is None
+
+
+def test_server_resumption_reads_aioquics_parse_of_each_client_hello(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ticket lookup takes the age and random from aioquic's own parse: one parse per
+    ClientHello (not two), and each connection's offer is its own ClientHello's."""
+    parsed: list[tls.ClientHello] = []
+    original = tls.pull_client_hello
+
+    def counting(buf: Buffer) -> tls.ClientHello:
+        hello = original(buf)
+        parsed.append(hello)
+        return hello
+
+    monkeypatch.setattr(tls, "pull_client_hello", counting)
+    ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
+    ticket, sessions = _first_session(ck, sk)
+    assert len(parsed) == 1  # a full handshake: one parse, no offer
+    other_ck = SecretKey.from_seed("c2")
+    other_ticket, other_sessions = _first_session(other_ck, sk)
+    assert len(parsed) == 2
+    other_sessions[b"other"] = other_sessions.pop(b"ticket 0")
+    other_ticket.ticket = b"other"
+    first = ResumePair(ck, sk, ticket=ticket, sessions=sessions)
+    second = ResumePair(other_ck, sk, ticket=other_ticket, sessions=other_sessions)
+    first.start_early(b"a")
+    second.start_early(b"b")
+    assert len(parsed) == 4
+    (offer,) = first.offers
+    (other_offer,) = second.offers
+    assert offer.ticket == b"ticket 0" and offer.client_random == parsed[2].random
+    assert other_offer.ticket == b"other" and other_offer.client_random == parsed[3].random
+    assert offer.client_random != other_offer.client_random
+    assert first.server.tls.session_resumed and second.server.tls.session_resumed
+
+
 def test_clocked_ticket_counts_age_and_validity_by_the_given_clock() -> None:
     ck, sk = SecretKey.from_seed("c"), SecretKey.from_seed("s")
     ticket, _ = _first_session(ck, sk)

@@ -7,6 +7,7 @@ restarted node at the peer's address) and sees exactly what the endpoint sends.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import random
 
 import pytest
@@ -34,6 +35,10 @@ def test_tokens_depend_on_key_and_connection_id_only() -> None:
     cid = bytes(range(8))
     a, a_again, b = ResetTokens(KEY), ResetTokens(SecretKey.from_seed("server")), ResetTokens(SecretKey.generate())
     assert a.token(cid) == a_again.token(cid)  # a restarted node computes the same token
+    # HMAC-SHA256 of the id under a key derived from the node key (not a key-independent hash)
+    key = hmac.digest(KEY.to_bytes(), b"asgi-p2p stateless reset key v1", "sha256")
+    assert a.token(cid) == hmac.digest(key, cid, "sha256")[:RESET_TOKEN_SIZE]
+    assert a.token(cid) == a.token(cid)  # the keyed state is copied, never consumed
     assert len(a.token(cid)) == RESET_TOKEN_SIZE
     assert a.token(cid) != b.token(cid)
     assert a.token(cid) != a.token(bytes(8))
