@@ -45,7 +45,7 @@ from ..paths.route import Route, RouteOwner
 from ..paths.router import Router, virtual_address
 from .admission import AdmissionStats, AdmissionTable, InvalidToken, RetryTokens, Verdict, source_of
 from .base import ConnectionHandler
-from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection
+from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection, TransmitPass
 from .peerstate import (
     MAX_CIDS_PER_PEER,
     MAX_REMEMBERED,
@@ -239,6 +239,8 @@ class Endpoint:
             confirmed=self._connection_confirmed,
             closed=self._forget,
             reset_token=self._peer_reset_token_changed,
+            # the connections' deferred transmits run together, one callback per loop pass
+            transmits=TransmitPass(),
         )
         self._relay: ManagedRelayLink | None = None
         #: Asked for the addresses of a node dialed by id alone (see :meth:`connect_quic`); None: nobody.
