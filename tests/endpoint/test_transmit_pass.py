@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import httpx
+import pytest
 
 from asgi_p2p import NetworkConfig, Node
 from asgi_p2p.endpoint.connection import PeerConnection, TransmitPass
@@ -138,7 +139,7 @@ async def test_behind_moves_a_pending_transmit_after_the_callbacks_queued_since(
 
 
 async def test_a_closed_connection_in_the_pass_is_skipped() -> None:
-    loop, tp, (a, b, c), log = _conns(3)
+    _, tp, (a, b, c), log = _conns(3)
     _ask(tp, a)
     _ask(tp, b)
     _ask(tp, c)
@@ -152,13 +153,14 @@ async def test_a_closed_connection_in_the_pass_is_skipped() -> None:
     assert log == ["transmit 2", "transmit 1"]
 
 
-async def test_a_failing_transmit_does_not_hold_back_the_others() -> None:
-    loop, tp, (a, b), log = _conns(2)
+async def test_a_failing_transmit_does_not_hold_back_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    _, tp, (a, b), log = _conns(2)
     a.fail = True
     _ask(tp, a)
     _ask(tp, b)
     await _settle()
     assert log == ["transmit 0", "transmit 1"]
+    assert "transmit of <conn 0> failed" in caplog.text
     a.fail = False
     _ask(tp, a)  # the pass is usable afterwards
     await _settle()
