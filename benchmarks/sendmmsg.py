@@ -1,11 +1,12 @@
 """Sending a transmit pass's datagrams to many peers: a ``sendto`` each, or one ``sendmmsg``?
 
-    python benchmarks/sendmmsg.py [--repeat 5] [--rounds 2000] [--datagrams 100] [--size 1200]
+    python benchmarks/sendmmsg.py [--repeat 5] [--rounds 2000] [--datagrams 100,16,4] [--size 1200]
 
 Python 3.11's socket module has no ``sendmmsg``; the only way to it from the standard library
-is ctypes.  This measures, on 127.0.0.1, the CPU time per datagram of sending ``--datagrams``
-datagrams of ``--size`` bytes to as many different local ports (one datagram each, as a
-server's transmit pass over 100 peers with one request each produces), three ways:
+is ctypes.  This measures, on 127.0.0.1, the CPU time per datagram of sending batches of
+``--datagrams`` datagrams of ``--size`` bytes to as many different local ports (one datagram
+each, as a server's transmit pass over 100 peers with one request each produces; smaller
+batches, as a pass under less load does), five ways:
 
 * ``sendto``: a loop of ``socket.sendto(data, addr)`` (what ``UdpSocket.sendto`` does);
 * ``sendmmsg, ctypes structs``: one ``sendmmsg`` through ctypes, the ``mmsghdr`` / ``iovec``
@@ -13,7 +14,13 @@ server's transmit pass over 100 peers with one request each produces), three way
   built once and cached (as a library would);
 * ``sendmmsg, packed``: the same call with the arrays packed by one precompiled ``struct``
   per call into a preallocated buffer, the payloads joined into one buffer (one copy) so
-  that only one pointer has to be taken from Python: the cheapest way to build them found.
+  that only one pointer has to be taken from Python: the cheapest way to build them found;
+* ``sendmmsg, constant fields written once``: the headers' constant fields (each message's
+  sockaddr slot, iovec, lengths) written when the sender is made; per call only the
+  destinations (cached ``sockaddr`` bytes joined and copied with one ``memmove``) and the
+  iovecs (one ``pack_into``) are written;
+* ``sendmmsg, arrays prebuilt``: the system call alone, its arrays built once before the
+  clock starts (a lower bound no library reaches: a pass's datagrams change every time).
 
 Both sendmmsg variants include building their arrays (the cost a library pays per pass).
 Each round sends one batch with every variant (the order rotating), timed with
@@ -43,6 +50,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 from benchmarks._machine import load_average, machine_description  # noqa: E402
 
 Address = tuple[str, int]
+Batch = Sequence[tuple[bytes, Address]]
 
 
 class _SockaddrIn(ctypes.Structure):
@@ -171,6 +179,78 @@ class PackedSender:
         return sent
 
 
+class SlotSender:
+    """sendmmsg with every constant header field written once: per call only the destinations
+    (cached sockaddr bytes, joined and copied in one ``memmove``) and the iovecs (one
+    ``pack_into``) are written; the payloads are joined into one buffer (one copy)."""
+
+    def __init__(self, sock: socket.socket, most: int) -> None:
+        self.fd = sock.fileno()
+        self.msgs = ctypes.create_string_buffer(64 * most)
+        self.msgs_at = ctypes.addressof(self.msgs)
+        self.iovs = ctypes.create_string_buffer(16 * most)
+        iovs_at = ctypes.addressof(self.iovs)
+        self.names = ctypes.create_string_buffer(16 * most)
+        self.names_at = ctypes.addressof(self.names)
+        hdr = struct.Struct(PackedSender._MMSG)
+        for i in range(most):
+            hdr.pack_into(self.msgs, 64 * i, self.names_at + 16 * i, 16, iovs_at + 16 * i, 1, 0, 0, 0, 0)
+        self.cache: dict[Address, bytes] = {}
+        self.iov_packers: dict[int, struct.Struct] = {}
+
+    def send(self, datagrams: Sequence[tuple[bytes, Address]]) -> int:
+        n = len(datagrams)
+        cache = self.cache
+        names = []
+        payloads = []
+        for data, addr in datagrams:
+            name = cache.get(addr)
+            if name is None:
+                name = cache[addr] = bytes(_sockaddr(addr))
+            names.append(name)
+            payloads.append(data)
+        ctypes.memmove(self.names_at, b"".join(names), 16 * n)
+        joined = b"".join(payloads)
+        at = ctypes.cast(ctypes.c_char_p(joined), ctypes.c_void_p).value or 0
+        flat: list[int] = []
+        for data in payloads:
+            size = len(data)
+            flat += (at, size)
+            at += size
+        packer = self.iov_packers.get(n)
+        if packer is None:
+            packer = self.iov_packers[n] = struct.Struct("PQ" * n)
+        packer.pack_into(self.iovs, 0, *flat)
+        return int(_sendmmsg(self.fd, self.msgs_at, n, _MSG_DONTWAIT))
+
+
+def prebuilt(sock: socket.socket, batch: Sequence[tuple[bytes, Address]]) -> Callable[[Batch], int]:
+    """sendmmsg of arrays built once, before the clock starts: the system call alone (a lower
+    bound no library reaches: its datagrams and destinations change every pass)."""
+    packed = PackedSender(sock, len(batch))
+    joined = b"".join([d for d, _ in batch])
+    base = ctypes.cast(ctypes.c_char_p(joined), ctypes.c_void_p).value or 0
+    mm, iv = packed._packers(len(batch))
+    iov_args: list[int] = []
+    msg_args: list[int] = []
+    offset = 0
+    for i, (data, addr) in enumerate(batch):
+        sa = _sockaddr(addr)
+        packed._keep.append(sa)
+        iov_args += (base + offset, len(data))
+        msg_args += (ctypes.addressof(sa), 16, packed.iovs_at + 16 * i, 1, 0, 0, 0, 0)
+        offset += len(data)
+    iv.pack_into(packed.iovs, 0, *iov_args)
+    mm.pack_into(packed.msgs, 0, *msg_args)
+    fd, msgs, n = packed.fd, packed.msgs_at, len(batch)
+
+    def send(datagrams: Sequence[tuple[bytes, Address]]) -> int:
+        assert joined and packed.msgs  # the buffers stay alive with the closure
+        return int(_sendmmsg(fd, msgs, n, _MSG_DONTWAIT))
+
+    return send
+
+
 def sendto_loop(sock: socket.socket) -> Callable[[Sequence[tuple[bytes, Address]]], int]:
     sendto = sock.sendto
 
@@ -182,34 +262,17 @@ def sendto_loop(sock: socket.socket) -> Callable[[Sequence[tuple[bytes, Address]
     return send
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2000)
-    parser.add_argument("--datagrams", type=int, default=100)
-    parser.add_argument("--size", type=int, default=1200)
-    args = parser.parse_args()
-    if not sys.platform.startswith("linux"):
-        parser.error("Linux only (sendmmsg)")
-    if args.repeat < 1 or args.rounds < 1 or not 1 <= args.datagrams <= 1024 or not 1 <= args.size <= 65000:
-        parser.error("--repeat and --rounds at least 1, --datagrams 1-1024, --size 1-65000")
-    print(f"Machine: {machine_description()}", flush=True)
-    receivers = []
-    for _ in range(args.datagrams):
-        r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        r.bind(("127.0.0.1", 0))
-        r.setblocking(False)
-        receivers.append(r)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sender.bind(("127.0.0.1", 0))
-    sender.setblocking(False)
-    batch = [(os.urandom(args.size), r.getsockname()) for r in receivers]
-    variants: dict[str, Callable[[Sequence[tuple[bytes, Address]]], int]] = {
+def measure(
+    batch: Batch, receivers: list[socket.socket], sender: socket.socket, args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Per variant, each run's CPU µs per datagram of sending ``batch``."""
+    n = len(batch)
+    variants: dict[str, Callable[[Batch], int]] = {
         "sendto": sendto_loop(sender),
-        "sendmmsg, ctypes structs": StructSender(sender, args.datagrams).send,
-        "sendmmsg, packed": PackedSender(sender, args.datagrams).send,
+        "sendmmsg, ctypes structs": StructSender(sender, n).send,
+        "sendmmsg, packed": PackedSender(sender, n).send,
+        "sendmmsg, constant fields written once": SlotSender(sender, n).send,
+        "sendmmsg, arrays prebuilt (the system call alone)": prebuilt(sender, batch),
     }
     names = list(variants)
 
@@ -218,10 +281,9 @@ def main() -> None:
         for r in receivers:
             while True:
                 try:
-                    data = r.recv(65535)
+                    r.recv(65535)
                 except BlockingIOError:
                     break
-                assert len(data) == args.size
                 got += 1
         return got
 
@@ -236,25 +298,61 @@ def main() -> None:
                 t0 = clock()
                 sent = send(batch)
                 spent[name] += clock() - t0
-                if sent != len(batch):
-                    raise SystemExit(f"{name}: {sent} of {len(batch)} sent ({os.strerror(ctypes.get_errno())})")
+                if sent != n:
+                    raise SystemExit(f"{name}: {sent} of {n} sent ({os.strerror(ctypes.get_errno())})")
                 got = drain()
-                if got != len(batch):
-                    raise SystemExit(f"{name}: {got} of {len(batch)} datagrams arrived")
+                if got != n:
+                    raise SystemExit(f"{name}: {got} of {n} datagrams arrived")
         for name in names:
-            runs[name].append(spent[name] / (args.rounds * args.datagrams) * 1e6)
-        print(f"run {rep + 1}/{args.repeat} (load {load_average()})", file=sys.stderr)
-    base = statistics.median(runs["sendto"])
+            runs[name].append(spent[name] / (args.rounds * n) * 1e6)
+        print(f"{n} datagrams: run {rep + 1}/{args.repeat} (load {load_average()})", file=sys.stderr)
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--datagrams", default="100,16,4", help="datagrams per batch (comma-separated sizes)")
+    parser.add_argument("--size", type=int, default=1200)
+    args = parser.parse_args()
+    if not sys.platform.startswith("linux"):
+        parser.error("Linux only (sendmmsg)")
+    try:
+        counts = [int(c) for c in args.datagrams.split(",")]
+    except ValueError:
+        parser.error("--datagrams: comma-separated numbers")
+    if args.repeat < 1 or args.rounds < 1 or not all(1 <= c <= 1024 for c in counts) or not 1 <= args.size <= 65000:
+        parser.error("--repeat and --rounds at least 1, --datagrams 1-1024 each, --size 1-65000")
+    print(f"Machine: {machine_description()}", flush=True)
+    receivers = []
+    for _ in range(max(counts)):
+        r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        r.bind(("127.0.0.1", 0))
+        r.setblocking(False)
+        receivers.append(r)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    sender.bind(("127.0.0.1", 0))
+    sender.setblocking(False)
+    payload = os.urandom(args.size)
+    results = {}
+    for n in counts:
+        batch = [(payload[:-1] + bytes([i % 256]), r.getsockname()) for i, r in enumerate(receivers[:n])]
+        results[n] = measure(batch, receivers[:n], sender, args)
     print(
-        f"\n{args.datagrams} datagrams of {args.size} bytes to {args.datagrams} ports on 127.0.0.1 per batch, "
-        f"{args.rounds} batches per run, {args.repeat} runs; load at the end: {load_average()}\n"
+        f"\nDatagrams of {args.size} bytes, each batch to as many ports on 127.0.0.1, {args.rounds} batches per run, "
+        f"{args.repeat} runs, variants interleaved; load at the end: {load_average()}\n"
     )
-    print("| how | CPU µs per datagram, median (runs) | vs sendto |")
-    print("|---|---|---|")
-    for name in names:
-        med = statistics.median(runs[name])
-        per_run = " / ".join(f"{v:.2f}" for v in runs[name])
-        print(f"| {name} | {med:.2f} ({per_run}) | {med / base:.2f}x |")
+    print("| datagrams per batch | how | CPU µs per datagram, median (runs) | vs sendto |")
+    print("|---|---|---|---|")
+    for n, runs in results.items():
+        base = statistics.median(runs["sendto"])
+        for name, values in runs.items():
+            med = statistics.median(values)
+            per_run = " / ".join(f"{v:.2f}" for v in values)
+            print(f"| {n} | {name} | {med:.2f} ({per_run}) | {med / base:.2f}x |")
 
 
 if __name__ == "__main__":
