@@ -542,3 +542,29 @@ def test_quic_datagram_benchmark_compares_trees_and_aioquics_write() -> None:
         assert len(cells) == 3 + 2  # the median, datagrams per exchange, and both runs
     assert f"{root}:aioquic-write / {root} per round: median" in out
     assert "load average before:" in out and "load average after:" in out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sendmmsg is Linux's")
+def test_sendmmsg_benchmark_sends_every_datagram_every_way() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "sendmmsg.py"),
+            "--repeat",
+            "1",
+            "--rounds",
+            "5",
+            "--datagrams",
+            "8,2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # it exits non-zero if a datagram went missing
+    out = proc.stdout
+    for n in (8, 2):
+        for how in ("sendto", "sendmmsg, packed", "sendmmsg, arrays prebuilt (the system call alone)"):
+            assert f"| {n} | {how} | " in out, out
+    assert "Machine:" in out
