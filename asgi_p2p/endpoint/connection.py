@@ -138,6 +138,10 @@ class ConnectionCallbacks:
 _IDLE, _DUE, _NEXT = 0, 1, 2
 
 
+def _nothing() -> None:
+    pass
+
+
 class TransmitPass:
     """The deferred transmits of one endpoint's connections, run in one callback per loop pass.
 
@@ -153,14 +157,30 @@ class TransmitPass:
     iteration's datagrams and tasks produced.  A member asking again while pending does
     nothing until it has waited :data:`_TX_DEFER_MAX` of loop time; then what it has ready
     leaves at once (it stays pending).  Closed members are skipped.
+
+    With a socket that batches (:meth:`use_socket`), the socket holds what a run sends and
+    sends it at the run's end in as few system calls as it can (``sendmmsg`` on Linux: the
+    datagrams of many connections to many addresses together).
     """
 
-    __slots__ = ("_due", "_next", "_queued")
+    __slots__ = ("_due", "_hold", "_next", "_queued", "_release")
 
     def __init__(self) -> None:
         self._due: list[PeerConnection] = []  # transmitted by the queued run
         self._next: list[PeerConnection] = []  # transmitted by the run after it
         self._queued = False  # a run is queued on the loop (or running)
+        self._hold: Callable[[], None] | None = None
+        self._release: Callable[[], None] = _nothing
+
+    def use_socket(self, sock: object) -> None:
+        """Runs hold ``sock``'s sends and release them at their end, if it offers ``hold()`` and
+        ``release()`` (:class:`~asgi_p2p.net.udp.UdpSocket` does; without them, nothing changes)."""
+        hold = getattr(sock, "hold", None)
+        release = getattr(sock, "release", None)
+        if callable(hold) and callable(release):
+            self._hold, self._release = hold, release
+        else:
+            self._hold, self._release = None, _nothing
 
     def ask(self, conn: PeerConnection) -> None:
         """``conn`` wants a transmit once the callbacks queued now have run."""
@@ -191,16 +211,22 @@ class TransmitPass:
 
     def _run(self) -> None:
         due, self._due = self._due, []
-        for conn in due:
-            if conn._tx_slot != _DUE:
-                continue  # moved behind (it is in _next)
-            conn._tx_slot = _IDLE
-            if conn.closed:
-                continue
-            try:
-                conn.transmit()
-            except Exception:  # one connection's failure must not hold back the others' packets
-                log.exception("transmit of %r failed", conn)
+        hold = self._hold
+        if hold is not None:
+            hold()
+        try:
+            for conn in due:
+                if conn._tx_slot != _DUE:
+                    continue  # moved behind (it is in _next)
+                conn._tx_slot = _IDLE
+                if conn.closed:
+                    continue
+                try:
+                    conn.transmit()
+                except Exception:  # one connection's failure must not hold back the others' packets
+                    log.exception("transmit of %r failed", conn)
+        finally:
+            self._release()
         later = self._next
         if not later:
             self._queued = False

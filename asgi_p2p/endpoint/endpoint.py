@@ -302,8 +302,10 @@ class Endpoint:
         ep._alpn_filter = frozenset(alpns) if alpns is not None else None
         if network is None:
             offload = ep.config.udp_offload
-            network = UdpNetwork(gso=offload == "gso+gro", gro=offload != "off")
+            network = UdpNetwork(gso=offload == "gso+gro", gro=offload != "off", batch=offload != "off")
         await ep.router.bind(network, host, port)
+        # a transmit pass's datagrams leave together (sendmmsg) where the socket can
+        ep._callbacks.transmits.use_socket(ep.router.socket)
         ep._real_udp = isinstance(network, UdpNetwork)
         log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
         if peer_state is not None:

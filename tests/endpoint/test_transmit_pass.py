@@ -20,7 +20,7 @@ import pytest
 from asgi_p2p import NetworkConfig, Node
 from asgi_p2p.endpoint.connection import PeerConnection, TransmitPass
 from asgi_p2p.http import H3Server, P2PTransport
-from asgi_p2p.sim import Simulation
+from asgi_p2p.sim import SimSocket, Simulation
 
 
 class _Loop:
@@ -254,6 +254,9 @@ def test_twenty_peers_requesting_at_once_each_get_the_response_in_the_transmit_w
 
             return real_call_soon(numbered)
 
+        sock = node.router.socket
+        assert isinstance(sock, SimSocket)
+        releases, released = sock.batch_sends, sock.batch_datagrams
         loop.call_soon = call_soon  # type: ignore[method-assign]
         try:
             responses = await asyncio.gather(*(client.get("/") for _, client in clients))
@@ -266,6 +269,8 @@ def test_twenty_peers_requesting_at_once_each_get_the_response_in_the_transmit_w
         # the 20 requests arrived at one instant: the server answered them in two runs (the
         # first connection's, queued before the others' tasks, and the rest), not 20
         assert len(server_runs) == 2, server_runs
+        # and the socket held each run's datagrams and sent them together at its end: 1, then 19
+        assert (sock.batch_sends - releases, sock.batch_datagrams - released) == (2, peers)
         for client_node, client in clients:
             await client.aclose()
             await client_node.close()
