@@ -250,8 +250,9 @@ class NetworkConfig:
     #: datagrams of one sender per read (``UDP_GRO``); ``"gso+gro"`` also sends each run of
     #: same-size datagrams to one address in one system call (``UDP_SEGMENT``), which
     #: saves CPU in bulk but loses packets where a software hop cannot pass the segmented
-    #: frames on (measured on the project's netns rig), so it is not the default; ``"off"``:
-    #: neither.
+    #: frames on (measured on the project's netns rig), so it is not the default.  Both also
+    #: send what an endpoint's transmit pass produced by ``sendmmsg`` (up to 64 datagrams to
+    #: any destinations per system call).  ``"off"``: none of these.
     udp_offload: str = "gro"
     #: The relays' UDP data plane (:mod:`asgi_p2p.relay.plane`): ``"on"``: a node's relay
     #: clients forward packets as plain UDP datagrams beside the relay connection when the
