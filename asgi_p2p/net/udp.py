@@ -367,7 +367,7 @@ class UdpSocket:
             if multi is not None and len(chunk) >= BATCH_MIN and not self._closed:
                 try:
                     sent = multi.send(chunk)
-                except ValueError as exc:  # an address sendmmsg cannot take: sendto each meets it
+                except (ValueError, TypeError) as exc:  # an address sendmmsg cannot take: sendto meets it
                     log.debug("%s", exc)
                 except OSError as exc:
                     if exc.errno in _NO_SENDMMSG_ERRNOS:
