@@ -356,8 +356,16 @@ class UdpSocket:
         if held is None:
             return
         self._held = None
-        if held:
+        if len(held) >= BATCH_MIN:
             self._send_held(held)
+            return
+        sendto = self._sock.sendto  # a few: one sendto each (what _send_held would do)
+        for data, addr in held:
+            try:
+                sendto(data, addr)
+            except OSError as exc:  # buffer full, unreachable network, ...: UDP may drop
+                self.send_errors += 1
+                log.debug("sendto %s failed: %s", addr, exc)
 
     def _send_held(self, held: list[tuple[bytes, Address]]) -> None:
         for i in range(0, len(held), BATCH_MAX):
