@@ -252,8 +252,9 @@ class NetworkConfig:
     #: datagrams of one sender per read (``UDP_GRO``); ``"gso+gro"`` also sends each run of
     #: same-size datagrams to one address in one system call (``UDP_SEGMENT``), which
     #: saves CPU in bulk but lost packets on the project's netns rig (where on the way is not
-    #: pinned down; docs/benchmarks.md, "Many peers"), so it is not the default; ``"off"``:
-    #: neither.
+    #: pinned down; docs/benchmarks.md, "Many peers"), so it is not the default.  Both also
+    #: send what an endpoint's transmit pass produced by ``sendmmsg`` (up to 64 datagrams to
+    #: any destinations per system call).  ``"off"``: none of these.
     udp_offload: str = "gro"
     #: The relays' UDP data plane (:mod:`asgi_p2p.relay.plane`): ``"on"``: a node's relay
     #: clients forward packets as plain UDP datagrams beside the relay connection when the

@@ -763,3 +763,29 @@ def test_http_benchmark_aioquic_client_runs_unpatched() -> None:
     assert lines[lines.index("round 1/1: p2p-aioquic ...") + 1] == f"  {UNPATCHED}", lines
     assert lines.count(f"  {UNPATCHED}") == 1, lines
     assert "| asgi-p2p h3, aioquic client (datagram 1200) |" in proc.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sendmmsg is Linux's")
+def test_sendmmsg_benchmark_sends_every_datagram_every_way() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "sendmmsg.py"),
+            "--repeat",
+            "1",
+            "--rounds",
+            "5",
+            "--datagrams",
+            "8,2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # it exits non-zero if a datagram went missing
+    out = proc.stdout
+    for n in (8, 2):
+        for how in ("sendto", "sendmmsg, packed", "sendmmsg, arrays prebuilt (the system call alone)"):
+            assert f"| {n} | {how} | " in out, out
+    assert "Machine:" in out

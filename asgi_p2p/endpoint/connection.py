@@ -40,7 +40,15 @@ from ..paths.route import Route, RouteOwner, RouteTarget
 from .base import ConnectionHandler
 from .flow import ReceiveWindow, send_buffer_limit
 
-__all__ = ["REFUSED", "ConnectionCallbacks", "HandlerFactory", "PathEvent", "PeerConnection", "close_error"]
+__all__ = [
+    "REFUSED",
+    "ConnectionCallbacks",
+    "HandlerFactory",
+    "PathEvent",
+    "PeerConnection",
+    "TransmitPass",
+    "close_error",
+]
 
 log = logging.getLogger("asgi_p2p.endpoint")
 
@@ -128,6 +136,113 @@ class ConnectionCallbacks:
     #: The peer's stateless reset token for the connection id we send to changed
     #: (old, new; None: none): a datagram ending with it resets the connection.
     reset_token: Callable[[PeerConnection, bytes | None, bytes | None], None]
+    #: The owner's transmit pass, which the connection joins to transmit (see schedule_transmit).
+    transmits: TransmitPass
+
+
+_IDLE, _DUE, _NEXT = 0, 1, 2
+
+
+def _nothing() -> None:
+    pass
+
+
+class TransmitPass:
+    """The deferred transmits of one endpoint's connections, run in one callback per loop pass.
+
+    A connection that asks for a transmit (:meth:`PeerConnection.schedule_transmit`) joins;
+    one callback on the loop (not one per connection) then transmits the members, in the
+    order they asked.  Each member's transmit still runs after the callbacks that were
+    queued when it asked (the tasks its datagram woke, whose first step usually writes the
+    answer): a member that asked before the run was queued is *due* in it; one that asked
+    after (a later datagram of the same read batch, whose tasks are queued behind the run)
+    or that asked to go behind newly queued callbacks (:meth:`behind`) is transmitted by the
+    run after, which the run queues at its end, behind everything queued so far.  Under a
+    steady load that is one run per loop iteration, each transmitting what the previous
+    iteration's datagrams and tasks produced.  A member asking again while pending does
+    nothing until it has waited :data:`_TX_DEFER_MAX` of loop time; then what it has ready
+    leaves at once (it stays pending).  Closed members are skipped.
+
+    With a socket that batches (:meth:`use_socket`), the socket holds what a run sends and
+    sends it at the run's end in as few system calls as it can (``sendmmsg`` on Linux: the
+    datagrams of many connections to many addresses together).
+    """
+
+    __slots__ = ("_due", "_hold", "_next", "_queued", "_release")
+
+    def __init__(self) -> None:
+        self._due: list[PeerConnection] = []  # transmitted by the queued run
+        self._next: list[PeerConnection] = []  # transmitted by the run after it
+        self._queued = False  # a run is queued on the loop (or running)
+        self._hold: Callable[[], None] | None = None
+        self._release: Callable[[], None] = _nothing
+
+    def use_socket(self, sock: object) -> None:
+        """Runs hold ``sock``'s sends and release them at their end, if it offers ``hold()`` and
+        ``release()`` (:class:`~asgi_p2p.net.udp.UdpSocket` does; without them, nothing changes)."""
+        hold = getattr(sock, "hold", None)
+        release = getattr(sock, "release", None)
+        if callable(hold) and callable(release):
+            self._hold, self._release = hold, release
+        else:
+            self._hold, self._release = None, _nothing
+
+    def ask(self, conn: PeerConnection) -> None:
+        """``conn`` wants a transmit once the callbacks queued now have run."""
+        if conn._tx_slot:
+            now = conn.loop.time()
+            if now - conn._tx_since >= _TX_DEFER_MAX:
+                # the loop has been busy since it asked (a burst handled one task at a time):
+                # what is ready leaves now rather than after the whole burst
+                conn._tx_since = now
+                if not conn.closed:
+                    conn.transmit()
+            return
+        conn._tx_since = conn.loop.time()
+        if self._queued:
+            conn._tx_slot = _NEXT
+            self._next.append(conn)
+        else:
+            conn._tx_slot = _DUE
+            self._due.append(conn)
+            self._queued = True
+            conn.loop.call_soon(self._run)
+
+    def behind(self, conn: PeerConnection) -> None:
+        """A pending ``conn`` transmits after the callbacks queued now, not before them."""
+        if conn._tx_slot == _DUE:
+            conn._tx_slot = _NEXT
+            self._next.append(conn)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        hold = self._hold
+        if hold is not None:
+            hold()
+        try:
+            for conn in due:
+                if conn._tx_slot != _DUE:
+                    continue  # moved behind (it is in _next)
+                conn._tx_slot = _IDLE
+                if conn.closed:
+                    continue
+                try:
+                    conn.transmit()
+                except Exception:  # one connection's failure must not hold back the others' packets
+                    log.exception("transmit of %r failed", conn)
+        finally:
+            self._release()
+        later = self._next
+        if not later:
+            self._queued = False
+            return
+        # those that asked since this run was queued: their callbacks are queued before
+        # the next run, which goes behind everything queued now
+        self._next = []
+        for conn in later:
+            conn._tx_slot = _DUE
+        self._due = later
+        later[0].loop.call_soon(self._run)
 
 
 class PeerConnection:
@@ -156,6 +271,7 @@ class PeerConnection:
         #: address for a direct dial or accept; a virtual one when the peer came via the relay.
         self.address = address
         self._callbacks = callbacks
+        self._transmits = callbacks.transmits
         self._path_queues: list[collections.deque[PathEvent]] = []
         # datagrams left before this connection counts as sending bulk data (which
         # starts the search for larger datagram sizes on its path)
@@ -512,11 +628,10 @@ class PeerConnection:
             )
         )
 
-    # set while a deferred transmit() is queued on the loop; _tx_behind: it goes to the back
-    # of the loop's queue once more when its turn comes (see transmit_behind_queued)
-    _tx_scheduled = False
-    _tx_behind = False
-    _tx_since = 0.0  # when the deferred transmit was scheduled (or last sent early)
+    # this connection's place in its endpoint's transmit pass (see TransmitPass): _IDLE, _DUE
+    # (transmitted by the queued run) or _NEXT (by the run after it)
+    _tx_slot = 0
+    _tx_since = 0.0  # when the deferred transmit was asked for (or last sent early)
 
     def schedule_transmit(self) -> None:
         """Call :meth:`transmit` once the callbacks already queued on the loop have run.
@@ -524,21 +639,14 @@ class PeerConnection:
         What one loop iteration produces then leaves in one pass over the QUIC state: a
         request and the response its handler writes in its first step (which runs before
         this) cost one transmit, not two, and a burst of received datagrams is answered
-        once instead of once per datagram.  While the loop stays busy (a burst of requests or
+        once instead of once per datagram.  The transmits of all the endpoint's connections
+        that asked run in one callback (see :class:`TransmitPass`), each still after the
+        callbacks queued when it asked.  While the loop stays busy (a burst of requests or
         responses handled one task at a time), what is ready leaves every 2 ms of loop time
         rather than after the whole burst: a request's wait behind others is bounded, and on
         the simulator, whose time stands still within a loop pass, nothing changes.
         """
-        if not self._tx_scheduled:
-            self._tx_scheduled = True
-            self._tx_since = self.loop.time()
-            self.loop.call_soon(self._scheduled_transmit)
-        elif self.loop.time() - self._tx_since >= _TX_DEFER_MAX:
-            # the loop has been busy since the transmit was scheduled (a burst being handled
-            # one task at a time): what is ready leaves now rather than after the whole burst
-            self._tx_since = self.loop.time()
-            if not self.closed:
-                self.transmit()
+        self._transmits.ask(self)
 
     def transmit_behind_queued(self) -> None:
         """A transmit already scheduled runs after the callbacks queued since, not before them.
@@ -547,17 +655,7 @@ class PeerConnection:
         then leaves in the same pass as what was pending (a connection's first data, ACKs),
         instead of one datagram after it.  Without a scheduled transmit, nothing to do.
         """
-        if self._tx_scheduled:
-            self._tx_behind = True
-
-    def _scheduled_transmit(self) -> None:
-        if self._tx_behind:
-            self._tx_behind = False
-            self.loop.call_soon(self._scheduled_transmit)
-            return
-        self._tx_scheduled = False
-        if not self.closed:
-            self.transmit()
+        self._transmits.behind(self)
 
     def transmit(self) -> None:
         """Send what QUIC has to send and re-arm its timer (nothing once the connection is gone)."""

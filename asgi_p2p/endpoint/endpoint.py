@@ -45,7 +45,7 @@ from ..paths.route import Route, RouteOwner
 from ..paths.router import Router, virtual_address
 from .admission import AdmissionStats, AdmissionTable, InvalidToken, RetryTokens, Verdict, source_of
 from .base import ConnectionHandler
-from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection
+from .connection import REFUSED, ConnectionCallbacks, HandlerFactory, PeerConnection, TransmitPass
 from .peerstate import (
     MAX_CIDS_PER_PEER,
     MAX_REMEMBERED,
@@ -240,6 +240,8 @@ class Endpoint:
             closing=self._leave_pool,
             closed=self._forget,
             reset_token=self._peer_reset_token_changed,
+            # the connections' deferred transmits run together, one callback per loop pass
+            transmits=TransmitPass(),
         )
         self._relay: ManagedRelayLink | None = None
         #: Asked for the addresses of a node dialed by id alone (see :meth:`connect_quic`); None: nobody.
@@ -301,8 +303,10 @@ class Endpoint:
         ep._alpn_filter = frozenset(alpns) if alpns is not None else None
         if network is None:
             offload = ep.config.udp_offload
-            network = UdpNetwork(gso=offload == "gso+gro", gro=offload != "off")
+            network = UdpNetwork(gso=offload == "gso+gro", gro=offload != "off", batch=offload != "off")
         await ep.router.bind(network, host, port)
+        # a transmit pass's datagrams leave together (sendmmsg) where the socket can
+        ep._callbacks.transmits.use_socket(ep.router.socket)
         ep._real_udp = isinstance(network, UdpNetwork)
         log.info("endpoint %s bound to %s:%d", key.node_id, *ep.router.socket.local_address)
         if peer_state is not None:

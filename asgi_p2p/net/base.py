@@ -24,7 +24,10 @@ class DatagramSocket(Protocol):
 
         A socket may also offer ``sendmany(datagrams, addr)``, several datagrams to one
         address in order (:class:`~asgi_p2p.net.udp.UdpSocket` does, with segmentation
-        offload); the paths layer uses it where it exists, else ``sendto`` each.
+        offload); the paths layer uses it where it exists, else ``sendto`` each.  And
+        ``hold()`` / ``release()``: collect what is sent in between and send it in order at
+        ``release`` (UdpSocket by ``sendmmsg``); an endpoint's transmit pass uses them where
+        they exist.
         """
 
     def local_addresses(self) -> list[Address]:

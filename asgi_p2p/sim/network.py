@@ -146,6 +146,11 @@ class SimSocket:
         self.closed = False
         self.sent = 0
         self.received = 0
+        # what is sent between hold() and release() (None: not holding)
+        self._held: list[tuple[bytes, Address]] | None = None
+        #: releases that sent something, and the datagrams they sent
+        self.batch_sends = 0
+        self.batch_datagrams = 0
 
     @property
     def local_address(self) -> Address:
@@ -155,9 +160,30 @@ class SimSocket:
         """The host's own address (a private one behind a NAT: peers see the NAT's)."""
         return [(self.host.address, self.port)]
 
+    def hold(self) -> None:
+        """Collect what is sent until :meth:`release` (as :meth:`UdpSocket.hold` does for ``sendmmsg``).
+
+        Virtual time stands still in between, so only the order of the network's events could
+        change, and it does not: :meth:`release` sends everything in order.
+        """
+        if self._held is None and not self.closed:
+            self._held = []
+
+    def release(self) -> None:
+        """Send what was collected since :meth:`hold`, in order."""
+        held, self._held = self._held, None
+        if held:
+            self.batch_sends += 1
+            self.batch_datagrams += len(held)
+            for data, addr in held:
+                self.sendto(data, addr)
+
     def sendto(self, data: bytes, addr: Address) -> None:
         """Queue one datagram into the simulated network (never blocks, may drop)."""
         if self.closed:
+            return
+        if self._held is not None:
+            self._held.append((data, addr))
             return
         self.sent += 1
         self.host.sim._send(self, data if isinstance(data, bytes) else bytes(data), (str(addr[0]), int(addr[1])))
@@ -166,6 +192,7 @@ class SimSocket:
         if self.closed:
             return
         self.closed = True
+        self._held = None
         if self.host.sockets.get(self.port) is self:
             del self.host.sockets[self.port]
 

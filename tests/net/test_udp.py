@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from asgi_p2p.net.udp import READ_BATCH, UdpNetwork
+from asgi_p2p.net.udp import BATCH_MAX, BATCH_MIN, READ_BATCH, UdpNetwork, UdpSocket
 
 
 class _Waiter:
@@ -362,9 +362,12 @@ async def test_a_bulk_message_between_nodes_goes_as_udp_offload_says(offload: st
         if not _LINUX or offload == "off":
             assert sent.offload == got.offload == (False, False)
             assert (sent.gso_sends, got.gro_reads) == (0, 0)
+            assert not sent.batching and sent.batch_sends == 0
         elif offload == "gro":  # the default: coalesced reads on, segmented sends off
             assert sent.offload == got.offload == (False, True)
             assert sent.gso_sends == 0
+            # a transmit pass's run of datagrams leaves by sendmmsg
+            assert sent.batch_sends > 0 and sent.batch_datagrams >= BATCH_MIN * sent.batch_sends
         else:
             assert sent.offload == got.offload == (True, True)
             assert sent.gso_sends > 0 and sent.gso_datagrams > 2 * sent.gso_sends
@@ -400,4 +403,236 @@ async def test_a_batch_of_coalesced_reads_is_bounded_by_datagrams_too() -> None:
         assert sock.gro_reads == sends
     finally:
         tx.close()
+        sock.close()
+
+
+# -- batched sends (sendmmsg) -----------------------------------------------------------------
+
+
+async def _receivers(n: int) -> list[socket.socket]:
+    return [await _plain_receiver() for _ in range(n)]
+
+
+async def _batching_socket() -> UdpSocket:
+    sock = await UdpNetwork().bind("127.0.0.1", 0, lambda d, a: None)
+    assert sock.batching is _LINUX
+    return sock
+
+
+def _spread(receivers: list[socket.socket], per: int) -> list[tuple[bytes, tuple[str, int]]]:
+    """``per`` datagrams for each receiver, interleaved (receiver 0, 1, ..., 0, 1, ...), each unique."""
+    return [(bytes([k, i]) * 600, receivers[i].getsockname()) for k in range(per) for i in range(len(receivers))]
+
+
+async def _check_arrived(receivers: list[socket.socket], sent: list[tuple[bytes, tuple[str, int]]]) -> None:
+    for rx in receivers:
+        mine = [data for data, addr in sent if addr == rx.getsockname()]
+        assert await _receive_all(rx, len(mine)) == mine  # every one, in the order sent
+
+
+@pytest.mark.skipif(not _LINUX, reason="sendmmsg is Linux's")
+async def test_held_datagrams_to_many_ports_leave_in_one_sendmmsg_in_order() -> None:
+    sock = await _batching_socket()
+    receivers = await _receivers(10)
+    try:
+        sent = _spread(receivers, 3)
+        sock.hold()
+        for data, addr in sent:
+            sock.sendto(data, addr)
+        assert sock.batch_sends == 0  # held
+        sock.release()
+        assert (sock.batch_sends, sock.batch_datagrams, sock.send_errors) == (1, 30, 0)
+        await _check_arrived(receivers, sent)
+        sock.sendto(b"direct", receivers[0].getsockname())  # released: sent at once again
+        assert await _receive_all(receivers[0], 1) == [b"direct"]
+        assert sock.batch_sends == 1
+    finally:
+        for rx in receivers:
+            rx.close()
+        sock.close()
+
+
+@pytest.mark.skipif(not _LINUX, reason="sendmmsg is Linux's")
+async def test_a_few_held_datagrams_go_one_sendto_each_and_a_long_batch_in_several_calls() -> None:
+    sock = await _batching_socket()
+    receivers = await _receivers(BATCH_MAX // 4 + 1)
+    try:
+        few = _spread(receivers[: BATCH_MIN - 1], 1)  # fewer than BATCH_MIN: sendto costs less
+        sock.hold()
+        for data, addr in few:
+            sock.sendto(data, addr)
+        sock.release()
+        assert sock.batch_sends == 0
+        await _check_arrived(receivers, few)
+        many = _spread(receivers, 5)  # 85: 64 leave when the 64th is held, 21 at release
+        sock.hold()
+        for data, addr in many:
+            sock.sendto(data, addr)
+        assert (sock.batch_sends, sock.batch_datagrams) == (1, BATCH_MAX)
+        sock.release()
+        assert (sock.batch_sends, sock.batch_datagrams) == (2, len(many))
+        await _check_arrived(receivers, many)
+    finally:
+        for rx in receivers:
+            rx.close()
+        sock.close()
+
+
+def _fake_sendmmsg(monkeypatch: pytest.MonkeyPatch, fake: Callable[..., int]) -> list[int]:
+    """Replace the C library's sendmmsg for sockets bound from now on; returns the batch sizes asked."""
+    import asgi_p2p.net.udp as udp
+
+    asked: list[int] = []
+
+    def call(fd: int, msgs: int, n: int, flags: int) -> int:
+        asked.append(n)
+        return fake(fd, msgs, n, flags)
+
+    monkeypatch.setattr(udp, "_SENDMMSG", call)
+    return asked
+
+
+@pytest.mark.skipif(not _LINUX, reason="sendmmsg is Linux's")
+async def test_what_a_partial_sendmmsg_left_goes_by_sendto_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asgi_p2p.net.udp as udp
+
+    real = udp._SENDMMSG
+    assert real is not None
+    asked = _fake_sendmmsg(monkeypatch, lambda fd, msgs, n, flags: real(fd, msgs, min(n, 3), flags))
+    sock = await _batching_socket()
+    receivers = await _receivers(4)
+    try:
+        sent = _spread(receivers, 3)  # 12; the kernel takes 3 (as with a send buffer filling up)
+        sock.hold()
+        for data, addr in sent:
+            sock.sendto(data, addr)
+        sock.release()
+        assert asked == [12]
+        assert (sock.batch_sends, sock.batch_datagrams, sock.send_errors) == (1, 3, 0)
+        await _check_arrived(receivers, sent)
+    finally:
+        for rx in receivers:
+            rx.close()
+        sock.close()
+
+
+@pytest.mark.skipif(not _LINUX, reason="sendmmsg is Linux's")
+async def test_a_sendmmsg_that_sent_nothing_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    def full(fd: int, msgs: int, n: int, flags: int) -> int:
+        ctypes.set_errno(errno.EAGAIN)  # the send buffer was full for the first datagram
+        return -1
+
+    asked = _fake_sendmmsg(monkeypatch, full)
+    sock = await _batching_socket()
+    receivers = await _receivers(8)
+    try:
+        sent = _spread(receivers, 2)
+        sock.hold()
+        for data, addr in sent:
+            sock.sendto(data, addr)
+        sock.release()
+        assert asked == [16] and sock.batching  # a full buffer is no reason to stop batching
+        assert (sock.batch_sends, sock.send_errors) == (0, 0)
+        await _check_arrived(receivers, sent)  # sendto, one each, after it
+    finally:
+        for rx in receivers:
+            rx.close()
+        sock.close()
+
+
+@pytest.mark.skipif(not _LINUX, reason="sendmmsg is Linux's")
+async def test_a_refused_sendmmsg_turns_batching_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import ctypes
+
+    def refused(fd: int, msgs: int, n: int, flags: int) -> int:
+        ctypes.set_errno(errno.ENOSYS)  # a kernel (or seccomp filter) without the system call
+        return -1
+
+    asked = _fake_sendmmsg(monkeypatch, refused)
+    sock = await _batching_socket()
+    receivers = await _receivers(8)
+    try:
+        first, second = _spread(receivers, 1), _spread(receivers, 2)[8:]
+        for batch in (first, second):
+            with caplog.at_level(logging.INFO, logger="asgi_p2p.net"):
+                sock.hold()
+                for data, addr in batch:
+                    sock.sendto(data, addr)
+                sock.release()
+        assert "sendmmsg refused" in caplog.text
+        assert asked == [8] and not sock.batching  # no second try
+        await _check_arrived(receivers, first + second)
+    finally:
+        for rx in receivers:
+            rx.close()
+        sock.close()
+
+
+@pytest.mark.skipif(not _LINUX, reason="sendmmsg is Linux's")
+async def test_what_is_held_goes_before_a_direct_send_and_an_address_sendmmsg_cannot_take() -> None:
+    sock = await _batching_socket()
+    receivers = await _receivers(8)
+    try:
+        held = _spread(receivers, 1)
+        sock.hold()
+        for data, addr in held:
+            sock.sendto(data, addr)
+        sock.sendto_ttl(b"ttl", receivers[0].getsockname(), 9)  # releases what was held first
+        assert (sock.batch_sends, sock.batch_datagrams) == (1, 8)
+        assert await _receive_all(receivers[0], 2) == [held[0][0], b"ttl"]
+        await _check_arrived(receivers[1:], held[1:])
+        # a host name (sendto resolves it, sendmmsg cannot): the batch goes one sendto each
+        named = [(data, ("localhost", addr[1])) for data, addr in _spread(receivers, 1)]
+        for data, addr in named:
+            sock.sendto(data, addr)
+        sock.release()
+        assert (sock.batch_sends, sock.send_errors) == (1, 0)
+        await _check_arrived(receivers, [(d, ("127.0.0.1", a[1])) for d, a in named])
+        sock.hold()
+        sock.close()  # what is held when the socket closes is dropped with it
+        sock.release()
+    finally:
+        for rx in receivers:
+            rx.close()
+        sock.close()
+
+
+def test_sendmmsg_destinations_are_linux_sockaddrs() -> None:
+    from asgi_p2p.net.udp import _MultiSender
+
+    def encode(family: int, addr: tuple[str, int]) -> bytes:
+        raw = socket.socket(family, socket.SOCK_DGRAM)  # never bound: nothing is sent
+        try:
+            return _MultiSender(lambda *a: 0, raw)._name(addr)
+        finally:
+            raw.close()
+
+    v4 = encode(socket.AF_INET, ("10.1.2.3", 4433))
+    assert v4 == int(socket.AF_INET).to_bytes(2, sys.byteorder) + b"\x11\x51" + bytes([10, 1, 2, 3]) + bytes(8)
+    v6 = encode(socket.AF_INET6, ("2001:db8::1", 443))
+    assert len(v6) == 28  # family, port, flow info, address, scope id
+    assert v6[:2] == int(socket.AF_INET6).to_bytes(2, sys.byteorder) and v6[2:4] == b"\x01\xbb"
+    assert v6[8:24] == socket.inet_pton(socket.AF_INET6, "2001:db8::1") and v6[4:8] == v6[24:] == bytes(4)
+    with pytest.raises(ValueError, match="cannot send to"):
+        encode(socket.AF_INET, ("localhost", 1))
+    with pytest.raises(ValueError, match="cannot send to"):
+        encode(socket.AF_INET6, ("10.1.2.3", 1))
+
+
+async def test_without_sendmmsg_hold_changes_nothing() -> None:
+    sock = await UdpNetwork(batch=False).bind("127.0.0.1", 0, lambda d, a: None)
+    rx = await _plain_receiver()
+    try:
+        assert not sock.batching
+        sock.hold()
+        sock.sendto(b"at once", rx.getsockname())
+        assert await _receive_all(rx, 1) == [b"at once"]
+        sock.release()
+        assert sock.batch_sends == 0
+    finally:
+        rx.close()
         sock.close()
