@@ -12,6 +12,8 @@ its line, which the parent checks (:func:`check_unpatched`).
 from __future__ import annotations
 
 import enum
+import json
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +88,26 @@ def unpatched() -> str:
     assert write.__module__ == "aioquic.quic.connection", f"QuicConnection._write_application from {write.__module__}"
     assert not hasattr(_aioquic_connection.EPOCHS, "cache_info"), "aioquic's EPOCHS is cached"
     assert tls.Epoch.__hash__ is enum.Enum.__hash__, "aioquic's enums hash by identity"
+    hello = tls.pull_client_hello
+    assert hello.__module__ == "aioquic.tls", f"tls.pull_client_hello from {hello.__module__}"
     return f"{UNPATCHED} asgi_p2p never imported, QuicConnection._write_application from {write.__module__}"
+
+
+def run_bare_child(script: str | Path, flag: str, job: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """Run ``script flag JOB`` (a bare aioquic process: JOB as JSON) and wait for it.
+
+    RuntimeError with the end of its stderr if it failed; else the finished process, whose
+    stdout carries its result and whose stderr carries its :func:`unpatched` line.
+    """
+    proc = subprocess.run(
+        [sys.executable, str(Path(script).resolve()), flag, json.dumps(job)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the bare aioquic child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
 
 
 def check_unpatched(stderr: str, what: str) -> str:

@@ -39,7 +39,6 @@ import heapq
 import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +59,7 @@ from aioquic.quic.packet import pull_quic_header
 
 # asgi_p2p is imported where the simulator rows need it, never at the top: the bare aioquic
 # row runs this script in a process that must not import it (it patches aioquic on import)
-from benchmarks._bare import Credentials, check_unpatched, unpatched, write_credentials
+from benchmarks._bare import Credentials, check_unpatched, run_bare_child, unpatched, write_credentials
 from benchmarks._machine import machine_description
 
 if TYPE_CHECKING:
@@ -201,14 +200,7 @@ def bare_aioquic_in_child(pairs: int, seconds: float, interval: float = 1.0) -> 
     with tempfile.TemporaryDirectory() as tmp:
         creds = write_credentials(node_certificate(key), key.private_key, tmp, "bare-server")
         job = {"pairs": pairs, "seconds": seconds, "interval": interval, "credentials": asdict(creds)}
-        proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--bare-child", json.dumps(job)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if proc.returncode != 0:
-        raise RuntimeError(f"the bare aioquic child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        proc = run_bare_child(__file__, "--bare-child", job)
     print(f"# {check_unpatched(proc.stderr, 'the bare aioquic child')}", file=sys.stderr, flush=True)
     return Result(**json.loads(proc.stdout))
 

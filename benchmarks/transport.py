@@ -63,7 +63,6 @@ import os
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -89,6 +88,7 @@ from benchmarks._bare import (
     bare_config,
     check_unpatched,
     request_client_certificate,
+    run_bare_child,
     unpatched,
     write_credentials,
 )
@@ -723,14 +723,7 @@ def _run_bare_child(mds: int, p: Params, profile: str | None, bare: BareCredenti
         "profile": profile,
         "credentials": dataclasses.asdict(bare),
     }
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--bare-child", json.dumps(job)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"the bare aioquic child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    proc = run_bare_child(__file__, "--bare-child", job)
     for line in proc.stderr.splitlines():  # the client's and the server's check
         print(f"# {line}", file=sys.stderr, flush=True)
     check_unpatched(proc.stderr, "the bare aioquic child")
