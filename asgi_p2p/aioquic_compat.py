@@ -1174,9 +1174,11 @@ class _BurstPacer(QuicPacketPacer):
     """aioquic's pacer whose bucket holds its whole burst at any rate (:func:`pacing_burst_time`)."""
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        saved = self.bucket_time  # aioquic's update clamps it to its own (smaller) bucket
         super().update_rate(congestion_window, smoothed_rtt)
         if self.packet_time is not None:
             self.bucket_max = pacing_burst_time(congestion_window, self._max_datagram_size, self.packet_time)
+            self.bucket_time = min(saved, self.bucket_max)
 
 
 def _install_burst_pacer(loss: QuicPacketRecovery) -> None:

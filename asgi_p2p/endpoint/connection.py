@@ -231,7 +231,10 @@ class TransmitPass:
                 except Exception:  # one connection's failure must not hold back the others' packets
                     log.exception("transmit of %r failed", conn)
         finally:
-            self._release()
+            try:
+                self._release()
+            except Exception:  # a socket error must not stop the runs to come
+                log.exception("sending a transmit run's datagrams failed")
         later = self._next
         if not later:
             self._queued = False
@@ -896,6 +899,8 @@ class PeerConnection:
             if handler is None:
                 self._pending_events.append(event)
                 return
+            if self._handler_lost:  # told the connection is lost: nothing is delivered any more
+                return
             handler.quic_event_received(event)
             self._stream_data_handled(event)
             return
@@ -941,6 +946,8 @@ class PeerConnection:
         elif isinstance(event, StreamReset):
             self._drop_credit(event.stream_id)
         if self.handler is not None:
+            if self._handler_lost:  # (as above)
+                return
             self.handler.quic_event_received(event)
             if isinstance(event, StreamDataReceived):
                 self._stream_data_handled(event)

@@ -238,6 +238,8 @@ class _MultiSender:
         ValueError for a destination it cannot encode (then nothing was sent).
         """
         n = len(batch)
+        if not 2 <= n <= BATCH_MAX:  # the name and iovec buffers hold BATCH_MAX entries
+            raise ValueError(f"sendmmsg batch of {n} datagrams: 2 to {BATCH_MAX}")
         name = self._name
         names = b"".join([name(addr) for _, addr in batch])
         payloads = [data for data, _ in batch]

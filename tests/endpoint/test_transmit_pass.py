@@ -167,6 +167,41 @@ async def test_a_failing_transmit_does_not_hold_back_the_others(caplog: pytest.L
     assert log[2:] == ["transmit 0"]
 
 
+async def test_a_failing_release_of_the_held_datagrams_does_not_stop_later_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, tp, (a, b), log = _conns(2)
+
+    class _Sock:
+        def __init__(self) -> None:
+            self.fail = True
+
+        def hold(self) -> None:
+            log.append("hold")
+
+        def release(self) -> None:
+            log.append("release")
+            if self.fail:
+                raise TypeError("a socket that cannot send")
+
+    sock = _Sock()
+    tp.use_socket(sock)
+
+    def ask_b_behind() -> None:  # a member asking after the run was queued: it goes in the next run
+        _ask(tp, b)
+
+    _ask(tp, a)
+    asyncio.get_running_loop().call_soon(ask_b_behind)
+    await _settle()
+    # the first run's release failed: the run after it (b) still came, and so do later ones
+    assert log == ["hold", "transmit 0", "release", "hold", "transmit 1", "release"]
+    assert "sending a transmit run's datagrams failed" in caplog.text
+    sock.fail = False
+    _ask(tp, a)
+    await _settle()
+    assert log[6:] == ["hold", "transmit 0", "release"]
+
+
 async def test_a_pending_transmit_leaves_early_after_2_ms_of_a_busy_loop() -> None:
     loop, tp, (a, b), log = _conns(2)
 
