@@ -83,6 +83,8 @@ Hooks:
 * :func:`ack_with_next_packet` - ``QuicConnection._spaces[ONE_RTT].ack_at``:
   acknowledge in the next packet built (a response written within aioquic's
   ack delay carries the ACK, instead of an ACK-only packet following it).
+* :func:`ack_due_within` - the same ``ack_at``: an ACK due within a margin leaves now (an
+  event loop that waits in whole milliseconds would send it up to a millisecond late).
 * :func:`postpone_ack` - the same ``ack_at``, later (within our ``max_ack_delay``):
   a request/response client with nothing in flight lets the ACK of a response
   ride with its next request.
@@ -221,6 +223,7 @@ __all__ = [
     "ClockedSessionTicket",
     "OfferedTicket",
     "ResumableSession",
+    "ack_due_within",
     "ack_with_next_packet",
     "cache_frame_epochs",
     "cipher_suite",
@@ -1432,6 +1435,23 @@ def ack_with_next_packet(quic: QuicConnection, now: float) -> None:
     """
     space = quic._spaces.get(tls.Epoch.ONE_RTT)
     if space is not None and space.ack_at is not None and space.ack_at > now:
+        space.ack_at = now
+
+
+def ack_due_within(quic: QuicConnection, now: float, margin: float) -> None:
+    """Make a pending 1-RTT ACK due less than ``margin`` seconds after ``now`` go out in the
+    next packet built at ``now`` (``margin`` 0: nothing changes).
+
+    An event loop that waits in whole milliseconds (asyncio's selector loop: epoll rounds a
+    timeout up to the next millisecond) wakes for an ACK due 0.3 ms ahead about a millisecond
+    later, 0.7 ms late, unless a datagram wakes it sooner.  A bulk receiver whose sender sent
+    its whole window and waits (a send buffer full on loopback) then acknowledged ~0.8 ms late
+    in every round trip: 16,000-byte datagrams, 256 KiB unacknowledged at most, one ACK per
+    window, 110 MB/s where it acknowledged on time gave 205-220.  Sending it up to half a
+    millisecond early instead halves the worst error; RFC 9000 13.2.1 allows acknowledging sooner.
+    """
+    space = quic._spaces.get(tls.Epoch.ONE_RTT)
+    if space is not None and space.ack_at is not None and now < space.ack_at < now + margin:
         space.ack_at = now
 
 

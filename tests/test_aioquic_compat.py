@@ -722,6 +722,34 @@ def test_ack_with_next_packet_puts_the_ack_into_the_response(hook: bool) -> None
         assert len(later) == 1
 
 
+def test_ack_due_within_a_margin_leaves_now() -> None:
+    # an event loop waiting in whole milliseconds wakes for an ACK due 0.3 ms ahead ~0.7 ms
+    # late: the connection sends an ACK due within half a millisecond at once instead
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    p.start()
+    p.pump()
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"x" * 1000)
+    p.now += 1.0
+    received = p.now
+    for data, _ in p.client.datagrams_to_send(p.now):
+        p.server.receive_datagram(data, CLIENT_ADDR, p.now)
+    due = hooks.ack_deadline(p.server)
+    assert due == pytest.approx(received + 0.001)  # aioquic's ack delay
+    hooks.ack_due_within(p.server, received + 0.0004, 0.0005)  # due in 0.6 ms: it waits
+    hooks.ack_due_within(p.server, received + 0.0006, 0.0)  # no margin: nothing changes
+    assert hooks.ack_deadline(p.server) == due
+    assert p.server.datagrams_to_send(received + 0.0006) == []
+    hooks.ack_due_within(p.server, received + 0.0006, 0.0005)  # due in 0.4 ms: now
+    assert hooks.ack_deadline(p.server) == received + 0.0006
+    (ack,) = [d for d, _ in p.server.datagrams_to_send(received + 0.0006)]
+    p.client.receive_datagram(ack, SERVER_ADDR, received + 0.0006)
+    assert hooks.unacked_bytes(p.client, sid) == 0
+    assert hooks.ack_deadline(p.server) is None
+    hooks.ack_due_within(p.server, received + 0.0007, 0.0005)  # none pending: nothing to do
+    assert hooks.ack_deadline(p.server) is None
+
+
 def test_ack_with_next_packet_changes_nothing_without_a_pending_ack() -> None:
     p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
     p.start()

@@ -34,7 +34,7 @@ from ..errors import (
 from ..errors import StreamReset as StreamResetError
 from ..identity import NodeId
 from ..net.base import Address
-from ..net.timer import DeadlineTimer
+from ..net.timer import DeadlineTimer, timer_granularity
 from ..paths.prober import PathInfo
 from ..paths.route import Route, RouteOwner, RouteTarget
 from .base import ConnectionHandler
@@ -312,6 +312,9 @@ class PeerConnection:
         self._close_begun = False
         self._handler_lost = False
         self._timer = DeadlineTimer(self.loop, self._next_timer, self._on_timer)
+        # an ACK due within half the loop's timer resolution leaves with this transmit rather
+        # than up to a whole resolution late (hooks.ack_due_within); 0 on the simulator
+        self._ack_early = timer_granularity(self.loop) / 2
         self._keepalive: asyncio.TimerHandle | None = None
         # the highest authenticated 1-RTT packet number received, when it last grew, and
         # when the paths layer last heard that this connection's direct route works
@@ -665,6 +668,8 @@ class PeerConnection:
         if self._closed.done():
             return
         now = self.loop.time()
+        if self._ack_early:
+            hooks.ack_due_within(self.quic, now, self._ack_early)
         datagrams = self.quic.datagrams_to_send(now)
         hooks.note_transmit(self.quic, now)  # an application-limited pass does not grow the window
         if datagrams:

@@ -5,7 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-__all__ = ["DeadlineTimer"]
+__all__ = ["DeadlineTimer", "timer_granularity"]
+
+
+def timer_granularity(loop: asyncio.AbstractEventLoop) -> float:
+    """How late ``loop`` may wake for a timer, by its wait's resolution (seconds).
+
+    asyncio's selector loop waits in whole milliseconds (epoll and poll round a timeout up to
+    the next one): a timer 0.3 ms ahead fires about 1 ms later when nothing else wakes the
+    loop.  Other loops (the simulator's virtual clock fires timers exactly): 0.
+    """
+    return 0.001 if isinstance(loop, asyncio.SelectorEventLoop) else 0.0
 
 
 class DeadlineTimer:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from asgi_p2p.net.timer import DeadlineTimer
+from asgi_p2p.net.timer import DeadlineTimer, timer_granularity
 from asgi_p2p.sim.loop import START_TIME, VirtualTimeLoop
 
 
@@ -88,3 +88,17 @@ def test_no_deadline_lets_a_pending_timer_lapse_and_cancel_stops_it() -> None:
         assert c.fired == [] and t.armed_at is None
 
     _run(main())
+
+
+def test_timer_granularity_is_a_millisecond_on_asyncios_selector_loop_and_zero_on_the_simulators() -> None:
+    # epoll waits in whole milliseconds; the virtual clock fires timers exactly
+    real = asyncio.SelectorEventLoop()
+    try:
+        assert timer_granularity(real) == 0.001
+    finally:
+        real.close()
+    virtual = VirtualTimeLoop()
+    try:
+        assert timer_granularity(virtual) == 0.0
+    finally:
+        virtual.close()
