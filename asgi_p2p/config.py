@@ -128,6 +128,7 @@ LIMITS: dict[str, Limit | Choice] = {
     "udp_offload": Choice(("gro", "gso+gro", "off")),
     "relay_plane": Choice(("on", "off")),
     "relay_first_contact": Choice(("on", "off")),
+    "max_websocket_message_size": Limit(1, MAX_WINDOW, unit="bytes"),
 }
 #: Default HTTP requests per second one peer (node id) may start, with bursts of twice that
 #: (``H3Server(limit_peer_rate=...)``, ``serve --limit-peer-rate``).
@@ -268,6 +269,10 @@ class NetworkConfig:
     #: and a relay server forwards such first contacts; ``"off"``: a client sends nothing
     #: before its relay handshake, and a relay drops first contacts.
     relay_first_contact: str = "on"
+    #: Largest WebSocket message (all its frames together) this node accepts, as a server
+    #: and as a client; a larger message, or a frame announcing more, closes the WebSocket
+    #: with code 1009 (message too big).  The decoder holds at most this much of a message.
+    max_websocket_message_size: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -30,9 +30,6 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
-#: Default largest message accepted (bytes).
-DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
-
 
 class WebSocketProtocolError(Exception):
     def __init__(self, message: str, code: int = 1002) -> None:
@@ -97,7 +94,7 @@ def close_payload(code: int, reason: str = "") -> bytes:
 class FrameDecoder:
     """Feed bytes, get messages and control frames; raises :class:`WebSocketProtocolError`."""
 
-    def __init__(self, *, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(self, *, max_message: int) -> None:
         self._buf = bytearray()
         self._parts: list[bytes] = []
         self._parts_len = 0

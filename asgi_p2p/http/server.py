@@ -681,7 +681,9 @@ class ServerConnection:
             return
         exchange: Exchange
         if parsed["type"] == "websocket":
-            exchange = WebSocketExchange(self, sid, credit, parsed)
+            exchange = WebSocketExchange(
+                self, sid, credit, parsed, max_message=self.conn.config.max_websocket_message_size
+            )
         else:
             exchange = HTTPExchange(self, sid, credit, parsed, ended)
         self.streams[sid] = exchange

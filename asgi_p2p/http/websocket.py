@@ -41,11 +41,12 @@ class WebSocketRejected(P2PError):
 class WebSocketSession:
     """An open WebSocket to a peer: :meth:`send`, :meth:`receive`, :meth:`close`."""
 
-    def __init__(self, stream: ClientStream, subprotocol: str | None, headers: Headers) -> None:
+    def __init__(self, stream: ClientStream, subprotocol: str | None, headers: Headers, *, max_message: int) -> None:
         self._stream = stream
         self.subprotocol = subprotocol
         self.response_headers = headers
-        self._decoder = ws.FrameDecoder()
+        #: ``max_message``: the largest message accepted (``NetworkConfig.max_websocket_message_size``)
+        self._decoder = ws.FrameDecoder(max_message=max_message)
         self._close_sent = False
         self.close_code: int | None = None
         self.close_reason = ""
@@ -229,7 +230,9 @@ class _Connect:
         for name, value in st.headers:
             if name == b"sec-websocket-protocol":
                 subprotocol = value.decode("latin-1")
-        return WebSocketSession(st, subprotocol, st.headers)
+        return WebSocketSession(
+            st, subprotocol, st.headers, max_message=self._endpoint.config.max_websocket_message_size
+        )
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -56,9 +56,10 @@ class WebSocketExchange(Exchange):
     kind = "websocket"
     label = "websocket "
 
-    def __init__(self, sc: ExchangeHost, sid: int, credit: Credit, scope: dict[str, Any]) -> None:
+    def __init__(self, sc: ExchangeHost, sid: int, credit: Credit, scope: dict[str, Any], *, max_message: int) -> None:
         super().__init__(sc, sid, credit, scope)
-        self.decoder = ws.FrameDecoder()
+        #: ``max_message``: the largest message accepted (``NetworkConfig.max_websocket_message_size``)
+        self.decoder = ws.FrameDecoder(max_message=max_message)
         self.handshake = Handshake.PENDING
         self.state = WebSocketState.OPEN
         # the receiving side

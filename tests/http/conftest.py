@@ -91,28 +91,29 @@ class EndpointPair:
         """The simulated host ``endpoint`` is bound on (only on the simulator)."""
         return self.hosts[id(endpoint)]
 
-    async def new_endpoint(self) -> Endpoint:
-        """Another node on the same network (a second client, say)."""
-        ep = await self._bind()
+    async def new_endpoint(self, **config: Any) -> Endpoint:
+        """Another node on the same network (a second client, say), with ``config`` set
+        in its :class:`NetworkConfig`."""
+        ep = await self._bind(**config)
         self.extra.append(ep)
         return ep
 
-    async def _bind(self) -> Endpoint:
-        ep, host = await _bind()
+    async def _bind(self, **config: Any) -> Endpoint:
+        ep, host = await _bind(**config)
         if host is not None:
             self.hosts[id(ep)] = host
         return ep
 
 
-async def _bind() -> tuple[Endpoint, str | None]:
+async def _bind(**config: Any) -> tuple[Endpoint, str | None]:
     sim = _current_simulation()
     if sim is None:
-        return await Node.bind(host="127.0.0.1", config=_config()), None
+        return await Node.bind(host="127.0.0.1", config=_config(**config)), None
     counter = _host_counters.setdefault(sim, iter(range(1, 1_000_000)))
     host = sim.host(f"h{next(counter)}")
     for link in host.links.values():  # auto-linked to every node already there
         link.configure(mtu=SIM_MTU)
-    ep = await Node.bind(host="0.0.0.0", port=4433, config=_config(), network=host)
+    ep = await Node.bind(host="0.0.0.0", port=4433, config=_config(**config), network=host)
     return ep, host.name
 
 
