@@ -844,7 +844,16 @@ def render_table(results: dict[tuple[str, int], list[Result]], sizes: list[int],
 def describe_limits(p: Params) -> list[str]:
     """What bounds each bulk row, in words (for the lines above the table)."""
     mds = 1200
-    return [f"- bulk, {limits.describe(limits.p2p_config(mds))}" for limits in p.limits()]
+    lines = [f"- bulk, {limits.describe(limits.p2p_config(mds))}" for limits in p.limits()]
+    cfg = p.limits()[0].p2p_config(mds)
+    lines.append(
+        "- congestion control differs (each as it ships, in every row): aioquic New Reno, its slow start "
+        "ended by its RTT monitor or a loss, a 10-packet initial window, its own pacer; asgi-p2p "
+        f"{cfg.congestion_control} with HyStart++, a {cfg.initial_congestion_window}-packet initial window "
+        "(packets counted at most 1472 bytes), the pacer holding a whole burst at any rate, and an ACK due "
+        "within half the loop's timer resolution sent at once (the early ACK)"
+    )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

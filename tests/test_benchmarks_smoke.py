@@ -45,6 +45,8 @@ def test_transport_benchmark_quick_run_prints_table() -> None:
     # both bulk configurations are stated above the table
     assert "- bulk, same limits: both senders hold at most 256 KiB unacknowledged (asgi-p2p's send buffer fixed" in out
     assert "- bulk, defaults: asgi-p2p auto-tuned: send buffer 256 KiB growing to two congestion windows" in out
+    assert "- congestion control differs (each as it ships, in every row): aioquic New Reno" in out
+    assert "asgi-p2p cubic with HyStart++, a 64-packet initial window" in out
     assert "Machine:" in out
 
 
