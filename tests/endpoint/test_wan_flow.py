@@ -225,6 +225,56 @@ def test_peer_advertising_huge_windows_cannot_grow_our_send_buffer_past_its_ceil
     sim.run(main())
 
 
+def test_huge_peer_windows_meet_the_default_send_buffer_ceiling(sim: Simulation) -> None:
+    """The same greedy peer, our send buffer at its default ceiling (16 MiB): on a path whose
+    congestion window outgrows half of it (no bandwidth limit, 80 ms RTT, 16 kB datagrams, so
+    few packets), two congestion windows would be more than the ceiling; the stream holds the
+    ceiling and no more."""
+    a, b = sim.host("alice"), sim.host("bob")
+    mds = 16000
+    sim.link(a, b, latency=ONE_WAY, loss=0.0, bandwidth=None, mtu=mds + 28)
+    huge = 512 * 1024 * 1024
+    greedy = NetworkConfig(
+        connect_timeout=30.0,
+        max_datagram_size=mds,
+        stream_receive_window=huge,
+        max_stream_receive_window=huge,
+        connection_receive_window=huge,
+        max_connection_receive_window=huge,
+    )
+    ours = NetworkConfig(connect_timeout=30.0, max_datagram_size=mds)
+    ceiling = ours.max_stream_send_buffer
+    assert ceiling == 16 * 1024 * 1024  # the default
+
+    async def main() -> None:
+        ea, eb = await _pair(a, b, greedy, ours)
+        conn = await eb.connect(ea.node_addr())
+        pc = conn.peer_connection
+        highest = 0
+        cwnd = 0
+
+        async def flood() -> None:
+            while True:
+                await conn.send(CHUNK)
+
+        task = asyncio.create_task(flood())
+        await ea.listen().accept()  # accepted, never read
+        for _ in range(100):  # 1 virtual second: slow start passes 8 MiB within ~0.6 s
+            await asyncio.sleep(0.01)
+            out = conn._out_stream
+            assert out is not None
+            highest = max(highest, hooks.unacked_bytes(pc.quic, out))
+            assert highest <= ceiling + len(CHUNK)
+            cwnd = max(cwnd, hooks.congestion_window(pc.quic))
+        assert 2 * cwnd > ceiling  # two congestion windows would have been more
+        assert highest >= ceiling - len(CHUNK)  # the ceiling, not the window, was the limit
+        task.cancel()
+        await eb.close()
+        await ea.close()
+
+    sim.run(main())
+
+
 def _bulk_over_bursty_rtt(sim: Simulation, config: NetworkConfig, total: int) -> list[tuple[float, int]]:
     """Bob sends ``total`` bytes to Alice over the WAN path whose one-way delay jumps from
     40 to 52 ms (RTT 80 -> 104 ms, +30%) for 150 ms of every 500 ms: bursty delivery,
