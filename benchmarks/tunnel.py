@@ -367,7 +367,7 @@ async def run_sender(tunnel_url: str, local_url: str, cafile: str | None) -> Non
                         aborted[rid].set()
                 elif kind == "HTTP" and len(tasks) < MAX_IN_FLIGHT:
                     stop = aborted[rid] = asyncio.Event()
-                    task = asyncio.ensure_future(_forward(ws, local, req, rid, stop))
+                    task = asyncio.ensure_future(forward_request(ws, local, req, rid, stop))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     task.add_done_callback(lambda _t, rid=rid: aborted.pop(rid, None))
@@ -375,7 +375,7 @@ async def run_sender(tunnel_url: str, local_url: str, cafile: str | None) -> Non
             local.close()
 
 
-async def _forward(ws: Any, local: LocalApp, req: dict[str, Any], rid: int, stop: asyncio.Event) -> None:
+async def forward_request(ws: Any, local: LocalApp, req: dict[str, Any], rid: int, stop: asyncio.Event) -> None:
     """Send the request to the local app and its response back in packets of at most ``PACKET_BYTES``,
     each filled before it is sent (MoosicBox's ``send_binary_stream``)."""
     import h11
