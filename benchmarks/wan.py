@@ -785,6 +785,7 @@ def table(runs: list[RowRun], tcp: list[tuple[float, float]], args: argparse.Nam
                 fracs = " / ".join(f"{d / n * 100:.2f}%" if n else "n/a" for n, d in got)
                 cells.append(f"{what} {fracs} of {' / '.join(f'{n:,}' for n, _ in got)} frames")
             lines.append(f"- Lost during the download ({TITLES[r]}, per run): " + "; ".join(cells))
+        lines.append("")
     if "relayed" in per and "relayed-tcp" in per:
         tl = [
             "| relay over TCP vs over UDP (same run, medians) | over UDP | over TCP | ratio | target |",
