@@ -1,19 +1,42 @@
 """A minimal WebSocket tunnel, the baseline of the WAN benchmark (benchmarks/wan.py).
 
-It works as the system asgi-p2p replaces (the MoosicBox tunnel) does: a **tunnel server** on a
-public host accepts HTTP requests from clients and one WebSocket from a **sender** inside the
-home; the sender keeps that WebSocket open (it dials out, so no port forwarding is needed),
-forwards each request it receives over it to the local app over HTTP on 127.0.0.1, and streams
-the response back as binary WebSocket messages, which the tunnel server streams to the client.
+It works as the system asgi-p2p replaces (the MoosicBox tunnel: packages/tunnel_server,
+packages/tunnel_sender, packages/tunnel and packages/server/src/tunnel.rs of MoosicBox/MoosicBox) does:
+a **tunnel server** on a public host accepts HTTP requests from clients and one WebSocket from a
+**sender** inside the home; the sender keeps that WebSocket open (it dials out, so no port forwarding
+is needed), forwards each request it receives over it to the local app over HTTP on 127.0.0.1, and
+sends the response back as binary WebSocket messages, which the tunnel server streams to the client.
 
 Wire format (MoosicBox's binary encoding):
 
 * request, server -> sender: a text message, JSON ``{"type": "HTTP", "request_id", "method",
   "path", "query", "headers", "payload" (base64 body or null), "encoding": "BINARY"}``; or
   ``{"type": "ABORT", "request_id"}`` when the client went away;
-* response, sender -> server: binary messages of at most 32 KiB of body each:
+* response, sender -> server: binary messages of at most ``PACKET_BYTES`` (64 KiB, MoosicBox's
+  ``WS_MAX_PACKET_SIZE`` default) each, header included:
   ``request_id u64 | packet_id u32 (from 1) | last u8`` and, in packet 1 only,
-  ``status u16 | headers length u32 | headers JSON``; then body bytes. ``last=1`` ends it.
+  ``status u16 | headers length u32 | headers JSON``; then body bytes. ``last=1`` ends it. As
+  MoosicBox's ``send_binary_stream``, the sender fills each packet before sending it (a packet leaves
+  when it is full or the body ended), so a small response is one packet with ``last=1``.
+
+What it models as the real system does: one WebSocket per sender; every request handled concurrently
+on both ends (a task per request on the server and in the sender); responses routed on the server by
+request id to the waiting client; the sender's packets written to the one WebSocket in turn.
+
+Where it differs, each in the baseline's favour or without effect on the benchmark's workloads:
+
+* the sender reaches the local app over keep-alive connections it reuses (h11, newest idle first);
+  MoosicBox builds a new HTTP client, so a new TCP connection, per request
+  (``switchy_http::Client::new()`` in ``TunnelSender::http_request``). It does not use httpx's pool:
+  at 50 requests in flight that pool's per-request bookkeeping made this Python sender CPU-bound;
+* the server looks no connection up in a database per request (MoosicBox's ``get_connection_id``);
+* the server holds at most ``MAX_QUEUED_PACKETS`` packets per request (MoosicBox: unbounded): beyond,
+  the WebSocket reader waits (a 10 MiB download is 161 packets, never near the bound);
+* the sender writes packets in the order its requests produce them; MoosicBox's writer queue sends
+  the shortest waiting message first, which lets small responses pass a download's queued packets
+  (no effect when every request in flight is alike, as in each of the benchmark's phases);
+* both ends are Python (asyncio, one process each); MoosicBox is Rust (actix-web, tokio, a worker
+  thread per core), which costs far less CPU per request and per MB.
 
 Subcommands (each prints ``ready`` on stdout once it serves; ``app`` and ``server`` add their port,
 so ``--port 0`` works)::
@@ -24,8 +47,9 @@ so ``--port 0`` works)::
 
 Limits: request bodies up to 1 MiB (413 beyond); at most ``MAX_QUEUED_PACKETS`` response packets
 wait per request on the server (the WebSocket reader then waits, which slows the whole tunnel,
-as one TCP stream does); at most ``MAX_IN_FLIGHT`` requests in flight (503 beyond). Needs the
-``bench`` extra (uvicorn, websockets).
+as one TCP stream does); at most ``MAX_IN_FLIGHT`` requests in flight (503 beyond); the sender keeps
+at most ``MAX_IDLE_LOCAL`` idle connections to the app. Needs the ``bench`` extra (uvicorn,
+websockets; h11 comes with them).
 """
 
 # ruff: noqa: E402
@@ -51,17 +75,19 @@ import itertools
 import json
 import ssl
 import struct
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 HEADER = struct.Struct("!QIB")  # request_id, packet_id, last
 FIRST = struct.Struct("!HI")  # status, length of the headers JSON
-PACKET_BYTES = 32 * 1024
+PACKET_BYTES = 64 * 1024  # a whole WebSocket message, header included (MoosicBox WS_MAX_PACKET_SIZE)
 MAX_QUEUED_PACKETS = 256
 MAX_IN_FLIGHT = 1000
 MAX_REQUEST_BODY = 1024 * 1024
 MAX_HEADERS_JSON = 64 * 1024
+MAX_IDLE_LOCAL = 100
 #: not forwarded in either direction (they describe one hop, not the message)
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "proxy-connection"}
@@ -258,68 +284,154 @@ async def _plain(send: Send, status: int, text: str) -> None:
 # -- the sender (home) -----------------------------------------------------------------------
 
 
+class LocalApp:
+    """HTTP/1.1 to the local app (h11): idle keep-alive connections are reused, newest first."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"--local must be an http:// URL, got {url!r}")
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.authority = parts.netloc
+        self.idle: list[_LocalConn] = []
+
+    async def connect(self) -> _LocalConn:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.reader.at_eof():
+                return conn
+            conn.close()
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        return _LocalConn(reader, writer)
+
+    def release(self, conn: _LocalConn) -> None:
+        """Keep ``conn`` for the next request if its exchange ended cleanly, else close it."""
+        import h11
+
+        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE and len(self.idle) < MAX_IDLE_LOCAL:
+            conn.h11.start_next_cycle()
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class _LocalConn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h11
+
+        self.reader, self.writer = reader, writer
+        self.h11 = h11.Connection(h11.CLIENT)  # a response head of at most 16 KiB: packet 1 always has room
+
+    def send(self, *events: Any) -> None:
+        self.writer.write(b"".join(self.h11.send(e) or b"" for e in events))
+
+    async def next_event(self) -> Any:
+        import h11
+
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.h11.receive_data(await self.reader.read(PACKET_BYTES))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 async def run_sender(tunnel_url: str, local_url: str, cafile: str | None) -> None:
-    import httpx
     from websockets.asyncio.client import connect
 
     ctx = ssl.create_default_context(cafile=cafile) if tunnel_url.startswith("wss:") else None
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    async with (
-        connect(tunnel_url, ssl=ctx, compression=None, max_size=2 * PACKET_BYTES, open_timeout=30) as ws,
-        httpx.AsyncClient(base_url=local_url, timeout=None, limits=limits) as http,
-    ):
+    local = LocalApp(local_url)
+    async with connect(tunnel_url, ssl=ctx, compression=None, max_size=2 * PACKET_BYTES, open_timeout=30) as ws:
         print("ready", flush=True)
         aborted: dict[int, asyncio.Event] = {}
         tasks: set[asyncio.Task[None]] = set()
-        async for message in ws:
-            if not isinstance(message, str):
-                continue
-            try:
-                req = json.loads(message)
-                kind, rid = req["type"], int(req["request_id"])
-            except (ValueError, KeyError, TypeError) as exc:
-                print(f"sender: ignored a malformed request: {exc}", file=sys.stderr)
-                continue
-            if kind == "ABORT":
-                if rid in aborted:
-                    aborted[rid].set()
-            elif kind == "HTTP" and len(tasks) < MAX_IN_FLIGHT:
-                stop = aborted[rid] = asyncio.Event()
-                task = asyncio.ensure_future(_forward(ws, http, req, rid, stop))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                task.add_done_callback(lambda _t, rid=rid: aborted.pop(rid, None))
+        try:
+            async for message in ws:
+                if not isinstance(message, str):
+                    continue
+                try:
+                    req = json.loads(message)
+                    kind, rid = req["type"], int(req["request_id"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    print(f"sender: ignored a malformed request: {exc}", file=sys.stderr)
+                    continue
+                if kind == "ABORT":
+                    if rid in aborted:
+                        aborted[rid].set()
+                elif kind == "HTTP" and len(tasks) < MAX_IN_FLIGHT:
+                    stop = aborted[rid] = asyncio.Event()
+                    task = asyncio.ensure_future(forward_request(ws, local, req, rid, stop))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    task.add_done_callback(lambda _t, rid=rid: aborted.pop(rid, None))
+        finally:
+            local.close()
 
 
-async def _forward(ws: Any, http: Any, req: dict[str, Any], rid: int, stop: asyncio.Event) -> None:
-    """Send the request to the local app and its response back in packets of at most 32 KiB."""
-    import httpx
+async def forward_request(ws: Any, local: LocalApp, req: dict[str, Any], rid: int, stop: asyncio.Event) -> None:
+    """Send the request to the local app and its response back in packets of at most ``PACKET_BYTES``,
+    each filled before it is sent (MoosicBox's ``send_binary_stream``)."""
+    import h11
 
     headers = {k: v for k, v in (req.get("headers") or {}).items() if k.lower() not in HOP_BY_HOP}
     headers["user-agent"] = "TUNNEL_SENDER"
-    payload = base64.b64decode(req["payload"]) if req.get("payload") else None
-    url = "/" + str(req["path"]) + (f"?{req['query']}" if req.get("query") else "")
+    payload = base64.b64decode(req["payload"]) if req.get("payload") else b""
+    target = "/" + str(req["path"]) + (f"?{req['query']}" if req.get("query") else "")
+    conn: _LocalConn | None = None
+    pid = 1
     try:
-        async with http.stream(req["method"], url, headers=headers, content=payload) as resp:
-            rheaders = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
-            pid, first = 1, True
-            async for chunk in resp.aiter_raw(PACKET_BYTES):
-                if stop.is_set():
-                    return
-                if first:
-                    await ws.send(encode_packet(rid, 1, False, chunk, resp.status_code, rheaders))
-                    first = False
-                else:
-                    await ws.send(encode_packet(rid, pid, False, chunk))
-                pid += 1
-            if first:
-                await ws.send(encode_packet(rid, 1, True, b"", resp.status_code, rheaders))
+        conn = await local.connect()
+        fields = [("host", local.authority), *headers.items(), ("content-length", str(len(payload)))]
+        conn.send(h11.Request(method=req["method"], target=target, headers=fields), h11.Data(data=payload))
+        conn.send(h11.EndOfMessage())
+        await conn.writer.drain()
+        resp = await conn.next_event()
+        if not isinstance(resp, h11.Response):
+            raise h11.RemoteProtocolError(f"expected a response, got {resp!r}")
+        raw = {k.decode("latin-1"): v.decode("latin-1") for k, v in resp.headers}
+        rheaders = {k: v for k, v in raw.items() if k.lower() not in HOP_BY_HOP}
+        buf, last = bytearray(), False
+        while not last:
+            if pid == 1:
+                head = bytearray(encode_packet(rid, 1, False, b"", resp.status_code, rheaders))
             else:
-                await ws.send(encode_packet(rid, pid, True, b""))
-    except httpx.HTTPError as exc:
-        body = f"local app failed: {exc}\n".encode()
+                head = bytearray(HEADER.pack(rid, pid, 0))
+            room = PACKET_BYTES - len(head)
+            while len(buf) < room:
+                event = await conn.next_event()
+                if isinstance(event, h11.Data):
+                    buf += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    last = True
+                    break
+                else:
+                    raise h11.RemoteProtocolError(f"unexpected {event!r} in a response body")
+            if stop.is_set():
+                return
+            body, buf = bytes(buf[:room]), buf[room:]
+            last = last and not buf
+            head[HEADER.size - 1] = int(last)
+            await ws.send(bytes(head) + body)
+            pid += 1
+        local.release(conn)
+        conn = None
+    except (OSError, h11.ProtocolError) as exc:
         with contextlib.suppress(Exception):
-            await ws.send(encode_packet(rid, 1, True, body, 502, {"content-type": "text/plain"}))
+            if pid == 1:
+                body = f"local app failed: {exc}\n".encode()
+                await ws.send(encode_packet(rid, 1, True, body, 502, {"content-type": "text/plain"}))
+            else:  # mid-body: end it here, so the client sees a short body, not a hang
+                await ws.send(HEADER.pack(rid, pid, 1))
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 # -- TLS for the tunnel server ------------------------------------------------------------------------

@@ -13,7 +13,10 @@ Builds the network-namespace rig of tests/netns (needs root, ``ip``, ``tc``, ``n
 Each home's access link (its router <-> the core) gets a userspace delay line (``--delay-ms`` one
 way, so a round trip between two homes is 4x that) and ``tc tbf`` (``--rate-mbit``) in both
 directions; ``--loss-pct`` drops packets (nftables) on the serving home's access link only, so
-every path between a client and the server crosses exactly one lossy link. Profiles: ``wan``
+every path between a client and the server crosses exactly one lossy link. Each drop decision is one
+wire frame for every protocol (the rig draws where frames arrive, never on a TCP sender's GSO
+super-packets); the frames that arrived and were dropped during each download are printed per row
+and direction under the table. Profiles: ``wan``
 (default: 20 ms, 100 Mbit/s), ``lan`` (5 ms, 1 Gbit/s), ``lossy`` (50 ms, 20 Mbit/s, 1% loss).
 
 Rows (all serve the same Starlette app, benchmarks/wan_app.py; clients are httpx.AsyncClient; in the
@@ -339,6 +342,8 @@ class RowRun:
     cpu_bulk: dict[str, float] = field(default_factory=dict)
     #: the relay's counters over the download (relayed rows): forwarded packets, drops by reason
     relay_bulk: dict[str, float] = field(default_factory=dict)
+    #: with --loss-pct: the loss rules' (arrived, dropped) wire frames over the download, per direction
+    loss_bulk: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -495,6 +500,13 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
                 got[f"dropped_{reason}"] = float(line.split()[-1])
         return got
 
+    def loss_counts(self) -> dict[str, tuple[int, int]]:
+        """The serving home's loss rules: (arrived, dropped) frames, "out" of the home (a download's data)
+        and "in" (its acknowledgements and the requests)."""
+        return {
+            ("out" if ns == self.rig.pub else "in"): counts for (ns, _ifname), counts in self.rig.loss_counts().items()
+        }
+
     def check_alive(self) -> None:
         for proc in self._all:
             if proc.poll() is not None:
@@ -538,6 +550,7 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
         pids = self.procs[row]
         before: dict[str, float] = {}
         relay_before: dict[str, float] = {}
+        loss_before: dict[str, tuple[int, int]] = {}
         timeout = 120 + 10 * self.args.bulk_mib + self.args.steady + self.args.requests / 10
         deadline = time.monotonic() + timeout
         try:
@@ -547,6 +560,8 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
                 if "phase" in msg:
                     if msg["phase"] == "bulk" and row in ("relayed", "relayed-tcp"):
                         relay_before = self.relay_counters()
+                    if msg["phase"] == "bulk" and self.args.loss_pct > 0:
+                        loss_before = self.loss_counts()
                     before = {role: _cpu_seconds(pid) for role, pid in pids.items()}
                     proc.stdin.write("go\n")
                     proc.stdin.flush()
@@ -561,6 +576,11 @@ insert rule inet filter forward iifname "wan" tcp dport {TCP_PORT} accept
                         if row in ("relayed", "relayed-tcp"):
                             after_relay = self.relay_counters()
                             run.relay_bulk = {k: v - relay_before.get(k, 0.0) for k, v in after_relay.items()}
+                        if self.args.loss_pct > 0:
+                            run.loss_bulk = {
+                                way: (seen - loss_before[way][0], dropped - loss_before[way][1])
+                                for way, (seen, dropped) in self.loss_counts().items()
+                            }
                 elif "result" in msg:
                     run.client = msg["result"]
                     break
@@ -757,6 +777,15 @@ def table(runs: list[RowRun], tcp: list[tuple[float, float]], args: argparse.Nam
                 vals.append(f"{role} {_fmt(m, 2)}")
             parts.append(f"{phase} ({unit}): " + ", ".join(vals))
         lines.append(f"- CPU of {TITLES[r]}: " + "; ".join(parts))
+    if args.loss_pct > 0:
+        for r in rows:
+            cells = []
+            for way, what in (("out", "data out of the serving home"), ("in", "into it")):
+                got = [x.loss_bulk[way] for x in runs if x.row == r and way in x.loss_bulk]
+                fracs = " / ".join(f"{d / n * 100:.2f}%" if n else "n/a" for n, d in got)
+                cells.append(f"{what} {fracs} of {' / '.join(f'{n:,}' for n, _ in got)} frames")
+            lines.append(f"- Lost during the download ({TITLES[r]}, per run): " + "; ".join(cells))
+        lines.append("")
     if "relayed" in per and "relayed-tcp" in per:
         tl = [
             "| relay over TCP vs over UDP (same run, medians) | over UDP | over TCP | ratio | target |",
@@ -853,7 +882,8 @@ def run_bench(args: argparse.Namespace) -> int:
     notes = [
         f"Link: each home's access link {d:g} ms one way (userspace delay line: {'/'.join(line_kinds) or 'none'}) "
         f"and {rate:g} Mbit/s (tc tbf), "
-        f"both directions; {loss}% loss (nftables) on the serving home's access link; a round trip between homes "
+        f"both directions; {loss}% loss (nftables, one draw per wire frame) on the serving home's access link; "
+        "a round trip between homes "
         f"crosses two access links ({4 * d:g} ms added). NAT: server and direct/tunnel clients behind "
         "endpoint-independent NATs, relayed clients behind a symmetric NAT, relayed-over-TCP clients behind an "
         "endpoint-independent NAT that drops all UDP from its LAN.",

@@ -791,3 +791,56 @@ def test_sendmmsg_benchmark_sends_every_datagram_every_way() -> None:
         for how in ("sendto", "sendmmsg, packed", "sendmmsg, arrays prebuilt (the system call alone)"):
             assert f"| {n} | {how} | " in out, out
     assert "Machine:" in out
+
+
+def test_tunnel_sender_packs_responses_as_moosicbox_does_and_reuses_its_app_connection() -> None:
+    """The sender fills each WebSocket message up to 64 KiB (header included) before sending it, as
+    MoosicBox's send_binary_stream: a small response is one packet with last=1, a download full packets
+    then the rest; the second request reuses the first one's connection to the app; an app that is gone
+    becomes one 502 packet."""
+    import asyncio
+
+    from benchmarks.tunnel import PACKET_BYTES, LocalApp, decode_packet, forward_request
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send(self, data: bytes) -> None:
+            self.sent.append(data)
+
+    async def exchange(local: LocalApp, path: str, rid: int) -> list[tuple[int, int, bool, int | None, bytes]]:
+        ws = Recorder()
+        req = {"type": "HTTP", "request_id": rid, "method": "GET", "path": path, "query": "", "headers": {}}
+        await asyncio.wait_for(forward_request(ws, local, req, rid, asyncio.Event()), 30)
+        assert all(len(m) <= PACKET_BYTES for m in ws.sent)
+        return [(r, p, last, status, body) for r, p, last, status, _h, body in map(decode_packet, ws.sent)]
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    app, port = _start([sys.executable, str(ROOT / "benchmarks" / "tunnel.py"), "app", "--port", "0"], env)
+
+    async def main() -> None:
+        local = LocalApp(f"http://127.0.0.1:{port}")
+        assert await exchange(local, "small", 5) == [(5, 1, True, 200, b"hello, world\n")]
+        assert len(local.idle) == 1
+        kept = local.idle[0]
+        packets = await exchange(local, "big/1", 6)
+        assert local.idle == [kept]  # the same connection served both
+        assert [p for _, p, _, _, _ in packets] == list(range(1, len(packets) + 1))
+        assert [last for _, _, last, _, _ in packets] == [False] * (len(packets) - 1) + [True]
+        body = b"".join(b for *_, b in packets)
+        assert len(body) == 1024 * 1024 and len(packets) == 17  # the headers and a body start, 15 full, the rest
+        assert all(len(b) == PACKET_BYTES - 13 for *_, b in packets[1:-1])
+        local.close()
+        app.kill()
+        app.communicate()
+        gone = await exchange(LocalApp(f"http://127.0.0.1:{port}"), "small", 7)
+        assert [(r, p, last, status) for r, p, last, status, _ in gone] == [(7, 1, True, 502)]
+        assert gone[0][4].startswith(b"local app failed:")
+
+    try:
+        asyncio.run(main())
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.communicate()

@@ -116,8 +116,9 @@ class Impair:
     delay_ms: one-way delay added by a userspace delay line (so a round trip over the link gains
     2 * delay_ms); jitter_ms: extra uniform 0..jitter_ms per frame (reorders); queue_frames: frames
     the delay line holds at most (both directions together), more are dropped. loss_pct: each packet
-    is dropped with this probability (nftables ``numgen random mod 100 < N drop``) in each direction.
-    rate_kbit: ``tc tbf`` rate limit on both ends' egress.
+    is dropped with this probability (nftables ``numgen random mod 100 < N drop``) in each direction,
+    where it arrives, so each draw is one wire frame (the link's ends send no GSO super-packets; see
+    ``Rig.loss_counts``). rate_kbit: ``tc tbf`` rate limit on both ends' egress.
     """
 
     delay_ms: float = 0.0
@@ -168,6 +169,7 @@ class Rig:
     delay_lines: list[subprocess.Popen[Any]] = field(default_factory=list)  # also in procs, in link order
     homes: dict[str, Home] = field(default_factory=dict)
     _lan_hosts: dict[str, int] = field(default_factory=dict)  # extra hosts per home LAN (lan_host)
+    _lossy_ends: list[tuple[str, str]] = field(default_factory=list)  # (namespace, interface) with a loss rule
     logdir: Path | None = None  # where spawned processes' stderr goes; default: a temp dir removed by close()
 
     def __post_init__(self) -> None:
@@ -215,39 +217,48 @@ class Rig:
         """Load an nftables ruleset (``nft -f`` syntax) into namespace ``ns``."""
         sh(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=ruleset)
 
+    def _wire_frames(self, *ends: tuple[str, str]) -> None:
+        """Make each (namespace, interface) send only MTU-sized frames: a GSO super-packet it forwards
+        or builds is cut at transmit (gso_max_size, the kernel segments any packet that exceeds it)."""
+        for ns, ifname in ends:
+            self._ip(ns, f"link set dev {ifname} gso_max_size 1500")
+
+    def loss_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """Per lossy link end (namespace, interface): (packets that arrived, packets the loss rule dropped)."""
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for ns, ifname in self._lossy_ends:
+            listing = sh(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", f"impair_{ifname}"])
+            seen, dropped = (int(n) for n in re.findall(r"counter packets (\d+) ", listing))
+            out[(ns, ifname)] = (seen, dropped)
+        return out
+
     def _link(self, ns_a: str, if_a: str, ns_b: str, if_b: str, impair: Impair | None) -> None:
         """A veth link ns_a/if_a <-> ns_b/if_b, optionally through a delay-line namespace."""
         self._links += 1
+        lossy = impair is not None and impair.loss_pct > 0
         if impair is not None and impair.delay_ms + impair.jitter_ms > 0:
             dl = self._add_ns(f"d{self._links}")
             self._ip(ns_a, f"link add {if_a} type veth peer name dla netns {dl}")
             self._ip(ns_b, f"link add {if_b} type veth peer name dlb netns {dl}")
             self._ip(dl, "link set dev dla up", "link set dev dlb up")
-            for ns, ifname in ((ns_a, if_a), (ns_b, if_b), (dl, "dla"), (dl, "dlb")):
-                # TSO/GSO would hand the delay line frames larger than the MTU
-                subprocess.run(["ip", "-n", ns, "link", "set", ifname, "gso_max_size", "1500"], capture_output=True)
+            # TSO/GSO would hand the delay line frames larger than the MTU: each end cuts what it sends
+            self._wire_frames((ns_a, if_a), (ns_b, if_b), (dl, "dla"), (dl, "dlb"))
             args = [str(DELAYLINE), "dla", "dlb", str(impair.delay_ms), str(impair.jitter_ms), str(self._links)]
             proc = self.spawn(dl, [sys.executable, *args, str(impair.queue_frames)])
             self.delay_lines.append(proc)
             expect_line(proc, "ready", timeout=30)  # the first line of a run may compile delayline.c
         else:
             self._ip(ns_a, f"link add {if_a} type veth peer name {if_b} netns {ns_b}")
-        if impair is not None and impair.loss_pct > 0:
-            n = impair.loss_pct
-            self.nft(
-                ns_a,
-                f"""table inet impair_{if_a} {{
-    chain pre {{
-        type filter hook prerouting priority -300; policy accept;
-        iifname "{if_a}" numgen random mod 100 < {n} drop
-    }}
-    chain post {{
-        type filter hook postrouting priority 300; policy accept;
-        oifname "{if_a}" numgen random mod 100 < {n} drop
-    }}
-}}
-""",
-            )
+            if lossy:
+                self._wire_frames((ns_a, if_a), (ns_b, if_b))
+        if impair is not None and lossy:
+            # Each direction loses packets where it arrives (prerouting, priority -300: before conntrack):
+            # there every packet is one wire frame. A sender's TCP hands its interface super-packets
+            # (TSO/GSO, up to 64 KB) that a router forwards whole, so a rule on the sending side would
+            # drop a burst of segments with one draw; the interface cuts them to frames only on transmit.
+            for ns, ifname in ((ns_a, if_a), (ns_b, if_b)):
+                self.nft(ns, loss_ruleset(ifname, impair.loss_pct))
+                self._lossy_ends.append((ns, ifname))
         if impair is not None and impair.rate_kbit > 0:
             for ns, ifname in ((ns_a, if_a), (ns_b, if_b)):
                 sh(["tc", "-n", ns, "qdisc", "add", "dev", ifname, "root", "tbf",
@@ -472,6 +483,18 @@ class Rig:
             shutil.rmtree(self.logdir, ignore_errors=True)
         if errors:
             raise RigError("could not delete namespaces: " + "; ".join(errors))
+
+
+def loss_ruleset(ifname: str, pct: int) -> str:
+    """The nftables table that drops ``pct``% of the packets arriving on ``ifname``, counting both."""
+    return f"""table inet impair_{ifname} {{
+    chain pre {{
+        type filter hook prerouting priority -300; policy accept;
+        iifname "{ifname}" counter
+        iifname "{ifname}" numgen random mod 100 < {pct} counter drop
+    }}
+}}
+"""
 
 
 def nat_ruleset(nat: str, host_ip: str) -> str:

@@ -315,6 +315,42 @@ def test_delay_line_runs_in_python_without_gcc(make_rig: Any, tmp_path: Path, mo
     assert failed.returncode != 0 and "gcc is not installed" in failed.stderr, failed.stderr
 
 
+def tcp_counters(rig: Rig, ns: str) -> tuple[int, int]:
+    """The namespace's TCP (OutSegs, RetransSegs) from /proc/net/snmp (each namespace has its own)."""
+    lines = [line.split() for line in sh(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]).splitlines()]
+    names, values = (line for line in lines if line[0] == "Tcp:")  # a header line, then the values
+    tcp = dict(zip(names[1:], values[1:], strict=True))
+    return int(tcp["OutSegs"]), int(tcp["RetransSegs"])
+
+
+@pytest.mark.parametrize("delay_ms", [0, 2], ids=["no-delay-line", "delay-line"])
+def test_loss_draws_once_per_wire_frame_for_tcp_bulk(make_rig: Any, delay_ms: int) -> None:
+    """A TCP sender hands its interface GSO super-packets (up to 64 KB) that its router forwards whole: a
+    loss rule must still drop each MTU-sized frame on its own, or TCP would see bursts of losses
+    where UDP sees single ones. Every segment the sender sent passes the rule once, 5% are dropped,
+    and TCP retransmits each of those."""
+    rig: Rig = make_rig()
+    sink = rig.python(rig.relay, "-c", TCP_SINK)
+    expect_line(sink, "^ready$")
+    home = rig.home("a", nat="eim", wan=Impair(delay_ms=delay_ms, loss_pct=5))
+    segs0, retrans0 = tcp_counters(rig, home.host.ns)
+    size = 4 << 20
+    sent = rig.run(home.host, [sys.executable, "-c", TCP_SOURCE, rig.relay.ip, str(size)], timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    assert expect_line(sink, r"^\d+ ", timeout=30).string.split()[0] == str(size)
+    segs1, retrans1 = tcp_counters(rig, home.host.ns)
+    segments, retransmits = segs1 - segs0, retrans1 - retrans0
+    counts = rig.loss_counts()
+    assert set(counts) == {(home.router.ns, "wan"), (rig.pub, next(n for ns, n in counts if ns == rig.pub))}
+    seen, dropped = next(v for (ns, _), v in counts.items() if ns == rig.pub)  # the upstream direction
+    # one draw per segment (OutSegs counts new data, RetransSegs the rest): 4 MiB is ~2,900 segments of
+    # 1,448 bytes, which the sender hands its interface as a few hundred super-packets
+    sent_segments = segments + retransmits
+    assert size / 1448 <= seen and abs(seen - sent_segments) <= 0.01 * sent_segments, (seen, segments, retransmits)
+    assert 0.035 <= dropped / seen <= 0.065, (dropped, seen)  # 5%: sd 0.4% at this count
+    assert retransmits >= dropped, (retransmits, dropped)  # every dropped segment was sent again
+
+
 def test_rate_limit_caps_throughput(netns_rig: Rig) -> None:
     target = start_reflector(netns_rig)[0]
     home = netns_rig.home("a", nat="eim", wan=Impair(rate_kbit=1000))
