@@ -1702,9 +1702,9 @@ class _KeptInitialCryptoPair(CryptoPair):
 def reuse_checked_initial_keys() -> bool:
     """Make aioquic's connections take the Initial keys :func:`initial_packet_decrypts` derived
     (idempotent; applied when this module is imported).  Returns True if this call applied it."""
-    if _quic_connection.CryptoPair is _KeptInitialCryptoPair:
+    if getattr(_quic_connection, "CryptoPair", None) is _KeptInitialCryptoPair:
         return False
-    _quic_connection.CryptoPair = _KeptInitialCryptoPair  # type: ignore[misc]
+    setattr(_quic_connection, "CryptoPair", _KeptInitialCryptoPair)  # noqa: B010 (not exported)
     return True
 
 
