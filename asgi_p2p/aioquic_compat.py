@@ -93,7 +93,9 @@ Hooks:
   1 ms for a packet with data to carry it (see :func:`hold_lone_ack`).
 * :func:`initial_packet_decrypts` - checks a client's first Initial packet with
   the Initial keys (``aioquic.quic.crypto``, derived from its destination
-  connection id) before any connection state exists for it.
+  connection id) before any connection state exists for it;
+  :func:`reuse_checked_initial_keys` replaces ``aioquic.quic.connection.CryptoPair``
+  so that the server connection then created takes those keys instead of deriving them again.
 * :func:`initialize_ahead` - runs a client's ``QuicConnection._initialize`` (TLS
   context, Initial keys, packet spaces) before ``connect()``, which then skips it once.
 * :func:`encode_initial_close` - a stateless server Initial packet carrying a
@@ -256,6 +258,7 @@ __all__ = [
     "received_any_packet",
     "received_offset",
     "resend_handshake_now",
+    "reuse_checked_initial_keys",
     "send_credit",
     "set_max_datagram_size",
     "set_peer_stream_limit",
@@ -1656,7 +1659,56 @@ def initial_packet_decrypts(packet: bytes, encrypted_offset: int, version: int, 
         ctx.decrypt_packet(packet, encrypted_offset, 0)
     except (CryptoError, ValueError, IndexError):  # bad tag, or too short to sample the header
         return False
+    # the server connection about to be created for this Initial derives the same keys
+    # (they depend on the connection id and version alone): it takes these instead
+    _KEPT_INITIAL_KEYS.clear()
+    _KEPT_INITIAL_KEYS[(destination_cid, version)] = (secret, ctx)
     return True
+
+
+#: the Initial keys of the last Initial that :func:`initial_packet_decrypts` accepted, by
+#: (destination connection id, version): (initial secret, the client's direction set up).
+#: One entry at most; the server connection created for that Initial takes it (see
+#: :class:`_KeptInitialCryptoPair`), a later check replaces it.
+_KEPT_INITIAL_KEYS: dict[tuple[bytes, int], tuple[bytes, CryptoContext]] = {}
+
+
+class _KeptInitialCryptoPair(CryptoPair):
+    """aioquic's ``CryptoPair`` that sets up a server's Initial keys from a decryption check.
+
+    A server connection derives the Initial keys of the client's first packet again, right
+    after :func:`initial_packet_decrypts` derived the client's direction to check that
+    packet (an HKDF extract, an expand and the cipher contexts: about a tenth of a
+    millisecond of every accepted connection).  The keys are a function of the connection id
+    and version, so the checked direction is taken as is and only the server's direction is
+    derived, from the same initial secret.
+    """
+
+    def setup_initial(self, cid: bytes, is_client: bool, version: int) -> None:
+        kept = None if is_client else _KEPT_INITIAL_KEYS.pop((cid, version), None)
+        if kept is None:
+            super().setup_initial(cid, is_client, version)
+            return
+        secret, recv = kept
+        recv._setup_cb, recv._teardown_cb = self.recv._setup_cb, self.recv._teardown_cb
+        self.recv = recv
+        self.send.setup(
+            cipher_suite=INITIAL_CIPHER_SUITE,
+            secret=tls.hkdf_expand_label(_INITIAL_HASH, secret, b"server in", b"", _INITIAL_HASH.digest_size),
+            version=version,
+        )
+
+
+def reuse_checked_initial_keys() -> bool:
+    """Make aioquic's connections take the Initial keys :func:`initial_packet_decrypts` derived
+    (idempotent; applied when this module is imported).  Returns True if this call applied it."""
+    if getattr(_quic_connection, "CryptoPair", None) is _KeptInitialCryptoPair:
+        return False
+    setattr(_quic_connection, "CryptoPair", _KeptInitialCryptoPair)  # noqa: B010 (not exported)
+    return True
+
+
+reuse_checked_initial_keys()
 
 
 def encode_initial_close(

@@ -34,6 +34,13 @@ def zbase32_encode(data: bytes) -> str:
     return "".join(_ZB32[(value >> (5 * (nchars - 1 - i))) & 31] for i in range(nchars))
 
 
+@functools.lru_cache(maxsize=512)
+def _node_text(raw: bytes) -> str:
+    """A node id's z-base-32 form, shared by the :class:`NodeId` instances of one key (a node
+    makes one per connection from the key its peer proved; logs name the node in full)."""
+    return zbase32_encode(raw)
+
+
 def zbase32_decode(text: str, nbytes: int) -> bytes:
     """Decode z-base-32 text of exactly ``nbytes`` bytes; raises ValueError."""
     nchars = (nbytes * 8 + 4) // 5
@@ -108,7 +115,7 @@ class NodeId:
     def __str__(self) -> str:
         text = self._text
         if text is None:
-            text = self._text = zbase32_encode(self._bytes)
+            text = self._text = _node_text(self._bytes)
         return text
 
     def __repr__(self) -> str:

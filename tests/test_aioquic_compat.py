@@ -1013,6 +1013,29 @@ def test_initial_packet_decrypts_refuses_junk_and_tampering() -> None:
     assert not hooks.initial_packet_decrypts(short, len(short) - 1, 1, header.destination_cid)
 
 
+def test_a_server_connection_takes_the_initial_keys_its_first_packet_was_checked_with() -> None:
+    """The check's derived keys are reused once, for the same connection id only, and the
+    handshake then completes as with keys derived by aioquic."""
+    assert not hooks.reuse_checked_initial_keys()  # applied when aioquic_compat was imported
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    server = p.start()
+    assert _check(p.pending[0])
+    header = pull_quic_header(Buffer(data=p.pending[0]), host_cid_length=8)
+    kept = hooks._KEPT_INITIAL_KEYS[(header.destination_cid, 1)][1]
+    p.pump()
+    assert server._cryptos_initial[1].recv is kept  # taken, not derived again
+    assert (header.destination_cid, 1) not in hooks._KEPT_INITIAL_KEYS  # once only
+    assert any(isinstance(e, HandshakeCompleted) for e in p.events["client"])
+    assert hooks.handshake_confirmed(p.client)
+    # another connection id derives its own keys (a kept entry for another id is ignored)
+    q = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    assert _check(_client_initial()[1])  # keeps keys for a connection id q never uses
+    other = q.start()
+    q.pump()
+    assert other._cryptos_initial[1].recv is not kept
+    assert any(isinstance(e, HandshakeCompleted) for e in q.events["client"])
+
+
 def test_encode_initial_close_terminates_the_client_with_the_reason() -> None:
     client, datagram = _client_initial()
     header = pull_quic_header(Buffer(data=datagram), host_cid_length=8)

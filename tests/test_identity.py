@@ -32,6 +32,20 @@ def test_text_form_is_52_char_zbase32_and_parses_back() -> None:
     assert len(nid.fmt_short()) == 10
 
 
+def test_instances_of_one_key_share_its_full_text_form() -> None:
+    """The z-base-32 form is made once per key (a node makes a NodeId per connection) and is
+    always the full 52-character id of that key, never another key's."""
+    a, b = SecretKey.from_seed("alice").node_id, SecretKey.from_seed("bob").node_id
+    again = NodeId(a.to_bytes())
+    assert str(again) is str(a)  # shared, not encoded again
+    assert str(again) == zbase32_encode(a.to_bytes()) and len(str(again)) == 52
+    assert str(NodeId(b.to_bytes())) == zbase32_encode(b.to_bytes()) != str(a)
+    for i in range(600):  # past the cache's bound: still each key's own text
+        raw = i.to_bytes(32, "big")
+        assert str(NodeId(raw)) == zbase32_encode(raw)
+    assert NodeId.parse(str(NodeId(a.to_bytes()))) == a
+
+
 @given(st.binary(min_size=32, max_size=32))
 def test_bytes_and_text_round_trip(raw: bytes) -> None:
     nid = NodeId(raw)

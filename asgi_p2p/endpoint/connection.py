@@ -558,11 +558,14 @@ class PeerConnection:
 
     # -- I/O -------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, addr: Address | None) -> None:
+    def datagram_received(self, data: bytes, addr: Address | None, *, then_transmit: bool = True) -> None:
         """A datagram for this connection from ``addr`` (None: through the relay).
 
         QUIC always sees :attr:`address`: the paths layer, not QUIC, decides which
         of the peer's paths are valid (disco probes), so packets from any of them count.
+        The answer leaves with the transmit this schedules (see :meth:`schedule_transmit`);
+        ``then_transmit=False``: the caller transmits (or schedules) itself, and no loop
+        pass is spent on a transmit that would find nothing to send.
         """
         route = self.route
         if addr is not None and addr != route.direct and addr != route.direct_address and self._ready.done():
@@ -613,7 +616,8 @@ class PeerConnection:
             self._callbacks.reset_token(self, old, token)
         self._process_events()
         self._receiving_from = None
-        self.schedule_transmit()
+        if then_transmit:
+            self.schedule_transmit()
 
     def stateless_reset(self) -> None:
         """The peer sent a genuine stateless reset: it no longer has this connection.
@@ -684,7 +688,9 @@ class PeerConnection:
                 if self._quiet_datagrams <= 0:
                     self.route.bulk_started()
             self.route.send(datagrams)
-        self._timer.update()
+        # once closing, the deadline is the end of the closing or draining period: the timer
+        # follows it exactly (a loss timer armed before would wake the loop for nothing)
+        self._timer.update(exact=self._close_begun)
 
     def _next_timer(self) -> float | None:
         """QUIC's timer, or sooner: the next probe of a long probe timeout backoff."""

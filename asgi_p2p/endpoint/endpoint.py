@@ -1243,9 +1243,11 @@ class Endpoint:
         timer = conn.loop.call_later(self.config.handshake_timeout, self._handshake_expired, conn)
         self._admission.admit(conn, source, validated=validated, timer=timer)
         conn.route.start()  # size its handshake datagrams (through the relay: what the relay carries)
-        conn.datagram_received(data, addr if relay_src is None else None)
-        if not (conn.early and conn.datagrams_sent):  # (accepted early, 0-RTT, on a direct path: the
-            # first flight left while the handler was made, the rest leaves with the scheduled transmit)
+        conn.datagram_received(data, addr if relay_src is None else None, then_transmit=False)
+        if conn.early and conn.datagrams_sent:  # accepted early, 0-RTT, on a direct path: the first
+            # flight left while the handler was made, the rest leaves with a scheduled transmit
+            conn.schedule_transmit()
+        else:
             conn.transmit()  # the first flight leaves now (and a close QUIC decided on becomes visible)
         if not hooks.received_any_packet(quic) or hooks.is_closing(quic):
             # nothing in the datagram was accepted, or it made QUIC close (no CRYPTO frame,

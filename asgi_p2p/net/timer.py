@@ -46,10 +46,19 @@ class DeadlineTimer:
         """When the loop timer fires next (None: no timer)."""
         return self._at
 
-    def update(self) -> None:
-        """The deadline may have moved: make sure the loop timer fires no later than it."""
+    def update(self, *, exact: bool = False) -> None:
+        """The deadline may have moved: make sure the loop timer fires no later than it.
+
+        ``exact``: also re-arm when the deadline moved later (or went away), for a state
+        where it rarely moves and an early wakeup would be the only one left (a connection's
+        closing period: the loss timer armed before it would wake the loop for nothing).
+        """
         at = self._deadline()
-        if at is not None and (self._at is None or at < self._at):
+        if at is None:
+            if exact and self._handle is not None:
+                self.cancel()
+            return
+        if self._at is None or at < self._at or (exact and at > self._at):
             self._schedule(at)
 
     def cancel(self) -> None:

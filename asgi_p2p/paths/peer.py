@@ -21,6 +21,7 @@ the base size ``NetworkConfig.max_datagram_size`` or what the relay carries).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from typing import Protocol
@@ -81,6 +82,22 @@ class PeerHost(Protocol):
     stats: PathStats
 
 
+@functools.lru_cache(maxsize=16)
+def _prober_config(base_datagram_size: int, max_datagram_size: int, punch_ttl: int, quiet: float) -> ProberConfig:
+    """The probers' configuration for a node's settings (one per peer: built once, it is frozen)."""
+    return ProberConfig(
+        base_datagram_size=base_datagram_size,
+        max_datagram_size=max_datagram_size,
+        size_search_on_demand=True,
+        punch_ttl=punch_ttl,
+        # QUIC traffic on the current path (at least its keepalives) stands in for the
+        # signed disco keepalive: an idle pair of nodes exchanges one QUIC PING and its
+        # ACK per keepalive interval instead of that plus a PING/PONG pair each way
+        transport_quiet=quiet,
+        path_timeout=max(_PATH_TIMEOUT, quiet + 2 * _DISCO_KEEPALIVE),
+    )
+
+
 class PeerPaths:
     """The paths of one peer and the routes of the connections that use them (driven by the router)."""
 
@@ -104,17 +121,7 @@ class PeerPaths:
             router.secret_key,
             node_id,
             rng,
-            config=ProberConfig(
-                base_datagram_size=cfg.max_datagram_size,
-                max_datagram_size=cfg.datagram_size_ceiling,
-                size_search_on_demand=True,
-                punch_ttl=cfg.punch_ttl,
-                # QUIC traffic on the current path (at least its keepalives) stands in for the
-                # signed disco keepalive: an idle pair of nodes exchanges one QUIC PING and its
-                # ACK per keepalive interval instead of that plus a PING/PONG pair each way
-                transport_quiet=quiet,
-                path_timeout=max(_PATH_TIMEOUT, quiet + 2 * _DISCO_KEEPALIVE),
-            ),
+            config=_prober_config(cfg.max_datagram_size, cfg.datagram_size_ceiling, cfg.punch_ttl, quiet),
             clock_offset=clock_offset,
             stats=router.stats,
         )

@@ -17,7 +17,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from asgi_p2p import NetworkConfig, Node
+from asgi_p2p import NetworkConfig, Node, NodeAddr
 from asgi_p2p.endpoint.connection import PeerConnection, TransmitPass
 from asgi_p2p.http import H3Server, P2PTransport
 from asgi_p2p.sim import SimSocket, Simulation
@@ -313,3 +313,35 @@ def test_twenty_peers_requesting_at_once_each_get_the_response_in_the_transmit_w
         await node.close()
 
     sim.run(main())
+
+
+async def test_an_accepted_connections_first_flight_leaves_at_once_without_a_transmit_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server answers a client's first Initial within the read that brought it: no transmit
+    pass is queued for it (one would cost a loop iteration and find nothing to send)."""
+    asked: list[tuple[bool, int, int]] = []
+    real_ask = TransmitPass.ask
+
+    def ask(self: TransmitPass, conn: PeerConnection) -> None:
+        asked.append((conn.is_client, conn.datagrams_received, conn.datagrams_sent))
+        real_ask(self, conn)
+
+    monkeypatch.setattr(TransmitPass, "ask", ask)
+    config = NetworkConfig(max_probe_datagram_size=0)
+    server = await Node.bind(host="127.0.0.1", config=config)
+    client = await Node.bind(host="127.0.0.1", config=config)
+    accepted = asyncio.ensure_future(server.listen().accept())
+    try:
+        mc = await asyncio.wait_for(client.connect(NodeAddr(server.node_id, [server.local_address])), 10)
+        await asyncio.wait_for(accepted, 10)
+        await mc.send(b"ping")  # the connection works
+        assert await asyncio.wait_for(accepted.result().recv(), 10) == b"ping"
+        server_conns = [c for c in server.connections]
+        assert server_conns and server_conns[0].datagrams_sent >= 1
+        # the server's first datagram: answered right away (datagrams sent), never queued
+        assert not [a for a in asked if not a[0] and a[1] == 1], asked
+    finally:
+        accepted.cancel()
+        await client.close()
+        await server.close()

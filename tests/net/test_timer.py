@@ -102,3 +102,31 @@ def test_timer_granularity_is_a_millisecond_on_asyncios_selector_loop_and_zero_o
         assert timer_granularity(virtual) == 0.0
     finally:
         virtual.close()
+
+
+def test_an_exact_update_follows_a_later_deadline_without_an_early_wakeup() -> None:
+    """A connection's closing period: the loop timer moves to the later deadline (or goes
+    away with it) instead of waking the loop at the old one."""
+
+    async def main() -> None:
+        c = Clocked()
+        t = _timer(c)
+        c.at = START_TIME + 1
+        t.update()
+        c.at = START_TIME + 4  # later: an exact update re-arms for it
+        t.update(exact=True)
+        assert t.armed_at == START_TIME + 4
+        scheduled = c.scheduled
+        t.update(exact=True)  # unchanged: no new loop timer
+        assert c.scheduled == scheduled
+        await asyncio.sleep(5)
+        assert c.fired == [4.0]
+        c.at = START_TIME + 7
+        t.update()
+        c.at = None  # nothing due any more: the exact update drops the loop timer
+        t.update(exact=True)
+        assert t.armed_at is None
+        await asyncio.sleep(5)
+        assert c.fired == [4.0]
+
+    _run(main())
