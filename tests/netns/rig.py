@@ -63,6 +63,21 @@ def tcp_congestion_controls() -> list[str]:
         return []
 
 
+def allow_tcp_congestion_control(name: str) -> None:
+    """Let network namespaces pick ``name`` as their default TCP congestion control.
+
+    A namespace other than the host's may only choose one of the host's
+    ``net.ipv4.tcp_allowed_congestion_control`` (the kernel answers anything else with an error), and
+    that list holds the host's default plus reno unless widened: on a host whose default is BBR, a
+    namespace cannot choose CUBIC. This adds ``name`` to the host's list when it is missing (root; it
+    only widens what unprivileged sockets may choose, the host's own default is left alone).
+    """
+    path = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+    allowed = path.read_text().split()
+    if name not in allowed:
+        path.write_text(" ".join([*allowed, name]) + "\n")
+
+
 def sh(argv: Sequence[str], *, input: str | None = None) -> str:
     res = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=30)
     if res.returncode != 0:
@@ -199,6 +214,7 @@ class Rig:
                     f"(net.ipv4.tcp_available_congestion_control: {' '.join(available) or 'none'}; "
                     f"try: modprobe tcp_{self.tcp_congestion_control})"
                 )
+            allow_tcp_congestion_control(self.tcp_congestion_control)
         try:
             self.pub = self._add_ns("pub")
             self.sysctl(self.pub, "net/ipv4/ip_forward=1")
