@@ -55,6 +55,29 @@ def missing_requirements() -> str | None:
     return None
 
 
+def tcp_congestion_controls() -> list[str]:
+    """The kernel's available TCP congestion controls (net.ipv4.tcp_available_congestion_control)."""
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
+    except OSError:
+        return []
+
+
+def allow_tcp_congestion_control(name: str) -> None:
+    """Let network namespaces pick ``name`` as their default TCP congestion control.
+
+    A namespace other than the host's may only choose one of the host's
+    ``net.ipv4.tcp_allowed_congestion_control`` (the kernel answers anything else with an error), and
+    that list holds the host's default plus reno unless widened: on a host whose default is BBR, a
+    namespace cannot choose CUBIC. This adds ``name`` to the host's list when it is missing (root; it
+    only widens what unprivileged sockets may choose, the host's own default is left alone).
+    """
+    path = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+    allowed = path.read_text().split()
+    if name not in allowed:
+        path.write_text(" ".join([*allowed, name]) + "\n")
+
+
 def sh(argv: Sequence[str], *, input: str | None = None) -> str:
     res = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=30)
     if res.returncode != 0:
@@ -171,6 +194,8 @@ class Rig:
     _lan_hosts: dict[str, int] = field(default_factory=dict)  # extra hosts per home LAN (lan_host)
     _lossy_ends: list[tuple[str, str]] = field(default_factory=list)  # (namespace, interface) with a loss rule
     logdir: Path | None = None  # where spawned processes' stderr goes; default: a temp dir removed by close()
+    #: TCP congestion control set in every namespace the rig creates (None: each inherits the host's default)
+    tcp_congestion_control: str | None = None
 
     def __post_init__(self) -> None:
         self.base = f"{PREFIX}{os.getpid()}-{self.tag}"
@@ -181,6 +206,15 @@ class Rig:
             raise ValueError(f"public_subnet must be an IPv4 network of /30 or larger, got {self.public_subnet}")
         self._pub_links = net.subnets(new_prefix=30)  # one /30 per attachment to the core router
         self._links = self._spawned = 0
+        if self.tcp_congestion_control is not None:
+            available = tcp_congestion_controls()
+            if self.tcp_congestion_control not in available:
+                raise RigError(
+                    f"TCP congestion control {self.tcp_congestion_control!r} is not available in this kernel "
+                    f"(net.ipv4.tcp_available_congestion_control: {' '.join(available) or 'none'}; "
+                    f"try: modprobe tcp_{self.tcp_congestion_control})"
+                )
+            allow_tcp_congestion_control(self.tcp_congestion_control)
         try:
             self.pub = self._add_ns("pub")
             self.sysctl(self.pub, "net/ipv4/ip_forward=1")
@@ -198,6 +232,8 @@ class Rig:
         self._ip(name, "link set lo up")
         # no IPv6: the rig is IPv4 only, and this keeps router solicitations and DAD off the links
         self.sysctl(name, "net/ipv6/conf/all/disable_ipv6=1", "net/ipv6/conf/default/disable_ipv6=1", missing_ok=True)
+        if self.tcp_congestion_control is not None:  # before any process starts in the namespace
+            self.sysctl(name, f"net/ipv4/tcp_congestion_control={self.tcp_congestion_control}")
         return name
 
     def sysctl(self, ns: str, *settings: str, missing_ok: bool = False) -> None:

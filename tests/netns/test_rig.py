@@ -409,3 +409,28 @@ def test_a_second_machine_on_a_home_lan_shares_the_router(netns_rig: Rig) -> Non
     expect_line(reflector, "^ready$")
     out = result(netns_rig.udptool(phone, "mapping", "41001", f"{home.host.ip}:42000"))
     assert out["seen"] == {f"{home.host.ip}:42000": f"{phone.ip}:41001"}
+
+
+def _tcp_cc(ns: str) -> str:
+    return sh(["ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/tcp_congestion_control"]).strip()
+
+
+def test_tcp_congestion_control_is_set_in_every_namespace(make_rig: Any) -> None:
+    """benchmarks/wan.py --tcp-cc: a new namespace inherits the host's default (which may be BBR), so the rig
+    sets the chosen one in every namespace it creates, homes and their hosts included."""
+    host = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    plain: Rig = make_rig()
+    assert {_tcp_cc(ns) for ns in plain.namespaces} == {host}
+    want = "cubic" if host != "cubic" else "reno"  # on a BBR host, cubic must first be allowed (see the rig)
+    rig: Rig = make_rig(tcp_congestion_control=want)
+    rig.home("a", nat="eim")
+    assert len(rig.namespaces) >= 4  # pub, relay, the home's router and host
+    assert {ns: _tcp_cc(ns) for ns in rig.namespaces} == dict.fromkeys(rig.namespaces, want)
+
+
+def test_unavailable_tcp_congestion_control_fails_before_building(make_rig: Any) -> None:
+    own = f"{rig_module.PREFIX}{os.getpid()}-"
+    before = {n for n in list_namespaces() if n.startswith(own)}
+    with pytest.raises(RigError, match="'nosuchcc' is not available in this kernel"):
+        make_rig(tcp_congestion_control="nosuchcc")
+    assert {n for n in list_namespaces() if n.startswith(own)} == before
