@@ -63,19 +63,33 @@ def tcp_congestion_controls() -> list[str]:
         return []
 
 
-def allow_tcp_congestion_control(name: str) -> None:
+_ALLOWED_CC = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+
+
+def allow_tcp_congestion_control(name: str) -> tuple[str, str] | None:
     """Let network namespaces pick ``name`` as their default TCP congestion control.
 
     A namespace other than the host's may only choose one of the host's
     ``net.ipv4.tcp_allowed_congestion_control`` (the kernel answers anything else with an error), and
     that list holds the host's default plus reno unless widened: on a host whose default is BBR, a
     namespace cannot choose CUBIC. This adds ``name`` to the host's list when it is missing (root; it
-    only widens what unprivileged sockets may choose, the host's own default is left alone).
+    only widens what unprivileged sockets may choose, the host's own default is left alone) and
+    returns ``(before, after)`` for :func:`restore_tcp_allowed_congestion_control`; None when nothing
+    changed.
     """
-    path = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
-    allowed = path.read_text().split()
-    if name not in allowed:
-        path.write_text(" ".join([*allowed, name]) + "\n")
+    before = _ALLOWED_CC.read_text().strip()
+    allowed = before.split()
+    if name in allowed:
+        return None
+    _ALLOWED_CC.write_text(" ".join([*allowed, name]) + "\n")
+    return before, _ALLOWED_CC.read_text().strip()
+
+
+def restore_tcp_allowed_congestion_control(change: tuple[str, str]) -> None:
+    """Undo :func:`allow_tcp_congestion_control`, unless someone changed the list since."""
+    before, after = change
+    if _ALLOWED_CC.read_text().strip() == after:
+        _ALLOWED_CC.write_text(before + "\n")
 
 
 def sh(argv: Sequence[str], *, input: str | None = None) -> str:
@@ -206,6 +220,7 @@ class Rig:
             raise ValueError(f"public_subnet must be an IPv4 network of /30 or larger, got {self.public_subnet}")
         self._pub_links = net.subnets(new_prefix=30)  # one /30 per attachment to the core router
         self._links = self._spawned = 0
+        self._allowed_cc_change: tuple[str, str] | None = None
         if self.tcp_congestion_control is not None:
             available = tcp_congestion_controls()
             if self.tcp_congestion_control not in available:
@@ -214,7 +229,7 @@ class Rig:
                     f"(net.ipv4.tcp_available_congestion_control: {' '.join(available) or 'none'}; "
                     f"try: modprobe tcp_{self.tcp_congestion_control})"
                 )
-            allow_tcp_congestion_control(self.tcp_congestion_control)
+            self._allowed_cc_change = allow_tcp_congestion_control(self.tcp_congestion_control)
         try:
             self.pub = self._add_ns("pub")
             self.sysctl(self.pub, "net/ipv4/ip_forward=1")
@@ -515,6 +530,9 @@ class Rig:
             if res.returncode != 0 and ns in list_namespaces():
                 errors.append(f"{ns}: {res.stderr.strip()}")
         self.namespaces.clear()
+        if self._allowed_cc_change is not None:  # the namespaces that needed it are gone
+            restore_tcp_allowed_congestion_control(self._allowed_cc_change)
+            self._allowed_cc_change = None
         if self._own_logdir and self.logdir is not None:
             shutil.rmtree(self.logdir, ignore_errors=True)
         if errors:

@@ -428,6 +428,26 @@ def test_tcp_congestion_control_is_set_in_every_namespace(make_rig: Any) -> None
     assert {ns: _tcp_cc(ns) for ns in rig.namespaces} == dict.fromkeys(rig.namespaces, want)
 
 
+def test_the_rig_gives_back_the_hosts_allowed_tcp_congestion_controls(netns_session: None) -> None:
+    """Widening the host's allowed list for a namespace's choice lasts only as long as the rig."""
+    allowed = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+    original = allowed.read_text()
+    default = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    want = next(cc for cc in rig_module.tcp_congestion_controls() if cc != default)
+    try:
+        allowed.write_text(default + "\n")  # as a host whose list holds only its default
+        rig = Rig(tcp_congestion_control=want)
+        try:
+            rig.home("a", nat="eim")
+            assert want in allowed.read_text().split()
+            assert {_tcp_cc(ns) for ns in rig.namespaces} == {want}
+        finally:
+            rig.close()
+        assert allowed.read_text().split() == [default]
+    finally:
+        allowed.write_text(original)
+
+
 def test_unavailable_tcp_congestion_control_fails_before_building(make_rig: Any) -> None:
     own = f"{rig_module.PREFIX}{os.getpid()}-"
     before = {n for n in list_namespaces() if n.startswith(own)}
