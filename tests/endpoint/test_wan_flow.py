@@ -8,6 +8,7 @@ The stock 256 KiB stream window would cap a transfer at 256 KiB / 80 ms = 3.3 MB
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -182,18 +183,24 @@ def test_stalled_reader_keeps_its_window_and_bounds_what_it_buffers(sim: Simulat
     sim.run(main())
 
 
-def test_peer_advertising_huge_windows_cannot_grow_our_send_buffer_past_its_ceiling(sim: Simulation) -> None:
-    """The peer offers 512 MiB of credit and never reads: our node still holds at most
-    two congestion windows, and never more than max_stream_send_buffer, per stream."""
-    a, b = _wan(sim, bandwidth=20e6, queue=256 * 1024)
+def _greedy(**extra: Any) -> NetworkConfig:
+    """A peer that offers 512 MiB of credit on every stream and the connection."""
     huge = 512 * 1024 * 1024
-    greedy = NetworkConfig(
+    return NetworkConfig(
         connect_timeout=30.0,
         stream_receive_window=huge,
         max_stream_receive_window=huge,
         connection_receive_window=huge,
         max_connection_receive_window=huge,
+        **extra,
     )
+
+
+def test_peer_advertising_huge_windows_cannot_grow_our_send_buffer_past_its_ceiling(sim: Simulation) -> None:
+    """The peer offers 512 MiB of credit and never reads: our node still holds at most
+    two congestion windows, and never more than max_stream_send_buffer, per stream."""
+    a, b = _wan(sim, bandwidth=20e6, queue=256 * 1024)
+    greedy = _greedy()
     ours = NetworkConfig(connect_timeout=30.0, max_stream_send_buffer=1024 * 1024)
 
     async def main() -> None:
@@ -233,15 +240,7 @@ def test_huge_peer_windows_meet_the_default_send_buffer_ceiling(sim: Simulation)
     a, b = sim.host("alice"), sim.host("bob")
     mds = 16000
     sim.link(a, b, latency=ONE_WAY, loss=0.0, bandwidth=None, mtu=mds + 28)
-    huge = 512 * 1024 * 1024
-    greedy = NetworkConfig(
-        connect_timeout=30.0,
-        max_datagram_size=mds,
-        stream_receive_window=huge,
-        max_stream_receive_window=huge,
-        connection_receive_window=huge,
-        max_connection_receive_window=huge,
-    )
+    greedy = _greedy(max_datagram_size=mds)
     ours = NetworkConfig(connect_timeout=30.0, max_datagram_size=mds)
     ceiling = ours.max_stream_send_buffer
     assert ceiling == 16 * 1024 * 1024  # the default
