@@ -29,13 +29,16 @@ variable (or the file and key) and the problem.  Kinds of flags:
 Positional arguments (``APP``, ``TARGET``), ``--help``, ``--version``, ``keygen --force`` and the options
 of nested subcommands are not settings; ``--config`` has a variable
 (``ASGI_P2P_CONFIG``) but no file key.  :data:`RENAMED` gives a flag another name
-(``--relay`` is ``ASGI_P2P_RELAY_URL``, the name it had before the rule).
+(``--relay`` is ``ASGI_P2P_RELAY_URL``, the name it had before the rule); a flag whose
+derived name is a :class:`NetworkConfig` field that means something else must be renamed
+there (``proxy --max-connections`` is ``ASGI_P2P_BACKEND_MAX_CONNECTIONS``), so that one
+variable never sets two things.
 Variables that are not a setting of any command (nor a :class:`NetworkConfig` field,
 nor in :data:`EXTRA_VARIABLES`) are reported at start with a close match.
 
 ``docs/configuration.md`` lists every setting; ``tests/cli/test_settings.py`` checks the
-table against the parsers, so a new flag needs its row there (``python
-tests/cli/test_settings.py`` prints the rows).
+table against the parsers, so a new flag needs its row there (``python -m
+tests.cli.test_settings``, run from the repository's root, prints the rows).
 """
 
 from __future__ import annotations
@@ -64,8 +67,16 @@ __all__ = [
     "unknown_variables",
 ]
 
-#: Flags whose setting name is not derived from the long option (option -> name).
-RENAMED: dict[str, str] = {"--relay": "relay_url"}
+#: Flags whose setting name is not derived from the long option (option -> name).  Besides
+#: ``--relay`` (its name before the rule), flags whose derived name is a :class:`NetworkConfig`
+#: field with another meaning: one variable must not set two things.
+RENAMED: dict[str, str] = {
+    "--relay": "relay_url",
+    # proxy: backend (HTTP) connections, not the node's QUIC ``max_connections``
+    "--max-connections": "backend_max_connections",
+    # gateway: the 502 deadline for reaching a node, not the QUIC handshake's ``connect_timeout``
+    "--connect-timeout": "gateway_connect_timeout",
+}
 #: Options that are never settings (``--force`` overwrites a key file: a destructive
 #: confirmation is never taken from the environment or a file).
 _NOT_SETTINGS = frozenset({"--help", "--version", "--force"})
@@ -463,7 +474,7 @@ def table_rows(parsers: Mapping[str, argparse.ArgumentParser]) -> list[str]:
             row["defaults"][command] = _default_text(s)
             row["file"] = row["file"] or (s.in_file and "config" in settings_of(parser))
     out = []
-    for name in sorted(rows):
+    for name in sorted(rows, key=lambda n: (rows[n]["setting"].option, n)):  # by flag, as a reader looks it up
         row = rows[name]
         s = row["setting"]
         defaults = set(row["defaults"].values())
