@@ -309,6 +309,24 @@ def test_docs_table_lists_every_setting_as_the_parsers_define_it() -> None:
     assert documented == settings.table_rows(subs)
 
 
+def test_docs_cli_md_names_every_flag_of_every_command() -> None:
+    """docs/cli.md is "every command and flag" (README): each long option of each subcommand is in it."""
+    text = (DOC.parent / "cli.md").read_text()
+    missing = []
+    for command, parser in all_parsers().items():
+        parsers = [parser]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += action.choices.values()
+        for p in parsers:
+            for action in p._actions:
+                for option in action.option_strings:
+                    if option.startswith("--") and option != "--help":
+                        if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text):
+                            missing.append(f"{command} {option}")
+    assert missing == []
+
+
 if __name__ == "__main__":  # print the table's rows for docs/configuration.md (python -m tests.cli.test_settings)
     print("\n".join(settings.table_rows(all_parsers())))
 
