@@ -309,6 +309,26 @@ def test_docs_table_lists_every_setting_as_the_parsers_define_it() -> None:
     assert documented == settings.table_rows(subs)
 
 
+def test_a_shared_flags_meaning_is_each_commands_and_states_no_default_that_differs() -> None:
+    """docs/configuration.md's row of a flag several commands have: per-command meanings where they
+    differ, and no default in the meaning where the default column gives each command's."""
+    rows = {}
+    for row in settings.table_rows(all_parsers()):
+        cells = row[2:-2].split(" | ")  # | flag | variable | file | commands | default | range | meaning |
+        rows[cells[0].strip("`")] = cells
+    for option, cells in rows.items():
+        default, meaning = cells[4], cells[6]
+        if "; " in default and ": `" in default:  # per-command defaults: the meaning must not name one
+            assert "default" not in meaning, option
+    timeout = rows["--timeout"][6]
+    assert "*proxy*: backend connect" in timeout and "*get*: give up after this long without progress" in timeout
+    key_file = rows["--key-file"][6]
+    assert "*get, receive*: identify with this key (default: ephemeral)" in key_file
+    assert rows["--log-level"][6] == "log level"
+    output = rows["--output"][6]
+    assert "*get*: write the body to FILE" in output and "*receive*: where to put it" in output
+
+
 def test_docs_cli_md_names_every_flag_of_every_command() -> None:
     """docs/cli.md is "every command and flag" (README): each long option of each subcommand is in it."""
     text = (DOC.parent / "cli.md").read_text()
