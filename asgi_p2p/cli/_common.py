@@ -109,7 +109,10 @@ def reconfigure_logging(old: argparse.Namespace, new: argparse.Namespace) -> boo
     try:
         configure_logging(new.log_level, **log_options(new))
     except P2PError as exc:
-        configure_logging(old.log_level, **log_options(old))
+        try:
+            configure_logging(old.log_level, **log_options(old))
+        except P2PError:  # the old --log-config file is gone or broken too: the defaults, at the old level
+            configure_logging(old.log_level, **{**log_options(old), "log_config": None})
         log.error("SIGHUP: logging unchanged: %s", exc)
         return False
     return True
