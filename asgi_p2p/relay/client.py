@@ -94,6 +94,7 @@ from .first_contact import (
     encode_first_contact,
     is_first_contact,
     is_full_initial,
+    is_zero_rtt,
     long_header_cids,
     open_first_reply,
 )
@@ -207,6 +208,9 @@ class RelayClientStats:
     dropped_disconnected: int = 0
     #: Initials sent to the relay as first contacts (:mod:`asgi_p2p.relay.first_contact`).
     first_contacts_sent: int = 0
+    #: 0-RTT packets sent to the relay as first contacts behind such an Initial (a returning
+    #: client's early request; :mod:`asgi_p2p.relay.first_contact`)
+    early_first_contacts_sent: int = 0
     dropped_too_large: int = 0
     dropped_queue_full: int = 0
     dropped_invalid: int = 0
@@ -608,8 +612,11 @@ class RelayClient:
             if is_full_initial(packet):
                 return self._send_first_contact(dest, packet)
             if dest in self._first_dests and len(self._first_copies) < _MAX_FIRST_COPIES:
-                # what follows a first contact (0-RTT data) goes the normal way at can_send
+                # what follows a first contact (0-RTT data) goes the normal way at can_send; a
+                # 0-RTT packet of a connection dialed with a first contact goes as one too now
                 self._first_copies.append((dest, packet))
+                if is_zero_rtt(packet):
+                    self._send_early(dest, packet)
                 return True
         if not self._sendable(packet):
             return False
@@ -994,6 +1001,25 @@ class RelayClient:
         self.endpoint.router.sendto(encode_first_contact(dest, self.endpoint.node_id, packet), relay)
         self.stats.first_contacts_sent += 1
         return True
+
+    def _send_early(self, dest: NodeId, packet: bytes) -> None:
+        """Send the 0-RTT ``packet`` to the relay as a first contact too, if it belongs to a
+        connection we dialed to ``dest`` with a first contact through the current attempt's
+        address, still in its window (the relay forwards it only behind that Initial; the copy
+        kept goes at :attr:`can_send` either way, so a relay that drops it costs nothing)."""
+        relay = self._attempt_to
+        cids = long_header_cids(packet)
+        dial = self._first_dials.get(cids[1]) if cids is not None else None
+        if (
+            dial is None
+            or dial.dest != dest
+            or dial.relay != relay
+            or relay is None
+            or dial.until <= asyncio.get_running_loop().time()
+        ):
+            return
+        self.endpoint.router.sendto(encode_first_contact(dest, self.endpoint.node_id, packet), relay)
+        self.stats.early_first_contacts_sent += 1
 
     def _take_first_replies(self, relay: tuple[str, int]) -> bool:
         """Have the socket hand zero-token datagrams from ``relay`` to :meth:`_first_reply`; False if
