@@ -27,6 +27,10 @@ safe (the whole reasoning is in docs/security.md, "First contact"):
   more than before.  A 0-RTT packet is readable and acceptable only with the session
   ticket's keys, and the destination's own 0-RTT anti-replay (ticket age, strike
   register, safe methods only) applies as to any 0-RTT packet (docs/security.md).
+  The destination's 1-RTT answer to such an early request (a short-header packet whose
+  destination connection id starts with the Initial's source connection id) that arrives
+  before the claimed node registered is held, within the same per-entry bounds, and sent
+  on that node's relay connection once it registers: never to the first contact's address.
 * Answers to the claimed NodeId go to its registered relay connection whenever it has
   one (never to an unauthenticated address then); only while it has none do QUIC v1
   long-header packets (answers to the Initial; anything else is refused as usual) go
@@ -326,10 +330,11 @@ class FirstContacts:
     """The relay's bounded table of first contacts, keyed by (claimed NodeId, destination).
 
     Sans-I/O: :class:`~asgi_p2p.relay.server.RelayServer` calls :meth:`admit` for each
-    first contact it would forward and :meth:`reply_to` for each packet to a node that has
-    no relay connection.  Entries expire :data:`EXPIRY` seconds after they were made (a
-    retransmitted Initial does not extend that), in the order they were made, so expiry
-    costs O(1) per entry.
+    first contact (Initial) it would forward, :meth:`admit_early` for each 0-RTT one,
+    :meth:`reply_to` for each long-header packet to a node that has no relay connection and
+    :meth:`hold` for each short-header one, and :meth:`forget` when a node registers.
+    Entries expire :data:`EXPIRY` seconds after they were made (a retransmitted Initial
+    does not extend that), in the order they were made, so expiry costs O(1) per entry.
     """
 
     def __init__(
