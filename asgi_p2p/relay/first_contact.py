@@ -278,9 +278,9 @@ class FirstContactStats:
     #: the destination's 1-RTT packets to a first contact's connection held until the claimed node
     #: registers (its answer to an early request, sent before the client's relay Finished arrived)
     held: int = 0
-    #: held packets sent to the claimed node's relay connection once it registered
+    #: held packets sent to the claimed node's relay connection once it registered (counted by the relay)
     held_delivered: int = 0
-    #: held packets dropped: their entry expired before the claimed node registered
+    #: held packets dropped: their entry expired before the claimed node registered (or it left at once)
     held_expired: int = 0
     #: 1-RTT packets not held: beyond the entry's :data:`MAX_EARLY_PACKETS` or :data:`MAX_EARLY_BYTES`
     #: (refused as to an unknown destination)
@@ -528,12 +528,11 @@ class FirstContacts:
         """``claimed`` registered with the relay: its replies go to its connection from now on.
 
         Returns the packets held for it (:meth:`hold`) as (sender, packet), in the order they came,
-        for the caller to send to that connection (counted as delivered)."""
+        for the caller to send to that connection (and count in ``held_delivered``)."""
         held: list[tuple[NodeId, bytes]] = []
         for key in [k for k in self._entries if k[0] == claimed]:
             entry = self._entries.pop(key)
             held.extend((key[1], packet) for packet in entry.held)
-            self.stats.held_delivered += len(entry.held)
             entry.held.clear()
             self._release(key, entry)
         return held

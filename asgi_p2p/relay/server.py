@@ -976,12 +976,17 @@ class RelayServer:
     def _deliver_held(self, node: NodeId, held: list[tuple[NodeId, bytes]]) -> None:
         """Send the packets held for ``node`` until it registered (:meth:`FirstContacts.hold`) to its
         connection, as their senders' (the relay's budgets and queues apply as to any packet)."""
+        stats = self.first_contacts.stats
         if self._closed or not self._registered(node):
+            stats.held_expired += len(held)
             return
         now = asyncio.get_running_loop().time()
         for src, packet in held:
             if self._registered(src):
+                stats.held_delivered += 1
                 self._dispatch(self.router.handle_packet(src, node, packet, now, self._room))
+            else:  # (its sender left meanwhile: nothing of its connection would follow)
+                stats.held_expired += 1
         self._schedule_queue(now)
 
     def _refused_address(self, addr: tuple[str, int], now: float) -> bool:
