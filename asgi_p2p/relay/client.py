@@ -265,6 +265,8 @@ class _RelayConnection:
         #: the relay's data plane for this connection (None: not offered)
         self.plane: ClientPlane | None = None
         self.plane_pinged = -math.inf
+        #: counted in :attr:`RelayClientStats.connects` (once the relay confirmed it)
+        self.counted = False
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, DatagramFrameReceived):
@@ -1169,7 +1171,7 @@ class RelayClient:
             self.stats.connect_failures += 1
             log.warning("relay %s: connection closed during setup", url)
             return None
-        self.stats.connects += 1
+        self._count_connect(handler)
         self._relay_rtt = handler.conn.smoothed_rtt
         if self._live and not self._connected.is_set():  # (else _size_changed said it already)
             self._now_connected(handler.conn, "handshake confirmed")
@@ -1250,6 +1252,7 @@ class RelayClient:
             if self._first_copies:
                 self._flush_first_copies()
             if conn.is_confirmed:
+                self._count_connect(current)  # (its connect task may not have run since)
                 self._now_connected(conn, f"{waited:.2f}s after it could not carry a full-size one")
             else:
                 log.debug("relay %s: sending through it (max packet %d bytes)", self.url, self.max_packet_size)
@@ -1268,6 +1271,12 @@ class RelayClient:
         self.stats.shrunk += 1
         log.warning("relay %s: not usable: %s", self.url, self.last_failure)
         self._notify_state()
+
+    def _count_connect(self, handler: _RelayConnection) -> None:
+        """A connection the relay confirmed: counted once, before anyone hears it is connected."""
+        if not handler.counted:
+            handler.counted = True
+            self.stats.connects += 1
 
     def _now_connected(self, conn: PeerConnection, how: str) -> None:
         self._connected.set()
