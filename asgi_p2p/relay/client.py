@@ -804,7 +804,9 @@ class RelayClient:
         loser = _outcome(tcp)
         if loser is not None and loser is not winner:
             await loser.close()
-        if winner is not None:
+        if winner is not None and not (isinstance(winner, _TcpRelayConnection) and self._live):
+            # (TCP won the race while the UDP connection, usable already, awaited the relay's
+            # confirmation: UDP is not blocked here)
             self._remember(network, "tcp" if isinstance(winner, _TcpRelayConnection) else "udp")
         if isinstance(winner, _TcpRelayConnection):
             self._use_tcp(winner)
@@ -1249,6 +1251,11 @@ class RelayClient:
             self.last_failure = None
             self._may_send.set()
             self._udp_live.set()
+            if self._network is not None:
+                # the relay's handshake came over UDP and the path carries a full-size packet:
+                # UDP works on this network, however soon the process ends (a short `get`
+                # answered through it may close before the relay confirms the connection)
+                self._remember(self._network, "udp")
             if self._first_copies:
                 self._flush_first_copies()
             if conn.is_confirmed:
