@@ -143,6 +143,10 @@ Hooks:
   writes all streams' MAX_STREAM_DATA in one call of :func:`install_receive_credit`'s
   writer (the connection attribute ``_asgi_p2p_stream_limits``).  The datagrams are the same,
   byte for byte.
+* :func:`fast_padding_frames` (applied on import) - ``QuicConnection._handle_padding_frame``
+  skips a run of PADDING bytes with one comparison in C instead of aioquic's Python loop over
+  each byte (a handshake datagram padded to 16000 bytes cost the receiver about 0.3 ms); it
+  stops at the same byte.
 """
 
 from __future__ import annotations
@@ -237,6 +241,7 @@ __all__ = [
     "early_data_sendable",
     "encode_initial_close",
     "fast_enum_hash",
+    "fast_padding_frames",
     "fast_write_application",
     "get_stream",
     "handshake_confirmed",
@@ -2561,3 +2566,38 @@ def fast_write_application(enabled: bool = True) -> None:
 
 
 fast_write_application()
+
+_AIOQUIC_HANDLE_PADDING = QuicConnection._handle_padding_frame
+
+
+def _handle_padding_frame(self: QuicConnection, context: Any, frame_type: int, buf: Buffer) -> None:
+    """aioquic 1.7.2's ``QuicConnection._handle_padding_frame``: skip the PADDING bytes (zeros)
+    that follow, up to the first other byte or the end of the packet; the bytes are
+    scanned in C instead of by a Python loop over each of them.
+
+    A handshake's datagrams carrying Initial packets are padded to the full datagram size
+    (RFC 9000 section 14.1): a client's second flight ends with a 1-RTT packet, so its
+    padding is PADDING frames there, which aioquic's loop stepped through at about 20 ns a
+    byte, 0.3 ms of every accepted connection at 16000-byte datagrams.
+    """
+    pos = buf.tell()
+    rest = buf.data_slice(pos, buf.capacity)
+    if rest == bytes(len(rest)):  # the usual case: padding to the end of the packet
+        pos += len(rest)
+    else:
+        pos += len(rest) - len(rest.lstrip(b"\x00"))
+    buf.seek(pos)
+    if self._quic_logger is not None:
+        context.quic_logger_frames.append(self._quic_logger.encode_padding_frame())
+
+
+def fast_padding_frames(enabled: bool = True) -> None:
+    """Install (or, ``enabled=False``, remove) :func:`_handle_padding_frame` on ``QuicConnection``
+    (applied on import; a connection binds its frame handlers when it is created, so every
+    connection created afterwards uses it)."""
+    QuicConnection._handle_padding_frame = (  # type: ignore[method-assign]
+        _handle_padding_frame if enabled else _AIOQUIC_HANDLE_PADDING
+    )
+
+
+fast_padding_frames()
