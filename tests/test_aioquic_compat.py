@@ -1939,3 +1939,75 @@ def test_a_handshake_in_16000_byte_datagrams_completes_with_its_padding_frames_s
     assert [e.data for e in p.events["server"] if isinstance(e, StreamDataReceived)] == [b"request"]
     # the client's second flight (Initial ACK, Finished, 1-RTT) is padded inside its 1-RTT packet
     assert max(skipped) > 14000
+
+
+def test_fast_tls_blocks_are_installed_on_import() -> None:
+    for name, helper in hooks._FAST_TLS_BLOCKS.items():
+        assert getattr(tls, name) is helper
+
+
+@pytest.mark.parametrize("loss", [False, True])
+def test_fast_tls_blocks_send_the_same_datagrams_byte_for_byte(monkeypatch: pytest.MonkeyPatch, loss: bool) -> None:
+    runs: dict[bool, list[tuple[str, bytes]]] = {}
+    try:
+        for fast in (False, True):
+            hooks.fast_tls_blocks(fast)
+            runs[fast] = _scripted_exchange(monkeypatch, loss=loss, credit_hooks=False)
+    finally:
+        hooks.fast_tls_blocks(True)
+    assert len(runs[False]) > 150
+    assert runs[True] == runs[False]
+
+
+def _blocks(fast: bool) -> dict[str, Any]:
+    return dict(hooks._FAST_TLS_BLOCKS if fast else hooks._AIOQUIC_TLS_BLOCKS)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_tls_blocks_write_and_read_what_aioquics_do(fast: bool) -> None:
+    b = _blocks(fast)
+
+    class Schedule:
+        hashed = b""
+
+        def update_hash(self, data: bytes) -> None:
+            self.hashed += data
+
+    schedule = Schedule()
+    buf = Buffer(capacity=100)
+    with b["push_message"](schedule, buf):
+        buf.push_uint8(1)
+        with b["push_block"](buf, 3):
+            with b["push_extension"](buf, 0x33):
+                buf.push_bytes(b"abc")
+            with b["push_block"](buf, 1):
+                pass
+    assert buf.data == b"\x01\x00\x00\x08\x00\x33\x00\x03abc\x00"
+    assert schedule.hashed == buf.data
+    read = Buffer(data=buf.data[1:])
+    with b["pull_block"](read, 3) as length:
+        assert length == 8
+        read.pull_bytes(8)
+    assert read.eof()
+    # a block whose body leaves bytes unread is refused after the body, as aioquic refuses it
+    read = Buffer(data=b"\x02xy")
+    with pytest.raises(tls.AlertDecodeError):
+        with b["pull_block"](read, 1):
+            read.pull_bytes(1)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_an_error_inside_a_tls_block_propagates_and_writes_no_length(fast: bool) -> None:
+    b = _blocks(fast)
+    buf = Buffer(capacity=100)
+    buf.push_bytes(b"\xff\xff")
+    buf.seek(0)
+    with pytest.raises(ValueError, match="inside"):
+        with b["push_block"](buf, 2):
+            buf.push_bytes(b"abc")
+            raise ValueError("inside")
+    assert buf.tell() == 5 and buf.data_slice(0, 2) == b"\xff\xff"
+    read = Buffer(data=b"\x03abc")
+    with pytest.raises(tls.AlertBadCertificate):
+        with b["pull_block"](read, 1):  # the body's error, not the block's "extra bytes"
+            raise tls.AlertBadCertificate("inside")
