@@ -1,12 +1,13 @@
 """Bare aioquic with the same mutual Ed25519 TLS as asgi-p2p: the baseline of the benchmarks.
 
 Importing ``asgi_p2p`` changes aioquic for the whole process (``aioquic_compat`` replaces
-``QuicConnection._write_application``, caches ``EPOCHS`` and rehashes aioquic's enums), so
-the bare side of a benchmark runs in processes that never import it: this module uses aioquic,
-cryptography and the standard library only.  The parent makes the node certificates (with
-asgi-p2p's ``node_certificate``), writes them as PEM files (:func:`write_credentials`) and
-hands the paths over; the bare child calls :func:`unpatched` at the end of its run and prints
-its line, which the parent checks (:func:`check_unpatched`).
+``QuicConnection._write_application`` and ``._handle_padding_frame`` and ``tls.push_block`` and
+its kin, caches ``EPOCHS`` and rehashes aioquic's enums), so the bare side of a benchmark runs
+in processes that never import it: this module uses aioquic, cryptography and the standard
+library only.  The parent makes the node certificates (with asgi-p2p's ``node_certificate``),
+writes them as PEM files (:func:`write_credentials`) and hands the paths over; the bare child
+calls :func:`unpatched` at the end of its run and prints its line, which the parent checks
+(:func:`check_unpatched`).
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ def unpatched() -> str:
     assert tls.Epoch.__hash__ is enum.Enum.__hash__, "aioquic's enums hash by identity"
     hello = tls.pull_client_hello
     assert hello.__module__ == "aioquic.tls", f"tls.pull_client_hello from {hello.__module__}"
+    block = tls.push_block
+    assert block.__module__ == "aioquic.tls", f"tls.push_block from {block.__module__}"
+    padding = _aioquic_connection.QuicConnection._handle_padding_frame
+    where = padding.__module__
+    assert where == "aioquic.quic.connection", f"QuicConnection._handle_padding_frame from {where}"
     return f"{UNPATCHED} asgi_p2p never imported, QuicConnection._write_application from {write.__module__}"
 
 

@@ -40,7 +40,13 @@ def test_aioquic_is_the_pinned_version() -> None:
 
 class Pair:
     def __init__(
-        self, client_key: SecretKey | None, server_key: SecretKey, *, window: int = 1 << 20, cc: str = "reno"
+        self,
+        client_key: SecretKey | None,
+        server_key: SecretKey,
+        *,
+        window: int = 1 << 20,
+        cc: str = "reno",
+        max_datagram_size: int = 1200,
     ) -> None:
         def cfg(is_client: bool, key: SecretKey | None) -> QuicConfiguration:
             return QuicConfiguration(
@@ -51,6 +57,7 @@ class Pair:
                 verify_mode=0,
                 max_stream_data=window,
                 congestion_control_algorithm=cc,
+                max_datagram_size=max_datagram_size,
             )
 
         self.now = 0.0
@@ -1850,3 +1857,157 @@ def test_aioquic_enums_hash_by_identity_and_every_table_still_finds_them() -> No
 
     assert QuicConnectionState.TERMINATED in quic_connection.END_STATES
     assert p.client._cryptos[Epoch.ONE_RTT].send.is_valid()
+
+
+def test_fast_padding_frames_is_installed_on_import() -> None:
+    assert QuicConnection._handle_padding_frame is hooks._handle_padding_frame  # type: ignore[comparison-overlap]
+
+
+class _Context:
+    def __init__(self) -> None:
+        self.quic_logger_frames: list[object] = []
+
+
+@pytest.mark.parametrize(
+    ("payload", "start"),
+    [
+        (bytes(15000), 1),  # padding to the packet's end
+        (bytes(40) + b"\x01" + bytes(9), 1),  # padding, then a PING frame, then padding again
+        (b"\x00\x01\x00", 1),  # one PADDING byte was the frame type: a PING follows at once
+        (b"\x00", 1),  # nothing after the frame type
+        (bytes(7) + b"\x1c\x00", 3),  # a CONNECTION_CLOSE after the padding
+    ],
+)
+def test_padding_frames_stop_where_aioquics_handler_stops(payload: bytes, start: int) -> None:
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    server = p.start()
+    for handler in (hooks._AIOQUIC_HANDLE_PADDING, hooks._handle_padding_frame):
+        buf = Buffer(data=payload)
+        buf.seek(start)
+        handler(server, _Context(), 0, buf)  # type: ignore[arg-type]
+        if handler is hooks._AIOQUIC_HANDLE_PADDING:
+            expected = buf.tell()
+        else:
+            assert buf.tell() == expected
+
+
+def test_skipping_a_long_run_of_padding_runs_a_few_python_lines_not_one_per_byte() -> None:
+    import sys
+
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"))
+    server = p.start()
+    lines = {"n": 0}
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line":
+            lines["n"] += 1
+        return trace
+
+    counts = {}
+    for handler in (hooks._AIOQUIC_HANDLE_PADDING, hooks._handle_padding_frame):
+        buf = Buffer(data=b"\x00" * 15000)
+        buf.seek(1)
+        lines["n"] = 0
+        sys.settrace(trace)
+        try:
+            handler(server, _Context(), 0, buf)  # type: ignore[arg-type]
+        finally:
+            sys.settrace(None)
+        assert buf.tell() == 15000
+        counts[handler] = lines["n"]
+    assert counts[hooks._AIOQUIC_HANDLE_PADDING] > 15000  # aioquic's: a loop step per byte
+    assert counts[hooks._handle_padding_frame] < 20
+
+
+def test_a_handshake_in_16000_byte_datagrams_completes_with_its_padding_frames_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    skipped: list[int] = []
+
+    def recorded(self: QuicConnection, context: Any, frame_type: int, buf: Buffer) -> None:
+        start = buf.tell()
+        hooks._handle_padding_frame(self, context, frame_type, buf)
+        skipped.append(buf.tell() - start)
+
+    monkeypatch.setattr(QuicConnection, "_handle_padding_frame", recorded)
+    p = Pair(SecretKey.from_seed("c"), SecretKey.from_seed("s"), max_datagram_size=16000)
+    p.client.send_stream_data(0, b"request")  # leaves in a 1-RTT packet with the client's Finished
+    p.start()
+    p.pump()
+    assert any(isinstance(e, HandshakeCompleted) for e in p.events["server"])
+    assert hooks.handshake_confirmed(p.client)
+    assert [e.data for e in p.events["server"] if isinstance(e, StreamDataReceived)] == [b"request"]
+    # the client's second flight (Initial ACK, Finished, 1-RTT) is padded inside its 1-RTT packet
+    assert max(skipped) > 14000
+
+
+def test_fast_tls_blocks_are_installed_on_import() -> None:
+    for name, helper in hooks._FAST_TLS_BLOCKS.items():
+        assert getattr(tls, name) is helper
+
+
+@pytest.mark.parametrize("loss", [False, True])
+def test_fast_tls_blocks_send_the_same_datagrams_byte_for_byte(monkeypatch: pytest.MonkeyPatch, loss: bool) -> None:
+    runs: dict[bool, list[tuple[str, bytes]]] = {}
+    try:
+        for fast in (False, True):
+            hooks.fast_tls_blocks(fast)
+            runs[fast] = _scripted_exchange(monkeypatch, loss=loss, credit_hooks=False)
+    finally:
+        hooks.fast_tls_blocks(True)
+    assert len(runs[False]) > 150
+    assert runs[True] == runs[False]
+
+
+def _blocks(fast: bool) -> dict[str, Any]:
+    return dict(hooks._FAST_TLS_BLOCKS if fast else hooks._AIOQUIC_TLS_BLOCKS)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_tls_blocks_write_and_read_what_aioquics_do(fast: bool) -> None:
+    b = _blocks(fast)
+
+    class Schedule:
+        hashed = b""
+
+        def update_hash(self, data: bytes) -> None:
+            self.hashed += data
+
+    schedule = Schedule()
+    buf = Buffer(capacity=100)
+    with b["push_message"](schedule, buf):
+        buf.push_uint8(1)
+        with b["push_block"](buf, 3):
+            with b["push_extension"](buf, 0x33):
+                buf.push_bytes(b"abc")
+            with b["push_block"](buf, 1):
+                pass
+    assert buf.data == b"\x01\x00\x00\x08\x00\x33\x00\x03abc\x00"
+    assert schedule.hashed == buf.data
+    read = Buffer(data=buf.data[1:])
+    with b["pull_block"](read, 3) as length:
+        assert length == 8
+        read.pull_bytes(8)
+    assert read.eof()
+    # a block whose body leaves bytes unread is refused after the body, as aioquic refuses it
+    read = Buffer(data=b"\x02xy")
+    with pytest.raises(tls.AlertDecodeError):
+        with b["pull_block"](read, 1):
+            read.pull_bytes(1)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_an_error_inside_a_tls_block_propagates_and_writes_no_length(fast: bool) -> None:
+    b = _blocks(fast)
+    buf = Buffer(capacity=100)
+    buf.push_bytes(b"\xff\xff")
+    buf.seek(0)
+    with pytest.raises(ValueError, match="inside"):
+        with b["push_block"](buf, 2):
+            buf.push_bytes(b"abc")
+            raise ValueError("inside")
+    assert buf.tell() == 5 and buf.data_slice(0, 2) == b"\xff\xff"
+    read = Buffer(data=b"\x03abc")
+    with pytest.raises(tls.AlertBadCertificate):
+        with b["pull_block"](read, 1):  # the body's error, not the block's "extra bytes"
+            raise tls.AlertBadCertificate("inside")

@@ -565,7 +565,8 @@ class PeerConnection:
         of the peer's paths are valid (disco probes), so packets from any of them count.
         The answer leaves with the transmit this schedules (see :meth:`schedule_transmit`);
         ``then_transmit=False``: the caller transmits (or schedules) itself, and no loop
-        pass is spent on a transmit that would find nothing to send.
+        pass is spent on a transmit that would find nothing to send.  None is scheduled
+        once the connection is closing or draining (QUIC sends nothing more then).
         """
         route = self.route
         if addr is not None and addr != route.direct and addr != route.direct_address and self._ready.done():
@@ -616,8 +617,16 @@ class PeerConnection:
             self._callbacks.reset_token(self, old, token)
         self._process_events()
         self._receiving_from = None
-        if then_transmit:
-            self.schedule_transmit()
+        if not then_transmit:
+            return
+        if hooks.is_closing(quic):
+            # closing or draining (the peer's CONNECTION_CLOSE came): QUIC sends nothing any
+            # more, so no transmit pass (a loop callback that would find nothing to send); the
+            # timer follows the end of the period, as a transmit would make it
+            if not self._closed.done():
+                self._timer.update(exact=self._close_begun)
+            return
+        self.schedule_transmit()
 
     def stateless_reset(self) -> None:
         """The peer sent a genuine stateless reset: it no longer has this connection.

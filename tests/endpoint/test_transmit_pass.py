@@ -345,3 +345,36 @@ async def test_an_accepted_connections_first_flight_leaves_at_once_without_a_tra
         accepted.cancel()
         await client.close()
         await server.close()
+
+
+async def test_a_connection_draining_after_its_peers_close_queues_no_transmit_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The peer's CONNECTION_CLOSE puts a connection in its draining period, where QUIC sends
+    nothing: no transmit pass is queued for it (one would cost a loop callback and find nothing
+    to send), and the connection still ends when the period is over."""
+    asked: list[tuple[bool, bool]] = []
+    real_ask = TransmitPass.ask
+
+    def ask(self: TransmitPass, conn: PeerConnection) -> None:
+        asked.append((conn.is_client, conn.closing))
+        real_ask(self, conn)
+
+    monkeypatch.setattr(TransmitPass, "ask", ask)
+    config = NetworkConfig(max_probe_datagram_size=0)
+    server = await Node.bind(host="127.0.0.1", config=config)
+    client = await Node.bind(host="127.0.0.1", config=config)
+    try:
+        mc = await asyncio.wait_for(client.connect(NodeAddr(server.node_id, [server.local_address])), 10)
+        accepted = await asyncio.wait_for(server.listen().accept(), 10)
+        conn = accepted.peer_connection
+        received = conn.datagrams_received
+        await mc.close()
+        await asyncio.wait_for(conn.wait_closed(), 10)  # its draining period ended
+        assert conn.datagrams_received > received  # the client's CONNECTION_CLOSE came
+        assert conn.close_error is not None and "closed by peer" in str(conn.close_error)
+        assert [a for a in asked if not a[0]], asked  # the server asked before (it works)
+        assert not [a for a in asked if not a[0] and a[1]], asked
+    finally:
+        await client.close()
+        await server.close()
