@@ -211,6 +211,7 @@ from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersi
 from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder, QuicPacketBuilderStop, QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer, QuicPacketRecovery, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -236,6 +237,7 @@ __all__ = [
     "data_received",
     "early_data_sendable",
     "encode_initial_close",
+    "ensure_certificate",
     "fast_enum_hash",
     "fast_write_application",
     "get_stream",
@@ -370,6 +372,16 @@ def install_identity_hooks(quic: QuicConnection, check_peer_key: Callable[[bytes
             ctx._server_handle_certificate_verify = server_verify  # type: ignore[method-assign]
 
     quic._initialize = _initialize  # type: ignore[method-assign]
+
+
+def ensure_certificate(quic: QuicConnection, make: Callable[[], x509.Certificate]) -> None:
+    """Give a connection whose configuration had no certificate yet ``make()`` (a client's:
+    aioquic reads it only for the client's second flight, which answers the server's
+    CertificateRequest; aioquic copied the configuration's into the TLS context when the
+    connection started, ``QuicConnection._initialize``)."""
+    ctx = getattr(quic, "tls", None)
+    if ctx is not None and ctx.certificate is None:
+        ctx.certificate = make()
 
 
 def handshake_confirmed(quic: QuicConnection) -> bool:
