@@ -970,6 +970,7 @@ class Endpoint:
         self._connections[conn] = None
         conn.route.start()
         conn.transmit()
+        conn.route.start_probing()
         # our certificate goes in our second flight: built now, behind the Initial (see
         # _node_certificate), before any answer can be read
         hooks.ensure_certificate(quic, self._node_certificate)
