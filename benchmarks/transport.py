@@ -30,9 +30,10 @@ Like with like:
   and checked after every phase;
 * flow control: both get the same stream and connection receive windows and the
   same send buffer (``--windows``, default asgi-p2p's defaults).  aioquic has no
-  send buffer limit of its own, so the bare client waits, as asgi-p2p's ``send``
-  does, while more than the send buffer is unacknowledged on its stream (read
-  from aioquic's private stream state), instead of queueing all 100 MiB at once;
+  send buffer limit of its own, so the bare client writes, as asgi-p2p's ``send``
+  does, only what keeps at most the send buffer unacknowledged on its stream (read
+  from aioquic's private stream state) and waits for acknowledgements to write the
+  rest, instead of queueing all 100 MiB at once;
 * handshake: asgi-p2p's ``connect`` returns once HANDSHAKE_DONE arrived (the
   server accepted our certificate); the target row times bare aioquic to that
   same point, another row to aioquic's own ``connect`` return (its
@@ -269,11 +270,22 @@ class BareClientProtocol(QuicConnectionProtocol):
         return 0 if stream is None else len(stream.sender._buffer)
 
     async def send_bounded(self, msg: bytes, limit: int) -> None:
-        """Like asgi-p2p's ``send``: wait while ``limit`` or more bytes are unacknowledged."""
-        while self.unacked() >= limit:
-            self._drained = self._loop.create_future()
-            await self._drained
-        await self.send(msg)
+        """Like asgi-p2p's ``send``: write what fits below ``limit`` unacknowledged bytes, wait
+        for acknowledgements, write the rest; so at most ``limit`` bytes are unacknowledged,
+        as with asgi-p2p's send buffer (a whole message written once fewer than ``limit`` were
+        unacknowledged held up to ``limit`` plus a message: 320 KiB instead of 256)."""
+        if self._stream_id is None:
+            self._stream_id = self._quic.get_next_available_stream_id()
+        data = memoryview(HEADER.pack(len(msg)) + msg)
+        while data:
+            room = limit - self.unacked()
+            if room <= 0:
+                self._drained = self._loop.create_future()
+                await self._drained
+                continue
+            self._quic.send_stream_data(self._stream_id, bytes(data[:room]))
+            data = data[room:]
+            self.transmit()
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):

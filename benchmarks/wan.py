@@ -43,10 +43,9 @@ times its first response ("returning client"; an asgi-p2p client imports the ses
 first process exported, so it resumes and sends its GET as 0-RTT data; ``--no-resume``: it does not).
 CPU per request and per MB is the CPU time (user + system) of every process of the row (client,
 server, relay / tunnel server, sender, app) over the 50-concurrent phase and the download; the delay
-lines are the network, not counted. The raw TCP figures are a 10 MiB TCP download between the two
-homes' hosts (a port forward on the serving home's router) over the same links, once per repeat: on
-a new connection, then 10 MiB more on the
-warm one (the link's ceiling).
+lines are the network, not counted. The raw TCP figures are a ``--bulk-mib`` MiB TCP download (10 by
+default) between the two homes' hosts (a port forward on the serving home's router) over the same links,
+once per repeat: on a new connection, then as much again on the warm one (the link's ceiling).
 
 Usage (root)::
 
@@ -101,9 +100,9 @@ TITLES = {
     "tunnel": "tunnel",
     "tunnel-tls": "tunnel (TLS)",
 }
-#: name -> (one-way delay ms per access link, rate Mbit/s, loss % on the serving home's access link)
 #: --tcp-cc choices (net.ipv4.tcp_congestion_control; the rig checks the kernel offers the one chosen)
 TCP_CCS = ("cubic", "bbr", "reno")
+#: name -> (one-way delay ms per access link, rate Mbit/s, loss % on the serving home's access link)
 PROFILES = {"wan": (20.0, 100.0, 0), "lan": (5.0, 1000.0, 0), "lossy": (50.0, 20.0, 1)}
 #: the blocking home's router: drop every UDP packet its LAN sends out (as tests/netns/test_relay_tcp.py)
 BLOCK_UDP = """table inet udpblock {
@@ -933,7 +932,8 @@ def run_bench(args: argparse.Namespace) -> int:
         + (f"environment: {', '.join(knobs)}" if knobs else "no ASGI_P2P_* settings"),
         f"Congestion control: asgi-p2p's QUIC {quic_cc()} "
         f"({'ASGI_P2P_CONGESTION_CONTROL' if os.environ.get('ASGI_P2P_CONGESTION_CONTROL') else 'library default'}); "
-        f"the tunnel's and the raw figures' TCP {args.tcp_cc} (net.ipv4.tcp_congestion_control in every namespace; "
+        f"the tunnel's, the raw figures' and the relayed-over-TCP row's TCP {args.tcp_cc} "
+        f"(net.ipv4.tcp_congestion_control in every namespace; "
         f"the host's default: {host_tcp_cc()})",
         f"Machine: {machine_name()}; wall {time.perf_counter() - t_start:.0f} s; load average (1/5/15 min) "
         f"{' '.join(f'{x:.2f}' for x in load_start)} at the start, {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
@@ -970,8 +970,9 @@ def main() -> int:
         "--tcp-cc",
         choices=TCP_CCS,
         default="cubic",
-        help="TCP congestion control in every namespace of the rig (the tunnel's and the raw TCP figures'); "
-        "default cubic, the Linux kernel's default (a new namespace would otherwise inherit the host's)",
+        help="TCP congestion control in every namespace of the rig (the tunnel's, the raw TCP figures' and the "
+        "relayed-over-TCP row's TCP leg); default cubic, upstream Linux's default (CONFIG_DEFAULT_TCP_CONG; this "
+        "VM's kernel defaults to bbr; a new namespace would otherwise inherit the host's)",
     )
     p.add_argument("--wait-direct", type=float, default=10.0, help="direct row: wait up to S s for a direct path")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 5 + 60 requests, 1 MiB")

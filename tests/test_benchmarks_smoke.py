@@ -346,7 +346,7 @@ def test_wan_benchmark_quick_run_on_the_netns_rig() -> None:
     assert float(tcp[1]) > 0, tcp
     assert "| asgi-p2p direct download MB/s ≥ 0.9x tunnel |" in out and "Machine: " in out
     assert "| asgi-p2p relayed download MB/s ≥ 0.8x asgi-p2p direct |" in out, out
-    assert "the tunnel's and the raw figures' TCP cubic" in out, out
+    assert "the tunnel's, the raw figures' and the relayed-over-TCP row's TCP cubic" in out, out
 
 
 def test_windows_benchmark_prints_every_row() -> None:
@@ -728,6 +728,44 @@ def test_transport_benchmark_bare_aioquic_runs_unpatched() -> None:
     assert f"# {UNPATCHED} (the client process and its 2 server processes)" in proc.stderr.splitlines()
     (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| 64 B message round trip")]
     assert row.split("|")[4].strip() != "n/a", row  # the child's numbers reached the table
+
+
+def test_transport_benchmark_bare_client_holds_at_most_the_send_buffer_unacknowledged() -> None:
+    """Same limits means the same bytes in flight: the bare client, like asgi-p2p's ``send``, writes
+    only what keeps at most the send buffer unacknowledged (a whole 64 KiB message written once
+    fewer than the limit were unacknowledged held up to a message more) and all of it arrives."""
+    code = (
+        "import asyncio, struct, tempfile\n"
+        "from aioquic.asyncio import connect, serve\n"
+        "from benchmarks.transport import (BULK_MESSAGE, HOST, REPORT, SINK, BareClientProtocol,\n"
+        "    BareCredentials, BareServerProtocol, bare_config)\n"
+        "async def main():\n"
+        "    with tempfile.TemporaryDirectory() as d:\n"
+        "        creds = BareCredentials.write(d)\n"
+        "        server = await serve(HOST, 0, configuration=bare_config(False, creds.server, 1200),\n"
+        "            create_protocol=BareServerProtocol)\n"
+        "        port = server._transport.get_extra_info('socket').getsockname()[1]\n"
+        "        limit, most = 100_000, 0\n"
+        "        async with connect(HOST, port, configuration=bare_config(True, creds.client, 1200),\n"
+        "                create_protocol=BareClientProtocol) as proto:\n"
+        "            write = proto._quic.send_stream_data\n"
+        "            def counted(*args, **kwargs):\n"
+        "                nonlocal most\n"
+        "                write(*args, **kwargs)\n"
+        "                most = max(most, proto.unacked())\n"
+        "            proto._quic.send_stream_data = counted\n"
+        "            msg = bytes([SINK]) + bytes(BULK_MESSAGE - 1)\n"
+        "            for _ in range(20):\n"
+        "                await proto.send_bounded(msg, limit)\n"
+        "            await proto.send(bytes([REPORT]))\n"
+        "            (got,) = struct.unpack('!Q', await proto.recv())\n"
+        "        server.close()\n"
+        "        print(got, most, limit)\n"
+        "asyncio.run(main())\n"
+    )
+    got, most, limit = map(int, _bench("-c", code).stdout.split())
+    assert got == 20 * 65535  # every message arrived whole
+    assert limit - 65535 < most <= limit
 
 
 def test_handshake_benchmark_runs_each_bare_round_unpatched_and_interleaved() -> None:

@@ -1,4 +1,4 @@
-"""Every ```python block of README.md and docs/*.md runs as a test, so a stale snippet fails CI.
+"""Every ```python (or ```py) block of README.md and docs/**/*.md runs as a test, so a stale snippet fails CI.
 
 Blocks are numbered from 1 per file in document order: ``README.md[2]`` is README's second
 python block.  Line numbers in tracebacks are those of the Markdown file.  How a block runs
@@ -45,8 +45,8 @@ from asgi_p2p.sim import Simulation
 from asgi_p2p.ticket import Ticket
 
 ROOT = Path(__file__).parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^( *)```python[ \t]*\n(.*?)^\1```", re.S | re.M)
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+FENCE = re.compile(r"^( *)```(?:python|py)[ \t]*\n(.*?)^\1```", re.S | re.M)
 TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 RUN_TIMEOUT = 20.0  # wall-clock seconds for a block run in this process
 SUBPROCESS_TIMEOUT = 60.0  # wall-clock seconds for a block run under pytest in a subprocess
@@ -361,6 +361,13 @@ def test_snippet(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         asyncio.run(run_async(block, tree, code, track_endpoints(monkeypatch)))
     else:
         run_sync(code)
+
+
+def test_every_markdown_file_and_both_python_fence_names_are_covered() -> None:
+    """docs/ops/README.md and the like are read, and a ```py fence is run like a ```python one."""
+    assert {p.relative_to(ROOT).as_posix() for p in DOCS} >= {"README.md", "docs/cli.md", "docs/ops/README.md"}
+    text = "```py\nx = 1\n```\n\n```python\ny = 2\n```\n\n```pycon\n>>> z\n```\n\n```sh\nls\n```\n"
+    assert [m.group(2) for m in FENCE.finditer(text)] == ["x = 1\n", "y = 2\n"]
 
 
 def test_compile_only_blocks_exist() -> None:

@@ -56,7 +56,7 @@ def _subcommands() -> dict[str, Subcommand]:
     with plain ``add_argument`` is automatically ``ASGI_P2P_<OPTION>`` too, and a key of its
     ``--config`` TOML file if it has one (``_common.add_config_arg``); precedence flag >
     variable > file > default.  Add the flag's row to docs/configuration.md
-    (``python tests/cli/test_settings.py`` prints the rows; a test compares them).
+    (``python -m tests.cli.test_settings`` prints the rows; a test compares them).
     """
 
     def keygen_args(p: argparse.ArgumentParser) -> None:

@@ -99,6 +99,25 @@ def configure_logging(
     PENDING_WARNINGS.clear()
 
 
+#: The flags of :func:`add_log_args`, by dest: a SIGHUP that changes one reconfigures logging.
+LOG_SETTINGS = ("log_level", "log_format", "log_config", "no_access_log")
+
+
+def reconfigure_logging(old: argparse.Namespace, new: argparse.Namespace) -> bool:
+    """SIGHUP: configure logging from ``new``'s flags; if that fails (a bad ``--log-config``),
+    log the error, configure it from ``old``'s again and return False."""
+    try:
+        configure_logging(new.log_level, **log_options(new))
+    except P2PError as exc:
+        try:
+            configure_logging(old.log_level, **log_options(old))
+        except P2PError:  # the old --log-config file is gone or broken too: the defaults, at the old level
+            configure_logging(old.log_level, **{**log_options(old), "log_config": None})
+        log.error("SIGHUP: logging unchanged: %s", exc)
+        return False
+    return True
+
+
 def log_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of :func:`configure_logging` from the flags of :func:`add_log_args`."""
     return {

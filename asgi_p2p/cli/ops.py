@@ -239,8 +239,16 @@ def _pair_args(p: argparse.ArgumentParser) -> None:
         help=f"this device's key, created 0600 if missing (default: {default_key_file()}); "
         "use the same key afterwards (asgi-p2p get --key-file)",
     )
-    p.add_argument("--timeout", type=_common.positive_float, default=15.0, metavar="SECONDS", help="default 15")
-    p.add_argument("--log-level", choices=list(_common.LOG_LEVELS), default="warning", help="default: warning")
+    p.add_argument(
+        "--timeout",
+        type=_common.positive_float,
+        default=15.0,
+        metavar="SECONDS",
+        help="give up when the node has not answered within this (default 15)",
+    )
+    p.add_argument(
+        "--log-level", choices=list(_common.LOG_LEVELS), default="warning", help="log level (default: warning)"
+    )
 
 
 def _bind_host(addr: NodeAddr) -> str:

@@ -251,10 +251,10 @@ def _reload(args: argparse.Namespace) -> None:
         return
     changed = _common.changed_settings(args, new, _NOT_COMPARED)
     if any(d in _LIVE for d in changed):
-        configure_logging(new.log_level, **_common.log_options(new))
-        for dest in _LIVE:
-            setattr(args, dest, getattr(new, dest))
-        log.info("SIGHUP: logging reconfigured (level %s)", new.log_level)
+        if _common.reconfigure_logging(args, new):
+            for dest in _LIVE:
+                setattr(args, dest, getattr(new, dest))
+            log.info("SIGHUP: logging reconfigured (level %s)", new.log_level)
     restart = [_common.flag_name(d) for d in changed if d not in _LIVE]
     if restart:
         log.warning("SIGHUP: %s changed but cannot change while the relay runs; restart to apply", ", ".join(restart))

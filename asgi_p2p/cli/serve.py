@@ -740,9 +740,12 @@ class LiveSettings:
                 value = getattr(new, dest)
                 setattr(self.server, dest, (value or None) if value is not None else _server_default(dest))
                 log.info("SIGHUP: %s is now %s", _common.flag_name(dest), value)
-        if any(getattr(new, d, None) != getattr(old, d, None) for d in ("log_level", "no_access_log", "log_format")):
-            configure_logging(new.log_level, **_common.log_options(new))
-            log.info("SIGHUP: logging reconfigured (level %s)", new.log_level)
+        if any(getattr(new, d, None) != getattr(old, d, None) for d in _common.LOG_SETTINGS):
+            if _common.reconfigure_logging(old, new):
+                log.info("SIGHUP: logging reconfigured (level %s)", new.log_level)
+            else:  # keep the settings logging runs with, so that the next SIGHUP tries the new ones again
+                for dest in _common.LOG_SETTINGS:
+                    setattr(new, dest, getattr(old, dest, None))
         for dest, value in sorted(vars(new).items()):
             if dest in _NOT_COMPARED or dest in _LIVE_OTHER or dest in _LIVE_SERVER_SETTINGS:
                 continue

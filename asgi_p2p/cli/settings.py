@@ -29,13 +29,16 @@ variable (or the file and key) and the problem.  Kinds of flags:
 Positional arguments (``APP``, ``TARGET``), ``--help``, ``--version``, ``keygen --force`` and the options
 of nested subcommands are not settings; ``--config`` has a variable
 (``ASGI_P2P_CONFIG``) but no file key.  :data:`RENAMED` gives a flag another name
-(``--relay`` is ``ASGI_P2P_RELAY_URL``, the name it had before the rule).
+(``--relay`` is ``ASGI_P2P_RELAY_URL``, the name it had before the rule); a flag whose
+derived name is a :class:`NetworkConfig` field that means something else must be renamed
+there (``proxy --max-connections`` is ``ASGI_P2P_BACKEND_MAX_CONNECTIONS``), so that one
+variable never sets two things.
 Variables that are not a setting of any command (nor a :class:`NetworkConfig` field,
 nor in :data:`EXTRA_VARIABLES`) are reported at start with a close match.
 
 ``docs/configuration.md`` lists every setting; ``tests/cli/test_settings.py`` checks the
-table against the parsers, so a new flag needs its row there (``python
-tests/cli/test_settings.py`` prints the rows).
+table against the parsers, so a new flag needs its row there (``python -m
+tests.cli.test_settings``, run from the repository's root, prints the rows).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import argparse
 import difflib
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -64,8 +68,16 @@ __all__ = [
     "unknown_variables",
 ]
 
-#: Flags whose setting name is not derived from the long option (option -> name).
-RENAMED: dict[str, str] = {"--relay": "relay_url"}
+#: Flags whose setting name is not derived from the long option (option -> name).  Besides
+#: ``--relay`` (its name before the rule), flags whose derived name is a :class:`NetworkConfig`
+#: field with another meaning: one variable must not set two things.
+RENAMED: dict[str, str] = {
+    "--relay": "relay_url",
+    # proxy: backend (HTTP) connections, not the node's QUIC ``max_connections``
+    "--max-connections": "backend_max_connections",
+    # gateway: the 502 deadline for reaching a node, not the QUIC handshake's ``connect_timeout``
+    "--connect-timeout": "gateway_connect_timeout",
+}
 #: Options that are never settings (``--force`` overwrites a key file: a destructive
 #: confirmation is never taken from the environment or a file).
 _NOT_SETTINGS = frozenset({"--help", "--version", "--force"})
@@ -453,24 +465,65 @@ def _help_text(s: Setting) -> str:
     return text.replace("|", "\\|")
 
 
+def _split_clauses(text: str) -> list[str]:
+    """``text`` split at each ``"; "`` outside parentheses."""
+    clauses, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and text.startswith("; ", i):
+            clauses.append(text[start:i])
+            start = i + 2
+    return [*clauses, text[start:]]
+
+
+def _without_default(text: str) -> str:
+    """``text`` without its closing ``(default: X)`` (or the ``; default: X`` ending its parenthesis)."""
+    text = re.sub(r"\s*\(default:? [^()]*\)$", "", text)
+    return re.sub(r";\s*default:? [^();]*\)$", ")", text)
+
+
+def _meaning(helps: Mapping[str, str], defaults_differ: bool) -> str:
+    """The meaning column: the help text, or (when commands differ) each command's, with what all share
+    said once; a default is left to the default column when it differs between commands."""
+    if defaults_differ:
+        helps = {c: _without_default(h) for c, h in helps.items()}
+    texts = list(dict.fromkeys(helps.values()))
+    if len(texts) == 1:
+        return texts[0]
+    split = [_split_clauses(t) for t in texts]
+    n = 0  # the closing clauses every command's text has
+    while all(len(c) > n + 1 for c in split) and len({c[-n - 1] for c in split}) == 1:
+        n += 1
+    parts = []
+    for text, clauses in zip(texts, split, strict=True):
+        commands = ", ".join(c for c, h in helps.items() if h == text)
+        parts.append(f"*{commands}*: {'; '.join(clauses[: len(clauses) - n])}")
+    if n:
+        parts.append(f"*all*: {'; '.join(split[0][-n:])}")
+    return "<br>".join(parts)
+
+
 def table_rows(parsers: Mapping[str, argparse.ArgumentParser]) -> list[str]:
     """The rows of docs/configuration.md's table of command settings (one per setting name)."""
     rows: dict[str, dict[str, Any]] = {}
     for command, parser in parsers.items():
         for name, s in settings_of(parser).items():
-            row = rows.setdefault(name, {"setting": s, "commands": [], "defaults": {}, "file": False})
+            row = rows.setdefault(name, {"setting": s, "commands": [], "defaults": {}, "helps": {}, "file": False})
             row["commands"].append(command)
             row["defaults"][command] = _default_text(s)
+            row["helps"][command] = _help_text(s)
             row["file"] = row["file"] or (s.in_file and "config" in settings_of(parser))
     out = []
-    for name in sorted(rows):
+    for name in sorted(rows, key=lambda n: (rows[n]["setting"].option, n)):  # by flag, as a reader looks it up
         row = rows[name]
         s = row["setting"]
         defaults = set(row["defaults"].values())
-        default = defaults.pop() if len(defaults) == 1 else "; ".join(f"{c}: {d}" for c, d in row["defaults"].items())
+        default = (
+            next(iter(defaults)) if len(defaults) == 1 else "; ".join(f"{c}: {d}" for c, d in row["defaults"].items())
+        )
         key = f"`{name}`" if row["file"] else "-"
         out.append(
             f"| `{s.option}` | `{s.env}` | {key} | {', '.join(row['commands'])} | {default} | {_range_text(s)} "
-            f"| {_help_text(s)} |"
+            f"| {_meaning(row['helps'], len(defaults) > 1)} |"
         )
     return out

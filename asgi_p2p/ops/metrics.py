@@ -305,7 +305,8 @@ class RelayServerCollector(Collector):
         first = server.first_contact_stats
         contacts = _counter(
             "asgi_p2p_relay_first_contacts",
-            "First contacts (a fresh dial's Initial before the relay handshake) and their answers, by event",
+            "First contacts (a fresh dial's Initial before the relay handshake, a returning client's 0-RTT "
+            "packets behind it) and their answers, by event",
             ["event"],
         )
         for f in fields(first):

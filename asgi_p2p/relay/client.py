@@ -94,6 +94,7 @@ from .first_contact import (
     encode_first_contact,
     is_first_contact,
     is_full_initial,
+    is_zero_rtt,
     long_header_cids,
     open_first_reply,
 )
@@ -207,6 +208,9 @@ class RelayClientStats:
     dropped_disconnected: int = 0
     #: Initials sent to the relay as first contacts (:mod:`asgi_p2p.relay.first_contact`).
     first_contacts_sent: int = 0
+    #: 0-RTT packets sent to the relay as first contacts behind such an Initial (a returning
+    #: client's early request; :mod:`asgi_p2p.relay.first_contact`)
+    early_first_contacts_sent: int = 0
     dropped_too_large: int = 0
     dropped_queue_full: int = 0
     dropped_invalid: int = 0
@@ -261,6 +265,8 @@ class _RelayConnection:
         #: the relay's data plane for this connection (None: not offered)
         self.plane: ClientPlane | None = None
         self.plane_pinged = -math.inf
+        #: counted in :attr:`RelayClientStats.connects` (once the relay confirmed it)
+        self.counted = False
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, DatagramFrameReceived):
@@ -608,8 +614,11 @@ class RelayClient:
             if is_full_initial(packet):
                 return self._send_first_contact(dest, packet)
             if dest in self._first_dests and len(self._first_copies) < _MAX_FIRST_COPIES:
-                # what follows a first contact (0-RTT data) goes the normal way at can_send
+                # what follows a first contact (0-RTT data) goes the normal way at can_send; a
+                # 0-RTT packet of a connection dialed with a first contact goes as one too now
                 self._first_copies.append((dest, packet))
+                if is_zero_rtt(packet):
+                    self._send_early(dest, packet)
                 return True
         if not self._sendable(packet):
             return False
@@ -795,7 +804,9 @@ class RelayClient:
         loser = _outcome(tcp)
         if loser is not None and loser is not winner:
             await loser.close()
-        if winner is not None:
+        if winner is not None and not (isinstance(winner, _TcpRelayConnection) and self._live):
+            # (TCP won the race while the UDP connection, usable already, awaited the relay's
+            # confirmation: UDP is not blocked here)
             self._remember(network, "tcp" if isinstance(winner, _TcpRelayConnection) else "udp")
         if isinstance(winner, _TcpRelayConnection):
             self._use_tcp(winner)
@@ -995,6 +1006,25 @@ class RelayClient:
         self.stats.first_contacts_sent += 1
         return True
 
+    def _send_early(self, dest: NodeId, packet: bytes) -> None:
+        """Send the 0-RTT ``packet`` to the relay as a first contact too, if it belongs to a
+        connection we dialed to ``dest`` with a first contact through the current attempt's
+        address, still in its window (the relay forwards it only behind that Initial; the copy
+        kept goes at :attr:`can_send` either way, so a relay that drops it costs nothing)."""
+        relay = self._attempt_to
+        cids = long_header_cids(packet)
+        dial = self._first_dials.get(cids[1]) if cids is not None else None
+        if (
+            dial is None
+            or dial.dest != dest
+            or dial.relay != relay
+            or relay is None
+            or dial.until <= asyncio.get_running_loop().time()
+        ):
+            return
+        self.endpoint.router.sendto(encode_first_contact(dest, self.endpoint.node_id, packet), relay)
+        self.stats.early_first_contacts_sent += 1
+
     def _take_first_replies(self, relay: tuple[str, int]) -> bool:
         """Have the socket hand zero-token datagrams from ``relay`` to :meth:`_first_reply`; False if
         it cannot (its plane datagrams go to a relay server: nothing could answer us).
@@ -1143,7 +1173,7 @@ class RelayClient:
             self.stats.connect_failures += 1
             log.warning("relay %s: connection closed during setup", url)
             return None
-        self.stats.connects += 1
+        self._count_connect(handler)
         self._relay_rtt = handler.conn.smoothed_rtt
         if self._live and not self._connected.is_set():  # (else _size_changed said it already)
             self._now_connected(handler.conn, "handshake confirmed")
@@ -1221,9 +1251,15 @@ class RelayClient:
             self.last_failure = None
             self._may_send.set()
             self._udp_live.set()
+            if self._network is not None:
+                # the relay's handshake came over UDP and the path carries a full-size packet:
+                # UDP works on this network, however soon the process ends (a short `get`
+                # answered through it may close before the relay confirms the connection)
+                self._remember(self._network, "udp")
             if self._first_copies:
                 self._flush_first_copies()
             if conn.is_confirmed:
+                self._count_connect(current)  # (its connect task may not have run since)
                 self._now_connected(conn, f"{waited:.2f}s after it could not carry a full-size one")
             else:
                 log.debug("relay %s: sending through it (max packet %d bytes)", self.url, self.max_packet_size)
@@ -1242,6 +1278,12 @@ class RelayClient:
         self.stats.shrunk += 1
         log.warning("relay %s: not usable: %s", self.url, self.last_failure)
         self._notify_state()
+
+    def _count_connect(self, handler: _RelayConnection) -> None:
+        """A connection the relay confirmed: counted once, before anyone hears it is connected."""
+        if not handler.counted:
+            handler.counted = True
+            self.stats.connects += 1
 
     def _now_connected(self, conn: PeerConnection, how: str) -> None:
         self._connected.set()

@@ -17,6 +17,20 @@ safe (the whole reasoning is in docs/security.md, "First contact"):
   bytes, 1:1, and only to a registered destination; the destination's end-to-end
   handshake then authenticates the client (its certificate must name the claimed
   NodeId, or the destination closes the connection).
+* Within a live entry it also forwards what a returning client sends right behind that
+  Initial: QUIC version 1 0-RTT packets (long header) of the same connection (the
+  Initial's source connection id, and its destination connection id or the one the
+  destination answered from), from the same address, for the same (claimed NodeId,
+  destination), at most :data:`MAX_EARLY_PACKETS` packets and :data:`MAX_EARLY_BYTES`
+  bytes per entry, each taking a token of the global :data:`RATE`.  They add nothing to
+  the entry's reply budget or lifetime: the relay sends the first contact's address no
+  more than before.  A 0-RTT packet is readable and acceptable only with the session
+  ticket's keys, and the destination's own 0-RTT anti-replay (ticket age, strike
+  register, safe methods only) applies as to any 0-RTT packet (docs/security.md).
+  The destination's 1-RTT answer to such an early request (a short-header packet whose
+  destination connection id starts with the Initial's source connection id) that arrives
+  before the claimed node registered is held, within the same per-entry bounds, and sent
+  on that node's relay connection once it registers: never to the first contact's address.
 * Answers to the claimed NodeId go to its registered relay connection whenever it has
   one (never to an unauthenticated address then); only while it has none do QUIC v1
   long-header packets (answers to the Initial; anything else is refused as usual) go
@@ -71,6 +85,8 @@ __all__ = [
     "EXPIRY",
     "FIRST_CONTACT_OVERHEAD",
     "FIRST_CONTACT_TOKEN",
+    "MAX_EARLY_BYTES",
+    "MAX_EARLY_PACKETS",
     "MAX_ENTRIES",
     "MAX_PER_DESTINATION",
     "MAX_PER_SOURCE",
@@ -84,6 +100,7 @@ __all__ = [
     "encode_first_reply",
     "is_first_contact",
     "is_full_initial",
+    "is_zero_rtt",
     "long_header_cids",
     "open_first_reply",
     "refused_reply_address",
@@ -121,6 +138,13 @@ RATE = 64.0
 #: from aioquic's 100 ms initial RTT) retransmit its Initial 3 times within 2 s, and its answer
 #: to the destination's Initial is one more (if its relay connection cannot carry it yet).
 MAX_RETRANSMISSIONS = 4
+#: 0-RTT packets forwarded per entry (behind its Initial): as many as a dialing client keeps to
+#: send again at its relay Finished (its Initial among them), so one entry never forwards more
+#: than the client would send the normal way a moment later.
+MAX_EARLY_PACKETS = 8
+#: 0-RTT bytes (whole first-contact datagrams) forwarded per entry: :data:`MAX_EARLY_PACKETS`
+#: datagrams the size of a first contact's Initial.
+MAX_EARLY_BYTES = MAX_EARLY_PACKETS * (FIRST_CONTACT_OVERHEAD + MIN_INITIAL_SIZE)
 
 
 def is_first_contact(data: bytes) -> bool:
@@ -131,6 +155,11 @@ def is_first_contact(data: bytes) -> bool:
 def is_full_initial(packet: bytes | memoryview) -> bool:
     """True if ``packet`` starts a QUIC version 1 Initial (long header) and is at least 1200 bytes."""
     return len(packet) >= MIN_INITIAL_SIZE and packet[0] & 0xF0 == 0xC0 and bytes(packet[1:5]) == b"\x00\x00\x00\x01"
+
+
+def is_zero_rtt(packet: bytes | memoryview) -> bool:
+    """True if ``packet`` starts a QUIC version 1 0-RTT packet (long header, type 1)."""
+    return len(packet) >= 7 and packet[0] & 0xF0 == 0xD0 and bytes(packet[1:5]) == b"\x00\x00\x00\x01"
 
 
 def long_header_cids(packet: bytes | memoryview) -> tuple[bytes, bytes] | None:
@@ -237,10 +266,42 @@ class FirstContactStats:
     dropped_retransmissions: int = 0
     #: replies not sent to the first contact: beyond its byte budget (refused as to an unknown destination)
     replies_over_budget: int = 0
+    #: 0-RTT packets forwarded behind their entry's Initial (a returning client's early request)
+    early_forwarded: int = 0
+    #: 0-RTT packets dropped: no live entry for their (claimed node, destination)
+    early_dropped_no_entry: int = 0
+    #: 0-RTT packets dropped: from another address than their entry's Initial, or of another
+    #: connection (connection ids)
+    early_dropped_conflict: int = 0
+    #: 0-RTT packets dropped: beyond their entry's :data:`MAX_EARLY_PACKETS` or :data:`MAX_EARLY_BYTES`
+    early_dropped_limit: int = 0
+    #: the destination's 1-RTT packets to a first contact's connection held until the claimed node
+    #: registers (its answer to an early request, sent before the client's relay Finished arrived)
+    held: int = 0
+    #: held packets sent to the claimed node's relay connection once it registered (counted by the relay)
+    held_delivered: int = 0
+    #: held packets dropped: their entry expired before the claimed node registered (or it left at once)
+    held_expired: int = 0
+    #: 1-RTT packets not held: beyond the entry's :data:`MAX_EARLY_PACKETS` or :data:`MAX_EARLY_BYTES`
+    #: (refused as to an unknown destination)
+    held_over_limit: int = 0
 
 
 class _Entry:
-    __slots__ = ("addr", "budget", "dcid", "expires", "retransmissions", "scid", "server_cid", "source")
+    __slots__ = (
+        "addr",
+        "budget",
+        "dcid",
+        "early_bytes",
+        "early_packets",
+        "expires",
+        "held",
+        "held_bytes",
+        "retransmissions",
+        "scid",
+        "server_cid",
+        "source",
+    )
 
     def __init__(self, addr: Address, source: Hashable, expires: float, dcid: bytes, scid: bytes) -> None:
         self.addr = addr
@@ -248,6 +309,12 @@ class _Entry:
         self.budget = 0
         self.expires = expires
         self.retransmissions = 0
+        #: 0-RTT packets (and their datagrams' bytes) forwarded behind the Initial
+        self.early_packets = 0
+        self.early_bytes = 0
+        #: the destination's 1-RTT packets to this connection, held for the claimed node's registration
+        self.held: list[bytes] = []
+        self.held_bytes = 0
         #: the first Initial's connection ids, and the one the destination answers from (once known)
         self.dcid = dcid
         self.scid = scid
@@ -263,10 +330,11 @@ class FirstContacts:
     """The relay's bounded table of first contacts, keyed by (claimed NodeId, destination).
 
     Sans-I/O: :class:`~asgi_p2p.relay.server.RelayServer` calls :meth:`admit` for each
-    first contact it would forward and :meth:`reply_to` for each packet to a node that has
-    no relay connection.  Entries expire :data:`EXPIRY` seconds after they were made (a
-    retransmitted Initial does not extend that), in the order they were made, so expiry
-    costs O(1) per entry.
+    first contact (Initial) it would forward, :meth:`admit_early` for each 0-RTT one,
+    :meth:`reply_to` for each long-header packet to a node that has no relay connection and
+    :meth:`hold` for each short-header one, and :meth:`forget` when a node registers.
+    Entries expire :data:`EXPIRY` seconds after they were made (a retransmitted Initial
+    does not extend that), in the order they were made, so expiry costs O(1) per entry.
     """
 
     def __init__(
@@ -296,12 +364,13 @@ class FirstContacts:
 
     @staticmethod
     def parse(data: bytes) -> tuple[NodeId, NodeId, memoryview, tuple[bytes, bytes]] | None:
-        """(destination, claimed sender, packet, its connection ids) of a first-contact datagram;
-        None if malformed."""
-        if len(data) < FIRST_CONTACT_OVERHEAD + MIN_INITIAL_SIZE:
+        """(destination, claimed sender, packet, its connection ids) of a first-contact datagram
+        carrying a full-size Initial or a 0-RTT packet (:func:`is_zero_rtt` tells which); None if
+        malformed."""
+        if len(data) <= FIRST_CONTACT_OVERHEAD:
             return None
         packet = memoryview(data)[FIRST_CONTACT_OVERHEAD:]
-        cids = long_header_cids(packet) if is_full_initial(packet) else None
+        cids = long_header_cids(packet) if is_full_initial(packet) or is_zero_rtt(packet) else None
         if cids is None:
             return None
         dest = NodeId(data[_TOKEN_END:PLANE_OVERHEAD])
@@ -322,6 +391,7 @@ class FirstContacts:
             self._release(key, entry)
 
     def _release(self, key: tuple[NodeId, NodeId], entry: _Entry) -> None:
+        self.stats.held_expired += len(entry.held)
         _decrement(self._per_source, entry.source)
         _decrement(self._per_destination, key[1])
 
@@ -372,6 +442,37 @@ class FirstContacts:
         stats.forwarded += 1
         return True
 
+    def admit_early(
+        self, claimed: NodeId, dest: NodeId, addr: Address, size: int, now: float, cids: tuple[bytes, bytes]
+    ) -> bool:
+        """Note a first contact of ``size`` bytes from ``addr`` carrying a 0-RTT packet with
+        connection ids ``cids``; False: drop it (counted).
+
+        Forwarded only within a live entry for (``claimed``, ``dest``): from its Initial's
+        address, of its connection (:meth:`_Entry.same_connection`), within
+        :data:`MAX_EARLY_PACKETS` and :data:`MAX_EARLY_BYTES`, and taking a token of the global
+        rate.  Nothing is allocated, and the entry's reply budget and lifetime do not change.
+        """
+        self.expire(now)
+        stats = self.stats
+        entry = self._entries.get((claimed, dest))
+        if entry is None:
+            stats.early_dropped_no_entry += 1
+            return False
+        if entry.addr != addr or not entry.same_connection(cids):
+            stats.early_dropped_conflict += 1
+            return False
+        if entry.early_packets >= MAX_EARLY_PACKETS or entry.early_bytes + size > MAX_EARLY_BYTES:
+            stats.early_dropped_limit += 1
+            return False
+        if not self._bucket.take(1, now):
+            stats.dropped_rate_limited += 1
+            return False
+        entry.early_packets += 1
+        entry.early_bytes += size
+        stats.early_forwarded += 1
+        return True
+
     def reply_to(
         self, dst: NodeId, src: NodeId, size: int, now: float, cids: tuple[bytes, bytes]
     ) -> tuple[bool, Address | None]:
@@ -399,10 +500,42 @@ class FirstContacts:
         self.stats.reply_bytes += size
         return True, entry.addr
 
-    def forget(self, claimed: NodeId) -> None:
-        """``claimed`` registered with the relay: its replies go to its connection from now on."""
+    def hold(self, dst: NodeId, src: NodeId, packet: bytes | memoryview, now: float) -> bool:
+        """Hold the short-header (1-RTT) ``packet`` from ``src`` to ``dst`` (which has no relay
+        connection) for ``dst``'s registration, if it is addressed to a live first contact's
+        connection of ``dst`` to ``src`` (its destination connection id starts with that Initial's
+        non-empty source connection id): a destination's answer to an early request that arrives
+        before the client's relay Finished.  Nothing held ever goes to the first contact's
+        address: :meth:`forget` hands it back to be sent to the registered node's connection.
+
+        False: not such a packet, or beyond the entry's :data:`MAX_EARLY_PACKETS` or
+        :data:`MAX_EARLY_BYTES` (counted); the caller refuses it as usual.
+        """
+        self.expire(now)
+        entry = self._entries.get((dst, src))
+        scid = entry.scid if entry is not None else b""
+        if entry is None or not scid or len(packet) <= len(scid) or bytes(packet[1 : 1 + len(scid)]) != scid:
+            return False
+        if len(entry.held) >= MAX_EARLY_PACKETS or entry.held_bytes + len(packet) > MAX_EARLY_BYTES:
+            self.stats.held_over_limit += 1
+            return False
+        entry.held.append(bytes(packet))
+        entry.held_bytes += len(packet)
+        self.stats.held += 1
+        return True
+
+    def forget(self, claimed: NodeId) -> list[tuple[NodeId, bytes]]:
+        """``claimed`` registered with the relay: its replies go to its connection from now on.
+
+        Returns the packets held for it (:meth:`hold`) as (sender, packet), in the order they came,
+        for the caller to send to that connection (and count in ``held_delivered``)."""
+        held: list[tuple[NodeId, bytes]] = []
         for key in [k for k in self._entries if k[0] == claimed]:
-            self._release(key, self._entries.pop(key))
+            entry = self._entries.pop(key)
+            held.extend((key[1], packet) for packet in entry.held)
+            entry.held.clear()
+            self._release(key, entry)
+        return held
 
 
 def _decrement(counts: dict[Hashable, int], key: Hashable) -> None:

@@ -74,6 +74,7 @@ from .first_contact import (
     FirstContactStats,
     encode_first_reply,
     is_first_contact,
+    is_zero_rtt,
     long_header_cids,
     refused_reply_address,
 )
@@ -676,7 +677,9 @@ class RelayServer:
         handler.observed = self.router.observed_addr(handler.node)
         self._handlers[handler.node] = handler
         # its answers go to this authenticated connection from now on, never to a first contact's address
-        self.first_contacts.forget(handler.node)
+        held = self.first_contacts.forget(handler.node)
+        if held:  # (sent once it counts as connected, behind the frames below)
+            asyncio.get_running_loop().call_soon(self._deliver_held, handler.node, held)
         if self._check_handle is None and not self._closed:
             self._check_handle = asyncio.get_running_loop().call_later(self.check_interval, self._check_clients)
         log.info(
@@ -888,7 +891,8 @@ class RelayServer:
         return handler is not None and handler.registered and handler.is_connected
 
     def _first_contact(self, data: bytes, addr: tuple[str, int]) -> None:
-        """A first contact (:mod:`asgi_p2p.relay.first_contact`): forward its Initial 1:1 if allowed."""
+        """A first contact (:mod:`asgi_p2p.relay.first_contact`): forward its Initial (or a 0-RTT
+        packet behind it) 1:1 if allowed."""
         table = self.first_contacts
         stats = table.stats
         if not self.forwards_first_contacts:
@@ -901,6 +905,13 @@ class RelayServer:
         dest, claimed, packet, cids = parsed
         if not self._registered(dest):
             stats.dropped_unknown_destination += 1
+            return
+        if is_zero_rtt(packet):
+            # a returning client's early request behind its Initial: only within that Initial's live
+            # entry (whose checks it passed; the entry goes once the claimed node registers), from
+            # its address, of its connection, bounded; it adds nothing to what goes back there
+            if table.admit_early(claimed, dest, addr, len(data), asyncio.get_running_loop().time(), cids):
+                self._dispatch([(dest, Recv(claimed, bytes(packet)).encode())])
             return
         if claimed in self._handlers:
             # the claimed node has a relay connection here (or a stale one): its answers would go
@@ -950,15 +961,33 @@ class RelayServer:
             return False
         cids = long_header_cids(packet)
         if cids is None:
-            # only a QUIC v1 long-header packet answers an Initial: anything else (1-RTT, disco)
-            # belongs to a connection with the real node and takes the normal (refusing) path
-            return False
+            # only a QUIC v1 long-header packet answers an Initial at its address; a 1-RTT packet
+            # to the first contact's connection (the answer to a returning client's early request)
+            # is held for the claimed node's registration, for its authenticated connection only;
+            # anything else (1-RTT of other connections, disco) takes the normal (refusing) path
+            return len(packet) > 0 and packet[0] & 0xC0 == 0x40 and self.first_contacts.hold(dst, src, packet, now)
         # (the reply is built only once it has somewhere to go)
         _handled, addr = self.first_contacts.reply_to(dst, src, PLANE_OVERHEAD + len(packet), now, cids)
         if addr is None:  # not an answer to a live first contact, or beyond its budget: refused as usual
             return False
         self.endpoint.router.sendto(encode_first_reply(src, packet), addr)
         return True
+
+    def _deliver_held(self, node: NodeId, held: list[tuple[NodeId, bytes]]) -> None:
+        """Send the packets held for ``node`` until it registered (:meth:`FirstContacts.hold`) to its
+        connection, as their senders' (the relay's budgets and queues apply as to any packet)."""
+        stats = self.first_contacts.stats
+        if self._closed or not self._registered(node):
+            stats.held_expired += len(held)
+            return
+        now = asyncio.get_running_loop().time()
+        for src, packet in held:
+            if self._registered(src):
+                stats.held_delivered += 1
+                self._dispatch(self.router.handle_packet(src, node, packet, now, self._room))
+            else:  # (its sender left meanwhile: nothing of its connection would follow)
+                stats.held_expired += 1
+        self._schedule_queue(now)
 
     def _refused_address(self, addr: tuple[str, int], now: float) -> bool:
         """True if a first contact's answers must not go to ``addr`` (see :func:`refused_reply_address`)."""

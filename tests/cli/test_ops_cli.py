@@ -256,6 +256,48 @@ def test_sighup_names_what_cannot_change(start_server: Starter, tmp_path: Path) 
     stop(server)
 
 
+def test_sighup_applies_a_changed_log_config(cli: Cli, start_server: Starter, tmp_path: Path) -> None:
+    """A ``log_config`` added to the ``--config`` file takes effect at the SIGHUP (nothing else changed);
+    one that cannot be used is named and leaves logging as it was."""
+    access_file = tmp_path / "access.log"
+    log_json = tmp_path / "log.json"
+    log_json.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "formatters": {"plain": {"format": "ACCESS %(message)s"}},
+                "handlers": {
+                    "file": {"class": "logging.FileHandler", "filename": str(access_file), "formatter": "plain"}
+                },
+                "loggers": {"asgi_p2p.http.access": {"handlers": ["file"], "propagate": False, "level": "INFO"}},
+            }
+        )
+    )
+    config = tmp_path / "serve.toml"
+    config.write_text("limit_concurrency = 4\n")
+    server = start_server("serve", *SAMPLE, "--config", str(config))
+    ticket = server.wait_ready()
+    get_ok(cli, f"{ticket}/before")
+    config.write_text(f"limit_concurrency = 4\nlog_config = '{log_json}'\n")
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: logging reconfigured" in server.stderr, "the reload")
+    get_ok(cli, f"{ticket}/after")
+    wait_for(lambda: access_file.exists() and "GET /after" in access_file.read_text(), "the access line in the file")
+    assert re.fullmatch(r'ACCESS \w{52} - "GET /after HTTP/3" 200 OK\n', access_file.read_text())
+    assert "cannot change while serving" not in server.stderr
+    assert '"GET /before HTTP/3"' in server.stderr and '"GET /after HTTP/3"' not in server.stderr
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1, "handlers": {"h": {"class": "no.such.Handler"}}}')
+    config.write_text(f"limit_concurrency = 4\nlog_config = '{bad}'\n")
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: logging unchanged" in server.stderr, "the failed logging reload")
+    assert f"SIGHUP: logging unchanged: --log-config {bad}: ValueError: Unable to configure handler" in server.stderr
+    get_ok(cli, f"{ticket}/still")  # still serving, still logging to the file
+    wait_for(lambda: "GET /still" in access_file.read_text(), "the access line after the failed reload")
+    stop(server)
+
+
 def test_reload_restarts_on_a_source_change(cli: Cli, start_server: Starter, tmp_path: Path) -> None:
     appdir = tmp_path / "app"
     appdir.mkdir()

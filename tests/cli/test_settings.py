@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from asgi_p2p.cli import _common, all_parsers, main, settings
+from asgi_p2p.cli import proxy as proxy_cli
 from asgi_p2p.cli import relay as relay_cli
 from asgi_p2p.cli import serve as serve_cli
+from asgi_p2p.config import NetworkConfig
 from asgi_p2p.identity import SecretKey
 
 from .conftest import Cli, free_udp_port, one_line_error
@@ -199,6 +202,87 @@ def test_unknown_variables_are_reported_with_a_close_match(
     assert "asgi-p2p: warning: unknown variable ASGI_P2P_PROT is ignored (did you mean ASGI_P2P_PORT?)" in err
 
 
+#: Flags whose setting is the NetworkConfig field of the same name (the flag sets that field).
+SETS_THE_NETWORK_FIELD = {"max_datagram_size", "max_connections_per_node", "handshake_rate_per_address"}
+
+
+def test_no_variable_sets_a_flag_and_a_different_network_setting() -> None:
+    """A setting named like a NetworkConfig field shares its variable (and file key) with it:
+    allowed only where the flag sets that very field."""
+    network = {f.name for f in fields(NetworkConfig)}
+    for command, parser in all_parsers().items():
+        for name in settings.settings_of(parser):
+            assert name not in network or name in SETS_THE_NETWORK_FIELD, (command, name)
+
+
+def test_proxy_backend_connections_and_the_nodes_quic_connections_are_separate_settings(
+    captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``proxy --max-connections`` is ``ASGI_P2P_BACKEND_MAX_CONNECTIONS`` / ``backend_max_connections``;
+    ``ASGI_P2P_MAX_CONNECTIONS`` / ``max_connections`` stay the node's QUIC limit."""
+    served: dict[str, Any] = {}
+
+    def keep(load: Any, args: argparse.Namespace, label: str) -> int:
+        served["app"], served["args"] = load(), args
+        return 0
+
+    monkeypatch.setattr(serve_cli, "serve_app", keep)
+    monkeypatch.setattr(proxy_cli, "configure_logging", lambda *a, **k: None)
+
+    def proxy(*argv: str) -> tuple[int, int]:
+        """(the ProxyApp's backend connection limit, the node's NetworkConfig.max_connections)"""
+        assert main(["proxy", *argv, "http://127.0.0.1:9"]) == 0
+        args = served["args"]
+        return served["app"].max_connections, NetworkConfig.from_env(**args.settings.network).max_connections
+
+    assert proxy() == (100, 1024)
+    monkeypatch.setenv("ASGI_P2P_MAX_CONNECTIONS", "5")
+    assert proxy() == (100, 5)  # the network variable leaves the backend limit alone
+    monkeypatch.delenv("ASGI_P2P_MAX_CONNECTIONS")
+    monkeypatch.setenv("ASGI_P2P_BACKEND_MAX_CONNECTIONS", "7")
+    assert proxy() == (7, 1024)  # and the flag's variable leaves the node's limit alone
+    assert proxy("--max-connections", "8") == (8, 1024)
+    monkeypatch.delenv("ASGI_P2P_BACKEND_MAX_CONNECTIONS")
+    config = tmp_path / "proxy.toml"
+    config.write_text("max_connections = 6\n")
+    assert proxy("--config", str(config)) == (100, 6)  # a network setting by field name, as documented
+    config.write_text("backend_max_connections = 9\n")
+    assert proxy("--config", str(config)) == (9, 1024)
+
+
+def test_gateway_connect_timeout_and_the_quic_connect_timeout_are_separate_settings(
+    captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gateway --connect-timeout`` (the 502 deadline) is ``ASGI_P2P_GATEWAY_CONNECT_TIMEOUT``;
+    ``ASGI_P2P_CONNECT_TIMEOUT`` stays the QUIC handshake timeout of the gateway's node."""
+    import asgi_p2p.gateway.gateway as gateway_module
+
+    class Built(Exception):
+        pass
+
+    seen: dict[str, float] = {}
+
+    def gateway(node: Any, routing: Any, **kwargs: Any) -> None:
+        seen["deadline"], seen["handshake"] = kwargs["connect_timeout"], node.config.connect_timeout
+        raise Built
+
+    monkeypatch.setattr(gateway_module, "Gateway", gateway)
+
+    def run_gateway(*argv: str) -> tuple[float, float]:
+        """(the gateway's 502 deadline, its node's QUIC connect_timeout)"""
+        with pytest.raises(Built):
+            main(["gateway", "--ephemeral", "--bind", "127.0.0.1", "--listen", "127.0.0.1:0", *argv])
+        return seen["deadline"], seen["handshake"]
+
+    assert run_gateway() == (10.0, 10.0)
+    monkeypatch.setenv("ASGI_P2P_CONNECT_TIMEOUT", "3")
+    assert run_gateway() == (10.0, 3.0)  # the network variable leaves the 502 deadline alone
+    monkeypatch.delenv("ASGI_P2P_CONNECT_TIMEOUT")
+    monkeypatch.setenv("ASGI_P2P_GATEWAY_CONNECT_TIMEOUT", "4")
+    assert run_gateway() == (4.0, 10.0)  # and the flag's variable leaves the handshake timeout alone
+    assert run_gateway("--connect-timeout", "5") == (5.0, 10.0)
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
@@ -217,7 +301,7 @@ def test_reload_rereads_the_config_file(captured: dict[str, Any], tmp_path: Path
 
 
 def test_docs_table_lists_every_setting_as_the_parsers_define_it() -> None:
-    """docs/configuration.md's table is `python tests/cli/test_settings.py` (rerun it when adding a flag)."""
+    """docs/configuration.md's table is `python -m tests.cli.test_settings` (rerun it when adding a flag)."""
     subs = all_parsers()
     text = DOC.read_text()
     start, end = text.index("<!-- settings-table:start -->"), text.index("<!-- settings-table:end -->")
@@ -225,7 +309,45 @@ def test_docs_table_lists_every_setting_as_the_parsers_define_it() -> None:
     assert documented == settings.table_rows(subs)
 
 
-if __name__ == "__main__":  # print the table's rows for docs/configuration.md
+def test_a_shared_flags_meaning_is_each_commands_and_states_no_default_that_differs() -> None:
+    """docs/configuration.md's row of a flag several commands have: per-command meanings where they
+    differ, and no default in the meaning where the default column gives each command's."""
+    rows = {}
+    for row in settings.table_rows(all_parsers()):
+        cells = row[2:-2].split(" | ")  # | flag | variable | file | commands | default | range | meaning |
+        rows[cells[0].strip("`")] = cells
+    for option, cells in rows.items():
+        default, meaning = cells[4], cells[6]
+        if "; " in default and ": `" in default:  # per-command defaults: the meaning must not name one
+            assert "default" not in meaning, option
+    timeout = rows["--timeout"][6]
+    assert "*proxy*: backend connect" in timeout and "*get*: give up after this long without progress" in timeout
+    key_file = rows["--key-file"][6]
+    assert "*get, receive*: identify with this key (default: ephemeral)" in key_file
+    assert rows["--log-level"][6] == "log level"
+    output = rows["--output"][6]
+    assert "*get*: write the body to FILE" in output and "*receive*: where to put it" in output
+
+
+def test_docs_cli_md_names_every_flag_of_every_command() -> None:
+    """docs/cli.md is "every command and flag" (README): each long option of each subcommand is in it."""
+    text = (DOC.parent / "cli.md").read_text()
+    missing = []
+    for command, parser in all_parsers().items():
+        parsers = [parser]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += action.choices.values()
+        for p in parsers:
+            for action in p._actions:
+                for option in action.option_strings:
+                    if option.startswith("--") and option != "--help":
+                        if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text):
+                            missing.append(f"{command} {option}")
+    assert missing == []
+
+
+if __name__ == "__main__":  # print the table's rows for docs/configuration.md (python -m tests.cli.test_settings)
     print("\n".join(settings.table_rows(all_parsers())))
 
 

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import datetime
 import hashlib
+import json
 import random
 import sys
 from collections.abc import Awaitable, Callable
@@ -645,6 +646,41 @@ def test_the_outcome_is_remembered_per_network_and_kept_for_a_fresh_process(tmp_
             took, client, node = await connect("net-3", moved)
             opened.append((client, node))
             assert took >= 2.0
+        finally:
+            for client, node in opened:
+                await client.close()
+                await node.close(timeout=0.5)
+            await relay.close(timeout=0.5)
+
+    _run(main, 60)
+
+
+def test_udp_working_again_is_remembered_once_the_udp_connection_can_send(tmp_path: Path) -> None:
+    """A network remembered as blocking UDP whose UDP works again is forgotten as soon as the UDP
+    relay connection can send (the relay's handshake came over UDP), before the relay confirms it:
+    a short-lived process (a returning `get` answered by 0-RTT) may end before that confirmation."""
+
+    async def main() -> None:
+        relay = await RelayServer.bind(RELAY_KEY, host="127.0.0.1", tcp_port=0)
+        path = tmp_path / "networks.json"
+        opened: list[tuple[RelayClient, Node]] = []
+        try:
+            node = await Node.bind(SecretKey.from_seed("blocked"), network=BlockedUdpNetwork())
+            client = RelayClient(
+                node, relay.url, _NullSink(), udp_head_start=0.5, proxy=None, transport_memory=TransportMemory(path)
+            )
+            opened.append((client, node))
+            client.start()
+            await client.wait_connected(15)
+            assert client.transport == "tcp"
+            assert len(json.loads(path.read_text())["udp_blocked"]) == 1  # this network blocks UDP
+            node = await Node.bind(SecretKey.from_seed("unblocked"))  # the same network, UDP works now
+            memory = TransportMemory(path)
+            client = RelayClient(node, relay.url, _NullSink(), udp_head_start=0.5, proxy=None, transport_memory=memory)
+            opened.append((client, node))
+            client.start()
+            await client.wait_can_send(15)
+            assert len(memory) == 0 and json.loads(path.read_text())["udp_blocked"] == {}
         finally:
             for client, node in opened:
                 await client.close()
