@@ -129,6 +129,9 @@ Hooks:
   and validity follow the node's clock (aioquic reads the system clock).
 * :func:`early_data_sendable` - a client connection writes 0-RTT packets now
   (``QuicConnection._cryptos``).
+* :func:`urandom_key_shares` (applied on import) - ``aioquic.tls``'s module global ``x25519``:
+  each handshake's X25519 key comes from ``secrets`` instead of OpenSSL's generator, whose
+  first use in a process (about 0.8 ms) sat before a fresh client's first Initial.
 * :func:`cache_frame_epochs` (applied on import) - ``aioquic.quic.connection.EPOCHS``,
   which ``QuicConnection.__init__`` calls 34 times per connection for its frame table,
   answers from a cache (the frozensets it returns never change).
@@ -161,6 +164,7 @@ import enum
 import functools
 import itertools
 import logging
+import secrets
 import sys
 import threading
 import weakref
@@ -218,7 +222,9 @@ from aioquic.quic.packet import QuicFrameType, QuicPacketType, QuicProtocolVersi
 from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder, QuicPacketBuilderStop, QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer, QuicPacketRecovery, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
@@ -243,6 +249,7 @@ __all__ = [
     "data_received",
     "early_data_sendable",
     "encode_initial_close",
+    "ensure_certificate",
     "fast_enum_hash",
     "fast_padding_frames",
     "fast_tls_blocks",
@@ -274,6 +281,7 @@ __all__ = [
     "smoothed_rtt",
     "stream_bytes_sent",
     "unacked_bytes",
+    "urandom_key_shares",
 ]
 
 
@@ -379,6 +387,16 @@ def install_identity_hooks(quic: QuicConnection, check_peer_key: Callable[[bytes
             ctx._server_handle_certificate_verify = server_verify  # type: ignore[method-assign]
 
     quic._initialize = _initialize  # type: ignore[method-assign]
+
+
+def ensure_certificate(quic: QuicConnection, make: Callable[[], x509.Certificate]) -> None:
+    """Give a connection whose configuration had no certificate yet ``make()`` (a client's:
+    aioquic reads it only for the client's second flight, which answers the server's
+    CertificateRequest; aioquic copied the configuration's into the TLS context when the
+    connection started, ``QuicConnection._initialize``)."""
+    ctx = getattr(quic, "tls", None)
+    if ctx is not None and ctx.certificate is None:
+        ctx.certificate = make()
 
 
 def handshake_confirmed(quic: QuicConnection) -> bool:
@@ -1969,6 +1987,45 @@ def cache_frame_epochs() -> bool:
 
 
 cache_frame_epochs()
+
+
+class _X25519PrivateKeys:
+    """``X25519PrivateKey`` as aioquic's TLS code sees it: ``generate()`` only (its one use)."""
+
+    @staticmethod
+    def generate() -> x25519.X25519PrivateKey:
+        # 32 bytes of the kernel's CSPRNG (``secrets``, as SecretKey.generate draws a node key),
+        # clamped by X25519 itself (RFC 7748 5); the simulator seeds ``secrets``
+        return x25519.X25519PrivateKey.from_private_bytes(secrets.token_bytes(32))
+
+
+class _X25519Module:
+    """aioquic's TLS code's ``x25519`` module: the public key class itself, key generation above."""
+
+    X25519PublicKey = x25519.X25519PublicKey
+    X25519PrivateKey = _X25519PrivateKeys
+
+
+def urandom_key_shares() -> bool:
+    """X25519 key shares from ``secrets`` instead of OpenSSL's generator (idempotent).
+
+    aioquic makes each handshake's X25519 key with ``X25519PrivateKey.generate()``, which
+    draws from OpenSSL's random generator; the first draw of a process instantiates that
+    generator (seeding it from the kernel, about 0.8 ms), and a dialing process makes no
+    other use of it: its first Initial waited for that (``aioquic.tls``'s module global
+    ``x25519``, read by ``Context._client_send_hello`` and ``_server_handle_hello``, becomes
+    :class:`_X25519Module`).  The key is as random: ``secrets`` reads the kernel's CSPRNG,
+    which is what OpenSSL seeds from.  Under the simulator the key shares then follow the
+    seed, as the node keys and connection ids do.  Applied when this module is imported.
+    Returns True if this call applied it.
+    """
+    if getattr(tls, "x25519") is _X25519Module:  # noqa: B009 - (not an exported name of aioquic.tls)
+        return False
+    setattr(tls, "x25519", _X25519Module)  # noqa: B010
+    return True
+
+
+urandom_key_shares()
 
 _stream_hash_counter = itertools.count(1)
 

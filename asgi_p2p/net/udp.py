@@ -42,12 +42,24 @@ from collections.abc import Callable, Sequence
 from ..errors import NetworkError
 from .base import Address, DatagramReceiver
 
-__all__ = ["BATCH_MAX", "BATCH_MIN", "GSO_MAX_SEGMENTS", "READ_BATCH", "UdpNetwork", "UdpSocket", "set_dont_fragment"]
+__all__ = [
+    "BATCH_MAX",
+    "BATCH_MIN",
+    "GSO_MAX_SEGMENTS",
+    "IFADDRS_TTL",
+    "READ_BATCH",
+    "UdpNetwork",
+    "UdpSocket",
+    "set_dont_fragment",
+]
 
 log = logging.getLogger("asgi_p2p.net")
 
 #: Kernel socket buffers; bulk QUIC on loopback drops packets with the defaults.
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: How long the interfaces' addresses read for a socket bound to a wildcard address are
+#: reused, seconds (:meth:`UdpSocket.local_addresses`).
+IFADDRS_TTL = 1.0
 #: Most datagrams read per readiness callback (bounds one callback's work).
 READ_BATCH = 64
 #: Receive buffer size: the largest UDP payload.
@@ -317,6 +329,8 @@ class UdpSocket:
         sockname = sock.getsockname()
         self._local: Address = (str(sockname[0]), int(sockname[1]))
         self._v6 = sock.family == socket.AF_INET6
+        # (read at, addresses) of the interfaces, for a socket bound to a wildcard address
+        self._ifaddrs: tuple[float, list[Address]] | None = None
         try:
             self._default_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
         except OSError:  # pragma: no cover
@@ -331,7 +345,13 @@ class UdpSocket:
     def local_addresses(self) -> list[Address]:
         host, port = self._local
         if host in ("0.0.0.0", "::"):
-            return _interface_addresses(port, ipv6=host == "::")
+            # the interfaces' addresses, read again at most every IFADDRS_TTL seconds: a dial
+            # asks for them several times before its first Initial leaves
+            now = self._loop.time()
+            cached = self._ifaddrs
+            if cached is None or not cached[0] <= now < cached[0] + IFADDRS_TTL:
+                cached = self._ifaddrs = (now, _interface_addresses(port, ipv6=host == "::"))
+            return list(cached[1])
         return [self._local]
 
     @property
@@ -604,24 +624,22 @@ def _interface_addresses(port: int, ipv6: bool) -> list[Address]:
         import struct  # noqa: F401
     except ImportError:  # pragma: no cover
         return addrs
-    for _idx, name in socket.if_nameindex():
-        addr = _ipv4_of(name)
-        if addr and not addr.startswith("127."):
-            addrs.append((addr, port))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # one socket asks for every interface
+        for _idx, name in socket.if_nameindex():
+            addr = _ipv4_of(name, s)
+            if addr and not addr.startswith("127."):
+                addrs.append((addr, port))
     return addrs
 
 
-def _ipv4_of(ifname: str) -> str | None:
+def _ipv4_of(ifname: str, s: socket.socket) -> str | None:
     import fcntl
     import struct
 
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", ifname[:15].encode()))  # SIOCGIFADDR
     except OSError:
         return None
-    finally:
-        s.close()
     return socket.inet_ntoa(packed[20:24])
 
 

@@ -136,6 +136,8 @@ class PeerPaths:
         self.routes: dict[Route, None] = {}
         self._timer = DeadlineTimer(self.loop, self.prober.next_timer, self.service)
         self._closed = False
+        # the punching a new connection starts, due in the next loop pass (see add_connection)
+        self._punch: asyncio.Handle | None = None
         # why the routes are being re-decided (the prober's reason for its latest change)
         self._reason = "path changed"
         self._reflexive: Address | None = None
@@ -185,6 +187,22 @@ class PeerPaths:
             # relayed packets ride inside this connection's DATAGRAM frames: it needs
             # room for a full QUIC packet plus its own overhead, so grow it right away
             self.prober.request_size_search(now)
+            self.send_call_me_maybe()
+            self.service()
+            return
+        # the hole punching (CALL_ME_MAYBE, PINGs) starts in the next loop pass: what the
+        # packet that completed or confirmed the handshake carried is handled first (a
+        # dialer's first response, whose reader is woken by now, rides with HANDSHAKE_DONE)
+        self._punch_soon()
+
+    def _punch_soon(self) -> None:
+        if self._punch is None and not self._closed:
+            self._punch = self.loop.call_soon(self._start_punching)
+
+    def _start_punching(self) -> None:
+        self._punch = None
+        if self._closed:
+            return
         self.send_call_me_maybe()
         self.service()
 
@@ -475,4 +493,7 @@ class PeerPaths:
     def close(self) -> None:
         self._closed = True
         self._timer.cancel()
+        if self._punch is not None:
+            self._punch.cancel()
+            self._punch = None
         self.routes.clear()

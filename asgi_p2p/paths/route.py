@@ -121,6 +121,8 @@ class RoutePeer(Protocol):
 
     def service(self) -> None: ...
 
+    def update_routes(self) -> None: ...
+
     def new_source(self, addr: Address) -> None: ...
 
     def transport_alive(self, addr: Address) -> None: ...
@@ -281,21 +283,27 @@ class Route:
         self.owner.route_changed(old, reason)
 
     def start(self) -> None:
-        """The connection's first packets are about to be built: size them, start probing.
+        """The connection's first packets are about to be built: size them.
 
-        A dialed connection's peer decides (and starts probing its paths).  A connection
-        accepted through the relay has no peer until the handshake names it: its
-        handshake datagrams get the size every connected relay client carries (see
-        :func:`~asgi_p2p.paths.select.select_datagram_size`).
+        A dialed connection's peer decides (its probing starts at :meth:`start_probing`,
+        once those packets left).  A connection accepted through the relay has no peer
+        until the handshake names it: its handshake datagrams get the size every connected
+        relay client carries (see :func:`~asgi_p2p.paths.select.select_datagram_size`).
         """
         if self.peer is not None:
-            self.peer.service()
+            self.peer.update_routes()
         elif self.relayed is not None:
             base = self.router.config.max_datagram_size
             size, below_base = select_datagram_size(
                 self.target, direct_size=lambda _addr: base, base=base, relay_fit=None, established=False
             )
             self.owner.set_datagram_size(size, below_base=below_base)
+
+    def start_probing(self) -> None:
+        """A dialed connection's first packets left: its peer probes its paths (the PINGs that
+        open our NAT for the peer's go behind the Initial, not before it)."""
+        if self.peer is not None:
+            self.peer.service()
 
     def attach(self, node_id: NodeId, *, is_relay: bool) -> None:
         """The handshake proved the peer's node id: join its paths (which start probing)."""

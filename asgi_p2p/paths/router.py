@@ -375,7 +375,14 @@ class Router:
         if not is_disco(payload):
             self.dropped_disco += 1
             return
-        self._disco_received(payload, None, expected_sender=src)
+        # handled in the next loop pass, after the datagrams read with it: a signal is not
+        # urgent to the millisecond (a CALL_ME_MAYBE that comes with a first response must not
+        # hold the response's reader up: opening it checks a signature, then PINGs are sealed)
+        asyncio.get_running_loop().call_soon(self._signal_received, payload, src)
+
+    def _signal_received(self, payload: bytes, src: NodeId) -> None:
+        if not self._closing:
+            self._disco_received(payload, None, expected_sender=src)
 
     def relay_state_changed(self, link: RelayLink) -> None:
         """The relay (dis)connected or sees us at a new address: re-route, re-signal."""

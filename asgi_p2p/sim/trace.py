@@ -1,9 +1,10 @@
 """The packet trace of a simulation: every send, drop, duplication and delivery.
 
 The trace hash covers ``(virtual time in ns, event kind, source, destination,
-length)`` of every event, never payload bytes: TLS key shares come from OpenSSL's
-generator, which no simulation can seed; it changes bytes but not counts, sizes
-or timing (every Python-level source is seeded, see :mod:`asgi_p2p.sim.determinism`).
+length)`` of every event, never payload bytes: a C extension's own generator (OpenSSL's,
+which an app may draw from) cannot be seeded; it changes bytes but not counts, sizes or
+timing (every Python-level source is seeded, see :mod:`asgi_p2p.sim.determinism`; the TLS
+key shares come from ``secrets``, see ``aioquic_compat.urandom_key_shares``).
 """
 
 from __future__ import annotations

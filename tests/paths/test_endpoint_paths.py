@@ -259,8 +259,10 @@ def test_forged_and_replayed_signals_are_ignored(sim: Simulation) -> None:
         # a genuine-looking signal from a node without a connection, and one whose relay
         # source does not match its sender
         ea.router.relay_signal_received(mallory.node_id, seal(CallMeMaybe(()), mallory, ea.node_id, 1e9))
+        await asyncio.sleep(0)  # (signals are handled in the next loop pass)
         dropped = ea.dropped_disco
         ea.router.relay_signal_received(mallory.node_id, captured[0])
+        await asyncio.sleep(0)  # (signals are handled in the next loop pass)
         assert ea.dropped_disco == dropped + 1
         await asyncio.sleep(2)
         after = peer.prober.rejected
