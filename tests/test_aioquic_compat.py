@@ -403,24 +403,26 @@ def test_bbr_an_ack_due_while_the_pacer_holds_leaves_with_the_next_paced_packet(
     assert p.client._spaces[Epoch.ONE_RTT].ack_at is None
 
 
+def _sent_packet(number: int, sent_time: float) -> QuicSentPacket:
+    """A 1-RTT, ack-eliciting, 1200-byte packet as aioquic records it when sent."""
+    return QuicSentPacket(
+        epoch=Epoch.ONE_RTT,
+        in_flight=True,
+        is_ack_eliciting=True,
+        is_crypto_packet=False,
+        packet_number=number,
+        packet_type=QuicPacketType.ONE_RTT,
+        sent_time=sent_time,
+        sent_bytes=1200,
+    )
+
+
 def test_cubic_leaves_the_application_limited_time_out_of_its_curve() -> None:
     # two CUBIC controllers with the same history, except that one pauses (application-
     # limited) for 10 s in congestion avoidance: afterwards it grows as the other did
     # right away, instead of jumping along the cubic curve by the pause (RFC 9438 5.8)
-    def packet(number: int, sent_time: float) -> QuicSentPacket:
-        return QuicSentPacket(
-            epoch=Epoch.ONE_RTT,
-            in_flight=True,
-            is_ack_eliciting=True,
-            is_crypto_packet=False,
-            packet_number=number,
-            packet_type=QuicPacketType.ONE_RTT,
-            sent_time=sent_time,
-            sent_bytes=1200,
-        )
-
     ccs = [create_congestion_control(hooks.congestion_control_algorithm("cubic"), max_datagram_size=1200) for _ in "ab"]
-    sent = [packet(n, 0.01) for n in range(200)]
+    sent = [_sent_packet(n, 0.01) for n in range(200)]
     for cc in ccs:
         for pk in sent:
             cc.on_packet_sent(packet=pk)
@@ -445,20 +447,8 @@ def test_cubic_reduces_its_window_not_what_an_ack_left_in_flight_on_a_loss_in_co
     # RFC 9438 4.6 with the window as the reference (as Linux and aioquic's Reno): a loss in
     # congestion avoidance leaves 0.7 of the window, however much the same ACK had just taken
     # out of the flight; aioquic took 0.7 of the flight left (here 0.7 x 20 packets)
-    def packet(number: int, sent_time: float) -> QuicSentPacket:
-        return QuicSentPacket(
-            epoch=Epoch.ONE_RTT,
-            in_flight=True,
-            is_ack_eliciting=True,
-            is_crypto_packet=False,
-            packet_number=number,
-            packet_type=QuicPacketType.ONE_RTT,
-            sent_time=sent_time,
-            sent_bytes=1200,
-        )
-
     cc = create_congestion_control(hooks.congestion_control_algorithm("cubic"), max_datagram_size=1200)
-    first = [packet(n, 0.01) for n in range(100)]
+    first = [_sent_packet(n, 0.01) for n in range(100)]
     for pk in first:
         cc.on_packet_sent(packet=pk)
     cc.on_packets_lost(now=0.1, packets=[first[0]])  # slow start's loss: 0.7 of the flight with it
@@ -467,7 +457,7 @@ def test_cubic_reduces_its_window_not_what_an_ack_left_in_flight_on_a_loss_in_co
         cc.on_packet_acked(now=0.2, packet=pk)
     window = cc.congestion_window  # congestion avoidance: about where the loss left it
     assert 0.7 * 100 * 1200 <= window < 0.75 * 100 * 1200
-    second = [packet(n, 0.3) for n in range(100, 100 + window // 1200)]
+    second = [_sent_packet(n, 0.3) for n in range(100, 100 + window // 1200)]
     for pk in second:
         cc.on_packet_sent(packet=pk)
     for pk in second[:-21]:

@@ -614,6 +614,13 @@ def test_after_tcp_won_a_lost_tcp_connection_is_replaced_over_tcp_at_once() -> N
     _run(main, 90)
 
 
+async def _close_all(opened: list[tuple[RelayClient, Node]], relay: RelayServer) -> None:
+    for client, node in opened:
+        await client.close()
+        await node.close(timeout=0.5)
+    await relay.close(timeout=0.5)
+
+
 def test_the_outcome_is_remembered_per_network_and_kept_for_a_fresh_process(tmp_path: Path) -> None:
     """On a network where TCP won, a new client with the same memory file (a fresh process) dials
     TCP at once, without the UDP head start; from another source address UDP gets it again."""
@@ -647,10 +654,7 @@ def test_the_outcome_is_remembered_per_network_and_kept_for_a_fresh_process(tmp_
             opened.append((client, node))
             assert took >= 2.0
         finally:
-            for client, node in opened:
-                await client.close()
-                await node.close(timeout=0.5)
-            await relay.close(timeout=0.5)
+            await _close_all(opened, relay)
 
     _run(main, 60)
 
@@ -682,10 +686,7 @@ def test_udp_working_again_is_remembered_once_the_udp_connection_can_send(tmp_pa
             await client.wait_can_send(15)
             assert len(memory) == 0 and json.loads(path.read_text())["udp_blocked"] == {}
         finally:
-            for client, node in opened:
-                await client.close()
-                await node.close(timeout=0.5)
-            await relay.close(timeout=0.5)
+            await _close_all(opened, relay)
 
     _run(main, 60)
 
