@@ -198,7 +198,7 @@ from aioquic.quic.congestion.base import (
     QuicCongestionControl,
     register_congestion_control,
 )
-from aioquic.quic.congestion.cubic import K_CUBIC_LOSS_REDUCTION_FACTOR, CubicCongestionControl
+from aioquic.quic.congestion.cubic import CubicCongestionControl
 from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY,
@@ -744,27 +744,6 @@ class _AppLimitedCubic(_CongestionMixin, CubicCongestionControl):
     def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
         super().on_packet_sent(packet=packet)  # may reset() after idle
         self.hystart.on_packet_sent(packet)
-
-    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
-        """CUBIC's reduction (RFC 9438 4.6) from the window in congestion avoidance, from the
-        flight at the loss in slow start.
-
-        aioquic multiplies ``bytes_in_flight`` by 0.7, read after the lost packets (and the
-        packets the same ACK acknowledged) have left it: with an ACK per two packets and
-        windows of 10-20 packets that cut the window to about 0.55 of itself on every loss
-        event, so a lossy path ran below CUBIC's rate.  In congestion avoidance the window is
-        the reference, as in Linux and aioquic's Reno (RFC 9438 allows it where the window does
-        not grow while application-limited: ours does not); the first loss of slow start takes
-        the flight with the lost packets, since the window has by then outgrown what was in
-        flight when the lost packet left."""
-        in_avoidance = self.ssthresh is not None
-        reference = self.congestion_window if in_avoidance else self.bytes_in_flight
-        recovery_start = self._congestion_recovery_start_time
-        super().on_packets_lost(now=now, packets=packets)
-        if self._congestion_recovery_start_time != recovery_start:  # a new congestion event
-            self.ssthresh = self.congestion_window = max(
-                int(reference * K_CUBIC_LOSS_REDUCTION_FACTOR), K_MINIMUM_WINDOW * self._max_datagram_size
-            )
 
     def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
         self.rtt = rtt  # what aioquic's CUBIC reads; not its QuicRttMonitor

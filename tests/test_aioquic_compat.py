@@ -443,33 +443,6 @@ def test_cubic_leaves_the_application_limited_time_out_of_its_curve() -> None:
     assert abs(paused.congestion_window - ccs[0].congestion_window) <= 1200
 
 
-def test_cubic_reduces_its_window_not_what_an_ack_left_in_flight_on_a_loss_in_congestion_avoidance() -> None:
-    # RFC 9438 4.6 with the window as the reference (as Linux and aioquic's Reno): a loss in
-    # congestion avoidance leaves 0.7 of the window, however much the same ACK had just taken
-    # out of the flight; aioquic took 0.7 of the flight left (here 0.7 x 20 packets)
-    cc = create_congestion_control(hooks.congestion_control_algorithm("cubic"), max_datagram_size=1200)
-    first = [_sent_packet(n, 0.01) for n in range(100)]
-    for pk in first:
-        cc.on_packet_sent(packet=pk)
-    cc.on_packets_lost(now=0.1, packets=[first[0]])  # slow start's loss: 0.7 of the flight with it
-    assert cc.congestion_window == cc.ssthresh == int(0.7 * 100 * 1200)
-    for pk in first[1:]:
-        cc.on_packet_acked(now=0.2, packet=pk)
-    window = cc.congestion_window  # congestion avoidance: about where the loss left it
-    assert 0.7 * 100 * 1200 <= window < 0.75 * 100 * 1200
-    second = [_sent_packet(n, 0.3) for n in range(100, 100 + window // 1200)]
-    for pk in second:
-        cc.on_packet_sent(packet=pk)
-    for pk in second[:-21]:
-        cc.on_packet_acked(now=0.4, packet=pk)
-    window = cc.congestion_window
-    assert cc.bytes_in_flight == 21 * 1200 < window / 2
-    cc.on_packets_lost(now=0.4, packets=[second[-21]])  # a new congestion event
-    assert cc.congestion_window == cc.ssthresh == int(0.7 * window)
-    cc.on_packets_lost(now=0.41, packets=[second[-20]])  # sent before the event: no second cut
-    assert cc.congestion_window == int(0.7 * window)
-
-
 def test_congestion_control_algorithm_refuses_an_unknown_name() -> None:
     with pytest.raises(ValueError, match="vegas"):
         hooks.congestion_control_algorithm("vegas")
