@@ -971,8 +971,8 @@ def main() -> int:
         choices=TCP_CCS,
         default="cubic",
         help="TCP congestion control in every namespace of the rig (the tunnel's, the raw TCP figures' and the "
-        "relayed-over-TCP row's TCP leg); default cubic, upstream Linux's default (CONFIG_DEFAULT_TCP_CONG; this "
-        "VM's kernel defaults to bbr; a new namespace would otherwise inherit the host's)",
+        "relayed-over-TCP row's TCP leg); default cubic, upstream Linux's default (CONFIG_DEFAULT_TCP_CONG; a "
+        "host's kernel may default to another, e.g. bbr, and a new namespace would otherwise inherit it)",
     )
     p.add_argument("--wait-direct", type=float, default=10.0, help="direct row: wait up to S s for a direct path")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 5 + 60 requests, 1 MiB")
